@@ -1,0 +1,61 @@
+//! `cairn`: the command-line program of the Cairn messenger.
+
+mod home;
+mod selfcheck;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: decentralized, end-to-end encrypted messaging.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, long_about = None)]
+struct Cli {
+    /// Data directory (default: $XDG_DATA_HOME/cairn, else ~/.local/share/cairn).
+    #[arg(long, global = true, env = "CAIRN_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create this account's identity key and this device's key in --home.
+    ///
+    /// The keystore is encrypted with a passphrase read from CAIRN_PASSPHRASE or prompted.
+    /// Refuses, changing nothing, if --home already holds a keystore.
+    Init,
+    /// Print the account id, this device's id and the account fingerprint.
+    Id {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exercise identities, the wire format, the store and history verification end to end,
+    /// in a temporary directory, and report every check.
+    Selfcheck {
+        /// Messages in the generated history.
+        #[arg(long, default_value_t = 200)]
+        messages: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init => home::init(&home::resolve(cli.home)),
+        Command::Id { json } => home::print_id(&home::resolve(cli.home), json),
+        Command::Selfcheck { messages } => selfcheck::run(messages),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
