@@ -11,6 +11,7 @@ pub mod id;
 pub mod identity;
 pub mod message;
 pub mod pow;
+pub mod sequencer;
 
 pub use codec::DecodeError;
 pub use ed25519_dalek as ed25519;
@@ -19,3 +20,4 @@ pub use history::{Anchor, Report, VerifyOptions, verify};
 pub use id::{Id, Topic};
 pub use identity::{AccountId, DeviceCert, DeviceId};
 pub use message::Message;
+pub use sequencer::{CommitSequencer, Sequenced, SequencerError};
