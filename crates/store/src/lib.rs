@@ -8,9 +8,13 @@
 //!
 //! Tables (schema version 1):
 //! - `envelopes`: id → encoded envelope
-//! - `topic_log`: (topic, seq) → id, seq dense from 0 per topic (the cursor)
+//! - `topic_log`: (topic, seq) → id; seq increases per topic (the cursor; gaps after eviction)
 //! - `topic_next`: topic → next seq
-//! - `envelope_seq`: id → (topic, seq)
+//! - `envelope_meta`: id → (topic, seq, arrival seq, expires at ms)
+//! - `arrival_log`: arrival seq → id (oldest-first eviction across topics)
+//! - `expiry`: (expires at ms, id) → () (TTL expiry)
+//! - `topic_count`: topic → envelopes currently stored
+//! - `counters`: `next_arrival`, `evicted`, `expired`
 //! - `keys`: name → bytes (key material, MLS state)
 //! - `meta`: name → u64 (`schema_version`)
 
@@ -23,7 +27,13 @@ use thiserror::Error;
 const ENVELOPES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("envelopes");
 const TOPIC_LOG: TableDefinition<'_, ([u8; 32], u64), [u8; 32]> = TableDefinition::new("topic_log");
 const TOPIC_NEXT: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_next");
-const ENVELOPE_SEQ: TableDefinition<'_, [u8; 32], ([u8; 32], u64)> = TableDefinition::new("envelope_seq");
+/// id → (topic, topic seq, arrival seq, expires at ms).
+const ENVELOPE_META: TableDefinition<'_, [u8; 32], ([u8; 32], u64, u64, u64)> =
+    TableDefinition::new("envelope_meta");
+const ARRIVAL_LOG: TableDefinition<'_, u64, [u8; 32]> = TableDefinition::new("arrival_log");
+const EXPIRY: TableDefinition<'_, (u64, [u8; 32]), ()> = TableDefinition::new("expiry");
+const TOPIC_COUNT: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_count");
+const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
@@ -82,6 +92,8 @@ pub enum Appended {
     },
     /// Already present; nothing changed.
     Duplicate,
+    /// Already past its retention time; not stored.
+    Expired,
 }
 
 /// One page of a topic's history.
@@ -120,7 +132,11 @@ impl Store {
             tx.open_table(ENVELOPES)?;
             tx.open_table(TOPIC_LOG)?;
             tx.open_table(TOPIC_NEXT)?;
-            tx.open_table(ENVELOPE_SEQ)?;
+            tx.open_table(ENVELOPE_META)?;
+            tx.open_table(ARRIVAL_LOG)?;
+            tx.open_table(EXPIRY)?;
+            tx.open_table(TOPIC_COUNT)?;
+            tx.open_table(COUNTERS)?;
             tx.open_table(KEYS)?;
             let mut meta = tx.open_table(META)?;
             let found = meta.get("schema_version")?.map(|v| v.value());
@@ -142,32 +158,101 @@ impl Store {
         &self.db
     }
 
-    /// Stores a batch in one transaction and one fsync. Returns once durable.
+    /// Stores a batch in one transaction and one fsync, with no quota. Returns once durable.
     pub fn append(&self, envelopes: &[Envelope]) -> Result<Vec<Appended>, StoreError> {
+        Ok(self.append_with(envelopes, &Retention::unbounded(), 0)?.results)
+    }
+
+    /// Stores a batch in one transaction and one fsync, applying `retention`: an envelope
+    /// expires at `timestamp + min(ttl, ttl_secs_max)`; when a topic or the whole store is at its
+    /// quota, the oldest envelopes (of that topic, or overall) are evicted first and counted.
+    pub fn append_with(
+        &self,
+        envelopes: &[Envelope],
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Result<AppendReport, StoreError> {
         let tx = self.db.begin_write()?;
-        let mut out = Vec::with_capacity(envelopes.len());
+        let mut report = AppendReport { results: Vec::with_capacity(envelopes.len()), evicted: 0 };
         {
-            let mut env_t = tx.open_table(ENVELOPES)?;
-            let mut log_t = tx.open_table(TOPIC_LOG)?;
-            let mut next_t = tx.open_table(TOPIC_NEXT)?;
-            let mut seq_t = tx.open_table(ENVELOPE_SEQ)?;
+            let mut t = Tables::open(&tx)?;
             for e in envelopes {
                 let id = e.id();
-                if env_t.get(id.0)?.is_some() {
-                    out.push(Appended::Duplicate);
+                if t.envs.get(id.0)?.is_some() {
+                    report.results.push(Appended::Duplicate);
+                    continue;
+                }
+                let ttl_ms = u64::from(e.header.ttl_secs.min(retention.ttl_secs_max)) * 1000;
+                let expires = e.header.timestamp_ms.saturating_add(ttl_ms);
+                if retention.ttl_secs_max != u32::MAX && expires <= now_ms {
+                    report.results.push(Appended::Expired);
                     continue;
                 }
                 let topic = e.header.topic.0;
-                let seq = next_t.get(topic)?.map(|v| v.value()).unwrap_or(0);
-                env_t.insert(id.0, e.encode().as_slice())?;
-                log_t.insert((topic, seq), id.0)?;
-                seq_t.insert(id.0, (topic, seq))?;
-                next_t.insert(topic, seq + 1)?;
-                out.push(Appended::Stored { seq });
+                while t.topic_count(&topic)? >= retention.topic_envelopes_max {
+                    let Some(oldest) = t.oldest_of_topic(&topic)? else { break };
+                    t.delete(&oldest)?;
+                    report.evicted += 1;
+                }
+                while t.envs.len()? >= retention.total_envelopes_max {
+                    let Some(oldest) = t.oldest_overall()? else { break };
+                    t.delete(&oldest)?;
+                    report.evicted += 1;
+                }
+                let seq = t.next.get(topic)?.map(|v| v.value()).unwrap_or(0);
+                let arrival = t.counter("next_arrival")?;
+                t.envs.insert(id.0, e.encode().as_slice())?;
+                t.log.insert((topic, seq), id.0)?;
+                t.meta.insert(id.0, (topic, seq, arrival, expires))?;
+                t.arrival.insert(arrival, id.0)?;
+                t.expiry.insert((expires, id.0), ())?;
+                t.next.insert(topic, seq + 1)?;
+                let count = t.topic_count(&topic)?;
+                t.count.insert(topic, count + 1)?;
+                t.counters.insert("next_arrival", arrival + 1)?;
+                report.results.push(Appended::Stored { seq });
+            }
+            if report.evicted > 0 {
+                let ev = t.counter("evicted")?;
+                t.counters.insert("evicted", ev + report.evicted)?;
             }
         }
         tx.commit()?;
-        Ok(out)
+        Ok(report)
+    }
+
+    /// Deletes every envelope whose expiry is at or before `now_ms`; returns how many.
+    pub fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut t = Tables::open(&tx)?;
+            let due: Vec<[u8; 32]> = t
+                .expiry
+                .range((0, [0u8; 32])..=(now_ms, [0xff; 32]))?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for id in due {
+                t.delete(&id)?;
+                n += 1;
+            }
+            if n > 0 {
+                let ex = t.counter("expired")?;
+                t.counters.insert("expired", ex + n)?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Store-wide figures for metrics.
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let tx = self.db.begin_read()?;
+        let envs = tx.open_table(ENVELOPES)?;
+        let counters = tx.open_table(COUNTERS)?;
+        let get =
+            |k: &str| -> Result<u64, StoreError> { Ok(counters.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok(Stats { envelopes: envs.len()?, evicted: get("evicted")?, expired: get("expired")? })
     }
 
     /// The envelope with this id, if stored.
@@ -222,10 +307,17 @@ impl Store {
         Ok(Page { entries, next })
     }
 
-    /// Number of envelopes stored for `topic` (its next cursor).
+    /// The cursor after the last envelope ever stored for `topic`.
     pub fn topic_len(&self, topic: &Topic) -> Result<u64, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(TOPIC_NEXT)?;
+        Ok(t.get(topic.0)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Envelopes currently stored for `topic`.
+    pub fn topic_count(&self, topic: &Topic) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TOPIC_COUNT)?;
         Ok(t.get(topic.0)?.map(|v| v.value()).unwrap_or(0))
     }
 
@@ -265,42 +357,160 @@ impl Store {
     }
 
     /// Full consistency check: every index entry points at a decodable envelope of its topic,
-    /// every envelope is indexed, and topic cursors are dense.
+    /// every envelope is indexed in every index, and per-topic counts agree.
     pub fn check(&self) -> Result<Consistency, StoreError> {
         let tx = self.db.begin_read()?;
         let envs = tx.open_table(ENVELOPES)?;
         let log = tx.open_table(TOPIC_LOG)?;
-        let next = tx.open_table(TOPIC_NEXT)?;
-        let seqs = tx.open_table(ENVELOPE_SEQ)?;
-        let mut c = Consistency { envelopes: envs.len()?, topics: next.len()?, problems: vec![] };
+        let count = tx.open_table(TOPIC_COUNT)?;
+        let meta = tx.open_table(ENVELOPE_META)?;
+        let arrival = tx.open_table(ARRIVAL_LOG)?;
+        let expiry = tx.open_table(EXPIRY)?;
+        let mut c = Consistency { envelopes: envs.len()?, topics: 0, problems: vec![] };
         for item in envs.iter()? {
             let (k, v) = item?;
             let id = Id(k.value());
             match self.decode(&id, v.value()) {
                 Err(e) => c.problems.push(e.to_string()),
-                Ok(e) => match seqs.get(id.0)?.map(|s| s.value()) {
+                Ok(e) => match meta.get(id.0)?.map(|s| s.value()) {
                     None => c.problems.push(format!("envelope {} is not indexed", id.short())),
-                    Some((topic, seq)) => {
+                    Some((topic, seq, arr, exp)) => {
                         let logged = log.get((topic, seq))?.map(|v| v.value());
-                        if topic != e.header.topic.0 || logged != Some(id.0) {
+                        let arrived = arrival.get(arr)?.map(|v| v.value());
+                        let expiring = expiry.get((exp, id.0))?.is_some();
+                        if topic != e.header.topic.0
+                            || logged != Some(id.0)
+                            || arrived != Some(id.0)
+                            || !expiring
+                        {
                             c.problems.push(format!("index of {} is wrong", id.short()));
                         }
                     }
                 },
             }
         }
-        for item in next.iter()? {
+        for item in count.iter()? {
             let (k, v) = item?;
             let (topic, n) = (k.value(), v.value());
-            let count = log.range((topic, 0)..=(topic, u64::MAX))?.count() as u64;
-            if count != n {
-                c.problems.push(format!("topic cursor says {n} entries, log has {count}"));
+            if n > 0 {
+                c.topics += 1;
+            }
+            let in_log = log.range((topic, 0)..=(topic, u64::MAX))?.count() as u64;
+            if in_log != n {
+                c.problems.push(format!("topic count says {n} entries, log has {in_log}"));
             }
         }
-        if log.len()? != c.envelopes {
-            c.problems.push(format!("{} log entries for {} envelopes", log.len()?, c.envelopes));
+        for (name, len) in [
+            ("topic log", log.len()?),
+            ("arrival log", arrival.len()?),
+            ("expiry", expiry.len()?),
+            ("meta", meta.len()?),
+        ] {
+            if len != c.envelopes {
+                c.problems.push(format!("{len} {name} entries for {} envelopes", c.envelopes));
+            }
         }
         Ok(c)
+    }
+}
+
+/// How long and how much a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Longest time an envelope is kept, whatever its TTL says, in seconds (default 30 days).
+    pub ttl_secs_max: u32,
+    /// Most envelopes kept per topic; the oldest of the topic is evicted first.
+    pub topic_envelopes_max: u64,
+    /// Most envelopes kept in all; the oldest overall is evicted first.
+    pub total_envelopes_max: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { ttl_secs_max: 30 * 86_400, topic_envelopes_max: 100_000, total_envelopes_max: 2_000_000 }
+    }
+}
+
+impl Retention {
+    /// Keep everything, forever (a user's own history).
+    pub fn unbounded() -> Self {
+        Self { ttl_secs_max: u32::MAX, topic_envelopes_max: u64::MAX, total_envelopes_max: u64::MAX }
+    }
+}
+
+/// Result of [`Store::append_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendReport {
+    /// One result per envelope given.
+    pub results: Vec<Appended>,
+    /// Envelopes evicted to make room (never silent: also added to the `evicted` counter).
+    pub evicted: u64,
+}
+
+/// Store-wide figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Envelopes stored now.
+    pub envelopes: u64,
+    /// Envelopes evicted by quotas, ever.
+    pub evicted: u64,
+    /// Envelopes expired by TTL, ever.
+    pub expired: u64,
+}
+
+struct Tables<'t> {
+    envs: redb::Table<'t, [u8; 32], &'static [u8]>,
+    log: redb::Table<'t, ([u8; 32], u64), [u8; 32]>,
+    next: redb::Table<'t, [u8; 32], u64>,
+    meta: redb::Table<'t, [u8; 32], ([u8; 32], u64, u64, u64)>,
+    arrival: redb::Table<'t, u64, [u8; 32]>,
+    expiry: redb::Table<'t, (u64, [u8; 32]), ()>,
+    count: redb::Table<'t, [u8; 32], u64>,
+    counters: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            envs: tx.open_table(ENVELOPES)?,
+            log: tx.open_table(TOPIC_LOG)?,
+            next: tx.open_table(TOPIC_NEXT)?,
+            meta: tx.open_table(ENVELOPE_META)?,
+            arrival: tx.open_table(ARRIVAL_LOG)?,
+            expiry: tx.open_table(EXPIRY)?,
+            count: tx.open_table(TOPIC_COUNT)?,
+            counters: tx.open_table(COUNTERS)?,
+        })
+    }
+
+    fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.counters.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn topic_count(&self, topic: &[u8; 32]) -> Result<u64, StoreError> {
+        Ok(self.count.get(*topic)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn oldest_of_topic(&self, topic: &[u8; 32]) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut r = self.log.range((*topic, 0)..=(*topic, u64::MAX))?;
+        Ok(r.next().transpose()?.map(|(_, v)| v.value()))
+    }
+
+    fn oldest_overall(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.arrival.first()?.map(|(_, v)| v.value()))
+    }
+
+    fn delete(&mut self, id: &[u8; 32]) -> Result<(), StoreError> {
+        let Some((topic, seq, arrival, expires)) = self.meta.remove(*id)?.map(|v| v.value()) else {
+            return Ok(());
+        };
+        self.envs.remove(*id)?;
+        self.log.remove((topic, seq))?;
+        self.arrival.remove(arrival)?;
+        self.expiry.remove((expires, *id))?;
+        let n = self.topic_count(&topic)?;
+        self.count.insert(topic, n.saturating_sub(1))?;
+        Ok(())
     }
 }
 
@@ -343,6 +553,42 @@ mod tests {
         let c = s.check().unwrap();
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         assert_eq!((c.envelopes, c.topics), (26, 2));
+    }
+
+    #[test]
+    fn quotas_evict_oldest_first_and_count_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("q.redb"), Limits::default()).unwrap();
+        let r = Retention { ttl_secs_max: 3600, topic_envelopes_max: 3, total_envelopes_max: 5 };
+        let now = 10;
+        let first: Vec<Envelope> = (0..4).map(|i| env(1, i)).collect();
+        let rep = s.append_with(&first, &r, now).unwrap();
+        assert_eq!(rep.evicted, 1);
+        assert!(s.get(&env(1, 0).id()).unwrap().is_none(), "oldest of the topic goes first");
+        assert_eq!(s.topic_count(&Topic([1; 32])).unwrap(), 3);
+        let other: Vec<Envelope> = (0..3).map(|i| env(2, i)).collect();
+        let rep = s.append_with(&other, &r, now).unwrap();
+        assert_eq!(rep.evicted, 1, "total quota evicts the oldest overall");
+        assert!(s.get(&env(1, 1).id()).unwrap().is_none());
+        assert_eq!(s.stats().unwrap(), Stats { envelopes: 5, evicted: 2, expired: 0 });
+        let p = s.page(&Topic([1; 32]), 0, 10).unwrap();
+        assert_eq!(p.entries.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(s.check().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn ttl_expiry_deletes_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.redb"), Limits::default()).unwrap();
+        let r = Retention::default();
+        // env(_, n) has timestamp n ms and a 60 s TTL.
+        s.append_with(&[env(1, 0), env(1, 30_000)], &r, 0).unwrap();
+        assert_eq!(s.append_with(&[env(1, 1)], &r, 70_000).unwrap().results, vec![Appended::Expired]);
+        assert_eq!(s.expire(60_000).unwrap(), 1);
+        assert_eq!(s.expire(60_000).unwrap(), 0);
+        assert_eq!(s.stats().unwrap().expired, 1);
+        assert!(s.get(&env(1, 30_000).id()).unwrap().is_some());
+        assert!(s.check().unwrap().problems.is_empty());
     }
 
     #[test]

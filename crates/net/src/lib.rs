@@ -1,0 +1,13 @@
+//! Cairn's peer-to-peer layer.
+//!
+//! - [`validate`]: pure admission of relayed envelopes (size, canonical form, proof of work,
+//!   timestamp window, duplicates, per-peer rate) mapped to gossipsub verdicts.
+//! - [`sync`]: the pure mailbox/delivery state machine (acks, retries, cursors, gap filling,
+//!   exactly-once causal delivery).
+//! - [`shard`]: topic → gossip shard and topic → nearest store nodes.
+//! - [`wire`]: the bounded request/response protocol spoken with store nodes.
+//! - [`node`]: the thin libp2p shell that drives them.
+
+pub mod shard;
+pub mod sync;
+pub mod validate;
