@@ -1,0 +1,8 @@
+//! Cairn's replicated ledger: signed transactions, a deterministic state machine over a Jellyfish
+//! Merkle Tree (inclusion and non-existence proofs), blocks ordered and finalized by
+//! commonware-consensus (simplex, BFT with 3f+1 validators), light-client verification, and the
+//! validator / client plumbing.
+
+pub mod block;
+pub mod state;
+pub mod tx;

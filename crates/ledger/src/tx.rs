@@ -1,0 +1,559 @@
+//! Ledger transactions: canonical encoding, signing, and the typed reasons a transaction is
+//! refused.
+//!
+//! A transaction names the account it acts for, the key that signed it (the account key or one
+//! of the account's devices), a per-signer nonce, and a body. The signature covers the domain
+//! separation string, the chain id, and every other field, so a transaction is valid on one chain
+//! only and cannot be replayed under another nonce.
+
+use cairn_proto::codec::{DecodeError, Reader, Writer};
+use cairn_proto::ed25519::{Signature, Signer as _, SigningKey, VerifyingKey};
+use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
+use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
+use thiserror::Error;
+
+/// Domain separation for transaction signatures.
+const TX_SIG_DOMAIN: &[u8] = b"cairn/ledger-tx/v1";
+/// Domain separation for the new key's consent to an account key rotation.
+const ROTATE_SIG_DOMAIN: &[u8] = b"cairn/ledger-rotate/v1";
+/// Domain separation for transaction ids.
+const TX_ID_DOMAIN: &str = "cairn 2026-11 ledger tx id v1";
+const TX_VERSION: u8 = 1;
+
+/// Largest encoded transaction, in bytes (a full handshake message plus the envelope).
+pub const TX_BYTES_MAX: usize = HANDSHAKE_BYTES_MAX + 512;
+/// Shortest handle, in characters.
+pub const HANDLE_LEN_MIN: usize = 3;
+/// Longest handle, in characters.
+pub const HANDLE_LEN_MAX: usize = 32;
+
+/// The id of a transaction: a hash of its canonical encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct TxId(pub [u8; 32]);
+
+impl std::fmt::Display for TxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(&self.0[..8]))
+    }
+}
+
+/// What a transaction does.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum TxBody {
+    /// Creates the account named by the transaction; signed by that account key.
+    RegisterAccount,
+    /// Authorizes a device; the certificate must be signed by the account's current key.
+    AddDevice {
+        /// Certificate of the new device.
+        cert: DeviceCert,
+    },
+    /// Revokes a device for good.
+    RevokeDevice {
+        /// Device to revoke.
+        device: DeviceId,
+    },
+    /// Replaces the account key; signed by the old key, and the new key consents.
+    RotateKey {
+        /// The new account key.
+        new_key: [u8; 32],
+        /// The new key's signature over [`rotation_message`].
+        new_key_signature: [u8; 64],
+    },
+    /// Claims a free handle.
+    ClaimHandle {
+        /// Normalized handle (see [`normalize_handle`]).
+        name: String,
+    },
+    /// Releases the account's handle.
+    ReleaseHandle {
+        /// The handle held.
+        name: String,
+    },
+    /// Gives the account's handle to another registered account that has none.
+    TransferHandle {
+        /// The handle held.
+        name: String,
+        /// Receiving account.
+        to: AccountId,
+    },
+    /// Publishes the hash of a batch of MLS key packages.
+    PublishKeyPackages {
+        /// Hash of the batch.
+        batch_hash: [u8; 32],
+        /// Number of key packages in the batch.
+        count: u32,
+    },
+    /// Sequences an MLS handshake message on a topic (the commit sequencer).
+    SequenceHandshake {
+        /// Conversation topic.
+        topic: Topic,
+        /// Number of handshake messages the author had applied (compare-and-swap).
+        after: u64,
+        /// Opaque MLS handshake bytes.
+        payload: Vec<u8>,
+    },
+    /// Anchors a conversation head.
+    Anchor {
+        /// Conversation topic.
+        topic: Topic,
+        /// Head envelope id.
+        head: Id,
+        /// Number of messages in the history up to the head.
+        count: u64,
+    },
+    /// Moves balance to another account.
+    Transfer {
+        /// Receiving account.
+        to: AccountId,
+        /// Amount.
+        amount: u64,
+    },
+}
+
+/// A signed transaction.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Tx {
+    /// Chain the transaction is meant for (the genesis hash).
+    pub chain: [u8; 32],
+    /// The account acted for (its original key, which stays its id across rotations).
+    pub account: AccountId,
+    /// The signing key: the account's current key or one of its active devices.
+    pub signer: [u8; 32],
+    /// Per-signer sequence number, starting at 0.
+    pub nonce: u64,
+    /// What to do.
+    pub body: TxBody,
+    /// Ed25519 signature by `signer`.
+    pub signature: [u8; 64],
+}
+
+/// Why a transaction was refused. Every validator reaches the same reason for the same
+/// transaction against the same state.
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+pub enum TxError {
+    /// The bytes are not a canonical transaction.
+    #[error("malformed transaction: {0}")]
+    Malformed(#[from] DecodeError),
+    /// Over [`TX_BYTES_MAX`].
+    #[error("transaction of {len} bytes is over the limit of {max}")]
+    Oversized {
+        /// Size given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Built for another chain.
+    #[error("transaction is for another chain")]
+    WrongChain,
+    /// The signature does not verify under the signer key.
+    #[error("bad signature")]
+    BadSignature,
+    /// The nonce was already used.
+    #[error("nonce {got} already used (next is {expected})")]
+    NonceReplayed {
+        /// Next nonce of the signer.
+        expected: u64,
+        /// Nonce given.
+        got: u64,
+    },
+    /// The nonce skips ahead.
+    #[error("nonce {got} skips ahead (next is {expected})")]
+    NonceSkipped {
+        /// Next nonce of the signer.
+        expected: u64,
+        /// Nonce given.
+        got: u64,
+    },
+    /// The account is not registered.
+    #[error("account is not registered")]
+    UnknownAccount,
+    /// The account is already registered.
+    #[error("account is already registered")]
+    AccountExists,
+    /// The signer is neither the account key nor one of its devices.
+    #[error("signer is not authorized for this account")]
+    UnknownSigner,
+    /// The signer is a revoked device.
+    #[error("signer is a revoked device")]
+    RevokedDevice,
+    /// Only the account key may do this.
+    #[error("this operation needs the account key, not a device key")]
+    NeedsAccountKey,
+    /// The device certificate does not verify or names another key.
+    #[error("bad device certificate: {0}")]
+    BadDeviceCert(&'static str),
+    /// The device is already known to the account (active or revoked).
+    #[error("device already added")]
+    DeviceExists,
+    /// The device is not an active device of the account.
+    #[error("device is not an active device of this account")]
+    UnknownDevice,
+    /// The account has [`crate::state::DEVICES_MAX`] devices.
+    #[error("too many devices")]
+    TooManyDevices,
+    /// The new key's consent signature is bad, or the key is unusable.
+    #[error("bad key rotation: {0}")]
+    BadRotation(&'static str),
+    /// The handle breaks the naming rules.
+    #[error("bad handle: {0}")]
+    BadHandle(&'static str),
+    /// Someone holds the handle.
+    #[error("handle is taken")]
+    HandleTaken,
+    /// The account does not hold the handle.
+    #[error("account does not hold this handle")]
+    HandleNotHeld,
+    /// The account (or the receiver) already holds a handle.
+    #[error("account already holds a handle")]
+    AlreadyHasHandle,
+    /// Receiving account is not registered.
+    #[error("receiving account is not registered")]
+    UnknownRecipient,
+    /// Not enough balance.
+    #[error("insufficient balance: have {have}, need {need}")]
+    InsufficientBalance {
+        /// Balance.
+        have: u64,
+        /// Amount asked.
+        need: u64,
+    },
+    /// Balance would overflow.
+    #[error("balance overflow")]
+    BalanceOverflow,
+    /// The handshake was built on a stale topic length.
+    #[error("stale handshake: built after {after}, the topic has {current}")]
+    StaleSequence {
+        /// What the submission claimed.
+        after: u64,
+        /// Current length of the topic's order.
+        current: u64,
+    },
+    /// An anchor may not go backwards.
+    #[error("anchor count {count} is below the anchored {anchored}")]
+    AnchorRegressed {
+        /// Count given.
+        count: u64,
+        /// Count already anchored.
+        anchored: u64,
+    },
+    /// Transferring to oneself.
+    #[error("cannot transfer to the same account")]
+    SelfTransfer,
+}
+
+impl TxError {
+    /// A short stable code for the reason, used on the wire.
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Malformed(_) => 1,
+            Self::Oversized { .. } => 2,
+            Self::WrongChain => 3,
+            Self::BadSignature => 4,
+            Self::NonceReplayed { .. } => 5,
+            Self::NonceSkipped { .. } => 6,
+            Self::UnknownAccount => 7,
+            Self::AccountExists => 8,
+            Self::UnknownSigner => 9,
+            Self::RevokedDevice => 10,
+            Self::NeedsAccountKey => 11,
+            Self::BadDeviceCert(_) => 12,
+            Self::DeviceExists => 13,
+            Self::UnknownDevice => 14,
+            Self::TooManyDevices => 15,
+            Self::BadRotation(_) => 16,
+            Self::BadHandle(_) => 17,
+            Self::HandleTaken => 18,
+            Self::HandleNotHeld => 19,
+            Self::AlreadyHasHandle => 20,
+            Self::UnknownRecipient => 21,
+            Self::InsufficientBalance { .. } => 22,
+            Self::BalanceOverflow => 23,
+            Self::StaleSequence { .. } => 24,
+            Self::AnchorRegressed { .. } => 25,
+            Self::SelfTransfer => 26,
+        }
+    }
+}
+
+/// Normalizes a handle: strips one leading `@`, lowercases ASCII, then checks the rules
+/// (`[a-z0-9_]`, [`HANDLE_LEN_MIN`]`..=`[`HANDLE_LEN_MAX`] characters).
+pub fn normalize_handle(input: &str) -> Result<String, TxError> {
+    let s = input.strip_prefix('@').unwrap_or(input);
+    let s = s.to_ascii_lowercase();
+    check_handle(&s)?;
+    Ok(s)
+}
+
+/// Checks that `s` is already a normalized handle.
+pub fn check_handle(s: &str) -> Result<(), TxError> {
+    if s.len() < HANDLE_LEN_MIN {
+        return Err(TxError::BadHandle("shorter than 3 characters"));
+    }
+    if s.len() > HANDLE_LEN_MAX {
+        return Err(TxError::BadHandle("longer than 32 characters"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(TxError::BadHandle("only a-z, 0-9 and _ are allowed"));
+    }
+    Ok(())
+}
+
+/// The message the new key signs to consent to a rotation.
+pub fn rotation_message(chain: &[u8; 32], account: &AccountId, old: &[u8; 32], new: &[u8; 32]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(160);
+    w.raw(ROTATE_SIG_DOMAIN);
+    w.raw(chain);
+    w.raw(&account.0);
+    w.raw(old);
+    w.raw(new);
+    w.finish()
+}
+
+fn write_handle(w: &mut Writer, name: &str) {
+    w.u8(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    w.raw(name.as_bytes());
+}
+
+fn read_handle(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let len = r.u8("handle")? as usize;
+    if len > HANDLE_LEN_MAX {
+        return Err(DecodeError::TooLarge { field: "handle", len: len as u64, max: HANDLE_LEN_MAX as u64 });
+    }
+    let bytes = r.take(len, "handle")?;
+    let s = std::str::from_utf8(bytes)
+        .map_err(|_| DecodeError::Invalid { field: "handle", reason: "not UTF-8" })?;
+    check_handle(s)
+        .map_err(|_| DecodeError::Invalid { field: "handle", reason: "not a normalized handle" })?;
+    Ok(s.to_owned())
+}
+
+impl TxBody {
+    fn encode_to(&self, w: &mut Writer) {
+        match self {
+            Self::RegisterAccount => w.u8(0),
+            Self::AddDevice { cert } => {
+                w.u8(1);
+                cert.encode_to(w);
+            }
+            Self::RevokeDevice { device } => {
+                w.u8(2);
+                w.raw(&device.0);
+            }
+            Self::RotateKey { new_key, new_key_signature } => {
+                w.u8(3);
+                w.raw(new_key);
+                w.raw(new_key_signature);
+            }
+            Self::ClaimHandle { name } => {
+                w.u8(4);
+                write_handle(w, name);
+            }
+            Self::ReleaseHandle { name } => {
+                w.u8(5);
+                write_handle(w, name);
+            }
+            Self::TransferHandle { name, to } => {
+                w.u8(6);
+                write_handle(w, name);
+                w.raw(&to.0);
+            }
+            Self::PublishKeyPackages { batch_hash, count } => {
+                w.u8(7);
+                w.raw(batch_hash);
+                w.u32(*count);
+            }
+            Self::SequenceHandshake { topic, after, payload } => {
+                w.u8(8);
+                w.raw(&topic.0);
+                w.u64(*after);
+                w.bytes(payload);
+            }
+            Self::Anchor { topic, head, count } => {
+                w.u8(9);
+                w.raw(&topic.0);
+                w.raw(&head.0);
+                w.u64(*count);
+            }
+            Self::Transfer { to, amount } => {
+                w.u8(10);
+                w.raw(&to.0);
+                w.u64(*amount);
+            }
+        }
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8("tx.kind")? {
+            0 => Self::RegisterAccount,
+            1 => Self::AddDevice { cert: DeviceCert::decode_from(r)? },
+            2 => Self::RevokeDevice { device: DeviceId(r.array("tx.device")?) },
+            3 => Self::RotateKey {
+                new_key: r.array("tx.new_key")?,
+                new_key_signature: r.array("tx.new_key_signature")?,
+            },
+            4 => Self::ClaimHandle { name: read_handle(r)? },
+            5 => Self::ReleaseHandle { name: read_handle(r)? },
+            6 => Self::TransferHandle { name: read_handle(r)?, to: AccountId(r.array("tx.to")?) },
+            7 => {
+                Self::PublishKeyPackages { batch_hash: r.array("tx.batch_hash")?, count: r.u32("tx.count")? }
+            }
+            8 => Self::SequenceHandshake {
+                topic: Topic(r.array("tx.topic")?),
+                after: r.u64("tx.after")?,
+                payload: r.bytes(HANDSHAKE_BYTES_MAX, "tx.payload")?.to_vec(),
+            },
+            9 => Self::Anchor {
+                topic: Topic(r.array("tx.topic")?),
+                head: Id(r.array("tx.head")?),
+                count: r.u64("tx.count")?,
+            },
+            10 => Self::Transfer { to: AccountId(r.array("tx.to")?), amount: r.u64("tx.amount")? },
+            _ => return Err(DecodeError::Invalid { field: "tx.kind", reason: "unknown transaction kind" }),
+        })
+    }
+
+    /// True if only the account key (not a device key) may sign this body.
+    pub fn needs_account_key(&self) -> bool {
+        !matches!(
+            self,
+            Self::PublishKeyPackages { .. } | Self::SequenceHandshake { .. } | Self::Anchor { .. }
+        )
+    }
+}
+
+impl Tx {
+    fn unsigned_to(&self, w: &mut Writer) {
+        w.u8(TX_VERSION);
+        w.raw(&self.chain);
+        w.raw(&self.account.0);
+        w.raw(&self.signer);
+        w.u64(self.nonce);
+        self.body.encode_to(w);
+    }
+
+    fn signed_message(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(256);
+        w.raw(TX_SIG_DOMAIN);
+        self.unsigned_to(&mut w);
+        w.finish()
+    }
+
+    /// Builds and signs a transaction with `key` (the account key or a device key).
+    pub fn sign(chain: [u8; 32], account: AccountId, key: &SigningKey, nonce: u64, body: TxBody) -> Self {
+        let mut tx =
+            Self { chain, account, signer: key.verifying_key().to_bytes(), nonce, body, signature: [0; 64] };
+        tx.signature = key.sign(&tx.signed_message()).to_bytes();
+        tx
+    }
+
+    /// Checks the signature (strict Ed25519).
+    pub fn verify_signature(&self) -> Result<(), TxError> {
+        let vk = VerifyingKey::from_bytes(&self.signer).map_err(|_| TxError::BadSignature)?;
+        vk.verify_strict(&self.signed_message(), &Signature::from_bytes(&self.signature))
+            .map_err(|_| TxError::BadSignature)
+    }
+
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(256);
+        self.unsigned_to(&mut w);
+        w.raw(&self.signature);
+        w.finish()
+    }
+
+    /// Decodes exactly one transaction (structure only; the signature is checked on admission).
+    pub fn decode(bytes: &[u8]) -> Result<Self, TxError> {
+        if bytes.len() > TX_BYTES_MAX {
+            return Err(TxError::Oversized { len: bytes.len(), max: TX_BYTES_MAX });
+        }
+        let mut r = Reader::new(bytes);
+        r.version("transaction", TX_VERSION)?;
+        let chain = r.array("tx.chain")?;
+        let account = AccountId(r.array("tx.account")?);
+        let signer = r.array("tx.signer")?;
+        let nonce = r.u64("tx.nonce")?;
+        let body = TxBody::decode_from(&mut r)?;
+        let signature = r.array("tx.signature")?;
+        r.finish()?;
+        Ok(Self { chain, account, signer, nonce, body, signature })
+    }
+
+    /// The id of the encoded transaction `bytes`.
+    pub fn id_of(bytes: &[u8]) -> TxId {
+        TxId(cairn_proto::id::hash(TX_ID_DOMAIN, bytes))
+    }
+
+    /// This transaction's id.
+    pub fn id(&self) -> TxId {
+        Self::id_of(&self.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::from_bytes(&[b; 32])
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        let k = key(1);
+        let acct = AccountId(k.verifying_key().to_bytes());
+        let dev = DeviceId(key(2).verifying_key().to_bytes());
+        let bodies = vec![
+            TxBody::RegisterAccount,
+            TxBody::AddDevice { cert: DeviceCert::issue(&k, dev, 5) },
+            TxBody::RevokeDevice { device: dev },
+            TxBody::RotateKey { new_key: [3; 32], new_key_signature: [4; 64] },
+            TxBody::ClaimHandle { name: "alice_1".into() },
+            TxBody::ReleaseHandle { name: "alice_1".into() },
+            TxBody::TransferHandle { name: "alice_1".into(), to: AccountId([9; 32]) },
+            TxBody::PublishKeyPackages { batch_hash: [7; 32], count: 10 },
+            TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 3, payload: vec![1, 2, 3] },
+            TxBody::Anchor { topic: Topic([1; 32]), head: Id([2; 32]), count: 9 },
+            TxBody::Transfer { to: AccountId([9; 32]), amount: 77 },
+        ];
+        for body in bodies {
+            let tx = Tx::sign([0; 32], acct, &k, 4, body);
+            let bytes = tx.encode();
+            let back = Tx::decode(&bytes).unwrap();
+            assert_eq!(back, tx);
+            assert_eq!(back.encode(), bytes);
+            back.verify_signature().unwrap();
+            // trailing byte refused
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(matches!(
+                Tx::decode(&longer),
+                Err(TxError::Malformed(DecodeError::TrailingBytes { .. }))
+            ));
+            // a flipped bit anywhere either fails to decode or fails the signature
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x10;
+                if let Ok(t) = Tx::decode(&b) {
+                    assert!(t.verify_signature().is_err(), "bit flip at {i} still verifies");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn handles_are_normalized_and_bounded() {
+        assert_eq!(normalize_handle("@Alice_99").unwrap(), "alice_99");
+        assert!(matches!(normalize_handle("ab"), Err(TxError::BadHandle(_))));
+        assert!(matches!(normalize_handle(&"a".repeat(33)), Err(TxError::BadHandle(_))));
+        assert!(matches!(normalize_handle("al-ice"), Err(TxError::BadHandle(_))));
+        assert!(matches!(normalize_handle("alicé"), Err(TxError::BadHandle(_))));
+        assert_eq!(normalize_handle(&"a".repeat(32)).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn oversized_is_refused_before_decoding() {
+        let bytes = vec![1u8; TX_BYTES_MAX + 1];
+        assert!(matches!(Tx::decode(&bytes), Err(TxError::Oversized { .. })));
+    }
+}

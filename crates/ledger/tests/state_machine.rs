@@ -1,0 +1,283 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! The pure state machine: every transaction kind, every typed refusal, and order determinism.
+
+use cairn_ledger::state::{BlockError, Machine, Outcome, StateKey};
+use cairn_ledger::tx::{Tx, TxBody, TxError, rotation_message};
+use cairn_proto::ed25519::{Signer as _, SigningKey};
+use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
+use proptest::prelude::*;
+
+const CHAIN: [u8; 32] = [0xC4; 32];
+
+fn key(b: u8) -> SigningKey {
+    SigningKey::from_bytes(&[b; 32])
+}
+fn acct(k: &SigningKey) -> AccountId {
+    AccountId(k.verifying_key().to_bytes())
+}
+
+struct W {
+    m: Machine,
+}
+
+impl W {
+    fn new(alloc: &[(AccountId, u64)]) -> Self {
+        Self { m: Machine::genesis(CHAIN, alloc).unwrap() }
+    }
+    fn tx(&self, account: AccountId, k: &SigningKey, body: TxBody) -> Vec<u8> {
+        let n = self.m.nonce(&k.verifying_key().to_bytes());
+        Tx::sign(CHAIN, account, k, n, body).encode()
+    }
+    /// Runs one transaction as a one-tx block; returns its outcome or admission error.
+    fn run(&mut self, account: AccountId, k: &SigningKey, body: TxBody) -> Result<Outcome, TxError> {
+        let t = self.tx(account, k, body);
+        self.run_raw(t)
+    }
+    fn run_raw(&mut self, t: Vec<u8>) -> Result<Outcome, TxError> {
+        let (receipts, dropped) = self.m.propose_and_apply(&[t]).unwrap();
+        if let Some(d) = dropped.into_iter().next() {
+            return Err(d.error);
+        }
+        Ok(receipts.into_iter().next().unwrap().outcome)
+    }
+}
+
+fn failed(o: Result<Outcome, TxError>) -> TxError {
+    match o {
+        Ok(Outcome::Failed(e)) => e,
+        other => panic!("expected a failed outcome, got {other:?}"),
+    }
+}
+
+#[test]
+fn register_devices_rotation_and_typed_refusals() {
+    let a = key(1);
+    let ida = acct(&a);
+    let mut w = W::new(&[]);
+    assert_eq!(w.run(ida, &a, TxBody::RegisterAccount).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(ida, &a, TxBody::RegisterAccount)), TxError::AccountExists);
+
+    // someone else's key cannot register account A
+    let b = key(2);
+    assert_eq!(w.run(ida, &b, TxBody::RegisterAccount).unwrap_err(), TxError::UnknownSigner);
+
+    // add a device, use it for messaging ops, it may not manage the account
+    let d = key(3);
+    let did = DeviceId(d.verifying_key().to_bytes());
+    let cert = DeviceCert::issue(&a, did, 10);
+    assert_eq!(w.run(ida, &a, TxBody::AddDevice { cert }).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(ida, &a, TxBody::AddDevice { cert })), TxError::DeviceExists);
+    assert_eq!(w.m.account(&ida).unwrap().active_devices(), vec![did]);
+    let body = TxBody::PublishKeyPackages { batch_hash: [9; 32], count: 5 };
+    assert_eq!(w.run(ida, &d, body).unwrap(), Outcome::Applied);
+    assert_eq!(
+        w.run(ida, &d, TxBody::ClaimHandle { name: "alice".into() }).unwrap_err(),
+        TxError::NeedsAccountKey
+    );
+
+    // a certificate by another account key is refused
+    let e = key(4);
+    let bad = DeviceCert::issue(&b, DeviceId(e.verifying_key().to_bytes()), 1);
+    assert!(matches!(failed(w.run(ida, &a, TxBody::AddDevice { cert: bad })), TxError::BadDeviceCert(_)));
+
+    // revoke: the device can no longer sign
+    assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(ida, &a, TxBody::RevokeDevice { device: did })), TxError::UnknownDevice);
+    let topic = Topic([5; 32]);
+    let body = TxBody::Anchor { topic, head: Id([1; 32]), count: 3 };
+    assert_eq!(w.run(ida, &d, body).unwrap_err(), TxError::RevokedDevice);
+    // and cannot be re-added
+    assert_eq!(failed(w.run(ida, &a, TxBody::AddDevice { cert })), TxError::DeviceExists);
+
+    // rotation needs the new key's consent
+    let n = key(7);
+    let nk = n.verifying_key().to_bytes();
+    let forged = TxBody::RotateKey { new_key: nk, new_key_signature: [0; 64] };
+    assert!(matches!(failed(w.run(ida, &a, forged)), TxError::BadRotation(_)));
+    let sig = n.sign(&rotation_message(&CHAIN, &ida, &ida.0, &nk)).to_bytes();
+    assert_eq!(
+        w.run(ida, &a, TxBody::RotateKey { new_key: nk, new_key_signature: sig }).unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(w.m.account(&ida).unwrap().key, nk);
+    // the old key is no longer authorized; the new one is
+    assert_eq!(
+        w.run(ida, &a, TxBody::ClaimHandle { name: "alice".into() }).unwrap_err(),
+        TxError::UnknownSigner
+    );
+    assert_eq!(w.run(ida, &n, TxBody::ClaimHandle { name: "alice".into() }).unwrap(), Outcome::Applied);
+}
+
+#[test]
+fn nonces_replay_skip_and_signatures() {
+    let a = key(1);
+    let ida = acct(&a);
+    let mut w = W::new(&[(ida, 100)]);
+    let t0 =
+        Tx::sign(CHAIN, ida, &a, 0, TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 1 }).encode();
+    assert_eq!(w.run_raw(t0.clone()).unwrap(), Outcome::Applied);
+    assert_eq!(w.run_raw(t0).unwrap_err(), TxError::NonceReplayed { expected: 1, got: 0 });
+    let t5 = Tx::sign(CHAIN, ida, &a, 5, TxBody::RegisterAccount).encode();
+    assert_eq!(w.run_raw(t5).unwrap_err(), TxError::NonceSkipped { expected: 1, got: 5 });
+    // bad signature: flip a signature byte
+    let mut t1 = Tx::sign(CHAIN, ida, &a, 1, TxBody::RegisterAccount).encode();
+    let last = t1.len() - 1;
+    t1[last] ^= 1;
+    assert_eq!(w.run_raw(t1).unwrap_err(), TxError::BadSignature);
+    // wrong chain
+    let tc = Tx::sign([0; 32], ida, &a, 1, TxBody::RegisterAccount).encode();
+    assert_eq!(w.run_raw(tc).unwrap_err(), TxError::WrongChain);
+    // oversized
+    assert!(matches!(
+        w.run_raw(vec![0; cairn_ledger::tx::TX_BYTES_MAX + 1]).unwrap_err(),
+        TxError::Oversized { .. }
+    ));
+    // unknown account
+    let b = key(2);
+    let tb = Tx::sign(CHAIN, acct(&b), &b, 0, TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 1 })
+        .encode();
+    assert_eq!(w.run_raw(tb).unwrap_err(), TxError::UnknownAccount);
+    // a failed body still consumes the nonce (and only the nonce)
+    let before = w.m.db.root();
+    let body = TxBody::Transfer { to: acct(&b), amount: 1 };
+    assert_eq!(failed(w.run(ida, &a, body)), TxError::UnknownRecipient);
+    assert_ne!(w.m.db.root(), before);
+    assert_eq!(w.m.nonce(&ida.0), 2);
+    assert_eq!(w.m.account(&ida).unwrap().balance, 100);
+}
+
+#[test]
+fn a_block_with_an_inadmissible_tx_is_invalid() {
+    let a = key(1);
+    let ida = acct(&a);
+    let mut m = Machine::genesis(CHAIN, &[(ida, 1)]).unwrap();
+    let good = Tx::sign(CHAIN, ida, &a, 0, TxBody::RegisterAccount).encode();
+    let replay = good.clone();
+    let root = m.db.root();
+    let err = m.apply_block(&[good, replay]).unwrap_err();
+    assert!(matches!(err, BlockError::Tx { index: 1, error: TxError::NonceReplayed { .. } }), "{err:?}");
+    assert_eq!(m.db.root(), root, "a refused block changes nothing");
+}
+
+#[test]
+fn handles_are_unique_and_transferable() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let (ida, idb, idc) = (acct(&a), acct(&b), acct(&c));
+    let mut w = W::new(&[(ida, 0), (idb, 0)]);
+    let claim = |n: &str| TxBody::ClaimHandle { name: n.into() };
+    assert_eq!(w.run(ida, &a, claim("alice")).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(idb, &b, claim("alice"))), TxError::HandleTaken);
+    assert_eq!(failed(w.run(ida, &a, claim("alice2"))), TxError::AlreadyHasHandle);
+    assert_eq!(
+        failed(w.run(idb, &b, TxBody::ReleaseHandle { name: "alice".into() })),
+        TxError::HandleNotHeld
+    );
+    let xfer = |to| TxBody::TransferHandle { name: "alice".into(), to };
+    assert_eq!(failed(w.run(ida, &a, xfer(idc))), TxError::UnknownRecipient);
+    assert_eq!(w.run(ida, &a, xfer(idb)).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.account(&idb).unwrap().handle.as_deref(), Some("alice"));
+    assert_eq!(w.m.db.get(&StateKey::Handle("alice".into())).unwrap(), idb.0.to_vec());
+    assert_eq!(w.run(idb, &b, TxBody::ReleaseHandle { name: "alice".into() }).unwrap(), Outcome::Applied);
+    assert!(w.m.db.get(&StateKey::Handle("alice".into())).is_none());
+    assert_eq!(w.run(ida, &a, claim("alice")).unwrap(), Outcome::Applied);
+    // non-normalized handles never decode
+    let raw =
+        Tx::sign(CHAIN, ida, &a, w.m.nonce(&ida.0), TxBody::ClaimHandle { name: "Bob".into() }).encode();
+    assert!(matches!(w.run_raw(raw).unwrap_err(), TxError::Malformed(_)));
+}
+
+#[test]
+fn commit_sequencer_is_compare_and_swap() {
+    let a = key(1);
+    let ida = acct(&a);
+    let d = key(3);
+    let mut w = W::new(&[(ida, 0)]);
+    let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
+    w.run(ida, &a, TxBody::AddDevice { cert }).unwrap();
+    let t = Topic([8; 32]);
+    let hs = |after, p: u8| TxBody::SequenceHandshake { topic: t, after, payload: vec![p; 10] };
+    assert_eq!(w.run(ida, &d, hs(0, 1)).unwrap(), Outcome::Sequenced { topic: t, seq: 0 });
+    assert_eq!(w.run(ida, &a, hs(1, 2)).unwrap(), Outcome::Sequenced { topic: t, seq: 1 });
+    assert_eq!(failed(w.run(ida, &d, hs(1, 3))), TxError::StaleSequence { after: 1, current: 2 });
+    assert_eq!(failed(w.run(ida, &d, hs(5, 3))), TxError::StaleSequence { after: 5, current: 2 });
+    // two racing submissions in one block: the first wins, the second is stale
+    let n = w.m.nonce(&d.verifying_key().to_bytes());
+    let x = Tx::sign(CHAIN, ida, &d, n, hs(2, 4)).encode();
+    let y = Tx::sign(CHAIN, ida, &d, n + 1, hs(2, 5)).encode();
+    let (r, dropped) = w.m.propose_and_apply(&[x, y]).unwrap();
+    assert!(dropped.is_empty());
+    assert_eq!(r[0].outcome, Outcome::Sequenced { topic: t, seq: 2 });
+    assert_eq!(r[1].outcome, Outcome::Failed(TxError::StaleSequence { after: 2, current: 3 }));
+    // anchors never regress
+    let anc = |count| TxBody::Anchor { topic: t, head: Id([count as u8; 32]), count };
+    assert_eq!(w.run(ida, &d, anc(10)).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(ida, &d, anc(9))), TxError::AnchorRegressed { count: 9, anchored: 10 });
+}
+
+#[test]
+fn balances_move_and_never_go_negative() {
+    let (a, b) = (key(1), key(2));
+    let (ida, idb) = (acct(&a), acct(&b));
+    let mut w = W::new(&[(ida, 50), (idb, u64::MAX - 1)]);
+    assert_eq!(w.run(ida, &a, TxBody::Transfer { to: idb, amount: 1 }).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(ida, &a, TxBody::Transfer { to: idb, amount: 1 })), TxError::BalanceOverflow);
+    assert_eq!(
+        failed(w.run(ida, &a, TxBody::Transfer { to: idb, amount: 60 })),
+        TxError::InsufficientBalance { have: 49, need: 60 }
+    );
+    assert_eq!(failed(w.run(ida, &a, TxBody::Transfer { to: ida, amount: 1 })), TxError::SelfTransfer);
+    assert_eq!(w.run(idb, &b, TxBody::Transfer { to: ida, amount: 100 }).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.account(&ida).unwrap().balance, 149);
+}
+
+/// A pool of transactions from 4 accounts that touch shared state (handles, a topic, transfers).
+fn tx_pool() -> Vec<Vec<u8>> {
+    let keys: Vec<SigningKey> = (1..=4).map(key).collect();
+    let mut out = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let id = acct(k);
+        let to = acct(&keys[(i + 1) % 4]);
+        let bodies = vec![
+            TxBody::ClaimHandle { name: format!("user{}", i % 2) },
+            TxBody::Transfer { to, amount: 7 },
+            TxBody::SequenceHandshake {
+                topic: Topic([1; 32]),
+                after: (i % 3) as u64,
+                payload: vec![i as u8],
+            },
+            TxBody::Anchor { topic: Topic([2; 32]), head: Id([i as u8; 32]), count: (i * 3 % 5) as u64 },
+            TxBody::ReleaseHandle { name: format!("user{}", i % 2) },
+        ];
+        for (n, body) in bodies.into_iter().enumerate() {
+            out.push(Tx::sign(CHAIN, id, k, n as u64, body).encode());
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    /// The same transactions in the same order give the same receipts and root on two replicas,
+    /// however they are split into blocks on the proposer side; and a shuffled order is applied
+    /// deterministically too (two replicas agree), though it may reach a different root.
+    #[test]
+    fn same_txs_same_root(perm in Just((0..20usize).collect::<Vec<_>>()).prop_shuffle(), cut in 1usize..20) {
+        let alloc: Vec<(AccountId, u64)> = (1..=4).map(|b| (acct(&key(b)), 20)).collect();
+        let pool = tx_pool();
+        let order: Vec<Vec<u8>> = perm.iter().map(|&i| pool[i].clone()).collect();
+        let mut m1 = Machine::genesis(CHAIN, &alloc).unwrap();
+        let mut m2 = Machine::genesis(CHAIN, &alloc).unwrap();
+        // replica 1 proposes in two blocks (dropping what is not admissible yet, e.g. skipped nonces)
+        let (r1a, _) = m1.propose_and_apply(&order[..cut]).unwrap();
+        let (r1b, _) = m1.propose_and_apply(&order[cut..]).unwrap();
+        // replica 2 replays exactly the included transactions as verified blocks
+        let inc = |r: &Vec<cairn_ledger::state::Receipt>| -> Vec<Vec<u8>> {
+            r.iter().map(|x| order.iter().find(|t| Tx::id_of(t) == x.tx).unwrap().clone()).collect()
+        };
+        let r2a = m2.apply_block(&inc(&r1a)).unwrap();
+        let r2b = m2.apply_block(&inc(&r1b)).unwrap();
+        prop_assert_eq!(r1a, r2a);
+        prop_assert_eq!(r1b, r2b);
+        prop_assert_eq!(m1.db.root(), m2.db.root());
+    }
+}
