@@ -1,0 +1,81 @@
+//! An in-memory [`CommitSequencer`] for tests, benches and single-process setups.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use cairn_proto::Topic;
+use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, SequencerError};
+
+/// Per-topic ordered logs in memory. Clones share the same logs, so several clients in one
+/// process (a test) see one order.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySequencer {
+    logs: Rc<RefCell<HashMap<Topic, Vec<Vec<u8>>>>>,
+}
+
+impl MemorySequencer {
+    /// An empty sequencer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of handshake messages ordered for `topic`.
+    pub fn len(&self, topic: &Topic) -> u64 {
+        self.logs.borrow().get(topic).map_or(0, |l| l.len() as u64)
+    }
+
+    /// True if no topic has any message.
+    pub fn is_empty(&self) -> bool {
+        self.logs.borrow().values().all(Vec::is_empty)
+    }
+}
+
+impl CommitSequencer for MemorySequencer {
+    fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError> {
+        if payload.len() > HANDSHAKE_BYTES_MAX {
+            return Err(SequencerError::TooLarge { len: payload.len(), max: HANDSHAKE_BYTES_MAX });
+        }
+        let mut logs = self.logs.borrow_mut();
+        let log = logs.entry(topic).or_default();
+        let current = log.len() as u64;
+        if after != current {
+            return Err(SequencerError::Stale { after, current });
+        }
+        log.push(payload);
+        Ok(current)
+    }
+
+    fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError> {
+        let logs = self.logs.borrow();
+        let Some(log) = logs.get(topic) else { return Ok(Vec::new()) };
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(log.len());
+        Ok(log[start..]
+            .iter()
+            .take(max)
+            .enumerate()
+            .map(|(i, p)| Sequenced { topic: *topic, seq: (start + i) as u64, payload: p.clone() })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_submissions_are_refused_and_order_is_dense() {
+        let mut s = MemorySequencer::new();
+        let t = Topic([1; 32]);
+        assert_eq!(s.submit(t, 0, vec![1]), Ok(0));
+        assert_eq!(s.submit(t, 0, vec![2]), Err(SequencerError::Stale { after: 0, current: 1 }));
+        assert_eq!(s.submit(t, 1, vec![3]), Ok(1));
+        let got = s.fetch(&t, 1, 10).unwrap_or_default();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].seq, 1);
+        assert_eq!(got[0].payload, vec![3]);
+        assert!(s.fetch(&t, 9, 10).unwrap_or_default().is_empty());
+        let big = vec![0; HANDSHAKE_BYTES_MAX + 1];
+        assert!(matches!(s.submit(t, 2, big), Err(SequencerError::TooLarge { .. })));
+    }
+}

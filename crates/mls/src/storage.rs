@@ -1,0 +1,573 @@
+//! OpenMLS state in Cairn's redb file.
+//!
+//! [`MlsStorage`] implements OpenMLS's `StorageProvider` over one redb table (`cairn_mls`) of the
+//! same [`redb::Database`] as the rest of the store. OpenMLS makes several storage writes per
+//! API call; they go to a write-back overlay first and [`MlsStorage::flush`] commits them in one
+//! redb transaction, so a group is always stored in a consistent state: either all of an
+//! operation's changes are on disk or none. On error the caller [`MlsStorage::discard`]s the
+//! overlay and reloads the group. Repeated writes of one key within an operation are coalesced,
+//! so each transaction writes only the entries that changed, once.
+//!
+//! Keys are `label ‖ 0x00 ‖ json(key) ‖ storage version (u16 BE)`; values are JSON (the same
+//! self-describing encoding OpenMLS's own providers use, so entities round-trip exactly).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openmls_traits::storage::{CURRENT_VERSION, StorageProvider, traits};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+const TABLE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("cairn_mls");
+const V: u16 = CURRENT_VERSION;
+
+/// A storage failure.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// A stored value could not be encoded or decoded.
+    #[error("MLS state encoding: {0}")]
+    Encoding(#[from] serde_json::Error),
+    /// The database refused the operation.
+    #[error("MLS state database: {0}")]
+    Database(#[from] redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => { $(impl From<$t> for StorageError {
+        fn from(e: $t) -> Self { Self::Database(e.into()) }
+    })* };
+}
+from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// Something that owns a redb [`Database`]: the database itself or Cairn's [`cairn_store::Store`].
+pub trait DatabaseHandle: Send + Sync {
+    /// The database.
+    fn database(&self) -> &Database;
+}
+
+impl DatabaseHandle for Database {
+    fn database(&self) -> &Database {
+        self
+    }
+}
+
+impl DatabaseHandle for cairn_store::Store {
+    fn database(&self) -> &Database {
+        cairn_store::Store::database(self)
+    }
+}
+
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// OpenMLS storage provider over redb with a write-back overlay (see the module docs).
+pub struct MlsStorage {
+    db: Arc<dyn DatabaseHandle>,
+    pending: Mutex<Overlay>,
+}
+
+impl std::fmt::Debug for MlsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsStorage").field("pending", &self.lock().len()).finish()
+    }
+}
+
+impl MlsStorage {
+    /// Storage over `db` (creates the table on first flush).
+    pub fn new(db: Arc<dyn DatabaseHandle>) -> Self {
+        Self { db, pending: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Overlay> {
+        // A poisoned lock only means another thread panicked mid-update of the overlay; the
+        // overlay is discarded by the caller's rollback in that case, so keep going.
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn key<K: Serialize + ?Sized>(label: &[u8], k: &K) -> Result<Vec<u8>, StorageError> {
+        let mut out = Vec::with_capacity(label.len() + 64);
+        out.extend_from_slice(label);
+        out.push(0);
+        serde_json::to_writer(&mut out, k)?;
+        out.extend_from_slice(&V.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Reads a raw entry, seeing unflushed writes.
+    pub(crate) fn raw_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(v) = self.lock().get(k) {
+            return Ok(v.clone());
+        }
+        let rtx = self.db.database().begin_read()?;
+        let t = match rtx.open_table(TABLE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(k)?.map(|g| g.value().to_vec()))
+    }
+
+    /// Buffers a raw write (flushed with the rest of the operation).
+    pub(crate) fn raw_put(&self, k: Vec<u8>, v: Vec<u8>) {
+        self.lock().insert(k, Some(v));
+    }
+
+    /// Buffers a raw delete.
+    pub(crate) fn raw_del(&self, k: Vec<u8>) {
+        self.lock().insert(k, None);
+    }
+
+    /// Every stored `(key, value)` whose key starts with `prefix` (flushed state only).
+    pub(crate) fn raw_scan(&self, prefix: &[u8]) -> Result<Entries, StorageError> {
+        let rtx = self.db.database().begin_read()?;
+        let t = match rtx.open_table(TABLE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in t.range(prefix..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Commits every buffered write in one durable redb transaction.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let mut p = self.lock();
+        if p.is_empty() {
+            return Ok(());
+        }
+        let wtx = self.db.database().begin_write()?;
+        {
+            let mut t = wtx.open_table(TABLE)?;
+            for (k, v) in p.iter() {
+                match v {
+                    Some(v) => {
+                        t.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        t.remove(k.as_slice())?;
+                    }
+                }
+            }
+        }
+        wtx.commit()?;
+        p.clear();
+        Ok(())
+    }
+
+    /// Drops every buffered write (the caller then reloads its groups from storage).
+    pub fn discard(&self) {
+        self.lock().clear();
+    }
+
+    /// Number of buffered, unflushed writes.
+    pub fn pending_writes(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn put<K: Serialize + ?Sized, T: Serialize + ?Sized>(
+        &self,
+        l: &[u8],
+        k: &K,
+        v: &T,
+    ) -> Result<(), StorageError> {
+        let key = Self::key(l, k)?;
+        let val = serde_json::to_vec(v)?;
+        self.raw_put(key, val);
+        Ok(())
+    }
+
+    fn get<K: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        l: &[u8],
+        k: &K,
+    ) -> Result<Option<T>, StorageError> {
+        match self.raw_get(&Self::key(l, k)?)? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn del<K: Serialize + ?Sized>(&self, l: &[u8], k: &K) -> Result<(), StorageError> {
+        let key = Self::key(l, k)?;
+        self.raw_del(key);
+        Ok(())
+    }
+
+    // List-valued entries: a JSON array of the JSON encodings of the items.
+    fn list<K: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        l: &[u8],
+        k: &K,
+    ) -> Result<Vec<T>, StorageError> {
+        let raw: Vec<Vec<u8>> = self.get(l, k)?.unwrap_or_default();
+        raw.iter().map(|b| serde_json::from_slice(b).map_err(StorageError::from)).collect()
+    }
+
+    fn push<K: Serialize + ?Sized, T: Serialize>(&self, l: &[u8], k: &K, v: &T) -> Result<(), StorageError> {
+        let mut raw: Vec<Vec<u8>> = self.get(l, k)?.unwrap_or_default();
+        raw.push(serde_json::to_vec(v)?);
+        self.put(l, k, &raw)
+    }
+
+    fn pull<K: Serialize + ?Sized, T: Serialize>(&self, l: &[u8], k: &K, v: &T) -> Result<(), StorageError> {
+        let mut raw: Vec<Vec<u8>> = self.get(l, k)?.unwrap_or_default();
+        let item = serde_json::to_vec(v)?;
+        if let Some(pos) = raw.iter().position(|x| *x == item) {
+            raw.remove(pos);
+        }
+        self.put(l, k, &raw)
+    }
+}
+
+const KEY_PACKAGE: &[u8] = b"KeyPackage";
+const PSK: &[u8] = b"Psk";
+const ENC_KEY_PAIR: &[u8] = b"EncryptionKeyPair";
+const SIG_KEY_PAIR: &[u8] = b"SignatureKeyPair";
+const EPOCH_KEY_PAIRS: &[u8] = b"EpochKeyPairs";
+const TREE: &[u8] = b"Tree";
+const GROUP_CONTEXT: &[u8] = b"GroupContext";
+const INTERIM_TH: &[u8] = b"InterimTranscriptHash";
+const CONFIRMATION_TAG: &[u8] = b"ConfirmationTag";
+const JOIN_CONFIG: &[u8] = b"MlsGroupJoinConfig";
+const OWN_LEAF_NODES: &[u8] = b"OwnLeafNodes";
+const GROUP_STATE: &[u8] = b"GroupState";
+const QUEUED_PROPOSAL: &[u8] = b"QueuedProposal";
+const PROPOSAL_REFS: &[u8] = b"ProposalQueueRefs";
+const OWN_LEAF_INDEX: &[u8] = b"OwnLeafNodeIndex";
+const EPOCH_SECRETS: &[u8] = b"EpochSecrets";
+const RESUMPTION_PSK: &[u8] = b"ResumptionPsk";
+const MESSAGE_SECRETS: &[u8] = b"MessageSecrets";
+
+type R<T> = Result<T, StorageError>;
+
+impl StorageProvider<V> for MlsStorage {
+    type Error = StorageError;
+
+    fn write_mls_join_config<G: traits::GroupId<V>, C: traits::MlsGroupJoinConfig<V>>(
+        &self,
+        group_id: &G,
+        config: &C,
+    ) -> R<()> {
+        self.put(JOIN_CONFIG, group_id, config)
+    }
+    fn append_own_leaf_node<G: traits::GroupId<V>, L: traits::LeafNode<V>>(
+        &self,
+        group_id: &G,
+        leaf_node: &L,
+    ) -> R<()> {
+        self.push(OWN_LEAF_NODES, group_id, leaf_node)
+    }
+    fn queue_proposal<G: traits::GroupId<V>, P: traits::ProposalRef<V>, Q: traits::QueuedProposal<V>>(
+        &self,
+        group_id: &G,
+        proposal_ref: &P,
+        proposal: &Q,
+    ) -> R<()> {
+        self.put(QUEUED_PROPOSAL, &(group_id, proposal_ref), proposal)?;
+        self.push(PROPOSAL_REFS, group_id, proposal_ref)
+    }
+    fn write_tree<G: traits::GroupId<V>, T: traits::TreeSync<V>>(&self, group_id: &G, tree: &T) -> R<()> {
+        self.put(TREE, group_id, tree)
+    }
+    fn write_interim_transcript_hash<G: traits::GroupId<V>, H: traits::InterimTranscriptHash<V>>(
+        &self,
+        group_id: &G,
+        h: &H,
+    ) -> R<()> {
+        self.put(INTERIM_TH, group_id, h)
+    }
+    fn write_context<G: traits::GroupId<V>, C: traits::GroupContext<V>>(&self, group_id: &G, c: &C) -> R<()> {
+        self.put(GROUP_CONTEXT, group_id, c)
+    }
+    fn write_confirmation_tag<G: traits::GroupId<V>, C: traits::ConfirmationTag<V>>(
+        &self,
+        group_id: &G,
+        tag: &C,
+    ) -> R<()> {
+        self.put(CONFIRMATION_TAG, group_id, tag)
+    }
+    fn write_group_state<S: traits::GroupState<V>, G: traits::GroupId<V>>(
+        &self,
+        group_id: &G,
+        s: &S,
+    ) -> R<()> {
+        self.put(GROUP_STATE, group_id, s)
+    }
+    fn write_message_secrets<G: traits::GroupId<V>, M: traits::MessageSecrets<V>>(
+        &self,
+        group_id: &G,
+        m: &M,
+    ) -> R<()> {
+        self.put(MESSAGE_SECRETS, group_id, m)
+    }
+    fn write_resumption_psk_store<G: traits::GroupId<V>, S: traits::ResumptionPskStore<V>>(
+        &self,
+        group_id: &G,
+        s: &S,
+    ) -> R<()> {
+        self.put(RESUMPTION_PSK, group_id, s)
+    }
+    fn write_own_leaf_index<G: traits::GroupId<V>, L: traits::LeafNodeIndex<V>>(
+        &self,
+        group_id: &G,
+        i: &L,
+    ) -> R<()> {
+        self.put(OWN_LEAF_INDEX, group_id, i)
+    }
+    fn write_group_epoch_secrets<G: traits::GroupId<V>, S: traits::GroupEpochSecrets<V>>(
+        &self,
+        group_id: &G,
+        s: &S,
+    ) -> R<()> {
+        self.put(EPOCH_SECRETS, group_id, s)
+    }
+    fn write_signature_key_pair<P: traits::SignaturePublicKey<V>, K: traits::SignatureKeyPair<V>>(
+        &self,
+        public_key: &P,
+        kp: &K,
+    ) -> R<()> {
+        self.put(SIG_KEY_PAIR, public_key, kp)
+    }
+    fn write_encryption_key_pair<E: traits::EncryptionKey<V>, K: traits::HpkeKeyPair<V>>(
+        &self,
+        public_key: &E,
+        kp: &K,
+    ) -> R<()> {
+        self.put(ENC_KEY_PAIR, public_key, kp)
+    }
+    fn write_encryption_epoch_key_pairs<
+        G: traits::GroupId<V>,
+        E: traits::EpochKey<V>,
+        K: traits::HpkeKeyPair<V>,
+    >(
+        &self,
+        group_id: &G,
+        epoch: &E,
+        leaf_index: u32,
+        key_pairs: &[K],
+    ) -> R<()> {
+        self.put(EPOCH_KEY_PAIRS, &(group_id, epoch, leaf_index), key_pairs)
+    }
+    fn write_key_package<H: traits::HashReference<V>, K: traits::KeyPackage<V>>(
+        &self,
+        r: &H,
+        kp: &K,
+    ) -> R<()> {
+        self.put(KEY_PACKAGE, r, kp)
+    }
+    fn write_psk<P: traits::PskId<V>, B: traits::PskBundle<V>>(&self, psk_id: &P, psk: &B) -> R<()> {
+        self.put(PSK, psk_id, psk)
+    }
+
+    fn mls_group_join_config<G: traits::GroupId<V>, C: traits::MlsGroupJoinConfig<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<C>> {
+        self.get(JOIN_CONFIG, group_id)
+    }
+    fn own_leaf_nodes<G: traits::GroupId<V>, L: traits::LeafNode<V>>(&self, group_id: &G) -> R<Vec<L>> {
+        self.list(OWN_LEAF_NODES, group_id)
+    }
+    fn queued_proposal_refs<G: traits::GroupId<V>, P: traits::ProposalRef<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Vec<P>> {
+        self.list(PROPOSAL_REFS, group_id)
+    }
+    fn queued_proposals<G: traits::GroupId<V>, P: traits::ProposalRef<V>, Q: traits::QueuedProposal<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Vec<(P, Q)>> {
+        let refs: Vec<P> = self.list(PROPOSAL_REFS, group_id)?;
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            if let Some(p) = self.get(QUEUED_PROPOSAL, &(group_id, &r))? {
+                out.push((r, p));
+            }
+        }
+        Ok(out)
+    }
+    fn tree<G: traits::GroupId<V>, T: traits::TreeSync<V>>(&self, group_id: &G) -> R<Option<T>> {
+        self.get(TREE, group_id)
+    }
+    fn group_context<G: traits::GroupId<V>, C: traits::GroupContext<V>>(&self, group_id: &G) -> R<Option<C>> {
+        self.get(GROUP_CONTEXT, group_id)
+    }
+    fn interim_transcript_hash<G: traits::GroupId<V>, H: traits::InterimTranscriptHash<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<H>> {
+        self.get(INTERIM_TH, group_id)
+    }
+    fn confirmation_tag<G: traits::GroupId<V>, C: traits::ConfirmationTag<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<C>> {
+        self.get(CONFIRMATION_TAG, group_id)
+    }
+    fn group_state<S: traits::GroupState<V>, G: traits::GroupId<V>>(&self, group_id: &G) -> R<Option<S>> {
+        self.get(GROUP_STATE, group_id)
+    }
+    fn message_secrets<G: traits::GroupId<V>, M: traits::MessageSecrets<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<M>> {
+        self.get(MESSAGE_SECRETS, group_id)
+    }
+    fn resumption_psk_store<G: traits::GroupId<V>, S: traits::ResumptionPskStore<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<S>> {
+        self.get(RESUMPTION_PSK, group_id)
+    }
+    fn own_leaf_index<G: traits::GroupId<V>, L: traits::LeafNodeIndex<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<L>> {
+        self.get(OWN_LEAF_INDEX, group_id)
+    }
+    fn group_epoch_secrets<G: traits::GroupId<V>, S: traits::GroupEpochSecrets<V>>(
+        &self,
+        group_id: &G,
+    ) -> R<Option<S>> {
+        self.get(EPOCH_SECRETS, group_id)
+    }
+    fn signature_key_pair<P: traits::SignaturePublicKey<V>, K: traits::SignatureKeyPair<V>>(
+        &self,
+        public_key: &P,
+    ) -> R<Option<K>> {
+        self.get(SIG_KEY_PAIR, public_key)
+    }
+    fn encryption_key_pair<K: traits::HpkeKeyPair<V>, E: traits::EncryptionKey<V>>(
+        &self,
+        public_key: &E,
+    ) -> R<Option<K>> {
+        self.get(ENC_KEY_PAIR, public_key)
+    }
+    fn encryption_epoch_key_pairs<
+        G: traits::GroupId<V>,
+        E: traits::EpochKey<V>,
+        K: traits::HpkeKeyPair<V>,
+    >(
+        &self,
+        group_id: &G,
+        epoch: &E,
+        leaf_index: u32,
+    ) -> R<Vec<K>> {
+        Ok(self.get(EPOCH_KEY_PAIRS, &(group_id, epoch, leaf_index))?.unwrap_or_default())
+    }
+    fn key_package<H: traits::HashReference<V>, K: traits::KeyPackage<V>>(&self, r: &H) -> R<Option<K>> {
+        self.get(KEY_PACKAGE, r)
+    }
+    fn psk<B: traits::PskBundle<V>, P: traits::PskId<V>>(&self, psk_id: &P) -> R<Option<B>> {
+        self.get(PSK, psk_id)
+    }
+
+    fn remove_proposal<G: traits::GroupId<V>, P: traits::ProposalRef<V>>(
+        &self,
+        group_id: &G,
+        r: &P,
+    ) -> R<()> {
+        self.pull(PROPOSAL_REFS, group_id, r)?;
+        self.del(QUEUED_PROPOSAL, &(group_id, r))
+    }
+    fn delete_own_leaf_nodes<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(OWN_LEAF_NODES, group_id)
+    }
+    fn delete_group_config<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(JOIN_CONFIG, group_id)
+    }
+    fn delete_tree<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(TREE, group_id)
+    }
+    fn delete_confirmation_tag<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(CONFIRMATION_TAG, group_id)
+    }
+    fn delete_group_state<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(GROUP_STATE, group_id)
+    }
+    fn delete_context<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(GROUP_CONTEXT, group_id)
+    }
+    fn delete_interim_transcript_hash<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(INTERIM_TH, group_id)
+    }
+    fn delete_message_secrets<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(MESSAGE_SECRETS, group_id)
+    }
+    fn delete_all_resumption_psk_secrets<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(RESUMPTION_PSK, group_id)
+    }
+    fn delete_own_leaf_index<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(OWN_LEAF_INDEX, group_id)
+    }
+    fn delete_group_epoch_secrets<G: traits::GroupId<V>>(&self, group_id: &G) -> R<()> {
+        self.del(EPOCH_SECRETS, group_id)
+    }
+    fn clear_proposal_queue<G: traits::GroupId<V>, P: traits::ProposalRef<V>>(&self, group_id: &G) -> R<()> {
+        let refs: Vec<P> = self.list(PROPOSAL_REFS, group_id)?;
+        for r in &refs {
+            self.del(QUEUED_PROPOSAL, &(group_id, r))?;
+        }
+        self.del(PROPOSAL_REFS, group_id)
+    }
+    fn delete_signature_key_pair<P: traits::SignaturePublicKey<V>>(&self, public_key: &P) -> R<()> {
+        self.del(SIG_KEY_PAIR, public_key)
+    }
+    fn delete_encryption_key_pair<E: traits::EncryptionKey<V>>(&self, public_key: &E) -> R<()> {
+        self.del(ENC_KEY_PAIR, public_key)
+    }
+    fn delete_encryption_epoch_key_pairs<G: traits::GroupId<V>, E: traits::EpochKey<V>>(
+        &self,
+        group_id: &G,
+        epoch: &E,
+        leaf_index: u32,
+    ) -> R<()> {
+        self.del(EPOCH_KEY_PAIRS, &(group_id, epoch, leaf_index))
+    }
+    fn delete_key_package<H: traits::HashReference<V>>(&self, r: &H) -> R<()> {
+        self.del(KEY_PACKAGE, r)
+    }
+    fn delete_psk<P: traits::PskId<V>>(&self, psk_id: &P) -> R<()> {
+        self.del(PSK, psk_id)
+    }
+}
+
+/// The OpenMLS provider Cairn uses: RustCrypto primitives and randomness, redb storage.
+#[derive(Debug)]
+pub struct CairnProvider {
+    crypto: openmls_rust_crypto::RustCrypto,
+    storage: MlsStorage,
+}
+
+impl CairnProvider {
+    /// A provider storing into `db`.
+    pub fn new(db: Arc<dyn DatabaseHandle>) -> Self {
+        Self { crypto: openmls_rust_crypto::RustCrypto::default(), storage: MlsStorage::new(db) }
+    }
+}
+
+impl openmls_traits::OpenMlsProvider for CairnProvider {
+    type CryptoProvider = openmls_rust_crypto::RustCrypto;
+    type RandProvider = openmls_rust_crypto::RustCrypto;
+    type StorageProvider = MlsStorage;
+
+    fn storage(&self) -> &MlsStorage {
+        &self.storage
+    }
+    fn crypto(&self) -> &openmls_rust_crypto::RustCrypto {
+        &self.crypto
+    }
+    fn rand(&self) -> &openmls_rust_crypto::RustCrypto {
+        &self.crypto
+    }
+}

@@ -1,0 +1,269 @@
+//! Conversations: membership, sequenced commits without forks, persistence, bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cairn_mls::{Change, Dropped, Event, KeyPackagePool, MemorySequencer, MlsError, Received};
+use cairn_proto::CommitSequencer;
+use common::{Dev, NOW, delivered, group, say};
+
+#[test]
+fn one_to_one_then_group_add_remove_update() {
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob, mut carol) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut alice, &mut [&mut bob], &mut seq);
+    assert_eq!(alice.client.members(&id).unwrap().len(), 2);
+    assert_eq!(bob.client.applied(&id).unwrap(), 1);
+    say(&mut alice, &mut [&mut bob], &id, "hi bob");
+    say(&mut bob, &mut [&mut alice], &id, "hi alice");
+
+    // Bob adds Carol; Alice learns it from the sequencer.
+    let mut pool = KeyPackagePool::new();
+    carol.publish(&mut pool, 1);
+    let kp = pool.take(&carol.device()).unwrap();
+    let out = bob.client.add(&id, vec![kp], &mut seq, NOW).unwrap().unwrap();
+    carol.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
+    let ev = alice.client.sync(&id, &seq, NOW).unwrap();
+    assert!(matches!(&ev[..], [Event::Commit { added, .. }] if added.len() == 1 && added[0] == carol.cert));
+    say(&mut carol, &mut [&mut alice, &mut bob], &id, "hello both");
+
+    // Self-update on demand, then remove Bob's account.
+    alice.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    let out = carol.client.remove_account(&id, bob.cert.account, &mut seq, NOW).unwrap().unwrap();
+    assert_eq!(out.epoch, alice.client.epoch(&id).unwrap() + 1);
+    alice.client.sync(&id, &seq, NOW).unwrap();
+    let ev = bob.client.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })));
+    assert!(!bob.client.is_active(&id).unwrap());
+    assert_eq!(
+        alice.client.epoch_authenticator(&id).unwrap(),
+        carol.client.epoch_authenticator(&id).unwrap()
+    );
+    say(&mut alice, &mut [&mut carol], &id, "just us");
+    // Removing someone already gone is a no-op, not a commit.
+    assert!(carol.client.remove_account(&id, bob.cert.account, &mut seq, NOW).unwrap().is_none());
+}
+
+#[test]
+fn concurrent_commits_are_ordered_and_rebuilt_without_fork() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    let start = a.client.epoch(&id).unwrap();
+    // Both build a commit on the same epoch.
+    let sa = a.client.stage(&id, Change::SelfUpdate).unwrap().unwrap();
+    let sb = b.client.stage(&id, Change::SelfUpdate).unwrap().unwrap();
+    let oa = a.client.submit(sa, &mut seq, NOW).unwrap().unwrap();
+    // B's is stale: it drops it, applies A's, rebuilds and lands next.
+    let ob = b.client.submit(sb, &mut seq, NOW).unwrap().unwrap();
+    assert_eq!(ob.seq, oa.seq + 1);
+    a.client.sync(&id, &seq, NOW).unwrap();
+    c.client.sync(&id, &seq, NOW).unwrap();
+    for d in [&a, &b, &c] {
+        assert_eq!(d.client.epoch(&id).unwrap(), start + 2);
+        assert_eq!(d.client.applied(&id).unwrap(), seq.len(&id.topic()));
+    }
+    let auth = a.client.epoch_authenticator(&id).unwrap();
+    assert_eq!(auth, b.client.epoch_authenticator(&id).unwrap());
+    assert_eq!(auth, c.client.epoch_authenticator(&id).unwrap());
+    say(&mut b, &mut [&mut a, &mut c], &id, "no fork");
+}
+
+#[test]
+fn concurrent_removes_of_the_same_member_resolve_to_one() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    let sa = a.client.stage(&id, Change::RemoveAccount(c.cert.account)).unwrap().unwrap();
+    let sb = b.client.stage(&id, Change::RemoveAccount(c.cert.account)).unwrap().unwrap();
+    assert!(a.client.submit(sa, &mut seq, NOW).unwrap().is_some());
+    // After catching up there is nothing left to remove.
+    assert!(b.client.submit(sb, &mut seq, NOW).unwrap().is_none());
+    assert_eq!(a.client.epoch_authenticator(&id).unwrap(), b.client.epoch_authenticator(&id).unwrap());
+    say(&mut a, &mut [&mut b], &id, "still in sync");
+}
+
+#[test]
+fn restart_continues_without_reinvite() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    say(&mut a, &mut [&mut b], &id, "before restart");
+    let mut b = b.restart();
+    let mut a = a.restart();
+    assert_eq!(b.client.conversations(), vec![id]);
+    say(&mut a, &mut [&mut b], &id, "after restart");
+    say(&mut b, &mut [&mut a], &id, "me too");
+    a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    let mut b = b.restart();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(a.client.epoch_authenticator(&id).unwrap(), b.client.epoch_authenticator(&id).unwrap());
+    say(&mut b, &mut [&mut a], &id, "new epoch after restart");
+}
+
+#[test]
+fn own_commit_sequenced_before_a_crash_is_merged_on_restart() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    // A stages a commit (stored durably); the sequencer accepts it, but A crashes before it
+    // learns so.
+    let staged = a.client.stage(&id, Change::SelfUpdate).unwrap().unwrap();
+    seq.submit(id.topic(), staged.after(), staged.commit_bytes().to_vec()).unwrap();
+    drop(staged);
+    let mut a = a.restart();
+    let ev = a.client.sync(&id, &seq, NOW).unwrap();
+    assert!(matches!(&ev[..], [Event::Commit { .. }]), "{ev:?}");
+    b.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(a.client.epoch_authenticator(&id).unwrap(), b.client.epoch_authenticator(&id).unwrap());
+    say(&mut a, &mut [&mut b], &id, "merged after restart");
+}
+
+#[test]
+fn lost_pending_commit_is_dropped_when_another_wins() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    // A stages a commit and restarts before submitting it; B commits meanwhile.
+    drop(a.client.stage(&id, Change::SelfUpdate).unwrap().unwrap());
+    let mut a = a.restart();
+    assert!(a.client.stage(&id, Change::SelfUpdate).is_err(), "a pending commit blocks a second one");
+    b.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    // A syncs: B's commit wins, A's pending commit is dropped, state converges.
+    a.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(a.client.epoch_authenticator(&id).unwrap(), b.client.epoch_authenticator(&id).unwrap());
+    say(&mut a, &mut [&mut b], &id, "converged");
+    a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    say(&mut b, &mut [&mut a], &id, "and A can commit again");
+}
+
+#[test]
+fn garbage_broken_chains_and_out_of_order_commits_do_not_corrupt_state() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let before = a.client.epoch_authenticator(&id).unwrap();
+    // Malformed application input.
+    assert!(matches!(b.client.receive(&id, b"garbage"), Err(MlsError::Malformed(_))));
+    assert!(matches!(b.client.receive(&id, &[]), Err(MlsError::Malformed(_))));
+    // Garbage and a replayed old commit in the handshake order: skipped by everyone alike.
+    let old_commit = seq.fetch(&id.topic(), 0, 1).unwrap().remove(0).payload;
+    let n = seq.len(&id.topic());
+    seq.submit(id.topic(), n, b"not mls".to_vec()).unwrap();
+    seq.submit(id.topic(), n + 1, old_commit).unwrap();
+    for d in [&mut a, &mut b] {
+        let ev = d.client.sync(&id, &seq, NOW).unwrap();
+        assert_eq!(ev.iter().filter(|e| matches!(e, Event::Skipped { .. })).count(), 2, "{ev:?}");
+        assert_eq!(d.client.epoch_authenticator(&id).unwrap(), before);
+    }
+    // A key package whose device certificate is broken is refused.
+    let mut bad = b.client.key_package_batch(1, false).unwrap().packages.remove(0);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(cairn_mls::verify_key_package(&bad).is_err());
+    // The conversation goes on, also after a restart.
+    say(&mut a, &mut [&mut b], &id, "still fine");
+    a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    let mut b = b.restart();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    say(&mut b, &mut [&mut a], &id, "and after a commit");
+}
+
+#[test]
+fn leave_is_proposed_then_committed() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    c.client.leave(&id, &mut seq, NOW).unwrap();
+    let ev = a.client.sync(&id, &seq, NOW).unwrap();
+    assert!(matches!(&ev[..], [Event::LeaveProposed { device: Some(d), .. }] if *d == c.cert));
+    assert!(matches!(a.client.send(&id, b"x"), Err(MlsError::PendingProposals)));
+    a.client.commit_pending(&id, &mut seq, NOW).unwrap().unwrap();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    let ev = c.client.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+    assert_eq!(a.client.members(&id).unwrap().len(), 2);
+    say(&mut a, &mut [&mut b], &id, "bye carol");
+}
+
+#[test]
+fn devices_join_all_account_conversations_and_revocation_removes_them_everywhere() {
+    let mut seq = MemorySequencer::new();
+    let (mut a1, mut b) = (Dev::new(), Dev::new());
+    let mut a2 = a1.sibling();
+    // Alice's two devices and Bob, in two conversations.
+    let c1 = group(&mut a1, &mut [&mut a2, &mut b], &mut seq);
+    let c2 = group(&mut a1, &mut [&mut b], &mut seq);
+    assert_eq!(a1.client.member_accounts(&c1).unwrap().len(), 2);
+    // A new device of Alice is added everywhere Alice is.
+    let mut a3 = a1.sibling();
+    let mut pool = KeyPackagePool::new();
+    a3.publish(&mut pool, 1); // one one-time package; the second conversation gets the last resort
+    let res = a1.client.add_device_everywhere(&a3.device(), &mut pool, &mut seq, NOW);
+    assert_eq!(res.len(), 2);
+    for (conv, r) in res {
+        let out = r.unwrap().unwrap();
+        assert_eq!(a3.client.join(&out.welcome.unwrap().bytes, NOW).unwrap(), conv);
+    }
+    for conv in [c1, c2] {
+        b.client.sync(&conv, &seq, NOW).unwrap();
+        say(&mut a3, &mut [&mut b], &conv, "new device here");
+    }
+    // Revoking a2 removes it from c1 (the only one it is in).
+    let res = a1.client.revoke_device_everywhere(&a2.device(), &mut seq, NOW);
+    let removed: Vec<_> = res.iter().filter(|(_, r)| matches!(r, Ok(Some(_)))).map(|(c, _)| *c).collect();
+    assert_eq!(removed, vec![c1]);
+    a2.client.sync(&c1, &seq, NOW).unwrap();
+    assert!(!a2.client.is_active(&c1).unwrap());
+    b.client.sync(&c1, &seq, NOW).unwrap();
+    a3.client.sync(&c1, &seq, NOW).unwrap();
+    assert!(b.client.members(&c1).unwrap().iter().all(|m| m.device != a2.device()));
+    say(&mut b, &mut [&mut a1, &mut a3], &c1, "a2 is gone");
+}
+
+#[test]
+fn future_epoch_messages_are_buffered_and_past_ones_expire() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let old = a.client.send(&id, b"from epoch 1").unwrap();
+    // A moves one epoch ahead; B has not synced yet.
+    a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    let future = a.client.send(&id, b"from epoch 2").unwrap();
+    assert_eq!(b.client.receive(&id, &future).unwrap(), Received::Buffered);
+    let ev = b.client.sync(&id, &seq, NOW).unwrap();
+    let got: Vec<_> = ev
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message(Received::Message(d)) => Some(d.body),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![b"from epoch 2".to_vec()]);
+    // One epoch back is inside the window.
+    assert_eq!(delivered(b.client.receive(&id, &old).unwrap()).body, b"from epoch 1");
+    // Beyond `past_epochs_max` epochs, messages are dropped with a clear status.
+    let stale = a.client.send(&id, b"soon too old").unwrap();
+    let window = b.client.config().past_epochs_max;
+    for _ in 0..=window {
+        a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    }
+    b.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(b.client.receive(&id, &stale).unwrap(), Received::Dropped(Dropped::TooOld));
+}
+
+#[test]
+fn self_update_is_due_after_joining_and_on_schedule() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    assert!(!a.client.due_for_update(&id, NOW).unwrap());
+    assert!(b.client.due_for_update(&id, NOW).unwrap(), "a joiner fills its path");
+    assert_eq!(b.client.conversations_due(NOW), vec![id]);
+    b.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    assert!(!b.client.due_for_update(&id, NOW).unwrap());
+    let later = NOW + b.client.config().update_interval_ms;
+    assert!(b.client.due_for_update(&id, later).unwrap());
+    assert!(!b.client.due_for_update(&id, later - 1).unwrap());
+}

@@ -1,0 +1,249 @@
+//! Security properties, each asserted on behaviour.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cairn_mls::{
+    CIPHERSUITE, CredentialError, DeviceSigner, Dropped, Event, KeyPackageError, KeyPackagePool,
+    MemorySequencer, MlsError, Received, verify_key_package,
+};
+use cairn_proto::ed25519::{Signer as _, SigningKey};
+use cairn_proto::{DeviceCert, DeviceId};
+use common::{Dev, NOW, delivered, group, open_client, say};
+use openmls::prelude::{
+    BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig,
+    SignaturePublicKey,
+};
+use openmls_traits::OpenMlsProvider as _;
+use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::types::SignatureScheme;
+use tls_codec::Serialize as _;
+
+#[test]
+fn removed_member_cannot_decrypt_after_removal() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    say(&mut a, &mut [&mut b, &mut c], &id, "all three");
+    a.client.remove_account(&id, c.cert.account, &mut seq, NOW).unwrap().unwrap();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    let secret = a.client.send(&id, b"after carol left").unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &secret).unwrap()).body, b"after carol left");
+    // Carol, before she learns of her removal, cannot read it: it is for an epoch she lacks.
+    assert_eq!(c.client.receive(&id, &secret).unwrap(), Received::Buffered);
+    // Applying the sequenced removal does not give her that epoch either.
+    let ev = c.client.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })));
+    assert!(!ev.iter().any(|e| matches!(e, Event::Message(Received::Message(_)))), "{ev:?}");
+    assert!(matches!(c.client.receive(&id, &secret), Err(MlsError::NotMember)));
+    assert!(matches!(c.client.send(&id, b"let me in"), Err(MlsError::NotMember)));
+}
+
+#[test]
+fn new_member_cannot_decrypt_before_joining() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut d) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let before = a.client.send(&id, b"before dave").unwrap();
+    let mut pool = KeyPackagePool::new();
+    d.publish(&mut pool, 1);
+    let out = a.client.add(&id, vec![pool.take(&d.device()).unwrap()], &mut seq, NOW).unwrap().unwrap();
+    d.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
+    let r = d.client.receive(&id, &before);
+    assert!(!matches!(r, Ok(Received::Message(_))), "{r:?}");
+    // Bob, a member then, still reads it; Dave reads what comes after.
+    assert_eq!(delivered(b.client.receive(&id, &before).unwrap()).body, b"before dave");
+    b.client.sync(&id, &seq, NOW).unwrap();
+    say(&mut a, &mut [&mut b, &mut d], &id, "welcome dave");
+}
+
+#[test]
+fn message_altered_in_flight_is_rejected() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let ct = a.client.send(&id, b"pay 10 coins").unwrap();
+    for pos in [ct.len() - 1, ct.len() / 2, ct.len() - 20] {
+        let mut bad = ct.clone();
+        bad[pos] ^= 0x01;
+        let r = b.client.receive(&id, &bad);
+        assert!(matches!(r, Err(MlsError::Rejected(_) | MlsError::Malformed(_))), "byte {pos}: {r:?}");
+    }
+    // The genuine message still decrypts: the forgeries changed nothing.
+    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"pay 10 coins");
+}
+
+#[test]
+fn replayed_message_is_not_shown_twice() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let ct = a.client.send(&id, b"once").unwrap();
+    let ct2 = a.client.send(&id, b"twice?").unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"once");
+    assert_eq!(b.client.receive(&id, &ct).unwrap(), Received::Dropped(Dropped::Duplicate));
+    // Also within one batch, and after a restart (the ratchet state is persisted).
+    let mut r = b.client.receive_many(&id, &[&ct2, &ct2]).into_iter();
+    assert_eq!(delivered(r.next().unwrap().unwrap()).body, b"twice?");
+    assert_eq!(r.next().unwrap().unwrap(), Received::Dropped(Dropped::Duplicate));
+    let mut b = b.restart();
+    assert_eq!(b.client.receive(&id, &ct).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(b.client.receive(&id, &ct2).unwrap(), Received::Dropped(Dropped::Duplicate));
+}
+
+#[test]
+fn message_from_non_member_is_rejected() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, eve) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    // Eve builds her own group under the same group id and sends into it.
+    let signer = DeviceSigner::new(eve.device_key.clone(), eve.cert).unwrap();
+    let cfg = MlsGroupCreateConfig::builder().ciphersuite(CIPHERSUITE).build();
+    let mut fake = MlsGroup::new_with_group_id(
+        eve.client.provider(),
+        &signer,
+        &cfg,
+        GroupId::from_slice(&id.0),
+        signer.credential_with_key(),
+    )
+    .unwrap();
+    // Stale-epoch forgery: not shown.
+    let early = fake.create_message(eve.client.provider(), &signer, b"trust me").unwrap();
+    let r = b.client.receive(&id, &early.tls_serialize_detached().unwrap());
+    assert!(!matches!(r, Ok(Received::Message(_))), "{r:?}");
+    // Eve brings her fake group to the conversation's epoch, so her message is judged on its
+    // keys, not its epoch.
+    for _ in 0..8 {
+        if fake.epoch().as_u64() >= a.client.epoch(&id).unwrap() {
+            break;
+        }
+        fake.self_update(eve.client.provider(), &signer, Default::default()).unwrap();
+        fake.merge_pending_commit(eve.client.provider()).unwrap();
+    }
+    assert_eq!(fake.epoch().as_u64(), a.client.epoch(&id).unwrap());
+    let forged = fake.create_message(eve.client.provider(), &signer, b"trust me").unwrap();
+    let forged = forged.tls_serialize_detached().unwrap();
+    let r = b.client.receive(&id, &forged);
+    assert!(matches!(r, Err(MlsError::Rejected(_))), "{r:?}");
+    // A non-member's commit in the handshake order is skipped by every member.
+    let n = seq.len(&id.topic());
+    let bundle = fake.self_update(eve.client.provider(), &signer, Default::default()).unwrap();
+    let commit = bundle.commit().tls_serialize_detached().unwrap();
+    cairn_proto::CommitSequencer::submit(&mut seq, id.topic(), n, commit).unwrap();
+    let ev = b.client.sync(&id, &seq, NOW).unwrap();
+    assert!(matches!(&ev[..], [Event::Skipped { .. }]), "{ev:?}");
+    say(&mut a, &mut [&mut b], &id, "eve is not here");
+}
+
+#[test]
+fn post_compromise_security_self_update_locks_out_leaked_state() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    say(&mut a, &mut [&mut b], &id, "hello");
+    // The attacker copies Bob's whole state (his redb file) and his device key.
+    let leak_dir = tempfile::tempdir().unwrap();
+    let leak_path = leak_dir.path().join("leaked.redb");
+    std::fs::copy(&b.path, &leak_path).unwrap();
+    let mut leaked = open_client(&leak_path, &b.device_key, b.cert);
+    // The leak is real: the copy reads current traffic.
+    let m1 = a.client.send(&id, b"read by the attacker").unwrap();
+    assert_eq!(delivered(leaked.receive(&id, &m1).unwrap()).body, b"read by the attacker");
+    // Bob heals with a self-update.
+    b.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    a.client.sync(&id, &seq, NOW).unwrap();
+    let m2 = a.client.send(&id, b"after healing").unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &m2).unwrap()).body, b"after healing");
+    // The attacker follows the same handshake order but cannot enter the new epoch…
+    let ev = leaked.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::Skipped { .. })), "{ev:?}");
+    assert_ne!(leaked.epoch(&id).unwrap(), a.client.epoch(&id).unwrap());
+    assert_ne!(leaked.epoch_authenticator(&id).unwrap(), a.client.epoch_authenticator(&id).unwrap());
+    // …so later messages stay unreadable to it.
+    assert_eq!(leaked.receive(&id, &m2).unwrap(), Received::Buffered);
+    let ev = leaked.sync(&id, &seq, NOW).unwrap();
+    assert!(!ev.iter().any(|e| matches!(e, Event::Message(Received::Message(_)))), "{ev:?}");
+}
+
+/// Signs with any Ed25519 key, to forge leaves the client itself would never build.
+struct RawSigner(SigningKey);
+
+impl Signer for RawSigner {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        Ok(self.0.sign(payload).to_bytes().to_vec())
+    }
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+fn forged_key_package(dev: &Dev, cert: DeviceCert, key: &SigningKey) -> Vec<u8> {
+    let cwk = CredentialWithKey {
+        credential: BasicCredential::new(cert.encode()).into(),
+        signature_key: SignaturePublicKey::from(key.verifying_key().to_bytes().to_vec()),
+    };
+    let bundle = KeyPackage::builder()
+        .build(CIPHERSUITE, dev.client.provider(), &RawSigner(key.clone()), cwk)
+        .unwrap();
+    dev.client.provider().storage().discard();
+    bundle.key_package().tls_serialize_detached().unwrap()
+}
+
+#[test]
+fn key_package_with_broken_certificate_chain_is_refused() {
+    let dev = Dev::new();
+    // A certificate whose account signature no longer matches.
+    let mut cert = dev.cert;
+    cert.created_at_ms += 1;
+    let kp = forged_key_package(&dev, cert, &dev.device_key);
+    assert!(matches!(verify_key_package(&kp), Err(KeyPackageError::Credential(CredentialError::Chain(_)))));
+    // A valid certificate for another device key than the one that signs the leaf.
+    let other = SigningKey::from_bytes(&[7; 32]);
+    let kp = forged_key_package(&dev, dev.cert, &other);
+    assert!(matches!(
+        verify_key_package(&kp),
+        Err(KeyPackageError::Credential(CredentialError::KeyMismatch))
+    ));
+    // A certificate issued by a different account key for this device verifies fine: the
+    // chain is the check, not a lookup.
+    let cert = DeviceCert::issue(&SigningKey::from_bytes(&[9; 32]), DeviceId(dev.cert.device.0), NOW);
+    let kp = forged_key_package(&dev, cert, &dev.device_key);
+    assert_eq!(verify_key_package(&kp).unwrap().cert, cert);
+    // And the pool refuses a batch containing a broken one.
+    let mut pool = KeyPackagePool::new();
+    let mut c2 = dev.cert;
+    c2.created_at_ms += 1;
+    let batch = cairn_mls::KeyPackageBatch { packages: vec![forged_key_package(&dev, c2, &dev.device_key)] };
+    assert!(pool.publish(&batch.encode()).is_err());
+    assert_eq!(pool.remaining(&dev.device()), 0);
+}
+
+#[test]
+fn key_packages_are_used_once_then_last_resort() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let mut pool = KeyPackagePool::new();
+    b.publish(&mut pool, 2);
+    assert_eq!(pool.remaining(&b.device()), 2);
+    let k1 = pool.take(&b.device()).unwrap();
+    let k2 = pool.take(&b.device()).unwrap();
+    assert!(!k1.last_resort && !k2.last_resort && k1.bytes() != k2.bytes());
+    assert_eq!(pool.remaining(&b.device()), 0);
+    let lr1 = pool.take(&b.device()).unwrap();
+    let lr2 = pool.take(&b.device()).unwrap();
+    assert!(lr1.last_resort && lr1.bytes() == lr2.bytes());
+    // The last-resort package works for several conversations.
+    for _ in 0..2 {
+        let id = a.client.create(NOW).unwrap();
+        let out = a.client.add(&id, vec![lr1.clone()], &mut seq, NOW).unwrap().unwrap();
+        b.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
+        say(&mut a, &mut [&mut b], &id, "via last resort");
+    }
+    // A one-time package is consumed by its Welcome: a second Welcome for it fails.
+    let id1 = a.client.create(NOW).unwrap();
+    let id2 = a.client.create(NOW).unwrap();
+    let w1 = a.client.add(&id1, vec![k1.clone()], &mut seq, NOW).unwrap().unwrap().welcome.unwrap();
+    let w2 = a.client.add(&id2, vec![k1], &mut seq, NOW).unwrap().unwrap().welcome.unwrap();
+    b.client.join(&w1.bytes, NOW).unwrap();
+    assert!(b.client.join(&w2.bytes, NOW).is_err());
+}
