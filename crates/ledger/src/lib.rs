@@ -4,5 +4,7 @@
 //! validator / client plumbing.
 
 pub mod block;
+pub mod genesis;
+pub mod light;
 pub mod state;
 pub mod tx;
