@@ -8,10 +8,12 @@
 //!   application messages buffered or dropped by epoch.
 //! - [`storage`]: OpenMLS state in Cairn's redb file, one transaction per operation.
 //! - [`sequencer`]: an in-memory sequencer for tests and benches.
+//! - [`primitives`]: the MLS derivations, checked against the IETF test vectors.
 
 pub mod client;
 pub mod credential;
 pub mod keypackage;
+pub mod primitives;
 pub mod sequencer;
 pub mod storage;
 
