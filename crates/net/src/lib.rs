@@ -8,6 +8,8 @@
 //! - [`wire`]: the bounded request/response protocol spoken with store nodes.
 //! - [`node`]: the thin libp2p shell that drives them.
 
+pub mod node;
 pub mod shard;
 pub mod sync;
 pub mod validate;
+pub mod wire;

@@ -128,6 +128,14 @@ pub enum Input<S> {
         /// Envelope.
         envelope: Envelope,
     },
+    /// The store nodes for `topic` changed (one appeared or died): unstored sends of that
+    /// topic also target the new ones, and later gap requests go to them.
+    Targets {
+        /// Topic.
+        topic: Topic,
+        /// Store nodes nearest the topic now.
+        stores: Vec<S>,
+    },
     /// Time passed.
     Tick,
 }
@@ -239,6 +247,12 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         }
     }
 
+    /// Records envelopes already handed to the application (e.g. found in local history after
+    /// a restart), so they are never delivered again.
+    pub fn mark_delivered(&mut self, ids: impl IntoIterator<Item = Id>) {
+        self.delivered.extend(ids);
+    }
+
     /// Status of every envelope not yet stored on enough nodes.
     pub fn pending(&self) -> Vec<(Id, SendStatus)> {
         self.outbox.iter().filter(|(_, p)| !p.stored).map(|(id, p)| (*id, Self::status_of(p))).collect()
@@ -288,6 +302,19 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                 }
             }
             Input::Gossip { envelope } => self.receive(envelope, now_ms, &mut out),
+            Input::Targets { topic, stores } => {
+                for p in self.outbox.values_mut().filter(|p| !p.stored && p.envelope.header.topic == topic) {
+                    for s in &stores {
+                        if !p.stores.contains(s) {
+                            p.stores.push(s.clone());
+                            out.push(Output::StoreRequest { to: s.clone(), envelope: p.envelope.clone() });
+                        }
+                    }
+                }
+                if self.topic_stores.contains_key(&topic) {
+                    self.topic_stores.insert(topic, stores);
+                }
+            }
             Input::Tick => self.on_tick(now_ms, &mut out),
         }
         out

@@ -1,0 +1,297 @@
+//! The store protocol (`/cairn/store/1`): bounded, versioned request/response frames.
+//!
+//! ```text
+//! request  = version:u8 kind:u8 body
+//!   1 store  envelope:bytes
+//!   2 page   topic:[32] from:u64 limit:u32
+//!   3 ids    count:u16 id:[32]*
+//! response = version:u8 kind:u8 body
+//!   1 stored id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused)
+//!   2 page   count:u32 (seq:u64 envelope:bytes)* has_next:u8 next:u64?
+//!   3 envelopes count:u16 envelope:bytes*
+//!   4 error  message:bytes (≤ 256)
+//! ```
+//! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
+//! allocation.
+
+use cairn_proto::codec::{DecodeError, Reader, Writer};
+use cairn_proto::{Envelope, Id, Limits, Topic};
+
+const VERSION: u8 = 1;
+/// Largest request frame, bytes (one envelope plus framing).
+pub const REQUEST_BYTES_MAX: usize = 256 * 1024 + 64;
+/// Largest response frame, bytes.
+pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most ids in one by-id request.
+pub const IDS_PER_REQUEST_MAX: usize = 256;
+/// Most envelopes in one page.
+pub const PAGE_ENVELOPES_MAX: u32 = 256;
+const ERROR_BYTES_MAX: usize = 256;
+
+/// A request to a store node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Keep this envelope.
+    Store(Envelope),
+    /// A page of a topic from a cursor.
+    Page {
+        /// Topic.
+        topic: Topic,
+        /// Cursor (inclusive).
+        from: u64,
+        /// Most envelopes wanted.
+        limit: u32,
+    },
+    /// The envelopes with these ids.
+    Ids(Vec<Id>),
+}
+
+/// What happened to a stored envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Durably stored now.
+    Stored,
+    /// Was already stored durably.
+    Duplicate,
+    /// Refused (invalid, expired, or this node is not a store).
+    Refused,
+}
+
+/// A store node's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Outcome of a store request.
+    Stored(Id, StoreOutcome),
+    /// A page of history.
+    Page {
+        /// `(cursor, envelope)` pairs.
+        entries: Vec<(u64, Envelope)>,
+        /// Cursor for the next page.
+        next: Option<u64>,
+    },
+    /// Envelopes found by id.
+    Envelopes(Vec<Envelope>),
+    /// The request could not be served.
+    Error(String),
+}
+
+impl Request {
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(VERSION);
+        match self {
+            Self::Store(e) => {
+                w.u8(1);
+                w.bytes(&e.encode());
+            }
+            Self::Page { topic, from, limit } => {
+                w.u8(2);
+                w.raw(&topic.0);
+                w.u64(*from);
+                w.u32(*limit);
+            }
+            Self::Ids(ids) => {
+                w.u8(3);
+                w.u16(ids.len().min(usize::from(u16::MAX)) as u16);
+                for id in ids {
+                    w.raw(&id.0);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Bounded decoding.
+    pub fn decode(b: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
+        if b.len() > REQUEST_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                field: "request",
+                len: b.len() as u64,
+                max: REQUEST_BYTES_MAX as u64,
+            });
+        }
+        let mut r = Reader::new(b);
+        r.version("store request", VERSION)?;
+        let req = match r.u8("kind")? {
+            1 => Self::Store(Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?),
+            2 => {
+                let topic = Topic(r.array("topic")?);
+                let from = r.u64("from")?;
+                let limit = r.u32("limit")?;
+                if limit == 0 || limit > PAGE_ENVELOPES_MAX {
+                    return Err(DecodeError::Invalid { field: "limit", reason: "must be 1..=256" });
+                }
+                Self::Page { topic, from, limit }
+            }
+            3 => {
+                let n = usize::from(r.u16("count")?);
+                if n > IDS_PER_REQUEST_MAX {
+                    return Err(DecodeError::TooLarge {
+                        field: "ids",
+                        len: n as u64,
+                        max: IDS_PER_REQUEST_MAX as u64,
+                    });
+                }
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(Id(r.array("id")?));
+                }
+                Self::Ids(ids)
+            }
+            _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown request kind" }),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(VERSION);
+        match self {
+            Self::Stored(id, o) => {
+                w.u8(1);
+                w.raw(&id.0);
+                w.u8(match o {
+                    StoreOutcome::Stored => 0,
+                    StoreOutcome::Duplicate => 1,
+                    StoreOutcome::Refused => 2,
+                });
+            }
+            Self::Page { entries, next } => {
+                w.u8(2);
+                w.u32(entries.len() as u32);
+                for (seq, e) in entries {
+                    w.u64(*seq);
+                    w.bytes(&e.encode());
+                }
+                match next {
+                    None => w.u8(0),
+                    Some(n) => {
+                        w.u8(1);
+                        w.u64(*n);
+                    }
+                }
+            }
+            Self::Envelopes(es) => {
+                w.u8(3);
+                w.u16(es.len().min(usize::from(u16::MAX)) as u16);
+                for e in es {
+                    w.bytes(&e.encode());
+                }
+            }
+            Self::Error(m) => {
+                w.u8(4);
+                let m = m.as_bytes();
+                w.bytes(&m[..m.len().min(ERROR_BYTES_MAX)]);
+            }
+        }
+        w.finish()
+    }
+
+    /// Bounded decoding.
+    pub fn decode(b: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
+        if b.len() > RESPONSE_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                field: "response",
+                len: b.len() as u64,
+                max: RESPONSE_BYTES_MAX as u64,
+            });
+        }
+        let mut r = Reader::new(b);
+        r.version("store response", VERSION)?;
+        let resp = match r.u8("kind")? {
+            1 => {
+                let id = Id(r.array("id")?);
+                let o = match r.u8("outcome")? {
+                    0 => StoreOutcome::Stored,
+                    1 => StoreOutcome::Duplicate,
+                    2 => StoreOutcome::Refused,
+                    _ => return Err(DecodeError::Invalid { field: "outcome", reason: "unknown" }),
+                };
+                Self::Stored(id, o)
+            }
+            2 => {
+                let n = r.u32("count")?;
+                if n > PAGE_ENVELOPES_MAX {
+                    return Err(DecodeError::TooLarge {
+                        field: "page",
+                        len: u64::from(n),
+                        max: u64::from(PAGE_ENVELOPES_MAX),
+                    });
+                }
+                let mut entries = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let seq = r.u64("seq")?;
+                    entries.push((
+                        seq,
+                        Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?,
+                    ));
+                }
+                let next = match r.u8("has_next")? {
+                    0 => None,
+                    1 => Some(r.u64("next")?),
+                    _ => return Err(DecodeError::Invalid { field: "has_next", reason: "must be 0 or 1" }),
+                };
+                Self::Page { entries, next }
+            }
+            3 => {
+                let n = usize::from(r.u16("count")?);
+                if n > IDS_PER_REQUEST_MAX {
+                    return Err(DecodeError::TooLarge {
+                        field: "envelopes",
+                        len: n as u64,
+                        max: IDS_PER_REQUEST_MAX as u64,
+                    });
+                }
+                let mut es = Vec::with_capacity(n);
+                for _ in 0..n {
+                    es.push(Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?);
+                }
+                Self::Envelopes(es)
+            }
+            4 => Self::Error(String::from_utf8_lossy(r.bytes(ERROR_BYTES_MAX, "error")?).into_owned()),
+            _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown response kind" }),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::envelope::pad;
+
+    #[test]
+    fn round_trips_and_bounds() {
+        let l = Limits::default();
+        let e = Envelope::new(Topic([1; 32]), 1, 60, vec![], pad(b"x", &l).unwrap());
+        for req in [
+            Request::Store(e.clone()),
+            Request::Page { topic: Topic([2; 32]), from: 5, limit: 10 },
+            Request::Ids(vec![Id([3; 32])]),
+        ] {
+            assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
+        }
+        for resp in [
+            Response::Stored(e.id(), StoreOutcome::Duplicate),
+            Response::Page { entries: vec![(3, e.clone())], next: Some(4) },
+            Response::Page { entries: vec![], next: None },
+            Response::Envelopes(vec![e.clone()]),
+            Response::Error("nope".into()),
+        ] {
+            assert_eq!(Response::decode(&resp.encode(), &l).unwrap(), resp);
+        }
+        let big = Request::Page { topic: Topic([2; 32]), from: 5, limit: 100_000 };
+        assert!(Request::decode(&big.encode(), &l).is_err());
+        let mut too_many = vec![VERSION, 3];
+        too_many.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(Request::decode(&too_many, &l), Err(DecodeError::TooLarge { .. })));
+        assert!(Request::decode(&[VERSION, 9], &l).is_err());
+        assert!(Response::decode(&[2, 1], &l).is_err());
+    }
+}
