@@ -3,8 +3,12 @@
 //! commonware-consensus (simplex, BFT with 3f+1 validators), light-client verification, and the
 //! validator / client plumbing.
 
+pub mod app;
+pub mod audit;
 pub mod block;
+pub mod core;
 pub mod genesis;
 pub mod light;
 pub mod state;
 pub mod tx;
+pub mod validator;

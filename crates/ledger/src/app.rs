@@ -1,0 +1,182 @@
+//! The consensus application: builds and verifies blocks for commonware's marshal `Inline`
+//! wrapper, and takes finalized blocks and certificates from marshal and simplex.
+
+use std::sync::Arc;
+
+use commonware_actor::Feedback;
+use commonware_codec::Encode as _;
+use commonware_consensus::marshal::Update;
+use commonware_consensus::marshal::ancestry::Ancestry;
+use commonware_consensus::simplex::scheme::ed25519::Scheme;
+use commonware_consensus::simplex::types::{Activity, Context};
+use commonware_consensus::{Application, Reporter};
+use commonware_cryptography::sha256::Digest;
+use commonware_cryptography::{Digested, ed25519};
+use commonware_utils::Acknowledgement as _;
+use futures::StreamExt as _;
+use tracing::{debug, warn};
+
+use crate::block::Block;
+use crate::core::{Knowledge, Ledger};
+
+/// Consensus context type used by the ledger.
+pub type LedgerContext = Context<Digest, ed25519::PublicKey>;
+
+/// The ledger as a commonware [`Application`].
+#[derive(Clone, Debug)]
+pub struct LedgerApp {
+    ledger: Ledger,
+    /// Test hook: propose blocks whose transactions fail admission (a Byzantine proposer).
+    byzantine_invalid: bool,
+}
+
+impl LedgerApp {
+    /// An honest application over `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger, byzantine_invalid: false }
+    }
+
+    /// A Byzantine application that proposes blocks containing a replayed (inadmissible)
+    /// transaction with a state root computed as if it were fine. For fault tests only.
+    pub fn byzantine_invalid_proposer(ledger: Ledger) -> Self {
+        Self { ledger, byzantine_invalid: true }
+    }
+
+    /// Makes the post-state of `block` known, executing missing unfinalized ancestors taken
+    /// from `ancestry` (newest first). Returns false if `block` is invalid or on a dead fork.
+    async fn make_known(&self, block: Arc<Block>, ancestry: &mut (impl Ancestry<Block> + 'static)) -> bool {
+        let mut missing = vec![block];
+        loop {
+            let Some(top) = missing.last() else { return false };
+            let parent_height = top.header.height.saturating_sub(1);
+            match self.ledger.knows(&top.header.parent, parent_height) {
+                Knowledge::Known => break,
+                Knowledge::Dead => return false,
+                Knowledge::Unknown => {
+                    let want = top.header.parent;
+                    match ancestry.next().await {
+                        Some(b) if b.inner().id() == want => missing.push(b.inner_shared()),
+                        _ => return false,
+                    }
+                }
+            }
+        }
+        for b in missing.iter().rev() {
+            match self.ledger.verify_block(b) {
+                Ok(true) => {}
+                Ok(false) => {
+                    debug!(height = b.header.height, "block refused");
+                    return false;
+                }
+                Err(e) => {
+                    warn!(error = %e, "state failure while verifying");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl<E: Send + 'static> Application<E> for LedgerApp {
+    type SigningScheme = Scheme;
+    type Context = LedgerContext;
+    type Block = Block;
+    type Input = ();
+
+    async fn propose(
+        &mut self,
+        _context: (E, Self::Context),
+        mut ancestry: impl Ancestry<Self::Block>,
+        _input: (),
+    ) -> Option<Digested<Self::Block>> {
+        let parent = ancestry.next().await?;
+        let parent_block = parent.inner_shared();
+        let (pd, ph) = (parent_block.id(), parent_block.header.height);
+        if self.ledger.knows(&pd, ph) != Knowledge::Known
+            && !self.make_known(parent_block, &mut ancestry).await
+        {
+            return None;
+        }
+        if self.byzantine_invalid {
+            return self.ledger.byzantine_proposal(&pd, ph).map(|b| {
+                let d = Digest(b.id());
+                Digested::precomputed(b, d)
+            });
+        }
+        match self.ledger.propose(&pd, ph) {
+            Ok(Some(p)) => {
+                let d = Digest(p.block.id());
+                Some(Digested::precomputed(p.block, d))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "state failure while proposing");
+                None
+            }
+        }
+    }
+
+    async fn verify(
+        &mut self,
+        _context: (E, Self::Context),
+        mut ancestry: impl Ancestry<Self::Block>,
+    ) -> bool {
+        let Some(block) = ancestry.next().await else { return false };
+        self.make_known(block.inner_shared(), &mut ancestry).await
+    }
+}
+
+/// Receives finalized blocks from marshal (in height order, at least once) and applies them.
+#[derive(Clone, Debug)]
+pub struct Finalizer {
+    ledger: Ledger,
+}
+
+impl Finalizer {
+    /// A finalizer for `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger }
+    }
+}
+
+impl Reporter for Finalizer {
+    type Activity = Update<Block>;
+
+    fn report(&mut self, activity: Self::Activity) -> Feedback {
+        match activity {
+            Update::Block(block, ack) => {
+                self.ledger.finalize(block.inner_shared());
+                // Blocks are durable in marshal's archive before delivery and the state is
+                // rebuilt from that archive on restart, so the block is processed once applied.
+                ack.acknowledge();
+            }
+            Update::Tip(..) => {}
+        }
+        Feedback::Ok
+    }
+}
+
+/// Records finalization certificates (served to light clients) from simplex activity.
+#[derive(Clone, Debug)]
+pub struct CertificateRecorder {
+    ledger: Ledger,
+}
+
+impl CertificateRecorder {
+    /// A recorder for `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger }
+    }
+}
+
+impl Reporter for CertificateRecorder {
+    type Activity = Activity<Scheme, Digest>;
+
+    fn report(&mut self, activity: Self::Activity) -> Feedback {
+        if let Activity::Finalization(f) = activity {
+            self.ledger.record_finalization(f.proposal.payload.0, f.encode().to_vec());
+        }
+        Feedback::Ok
+    }
+}

@@ -1,0 +1,432 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Seeded deterministic simulations of 4 validators running commonware simplex + marshal + the
+//! ledger over a simulated network: agreement, crash tolerance, liveness loss and recovery
+//! without forks, Byzantine validators, and the fork checker itself.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_ledger::audit::check_no_fork;
+use cairn_ledger::core::{Ledger, TxStatus};
+use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis, ValidatorInfo};
+use cairn_ledger::state::Outcome;
+use cairn_ledger::tx::{Tx, TxBody};
+use cairn_ledger::validator::{self, Behaviour, Timeouts, channel};
+use cairn_proto::ed25519::SigningKey;
+use cairn_proto::{AccountId, Topic};
+use commonware_consensus::simplex::mocks::conflicter;
+use commonware_consensus::simplex::scheme::ed25519::Scheme;
+use commonware_cryptography::{Sha256, Signer as _, ed25519};
+use commonware_p2p::simulated::{self, Link, Network, Oracle};
+use commonware_runtime::{Clock, Handle, Quota, Runner as _, Spawner as _, Supervisor as _, deterministic};
+use commonware_utils::{NZU32, NZUsize, probability};
+
+const N: usize = 4;
+const QUOTA: Quota = Quota::per_second(NZU32!(100_000));
+
+fn link() -> Link {
+    Link {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(5),
+        success_rate: probability!(1.0),
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        leader: Duration::from_millis(500),
+        certification: Duration::from_secs(1),
+        retry: Duration::from_secs(2),
+        skip: Duration::from_secs(3),
+    }
+}
+
+fn user(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i + 100; 32])
+}
+
+struct Net {
+    genesis: Genesis,
+    keys: Vec<ed25519::PrivateKey>,
+    oracle: Oracle<ed25519::PublicKey, deterministic::Context>,
+    ledgers: Arc<Mutex<Vec<Option<Ledger>>>>,
+    tasks: Vec<Option<Handle<()>>>,
+}
+
+impl Net {
+    async fn new(ctx: &deterministic::Context) -> Self {
+        let keys: Vec<ed25519::PrivateKey> = (0..N as u64).map(ed25519::PrivateKey::from_seed).collect();
+        let validators = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ValidatorInfo {
+                key: k.public_key(),
+                p2p: format!("127.0.0.1:{}", 40000 + i).parse().unwrap(),
+                rpc: format!("127.0.0.1:{}", 41000 + i).parse().unwrap(),
+            })
+            .collect();
+        let accounts = (0..8).map(|i| (AccountId(user(i).verifying_key().to_bytes()), 1_000)).collect();
+        let genesis = Genesis { chain: "sim".into(), validators, accounts };
+        let participants: Vec<ed25519::PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+        let (network, oracle) = Network::new_with_peers(
+            ctx.child("network"),
+            simulated::Config {
+                max_size: validator::max_message_size(N as u32),
+                max_peers_per_set: NZUsize!(N),
+                disconnect_on_block: true,
+                tracked_peer_sets: NZUsize!(1),
+            },
+            participants.clone(),
+        )
+        .await;
+        network.start();
+        for a in &participants {
+            for b in &participants {
+                if a != b {
+                    oracle.add_link(a.clone(), b.clone(), link()).await.unwrap();
+                }
+            }
+        }
+        Self {
+            genesis,
+            keys,
+            oracle,
+            ledgers: Arc::new(Mutex::new(vec![None; N])),
+            tasks: (0..N).map(|_| None).collect(),
+        }
+    }
+
+    async fn channels(
+        &mut self,
+        i: usize,
+    ) -> Vec<(
+        simulated::Sender<ed25519::PublicKey, deterministic::Context>,
+        simulated::Receiver<ed25519::PublicKey>,
+    )> {
+        let control = self.oracle.control(self.keys[i].public_key());
+        let mut out = Vec::new();
+        for c in channel::ALL {
+            out.push(control.register(c, QUOTA).await.unwrap());
+        }
+        out
+    }
+
+    /// Starts (or restarts, reusing its storage) validator `i`.
+    async fn start(&mut self, ctx: &deterministic::Context, i: usize, behaviour: Behaviour) {
+        let channels = self.channels(i).await;
+        let control = self.oracle.control(self.keys[i].public_key());
+        let manager = self.oracle.manager();
+        let genesis = self.genesis.clone();
+        let key = self.keys[i].clone();
+        let slot = self.ledgers.clone();
+        let handle = ctx.child("validator").with_attribute("index", i).spawn(move |ctx| async move {
+            let running = validator::start(
+                ctx,
+                &genesis,
+                key,
+                &format!("v{i}"),
+                timeouts(),
+                behaviour,
+                control,
+                manager,
+                channels,
+            )
+            .await
+            .expect("validator starts");
+            slot.lock().unwrap()[i] = Some(running.ledger.clone());
+            // keep this task (the parent of every actor) alive
+            let _ = running.engine.await;
+        });
+        self.tasks[i] = Some(handle);
+    }
+
+    /// Starts a Byzantine validator `i` that sends conflicting votes (commonware's conflicter).
+    async fn start_conflicter(&mut self, ctx: &deterministic::Context, i: usize) {
+        let mut channels = self.channels(i).await;
+        let scheme =
+            Scheme::signer(CONSENSUS_NAMESPACE, self.genesis.participants().unwrap(), self.keys[i].clone())
+                .unwrap();
+        let votes = channels.remove(0);
+        let engine: conflicter::Conflicter<_, _, Sha256> =
+            conflicter::Conflicter::new(ctx.child("byzantine"), conflicter::Config { scheme });
+        self.tasks[i] = Some(engine.start(votes));
+    }
+
+    fn crash(&mut self, i: usize) {
+        if let Some(h) = self.tasks[i].take() {
+            h.abort();
+        }
+        self.ledgers.lock().unwrap()[i] = None;
+    }
+
+    fn ledger(&self, i: usize) -> Option<Ledger> {
+        self.ledgers.lock().unwrap()[i].clone()
+    }
+
+    fn heights(&self) -> Vec<Option<u64>> {
+        self.ledgers.lock().unwrap().iter().map(|l| l.as_ref().map(|l| l.status().height)).collect()
+    }
+
+    /// Submits to every running validator (as the client library does).
+    fn submit(&self, tx: &[u8]) {
+        for l in self.ledgers.lock().unwrap().iter().flatten() {
+            let _ = l.submit(tx.to_vec());
+        }
+    }
+
+    /// Waits (bounded, in simulated time) until every validator in `who` reaches `height`.
+    async fn wait_height(
+        &self,
+        ctx: &deterministic::Context,
+        who: &[usize],
+        height: u64,
+        max: Duration,
+    ) -> bool {
+        let start = ctx.current();
+        loop {
+            let h = self.heights();
+            if who.iter().all(|&i| h[i].is_some_and(|x| x >= height)) {
+                return true;
+            }
+            if ctx.current().duration_since(start).unwrap_or_default() > max {
+                return false;
+            }
+            ctx.sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every running validator's chain is fork-free and its ledger reports no fault.
+    fn check_safety(&self) {
+        let ledgers: Vec<Ledger> = self.ledgers.lock().unwrap().iter().flatten().cloned().collect();
+        let chains: Vec<Vec<[u8; 32]>> = ledgers.iter().map(|l| l.chain_digests()).collect();
+        check_no_fork(&chains).unwrap();
+        for l in &ledgers {
+            assert!(l.faults().is_empty(), "ledger faults: {:?}", l.faults());
+        }
+    }
+}
+
+/// A batch of transactions exercising several kinds (with a sequencer race).
+fn workload(chain: [u8; 32], round: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for i in 0..8u8 {
+        let k = user(i);
+        let id = AccountId(k.verifying_key().to_bytes());
+        let to = AccountId(user((i + 1) % 8).verifying_key().to_bytes());
+        let body = match (round + i as u64) % 3 {
+            0 => TxBody::Transfer { to, amount: 1 },
+            1 => TxBody::SequenceHandshake { topic: Topic([7; 32]), after: round, payload: vec![i; 32] },
+            _ => TxBody::PublishKeyPackages { batch_hash: [i; 32], count: round as u32 },
+        };
+        out.push(Tx::sign(chain, id, &k, round, body).encode());
+    }
+    out
+}
+
+fn run(
+    seed: u64,
+    f: impl FnOnce(deterministic::Context) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) {
+    let cfg = deterministic::Config::new().with_seed(seed).with_timeout(Some(Duration::from_secs(900)));
+    deterministic::Runner::new(cfg).start(f);
+}
+
+#[test]
+fn four_validators_finalize_identical_state() {
+    for seed in [1u64, 2, 3] {
+        run(seed, |ctx| {
+            Box::pin(async move {
+                let mut net = Net::new(&ctx).await;
+                for i in 0..N {
+                    net.start(&ctx, i, Behaviour::Honest).await;
+                }
+                assert!(
+                    net.wait_height(&ctx, &[0, 1, 2, 3], 2, Duration::from_secs(30)).await,
+                    "no progress"
+                );
+                let chain = net.genesis.chain_id();
+                let mut ids = Vec::new();
+                for round in 0..3 {
+                    for t in workload(chain, round) {
+                        ids.push(Tx::id_of(&t));
+                        net.submit(&t);
+                    }
+                    ctx.sleep(Duration::from_millis(700)).await;
+                }
+                // wait until every transaction is final everywhere
+                let start = ctx.current();
+                loop {
+                    let all = (0..N).all(|i| {
+                        let l = net.ledger(i).unwrap();
+                        ids.iter().all(|id| matches!(l.tx_status(id), TxStatus::Finalized { .. }))
+                    });
+                    if all {
+                        break;
+                    }
+                    assert!(
+                        ctx.current().duration_since(start).unwrap() < Duration::from_secs(60),
+                        "txs not final"
+                    );
+                    ctx.sleep(Duration::from_millis(100)).await;
+                }
+                let target = net.heights().iter().map(|h| h.unwrap()).max().unwrap() + 2;
+                assert!(net.wait_height(&ctx, &[0, 1, 2, 3], target, Duration::from_secs(30)).await);
+                net.check_safety();
+                // same outcomes everywhere; the sequencer gave each topic position exactly once
+                let l0 = net.ledger(0).unwrap();
+                let mut seqs = Vec::new();
+                for id in &ids {
+                    let s = l0.tx_status(id);
+                    for i in 1..N {
+                        assert_eq!(net.ledger(i).unwrap().tx_status(id), s);
+                    }
+                    if let TxStatus::Finalized { outcome: Outcome::Sequenced { seq, .. }, .. } = s {
+                        seqs.push(seq);
+                    }
+                }
+                seqs.sort();
+                assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "handshake positions are dense");
+                assert!(!seqs.is_empty());
+                // identical roots at the common height
+                let h = net.heights().iter().map(|h| h.unwrap()).min().unwrap();
+                let roots: Vec<[u8; 32]> =
+                    (0..N).map(|i| net.ledger(i).unwrap().header(h).unwrap().state_root).collect();
+                assert!(roots.windows(2).all(|w| w[0] == w[1]));
+                // a light-client-verifiable proof is served
+                let lc = cairn_ledger::light::LightClient::new(&net.genesis).unwrap();
+                let id = AccountId(user(0).verifying_key().to_bytes());
+                let sp = net.ledger(0).unwrap().prove(&cairn_ledger::state::StateKey::Account(id)).unwrap();
+                if let Some(sp) = sp {
+                    assert!(lc.verify_account(&id, &sp).unwrap().is_some());
+                }
+            })
+        });
+    }
+}
+
+#[test]
+fn one_crashed_validator_does_not_stop_finality() {
+    for seed in [11u64, 12] {
+        run(seed, |ctx| {
+            Box::pin(async move {
+                let mut net = Net::new(&ctx).await;
+                for i in 0..N {
+                    net.start(&ctx, i, Behaviour::Honest).await;
+                }
+                assert!(net.wait_height(&ctx, &[0, 1, 2, 3], 3, Duration::from_secs(30)).await);
+                net.crash(2);
+                let h = net.heights()[0].unwrap();
+                let chain = net.genesis.chain_id();
+                for t in workload(chain, 0) {
+                    net.submit(&t);
+                }
+                assert!(
+                    net.wait_height(&ctx, &[0, 1, 3], h + 8, Duration::from_secs(90)).await,
+                    "stalled with 3 of 4"
+                );
+                net.check_safety();
+                // it restarts from its storage and catches up
+                net.start(&ctx, 2, Behaviour::Honest).await;
+                let target = net.heights()[0].unwrap() + 2;
+                assert!(
+                    net.wait_height(&ctx, &[0, 1, 2, 3], target, Duration::from_secs(120)).await,
+                    "no catch-up"
+                );
+                net.check_safety();
+            })
+        });
+    }
+}
+
+#[test]
+fn two_down_halts_without_forking_and_resumes() {
+    for seed in [21u64, 22] {
+        run(seed, |ctx| {
+            Box::pin(async move {
+                let mut net = Net::new(&ctx).await;
+                for i in 0..N {
+                    net.start(&ctx, i, Behaviour::Honest).await;
+                }
+                assert!(net.wait_height(&ctx, &[0, 1, 2, 3], 3, Duration::from_secs(30)).await);
+                net.crash(1);
+                net.crash(3);
+                ctx.sleep(Duration::from_secs(3)).await; // let in-flight finalizations land
+                let stuck = net.heights();
+                ctx.sleep(Duration::from_secs(30)).await;
+                assert_eq!(net.heights(), stuck, "progress without a quorum");
+                net.check_safety();
+                // one returns: quorum again, progress resumes and the returning one catches up
+                net.start(&ctx, 1, Behaviour::Honest).await;
+                let target = stuck[0].unwrap() + 4;
+                assert!(
+                    net.wait_height(&ctx, &[0, 1, 2], target, Duration::from_secs(120)).await,
+                    "no resume"
+                );
+                net.check_safety();
+            })
+        });
+    }
+}
+
+#[test]
+fn byzantine_invalid_proposer_cannot_break_safety() {
+    for seed in [31u64, 32] {
+        run(seed, |ctx| {
+            Box::pin(async move {
+                let mut net = Net::new(&ctx).await;
+                net.start(&ctx, 0, Behaviour::InvalidProposer).await;
+                for i in 1..N {
+                    net.start(&ctx, i, Behaviour::Honest).await;
+                }
+                let chain = net.genesis.chain_id();
+                for t in workload(chain, 0) {
+                    net.submit(&t);
+                }
+                assert!(net.wait_height(&ctx, &[1, 2, 3], 10, Duration::from_secs(120)).await, "stalled");
+                net.check_safety();
+                // no finalized block carries the forged transaction: every block re-executes
+                let l = net.ledger(1).unwrap();
+                for h in 1..=l.status().height {
+                    let b = l.block(h).unwrap();
+                    for t in &b.txs {
+                        Tx::decode(t).unwrap().verify_signature().unwrap();
+                    }
+                }
+            })
+        });
+    }
+}
+
+#[test]
+fn byzantine_conflicting_voter_cannot_break_safety() {
+    for seed in [41u64, 42] {
+        run(seed, |ctx| {
+            Box::pin(async move {
+                let mut net = Net::new(&ctx).await;
+                net.start_conflicter(&ctx, 0).await;
+                for i in 1..N {
+                    net.start(&ctx, i, Behaviour::Honest).await;
+                }
+                assert!(net.wait_height(&ctx, &[1, 2, 3], 8, Duration::from_secs(120)).await, "stalled");
+                net.check_safety();
+                let blocked = net.oracle.blocked().await.unwrap();
+                let byz = net.keys[0].public_key();
+                assert!(
+                    blocked.iter().all(|(_, b)| *b == byz),
+                    "an honest validator was blocked: {blocked:?}"
+                );
+            })
+        });
+    }
+}
+
+#[test]
+fn fork_checker_catches_a_forked_history() {
+    let a: Vec<[u8; 32]> = (0..6u8).map(|i| [i; 32]).collect();
+    let mut b = a.clone();
+    b.truncate(4);
+    assert!(check_no_fork(&[a.clone(), b.clone()]).is_ok(), "a shorter honest chain is not a fork");
+    b[3] = [0xFF; 32];
+    let f = check_no_fork(&[a.clone(), a.clone(), b]).unwrap_err();
+    assert_eq!((f.height, f.a, f.b), (3, 0, 2));
+}
