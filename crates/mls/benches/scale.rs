@@ -1,2 +1,271 @@
-//! Placeholder.
-fn main() {}
+//! Scale bench: Cairn conversations (redb storage, sequencer, out-of-band ratchet tree) beside
+//! raw OpenMLS 0.9 (in-memory storage, ratchet tree in the Welcome), at several group sizes.
+//! Prints a table; not a timed test.
+//!
+//! ```sh
+//! cargo bench -p cairn-mls --bench scale                 # N = 2, 10, 100, 1000
+//! cargo bench -p cairn-mls --bench scale -- 10000        # chosen sizes
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_mls::{
+    CIPHERSUITE, Client, Config, ConversationId, DeviceSigner, MemorySequencer, VerifiedKeyPackage,
+    WelcomeBundle, verify_key_package,
+};
+use cairn_proto::ed25519::SigningKey;
+use cairn_proto::{DeviceCert, DeviceId};
+use openmls::prelude::{
+    KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, StagedWelcome,
+};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use tls_codec::{DeserializeBytes as _, Serialize as _};
+
+const NOW: u64 = 1_800_000_000_000;
+const BODY: usize = 1024;
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&cairn_crypto::keystore::random_bytes::<32>().unwrap())
+}
+
+fn signer(account: &SigningKey) -> DeviceSigner {
+    let k = key();
+    let cert = DeviceCert::issue(account, DeviceId(k.verifying_key().to_bytes()), NOW);
+    DeviceSigner::new(k, cert).unwrap()
+}
+
+/// Key packages of `n` devices that exist only as key packages (they never join).
+fn virtual_packages(n: usize) -> Vec<VerifiedKeyPackage> {
+    let provider = OpenMlsRustCrypto::default();
+    let account = key();
+    (0..n)
+        .map(|_| {
+            let s = signer(&account);
+            let b = KeyPackage::builder().build(CIPHERSUITE, &provider, &s, s.credential_with_key()).unwrap();
+            verify_key_package(&b.key_package().tls_serialize_detached().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+fn client(dir: &tempfile::TempDir, name: &str) -> Client {
+    let db = redb::Database::create(dir.path().join(name)).unwrap();
+    let mut config = Config::default();
+    if let Some(k) = std::env::var("CAIRN_PAST_EPOCHS").ok().and_then(|v| v.parse().ok()) {
+        config.past_epochs_max = k;
+    }
+    Client::open(Arc::new(db), signer(&key()), config).unwrap()
+}
+
+#[derive(Default)]
+struct Row {
+    create_ms: f64,
+    create_commit_b: usize,
+    create_welcome_b: usize,
+    join_ms: f64,
+    ops: [(f64, f64, usize); 4], // add, remove, update (creator), update (member): create ms, process ms, bytes
+    add_welcome_b: usize,
+    msgs_per_s: f64,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn cairn(n: usize, msgs: usize) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seq = MemorySequencer::new();
+    let mut a = client(&dir, "a.redb");
+    let mut b = client(&dir, "b.redb");
+    let mut kps = virtual_packages(n.saturating_sub(2));
+    let bkp = b.key_package_batch(1, false).unwrap().packages.remove(0);
+    kps.push(verify_key_package(&bkp).unwrap());
+    let mut row = Row::default();
+
+    let t = Instant::now();
+    let id = a.create(NOW).unwrap();
+    let out = a.add(&id, kps, &mut seq, NOW).unwrap().unwrap();
+    row.create_ms = ms(t);
+    row.create_commit_b = out.commit_bytes;
+    let w = out.welcome.unwrap();
+    row.create_welcome_b = WelcomeBundle::decode(&w.bytes).unwrap().welcome.len();
+    let t = Instant::now();
+    b.join(&w.bytes, NOW).unwrap();
+    row.join_ms = ms(t);
+
+    let sync = |c: &mut Client, seq: &MemorySequencer, id: &ConversationId| {
+        let t = Instant::now();
+        c.sync(id, seq, NOW).unwrap();
+        ms(t)
+    };
+    // add one
+    let x = virtual_packages(1).remove(0);
+    let xdev = x.cert.device;
+    let t = Instant::now();
+    let out = a.add(&id, vec![x], &mut seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.add_welcome_b = WelcomeBundle::decode(&out.welcome.unwrap().bytes).unwrap().welcome.len();
+    row.ops[0] = (c, sync(&mut b, &seq, &id), out.commit_bytes);
+    // remove it
+    let t = Instant::now();
+    let out = a.commit(&id, cairn_mls::Change::RemoveDevice(xdev), &mut seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.ops[1] = (c, sync(&mut b, &seq, &id), out.commit_bytes);
+    // self-update by the creator, then by the member
+    let t = Instant::now();
+    let out = a.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.ops[2] = (c, sync(&mut b, &seq, &id), out.commit_bytes);
+    let t = Instant::now();
+    let out = b.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.ops[3] = (c, sync(&mut a, &seq, &id), out.commit_bytes);
+
+    // application messages: encrypt at A, decrypt at B, in batches of 100 per transaction
+    let body = vec![7u8; BODY];
+    let t = Instant::now();
+    let mut done = 0;
+    while done < msgs {
+        let bodies: Vec<&[u8]> = (0..100.min(msgs - done)).map(|_| body.as_slice()).collect();
+        let cts = a.send_many(&id, &bodies).unwrap();
+        let refs: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
+        for r in b.receive_many(&id, &refs) {
+            assert!(matches!(r, Ok(cairn_mls::Received::Message(_))));
+        }
+        done += bodies.len();
+    }
+    row.msgs_per_s = msgs as f64 / t.elapsed().as_secs_f64();
+    row
+}
+
+fn raw(n: usize, msgs: usize) -> Row {
+    let pa = OpenMlsRustCrypto::default();
+    let pb = OpenMlsRustCrypto::default();
+    let account = key();
+    let sa = signer(&account);
+    let sb = signer(&key());
+    let mut kps: Vec<KeyPackage> = virtual_packages(n.saturating_sub(2)).iter().map(raw_kp).collect();
+    kps.push(
+        KeyPackage::builder()
+            .build(CIPHERSUITE, &pb, &sb, sb.credential_with_key())
+            .unwrap()
+            .key_package()
+            .clone(),
+    );
+    let cfg =
+        MlsGroupCreateConfig::builder().ciphersuite(CIPHERSUITE).use_ratchet_tree_extension(true).build();
+    let mut row = Row::default();
+    let t = Instant::now();
+    let mut ga = MlsGroup::new(&pa, &sa, &cfg, sa.credential_with_key()).unwrap();
+    let (commit, welcome, _) = ga.add_members(&pa, &sa, &kps).unwrap();
+    ga.merge_pending_commit(&pa).unwrap();
+    row.create_ms = ms(t);
+    row.create_commit_b = commit.tls_serialize_detached().unwrap().len();
+    let wbytes = welcome.tls_serialize_detached().unwrap();
+    row.create_welcome_b = wbytes.len();
+    let t = Instant::now();
+    let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact_bytes(&wbytes).unwrap().extract()
+    else {
+        panic!()
+    };
+    let mut gb = StagedWelcome::new_from_welcome(&pb, &MlsGroupJoinConfig::default(), w, None)
+        .unwrap()
+        .into_group(&pb)
+        .unwrap();
+    row.join_ms = ms(t);
+
+    let process = |g: &mut MlsGroup, p: &OpenMlsRustCrypto, bytes: &[u8]| {
+        let t = Instant::now();
+        let m =
+            MlsMessageIn::tls_deserialize_exact_bytes(bytes).unwrap().try_into_protocol_message().unwrap();
+        let pm = g.process_message(p, m).unwrap();
+        let ProcessedMessageContent::StagedCommitMessage(sc) = pm.into_content() else { panic!() };
+        g.merge_staged_commit(p, *sc).unwrap();
+        ms(t)
+    };
+    let x = raw_kp(&virtual_packages(1)[0]);
+    let t = Instant::now();
+    let (commit, welcome, _) = ga.add_members(&pa, &sa, &[x]).unwrap();
+    ga.merge_pending_commit(&pa).unwrap();
+    let c = ms(t);
+    row.add_welcome_b = welcome.tls_serialize_detached().unwrap().len();
+    let cb = commit.tls_serialize_detached().unwrap();
+    row.ops[0] = (c, process(&mut gb, &pb, &cb), cb.len());
+    let last = LeafNodeIndex::new(u32::try_from(ga.members().count() - 1).unwrap());
+    let t = Instant::now();
+    let (commit, _, _) = ga.remove_members(&pa, &sa, &[last]).unwrap();
+    ga.merge_pending_commit(&pa).unwrap();
+    let c = ms(t);
+    let cb = commit.tls_serialize_detached().unwrap();
+    row.ops[1] = (c, process(&mut gb, &pb, &cb), cb.len());
+    let t = Instant::now();
+    let bundle = ga.self_update(&pa, &sa, LeafNodeParameters::default()).unwrap();
+    ga.merge_pending_commit(&pa).unwrap();
+    let c = ms(t);
+    let cb = bundle.commit().tls_serialize_detached().unwrap();
+    row.ops[2] = (c, process(&mut gb, &pb, &cb), cb.len());
+    let t = Instant::now();
+    let bundle = gb.self_update(&pb, &sb, LeafNodeParameters::default()).unwrap();
+    gb.merge_pending_commit(&pb).unwrap();
+    let c = ms(t);
+    let cb = bundle.commit().tls_serialize_detached().unwrap();
+    row.ops[3] = (c, process(&mut ga, &pa, &cb), cb.len());
+
+    let body = vec![7u8; BODY];
+    let t = Instant::now();
+    for _ in 0..msgs {
+        let m = ga.create_message(&pa, &sa, &body).unwrap().tls_serialize_detached().unwrap();
+        let m = MlsMessageIn::tls_deserialize_exact_bytes(&m).unwrap().try_into_protocol_message().unwrap();
+        let p = gb.process_message(&pb, m).unwrap();
+        assert!(matches!(p.into_content(), ProcessedMessageContent::ApplicationMessage(_)));
+    }
+    row.msgs_per_s = msgs as f64 / t.elapsed().as_secs_f64();
+    row
+}
+
+fn raw_kp(k: &VerifiedKeyPackage) -> KeyPackage {
+    let kp_in = openmls::prelude::KeyPackageIn::tls_deserialize_exact_bytes(k.bytes()).unwrap();
+    kp_in
+        .validate(&openmls_rust_crypto::RustCrypto::default(), openmls::prelude::ProtocolVersion::Mls10)
+        .unwrap()
+}
+
+fn kb(b: usize) -> String {
+    if b >= 10_000 { format!("{:.0}K", b as f64 / 1e3) } else { format!("{b}") }
+}
+
+fn print(who: &str, n: usize, r: &Row) {
+    let op = |o: (f64, f64, usize)| format!("{:.1}/{:.1} {}", o.0, o.1, kb(o.2));
+    println!(
+        "| {n} | {who} | {:.0} | {} / {} | {:.0} | {} | {} | {} | {} | {} | {:.0} |",
+        r.create_ms,
+        kb(r.create_commit_b),
+        kb(r.create_welcome_b),
+        r.join_ms,
+        op(r.ops[0]),
+        kb(r.add_welcome_b),
+        op(r.ops[1]),
+        op(r.ops[2]),
+        op(r.ops[3]),
+        r.msgs_per_s
+    );
+}
+
+fn main() {
+    let mut sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    if sizes.is_empty() {
+        sizes = vec![2, 10, 100, 1000];
+    }
+    println!("times in ms (create/process), sizes in bytes; app msgs: {BODY} B bodies, encrypt + decrypt");
+    println!(
+        "| N | impl | create group | create commit / welcome B | join ms | add 1 (ms/ms B) | add welcome B | remove 1 | update (creator) | update (member) | app msg/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        let msgs = if n >= 5000 { 500 } else { 2000 };
+        print("Cairn", n, &cairn(n.max(2), msgs));
+        print("raw OpenMLS", n, &raw(n.max(2), msgs));
+    }
+}

@@ -57,7 +57,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            past_epochs_max: 3,
+            past_epochs_max: 2,
             future_messages_max: 1024,
             out_of_order_tolerance: 32,
             maximum_forward_distance: 1000,
@@ -340,6 +340,7 @@ struct Meta {
 
 const META_VERSION: u8 = 1;
 const META_PREFIX: &[u8] = b"cairn.conversation\0";
+const KP_PREFIX: &[u8] = b"cairn.keypackage\0";
 
 impl Meta {
     fn encode(&self) -> Vec<u8> {
@@ -509,10 +510,56 @@ impl Client {
                     self.provider.storage().discard();
                     MlsError::Operation { op: "build key package", reason: e.to_string() }
                 })?;
+            // Remember where its private part is stored, to count what is left unused.
+            let hash_ref = bundle.key_package().hash_ref(self.provider.crypto()).map_err(|e| {
+                self.provider.storage().discard();
+                MlsError::Operation { op: "key package reference", reason: e.to_string() }
+            })?;
+            let mut k = KP_PREFIX.to_vec();
+            k.extend_from_slice(hash_ref.as_slice());
+            let mut v = vec![u8::from(i == count)];
+            v.extend_from_slice(&crate::storage::MlsStorage::key(crate::storage::KEY_PACKAGE, &hash_ref)?);
+            self.provider.storage().raw_put(k, v);
             packages.push(encode_key_package(bundle.key_package())?);
         }
         self.provider.storage().flush()?;
         Ok(KeyPackageBatch { packages })
+    }
+
+    /// Published one-time key packages of this device not consumed by a Welcome yet.
+    pub fn key_packages_remaining(&self) -> Result<usize, MlsError> {
+        let storage = self.provider.storage();
+        let mut left = 0;
+        for (k, v) in storage.raw_scan(KP_PREFIX)? {
+            let Some((&last_resort, stored)) = v.split_first() else { continue };
+            if last_resort != 0 {
+                continue;
+            }
+            if storage.raw_get(stored)?.is_some() {
+                left += 1;
+            } else {
+                storage.raw_del(k);
+            }
+        }
+        storage.flush()?;
+        Ok(left)
+    }
+
+    /// Replenishes published key packages: below `low_water` unused one-time packages, makes
+    /// a batch bringing them back to `target` (with a last-resort package if none was made
+    /// yet). `None` when enough are left.
+    pub fn replenish_key_packages(
+        &self,
+        low_water: usize,
+        target: usize,
+    ) -> Result<Option<KeyPackageBatch>, MlsError> {
+        let left = self.key_packages_remaining()?;
+        if left >= low_water {
+            return Ok(None);
+        }
+        let has_last_resort =
+            self.provider.storage().raw_scan(KP_PREFIX)?.iter().any(|(_, v)| v.first() == Some(&1));
+        self.key_package_batch(target.saturating_sub(left), !has_last_resort).map(Some)
     }
 
     // ---- conversations --------------------------------------------------------------------

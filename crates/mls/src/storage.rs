@@ -86,7 +86,7 @@ impl MlsStorage {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn key<K: Serialize + ?Sized>(label: &[u8], k: &K) -> Result<Vec<u8>, StorageError> {
+    pub(crate) fn key<K: Serialize + ?Sized>(label: &[u8], k: &K) -> Result<Vec<u8>, StorageError> {
         let mut out = Vec::with_capacity(label.len() + 64);
         out.extend_from_slice(label);
         out.push(0);
@@ -228,7 +228,7 @@ impl MlsStorage {
     }
 }
 
-const KEY_PACKAGE: &[u8] = b"KeyPackage";
+pub(crate) const KEY_PACKAGE: &[u8] = b"KeyPackage";
 const PSK: &[u8] = b"Psk";
 const ENC_KEY_PAIR: &[u8] = b"EncryptionKeyPair";
 const SIG_KEY_PAIR: &[u8] = b"SignatureKeyPair";

@@ -247,3 +247,27 @@ fn key_packages_are_used_once_then_last_resort() {
     b.client.join(&w1.bytes, NOW).unwrap();
     assert!(b.client.join(&w2.bytes, NOW).is_err());
 }
+
+#[test]
+fn key_packages_are_replenished_under_the_low_water_mark() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let mut pool = KeyPackagePool::new();
+    pool.publish(&b.client.replenish_key_packages(2, 3).unwrap().unwrap().encode()).unwrap();
+    assert_eq!(b.client.key_packages_remaining().unwrap(), 3);
+    assert!(b.client.replenish_key_packages(2, 3).unwrap().is_none(), "enough left");
+    // Two invitations consume two one-time packages.
+    for _ in 0..2 {
+        let id = a.client.create(NOW).unwrap();
+        let kp = pool.take(&b.device()).unwrap();
+        assert!(!kp.last_resort);
+        let out = a.client.add(&id, vec![kp], &mut seq, NOW).unwrap().unwrap();
+        b.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
+    }
+    assert_eq!(b.client.key_packages_remaining().unwrap(), 1);
+    let batch = b.client.replenish_key_packages(2, 3).unwrap().unwrap();
+    assert_eq!(batch.packages.len(), 2, "back to the target, no second last-resort package");
+    assert_eq!(pool.publish(&batch.encode()).unwrap(), 2);
+    assert_eq!(b.client.key_packages_remaining().unwrap(), 3);
+    assert_eq!(pool.remaining(&b.device()), 3);
+}
