@@ -384,6 +384,75 @@ struct Conversation {
     group: MlsGroup,
     meta: Meta,
     future: Vec<Vec<u8>>,
+    /// Snapshots of retained past epochs, loaded on demand.
+    past: BTreeMap<u64, (MlsGroup, CairnProvider)>,
+}
+
+impl Conversation {
+    fn new(group: MlsGroup, meta: Meta) -> Self {
+        Self { group, meta, future: Vec::new(), past: BTreeMap::new() }
+    }
+}
+
+const PAST_PREFIX: &[u8] = b"cairn.past\0";
+
+fn past_prefix(id: &ConversationId, epoch: u64) -> Vec<u8> {
+    let mut p = PAST_PREFIX.to_vec();
+    p.extend_from_slice(&id.0);
+    p.extend_from_slice(&epoch.to_be_bytes());
+    p
+}
+
+/// Before a commit is merged: copies the group's state of the ending epoch under a
+/// snapshot prefix (raw bytes, no re-encoding) and drops snapshots older than the window.
+/// OpenMLS itself keeps no past epochs (its past-epoch store re-serializes every member's
+/// leaf on every message, which is O(N) per message); a snapshot costs one copy per commit.
+fn snapshot_epoch(
+    provider: &CairnProvider,
+    id: &ConversationId,
+    c: &mut Conversation,
+    past_epochs_max: usize,
+) -> Result<(), MlsError> {
+    let epoch = c.group.epoch().as_u64();
+    let keep_from = (epoch + 1).saturating_sub(past_epochs_max as u64);
+    prune_past(provider, id, c, keep_from)?;
+    if past_epochs_max == 0 {
+        return Ok(());
+    }
+    let live = provider.storage();
+    let gid = GroupId::from_slice(&id.0);
+    let snap = past_prefix(id, epoch);
+    for label in crate::storage::GROUP_LABELS {
+        let k = live.key(label, &gid)?;
+        if let Some(v) = live.raw_get(&k)? {
+            let mut sk = snap.clone();
+            sk.extend_from_slice(&k);
+            live.raw_put(sk, v);
+        }
+    }
+    Ok(())
+}
+
+fn prune_past(
+    provider: &CairnProvider,
+    id: &ConversationId,
+    c: &mut Conversation,
+    keep_from: u64,
+) -> Result<(), MlsError> {
+    let storage = provider.storage();
+    let mut scope = PAST_PREFIX.to_vec();
+    scope.extend_from_slice(&id.0);
+    for (k, _) in storage.raw_scan(&scope)? {
+        let e = k
+            .get(scope.len()..scope.len() + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes);
+        if e.is_none_or(|e| e < keep_from) {
+            storage.raw_del(k);
+        }
+    }
+    c.past.retain(|e, _| *e >= keep_from);
+    Ok(())
 }
 
 /// One device's MLS client (see the module docs).
@@ -441,7 +510,7 @@ impl Client {
             let meta = Meta::decode(&v)?;
             let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&id))?
                 .ok_or(MlsError::Operation { op: "load group", reason: "MLS state missing".into() })?;
-            conversations.insert(ConversationId(id), Conversation { group, meta, future: Vec::new() });
+            conversations.insert(ConversationId(id), Conversation::new(group, meta));
         }
         Ok(Self { provider, signer, config, conversations })
     }
@@ -468,7 +537,6 @@ impl Client {
     fn join_config(&self) -> MlsGroupJoinConfig {
         MlsGroupJoinConfig::builder()
             .use_ratchet_tree_extension(false)
-            .max_past_epochs(self.config.past_epochs_max)
             .padding_size(self.config.padding)
             .sender_ratchet_configuration(SenderRatchetConfiguration::new(
                 self.config.out_of_order_tolerance,
@@ -481,7 +549,6 @@ impl Client {
         MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .use_ratchet_tree_extension(false)
-            .max_past_epochs(self.config.past_epochs_max)
             .padding_size(self.config.padding)
             .sender_ratchet_configuration(SenderRatchetConfiguration::new(
                 self.config.out_of_order_tolerance,
@@ -518,7 +585,7 @@ impl Client {
             let mut k = KP_PREFIX.to_vec();
             k.extend_from_slice(hash_ref.as_slice());
             let mut v = vec![u8::from(i == count)];
-            v.extend_from_slice(&crate::storage::MlsStorage::key(crate::storage::KEY_PACKAGE, &hash_ref)?);
+            v.extend_from_slice(&self.provider.storage().key(crate::storage::KEY_PACKAGE, &hash_ref)?);
             self.provider.storage().raw_put(k, v);
             packages.push(encode_key_package(bundle.key_package())?);
         }
@@ -605,7 +672,7 @@ impl Client {
             self.provider.storage().discard();
             return Err(e.into());
         }
-        self.conversations.insert(id, Conversation { group, meta, future: Vec::new() });
+        self.conversations.insert(id, Conversation::new(group, meta));
         Ok(id)
     }
 
@@ -672,6 +739,7 @@ impl Client {
         let c = self.conv_mut(id)?;
         c.group = group;
         c.meta = meta;
+        c.past.clear();
         Ok(())
     }
 
@@ -743,7 +811,7 @@ impl Client {
         })();
         match result {
             Ok((group, meta)) => {
-                self.conversations.insert(b.conversation, Conversation { group, meta, future: Vec::new() });
+                self.conversations.insert(b.conversation, Conversation::new(group, meta));
                 Ok(b.conversation)
             }
             Err(e) => {
@@ -810,6 +878,7 @@ impl Client {
         if own {
             let provider = &self.provider;
             let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+            snapshot_epoch(provider, id, c, self.config.past_epochs_max)?;
             c.group.merge_pending_commit(provider).map_err(|e| op_err("merge own commit")(e.to_string()))?;
             c.meta.pending_commit = None;
             c.meta.applied = seq + 1;
@@ -863,6 +932,7 @@ impl Client {
             return Err(MlsError::Rejected("application message in the handshake order".into()));
         }
         let provider = &self.provider;
+        let past_epochs_max = self.config.past_epochs_max;
         let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
         if !c.group.is_active() {
             return Err(MlsError::NotMember);
@@ -885,6 +955,7 @@ impl Client {
                     .collect();
                 let own = c.group.own_leaf_index();
                 let self_removed = staged.self_removed();
+                snapshot_epoch(provider, id, c, past_epochs_max)?;
                 c.group
                     .merge_staged_commit(provider, *staged)
                     .map_err(|e| op_err("merge commit")(e.to_string()))?;
@@ -1018,6 +1089,7 @@ impl Client {
                     let outcome = self.atomically(&id, |s| {
                         let provider = &s.provider;
                         let c = s.conversations.get_mut(&id).ok_or(MlsError::UnknownConversation)?;
+                        snapshot_epoch(provider, &id, c, s.config.past_epochs_max)?;
                         c.group
                             .merge_pending_commit(provider)
                             .map_err(|e| op_err("merge commit")(e.to_string()))?;
@@ -1336,7 +1408,25 @@ impl Client {
         if current - epoch > past_max {
             return Ok(Received::Dropped(Dropped::TooOld));
         }
-        match c.group.process_message(provider, msg) {
+        let result = if epoch < current {
+            // A retained past epoch: its snapshot decrypts it (ratchet state kept there).
+            if !c.past.contains_key(&epoch) {
+                let p = provider.scoped(past_prefix(id, epoch));
+                match MlsGroup::load(p.storage(), &GroupId::from_slice(&id.0))? {
+                    Some(g) => {
+                        c.past.insert(epoch, (g, p));
+                    }
+                    None => return Ok(Received::Dropped(Dropped::TooOld)),
+                }
+            }
+            match c.past.get_mut(&epoch) {
+                Some((g, p)) => g.process_message(&*p, msg),
+                None => return Ok(Received::Dropped(Dropped::TooOld)),
+            }
+        } else {
+            c.group.process_message(provider, msg)
+        };
+        match result {
             Ok(p) => {
                 let sender = cert_of(p.credential());
                 match p.into_content() {
@@ -1382,6 +1472,7 @@ impl Client {
     /// Forgets a conversation this device was removed from, deleting its state.
     pub fn forget(&mut self, id: &ConversationId) -> Result<(), MlsError> {
         let mut c = self.conversations.remove(id).ok_or(MlsError::UnknownConversation)?;
+        prune_past(&self.provider, id, &mut c, u64::MAX)?;
         c.group.delete(self.provider.storage())?;
         self.provider.storage().raw_del(Meta::key(id));
         self.provider.storage().flush()?;

@@ -65,7 +65,8 @@ type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 /// OpenMLS storage provider over redb with a write-back overlay (see the module docs).
 pub struct MlsStorage {
     db: Arc<dyn DatabaseHandle>,
-    pending: Mutex<Overlay>,
+    pending: Arc<Mutex<Overlay>>,
+    prefix: Vec<u8>,
 }
 
 impl std::fmt::Debug for MlsStorage {
@@ -77,7 +78,13 @@ impl std::fmt::Debug for MlsStorage {
 impl MlsStorage {
     /// Storage over `db` (creates the table on first flush).
     pub fn new(db: Arc<dyn DatabaseHandle>) -> Self {
-        Self { db, pending: Mutex::new(BTreeMap::new()) }
+        Self { db, pending: Arc::new(Mutex::new(BTreeMap::new())), prefix: Vec::new() }
+    }
+
+    /// A view of the same database and overlay whose keys all start with `prefix` (used to
+    /// keep snapshots of past epochs apart from the live state; flushed together with it).
+    pub(crate) fn scoped(&self, prefix: Vec<u8>) -> Self {
+        Self { db: Arc::clone(&self.db), pending: Arc::clone(&self.pending), prefix }
     }
 
     fn lock(&self) -> MutexGuard<'_, Overlay> {
@@ -86,8 +93,9 @@ impl MlsStorage {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn key<K: Serialize + ?Sized>(label: &[u8], k: &K) -> Result<Vec<u8>, StorageError> {
-        let mut out = Vec::with_capacity(label.len() + 64);
+    pub(crate) fn key<K: Serialize + ?Sized>(&self, label: &[u8], k: &K) -> Result<Vec<u8>, StorageError> {
+        let mut out = Vec::with_capacity(self.prefix.len() + label.len() + 64);
+        out.extend_from_slice(&self.prefix);
         out.extend_from_slice(label);
         out.push(0);
         serde_json::to_writer(&mut out, k)?;
@@ -179,7 +187,7 @@ impl MlsStorage {
         k: &K,
         v: &T,
     ) -> Result<(), StorageError> {
-        let key = Self::key(l, k)?;
+        let key = self.key(l, k)?;
         let val = serde_json::to_vec(v)?;
         self.raw_put(key, val);
         Ok(())
@@ -190,14 +198,14 @@ impl MlsStorage {
         l: &[u8],
         k: &K,
     ) -> Result<Option<T>, StorageError> {
-        match self.raw_get(&Self::key(l, k)?)? {
+        match self.raw_get(&self.key(l, k)?)? {
             Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
             None => Ok(None),
         }
     }
 
     fn del<K: Serialize + ?Sized>(&self, l: &[u8], k: &K) -> Result<(), StorageError> {
-        let key = Self::key(l, k)?;
+        let key = self.key(l, k)?;
         self.raw_del(key);
         Ok(())
     }
@@ -246,6 +254,22 @@ const OWN_LEAF_INDEX: &[u8] = b"OwnLeafNodeIndex";
 const EPOCH_SECRETS: &[u8] = b"EpochSecrets";
 const RESUMPTION_PSK: &[u8] = b"ResumptionPsk";
 const MESSAGE_SECRETS: &[u8] = b"MessageSecrets";
+
+/// Labels of the entries keyed by group id that make up a group's state (what a snapshot of
+/// an epoch copies).
+pub(crate) const GROUP_LABELS: [&[u8]; 11] = [
+    JOIN_CONFIG,
+    OWN_LEAF_NODES,
+    TREE,
+    GROUP_CONTEXT,
+    INTERIM_TH,
+    CONFIRMATION_TAG,
+    GROUP_STATE,
+    MESSAGE_SECRETS,
+    RESUMPTION_PSK,
+    OWN_LEAF_INDEX,
+    EPOCH_SECRETS,
+];
 
 type R<T> = Result<T, StorageError>;
 
@@ -553,6 +577,11 @@ impl CairnProvider {
     /// A provider storing into `db`.
     pub fn new(db: Arc<dyn DatabaseHandle>) -> Self {
         Self { crypto: openmls_rust_crypto::RustCrypto::default(), storage: MlsStorage::new(db) }
+    }
+
+    /// A provider over the same database and overlay, with keys under `prefix`.
+    pub(crate) fn scoped(&self, prefix: Vec<u8>) -> Self {
+        Self { crypto: openmls_rust_crypto::RustCrypto::default(), storage: self.storage.scoped(prefix) }
     }
 }
 

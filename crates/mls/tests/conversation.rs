@@ -267,3 +267,28 @@ fn self_update_is_due_after_joining_and_on_schedule() {
     assert!(b.client.due_for_update(&id, later).unwrap());
     assert!(!b.client.due_for_update(&id, later - 1).unwrap());
 }
+
+#[test]
+fn past_epoch_messages_decrypt_after_restart_once_only() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let m1 = a.client.send(&id, b"one").unwrap();
+    let m2 = a.client.send(&id, b"two").unwrap();
+    let m3 = a.client.send(&id, b"three").unwrap();
+    a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &m1).unwrap()).body, b"one");
+    // The retained epoch (and its ratchet position) is persisted.
+    let mut b = b.restart();
+    assert_eq!(b.client.receive(&id, &m1).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(delivered(b.client.receive(&id, &m2).unwrap()).body, b"two");
+    assert_eq!(b.client.receive(&id, &m2).unwrap(), Received::Dropped(Dropped::Duplicate));
+    // Garbage aimed at the past epoch changes nothing either.
+    let mut bad = m3.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(b.client.receive(&id, &bad), Err(MlsError::Rejected(_))));
+    assert_eq!(delivered(b.client.receive(&id, &m3).unwrap()).body, b"three");
+    say(&mut a, &mut [&mut b], &id, "current epoch still fine");
+}
