@@ -1410,19 +1410,17 @@ impl Client {
         }
         let result = if epoch < current {
             // A retained past epoch: its snapshot decrypts it (ratchet state kept there).
-            if !c.past.contains_key(&epoch) {
-                let p = provider.scoped(past_prefix(id, epoch));
-                match MlsGroup::load(p.storage(), &GroupId::from_slice(&id.0))? {
-                    Some(g) => {
-                        c.past.insert(epoch, (g, p));
+            let (g, p) = match c.past.entry(epoch) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let p = provider.scoped(past_prefix(id, epoch));
+                    match MlsGroup::load(p.storage(), &GroupId::from_slice(&id.0))? {
+                        Some(g) => v.insert((g, p)),
+                        None => return Ok(Received::Dropped(Dropped::TooOld)),
                     }
-                    None => return Ok(Received::Dropped(Dropped::TooOld)),
                 }
-            }
-            match c.past.get_mut(&epoch) {
-                Some((g, p)) => g.process_message(&*p, msg),
-                None => return Ok(Received::Dropped(Dropped::TooOld)),
-            }
+            };
+            g.process_message(&*p, msg)
         } else {
             c.group.process_message(provider, msg)
         };
