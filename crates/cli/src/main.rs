@@ -1,6 +1,7 @@
 //! `cairn`: the command-line program of the Cairn messenger.
 
 mod home;
+mod ledger_cmd;
 mod selfcheck;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         messages: u32,
     },
+    /// The replicated ledger: local genesis, validators, status, bench.
+    Ledger(ledger_cmd::LedgerArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Init => home::init(&home::resolve(cli.home)),
         Command::Id { json } => home::print_id(&home::resolve(cli.home), json),
         Command::Selfcheck { messages } => selfcheck::run(messages),
+        Command::Ledger(args) => ledger_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

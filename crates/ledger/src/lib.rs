@@ -5,10 +5,13 @@
 
 pub mod app;
 pub mod audit;
+pub mod bench;
 pub mod block;
 pub mod core;
 pub mod genesis;
 pub mod light;
+pub mod process;
+pub mod rpc;
 pub mod state;
 pub mod tx;
 pub mod validator;

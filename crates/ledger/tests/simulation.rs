@@ -296,9 +296,12 @@ fn four_validators_finalize_identical_state() {
                 let lc = cairn_ledger::light::LightClient::new(&net.genesis).unwrap();
                 let id = AccountId(user(0).verifying_key().to_bytes());
                 let sp = net.ledger(0).unwrap().prove(&cairn_ledger::state::StateKey::Account(id)).unwrap();
-                if let Some(sp) = sp {
-                    assert!(lc.verify_account(&id, &sp).unwrap().is_some());
-                }
+                let sp = sp.expect("a proof at the certified tip");
+                assert!(
+                    lc.verify_account(&id, &sp).unwrap().is_some(),
+                    "account proven absent at {}",
+                    sp.header.height
+                );
             })
         });
     }

@@ -1,0 +1,302 @@
+//! Throughput / latency bench: 4 validators on loopback (each a full validator: tokio runtime,
+//! authenticated p2p, simplex + marshal, persistent storage, RPC), in this process; a client
+//! submits transfers over the RPC at saturation and at a fixed rate and follows finalized
+//! blocks. Not a test: figures depend on the machine.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::AccountId;
+use cairn_proto::ed25519::SigningKey;
+use thiserror::Error;
+
+use crate::genesis::{Genesis, GenesisError, write_key};
+use crate::process::{self, ProcessOptions};
+use crate::rpc::{ClientError, Follower, LedgerClient};
+use crate::tx::{Tx, TxBody, TxId, signature_verify_nanos};
+use crate::validator::Timeouts;
+
+/// Bench parameters.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Validators (4 for the figure).
+    pub validators: usize,
+    /// First port (p2p and rpc ports follow).
+    pub base_port: u16,
+    /// Transactions in the saturation run.
+    pub saturation_txs: usize,
+    /// Offered rate of the fixed-rate run (tx/s).
+    pub fixed_rate: usize,
+    /// Duration of the fixed-rate run.
+    pub fixed_duration: Duration,
+    /// Worker threads per validator runtime.
+    pub threads: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            validators: 4,
+            base_port: 27100,
+            saturation_txs: 20_000,
+            fixed_rate: 2_000,
+            fixed_duration: Duration::from_secs(10),
+            threads: 2,
+        }
+    }
+}
+
+/// Figures of one run.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// Label.
+    pub name: String,
+    /// Offered transactions.
+    pub offered: usize,
+    /// Finalized transactions.
+    pub finalized: usize,
+    /// Sustained finalized tx/s (first submission to last finalization).
+    pub tps: f64,
+    /// Finality latency percentiles, ms (submission to observed finalization).
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Share of process CPU time spent verifying transaction signatures.
+    pub sig_cpu_share: f64,
+    /// Process CPU seconds used during the run.
+    pub cpu_s: f64,
+    /// Finalized blocks during the run.
+    pub blocks: u64,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<12} offered {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu",
+            self.name,
+            self.offered,
+            self.finalized,
+            self.tps,
+            self.p50_ms,
+            self.p99_ms,
+            self.blocks,
+            self.cpu_s,
+            self.sig_cpu_share * 100.0
+        )
+    }
+}
+
+/// Why the bench failed.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Setup.
+    #[error(transparent)]
+    Genesis(#[from] GenesisError),
+    /// Client.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// I/O.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The cluster did not come up.
+    #[error("validators did not start finalizing")]
+    NoProgress,
+}
+
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat`.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some(rest) = stat.rsplit(')').next() else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // fields after the command: state(0) ... utime(11) stime(12)
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+struct Users {
+    keys: Vec<SigningKey>,
+    ids: Vec<AccountId>,
+    nonces: Vec<u64>,
+}
+
+impl Users {
+    fn new(n: usize) -> Self {
+        let keys: Vec<SigningKey> = (0..n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+                seed[8] = 0xBE;
+                SigningKey::from_bytes(&seed)
+            })
+            .collect();
+        let ids = keys.iter().map(|k| AccountId(k.verifying_key().to_bytes())).collect();
+        Self { keys, ids, nonces: vec![0; n] }
+    }
+
+    /// `count` signed transfers, round-robin over users.
+    fn transfers(&mut self, chain: [u8; 32], count: usize, start: usize) -> Vec<Vec<u8>> {
+        let n = self.keys.len();
+        (0..count)
+            .map(|k| {
+                let i = (start + k) % n;
+                let to = self.ids[(i + 1) % n];
+                let nonce = self.nonces[i];
+                self.nonces[i] += 1;
+                Tx::sign(chain, self.ids[i], &self.keys[i], nonce, TxBody::Transfer { to, amount: 1 })
+                    .encode()
+            })
+            .collect()
+    }
+}
+
+/// Measures one run: submits `batches` (each at its scheduled offset from the start) and
+/// follows finalized blocks until every accepted transaction is final or `deadline` passes.
+fn measure(
+    name: &str,
+    client: &mut LedgerClient,
+    follower: &mut Follower,
+    batches: Vec<(Duration, Vec<Vec<u8>>)>,
+    deadline: Duration,
+) -> Result<RunReport, BenchError> {
+    let offered: usize = batches.iter().map(|(_, b)| b.len()).sum();
+    let mut submitted: HashMap<TxId, Instant> = HashMap::with_capacity(offered);
+    let mut latencies = Vec::with_capacity(offered);
+    let cpu0 = process_cpu_seconds();
+    let sig0 = signature_verify_nanos();
+    let start = Instant::now();
+    let mut last_final = start;
+    let mut blocks = 0u64;
+    let mut pending = batches.into_iter().peekable();
+    let mut poll_follow = |client: &mut LedgerClient,
+                           submitted: &mut HashMap<TxId, Instant>,
+                           latencies: &mut Vec<f64>,
+                           last_final: &mut Instant,
+                           blocks: &mut u64|
+     -> Result<(), BenchError> {
+        let now_blocks = follower.poll(client, 64)?;
+        let now = Instant::now();
+        for b in now_blocks {
+            *blocks += 1;
+            for t in &b.txs {
+                if let Some(at) = submitted.remove(&Tx::id_of(t)) {
+                    latencies.push(now.duration_since(at).as_secs_f64() * 1000.0);
+                    *last_final = now;
+                }
+            }
+        }
+        Ok(())
+    };
+    loop {
+        while let Some((at, _)) = pending.peek() {
+            if start.elapsed() < *at {
+                break;
+            }
+            let Some((_, batch)) = pending.next() else { break };
+            let now = Instant::now();
+            for t in &batch {
+                submitted.insert(Tx::id_of(t), now);
+            }
+            client.submit_batch(&batch)?;
+        }
+        poll_follow(client, &mut submitted, &mut latencies, &mut last_final, &mut blocks)?;
+        if pending.peek().is_none() && submitted.is_empty() {
+            break;
+        }
+        if start.elapsed() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cpu = process_cpu_seconds() - cpu0;
+    let sig = (signature_verify_nanos() - sig0) as f64 / 1e9;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let elapsed = last_final.duration_since(start).as_secs_f64().max(1e-9);
+    Ok(RunReport {
+        name: name.to_owned(),
+        offered,
+        finalized: latencies.len(),
+        tps: latencies.len() as f64 / elapsed,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        sig_cpu_share: if cpu > 0.0 { sig / cpu } else { 0.0 },
+        cpu_s: cpu,
+        blocks,
+    })
+}
+
+/// Starts `cfg.validators` validators in this process (threads) under `dir`, then runs the
+/// saturation and fixed-rate measurements. The validators keep running until the process
+/// exits.
+pub fn run(cfg: &BenchConfig, dir: &Path) -> Result<Vec<RunReport>, BenchError> {
+    let users_n = 4096;
+    let mut users = Users::new(users_n);
+    let accounts = users.ids.iter().map(|id| (*id, 1_000_000_000)).collect();
+    let (genesis, keys) = Genesis::local("bench", cfg.validators, cfg.base_port, accounts)?;
+    let gpath = dir.join("genesis.txt");
+    std::fs::write(&gpath, genesis.to_text())?;
+    let (tx, rx) = mpsc::channel();
+    for (i, k) in keys.iter().enumerate() {
+        let kpath = dir.join(format!("validator-{i}.key"));
+        write_key(&kpath, k)?;
+        let data = dir.join(format!("data-{i}"));
+        let mut opts = ProcessOptions::new(&gpath, &kpath, &data);
+        opts.status_every = None;
+        opts.threads = cfg.threads;
+        opts.timeouts = Timeouts::default();
+        let tx = tx.clone();
+        std::thread::Builder::new().name(format!("validator-{i}")).spawn(move || {
+            if let Err(e) = process::run(opts, move |_| {
+                let _ = tx.send(());
+            }) {
+                eprintln!("validator {i}: {e}");
+            }
+        })?;
+    }
+    for _ in 0..cfg.validators {
+        rx.recv_timeout(Duration::from_secs(30)).map_err(|_| BenchError::NoProgress)?;
+    }
+    let mut client = LedgerClient::new(&genesis)?;
+    let chain = client.chain();
+    let start = Instant::now();
+    while client.status().map(|s| s.height).unwrap_or(0) < 2 {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(BenchError::NoProgress);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut follower = Follower::new(client.status()?.height + 1);
+    let mut reports = Vec::new();
+
+    // Saturation: everything up front, in batches.
+    let txs = users.transfers(chain, cfg.saturation_txs, 0);
+    let batches = txs.chunks(1024).map(|c| (Duration::ZERO, c.to_vec())).collect();
+    reports.push(measure("saturation", &mut client, &mut follower, batches, Duration::from_secs(120))?);
+
+    // Fixed rate: a batch every 20 ms.
+    let per_tick = (cfg.fixed_rate / 50).max(1);
+    let ticks = (cfg.fixed_duration.as_millis() / 20) as usize;
+    let mut batches = Vec::with_capacity(ticks);
+    for t in 0..ticks {
+        batches.push((Duration::from_millis(20 * t as u64), users.transfers(chain, per_tick, t * per_tick)));
+    }
+    let name = format!("{}/s fixed", cfg.fixed_rate);
+    reports.push(measure(
+        &name,
+        &mut client,
+        &mut follower,
+        batches,
+        cfg.fixed_duration + Duration::from_secs(60),
+    )?);
+    Ok(reports)
+}

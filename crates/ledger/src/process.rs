@@ -1,0 +1,168 @@
+//! Running a validator for real: commonware's tokio runtime, its authenticated p2p (lookup
+//! variant: fixed validator addresses from the genesis), persistent storage in a data
+//! directory, and the client RPC server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use commonware_cryptography::{ChaCha20Poly1305, Signer as _, ed25519};
+use commonware_p2p::authenticated::lookup;
+use commonware_p2p::{Address, AddressableManager as _};
+use commonware_runtime::{Clock as _, Quota, Runner as _, Spawner as _, Supervisor as _, tokio as cw_tokio};
+use commonware_stream::cups::{self, Cups};
+use commonware_stream::sake::{self, Sake};
+use commonware_utils::ordered::Map;
+use commonware_utils::{NZU32, NZUsize};
+use thiserror::Error;
+
+use crate::core::Ledger;
+use crate::genesis::{Genesis, GenesisError, P2P_NAMESPACE, public_key_hex, read_key};
+use crate::validator::{self, Behaviour, Timeouts, ValidatorError, channel};
+
+/// Why a validator process stopped.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// Genesis or key file problem.
+    #[error(transparent)]
+    Genesis(#[from] GenesisError),
+    /// The validator could not start.
+    #[error(transparent)]
+    Validator(#[from] ValidatorError),
+    /// The key is not in the genesis.
+    #[error("key {0} is not a validator of this genesis")]
+    NotAValidator(String),
+    /// The RPC listener could not bind.
+    #[error("rpc listener {addr}: {source}")]
+    Rpc {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The validator set is unusable for p2p.
+    #[error("bad peer set: {0}")]
+    Peers(String),
+}
+
+/// Options of a validator process.
+#[derive(Clone, Debug)]
+pub struct ProcessOptions {
+    /// Genesis file.
+    pub genesis: PathBuf,
+    /// Validator key file.
+    pub key: PathBuf,
+    /// Data directory (blocks, consensus journal).
+    pub data: PathBuf,
+    /// Consensus timing.
+    pub timeouts: Timeouts,
+    /// Print a status line this often (`None`: quiet).
+    pub status_every: Option<Duration>,
+    /// Worker threads for the runtime.
+    pub threads: usize,
+}
+
+impl ProcessOptions {
+    /// Defaults for `genesis`, `key`, `data`.
+    pub fn new(genesis: &Path, key: &Path, data: &Path) -> Self {
+        Self {
+            genesis: genesis.to_owned(),
+            key: key.to_owned(),
+            data: data.to_owned(),
+            timeouts: Timeouts::default(),
+            status_every: Some(Duration::from_secs(1)),
+            threads: 2,
+        }
+    }
+}
+
+/// Runs one validator until the process is killed (blocking). `on_start` is called with the
+/// ledger handle once the validator is running (used by in-process benches).
+pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static) -> Result<(), ProcessError> {
+    let genesis = Genesis::load(&opts.genesis)?;
+    let key = read_key(&opts.key)?;
+    let me = key.public_key();
+    let Some(info) = genesis.validators.iter().find(|v| v.key == me).cloned() else {
+        return Err(ProcessError::NotAValidator(public_key_hex(&me)));
+    };
+    let participants = genesis.participants()?;
+    let peers: Vec<(ed25519::PublicKey, Address)> =
+        genesis.validators.iter().map(|v| (v.key.clone(), Address::from(v.p2p))).collect();
+    let peers: Map<ed25519::PublicKey, Address> =
+        Map::try_from(peers).map_err(|e| ProcessError::Peers(format!("{e:?}")))?;
+    let n = u32::try_from(genesis.validators.len()).unwrap_or(u32::MAX);
+    // Bind the RPC listener first so a port conflict is reported before consensus starts.
+    let rpc = std::net::TcpListener::bind(info.rpc)
+        .map_err(|source| ProcessError::Rpc { addr: info.rpc, source })?;
+
+    let cfg = cw_tokio::Config::new()
+        .with_storage_directory(opts.data.clone())
+        .with_worker_threads(opts.threads.max(1))
+        .with_catch_panics(false);
+    let runner = cw_tokio::Runner::new(cfg);
+    runner.start(move |ctx| async move {
+        let handshake = Cups::<_, ChaCha20Poly1305>::new(
+            Sake {
+                signer: key.clone(),
+                synchrony_bound: Duration::from_secs(5),
+                max_handshake_age: Duration::from_secs(10),
+                version: sake::Version::V1,
+            },
+            cups::Version::V1,
+        );
+        let max_peers = commonware_p2p::authenticated::peer_set_limit(participants.iter(), &me);
+        let p2p_cfg = lookup::Config::local(
+            handshake,
+            P2P_NAMESPACE,
+            info.p2p,
+            max_peers,
+            validator::max_message_size(n),
+            NZUsize!(4096),
+        );
+        let (mut network, mut oracle) = lookup::Network::new(ctx.child("network"), p2p_cfg);
+        let _ = oracle.track(0, peers);
+        let quota = Quota::per_second(NZU32!(100_000));
+        let channels: Vec<_> = channel::ALL.iter().map(|c| network.register(*c, quota)).collect();
+        let _net = network.start();
+        let running = match validator::start(
+            ctx.child("validator"),
+            &genesis,
+            key,
+            "ledger",
+            opts.timeouts,
+            Behaviour::Honest,
+            oracle.clone(),
+            oracle,
+            channels,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("validator failed to start: {e}");
+                std::process::exit(1);
+            }
+        };
+        let ledger = running.ledger.clone();
+        let serve_ledger = ledger.clone();
+        std::thread::spawn(move || crate::rpc::serve(rpc, serve_ledger));
+        on_start(ledger.clone());
+        if let Some(every) = opts.status_every {
+            let l = ledger.clone();
+            ctx.child("status").spawn(move |ctx| async move {
+                loop {
+                    ctx.sleep(every).await;
+                    let s = l.status();
+                    println!(
+                        "height={} digest={} root={} mempool={}",
+                        s.height,
+                        hex::encode(&s.digest[..8]),
+                        hex::encode(&s.state_root[..8]),
+                        s.mempool
+                    );
+                }
+            });
+        }
+        let _ = running.engine.await;
+    });
+    Ok(())
+}
