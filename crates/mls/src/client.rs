@@ -52,6 +52,9 @@ pub struct Config {
     pub fetch_page: usize,
     /// Application ciphertexts are padded to a multiple of this many bytes.
     pub padding: usize,
+    /// Most members [`Client::add_many`] adds per commit (each Add carries a ≈ 0.4 KiB key
+    /// package; the sequencer takes commits up to 64 KiB).
+    pub adds_per_commit_max: usize,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             key_package_lifetime_s: 84 * 24 * 3600,
             fetch_page: 256,
             padding: 32,
+            adds_per_commit_max: 100,
         }
     }
 }
@@ -1175,6 +1179,25 @@ impl Client {
         now_ms: u64,
     ) -> Result<Option<CommitOutcome>, MlsError> {
         self.commit(id, Change::Add(packages), sequencer, now_ms)
+    }
+
+    /// Adds any number of devices in as many sequenced commits as
+    /// [`Config::adds_per_commit_max`] requires (e.g. creating a large group); one Welcome per
+    /// commit. Stops at the first error.
+    pub fn add_many(
+        &mut self,
+        id: &ConversationId,
+        packages: Vec<VerifiedKeyPackage>,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Vec<CommitOutcome>, MlsError> {
+        let mut out = Vec::new();
+        for chunk in packages.chunks(self.config.adds_per_commit_max.max(1)) {
+            if let Some(o) = self.add(id, chunk.to_vec(), sequencer, now_ms)? {
+                out.push(o);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes every device of `account`.

@@ -292,3 +292,35 @@ fn past_epoch_messages_decrypt_after_restart_once_only() {
     assert_eq!(delivered(b.client.receive(&id, &m3).unwrap()).body, b"three");
     say(&mut a, &mut [&mut b], &id, "current epoch still fine");
 }
+
+#[test]
+fn large_additions_are_split_into_commits_the_sequencer_accepts() {
+    let mut seq = MemorySequencer::new();
+    let mut a = Dev::new();
+    let mut others: Vec<Dev> = (0..5).map(|_| Dev::new()).collect();
+    let mut pool = KeyPackagePool::new();
+    for o in &others {
+        o.publish(&mut pool, 1);
+    }
+    let kps = others.iter().map(|o| pool.take(&o.device()).unwrap()).collect();
+    let id = a.client.create(NOW).unwrap();
+    let mut cfg = a.client.config().clone();
+    cfg.adds_per_commit_max = 2;
+    let client = common::reopen_with(&a, cfg);
+    a.client = client;
+    let outs = a.client.add_many(&id, kps, &mut seq, NOW).unwrap();
+    assert_eq!(outs.len(), 3);
+    assert!(outs.iter().all(|o| o.commit_bytes <= cairn_proto::sequencer::HANDSHAKE_BYTES_MAX));
+    // Each new member joins from its own Welcome and catches up on the later commits.
+    for (i, o) in others.iter_mut().enumerate() {
+        let w = outs[i / 2].welcome.as_ref().unwrap();
+        assert!(w.recipients.iter().any(|(d, _)| *d == o.device()));
+        o.client.join(&w.bytes, NOW).unwrap();
+        o.client.sync(&id, &seq, NOW).unwrap();
+        assert_eq!(o.client.epoch_authenticator(&id).unwrap(), a.client.epoch_authenticator(&id).unwrap());
+    }
+    let (first, rest) = others.split_at_mut(1);
+    let mut rest: Vec<&mut Dev> = rest.iter_mut().collect();
+    rest.push(&mut a);
+    say(&mut first[0], &mut rest, &id, "six of us");
+}

@@ -24,9 +24,20 @@ pub(crate) struct Dev {
 }
 
 pub(crate) fn open_client(path: &Path, device_key: &SigningKey, cert: DeviceCert) -> Client {
+    open_client_with(path, device_key, cert, Config::default())
+}
+
+fn open_client_with(path: &Path, device_key: &SigningKey, cert: DeviceCert, config: Config) -> Client {
     let db = redb::Database::create(path).unwrap();
     let signer = DeviceSigner::new(device_key.clone(), cert).unwrap();
-    Client::open(Arc::new(db), signer, Config::default()).unwrap()
+    Client::open(Arc::new(db), signer, config).unwrap()
+}
+
+/// A second client over a fresh copy of `dev`'s file, with another configuration.
+pub(crate) fn reopen_with(dev: &Dev, config: Config) -> Client {
+    let copy = dev.path.with_extension("copy.redb");
+    std::fs::copy(&dev.path, &copy).unwrap();
+    open_client_with(&copy, &dev.device_key, dev.cert, config)
 }
 
 impl Dev {
