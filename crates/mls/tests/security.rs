@@ -271,3 +271,55 @@ fn key_packages_are_replenished_under_the_low_water_mark() {
     assert_eq!(b.client.key_packages_remaining().unwrap(), 3);
     assert_eq!(pool.remaining(&b.device()), 3);
 }
+
+#[test]
+fn welcome_from_a_member_with_a_broken_chain_is_refused_and_consumes_nothing() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut victim, eve) = (Dev::new(), Dev::new(), Dev::new());
+    let mut pool = KeyPackagePool::new();
+    victim.publish(&mut pool, 1);
+    let kp = pool.take(&victim.device()).unwrap();
+    // Eve runs a group whose creator leaf carries a certificate that does not verify.
+    let mut cert = eve.cert;
+    cert.created_at_ms += 1;
+    let cwk = CredentialWithKey {
+        credential: BasicCredential::new(cert.encode()).into(),
+        signature_key: SignaturePublicKey::from(eve.device_key.verifying_key().to_bytes().to_vec()),
+    };
+    let signer = RawSigner(eve.device_key.clone());
+    let cfg = MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(false)
+        .capabilities(
+            openmls::prelude::Capabilities::builder()
+                .extensions(vec![openmls::prelude::ExtensionType::LastResort])
+                .build(),
+        )
+        .build();
+    let gid = [5u8; 32];
+    let provider = eve.client.provider();
+    let mut g = MlsGroup::new_with_group_id(provider, &signer, &cfg, GroupId::from_slice(&gid), cwk).unwrap();
+    let kp_in = <openmls::prelude::KeyPackageIn as tls_codec::DeserializeBytes>::tls_deserialize_exact_bytes(
+        kp.bytes(),
+    )
+    .unwrap();
+    let package = kp_in
+        .validate(&openmls_rust_crypto::RustCrypto::default(), openmls::prelude::ProtocolVersion::Mls10)
+        .unwrap();
+    let (_, welcome, _) = g.add_members(provider, &signer, &[package]).unwrap();
+    g.merge_pending_commit(provider).unwrap();
+    let bundle = cairn_mls::WelcomeBundle {
+        conversation: cairn_mls::ConversationId(gid),
+        applied: 0,
+        welcome: welcome.tls_serialize_detached().unwrap(),
+        ratchet_tree: g.export_ratchet_tree().tls_serialize_detached().unwrap(),
+    };
+    let r = victim.client.join(&bundle.encode(), NOW);
+    assert!(matches!(r, Err(MlsError::Credential(CredentialError::Chain(_)))), "{r:?}");
+    assert!(victim.client.conversations().is_empty());
+    // The refused Welcome did not consume the key package: a genuine invitation still works.
+    let id = a.client.create(NOW).unwrap();
+    let out = a.client.add(&id, vec![kp], &mut seq, NOW).unwrap().unwrap();
+    victim.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
+    say(&mut a, &mut [&mut victim], &id, "the real one");
+}
