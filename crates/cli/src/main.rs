@@ -1,5 +1,6 @@
 //! `cairn`: the command-line program of the Cairn messenger.
 
+mod bench;
 mod home;
 mod ledger_cmd;
 mod selfcheck;
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         messages: u32,
     },
+    /// Run a benchmark on this machine and print its table (not a test: figures vary).
+    Bench(bench::BenchArgs),
     /// The replicated ledger: local genesis, validators, status, bench.
     Ledger(ledger_cmd::LedgerArgs),
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Init => home::init(&home::resolve(cli.home)),
         Command::Id { json } => home::print_id(&home::resolve(cli.home), json),
         Command::Selfcheck { messages } => selfcheck::run(messages),
+        Command::Bench(args) => bench::run(args),
         Command::Ledger(args) => ledger_cmd::run(args),
     };
     match result {

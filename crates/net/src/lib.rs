@@ -8,6 +8,7 @@
 //! - [`wire`]: the bounded request/response protocol spoken with store nodes.
 //! - [`node`]: the thin libp2p shell that drives them.
 
+pub mod bench;
 pub mod node;
 pub mod shard;
 pub mod sync;

@@ -6,6 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::pow;
@@ -61,7 +64,7 @@ impl Default for ScoreConfig {
             gossip_threshold: -10.0,
             publish_threshold: -50.0,
             graylist_threshold: -80.0,
-            invalid_message_weight: -1.0,
+            invalid_message_weight: -10.0,
             invalid_message_decay: 0.99,
             ip_colocation_weight: -5.0,
             ip_colocation_threshold: 10.0,
@@ -191,6 +194,10 @@ pub struct NodeStatus {
     pub rejected: u64,
     /// Envelopes ignored.
     pub ignored: u64,
+    /// Mailbox transactions committed (each one fsync).
+    pub store_commits: u64,
+    /// Envelopes newly stored in the mailbox.
+    pub store_envelopes: u64,
 }
 
 enum Command {
@@ -322,6 +329,8 @@ impl request_response::Codec for StoreCodec {
 // The composed libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    // First, so a connection over the limits is denied before any other behaviour records it.
+    limits: connection_limits::Behaviour,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
     dcutr: dcutr::Behaviour,
@@ -331,7 +340,6 @@ pub(crate) struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     store: request_response::Behaviour<StoreCodec>,
-    limits: connection_limits::Behaviour,
 }
 
 fn now_ms() -> u64 {
@@ -342,6 +350,10 @@ fn key_of(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(&KBucketKey::new(bytes.to_vec()).hashed_bytes()[..32]);
     out
+}
+
+fn cursor_key(topic: &Topic, store: &PeerId) -> String {
+    format!("cursor/{}/{store}", topic.to_hex())
 }
 
 fn peer_key(p: &PeerId) -> [u8; 32] {
@@ -466,9 +478,9 @@ fn build_swarm(c: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Setup(format!("{}: {e}", config.data_dir.display())))?;
-    let history = Store::open(&config.data_dir.join("history.redb"), config.admission.limits)?;
+    let history = Arc::new(Store::open(&config.data_dir.join("history.redb"), config.admission.limits)?);
     let mailbox = if config.serve_store {
-        Some(Store::open(&config.data_dir.join("mailbox.redb"), config.admission.limits)?)
+        Some(Arc::new(Store::open(&config.data_dir.join("mailbox.redb"), config.admission.limits)?))
     } else {
         None
     };
@@ -503,7 +515,15 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, _) = broadcast::channel(65_536);
+    let (history_tx, history_thread) = spawn_history_writer(history.clone(), ev_tx.clone());
+    let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let mailbox_writer =
+        mailbox.as_ref().map(|m| spawn_mailbox_writer(m.clone(), config.retention, committed_tx));
     let node = Node {
+        history_tx: Some(history_tx),
+        history_thread: Some(history_thread),
+        mailbox_tx: mailbox_writer.as_ref().map(|(tx, _)| tx.clone()),
+        mailbox_thread: mailbox_writer.map(|(_, t)| t),
         sync: Sync::new(config.sync, [], []),
         admission: Admission::new(config.admission),
         config,
@@ -514,12 +534,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         store_peers: HashMap::new(),
         subscribed: HashSet::new(),
         outbound: HashMap::new(),
-        pending_store: Vec::new(),
         relayed: 0,
         rejected: 0,
         ignored: 0,
+        store_commits: 0,
+        store_envelopes: 0,
     };
-    tokio::spawn(node.run(cmd_rx));
+    tokio::spawn(node.run(cmd_rx, committed_rx));
     info!(%peer_id, "node started");
     Ok(NodeHandle { cmd: cmd_tx, events: ev_tx, peer_id, listen_addrs })
 }
@@ -533,22 +554,31 @@ enum Outbound {
 struct Node {
     config: NodeConfig,
     swarm: Swarm<Behaviour>,
-    history: Store,
-    mailbox: Option<Store>,
+    history: Arc<Store>,
+    mailbox: Option<Arc<Store>>,
+    history_tx: Option<std_mpsc::Sender<HistoryJob>>,
+    history_thread: Option<JoinHandle<()>>,
+    mailbox_tx: Option<std_mpsc::Sender<MailboxJob>>,
+    mailbox_thread: Option<JoinHandle<()>>,
     sync: Sync<PeerId>,
     admission: Admission<PeerId>,
     events: broadcast::Sender<NodeEvent>,
     store_peers: HashMap<PeerId, [u8; 32]>,
     subscribed: HashSet<Topic>,
     outbound: HashMap<OutboundRequestId, (PeerId, Outbound)>,
-    pending_store: Vec<(ResponseChannel<Vec<u8>>, Envelope)>,
     relayed: u64,
     rejected: u64,
     ignored: u64,
+    store_commits: u64,
+    store_envelopes: u64,
 }
 
 impl Node {
-    async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut committed: mpsc::UnboundedReceiver<Committed>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.tick_ms.max(10)));
         let mut expire = tokio::time::interval(Duration::from_millis(self.config.expire_every_ms.max(1000)));
         loop {
@@ -556,9 +586,10 @@ impl Node {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 cmd = cmds.recv() => match cmd {
                     None => break,
-                    Some(Command::Shutdown(done)) => { let _ = done.send(()); break; }
+                    Some(Command::Shutdown(done)) => { self.close_writers(); let _ = done.send(()); break; }
                     Some(c) => self.on_command(c),
                 },
+                Some(c) = committed.recv() => self.on_committed(c),
                 _ = tick.tick() => {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
@@ -569,10 +600,32 @@ impl Node {
                     }
                 }
             }
-            // Group commit: every store request that arrived in this turn shares one fsync.
-            self.flush_store_requests();
         }
+        self.close_writers();
         info!("node stopped");
+    }
+
+    /// Lets the writer threads finish their queues (everything acknowledged is committed).
+    fn close_writers(&mut self) {
+        self.history_tx = None;
+        self.mailbox_tx = None;
+        for t in [self.history_thread.take(), self.mailbox_thread.take()].into_iter().flatten() {
+            let _ = t.join();
+        }
+    }
+
+    fn on_committed(&mut self, c: Committed) {
+        if c.ok {
+            self.store_commits += 1;
+        }
+        self.store_envelopes += c.stored;
+        for (channel, id, outcome) in c.answers {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .store
+                .send_response(channel, Response::Stored(id, outcome).encode());
+        }
     }
 
     fn apply(&mut self, outs: Vec<Output<PeerId>>) {
@@ -609,14 +662,27 @@ impl Node {
                 Output::Status { id, status } => {
                     let _ = self.events.send(NodeEvent::Status { id, status });
                 }
-                Output::Cursor { .. } => {}
+                Output::Cursor { topic, store, cursor } => {
+                    if let Err(e) = self.history.put_key(&cursor_key(&topic, &store), &cursor.to_be_bytes()) {
+                        warn!("cannot persist cursor: {e}");
+                    }
+                }
             }
         }
     }
 
-    fn stores_for(&self, topic: &Topic) -> Vec<PeerId> {
+    /// The store nodes for `topic`, with their resume cursors loaded from disk.
+    fn stores_for(&mut self, topic: &Topic) -> Vec<PeerId> {
         let cands: Vec<(PeerId, [u8; 32])> = self.store_peers.iter().map(|(p, k)| (*p, *k)).collect();
-        nearest(&key_of(&topic.0), &cands, self.config.replicas)
+        let stores = nearest(&key_of(&topic.0), &cands, self.config.replicas);
+        for s in &stores {
+            if let Ok(Some(b)) = self.history.get_key(&cursor_key(topic, s))
+                && let Ok(arr) = <[u8; 8]>::try_from(b.as_slice())
+            {
+                self.sync.set_cursor(*topic, *s, u64::from_be_bytes(arr));
+            }
+        }
+        stores
     }
 
     fn retarget(&mut self) {
@@ -676,6 +742,8 @@ impl Node {
                     relayed: self.relayed,
                     rejected: self.rejected,
                     ignored: self.ignored,
+                    store_commits: self.store_commits,
+                    store_envelopes: self.store_envelopes,
                 });
             }
             Command::PeerScore(p, reply) => {
@@ -846,8 +914,13 @@ impl Node {
                 {
                     Response::Stored(env.id(), StoreOutcome::Refused)
                 } else {
-                    self.pending_store.push((channel, env));
-                    return;
+                    match &self.mailbox_tx {
+                        Some(tx) => {
+                            let _ = tx.send(MailboxJob { channel, envelope: env });
+                            return;
+                        }
+                        None => Response::Error("store is shutting down".into()),
+                    }
                 }
             }
             Ok(Request::Page { topic, from, limit }) => match mailbox.page(&topic, from, limit as usize) {
@@ -887,32 +960,101 @@ impl Node {
         };
         let _ = self.swarm.behaviour_mut().store.send_response(channel, resp.encode());
     }
+}
 
-    fn flush_store_requests(&mut self) {
-        if self.pending_store.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.pending_store);
-        let Some(mailbox) = &self.mailbox else { return };
-        let envs: Vec<Envelope> = batch.iter().map(|(_, e)| e.clone()).collect();
-        let result = mailbox.append_with(&envs, &self.config.retention, now_ms());
-        for (i, (channel, env)) in batch.into_iter().enumerate() {
-            let outcome = match &result {
-                Ok(r) => match r.results.get(i) {
-                    Some(Appended::Stored { .. }) => StoreOutcome::Stored,
-                    Some(Appended::Duplicate) => StoreOutcome::Duplicate,
-                    _ => StoreOutcome::Refused,
-                },
-                Err(_) => StoreOutcome::Refused,
-            };
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .store
-                .send_response(channel, Response::Stored(env.id(), outcome).encode());
-        }
-        if let Err(e) = result {
-            warn!("mailbox append failed: {e}");
+struct HistoryJob {
+    envelope: Envelope,
+    id: Id,
+    after_gap: bool,
+}
+
+struct MailboxJob {
+    channel: ResponseChannel<Vec<u8>>,
+    envelope: Envelope,
+}
+
+struct Committed {
+    ok: bool,
+    stored: u64,
+    answers: Vec<(ResponseChannel<Vec<u8>>, Id, StoreOutcome)>,
+}
+
+/// Most writes grouped into one commit.
+const COMMIT_BATCH_MAX: usize = 512;
+
+/// Takes the first job (blocking) and every job already queued, up to the batch limit.
+fn next_batch<T>(rx: &std_mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    while batch.len() < COMMIT_BATCH_MAX {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
         }
     }
+    Some(batch)
+}
+
+/// Local history writer: group-commits delivered envelopes, then announces them, so what the
+/// application sees is already durable.
+fn spawn_history_writer(
+    store: Arc<Store>,
+    events: broadcast::Sender<NodeEvent>,
+) -> (std_mpsc::Sender<HistoryJob>, JoinHandle<()>) {
+    let (tx, rx) = std_mpsc::channel::<HistoryJob>();
+    let t = std::thread::spawn(move || {
+        while let Some(batch) = next_batch(&rx) {
+            let envs: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
+            if let Err(e) = store.append(&envs) {
+                warn!("cannot persist {} delivered envelopes: {e}", envs.len());
+            }
+            for j in batch {
+                let _ = events.send(NodeEvent::Delivered {
+                    envelope: Box::new(j.envelope),
+                    id: j.id,
+                    after_gap: j.after_gap,
+                });
+            }
+        }
+    });
+    (tx, t)
+}
+
+/// Mailbox writer: group-commits store requests (one transaction, one fsync per batch); the
+/// answers go back to the event loop only after the commit returned.
+fn spawn_mailbox_writer(
+    store: Arc<Store>,
+    retention: Retention,
+    committed: mpsc::UnboundedSender<Committed>,
+) -> (std_mpsc::Sender<MailboxJob>, JoinHandle<()>) {
+    let (tx, rx) = std_mpsc::channel::<MailboxJob>();
+    let t = std::thread::spawn(move || {
+        while let Some(batch) = next_batch(&rx) {
+            let envs: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
+            let result = store.append_with(&envs, &retention, now_ms());
+            if let Err(e) = &result {
+                warn!("mailbox append failed: {e}");
+            }
+            let mut stored = 0;
+            let answers = batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, j)| {
+                    let outcome = match result.as_ref().ok().and_then(|r| r.results.get(i)) {
+                        Some(Appended::Stored { .. }) => {
+                            stored += 1;
+                            StoreOutcome::Stored
+                        }
+                        Some(Appended::Duplicate) => StoreOutcome::Duplicate,
+                        _ => StoreOutcome::Refused,
+                    };
+                    (j.channel, j.envelope.id(), outcome)
+                })
+                .collect();
+            if committed.send(Committed { ok: result.is_ok(), stored, answers }).is_err() {
+                break;
+            }
+        }
+    });
+    (tx, t)
 }

@@ -253,6 +253,13 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         self.delivered.extend(ids);
     }
 
+    /// Sets the resume cursor of `topic` at `store` (loaded from disk by the shell); never
+    /// moves a cursor backwards.
+    pub fn set_cursor(&mut self, topic: Topic, store: S, cursor: u64) {
+        let c = self.cursors.entry((topic, store)).or_insert(0);
+        *c = (*c).max(cursor);
+    }
+
     /// Status of every envelope not yet stored on enough nodes.
     pub fn pending(&self) -> Vec<(Id, SendStatus)> {
         self.outbox.iter().filter(|(_, p)| !p.stored).map(|(id, p)| (*id, Self::status_of(p))).collect()

@@ -104,7 +104,10 @@ async fn ten_nodes_gossip_reaches_every_subscriber() {
     let mut nodes = vec![first.clone()];
     for i in 1..10 {
         let mut c = cfg(dir.path(), &format!("n{i}"));
-        c.bootstrap = vec![first.listen_addrs[0].clone()];
+        // Half the nodes join over TCP, half over QUIC.
+        let quic = i % 2 == 1;
+        let addr = first.listen_addrs.iter().find(|a| a.to_string().contains("quic-v1") == quic).unwrap();
+        c.bootstrap = vec![addr.clone()];
         nodes.push(start(c).await.unwrap());
     }
     for n in &nodes {
@@ -332,8 +335,10 @@ async fn flooding_peer_is_graylisted_and_honest_mail_still_flows() {
     let shard = shard_of(&topic);
     let garbage_kinds = |i: u32| -> Vec<u8> {
         match i % 4 {
-            0 => format!("garbage {i}").into_bytes(),
-            1 => vec![0xff; 300 * 1024], // oversized frame
+            // Oversized frames are dropped by gossipsub's decoder (the stream is reset, no score):
+            // one in a hundred, so they do not hide the invalid envelopes batched with them.
+            _ if i % 100 == 99 => vec![0xff; 300 * 1024],
+            0 | 1 => format!("garbage {i}").into_bytes(),
             2 => {
                 // Well-formed but no proof of work and far in the future.
                 let mut e = Envelope::new(
@@ -360,8 +365,9 @@ async fn flooding_peer_is_graylisted_and_honest_mail_still_flows() {
         if i % 2_000 == 0 {
             honest_ids.push(sender.publish(mined(topic, &format!("honest {i}"), vec![])).await.unwrap());
         }
-        if i % 500 == 0 {
-            tokio::task::yield_now().await;
+        if i % 200 == 0 {
+            // Let queues drain: a flood that only fills our own send queue proves nothing.
+            sleep(Duration::from_millis(5)).await;
         }
     }
     let got = collect(&mut rx, &honest_ids.iter().copied().collect(), 30).await;

@@ -1,0 +1,234 @@
+//! `cairn bench relay` / `mailbox`: N real nodes on 127.0.0.1, 1 KiB envelopes published at a
+//! fixed rate and at saturation; prints a table. A benchmark, not a test: figures are medians
+//! and percentiles of one run on a shared machine.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cairn_proto::envelope::pad;
+use cairn_proto::pow::{self, Difficulty};
+use cairn_proto::{Envelope, Id, Limits, Topic};
+
+use crate::node::{NodeConfig, NodeError, NodeEvent, NodeHandle, start};
+use crate::sync::SendStatus;
+
+/// Bench parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchConfig {
+    /// Nodes (the first three are store nodes).
+    pub nodes: usize,
+    /// Envelopes per phase.
+    pub messages: usize,
+    /// Fixed-rate phase, envelopes per second.
+    pub rate_per_sec: u32,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self { nodes: 10, messages: 500, rate_per_sec: 200 }
+    }
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone)]
+pub struct PhaseResult {
+    /// Phase name.
+    pub name: String,
+    /// Deliveries per second over all receivers.
+    pub delivered_per_sec: f64,
+    /// Send → deliver latency, p50, ms.
+    pub latency_p50_ms: f64,
+    /// Send → deliver latency, p99, ms.
+    pub latency_p99_ms: f64,
+    /// Durable ack (≥ 2 store nodes) latency, p99, ms.
+    pub ack_p99_ms: f64,
+    /// Share of expected deliveries that happened.
+    pub delivered_ratio: f64,
+    /// Duplicates dropped by admission per accepted envelope.
+    pub duplicate_ratio: f64,
+    /// Loopback bytes sent per byte published (all loopback traffic of the machine).
+    pub bytes_per_byte: f64,
+    /// Store ingest, envelopes per second per store node.
+    pub store_ingest_per_sec: f64,
+    /// Mailbox fsyncs per 1,000 envelopes stored.
+    pub fsyncs_per_1000: f64,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn lo_tx_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    s.lines()
+        .find(|l| l.trim_start().starts_with("lo:"))
+        .and_then(|l| l.split(':').nth(1)?.split_whitespace().nth(8)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn envelope(topic: Topic, i: usize) -> Envelope {
+    let body = vec![b'x'; 1000];
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut e = Envelope::new(
+        topic,
+        ts + i as u64 % 7,
+        86_400,
+        vec![],
+        pad(&body, &Limits::default()).unwrap_or_default(),
+    );
+    e.header.pow_nonce = (i as u64) << 32;
+    let _ = pow::mine(&mut e.header, Difficulty::default(), 1 << 30);
+    e
+}
+
+/// Runs the bench; `progress` receives one line per step.
+pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec<PhaseResult>, NodeError> {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-{}", std::process::id()));
+    let topic = Topic::for_conversation(&[0xbe; 32]);
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..cfg.nodes.max(4) {
+        let mut c = NodeConfig::new(dir.join(format!("n{i}")));
+        c.serve_store = i < 3;
+        c.tick_ms = 100;
+        c.admission.peer_rate_per_sec = 100_000;
+        c.admission.peer_burst = 100_000;
+        c.score.ip_colocation_weight = 0.0;
+        if let Some(first) = nodes.first() {
+            c.bootstrap = vec![first.listen_addrs[0].clone()];
+        }
+        nodes.push(start(c).await?);
+    }
+    progress(&format!("{} nodes started (3 store nodes)", nodes.len()));
+    for n in &nodes {
+        n.subscribe(topic).await?;
+    }
+    let publisher = nodes[nodes.len() - 1].clone();
+    for _ in 0..300 {
+        let s = publisher.status().await?;
+        if s.store_peers >= 3 && s.peers >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    progress("mesh formed; mining envelopes");
+    let mut results = Vec::new();
+    for (phase, rate) in [("fixed rate", Some(cfg.rate_per_sec)), ("saturation", None)] {
+        let envs: Vec<Envelope> =
+            (0..cfg.messages).map(|i| envelope(topic, i + results.len() * cfg.messages)).collect();
+        let receivers: Vec<NodeHandle> = nodes[..nodes.len() - 1].to_vec();
+        let mut rxs: Vec<_> = receivers.iter().map(|n| n.events()).collect();
+        let mut own = publisher.events();
+        let before: Vec<_> = futures::future::join_all(nodes.iter().take(3).map(|n| n.status())).await;
+        let lo0 = lo_tx_bytes();
+        let t0 = Instant::now();
+        let mut sent_at: HashMap<Id, Instant> = HashMap::new();
+        for (i, e) in envs.into_iter().enumerate() {
+            if let Some(r) = rate {
+                let due = t0 + Duration::from_secs_f64(i as f64 / f64::from(r.max(1)));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let id = e.id();
+            sent_at.insert(id, Instant::now());
+            publisher.publish(e).await?;
+        }
+        progress(&format!("{phase}: {} published in {:.2}s", cfg.messages, t0.elapsed().as_secs_f64()));
+        let expected = cfg.messages * receivers.len();
+        let mut latencies = Vec::with_capacity(expected);
+        let mut acks = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = t0;
+        while (latencies.len() < expected || acks.len() < cfg.messages) && Instant::now() < deadline {
+            let mut progressed = false;
+            for rx in rxs.iter_mut() {
+                while let Ok(ev) = rx.try_recv() {
+                    if let NodeEvent::Delivered { id, .. } = ev
+                        && let Some(t) = sent_at.get(&id)
+                    {
+                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                        last = Instant::now();
+                        progressed = true;
+                    }
+                }
+            }
+            while let Ok(ev) = own.try_recv() {
+                if let NodeEvent::Status { id, status: SendStatus::Stored { .. } } = ev
+                    && let Some(t) = sent_at.get(&id)
+                {
+                    acks.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            if !progressed {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let elapsed = last.duration_since(t0).as_secs_f64().max(1e-3);
+        let lo1 = lo_tx_bytes();
+        let after: Vec<_> = futures::future::join_all(nodes.iter().take(3).map(|n| n.status())).await;
+        let mut stored = 0u64;
+        let mut commits = 0u64;
+        for (b, a) in before.iter().zip(&after) {
+            if let (Ok(b), Ok(a)) = (b, a) {
+                stored += a.store_envelopes - b.store_envelopes;
+                commits += a.store_commits - b.store_commits;
+            }
+        }
+        let (mut relayed, mut ignored) = (0u64, 0u64);
+        for n in &receivers {
+            let s = n.status().await?;
+            relayed += s.relayed;
+            ignored += s.ignored;
+        }
+        results.push(PhaseResult {
+            name: phase.to_string(),
+            delivered_per_sec: latencies.len() as f64 / elapsed,
+            latency_p50_ms: pct(&mut latencies.clone(), 0.5),
+            latency_p99_ms: pct(&mut latencies.clone(), 0.99),
+            ack_p99_ms: pct(&mut acks, 0.99),
+            delivered_ratio: latencies.len() as f64 / expected as f64,
+            duplicate_ratio: ignored as f64 / relayed.max(1) as f64,
+            bytes_per_byte: (lo1 - lo0) as f64 / (cfg.messages as f64 * 1024.0),
+            store_ingest_per_sec: stored as f64 / 3.0 / elapsed,
+            fsyncs_per_1000: commits as f64 * 1000.0 / stored.max(1) as f64,
+        });
+        progress(&format!("{phase}: done"));
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(results)
+}
+
+/// Formats results as a table.
+pub fn table(cfg: &BenchConfig, r: &[PhaseResult]) -> String {
+    let mut s = format!(
+        "relay + mailbox bench: {} nodes on 127.0.0.1, {} x 1 KiB envelopes per phase, fixed rate {}/s\n",
+        cfg.nodes, cfg.messages, cfg.rate_per_sec
+    );
+    s.push_str("phase        deliv msg/s  p50 ms  p99 ms  ack p99 ms  delivered  dup ratio  bytes/byte  store msg/s  fsync/1000\n");
+    for p in r {
+        s.push_str(&format!(
+            "{:<12} {:>11.0} {:>7.1} {:>7.1} {:>11.1} {:>9.1}% {:>10.3} {:>11.1} {:>12.0} {:>11.1}\n",
+            p.name,
+            p.delivered_per_sec,
+            p.latency_p50_ms,
+            p.latency_p99_ms,
+            p.ack_p99_ms,
+            p.delivered_ratio * 100.0,
+            p.duplicate_ratio,
+            p.bytes_per_byte,
+            p.store_ingest_per_sec,
+            p.fsyncs_per_1000
+        ));
+    }
+    s.push_str("(fsync/1000 = 1000 means one fsync per envelope; lower is group commit. bytes/byte counts all loopback traffic.)\n");
+    s
+}
