@@ -26,6 +26,8 @@ use tls_codec::{DeserializeBytes as _, Serialize as _};
 
 const NOW: u64 = 1_800_000_000_000;
 const BODY: usize = 1024;
+/// Application messages encrypted / decrypted per transaction.
+const BATCH: usize = 250;
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&cairn_crypto::keystore::random_bytes::<32>().unwrap())
@@ -127,12 +129,12 @@ fn cairn(n: usize, msgs: usize) -> Row {
     let c = ms(t);
     row.ops[3] = (c, sync(&mut a, &seq, &id), out.commit_bytes);
 
-    // application messages: encrypt at A, decrypt at B, in batches of 100 per transaction
+    // application messages: encrypt at A, decrypt at B, BATCH per transaction
     let body = vec![7u8; BODY];
     let t = Instant::now();
     let mut done = 0;
     while done < msgs {
-        let bodies: Vec<&[u8]> = (0..100.min(msgs - done)).map(|_| body.as_slice()).collect();
+        let bodies: Vec<&[u8]> = (0..BATCH.min(msgs - done)).map(|_| body.as_slice()).collect();
         let cts = a.send_many(&id, &bodies).unwrap();
         let refs: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
         for r in b.receive_many(&id, &refs) {
@@ -262,7 +264,9 @@ fn main() {
     if sizes.is_empty() {
         sizes = vec![2, 10, 100, 1000];
     }
-    println!("times in ms (create/process), sizes in bytes; app msgs: {BODY} B bodies, encrypt + decrypt");
+    println!(
+        "times in ms (create/process), sizes in bytes; app msgs: {BODY} B bodies, encrypt + decrypt, Cairn {BATCH} per transaction"
+    );
     println!(
         "| N | impl | create group | largest create commit / welcome B | join ms | add 1 (ms/ms B) | add welcome B | remove 1 | update (creator) | update (member) | app msg/s |"
     );

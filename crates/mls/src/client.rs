@@ -69,7 +69,7 @@ impl Default for Config {
             key_package_lifetime_s: 84 * 24 * 3600,
             fetch_page: 256,
             padding: 32,
-            adds_per_commit_max: 100,
+            adds_per_commit_max: 64,
         }
     }
 }
@@ -1192,9 +1192,20 @@ impl Client {
         now_ms: u64,
     ) -> Result<Vec<CommitOutcome>, MlsError> {
         let mut out = Vec::new();
-        for chunk in packages.chunks(self.config.adds_per_commit_max.max(1)) {
-            if let Some(o) = self.add(id, chunk.to_vec(), sequencer, now_ms)? {
-                out.push(o);
+        // Chunks still to add, in order (a stack, last chunk at the bottom).
+        let mut todo: Vec<Vec<VerifiedKeyPackage>> =
+            packages.chunks(self.config.adds_per_commit_max.max(1)).rev().map(<[_]>::to_vec).collect();
+        while let Some(chunk) = todo.pop() {
+            match self.add(id, chunk.clone(), sequencer, now_ms) {
+                Ok(Some(o)) => out.push(o),
+                Ok(None) => {}
+                // Too large for the sequencer: split the chunk in two and go on.
+                Err(MlsError::Sequencer(SequencerError::TooLarge { .. })) if chunk.len() > 1 => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push(b.to_vec());
+                    todo.push(a.to_vec());
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -1474,6 +1485,9 @@ impl Client {
     fn retry_future(&mut self, id: &ConversationId, events: &mut Vec<Event>) -> Result<(), MlsError> {
         let current = self.epoch(id)?;
         let c = self.conv_mut(id)?;
+        if c.future.is_empty() {
+            return Ok(());
+        }
         let (ready, later): (Vec<Vec<u8>>, Vec<Vec<u8>>) = std::mem::take(&mut c.future)
             .into_iter()
             .partition(|b| parse_message(b).map(|m| m.epoch().as_u64() <= current).unwrap_or(true));

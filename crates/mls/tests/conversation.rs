@@ -324,3 +324,37 @@ fn large_additions_are_split_into_commits_the_sequencer_accepts() {
     rest.push(&mut a);
     say(&mut first[0], &mut rest, &id, "six of us");
 }
+
+#[test]
+fn an_addition_too_large_for_the_sequencer_is_split_adaptively() {
+    use cairn_proto::ed25519::SigningKey;
+    let mut seq = MemorySequencer::new();
+    let mut a = Dev::new();
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let kps: Vec<_> = (0..200u8)
+        .map(|i| {
+            let key = SigningKey::from_bytes(&[i.wrapping_add(1); 32]);
+            let cert = cairn_proto::DeviceCert::issue(
+                &a.account_key,
+                cairn_proto::DeviceId(key.verifying_key().to_bytes()),
+                NOW,
+            );
+            let s = cairn_mls::DeviceSigner::new(key, cert).unwrap();
+            let b = openmls::prelude::KeyPackage::builder()
+                .build(cairn_mls::CIPHERSUITE, &provider, &s, s.credential_with_key())
+                .unwrap();
+            let bytes = tls_codec::Serialize::tls_serialize_detached(b.key_package()).unwrap();
+            cairn_mls::verify_key_package(&bytes).unwrap()
+        })
+        .collect();
+    let mut cfg = a.client.config().clone();
+    cfg.adds_per_commit_max = 200; // one commit would be ≈ 86 KB, over the 64 KiB limit
+    let client = common::reopen_with(&a, cfg);
+    a.client = client;
+    let id = a.client.create(NOW).unwrap();
+    let outs = a.client.add_many(&id, kps, &mut seq, NOW).unwrap();
+    assert!(outs.len() >= 2, "split into {} commits", outs.len());
+    assert!(outs.iter().all(|o| o.commit_bytes <= cairn_proto::sequencer::HANDSHAKE_BYTES_MAX));
+    assert_eq!(a.client.members(&id).unwrap().len(), 201);
+    assert_eq!(seq.len(&id.topic()), outs.len() as u64);
+}
