@@ -130,6 +130,7 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
         let lo0 = lo_tx_bytes();
         let t0 = Instant::now();
         let mut sent_at: HashMap<Id, Instant> = HashMap::new();
+        let mut inflight = Vec::with_capacity(cfg.messages);
         for (i, e) in envs.into_iter().enumerate() {
             if let Some(r) = rate {
                 let due = t0 + Duration::from_secs_f64(i as f64 / f64::from(r.max(1)));
@@ -137,7 +138,12 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
             }
             let id = e.id();
             sent_at.insert(id, Instant::now());
-            publisher.publish(e).await?;
+            // Publications are pipelined: each waits for its local commit, not for the others.
+            let p = publisher.clone();
+            inflight.push(tokio::spawn(async move { p.publish(e).await }));
+        }
+        for t in inflight {
+            t.await.map_err(|e| NodeError::Setup(e.to_string()))??;
         }
         progress(&format!("{phase}: {} published in {:.2}s", cfg.messages, t0.elapsed().as_secs_f64()));
         let expected = cfg.messages * receivers.len();

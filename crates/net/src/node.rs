@@ -432,7 +432,7 @@ fn build_swarm(c: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
                 [(STORE_PROTOCOL, support)],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(10))
-                    .with_max_concurrent_streams(64),
+                    .with_max_concurrent_streams(512),
             );
             let relay = c.relay_server.then(|| {
                 relay::Behaviour::new(
@@ -515,8 +515,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, _) = broadcast::channel(65_536);
-    let (history_tx, history_thread) = spawn_history_writer(history.clone(), ev_tx.clone());
     let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let (history_tx, history_thread) =
+        spawn_history_writer(history.clone(), ev_tx.clone(), committed_tx.clone());
     let mailbox_writer =
         mailbox.as_ref().map(|m| spawn_mailbox_writer(m.clone(), config.retention, committed_tx));
     let node = Node {
@@ -615,6 +616,15 @@ impl Node {
     }
 
     fn on_committed(&mut self, c: Committed) {
+        let c = match c {
+            Committed::Own(env, reply) => {
+                let id = env.id();
+                self.announce_own(*env);
+                let _ = reply.send(Ok(id));
+                return;
+            }
+            Committed::Mailbox(c) => c,
+        };
         if c.ok {
             self.store_commits += 1;
         }
@@ -699,10 +709,7 @@ impl Node {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Publish(env, reply) => {
-                let r = self.publish(*env);
-                let _ = reply.send(r);
-            }
+            Command::Publish(env, reply) => self.publish(*env, reply),
             Command::Subscribe(topic) => {
                 let shard = IdentTopic::new(shard_name(shard_of(&topic)));
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&shard) {
@@ -757,14 +764,32 @@ impl Node {
         }
     }
 
-    fn publish(&mut self, env: Envelope) -> Result<Id, NodeError> {
+    /// Checks our own envelope and queues it for the local history writer; it is gossiped and
+    /// pushed to the store nodes only once durable, and the caller's reply waits for that.
+    fn publish(&mut self, env: Envelope, reply: oneshot::Sender<Result<Id, NodeError>>) {
         let id = env.id();
         if env.payload.is_none() || !pow::check(&env.header, self.config.admission.difficulty) {
-            return Err(NodeError::Refused("envelope has no payload or not enough proof of work".into()));
+            let _ = reply
+                .send(Err(NodeError::Refused("envelope has no payload or not enough proof of work".into())));
+            return;
         }
-        // Durable locally before anything is acknowledged to the caller.
-        self.history.append(std::slice::from_ref(&env))?;
+        if self.sync.is_delivered(&id) {
+            let _ = reply.send(Ok(id));
+            return;
+        }
         self.admission.mark_seen(id);
+        match &self.history_tx {
+            Some(tx) => {
+                let _ = tx.send(HistoryJob { envelope: env, id, after_gap: false, own: Some(reply) });
+            }
+            None => {
+                let _ = reply.send(Err(NodeError::Stopped));
+            }
+        }
+    }
+
+    fn announce_own(&mut self, env: Envelope) {
+        let id = env.id();
         let topic = env.header.topic;
         let shard = IdentTopic::new(shard_name(shard_of(&topic)));
         match self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {
@@ -774,7 +799,6 @@ impl Node {
         let stores = self.stores_for(&topic);
         let outs = self.sync.handle(Input::Send { envelope: env, stores }, now_ms());
         self.apply(outs);
-        Ok(id)
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -966,6 +990,15 @@ struct HistoryJob {
     envelope: Envelope,
     id: Id,
     after_gap: bool,
+    /// Set for our own publication: hand it back to the event loop once durable.
+    own: Option<oneshot::Sender<Result<Id, NodeError>>>,
+}
+
+enum Committed {
+    /// A mailbox batch was committed.
+    Mailbox(MailboxCommit),
+    /// Our own envelope is durable locally: now gossip it and push it to the store nodes.
+    Own(Box<Envelope>, oneshot::Sender<Result<Id, NodeError>>),
 }
 
 struct MailboxJob {
@@ -973,7 +1006,7 @@ struct MailboxJob {
     envelope: Envelope,
 }
 
-struct Committed {
+struct MailboxCommit {
     ok: bool,
     stored: u64,
     answers: Vec<(ResponseChannel<Vec<u8>>, Id, StoreOutcome)>,
@@ -1000,20 +1033,32 @@ fn next_batch<T>(rx: &std_mpsc::Receiver<T>) -> Option<Vec<T>> {
 fn spawn_history_writer(
     store: Arc<Store>,
     events: broadcast::Sender<NodeEvent>,
+    committed: mpsc::UnboundedSender<Committed>,
 ) -> (std_mpsc::Sender<HistoryJob>, JoinHandle<()>) {
     let (tx, rx) = std_mpsc::channel::<HistoryJob>();
     let t = std::thread::spawn(move || {
         while let Some(batch) = next_batch(&rx) {
             let envs: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
-            if let Err(e) = store.append(&envs) {
-                warn!("cannot persist {} delivered envelopes: {e}", envs.len());
+            let result = store.append(&envs);
+            if let Err(e) = &result {
+                warn!("cannot persist {} envelopes: {e}", envs.len());
             }
             for j in batch {
-                let _ = events.send(NodeEvent::Delivered {
-                    envelope: Box::new(j.envelope),
-                    id: j.id,
-                    after_gap: j.after_gap,
-                });
+                match (j.own, &result) {
+                    (Some(reply), Ok(_)) => {
+                        let _ = committed.send(Committed::Own(Box::new(j.envelope), reply));
+                    }
+                    (Some(reply), Err(e)) => {
+                        let _ = reply.send(Err(NodeError::Refused(format!("not stored locally: {e}"))));
+                    }
+                    (None, _) => {
+                        let _ = events.send(NodeEvent::Delivered {
+                            envelope: Box::new(j.envelope),
+                            id: j.id,
+                            after_gap: j.after_gap,
+                        });
+                    }
+                }
             }
         }
     });
@@ -1051,7 +1096,10 @@ fn spawn_mailbox_writer(
                     (j.channel, j.envelope.id(), outcome)
                 })
                 .collect();
-            if committed.send(Committed { ok: result.is_ok(), stored, answers }).is_err() {
+            if committed
+                .send(Committed::Mailbox(MailboxCommit { ok: result.is_ok(), stored, answers }))
+                .is_err()
+            {
                 break;
             }
         }
