@@ -2,6 +2,7 @@
 //! wrapper, and takes finalized blocks and certificates from marshal and simplex.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use commonware_actor::Feedback;
 use commonware_codec::Encode as _;
@@ -12,6 +13,7 @@ use commonware_consensus::simplex::types::{Activity, Context};
 use commonware_consensus::{Application, Reporter};
 use commonware_cryptography::sha256::Digest;
 use commonware_cryptography::{Digested, ed25519};
+use commonware_runtime::Clock;
 use commonware_utils::Acknowledgement as _;
 use futures::StreamExt as _;
 use tracing::{debug, warn};
@@ -78,7 +80,11 @@ impl LedgerApp {
     }
 }
 
-impl<E: Send + 'static> Application<E> for LedgerApp {
+/// How long a leader with nothing to include waits for transactions before proposing an empty
+/// block (bounds the idle block rate, and the CPU and disk it costs, to a few per second).
+pub const EMPTY_BLOCK_WAIT: Duration = Duration::from_millis(200);
+
+impl<E: Clock + Send + 'static> Application<E> for LedgerApp {
     type SigningScheme = Scheme;
     type Context = LedgerContext;
     type Block = Block;
@@ -86,10 +92,11 @@ impl<E: Send + 'static> Application<E> for LedgerApp {
 
     async fn propose(
         &mut self,
-        _context: (E, Self::Context),
+        context: (E, Self::Context),
         mut ancestry: impl Ancestry<Self::Block>,
         _input: (),
     ) -> Option<Digested<Self::Block>> {
+        let (runtime, _) = context;
         let parent = ancestry.next().await?;
         let parent_block = parent.inner_shared();
         let (pd, ph) = (parent_block.id(), parent_block.header.height);
@@ -104,15 +111,23 @@ impl<E: Send + 'static> Application<E> for LedgerApp {
                 Digested::precomputed(b, d)
             });
         }
-        match self.ledger.propose(&pd, ph) {
-            Ok(Some(p)) => {
-                let d = Digest(p.block.id());
-                Some(Digested::precomputed(p.block, d))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                warn!(error = %e, "state failure while proposing");
-                None
+        let start = runtime.current();
+        loop {
+            match self.ledger.propose(&pd, ph) {
+                Ok(Some(p)) => {
+                    let waited = runtime.current().duration_since(start).unwrap_or_default();
+                    if p.block.txs.is_empty() && waited < EMPTY_BLOCK_WAIT {
+                        runtime.sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    let d = Digest(p.block.id());
+                    return Some(Digested::precomputed(p.block, d));
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(error = %e, "state failure while proposing");
+                    return None;
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_proto::AccountId;
@@ -13,10 +13,8 @@ use cairn_proto::ed25519::SigningKey;
 use thiserror::Error;
 
 use crate::genesis::{Genesis, GenesisError, write_key};
-use crate::process::{self, ProcessOptions};
 use crate::rpc::{ClientError, Follower, LedgerClient};
-use crate::tx::{Tx, TxBody, TxId, signature_verify_nanos};
-use crate::validator::Timeouts;
+use crate::tx::{Tx, TxBody, TxId};
 
 /// Bench parameters.
 #[derive(Clone, Debug)]
@@ -31,8 +29,6 @@ pub struct BenchConfig {
     pub fixed_rate: usize,
     /// Duration of the fixed-rate run.
     pub fixed_duration: Duration,
-    /// Worker threads per validator runtime.
-    pub threads: usize,
 }
 
 impl Default for BenchConfig {
@@ -43,7 +39,6 @@ impl Default for BenchConfig {
             saturation_txs: 20_000,
             fixed_rate: 2_000,
             fixed_duration: Duration::from_secs(10),
-            threads: 2,
         }
     }
 }
@@ -63,9 +58,10 @@ pub struct RunReport {
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
-    /// Share of process CPU time spent verifying transaction signatures.
+    /// Estimated share of the validators' CPU time spent verifying transaction signatures
+    /// (finalized txs × validators × measured cost of one verification ÷ validator CPU).
     pub sig_cpu_share: f64,
-    /// Process CPU seconds used during the run.
+    /// CPU seconds used by the validator processes during the run.
     pub cpu_s: f64,
     /// Finalized blocks during the run.
     pub blocks: u64,
@@ -106,9 +102,29 @@ pub enum BenchError {
     NoProgress,
 }
 
-/// Process CPU time (user + system) in seconds, from `/proc/self/stat`.
-pub fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+/// Kills the validator processes when dropped.
+struct Cluster {
+    children: Vec<Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    fn cpu_seconds(&self) -> f64 {
+        self.children.iter().map(|c| process_cpu_seconds(&format!("/proc/{}/stat", c.id()))).sum()
+    }
+}
+
+/// CPU time (user + system) in seconds of the process whose `stat` file is `path`.
+pub fn process_cpu_seconds(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else { return 0.0 };
     let Some(rest) = stat.rsplit(')').next() else { return 0.0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // fields after the command: state(0) ... utime(11) stime(12)
@@ -164,6 +180,8 @@ impl Users {
 /// follows finalized blocks until every accepted transaction is final or `deadline` passes.
 fn measure(
     name: &str,
+    cluster: &Cluster,
+    verify_cost_s: f64,
     client: &mut LedgerClient,
     follower: &mut Follower,
     batches: Vec<(Duration, Vec<Vec<u8>>)>,
@@ -172,8 +190,7 @@ fn measure(
     let offered: usize = batches.iter().map(|(_, b)| b.len()).sum();
     let mut submitted: HashMap<TxId, Instant> = HashMap::with_capacity(offered);
     let mut latencies = Vec::with_capacity(offered);
-    let cpu0 = process_cpu_seconds();
-    let sig0 = signature_verify_nanos();
+    let cpu0 = cluster.cpu_seconds();
     let start = Instant::now();
     let mut last_final = start;
     let mut blocks = 0u64;
@@ -218,8 +235,8 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let cpu = process_cpu_seconds() - cpu0;
-    let sig = (signature_verify_nanos() - sig0) as f64 / 1e9;
+    let cpu = cluster.cpu_seconds() - cpu0;
+    let sig = latencies.len() as f64 * cluster.children.len() as f64 * verify_cost_s;
     latencies.sort_by(|a, b| a.total_cmp(b));
     let elapsed = last_final.duration_since(start).as_secs_f64().max(1e-9);
     Ok(RunReport {
@@ -235,42 +252,49 @@ fn measure(
     })
 }
 
-/// Starts `cfg.validators` validators in this process (threads) under `dir`, then runs the
-/// saturation and fixed-rate measurements. The validators keep running until the process
-/// exits.
-pub fn run(cfg: &BenchConfig, dir: &Path) -> Result<Vec<RunReport>, BenchError> {
+/// Measured cost of one transaction signature verification on this machine, in seconds.
+fn verify_cost(chain: [u8; 32]) -> f64 {
+    let mut users = Users::new(64);
+    let txs: Vec<Tx> = users.transfers(chain, 2000, 0).iter().filter_map(|b| Tx::decode(b).ok()).collect();
+    let start = Instant::now();
+    let ok = txs.iter().filter(|t| t.verify_signature().is_ok()).count();
+    start.elapsed().as_secs_f64() / ok.max(1) as f64
+}
+
+/// Starts `cfg.validators` validator processes (`exe ledger validator …`, normally the `cairn`
+/// binary) on loopback under `dir`, then runs the saturation and fixed-rate measurements. The
+/// processes are killed when this returns.
+pub fn run(cfg: &BenchConfig, dir: &Path, exe: &Path) -> Result<Vec<RunReport>, BenchError> {
     let users_n = 4096;
     let mut users = Users::new(users_n);
     let accounts = users.ids.iter().map(|id| (*id, 1_000_000_000)).collect();
     let (genesis, keys) = Genesis::local("bench", cfg.validators, cfg.base_port, accounts)?;
     let gpath = dir.join("genesis.txt");
     std::fs::write(&gpath, genesis.to_text())?;
-    let (tx, rx) = mpsc::channel();
+    let mut cluster = Cluster { children: Vec::new() };
     for (i, k) in keys.iter().enumerate() {
         let kpath = dir.join(format!("validator-{i}.key"));
         write_key(&kpath, k)?;
         let data = dir.join(format!("data-{i}"));
-        let mut opts = ProcessOptions::new(&gpath, &kpath, &data);
-        opts.status_every = None;
-        opts.threads = cfg.threads;
-        opts.timeouts = Timeouts::default();
-        let tx = tx.clone();
-        std::thread::Builder::new().name(format!("validator-{i}")).spawn(move || {
-            if let Err(e) = process::run(opts, move |_| {
-                let _ = tx.send(());
-            }) {
-                eprintln!("validator {i}: {e}");
-            }
-        })?;
+        std::fs::create_dir_all(&data)?;
+        let child = Command::new(exe)
+            .args(["ledger", "validator", "--genesis"])
+            .arg(&gpath)
+            .arg("--key")
+            .arg(&kpath)
+            .arg("--data")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        cluster.children.push(child);
     }
-    for _ in 0..cfg.validators {
-        rx.recv_timeout(Duration::from_secs(30)).map_err(|_| BenchError::NoProgress)?;
-    }
-    let mut client = LedgerClient::new(&genesis)?;
+    let verify_cost_s = verify_cost(genesis.chain_id());
+    let mut client = LedgerClient::new(&genesis)?.with_timeout(Duration::from_secs(30));
     let chain = client.chain();
     let start = Instant::now();
     while client.status().map(|s| s.height).unwrap_or(0) < 2 {
-        if start.elapsed() > Duration::from_secs(30) {
+        if start.elapsed() > Duration::from_secs(60) {
             return Err(BenchError::NoProgress);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -281,7 +305,15 @@ pub fn run(cfg: &BenchConfig, dir: &Path) -> Result<Vec<RunReport>, BenchError> 
     // Saturation: everything up front, in batches.
     let txs = users.transfers(chain, cfg.saturation_txs, 0);
     let batches = txs.chunks(1024).map(|c| (Duration::ZERO, c.to_vec())).collect();
-    reports.push(measure("saturation", &mut client, &mut follower, batches, Duration::from_secs(120))?);
+    reports.push(measure(
+        "saturation",
+        &cluster,
+        verify_cost_s,
+        &mut client,
+        &mut follower,
+        batches,
+        Duration::from_secs(120),
+    )?);
 
     // Fixed rate: a batch every 20 ms.
     let per_tick = (cfg.fixed_rate / 50).max(1);
@@ -293,6 +325,8 @@ pub fn run(cfg: &BenchConfig, dir: &Path) -> Result<Vec<RunReport>, BenchError> 
     let name = format!("{}/s fixed", cfg.fixed_rate);
     reports.push(measure(
         &name,
+        &cluster,
+        verify_cost_s,
         &mut client,
         &mut follower,
         batches,

@@ -160,6 +160,11 @@ impl Ledger {
         }
     }
 
+    /// Transactions waiting in the mempool.
+    pub fn mempool_len(&self) -> usize {
+        self.lock().mempool.len()
+    }
+
     /// Internal faults recorded (empty unless a finalized block failed to execute).
     pub fn faults(&self) -> Vec<String> {
         self.lock().faults.clone()

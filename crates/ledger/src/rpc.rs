@@ -405,6 +405,12 @@ impl LedgerClient {
         })
     }
 
+    /// Sets the network timeout of each call (default 5 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Chain id (to sign transactions for).
     pub fn chain(&self) -> [u8; 32] {
         self.chain
@@ -494,7 +500,8 @@ impl LedgerClient {
             }
             let req = w.finish();
             for i in 0..self.addrs.len() {
-                let Ok(resp) = self.call_one(i, &req) else { continue };
+                // a busy validator may time out once: retry it before giving up on it
+                let Ok(resp) = self.call_one(i, &req).or_else(|_| self.call_one(i, &req)) else { continue };
                 let mut r = Reader::new(&resp);
                 let Ok(n) = r.u32("count") else { continue };
                 for k in 0..(n as usize).min(chunk.len()) {
