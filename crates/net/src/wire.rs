@@ -185,8 +185,12 @@ impl Response {
             }
             Self::Error(m) => {
                 w.u8(4);
-                let m = m.as_bytes();
-                w.bytes(&m[..m.len().min(ERROR_BYTES_MAX)]);
+                // Cut at a character boundary so the text stays valid UTF-8.
+                let mut end = m.len().min(ERROR_BYTES_MAX);
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.bytes(&m.as_bytes()[..end]);
             }
         }
         w.finish()
@@ -253,7 +257,12 @@ impl Response {
                 }
                 Self::Envelopes(es)
             }
-            4 => Self::Error(String::from_utf8_lossy(r.bytes(ERROR_BYTES_MAX, "error")?).into_owned()),
+            4 => {
+                // Strict UTF-8: a lossy conversion would accept several encodings of one value.
+                let text = std::str::from_utf8(r.bytes(ERROR_BYTES_MAX, "error")?)
+                    .map_err(|_| DecodeError::Invalid { field: "error", reason: "not UTF-8" })?;
+                Self::Error(text.to_string())
+            }
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown response kind" }),
         };
         r.finish()?;
@@ -292,6 +301,12 @@ mod tests {
         too_many.extend_from_slice(&u16::MAX.to_be_bytes());
         assert!(matches!(Request::decode(&too_many, &l), Err(DecodeError::TooLarge { .. })));
         assert!(Request::decode(&[VERSION, 9], &l).is_err());
+        // Found by the store_protocol fuzz target: non-UTF-8 error text must be refused, since
+        // a lossy decode would re-encode to other bytes.
+        assert!(Response::decode(&[1, 4, 0, 0, 0, 3, 0, 0, 128], &l).is_err());
+        let long = Response::Error("é".repeat(200));
+        let back = Response::decode(&long.encode(), &l).unwrap();
+        assert_eq!(back.encode(), long.encode());
         assert!(Response::decode(&[2, 1], &l).is_err());
     }
 }
