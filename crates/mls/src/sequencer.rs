@@ -9,15 +9,28 @@ use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, Se
 
 /// Per-topic ordered logs in memory. Clones share the same logs, so several clients in one
 /// process (a test) see one order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemorySequencer {
     logs: Rc<RefCell<HashMap<Topic, Vec<Vec<u8>>>>>,
+    max: usize,
+}
+
+impl Default for MemorySequencer {
+    fn default() -> Self {
+        Self { logs: Rc::default(), max: HANDSHAKE_BYTES_MAX }
+    }
 }
 
 impl MemorySequencer {
-    /// An empty sequencer.
+    /// An empty sequencer with the protocol's limit, [`HANDSHAKE_BYTES_MAX`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty sequencer accepting handshakes up to `max` bytes (benches: what larger
+    /// limits would allow).
+    pub fn with_max(max: usize) -> Self {
+        Self { logs: Rc::default(), max }
     }
 
     /// Number of handshake messages ordered for `topic`.
@@ -33,8 +46,8 @@ impl MemorySequencer {
 
 impl CommitSequencer for MemorySequencer {
     fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError> {
-        if payload.len() > HANDSHAKE_BYTES_MAX {
-            return Err(SequencerError::TooLarge { len: payload.len(), max: HANDSHAKE_BYTES_MAX });
+        if payload.len() > self.max {
+            return Err(SequencerError::TooLarge { len: payload.len(), max: self.max });
         }
         let mut logs = self.logs.borrow_mut();
         let log = logs.entry(topic).or_default();
