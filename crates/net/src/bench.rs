@@ -124,8 +124,45 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
         let envs: Vec<Envelope> =
             (0..cfg.messages).map(|i| envelope(topic, i + results.len() * cfg.messages)).collect();
         let receivers: Vec<NodeHandle> = nodes[..nodes.len() - 1].to_vec();
-        let mut rxs: Vec<_> = receivers.iter().map(|n| n.events()).collect();
+        let wanted: std::collections::HashSet<Id> = envs.iter().map(Envelope::id).collect();
+        // Listeners stamp each event when it arrives (not when the bench gets round to it).
+        let mut listeners = Vec::new();
+        for n in &receivers {
+            let mut rx = n.events();
+            let want = wanted.clone();
+            listeners.push(tokio::spawn(async move {
+                let mut got: Vec<(Id, Instant)> = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+                while got.len() < want.len() {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Ok(NodeEvent::Delivered { id, .. })) if want.contains(&id) => {
+                            got.push((id, Instant::now()))
+                        }
+                        Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                        _ => break,
+                    }
+                }
+                got
+            }));
+        }
         let mut own = publisher.events();
+        let want = wanted.clone();
+        let ack_listener = tokio::spawn(async move {
+            let mut got: Vec<(Id, Instant)> = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            while got.len() < want.len() {
+                match tokio::time::timeout_at(deadline, own.recv()).await {
+                    Ok(Ok(NodeEvent::Status { id, status: SendStatus::Stored { .. } }))
+                        if want.contains(&id) =>
+                    {
+                        got.push((id, Instant::now()));
+                    }
+                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                    _ => break,
+                }
+            }
+            got
+        });
         let before: Vec<_> = futures::future::join_all(nodes.iter().take(3).map(|n| n.status())).await;
         let lo0 = lo_tx_bytes();
         let t0 = Instant::now();
@@ -148,31 +185,19 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
         progress(&format!("{phase}: {} published in {:.2}s", cfg.messages, t0.elapsed().as_secs_f64()));
         let expected = cfg.messages * receivers.len();
         let mut latencies = Vec::with_capacity(expected);
-        let mut acks = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = t0;
-        while (latencies.len() < expected || acks.len() < cfg.messages) && Instant::now() < deadline {
-            let mut progressed = false;
-            for rx in rxs.iter_mut() {
-                while let Ok(ev) = rx.try_recv() {
-                    if let NodeEvent::Delivered { id, .. } = ev
-                        && let Some(t) = sent_at.get(&id)
-                    {
-                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
-                        last = Instant::now();
-                        progressed = true;
-                    }
+        for l in listeners {
+            for (id, at) in l.await.map_err(|e| NodeError::Setup(e.to_string()))? {
+                if let Some(t) = sent_at.get(&id) {
+                    latencies.push(at.duration_since(*t).as_secs_f64() * 1e3);
+                    last = last.max(at);
                 }
             }
-            while let Ok(ev) = own.try_recv() {
-                if let NodeEvent::Status { id, status: SendStatus::Stored { .. } } = ev
-                    && let Some(t) = sent_at.get(&id)
-                {
-                    acks.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            if !progressed {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut acks = Vec::new();
+        for (id, at) in ack_listener.await.map_err(|e| NodeError::Setup(e.to_string()))? {
+            if let Some(t) = sent_at.get(&id) {
+                acks.push(at.duration_since(*t).as_secs_f64() * 1e3);
             }
         }
         let elapsed = last.duration_since(t0).as_secs_f64().max(1e-3);

@@ -407,6 +407,13 @@ fn topic_score(s: &ScoreConfig) -> gossipsub::TopicScoreParams {
     }
 }
 
+/// Yamux with room for many concurrent store requests (one stream each).
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(1024);
+    c
+}
+
 fn build_swarm(c: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let keypair = match c.identity_seed {
         Some(seed) => Keypair::ed25519_from_bytes(seed).map_err(|e| NodeError::Setup(e.to_string()))?,
@@ -415,7 +422,7 @@ fn build_swarm(c: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux_config)
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
