@@ -50,6 +50,8 @@ pub struct RunReport {
     pub name: String,
     /// Offered transactions.
     pub offered: usize,
+    /// Accepted into at least one validator's mempool.
+    pub accepted: usize,
     /// Finalized transactions.
     pub finalized: usize,
     /// Sustained finalized tx/s (first submission to last finalization).
@@ -71,9 +73,10 @@ impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<12} offered {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu",
+            "{:<12} offered {:>6}  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu",
             self.name,
             self.offered,
+            self.accepted,
             self.finalized,
             self.tps,
             self.p50_ms,
@@ -194,6 +197,7 @@ fn measure(
     let start = Instant::now();
     let mut last_final = start;
     let mut blocks = 0u64;
+    let mut accepted = 0usize;
     let mut pending = batches.into_iter().peekable();
     let mut poll_follow = |client: &mut LedgerClient,
                            submitted: &mut HashMap<TxId, Instant>,
@@ -224,7 +228,7 @@ fn measure(
             for t in &batch {
                 submitted.insert(Tx::id_of(t), now);
             }
-            client.submit_batch(&batch)?;
+            accepted += client.submit_batch(&batch)?;
         }
         poll_follow(client, &mut submitted, &mut latencies, &mut last_final, &mut blocks)?;
         if pending.peek().is_none() && submitted.is_empty() {
@@ -242,6 +246,7 @@ fn measure(
     Ok(RunReport {
         name: name.to_owned(),
         offered,
+        accepted,
         finalized: latencies.len(),
         tps: latencies.len() as f64 / elapsed,
         p50_ms: percentile(&latencies, 0.5),
