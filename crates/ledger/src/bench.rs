@@ -52,6 +52,10 @@ pub struct RunReport {
     pub offered: usize,
     /// Accepted into at least one validator's mempool.
     pub accepted: usize,
+    /// Validator refusals by reason (one per validator that refused), and failed calls.
+    pub refusals: Vec<(String, usize)>,
+    /// Submission calls to a validator that failed (timeout, connection).
+    pub failed_calls: usize,
     /// Finalized transactions.
     pub finalized: usize,
     /// Sustained finalized tx/s (first submission to last finalization).
@@ -84,7 +88,15 @@ impl std::fmt::Display for RunReport {
             self.blocks,
             self.cpu_s,
             self.sig_cpu_share * 100.0
-        )
+        )?;
+        if self.failed_calls > 0 || !self.refusals.is_empty() {
+            write!(
+                f,
+                "\n             failed validator calls {}; refusals {:?}",
+                self.failed_calls, self.refusals
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +210,8 @@ fn measure(
     let mut last_final = start;
     let mut blocks = 0u64;
     let mut accepted = 0usize;
+    let mut failed_calls = 0usize;
+    let mut refusals: HashMap<String, usize> = HashMap::new();
     let mut pending = batches.into_iter().peekable();
     let mut poll_follow = |client: &mut LedgerClient,
                            submitted: &mut HashMap<TxId, Instant>,
@@ -228,7 +242,12 @@ fn measure(
             for t in &batch {
                 submitted.insert(Tx::id_of(t), now);
             }
-            accepted += client.submit_batch(&batch)?;
+            let (ok, refused, failed) = client.submit_batch_detailed(&batch)?;
+            accepted += ok;
+            failed_calls += failed;
+            for r in refused {
+                *refusals.entry(r).or_insert(0usize) += 1;
+            }
         }
         poll_follow(client, &mut submitted, &mut latencies, &mut last_final, &mut blocks)?;
         if pending.peek().is_none() && submitted.is_empty() {
@@ -247,6 +266,13 @@ fn measure(
         name: name.to_owned(),
         offered,
         accepted,
+        refusals: {
+            let mut v: Vec<(String, usize)> = refusals.into_iter().collect();
+            v.sort_by_key(|e| std::cmp::Reverse(e.1));
+            v.truncate(3);
+            v
+        },
+        failed_calls,
         finalized: latencies.len(),
         tps: latencies.len() as f64 / elapsed,
         p50_ms: percentile(&latencies, 0.5),

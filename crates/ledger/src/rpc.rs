@@ -489,6 +489,17 @@ impl LedgerClient {
     /// Submits many transactions to every validator in one round trip each. Returns how many
     /// were accepted by at least one validator.
     pub fn submit_batch(&mut self, txs: &[Vec<u8>]) -> Result<usize, ClientError> {
+        Ok(self.submit_batch_detailed(txs)?.0)
+    }
+
+    /// Like [`Self::submit_batch`], also returning the refusal reasons and how many validator
+    /// calls failed.
+    pub fn submit_batch_detailed(
+        &mut self,
+        txs: &[Vec<u8>],
+    ) -> Result<(usize, Vec<String>, usize), ClientError> {
+        let mut refusals = Vec::new();
+        let mut failed_calls = 0usize;
         let mut accepted = vec![false; txs.len()];
         for chunk_start in (0..txs.len()).step_by(BATCH_MAX) {
             let chunk = &txs[chunk_start..(chunk_start + BATCH_MAX).min(txs.len())];
@@ -501,7 +512,10 @@ impl LedgerClient {
             let req = w.finish();
             for i in 0..self.addrs.len() {
                 // a busy validator may time out once: retry it before giving up on it
-                let Ok(resp) = self.call_one(i, &req).or_else(|_| self.call_one(i, &req)) else { continue };
+                let Ok(resp) = self.call_one(i, &req).or_else(|_| self.call_one(i, &req)) else {
+                    failed_calls += 1;
+                    continue;
+                };
                 let mut r = Reader::new(&resp);
                 let Ok(n) = r.u32("count") else { continue };
                 for k in 0..(n as usize).min(chunk.len()) {
@@ -512,17 +526,16 @@ impl LedgerClient {
                             }
                             accepted[chunk_start + k] = true;
                         }
-                        Ok(_) => {
-                            if decode_error(&mut r).is_err() {
-                                break;
-                            }
-                        }
+                        Ok(_) => match decode_error(&mut r) {
+                            Ok((_, msg, _)) => refusals.push(msg),
+                            Err(_) => break,
+                        },
                         Err(_) => break,
                     }
                 }
             }
         }
-        Ok(accepted.iter().filter(|a| **a).count())
+        Ok((accepted.iter().filter(|a| **a).count(), refusals, failed_calls))
     }
 
     /// Status of a transaction at validator `i`.
