@@ -688,18 +688,22 @@ impl Node {
         }
     }
 
-    /// The store nodes for `topic`, with their resume cursors loaded from disk.
-    fn stores_for(&mut self, topic: &Topic) -> Vec<PeerId> {
+    /// The store nodes XOR-nearest `topic` among those known.
+    fn stores_for(&self, topic: &Topic) -> Vec<PeerId> {
         let cands: Vec<(PeerId, [u8; 32])> = self.store_peers.iter().map(|(p, k)| (*p, *k)).collect();
-        let stores = nearest(&key_of(&topic.0), &cands, self.config.replicas);
-        for s in &stores {
+        nearest(&key_of(&topic.0), &cands, self.config.replicas)
+    }
+
+    /// Loads the persisted resume cursors of `topic` at `stores` (before a history sync only;
+    /// the send path never reads them).
+    fn load_cursors(&mut self, topic: &Topic, stores: &[PeerId]) {
+        for s in stores {
             if let Ok(Some(b)) = self.history.get_key(&cursor_key(topic, s))
                 && let Ok(arr) = <[u8; 8]>::try_from(b.as_slice())
             {
                 self.sync.set_cursor(*topic, *s, u64::from_be_bytes(arr));
             }
         }
-        stores
     }
 
     fn retarget(&mut self) {
@@ -707,6 +711,7 @@ impl Node {
         let now = now_ms();
         for t in topics {
             let stores = self.stores_for(&t);
+            self.load_cursors(&t, &stores);
             let outs = self.sync.handle(Input::Targets { topic: t, stores: stores.clone() }, now);
             self.apply(outs);
             let outs = self.sync.handle(Input::Sync { topic: t, stores }, now);
@@ -738,6 +743,7 @@ impl Node {
                     }
                 }
                 let stores = self.stores_for(&topic);
+                self.load_cursors(&topic, &stores);
                 let outs = self.sync.handle(Input::Sync { topic, stores }, now_ms());
                 self.apply(outs);
             }

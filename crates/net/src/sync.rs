@@ -428,7 +428,7 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             .copied()
             .collect();
         if absent.is_empty() {
-            self.deliver(e, id, out);
+            self.deliver(e, id, false, out);
             return;
         }
         if self.waiting.len() >= self.config.waiting_envelopes_max {
@@ -461,8 +461,8 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
     }
 
     /// Delivers `e` and then every waiting envelope it unblocks (iteratively, no recursion).
-    fn deliver(&mut self, e: Envelope, id: Id, out: &mut Vec<Output<S>>) {
-        let mut ready = vec![(e, id, false)];
+    fn deliver(&mut self, e: Envelope, id: Id, after_gap: bool, out: &mut Vec<Output<S>>) {
+        let mut ready = vec![(e, id, after_gap)];
         while let Some((e, id, after_gap)) = ready.pop() {
             if !self.delivered.insert(id) {
                 continue;
@@ -533,16 +533,7 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                 .collect();
             for id in released {
                 if let Some(w) = self.waiting.remove(&id) {
-                    let mut ready_out = Vec::new();
-                    self.deliver(w, id, &mut ready_out);
-                    for o in ready_out {
-                        out.push(match o {
-                            Output::Deliver { envelope, id: did, .. } if did == id => {
-                                Output::Deliver { envelope, id: did, after_gap: true }
-                            }
-                            other => other,
-                        });
-                    }
+                    self.deliver(w, id, true, out);
                 }
             }
         }

@@ -258,11 +258,13 @@ mod tests {
             a.check(&1, &huge, now),
             Verdict::Reject(RejectReason::Malformed(DecodeError::TooLarge { field: "envelope", .. }))
         ));
-        let lazy = Envelope::new(Topic([2; 32]), now, 3600, vec![], pad(b"x", &Limits::default()).unwrap());
-        // Nonce 0 has a 1-in-256 chance of enough work; this envelope is fixed, so check it.
-        if !pow::check(&lazy.header, Difficulty::default()) {
-            assert_eq!(a.check(&1, &lazy.encode(), now), Verdict::Reject(RejectReason::InsufficientWork));
+        // Pick a nonce that does not carry enough work (most do not), so the check always runs.
+        let mut lazy =
+            Envelope::new(Topic([2; 32]), now, 3600, vec![], pad(b"x", &Limits::default()).unwrap());
+        while pow::check(&lazy.header, Difficulty::default()) {
+            lazy.header.pow_nonce += 1;
         }
+        assert_eq!(a.check(&1, &lazy.encode(), now), Verdict::Reject(RejectReason::InsufficientWork));
         let future = mined(now + 3_600_000, 3600, Difficulty::default());
         assert_eq!(a.check(&1, &future.encode(), now), Verdict::Reject(RejectReason::FromTheFuture));
         let mut erased = mined(now, 3600, Difficulty::default());
