@@ -22,6 +22,7 @@ use openmls::prelude::{
     MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, StagedWelcome,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
 use tls_codec::{DeserializeBytes as _, Serialize as _};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -76,63 +77,150 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-fn cairn(n: usize, msgs: usize) -> Row {
+/// Leaves whose self-update fills the copath of each leaf in `targets` (the leftmost member of
+/// every non-empty sibling subtree), in a tree of `n` members (leaves `0..n`).
+fn copath_fillers(targets: &[usize], n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for &t in targets {
+        for k in 0..usize::BITS {
+            let start = ((t >> k) ^ 1) << k;
+            if (1usize << k) >= 2 * n.next_power_of_two() {
+                break;
+            }
+            if start < n && !targets.contains(&start) && !out.contains(&start) {
+                out.push(start);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn stats_line(what: &str, per: usize, st: &cairn_mls::StorageStats) {
+    let w: Vec<String> = st
+        .writes
+        .iter()
+        .map(|(l, c)| {
+            format!("{l} {:.1}×{:.0} B", c.calls as f64 / per as f64, c.bytes as f64 / c.calls.max(1) as f64)
+        })
+        .collect();
+    let r: u64 = st.reads.values().map(|c| c.calls).sum();
+    println!(
+        "    {what}: per op: writes [{}], deferred {:.1}, reads {:.1}, db txns {:.3}, db entries {:.1}, db bytes {:.0}, unchanged skipped {:.1}",
+        w.join(", "),
+        st.deferred as f64 / per as f64,
+        r as f64 / per as f64,
+        st.flushes as f64 / per as f64,
+        st.flushed_entries as f64 / per as f64,
+        st.flushed_bytes as f64 / per as f64,
+        st.unchanged_skipped as f64 / per as f64,
+    );
+}
+
+/// Times and sizes of add 1 / remove 1 / update (creator) / update (member) in the current tree.
+fn cairn_ops(
+    a: &mut Client,
+    b: &mut Client,
+    seq: &mut MemorySequencer,
+    id: &ConversationId,
+    row: &mut Row,
+    verbose: bool,
+) {
+    let sync = |c: &mut Client, seq: &MemorySequencer, id: &ConversationId| {
+        let t = Instant::now();
+        c.sync(id, seq, NOW).unwrap();
+        ms(t)
+    };
+    let reset = |a: &Client, b: &Client| {
+        a.provider().storage().reset_stats();
+        b.provider().storage().reset_stats();
+    };
+    let show = |what: &str, a: &Client, b: &Client| {
+        if verbose {
+            stats_line(&format!("{what} create"), 1, &a.provider().storage().stats());
+            stats_line(&format!("{what} process"), 1, &b.provider().storage().stats());
+        }
+    };
+    // add one
+    let x = virtual_packages(1).remove(0);
+    let xdev = x.cert.device;
+    reset(a, b);
+    let t = Instant::now();
+    let out = a.add(id, vec![x], seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.add_welcome_b = WelcomeBundle::decode(&out.welcome.unwrap().bytes).unwrap().welcome.len();
+    row.ops[0] = (c, sync(b, seq, id), out.commit_bytes);
+    show("add", a, b);
+    // remove it
+    reset(a, b);
+    let t = Instant::now();
+    let out = a.commit(id, cairn_mls::Change::RemoveDevice(xdev), seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.ops[1] = (c, sync(b, seq, id), out.commit_bytes);
+    show("remove", a, b);
+    // self-update by the creator, then by the member
+    reset(a, b);
+    let t = Instant::now();
+    let out = a.self_update(id, seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.ops[2] = (c, sync(b, seq, id), out.commit_bytes);
+    show("update", a, b);
+    let t = Instant::now();
+    let out = b.self_update(id, seq, NOW).unwrap().unwrap();
+    let c = ms(t);
+    row.ops[3] = (c, sync(a, seq, id), out.commit_bytes);
+}
+
+/// Returns the row in the sparse tree left by bulk adds, and the row after the members whose
+/// scheduled self-update fills the copath of the measured commits have done it.
+fn cairn(n: usize, msgs: usize) -> (Row, Row) {
     let dir = tempfile::tempdir().unwrap();
     // The protocol limit is 64 KiB; commits in a sparse tree outgrow it near N = 700, so the
     // bench lifts it to report what those commits cost (sizes are printed).
     let mut seq = MemorySequencer::with_max(64 << 20);
     let mut a = client(&dir, "a.redb");
     let mut b = client(&dir, "b.redb");
-    let mut kps = virtual_packages(n.saturating_sub(2));
+    // B is leaf 1 (the first one added), the virtual members leaves 2..n.
+    // The virtual members whose places the copath fillers take later belong to one account of
+    // their own, so that one commit removes them all.
+    let leaves = copath_fillers(&[0, 1, n], n);
     let bkp = b.key_package_batch(1, false).unwrap().packages.remove(0);
-    kps.push(verify_key_package(&bkp).unwrap());
+    let mut kps = vec![verify_key_package(&bkp).unwrap()];
+    let mut victims = virtual_packages(leaves.len()).into_iter();
+    let victim_account = victims.clone().next().map(|k| k.cert.account);
+    let mut others = virtual_packages(n.saturating_sub(2 + leaves.len())).into_iter();
+    for leaf in 2..n {
+        kps.push(if leaves.contains(&leaf) { victims.next() } else { others.next() }.unwrap());
+    }
     let mut row = Row::default();
 
     let t = Instant::now();
     let id = a.create(NOW).unwrap();
-    let outs = a.add_many(&id, kps, &mut seq, NOW).unwrap();
+    let outs = a.add_many(&id, kps.clone(), &mut seq, NOW).unwrap();
     row.create_ms = ms(t);
     row.create_commit_b = outs.iter().map(|o| o.commit_bytes).max().unwrap();
-    let w = outs.last().unwrap().welcome.clone().unwrap();
+    let w = outs[0].welcome.clone().unwrap();
     row.create_welcome_b = outs
         .iter()
         .map(|o| WelcomeBundle::decode(&o.welcome.as_ref().unwrap().bytes).unwrap().welcome.len())
         .max()
         .unwrap();
+    println!("    N={n}: group created in {} commits", outs.len());
     let t = Instant::now();
     b.join(&w.bytes, NOW).unwrap();
-    row.join_ms = ms(t);
-
-    let sync = |c: &mut Client, seq: &MemorySequencer, id: &ConversationId| {
+    row.join_ms = ms(t) + {
+        // B joined from the first Welcome: catching up on the later ones is part of its join.
         let t = Instant::now();
-        c.sync(id, seq, NOW).unwrap();
+        b.sync(&id, &seq, NOW).unwrap();
         ms(t)
     };
-    // add one
-    let x = virtual_packages(1).remove(0);
-    let xdev = x.cert.device;
-    let t = Instant::now();
-    let out = a.add(&id, vec![x], &mut seq, NOW).unwrap().unwrap();
-    let c = ms(t);
-    row.add_welcome_b = WelcomeBundle::decode(&out.welcome.unwrap().bytes).unwrap().welcome.len();
-    row.ops[0] = (c, sync(&mut b, &seq, &id), out.commit_bytes);
-    // remove it
-    let t = Instant::now();
-    let out = a.commit(&id, cairn_mls::Change::RemoveDevice(xdev), &mut seq, NOW).unwrap().unwrap();
-    let c = ms(t);
-    row.ops[1] = (c, sync(&mut b, &seq, &id), out.commit_bytes);
-    // self-update by the creator, then by the member
-    let t = Instant::now();
-    let out = a.self_update(&id, &mut seq, NOW).unwrap().unwrap();
-    let c = ms(t);
-    row.ops[2] = (c, sync(&mut b, &seq, &id), out.commit_bytes);
-    let t = Instant::now();
-    let out = b.self_update(&id, &mut seq, NOW).unwrap().unwrap();
-    let c = ms(t);
-    row.ops[3] = (c, sync(&mut a, &seq, &id), out.commit_bytes);
+
+    cairn_ops(&mut a, &mut b, &mut seq, &id, &mut row, true);
 
     // application messages: encrypt at A, decrypt at B, BATCH per transaction
     let body = vec![7u8; BODY];
+    a.provider().storage().reset_stats();
+    b.provider().storage().reset_stats();
     let t = Instant::now();
     let mut done = 0;
     while done < msgs {
@@ -145,7 +233,62 @@ fn cairn(n: usize, msgs: usize) -> Row {
         done += bodies.len();
     }
     row.msgs_per_s = msgs as f64 / t.elapsed().as_secs_f64();
-    row
+    stats_line(&format!("encrypt ({BATCH}/txn)"), msgs, &a.provider().storage().stats());
+    stats_line(&format!("decrypt ({BATCH}/txn)"), msgs, &b.provider().storage().stats());
+    // One message per transaction, for comparison.
+    let single = 50;
+    a.provider().storage().reset_stats();
+    b.provider().storage().reset_stats();
+    let t = Instant::now();
+    for _ in 0..single {
+        let ct = a.send(&id, &body).unwrap();
+        assert!(matches!(b.receive(&id, &ct), Ok(cairn_mls::Received::Message(_))));
+    }
+    println!("    N={n}: 1 msg/txn: {:.0} msg/s", single as f64 / t.elapsed().as_secs_f64());
+    stats_line("encrypt (1/txn)", single, &a.provider().storage().stats());
+    stats_line("decrypt (1/txn)", single, &b.provider().storage().stats());
+
+    // Keep the tree full: members who joined do their scheduled self-update. Only the members
+    // whose update fills the copath of A (leaf 0), B (leaf 1) and the next added leaf (n) are
+    // real clients here; they take the places of virtual members (removed, then re-added in one
+    // commit so they land on the same leaves).
+    let mut full = Row::default();
+    let t = Instant::now();
+    let mut fillers: Vec<Client> = Vec::new();
+    if let Some(account) = victim_account {
+        a.remove_account(&id, account, &mut seq, NOW).unwrap().unwrap();
+        let mut fkps = Vec::new();
+        for i in 0..leaves.len() {
+            let c = client(&dir, &format!("f{i}.redb"));
+            fkps.push(verify_key_package(&c.key_package_batch(1, false).unwrap().packages[0]).unwrap());
+            fillers.push(c);
+        }
+        let out = a.add(&id, fkps, &mut seq, NOW).unwrap().unwrap();
+        let wb = out.welcome.unwrap().bytes;
+        for f in &mut fillers {
+            f.join(&wb, NOW).unwrap();
+        }
+        for (f, l) in fillers.iter().zip(&leaves) {
+            assert_eq!(f.group(&id).unwrap().own_leaf_index().usize(), *l);
+        }
+        for f in &mut fillers {
+            assert!(f.due_for_update(&id, NOW).unwrap());
+            f.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+        }
+    }
+    a.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    b.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    a.sync(&id, &seq, NOW).unwrap();
+    println!(
+        "    N={n}: {} members self-updated to fill the copaths of leaves 0, 1, {n} in {:.0} ms",
+        leaves.len(),
+        ms(t)
+    );
+    drop(fillers);
+    full.create_ms = f64::NAN;
+    cairn_ops(&mut a, &mut b, &mut seq, &id, &mut full, true);
+    full.msgs_per_s = f64::NAN;
+    (row, full)
 }
 
 fn raw(n: usize, msgs: usize) -> Row {
@@ -275,7 +418,9 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         let msgs = if n >= 5000 { 500 } else { 2000 };
-        print("Cairn", n, &cairn(n.max(2), msgs));
+        let (sparse, full) = cairn(n.max(2), msgs);
+        print("Cairn sparse", n, &sparse);
+        print("Cairn full", n, &full);
         print("raw OpenMLS", n, &raw(n.max(2), msgs));
     }
 }

@@ -15,8 +15,8 @@ use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::prelude::{
     Capabilities, ExtensionType, GroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters, Lifetime, MlsGroup,
     MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage, RatchetTreeIn,
-    SenderRatchetConfiguration, StagedCommit, StagedWelcome, ValidationError,
+    PastEpochDeletion, ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage,
+    RatchetTreeIn, SenderRatchetConfiguration, StagedCommit, StagedWelcome, ValidationError,
 };
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::random::OpenMlsRand as _;
@@ -52,8 +52,10 @@ pub struct Config {
     pub fetch_page: usize,
     /// Application ciphertexts are padded to a multiple of this many bytes.
     pub padding: usize,
-    /// Most members [`Client::add_many`] adds per commit (each Add carries a ≈ 0.4 KiB key
-    /// package; the sequencer takes commits up to 64 KiB).
+    /// Most members [`Client::add_many`] adds per commit (each Add carries a ≈ 0.42 KiB key
+    /// package; the sequencer takes commits up to 64 KiB, so 128 adds ≈ 54 KiB). Every commit
+    /// costs O(N) (OpenMLS rewrites the whole tree), so fewer, larger commits build a group
+    /// faster; a commit the sequencer still finds too large is split.
     pub adds_per_commit_max: usize,
 }
 
@@ -69,7 +71,7 @@ impl Default for Config {
             key_package_lifetime_s: 84 * 24 * 3600,
             fetch_page: 256,
             padding: 32,
-            adds_per_commit_max: 64,
+            adds_per_commit_max: 128,
         }
     }
 }
@@ -747,8 +749,40 @@ impl Client {
         Ok(())
     }
 
+    /// Settles deferred writes of the message secrets (see `send_many` / `receive_many`): each
+    /// group of the conversation whose secret tree advanced while writes were deferred writes
+    /// its final state once.
+    fn settle(&mut self, id: &ConversationId) -> Result<(), MlsError> {
+        let storage = self.provider.storage();
+        storage.set_defer(false);
+        if !storage.any_deferred() {
+            return Ok(());
+        }
+        let provider = &self.provider;
+        let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+        let rewrite = |g: &mut MlsGroup, p: &CairnProvider| {
+            // With no past epochs kept inside OpenMLS this deletes nothing; it (re)writes the
+            // group's message secrets, which is what is needed.
+            g.delete_past_epoch_secrets(p, PastEpochDeletion::before_timestamp(std::time::UNIX_EPOCH))
+                .map_err(|e| op_err("write message secrets")(e.to_string()))
+        };
+        if provider.storage().message_secrets_deferred(&id.0)? {
+            rewrite(&mut c.group, provider)?;
+        }
+        for (g, p) in c.past.values_mut() {
+            if p.storage().message_secrets_deferred(&id.0)? {
+                rewrite(g, p)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the metadata and commits the operation's writes; rolls back on failure.
     fn persist(&mut self, id: &ConversationId) -> Result<(), MlsError> {
+        if let Err(e) = self.settle(id) {
+            self.rollback(id)?;
+            return Err(e);
+        }
         let meta = self.conv(id)?.meta.encode();
         self.provider.storage().raw_put(Meta::key(id), meta);
         if let Err(e) = self.provider.storage().flush() {
@@ -1019,7 +1053,7 @@ impl Client {
                 let packages: Vec<KeyPackage> = fresh.iter().map(|k| k.package.clone()).collect();
                 let (commit, welcome, _) = c
                     .group
-                    .add_members(provider, signer, &packages)
+                    .add_members_without_update(provider, signer, &packages)
                     .map_err(|e| op_err("add members")(e.to_string()))?;
                 let recipients = fresh.iter().map(|k| (k.cert.device, inbox_topic(&k.cert.device))).collect();
                 (commit, Some((welcome, recipients)))
@@ -1345,6 +1379,9 @@ impl Client {
             if c.group.has_pending_proposals() {
                 return Err(MlsError::PendingProposals);
             }
+            // OpenMLS rewrites the whole secret tree after every message; only the state after
+            // the last one is encoded (settled in `persist`, same transaction).
+            provider.storage().set_defer(true);
             let mut out = Vec::with_capacity(bodies.len());
             for b in bodies {
                 let m = c
@@ -1375,7 +1412,10 @@ impl Client {
         let Ok(mark) = self.conv(id).map(|c| c.future.len()) else {
             return messages.iter().map(|_| Err(MlsError::UnknownConversation)).collect();
         };
+        // Only the secret tree's state after the batch is encoded (settled in `persist`).
+        self.provider.storage().set_defer(true);
         let out: Vec<Result<Received, MlsError>> = messages.iter().map(|m| self.receive_one(id, m)).collect();
+        self.provider.storage().set_defer(false);
         if out.iter().all(|r| !Self::failed(r)) {
             return match self.persist(id) {
                 Ok(()) => out,

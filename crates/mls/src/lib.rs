@@ -26,7 +26,7 @@ pub use keypackage::{
     KeyPackageBatch, KeyPackageError, KeyPackagePool, VerifiedKeyPackage, verify_key_package,
 };
 pub use sequencer::MemorySequencer;
-pub use storage::{CairnProvider, DatabaseHandle, MlsStorage, StorageError};
+pub use storage::{CairnProvider, CallStats, DatabaseHandle, MlsStorage, StorageError, StorageStats};
 
 /// The ciphersuite of every Cairn group: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
 pub const CIPHERSUITE: openmls::prelude::Ciphersuite =

@@ -11,11 +11,12 @@
 //! Keys are `label ‖ 0x00 ‖ json(key) ‖ storage version (u16 BE)`; values are JSON (the same
 //! self-describing encoding OpenMLS's own providers use, so entities round-trip exactly).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider, traits};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -32,6 +33,10 @@ pub enum StorageError {
     /// The database refused the operation.
     #[error("MLS state database: {0}")]
     Database(#[from] redb::Error),
+    /// A flush was attempted while a deferred write had not been settled (a bug in the
+    /// caller: the stored state would lag behind the group in memory).
+    #[error("MLS state: {0} deferred write(s) not settled before flush")]
+    Unsettled(usize),
 }
 
 macro_rules! from_redb {
@@ -62,23 +67,77 @@ impl DatabaseHandle for cairn_store::Store {
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Counters of one kind of storage call (see [`MlsStorage::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Calls.
+    pub calls: u64,
+    /// Bytes encoded (writes) or decoded (reads).
+    pub bytes: u64,
+    /// Time spent encoding (writes) or decoding (reads), in nanoseconds.
+    pub nanos: u64,
+}
+
+impl CallStats {
+    fn add(&mut self, bytes: usize, since: Option<Instant>) {
+        self.calls += 1;
+        self.bytes += bytes as u64;
+        self.nanos += since.map_or(0, |t| u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+/// What OpenMLS and the client asked of the storage since the last
+/// [`MlsStorage::reset_stats`], per entry label.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Writes (encoded and buffered), per label.
+    pub writes: BTreeMap<String, CallStats>,
+    /// Writes of the message secrets skipped because they were deferred (see
+    /// [`MlsStorage`] docs: only the last state of a batch is encoded).
+    pub deferred: u64,
+    /// Reads that found a value, per label.
+    pub reads: BTreeMap<String, CallStats>,
+    /// Deletes, per label.
+    pub deletes: BTreeMap<String, CallStats>,
+    /// Transactions committed.
+    pub flushes: u64,
+    /// Entries written to the database by those transactions (unchanged values are skipped).
+    pub flushed_entries: u64,
+    /// Bytes of the values written to the database.
+    pub flushed_bytes: u64,
+    /// Buffered values skipped at flush because the database already held the same bytes.
+    pub unchanged_skipped: u64,
+    /// Time spent in those transactions (compare, write, commit with fsync), in nanoseconds.
+    pub flush_nanos: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    overlay: Overlay,
+    /// While set, writes of the message secrets (rewritten by OpenMLS after every
+    /// application message) are not encoded; the key is remembered until a real write.
+    defer: bool,
+    deferred: BTreeSet<Vec<u8>>,
+    stats: StorageStats,
+}
+
 /// OpenMLS storage provider over redb with a write-back overlay (see the module docs).
 pub struct MlsStorage {
     db: Arc<dyn DatabaseHandle>,
-    pending: Arc<Mutex<Overlay>>,
+    pending: Arc<Mutex<Shared>>,
     prefix: Vec<u8>,
 }
 
 impl std::fmt::Debug for MlsStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MlsStorage").field("pending", &self.lock().len()).finish()
+        f.debug_struct("MlsStorage").field("pending", &self.lock().overlay.len()).finish()
     }
 }
 
 impl MlsStorage {
     /// Storage over `db` (creates the table on first flush).
     pub fn new(db: Arc<dyn DatabaseHandle>) -> Self {
-        Self { db, pending: Arc::new(Mutex::new(BTreeMap::new())), prefix: Vec::new() }
+        Self { db, pending: Arc::new(Mutex::new(Shared::default())), prefix: Vec::new() }
     }
 
     /// A view of the same database and overlay whose keys all start with `prefix` (used to
@@ -87,7 +146,7 @@ impl MlsStorage {
         Self { db: Arc::clone(&self.db), pending: Arc::clone(&self.pending), prefix }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Overlay> {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         // A poisoned lock only means another thread panicked mid-update of the overlay; the
         // overlay is discarded by the caller's rollback in that case, so keep going.
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -105,7 +164,7 @@ impl MlsStorage {
 
     /// Reads a raw entry, seeing unflushed writes.
     pub(crate) fn raw_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some(v) = self.lock().get(k) {
+        if let Some(v) = self.lock().overlay.get(k) {
             return Ok(v.clone());
         }
         let rtx = self.db.database().begin_read()?;
@@ -119,12 +178,45 @@ impl MlsStorage {
 
     /// Buffers a raw write (flushed with the rest of the operation).
     pub(crate) fn raw_put(&self, k: Vec<u8>, v: Vec<u8>) {
-        self.lock().insert(k, Some(v));
+        let mut s = self.lock();
+        s.deferred.remove(&k);
+        s.overlay.insert(k, Some(v));
     }
 
     /// Buffers a raw delete.
     pub(crate) fn raw_del(&self, k: Vec<u8>) {
-        self.lock().insert(k, None);
+        let mut s = self.lock();
+        s.deferred.remove(&k);
+        s.overlay.insert(k, None);
+    }
+
+    /// Starts or stops deferring writes of the message secrets. While deferred, OpenMLS's
+    /// per-message rewrite of the whole secret tree (O(N) bytes at N members) is not encoded;
+    /// the caller must settle each deferred key with a real write (see
+    /// [`MlsStorage::is_deferred`]) before [`MlsStorage::flush`], which refuses otherwise.
+    pub(crate) fn set_defer(&self, on: bool) {
+        self.lock().defer = on;
+    }
+
+    /// Whether the message secrets of `group_id` (in this view) have a deferred write.
+    pub(crate) fn message_secrets_deferred(&self, group_id: &[u8]) -> Result<bool, StorageError> {
+        let k = self.key(MESSAGE_SECRETS, &openmls::prelude::GroupId::from_slice(group_id))?;
+        Ok(self.lock().deferred.contains(&k))
+    }
+
+    /// Whether any deferred write is waiting to be settled.
+    pub(crate) fn any_deferred(&self) -> bool {
+        !self.lock().deferred.is_empty()
+    }
+
+    /// Storage calls since the last reset (for benchmarks and diagnostics).
+    pub fn stats(&self) -> StorageStats {
+        self.lock().stats.clone()
+    }
+
+    /// Resets the counters of [`MlsStorage::stats`].
+    pub fn reset_stats(&self) {
+        self.lock().stats = StorageStats::default();
     }
 
     /// Every stored `(key, value)` whose key starts with `prefix` (flushed state only).
@@ -148,37 +240,64 @@ impl MlsStorage {
 
     /// Commits every buffered write in one durable redb transaction.
     pub fn flush(&self) -> Result<(), StorageError> {
-        let mut p = self.lock();
-        if p.is_empty() {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if !s.deferred.is_empty() {
+            return Err(StorageError::Unsettled(s.deferred.len()));
+        }
+        if s.overlay.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let wtx = self.db.database().begin_write()?;
+        let (mut entries, mut bytes, mut same) = (0u64, 0u64, 0u64);
         {
             let mut t = wtx.open_table(TABLE)?;
-            for (k, v) in p.iter() {
+            for (k, v) in &s.overlay {
                 match v {
                     Some(v) => {
+                        // Compare before write: OpenMLS rewrites entries that did not change
+                        // (e.g. the group state on every commit); skip those.
+                        if t.get(k.as_slice())?.is_some_and(|old| old.value() == v.as_slice()) {
+                            same += 1;
+                            continue;
+                        }
+                        entries += 1;
+                        bytes += v.len() as u64;
                         t.insert(k.as_slice(), v.as_slice())?;
                     }
                     None => {
+                        entries += 1;
                         t.remove(k.as_slice())?;
                     }
                 }
             }
         }
-        wtx.commit()?;
-        p.clear();
+        if entries > 0 {
+            wtx.commit()?;
+        } else {
+            wtx.abort()?;
+        }
+        s.stats.flushes += u64::from(entries > 0);
+        s.stats.flushed_entries += entries;
+        s.stats.flushed_bytes += bytes;
+        s.stats.unchanged_skipped += same;
+        s.stats.flush_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        s.overlay.clear();
         Ok(())
     }
 
     /// Drops every buffered write (the caller then reloads its groups from storage).
     pub fn discard(&self) {
-        self.lock().clear();
+        let mut s = self.lock();
+        s.overlay.clear();
+        s.deferred.clear();
+        s.defer = false;
     }
 
     /// Number of buffered, unflushed writes.
     pub fn pending_writes(&self) -> usize {
-        self.lock().len()
+        self.lock().overlay.len()
     }
 
     fn put<K: Serialize + ?Sized, T: Serialize + ?Sized>(
@@ -188,8 +307,24 @@ impl MlsStorage {
         v: &T,
     ) -> Result<(), StorageError> {
         let key = self.key(l, k)?;
+        if l == MESSAGE_SECRETS {
+            let mut s = self.lock();
+            if s.defer {
+                s.stats.deferred += 1;
+                s.deferred.insert(key);
+                return Ok(());
+            }
+        }
+        let started = Instant::now();
         let val = serde_json::to_vec(v)?;
-        self.raw_put(key, val);
+        let mut s = self.lock();
+        s.stats
+            .writes
+            .entry(String::from_utf8_lossy(l).into_owned())
+            .or_default()
+            .add(val.len(), Some(started));
+        s.deferred.remove(&key);
+        s.overlay.insert(key, Some(val));
         Ok(())
     }
 
@@ -199,13 +334,24 @@ impl MlsStorage {
         k: &K,
     ) -> Result<Option<T>, StorageError> {
         match self.raw_get(&self.key(l, k)?)? {
-            Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            Some(b) => {
+                let started = Instant::now();
+                let v = serde_json::from_slice(&b)?;
+                self.lock()
+                    .stats
+                    .reads
+                    .entry(String::from_utf8_lossy(l).into_owned())
+                    .or_default()
+                    .add(b.len(), Some(started));
+                Ok(Some(v))
+            }
             None => Ok(None),
         }
     }
 
     fn del<K: Serialize + ?Sized>(&self, l: &[u8], k: &K) -> Result<(), StorageError> {
         let key = self.key(l, k)?;
+        self.lock().stats.deletes.entry(String::from_utf8_lossy(l).into_owned()).or_default().add(0, None);
         self.raw_del(key);
         Ok(())
     }
