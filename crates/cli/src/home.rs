@@ -67,6 +67,29 @@ pub(crate) fn init(home: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `init --handle`: the handle is claimed by the node once it has registered the account.
+pub(crate) fn init_with_handle(home: &Path, handle: Option<&str>) -> Result<()> {
+    let wanted = match handle {
+        Some(h) => {
+            let raw = h.trim().trim_start_matches('@');
+            Some(
+                cairn_ledger::tx::normalize_handle(raw)
+                    .map_err(|e| anyhow::anyhow!("--handle @{raw}: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    init(home)?;
+    if let Some(h) = wanted {
+        fs::write(home.join(HANDLE_FILE), format!("{h}\n"))?;
+        println!("handle:      @{h} (claimed on the ledger when the node first runs)");
+    }
+    Ok(())
+}
+
+/// File holding the handle to claim (written by `init --handle`).
+pub(crate) const HANDLE_FILE: &str = "handle";
+
 pub(crate) fn load(home: &Path) -> Result<Identity> {
     let ks = home.join(KEYSTORE);
     if !ks.exists() {

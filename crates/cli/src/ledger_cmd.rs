@@ -1,7 +1,7 @@
-//! `cairn ledger …`: local genesis, running a validator, asking validators for status, and the
-//! ledger bench.
+//! `cairn ledger …`: local genesis, running a validator, asking validators for status (directly
+//! from a genesis, or through the running node), account look-ups, and the ledger bench.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -9,6 +9,8 @@ use cairn_ledger::bench::{self, BenchConfig};
 use cairn_ledger::genesis::{Genesis, write_key};
 use cairn_ledger::process::{self, ProcessOptions};
 use cairn_ledger::rpc::LedgerClient;
+use cairn_node::client::{Client, ClientError};
+use cairn_node::model::{AccountView, LedgerStatusView};
 use clap::{Args, Subcommand};
 
 /// The ledger subcommands.
@@ -47,11 +49,21 @@ enum LedgerCommand {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Ask every validator of a genesis for its finalized height and state root.
+    /// Ask every validator for its finalized height and state root: those of --genesis, or
+    /// without it, those the node running for --home knows.
     Status {
-        /// Genesis file.
+        /// Genesis file (default: ask the running node).
         #[arg(long)]
-        genesis: PathBuf,
+        genesis: Option<PathBuf>,
+    },
+    /// Look up an account (id or @handle) through the running node.
+    Account {
+        /// Account id (`cairn1…`) or `@handle`.
+        who: String,
+        /// Fail unless the node verified the account's Merkle proof against a finalized,
+        /// validator-signed header.
+        #[arg(long)]
+        proof: bool,
     },
     /// Throughput and finality latency of 4 in-process validators on loopback.
     Bench {
@@ -70,7 +82,9 @@ enum LedgerCommand {
     },
 }
 
-pub(crate) fn run(args: LedgerArgs) -> anyhow::Result<()> {
+/// Runs a ledger command; `home` is the resolved --home (used by `status` without --genesis
+/// and by `account`).
+pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
     match args.command {
         LedgerCommand::Genesis { validators, out, base_port, chain } => {
             if validators == 0 {
@@ -95,7 +109,18 @@ pub(crate) fn run(args: LedgerArgs) -> anyhow::Result<()> {
             process::run(ProcessOptions::new(&genesis, &key, &data), |_| {})?;
             Ok(())
         }
-        LedgerCommand::Status { genesis } => {
+        LedgerCommand::Account { who, proof } => run_account(home, &who, proof),
+        LedgerCommand::Status { genesis: None } => {
+            if status_via_node(home)? {
+                return Ok(());
+            }
+            let h = home.display();
+            bail!(
+                "no --genesis given and no node running for --home {h}: pass --genesis FILE, or start a \
+                 node with `cairn up --home {h}` (or `cairn dev`)"
+            )
+        }
+        LedgerCommand::Status { genesis: Some(genesis) } => {
             let g = Genesis::load(&genesis)?;
             let mut client = LedgerClient::new(&g)?;
             let mut any = false;
@@ -140,4 +165,74 @@ pub(crate) fn run(args: LedgerArgs) -> anyhow::Result<()> {
 
 fn hex8(b: &[u8; 32]) -> String {
     b[..8].iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `cairn ledger account <id|@handle> [--proof]`: with `--proof`, fails unless the node
+/// checked the account's Merkle proof against a finalized, validator-signed header.
+fn run_account(home: &Path, who: &str, proof: bool) -> anyhow::Result<()> {
+    let a = Client::for_home(home)?.account(who)?;
+    print!("{}", account_text(&a));
+    if a.proof_verified {
+        println!("proof verified against finalized header at height {}", a.height);
+    } else {
+        println!("proof NOT verified (header height {})", a.height);
+        if proof {
+            bail!(
+                "the proof for {who} could not be verified against a finalized header; do not trust this answer"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn account_text(a: &AccountView) -> String {
+    let mut out = format!(
+        "account  {}\nhandle   {}\n",
+        a.account,
+        a.handle.as_ref().map(|h| format!("@{h}")).unwrap_or_else(|| "(none)".into())
+    );
+    if a.devices.is_empty() {
+        out.push_str("devices  (none active)\n");
+    }
+    for d in &a.devices {
+        out.push_str(&format!("device   {d}\n"));
+    }
+    out
+}
+
+/// `cairn ledger status` through the node of `home`. `Ok(false)` when no node runs there.
+fn status_via_node(home: &Path) -> anyhow::Result<bool> {
+    let c = match Client::for_home(home) {
+        Ok(c) => c,
+        Err(ClientError::NoNode { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let s = c.ledger_status()?;
+    print!("{}", ledger_status_text(&s));
+    if s.validators.iter().all(|v| v.height.is_none()) {
+        bail!("no validator answered the node; check that the validators are running");
+    }
+    Ok(true)
+}
+
+fn ledger_status_text(s: &LedgerStatusView) -> String {
+    let mut out = format!("chain {}\n", s.chain);
+    for (i, v) in s.validators.iter().enumerate() {
+        match v.height {
+            Some(h) => out.push_str(&format!(
+                "validator {i} ({}): height={h} root={}\n",
+                v.rpc,
+                v.state_root
+                    .as_deref()
+                    .map(|r| r.chars().take(16).collect::<String>())
+                    .unwrap_or_else(|| "?".into())
+            )),
+            None => out.push_str(&format!(
+                "validator {i} ({}): unreachable ({})\n",
+                v.rpc,
+                v.error.as_deref().unwrap_or("no answer")
+            )),
+        }
+    }
+    out
 }

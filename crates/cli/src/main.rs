@@ -1,8 +1,11 @@
 //! `cairn`: the command-line program of the Cairn messenger.
 
 mod bench;
+mod client_cmd;
+mod demo;
 mod home;
 mod ledger_cmd;
+mod node_cmd;
 mod selfcheck;
 
 use std::path::PathBuf;
@@ -27,7 +30,11 @@ enum Command {
     ///
     /// The keystore is encrypted with a passphrase read from CAIRN_PASSPHRASE or prompted.
     /// Refuses, changing nothing, if --home already holds a keystore.
-    Init,
+    Init {
+        /// Handle to claim on the ledger once the node runs (`@name`).
+        #[arg(long, value_name = "NAME")]
+        handle: Option<String>,
+    },
     /// Print the account id, this device's id and the account fingerprint.
     Id {
         /// Print JSON instead of text.
@@ -43,8 +50,18 @@ enum Command {
     },
     /// Run a benchmark on this machine and print its table (not a test: figures vary).
     Bench(bench::BenchArgs),
-    /// The replicated ledger: local genesis, validators, status, bench.
+    /// The replicated ledger: local genesis, validators, status, accounts with proofs, bench.
     Ledger(ledger_cmd::LedgerArgs),
+    /// Run a node with the roles asked for (user if --home holds an identity; --store,
+    /// --validator) until Ctrl-C; writes DIR/run/node.json for the other commands.
+    Up(node_cmd::UpArgs),
+    /// A one-machine network on 127.0.0.1: N validators, a store node and this user's node.
+    Dev(node_cmd::DevArgs),
+    /// A real multi-process network on loopback (4 validators, 3 store nodes, 3 users) playing
+    /// the whole story step by step; exit 0 only if every step was checked.
+    Demo(demo::DemoArgs),
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,12 +69,17 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    let home = home::resolve(cli.home);
     let result = match cli.command {
-        Command::Init => home::init(&home::resolve(cli.home)),
-        Command::Id { json } => home::print_id(&home::resolve(cli.home), json),
+        Command::Init { handle } => home::init_with_handle(&home, handle.as_deref()),
+        Command::Id { json } => home::print_id(&home, json),
         Command::Selfcheck { messages } => selfcheck::run(messages),
         Command::Bench(args) => bench::run(args),
-        Command::Ledger(args) => ledger_cmd::run(args),
+        Command::Ledger(args) => ledger_cmd::run_in(&home, args),
+        Command::Up(args) => node_cmd::up(&home, args),
+        Command::Dev(args) => node_cmd::dev(&home, args),
+        Command::Demo(args) => demo::run(args),
+        Command::Client(cmd) => client_cmd::run(&home, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

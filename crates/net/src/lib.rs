@@ -14,3 +14,4 @@ pub mod shard;
 pub mod sync;
 pub mod validate;
 pub mod wire;
+pub use libp2p::{Multiaddr, PeerId};

@@ -219,6 +219,7 @@ pub struct NodeHandle {
     pub peer_id: PeerId,
     /// Addresses we listen on (with `/p2p/<id>`).
     pub listen_addrs: Vec<Multiaddr>,
+    history: Arc<Store>,
 }
 
 impl NodeHandle {
@@ -252,6 +253,11 @@ impl NodeHandle {
     #[doc(hidden)]
     pub async fn publish_raw(&self, shard: u16, bytes: Vec<u8>) -> Result<(), NodeError> {
         self.cmd.send(Command::PublishRaw(shard, bytes)).await.map_err(|_| NodeError::Stopped)
+    }
+    /// The local history: every envelope delivered or published here, by topic (read-only use;
+    /// the node writes it).
+    pub fn history(&self) -> &Arc<Store> {
+        &self.history
     }
     /// Subscribes to node events.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
@@ -527,6 +533,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         spawn_history_writer(history.clone(), ev_tx.clone(), committed_tx.clone());
     let mailbox_writer =
         mailbox.as_ref().map(|m| spawn_mailbox_writer(m.clone(), config.retention, committed_tx));
+    let history_for_handle = history.clone();
     let node = Node {
         history_tx: Some(history_tx),
         history_thread: Some(history_thread),
@@ -550,7 +557,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     tokio::spawn(node.run(cmd_rx, committed_rx));
     info!(%peer_id, "node started");
-    Ok(NodeHandle { cmd: cmd_tx, events: ev_tx, peer_id, listen_addrs })
+    Ok(NodeHandle { cmd: cmd_tx, events: ev_tx, peer_id, listen_addrs, history: history_for_handle })
 }
 
 enum Outbound {

@@ -1,0 +1,370 @@
+//! `cairn up` and `cairn dev`: running a node (user, store node, validator), and a whole
+//! one-machine network.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use cairn_ledger::genesis::{Genesis, write_key};
+use cairn_ledger::process::{self, ProcessOptions};
+use cairn_net::node::NodeConfig;
+use cairn_node::client::{load_or_create_token, remove_run_file, write_run_file};
+use cairn_node::model::RunFile;
+use cairn_node::service::{Service, ServiceConfig};
+use clap::Args;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+/// `cairn up`.
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key
+    /// (flags > CAIRN_* environment > this file > defaults).
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Peer to join through (multiaddr with /p2p/…); repeat for several.
+    #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',', value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Also run a ledger validator (needs --validator-key and a genesis naming it).
+    #[arg(long, env = "CAIRN_VALIDATOR")]
+    validator: bool,
+    /// Serve as a store node (keep others' encrypted mail while they are offline).
+    #[arg(long, env = "CAIRN_STORE")]
+    store: bool,
+    /// P2P listen address (multiaddr); repeat for several. Default: 127.0.0.1, TCP and QUIC.
+    #[arg(long, env = "CAIRN_LISTEN", value_delimiter = ',', value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Local API address (loopback only). Default 127.0.0.1:0 (any free port).
+    #[arg(long, env = "CAIRN_API", value_name = "ADDR")]
+    api: Option<String>,
+    /// Ledger genesis file. Default: DIR/genesis.txt.
+    #[arg(long, env = "CAIRN_GENESIS", value_name = "FILE")]
+    genesis: Option<PathBuf>,
+    /// Validator key file (with --validator). Default: DIR/validator.key.
+    #[arg(long, env = "CAIRN_VALIDATOR_KEY", value_name = "FILE")]
+    validator_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bootstrap: Option<Vec<String>>,
+    listen: Option<Vec<String>>,
+    api: Option<String>,
+    genesis: Option<PathBuf>,
+    store: Option<bool>,
+    validator: Option<bool>,
+    validator_key: Option<PathBuf>,
+}
+
+/// The merged configuration of `up`.
+#[derive(Debug, Clone)]
+pub(crate) struct UpConfig {
+    pub(crate) bootstrap: Vec<String>,
+    pub(crate) listen: Vec<String>,
+    pub(crate) api: String,
+    pub(crate) genesis: PathBuf,
+    pub(crate) store: bool,
+    pub(crate) validator: bool,
+    pub(crate) validator_key: PathBuf,
+}
+
+impl UpArgs {
+    fn merge(self, home: &Path) -> Result<UpConfig> {
+        let file = match &self.config {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key)", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let pick = |flag: Vec<String>, file: Option<Vec<String>>| {
+            if flag.is_empty() { file.unwrap_or_default() } else { flag }
+        };
+        Ok(UpConfig {
+            bootstrap: pick(self.bootstrap, file.bootstrap),
+            listen: pick(self.listen, file.listen),
+            api: self.api.or(file.api).unwrap_or_else(|| "127.0.0.1:0".into()),
+            genesis: self.genesis.or(file.genesis).unwrap_or_else(|| home.join("genesis.txt")),
+            store: self.store || file.store.unwrap_or(false),
+            validator: self.validator || file.validator.unwrap_or(false),
+            validator_key: self
+                .validator_key
+                .or(file.validator_key)
+                .unwrap_or_else(|| home.join("validator.key")),
+        })
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// `cairn up`.
+pub(crate) fn up(home: &Path, args: UpArgs) -> Result<()> {
+    let cfg = args.merge(home)?;
+    let has_identity = home.join(crate::home::KEYSTORE).exists();
+    if !has_identity && !cfg.store && !cfg.validator {
+        bail!(
+            "nothing to run for --home {h}: create an identity with `cairn --home {h} init`, or run a \
+             store node (--store) or a validator (--validator)",
+            h = home.display()
+        );
+    }
+    let identity = if has_identity { Some(crate::home::load(home)?) } else { None };
+    if !cfg.genesis.exists() && (has_identity || cfg.validator) {
+        bail!(
+            "no ledger genesis at {}: pass --genesis FILE (e.g. from `cairn ledger genesis`), or use `cairn dev` \
+             for a one-machine network",
+            cfg.genesis.display()
+        );
+    }
+    if cfg.validator {
+        let opts = ProcessOptions {
+            status_every: None,
+            ..ProcessOptions::new(&cfg.genesis, &cfg.validator_key, &home.join("validator"))
+        };
+        std::fs::create_dir_all(home.join("validator"))?;
+        std::thread::Builder::new().name("validator".into()).spawn(move || {
+            if let Err(e) = process::run(opts, |_| {}) {
+                eprintln!("error: validator stopped: {e}");
+                std::process::exit(1);
+            }
+        })?;
+    }
+    runtime()?.block_on(run_node(home, &cfg, identity, Vec::new()))
+}
+
+fn parse_addrs(list: &[String], what: &str) -> Result<Vec<libp2p_addr::Multiaddr>> {
+    list.iter()
+        .map(|s| {
+            s.parse().with_context(|| {
+                format!("--{what} {s}: not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3…)")
+            })
+        })
+        .collect()
+}
+
+mod libp2p_addr {
+    pub(crate) use cairn_net::Multiaddr;
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the node of `home` until a signal or an API shutdown; `extra_bootstrap` are added.
+async fn run_node(
+    home: &Path,
+    cfg: &UpConfig,
+    identity: Option<cairn_crypto::Identity>,
+    extra_bootstrap: Vec<libp2p_addr::Multiaddr>,
+) -> Result<()> {
+    let mut net = NodeConfig::new(home.join("net"));
+    if !cfg.listen.is_empty() {
+        net.listen = parse_addrs(&cfg.listen, "listen")?;
+    }
+    net.bootstrap = parse_addrs(&cfg.bootstrap, "bootstrap")?;
+    net.bootstrap.extend(extra_bootstrap);
+    net.serve_store = cfg.store;
+    let mut roles = Vec::new();
+    if identity.is_some() {
+        roles.push("user".to_owned());
+    }
+    if cfg.store {
+        roles.push("store".to_owned());
+    }
+    if cfg.validator {
+        roles.push("validator".to_owned());
+    }
+    let Some(identity) = identity else {
+        // Store node (and/or validator) without a user identity: no local API.
+        let node = cairn_net::node::start(net).await?;
+        let run = RunFile {
+            api: String::new(),
+            p2p: node.listen_addrs.iter().map(ToString::to_string).collect(),
+            peer_id: node.peer_id.to_string(),
+            pid: std::process::id(),
+        };
+        write_run_file(home, &run)?;
+        eprintln!("{} node running: {}", roles.join("+"), run.p2p.join(" "));
+        wait_for_signal().await;
+        node.shutdown().await;
+        remove_run_file(home)?;
+        return Ok(());
+    };
+    let genesis = Genesis::load(&cfg.genesis)?;
+    let mut scfg = ServiceConfig::new(home.to_owned(), genesis);
+    scfg.net = net;
+    scfg.roles = roles;
+    scfg.handle =
+        std::fs::read_to_string(home.join(crate::home::HANDLE_FILE)).ok().map(|h| h.trim().to_owned());
+    let service = Service::start(scfg, identity).await?;
+    let api_addr: std::net::SocketAddr =
+        cfg.api.parse().with_context(|| format!("--api {}: expected IP:PORT on 127.0.0.1", cfg.api))?;
+    if !api_addr.ip().is_loopback() {
+        bail!("--api {api_addr}: the local API only listens on loopback (127.0.0.1)");
+    }
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding the API on {api_addr}"))?;
+    let api_url = format!("http://{}", listener.local_addr()?);
+    let token = load_or_create_token(home)?;
+    let run = RunFile {
+        api: api_url.clone(),
+        p2p: service.net().listen_addrs.iter().map(ToString::to_string).collect(),
+        peer_id: service.net().peer_id.to_string(),
+        pid: std::process::id(),
+    };
+    let backend = Arc::new(service.clone());
+    let stop_service = service.clone();
+    let server = tokio::spawn(cairn_node::api::serve(listener, backend, token, async move {
+        tokio::select! {
+            _ = stop_service.stopped() => {}
+            _ = wait_for_signal() => {}
+        }
+    }));
+    write_run_file(home, &run)?;
+    eprintln!("node running: api {api_url}, p2p {}", run.p2p.join(" "));
+    info!("node running");
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("API server: {e}"),
+        Err(e) => warn!("API server task: {e}"),
+    }
+    service.close().await;
+    remove_run_file(home)?;
+    eprintln!("node stopped");
+    Ok(())
+}
+
+/// `cairn dev`.
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Validators of the local ledger (each its own process; 4 tolerate one faulty).
+    #[arg(long, default_value_t = 1)]
+    validators: usize,
+}
+
+/// Child processes killed when dropped.
+pub(crate) struct Children(pub(crate) Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A base port with `count` free consecutive ports on 127.0.0.1.
+pub(crate) fn free_ports(count: u16) -> Result<u16> {
+    let seed = std::process::id() as u64 ^ crate::home::now_ms();
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(7919).wrapping_add(attempt * 104_729)) % 30_000) as u16;
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no {count} consecutive free ports on 127.0.0.1")
+}
+
+/// Writes a local genesis for `n` validators into `dir` (unless one is there); returns its path.
+pub(crate) fn local_chain(dir: &Path, n: usize, name: &str) -> Result<PathBuf> {
+    let gpath = dir.join("genesis.txt");
+    if gpath.exists() {
+        return Ok(gpath);
+    }
+    std::fs::create_dir_all(dir)?;
+    let base = free_ports(2 * n as u16)?;
+    let (genesis, keys) = Genesis::local(name, n, base, Vec::new())?;
+    for (i, k) in keys.iter().enumerate() {
+        write_key(&dir.join(format!("validator-{i}.key")), k)?;
+    }
+    std::fs::write(&gpath, genesis.to_text())?;
+    Ok(gpath)
+}
+
+/// Starts validator `i` of the chain in `dir` as a child process, logging to `logs`.
+pub(crate) fn spawn_validator(dir: &Path, i: usize, logs: &Path) -> Result<Child> {
+    std::fs::create_dir_all(logs)?;
+    let log = std::fs::File::create(logs.join(format!("validator-{i}.log")))?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .args(["ledger", "validator", "--genesis"])
+        .arg(dir.join("genesis.txt"))
+        .arg("--key")
+        .arg(dir.join(format!("validator-{i}.key")))
+        .arg("--data")
+        .arg(dir.join(format!("validator-{i}")))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting a validator process")
+}
+
+/// `cairn dev`: N validators (child processes), a store node and this user's node.
+pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
+    if args.validators == 0 {
+        bail!("--validators must be at least 1");
+    }
+    if !home.join(crate::home::KEYSTORE).exists() {
+        eprintln!("no identity in {} yet: creating one", home.display());
+        crate::home::init(home)?;
+    }
+    let identity = crate::home::load(home)?;
+    let dev_dir = home.join("dev");
+    let chain = dev_dir.join("chain");
+    let gpath = local_chain(&chain, args.validators, "dev")?;
+    let logs = dev_dir.join("logs");
+    let mut children = Children(Vec::new());
+    for i in 0..args.validators {
+        children.0.push((format!("validator {i}"), spawn_validator(&chain, i, &logs)?));
+    }
+    eprintln!("started {} validator(s); logs in {}", args.validators, logs.display());
+    let cfg = UpConfig {
+        bootstrap: Vec::new(),
+        listen: Vec::new(),
+        api: "127.0.0.1:0".into(),
+        genesis: gpath,
+        store: false,
+        validator: false,
+        validator_key: PathBuf::new(),
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut store_cfg = NodeConfig::new(dev_dir.join("store"));
+        store_cfg.serve_store = true;
+        let store = cairn_net::node::start(store_cfg).await?;
+        eprintln!(
+            "store node: {}",
+            store.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        );
+        let r = run_node(home, &cfg, Some(identity), store.listen_addrs.clone()).await;
+        store.shutdown().await;
+        r
+    })?;
+    drop(children);
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! What the local API needs from a node: the [`Backend`] trait (implemented by
+//! [`crate::service::Service`]; tests of the HTTP layer may use their own).
+
+use std::future::Future;
+
+use tokio::sync::broadcast;
+
+use crate::model::{
+    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, SendResult,
+    StatusView, StreamEvent, TailQuery, TxView, VerifyView,
+};
+
+/// Why a node operation failed; the API maps each kind to an HTTP status.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request is malformed or names something invalid (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such conversation, account, message… (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state, e.g. handle taken (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (ledger, store nodes) is unreachable; retry later (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a local storage failure (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Stable code for JSON answers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Result of a node operation.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Everything the CLI does, as async operations on a running node.
+pub trait Backend: Send + Sync + 'static {
+    /// Node status.
+    fn status(&self) -> impl Future<Output = ApiResult<StatusView>> + Send;
+    /// Creates a conversation with these members (account ids or `@handles`).
+    fn create_conversation(
+        &self,
+        members: Vec<String>,
+    ) -> impl Future<Output = ApiResult<ConversationView>> + Send;
+    /// Conversations of this device.
+    fn conversations(&self) -> impl Future<Output = ApiResult<Vec<ConversationView>>> + Send;
+    /// One conversation (id in hex, or a unique prefix of at least 8 hex digits).
+    fn conversation(&self, id: String) -> impl Future<Output = ApiResult<ConversationView>> + Send;
+    /// Adds members.
+    fn add_members(
+        &self,
+        id: String,
+        members: Vec<String>,
+    ) -> impl Future<Output = ApiResult<ConversationView>> + Send;
+    /// Removes a member account (all its devices).
+    fn remove_member(
+        &self,
+        id: String,
+        member: String,
+    ) -> impl Future<Output = ApiResult<ConversationView>> + Send;
+    /// Leaves a conversation.
+    fn leave(&self, id: String) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Sends a text message.
+    fn send(&self, id: String, text: String) -> impl Future<Output = ApiResult<SendResult>> + Send;
+    /// Local history after a cursor (long poll with `wait_ms`).
+    fn messages(
+        &self,
+        id: String,
+        query: TailQuery,
+    ) -> impl Future<Output = ApiResult<Vec<MessageView>>> + Send;
+    /// Verifies the local history: signatures, links, ledger anchors.
+    fn verify(&self, id: String) -> impl Future<Output = ApiResult<VerifyView>> + Send;
+    /// Claims a handle on the ledger.
+    fn claim_handle(&self, name: String) -> impl Future<Output = ApiResult<TxView>> + Send;
+    /// This account's devices (from the ledger).
+    fn devices(&self) -> impl Future<Output = ApiResult<Vec<DeviceView>>> + Send;
+    /// Creates and registers a new device of this account in another data directory.
+    fn add_device(&self, req: DeviceAddRequest) -> impl Future<Output = ApiResult<DeviceView>> + Send;
+    /// Revokes a device of this account everywhere.
+    fn revoke_device(&self, device: String) -> impl Future<Output = ApiResult<TxView>> + Send;
+    /// What each validator says.
+    fn ledger_status(&self) -> impl Future<Output = ApiResult<LedgerStatusView>> + Send;
+    /// An account (id or `@handle`), checked against a certified header.
+    fn account(&self, who: String) -> impl Future<Output = ApiResult<AccountView>> + Send;
+    /// Live events.
+    fn subscribe(&self) -> broadcast::Receiver<StreamEvent>;
+    /// Prometheus text exposition of the node's metrics.
+    fn metrics(&self) -> String;
+    /// Asks the node to stop (clean exit: run file removed).
+    fn shutdown(&self);
+}

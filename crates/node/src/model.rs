@@ -1,0 +1,272 @@
+//! The JSON shapes of the local API (shared by the server, the CLI and the tests).
+//!
+//! Ids travel as text: accounts `cairn1…`, devices `cairndev1…`, conversations, envelopes and
+//! topics as lowercase hex. Every request body is bounded by the server (see `api`).
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    /// This account (`cairn1…`).
+    pub account: String,
+    /// This device (`cairndev1…`).
+    pub device: String,
+    /// Account fingerprint, for comparing out of band.
+    pub fingerprint: String,
+    /// Claimed handle, without `@`.
+    pub handle: Option<String>,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Multiaddrs this node listens on.
+    pub p2p: Vec<String>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Store nodes known.
+    pub store_peers: usize,
+    /// Latest finalized ledger height seen (None: ledger unreachable).
+    pub ledger_height: Option<u64>,
+    /// Envelopes held for others (store nodes).
+    pub mailbox_backlog: u64,
+    /// Own envelopes not yet stored on enough store nodes.
+    pub pending_sends: usize,
+    /// Conversations this device is in.
+    pub conversations: usize,
+    /// Roles of this node.
+    pub roles: Vec<String>,
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberView {
+    /// Account id.
+    pub account: String,
+    /// Handle, if the ledger knows one.
+    pub handle: Option<String>,
+    /// Devices of this account in the conversation.
+    pub devices: Vec<String>,
+}
+
+/// A conversation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConversationView {
+    /// Conversation id (hex, 32 bytes; never leaves the members).
+    pub id: String,
+    /// Network topic (hash of the id).
+    pub topic: String,
+    /// MLS epoch.
+    pub epoch: u64,
+    /// Whether this device is still a member.
+    pub active: bool,
+    /// Members (accounts).
+    pub members: Vec<MemberView>,
+    /// Messages in the local history.
+    pub messages: u64,
+}
+
+/// `POST /v1/conversations` and `POST /v1/conversations/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MembersRequest {
+    /// Account ids (`cairn1…`) or handles (`@name`).
+    pub members: Vec<String>,
+}
+
+/// `POST /v1/conversations/{id}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SendRequest {
+    /// UTF-8 text.
+    pub text: String,
+}
+
+/// Delivery state of a sent message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryView {
+    /// `sent`, `stored` or `delivered`.
+    pub state: String,
+    /// Store nodes that acknowledged it durably.
+    pub stored_on: u32,
+    /// Other members whose device acknowledged it.
+    pub delivered_to: u32,
+    /// Other members.
+    pub members: u32,
+}
+
+/// `POST /v1/conversations/{id}/messages` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SendResult {
+    /// Envelope id (hex).
+    pub id: String,
+    /// Its delivery state.
+    pub delivery: DeliveryView,
+}
+
+/// One message of a conversation's local history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageView {
+    /// Position in this device's history (1-based, increasing; use as `after` cursor).
+    pub seq: u64,
+    /// Envelope id (hex).
+    pub id: String,
+    /// Conversation id (hex).
+    pub conversation: String,
+    /// Sender account.
+    pub sender: String,
+    /// Sender device.
+    pub device: String,
+    /// Sender handle, if known.
+    pub handle: Option<String>,
+    /// Sender's clock, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// Text.
+    pub text: String,
+    /// Parent envelope ids (hex).
+    pub parents: Vec<String>,
+    /// An ancestor could not be found (gap).
+    pub after_gap: bool,
+}
+
+/// `GET /v1/conversations/{id}/messages` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TailQuery {
+    /// Only messages with `seq` greater than this.
+    pub after: Option<u64>,
+    /// At most this many (server caps it).
+    pub limit: Option<usize>,
+    /// Wait up to this long for a first message when none is there (long poll; capped).
+    pub wait_ms: Option<u64>,
+}
+
+/// `POST /v1/conversations/{id}/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyView {
+    /// True only if every check passed.
+    pub intact: bool,
+    /// Envelopes examined.
+    pub envelopes: usize,
+    /// Inner signatures verified.
+    pub signatures_verified: usize,
+    /// Ledger anchors checked.
+    pub anchors: usize,
+    /// Erased payloads (structure checked only).
+    pub erased: usize,
+    /// First problem, naming the envelope.
+    pub first_problem: Option<String>,
+    /// Number of problems.
+    pub problems: usize,
+}
+
+/// `POST /v1/handle`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HandleRequest {
+    /// Handle, with or without `@`.
+    pub name: String,
+}
+
+/// A ledger transaction's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TxView {
+    /// Transaction id (hex).
+    pub tx: String,
+    /// Finalized height.
+    pub height: u64,
+}
+
+/// A device of an account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceView {
+    /// Device id.
+    pub device: String,
+    /// Whether it is this node's device.
+    pub this_device: bool,
+}
+
+/// `POST /v1/devices`: create a new device of this account into another data directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceAddRequest {
+    /// Data directory of the new device (must not hold a keystore yet).
+    pub home: String,
+    /// Passphrase of the new device's keystore.
+    pub passphrase: String,
+}
+
+/// `GET /v1/ledger/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LedgerStatusView {
+    /// Chain id (hex).
+    pub chain: String,
+    /// Per validator: its RPC address and what it answered.
+    pub validators: Vec<ValidatorView>,
+}
+
+/// One validator's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ValidatorView {
+    /// RPC address.
+    pub rpc: String,
+    /// Finalized height (None: unreachable).
+    pub height: Option<u64>,
+    /// State root at that height (hex).
+    pub state_root: Option<String>,
+    /// Error text when unreachable.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/ledger/accounts/{id-or-@handle}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccountView {
+    /// Account id.
+    pub account: String,
+    /// Handle.
+    pub handle: Option<String>,
+    /// Active devices.
+    pub devices: Vec<String>,
+    /// Height of the finalized, validator-signed header the proof was checked against.
+    pub height: u64,
+    /// The node checked a Merkle proof against a certified header (never trusts the server).
+    pub proof_verified: bool,
+}
+
+/// A live event on `GET /v1/stream` (WebSocket, one JSON text frame each).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// A message arrived (or was sent by this device).
+    Message(MessageView),
+    /// A sent message's delivery state changed.
+    Delivery {
+        /// Envelope id.
+        id: String,
+        /// Conversation id.
+        conversation: String,
+        /// New state.
+        delivery: DeliveryView,
+    },
+    /// This device joined a conversation.
+    Joined {
+        /// Conversation.
+        conversation: ConversationView,
+    },
+}
+
+/// Every error answer: `{"error": "...", "code": "..."}` with a matching HTTP status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// What went wrong and what to do next.
+    pub error: String,
+    /// Stable machine-readable code (`bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `unavailable`, `internal`).
+    pub code: String,
+}
+
+/// `DIR/run/node.json`: how clients find a running node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunFile {
+    /// Base URL of the local API (`http://127.0.0.1:PORT`).
+    pub api: String,
+    /// P2P multiaddrs (with `/p2p/PEER`).
+    pub p2p: Vec<String>,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Process id.
+    pub pid: u32,
+}
