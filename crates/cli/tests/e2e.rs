@@ -1,0 +1,263 @@
+//! End-to-end tests: real `cairn` processes on 127.0.0.1 (validators, store nodes, users),
+//! driven through the local API. Every process is killed when a test ends, even on failure.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_node::client::{Client, read_run_file};
+use cairn_node::model::{MessageView, TailQuery};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+const PASS: &str = "e2e passphrase";
+
+struct Net {
+    dir: tempfile::TempDir,
+    genesis: PathBuf,
+    children: Vec<(String, Child)>,
+    stores: Vec<String>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_base(count: u16) -> u16 {
+    for attempt in 0..200u32 {
+        let base = 30_000 + ((std::process::id() * 131 + attempt * 977) % 25_000) as u16;
+        if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+impl Net {
+    fn new(validators: usize) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain");
+        let base = free_base(2 * validators as u16);
+        let st = Command::new(BIN)
+            .args([
+                "ledger",
+                "genesis",
+                "--validators",
+                &validators.to_string(),
+                "--base-port",
+                &base.to_string(),
+            ])
+            .arg("--out")
+            .arg(&chain)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut net =
+            Net { genesis: chain.join("genesis.txt"), dir, children: Vec::new(), stores: Vec::new() };
+        for i in 0..validators {
+            net.validator(i);
+        }
+        net
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new().create(true).append(true).open(self.path(&format!("{name}.log"))).unwrap()
+    }
+
+    fn validator(&mut self, i: usize) {
+        let chain = self.path("chain");
+        let log = self.log(&format!("validator-{i}"));
+        let child = Command::new(BIN)
+            .args(["ledger", "validator", "--genesis"])
+            .arg(chain.join("genesis.txt"))
+            .arg("--key")
+            .arg(chain.join(format!("validator-{i}.key")))
+            .arg("--data")
+            .arg(chain.join(format!("validator-{i}")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((format!("validator-{i}"), child));
+    }
+
+    fn node(&mut self, name: &str, extra: &[&str]) {
+        let home = self.path(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let log = self.log(name);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&self.genesis);
+        for s in &self.stores {
+            cmd.arg("--bootstrap").arg(s);
+        }
+        let child = cmd
+            .args(extra)
+            .env("CAIRN_PASSPHRASE", PASS)
+            .env("RUST_LOG", "warn,cairn_node=info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        wait_for(&format!("{name} to start"), Duration::from_secs(60), || {
+            read_run_file(&home).ok().flatten().filter(|r| r.pid == pid)
+        });
+    }
+
+    fn store(&mut self, name: &str) {
+        self.node(name, &["--store"]);
+        let run = read_run_file(&self.path(name)).unwrap().unwrap();
+        self.stores.extend(run.p2p.into_iter().filter(|a| a.contains("/tcp/")));
+    }
+
+    fn user(&mut self, name: &str) -> Client {
+        let st = Command::new(BIN)
+            .arg("--home")
+            .arg(self.path(name))
+            .args(["init", "--handle", name])
+            .env("CAIRN_PASSPHRASE", PASS)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.node(name, &[]);
+        let c = Client::for_home(&self.path(name)).unwrap();
+        wait_for(&format!("@{name} registered"), Duration::from_secs(120), || {
+            c.account(&format!("@{name}")).ok().filter(|a| a.proof_verified)
+        });
+        c
+    }
+
+    fn take(&mut self, name: &str) -> Child {
+        let pos = self.children.iter().position(|(n, _)| n == name).unwrap();
+        self.children.remove(pos).1
+    }
+
+    fn sigkill(&mut self, name: &str) {
+        let mut c = self.take(name);
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn stop(&mut self, name: &str) {
+        Client::for_home(&self.path(name)).unwrap().shutdown().unwrap();
+        let mut c = self.take(name);
+        let st = wait_for("clean exit", Duration::from_secs(30), || c.try_wait().unwrap());
+        assert!(st.success(), "{name} exited with {st}");
+        assert!(read_run_file(&self.path(name)).unwrap().is_none(), "run file left behind");
+    }
+}
+
+fn all_messages(c: &Client, conv: &str) -> Vec<MessageView> {
+    c.messages(conv, &TailQuery { after: None, limit: Some(10_000), wait_ms: None }).unwrap()
+}
+
+/// Every message once, and every parent that this member can read comes before its child.
+fn check_history(who: &str, msgs: &[MessageView], want: &HashSet<String>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(seen.insert(m.id.as_str(), i).is_none(), "{who} has message {} twice", m.id);
+    }
+    let texts: HashSet<String> = msgs.iter().map(|m| m.text.clone()).collect();
+    let missing: Vec<&String> = want.iter().filter(|w| !texts.contains(*w)).collect();
+    assert!(missing.is_empty(), "{who} misses {} messages, e.g. {:?}", missing.len(), missing.first());
+    for (i, m) in msgs.iter().enumerate() {
+        for p in &m.parents {
+            if let Some(&j) = seen.get(p.as_str()) {
+                assert!(j < i, "{who}: message {} comes before its parent {}", m.id, p);
+            }
+        }
+    }
+}
+
+#[test]
+fn demo_story_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("demo")
+        .arg("--dir")
+        .arg(dir.path().join("demo"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all 10 steps checked"), "{stdout}");
+}
+
+#[test]
+fn thousand_messages_with_restarts_and_crashes() {
+    let mut net = Net::new(4);
+    for i in 0..3 {
+        net.store(&format!("store-{i}"));
+    }
+    let a = net.user("a");
+    let b = net.user("b");
+    let _c = net.user("c");
+    let conv = a.create_conversation(&["@b".into(), "@c".into()]).unwrap().id;
+    let c_home = net.path("c");
+    let c = || Client::for_home(&c_home).unwrap();
+    for who in [&b, &c()] {
+        wait_for("members to join", Duration::from_secs(90), || {
+            who.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
+        });
+    }
+    let total = 1000;
+    let mut want = HashSet::new();
+    let mut c_up = true;
+    for i in 0..total {
+        let text = format!("message {i}");
+        match i % 3 {
+            0 => a.send(&conv, &text).unwrap(),
+            1 => b.send(&conv, &text).unwrap(),
+            _ if c_up => c().send(&conv, &text).unwrap(),
+            _ => a.send(&conv, &text).unwrap(),
+        };
+        want.insert(text);
+        if i == 250 || i == 650 {
+            net.stop("c");
+            c_up = false;
+        }
+        if i == 400 || i == 800 {
+            net.node("c", &[]);
+            c_up = true;
+        }
+        if i == 500 {
+            net.sigkill("store-0");
+            net.sigkill("validator-3");
+        }
+    }
+    for (who, client) in [("a", &a), ("b", &b), ("c", &c())] {
+        wait_for(&format!("{who} to have all {total} messages"), Duration::from_secs(240), || {
+            (all_messages(client, &conv).len() >= total).then_some(())
+        });
+        check_history(who, &all_messages(client, &conv), &want);
+        let v = client.verify(&conv).unwrap();
+        assert!(v.intact, "{who}: {:?}", v.first_problem);
+        assert!(v.signatures_verified >= total, "{who} verified only {} signatures", v.signatures_verified);
+    }
+}
