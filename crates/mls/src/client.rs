@@ -433,6 +433,8 @@ fn snapshot_epoch(
         if let Some(v) = live.raw_get(&k)? {
             let mut sk = snap.clone();
             sk.extend_from_slice(&k);
+            // The tree entry is a pointer to a shared blob: the snapshot takes a reference.
+            live.retain_blob(&v)?;
             live.raw_put(sk, v);
         }
     }
@@ -448,12 +450,13 @@ fn prune_past(
     let storage = provider.storage();
     let mut scope = PAST_PREFIX.to_vec();
     scope.extend_from_slice(&id.0);
-    for (k, _) in storage.raw_scan(&scope)? {
+    for (k, v) in storage.raw_scan(&scope)? {
         let e = k
             .get(scope.len()..scope.len() + 8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes);
         if e.is_none_or(|e| e < keep_from) {
+            storage.release_blob(&v)?;
             storage.raw_del(k);
         }
     }
@@ -1041,10 +1044,13 @@ impl Client {
             return Err(MlsError::NotMember);
         }
         let after = c.meta.applied;
-        let certs: Vec<(LeafNodeIndex, DeviceCert)> =
-            c.group.members().filter_map(|m| cert_of(&m.credential).map(|cert| (m.index, cert))).collect();
+        // Decoding every member's certificate is O(N): only adds and removals need it.
+        let certs_of = |g: &MlsGroup| -> Vec<(LeafNodeIndex, DeviceCert)> {
+            g.members().filter_map(|m| cert_of(&m.credential).map(|cert| (m.index, cert))).collect()
+        };
         let (commit, welcome) = match change {
             Change::Add(kps) => {
+                let certs = certs_of(&c.group);
                 let fresh: Vec<&VerifiedKeyPackage> =
                     kps.iter().filter(|k| !certs.iter().any(|(_, c)| c.device == k.cert.device)).collect();
                 if fresh.is_empty() {
@@ -1059,7 +1065,7 @@ impl Client {
                 (commit, Some((welcome, recipients)))
             }
             Change::RemoveAccount(_) | Change::RemoveDevice(_) => {
-                let targets: Vec<LeafNodeIndex> = certs
+                let targets: Vec<LeafNodeIndex> = certs_of(&c.group)
                     .iter()
                     .filter(|(_, cert)| match change {
                         Change::RemoveAccount(a) => cert.account == *a,
@@ -1552,5 +1558,42 @@ impl Client {
         self.provider.storage().raw_del(Meta::key(id));
         self.provider.storage().flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::MemorySequencer;
+    use crate::storage::BLOB_PREFIX;
+    use cairn_proto::ed25519::SigningKey;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn blobs(c: &Client) -> usize {
+        c.provider.storage().raw_scan(BLOB_PREFIX).unwrap().len()
+    }
+
+    #[test]
+    fn tree_blobs_are_shared_by_snapshots_and_freed_with_them() {
+        let key = |_| SigningKey::from_bytes(&cairn_crypto::keystore::random_bytes::<32>().unwrap());
+        let (account, device) = (key(0), key(1));
+        let cert = DeviceCert::issue(&account, cairn_proto::DeviceId(device.verifying_key().to_bytes()), NOW);
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("a.redb")).unwrap();
+        let mut a =
+            Client::open(Arc::new(db), DeviceSigner::new(device, cert).unwrap(), Config::default()).unwrap();
+        let mut seq = MemorySequencer::new();
+        let id = a.create(NOW).unwrap();
+        assert_eq!(blobs(&a), 1);
+        for _ in 0..6 {
+            a.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+            // The live tree plus one per retained past epoch, never more.
+            assert!(blobs(&a) <= 1 + a.config().past_epochs_max, "{} blobs", blobs(&a));
+        }
+        assert_eq!(blobs(&a), 1 + a.config().past_epochs_max);
+        a.forget(&id).unwrap();
+        assert_eq!(blobs(&a), 0);
     }
 }

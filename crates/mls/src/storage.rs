@@ -219,23 +219,33 @@ impl MlsStorage {
         self.lock().stats = StorageStats::default();
     }
 
-    /// Every stored `(key, value)` whose key starts with `prefix` (flushed state only).
+    /// Every `(key, value)` whose key starts with `prefix`, seeing unflushed writes.
     pub(crate) fn raw_scan(&self, prefix: &[u8]) -> Result<Entries, StorageError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let rtx = self.db.database().begin_read()?;
-        let t = match rtx.open_table(TABLE) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        match rtx.open_table(TABLE) {
+            Ok(t) => {
+                for item in t.range(prefix..)? {
+                    let (k, v) = item?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    out.insert(k.value().to_vec(), v.value().to_vec());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for item in t.range(prefix..)? {
-            let (k, v) = item?;
-            if !k.value().starts_with(prefix) {
+        }
+        for (k, v) in self.lock().overlay.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
                 break;
             }
-            out.push((k.value().to_vec(), v.value().to_vec()));
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// Commits every buffered write in one durable redb transaction.
@@ -317,15 +327,62 @@ impl MlsStorage {
         }
         let started = Instant::now();
         let val = serde_json::to_vec(v)?;
-        let mut s = self.lock();
-        s.stats
+        self.lock()
+            .stats
             .writes
             .entry(String::from_utf8_lossy(l).into_owned())
             .or_default()
             .add(val.len(), Some(started));
-        s.deferred.remove(&key);
-        s.overlay.insert(key, Some(val));
+        if l == TREE {
+            // The tree (O(N) bytes) goes to a reference-counted blob; the entry holds a pointer,
+            // so a snapshot of the epoch copies 9 bytes instead of the whole tree.
+            if let Some(old) = self.raw_get(&key)? {
+                self.release_blob(&old)?;
+            }
+            let seq = match self.raw_get(BLOB_SEQ)? {
+                Some(b) => u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])),
+                None => 0,
+            } + 1;
+            let id = seq.to_be_bytes();
+            self.raw_put(BLOB_SEQ.to_vec(), id.to_vec());
+            self.raw_put(blob_key(&id), val);
+            self.raw_put(blob_rc_key(&id), 1u32.to_be_bytes().to_vec());
+            let mut ptr = vec![POINTER];
+            ptr.extend_from_slice(&id);
+            self.raw_put(key, ptr);
+            return Ok(());
+        }
+        self.raw_put(key, val);
         Ok(())
+    }
+
+    /// Counts one more reference to the blob `value` points to (no-op for other values).
+    pub(crate) fn retain_blob(&self, value: &[u8]) -> Result<(), StorageError> {
+        let Some(id) = blob_id(value) else { return Ok(()) };
+        let rc = self.blob_rc(&id)?;
+        self.raw_put(blob_rc_key(&id), (rc + 1).to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Drops one reference to the blob `value` points to, deleting it with the last one
+    /// (no-op for other values).
+    pub(crate) fn release_blob(&self, value: &[u8]) -> Result<(), StorageError> {
+        let Some(id) = blob_id(value) else { return Ok(()) };
+        let rc = self.blob_rc(&id)?;
+        if rc <= 1 {
+            self.raw_del(blob_rc_key(&id));
+            self.raw_del(blob_key(&id));
+        } else {
+            self.raw_put(blob_rc_key(&id), (rc - 1).to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    fn blob_rc(&self, id: &[u8; 8]) -> Result<u32, StorageError> {
+        Ok(self
+            .raw_get(&blob_rc_key(id))?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map_or(0, u32::from_be_bytes))
     }
 
     fn get<K: Serialize + ?Sized, T: DeserializeOwned>(
@@ -333,7 +390,14 @@ impl MlsStorage {
         l: &[u8],
         k: &K,
     ) -> Result<Option<T>, StorageError> {
-        match self.raw_get(&self.key(l, k)?)? {
+        let raw = match self.raw_get(&self.key(l, k)?)? {
+            Some(p) => match blob_id(&p) {
+                Some(id) => self.raw_get(&blob_key(&id))?,
+                None => Some(p),
+            },
+            None => None,
+        };
+        match raw {
             Some(b) => {
                 let started = Instant::now();
                 let v = serde_json::from_slice(&b)?;
@@ -352,6 +416,11 @@ impl MlsStorage {
     fn del<K: Serialize + ?Sized>(&self, l: &[u8], k: &K) -> Result<(), StorageError> {
         let key = self.key(l, k)?;
         self.lock().stats.deletes.entry(String::from_utf8_lossy(l).into_owned()).or_default().add(0, None);
+        if l == TREE
+            && let Some(old) = self.raw_get(&key)?
+        {
+            self.release_blob(&old)?;
+        }
         self.raw_del(key);
         Ok(())
     }
@@ -380,6 +449,29 @@ impl MlsStorage {
         }
         self.put(l, k, &raw)
     }
+}
+
+/// Trees are stored as blobs `BLOB_PREFIX ‖ id (u64 BE)` → JSON, with a reference count
+/// `BLOB_RC_PREFIX ‖ id` → u32 BE; the `Tree` entry (and each snapshot's copy of it) holds
+/// `POINTER ‖ id`. JSON never starts with 0xFF, so entries written before hold JSON and still load.
+pub(crate) const BLOB_PREFIX: &[u8] = b"cairn.tree\0";
+const BLOB_RC_PREFIX: &[u8] = b"cairn.treerc\0";
+const BLOB_SEQ: &[u8] = b"cairn.treeseq";
+const POINTER: u8 = 0xFF;
+
+fn blob_id(value: &[u8]) -> Option<[u8; 8]> {
+    match value.split_first() {
+        Some((&POINTER, id)) => id.try_into().ok(),
+        _ => None,
+    }
+}
+
+fn blob_key(id: &[u8; 8]) -> Vec<u8> {
+    [BLOB_PREFIX, id].concat()
+}
+
+fn blob_rc_key(id: &[u8; 8]) -> Vec<u8> {
+    [BLOB_RC_PREFIX, id].concat()
 }
 
 pub(crate) const KEY_PACKAGE: &[u8] = b"KeyPackage";
