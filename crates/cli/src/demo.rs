@@ -263,7 +263,7 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     d.ok(&format!(
         "conversation {} with {} members; bob and carol joined from their Welcomes",
         &id[..16],
-        conv.members.len() + 0
+        conv.members.len()
     ));
 
     // 5. Chat.

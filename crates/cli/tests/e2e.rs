@@ -1,5 +1,6 @@
 //! End-to-end tests: real `cairn` processes on 127.0.0.1 (validators, store nodes, users),
 //! driven through the local API. Every process is killed when a test ends, even on failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -158,6 +158,9 @@ struct ConvSnapshot {
     members: Vec<DeviceCert>,
 }
 
+/// The newest key-package batch seen from a device: its timestamp and the encoded packages.
+type KeyPackageEntry = (u64, Vec<Vec<u8>>);
+
 struct Inner {
     identity: IdentityKeys,
     net: NodeHandle,
@@ -172,7 +175,7 @@ struct Inner {
     registered: AtomicBool,
     handle: Mutex<Option<String>>,
     handles: Mutex<HashMap<AccountId, Option<String>>>,
-    key_packages: Mutex<HashMap<DeviceId, (u64, Vec<Vec<u8>>)>>,
+    key_packages: Mutex<HashMap<DeviceId, KeyPackageEntry>>,
     kp_topics: Mutex<HashMap<Topic, DeviceId>>,
     deliveries: Mutex<HashMap<Id, Delivery>>,
     convs: Mutex<HashMap<ConversationId, ConvSnapshot>>,
@@ -222,11 +225,11 @@ impl Service {
         let keys = IdentityKeys {
             account: identity.account(),
             device: identity.device(),
-            cert: identity.cert.clone(),
+            cert: identity.cert,
             account_key: identity.account_key.clone(),
             device_key: identity.device_key.clone(),
         };
-        let signer = DeviceSigner::new(keys.device_key.clone(), keys.cert.clone())
+        let signer = DeviceSigner::new(keys.device_key.clone(), keys.cert)
             .map_err(|e| anyhow::anyhow!("device certificate: {e}"))?;
         let mls = MlsClient::open(db.clone(), signer, MlsConfig::default())
             .map_err(|e| anyhow::anyhow!("MLS state: {e}"))?;
@@ -589,7 +592,7 @@ impl Inner {
         ttl: u32,
     ) -> ApiResult<Id> {
         let k = &self.identity;
-        let m = Message::sign(&k.device_key, k.cert.clone(), topic, now_ms(), vec![], body);
+        let m = Message::sign(&k.device_key, k.cert, topic, now_ms(), vec![], body);
         let env = m.seal_plain(ttl, &self.limits).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         self.publish(rt, env)
     }
@@ -848,7 +851,7 @@ impl Actor {
                 &mut self.ledger,
                 k.account,
                 &k.account_key,
-                TxBody::AddDevice { cert: k.cert.clone() },
+                TxBody::AddDevice { cert: k.cert },
                 timeout,
             )?;
         }
@@ -1071,7 +1074,7 @@ impl Actor {
         let parents = self.parents_for(conv);
         let k = &self.inner.identity;
         let now = now_ms();
-        let inner = Message::sign(&k.device_key, k.cert.clone(), topic, now, parents.clone(), body);
+        let inner = Message::sign(&k.device_key, k.cert, topic, now, parents.clone(), body);
         let ct = self.mls.send(conv, &inner.encode()).map_err(mls_err)?;
         let padded = pad(&ct, &self.inner.limits).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut env = Envelope::new(topic, now, self.ttl_secs, inner.parents.clone(), padded);
@@ -1696,7 +1699,7 @@ impl Backend for Service {
             );
             let device = DeviceId(device_key.verifying_key().to_bytes());
             let cert = DeviceCert::issue(&k.account_key, device, now_ms());
-            let identity = Identity { account_key: k.account_key.clone(), device_key, cert: cert.clone() };
+            let identity = Identity { account_key: k.account_key.clone(), device_key, cert };
             std::fs::create_dir_all(&home)
                 .map_err(|e| ApiError::BadRequest(format!("{}: {e}", home.display())))?;
             identity
