@@ -276,8 +276,13 @@ fn cairn(n: usize, msgs: usize) -> (Row, Row) {
         }
         let out = a.add(&id, fkps, &mut seq, NOW).unwrap().unwrap();
         let wb = out.welcome.unwrap().bytes;
-        for f in &mut fillers {
+        for (i, f) in fillers.iter_mut().enumerate() {
+            let t = Instant::now();
             f.join(&wb, NOW).unwrap();
+            if i == 0 {
+                // A join from a Welcome of the current epoch (no catching up).
+                full.join_ms = ms(t);
+            }
         }
         for (f, l) in fillers.iter().zip(&leaves) {
             assert_eq!(f.group(&id).unwrap().own_leaf_index().usize(), *l);

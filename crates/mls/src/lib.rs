@@ -11,6 +11,7 @@
 //! - [`primitives`]: the MLS derivations, checked against the IETF test vectors.
 
 pub mod client;
+mod compact;
 pub mod credential;
 pub mod keypackage;
 pub mod primitives;
