@@ -72,7 +72,7 @@ impl Metrics {
         );
         registry.register(
             "delivery_latency_seconds",
-            "Send to first delivery acknowledgement, seconds",
+            "Message delivery latency (sender timestamp to receipt on this device), seconds",
             delivery_latency.clone(),
         );
         registry.register("ledger_height", "Latest finalized ledger height seen", ledger_height.clone());
@@ -122,7 +122,8 @@ impl Metrics {
         raise_to(&self.envelopes_evicted, total);
     }
 
-    /// Records one send → delivery latency, in seconds (negative or NaN values are ignored).
+    /// Records one delivery latency (sender timestamp → receipt here), in seconds; negative or
+    /// NaN values are ignored.
     pub fn observe_delivery_latency(&self, seconds: f64) {
         if seconds.is_finite() && seconds >= 0.0 {
             self.delivery_latency.observe(seconds);
