@@ -10,7 +10,14 @@ pub(crate) enum Which {
     Relay,
     /// Same run as `relay` (mailbox figures: durable-ack latency, ingest, fsyncs).
     Mailbox,
-    /// Everything available.
+    /// MLS at growing group sizes (runs `cargo bench -p cairn-mls --bench scale`; needs the
+    /// source tree).
+    Mls,
+    /// 4 validator processes: tx/s, finality p50/p99, signature CPU share.
+    Ledger,
+    /// End-to-end encrypted send → deliver through the whole stack, groups of 2, 10, 100.
+    E2e,
+    /// Everything.
     All,
 }
 
@@ -28,17 +35,48 @@ pub(crate) struct BenchArgs {
     /// Envelopes per second in the fixed-rate phase.
     #[arg(long, default_value_t = 200)]
     rate: u32,
+    /// Group sizes of the e2e bench.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2usize, 10, 100])]
+    groups: Vec<usize>,
+    /// Messages per group in the e2e bench.
+    #[arg(long, default_value_t = 200)]
+    e2e_messages: usize,
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
     let cfg = cairn_net::bench::BenchConfig { nodes: a.nodes, messages: a.messages, rate_per_sec: a.rate };
-    match a.which {
-        Which::Relay | Which::Mailbox | Which::All => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let results = rt.block_on(cairn_net::bench::run(cfg, |line| eprintln!("[bench] {line}")))?;
-            print!("{}", cairn_net::bench::table(&cfg, &results));
-            pow_cost();
+    let all = matches!(a.which, Which::All);
+    if all || matches!(a.which, Which::Relay | Which::Mailbox) {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let results = rt.block_on(cairn_net::bench::run(cfg, |line| eprintln!("[bench] {line}")))?;
+        print!("{}", cairn_net::bench::table(&cfg, &results));
+        pow_cost();
+    }
+    if all || matches!(a.which, Which::Ledger) {
+        let dir = tempfile::tempdir()?;
+        let cfg = cairn_ledger::bench::BenchConfig {
+            base_port: crate::node_cmd::free_ports(8)?,
+            ..cairn_ledger::bench::BenchConfig::default()
+        };
+        let exe = std::env::current_exe()?;
+        println!("ledger: 4 validator processes on 127.0.0.1, transfers submitted over RPC by one client");
+        for r in cairn_ledger::bench::run(&cfg, dir.path(), &exe)? {
+            println!("{r}");
         }
+    }
+    if all || matches!(a.which, Which::Mls) {
+        println!("mls: cargo bench -p cairn-mls --bench scale -- 2 10 100 1000 10000");
+        let status = std::process::Command::new("cargo")
+            .args(["bench", "-p", "cairn-mls", "--bench", "scale", "--", "2", "10", "100", "1000", "10000"])
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => anyhow::bail!("the MLS bench failed ({s})"),
+            Err(e) => anyhow::bail!("cannot run cargo for the MLS bench ({e}): run it from the source tree"),
+        }
+    }
+    if all || matches!(a.which, Which::E2e) {
+        crate::bench_e2e::run(&a.groups, a.e2e_messages)?;
     }
     Ok(())
 }

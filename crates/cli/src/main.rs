@@ -1,6 +1,7 @@
 //! `cairn`: the command-line program of the Cairn messenger.
 
 mod bench;
+mod bench_e2e;
 mod client_cmd;
 mod demo;
 mod home;

@@ -28,6 +28,12 @@ impl Drop for Net {
         for (_, c) in &mut self.children {
             let _ = c.wait();
         }
+        if std::thread::panicking()
+            && let Ok(spare) = tempfile::tempdir()
+        {
+            let kept = std::mem::replace(&mut self.dir, spare).keep();
+            eprintln!("test failed: logs and data kept in {}", kept.display());
+        }
     }
 }
 
@@ -216,11 +222,11 @@ fn thousand_messages_with_restarts_and_crashes() {
     for i in 0..3 {
         net.store(&format!("store-{i}"));
     }
-    let a = net.user("a");
-    let b = net.user("b");
-    let _c = net.user("c");
-    let conv = a.create_conversation(&["@b".into(), "@c".into()]).unwrap().id;
-    let c_home = net.path("c");
+    let a = net.user("ann");
+    let b = net.user("ben");
+    let _c = net.user("cat");
+    let conv = a.create_conversation(&["@ben".into(), "@cat".into()]).unwrap().id;
+    let c_home = net.path("cat");
     let c = || Client::for_home(&c_home).unwrap();
     for who in [&b, &c()] {
         wait_for("members to join", Duration::from_secs(90), || {
@@ -240,11 +246,11 @@ fn thousand_messages_with_restarts_and_crashes() {
         };
         want.insert(text);
         if i == 250 || i == 650 {
-            net.stop("c");
+            net.stop("cat");
             c_up = false;
         }
         if i == 400 || i == 800 {
-            net.node("c", &[]);
+            net.node("cat", &[]);
             c_up = true;
         }
         if i == 500 {
@@ -252,7 +258,7 @@ fn thousand_messages_with_restarts_and_crashes() {
             net.sigkill("validator-3");
         }
     }
-    for (who, client) in [("a", &a), ("b", &b), ("c", &c())] {
+    for (who, client) in [("ann", &a), ("ben", &b), ("cat", &c())] {
         wait_for(&format!("{who} to have all {total} messages"), Duration::from_secs(240), || {
             (all_messages(client, &conv).len() >= total).then_some(())
         });

@@ -658,11 +658,11 @@ impl cairn_proto::CommitSequencer for Sequencer {
         loop {
             match self.0.submit(topic, after, payload.clone()) {
                 Err(cairn_proto::SequencerError::Unavailable(m))
-                    if m.starts_with("transaction refused") && attempt < 4 =>
+                    if m.starts_with("transaction refused") && attempt < 8 =>
                 {
                     attempt += 1;
-                    debug!("sequencer submission refused ({m}); retry {attempt}");
-                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                    info!("sequencer submission refused ({m}); retry {attempt}");
+                    std::thread::sleep(Duration::from_millis(250 * attempt));
                 }
                 r => return r,
             }
@@ -723,6 +723,8 @@ impl Actor {
     fn run(mut self, rx: std_mpsc::Receiver<Job>, rt: tokio::runtime::Handle) {
         for id in self.mls.conversations() {
             self.snapshot(&id);
+            self.sync(&rt, &id);
+            self.replay_history(&rt, id);
         }
         while let Ok(job) = rx.recv() {
             match job {
@@ -1287,10 +1289,23 @@ impl Actor {
             warn!("cannot publish fresh key packages: {e}");
         }
         // Read what arrived before we joined the conversation's topic.
+        self.replay_history(rt, id);
+        self.snapshot(&id);
+        if let Ok(v) = self.view(&id) {
+            let _ = self.inner.events.send(StreamEvent::Joined { conversation: v });
+        }
+    }
+
+    /// Opens every envelope of the conversation's local history that this device has not
+    /// accepted yet: the mesh marks an envelope delivered once it is durable in its history,
+    /// which may be before this node read it (a stop in between). Readable ones are accepted
+    /// (exactly once: accepted ids are skipped), the others are left for `verify` to check as
+    /// structure.
+    fn replay_history(&mut self, rt: &tokio::runtime::Handle, id: ConversationId) {
         let topic = id.topic();
         let mut from = 0;
         let history = self.inner.net.history().clone();
-        for _ in 0..10_000 {
+        for _ in 0..100_000 {
             let Ok(page) = history.page(&topic, from, 256) else { break };
             for (_, env) in page.entries {
                 let eid = env.id();
@@ -1303,10 +1318,6 @@ impl Actor {
                 Some(n) => from = n,
                 None => break,
             }
-        }
-        self.snapshot(&id);
-        if let Ok(v) = self.view(&id) {
-            let _ = self.inner.events.send(StreamEvent::Joined { conversation: v });
         }
     }
 
