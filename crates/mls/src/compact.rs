@@ -1,18 +1,18 @@
 //! A compact, self-describing binary encoding of the serde data model, used for the ratchet tree
 //! (O(N) bytes, rewritten by OpenMLS on every commit).
 //!
-//! It mirrors what `serde_json` produces — the same shapes (`None` as null, `Some(v)` as `v`,
-//! enums as a variant name or a one-entry map, structs as maps keyed by field name), so every
-//! type that round-trips through JSON round-trips here, including through `deserialize_any` —
-//! but numbers are binary and a sequence of `u8` (every `Vec<u8>` of keys, signatures,
-//! credentials) is stored as one run of raw bytes instead of a JSON array of decimal numbers:
-//! about a third of the size, several times faster to encode.
+//! It mirrors the shapes `serde_json` produces (`None` as null, `Some(v)` as `v`, enums as a
+//! variant name or a one-entry map), so that types round-trip through `deserialize_any` too,
+//! but numbers are binary, structs are their field values in order (no field names: derived
+//! `Deserialize` impls read a struct from a sequence), and a sequence of `u8` (every `Vec<u8>`
+//! of keys, signatures, credentials) is one run of raw bytes instead of a JSON array of decimal
+//! numbers.
 //!
 //! Value: `tag:u8` then
 //! `0` null · `1` false · `2` true · `3` u64 (8 LE) · `4` i64 (8 LE) · `5` f64 (8 LE) ·
 //! `6` string (len:u32 LE, UTF-8) · `7` sequence (count:u32 LE, values) ·
 //! `8` map (count:u32 LE, key value pairs) · `9` bytes (len:u32 LE, raw), which reads back as a
-//! sequence of u8 · `10` u8 (1 byte).
+//! sequence of u8 · `10` u8 (1 byte) · `11` struct (count:u32 LE, field values in order).
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
@@ -28,6 +28,8 @@ const SEQ: u8 = 7;
 const MAP: u8 = 8;
 const BYTES: u8 = 9;
 const U8: u8 = 10;
+/// A struct: its fields' values in order, like a sequence (count:u32 LE, values).
+const STRUCT: u8 = 11;
 
 /// An encoding or decoding failure.
 #[derive(Debug, thiserror::Error)]
@@ -199,9 +201,10 @@ impl ser::SerializeMap for Compound<'_> {
 impl ser::SerializeStruct for Compound<'_> {
     type Ok = ();
     type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<()> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Result<()> {
+        // Fields in declaration order, without their names (derived `Deserialize` impls read
+        // a struct from a sequence as well as from a map).
         self.count += 1;
-        self.s.str(key)?;
         v.serialize(&mut *self.s)
     }
     fn end(self) -> Result<()> {
@@ -346,7 +349,7 @@ impl<'a> ser::Serializer for &'a mut Ser {
         Ok(self.open(MAP))
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound<'a>> {
-        Ok(self.open(MAP))
+        Ok(self.open(STRUCT))
     }
     fn serialize_struct_variant(
         self,
@@ -356,7 +359,7 @@ impl<'a> ser::Serializer for &'a mut Ser {
         _: usize,
     ) -> Result<Compound<'a>> {
         self.variant(variant)?;
-        Ok(self.open(MAP))
+        Ok(self.open(STRUCT))
     }
 }
 
@@ -497,7 +500,7 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
             F64 => visitor.visit_f64(f64::from_le_bytes(self.eight()?)),
             U8 => visitor.visit_u8(self.byte()?),
             STR => visitor.visit_borrowed_str(self.str()?),
-            SEQ => {
+            SEQ | STRUCT => {
                 let left = self.u32()?;
                 visitor.visit_seq(Items { de: self, left })
             }
@@ -581,6 +584,20 @@ mod tests {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum U {
+        A(Inner),
+        B(String),
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Inner {
+        x: Vec<u8>,
+        y: u32,
+        e: E,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct S {
         bytes: Vec<u8>,
         empty: Vec<u8>,
@@ -617,9 +634,14 @@ mod tests {
         };
         let enc = super::to_vec(&s).unwrap();
         assert_eq!(super::from_slice::<S>(&enc).unwrap(), s);
-        // Through an untagged detour (deserialize_any), as JSON does.
-        let v: serde_json::Value = super::from_slice(&enc).unwrap();
-        assert_eq!(serde_json::from_value::<S>(v).unwrap(), s);
+        // Through serde's buffered content (deserialize_any), as untagged enums read (a struct
+        // variant of an untagged enum is not supported: serde reads those from maps only; the
+        // tree has none).
+        let u = vec![
+            U::A(Inner { x: vec![1, 2, 3], y: 7, e: E::Rec { a: Some(1), b: vec![] } }),
+            U::B("b".into()),
+        ];
+        assert_eq!(super::from_slice::<Vec<U>>(&super::to_vec(&u).unwrap()).unwrap(), u);
         assert!(enc.len() < serde_json::to_vec(&s).unwrap().len());
         assert!(super::from_slice::<S>(&enc[..enc.len() - 1]).is_err());
     }
