@@ -709,7 +709,15 @@ impl StateDb {
             if let Some(batch) = self.stale.pop_front() {
                 for s in batch {
                     if let Some(Node::Leaf(leaf)) = self.nodes.remove(&s.node_key) {
-                        self.values.remove(&(leaf.key_hash(), s.node_key.version()));
+                        // A leaf that only moved in the tree (a sibling key split its path)
+                        // goes stale while its value, stored under the version it was
+                        // written at, is still the key's current one: drop a value only
+                        // once a newer value of the same key exists below the floor.
+                        let (kh, v) = (leaf.key_hash(), s.node_key.version());
+                        let floor = layer.height.saturating_sub(2);
+                        if v < floor && self.values.range((kh, v + 1)..=(kh, floor)).next().is_some() {
+                            self.values.remove(&(kh, v));
+                        }
                     }
                 }
             }
