@@ -64,19 +64,34 @@ pub(crate) fn run(sizes: &[usize], messages: usize) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages))?;
     drop(children);
-    println!("end-to-end encrypted messaging ({messages} × 1 line of text per group; 1 sender; 3 store nodes; 1 validator)");
+    println!(
+        "end-to-end encrypted messaging ({messages} × 1 line of text per group; 1 sender; 3 store nodes; 1 validator)"
+    );
     println!("members  delivered          p50 ms   p99 ms  ack p50 ms  sent msg/s  deliveries/s");
     for r in rows {
         println!(
             "{:>7}  {:>6}/{:<6}  {:>9.1} {:>8.1}  {:>10.1}  {:>10.1}  {:>12.1}",
-            r.members, r.deliveries, r.expected, r.p50_ms, r.p99_ms, r.ack_p50_ms, r.msgs_per_s, r.deliveries_per_s
+            r.members,
+            r.deliveries,
+            r.expected,
+            r.p50_ms,
+            r.p99_ms,
+            r.ack_p50_ms,
+            r.msgs_per_s,
+            r.deliveries_per_s
         );
         let _ = r.messages;
     }
     Ok(())
 }
 
-async fn bench(dir: &Path, genesis: Genesis, max: usize, sizes: &[usize], messages: usize) -> Result<Vec<Row>> {
+async fn bench(
+    dir: &Path,
+    genesis: Genesis,
+    max: usize,
+    sizes: &[usize],
+    messages: usize,
+) -> Result<Vec<Row>> {
     // Store nodes.
     let mut stores = Vec::new();
     let mut boot = Vec::new();
@@ -178,7 +193,10 @@ async fn bench(dir: &Path, genesis: Genesis, max: usize, sizes: &[usize], messag
         let start = Instant::now();
         for i in 0..messages {
             let at = Instant::now();
-            let r = group[0].send(conv.clone(), format!("bench message {i}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r = group[0]
+                .send(conv.clone(), format!("bench message {i}"))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             sent.push((r.id, at));
         }
         let send_secs = start.elapsed().as_secs_f64();
@@ -188,7 +206,8 @@ async fn bench(dir: &Path, genesis: Genesis, max: usize, sizes: &[usize], messag
             (got >= expected).then_some(())
         })
         .await;
-        let last_arrival = arrivals.lock().await.values().flatten().max().copied().unwrap_or_else(Instant::now);
+        let last_arrival =
+            arrivals.lock().await.values().flatten().max().copied().unwrap_or_else(Instant::now);
         let total_secs = last_arrival.duration_since(start).as_secs_f64().max(1e-6);
         let arr = arrivals.lock().await.clone();
         let ack = acks.lock().await.clone();

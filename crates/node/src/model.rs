@@ -253,8 +253,8 @@ pub enum StreamEvent {
 pub struct ErrorBody {
     /// What went wrong and what to do next.
     pub error: String,
-    /// Stable machine-readable code (`bad_request`, `unauthorized`, `not_found`, `conflict`,
-    /// `unavailable`, `internal`).
+    /// Stable machine-readable code (`bad_request`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unavailable`, `internal`).
     pub code: String,
 }
 
