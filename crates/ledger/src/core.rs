@@ -5,12 +5,12 @@
 //! All methods are synchronous and take the one lock briefly; consensus tasks and RPC threads
 //! share it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_proto::Topic;
 
-use crate::block::{BLOCK_TXS_MAX, Block, Header};
+use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block, Header};
 use crate::genesis::{Genesis, GenesisError};
 use crate::light::StateProof;
 use crate::state::{Executed, Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
@@ -20,6 +20,22 @@ use crate::tx::{Tx, TxError, TxId};
 pub const MEMPOOL_MAX: usize = 200_000;
 /// Most verified-signature cache entries.
 const SIG_CACHE_MAX: usize = 400_000;
+/// Finalized blocks a transaction may wait for a missing predecessor nonce (one this validator
+/// does not hold) before it is rejected with [`TxError::NonceSkipped`]; the predecessor may be
+/// at another validator, which includes it within a few blocks.
+pub const NONCE_GAP_BLOCKS: u64 = 100;
+/// How often (in finalized blocks) the mempool is swept for used nonces and stale gaps.
+const SWEEP_EVERY: u64 = 8;
+
+/// A transaction waiting in the mempool.
+#[derive(Debug)]
+struct Pooled {
+    signer: [u8; 32],
+    nonce: u64,
+    bytes: Vec<u8>,
+    /// Finalized height when it was admitted.
+    since: u64,
+}
 
 /// Where a transaction stands, as seen by one validator.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -69,8 +85,12 @@ struct Core {
     /// Finalized blocks by height (index 0 = genesis).
     blocks: Vec<Arc<Block>>,
     spec: HashMap<[u8; 32], Spec>,
-    mempool: VecDeque<(TxId, Vec<u8>)>,
-    in_mempool: HashSet<TxId>,
+    /// Waiting transactions by id.
+    pool: HashMap<TxId, Pooled>,
+    /// Arrival order (may hold ids already gone from `pool`; compacted when mostly stale).
+    order: VecDeque<TxId>,
+    /// Waiting transactions of each signer, by nonce.
+    by_signer: HashMap<[u8; 32], BTreeSet<(u64, TxId)>>,
     sig_ok: HashSet<TxId>,
     sig_order: VecDeque<TxId>,
     tx_index: HashMap<TxId, (u64, Outcome)>,
@@ -112,8 +132,9 @@ impl Ledger {
             db: machine.db,
             blocks: vec![Arc::new(block)],
             spec: HashMap::new(),
-            mempool: VecDeque::new(),
-            in_mempool: HashSet::new(),
+            pool: HashMap::new(),
+            order: VecDeque::new(),
+            by_signer: HashMap::new(),
             sig_ok: HashSet::new(),
             sig_order: VecDeque::new(),
             tx_index: HashMap::new(),
@@ -156,13 +177,13 @@ impl Ledger {
             height: (c.blocks.len() as u64).saturating_sub(1),
             digest: tip,
             state_root: c.db.root(),
-            mempool: c.mempool.len(),
+            mempool: c.pool.len(),
         }
     }
 
     /// Transactions waiting in the mempool.
     pub fn mempool_len(&self) -> usize {
-        self.lock().mempool.len()
+        self.lock().pool.len()
     }
 
     /// Internal faults recorded (empty unless a finalized block failed to execute).
@@ -194,28 +215,52 @@ impl Ledger {
 
     /// Submits a transaction to the mempool after checking it against the finalized state.
     pub fn submit(&self, bytes: Vec<u8>) -> Result<TxId, TxError> {
-        let tx = Tx::decode(&bytes)?;
-        let id = Tx::id_of(&bytes);
-        // Signature outside the lock: it is the expensive part.
-        tx.verify_signature()?;
+        self.submit_batch(vec![bytes]).pop().unwrap_or(Err(TxError::BadSignature))
+    }
+
+    /// Submits many transactions (one answer each, in order). Signatures are checked outside
+    /// the lock, in one batch, and only for transactions this validator does not know yet.
+    pub fn submit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<TxId, TxError>> {
+        let decoded: Vec<Result<(TxId, Tx), TxError>> =
+            txs.iter().map(|b| Tx::decode(b).map(|t| (Tx::id_of(b), t))).collect();
+        let known: Vec<bool> = {
+            let c = self.lock();
+            decoded
+                .iter()
+                .map(|d| {
+                    d.as_ref().is_ok_and(|(id, _)| {
+                        c.pool.contains_key(id) || c.tx_index.contains_key(id) || c.sig_ok.contains(id)
+                    })
+                })
+                .collect()
+        };
+        let to_check: Vec<&Tx> = decoded
+            .iter()
+            .zip(&known)
+            .filter_map(|(d, k)| match d {
+                Ok((_, t)) if !k => Some(t),
+                _ => None,
+            })
+            .collect();
+        let mut verdicts = Tx::verify_signatures(&to_check).into_iter();
+        let sig_ok: Vec<bool> = decoded
+            .iter()
+            .zip(&known)
+            .map(|(d, k)| d.is_ok() && (*k || verdicts.next().unwrap_or(false)))
+            .collect();
         let mut c = self.lock();
-        if c.in_mempool.contains(&id) || c.tx_index.contains_key(&id) {
-            return Ok(id);
-        }
-        let overlay = c.db.overlay(Vec::new());
-        let ex = crate::state::Executor::new(&overlay, c.chain);
-        match ex.admit(&tx, true) {
-            Ok(()) | Err(TxError::NonceSkipped { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        if c.mempool.len() >= MEMPOOL_MAX {
-            return Err(TxError::Oversized { len: c.mempool.len(), max: MEMPOOL_MAX });
-        }
-        c.mark_sig_ok(id);
-        c.in_mempool.insert(id);
-        c.rejected.remove(&id);
-        c.mempool.push_back((id, bytes));
-        Ok(id)
+        decoded
+            .into_iter()
+            .zip(txs)
+            .zip(sig_ok)
+            .map(|((d, bytes), ok)| {
+                let (id, tx) = d?;
+                if !ok {
+                    return Err(TxError::BadSignature);
+                }
+                c.admit_to_pool(id, &tx, bytes)
+            })
+            .collect()
     }
 
     /// Status of a transaction.
@@ -224,7 +269,7 @@ impl Ledger {
         if let Some((height, outcome)) = c.tx_index.get(id) {
             return TxStatus::Finalized { height: *height, outcome: outcome.clone() };
         }
-        if c.in_mempool.contains(id) {
+        if c.pool.contains_key(id) {
             return TxStatus::Pending;
         }
         match c.rejected.get(id) {
@@ -277,6 +322,7 @@ impl Ledger {
     /// Executes `block` (verify mode) on top of its parent, which must be known; remembers the
     /// result. Returns whether the block is valid.
     pub fn verify_block(&self, block: &Block) -> Result<bool, StateError> {
+        self.preverify(&block.txs);
         let mut c = self.lock();
         let id = block.id();
         if c.spec.contains_key(&id)
@@ -309,6 +355,29 @@ impl Ledger {
         }
     }
 
+    /// Checks, in one batch and outside the lock, the signatures of those `txs` this node has
+    /// not verified yet, and remembers the valid ones (so executing the block verifies nothing).
+    fn preverify(&self, txs: &[Vec<u8>]) {
+        let ids: Vec<TxId> = txs.iter().map(|b| Tx::id_of(b)).collect();
+        let missing: Vec<usize> = {
+            let c = self.lock();
+            (0..ids.len()).filter(|&i| !c.sig_ok.contains(&ids[i])).collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let decoded: Vec<(usize, Tx)> =
+            missing.iter().filter_map(|&i| Tx::decode(&txs[i]).ok().map(|t| (i, t))).collect();
+        let refs: Vec<&Tx> = decoded.iter().map(|(_, t)| t).collect();
+        let verdicts = Tx::verify_signatures(&refs);
+        let mut c = self.lock();
+        for ((i, _), ok) in decoded.iter().zip(verdicts) {
+            if ok {
+                c.mark_sig_ok(ids[*i]);
+            }
+        }
+    }
+
     /// Builds a block on `parent` (whose state must be known) from the mempool.
     pub fn propose(&self, parent: &[u8; 32], parent_height: u64) -> Result<Option<Proposal>, StateError> {
         let mut guard = self.lock();
@@ -321,13 +390,50 @@ impl Ledger {
                 in_ancestors.extend(s.receipts.iter().map(|r| r.tx));
             }
         }
-        let candidates: Vec<Vec<u8>> = c
-            .mempool
-            .iter()
-            .filter(|(id, _)| !in_ancestors.contains(id))
-            .take(BLOCK_TXS_MAX)
-            .map(|(_, b)| b.clone())
-            .collect();
+        // In arrival order, each signer's transactions in nonce order from its next nonce after
+        // the parent: a transaction whose predecessor is missing waits without taking a slot
+        // (no head-of-line blocking), and successors that arrived first still go in one block.
+        let candidates: Vec<Vec<u8>> = {
+            let overlay = c.db.overlay(layers.clone());
+            let ex = crate::state::Executor::new(&overlay, c.chain);
+            let mut next: HashMap<[u8; 32], u64> = HashMap::new();
+            let mut out = Vec::new();
+            let mut bytes = crate::block::HEADER_BYTES;
+            'scan: for id in &c.order {
+                let Some(p) = c.pool.get(id) else { continue };
+                let n = match next.get(&p.signer) {
+                    Some(n) => *n,
+                    None => ex.nonce(&p.signer).unwrap_or(0),
+                };
+                next.insert(p.signer, n);
+                if p.nonce != n || in_ancestors.contains(id) {
+                    continue;
+                }
+                // this signer's run of consecutive nonces from `n`
+                let mut want = n;
+                let Some(queue) = c.by_signer.get(&p.signer) else { continue };
+                for (nonce, tid) in queue.range((n, TxId([0; 32]))..) {
+                    if *nonce != want {
+                        if *nonce > want {
+                            break;
+                        }
+                        continue; // a second transaction with a nonce already taken
+                    }
+                    if in_ancestors.contains(tid) {
+                        continue;
+                    }
+                    let Some(q) = c.pool.get(tid) else { continue };
+                    if out.len() >= BLOCK_TXS_MAX || bytes + 4 + q.bytes.len() > BLOCK_BYTES_MAX {
+                        break 'scan;
+                    }
+                    bytes += 4 + q.bytes.len();
+                    out.push(q.bytes.clone());
+                    want += 1;
+                }
+                next.insert(p.signer, want);
+            }
+            out
+        };
         let height = parent_height + 1;
         let ex = {
             let sig_ok = &c.sig_ok;
@@ -356,15 +462,8 @@ impl Ledger {
                 continue;
             }
             dropped += 1;
-            c.in_mempool.remove(&d.tx);
+            c.remove_from_pool(&d.tx);
             c.rejected.insert(d.tx, d.error.clone());
-        }
-        if dropped > 0 {
-            let gone: HashSet<TxId> = ex.dropped.iter().map(|d| d.tx).collect();
-            let in_mempool = &c.in_mempool;
-            let keep: VecDeque<_> =
-                c.mempool.drain(..).filter(|(id, _)| !gone.contains(id) || in_mempool.contains(id)).collect();
-            c.mempool = keep;
         }
         let txs: Vec<Vec<u8>> = ex.included.iter().map(|&i| candidates[i].clone()).collect();
         let block = Block::new(height, *parent, ex.layer.root, txs);
@@ -453,6 +552,78 @@ impl Core {
         }
     }
 
+    /// Admits a transaction whose signature is verified into the pool, checked against the
+    /// finalized state (a nonce ahead of the signer's next one waits for its predecessors).
+    fn admit_to_pool(&mut self, id: TxId, tx: &Tx, bytes: Vec<u8>) -> Result<TxId, TxError> {
+        if self.pool.contains_key(&id) || self.tx_index.contains_key(&id) {
+            return Ok(id);
+        }
+        let overlay = self.db.overlay(Vec::new());
+        let ex = crate::state::Executor::new(&overlay, self.chain);
+        match ex.admit(tx, true) {
+            Ok(()) | Err(TxError::NonceSkipped { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if self.pool.len() >= MEMPOOL_MAX {
+            return Err(TxError::MempoolFull { max: MEMPOOL_MAX });
+        }
+        self.mark_sig_ok(id);
+        self.rejected.remove(&id);
+        let since = (self.blocks.len() as u64).saturating_sub(1);
+        self.by_signer.entry(tx.signer).or_default().insert((tx.nonce, id));
+        self.pool.insert(id, Pooled { signer: tx.signer, nonce: tx.nonce, bytes, since });
+        self.order.push_back(id);
+        Ok(id)
+    }
+
+    fn remove_from_pool(&mut self, id: &TxId) {
+        self.sig_ok.remove(id);
+        let Some(p) = self.pool.remove(id) else { return };
+        if let Some(q) = self.by_signer.get_mut(&p.signer) {
+            q.remove(&(p.nonce, *id));
+            if q.is_empty() {
+                self.by_signer.remove(&p.signer);
+            }
+        }
+    }
+
+    /// Drops stale ids from the arrival order once they are the majority.
+    fn compact_order(&mut self) {
+        if self.order.len() > 1024 && self.order.len() > 2 * self.pool.len() {
+            let pool = &self.pool;
+            self.order.retain(|id| pool.contains_key(id));
+        }
+    }
+
+    /// Rejects, with a reason a client can read, waiting transactions that can never be
+    /// included: a nonce used in the finalized state by another transaction
+    /// ([`TxError::NonceReplayed`]), or a nonce gap this validator has not seen filled for
+    /// [`NONCE_GAP_BLOCKS`] finalized blocks ([`TxError::NonceSkipped`]).
+    fn sweep(&mut self, height: u64) {
+        let overlay = self.db.overlay(Vec::new());
+        let ex = crate::state::Executor::new(&overlay, self.chain);
+        let mut gone: Vec<(TxId, TxError)> = Vec::new();
+        for (signer, queue) in &self.by_signer {
+            let expected = ex.nonce(signer).unwrap_or(0);
+            let mut want = expected;
+            for (nonce, id) in queue {
+                if *nonce < expected {
+                    gone.push((*id, TxError::NonceReplayed { expected, got: *nonce }));
+                } else if *nonce == want {
+                    want += 1;
+                } else if *nonce > want
+                    && self.pool.get(id).is_some_and(|p| p.since + NONCE_GAP_BLOCKS <= height)
+                {
+                    gone.push((*id, TxError::NonceSkipped { expected: want, got: *nonce }));
+                }
+            }
+        }
+        for (id, e) in gone {
+            self.remove_from_pool(&id);
+            self.rejected.insert(id, e);
+        }
+    }
+
     fn mark_sig_ok(&mut self, id: TxId) {
         if self.sig_ok.insert(id) {
             self.sig_order.push_back(id);
@@ -507,19 +678,16 @@ impl Core {
                 self.handshakes.entry(*topic).or_default().push(payload);
             }
             self.tx_index.insert(r.tx, (h, r.outcome.clone()));
-            if self.in_mempool.remove(&r.tx) {
-                self.sig_ok.remove(&r.tx);
-            }
+            self.remove_from_pool(&r.tx);
+            self.rejected.remove(&r.tx);
         }
         self.blocks.push(block);
         // forget unfinalized blocks that can no longer be extended
         self.spec.retain(|_, s| s.height > h);
-        // drop mempool entries that were included or whose nonce is now used
-        if !self.mempool.is_empty() {
-            let in_mempool = &self.in_mempool;
-            let keep: VecDeque<_> = self.mempool.drain(..).filter(|(i, _)| in_mempool.contains(i)).collect();
-            self.mempool = keep;
+        if h.is_multiple_of(SWEEP_EVERY) {
+            self.sweep(h);
         }
+        self.compact_order();
         self.update_certified();
     }
 }

@@ -318,8 +318,8 @@ fn handle(ledger: &Ledger, req: &[u8]) -> Option<Vec<u8>> {
             }
             r.finish().ok()?;
             w.u32(n as u32);
-            for tx in txs {
-                match ledger.submit(tx) {
+            for res in ledger.submit_batch(txs) {
+                match res {
                     Ok(id) => {
                         w.u8(0);
                         w.raw(&id.0);

@@ -291,6 +291,12 @@ pub struct Receipt {
     pub outcome: Outcome,
 }
 
+/// Whether `key` may be authorized to sign: a valid point that is not of small order (the
+/// transaction signature rules, ZIP-215, would let anyone sign for a small-order key).
+pub fn usable_key(key: &[u8; 32]) -> bool {
+    VerifyingKey::from_bytes(key).is_ok_and(|k| !k.is_weak())
+}
+
 /// Reads state values.
 pub trait StateRead {
     /// The value at `key`, if any.
@@ -308,17 +314,24 @@ pub enum StateError {
     Tree(String),
 }
 
+/// A key written by a transaction's effect and its previous entry in the block's write set.
+type UndoEntry = (KeyHash, Option<Option<Vec<u8>>>);
+
 /// Executes transactions over a read-only view, collecting writes.
 pub struct Executor<'a> {
     base: &'a dyn StateRead,
     chain: [u8; 32],
     writes: BTreeMap<KeyHash, Option<Vec<u8>>>,
+    /// While a transaction's effect runs: the previous entry of every key it wrote (`None`: no
+    /// entry), so a failed effect is undone in O(keys touched) rather than by copying the
+    /// block's whole write set per transaction.
+    undo: Option<Vec<UndoEntry>>,
 }
 
 impl<'a> Executor<'a> {
     /// An executor over `base` for chain `chain`.
     pub fn new(base: &'a dyn StateRead, chain: [u8; 32]) -> Self {
-        Self { base, chain, writes: BTreeMap::new() }
+        Self { base, chain, writes: BTreeMap::new(), undo: None }
     }
 
     /// The writes so far.
@@ -358,7 +371,11 @@ impl<'a> Executor<'a> {
     }
 
     fn put(&mut self, key: StateKey, value: Option<Vec<u8>>) {
-        self.writes.insert(key.hash(), value);
+        let kh = key.hash();
+        let prev = self.writes.insert(kh, value);
+        if let Some(undo) = self.undo.as_mut() {
+            undo.push((kh, prev));
+        }
     }
 
     /// Writes genesis records (balances) and the height marker.
@@ -385,6 +402,10 @@ impl<'a> Executor<'a> {
             (TxBody::RegisterAccount, _) => {
                 if tx.signer != tx.account.0 {
                     return Err(TxError::UnknownSigner);
+                }
+                // a small-order key signs anything under the ZIP-215 rules: never an account key
+                if !usable_key(&tx.signer) {
+                    return Err(TxError::BadSignature);
                 }
             }
             (_, None) => return Err(TxError::UnknownAccount),
@@ -418,11 +439,19 @@ impl<'a> Executor<'a> {
         self.admit(tx, sig_checked)?;
         let next = tx.nonce.saturating_add(1);
         self.put(StateKey::Nonce(tx.signer), Some(next.to_be_bytes().to_vec()));
-        let saved = self.writes.clone();
-        let outcome = match self.effect(tx) {
+        self.undo = Some(Vec::new());
+        let res = self.effect(tx);
+        let undo = self.undo.take().unwrap_or_default();
+        let outcome = match res {
             Ok(o) => o,
             Err(e) => {
-                self.writes = saved;
+                // newest first, so a key written twice ends at its value before the effect
+                for (kh, prev) in undo.into_iter().rev() {
+                    match prev {
+                        Some(v) => self.writes.insert(kh, v),
+                        None => self.writes.remove(&kh),
+                    };
+                }
                 Outcome::Failed(e)
             }
         };
@@ -450,6 +479,9 @@ impl<'a> Executor<'a> {
                 cert.verify().map_err(|_| TxError::BadDeviceCert("signature does not verify"))?;
                 if cert.device.0 == acct.key {
                     return Err(TxError::BadDeviceCert("device key equals the account key"));
+                }
+                if !usable_key(&cert.device.0) {
+                    return Err(TxError::BadDeviceCert("device key is not a usable key"));
                 }
                 let pos = match acct.devices.binary_search_by(|d| d.device.0.cmp(&cert.device.0)) {
                     Ok(_) => return Err(TxError::DeviceExists),

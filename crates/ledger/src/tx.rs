@@ -7,13 +7,19 @@
 //! only and cannot be replayed under another nonce.
 
 use cairn_proto::codec::{DecodeError, Reader, Writer};
-use cairn_proto::ed25519::{Signature, Signer as _, SigningKey, VerifyingKey};
+use cairn_proto::ed25519::{Signer as _, SigningKey};
 use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
 use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
+use commonware_codec::DecodeExt as _;
+use commonware_cryptography::{BatchEntry, BatchVerifier as _, Verifier as _, ed25519 as cw_ed25519};
 use thiserror::Error;
 
-/// Domain separation for transaction signatures.
-const TX_SIG_DOMAIN: &[u8] = b"cairn/ledger-tx/v1";
+/// Signature namespace of transactions: a transaction signature is an Ed25519 signature over
+/// `union_unique(namespace, unsigned transaction)` (commonware's length-prefixed framing), checked
+/// under the ZIP-215 rules (see [`Tx::verify_signature`]).
+const TX_SIG_NAMESPACE: &[u8] = b"cairn/ledger-tx/v2";
+/// Batches of signatures at least this large are checked with one batch equation.
+const SIG_BATCH_MIN: usize = 4;
 /// Domain separation for the new key's consent to an account key rotation.
 const ROTATE_SIG_DOMAIN: &[u8] = b"cairn/ledger-rotate/v1";
 /// Domain separation for transaction ids.
@@ -247,6 +253,12 @@ pub enum TxError {
     /// Transferring to oneself.
     #[error("cannot transfer to the same account")]
     SelfTransfer,
+    /// The validator's mempool is full (transient: retry later or at another validator).
+    #[error("mempool is full ({max} transactions)")]
+    MempoolFull {
+        /// Mempool bound.
+        max: usize,
+    },
 }
 
 impl TxError {
@@ -279,6 +291,7 @@ impl TxError {
             Self::StaleSequence { .. } => 24,
             Self::AnchorRegressed { .. } => 25,
             Self::SelfTransfer => 26,
+            Self::MempoolFull { .. } => 27,
         }
     }
 }
@@ -439,11 +452,20 @@ impl Tx {
         self.body.encode_to(w);
     }
 
-    fn signed_message(&self) -> Vec<u8> {
+    fn unsigned_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(256);
-        w.raw(TX_SIG_DOMAIN);
         self.unsigned_to(&mut w);
         w.finish()
+    }
+
+    fn signed_message(&self) -> Vec<u8> {
+        commonware_utils::union_unique(TX_SIG_NAMESPACE, &self.unsigned_bytes())
+    }
+
+    fn sig_parts(&self) -> Option<(cw_ed25519::PublicKey, cw_ed25519::Signature)> {
+        let key = cw_ed25519::PublicKey::decode(self.signer.to_vec()).ok()?;
+        let sig = cw_ed25519::Signature::decode(self.signature.to_vec()).ok()?;
+        Some((key, sig))
     }
 
     /// Builds and signs a transaction with `key` (the account key or a device key).
@@ -454,16 +476,51 @@ impl Tx {
         tx
     }
 
-    /// Checks the signature (strict Ed25519).
+    /// Checks the signature under the ZIP-215 rules (canonical `s`, cofactored equation; the
+    /// rules under which batch verification agrees exactly with single verification, so every
+    /// validator reaches the same answer whichever way it checked). Weak (small-order) keys are
+    /// kept out of the state where keys are authorized (registration, device certificates,
+    /// rotation), so they never sign for an account.
     pub fn verify_signature(&self) -> Result<(), TxError> {
         let start = std::time::Instant::now();
-        let res = VerifyingKey::from_bytes(&self.signer).map_err(|_| TxError::BadSignature).and_then(|vk| {
-            vk.verify_strict(&self.signed_message(), &Signature::from_bytes(&self.signature))
-                .map_err(|_| TxError::BadSignature)
-        });
+        let ok = self
+            .sig_parts()
+            .is_some_and(|(key, sig)| key.verify(TX_SIG_NAMESPACE, &self.unsigned_bytes(), &sig));
         let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         SIG_NANOS.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
-        res
+        if ok { Ok(()) } else { Err(TxError::BadSignature) }
+    }
+
+    /// Checks many signatures at once: one batch equation for the lot (about twice as fast
+    /// per signature as one by one), falling back to single checks only if the batch fails.
+    /// The answer for each transaction is exactly [`Self::verify_signature`]'s.
+    pub fn verify_signatures(txs: &[&Tx]) -> Vec<bool> {
+        if txs.len() < SIG_BATCH_MIN {
+            return txs.iter().map(|t| t.verify_signature().is_ok()).collect();
+        }
+        let start = std::time::Instant::now();
+        let parts: Vec<Option<(cw_ed25519::PublicKey, cw_ed25519::Signature, Vec<u8>)>> =
+            txs.iter().map(|t| t.sig_parts().map(|(k, s)| (k, s, t.unsigned_bytes()))).collect();
+        let items: Vec<&(cw_ed25519::PublicKey, cw_ed25519::Signature, Vec<u8>)> =
+            parts.iter().flatten().collect();
+        let all_ok = items.len() == txs.len()
+            && cw_ed25519::PublicKey::verify_batch(
+                &mut commonware_utils::sys_rng(),
+                &items,
+                |_, item| BatchEntry {
+                    namespace: TX_SIG_NAMESPACE,
+                    message: &item.2,
+                    public_key: &item.0,
+                    signature: &item.1,
+                },
+                &commonware_parallel::Sequential,
+            );
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        SIG_NANOS.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        if all_ok {
+            return vec![true; txs.len()];
+        }
+        txs.iter().map(|t| t.verify_signature().is_ok()).collect()
     }
 
     /// Canonical encoding.

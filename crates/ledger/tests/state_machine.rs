@@ -281,3 +281,47 @@ proptest! {
         prop_assert_eq!(m1.db.root(), m2.db.root());
     }
 }
+
+/// Regression: pruning stale tree nodes deleted the current value of a key whose leaf had only
+/// *moved* (a new key split its path), so registered accounts became "not registered" a few
+/// blocks later and their transactions were refused (lost submissions in the bench).
+#[test]
+fn values_survive_leaf_moves_and_pruning() {
+    let genesis: Vec<SigningKey> = (0..64u8).map(|i| key(100 + i)).collect();
+    let alloc: Vec<(AccountId, u64)> = genesis.iter().map(|k| (acct(k), 1_000)).collect();
+    let mut w = W::new(&alloc);
+    // many blocks that each create new keys (account + nonce records): existing leaves move
+    for round in 0..16u8 {
+        let txs: Vec<Vec<u8>> = (0..32u8)
+            .map(|i| {
+                let mut seed = [0xA5; 32];
+                seed[0] = round;
+                seed[1] = i;
+                let k = SigningKey::from_bytes(&seed);
+                Tx::sign(CHAIN, acct(&k), &k, 0, TxBody::RegisterAccount).encode()
+            })
+            .collect();
+        let (receipts, dropped) = w.m.propose_and_apply(&txs).unwrap();
+        assert!(dropped.is_empty(), "round {round}: {dropped:?}");
+        assert_eq!(receipts.len(), 32);
+    }
+    // every genesis account is still there and can still transact
+    for (i, k) in genesis.iter().enumerate() {
+        assert_eq!(w.m.account(&acct(k)).map(|a| a.balance), Some(1_000), "genesis account {i} lost");
+    }
+    for (i, k) in genesis.iter().enumerate() {
+        let to = acct(&genesis[(i + 1) % genesis.len()]);
+        assert_eq!(w.run(acct(k), k, TxBody::Transfer { to, amount: 1 }).unwrap(), Outcome::Applied);
+    }
+}
+
+/// Weak (small-order) keys would let anyone sign under the ZIP-215 rules: they cannot become
+/// account keys.
+#[test]
+fn small_order_keys_cannot_register() {
+    // the identity point encoding: a small-order key
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    assert!(!cairn_ledger::state::usable_key(&weak));
+    assert!(cairn_ledger::state::usable_key(&key(9).verifying_key().to_bytes()));
+}
