@@ -374,6 +374,37 @@ pub fn spawn_server(addr: SocketAddr, ledger: Ledger) -> std::io::Result<SocketA
     Ok(local)
 }
 
+/// One request on the connection `conn` to `addr` (opened or reopened as needed; one retry on
+/// a fresh connection).
+fn call_conn(
+    conn: &mut Option<TcpStream>,
+    addr: SocketAddr,
+    timeout: Duration,
+    req: &[u8],
+) -> Result<Vec<u8>, ClientError> {
+    for attempt in 0..2 {
+        if conn.is_none() {
+            let s = TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|e| ClientError::Unreachable(format!("{addr}: {e}")))?;
+            let _ = s.set_read_timeout(Some(timeout));
+            let _ = s.set_write_timeout(Some(timeout));
+            let _ = s.set_nodelay(true);
+            *conn = Some(s);
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        match write_frame(s, req).and_then(|_| read_frame(s)) {
+            Ok(resp) => return Ok(resp),
+            Err(e) => {
+                *conn = None;
+                if attempt == 1 {
+                    return Err(ClientError::Unreachable(format!("{addr}: {e}")));
+                }
+            }
+        }
+    }
+    Err(ClientError::Unreachable(addr.to_string()))
+}
+
 /// A finalized block and, if the validator holds one, its own finalization certificate
 /// (already verified by the client).
 pub type CertifiedBlock = (Block, Option<Vec<u8>>);
@@ -422,27 +453,7 @@ impl LedgerClient {
     }
 
     fn call_one(&mut self, i: usize, req: &[u8]) -> Result<Vec<u8>, ClientError> {
-        for attempt in 0..2 {
-            if self.conns[i].is_none() {
-                let s = TcpStream::connect_timeout(&self.addrs[i], self.timeout)
-                    .map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.addrs[i])))?;
-                let _ = s.set_read_timeout(Some(self.timeout));
-                let _ = s.set_write_timeout(Some(self.timeout));
-                let _ = s.set_nodelay(true);
-                self.conns[i] = Some(s);
-            }
-            let Some(s) = self.conns[i].as_mut() else { continue };
-            match write_frame(s, req).and_then(|_| read_frame(s)) {
-                Ok(resp) => return Ok(resp),
-                Err(e) => {
-                    self.conns[i] = None;
-                    if attempt == 1 {
-                        return Err(ClientError::Unreachable(format!("{}: {e}", self.addrs[i])));
-                    }
-                }
-            }
-        }
-        Err(ClientError::Unreachable(self.addrs[i].to_string()))
+        call_conn(&mut self.conns[i], self.addrs[i], self.timeout, req)
     }
 
     /// Calls validators in turn until one answers.
@@ -510,9 +521,26 @@ impl LedgerClient {
                 w.bytes(t);
             }
             let req = w.finish();
-            for i in 0..self.addrs.len() {
-                // a busy validator may time out once: retry it before giving up on it
-                let Ok(resp) = self.call_one(i, &req).or_else(|_| self.call_one(i, &req)) else {
+            // every validator at once (each checks the signatures itself), one thread each
+            let (addrs, timeout, req) = (&self.addrs, self.timeout, &req);
+            let answers: Vec<Option<Vec<u8>>> = std::thread::scope(|scope| {
+                let calls: Vec<_> = self
+                    .conns
+                    .iter_mut()
+                    .zip(addrs.iter())
+                    .map(|(conn, addr)| {
+                        scope.spawn(move || {
+                            // a busy validator may time out once: retry it before giving up
+                            call_conn(conn, *addr, timeout, req)
+                                .or_else(|_| call_conn(conn, *addr, timeout, req))
+                                .ok()
+                        })
+                    })
+                    .collect();
+                calls.into_iter().map(|c| c.join().ok().flatten()).collect()
+            });
+            for answer in answers {
+                let Some(resp) = answer else {
                     failed_calls += 1;
                     continue;
                 };
