@@ -67,7 +67,7 @@ fn validators_as_processes_survive_sigkill_and_serve_clients() {
 
     let mut cluster = Cluster { children: (0..4).map(|i| Some(spawn_validator(dir.path(), i))).collect() };
     let mut client = LedgerClient::new(&genesis).unwrap();
-    wait_until("first finalized blocks", Duration::from_secs(60), || {
+    wait_until("first finalized blocks", Duration::from_secs(180), || {
         (0..4).all(|i| client.status_at(i).map(|s| s.height >= 2).unwrap_or(false))
     });
 
