@@ -318,6 +318,9 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     wait_for("bob's second device to join the group", STEP_TIMEOUT, || {
         Ok(bob2.conversations()?.into_iter().find(|v| v.id == id && v.active).map(|_| ()))
     })?;
+    wait_for("alice to see bob's second device in the group", STEP_TIMEOUT, || {
+        Ok(alice.conversation(&id)?.members.iter().any(|m| m.devices.contains(&dev.device)).then_some(()))
+    })?;
     alice.send(&id, "welcome, bob's new device")?;
     wait_texts(&bob2, "bob2", &id, &["welcome, bob's new device"])?;
     d.ok(&format!("device {} is a member and reads new messages", &dev.device[..20]));

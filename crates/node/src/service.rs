@@ -1104,6 +1104,9 @@ impl Actor {
                 text.len()
             )));
         }
+        // Encrypt in the newest epoch the ledger has sequenced: a member added a moment ago
+        // can only read messages of epochs it is in.
+        self.sync(rt, &conv);
         if !self.mls.is_active(&conv).map_err(mls_err)? {
             return Err(ApiError::Conflict("this device is no longer a member of that conversation".into()));
         }
