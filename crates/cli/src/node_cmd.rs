@@ -280,7 +280,8 @@ impl Drop for Children {
 pub(crate) fn free_ports(count: u16) -> Result<u16> {
     let seed = std::process::id() as u64 ^ crate::home::now_ms();
     for attempt in 0..200u64 {
-        let base = 20_000 + ((seed.wrapping_mul(7919).wrapping_add(attempt * 104_729)) % 30_000) as u16;
+        // Below the kernel's ephemeral range (32768+), where outgoing sockets cannot take them.
+        let base = 20_000 + ((seed.wrapping_mul(7919).wrapping_add(attempt * 104_729)) % 12_000) as u16;
         if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }

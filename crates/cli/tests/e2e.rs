@@ -50,7 +50,8 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 fn free_base(count: u16) -> u16 {
     for attempt in 0..200u32 {
-        let base = 30_000 + ((std::process::id() * 131 + attempt * 977) % 25_000) as u16;
+        // Below the kernel's ephemeral range (32768+).
+        let base = 20_000 + ((std::process::id() * 131 + attempt * 977) % 12_000) as u16;
         if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }

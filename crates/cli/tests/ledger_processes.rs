@@ -55,7 +55,12 @@ fn wait_until(what: &str, max: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn validators_as_processes_survive_sigkill_and_serve_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let base_port = 30000 + (std::process::id() % 2000) as u16 * 10;
+    // Below the kernel's ephemeral range (32768+), where other tests' sockets cannot take
+    // them, and checked free.
+    let base_port = (0..400u32)
+        .map(|i| 20_000 + ((std::process::id() + i * 7) % 1_200) as u16 * 10)
+        .find(|b| (0..8).all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok()))
+        .expect("8 free ports below 32768");
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["ledger", "genesis", "--validators", "4", "--base-port", &base_port.to_string(), "--out"])
         .arg(dir.path())
