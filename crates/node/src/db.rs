@@ -26,6 +26,21 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("local database: {e}"))
 }
 
+/// Highest text-message seq of a conversation (0: none).
+fn last_seq(
+    messages: &impl ReadableTable<(&'static [u8; 32], u64), &'static [u8; 32]>,
+    conv: &[u8; 32],
+) -> Result<u64, ApiError> {
+    Ok(messages
+        .range((conv, 0)..=(conv, u64::MAX))
+        .map_err(internal)?
+        .next_back()
+        .transpose()
+        .map_err(internal)?
+        .map(|(k, _)| k.value().1)
+        .unwrap_or(0))
+}
+
 /// A stored text message.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
@@ -92,15 +107,7 @@ impl NodeDb {
             plain.insert(&id.0, inner.encode().as_slice()).map_err(internal)?;
             if text {
                 let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
-                let last = messages
-                    .range((conv, 0)..=(conv, u64::MAX))
-                    .map_err(internal)?
-                    .next_back()
-                    .transpose()
-                    .map_err(internal)?
-                    .map(|(k, _)| k.value().1)
-                    .unwrap_or(0);
-                seq = last + 1;
+                seq = last_seq(&messages, conv)? + 1;
                 messages.insert((conv, seq), &id.0).map_err(internal)?;
                 tx.open_table(BY_ID)
                     .map_err(internal)?
@@ -144,14 +151,7 @@ impl NodeDb {
     pub(crate) fn count(&self, conv: &[u8; 32]) -> Result<u64, ApiError> {
         let tx = self.db.begin_read().map_err(internal)?;
         let messages = tx.open_table(MESSAGES).map_err(internal)?;
-        Ok(messages
-            .range((conv, 0)..=(conv, u64::MAX))
-            .map_err(internal)?
-            .next_back()
-            .transpose()
-            .map_err(internal)?
-            .map(|(k, _)| k.value().1)
-            .unwrap_or(0))
+        last_seq(&messages, conv)
     }
 
     /// Devices waiting to be added to this account's conversations.

@@ -23,7 +23,7 @@ use cairn_crypto::Identity;
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{ClientError, LedgerClient, LedgerSequencer, RemoteOutcome};
 use cairn_ledger::state::{AnchorRecord, StateKey};
-use cairn_ledger::tx::{Tx, TxBody, normalize_handle};
+use cairn_ledger::tx::{Tx, TxBody, TxError, normalize_handle};
 use cairn_mls::{
     Client as MlsClient, Config as MlsConfig, ConversationId, DeviceSigner, Event as MlsEvent,
     KeyPackageBatch, MlsError, Received, VerifiedKeyPackage, WelcomeOut, inbox_topic,
@@ -465,12 +465,13 @@ fn submit_tx(
         let id = match client.submit(&tx.encode()) {
             Ok(id) => id,
             Err(ClientError::Refused { code, message }) => {
-                // Nonce races resolve by re-reading the nonce; a refusal can also be transient
-                // (a validator admitting against a state being replaced): retry a few times,
-                // then report the validators' reason.
-                let _ = code;
                 last = ApiError::Conflict(format!("ledger refused the transaction: {message}"));
-                std::thread::sleep(Duration::from_millis(150 * (attempt + 1)));
+                let nonce_race = code == (TxError::NonceReplayed { expected: 0, got: 0 }).code()
+                    || code == (TxError::NonceSkipped { expected: 0, got: 0 }).code();
+                if !nonce_race {
+                    return Err(last);
+                }
+                std::thread::sleep(Duration::from_millis(100 * (attempt + 1)));
                 continue;
             }
             Err(e) => return Err(unavailable(e)),
@@ -641,48 +642,10 @@ impl Chain {
     }
 }
 
-/// The ledger sequencer, retrying submissions that validators refused at admission (the
-/// transaction never entered a mempool, so a retry cannot sequence a commit twice). Validators
-/// sometimes refuse transiently (e.g. right after a block replaced the state they admit
-/// against); a refusal that persists is reported as before.
-struct Sequencer(LedgerSequencer);
-
-impl cairn_proto::CommitSequencer for Sequencer {
-    fn submit(
-        &mut self,
-        topic: Topic,
-        after: u64,
-        payload: Vec<u8>,
-    ) -> Result<u64, cairn_proto::SequencerError> {
-        let mut attempt = 0u64;
-        loop {
-            match self.0.submit(topic, after, payload.clone()) {
-                Err(cairn_proto::SequencerError::Unavailable(m))
-                    if m.starts_with("transaction refused") && attempt < 8 =>
-                {
-                    attempt += 1;
-                    info!("sequencer submission refused ({m}); retry {attempt}");
-                    std::thread::sleep(Duration::from_millis(250 * attempt));
-                }
-                r => return r,
-            }
-        }
-    }
-
-    fn fetch(
-        &self,
-        topic: &Topic,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<cairn_proto::Sequenced>, cairn_proto::SequencerError> {
-        self.0.fetch(topic, from, max)
-    }
-}
-
 struct Actor {
     inner: Arc<Inner>,
     mls: MlsClient,
-    sequencer: Sequencer,
+    sequencer: LedgerSequencer,
     ledger: LedgerClient,
     chains: HashMap<ConversationId, Chain>,
     used_packages: HashSet<Vec<u8>>,
@@ -699,10 +662,9 @@ impl Actor {
     fn new(inner: Arc<Inner>, mls: MlsClient, cfg: &ServiceConfig) -> anyhow::Result<Self> {
         let client = LedgerClient::new(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
         let seq_client = LedgerClient::new(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
-        let sequencer = Sequencer(
+        let sequencer =
             LedgerSequencer::new(seq_client, inner.identity.account, inner.identity.device_key.clone())
-                .with_timeout(Duration::from_secs(20)),
-        );
+                .with_timeout(Duration::from_secs(20));
         Ok(Self {
             inner,
             mls,
@@ -723,8 +685,8 @@ impl Actor {
     fn run(mut self, rx: std_mpsc::Receiver<Job>, rt: tokio::runtime::Handle) {
         for id in self.mls.conversations() {
             self.snapshot(&id);
-            self.sync(&rt, &id);
-            self.replay_history(&rt, id);
+            self.sync(&id);
+            self.replay_history(id);
         }
         while let Ok(job) = rx.recv() {
             match job {
@@ -744,7 +706,7 @@ impl Actor {
                 }
                 Job::Remove(conv, account, reply) => {
                     let r = self.ensure_registered(&rt).and_then(|_| {
-                        self.sync(&rt, &conv);
+                        self.sync(&conv);
                         self.mls
                             .remove_account(&conv, account, &mut self.sequencer, now_ms())
                             .map_err(mls_err)
@@ -1020,7 +982,7 @@ impl Actor {
         members: Vec<AccountId>,
     ) -> ApiResult<()> {
         self.ensure_registered(rt)?;
-        self.sync(rt, &id);
+        self.sync(&id);
         let present = self.mls.member_accounts(&id).map_err(mls_err)?;
         let mut packages = Vec::new();
         for a in members.iter().filter(|a| !present.contains(a)) {
@@ -1106,7 +1068,7 @@ impl Actor {
         }
         // Encrypt in the newest epoch the ledger has sequenced: a member added a moment ago
         // can only read messages of epochs it is in.
-        self.sync(rt, &conv);
+        self.sync(&conv);
         if !self.mls.is_active(&conv).map_err(mls_err)? {
             return Err(ApiError::Conflict("this device is no longer a member of that conversation".into()));
         }
@@ -1168,19 +1130,11 @@ impl Actor {
         if self.inner.db.has_plain(&id).unwrap_or(false) {
             return; // own message, or already read
         }
-        self.open(rt, conv, id, env, after_gap, true);
+        self.open(conv, id, env, after_gap, true);
     }
 
     /// Decrypts and accepts one conversation envelope.
-    fn open(
-        &mut self,
-        rt: &tokio::runtime::Handle,
-        conv: ConversationId,
-        id: Id,
-        env: Envelope,
-        after_gap: bool,
-        may_sync: bool,
-    ) {
+    fn open(&mut self, conv: ConversationId, id: Id, env: Envelope, after_gap: bool, may_sync: bool) {
         let Some(payload) = env.payload.as_ref() else { return };
         let Ok(ct) = unpad(payload) else {
             warn!("conversation envelope {} has bad padding", id.short());
@@ -1191,7 +1145,7 @@ impl Actor {
             Ok(Received::Buffered) => {
                 self.chain(&conv).pending.push((id, env, after_gap));
                 if may_sync {
-                    self.sync(rt, &conv);
+                    self.sync(&conv);
                 }
             }
             Ok(Received::Dropped(reason)) => debug!("message {} dropped: {reason:?}", id.short()),
@@ -1286,13 +1240,13 @@ impl Actor {
         if let Err(e) = rt.block_on(self.inner.net.subscribe(id.topic())) {
             warn!("cannot follow the conversation: {e}");
         }
-        self.sync(rt, &id);
+        self.sync(&id);
         // Our used key package is gone: publish a fresh batch.
         if let Err(e) = self.publish_key_packages(rt) {
             warn!("cannot publish fresh key packages: {e}");
         }
         // Read what arrived before we joined the conversation's topic.
-        self.replay_history(rt, id);
+        self.replay_history(id);
         self.snapshot(&id);
         if let Ok(v) = self.view(&id) {
             let _ = self.inner.events.send(StreamEvent::Joined { conversation: v });
@@ -1304,7 +1258,7 @@ impl Actor {
     /// which may be before this node read it (a stop in between). Readable ones are accepted
     /// (exactly once: accepted ids are skipped), the others are left for `verify` to check as
     /// structure.
-    fn replay_history(&mut self, rt: &tokio::runtime::Handle, id: ConversationId) {
+    fn replay_history(&mut self, id: ConversationId) {
         let topic = id.topic();
         let mut from = 0;
         let history = self.inner.net.history().clone();
@@ -1314,7 +1268,7 @@ impl Actor {
                 let eid = env.id();
                 self.chain(&id).add(eid, &env.header.parents);
                 if !self.inner.db.has_plain(&eid).unwrap_or(true) {
-                    self.open(rt, id, eid, env, false, false);
+                    self.open(id, eid, env, false, false);
                 }
             }
             match page.next {
@@ -1325,7 +1279,7 @@ impl Actor {
     }
 
     /// Applies newly sequenced handshakes of a conversation, then retries buffered messages.
-    fn sync(&mut self, rt: &tokio::runtime::Handle, conv: &ConversationId) {
+    fn sync(&mut self, conv: &ConversationId) {
         let events = match self.mls.sync(conv, &self.sequencer, now_ms()) {
             Ok(e) => e,
             Err(e) => {
@@ -1364,7 +1318,6 @@ impl Actor {
         if changed {
             self.snapshot(conv);
         }
-        let _ = rt;
     }
 
     fn tick(&mut self, rt: &tokio::runtime::Handle) {
@@ -1389,7 +1342,7 @@ impl Actor {
         if height != self.last_height {
             self.last_height = height;
             for c in &convs {
-                self.sync(rt, c);
+                self.sync(c);
             }
         }
         for c in &convs {
