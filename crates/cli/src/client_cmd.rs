@@ -28,12 +28,19 @@ pub(crate) enum ClientCommand {
     /// Conversations: create, list, show, add or remove members, leave.
     #[command(subcommand)]
     Chat(ChatCommand),
-    /// Send a text message; prints the message id, then its delivery status.
+    /// Send a text message; prints the message id, then its delivery status (sent, stored on k
+    /// nodes, delivered to n of m members) once every member has it or `--wait` has passed.
     Send {
         /// Conversation id (or a unique prefix of at least 8 hex digits).
         conv: String,
         /// The text.
         text: String,
+        /// Seconds to wait for delivery receipts before printing the status (0: print at once).
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a conversation's messages (oldest first).
     Tail {
@@ -154,7 +161,7 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
             ChatCommand::Remove { conv, member } => run_chat_remove(home, &conv, &member),
             ChatCommand::Leave { conv } => run_chat_leave(home, &conv),
         },
-        ClientCommand::Send { conv, text } => run_send(home, &conv, &text),
+        ClientCommand::Send { conv, text, wait, json } => run_send(home, &conv, &text, wait, json),
         ClientCommand::Tail { conv, follow, json, after } => run_tail(home, &conv, follow, json, after),
         ClientCommand::Verify { conv } => run_verify(home, &conv),
         ClientCommand::Handle(HandleCommand::Claim { name }) => run_handle_claim(home, &name),
@@ -296,6 +303,10 @@ pub(crate) fn run_chat_leave(home: &Path, conv: &str) -> anyhow::Result<()> {
 pub(crate) fn delivery_text(d: &DeliveryView) -> String {
     match d.state.as_str() {
         "delivered" => format!("delivered to {} of {} members", d.delivered_to, d.members),
+        "stored" if d.delivered_to > 0 => format!(
+            "stored on {} nodes, delivered to {} of {} members",
+            d.stored_on, d.delivered_to, d.members
+        ),
         "stored" => format!("stored on {} nodes", d.stored_on),
         "sent" => "sent".to_string(),
         other => other.to_string(),
@@ -303,10 +314,14 @@ pub(crate) fn delivery_text(d: &DeliveryView) -> String {
 }
 
 /// `cairn send <conv> <text>`: the envelope id on line 1, its status on line 2.
-pub(crate) fn run_send(home: &Path, conv: &str, text: &str) -> anyhow::Result<()> {
-    let r = client(home)?.send(conv, text)?;
-    println!("{}", r.id);
-    println!("{}", delivery_text(&r.delivery));
+pub(crate) fn run_send(home: &Path, conv: &str, text: &str, wait_s: u64, json: bool) -> anyhow::Result<()> {
+    let r = client(home)?.send_wait(conv, text, wait_s.saturating_mul(1000))?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{}", r.id);
+        println!("{}", delivery_text(&r.delivery));
+    }
     Ok(())
 }
 

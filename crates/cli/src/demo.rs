@@ -276,17 +276,23 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     for (name, c) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
         wait_texts(c, name, &id, &all)?;
     }
-    let sent = alice.send(&id, "did you get this?")?;
-    let delivered = wait_for("bob's and carol's delivery receipts", STEP_TIMEOUT, || {
-        let q = TailQuery { after: None, limit: Some(10_000), wait_ms: None };
-        let _ = alice.messages(&id, &q)?;
-        Ok(texts(&bob, &id)?.contains(&"did you get this?".to_owned()).then_some(()))
-    });
-    delivered?;
+    // Delivery receipts: the send answers once both other members' devices acknowledged it.
+    let sent = alice.send_wait(&id, "did you get this?", STEP_TIMEOUT.as_millis() as u64)?;
+    if sent.delivery.state != "delivered" || sent.delivery.delivered_to != 2 || sent.delivery.stored_on < 2 {
+        bail!(
+            "alice's message {} is {:?}, not stored on ≥ 2 store nodes and delivered to bob and carol",
+            &sent.id[..12],
+            sent.delivery
+        );
+    }
+    for (name, c) in [("bob", &bob), ("carol", &carol)] {
+        wait_texts(c, name, &id, &["did you get this?"])?;
+    }
     d.ok(&format!(
-        "3 + 1 messages, each seen once by all three; message {} was {}",
+        "3 + 1 messages, each seen once by all three; message {}: {} (receipts from both devices; stored on {} store nodes)",
         &sent.id[..12],
-        sent.delivery.state
+        crate::client_cmd::delivery_text(&sent.delivery),
+        sent.delivery.stored_on
     ));
 
     // 6. Offline member.

@@ -120,7 +120,11 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         );
         let (mut network, mut oracle) = lookup::Network::new(ctx.child("network"), p2p_cfg);
         let _ = oracle.track(0, peers);
-        let quota = Quota::per_second(NZU32!(100_000));
+        // commonware-p2p preallocates every channel's mailbox at `peers × burst` slots: a
+        // burst equal to the per-second rate (`Quota::per_second` alone) made each validator
+        // touch ~4 GiB at start-up and took 20–40 s on a loaded machine. The rate stays high;
+        // the burst is what a peer may queue at once.
+        let quota = Quota::per_second(NZU32!(100_000)).allow_burst(NZU32!(1024));
         let channels: Vec<_> = channel::ALL.iter().map(|c| network.register(*c, quota)).collect();
         let _net = network.start();
         let running = match validator::start(

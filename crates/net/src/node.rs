@@ -96,8 +96,12 @@ pub struct NodeConfig {
     pub retention: Retention,
     /// Store nodes each envelope is pushed to (k).
     pub replicas: usize,
-    /// Most established connections.
+    /// Most established connections (inbound and outbound). A store node serves every user
+    /// that picks it, so this is a server-sized cap, not a mesh size.
     pub connections_max: u32,
+    /// Peers found through the DHT are dialled only while fewer than this many are connected;
+    /// gossip needs a handful of mesh peers, not the whole network.
+    pub dial_target: u32,
     /// Peer scoring.
     pub score: ScoreConfig,
     /// Fixed identity (Ed25519 seed) or a fresh one.
@@ -127,7 +131,8 @@ impl NodeConfig {
             sync: SyncConfig::default(),
             retention: Retention::default(),
             replicas: 3,
-            connections_max: 64,
+            connections_max: 1024,
+            dial_target: 16,
             score: ScoreConfig::default(),
             identity_seed: None,
             tick_ms: 200,
@@ -462,7 +467,7 @@ fn build_swarm(c: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
             let limits = connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(c.connections_max))
-                    .with_max_pending_incoming(Some(c.connections_max))
+                    .with_max_pending_incoming(Some(c.connections_max.min(128)))
                     .with_max_established_per_peer(Some(2)),
             );
             Ok(Behaviour {
@@ -845,7 +850,7 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
                 let connected = self.swarm.connected_peers().count() as u32;
-                if !self.swarm.is_connected(&peer) && connected < self.config.connections_max {
+                if !self.swarm.is_connected(&peer) && connected < self.config.dial_target {
                     let _ = self.swarm.dial(peer);
                 }
             }

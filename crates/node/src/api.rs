@@ -30,7 +30,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 
 use crate::backend::{ApiError, Backend};
-use crate::model::{DeviceAddRequest, ErrorBody, HandleRequest, MembersRequest, SendRequest, TailQuery};
+use crate::model::{
+    DeviceAddRequest, ErrorBody, HandleRequest, MembersRequest, SendQuery, SendRequest, StreamEvent,
+    TailQuery,
+};
 
 /// Largest accepted request body, in bytes (larger → 413).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -385,12 +388,40 @@ async fn leave<B: Backend>(State(ctx): St<B>, ApiPath(id): ApiPath<String>) -> A
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest a send waits for delivery (`wait_ms`).
+const SEND_WAIT_MAX_MS: u64 = 60_000;
+
 async fn send<B: Backend>(
     State(ctx): St<B>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<SendQuery>,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult<Response> {
-    ok(ctx.backend.send(id, req.text).await)
+    // Subscribe before sending: a fast acknowledgement must not slip past.
+    let mut events = ctx.backend.subscribe();
+    let mut r = ctx.backend.send(id, req.text).await?;
+    let wait = query.wait_ms.unwrap_or(0).min(SEND_WAIT_MAX_MS);
+    if wait > 0 && r.delivery.state != "delivered" {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait);
+        let mut stop = ctx.stop.subscribe();
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(StreamEvent::Delivery { id, delivery, .. }) if id == r.id => {
+                        r.delivery = delivery;
+                        if r.delivery.state == "delivered" {
+                            break;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = stopped(&mut stop) => break,
+            }
+        }
+    }
+    Ok(axum::Json(r).into_response())
 }
 
 async fn messages<B: Backend>(

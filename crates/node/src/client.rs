@@ -155,9 +155,21 @@ impl Client {
         self.expect_no_body(resp)
     }
 
-    /// `POST /v1/conversations/{id}/messages`.
+    /// `POST /v1/conversations/{id}/messages`: answers at once with state `sent`.
     pub fn send(&self, id: &str, text: &str) -> Result<SendResult, ClientError> {
-        self.post(&format!("/v1/conversations/{}/messages", seg(id)), &SendRequest { text: text.to_string() })
+        self.send_wait(id, text, 0)
+    }
+
+    /// `POST /v1/conversations/{id}/messages?wait_ms=…`: answers when the message is delivered
+    /// to every member or after `wait_ms` (capped by the node), with the latest state reached.
+    pub fn send_wait(&self, id: &str, text: &str, wait_ms: u64) -> Result<SendResult, ClientError> {
+        let mut req = self.agent.post(self.url(&format!("/v1/conversations/{}/messages", seg(id))));
+        if wait_ms > 0 {
+            req = req.query("wait_ms", wait_ms.to_string());
+        }
+        let timeout = REQUEST_TIMEOUT.saturating_add(Duration::from_millis(wait_ms));
+        let req = req.config().timeout_global(Some(timeout)).build();
+        self.decode(self.auth(req).send_json(&SendRequest { text: text.to_string() }))
     }
 
     /// `GET /v1/conversations/{id}/messages` (long poll when `query.wait_ms` is set; the

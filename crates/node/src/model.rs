@@ -91,6 +91,14 @@ pub struct DeliveryView {
     pub members: u32,
 }
 
+/// `POST /v1/conversations/{id}/messages` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SendQuery {
+    /// Wait up to this long (capped) for the message to be delivered to every member before
+    /// answering; the answer then carries the latest state reached. 0 or absent: answer at once.
+    pub wait_ms: Option<u64>,
+}
+
 /// `POST /v1/conversations/{id}/messages` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SendResult {

@@ -178,6 +178,14 @@ impl Backend for Fake {
         })?;
         self.arrived.notify_waiters();
         let _ = self.events.send(StreamEvent::Message(msg.clone()));
+        // The other member's receipt arrives a little later.
+        let events = self.events.clone();
+        let (id, conversation) = (msg.id.clone(), msg.conversation.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let delivery = DeliveryView { state: "delivered".into(), delivered_to: 1, ..delivery() };
+            let _ = events.send(StreamEvent::Delivery { id, conversation, delivery });
+        });
         Ok(SendResult { id: msg.id, delivery: delivery() })
     }
 
@@ -460,6 +468,31 @@ fn malformed_requests_get_400_with_a_message() {
     let (status, text) = request(&s, "GET", "/v1/conversations/%FF%FE", auth, None);
     assert_eq!(status, 400, "invalid UTF-8 in the path: {text}");
     assert_eq!(error_body(&text).code, "bad_request");
+}
+
+#[test]
+fn send_answers_at_once_or_after_delivery_when_asked_to_wait() {
+    let s = start();
+    let c = Client::new(&s.url(""), TOKEN, Path::new("/x"));
+    let conv = c.create_conversation(&["cairn1a".into()]).unwrap();
+    let at_once = c.send(&conv.id, "one").unwrap();
+    assert_eq!(at_once.delivery.state, "stored");
+    // Waiting less than the receipt takes: the latest state reached, after about the wait.
+    let t = Instant::now();
+    let short = c.send_wait(&conv.id, "two", 50).unwrap();
+    assert_eq!(short.delivery.state, "stored");
+    assert!(t.elapsed() >= Duration::from_millis(50), "{:?}", t.elapsed());
+    // Waiting long enough: answered as soon as this message (not the earlier ones) is delivered.
+    let t = Instant::now();
+    let long = c.send_wait(&conv.id, "three", 20_000).unwrap();
+    assert_eq!(long.delivery.state, "delivered");
+    assert_eq!((long.delivery.delivered_to, long.delivery.members), (1, 1));
+    assert!(t.elapsed() < Duration::from_secs(10), "answered at delivery, not at the end of the wait");
+    let a = bearer();
+    let path = format!("/v1/conversations/{}/messages?wait_ms=soon", conv.id);
+    let (status, text) =
+        request(&s, "POST", &path, Some(&a), Some(("application/json", b"{\"text\":\"x\"}")));
+    assert_eq!(status, 400, "{text}");
 }
 
 #[test]
