@@ -719,8 +719,17 @@ impl Node {
     }
 
     fn retarget(&mut self) {
-        let topics: Vec<Topic> = self.subscribed.iter().copied().collect();
         let now = now_ms();
+        // Own envelopes still short of store nodes, on topics this node does not read: give
+        // them the store nodes now known (a node that published before it found any).
+        for t in self.sync.unstored_topics() {
+            if !self.subscribed.contains(&t) {
+                let stores = self.stores_for(&t);
+                let outs = self.sync.handle(Input::Targets { topic: t, stores }, now);
+                self.apply(outs);
+            }
+        }
+        let topics: Vec<Topic> = self.subscribed.iter().copied().collect();
         for t in topics {
             let stores = self.stores_for(&t);
             self.load_cursors(&t, &stores);

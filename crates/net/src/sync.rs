@@ -14,7 +14,7 @@
 //! Inputs carry the current time; outputs are requests for the shell to perform. Nothing here
 //! does I/O, so a seeded simulation can run it through loss, delay, duplication and reordering.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 
 use cairn_proto::{Envelope, Id, Topic};
@@ -263,6 +263,12 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
     /// Status of every envelope not yet stored on enough nodes.
     pub fn pending(&self) -> Vec<(Id, SendStatus)> {
         self.outbox.iter().filter(|(_, p)| !p.stored).map(|(id, p)| (*id, Self::status_of(p))).collect()
+    }
+
+    /// Topics of own envelopes not yet stored on enough store nodes (a node publishes on topics
+    /// it does not read, e.g. its key packages: these need store targets too).
+    pub fn unstored_topics(&self) -> BTreeSet<Topic> {
+        self.outbox.values().filter(|p| !p.stored).map(|p| p.envelope.header.topic).collect()
     }
 
     /// Envelopes held back for missing parents.

@@ -297,6 +297,29 @@ fn unreachable_stores_mean_retrying_never_stored() {
 }
 
 #[test]
+fn a_send_before_any_store_is_known_goes_out_once_targets_appear() {
+    let mut s: Sync<u8> = Sync::new(SyncConfig::default(), [], []);
+    let topic = Topic([4; 32]);
+    let e = envelope(topic, 1, vec![]);
+    let id = e.id();
+    let outs = s.handle(Input::Send { envelope: e, stores: vec![] }, 0);
+    assert!(!outs.iter().any(|o| matches!(o, Output::StoreRequest { .. })));
+    assert_eq!(s.unstored_topics().into_iter().collect::<Vec<_>>(), vec![topic]);
+    let outs = s.handle(Input::Targets { topic, stores: vec![0, 2] }, 1);
+    let to: Vec<u8> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::StoreRequest { to, envelope } if envelope.id() == id => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to, vec![0, 2]);
+    s.handle(Input::StoreAck { id, from: 0 }, 2);
+    s.handle(Input::StoreAck { id, from: 2 }, 3);
+    assert!(s.unstored_topics().is_empty(), "stored on two: nothing left to target");
+}
+
+#[test]
 fn unfindable_ancestor_becomes_a_flagged_gap() {
     let cfg = SyncConfig { gap_fetch_attempts_max: 3, gap_retry_ms: 10, ..SyncConfig::default() };
     let mut s: Sync<u8> = Sync::new(cfg, [], []);
