@@ -108,6 +108,9 @@ pub struct NodeConfig {
     pub identity_seed: Option<[u8; 32]>,
     /// Period of the timer that drives retries and resyncs, ms.
     pub tick_ms: u64,
+    /// Period of anti-entropy: every subscribed topic is asked of its store nodes again (from
+    /// the saved cursor), so mail that gossip did not bring arrives within this time. 0: never.
+    pub resync_every_ms: u64,
     /// Period of mailbox expiry, ms.
     pub expire_every_ms: u64,
     /// Gossipsub heartbeat, ms.
@@ -136,6 +139,7 @@ impl NodeConfig {
             score: ScoreConfig::default(),
             identity_seed: None,
             tick_ms: 200,
+            resync_every_ms: 5_000,
             expire_every_ms: 60_000,
             heartbeat_ms: 500,
         }
@@ -388,6 +392,14 @@ fn build_gossipsub(c: &NodeConfig) -> Result<gossipsub::Behaviour, String> {
     let mut params = gossipsub::PeerScoreParams {
         ip_colocation_factor_weight: c.score.ip_colocation_weight,
         ip_colocation_factor_threshold: c.score.ip_colocation_threshold,
+        // Processes on this machine are not a Sybil risk worth graylisting: a dev network or a
+        // bench runs dozens of nodes on loopback, and P6 would cut them all off from gossip.
+        ip_colocation_factor_whitelist: [
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ]
+        .into_iter()
+        .collect(),
         ..gossipsub::PeerScoreParams::default()
     };
     for shard in 0..SHARDS {
@@ -601,6 +613,13 @@ impl Node {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.tick_ms.max(10)));
         let mut expire = tokio::time::interval(Duration::from_millis(self.config.expire_every_ms.max(1000)));
+        let resync_ms =
+            if self.config.resync_every_ms == 0 { u64::MAX / 4 } else { self.config.resync_every_ms };
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_millis(resync_ms),
+            Duration::from_millis(resync_ms.max(100)),
+        );
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
@@ -614,6 +633,7 @@ impl Node {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
                 }
+                _ = resync.tick() => self.resync(),
                 _ = expire.tick() => {
                     if let Some(m) = &self.mailbox && let Err(e) = m.expire(now_ms()) {
                         warn!("mailbox expiry failed: {e}");
@@ -715,6 +735,21 @@ impl Node {
             {
                 self.sync.set_cursor(*topic, *s, u64::from_be_bytes(arr));
             }
+        }
+    }
+
+    /// Anti-entropy: ask the store nodes of every subscribed topic for what came after the
+    /// cursor (an empty page when gossip already brought everything).
+    fn resync(&mut self) {
+        let now = now_ms();
+        let topics: Vec<Topic> = self.subscribed.iter().copied().collect();
+        for t in topics {
+            let stores = self.stores_for(&t);
+            if stores.is_empty() {
+                continue;
+            }
+            let outs = self.sync.handle(Input::Sync { topic: t, stores }, now);
+            self.apply(outs);
         }
     }
 
@@ -865,7 +900,13 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => self.on_store_event(ev),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
-                if num_established.get() == 1 && self.swarm.behaviour().kad.mode() == kad::Mode::Server {
+                // Bootstrap while joining (first few peers); afterwards kad's periodic bootstrap
+                // suffices — one per connection made every node of a 100-node mesh flood the
+                // others' kad handlers.
+                if num_established.get() == 1
+                    && self.swarm.behaviour().kad.mode() == kad::Mode::Server
+                    && self.swarm.connected_peers().count() <= 3
+                {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
                 debug!(%peer_id, "connected");

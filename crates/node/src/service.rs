@@ -55,6 +55,8 @@ const KIND_TEXT: u8 = 1;
 const KIND_RECEIPT: u8 = 2;
 /// Ids per receipt.
 const RECEIPT_IDS_MAX: usize = 128;
+/// Receipt batches are at least this many ms apart per member of the group.
+const RECEIPT_PACE_MS_PER_MEMBER: u64 = 20;
 /// Longest text message, bytes.
 pub const TEXT_BYTES_MAX: usize = 64 * 1024;
 /// Key packages per published batch (plus one last-resort package).
@@ -605,11 +607,16 @@ struct Chain {
     loaded: bool,
     heads: BTreeSet<Id>,
     parents: HashMap<Id, Vec<Id>>,
+    /// Ids some known envelope names as a parent (an arriving one of these is not a head).
+    referenced: HashSet<Id>,
+    /// The head added last: the one anchored (its ancestry is, in practice, the widest).
+    newest_head: Option<Id>,
     anchored: u64,
     last_anchor_ms: u64,
     /// Readable later (MLS buffered them for a future epoch).
     pending: Vec<(Id, Envelope, bool)>,
     receipts_due: Vec<Id>,
+    last_receipt_ms: u64,
 }
 
 impl Chain {
@@ -619,11 +626,18 @@ impl Chain {
         }
         for p in parents {
             self.heads.remove(p);
+            self.referenced.insert(*p);
         }
-        if !self.parents.values().any(|ps| ps.contains(&id)) {
+        if !self.referenced.contains(&id) {
             self.heads.insert(id);
+            self.newest_head = Some(id);
         }
         self.parents.insert(id, parents.to_vec());
+    }
+
+    /// The head to anchor: the newest one still a head, else the first.
+    fn anchor_head(&self) -> Option<Id> {
+        self.newest_head.filter(|h| self.heads.contains(h)).or_else(|| self.heads.first().copied())
     }
 
     /// Size of the ancestry of `head`, itself included, over known envelopes.
@@ -1359,6 +1373,18 @@ impl Actor {
     }
 
     fn flush_receipts(&mut self, rt: &tokio::runtime::Handle, conv: &ConversationId) {
+        if self.chain(conv).receipts_due.is_empty() {
+            return;
+        }
+        // Every member decrypts every receipt: pace them by group size (20 ms per member, at
+        // most 5 s) so a large group's receipt traffic stays linear, not quadratic, per second.
+        let now = now_ms();
+        let members = self.mls.members(conv).map(|m| m.len()).unwrap_or(2) as u64;
+        let every = members.saturating_mul(RECEIPT_PACE_MS_PER_MEMBER).min(5_000);
+        if now.saturating_sub(self.chain(conv).last_receipt_ms) < every {
+            return;
+        }
+        self.chain(conv).last_receipt_ms = now;
         let due: Vec<Id> = std::mem::take(&mut self.chain(conv).receipts_due);
         for chunk in due.chunks(RECEIPT_IDS_MAX) {
             let mut w = Writer::with_capacity(3 + 32 * chunk.len());
@@ -1380,10 +1406,12 @@ impl Actor {
             return;
         }
         chain.last_anchor_ms = now;
-        let Some((head, count)) = chain.heads.iter().map(|h| (*h, chain.ancestry(h))).max_by_key(|(_, n)| *n)
-        else {
+        // One traversal per anchor (not one per head: with a hundred members writing at once
+        // there are as many heads, and this ran every 5 s over the whole history).
+        let Some(head) = chain.anchor_head() else {
             return;
         };
+        let count = chain.ancestry(&head);
         if count <= chain.anchored {
             return;
         }
@@ -1758,5 +1786,37 @@ impl Backend for Service {
     fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.stop.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> Id {
+        Id([n; 32])
+    }
+
+    #[test]
+    fn chain_heads_follow_links_in_any_arrival_order() {
+        // 1 ← 2, 1 ← 3, {2,3} ← 4; the child 4 arrives before its parent 3.
+        let mut c = Chain::default();
+        c.add(id(1), &[]);
+        c.add(id(2), &[id(1)]);
+        assert_eq!(c.heads.iter().copied().collect::<Vec<_>>(), vec![id(2)]);
+        c.add(id(4), &[id(2), id(3)]);
+        c.add(id(3), &[id(1)]);
+        assert_eq!(c.heads.iter().copied().collect::<Vec<_>>(), vec![id(4)], "3 is 4's parent: not a head");
+        assert_eq!(c.anchor_head(), Some(id(4)));
+        assert_eq!(c.ancestry(&id(4)), 4);
+        assert_eq!(c.ancestry(&id(2)), 2);
+        // A fork: 5 on top of 3 makes two heads; the newest is anchored.
+        c.add(id(5), &[id(3)]);
+        assert_eq!(c.heads.len(), 2);
+        assert_eq!(c.anchor_head(), Some(id(5)));
+        assert_eq!(c.ancestry(&id(5)), 3);
+        // Re-adding is a no-op.
+        c.add(id(5), &[id(3)]);
+        assert_eq!(c.parents.len(), 5);
     }
 }
