@@ -41,6 +41,10 @@ pub(crate) struct BenchArgs {
     /// Messages per group in the e2e bench.
     #[arg(long, default_value_t = 200)]
     e2e_messages: usize,
+    /// Messages per second the e2e sender offers (0: as fast as it can send; a rate the group
+    /// keeps up with measures latency rather than queueing).
+    #[arg(long, default_value_t = 0.0)]
+    e2e_rate: f64,
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
@@ -76,7 +80,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if all || matches!(a.which, Which::E2e) {
-        crate::bench_e2e::run(&a.groups, a.e2e_messages)?;
+        crate::bench_e2e::run(&a.groups, a.e2e_messages, a.e2e_rate)?;
     }
     Ok(())
 }

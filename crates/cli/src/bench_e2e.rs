@@ -53,7 +53,7 @@ async fn wait<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
 }
 
 /// Runs the bench for each group size and prints the table.
-pub(crate) fn run(sizes: &[usize], messages: usize) -> Result<()> {
+pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64) -> Result<()> {
     let max = sizes.iter().copied().max().unwrap_or(2).max(2);
     let dir = tempfile::tempdir()?;
     let chain = dir.path().join("chain");
@@ -62,10 +62,12 @@ pub(crate) fn run(sizes: &[usize], messages: usize) -> Result<()> {
     children.0.push(("validator".into(), spawn_validator(&chain, 0, &dir.path().join("logs"))?));
     let genesis = Genesis::load(&gpath)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages))?;
+    let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages, rate))?;
     drop(children);
+    let offered = if rate > 0.0 { format!("offered at {rate} msg/s") } else { "sent back to back".into() };
     println!(
-        "end-to-end encrypted messaging ({messages} × 1 line of text per group; 1 sender; 3 store nodes; 1 validator)"
+        "end-to-end encrypted messaging ({messages} × 1 line of text per group, {offered}; 1 sender; \
+         {max} user nodes, 3 store nodes and 1 validator on this machine)"
     );
     println!("members  delivered          p50 ms   p99 ms  ack p50 ms  sent msg/s  deliveries/s");
     for r in rows {
@@ -91,6 +93,7 @@ async fn bench(
     max: usize,
     sizes: &[usize],
     messages: usize,
+    rate: f64,
 ) -> Result<Vec<Row>> {
     // Store nodes.
     let mut stores = Vec::new();
@@ -192,12 +195,24 @@ async fn bench(
         let mut sent: Vec<(String, Instant)> = Vec::new();
         let start = Instant::now();
         for i in 0..messages {
+            if rate > 0.0 {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
             let at = Instant::now();
             let r = group[0]
                 .send(conv.clone(), format!("bench message {i}"))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             sent.push((r.id, at));
+            if (i + 1) % 50 == 0 || i + 1 == messages {
+                let got: usize = arrivals.lock().await.values().map(Vec::len).sum();
+                eprintln!(
+                    "[bench] group of {n}: sent {}/{messages} in {:.1} s; {got} deliveries so far",
+                    i + 1,
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         let send_secs = start.elapsed().as_secs_f64();
         let expected = messages * (n - 1);
