@@ -170,7 +170,15 @@ async fn bench(
             let arrivals = arrivals.clone();
             let conv = conv.clone();
             tasks.push(tokio::spawn(async move {
-                while let Ok(ev) = rx.recv().await {
+                loop {
+                    let ev = match rx.recv().await {
+                        Ok(ev) => ev,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                            eprintln!("[bench] a receiver's event stream skipped {k} events: deliveries undercounted");
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
                     if let StreamEvent::Message(m) = ev
                         && m.conversation == conv
                     {
@@ -183,7 +191,14 @@ async fn bench(
             let mut rx = group[0].subscribe();
             let acks = acks.clone();
             tasks.push(tokio::spawn(async move {
-                while let Ok(ev) = rx.recv().await {
+                loop {
+                    // Receipts make many Delivery events: a lag skips some, it must not end
+                    // the listener (it did, and the stored-ack column lost its later samples).
+                    let ev = match rx.recv().await {
+                        Ok(ev) => ev,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    };
                     if let StreamEvent::Delivery { id, delivery, .. } = ev
                         && delivery.stored_on >= 2
                     {

@@ -491,7 +491,9 @@ mod tests {
     fn delivery_texts() {
         let d = |state: &str| DeliveryView { state: state.into(), stored_on: 2, delivered_to: 1, members: 3 };
         assert_eq!(delivery_text(&d("sent")), "sent");
-        assert_eq!(delivery_text(&d("stored")), "stored on 2 nodes");
+        assert_eq!(delivery_text(&d("stored")), "stored on 2 nodes, delivered to 1 of 3 members");
+        let none_yet = DeliveryView { delivered_to: 0, ..d("stored") };
+        assert_eq!(delivery_text(&none_yet), "stored on 2 nodes");
         assert_eq!(delivery_text(&d("delivered")), "delivered to 1 of 3 members");
     }
 
