@@ -13,10 +13,10 @@ use cairn_proto::sequencer::{CommitSequencer, SequencerError};
 use cairn_proto::{AccountId, DecodeError, DeviceCert, DeviceId, Topic};
 use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::prelude::{
-    Capabilities, ExtensionType, GroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters, Lifetime, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    PastEpochDeletion, ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage,
-    RatchetTreeIn, SenderRatchetConfiguration, StagedCommit, StagedWelcome, ValidationError,
+    Capabilities, ExtensionType, GroupId, KeyPackage, KeyPackageBundle, KeyPackageRef, LeafNodeIndex,
+    LeafNodeParameters, Lifetime, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, PastEpochDeletion, ProcessMessageError, ProcessedMessageContent, Proposal,
+    ProtocolMessage, RatchetTreeIn, SenderRatchetConfiguration, StagedCommit, StagedWelcome, ValidationError,
 };
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::random::OpenMlsRand as _;
@@ -77,7 +77,7 @@ impl Default for Config {
 }
 
 /// Format version of a [`WelcomeBundle`].
-pub const WELCOME_BUNDLE_VERSION: u8 = 1;
+pub const WELCOME_BUNDLE_VERSION: u8 = 2;
 /// Largest MLS Welcome accepted, in bytes.
 pub const WELCOME_BYTES_MAX: usize = 8 << 20;
 /// Largest ratchet tree accepted, in bytes.
@@ -220,12 +220,18 @@ impl StagedChange {
 #[derive(Debug)]
 struct Built {
     commit: Vec<u8>,
-    welcome: Option<WelcomeOut>,
+    /// The Welcome (bytes and recipients) and the key packages its tree key is sealed to.
+    welcome: Option<(WelcomeOut, Vec<KeyPackage>)>,
     after: u64,
 }
 
 /// A Welcome as shipped: the MLS Welcome plus the ratchet tree (out of band, so the Welcome
 /// stays small) and where in the handshake order the new member starts.
+///
+/// The tree names every member (their credentials), and the bundle travels on the invitee's
+/// inbox topic where store nodes see it: it is encrypted under a fresh AEAD key, and that key
+/// is HPKE-sealed to each new member's key-package init key (the key the MLS Welcome's own
+/// group secrets are sealed to), so only the invitees read who is in the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WelcomeBundle {
     /// The conversation.
@@ -234,19 +240,137 @@ pub struct WelcomeBundle {
     pub applied: u64,
     /// MLS `Welcome` message bytes.
     pub welcome: Vec<u8>,
-    /// TLS-encoded ratchet tree.
-    pub ratchet_tree: Vec<u8>,
+    /// AEAD nonce of the sealed tree.
+    pub tree_nonce: Vec<u8>,
+    /// The TLS-encoded ratchet tree, AEAD-encrypted (with tag).
+    pub sealed_tree: Vec<u8>,
+    /// The tree key, sealed to each new member.
+    pub keys: Vec<SealedTreeKey>,
 }
 
+/// The tree key of a [`WelcomeBundle`], HPKE-sealed to one key package's init key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedTreeKey {
+    /// The key package it is sealed to (its TLS-encoded `KeyPackageRef`, which the MLS Welcome
+    /// names in the clear too).
+    pub key_package_ref: Vec<u8>,
+    /// HPKE encapsulated key.
+    pub kem_output: Vec<u8>,
+    /// HPKE ciphertext of the tree key.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Most recipients of one Welcome bundle.
+pub const WELCOME_RECIPIENTS_MAX: usize = 1024;
+const TREE_KEY_INFO: &[u8] = b"cairn 2026-11 welcome tree key v1";
+
 impl WelcomeBundle {
-    /// Canonical encoding: `version:u8 id:[32] applied:u64 welcome:bytes tree:bytes`.
+    /// Builds a bundle whose tree only the owners of `recipients` can read.
+    pub fn seal(
+        provider: &impl openmls_traits::OpenMlsProvider,
+        conversation: ConversationId,
+        applied: u64,
+        welcome: Vec<u8>,
+        ratchet_tree: &[u8],
+        recipients: &[KeyPackage],
+    ) -> Result<Self, MlsError> {
+        use openmls_traits::crypto::OpenMlsCrypto as _;
+        let fail = |what: &str, e: String| MlsError::Rejected(format!("sealing the welcome ({what}): {e}"));
+        if recipients.is_empty() || recipients.len() > WELCOME_RECIPIENTS_MAX {
+            return Err(fail("recipients", format!("{} (1..={WELCOME_RECIPIENTS_MAX})", recipients.len())));
+        }
+        let alg = CIPHERSUITE.aead_algorithm();
+        let key = provider
+            .rand()
+            .random_vec(CIPHERSUITE.aead_key_length())
+            .map_err(|e| fail("rng", format!("{e:?}")))?;
+        let tree_nonce = provider
+            .rand()
+            .random_vec(CIPHERSUITE.aead_nonce_length())
+            .map_err(|e| fail("rng", format!("{e:?}")))?;
+        let aad = Self::aad(&conversation, applied);
+        let sealed_tree = provider
+            .crypto()
+            .aead_encrypt(alg, &key, ratchet_tree, &tree_nonce, &aad)
+            .map_err(|e| fail("tree", format!("{e:?}")))?;
+        let mut keys = Vec::with_capacity(recipients.len());
+        for kp in recipients {
+            let r = kp.hash_ref(provider.crypto()).map_err(|e| fail("key package ref", e.to_string()))?;
+            let ct = provider
+                .crypto()
+                .hpke_seal(
+                    CIPHERSUITE.hpke_config(),
+                    kp.hpke_init_key().as_slice(),
+                    TREE_KEY_INFO,
+                    &aad,
+                    &key,
+                )
+                .map_err(|e| fail("hpke", format!("{e:?}")))?;
+            keys.push(SealedTreeKey {
+                key_package_ref: r
+                    .tls_serialize_detached()
+                    .map_err(|e| fail("key package ref", e.to_string()))?,
+                kem_output: ct.kem_output.as_slice().to_vec(),
+                ciphertext: ct.ciphertext.as_slice().to_vec(),
+            });
+        }
+        Ok(Self { conversation, applied, welcome, tree_nonce, sealed_tree, keys })
+    }
+
+    fn aad(conversation: &ConversationId, applied: u64) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(40);
+        aad.extend_from_slice(&conversation.0);
+        aad.extend_from_slice(&applied.to_be_bytes());
+        aad
+    }
+
+    /// Opens the tree with the init key of one of this device's key packages (before the
+    /// Welcome is processed: OpenMLS deletes a used key package).
+    fn open_tree(&self, provider: &CairnProvider) -> Result<Vec<u8>, MlsError> {
+        use openmls_traits::crypto::OpenMlsCrypto as _;
+        use openmls_traits::storage::StorageProvider as _;
+        let aad = Self::aad(&self.conversation, self.applied);
+        for k in &self.keys {
+            let Ok(r) = KeyPackageRef::tls_deserialize_exact_bytes(&k.key_package_ref) else { continue };
+            let bundle: Option<KeyPackageBundle> = provider.storage().key_package(&r).ok().flatten();
+            let Some(bundle) = bundle else { continue };
+            let ct = openmls_traits::types::HpkeCiphertext {
+                kem_output: k.kem_output.clone().into(),
+                ciphertext: k.ciphertext.clone().into(),
+            };
+            let key = provider
+                .crypto()
+                .hpke_open(CIPHERSUITE.hpke_config(), &ct, bundle.init_private_key(), TREE_KEY_INFO, &aad)
+                .map_err(|_| {
+                    MlsError::Rejected(
+                        "welcome: the tree key does not open with this device's key package".into(),
+                    )
+                })?;
+            return provider
+                .crypto()
+                .aead_decrypt(CIPHERSUITE.aead_algorithm(), &key, &self.sealed_tree, &self.tree_nonce, &aad)
+                .map_err(|_| MlsError::Rejected("welcome: the sealed ratchet tree does not open".into()));
+        }
+        Err(MlsError::Rejected("welcome: not addressed to any key package of this device".into()))
+    }
+
+    /// Canonical encoding: `version:u8 id:[32] applied:u64 welcome:bytes nonce:bytes
+    /// sealed_tree:bytes count:u16 (ref:bytes kem:bytes ct:bytes)*`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(49 + self.welcome.len() + self.ratchet_tree.len());
+        let mut w =
+            Writer::with_capacity(64 + self.welcome.len() + self.sealed_tree.len() + 128 * self.keys.len());
         w.u8(WELCOME_BUNDLE_VERSION);
         w.raw(&self.conversation.0);
         w.u64(self.applied);
         w.bytes(&self.welcome);
-        w.bytes(&self.ratchet_tree);
+        w.bytes(&self.tree_nonce);
+        w.bytes(&self.sealed_tree);
+        w.u16(self.keys.len() as u16);
+        for k in &self.keys {
+            w.bytes(&k.key_package_ref);
+            w.bytes(&k.kem_output);
+            w.bytes(&k.ciphertext);
+        }
         w.finish()
     }
 
@@ -257,9 +381,26 @@ impl WelcomeBundle {
         let conversation = ConversationId(r.array("welcome.conversation")?);
         let applied = r.u64("welcome.applied")?;
         let welcome = r.bytes(WELCOME_BYTES_MAX, "welcome.welcome")?.to_vec();
-        let ratchet_tree = r.bytes(RATCHET_TREE_BYTES_MAX, "welcome.ratchet_tree")?.to_vec();
+        let tree_nonce = r.bytes(64, "welcome.tree_nonce")?.to_vec();
+        let sealed_tree = r.bytes(RATCHET_TREE_BYTES_MAX + 64, "welcome.sealed_tree")?.to_vec();
+        let n = r.u16("welcome.keys")? as usize;
+        if n == 0 || n > WELCOME_RECIPIENTS_MAX {
+            return Err(DecodeError::TooLarge {
+                field: "welcome.keys",
+                len: n as u64,
+                max: WELCOME_RECIPIENTS_MAX as u64,
+            });
+        }
+        let mut keys = Vec::with_capacity(n);
+        for _ in 0..n {
+            keys.push(SealedTreeKey {
+                key_package_ref: r.bytes(64, "welcome.key.ref")?.to_vec(),
+                kem_output: r.bytes(256, "welcome.key.kem")?.to_vec(),
+                ciphertext: r.bytes(256, "welcome.key.ct")?.to_vec(),
+            });
+        }
         r.finish()?;
-        Ok(Self { conversation, applied, welcome, ratchet_tree })
+        Ok(Self { conversation, applied, welcome, tree_nonce, sealed_tree, keys })
     }
 }
 
@@ -827,7 +968,8 @@ impl Client {
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err(MlsError::Malformed("not a Welcome message".into()));
         };
-        let tree = RatchetTreeIn::tls_deserialize_exact_bytes(&b.ratchet_tree)
+        let tree_bytes = b.open_tree(&self.provider)?;
+        let tree = RatchetTreeIn::tls_deserialize_exact_bytes(&tree_bytes)
             .map_err(|e| MlsError::Malformed(format!("ratchet tree: {e}")))?;
         let result = (|| {
             let staged = StagedWelcome::build_from_welcome(&self.provider, &self.join_config(), welcome)
@@ -1062,7 +1204,7 @@ impl Client {
                     .add_members_without_update(provider, signer, &packages)
                     .map_err(|e| op_err("add members")(e.to_string()))?;
                 let recipients = fresh.iter().map(|k| (k.cert.device, inbox_topic(&k.cert.device))).collect();
-                (commit, Some((welcome, recipients)))
+                (commit, Some((welcome, recipients, packages)))
             }
             Change::RemoveAccount(_) | Change::RemoveDevice(_) => {
                 let targets: Vec<LeafNodeIndex> = certs_of(&c.group)
@@ -1107,7 +1249,9 @@ impl Client {
         let commit = to_bytes(&commit)?;
         // The bundle (with the new epoch's ratchet tree) is made once the commit is merged.
         let welcome = match welcome {
-            Some((w, recipients)) => Some(WelcomeOut { recipients, bytes: to_bytes(&w)? }),
+            Some((w, recipients, packages)) => {
+                Some((WelcomeOut { recipients, bytes: to_bytes(&w)? }, packages))
+            }
             None => None,
         };
         c.meta.pending_commit = Some(commit.clone());
@@ -1144,18 +1288,14 @@ impl Client {
                             c.meta.needs_update = false;
                         }
                         let welcome = match built.welcome.take() {
-                            Some(w) => {
+                            Some((w, packages)) => {
                                 let tree = c
                                     .group
                                     .export_ratchet_tree()
                                     .tls_serialize_detached()
                                     .map_err(|e| op_err("export ratchet tree")(e.to_string()))?;
-                                let bundle = WelcomeBundle {
-                                    conversation: id,
-                                    applied: seq + 1,
-                                    welcome: w.bytes,
-                                    ratchet_tree: tree,
-                                };
+                                let bundle =
+                                    WelcomeBundle::seal(provider, id, seq + 1, w.bytes, &tree, &packages)?;
                                 Some(WelcomeOut { recipients: w.recipients, bytes: bundle.encode() })
                             }
                             None => None,

@@ -306,14 +306,17 @@ fn welcome_from_a_member_with_a_broken_chain_is_refused_and_consumes_nothing() {
     let package = kp_in
         .validate(&openmls_rust_crypto::RustCrypto::default(), openmls::prelude::ProtocolVersion::Mls10)
         .unwrap();
-    let (_, welcome, _) = g.add_members(provider, &signer, &[package]).unwrap();
+    let (_, welcome, _) = g.add_members(provider, &signer, std::slice::from_ref(&package)).unwrap();
     g.merge_pending_commit(provider).unwrap();
-    let bundle = cairn_mls::WelcomeBundle {
-        conversation: cairn_mls::ConversationId(gid),
-        applied: 0,
-        welcome: welcome.tls_serialize_detached().unwrap(),
-        ratchet_tree: g.export_ratchet_tree().tls_serialize_detached().unwrap(),
-    };
+    let bundle = cairn_mls::WelcomeBundle::seal(
+        provider,
+        cairn_mls::ConversationId(gid),
+        0,
+        welcome.tls_serialize_detached().unwrap(),
+        &g.export_ratchet_tree().tls_serialize_detached().unwrap(),
+        &[package],
+    )
+    .unwrap();
     let r = victim.client.join(&bundle.encode(), NOW);
     assert!(matches!(r, Err(MlsError::Credential(CredentialError::Chain(_)))), "{r:?}");
     assert!(victim.client.conversations().is_empty());
@@ -322,4 +325,31 @@ fn welcome_from_a_member_with_a_broken_chain_is_refused_and_consumes_nothing() {
     let out = a.client.add(&id, vec![kp], &mut seq, NOW).unwrap().unwrap();
     victim.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
     say(&mut a, &mut [&mut victim], &id, "the real one");
+}
+
+#[test]
+fn welcome_bundle_hides_the_member_list_from_all_but_the_invitee() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut d, mut e) = (Dev::new(), Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let mut pool = KeyPackagePool::new();
+    d.publish(&mut pool, 1);
+    e.publish(&mut pool, 1);
+    let out = a.client.add(&id, vec![pool.take(&d.device()).unwrap()], &mut seq, NOW).unwrap().unwrap();
+    let bytes = out.welcome.unwrap().bytes;
+    // What a store node on d's inbox topic sees names no member's device.
+    for dev in [a.device(), b.device(), d.device()] {
+        assert!(!bytes.windows(32).any(|w| w == dev.0), "a member's device id is readable in the bundle");
+    }
+    // Someone else's device cannot open it.
+    let r = e.client.join(&bytes, NOW);
+    assert!(matches!(r, Err(MlsError::Rejected(ref m)) if m.contains("not addressed")), "{r:?}");
+    // A tampered tree is refused without consuming d's key package; the genuine bundle works.
+    let mut bundle = cairn_mls::WelcomeBundle::decode(&bytes).unwrap();
+    let last = bundle.sealed_tree.len() - 1;
+    bundle.sealed_tree[last] ^= 1;
+    assert!(matches!(d.client.join(&bundle.encode(), NOW), Err(MlsError::Rejected(_))));
+    d.client.join(&bytes, NOW).unwrap();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    say(&mut a, &mut [&mut b, &mut d], &id, "only invitees read the tree");
 }
