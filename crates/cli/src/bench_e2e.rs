@@ -21,7 +21,6 @@ use crate::node_cmd::{Children, local_chain, spawn_validator};
 /// One row of the table.
 struct Row {
     members: usize,
-    messages: usize,
     deliveries: usize,
     expected: usize,
     p50_ms: f64,
@@ -82,7 +81,6 @@ pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64) -> Result<()> {
             r.msgs_per_s,
             r.deliveries_per_s
         );
-        let _ = r.messages;
     }
     Ok(())
 }
@@ -257,7 +255,6 @@ async fn bench(
         let deliveries = lat.len();
         rows.push(Row {
             members: n,
-            messages,
             deliveries,
             expected,
             p50_ms: pct(&mut lat, 0.5),

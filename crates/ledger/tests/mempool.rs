@@ -27,13 +27,18 @@ fn step(l: &Ledger) -> usize {
     n
 }
 
+/// `n` funded users and a fresh ledger with them in its genesis, plus the chain id.
+fn funded(n: u8, base_port: u16) -> (Vec<SigningKey>, Ledger, [u8; 32]) {
+    let users: Vec<SigningKey> = (0..n).map(user).collect();
+    let accounts = users.iter().map(|k| (id(k), 1_000)).collect();
+    let (genesis, _) = Genesis::local("mempool", 4, base_port, accounts).unwrap();
+    let l = Ledger::new(&genesis).unwrap();
+    (users, l, genesis.chain_id())
+}
+
 #[test]
 fn gapped_transactions_end_rejected_and_never_block_others() {
-    let users: Vec<SigningKey> = (0..3).map(user).collect();
-    let accounts = users.iter().map(|k| (id(k), 1_000)).collect();
-    let (genesis, _) = Genesis::local("mempool", 4, 29100, accounts).unwrap();
-    let l = Ledger::new(&genesis).unwrap();
-    let chain = genesis.chain_id();
+    let (users, l, chain) = funded(3, 29100);
     let transfer = |from: usize, nonce: u64| {
         let to = id(&users[(from + 1) % users.len()]);
         Tx::sign(chain, id(&users[from]), &users[from], nonce, TxBody::Transfer { to, amount: 1 }).encode()
@@ -79,11 +84,7 @@ fn gapped_transactions_end_rejected_and_never_block_others() {
 
 #[test]
 fn batch_submission_matches_single_submission() {
-    let users: Vec<SigningKey> = (0..8).map(user).collect();
-    let accounts = users.iter().map(|k| (id(k), 1_000)).collect();
-    let (genesis, _) = Genesis::local("mempool", 4, 29200, accounts).unwrap();
-    let l = Ledger::new(&genesis).unwrap();
-    let chain = genesis.chain_id();
+    let (users, l, chain) = funded(8, 29200);
     let mut txs: Vec<Vec<u8>> = users
         .iter()
         .enumerate()

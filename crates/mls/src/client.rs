@@ -383,12 +383,11 @@ impl WelcomeBundle {
         let welcome = r.bytes(WELCOME_BYTES_MAX, "welcome.welcome")?.to_vec();
         let tree_nonce = r.bytes(64, "welcome.tree_nonce")?.to_vec();
         let sealed_tree = r.bytes(RATCHET_TREE_BYTES_MAX + 64, "welcome.sealed_tree")?.to_vec();
-        let n = r.u16("welcome.keys")? as usize;
-        if n == 0 || n > WELCOME_RECIPIENTS_MAX {
-            return Err(DecodeError::TooLarge {
+        let n = r.count(WELCOME_RECIPIENTS_MAX, "welcome.keys")?;
+        if n == 0 {
+            return Err(DecodeError::Invalid {
                 field: "welcome.keys",
-                len: n as u64,
-                max: WELCOME_RECIPIENTS_MAX as u64,
+                reason: "a bundle seals the tree to someone",
             });
         }
         let mut keys = Vec::with_capacity(n);
@@ -849,6 +848,11 @@ impl Client {
     /// The member devices' certificates, in leaf order.
     pub fn members(&self, id: &ConversationId) -> Result<Vec<DeviceCert>, MlsError> {
         Ok(self.conv(id)?.group.members().filter_map(|m| cert_of(&m.credential)).collect())
+    }
+
+    /// How many member devices (leaves) the conversation has; no certificate is decoded.
+    pub fn member_count(&self, id: &ConversationId) -> Result<usize, MlsError> {
+        Ok(self.conv(id)?.group.members().count())
     }
 
     /// The accounts that are members (each with one or more devices).

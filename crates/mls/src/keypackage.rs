@@ -116,14 +116,7 @@ impl KeyPackageBatch {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         r.version("key package batch", KEY_PACKAGE_BATCH_VERSION)?;
-        let count = usize::from(r.u16("batch.count")?);
-        if count > KEY_PACKAGES_PER_BATCH_MAX {
-            return Err(DecodeError::TooLarge {
-                field: "batch.count",
-                len: count as u64,
-                max: KEY_PACKAGES_PER_BATCH_MAX as u64,
-            });
-        }
+        let count = r.count(KEY_PACKAGES_PER_BATCH_MAX, "batch.count")?;
         let mut packages = Vec::with_capacity(count);
         for _ in 0..count {
             packages.push(r.bytes(KEY_PACKAGE_BYTES_MAX, "batch.package")?.to_vec());

@@ -125,14 +125,7 @@ impl Request {
                 Self::Page { topic, from, limit }
             }
             3 => {
-                let n = usize::from(r.u16("count")?);
-                if n > IDS_PER_REQUEST_MAX {
-                    return Err(DecodeError::TooLarge {
-                        field: "ids",
-                        len: n as u64,
-                        max: IDS_PER_REQUEST_MAX as u64,
-                    });
-                }
+                let n = r.count(IDS_PER_REQUEST_MAX, "ids")?;
                 let mut ids = Vec::with_capacity(n);
                 for _ in 0..n {
                     ids.push(Id(r.array("id")?));
@@ -243,14 +236,7 @@ impl Response {
                 Self::Page { entries, next }
             }
             3 => {
-                let n = usize::from(r.u16("count")?);
-                if n > IDS_PER_REQUEST_MAX {
-                    return Err(DecodeError::TooLarge {
-                        field: "envelopes",
-                        len: n as u64,
-                        max: IDS_PER_REQUEST_MAX as u64,
-                    });
-                }
+                let n = r.count(IDS_PER_REQUEST_MAX, "envelopes")?;
                 let mut es = Vec::with_capacity(n);
                 for _ in 0..n {
                     es.push(Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?);

@@ -1273,6 +1273,9 @@ impl Actor {
     /// (exactly once: accepted ids are skipped), the others are left for `verify` to check as
     /// structure.
     fn replay_history(&mut self, id: ConversationId) {
+        // This walk also builds the chain: mark it loaded so `chain()` does not page the same
+        // history a second time.
+        self.chains.entry(id).or_default().loaded = true;
         let topic = id.topic();
         let mut from = 0;
         let history = self.inner.net.history().clone();
@@ -1381,7 +1384,7 @@ impl Actor {
         // that below one per 2·m ms: 3 members every tick, 10 every 200 ms, 100 every 20 s.
         // (Receipts sent to the sender alone would make this linear; see ARCHITECTURE.md.)
         let now = now_ms();
-        let members = self.mls.members(conv).map(|m| m.len()).unwrap_or(2) as u64;
+        let members = self.mls.member_count(conv).unwrap_or(2) as u64;
         let every = members.saturating_mul(members).saturating_mul(RECEIPT_PACE_MS_PER_MEMBER2).min(30_000);
         if now.saturating_sub(self.chain(conv).last_receipt_ms) < every {
             return;

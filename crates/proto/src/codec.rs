@@ -163,6 +163,14 @@ impl<'a> Reader<'a> {
     pub fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }
+    /// Reads a `u16` item count and checks it against `max` (before anything is allocated).
+    pub fn count(&mut self, max: usize, field: &'static str) -> Result<usize, DecodeError> {
+        let n = usize::from(self.u16(field)?);
+        if n > max {
+            return Err(DecodeError::TooLarge { field, len: n as u64, max: max as u64 });
+        }
+        Ok(n)
+    }
     /// Reads a `u32` length prefix, checks it against `max`, then borrows that many bytes.
     pub fn bytes(&mut self, max: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let len = self.u32(field)? as usize;
