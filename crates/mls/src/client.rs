@@ -149,6 +149,10 @@ pub enum MlsError {
     /// [`Client::commit_pending`] first.
     #[error("proposals are waiting for a commit before messages can be sent")]
     PendingProposals,
+    /// Deferred writes wait for [`Client::flush_into`] (or [`Client::discard_pending`]); this
+    /// operation commits its own transaction, so it is refused until then.
+    #[error("deferred MLS writes wait for flush_into")]
+    FlushPending,
 }
 
 fn op_err(op: &'static str) -> impl FnOnce(String) -> MlsError {
@@ -610,6 +614,10 @@ pub struct Client {
     signer: DeviceSigner,
     config: Config,
     conversations: BTreeMap<ConversationId, Conversation>,
+    /// Deferred durability is on (see [`Client::set_deferred`]).
+    deferred: bool,
+    /// Conversations with staged writes, reloaded by [`Client::discard_pending`].
+    staged: std::collections::BTreeSet<ConversationId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -661,7 +669,109 @@ impl Client {
                 .ok_or(MlsError::Operation { op: "load group", reason: "MLS state missing".into() })?;
             conversations.insert(ConversationId(id), Conversation::new(group, meta));
         }
-        Ok(Self { provider, signer, config, conversations })
+        Ok(Self {
+            provider,
+            signer,
+            config,
+            conversations,
+            deferred: false,
+            staged: std::collections::BTreeSet::new(),
+        })
+    }
+
+    // ---- deferred durability ------------------------------------------------------------------
+
+    /// Turns deferred durability on or off.
+    ///
+    /// While on, [`Client::send_many`], [`Client::receive_many`] and [`Client::sync`] (and
+    /// their one-message forms) commit no transaction of their own: their writes accumulate
+    /// in memory, readable by later operations, until [`Client::flush_into`] writes them into
+    /// the caller's redb transaction (the caller's own rows go in the same transaction, so a
+    /// crash keeps both or neither) or [`Client::discard_pending`] drops them. Several
+    /// deferred operations may accumulate before one flush; a failed one is undone alone.
+    ///
+    /// Every other operation that writes (create, join, stage, submit, commit and its
+    /// wrappers, leave, key packages, forget) still commits its own transaction — a commit
+    /// must be durable before it reaches the sequencer — and is refused with
+    /// [`MlsError::FlushPending`] while deferred writes are waiting. Turning the mode off is
+    /// refused likewise.
+    ///
+    /// A ciphertext from a deferred [`Client::send_many`] must not leave the device before
+    /// its transaction committed: after a crash the old ratchet state would encrypt another
+    /// message under the same key and nonce.
+    pub fn set_deferred(&mut self, on: bool) -> Result<(), MlsError> {
+        if !on && self.has_pending_flush() {
+            return Err(MlsError::FlushPending);
+        }
+        self.deferred = on;
+        Ok(())
+    }
+
+    /// Whether deferred durability is on.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
+    }
+
+    /// Whether deferred writes wait for [`Client::flush_into`].
+    pub fn has_pending_flush(&self) -> bool {
+        self.provider.storage().staged_writes() > 0
+    }
+
+    /// Writes every deferred write into `tx`; the caller commits `tx` (with its own rows),
+    /// then calls [`Client::flush_committed`]. If the transaction is not committed, call
+    /// [`Client::discard_pending`]; until one of the two, the writes stay pending (and are
+    /// written again by the next `flush_into`), so none is lost.
+    pub fn flush_into(&mut self, tx: &redb::WriteTransaction) -> Result<(), MlsError> {
+        Ok(self.provider.storage().flush_into(tx)?)
+    }
+
+    /// Confirms that the transaction given to [`Client::flush_into`] was committed. Checked:
+    /// if the database does not hold that flush, the writes stay pending and
+    /// [`StorageError::NotCommitted`] is returned.
+    pub fn flush_committed(&mut self) -> Result<(), MlsError> {
+        self.provider.storage().staged_committed()?;
+        self.staged.clear();
+        Ok(())
+    }
+
+    /// [`Client::flush_into`] `tx`, commit it, and [`Client::flush_committed`]; on any failure
+    /// the deferred writes are discarded ([`Client::discard_pending`]) and the error returned.
+    pub fn commit_deferred(&mut self, tx: redb::WriteTransaction) -> Result<(), MlsError> {
+        let committed = self
+            .flush_into(&tx)
+            .and_then(|()| tx.commit().map_err(|e| StorageError::from(e).into()))
+            .and_then(|()| self.flush_committed());
+        if let Err(e) = committed {
+            self.discard_pending()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Drops every deferred write and reloads the conversations they touched from the
+    /// database: the state is the one of the last committed transaction. Application messages
+    /// a discarded [`Client::sync`] took from the future-epoch buffer are not buffered again
+    /// (the caller receives them again from its history).
+    pub fn discard_pending(&mut self) -> Result<(), MlsError> {
+        self.provider.storage().discard_staged();
+        for id in std::mem::take(&mut self.staged) {
+            if self.conversations.contains_key(&id) {
+                self.rollback(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs an operation that commits its own transaction: refused while deferred writes
+    /// wait, and run with deferral off.
+    fn exclusive<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, MlsError>) -> Result<T, MlsError> {
+        if self.has_pending_flush() {
+            return Err(MlsError::FlushPending);
+        }
+        let mode = std::mem::replace(&mut self.deferred, false);
+        let r = f(self);
+        self.deferred = mode;
+        r
     }
 
     /// This device's signer (certificate, ids).
@@ -712,6 +822,9 @@ impl Client {
     /// Makes `count` one-time key packages and, if `last_resort`, one last-resort package; their
     /// private keys are stored, the batch is what the device publishes.
     pub fn key_package_batch(&self, count: usize, last_resort: bool) -> Result<KeyPackageBatch, MlsError> {
+        if self.has_pending_flush() {
+            return Err(MlsError::FlushPending);
+        }
         let mut packages = Vec::with_capacity(count + 1);
         for i in 0..count + usize::from(last_resort) {
             let mut b = KeyPackage::builder()
@@ -744,6 +857,9 @@ impl Client {
 
     /// Published one-time key packages of this device not consumed by a Welcome yet.
     pub fn key_packages_remaining(&self) -> Result<usize, MlsError> {
+        if self.has_pending_flush() {
+            return Err(MlsError::FlushPending);
+        }
         let storage = self.provider.storage();
         let mut left = 0;
         for (k, v) in storage.raw_scan(KP_PREFIX)? {
@@ -795,6 +911,10 @@ impl Client {
 
     /// Creates a conversation with this device as its only member.
     pub fn create(&mut self, now_ms: u64) -> Result<ConversationId, MlsError> {
+        self.exclusive(|s| s.create_now(now_ms))
+    }
+
+    fn create_now(&mut self, now_ms: u64) -> Result<ConversationId, MlsError> {
         let id: [u8; 32] = self
             .provider
             .rand()
@@ -933,7 +1053,13 @@ impl Client {
         }
         let meta = self.conv(id)?.meta.encode();
         self.provider.storage().raw_put(Meta::key(id), meta);
-        if let Err(e) = self.provider.storage().flush() {
+        let done = if self.deferred {
+            self.staged.insert(*id);
+            self.provider.storage().stage()
+        } else {
+            self.provider.storage().flush()
+        };
+        if let Err(e) = done {
             self.rollback(id)?;
             return Err(e.into());
         }
@@ -963,6 +1089,10 @@ impl Client {
     /// Joins a conversation from a [`WelcomeBundle`] received in this device's inbox. Every
     /// member's certificate chain is checked; a broken one refuses the whole Welcome.
     pub fn join(&mut self, bundle: &[u8], now_ms: u64) -> Result<ConversationId, MlsError> {
+        self.exclusive(|s| s.join_now(bundle, now_ms))
+    }
+
+    fn join_now(&mut self, bundle: &[u8], now_ms: u64) -> Result<ConversationId, MlsError> {
         let b = WelcomeBundle::decode(bundle)?;
         if self.conversations.contains_key(&b.conversation) {
             return Err(MlsError::Rejected("already a member of this conversation".into()));
@@ -1178,6 +1308,10 @@ impl Client {
     /// `None` if there is nothing to do (e.g. the member to remove is already gone). The pending
     /// commit is stored durably before it can be submitted.
     pub fn stage(&mut self, id: &ConversationId, change: Change) -> Result<Option<StagedChange>, MlsError> {
+        self.exclusive(|s| s.stage_now(id, change))
+    }
+
+    fn stage_now(&mut self, id: &ConversationId, change: Change) -> Result<Option<StagedChange>, MlsError> {
         let built = self.atomically(id, |s| s.build(id, &change))?;
         Ok(built.map(|built| StagedChange { conversation: *id, change, built }))
     }
@@ -1271,6 +1405,15 @@ impl Client {
         sequencer: &mut dyn CommitSequencer,
         now_ms: u64,
     ) -> Result<Option<CommitOutcome>, MlsError> {
+        self.exclusive(|s| s.submit_now(staged, sequencer, now_ms))
+    }
+
+    fn submit_now(
+        &mut self,
+        staged: StagedChange,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Option<CommitOutcome>, MlsError> {
         let id = staged.conversation;
         let topic = id.topic();
         let mut built = staged.built;
@@ -1340,6 +1483,16 @@ impl Client {
 
     /// Catches up, builds `change`, sequences it (rebuilding while stale) and applies it.
     pub fn commit(
+        &mut self,
+        id: &ConversationId,
+        change: Change,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Option<CommitOutcome>, MlsError> {
+        self.exclusive(|s| s.commit_now(id, change, sequencer, now_ms))
+    }
+
+    fn commit_now(
         &mut self,
         id: &ConversationId,
         change: Change,
@@ -1430,6 +1583,15 @@ impl Client {
     /// Proposes this device's removal (MLS leave); another member commits it. Returns the
     /// proposal's sequence number.
     pub fn leave(
+        &mut self,
+        id: &ConversationId,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<u64, MlsError> {
+        self.exclusive(|s| s.leave_now(id, sequencer, now_ms))
+    }
+
+    fn leave_now(
         &mut self,
         id: &ConversationId,
         sequencer: &mut dyn CommitSequencer,
@@ -1696,6 +1858,10 @@ impl Client {
 
     /// Forgets a conversation this device was removed from, deleting its state.
     pub fn forget(&mut self, id: &ConversationId) -> Result<(), MlsError> {
+        self.exclusive(|s| s.forget_now(id))
+    }
+
+    fn forget_now(&mut self, id: &ConversationId) -> Result<(), MlsError> {
         let mut c = self.conversations.remove(id).ok_or(MlsError::UnknownConversation)?;
         prune_past(&self.provider, id, &mut c, u64::MAX)?;
         c.group.delete(self.provider.storage())?;

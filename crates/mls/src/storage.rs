@@ -8,6 +8,11 @@
 //! overlay and reloads the group. Repeated writes of one key within an operation are coalesced,
 //! so each transaction writes only the entries that changed, once.
 //!
+//! Deferred durability: instead of its own transaction, a completed operation may be
+//! [`MlsStorage::stage`]d; staged writes stay readable and [`MlsStorage::flush_into`] writes
+//! them into a transaction of the caller, so the caller's rows and the MLS state commit
+//! together. While writes are staged, [`MlsStorage::flush`] is refused.
+//!
 //! Keys are `label ‖ 0x00 ‖ json(key) ‖ storage version (u16 BE)`; values are JSON (the same
 //! self-describing encoding OpenMLS's own providers use, so entities round-trip exactly).
 
@@ -37,6 +42,15 @@ pub enum StorageError {
     /// caller: the stored state would lag behind the group in memory).
     #[error("MLS state: {0} deferred write(s) not settled before flush")]
     Unsettled(usize),
+    /// A flush of its own transaction was attempted while the writes of earlier operations
+    /// wait for [`MlsStorage::flush_into`] (they must reach the database in the caller's
+    /// transaction, never in another one).
+    #[error("MLS state: {0} staged write(s) wait for the caller's transaction")]
+    StagedPending(usize),
+    /// [`MlsStorage::staged_committed`] was called but the database does not hold the last
+    /// [`MlsStorage::flush_into`] (its transaction was not committed).
+    #[error("MLS state: the transaction given to flush_into was not committed")]
+    NotCommitted,
 }
 
 macro_rules! from_redb {
@@ -113,7 +127,13 @@ pub struct StorageStats {
 
 #[derive(Default)]
 struct Shared {
+    /// Writes of the operation in progress (dropped by [`MlsStorage::discard`]).
     overlay: Overlay,
+    /// Writes of completed operations waiting for the caller's transaction
+    /// ([`MlsStorage::stage`], [`MlsStorage::flush_into`]); read through, under `overlay`.
+    staged: Overlay,
+    /// The marker value written by the last [`MlsStorage::flush_into`], if not confirmed yet.
+    flushed_marker: Option<[u8; 8]>,
     /// While set, writes of the message secrets (rewritten by OpenMLS after every
     /// application message) are not encoded; the key is remembered until a real write.
     defer: bool,
@@ -164,8 +184,11 @@ impl MlsStorage {
 
     /// Reads a raw entry, seeing unflushed writes.
     pub(crate) fn raw_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some(v) = self.lock().overlay.get(k) {
-            return Ok(v.clone());
+        {
+            let s = self.lock();
+            if let Some(v) = s.overlay.get(k).or_else(|| s.staged.get(k)) {
+                return Ok(v.clone());
+            }
         }
         let rtx = self.db.database().begin_read()?;
         let t = match rtx.open_table(TABLE) {
@@ -236,68 +259,134 @@ impl MlsStorage {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        for (k, v) in self.lock().overlay.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
+        let s = self.lock();
+        for layer in [&s.staged, &s.overlay] {
+            for (k, v) in layer.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
             }
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
         }
         Ok(out.into_iter().collect())
     }
 
-    /// Commits every buffered write in one durable redb transaction.
+    /// Commits every buffered write in one durable redb transaction. Refused while writes of
+    /// earlier operations are staged for the caller's transaction
+    /// ([`StorageError::StagedPending`]): they must not reach the database without it.
     pub fn flush(&self) -> Result<(), StorageError> {
         let mut guard = self.lock();
         let s = &mut *guard;
         if !s.deferred.is_empty() {
             return Err(StorageError::Unsettled(s.deferred.len()));
         }
+        if !s.staged.is_empty() {
+            return Err(StorageError::StagedPending(s.staged.len()));
+        }
         if s.overlay.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let wtx = self.db.database().begin_write()?;
-        let (mut entries, mut bytes, mut same) = (0u64, 0u64, 0u64);
-        {
+        let written = {
             let mut t = wtx.open_table(TABLE)?;
-            for (k, v) in &s.overlay {
-                match v {
-                    Some(v) => {
-                        // Compare before write: OpenMLS rewrites entries that did not change
-                        // (e.g. the group state on every commit); skip those.
-                        if t.get(k.as_slice())?.is_some_and(|old| old.value() == v.as_slice()) {
-                            same += 1;
-                            continue;
-                        }
-                        entries += 1;
-                        bytes += v.len() as u64;
-                        t.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    None => {
-                        entries += 1;
-                        t.remove(k.as_slice())?;
-                    }
-                }
-            }
-        }
-        if entries > 0 {
+            write_entries(&mut t, &s.overlay)?
+        };
+        if written.entries > 0 {
             wtx.commit()?;
         } else {
             wtx.abort()?;
         }
-        s.stats.flushes += u64::from(entries > 0);
-        s.stats.flushed_entries += entries;
-        s.stats.flushed_bytes += bytes;
-        s.stats.unchanged_skipped += same;
-        s.stats.flush_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        s.stats.flushes += u64::from(written.entries > 0);
+        written.count(&mut s.stats, started);
         s.overlay.clear();
         Ok(())
     }
 
-    /// Drops every buffered write (the caller then reloads its groups from storage).
+    /// Ends an operation without a transaction of its own: its writes join the staged writes
+    /// that [`MlsStorage::flush_into`] writes into the caller's transaction. Refused while a
+    /// deferred write is not settled.
+    pub(crate) fn stage(&self) -> Result<(), StorageError> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if !s.deferred.is_empty() {
+            return Err(StorageError::Unsettled(s.deferred.len()));
+        }
+        let overlay = std::mem::take(&mut s.overlay);
+        s.staged.extend(overlay);
+        Ok(())
+    }
+
+    /// Number of staged writes waiting for [`MlsStorage::flush_into`].
+    pub fn staged_writes(&self) -> usize {
+        self.lock().staged.len()
+    }
+
+    /// Writes every staged write into `tx` (the caller commits it), plus a marker that
+    /// [`MlsStorage::staged_committed`] checks. The staged writes stay readable (and are
+    /// written again by the next `flush_into`) until that confirmation or
+    /// [`MlsStorage::discard_staged`]. Refused while an operation is in progress.
+    pub fn flush_into(&self, tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if !s.deferred.is_empty() || !s.overlay.is_empty() {
+            return Err(StorageError::Unsettled(s.deferred.len() + s.overlay.len()));
+        }
+        if s.staged.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut t = tx.open_table(TABLE)?;
+        let written = write_entries(&mut t, &s.staged)?;
+        let previous = t
+            .get(FLUSH_MARKER)?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let marker = previous.wrapping_add(1).to_be_bytes();
+        t.insert(FLUSH_MARKER, marker.as_slice())?;
+        written.count(&mut s.stats, started);
+        s.flushed_marker = Some(marker);
+        Ok(())
+    }
+
+    /// Confirms that the transaction of the last [`MlsStorage::flush_into`] was committed:
+    /// the staged writes are dropped from memory (the database holds them). Refused, with the
+    /// staged writes kept, if the database does not hold that flush's marker.
+    pub fn staged_committed(&self) -> Result<(), StorageError> {
+        let mut s = self.lock();
+        let Some(marker) = s.flushed_marker else {
+            return if s.staged.is_empty() { Ok(()) } else { Err(StorageError::NotCommitted) };
+        };
+        let rtx = self.db.database().begin_read()?;
+        let stored = match rtx.open_table(TABLE) {
+            Ok(t) => t.get(FLUSH_MARKER)?.map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if stored.as_deref() != Some(marker.as_slice()) {
+            return Err(StorageError::NotCommitted);
+        }
+        s.stats.flushes += 1;
+        s.staged.clear();
+        s.flushed_marker = None;
+        Ok(())
+    }
+
+    /// Drops the staged writes and the operation in progress (the caller then reloads its
+    /// groups from storage).
+    pub fn discard_staged(&self) {
+        let mut s = self.lock();
+        s.staged.clear();
+        s.flushed_marker = None;
+        drop(s);
+        self.discard();
+    }
+
+    /// Drops the writes of the operation in progress (the caller then reloads its groups from
+    /// storage); staged writes of completed operations stay.
     pub fn discard(&self) {
         let mut s = self.lock();
         s.overlay.clear();
@@ -459,6 +548,50 @@ impl MlsStorage {
         }
         self.put(l, k, &raw)
     }
+}
+
+/// Written by every [`MlsStorage::flush_into`]: a counter that tells whether the caller's
+/// transaction was committed.
+const FLUSH_MARKER: &[u8] = b"cairn.flushmarker";
+
+/// What [`write_entries`] wrote.
+struct Written {
+    entries: u64,
+    bytes: u64,
+    same: u64,
+}
+
+impl Written {
+    fn count(&self, stats: &mut StorageStats, started: Instant) {
+        stats.flushed_entries += self.entries;
+        stats.flushed_bytes += self.bytes;
+        stats.unchanged_skipped += self.same;
+        stats.flush_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    }
+}
+
+/// Writes `entries` into `t`, skipping values the table already holds: OpenMLS rewrites
+/// entries that did not change (e.g. the group state on every commit).
+fn write_entries(t: &mut redb::Table<'_, &[u8], &[u8]>, entries: &Overlay) -> Result<Written, StorageError> {
+    let mut w = Written { entries: 0, bytes: 0, same: 0 };
+    for (k, v) in entries {
+        match v {
+            Some(v) => {
+                if t.get(k.as_slice())?.is_some_and(|old| old.value() == v.as_slice()) {
+                    w.same += 1;
+                    continue;
+                }
+                w.entries += 1;
+                w.bytes += v.len() as u64;
+                t.insert(k.as_slice(), v.as_slice())?;
+            }
+            None => {
+                w.entries += 1;
+                t.remove(k.as_slice())?;
+            }
+        }
+    }
+    Ok(w)
 }
 
 /// Trees are stored as blobs `BLOB_PREFIX ‖ id (u64 BE)` → JSON, with a reference count

@@ -380,3 +380,74 @@ fn batched_messages_persist_the_final_ratchet_state() {
     assert!(matches!(b.client.receive(&id, &cts[1]), Ok(Received::Dropped(Dropped::Duplicate))));
     say(&mut b, &mut [&mut a], &id, "still in sync");
 }
+
+const ROWS: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("test_rows");
+
+fn row(dev: &Dev) -> Option<Vec<u8>> {
+    use redb::ReadableDatabase as _;
+    let rtx = dev.db.begin_read().unwrap();
+    let Ok(t) = rtx.open_table(ROWS) else { return None };
+    t.get(b"row".as_slice()).unwrap().map(|v| v.value().to_vec())
+}
+
+#[test]
+fn deferred_writes_commit_with_the_callers_rows_or_not_at_all() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let bodies: Vec<&[u8]> = vec![b"one", b"two", b"three"];
+    let cts = a.client.send_many(&id, &bodies).unwrap();
+    let refs: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
+
+    // Two deferred batches accumulate; the caller's transaction is dropped (a crash).
+    b.client.set_deferred(true).unwrap();
+    for r in b.client.receive_many(&id, &refs[..2]) {
+        delivered(r.unwrap());
+    }
+    delivered(b.client.receive(&id, refs[2]).unwrap());
+    assert!(b.client.has_pending_flush());
+    // Meanwhile operations with their own transaction are refused, and so is leaving the mode.
+    assert!(matches!(b.client.self_update(&id, &mut seq, NOW), Err(MlsError::FlushPending)));
+    assert!(matches!(b.client.set_deferred(false), Err(MlsError::FlushPending)));
+    {
+        let tx = b.db.begin_write().unwrap();
+        tx.open_table(ROWS).unwrap().insert(b"row".as_slice(), b"lost".as_slice()).unwrap();
+        b.client.flush_into(&tx).unwrap();
+    }
+    // Not committed: the confirmation is refused and the writes stay pending.
+    assert!(matches!(
+        b.client.flush_committed(),
+        Err(MlsError::Storage(cairn_mls::StorageError::NotCommitted))
+    ));
+    assert!(b.client.has_pending_flush());
+    let mut b = b.restart();
+    assert_eq!(row(&b), None);
+    // The old ratchet state is back: the same messages decrypt again.
+    b.client.set_deferred(true).unwrap();
+    for (r, want) in b.client.receive_many(&id, &refs).into_iter().zip(&bodies) {
+        assert_eq!(delivered(r.unwrap()).body, *want);
+    }
+    let tx = b.db.begin_write().unwrap();
+    tx.open_table(ROWS).unwrap().insert(b"row".as_slice(), b"kept".as_slice()).unwrap();
+    b.client.flush_into(&tx).unwrap();
+    tx.commit().unwrap();
+    b.client.flush_committed().unwrap();
+    assert!(!b.client.has_pending_flush());
+
+    // Both are there after a restart: the row, and the ratchet state (replays are duplicates).
+    let mut b = b.restart();
+    assert_eq!(row(&b).as_deref(), Some(b"kept".as_slice()));
+    assert!(matches!(b.client.receive(&id, refs[1]), Ok(Received::Dropped(Dropped::Duplicate))));
+
+    // discard_pending undoes deferred work in memory; commit_deferred does it all in one call.
+    let ct = a.client.send(&id, b"four").unwrap();
+    b.client.set_deferred(true).unwrap();
+    delivered(b.client.receive(&id, &ct).unwrap());
+    b.client.discard_pending().unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"four");
+    b.client.commit_deferred(b.db.begin_write().unwrap()).unwrap();
+    b.client.set_deferred(false).unwrap();
+    let mut b = b.restart();
+    assert!(matches!(b.client.receive(&id, &ct), Ok(Received::Dropped(Dropped::Duplicate))));
+    say(&mut b, &mut [&mut a], &id, "still in sync");
+}

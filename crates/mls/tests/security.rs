@@ -145,7 +145,7 @@ fn post_compromise_security_self_update_locks_out_leaked_state() {
     let leak_dir = tempfile::tempdir().unwrap();
     let leak_path = leak_dir.path().join("leaked.redb");
     std::fs::copy(&b.path, &leak_path).unwrap();
-    let mut leaked = open_client(&leak_path, &b.device_key, b.cert);
+    let (mut leaked, _leaked_db) = open_client(&leak_path, &b.device_key, b.cert);
     // The leak is real: the copy reads current traffic.
     let m1 = a.client.send(&id, b"read by the attacker").unwrap();
     assert_eq!(delivered(leaked.receive(&id, &m1).unwrap()).body, b"read by the attacker");

@@ -16,6 +16,8 @@ pub(crate) const NOW: u64 = 1_800_000_000_000;
 /// A device with its own redb file.
 pub(crate) struct Dev {
     pub(crate) client: Client,
+    /// The redb database the client stores into (shared with the test's own tables).
+    pub(crate) db: Arc<redb::Database>,
     pub(crate) path: PathBuf,
     pub(crate) account_key: SigningKey,
     pub(crate) device_key: SigningKey,
@@ -23,21 +25,30 @@ pub(crate) struct Dev {
     _dir: Arc<tempfile::TempDir>,
 }
 
-pub(crate) fn open_client(path: &Path, device_key: &SigningKey, cert: DeviceCert) -> Client {
+pub(crate) fn open_client(
+    path: &Path,
+    device_key: &SigningKey,
+    cert: DeviceCert,
+) -> (Client, Arc<redb::Database>) {
     open_client_with(path, device_key, cert, Config::default())
 }
 
-fn open_client_with(path: &Path, device_key: &SigningKey, cert: DeviceCert, config: Config) -> Client {
-    let db = redb::Database::create(path).unwrap();
+fn open_client_with(
+    path: &Path,
+    device_key: &SigningKey,
+    cert: DeviceCert,
+    config: Config,
+) -> (Client, Arc<redb::Database>) {
+    let db = Arc::new(redb::Database::create(path).unwrap());
     let signer = DeviceSigner::new(device_key.clone(), cert).unwrap();
-    Client::open(Arc::new(db), signer, config).unwrap()
+    (Client::open(db.clone(), signer, config).unwrap(), db)
 }
 
 /// A second client over a fresh copy of `dev`'s file, with another configuration.
 pub(crate) fn reopen_with(dev: &Dev, config: Config) -> Client {
     let copy = dev.path.with_extension("copy.redb");
     std::fs::copy(&dev.path, &copy).unwrap();
-    open_client_with(&copy, &dev.device_key, dev.cert, config)
+    open_client_with(&copy, &dev.device_key, dev.cert, config).0
 }
 
 impl Dev {
@@ -56,8 +67,8 @@ impl Dev {
         let cert = DeviceCert::issue(&account_key, DeviceId(device_key.verifying_key().to_bytes()), NOW);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
-        let client = open_client(&path, &device_key, cert);
-        Self { client, path, account_key, device_key, cert, _dir: Arc::new(dir) }
+        let (client, db) = open_client(&path, &device_key, cert);
+        Self { client, db, path, account_key, device_key, cert, _dir: Arc::new(dir) }
     }
 
     pub(crate) fn device(&self) -> DeviceId {
@@ -73,10 +84,11 @@ impl Dev {
     /// Reopens the client from its file (a restart): the old client and its database handle
     /// are dropped first.
     pub(crate) fn restart(self) -> Self {
-        let Dev { client, path, account_key, device_key, cert, _dir } = self;
+        let Dev { client, db, path, account_key, device_key, cert, _dir } = self;
         drop(client);
-        let client = open_client(&path, &device_key, cert);
-        Dev { client, path, account_key, device_key, cert, _dir }
+        drop(db);
+        let (client, db) = open_client(&path, &device_key, cert);
+        Dev { client, db, path, account_key, device_key, cert, _dir }
     }
 }
 
