@@ -19,6 +19,9 @@ use std::hash::Hash;
 
 use cairn_proto::{Envelope, Id, Topic};
 
+use crate::validate::SeenIds;
+use crate::wire::IDS_PER_REQUEST_MAX;
+
 /// Sync settings; units in names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncConfig {
@@ -34,10 +37,29 @@ pub struct SyncConfig {
     pub gap_fetch_attempts_max: u32,
     /// Delay between tries for a missing ancestor, ms.
     pub gap_retry_ms: u64,
-    /// Envelopes held back waiting for their parents, at most.
+    /// Envelopes held back waiting for their parents, at most. When full, a new envelope
+    /// with absent parents is delivered at once, flagged `after_gap`, instead of waiting.
     pub waiting_envelopes_max: usize,
-    /// Unacknowledged sends kept, at most.
+    /// Unacknowledged sends kept, at most. When full, the oldest *stored* entries are
+    /// forgotten; unstored ones never are: [`Sync::outbox_has_room`] turns false and the shell
+    /// refuses new publications until acknowledgements make room.
     pub outbox_envelopes_max: usize,
+    /// Ids remembered as delivered (exactly-once filter), at most; the oldest are forgotten
+    /// first (FIFO). An envelope whose id was forgotten may be handed out again: the shell
+    /// drops such a repeat because its local history already holds it.
+    pub delivered_ids_max: usize,
+    /// Ancestors being fetched, at most. When full, a further missing ancestor is declared a
+    /// gap at once (its children are delivered flagged) rather than tracked.
+    pub missing_ids_max: usize,
+    /// Ids remembered as declared gaps, at most (FIFO). A forgotten gap that is named again
+    /// is simply looked for again.
+    pub gap_ids_max: usize,
+    /// Ids asked of a store node in one request, at most (also capped by the wire limit,
+    /// [`IDS_PER_REQUEST_MAX`]); a longer list is split into several requests.
+    pub ids_per_request_max: usize,
+    /// Topics followed (with store targets and resume cursors), at most. A `Sync` for a
+    /// further topic is ignored; the shell refuses such a subscription before it gets here.
+    pub topics_max: usize,
 }
 
 impl Default for SyncConfig {
@@ -51,6 +73,11 @@ impl Default for SyncConfig {
             gap_retry_ms: 1_000,
             waiting_envelopes_max: 10_000,
             outbox_envelopes_max: 10_000,
+            delivered_ids_max: 262_144,
+            missing_ids_max: 65_536,
+            gap_ids_max: 65_536,
+            ids_per_request_max: IDS_PER_REQUEST_MAX,
+            topics_max: 65_536,
         }
     }
 }
@@ -216,14 +243,21 @@ struct Missing {
 #[derive(Debug)]
 pub struct Sync<S> {
     config: SyncConfig,
+    /// Bounded by `outbox_envelopes_max` (see there).
     outbox: BTreeMap<Id, Pending<S>>,
-    delivered: HashSet<Id>,
+    /// Bounded by `delivered_ids_max`, FIFO.
+    delivered: SeenIds,
+    /// Bounded by `waiting_envelopes_max`.
     waiting: HashMap<Id, Envelope>,
+    /// Bounded by `missing_ids_max`.
     missing: HashMap<Id, Missing>,
-    gaps: HashSet<Id>,
-    cursors: HashMap<(Topic, S), u64>,
+    /// Bounded by `gap_ids_max`, FIFO.
+    gaps: SeenIds,
+    /// Resume cursor per topic and store node. At most `topics_max` topics; per topic only
+    /// the current targets are kept (the shell persisted the others and reloads them).
+    cursors: HashMap<Topic, HashMap<S, u64>>,
+    /// Store nodes per followed topic; at most `topics_max` topics.
     topic_stores: HashMap<Topic, Vec<S>>,
-    syncing: HashSet<(Topic, S)>,
 }
 
 impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
@@ -234,30 +268,49 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         delivered: impl IntoIterator<Item = Id>,
         cursors: impl IntoIterator<Item = ((Topic, S), u64)>,
     ) -> Self {
-        Self {
+        let mut s = Self {
             config,
             outbox: BTreeMap::new(),
-            delivered: delivered.into_iter().collect(),
+            delivered: SeenIds::new(config.delivered_ids_max),
             waiting: HashMap::new(),
             missing: HashMap::new(),
-            gaps: HashSet::new(),
-            cursors: cursors.into_iter().collect(),
+            gaps: SeenIds::new(config.gap_ids_max),
+            cursors: HashMap::new(),
             topic_stores: HashMap::new(),
-            syncing: HashSet::new(),
+        };
+        s.mark_delivered(delivered);
+        for ((topic, store), c) in cursors {
+            s.set_cursor(topic, store, c);
         }
+        s
     }
 
     /// Records envelopes already handed to the application (e.g. found in local history after
     /// a restart), so they are never delivered again.
     pub fn mark_delivered(&mut self, ids: impl IntoIterator<Item = Id>) {
-        self.delivered.extend(ids);
+        for id in ids {
+            self.delivered.insert(id);
+        }
     }
 
     /// Sets the resume cursor of `topic` at `store` (loaded from disk by the shell); never
     /// moves a cursor backwards.
     pub fn set_cursor(&mut self, topic: Topic, store: S, cursor: u64) {
-        let c = self.cursors.entry((topic, store)).or_insert(0);
+        if !self.cursors.contains_key(&topic) && self.cursors.len() >= self.config.topics_max {
+            return; // bounded: a topic beyond `topics_max` is not followed
+        }
+        let c = self.cursors.entry(topic).or_default().entry(store).or_insert(0);
         *c = (*c).max(cursor);
+    }
+
+    fn cursor(&self, topic: &Topic, store: &S) -> u64 {
+        self.cursors.get(topic).and_then(|m| m.get(store)).copied().unwrap_or(0)
+    }
+
+    /// True while a new send can be taken: the outbox is below `outbox_envelopes_max` or holds
+    /// a stored entry that can be forgotten. The shell refuses publications otherwise.
+    pub fn outbox_has_room(&self) -> bool {
+        self.outbox.len() < self.config.outbox_envelopes_max || self.outbox.values().any(|p| p.stored)
     }
 
     /// Status of every envelope not yet stored on enough nodes.
@@ -372,9 +425,15 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
     }
 
     fn on_sync(&mut self, topic: Topic, stores: Vec<S>, out: &mut Vec<Output<S>>) {
+        if !self.topic_stores.contains_key(&topic) && self.topic_stores.len() >= self.config.topics_max {
+            return; // bounded: see `topics_max`
+        }
+        // Cursors at former targets were persisted by the shell (`Output::Cursor`): forget them.
+        if let Some(m) = self.cursors.get_mut(&topic) {
+            m.retain(|s, _| stores.contains(s));
+        }
         for s in &stores {
-            let from = self.cursors.get(&(topic, s.clone())).copied().unwrap_or(0);
-            self.syncing.insert((topic, s.clone()));
+            let from = self.cursor(&topic, s);
             out.push(Output::PageRequest {
                 to: s.clone(),
                 topic,
@@ -394,7 +453,10 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         now_ms: u64,
         out: &mut Vec<Output<S>>,
     ) {
-        let mut cursor = self.cursors.get(&(topic, from.clone())).copied().unwrap_or(0);
+        if !self.topic_stores.contains_key(&topic) {
+            return; // not a topic we follow (answer to a request from before a bound applied)
+        }
+        let mut cursor = self.cursor(&topic, &from);
         for (seq, e) in entries {
             if e.header.topic != topic {
                 continue; // a store node answering with another topic's mail: ignore it
@@ -405,18 +467,10 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         if let Some(n) = next {
             cursor = cursor.max(n);
         }
-        self.cursors.insert((topic, from.clone()), cursor);
+        self.cursors.entry(topic).or_default().insert(from.clone(), cursor);
         out.push(Output::Cursor { topic, store: from.clone(), cursor });
-        match next {
-            Some(n) => out.push(Output::PageRequest {
-                to: from,
-                topic,
-                from: n,
-                limit: self.config.page_envelopes_max,
-            }),
-            None => {
-                self.syncing.remove(&(topic, from));
-            }
+        if let Some(n) = next {
+            out.push(Output::PageRequest { to: from, topic, from: n, limit: self.config.page_envelopes_max });
         }
     }
 
@@ -450,6 +504,11 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             if self.waiting.contains_key(&p) || self.missing.contains_key(&p) {
                 continue;
             }
+            if self.missing.len() >= self.config.missing_ids_max {
+                // Bounded: not tracked, so a gap now; the child is released at the next tick.
+                self.gaps.insert(p);
+                continue;
+            }
             self.missing
                 .insert(p, Missing { topic, attempts: 1, retry_at_ms: now_ms + self.config.gap_retry_ms });
             ask.push(p);
@@ -457,12 +516,14 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         self.ask_ids(topic, ask, out);
     }
 
+    /// Asks every store node of `topic` for `ids`, in requests of at most
+    /// `ids_per_request_max` ids (a store node refuses a longer request as a whole).
     fn ask_ids(&self, topic: Topic, ids: Vec<Id>, out: &mut Vec<Output<S>>) {
-        if ids.is_empty() {
-            return;
-        }
+        let chunk = self.config.ids_per_request_max.clamp(1, IDS_PER_REQUEST_MAX);
         for s in self.topic_stores.get(&topic).into_iter().flatten() {
-            out.push(Output::IdsRequest { to: s.clone(), ids: ids.clone() });
+            for part in ids.chunks(chunk) {
+                out.push(Output::IdsRequest { to: s.clone(), ids: part.to_vec() });
+            }
         }
     }
 
@@ -543,5 +604,98 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use cairn_proto::Limits;
+    use cairn_proto::envelope::pad;
+
+    fn envelope(topic: Topic, i: u64, parents: Vec<Id>) -> Envelope {
+        let body = pad(format!("m{i}").as_bytes(), &Limits::default()).unwrap();
+        Envelope::new(topic, i, 3600, parents, body)
+    }
+
+    /// A store node that, like the real one, refuses a request naming more ids than the wire
+    /// allows; `None` stands for that refusal.
+    fn answer(store: &HashMap<Id, Envelope>, ids: &[Id]) -> Option<Vec<Envelope>> {
+        (ids.len() <= IDS_PER_REQUEST_MAX).then(|| ids.iter().filter_map(|i| store.get(i).cloned()).collect())
+    }
+
+    #[test]
+    fn a_gap_of_more_than_one_request_of_ancestors_is_fetched_completely() {
+        let cfg = SyncConfig { gap_retry_ms: 10, gap_fetch_attempts_max: 3, ..SyncConfig::default() };
+        let mut s: Sync<u8> = Sync::new(cfg, [], []);
+        let t = Topic([7; 32]);
+        s.handle(Input::Sync { topic: t, stores: vec![0] }, 0);
+        // 25 children with 16 distinct missing parents each: 400 ancestors, all at the store.
+        let parents_max = 16;
+        let roots: Vec<Envelope> = (0..25 * parents_max).map(|i| envelope(t, i, vec![])).collect();
+        let store: HashMap<Id, Envelope> = roots.iter().map(|e| (e.id(), e.clone())).collect();
+        let children: Vec<Envelope> = roots
+            .chunks(parents_max as usize)
+            .enumerate()
+            .map(|(i, c)| envelope(t, 10_000 + i as u64, c.iter().map(Envelope::id).collect()))
+            .collect();
+        // The first asks are lost; the retry at the next tick names all 400 ids at once.
+        for c in &children {
+            s.handle(Input::Gossip { envelope: c.clone() }, 0);
+        }
+        assert!(store.len() > IDS_PER_REQUEST_MAX);
+        let mut delivered: Vec<(Id, bool)> = Vec::new();
+        let mut requests = 0;
+        let mut outs = s.handle(Input::Tick, 20);
+        while !outs.is_empty() {
+            let mut next = Vec::new();
+            for o in outs {
+                match o {
+                    Output::IdsRequest { to, ids } => {
+                        requests += 1;
+                        assert!(ids.len() <= IDS_PER_REQUEST_MAX, "request of {} ids", ids.len());
+                        let found = answer(&store, &ids).expect("the store refused a request");
+                        next.extend(s.handle(Input::Envelopes { from: to, envelopes: found }, 21));
+                    }
+                    Output::Deliver { id, after_gap, .. } => delivered.push((id, after_gap)),
+                    _ => {}
+                }
+            }
+            outs = next;
+        }
+        assert!(requests >= 2, "400 ids need at least two requests");
+        assert_eq!(delivered.len(), roots.len() + children.len(), "every ancestor and child delivered");
+        assert!(delivered.iter().all(|(_, gap)| !gap), "no gap declared");
+        let unique: HashSet<Id> = delivered.iter().map(|(id, _)| *id).collect();
+        assert_eq!(unique.len(), delivered.len(), "exactly once");
+        assert_eq!(s.waiting_len(), 0);
+    }
+
+    #[test]
+    fn the_delivered_filter_is_bounded() {
+        let cfg = SyncConfig { delivered_ids_max: 8, ..SyncConfig::default() };
+        let mut s: Sync<u8> = Sync::new(cfg, [], []);
+        let t = Topic([8; 32]);
+        let ids: Vec<Id> = (0..100).map(|i| envelope(t, i, vec![]).id()).collect();
+        s.mark_delivered(ids.iter().copied());
+        assert_eq!(s.delivered.len(), 8, "FIFO keeps the newest 8");
+        assert!(s.is_delivered(&ids[99]) && !s.is_delivered(&ids[0]));
+    }
+
+    #[test]
+    fn missing_ancestors_beyond_the_bound_become_gaps_at_once() {
+        let cfg = SyncConfig { missing_ids_max: 4, gap_retry_ms: 10, ..SyncConfig::default() };
+        let mut s: Sync<u8> = Sync::new(cfg, [], []);
+        let t = Topic([9; 32]);
+        s.handle(Input::Sync { topic: t, stores: vec![0] }, 0);
+        let parents: Vec<Id> = (0..10).map(|i| envelope(t, i, vec![]).id()).collect();
+        let child = envelope(t, 99, parents);
+        let outs = s.handle(Input::Gossip { envelope: child.clone() }, 0);
+        let asked: usize =
+            outs.iter().map(|o| if let Output::IdsRequest { ids, .. } = o { ids.len() } else { 0 }).sum();
+        assert_eq!(asked, 4, "only `missing_ids_max` ancestors are tracked");
+        assert!(s.missing.len() <= 4);
     }
 }

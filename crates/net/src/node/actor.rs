@@ -1,0 +1,493 @@
+//! The actor: one task that owns the swarm and the state machines ([`Sync`], [`Admission`])
+//! and runs the event loop. Network requests leave at once; history work is staged and handed
+//! to the history writer, waiting for room when it is full (the must-deliver path: see
+//! `events.rs`). What the swarm reports is handled in `network.rs` and `serve.rs`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cairn_proto::{Envelope, Id, Topic, pow};
+use cairn_store::Store;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::kad::KBucketKey;
+use libp2p::request_response::OutboundRequestId;
+use libp2p::{PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Interval, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use super::behaviour::Behaviour;
+use super::config::NodeConfig;
+use super::handle::Command;
+use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxJob, MailboxLane, OWN_JOBS_MAX, OwnJob};
+use super::{NodeError, NodeStatus, now_ms};
+use crate::shard::{SHARDS, nearest, shard_name, shard_of};
+use crate::sync::{Input, Output, Sync};
+use crate::validate::Admission;
+use crate::wire::{Request, Response};
+
+/// Store requests in flight (awaiting an answer or a failure), at most. A request beyond it is
+/// not sent and counted in `requests_shed`; the state machine recovers it (sends are retried
+/// with back-off, missing ancestors asked again, pages re-read at the next anti-entropy round).
+const OUTBOUND_REQUESTS_MAX: usize = 16_384;
+/// History jobs staged in the actor, at most, before it stops taking handle commands while it
+/// waits for the writer. Staged jobs are the outputs of inputs already taken (one swarm event
+/// yields at most a page plus the envelopes it unblocks, ≤ `waiting_envelopes_max` + 256);
+/// the stage is emptied before the next swarm event is taken.
+const STAGED_JOBS_MAX: usize = 16_384;
+
+/// What a request to a store node was for, to read its answer.
+pub(super) enum Outbound {
+    Store(Id),
+    Page(Topic),
+    Ids,
+}
+
+/// Whether the loop goes on after waiting for the writer.
+enum Flow {
+    Go,
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+/// The actor's state.
+pub(super) struct Node {
+    pub(super) config: NodeConfig,
+    pub(super) swarm: Swarm<Behaviour>,
+    history: Arc<Store>,
+    pub(super) mailbox: Option<Arc<Store>>,
+    history_jobs: Option<mpsc::Sender<HistoryJob>>,
+    own_jobs: Option<mpsc::Sender<OwnJob>>,
+    pub(super) mailbox_jobs: Option<std_mpsc::SyncSender<MailboxJob>>,
+    threads: Vec<JoinHandle<()>>,
+    /// History jobs waiting for room in the writer's queue; see `STAGED_JOBS_MAX`.
+    staged: VecDeque<HistoryJob>,
+    pub(super) sync: Sync<PeerId>,
+    pub(super) admission: Admission<PeerId>,
+    /// Store nodes among connected peers, with their Kademlia key: at most `connections_max`
+    /// (added on identify while connected, removed when the last connection closes).
+    pub(super) store_peers: HashMap<PeerId, [u8; 32]>,
+    /// Followed topics, at most `sync.topics_max` (a further subscription is refused).
+    pub(super) subscribed: HashSet<Topic>,
+    /// Requests in flight, at most `OUTBOUND_REQUESTS_MAX`; each leaves on its answer or failure
+    /// (request-response times out after 10 s).
+    pub(super) outbound: HashMap<OutboundRequestId, (PeerId, Outbound)>,
+    pub(super) counters: Counters,
+}
+
+/// Figures for `status`.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) relayed: u64,
+    pub(super) rejected: u64,
+    pub(super) ignored: u64,
+    pub(super) store_commits: u64,
+    pub(super) store_envelopes: u64,
+    pub(super) requests_shed: u64,
+}
+
+/// The loop's timers.
+struct Timers {
+    tick: Interval,
+    resync: Interval,
+    expire: Interval,
+}
+
+impl Timers {
+    fn new(c: &NodeConfig) -> Self {
+        let tick = tokio::time::interval(Duration::from_millis(c.tick_ms.max(10)));
+        let expire = tokio::time::interval(Duration::from_millis(c.expire_every_ms.max(1000)));
+        let resync_ms = if c.resync_every_ms == 0 { u64::MAX / 4 } else { c.resync_every_ms };
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_millis(resync_ms),
+            Duration::from_millis(resync_ms.max(100)),
+        );
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { tick, resync, expire }
+    }
+}
+
+fn key_of(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&KBucketKey::new(bytes.to_vec()).hashed_bytes()[..32]);
+    out
+}
+
+/// The Kademlia key of a peer (XOR placement of topics on store nodes).
+pub(super) fn peer_key(p: &PeerId) -> [u8; 32] {
+    key_of(&p.to_bytes())
+}
+
+fn cursor_key(topic: &Topic, store: &PeerId) -> String {
+    format!("cursor/{}/{store}", topic.to_hex())
+}
+
+impl Node {
+    /// The actor around a built swarm and started writers.
+    pub(super) fn new(
+        config: NodeConfig,
+        swarm: Swarm<Behaviour>,
+        history: Arc<Store>,
+        mailbox: Option<Arc<Store>>,
+        history_lanes: HistoryLanes,
+        mailbox_lane: Option<MailboxLane>,
+    ) -> Self {
+        let mut threads = vec![history_lanes.thread];
+        let mailbox_jobs = mailbox_lane.map(|l| {
+            threads.push(l.thread);
+            l.jobs
+        });
+        Self {
+            sync: Sync::new(config.sync, [], []),
+            admission: Admission::new(config.admission),
+            config,
+            swarm,
+            history,
+            mailbox,
+            history_jobs: Some(history_lanes.jobs),
+            own_jobs: Some(history_lanes.own),
+            mailbox_jobs,
+            threads,
+            staged: VecDeque::new(),
+            store_peers: HashMap::new(),
+            subscribed: HashSet::new(),
+            outbound: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The event loop, until a shutdown command or every handle is gone.
+    pub(super) async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut committed: mpsc::Receiver<Committed>,
+    ) {
+        let mut timers = Timers::new(&self.config);
+        let mut done = None;
+        loop {
+            if !self.staged.is_empty()
+                && let Flow::Stop(d) = self.flush(&mut cmds, &mut committed).await
+            {
+                done = d;
+                break;
+            }
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                cmd = cmds.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown(d)) => { done = Some(d); break; }
+                    Some(c) => self.on_command(c),
+                },
+                Some(c) = committed.recv() => self.on_committed(c),
+                _ = timers.tick.tick() => {
+                    let outs = self.sync.handle(Input::Tick, now_ms());
+                    self.apply(outs);
+                }
+                _ = timers.resync.tick() => self.resync(),
+                _ = timers.expire.tick() => self.expire(),
+            }
+        }
+        self.close(committed).await;
+        if let Some(d) = done {
+            let _ = d.send(());
+        }
+        info!("node stopped");
+    }
+
+    /// Hands the staged history jobs to the writer, waiting for room. Meanwhile committed
+    /// results are taken (the writers may wait on them) and so are handle commands while the
+    /// stage is below its bound (a consumer that publishes while reading events must not
+    /// deadlock); the swarm is not polled: that is the back-pressure.
+    async fn flush(
+        &mut self,
+        cmds: &mut mpsc::Receiver<Command>,
+        committed: &mut mpsc::Receiver<Committed>,
+    ) -> Flow {
+        while let Some(job) = self.staged.pop_front() {
+            let Some(tx) = self.history_jobs.clone() else {
+                self.staged.clear();
+                break;
+            };
+            let mut job = Some(job);
+            while let Some(j) = job.take() {
+                tokio::select! {
+                    biased;
+                    Some(c) = committed.recv() => { job = Some(j); self.on_committed(c); }
+                    permit = tx.reserve() => if let Ok(p) = permit { p.send(j) },
+                    cmd = cmds.recv(), if self.staged.len() < STAGED_JOBS_MAX => {
+                        job = Some(j);
+                        match cmd {
+                            None => return Flow::Stop(None),
+                            Some(Command::Shutdown(d)) => return Flow::Stop(Some(d)),
+                            Some(c) => self.on_command(c),
+                        }
+                    }
+                }
+            }
+        }
+        Flow::Go
+    }
+
+    /// Lets the writers finish their queues (everything acknowledged is committed), answering
+    /// their results until both are done. Staged jobs are dropped: neither their envelopes nor
+    /// the cursors after them are durable, so the next start reads them again.
+    async fn close(&mut self, mut committed: mpsc::Receiver<Committed>) {
+        self.history_jobs = None;
+        self.own_jobs = None;
+        self.mailbox_jobs = None;
+        self.staged.clear();
+        while let Some(c) = committed.recv().await {
+            self.on_committed(c);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn expire(&mut self) {
+        if let Some(m) = &self.mailbox
+            && let Err(e) = m.expire(now_ms())
+        {
+            warn!("mailbox expiry failed: {e}");
+        }
+    }
+
+    fn on_committed(&mut self, c: Committed) {
+        let c = match c {
+            Committed::Own(env, reply) => {
+                let id = env.id();
+                self.announce_own(*env);
+                let _ = reply.send(Ok(id));
+                return;
+            }
+            Committed::Mailbox(c) => c,
+        };
+        if c.ok {
+            self.counters.store_commits += 1;
+        }
+        self.counters.store_envelopes += c.stored;
+        for (channel, id, outcome) in c.answers {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .store
+                .send_response(channel, Response::Stored(id, outcome).encode());
+        }
+    }
+
+    /// Performs the state machine's outputs: requests now, history work staged.
+    pub(super) fn apply(&mut self, outs: Vec<Output<PeerId>>) {
+        for o in outs {
+            match o {
+                Output::StoreRequest { to, envelope } => {
+                    let id = envelope.id();
+                    self.request(to, Request::Store(envelope), Outbound::Store(id));
+                }
+                Output::PageRequest { to, topic, from, limit } => {
+                    self.request(to, Request::Page { topic, from, limit }, Outbound::Page(topic));
+                }
+                Output::IdsRequest { to, ids } => self.request(to, Request::Ids(ids), Outbound::Ids),
+                Output::Deliver { envelope, id, after_gap } => {
+                    self.staged.push_back(HistoryJob::Deliver { envelope, id, after_gap });
+                }
+                Output::Status { id, status } => self.staged.push_back(HistoryJob::Status { id, status }),
+                Output::Cursor { topic, store, cursor } => {
+                    self.staged.push_back(HistoryJob::Cursor { key: cursor_key(&topic, &store), cursor });
+                }
+            }
+        }
+    }
+
+    /// Sends a store request unless `OUTBOUND_REQUESTS_MAX` are in flight (see there).
+    fn request(&mut self, to: PeerId, req: Request, kind: Outbound) {
+        if self.outbound.len() >= OUTBOUND_REQUESTS_MAX {
+            self.counters.requests_shed += 1;
+            debug!(%to, "store request shed: {OUTBOUND_REQUESTS_MAX} in flight");
+            return;
+        }
+        let rid = self.swarm.behaviour_mut().store.send_request(&to, req.encode());
+        self.outbound.insert(rid, (to, kind));
+    }
+
+    /// The store nodes XOR-nearest `topic` among those known.
+    fn stores_for(&self, topic: &Topic) -> Vec<PeerId> {
+        let cands: Vec<(PeerId, [u8; 32])> = self.store_peers.iter().map(|(p, k)| (*p, *k)).collect();
+        nearest(&key_of(&topic.0), &cands, self.config.replicas)
+    }
+
+    /// Loads the persisted resume cursors of `topic` at `stores` (before a history sync only;
+    /// the send path never reads them).
+    fn load_cursors(&mut self, topic: &Topic, stores: &[PeerId]) {
+        for s in stores {
+            if let Ok(Some(b)) = self.history.get_key(&cursor_key(topic, s))
+                && let Ok(arr) = <[u8; 8]>::try_from(b.as_slice())
+            {
+                self.sync.set_cursor(*topic, *s, u64::from_be_bytes(arr));
+            }
+        }
+    }
+
+    /// Anti-entropy: ask the store nodes of every subscribed topic for what came after the
+    /// cursor (an empty page when gossip already brought everything).
+    fn resync(&mut self) {
+        let now = now_ms();
+        let topics: Vec<Topic> = self.subscribed.iter().copied().collect();
+        for t in topics {
+            let stores = self.stores_for(&t);
+            if stores.is_empty() {
+                continue;
+            }
+            let outs = self.sync.handle(Input::Sync { topic: t, stores }, now);
+            self.apply(outs);
+        }
+    }
+
+    /// The set of store nodes changed: new targets for unstored sends and followed topics.
+    pub(super) fn retarget(&mut self) {
+        let now = now_ms();
+        // Own envelopes still short of store nodes, on topics this node does not read: give
+        // them the store nodes now known (a node that published before it found any).
+        for t in self.sync.unstored_topics() {
+            if !self.subscribed.contains(&t) {
+                let stores = self.stores_for(&t);
+                let outs = self.sync.handle(Input::Targets { topic: t, stores }, now);
+                self.apply(outs);
+            }
+        }
+        let topics: Vec<Topic> = self.subscribed.iter().copied().collect();
+        for t in topics {
+            let stores = self.stores_for(&t);
+            self.load_cursors(&t, &stores);
+            let outs = self.sync.handle(Input::Targets { topic: t, stores: stores.clone() }, now);
+            self.apply(outs);
+            let outs = self.sync.handle(Input::Sync { topic: t, stores }, now);
+            self.apply(outs);
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Publish(env, reply) => self.publish(*env, reply),
+            Command::Subscribe(topic, reply) => {
+                let _ = reply.send(self.subscribe(topic));
+            }
+            Command::Dial(a) => {
+                if let Err(e) = self.swarm.dial(a.clone()) {
+                    warn!("dial {a}: {e}");
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::PeerScore(p, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&p));
+            }
+            Command::PublishRaw(shard, bytes) => {
+                let t = IdentTopic::new(shard_name(shard % SHARDS));
+                let _ = self.swarm.behaviour_mut().gossipsub.publish(t, bytes);
+            }
+            Command::Shutdown(_) => {} // taken by the loop
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let c = &self.counters;
+        NodeStatus {
+            peer_id: *self.swarm.local_peer_id(),
+            peers: self.swarm.connected_peers().count(),
+            store_peers: self.store_peers.len(),
+            mailbox: self.mailbox.as_ref().and_then(|m| m.stats().ok()).unwrap_or_default(),
+            pending: self.sync.pending(),
+            relayed: c.relayed,
+            rejected: c.rejected,
+            ignored: c.ignored,
+            store_commits: c.store_commits,
+            store_envelopes: c.store_envelopes,
+            requests_shed: c.requests_shed,
+        }
+    }
+
+    fn subscribe(&mut self, topic: Topic) -> Result<(), NodeError> {
+        let max = self.config.sync.topics_max;
+        if !self.subscribed.contains(&topic) && self.subscribed.len() >= max {
+            return Err(NodeError::Refused(format!("already following {max} topics, the most")));
+        }
+        let shard = IdentTopic::new(shard_name(shard_of(&topic)));
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&shard) {
+            warn!("subscribe failed: {e}");
+        }
+        self.subscribed.insert(topic);
+        // Exactly once across restarts: what is in local history was delivered.
+        let mut cursor = Some(0);
+        while let Some(c) = cursor {
+            match self.history.page(&topic, c, cairn_store::PAGE_ENVELOPES_MAX) {
+                Ok(pg) => {
+                    self.sync.mark_delivered(pg.entries.iter().map(|(_, e)| e.id()));
+                    cursor = pg.next;
+                }
+                Err(e) => {
+                    warn!("cannot read local history: {e}");
+                    cursor = None;
+                }
+            }
+        }
+        let stores = self.stores_for(&topic);
+        self.load_cursors(&topic, &stores);
+        let outs = self.sync.handle(Input::Sync { topic, stores }, now_ms());
+        self.apply(outs);
+        Ok(())
+    }
+
+    /// Checks our own envelope and queues it for the local history writer; it is gossiped and
+    /// pushed to the store nodes only once durable, and the caller's reply waits for that.
+    fn publish(&mut self, env: Envelope, reply: oneshot::Sender<Result<Id, NodeError>>) {
+        let id = env.id();
+        if env.payload.is_none() || !pow::check(&env.header, self.config.admission.difficulty) {
+            let why = "envelope has no payload or not enough proof of work";
+            let _ = reply.send(Err(NodeError::Refused(why.into())));
+            return;
+        }
+        if self.sync.is_delivered(&id) {
+            let _ = reply.send(Ok(id));
+            return;
+        }
+        if !self.sync.outbox_has_room() {
+            let why = format!(
+                "{} sends are not yet stored on enough store nodes; retry later",
+                self.sync.pending().len()
+            );
+            let _ = reply.send(Err(NodeError::Refused(why)));
+            return;
+        }
+        let Some(tx) = &self.own_jobs else {
+            let _ = reply.send(Err(NodeError::Stopped));
+            return;
+        };
+        match tx.try_send(OwnJob { envelope: env, reply }) {
+            Ok(()) => self.admission.mark_seen(id),
+            Err(mpsc::error::TrySendError::Full(j)) => {
+                let why = format!("local history writer busy ({OWN_JOBS_MAX} publications queued); retry");
+                let _ = j.reply.send(Err(NodeError::Refused(why)));
+            }
+            Err(mpsc::error::TrySendError::Closed(j)) => {
+                let _ = j.reply.send(Err(NodeError::Stopped));
+            }
+        }
+    }
+
+    fn announce_own(&mut self, env: Envelope) {
+        let id = env.id();
+        let topic = env.header.topic;
+        let shard = IdentTopic::new(shard_name(shard_of(&topic)));
+        match self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => debug!("gossip publish of {} deferred to mailboxes: {e}", id.short()),
+        }
+        let stores = self.stores_for(&topic);
+        let outs = self.sync.handle(Input::Send { envelope: env, stores }, now_ms());
+        self.apply(outs);
+    }
+}

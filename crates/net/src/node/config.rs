@@ -1,0 +1,120 @@
+//! What a node is started with: [`NodeConfig`] and the gossipsub scoring in [`ScoreConfig`].
+
+use std::path::PathBuf;
+
+use cairn_store::Retention;
+use libp2p::Multiaddr;
+
+use crate::sync::SyncConfig;
+use crate::validate::AdmissionConfig;
+
+/// Gossipsub peer-scoring thresholds and weights (see ARCHITECTURE.md, "Peer scoring").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreConfig {
+    /// Below this, no gossip (IHAVE/IWANT) with the peer.
+    pub gossip_threshold: f64,
+    /// Below this, we do not publish to the peer.
+    pub publish_threshold: f64,
+    /// Below this, every RPC from the peer is ignored (graylisted).
+    pub graylist_threshold: f64,
+    /// Weight of the (squared) count of invalid envelopes on a shard (P4).
+    pub invalid_message_weight: f64,
+    /// Per-second decay of the invalid-envelope counter (close to 1 = long memory).
+    pub invalid_message_decay: f64,
+    /// Weight of the IP-colocation penalty (P6); beyond `ip_colocation_threshold` peers per IP.
+    pub ip_colocation_weight: f64,
+    /// Peers from one IP before P6 applies.
+    pub ip_colocation_threshold: f64,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            gossip_threshold: -10.0,
+            publish_threshold: -50.0,
+            graylist_threshold: -80.0,
+            invalid_message_weight: -10.0,
+            invalid_message_decay: 0.99,
+            ip_colocation_weight: -5.0,
+            ip_colocation_threshold: 10.0,
+        }
+    }
+}
+
+/// Everything a node needs to start. Limits carry their unit in their name.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Addresses to listen on (default: 127.0.0.1, TCP and QUIC, ephemeral ports).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Directory for this node's stores (`history.redb`, `mailbox.redb`).
+    pub data_dir: PathBuf,
+    /// Serve as a store node (mailbox).
+    pub serve_store: bool,
+    /// Serve as a relay (v2) for peers behind NAT.
+    pub relay_server: bool,
+    /// Reachable only through this relay: listen on its circuit address
+    /// (`…/p2p/RELAY`; `/p2p-circuit` is appended).
+    pub listen_via_relay: Option<Multiaddr>,
+    /// Relay admission rules.
+    pub admission: AdmissionConfig,
+    /// Mailbox/delivery rules.
+    pub sync: SyncConfig,
+    /// Store retention (TTL, quotas) when serving as a store node.
+    pub retention: Retention,
+    /// Store nodes each envelope is pushed to (k).
+    pub replicas: usize,
+    /// Most established connections (inbound and outbound). A store node serves every user
+    /// that picks it, so this is a server-sized cap, not a mesh size.
+    pub connections_max: u32,
+    /// Peers found through the DHT are dialled only while fewer than this many are connected;
+    /// gossip needs a handful of mesh peers, not the whole network.
+    pub dial_target: u32,
+    /// Peer scoring.
+    pub score: ScoreConfig,
+    /// Fixed identity (Ed25519 seed) or a fresh one.
+    pub identity_seed: Option<[u8; 32]>,
+    /// Period of the timer that drives retries and resyncs, ms.
+    pub tick_ms: u64,
+    /// Period of anti-entropy: every subscribed topic is asked of its store nodes again (from
+    /// the saved cursor), so mail that gossip did not bring arrives within this time. 0: never.
+    pub resync_every_ms: u64,
+    /// Period of mailbox expiry, ms.
+    pub expire_every_ms: u64,
+    /// Gossipsub heartbeat, ms.
+    pub heartbeat_ms: u64,
+    /// Capacity of the lossless event stream ([`super::NodeHandle::take_events`]), events.
+    /// When it is full the node waits for the consumer (see `events.rs` for the policy).
+    pub events_lossless_max: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node keeping its data in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0".parse().unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: vec![],
+            data_dir,
+            serve_store: false,
+            relay_server: false,
+            listen_via_relay: None,
+            admission: AdmissionConfig::default(),
+            sync: SyncConfig::default(),
+            retention: Retention::default(),
+            replicas: 3,
+            connections_max: 1024,
+            dial_target: 16,
+            score: ScoreConfig::default(),
+            identity_seed: None,
+            tick_ms: 200,
+            resync_every_ms: 5_000,
+            expire_every_ms: 60_000,
+            heartbeat_ms: 500,
+            events_lossless_max: super::EVENTS_LOSSLESS_MAX,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The ingress: [`NodeHandle`], through which the application commands a running node and
+//! reads its events, and [`start`], which wires a node up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::{Envelope, Id, Topic};
+use cairn_store::Store;
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::actor::Node;
+use super::behaviour::{Behaviour, build_swarm};
+use super::config::NodeConfig;
+use super::events::{self, EventTap, NodeEvent};
+use super::writer::{COMMITTED_MAX, spawn_history_writer, spawn_mailbox_writer};
+use super::{NodeError, NodeStatus};
+
+/// Commands queued from handles to the actor, at most. When full, the calling handle method
+/// waits: back-pressure on the application.
+const COMMANDS_MAX: usize = 1024;
+/// Time to wait for the listen addresses at start-up.
+const LISTEN_TIMEOUT_MS: u64 = 10_000;
+
+/// What a handle asks of the actor.
+pub(super) enum Command {
+    Publish(Box<Envelope>, oneshot::Sender<Result<Id, NodeError>>),
+    Subscribe(Topic, oneshot::Sender<Result<(), NodeError>>),
+    Dial(Multiaddr),
+    Status(oneshot::Sender<NodeStatus>),
+    PeerScore(PeerId, oneshot::Sender<Option<f64>>),
+    PublishRaw(u16, Vec<u8>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    cmd: mpsc::Sender<Command>,
+    events: Arc<EventTap>,
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Addresses we listen on (with `/p2p/<id>`).
+    pub listen_addrs: Vec<Multiaddr>,
+    history: Arc<Store>,
+}
+
+impl NodeHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+    /// Publishes an envelope (already mined and sealed). Returns its id once stored locally.
+    /// Refused while the outbox is full of unstored sends or the local writer is saturated.
+    pub async fn publish(&self, envelope: Envelope) -> Result<Id, NodeError> {
+        self.ask(|tx| Command::Publish(Box::new(envelope), tx)).await?
+    }
+    /// Follows a topic: its shard's gossip, and its history from the mailboxes. Refused
+    /// beyond `SyncConfig::topics_max` topics.
+    pub async fn subscribe(&self, topic: Topic) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Subscribe(topic, tx)).await?
+    }
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.cmd.send(Command::Dial(addr)).await.map_err(|_| NodeError::Stopped)
+    }
+    /// A status snapshot.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.ask(Command::Status).await
+    }
+    /// Gossipsub score of a peer.
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
+        self.ask(|tx| Command::PeerScore(peer, tx)).await
+    }
+    /// Publishes raw bytes on a shard without any check: for misbehaviour tests only.
+    #[doc(hidden)]
+    pub async fn publish_raw(&self, shard: u16, bytes: Vec<u8>) -> Result<(), NodeError> {
+        self.cmd.send(Command::PublishRaw(shard, bytes)).await.map_err(|_| NodeError::Stopped)
+    }
+    /// The local history: every envelope delivered or published here, by topic (read-only use;
+    /// the node writes it).
+    pub fn history(&self) -> &Arc<Store> {
+        &self.history
+    }
+    /// The lossless event stream, for the one consumer that must see every `Delivered` and
+    /// `Status` event: `Some` the first time (from any clone of the handle), `None` after.
+    /// Take it before subscribing. A slow consumer slows the node down instead of losing
+    /// events; the policy is described in `node/events.rs`.
+    pub fn take_events(&self) -> Option<mpsc::Receiver<NodeEvent>> {
+        self.events.take()
+    }
+    /// A lossy stream of node events for observers (benches, tests): a receiver that lags by
+    /// more than [`super::EVENTS_BROADCAST_MAX`] events loses the oldest.
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+    /// Stops the node cleanly (stores are closed).
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+/// Starts a node; returns once it listens on every configured address.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let (history, mailbox) = open_stores(&config)?;
+    let mut swarm = build_swarm(&config)?;
+    let peer_id = *swarm.local_peer_id();
+    let listen_addrs = listen(&mut swarm, &config).await?;
+    for b in &config.bootstrap {
+        if let Err(e) = swarm.dial(b.clone()) {
+            warn!("cannot dial bootstrap {b}: {e}");
+        }
+    }
+    let setup = |e: std::io::Error| NodeError::Setup(format!("writer thread: {e}"));
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS_MAX);
+    let (sink, tap) = events::streams(config.events_lossless_max);
+    // Only the writers hold senders: the actor sees the channel close once both finished.
+    let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_MAX);
+    let history_lanes = spawn_history_writer(history.clone(), sink, committed_tx.clone()).map_err(setup)?;
+    let mailbox_lane = match &mailbox {
+        Some(m) => Some(spawn_mailbox_writer(m.clone(), config.retention, committed_tx).map_err(setup)?),
+        None => None,
+    };
+    let node = Node::new(config, swarm, history.clone(), mailbox, history_lanes, mailbox_lane);
+    tokio::spawn(node.run(cmd_rx, committed_rx));
+    info!(%peer_id, "node started");
+    Ok(NodeHandle { cmd: cmd_tx, events: Arc::new(tap), peer_id, listen_addrs, history })
+}
+
+type Stores = (Arc<Store>, Option<Arc<Store>>);
+
+/// `history.redb`, and `mailbox.redb` on a store node.
+fn open_stores(config: &NodeConfig) -> Result<Stores, NodeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Setup(format!("{}: {e}", config.data_dir.display())))?;
+    let limits = config.admission.limits;
+    let history = Arc::new(Store::open(&config.data_dir.join("history.redb"), limits)?);
+    let mailbox = match config.serve_store {
+        true => Some(Arc::new(Store::open(&config.data_dir.join("mailbox.redb"), limits)?)),
+        false => None,
+    };
+    Ok((history, mailbox))
+}
+
+/// Listens on every configured address (and through the relay, if asked); returns the
+/// addresses with `/p2p/<id>`.
+async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<Vec<Multiaddr>, NodeError> {
+    let peer_id = *swarm.local_peer_id();
+    for a in &config.listen {
+        swarm.listen_on(a.clone()).map_err(|e| NodeError::Setup(format!("listen on {a}: {e}")))?;
+    }
+    let mut listen_addrs = Vec::new();
+    while listen_addrs.len() < config.listen.len() {
+        match tokio::time::timeout(Duration::from_millis(LISTEN_TIMEOUT_MS), swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                if config.relay_server {
+                    swarm.add_external_address(address.clone());
+                }
+                listen_addrs.push(address.with(libp2p::multiaddr::Protocol::P2p(peer_id)));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(NodeError::Setup("timed out waiting for listen addresses".into())),
+        }
+    }
+    if let Some(relay) = &config.listen_via_relay {
+        let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        swarm
+            .listen_on(circuit.clone())
+            .map_err(|e| NodeError::Setup(format!("listen via {circuit}: {e}")))?;
+    }
+    Ok(listen_addrs)
+}

@@ -1,0 +1,96 @@
+//! The libp2p shell: a thin async loop around [`crate::validate`], [`crate::sync`] and the
+//! store, speaking TCP/QUIC + Noise + Yamux, gossipsub (anonymous, validated, scored) on shard
+//! topics, Kademlia discovery, identify, ping, relay v2 (client, and server on request), DCUtR,
+//! AutoNAT and the `/cairn/store/1` request/response protocol.
+//!
+//! Code map, one purpose per file:
+//! - `config`: [`NodeConfig`], [`ScoreConfig`].
+//! - `codec`: [`StoreCodec`], the length-prefixed bounded frames of the store protocol.
+//! - `behaviour`: the composed libp2p behaviour and the swarm built from a config.
+//! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
+//! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
+//! - `actor`: the event loop that owns the swarm and the state machines.
+//! - `serve`: answers to store requests (when serving as a store node).
+//! - `writer`: the group-committing history and mailbox writer threads.
+//!
+//! Data flow and back-pressure: swarm event → `sync` → outputs; network requests leave at
+//! once, history jobs (deliveries, statuses, cursors) queue for the history writer, which
+//! commits them in batches and only then emits the events. Every queue on the way is bounded
+//! (see the constants below and in each file); on the must-deliver path a full queue makes the
+//! producer wait, back to the swarm, which simply stops being polled for a while.
+
+mod actor;
+mod behaviour;
+mod codec;
+mod config;
+mod events;
+mod handle;
+mod network;
+mod serve;
+mod writer;
+
+use cairn_proto::Id;
+use cairn_store::Stats;
+use libp2p::{PeerId, StreamProtocol};
+use thiserror::Error;
+
+use crate::sync::SendStatus;
+
+pub use codec::StoreCodec;
+pub use config::{NodeConfig, ScoreConfig};
+pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
+pub use handle::{NodeHandle, start};
+
+/// The store protocol name.
+pub const STORE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/store/1");
+
+/// Node start-up and request failures.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] cairn_store::StoreError),
+    /// libp2p set-up failed.
+    #[error("network set-up: {0}")]
+    Setup(String),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+    /// A request was refused.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A snapshot of the node for `status`.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Connected peers.
+    pub peers: usize,
+    /// Store nodes known.
+    pub store_peers: usize,
+    /// Mailbox figures (store nodes).
+    pub mailbox: Stats,
+    /// Unstored sends.
+    pub pending: Vec<(Id, SendStatus)>,
+    /// Envelopes relayed (accepted from gossip), rejected, ignored.
+    pub relayed: u64,
+    /// Envelopes rejected.
+    pub rejected: u64,
+    /// Envelopes ignored.
+    pub ignored: u64,
+    /// Mailbox transactions committed (each one fsync).
+    pub store_commits: u64,
+    /// Envelopes newly stored in the mailbox.
+    pub store_envelopes: u64,
+    /// Store requests not sent because `OUTBOUND_REQUESTS_MAX` were in flight (the state
+    /// machine retries them) or not served because the mailbox queue was full (answered busy).
+    pub requests_shed: u64,
+}
+
+/// Wall-clock time, ms since the Unix epoch (0 if the clock is before it).
+pub(super) fn now_ms() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,146 @@
+//! What the swarm reports to the actor: gossip (admitted through [`crate::validate`]),
+//! identify and discovery, connections, and the answers to our store requests.
+
+use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, identify, kad};
+use tracing::debug;
+
+use super::actor::{Node, Outbound, peer_key};
+use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
+use super::{STORE_PROTOCOL, now_ms};
+use crate::sync::Input;
+use crate::validate::Verdict;
+use crate::wire::{Response, StoreOutcome};
+
+impl Node {
+    pub(super) fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message.topic, message.data),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                self.on_identify(peer_id, info);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
+                let connected = self.swarm.connected_peers().count() as u32;
+                if !self.swarm.is_connected(&peer) && connected < self.config.dial_target {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => self.on_store_event(ev),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                // Bootstrap while joining (first few peers); afterwards kad's periodic bootstrap
+                // suffices — one per connection made every node of a 100-node mesh flood the
+                // others' kad handlers.
+                if num_established.get() == 1
+                    && self.swarm.behaviour().kad.mode() == kad::Mode::Server
+                    && self.swarm.connected_peers().count() <= 3
+                {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+                debug!(%peer_id, "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
+                if self.store_peers.remove(&peer_id).is_some() =>
+            {
+                self.retarget();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for a in info.listen_addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+            }
+        }
+        // Bounded by the connection cap: only connected peers are kept (see `store_peers`).
+        if info.protocols.contains(&STORE_PROTOCOL)
+            && !self.store_peers.contains_key(&peer_id)
+            && self.store_peers.len() < self.config.connections_max as usize
+            && self.swarm.is_connected(&peer_id)
+        {
+            self.store_peers.insert(peer_id, peer_key(&peer_id));
+            self.retarget();
+        }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, mid: gossipsub::MessageId, topic: TopicHash, data: Vec<u8>) {
+        let verdict = self.admission.check(&source, &data, now_ms());
+        let (acceptance, deliver) = match verdict {
+            Verdict::Accept(env, _) => {
+                self.counters.relayed += 1;
+                (MessageAcceptance::Accept, Some(env))
+            }
+            Verdict::Reject(reason) => {
+                self.counters.rejected += 1;
+                debug!(%source, ?reason, %topic, "rejected envelope");
+                (MessageAcceptance::Reject, None)
+            }
+            Verdict::Ignore(_) => {
+                self.counters.ignored += 1;
+                (MessageAcceptance::Ignore, None)
+            }
+        };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&mid, &source, acceptance);
+        if let Some(env) = deliver
+            && self.subscribed.contains(&env.header.topic)
+        {
+            let outs = self.sync.handle(Input::Gossip { envelope: *env }, now_ms());
+            self.apply(outs);
+        }
+    }
+
+    fn on_store_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_store_request(peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.on_store_response(request_id, &response);
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, peer, error, .. } => {
+                debug!(%peer, %error, "store request failed");
+                if let Some((from, Outbound::Store(id))) = self.outbound.remove(&request_id) {
+                    let outs = self.sync.handle(Input::StoreFailed { id, from }, now_ms());
+                    self.apply(outs);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An answer from a store node, decoded with the same limits as gossip (peer input).
+    fn on_store_response(&mut self, request_id: OutboundRequestId, response: &[u8]) {
+        let Some((from, kind)) = self.outbound.remove(&request_id) else { return };
+        let limits = self.config.admission.limits;
+        let input = match (Response::decode(response, &limits), kind) {
+            (
+                Ok(Response::Stored(id, StoreOutcome::Stored | StoreOutcome::Duplicate)),
+                Outbound::Store(want),
+            ) if id == want => Input::StoreAck { id, from },
+            (_, Outbound::Store(id)) => Input::StoreFailed { id, from },
+            (Ok(Response::Page { entries, next }), Outbound::Page(topic)) => {
+                Input::Page { topic, from, entries, next }
+            }
+            (Ok(Response::Envelopes(envelopes)), Outbound::Ids) => Input::Envelopes { from, envelopes },
+            (other, _) => {
+                debug!(%from, "unusable store response: {:?}", other.map(|_| ()));
+                return;
+            }
+        };
+        let outs = self.sync.handle(input, now_ms());
+        self.apply(outs);
+    }
+}

@@ -1,0 +1,318 @@
+//! The group-committing writer threads. The history writer commits deliveries, own
+//! publications and resume cursors to `history.redb` and only then emits the events; the
+//! mailbox writer commits store requests to `mailbox.redb` and only then lets the actor answer.
+//! One redb transaction (one fsync) per batch.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use cairn_proto::{Envelope, Id};
+use cairn_store::{Appended, Retention, Store, StoreError};
+use libp2p::request_response::ResponseChannel;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::events::{EventSink, NodeEvent};
+use super::{NodeError, now_ms};
+use crate::sync::SendStatus;
+use crate::wire::StoreOutcome;
+
+/// Writes grouped into one commit, at most.
+const COMMIT_BATCH_MAX: usize = 512;
+/// History jobs queued for the writer, at most. When full, the actor waits for room (still
+/// taking committed results and handle commands meanwhile) and does not poll the swarm: the
+/// back-pressure of a slow event consumer reaches the network.
+pub(super) const HISTORY_JOBS_MAX: usize = 1024;
+/// Own publications queued for the writer, at most. A lane of their own, so a publication is
+/// never held behind deliveries that wait for a slow consumer. When full, `publish` is refused
+/// with [`NodeError::Refused`] and the caller retries.
+pub(super) const OWN_JOBS_MAX: usize = 256;
+/// Store requests queued for the mailbox writer, at most. When full, a store request is
+/// answered with an error at once and its sender retries with back-off: a store node sheds
+/// load instead of queueing without bound.
+pub(super) const MAILBOX_JOBS_MAX: usize = 4096;
+/// Committed results queued back to the actor, at most. When full, the writer waits; the actor
+/// takes from this queue in every state (also while it waits for history room, and while it
+/// shuts down), so the wait is short and cannot close a cycle.
+pub(super) const COMMITTED_MAX: usize = 1024;
+
+/// Work for the history writer, in the order the state machine produced it.
+pub(super) enum HistoryJob {
+    /// Persist, then emit `NodeEvent::Delivered` (unless local history already held it).
+    Deliver {
+        /// Envelope.
+        envelope: Envelope,
+        /// Its id.
+        id: Id,
+        /// An ancestor could not be found.
+        after_gap: bool,
+    },
+    /// Emit `NodeEvent::Status` (after the deliveries queued before it).
+    Status {
+        /// Envelope id.
+        id: Id,
+        /// New status.
+        status: SendStatus,
+    },
+    /// Persist a resume cursor, after the envelopes queued before it are durable.
+    Cursor {
+        /// Key in the history store.
+        key: String,
+        /// Next cursor.
+        cursor: u64,
+    },
+}
+
+/// Our own publication: persisted, then handed back to the actor to be gossiped.
+pub(super) struct OwnJob {
+    pub(super) envelope: Envelope,
+    pub(super) reply: oneshot::Sender<Result<Id, NodeError>>,
+}
+
+/// What a writer hands back to the actor once committed.
+pub(super) enum Committed {
+    /// A mailbox batch was committed.
+    Mailbox(MailboxCommit),
+    /// Our own envelope is durable locally: now gossip it and push it to the store nodes.
+    Own(Box<Envelope>, oneshot::Sender<Result<Id, NodeError>>),
+}
+
+/// A store request waiting for the mailbox commit.
+pub(super) struct MailboxJob {
+    pub(super) channel: ResponseChannel<Vec<u8>>,
+    pub(super) envelope: Envelope,
+}
+
+/// The answers of one mailbox batch.
+pub(super) struct MailboxCommit {
+    pub(super) ok: bool,
+    pub(super) stored: u64,
+    pub(super) answers: Vec<(ResponseChannel<Vec<u8>>, Id, StoreOutcome)>,
+}
+
+/// The actor's ends of the history writer.
+pub(super) struct HistoryLanes {
+    pub(super) jobs: mpsc::Sender<HistoryJob>,
+    pub(super) own: mpsc::Sender<OwnJob>,
+    pub(super) thread: JoinHandle<()>,
+}
+
+/// Starts the history writer thread.
+pub(super) fn spawn_history_writer(
+    store: Arc<Store>,
+    sink: EventSink,
+    committed: mpsc::Sender<Committed>,
+) -> io::Result<HistoryLanes> {
+    let (jobs_tx, jobs) = mpsc::channel(HISTORY_JOBS_MAX);
+    let (own_tx, own) = mpsc::channel(OWN_JOBS_MAX);
+    let writer = HistoryWriter { store, sink, committed, jobs, own, jobs_open: true, own_open: true };
+    let thread = std::thread::Builder::new()
+        .name("cairn-history".into())
+        .spawn(move || futures::executor::block_on(writer.run()))?;
+    Ok(HistoryLanes { jobs: jobs_tx, own: own_tx, thread })
+}
+
+struct HistoryWriter {
+    store: Arc<Store>,
+    sink: EventSink,
+    committed: mpsc::Sender<Committed>,
+    jobs: mpsc::Receiver<HistoryJob>,
+    own: mpsc::Receiver<OwnJob>,
+    jobs_open: bool,
+    /// False once the actor closed the own lane (shutdown): from then on nothing waits for
+    /// the event consumer.
+    own_open: bool,
+}
+
+impl HistoryWriter {
+    async fn run(mut self) {
+        while let Some((own, jobs)) = self.next_batch().await {
+            self.commit(own, jobs).await;
+        }
+    }
+
+    /// Waits for a first job (own publications first), then takes what is already queued, up
+    /// to the batch limit. `None` once both lanes are closed and empty.
+    async fn next_batch(&mut self) -> Option<(Vec<OwnJob>, Vec<HistoryJob>)> {
+        let (mut own, mut jobs) = (Vec::new(), Vec::new());
+        while own.is_empty() && jobs.is_empty() {
+            tokio::select! {
+                biased;
+                j = self.own.recv(), if self.own_open => match j {
+                    Some(j) => own.push(j),
+                    None => self.own_open = false,
+                },
+                j = self.jobs.recv(), if self.jobs_open => match j {
+                    Some(j) => jobs.push(j),
+                    None => self.jobs_open = false,
+                },
+                else => return None,
+            }
+        }
+        while own.len() + jobs.len() < COMMIT_BATCH_MAX
+            && let Ok(j) = self.own.try_recv()
+        {
+            own.push(j);
+        }
+        while own.len() + jobs.len() < COMMIT_BATCH_MAX
+            && let Ok(j) = self.jobs.try_recv()
+        {
+            jobs.push(j);
+        }
+        Some((own, jobs))
+    }
+
+    /// One commit for the batch, then cursors, then own replies, then the events in order.
+    async fn commit(&mut self, own: Vec<OwnJob>, jobs: Vec<HistoryJob>) {
+        let mut envs: Vec<Envelope> = own.iter().map(|j| j.envelope.clone()).collect();
+        envs.extend(jobs.iter().filter_map(|j| match j {
+            HistoryJob::Deliver { envelope, .. } => Some(envelope.clone()),
+            _ => None,
+        }));
+        let result = self.append(&envs);
+        // A cursor becomes durable only after the envelopes before it: a restart never skips mail.
+        for j in &jobs {
+            if let HistoryJob::Cursor { key, cursor } = j
+                && let Err(e) = self.store.put_key(key, &cursor.to_be_bytes())
+            {
+                warn!("cannot persist cursor: {e}");
+            }
+        }
+        let own_len = own.len();
+        for j in own {
+            self.finish_own(j, result.as_ref().map(|_| ()).map_err(ToString::to_string)).await;
+        }
+        let mut appended = result.ok().map(|r| r.into_iter().skip(own_len));
+        for j in jobs {
+            let ev = match j {
+                HistoryJob::Deliver { envelope, id, after_gap } => {
+                    if let Some(Appended::Duplicate) = appended.as_mut().and_then(Iterator::next) {
+                        continue; // local history already held it: delivered before (exactly once)
+                    }
+                    NodeEvent::Delivered { envelope: Box::new(envelope), id, after_gap }
+                }
+                HistoryJob::Status { id, status } => NodeEvent::Status { id, status },
+                HistoryJob::Cursor { .. } => continue,
+            };
+            self.emit(ev).await;
+        }
+    }
+
+    fn append(&self, envs: &[Envelope]) -> Result<Vec<Appended>, StoreError> {
+        if envs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = self.store.append(envs);
+        if let Err(e) = &result {
+            warn!("cannot persist {} envelopes: {e}", envs.len());
+        }
+        result
+    }
+
+    /// An own publication alone (while events wait for the consumer).
+    async fn commit_own(&mut self, j: OwnJob) {
+        let result = self.append(std::slice::from_ref(&j.envelope)).map(|_| ()).map_err(|e| e.to_string());
+        self.finish_own(j, result).await;
+    }
+
+    async fn finish_own(&mut self, j: OwnJob, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                let _ = self.committed.send(Committed::Own(Box::new(j.envelope), j.reply)).await;
+            }
+            Err(e) => {
+                let _ = j.reply.send(Err(NodeError::Refused(format!("not stored locally: {e}"))));
+            }
+        }
+    }
+
+    /// Observers first (never waits); then the lossless stream, waiting for room while it is
+    /// attached, and committing own publications meanwhile (policy: `events.rs`).
+    async fn emit(&mut self, ev: NodeEvent) {
+        self.sink.observe(&ev);
+        loop {
+            if !self.own_open || !self.sink.attached() {
+                self.sink.offer(ev);
+                return;
+            }
+            let own = tokio::select! {
+                biased;
+                permit = self.sink.reserve() => {
+                    if let Some(p) = permit {
+                        p.send(ev);
+                    }
+                    return;
+                }
+                j = self.own.recv() => j,
+            };
+            match own {
+                Some(j) => self.commit_own(j).await,
+                None => self.own_open = false,
+            }
+        }
+    }
+}
+
+/// The actor's ends of the mailbox writer.
+pub(super) struct MailboxLane {
+    pub(super) jobs: std_mpsc::SyncSender<MailboxJob>,
+    pub(super) thread: JoinHandle<()>,
+}
+
+/// Starts the mailbox writer: group-commits store requests (one transaction, one fsync per
+/// batch); the answers go back to the actor only after the commit returned.
+pub(super) fn spawn_mailbox_writer(
+    store: Arc<Store>,
+    retention: Retention,
+    committed: mpsc::Sender<Committed>,
+) -> io::Result<MailboxLane> {
+    let (tx, rx) = std_mpsc::sync_channel::<MailboxJob>(MAILBOX_JOBS_MAX);
+    let thread = std::thread::Builder::new().name("cairn-mailbox".into()).spawn(move || {
+        while let Some(batch) = next_batch(&rx) {
+            let commit = commit_mailbox(&store, &retention, batch);
+            if committed.blocking_send(Committed::Mailbox(commit)).is_err() {
+                break;
+            }
+        }
+    })?;
+    Ok(MailboxLane { jobs: tx, thread })
+}
+
+/// Takes the first job (blocking) and every job already queued, up to the batch limit.
+fn next_batch<T>(rx: &std_mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    while batch.len() < COMMIT_BATCH_MAX
+        && let Ok(j) = rx.try_recv()
+    {
+        batch.push(j);
+    }
+    Some(batch)
+}
+
+fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) -> MailboxCommit {
+    let envs: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
+    let result = store.append_with(&envs, retention, now_ms());
+    if let Err(e) = &result {
+        warn!("mailbox append failed: {e}");
+    }
+    let mut stored = 0;
+    let answers = batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let outcome = match result.as_ref().ok().and_then(|r| r.results.get(i)) {
+                Some(Appended::Stored { .. }) => {
+                    stored += 1;
+                    StoreOutcome::Stored
+                }
+                Some(Appended::Duplicate) => StoreOutcome::Duplicate,
+                _ => StoreOutcome::Refused,
+            };
+            (j.channel, j.envelope.id(), outcome)
+        })
+        .collect();
+    MailboxCommit { ok: result.is_ok(), stored, answers }
+}
