@@ -84,6 +84,9 @@ pub const WELCOME_BYTES_MAX: usize = 8 << 20;
 pub const RATCHET_TREE_BYTES_MAX: usize = 32 << 20;
 /// Largest application message ciphertext accepted, in bytes.
 pub const APPLICATION_BYTES_MAX: usize = 256 * 1024;
+/// Largest authenticated data bound to an application message (the caller's header binding,
+/// e.g. a 32-byte hash of the envelope header), in bytes.
+pub const AAD_BYTES_MAX: usize = 256;
 
 /// A random conversation id; the MLS group id is the same 32 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -153,6 +156,21 @@ pub enum MlsError {
     /// operation commits its own transaction, so it is refused until then.
     #[error("deferred MLS writes wait for flush_into")]
     FlushPending,
+    /// The authenticated data given by the caller is over [`AAD_BYTES_MAX`].
+    #[error("authenticated data of {len} bytes is over the limit of {max}")]
+    AadTooLong {
+        /// Size given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+}
+
+fn check_aad(aad: &[u8]) -> Result<(), MlsError> {
+    if aad.len() > AAD_BYTES_MAX {
+        return Err(MlsError::AadTooLong { len: aad.len(), max: AAD_BYTES_MAX });
+    }
+    Ok(())
 }
 
 fn op_err(op: &'static str) -> impl FnOnce(String) -> MlsError {
@@ -429,6 +447,10 @@ pub enum Dropped {
     BufferFull,
     /// This device's own message, echoed back.
     Own,
+    /// The message's authenticated data (in clear, bound to its ciphertext and signature) is
+    /// not the one the caller expected: the ciphertext was re-wrapped into another envelope.
+    /// Refused before any decryption, so no ratchet key is consumed.
+    AadMismatch,
 }
 
 /// What became of a received application message.
@@ -533,7 +555,8 @@ impl Meta {
 struct Conversation {
     group: MlsGroup,
     meta: Meta,
-    future: Vec<Vec<u8>>,
+    /// Future-epoch application messages with their expected authenticated data.
+    future: Vec<(Vec<u8>, Vec<u8>)>,
     /// Snapshots of retained past epochs, loaded on demand.
     past: BTreeMap<u64, (MlsGroup, CairnProvider)>,
 }
@@ -1673,14 +1696,24 @@ impl Client {
 
     // ---- application messages --------------------------------------------------------------------
 
-    /// Encrypts an application message for the conversation's current epoch.
-    pub fn send(&mut self, id: &ConversationId, body: &[u8]) -> Result<Vec<u8>, MlsError> {
-        let mut out = self.send_many(id, &[body])?;
+    /// Encrypts an application message for the conversation's current epoch. `aad` (at most
+    /// [`AAD_BYTES_MAX`] bytes) travels in clear in the MLS PrivateMessage's
+    /// `authenticated_data`, bound to the ciphertext and the sender's signature; receivers
+    /// pass the bytes they expect to [`Client::receive`].
+    pub fn send(&mut self, id: &ConversationId, body: &[u8], aad: &[u8]) -> Result<Vec<u8>, MlsError> {
+        let mut out = self.send_many(id, &[(body, aad)])?;
         out.pop().ok_or(MlsError::Operation { op: "send", reason: "no output".into() })
     }
 
-    /// Encrypts several messages with one durable write.
-    pub fn send_many(&mut self, id: &ConversationId, bodies: &[&[u8]]) -> Result<Vec<Vec<u8>>, MlsError> {
+    /// Encrypts several `(body, aad)` messages (see [`Client::send`]) with one durable write.
+    pub fn send_many(
+        &mut self,
+        id: &ConversationId,
+        messages: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Vec<u8>>, MlsError> {
+        for (_, aad) in messages {
+            check_aad(aad)?;
+        }
         self.atomically(id, |s| {
             let provider = &s.provider;
             let signer = &s.signer;
@@ -1694,11 +1727,13 @@ impl Client {
             // OpenMLS rewrites the whole secret tree after every message; only the state after
             // the last one is encoded (settled in `persist`, same transaction).
             provider.storage().set_defer(true);
-            let mut out = Vec::with_capacity(bodies.len());
-            for b in bodies {
+            let mut out = Vec::with_capacity(messages.len());
+            for (body, aad) in messages {
+                // Consumed by the next message only (OpenMLS resets it after each).
+                c.group.set_aad(aad.to_vec());
                 let m = c
                     .group
-                    .create_message(provider, signer, b)
+                    .create_message(provider, signer, body)
                     .map_err(|e| op_err("encrypt")(e.to_string()))?;
                 out.push(to_bytes(&m)?);
             }
@@ -1706,27 +1741,36 @@ impl Client {
         })
     }
 
-    /// Decrypts a received application message (see [`Received`]). Malformed, altered,
-    /// foreign or non-member messages are errors and change nothing.
-    pub fn receive(&mut self, id: &ConversationId, bytes: &[u8]) -> Result<Received, MlsError> {
-        let mut out = self.receive_many(id, &[bytes]);
+    /// Decrypts a received application message (see [`Received`]). Its clear authenticated
+    /// data must equal `expected_aad` (at most [`AAD_BYTES_MAX`] bytes), compared before any
+    /// decryption: a mismatch is [`Dropped::AadMismatch`] and consumes no key. Malformed,
+    /// altered, foreign or non-member messages are errors and change nothing.
+    pub fn receive(
+        &mut self,
+        id: &ConversationId,
+        bytes: &[u8],
+        expected_aad: &[u8],
+    ) -> Result<Received, MlsError> {
+        let mut out = self.receive_many(id, &[(bytes, expected_aad)]);
         out.pop().unwrap_or_else(|| Err(MlsError::Operation { op: "receive", reason: "no output".into() }))
     }
 
-    /// Decrypts several messages, persisting once at the end; one result per input. If any
-    /// message fails, the batch is undone and replayed one message at a time, so a bad message
-    /// never leaves a trace in the stored state.
+    /// Decrypts several `(ciphertext, expected aad)` messages (see [`Client::receive`]),
+    /// persisting once at the end; one result per input. If any message fails, the batch is
+    /// undone and replayed one message at a time, so a bad message never leaves a trace in the
+    /// stored state.
     pub fn receive_many(
         &mut self,
         id: &ConversationId,
-        messages: &[&[u8]],
+        messages: &[(&[u8], &[u8])],
     ) -> Vec<Result<Received, MlsError>> {
         let Ok(mark) = self.conv(id).map(|c| c.future.len()) else {
             return messages.iter().map(|_| Err(MlsError::UnknownConversation)).collect();
         };
         // Only the secret tree's state after the batch is encoded (settled in `persist`).
         self.provider.storage().set_defer(true);
-        let out: Vec<Result<Received, MlsError>> = messages.iter().map(|m| self.receive_one(id, m)).collect();
+        let out: Vec<Result<Received, MlsError>> =
+            messages.iter().map(|(m, aad)| self.receive_one(id, m, aad)).collect();
         self.provider.storage().set_defer(false);
         if out.iter().all(|r| !Self::failed(r)) {
             return match self.persist(id) {
@@ -1749,8 +1793,8 @@ impl Client {
         }
         messages
             .iter()
-            .map(|m| {
-                let r = self.receive_one(id, m);
+            .map(|(m, aad)| {
+                let r = self.receive_one(id, m, aad);
                 let settled = if Self::failed(&r) { self.rollback(id) } else { self.persist(id) };
                 match settled {
                     Ok(()) => r,
@@ -1764,7 +1808,13 @@ impl Client {
         matches!(r, Err(_) | Ok(Received::Dropped(Dropped::Duplicate | Dropped::TooOld)))
     }
 
-    fn receive_one(&mut self, id: &ConversationId, bytes: &[u8]) -> Result<Received, MlsError> {
+    fn receive_one(
+        &mut self,
+        id: &ConversationId,
+        bytes: &[u8],
+        expected_aad: &[u8],
+    ) -> Result<Received, MlsError> {
+        check_aad(expected_aad)?;
         if bytes.len() > APPLICATION_BYTES_MAX {
             return Err(MlsError::Malformed(format!("{} bytes is over the limit", bytes.len())));
         }
@@ -1779,6 +1829,12 @@ impl Client {
         if msg.group_id().as_slice() != id.0 {
             return Err(MlsError::Rejected("message is for another conversation".into()));
         }
+        let ProtocolMessage::PrivateMessage(private) = &msg else {
+            return Err(MlsError::Rejected("application messages travel encrypted".into()));
+        };
+        if private.aad() != expected_aad {
+            return Ok(Received::Dropped(Dropped::AadMismatch));
+        }
         if !c.group.is_active() {
             return Err(MlsError::NotMember);
         }
@@ -1788,7 +1844,7 @@ impl Client {
             if c.future.len() >= future_max {
                 return Ok(Received::Dropped(Dropped::BufferFull));
             }
-            c.future.push(bytes.to_vec());
+            c.future.push((bytes.to_vec(), expected_aad.to_vec()));
             return Ok(Received::Buffered);
         }
         if current - epoch > past_max {
@@ -1840,11 +1896,11 @@ impl Client {
         if c.future.is_empty() {
             return Ok(());
         }
-        let (ready, later): (Vec<Vec<u8>>, Vec<Vec<u8>>) = std::mem::take(&mut c.future)
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut c.future)
             .into_iter()
-            .partition(|b| parse_message(b).map(|m| m.epoch().as_u64() <= current).unwrap_or(true));
+            .partition(|(b, _)| parse_message(b).map(|m| m.epoch().as_u64() <= current).unwrap_or(true));
         c.future = later;
-        let refs: Vec<&[u8]> = ready.iter().map(Vec::as_slice).collect();
+        let refs: Vec<(&[u8], &[u8])> = ready.iter().map(|(b, a)| (b.as_slice(), a.as_slice())).collect();
         for r in self.receive_many(id, &refs).into_iter().flatten() {
             events.push(Event::Message(r));
         }

@@ -19,8 +19,8 @@ pub mod sequencer;
 pub mod storage;
 
 pub use client::{
-    Change, Client, CommitOutcome, Config, ConversationId, Delivered, Dropped, Event, MlsError, Received,
-    StagedChange, WelcomeBundle, WelcomeOut, inbox_topic,
+    AAD_BYTES_MAX, Change, Client, CommitOutcome, Config, ConversationId, Delivered, Dropped, Event,
+    MlsError, Received, StagedChange, WelcomeBundle, WelcomeOut, inbox_topic,
 };
 pub use credential::{CredentialError, DeviceSigner, verify_credential};
 pub use keypackage::{

@@ -5,7 +5,7 @@ mod common;
 
 use cairn_mls::{Change, Dropped, Event, KeyPackagePool, MemorySequencer, MlsError, Received};
 use cairn_proto::CommitSequencer;
-use common::{Dev, NOW, delivered, group, say};
+use common::{AAD, Dev, NOW, delivered, group, say};
 
 #[test]
 fn one_to_one_then_group_add_remove_update() {
@@ -145,8 +145,8 @@ fn garbage_broken_chains_and_out_of_order_commits_do_not_corrupt_state() {
     let id = group(&mut a, &mut [&mut b], &mut seq);
     let before = a.client.epoch_authenticator(&id).unwrap();
     // Malformed application input.
-    assert!(matches!(b.client.receive(&id, b"garbage"), Err(MlsError::Malformed(_))));
-    assert!(matches!(b.client.receive(&id, &[]), Err(MlsError::Malformed(_))));
+    assert!(matches!(b.client.receive(&id, b"garbage", AAD), Err(MlsError::Malformed(_))));
+    assert!(matches!(b.client.receive(&id, &[], AAD), Err(MlsError::Malformed(_))));
     // Garbage and a replayed old commit in the handshake order: skipped by everyone alike.
     let old_commit = seq.fetch(&id.topic(), 0, 1).unwrap().remove(0).payload;
     let n = seq.len(&id.topic());
@@ -178,7 +178,7 @@ fn leave_is_proposed_then_committed() {
     c.client.leave(&id, &mut seq, NOW).unwrap();
     let ev = a.client.sync(&id, &seq, NOW).unwrap();
     assert!(matches!(&ev[..], [Event::LeaveProposed { device: Some(d), .. }] if *d == c.cert));
-    assert!(matches!(a.client.send(&id, b"x"), Err(MlsError::PendingProposals)));
+    assert!(matches!(a.client.send(&id, b"x", AAD), Err(MlsError::PendingProposals)));
     a.client.commit_pending(&id, &mut seq, NOW).unwrap().unwrap();
     b.client.sync(&id, &seq, NOW).unwrap();
     let ev = c.client.sync(&id, &seq, NOW).unwrap();
@@ -227,11 +227,11 @@ fn future_epoch_messages_are_buffered_and_past_ones_expire() {
     let mut seq = MemorySequencer::new();
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
-    let old = a.client.send(&id, b"from epoch 1").unwrap();
+    let old = a.client.send(&id, b"from epoch 1", AAD).unwrap();
     // A moves one epoch ahead; B has not synced yet.
     a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
-    let future = a.client.send(&id, b"from epoch 2").unwrap();
-    assert_eq!(b.client.receive(&id, &future).unwrap(), Received::Buffered);
+    let future = a.client.send(&id, b"from epoch 2", AAD).unwrap();
+    assert_eq!(b.client.receive(&id, &future, AAD).unwrap(), Received::Buffered);
     let ev = b.client.sync(&id, &seq, NOW).unwrap();
     let got: Vec<_> = ev
         .into_iter()
@@ -242,15 +242,15 @@ fn future_epoch_messages_are_buffered_and_past_ones_expire() {
         .collect();
     assert_eq!(got, vec![b"from epoch 2".to_vec()]);
     // One epoch back is inside the window.
-    assert_eq!(delivered(b.client.receive(&id, &old).unwrap()).body, b"from epoch 1");
+    assert_eq!(delivered(b.client.receive(&id, &old, AAD).unwrap()).body, b"from epoch 1");
     // Beyond `past_epochs_max` epochs, messages are dropped with a clear status.
-    let stale = a.client.send(&id, b"soon too old").unwrap();
+    let stale = a.client.send(&id, b"soon too old", AAD).unwrap();
     let window = b.client.config().past_epochs_max;
     for _ in 0..=window {
         a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
     }
     b.client.sync(&id, &seq, NOW).unwrap();
-    assert_eq!(b.client.receive(&id, &stale).unwrap(), Received::Dropped(Dropped::TooOld));
+    assert_eq!(b.client.receive(&id, &stale, AAD).unwrap(), Received::Dropped(Dropped::TooOld));
 }
 
 #[test]
@@ -273,23 +273,23 @@ fn past_epoch_messages_decrypt_after_restart_once_only() {
     let mut seq = MemorySequencer::new();
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
-    let m1 = a.client.send(&id, b"one").unwrap();
-    let m2 = a.client.send(&id, b"two").unwrap();
-    let m3 = a.client.send(&id, b"three").unwrap();
+    let m1 = a.client.send(&id, b"one", AAD).unwrap();
+    let m2 = a.client.send(&id, b"two", AAD).unwrap();
+    let m3 = a.client.send(&id, b"three", AAD).unwrap();
     a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
     b.client.sync(&id, &seq, NOW).unwrap();
-    assert_eq!(delivered(b.client.receive(&id, &m1).unwrap()).body, b"one");
+    assert_eq!(delivered(b.client.receive(&id, &m1, AAD).unwrap()).body, b"one");
     // The retained epoch (and its ratchet position) is persisted.
     let mut b = b.restart();
-    assert_eq!(b.client.receive(&id, &m1).unwrap(), Received::Dropped(Dropped::Duplicate));
-    assert_eq!(delivered(b.client.receive(&id, &m2).unwrap()).body, b"two");
-    assert_eq!(b.client.receive(&id, &m2).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(b.client.receive(&id, &m1, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(delivered(b.client.receive(&id, &m2, AAD).unwrap()).body, b"two");
+    assert_eq!(b.client.receive(&id, &m2, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
     // Garbage aimed at the past epoch changes nothing either.
     let mut bad = m3.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(matches!(b.client.receive(&id, &bad), Err(MlsError::Rejected(_))));
-    assert_eq!(delivered(b.client.receive(&id, &m3).unwrap()).body, b"three");
+    assert!(matches!(b.client.receive(&id, &bad, AAD), Err(MlsError::Rejected(_))));
+    assert_eq!(delivered(b.client.receive(&id, &m3, AAD).unwrap()).body, b"three");
     say(&mut a, &mut [&mut b], &id, "current epoch still fine");
 }
 
@@ -367,17 +367,18 @@ fn batched_messages_persist_the_final_ratchet_state() {
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
     let bodies: Vec<&[u8]> = vec![b"one", b"two", b"three"];
-    let cts = a.client.send_many(&id, &bodies).unwrap();
+    let cts = a.client.send_many(&id, &with_aad(&bodies)).unwrap();
     let refs: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
-    for (r, want) in b.client.receive_many(&id, &refs).into_iter().zip(&bodies) {
+    let pairs = with_aad(&refs);
+    for (r, want) in b.client.receive_many(&id, &pairs).into_iter().zip(&bodies) {
         assert_eq!(delivered(r.unwrap()).body, *want);
     }
     let mut a = a.restart();
     let mut b = b.restart();
     // A continues after generation 2, and B remembers having consumed 0..=2.
-    let ct = a.client.send(&id, b"four").unwrap();
-    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"four");
-    assert!(matches!(b.client.receive(&id, &cts[1]), Ok(Received::Dropped(Dropped::Duplicate))));
+    let ct = a.client.send(&id, b"four", AAD).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &ct, AAD).unwrap()).body, b"four");
+    assert!(matches!(b.client.receive(&id, &cts[1], AAD), Ok(Received::Dropped(Dropped::Duplicate))));
     say(&mut b, &mut [&mut a], &id, "still in sync");
 }
 
@@ -396,15 +397,16 @@ fn deferred_writes_commit_with_the_callers_rows_or_not_at_all() {
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
     let bodies: Vec<&[u8]> = vec![b"one", b"two", b"three"];
-    let cts = a.client.send_many(&id, &bodies).unwrap();
+    let cts = a.client.send_many(&id, &with_aad(&bodies)).unwrap();
     let refs: Vec<&[u8]> = cts.iter().map(Vec::as_slice).collect();
+    let pairs = with_aad(&refs);
 
     // Two deferred batches accumulate; the caller's transaction is dropped (a crash).
     b.client.set_deferred(true).unwrap();
-    for r in b.client.receive_many(&id, &refs[..2]) {
+    for r in b.client.receive_many(&id, &pairs[..2]) {
         delivered(r.unwrap());
     }
-    delivered(b.client.receive(&id, refs[2]).unwrap());
+    delivered(b.client.receive(&id, refs[2], AAD).unwrap());
     assert!(b.client.has_pending_flush());
     // Meanwhile operations with their own transaction are refused, and so is leaving the mode.
     assert!(matches!(b.client.self_update(&id, &mut seq, NOW), Err(MlsError::FlushPending)));
@@ -424,7 +426,7 @@ fn deferred_writes_commit_with_the_callers_rows_or_not_at_all() {
     assert_eq!(row(&b), None);
     // The old ratchet state is back: the same messages decrypt again.
     b.client.set_deferred(true).unwrap();
-    for (r, want) in b.client.receive_many(&id, &refs).into_iter().zip(&bodies) {
+    for (r, want) in b.client.receive_many(&id, &pairs).into_iter().zip(&bodies) {
         assert_eq!(delivered(r.unwrap()).body, *want);
     }
     let tx = b.db.begin_write().unwrap();
@@ -437,17 +439,21 @@ fn deferred_writes_commit_with_the_callers_rows_or_not_at_all() {
     // Both are there after a restart: the row, and the ratchet state (replays are duplicates).
     let mut b = b.restart();
     assert_eq!(row(&b).as_deref(), Some(b"kept".as_slice()));
-    assert!(matches!(b.client.receive(&id, refs[1]), Ok(Received::Dropped(Dropped::Duplicate))));
+    assert!(matches!(b.client.receive(&id, refs[1], AAD), Ok(Received::Dropped(Dropped::Duplicate))));
 
     // discard_pending undoes deferred work in memory; commit_deferred does it all in one call.
-    let ct = a.client.send(&id, b"four").unwrap();
+    let ct = a.client.send(&id, b"four", AAD).unwrap();
     b.client.set_deferred(true).unwrap();
-    delivered(b.client.receive(&id, &ct).unwrap());
+    delivered(b.client.receive(&id, &ct, AAD).unwrap());
     b.client.discard_pending().unwrap();
-    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"four");
+    assert_eq!(delivered(b.client.receive(&id, &ct, AAD).unwrap()).body, b"four");
     b.client.commit_deferred(b.db.begin_write().unwrap()).unwrap();
     b.client.set_deferred(false).unwrap();
     let mut b = b.restart();
-    assert!(matches!(b.client.receive(&id, &ct), Ok(Received::Dropped(Dropped::Duplicate))));
+    assert!(matches!(b.client.receive(&id, &ct, AAD), Ok(Received::Dropped(Dropped::Duplicate))));
     say(&mut b, &mut [&mut a], &id, "still in sync");
+}
+
+fn with_aad<'a>(items: &[&'a [u8]]) -> Vec<(&'a [u8], &'static [u8])> {
+    items.iter().map(|b| (*b, AAD)).collect()
 }

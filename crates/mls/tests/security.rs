@@ -9,7 +9,7 @@ use cairn_mls::{
 };
 use cairn_proto::ed25519::{Signer as _, SigningKey};
 use cairn_proto::{DeviceCert, DeviceId};
-use common::{Dev, NOW, delivered, group, open_client, say};
+use common::{AAD, Dev, NOW, delivered, group, open_client, say};
 use openmls::prelude::{
     BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig,
     SignaturePublicKey,
@@ -27,16 +27,16 @@ fn removed_member_cannot_decrypt_after_removal() {
     say(&mut a, &mut [&mut b, &mut c], &id, "all three");
     a.client.remove_account(&id, c.cert.account, &mut seq, NOW).unwrap().unwrap();
     b.client.sync(&id, &seq, NOW).unwrap();
-    let secret = a.client.send(&id, b"after carol left").unwrap();
-    assert_eq!(delivered(b.client.receive(&id, &secret).unwrap()).body, b"after carol left");
+    let secret = a.client.send(&id, b"after carol left", AAD).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &secret, AAD).unwrap()).body, b"after carol left");
     // Carol, before she learns of her removal, cannot read it: it is for an epoch she lacks.
-    assert_eq!(c.client.receive(&id, &secret).unwrap(), Received::Buffered);
+    assert_eq!(c.client.receive(&id, &secret, AAD).unwrap(), Received::Buffered);
     // Applying the sequenced removal does not give her that epoch either.
     let ev = c.client.sync(&id, &seq, NOW).unwrap();
     assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })));
     assert!(!ev.iter().any(|e| matches!(e, Event::Message(Received::Message(_)))), "{ev:?}");
-    assert!(matches!(c.client.receive(&id, &secret), Err(MlsError::NotMember)));
-    assert!(matches!(c.client.send(&id, b"let me in"), Err(MlsError::NotMember)));
+    assert!(matches!(c.client.receive(&id, &secret, AAD), Err(MlsError::NotMember)));
+    assert!(matches!(c.client.send(&id, b"let me in", AAD), Err(MlsError::NotMember)));
 }
 
 #[test]
@@ -44,15 +44,15 @@ fn new_member_cannot_decrypt_before_joining() {
     let mut seq = MemorySequencer::new();
     let (mut a, mut b, mut d) = (Dev::new(), Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
-    let before = a.client.send(&id, b"before dave").unwrap();
+    let before = a.client.send(&id, b"before dave", AAD).unwrap();
     let mut pool = KeyPackagePool::new();
     d.publish(&mut pool, 1);
     let out = a.client.add(&id, vec![pool.take(&d.device()).unwrap()], &mut seq, NOW).unwrap().unwrap();
     d.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
-    let r = d.client.receive(&id, &before);
+    let r = d.client.receive(&id, &before, AAD);
     assert!(!matches!(r, Ok(Received::Message(_))), "{r:?}");
     // Bob, a member then, still reads it; Dave reads what comes after.
-    assert_eq!(delivered(b.client.receive(&id, &before).unwrap()).body, b"before dave");
+    assert_eq!(delivered(b.client.receive(&id, &before, AAD).unwrap()).body, b"before dave");
     b.client.sync(&id, &seq, NOW).unwrap();
     say(&mut a, &mut [&mut b, &mut d], &id, "welcome dave");
 }
@@ -62,15 +62,15 @@ fn message_altered_in_flight_is_rejected() {
     let mut seq = MemorySequencer::new();
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
-    let ct = a.client.send(&id, b"pay 10 coins").unwrap();
+    let ct = a.client.send(&id, b"pay 10 coins", AAD).unwrap();
     for pos in [ct.len() - 1, ct.len() / 2, ct.len() - 20] {
         let mut bad = ct.clone();
         bad[pos] ^= 0x01;
-        let r = b.client.receive(&id, &bad);
+        let r = b.client.receive(&id, &bad, AAD);
         assert!(matches!(r, Err(MlsError::Rejected(_) | MlsError::Malformed(_))), "byte {pos}: {r:?}");
     }
     // The genuine message still decrypts: the forgeries changed nothing.
-    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"pay 10 coins");
+    assert_eq!(delivered(b.client.receive(&id, &ct, AAD).unwrap()).body, b"pay 10 coins");
 }
 
 #[test]
@@ -78,17 +78,17 @@ fn replayed_message_is_not_shown_twice() {
     let mut seq = MemorySequencer::new();
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
-    let ct = a.client.send(&id, b"once").unwrap();
-    let ct2 = a.client.send(&id, b"twice?").unwrap();
-    assert_eq!(delivered(b.client.receive(&id, &ct).unwrap()).body, b"once");
-    assert_eq!(b.client.receive(&id, &ct).unwrap(), Received::Dropped(Dropped::Duplicate));
+    let ct = a.client.send(&id, b"once", AAD).unwrap();
+    let ct2 = a.client.send(&id, b"twice?", AAD).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &ct, AAD).unwrap()).body, b"once");
+    assert_eq!(b.client.receive(&id, &ct, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
     // Also within one batch, and after a restart (the ratchet state is persisted).
-    let mut r = b.client.receive_many(&id, &[&ct2, &ct2]).into_iter();
+    let mut r = b.client.receive_many(&id, &[(ct2.as_slice(), AAD), (ct2.as_slice(), AAD)]).into_iter();
     assert_eq!(delivered(r.next().unwrap().unwrap()).body, b"twice?");
     assert_eq!(r.next().unwrap().unwrap(), Received::Dropped(Dropped::Duplicate));
     let mut b = b.restart();
-    assert_eq!(b.client.receive(&id, &ct).unwrap(), Received::Dropped(Dropped::Duplicate));
-    assert_eq!(b.client.receive(&id, &ct2).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(b.client.receive(&id, &ct, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(b.client.receive(&id, &ct2, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
 }
 
 #[test]
@@ -108,8 +108,9 @@ fn message_from_non_member_is_rejected() {
     )
     .unwrap();
     // Stale-epoch forgery: not shown.
+    fake.set_aad(AAD.to_vec());
     let early = fake.create_message(eve.client.provider(), &signer, b"trust me").unwrap();
-    let r = b.client.receive(&id, &early.tls_serialize_detached().unwrap());
+    let r = b.client.receive(&id, &early.tls_serialize_detached().unwrap(), AAD);
     assert!(!matches!(r, Ok(Received::Message(_))), "{r:?}");
     // Eve brings her fake group to the conversation's epoch, so her message is judged on its
     // keys, not its epoch.
@@ -121,9 +122,10 @@ fn message_from_non_member_is_rejected() {
         fake.merge_pending_commit(eve.client.provider()).unwrap();
     }
     assert_eq!(fake.epoch().as_u64(), a.client.epoch(&id).unwrap());
+    fake.set_aad(AAD.to_vec());
     let forged = fake.create_message(eve.client.provider(), &signer, b"trust me").unwrap();
     let forged = forged.tls_serialize_detached().unwrap();
-    let r = b.client.receive(&id, &forged);
+    let r = b.client.receive(&id, &forged, AAD);
     assert!(matches!(r, Err(MlsError::Rejected(_))), "{r:?}");
     // A non-member's commit in the handshake order is skipped by every member.
     let n = seq.len(&id.topic());
@@ -147,20 +149,20 @@ fn post_compromise_security_self_update_locks_out_leaked_state() {
     std::fs::copy(&b.path, &leak_path).unwrap();
     let (mut leaked, _leaked_db) = open_client(&leak_path, &b.device_key, b.cert);
     // The leak is real: the copy reads current traffic.
-    let m1 = a.client.send(&id, b"read by the attacker").unwrap();
-    assert_eq!(delivered(leaked.receive(&id, &m1).unwrap()).body, b"read by the attacker");
+    let m1 = a.client.send(&id, b"read by the attacker", AAD).unwrap();
+    assert_eq!(delivered(leaked.receive(&id, &m1, AAD).unwrap()).body, b"read by the attacker");
     // Bob heals with a self-update.
     b.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
     a.client.sync(&id, &seq, NOW).unwrap();
-    let m2 = a.client.send(&id, b"after healing").unwrap();
-    assert_eq!(delivered(b.client.receive(&id, &m2).unwrap()).body, b"after healing");
+    let m2 = a.client.send(&id, b"after healing", AAD).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &m2, AAD).unwrap()).body, b"after healing");
     // The attacker follows the same handshake order but cannot enter the new epoch…
     let ev = leaked.sync(&id, &seq, NOW).unwrap();
     assert!(ev.iter().any(|e| matches!(e, Event::Skipped { .. })), "{ev:?}");
     assert_ne!(leaked.epoch(&id).unwrap(), a.client.epoch(&id).unwrap());
     assert_ne!(leaked.epoch_authenticator(&id).unwrap(), a.client.epoch_authenticator(&id).unwrap());
     // …so later messages stay unreadable to it.
-    assert_eq!(leaked.receive(&id, &m2).unwrap(), Received::Buffered);
+    assert_eq!(leaked.receive(&id, &m2, AAD).unwrap(), Received::Buffered);
     let ev = leaked.sync(&id, &seq, NOW).unwrap();
     assert!(!ev.iter().any(|e| matches!(e, Event::Message(Received::Message(_)))), "{ev:?}");
 }
@@ -352,4 +354,31 @@ fn welcome_bundle_hides_the_member_list_from_all_but_the_invitee() {
     d.client.join(&bytes, NOW).unwrap();
     b.client.sync(&id, &seq, NOW).unwrap();
     say(&mut a, &mut [&mut b, &mut d], &id, "only invitees read the tree");
+}
+
+#[test]
+fn rewrapped_ciphertext_is_refused_before_decryption_and_the_genuine_one_still_reads() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let (header, other) = ([7u8; 32], [8u8; 32]);
+    let ct = a.client.send(&id, b"bound to its envelope", &header).unwrap();
+    // The same ciphertext in another envelope: refused on the clear aad, nothing consumed.
+    assert_eq!(b.client.receive(&id, &ct, &other).unwrap(), Received::Dropped(Dropped::AadMismatch));
+    assert_eq!(b.client.receive_many(&id, &[(ct.as_slice(), &other)]).len(), 1);
+    // Its clear aad rewritten to match the other envelope: the AEAD and the signature refuse it.
+    let at = ct.windows(32).position(|w| w == header).unwrap();
+    let mut rewrapped = ct.clone();
+    rewrapped[at..at + 32].copy_from_slice(&other);
+    assert!(matches!(b.client.receive(&id, &rewrapped, &other), Err(MlsError::Rejected(_))));
+    // The genuine message with its own header still decrypts, once.
+    assert_eq!(delivered(b.client.receive(&id, &ct, &header).unwrap()).body, b"bound to its envelope");
+    assert_eq!(b.client.receive(&id, &ct, &header).unwrap(), Received::Dropped(Dropped::Duplicate));
+    // The aad is bounded on both sides.
+    let long = [0u8; cairn_mls::AAD_BYTES_MAX + 1];
+    assert!(matches!(a.client.send(&id, b"x", &long), Err(MlsError::AadTooLong { .. })));
+    assert!(matches!(b.client.receive(&id, &ct, &long), Err(MlsError::AadTooLong { .. })));
+    let max = [1u8; cairn_mls::AAD_BYTES_MAX];
+    let ct = a.client.send(&id, b"largest aad", &max).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &ct, &max).unwrap()).body, b"largest aad");
 }

@@ -12,6 +12,8 @@ use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{DeviceCert, DeviceId};
 
 pub(crate) const NOW: u64 = 1_800_000_000_000;
+/// The authenticated data tests bind to their messages (the node binds a header hash).
+pub(crate) const AAD: &[u8] = b"test envelope header hash";
 
 /// A device with its own redb file.
 pub(crate) struct Dev {
@@ -122,9 +124,9 @@ pub(crate) fn delivered(r: Received) -> Delivered {
 
 /// Sends from `from` and checks every `to` reads it.
 pub(crate) fn say(from: &mut Dev, to: &mut [&mut Dev], id: &ConversationId, text: &str) {
-    let ct = from.client.send(id, text.as_bytes()).unwrap();
+    let ct = from.client.send(id, text.as_bytes(), AAD).unwrap();
     for t in to.iter_mut() {
-        let d = delivered(t.client.receive(id, &ct).unwrap());
+        let d = delivered(t.client.receive(id, &ct, AAD).unwrap());
         assert_eq!(d.body, text.as_bytes());
         assert_eq!(d.sender, from.cert);
     }
