@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use cairn_node::client::{Client, ClientError};
 use cairn_node::model::{
-    ConversationView, DeliveryView, DeviceAddRequest, MemberView, MessageView, StatusView, TailQuery,
+    ConversationView, DeliveryState, DeliveryView, DeviceAddRequest, MemberView, MessageView, StatusView,
+    TailQuery,
 };
 use clap::Subcommand;
 
@@ -301,15 +302,14 @@ pub(crate) fn run_chat_leave(home: &Path, conv: &str) -> anyhow::Result<()> {
 
 /// The delivery status as the CLI prints it.
 pub(crate) fn delivery_text(d: &DeliveryView) -> String {
-    match d.state.as_str() {
-        "delivered" => format!("delivered to {} of {} members", d.delivered_to, d.members),
-        "stored" if d.delivered_to > 0 => format!(
+    match d.state {
+        DeliveryState::Delivered => format!("delivered to {} of {} members", d.delivered_to, d.members),
+        DeliveryState::Stored if d.delivered_to > 0 => format!(
             "stored on {} nodes, delivered to {} of {} members",
             d.stored_on, d.delivered_to, d.members
         ),
-        "stored" => format!("stored on {} nodes", d.stored_on),
-        "sent" => "sent".to_string(),
-        other => other.to_string(),
+        DeliveryState::Stored => format!("stored on {} nodes", d.stored_on),
+        DeliveryState::Sent => "sent".to_string(),
     }
 }
 
@@ -489,12 +489,15 @@ mod tests {
 
     #[test]
     fn delivery_texts() {
-        let d = |state: &str| DeliveryView { state: state.into(), stored_on: 2, delivered_to: 1, members: 3 };
-        assert_eq!(delivery_text(&d("sent")), "sent");
-        assert_eq!(delivery_text(&d("stored")), "stored on 2 nodes, delivered to 1 of 3 members");
-        let none_yet = DeliveryView { delivered_to: 0, ..d("stored") };
+        let d = |state: DeliveryState| DeliveryView { state, stored_on: 2, delivered_to: 1, members: 3 };
+        assert_eq!(delivery_text(&d(DeliveryState::Sent)), "sent");
+        assert_eq!(
+            delivery_text(&d(DeliveryState::Stored)),
+            "stored on 2 nodes, delivered to 1 of 3 members"
+        );
+        let none_yet = DeliveryView { delivered_to: 0, ..d(DeliveryState::Stored) };
         assert_eq!(delivery_text(&none_yet), "stored on 2 nodes");
-        assert_eq!(delivery_text(&d("delivered")), "delivered to 1 of 3 members");
+        assert_eq!(delivery_text(&d(DeliveryState::Delivered)), "delivered to 1 of 3 members");
     }
 
     #[test]

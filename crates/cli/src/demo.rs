@@ -278,7 +278,10 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     }
     // Delivery receipts: the send answers once both other members' devices acknowledged it.
     let sent = alice.send_wait(&id, "did you get this?", STEP_TIMEOUT.as_millis() as u64)?;
-    if sent.delivery.state != "delivered" || sent.delivery.delivered_to != 2 || sent.delivery.stored_on < 2 {
+    if sent.delivery.state != cairn_node::model::DeliveryState::Delivered
+        || sent.delivery.delivered_to != 2
+        || sent.delivery.stored_on < 2
+    {
         bail!(
             "alice's message {} is {:?}, not stored on ≥ 2 store nodes and delivered to bob and carol",
             &sent.id[..12],

@@ -31,8 +31,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::backend::{ApiError, Backend};
 use crate::model::{
-    DeviceAddRequest, ErrorBody, HandleRequest, MembersRequest, SendQuery, SendRequest, StreamEvent,
-    TailQuery,
+    DeliveryState, DeviceAddRequest, ErrorBody, HandleRequest, MembersRequest, SendQuery, SendRequest,
+    StreamEvent, TailQuery,
 };
 
 /// Largest accepted request body, in bytes (larger → 413).
@@ -401,7 +401,7 @@ async fn send<B: Backend>(
     let mut events = ctx.backend.subscribe();
     let mut r = ctx.backend.send(id, req.text).await?;
     let wait = query.wait_ms.unwrap_or(0).min(SEND_WAIT_MAX_MS);
-    if wait > 0 && r.delivery.state != "delivered" {
+    if wait > 0 && r.delivery.state != DeliveryState::Delivered {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait);
         let mut stop = ctx.stop.subscribe();
         loop {
@@ -409,7 +409,7 @@ async fn send<B: Backend>(
                 ev = events.recv() => match ev {
                     Ok(StreamEvent::Delivery { id, delivery, .. }) if id == r.id => {
                         r.delivery = delivery;
-                        if r.delivery.state == "delivered" {
+                        if r.delivery.state == DeliveryState::Delivered {
                             break;
                         }
                     }

@@ -1,4 +1,5 @@
-//! The node's own tables, in the same redb database as the MLS state (`node.redb`).
+//! The node's own tables, in the same redb database as the MLS state (`node.redb`), so one
+//! transaction can commit a ratchet step together with what it decrypted.
 //!
 //! - `plain`: envelope id → the decrypted inner [`Message`] (every conversation envelope this
 //!   device could read, own ones included): what `verify` checks signatures against, since MLS
@@ -6,181 +7,233 @@
 //! - `messages`: (conversation id, seq) → envelope id, for text messages only, in the order
 //!   this device accepted them (parents always first): the `tail` order.
 //! - `by_id`: envelope id → (conversation id, seq, after_gap).
+//! - `outbox`: envelope id → encoded envelope, for own envelopes no store node has
+//!   acknowledged enough yet (pushed again after a restart).
 //! - `pending_devices`: devices of this account to add to every conversation.
-//!
-//! Every write is one redb transaction (durable on commit).
 
 use std::sync::Arc;
 
-use cairn_proto::{Id, Limits, Message};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use cairn_proto::{Envelope, Id, Limits, Message};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 
-use crate::backend::ApiError;
+use crate::error::NodeError;
 
 const PLAIN: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_plain");
 const MESSAGES: TableDefinition<'_, (&[u8; 32], u64), &[u8; 32]> = TableDefinition::new("node_messages");
 const BY_ID: TableDefinition<'_, &[u8; 32], (&[u8; 32], u64, bool)> = TableDefinition::new("node_by_id");
+const OUTBOX: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_outbox");
 const PENDING_DEVICES: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("node_pending_devices");
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(format!("local database: {e}"))
+/// Envelopes kept in the outbox at most. Overflow policy: the oldest-keyed entry is dropped
+/// (its envelope stays in the local history and on whatever store nodes took it).
+pub const OUTBOX_ENVELOPES_MAX: u64 = 10_000;
+
+fn storage(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(e.to_string())
 }
 
 /// Highest text-message seq of a conversation (0: none).
 fn last_seq(
     messages: &impl ReadableTable<(&'static [u8; 32], u64), &'static [u8; 32]>,
     conv: &[u8; 32],
-) -> Result<u64, ApiError> {
+) -> Result<u64, NodeError> {
     Ok(messages
         .range((conv, 0)..=(conv, u64::MAX))
-        .map_err(internal)?
+        .map_err(storage)?
         .next_back()
         .transpose()
-        .map_err(internal)?
+        .map_err(storage)?
         .map(|(k, _)| k.value().1)
         .unwrap_or(0))
 }
 
 /// A stored text message.
 #[derive(Debug, Clone)]
-pub(crate) struct Stored {
-    pub(crate) seq: u64,
-    pub(crate) id: Id,
-    pub(crate) message: Message,
-    pub(crate) after_gap: bool,
+pub struct Stored {
+    /// Position in the conversation's tail order.
+    pub seq: u64,
+    /// Envelope id.
+    pub id: Id,
+    /// The inner message.
+    pub message: Message,
+    /// An ancestor could not be found when it arrived.
+    pub after_gap: bool,
+}
+
+/// An envelope this device read or wrote, to record.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Conversation id.
+    pub conv: [u8; 32],
+    /// Envelope id.
+    pub id: Id,
+    /// The inner message.
+    pub inner: Message,
+    /// A text message (listed in the tail order).
+    pub text: bool,
+    /// An ancestor could not be found.
+    pub after_gap: bool,
 }
 
 /// The node's tables.
 #[derive(Clone)]
-pub(crate) struct NodeDb {
+pub struct NodeDb {
     db: Arc<Database>,
     limits: Limits,
 }
 
 impl NodeDb {
-    pub(crate) fn new(db: Arc<Database>, limits: Limits) -> Result<Self, ApiError> {
-        let tx = db.begin_write().map_err(internal)?;
+    /// Opens (creates) the tables.
+    pub fn new(db: Arc<Database>, limits: Limits) -> Result<Self, NodeError> {
+        let tx = db.begin_write().map_err(storage)?;
         {
-            tx.open_table(PLAIN).map_err(internal)?;
-            tx.open_table(MESSAGES).map_err(internal)?;
-            tx.open_table(BY_ID).map_err(internal)?;
-            tx.open_table(PENDING_DEVICES).map_err(internal)?;
+            tx.open_table(PLAIN).map_err(storage)?;
+            tx.open_table(MESSAGES).map_err(storage)?;
+            tx.open_table(BY_ID).map_err(storage)?;
+            tx.open_table(OUTBOX).map_err(storage)?;
+            tx.open_table(PENDING_DEVICES).map_err(storage)?;
         }
-        tx.commit().map_err(internal)?;
+        tx.commit().map_err(storage)?;
         Ok(Self { db, limits })
     }
 
+    /// The decoder limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A write transaction on the shared database (MLS state goes in it too).
+    pub fn begin(&self) -> Result<WriteTransaction, NodeError> {
+        self.db.begin_write().map_err(storage)
+    }
+
     /// Whether this envelope was already accepted.
-    pub(crate) fn has_plain(&self, id: &Id) -> Result<bool, ApiError> {
-        let tx = self.db.begin_read().map_err(internal)?;
-        let t = tx.open_table(PLAIN).map_err(internal)?;
-        Ok(t.get(&id.0).map_err(internal)?.is_some())
+    pub fn has_plain(&self, id: &Id) -> Result<bool, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(PLAIN).map_err(storage)?;
+        Ok(t.get(&id.0).map_err(storage)?.is_some())
     }
 
     /// The inner message of an envelope, if this device read (or wrote) it.
-    pub(crate) fn plain(&self, id: &Id) -> Result<Option<Vec<u8>>, ApiError> {
-        let tx = self.db.begin_read().map_err(internal)?;
-        let t = tx.open_table(PLAIN).map_err(internal)?;
-        Ok(t.get(&id.0).map_err(internal)?.map(|v| v.value().to_vec()))
+    pub fn plain(&self, id: &Id) -> Result<Option<Vec<u8>>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(PLAIN).map_err(storage)?;
+        Ok(t.get(&id.0).map_err(storage)?.map(|v| v.value().to_vec()))
     }
 
-    /// Records an accepted envelope; `text` adds it to the conversation's message list.
-    /// Returns the message seq (text) or 0. Idempotent.
-    pub(crate) fn accept(
-        &self,
-        conv: &[u8; 32],
-        id: &Id,
-        inner: &Message,
-        text: bool,
-        after_gap: bool,
-    ) -> Result<u64, ApiError> {
-        let tx = self.db.begin_write().map_err(internal)?;
-        let seq;
-        {
-            let mut plain = tx.open_table(PLAIN).map_err(internal)?;
-            if let Some(prev) = tx.open_table(BY_ID).map_err(internal)?.get(&id.0).map_err(internal)? {
-                return Ok(prev.value().1);
+    /// Records accepted envelopes in `tx`; returns each one's text seq (0 if not text).
+    /// Idempotent: an id recorded before keeps its seq.
+    pub fn accept_in(&self, tx: &WriteTransaction, rows: &[Accepted]) -> Result<Vec<u64>, NodeError> {
+        let mut plain = tx.open_table(PLAIN).map_err(storage)?;
+        let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut by_id = tx.open_table(BY_ID).map_err(storage)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some(prev) = by_id.get(&r.id.0).map_err(storage)? {
+                out.push(prev.value().1);
+                continue;
             }
-            if plain.get(&id.0).map_err(internal)?.is_some() && !text {
-                return Ok(0);
+            if plain.get(&r.id.0).map_err(storage)?.is_some() && !r.text {
+                out.push(0);
+                continue;
             }
-            plain.insert(&id.0, inner.encode().as_slice()).map_err(internal)?;
-            if text {
-                let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
-                seq = last_seq(&messages, conv)? + 1;
-                messages.insert((conv, seq), &id.0).map_err(internal)?;
-                tx.open_table(BY_ID)
-                    .map_err(internal)?
-                    .insert(&id.0, (conv, seq, after_gap))
-                    .map_err(internal)?;
+            plain.insert(&r.id.0, r.inner.encode().as_slice()).map_err(storage)?;
+            if r.text {
+                let seq = last_seq(&messages, &r.conv)? + 1;
+                messages.insert((&r.conv, seq), &r.id.0).map_err(storage)?;
+                by_id.insert(&r.id.0, (&r.conv, seq, r.after_gap)).map_err(storage)?;
+                out.push(seq);
             } else {
-                seq = 0;
+                out.push(0);
             }
         }
-        tx.commit().map_err(internal)?;
-        Ok(seq)
+        Ok(out)
+    }
+
+    /// Puts an own envelope in the outbox, in `tx`.
+    pub fn outbox_put_in(&self, tx: &WriteTransaction, env: &Envelope) -> Result<(), NodeError> {
+        let mut t = tx.open_table(OUTBOX).map_err(storage)?;
+        if t.len().map_err(storage)? >= OUTBOX_ENVELOPES_MAX {
+            let first = t.first().map_err(storage)?.map(|(k, _)| *k.value());
+            if let Some(k) = first {
+                t.remove(&k).map_err(storage)?;
+            }
+        }
+        t.insert(&env.id().0, env.encode().as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Removes an envelope from the outbox (stored on enough store nodes).
+    pub fn outbox_remove(&self, id: &Id) -> Result<(), NodeError> {
+        let tx = self.begin()?;
+        let removed = tx.open_table(OUTBOX).map_err(storage)?.remove(&id.0).map_err(storage)?.is_some();
+        if removed { tx.commit().map_err(storage) } else { tx.abort().map_err(storage) }
+    }
+
+    /// Every envelope in the outbox.
+    pub fn outbox(&self) -> Result<Vec<Envelope>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(OUTBOX).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage)? {
+            let (_, v) = row.map_err(storage)?;
+            out.push(Envelope::decode(v.value(), &self.limits).map_err(storage)?);
+        }
+        Ok(out)
     }
 
     /// Text messages of a conversation after `after`, at most `limit`.
-    pub(crate) fn messages(
-        &self,
-        conv: &[u8; 32],
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Stored>, ApiError> {
-        let tx = self.db.begin_read().map_err(internal)?;
-        let messages = tx.open_table(MESSAGES).map_err(internal)?;
-        let plain = tx.open_table(PLAIN).map_err(internal)?;
-        let by_id = tx.open_table(BY_ID).map_err(internal)?;
+    pub fn messages(&self, conv: &[u8; 32], after: u64, limit: usize) -> Result<Vec<Stored>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let messages = tx.open_table(MESSAGES).map_err(storage)?;
+        let plain = tx.open_table(PLAIN).map_err(storage)?;
+        let by_id = tx.open_table(BY_ID).map_err(storage)?;
         let mut out = Vec::new();
-        for row in messages.range((conv, after.saturating_add(1))..=(conv, u64::MAX)).map_err(internal)? {
+        for row in messages.range((conv, after.saturating_add(1))..=(conv, u64::MAX)).map_err(storage)? {
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = row.map_err(internal)?;
+            let (k, v) = row.map_err(storage)?;
             let id = Id(*v.value());
-            let Some(bytes) = plain.get(&id.0).map_err(internal)? else { continue };
-            let message = Message::decode(bytes.value(), &self.limits).map_err(internal)?;
-            let after_gap = by_id.get(&id.0).map_err(internal)?.map(|g| g.value().2).unwrap_or(false);
+            let Some(bytes) = plain.get(&id.0).map_err(storage)? else { continue };
+            let message = Message::decode(bytes.value(), &self.limits).map_err(storage)?;
+            let after_gap = by_id.get(&id.0).map_err(storage)?.map(|g| g.value().2).unwrap_or(false);
             out.push(Stored { seq: k.value().1, id, message, after_gap });
         }
         Ok(out)
     }
 
     /// Number of text messages of a conversation.
-    pub(crate) fn count(&self, conv: &[u8; 32]) -> Result<u64, ApiError> {
-        let tx = self.db.begin_read().map_err(internal)?;
-        let messages = tx.open_table(MESSAGES).map_err(internal)?;
+    pub fn count(&self, conv: &[u8; 32]) -> Result<u64, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let messages = tx.open_table(MESSAGES).map_err(storage)?;
         last_seq(&messages, conv)
     }
 
     /// Devices waiting to be added to this account's conversations.
-    pub(crate) fn pending_devices(&self) -> Result<Vec<[u8; 32]>, ApiError> {
-        let tx = self.db.begin_read().map_err(internal)?;
-        let t = tx.open_table(PENDING_DEVICES).map_err(internal)?;
+    pub fn pending_devices(&self) -> Result<Vec<[u8; 32]>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(PENDING_DEVICES).map_err(storage)?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(internal)? {
-            out.push(*row.map_err(internal)?.0.value());
+        for row in t.iter().map_err(storage)? {
+            out.push(*row.map_err(storage)?.0.value());
         }
         Ok(out)
     }
 
     /// Adds or removes a pending device.
-    pub(crate) fn set_pending_device(
-        &self,
-        device: &[u8; 32],
-        pending: bool,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        let tx = self.db.begin_write().map_err(internal)?;
+    pub fn set_pending_device(&self, device: &[u8; 32], pending: bool, now_ms: u64) -> Result<(), NodeError> {
+        let tx = self.begin()?;
         {
-            let mut t = tx.open_table(PENDING_DEVICES).map_err(internal)?;
+            let mut t = tx.open_table(PENDING_DEVICES).map_err(storage)?;
             if pending {
-                t.insert(device, now_ms).map_err(internal)?;
+                t.insert(device, now_ms).map_err(storage)?;
             } else {
-                t.remove(device).map_err(internal)?;
+                t.remove(device).map_err(storage)?;
             }
         }
-        tx.commit().map_err(internal)
+        tx.commit().map_err(storage)
     }
 }

@@ -1,11 +1,20 @@
 //! The Cairn node: wires the P2P mesh, MLS conversations, the ledger and the local store
 //! together, and serves the local HTTP + WebSocket API that the `cairn` CLI uses.
+//!
+//! Layers, from pure to I/O: [`core`] (decisions, no I/O), [`engine`] (core + MLS state +
+//! node tables, synchronous), [`shell`] (mesh, ledger worker, actor thread, bounded queues),
+//! [`service`] (the API façade) and [`api`] (HTTP).
 
+mod account_ops;
 pub mod api;
 pub mod backend;
 pub mod client;
+pub mod core;
+pub mod db;
+pub mod engine;
+pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod service;
-
-mod db;
+pub mod shell;
+pub mod verify;

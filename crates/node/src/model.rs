@@ -79,16 +79,40 @@ pub struct SendRequest {
 }
 
 /// Delivery state of a sent message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliveryView {
-    /// `sent`, `stored` or `delivered`.
-    pub state: String,
+    /// Where the message is: sent, stored or delivered.
+    pub state: DeliveryState,
     /// Store nodes that acknowledged it durably.
     pub stored_on: u32,
     /// Other members whose device acknowledged it.
     pub delivered_to: u32,
     /// Other members.
     pub members: u32,
+}
+
+/// How far a sent message got (JSON: `"sent"`, `"stored"`, `"delivered"`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Handed to the mesh; no store node acknowledged it yet.
+    #[default]
+    Sent,
+    /// At least one store node keeps it durably; not every member receipted it yet.
+    Stored,
+    /// Every other member's device receipted it.
+    Delivered,
+}
+
+impl DeliveryState {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Sent => "sent",
+            DeliveryState::Stored => "stored",
+            DeliveryState::Delivered => "delivered",
+        }
+    }
 }
 
 /// `POST /v1/conversations/{id}/messages` query.

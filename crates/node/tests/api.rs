@@ -15,9 +15,9 @@ use cairn_node::api::{self, ROUTES};
 use cairn_node::backend::{ApiError, ApiResult, Backend};
 use cairn_node::client::{self, Client, ClientError};
 use cairn_node::model::{
-    AccountView, ConversationView, DeliveryView, DeviceAddRequest, DeviceView, ErrorBody, LedgerStatusView,
-    MemberView, MessageView, RunFile, SendResult, StatusView, StreamEvent, TailQuery, TxView, ValidatorView,
-    VerifyView,
+    AccountView, ConversationView, DeliveryState, DeliveryView, DeviceAddRequest, DeviceView, ErrorBody,
+    LedgerStatusView, MemberView, MessageView, RunFile, SendResult, StatusView, StreamEvent, TailQuery,
+    TxView, ValidatorView, VerifyView,
 };
 use futures::StreamExt as _;
 use tokio::sync::{Notify, broadcast, watch};
@@ -85,7 +85,7 @@ impl Fake {
 }
 
 fn delivery() -> DeliveryView {
-    DeliveryView { state: "stored".into(), stored_on: 2, delivered_to: 0, members: 1 }
+    DeliveryView { state: DeliveryState::Stored, stored_on: 2, delivered_to: 0, members: 1 }
 }
 
 impl Backend for Fake {
@@ -183,7 +183,7 @@ impl Backend for Fake {
         let (id, conversation) = (msg.id.clone(), msg.conversation.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let delivery = DeliveryView { state: "delivered".into(), delivered_to: 1, ..delivery() };
+            let delivery = DeliveryView { state: DeliveryState::Delivered, delivered_to: 1, ..delivery() };
             let _ = events.send(StreamEvent::Delivery { id, conversation, delivery });
         });
         Ok(SendResult { id: msg.id, delivery: delivery() })
@@ -476,16 +476,16 @@ fn send_answers_at_once_or_after_delivery_when_asked_to_wait() {
     let c = Client::new(&s.url(""), TOKEN, Path::new("/x"));
     let conv = c.create_conversation(&["cairn1a".into()]).unwrap();
     let at_once = c.send(&conv.id, "one").unwrap();
-    assert_eq!(at_once.delivery.state, "stored");
+    assert_eq!(at_once.delivery.state, DeliveryState::Stored);
     // Waiting less than the receipt takes: the latest state reached, after about the wait.
     let t = Instant::now();
     let short = c.send_wait(&conv.id, "two", 50).unwrap();
-    assert_eq!(short.delivery.state, "stored");
+    assert_eq!(short.delivery.state, DeliveryState::Stored);
     assert!(t.elapsed() >= Duration::from_millis(50), "{:?}", t.elapsed());
     // Waiting long enough: answered as soon as this message (not the earlier ones) is delivered.
     let t = Instant::now();
     let long = c.send_wait(&conv.id, "three", 20_000).unwrap();
-    assert_eq!(long.delivery.state, "delivered");
+    assert_eq!(long.delivery.state, DeliveryState::Delivered);
     assert_eq!((long.delivery.delivered_to, long.delivery.members), (1, 1));
     assert!(t.elapsed() < Duration::from_secs(10), "answered at delivery, not at the end of the wait");
     let a = bearer();

@@ -321,6 +321,24 @@ impl Store {
         Ok(t.get(topic.0)?.map(|v| v.value()).unwrap_or(0))
     }
 
+    /// Deletes these envelopes (junk a reader refused) in one transaction; returns how many
+    /// were present. Their ids leave the topic log too.
+    pub fn remove(&self, ids: &[Id]) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut t = Tables::open(&tx)?;
+            for id in ids {
+                if t.envs.get(id.0)?.is_some() {
+                    t.delete(&id.0)?;
+                    n += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Erases an envelope's payload in place (id and links stay). Returns false if unknown.
     pub fn erase_payload(&self, id: &Id) -> Result<bool, StoreError> {
         let tx = self.db.begin_write()?;

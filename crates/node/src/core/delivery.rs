@@ -1,0 +1,174 @@
+//! Delivery bookkeeping of sent messages: sent → stored on k → delivered to n of m.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use cairn_mls::ConversationId;
+use cairn_proto::{AccountId, Id};
+
+use crate::model::{DeliveryState, DeliveryView};
+
+/// Delivery bookkeeping of one sent message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// Store nodes that acknowledged it durably.
+    pub stored_on: u32,
+    /// Accounts whose device receipted it.
+    pub receipts: BTreeSet<AccountId>,
+    /// The other member accounts when it was sent: the ones the delivery waits for.
+    pub waiting_for: BTreeSet<AccountId>,
+}
+
+impl Delivery {
+    /// The state shown to the user.
+    pub fn state(&self) -> DeliveryState {
+        let members = self.waiting_for.len();
+        if members > 0 && self.delivered_to() >= members {
+            DeliveryState::Delivered
+        } else if self.stored_on > 0 {
+            DeliveryState::Stored
+        } else {
+            DeliveryState::Sent
+        }
+    }
+
+    fn delivered_to(&self) -> usize {
+        self.receipts.intersection(&self.waiting_for).count()
+    }
+
+    /// The API view.
+    pub fn view(&self) -> DeliveryView {
+        DeliveryView {
+            state: self.state(),
+            stored_on: self.stored_on,
+            delivered_to: self.delivered_to() as u32,
+            members: self.waiting_for.len() as u32,
+        }
+    }
+}
+
+/// Deliveries being tracked, bounded by count.
+///
+/// Overflow policy: when `max` entries are tracked, the oldest entry is forgotten (its state
+/// stops changing; the message itself is untouched). Finished deliveries are forgotten first.
+#[derive(Debug)]
+pub struct Deliveries {
+    map: HashMap<Id, Delivery>,
+    order: VecDeque<Id>,
+    max: usize,
+}
+
+impl Deliveries {
+    /// Tracks at most `max` deliveries.
+    pub fn new(max: usize) -> Self {
+        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1) }
+    }
+
+    /// Starts tracking a sent message.
+    pub fn insert(&mut self, id: Id, d: Delivery) {
+        if self.map.contains_key(&id) {
+            return;
+        }
+        while self.map.len() >= self.max {
+            self.evict_one();
+        }
+        self.map.insert(id, d);
+        self.order.push_back(id);
+    }
+
+    fn evict_one(&mut self) {
+        let delivered = self
+            .order
+            .iter()
+            .position(|i| self.map.get(i).is_some_and(|d| d.state() == DeliveryState::Delivered));
+        let victim = match delivered {
+            Some(pos) => self.order.remove(pos),
+            None => self.order.pop_front(),
+        };
+        if let Some(v) = victim {
+            self.map.remove(&v);
+        }
+    }
+
+    /// A tracked delivery.
+    pub fn get(&self, id: &Id) -> Option<&Delivery> {
+        self.map.get(id)
+    }
+
+    /// Records store acknowledgements; returns the new view if it changed.
+    pub fn stored(&mut self, id: &Id, acks: u32) -> Option<(ConversationId, DeliveryView)> {
+        let d = self.map.get_mut(id)?;
+        if acks <= d.stored_on {
+            return None;
+        }
+        d.stored_on = acks;
+        Some((d.conversation, d.view()))
+    }
+
+    /// Records a receipt from `from`; returns the new view if it changed.
+    pub fn receipted(&mut self, id: &Id, from: AccountId) -> Option<(ConversationId, DeliveryView)> {
+        let d = self.map.get_mut(id)?;
+        if !d.waiting_for.contains(&from) || !d.receipts.insert(from) {
+            return None;
+        }
+        Some((d.conversation, d.view()))
+    }
+
+    /// Tracked deliveries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(n: u8) -> AccountId {
+        AccountId([n; 32])
+    }
+
+    fn delivery(waiting: &[u8]) -> Delivery {
+        Delivery {
+            conversation: ConversationId([9; 32]),
+            stored_on: 0,
+            receipts: BTreeSet::new(),
+            waiting_for: waiting.iter().map(|n| acc(*n)).collect(),
+        }
+    }
+
+    #[test]
+    fn states_progress_and_strangers_do_not_count() {
+        let mut ds = Deliveries::new(8);
+        let id = Id([1; 32]);
+        ds.insert(id, delivery(&[2, 3]));
+        assert_eq!(ds.get(&id).map(Delivery::state), Some(DeliveryState::Sent));
+        assert_eq!(ds.stored(&id, 2).map(|(_, v)| v.state), Some(DeliveryState::Stored));
+        assert!(ds.stored(&id, 1).is_none(), "fewer acks never lower the count");
+        assert!(ds.receipted(&id, acc(7)).is_none(), "a non-member's receipt is ignored");
+        assert_eq!(ds.receipted(&id, acc(2)).map(|(_, v)| v.delivered_to), Some(1));
+        assert!(ds.receipted(&id, acc(2)).is_none(), "a repeated receipt changes nothing");
+        let (_, v) = ds.receipted(&id, acc(3)).expect("changed");
+        assert_eq!((v.state, v.delivered_to, v.members), (DeliveryState::Delivered, 2, 2));
+    }
+
+    #[test]
+    fn overflow_forgets_finished_deliveries_first() {
+        let mut ds = Deliveries::new(2);
+        ds.insert(Id([1; 32]), delivery(&[2]));
+        ds.insert(Id([2; 32]), delivery(&[2]));
+        ds.receipted(&Id([2; 32]), acc(2));
+        ds.insert(Id([3; 32]), delivery(&[2]));
+        assert_eq!(ds.len(), 2);
+        assert!(ds.get(&Id([1; 32])).is_some(), "the unfinished one is kept");
+        assert!(ds.get(&Id([2; 32])).is_none(), "the delivered one went first");
+        ds.insert(Id([4; 32]), delivery(&[2]));
+        assert!(ds.get(&Id([1; 32])).is_none(), "then the oldest");
+    }
+}

@@ -1,0 +1,498 @@
+//! The node's decisions, as a pure state machine: `Core::handle(Input, now_ms) -> Vec<Effect>`.
+//!
+//! The core owns what a user node decides about its conversations: the hash-link chain (the
+//! parents of the next message, the head to anchor), which envelopes are held in quarantine
+//! and which are discarded, when receipts go out and for which messages, which members a
+//! delivery waits for and its state, when to anchor, and when to apply newly sequenced
+//! commits. It reads no clock, no disk and no socket, and draws no randomness: the shell
+//! (`engine` for MLS and the local tables, `shell` for the mesh and the ledger) feeds it what
+//! happened and performs the effects it returns. The same inputs always give the same
+//! effects, which is what lets `tests/sim.rs` run many users from one seed.
+//!
+//! Every map is bounded by a field of [`CoreConfig`] with its unit and overflow policy.
+
+pub mod chain;
+pub mod delivery;
+pub mod quarantine;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_mls::ConversationId;
+use cairn_proto::{AccountId, Id};
+
+use self::chain::Chain;
+use self::delivery::{Deliveries, Delivery};
+use self::quarantine::{Hold, Quarantine};
+use crate::model::DeliveryView;
+
+/// Limits and schedules of the core (all bounds name their unit).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Receipt batches of a conversation are at least `members² ×` this many ms apart (at most
+    /// `receipt_pace_ms_max`).
+    pub receipt_pace_ms_per_member2: u64,
+    /// Longest wait between receipt batches, ms.
+    pub receipt_pace_ms_max: u64,
+    /// Ids per receipt message.
+    pub receipt_ids_max: usize,
+    /// Receipts owed per conversation. Overflow policy: the batch goes out at once, whatever
+    /// the pace (a receipt is never dropped).
+    pub receipts_due_max: usize,
+    /// A member anchors its conversation head on the ledger at most this often, ms.
+    pub anchor_every_ms: u64,
+    /// An anchor submission not answered within this many ms is given up (and retried later).
+    pub anchor_deadline_ms: u64,
+    /// Sent messages whose delivery is tracked. Overflow: see [`Deliveries`].
+    pub deliveries_max: usize,
+    /// Unreadable envelopes held per conversation. Overflow: see [`Quarantine`].
+    pub quarantine_envelopes_max: usize,
+    /// How long an unreadable envelope is held before it is discarded, ms.
+    pub quarantine_ms: u64,
+    /// Parents named by a message.
+    pub parents_max: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            receipt_pace_ms_per_member2: 2,
+            receipt_pace_ms_max: 30_000,
+            receipt_ids_max: 128,
+            receipts_due_max: 4_096,
+            anchor_every_ms: 5_000,
+            anchor_deadline_ms: 15_000,
+            deliveries_max: 100_000,
+            quarantine_envelopes_max: 1_024,
+            quarantine_ms: 10 * 60 * 1000,
+            parents_max: 8,
+        }
+    }
+}
+
+/// Why an envelope of a conversation could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Sent in an epoch this device has not reached (or MLS's buffer was full).
+    FutureEpoch,
+    /// Sent in an epoch whose keys this device never had or no longer has (e.g. before it
+    /// joined): kept as structure only if an accepted message proves it is history.
+    TooOld,
+    /// Does not open: not a message of this group, or tampered with.
+    Junk,
+}
+
+/// What happened, as the shell tells the core.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Time passed (the shell's timer).
+    Tick,
+    /// The ledger's finalized height, as last seen.
+    Ledger {
+        /// Height.
+        height: u64,
+    },
+    /// A conversation's membership or epoch changed (or it was loaded at start).
+    Conversation {
+        /// Conversation.
+        conv: ConversationId,
+        /// MLS epoch.
+        epoch: u64,
+        /// Whether this device is a member.
+        active: bool,
+        /// Member accounts other than this one.
+        others: BTreeSet<AccountId>,
+        /// Member devices (all accounts).
+        devices: u32,
+    },
+    /// This device forgot a conversation.
+    Forgotten {
+        /// Conversation.
+        conv: ConversationId,
+    },
+    /// An envelope of another member was opened and verified; its plaintext is stored.
+    Accepted {
+        /// Conversation.
+        conv: ConversationId,
+        /// Envelope id.
+        id: Id,
+        /// Its parents.
+        parents: Vec<Id>,
+        /// The sending account.
+        from: AccountId,
+        /// Whether it is a text message (owed a receipt).
+        text: bool,
+    },
+    /// An envelope of a conversation did not open.
+    Unreadable {
+        /// Conversation.
+        conv: ConversationId,
+        /// Envelope id.
+        id: Id,
+        /// Parents named in its header (unproven).
+        parents: Vec<Id>,
+        /// Why.
+        why: Unreadable,
+    },
+    /// This device sent an envelope (stored locally before it left).
+    Sent {
+        /// Conversation.
+        conv: ConversationId,
+        /// Envelope id.
+        id: Id,
+        /// Its parents.
+        parents: Vec<Id>,
+        /// Whether it is a text message (its delivery is tracked).
+        text: bool,
+    },
+    /// Store nodes acknowledged a sent envelope.
+    StoreAcks {
+        /// Envelope id.
+        id: Id,
+        /// Distinct acknowledgements so far.
+        acks: u32,
+    },
+    /// A member's device receipted messages.
+    Receipt {
+        /// The receipting account.
+        from: AccountId,
+        /// Message ids.
+        ids: Vec<Id>,
+    },
+    /// An anchor submission ended.
+    AnchorDone {
+        /// Conversation.
+        conv: ConversationId,
+        /// The ancestry count it recorded.
+        count: u64,
+        /// Whether the ledger finalized it.
+        ok: bool,
+    },
+}
+
+/// What the core asks the shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A sent message's delivery state changed: tell API listeners.
+    Delivery {
+        /// Conversation.
+        conv: ConversationId,
+        /// Envelope id.
+        id: Id,
+        /// New state.
+        view: DeliveryView,
+    },
+    /// Send a receipt for these messages.
+    SendReceipt {
+        /// Conversation.
+        conv: ConversationId,
+        /// Message ids (at most `receipt_ids_max`).
+        ids: Vec<Id>,
+    },
+    /// Record the conversation head on the ledger, giving up at `deadline_ms`.
+    Anchor {
+        /// Conversation.
+        conv: ConversationId,
+        /// Head.
+        head: Id,
+        /// Envelopes in its ancestry, itself included.
+        count: u64,
+        /// When to give up, ms.
+        deadline_ms: u64,
+    },
+    /// Apply the conversation's newly sequenced commits.
+    SyncLedger {
+        /// Conversation.
+        conv: ConversationId,
+    },
+    /// Delete these envelopes from the local history (junk, or held too long).
+    Discard {
+        /// Conversation.
+        conv: ConversationId,
+        /// Envelope ids.
+        ids: Vec<Id>,
+    },
+    /// Try to open these held envelopes again (a new epoch was reached).
+    Reopen {
+        /// Conversation.
+        conv: ConversationId,
+        /// Envelope ids.
+        ids: Vec<Id>,
+    },
+}
+
+/// One conversation as the core sees it.
+#[derive(Debug, Default, Clone)]
+struct Conv {
+    epoch: u64,
+    active: bool,
+    others: BTreeSet<AccountId>,
+    devices: u32,
+    chain: Chain,
+    quarantine: Quarantine,
+    receipts_due: Vec<Id>,
+    last_receipt_ms: u64,
+    anchored: u64,
+    last_anchor_ms: u64,
+    anchor_in_flight: Option<u64>,
+}
+
+/// The node's decision core.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    convs: BTreeMap<ConversationId, Conv>,
+    deliveries: Deliveries,
+    ledger_height: Option<u64>,
+}
+
+impl Core {
+    /// A core with no conversations.
+    pub fn new(cfg: CoreConfig) -> Self {
+        let deliveries = Deliveries::new(cfg.deliveries_max);
+        Self { cfg, convs: BTreeMap::new(), deliveries, ledger_height: None }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The parents of this device's next message in `conv`.
+    pub fn parents_for(&self, conv: &ConversationId) -> Vec<Id> {
+        self.convs.get(conv).map(|c| c.chain.parents_for_next(self.cfg.parents_max)).unwrap_or_default()
+    }
+
+    /// Whether `id` is part of `conv`'s chain (accepted here or proven history).
+    pub fn knows(&self, conv: &ConversationId, id: &Id) -> bool {
+        self.convs.get(conv).is_some_and(|c| c.chain.contains(id))
+    }
+
+    /// Whether `id` is held in `conv`'s quarantine.
+    pub fn holds(&self, conv: &ConversationId, id: &Id) -> bool {
+        self.convs.get(conv).is_some_and(|c| c.quarantine.contains(id))
+    }
+
+    /// Ids held in `conv`'s quarantine.
+    pub fn held_ids(&self, conv: &ConversationId) -> Vec<Id> {
+        self.convs.get(conv).map(|c| c.quarantine.ids()).unwrap_or_default()
+    }
+
+    /// Envelopes held in `conv`'s quarantine.
+    pub fn held(&self, conv: &ConversationId) -> usize {
+        self.convs.get(conv).map_or(0, |c| c.quarantine.len())
+    }
+
+    /// The delivery state of a sent message, if still tracked.
+    pub fn delivery(&self, id: &Id) -> Option<DeliveryView> {
+        self.deliveries.get(id).map(Delivery::view)
+    }
+
+    /// Receipts owed in `conv`.
+    pub fn receipts_due(&self, conv: &ConversationId) -> usize {
+        self.convs.get(conv).map_or(0, |c| c.receipts_due.len())
+    }
+
+    /// Advances the state machine.
+    pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => self.tick(now_ms, &mut out),
+            Input::Ledger { height } => self.ledger(height, &mut out),
+            Input::Conversation { conv, epoch, active, others, devices } => {
+                self.conversation(conv, epoch, active, others, devices, &mut out)
+            }
+            Input::Forgotten { conv } => {
+                self.convs.remove(&conv);
+            }
+            Input::Accepted { conv, id, parents, from: _, text } => {
+                self.accepted(conv, id, &parents, text, now_ms, &mut out)
+            }
+            Input::Unreadable { conv, id, parents, why } => {
+                self.unreadable(conv, id, &parents, why, now_ms, &mut out)
+            }
+            Input::Sent { conv, id, parents, text } => self.sent(conv, id, &parents, text),
+            Input::StoreAcks { id, acks } => {
+                if let Some((conv, view)) = self.deliveries.stored(&id, acks) {
+                    out.push(Effect::Delivery { conv, id, view });
+                }
+            }
+            Input::Receipt { from, ids } => {
+                for id in ids {
+                    if let Some((conv, view)) = self.deliveries.receipted(&id, from) {
+                        out.push(Effect::Delivery { conv, id, view });
+                    }
+                }
+            }
+            Input::AnchorDone { conv, count, ok } => {
+                if let Some(c) = self.convs.get_mut(&conv) {
+                    c.anchor_in_flight = None;
+                    if ok {
+                        c.anchored = c.anchored.max(count);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn ledger(&mut self, height: u64, out: &mut Vec<Effect>) {
+        if self.ledger_height == Some(height) {
+            return;
+        }
+        self.ledger_height = Some(height);
+        for (conv, c) in &self.convs {
+            if c.active {
+                out.push(Effect::SyncLedger { conv: *conv });
+            }
+        }
+    }
+
+    fn conversation(
+        &mut self,
+        conv: ConversationId,
+        epoch: u64,
+        active: bool,
+        others: BTreeSet<AccountId>,
+        devices: u32,
+        out: &mut Vec<Effect>,
+    ) {
+        let c = self.convs.entry(conv).or_default();
+        let new_epoch = epoch > c.epoch;
+        c.epoch = c.epoch.max(epoch);
+        c.active = active;
+        c.others = others;
+        c.devices = devices;
+        if new_epoch {
+            let ids = c.quarantine.to_reopen();
+            if !ids.is_empty() {
+                out.push(Effect::Reopen { conv, ids });
+            }
+        }
+    }
+
+    fn accepted(
+        &mut self,
+        conv: ConversationId,
+        id: Id,
+        parents: &[Id],
+        text: bool,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let max_due = self.cfg.receipts_due_max;
+        let c = self.convs.entry(conv).or_default();
+        c.quarantine.release(&id);
+        for p in c.quarantine.prove_ancestors(parents) {
+            // Proven history this device cannot read: part of the chain as structure.
+            c.chain.add(p, &[]);
+        }
+        c.chain.add(id, parents);
+        if text {
+            c.receipts_due.push(id);
+            if c.receipts_due.len() >= max_due {
+                self.flush_receipts(conv, now_ms, true, out);
+            }
+        }
+    }
+
+    fn unreadable(
+        &mut self,
+        conv: ConversationId,
+        id: Id,
+        parents: &[Id],
+        why: Unreadable,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let max = self.cfg.quarantine_envelopes_max;
+        let c = self.convs.entry(conv).or_default();
+        if c.chain.contains(&id) {
+            return; // already proven history
+        }
+        let hold = match why {
+            Unreadable::FutureEpoch => Hold::FutureEpoch,
+            Unreadable::TooOld | Unreadable::Junk => Hold::Unopened,
+        };
+        if c.quarantine.hold(id, parents, hold, now_ms, max).is_err() {
+            out.push(Effect::Discard { conv, ids: vec![id] });
+        }
+    }
+
+    fn sent(&mut self, conv: ConversationId, id: Id, parents: &[Id], text: bool) {
+        let c = self.convs.entry(conv).or_default();
+        c.chain.add(id, parents);
+        if text {
+            let d = Delivery {
+                conversation: conv,
+                stored_on: 0,
+                receipts: BTreeSet::new(),
+                waiting_for: c.others.clone(),
+            };
+            self.deliveries.insert(id, d);
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let convs: Vec<ConversationId> = self.convs.keys().copied().collect();
+        for conv in convs {
+            self.flush_receipts(conv, now_ms, false, out);
+            self.maybe_anchor(conv, now_ms, out);
+            let hold_ms = self.cfg.quarantine_ms;
+            if let Some(c) = self.convs.get_mut(&conv) {
+                let ids = c.quarantine.expire(now_ms, hold_ms);
+                if !ids.is_empty() {
+                    out.push(Effect::Discard { conv, ids });
+                }
+            }
+        }
+    }
+
+    /// Every member decrypts every receipt, so a group of m members costs each member
+    /// (m-1)/pace receipt decryptions per second; pacing at m² × 2 ms keeps that below one
+    /// per 2·m ms: 3 members every tick, 10 every 200 ms, 100 every 20 s.
+    fn flush_receipts(&mut self, conv: ConversationId, now_ms: u64, force: bool, out: &mut Vec<Effect>) {
+        let cfg = &self.cfg;
+        let Some(c) = self.convs.get_mut(&conv) else { return };
+        if c.receipts_due.is_empty() || !c.active {
+            return;
+        }
+        let m = u64::from(c.devices.max(2));
+        let every =
+            m.saturating_mul(m).saturating_mul(cfg.receipt_pace_ms_per_member2).min(cfg.receipt_pace_ms_max);
+        if !force && now_ms.saturating_sub(c.last_receipt_ms) < every {
+            return;
+        }
+        c.last_receipt_ms = now_ms;
+        let due = std::mem::take(&mut c.receipts_due);
+        for chunk in due.chunks(cfg.receipt_ids_max.max(1)) {
+            out.push(Effect::SendReceipt { conv, ids: chunk.to_vec() });
+        }
+    }
+
+    fn maybe_anchor(&mut self, conv: ConversationId, now_ms: u64, out: &mut Vec<Effect>) {
+        let cfg = &self.cfg;
+        let Some(c) = self.convs.get_mut(&conv) else { return };
+        if let Some(deadline) = c.anchor_in_flight {
+            if now_ms < deadline {
+                return;
+            }
+            c.anchor_in_flight = None;
+        }
+        if !c.active || now_ms.saturating_sub(c.last_anchor_ms) < cfg.anchor_every_ms {
+            return;
+        }
+        c.last_anchor_ms = now_ms;
+        // One traversal per anchor, of the newest head only.
+        let Some(head) = c.chain.anchor_head() else { return };
+        let count = c.chain.ancestry(&head);
+        if count <= c.anchored {
+            return;
+        }
+        let deadline_ms = now_ms.saturating_add(cfg.anchor_deadline_ms);
+        c.anchor_in_flight = Some(deadline_ms);
+        out.push(Effect::Anchor { conv, head, count, deadline_ms });
+    }
+}
+
+#[cfg(test)]
+mod tests;

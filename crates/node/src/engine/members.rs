@@ -1,0 +1,156 @@
+//! Membership changes: create, add, remove, leave, revoke. Each is an MLS commit ordered by
+//! the sequencer; the key packages it needs were fetched by the shell beforehand (with a
+//! deadline), so no commit waits for the mesh.
+
+use cairn_mls::{ConversationId, VerifiedKeyPackage, WelcomeOut};
+use cairn_proto::envelope::pad;
+use cairn_proto::{AccountId, DeviceId, Envelope, pow};
+
+use super::{Engine, Io, mls_err};
+use crate::error::NodeError;
+
+/// Lifetime of a Welcome envelope on store nodes, seconds (an invitee may be offline a while).
+const WELCOME_TTL_SECS: u32 = 14 * 24 * 3600;
+
+impl Engine {
+    /// Creates a conversation and adds these devices.
+    pub fn create(
+        &mut self,
+        packages: Vec<VerifiedKeyPackage>,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<ConversationId, NodeError> {
+        let id = self.mls.create(now_ms).map_err(mls_err)?;
+        self.io.push(Io::Subscribe(id.topic()));
+        self.refresh(&id, now_ms);
+        if !packages.is_empty() {
+            let outcomes = self.mls.add_many(&id, packages, seq, now_ms).map_err(mls_err)?;
+            for o in &outcomes {
+                if let Some(w) = &o.welcome {
+                    self.publish_welcome(w, now_ms)?;
+                }
+            }
+        }
+        self.refresh(&id, now_ms);
+        self.io.push(Io::Joined(id));
+        Ok(id)
+    }
+
+    /// Adds devices to a conversation.
+    pub fn add(
+        &mut self,
+        id: ConversationId,
+        packages: Vec<VerifiedKeyPackage>,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        self.sync(&id, seq, now_ms);
+        let outcomes = self.mls.add_many(&id, packages, seq, now_ms).map_err(mls_err)?;
+        for o in &outcomes {
+            if let Some(w) = &o.welcome {
+                self.publish_welcome(w, now_ms)?;
+            }
+        }
+        self.refresh(&id, now_ms);
+        Ok(())
+    }
+
+    /// Member accounts of a conversation.
+    pub fn member_accounts(&self, id: &ConversationId) -> Result<Vec<AccountId>, NodeError> {
+        self.mls.member_accounts(id).map_err(mls_err)
+    }
+
+    /// Removes every device of `account`.
+    pub fn remove(
+        &mut self,
+        id: ConversationId,
+        account: AccountId,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        self.sync(&id, seq, now_ms);
+        let r = self.mls.remove_account(&id, account, seq, now_ms).map_err(mls_err);
+        self.refresh(&id, now_ms);
+        match r? {
+            Some(_) => Ok(()),
+            None => Err(NodeError::NotFound(format!(
+                "{} is not a member of this conversation",
+                account.to_text()
+            ))),
+        }
+    }
+
+    /// Leaves a conversation (another member commits the removal).
+    pub fn leave(
+        &mut self,
+        id: ConversationId,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        let r = self.mls.leave(&id, seq, now_ms).map(|_| ()).map_err(mls_err);
+        self.refresh(&id, now_ms);
+        r
+    }
+
+    /// Removes a revoked device from every conversation.
+    pub fn revoke(&mut self, device: &DeviceId, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        for (conv, r) in self.mls.revoke_device_everywhere(device, seq, now_ms) {
+            if let Err(e) = r {
+                tracing::warn!("could not remove the revoked device from {}: {e}", hex::encode(conv.0));
+            }
+            self.refresh(&conv, now_ms);
+        }
+    }
+
+    /// Conversations a new device of this account still has to join.
+    pub fn missing_device(&self, device: &DeviceId) -> Vec<ConversationId> {
+        self.mls
+            .conversations()
+            .into_iter()
+            .filter(|c| self.mls.is_active(c).unwrap_or(false))
+            .filter(|c| !self.mls.members(c).unwrap_or_default().iter().any(|m| m.device == *device))
+            .collect()
+    }
+
+    /// A fresh key-package batch, as a signed envelope ready to publish (key packages are
+    /// public by MLS design: their owner's credential shows).
+    pub fn key_package_envelope(
+        &mut self,
+        count: usize,
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<Envelope, NodeError> {
+        let batch = self.mls.key_package_batch(count, true).map_err(mls_err)?;
+        let k = &self.keys;
+        let topic = crate::shell::keypackages::key_package_topic(&k.device);
+        let m = cairn_proto::Message::sign(&k.device_key, k.cert, topic, now_ms, vec![], batch.encode());
+        let mut env =
+            m.seal_plain(ttl_secs, &self.cfg.limits).map_err(|e| NodeError::Internal(e.to_string()))?;
+        self.mine(&mut env)?;
+        Ok(env)
+    }
+
+    /// Publishes a Welcome to each invitee's inbox. The envelope carries the sealed bundle
+    /// only: no signature wrapper, so relays and store nodes see neither inviter nor members
+    /// (the bundle is authenticated inside MLS). Persisted in the outbox until stored.
+    fn publish_welcome(&mut self, w: &WelcomeOut, now_ms: u64) -> Result<(), NodeError> {
+        for (device, topic) in &w.recipients {
+            let padded = pad(&w.bytes, &self.cfg.limits).map_err(|e| NodeError::Internal(e.to_string()))?;
+            let mut env = Envelope::new(*topic, now_ms, WELCOME_TTL_SECS, vec![], padded);
+            self.mine(&mut env)?;
+            let wtx = self.db.begin()?;
+            self.db.outbox_put_in(&wtx, &env)?;
+            wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
+            tracing::debug!("Welcome for {} queued", device.to_text());
+            self.io.push(Io::Publish(Box::new(env)));
+        }
+        Ok(())
+    }
+
+    pub(super) fn mine(&self, env: &mut Envelope) -> Result<(), NodeError> {
+        match pow::mine(&mut env.header, self.cfg.difficulty, self.cfg.mine_attempts_max) {
+            Some(_) => Ok(()),
+            None => Err(NodeError::Internal("proof of work not found within its bound".into())),
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The synchronous part of a user node: the decision [`Core`] plus what must change in the
+//! same transaction as its decisions: the MLS state and the node's tables (`node.redb`).
+//!
+//! The engine is driven by calls (an envelope batch arrived, send this text, time passed)
+//! and never does network or ledger I/O itself, except through the [`CommitSequencer`] it is
+//! handed for MLS commits. What the outside world must do is queued as [`Io`] for the shell
+//! (`shell.rs` in production, `tests/sim.rs` in the simulation) to take with
+//! [`Engine::take_io`]. It reads no clock: every call gets `now_ms`.
+//!
+//! Invariant: an envelope this device sent or read is in `node.redb` (plaintext, MLS ratchet
+//! state and, for its own, the outbox) in one transaction before anything about it leaves.
+
+mod members;
+mod receive;
+mod send;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cairn_mls::{Client as MlsClient, ConversationId, MlsError};
+use cairn_proto::pow::Difficulty;
+use cairn_proto::{AccountId, DeviceCert, DeviceId, Envelope, Id, Limits, Message, Topic};
+use cairn_store::Store;
+use ed25519_dalek::SigningKey;
+
+use crate::core::{Core, CoreConfig, Effect, Input};
+use crate::db::NodeDb;
+use crate::error::NodeError;
+use crate::model::{ConversationView, DeliveryView, MessageView, StreamEvent};
+
+pub use self::receive::Arrival;
+pub use self::send::{KIND_RECEIPT, KIND_TEXT, TEXT_BYTES_MAX, header_aad};
+
+/// The keys of this device.
+#[derive(Clone)]
+pub struct IdentityKeys {
+    /// Account.
+    pub account: AccountId,
+    /// This device.
+    pub device: DeviceId,
+    /// Its certificate (signed by the account key).
+    pub cert: DeviceCert,
+    /// Account key (registration, devices, handles).
+    pub account_key: SigningKey,
+    /// Device key (messages, MLS signatures, anchors).
+    pub device_key: SigningKey,
+}
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Decoder limits.
+    pub limits: Limits,
+    /// Lifetime of message envelopes on store nodes, seconds.
+    pub ttl_secs: u32,
+    /// Proof-of-work difficulty of published envelopes.
+    pub difficulty: Difficulty,
+    /// Give up mining after this many attempts (a bound on the CPU one send may take).
+    pub mine_attempts_max: u64,
+    /// The decision core's limits.
+    pub core: CoreConfig,
+}
+
+impl EngineConfig {
+    /// Defaults for these limits.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ttl_secs: 7 * 24 * 3600,
+            difficulty: Difficulty::default(),
+            mine_attempts_max: 1 << 24,
+            core: CoreConfig { parents_max: limits.parents_max, ..CoreConfig::default() },
+        }
+    }
+}
+
+/// What the engine asks the shell to do.
+#[derive(Debug, Clone)]
+pub enum Io {
+    /// Publish this envelope (already mined and recorded in the outbox).
+    Publish(Box<Envelope>),
+    /// Follow this topic (gossip and store nodes).
+    Subscribe(Topic),
+    /// Tell API listeners.
+    Stream(StreamEvent),
+    /// Record the conversation head on the ledger; answer with [`Engine::anchor_done`].
+    Anchor {
+        /// Conversation.
+        conv: ConversationId,
+        /// Head.
+        head: Id,
+        /// Ancestry count.
+        count: u64,
+        /// Give up at, ms.
+        deadline_ms: u64,
+    },
+    /// Remove these envelopes from the local history (junk).
+    Discard(Vec<Id>),
+    /// Fresh key packages are needed (one was used by a Welcome).
+    PublishKeyPackages,
+    /// A conversation's state changed (for views).
+    Conversation {
+        /// Conversation.
+        id: ConversationId,
+        /// MLS epoch.
+        epoch: u64,
+        /// Whether this device is a member.
+        active: bool,
+        /// Member devices.
+        members: Vec<DeviceCert>,
+    },
+    /// This device joined a conversation.
+    Joined(ConversationId),
+}
+
+/// Io entries queued at most between two [`Engine::take_io`] calls. Overflow policy: none
+/// needed in practice (each call queues a bounded number); past this the engine refuses new
+/// sends with [`NodeError::Busy`] until the shell drains the queue.
+pub const IO_QUEUE_MAX: usize = 65_536;
+
+/// One user's engine.
+pub struct Engine {
+    core: Core,
+    mls: MlsClient,
+    db: NodeDb,
+    history: Arc<Store>,
+    keys: IdentityKeys,
+    cfg: EngineConfig,
+    io: Vec<Io>,
+    /// Ledger height at which each conversation last applied sequenced commits.
+    synced_at: std::collections::HashMap<ConversationId, u64>,
+    ledger_height: u64,
+}
+
+impl Engine {
+    /// An engine over an opened MLS client, the node tables and the local history.
+    pub fn new(
+        mut mls: MlsClient,
+        db: NodeDb,
+        history: Arc<Store>,
+        keys: IdentityKeys,
+        cfg: EngineConfig,
+    ) -> Self {
+        let core = Core::new(cfg.core.clone());
+        // Message operations leave their MLS writes to the engine's transaction (with the
+        // plaintexts); commits still write their own before they reach the sequencer.
+        if let Err(e) = mls.set_deferred(true) {
+            tracing::error!("MLS deferred mode: {e}");
+        }
+        Self {
+            core,
+            mls,
+            db,
+            history,
+            keys,
+            cfg,
+            io: Vec::new(),
+            synced_at: std::collections::HashMap::new(),
+            ledger_height: 0,
+        }
+    }
+
+    /// Takes the queued I/O.
+    pub fn take_io(&mut self) -> Vec<Io> {
+        std::mem::take(&mut self.io)
+    }
+
+    /// The decision core (read-only).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The MLS client (read-only).
+    pub fn mls(&self) -> &MlsClient {
+        &self.mls
+    }
+
+    /// The node tables.
+    pub fn db(&self) -> &NodeDb {
+        &self.db
+    }
+
+    /// This device's keys.
+    pub fn keys(&self) -> &IdentityKeys {
+        &self.keys
+    }
+
+    /// Conversations this device knows.
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        self.mls.conversations()
+    }
+
+    /// Loads every conversation at start: the core learns members, the chain is rebuilt from
+    /// the local history, unread envelopes are read, and unacknowledged sends are queued again.
+    pub fn start(
+        &mut self,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        self.io.push(Io::Subscribe(cairn_mls::inbox_topic(&self.keys.device)));
+        for id in self.mls.conversations() {
+            self.io.push(Io::Subscribe(id.topic()));
+            self.refresh(&id, now_ms);
+            self.sync(&id, seq, now_ms);
+            self.replay_history(id, seq, now_ms)?;
+        }
+        for env in self.db.outbox()? {
+            self.io.push(Io::Publish(Box::new(env)));
+        }
+        Ok(())
+    }
+
+    /// Time passed: receipts, anchors, quarantine expiry, scheduled key updates.
+    pub fn tick(&mut self, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        let fx = self.core.handle(Input::Tick, now_ms);
+        self.apply(fx, seq, now_ms);
+        for c in self.mls.conversations_due(now_ms) {
+            if let Err(e) = self.mls.self_update(&c, seq, now_ms) {
+                tracing::debug!("scheduled key update of {}: {e}", hex::encode(c.0));
+            }
+            self.refresh(&c, now_ms);
+        }
+    }
+
+    /// The ledger's height moved: conversations apply newly sequenced commits.
+    pub fn ledger_height(&mut self, height: u64, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        self.ledger_height = self.ledger_height.max(height);
+        let fx = self.core.handle(Input::Ledger { height }, now_ms);
+        self.apply(fx, seq, now_ms);
+    }
+
+    /// Store nodes acknowledged a sent envelope (`stored`: enough of them).
+    pub fn store_acks(&mut self, id: Id, acks: u32, stored: bool, now_ms: u64) {
+        if stored && let Err(e) = self.db.outbox_remove(&id) {
+            tracing::warn!("outbox: {e}");
+        }
+        let fx = self.core.handle(Input::StoreAcks { id, acks }, now_ms);
+        self.apply_local(fx);
+    }
+
+    /// An anchor submission ended.
+    pub fn anchor_done(&mut self, conv: ConversationId, count: u64, ok: bool, now_ms: u64) {
+        let fx = self.core.handle(Input::AnchorDone { conv, count, ok }, now_ms);
+        self.apply_local(fx);
+    }
+
+    /// The delivery state of a sent message, if still tracked.
+    pub fn delivery(&self, id: &Id) -> Option<DeliveryView> {
+        self.core.delivery(id)
+    }
+
+    /// Tells the core what MLS now says of a conversation.
+    fn refresh(&mut self, id: &ConversationId, now_ms: u64) {
+        let epoch = self.mls.epoch(id).unwrap_or(0);
+        let active = self.mls.is_active(id).unwrap_or(false);
+        let me = self.keys.account;
+        let others: BTreeSet<AccountId> =
+            self.mls.member_accounts(id).unwrap_or_default().into_iter().filter(|a| *a != me).collect();
+        let devices = self.mls.member_count(id).unwrap_or(0) as u32;
+        let fx = self.core.handle(Input::Conversation { conv: *id, epoch, active, others, devices }, now_ms);
+        let members = self.mls.members(id).unwrap_or_default();
+        self.io.push(Io::Conversation { id: *id, epoch, active, members });
+        self.pending_reopen(fx, now_ms);
+    }
+
+    fn pending_reopen(&mut self, fx: Vec<Effect>, now_ms: u64) {
+        for e in fx {
+            if let Effect::Reopen { conv, ids } = e {
+                self.reopen(conv, &ids, now_ms);
+            } else {
+                self.apply_local(vec![e]);
+            }
+        }
+    }
+
+    /// Performs the core's effects.
+    fn apply(&mut self, fx: Vec<Effect>, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        for e in fx {
+            match e {
+                Effect::SyncLedger { conv } => self.sync(&conv, seq, now_ms),
+                Effect::SendReceipt { conv, ids } => {
+                    if let Err(e) = self.send_receipt(conv, &ids, now_ms) {
+                        tracing::debug!("receipt not sent: {e}");
+                    }
+                }
+                Effect::Reopen { conv, ids } => self.reopen(conv, &ids, now_ms),
+                other => self.apply_local(vec![other]),
+            }
+        }
+    }
+
+    /// Effects that need neither MLS nor the sequencer.
+    fn apply_local(&mut self, fx: Vec<Effect>) {
+        for e in fx {
+            match e {
+                Effect::Delivery { conv, id, view } => self.io.push(Io::Stream(StreamEvent::Delivery {
+                    id: id.to_hex(),
+                    conversation: hex::encode(conv.0),
+                    delivery: view,
+                })),
+                Effect::Anchor { conv, head, count, deadline_ms } => {
+                    self.io.push(Io::Anchor { conv, head, count, deadline_ms })
+                }
+                Effect::Discard { ids, .. } => self.io.push(Io::Discard(ids)),
+                Effect::SyncLedger { .. } | Effect::SendReceipt { .. } | Effect::Reopen { .. } => {
+                    tracing::error!("effect {e:?} needs MLS; dropped by apply_local (bug)")
+                }
+            }
+        }
+    }
+
+    /// Applies newly sequenced handshakes of a conversation.
+    pub fn sync(&mut self, conv: &ConversationId, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        self.synced_at.insert(*conv, self.ledger_height);
+        let events = match self.mls.sync(conv, seq, now_ms) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!("sync of {}: {e}", hex::encode(conv.0));
+                return;
+            }
+        };
+        let mut changed = false;
+        let mut leave = false;
+        let mut readable = Vec::new();
+        for ev in events {
+            match ev {
+                cairn_mls::Event::Commit { .. } | cairn_mls::Event::RemovedSelf { .. } => changed = true,
+                cairn_mls::Event::LeaveProposed { .. } => {
+                    changed = true;
+                    leave = true;
+                }
+                cairn_mls::Event::Skipped { seq, reason } => {
+                    tracing::warn!("handshake {seq} skipped by every member: {reason}")
+                }
+                cairn_mls::Event::Message(cairn_mls::Received::Message(d)) => readable.push(d),
+                cairn_mls::Event::Message(_) => {}
+            }
+        }
+        // The sync's MLS writes and the messages it made readable: one transaction.
+        self.buffered_readable(*conv, readable, now_ms);
+        if leave && let Err(e) = self.mls.commit_pending(conv, seq, now_ms) {
+            tracing::debug!("committing a leave: {e}");
+        }
+        if changed {
+            self.refresh(conv, now_ms);
+        }
+    }
+
+    /// Syncs a conversation only if the ledger moved since it last did (no round trip
+    /// otherwise).
+    fn sync_if_behind(
+        &mut self,
+        conv: &ConversationId,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) {
+        let at = self.synced_at.get(conv).copied();
+        if at.is_none_or(|h| h < self.ledger_height) {
+            self.sync(conv, seq, now_ms);
+        }
+    }
+
+    /// A conversation's view for the API.
+    pub fn conversation_view(
+        &self,
+        id: &ConversationId,
+        handles: &dyn Fn(&AccountId) -> Option<String>,
+    ) -> Result<ConversationView, NodeError> {
+        let members = self.mls.members(id).map_err(mls_err)?;
+        let mut by_account: Vec<crate::model::MemberView> = Vec::new();
+        for cert in &members {
+            let device = cert.device.to_text();
+            match by_account.iter_mut().find(|m| m.account == cert.account.to_text()) {
+                Some(m) => m.devices.push(device),
+                None => by_account.push(crate::model::MemberView {
+                    account: cert.account.to_text(),
+                    handle: handles(&cert.account),
+                    devices: vec![device],
+                }),
+            }
+        }
+        Ok(ConversationView {
+            id: hex::encode(id.0),
+            topic: hex::encode(id.topic().0),
+            epoch: self.mls.epoch(id).map_err(mls_err)?,
+            active: self.mls.is_active(id).map_err(mls_err)?,
+            members: by_account,
+            messages: self.db.count(&id.0)?,
+        })
+    }
+
+    /// The API view of a stored message.
+    pub fn message_view(
+        &self,
+        conv: &ConversationId,
+        seq: u64,
+        id: &Id,
+        m: &Message,
+        after_gap: bool,
+    ) -> MessageView {
+        message_view(conv, seq, id, m, after_gap)
+    }
+}
+
+/// The API view of a message (handles are filled in by the service).
+pub fn message_view(conv: &ConversationId, seq: u64, id: &Id, m: &Message, after_gap: bool) -> MessageView {
+    let text = match m.body.split_first() {
+        Some((&KIND_TEXT, rest)) => String::from_utf8_lossy(rest).into_owned(),
+        _ => String::new(),
+    };
+    MessageView {
+        seq,
+        id: id.to_hex(),
+        conversation: hex::encode(conv.0),
+        sender: m.sender.account.to_text(),
+        device: m.sender.device.to_text(),
+        handle: None,
+        timestamp_ms: m.timestamp_ms,
+        text,
+        parents: m.parents.iter().map(Id::to_hex).collect(),
+        after_gap,
+    }
+}
+
+/// Maps an MLS error to the node's.
+pub fn mls_err(e: MlsError) -> NodeError {
+    match e {
+        MlsError::UnknownConversation => NodeError::UnknownConversation,
+        MlsError::NotMember => NodeError::NotMember,
+        MlsError::Sequencer(s) => NodeError::Sequencer(s.to_string()),
+        other => NodeError::Mls(other.to_string()),
+    }
+}

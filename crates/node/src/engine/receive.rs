@@ -1,0 +1,329 @@
+//! The receive path: a burst of envelopes of one conversation is decrypted in one MLS batch
+//! and committed with the plaintexts in one transaction (one fsync per burst).
+
+use std::collections::BTreeMap;
+
+use cairn_mls::{ConversationId, Delivered, Dropped, Received};
+use cairn_proto::codec::Reader;
+use cairn_proto::envelope::unpad;
+use cairn_proto::{Envelope, Id, Message, Topic};
+
+use super::send::{KIND_RECEIPT, KIND_TEXT, header_aad};
+use super::{Engine, Io, message_view};
+use crate::core::{Input, Unreadable};
+use crate::db::Accepted;
+use crate::error::NodeError;
+use crate::model::StreamEvent;
+
+/// An envelope the mesh delivered (durable in the local history).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// Its id.
+    pub id: Id,
+    /// The envelope.
+    pub envelope: Envelope,
+    /// An ancestor could not be found.
+    pub after_gap: bool,
+}
+
+/// Receipt ids read from one receipt message at most.
+const RECEIPT_IDS_MAX: usize = 128;
+
+/// What one envelope of a batch became.
+enum Outcome {
+    Accept(Box<Accepted>),
+    Hold(Unreadable),
+    Ignore,
+}
+
+impl Engine {
+    /// Reads a burst of delivered envelopes (any topics).
+    pub fn receive(&mut self, batch: Vec<Arrival>, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        let inbox = cairn_mls::inbox_topic(&self.keys.device);
+        let convs: BTreeMap<Topic, ConversationId> =
+            self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
+        let mut by_conv: BTreeMap<ConversationId, Vec<Arrival>> = BTreeMap::new();
+        for a in batch {
+            let topic = a.envelope.header.topic;
+            if topic == inbox {
+                self.welcome(&a.envelope, seq, now_ms);
+            } else if let Some(conv) = convs.get(&topic) {
+                by_conv.entry(*conv).or_default().push(a);
+            }
+        }
+        for (conv, arrivals) in by_conv {
+            self.receive_conv(conv, arrivals, seq, now_ms);
+        }
+    }
+
+    /// Opens envelopes of one conversation: one MLS batch, one transaction.
+    pub(super) fn receive_conv(
+        &mut self,
+        conv: ConversationId,
+        arrivals: Vec<Arrival>,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) {
+        let fresh: Vec<Arrival> =
+            arrivals.into_iter().filter(|a| !self.db.has_plain(&a.id).unwrap_or(false)).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let mut inputs: Vec<(Vec<u8>, [u8; 32])> = Vec::with_capacity(fresh.len());
+        let mut openable = Vec::with_capacity(fresh.len());
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(fresh.len());
+        for (i, a) in fresh.iter().enumerate() {
+            let h = &a.envelope.header;
+            match a.envelope.payload.as_deref().map(unpad) {
+                Some(Ok(ct)) => {
+                    inputs.push((ct.to_vec(), header_aad(&h.topic, h.timestamp_ms, h.ttl_secs, &h.parents)));
+                    openable.push(i);
+                    outcomes.push(Outcome::Ignore);
+                }
+                _ => outcomes.push(Outcome::Hold(Unreadable::Junk)),
+            }
+        }
+        let results = self.mls_receive_many(&conv, &inputs);
+        for (i, r) in openable.into_iter().zip(results) {
+            outcomes[i] = match r {
+                Ok(Received::Message(d)) => self.check(conv, &fresh[i], d),
+                Ok(Received::Buffered) | Ok(Received::Dropped(Dropped::BufferFull)) => {
+                    Outcome::Hold(Unreadable::FutureEpoch)
+                }
+                Ok(Received::Dropped(Dropped::TooOld)) => Outcome::Hold(Unreadable::TooOld),
+                // Re-wrapped in another header by a relay: junk (the genuine one still reads).
+                Ok(Received::Dropped(Dropped::AadMismatch)) => Outcome::Hold(Unreadable::Junk),
+                Ok(Received::Dropped(_)) => Outcome::Ignore,
+                Err(_) => Outcome::Hold(Unreadable::Junk),
+            };
+        }
+        self.settle(conv, &fresh, outcomes, seq, now_ms);
+    }
+
+    /// Checks the inner message against the MLS sender and the envelope header.
+    fn check(&self, conv: ConversationId, a: &Arrival, d: Delivered) -> Outcome {
+        let Ok(m) = Message::decode(&d.body, &self.cfg.limits) else {
+            tracing::warn!("message {} has a malformed inner message", a.id.short());
+            return Outcome::Hold(Unreadable::Junk);
+        };
+        if m.verify().is_err() || m.sender != d.sender || m.header_mismatch(&a.envelope.header).is_some() {
+            tracing::warn!("message {} refused: inner signature, sender or header mismatch", a.id.short());
+            return Outcome::Hold(Unreadable::Junk);
+        }
+        let text = m.body.first() == Some(&KIND_TEXT);
+        Outcome::Accept(Box::new(Accepted { conv: conv.0, id: a.id, inner: m, text, after_gap: a.after_gap }))
+    }
+
+    /// Commits the accepted rows with the MLS state, then tells the core and the listeners.
+    fn settle(
+        &mut self,
+        conv: ConversationId,
+        fresh: &[Arrival],
+        outcomes: Vec<Outcome>,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) {
+        let mut rows = Vec::new();
+        let mut held = Vec::new();
+        for (a, o) in fresh.iter().zip(outcomes) {
+            match o {
+                Outcome::Accept(row) => rows.push(*row),
+                Outcome::Hold(why) => held.push((a, why)),
+                Outcome::Ignore => {}
+            }
+        }
+        let seqs = match self.commit_rows(&rows, None) {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was stored, the MLS state was reloaded: the envelopes stay unread in
+                // the local history and are read again at the next start.
+                tracing::warn!("cannot store {} messages: {e}", rows.len());
+                return;
+            }
+        };
+        let mut future = false;
+        for (a, why) in held {
+            future |= why == Unreadable::FutureEpoch;
+            let parents = a.envelope.header.parents.clone();
+            let fx = self.core.handle(Input::Unreadable { conv, id: a.id, parents, why }, now_ms);
+            self.apply_local(fx);
+        }
+        for (row, seq_no) in rows.into_iter().zip(seqs) {
+            self.accepted(conv, row, seq_no, now_ms);
+        }
+        if future {
+            // A commit may be sequenced that this device has not applied yet.
+            self.sync(&conv, seq, now_ms);
+        }
+    }
+
+    /// Tells the core and the listeners about one stored message.
+    fn accepted(&mut self, conv: ConversationId, row: Accepted, seq_no: u64, now_ms: u64) {
+        let m = &row.inner;
+        let from = m.sender.account;
+        let fx = self.core.handle(
+            Input::Accepted { conv, id: row.id, parents: m.parents.clone(), from, text: row.text },
+            now_ms,
+        );
+        self.apply_local(fx);
+        match m.body.first() {
+            Some(&KIND_TEXT) => {
+                let view = message_view(&conv, seq_no, &row.id, m, row.after_gap);
+                self.io.push(Io::Stream(StreamEvent::Message(view)));
+            }
+            Some(&KIND_RECEIPT) => {
+                let ids = receipt_ids(&m.body[1..]);
+                let fx = self.core.handle(Input::Receipt { from, ids }, now_ms);
+                self.apply_local(fx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Buffered messages became readable during a sync: find their held envelopes, and
+    /// commit them with the sync's MLS writes in one transaction.
+    pub(super) fn buffered_readable(&mut self, conv: ConversationId, readable: Vec<Delivered>, now_ms: u64) {
+        let held = self.core.held_ids(&conv);
+        let mut envs: Vec<(Id, Envelope)> =
+            held.iter().filter_map(|id| self.history.get(id).ok().flatten().map(|e| (*id, e))).collect();
+        let mut rows = Vec::new();
+        for d in readable {
+            let Ok(m) = Message::decode(&d.body, &self.cfg.limits) else { continue };
+            let Some(pos) = envs.iter().position(|(_, e)| m.header_mismatch(&e.header).is_none()) else {
+                continue;
+            };
+            let (id, envelope) = envs.swap_remove(pos);
+            if let Outcome::Accept(row) = self.check(conv, &Arrival { id, envelope, after_gap: false }, d) {
+                rows.push(*row);
+            }
+        }
+        match self.commit_rows(&rows, None) {
+            Ok(seqs) => {
+                for (row, seq_no) in rows.into_iter().zip(seqs) {
+                    self.accepted(conv, row, seq_no, now_ms);
+                }
+            }
+            Err(e) => tracing::warn!("cannot store {} buffered messages: {e}", rows.len()),
+        }
+    }
+
+    /// Held envelopes of a new epoch: try them again.
+    pub(super) fn reopen(&mut self, conv: ConversationId, ids: &[Id], now_ms: u64) {
+        let arrivals: Vec<Arrival> = ids
+            .iter()
+            .filter_map(|id| self.history.get(id).ok().flatten().map(|envelope| (id, envelope)))
+            .map(|(id, envelope)| Arrival { id: *id, envelope, after_gap: false })
+            .collect();
+        if !arrivals.is_empty() {
+            let mut none = NoSequencer;
+            self.receive_conv(conv, arrivals, &mut none, now_ms);
+        }
+    }
+
+    /// Reads every envelope of the conversation's local history not read yet (a stop between
+    /// the mesh's delivery and this read), and rebuilds the chain from what was read before.
+    pub(super) fn replay_history(
+        &mut self,
+        conv: ConversationId,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        let topic = conv.topic();
+        let mut from = 0;
+        for _ in 0..1_000_000 {
+            let page = self.history.page(&topic, from, 256).map_err(|e| NodeError::Storage(e.to_string()))?;
+            let mut unread = Vec::new();
+            for (_, env) in page.entries {
+                let id = env.id();
+                match self.db.plain(&id)? {
+                    Some(bytes) => self.known(conv, id, &bytes, now_ms),
+                    None => unread.push(Arrival { id, envelope: env, after_gap: false }),
+                }
+            }
+            if !unread.is_empty() {
+                self.receive_conv(conv, unread, seq, now_ms);
+            }
+            match page.next {
+                Some(n) => from = n,
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// An envelope read before this start: back into the chain.
+    fn known(&mut self, conv: ConversationId, id: Id, plain: &[u8], now_ms: u64) {
+        let Ok(m) = Message::decode(plain, &self.cfg.limits) else { return };
+        let input = if m.sender.account == self.keys.account && m.sender.device == self.keys.device {
+            Input::Sent { conv, id, parents: m.parents.clone(), text: false }
+        } else {
+            Input::Accepted { conv, id, parents: m.parents.clone(), from: m.sender.account, text: false }
+        };
+        let fx = self.core.handle(input, now_ms);
+        self.apply_local(fx);
+    }
+
+    /// A Welcome on this device's inbox.
+    fn welcome(&mut self, env: &Envelope, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        let Some(Ok(plain)) = env.payload.as_deref().map(unpad) else { return };
+        let id = match self.mls.join(plain, now_ms) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!("welcome not joined: {e}");
+                return;
+            }
+        };
+        tracing::info!("joined conversation {}", hex::encode(id.0));
+        self.io.push(Io::Subscribe(id.topic()));
+        self.io.push(Io::PublishKeyPackages);
+        self.sync(&id, seq, now_ms);
+        self.refresh(&id, now_ms);
+        if let Err(e) = self.replay_history(id, seq, now_ms) {
+            tracing::warn!("reading the history of {}: {e}", hex::encode(id.0));
+        }
+        self.io.push(Io::Joined(id));
+    }
+}
+
+impl Engine {
+    /// Decrypts a batch (deferred: committed by [`Engine::commit_rows`]). Each ciphertext
+    /// comes with the authenticated data its envelope header requires.
+    fn mls_receive_many(
+        &mut self,
+        conv: &ConversationId,
+        inputs: &[(Vec<u8>, [u8; 32])],
+    ) -> Vec<Result<Received, cairn_mls::MlsError>> {
+        let refs: Vec<(&[u8], &[u8])> = inputs.iter().map(|(c, a)| (c.as_slice(), a.as_slice())).collect();
+        self.mls.receive_many(conv, &refs)
+    }
+}
+
+/// Ids named by a receipt body (after the kind byte); malformed tails are ignored.
+fn receipt_ids(body: &[u8]) -> Vec<Id> {
+    let mut r = Reader::new(body);
+    let n = r.u16("receipt.count").unwrap_or(0) as usize;
+    let mut ids = Vec::with_capacity(n.min(RECEIPT_IDS_MAX));
+    for _ in 0..n.min(RECEIPT_IDS_MAX) {
+        let Ok(id) = r.array::<32>("receipt.id") else { break };
+        ids.push(Id(id));
+    }
+    ids
+}
+
+/// A sequencer for paths that must not reach the ledger (re-reading held envelopes).
+struct NoSequencer;
+
+impl cairn_proto::CommitSequencer for NoSequencer {
+    fn submit(&mut self, _: Topic, _: u64, _: Vec<u8>) -> Result<u64, cairn_proto::SequencerError> {
+        Err(cairn_proto::SequencerError::Unavailable("no ledger on this path".into()))
+    }
+
+    fn fetch(
+        &self,
+        _: &Topic,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<cairn_proto::Sequenced>, cairn_proto::SequencerError> {
+        Ok(Vec::new())
+    }
+}

@@ -1,0 +1,275 @@
+//! The actor thread: owns the [`Engine`] (MLS state, node tables, decision core) and the
+//! commit sequencer, takes jobs from two bounded queues and performs the engine's I/O.
+//!
+//! - `ops` (API calls, timer, ledger results) is served before `net` (deliveries), so a send
+//!   never waits behind a backlog of incoming mail;
+//! - deliveries are read in bursts of up to [`RECEIVE_BATCH_MAX`]: one MLS batch and one
+//!   transaction (one fsync) per conversation per burst.
+//!
+//! Both queues are bounded; producers wait when they are full (back-pressure up to the mesh,
+//! which holds deliveries durably in its local history meanwhile). Nothing is dropped.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+
+use cairn_ledger::rpc::LedgerSequencer;
+use cairn_mls::{ConversationId, VerifiedKeyPackage};
+use cairn_proto::{AccountId, DeviceId, Envelope, Id, Topic};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ledger::{LedgerJob, try_enqueue};
+use super::{ConvSnapshot, Shared, now_ms};
+use crate::engine::{Arrival, Engine, Io};
+use crate::error::NodeError;
+use crate::model::{SendResult, StreamEvent};
+
+/// API calls, timer ticks and ledger results queued at most. Overflow: producers wait.
+pub const OPS_QUEUE_MAX: usize = 1_024;
+/// Deliveries and store acknowledgements queued at most. Overflow: the mesh's event pump waits
+/// (the deliveries are durable in the local history already).
+pub const NET_QUEUE_MAX: usize = 4_096;
+/// Deliveries read in one burst at most.
+pub const RECEIVE_BATCH_MAX: usize = 512;
+/// Publications and subscriptions queued for the mesh at most. Overflow: the actor waits.
+pub const MESH_QUEUE_MAX: usize = 1_024;
+/// Lifetime of key-package envelopes, seconds.
+const KEY_PACKAGE_TTL_SECS: u32 = 14 * 24 * 3600;
+/// Key packages per published batch (plus one last-resort package).
+const KEY_PACKAGES_PER_BATCH: usize = 16;
+
+/// The answer channel of an API call.
+pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// Work for the actor.
+pub enum Job {
+    /// An envelope delivered by the mesh.
+    Arrived(Box<Arrival>),
+    /// Store nodes acknowledged a sent envelope.
+    Status {
+        /// Envelope id.
+        id: Id,
+        /// Distinct acknowledgements.
+        acks: u32,
+        /// Enough of them.
+        stored: bool,
+    },
+    /// Timer.
+    Tick,
+    /// The ledger's height changed.
+    Ledger {
+        /// Height.
+        height: u64,
+    },
+    /// Account and device are registered on the ledger: publish key packages.
+    Registered,
+    /// An anchor submission ended.
+    AnchorDone {
+        /// Conversation.
+        conv: ConversationId,
+        /// Ancestry count.
+        count: u64,
+        /// Finalized.
+        ok: bool,
+    },
+    /// Create a conversation with these devices.
+    Create(Vec<VerifiedKeyPackage>, Reply<ConversationId>),
+    /// Add devices.
+    Add(ConversationId, Vec<VerifiedKeyPackage>, Reply<()>),
+    /// Remove an account.
+    Remove(ConversationId, AccountId, Reply<()>),
+    /// Leave.
+    Leave(ConversationId, Reply<()>),
+    /// Send a text.
+    Send(ConversationId, String, Reply<SendResult>),
+    /// Remove a revoked device everywhere.
+    Revoke(DeviceId, Reply<()>),
+    /// Conversations a new device of this account still has to join.
+    MissingDevice(DeviceId, Reply<Vec<ConversationId>>),
+    /// Member accounts of a conversation.
+    Members(ConversationId, Reply<Vec<AccountId>>),
+    /// Stop.
+    Stop,
+}
+
+/// What the actor asks the mesh task to do, in order.
+pub enum MeshCmd {
+    /// Publish.
+    Publish(Box<Envelope>),
+    /// Follow a topic.
+    Subscribe(Topic),
+    /// Delete junk from the local history.
+    Discard(Vec<Id>),
+}
+
+/// The actor's state.
+pub struct Actor {
+    /// The engine.
+    pub engine: Engine,
+    /// The MLS commit sequencer (ledger).
+    pub sequencer: LedgerSequencer,
+    /// Shared node state.
+    pub shared: Arc<Shared>,
+    /// Ledger worker queue.
+    pub ledger: SyncSender<LedgerJob>,
+    /// Mesh task queue.
+    pub mesh: mpsc::Sender<MeshCmd>,
+}
+
+impl Actor {
+    /// Runs until [`Job::Stop`] or both queues close.
+    pub fn run(mut self, mut ops: mpsc::Receiver<Job>, mut net: mpsc::Receiver<Job>) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("actor runtime: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.engine.start(&mut self.sequencer, now_ms()) {
+            tracing::error!("loading conversations: {e}");
+        }
+        self.dispatch();
+        loop {
+            let job = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    Some(j) = ops.recv() => Some(j),
+                    Some(j) = net.recv() => Some(j),
+                    else => None,
+                }
+            });
+            let Some(job) = job else { break };
+            if matches!(job, Job::Stop) {
+                break;
+            }
+            if let Job::Arrived(a) = job {
+                self.receive_burst(*a, &mut net);
+            } else {
+                self.handle(job);
+            }
+            self.dispatch();
+        }
+        tracing::debug!("actor stopped");
+    }
+
+    /// Reads this delivery and every one queued behind it (up to the batch bound).
+    fn receive_burst(&mut self, first: Arrival, net: &mut mpsc::Receiver<Job>) {
+        let mut batch = vec![first];
+        let mut other = Vec::new();
+        while batch.len() < RECEIVE_BATCH_MAX {
+            match net.try_recv() {
+                Ok(Job::Arrived(a)) => batch.push(*a),
+                Ok(j) => other.push(j),
+                Err(_) => break,
+            }
+        }
+        self.engine.receive(batch, &mut self.sequencer, now_ms());
+        for j in other {
+            self.handle(j);
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        let now = now_ms();
+        let seq = &mut self.sequencer;
+        let is_registered = || registered(&self.shared);
+        match job {
+            Job::Arrived(a) => self.engine.receive(vec![*a], seq, now),
+            Job::Status { id, acks, stored } => self.engine.store_acks(id, acks, stored, now),
+            Job::Tick => {
+                self.engine.tick(seq, now);
+                self.shared.tick_pending.store(false, Ordering::Release);
+            }
+            Job::Ledger { height } => self.engine.ledger_height(height, seq, now),
+            Job::Registered => self.publish_key_packages(),
+            Job::AnchorDone { conv, count, ok } => self.engine.anchor_done(conv, count, ok, now),
+            Job::Create(kps, reply) => {
+                let _ = reply.send(is_registered().and_then(|()| self.engine.create(kps, seq, now)));
+            }
+            Job::Add(conv, kps, reply) => {
+                let _ = reply.send(is_registered().and_then(|()| self.engine.add(conv, kps, seq, now)));
+            }
+            Job::Remove(conv, account, reply) => {
+                let _ =
+                    reply.send(is_registered().and_then(|()| self.engine.remove(conv, account, seq, now)));
+            }
+            Job::Leave(conv, reply) => {
+                let _ = reply.send(is_registered().and_then(|()| self.engine.leave(conv, seq, now)));
+            }
+            Job::Send(conv, text, reply) => {
+                let _ = reply.send(self.engine.send_text(conv, &text, seq, now));
+            }
+            Job::Revoke(device, reply) => {
+                self.engine.revoke(&device, seq, now);
+                let _ = reply.send(Ok(()));
+            }
+            Job::MissingDevice(device, reply) => {
+                let _ = reply.send(Ok(self.engine.missing_device(&device)));
+            }
+            Job::Members(conv, reply) => {
+                let _ = reply.send(self.engine.member_accounts(&conv));
+            }
+            Job::Stop => {}
+        }
+    }
+
+    fn publish_key_packages(&mut self) {
+        if !self.shared.registered.load(Ordering::Acquire) {
+            return; // published once registration completes
+        }
+        match self.engine.key_package_envelope(KEY_PACKAGES_PER_BATCH, KEY_PACKAGE_TTL_SECS, now_ms()) {
+            Ok(env) => {
+                let _ = self.mesh.blocking_send(MeshCmd::Publish(Box::new(env)));
+            }
+            Err(e) => tracing::warn!("cannot publish key packages: {e}"),
+        }
+    }
+
+    /// Performs the engine's queued I/O.
+    fn dispatch(&mut self) {
+        for io in self.engine.take_io() {
+            match io {
+                Io::Publish(env) => {
+                    let _ = self.mesh.blocking_send(MeshCmd::Publish(env));
+                }
+                Io::Subscribe(topic) => {
+                    let _ = self.mesh.blocking_send(MeshCmd::Subscribe(topic));
+                }
+                Io::Discard(ids) => {
+                    let _ = self.mesh.blocking_send(MeshCmd::Discard(ids));
+                }
+                Io::Stream(ev) => self.shared.emit(ev),
+                Io::Anchor { conv, head, count, deadline_ms } => {
+                    if !try_enqueue(&self.ledger, LedgerJob::Anchor { conv, head, count, deadline_ms }) {
+                        self.engine.anchor_done(conv, count, false, now_ms());
+                    }
+                }
+                Io::PublishKeyPackages => self.publish_key_packages(),
+                Io::Conversation { id, epoch, active, members } => {
+                    let accounts: BTreeSet<AccountId> = members.iter().map(|c| c.account).collect();
+                    let unknown: Vec<AccountId> =
+                        accounts.into_iter().filter(|a| !self.shared.knows_handle(a)).collect();
+                    if !unknown.is_empty() {
+                        let _ = try_enqueue(&self.ledger, LedgerJob::Handles(unknown));
+                    }
+                    self.shared.set_conversation(id, ConvSnapshot { epoch, active, members });
+                }
+                Io::Joined(id) => {
+                    if let Ok(v) = self.shared.conversation_view(&id) {
+                        self.shared.emit(StreamEvent::Joined { conversation: v });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn registered(shared: &Shared) -> Result<(), NodeError> {
+    if shared.registered.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(NodeError::Ledger("this account is not registered on the ledger yet; retry in a moment".into()))
+    }
+}

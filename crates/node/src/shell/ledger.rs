@@ -1,0 +1,258 @@
+//! Ledger round trips, off the actor: a worker thread with a bounded queue runs registration,
+//! anchors, handle look-ups and height polls, each bounded by a deadline, and reports back to
+//! the actor as jobs. A slow or dead validator delays only these.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_ledger::genesis::Genesis;
+use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteOutcome};
+use cairn_ledger::tx::{Tx, TxBody, TxError, normalize_handle};
+use cairn_mls::ConversationId;
+use cairn_proto::{AccountId, Id};
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::actor::Job;
+use crate::error::NodeError;
+
+/// Ledger jobs queued at most. Overflow policy: the job is refused at once (an anchor is
+/// reported as not recorded and retried at its next period; a handle look-up is skipped and
+/// the handle shown later).
+pub const LEDGER_JOBS_MAX: usize = 256;
+
+/// Handles cached at most. Overflow policy: the cache is cleared (handles are looked up again).
+pub const HANDLES_MAX: usize = 100_000;
+
+/// A ledger round trip to run.
+#[derive(Debug)]
+pub enum LedgerJob {
+    /// Record a conversation head.
+    Anchor {
+        /// Conversation.
+        conv: ConversationId,
+        /// Head.
+        head: Id,
+        /// Ancestry count.
+        count: u64,
+        /// Give up at (unix ms).
+        deadline_ms: u64,
+    },
+    /// Look up the handles of these accounts.
+    Handles(Vec<AccountId>),
+}
+
+/// Enqueues a ledger job; `false` if the queue is full.
+pub fn try_enqueue(tx: &SyncSender<LedgerJob>, job: LedgerJob) -> bool {
+    match tx.try_send(job) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+/// Retries a ledger read a few times: a validator may briefly have no proof to serve (e.g.
+/// while it applies a block), and another may be down.
+pub fn read_retry<T>(mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let mut attempt = 0u64;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= 5 => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+            }
+        }
+    }
+}
+
+/// A ledger client error as the node's.
+pub fn unavailable(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Ledger(e.to_string())
+}
+
+/// An account id or `@handle`, resolved against proven ledger state.
+pub fn resolve_account(client: &mut LedgerClient, who: &str) -> Result<AccountId, NodeError> {
+    let who = who.trim();
+    if let Some(h) = who.strip_prefix('@') {
+        let name = normalize_handle(h).map_err(|e| NodeError::BadRequest(format!("@{h}: {e}")))?;
+        return read_retry(|| client.handle_owner(&name))
+            .map_err(unavailable)?
+            .ok_or_else(|| NodeError::NotFound(format!("@{name} is not registered on the ledger")));
+    }
+    AccountId::from_text(who).map_err(|e| {
+        NodeError::BadRequest(format!("'{who}' is neither an account id (cairn1…) nor a @handle: {e}"))
+    })
+}
+
+/// Submits a transaction signed by `key` for `account`, retrying on nonce races; waits for
+/// finality at most `timeout`. Refusals and failed effects become clear errors.
+pub fn submit_tx(
+    client: &mut LedgerClient,
+    account: AccountId,
+    key: &SigningKey,
+    body: TxBody,
+    timeout: Duration,
+) -> Result<(Tx, u64, RemoteOutcome), NodeError> {
+    let signer = key.verifying_key().to_bytes();
+    let deadline = Instant::now() + timeout;
+    let mut last = NodeError::Ledger("no attempt".into());
+    for attempt in 0..5u64 {
+        let nonce = client.nonce(&signer).map_err(unavailable)?;
+        let tx = Tx::sign(client.chain(), account, key, nonce, body.clone());
+        let id = match client.submit(&tx.encode()) {
+            Ok(id) => id,
+            Err(ClientError::Refused { code, message }) => {
+                last = NodeError::Conflict(format!("ledger refused the transaction: {message}"));
+                let nonce_race = code == (TxError::NonceReplayed { expected: 0, got: 0 }).code()
+                    || code == (TxError::NonceSkipped { expected: 0, got: 0 }).code();
+                if !nonce_race || Instant::now() >= deadline {
+                    return Err(last);
+                }
+                std::thread::sleep(Duration::from_millis(100 * (attempt + 1)));
+                continue;
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        match client.wait_final(&id, left) {
+            Ok((height, RemoteOutcome::Failed { message, .. })) => {
+                return Err(NodeError::Conflict(format!("ledger (height {height}): {message}")));
+            }
+            Ok((height, outcome)) => return Ok((tx, height, outcome)),
+            Err(ClientError::Refused { message, .. }) => {
+                last = NodeError::Conflict(format!("ledger refused the transaction: {message}"));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(last)
+}
+
+/// The ledger worker: registration first, then height polls between jobs.
+pub struct LedgerWorker {
+    /// Shared node state (identity, flags, caches).
+    pub shared: Arc<Shared>,
+    /// Where results go.
+    pub ops: mpsc::Sender<Job>,
+    /// Poll period, ms.
+    pub tick_ms: u64,
+    /// Handle to claim once registered.
+    pub handle: Option<String>,
+    /// Cached handles (shared with the service).
+    pub handles: Arc<Mutex<HashMap<AccountId, Option<String>>>>,
+}
+
+impl LedgerWorker {
+    /// Runs until the job queue closes.
+    pub fn run(self, genesis: Genesis, jobs: Receiver<LedgerJob>) {
+        let Ok(client) = LedgerClient::new(&genesis) else {
+            tracing::error!("ledger client: bad genesis");
+            return;
+        };
+        let mut client = client.with_timeout(Duration::from_secs(3));
+        let mut last_register = None::<Instant>;
+        let mut last_height = None;
+        loop {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            if !self.shared.registered.load(Ordering::Acquire)
+                && last_register.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+            {
+                last_register = Some(Instant::now());
+                match self.register(&mut client) {
+                    Ok(()) => {
+                        self.shared.registered.store(true, Ordering::Release);
+                        let _ = self.ops.blocking_send(Job::Registered);
+                    }
+                    Err(e) => tracing::debug!("not registered yet: {e}"),
+                }
+            }
+            if let Ok(s) = client.status() {
+                self.shared.ledger_height.store(s.height, Ordering::Relaxed);
+                if last_height != Some(s.height) {
+                    last_height = Some(s.height);
+                    let _ = self.ops.blocking_send(Job::Ledger { height: s.height });
+                }
+            }
+            match jobs.recv_timeout(Duration::from_millis(self.tick_ms.max(10))) {
+                Ok(job) => self.run_job(&mut client, job),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn run_job(&self, client: &mut LedgerClient, job: LedgerJob) {
+        match job {
+            LedgerJob::Anchor { conv, head, count, deadline_ms } => {
+                let left = deadline_ms.saturating_sub(super::now_ms());
+                let k = &self.shared.identity;
+                let body = TxBody::Anchor { topic: conv.topic(), head, count };
+                // Signed by the device key (nonce stream shared with the sequencer).
+                let r = submit_tx(client, k.account, &k.device_key, body, Duration::from_millis(left));
+                if let Err(e) = &r {
+                    tracing::debug!("anchor not recorded: {e}");
+                }
+                let _ = self.ops.blocking_send(Job::AnchorDone { conv, count, ok: r.is_ok() });
+            }
+            LedgerJob::Handles(accounts) => {
+                for a in accounts {
+                    let h = client.account(&a).ok().flatten().and_then(|acc| acc.handle);
+                    if let Ok(mut m) = self.handles.lock() {
+                        if m.len() >= HANDLES_MAX {
+                            m.clear();
+                        }
+                        m.insert(a, h);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers the account and this device on the ledger, and claims the handle.
+    fn register(&self, client: &mut LedgerClient) -> Result<(), NodeError> {
+        let k = &self.shared.identity;
+        let timeout = Duration::from_secs(30);
+        let account = match read_retry(|| client.account(&k.account)).map_err(unavailable)? {
+            Some(a) => a,
+            None => {
+                tracing::info!("registering account {} on the ledger", k.account.to_text());
+                submit_tx(client, k.account, &k.account_key, TxBody::RegisterAccount, timeout)?;
+                client
+                    .account(&k.account)
+                    .map_err(unavailable)?
+                    .ok_or_else(|| NodeError::Ledger("account not visible after registration".into()))?
+            }
+        };
+        self.shared.set_handle(account.handle.clone());
+        if account.devices.iter().any(|d| d.device == k.device && d.revoked) {
+            return Err(NodeError::Conflict(
+                "this device was revoked on the ledger: it can no longer send; create a new device".into(),
+            ));
+        }
+        if !account.active_devices().contains(&k.device) {
+            tracing::info!("registering device {} on the ledger", k.device.to_text());
+            submit_tx(client, k.account, &k.account_key, TxBody::AddDevice { cert: k.cert }, timeout)?;
+        }
+        if account.handle.is_none()
+            && let Some(name) = self.handle.clone()
+        {
+            tracing::info!("claiming @{name}");
+            submit_tx(
+                client,
+                k.account,
+                &k.account_key,
+                TxBody::ClaimHandle { name: name.clone() },
+                timeout,
+            )?;
+            self.shared.set_handle(Some(name));
+        }
+        Ok(())
+    }
+}
