@@ -113,3 +113,30 @@ impl EventTap {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn status(i: u8) -> NodeEvent {
+        NodeEvent::Status { id: Id([i; 32]), status: SendStatus::Sent }
+    }
+
+    #[test]
+    fn before_it_is_taken_the_stream_keeps_what_fits_and_never_waits() {
+        let (sink, tap) = streams(2);
+        assert!(!sink.attached());
+        for i in 0..5 {
+            sink.offer(status(i)); // must not block
+        }
+        let mut rx = tap.take().expect("first take");
+        assert!(tap.take().is_none(), "taken once");
+        assert!(sink.attached());
+        assert_eq!(rx.len(), 2, "the bound holds");
+        assert!(matches!(rx.try_recv(), Ok(NodeEvent::Status { id, .. }) if id == Id([0; 32])));
+        drop(rx);
+        assert!(!sink.attached(), "a dropped consumer is not waited for");
+    }
+}
