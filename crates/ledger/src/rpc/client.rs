@@ -1,0 +1,504 @@
+//! A blocking client of the validator set named in a genesis: submit transactions, follow
+//! finalized blocks, fetch and verify proofs.
+//!
+//! Every round trip to one validator (connect, reconnect once if a kept connection went
+//! stale, write, read) finishes before one deadline, [`LedgerClient::with_timeout`] after it
+//! starts, so a method asking `k` validators in turn returns within `k` timeouts and a caller
+//! can treat it as an effect with a deadline. No answer is trusted: proofs and certificates are
+//! verified against the genesis validator set.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use cairn_proto::{AccountId, DeviceId, Topic};
+use thiserror::Error;
+
+use super::protocol::{
+    BATCH_MAX, CertifiedBlock, HANDSHAKES_PER_REPLY_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX,
+    RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
+};
+use super::transport::{FrameError, read_frame, write_frame};
+use crate::genesis::Genesis;
+use crate::light::{LightClient, LightError};
+use crate::state::{Account, StateKey};
+use crate::tx::{TX_BYTES_MAX, TxError, TxId};
+
+/// Default bound of one round trip to one validator.
+pub const CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Pause between two rounds of status polls in [`LedgerClient::wait_final`], milliseconds.
+const POLL_PAUSE_MS: u64 = 20;
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No validator could be reached.
+    #[error("no validator reachable: {0}")]
+    Unreachable(String),
+    /// Validators refused the transaction.
+    #[error("transaction refused: {message} (code {code})")]
+    Refused {
+        /// [`TxError::code`].
+        code: u8,
+        /// Reason.
+        message: String,
+    },
+    /// The answer did not arrive in time.
+    #[error("timed out")]
+    Timeout,
+    /// A validator sent something malformed (or refused our request as malformed).
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+    /// A proof did not verify.
+    #[error(transparent)]
+    Light(#[from] LightError),
+}
+
+fn unexpected(resp: &Response) -> ClientError {
+    ClientError::BadAnswer(format!("unexpected {} answer", resp.kind_name()))
+}
+
+fn refused(e: &TxError) -> ClientError {
+    ClientError::Refused { code: e.code(), message: e.to_string() }
+}
+
+/// One validator's address and its connection, opened on demand and kept between calls.
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+}
+
+impl Link {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, stream: None }
+    }
+
+    /// One round trip, wholly before `deadline`. A kept connection that fails (the validator
+    /// closed it while idle) is replaced once.
+    fn call(&mut self, req: &[u8], deadline: Instant) -> Result<Response, ClientError> {
+        let reused = self.stream.is_some();
+        match self.round_trip(req, deadline) {
+            Err(ClientError::Unreachable(_)) if reused => self.round_trip(req, deadline),
+            res => res,
+        }
+    }
+
+    fn round_trip(&mut self, req: &[u8], deadline: Instant) -> Result<Response, ClientError> {
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => self.connect(deadline)?,
+        };
+        let frame = write_frame(&mut stream, req, deadline)
+            .and_then(|()| read_frame(&mut stream, RESPONSE_BYTES_MAX, deadline))
+            .map_err(|e| self.frame_error(e))?;
+        let resp =
+            Response::decode(&frame).map_err(|e| ClientError::BadAnswer(format!("{}: {e}", self.addr)))?;
+        if let Response::Error(m) = resp {
+            // The validator closes the connection after refusing a request.
+            return Err(ClientError::BadAnswer(format!("{} refused the request: {m}", self.addr)));
+        }
+        self.stream = Some(stream);
+        Ok(resp)
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+        let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+        let left = left.ok_or(ClientError::Timeout)?;
+        let s = TcpStream::connect_timeout(&self.addr, left).map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => ClientError::Timeout,
+            _ => ClientError::Unreachable(format!("{}: {e}", self.addr)),
+        })?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+
+    fn frame_error(&self, e: FrameError) -> ClientError {
+        match e {
+            FrameError::TimedOut => ClientError::Timeout,
+            FrameError::TooLarge { .. } => ClientError::BadAnswer(format!("{}: {e}", self.addr)),
+            FrameError::Closed | FrameError::Io(_) => ClientError::Unreachable(format!("{}: {e}", self.addr)),
+        }
+    }
+}
+
+/// A blocking client of the validator set named in a genesis.
+#[derive(Debug)]
+pub struct LedgerClient {
+    links: Vec<Link>,
+    light: LightClient,
+    chain: [u8; 32],
+    timeout: Duration,
+    /// Highest finalized height this client has observed: older proofs are not accepted
+    /// (read-your-writes).
+    seen_height: u64,
+}
+
+impl LedgerClient {
+    /// A client for the validators of `genesis` (their RPC addresses).
+    pub fn new(genesis: &Genesis) -> Result<Self, ClientError> {
+        Ok(Self {
+            links: genesis.validators.iter().map(|v| Link::new(v.rpc)).collect(),
+            light: LightClient::new(genesis)?,
+            chain: genesis.chain_id(),
+            timeout: CALL_TIMEOUT_DEFAULT,
+            seen_height: 0,
+        })
+    }
+
+    /// Sets the bound of each round trip to one validator (default 5 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The bound of each round trip to one validator.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Chain id (to sign transactions for).
+    pub fn chain(&self) -> [u8; 32] {
+        self.chain
+    }
+
+    /// Number of validators.
+    pub fn validators(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The same client with no open connections (for a call independent of this one's).
+    pub fn detached(&self) -> Self {
+        Self {
+            links: self.links.iter().map(|l| Link::new(l.addr)).collect(),
+            light: self.light.clone(),
+            chain: self.chain,
+            timeout: self.timeout,
+            seen_height: self.seen_height,
+        }
+    }
+
+    /// One round trip to validator `i`, finished before `deadline`.
+    fn call_until(&mut self, i: usize, req: &[u8], deadline: Instant) -> Result<Response, ClientError> {
+        let link =
+            self.links.get_mut(i).ok_or_else(|| ClientError::Unreachable(format!("no validator {i}")))?;
+        link.call(req, deadline)
+    }
+
+    fn call_one(&mut self, i: usize, req: &[u8]) -> Result<Response, ClientError> {
+        self.call_until(i, req, Instant::now() + self.timeout)
+    }
+
+    /// Calls validators in turn until one answers.
+    fn call_any(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let req = req.encode();
+        let mut last = ClientError::Unreachable("no validators".into());
+        for i in 0..self.links.len() {
+            match self.call_one(i, &req) {
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Calls every validator at once, one thread each; a validator that fails is asked once
+    /// more (a busy one may time out once), so this returns within two timeouts.
+    fn call_all(&mut self, req: &[u8]) -> Vec<Result<Response, ClientError>> {
+        let timeout = self.timeout;
+        std::thread::scope(|scope| {
+            let calls: Vec<_> = self
+                .links
+                .iter_mut()
+                .map(|link| {
+                    scope.spawn(move || {
+                        link.call(req, Instant::now() + timeout)
+                            .or_else(|_| link.call(req, Instant::now() + timeout))
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| {
+                    c.join().unwrap_or_else(|_| Err(ClientError::Unreachable("call thread failed".into())))
+                })
+                .collect()
+        })
+    }
+
+    /// Submits a signed transaction to every validator (so whichever leads can include it).
+    /// Succeeds if at least one accepted it into its mempool.
+    pub fn submit(&mut self, tx: &[u8]) -> Result<TxId, ClientError> {
+        if tx.len() > TX_BYTES_MAX {
+            return Err(refused(&TxError::Oversized { len: tx.len(), max: TX_BYTES_MAX }));
+        }
+        let req = Request::Submit(tx.to_vec()).encode();
+        let mut accepted = None;
+        let mut refusal = None;
+        for i in 0..self.links.len() {
+            match self.call_one(i, &req) {
+                Ok(Response::Submitted(Ok(id))) => accepted = Some(id),
+                Ok(Response::Submitted(Err(r))) => {
+                    refusal = Some(ClientError::Refused { code: r.code, message: r.message });
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        match (accepted, refusal) {
+            (Some(id), _) => Ok(id),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(ClientError::Unreachable("no validator accepted the transaction".into())),
+        }
+    }
+
+    /// Submits many transactions to every validator in one round trip each. Returns how many
+    /// were accepted by at least one validator.
+    pub fn submit_batch(&mut self, txs: &[Vec<u8>]) -> Result<usize, ClientError> {
+        Ok(self.submit_batch_detailed(txs)?.0)
+    }
+
+    /// Like [`Self::submit_batch`], also returning the refusal reasons and how many validator
+    /// calls failed.
+    pub fn submit_batch_detailed(
+        &mut self,
+        txs: &[Vec<u8>],
+    ) -> Result<(usize, Vec<String>, usize), ClientError> {
+        let mut refusals = Vec::new();
+        let mut failed_calls = 0usize;
+        let mut accepted = vec![false; txs.len()];
+        let (fit, oversized): (Vec<usize>, Vec<usize>) =
+            (0..txs.len()).partition(|&i| txs[i].len() <= TX_BYTES_MAX);
+        for i in oversized {
+            refusals.push(TxError::Oversized { len: txs[i].len(), max: TX_BYTES_MAX }.to_string());
+        }
+        for chunk in batch_chunks(txs, &fit) {
+            let req = Request::SubmitBatch(chunk.iter().map(|&i| txs[i].clone()).collect()).encode();
+            for answer in self.call_all(&req) {
+                match answer {
+                    Ok(Response::SubmittedBatch(list)) if list.len() == chunk.len() => {
+                        for (&i, admission) in chunk.iter().zip(list) {
+                            match admission {
+                                Ok(_) => accepted[i] = true,
+                                Err(r) => refusals.push(r.message),
+                            }
+                        }
+                    }
+                    Ok(_) | Err(_) => failed_calls += 1,
+                }
+            }
+        }
+        Ok((accepted.iter().filter(|a| **a).count(), refusals, failed_calls))
+    }
+
+    /// Status of a transaction at validator `i`.
+    pub fn tx_status_at(&mut self, i: usize, id: &TxId) -> Result<RemoteStatus, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        self.tx_status_until(i, id, deadline)
+    }
+
+    fn tx_status_until(
+        &mut self,
+        i: usize,
+        id: &TxId,
+        deadline: Instant,
+    ) -> Result<RemoteStatus, ClientError> {
+        match self.call_until(i, &Request::TxStatus(*id).encode(), deadline)? {
+            Response::TxStatus(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits until the transaction is in a finalized block (polling validators in turn);
+    /// returns within `timeout` ([`ClientError::Timeout`] then).
+    pub fn wait_final(&mut self, id: &TxId, timeout: Duration) -> Result<(u64, RemoteOutcome), ClientError> {
+        let end = Instant::now() + timeout;
+        let n = self.links.len().max(1);
+        let mut i = 0usize;
+        let mut rejections = 0usize;
+        loop {
+            let deadline = end.min(Instant::now() + self.timeout);
+            match self.tx_status_until(i % n, id, deadline) {
+                Ok(RemoteStatus::Finalized { height, outcome }) => {
+                    self.seen_height = self.seen_height.max(height);
+                    return Ok((height, outcome));
+                }
+                Ok(RemoteStatus::Rejected { code, message }) => {
+                    rejections += 1;
+                    // refused by every validator: it will not be included
+                    if rejections >= n {
+                        return Err(ClientError::Refused { code, message });
+                    }
+                }
+                Ok(_) | Err(_) => {}
+            }
+            i += 1;
+            if Instant::now() >= end {
+                return Err(ClientError::Timeout);
+            }
+            if i.is_multiple_of(n) {
+                rejections = 0;
+                let pause = Duration::from_millis(POLL_PAUSE_MS);
+                std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    /// Finalized status of the first validator that answers.
+    pub fn status(&mut self) -> Result<RemoteChainStatus, ClientError> {
+        match self.call_any(&Request::Status)? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Finalized status of validator `i`.
+    pub fn status_at(&mut self, i: usize) -> Result<RemoteChainStatus, ClientError> {
+        match self.call_one(i, &Request::Status.encode())? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Finalized block at `height` with its certificate if the validator holds one.
+    pub fn block(&mut self, height: u64) -> Result<Option<CertifiedBlock>, ClientError> {
+        let found = match self.call_any(&Request::Block(height))? {
+            Response::Block(b) => b,
+            other => return Err(unexpected(&other)),
+        };
+        let Some((block, fin)) = found else { return Ok(None) };
+        if block.header.height != height {
+            return Err(ClientError::BadAnswer("block at the wrong height".into()));
+        }
+        if let Some(f) = &fin {
+            self.light.verify_header(&block.header, f)?;
+        }
+        Ok(Some((block, fin)))
+    }
+
+    /// A verified proof of `key` (any validator may serve it; none is trusted).
+    pub fn prove(&mut self, key: &StateKey) -> Result<Option<Vec<u8>>, ClientError> {
+        let req = Request::Proof(key.clone()).encode();
+        let mut last = ClientError::Unreachable("no proof available".into());
+        for i in 0..self.links.len() {
+            let sp = match self.call_one(i, &req) {
+                Ok(Response::Proof(Some(sp))) => sp,
+                Ok(Response::Proof(None)) => continue,
+                Ok(other) => {
+                    last = unexpected(&other);
+                    continue;
+                }
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            if sp.header.height < self.seen_height {
+                last = ClientError::BadAnswer(format!(
+                    "proof at height {} is older than {}",
+                    sp.header.height, self.seen_height
+                ));
+                continue;
+            }
+            match self.light.verify(key, &sp) {
+                Ok(v) => {
+                    self.seen_height = sp.header.height;
+                    return Ok(v);
+                }
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// The verified account record (`None`: proven not registered).
+    pub fn account(&mut self, id: &AccountId) -> Result<Option<Account>, ClientError> {
+        self.prove(&StateKey::Account(*id))?
+            .map(|b| Account::decode(&b).map_err(|e| ClientError::BadAnswer(e.to_string())))
+            .transpose()
+    }
+
+    /// The verified active device set of an account.
+    pub fn devices(&mut self, id: &AccountId) -> Result<Option<Vec<DeviceId>>, ClientError> {
+        Ok(self.account(id)?.map(|a| a.active_devices()))
+    }
+
+    /// Who holds a handle (`None`: proven not registered).
+    pub fn handle_owner(&mut self, handle: &str) -> Result<Option<AccountId>, ClientError> {
+        Ok(self
+            .prove(&StateKey::Handle(handle.to_owned()))?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(AccountId))
+    }
+
+    /// Next nonce of `signer`: the highest any validator reports.
+    pub fn nonce(&mut self, signer: &[u8; 32]) -> Result<u64, ClientError> {
+        let req = Request::Nonce(*signer).encode();
+        let mut best = None;
+        for i in 0..self.links.len() {
+            if let Ok(Response::Nonce(n)) = self.call_one(i, &req) {
+                best = Some(best.map_or(n, |b: u64| b.max(n)));
+            }
+        }
+        best.ok_or_else(|| ClientError::Unreachable("no validator answered".into()))
+    }
+
+    /// Finalized handshakes of `topic` from position `from`: at most `max`, and at most
+    /// [`HANDSHAKES_PER_REPLY_MAX`] per call (fewer when they would not fit one answer).
+    pub fn handshakes(&mut self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Vec<u8>>, ClientError> {
+        let max = max.min(HANDSHAKES_PER_REPLY_MAX);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let req = Request::Handshakes { topic: *topic, from, max: max as u32 };
+        match self.call_any(&req)? {
+            Response::Handshakes(list) if list.len() <= max => Ok(list),
+            Response::Handshakes(_) => Err(ClientError::BadAnswer("more handshakes than asked for".into())),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Splits the transactions at `indices` into batches of at most [`BATCH_MAX`] that each fit
+/// one request frame.
+fn batch_chunks(txs: &[Vec<u8>], indices: &[usize]) -> Vec<Vec<usize>> {
+    // Room for the version, kind and count.
+    let budget = REQUEST_BYTES_MAX - 8;
+    let mut chunks = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut size = 0usize;
+    for &i in indices {
+        let cost = 4 + txs[i].len();
+        if !current.is_empty() && (current.len() == BATCH_MAX || size + cost > budget) {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        current.push(i);
+        size += cost;
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let small: Vec<Vec<u8>> = vec![vec![0; 10]; BATCH_MAX + 5];
+        let idx: Vec<usize> = (0..small.len()).collect();
+        let chunks = batch_chunks(&small, &idx);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![BATCH_MAX, 5]);
+
+        let big: Vec<Vec<u8>> = vec![vec![0; TX_BYTES_MAX]; 100];
+        let idx: Vec<usize> = (0..big.len()).collect();
+        let chunks = batch_chunks(&big, &idx);
+        assert!(chunks.len() > 1);
+        for c in &chunks {
+            let req = Request::SubmitBatch(c.iter().map(|&i| big[i].clone()).collect()).encode();
+            assert!(req.len() <= REQUEST_BYTES_MAX);
+        }
+        assert_eq!(chunks.concat(), idx);
+    }
+}

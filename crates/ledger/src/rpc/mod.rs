@@ -1,0 +1,26 @@
+//! Client access to validators: a versioned, length-prefixed request/response protocol over
+//! TCP ([`protocol`]), the server a validator runs next to consensus ([`server`]), a blocking
+//! client for non-validator nodes ([`client`], [`follower`]) and the real
+//! [`cairn_proto::sequencer::CommitSequencer`] ([`sequencer`]).
+//!
+//! Frames are `u32` big-endian length + body; bodies are [`Request`] / [`Response`] in the
+//! canonical codec, version byte first. Every length is checked before allocation; a malformed
+//! request gets a [`Response::Error`] and its connection is closed; every client round trip
+//! is bounded by a deadline.
+
+pub mod client;
+mod fields;
+pub mod follower;
+pub mod protocol;
+pub mod sequencer;
+pub mod server;
+mod transport;
+
+pub use client::{CALL_TIMEOUT_DEFAULT, ClientError, LedgerClient};
+pub use follower::Follower;
+pub use protocol::{
+    Admission, BATCH_MAX, CertifiedBlock, FRAME_MAX, PROTOCOL_VERSION, ProtocolError, REQUEST_BYTES_MAX,
+    RESPONSE_BYTES_MAX, Refusal, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
+};
+pub use sequencer::LedgerSequencer;
+pub use server::{CONNECTIONS_MAX, serve, spawn_server};

@@ -1,0 +1,449 @@
+//! The ledger RPC protocol, version 2: typed requests and responses with one canonical, bounded
+//! encoding each.
+//!
+//! ```text
+//! request  = version:u8 (= 2) kind:u8 body
+//!   1 submit          tx:bytes (≤ TX_BYTES_MAX)
+//!   2 status
+//!   3 tx_status       id:[32]
+//!   4 block           height:u64
+//!   5 proof           key
+//!   6 handshakes      topic:[32] from:u64 max:u32 (≤ 256)
+//!   7 nonce           signer:[32]
+//!   8 submit_batch    count:u16 (≤ 4096) tx:bytes*
+//! key      = 0 account:[32] | 1 handle:bytes (≤ 32, UTF-8) | 2 nonce:[32] | 3 topic:[32]
+//!          | 4 anchor:[32] | 5 meta
+//! response = version:u8 (= 2) kind:u8 body
+//!   1 submitted       admission
+//!   2 status          height:u64 digest:[32] state_root:[32] mempool:u64
+//!   3 tx_status       0 unknown | 1 pending | 2 rejected refusal | 3 finalized height:u64 outcome
+//!   4 block           0 | 1 block:bytes (0 | 1 finalization:bytes)
+//!   5 proof           0 | 1 proof:bytes
+//!   6 handshakes      count:u16 (≤ 256) payload:bytes*
+//!   7 nonce           next:u64
+//!   8 submitted_batch count:u16 (≤ 4096) admission*
+//!   9 error           message:bytes (≤ 256, UTF-8)
+//! admission = 0 id:[32] | 1 refusal
+//! refusal   = code:u8 message:bytes (≤ 256, UTF-8)
+//! outcome   = 0 applied | 1 sequenced topic:[32] seq:u64
+//!           | 2 failed refusal (0 | 1 after:u64 current:u64)
+//! ```
+//!
+//! Version 1 had no version byte; a version-1 peer's first byte (a kind, 1..=8) is refused here
+//! as an unsupported version. Every length is checked against its limit before anything is
+//! allocated and a decoder consumes its input exactly, so `encode(decode(b)) == b` for every
+//! accepted `b` (fuzzed by `fuzz/fuzz_targets/ledger_rpc.rs`).
+
+use cairn_proto::Topic;
+use cairn_proto::codec::{DecodeError, Writer};
+use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
+use thiserror::Error;
+
+use super::fields::{
+    check_max, cut, open, read_admission, read_block, read_key, read_option, read_status, read_text,
+    write_admission, write_block, write_count, write_key, write_option, write_status,
+};
+
+use crate::block::{BLOCK_BYTES_MAX, Block, HEADER_BYTES};
+use crate::light::{FINALIZATION_BYTES_MAX, PROOF_BYTES_MAX, StateProof, VALUE_BYTES_MAX};
+use crate::state::StateKey;
+use crate::tx::{TX_BYTES_MAX, TxId};
+
+/// Protocol version byte, first in every request and response.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// Largest request body, bytes: a batch carries at most one block's worth of transactions.
+pub const REQUEST_BYTES_MAX: usize = BLOCK_BYTES_MAX + 64 * 1024;
+/// Largest response body, bytes: a block with its certificate and framing.
+pub const RESPONSE_BYTES_MAX: usize = BLOCK_BYTES_MAX + FINALIZATION_BYTES_MAX + 1024;
+/// Largest frame in either direction, bytes.
+pub const FRAME_MAX: usize =
+    if REQUEST_BYTES_MAX > RESPONSE_BYTES_MAX { REQUEST_BYTES_MAX } else { RESPONSE_BYTES_MAX };
+/// Most transactions in one batch submission.
+pub const BATCH_MAX: usize = 4096;
+/// Most handshakes in one reply.
+pub const HANDSHAKES_PER_REPLY_MAX: usize = 256;
+/// Longest refusal reason, bytes (longer reasons are cut at a character boundary).
+pub const REFUSAL_BYTES_MAX: usize = 256;
+/// Longest error message, bytes (longer messages are cut at a character boundary).
+pub const ERROR_BYTES_MAX: usize = 256;
+/// Largest encoded [`StateProof`], bytes.
+pub const STATE_PROOF_BYTES_MAX: usize =
+    HEADER_BYTES + 4 + FINALIZATION_BYTES_MAX + 1 + 4 + VALUE_BYTES_MAX + 4 + PROOF_BYTES_MAX;
+
+// The largest legal answers fit one response frame: a batch answer with every transaction
+// refused at full length, a state proof, a block with its certificate.
+const _: () = assert!(2 + 2 + BATCH_MAX * (1 + 1 + 4 + REFUSAL_BYTES_MAX) <= RESPONSE_BYTES_MAX);
+const _: () = assert!(2 + 1 + 4 + STATE_PROOF_BYTES_MAX <= RESPONSE_BYTES_MAX);
+const _: () = assert!(2 + 1 + 4 + BLOCK_BYTES_MAX + 1 + 4 + FINALIZATION_BYTES_MAX <= RESPONSE_BYTES_MAX);
+
+/// Why bytes were refused as a request or a response.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// The peer speaks another protocol version.
+    #[error("unsupported ledger rpc version {found} (this build speaks version {supported})")]
+    UnsupportedVersion {
+        /// Version byte found.
+        found: u8,
+        /// Version this build speaks.
+        supported: u8,
+    },
+    /// A kind byte names nothing this version knows.
+    #[error("unknown {what} kind {kind}")]
+    UnknownKind {
+        /// Which enumeration.
+        what: &'static str,
+        /// Kind byte found.
+        kind: u8,
+    },
+    /// The whole message is over its limit.
+    #[error("{what} of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// Request or response.
+        what: &'static str,
+        /// Length found.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A field is truncated, over its limit, non-canonical or invalid; trailing bytes.
+    #[error(transparent)]
+    Malformed(#[from] DecodeError),
+}
+
+/// Why a validator refused a transaction: [`crate::tx::TxError::code`] and its text.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Refusal {
+    /// [`crate::tx::TxError::code`].
+    pub code: u8,
+    /// Reason, at most [`REFUSAL_BYTES_MAX`] bytes.
+    pub message: String,
+}
+
+/// A validator's answer to one submitted transaction.
+pub type Admission = Result<TxId, Refusal>;
+
+/// A finalized block and, if the validator holds one, its own finalization certificate
+/// (verified by [`super::LedgerClient::block`] before it is returned).
+pub type CertifiedBlock = (Block, Option<Vec<u8>>);
+
+/// The outcome of a finalized transaction as a client sees it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RemoteOutcome {
+    /// Applied.
+    Applied,
+    /// Sequenced at a position.
+    Sequenced {
+        /// Topic.
+        topic: Topic,
+        /// Position.
+        seq: u64,
+    },
+    /// Included but its effect failed.
+    Failed {
+        /// [`crate::tx::TxError::code`].
+        code: u8,
+        /// Reason.
+        message: String,
+        /// For a stale handshake: `(after, current)`.
+        stale: Option<(u64, u64)>,
+    },
+}
+
+/// A transaction's status as reported by a validator.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RemoteStatus {
+    /// Unknown to the validator.
+    Unknown,
+    /// In its mempool.
+    Pending,
+    /// Refused before inclusion.
+    Rejected {
+        /// [`crate::tx::TxError::code`].
+        code: u8,
+        /// Reason.
+        message: String,
+    },
+    /// In a finalized block.
+    Finalized {
+        /// Height.
+        height: u64,
+        /// Outcome.
+        outcome: RemoteOutcome,
+    },
+}
+
+/// Finalized chain status of one validator.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RemoteChainStatus {
+    /// Finalized height.
+    pub height: u64,
+    /// Tip digest.
+    pub digest: [u8; 32],
+    /// State root.
+    pub state_root: [u8; 32],
+    /// Mempool size.
+    pub mempool: u64,
+}
+
+/// A client's request to a validator.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Request {
+    /// Admit this encoded transaction into the mempool.
+    Submit(Vec<u8>),
+    /// The finalized chain status.
+    Status,
+    /// Where a transaction stands.
+    TxStatus(TxId),
+    /// The finalized block at a height.
+    Block(u64),
+    /// A proof of one state entry.
+    Proof(StateKey),
+    /// Finalized handshakes of a topic.
+    Handshakes {
+        /// Topic.
+        topic: Topic,
+        /// First position wanted.
+        from: u64,
+        /// Most handshakes wanted (≤ [`HANDSHAKES_PER_REPLY_MAX`]).
+        max: u32,
+    },
+    /// The next nonce of a signing key.
+    Nonce([u8; 32]),
+    /// Admit these encoded transactions (≤ [`BATCH_MAX`]).
+    SubmitBatch(Vec<Vec<u8>>),
+}
+
+/// A validator's answer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Response {
+    /// Answer to [`Request::Submit`].
+    Submitted(Admission),
+    /// Answer to [`Request::Status`].
+    Status(RemoteChainStatus),
+    /// Answer to [`Request::TxStatus`].
+    TxStatus(RemoteStatus),
+    /// Answer to [`Request::Block`] (`None`: not finalized yet).
+    Block(Option<CertifiedBlock>),
+    /// Answer to [`Request::Proof`] (`None`: no proof at the current height yet).
+    Proof(Option<StateProof>),
+    /// Answer to [`Request::Handshakes`], in topic order.
+    Handshakes(Vec<Vec<u8>>),
+    /// Answer to [`Request::Nonce`].
+    Nonce(u64),
+    /// Answer to [`Request::SubmitBatch`], one admission per transaction in order.
+    SubmittedBatch(Vec<Admission>),
+    /// The request was refused as malformed (the validator then closes the connection).
+    Error(String),
+}
+
+mod kind {
+    pub(super) const SUBMIT: u8 = 1;
+    pub(super) const STATUS: u8 = 2;
+    pub(super) const TX_STATUS: u8 = 3;
+    pub(super) const BLOCK: u8 = 4;
+    pub(super) const PROOF: u8 = 5;
+    pub(super) const HANDSHAKES: u8 = 6;
+    pub(super) const NONCE: u8 = 7;
+    pub(super) const BATCH: u8 = 8;
+    pub(super) const ERROR: u8 = 9;
+}
+
+impl Request {
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        w.u8(PROTOCOL_VERSION);
+        match self {
+            Self::Submit(tx) => {
+                w.u8(kind::SUBMIT);
+                w.bytes(tx);
+            }
+            Self::Status => w.u8(kind::STATUS),
+            Self::TxStatus(id) => {
+                w.u8(kind::TX_STATUS);
+                w.raw(&id.0);
+            }
+            Self::Block(height) => {
+                w.u8(kind::BLOCK);
+                w.u64(*height);
+            }
+            Self::Proof(key) => {
+                w.u8(kind::PROOF);
+                write_key(&mut w, key);
+            }
+            Self::Handshakes { topic, from, max } => {
+                w.u8(kind::HANDSHAKES);
+                w.raw(&topic.0);
+                w.u64(*from);
+                w.u32(*max);
+            }
+            Self::Nonce(signer) => {
+                w.u8(kind::NONCE);
+                w.raw(signer);
+            }
+            Self::SubmitBatch(txs) => {
+                w.u8(kind::BATCH);
+                write_count(&mut w, txs.len());
+                for tx in txs {
+                    w.bytes(tx);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Bounded, canonical decoding of one whole request.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = open(bytes, "request", REQUEST_BYTES_MAX)?;
+        let req = match r.u8("request.kind")? {
+            kind::SUBMIT => Self::Submit(r.bytes(TX_BYTES_MAX, "submit.tx")?.to_vec()),
+            kind::STATUS => Self::Status,
+            kind::TX_STATUS => Self::TxStatus(TxId(r.array("tx_status.id")?)),
+            kind::BLOCK => Self::Block(r.u64("block.height")?),
+            kind::PROOF => Self::Proof(read_key(&mut r)?),
+            kind::HANDSHAKES => {
+                let topic = Topic(r.array("handshakes.topic")?);
+                let from = r.u64("handshakes.from")?;
+                let max = r.u32("handshakes.max")?;
+                check_max(max as usize, HANDSHAKES_PER_REPLY_MAX, "handshakes.max")?;
+                Self::Handshakes { topic, from, max }
+            }
+            kind::NONCE => Self::Nonce(r.array("nonce.signer")?),
+            kind::BATCH => {
+                let n = r.count(BATCH_MAX, "batch.count")?;
+                let mut txs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    txs.push(r.bytes(TX_BYTES_MAX, "batch.tx")?.to_vec());
+                }
+                Self::SubmitBatch(txs)
+            }
+            other => return Err(ProtocolError::UnknownKind { what: "request", kind: other }),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(128);
+        w.u8(PROTOCOL_VERSION);
+        match self {
+            Self::Submitted(a) => {
+                w.u8(kind::SUBMIT);
+                write_admission(&mut w, a);
+            }
+            Self::Status(s) => {
+                w.u8(kind::STATUS);
+                w.u64(s.height);
+                w.raw(&s.digest);
+                w.raw(&s.state_root);
+                w.u64(s.mempool);
+            }
+            Self::TxStatus(s) => {
+                w.u8(kind::TX_STATUS);
+                write_status(&mut w, s);
+            }
+            Self::Block(b) => {
+                w.u8(kind::BLOCK);
+                write_block(&mut w, b.as_ref());
+            }
+            Self::Proof(p) => {
+                w.u8(kind::PROOF);
+                write_option(&mut w, p.as_ref().map(StateProof::encode).as_deref());
+            }
+            Self::Handshakes(list) => {
+                w.u8(kind::HANDSHAKES);
+                write_count(&mut w, list.len());
+                for h in list {
+                    w.bytes(h);
+                }
+            }
+            Self::Nonce(n) => {
+                w.u8(kind::NONCE);
+                w.u64(*n);
+            }
+            Self::SubmittedBatch(list) => {
+                w.u8(kind::BATCH);
+                write_count(&mut w, list.len());
+                for a in list {
+                    write_admission(&mut w, a);
+                }
+            }
+            Self::Error(m) => {
+                w.u8(kind::ERROR);
+                w.bytes(cut(m, ERROR_BYTES_MAX).as_bytes());
+            }
+        }
+        w.finish()
+    }
+
+    /// Bounded, canonical decoding of one whole response.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = open(bytes, "response", RESPONSE_BYTES_MAX)?;
+        let resp = match r.u8("response.kind")? {
+            kind::SUBMIT => Self::Submitted(read_admission(&mut r)?),
+            kind::STATUS => Self::Status(RemoteChainStatus {
+                height: r.u64("status.height")?,
+                digest: r.array("status.digest")?,
+                state_root: r.array("status.state_root")?,
+                mempool: r.u64("status.mempool")?,
+            }),
+            kind::TX_STATUS => Self::TxStatus(read_status(&mut r)?),
+            kind::BLOCK => Self::Block(read_block(&mut r)?),
+            kind::PROOF => Self::Proof(match read_option(&mut r, STATE_PROOF_BYTES_MAX, "proof")? {
+                None => None,
+                Some(b) => Some(StateProof::decode(b)?),
+            }),
+            kind::HANDSHAKES => {
+                let n = r.count(HANDSHAKES_PER_REPLY_MAX, "handshakes.count")?;
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push(r.bytes(HANDSHAKE_BYTES_MAX, "handshakes.payload")?.to_vec());
+                }
+                Self::Handshakes(list)
+            }
+            kind::NONCE => Self::Nonce(r.u64("nonce.next")?),
+            kind::BATCH => {
+                let n = r.count(BATCH_MAX, "batch.count")?;
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push(read_admission(&mut r)?);
+                }
+                Self::SubmittedBatch(list)
+            }
+            kind::ERROR => Self::Error(read_text(&mut r, ERROR_BYTES_MAX, "error.message")?),
+            other => return Err(ProtocolError::UnknownKind { what: "response", kind: other }),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+impl Response {
+    /// A short name of the answer's kind (for error messages).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Submitted(_) => "submitted",
+            Self::Status(_) => "status",
+            Self::TxStatus(_) => "tx status",
+            Self::Block(_) => "block",
+            Self::Proof(_) => "proof",
+            Self::Handshakes(_) => "handshakes",
+            Self::Nonce(_) => "nonce",
+            Self::SubmittedBatch(_) => "submitted batch",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_max_covers_both_directions() {
+        assert_eq!(FRAME_MAX, REQUEST_BYTES_MAX.max(RESPONSE_BYTES_MAX));
+    }
+}

@@ -1,0 +1,191 @@
+//! The validator side: answers [`Request`]s from the ledger core over TCP, one thread per
+//! connection, at most [`CONNECTIONS_MAX`] connections.
+//!
+//! Every byte a client sends is untrusted: a frame over [`REQUEST_BYTES_MAX`] or one that does
+//! not decode gets a [`Response::Error`] and the connection is closed; a client that sends
+//! nothing, or a request too slowly, is dropped after [`REQUEST_WAIT_SECS`].
+
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::protocol::{
+    HANDSHAKES_PER_REPLY_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, Refusal, RemoteChainStatus,
+    RemoteOutcome, RemoteStatus, Request, Response,
+};
+use super::transport::{FrameError, read_frame, write_frame};
+use crate::core::{Ledger, TxStatus};
+use crate::state::Outcome;
+use crate::tx::TxError;
+
+/// Most concurrent client connections a validator serves.
+pub const CONNECTIONS_MAX: usize = 256;
+/// How long a connection may stay idle, or take to send one whole request, seconds.
+pub const REQUEST_WAIT_SECS: u64 = 120;
+/// How long writing one response may take, seconds.
+pub const RESPONSE_WRITE_SECS: u64 = 30;
+/// Pause after a failed `accept` (out of descriptors), milliseconds.
+const ACCEPT_BACKOFF_MS: u64 = 50;
+
+/// The reason for a refused transaction, as sent on the wire.
+pub fn refusal(e: &TxError) -> Refusal {
+    Refusal { code: e.code(), message: e.to_string() }
+}
+
+/// A transaction's status, as sent on the wire.
+pub fn remote_status(s: TxStatus) -> RemoteStatus {
+    match s {
+        TxStatus::Unknown => RemoteStatus::Unknown,
+        TxStatus::Pending => RemoteStatus::Pending,
+        TxStatus::Rejected(e) => {
+            let Refusal { code, message } = refusal(&e);
+            RemoteStatus::Rejected { code, message }
+        }
+        TxStatus::Finalized { height, outcome } => {
+            RemoteStatus::Finalized { height, outcome: remote_outcome(outcome) }
+        }
+    }
+}
+
+fn remote_outcome(o: Outcome) -> RemoteOutcome {
+    match o {
+        Outcome::Applied => RemoteOutcome::Applied,
+        Outcome::Sequenced { topic, seq } => RemoteOutcome::Sequenced { topic, seq },
+        Outcome::Failed(e) => {
+            let stale = match e {
+                TxError::StaleSequence { after, current } => Some((after, current)),
+                _ => None,
+            };
+            let Refusal { code, message } = refusal(&e);
+            RemoteOutcome::Failed { code, message, stale }
+        }
+    }
+}
+
+/// Handshakes from `from`, as many as fit one response.
+fn handshakes(ledger: &Ledger, topic: &cairn_proto::Topic, from: u64, max: u32) -> Vec<Vec<u8>> {
+    let max = (max as usize).min(HANDSHAKES_PER_REPLY_MAX);
+    // Room for the version, kind and count; each payload costs its length prefix too.
+    let mut budget = RESPONSE_BYTES_MAX - 8;
+    let mut out = Vec::new();
+    for h in ledger.handshakes(topic, from, max) {
+        let Some(rest) = budget.checked_sub(4 + h.len()) else { break };
+        budget = rest;
+        out.push(h);
+    }
+    out
+}
+
+/// Answers one well-formed request from `ledger`.
+pub fn answer(ledger: &Ledger, req: Request) -> Response {
+    match req {
+        Request::Submit(tx) => Response::Submitted(ledger.submit(tx).map_err(|e| refusal(&e))),
+        Request::Status => {
+            let s = ledger.status();
+            Response::Status(RemoteChainStatus {
+                height: s.height,
+                digest: s.digest,
+                state_root: s.state_root,
+                mempool: s.mempool as u64,
+            })
+        }
+        Request::TxStatus(id) => Response::TxStatus(remote_status(ledger.tx_status(&id))),
+        Request::Block(height) => Response::Block(ledger.block(height).map(|b| {
+            let fin = ledger.finalization(&b.id());
+            (b.as_ref().clone(), fin)
+        })),
+        Request::Proof(key) => Response::Proof(ledger.prove(&key).ok().flatten()),
+        Request::Handshakes { topic, from, max } => {
+            Response::Handshakes(handshakes(ledger, &topic, from, max))
+        }
+        Request::Nonce(signer) => Response::Nonce(ledger.nonce(&signer)),
+        Request::SubmitBatch(txs) => Response::SubmittedBatch(
+            ledger.submit_batch(txs).into_iter().map(|r| r.map_err(|e| refusal(&e))).collect(),
+        ),
+    }
+}
+
+/// Answers one request frame. The flag is `false` when the frame was malformed: the answer is
+/// then a [`Response::Error`] and the connection should be closed.
+pub fn respond(ledger: &Ledger, frame: &[u8]) -> (Response, bool) {
+    match Request::decode(frame) {
+        Ok(req) => (answer(ledger, req), true),
+        Err(e) => (Response::Error(format!("malformed request: {e}")), false),
+    }
+}
+
+/// Serves one connection until the client closes it, stalls, or sends something malformed.
+fn serve_connection(ledger: &Ledger, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let deadline = Instant::now() + Duration::from_secs(REQUEST_WAIT_SECS);
+        let (resp, keep) = match read_frame(&mut stream, REQUEST_BYTES_MAX, deadline) {
+            Ok(frame) => respond(ledger, &frame),
+            Err(e @ FrameError::TooLarge { .. }) => (Response::Error(format!("request {e}")), false),
+            Err(_) => return,
+        };
+        let deadline = Instant::now() + Duration::from_secs(RESPONSE_WRITE_SECS);
+        if write_frame(&mut stream, &resp.encode(), deadline).is_err() {
+            return;
+        }
+        if !keep {
+            let _ = stream.shutdown(Shutdown::Write);
+            return;
+        }
+    }
+}
+
+/// One of the [`CONNECTIONS_MAX`] connection slots, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
+        active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < CONNECTIONS_MAX).then_some(n + 1))
+            .ok()
+            .map(|_| Self(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves client requests for `ledger` on `listener` (blocking; run it on its own thread).
+pub fn serve(listener: TcpListener, ledger: Ledger) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("ledger rpc accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS));
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&active) else {
+            continue; // dropped: the client retries
+        };
+        let ledger = ledger.clone();
+        let spawned = std::thread::Builder::new().name("ledger-rpc-conn".into()).spawn(move || {
+            let _slot = slot;
+            serve_connection(&ledger, stream);
+        });
+        if let Err(e) = spawned {
+            debug!("ledger rpc connection thread not started: {e}");
+        }
+    }
+}
+
+/// Starts [`serve`] on a background thread bound to `addr`; returns the bound address.
+pub fn spawn_server(addr: SocketAddr, ledger: Ledger) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("ledger-rpc".into()).spawn(move || serve(listener, ledger))?;
+    Ok(local)
+}
