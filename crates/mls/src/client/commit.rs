@@ -1,0 +1,525 @@
+//! Handshakes: a change is staged (built and stored durably), submitted to the sequencer,
+//! rebuilt while stale, and merged; every member applies sequenced handshakes in order (`sync`).
+
+use cairn_proto::sequencer::{CommitSequencer, SequencerError};
+use cairn_proto::{AccountId, DeviceCert, DeviceId, Topic};
+use openmls::prelude::{
+    KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, ProcessedMessageContent, Proposal, StagedCommit,
+};
+use openmls_traits::OpenMlsProvider as _;
+use tls_codec::Serialize as _;
+
+use super::error::op_err;
+use super::messages::Received;
+use super::state::snapshot_epoch;
+use super::{Client, ConversationId, MlsError, WelcomeBundle, inbox_topic, parse_message, to_bytes};
+use crate::credential::{CredentialError, DeviceSigner, cert_of, verify_credential};
+use crate::keypackage::VerifiedKeyPackage;
+use crate::storage::CairnProvider;
+
+/// A group change, built on the latest state and rebuilt if the sequencer says it is stale.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add these devices (one leaf each).
+    Add(Vec<VerifiedKeyPackage>),
+    /// Remove every device of this account.
+    RemoveAccount(AccountId),
+    /// Remove this device.
+    RemoveDevice(DeviceId),
+    /// Rotate this device's leaf keys.
+    SelfUpdate,
+    /// Commit proposals waiting in the group (e.g. a member's leave).
+    CommitPending,
+}
+
+/// A Welcome for new members, as delivered to their inboxes.
+#[derive(Debug, Clone)]
+pub struct WelcomeOut {
+    /// Inbox topics of the new devices, with the device each is for.
+    pub recipients: Vec<(DeviceId, Topic)>,
+    /// The encoded [`WelcomeBundle`].
+    pub bytes: Vec<u8>,
+}
+
+/// Result of a sequenced commit.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome {
+    /// The commit's position in the conversation's handshake order.
+    pub seq: u64,
+    /// The epoch the group is in after the commit.
+    pub epoch: u64,
+    /// Size of the commit message in bytes.
+    pub commit_bytes: usize,
+    /// The Welcome, if members were added.
+    pub welcome: Option<WelcomeOut>,
+}
+
+/// A commit built but not yet sequenced (see [`Client::stage`]).
+#[derive(Debug)]
+pub struct StagedChange {
+    pub(super) conversation: ConversationId,
+    pub(super) change: Change,
+    pub(super) built: Built,
+}
+
+impl StagedChange {
+    /// The commit message bytes to be sequenced.
+    pub fn commit_bytes(&self) -> &[u8] {
+        &self.built.commit
+    }
+
+    /// The number of handshake messages it was built after (its `after` for the sequencer).
+    pub fn after(&self) -> u64 {
+        self.built.after
+    }
+
+    /// The conversation.
+    pub fn conversation(&self) -> ConversationId {
+        self.conversation
+    }
+}
+
+/// A Welcome to send once its commit is merged, with the key packages its tree key is sealed to.
+pub(super) type PendingWelcome = (WelcomeOut, Vec<KeyPackage>);
+
+#[derive(Debug)]
+pub(super) struct Built {
+    pub(super) commit: Vec<u8>,
+    /// The Welcome (bytes and recipients) and the key packages its tree key is sealed to.
+    pub(super) welcome: Option<PendingWelcome>,
+    pub(super) after: u64,
+}
+
+/// Something [`Client::sync`] applied or observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A commit was applied; the group is now in `epoch`.
+    Commit {
+        /// Sequence number of the commit.
+        seq: u64,
+        /// New epoch.
+        epoch: u64,
+        /// Devices added.
+        added: Vec<DeviceCert>,
+        /// Devices removed.
+        removed: Vec<DeviceCert>,
+    },
+    /// A member proposed to leave; a commit will follow ([`Client::commit_pending`]).
+    LeaveProposed {
+        /// Sequence number of the proposal.
+        seq: u64,
+        /// The leaving device.
+        device: Option<DeviceCert>,
+    },
+    /// This device was removed from the conversation.
+    RemovedSelf {
+        /// Sequence number of the commit.
+        seq: u64,
+    },
+    /// A sequenced handshake message was invalid; every member skips it alike.
+    Skipped {
+        /// Its sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A buffered application message became readable (or was dropped).
+    Message(Received),
+}
+
+/// An Add commit of the devices not in the group yet, with its Welcome (the bundle, with the
+/// new epoch's ratchet tree, is made once the commit is merged); `None` if all are members.
+fn build_add(
+    group: &mut MlsGroup,
+    provider: &CairnProvider,
+    signer: &DeviceSigner,
+    kps: &[VerifiedKeyPackage],
+) -> Result<Option<(Vec<u8>, PendingWelcome)>, MlsError> {
+    let members = member_certs(group);
+    let fresh: Vec<&VerifiedKeyPackage> =
+        kps.iter().filter(|k| !members.iter().any(|(_, c)| c.device == k.cert.device)).collect();
+    if fresh.is_empty() {
+        return Ok(None);
+    }
+    let packages: Vec<KeyPackage> = fresh.iter().map(|k| k.package.clone()).collect();
+    let (commit, welcome, _) = group
+        .add_members_without_update(provider, signer, &packages)
+        .map_err(|e| op_err("add members")(e.to_string()))?;
+    let recipients = fresh.iter().map(|k| (k.cert.device, inbox_topic(&k.cert.device))).collect();
+    let welcome = WelcomeOut { recipients, bytes: to_bytes(&welcome)? };
+    Ok(Some((to_bytes(&commit)?, (welcome, packages))))
+}
+
+/// The leaves a removal change targets.
+fn removal_targets(group: &MlsGroup, change: &Change) -> Vec<LeafNodeIndex> {
+    member_certs(group)
+        .iter()
+        .filter(|(_, cert)| match change {
+            Change::RemoveAccount(a) => cert.account == *a,
+            Change::RemoveDevice(d) => cert.device == *d,
+            _ => false,
+        })
+        .map(|(i, _)| *i)
+        .collect()
+}
+
+/// Every member's leaf and certificate. O(N) decodes: only adds and removals need it.
+fn member_certs(group: &MlsGroup) -> Vec<(LeafNodeIndex, DeviceCert)> {
+    group.members().filter_map(|m| cert_of(&m.credential).map(|cert| (m.index, cert))).collect()
+}
+
+/// Checks every leaf a commit brings in (adds, updates, the committer's new leaf).
+pub(super) fn verify_commit_leaves(staged: &StagedCommit) -> Result<(), CredentialError> {
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        verify_credential(leaf.credential(), leaf.signature_key().as_slice())?;
+    }
+    for p in staged.queued_proposals() {
+        let leaf = match p.proposal() {
+            Proposal::Add(a) => a.key_package().leaf_node(),
+            Proposal::Update(u) => u.leaf_node(),
+            _ => continue,
+        };
+        verify_credential(leaf.credential(), leaf.signature_key().as_slice())?;
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Fetches and applies every sequenced handshake message not applied yet, in order, then
+    /// retries buffered application messages.
+    pub fn sync(
+        &mut self,
+        id: &ConversationId,
+        sequencer: &dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, MlsError> {
+        let mut events = Vec::new();
+        self.catch_up(id, sequencer, now_ms, &mut events)?;
+        self.retry_future(id, &mut events)?;
+        Ok(events)
+    }
+
+    pub(super) fn catch_up(
+        &mut self,
+        id: &ConversationId,
+        sequencer: &dyn CommitSequencer,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<(), MlsError> {
+        let topic = id.topic();
+        loop {
+            let from = self.conv(id)?.meta.applied;
+            let page = sequencer.fetch(&topic, from, self.config.fetch_page.max(1))?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for m in page {
+                let expected = self.conv(id)?.meta.applied;
+                if m.seq != expected {
+                    return Err(MlsError::Rejected(format!(
+                        "sequencer returned handshake {} where {expected} was expected",
+                        m.seq
+                    )));
+                }
+                self.apply_sequenced(id, m.seq, &m.payload, now_ms, events)?;
+            }
+        }
+    }
+
+    /// Applies one sequenced handshake message; an invalid one is skipped (and counted).
+    pub(super) fn apply_sequenced(
+        &mut self,
+        id: &ConversationId,
+        seq: u64,
+        payload: &[u8],
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<(), MlsError> {
+        // Our own commit, accepted by the sequencer before we could merge it (e.g. a crash).
+        let own = self.conv(id)?.meta.pending_commit.as_deref() == Some(payload);
+        if own {
+            let provider = &self.provider;
+            let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+            snapshot_epoch(provider, id, c, self.config.past_epochs_max)?;
+            c.group.merge_pending_commit(provider).map_err(|e| op_err("merge own commit")(e.to_string()))?;
+            c.meta.pending_commit = None;
+            c.meta.applied = seq + 1;
+            events.push(Event::Commit {
+                seq,
+                epoch: c.group.epoch().as_u64(),
+                added: Vec::new(),
+                removed: Vec::new(),
+            });
+            return self.persist(id);
+        }
+        if self.conv(id)?.meta.pending_commit.is_some() || self.conv(id)?.group.pending_commit().is_some() {
+            // Our pending commit lost the race: drop it (its author rebuilds it).
+            let storage = self.provider.storage();
+            let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+            c.group.clear_pending_commit(storage)?;
+            c.meta.pending_commit = None;
+            self.persist(id)?;
+        }
+        match self.process_handshake(id, seq, payload, now_ms) {
+            Ok(mut evs) => {
+                self.conv_mut(id)?.meta.applied = seq + 1;
+                self.persist(id)?;
+                events.append(&mut evs);
+                Ok(())
+            }
+            Err(MlsError::Storage(e)) => {
+                self.rollback(id)?;
+                Err(e.into())
+            }
+            Err(e) => {
+                // Invalid for everyone alike: restore the state, count it as applied.
+                self.rollback(id)?;
+                self.conv_mut(id)?.meta.applied = seq + 1;
+                self.persist(id)?;
+                events.push(Event::Skipped { seq, reason: e.to_string() });
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn process_handshake(
+        &mut self,
+        id: &ConversationId,
+        seq: u64,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<Event>, MlsError> {
+        let msg = parse_message(payload)?;
+        if !msg.is_handshake_message() {
+            return Err(MlsError::Rejected("application message in the handshake order".into()));
+        }
+        let provider = &self.provider;
+        let past_epochs_max = self.config.past_epochs_max;
+        let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+        if !c.group.is_active() {
+            return Err(MlsError::NotMember);
+        }
+        let processed =
+            c.group.process_message(provider, msg).map_err(|e| MlsError::Rejected(e.to_string()))?;
+        let sender = cert_of(processed.credential());
+        match processed.into_content() {
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                verify_commit_leaves(&staged)?;
+                let added: Vec<DeviceCert> = staged
+                    .add_proposals()
+                    .filter_map(|a| cert_of(a.add_proposal().key_package().leaf_node().credential()))
+                    .collect();
+                let removed_idx: Vec<LeafNodeIndex> =
+                    staged.remove_proposals().map(|r| r.remove_proposal().removed()).collect();
+                let removed: Vec<DeviceCert> = removed_idx
+                    .iter()
+                    .filter_map(|i| c.group.member_at(*i).and_then(|m| cert_of(&m.credential)))
+                    .collect();
+                let own = c.group.own_leaf_index();
+                let self_removed = staged.self_removed();
+                snapshot_epoch(provider, id, c, past_epochs_max)?;
+                c.group
+                    .merge_staged_commit(provider, *staged)
+                    .map_err(|e| op_err("merge commit")(e.to_string()))?;
+                if self_removed {
+                    return Ok(vec![Event::RemovedSelf { seq }]);
+                }
+                // Keep the tree full: the sibling of a removed leaf refills the blanked path.
+                if removed_idx.iter().any(|r| r.u32() ^ 1 == own.u32()) {
+                    c.meta.needs_update = true;
+                }
+                let _ = now_ms;
+                Ok(vec![Event::Commit { seq, epoch: c.group.epoch().as_u64(), added, removed }])
+            }
+            ProcessedMessageContent::ProposalMessage(p) => {
+                let Proposal::Remove(r) = p.proposal() else {
+                    return Err(MlsError::Rejected("only leave proposals are accepted".into()));
+                };
+                let leaving = c.group.member_at(r.removed()).and_then(|m| cert_of(&m.credential));
+                if leaving.is_none() || leaving.map(|l| l.device) != sender.map(|s| s.device) {
+                    return Err(MlsError::Rejected("a member may only propose its own removal".into()));
+                }
+                c.group.store_pending_proposal(provider.storage(), *p)?;
+                Ok(vec![Event::LeaveProposed { seq, device: leaving }])
+            }
+            ProcessedMessageContent::OwnPrivateMessage => {
+                Err(MlsError::Rejected("own handshake message with no matching pending commit".into()))
+            }
+            _ => Err(MlsError::Rejected("unexpected handshake content".into())),
+        }
+    }
+
+    /// Builds `change` on the current local state without sequencing it (no fetch). Returns
+    /// `None` if there is nothing to do (e.g. the member to remove is already gone). The pending
+    /// commit is stored durably before it can be submitted.
+    pub fn stage(&mut self, id: &ConversationId, change: Change) -> Result<Option<StagedChange>, MlsError> {
+        self.exclusive(|s| s.stage_now(id, change))
+    }
+
+    pub(super) fn stage_now(
+        &mut self,
+        id: &ConversationId,
+        change: Change,
+    ) -> Result<Option<StagedChange>, MlsError> {
+        let built = self.atomically(id, |s| s.build(id, &change))?;
+        Ok(built.map(|built| StagedChange { conversation: *id, change, built }))
+    }
+
+    pub(super) fn build(&mut self, id: &ConversationId, change: &Change) -> Result<Option<Built>, MlsError> {
+        let provider = &self.provider;
+        let signer = &self.signer;
+        let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+        if !c.group.is_active() {
+            return Err(MlsError::NotMember);
+        }
+        let after = c.meta.applied;
+        let g = &mut c.group;
+        let (commit, welcome) = match change {
+            Change::Add(kps) => match build_add(g, provider, signer, kps)? {
+                Some((commit, welcome)) => (commit, Some(welcome)),
+                None => return Ok(None),
+            },
+            Change::RemoveAccount(_) | Change::RemoveDevice(_) => {
+                let targets = removal_targets(g, change);
+                if targets.is_empty() {
+                    return Ok(None);
+                }
+                if targets.contains(&g.own_leaf_index()) {
+                    return Err(MlsError::Rejected("use leave to remove this device".into()));
+                }
+                let (commit, _, _) = g
+                    .remove_members(provider, signer, &targets)
+                    .map_err(|e| op_err("remove members")(e.to_string()))?;
+                (to_bytes(&commit)?, None)
+            }
+            Change::SelfUpdate => {
+                let bundle = g
+                    .self_update(provider, signer, LeafNodeParameters::default())
+                    .map_err(|e| op_err("self update")(e.to_string()))?;
+                (to_bytes(bundle.commit())?, None)
+            }
+            Change::CommitPending => {
+                if !g.has_pending_proposals() {
+                    return Ok(None);
+                }
+                let (commit, _, _) = g
+                    .commit_to_pending_proposals(provider, signer)
+                    .map_err(|e| op_err("commit pending proposals")(e.to_string()))?;
+                (to_bytes(&commit)?, None)
+            }
+        };
+        c.meta.pending_commit = Some(commit.clone());
+        Ok(Some(Built { commit, welcome, after }))
+    }
+
+    /// Submits a staged change. If the sequencer says it is stale, the pending commit is
+    /// dropped, the conversation caught up, the change rebuilt on the new state and resubmitted
+    /// (at most [`Config::rebuild_attempts_max`] times). `Ok(None)`: nothing was left to do.
+    pub fn submit(
+        &mut self,
+        staged: StagedChange,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Option<CommitOutcome>, MlsError> {
+        self.exclusive(|s| s.submit_now(staged, sequencer, now_ms))
+    }
+
+    pub(super) fn submit_now(
+        &mut self,
+        staged: StagedChange,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Option<CommitOutcome>, MlsError> {
+        let id = staged.conversation;
+        let topic = id.topic();
+        let mut built = staged.built;
+        for _ in 0..self.config.rebuild_attempts_max.max(1) {
+            let len = built.commit.len();
+            match sequencer.submit(topic, built.after, built.commit.clone()) {
+                Ok(seq) => {
+                    let outcome = self.atomically(&id, |s| {
+                        let provider = &s.provider;
+                        let c = s.conversations.get_mut(&id).ok_or(MlsError::UnknownConversation)?;
+                        snapshot_epoch(provider, &id, c, s.config.past_epochs_max)?;
+                        c.group
+                            .merge_pending_commit(provider)
+                            .map_err(|e| op_err("merge commit")(e.to_string()))?;
+                        c.meta.pending_commit = None;
+                        c.meta.applied = seq + 1;
+                        if matches!(staged.change, Change::SelfUpdate) {
+                            c.meta.last_update_ms = now_ms;
+                            c.meta.needs_update = false;
+                        }
+                        let welcome = match built.welcome.take() {
+                            Some((w, packages)) => {
+                                let tree = c
+                                    .group
+                                    .export_ratchet_tree()
+                                    .tls_serialize_detached()
+                                    .map_err(|e| op_err("export ratchet tree")(e.to_string()))?;
+                                let bundle =
+                                    WelcomeBundle::seal(provider, id, seq + 1, w.bytes, &tree, &packages)?;
+                                Some(WelcomeOut { recipients: w.recipients, bytes: bundle.encode() })
+                            }
+                            None => None,
+                        };
+                        Ok(CommitOutcome { seq, epoch: c.group.epoch().as_u64(), commit_bytes: len, welcome })
+                    })?;
+                    return Ok(Some(outcome));
+                }
+                Err(SequencerError::Stale { .. }) => {
+                    self.drop_pending(&id)?;
+                    let mut events = Vec::new();
+                    self.catch_up(&id, sequencer, now_ms, &mut events)?;
+                    match self.atomically(&id, |s| s.build(&id, &staged.change))? {
+                        Some(b) => built = b,
+                        None => return Ok(None),
+                    }
+                }
+                Err(e) => {
+                    self.drop_pending(&id)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.drop_pending(&id)?;
+        Err(MlsError::TooManyRebuilds { attempts: self.config.rebuild_attempts_max.max(1) })
+    }
+
+    pub(super) fn drop_pending(&mut self, id: &ConversationId) -> Result<(), MlsError> {
+        self.atomically(id, |s| {
+            let storage = s.provider.storage();
+            let c = s.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+            c.group.clear_pending_commit(storage)?;
+            c.group.clear_pending_proposals(storage)?;
+            c.meta.pending_commit = None;
+            Ok(())
+        })
+    }
+
+    /// Catches up, builds `change`, sequences it (rebuilding while stale) and applies it.
+    pub fn commit(
+        &mut self,
+        id: &ConversationId,
+        change: Change,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Option<CommitOutcome>, MlsError> {
+        self.exclusive(|s| s.commit_now(id, change, sequencer, now_ms))
+    }
+
+    pub(super) fn commit_now(
+        &mut self,
+        id: &ConversationId,
+        change: Change,
+        sequencer: &mut dyn CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Option<CommitOutcome>, MlsError> {
+        let mut events = Vec::new();
+        self.catch_up(id, sequencer, now_ms, &mut events)?;
+        match self.stage(id, change)? {
+            Some(staged) => self.submit(staged, sequencer, now_ms),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! A device's MLS client: its conversations, their sequenced handshakes and messages.
+//!
+//! Everything here is synchronous and transport-free: the caller passes the time, a
+//! [`CommitSequencer`](cairn_proto::sequencer::CommitSequencer), and bytes it received; the client returns bytes to send. Each public
+//! operation either completes and commits its whole effect (MLS state and Cairn's per-conversation
+//! metadata) in one redb transaction, or fails, leaving the stored state as it was — or, with
+//! deferred durability ([`Client::set_deferred`]), in the caller's transaction.
+//!
+//! - `config`: [`Config`], the tunables.
+//! - `error`: [`MlsError`].
+//! - `state`: per-conversation metadata and past-epoch snapshots.
+//! - `durability`: persist / roll back an operation; deferred writes in the caller's transaction.
+//! - `keypackages`: this device's key packages.
+//! - `welcome`: [`WelcomeBundle`] (sealed tree) and joining.
+//! - `commit`: stage → submit → sequenced → merged, and `sync`.
+//! - `members`: add, remove, leave, self-update, devices.
+//! - `messages`: application messages, future-epoch buffer, past epochs.
+
+mod commit;
+mod config;
+mod durability;
+mod error;
+mod keypackages;
+mod members;
+mod messages;
+mod state;
+mod welcome;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cairn_proto::{AccountId, DecodeError, DeviceCert, DeviceId, Topic};
+use openmls::prelude::{
+    Capabilities, ExtensionType, GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageIn,
+    MlsMessageOut, ProtocolMessage, SenderRatchetConfiguration,
+};
+use openmls_traits::OpenMlsProvider as _;
+use openmls_traits::random::OpenMlsRand as _;
+use tls_codec::{DeserializeBytes as _, Serialize as _};
+
+use crate::CIPHERSUITE;
+use crate::credential::{DeviceSigner, cert_of};
+use crate::storage::{CairnProvider, DatabaseHandle};
+
+pub use commit::{Change, CommitOutcome, Event, StagedChange, WelcomeOut};
+pub use config::Config;
+pub use error::MlsError;
+pub use messages::{AAD_BYTES_MAX, APPLICATION_BYTES_MAX, Delivered, Dropped, Received};
+pub use welcome::{
+    RATCHET_TREE_BYTES_MAX, SealedTreeKey, WELCOME_BUNDLE_VERSION, WELCOME_BYTES_MAX, WELCOME_RECIPIENTS_MAX,
+    WelcomeBundle,
+};
+
+use state::{Conversation, META_PREFIX, Meta};
+
+/// A random conversation id; the MLS group id is the same 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConversationId(pub [u8; 32]);
+
+impl ConversationId {
+    /// The network topic: a hash of the id.
+    pub fn topic(&self) -> Topic {
+        Topic::for_conversation(&self.0)
+    }
+}
+
+/// The inbox topic of a device, where Welcome messages for it are addressed.
+pub fn inbox_topic(device: &DeviceId) -> Topic {
+    Topic(cairn_proto::id::hash("cairn 2026-11 device inbox topic v1", &device.0))
+}
+
+/// One device's MLS client (see the module docs).
+pub struct Client {
+    provider: CairnProvider,
+    signer: DeviceSigner,
+    config: Config,
+    conversations: BTreeMap<ConversationId, Conversation>,
+    /// Deferred durability is on (see [`Client::set_deferred`]).
+    deferred: bool,
+    /// Conversations with staged writes, reloaded by [`Client::discard_pending`].
+    staged: std::collections::BTreeSet<ConversationId>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("device", &self.signer.device())
+            .field("conversations", &self.conversations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_message(bytes: &[u8]) -> Result<ProtocolMessage, MlsError> {
+    let msg =
+        MlsMessageIn::tls_deserialize_exact_bytes(bytes).map_err(|e| MlsError::Malformed(e.to_string()))?;
+    msg.try_into_protocol_message().map_err(|e| MlsError::Malformed(e.to_string()))
+}
+
+fn to_bytes(m: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
+    m.tls_serialize_detached().map_err(|e| MlsError::Malformed(e.to_string()))
+}
+
+impl Client {
+    /// Opens the client of `signer`'s device over `db`, loading its conversations.
+    pub fn open(db: Arc<dyn DatabaseHandle>, signer: DeviceSigner, config: Config) -> Result<Self, MlsError> {
+        let provider = CairnProvider::new(db);
+        let mut conversations = BTreeMap::new();
+        for (k, v) in provider.storage().raw_scan(META_PREFIX)? {
+            let id: [u8; 32] = k[META_PREFIX.len()..]
+                .try_into()
+                .map_err(|_| DecodeError::Invalid { field: "meta.key", reason: "not a conversation id" })?;
+            let meta = Meta::decode(&v)?;
+            let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&id))?
+                .ok_or(MlsError::Operation { op: "load group", reason: "MLS state missing".into() })?;
+            conversations.insert(ConversationId(id), Conversation::new(group, meta));
+        }
+        Ok(Self {
+            provider,
+            signer,
+            config,
+            conversations,
+            deferred: false,
+            staged: std::collections::BTreeSet::new(),
+        })
+    }
+
+    /// This device's signer (certificate, ids).
+    pub fn signer(&self) -> &DeviceSigner {
+        &self.signer
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The OpenMLS provider (crypto and storage).
+    pub fn provider(&self) -> &CairnProvider {
+        &self.provider
+    }
+
+    fn capabilities() -> Capabilities {
+        Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build()
+    }
+
+    fn join_config(&self) -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(false)
+            .padding_size(self.config.padding)
+            .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+                self.config.out_of_order_tolerance,
+                self.config.maximum_forward_distance,
+            ))
+            .build()
+    }
+
+    fn create_config(&self) -> MlsGroupCreateConfig {
+        MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .use_ratchet_tree_extension(false)
+            .padding_size(self.config.padding)
+            .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+                self.config.out_of_order_tolerance,
+                self.config.maximum_forward_distance,
+            ))
+            .capabilities(Self::capabilities())
+            .build()
+    }
+
+    fn conv(&self, id: &ConversationId) -> Result<&Conversation, MlsError> {
+        self.conversations.get(id).ok_or(MlsError::UnknownConversation)
+    }
+
+    fn conv_mut(&mut self, id: &ConversationId) -> Result<&mut Conversation, MlsError> {
+        self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)
+    }
+
+    /// Ids of every conversation on this device.
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        self.conversations.keys().copied().collect()
+    }
+
+    /// Creates a conversation with this device as its only member.
+    pub fn create(&mut self, now_ms: u64) -> Result<ConversationId, MlsError> {
+        self.exclusive(|s| s.create_now(now_ms))
+    }
+
+    fn create_now(&mut self, now_ms: u64) -> Result<ConversationId, MlsError> {
+        let id: [u8; 32] = self
+            .provider
+            .rand()
+            .random_array()
+            .map_err(|e| MlsError::Operation { op: "random conversation id", reason: format!("{e:?}") })?;
+        let id = ConversationId(id);
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &self.create_config(),
+            GroupId::from_slice(&id.0),
+            self.signer.credential_with_key(),
+        );
+        let group = match group {
+            Ok(g) => g,
+            Err(e) => {
+                self.provider.storage().discard();
+                return Err(MlsError::Operation { op: "create group", reason: e.to_string() });
+            }
+        };
+        let meta = Meta { applied: 0, last_update_ms: now_ms, needs_update: false, pending_commit: None };
+        self.provider.storage().raw_put(Meta::key(&id), meta.encode());
+        if let Err(e) = self.provider.storage().flush() {
+            self.provider.storage().discard();
+            return Err(e.into());
+        }
+        self.conversations.insert(id, Conversation::new(group, meta));
+        Ok(id)
+    }
+
+    /// Current epoch of a conversation.
+    pub fn epoch(&self, id: &ConversationId) -> Result<u64, MlsError> {
+        Ok(self.conv(id)?.group.epoch().as_u64())
+    }
+
+    /// Handshake messages applied so far (the next sequence number to fetch).
+    pub fn applied(&self, id: &ConversationId) -> Result<u64, MlsError> {
+        Ok(self.conv(id)?.meta.applied)
+    }
+
+    /// The epoch authenticator: equal on every member in the same state (compare out of band).
+    pub fn epoch_authenticator(&self, id: &ConversationId) -> Result<Vec<u8>, MlsError> {
+        Ok(self.conv(id)?.group.epoch_authenticator().as_slice().to_vec())
+    }
+
+    /// Whether this device is still a member.
+    pub fn is_active(&self, id: &ConversationId) -> Result<bool, MlsError> {
+        Ok(self.conv(id)?.group.is_active())
+    }
+
+    /// The member devices' certificates, in leaf order.
+    pub fn members(&self, id: &ConversationId) -> Result<Vec<DeviceCert>, MlsError> {
+        Ok(self.conv(id)?.group.members().filter_map(|m| cert_of(&m.credential)).collect())
+    }
+
+    /// How many member devices (leaves) the conversation has; no certificate is decoded.
+    pub fn member_count(&self, id: &ConversationId) -> Result<usize, MlsError> {
+        Ok(self.conv(id)?.group.members().count())
+    }
+
+    /// The accounts that are members (each with one or more devices).
+    pub fn member_accounts(&self, id: &ConversationId) -> Result<Vec<AccountId>, MlsError> {
+        let mut a: Vec<AccountId> = self.members(id)?.iter().map(|c| c.account).collect();
+        a.sort();
+        a.dedup();
+        Ok(a)
+    }
+
+    /// Whether this device should self-update now: it joined or was next to a removed leaf
+    /// and has not updated since (keeps the tree full), or the update interval has passed.
+    pub fn due_for_update(&self, id: &ConversationId, now_ms: u64) -> Result<bool, MlsError> {
+        let c = self.conv(id)?;
+        Ok(c.group.is_active()
+            && (c.meta.needs_update
+                || now_ms.saturating_sub(c.meta.last_update_ms) >= self.config.update_interval_ms))
+    }
+
+    /// Conversations where [`Client::due_for_update`] holds.
+    pub fn conversations_due(&self, now_ms: u64) -> Vec<ConversationId> {
+        self.conversations
+            .keys()
+            .filter(|id| self.due_for_update(id, now_ms).unwrap_or(false))
+            .copied()
+            .collect()
+    }
+
+    /// Raw OpenMLS group, for inspection and benchmarks.
+    pub fn group(&self, id: &ConversationId) -> Result<&MlsGroup, MlsError> {
+        Ok(&self.conv(id)?.group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::MemorySequencer;
+    use crate::storage::BLOB_PREFIX;
+    use cairn_proto::ed25519::SigningKey;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn blobs(c: &Client) -> usize {
+        c.provider.storage().raw_scan(BLOB_PREFIX).unwrap().len()
+    }
+
+    #[test]
+    fn tree_blobs_are_shared_by_snapshots_and_freed_with_them() {
+        let key = |_| SigningKey::from_bytes(&cairn_crypto::keystore::random_bytes::<32>().unwrap());
+        let (account, device) = (key(0), key(1));
+        let cert = DeviceCert::issue(&account, cairn_proto::DeviceId(device.verifying_key().to_bytes()), NOW);
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("a.redb")).unwrap();
+        let mut a =
+            Client::open(Arc::new(db), DeviceSigner::new(device, cert).unwrap(), Config::default()).unwrap();
+        let mut seq = MemorySequencer::new();
+        let id = a.create(NOW).unwrap();
+        assert_eq!(blobs(&a), 1);
+        for _ in 0..6 {
+            a.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+            // The live tree plus one per retained past epoch, never more.
+            assert!(blobs(&a) <= 1 + a.config().past_epochs_max, "{} blobs", blobs(&a));
+        }
+        assert_eq!(blobs(&a), 1 + a.config().past_epochs_max);
+        a.forget(&id).unwrap();
+        assert_eq!(blobs(&a), 0);
+    }
+}

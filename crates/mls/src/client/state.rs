@@ -1,0 +1,142 @@
+//! Cairn's per-conversation state next to the MLS group: metadata (applied count, pending
+//! commit, update schedule) and snapshots of retained past epochs.
+
+use std::collections::BTreeMap;
+
+use cairn_proto::DecodeError;
+use cairn_proto::codec::{Reader, Writer};
+use openmls::prelude::{GroupId, MlsGroup};
+use openmls_traits::OpenMlsProvider as _;
+
+use super::{ConversationId, MlsError};
+use crate::storage::CairnProvider;
+
+/// Cairn's per-conversation metadata, stored next to the MLS state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Meta {
+    pub(super) applied: u64,
+    pub(super) last_update_ms: u64,
+    pub(super) needs_update: bool,
+    pub(super) pending_commit: Option<Vec<u8>>,
+}
+
+pub(super) const META_VERSION: u8 = 1;
+
+pub(super) const META_PREFIX: &[u8] = b"cairn.conversation\0";
+
+impl Meta {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(32);
+        w.u8(META_VERSION);
+        w.u64(self.applied);
+        w.u64(self.last_update_ms);
+        w.u8(u8::from(self.needs_update));
+        match &self.pending_commit {
+            Some(c) => {
+                w.u8(1);
+                w.bytes(c);
+            }
+            None => w.u8(0),
+        }
+        w.finish()
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("conversation metadata", META_VERSION)?;
+        let applied = r.u64("meta.applied")?;
+        let last_update_ms = r.u64("meta.last_update_ms")?;
+        let needs_update = r.u8("meta.needs_update")? != 0;
+        let pending_commit = match r.u8("meta.pending")? {
+            0 => None,
+            _ => Some(r.bytes(cairn_proto::sequencer::HANDSHAKE_BYTES_MAX, "meta.pending_commit")?.to_vec()),
+        };
+        r.finish()?;
+        Ok(Self { applied, last_update_ms, needs_update, pending_commit })
+    }
+
+    pub(super) fn key(id: &ConversationId) -> Vec<u8> {
+        let mut k = META_PREFIX.to_vec();
+        k.extend_from_slice(&id.0);
+        k
+    }
+}
+
+pub(super) struct Conversation {
+    pub(super) group: MlsGroup,
+    pub(super) meta: Meta,
+    /// Future-epoch application messages with their expected authenticated data.
+    pub(super) future: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Snapshots of retained past epochs, loaded on demand.
+    pub(super) past: BTreeMap<u64, (MlsGroup, CairnProvider)>,
+}
+
+impl Conversation {
+    pub(super) fn new(group: MlsGroup, meta: Meta) -> Self {
+        Self { group, meta, future: Vec::new(), past: BTreeMap::new() }
+    }
+}
+
+pub(super) const PAST_PREFIX: &[u8] = b"cairn.past\0";
+
+pub(super) fn past_prefix(id: &ConversationId, epoch: u64) -> Vec<u8> {
+    let mut p = PAST_PREFIX.to_vec();
+    p.extend_from_slice(&id.0);
+    p.extend_from_slice(&epoch.to_be_bytes());
+    p
+}
+
+/// Before a commit is merged: copies the group's state of the ending epoch under a
+/// snapshot prefix (raw bytes, no re-encoding) and drops snapshots older than the window.
+/// OpenMLS itself keeps no past epochs (its past-epoch store re-serializes every member's
+/// leaf on every message, which is O(N) per message); a snapshot costs one copy per commit.
+pub(super) fn snapshot_epoch(
+    provider: &CairnProvider,
+    id: &ConversationId,
+    c: &mut Conversation,
+    past_epochs_max: usize,
+) -> Result<(), MlsError> {
+    let epoch = c.group.epoch().as_u64();
+    let keep_from = (epoch + 1).saturating_sub(past_epochs_max as u64);
+    prune_past(provider, id, c, keep_from)?;
+    if past_epochs_max == 0 {
+        return Ok(());
+    }
+    let live = provider.storage();
+    let gid = GroupId::from_slice(&id.0);
+    let snap = past_prefix(id, epoch);
+    for label in crate::storage::GROUP_LABELS {
+        let k = live.key(label, &gid)?;
+        if let Some(v) = live.raw_get(&k)? {
+            let mut sk = snap.clone();
+            sk.extend_from_slice(&k);
+            // The tree entry is a pointer to a shared blob: the snapshot takes a reference.
+            live.retain_blob(&v)?;
+            live.raw_put(sk, v);
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn prune_past(
+    provider: &CairnProvider,
+    id: &ConversationId,
+    c: &mut Conversation,
+    keep_from: u64,
+) -> Result<(), MlsError> {
+    let storage = provider.storage();
+    let mut scope = PAST_PREFIX.to_vec();
+    scope.extend_from_slice(&id.0);
+    for (k, v) in storage.raw_scan(&scope)? {
+        let e = k
+            .get(scope.len()..scope.len() + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes);
+        if e.is_none_or(|e| e < keep_from) {
+            storage.release_blob(&v)?;
+            storage.raw_del(k);
+        }
+    }
+    c.past.retain(|e, _| *e >= keep_from);
+    Ok(())
+}
