@@ -68,10 +68,16 @@ fn remote_outcome(o: Outcome) -> RemoteOutcome {
 /// Handshakes from `from`, as many as fit one response.
 fn handshakes(ledger: &Ledger, topic: &cairn_proto::Topic, from: u64, max: u32) -> Vec<Vec<u8>> {
     let max = (max as usize).min(HANDSHAKES_PER_REPLY_MAX);
+    fit_in_reply(ledger.handshakes(topic, from, max))
+}
+
+/// The longest prefix of `list` whose [`Response::Handshakes`] encoding fits one response
+/// frame (256 handshakes of 64 KiB would not).
+fn fit_in_reply(list: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     // Room for the version, kind and count; each payload costs its length prefix too.
     let mut budget = RESPONSE_BYTES_MAX - 8;
     let mut out = Vec::new();
-    for h in ledger.handshakes(topic, from, max) {
+    for h in list {
         let Some(rest) = budget.checked_sub(4 + h.len()) else { break };
         budget = rest;
         out.push(h);
@@ -188,4 +194,33 @@ pub fn spawn_server(addr: SocketAddr, ledger: Ledger) -> std::io::Result<SocketA
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("ledger-rpc".into()).spawn(move || serve(listener, ledger))?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
+
+    use super::*;
+
+    #[test]
+    fn handshake_replies_fit_one_frame() {
+        let list = vec![vec![7u8; HANDSHAKE_BYTES_MAX]; HANDSHAKES_PER_REPLY_MAX];
+        let fitted = fit_in_reply(list);
+        assert!(!fitted.is_empty() && fitted.len() < HANDSHAKES_PER_REPLY_MAX);
+        let encoded = Response::Handshakes(fitted.clone()).encode();
+        assert!(encoded.len() <= RESPONSE_BYTES_MAX);
+        assert_eq!(Response::decode(&encoded), Ok(Response::Handshakes(fitted)));
+        let small = vec![vec![1u8; 10]; 5];
+        assert_eq!(fit_in_reply(small.clone()), small);
+    }
+
+    #[test]
+    fn connection_slots_are_bounded_and_given_back() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<Slot> = (0..CONNECTIONS_MAX).map(|_| Slot::take(&active).unwrap()).collect();
+        assert!(Slot::take(&active).is_none(), "one connection over the limit");
+        drop(slots);
+        assert_eq!(active.load(Ordering::SeqCst), 0);
+        assert!(Slot::take(&active).is_some());
+    }
 }
