@@ -457,3 +457,60 @@ fn deferred_writes_commit_with_the_callers_rows_or_not_at_all() {
 fn with_aad<'a>(items: &[&'a [u8]]) -> Vec<(&'a [u8], &'static [u8])> {
     items.iter().map(|b| (*b, AAD)).collect()
 }
+
+/// A copy of `ct` claiming `epoch`, its ciphertext altered: junk that passes every clear check.
+fn junk(ct: &[u8], id: &cairn_mls::ConversationId, epoch: u64, salt: u8) -> Vec<u8> {
+    // MLSMessage: version u16, wire format u16, group_id (length 32, 32 bytes), epoch u64, …
+    assert_eq!((ct[4], &ct[5..37]), (32, id.0.as_slice()));
+    let mut j = ct.to_vec();
+    j[37..45].copy_from_slice(&epoch.to_be_bytes());
+    let n = j.len();
+    j[n - 1] ^= salt;
+    j
+}
+
+#[test]
+fn junk_for_a_future_epoch_cannot_evict_or_lose_genuine_messages() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b_dev) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b_dev], &mut seq);
+    let per_epoch = 8;
+    let config =
+        cairn_mls::Config { future_messages_per_epoch_max: per_epoch, ..cairn_mls::Config::default() };
+    let mut b = common::reopen_with(&b_dev, config);
+    let e = b.epoch(&id).unwrap();
+    a.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
+    // A genuine message for e+1 arrives first and is held.
+    let first = a.client.send(&id, b"genuine, before the junk", AAD).unwrap();
+    assert_eq!(b.receive(&id, &first, AAD).unwrap(), Received::Buffered);
+    // A flood of junk for e+1 fills the epoch's quota; it evicts nothing, later junk is refused.
+    for i in 0..3 * per_epoch {
+        let r = b.receive(&id, &junk(&first, &id, e + 1, i as u8 + 1), AAD).unwrap();
+        let want =
+            if i + 1 < per_epoch { Received::Buffered } else { Received::Dropped(Dropped::BufferFull) };
+        assert_eq!(r, want, "junk {i}");
+    }
+    assert_eq!(b.buffered(&id).unwrap(), per_epoch);
+    // Too far ahead is refused whatever the quota.
+    let ahead = e + 2 + b.config().future_epochs_ahead_max;
+    assert_eq!(
+        b.receive(&id, &junk(&first, &id, ahead, 1), AAD).unwrap(),
+        Received::Dropped(Dropped::TooFarAhead)
+    );
+    // A genuine message after the flood is refused (not lost: the caller has it in its history).
+    let second = a.client.send(&id, b"genuine, after the junk", AAD).unwrap();
+    assert_eq!(b.receive(&id, &second, AAD).unwrap(), Received::Dropped(Dropped::BufferFull));
+    // The commit arrives: the held genuine message is read, the junk is refused.
+    let ev = b.sync(&id, &seq, NOW).unwrap();
+    let read: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(Received::Message(d)) => Some(d.body.as_slice()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read, vec![b"genuine, before the junk".as_slice()]);
+    assert_eq!(b.buffered(&id).unwrap(), 0);
+    // Received again from history, the refused one is read.
+    assert_eq!(delivered(b.receive(&id, &second, AAD).unwrap()).body, b"genuine, after the junk");
+}

@@ -4,15 +4,18 @@
 use cairn_proto::DeviceCert;
 use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::prelude::{
-    GroupId, MlsGroup, ProcessMessageError, ProcessedMessageContent, ProtocolMessage, ValidationError,
+    GroupId, MlsGroup, ProcessMessageError, ProcessedMessage, ProcessedMessageContent, ProtocolMessage,
+    ValidationError,
 };
 use openmls_traits::OpenMlsProvider as _;
 
+use super::buffer::{Limits, Refused};
 use super::commit::Event;
 use super::error::{check_aad, op_err};
 use super::state::past_prefix;
 use super::{Client, ConversationId, MlsError, parse_message, to_bytes};
 use crate::credential::cert_of;
+use crate::storage::StorageError;
 
 /// Largest application message ciphertext accepted, in bytes.
 pub const APPLICATION_BYTES_MAX: usize = 256 * 1024;
@@ -39,8 +42,14 @@ pub enum Dropped {
     TooOld,
     /// Already decrypted once (a replay or a duplicate delivery).
     Duplicate,
-    /// For a future epoch, but the buffer ([`Config::future_messages_max`]) is full.
+    /// For a future epoch whose buffer quota
+    /// ([`Config::future_messages_per_epoch_max`](super::Config::future_messages_per_epoch_max),
+    /// [`Config::future_bytes_per_epoch_max`](super::Config::future_bytes_per_epoch_max)) is
+    /// full. Receive it again after the next epoch change.
     BufferFull,
+    /// For an epoch more than
+    /// [`Config::future_epochs_ahead_max`](super::Config::future_epochs_ahead_max) ahead.
+    TooFarAhead,
     /// This device's own message, echoed back.
     Own,
     /// The message's authenticated data (in clear, bound to its ciphertext and signature) is
@@ -129,7 +138,7 @@ impl Client {
         id: &ConversationId,
         messages: &[(&[u8], &[u8])],
     ) -> Vec<Result<Received, MlsError>> {
-        let Ok(mark) = self.conv(id).map(|c| c.future.len()) else {
+        let Ok(marks) = self.conv(id).map(|c| c.future.marks()) else {
             return messages.iter().map(|_| Err(MlsError::UnknownConversation)).collect();
         };
         // Only the secret tree's state after the batch is encoded (settled in `persist`).
@@ -154,7 +163,7 @@ impl Client {
                 .collect();
         }
         if let Ok(c) = self.conv_mut(id) {
-            c.future.truncate(mark);
+            c.future.truncate(&marks);
         }
         messages
             .iter()
@@ -179,43 +188,14 @@ impl Client {
         bytes: &[u8],
         expected_aad: &[u8],
     ) -> Result<Received, MlsError> {
-        check_aad(expected_aad)?;
-        if bytes.len() > APPLICATION_BYTES_MAX {
-            return Err(MlsError::Malformed(format!("{} bytes is over the limit", bytes.len())));
-        }
-        let msg = parse_message(bytes)?;
-        let provider = &self.provider;
-        let past_max = self.config.past_epochs_max as u64;
-        let future_max = self.config.future_messages_max;
-        let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
-        if msg.is_handshake_message() {
-            return Err(MlsError::Rejected("handshake messages are applied from the sequencer only".into()));
-        }
-        if msg.group_id().as_slice() != id.0 {
-            return Err(MlsError::Rejected("message is for another conversation".into()));
-        }
-        let ProtocolMessage::PrivateMessage(private) = &msg else {
-            return Err(MlsError::Rejected("application messages travel encrypted".into()));
+        let msg = match self.screen(id, bytes, expected_aad)? {
+            Screened::Decrypt(msg) => msg,
+            Screened::Done(r) => return Ok(r),
         };
-        if private.aad() != expected_aad {
-            return Ok(Received::Dropped(Dropped::AadMismatch));
-        }
-        if !c.group.is_active() {
-            return Err(MlsError::NotMember);
-        }
+        let provider = &self.provider;
+        let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
         let epoch = msg.epoch().as_u64();
-        let current = c.group.epoch().as_u64();
-        if epoch > current {
-            if c.future.len() >= future_max {
-                return Ok(Received::Dropped(Dropped::BufferFull));
-            }
-            c.future.push((bytes.to_vec(), expected_aad.to_vec()));
-            return Ok(Received::Buffered);
-        }
-        if current - epoch > past_max {
-            return Ok(Received::Dropped(Dropped::TooOld));
-        }
-        let result = if epoch < current {
+        let result = if epoch < c.group.epoch().as_u64() {
             // A retained past epoch: its snapshot decrypts it (ratchet state kept there).
             let (g, p) = match c.past.entry(epoch) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -231,27 +211,61 @@ impl Client {
         } else {
             c.group.process_message(provider, msg)
         };
-        match result {
-            Ok(p) => {
-                let sender = cert_of(p.credential());
-                match p.into_content() {
-                    ProcessedMessageContent::ApplicationMessage(a) => {
-                        let sender =
-                            sender.ok_or(MlsError::Rejected("sender has no device certificate".into()))?;
-                        Ok(Received::Message(Delivered { sender, epoch, body: a.into_bytes() }))
-                    }
-                    ProcessedMessageContent::OwnPrivateMessage => Ok(Received::Dropped(Dropped::Own)),
-                    _ => Err(MlsError::Rejected("not an application message".into())),
-                }
-            }
-            Err(ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
-                MessageDecryptionError::SecretTreeError(SecretTreeError::SecretReuseError),
-            ))) => Ok(Received::Dropped(Dropped::Duplicate)),
-            Err(ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
-                MessageDecryptionError::SecretTreeError(SecretTreeError::TooDistantInThePast),
-            ))) => Ok(Received::Dropped(Dropped::TooOld)),
-            Err(ProcessMessageError::StorageError(e)) => Err(e.into()),
-            Err(e) => Err(MlsError::Rejected(e.to_string())),
+        processed(result, epoch)
+    }
+
+    /// Every check made before any decryption, in clear: size, form, conversation,
+    /// authenticated data, epoch. A future-epoch message is buffered here.
+    fn screen(
+        &mut self,
+        id: &ConversationId,
+        bytes: &[u8],
+        expected_aad: &[u8],
+    ) -> Result<Screened, MlsError> {
+        check_aad(expected_aad)?;
+        if bytes.len() > APPLICATION_BYTES_MAX {
+            return Err(MlsError::Malformed(format!("{} bytes is over the limit", bytes.len())));
+        }
+        let msg = parse_message(bytes)?;
+        let limits = self.buffer_limits();
+        let past_max = self.config.past_epochs_max as u64;
+        let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
+        if msg.is_handshake_message() {
+            return Err(MlsError::Rejected("handshake messages are applied from the sequencer only".into()));
+        }
+        if msg.group_id().as_slice() != id.0 {
+            return Err(MlsError::Rejected("message is for another conversation".into()));
+        }
+        let ProtocolMessage::PrivateMessage(private) = &msg else {
+            return Err(MlsError::Rejected("application messages travel encrypted".into()));
+        };
+        if private.aad() != expected_aad {
+            return Ok(Screened::Done(Received::Dropped(Dropped::AadMismatch)));
+        }
+        if !c.group.is_active() {
+            return Err(MlsError::NotMember);
+        }
+        let epoch = msg.epoch().as_u64();
+        let current = c.group.epoch().as_u64();
+        if epoch > current {
+            let held = (bytes.to_vec(), expected_aad.to_vec());
+            return Ok(Screened::Done(match c.future.push(current, epoch, held, limits) {
+                Ok(()) => Received::Buffered,
+                Err(Refused::Full) => Received::Dropped(Dropped::BufferFull),
+                Err(Refused::TooFarAhead) => Received::Dropped(Dropped::TooFarAhead),
+            }));
+        }
+        if current - epoch > past_max {
+            return Ok(Screened::Done(Received::Dropped(Dropped::TooOld)));
+        }
+        Ok(Screened::Decrypt(msg))
+    }
+
+    fn buffer_limits(&self) -> Limits {
+        Limits {
+            epochs_ahead_max: self.config.future_epochs_ahead_max,
+            messages_per_epoch_max: self.config.future_messages_per_epoch_max,
+            bytes_per_epoch_max: self.config.future_bytes_per_epoch_max,
         }
     }
 
@@ -261,18 +275,51 @@ impl Client {
         events: &mut Vec<Event>,
     ) -> Result<(), MlsError> {
         let current = self.epoch(id)?;
-        let c = self.conv_mut(id)?;
-        if c.future.is_empty() {
+        let ready = self.conv_mut(id)?.future.take_ready(current);
+        if ready.is_empty() {
             return Ok(());
         }
-        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut c.future)
-            .into_iter()
-            .partition(|(b, _)| parse_message(b).map(|m| m.epoch().as_u64() <= current).unwrap_or(true));
-        c.future = later;
         let refs: Vec<(&[u8], &[u8])> = ready.iter().map(|(b, a)| (b.as_slice(), a.as_slice())).collect();
         for r in self.receive_many(id, &refs).into_iter().flatten() {
             events.push(Event::Message(r));
         }
         Ok(())
+    }
+}
+
+/// What [`Client::screen`] decided.
+enum Screened {
+    /// Passed every clear check: decrypt it.
+    Decrypt(ProtocolMessage),
+    /// Settled without decryption (buffered or dropped).
+    Done(Received),
+}
+
+/// The result of OpenMLS processing an application message.
+fn processed(
+    result: Result<ProcessedMessage, ProcessMessageError<StorageError>>,
+    epoch: u64,
+) -> Result<Received, MlsError> {
+    match result {
+        Ok(p) => {
+            let sender = cert_of(p.credential());
+            match p.into_content() {
+                ProcessedMessageContent::ApplicationMessage(a) => {
+                    let sender =
+                        sender.ok_or(MlsError::Rejected("sender has no device certificate".into()))?;
+                    Ok(Received::Message(Delivered { sender, epoch, body: a.into_bytes() }))
+                }
+                ProcessedMessageContent::OwnPrivateMessage => Ok(Received::Dropped(Dropped::Own)),
+                _ => Err(MlsError::Rejected("not an application message".into())),
+            }
+        }
+        Err(ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
+            MessageDecryptionError::SecretTreeError(SecretTreeError::SecretReuseError),
+        ))) => Ok(Received::Dropped(Dropped::Duplicate)),
+        Err(ProcessMessageError::ValidationError(ValidationError::UnableToDecrypt(
+            MessageDecryptionError::SecretTreeError(SecretTreeError::TooDistantInThePast),
+        ))) => Ok(Received::Dropped(Dropped::TooOld)),
+        Err(ProcessMessageError::StorageError(e)) => Err(e.into()),
+        Err(e) => Err(MlsError::Rejected(e.to_string())),
     }
 }

@@ -14,8 +14,10 @@
 //! - `welcome`: [`WelcomeBundle`] (sealed tree) and joining.
 //! - `commit`: stage → submit → sequenced → merged, and `sync`.
 //! - `members`: add, remove, leave, self-update, devices.
+//! - `buffer`: the bounded future-epoch buffer.
 //! - `messages`: application messages, future-epoch buffer, past epochs.
 
+mod buffer;
 mod commit;
 mod config;
 mod durability;
@@ -214,6 +216,11 @@ impl Client {
         }
         self.conversations.insert(id, Conversation::new(group, meta));
         Ok(id)
+    }
+
+    /// Future-epoch application messages held for a conversation (see [`Config`]'s bounds).
+    pub fn buffered(&self, id: &ConversationId) -> Result<usize, MlsError> {
+        Ok(self.conv(id)?.future.len())
     }
 
     /// Current epoch of a conversation.

@@ -8,6 +8,7 @@ use cairn_proto::codec::{Reader, Writer};
 use openmls::prelude::{GroupId, MlsGroup};
 use openmls_traits::OpenMlsProvider as _;
 
+use super::buffer::FutureBuffer;
 use super::{ConversationId, MlsError};
 use crate::storage::CairnProvider;
 
@@ -66,14 +67,14 @@ pub(super) struct Conversation {
     pub(super) group: MlsGroup,
     pub(super) meta: Meta,
     /// Future-epoch application messages with their expected authenticated data.
-    pub(super) future: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) future: FutureBuffer,
     /// Snapshots of retained past epochs, loaded on demand.
     pub(super) past: BTreeMap<u64, (MlsGroup, CairnProvider)>,
 }
 
 impl Conversation {
     pub(super) fn new(group: MlsGroup, meta: Meta) -> Self {
-        Self { group, meta, future: Vec::new(), past: BTreeMap::new() }
+        Self { group, meta, future: FutureBuffer::default(), past: BTreeMap::new() }
     }
 }
 
