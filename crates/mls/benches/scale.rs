@@ -49,7 +49,10 @@ fn virtual_packages(n: usize) -> Vec<VerifiedKeyPackage> {
     (0..n)
         .map(|_| {
             let s = signer(&account);
-            let b = KeyPackage::builder().build(CIPHERSUITE, &provider, &s, s.credential_with_key()).unwrap();
+            let b = KeyPackage::builder()
+                .key_package_lifetime(cairn_mls::clock_free_lifetime())
+                .build(CIPHERSUITE, &provider, &s, s.credential_with_key())
+                .unwrap();
             verify_key_package(&b.key_package().tls_serialize_detached().unwrap()).unwrap()
         })
         .collect()

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use cairn_proto::codec::{Reader, Writer};
 use cairn_proto::{DecodeError, DeviceCert, DeviceId};
-use openmls::prelude::{KeyPackage, KeyPackageIn, ProtocolVersion};
+use openmls::prelude::{KeyPackage, KeyPackageIn, Lifetime, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
 use thiserror::Error;
 use tls_codec::{DeserializeBytes as _, Serialize as _};
@@ -25,6 +25,19 @@ pub const KEY_PACKAGE_BATCH_VERSION: u8 = 1;
 pub const KEY_PACKAGES_PER_BATCH_MAX: usize = 256;
 /// Largest encoded key package accepted, in bytes.
 pub const KEY_PACKAGE_BYTES_MAX: usize = 4096;
+/// Key-package extension (RFC 9420 §17.3 private-use range) carrying Cairn's expiry of the
+/// package, `not_after_ms: u64` big-endian, signed with it. The committer checks it against
+/// its own clock when it stages an Add; no other member does.
+pub const EXPIRY_EXTENSION_TYPE: u16 = 0xF0CA;
+
+/// The MLS lifetime of Cairn key packages: valid at any time. OpenMLS checks a key package's
+/// lifetime against each member's system clock when it processes an Add, so a finite lifetime
+/// lets members with different clocks decide differently about the same sequenced commit (a
+/// split group). Expiry is Cairn's [`EXPIRY_EXTENSION_TYPE`] instead, checked by the committer
+/// alone, before the commit is sequenced.
+pub fn clock_free_lifetime() -> Lifetime {
+    Lifetime::init(0, u64::MAX)
+}
 
 /// Why a key package was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -38,6 +51,16 @@ pub enum KeyPackageError {
     /// Not Cairn's ciphersuite.
     #[error("key package uses an unsupported ciphersuite")]
     Ciphersuite,
+    /// Its MLS lifetime is finite: members would judge it by their own clocks (see
+    /// [`clock_free_lifetime`]); refused when staging an Add.
+    #[error("key package lifetime depends on the clock")]
+    ClockDependentLifetime,
+    /// Past its Cairn expiry ([`EXPIRY_EXTENSION_TYPE`]) at the committer's time.
+    #[error("key package expired at {not_after_ms} ms")]
+    Expired {
+        /// Its expiry.
+        not_after_ms: u64,
+    },
     /// The credential does not chain back to an account.
     #[error("key package credential refused: {0}")]
     Credential(#[from] CredentialError),
@@ -56,6 +79,8 @@ pub struct VerifiedKeyPackage {
     pub cert: DeviceCert,
     /// Whether this is the device's last-resort package (reusable).
     pub last_resort: bool,
+    /// Cairn's expiry ([`EXPIRY_EXTENSION_TYPE`]), if the package carries one.
+    pub not_after_ms: Option<u64>,
     pub(crate) package: KeyPackage,
     bytes: Vec<u8>,
 }
@@ -64,6 +89,23 @@ impl VerifiedKeyPackage {
     /// The encoded key package.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// Whether its MLS lifetime holds at any clock ([`clock_free_lifetime`]).
+    pub fn clock_free(&self) -> bool {
+        *self.package.life_time() == clock_free_lifetime()
+    }
+
+    /// The committer's check before an Add is staged: clock-free MLS lifetime, and not past
+    /// its Cairn expiry at `now_ms`.
+    pub fn check_addable(&self, now_ms: u64) -> Result<(), KeyPackageError> {
+        if !self.clock_free() {
+            return Err(KeyPackageError::ClockDependentLifetime);
+        }
+        match self.not_after_ms {
+            Some(not_after_ms) if not_after_ms <= now_ms => Err(KeyPackageError::Expired { not_after_ms }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -84,9 +126,21 @@ pub fn verify_key_package(bytes: &[u8]) -> Result<VerifiedKeyPackage, KeyPackage
     if package.ciphersuite() != CIPHERSUITE {
         return Err(KeyPackageError::Ciphersuite);
     }
+    let not_after_ms = match package.extensions().unknown(EXPIRY_EXTENSION_TYPE) {
+        Some(ext) => Some(<[u8; 8]>::try_from(ext.0.as_slice()).map(u64::from_be_bytes).map_err(|_| {
+            KeyPackageError::Invalid(format!("expiry extension of {} bytes (8 expected)", ext.0.len()))
+        })?),
+        None => None,
+    };
     let leaf = package.leaf_node();
     let cert = verify_credential(leaf.credential(), leaf.signature_key().as_slice())?;
-    Ok(VerifiedKeyPackage { cert, last_resort: package.last_resort(), package, bytes: bytes.to_vec() })
+    Ok(VerifiedKeyPackage {
+        cert,
+        last_resort: package.last_resort(),
+        not_after_ms,
+        package,
+        bytes: bytes.to_vec(),
+    })
 }
 
 pub(crate) fn encode_key_package(kp: &KeyPackage) -> Result<Vec<u8>, KeyPackageError> {

@@ -24,7 +24,8 @@ pub use client::{
 };
 pub use credential::{CredentialError, DeviceSigner, verify_credential};
 pub use keypackage::{
-    KeyPackageBatch, KeyPackageError, KeyPackagePool, VerifiedKeyPackage, verify_key_package,
+    KeyPackageBatch, KeyPackageError, KeyPackagePool, VerifiedKeyPackage, clock_free_lifetime,
+    verify_key_package,
 };
 pub use sequencer::MemorySequencer;
 pub use storage::{CairnProvider, CallStats, DatabaseHandle, MlsStorage, StorageError, StorageStats};

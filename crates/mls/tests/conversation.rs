@@ -51,8 +51,8 @@ fn concurrent_commits_are_ordered_and_rebuilt_without_fork() {
     let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
     let start = a.client.epoch(&id).unwrap();
     // Both build a commit on the same epoch.
-    let sa = a.client.stage(&id, Change::SelfUpdate).unwrap().unwrap();
-    let sb = b.client.stage(&id, Change::SelfUpdate).unwrap().unwrap();
+    let sa = a.client.stage(&id, Change::SelfUpdate, NOW).unwrap().unwrap();
+    let sb = b.client.stage(&id, Change::SelfUpdate, NOW).unwrap().unwrap();
     let oa = a.client.submit(sa, &mut seq, NOW).unwrap().unwrap();
     // B's is stale: it drops it, applies A's, rebuilds and lands next.
     let ob = b.client.submit(sb, &mut seq, NOW).unwrap().unwrap();
@@ -74,8 +74,8 @@ fn concurrent_removes_of_the_same_member_resolve_to_one() {
     let mut seq = MemorySequencer::new();
     let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
-    let sa = a.client.stage(&id, Change::RemoveAccount(c.cert.account)).unwrap().unwrap();
-    let sb = b.client.stage(&id, Change::RemoveAccount(c.cert.account)).unwrap().unwrap();
+    let sa = a.client.stage(&id, Change::RemoveAccount(c.cert.account), NOW).unwrap().unwrap();
+    let sb = b.client.stage(&id, Change::RemoveAccount(c.cert.account), NOW).unwrap().unwrap();
     assert!(a.client.submit(sa, &mut seq, NOW).unwrap().is_some());
     // After catching up there is nothing left to remove.
     assert!(b.client.submit(sb, &mut seq, NOW).unwrap().is_none());
@@ -108,7 +108,7 @@ fn own_commit_sequenced_before_a_crash_is_merged_on_restart() {
     let id = group(&mut a, &mut [&mut b], &mut seq);
     // A stages a commit (stored durably); the sequencer accepts it, but A crashes before it
     // learns so.
-    let staged = a.client.stage(&id, Change::SelfUpdate).unwrap().unwrap();
+    let staged = a.client.stage(&id, Change::SelfUpdate, NOW).unwrap().unwrap();
     seq.submit(id.topic(), staged.after(), staged.commit_bytes().to_vec()).unwrap();
     drop(staged);
     let mut a = a.restart();
@@ -125,9 +125,9 @@ fn lost_pending_commit_is_dropped_when_another_wins() {
     let (mut a, mut b) = (Dev::new(), Dev::new());
     let id = group(&mut a, &mut [&mut b], &mut seq);
     // A stages a commit and restarts before submitting it; B commits meanwhile.
-    drop(a.client.stage(&id, Change::SelfUpdate).unwrap().unwrap());
+    drop(a.client.stage(&id, Change::SelfUpdate, NOW).unwrap().unwrap());
     let mut a = a.restart();
-    assert!(a.client.stage(&id, Change::SelfUpdate).is_err(), "a pending commit blocks a second one");
+    assert!(a.client.stage(&id, Change::SelfUpdate, NOW).is_err(), "a pending commit blocks a second one");
     b.client.self_update(&id, &mut seq, NOW).unwrap().unwrap();
     // A syncs: B's commit wins, A's pending commit is dropped, state converges.
     a.client.sync(&id, &seq, NOW).unwrap();
@@ -341,6 +341,7 @@ fn an_addition_too_large_for_the_sequencer_is_split_adaptively() {
             );
             let s = cairn_mls::DeviceSigner::new(key, cert).unwrap();
             let b = openmls::prelude::KeyPackage::builder()
+                .key_package_lifetime(cairn_mls::clock_free_lifetime())
                 .build(cairn_mls::CIPHERSUITE, &provider, &s, s.credential_with_key())
                 .unwrap();
             let bytes = tls_codec::Serialize::tls_serialize_detached(b.key_package()).unwrap();

@@ -382,3 +382,41 @@ fn rewrapped_ciphertext_is_refused_before_decryption_and_the_genuine_one_still_r
     let ct = a.client.send(&id, b"largest aad", &max).unwrap();
     assert_eq!(delivered(b.client.receive(&id, &ct, &max).unwrap()).body, b"largest aad");
 }
+
+#[test]
+fn members_with_clocks_years_apart_process_the_same_add_alike() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c, d, e) = (Dev::new(), Dev::new(), Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    let mut pool = KeyPackagePool::new();
+    d.publish(&mut pool, 1);
+    e.publish(&mut pool, 1);
+    let kp = pool.take(&d.device()).unwrap();
+    // Its MLS lifetime holds at any clock; Cairn's expiry is for the committer alone.
+    assert!(kp.clock_free());
+    assert!(kp.not_after_ms.unwrap() > NOW);
+    a.client.add(&id, vec![kp], &mut seq, NOW).unwrap().unwrap();
+    let years: u64 = 10 * 365 * 24 * 3600 * 1000;
+    let eb = b.client.sync(&id, &seq, NOW - years).unwrap();
+    let ec = c.client.sync(&id, &seq, NOW + years).unwrap();
+    assert!(matches!(&eb[..], [Event::Commit { added, .. }] if added.len() == 1), "{eb:?}");
+    assert_eq!(eb, ec);
+    let auth = a.client.epoch_authenticator(&id).unwrap();
+    assert_eq!(b.client.epoch_authenticator(&id).unwrap(), auth);
+    assert_eq!(c.client.epoch_authenticator(&id).unwrap(), auth);
+
+    // The committer refuses, before sequencing, a package expired at its time and one whose
+    // MLS lifetime members would judge by their own clocks.
+    let n = seq.len(&id.topic());
+    let kp = pool.take(&e.device()).unwrap();
+    let expired = a.client.add(&id, vec![kp.clone()], &mut seq, kp.not_after_ms.unwrap());
+    assert!(matches!(expired, Err(MlsError::KeyPackage(KeyPackageError::Expired { .. }))), "{expired:?}");
+    let finite = verify_key_package(&forged_key_package(&e, e.cert, &e.device_key)).unwrap();
+    assert!(!finite.clock_free());
+    let r = a.client.add(&id, vec![finite], &mut seq, NOW);
+    assert!(matches!(r, Err(MlsError::KeyPackage(KeyPackageError::ClockDependentLifetime))), "{r:?}");
+    assert_eq!(seq.len(&id.topic()), n);
+    a.client.add(&id, vec![kp], &mut seq, NOW).unwrap().unwrap();
+    b.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(b.client.epoch_authenticator(&id).unwrap(), a.client.epoch_authenticator(&id).unwrap());
+}

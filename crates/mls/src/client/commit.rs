@@ -134,7 +134,12 @@ fn build_add(
     provider: &CairnProvider,
     signer: &DeviceSigner,
     kps: &[VerifiedKeyPackage],
+    now_ms: u64,
 ) -> Result<Option<(Vec<u8>, PendingWelcome)>, MlsError> {
+    // The committer alone judges expiry, before sequencing; members never consult a clock.
+    for k in kps {
+        k.check_addable(now_ms)?;
+    }
     let members = member_certs(group);
     let fresh: Vec<&VerifiedKeyPackage> =
         kps.iter().filter(|k| !members.iter().any(|(_, c)| c.device == k.cert.device)).collect();
@@ -187,14 +192,20 @@ pub(super) fn verify_commit_leaves(staged: &StagedCommit) -> Result<(), Credenti
 impl Client {
     /// Fetches and applies every sequenced handshake message not applied yet, in order, then
     /// retries buffered application messages.
+    ///
+    /// Architecture invariant: whether a sequenced handshake is merged or skipped depends only
+    /// on the group state and the handshake's bytes, never on this device's clock, so every
+    /// member decides alike (`_now_ms` is not used for it; key-package lifetimes are
+    /// clock-free and their expiry is the committer's check, see
+    /// [`crate::keypackage::clock_free_lifetime`]).
     pub fn sync(
         &mut self,
         id: &ConversationId,
         sequencer: &dyn CommitSequencer,
-        now_ms: u64,
+        _now_ms: u64,
     ) -> Result<Vec<Event>, MlsError> {
         let mut events = Vec::new();
-        self.catch_up(id, sequencer, now_ms, &mut events)?;
+        self.catch_up(id, sequencer, &mut events)?;
         self.retry_future(id, &mut events)?;
         Ok(events)
     }
@@ -203,7 +214,6 @@ impl Client {
         &mut self,
         id: &ConversationId,
         sequencer: &dyn CommitSequencer,
-        now_ms: u64,
         events: &mut Vec<Event>,
     ) -> Result<(), MlsError> {
         let topic = id.topic();
@@ -221,7 +231,7 @@ impl Client {
                         m.seq
                     )));
                 }
-                self.apply_sequenced(id, m.seq, &m.payload, now_ms, events)?;
+                self.apply_sequenced(id, m.seq, &m.payload, events)?;
             }
         }
     }
@@ -232,7 +242,6 @@ impl Client {
         id: &ConversationId,
         seq: u64,
         payload: &[u8],
-        now_ms: u64,
         events: &mut Vec<Event>,
     ) -> Result<(), MlsError> {
         // Our own commit, accepted by the sequencer before we could merge it (e.g. a crash).
@@ -260,7 +269,7 @@ impl Client {
             c.meta.pending_commit = None;
             self.persist(id)?;
         }
-        match self.process_handshake(id, seq, payload, now_ms) {
+        match self.process_handshake(id, seq, payload) {
             Ok(mut evs) => {
                 self.conv_mut(id)?.meta.applied = seq + 1;
                 self.persist(id)?;
@@ -287,7 +296,6 @@ impl Client {
         id: &ConversationId,
         seq: u64,
         payload: &[u8],
-        now_ms: u64,
     ) -> Result<Vec<Event>, MlsError> {
         let msg = parse_message(payload)?;
         if !msg.is_handshake_message() {
@@ -328,7 +336,6 @@ impl Client {
                 if removed_idx.iter().any(|r| r.u32() ^ 1 == own.u32()) {
                     c.meta.needs_update = true;
                 }
-                let _ = now_ms;
                 Ok(vec![Event::Commit { seq, epoch: c.group.epoch().as_u64(), added, removed }])
             }
             ProcessedMessageContent::ProposalMessage(p) => {
@@ -352,20 +359,31 @@ impl Client {
     /// Builds `change` on the current local state without sequencing it (no fetch). Returns
     /// `None` if there is nothing to do (e.g. the member to remove is already gone). The pending
     /// commit is stored durably before it can be submitted.
-    pub fn stage(&mut self, id: &ConversationId, change: Change) -> Result<Option<StagedChange>, MlsError> {
-        self.exclusive(|s| s.stage_now(id, change))
+    pub fn stage(
+        &mut self,
+        id: &ConversationId,
+        change: Change,
+        now_ms: u64,
+    ) -> Result<Option<StagedChange>, MlsError> {
+        self.exclusive(|s| s.stage_now(id, change, now_ms))
     }
 
     pub(super) fn stage_now(
         &mut self,
         id: &ConversationId,
         change: Change,
+        now_ms: u64,
     ) -> Result<Option<StagedChange>, MlsError> {
-        let built = self.atomically(id, |s| s.build(id, &change))?;
+        let built = self.atomically(id, |s| s.build(id, &change, now_ms))?;
         Ok(built.map(|built| StagedChange { conversation: *id, change, built }))
     }
 
-    pub(super) fn build(&mut self, id: &ConversationId, change: &Change) -> Result<Option<Built>, MlsError> {
+    pub(super) fn build(
+        &mut self,
+        id: &ConversationId,
+        change: &Change,
+        now_ms: u64,
+    ) -> Result<Option<Built>, MlsError> {
         let provider = &self.provider;
         let signer = &self.signer;
         let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
@@ -375,7 +393,7 @@ impl Client {
         let after = c.meta.applied;
         let g = &mut c.group;
         let (commit, welcome) = match change {
-            Change::Add(kps) => match build_add(g, provider, signer, kps)? {
+            Change::Add(kps) => match build_add(g, provider, signer, kps, now_ms)? {
                 Some((commit, welcome)) => (commit, Some(welcome)),
                 None => return Ok(None),
             },
@@ -470,8 +488,8 @@ impl Client {
                 Err(SequencerError::Stale { .. }) => {
                     self.drop_pending(&id)?;
                     let mut events = Vec::new();
-                    self.catch_up(&id, sequencer, now_ms, &mut events)?;
-                    match self.atomically(&id, |s| s.build(&id, &staged.change))? {
+                    self.catch_up(&id, sequencer, &mut events)?;
+                    match self.atomically(&id, |s| s.build(&id, &staged.change, now_ms))? {
                         Some(b) => built = b,
                         None => return Ok(None),
                     }
@@ -516,8 +534,8 @@ impl Client {
         now_ms: u64,
     ) -> Result<Option<CommitOutcome>, MlsError> {
         let mut events = Vec::new();
-        self.catch_up(id, sequencer, now_ms, &mut events)?;
-        match self.stage(id, change)? {
+        self.catch_up(id, sequencer, &mut events)?;
+        match self.stage(id, change, now_ms)? {
             Some(staged) => self.submit(staged, sequencer, now_ms),
             None => Ok(None),
         }

@@ -1,25 +1,47 @@
 //! This device's key packages: batches to publish, what is left, replenishing.
 
-use openmls::prelude::{KeyPackage, Lifetime};
+use openmls::prelude::{Extension, Extensions, KeyPackage, UnknownExtension};
 use openmls_traits::OpenMlsProvider as _;
 
 use super::{Client, MlsError};
 use crate::CIPHERSUITE;
-use crate::keypackage::{KeyPackageBatch, encode_key_package};
+use crate::keypackage::{EXPIRY_EXTENSION_TYPE, KeyPackageBatch, clock_free_lifetime, encode_key_package};
 
 pub(super) const KP_PREFIX: &[u8] = b"cairn.keypackage\0";
 
 impl Client {
-    /// Makes `count` one-time key packages and, if `last_resort`, one last-resort package; their
-    /// private keys are stored, the batch is what the device publishes.
+    /// [`Client::key_package_batch_at`] at the system clock's time.
     pub fn key_package_batch(&self, count: usize, last_resort: bool) -> Result<KeyPackageBatch, MlsError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.key_package_batch_at(count, last_resort, now_ms)
+    }
+
+    /// Makes `count` one-time key packages and, if `last_resort`, one last-resort package; their
+    /// private keys are stored, the batch is what the device publishes. Each expires
+    /// [`Config::key_package_lifetime_s`](super::Config::key_package_lifetime_s) after `now_ms`
+    /// (Cairn's expiry extension, checked by a committer; the MLS lifetime is
+    /// [`clock_free_lifetime`], so no member's clock decides a sequenced Add).
+    pub fn key_package_batch_at(
+        &self,
+        count: usize,
+        last_resort: bool,
+        now_ms: u64,
+    ) -> Result<KeyPackageBatch, MlsError> {
         if self.has_pending_flush() {
             return Err(MlsError::FlushPending);
         }
+        let not_after_ms = now_ms.saturating_add(self.config.key_package_lifetime_s.saturating_mul(1000));
+        let expiry =
+            Extension::Unknown(EXPIRY_EXTENSION_TYPE, UnknownExtension(not_after_ms.to_be_bytes().to_vec()));
+        let extensions = Extensions::single(expiry)
+            .map_err(|e| MlsError::Operation { op: "key package extensions", reason: e.to_string() })?;
         let mut packages = Vec::with_capacity(count + 1);
         for i in 0..count + usize::from(last_resort) {
             let mut b = KeyPackage::builder()
-                .key_package_lifetime(Lifetime::new(self.config.key_package_lifetime_s))
+                .key_package_lifetime(clock_free_lifetime())
+                .key_package_extensions(extensions.clone())
                 .leaf_node_capabilities(Self::capabilities());
             if i == count {
                 b = b.mark_as_last_resort();

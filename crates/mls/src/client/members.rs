@@ -93,19 +93,19 @@ impl Client {
         sequencer: &mut dyn CommitSequencer,
         now_ms: u64,
     ) -> Result<u64, MlsError> {
-        self.exclusive(|s| s.leave_now(id, sequencer, now_ms))
+        let _ = now_ms;
+        self.exclusive(|s| s.leave_now(id, sequencer))
     }
 
     pub(super) fn leave_now(
         &mut self,
         id: &ConversationId,
         sequencer: &mut dyn CommitSequencer,
-        now_ms: u64,
     ) -> Result<u64, MlsError> {
         let topic = id.topic();
         for _ in 0..self.config.rebuild_attempts_max.max(1) {
             let mut events = Vec::new();
-            self.catch_up(id, sequencer, now_ms, &mut events)?;
+            self.catch_up(id, sequencer, &mut events)?;
             let (after, proposal) = self.atomically(id, |s| {
                 let provider = &s.provider;
                 let signer = &s.signer;

@@ -142,7 +142,8 @@ impl Client {
     }
 
     fn capabilities() -> Capabilities {
-        Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build()
+        let expiry = ExtensionType::Unknown(crate::keypackage::EXPIRY_EXTENSION_TYPE);
+        Capabilities::builder().extensions(vec![ExtensionType::LastResort, expiry]).build()
     }
 
     fn join_config(&self) -> MlsGroupJoinConfig {

@@ -79,7 +79,7 @@ impl Dev {
 
     /// Publishes `n` one-time packages and a last-resort one into `pool`.
     pub(crate) fn publish(&self, pool: &mut KeyPackagePool, n: usize) {
-        let batch = self.client.key_package_batch(n, true).unwrap();
+        let batch = self.client.key_package_batch_at(n, true, NOW).unwrap();
         pool.publish(&batch.encode()).unwrap();
     }
 
