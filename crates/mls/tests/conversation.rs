@@ -515,3 +515,110 @@ fn junk_for_a_future_epoch_cannot_evict_or_lose_genuine_messages() {
     // Received again from history, the refused one is read.
     assert_eq!(delivered(b.receive(&id, &second, AAD).unwrap()).body, b"genuine, after the junk");
 }
+
+/// How a [`Flaky`] sequencer fails its next submission.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Sequences it, then answers with a timeout.
+    LoseAnswer,
+    /// Sequences it, then answers "stale" (a retried request that landed twice).
+    StaleAfterSequencing,
+    /// Does not sequence it, answers with a timeout.
+    LoseRequest,
+}
+
+/// A sequencer whose next submission fails with `fault` (then behaves).
+struct Flaky {
+    inner: MemorySequencer,
+    fault: Option<Fault>,
+}
+
+impl CommitSequencer for Flaky {
+    fn submit(
+        &mut self,
+        topic: cairn_proto::Topic,
+        after: u64,
+        payload: Vec<u8>,
+    ) -> Result<u64, cairn_proto::sequencer::SequencerError> {
+        use cairn_proto::sequencer::SequencerError;
+        match self.fault.take() {
+            None => self.inner.submit(topic, after, payload),
+            Some(Fault::LoseRequest) => Err(SequencerError::Unavailable("timeout".into())),
+            Some(Fault::LoseAnswer) => {
+                self.inner.submit(topic, after, payload)?;
+                Err(SequencerError::Unavailable("timeout".into()))
+            }
+            Some(Fault::StaleAfterSequencing) => {
+                let seq = self.inner.submit(topic, after, payload)?;
+                Err(SequencerError::Stale { after, current: seq + 1 })
+            }
+        }
+    }
+
+    fn fetch(
+        &self,
+        topic: &cairn_proto::Topic,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<cairn_proto::sequencer::Sequenced>, cairn_proto::sequencer::SequencerError> {
+        self.inner.fetch(topic, from, max)
+    }
+}
+
+fn converged(a: &Dev, b: &Dev, id: &cairn_mls::ConversationId) {
+    assert_eq!(a.client.epoch(id).unwrap(), b.client.epoch(id).unwrap());
+    assert_eq!(a.client.epoch_authenticator(id).unwrap(), b.client.epoch_authenticator(id).unwrap());
+}
+
+#[test]
+fn a_committer_whose_answer_is_lost_or_stale_never_forks_itself() {
+    let mut flaky = Flaky { inner: MemorySequencer::new(), fault: None };
+    let (mut a, mut b, mut d) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut flaky.inner);
+
+    // Sequenced, answer lost: the commit stays pending and `sync` merges it from the order.
+    flaky.fault = Some(Fault::LoseAnswer);
+    let r = a.client.self_update(&id, &mut flaky, NOW);
+    assert!(matches!(r, Err(MlsError::Sequencer(_))), "{r:?}");
+    // Messages still flow meanwhile (in the old epoch).
+    say(&mut a, &mut [&mut b], &id, "while pending");
+    b.client.sync(&id, &flaky, NOW).unwrap();
+    let ev = a.client.sync(&id, &flaky, NOW).unwrap();
+    assert!(matches!(&ev[..], [Event::Commit { own: true, .. }]), "{ev:?}");
+    converged(&a, &b, &id);
+    say(&mut b, &mut [&mut a], &id, "merged from the order");
+
+    // Sequenced, answered "stale": the order shows its own bytes, so it is merged, not rebuilt.
+    flaky.fault = Some(Fault::StaleAfterSequencing);
+    let n = flaky.inner.len(&id.topic());
+    let out = a.client.self_update(&id, &mut flaky, NOW).unwrap().unwrap();
+    assert_eq!((out.seq, flaky.inner.len(&id.topic())), (n, n + 1), "one commit, not two");
+    b.client.sync(&id, &flaky, NOW).unwrap();
+    converged(&a, &b, &id);
+
+    // Not sequenced, timed out: retried with the same bytes; an Add keeps its Welcome.
+    let mut pool = KeyPackagePool::new();
+    d.publish(&mut pool, 1);
+    flaky.fault = Some(Fault::LoseRequest);
+    let r = a.client.add(&id, vec![pool.take(&d.device()).unwrap()], &mut flaky, NOW);
+    assert!(matches!(r, Err(MlsError::Sequencer(_))), "{r:?}");
+    // Its slot is still open: nothing else is committed before it is settled.
+    assert!(matches!(a.client.self_update(&id, &mut flaky, NOW), Err(MlsError::CommitPending)));
+    let out = a.client.retry_pending(&id, &mut flaky).unwrap().unwrap();
+    d.client.join(&out.welcome.unwrap().bytes, NOW).unwrap();
+    b.client.sync(&id, &flaky, NOW).unwrap();
+    converged(&a, &b, &id);
+    converged(&a, &d, &id);
+    say(&mut d, &mut [&mut a, &mut b], &id, "joined after a retried add");
+
+    // Sequenced, answer lost, then another member's commit: the slot is still proven ours.
+    flaky.fault = Some(Fault::LoseAnswer);
+    assert!(a.client.self_update(&id, &mut flaky, NOW).is_err());
+    b.client.self_update(&id, &mut flaky, NOW).unwrap().unwrap();
+    assert!(a.client.retry_pending(&id, &mut flaky).unwrap().is_some());
+    d.client.sync(&id, &flaky, NOW).unwrap();
+    converged(&a, &b, &id);
+    converged(&a, &d, &id);
+    assert_eq!(a.client.retry_pending(&id, &mut flaky).unwrap().map(|o| o.seq), None);
+    say(&mut a, &mut [&mut b, &mut d], &id, "one group");
+}

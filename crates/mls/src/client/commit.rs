@@ -1,18 +1,18 @@
 //! Handshakes: a change is staged (built and stored durably), submitted to the sequencer,
 //! rebuilt while stale, and merged; every member applies sequenced handshakes in order (`sync`).
 
-use cairn_proto::sequencer::{CommitSequencer, SequencerError};
+use cairn_proto::sequencer::CommitSequencer;
 use cairn_proto::{AccountId, DeviceCert, DeviceId, Topic};
 use openmls::prelude::{
     KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, ProcessedMessageContent, Proposal, StagedCommit,
 };
 use openmls_traits::OpenMlsProvider as _;
-use tls_codec::Serialize as _;
 
 use super::error::op_err;
 use super::messages::Received;
+use super::pending::OwnPending;
 use super::state::snapshot_epoch;
-use super::{Client, ConversationId, MlsError, WelcomeBundle, inbox_topic, parse_message, to_bytes};
+use super::{Client, ConversationId, MlsError, inbox_topic, parse_message, to_bytes};
 use crate::credential::{CredentialError, DeviceSigner, cert_of, verify_credential};
 use crate::keypackage::VerifiedKeyPackage;
 use crate::storage::CairnProvider;
@@ -33,11 +33,11 @@ pub enum Change {
 }
 
 /// A Welcome for new members, as delivered to their inboxes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WelcomeOut {
     /// Inbox topics of the new devices, with the device each is for.
     pub recipients: Vec<(DeviceId, Topic)>,
-    /// The encoded [`WelcomeBundle`].
+    /// The encoded [`WelcomeBundle`](super::WelcomeBundle).
     pub bytes: Vec<u8>,
 }
 
@@ -85,8 +85,6 @@ pub(super) type PendingWelcome = (WelcomeOut, Vec<KeyPackage>);
 #[derive(Debug)]
 pub(super) struct Built {
     pub(super) commit: Vec<u8>,
-    /// The Welcome (bytes and recipients) and the key packages its tree key is sealed to.
-    pub(super) welcome: Option<PendingWelcome>,
     pub(super) after: u64,
 }
 
@@ -103,6 +101,13 @@ pub enum Event {
         added: Vec<DeviceCert>,
         /// Devices removed.
         removed: Vec<DeviceCert>,
+        /// This device's own commit, merged when its bytes were seen in the order (its
+        /// submission's answer was lost or said "stale"); `added`/`removed` are then empty.
+        own: bool,
+        /// With `own`: the Welcome of an Add, if this device still held it (in memory: a
+        /// restart between submission and merge loses it), to deliver as after
+        /// [`Client::commit`].
+        welcome: Option<WelcomeOut>,
     },
     /// A member proposed to leave; a commit will follow ([`Client::commit_pending`]).
     LeaveProposed {
@@ -244,29 +249,27 @@ impl Client {
         payload: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), MlsError> {
-        // Our own commit, accepted by the sequencer before we could merge it (e.g. a crash).
+        // Our own commit, sequenced before we could merge it (its answer was lost, we were
+        // told "stale", or we crashed): its bytes prove it holds this slot.
         let own = self.conv(id)?.meta.pending_commit.as_deref() == Some(payload);
         if own {
-            let provider = &self.provider;
-            let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
-            snapshot_epoch(provider, id, c, self.config.past_epochs_max)?;
-            c.group.merge_pending_commit(provider).map_err(|e| op_err("merge own commit")(e.to_string()))?;
-            c.meta.pending_commit = None;
-            c.meta.applied = seq + 1;
-            events.push(Event::Commit {
-                seq,
-                epoch: c.group.epoch().as_u64(),
-                added: Vec::new(),
-                removed: Vec::new(),
-            });
+            match self.merge_own(id, seq) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    self.rollback(id)?;
+                    return Err(e);
+                }
+            }
             return self.persist(id);
         }
         if self.conv(id)?.meta.pending_commit.is_some() || self.conv(id)?.group.pending_commit().is_some() {
-            // Our pending commit lost the race: drop it (its author rebuilds it).
+            // Other bytes hold the slot our pending commit was built for: it lost (its author
+            // rebuilds the change).
             let storage = self.provider.storage();
             let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
             c.group.clear_pending_commit(storage)?;
             c.meta.pending_commit = None;
+            c.own = None;
             self.persist(id)?;
         }
         match self.process_handshake(id, seq, payload) {
@@ -336,7 +339,8 @@ impl Client {
                 if removed_idx.iter().any(|r| r.u32() ^ 1 == own.u32()) {
                     c.meta.needs_update = true;
                 }
-                Ok(vec![Event::Commit { seq, epoch: c.group.epoch().as_u64(), added, removed }])
+                let epoch = c.group.epoch().as_u64();
+                Ok(vec![Event::Commit { seq, epoch, added, removed, own: false, welcome: None }])
             }
             ProcessedMessageContent::ProposalMessage(p) => {
                 let Proposal::Remove(r) = p.proposal() else {
@@ -427,92 +431,9 @@ impl Client {
             }
         };
         c.meta.pending_commit = Some(commit.clone());
-        Ok(Some(Built { commit, welcome, after }))
-    }
-
-    /// Submits a staged change. If the sequencer says it is stale, the pending commit is
-    /// dropped, the conversation caught up, the change rebuilt on the new state and resubmitted
-    /// (at most [`Config::rebuild_attempts_max`] times). `Ok(None)`: nothing was left to do.
-    pub fn submit(
-        &mut self,
-        staged: StagedChange,
-        sequencer: &mut dyn CommitSequencer,
-        now_ms: u64,
-    ) -> Result<Option<CommitOutcome>, MlsError> {
-        self.exclusive(|s| s.submit_now(staged, sequencer, now_ms))
-    }
-
-    pub(super) fn submit_now(
-        &mut self,
-        staged: StagedChange,
-        sequencer: &mut dyn CommitSequencer,
-        now_ms: u64,
-    ) -> Result<Option<CommitOutcome>, MlsError> {
-        let id = staged.conversation;
-        let topic = id.topic();
-        let mut built = staged.built;
-        for _ in 0..self.config.rebuild_attempts_max.max(1) {
-            let len = built.commit.len();
-            match sequencer.submit(topic, built.after, built.commit.clone()) {
-                Ok(seq) => {
-                    let outcome = self.atomically(&id, |s| {
-                        let provider = &s.provider;
-                        let c = s.conversations.get_mut(&id).ok_or(MlsError::UnknownConversation)?;
-                        snapshot_epoch(provider, &id, c, s.config.past_epochs_max)?;
-                        c.group
-                            .merge_pending_commit(provider)
-                            .map_err(|e| op_err("merge commit")(e.to_string()))?;
-                        c.meta.pending_commit = None;
-                        c.meta.applied = seq + 1;
-                        if matches!(staged.change, Change::SelfUpdate) {
-                            c.meta.last_update_ms = now_ms;
-                            c.meta.needs_update = false;
-                        }
-                        let welcome = match built.welcome.take() {
-                            Some((w, packages)) => {
-                                let tree = c
-                                    .group
-                                    .export_ratchet_tree()
-                                    .tls_serialize_detached()
-                                    .map_err(|e| op_err("export ratchet tree")(e.to_string()))?;
-                                let bundle =
-                                    WelcomeBundle::seal(provider, id, seq + 1, w.bytes, &tree, &packages)?;
-                                Some(WelcomeOut { recipients: w.recipients, bytes: bundle.encode() })
-                            }
-                            None => None,
-                        };
-                        Ok(CommitOutcome { seq, epoch: c.group.epoch().as_u64(), commit_bytes: len, welcome })
-                    })?;
-                    return Ok(Some(outcome));
-                }
-                Err(SequencerError::Stale { .. }) => {
-                    self.drop_pending(&id)?;
-                    let mut events = Vec::new();
-                    self.catch_up(&id, sequencer, &mut events)?;
-                    match self.atomically(&id, |s| s.build(&id, &staged.change, now_ms))? {
-                        Some(b) => built = b,
-                        None => return Ok(None),
-                    }
-                }
-                Err(e) => {
-                    self.drop_pending(&id)?;
-                    return Err(e.into());
-                }
-            }
-        }
-        self.drop_pending(&id)?;
-        Err(MlsError::TooManyRebuilds { attempts: self.config.rebuild_attempts_max.max(1) })
-    }
-
-    pub(super) fn drop_pending(&mut self, id: &ConversationId) -> Result<(), MlsError> {
-        self.atomically(id, |s| {
-            let storage = s.provider.storage();
-            let c = s.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
-            c.group.clear_pending_commit(storage)?;
-            c.group.clear_pending_proposals(storage)?;
-            c.meta.pending_commit = None;
-            Ok(())
-        })
+        let self_update = matches!(change, Change::SelfUpdate);
+        c.own = Some(OwnPending { welcome, self_update, built_ms: now_ms });
+        Ok(Some(Built { commit, after }))
     }
 
     /// Catches up, builds `change`, sequences it (rebuilding while stale) and applies it.
@@ -535,6 +456,9 @@ impl Client {
     ) -> Result<Option<CommitOutcome>, MlsError> {
         let mut events = Vec::new();
         self.catch_up(id, sequencer, &mut events)?;
+        if self.conv(id)?.meta.pending_commit.is_some() {
+            return Err(MlsError::CommitPending);
+        }
         match self.stage(id, change, now_ms)? {
             Some(staged) => self.submit(staged, sequencer, now_ms),
             None => Ok(None),

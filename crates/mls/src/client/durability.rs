@@ -118,6 +118,9 @@ impl Client {
         c.group = group;
         c.meta = meta;
         c.past.clear();
+        if c.meta.pending_commit.is_none() {
+            c.own = None;
+        }
         Ok(())
     }
 

@@ -61,6 +61,11 @@ pub enum MlsError {
     /// operation commits its own transaction, so it is refused until then.
     #[error("deferred MLS writes wait for flush_into")]
     FlushPending,
+    /// A commit of this device is still pending: its submission failed and the order does
+    /// not show yet what holds its slot. Call [`Client::retry_pending`](super::Client::retry_pending)
+    /// (its outcome carries the Welcome of an Add) before committing anything else.
+    #[error("an earlier commit of this device is pending; retry it first")]
+    CommitPending,
     /// The authenticated data given by the caller is over [`AAD_BYTES_MAX`].
     #[error("authenticated data of {len} bytes is over the limit of {max}")]
     AadTooLong {

@@ -13,6 +13,7 @@
 //! - `keypackages`: this device's key packages.
 //! - `welcome`: [`WelcomeBundle`] (sealed tree) and joining.
 //! - `commit`: stage → submit → sequenced → merged, and `sync`.
+//! - `pending`: this device's own pending commit, kept until the order proves its slot.
 //! - `members`: add, remove, leave, self-update, devices.
 //! - `buffer`: the bounded future-epoch buffer.
 //! - `messages`: application messages, future-epoch buffer, past epochs.
@@ -25,6 +26,7 @@ mod error;
 mod keypackages;
 mod members;
 mod messages;
+mod pending;
 mod state;
 mod welcome;
 

@@ -9,6 +9,7 @@ use openmls::prelude::{GroupId, MlsGroup};
 use openmls_traits::OpenMlsProvider as _;
 
 use super::buffer::FutureBuffer;
+use super::pending::OwnPending;
 use super::{ConversationId, MlsError};
 use crate::storage::CairnProvider;
 
@@ -70,11 +71,13 @@ pub(super) struct Conversation {
     pub(super) future: FutureBuffer,
     /// Snapshots of retained past epochs, loaded on demand.
     pub(super) past: BTreeMap<u64, (MlsGroup, CairnProvider)>,
+    /// In-memory details of this device's pending commit (see `pending`).
+    pub(super) own: Option<OwnPending>,
 }
 
 impl Conversation {
     pub(super) fn new(group: MlsGroup, meta: Meta) -> Self {
-        Self { group, meta, future: FutureBuffer::default(), past: BTreeMap::new() }
+        Self { group, meta, future: FutureBuffer::default(), past: BTreeMap::new(), own: None }
     }
 }
 
