@@ -188,7 +188,7 @@ pub struct RemoteChainStatus {
 /// A client's request to a validator.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Request {
-    /// Admit this encoded transaction into the mempool.
+    /// Admit this encoded transaction (≤ [`TX_BYTES_MAX`]) into the mempool.
     Submit(Vec<u8>),
     /// The finalized chain status.
     Status,
