@@ -361,6 +361,15 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
             "store node: {}",
             store.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
         );
+        if let Some(addr) = store.listen_addrs.iter().find(|a| a.to_string().contains("/tcp/")) {
+            let addr = addr.to_string();
+            let full = if addr.contains("/p2p/") { addr } else { format!("{addr}/p2p/{}", store.peer_id) };
+            println!("another user joins this network with:");
+            println!(
+                "  cairn --home OTHER_DIR init && cairn --home OTHER_DIR up --genesis {} --bootstrap {full}",
+                cfg.genesis.display()
+            );
+        }
         let r = run_node(home, &cfg, Some(identity), store.listen_addrs.clone()).await;
         store.shutdown().await;
         r

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cairn_crypto::Identity;
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{LedgerClient, LedgerSequencer};
-use cairn_mls::{Client as MlsClient, Config as MlsConfig, ConversationId, DeviceSigner, VerifiedKeyPackage};
+use cairn_mls::{Client as MlsClient, ConversationId, DeviceSigner, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId};
 use redb::Database;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -104,7 +104,7 @@ impl Service {
         };
         let signer = DeviceSigner::new(keys.device_key.clone(), keys.cert)
             .map_err(|e| anyhow::anyhow!("device certificate: {e}"))?;
-        let mls = MlsClient::open(db.clone(), signer, MlsConfig::default())
+        let mls = MlsClient::open(db.clone(), signer, crate::engine::mls_config())
             .map_err(|e| anyhow::anyhow!("MLS state: {e}"))?;
         let net = cairn_net::node::start(cfg.net.clone()).await?;
         let net_events = net.take_events().ok_or_else(|| anyhow::anyhow!("mesh events already taken"))?;

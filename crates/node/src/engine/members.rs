@@ -36,6 +36,28 @@ impl Engine {
         Ok(id)
     }
 
+    /// Settles a commit of this device left pending by a lost or refused answer (merged if
+    /// sequenced, else resubmitted or dropped), so the next commit can be built.
+    pub(super) fn settle_commit(
+        &mut self,
+        id: &ConversationId,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) {
+        self.sync(id, seq, now_ms);
+        match self.mls.retry_pending(id, seq) {
+            Ok(Some(o)) => {
+                if let Some(w) = &o.welcome
+                    && let Err(e) = self.publish_welcome(w, now_ms)
+                {
+                    tracing::warn!("Welcome of a settled commit not sent: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("pending commit of {}: {e}", hex::encode(id.0)),
+        }
+    }
+
     /// Adds devices to a conversation.
     pub fn add(
         &mut self,
@@ -44,7 +66,7 @@ impl Engine {
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) -> Result<(), NodeError> {
-        self.sync(&id, seq, now_ms);
+        self.settle_commit(&id, seq, now_ms);
         let outcomes = self.mls.add_many(&id, packages, seq, now_ms).map_err(mls_err)?;
         for o in &outcomes {
             if let Some(w) = &o.welcome {
@@ -68,7 +90,7 @@ impl Engine {
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) -> Result<(), NodeError> {
-        self.sync(&id, seq, now_ms);
+        self.settle_commit(&id, seq, now_ms);
         let r = self.mls.remove_account(&id, account, seq, now_ms).map_err(mls_err);
         self.refresh(&id, now_ms);
         match r? {
@@ -87,6 +109,7 @@ impl Engine {
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) -> Result<(), NodeError> {
+        self.settle_commit(&id, seq, now_ms);
         let r = self.mls.leave(&id, seq, now_ms).map(|_| ()).map_err(mls_err);
         self.refresh(&id, now_ms);
         r
@@ -120,7 +143,7 @@ impl Engine {
         ttl_secs: u32,
         now_ms: u64,
     ) -> Result<Envelope, NodeError> {
-        let batch = self.mls.key_package_batch(count, true).map_err(mls_err)?;
+        let batch = self.mls.key_package_batch_at(count, true, now_ms).map_err(mls_err)?;
         let k = &self.keys;
         let topic = crate::shell::keypackages::key_package_topic(&k.device);
         let m = cairn_proto::Message::sign(&k.device_key, k.cert, topic, now_ms, vec![], batch.encode());
@@ -133,7 +156,7 @@ impl Engine {
     /// Publishes a Welcome to each invitee's inbox. The envelope carries the sealed bundle
     /// only: no signature wrapper, so relays and store nodes see neither inviter nor members
     /// (the bundle is authenticated inside MLS). Persisted in the outbox until stored.
-    fn publish_welcome(&mut self, w: &WelcomeOut, now_ms: u64) -> Result<(), NodeError> {
+    pub(super) fn publish_welcome(&mut self, w: &WelcomeOut, now_ms: u64) -> Result<(), NodeError> {
         for (device, topic) in &w.recipients {
             let padded = pad(&w.bytes, &self.cfg.limits).map_err(|e| NodeError::Internal(e.to_string()))?;
             let mut env = Envelope::new(*topic, now_ms, WELCOME_TTL_SECS, vec![], padded);

@@ -74,6 +74,17 @@ impl EngineConfig {
     }
 }
 
+/// Past epochs whose keys a member keeps (MLS default 2). Scheduled self-updates after each
+/// join move a group through epochs quickly, and a message delayed across more epochs than
+/// this can never be read; 8 keeps a message readable across a burst of joins and updates
+/// while bounding how long old keys live.
+pub const PAST_EPOCHS_MAX: usize = 8;
+
+/// The MLS settings a user node runs with.
+pub fn mls_config() -> cairn_mls::Config {
+    cairn_mls::Config { past_epochs_max: PAST_EPOCHS_MAX, ..cairn_mls::Config::default() }
+}
+
 /// What the engine asks the shell to do.
 #[derive(Debug, Clone)]
 pub enum Io {
@@ -180,6 +191,11 @@ impl Engine {
         &self.db
     }
 
+    /// Whether the local history holds an envelope.
+    pub fn history_has(&self, id: &Id) -> bool {
+        self.history.get(id).ok().flatten().is_some()
+    }
+
     /// This device's keys.
     pub fn keys(&self) -> &IdentityKeys {
         &self.keys
@@ -215,6 +231,7 @@ impl Engine {
         let fx = self.core.handle(Input::Tick, now_ms);
         self.apply(fx, seq, now_ms);
         for c in self.mls.conversations_due(now_ms) {
+            self.settle_commit(&c, seq, now_ms);
             if let Err(e) = self.mls.self_update(&c, seq, now_ms) {
                 tracing::debug!("scheduled key update of {}: {e}", hex::encode(c.0));
             }
@@ -322,8 +339,15 @@ impl Engine {
         let mut changed = false;
         let mut leave = false;
         let mut readable = Vec::new();
+        let mut welcomes = Vec::new();
         for ev in events {
             match ev {
+                // This device's own commit, merged once seen in the order (its submission's
+                // answer was lost): its Welcome still has to go out.
+                cairn_mls::Event::Commit { own: true, welcome: Some(w), .. } => {
+                    changed = true;
+                    welcomes.push(w);
+                }
                 cairn_mls::Event::Commit { .. } | cairn_mls::Event::RemovedSelf { .. } => changed = true,
                 cairn_mls::Event::LeaveProposed { .. } => {
                     changed = true;
@@ -338,6 +362,11 @@ impl Engine {
         }
         // The sync's MLS writes and the messages it made readable: one transaction.
         self.buffered_readable(*conv, readable, now_ms);
+        for w in welcomes {
+            if let Err(e) = self.publish_welcome(&w, now_ms) {
+                tracing::warn!("Welcome of a late-confirmed commit not sent: {e}");
+            }
+        }
         if leave && let Err(e) = self.mls.commit_pending(conv, seq, now_ms) {
             tracing::debug!("committing a leave: {e}");
         }

@@ -87,14 +87,25 @@ impl Engine {
         for (i, r) in openable.into_iter().zip(results) {
             outcomes[i] = match r {
                 Ok(Received::Message(d)) => self.check(conv, &fresh[i], d),
-                Ok(Received::Buffered) | Ok(Received::Dropped(Dropped::BufferFull)) => {
-                    Outcome::Hold(Unreadable::FutureEpoch)
-                }
+                Ok(Received::Buffered)
+                | Ok(Received::Dropped(Dropped::BufferFull))
+                | Ok(Received::Dropped(Dropped::TooFarAhead)) => Outcome::Hold(Unreadable::FutureEpoch),
                 Ok(Received::Dropped(Dropped::TooOld)) => Outcome::Hold(Unreadable::TooOld),
                 // Re-wrapped in another header by a relay: junk (the genuine one still reads).
                 Ok(Received::Dropped(Dropped::AadMismatch)) => Outcome::Hold(Unreadable::Junk),
-                Ok(Received::Dropped(_)) => Outcome::Ignore,
-                Err(_) => Outcome::Hold(Unreadable::Junk),
+                Ok(Received::Dropped(d)) => {
+                    if std::env::var("CAIRN_DEBUG_RX").is_ok() {
+                        eprintln!("RX dropped {d:?}");
+                    }
+                    Outcome::Ignore
+                }
+                Err(e) => {
+                    if std::env::var("CAIRN_DEBUG_RX").is_ok() {
+                        let ep = self.mls.epoch(&conv).unwrap_or(0);
+                        eprintln!("RX error at epoch {ep} {} : {e}", fresh[i].id.short());
+                    }
+                    Outcome::Hold(Unreadable::Junk)
+                }
             };
         }
         self.settle(conv, &fresh, outcomes, seq, now_ms);
@@ -126,6 +137,14 @@ impl Engine {
         let mut rows = Vec::new();
         let mut held = Vec::new();
         for (a, o) in fresh.iter().zip(outcomes) {
+            if std::env::var("CAIRN_DEBUG_RX").is_ok() {
+                let what = match &o {
+                    Outcome::Accept(_) => "accept".to_string(),
+                    Outcome::Hold(w) => format!("hold {w:?}"),
+                    Outcome::Ignore => "ignore".to_string(),
+                };
+                eprintln!("RX {} {} {what}", self.keys.device.to_text(), a.id.short());
+            }
             match o {
                 Outcome::Accept(row) => rows.push(*row),
                 Outcome::Hold(why) => held.push((a, why)),

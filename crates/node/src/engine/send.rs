@@ -97,7 +97,9 @@ impl Engine {
         let topic = conv.topic();
         let parents = self.core.parents_for(&conv);
         let k = &self.keys;
-        let inner = Message::sign(&k.device_key, k.cert, topic, now_ms, parents.clone(), body);
+        let inner = Message::sign(&k.device_key, k.cert, topic, now_ms, parents, body);
+        // The signed message holds the parents in canonical (sorted) order, as the header will.
+        let parents = inner.parents.clone();
         let aad = header_aad(&topic, now_ms, self.cfg.ttl_secs, &parents);
         let ct = self.mls_send(&conv, &inner.encode(), &aad)?;
         let padded = pad(&ct, &self.cfg.limits).map_err(|e| NodeError::BadRequest(e.to_string()))?;
