@@ -9,6 +9,8 @@
 //! - [`storage`]: OpenMLS state in Cairn's redb file, one transaction per operation.
 //! - [`sequencer`]: an in-memory sequencer for tests and benches.
 //! - [`primitives`]: the MLS derivations, checked against the IETF test vectors.
+//! - [`welcome_chunks`](mod@welcome_chunks): a Welcome bundle larger than one envelope, split into chunks and
+//!   reassembled within bounded memory.
 
 pub mod client;
 mod compact;
@@ -17,6 +19,7 @@ pub mod keypackage;
 pub mod primitives;
 pub mod sequencer;
 pub mod storage;
+pub mod welcome_chunks;
 
 pub use client::{
     AAD_BYTES_MAX, Change, Client, CommitOutcome, Config, ConversationId, Delivered, Dropped, Event,
@@ -29,6 +32,12 @@ pub use keypackage::{
 };
 pub use sequencer::MemorySequencer;
 pub use storage::{CairnProvider, CallStats, DatabaseHandle, MlsStorage, StorageError, StorageStats};
+pub use welcome_chunks::{
+    AssemblerLimits, WELCOME_ASSEMBLY_BUNDLES_MAX, WELCOME_ASSEMBLY_BYTES_MAX, WELCOME_ASSEMBLY_DONE_IDS_MAX,
+    WELCOME_ASSEMBLY_STALE_MS, WELCOME_CHUNK_HEADER_BYTES, WELCOME_CHUNK_VERSION, WELCOME_CHUNKED_BYTES_MAX,
+    WELCOME_CHUNKS_MAX, WelcomeAssembler, WelcomeChunk, WelcomeChunkError, WelcomeSplitError,
+    welcome_bundle_id, welcome_chunk_bytes_max, welcome_chunks,
+};
 
 /// The ciphersuite of every Cairn group: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
 pub const CIPHERSUITE: openmls::prelude::Ciphersuite =
