@@ -282,6 +282,26 @@ impl Client {
             .collect()
     }
 
+    /// An MLS exporter secret of the conversation's current epoch (RFC 9420 §8.5): `len` bytes
+    /// (≤ 64) for `label` and `context`, known to the epoch's members only. Returns the epoch
+    /// it belongs to.
+    pub fn exporter(
+        &self,
+        id: &ConversationId,
+        label: &str,
+        context: &[u8],
+        len: usize,
+    ) -> Result<(u64, Vec<u8>), MlsError> {
+        if len > 64 {
+            return Err(MlsError::Rejected(format!("exporter length {len} is over 64 bytes")));
+        }
+        let group = &self.conv(id)?.group;
+        let secret = group
+            .export_secret(self.provider.crypto(), label, context, len)
+            .map_err(|e| MlsError::Rejected(format!("exporter: {e}")))?;
+        Ok((group.epoch().as_u64(), secret))
+    }
+
     /// Raw OpenMLS group, for inspection and benchmarks.
     pub fn group(&self, id: &ConversationId) -> Result<&MlsGroup, MlsError> {
         Ok(&self.conv(id)?.group)

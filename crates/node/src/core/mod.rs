@@ -18,7 +18,7 @@ pub mod quarantine;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_mls::ConversationId;
-use cairn_proto::{AccountId, Id};
+use cairn_proto::{AccountId, DeviceId, Id};
 
 use self::chain::Chain;
 use self::delivery::{Deliveries, Delivery};
@@ -28,11 +28,9 @@ use crate::model::DeliveryView;
 /// Limits and schedules of the core (all bounds name their unit).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// Receipt batches of a conversation are at least `members² ×` this many ms apart (at most
-    /// `receipt_pace_ms_max`).
-    pub receipt_pace_ms_per_member2: u64,
-    /// Longest wait between receipt batches, ms.
-    pub receipt_pace_ms_max: u64,
+    /// Receipt batches of a conversation are at least this many ms apart. (Receipts go to the
+    /// sender alone, so their cost is linear in the group: no pacing by group size is needed.)
+    pub receipt_every_ms: u64,
     /// Ids per receipt message.
     pub receipt_ids_max: usize,
     /// Receipts owed per conversation. Overflow policy: the batch goes out at once, whatever
@@ -55,8 +53,7 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            receipt_pace_ms_per_member2: 2,
-            receipt_pace_ms_max: 30_000,
+            receipt_every_ms: 200,
             receipt_ids_max: 128,
             receipts_due_max: 4_096,
             anchor_every_ms: 5_000,
@@ -119,6 +116,10 @@ pub enum Input {
         parents: Vec<Id>,
         /// The sending account.
         from: AccountId,
+        /// The sending device (a receipt goes to it).
+        device: DeviceId,
+        /// The MLS epoch it was sent in (the receipt is sealed for that epoch).
+        epoch: u64,
         /// Whether it is a text message (owed a receipt).
         text: bool,
     },
@@ -181,10 +182,14 @@ pub enum Effect {
         /// New state.
         view: DeliveryView,
     },
-    /// Send a receipt for these messages.
+    /// Send a receipt for these messages to the device that sent them.
     SendReceipt {
         /// Conversation.
         conv: ConversationId,
+        /// The sending device.
+        to: DeviceId,
+        /// The epoch they were sent in.
+        epoch: u64,
         /// Message ids (at most `receipt_ids_max`).
         ids: Vec<Id>,
     },
@@ -220,6 +225,14 @@ pub enum Effect {
     },
 }
 
+/// A receipt owed.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    id: Id,
+    to: DeviceId,
+    epoch: u64,
+}
+
 /// One conversation as the core sees it.
 #[derive(Debug, Default, Clone)]
 struct Conv {
@@ -229,7 +242,7 @@ struct Conv {
     devices: u32,
     chain: Chain,
     quarantine: Quarantine,
-    receipts_due: Vec<Id>,
+    receipts_due: Vec<Due>,
     last_receipt_ms: u64,
     anchored: u64,
     last_anchor_ms: u64,
@@ -304,8 +317,9 @@ impl Core {
             Input::Forgotten { conv } => {
                 self.convs.remove(&conv);
             }
-            Input::Accepted { conv, id, parents, from: _, text } => {
-                self.accepted(conv, id, &parents, text, now_ms, &mut out)
+            Input::Accepted { conv, id, parents, from: _, device, epoch, text } => {
+                let due = text.then_some(Due { id, to: device, epoch });
+                self.accepted(conv, id, &parents, due, now_ms, &mut out)
             }
             Input::Unreadable { conv, id, parents, why } => {
                 self.unreadable(conv, id, &parents, why, now_ms, &mut out)
@@ -375,7 +389,7 @@ impl Core {
         conv: ConversationId,
         id: Id,
         parents: &[Id],
-        text: bool,
+        due: Option<Due>,
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
@@ -387,8 +401,8 @@ impl Core {
             c.chain.add(p, &[]);
         }
         c.chain.add(id, parents);
-        if text {
-            c.receipts_due.push(id);
+        if let Some(due) = due {
+            c.receipts_due.push(due);
             if c.receipts_due.len() >= max_due {
                 self.flush_receipts(conv, now_ms, true, out);
             }
@@ -447,25 +461,26 @@ impl Core {
         }
     }
 
-    /// Every member decrypts every receipt, so a group of m members costs each member
-    /// (m-1)/pace receipt decryptions per second; pacing at m² × 2 ms keeps that below one
-    /// per 2·m ms: 3 members every tick, 10 every 200 ms, 100 every 20 s.
+    /// Owed receipts go out every `receipt_every_ms`, one per (sending device, epoch), at
+    /// most `receipt_ids_max` ids each.
     fn flush_receipts(&mut self, conv: ConversationId, now_ms: u64, force: bool, out: &mut Vec<Effect>) {
         let cfg = &self.cfg;
         let Some(c) = self.convs.get_mut(&conv) else { return };
         if c.receipts_due.is_empty() || !c.active {
             return;
         }
-        let m = u64::from(c.devices.max(2));
-        let every =
-            m.saturating_mul(m).saturating_mul(cfg.receipt_pace_ms_per_member2).min(cfg.receipt_pace_ms_max);
-        if !force && now_ms.saturating_sub(c.last_receipt_ms) < every {
+        if !force && now_ms.saturating_sub(c.last_receipt_ms) < cfg.receipt_every_ms {
             return;
         }
         c.last_receipt_ms = now_ms;
-        let due = std::mem::take(&mut c.receipts_due);
-        for chunk in due.chunks(cfg.receipt_ids_max.max(1)) {
-            out.push(Effect::SendReceipt { conv, ids: chunk.to_vec() });
+        let mut by_sender: BTreeMap<(DeviceId, u64), Vec<Id>> = BTreeMap::new();
+        for d in std::mem::take(&mut c.receipts_due) {
+            by_sender.entry((d.to, d.epoch)).or_default().push(d.id);
+        }
+        for ((to, epoch), ids) in by_sender {
+            for chunk in ids.chunks(cfg.receipt_ids_max.max(1)) {
+                out.push(Effect::SendReceipt { conv, to, epoch, ids: chunk.to_vec() });
+            }
         }
     }
 

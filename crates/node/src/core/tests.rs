@@ -13,6 +13,10 @@ fn acc(n: u8) -> AccountId {
     AccountId([n; 32])
 }
 
+fn dev(n: u8) -> DeviceId {
+    DeviceId([n; 32])
+}
+
 fn core_with_members(others: &[u8]) -> Core {
     let mut core = Core::new(CoreConfig::default());
     let others = others.iter().map(|n| acc(*n)).collect();
@@ -62,7 +66,15 @@ fn an_accepted_message_proves_its_unreadable_ancestors() {
         0,
     );
     core.handle(
-        Input::Accepted { conv: conv(), id: id(3), parents: vec![id(2)], from: acc(2), text: true },
+        Input::Accepted {
+            conv: conv(),
+            id: id(3),
+            parents: vec![id(2)],
+            from: acc(2),
+            device: dev(2),
+            epoch: 1,
+            text: true,
+        },
         1,
     );
     assert_eq!(core.held(&conv()), 0, "both are proven history");
@@ -99,26 +111,47 @@ fn delivery_waits_for_the_other_members_at_send_time() {
 }
 
 #[test]
-fn receipts_are_paced_by_group_size_and_forced_when_too_many_are_owed() {
+fn receipts_go_to_each_sender_per_epoch_paced_and_forced_when_too_many_are_owed() {
     let cfg = CoreConfig { receipts_due_max: 3, ..CoreConfig::default() };
+    let every = cfg.receipt_every_ms;
     let mut core = Core::new(cfg);
     let others: BTreeSet<AccountId> = (2..=10).map(acc).collect();
     core.handle(Input::Conversation { conv: conv(), epoch: 1, active: true, others, devices: 10 }, 0);
-    let accept =
-        |n: u8| Input::Accepted { conv: conv(), id: id(n), parents: vec![], from: acc(2), text: true };
-    core.handle(accept(1), 1_000);
-    // 10 devices: receipts at most every 10² × 2 ms = 200 ms.
+    let accept = |n: u8, from: u8, epoch: u64| Input::Accepted {
+        conv: conv(),
+        id: id(n),
+        parents: vec![],
+        from: acc(from),
+        device: dev(from),
+        epoch,
+        text: true,
+    };
+    core.handle(accept(1, 2, 1), 1_000);
+    core.handle(accept(2, 3, 1), 1_000);
     let fx = core.handle(Input::Tick, 1_000);
-    assert_eq!(fx, vec![Effect::SendReceipt { conv: conv(), ids: vec![id(1)] }]);
-    core.handle(accept(2), 1_050);
-    assert!(core.handle(Input::Tick, 1_100).iter().all(|e| !matches!(e, Effect::SendReceipt { .. })));
+    assert_eq!(
+        fx,
+        vec![
+            Effect::SendReceipt { conv: conv(), to: dev(2), epoch: 1, ids: vec![id(1)] },
+            Effect::SendReceipt { conv: conv(), to: dev(3), epoch: 1, ids: vec![id(2)] },
+        ],
+        "one receipt per sender, nothing to the others"
+    );
+    core.handle(accept(4, 2, 2), 1_050);
+    assert!(
+        core.handle(Input::Tick, 1_000 + every - 1).iter().all(|e| !matches!(e, Effect::SendReceipt { .. }))
+    );
     assert_eq!(core.receipts_due(&conv()), 1);
-    assert!(matches!(&core.handle(Input::Tick, 1_200)[..], [Effect::SendReceipt { .. }, ..]));
+    let fx = core.handle(Input::Tick, 1_000 + every);
+    assert_eq!(fx, vec![Effect::SendReceipt { conv: conv(), to: dev(2), epoch: 2, ids: vec![id(4)] }]);
     // Three owed at once: out without waiting for the pace.
-    core.handle(accept(3), 1_210);
-    core.handle(accept(4), 1_220);
-    let fx = core.handle(accept(5), 1_230);
-    assert_eq!(fx, vec![Effect::SendReceipt { conv: conv(), ids: vec![id(3), id(4), id(5)] }]);
+    core.handle(accept(5, 2, 2), 1_000 + every + 1);
+    core.handle(accept(6, 2, 2), 1_000 + every + 2);
+    let fx = core.handle(accept(7, 2, 2), 1_000 + every + 3);
+    assert_eq!(
+        fx,
+        vec![Effect::SendReceipt { conv: conv(), to: dev(2), epoch: 2, ids: vec![id(5), id(6), id(7)] }]
+    );
 }
 
 #[test]

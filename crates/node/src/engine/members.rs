@@ -22,6 +22,7 @@ impl Engine {
     ) -> Result<ConversationId, NodeError> {
         let id = self.mls.create(now_ms).map_err(mls_err)?;
         self.io.push(Io::Subscribe(id.topic()));
+        self.io.push(Io::Subscribe(self.own_receipt_topic(&id)));
         self.refresh(&id, now_ms);
         if !packages.is_empty() {
             let outcomes = self.mls.add_many(&id, packages, seq, now_ms).map_err(mls_err)?;

@@ -11,6 +11,7 @@
 //! state and, for its own, the outbox) in one transaction before anything about it leaves.
 
 mod members;
+mod receipts;
 mod receive;
 mod send;
 
@@ -28,6 +29,7 @@ use crate::db::NodeDb;
 use crate::error::NodeError;
 use crate::model::{ConversationView, DeliveryView, MessageView, StreamEvent};
 
+pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
 pub use self::send::{KIND_RECEIPT, KIND_TEXT, TEXT_BYTES_MAX, header_aad};
 
@@ -141,6 +143,7 @@ pub struct Engine {
     /// Ledger height at which each conversation last applied sequenced commits.
     synced_at: std::collections::HashMap<ConversationId, u64>,
     ledger_height: u64,
+    receipt_keys: receipts::ReceiptKeys,
 }
 
 impl Engine {
@@ -168,6 +171,7 @@ impl Engine {
             io: Vec::new(),
             synced_at: std::collections::HashMap::new(),
             ledger_height: 0,
+            receipt_keys: receipts::ReceiptKeys::default(),
         }
     }
 
@@ -216,6 +220,7 @@ impl Engine {
         self.io.push(Io::Subscribe(cairn_mls::inbox_topic(&self.keys.device)));
         for id in self.mls.conversations() {
             self.io.push(Io::Subscribe(id.topic()));
+            self.io.push(Io::Subscribe(self.own_receipt_topic(&id)));
             self.refresh(&id, now_ms);
             self.sync(&id, seq, now_ms);
             self.replay_history(id, seq, now_ms)?;
@@ -274,6 +279,7 @@ impl Engine {
         let others: BTreeSet<AccountId> =
             self.mls.member_accounts(id).unwrap_or_default().into_iter().filter(|a| *a != me).collect();
         let devices = self.mls.member_count(id).unwrap_or(0) as u32;
+        self.remember_receipt_key(id);
         let fx = self.core.handle(Input::Conversation { conv: *id, epoch, active, others, devices }, now_ms);
         let members = self.mls.members(id).unwrap_or_default();
         self.io.push(Io::Conversation { id: *id, epoch, active, members });
@@ -295,8 +301,8 @@ impl Engine {
         for e in fx {
             match e {
                 Effect::SyncLedger { conv } => self.sync(&conv, seq, now_ms),
-                Effect::SendReceipt { conv, ids } => {
-                    if let Err(e) = self.send_receipt(conv, &ids, now_ms) {
+                Effect::SendReceipt { conv, to, epoch, ids } => {
+                    if let Err(e) = self.send_receipt(conv, to, epoch, &ids, now_ms) {
                         tracing::debug!("receipt not sent: {e}");
                     }
                 }

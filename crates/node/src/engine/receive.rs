@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use cairn_mls::{ConversationId, Delivered, Dropped, Received};
-use cairn_proto::codec::Reader;
 use cairn_proto::envelope::unpad;
 use cairn_proto::{Envelope, Id, Message, Topic};
 
+use super::receipts::receipt_ids;
 use super::send::{KIND_RECEIPT, KIND_TEXT, header_aad};
 use super::{Engine, Io, message_view};
 use crate::core::{Input, Unreadable};
@@ -26,12 +26,10 @@ pub struct Arrival {
     pub after_gap: bool,
 }
 
-/// Receipt ids read from one receipt message at most.
-const RECEIPT_IDS_MAX: usize = 128;
-
 /// What one envelope of a batch became.
 enum Outcome {
-    Accept(Box<Accepted>),
+    /// Readable: the row to store, and the MLS epoch it was sent in.
+    Accept(Box<Accepted>, u64),
     Hold(Unreadable),
     Ignore,
 }
@@ -42,11 +40,15 @@ impl Engine {
         let inbox = cairn_mls::inbox_topic(&self.keys.device);
         let convs: BTreeMap<Topic, ConversationId> =
             self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
+        let receipts: BTreeMap<Topic, ConversationId> =
+            self.mls.conversations().into_iter().map(|c| (self.own_receipt_topic(&c), c)).collect();
         let mut by_conv: BTreeMap<ConversationId, Vec<Arrival>> = BTreeMap::new();
         for a in batch {
             let topic = a.envelope.header.topic;
             if topic == inbox {
                 self.welcome(&a.envelope, seq, now_ms);
+            } else if let Some(conv) = receipts.get(&topic) {
+                self.receipt_arrived(*conv, a.id, &a.envelope, now_ms);
             } else if let Some(conv) = convs.get(&topic) {
                 by_conv.entry(*conv).or_default().push(a);
             }
@@ -122,7 +124,11 @@ impl Engine {
             return Outcome::Hold(Unreadable::Junk);
         }
         let text = m.body.first() == Some(&KIND_TEXT);
-        Outcome::Accept(Box::new(Accepted { conv: conv.0, id: a.id, inner: m, text, after_gap: a.after_gap }))
+        let epoch = d.epoch;
+        Outcome::Accept(
+            Box::new(Accepted { conv: conv.0, id: a.id, inner: m, text, after_gap: a.after_gap }),
+            epoch,
+        )
     }
 
     /// Commits the accepted rows with the MLS state, then tells the core and the listeners.
@@ -135,18 +141,22 @@ impl Engine {
         now_ms: u64,
     ) {
         let mut rows = Vec::new();
+        let mut epochs = Vec::new();
         let mut held = Vec::new();
         for (a, o) in fresh.iter().zip(outcomes) {
             if std::env::var("CAIRN_DEBUG_RX").is_ok() {
                 let what = match &o {
-                    Outcome::Accept(_) => "accept".to_string(),
+                    Outcome::Accept(..) => "accept".to_string(),
                     Outcome::Hold(w) => format!("hold {w:?}"),
                     Outcome::Ignore => "ignore".to_string(),
                 };
                 eprintln!("RX {} {} {what}", self.keys.device.to_text(), a.id.short());
             }
             match o {
-                Outcome::Accept(row) => rows.push(*row),
+                Outcome::Accept(row, epoch) => {
+                    rows.push(*row);
+                    epochs.push(epoch);
+                }
                 Outcome::Hold(why) => held.push((a, why)),
                 Outcome::Ignore => {}
             }
@@ -167,8 +177,8 @@ impl Engine {
             let fx = self.core.handle(Input::Unreadable { conv, id: a.id, parents, why }, now_ms);
             self.apply_local(fx);
         }
-        for (row, seq_no) in rows.into_iter().zip(seqs) {
-            self.accepted(conv, row, seq_no, now_ms);
+        for ((row, seq_no), epoch) in rows.into_iter().zip(seqs).zip(epochs) {
+            self.accepted(conv, row, seq_no, epoch, now_ms);
         }
         if future {
             // A commit may be sequenced that this device has not applied yet.
@@ -177,11 +187,13 @@ impl Engine {
     }
 
     /// Tells the core and the listeners about one stored message.
-    fn accepted(&mut self, conv: ConversationId, row: Accepted, seq_no: u64, now_ms: u64) {
+    fn accepted(&mut self, conv: ConversationId, row: Accepted, seq_no: u64, epoch: u64, now_ms: u64) {
         let m = &row.inner;
         let from = m.sender.account;
+        let device = m.sender.device;
+        let parents = m.parents.clone();
         let fx = self.core.handle(
-            Input::Accepted { conv, id: row.id, parents: m.parents.clone(), from, text: row.text },
+            Input::Accepted { conv, id: row.id, parents, from, device, epoch, text: row.text },
             now_ms,
         );
         self.apply_local(fx);
@@ -206,20 +218,24 @@ impl Engine {
         let mut envs: Vec<(Id, Envelope)> =
             held.iter().filter_map(|id| self.history.get(id).ok().flatten().map(|e| (*id, e))).collect();
         let mut rows = Vec::new();
+        let mut epochs = Vec::new();
         for d in readable {
             let Ok(m) = Message::decode(&d.body, &self.cfg.limits) else { continue };
             let Some(pos) = envs.iter().position(|(_, e)| m.header_mismatch(&e.header).is_none()) else {
                 continue;
             };
             let (id, envelope) = envs.swap_remove(pos);
-            if let Outcome::Accept(row) = self.check(conv, &Arrival { id, envelope, after_gap: false }, d) {
+            if let Outcome::Accept(row, epoch) =
+                self.check(conv, &Arrival { id, envelope, after_gap: false }, d)
+            {
                 rows.push(*row);
+                epochs.push(epoch);
             }
         }
         match self.commit_rows(&rows, None) {
             Ok(seqs) => {
-                for (row, seq_no) in rows.into_iter().zip(seqs) {
-                    self.accepted(conv, row, seq_no, now_ms);
+                for ((row, seq_no), epoch) in rows.into_iter().zip(seqs).zip(epochs) {
+                    self.accepted(conv, row, seq_no, epoch, now_ms);
                 }
             }
             Err(e) => tracing::warn!("cannot store {} buffered messages: {e}", rows.len()),
@@ -276,7 +292,8 @@ impl Engine {
         let input = if m.sender.account == self.keys.account && m.sender.device == self.keys.device {
             Input::Sent { conv, id, parents: m.parents.clone(), text: false }
         } else {
-            Input::Accepted { conv, id, parents: m.parents.clone(), from: m.sender.account, text: false }
+            let (from, device) = (m.sender.account, m.sender.device);
+            Input::Accepted { conv, id, parents: m.parents.clone(), from, device, epoch: 0, text: false }
         };
         let fx = self.core.handle(input, now_ms);
         self.apply_local(fx);
@@ -294,6 +311,7 @@ impl Engine {
         };
         tracing::info!("joined conversation {}", hex::encode(id.0));
         self.io.push(Io::Subscribe(id.topic()));
+        self.io.push(Io::Subscribe(self.own_receipt_topic(&id)));
         self.io.push(Io::PublishKeyPackages);
         self.sync(&id, seq, now_ms);
         self.refresh(&id, now_ms);
@@ -315,18 +333,6 @@ impl Engine {
         let refs: Vec<(&[u8], &[u8])> = inputs.iter().map(|(c, a)| (c.as_slice(), a.as_slice())).collect();
         self.mls.receive_many(conv, &refs)
     }
-}
-
-/// Ids named by a receipt body (after the kind byte); malformed tails are ignored.
-fn receipt_ids(body: &[u8]) -> Vec<Id> {
-    let mut r = Reader::new(body);
-    let n = r.u16("receipt.count").unwrap_or(0) as usize;
-    let mut ids = Vec::with_capacity(n.min(RECEIPT_IDS_MAX));
-    for _ in 0..n.min(RECEIPT_IDS_MAX) {
-        let Ok(id) = r.array::<32>("receipt.id") else { break };
-        ids.push(Id(id));
-    }
-    ids
 }
 
 /// A sequencer for paths that must not reach the ledger (re-reading held envelopes).

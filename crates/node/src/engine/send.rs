@@ -68,25 +68,6 @@ impl Engine {
         Ok(SendResult { id: id.to_hex(), delivery })
     }
 
-    /// Sends a receipt for `ids`.
-    pub(super) fn send_receipt(
-        &mut self,
-        conv: ConversationId,
-        ids: &[Id],
-        now_ms: u64,
-    ) -> Result<(), NodeError> {
-        if !self.mls.is_active(&conv).unwrap_or(false) {
-            return Ok(());
-        }
-        let mut w = Writer::with_capacity(3 + 32 * ids.len());
-        w.u8(KIND_RECEIPT);
-        w.u16(ids.len() as u16);
-        for id in ids {
-            w.raw(&id.0);
-        }
-        self.send_inner(conv, w.finish(), now_ms).map(|_| ())
-    }
-
     /// Signs, encrypts, mines and records one inner message; queues its publication.
     fn send_inner(
         &mut self,

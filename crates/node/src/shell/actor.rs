@@ -173,46 +173,63 @@ impl Actor {
 
     fn handle(&mut self, job: Job) {
         let now = now_ms();
-        let seq = &mut self.sequencer;
-        let is_registered = || registered(&self.shared);
         match job {
-            Job::Arrived(a) => self.engine.receive(vec![*a], seq, now),
+            Job::Arrived(a) => self.engine.receive(vec![*a], &mut self.sequencer, now),
             Job::Status { id, acks, stored } => self.engine.store_acks(id, acks, stored, now),
             Job::Tick => {
-                self.engine.tick(seq, now);
+                self.engine.tick(&mut self.sequencer, now);
                 self.shared.tick_pending.store(false, Ordering::Release);
             }
-            Job::Ledger { height } => self.engine.ledger_height(height, seq, now),
+            Job::Ledger { height } => self.engine.ledger_height(height, &mut self.sequencer, now),
             Job::Registered => self.publish_key_packages(),
             Job::AnchorDone { conv, count, ok } => self.engine.anchor_done(conv, count, ok, now),
             Job::Create(kps, reply) => {
-                let _ = reply.send(is_registered().and_then(|()| self.engine.create(kps, seq, now)));
+                let r = self.registered().and_then(|()| self.engine.create(kps, &mut self.sequencer, now));
+                self.answer(reply, r);
             }
             Job::Add(conv, kps, reply) => {
-                let _ = reply.send(is_registered().and_then(|()| self.engine.add(conv, kps, seq, now)));
+                let r = self.registered().and_then(|()| self.engine.add(conv, kps, &mut self.sequencer, now));
+                self.answer(reply, r);
             }
             Job::Remove(conv, account, reply) => {
-                let _ =
-                    reply.send(is_registered().and_then(|()| self.engine.remove(conv, account, seq, now)));
+                let r = self
+                    .registered()
+                    .and_then(|()| self.engine.remove(conv, account, &mut self.sequencer, now));
+                self.answer(reply, r);
             }
             Job::Leave(conv, reply) => {
-                let _ = reply.send(is_registered().and_then(|()| self.engine.leave(conv, seq, now)));
+                let r = self.registered().and_then(|()| self.engine.leave(conv, &mut self.sequencer, now));
+                self.answer(reply, r);
             }
             Job::Send(conv, text, reply) => {
-                let _ = reply.send(self.engine.send_text(conv, &text, seq, now));
+                let r = self.engine.send_text(conv, &text, &mut self.sequencer, now);
+                self.answer(reply, r);
             }
             Job::Revoke(device, reply) => {
-                self.engine.revoke(&device, seq, now);
-                let _ = reply.send(Ok(()));
+                self.engine.revoke(&device, &mut self.sequencer, now);
+                self.answer(reply, Ok(()));
             }
             Job::MissingDevice(device, reply) => {
-                let _ = reply.send(Ok(self.engine.missing_device(&device)));
+                let r = Ok(self.engine.missing_device(&device));
+                self.answer(reply, r);
             }
             Job::Members(conv, reply) => {
-                let _ = reply.send(self.engine.member_accounts(&conv));
+                let r = self.engine.member_accounts(&conv);
+                self.answer(reply, r);
             }
             Job::Stop => {}
         }
+    }
+
+    /// Performs the engine's I/O first (views and stream events the caller may read next),
+    /// then answers.
+    fn answer<T>(&mut self, reply: Reply<T>, r: Result<T, NodeError>) {
+        self.dispatch();
+        let _ = reply.send(r);
+    }
+
+    fn registered(&self) -> Result<(), NodeError> {
+        registered(&self.shared)
     }
 
     fn publish_key_packages(&mut self) {

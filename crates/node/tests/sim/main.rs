@@ -7,6 +7,8 @@
 //! once, each after its parents; no group forked (same epoch and epoch authenticator).
 //! A failing seed reproduces alone: `CAIRN_SIM_SEED=<n> cargo test -p cairn-node --test sim`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -298,10 +300,10 @@ fn check_metadata(run: &Run) -> Result<(), String> {
 fn run_seeds(seeds: std::ops::Range<u64>) {
     if let Ok(one) = std::env::var("CAIRN_SIM_SEED") {
         let seed: u64 = one.parse().expect("CAIRN_SIM_SEED is a number");
-        if seeds.contains(&seed) || seeds.start == 0 {
-            if let Err(e) = run(seed) {
-                panic!("seed {seed}: {e}");
-            }
+        if (seeds.contains(&seed) || seeds.start == 0)
+            && let Err(e) = run(seed)
+        {
+            panic!("seed {seed}: {e}");
         }
         return;
     }

@@ -1,0 +1,195 @@
+//! Delivery receipts addressed to the sender alone.
+//!
+//! A receipt is a signed inner message (kind [`KIND_RECEIPT`], ≤ 128 ids) sealed with
+//! XChaCha20-Poly1305 under a key that only the members of the epoch the messages were sent
+//! in can derive (the MLS exporter, label `cairn receipt key v1`), and published on the
+//! sender device's receipt topic of that conversation. Only the sender subscribes to it, so a
+//! message costs its sender one receipt per other member and costs the other members nothing
+//! (as a group-encrypted MLS message it cost every member one decryption per receipt: m² in
+//! all). Receipts are not part of the hash-linked history.
+//!
+//! Payload: `version:u8 epoch:u64 nonce:[24] ciphertext`, AEAD associated data
+//! `topic ‖ epoch`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cairn_mls::ConversationId;
+use cairn_proto::codec::{Reader, Writer};
+use cairn_proto::envelope::{pad, unpad};
+use cairn_proto::{DeviceId, Envelope, Id, Message, Topic};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use super::send::KIND_RECEIPT;
+use super::{Engine, Io};
+use crate::core::Input;
+use crate::error::NodeError;
+
+/// Receipt payload format version.
+const RECEIPT_VERSION: u8 = 1;
+/// MLS exporter label of the receipt key.
+const EXPORTER_LABEL: &str = "cairn receipt key v1";
+/// Epochs whose receipt keys a conversation keeps (a receipt for a message of an older epoch
+/// is not sent; its message stays "stored").
+pub(crate) const RECEIPT_EPOCHS_MAX: usize = 8;
+/// Lifetime of receipt envelopes on store nodes, seconds.
+const RECEIPT_TTL_SECS: u32 = 24 * 3600;
+/// Ids per receipt at most.
+pub(crate) const RECEIPT_IDS_MAX: usize = 128;
+
+/// The topic on which `device` receives receipts for its messages in `conv`.
+pub fn receipt_topic(conv: &ConversationId, device: &DeviceId) -> Topic {
+    let mut input = [0u8; 64];
+    input[..32].copy_from_slice(&conv.0);
+    input[32..].copy_from_slice(&device.0);
+    Topic(blake3::derive_key("cairn 2026-12 receipt topic v1", &input))
+}
+
+/// Receipt keys of recent epochs, per conversation (bounded by [`RECEIPT_EPOCHS_MAX`]).
+#[derive(Default)]
+pub(crate) struct ReceiptKeys {
+    keys: HashMap<ConversationId, BTreeMap<u64, [u8; 32]>>,
+}
+
+impl ReceiptKeys {
+    fn remember(&mut self, conv: ConversationId, epoch: u64, key: [u8; 32]) {
+        let m = self.keys.entry(conv).or_default();
+        m.insert(epoch, key);
+        while m.len() > RECEIPT_EPOCHS_MAX {
+            m.pop_first();
+        }
+    }
+
+    fn get(&self, conv: &ConversationId, epoch: u64) -> Option<[u8; 32]> {
+        self.keys.get(conv).and_then(|m| m.get(&epoch)).copied()
+    }
+}
+
+fn seal(
+    key: &[u8; 32],
+    topic: &Topic,
+    epoch: u64,
+    nonce: [u8; 24],
+    plain: &[u8],
+) -> Result<Vec<u8>, NodeError> {
+    let mut aad = [0u8; 40];
+    aad[..32].copy_from_slice(&topic.0);
+    aad[32..].copy_from_slice(&epoch.to_be_bytes());
+    let ct = XChaCha20Poly1305::new(key.into())
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad: &aad })
+        .map_err(|_| NodeError::Internal("receipt encryption".into()))?;
+    let mut w = Writer::with_capacity(33 + ct.len());
+    w.u8(RECEIPT_VERSION);
+    w.u64(epoch);
+    w.raw(&nonce);
+    w.raw(&ct);
+    Ok(w.finish())
+}
+
+/// `(epoch, nonce, ciphertext)` of a receipt payload.
+fn parse(payload: &[u8]) -> Option<(u64, [u8; 24], &[u8])> {
+    let mut r = Reader::new(payload);
+    if r.u8("receipt.version").ok()? != RECEIPT_VERSION {
+        return None;
+    }
+    let epoch = r.u64("receipt.epoch").ok()?;
+    let nonce = r.array::<24>("receipt.nonce").ok()?;
+    let ct = payload.get(33..)?;
+    Some((epoch, nonce, ct))
+}
+
+fn open(key: &[u8; 32], topic: &Topic, epoch: u64, nonce: &[u8; 24], ct: &[u8]) -> Option<Vec<u8>> {
+    let mut aad = [0u8; 40];
+    aad[..32].copy_from_slice(&topic.0);
+    aad[32..].copy_from_slice(&epoch.to_be_bytes());
+    XChaCha20Poly1305::new(key.into()).decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad }).ok()
+}
+
+/// Ids named by a receipt body (after the kind byte); malformed tails are ignored.
+pub(crate) fn receipt_ids(body: &[u8]) -> Vec<Id> {
+    let mut r = Reader::new(body);
+    let n = r.u16("receipt.count").unwrap_or(0) as usize;
+    let mut ids = Vec::with_capacity(n.min(RECEIPT_IDS_MAX));
+    for _ in 0..n.min(RECEIPT_IDS_MAX) {
+        let Ok(id) = r.array::<32>("receipt.id") else { break };
+        ids.push(Id(id));
+    }
+    ids
+}
+
+impl Engine {
+    /// Derives and keeps the receipt key of the conversation's current epoch.
+    pub(super) fn remember_receipt_key(&mut self, conv: &ConversationId) {
+        if let Ok((epoch, secret)) = self.mls.exporter(conv, EXPORTER_LABEL, &conv.0, 32)
+            && let Ok(key) = <[u8; 32]>::try_from(secret.as_slice())
+        {
+            self.receipt_keys.remember(*conv, epoch, key);
+        }
+    }
+
+    /// The topic this device's receipts arrive on, for `conv`.
+    pub(super) fn own_receipt_topic(&self, conv: &ConversationId) -> Topic {
+        receipt_topic(conv, &self.keys.device)
+    }
+
+    /// Sends one receipt to `to` for messages it sent in `epoch`.
+    pub(super) fn send_receipt(
+        &mut self,
+        conv: ConversationId,
+        to: DeviceId,
+        epoch: u64,
+        ids: &[Id],
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        let Some(key) = self.receipt_keys.get(&conv, epoch) else {
+            return Err(NodeError::Mls(format!("no receipt key for epoch {epoch}")));
+        };
+        let topic = receipt_topic(&conv, &to);
+        let mut w = Writer::with_capacity(3 + 32 * ids.len());
+        w.u8(KIND_RECEIPT);
+        w.u16(ids.len() as u16);
+        for id in ids {
+            w.raw(&id.0);
+        }
+        let k = &self.keys;
+        let inner = Message::sign(&k.device_key, k.cert, topic, now_ms, vec![], w.finish());
+        let nonce =
+            cairn_crypto::keystore::random_bytes::<24>().map_err(|e| NodeError::Internal(e.to_string()))?;
+        let payload = seal(&key, &topic, epoch, nonce, &inner.encode())?;
+        let padded = pad(&payload, &self.cfg.limits).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let mut env = Envelope::new(topic, now_ms, RECEIPT_TTL_SECS, vec![], padded);
+        self.mine(&mut env)?;
+        self.io.push(Io::Publish(Box::new(env)));
+        Ok(())
+    }
+
+    /// A receipt arrived on this device's receipt topic of `conv`.
+    pub(super) fn receipt_arrived(&mut self, conv: ConversationId, id: Id, env: &Envelope, now_ms: u64) {
+        match self.open_receipt(conv, env) {
+            Some(input) => {
+                let fx = self.core.handle(input, now_ms);
+                self.apply_local(fx);
+            }
+            // Nobody names receipts as parents: junk on the topic goes at once.
+            None => self.io.push(Io::Discard(vec![id])),
+        }
+    }
+
+    fn open_receipt(&self, conv: ConversationId, env: &Envelope) -> Option<Input> {
+        let topic = env.header.topic;
+        let payload = unpad(env.payload.as_deref()?).ok()?;
+        let (epoch, nonce, ct) = parse(payload)?;
+        let key = self.receipt_keys.get(&conv, epoch)?;
+        let plain = open(&key, &topic, epoch, &nonce, ct)?;
+        let m = Message::decode(&plain, &self.cfg.limits).ok()?;
+        if m.verify().is_err() || m.topic != topic || m.body.first() != Some(&KIND_RECEIPT) {
+            return None;
+        }
+        // The signer must be a member (the key proves membership of the epoch; the signature
+        // names which member).
+        if !self.mls.members(&conv).ok()?.contains(&m.sender) {
+            return None;
+        }
+        Some(Input::Receipt { from: m.sender.account, ids: receipt_ids(&m.body[1..]) })
+    }
+}
