@@ -158,15 +158,25 @@ impl Engine {
     /// only: no signature wrapper, so relays and store nodes see neither inviter nor members
     /// (the bundle is authenticated inside MLS). Persisted in the outbox until stored.
     pub(super) fn publish_welcome(&mut self, w: &WelcomeOut, now_ms: u64) -> Result<(), NodeError> {
+        // A large group's Welcome (its sealed ratchet tree: ≈ 310 B per member) does not fit
+        // one envelope: it travels in chunks, reassembled by the invitee.
+        let max = cairn_mls::welcome_chunk_bytes_max(&self.cfg.limits);
+        let chunks = cairn_mls::welcome_chunks(&w.bytes, max).map_err(|e| NodeError::Internal(e.to_string()))?;
         for (device, topic) in &w.recipients {
-            let padded = pad(&w.bytes, &self.cfg.limits).map_err(|e| NodeError::Internal(e.to_string()))?;
-            let mut env = Envelope::new(*topic, now_ms, WELCOME_TTL_SECS, vec![], padded);
-            self.mine(&mut env)?;
+            let mut envs = Vec::with_capacity(chunks.len());
+            for chunk in &chunks {
+                let padded = pad(chunk, &self.cfg.limits).map_err(|e| NodeError::Internal(e.to_string()))?;
+                let mut env = Envelope::new(*topic, now_ms, WELCOME_TTL_SECS, vec![], padded);
+                self.mine(&mut env)?;
+                envs.push(env);
+            }
             let wtx = self.db.begin()?;
-            self.db.outbox_put_in(&wtx, &env)?;
+            for env in &envs {
+                self.db.outbox_put_in(&wtx, env)?;
+            }
             wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
-            tracing::debug!("Welcome for {} queued", device.to_text());
-            self.io.push(Io::Publish(Box::new(env)));
+            tracing::debug!("Welcome for {} queued ({} envelopes)", device.to_text(), envs.len());
+            self.io.extend(envs.into_iter().map(|e| Io::Publish(Box::new(e))));
         }
         Ok(())
     }

@@ -144,6 +144,8 @@ pub struct Engine {
     synced_at: std::collections::HashMap<ConversationId, u64>,
     ledger_height: u64,
     receipt_keys: receipts::ReceiptKeys,
+    /// Welcomes arriving in chunks (bounded: see `cairn_mls::WelcomeAssembler`).
+    welcome_chunks: cairn_mls::WelcomeAssembler,
 }
 
 impl Engine {
@@ -172,6 +174,7 @@ impl Engine {
             synced_at: std::collections::HashMap::new(),
             ledger_height: 0,
             receipt_keys: receipts::ReceiptKeys::default(),
+            welcome_chunks: cairn_mls::WelcomeAssembler::new(),
         }
     }
 

@@ -302,7 +302,19 @@ impl Engine {
     /// A Welcome on this device's inbox.
     fn welcome(&mut self, env: &Envelope, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
         let Some(Ok(plain)) = env.payload.as_deref().map(unpad) else { return };
-        let id = match self.mls.join(plain, now_ms) {
+        let bundle = if plain.first() == Some(&cairn_mls::WELCOME_CHUNK_VERSION) {
+            match self.welcome_chunks.offer(plain, now_ms) {
+                Ok(Some(bundle)) => bundle,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("Welcome chunk refused: {e}");
+                    return;
+                }
+            }
+        } else {
+            plain.to_vec()
+        };
+        let id = match self.mls.join(&bundle, now_ms) {
             Ok(id) => id,
             Err(e) => {
                 tracing::debug!("welcome not joined: {e}");
