@@ -140,9 +140,6 @@ pub struct Engine {
     keys: IdentityKeys,
     cfg: EngineConfig,
     io: Vec<Io>,
-    /// Ledger height at which each conversation last applied sequenced commits.
-    synced_at: std::collections::HashMap<ConversationId, u64>,
-    ledger_height: u64,
     receipt_keys: receipts::ReceiptKeys,
     /// Welcomes arriving in chunks (bounded: see `cairn_mls::WelcomeAssembler`).
     welcome_chunks: cairn_mls::WelcomeAssembler,
@@ -171,8 +168,6 @@ impl Engine {
             keys,
             cfg,
             io: Vec::new(),
-            synced_at: std::collections::HashMap::new(),
-            ledger_height: 0,
             receipt_keys: receipts::ReceiptKeys::default(),
             welcome_chunks: cairn_mls::WelcomeAssembler::new(),
         }
@@ -249,9 +244,17 @@ impl Engine {
 
     /// The ledger's height moved: conversations apply newly sequenced commits.
     pub fn ledger_height(&mut self, height: u64, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
-        self.ledger_height = self.ledger_height.max(height);
         let fx = self.core.handle(Input::Ledger { height }, now_ms);
         self.apply(fx, seq, now_ms);
+    }
+
+    /// New handshakes were sequenced on these topics: those conversations apply them.
+    pub fn handshakes(&mut self, topics: &[Topic], seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        for conv in self.mls.conversations() {
+            if topics.contains(&conv.topic()) {
+                self.sync(&conv, seq, now_ms);
+            }
+        }
     }
 
     /// Store nodes acknowledged a sent envelope (`stored`: enough of them).
@@ -337,7 +340,6 @@ impl Engine {
 
     /// Applies newly sequenced handshakes of a conversation.
     pub fn sync(&mut self, conv: &ConversationId, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
-        self.synced_at.insert(*conv, self.ledger_height);
         let events = match self.mls.sync(conv, seq, now_ms) {
             Ok(e) => e,
             Err(e) => {
@@ -381,20 +383,6 @@ impl Engine {
         }
         if changed {
             self.refresh(conv, now_ms);
-        }
-    }
-
-    /// Syncs a conversation only if the ledger moved since it last did (no round trip
-    /// otherwise).
-    fn sync_if_behind(
-        &mut self,
-        conv: &ConversationId,
-        seq: &mut dyn cairn_proto::CommitSequencer,
-        now_ms: u64,
-    ) {
-        let at = self.synced_at.get(conv).copied();
-        if at.is_none_or(|h| h < self.ledger_height) {
-            self.sync(conv, seq, now_ms);
         }
     }
 

@@ -51,9 +51,8 @@ impl Engine {
         if self.io.len() >= super::IO_QUEUE_MAX {
             return Err(NodeError::Busy);
         }
-        // Encrypt in the newest epoch the ledger has sequenced (a member added a moment ago
-        // reads it) — a round trip only if the ledger moved since the last sync.
-        self.sync_if_behind(&conv, seq, now_ms);
+        // No ledger round trip: the block follower applies new commits as they finalize.
+        let _ = seq;
         if !self.mls.is_active(&conv).map_err(mls_err)? {
             return Err(NodeError::NotMember);
         }

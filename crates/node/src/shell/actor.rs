@@ -57,7 +57,9 @@ pub enum Job {
     },
     /// Timer.
     Tick,
-    /// The ledger's height changed.
+    /// New blocks sequenced handshakes on these conversation topics.
+    Handshakes(Vec<Topic>),
+    /// Every conversation re-reads its sequenced order (start, follower error, period).
     Ledger {
         /// Height.
         height: u64,
@@ -181,6 +183,7 @@ impl Actor {
                 self.shared.tick_pending.store(false, Ordering::Release);
             }
             Job::Ledger { height } => self.engine.ledger_height(height, &mut self.sequencer, now),
+            Job::Handshakes(topics) => self.engine.handshakes(&topics, &mut self.sequencer, now),
             Job::Registered => self.publish_key_packages(),
             Job::AnchorDone { conv, count, ok } => self.engine.anchor_done(conv, count, ok, now),
             Job::Create(kps, reply) => {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_ledger::genesis::Genesis;
-use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteOutcome};
+use cairn_ledger::rpc::{ClientError, Follower, LedgerClient, RemoteOutcome};
 use cairn_ledger::tx::{Tx, TxBody, TxError, normalize_handle};
 use cairn_mls::ConversationId;
 use cairn_proto::{AccountId, Id};
@@ -24,6 +24,12 @@ use crate::error::NodeError;
 /// reported as not recorded and retried at its next period; a handle look-up is skipped and
 /// the handle shown later).
 pub const LEDGER_JOBS_MAX: usize = 256;
+
+/// Blocks read per poll at most (the rest on the next poll).
+pub const BLOCKS_PER_POLL_MAX: usize = 64;
+/// Every conversation re-reads its sequenced commits at least this often, ms (a safety net
+/// behind the block follower).
+pub const FULL_RESYNC_MS: u64 = 30_000;
 
 /// Handles cached at most. Overflow policy: the cache is cleared (handles are looked up again).
 pub const HANDLES_MAX: usize = 100_000;
@@ -156,7 +162,8 @@ impl LedgerWorker {
         };
         let mut client = client.with_timeout(Duration::from_secs(3));
         let mut last_register = None::<Instant>;
-        let mut last_height = None;
+        let mut follower: Option<Follower> = None;
+        let mut last_full = Instant::now();
         loop {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return;
@@ -175,15 +182,48 @@ impl LedgerWorker {
             }
             if let Ok(s) = client.status() {
                 self.shared.ledger_height.store(s.height, Ordering::Relaxed);
-                if last_height != Some(s.height) {
-                    last_height = Some(s.height);
-                    let _ = self.ops.blocking_send(Job::Ledger { height: s.height });
-                }
+                self.follow(&mut client, &mut follower, s.height, &mut last_full);
             }
             match jobs.recv_timeout(Duration::from_millis(self.tick_ms.max(10))) {
                 Ok(job) => self.run_job(&mut client, job),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Reads new blocks and tells the actor which conversation topics got handshakes (one
+    /// block read per height, not one handshake query per conversation). A follower error, or
+    /// the period, makes every conversation re-read its order instead.
+    fn follow(&self, client: &mut LedgerClient, follower: &mut Option<Follower>, height: u64, last_full: &mut Instant) {
+        let full_due = last_full.elapsed() >= Duration::from_millis(FULL_RESYNC_MS);
+        let Some(f) = follower.as_mut() else {
+            *follower = Some(Follower::new(height + 1));
+            *last_full = Instant::now();
+            let _ = self.ops.blocking_send(Job::Ledger { height });
+            return;
+        };
+        if full_due {
+            *last_full = Instant::now();
+            let _ = self.ops.blocking_send(Job::Ledger { height });
+        }
+        match f.poll(client, BLOCKS_PER_POLL_MAX) {
+            Ok(blocks) => {
+                let mut topics = std::collections::BTreeSet::new();
+                for b in &blocks {
+                    for raw in &b.txs {
+                        if let Ok(Tx { body: TxBody::SequenceHandshake { topic, .. }, .. }) = Tx::decode(raw) {
+                            topics.insert(topic);
+                        }
+                    }
+                }
+                if !topics.is_empty() {
+                    let _ = self.ops.blocking_send(Job::Handshakes(topics.into_iter().collect()));
+                }
+            }
+            Err(e) => {
+                tracing::debug!("block follower: {e}; every conversation re-reads its order");
+                *follower = None;
             }
         }
     }
