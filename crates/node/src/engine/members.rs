@@ -161,7 +161,8 @@ impl Engine {
         // A large group's Welcome (its sealed ratchet tree: ≈ 310 B per member) does not fit
         // one envelope: it travels in chunks, reassembled by the invitee.
         let max = cairn_mls::welcome_chunk_bytes_max(&self.cfg.limits);
-        let chunks = cairn_mls::welcome_chunks(&w.bytes, max).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let chunks =
+            cairn_mls::welcome_chunks(&w.bytes, max).map_err(|e| NodeError::Internal(e.to_string()))?;
         for (device, topic) in &w.recipients {
             let mut envs = Vec::with_capacity(chunks.len());
             for chunk in &chunks {

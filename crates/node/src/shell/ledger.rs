@@ -195,7 +195,13 @@ impl LedgerWorker {
     /// Reads new blocks and tells the actor which conversation topics got handshakes (one
     /// block read per height, not one handshake query per conversation). A follower error, or
     /// the period, makes every conversation re-read its order instead.
-    fn follow(&self, client: &mut LedgerClient, follower: &mut Option<Follower>, height: u64, last_full: &mut Instant) {
+    fn follow(
+        &self,
+        client: &mut LedgerClient,
+        follower: &mut Option<Follower>,
+        height: u64,
+        last_full: &mut Instant,
+    ) {
         let full_due = last_full.elapsed() >= Duration::from_millis(FULL_RESYNC_MS);
         let Some(f) = follower.as_mut() else {
             *follower = Some(Follower::new(height + 1));
@@ -212,7 +218,8 @@ impl LedgerWorker {
                 let mut topics = std::collections::BTreeSet::new();
                 for b in &blocks {
                     for raw in &b.txs {
-                        if let Ok(Tx { body: TxBody::SequenceHandshake { topic, .. }, .. }) = Tx::decode(raw) {
+                        if let Ok(Tx { body: TxBody::SequenceHandshake { topic, .. }, .. }) = Tx::decode(raw)
+                        {
                             topics.insert(topic);
                         }
                     }

@@ -114,9 +114,15 @@ impl Run {
     /// An outsider writes junk on the conversation topic (valid proof of work, random
     /// payload), and re-wraps a captured ciphertext in a new header.
     fn attack(&mut self) {
+        let n = 1 + self.w.rng.below(20);
+        self.attack_n(n);
+    }
+
+    /// `n` junk envelopes and one re-wrapped ciphertext.
+    fn attack_n(&mut self, n: u64) {
         let topic = self.conv.topic();
         let limits = cairn_proto::Limits::default();
-        for _ in 0..1 + self.w.rng.below(20) {
+        for _ in 0..n {
             let mut junk = vec![0u8; 40 + self.w.rng.below(200) as usize];
             for b in junk.iter_mut() {
                 *b = self.w.rng.next() as u8;
@@ -339,4 +345,51 @@ fn seeds_500_to_750() {
 #[test]
 fn seeds_750_to_1000() {
     run_seeds(750..1000);
+}
+
+/// Issue 4(g): 5,000 junk envelopes with valid proof of work on a conversation's topic cost a
+/// member at most the quarantine's bound, never enter its chain, are gone after the hold, and
+/// the group still reads a message sent after the flood.
+#[test]
+fn a_junk_flood_costs_a_member_a_bounded_amount() {
+    let mut run = setup(4242);
+    run.w.faults = Faults { loss: 0, dup: 0, delay_ms_max: 5 };
+    let start = run.w.now_ms;
+    run.w.run_until(start + 1_500, 100);
+    run.send(0, 0);
+    let until = run.w.now_ms + 1_000;
+    run.w.run_until(until, 100);
+    let topic = run.conv.topic();
+    let genuine_before = run.w.history_ids(1, &topic).len();
+    let max = cairn_node::core::CoreConfig::default().quarantine_envelopes_max;
+    for _ in 0..250 {
+        run.attack_n(20);
+        let until = run.w.now_ms + 50;
+        run.w.run_until(until, 100);
+        let held = run.w.history_ids(1, &topic).len() - genuine_before;
+        assert!(held <= max + 40, "after junk, user 1 holds {held} extra envelopes (bound {max})");
+    }
+    assert!(run.junk >= 5_000);
+    let conv = run.conv;
+    assert!(run.w.engine(1).core().held(&conv) <= max);
+    assert!(
+        run.w.engine(1).core().parents_for(&conv).iter().all(|p| run.sent.iter().any(|s| s.id == *p)),
+        "only genuine messages are parents"
+    );
+    run.send(0, 1);
+    let until = run.w.now_ms + cairn_node::core::CoreConfig::default().quarantine_ms + 5_000;
+    run.w.run_until(until, 1_000);
+    let rows = run.w.engine(1).db().messages(&conv.0, 0, 100).unwrap();
+    assert_eq!(
+        rows.len(),
+        run.sent.iter().filter(|s| s.from != 1).count(),
+        "user 1 read every genuine message"
+    );
+    let left = run.w.history_ids(1, &topic).len();
+    let genuine: BTreeSet<Id> =
+        run.w.published.iter().filter(|e| e.header.topic == topic).map(|e| e.id()).collect();
+    assert!(
+        run.w.history_ids(1, &topic).iter().all(|id| genuine.contains(id)),
+        "no junk left after the hold ({left} kept)"
+    );
 }
