@@ -519,6 +519,11 @@ async fn pump(
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!("stream client too slow: {n} events skipped");
+                    let lagged = StreamEvent::Lagged { skipped: n };
+                    let Ok(text) = serde_json::to_string(&lagged) else { continue };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },

@@ -278,6 +278,12 @@ pub enum StreamEvent {
         /// Conversation.
         conversation: ConversationView,
     },
+    /// This listener fell behind and missed events: re-read the messages it follows with
+    /// `GET …/messages?after=` (nothing is lost from the local history).
+    Lagged {
+        /// Events missed.
+        skipped: u64,
+    },
 }
 
 /// Every error answer: `{"error": "...", "code": "..."}` with a matching HTTP status.

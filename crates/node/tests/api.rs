@@ -632,16 +632,15 @@ fn a_lagging_stream_client_skips_and_keeps_receiving() {
         for i in 0..1000 {
             fake.send(conv.id.clone(), format!("m{i}")).await.unwrap();
         }
+        let mut skipped = 0;
         let last = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 match ws.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        if let StreamEvent::Message(m) = serde_json::from_str(t.as_str()).unwrap()
-                            && m.text == "m999"
-                        {
-                            break m.seq;
-                        }
-                    }
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()).unwrap() {
+                        StreamEvent::Message(m) if m.text == "m999" => break m.seq,
+                        StreamEvent::Lagged { skipped: n } => skipped += n,
+                        _ => {}
+                    },
                     Some(Ok(_)) => continue,
                     other => panic!("stream ended: {other:?}"),
                 }
@@ -650,6 +649,7 @@ fn a_lagging_stream_client_skips_and_keeps_receiving() {
         .await
         .expect("the last event arrives");
         assert_eq!(last, 1000);
+        assert!(skipped > 0, "the client is told how many events it missed, so it can re-read");
     });
 }
 
