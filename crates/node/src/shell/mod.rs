@@ -31,7 +31,7 @@ use crate::error::NodeError;
 use crate::model::{ConversationView, MemberView, StreamEvent};
 
 /// Events kept for slow API stream listeners. Overflow policy: a listener that falls this far
-/// behind is told it lagged (the WebSocket closes with a reason) and re-reads the history with
+/// behind gets a `lagged` event counting what it missed and re-reads the history with
 /// `GET …/messages?after=`; nothing is lost from the local history.
 pub const STREAM_EVENTS_MAX: usize = 4_096;
 
