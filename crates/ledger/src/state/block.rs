@@ -1,0 +1,164 @@
+//! Blocks: executing a block's transactions into a [`Layer`] ([`execute`], [`genesis_layer`]),
+//! and [`Machine`], the sequential single-replica form.
+
+use cairn_proto::AccountId;
+use thiserror::Error;
+
+use super::{Account, Executor, Layer, Receipt, StateDb, StateError, StateKey};
+use crate::tx::{Tx, TxError, TxId};
+
+/// Builds the genesis layer (height 0).
+pub fn genesis_layer(
+    db: &StateDb,
+    chain: [u8; 32],
+    accounts: &[(AccountId, u64)],
+) -> Result<Layer, StateError> {
+    let overlay = db.overlay(Vec::new());
+    let mut ex = Executor::new(&overlay, chain);
+    ex.genesis(accounts);
+    let writes = ex.into_writes();
+    db.commit_layer(Vec::new(), 0, writes)
+}
+
+/// How a block's transactions are treated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Building: transactions failing admission are left out.
+    Propose,
+    /// Checking someone else's block: any transaction failing admission invalidates it.
+    Verify,
+}
+
+/// A transaction left out of a proposal, and why.
+#[derive(Clone, Debug)]
+pub struct Dropped {
+    /// Index in the candidate list.
+    pub index: usize,
+    /// Transaction id.
+    pub tx: TxId,
+    /// Reason.
+    pub error: TxError,
+}
+
+/// The result of executing a block's transactions.
+#[derive(Debug)]
+pub struct Executed {
+    /// Indices of the candidate transactions that were included, in order.
+    pub included: Vec<usize>,
+    /// Receipts of the included transactions.
+    pub receipts: Vec<Receipt>,
+    /// Candidates left out (propose mode only).
+    pub dropped: Vec<Dropped>,
+    /// The state changes.
+    pub layer: Layer,
+}
+
+/// Why a block's transactions are invalid.
+#[derive(Debug, Error)]
+pub enum BlockError {
+    /// A transaction failed admission.
+    #[error("transaction {index} refused: {error}")]
+    Tx {
+        /// Position in the block.
+        index: usize,
+        /// Reason.
+        error: TxError,
+    },
+    /// State failure.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Executes candidate transactions at `height` on top of `db` + `layers`.
+///
+/// `sig_checked(id)` tells whether this node already verified that transaction's signature.
+pub fn execute(
+    db: &StateDb,
+    layers: Vec<&Layer>,
+    chain: [u8; 32],
+    height: u64,
+    txs: &[Vec<u8>],
+    mode: Mode,
+    sig_checked: &dyn Fn(&TxId) -> bool,
+) -> Result<Executed, BlockError> {
+    let overlay = db.overlay(layers.clone());
+    let mut ex = Executor::new(&overlay, chain);
+    ex.set_height(height);
+    let mut included = Vec::new();
+    let mut receipts = Vec::new();
+    let mut dropped = Vec::new();
+    for (index, bytes) in txs.iter().enumerate() {
+        let id = Tx::id_of(bytes);
+        let res = Tx::decode(bytes).and_then(|tx| ex.apply(&tx, id, sig_checked(&id)));
+        match (res, mode) {
+            (Ok(r), _) => {
+                included.push(index);
+                receipts.push(r);
+            }
+            (Err(error), Mode::Verify) => return Err(BlockError::Tx { index, error }),
+            (Err(error), Mode::Propose) => dropped.push(Dropped { index, tx: id, error }),
+        }
+    }
+    let writes = ex.into_writes();
+    let layer = db.commit_layer(layers, height, writes)?;
+    Ok(Executed { included, receipts, dropped, layer })
+}
+
+/// A single-replica ledger state: applies blocks of transactions one after the other. The
+/// validator uses the same functions with fork-aware layers; this is the sequential form, for
+/// tests, replay and tools.
+#[derive(Debug)]
+pub struct Machine {
+    /// Finalized state.
+    pub db: StateDb,
+    /// Chain id.
+    pub chain: [u8; 32],
+}
+
+impl Machine {
+    /// A machine at genesis.
+    pub fn genesis(chain: [u8; 32], accounts: &[(AccountId, u64)]) -> Result<Self, StateError> {
+        let mut db = StateDb::default();
+        let layer = genesis_layer(&db, chain, accounts)?;
+        db.apply(layer);
+        Ok(Self { db, chain })
+    }
+
+    /// Next height.
+    pub fn next_height(&self) -> u64 {
+        self.db.height().map_or(0, |h| h + 1)
+    }
+
+    /// Builds the next block from candidates (dropping those that fail admission), applies it,
+    /// and returns what happened.
+    pub fn propose_and_apply(&mut self, txs: &[Vec<u8>]) -> Result<(Vec<Receipt>, Vec<Dropped>), StateError> {
+        let h = self.next_height();
+        let ex = execute(&self.db, Vec::new(), self.chain, h, txs, Mode::Propose, &|_| false).map_err(
+            |e| match e {
+                BlockError::State(s) => s,
+                BlockError::Tx { .. } => StateError::Tree("admission failure in propose mode".into()),
+            },
+        )?;
+        self.db.apply(ex.layer);
+        Ok((ex.receipts, ex.dropped))
+    }
+
+    /// Applies a block in verify mode: any transaction failing admission rejects it.
+    pub fn apply_block(&mut self, txs: &[Vec<u8>]) -> Result<Vec<Receipt>, BlockError> {
+        let h = self.next_height();
+        let ex = execute(&self.db, Vec::new(), self.chain, h, txs, Mode::Verify, &|_| false)?;
+        self.db.apply(ex.layer);
+        Ok(ex.receipts)
+    }
+
+    /// Reads an account.
+    pub fn account(&self, id: &AccountId) -> Option<Account> {
+        self.db.get(&StateKey::Account(*id)).and_then(|b| Account::decode(&b).ok())
+    }
+
+    /// Next nonce of a signer.
+    pub fn nonce(&self, signer: &[u8; 32]) -> u64 {
+        let ov = self.db.overlay(Vec::new());
+        Executor::new(&ov, self.chain).nonce(signer).unwrap_or(0)
+    }
+}

@@ -1,0 +1,318 @@
+//! Deterministic execution of transactions: admission (chain, signer authorization, nonce,
+//! signature), then the effect, over a read-only view, collecting writes.
+
+use std::collections::BTreeMap;
+
+use cairn_proto::codec::{Reader, Writer};
+use cairn_proto::ed25519::{Signature, VerifyingKey};
+use cairn_proto::{AccountId, Topic};
+use jmt::KeyHash;
+
+use super::{
+    Account, AnchorRecord, DEVICES_MAX, DeviceEntry, Outcome, Receipt, StateError, StateKey, StateRead,
+    TopicState,
+};
+use crate::tx::{Tx, TxBody, TxError, TxId, rotation_message};
+
+/// Domain separation for the per-topic handshake hash chain.
+const TOPIC_CHAIN_DOMAIN: &str = "cairn 2026-11 ledger topic chain v1";
+
+/// Whether `key` may be authorized to sign: a valid point that is not of small order (the
+/// transaction signature rules, ZIP-215, would let anyone sign for a small-order key).
+pub fn usable_key(key: &[u8; 32]) -> bool {
+    VerifyingKey::from_bytes(key).is_ok_and(|k| !k.is_weak())
+}
+
+/// A key written by a transaction's effect and its previous entry in the block's write set.
+type UndoEntry = (KeyHash, Option<Option<Vec<u8>>>);
+
+/// Executes transactions over a read-only view, collecting writes.
+pub struct Executor<'a> {
+    base: &'a dyn StateRead,
+    chain: [u8; 32],
+    writes: BTreeMap<KeyHash, Option<Vec<u8>>>,
+    /// While a transaction's effect runs: the previous entry of every key it wrote (`None`: no
+    /// entry), so a failed effect is undone in O(keys touched) rather than by copying the
+    /// block's whole write set per transaction.
+    undo: Option<Vec<UndoEntry>>,
+}
+
+impl<'a> Executor<'a> {
+    /// An executor over `base` for chain `chain`.
+    pub fn new(base: &'a dyn StateRead, chain: [u8; 32]) -> Self {
+        Self { base, chain, writes: BTreeMap::new(), undo: None }
+    }
+
+    /// The writes so far.
+    pub fn into_writes(self) -> BTreeMap<KeyHash, Option<Vec<u8>>> {
+        self.writes
+    }
+
+    fn raw(&self, key: &StateKey) -> Option<Vec<u8>> {
+        let kh = key.hash();
+        match self.writes.get(&kh) {
+            Some(v) => v.clone(),
+            None => self.base.get(&kh),
+        }
+    }
+
+    /// Reads an account.
+    pub fn account(&self, id: &AccountId) -> Result<Option<Account>, StateError> {
+        Ok(self.raw(&StateKey::Account(*id)).map(|b| Account::decode(&b)).transpose()?)
+    }
+
+    /// Next nonce of a signing key.
+    pub fn nonce(&self, signer: &[u8; 32]) -> Result<u64, StateError> {
+        match self.raw(&StateKey::Nonce(*signer)) {
+            None => Ok(0),
+            Some(b) => {
+                let mut r = Reader::new(&b);
+                let n = r.u64("nonce")?;
+                r.finish()?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Handshake count of a topic.
+    pub fn topic(&self, t: &Topic) -> Result<TopicState, StateError> {
+        Ok(self.raw(&StateKey::Topic(*t)).map(|b| TopicState::decode(&b)).transpose()?.unwrap_or_default())
+    }
+
+    fn put(&mut self, key: StateKey, value: Option<Vec<u8>>) {
+        let kh = key.hash();
+        let prev = self.writes.insert(kh, value);
+        if let Some(undo) = self.undo.as_mut() {
+            undo.push((kh, prev));
+        }
+    }
+
+    /// Writes genesis records (balances) and the height marker.
+    pub fn genesis(&mut self, accounts: &[(AccountId, u64)]) {
+        for (id, bal) in accounts {
+            self.put(StateKey::Account(*id), Some(Account::new(*id, *bal).encode()));
+        }
+        self.set_height(0);
+    }
+
+    /// Records the height of the block being executed.
+    pub fn set_height(&mut self, height: u64) {
+        self.put(StateKey::Meta, Some(height.to_be_bytes().to_vec()));
+    }
+
+    /// Admission checks, cheapest first; `sig_checked` skips the signature check for a
+    /// transaction whose signature this node already verified.
+    pub fn admit(&self, tx: &Tx, sig_checked: bool) -> Result<(), TxError> {
+        if tx.chain != self.chain {
+            return Err(TxError::WrongChain);
+        }
+        let acct = self.account(&tx.account).map_err(|_| TxError::UnknownAccount)?;
+        match (&tx.body, acct) {
+            (TxBody::RegisterAccount, _) => {
+                if tx.signer != tx.account.0 {
+                    return Err(TxError::UnknownSigner);
+                }
+                // a small-order key signs anything under the ZIP-215 rules: never an account key
+                if !usable_key(&tx.signer) {
+                    return Err(TxError::BadSignature);
+                }
+            }
+            (_, None) => return Err(TxError::UnknownAccount),
+            (body, Some(acct)) => {
+                if tx.signer != acct.key {
+                    match acct.devices.iter().find(|d| d.device.0 == tx.signer) {
+                        None => return Err(TxError::UnknownSigner),
+                        Some(d) if d.revoked => return Err(TxError::RevokedDevice),
+                        Some(_) if body.needs_account_key() => return Err(TxError::NeedsAccountKey),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        let expected = self.nonce(&tx.signer).map_err(|_| TxError::UnknownSigner)?;
+        if tx.nonce < expected {
+            return Err(TxError::NonceReplayed { expected, got: tx.nonce });
+        }
+        if tx.nonce > expected {
+            return Err(TxError::NonceSkipped { expected, got: tx.nonce });
+        }
+        if !sig_checked {
+            tx.verify_signature()?;
+        }
+        Ok(())
+    }
+
+    /// Admits and applies one transaction. `Err` means it failed admission (no effect at all);
+    /// `Ok` carries the outcome of an admitted transaction.
+    pub fn apply(&mut self, tx: &Tx, id: TxId, sig_checked: bool) -> Result<Receipt, TxError> {
+        self.admit(tx, sig_checked)?;
+        let next = tx.nonce.saturating_add(1);
+        self.put(StateKey::Nonce(tx.signer), Some(next.to_be_bytes().to_vec()));
+        self.undo = Some(Vec::new());
+        let res = self.effect(tx);
+        let undo = self.undo.take().unwrap_or_default();
+        let outcome = match res {
+            Ok(o) => o,
+            Err(e) => {
+                // newest first, so a key written twice ends at its value before the effect
+                for (kh, prev) in undo.into_iter().rev() {
+                    match prev {
+                        Some(v) => self.writes.insert(kh, v),
+                        None => self.writes.remove(&kh),
+                    };
+                }
+                Outcome::Failed(e)
+            }
+        };
+        Ok(Receipt { tx: id, outcome })
+    }
+
+    fn must_account(&self, id: &AccountId) -> Result<Account, TxError> {
+        self.account(id).ok().flatten().ok_or(TxError::UnknownAccount)
+    }
+
+    fn effect(&mut self, tx: &Tx) -> Result<Outcome, TxError> {
+        let id = tx.account;
+        match &tx.body {
+            TxBody::RegisterAccount => {
+                if self.account(&id).ok().flatten().is_some() {
+                    return Err(TxError::AccountExists);
+                }
+                self.put(StateKey::Account(id), Some(Account::new(id, 0).encode()));
+            }
+            TxBody::AddDevice { cert } => {
+                let mut acct = self.must_account(&id)?;
+                if cert.account.0 != acct.key {
+                    return Err(TxError::BadDeviceCert("not certified by the current account key"));
+                }
+                cert.verify().map_err(|_| TxError::BadDeviceCert("signature does not verify"))?;
+                if cert.device.0 == acct.key {
+                    return Err(TxError::BadDeviceCert("device key equals the account key"));
+                }
+                if !usable_key(&cert.device.0) {
+                    return Err(TxError::BadDeviceCert("device key is not a usable key"));
+                }
+                let pos = match acct.devices.binary_search_by(|d| d.device.0.cmp(&cert.device.0)) {
+                    Ok(_) => return Err(TxError::DeviceExists),
+                    Err(p) => p,
+                };
+                if acct.devices.len() >= DEVICES_MAX {
+                    return Err(TxError::TooManyDevices);
+                }
+                acct.devices.insert(
+                    pos,
+                    DeviceEntry { device: cert.device, created_at_ms: cert.created_at_ms, revoked: false },
+                );
+                self.put(StateKey::Account(id), Some(acct.encode()));
+            }
+            TxBody::RevokeDevice { device } => {
+                let mut acct = self.must_account(&id)?;
+                match acct.devices.iter_mut().find(|d| d.device == *device && !d.revoked) {
+                    None => return Err(TxError::UnknownDevice),
+                    Some(d) => d.revoked = true,
+                }
+                self.put(StateKey::Account(id), Some(acct.encode()));
+            }
+            TxBody::RotateKey { new_key, new_key_signature } => {
+                let mut acct = self.must_account(&id)?;
+                if *new_key == acct.key {
+                    return Err(TxError::BadRotation("new key equals the current key"));
+                }
+                if acct.devices.iter().any(|d| d.device.0 == *new_key) {
+                    return Err(TxError::BadRotation("new key is a device key"));
+                }
+                let vk = VerifyingKey::from_bytes(new_key)
+                    .map_err(|_| TxError::BadRotation("new key is not a valid key"))?;
+                let msg = rotation_message(&self.chain, &id, &acct.key, new_key);
+                vk.verify_strict(&msg, &Signature::from_bytes(new_key_signature))
+                    .map_err(|_| TxError::BadRotation("new key's signature does not verify"))?;
+                acct.key = *new_key;
+                self.put(StateKey::Account(id), Some(acct.encode()));
+            }
+            TxBody::ClaimHandle { name } => {
+                let mut acct = self.must_account(&id)?;
+                if acct.handle.is_some() {
+                    return Err(TxError::AlreadyHasHandle);
+                }
+                if self.raw(&StateKey::Handle(name.clone())).is_some() {
+                    return Err(TxError::HandleTaken);
+                }
+                acct.handle = Some(name.clone());
+                self.put(StateKey::Handle(name.clone()), Some(id.0.to_vec()));
+                self.put(StateKey::Account(id), Some(acct.encode()));
+            }
+            TxBody::ReleaseHandle { name } => {
+                let mut acct = self.must_account(&id)?;
+                if acct.handle.as_deref() != Some(name.as_str()) {
+                    return Err(TxError::HandleNotHeld);
+                }
+                acct.handle = None;
+                self.put(StateKey::Handle(name.clone()), None);
+                self.put(StateKey::Account(id), Some(acct.encode()));
+            }
+            TxBody::TransferHandle { name, to } => {
+                let mut acct = self.must_account(&id)?;
+                if acct.handle.as_deref() != Some(name.as_str()) {
+                    return Err(TxError::HandleNotHeld);
+                }
+                if *to == id {
+                    return Err(TxError::SelfTransfer);
+                }
+                let mut dest = self.account(to).ok().flatten().ok_or(TxError::UnknownRecipient)?;
+                if dest.handle.is_some() {
+                    return Err(TxError::AlreadyHasHandle);
+                }
+                acct.handle = None;
+                dest.handle = Some(name.clone());
+                self.put(StateKey::Handle(name.clone()), Some(to.0.to_vec()));
+                self.put(StateKey::Account(id), Some(acct.encode()));
+                self.put(StateKey::Account(*to), Some(dest.encode()));
+            }
+            TxBody::PublishKeyPackages { batch_hash, count } => {
+                let mut acct = self.must_account(&id)?;
+                acct.key_packages = Some((*batch_hash, *count));
+                self.put(StateKey::Account(id), Some(acct.encode()));
+            }
+            TxBody::SequenceHandshake { topic, after, payload } => {
+                let mut t = self
+                    .topic(topic)
+                    .map_err(|_| TxError::StaleSequence { after: *after, current: u64::MAX })?;
+                if t.count != *after {
+                    return Err(TxError::StaleSequence { after: *after, current: t.count });
+                }
+                let mut w = Writer::with_capacity(72);
+                w.raw(&t.chain);
+                w.raw(&cairn_proto::id::hash(TOPIC_CHAIN_DOMAIN, payload));
+                t.chain = cairn_proto::id::hash(TOPIC_CHAIN_DOMAIN, &w.finish());
+                t.count = t.count.saturating_add(1);
+                self.put(StateKey::Topic(*topic), Some(t.encode()));
+                return Ok(Outcome::Sequenced { topic: *topic, seq: *after });
+            }
+            TxBody::Anchor { topic, head, count } => {
+                if let Some(b) = self.raw(&StateKey::Anchor(*topic))
+                    && let Ok(prev) = AnchorRecord::decode(&b)
+                    && prev.count > *count
+                {
+                    return Err(TxError::AnchorRegressed { count: *count, anchored: prev.count });
+                }
+                let rec = AnchorRecord { head: *head, count: *count, by: id };
+                self.put(StateKey::Anchor(*topic), Some(rec.encode()));
+            }
+            TxBody::Transfer { to, amount } => {
+                if *to == id {
+                    return Err(TxError::SelfTransfer);
+                }
+                let mut from = self.must_account(&id)?;
+                let mut dest = self.account(to).ok().flatten().ok_or(TxError::UnknownRecipient)?;
+                if from.balance < *amount {
+                    return Err(TxError::InsufficientBalance { have: from.balance, need: *amount });
+                }
+                dest.balance = dest.balance.checked_add(*amount).ok_or(TxError::BalanceOverflow)?;
+                from.balance -= *amount;
+                self.put(StateKey::Account(id), Some(from.encode()));
+                self.put(StateKey::Account(*to), Some(dest.encode()));
+            }
+        }
+        Ok(Outcome::Applied)
+    }
+}

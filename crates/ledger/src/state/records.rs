@@ -1,0 +1,268 @@
+//! The records of the ledger state ([`StateKey`], [`Account`], [`TopicState`], [`AnchorRecord`])
+//! and what a transaction reports ([`Outcome`], [`Receipt`]).
+
+use cairn_proto::codec::{DecodeError, Reader, Writer};
+use cairn_proto::{AccountId, DeviceId, Id, Topic};
+use jmt::KeyHash;
+use sha2::Sha256;
+
+use super::DEVICES_MAX;
+use crate::tx::{TxError, TxId};
+
+/// A logical state key (before hashing into the tree).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum StateKey {
+    /// An account record, by account id.
+    Account(AccountId),
+    /// The account holding a handle.
+    Handle(String),
+    /// The next nonce of a signing key.
+    Nonce([u8; 32]),
+    /// Handshake order of a topic.
+    Topic(Topic),
+    /// The anchored head of a conversation.
+    Anchor(Topic),
+    /// Chain metadata (the height of the last applied block).
+    Meta,
+}
+
+impl StateKey {
+    /// The logical key bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40);
+        match self {
+            Self::Account(a) => {
+                v.extend_from_slice(b"acct");
+                v.extend_from_slice(&a.0);
+            }
+            Self::Handle(h) => {
+                v.extend_from_slice(b"hndl");
+                v.extend_from_slice(h.as_bytes());
+            }
+            Self::Nonce(k) => {
+                v.extend_from_slice(b"nonc");
+                v.extend_from_slice(k);
+            }
+            Self::Topic(t) => {
+                v.extend_from_slice(b"topc");
+                v.extend_from_slice(&t.0);
+            }
+            Self::Anchor(t) => {
+                v.extend_from_slice(b"anch");
+                v.extend_from_slice(&t.0);
+            }
+            Self::Meta => v.extend_from_slice(b"meta"),
+        }
+        v
+    }
+
+    /// The key's position in the tree.
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::with::<Sha256>(self.bytes())
+    }
+}
+
+/// A device of an account.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DeviceEntry {
+    /// Device key.
+    pub device: DeviceId,
+    /// Certificate creation time.
+    pub created_at_ms: u64,
+    /// Revoked for good.
+    pub revoked: bool,
+}
+
+/// An account record.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Account {
+    /// Current account key (equal to the account id until the first rotation).
+    pub key: [u8; 32],
+    /// Devices, sorted by key, revoked ones kept (a revoked key may never come back).
+    pub devices: Vec<DeviceEntry>,
+    /// Handle held, if any.
+    pub handle: Option<String>,
+    /// Token balance.
+    pub balance: u64,
+    /// Latest published key-package batch: hash and count.
+    pub key_packages: Option<([u8; 32], u32)>,
+}
+
+impl Account {
+    /// A fresh account whose key is its id.
+    pub fn new(id: AccountId, balance: u64) -> Self {
+        Self { key: id.0, devices: Vec::new(), handle: None, balance, key_packages: None }
+    }
+
+    /// Active (non-revoked) devices.
+    pub fn active_devices(&self) -> Vec<DeviceId> {
+        self.devices.iter().filter(|d| !d.revoked).map(|d| d.device).collect()
+    }
+
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(128 + 41 * self.devices.len());
+        w.u8(1);
+        w.raw(&self.key);
+        w.u8(u8::try_from(self.devices.len()).unwrap_or(u8::MAX));
+        for d in &self.devices {
+            w.raw(&d.device.0);
+            w.u64(d.created_at_ms);
+            w.u8(u8::from(d.revoked));
+        }
+        match &self.handle {
+            None => w.u8(0),
+            Some(h) => {
+                w.u8(1);
+                w.u8(u8::try_from(h.len()).unwrap_or(u8::MAX));
+                w.raw(h.as_bytes());
+            }
+        }
+        w.u64(self.balance);
+        match &self.key_packages {
+            None => w.u8(0),
+            Some((h, n)) => {
+                w.u8(1);
+                w.raw(h);
+                w.u32(*n);
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes a record (canonical: devices strictly sorted, flags 0/1).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("account", 1)?;
+        let key = r.array("account.key")?;
+        let n = r.u8("account.devices")? as usize;
+        if n > DEVICES_MAX {
+            return Err(DecodeError::TooLarge {
+                field: "account.devices",
+                len: n as u64,
+                max: DEVICES_MAX as u64,
+            });
+        }
+        let mut devices: Vec<DeviceEntry> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let device = DeviceId(r.array("account.device")?);
+            let created_at_ms = r.u64("account.device.created")?;
+            let revoked = read_flag(&mut r, "account.device.revoked")?;
+            if devices.last().is_some_and(|p| p.device.0 >= device.0) {
+                return Err(DecodeError::NonCanonical {
+                    field: "account.devices",
+                    reason: "not strictly increasing",
+                });
+            }
+            devices.push(DeviceEntry { device, created_at_ms, revoked });
+        }
+        let handle = if read_flag(&mut r, "account.handle")? {
+            let len = r.u8("account.handle")? as usize;
+            let s = std::str::from_utf8(r.take(len, "account.handle")?)
+                .map_err(|_| DecodeError::Invalid { field: "account.handle", reason: "not UTF-8" })?;
+            crate::tx::check_handle(s)
+                .map_err(|_| DecodeError::Invalid { field: "account.handle", reason: "not a handle" })?;
+            Some(s.to_owned())
+        } else {
+            None
+        };
+        let balance = r.u64("account.balance")?;
+        let key_packages = if read_flag(&mut r, "account.key_packages")? {
+            Some((r.array("account.key_packages")?, r.u32("account.key_packages")?))
+        } else {
+            None
+        };
+        r.finish()?;
+        Ok(Self { key, devices, handle, balance, key_packages })
+    }
+}
+
+fn read_flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::NonCanonical { field, reason: "flag is not 0 or 1" }),
+    }
+}
+
+/// Handshake order of one topic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct TopicState {
+    /// Number of handshake messages sequenced.
+    pub count: u64,
+    /// Hash chain over the sequenced payloads.
+    pub chain: [u8; 32],
+}
+
+impl TopicState {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(40);
+        w.u64(self.count);
+        w.raw(&self.chain);
+        w.finish()
+    }
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let s = Self { count: r.u64("topic.count")?, chain: r.array("topic.chain")? };
+        r.finish()?;
+        Ok(s)
+    }
+}
+
+/// An anchored conversation head.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AnchorRecord {
+    /// Head envelope id.
+    pub head: Id,
+    /// Message count up to the head.
+    pub count: u64,
+    /// Account that anchored it.
+    pub by: AccountId,
+}
+
+impl AnchorRecord {
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(72);
+        w.raw(&self.head.0);
+        w.u64(self.count);
+        w.raw(&self.by.0);
+        w.finish()
+    }
+    /// Decodes a record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let s = Self {
+            head: Id(r.array("anchor.head")?),
+            count: r.u64("anchor.count")?,
+            by: AccountId(r.array("anchor.by")?),
+        };
+        r.finish()?;
+        Ok(s)
+    }
+}
+
+/// What an admitted transaction did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// Applied.
+    Applied,
+    /// A handshake got this position in its topic.
+    Sequenced {
+        /// Topic.
+        topic: Topic,
+        /// Position.
+        seq: u64,
+    },
+    /// Admitted (nonce consumed) but the body failed; nothing else changed.
+    Failed(TxError),
+}
+
+/// The result of one transaction in a block.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Receipt {
+    /// Transaction id.
+    pub tx: TxId,
+    /// What happened.
+    pub outcome: Outcome,
+}
