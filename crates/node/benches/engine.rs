@@ -118,7 +118,7 @@ fn burst(messages: usize, members: usize) -> (f64, f64) {
         n.engine.take_io();
     }
     let kps = (1..members).map(|i| key_package(&mut nodes[i])).collect();
-    let conv = nodes[0].engine.create(kps, &mut seq, now()).unwrap();
+    let (conv, _) = nodes[0].engine.create(kps, &mut seq, now()).unwrap();
     let welcome = published(&mut nodes[0]);
     nodes[1].engine.receive(arrivals(welcome), &mut seq, now());
     nodes[1].engine.take_io();
@@ -162,7 +162,7 @@ fn fill(dir: &Path, convs: usize, messages: usize) {
     nb.engine.start(&mut seq, now()).unwrap();
     for _ in 0..convs {
         let kp = key_package(&mut nb);
-        let conv = na.engine.create(vec![kp], &mut seq, now()).unwrap();
+        let (conv, _) = na.engine.create(vec![kp], &mut seq, now()).unwrap();
         published(&mut na);
         for i in 0..messages {
             na.engine.send_text(conv, &format!("message {i}"), &mut seq, now()).unwrap();

@@ -57,6 +57,9 @@ pub struct ServiceConfig {
     pub key_package_wait_ms: u64,
     /// Handle to claim once the account is registered (if it has none).
     pub handle: Option<String>,
+    /// How long the actor waits for a commit to be ordered before it goes on (the commit
+    /// stays pending and its caller is answered when it is), ms.
+    pub commit_wait_ms: u64,
 }
 
 impl ServiceConfig {
@@ -73,6 +76,7 @@ impl ServiceConfig {
             anchor_every_ms: 5_000,
             key_package_wait_ms: 20_000,
             handle: None,
+            commit_wait_ms: 1_500,
         }
     }
 }
@@ -136,9 +140,18 @@ impl Service {
         ecfg.difficulty = cfg.net.admission.difficulty;
         let engine = Engine::new(mls, node_db, net.history().clone(), keys.clone(), ecfg);
         let seq_client = LedgerClient::new(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
+        // The actor waits this long for a commit to be ordered; past it the commit stays
+        // pending (never forked) and the caller is answered once the block follower shows it.
         let sequencer = LedgerSequencer::new(seq_client, keys.account, keys.device_key.clone())
-            .with_timeout(Duration::from_secs(20));
-        let actor = Actor { engine, sequencer, shared: shared.clone(), ledger: ledger_tx, mesh: mesh_tx };
+            .with_timeout(Duration::from_millis(cfg.commit_wait_ms));
+        let actor = Actor {
+            engine,
+            sequencer,
+            shared: shared.clone(),
+            ledger: ledger_tx,
+            mesh: mesh_tx,
+            awaiting: Default::default(),
+        };
         std::thread::Builder::new().name("cairn-actor".into()).spawn(move || actor.run(ops_rx, net_rx))?;
         let worker = LedgerWorker {
             shared: shared.clone(),

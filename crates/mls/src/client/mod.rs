@@ -282,6 +282,12 @@ impl Client {
             .collect()
     }
 
+    /// Whether this device has a commit of `id` waiting for the sequencer's order to show what
+    /// holds its slot (see [`Client::retry_pending`]).
+    pub fn has_pending_commit(&self, id: &ConversationId) -> bool {
+        self.conv(id).is_ok_and(|c| c.meta.pending_commit.is_some())
+    }
+
     /// An MLS exporter secret of the conversation's current epoch (RFC 9420 §8.5): `len` bytes
     /// (≤ 64) for `label` and `context`, known to the epoch's members only. Returns the epoch
     /// it belongs to.

@@ -12,6 +12,19 @@ use crate::error::NodeError;
 /// Lifetime of a Welcome envelope on store nodes, seconds (an invitee may be offline a while).
 const WELCOME_TTL_SECS: u32 = 14 * 24 * 3600;
 
+/// Adds per commit at most (a commit must fit the sequencer's handshake bound).
+const ADDS_PER_COMMIT_MAX: usize = 128;
+
+/// Where a membership change stands once the actor may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Sequenced and applied.
+    Done,
+    /// Submitted, not yet ordered within the sequencer's short wait: the commit stays pending
+    /// and is merged when the order shows it (or rebuilt if other bytes took its slot).
+    Pending,
+}
+
 impl Engine {
     /// Creates a conversation and adds these devices.
     pub fn create(
@@ -19,63 +32,111 @@ impl Engine {
         packages: Vec<VerifiedKeyPackage>,
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
-    ) -> Result<ConversationId, NodeError> {
+    ) -> Result<(ConversationId, Commit), NodeError> {
         let id = self.mls.create(now_ms).map_err(mls_err)?;
         self.io.push(Io::Subscribe(id.topic()));
         self.io.push(Io::Subscribe(self.own_receipt_topic(&id)));
         self.refresh(&id, now_ms);
-        if !packages.is_empty() {
-            let outcomes = self.mls.add_many(&id, packages, seq, now_ms).map_err(mls_err)?;
-            for o in &outcomes {
-                if let Some(w) = &o.welcome {
-                    self.publish_welcome(w, now_ms)?;
-                }
-            }
-        }
+        let state = self.add_chunks(id, packages, seq, now_ms)?;
         self.refresh(&id, now_ms);
         self.io.push(Io::Joined(id));
-        Ok(id)
+        Ok((id, state))
+    }
+
+    /// Adds devices in commits of at most [`ADDS_PER_COMMIT_MAX`], publishing each Welcome;
+    /// stops at a pending one (the rest is added when it is settled).
+    fn add_chunks(
+        &mut self,
+        id: ConversationId,
+        packages: Vec<VerifiedKeyPackage>,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Commit, NodeError> {
+        for chunk in packages.chunks(ADDS_PER_COMMIT_MAX) {
+            let r = self.mls.add(&id, chunk.to_vec(), seq, now_ms);
+            match self.commit_state(&id, r)? {
+                (Commit::Done, Some(o)) => {
+                    if let Some(w) = &o.welcome {
+                        self.publish_welcome(w, now_ms)?;
+                    }
+                }
+                (Commit::Done, None) => {}
+                (Commit::Pending, _) => return Ok(Commit::Pending),
+            }
+        }
+        Ok(Commit::Done)
+    }
+
+    /// A commit's result: done, pending (submitted without an answer in time; kept), or an
+    /// error.
+    fn commit_state<T>(
+        &self,
+        id: &ConversationId,
+        r: Result<Option<T>, cairn_mls::MlsError>,
+    ) -> Result<(Commit, Option<T>), NodeError> {
+        match r {
+            Ok(v) => Ok((Commit::Done, v)),
+            Err(cairn_mls::MlsError::Sequencer(cairn_proto::SequencerError::Unavailable(_)))
+                if self.mls.has_pending_commit(id) =>
+            {
+                Ok((Commit::Pending, None))
+            }
+            Err(e) => Err(mls_err(e)),
+        }
+    }
+
+    /// Whether a commit of this device waits for the order in `id`.
+    pub fn has_pending_commit(&self, id: &ConversationId) -> bool {
+        self.mls.has_pending_commit(id)
+    }
+
+    /// Whether an own commit of `id` was merged since the last call (and forgets it).
+    pub fn take_own_merged(&mut self, id: &ConversationId) -> bool {
+        self.own_merged.remove(id)
     }
 
     /// Settles a commit of this device left pending by a lost or refused answer (merged if
     /// sequenced, else resubmitted or dropped), so the next commit can be built.
-    pub(super) fn settle_commit(
+    pub fn settle_commit(
         &mut self,
         id: &ConversationId,
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) {
         self.sync(id, seq, now_ms);
+        if !self.mls.has_pending_commit(id) {
+            return;
+        }
         match self.mls.retry_pending(id, seq) {
             Ok(Some(o)) => {
+                self.own_merged.insert(*id);
                 if let Some(w) = &o.welcome
                     && let Err(e) = self.publish_welcome(w, now_ms)
                 {
                     tracing::warn!("Welcome of a settled commit not sent: {e}");
                 }
+                self.refresh(id, now_ms);
             }
             Ok(None) => {}
             Err(e) => tracing::debug!("pending commit of {}: {e}", hex::encode(id.0)),
         }
     }
 
-    /// Adds devices to a conversation.
+    /// Adds devices to a conversation (those already members are skipped).
     pub fn add(
         &mut self,
         id: ConversationId,
         packages: Vec<VerifiedKeyPackage>,
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Commit, NodeError> {
         self.settle_commit(&id, seq, now_ms);
-        let outcomes = self.mls.add_many(&id, packages, seq, now_ms).map_err(mls_err)?;
-        for o in &outcomes {
-            if let Some(w) = &o.welcome {
-                self.publish_welcome(w, now_ms)?;
-            }
-        }
+        let members = self.mls.members(&id).map_err(mls_err)?;
+        let packages: Vec<VerifiedKeyPackage> =
+            packages.into_iter().filter(|p| !members.iter().any(|m| m.device == p.cert.device)).collect();
+        let state = self.add_chunks(id, packages, seq, now_ms)?;
         self.refresh(&id, now_ms);
-        Ok(())
+        Ok(state)
     }
 
     /// Member accounts of a conversation.
@@ -90,17 +151,18 @@ impl Engine {
         account: AccountId,
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Commit, NodeError> {
         self.settle_commit(&id, seq, now_ms);
-        let r = self.mls.remove_account(&id, account, seq, now_ms).map_err(mls_err);
-        self.refresh(&id, now_ms);
-        match r? {
-            Some(_) => Ok(()),
-            None => Err(NodeError::NotFound(format!(
+        if !self.mls.member_accounts(&id).map_err(mls_err)?.contains(&account) {
+            return Err(NodeError::NotFound(format!(
                 "{} is not a member of this conversation",
                 account.to_text()
-            ))),
+            )));
         }
+        let r = self.mls.remove_account(&id, account, seq, now_ms);
+        let state = self.commit_state(&id, r);
+        self.refresh(&id, now_ms);
+        Ok(state?.0)
     }
 
     /// Leaves a conversation (another member commits the removal).

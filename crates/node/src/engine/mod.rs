@@ -29,6 +29,7 @@ use crate::db::NodeDb;
 use crate::error::NodeError;
 use crate::model::{ConversationView, DeliveryView, MessageView, StreamEvent};
 
+pub use self::members::Commit;
 pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
 pub use self::send::{KIND_RECEIPT, KIND_TEXT, TEXT_BYTES_MAX, header_aad};
@@ -143,6 +144,9 @@ pub struct Engine {
     receipt_keys: receipts::ReceiptKeys,
     /// Welcomes arriving in chunks (bounded: see `cairn_mls::WelcomeAssembler`).
     welcome_chunks: cairn_mls::WelcomeAssembler,
+    /// Conversations where an own commit was merged since the shell last asked (one entry per
+    /// conversation at most).
+    own_merged: std::collections::BTreeSet<ConversationId>,
 }
 
 impl Engine {
@@ -170,6 +174,7 @@ impl Engine {
             io: Vec::new(),
             receipt_keys: receipts::ReceiptKeys::default(),
             welcome_chunks: cairn_mls::WelcomeAssembler::new(),
+            own_merged: std::collections::BTreeSet::new(),
         }
     }
 
@@ -355,9 +360,10 @@ impl Engine {
             match ev {
                 // This device's own commit, merged once seen in the order (its submission's
                 // answer was lost): its Welcome still has to go out.
-                cairn_mls::Event::Commit { own: true, welcome: Some(w), .. } => {
+                cairn_mls::Event::Commit { own: true, welcome, .. } => {
                     changed = true;
-                    welcomes.push(w);
+                    self.own_merged.insert(*conv);
+                    welcomes.extend(welcome);
                 }
                 cairn_mls::Event::Commit { .. } | cairn_mls::Event::RemovedSelf { .. } => changed = true,
                 cairn_mls::Event::LeaveProposed { .. } => {

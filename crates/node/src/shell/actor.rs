@@ -19,9 +19,10 @@ use cairn_mls::{ConversationId, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId, Envelope, Id, Topic};
 use tokio::sync::{mpsc, oneshot};
 
+use super::awaiting::{Answer, AwaitingCalls, Intent};
 use super::ledger::{LedgerJob, try_enqueue};
 use super::{ConvSnapshot, Shared, now_ms};
-use crate::engine::{Arrival, Engine, Io};
+use crate::engine::{Arrival, Commit, Engine, Io};
 use crate::error::NodeError;
 use crate::model::{SendResult, StreamEvent};
 
@@ -117,6 +118,8 @@ pub struct Actor {
     pub ledger: SyncSender<LedgerJob>,
     /// Mesh task queue.
     pub mesh: mpsc::Sender<MeshCmd>,
+    /// API calls whose commit is submitted and not yet ordered.
+    pub awaiting: AwaitingCalls,
 }
 
 impl Actor {
@@ -152,6 +155,13 @@ impl Actor {
                 self.handle(job);
             }
             self.dispatch();
+            if !self.awaiting.is_empty() {
+                let settled = self.awaiting.resolve(&mut self.engine, &mut self.sequencer, now_ms());
+                self.dispatch();
+                for s in settled {
+                    s.send();
+                }
+            }
         }
         tracing::debug!("actor stopped");
     }
@@ -187,18 +197,27 @@ impl Actor {
             Job::Registered => self.publish_key_packages(),
             Job::AnchorDone { conv, count, ok } => self.engine.anchor_done(conv, count, ok, now),
             Job::Create(kps, reply) => {
-                let r = self.registered().and_then(|()| self.engine.create(kps, &mut self.sequencer, now));
-                self.answer(reply, r);
+                let r = self
+                    .registered()
+                    .and_then(|()| self.engine.create(kps.clone(), &mut self.sequencer, now));
+                match r {
+                    Ok((conv, Commit::Pending)) => {
+                        self.awaiting.park(conv, Answer::Create(reply), Intent::Add(kps), now)
+                    }
+                    other => self.answer(reply, other.map(|(conv, _)| conv)),
+                }
             }
             Job::Add(conv, kps, reply) => {
-                let r = self.registered().and_then(|()| self.engine.add(conv, kps, &mut self.sequencer, now));
-                self.answer(reply, r);
+                let r = self
+                    .registered()
+                    .and_then(|()| self.engine.add(conv, kps.clone(), &mut self.sequencer, now));
+                self.settle_or_park(conv, reply, Intent::Add(kps), r, now);
             }
             Job::Remove(conv, account, reply) => {
                 let r = self
                     .registered()
                     .and_then(|()| self.engine.remove(conv, account, &mut self.sequencer, now));
-                self.answer(reply, r);
+                self.settle_or_park(conv, reply, Intent::Remove(account), r, now);
             }
             Job::Leave(conv, reply) => {
                 let r = self.registered().and_then(|()| self.engine.leave(conv, &mut self.sequencer, now));
@@ -229,6 +248,21 @@ impl Actor {
     fn answer<T>(&mut self, reply: Reply<T>, r: Result<T, NodeError>) {
         self.dispatch();
         let _ = reply.send(r);
+    }
+
+    /// Answers a change that is done (or failed), or parks it until its commit is ordered.
+    fn settle_or_park(
+        &mut self,
+        conv: ConversationId,
+        reply: Reply<()>,
+        intent: Intent,
+        r: Result<Commit, NodeError>,
+        now: u64,
+    ) {
+        match r {
+            Ok(Commit::Pending) => self.awaiting.park(conv, Answer::Unit(reply), intent, now),
+            other => self.answer(reply, other.map(|_| ())),
+        }
     }
 
     fn registered(&self) -> Result<(), NodeError> {

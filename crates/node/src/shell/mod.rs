@@ -9,6 +9,7 @@
 //! ```
 
 pub mod actor;
+pub mod awaiting;
 pub mod keypackages;
 pub mod ledger;
 

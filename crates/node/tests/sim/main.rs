@@ -52,8 +52,12 @@ fn setup(seed: u64) -> Run {
     let kps = (1..late).map(|u| w.key_package(u)).collect();
     let mut seq = w.seq.clone();
     let now = w.now_ms;
-    let conv = w.engine(0).create(kps, &mut seq, now).expect("create");
+    let (conv, state) = w.engine(0).create(kps, &mut seq, now).expect("create");
+    assert_eq!(state, cairn_node::engine::Commit::Done, "answers are not lost yet");
     w.drain(0);
+    // From now on the sequencer loses some answers after sequencing: committers must keep
+    // their commit pending and merge it when the order shows it, never fork.
+    w.seq.lose_answers(r.below(300));
     let epoch = w.engine(0).mls().epoch(&conv).expect("epoch");
     let members = (0..late).map(|u| (u, Membership { joined: epoch, left: u64::MAX })).collect();
     Run { w, conv, sent: Vec::new(), members, late, crashed: BTreeMap::new(), removed: false, junk: 0 }
@@ -87,9 +91,14 @@ impl Run {
         let kp = self.w.key_package(self.late);
         let (conv, now) = (self.conv, self.w.now_ms);
         let mut seq = self.w.seq.clone();
-        if self.w.engine(0).add(conv, vec![kp], &mut seq, now).is_ok() {
-            let epoch = self.w.engine(0).mls().epoch(&conv).expect("epoch");
-            self.members.insert(self.late, Membership { joined: epoch, left: u64::MAX });
+        let late = self.w.users[self.late].id.account();
+        if let Ok(state) = self.w.engine(0).add(conv, vec![kp], &mut seq, now) {
+            self.w.drain(0);
+            self.settle(state);
+            if self.w.engine(0).member_accounts(&conv).expect("members").contains(&late) {
+                let epoch = self.w.engine(0).mls().epoch(&conv).expect("epoch");
+                self.members.insert(self.late, Membership { joined: epoch, left: u64::MAX });
+            }
         }
         self.w.drain(0);
     }
@@ -101,12 +110,16 @@ impl Run {
         let account = self.w.users[1].id.account();
         let (conv, now) = (self.conv, self.w.now_ms);
         let mut seq = self.w.seq.clone();
-        if self.w.engine(0).remove(conv, account, &mut seq, now).is_ok() {
-            let epoch = self.w.engine(0).mls().epoch(&conv).expect("epoch");
-            if let Some(m) = self.members.get_mut(&1) {
-                m.left = epoch;
+        if let Ok(state) = self.w.engine(0).remove(conv, account, &mut seq, now) {
+            self.w.drain(0);
+            self.settle(state);
+            if !self.w.engine(0).member_accounts(&conv).expect("members").contains(&account) {
+                let epoch = self.w.engine(0).mls().epoch(&conv).expect("epoch");
+                if let Some(m) = self.members.get_mut(&1) {
+                    m.left = epoch;
+                }
+                self.removed = true;
             }
-            self.removed = true;
         }
         self.w.drain(0);
     }
@@ -144,6 +157,23 @@ impl Run {
             cairn_proto::pow::mine(&mut env.header, cairn_proto::pow::Difficulty { base_bits: 0 }, 1 << 20);
             self.w.inject(env);
         }
+    }
+
+    /// A commit of user 0 whose answer was lost: let the order show it (user 0 merges its own
+    /// commit when it syncs) before the run goes on, so the epoch of the change is known.
+    fn settle(&mut self, state: cairn_node::engine::Commit) {
+        let conv = self.conv;
+        for _ in 0..100 {
+            if state == cairn_node::engine::Commit::Done || !self.w.engine(0).has_pending_commit(&conv) {
+                return;
+            }
+            let (now, mut seq) = (self.w.now_ms, self.w.seq.clone());
+            self.w.engine(0).settle_commit(&conv, &mut seq, now);
+            self.w.drain(0);
+            let until = self.w.now_ms + 100;
+            self.w.run_until(until, 100);
+        }
+        panic!("user 0's pending commit never settled");
     }
 
     fn restart_due(&mut self, all: bool) {

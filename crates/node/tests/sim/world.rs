@@ -45,11 +45,18 @@ impl Rng {
     }
 }
 
-/// The in-memory commit sequencer shared by every user.
+/// The in-memory commit sequencer shared by every user. With `lose_answers`, it sequences a
+/// submission but answers "unavailable" (the answer was lost) `lose_permille` / 1000 of the
+/// time, decided by a counter so the schedule stays deterministic.
 #[derive(Clone, Default)]
-pub(crate) struct Sequencer(Rc<RefCell<BTreeMap<Topic, Vec<Vec<u8>>>>>);
+pub(crate) struct Sequencer(Rc<RefCell<BTreeMap<Topic, Vec<Vec<u8>>>>>, Rc<RefCell<(u64, u64)>>);
 
 impl Sequencer {
+    /// Loses this many answers per thousand submissions (after sequencing them).
+    pub(crate) fn lose_answers(&self, permille: u64) {
+        self.1.borrow_mut().1 = permille;
+    }
+
     /// Handshakes sequenced in all topics (the simulated ledger height).
     pub(crate) fn height(&self) -> u64 {
         self.0.borrow().values().map(|v| v.len() as u64).sum()
@@ -64,6 +71,11 @@ impl CommitSequencer for Sequencer {
             return Err(SequencerError::Stale { after, current: log.len() as u64 });
         }
         log.push(payload);
+        let mut lose = self.1.borrow_mut();
+        lose.0 += 1;
+        if lose.1 > 0 && (lose.0 * 7919) % 1000 < lose.1 {
+            return Err(SequencerError::Unavailable("answer lost".into()));
+        }
         Ok(after)
     }
 

@@ -1,0 +1,169 @@
+//! API calls whose commit is submitted but not yet ordered: the actor goes on serving every
+//! other conversation, and answers the caller when the block follower shows the commit merged
+//! (or rebuilds the change if other bytes took its slot, or gives up at the deadline).
+
+use cairn_mls::{ConversationId, VerifiedKeyPackage};
+use cairn_proto::AccountId;
+
+use super::actor::Reply;
+use crate::engine::{Commit, Engine};
+use crate::error::NodeError;
+
+/// Calls waiting for their commit at most. Overflow policy: a new one is answered at once
+/// with [`NodeError::Busy`] (its commit stays pending and still applies when ordered).
+pub const AWAITING_MAX: usize = 256;
+/// How long a caller waits for its commit to be ordered, ms.
+pub const AWAIT_COMMIT_MS: u64 = 60_000;
+/// Rebuilds of a change whose slot other bytes took, at most.
+const REBUILDS_MAX: u32 = 3;
+/// A pending commit is offered to the sequencer again this often, ms.
+pub const RESUBMIT_EVERY_MS: u64 = 2_000;
+
+/// The change to make again if its commit lost its slot.
+pub enum Intent {
+    /// Add these devices (those already members are skipped).
+    Add(Vec<VerifiedKeyPackage>),
+    /// Remove this account.
+    Remove(AccountId),
+}
+
+/// Who to answer.
+pub enum Answer {
+    /// A `create`: answered with the conversation.
+    Create(Reply<ConversationId>),
+    /// Anything else.
+    Unit(Reply<()>),
+}
+
+impl Answer {
+    /// Answers the caller.
+    pub fn send(self, conv: ConversationId, r: Result<(), NodeError>) {
+        match self {
+            Answer::Create(reply) => {
+                let _ = reply.send(r.map(|()| conv));
+            }
+            Answer::Unit(reply) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// One waiting call.
+pub struct Awaiting {
+    conv: ConversationId,
+    answer: Answer,
+    intent: Intent,
+    deadline_ms: u64,
+    rebuilds: u32,
+    last_offer_ms: u64,
+}
+
+/// The waiting calls.
+#[derive(Default)]
+pub struct AwaitingCalls {
+    calls: Vec<Awaiting>,
+}
+
+impl AwaitingCalls {
+    /// Parks a call, or answers Busy when full.
+    pub fn park(&mut self, conv: ConversationId, answer: Answer, intent: Intent, now_ms: u64) {
+        if self.calls.len() >= AWAITING_MAX {
+            answer.send(conv, Err(NodeError::Busy));
+            return;
+        }
+        let deadline_ms = now_ms + AWAIT_COMMIT_MS;
+        self.calls.push(Awaiting { conv, answer, intent, deadline_ms, rebuilds: 0, last_offer_ms: now_ms });
+    }
+
+    /// Whether any call waits.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Settles the calls whose commit is settled (returned, for the actor to answer once the
+    /// engine's I/O is performed); re-offers or rebuilds the others.
+    pub fn resolve(
+        &mut self,
+        engine: &mut Engine,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Vec<Settled> {
+        let mut out = Vec::new();
+        for mut a in std::mem::take(&mut self.calls) {
+            let conv = a.conv;
+            if engine.take_own_merged(&conv) && !engine.has_pending_commit(&conv) {
+                // Merged; an add of more than one commit goes on with the rest.
+                match redo(engine, &a.intent, conv, seq, now_ms) {
+                    Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
+                    Ok(Commit::Pending) => self.calls.push(a),
+                    Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
+                }
+            } else if !engine.has_pending_commit(&conv) {
+                // Other bytes took the slot: build the change again.
+                a.rebuilds += 1;
+                if a.rebuilds > REBUILDS_MAX {
+                    let e =
+                        NodeError::Conflict("the change lost its slot in the order too often; retry".into());
+                    out.push(Settled::new(a.answer, conv, Err(e)));
+                    continue;
+                }
+                match redo(engine, &a.intent, conv, seq, now_ms) {
+                    Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
+                    Ok(Commit::Pending) => self.calls.push(a),
+                    Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
+                }
+            } else if now_ms >= a.deadline_ms {
+                let e = NodeError::Sequencer(
+                    "the ledger has not ordered the change yet; it applies when it does".into(),
+                );
+                out.push(Settled::new(a.answer, conv, Err(e)));
+            } else {
+                if now_ms.saturating_sub(a.last_offer_ms) >= RESUBMIT_EVERY_MS {
+                    a.last_offer_ms = now_ms;
+                    engine.settle_commit(&conv, seq, now_ms);
+                }
+                self.calls.push(a);
+            }
+        }
+        out
+    }
+}
+
+/// A call whose commit is settled, to answer.
+pub struct Settled {
+    answer: Answer,
+    conv: ConversationId,
+    result: Result<(), NodeError>,
+}
+
+impl Settled {
+    fn new(answer: Answer, conv: ConversationId, result: Result<(), NodeError>) -> Self {
+        Self { answer, conv, result }
+    }
+
+    /// Answers the caller.
+    pub fn send(self) {
+        self.answer.send(self.conv, self.result);
+    }
+}
+
+/// Makes the change again (an add skips devices that are members by now).
+fn redo(
+    engine: &mut Engine,
+    intent: &Intent,
+    conv: ConversationId,
+    seq: &mut dyn cairn_proto::CommitSequencer,
+    now_ms: u64,
+) -> Result<Commit, NodeError> {
+    match intent {
+        Intent::Add(kps) => engine.add(conv, kps.clone(), seq, now_ms),
+        Intent::Remove(account) => {
+            if engine.member_accounts(&conv)?.contains(account) {
+                engine.remove(conv, *account, seq, now_ms)
+            } else {
+                Ok(Commit::Done)
+            }
+        }
+    }
+}
