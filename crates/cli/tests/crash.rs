@@ -250,27 +250,14 @@ fn all_messages(c: &Client, conv: &str) -> Vec<MessageView> {
     c.messages(conv, &TailQuery { after: None, limit: Some(10_000), wait_ms: None }).unwrap()
 }
 
-// Ignored until the node is fixed; run with
-// `cargo nextest run -p cairn --test crash --run-ignored only`. What it found (seed 828927516708,
-// 3 failures in 4 runs):
-// - Sender: a send cut off by a SIGKILL (`r36 ben #2`, ben killed 364 ms into round 36 with
-//   the send in flight) is in ben's node.redb and net history and is the parent of ben's next,
-//   acknowledged message, but it never reaches a store node or another member. At restart
-//   `Engine::start` subscribes (net `subscribe` marks every local-history id delivered) and
-//   then re-publishes the outbox, and net `publish` answers early when `sync.is_delivered(id)`.
-//   Result: verify at the other members reports `Gap { missing: <that id> }`.
-// - Receiver: cat then lacked all 24 of ben's later acknowledged messages (r37 ben #0 …
-//   r48 ben #0) even after 90 s with no kills, while ann shows them after a gap: they are in
-//   the store nodes' mailboxes, not in cat's net history. `Sync::on_page` persists the
-//   per-store cursor past envelopes that `receive` only parks in the in-memory `waiting` map
-//   (missing parent; a gap is declared after 5 × 1 s); a SIGKILL in that window loses them and
-//   paging resumes after them.
+// What this test found, now fixed (seed 828927516708, 3 failures in 4 runs before):
+// - Sender: a send cut off by a SIGKILL reached the sender's history but no store node; at
+//   restart the outbox re-publish found its id "delivered" and the net answered without a
+//   push (net `publish` now pushes it to the store nodes again).
+// - Receiver: `Sync::on_page` persisted the per-store cursor past envelopes parked in memory
+//   for a missing parent; a SIGKILL then lost them for good (the saved cursor now stops at
+//   the first parked one).
 #[test]
-#[ignore = "node bug: an own envelope that reached the sender's local history but no store node \
-            before a SIGKILL is never pushed again (at restart the outbox re-publish finds its id \
-            'delivered' and returns early), and a member SIGKILLed while it holds envelopes \
-            waiting for that missing parent never gets them again (the per-store cursor was \
-            already persisted past them); acknowledged messages go missing and verify reports a gap"]
 fn sigkilled_senders_and_receivers_lose_and_duplicate_nothing_acknowledged() {
     let seed = std::env::var("CAIRN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
     println!("crash test seed {seed} (replay its choices with CAIRN_CRASH_SEED={seed})");

@@ -258,6 +258,10 @@ pub struct Sync<S> {
     cursors: HashMap<Topic, HashMap<S, u64>>,
     /// Store nodes per followed topic; at most `topics_max` topics.
     topic_stores: HashMap<Topic, Vec<S>>,
+    /// Where each envelope waiting for its parents was paged from (topic, store, cursor): the
+    /// persisted cursor never passes one, so a restart pages it again rather than skip it (it
+    /// is held only in memory). Pruned to `waiting`'s keys at each page.
+    waiting_at: HashMap<Id, (Topic, S, u64)>,
 }
 
 impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
@@ -277,6 +281,7 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             gaps: SeenIds::new(config.gap_ids_max),
             cursors: HashMap::new(),
             topic_stores: HashMap::new(),
+            waiting_at: HashMap::new(),
         };
         s.mark_delivered(delivered);
         for ((topic, store), c) in cursors {
@@ -462,13 +467,26 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                 continue; // a store node answering with another topic's mail: ignore it
             }
             cursor = cursor.max(seq + 1);
+            let id = e.id();
             self.receive(e, now_ms, out);
+            if self.waiting.contains_key(&id) {
+                self.waiting_at.insert(id, (topic, from.clone(), seq));
+            }
         }
         if let Some(n) = next {
             cursor = cursor.max(n);
         }
         self.cursors.entry(topic).or_default().insert(from.clone(), cursor);
-        out.push(Output::Cursor { topic, store: from.clone(), cursor });
+        let waiting = &self.waiting;
+        self.waiting_at.retain(|id, _| waiting.contains_key(id));
+        let held = self
+            .waiting_at
+            .values()
+            .filter(|(t, s, _)| *t == topic && *s == from)
+            .map(|(_, _, seq)| *seq)
+            .min();
+        let durable = held.map_or(cursor, |h| cursor.min(h));
+        out.push(Output::Cursor { topic, store: from.clone(), cursor: durable });
         if let Some(n) = next {
             out.push(Output::PageRequest { to: from, topic, from: n, limit: self.config.page_envelopes_max });
         }
@@ -624,6 +642,34 @@ mod tests {
     /// allows; `None` stands for that refusal.
     fn answer(store: &HashMap<Id, Envelope>, ids: &[Id]) -> Option<Vec<Envelope>> {
         (ids.len() <= IDS_PER_REQUEST_MAX).then(|| ids.iter().filter_map(|i| store.get(i).cloned()).collect())
+    }
+
+    #[test]
+    fn the_persisted_cursor_never_passes_an_envelope_held_for_its_parents() {
+        // Found by the SIGKILL test: a page's child waiting for a missing parent lived only in
+        // memory while the saved cursor moved past it; a restart then never paged it again.
+        let mut s: Sync<u8> = Sync::new(SyncConfig::default(), [], []);
+        let t = Topic([9; 32]);
+        s.handle(Input::Sync { topic: t, stores: vec![0] }, 0);
+        let parent = envelope(t, 1, vec![]);
+        let child = envelope(t, 2, vec![parent.id()]);
+        let last = envelope(t, 3, vec![]);
+        let entries = vec![(10, child.clone()), (11, last)];
+        let out = s.handle(Input::Page { topic: t, from: 0, entries, next: None }, 0);
+        let cursor = out.iter().find_map(|o| match o {
+            Output::Cursor { cursor, .. } => Some(*cursor),
+            _ => None,
+        });
+        assert_eq!(cursor, Some(10), "the saved cursor stops at the held child (seq 10)");
+        // Once the parent arrives the child is delivered, and the next page moves the cursor on.
+        let out = s.handle(Input::Envelopes { from: 0, envelopes: vec![parent] }, 0);
+        assert!(out.iter().any(|o| matches!(o, Output::Deliver { id, .. } if *id == child.id())));
+        let out = s.handle(Input::Page { topic: t, from: 0, entries: vec![], next: None }, 0);
+        let cursor = out.iter().find_map(|o| match o {
+            Output::Cursor { cursor, .. } => Some(*cursor),
+            _ => None,
+        });
+        assert_eq!(cursor, Some(12));
     }
 
     #[test]

@@ -450,16 +450,20 @@ impl Node {
             let _ = reply.send(Err(NodeError::Refused(why.into())));
             return;
         }
-        if self.sync.is_delivered(&id) {
-            let _ = reply.send(Ok(id));
-            return;
-        }
         if !self.sync.outbox_has_room() {
             let why = format!(
                 "{} sends are not yet stored on enough store nodes; retry later",
                 self.sync.pending().len()
             );
             let _ = reply.send(Err(NodeError::Refused(why)));
+            return;
+        }
+        if self.sync.is_delivered(&id) {
+            // Already in the local history: a restart re-publishes its unacknowledged sends
+            // (the node's outbox). Push it to the store nodes again (gossip dedupes); answering
+            // Ok without a push left a send killed mid-flight on this device alone.
+            self.announce_own(env);
+            let _ = reply.send(Ok(id));
             return;
         }
         let Some(tx) = &self.own_jobs else {
