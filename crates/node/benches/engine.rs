@@ -25,7 +25,6 @@ use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
 use cairn_proto::{CommitSequencer, Envelope, Limits, Message, Sequenced, SequencerError, Topic};
 use cairn_store::Store;
-use redb::Database;
 
 #[derive(Clone, Default)]
 struct Seq(Rc<RefCell<BTreeMap<Topic, Vec<Vec<u8>>>>>);
@@ -62,7 +61,8 @@ struct Node {
 fn open(dir: &Path, id: &Identity) -> Node {
     std::fs::create_dir_all(dir).unwrap();
     let limits = Limits::default();
-    let db = Arc::new(Database::create(dir.join("node.redb")).unwrap());
+    let cache = cairn_node::engine::NODE_DB_CACHE_BYTES;
+    let db = Arc::new(redb::Builder::new().set_cache_size(cache).create(dir.join("node.redb")).unwrap());
     let ndb = NodeDb::new(db.clone(), limits).unwrap();
     let signer = DeviceSigner::new(id.device_key.clone(), id.cert).unwrap();
     let mls = MlsClient::open(db, signer, cairn_node::engine::mls_config()).unwrap();

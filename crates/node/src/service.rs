@@ -17,7 +17,6 @@ use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{LedgerClient, LedgerSequencer};
 use cairn_mls::{Client as MlsClient, ConversationId, DeviceSigner, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId};
-use redb::Database;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::backend::{ApiError, ApiResult, Backend};
@@ -97,7 +96,11 @@ impl Service {
     pub async fn start(cfg: ServiceConfig, identity: Identity) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.home)?;
         let limits = cfg.net.admission.limits;
-        let db = Arc::new(Database::create(cfg.home.join("node.redb"))?);
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(crate::engine::NODE_DB_CACHE_BYTES)
+                .create(cfg.home.join("node.redb"))?,
+        );
         let node_db = NodeDb::new(db.clone(), limits)?;
         let keys = IdentityKeys {
             account: identity.account(),

@@ -123,10 +123,20 @@ pub struct Store {
     limits: Limits,
 }
 
+/// Page cache of a store opened with [`Store::open`], bytes.
+pub const CACHE_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+
 impl Store {
-    /// Opens or creates the store file, creating tables and checking the schema version.
+    /// Opens or creates the store file with the default page cache
+    /// ([`CACHE_BYTES_DEFAULT`]), creating tables and checking the schema version.
     pub fn open(path: &Path, limits: Limits) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, limits, CACHE_BYTES_DEFAULT)
+    }
+
+    /// Opens or creates the store file with a page cache of at most `cache_bytes` (redb's
+    /// default, 1 GiB, let a user node's memory grow with its history).
+    pub fn open_with_cache(path: &Path, limits: Limits, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
         let tx = db.begin_write()?;
         {
             tx.open_table(ENVELOPES)?;

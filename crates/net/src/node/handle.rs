@@ -104,6 +104,9 @@ impl NodeHandle {
     }
 }
 
+/// Page cache of a store node's mailbox, bytes (the local history uses the store default).
+pub const MAILBOX_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Starts a node; returns once it listens on every configured address.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (history, mailbox) = open_stores(&config)?;
@@ -140,7 +143,12 @@ fn open_stores(config: &NodeConfig) -> Result<Stores, NodeError> {
     let limits = config.admission.limits;
     let history = Arc::new(Store::open(&config.data_dir.join("history.redb"), limits)?);
     let mailbox = match config.serve_store {
-        true => Some(Arc::new(Store::open(&config.data_dir.join("mailbox.redb"), limits)?)),
+        // A store node's mailbox is read by every user it serves: a larger page cache.
+        true => Some(Arc::new(Store::open_with_cache(
+            &config.data_dir.join("mailbox.redb"),
+            limits,
+            MAILBOX_CACHE_BYTES,
+        )?)),
         false => None,
     };
     Ok((history, mailbox))

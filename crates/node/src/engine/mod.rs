@@ -83,6 +83,10 @@ impl EngineConfig {
 /// while bounding how long old keys live.
 pub const PAST_EPOCHS_MAX: usize = 8;
 
+/// Page cache of `node.redb` (MLS state and node tables), bytes (redb's default, 1 GiB, let
+/// memory grow with the history).
+pub const NODE_DB_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// The MLS settings a user node runs with.
 pub fn mls_config() -> cairn_mls::Config {
     cairn_mls::Config { past_epochs_max: PAST_EPOCHS_MAX, ..cairn_mls::Config::default() }
