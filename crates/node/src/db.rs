@@ -109,6 +109,15 @@ impl NodeDb {
         self.db.begin_write().map_err(storage)
     }
 
+    /// A write transaction that commits without an fsync: durable with the next durable
+    /// commit of the database (redb `Durability::None`). Only for state that can be
+    /// recomputed from durable data after a crash.
+    pub fn begin_lazy(&self) -> Result<WriteTransaction, NodeError> {
+        let mut tx = self.db.begin_write().map_err(storage)?;
+        tx.set_durability(redb::Durability::None).map_err(storage)?;
+        Ok(tx)
+    }
+
     /// Whether this envelope was already accepted.
     pub fn has_plain(&self, id: &Id) -> Result<bool, NodeError> {
         let tx = self.db.begin_read().map_err(storage)?;

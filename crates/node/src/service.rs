@@ -141,6 +141,17 @@ impl Service {
         ecfg.ttl_secs = cfg.ttl_secs;
         ecfg.core.anchor_every_ms = cfg.anchor_every_ms;
         ecfg.difficulty = cfg.net.admission.difficulty;
+        // Views of every conversation before the API answers (the actor then loads their
+        // histories in the background; a client asking at once must not hear "no such
+        // conversation").
+        for id in mls.conversations() {
+            let snap = crate::shell::ConvSnapshot {
+                epoch: mls.epoch(&id).unwrap_or(0),
+                active: mls.is_active(&id).unwrap_or(false),
+                members: mls.members(&id).unwrap_or_default(),
+            };
+            shared.set_conversation(id, snap);
+        }
         let engine = Engine::new(mls, node_db, net.history().clone(), keys.clone(), ecfg);
         let seq_client = LedgerClient::new(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
         // The actor waits this long for a commit to be ordered; past it the commit stays

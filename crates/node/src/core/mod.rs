@@ -53,7 +53,7 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            receipt_every_ms: 200,
+            receipt_every_ms: 1_000,
             receipt_ids_max: 128,
             receipts_due_max: 4_096,
             anchor_every_ms: 5_000,

@@ -87,6 +87,10 @@ pub const PAST_EPOCHS_MAX: usize = 8;
 /// memory grow with the history).
 pub const NODE_DB_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Lazy (fsync-free) receive commits are made durable at least this often, ms: what a crash
+/// can roll back (and read again from the local history) is at most this much.
+pub const DURABLE_EVERY_MS: u64 = 2_000;
+
 /// The MLS settings a user node runs with.
 pub fn mls_config() -> cairn_mls::Config {
     cairn_mls::Config { past_epochs_max: PAST_EPOCHS_MAX, ..cairn_mls::Config::default() }
@@ -151,6 +155,10 @@ pub struct Engine {
     /// Conversations where an own commit was merged since the shell last asked (one entry per
     /// conversation at most).
     own_merged: std::collections::BTreeSet<ConversationId>,
+    /// Commits made without an fsync since the last durable one.
+    lazy_commits: u64,
+    /// When the tick last made lazy commits durable, ms.
+    last_durable_ms: u64,
 }
 
 impl Engine {
@@ -179,6 +187,8 @@ impl Engine {
             receipt_keys: receipts::ReceiptKeys::default(),
             welcome_chunks: cairn_mls::WelcomeAssembler::new(),
             own_merged: std::collections::BTreeSet::new(),
+            lazy_commits: 0,
+            last_durable_ms: 0,
         }
     }
 
@@ -240,6 +250,13 @@ impl Engine {
 
     /// Time passed: receipts, anchors, quarantine expiry, scheduled key updates.
     pub fn tick(&mut self, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        // Bounds what a crash can roll back (and the pages a lazy commit cannot free yet).
+        if now_ms.saturating_sub(self.last_durable_ms) >= DURABLE_EVERY_MS {
+            self.last_durable_ms = now_ms;
+            if let Err(e) = self.make_durable() {
+                tracing::warn!("durable flush: {e}");
+            }
+        }
         let fx = self.core.handle(Input::Tick, now_ms);
         self.apply(fx, seq, now_ms);
         for c in self.mls.conversations_due(now_ms) {

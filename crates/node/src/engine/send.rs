@@ -121,7 +121,14 @@ impl Engine {
         rows: &[crate::db::Accepted],
         outbox: Option<&Envelope>,
     ) -> Result<Vec<u64>, NodeError> {
-        let wtx = self.db.begin()?;
+        // A send is acknowledged to its caller: durable now. What a receive writes (ratchet
+        // state, plaintexts) can be recomputed from the local history, which the mesh made
+        // durable before delivering: it commits without its own fsync and becomes durable
+        // with the next durable commit (a send, a commit, or the tick's flush). A crash in
+        // between rolls MLS and plaintexts back together, and the unread envelopes are read
+        // again at start.
+        let lazy = outbox.is_none();
+        let wtx = if lazy { self.db.begin_lazy()? } else { self.db.begin()? };
         self.mls.flush_into(&wtx).map_err(mls_err)?;
         let seqs = self.db.accept_in(&wtx, rows)?;
         if let Some(env) = outbox {
@@ -129,7 +136,19 @@ impl Engine {
         }
         wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
         self.mls.flush_committed().map_err(mls_err)?;
+        self.lazy_commits = if lazy { self.lazy_commits + 1 } else { 0 };
         Ok(seqs)
+    }
+
+    /// Makes every lazy commit durable (one fsync), if there is any.
+    pub fn make_durable(&mut self) -> Result<(), NodeError> {
+        if self.lazy_commits == 0 {
+            return Ok(());
+        }
+        let wtx = self.db.begin()?;
+        wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
+        self.lazy_commits = 0;
+        Ok(())
     }
 
     /// Drops MLS writes not committed (the state is the last committed one).

@@ -163,6 +163,9 @@ impl Actor {
                 }
             }
         }
+        if let Err(e) = self.engine.make_durable() {
+            tracing::warn!("durable flush at stop: {e}");
+        }
         tracing::debug!("actor stopped");
     }
 
