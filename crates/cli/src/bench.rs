@@ -45,6 +45,10 @@ pub(crate) struct BenchArgs {
     /// keeps up with measures latency rather than queueing).
     #[arg(long, default_value_t = 0.0)]
     e2e_rate: f64,
+    /// Sends the e2e sender keeps in flight (1: each waits for the previous answer; more lets
+    /// the node commit queued sends together).
+    #[arg(long, default_value_t = 1)]
+    e2e_window: usize,
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
@@ -80,7 +84,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if all || matches!(a.which, Which::E2e) {
-        crate::bench_e2e::run(&a.groups, a.e2e_messages, a.e2e_rate)?;
+        crate::bench_e2e::run(&a.groups, a.e2e_messages, a.e2e_rate, a.e2e_window)?;
     }
     Ok(())
 }

@@ -52,7 +52,7 @@ async fn wait<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
 }
 
 /// Runs the bench for each group size and prints the table.
-pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64) -> Result<()> {
+pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64, window: usize) -> Result<()> {
     let max = sizes.iter().copied().max().unwrap_or(2).max(2);
     let dir = tempfile::tempdir()?;
     let chain = dir.path().join("chain");
@@ -61,9 +61,10 @@ pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64) -> Result<()> {
     children.0.push(("validator".into(), spawn_validator(&chain, 0, &dir.path().join("logs"))?));
     let genesis = Genesis::load(&gpath)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages, rate))?;
+    let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages, rate, window))?;
     drop(children);
     let offered = if rate > 0.0 { format!("offered at {rate} msg/s") } else { "sent back to back".into() };
+    let offered = format!("{offered}, {window} in flight");
     println!(
         "end-to-end encrypted messaging ({messages} × 1 line of text per group, {offered}; 1 sender; \
          {max} user nodes, 3 store nodes and 1 validator on this machine)"
@@ -92,6 +93,7 @@ async fn bench(
     sizes: &[usize],
     messages: usize,
     rate: f64,
+    window: usize,
 ) -> Result<Vec<Row>> {
     // Store nodes.
     let mut stores = Vec::new();
@@ -207,17 +209,26 @@ async fn bench(
         }
         let mut sent: Vec<(String, Instant)> = Vec::new();
         let start = Instant::now();
+        let mut in_flight = tokio::task::JoinSet::new();
         for i in 0..messages {
             if rate > 0.0 {
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
             }
-            let at = Instant::now();
-            let r = group[0]
-                .send(conv.clone(), format!("bench message {i}"))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            sent.push((r.id, at));
+            while in_flight.len() >= window.max(1) {
+                if let Some(done) = in_flight.join_next().await {
+                    sent.push(done??);
+                }
+            }
+            let (sender, conv) = (group[0].clone(), conv.clone());
+            in_flight.spawn(async move {
+                let at = Instant::now();
+                let r = sender
+                    .send(conv, format!("bench message {i}"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::Ok((r.id, at))
+            });
             if (i + 1) % 50 == 0 || i + 1 == messages {
                 let got: usize = arrivals.lock().await.values().map(Vec::len).sum();
                 eprintln!(
@@ -226,6 +237,9 @@ async fn bench(
                     start.elapsed().as_secs_f64()
                 );
             }
+        }
+        while let Some(done) = in_flight.join_next().await {
+            sent.push(done??);
         }
         let send_secs = start.elapsed().as_secs_f64();
         let expected = messages * (n - 1);

@@ -32,7 +32,7 @@ use crate::model::{ConversationView, DeliveryView, MessageView, StreamEvent};
 pub use self::members::Commit;
 pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
-pub use self::send::{KIND_RECEIPT, KIND_TEXT, TEXT_BYTES_MAX, header_aad};
+pub use self::send::{KIND_RECEIPT, KIND_TEXT, SEND_BATCH_MAX, TEXT_BYTES_MAX, header_aad};
 
 /// The keys of this device.
 #[derive(Clone)]

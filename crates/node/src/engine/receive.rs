@@ -161,7 +161,7 @@ impl Engine {
                 Outcome::Ignore => {}
             }
         }
-        let seqs = match self.commit_rows(&rows, None) {
+        let seqs = match self.commit_rows(&rows, &[]) {
             Ok(s) => s,
             Err(e) => {
                 // Nothing was stored, the MLS state was reloaded: the envelopes stay unread in
@@ -232,7 +232,7 @@ impl Engine {
                 epochs.push(epoch);
             }
         }
-        match self.commit_rows(&rows, None) {
+        match self.commit_rows(&rows, &[]) {
             Ok(seqs) => {
                 for ((row, seq_no), epoch) in rows.into_iter().zip(seqs).zip(epochs) {
                     self.accepted(conv, row, seq_no, epoch, now_ms);

@@ -33,6 +33,17 @@ pub fn header_aad(topic: &Topic, timestamp_ms: u64, ttl_secs: u32, parents: &[Id
     blake3::derive_key("cairn 2026-12 envelope header aad v1", &w.finish())
 }
 
+/// One message of a batch, ready to commit.
+struct Prepared {
+    conv: ConversationId,
+    id: Id,
+    inner: Message,
+    env: Envelope,
+}
+
+/// Text messages one batch sends at most (one durable commit for all of them).
+pub const SEND_BATCH_MAX: usize = 64;
+
 impl Engine {
     /// Sends a text message. The caller has checked membership of the conversation id.
     pub fn send_text(
@@ -42,6 +53,64 @@ impl Engine {
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) -> Result<SendResult, NodeError> {
+        let mut out = self.send_texts(vec![(conv, text.to_owned())], seq, now_ms);
+        out.pop().unwrap_or_else(|| Err(NodeError::Internal("no result".into())))
+    }
+
+    /// Sends text messages queued together: each is signed, encrypted and mined, then all of
+    /// them (MLS state, plaintexts, outbox) commit in one durable transaction, one fsync. A
+    /// message's parents are the chain's heads, or the previous message of the batch in the
+    /// same conversation. One result per message, in order.
+    pub fn send_texts(
+        &mut self,
+        items: Vec<(ConversationId, String)>,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Vec<Result<SendResult, NodeError>> {
+        // No ledger round trip: the block follower applies new commits as they finalize.
+        let _ = seq;
+        let mut last: std::collections::HashMap<ConversationId, Id> = std::collections::HashMap::new();
+        let prepared: Vec<Result<Prepared, NodeError>> =
+            items.into_iter().map(|(conv, text)| self.prepare(conv, &text, &mut last, now_ms)).collect();
+        let ready: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let rows: Vec<crate::db::Accepted> = ready
+            .iter()
+            .map(|p| crate::db::Accepted {
+                conv: p.conv.0,
+                id: p.id,
+                inner: p.inner.clone(),
+                text: true,
+                after_gap: false,
+            })
+            .collect();
+        let envs: Vec<Envelope> = ready.iter().map(|p| p.env.clone()).collect();
+        let seqs = match self.commit_rows(&rows, &envs) {
+            Ok(s) => s,
+            Err(e) => return prepared.into_iter().map(|p| p.and(Err(e.clone()))).collect(),
+        };
+        let mut seqs = seqs.into_iter();
+        prepared.into_iter().map(|p| p.map(|p| self.sent(p, seqs.next().unwrap_or(0), now_ms))).collect()
+    }
+
+    /// After the commit: the chain, delivery tracking, the publication and the stream event.
+    fn sent(&mut self, p: Prepared, seq_no: u64, now_ms: u64) -> SendResult {
+        let parents = p.inner.parents.clone();
+        let fx = self.core.handle(Input::Sent { conv: p.conv, id: p.id, parents, text: true }, now_ms);
+        self.apply_local(fx);
+        self.io.push(Io::Publish(Box::new(p.env)));
+        let view = message_view(&p.conv, seq_no, &p.id, &p.inner, false);
+        self.io.push(Io::Stream(StreamEvent::Message(view)));
+        SendResult { id: p.id.to_hex(), delivery: self.core.delivery(&p.id).unwrap_or_default() }
+    }
+
+    /// Signs, encrypts (MLS writes deferred to the batch's commit) and mines one text message.
+    fn prepare(
+        &mut self,
+        conv: ConversationId,
+        text: &str,
+        last: &mut std::collections::HashMap<ConversationId, Id>,
+        now_ms: u64,
+    ) -> Result<Prepared, NodeError> {
         if text.len() > TEXT_BYTES_MAX {
             return Err(NodeError::BadRequest(format!(
                 "text is {} bytes; the limit is {TEXT_BYTES_MAX}",
@@ -51,31 +120,17 @@ impl Engine {
         if self.io.len() >= super::IO_QUEUE_MAX {
             return Err(NodeError::Busy);
         }
-        // No ledger round trip: the block follower applies new commits as they finalize.
-        let _ = seq;
         if !self.mls.is_active(&conv).map_err(mls_err)? {
             return Err(NodeError::NotMember);
         }
         let mut body = Vec::with_capacity(text.len() + 1);
         body.push(KIND_TEXT);
         body.extend_from_slice(text.as_bytes());
-        let (id, inner) = self.send_inner(conv, body, now_ms)?;
-        let delivery = self.core.delivery(&id).unwrap_or_default();
-        let seq_no = self.db.count(&conv.0)?;
-        let view = message_view(&conv, seq_no, &id, &inner, false);
-        self.io.push(Io::Stream(StreamEvent::Message(view)));
-        Ok(SendResult { id: id.to_hex(), delivery })
-    }
-
-    /// Signs, encrypts, mines and records one inner message; queues its publication.
-    fn send_inner(
-        &mut self,
-        conv: ConversationId,
-        body: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<(Id, Message), NodeError> {
+        let parents = match last.get(&conv) {
+            Some(prev) => vec![*prev],
+            None => self.core.parents_for(&conv),
+        };
         let topic = conv.topic();
-        let parents = self.core.parents_for(&conv);
         let k = &self.keys;
         let inner = Message::sign(&k.device_key, k.cert, topic, now_ms, parents, body);
         // The signed message holds the parents in canonical (sorted) order, as the header will.
@@ -83,20 +138,14 @@ impl Engine {
         let aad = header_aad(&topic, now_ms, self.cfg.ttl_secs, &parents);
         let ct = self.mls_send(&conv, &inner.encode(), &aad)?;
         let padded = pad(&ct, &self.cfg.limits).map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        let mut env = Envelope::new(topic, now_ms, self.cfg.ttl_secs, parents.clone(), padded);
+        let mut env = Envelope::new(topic, now_ms, self.cfg.ttl_secs, parents, padded);
         if pow::mine(&mut env.header, self.cfg.difficulty, self.cfg.mine_attempts_max).is_none() {
-            self.discard();
+            // Its ratchet step commits with the batch: a skipped generation, harmless.
             return Err(NodeError::Internal("proof of work not found within its bound".into()));
         }
         let id = env.id();
-        let text = inner.body.first() == Some(&KIND_TEXT);
-        // Durable before it leaves: MLS state, plaintext and outbox in one transaction.
-        let row = crate::db::Accepted { conv: conv.0, id, inner: inner.clone(), text, after_gap: false };
-        self.commit_rows(&[row], Some(&env))?;
-        let fx = self.core.handle(Input::Sent { conv, id, parents, text }, now_ms);
-        self.apply_local(fx);
-        self.io.push(Io::Publish(Box::new(env)));
-        Ok((id, inner))
+        last.insert(conv, id);
+        Ok(Prepared { conv, id, inner, env })
     }
 
     /// Commits the MLS state changes made since the last commit together with these rows
@@ -104,9 +153,9 @@ impl Engine {
     pub(super) fn commit_rows(
         &mut self,
         rows: &[crate::db::Accepted],
-        outbox: Option<&Envelope>,
+        outbox: &[Envelope],
     ) -> Result<Vec<u64>, NodeError> {
-        if rows.is_empty() && outbox.is_none() && !self.mls.has_pending_flush() {
+        if rows.is_empty() && outbox.is_empty() && !self.mls.has_pending_flush() {
             return Ok(Vec::new());
         }
         let r = self.write_rows(rows, outbox);
@@ -119,7 +168,7 @@ impl Engine {
     fn write_rows(
         &mut self,
         rows: &[crate::db::Accepted],
-        outbox: Option<&Envelope>,
+        outbox: &[Envelope],
     ) -> Result<Vec<u64>, NodeError> {
         // A send is acknowledged to its caller: durable now. What a receive writes (ratchet
         // state, plaintexts) can be recomputed from the local history, which the mesh made
@@ -127,11 +176,11 @@ impl Engine {
         // with the next durable commit (a send, a commit, or the tick's flush). A crash in
         // between rolls MLS and plaintexts back together, and the unread envelopes are read
         // again at start.
-        let lazy = outbox.is_none();
+        let lazy = outbox.is_empty();
         let wtx = if lazy { self.db.begin_lazy()? } else { self.db.begin()? };
         self.mls.flush_into(&wtx).map_err(mls_err)?;
         let seqs = self.db.accept_in(&wtx, rows)?;
-        if let Some(env) = outbox {
+        for env in outbox {
             self.db.outbox_put_in(&wtx, env)?;
         }
         wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::awaiting::{Answer, AwaitingCalls, Intent};
 use super::ledger::{LedgerJob, try_enqueue};
 use super::{ConvSnapshot, Shared, now_ms};
-use crate::engine::{Arrival, Commit, Engine, Io};
+use crate::engine::{Arrival, Commit, Engine, Io, SEND_BATCH_MAX};
 use crate::error::NodeError;
 use crate::model::{SendResult, StreamEvent};
 
@@ -149,10 +149,10 @@ impl Actor {
             if matches!(job, Job::Stop) {
                 break;
             }
-            if let Job::Arrived(a) = job {
-                self.receive_burst(*a, &mut net);
-            } else {
-                self.handle(job);
+            match job {
+                Job::Arrived(a) => self.receive_burst(*a, &mut net),
+                Job::Send(conv, text, reply) => self.send_burst((conv, text, reply), &mut ops),
+                other => self.handle(other),
             }
             self.dispatch();
             if !self.awaiting.is_empty() {
@@ -181,6 +181,36 @@ impl Actor {
             }
         }
         self.engine.receive(batch, &mut self.sequencer, now_ms());
+        for j in other {
+            self.handle(j);
+        }
+    }
+
+    /// Sends this message and every send queued behind it (up to [`SEND_BATCH_MAX`]) with
+    /// one durable commit; other jobs met on the way are handled after.
+    fn send_burst(
+        &mut self,
+        first: (ConversationId, String, Reply<SendResult>),
+        ops: &mut mpsc::Receiver<Job>,
+    ) {
+        let mut sends = vec![first];
+        let mut other = Vec::new();
+        while sends.len() < SEND_BATCH_MAX {
+            match ops.try_recv() {
+                Ok(Job::Send(conv, text, reply)) => sends.push((conv, text, reply)),
+                Ok(j) => {
+                    other.push(j);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<_>, Vec<_>) = sends.into_iter().map(|(c, t, r)| ((c, t), r)).unzip();
+        let results = self.engine.send_texts(items, &mut self.sequencer, now_ms());
+        self.dispatch();
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
+        }
         for j in other {
             self.handle(j);
         }
