@@ -174,9 +174,11 @@ impl NodeDb {
         Ok(())
     }
 
-    /// Removes an envelope from the outbox (stored on enough store nodes).
+    /// Removes an envelope from the outbox (stored on enough store nodes). Without an fsync:
+    /// if a crash loses the removal, the envelope is pushed once more at start (store nodes
+    /// answer "duplicate").
     pub fn outbox_remove(&self, id: &Id) -> Result<(), NodeError> {
-        let tx = self.begin()?;
+        let tx = self.begin_lazy()?;
         let removed = tx.open_table(OUTBOX).map_err(storage)?.remove(&id.0).map_err(storage)?.is_some();
         if removed { tx.commit().map_err(storage) } else { tx.abort().map_err(storage) }
     }
