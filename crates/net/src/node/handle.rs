@@ -105,7 +105,7 @@ impl NodeHandle {
 }
 
 /// Page cache of a store node's mailbox, bytes (the local history uses the store default).
-pub const MAILBOX_CACHE_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const MAILBOX_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Starts a node; returns once it listens on every configured address.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
