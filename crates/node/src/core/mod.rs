@@ -280,6 +280,11 @@ impl Core {
         self.convs.get(conv).is_some_and(|c| c.chain.contains(id))
     }
 
+    /// Whether `account` is another member of `conv` (as the last membership input said).
+    pub fn is_other_member(&self, conv: &ConversationId, account: &AccountId) -> bool {
+        self.convs.get(conv).is_some_and(|c| c.others.contains(account))
+    }
+
     /// Whether `id` is held in `conv`'s quarantine.
     pub fn holds(&self, conv: &ConversationId, id: &Id) -> bool {
         self.convs.get(conv).is_some_and(|c| c.quarantine.contains(id))
