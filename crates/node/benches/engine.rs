@@ -10,48 +10,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_crypto::Identity;
-use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch};
+use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch, MemorySequencer};
 use cairn_node::db::NodeDb;
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Io};
 use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
-use cairn_proto::{CommitSequencer, Envelope, Limits, Message, Sequenced, SequencerError, Topic};
+use cairn_proto::{Envelope, Limits, Message};
 use cairn_store::Store;
-
-#[derive(Clone, Default)]
-struct Seq(Rc<RefCell<BTreeMap<Topic, Vec<Vec<u8>>>>>);
-
-impl CommitSequencer for Seq {
-    fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError> {
-        let mut m = self.0.borrow_mut();
-        let log = m.entry(topic).or_default();
-        if after != log.len() as u64 {
-            return Err(SequencerError::Stale { after, current: log.len() as u64 });
-        }
-        log.push(payload);
-        Ok(after)
-    }
-
-    fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError> {
-        let m = self.0.borrow();
-        let Some(log) = m.get(topic) else { return Ok(Vec::new()) };
-        Ok(log
-            .iter()
-            .enumerate()
-            .skip(from as usize)
-            .take(max)
-            .map(|(i, p)| Sequenced { topic: *topic, seq: i as u64, payload: p.clone() })
-            .collect())
-    }
-}
 
 struct Node {
     engine: Engine,
@@ -109,7 +79,7 @@ fn arrivals(envs: Vec<Envelope>) -> Vec<Arrival> {
 /// (send msg/s, receive msg/s) for one burst.
 fn burst(messages: usize, members: usize) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut seq = Seq::default();
+    let mut seq = MemorySequencer::new();
     let ids: Vec<Identity> = (0..members).map(|_| Identity::generate(now()).unwrap()).collect();
     let mut nodes: Vec<Node> =
         ids.iter().enumerate().map(|(i, id)| open(&tmp.path().join(format!("n{i}")), id)).collect();
@@ -148,7 +118,7 @@ fn burst(messages: usize, members: usize) -> (f64, f64) {
 
 /// Writes `convs` conversations × `messages` messages into `dir` (one node, one other member).
 fn fill(dir: &Path, convs: usize, messages: usize) {
-    let mut seq = Seq::default();
+    let mut seq = MemorySequencer::new();
     let a = Identity::generate(now()).unwrap();
     let b = Identity::generate(now()).unwrap();
     std::fs::write(
@@ -188,7 +158,7 @@ fn restart_child(dir: &Path) {
     let account_key = ed25519_dalek::SigningKey::from_bytes(&keys[..32].try_into().unwrap());
     let device_key = ed25519_dalek::SigningKey::from_bytes(&keys[32..64].try_into().unwrap());
     let id = Identity { account_key, device_key, cert };
-    let mut seq = Seq::default();
+    let mut seq = MemorySequencer::new();
     let t = Instant::now();
     let mut n = open(&dir.join("a"), &id);
     n.engine.start(&mut seq, now()).unwrap();

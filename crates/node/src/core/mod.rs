@@ -101,11 +101,6 @@ pub enum Input {
         /// Member devices (all accounts).
         devices: u32,
     },
-    /// This device forgot a conversation.
-    Forgotten {
-        /// Conversation.
-        conv: ConversationId,
-    },
     /// An envelope of another member was opened and verified; its plaintext is stored.
     Accepted {
         /// Conversation.
@@ -318,9 +313,6 @@ impl Core {
             Input::Ledger { height } => self.ledger(height, &mut out),
             Input::Conversation { conv, epoch, active, others, devices } => {
                 self.conversation(conv, epoch, active, others, devices, &mut out)
-            }
-            Input::Forgotten { conv } => {
-                self.convs.remove(&conv);
             }
             Input::Accepted { conv, id, parents, from: _, device, epoch, text } => {
                 let due = text.then_some(Due { id, to: device, epoch });

@@ -27,7 +27,7 @@ use ed25519_dalek::SigningKey;
 use crate::core::{Core, CoreConfig, Effect, Input};
 use crate::db::NodeDb;
 use crate::error::NodeError;
-use crate::model::{ConversationView, DeliveryView, MessageView, StreamEvent};
+use crate::model::{DeliveryView, MessageView, StreamEvent};
 
 pub use self::members::Commit;
 pub use self::receipts::receipt_topic;
@@ -411,47 +411,6 @@ impl Engine {
         if changed {
             self.refresh(conv, now_ms);
         }
-    }
-
-    /// A conversation's view for the API.
-    pub fn conversation_view(
-        &self,
-        id: &ConversationId,
-        handles: &dyn Fn(&AccountId) -> Option<String>,
-    ) -> Result<ConversationView, NodeError> {
-        let members = self.mls.members(id).map_err(mls_err)?;
-        let mut by_account: Vec<crate::model::MemberView> = Vec::new();
-        for cert in &members {
-            let device = cert.device.to_text();
-            match by_account.iter_mut().find(|m| m.account == cert.account.to_text()) {
-                Some(m) => m.devices.push(device),
-                None => by_account.push(crate::model::MemberView {
-                    account: cert.account.to_text(),
-                    handle: handles(&cert.account),
-                    devices: vec![device],
-                }),
-            }
-        }
-        Ok(ConversationView {
-            id: hex::encode(id.0),
-            topic: hex::encode(id.topic().0),
-            epoch: self.mls.epoch(id).map_err(mls_err)?,
-            active: self.mls.is_active(id).map_err(mls_err)?,
-            members: by_account,
-            messages: self.db.count(&id.0)?,
-        })
-    }
-
-    /// The API view of a stored message.
-    pub fn message_view(
-        &self,
-        conv: &ConversationId,
-        seq: u64,
-        id: &Id,
-        m: &Message,
-        after_gap: bool,
-    ) -> MessageView {
-        message_view(conv, seq, id, m, after_gap)
     }
 }
 

@@ -95,17 +95,10 @@ impl Engine {
                 Ok(Received::Dropped(Dropped::TooOld)) => Outcome::Hold(Unreadable::TooOld),
                 // Re-wrapped in another header by a relay: junk (the genuine one still reads).
                 Ok(Received::Dropped(Dropped::AadMismatch)) => Outcome::Hold(Unreadable::Junk),
-                Ok(Received::Dropped(d)) => {
-                    if std::env::var("CAIRN_DEBUG_RX").is_ok() {
-                        eprintln!("RX dropped {d:?}");
-                    }
-                    Outcome::Ignore
-                }
+                // Duplicate or own: read already.
+                Ok(Received::Dropped(_)) => Outcome::Ignore,
                 Err(e) => {
-                    if std::env::var("CAIRN_DEBUG_RX").is_ok() {
-                        let ep = self.mls.epoch(&conv).unwrap_or(0);
-                        eprintln!("RX error at epoch {ep} {} : {e}", fresh[i].id.short());
-                    }
+                    tracing::debug!("message {} does not open: {e}", fresh[i].id.short());
                     Outcome::Hold(Unreadable::Junk)
                 }
             };
@@ -144,14 +137,6 @@ impl Engine {
         let mut epochs = Vec::new();
         let mut held = Vec::new();
         for (a, o) in fresh.iter().zip(outcomes) {
-            if std::env::var("CAIRN_DEBUG_RX").is_ok() {
-                let what = match &o {
-                    Outcome::Accept(..) => "accept".to_string(),
-                    Outcome::Hold(w) => format!("hold {w:?}"),
-                    Outcome::Ignore => "ignore".to_string(),
-                };
-                eprintln!("RX {} {} {what}", self.keys.device.to_text(), a.id.short());
-            }
             match o {
                 Outcome::Accept(row, epoch) => {
                     rows.push(*row);

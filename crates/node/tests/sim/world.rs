@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use cairn_crypto::Identity;
-use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch};
+use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch, MemorySequencer};
 use cairn_net::sync::{Input as SyncInput, Output as SyncOutput, SendStatus, Sync, SyncConfig};
 use cairn_node::db::NodeDb;
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Io};
@@ -45,50 +45,44 @@ impl Rng {
     }
 }
 
-/// The in-memory commit sequencer shared by every user. With `lose_answers`, it sequences a
-/// submission but answers "unavailable" (the answer was lost) `lose_permille` / 1000 of the
-/// time, decided by a counter so the schedule stays deterministic.
+/// The in-memory commit sequencer (`cairn_mls::MemorySequencer`) shared by every user. With
+/// `lose_answers`, it sequences a submission but answers "unavailable" (the answer was lost)
+/// `permille` / 1000 of the time, decided by a counter so the schedule stays deterministic.
 #[derive(Clone, Default)]
-pub(crate) struct Sequencer(Rc<RefCell<BTreeMap<Topic, Vec<Vec<u8>>>>>, Rc<RefCell<(u64, u64)>>);
+pub(crate) struct Sequencer(Rc<RefCell<MemorySequencer>>, Rc<RefCell<Losses>>);
+
+/// Submissions sequenced so far, and the answers lost per thousand.
+#[derive(Default)]
+pub(crate) struct Losses {
+    sequenced: u64,
+    permille: u64,
+}
 
 impl Sequencer {
     /// Loses this many answers per thousand submissions (after sequencing them).
     pub(crate) fn lose_answers(&self, permille: u64) {
-        self.1.borrow_mut().1 = permille;
+        self.1.borrow_mut().permille = permille;
     }
 
     /// Handshakes sequenced in all topics (the simulated ledger height).
     pub(crate) fn height(&self) -> u64 {
-        self.0.borrow().values().map(|v| v.len() as u64).sum()
+        self.1.borrow().sequenced
     }
 }
 
 impl CommitSequencer for Sequencer {
     fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError> {
-        let mut m = self.0.borrow_mut();
-        let log = m.entry(topic).or_default();
-        if after != log.len() as u64 {
-            return Err(SequencerError::Stale { after, current: log.len() as u64 });
-        }
-        log.push(payload);
-        let mut lose = self.1.borrow_mut();
-        lose.0 += 1;
-        if lose.1 > 0 && (lose.0 * 7919) % 1000 < lose.1 {
+        let seq = self.0.borrow_mut().submit(topic, after, payload)?;
+        let mut l = self.1.borrow_mut();
+        l.sequenced += 1;
+        if l.permille > 0 && (l.sequenced * 7919) % 1000 < l.permille {
             return Err(SequencerError::Unavailable("answer lost".into()));
         }
-        Ok(after)
+        Ok(seq)
     }
 
     fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError> {
-        let m = self.0.borrow();
-        let Some(log) = m.get(topic) else { return Ok(Vec::new()) };
-        Ok(log
-            .iter()
-            .enumerate()
-            .skip(from as usize)
-            .take(max)
-            .map(|(i, p)| Sequenced { topic: *topic, seq: i as u64, payload: p.clone() })
-            .collect())
+        self.0.borrow().fetch(topic, from, max)
     }
 }
 
