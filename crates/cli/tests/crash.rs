@@ -13,15 +13,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use cairn_node::client::{Client, read_run_file};
 use cairn_node::model::{DeliveryState, DeliveryView, MessageView, TailQuery};
+use common::{BIN, Net, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 const PASS: &str = "crash passphrase";
 const USERS: [&str; 3] = ["ann", "ben", "cat"];
 /// SIGKILLs of user nodes during the run (the requirement: at least 50).
@@ -48,100 +49,7 @@ impl Rng {
     }
 }
 
-struct Net {
-    dir: tempfile::TempDir,
-    genesis: PathBuf,
-    children: Vec<(String, Child)>,
-    stores: Vec<String>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-        }
-        for (_, c) in &mut self.children {
-            let _ = c.wait();
-        }
-        if std::thread::panicking()
-            && let Ok(spare) = tempfile::tempdir()
-        {
-            let kept = std::mem::replace(&mut self.dir, spare).keep();
-            eprintln!("test failed: logs and data kept in {}", kept.display());
-        }
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn free_base(count: u16) -> u16 {
-    for attempt in 0..200u32 {
-        // Below the kernel's ephemeral range (32768+).
-        let base = 20_000 + ((std::process::id() * 173 + attempt * 977) % 12_000) as u16;
-        if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free ports");
-}
-
 impl Net {
-    fn new(validators: usize) -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let chain = dir.path().join("chain");
-        let base = free_base(2 * validators as u16);
-        let st = Command::new(BIN)
-            .args([
-                "ledger",
-                "genesis",
-                "--validators",
-                &validators.to_string(),
-                "--base-port",
-                &base.to_string(),
-            ])
-            .arg("--out")
-            .arg(&chain)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let mut net =
-            Net { genesis: chain.join("genesis.txt"), dir, children: Vec::new(), stores: Vec::new() };
-        for i in 0..validators {
-            let log = net.log(&format!("validator-{i}"));
-            let child = Command::new(BIN)
-                .args(["ledger", "validator", "--genesis"])
-                .arg(chain.join("genesis.txt"))
-                .arg("--key")
-                .arg(chain.join(format!("validator-{i}.key")))
-                .arg("--data")
-                .arg(chain.join(format!("validator-{i}")))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            net.children.push((format!("validator-{i}"), child));
-        }
-        net
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new().create(true).append(true).open(self.path(&format!("{name}.log"))).unwrap()
-    }
-
     /// Starts `cairn up` on `name`'s home without waiting for it; returns its pid.
     fn spawn(&mut self, name: &str, extra: &[&str]) -> u32 {
         let home = self.path(name);

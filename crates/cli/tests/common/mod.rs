@@ -1,0 +1,117 @@
+//! The harness the multi-process tests share: a temporary network directory whose child
+//! processes (validators, store nodes, users) are killed when it is dropped, with the data
+//! kept for post-mortem when the test failed.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `cairn` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A local network of `cairn` processes under one temporary directory.
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub genesis: PathBuf,
+    pub children: Vec<(String, Child)>,
+    pub stores: Vec<String>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.children {
+            let _ = c.wait();
+        }
+        if std::thread::panicking()
+            && let Ok(spare) = tempfile::tempdir()
+        {
+            let kept = std::mem::replace(&mut self.dir, spare).keep();
+            eprintln!("test failed: logs and data kept in {}", kept.display());
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it gives a value; fails the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `count` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range (32768+).
+pub fn free_base(count: u16) -> u16 {
+    for attempt in 0..200u32 {
+        let base = 20_000 + ((std::process::id() * 131 + attempt * 977) % 12_000) as u16;
+        if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+impl Net {
+    /// A new chain of `validators` validator processes.
+    pub fn new(validators: usize) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain");
+        let base = free_base(2 * validators as u16);
+        let st = Command::new(BIN)
+            .args([
+                "ledger",
+                "genesis",
+                "--validators",
+                &validators.to_string(),
+                "--base-port",
+                &base.to_string(),
+            ])
+            .arg("--out")
+            .arg(&chain)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut net =
+            Net { genesis: chain.join("genesis.txt"), dir, children: Vec::new(), stores: Vec::new() };
+        for i in 0..validators {
+            net.validator(i);
+        }
+        net
+    }
+
+    /// A path under the network's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The (appended) log file of a process.
+    pub fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new().create(true).append(true).open(self.path(&format!("{name}.log"))).unwrap()
+    }
+
+    /// Starts validator `i` of the chain.
+    pub fn validator(&mut self, i: usize) {
+        let chain = self.path("chain");
+        let log = self.log(&format!("validator-{i}"));
+        let child = Command::new(BIN)
+            .args(["ledger", "validator", "--genesis"])
+            .arg(chain.join("genesis.txt"))
+            .arg("--key")
+            .arg(chain.join(format!("validator-{i}.key")))
+            .arg("--data")
+            .arg(chain.join(format!("validator-{i}")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((format!("validator-{i}"), child));
+    }
+}
