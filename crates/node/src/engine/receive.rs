@@ -199,6 +199,13 @@ impl Engine {
     /// Buffered messages became readable during a sync: find their held envelopes, and
     /// commit them with the sync's MLS writes in one transaction.
     pub(super) fn buffered_readable(&mut self, conv: ConversationId, readable: Vec<Delivered>, now_ms: u64) {
+        if readable.is_empty() {
+            // Only the sync's own MLS writes to commit: no held envelope to look up.
+            if let Err(e) = self.commit_rows(&[], &[]) {
+                tracing::warn!("cannot store the sync of {}: {e}", hex::encode(conv.0));
+            }
+            return;
+        }
         let held = self.core.held_ids(&conv);
         let mut envs: Vec<(Id, Envelope)> =
             held.iter().filter_map(|id| self.history.get(id).ok().flatten().map(|e| (*id, e))).collect();
