@@ -36,6 +36,13 @@ enum LedgerCommand {
         /// Chain name.
         #[arg(long, default_value = "local")]
         chain: String,
+        /// Transaction fee per encoded byte, in balance units (at least 1; the fee is burned).
+        #[arg(long, default_value_t = cairn_ledger::params::DEFAULT_FEE_PER_BYTE)]
+        fee_per_byte: u64,
+        /// Dev faucet: balance units credited to each account when it registers (0 turns the
+        /// faucet off; keep it off on any network open to strangers).
+        #[arg(long, default_value_t = cairn_ledger::params::DEV_FAUCET_GRANT)]
+        faucet: u64,
     },
     /// Run one validator until killed, printing a status line every second.
     Validator {
@@ -86,7 +93,7 @@ enum LedgerCommand {
 /// and by `account`).
 pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
     match args.command {
-        LedgerCommand::Genesis { validators, out, base_port, chain } => {
+        LedgerCommand::Genesis { validators, out, base_port, chain, fee_per_byte, faucet } => {
             if validators == 0 {
                 bail!("--validators must be at least 1 (use 4 to tolerate one faulty validator)");
             }
@@ -95,7 +102,10 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
             if gpath.exists() {
                 bail!("{} already exists; choose another --out", gpath.display());
             }
-            let (genesis, keys) = Genesis::local(&chain, validators, base_port, Vec::new())?;
+            let (mut genesis, keys) = Genesis::local(&chain, validators, base_port, Vec::new())?;
+            genesis.params.fee_per_byte = fee_per_byte;
+            genesis.params.faucet = faucet;
+            genesis.params.check().map_err(|e| anyhow::anyhow!("--fee-per-byte / --faucet: {e}"))?;
             for (i, k) in keys.iter().enumerate() {
                 write_key(&out.join(format!("validator-{i}.key")), k)?;
             }
@@ -154,7 +164,11 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
                 ..BenchConfig::default()
             };
             let exe = std::env::current_exe().context("locating the cairn binary")?;
-            println!("4 validator processes on 127.0.0.1, transfers submitted over RPC by one client");
+            println!(
+                "4 validator processes on 127.0.0.1, fee-paying transfers (genesis-funded accounts, fee {} \
+                 units/byte, no faucet) submitted over RPC by one client",
+                cairn_ledger::params::Params::default().fee_per_byte
+            );
             for r in bench::run(&cfg, dir.path(), &exe)? {
                 println!("{r}");
             }

@@ -1,7 +1,8 @@
 //! Throughput / latency bench: 4 validators on loopback (each a full validator: tokio runtime,
 //! authenticated p2p, simplex + marshal, persistent storage, RPC), in this process; a client
-//! submits transfers over the RPC at saturation and at a fixed rate and follows finalized
-//! blocks. Not a test: figures depend on the machine.
+//! submits fee-paying transfers over the RPC at saturation and at a fixed rate and follows
+//! finalized blocks. The bench accounts are funded in genesis, the faucet is off, and fees are
+//! the production default ([`Params::default`]). Not a test: figures depend on the machine.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,8 +14,14 @@ use cairn_proto::ed25519::SigningKey;
 use thiserror::Error;
 
 use crate::genesis::{Genesis, GenesisError, write_key};
+use crate::mempool::NONCE_WINDOW;
+use crate::params::Params;
 use crate::rpc::{ClientError, Follower, LedgerClient};
 use crate::tx::{Tx, TxBody, TxId};
+
+/// Genesis balance of each bench account, in balance units (about 470,000 transfers' fees at
+/// the default fee).
+pub const BENCH_FUNDS: u64 = 1_000_000_000;
 
 /// Bench parameters.
 #[derive(Clone, Debug)]
@@ -71,6 +78,8 @@ pub struct RunReport {
     pub cpu_s: f64,
     /// Finalized blocks during the run.
     pub blocks: u64,
+    /// Fees the finalized transactions paid (burned), in balance units.
+    pub fees: u64,
     /// For transactions that did not finalize (a sample): how the validators see them, as
     /// `(status at each validator, count)`.
     pub stuck: Vec<(String, usize)>,
@@ -80,7 +89,7 @@ impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<12} offered {:>6}  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu",
+            "{:<12} offered {:>6}  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu  fees {}",
             self.name,
             self.offered,
             self.accepted,
@@ -90,7 +99,8 @@ impl std::fmt::Display for RunReport {
             self.p99_ms,
             self.blocks,
             self.cpu_s,
-            self.sig_cpu_share * 100.0
+            self.sig_cpu_share * 100.0,
+            self.fees
         )?;
         if !self.stuck.is_empty() {
             write!(f, "\n             not finalized (sampled, status per validator): {:?}", self.stuck)?;
@@ -209,6 +219,11 @@ fn measure(
     deadline: Duration,
 ) -> Result<RunReport, BenchError> {
     let offered: usize = batches.iter().map(|(_, b)| b.len()).sum();
+    let fee_of: HashMap<TxId, u64> = batches
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|t| (Tx::id_of(t), Params::default().fee(t.len(), 0))))
+        .collect();
+    let mut fees = 0u64;
     let mut submitted: HashMap<TxId, Instant> = HashMap::with_capacity(offered);
     let mut latencies = Vec::with_capacity(offered);
     let cpu0 = cluster.cpu_seconds();
@@ -223,14 +238,17 @@ fn measure(
                            submitted: &mut HashMap<TxId, Instant>,
                            latencies: &mut Vec<f64>,
                            last_final: &mut Instant,
-                           blocks: &mut u64|
+                           blocks: &mut u64,
+                           fees: &mut u64|
      -> Result<(), BenchError> {
         let now_blocks = follower.poll(client, 64)?;
         let now = Instant::now();
         for b in now_blocks {
             *blocks += 1;
             for t in &b.txs {
-                if let Some(at) = submitted.remove(&Tx::id_of(t)) {
+                let id = Tx::id_of(t);
+                if let Some(at) = submitted.remove(&id) {
+                    *fees += fee_of.get(&id).copied().unwrap_or(0);
                     latencies.push(now.duration_since(at).as_secs_f64() * 1000.0);
                     *last_final = now;
                 }
@@ -255,7 +273,7 @@ fn measure(
                 *refusals.entry(r).or_insert(0usize) += 1;
             }
         }
-        poll_follow(client, &mut submitted, &mut latencies, &mut last_final, &mut blocks)?;
+        poll_follow(client, &mut submitted, &mut latencies, &mut last_final, &mut blocks, &mut fees)?;
         if pending.peek().is_none() && submitted.is_empty() {
             break;
         }
@@ -288,6 +306,7 @@ fn measure(
         stuck,
         cpu_s: cpu,
         blocks,
+        fees,
     })
 }
 
@@ -338,10 +357,14 @@ fn verify_cost(chain: [u8; 32]) -> f64 {
 /// binary) on loopback under `dir`, then runs the saturation and fixed-rate measurements. The
 /// processes are killed when this returns.
 pub fn run(cfg: &BenchConfig, dir: &Path, exe: &Path) -> Result<Vec<RunReport>, BenchError> {
-    let users_n = 4096;
+    // enough users that the saturation run keeps each within half its nonce window
+    let per_user = (NONCE_WINDOW / 2) as usize;
+    let users_n = 4096.max(cfg.saturation_txs.div_ceil(per_user));
     let mut users = Users::new(users_n);
-    let accounts = users.ids.iter().map(|id| (*id, 1_000_000_000)).collect();
-    let (genesis, keys) = Genesis::local("bench", cfg.validators, cfg.base_port, accounts)?;
+    // each account pays its fees out of this (a 210-byte transfer pays 2,100 units at the default)
+    let accounts = users.ids.iter().map(|id| (*id, BENCH_FUNDS)).collect();
+    let (mut genesis, keys) = Genesis::local("bench", cfg.validators, cfg.base_port, accounts)?;
+    genesis.params = Params::default();
     let gpath = dir.join("genesis.txt");
     std::fs::write(&gpath, genesis.to_text())?;
     let mut cluster = Cluster { children: Vec::new() };

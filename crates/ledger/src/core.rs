@@ -5,7 +5,7 @@
 //! All methods are synchronous and take the one lock briefly; consensus tasks and RPC threads
 //! share it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_proto::Topic;
@@ -13,11 +13,11 @@ use cairn_proto::Topic;
 use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block, Header};
 use crate::genesis::{Genesis, GenesisError};
 use crate::light::StateProof;
+pub use crate::mempool::{MEMPOOL_BYTES_MAX, MEMPOOL_MAX, MempoolLimits, NONCE_WINDOW, SIGNER_BYTES_MAX};
+use crate::mempool::{Mempool, Pooled};
 use crate::state::{Executed, Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
 use crate::tx::{Tx, TxError, TxId};
 
-/// Most transactions waiting in the mempool.
-pub const MEMPOOL_MAX: usize = 200_000;
 /// Most verified-signature cache entries.
 const SIG_CACHE_MAX: usize = 400_000;
 /// Finalized blocks a transaction may wait for a missing predecessor nonce (one this validator
@@ -26,16 +26,6 @@ const SIG_CACHE_MAX: usize = 400_000;
 pub const NONCE_GAP_BLOCKS: u64 = 100;
 /// How often (in finalized blocks) the mempool is swept for used nonces and stale gaps.
 const SWEEP_EVERY: u64 = 8;
-
-/// A transaction waiting in the mempool.
-#[derive(Debug)]
-struct Pooled {
-    signer: [u8; 32],
-    nonce: u64,
-    bytes: Vec<u8>,
-    /// Finalized height when it was admitted.
-    since: u64,
-}
 
 /// Where a transaction stands, as seen by one validator.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -85,12 +75,8 @@ struct Core {
     /// Finalized blocks by height (index 0 = genesis).
     blocks: Vec<Arc<Block>>,
     spec: HashMap<[u8; 32], Spec>,
-    /// Waiting transactions by id.
-    pool: HashMap<TxId, Pooled>,
-    /// Arrival order (may hold ids already gone from `pool`; compacted when mostly stale).
-    order: VecDeque<TxId>,
-    /// Waiting transactions of each signer, by nonce.
-    by_signer: HashMap<[u8; 32], BTreeSet<(u64, TxId)>>,
+    /// Waiting transactions.
+    pool: Mempool,
     sig_ok: HashSet<TxId>,
     sig_order: VecDeque<TxId>,
     tx_index: HashMap<TxId, (u64, Outcome)>,
@@ -123,8 +109,13 @@ pub struct Proposal {
 }
 
 impl Ledger {
-    /// A ledger at genesis.
+    /// A ledger at genesis, with the default mempool bounds.
     pub fn new(genesis: &Genesis) -> Result<Self, GenesisError> {
+        Self::with_limits(genesis, MempoolLimits::default())
+    }
+
+    /// A ledger at genesis whose mempool has the bounds `limits`.
+    pub fn with_limits(genesis: &Genesis, limits: MempoolLimits) -> Result<Self, GenesisError> {
         let (machine, block) = genesis.build()?;
         let genesis_digest = block.id();
         let core = Core {
@@ -132,9 +123,7 @@ impl Ledger {
             db: machine.db,
             blocks: vec![Arc::new(block)],
             spec: HashMap::new(),
-            pool: HashMap::new(),
-            order: VecDeque::new(),
-            by_signer: HashMap::new(),
+            pool: Mempool::new(limits),
             sig_ok: HashSet::new(),
             sig_order: VecDeque::new(),
             tx_index: HashMap::new(),
@@ -186,6 +175,30 @@ impl Ledger {
         self.lock().pool.len()
     }
 
+    /// Bytes of the transactions waiting in the mempool.
+    pub fn mempool_bytes(&self) -> usize {
+        self.lock().pool.bytes()
+    }
+
+    /// The mempool's bounds.
+    pub fn mempool_limits(&self) -> MempoolLimits {
+        self.lock().pool.limits()
+    }
+
+    /// The chain's fee and faucet parameters.
+    pub fn params(&self) -> crate::params::Params {
+        let c = self.lock();
+        let ov = c.db.overlay(Vec::new());
+        crate::state::Executor::new(&ov, c.chain).params()
+    }
+
+    /// Balance of `account` in the finalized state (`None`: not registered).
+    pub fn balance(&self, account: &cairn_proto::AccountId) -> Option<u64> {
+        let c = self.lock();
+        let ov = c.db.overlay(Vec::new());
+        crate::state::Executor::new(&ov, c.chain).account(account).ok().flatten().map(|a| a.balance)
+    }
+
     /// Internal faults recorded (empty unless a finalized block failed to execute).
     pub fn faults(&self) -> Vec<String> {
         self.lock().faults.clone()
@@ -229,7 +242,7 @@ impl Ledger {
                 .iter()
                 .map(|d| {
                     d.as_ref().is_ok_and(|(id, _)| {
-                        c.pool.contains_key(id) || c.tx_index.contains_key(id) || c.sig_ok.contains(id)
+                        c.pool.contains(id) || c.tx_index.contains_key(id) || c.sig_ok.contains(id)
                     })
                 })
                 .collect()
@@ -269,7 +282,7 @@ impl Ledger {
         if let Some((height, outcome)) = c.tx_index.get(id) {
             return TxStatus::Finalized { height: *height, outcome: outcome.clone() };
         }
-        if c.pool.contains_key(id) {
+        if c.pool.contains(id) {
             return TxStatus::Pending;
         }
         match c.rejected.get(id) {
@@ -399,8 +412,8 @@ impl Ledger {
             let mut next: HashMap<[u8; 32], u64> = HashMap::new();
             let mut out = Vec::new();
             let mut bytes = crate::block::HEADER_BYTES;
-            'scan: for id in &c.order {
-                let Some(p) = c.pool.get(id) else { continue };
+            'scan: for id in &c.pool.order {
+                let Some(p) = c.pool.pool.get(id) else { continue };
                 let n = match next.get(&p.signer) {
                     Some(n) => *n,
                     None => ex.nonce(&p.signer).unwrap_or(0),
@@ -411,7 +424,7 @@ impl Ledger {
                 }
                 // this signer's run of consecutive nonces from `n`
                 let mut want = n;
-                let Some(queue) = c.by_signer.get(&p.signer) else { continue };
+                let Some(queue) = c.pool.by_signer.get(&p.signer) else { continue };
                 for (nonce, tid) in queue.range((n, TxId([0; 32]))..) {
                     if *nonce != want {
                         if *nonce > want {
@@ -422,7 +435,7 @@ impl Ledger {
                     if in_ancestors.contains(tid) {
                         continue;
                     }
-                    let Some(q) = c.pool.get(tid) else { continue };
+                    let Some(q) = c.pool.pool.get(tid) else { continue };
                     if out.len() >= BLOCK_TXS_MAX || bytes + 4 + q.bytes.len() > BLOCK_BYTES_MAX {
                         break 'scan;
                     }
@@ -446,16 +459,24 @@ impl Ledger {
         };
         let mut dropped = 0;
         for d in &ex.dropped {
-            // nonce races are transient (an unfinalized ancestor may be orphaned): keep those,
-            // unless the nonce is used in the finalized state
+            // nonce races and fees spent by unfinalized ancestors are transient (an ancestor may
+            // be orphaned): keep those, unless the finalized state refuses them too
+            let finalized = || {
+                let bytes = candidates.get(d.index)?;
+                let t = Tx::decode(bytes).ok()?;
+                let ov = c.db.overlay(Vec::new());
+                let ex = crate::state::Executor::new(&ov, c.chain);
+                Some((
+                    ex.nonce(&t.signer).unwrap_or(0),
+                    t.nonce,
+                    ex.spendable(&t),
+                    ex.params().fee(bytes.len(), 0),
+                ))
+            };
             let transient = match &d.error {
                 TxError::NonceSkipped { .. } => true,
-                TxError::NonceReplayed { .. } => {
-                    candidates.get(d.index).and_then(|b| Tx::decode(b).ok()).is_some_and(|t| {
-                        let ov = c.db.overlay(Vec::new());
-                        crate::state::Executor::new(&ov, c.chain).nonce(&t.signer).unwrap_or(0) <= t.nonce
-                    })
-                }
+                TxError::NonceReplayed { .. } => finalized().is_some_and(|(next, n, _, _)| next <= n),
+                TxError::FeeUnpaid { .. } => finalized().is_some_and(|(_, _, have, fee)| have >= fee),
                 _ => false,
             };
             if transient {
@@ -553,46 +574,31 @@ impl Core {
     }
 
     /// Admits a transaction whose signature is verified into the pool, checked against the
-    /// finalized state (a nonce ahead of the signer's next one waits for its predecessors).
+    /// finalized state: a nonce up to the window ahead of the signer's next one waits for its
+    /// predecessors; the account must be able to pay this fee on top of the fees its waiting
+    /// transactions already reserve; and the mempool's byte and count bounds must have room
+    /// (never making room by evicting another transaction).
     fn admit_to_pool(&mut self, id: TxId, tx: &Tx, bytes: Vec<u8>) -> Result<TxId, TxError> {
-        if self.pool.contains_key(&id) || self.tx_index.contains_key(&id) {
+        if self.pool.contains(&id) || self.tx_index.contains_key(&id) {
             return Ok(id);
         }
         let overlay = self.db.overlay(Vec::new());
         let ex = crate::state::Executor::new(&overlay, self.chain);
-        match ex.admit(tx, true) {
-            Ok(()) | Err(TxError::NonceSkipped { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        if self.pool.len() >= MEMPOOL_MAX {
-            return Err(TxError::MempoolFull { max: MEMPOOL_MAX });
-        }
+        let reserved = self.pool.reserved(&tx.account);
+        let window = self.pool.limits().nonce_window;
+        let fee = ex.admit_pending(tx, bytes.len(), true, reserved, window)?;
+        self.pool.check_room(&tx.signer, bytes.len())?;
         self.mark_sig_ok(id);
         self.rejected.remove(&id);
         let since = (self.blocks.len() as u64).saturating_sub(1);
-        self.by_signer.entry(tx.signer).or_default().insert((tx.nonce, id));
-        self.pool.insert(id, Pooled { signer: tx.signer, nonce: tx.nonce, bytes, since });
-        self.order.push_back(id);
+        let p = Pooled { signer: tx.signer, account: tx.account, nonce: tx.nonce, fee, bytes, since };
+        self.pool.insert(id, p);
         Ok(id)
     }
 
     fn remove_from_pool(&mut self, id: &TxId) {
         self.sig_ok.remove(id);
-        let Some(p) = self.pool.remove(id) else { return };
-        if let Some(q) = self.by_signer.get_mut(&p.signer) {
-            q.remove(&(p.nonce, *id));
-            if q.is_empty() {
-                self.by_signer.remove(&p.signer);
-            }
-        }
-    }
-
-    /// Drops stale ids from the arrival order once they are the majority.
-    fn compact_order(&mut self) {
-        if self.order.len() > 1024 && self.order.len() > 2 * self.pool.len() {
-            let pool = &self.pool;
-            self.order.retain(|id| pool.contains_key(id));
-        }
+        self.pool.remove(id);
     }
 
     /// Rejects, with a reason a client can read, waiting transactions that can never be
@@ -603,7 +609,7 @@ impl Core {
         let overlay = self.db.overlay(Vec::new());
         let ex = crate::state::Executor::new(&overlay, self.chain);
         let mut gone: Vec<(TxId, TxError)> = Vec::new();
-        for (signer, queue) in &self.by_signer {
+        for (signer, queue) in &self.pool.by_signer {
             let expected = ex.nonce(signer).unwrap_or(0);
             let mut want = expected;
             for (nonce, id) in queue {
@@ -612,7 +618,7 @@ impl Core {
                 } else if *nonce == want {
                     want += 1;
                 } else if *nonce > want
-                    && self.pool.get(id).is_some_and(|p| p.since + NONCE_GAP_BLOCKS <= height)
+                    && self.pool.pool.get(id).is_some_and(|p| p.since + NONCE_GAP_BLOCKS <= height)
                 {
                     gone.push((*id, TxError::NonceSkipped { expected: want, got: *nonce }));
                 }
@@ -687,7 +693,7 @@ impl Core {
         if h.is_multiple_of(SWEEP_EVERY) {
             self.sweep(h);
         }
-        self.compact_order();
+        self.pool.compact_order();
         self.update_certified();
     }
 }

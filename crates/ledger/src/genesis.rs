@@ -1,14 +1,19 @@
-//! The genesis file: chain name, validator set (consensus keys and loopback addresses), initial
-//! balances; and validator key files.
+//! The genesis file: chain name, validator set (consensus keys and loopback addresses), fee and
+//! faucet parameters ([`Params`]), initial balances; and validator key files.
 //!
 //! The format is a small line-based text file so operators can read and diff it:
 //!
 //! ```text
 //! cairn-ledger-genesis 1
 //! chain local-4
+//! fee_per_byte 10
+//! fee_per_fuel 0
+//! faucet 10000000000
 //! validator <hex ed25519 public key> <p2p host:port> <rpc host:port>
 //! account <bech32 account id> <balance>
 //! ```
+//!
+//! A missing parameter line takes its [`Params::default`] value (fees on, faucet off).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +26,7 @@ use commonware_utils::ordered::Set;
 use thiserror::Error;
 
 use crate::block::Block;
+use crate::params::Params;
 use crate::state::{Machine, StateError};
 
 /// Consensus signature namespace (distinct from the p2p namespace).
@@ -49,6 +55,8 @@ pub struct Genesis {
     pub validators: Vec<ValidatorInfo>,
     /// Initial balances (these accounts start registered).
     pub accounts: Vec<(AccountId, u64)>,
+    /// Fee and faucet parameters.
+    pub params: Params,
 }
 
 /// Why a genesis or key file was refused.
@@ -73,6 +81,9 @@ pub enum GenesisError {
     /// The validator set is unusable.
     #[error("bad validator set: {0}")]
     Validators(&'static str),
+    /// The fee or faucet parameters are out of bounds.
+    #[error("bad ledger parameters: {0}")]
+    Params(&'static str),
     /// A key file is malformed.
     #[error("bad key file: {0}")]
     Key(&'static str),
@@ -100,6 +111,11 @@ impl Genesis {
     /// The text form.
     pub fn to_text(&self) -> String {
         let mut s = format!("{MAGIC}\nchain {}\n", self.chain);
+        let p = &self.params;
+        s.push_str(&format!(
+            "fee_per_byte {}\nfee_per_fuel {}\nfaucet {}\n",
+            p.fee_per_byte, p.fee_per_fuel, p.faucet
+        ));
         for v in &self.validators {
             s.push_str(&format!("validator {} {} {}\n", public_key_hex(&v.key), v.p2p, v.rpc));
         }
@@ -117,11 +133,21 @@ impl Genesis {
             Some((_, l)) if l == MAGIC => {}
             _ => return Err(parse_err(1, format!("expected `{MAGIC}`"))),
         }
-        let mut g = Genesis { chain: String::new(), validators: Vec::new(), accounts: Vec::new() };
+        let mut g = Genesis {
+            chain: String::new(),
+            validators: Vec::new(),
+            accounts: Vec::new(),
+            params: Params::default(),
+        };
         for (n, line) in lines {
             let f: Vec<&str> = line.split_whitespace().collect();
+            let number =
+                |v: &str, what: &str| v.parse::<u64>().map_err(|_| parse_err(n, format!("bad {what}")));
             match f.as_slice() {
                 ["chain", name] => g.chain = (*name).to_owned(),
+                ["fee_per_byte", v] => g.params.fee_per_byte = number(v, "fee_per_byte")?,
+                ["fee_per_fuel", v] => g.params.fee_per_fuel = number(v, "fee_per_fuel")?,
+                ["faucet", v] => g.params.faucet = number(v, "faucet")?,
                 ["validator", key, p2p, rpc] => g.validators.push(ValidatorInfo {
                     key: public_key_from_hex(key).ok_or_else(|| parse_err(n, "bad validator key"))?,
                     p2p: p2p.parse().map_err(|_| parse_err(n, "bad p2p address"))?,
@@ -137,6 +163,7 @@ impl Genesis {
         if g.chain.is_empty() {
             return Err(parse_err(1, "missing `chain` line"));
         }
+        g.params.check().map_err(|reason| parse_err(1, reason))?;
         g.participants()?;
         Ok(g)
     }
@@ -169,13 +196,15 @@ impl Genesis {
 
     /// The genesis state machine and block (height 0).
     pub fn build(&self) -> Result<(Machine, Block), GenesisError> {
-        let m = Machine::genesis(self.chain_id(), &self.accounts)?;
+        self.params.check().map_err(GenesisError::Params)?;
+        let m = Machine::genesis(self.chain_id(), &self.accounts, &self.params)?;
         let block = Block::new(0, [0; 32], m.db.root(), Vec::new());
         Ok((m, block))
     }
 
-    /// A local genesis for `n` validators on 127.0.0.1 with ports from `base_port`
-    /// (p2p `base_port + 2i`, rpc `base_port + 2i + 1`), with fresh keys.
+    /// A local dev genesis for `n` validators on 127.0.0.1 with ports from `base_port`
+    /// (p2p `base_port + 2i`, rpc `base_port + 2i + 1`), with fresh keys, default fees and the
+    /// dev faucet on ([`Params::dev`]); set `params` on the result to change them.
     pub fn local(
         chain: &str,
         n: usize,
@@ -195,7 +224,7 @@ impl Genesis {
                 }
             })
             .collect();
-        Ok((Self { chain: chain.to_owned(), validators, accounts }, keys))
+        Ok((Self { chain: chain.to_owned(), validators, accounts, params: Params::dev() }, keys))
     }
 }
 
@@ -239,7 +268,24 @@ mod tests {
         assert_eq!(back, g);
         assert_eq!(back.chain_id(), g.chain_id());
         assert!(Genesis::parse("nope").is_err());
-        let dup = format!("{}{}", g.to_text(), g.to_text().lines().nth(2).unwrap());
+        let dup =
+            format!("{}{}", g.to_text(), g.to_text().lines().find(|l| l.starts_with("validator")).unwrap());
         assert!(Genesis::parse(&dup).is_err());
+        // parameters: written, read back, and part of the chain id; a free chain is refused
+        assert_eq!(back.params, Params::dev());
+        let mut other = g.clone();
+        other.params.faucet = 0;
+        assert_ne!(other.chain_id(), g.chain_id());
+        assert_eq!(Genesis::parse(&other.to_text()).unwrap().params.faucet, 0);
+        let free = g.to_text().replace("fee_per_byte 10", "fee_per_byte 0");
+        assert!(matches!(Genesis::parse(&free), Err(GenesisError::Parse { .. })));
+        // an older file without parameter lines gets the defaults: fees on, faucet off
+        let old: String = g
+            .to_text()
+            .lines()
+            .filter(|l| !l.starts_with("fee_") && !l.starts_with("faucet"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Genesis::parse(&old).unwrap().params, Params::default());
     }
 }

@@ -10,6 +10,8 @@ pub mod block;
 pub mod core;
 pub mod genesis;
 pub mod light;
+pub mod mempool;
+pub mod params;
 pub mod process;
 pub mod rpc;
 pub mod state;

@@ -115,7 +115,9 @@ pub enum TxBody {
         /// Number of messages in the history up to the head.
         count: u64,
     },
-    /// Moves balance to another account.
+    /// Moves balance to another account; if the receiving key has no account yet, creates it
+    /// (registered, with no devices), which is how a new account is funded where the faucet is
+    /// off.
     Transfer {
         /// Receiving account.
         to: AccountId,
@@ -220,7 +222,8 @@ pub enum TxError {
     /// The account (or the receiver) already holds a handle.
     #[error("account already holds a handle")]
     AlreadyHasHandle,
-    /// Receiving account is not registered.
+    /// Receiving account is not registered (for a transfer: the receiving id is not a usable
+    /// key, so no account can be created for it).
     #[error("receiving account is not registered")]
     UnknownRecipient,
     /// Not enough balance.
@@ -254,9 +257,53 @@ pub enum TxError {
     #[error("cannot transfer to the same account")]
     SelfTransfer,
     /// The validator's mempool is full (transient: retry later or at another validator).
-    #[error("mempool is full ({max} transactions)")]
+    #[error("mempool is full ({max} transactions): retry later or at another validator")]
     MempoolFull {
         /// Mempool bound.
+        max: usize,
+    },
+    /// The account cannot pay the transaction's fee (its balance, less the fees of its
+    /// transactions already waiting, is below the fee).
+    #[error(
+        "balance {have} cannot pay the fee of {need}: fund the account first (a transfer from a \
+         funded account or a genesis allocation; local dev networks credit new accounts when they \
+         register), or wait for its waiting transactions to finalize"
+    )]
+    FeeUnpaid {
+        /// Balance available for this fee.
+        have: u64,
+        /// Fee of the transaction.
+        need: u64,
+    },
+    /// The nonce is too far ahead of the signer's next one for a mempool to hold it.
+    #[error(
+        "nonce {got} is {window} or more ahead of the next nonce {expected}: wait for the earlier \
+         transactions to finalize, then resubmit"
+    )]
+    NonceTooFar {
+        /// Next nonce of the signer.
+        expected: u64,
+        /// Nonce given.
+        got: u64,
+        /// Pending nonces a signer may have ahead of its next one.
+        window: u64,
+    },
+    /// The signer already has this many bytes waiting in this validator's mempool (transient).
+    #[error(
+        "the signer already has {pending} bytes waiting (limit {max}): wait for them to finalize, \
+         then resubmit"
+    )]
+    SignerMempoolFull {
+        /// Bytes of the signer's waiting transactions.
+        pending: usize,
+        /// Per-signer bound, bytes.
+        max: usize,
+    },
+    /// The validator's mempool holds its byte bound (transient: retry later or at another
+    /// validator).
+    #[error("mempool is full ({max} bytes): retry later or at another validator")]
+    MempoolBytesFull {
+        /// Mempool bound, bytes.
         max: usize,
     },
 }
@@ -292,6 +339,10 @@ impl TxError {
             Self::AnchorRegressed { .. } => 25,
             Self::SelfTransfer => 26,
             Self::MempoolFull { .. } => 27,
+            Self::FeeUnpaid { .. } => 28,
+            Self::NonceTooFar { .. } => 29,
+            Self::SignerMempoolFull { .. } => 30,
+            Self::MempoolBytesFull { .. } => 31,
         }
     }
 }

@@ -49,7 +49,7 @@ struct Setup {
 fn setup() -> Setup {
     let a = SigningKey::from_bytes(&[1; 32]);
     let alice = AccountId(a.verifying_key().to_bytes());
-    let (g, keys) = Genesis::local("light", 4, 30000, vec![(alice, 10)]).unwrap();
+    let (g, keys) = Genesis::local("light", 4, 30000, vec![(alice, 1_000_000_000)]).unwrap();
     let (mut machine, genesis_block) = g.build().unwrap();
     let chain = g.chain_id();
     let d1 = DeviceId(SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes());

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use cairn_ledger::core::{Ledger, NONCE_GAP_BLOCKS, TxStatus};
+use cairn_ledger::core::{Ledger, MempoolLimits, NONCE_GAP_BLOCKS, NONCE_WINDOW, TxStatus};
 use cairn_ledger::genesis::Genesis;
+use cairn_ledger::params::Params;
 use cairn_ledger::tx::{Tx, TxBody, TxError};
 use cairn_proto::AccountId;
 use cairn_proto::ed25519::SigningKey;
@@ -30,10 +31,32 @@ fn step(l: &Ledger) -> usize {
 /// `n` funded users and a fresh ledger with them in its genesis, plus the chain id.
 fn funded(n: u8, base_port: u16) -> (Vec<SigningKey>, Ledger, [u8; 32]) {
     let users: Vec<SigningKey> = (0..n).map(user).collect();
-    let accounts = users.iter().map(|k| (id(k), 1_000)).collect();
+    let accounts = users.iter().map(|k| (id(k), 1_000_000_000)).collect();
     let (genesis, _) = Genesis::local("mempool", 4, base_port, accounts).unwrap();
     let l = Ledger::new(&genesis).unwrap();
     (users, l, genesis.chain_id())
+}
+
+/// A ledger without the faucet whose mempool has `limits`; users `0..funded` hold `funds`
+/// each, and the users in `funded..n` are registered with nothing.
+fn chain(n: u8, funded: u8, funds: u64, limits: MempoolLimits) -> (Vec<SigningKey>, Ledger, [u8; 32]) {
+    let users: Vec<SigningKey> = (0..n).map(user).collect();
+    let accounts =
+        users.iter().enumerate().map(|(i, k)| (id(k), if i < funded as usize { funds } else { 0 })).collect();
+    let (mut genesis, _) = Genesis::local("bounded", 4, 29300, accounts).unwrap();
+    genesis.params = Params::default();
+    let l = Ledger::with_limits(&genesis, limits).unwrap();
+    (users, l, genesis.chain_id())
+}
+
+/// A handshake of `payload` bytes from `k` at `nonce`.
+fn handshake(chain: [u8; 32], k: &SigningKey, nonce: u64, payload: usize) -> Vec<u8> {
+    let body = TxBody::SequenceHandshake {
+        topic: cairn_proto::Topic([nonce as u8; 32]),
+        after: 0,
+        payload: vec![1; payload],
+    };
+    Tx::sign(chain, id(k), k, nonce, body).encode()
 }
 
 #[test]
@@ -106,4 +129,123 @@ fn batch_submission_matches_single_submission() {
     }
     assert_eq!(l.mempool_len(), 7);
     assert_eq!(step(&l), 7);
+}
+
+/// The free-flood attack: unregistered keys and registered accounts with no balance flood a
+/// validator; every one of their transactions is refused at admission with
+/// [`TxError::FeeUnpaid`] and takes no room, while an honest funded account's transactions go
+/// in and finalize, each paying exactly its fee.
+#[test]
+fn a_free_flood_is_refused_and_honest_transactions_finalize() {
+    let (users, l, chain) = chain(8, 1, 1_000_000_000, MempoolLimits::default());
+    let honest = &users[0];
+    let fee_per_byte = l.params().fee_per_byte;
+    let mut refused = 0;
+    // 2,000 registrations by fresh keys (no faucet) and 2,000 writes by the 7 broke accounts
+    for i in 0..2_000u32 {
+        let mut seed = [0x77; 32];
+        seed[..4].copy_from_slice(&i.to_be_bytes());
+        let k = SigningKey::from_bytes(&seed);
+        let reg = Tx::sign(chain, id(&k), &k, 0, TxBody::RegisterAccount).encode();
+        let broke = &users[1 + (i as usize % 7)];
+        let spam = handshake(chain, broke, u64::from(i / 7) % NONCE_WINDOW, 1_000);
+        for r in l.submit_batch(vec![reg, spam]) {
+            assert!(matches!(r, Err(TxError::FeeUnpaid { have: 0, .. })), "{r:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4_000);
+    assert_eq!((l.mempool_len(), l.mempool_bytes()), (0, 0), "refused transactions take no room");
+    // the honest account goes on
+    let before = l.balance(&id(honest)).unwrap();
+    let txs: Vec<Vec<u8>> = (0..10).map(|n| handshake(chain, honest, n, 200)).collect();
+    let ids: Vec<_> = txs.iter().map(|t| l.submit(t.clone()).unwrap()).collect();
+    assert_eq!(step(&l), 10);
+    for t in &ids {
+        assert!(matches!(l.tx_status(t), TxStatus::Finalized { height: 1, .. }));
+    }
+    let fees: u64 = txs.iter().map(|t| fee_per_byte * t.len() as u64).sum();
+    assert_eq!(l.balance(&id(honest)).unwrap(), before - fees, "fees are exact");
+}
+
+/// An account cannot queue more transactions than its balance pays for: the fees of its waiting
+/// transactions are reserved, and the one that would overdraw is refused.
+#[test]
+fn waiting_fees_are_reserved_against_the_balance() {
+    let k = user(0);
+    // the length, so the fee, of a transaction does not depend on the chain it is signed for
+    let fee = Params::default().fee(handshake([0; 32], &k, 0, 100).len(), 0);
+    // funds for exactly three fees
+    let (mut g, _) = Genesis::local("reserve", 4, 29400, vec![(id(&k), 3 * fee)]).unwrap();
+    g.params = Params::default();
+    let l = Ledger::new(&g).unwrap();
+    let (chain, k) = (g.chain_id(), &k);
+    for n in 0..3 {
+        l.submit(handshake(chain, k, n, 100)).unwrap();
+    }
+    assert_eq!(l.submit(handshake(chain, k, 3, 100)), Err(TxError::FeeUnpaid { have: 0, need: fee }));
+    assert_eq!(step(&l), 3);
+    assert_eq!(l.balance(&id(k)), Some(0));
+}
+
+/// Each signer may have at most [`NONCE_WINDOW`] nonces pending from its next one; beyond that
+/// a typed refusal. Inside the window, out-of-order nonces wait and then finalize.
+#[test]
+fn the_nonce_window_is_bounded() {
+    let (users, l, chain) = chain(1, 1, 1_000_000_000, MempoolLimits::default());
+    let k = &users[0];
+    let last = NONCE_WINDOW - 1;
+    assert_eq!(
+        l.submit(handshake(chain, k, NONCE_WINDOW, 10)),
+        Err(TxError::NonceTooFar { expected: 0, got: NONCE_WINDOW, window: NONCE_WINDOW })
+    );
+    let far = l.submit(handshake(chain, k, u64::MAX, 10)).unwrap_err();
+    assert!(matches!(far, TxError::NonceTooFar { .. }));
+    assert!(far.to_string().contains("wait for the earlier transactions"));
+    for n in (0..=last).rev() {
+        l.submit(handshake(chain, k, n, 10)).unwrap();
+    }
+    assert_eq!(l.mempool_len(), NONCE_WINDOW as usize);
+    assert_eq!(step(&l), NONCE_WINDOW as usize);
+    // the window moves with the finalized nonce
+    l.submit(handshake(chain, k, NONCE_WINDOW + last, 10)).unwrap();
+    assert!(matches!(l.submit(handshake(chain, k, 2 * NONCE_WINDOW, 10)), Err(TxError::NonceTooFar { .. })));
+}
+
+/// The mempool is bounded in bytes per signer and in total; overflow refuses the newcomer with a
+/// typed error and never evicts what was admitted, which still finalizes.
+#[test]
+fn mempool_byte_bounds_refuse_and_never_evict() {
+    let big = 60_000;
+    let limits = MempoolLimits { txs: 1_000, bytes: 5 * 61_000, signer_bytes: 2 * 61_000, nonce_window: 16 };
+    let (users, l, chain) = chain(4, 4, 1_000_000_000, limits);
+    let t = |u: usize, n: u64| handshake(chain, &users[u], n, big);
+    // per signer: two fit, the third is refused
+    let mut admitted = vec![l.submit(t(0, 0)).unwrap(), l.submit(t(0, 1)).unwrap()];
+    let len = t(0, 0).len();
+    assert_eq!(l.submit(t(0, 2)), Err(TxError::SignerMempoolFull { pending: 2 * len, max: 2 * 61_000 }));
+    // in total: five fit across signers, the sixth is refused though its signer has room
+    admitted.push(l.submit(t(1, 0)).unwrap());
+    admitted.push(l.submit(t(1, 1)).unwrap());
+    admitted.push(l.submit(t(2, 0)).unwrap());
+    assert_eq!(l.mempool_bytes(), 5 * len);
+    assert_eq!(l.submit(t(3, 0)), Err(TxError::MempoolBytesFull { max: 5 * 61_000 }));
+    // nothing admitted was evicted, and all of it finalizes
+    for id in &admitted {
+        assert_eq!(l.tx_status(id), TxStatus::Pending);
+    }
+    let mut included = 0;
+    for _ in 0..5 {
+        included += step(&l);
+        if included == admitted.len() {
+            break;
+        }
+    }
+    for id in &admitted {
+        assert!(matches!(l.tx_status(id), TxStatus::Finalized { .. }), "{:?}", l.tx_status(id));
+    }
+    // room again: the refused transactions now go in
+    assert_eq!((l.mempool_len(), l.mempool_bytes()), (0, 0));
+    l.submit(t(3, 0)).unwrap();
+    l.submit(t(0, 2)).unwrap();
 }

@@ -25,7 +25,7 @@ fn id(k: &SigningKey) -> AccountId {
 
 /// A one-validator genesis whose RPC address is `rpc`, funding two users.
 fn genesis(rpc: SocketAddr) -> Genesis {
-    let accounts = (0..2).map(|i| (id(&user(i)), 1_000)).collect();
+    let accounts = (0..2).map(|i| (id(&user(i)), 1_000_000_000)).collect();
     let (mut g, _) = Genesis::local("rpc", 1, 29500, accounts).unwrap();
     g.validators[0].rpc = rpc;
     g

@@ -9,6 +9,7 @@ use std::time::Duration;
 use cairn_ledger::audit::check_no_fork;
 use cairn_ledger::core::{Ledger, TxStatus};
 use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis, ValidatorInfo};
+use cairn_ledger::params::Params;
 use cairn_ledger::state::Outcome;
 use cairn_ledger::tx::{Tx, TxBody};
 use cairn_ledger::validator::{self, Behaviour, Timeouts, channel};
@@ -41,6 +42,9 @@ fn timeouts() -> Timeouts {
     }
 }
 
+/// Genesis balance of each simulated user.
+const FUNDS: u64 = 1_000_000_000;
+
 fn user(i: u8) -> SigningKey {
     SigningKey::from_bytes(&[i + 100; 32])
 }
@@ -65,8 +69,8 @@ impl Net {
                 rpc: format!("127.0.0.1:{}", 41000 + i).parse().unwrap(),
             })
             .collect();
-        let accounts = (0..8).map(|i| (AccountId(user(i).verifying_key().to_bytes()), 1_000)).collect();
-        let genesis = Genesis { chain: "sim".into(), validators, accounts };
+        let accounts = (0..8).map(|i| (AccountId(user(i).verifying_key().to_bytes()), FUNDS)).collect();
+        let genesis = Genesis { chain: "sim".into(), validators, accounts, params: Params::default() };
         let participants: Vec<ed25519::PublicKey> = keys.iter().map(|k| k.public_key()).collect();
         let (network, oracle) = Network::new_with_peers(
             ctx.child("network"),
@@ -246,10 +250,12 @@ fn four_validators_finalize_identical_state() {
                 );
                 let chain = net.genesis.chain_id();
                 let mut ids = Vec::new();
+                let mut sent = Vec::new();
                 for round in 0..3 {
                     for t in workload(chain, round) {
                         ids.push(Tx::id_of(&t));
                         net.submit(&t);
+                        sent.push(t);
                     }
                     ctx.sleep(Duration::from_millis(700)).await;
                 }
@@ -292,6 +298,30 @@ fn four_validators_finalize_identical_state() {
                 let roots: Vec<[u8; 32]> =
                     (0..N).map(|i| net.ledger(i).unwrap().header(h).unwrap().state_root).collect();
                 assert!(roots.windows(2).all(|w| w[0] == w[1]));
+                // every transaction paid exactly fee_per_byte × its length, burned, on every
+                // validator: balances are the genesis funds less fees and transfers sent, plus
+                // transfers received
+                let fee_per_byte = net.genesis.params.fee_per_byte;
+                let mut expect = vec![i128::from(FUNDS); 8];
+                let who = |a: &AccountId| {
+                    (0..8u8).position(|i| AccountId(user(i).verifying_key().to_bytes()) == *a)
+                };
+                for t in &sent {
+                    let tx = Tx::decode(t).unwrap();
+                    let from = who(&tx.account).unwrap();
+                    expect[from] -= i128::from(fee_per_byte) * t.len() as i128;
+                    if let TxBody::Transfer { to, amount } = tx.body {
+                        expect[from] -= i128::from(amount);
+                        expect[who(&to).unwrap()] += i128::from(amount);
+                    }
+                }
+                for (i, want) in expect.iter().enumerate() {
+                    let id = AccountId(user(i as u8).verifying_key().to_bytes());
+                    for v in 0..N {
+                        let got = net.ledger(v).unwrap().balance(&id).unwrap();
+                        assert_eq!(i128::from(got), *want, "user {i} at validator {v}");
+                    }
+                }
                 // a light-client-verifiable proof is served
                 let lc = cairn_ledger::light::LightClient::new(&net.genesis).unwrap();
                 let id = AccountId(user(0).verifying_key().to_bytes());

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 //! The pure state machine: every transaction kind, every typed refusal, and order determinism.
 
+use cairn_ledger::params::Params;
 use cairn_ledger::state::{BlockError, Machine, Outcome, StateKey};
 use cairn_ledger::tx::{Tx, TxBody, TxError, rotation_message};
 use cairn_proto::ed25519::{Signer as _, SigningKey};
@@ -8,6 +9,17 @@ use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
 use proptest::prelude::*;
 
 const CHAIN: [u8; 32] = [0xC4; 32];
+/// Genesis balance of funded test accounts.
+const FUNDS: u64 = 1_000_000_000;
+
+/// The parameters of these tests: default fees, the dev faucet on.
+fn params() -> Params {
+    Params::dev()
+}
+/// The fee of the encoded transaction `t`.
+fn fee(t: &[u8]) -> u64 {
+    params().fee(t.len(), 0)
+}
 
 fn key(b: u8) -> SigningKey {
     SigningKey::from_bytes(&[b; 32])
@@ -22,7 +34,7 @@ struct W {
 
 impl W {
     fn new(alloc: &[(AccountId, u64)]) -> Self {
-        Self { m: Machine::genesis(CHAIN, alloc).unwrap() }
+        Self { m: Machine::genesis(CHAIN, alloc, &params()).unwrap() }
     }
     fn tx(&self, account: AccountId, k: &SigningKey, body: TxBody) -> Vec<u8> {
         let n = self.m.nonce(&k.verifying_key().to_bytes());
@@ -112,9 +124,10 @@ fn register_devices_rotation_and_typed_refusals() {
 fn nonces_replay_skip_and_signatures() {
     let a = key(1);
     let ida = acct(&a);
-    let mut w = W::new(&[(ida, 100)]);
+    let mut w = W::new(&[(ida, FUNDS)]);
     let t0 =
         Tx::sign(CHAIN, ida, &a, 0, TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 1 }).encode();
+    let paid = fee(&t0);
     assert_eq!(w.run_raw(t0.clone()).unwrap(), Outcome::Applied);
     assert_eq!(w.run_raw(t0).unwrap_err(), TxError::NonceReplayed { expected: 1, got: 0 });
     let t5 = Tx::sign(CHAIN, ida, &a, 5, TxBody::RegisterAccount).encode();
@@ -139,18 +152,23 @@ fn nonces_replay_skip_and_signatures() {
     assert_eq!(w.run_raw(tb).unwrap_err(), TxError::UnknownAccount);
     // a failed body still consumes the nonce (and only the nonce)
     let before = w.m.db.root();
-    let body = TxBody::Transfer { to: acct(&b), amount: 1 };
-    assert_eq!(failed(w.run(ida, &a, body)), TxError::UnknownRecipient);
+    // (a transfer to a small-order key, which can never be an account)
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let t = w.tx(ida, &a, TxBody::Transfer { to: AccountId(weak), amount: 1 });
+    let paid = paid + fee(&t);
+    assert_eq!(failed(w.run_raw(t)), TxError::UnknownRecipient);
     assert_ne!(w.m.db.root(), before);
     assert_eq!(w.m.nonce(&ida.0), 2);
-    assert_eq!(w.m.account(&ida).unwrap().balance, 100);
+    // refused transactions paid nothing; admitted ones their fee, whatever their outcome
+    assert_eq!(w.m.account(&ida).unwrap().balance, FUNDS - paid);
 }
 
 #[test]
 fn a_block_with_an_inadmissible_tx_is_invalid() {
     let a = key(1);
     let ida = acct(&a);
-    let mut m = Machine::genesis(CHAIN, &[(ida, 1)]).unwrap();
+    let mut m = Machine::genesis(CHAIN, &[(ida, FUNDS)], &params()).unwrap();
     let good = Tx::sign(CHAIN, ida, &a, 0, TxBody::RegisterAccount).encode();
     let replay = good.clone();
     let root = m.db.root();
@@ -163,7 +181,7 @@ fn a_block_with_an_inadmissible_tx_is_invalid() {
 fn handles_are_unique_and_transferable() {
     let (a, b, c) = (key(1), key(2), key(3));
     let (ida, idb, idc) = (acct(&a), acct(&b), acct(&c));
-    let mut w = W::new(&[(ida, 0), (idb, 0)]);
+    let mut w = W::new(&[(ida, FUNDS), (idb, FUNDS)]);
     let claim = |n: &str| TxBody::ClaimHandle { name: n.into() };
     assert_eq!(w.run(ida, &a, claim("alice")).unwrap(), Outcome::Applied);
     assert_eq!(failed(w.run(idb, &b, claim("alice"))), TxError::HandleTaken);
@@ -191,7 +209,7 @@ fn commit_sequencer_is_compare_and_swap() {
     let a = key(1);
     let ida = acct(&a);
     let d = key(3);
-    let mut w = W::new(&[(ida, 0)]);
+    let mut w = W::new(&[(ida, FUNDS)]);
     let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
     w.run(ida, &a, TxBody::AddDevice { cert }).unwrap();
     let t = Topic([8; 32]);
@@ -218,16 +236,25 @@ fn commit_sequencer_is_compare_and_swap() {
 fn balances_move_and_never_go_negative() {
     let (a, b) = (key(1), key(2));
     let (ida, idb) = (acct(&a), acct(&b));
-    let mut w = W::new(&[(ida, 50), (idb, u64::MAX - 1)]);
-    assert_eq!(w.run(ida, &a, TxBody::Transfer { to: idb, amount: 1 }).unwrap(), Outcome::Applied);
-    assert_eq!(failed(w.run(ida, &a, TxBody::Transfer { to: idb, amount: 1 })), TxError::BalanceOverflow);
-    assert_eq!(
-        failed(w.run(ida, &a, TxBody::Transfer { to: idb, amount: 60 })),
-        TxError::InsufficientBalance { have: 49, need: 60 }
-    );
-    assert_eq!(failed(w.run(ida, &a, TxBody::Transfer { to: ida, amount: 1 })), TxError::SelfTransfer);
+    let start = 20_000;
+    let mut w = W::new(&[(ida, start), (idb, u64::MAX - 1)]);
+    let mut have = start;
+    let t = w.tx(ida, &a, TxBody::Transfer { to: idb, amount: 1 });
+    have -= fee(&t) + 1;
+    assert_eq!(w.run_raw(t).unwrap(), Outcome::Applied);
+    let t = w.tx(ida, &a, TxBody::Transfer { to: idb, amount: 1 });
+    have -= fee(&t);
+    assert_eq!(failed(w.run_raw(t)), TxError::BalanceOverflow);
+    // the fee is paid before the body runs: the transfer sees the balance after it
+    let before = have;
+    let t = w.tx(ida, &a, TxBody::Transfer { to: idb, amount: before });
+    have -= fee(&t);
+    assert_eq!(failed(w.run_raw(t)), TxError::InsufficientBalance { have, need: before });
+    let t = w.tx(ida, &a, TxBody::Transfer { to: ida, amount: 1 });
+    have -= fee(&t);
+    assert_eq!(failed(w.run_raw(t)), TxError::SelfTransfer);
     assert_eq!(w.run(idb, &b, TxBody::Transfer { to: ida, amount: 100 }).unwrap(), Outcome::Applied);
-    assert_eq!(w.m.account(&ida).unwrap().balance, 149);
+    assert_eq!(w.m.account(&ida).unwrap().balance, have + 100);
 }
 
 /// A pool of transactions from 4 accounts that touch shared state (handles, a topic, transfers).
@@ -262,11 +289,11 @@ proptest! {
     /// deterministically too (two replicas agree), though it may reach a different root.
     #[test]
     fn same_txs_same_root(perm in Just((0..20usize).collect::<Vec<_>>()).prop_shuffle(), cut in 1usize..20) {
-        let alloc: Vec<(AccountId, u64)> = (1..=4).map(|b| (acct(&key(b)), 20)).collect();
+        let alloc: Vec<(AccountId, u64)> = (1..=4).map(|b| (acct(&key(b)), FUNDS)).collect();
         let pool = tx_pool();
         let order: Vec<Vec<u8>> = perm.iter().map(|&i| pool[i].clone()).collect();
-        let mut m1 = Machine::genesis(CHAIN, &alloc).unwrap();
-        let mut m2 = Machine::genesis(CHAIN, &alloc).unwrap();
+        let mut m1 = Machine::genesis(CHAIN, &alloc, &params()).unwrap();
+        let mut m2 = Machine::genesis(CHAIN, &alloc, &params()).unwrap();
         // replica 1 proposes in two blocks (dropping what is not admissible yet, e.g. skipped nonces)
         let (r1a, _) = m1.propose_and_apply(&order[..cut]).unwrap();
         let (r1b, _) = m1.propose_and_apply(&order[cut..]).unwrap();
@@ -288,7 +315,7 @@ proptest! {
 #[test]
 fn values_survive_leaf_moves_and_pruning() {
     let genesis: Vec<SigningKey> = (0..64u8).map(|i| key(100 + i)).collect();
-    let alloc: Vec<(AccountId, u64)> = genesis.iter().map(|k| (acct(k), 1_000)).collect();
+    let alloc: Vec<(AccountId, u64)> = genesis.iter().map(|k| (acct(k), FUNDS)).collect();
     let mut w = W::new(&alloc);
     // many blocks that each create new keys (account + nonce records): existing leaves move
     for round in 0..16u8 {
@@ -307,7 +334,7 @@ fn values_survive_leaf_moves_and_pruning() {
     }
     // every genesis account is still there and can still transact
     for (i, k) in genesis.iter().enumerate() {
-        assert_eq!(w.m.account(&acct(k)).map(|a| a.balance), Some(1_000), "genesis account {i} lost");
+        assert_eq!(w.m.account(&acct(k)).map(|a| a.balance), Some(FUNDS), "genesis account {i} lost");
     }
     for (i, k) in genesis.iter().enumerate() {
         let to = acct(&genesis[(i + 1) % genesis.len()]);
@@ -324,4 +351,130 @@ fn small_order_keys_cannot_register() {
     weak[0] = 1;
     assert!(!cairn_ledger::state::usable_key(&weak));
     assert!(cairn_ledger::state::usable_key(&key(9).verifying_key().to_bytes()));
+}
+
+/// Every admitted transaction pays `fee_per_byte × its encoded length`, debited from its
+/// account (whichever key signed) and burned: the sum of balances falls by exactly the fees.
+#[test]
+fn fees_are_exact_paid_by_the_account_and_burned() {
+    let (a, b, d) = (key(1), key(2), key(3));
+    let (ida, idb) = (acct(&a), acct(&b));
+    let mut w = W::new(&[(ida, FUNDS), (idb, FUNDS)]);
+    let supply = |w: &W| w.m.account(&ida).unwrap().balance + w.m.account(&idb).unwrap().balance;
+    let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
+    let mut burned = 0;
+    let mut paid_by_a = 0;
+    let txs = vec![
+        (ida, a.clone(), TxBody::AddDevice { cert }),
+        (
+            ida,
+            d.clone(),
+            TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 0, payload: vec![7; 5000] },
+        ),
+        // a failed effect still pays
+        (
+            ida,
+            d.clone(),
+            TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 0, payload: vec![8; 100] },
+        ),
+        (ida, a.clone(), TxBody::ClaimHandle { name: "alice".into() }),
+        (idb, b.clone(), TxBody::Anchor { topic: Topic([2; 32]), head: Id([1; 32]), count: 1 }),
+    ];
+    for (account, k, body) in txs {
+        let t = w.tx(account, &k, body);
+        let f = fee(&t);
+        assert_eq!(f, params().fee_per_byte * t.len() as u64);
+        burned += f;
+        if account == ida {
+            paid_by_a += f;
+        }
+        w.run_raw(t).unwrap();
+        assert_eq!(supply(&w), 2 * FUNDS - burned, "fees leave the supply");
+    }
+    assert_eq!(
+        w.m.account(&ida).unwrap().balance,
+        FUNDS - paid_by_a,
+        "the device's fees came from the account"
+    );
+    assert_eq!(w.m.params(), params());
+}
+
+/// On a chain without the faucet, an account that cannot pay is refused at admission with
+/// [`TxError::FeeUnpaid`] (nothing changes, no nonce is consumed), and a block carrying such a
+/// transaction is invalid.
+#[test]
+fn an_unfunded_signer_is_refused() {
+    let (a, poor, rich) = (key(1), key(2), key(3));
+    let no_faucet = Params { faucet: 0, ..Params::dev() };
+    let mut m = Machine::genesis(CHAIN, &[(acct(&poor), 5), (acct(&rich), FUNDS)], &no_faucet).unwrap();
+    let root = m.db.root();
+    // a new account cannot register itself: nothing pays its fee
+    let reg = Tx::sign(CHAIN, acct(&a), &a, 0, TxBody::RegisterAccount).encode();
+    let need = no_faucet.fee(reg.len(), 0);
+    let (_, dropped) = m.propose_and_apply(&[reg.clone()]).unwrap();
+    assert_eq!(dropped[0].error, TxError::FeeUnpaid { have: 0, need });
+    assert!(dropped[0].error.to_string().contains("fund the account"));
+    // a registered account whose balance is below the fee
+    let t =
+        Tx::sign(CHAIN, acct(&poor), &poor, 0, TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 1 })
+            .encode();
+    let (receipts, dropped) = m.propose_and_apply(&[t.clone()]).unwrap();
+    assert!(receipts.is_empty());
+    assert_eq!(dropped[0].error, TxError::FeeUnpaid { have: 5, need: no_faucet.fee(t.len(), 0) });
+    assert_eq!(m.nonce(&poor.verifying_key().to_bytes()), 0);
+    assert_eq!(m.account(&acct(&poor)).unwrap().balance, 5);
+    assert!(matches!(
+        m.apply_block(&[t]),
+        Err(BlockError::Tx { index: 0, error: TxError::FeeUnpaid { .. } })
+    ));
+    assert!(matches!(
+        m.apply_block(&[reg]),
+        Err(BlockError::Tx { index: 0, error: TxError::FeeUnpaid { .. } })
+    ));
+    // only empty blocks went through: the state moved by its height marker only, and the funded
+    // account still transacts
+    assert_ne!(m.db.root(), root);
+    let ok = Tx::sign(CHAIN, acct(&rich), &rich, 0, TxBody::Transfer { to: acct(&poor), amount: 1 }).encode();
+    let (receipts, dropped) = m.propose_and_apply(&[ok]).unwrap();
+    assert!(dropped.is_empty());
+    assert_eq!(receipts[0].outcome, Outcome::Applied);
+}
+
+/// The dev faucet credits an account once, when it registers; the registration fee comes out of
+/// the credit, and a repeated registration pays its fee without a second credit.
+#[test]
+fn the_dev_faucet_credits_once_at_registration() {
+    let a = key(1);
+    let ida = acct(&a);
+    let mut w = W::new(&[]);
+    let reg = w.tx(ida, &a, TxBody::RegisterAccount);
+    let f1 = fee(&reg);
+    assert_eq!(w.run_raw(reg).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.account(&ida).unwrap().balance, params().faucet - f1);
+    let again = w.tx(ida, &a, TxBody::RegisterAccount);
+    let f2 = fee(&again);
+    assert_eq!(failed(w.run_raw(again)), TxError::AccountExists);
+    assert_eq!(w.m.account(&ida).unwrap().balance, params().faucet - f1 - f2);
+}
+
+/// Where the faucet is off, a new account is funded (and so created) by a transfer from a
+/// funded account; it can then pay for its own writes.
+#[test]
+fn a_transfer_funds_and_creates_a_new_account() {
+    let (rich, new) = (key(1), key(2));
+    let no_faucet = Params { faucet: 0, ..Params::dev() };
+    let mut m = Machine::genesis(CHAIN, &[(acct(&rich), FUNDS)], &no_faucet).unwrap();
+    let give =
+        Tx::sign(CHAIN, acct(&rich), &rich, 0, TxBody::Transfer { to: acct(&new), amount: 100_000 }).encode();
+    let (r, _) = m.propose_and_apply(&[give]).unwrap();
+    assert_eq!(r[0].outcome, Outcome::Applied);
+    assert_eq!(m.account(&acct(&new)).unwrap().balance, 100_000);
+    let t =
+        Tx::sign(CHAIN, acct(&new), &new, 0, TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 1 })
+            .encode();
+    let paid = no_faucet.fee(t.len(), 0);
+    let (r, dropped) = m.propose_and_apply(&[t]).unwrap();
+    assert!(dropped.is_empty());
+    assert_eq!(r[0].outcome, Outcome::Applied);
+    assert_eq!(m.account(&acct(&new)).unwrap().balance, 100_000 - paid);
 }

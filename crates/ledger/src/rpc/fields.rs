@@ -102,6 +102,7 @@ pub(super) fn write_key(w: &mut Writer, key: &StateKey) {
             w.raw(&t.0);
         }
         StateKey::Meta => w.u8(5),
+        StateKey::Params => w.u8(6),
     }
 }
 
@@ -113,6 +114,7 @@ pub(super) fn read_key(r: &mut Reader<'_>) -> Result<StateKey, ProtocolError> {
         3 => StateKey::Topic(Topic(r.array("key.topic")?)),
         4 => StateKey::Anchor(Topic(r.array("key.anchor")?)),
         5 => StateKey::Meta,
+        6 => StateKey::Params,
         other => return Err(ProtocolError::UnknownKind { what: "state key", kind: other }),
     })
 }

@@ -5,6 +5,7 @@ use cairn_proto::AccountId;
 use thiserror::Error;
 
 use super::{Account, Executor, Layer, Receipt, StateDb, StateError, StateKey};
+use crate::params::Params;
 use crate::tx::{Tx, TxError, TxId};
 
 /// Builds the genesis layer (height 0).
@@ -12,10 +13,11 @@ pub fn genesis_layer(
     db: &StateDb,
     chain: [u8; 32],
     accounts: &[(AccountId, u64)],
+    params: &Params,
 ) -> Result<Layer, StateError> {
     let overlay = db.overlay(Vec::new());
     let mut ex = Executor::new(&overlay, chain);
-    ex.genesis(accounts);
+    ex.genesis(accounts, params);
     let writes = ex.into_writes();
     db.commit_layer(Vec::new(), 0, writes)
 }
@@ -89,7 +91,7 @@ pub fn execute(
     let mut dropped = Vec::new();
     for (index, bytes) in txs.iter().enumerate() {
         let id = Tx::id_of(bytes);
-        let res = Tx::decode(bytes).and_then(|tx| ex.apply(&tx, id, sig_checked(&id)));
+        let res = Tx::decode(bytes).and_then(|tx| ex.apply(&tx, id, bytes.len(), sig_checked(&id)));
         match (res, mode) {
             (Ok(r), _) => {
                 included.push(index);
@@ -116,10 +118,14 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// A machine at genesis.
-    pub fn genesis(chain: [u8; 32], accounts: &[(AccountId, u64)]) -> Result<Self, StateError> {
+    /// A machine at genesis with parameters `params`.
+    pub fn genesis(
+        chain: [u8; 32],
+        accounts: &[(AccountId, u64)],
+        params: &Params,
+    ) -> Result<Self, StateError> {
         let mut db = StateDb::default();
-        let layer = genesis_layer(&db, chain, accounts)?;
+        let layer = genesis_layer(&db, chain, accounts, params)?;
         db.apply(layer);
         Ok(Self { db, chain })
     }
@@ -154,6 +160,12 @@ impl Machine {
     /// Reads an account.
     pub fn account(&self, id: &AccountId) -> Option<Account> {
         self.db.get(&StateKey::Account(*id)).and_then(|b| Account::decode(&b).ok())
+    }
+
+    /// The chain's parameters.
+    pub fn params(&self) -> Params {
+        let ov = self.db.overlay(Vec::new());
+        Executor::new(&ov, self.chain).params()
     }
 
     /// Next nonce of a signer.

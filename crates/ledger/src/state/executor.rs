@@ -12,6 +12,7 @@ use super::{
     Account, AnchorRecord, DEVICES_MAX, DeviceEntry, Outcome, Receipt, StateError, StateKey, StateRead,
     TopicState,
 };
+use crate::params::Params;
 use crate::tx::{Tx, TxBody, TxError, TxId, rotation_message};
 
 /// Domain separation for the per-topic handshake hash chain.
@@ -35,12 +36,14 @@ pub struct Executor<'a> {
     /// entry), so a failed effect is undone in O(keys touched) rather than by copying the
     /// block's whole write set per transaction.
     undo: Option<Vec<UndoEntry>>,
+    /// The chain's parameters, read from the state on first use.
+    params: std::cell::OnceCell<Params>,
 }
 
 impl<'a> Executor<'a> {
     /// An executor over `base` for chain `chain`.
     pub fn new(base: &'a dyn StateRead, chain: [u8; 32]) -> Self {
-        Self { base, chain, writes: BTreeMap::new(), undo: None }
+        Self { base, chain, writes: BTreeMap::new(), undo: None, params: std::cell::OnceCell::new() }
     }
 
     /// The writes so far.
@@ -87,12 +90,32 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Writes genesis records (balances) and the height marker.
-    pub fn genesis(&mut self, accounts: &[(AccountId, u64)]) {
+    /// The chain's fee and faucet parameters (the genesis record; a state without one, which
+    /// genesis never builds, reads as [`Params::default`]).
+    pub fn params(&self) -> Params {
+        *self.params.get_or_init(|| {
+            self.raw(&StateKey::Params).and_then(|b| Params::decode(&b).ok()).unwrap_or_default()
+        })
+    }
+
+    /// Writes genesis records (parameters, balances) and the height marker.
+    pub fn genesis(&mut self, accounts: &[(AccountId, u64)], params: &Params) {
+        self.put(StateKey::Params, Some(params.encode()));
+        let _ = self.params.set(*params);
         for (id, bal) in accounts {
             self.put(StateKey::Account(*id), Some(Account::new(*id, *bal).encode()));
         }
         self.set_height(0);
+    }
+
+    /// What the account `tx` acts for can spend on fees: its balance, or for the registration
+    /// of a new account, the faucet credit (0 where the faucet is off).
+    pub fn spendable(&self, tx: &Tx) -> u64 {
+        match self.account(&tx.account) {
+            Ok(Some(a)) => a.balance,
+            Ok(None) if matches!(tx.body, TxBody::RegisterAccount) => self.params().faucet,
+            _ => 0,
+        }
     }
 
     /// Records the height of the block being executed.
@@ -100,9 +123,25 @@ impl<'a> Executor<'a> {
         self.put(StateKey::Meta, Some(height.to_be_bytes().to_vec()));
     }
 
-    /// Admission checks, cheapest first; `sig_checked` skips the signature check for a
-    /// transaction whose signature this node already verified.
-    pub fn admit(&self, tx: &Tx, sig_checked: bool) -> Result<(), TxError> {
+    /// Admission checks of a transaction in a block, cheapest first; `len` is its encoded length
+    /// and `sig_checked` skips the signature check for a transaction whose signature this node
+    /// already verified. Returns the fee it pays.
+    pub fn admit(&self, tx: &Tx, len: usize, sig_checked: bool) -> Result<u64, TxError> {
+        self.admit_pending(tx, len, sig_checked, 0, 0)
+    }
+
+    /// Admission checks of a transaction that may wait in a mempool: its nonce may be up to
+    /// `window - 1` ahead of the signer's next one (`window` 0: none ahead, as in a block), and
+    /// `reserved` of its account's balance is already promised to the fees of transactions
+    /// waiting before it. Returns the fee it pays.
+    pub fn admit_pending(
+        &self,
+        tx: &Tx,
+        len: usize,
+        sig_checked: bool,
+        reserved: u64,
+        window: u64,
+    ) -> Result<u64, TxError> {
         if tx.chain != self.chain {
             return Err(TxError::WrongChain);
         }
@@ -134,22 +173,40 @@ impl<'a> Executor<'a> {
             return Err(TxError::NonceReplayed { expected, got: tx.nonce });
         }
         if tx.nonce > expected {
-            return Err(TxError::NonceSkipped { expected, got: tx.nonce });
+            if window == 0 {
+                return Err(TxError::NonceSkipped { expected, got: tx.nonce });
+            }
+            if tx.nonce - expected >= window {
+                return Err(TxError::NonceTooFar { expected, got: tx.nonce, window });
+            }
+        }
+        let fee = self.params().fee(len, 0);
+        let have = self.spendable(tx).saturating_sub(reserved);
+        if have < fee {
+            return Err(TxError::FeeUnpaid { have, need: fee });
         }
         if !sig_checked {
             tx.verify_signature()?;
         }
-        Ok(())
+        Ok(fee)
     }
 
     /// Admits and applies one transaction. `Err` means it failed admission (no effect at all);
     /// `Ok` carries the outcome of an admitted transaction.
-    pub fn apply(&mut self, tx: &Tx, id: TxId, sig_checked: bool) -> Result<Receipt, TxError> {
-        self.admit(tx, sig_checked)?;
+    /// The fee (see [`Params::fee`]) is debited from the account and burned even when the
+    /// effect fails, like the nonce; a new account registered through the faucet pays it out of
+    /// the faucet credit.
+    pub fn apply(&mut self, tx: &Tx, id: TxId, len: usize, sig_checked: bool) -> Result<Receipt, TxError> {
+        let fee = self.admit(tx, len, sig_checked)?;
         let next = tx.nonce.saturating_add(1);
         self.put(StateKey::Nonce(tx.signer), Some(next.to_be_bytes().to_vec()));
+        if let Ok(Some(mut payer)) = self.account(&tx.account) {
+            // admission checked that the balance covers the fee
+            payer.balance = payer.balance.saturating_sub(fee);
+            self.put(StateKey::Account(tx.account), Some(payer.encode()));
+        }
         self.undo = Some(Vec::new());
-        let res = self.effect(tx);
+        let res = self.effect(tx, fee);
         let undo = self.undo.take().unwrap_or_default();
         let outcome = match res {
             Ok(o) => o,
@@ -171,14 +228,18 @@ impl<'a> Executor<'a> {
         self.account(id).ok().flatten().ok_or(TxError::UnknownAccount)
     }
 
-    fn effect(&mut self, tx: &Tx) -> Result<Outcome, TxError> {
+    /// The effect of an admitted transaction whose `fee` is paid (for a new account, still to
+    /// be paid out of the faucet credit).
+    fn effect(&mut self, tx: &Tx, fee: u64) -> Result<Outcome, TxError> {
         let id = tx.account;
         match &tx.body {
             TxBody::RegisterAccount => {
                 if self.account(&id).ok().flatten().is_some() {
                     return Err(TxError::AccountExists);
                 }
-                self.put(StateKey::Account(id), Some(Account::new(id, 0).encode()));
+                // admission checked that the faucet credit covers the fee
+                let credit = self.params().faucet.saturating_sub(fee);
+                self.put(StateKey::Account(id), Some(Account::new(id, credit).encode()));
             }
             TxBody::AddDevice { cert } => {
                 let mut acct = self.must_account(&id)?;
@@ -303,7 +364,13 @@ impl<'a> Executor<'a> {
                     return Err(TxError::SelfTransfer);
                 }
                 let mut from = self.must_account(&id)?;
-                let mut dest = self.account(to).ok().flatten().ok_or(TxError::UnknownRecipient)?;
+                // a transfer to a key with no account yet creates it (registered, no devices):
+                // how a new account is funded where the faucet is off
+                let mut dest = match self.account(to).ok().flatten() {
+                    Some(a) => a,
+                    None if usable_key(&to.0) => Account::new(*to, 0),
+                    None => return Err(TxError::UnknownRecipient),
+                };
                 if from.balance < *amount {
                     return Err(TxError::InsufficientBalance { have: from.balance, need: *amount });
                 }

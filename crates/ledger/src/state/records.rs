@@ -24,6 +24,8 @@ pub enum StateKey {
     Anchor(Topic),
     /// Chain metadata (the height of the last applied block).
     Meta,
+    /// The chain's fee and faucet parameters ([`crate::params::Params`]), set at genesis.
+    Params,
 }
 
 impl StateKey {
@@ -52,6 +54,7 @@ impl StateKey {
                 v.extend_from_slice(&t.0);
             }
             Self::Meta => v.extend_from_slice(b"meta"),
+            Self::Params => v.extend_from_slice(b"parm"),
         }
         v
     }

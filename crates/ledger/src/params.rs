@@ -1,0 +1,132 @@
+//! Ledger parameters fixed at genesis: the transaction fee and the dev faucet.
+//!
+//! They are written into the genesis state (under [`crate::state::StateKey::Params`]), so they
+//! are covered by every state root, provable to light clients, and read by every validator's
+//! executor from the same place.
+//!
+//! **Fee.** Every admitted transaction pays `fee_per_byte × encoded length` (plus, later,
+//! `fee_per_fuel × fuel` once contracts meter fuel; no transaction uses fuel today), debited
+//! from the balance of the account it acts for, whichever of its keys signed it. The fee is
+//! **burned**: it is removed from the payer's balance and credited to no one. Burning (rather
+//! than paying the block proposer) needs no proposer identity in the header and gives a
+//! proposer no reason to stuff blocks with its own transactions; the fee exists to make ledger
+//! writes cost an attacker something, not to pay validators.
+//!
+//! **Faucet.** On networks whose genesis sets `faucet > 0` (local dev networks), registering a
+//! new account credits it `faucet` once (an account registers once), out of which the
+//! registration fee is paid. Anyone can create accounts, so such a network is not spam
+//! resistant: real networks set `faucet 0` and fund accounts by genesis allocation and
+//! transfers.
+
+use cairn_proto::codec::{DecodeError, Reader, Writer};
+
+/// Default fee per byte of encoded transaction, in balance units (units per byte).
+pub const DEFAULT_FEE_PER_BYTE: u64 = 10;
+/// Largest fee per byte a genesis may set, in balance units per byte (so a full transaction's
+/// fee never overflows a `u64`).
+pub const FEE_PER_BYTE_MAX: u64 = 1 << 32;
+/// Largest fee per unit of fuel a genesis may set, in balance units per fuel unit.
+pub const FEE_PER_FUEL_MAX: u64 = 1 << 32;
+/// Credit of the dev faucet that local networks enable, in balance units: 10^10 units, about
+/// 1 GB of transactions at [`DEFAULT_FEE_PER_BYTE`].
+pub const DEV_FAUCET_GRANT: u64 = 10_000_000_000;
+/// Largest faucet credit a genesis may set, in balance units.
+pub const FAUCET_GRANT_MAX: u64 = 1_000_000_000_000_000;
+const PARAMS_VERSION: u8 = 1;
+
+/// The chain's fee and faucet parameters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Params {
+    /// Fee per byte of encoded transaction, in balance units (at least 1).
+    pub fee_per_byte: u64,
+    /// Fee per unit of contract fuel, in balance units (reserved: nothing consumes fuel yet).
+    pub fee_per_fuel: u64,
+    /// Credit given to an account when it registers, in balance units; 0 disables the faucet.
+    pub faucet: u64,
+}
+
+impl Default for Params {
+    /// The production default: fees at [`DEFAULT_FEE_PER_BYTE`], no faucet.
+    fn default() -> Self {
+        Self { fee_per_byte: DEFAULT_FEE_PER_BYTE, fee_per_fuel: 0, faucet: 0 }
+    }
+}
+
+impl Params {
+    /// Parameters of a local dev network: default fees and the [`DEV_FAUCET_GRANT`] faucet.
+    pub fn dev() -> Self {
+        Self { faucet: DEV_FAUCET_GRANT, ..Self::default() }
+    }
+
+    /// The fee of a transaction of `len` encoded bytes that uses `fuel` units of fuel
+    /// (saturating: a fee that large is unpayable anyway).
+    pub fn fee(&self, len: usize, fuel: u64) -> u64 {
+        let bytes = u64::try_from(len).unwrap_or(u64::MAX);
+        self.fee_per_byte.saturating_mul(bytes).saturating_add(self.fee_per_fuel.saturating_mul(fuel))
+    }
+
+    /// Whether registration credits new accounts.
+    pub fn faucet_enabled(&self) -> bool {
+        self.faucet > 0
+    }
+
+    /// Checks the bounds; the reason if out of them.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.fee_per_byte == 0 {
+            return Err("fee_per_byte must be at least 1: writes must cost something");
+        }
+        if self.fee_per_byte > FEE_PER_BYTE_MAX {
+            return Err("fee_per_byte is over the limit of 2^32");
+        }
+        if self.fee_per_fuel > FEE_PER_FUEL_MAX {
+            return Err("fee_per_fuel is over the limit of 2^32");
+        }
+        if self.faucet > FAUCET_GRANT_MAX {
+            return Err("faucet is over the limit of 10^15");
+        }
+        Ok(())
+    }
+
+    /// Canonical encoding (the state record).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(25);
+        w.u8(PARAMS_VERSION);
+        w.u64(self.fee_per_byte);
+        w.u64(self.fee_per_fuel);
+        w.u64(self.faucet);
+        w.finish()
+    }
+
+    /// Decodes a state record (fixed size; bounds checked).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("params", PARAMS_VERSION)?;
+        let p = Self {
+            fee_per_byte: r.u64("params.fee_per_byte")?,
+            fee_per_fuel: r.u64("params.fee_per_fuel")?,
+            faucet: r.u64("params.faucet")?,
+        };
+        r.finish()?;
+        p.check().map_err(|reason| DecodeError::Invalid { field: "params", reason })?;
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn params_round_trip_and_bounds() {
+        let p = Params::dev();
+        assert_eq!(Params::decode(&p.encode()).unwrap(), p);
+        assert_eq!(p.fee(200, 0), 200 * DEFAULT_FEE_PER_BYTE);
+        assert_eq!(Params { fee_per_fuel: 3, ..p }.fee(10, 5), 10 * DEFAULT_FEE_PER_BYTE + 15);
+        assert!(Params { fee_per_byte: 0, ..p }.check().is_err());
+        assert!(Params::decode(&Params { fee_per_byte: 0, ..p }.encode()).is_err());
+        assert!(Params { faucet: FAUCET_GRANT_MAX + 1, ..p }.check().is_err());
+        assert!(!Params::default().faucet_enabled());
+        assert_eq!(Params { fee_per_byte: u64::MAX, ..p }.fee(usize::MAX, 0), u64::MAX);
+    }
+}
