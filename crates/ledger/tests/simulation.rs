@@ -302,7 +302,7 @@ fn four_validators_finalize_identical_state() {
                 // validator: balances are the genesis funds less fees and transfers sent, plus
                 // transfers received
                 let fee_per_byte = net.genesis.params.fee_per_byte;
-                let mut expect = vec![i128::from(FUNDS); 8];
+                let mut expect = [i128::from(FUNDS); 8];
                 let who = |a: &AccountId| {
                     (0..8u8).position(|i| AccountId(user(i).verifying_key().to_bytes()) == *a)
                 };

@@ -411,14 +411,14 @@ fn an_unfunded_signer_is_refused() {
     // a new account cannot register itself: nothing pays its fee
     let reg = Tx::sign(CHAIN, acct(&a), &a, 0, TxBody::RegisterAccount).encode();
     let need = no_faucet.fee(reg.len(), 0);
-    let (_, dropped) = m.propose_and_apply(&[reg.clone()]).unwrap();
+    let (_, dropped) = m.propose_and_apply(std::slice::from_ref(&reg)).unwrap();
     assert_eq!(dropped[0].error, TxError::FeeUnpaid { have: 0, need });
     assert!(dropped[0].error.to_string().contains("fund the account"));
     // a registered account whose balance is below the fee
     let t =
         Tx::sign(CHAIN, acct(&poor), &poor, 0, TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 1 })
             .encode();
-    let (receipts, dropped) = m.propose_and_apply(&[t.clone()]).unwrap();
+    let (receipts, dropped) = m.propose_and_apply(std::slice::from_ref(&t)).unwrap();
     assert!(receipts.is_empty());
     assert_eq!(dropped[0].error, TxError::FeeUnpaid { have: 5, need: no_faucet.fee(t.len(), 0) });
     assert_eq!(m.nonce(&poor.verifying_key().to_bytes()), 0);

@@ -162,6 +162,7 @@ impl LedgerWorker {
         };
         let mut client = client.with_timeout(Duration::from_secs(3));
         let mut last_register = None::<Instant>;
+        let mut refusal_logged = false;
         let mut follower: Option<Follower> = None;
         let mut last_full = Instant::now();
         loop {
@@ -176,6 +177,12 @@ impl LedgerWorker {
                     Ok(()) => {
                         self.shared.registered.store(true, Ordering::Release);
                         let _ = self.ops.blocking_send(Job::Registered);
+                    }
+                    // A refusal (e.g. an unfunded account on a network without the dev
+                    // faucet) will not go away by itself: say so once, loudly.
+                    Err(e @ NodeError::Conflict(_)) if !refusal_logged => {
+                        refusal_logged = true;
+                        tracing::warn!("not registered on the ledger: {e}");
                     }
                     Err(e) => tracing::debug!("not registered yet: {e}"),
                 }
