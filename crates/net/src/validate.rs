@@ -4,7 +4,10 @@
 //! also checks the padding class and payload hash), carries enough proof of work for its size
 //! and TTL, is inside the timestamp window, is new, and its forwarding peer is within its rate.
 //! The verdict maps onto gossipsub's `Accept` / `Reject` (the peer is at fault: scored) /
-//! `Ignore` (nobody is at fault: dropped without penalty).
+//! `Ignore` (nobody is provably at fault: dropped without penalty). Over-rate and clock-skewed
+//! envelopes are ignored, not rejected: an honest relay forwards a flood or a skewed sender's
+//! mail without being able to tell, and penalising it would make honest nodes graylist each
+//! other under a flood. What is dropped here is fetched again from the topic's store nodes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -23,7 +26,8 @@ pub struct AdmissionConfig {
     pub future_skew_ms_max: u64,
     /// Longest TTL accepted, in seconds (default 30 days).
     pub ttl_secs_max: u32,
-    /// Sustained envelopes per second accepted from one forwarding peer.
+    /// Sustained envelopes per second accepted from one forwarding peer (a relay forwards
+    /// every conversation it meshes for, so this bounds CPU, not one sender).
     pub peer_rate_per_sec: u32,
     /// Burst allowance above the sustained rate, in envelopes.
     pub peer_burst: u32,
@@ -40,8 +44,8 @@ impl Default for AdmissionConfig {
             difficulty: Difficulty::default(),
             future_skew_ms_max: 5 * 60 * 1000,
             ttl_secs_max: 30 * 86_400,
-            peer_rate_per_sec: 200,
-            peer_burst: 400,
+            peer_rate_per_sec: 2_000,
+            peer_burst: 4_000,
             seen_ids_max: 200_000,
             rate_peers_max: 4096,
         }
@@ -68,12 +72,8 @@ pub enum RejectReason {
     NoPayload,
     /// Not enough proof of work for its size and TTL.
     InsufficientWork,
-    /// Timestamp too far in the future.
-    FromTheFuture,
     /// TTL above the maximum.
     TtlTooLong,
-    /// The forwarding peer is over its rate.
-    OverRate,
 }
 
 /// Dropped without blame.
@@ -83,6 +83,10 @@ pub enum IgnoreReason {
     Duplicate,
     /// Past its TTL.
     Expired,
+    /// Timestamp too far in the future (the author's clock, not the forwarder's fault).
+    FromTheFuture,
+    /// The forwarding peer is over its rate (it may be relaying someone's flood).
+    OverRate,
 }
 
 /// A bounded set of recently seen ids (FIFO eviction).
@@ -193,7 +197,7 @@ impl<P: Eq + Hash + Clone> Admission<P> {
     /// The verdict for `bytes` forwarded by `peer` at `now_ms`.
     pub fn check(&mut self, peer: &P, bytes: &[u8], now_ms: u64) -> Verdict {
         if !self.rate.allow(peer, now_ms) {
-            return Verdict::Reject(RejectReason::OverRate);
+            return Verdict::Ignore(IgnoreReason::OverRate);
         }
         let env = match Envelope::decode(bytes, &self.config.limits) {
             Ok(e) => e,
@@ -207,7 +211,7 @@ impl<P: Eq + Hash + Clone> Admission<P> {
             return Verdict::Reject(RejectReason::TtlTooLong);
         }
         if h.timestamp_ms > now_ms.saturating_add(self.config.future_skew_ms_max) {
-            return Verdict::Reject(RejectReason::FromTheFuture);
+            return Verdict::Ignore(IgnoreReason::FromTheFuture);
         }
         let id = env.id();
         if !pow::check(h, self.config.difficulty) {
@@ -249,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_garbage_oversize_unworked_future_and_erased() {
+    fn rejects_garbage_oversize_unworked_and_erased_ignores_future() {
         let mut a = adm();
         let now = 10_000_000;
         assert!(matches!(a.check(&1, b"garbage", now), Verdict::Reject(RejectReason::Malformed(_))));
@@ -266,12 +270,34 @@ mod tests {
         }
         assert_eq!(a.check(&1, &lazy.encode(), now), Verdict::Reject(RejectReason::InsufficientWork));
         let future = mined(now + 3_600_000, 3600, Difficulty::default());
-        assert_eq!(a.check(&1, &future.encode(), now), Verdict::Reject(RejectReason::FromTheFuture));
+        assert_eq!(a.check(&1, &future.encode(), now), Verdict::Ignore(IgnoreReason::FromTheFuture));
         let mut erased = mined(now, 3600, Difficulty::default());
         erased.erase();
         assert_eq!(a.check(&1, &erased.encode(), now), Verdict::Reject(RejectReason::NoPayload));
         let old = mined(1, 60, Difficulty::default());
         assert_eq!(a.check(&1, &old.encode(), now), Verdict::Ignore(IgnoreReason::Expired));
+    }
+
+    #[test]
+    fn over_rate_is_ignored_without_blame_and_a_busy_relay_fits_the_default() {
+        let mut a = adm();
+        let now = 10_000_000;
+        let envs: Vec<Vec<u8>> =
+            (0..1_500).map(|i| mined(now + i, 3600, Difficulty::default()).encode()).collect();
+        // One second of a relay forwarding 1,500 envelopes/s (a busy chat) passes.
+        let accepted = envs
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| matches!(a.check(&1, e, now + *i as u64 * 2 / 3), Verdict::Accept(..)));
+        assert_eq!(accepted.count(), 1_500);
+        // A flood beyond the burst is dropped, and never as the forwarder's fault.
+        let mut a = adm();
+        let burst = AdmissionConfig::default().peer_burst as usize;
+        let verdicts: Vec<Verdict> =
+            envs.iter().chain(envs.iter()).chain(envs.iter()).map(|e| a.check(&7, e, now)).collect();
+        assert!(verdicts.iter().all(|v| !matches!(v, Verdict::Reject(_))));
+        let over = verdicts.iter().filter(|v| **v == Verdict::Ignore(IgnoreReason::OverRate)).count();
+        assert_eq!(over, 4_500 - burst);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //!   1 store  envelope:bytes
 //!   2 page   topic:[32] from:u64 limit:u32
 //!   3 ids    count:u16 id:[32]*
+//!   4 store-many count:u16 (1..=STORE_BATCH_MAX) envelope:bytes*
 //! response = version:u8 kind:u8 body
 //!   1 stored id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused)
 //!   2 page   count:u32 (seq:u64 envelope:bytes)* has_next:u8 next:u64?
 //!   3 envelopes count:u16 envelope:bytes*
 //!   4 error  message:bytes (≤ 256)
+//!   5 stored-many count:u16 (id:[32] outcome:u8)*
 //! ```
 //! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
 //! allocation.
@@ -18,8 +20,12 @@ use cairn_proto::codec::{DecodeError, Reader, Writer};
 use cairn_proto::{Envelope, Id, Limits, Topic};
 
 const VERSION: u8 = 1;
-/// Largest request frame, bytes (one envelope plus framing).
-pub const REQUEST_BYTES_MAX: usize = 256 * 1024 + 64;
+/// Envelopes in one store-many request, at most.
+pub const STORE_BATCH_MAX: usize = 64;
+/// Encoded envelopes in one store-many request, bytes at most (a sender cuts its batches to fit).
+pub const STORE_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Largest request frame, bytes (one batch plus framing).
+pub const REQUEST_BYTES_MAX: usize = STORE_BATCH_BYTES_MAX + 64 + 4 * STORE_BATCH_MAX;
 /// Largest response frame, bytes.
 pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most ids in one by-id request.
@@ -44,6 +50,26 @@ pub enum Request {
     },
     /// The envelopes with these ids.
     Ids(Vec<Id>),
+    /// Keep these envelopes (1 to [`STORE_BATCH_MAX`], at most [`STORE_BATCH_BYTES_MAX`]
+    /// encoded): one request and one durable commit for a sender's burst.
+    StoreMany(Vec<Envelope>),
+}
+
+fn encode_outcome(w: &mut Writer, o: StoreOutcome) {
+    w.u8(match o {
+        StoreOutcome::Stored => 0,
+        StoreOutcome::Duplicate => 1,
+        StoreOutcome::Refused => 2,
+    });
+}
+
+fn decode_outcome(r: &mut Reader<'_>) -> Result<StoreOutcome, DecodeError> {
+    match r.u8("outcome")? {
+        0 => Ok(StoreOutcome::Stored),
+        1 => Ok(StoreOutcome::Duplicate),
+        2 => Ok(StoreOutcome::Refused),
+        _ => Err(DecodeError::Invalid { field: "outcome", reason: "unknown" }),
+    }
 }
 
 /// What happened to a stored envelope.
@@ -62,6 +88,8 @@ pub enum StoreOutcome {
 pub enum Response {
     /// Outcome of a store request.
     Stored(Id, StoreOutcome),
+    /// Outcomes of a store-many request, in its order.
+    StoredMany(Vec<(Id, StoreOutcome)>),
     /// A page of history.
     Page {
         /// `(cursor, envelope)` pairs.
@@ -98,6 +126,13 @@ impl Request {
                     w.raw(&id.0);
                 }
             }
+            Self::StoreMany(es) => {
+                w.u8(4);
+                w.u16(es.len().min(usize::from(u16::MAX)) as u16);
+                for e in es {
+                    w.bytes(&e.encode());
+                }
+            }
         }
         w.finish()
     }
@@ -132,6 +167,27 @@ impl Request {
                 }
                 Self::Ids(ids)
             }
+            4 => {
+                let n = r.count(STORE_BATCH_MAX, "envelopes")?;
+                if n == 0 {
+                    return Err(DecodeError::Invalid { field: "envelopes", reason: "empty batch" });
+                }
+                let mut es = Vec::with_capacity(n);
+                let mut bytes = 0;
+                for _ in 0..n {
+                    let b = r.bytes(limits.envelope_bytes_max, "envelope")?;
+                    bytes += b.len();
+                    if bytes > STORE_BATCH_BYTES_MAX {
+                        return Err(DecodeError::TooLarge {
+                            field: "store batch",
+                            len: bytes as u64,
+                            max: STORE_BATCH_BYTES_MAX as u64,
+                        });
+                    }
+                    es.push(Envelope::decode(b, limits)?);
+                }
+                Self::StoreMany(es)
+            }
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown request kind" }),
         };
         r.finish()?;
@@ -148,11 +204,15 @@ impl Response {
             Self::Stored(id, o) => {
                 w.u8(1);
                 w.raw(&id.0);
-                w.u8(match o {
-                    StoreOutcome::Stored => 0,
-                    StoreOutcome::Duplicate => 1,
-                    StoreOutcome::Refused => 2,
-                });
+                encode_outcome(&mut w, *o);
+            }
+            Self::StoredMany(list) => {
+                w.u8(5);
+                w.u16(list.len().min(usize::from(u16::MAX)) as u16);
+                for (id, o) in list {
+                    w.raw(&id.0);
+                    encode_outcome(&mut w, *o);
+                }
             }
             Self::Page { entries, next } => {
                 w.u8(2);
@@ -203,13 +263,16 @@ impl Response {
         let resp = match r.u8("kind")? {
             1 => {
                 let id = Id(r.array("id")?);
-                let o = match r.u8("outcome")? {
-                    0 => StoreOutcome::Stored,
-                    1 => StoreOutcome::Duplicate,
-                    2 => StoreOutcome::Refused,
-                    _ => return Err(DecodeError::Invalid { field: "outcome", reason: "unknown" }),
-                };
-                Self::Stored(id, o)
+                Self::Stored(id, decode_outcome(&mut r)?)
+            }
+            5 => {
+                let n = r.count(STORE_BATCH_MAX, "outcomes")?;
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = Id(r.array("id")?);
+                    list.push((id, decode_outcome(&mut r)?));
+                }
+                Self::StoredMany(list)
             }
             2 => {
                 let n = r.u32("count")?;
@@ -269,6 +332,7 @@ mod tests {
             Request::Store(e.clone()),
             Request::Page { topic: Topic([2; 32]), from: 5, limit: 10 },
             Request::Ids(vec![Id([3; 32])]),
+            Request::StoreMany(vec![e.clone(), e.clone()]),
         ] {
             assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
         }
@@ -278,6 +342,7 @@ mod tests {
             Response::Page { entries: vec![], next: None },
             Response::Envelopes(vec![e.clone()]),
             Response::Error("nope".into()),
+            Response::StoredMany(vec![(e.id(), StoreOutcome::Stored), (Id([4; 32]), StoreOutcome::Refused)]),
         ] {
             assert_eq!(Response::decode(&resp.encode(), &l).unwrap(), resp);
         }
@@ -287,6 +352,13 @@ mod tests {
         too_many.extend_from_slice(&u16::MAX.to_be_bytes());
         assert!(matches!(Request::decode(&too_many, &l), Err(DecodeError::TooLarge { .. })));
         assert!(Request::decode(&[VERSION, 9], &l).is_err());
+        // A store-many batch: not empty, not above its count or its bytes.
+        assert!(Request::decode(&[VERSION, 4, 0, 0], &l).is_err());
+        let over = Request::StoreMany(vec![e.clone(); STORE_BATCH_MAX + 1]);
+        assert!(matches!(Request::decode(&over.encode(), &l), Err(DecodeError::TooLarge { .. })));
+        let fat = Envelope::new(Topic([1; 32]), 1, 60, vec![], pad(&vec![7u8; 200 * 1024], &l).unwrap());
+        let heavy = Request::StoreMany(vec![fat; 6]);
+        assert!(matches!(Request::decode(&heavy.encode(), &l), Err(DecodeError::TooLarge { .. })));
         // Found by the store_protocol fuzz target: non-UTF-8 error text must be refused, since
         // a lossy decode would re-encode to other bytes.
         assert!(Response::decode(&[1, 4, 0, 0, 0, 3, 0, 0, 128], &l).is_err());

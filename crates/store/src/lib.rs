@@ -1,9 +1,12 @@
 //! Cairn's durable store on redb: envelopes by id and by topic (with an ordered cursor), and
 //! named key material.
 //!
-//! Every write is one ACID transaction committed with `Durability::Immediate` (fsync) before it
-//! is acknowledged; [`Store::append`] takes a batch so callers can group-commit many envelopes
-//! with one fsync. Values read back from disk are decoded with the same bounded decoders as
+//! Every acknowledged write is one ACID transaction committed with `Durability::Immediate`
+//! (fsync); [`Store::append`] takes a batch so callers can group-commit many envelopes with one
+//! fsync. The one exception is [`Store::append_deferred`], for copies that can be fetched again
+//! (a user node's local history of what the mesh delivered): its commits are atomic and visible
+//! at once, made durable by the next durable commit or [`Store::sync`], and a crash before that
+//! rolls the file back to a consistent earlier state. Values read back from disk are decoded with the same bounded decoders as
 //! network input: a damaged file gives an error, never a panic.
 //!
 //! Tables (schema version 1):
@@ -79,7 +82,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 /// What happened to one envelope given to [`Store::append`].
@@ -121,6 +125,8 @@ pub struct Consistency {
 pub struct Store {
     db: Database,
     limits: Limits,
+    /// A deferred commit is not durable yet.
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 /// Page cache of a store opened with [`Store::open`], bytes.
@@ -159,7 +165,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(Self { db, limits })
+        Ok(Self { db, limits, deferred: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// The underlying database, for components that keep their own typed tables
@@ -183,9 +189,60 @@ impl Store {
         now_ms: u64,
     ) -> Result<AppendReport, StoreError> {
         let tx = self.db.begin_write()?;
+        let report = Self::append_in(&tx, envelopes, retention, now_ms)?;
+        tx.commit()?;
+        self.deferred.store(false, std::sync::atomic::Ordering::Release);
+        Ok(report)
+    }
+
+    /// Stores a batch and named values in one atomic transaction that is not flushed to disk
+    /// (redb `Durability::None`): visible at once, durable at the next durable commit of this
+    /// store or [`Store::sync`]. Only for what can be fetched again after a crash rolls it back.
+    pub fn append_deferred(
+        &self,
+        envelopes: &[Envelope],
+        keys: &[(String, Vec<u8>)],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::None)?;
+        let report = Self::append_in(&tx, envelopes, &Retention::unbounded(), 0)?;
+        {
+            let mut t = tx.open_table(KEYS)?;
+            for (name, value) in keys {
+                t.insert(name.as_str(), value.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        self.deferred.store(true, std::sync::atomic::Ordering::Release);
+        Ok(report.results)
+    }
+
+    /// Whether a deferred commit is not durable yet.
+    pub fn has_deferred(&self) -> bool {
+        self.deferred.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes every deferred commit durable (one fsync; nothing to do when none is pending).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if !self.has_deferred() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        // Cleared under the write lock: a deferred commit after this one sets it again.
+        self.deferred.store(false, std::sync::atomic::Ordering::Release);
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn append_in(
+        tx: &redb::WriteTransaction,
+        envelopes: &[Envelope],
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport { results: Vec::with_capacity(envelopes.len()), evicted: 0 };
         {
-            let mut t = Tables::open(&tx)?;
+            let mut t = Tables::open(tx)?;
             for e in envelopes {
                 let id = e.id();
                 if t.envs.get(id.0)?.is_some() {
@@ -227,7 +284,6 @@ impl Store {
                 t.counters.insert("evicted", ev + report.evicted)?;
             }
         }
-        tx.commit()?;
         Ok(report)
     }
 
@@ -581,6 +637,33 @@ mod tests {
         let c = s.check().unwrap();
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         assert_eq!((c.envelopes, c.topics), (26, 2));
+    }
+
+    #[test]
+    fn deferred_commits_are_visible_at_once_and_durable_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.redb");
+        {
+            let s = Store::open(&path, Limits::default()).unwrap();
+            assert!(!s.has_deferred());
+            let keys = vec![("cursor/x".to_string(), 7u64.to_be_bytes().to_vec())];
+            let out = s.append_deferred(&[env(1, 0), env(1, 1)], &keys).unwrap();
+            assert_eq!(out, vec![Appended::Stored { seq: 0 }, Appended::Stored { seq: 1 }]);
+            assert!(s.has_deferred());
+            assert_eq!(s.topic_len(&Topic([1; 32])).unwrap(), 2, "visible before any fsync");
+            assert_eq!(s.append_deferred(&[env(1, 1)], &[]).unwrap(), vec![Appended::Duplicate]);
+            s.sync().unwrap();
+            assert!(!s.has_deferred());
+            // A durable append also makes earlier deferred commits durable.
+            s.append_deferred(&[env(2, 0)], &[]).unwrap();
+            s.append(&[env(3, 0)]).unwrap();
+            assert!(!s.has_deferred());
+        }
+        let s = Store::open(&path, Limits::default()).unwrap();
+        assert_eq!(s.topic_len(&Topic([1; 32])).unwrap(), 2);
+        assert_eq!(s.topic_len(&Topic([2; 32])).unwrap(), 1);
+        assert_eq!(s.get_key("cursor/x").unwrap(), Some(7u64.to_be_bytes().to_vec()));
+        assert!(s.check().unwrap().problems.is_empty());
     }
 
     #[test]

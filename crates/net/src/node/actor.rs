@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,12 +22,12 @@ use tracing::{debug, info, warn};
 use super::behaviour::Behaviour;
 use super::config::NodeConfig;
 use super::handle::Command;
-use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxJob, MailboxLane, OWN_JOBS_MAX, OwnJob};
+use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::shard::{SHARDS, nearest, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
 use crate::validate::Admission;
-use crate::wire::{Request, Response};
+use crate::wire::{Request, STORE_BATCH_BYTES_MAX, STORE_BATCH_MAX};
 
 /// Store requests in flight (awaiting an answer or a failure), at most. A request beyond it is
 /// not sent and counted in `requests_shed`; the state machine recovers it (sends are retried
@@ -40,9 +39,14 @@ const OUTBOUND_REQUESTS_MAX: usize = 16_384;
 /// the stage is emptied before the next swarm event is taken.
 const STAGED_JOBS_MAX: usize = 16_384;
 
+/// Committed results taken in one go, at most: own publications committed together leave in
+/// one store-many request per store node.
+const COMMITTED_DRAIN_MAX: usize = 64;
+
 /// What a request to a store node was for, to read its answer.
 pub(super) enum Outbound {
     Store(Id),
+    StoreMany(Vec<Id>),
     Page(Topic),
     Ids,
 }
@@ -61,10 +65,13 @@ pub(super) struct Node {
     pub(super) mailbox: Option<Arc<Store>>,
     history_jobs: Option<mpsc::Sender<HistoryJob>>,
     own_jobs: Option<mpsc::Sender<OwnJob>>,
-    pub(super) mailbox_jobs: Option<std_mpsc::SyncSender<MailboxJob>>,
+    pub(super) mailbox_jobs: Option<MailboxQueue>,
     threads: Vec<JoinHandle<()>>,
     /// History jobs waiting for room in the writer's queue; see `STAGED_JOBS_MAX`.
     staged: VecDeque<HistoryJob>,
+    /// Store requests of the current event, per store node, sent (batched) before the next
+    /// event is taken; bounded by what one event (or one drain of committed results) yields.
+    store_batches: HashMap<PeerId, Vec<Envelope>>,
     pub(super) sync: Sync<PeerId>,
     pub(super) admission: Admission<PeerId>,
     /// Store nodes among connected peers, with their Kademlia key: at most `connections_max`
@@ -138,7 +145,7 @@ impl Node {
         let mut threads = vec![history_lanes.thread];
         let mailbox_jobs = mailbox_lane.map(|l| {
             threads.push(l.thread);
-            l.jobs
+            l.queue
         });
         Self {
             sync: Sync::new(config.sync, [], []),
@@ -152,6 +159,7 @@ impl Node {
             mailbox_jobs,
             threads,
             staged: VecDeque::new(),
+            store_batches: HashMap::new(),
             store_peers: HashMap::new(),
             subscribed: HashSet::new(),
             outbound: HashMap::new(),
@@ -168,6 +176,7 @@ impl Node {
         let mut timers = Timers::new(&self.config);
         let mut done = None;
         loop {
+            self.send_store_batches();
             if !self.staged.is_empty()
                 && let Flow::Stop(d) = self.flush(&mut cmds, &mut committed).await
             {
@@ -181,10 +190,20 @@ impl Node {
                     Some(Command::Shutdown(d)) => { done = Some(d); break; }
                     Some(c) => self.on_command(c),
                 },
-                Some(c) = committed.recv() => self.on_committed(c),
+                Some(c) = committed.recv() => {
+                    self.on_committed(c);
+                    for _ in 1..COMMITTED_DRAIN_MAX {
+                        let Ok(c) = committed.try_recv() else { break };
+                        self.on_committed(c);
+                    }
+                }
                 _ = timers.tick.tick() => {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
+                    // Order-free; when the queue is full the writer checks after its next batch.
+                    if let Some(jobs) = &self.history_jobs {
+                        let _ = jobs.try_send(HistoryJob::Sync);
+                    }
                 }
                 _ = timers.resync.tick() => self.resync(),
                 _ = timers.expire.tick() => self.expire(),
@@ -215,7 +234,11 @@ impl Node {
             while let Some(j) = job.take() {
                 tokio::select! {
                     biased;
-                    Some(c) = committed.recv() => { job = Some(j); self.on_committed(c); }
+                    Some(c) = committed.recv() => {
+                        job = Some(j);
+                        self.on_committed(c);
+                        self.send_store_batches();
+                    }
                     permit = tx.reserve() => if let Ok(p) = permit { p.send(j) },
                     cmd = cmds.recv(), if self.staged.len() < STAGED_JOBS_MAX => {
                         job = Some(j);
@@ -269,12 +292,8 @@ impl Node {
             self.counters.store_commits += 1;
         }
         self.counters.store_envelopes += c.stored;
-        for (channel, id, outcome) in c.answers {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .store
-                .send_response(channel, Response::Stored(id, outcome).encode());
+        for (channel, response) in c.answers {
+            let _ = self.swarm.behaviour_mut().store.send_response(channel, response.encode());
         }
     }
 
@@ -283,8 +302,7 @@ impl Node {
         for o in outs {
             match o {
                 Output::StoreRequest { to, envelope } => {
-                    let id = envelope.id();
-                    self.request(to, Request::Store(envelope), Outbound::Store(id));
+                    self.store_batches.entry(to).or_default().push(envelope)
                 }
                 Output::PageRequest { to, topic, from, limit } => {
                     self.request(to, Request::Page { topic, from, limit }, Outbound::Page(topic));
@@ -297,6 +315,45 @@ impl Node {
                 Output::Cursor { topic, store, cursor } => {
                     self.staged.push_back(HistoryJob::Cursor { key: cursor_key(&topic, &store), cursor });
                 }
+            }
+        }
+    }
+
+    /// Sends the store requests of the last event: one request per store node and batch
+    /// (at most `STORE_BATCH_MAX` envelopes and `STORE_BATCH_BYTES_MAX` bytes).
+    fn send_store_batches(&mut self) {
+        if self.store_batches.is_empty() {
+            return;
+        }
+        for (to, envs) in std::mem::take(&mut self.store_batches) {
+            let mut batch: Vec<Envelope> = Vec::new();
+            let mut bytes = 0;
+            for e in envs {
+                let len = e.encode().len() + 8;
+                if !batch.is_empty()
+                    && (batch.len() == STORE_BATCH_MAX || bytes + len > STORE_BATCH_BYTES_MAX)
+                {
+                    self.request_store(to, std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+                bytes += len;
+                batch.push(e);
+            }
+            self.request_store(to, batch);
+        }
+    }
+
+    fn request_store(&mut self, to: PeerId, mut batch: Vec<Envelope>) {
+        match batch.len() {
+            0 => {}
+            1 => {
+                let e = batch.remove(0);
+                let id = e.id();
+                self.request(to, Request::Store(e), Outbound::Store(id));
+            }
+            _ => {
+                let ids = batch.iter().map(Envelope::id).collect();
+                self.request(to, Request::StoreMany(batch), Outbound::StoreMany(ids));
             }
         }
     }
@@ -370,7 +427,7 @@ impl Node {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Publish(env, reply) => self.publish(*env, reply),
+            Command::Publish(env, durable, reply) => self.publish(*env, durable, reply),
             Command::Subscribe(topic, reply) => {
                 let _ = reply.send(self.subscribe(topic));
             }
@@ -443,7 +500,7 @@ impl Node {
 
     /// Checks our own envelope and queues it for the local history writer; it is gossiped and
     /// pushed to the store nodes only once durable, and the caller's reply waits for that.
-    fn publish(&mut self, env: Envelope, reply: oneshot::Sender<Result<Id, NodeError>>) {
+    fn publish(&mut self, env: Envelope, durable: bool, reply: oneshot::Sender<Result<Id, NodeError>>) {
         let id = env.id();
         if env.payload.is_none() || !pow::check(&env.header, self.config.admission.difficulty) {
             let why = "envelope has no payload or not enough proof of work";
@@ -470,7 +527,7 @@ impl Node {
             let _ = reply.send(Err(NodeError::Stopped));
             return;
         };
-        match tx.try_send(OwnJob { envelope: env, reply }) {
+        match tx.try_send(OwnJob { envelope: env, durable, reply }) {
             Ok(()) => self.admission.mark_seen(id),
             Err(mpsc::error::TrySendError::Full(j)) => {
                 let why = format!("local history writer busy ({OWN_JOBS_MAX} publications queued); retry");

@@ -1,6 +1,9 @@
 //! What the swarm reports to the actor: gossip (admitted through [`crate::validate`]),
 //! identify and discovery, connections, and the answers to our store requests.
 
+use std::collections::HashSet;
+
+use cairn_proto::Id;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
@@ -112,7 +115,12 @@ impl Node {
             },
             request_response::Event::OutboundFailure { request_id, peer, error, .. } => {
                 debug!(%peer, %error, "store request failed");
-                if let Some((from, Outbound::Store(id))) = self.outbound.remove(&request_id) {
+                let ids = match self.outbound.remove(&request_id) {
+                    Some((from, Outbound::Store(id))) => vec![(from, id)],
+                    Some((from, Outbound::StoreMany(ids))) => ids.into_iter().map(|id| (from, id)).collect(),
+                    _ => vec![],
+                };
+                for (from, id) in ids {
                     let outs = self.sync.handle(Input::StoreFailed { id, from }, now_ms());
                     self.apply(outs);
                 }
@@ -125,6 +133,27 @@ impl Node {
     fn on_store_response(&mut self, request_id: OutboundRequestId, response: &[u8]) {
         let Some((from, kind)) = self.outbound.remove(&request_id) else { return };
         let limits = self.config.admission.limits;
+        if let Outbound::StoreMany(ids) = kind {
+            // Each id of the request is acknowledged only by its own "stored" or "duplicate".
+            let acked: HashSet<Id> = match Response::decode(response, &limits) {
+                Ok(Response::StoredMany(list)) => list
+                    .into_iter()
+                    .filter(|(_, o)| matches!(o, StoreOutcome::Stored | StoreOutcome::Duplicate))
+                    .map(|(id, _)| id)
+                    .collect(),
+                _ => HashSet::new(),
+            };
+            for id in ids {
+                let input = if acked.contains(&id) {
+                    Input::StoreAck { id, from }
+                } else {
+                    Input::StoreFailed { id, from }
+                };
+                let outs = self.sync.handle(input, now_ms());
+                self.apply(outs);
+            }
+            return;
+        }
         let input = match (Response::decode(response, &limits), kind) {
             (
                 Ok(Response::Stored(id, StoreOutcome::Stored | StoreOutcome::Duplicate)),

@@ -2,8 +2,6 @@
 //! here and committed by the mailbox writer (answered once durable); page and id requests are
 //! read from the mailbox and cut to the response frame limit.
 
-use std::sync::mpsc::TrySendError;
-
 use cairn_proto::{Envelope, Id, Topic, pow};
 use cairn_store::Store;
 use libp2p::PeerId;
@@ -12,7 +10,7 @@ use tracing::debug;
 
 use super::actor::Node;
 use super::now_ms;
-use super::writer::MailboxJob;
+use super::writer::{MailboxJob, NotQueued};
 use crate::wire::{RESPONSE_BYTES_MAX, Request, Response, StoreOutcome};
 
 /// Bytes reserved for a response's framing and header when filling it with envelopes.
@@ -30,17 +28,25 @@ impl Node {
             self.respond(channel, Response::Error("not a store node".into()));
             return;
         };
+        let bytes = request.len();
         let resp = match Request::decode(&request, &limits) {
             Err(e) => {
                 debug!(%peer, "bad store request: {e}");
                 Response::Error(format!("bad request: {e}"))
             }
-            Ok(Request::Store(env)) => match self.admit_for_storage(env, channel) {
+            Ok(Request::Store(env)) => match self.admit_for_storage(vec![env], false, bytes, channel) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
                 }
                 None => return, // answered by the mailbox writer once committed
+            },
+            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(envs, true, bytes, channel) {
+                Some((channel, resp)) => {
+                    self.respond(channel, resp);
+                    return;
+                }
+                None => return,
             },
             Ok(Request::Page { topic, from, limit }) => page(&mailbox, &topic, from, limit),
             Ok(Request::Ids(ids)) => by_ids(&mailbox, ids),
@@ -52,35 +58,53 @@ impl Node {
         let _ = self.swarm.behaviour_mut().store.send_response(channel, resp.encode());
     }
 
-    /// Checks an envelope offered for storage and queues it for the mailbox writer; returns
-    /// an immediate answer when it is refused or the queue is full (`MAILBOX_JOBS_MAX`).
+    /// Checks the envelopes offered for storage and queues them for the mailbox writer;
+    /// returns an immediate answer when every one is refused or the queue is full (in requests
+    /// or bytes).
     fn admit_for_storage(
         &mut self,
-        env: Envelope,
+        envs: Vec<Envelope>,
+        many: bool,
+        bytes: usize,
         channel: ResponseChannel<Vec<u8>>,
     ) -> Option<(ResponseChannel<Vec<u8>>, Response)> {
-        let h = &env.header;
         let a = &self.config.admission;
-        if env.payload.is_none()
-            || !pow::check(h, a.difficulty)
-            || h.timestamp_ms > now_ms() + a.future_skew_ms_max
-            || h.ttl_secs > a.ttl_secs_max
-        {
-            return Some((channel, Response::Stored(env.id(), StoreOutcome::Refused)));
+        let now = now_ms();
+        let items: Vec<Result<Envelope, Id>> = envs
+            .into_iter()
+            .map(|env| {
+                let h = &env.header;
+                let bad = env.payload.is_none()
+                    || !pow::check(h, a.difficulty)
+                    || h.timestamp_ms > now + a.future_skew_ms_max
+                    || h.ttl_secs > a.ttl_secs_max;
+                if bad { Err(env.id()) } else { Ok(env) }
+            })
+            .collect();
+        let job = MailboxJob { channel, items, many, bytes };
+        if job.items.iter().all(Result::is_err) {
+            let outcomes = job.items.iter().map(|i| (refused_id(i), StoreOutcome::Refused)).collect();
+            let answer = job.answer(outcomes);
+            return Some((job.channel, answer));
         }
-        let Some(tx) = &self.mailbox_jobs else {
-            return Some((channel, Response::Error("store is shutting down".into())));
+        let Some(queue) = &self.mailbox_jobs else {
+            return Some((job.channel, Response::Error("store is shutting down".into())));
         };
-        match tx.try_send(MailboxJob { channel, envelope: env }) {
+        match queue.try_push(job) {
             Ok(()) => None,
-            Err(TrySendError::Full(j)) => {
+            Err(NotQueued::Busy(j)) => {
                 self.counters.requests_shed += 1;
                 Some((j.channel, Response::Error("store node busy; retry later".into())))
             }
-            Err(TrySendError::Disconnected(j)) => {
-                Some((j.channel, Response::Error("store is shutting down".into())))
-            }
+            Err(NotQueued::Closed(j)) => Some((j.channel, Response::Error("store is shutting down".into()))),
         }
+    }
+}
+
+fn refused_id(item: &Result<Envelope, Id>) -> Id {
+    match item {
+        Ok(e) => e.id(),
+        Err(id) => *id,
     }
 }
 

@@ -1,11 +1,19 @@
 //! The group-committing writer threads. The history writer commits deliveries, own
 //! publications and resume cursors to `history.redb` and only then emits the events; the
 //! mailbox writer commits store requests to `mailbox.redb` and only then lets the actor answer.
-//! One redb transaction (one fsync) per batch.
+//! One redb transaction per batch.
+//!
+//! Durability: a batch holding an own publication (unless its caller holds it durably itself,
+//! `publish_held`), and every mailbox batch, is fsynced before anyone is told. A batch of deliveries and cursors only is a deferred commit
+//! ([`Store::append_deferred`]), made durable within [`HISTORY_SYNC_EVERY_MS`] (or by the next
+//! durable commit, a user node's own durable write, or shutdown): what the mesh delivered is
+//! held by the topic's store nodes, and a crash rolls back the deliveries and the cursors past
+//! them together, so the next start fetches them again.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self as std_mpsc, TrySendError};
 use std::thread::JoinHandle;
 
 use cairn_proto::{Envelope, Id};
@@ -17,10 +25,12 @@ use tracing::warn;
 use super::events::{EventSink, NodeEvent};
 use super::{NodeError, now_ms};
 use crate::sync::SendStatus;
-use crate::wire::StoreOutcome;
+use crate::wire::{Response, StoreOutcome};
 
 /// Writes grouped into one commit, at most.
 const COMMIT_BATCH_MAX: usize = 512;
+/// Deferred history commits become durable at most this long after, ms.
+pub(super) const HISTORY_SYNC_EVERY_MS: u64 = 1000;
 /// History jobs queued for the writer, at most. When full, the actor waits for room (still
 /// taking committed results and handle commands meanwhile) and does not poll the swarm: the
 /// back-pressure of a slow event consumer reaches the network.
@@ -56,18 +66,22 @@ pub(super) enum HistoryJob {
         /// New status.
         status: SendStatus,
     },
-    /// Persist a resume cursor, after the envelopes queued before it are durable.
+    /// Persist a resume cursor, in the commit of the envelopes queued before it (or a later one).
     Cursor {
         /// Key in the history store.
         key: String,
         /// Next cursor.
         cursor: u64,
     },
+    /// Time passed: make deferred commits durable if the last sync is old enough.
+    Sync,
 }
 
 /// Our own publication: persisted, then handed back to the actor to be gossiped.
 pub(super) struct OwnJob {
     pub(super) envelope: Envelope,
+    /// Fsync before gossiping (false: the caller holds it durably, see `publish_held`).
+    pub(super) durable: bool,
     pub(super) reply: oneshot::Sender<Result<Id, NodeError>>,
 }
 
@@ -79,17 +93,36 @@ pub(super) enum Committed {
     Own(Box<Envelope>, oneshot::Sender<Result<Id, NodeError>>),
 }
 
-/// A store request waiting for the mailbox commit.
+/// A store request (one envelope or a batch) waiting for the mailbox commit.
 pub(super) struct MailboxJob {
     pub(super) channel: ResponseChannel<Vec<u8>>,
-    pub(super) envelope: Envelope,
+    /// Each envelope to store, or the id of one refused before the commit.
+    pub(super) items: Vec<Result<Envelope, Id>>,
+    /// A store-many request (answered with `StoredMany`).
+    pub(super) many: bool,
+    /// Request bytes, counted against `MAILBOX_QUEUED_BYTES_MAX` while queued.
+    pub(super) bytes: usize,
+}
+
+impl MailboxJob {
+    fn envelopes(&self) -> usize {
+        self.items.iter().filter(|i| i.is_ok()).count()
+    }
+
+    /// The answer, given each item's outcome in order.
+    pub(super) fn answer(&self, outcomes: Vec<(Id, StoreOutcome)>) -> Response {
+        match (self.many, outcomes.first()) {
+            (false, Some((id, o))) => Response::Stored(*id, *o),
+            _ => Response::StoredMany(outcomes),
+        }
+    }
 }
 
 /// The answers of one mailbox batch.
 pub(super) struct MailboxCommit {
     pub(super) ok: bool,
     pub(super) stored: u64,
-    pub(super) answers: Vec<(ResponseChannel<Vec<u8>>, Id, StoreOutcome)>,
+    pub(super) answers: Vec<(ResponseChannel<Vec<u8>>, Response)>,
 }
 
 /// The actor's ends of the history writer.
@@ -107,7 +140,16 @@ pub(super) fn spawn_history_writer(
 ) -> io::Result<HistoryLanes> {
     let (jobs_tx, jobs) = mpsc::channel(HISTORY_JOBS_MAX);
     let (own_tx, own) = mpsc::channel(OWN_JOBS_MAX);
-    let writer = HistoryWriter { store, sink, committed, jobs, own, jobs_open: true, own_open: true };
+    let writer = HistoryWriter {
+        store,
+        sink,
+        committed,
+        jobs,
+        own,
+        jobs_open: true,
+        own_open: true,
+        synced_at: std::time::Instant::now(),
+    };
     let thread = std::thread::Builder::new()
         .name("cairn-history".into())
         .spawn(move || futures::executor::block_on(writer.run()))?;
@@ -124,12 +166,28 @@ struct HistoryWriter {
     /// False once the actor closed the own lane (shutdown): from then on nothing waits for
     /// the event consumer.
     own_open: bool,
+    /// Last time deferred commits were made durable.
+    synced_at: std::time::Instant,
 }
 
 impl HistoryWriter {
     async fn run(mut self) {
         while let Some((own, jobs)) = self.next_batch().await {
             self.commit(own, jobs).await;
+            self.maybe_sync(false);
+        }
+        self.maybe_sync(true);
+    }
+
+    /// Makes deferred commits durable when `now` or when the last sync is old enough.
+    fn maybe_sync(&mut self, now: bool) {
+        let due = self.synced_at.elapsed() >= std::time::Duration::from_millis(HISTORY_SYNC_EVERY_MS);
+        if !self.store.has_deferred() || !(now || due) {
+            return;
+        }
+        self.synced_at = std::time::Instant::now();
+        if let Err(e) = self.store.sync() {
+            warn!("cannot make the local history durable: {e}");
         }
     }
 
@@ -164,22 +222,30 @@ impl HistoryWriter {
         Some((own, jobs))
     }
 
-    /// One commit for the batch, then cursors, then own replies, then the events in order.
+    /// One commit for the batch (with its cursors), then own replies, then the events in order.
     async fn commit(&mut self, own: Vec<OwnJob>, jobs: Vec<HistoryJob>) {
         let mut envs: Vec<Envelope> = own.iter().map(|j| j.envelope.clone()).collect();
         envs.extend(jobs.iter().filter_map(|j| match j {
             HistoryJob::Deliver { envelope, .. } => Some(envelope.clone()),
             _ => None,
         }));
-        let result = self.append(&envs);
-        // A cursor becomes durable only after the envelopes before it: a restart never skips mail.
-        for j in &jobs {
-            if let HistoryJob::Cursor { key, cursor } = j
-                && let Err(e) = self.store.put_key(key, &cursor.to_be_bytes())
-            {
-                warn!("cannot persist cursor: {e}");
+        let cursors: Vec<(String, Vec<u8>)> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                HistoryJob::Cursor { key, cursor } => Some((key.clone(), cursor.to_be_bytes().to_vec())),
+                _ => None,
+            })
+            .collect();
+        let result = if !own.iter().any(|j| j.durable) {
+            self.append_deferred(&envs, &cursors)
+        } else {
+            // Own publications are acknowledged: fsynced (with every deferred commit before).
+            let r = self.append(&envs);
+            if r.is_ok() && !cursors.is_empty() {
+                let _ = self.append_deferred(&[], &cursors);
             }
-        }
+            r
+        };
         let own_len = own.len();
         for j in own {
             self.finish_own(j, result.as_ref().map(|_| ()).map_err(ToString::to_string)).await;
@@ -194,10 +260,25 @@ impl HistoryWriter {
                     NodeEvent::Delivered { envelope: Box::new(envelope), id, after_gap }
                 }
                 HistoryJob::Status { id, status } => NodeEvent::Status { id, status },
-                HistoryJob::Cursor { .. } => continue,
+                HistoryJob::Cursor { .. } | HistoryJob::Sync => continue,
             };
             self.emit(ev).await;
         }
+    }
+
+    fn append_deferred(
+        &self,
+        envs: &[Envelope],
+        keys: &[(String, Vec<u8>)],
+    ) -> Result<Vec<Appended>, StoreError> {
+        if envs.is_empty() && keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = self.store.append_deferred(envs, keys);
+        if let Err(e) = &result {
+            warn!("cannot persist {} envelopes: {e}", envs.len());
+        }
+        result
     }
 
     fn append(&self, envs: &[Envelope]) -> Result<Vec<Appended>, StoreError> {
@@ -213,8 +294,9 @@ impl HistoryWriter {
 
     /// An own publication alone (while events wait for the consumer).
     async fn commit_own(&mut self, j: OwnJob) {
-        let result = self.append(std::slice::from_ref(&j.envelope)).map(|_| ()).map_err(|e| e.to_string());
-        self.finish_own(j, result).await;
+        let envs = std::slice::from_ref(&j.envelope);
+        let result = if j.durable { self.append(envs) } else { self.append_deferred(envs, &[]) };
+        self.finish_own(j, result.map(|_| ()).map_err(|e| e.to_string())).await;
     }
 
     async fn finish_own(&mut self, j: OwnJob, result: Result<(), String>) {
@@ -255,9 +337,46 @@ impl HistoryWriter {
     }
 }
 
+/// Store requests waiting for the mailbox writer, in request bytes, at most (with
+/// `MAILBOX_JOBS_MAX` requests). Beyond it a store request is answered "busy" at once.
+pub(super) const MAILBOX_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The actor's end of the mailbox writer's queue, bounded in requests and in bytes.
+pub(super) struct MailboxQueue {
+    jobs: std_mpsc::SyncSender<MailboxJob>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// Why a store request was not queued.
+pub(super) enum NotQueued {
+    /// Over `MAILBOX_JOBS_MAX` requests or `MAILBOX_QUEUED_BYTES_MAX` bytes.
+    Busy(MailboxJob),
+    /// The writer stopped.
+    Closed(MailboxJob),
+}
+
+impl MailboxQueue {
+    /// Queues a store request unless a bound is reached.
+    pub(super) fn try_push(&self, job: MailboxJob) -> Result<(), NotQueued> {
+        let bytes = job.bytes;
+        if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > MAILBOX_QUEUED_BYTES_MAX {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(NotQueued::Busy(job));
+        }
+        self.jobs.try_send(job).map_err(|e| {
+            let (job, busy) = match e {
+                TrySendError::Full(j) => (j, true),
+                TrySendError::Disconnected(j) => (j, false),
+            };
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            if busy { NotQueued::Busy(job) } else { NotQueued::Closed(job) }
+        })
+    }
+}
+
 /// The actor's ends of the mailbox writer.
 pub(super) struct MailboxLane {
-    pub(super) jobs: std_mpsc::SyncSender<MailboxJob>,
+    pub(super) queue: MailboxQueue,
     pub(super) thread: JoinHandle<()>,
 }
 
@@ -269,50 +388,67 @@ pub(super) fn spawn_mailbox_writer(
     committed: mpsc::Sender<Committed>,
 ) -> io::Result<MailboxLane> {
     let (tx, rx) = std_mpsc::sync_channel::<MailboxJob>(MAILBOX_JOBS_MAX);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let queued = queued_bytes.clone();
     let thread = std::thread::Builder::new().name("cairn-mailbox".into()).spawn(move || {
-        while let Some(batch) = next_batch(&rx) {
+        while let Some(batch) = next_mailbox_batch(&rx) {
+            let bytes: usize = batch.iter().map(|j| j.bytes).sum();
             let commit = commit_mailbox(&store, &retention, batch);
+            queued.fetch_sub(bytes, Ordering::AcqRel);
             if committed.blocking_send(Committed::Mailbox(commit)).is_err() {
                 break;
             }
         }
     })?;
-    Ok(MailboxLane { jobs: tx, thread })
+    Ok(MailboxLane { queue: MailboxQueue { jobs: tx, queued_bytes }, thread })
 }
 
-/// Takes the first job (blocking) and every job already queued, up to the batch limit.
-fn next_batch<T>(rx: &std_mpsc::Receiver<T>) -> Option<Vec<T>> {
+/// Takes the first request (blocking) and the requests already queued, until the batch holds
+/// `COMMIT_BATCH_MAX` envelopes.
+fn next_mailbox_batch(rx: &std_mpsc::Receiver<MailboxJob>) -> Option<Vec<MailboxJob>> {
     let first = rx.recv().ok()?;
+    let mut envelopes = first.envelopes();
     let mut batch = vec![first];
-    while batch.len() < COMMIT_BATCH_MAX
+    while envelopes < COMMIT_BATCH_MAX
         && let Ok(j) = rx.try_recv()
     {
+        envelopes += j.envelopes();
         batch.push(j);
     }
     Some(batch)
 }
 
 fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) -> MailboxCommit {
-    let envs: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
+    let envs: Vec<Envelope> =
+        batch.iter().flat_map(|j| j.items.iter().filter_map(|i| i.as_ref().ok().cloned())).collect();
     let result = store.append_with(&envs, retention, now_ms());
     if let Err(e) = &result {
         warn!("mailbox append failed: {e}");
     }
+    let mut results = result.as_ref().ok().map(|r| r.results.iter());
     let mut stored = 0;
-    let answers = batch
-        .into_iter()
-        .enumerate()
-        .map(|(i, j)| {
-            let outcome = match result.as_ref().ok().and_then(|r| r.results.get(i)) {
-                Some(Appended::Stored { .. }) => {
-                    stored += 1;
-                    StoreOutcome::Stored
+    let mut answers = Vec::with_capacity(batch.len());
+    for j in batch {
+        let outcomes: Vec<(Id, StoreOutcome)> = j
+            .items
+            .iter()
+            .map(|item| match item {
+                Err(id) => (*id, StoreOutcome::Refused),
+                Ok(e) => {
+                    let outcome = match results.as_mut().and_then(Iterator::next) {
+                        Some(Appended::Stored { .. }) => {
+                            stored += 1;
+                            StoreOutcome::Stored
+                        }
+                        Some(Appended::Duplicate) => StoreOutcome::Duplicate,
+                        _ => StoreOutcome::Refused,
+                    };
+                    (e.id(), outcome)
                 }
-                Some(Appended::Duplicate) => StoreOutcome::Duplicate,
-                _ => StoreOutcome::Refused,
-            };
-            (j.channel, j.envelope.id(), outcome)
-        })
-        .collect();
+            })
+            .collect();
+        let answer = j.answer(outcomes);
+        answers.push((j.channel, answer));
+    }
     MailboxCommit { ok: result.is_ok(), stored, answers }
 }

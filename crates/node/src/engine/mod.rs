@@ -242,7 +242,18 @@ impl Engine {
             self.sync(&id, seq, now_ms);
             self.replay_history(id, seq, now_ms)?;
         }
+        let by_topic: std::collections::HashMap<_, _> =
+            self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
         for env in self.db.outbox()? {
+            // The local history's copy is a deferred commit that a crash may have lost: the
+            // chain learns the send from the outbox then.
+            let id = env.id();
+            if let Some(conv) = by_topic.get(&env.header.topic).copied()
+                && !self.core.knows(&conv, &id)
+                && let Some(plain) = self.db.plain(&id)?
+            {
+                self.known(conv, id, &plain, now_ms);
+            }
             self.io.push(Io::Publish(Box::new(env)));
         }
         Ok(())

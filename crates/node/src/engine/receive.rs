@@ -66,8 +66,19 @@ impl Engine {
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) {
-        let fresh: Vec<Arrival> =
-            arrivals.into_iter().filter(|a| !self.db.has_plain(&a.id).unwrap_or(false)).collect();
+        let mut fresh: Vec<Arrival> = Vec::with_capacity(arrivals.len());
+        for a in arrivals {
+            match self.db.plain(&a.id) {
+                // Read before. If the chain lacks it (the local history lost its lazy tail in a
+                // crash and the mesh brought it again), it goes back into the chain.
+                Ok(Some(bytes)) => {
+                    if !self.core.knows(&conv, &a.id) {
+                        self.known(conv, a.id, &bytes, now_ms);
+                    }
+                }
+                _ => fresh.push(a),
+            }
+        }
         if fresh.is_empty() {
             return;
         }
@@ -279,7 +290,7 @@ impl Engine {
     }
 
     /// An envelope read before this start: back into the chain.
-    fn known(&mut self, conv: ConversationId, id: Id, plain: &[u8], now_ms: u64) {
+    pub(super) fn known(&mut self, conv: ConversationId, id: Id, plain: &[u8], now_ms: u64) {
         let Ok(m) = Message::decode(plain, &self.cfg.limits) else { return };
         let input = if m.sender.account == self.keys.account && m.sender.device == self.keys.device {
             Input::Sent { conv, id, parents: m.parents.clone(), text: false }
