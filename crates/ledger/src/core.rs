@@ -24,6 +24,10 @@ const SIG_CACHE_MAX: usize = 400_000;
 /// does not hold) before it is rejected with [`TxError::NonceSkipped`]; the predecessor may be
 /// at another validator, which includes it within a few blocks.
 pub const NONCE_GAP_BLOCKS: u64 = 100;
+/// Rejection records kept for clients asking about a transaction (records). Overflow policy: the
+/// oldest record is forgotten (that transaction's status reads `Unknown` again; it was never
+/// going to be included).
+pub const REJECTED_MAX: usize = 100_000;
 /// How often (in finalized blocks) the mempool is swept for used nonces and stale gaps.
 const SWEEP_EVERY: u64 = 8;
 
@@ -81,6 +85,8 @@ struct Core {
     sig_order: VecDeque<TxId>,
     tx_index: HashMap<TxId, (u64, Outcome)>,
     rejected: HashMap<TxId, TxError>,
+    /// Order in which `rejected` got its records (may hold ids already gone from it).
+    rejected_order: VecDeque<TxId>,
     handshakes: HashMap<Topic, Vec<Vec<u8>>>,
     /// Encoded finalization certificates by block digest.
     finalizations: HashMap<[u8; 32], Vec<u8>>,
@@ -128,6 +134,7 @@ impl Ledger {
             sig_order: VecDeque::new(),
             tx_index: HashMap::new(),
             rejected: HashMap::new(),
+            rejected_order: VecDeque::new(),
             handshakes: HashMap::new(),
             finalizations: HashMap::new(),
             certified: None,
@@ -484,7 +491,7 @@ impl Ledger {
             }
             dropped += 1;
             c.remove_from_pool(&d.tx);
-            c.rejected.insert(d.tx, d.error.clone());
+            c.reject(d.tx, d.error.clone());
         }
         let txs: Vec<Vec<u8>> = ex.included.iter().map(|&i| candidates[i].clone()).collect();
         let block = Block::new(height, *parent, ex.layer.root, txs);
@@ -626,7 +633,22 @@ impl Core {
         }
         for (id, e) in gone {
             self.remove_from_pool(&id);
-            self.rejected.insert(id, e);
+            self.reject(id, e);
+        }
+    }
+
+    /// Records why `id` was rejected, forgetting the oldest records beyond [`REJECTED_MAX`].
+    fn reject(&mut self, id: TxId, e: TxError) {
+        if self.rejected.insert(id, e).is_none() {
+            self.rejected_order.push_back(id);
+        }
+        while self.rejected.len() > REJECTED_MAX {
+            let Some(old) = self.rejected_order.pop_front() else { break };
+            self.rejected.remove(&old);
+        }
+        if self.rejected_order.len() > 2 * REJECTED_MAX {
+            let rejected = &self.rejected;
+            self.rejected_order.retain(|id| rejected.contains_key(id));
         }
     }
 
