@@ -151,6 +151,12 @@ impl<P: Eq + Hash + Clone> RateLimiter<P> {
 
     /// Takes one token for `peer` at `now_ms`; false if the peer is over its rate.
     pub fn allow(&mut self, peer: &P, now_ms: u64) -> bool {
+        self.allow_n(peer, 1, now_ms)
+    }
+
+    /// Takes `n` tokens for `peer` at `now_ms` (all or none); false if the peer is over its rate.
+    pub fn allow_n(&mut self, peer: &P, n: u32, now_ms: u64) -> bool {
+        let n = f64::from(n.max(1));
         if !self.buckets.contains_key(peer) && self.buckets.len() >= self.peers_max {
             // Forget the peer seen longest ago; bounded memory under a Sybil flood.
             if let Some(old) = self.buckets.iter().min_by_key(|(_, (_, t))| *t).map(|(p, _)| p.clone()) {
@@ -161,8 +167,8 @@ impl<P: Eq + Hash + Clone> RateLimiter<P> {
         let elapsed_s = now_ms.saturating_sub(*last) as f64 / 1000.0;
         *tokens = (*tokens + elapsed_s * self.rate_per_sec).min(self.burst);
         *last = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= n {
+            *tokens -= n;
             true
         } else {
             false
@@ -308,6 +314,16 @@ mod tests {
         assert!(r.allow(&2u32, 0), "another peer has its own bucket");
         assert!(!r.allow(&1u32, 50));
         assert!(r.allow(&1u32, 200), "refilled after 200 ms at 10/s");
+    }
+
+    #[test]
+    fn a_batch_takes_all_its_tokens_or_none() {
+        let mut r = RateLimiter::new(10, 20, 100);
+        assert!(r.allow_n(&1u32, 15, 0));
+        assert!(!r.allow_n(&1u32, 10, 0), "5 left: a batch of 10 is refused whole");
+        assert!(r.allow_n(&1u32, 5, 0), "and took nothing");
+        assert!(!r.allow(&1u32, 0));
+        assert!(r.allow_n(&1u32, 10, 1000), "10 refilled in a second");
     }
 
     #[test]

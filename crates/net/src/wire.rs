@@ -7,7 +7,7 @@
 //!   3 ids    count:u16 id:[32]*
 //!   4 store-many count:u16 (1..=STORE_BATCH_MAX) envelope:bytes*
 //! response = version:u8 kind:u8 body
-//!   1 stored id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused)
+//!   1 stored id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full)
 //!   2 page   count:u32 (seq:u64 envelope:bytes)* has_next:u8 next:u64?
 //!   3 envelopes count:u16 envelope:bytes*
 //!   4 error  message:bytes (≤ 256)
@@ -60,6 +60,7 @@ fn encode_outcome(w: &mut Writer, o: StoreOutcome) {
         StoreOutcome::Stored => 0,
         StoreOutcome::Duplicate => 1,
         StoreOutcome::Refused => 2,
+        StoreOutcome::Full => 3,
     });
 }
 
@@ -68,6 +69,7 @@ fn decode_outcome(r: &mut Reader<'_>) -> Result<StoreOutcome, DecodeError> {
         0 => Ok(StoreOutcome::Stored),
         1 => Ok(StoreOutcome::Duplicate),
         2 => Ok(StoreOutcome::Refused),
+        3 => Ok(StoreOutcome::Full),
         _ => Err(DecodeError::Invalid { field: "outcome", reason: "unknown" }),
     }
 }
@@ -81,6 +83,9 @@ pub enum StoreOutcome {
     Duplicate,
     /// Refused (invalid, expired, or this node is not a store).
     Refused,
+    /// Refused for now: a byte quota (of the topic, the requesting peer or the store) is
+    /// reached. Nothing stored was evicted; try another store node or later.
+    Full,
 }
 
 /// A store node's answer.

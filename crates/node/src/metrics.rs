@@ -29,7 +29,7 @@ pub struct Metrics {
     peers: Gauge,
     envelopes_relayed: Counter<u64, AtomicU64>,
     envelopes_stored: Counter<u64, AtomicU64>,
-    envelopes_evicted: Counter<u64, AtomicU64>,
+    envelopes_refused_full: Counter<u64, AtomicU64>,
     delivery_latency: Histogram,
     ledger_height: Gauge,
     mls_epochs: Gauge,
@@ -51,7 +51,7 @@ impl Metrics {
         let peers = Gauge::default();
         let envelopes_relayed = Counter::default();
         let envelopes_stored = Counter::default();
-        let envelopes_evicted = Counter::default();
+        let envelopes_refused_full = Counter::default();
         let delivery_latency = Histogram::new(LATENCY_BUCKETS);
         let ledger_height = Gauge::default();
         let mls_epochs = Gauge::default();
@@ -66,9 +66,9 @@ impl Metrics {
             envelopes_stored.clone(),
         );
         registry.register(
-            "envelopes_evicted",
-            "Stored envelopes evicted by retention (TTL or quota)",
-            envelopes_evicted.clone(),
+            "envelopes_refused_full",
+            "Envelopes a store refused because a byte quota was reached",
+            envelopes_refused_full.clone(),
         );
         registry.register(
             "delivery_latency_seconds",
@@ -89,7 +89,7 @@ impl Metrics {
             peers,
             envelopes_relayed,
             envelopes_stored,
-            envelopes_evicted,
+            envelopes_refused_full,
             delivery_latency,
             ledger_height,
             mls_epochs,
@@ -116,10 +116,10 @@ impl Metrics {
         raise_to(&self.envelopes_stored, total);
     }
 
-    /// Sets the evicted-envelope total from the store's running figure (see
+    /// Sets the quota-refused envelope total from the store's running figure (see
     /// [`Metrics::set_envelopes_relayed`]).
-    pub fn set_envelopes_evicted(&self, total: u64) {
-        raise_to(&self.envelopes_evicted, total);
+    pub fn set_envelopes_refused_full(&self, total: u64) {
+        raise_to(&self.envelopes_refused_full, total);
     }
 
     /// Records one delivery latency (sender timestamp → receipt here), in seconds; negative or
@@ -197,7 +197,7 @@ mod tests {
         m.set_envelopes_relayed(10);
         m.set_envelopes_relayed(7); // lower figure ignored
         m.set_envelopes_stored(5);
-        m.set_envelopes_evicted(2);
+        m.set_envelopes_refused_full(2);
         m.observe_delivery_latency(0.003);
         m.observe_delivery_latency(-1.0);
         m.observe_delivery_latency(f64::NAN);
@@ -213,7 +213,7 @@ mod tests {
             ("cairn_peers", "3"),
             ("cairn_envelopes_relayed_total", "10"),
             ("cairn_envelopes_stored_total", "5"),
-            ("cairn_envelopes_evicted_total", "2"),
+            ("cairn_envelopes_refused_full_total", "2"),
             ("cairn_delivery_latency_seconds_count", "1"),
             ("cairn_ledger_height", "42"),
             ("cairn_mls_epochs", "9"),

@@ -17,7 +17,9 @@
 //! - `arrival_log`: arrival seq → id (oldest-first eviction across topics)
 //! - `expiry`: (expires at ms, id) → () (TTL expiry)
 //! - `topic_count`: topic → envelopes currently stored
-//! - `counters`: `next_arrival`, `evicted`, `expired`
+//! - `counters`: `next_arrival`, `refused_full`, `expired`, `bytes`
+//! - `topic_bytes`: topic → bytes stored; `source_bytes`: source → bytes stored;
+//!   `source_of`: id → source (tables added without a version change: absent means empty)
 //! - `keys`: name → bytes (key material, MLS state)
 //! - `meta`: name → u64 (`schema_version`)
 
@@ -37,6 +39,12 @@ const ARRIVAL_LOG: TableDefinition<'_, u64, [u8; 32]> = TableDefinition::new("ar
 const EXPIRY: TableDefinition<'_, (u64, [u8; 32]), ()> = TableDefinition::new("expiry");
 const TOPIC_COUNT: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_count");
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
+/// topic → bytes of its envelopes stored now.
+const TOPIC_BYTES: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_bytes");
+/// source → bytes of the envelopes it offered that are stored now.
+const SOURCE_BYTES: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("source_bytes");
+/// id → the source that offered it (envelopes stored with a source only).
+const SOURCE_OF: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("source_of");
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
@@ -98,7 +106,23 @@ pub enum Appended {
     Duplicate,
     /// Already past its retention time; not stored.
     Expired,
+    /// Refused: storing it would exceed this quota (nothing stored is ever evicted for it).
+    Full(Quota),
 }
+
+/// Which byte quota refused an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// The topic's bytes.
+    Topic,
+    /// The bytes offered by one source (a peer).
+    Source,
+    /// The whole store's bytes.
+    Total,
+}
+
+/// Who offered an envelope, for the per-source quota (a store node uses a hash of the peer id).
+pub type Source = [u8; 32];
 
 /// One page of a topic's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +177,9 @@ impl Store {
             tx.open_table(EXPIRY)?;
             tx.open_table(TOPIC_COUNT)?;
             tx.open_table(COUNTERS)?;
+            tx.open_table(TOPIC_BYTES)?;
+            tx.open_table(SOURCE_BYTES)?;
+            tx.open_table(SOURCE_OF)?;
             tx.open_table(KEYS)?;
             let mut meta = tx.open_table(META)?;
             let found = meta.get("schema_version")?.map(|v| v.value());
@@ -176,20 +203,25 @@ impl Store {
 
     /// Stores a batch in one transaction and one fsync, with no quota. Returns once durable.
     pub fn append(&self, envelopes: &[Envelope]) -> Result<Vec<Appended>, StoreError> {
-        Ok(self.append_with(envelopes, &Retention::unbounded(), 0)?.results)
+        Ok(self.append_with(envelopes, &[], &Retention::unbounded(), 0)?.results)
     }
 
     /// Stores a batch in one transaction and one fsync, applying `retention`: an envelope
-    /// expires at `timestamp + min(ttl, ttl_secs_max)`; when a topic or the whole store is at its
-    /// quota, the oldest envelopes (of that topic, or overall) are evicted first and counted.
+    /// expires at `timestamp + min(ttl, ttl_secs_max)`; one that would take its topic, its
+    /// source (`sources[i]`, when `sources` is not empty) or the store above a byte quota is
+    /// refused ([`Appended::Full`]): unexpired mail is never evicted to make room.
     pub fn append_with(
         &self,
         envelopes: &[Envelope],
+        sources: &[Source],
         retention: &Retention,
         now_ms: u64,
     ) -> Result<AppendReport, StoreError> {
+        if !sources.is_empty() && sources.len() != envelopes.len() {
+            return Err(StoreError::Limit("one source per envelope, or none".into()));
+        }
         let tx = self.db.begin_write()?;
-        let report = Self::append_in(&tx, envelopes, retention, now_ms)?;
+        let report = Self::append_in(&tx, envelopes, sources, retention, now_ms)?;
         tx.commit()?;
         self.deferred.store(false, std::sync::atomic::Ordering::Release);
         Ok(report)
@@ -205,7 +237,7 @@ impl Store {
     ) -> Result<Vec<Appended>, StoreError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::None)?;
-        let report = Self::append_in(&tx, envelopes, &Retention::unbounded(), 0)?;
+        let report = Self::append_in(&tx, envelopes, &[], &Retention::unbounded(), 0)?;
         {
             let mut t = tx.open_table(KEYS)?;
             for (name, value) in keys {
@@ -237,13 +269,14 @@ impl Store {
     fn append_in(
         tx: &redb::WriteTransaction,
         envelopes: &[Envelope],
+        sources: &[Source],
         retention: &Retention,
         now_ms: u64,
     ) -> Result<AppendReport, StoreError> {
-        let mut report = AppendReport { results: Vec::with_capacity(envelopes.len()), evicted: 0 };
+        let mut report = AppendReport { results: Vec::with_capacity(envelopes.len()), refused_full: 0 };
         {
             let mut t = Tables::open(tx)?;
-            for e in envelopes {
+            for (i, e) in envelopes.iter().enumerate() {
                 let id = e.id();
                 if t.envs.get(id.0)?.is_some() {
                     report.results.push(Appended::Duplicate);
@@ -256,19 +289,21 @@ impl Store {
                     continue;
                 }
                 let topic = e.header.topic.0;
-                while t.topic_count(&topic)? >= retention.topic_envelopes_max {
-                    let Some(oldest) = t.oldest_of_topic(&topic)? else { break };
-                    t.delete(&oldest)?;
-                    report.evicted += 1;
+                let bytes = e.encode();
+                let len = bytes.len() as u64;
+                let source = sources.get(i).copied();
+                if let Some(q) = t.over_quota(&topic, source.as_ref(), len, retention)? {
+                    report.results.push(Appended::Full(q));
+                    report.refused_full += 1;
+                    continue;
                 }
-                while t.envs.len()? >= retention.total_envelopes_max {
-                    let Some(oldest) = t.oldest_overall()? else { break };
-                    t.delete(&oldest)?;
-                    report.evicted += 1;
+                t.add_bytes(&topic, source.as_ref(), len)?;
+                if let Some(src) = source {
+                    t.source_of.insert(id.0, src)?;
                 }
                 let seq = t.next.get(topic)?.map(|v| v.value()).unwrap_or(0);
                 let arrival = t.counter("next_arrival")?;
-                t.envs.insert(id.0, e.encode().as_slice())?;
+                t.envs.insert(id.0, bytes.as_slice())?;
                 t.log.insert((topic, seq), id.0)?;
                 t.meta.insert(id.0, (topic, seq, arrival, expires))?;
                 t.arrival.insert(arrival, id.0)?;
@@ -279,9 +314,9 @@ impl Store {
                 t.counters.insert("next_arrival", arrival + 1)?;
                 report.results.push(Appended::Stored { seq });
             }
-            if report.evicted > 0 {
-                let ev = t.counter("evicted")?;
-                t.counters.insert("evicted", ev + report.evicted)?;
+            if report.refused_full > 0 {
+                let n = t.counter("refused_full")?;
+                t.counters.insert("refused_full", n + report.refused_full)?;
             }
         }
         Ok(report)
@@ -318,7 +353,12 @@ impl Store {
         let counters = tx.open_table(COUNTERS)?;
         let get =
             |k: &str| -> Result<u64, StoreError> { Ok(counters.get(k)?.map(|v| v.value()).unwrap_or(0)) };
-        Ok(Stats { envelopes: envs.len()?, evicted: get("evicted")?, expired: get("expired")? })
+        Ok(Stats {
+            envelopes: envs.len()?,
+            bytes: get("bytes")?,
+            refused_full: get("refused_full")?,
+            expired: get("expired")?,
+        })
     }
 
     /// The envelope with this id, if stored.
@@ -343,6 +383,20 @@ impl Store {
 
     /// Envelopes of `topic` from cursor `from` (inclusive), at most `limit` of them.
     pub fn page(&self, topic: &Topic, from: u64, limit: usize) -> Result<Page, StoreError> {
+        self.page_within(topic, from, limit, usize::MAX, 0)
+    }
+
+    /// As [`Store::page`], and at most `bytes_max` bytes of stored envelopes (each counted with
+    /// `overhead` more): reading stops before the envelope that would pass it, and the cursor
+    /// resumes there. At least one entry is returned when the budget holds one.
+    pub fn page_within(
+        &self,
+        topic: &Topic,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+        overhead: usize,
+    ) -> Result<Page, StoreError> {
         if limit == 0 || limit > PAGE_ENVELOPES_MAX {
             return Err(StoreError::Limit(format!("page size must be 1..={PAGE_ENVELOPES_MAX}")));
         }
@@ -351,6 +405,7 @@ impl Store {
         let envs = tx.open_table(ENVELOPES)?;
         let mut entries = Vec::with_capacity(limit.min(64));
         let mut next = None;
+        let mut budget = bytes_max;
         for item in log.range((topic.0, from)..=(topic.0, u64::MAX))? {
             let (k, v) = item?;
             let (_, seq) = k.value();
@@ -368,6 +423,13 @@ impl Store {
                     },
                 });
             };
+            // The length is known from the table before the value is decoded.
+            let cost = bytes.value().len().saturating_add(overhead);
+            if cost > budget {
+                next = Some(seq);
+                break;
+            }
+            budget -= cost;
             entries.push((seq, self.decode(&id, bytes.value())?));
         }
         Ok(Page { entries, next })
@@ -410,15 +472,19 @@ impl Store {
         let tx = self.db.begin_write()?;
         let found;
         {
-            let mut t = tx.open_table(ENVELOPES)?;
-            let current = match t.get(id.0)? {
-                Some(v) => Some(self.decode(id, v.value())?),
+            let mut t = Tables::open(&tx)?;
+            let current = match t.envs.get(id.0)? {
+                Some(v) => Some((self.decode(id, v.value())?, v.value().len() as u64)),
                 None => None,
             };
             found = current.is_some();
-            if let Some(mut e) = current {
+            if let Some((mut e, old_len)) = current {
                 e.erase();
-                t.insert(id.0, e.encode().as_slice())?;
+                let bytes = e.encode();
+                t.envs.insert(id.0, bytes.as_slice())?;
+                // The freed bytes leave the quotas of its topic and source.
+                let source = t.source_of.get(id.0)?.map(|v| v.value());
+                t.sub_bytes(&e.header.topic.0, source.as_ref(), old_len.saturating_sub(bytes.len() as u64))?;
             }
         }
         tx.commit()?;
@@ -451,9 +517,12 @@ impl Store {
         let arrival = tx.open_table(ARRIVAL_LOG)?;
         let expiry = tx.open_table(EXPIRY)?;
         let mut c = Consistency { envelopes: envs.len()?, topics: 0, problems: vec![] };
+        let mut bytes_by_topic: std::collections::HashMap<[u8; 32], u64> = std::collections::HashMap::new();
+        let mut bytes_total = 0u64;
         for item in envs.iter()? {
             let (k, v) = item?;
             let id = Id(k.value());
+            bytes_total += v.value().len() as u64;
             match self.decode(&id, v.value()) {
                 Err(e) => c.problems.push(e.to_string()),
                 Ok(e) => match meta.get(id.0)?.map(|s| s.value()) {
@@ -462,6 +531,7 @@ impl Store {
                         let logged = log.get((topic, seq))?.map(|v| v.value());
                         let arrived = arrival.get(arr)?.map(|v| v.value());
                         let expiring = expiry.get((exp, id.0))?.is_some();
+                        *bytes_by_topic.entry(topic).or_default() += v.value().len() as u64;
                         if topic != e.header.topic.0
                             || logged != Some(id.0)
                             || arrived != Some(id.0)
@@ -484,6 +554,22 @@ impl Store {
                 c.problems.push(format!("topic count says {n} entries, log has {in_log}"));
             }
         }
+        let counters = tx.open_table(COUNTERS)?;
+        let counted = counters.get("bytes")?.map(|v| v.value()).unwrap_or(0);
+        if counted != bytes_total {
+            c.problems.push(format!("byte count says {counted}, envelopes hold {bytes_total}"));
+        }
+        let topic_bytes = tx.open_table(TOPIC_BYTES)?;
+        for item in topic_bytes.iter()? {
+            let (k, v) = item?;
+            let held = bytes_by_topic.remove(&k.value()).unwrap_or(0);
+            if held != v.value() {
+                c.problems.push(format!("topic byte count says {}, its envelopes hold {held}", v.value()));
+            }
+        }
+        if !bytes_by_topic.is_empty() {
+            c.problems.push(format!("{} topics hold bytes that are not counted", bytes_by_topic.len()));
+        }
         for (name, len) in [
             ("topic log", log.len()?),
             ("arrival log", arrival.len()?),
@@ -503,22 +589,35 @@ impl Store {
 pub struct Retention {
     /// Longest time an envelope is kept, whatever its TTL says, in seconds (default 30 days).
     pub ttl_secs_max: u32,
-    /// Most envelopes kept per topic; the oldest of the topic is evicted first.
-    pub topic_envelopes_max: u64,
-    /// Most envelopes kept in all; the oldest overall is evicted first.
-    pub total_envelopes_max: u64,
+    /// Bytes kept per topic (encoded envelopes), at most; beyond it new envelopes are refused.
+    pub topic_bytes_max: u64,
+    /// Bytes kept per source (what one peer offered), at most; beyond it its envelopes are
+    /// refused, so one peer cannot fill the store for everyone.
+    pub source_bytes_max: u64,
+    /// Bytes kept in all, at most; beyond it new envelopes are refused.
+    pub total_bytes_max: u64,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { ttl_secs_max: 30 * 86_400, topic_envelopes_max: 100_000, total_envelopes_max: 2_000_000 }
+        Self {
+            ttl_secs_max: 30 * 86_400,
+            topic_bytes_max: 64 * 1024 * 1024,
+            source_bytes_max: 256 * 1024 * 1024,
+            total_bytes_max: 4 * 1024 * 1024 * 1024,
+        }
     }
 }
 
 impl Retention {
     /// Keep everything, forever (a user's own history).
     pub fn unbounded() -> Self {
-        Self { ttl_secs_max: u32::MAX, topic_envelopes_max: u64::MAX, total_envelopes_max: u64::MAX }
+        Self {
+            ttl_secs_max: u32::MAX,
+            topic_bytes_max: u64::MAX,
+            source_bytes_max: u64::MAX,
+            total_bytes_max: u64::MAX,
+        }
     }
 }
 
@@ -527,8 +626,8 @@ impl Retention {
 pub struct AppendReport {
     /// One result per envelope given.
     pub results: Vec<Appended>,
-    /// Envelopes evicted to make room (never silent: also added to the `evicted` counter).
-    pub evicted: u64,
+    /// Envelopes refused by a byte quota (also added to the `refused_full` counter).
+    pub refused_full: u64,
 }
 
 /// Store-wide figures.
@@ -536,8 +635,10 @@ pub struct AppendReport {
 pub struct Stats {
     /// Envelopes stored now.
     pub envelopes: u64,
-    /// Envelopes evicted by quotas, ever.
-    pub evicted: u64,
+    /// Bytes of the envelopes stored now.
+    pub bytes: u64,
+    /// Envelopes refused by a byte quota, ever.
+    pub refused_full: u64,
     /// Envelopes expired by TTL, ever.
     pub expired: u64,
 }
@@ -551,6 +652,9 @@ struct Tables<'t> {
     expiry: redb::Table<'t, (u64, [u8; 32]), ()>,
     count: redb::Table<'t, [u8; 32], u64>,
     counters: redb::Table<'t, &'static str, u64>,
+    topic_bytes: redb::Table<'t, [u8; 32], u64>,
+    source_bytes: redb::Table<'t, [u8; 32], u64>,
+    source_of: redb::Table<'t, [u8; 32], [u8; 32]>,
 }
 
 impl<'t> Tables<'t> {
@@ -564,7 +668,68 @@ impl<'t> Tables<'t> {
             expiry: tx.open_table(EXPIRY)?,
             count: tx.open_table(TOPIC_COUNT)?,
             counters: tx.open_table(COUNTERS)?,
+            topic_bytes: tx.open_table(TOPIC_BYTES)?,
+            source_bytes: tx.open_table(SOURCE_BYTES)?,
+            source_of: tx.open_table(SOURCE_OF)?,
         })
+    }
+
+    fn bytes_of(t: &redb::Table<'t, [u8; 32], u64>, key: &[u8; 32]) -> Result<u64, StoreError> {
+        Ok(t.get(*key)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The quota `len` more bytes would exceed, if any.
+    fn over_quota(
+        &self,
+        topic: &[u8; 32],
+        source: Option<&Source>,
+        len: u64,
+        r: &Retention,
+    ) -> Result<Option<Quota>, StoreError> {
+        if self.counter("bytes")?.saturating_add(len) > r.total_bytes_max {
+            return Ok(Some(Quota::Total));
+        }
+        if Self::bytes_of(&self.topic_bytes, topic)?.saturating_add(len) > r.topic_bytes_max {
+            return Ok(Some(Quota::Topic));
+        }
+        if let Some(s) = source
+            && Self::bytes_of(&self.source_bytes, s)?.saturating_add(len) > r.source_bytes_max
+        {
+            return Ok(Some(Quota::Source));
+        }
+        Ok(None)
+    }
+
+    fn add_bytes(&mut self, topic: &[u8; 32], source: Option<&Source>, len: u64) -> Result<(), StoreError> {
+        let total = self.counter("bytes")?;
+        self.counters.insert("bytes", total.saturating_add(len))?;
+        let t = Self::bytes_of(&self.topic_bytes, topic)?;
+        self.topic_bytes.insert(*topic, t.saturating_add(len))?;
+        if let Some(s) = source {
+            let b = Self::bytes_of(&self.source_bytes, s)?;
+            self.source_bytes.insert(*s, b.saturating_add(len))?;
+        }
+        Ok(())
+    }
+
+    fn sub_bytes(&mut self, topic: &[u8; 32], source: Option<&Source>, len: u64) -> Result<(), StoreError> {
+        let total = self.counter("bytes")?;
+        self.counters.insert("bytes", total.saturating_sub(len))?;
+        let t = Self::bytes_of(&self.topic_bytes, topic)?.saturating_sub(len);
+        if t == 0 {
+            self.topic_bytes.remove(*topic)?;
+        } else {
+            self.topic_bytes.insert(*topic, t)?;
+        }
+        if let Some(s) = source {
+            let b = Self::bytes_of(&self.source_bytes, s)?.saturating_sub(len);
+            if b == 0 {
+                self.source_bytes.remove(*s)?;
+            } else {
+                self.source_bytes.insert(*s, b)?;
+            }
+        }
+        Ok(())
     }
 
     fn counter(&self, name: &str) -> Result<u64, StoreError> {
@@ -575,20 +740,13 @@ impl<'t> Tables<'t> {
         Ok(self.count.get(*topic)?.map(|v| v.value()).unwrap_or(0))
     }
 
-    fn oldest_of_topic(&self, topic: &[u8; 32]) -> Result<Option<[u8; 32]>, StoreError> {
-        let mut r = self.log.range((*topic, 0)..=(*topic, u64::MAX))?;
-        Ok(r.next().transpose()?.map(|(_, v)| v.value()))
-    }
-
-    fn oldest_overall(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        Ok(self.arrival.first()?.map(|(_, v)| v.value()))
-    }
-
     fn delete(&mut self, id: &[u8; 32]) -> Result<(), StoreError> {
         let Some((topic, seq, arrival, expires)) = self.meta.remove(*id)?.map(|v| v.value()) else {
             return Ok(());
         };
-        self.envs.remove(*id)?;
+        let len = self.envs.remove(*id)?.map(|v| v.value().len() as u64).unwrap_or(0);
+        let source = self.source_of.remove(*id)?.map(|v| v.value());
+        self.sub_bytes(&topic, source.as_ref(), len)?;
         self.log.remove((topic, seq))?;
         self.arrival.remove(arrival)?;
         self.expiry.remove((expires, *id))?;
@@ -599,120 +757,4 @@ impl<'t> Tables<'t> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cairn_proto::envelope::pad;
-
-    fn env(topic: u8, n: u64) -> Envelope {
-        Envelope::new(Topic([topic; 32]), n, 60, vec![], pad(&n.to_be_bytes(), &Limits::default()).unwrap())
-    }
-
-    #[test]
-    fn append_page_duplicate_erase_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.redb");
-        {
-            let s = Store::open(&path, Limits::default()).unwrap();
-            let batch: Vec<Envelope> = (0..25).map(|i| env(1, i)).chain([env(2, 0)]).collect();
-            let out = s.append(&batch).unwrap();
-            assert_eq!(out[24], Appended::Stored { seq: 24 });
-            assert_eq!(out[25], Appended::Stored { seq: 0 });
-            assert_eq!(s.append(&[env(1, 3)]).unwrap(), vec![Appended::Duplicate]);
-            let p = s.page(&Topic([1; 32]), 0, 10).unwrap();
-            assert_eq!(p.entries.len(), 10);
-            assert_eq!(p.next, Some(10));
-            let p = s.page(&Topic([1; 32]), 20, 10).unwrap();
-            assert_eq!(p.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![20, 21, 22, 23, 24]);
-            assert_eq!(p.next, None);
-            assert!(s.erase_payload(&env(1, 5).id()).unwrap());
-            assert!(s.page(&Topic([1; 32]), 0, 0).is_err());
-            s.put_key("k", b"secret").unwrap();
-        }
-        let s = Store::open(&path, Limits::default()).unwrap();
-        assert_eq!(s.topic_len(&Topic([1; 32])).unwrap(), 25);
-        let erased = s.get(&env(1, 5).id()).unwrap().unwrap();
-        assert_eq!(erased.payload, None);
-        assert_eq!(erased.id(), env(1, 5).id());
-        assert_eq!(s.get_key("k").unwrap().as_deref(), Some(&b"secret"[..]));
-        let c = s.check().unwrap();
-        assert!(c.problems.is_empty(), "{:?}", c.problems);
-        assert_eq!((c.envelopes, c.topics), (26, 2));
-    }
-
-    #[test]
-    fn deferred_commits_are_visible_at_once_and_durable_after_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.redb");
-        {
-            let s = Store::open(&path, Limits::default()).unwrap();
-            assert!(!s.has_deferred());
-            let keys = vec![("cursor/x".to_string(), 7u64.to_be_bytes().to_vec())];
-            let out = s.append_deferred(&[env(1, 0), env(1, 1)], &keys).unwrap();
-            assert_eq!(out, vec![Appended::Stored { seq: 0 }, Appended::Stored { seq: 1 }]);
-            assert!(s.has_deferred());
-            assert_eq!(s.topic_len(&Topic([1; 32])).unwrap(), 2, "visible before any fsync");
-            assert_eq!(s.append_deferred(&[env(1, 1)], &[]).unwrap(), vec![Appended::Duplicate]);
-            s.sync().unwrap();
-            assert!(!s.has_deferred());
-            // A durable append also makes earlier deferred commits durable.
-            s.append_deferred(&[env(2, 0)], &[]).unwrap();
-            s.append(&[env(3, 0)]).unwrap();
-            assert!(!s.has_deferred());
-        }
-        let s = Store::open(&path, Limits::default()).unwrap();
-        assert_eq!(s.topic_len(&Topic([1; 32])).unwrap(), 2);
-        assert_eq!(s.topic_len(&Topic([2; 32])).unwrap(), 1);
-        assert_eq!(s.get_key("cursor/x").unwrap(), Some(7u64.to_be_bytes().to_vec()));
-        assert!(s.check().unwrap().problems.is_empty());
-    }
-
-    #[test]
-    fn quotas_evict_oldest_first_and_count_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("q.redb"), Limits::default()).unwrap();
-        let r = Retention { ttl_secs_max: 3600, topic_envelopes_max: 3, total_envelopes_max: 5 };
-        let now = 10;
-        let first: Vec<Envelope> = (0..4).map(|i| env(1, i)).collect();
-        let rep = s.append_with(&first, &r, now).unwrap();
-        assert_eq!(rep.evicted, 1);
-        assert!(s.get(&env(1, 0).id()).unwrap().is_none(), "oldest of the topic goes first");
-        assert_eq!(s.topic_count(&Topic([1; 32])).unwrap(), 3);
-        let other: Vec<Envelope> = (0..3).map(|i| env(2, i)).collect();
-        let rep = s.append_with(&other, &r, now).unwrap();
-        assert_eq!(rep.evicted, 1, "total quota evicts the oldest overall");
-        assert!(s.get(&env(1, 1).id()).unwrap().is_none());
-        assert_eq!(s.stats().unwrap(), Stats { envelopes: 5, evicted: 2, expired: 0 });
-        let p = s.page(&Topic([1; 32]), 0, 10).unwrap();
-        assert_eq!(p.entries.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![2, 3]);
-        assert!(s.check().unwrap().problems.is_empty());
-    }
-
-    #[test]
-    fn ttl_expiry_deletes_and_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.redb"), Limits::default()).unwrap();
-        let r = Retention::default();
-        // env(_, n) has timestamp n ms and a 60 s TTL.
-        s.append_with(&[env(1, 0), env(1, 30_000)], &r, 0).unwrap();
-        assert_eq!(s.append_with(&[env(1, 1)], &r, 70_000).unwrap().results, vec![Appended::Expired]);
-        assert_eq!(s.expire(60_000).unwrap(), 1);
-        assert_eq!(s.expire(60_000).unwrap(), 0);
-        assert_eq!(s.stats().unwrap().expired, 1);
-        assert!(s.get(&env(1, 30_000).id()).unwrap().is_some());
-        assert!(s.check().unwrap().problems.is_empty());
-    }
-
-    #[test]
-    fn damaged_value_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.redb"), Limits::default()).unwrap();
-        let e = env(1, 1);
-        s.append(std::slice::from_ref(&e)).unwrap();
-        // Overwrite the stored bytes with garbage behind the store's back.
-        let tx = s.db.begin_write().unwrap();
-        tx.open_table(ENVELOPES).unwrap().insert(e.id().0, &[1u8, 2, 3][..]).unwrap();
-        tx.commit().unwrap();
-        assert!(matches!(s.get(&e.id()), Err(StoreError::Corrupt { .. })));
-        assert!(!s.check().unwrap().problems.is_empty());
-    }
-}
+mod tests;

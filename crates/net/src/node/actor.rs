@@ -26,7 +26,7 @@ use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQue
 use super::{NodeError, NodeStatus, now_ms};
 use crate::shard::{SHARDS, nearest, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
-use crate::validate::Admission;
+use crate::validate::{Admission, RateLimiter};
 use crate::wire::{Request, STORE_BATCH_BYTES_MAX, STORE_BATCH_MAX};
 
 /// Store requests in flight (awaiting an answer or a failure), at most. A request beyond it is
@@ -74,6 +74,10 @@ pub(super) struct Node {
     store_batches: HashMap<PeerId, Vec<Envelope>>,
     pub(super) sync: Sync<PeerId>,
     pub(super) admission: Admission<PeerId>,
+    /// Per-peer rate of envelopes offered for storage (store nodes).
+    pub(super) store_rate: RateLimiter<PeerId>,
+    /// Per-peer rate of page and by-id reads (store nodes).
+    pub(super) read_rate: RateLimiter<PeerId>,
     /// Store nodes among connected peers, with their Kademlia key: at most `connections_max`
     /// (added on identify while connected, removed when the last connection closes).
     pub(super) store_peers: HashMap<PeerId, [u8; 32]>,
@@ -100,20 +104,18 @@ pub(super) struct Counters {
 struct Timers {
     tick: Interval,
     resync: Interval,
-    expire: Interval,
 }
 
 impl Timers {
     fn new(c: &NodeConfig) -> Self {
         let tick = tokio::time::interval(Duration::from_millis(c.tick_ms.max(10)));
-        let expire = tokio::time::interval(Duration::from_millis(c.expire_every_ms.max(1000)));
         let resync_ms = if c.resync_every_ms == 0 { u64::MAX / 4 } else { c.resync_every_ms };
         let mut resync = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_millis(resync_ms),
             Duration::from_millis(resync_ms.max(100)),
         );
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { tick, resync, expire }
+        Self { tick, resync }
     }
 }
 
@@ -150,6 +152,16 @@ impl Node {
         Self {
             sync: Sync::new(config.sync, [], []),
             admission: Admission::new(config.admission),
+            store_rate: RateLimiter::new(
+                config.serve.store_envelopes_per_sec,
+                config.serve.store_envelopes_burst,
+                config.serve.peers_max,
+            ),
+            read_rate: RateLimiter::new(
+                config.serve.reads_per_sec,
+                config.serve.reads_burst,
+                config.serve.peers_max,
+            ),
             config,
             swarm,
             history,
@@ -206,7 +218,6 @@ impl Node {
                     }
                 }
                 _ = timers.resync.tick() => self.resync(),
-                _ = timers.expire.tick() => self.expire(),
             }
         }
         self.close(committed).await;
@@ -267,14 +278,6 @@ impl Node {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
-        }
-    }
-
-    fn expire(&mut self) {
-        if let Some(m) = &self.mailbox
-            && let Err(e) = m.expire(now_ms())
-        {
-            warn!("mailbox expiry failed: {e}");
         }
     }
 
@@ -427,7 +430,7 @@ impl Node {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Publish(env, durable, reply) => self.publish(*env, durable, reply),
+            Command::Publish(env, reply) => self.publish(*env, reply),
             Command::Subscribe(topic, reply) => {
                 let _ = reply.send(self.subscribe(topic));
             }
@@ -500,7 +503,7 @@ impl Node {
 
     /// Checks our own envelope and queues it for the local history writer; it is gossiped and
     /// pushed to the store nodes only once durable, and the caller's reply waits for that.
-    fn publish(&mut self, env: Envelope, durable: bool, reply: oneshot::Sender<Result<Id, NodeError>>) {
+    fn publish(&mut self, env: Envelope, reply: oneshot::Sender<Result<Id, NodeError>>) {
         let id = env.id();
         if env.payload.is_none() || !pow::check(&env.header, self.config.admission.difficulty) {
             let why = "envelope has no payload or not enough proof of work";
@@ -527,7 +530,7 @@ impl Node {
             let _ = reply.send(Err(NodeError::Stopped));
             return;
         };
-        match tx.try_send(OwnJob { envelope: env, durable, reply }) {
+        match tx.try_send(OwnJob { envelope: env, reply }) {
             Ok(()) => self.admission.mark_seen(id),
             Err(mpsc::error::TrySendError::Full(j)) => {
                 let why = format!("local history writer busy ({OWN_JOBS_MAX} publications queued); retry");

@@ -8,6 +8,34 @@ use libp2p::Multiaddr;
 use crate::sync::SyncConfig;
 use crate::validate::AdmissionConfig;
 
+/// What a store node serves one peer, per second (token buckets; a request over its rate is
+/// answered "rate limited" at once and the peer retries with back-off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Envelopes offered for storage per second, sustained (a store-many request counts each).
+    pub store_envelopes_per_sec: u32,
+    /// Burst above it, envelopes.
+    pub store_envelopes_burst: u32,
+    /// Page and by-id reads per second, sustained.
+    pub reads_per_sec: u32,
+    /// Burst above it, reads.
+    pub reads_burst: u32,
+    /// Peers tracked by each limiter (the least recently seen are forgotten).
+    pub peers_max: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            store_envelopes_per_sec: 2_000,
+            store_envelopes_burst: 4_000,
+            reads_per_sec: 100,
+            reads_burst: 400,
+            peers_max: 4096,
+        }
+    }
+}
+
 /// Gossipsub peer-scoring thresholds and weights (see ARCHITECTURE.md, "Peer scoring").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoreConfig {
@@ -73,6 +101,8 @@ pub struct NodeConfig {
     pub dial_target: u32,
     /// Peer scoring.
     pub score: ScoreConfig,
+    /// Per-peer rates a store node serves.
+    pub serve: ServeLimits,
     /// Fixed identity (Ed25519 seed) or a fresh one.
     pub identity_seed: Option<[u8; 32]>,
     /// Period of the timer that drives retries and resyncs, ms.
@@ -109,6 +139,7 @@ impl NodeConfig {
             connections_max: 1024,
             dial_target: 16,
             score: ScoreConfig::default(),
+            serve: ServeLimits::default(),
             identity_seed: None,
             tick_ms: 200,
             resync_every_ms: 5_000,

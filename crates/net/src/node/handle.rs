@@ -27,8 +27,7 @@ const LISTEN_TIMEOUT_MS: u64 = 10_000;
 
 /// What a handle asks of the actor.
 pub(super) enum Command {
-    /// Publish; the flag: fsync the local copy before gossiping it.
-    Publish(Box<Envelope>, bool, oneshot::Sender<Result<Id, NodeError>>),
+    Publish(Box<Envelope>, oneshot::Sender<Result<Id, NodeError>>),
     Subscribe(Topic, oneshot::Sender<Result<(), NodeError>>),
     Dial(Multiaddr),
     Status(oneshot::Sender<NodeStatus>),
@@ -58,13 +57,7 @@ impl NodeHandle {
     /// Publishes an envelope (already mined and sealed). Returns its id once stored locally.
     /// Refused while the outbox is full of unstored sends or the local writer is saturated.
     pub async fn publish(&self, envelope: Envelope) -> Result<Id, NodeError> {
-        self.ask(|tx| Command::Publish(Box::new(envelope), true, tx)).await?
-    }
-    /// Publishes an envelope the caller already holds durably and publishes again after a
-    /// crash (an outbox): the local history copy is a deferred commit (no fsync before it is
-    /// gossiped). Otherwise as [`NodeHandle::publish`].
-    pub async fn publish_held(&self, envelope: Envelope) -> Result<Id, NodeError> {
-        self.ask(|tx| Command::Publish(Box::new(envelope), false, tx)).await?
+        self.ask(|tx| Command::Publish(Box::new(envelope), tx)).await?
     }
     /// Follows a topic: its shard's gossip, and its history from the mailboxes. Refused
     /// beyond `SyncConfig::topics_max` topics.
@@ -132,7 +125,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_MAX);
     let history_lanes = spawn_history_writer(history.clone(), sink, committed_tx.clone()).map_err(setup)?;
     let mailbox_lane = match &mailbox {
-        Some(m) => Some(spawn_mailbox_writer(m.clone(), config.retention, committed_tx).map_err(setup)?),
+        Some(m) => Some(
+            spawn_mailbox_writer(m.clone(), config.retention, config.expire_every_ms, committed_tx)
+                .map_err(setup)?,
+        ),
         None => None,
     };
     let node = Node::new(config, swarm, history.clone(), mailbox, history_lanes, mailbox_lane);

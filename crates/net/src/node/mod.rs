@@ -4,7 +4,7 @@
 //! AutoNAT and the `/cairn/store/1` request/response protocol.
 //!
 //! Code map, one purpose per file:
-//! - `config`: [`NodeConfig`], [`ScoreConfig`].
+//! - `config`: [`NodeConfig`], [`ScoreConfig`], [`ServeLimits`].
 //! - `codec`: [`StoreCodec`], the length-prefixed bounded frames of the store protocol.
 //! - `behaviour`: the composed libp2p behaviour and the swarm built from a config.
 //! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
@@ -37,7 +37,7 @@ use thiserror::Error;
 use crate::sync::SendStatus;
 
 pub use codec::StoreCodec;
-pub use config::{NodeConfig, ScoreConfig};
+pub use config::{NodeConfig, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
 

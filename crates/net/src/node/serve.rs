@@ -29,19 +29,27 @@ impl Node {
             return;
         };
         let bytes = request.len();
+        let now = now_ms();
         let resp = match Request::decode(&request, &limits) {
             Err(e) => {
                 debug!(%peer, "bad store request: {e}");
                 Response::Error(format!("bad request: {e}"))
             }
-            Ok(Request::Store(env)) => match self.admit_for_storage(vec![env], false, bytes, channel) {
+            Ok(Request::Store(_)) if !self.store_rate.allow(&peer, now) => rate_limited(&mut self.counters),
+            Ok(Request::StoreMany(ref envs)) if !self.store_rate.allow_n(&peer, envs.len() as u32, now) => {
+                rate_limited(&mut self.counters)
+            }
+            Ok(Request::Page { .. } | Request::Ids(_)) if !self.read_rate.allow(&peer, now) => {
+                rate_limited(&mut self.counters)
+            }
+            Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], false, bytes, channel) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
                 }
                 None => return, // answered by the mailbox writer once committed
             },
-            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(envs, true, bytes, channel) {
+            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(peer, envs, true, bytes, channel) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
@@ -63,6 +71,7 @@ impl Node {
     /// or bytes).
     fn admit_for_storage(
         &mut self,
+        peer: PeerId,
         envs: Vec<Envelope>,
         many: bool,
         bytes: usize,
@@ -81,7 +90,8 @@ impl Node {
                 if bad { Err(env.id()) } else { Ok(env) }
             })
             .collect();
-        let job = MailboxJob { channel, items, many, bytes };
+        let source = *blake3::hash(&peer.to_bytes()).as_bytes();
+        let job = MailboxJob { channel, items, many, bytes, source };
         if job.items.iter().all(Result::is_err) {
             let outcomes = job.items.iter().map(|i| (refused_id(i), StoreOutcome::Refused)).collect();
             let answer = job.answer(outcomes);
@@ -101,6 +111,11 @@ impl Node {
     }
 }
 
+fn rate_limited(counters: &mut super::actor::Counters) -> Response {
+    counters.requests_shed += 1;
+    Response::Error("rate limited: too many requests from this peer; retry with back-off".into())
+}
+
 fn refused_id(item: &Result<Envelope, Id>) -> Id {
     match item {
         Ok(e) => e.id(),
@@ -110,23 +125,9 @@ fn refused_id(item: &Result<Envelope, Id>) -> Id {
 
 /// A page of `topic` from `from`, cut to the response limit (the cursor resumes after the cut).
 fn page(mailbox: &Store, topic: &Topic, from: u64, limit: u32) -> Response {
-    match mailbox.page(topic, from, limit as usize) {
-        Ok(mut page) => {
-            let mut bytes = RESPONSE_OVERHEAD_BYTES;
-            let mut keep = 0;
-            for (_, e) in &page.entries {
-                bytes += 16 + e.encode().len();
-                if bytes > RESPONSE_BYTES_MAX {
-                    break;
-                }
-                keep += 1;
-            }
-            if keep < page.entries.len() {
-                page.next = Some(page.entries[keep].0);
-                page.entries.truncate(keep);
-            }
-            Response::Page { entries: page.entries, next: page.next }
-        }
+    // The store stops reading at the byte budget (16 bytes of framing per entry).
+    match mailbox.page_within(topic, from, limit as usize, RESPONSE_BYTES_MAX - RESPONSE_OVERHEAD_BYTES, 16) {
+        Ok(page) => Response::Page { entries: page.entries, next: page.next },
         Err(e) => Response::Error(e.to_string()),
     }
 }

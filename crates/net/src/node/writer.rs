@@ -3,8 +3,10 @@
 //! mailbox writer commits store requests to `mailbox.redb` and only then lets the actor answer.
 //! One redb transaction per batch.
 //!
-//! Durability: a batch holding an own publication (unless its caller holds it durably itself,
-//! `publish_held`), and every mailbox batch, is fsynced before anyone is told. A batch of deliveries and cursors only is a deferred commit
+//! Durability: a batch holding an own publication, and every mailbox batch, is fsynced before
+//! anyone is told. (An own publication is fsynced even when its author keeps an outbox: it
+//! makes the deliveries it answers durable first, so after a crash the local history never
+//! holds a message before its parents.) A batch of deliveries and cursors only is a deferred commit
 //! ([`Store::append_deferred`]), made durable within [`HISTORY_SYNC_EVERY_MS`] (or by the next
 //! durable commit, a user node's own durable write, or shutdown): what the mesh delivered is
 //! held by the topic's store nodes, and a crash rolls back the deliveries and the cursors past
@@ -17,7 +19,7 @@ use std::sync::mpsc::{self as std_mpsc, TrySendError};
 use std::thread::JoinHandle;
 
 use cairn_proto::{Envelope, Id};
-use cairn_store::{Appended, Retention, Store, StoreError};
+use cairn_store::{Appended, Retention, Source, Store, StoreError};
 use libp2p::request_response::ResponseChannel;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -80,8 +82,6 @@ pub(super) enum HistoryJob {
 /// Our own publication: persisted, then handed back to the actor to be gossiped.
 pub(super) struct OwnJob {
     pub(super) envelope: Envelope,
-    /// Fsync before gossiping (false: the caller holds it durably, see `publish_held`).
-    pub(super) durable: bool,
     pub(super) reply: oneshot::Sender<Result<Id, NodeError>>,
 }
 
@@ -102,6 +102,8 @@ pub(super) struct MailboxJob {
     pub(super) many: bool,
     /// Request bytes, counted against `MAILBOX_QUEUED_BYTES_MAX` while queued.
     pub(super) bytes: usize,
+    /// The requesting peer, for its byte quota.
+    pub(super) source: Source,
 }
 
 impl MailboxJob {
@@ -236,7 +238,7 @@ impl HistoryWriter {
                 _ => None,
             })
             .collect();
-        let result = if !own.iter().any(|j| j.durable) {
+        let result = if own.is_empty() {
             self.append_deferred(&envs, &cursors)
         } else {
             // Own publications are acknowledged: fsynced (with every deferred commit before).
@@ -294,9 +296,8 @@ impl HistoryWriter {
 
     /// An own publication alone (while events wait for the consumer).
     async fn commit_own(&mut self, j: OwnJob) {
-        let envs = std::slice::from_ref(&j.envelope);
-        let result = if j.durable { self.append(envs) } else { self.append_deferred(envs, &[]) };
-        self.finish_own(j, result.map(|_| ()).map_err(|e| e.to_string())).await;
+        let result = self.append(std::slice::from_ref(&j.envelope)).map(|_| ()).map_err(|e| e.to_string());
+        self.finish_own(j, result).await;
     }
 
     async fn finish_own(&mut self, j: OwnJob, result: Result<(), String>) {
@@ -382,16 +383,31 @@ pub(super) struct MailboxLane {
 
 /// Starts the mailbox writer: group-commits store requests (one transaction, one fsync per
 /// batch); the answers go back to the actor only after the commit returned.
+/// Expired mail is deleted here too, every `expire_every_ms`, off the swarm's event loop.
 pub(super) fn spawn_mailbox_writer(
     store: Arc<Store>,
     retention: Retention,
+    expire_every_ms: u64,
     committed: mpsc::Sender<Committed>,
 ) -> io::Result<MailboxLane> {
     let (tx, rx) = std_mpsc::sync_channel::<MailboxJob>(MAILBOX_JOBS_MAX);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let queued = queued_bytes.clone();
+    let every = std::time::Duration::from_millis(expire_every_ms.max(1000));
     let thread = std::thread::Builder::new().name("cairn-mailbox".into()).spawn(move || {
-        while let Some(batch) = next_mailbox_batch(&rx) {
+        let mut expired_at = std::time::Instant::now();
+        loop {
+            if expired_at.elapsed() >= every {
+                expired_at = std::time::Instant::now();
+                if let Err(e) = store.expire(now_ms()) {
+                    warn!("mailbox expiry failed: {e}");
+                }
+            }
+            let batch = match next_mailbox_batch(&rx, every.saturating_sub(expired_at.elapsed())) {
+                Batch::Jobs(b) => b,
+                Batch::Idle => continue,
+                Batch::Closed => break,
+            };
             let bytes: usize = batch.iter().map(|j| j.bytes).sum();
             let commit = commit_mailbox(&store, &retention, batch);
             queued.fetch_sub(bytes, Ordering::AcqRel);
@@ -403,10 +419,20 @@ pub(super) fn spawn_mailbox_writer(
     Ok(MailboxLane { queue: MailboxQueue { jobs: tx, queued_bytes }, thread })
 }
 
-/// Takes the first request (blocking) and the requests already queued, until the batch holds
-/// `COMMIT_BATCH_MAX` envelopes.
-fn next_mailbox_batch(rx: &std_mpsc::Receiver<MailboxJob>) -> Option<Vec<MailboxJob>> {
-    let first = rx.recv().ok()?;
+enum Batch {
+    Jobs(Vec<MailboxJob>),
+    Idle,
+    Closed,
+}
+
+/// Takes the first request (waiting at most `wait`) and the requests already queued, until the
+/// batch holds `COMMIT_BATCH_MAX` envelopes.
+fn next_mailbox_batch(rx: &std_mpsc::Receiver<MailboxJob>, wait: std::time::Duration) -> Batch {
+    let first = match rx.recv_timeout(wait) {
+        Ok(j) => j,
+        Err(std_mpsc::RecvTimeoutError::Timeout) => return Batch::Idle,
+        Err(std_mpsc::RecvTimeoutError::Disconnected) => return Batch::Closed,
+    };
     let mut envelopes = first.envelopes();
     let mut batch = vec![first];
     while envelopes < COMMIT_BATCH_MAX
@@ -415,13 +441,15 @@ fn next_mailbox_batch(rx: &std_mpsc::Receiver<MailboxJob>) -> Option<Vec<Mailbox
         envelopes += j.envelopes();
         batch.push(j);
     }
-    Some(batch)
+    Batch::Jobs(batch)
 }
 
 fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) -> MailboxCommit {
-    let envs: Vec<Envelope> =
-        batch.iter().flat_map(|j| j.items.iter().filter_map(|i| i.as_ref().ok().cloned())).collect();
-    let result = store.append_with(&envs, retention, now_ms());
+    let (envs, sources): (Vec<Envelope>, Vec<Source>) = batch
+        .iter()
+        .flat_map(|j| j.items.iter().filter_map(|i| i.as_ref().ok().map(|e| (e.clone(), j.source))))
+        .unzip();
+    let result = store.append_with(&envs, &sources, retention, now_ms());
     if let Err(e) = &result {
         warn!("mailbox append failed: {e}");
     }
@@ -441,6 +469,7 @@ fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) 
                             StoreOutcome::Stored
                         }
                         Some(Appended::Duplicate) => StoreOutcome::Duplicate,
+                        Some(Appended::Full(_)) => StoreOutcome::Full,
                         _ => StoreOutcome::Refused,
                     };
                     (e.id(), outcome)

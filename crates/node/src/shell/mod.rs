@@ -221,8 +221,7 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             MeshCmd::Publish(env) => {
-                // The outbox (or nothing, for receipts) holds it: no fsync of the history copy.
-                if let Err(e) = net.publish_held(*env).await {
+                if let Err(e) = net.publish(*env).await {
                     tracing::warn!("publish: {e} (kept in the outbox, pushed again at the next start)");
                 }
             }

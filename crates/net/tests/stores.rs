@@ -1,0 +1,175 @@
+//! Store nodes on 127.0.0.1: a sender's burst travels in store-many requests (one mailbox
+//! commit for many envelopes), and a store at its byte quota refuses new mail without evicting
+//! what it holds, while other topics still get in. Bounded in time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cairn_net::node::{NodeConfig, NodeEvent, NodeHandle, start};
+use cairn_net::sync::SendStatus;
+use cairn_proto::envelope::pad;
+use cairn_proto::pow::{self, Difficulty};
+use cairn_proto::{Envelope, Id, Limits, Topic};
+use cairn_store::Retention;
+use tokio::time::{Instant, sleep, timeout};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn mined(topic: Topic, body: &str) -> Envelope {
+    let mut e =
+        Envelope::new(topic, now_ms(), 3600, vec![], pad(body.as_bytes(), &Limits::default()).unwrap());
+    pow::mine(&mut e.header, Difficulty::default(), 1 << 30).unwrap();
+    e
+}
+
+fn cfg(dir: &std::path::Path, name: &str) -> NodeConfig {
+    let mut c = NodeConfig::new(dir.join(name));
+    c.tick_ms = 100;
+    c.sync.retry_initial_ms = 200;
+    c.sync.retry_max_ms = 500;
+    c
+}
+
+async fn stores(dir: &std::path::Path, retention: Retention) -> Vec<NodeHandle> {
+    let mut stores: Vec<NodeHandle> = Vec::new();
+    for i in 0..3 {
+        let mut c = cfg(dir, &format!("s{i}"));
+        c.serve_store = true;
+        c.retention = retention;
+        if let Some(s) = stores.first() {
+            c.bootstrap = vec![s.listen_addrs[0].clone()];
+        }
+        stores.push(start(c).await.unwrap());
+    }
+    stores
+}
+
+async fn sender(dir: &std::path::Path, stores: &[NodeHandle]) -> NodeHandle {
+    let mut c = cfg(dir, "sender");
+    c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
+    let sender = start(c).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sender.status().await.unwrap().store_peers < 3 {
+        assert!(Instant::now() < deadline, "the sender never saw the 3 store nodes");
+        sleep(Duration::from_millis(100)).await;
+    }
+    sender
+}
+
+/// Waits until every id in `ids` is reported stored, or panics after `secs`.
+async fn wait_stored(rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>, ids: &HashSet<Id>, secs: u64) {
+    let mut stored = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while stored.len() < ids.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, rx.recv()).await {
+            Ok(Ok(NodeEvent::Status { id, status: SendStatus::Stored { .. } })) if ids.contains(&id) => {
+                stored.insert(id);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("only {} of {} envelopes stored", stored.len(), ids.len()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_stored_in_batched_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = stores(dir.path(), Retention::default()).await;
+    let sender = sender(dir.path(), &stores).await;
+    let topic = Topic::for_conversation(&[7; 32]);
+    let envs: Vec<Envelope> = (0..40).map(|i| mined(topic, &format!("burst {i}"))).collect();
+    let want: HashSet<Id> = envs.iter().map(Envelope::id).collect();
+    let mut rx = sender.events();
+    let ids = futures::future::join_all(envs.into_iter().map(|e| sender.publish(e))).await;
+    assert!(ids.iter().all(Result::is_ok), "{ids:?}");
+    wait_stored(&mut rx, &want, 30).await;
+    let (mut commits, mut stored) = (0, 0);
+    for s in &stores {
+        let st = s.status().await.unwrap();
+        commits += st.store_commits;
+        stored += st.store_envelopes;
+    }
+    assert!(stored >= 2 * 40, "each envelope on at least 2 store nodes: {stored}");
+    assert!(commits * 4 <= stored, "{commits} mailbox commits for {stored} stored envelopes");
+    sender.shutdown().await;
+    for s in &stores {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_new_mail_and_keeps_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[8; 32]);
+    let size = mined(topic, "x").encode().len() as u64;
+    let retention = Retention { topic_bytes_max: 5 * size, ..Retention::default() };
+    let stores = stores(dir.path(), retention).await;
+    let sender = sender(dir.path(), &stores).await;
+    let mut rx = sender.events();
+    let first: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("kept {i}"))).collect();
+    let kept: HashSet<Id> = first.iter().map(Envelope::id).collect();
+    for e in first {
+        sender.publish(e).await.unwrap();
+    }
+    wait_stored(&mut rx, &kept, 30).await;
+    // The topic is full on every store node: these are refused, never stored.
+    let late: Vec<Envelope> = (0..3).map(|i| mined(topic, &format!("late {i}"))).collect();
+    let late_ids: HashSet<Id> = late.iter().map(Envelope::id).collect();
+    for e in late {
+        sender.publish(e).await.unwrap();
+    }
+    // Another topic still has room.
+    let other = mined(Topic::for_conversation(&[9; 32]), "elsewhere");
+    let other_id: HashSet<Id> = [other.id()].into();
+    sender.publish(other).await.unwrap();
+    wait_stored(&mut rx, &other_id, 30).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut refused = 0;
+        for s in &stores {
+            refused += s.status().await.unwrap().mailbox.refused_full;
+        }
+        if refused >= 3 * 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stores refused only {refused} offers");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let pending: HashSet<Id> = sender.status().await.unwrap().pending.into_iter().map(|(id, _)| id).collect();
+    assert!(late_ids.is_subset(&pending), "refused mail stays pending at the sender, not stored");
+    for s in &stores {
+        let st = s.status().await.unwrap();
+        assert_eq!(st.mailbox.envelopes, 6, "5 kept + 1 on the other topic, nothing evicted");
+    }
+    // A reader that comes later finds the first five in the mailboxes (none was evicted) and
+    // none of the refused ones.
+    let mut c = cfg(dir.path(), "reader");
+    c.bootstrap = vec![stores[1].listen_addrs[0].clone()];
+    let reader = start(c).await.unwrap();
+    let mut events = reader.events();
+    reader.subscribe(topic).await.unwrap();
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kept.is_subset(&got) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Ok(NodeEvent::Delivered { id, .. })) => {
+                got.insert(id);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("the reader found {} of the 5 kept envelopes", got.len()),
+        }
+    }
+    assert!(got.is_disjoint(&late_ids), "refused mail was served");
+    reader.shutdown().await;
+    sender.shutdown().await;
+    for s in &stores {
+        s.shutdown().await;
+    }
+}
