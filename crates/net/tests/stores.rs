@@ -142,6 +142,15 @@ async fn a_full_store_refuses_new_mail_and_keeps_what_it_holds() {
     }
     let pending: HashSet<Id> = sender.status().await.unwrap().pending.into_iter().map(|(id, _)| id).collect();
     assert!(late_ids.is_subset(&pending), "refused mail stays pending at the sender, not stored");
+    // Stored means 2 acks: wait for the third copy too, then nothing more may come in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &stores {
+        while s.status().await.unwrap().mailbox.envelopes < 6 {
+            assert!(Instant::now() < deadline, "a store node never got its 6 envelopes");
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+    sleep(Duration::from_millis(500)).await;
     for s in &stores {
         let st = s.status().await.unwrap();
         assert_eq!(st.mailbox.envelopes, 6, "5 kept + 1 on the other topic, nothing evicted");

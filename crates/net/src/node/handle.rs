@@ -59,6 +59,16 @@ impl NodeHandle {
     pub async fn publish(&self, envelope: Envelope) -> Result<Id, NodeError> {
         self.ask(|tx| Command::Publish(Box::new(envelope), tx)).await?
     }
+    /// Queues a publication, in call order, and returns its answer to await later: a caller
+    /// keeps many in flight (the local writer commits them together) without reordering them.
+    pub async fn publish_queued(
+        &self,
+        envelope: Envelope,
+    ) -> Result<oneshot::Receiver<Result<Id, NodeError>>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(Command::Publish(Box::new(envelope), tx)).await.map_err(|_| NodeError::Stopped)?;
+        Ok(rx)
+    }
     /// Follows a topic: its shard's gossip, and its history from the mailboxes. Refused
     /// beyond `SyncConfig::topics_max` topics.
     pub async fn subscribe(&self, topic: Topic) -> Result<(), NodeError> {

@@ -216,13 +216,37 @@ pub async fn pump_mesh_events(
     }
 }
 
-/// Performs the actor's mesh commands in order.
+/// Publications handed to the mesh and not yet answered, at most (below the mesh's own lane of
+/// 256); beyond it the runner waits for answers before taking more commands.
+const PUBLISH_IN_FLIGHT_MAX: usize = 128;
+
+/// Performs the actor's mesh commands in order. Publications are queued in order and answered
+/// later, so a burst is committed and pushed together instead of one local fsync each.
 pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd>) {
-    while let Some(cmd) = cmds.recv().await {
+    use futures::StreamExt;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let log = |r: Result<Result<cairn_proto::Id, cairn_net::node::NodeError>, _>| match r {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("publish: {e} (kept in the outbox, pushed again at the next start)"),
+        Err(_) => tracing::warn!("publish: the mesh stopped (kept in the outbox)"),
+    };
+    loop {
+        let cmd = tokio::select! {
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => { log(r); continue; }
+            cmd = cmds.recv() => match cmd { Some(c) => c, None => break },
+        };
         match cmd {
             MeshCmd::Publish(env) => {
-                if let Err(e) = net.publish(*env).await {
-                    tracing::warn!("publish: {e} (kept in the outbox, pushed again at the next start)");
+                while in_flight.len() >= PUBLISH_IN_FLIGHT_MAX {
+                    if let Some(r) = in_flight.next().await {
+                        log(r);
+                    }
+                }
+                match net.publish_queued(*env).await {
+                    Ok(answer) => in_flight.push(answer),
+                    Err(e) => {
+                        tracing::warn!("publish: {e} (kept in the outbox, pushed again at the next start)")
+                    }
                 }
             }
             MeshCmd::Subscribe(topic) => {
@@ -240,6 +264,9 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
                 }
             }
         }
+    }
+    while let Some(r) = in_flight.next().await {
+        log(r);
     }
 }
 
