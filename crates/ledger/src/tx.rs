@@ -22,9 +22,13 @@ const TX_SIG_NAMESPACE: &[u8] = b"cairn/ledger-tx/v2";
 const SIG_BATCH_MIN: usize = 4;
 /// Domain separation for the new key's consent to an account key rotation.
 const ROTATE_SIG_DOMAIN: &[u8] = b"cairn/ledger-rotate/v1";
+/// Domain separation for a device key's consent to being bound to an account.
+const DEVICE_BIND_SIG_DOMAIN: &[u8] = b"cairn/ledger-device-bind/v1";
 /// Domain separation for transaction ids.
 const TX_ID_DOMAIN: &str = "cairn 2026-11 ledger tx id v1";
 const TX_VERSION: u8 = 1;
+/// Kind byte of [`TxBody::AddDevice`] (kind 1, without the device's consent, is retired).
+const ADD_DEVICE_KIND: u8 = 11;
 
 /// Largest encoded transaction, in bytes (a full handshake message plus the envelope).
 pub const TX_BYTES_MAX: usize = HANDSHAKE_BYTES_MAX + 512;
@@ -56,10 +60,14 @@ impl std::fmt::Display for TxId {
 pub enum TxBody {
     /// Creates the account named by the transaction; signed by that account key.
     RegisterAccount,
-    /// Authorizes a device; the certificate must be signed by the account's current key.
+    /// Authorizes a device; the certificate must be signed by the account's current key, and the
+    /// device key proves it consents (so nobody binds a key they do not hold). A device key is
+    /// bound to one account for good.
     AddDevice {
         /// Certificate of the new device.
         cert: DeviceCert,
+        /// The device key's signature over [`device_binding_message`].
+        device_signature: [u8; 64],
     },
     /// Revokes a device for good.
     RevokeDevice {
@@ -201,6 +209,16 @@ pub enum TxError {
     /// The device is already known to the account (active or revoked).
     #[error("device already added")]
     DeviceExists,
+    /// The device key is already bound to another account (devices are bound for good, even
+    /// once revoked).
+    #[error("device key is already bound to another account: generate a new device key for this account")]
+    DeviceClaimed,
+    /// The device key's consent signature is missing or does not verify.
+    #[error(
+        "the device key did not sign its binding to this account on this chain: sign \
+         device_binding_message with the device key"
+    )]
+    BadDeviceBinding,
     /// The device is not an active device of the account.
     #[error("device is not an active device of this account")]
     UnknownDevice,
@@ -343,6 +361,8 @@ impl TxError {
             Self::NonceTooFar { .. } => 29,
             Self::SignerMempoolFull { .. } => 30,
             Self::MempoolBytesFull { .. } => 31,
+            Self::DeviceClaimed => 32,
+            Self::BadDeviceBinding => 33,
         }
     }
 }
@@ -381,6 +401,26 @@ pub fn rotation_message(chain: &[u8; 32], account: &AccountId, old: &[u8; 32], n
     w.finish()
 }
 
+/// The message a device key signs to consent to being bound to `account` on chain `chain` (the
+/// genesis hash, so the consent cannot be replayed on another chain).
+pub fn device_binding_message(chain: &[u8; 32], account: &AccountId, device: &DeviceId) -> Vec<u8> {
+    let mut w = Writer::with_capacity(128);
+    w.raw(DEVICE_BIND_SIG_DOMAIN);
+    w.raw(chain);
+    w.raw(&account.0);
+    w.raw(&device.0);
+    w.finish()
+}
+
+impl TxBody {
+    /// An `AddDevice` body for `cert`, with the device key's consent for chain `chain`.
+    /// `device_key` must be the key `cert` certifies.
+    pub fn add_device(chain: &[u8; 32], cert: DeviceCert, device_key: &SigningKey) -> Self {
+        let msg = device_binding_message(chain, &cert.account, &cert.device);
+        Self::AddDevice { cert, device_signature: device_key.sign(&msg).to_bytes() }
+    }
+}
+
 fn write_handle(w: &mut Writer, name: &str) {
     w.u8(u8::try_from(name.len()).unwrap_or(u8::MAX));
     w.raw(name.as_bytes());
@@ -403,9 +443,10 @@ impl TxBody {
     fn encode_to(&self, w: &mut Writer) {
         match self {
             Self::RegisterAccount => w.u8(0),
-            Self::AddDevice { cert } => {
-                w.u8(1);
+            Self::AddDevice { cert, device_signature } => {
+                w.u8(ADD_DEVICE_KIND);
                 cert.encode_to(w);
+                w.raw(device_signature);
             }
             Self::RevokeDevice { device } => {
                 w.u8(2);
@@ -457,7 +498,16 @@ impl TxBody {
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.u8("tx.kind")? {
             0 => Self::RegisterAccount,
-            1 => Self::AddDevice { cert: DeviceCert::decode_from(r)? },
+            1 => {
+                return Err(DecodeError::Invalid {
+                    field: "tx.kind",
+                    reason: "AddDevice without the device key's signature is retired: use kind 11",
+                });
+            }
+            ADD_DEVICE_KIND => Self::AddDevice {
+                cert: DeviceCert::decode_from(r)?,
+                device_signature: r.array("tx.device_signature")?,
+            },
             2 => Self::RevokeDevice { device: DeviceId(r.array("tx.device")?) },
             3 => Self::RotateKey {
                 new_key: r.array("tx.new_key")?,
@@ -626,7 +676,7 @@ mod tests {
         let dev = DeviceId(key(2).verifying_key().to_bytes());
         let bodies = vec![
             TxBody::RegisterAccount,
-            TxBody::AddDevice { cert: DeviceCert::issue(&k, dev, 5) },
+            TxBody::add_device(&[0; 32], DeviceCert::issue(&k, dev, 5), &key(2)),
             TxBody::RevokeDevice { device: dev },
             TxBody::RotateKey { new_key: [3; 32], new_key_signature: [4; 64] },
             TxBody::ClaimHandle { name: "alice_1".into() },

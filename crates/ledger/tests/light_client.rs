@@ -52,11 +52,12 @@ fn setup() -> Setup {
     let (g, keys) = Genesis::local("light", 4, 30000, vec![(alice, 1_000_000_000)]).unwrap();
     let (mut machine, genesis_block) = g.build().unwrap();
     let chain = g.chain_id();
-    let d1 = DeviceId(SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes());
-    let d2 = DeviceId(SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes());
+    let (k1, k2) = (SigningKey::from_bytes(&[2; 32]), SigningKey::from_bytes(&[3; 32]));
+    let d1 = DeviceId(k1.verifying_key().to_bytes());
+    let d2 = DeviceId(k2.verifying_key().to_bytes());
     let txs = vec![
-        Tx::sign(chain, alice, &a, 0, TxBody::AddDevice { cert: DeviceCert::issue(&a, d1, 1) }).encode(),
-        Tx::sign(chain, alice, &a, 1, TxBody::AddDevice { cert: DeviceCert::issue(&a, d2, 2) }).encode(),
+        Tx::sign(chain, alice, &a, 0, TxBody::add_device(&chain, DeviceCert::issue(&a, d1, 1), &k1)).encode(),
+        Tx::sign(chain, alice, &a, 1, TxBody::add_device(&chain, DeviceCert::issue(&a, d2, 2), &k2)).encode(),
         Tx::sign(chain, alice, &a, 2, TxBody::RevokeDevice { device: d1 }).encode(),
         Tx::sign(chain, alice, &a, 3, TxBody::ClaimHandle { name: "alice".into() }).encode(),
     ];

@@ -11,10 +11,10 @@ use cairn_ledger::core::{Ledger, TxStatus};
 use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis, ValidatorInfo};
 use cairn_ledger::params::Params;
 use cairn_ledger::state::Outcome;
-use cairn_ledger::tx::{Tx, TxBody};
+use cairn_ledger::tx::{Tx, TxBody, TxError};
 use cairn_ledger::validator::{self, Behaviour, Timeouts, channel};
 use cairn_proto::ed25519::SigningKey;
-use cairn_proto::{AccountId, Topic};
+use cairn_proto::{AccountId, DeviceCert, DeviceId, Topic};
 use commonware_consensus::simplex::mocks::conflicter;
 use commonware_consensus::simplex::scheme::ed25519::Scheme;
 use commonware_cryptography::{Sha256, Signer as _, ed25519};
@@ -335,6 +335,68 @@ fn four_validators_finalize_identical_state() {
             })
         });
     }
+}
+
+/// Attack on 4 validators: two accounts race to bind the same device key in one block (the
+/// device's holder consented to both), and a third forges a binding without the key. Every
+/// validator agrees that exactly one binding lands, the other gets `DeviceClaimed`, the forgery
+/// `BadDeviceBinding`, and the key's owner (proven against a certified header) is the winner.
+#[test]
+fn a_device_claimed_by_a_second_account_is_refused_by_every_validator() {
+    run(7, |ctx| {
+        Box::pin(async move {
+            let mut net = Net::new(&ctx).await;
+            for i in 0..N {
+                net.start(&ctx, i, Behaviour::Honest).await;
+            }
+            assert!(net.wait_height(&ctx, &[0, 1, 2, 3], 2, Duration::from_secs(30)).await, "no progress");
+            let chain = net.genesis.chain_id();
+            let device = SigningKey::from_bytes(&[42; 32]);
+            let did = DeviceId(device.verifying_key().to_bytes());
+            let claim = |u: u8, consent: &SigningKey| {
+                let k = user(u);
+                let body = TxBody::add_device(&chain, DeviceCert::issue(&k, did, 1), consent);
+                Tx::sign(chain, AccountId(k.verifying_key().to_bytes()), &k, 0, body).encode()
+            };
+            let txs = [claim(0, &device), claim(1, &device), claim(2, &user(2))];
+            let ids: Vec<_> = txs.iter().map(|t| Tx::id_of(t)).collect();
+            for t in &txs {
+                net.submit(t);
+            }
+            let start = ctx.current();
+            while !(0..N).all(|i| {
+                let l = net.ledger(i).unwrap();
+                ids.iter().all(|id| matches!(l.tx_status(id), TxStatus::Finalized { .. }))
+            }) {
+                assert!(ctx.current().duration_since(start).unwrap() < Duration::from_secs(60), "not final");
+                ctx.sleep(Duration::from_millis(100)).await;
+            }
+            let outcome = |v: usize, id| match net.ledger(v).unwrap().tx_status(id) {
+                TxStatus::Finalized { outcome, .. } => outcome,
+                other => panic!("not final: {other:?}"),
+            };
+            for v in 1..N {
+                for id in &ids {
+                    assert_eq!(outcome(v, id), outcome(0, id), "validators disagree");
+                }
+            }
+            let (first, second) = (outcome(0, &ids[0]), outcome(0, &ids[1]));
+            let winner = match (&first, &second) {
+                (Outcome::Applied, Outcome::Failed(TxError::DeviceClaimed)) => user(0),
+                (Outcome::Failed(TxError::DeviceClaimed), Outcome::Applied) => user(1),
+                other => panic!("exactly one binding must land: {other:?}"),
+            };
+            assert_eq!(outcome(0, &ids[2]), Outcome::Failed(TxError::BadDeviceBinding));
+            let target = net.heights().iter().map(|h| h.unwrap()).max().unwrap() + 2;
+            assert!(net.wait_height(&ctx, &[0, 1, 2, 3], target, Duration::from_secs(30)).await);
+            net.check_safety();
+            let key = cairn_ledger::state::StateKey::DeviceOwner(did);
+            for v in 0..N {
+                let p = net.ledger(v).unwrap().prove(&key).unwrap().expect("a proof at the tip");
+                assert_eq!(p.value.as_deref(), Some(&winner.verifying_key().to_bytes()[..]), "owner at {v}");
+            }
+        })
+    });
 }
 
 #[test]

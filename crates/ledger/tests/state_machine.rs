@@ -77,8 +77,9 @@ fn register_devices_rotation_and_typed_refusals() {
     let d = key(3);
     let did = DeviceId(d.verifying_key().to_bytes());
     let cert = DeviceCert::issue(&a, did, 10);
-    assert_eq!(w.run(ida, &a, TxBody::AddDevice { cert }).unwrap(), Outcome::Applied);
-    assert_eq!(failed(w.run(ida, &a, TxBody::AddDevice { cert })), TxError::DeviceExists);
+    let add = TxBody::add_device(&CHAIN, cert, &d);
+    assert_eq!(w.run(ida, &a, add.clone()).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(ida, &a, add.clone())), TxError::DeviceExists);
     assert_eq!(w.m.account(&ida).unwrap().active_devices(), vec![did]);
     let body = TxBody::PublishKeyPackages { batch_hash: [9; 32], count: 5 };
     assert_eq!(w.run(ida, &d, body).unwrap(), Outcome::Applied);
@@ -90,7 +91,8 @@ fn register_devices_rotation_and_typed_refusals() {
     // a certificate by another account key is refused
     let e = key(4);
     let bad = DeviceCert::issue(&b, DeviceId(e.verifying_key().to_bytes()), 1);
-    assert!(matches!(failed(w.run(ida, &a, TxBody::AddDevice { cert: bad })), TxError::BadDeviceCert(_)));
+    let bad = TxBody::add_device(&CHAIN, bad, &e);
+    assert!(matches!(failed(w.run(ida, &a, bad)), TxError::BadDeviceCert(_)));
 
     // revoke: the device can no longer sign
     assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
@@ -99,7 +101,7 @@ fn register_devices_rotation_and_typed_refusals() {
     let body = TxBody::Anchor { topic, head: Id([1; 32]), count: 3 };
     assert_eq!(w.run(ida, &d, body).unwrap_err(), TxError::RevokedDevice);
     // and cannot be re-added
-    assert_eq!(failed(w.run(ida, &a, TxBody::AddDevice { cert })), TxError::DeviceExists);
+    assert_eq!(failed(w.run(ida, &a, add)), TxError::DeviceExists);
 
     // rotation needs the new key's consent
     let n = key(7);
@@ -204,6 +206,70 @@ fn handles_are_unique_and_transferable() {
     assert!(matches!(w.run_raw(raw).unwrap_err(), TxError::Malformed(_)));
 }
 
+/// Attack: an account claims a device key it does not hold, or one bound to another account.
+/// Without the device key's signature the binding is refused; a second account claiming a bound
+/// key (even with a consent the key gave to the first account, or on another chain) is refused
+/// with `DeviceClaimed`, and the first account's binding and the key's signing rights are unchanged.
+#[test]
+fn a_device_claimed_by_a_second_account_is_refused() {
+    let (a, m, d) = (key(1), key(2), key(3));
+    let (ida, idm) = (acct(&a), acct(&m));
+    let did = DeviceId(d.verifying_key().to_bytes());
+    let mut w = W::new(&[(ida, FUNDS), (idm, FUNDS)]);
+
+    // the honest binding: A certifies the device, the device consents to A on this chain
+    let honest = TxBody::add_device(&CHAIN, DeviceCert::issue(&a, did, 1), &d);
+    assert_eq!(w.run(ida, &a, honest.clone()).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.device_owner(&did.0), Some(ida));
+
+    // M certifies A's device key without holding it: its own key cannot stand in for the device's
+    let forged = TxBody::add_device(&CHAIN, DeviceCert::issue(&m, did, 2), &m);
+    assert_eq!(failed(w.run(idm, &m, forged)), TxError::BadDeviceBinding);
+    // nor can A's consent be replayed for M (it names A), nor a zero signature
+    let TxBody::AddDevice { device_signature, .. } = honest else { panic!("not an AddDevice") };
+    let replayed = TxBody::AddDevice { cert: DeviceCert::issue(&m, did, 2), device_signature };
+    assert_eq!(failed(w.run(idm, &m, replayed)), TxError::BadDeviceBinding);
+    let blank = TxBody::AddDevice { cert: DeviceCert::issue(&m, did, 2), device_signature: [0; 64] };
+    assert_eq!(failed(w.run(idm, &m, blank)), TxError::BadDeviceBinding);
+    // a consent for another chain does not bind here
+    let other_chain = TxBody::add_device(&[0xAB; 32], DeviceCert::issue(&a, acct_dev(&key(4)), 3), &key(4));
+    assert_eq!(failed(w.run(ida, &a, other_chain)), TxError::BadDeviceBinding);
+
+    // even with the device's real consent to M (the device's holder colluding or the key
+    // leaked), a key bound to A never serves a second account
+    let claimed = TxBody::add_device(&CHAIN, DeviceCert::issue(&m, did, 2), &d);
+    assert_eq!(failed(w.run(idm, &m, claimed)), TxError::DeviceClaimed);
+    // nor once A revoked it (a revoked key stays bound to A)
+    assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
+    let claimed = TxBody::add_device(&CHAIN, DeviceCert::issue(&m, did, 3), &d);
+    assert_eq!(failed(w.run(idm, &m, claimed)), TxError::DeviceClaimed);
+    // nor as an account of its own
+    assert_eq!(failed(w.run(AccountId(did.0), &d, TxBody::RegisterAccount)), TxError::DeviceClaimed);
+    // nor may M bind another account's key as its device
+    let e = key(5);
+    let ide = acct(&e);
+    assert_eq!(w.run(ide, &e, TxBody::RegisterAccount).unwrap(), Outcome::Applied);
+    let account_as_device = TxBody::add_device(&CHAIN, DeviceCert::issue(&m, DeviceId(ide.0), 4), &e);
+    assert_eq!(failed(w.run(idm, &m, account_as_device)), TxError::DeviceClaimed);
+
+    // the first account's binding is unchanged, M has no devices
+    assert_eq!(w.m.device_owner(&did.0), Some(ida));
+    let rec = w.m.account(&ida).unwrap();
+    assert_eq!(rec.devices.len(), 1);
+    assert_eq!(rec.devices[0].device, did);
+    assert!(w.m.account(&idm).unwrap().devices.is_empty());
+
+    // honest traffic goes on: M binds a key it holds
+    let mine = key(6);
+    let ok = TxBody::add_device(&CHAIN, DeviceCert::issue(&m, acct_dev(&mine), 5), &mine);
+    assert_eq!(w.run(idm, &m, ok).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.device_owner(&acct_dev(&mine).0), Some(idm));
+}
+
+fn acct_dev(k: &SigningKey) -> DeviceId {
+    DeviceId(k.verifying_key().to_bytes())
+}
+
 #[test]
 fn commit_sequencer_is_compare_and_swap() {
     let a = key(1);
@@ -211,7 +277,7 @@ fn commit_sequencer_is_compare_and_swap() {
     let d = key(3);
     let mut w = W::new(&[(ida, FUNDS)]);
     let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
-    w.run(ida, &a, TxBody::AddDevice { cert }).unwrap();
+    w.run(ida, &a, TxBody::add_device(&CHAIN, cert, &d)).unwrap();
     let t = Topic([8; 32]);
     let hs = |after, p: u8| TxBody::SequenceHandshake { topic: t, after, payload: vec![p; 10] };
     assert_eq!(w.run(ida, &d, hs(0, 1)).unwrap(), Outcome::Sequenced { topic: t, seq: 0 });
@@ -365,7 +431,7 @@ fn fees_are_exact_paid_by_the_account_and_burned() {
     let mut burned = 0;
     let mut paid_by_a = 0;
     let txs = vec![
-        (ida, a.clone(), TxBody::AddDevice { cert }),
+        (ida, a.clone(), TxBody::add_device(&CHAIN, cert, &d)),
         (
             ida,
             d.clone(),

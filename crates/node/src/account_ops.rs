@@ -66,13 +66,14 @@ pub(crate) async fn add_device(s: &Service, req: DeviceAddRequest) -> ApiResult<
         let device_key = SigningKey::from_bytes(&seed);
         let device = DeviceId(device_key.verifying_key().to_bytes());
         let cert = DeviceCert::issue(&k.account_key, device, now_ms());
+        let body = TxBody::add_device(&c.chain(), cert, &device_key);
         let identity = Identity { account_key: k.account_key.clone(), device_key, cert };
         std::fs::create_dir_all(&home)
             .map_err(|e| NodeError::BadRequest(format!("{}: {e}", home.display())))?;
         identity
             .create_file(&ks, req.passphrase.as_bytes(), cairn_crypto::KdfParams::default())
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        submit_tx(c, k.account, &k.account_key, TxBody::AddDevice { cert }, ACCOUNT_TX_TIMEOUT)?;
+        submit_tx(c, k.account, &k.account_key, body, ACCOUNT_TX_TIMEOUT)?;
         shared.db.set_pending_device(&device.0, true, now_ms())?;
         Ok(DeviceView { device: device.to_text(), this_device: false })
     })

@@ -2,7 +2,7 @@
 //! statuses, outcomes, blocks), with the limits of [`super::protocol`].
 
 use cairn_proto::codec::{DecodeError, Reader, Writer};
-use cairn_proto::{AccountId, Topic};
+use cairn_proto::{AccountId, DeviceId, Topic};
 
 use super::protocol::{
     Admission, CertifiedBlock, PROTOCOL_VERSION, ProtocolError, REFUSAL_BYTES_MAX, Refusal, RemoteOutcome,
@@ -103,6 +103,10 @@ pub(super) fn write_key(w: &mut Writer, key: &StateKey) {
         }
         StateKey::Meta => w.u8(5),
         StateKey::Params => w.u8(6),
+        StateKey::DeviceOwner(d) => {
+            w.u8(7);
+            w.raw(&d.0);
+        }
     }
 }
 
@@ -115,6 +119,7 @@ pub(super) fn read_key(r: &mut Reader<'_>) -> Result<StateKey, ProtocolError> {
         4 => StateKey::Anchor(Topic(r.array("key.anchor")?)),
         5 => StateKey::Meta,
         6 => StateKey::Params,
+        7 => StateKey::DeviceOwner(DeviceId(r.array("key.device")?)),
         other => return Err(ProtocolError::UnknownKind { what: "state key", kind: other }),
     })
 }

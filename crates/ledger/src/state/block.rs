@@ -168,6 +168,12 @@ impl Machine {
         Executor::new(&ov, self.chain).params()
     }
 
+    /// The account a device key is bound to, if any.
+    pub fn device_owner(&self, device: &[u8; 32]) -> Option<AccountId> {
+        let ov = self.db.overlay(Vec::new());
+        Executor::new(&ov, self.chain).device_owner(device)
+    }
+
     /// Next nonce of a signer.
     pub fn nonce(&self, signer: &[u8; 32]) -> u64 {
         let ov = self.db.overlay(Vec::new());

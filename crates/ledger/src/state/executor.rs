@@ -13,7 +13,7 @@ use super::{
     TopicState,
 };
 use crate::params::Params;
-use crate::tx::{Tx, TxBody, TxError, TxId, rotation_message};
+use crate::tx::{Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
 
 /// Domain separation for the per-topic handshake hash chain.
 const TOPIC_CHAIN_DOMAIN: &str = "cairn 2026-11 ledger topic chain v1";
@@ -224,6 +224,12 @@ impl<'a> Executor<'a> {
         Ok(Receipt { tx: id, outcome })
     }
 
+    /// The account a device key is bound to, if any.
+    pub fn device_owner(&self, key: &[u8; 32]) -> Option<AccountId> {
+        let b = self.raw(&StateKey::DeviceOwner(cairn_proto::DeviceId(*key)))?;
+        Some(AccountId(b.as_slice().try_into().ok()?))
+    }
+
     fn must_account(&self, id: &AccountId) -> Result<Account, TxError> {
         self.account(id).ok().flatten().ok_or(TxError::UnknownAccount)
     }
@@ -237,11 +243,14 @@ impl<'a> Executor<'a> {
                 if self.account(&id).ok().flatten().is_some() {
                     return Err(TxError::AccountExists);
                 }
+                if self.device_owner(&id.0).is_some() {
+                    return Err(TxError::DeviceClaimed);
+                }
                 // admission checked that the faucet credit covers the fee
                 let credit = self.params().faucet.saturating_sub(fee);
                 self.put(StateKey::Account(id), Some(Account::new(id, credit).encode()));
             }
-            TxBody::AddDevice { cert } => {
+            TxBody::AddDevice { cert, device_signature } => {
                 let mut acct = self.must_account(&id)?;
                 if cert.account.0 != acct.key {
                     return Err(TxError::BadDeviceCert("not certified by the current account key"));
@@ -252,6 +261,21 @@ impl<'a> Executor<'a> {
                 }
                 if !usable_key(&cert.device.0) {
                     return Err(TxError::BadDeviceCert("device key is not a usable key"));
+                }
+                // the device key consents to this account on this chain: nobody binds a key
+                // they do not hold
+                let device_key = VerifyingKey::from_bytes(&cert.device.0)
+                    .map_err(|_| TxError::BadDeviceCert("device key is not a usable key"))?;
+                let msg = device_binding_message(&self.chain, &id, &cert.device);
+                device_key
+                    .verify_strict(&msg, &Signature::from_bytes(device_signature))
+                    .map_err(|_| TxError::BadDeviceBinding)?;
+                if self.device_owner(&cert.device.0).is_some_and(|owner| owner != id) {
+                    return Err(TxError::DeviceClaimed);
+                }
+                // an account key is not a device key of another account either
+                if self.account(&AccountId(cert.device.0)).ok().flatten().is_some() {
+                    return Err(TxError::DeviceClaimed);
                 }
                 let pos = match acct.devices.binary_search_by(|d| d.device.0.cmp(&cert.device.0)) {
                     Ok(_) => return Err(TxError::DeviceExists),
@@ -264,6 +288,7 @@ impl<'a> Executor<'a> {
                     pos,
                     DeviceEntry { device: cert.device, created_at_ms: cert.created_at_ms, revoked: false },
                 );
+                self.put(StateKey::DeviceOwner(cert.device), Some(id.0.to_vec()));
                 self.put(StateKey::Account(id), Some(acct.encode()));
             }
             TxBody::RevokeDevice { device } => {
@@ -279,7 +304,7 @@ impl<'a> Executor<'a> {
                 if *new_key == acct.key {
                     return Err(TxError::BadRotation("new key equals the current key"));
                 }
-                if acct.devices.iter().any(|d| d.device.0 == *new_key) {
+                if self.device_owner(new_key).is_some() {
                     return Err(TxError::BadRotation("new key is a device key"));
                 }
                 let vk = VerifyingKey::from_bytes(new_key)
@@ -368,6 +393,7 @@ impl<'a> Executor<'a> {
                 // how a new account is funded where the faucet is off
                 let mut dest = match self.account(to).ok().flatten() {
                     Some(a) => a,
+                    None if self.device_owner(&to.0).is_some() => return Err(TxError::DeviceClaimed),
                     None if usable_key(&to.0) => Account::new(*to, 0),
                     None => return Err(TxError::UnknownRecipient),
                 };

@@ -26,6 +26,9 @@ pub enum StateKey {
     Meta,
     /// The chain's fee and faucet parameters ([`crate::params::Params`]), set at genesis.
     Params,
+    /// The account a device key is bound to (32 bytes: the account id). Written once by the
+    /// first `AddDevice` of the key and never removed, so a key serves one account for good.
+    DeviceOwner(DeviceId),
 }
 
 impl StateKey {
@@ -55,6 +58,10 @@ impl StateKey {
             }
             Self::Meta => v.extend_from_slice(b"meta"),
             Self::Params => v.extend_from_slice(b"parm"),
+            Self::DeviceOwner(d) => {
+                v.extend_from_slice(b"dvow");
+                v.extend_from_slice(&d.0);
+            }
         }
         v
     }

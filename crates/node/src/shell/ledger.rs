@@ -292,7 +292,8 @@ impl LedgerWorker {
         }
         if !account.active_devices().contains(&k.device) {
             tracing::info!("registering device {} on the ledger", k.device.to_text());
-            submit_tx(client, k.account, &k.account_key, TxBody::AddDevice { cert: k.cert }, timeout)?;
+            let body = TxBody::add_device(&client.chain(), k.cert, &k.device_key);
+            submit_tx(client, k.account, &k.account_key, body, timeout)?;
         }
         if account.handle.is_none()
             && let Some(name) = self.handle.clone()
