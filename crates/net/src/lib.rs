@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod node;
+pub mod receipt;
 pub mod shard;
 pub mod sync;
 pub mod validate;

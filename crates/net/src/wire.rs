@@ -7,17 +7,20 @@
 //!   3 ids    count:u16 id:[32]*
 //!   4 store-many count:u16 (1..=STORE_BATCH_MAX) envelope:bytes*
 //! response = version:u8 kind:u8 body
-//!   1 stored id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full)
+//!   1 stored count:u16 (1..=STORE_BATCH_MAX) ack*
+//!        ack = id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full) has_receipt:u8
+//!              (stored_at:u64 expires_at:u64 signature:[64])?   (see `receipt`)
 //!   2 page   count:u32 (seq:u64 envelope:bytes)* has_next:u8 next:u64?
 //!   3 envelopes count:u16 envelope:bytes*
 //!   4 error  message:bytes (≤ 256)
-//!   5 stored-many count:u16 (id:[32] outcome:u8)*
 //! ```
 //! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
 //! allocation.
 
 use cairn_proto::codec::{DecodeError, Reader, Writer};
 use cairn_proto::{Envelope, Id, Limits, Topic};
+
+use crate::receipt::StoreReceipt;
 
 const VERSION: u8 = 1;
 /// Envelopes in one store-many request, at most.
@@ -88,13 +91,23 @@ pub enum StoreOutcome {
     Full,
 }
 
+/// What a store node answers for one envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreAck {
+    /// The envelope.
+    pub id: Id,
+    /// What happened.
+    pub outcome: StoreOutcome,
+    /// The store's signed promise (for `Stored` and `Duplicate`).
+    pub receipt: Option<StoreReceipt>,
+}
+
 /// A store node's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// Outcome of a store request.
-    Stored(Id, StoreOutcome),
-    /// Outcomes of a store-many request, in its order.
-    StoredMany(Vec<(Id, StoreOutcome)>),
+    /// Outcome of a store or store-many request, one per envelope in its order; stored and
+    /// duplicate outcomes carry the store node's signed receipt.
+    Stored(Vec<StoreAck>),
     /// A page of history.
     Page {
         /// `(cursor, envelope)` pairs.
@@ -206,17 +219,21 @@ impl Response {
         let mut w = Writer::default();
         w.u8(VERSION);
         match self {
-            Self::Stored(id, o) => {
+            Self::Stored(acks) => {
                 w.u8(1);
-                w.raw(&id.0);
-                encode_outcome(&mut w, *o);
-            }
-            Self::StoredMany(list) => {
-                w.u8(5);
-                w.u16(list.len().min(usize::from(u16::MAX)) as u16);
-                for (id, o) in list {
-                    w.raw(&id.0);
-                    encode_outcome(&mut w, *o);
+                w.u16(acks.len().min(usize::from(u16::MAX)) as u16);
+                for a in acks {
+                    w.raw(&a.id.0);
+                    encode_outcome(&mut w, a.outcome);
+                    match &a.receipt {
+                        None => w.u8(0),
+                        Some(r) => {
+                            w.u8(1);
+                            w.u64(r.stored_at_ms);
+                            w.u64(r.expires_at_ms);
+                            w.raw(&r.signature);
+                        }
+                    }
                 }
             }
             Self::Page { entries, next } => {
@@ -267,17 +284,32 @@ impl Response {
         r.version("store response", VERSION)?;
         let resp = match r.u8("kind")? {
             1 => {
-                let id = Id(r.array("id")?);
-                Self::Stored(id, decode_outcome(&mut r)?)
-            }
-            5 => {
-                let n = r.count(STORE_BATCH_MAX, "outcomes")?;
-                let mut list = Vec::with_capacity(n);
+                let n = r.count(STORE_BATCH_MAX, "acks")?;
+                if n == 0 {
+                    return Err(DecodeError::Invalid { field: "acks", reason: "empty" });
+                }
+                let mut acks = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = Id(r.array("id")?);
-                    list.push((id, decode_outcome(&mut r)?));
+                    let outcome = decode_outcome(&mut r)?;
+                    let receipt = match r.u8("has_receipt")? {
+                        0 => None,
+                        1 => Some(StoreReceipt {
+                            id,
+                            stored_at_ms: r.u64("stored_at")?,
+                            expires_at_ms: r.u64("expires_at")?,
+                            signature: r.array("signature")?,
+                        }),
+                        _ => {
+                            return Err(DecodeError::Invalid {
+                                field: "has_receipt",
+                                reason: "must be 0 or 1",
+                            });
+                        }
+                    };
+                    acks.push(StoreAck { id, outcome, receipt });
                 }
-                Self::StoredMany(list)
+                Self::Stored(acks)
             }
             2 => {
                 let n = r.u32("count")?;
@@ -342,12 +374,24 @@ mod tests {
             assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
         }
         for resp in [
-            Response::Stored(e.id(), StoreOutcome::Duplicate),
+            Response::Stored(vec![StoreAck { id: e.id(), outcome: StoreOutcome::Refused, receipt: None }]),
             Response::Page { entries: vec![(3, e.clone())], next: Some(4) },
             Response::Page { entries: vec![], next: None },
             Response::Envelopes(vec![e.clone()]),
             Response::Error("nope".into()),
-            Response::StoredMany(vec![(e.id(), StoreOutcome::Stored), (Id([4; 32]), StoreOutcome::Refused)]),
+            Response::Stored(vec![
+                StoreAck {
+                    id: e.id(),
+                    outcome: StoreOutcome::Stored,
+                    receipt: Some(StoreReceipt {
+                        id: e.id(),
+                        stored_at_ms: 1,
+                        expires_at_ms: 2,
+                        signature: [9; 64],
+                    }),
+                },
+                StoreAck { id: Id([4; 32]), outcome: StoreOutcome::Full, receipt: None },
+            ]),
         ] {
             assert_eq!(Response::decode(&resp.encode(), &l).unwrap(), resp);
         }

@@ -1,5 +1,5 @@
 //! Store nodes on 127.0.0.1: a sender's burst travels in store-many requests (one mailbox
-//! commit for many envelopes), and a store at its byte quota refuses new mail without evicting
+//! commit for many envelopes) and comes back with signed receipts, and a store at its byte quota refuses new mail without evicting
 //! what it holds, while other topics still get in. Bounded in time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -96,6 +96,20 @@ async fn a_burst_is_stored_in_batched_requests() {
     }
     assert!(stored >= 2 * 40, "each envelope on at least 2 store nodes: {stored}");
     assert!(commits * 4 <= stored, "{commits} mailbox commits for {stored} stored envelopes");
+    // The sender keeps a signed receipt from each store node that acknowledged an envelope.
+    let store_ids: HashSet<_> = stores.iter().map(|s| s.peer_id).collect();
+    for id in &want {
+        let receipts = sender.receipts(id).unwrap();
+        assert!(receipts.len() >= 2, "{} receipts for a stored envelope", receipts.len());
+        for (peer, r) in receipts {
+            assert!(store_ids.contains(&peer));
+            assert_eq!(r.id, *id);
+            assert_eq!(r.verify(&peer), Ok(()));
+            assert!(r.expires_at_ms > r.stored_at_ms + 3_000_000, "kept for its 1 h TTL");
+            let other = stores.iter().map(|s| s.peer_id).find(|p| *p != peer).unwrap();
+            assert!(r.verify(&other).is_err(), "a receipt speaks for its own store only");
+        }
+    }
     sender.shutdown().await;
     for s in &stores {
         s.shutdown().await;

@@ -24,6 +24,7 @@ use super::config::NodeConfig;
 use super::handle::Command;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
+use crate::receipt::StoreReceipt;
 use crate::shard::{SHARDS, nearest, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
 use crate::validate::{Admission, RateLimiter};
@@ -45,8 +46,7 @@ const COMMITTED_DRAIN_MAX: usize = 64;
 
 /// What a request to a store node was for, to read its answer.
 pub(super) enum Outbound {
-    Store(Id),
-    StoreMany(Vec<Id>),
+    Store(Vec<Id>),
     Page(Topic),
     Ids,
 }
@@ -128,6 +128,11 @@ fn key_of(bytes: &[u8]) -> [u8; 32] {
 /// The Kademlia key of a peer (XOR placement of topics on store nodes).
 pub(super) fn peer_key(p: &PeerId) -> [u8; 32] {
     key_of(&p.to_bytes())
+}
+
+/// Where the receipt of `store` for `id` is kept in the local history's named values.
+pub(super) fn receipt_key(id: &Id, store: &PeerId) -> String {
+    format!("receipt/{}/{store}", id.to_hex())
 }
 
 fn cursor_key(topic: &Topic, store: &PeerId) -> String {
@@ -352,13 +357,19 @@ impl Node {
             1 => {
                 let e = batch.remove(0);
                 let id = e.id();
-                self.request(to, Request::Store(e), Outbound::Store(id));
+                self.request(to, Request::Store(e), Outbound::Store(vec![id]));
             }
             _ => {
                 let ids = batch.iter().map(Envelope::id).collect();
-                self.request(to, Request::StoreMany(batch), Outbound::StoreMany(ids));
+                self.request(to, Request::StoreMany(batch), Outbound::Store(ids));
             }
         }
+    }
+
+    /// Keeps a store node's receipt in the local history, with the next history commit.
+    pub(super) fn keep_receipt(&mut self, store: &PeerId, r: StoreReceipt) {
+        let key = receipt_key(&r.id, store);
+        self.staged.push_back(HistoryJob::Keep { key, value: r.encode() });
     }
 
     /// Sends a store request unless `OUTBOUND_REQUESTS_MAX` are in flight (see there).

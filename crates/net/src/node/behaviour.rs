@@ -113,12 +113,16 @@ fn yamux_config() -> yamux::Config {
     c
 }
 
+/// The node's identity key: from the configured seed, or a fresh one.
+pub(super) fn identity(c: &NodeConfig) -> Result<Keypair, NodeError> {
+    match c.identity_seed {
+        Some(seed) => Keypair::ed25519_from_bytes(seed).map_err(|e| NodeError::Setup(e.to_string())),
+        None => Ok(Keypair::generate_ed25519()),
+    }
+}
+
 /// Builds the swarm: TCP and QUIC transports, relay client, and [`behaviour`].
-pub(super) fn build_swarm(c: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
-    let keypair = match c.identity_seed {
-        Some(seed) => Keypair::ed25519_from_bytes(seed).map_err(|e| NodeError::Setup(e.to_string()))?,
-        None => Keypair::generate_ed25519(),
-    };
+pub(super) fn build_swarm(c: &NodeConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, NodeError> {
     let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()

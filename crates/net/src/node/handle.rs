@@ -13,11 +13,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::actor::Node;
-use super::behaviour::{Behaviour, build_swarm};
+use super::behaviour::{Behaviour, build_swarm, identity};
 use super::config::NodeConfig;
 use super::events::{self, EventTap, NodeEvent};
 use super::writer::{COMMITTED_MAX, spawn_history_writer, spawn_mailbox_writer};
 use super::{NodeError, NodeStatus};
+use crate::receipt::StoreReceipt;
 
 /// Commands queued from handles to the actor, at most. When full, the calling handle method
 /// waits: back-pressure on the application.
@@ -96,6 +97,19 @@ impl NodeHandle {
     pub fn history(&self) -> &Arc<Store> {
         &self.history
     }
+    /// The store receipts kept for an own envelope: each store node that acknowledged it, with
+    /// its signed promise (already verified against that node's key when it arrived).
+    pub fn receipts(&self, id: &Id) -> Result<Vec<(PeerId, StoreReceipt)>, NodeError> {
+        let prefix = format!("receipt/{}/", id.to_hex());
+        let rows = self.history.keys_with_prefix(&prefix, RECEIPTS_PER_ENVELOPE_MAX)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let peer: PeerId = k.strip_prefix(&prefix)?.parse().ok()?;
+                Some((peer, StoreReceipt::decode(&v).ok()?))
+            })
+            .collect())
+    }
     /// The lossless event stream, for the one consumer that must see every `Delivered` and
     /// `Status` event: `Some` the first time (from any clone of the handle), `None` after.
     /// Take it before subscribing. A slow consumer slows the node down instead of losing
@@ -114,13 +128,18 @@ impl NodeHandle {
     }
 }
 
+/// Receipts read back for one envelope, at most (a sender asks k = 3 store nodes, and more
+/// when the set changes).
+const RECEIPTS_PER_ENVELOPE_MAX: usize = 64;
+
 /// Page cache of a store node's mailbox, bytes (the local history uses the store default).
 pub(crate) const MAILBOX_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Starts a node; returns once it listens on every configured address.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (history, mailbox) = open_stores(&config)?;
-    let mut swarm = build_swarm(&config)?;
+    let key = identity(&config)?;
+    let mut swarm = build_swarm(&config, key.clone())?;
     let peer_id = *swarm.local_peer_id();
     let listen_addrs = listen(&mut swarm, &config).await?;
     for b in &config.bootstrap {
@@ -136,7 +155,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let history_lanes = spawn_history_writer(history.clone(), sink, committed_tx.clone()).map_err(setup)?;
     let mailbox_lane = match &mailbox {
         Some(m) => Some(
-            spawn_mailbox_writer(m.clone(), config.retention, config.expire_every_ms, committed_tx)
+            spawn_mailbox_writer(m.clone(), key, config.retention, config.expire_every_ms, committed_tx)
                 .map_err(setup)?,
         ),
         None => None,

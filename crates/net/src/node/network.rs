@@ -1,7 +1,7 @@
 //! What the swarm reports to the actor: gossip (admitted through [`crate::validate`]),
 //! identify and discovery, connections, and the answers to our store requests.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use cairn_proto::Id;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
@@ -13,6 +13,7 @@ use tracing::debug;
 use super::actor::{Node, Outbound, peer_key};
 use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
 use super::{STORE_PROTOCOL, now_ms};
+use crate::receipt::StoreReceipt;
 use crate::sync::Input;
 use crate::validate::Verdict;
 use crate::wire::{Response, StoreOutcome};
@@ -116,8 +117,7 @@ impl Node {
             request_response::Event::OutboundFailure { request_id, peer, error, .. } => {
                 debug!(%peer, %error, "store request failed");
                 let ids = match self.outbound.remove(&request_id) {
-                    Some((from, Outbound::Store(id))) => vec![(from, id)],
-                    Some((from, Outbound::StoreMany(ids))) => ids.into_iter().map(|id| (from, id)).collect(),
+                    Some((from, Outbound::Store(ids))) => ids.into_iter().map(|id| (from, id)).collect(),
                     _ => vec![],
                 };
                 for (from, id) in ids {
@@ -133,33 +133,11 @@ impl Node {
     fn on_store_response(&mut self, request_id: OutboundRequestId, response: &[u8]) {
         let Some((from, kind)) = self.outbound.remove(&request_id) else { return };
         let limits = self.config.admission.limits;
-        if let Outbound::StoreMany(ids) = kind {
-            // Each id of the request is acknowledged only by its own "stored" or "duplicate".
-            let acked: HashSet<Id> = match Response::decode(response, &limits) {
-                Ok(Response::StoredMany(list)) => list
-                    .into_iter()
-                    .filter(|(_, o)| matches!(o, StoreOutcome::Stored | StoreOutcome::Duplicate))
-                    .map(|(id, _)| id)
-                    .collect(),
-                _ => HashSet::new(),
-            };
-            for id in ids {
-                let input = if acked.contains(&id) {
-                    Input::StoreAck { id, from }
-                } else {
-                    Input::StoreFailed { id, from }
-                };
-                let outs = self.sync.handle(input, now_ms());
-                self.apply(outs);
-            }
+        if let Outbound::Store(ids) = kind {
+            self.on_store_acks(from, ids, Response::decode(response, &limits).ok());
             return;
         }
         let input = match (Response::decode(response, &limits), kind) {
-            (
-                Ok(Response::Stored(id, StoreOutcome::Stored | StoreOutcome::Duplicate)),
-                Outbound::Store(want),
-            ) if id == want => Input::StoreAck { id, from },
-            (_, Outbound::Store(id)) => Input::StoreFailed { id, from },
             (Ok(Response::Page { entries, next }), Outbound::Page(topic)) => {
                 Input::Page { topic, from, entries, next }
             }
@@ -171,5 +149,36 @@ impl Node {
         };
         let outs = self.sync.handle(input, now_ms());
         self.apply(outs);
+    }
+
+    /// A store node's answer to our store request: each id counts as acknowledged only with
+    /// a stored or duplicate outcome and a receipt that store node signed for that id; the
+    /// receipt is kept in the local history (`receipt/<id>/<store>`).
+    fn on_store_acks(&mut self, from: PeerId, ids: Vec<Id>, response: Option<Response>) {
+        let mut valid: HashMap<Id, StoreReceipt> = HashMap::new();
+        if let Some(Response::Stored(acks)) = response {
+            for a in acks {
+                let Some(r) = a.receipt else { continue };
+                if matches!(a.outcome, StoreOutcome::Stored | StoreOutcome::Duplicate) && r.id == a.id {
+                    match r.verify(&from) {
+                        Ok(()) => {
+                            valid.insert(a.id, r);
+                        }
+                        Err(e) => debug!(%from, "store receipt refused: {e}"),
+                    }
+                }
+            }
+        }
+        for id in ids {
+            let input = match valid.remove(&id) {
+                Some(r) => {
+                    self.keep_receipt(&from, r);
+                    Input::StoreAck { id, from }
+                }
+                None => Input::StoreFailed { id, from },
+            };
+            let outs = self.sync.handle(input, now_ms());
+            self.apply(outs);
+        }
     }
 }

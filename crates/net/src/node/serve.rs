@@ -11,7 +11,7 @@ use tracing::debug;
 use super::actor::Node;
 use super::now_ms;
 use super::writer::{MailboxJob, NotQueued};
-use crate::wire::{RESPONSE_BYTES_MAX, Request, Response, StoreOutcome};
+use crate::wire::{RESPONSE_BYTES_MAX, Request, Response, StoreAck, StoreOutcome};
 
 /// Bytes reserved for a response's framing and header when filling it with envelopes.
 const RESPONSE_OVERHEAD_BYTES: usize = 64;
@@ -42,14 +42,14 @@ impl Node {
             Ok(Request::Page { .. } | Request::Ids(_)) if !self.read_rate.allow(&peer, now) => {
                 rate_limited(&mut self.counters)
             }
-            Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], false, bytes, channel) {
+            Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], bytes, channel) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
                 }
                 None => return, // answered by the mailbox writer once committed
             },
-            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(peer, envs, true, bytes, channel) {
+            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(peer, envs, bytes, channel) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
@@ -73,7 +73,6 @@ impl Node {
         &mut self,
         peer: PeerId,
         envs: Vec<Envelope>,
-        many: bool,
         bytes: usize,
         channel: ResponseChannel<Vec<u8>>,
     ) -> Option<(ResponseChannel<Vec<u8>>, Response)> {
@@ -91,11 +90,14 @@ impl Node {
             })
             .collect();
         let source = *blake3::hash(&peer.to_bytes()).as_bytes();
-        let job = MailboxJob { channel, items, many, bytes, source };
+        let job = MailboxJob { channel, items, bytes, source };
         if job.items.iter().all(Result::is_err) {
-            let outcomes = job.items.iter().map(|i| (refused_id(i), StoreOutcome::Refused)).collect();
-            let answer = job.answer(outcomes);
-            return Some((job.channel, answer));
+            let acks = job
+                .items
+                .iter()
+                .map(|i| StoreAck { id: refused_id(i), outcome: StoreOutcome::Refused, receipt: None })
+                .collect();
+            return Some((job.channel, Response::Stored(acks)));
         }
         let Some(queue) = &self.mailbox_jobs else {
             return Some((job.channel, Response::Error("store is shutting down".into())));

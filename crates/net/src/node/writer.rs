@@ -20,14 +20,16 @@ use std::thread::JoinHandle;
 
 use cairn_proto::{Envelope, Id};
 use cairn_store::{Appended, Retention, Source, Store, StoreError};
+use libp2p::identity::Keypair;
 use libp2p::request_response::ResponseChannel;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::events::{EventSink, NodeEvent};
 use super::{NodeError, now_ms};
+use crate::receipt::StoreReceipt;
 use crate::sync::SendStatus;
-use crate::wire::{Response, StoreOutcome};
+use crate::wire::{Response, StoreAck, StoreOutcome};
 
 /// Writes grouped into one commit, at most.
 const COMMIT_BATCH_MAX: usize = 512;
@@ -75,6 +77,13 @@ pub(super) enum HistoryJob {
         /// Next cursor.
         cursor: u64,
     },
+    /// Keep a named value (a store receipt) in the commit of what was queued before it.
+    Keep {
+        /// Key in the history store.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
     /// Time passed: make deferred commits durable if the last sync is old enough.
     Sync,
 }
@@ -98,8 +107,6 @@ pub(super) struct MailboxJob {
     pub(super) channel: ResponseChannel<Vec<u8>>,
     /// Each envelope to store, or the id of one refused before the commit.
     pub(super) items: Vec<Result<Envelope, Id>>,
-    /// A store-many request (answered with `StoredMany`).
-    pub(super) many: bool,
     /// Request bytes, counted against `MAILBOX_QUEUED_BYTES_MAX` while queued.
     pub(super) bytes: usize,
     /// The requesting peer, for its byte quota.
@@ -109,14 +116,6 @@ pub(super) struct MailboxJob {
 impl MailboxJob {
     fn envelopes(&self) -> usize {
         self.items.iter().filter(|i| i.is_ok()).count()
-    }
-
-    /// The answer, given each item's outcome in order.
-    pub(super) fn answer(&self, outcomes: Vec<(Id, StoreOutcome)>) -> Response {
-        match (self.many, outcomes.first()) {
-            (false, Some((id, o))) => Response::Stored(*id, *o),
-            _ => Response::StoredMany(outcomes),
-        }
     }
 }
 
@@ -235,6 +234,7 @@ impl HistoryWriter {
             .iter()
             .filter_map(|j| match j {
                 HistoryJob::Cursor { key, cursor } => Some((key.clone(), cursor.to_be_bytes().to_vec())),
+                HistoryJob::Keep { key, value } => Some((key.clone(), value.clone())),
                 _ => None,
             })
             .collect();
@@ -262,7 +262,7 @@ impl HistoryWriter {
                     NodeEvent::Delivered { envelope: Box::new(envelope), id, after_gap }
                 }
                 HistoryJob::Status { id, status } => NodeEvent::Status { id, status },
-                HistoryJob::Cursor { .. } | HistoryJob::Sync => continue,
+                HistoryJob::Cursor { .. } | HistoryJob::Keep { .. } | HistoryJob::Sync => continue,
             };
             self.emit(ev).await;
         }
@@ -386,6 +386,7 @@ pub(super) struct MailboxLane {
 /// Expired mail is deleted here too, every `expire_every_ms`, off the swarm's event loop.
 pub(super) fn spawn_mailbox_writer(
     store: Arc<Store>,
+    key: Keypair,
     retention: Retention,
     expire_every_ms: u64,
     committed: mpsc::Sender<Committed>,
@@ -409,7 +410,7 @@ pub(super) fn spawn_mailbox_writer(
                 Batch::Closed => break,
             };
             let bytes: usize = batch.iter().map(|j| j.bytes).sum();
-            let commit = commit_mailbox(&store, &retention, batch);
+            let commit = commit_mailbox(&store, &key, &retention, batch);
             queued.fetch_sub(bytes, Ordering::AcqRel);
             if committed.blocking_send(Committed::Mailbox(commit)).is_err() {
                 break;
@@ -444,12 +445,18 @@ fn next_mailbox_batch(rx: &std_mpsc::Receiver<MailboxJob>, wait: std::time::Dura
     Batch::Jobs(batch)
 }
 
-fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) -> MailboxCommit {
+fn commit_mailbox(
+    store: &Store,
+    key: &Keypair,
+    retention: &Retention,
+    batch: Vec<MailboxJob>,
+) -> MailboxCommit {
     let (envs, sources): (Vec<Envelope>, Vec<Source>) = batch
         .iter()
         .flat_map(|j| j.items.iter().filter_map(|i| i.as_ref().ok().map(|e| (e.clone(), j.source))))
         .unzip();
-    let result = store.append_with(&envs, &sources, retention, now_ms());
+    let now = now_ms();
+    let result = store.append_with(&envs, &sources, retention, now);
     if let Err(e) = &result {
         warn!("mailbox append failed: {e}");
     }
@@ -457,11 +464,11 @@ fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) 
     let mut stored = 0;
     let mut answers = Vec::with_capacity(batch.len());
     for j in batch {
-        let outcomes: Vec<(Id, StoreOutcome)> = j
+        let acks: Vec<StoreAck> = j
             .items
             .iter()
             .map(|item| match item {
-                Err(id) => (*id, StoreOutcome::Refused),
+                Err(id) => StoreAck { id: *id, outcome: StoreOutcome::Refused, receipt: None },
                 Ok(e) => {
                     let outcome = match results.as_mut().and_then(Iterator::next) {
                         Some(Appended::Stored { .. }) => {
@@ -472,12 +479,27 @@ fn commit_mailbox(store: &Store, retention: &Retention, batch: Vec<MailboxJob>) 
                         Some(Appended::Full(_)) => StoreOutcome::Full,
                         _ => StoreOutcome::Refused,
                     };
-                    (e.id(), outcome)
+                    let receipt = matches!(outcome, StoreOutcome::Stored | StoreOutcome::Duplicate)
+                        .then(|| receipt_for(key, e, retention, now))
+                        .flatten();
+                    StoreAck { id: e.id(), outcome, receipt }
                 }
             })
             .collect();
-        let answer = j.answer(outcomes);
-        answers.push((j.channel, answer));
+        answers.push((j.channel, Response::Stored(acks)));
     }
     MailboxCommit { ok: result.is_ok(), stored, answers }
+}
+
+/// The signed promise for a committed envelope: kept until its TTL (capped by retention).
+fn receipt_for(key: &Keypair, e: &Envelope, retention: &Retention, now: u64) -> Option<StoreReceipt> {
+    let ttl_ms = u64::from(e.header.ttl_secs.min(retention.ttl_secs_max)) * 1000;
+    let expires = e.header.timestamp_ms.saturating_add(ttl_ms);
+    match StoreReceipt::sign(key, e.id(), now, expires) {
+        Ok(r) => Some(r),
+        Err(err) => {
+            warn!("cannot sign a store receipt: {err}");
+            None
+        }
+    }
 }
