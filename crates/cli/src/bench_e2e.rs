@@ -113,6 +113,8 @@ async fn bench(
         let identity = cairn_crypto::Identity::generate(crate::home::now_ms())?;
         let mut cfg = ServiceConfig::new(dir.join(format!("user-{i}")), genesis.clone());
         cfg.net.bootstrap.clone_from(&boot);
+        // the bench's users invite each other without asking for consent
+        cfg.invitations = cairn_node::engine::Invitations::Everyone;
         users.push(Arc::new(Service::start(cfg, identity).await?));
     }
     for (i, u) in users.iter().enumerate() {

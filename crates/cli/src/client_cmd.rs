@@ -69,6 +69,30 @@ pub(crate) enum ClientCommand {
     /// This account's devices: list, add, revoke.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Invitations from accounts you have not accepted: list them (no argument), accept one
+    /// (joins; that account's later invitations join at once) or decline one.
+    Requests {
+        #[command(subcommand)]
+        action: Option<RequestsCommand>,
+        /// Print JSON instead of text (listing).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cairn requests …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RequestsCommand {
+    /// Join the conversation of a request.
+    Accept {
+        /// Request id (or a unique prefix of at least 8 hex digits).
+        id: String,
+    },
+    /// Decline a request (a re-delivered invitation for it is ignored).
+    Decline {
+        /// Request id (or a unique prefix of at least 8 hex digits).
+        id: String,
+    },
 }
 
 /// `cairn chat …`.
@@ -171,6 +195,7 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
             DeviceCommand::Add { to } => run_device_add(home, &to),
             DeviceCommand::Revoke { device } => run_device_revoke(home, &device),
         },
+        ClientCommand::Requests { action, json } => run_requests(home, action, json),
     }
 }
 
@@ -435,6 +460,35 @@ pub(crate) fn run_device_list(home: &Path, json: bool) -> anyhow::Result<()> {
     }
     for d in &devices {
         println!("{}{}", d.device, if d.this_device { "  (this device)" } else { "" });
+    }
+    Ok(())
+}
+
+/// `cairn requests [accept|decline ID]`.
+pub(crate) fn run_requests(home: &Path, action: Option<RequestsCommand>, json: bool) -> anyhow::Result<()> {
+    let c = client(home)?;
+    match action {
+        None => {
+            let reqs = c.requests()?;
+            if json {
+                return print_json(&reqs);
+            }
+            if reqs.is_empty() {
+                println!("no invitation requests");
+            }
+            for r in &reqs {
+                println!("{}  from {}  ({} member devices)", r.id, r.inviter, r.members);
+            }
+        }
+        Some(RequestsCommand::Accept { id }) => {
+            let v = c.accept_request(&id)?;
+            println!("{}", v.id);
+            println!("joined; later invitations from this account join at once");
+        }
+        Some(RequestsCommand::Decline { id }) => {
+            c.decline_request(&id)?;
+            println!("declined");
+        }
     }
     Ok(())
 }

@@ -78,6 +78,8 @@ impl Demo {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut cmd = Command::new(exe()?);
         cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&self.genesis);
+        // the demo's users invite each other without a consent step
+        cmd.arg("--invitations").arg("everyone");
         for a in &self.store_addrs {
             cmd.arg("--bootstrap").arg(a);
         }

@@ -46,6 +46,29 @@ pub(crate) struct UpArgs {
     /// Validator key file (with --validator). Default: DIR/validator.key.
     #[arg(long, env = "CAIRN_VALIDATOR_KEY", value_name = "FILE")]
     validator_key: Option<PathBuf>,
+    /// Whose invitations join without asking: `ask` (this account, accounts you share a
+    /// conversation with or accepted; the rest wait in `cairn requests`) or `everyone` (test
+    /// networks).
+    #[arg(long, env = "CAIRN_INVITATIONS", value_enum, default_value_t = InvitationsArg::Ask)]
+    invitations: InvitationsArg,
+}
+
+/// `--invitations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InvitationsArg {
+    /// Strangers' invitations wait for consent.
+    Ask,
+    /// Every invitation joins at once.
+    Everyone,
+}
+
+impl From<InvitationsArg> for cairn_node::engine::Invitations {
+    fn from(a: InvitationsArg) -> Self {
+        match a {
+            InvitationsArg::Ask => Self::Ask,
+            InvitationsArg::Everyone => Self::Everyone,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +93,7 @@ pub(crate) struct UpConfig {
     pub(crate) store: bool,
     pub(crate) validator: bool,
     pub(crate) validator_key: PathBuf,
+    pub(crate) invitations: cairn_node::engine::Invitations,
 }
 
 impl UpArgs {
@@ -97,6 +121,7 @@ impl UpArgs {
                 .validator_key
                 .or(file.validator_key)
                 .unwrap_or_else(|| home.join("validator.key")),
+            invitations: self.invitations.into(),
         })
     }
 }
@@ -213,6 +238,7 @@ async fn run_node(
     let mut scfg = ServiceConfig::new(home.to_owned(), genesis);
     scfg.net = net;
     scfg.roles = roles;
+    scfg.invitations = cfg.invitations;
     scfg.handle =
         std::fs::read_to_string(home.join(crate::home::HANDLE_FILE)).ok().map(|h| h.trim().to_owned());
     let service = Service::start(scfg, identity).await?;
@@ -351,6 +377,7 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         store: false,
         validator: false,
         validator_key: PathBuf::new(),
+        invitations: cairn_node::engine::Invitations::Ask,
     };
     let rt = runtime()?;
     rt.block_on(async {

@@ -58,6 +58,7 @@ impl Net {
         let _ = std::io::Write::write_all(&mut log, b"\n===== (re)start =====\n");
         let mut cmd = Command::new(BIN);
         cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&self.genesis);
+        cmd.arg("--invitations").arg("everyone");
         for s in &self.stores {
             cmd.arg("--bootstrap").arg(s);
         }

@@ -21,6 +21,7 @@ impl Net {
         let log = self.log(name);
         let mut cmd = Command::new(BIN);
         cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&self.genesis);
+        cmd.arg("--invitations").arg("everyone");
         for s in &self.stores {
             cmd.arg("--bootstrap").arg(s);
         }

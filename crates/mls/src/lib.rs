@@ -23,7 +23,7 @@ pub mod welcome_chunks;
 
 pub use client::{
     AAD_BYTES_MAX, Change, Client, CommitOutcome, Config, ConversationId, Delivered, Dropped, Event,
-    MlsError, Received, StagedChange, WelcomeBundle, WelcomeOut, inbox_topic,
+    MlsError, Received, StagedChange, WelcomeBundle, WelcomeInfo, WelcomeOut, inbox_topic,
 };
 pub use credential::{CredentialError, DeviceSigner, verify_credential};
 pub use keypackage::{

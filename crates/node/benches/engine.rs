@@ -46,6 +46,8 @@ fn open(dir: &Path, id: &Identity) -> Node {
     };
     let mut cfg = EngineConfig::new(limits);
     cfg.difficulty = Difficulty { base_bits: 0 };
+    // the bench's nodes invite each other without a consent step
+    cfg.invitations = cairn_node::engine::Invitations::Everyone;
     Node { engine: Engine::new(mls, ndb, history.clone(), keys, cfg), history }
 }
 

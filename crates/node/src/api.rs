@@ -63,6 +63,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/devices/{device}"),
     ("GET", "/v1/ledger/status"),
     ("GET", "/v1/ledger/accounts/{who}"),
+    ("GET", "/v1/requests"),
+    ("POST", "/v1/requests/{id}/accept"),
+    ("POST", "/v1/requests/{id}/decline"),
     ("GET", "/v1/stream"),
     ("POST", "/v1/shutdown"),
 ];
@@ -159,6 +162,9 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("DELETE", "/v1/devices/{device}") => delete(revoke_device::<B>),
         ("GET", "/v1/ledger/status") => get(ledger_status::<B>),
         ("GET", "/v1/ledger/accounts/{who}") => get(account::<B>),
+        ("GET", "/v1/requests") => get(requests::<B>),
+        ("POST", "/v1/requests/{id}/accept") => post(accept_request::<B>),
+        ("POST", "/v1/requests/{id}/decline") => post(decline_request::<B>),
         ("GET", "/v1/stream") => get(stream::<B>),
         ("POST", "/v1/shutdown") => post(shutdown::<B>),
         _ => return None,
@@ -447,6 +453,22 @@ async fn claim_handle<B: Backend>(
     ApiJson(req): ApiJson<HandleRequest>,
 ) -> ApiResult<Response> {
     ok(ctx.backend.claim_handle(req.name).await)
+}
+
+async fn requests<B: Backend>(State(ctx): St<B>) -> ApiResult<Response> {
+    ok(ctx.backend.requests().await)
+}
+
+async fn accept_request<B: Backend>(State(ctx): St<B>, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
+    ok(ctx.backend.accept_request(id).await)
+}
+
+async fn decline_request<B: Backend>(
+    State(ctx): St<B>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    ctx.backend.decline_request(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn devices<B: Backend>(State(ctx): St<B>) -> ApiResult<Response> {

@@ -6,8 +6,8 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, SendResult,
-    StatusView, StreamEvent, TailQuery, TxView, VerifyView,
+    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, RequestView,
+    SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
 };
 
 /// Why a node operation failed; the API maps each kind to an HTTP status.
@@ -95,6 +95,13 @@ pub trait Backend: Send + Sync + 'static {
     fn ledger_status(&self) -> impl Future<Output = ApiResult<LedgerStatusView>> + Send;
     /// An account (id or `@handle`), checked against a certified header.
     fn account(&self, who: String) -> impl Future<Output = ApiResult<AccountView>> + Send;
+    /// Invitations waiting for the user's consent.
+    fn requests(&self) -> impl Future<Output = ApiResult<Vec<RequestView>>> + Send;
+    /// Accepts an invitation (id: conversation hex or a unique prefix of at least 8 digits):
+    /// joins, and later invitations from the same account join at once.
+    fn accept_request(&self, id: String) -> impl Future<Output = ApiResult<ConversationView>> + Send;
+    /// Declines an invitation: removed, and ignored if delivered again.
+    fn decline_request(&self, id: String) -> impl Future<Output = ApiResult<()>> + Send;
     /// Live events.
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent>;
     /// Prometheus text exposition of the node's metrics.

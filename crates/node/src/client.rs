@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{
     AccountView, ConversationView, DeviceAddRequest, DeviceView, ErrorBody, HandleRequest, LedgerStatusView,
-    MembersRequest, MessageView, RunFile, SendRequest, SendResult, StatusView, TailQuery, TxView, VerifyView,
+    MembersRequest, MessageView, RequestView, RunFile, SendRequest, SendResult, StatusView, TailQuery,
+    TxView, VerifyView,
 };
 
 /// Token file name inside the data directory.
@@ -214,6 +215,23 @@ impl Client {
     /// `DELETE /v1/devices/{device}`.
     pub fn revoke_device(&self, device: &str) -> Result<TxView, ClientError> {
         self.delete(&format!("/v1/devices/{}", seg(device)))
+    }
+
+    /// `GET /v1/requests`: invitations waiting for consent.
+    pub fn requests(&self) -> Result<Vec<RequestView>, ClientError> {
+        self.get("/v1/requests")
+    }
+
+    /// `POST /v1/requests/{id}/accept`: joins the conversation.
+    pub fn accept_request(&self, id: &str) -> Result<ConversationView, ClientError> {
+        self.post(&format!("/v1/requests/{}/accept", seg(id)), &serde_json::json!({}))
+    }
+
+    /// `POST /v1/requests/{id}/decline`.
+    pub fn decline_request(&self, id: &str) -> Result<(), ClientError> {
+        let req = self.agent.post(self.url(&format!("/v1/requests/{}/decline", seg(id))));
+        let resp = self.auth(req).send_empty();
+        self.expect_no_body(resp)
     }
 
     /// `GET /v1/ledger/status`.

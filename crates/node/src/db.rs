@@ -94,9 +94,15 @@ impl NodeDb {
             tx.open_table(BY_ID).map_err(storage)?;
             tx.open_table(OUTBOX).map_err(storage)?;
             tx.open_table(PENDING_DEVICES).map_err(storage)?;
+            crate::requests::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
         Ok(Self { db, limits })
+    }
+
+    /// The shared database (for the tables of sibling modules, e.g. [`crate::requests`]).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
     }
 
     /// The decoder limits.

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod requests;
 pub mod service;
 pub mod shell;
 pub mod verify;

@@ -203,6 +203,21 @@ pub struct TxView {
     pub height: u64,
 }
 
+/// An invitation waiting for the user's consent (`GET /v1/requests`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestView {
+    /// Request id: the conversation id (hex).
+    pub id: String,
+    /// Inviting account.
+    pub inviter: String,
+    /// Inviting device.
+    pub inviter_device: String,
+    /// When the invitation arrived (Unix ms).
+    pub received_at_ms: u64,
+    /// Member devices of the conversation, this device included.
+    pub members: u32,
+}
+
 /// A device of an account.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeviceView {

@@ -24,8 +24,8 @@ use crate::db::NodeDb;
 use crate::engine::{Engine, EngineConfig, IdentityKeys};
 use crate::error::NodeError;
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, SendResult,
-    StatusView, StreamEvent, TailQuery, TxView, VerifyView,
+    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, RequestView,
+    SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
 };
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
 use crate::shell::keypackages::KeyPackages;
@@ -59,6 +59,9 @@ pub struct ServiceConfig {
     /// How long the actor waits for a commit to be ordered before it goes on (the commit
     /// stays pending and its caller is answered when it is), ms.
     pub commit_wait_ms: u64,
+    /// Whose invitations join without the user's consent (default: ask, see
+    /// [`crate::engine::Invitations`]).
+    pub invitations: crate::engine::Invitations,
 }
 
 impl ServiceConfig {
@@ -76,6 +79,7 @@ impl ServiceConfig {
             key_package_wait_ms: 20_000,
             handle: None,
             commit_wait_ms: 1_500,
+            invitations: crate::engine::Invitations::Ask,
         }
     }
 }
@@ -140,6 +144,7 @@ impl Service {
         let mut ecfg = EngineConfig::new(limits);
         ecfg.ttl_secs = cfg.ttl_secs;
         ecfg.core.anchor_every_ms = cfg.anchor_every_ms;
+        ecfg.invitations = cfg.invitations;
         ecfg.difficulty = cfg.net.admission.difficulty;
         // Views of every conversation before the API answers (the actor then loads their
         // histories in the background; a client asking at once must not hear "no such
@@ -217,6 +222,29 @@ impl Service {
         let (tx, rx) = oneshot::channel();
         self.ops.send(make(tx)).await.map_err(|_| ApiError::from(NodeError::Stopping))?;
         Ok(rx.await.map_err(|_| ApiError::from(NodeError::Stopping))??)
+    }
+
+    /// The waiting request named by `id` (hex, or a unique prefix of at least 8 digits).
+    fn find_request(&self, id: &str) -> ApiResult<[u8; 32]> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::BadRequest(format!(
+                "'{id}' is not a request id: give its hex id or at least 8 leading hex digits (see `cairn requests`)"
+            )));
+        }
+        let found: Vec<[u8; 32]> = self
+            .shared
+            .db
+            .requests()?
+            .into_iter()
+            .map(|r| r.conversation)
+            .filter(|c| hex::encode(c).starts_with(&id))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ApiError::NotFound(format!("no invitation request {id} (see `cairn requests`)"))),
+            _ => Err(ApiError::BadRequest(format!("'{id}' names several requests: give more digits"))),
+        }
     }
 
     fn find_conversation(&self, id: &str) -> ApiResult<ConversationId> {
@@ -500,6 +528,33 @@ impl Backend for Service {
 
     async fn account(&self, who: String) -> ApiResult<AccountView> {
         crate::account_ops::account(self, who).await
+    }
+
+    async fn requests(&self) -> ApiResult<Vec<RequestView>> {
+        Ok(self
+            .shared
+            .db
+            .requests()?
+            .into_iter()
+            .map(|r| RequestView {
+                id: hex::encode(r.conversation),
+                inviter: r.inviter.to_text(),
+                inviter_device: r.inviter_device.to_text(),
+                received_at_ms: r.received_at_ms,
+                members: r.members,
+            })
+            .collect())
+    }
+
+    async fn accept_request(&self, id: String) -> ApiResult<ConversationView> {
+        let conv = self.find_request(&id)?;
+        let joined = self.ask(|r| Job::AcceptRequest(conv, r)).await?;
+        Ok(self.shared.conversation_view(&joined)?)
+    }
+
+    async fn decline_request(&self, id: String) -> ApiResult<()> {
+        let conv = self.find_request(&id)?;
+        self.ask(|r| Job::DeclineRequest(conv, r)).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {

@@ -52,7 +52,7 @@ pub use error::MlsError;
 pub use messages::{AAD_BYTES_MAX, APPLICATION_BYTES_MAX, Delivered, Dropped, Received};
 pub use welcome::{
     RATCHET_TREE_BYTES_MAX, SealedTreeKey, WELCOME_BUNDLE_VERSION, WELCOME_BYTES_MAX, WELCOME_RECIPIENTS_MAX,
-    WelcomeBundle,
+    WelcomeBundle, WelcomeInfo,
 };
 
 use state::{Conversation, META_PREFIX, Meta};

@@ -203,6 +203,18 @@ impl WelcomeBundle {
     }
 }
 
+/// Who sent a Welcome and what it is for, read without joining (see
+/// [`Client::inspect_welcome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeInfo {
+    /// The conversation it invites to.
+    pub conversation: ConversationId,
+    /// The certificate of the member whose commit added this device (the inviter).
+    pub inviter: cairn_proto::DeviceCert,
+    /// Member devices of the conversation, this device included.
+    pub members: usize,
+}
+
 impl Client {
     /// Joins a conversation from a [`WelcomeBundle`] received in this device's inbox. Every
     /// member's certificate chain is checked; a broken one refuses the whole Welcome.
@@ -210,7 +222,29 @@ impl Client {
         self.exclusive(|s| s.join_now(bundle, now_ms))
     }
 
-    pub(super) fn join_now(&mut self, bundle: &[u8], now_ms: u64) -> Result<ConversationId, MlsError> {
+    /// Reads who invites this device to which conversation, with every check of [`Self::join`]
+    /// (the Welcome opens with one of this device's key packages, every member's certificate
+    /// chain verifies), but creates no MLS state and consumes no key package: whatever the
+    /// staging wrote is discarded. So a Welcome can wait for the user's consent and be joined
+    /// later with [`Self::join`].
+    pub fn inspect_welcome(&mut self, bundle: &[u8]) -> Result<WelcomeInfo, MlsError> {
+        self.exclusive(|s| {
+            let result = (|| {
+                let (b, staged) = s.stage_welcome(bundle)?;
+                let sender = staged
+                    .welcome_sender()
+                    .map_err(|e| MlsError::Rejected(format!("welcome: no sender leaf: {e}")))?;
+                let inviter = verify_credential(sender.credential(), sender.signature_key().as_slice())?;
+                Ok(WelcomeInfo { conversation: b.conversation, inviter, members: staged.members().count() })
+            })();
+            s.provider.storage().discard();
+            result
+        })
+    }
+
+    /// Decodes a bundle and stages its Welcome (writes buffered in the storage overlay: the
+    /// caller flushes or discards them).
+    fn stage_welcome(&mut self, bundle: &[u8]) -> Result<(WelcomeBundle, StagedWelcome), MlsError> {
         let b = WelcomeBundle::decode(bundle)?;
         if self.conversations.contains_key(&b.conversation) {
             return Err(MlsError::Rejected("already a member of this conversation".into()));
@@ -223,31 +257,36 @@ impl Client {
         let tree_bytes = b.open_tree(&self.provider)?;
         let tree = RatchetTreeIn::tls_deserialize_exact_bytes(&tree_bytes)
             .map_err(|e| MlsError::Malformed(format!("ratchet tree: {e}")))?;
+        let staged = StagedWelcome::build_from_welcome(&self.provider, &self.join_config(), welcome)
+            .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?
+            .with_ratchet_tree(tree)
+            .skip_lifetime_validation()
+            .build()
+            .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
+        if staged.group_context().group_id().as_slice() != b.conversation.0 {
+            return Err(MlsError::Rejected("welcome is for another conversation".into()));
+        }
+        for m in staged.members() {
+            verify_credential(&m.credential, &m.signature_key)?;
+        }
+        Ok((b, staged))
+    }
+
+    pub(super) fn join_now(&mut self, bundle: &[u8], now_ms: u64) -> Result<ConversationId, MlsError> {
         let result = (|| {
-            let staged = StagedWelcome::build_from_welcome(&self.provider, &self.join_config(), welcome)
-                .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?
-                .with_ratchet_tree(tree)
-                .skip_lifetime_validation()
-                .build()
-                .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
-            if staged.group_context().group_id().as_slice() != b.conversation.0 {
-                return Err(MlsError::Rejected("welcome is for another conversation".into()));
-            }
-            for m in staged.members() {
-                verify_credential(&m.credential, &m.signature_key)?;
-            }
+            let (b, staged) = self.stage_welcome(bundle)?;
             let group =
                 staged.into_group(&self.provider).map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
             let meta =
                 Meta { applied: b.applied, last_update_ms: now_ms, needs_update: true, pending_commit: None };
             self.provider.storage().raw_put(Meta::key(&b.conversation), meta.encode());
             self.provider.storage().flush()?;
-            Ok((group, meta))
+            Ok((b.conversation, group, meta))
         })();
         match result {
-            Ok((group, meta)) => {
-                self.conversations.insert(b.conversation, Conversation::new(group, meta));
-                Ok(b.conversation)
+            Ok((conversation, group, meta)) => {
+                self.conversations.insert(conversation, Conversation::new(group, meta));
+                Ok(conversation)
             }
             Err(e) => {
                 self.provider.storage().discard();

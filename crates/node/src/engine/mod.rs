@@ -10,6 +10,7 @@
 //! Invariant: an envelope this device sent or read is in `node.redb` (plaintext, MLS ratchet
 //! state and, for its own, the outbox) in one transaction before anything about it leaves.
 
+mod invites;
 mod members;
 mod receipts;
 mod receive;
@@ -29,6 +30,7 @@ use crate::db::NodeDb;
 use crate::error::NodeError;
 use crate::model::{DeliveryView, MessageView, StreamEvent};
 
+pub use self::invites::{Invitations, WelcomeFate};
 pub use self::members::Commit;
 pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
@@ -62,6 +64,8 @@ pub struct EngineConfig {
     pub mine_attempts_max: u64,
     /// The decision core's limits.
     pub core: CoreConfig,
+    /// Whose Welcomes join without the user's consent.
+    pub invitations: Invitations,
 }
 
 impl EngineConfig {
@@ -73,6 +77,7 @@ impl EngineConfig {
             difficulty: Difficulty::default(),
             mine_attempts_max: 1 << 24,
             core: CoreConfig { parents_max: limits.parents_max, ..CoreConfig::default() },
+            invitations: Invitations::Ask,
         }
     }
 }

@@ -317,23 +317,10 @@ impl Engine {
         } else {
             plain.to_vec()
         };
-        let id = match self.mls.join(&bundle, now_ms) {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::debug!("welcome not joined: {e}");
-                return;
-            }
-        };
-        tracing::info!("joined conversation {}", hex::encode(id.0));
-        self.io.push(Io::Subscribe(id.topic()));
-        self.io.push(Io::Subscribe(self.own_receipt_topic(&id)));
-        self.io.push(Io::PublishKeyPackages);
-        self.sync(&id, seq, now_ms);
-        self.refresh(&id, now_ms);
-        if let Err(e) = self.replay_history(id, seq, now_ms) {
-            tracing::warn!("reading the history of {}: {e}", hex::encode(id.0));
+        match self.consider_welcome(&bundle, seq, now_ms) {
+            super::invites::WelcomeFate::Dropped(why) => tracing::debug!("welcome not joined: {why}"),
+            super::invites::WelcomeFate::Requested(_) | super::invites::WelcomeFate::Joined(_) => {}
         }
-        self.io.push(Io::Joined(id));
     }
 }
 

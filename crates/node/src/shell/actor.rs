@@ -92,6 +92,10 @@ pub enum Job {
     MissingDevice(DeviceId, Reply<Vec<ConversationId>>),
     /// Member accounts of a conversation.
     Members(ConversationId, Reply<Vec<AccountId>>),
+    /// Accept an invitation request (by conversation id): join.
+    AcceptRequest([u8; 32], Reply<ConversationId>),
+    /// Decline an invitation request.
+    DeclineRequest([u8; 32], Reply<()>),
     /// Stop.
     Stop,
 }
@@ -270,6 +274,14 @@ impl Actor {
             }
             Job::Members(conv, reply) => {
                 let r = self.engine.member_accounts(&conv);
+                self.answer(reply, r);
+            }
+            Job::AcceptRequest(conv, reply) => {
+                let r = self.engine.accept_request(&conv, &mut self.sequencer, now);
+                self.answer(reply, r);
+            }
+            Job::DeclineRequest(conv, reply) => {
+                let r = self.engine.decline_request(&conv, now);
                 self.answer(reply, r);
             }
             Job::Stop => {}

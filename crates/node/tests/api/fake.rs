@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use cairn_node::backend::{ApiError, ApiResult, Backend};
 use cairn_node::model::{
     AccountView, ConversationView, DeliveryState, DeliveryView, DeviceAddRequest, DeviceView,
-    LedgerStatusView, MemberView, MessageView, SendResult, StatusView, StreamEvent, TailQuery, TxView,
-    ValidatorView, VerifyView,
+    LedgerStatusView, MemberView, MessageView, RequestView, SendResult, StatusView, StreamEvent, TailQuery,
+    TxView, ValidatorView, VerifyView,
 };
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -259,6 +259,28 @@ impl Backend for Fake {
             return Err(ApiError::Unavailable("no validator answered".into()));
         }
         Ok(AccountView { account: who, handle: None, devices: vec![], height: 9, proof_verified: true })
+    }
+
+    async fn requests(&self) -> ApiResult<Vec<RequestView>> {
+        Ok(vec![RequestView {
+            id: "ab".repeat(32),
+            inviter: "cairn1stranger".into(),
+            inviter_device: "cairndev1stranger".into(),
+            received_at_ms: 5,
+            members: 2,
+        }])
+    }
+
+    async fn accept_request(&self, id: String) -> ApiResult<ConversationView> {
+        Err(ApiError::NotFound(format!("no invitation request {id} (see `cairn requests`)")))
+    }
+
+    async fn decline_request(&self, id: String) -> ApiResult<()> {
+        if "ab".repeat(32).starts_with(&id) && id.len() >= 8 {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("no invitation request {id} (see `cairn requests`)")))
+        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {

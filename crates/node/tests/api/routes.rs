@@ -202,3 +202,18 @@ fn unknown_routes_and_methods_get_json_errors() {
     assert_eq!(status, 405, "{text}");
     assert_eq!(error_body(&text).code, "method_not_allowed");
 }
+
+#[test]
+fn invitation_requests_are_listed_accepted_and_declined() {
+    let s = start();
+    let (status, text) = request(&s, "GET", "/v1/requests", Some(&bearer()), None);
+    assert_eq!(status, 200, "{text}");
+    let list: Vec<cairn_node::model::RequestView> = serde_json::from_str(&text).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].inviter, "cairn1stranger");
+    let (status, text) = request(&s, "POST", "/v1/requests/abababab/decline", Some(&bearer()), None);
+    assert_eq!(status, 204, "{text}");
+    let (status, text) = request(&s, "POST", "/v1/requests/cdcdcdcd/accept", Some(&bearer()), None);
+    assert_eq!(status, 404, "{text}");
+    assert!(error_body(&text).error.contains("cairn requests"));
+}

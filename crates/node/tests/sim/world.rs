@@ -229,6 +229,8 @@ impl World {
         };
         let mut cfg = EngineConfig::new(self.limits);
         cfg.difficulty = Difficulty { base_bits: 0 };
+        // members are added by accounts they share no conversation with yet
+        cfg.invitations = cairn_node::engine::Invitations::Everyone;
         let mut delivered = Vec::new();
         for t in user.subscribed.iter() {
             let mut from = 0;

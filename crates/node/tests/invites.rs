@@ -1,0 +1,197 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Consent to invitations: a stranger's Welcomes wait in a bounded request list and join
+//! nothing until the user accepts one; accepted and known inviters join at once.
+
+use std::sync::Arc;
+
+use cairn_crypto::Identity;
+use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
+use cairn_node::db::NodeDb;
+use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io};
+use cairn_node::requests::{
+    InviteRequest, REQUESTS_MAX, REQUESTS_PER_INVITER_MAX, RequestOrStorage, RequestRefused,
+};
+use cairn_proto::envelope::unpad;
+use cairn_proto::pow::Difficulty;
+use cairn_proto::{AccountId, DeviceId, Envelope, Limits, Message, Topic};
+use cairn_store::Store;
+use redb::Database;
+
+/// Conversations the stranger creates around the user.
+const STRANGER_CONVERSATIONS: usize = 1_000;
+
+struct User {
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+fn user(now: u64, invitations: Invitations) -> User {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let id = Identity::generate(now).unwrap();
+    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+    let ndb = NodeDb::new(db.clone(), limits).unwrap();
+    let signer = DeviceSigner::new(id.device_key.clone(), id.cert).unwrap();
+    let mls = MlsClient::open(db, signer, cairn_node::engine::mls_config()).unwrap();
+    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
+    let keys = IdentityKeys {
+        account: id.account(),
+        device: id.device(),
+        cert: id.cert,
+        account_key: id.account_key.clone(),
+        device_key: id.device_key.clone(),
+    };
+    let mut cfg = EngineConfig::new(limits);
+    cfg.difficulty = Difficulty { base_bits: 0 };
+    cfg.invitations = invitations;
+    User { engine: Engine::new(mls, ndb, history, keys, cfg), _dir: dir }
+}
+
+/// A key package of `u` as a committer gets it from the mesh (its last-resort one, which any
+/// number of Welcomes may use).
+fn key_package(u: &mut User, now: u64) -> VerifiedKeyPackage {
+    let env = u.engine.key_package_envelope(1, 3600, now).unwrap();
+    let plain = unpad(env.payload.as_deref().unwrap()).unwrap();
+    let m = Message::decode(plain, &Limits::default()).unwrap();
+    let batch = KeyPackageBatch::decode(&m.body).unwrap();
+    cairn_mls::verify_key_package(batch.packages.first().unwrap()).unwrap()
+}
+
+/// The Welcome envelopes `from` published to `to`'s inbox since the last call.
+fn welcomes_to(from: &mut User, to: &User) -> Vec<Envelope> {
+    let inbox = cairn_mls::inbox_topic(&to.engine.keys().device);
+    from.engine
+        .take_io()
+        .into_iter()
+        .filter_map(|io| match io {
+            Io::Publish(env) if env.header.topic == inbox => Some(*env),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deliver(to: &mut User, envs: Vec<Envelope>, seq: &mut MemorySequencer, now: u64) -> Vec<Topic> {
+    let batch = envs.into_iter().map(|e| Arrival { id: e.id(), envelope: e, after_gap: false }).collect();
+    to.engine.receive(batch, seq, now);
+    to.engine
+        .take_io()
+        .into_iter()
+        .filter_map(|io| match io {
+            Io::Subscribe(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Attack: a stranger holding the user's public key package adds the user to 1,000
+/// conversations. The user's node keeps a bounded list of requests (the stranger's share of
+/// it: `REQUESTS_PER_INVITER_MAX`), joins nothing, creates no MLS group state and follows no
+/// topic. Honest traffic goes on: a friend's Welcome still becomes a request, and the request
+/// the user accepts joins (and that inviter's next Welcome joins at once).
+#[test]
+fn a_stranger_adding_a_user_to_1000_conversations_costs_a_bounded_list_and_no_joins() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let mut bob = user(now, Invitations::Ask);
+    let mut mallory = user(now, Invitations::Ask);
+    let mut alice = user(now, Invitations::Ask);
+    let kp = key_package(&mut bob, now);
+
+    for i in 0..STRANGER_CONVERSATIONS {
+        mallory.engine.create(vec![kp.clone()], &mut seq, now + i as u64).unwrap();
+        let envs = welcomes_to(&mut mallory, &bob);
+        assert_eq!(envs.len(), 1, "one Welcome per conversation");
+        let subs = deliver(&mut bob, envs, &mut seq, now + i as u64);
+        assert!(subs.is_empty(), "a stranger's Welcome made the node follow {subs:?}");
+    }
+    assert!(bob.engine.conversations().is_empty(), "no MLS group joined");
+    assert!(bob.engine.mls().conversations().is_empty(), "no MLS group state");
+    let reqs = bob.engine.requests().unwrap();
+    assert_eq!(reqs.len(), REQUESTS_PER_INVITER_MAX, "the stranger's share of the list is bounded");
+    let mallory_id = mallory.engine.keys().account;
+    assert!(reqs.iter().all(|r| r.inviter == mallory_id && r.members == 2));
+
+    // a friend's first Welcome is a request too, not refused by the stranger's flood
+    let (alice_conv, _) = alice.engine.create(vec![kp.clone()], &mut seq, now).unwrap();
+    let envs = welcomes_to(&mut alice, &bob);
+    assert!(deliver(&mut bob, envs.clone(), &mut seq, now).is_empty());
+    let reqs = bob.engine.requests().unwrap();
+    assert_eq!(reqs.len(), REQUESTS_PER_INVITER_MAX + 1);
+    assert!(reqs.iter().any(|r| r.conversation == alice_conv.0 && r.inviter == alice.engine.keys().account));
+
+    // accepting joins: MLS state, the conversation's topic followed, the request gone
+    let joined = bob.engine.accept_request(&alice_conv.0, &mut seq, now).unwrap();
+    assert_eq!(joined, alice_conv);
+    assert_eq!(bob.engine.conversations(), vec![alice_conv]);
+    let subs: Vec<Topic> = bob
+        .engine
+        .take_io()
+        .into_iter()
+        .filter_map(|io| if let Io::Subscribe(t) = io { Some(t) } else { None })
+        .collect();
+    assert!(subs.contains(&alice_conv.topic()), "the accepted conversation is followed");
+    assert_eq!(bob.engine.requests().unwrap().len(), REQUESTS_PER_INVITER_MAX);
+    // the same Welcome delivered again neither joins twice nor comes back as a request
+    assert!(deliver(&mut bob, envs, &mut seq, now).is_empty());
+    assert_eq!(bob.engine.requests().unwrap().len(), REQUESTS_PER_INVITER_MAX);
+
+    // the accepted inviter's next Welcome joins at once (with a fresh key package: joining
+    // consumed the one the first Welcome used)
+    let kp2 = key_package(&mut bob, now);
+    let (second, _) = alice.engine.create(vec![kp2], &mut seq, now + 1).unwrap();
+    let envs = welcomes_to(&mut alice, &bob);
+    let subs = deliver(&mut bob, envs, &mut seq, now + 1);
+    assert!(subs.contains(&second.topic()));
+    assert_eq!(bob.engine.conversations().len(), 2);
+
+    // a declined request is gone and its Welcome, delivered again, stays ignored
+    let first = bob.engine.requests().unwrap()[0].conversation;
+    bob.engine.decline_request(&first, now).unwrap();
+    assert_eq!(bob.engine.requests().unwrap().len(), REQUESTS_PER_INVITER_MAX - 1);
+    assert!(matches!(
+        bob.engine.decline_request(&first, now),
+        Err(cairn_node::error::NodeError::NotFound(_))
+    ));
+}
+
+/// The list's total bound: request number `REQUESTS_MAX + 1` (from as many inviters) is refused
+/// as the newest, and every kept request stays.
+#[test]
+fn the_request_list_refuses_the_newest_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+    let ndb = NodeDb::new(db, Limits::default()).unwrap();
+    let req = |i: u64| {
+        let mut conv = [0u8; 32];
+        conv[..8].copy_from_slice(&i.to_be_bytes());
+        let mut inviter = [1u8; 32];
+        inviter[..8].copy_from_slice(&i.to_be_bytes());
+        InviteRequest {
+            conversation: conv,
+            inviter: AccountId(inviter),
+            inviter_device: DeviceId([2; 32]),
+            received_at_ms: i,
+            members: 2,
+        }
+    };
+    for i in 0..REQUESTS_MAX {
+        ndb.request_put(&req(i), b"bundle").unwrap();
+    }
+    assert_eq!(
+        ndb.request_put(&req(REQUESTS_MAX), b"bundle"),
+        Err(RequestOrStorage::Refused(RequestRefused::Full { max: REQUESTS_MAX }))
+    );
+    assert_eq!(ndb.requests().unwrap().len() as u64, REQUESTS_MAX);
+    assert_eq!(ndb.request_put(&req(3), b"bundle"), Err(RequestOrStorage::Refused(RequestRefused::Exists)));
+    // an oversized Welcome is refused before anything is written
+    let big = vec![0u8; cairn_node::requests::REQUEST_BUNDLE_BYTES_MAX + 1];
+    assert!(matches!(
+        ndb.request_put(&req(REQUESTS_MAX + 1), &big),
+        Err(RequestOrStorage::Refused(RequestRefused::TooLarge { .. }))
+    ));
+    // persisted: a reopened database has the same list
+    drop(ndb);
+    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+    let ndb = NodeDb::new(db, Limits::default()).unwrap();
+    assert_eq!(ndb.requests().unwrap().len() as u64, REQUESTS_MAX);
+}
