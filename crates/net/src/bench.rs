@@ -1,5 +1,6 @@
 //! `cairn bench relay` / `mailbox`: N real nodes on 127.0.0.1, 1 KiB envelopes published at a
-//! fixed rate and at saturation; prints a table. A benchmark, not a test: figures are medians
+//! fixed rate, at saturation, and at the fixed rate beside a flooder publishing ten times as
+//! many valid envelopes on the same gossip shard; prints a table. A benchmark, not a test: figures are medians
 //! and percentiles of one run on a shared machine.
 
 use std::collections::HashMap;
@@ -10,7 +11,11 @@ use cairn_proto::pow::{self, Difficulty};
 use cairn_proto::{Envelope, Id, Limits, Topic};
 
 use crate::node::{NodeConfig, NodeError, NodeEvent, NodeHandle, start};
+use crate::shard::shard_of;
 use crate::sync::SendStatus;
+
+/// Publications awaited at once, at most (below the node's own-publication lane of 256).
+const PUBLISH_IN_FLIGHT_MAX: usize = 128;
 
 /// Bench parameters.
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +102,6 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
         let mut c = NodeConfig::new(dir.join(format!("n{i}")));
         c.serve_store = i < 3;
         c.tick_ms = 100;
-        c.admission.peer_rate_per_sec = 100_000;
-        c.admission.peer_burst = 100_000;
         c.score.ip_colocation_weight = 0.0;
         if let Some(first) = nodes.first() {
             c.bootstrap = vec![first.listen_addrs[0].clone()];
@@ -109,6 +112,19 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
     for n in &nodes {
         n.subscribe(topic).await?;
     }
+    // The flooder: another conversation on the same shard, valid mined envelopes, default limits
+    // everywhere else. Honest nodes relay its flood (it is valid) and must not lose honest mail.
+    let flood_topic = (0u8..=255)
+        .map(|b| Topic::for_conversation(&[b; 32]))
+        .find(|t| shard_of(t) == shard_of(&topic) && *t != topic)
+        .unwrap_or(topic);
+    let flooder = {
+        let mut c = NodeConfig::new(dir.join("flooder"));
+        c.bootstrap = vec![nodes[0].listen_addrs[0].clone()];
+        let f = start(c).await?;
+        f.subscribe(flood_topic).await?;
+        f
+    };
     let publisher = nodes[nodes.len() - 1].clone();
     for _ in 0..300 {
         let s = publisher.status().await?;
@@ -120,9 +136,19 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
     tokio::time::sleep(Duration::from_secs(2)).await;
     progress("mesh formed; mining envelopes");
     let mut results = Vec::new();
-    for (phase, rate) in [("fixed rate", Some(cfg.rate_per_sec)), ("saturation", None)] {
+    let phases = [
+        ("fixed rate", Some(cfg.rate_per_sec), false),
+        ("saturation", None, false),
+        ("10x flood", Some(cfg.rate_per_sec), true),
+    ];
+    for (phase, rate, flood) in phases {
         let envs: Vec<Envelope> =
             (0..cfg.messages).map(|i| envelope(topic, i + results.len() * cfg.messages)).collect();
+        let mut flood_frames = if flood {
+            (0..cfg.messages * 10).map(|i| envelope(flood_topic, i).encode()).collect::<Vec<_>>().into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
         let receivers: Vec<NodeHandle> = nodes[..nodes.len() - 1].to_vec();
         let wanted: std::collections::HashSet<Id> = envs.iter().map(Envelope::id).collect();
         // Listeners stamp each event when it arrives (not when the bench gets round to it).
@@ -173,11 +199,19 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
                 let due = t0 + Duration::from_secs_f64(i as f64 / f64::from(r.max(1)));
                 tokio::time::sleep_until(due.into()).await;
             }
+            // Publications are pipelined (each waits for its local commit, not for the others),
+            // at most PUBLISH_IN_FLIGHT_MAX at once: the node refuses more than its own lane holds.
+            while inflight.len() >= PUBLISH_IN_FLIGHT_MAX {
+                let t: tokio::task::JoinHandle<Result<Id, NodeError>> = inflight.remove(0);
+                t.await.map_err(|e| NodeError::Setup(e.to_string()))??;
+            }
             let id = e.id();
             sent_at.insert(id, Instant::now());
-            // Publications are pipelined: each waits for its local commit, not for the others.
             let p = publisher.clone();
             inflight.push(tokio::spawn(async move { p.publish(e).await }));
+            for frame in flood_frames.by_ref().take(10) {
+                flooder.publish_raw(shard_of(&flood_topic), frame).await?;
+            }
         }
         for t in inflight {
             t.await.map_err(|e| NodeError::Setup(e.to_string()))??;
@@ -231,7 +265,7 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec
         });
         progress(&format!("{phase}: done"));
     }
-    for n in &nodes {
+    for n in nodes.iter().chain([&flooder]) {
         n.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
