@@ -36,9 +36,36 @@ pub fn nearest<T: Clone>(key: &[u8; 32], candidates: &[(T, [u8; 32])], k: usize)
     v.into_iter().take(k).map(|(t, _, _)| t.clone()).collect()
 }
 
+/// As [`nearest`], but candidates for which `avoid` holds (a store that answered "full") come
+/// only after every other one: they fill the set only when too few others exist.
+pub fn nearest_avoiding<T: Clone>(
+    key: &[u8; 32],
+    candidates: &[(T, [u8; 32])],
+    avoid: impl Fn(&T) -> bool,
+    k: usize,
+) -> Vec<T> {
+    let (avoided, preferred): (Vec<_>, Vec<_>) = candidates.iter().cloned().partition(|(t, _)| avoid(t));
+    let mut picked = nearest(key, &preferred, k);
+    if picked.len() < k {
+        picked.extend(nearest(key, &avoided, k - picked.len()));
+    }
+    picked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_stores_are_passed_over_while_others_remain() {
+        let cands: Vec<(u8, [u8; 32])> = (0..5u8).map(|i| (i, [i; 32])).collect();
+        let key = [0u8; 32];
+        assert_eq!(nearest(&key, &cands, 3), vec![0, 1, 2]);
+        assert_eq!(nearest_avoiding(&key, &cands, |t| *t < 2, 3), vec![2, 3, 4]);
+        // Too few others: the nearest avoided ones fill the set.
+        assert_eq!(nearest_avoiding(&key, &cands, |t| *t != 4, 3), vec![4, 0, 1]);
+        assert_eq!(nearest_avoiding(&key, &cands, |_| false, 3), nearest(&key, &cands, 3));
+    }
 
     #[test]
     fn shards_are_in_range_and_spread() {

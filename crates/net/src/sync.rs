@@ -323,6 +323,11 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         self.outbox.iter().filter(|(_, p)| !p.stored).map(|(id, p)| (*id, Self::status_of(p))).collect()
     }
 
+    /// The topic of an own envelope still in the outbox.
+    pub fn topic_of(&self, id: &Id) -> Option<Topic> {
+        self.outbox.get(id).map(|p| p.envelope.header.topic)
+    }
+
     /// Topics of own envelopes not yet stored on enough store nodes (a node publishes on topics
     /// it does not read, e.g. its key packages: these need store targets too).
     pub fn unstored_topics(&self) -> BTreeSet<Topic> {

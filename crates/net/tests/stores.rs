@@ -196,3 +196,50 @@ async fn a_full_store_refuses_new_mail_and_keeps_what_it_holds() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_refused_by_full_stores_is_stored_on_the_next_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[10; 32]);
+    // Three store nodes whose mailbox cannot take one more envelope, two with room. Whichever
+    // three are nearest the topic, at most one "Full" answer is needed to move on.
+    let mut stores: Vec<NodeHandle> = Vec::new();
+    for i in 0..5 {
+        let mut c = cfg(dir.path(), &format!("s{i}"));
+        c.serve_store = true;
+        if i < 3 {
+            c.retention = Retention { total_bytes_max: 1, ..Retention::default() };
+        }
+        if let Some(s) = stores.first() {
+            c.bootstrap = vec![s.listen_addrs[0].clone()];
+        }
+        stores.push(start(c).await.unwrap());
+    }
+    let mut c = cfg(dir.path(), "sender");
+    c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
+    let sender = start(c).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sender.status().await.unwrap().store_peers < 5 {
+        assert!(Instant::now() < deadline, "the sender never saw the 5 store nodes");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let mut rx = sender.events();
+    let e = mined(topic, "find room");
+    let id: HashSet<Id> = [e.id()].into();
+    sender.publish(e).await.unwrap();
+    wait_stored(&mut rx, &id, 30).await;
+    let holders: Vec<usize> = {
+        let mut v = Vec::new();
+        for (i, s) in stores.iter().enumerate() {
+            if s.status().await.unwrap().mailbox.envelopes > 0 {
+                v.push(i);
+            }
+        }
+        v
+    };
+    assert_eq!(holders, vec![3, 4], "stored on the two stores with room, by none of the full ones");
+    sender.shutdown().await;
+    for s in &stores {
+        s.shutdown().await;
+    }
+}

@@ -25,7 +25,7 @@ use super::handle::Command;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::receipt::StoreReceipt;
-use crate::shard::{SHARDS, nearest, shard_name, shard_of};
+use crate::shard::{SHARDS, nearest_avoiding, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
 use crate::validate::{Admission, RateLimiter};
 use crate::wire::{Request, STORE_BATCH_BYTES_MAX, STORE_BATCH_MAX};
@@ -40,6 +40,8 @@ const OUTBOUND_REQUESTS_MAX: usize = 16_384;
 /// the stage is emptied before the next swarm event is taken.
 const STAGED_JOBS_MAX: usize = 16_384;
 
+/// How long a store node that answered "full" is passed over when choosing targets, ms.
+const FULL_STORE_AVOID_MS: u64 = 60_000;
 /// Committed results taken in one go, at most: own publications committed together leave in
 /// one store-many request per store node.
 const COMMITTED_DRAIN_MAX: usize = 64;
@@ -74,6 +76,9 @@ pub(super) struct Node {
     store_batches: HashMap<PeerId, Vec<Envelope>>,
     pub(super) sync: Sync<PeerId>,
     pub(super) admission: Admission<PeerId>,
+    /// Store nodes that answered "full", until when they are passed over (ms); at most
+    /// `connections_max`, expired entries dropped at each insert.
+    pub(super) full_stores: HashMap<PeerId, u64>,
     /// Per-peer rate of envelopes offered for storage (store nodes).
     pub(super) store_rate: RateLimiter<PeerId>,
     /// Per-peer rate of page and by-id reads (store nodes).
@@ -157,6 +162,7 @@ impl Node {
         Self {
             sync: Sync::new(config.sync, [], []),
             admission: Admission::new(config.admission),
+            full_stores: HashMap::new(),
             store_rate: RateLimiter::new(
                 config.serve.store_envelopes_per_sec,
                 config.serve.store_envelopes_burst,
@@ -384,9 +390,29 @@ impl Node {
     }
 
     /// The store nodes XOR-nearest `topic` among those known.
+    /// Store nodes that answered "full" in the last `FULL_STORE_AVOID_MS` come last.
     fn stores_for(&self, topic: &Topic) -> Vec<PeerId> {
         let cands: Vec<(PeerId, [u8; 32])> = self.store_peers.iter().map(|(p, k)| (*p, *k)).collect();
-        nearest(&key_of(&topic.0), &cands, self.config.replicas)
+        let now = now_ms();
+        let full = |p: &PeerId| self.full_stores.get(p).is_some_and(|until| *until > now);
+        nearest_avoiding(&key_of(&topic.0), &cands, full, self.config.replicas)
+    }
+
+    /// A store node answered "full" for these envelopes: avoid it for a while, and give the
+    /// unstored sends of their topics the next store nodes as targets.
+    pub(super) fn store_full(&mut self, store: PeerId, ids: &[Id]) {
+        let now = now_ms();
+        self.full_stores.retain(|_, until| *until > now);
+        if self.full_stores.len() < self.config.connections_max as usize {
+            self.full_stores.insert(store, now + FULL_STORE_AVOID_MS);
+        }
+        let topics: std::collections::BTreeSet<Topic> =
+            ids.iter().filter_map(|id| self.sync.topic_of(id)).collect();
+        for topic in topics {
+            let stores = self.stores_for(&topic);
+            let outs = self.sync.handle(Input::Targets { topic, stores }, now);
+            self.apply(outs);
+        }
     }
 
     /// Loads the persisted resume cursors of `topic` at `stores` (before a history sync only;

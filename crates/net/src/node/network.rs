@@ -156,6 +156,13 @@ impl Node {
     /// receipt is kept in the local history (`receipt/<id>/<store>`).
     fn on_store_acks(&mut self, from: PeerId, ids: Vec<Id>, response: Option<Response>) {
         let mut valid: HashMap<Id, StoreReceipt> = HashMap::new();
+        if let Some(Response::Stored(acks)) = &response {
+            let full: Vec<Id> =
+                acks.iter().filter(|a| a.outcome == StoreOutcome::Full).map(|a| a.id).collect();
+            if !full.is_empty() {
+                self.store_full(from, &full);
+            }
+        }
         if let Some(Response::Stored(acks)) = response {
             for a in acks {
                 let Some(r) = a.receipt else { continue };
