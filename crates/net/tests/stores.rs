@@ -243,3 +243,84 @@ async fn a_send_refused_by_full_stores_is_stored_on_the_next_ones() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_wipe_by_envelope_flood_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = mined(Topic::for_conversation(&[1; 32]), "x").encode().len() as u64;
+    // Each source may hold 20 envelopes' worth on a store node: a flooder fills its own share.
+    let retention = Retention { source_bytes_max: 20 * size, ..Retention::default() };
+    let stores = stores(dir.path(), retention).await;
+    let honest = sender(dir.path(), &stores).await;
+    let mut c = cfg(dir.path(), "mallory");
+    c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
+    let mallory = start(c).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mallory.status().await.unwrap().store_peers < 3 {
+        assert!(Instant::now() < deadline, "mallory never saw the store nodes");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let topic = Topic::for_conversation(&[11; 32]);
+    let mut rx = honest.events();
+    let before: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("before {i}"))).collect();
+    let mut want: HashSet<Id> = before.iter().map(Envelope::id).collect();
+    for e in before {
+        honest.publish(e).await.unwrap();
+    }
+    wait_stored(&mut rx, &want, 30).await;
+    // 200 cheap envelopes (on many topics, so no one topic's quota is what stops them).
+    for i in 0..200u8 {
+        mallory.publish(mined(Topic::for_conversation(&[i; 32]), "junk")).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut refused = 0;
+        for s in &stores {
+            refused += s.status().await.unwrap().mailbox.refused_full;
+        }
+        if refused >= 3 * 150 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flood was refused only {refused} times");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let after: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("after {i}"))).collect();
+    let later: HashSet<Id> = after.iter().map(Envelope::id).collect();
+    for e in after {
+        honest.publish(e).await.unwrap();
+    }
+    wait_stored(&mut rx, &later, 30).await;
+    want.extend(later);
+    for s in &stores {
+        let st = s.status().await.unwrap();
+        assert!(
+            st.mailbox.envelopes <= 20 + 10,
+            "the flood took more than its share: {}",
+            st.mailbox.envelopes
+        );
+    }
+    // A reader finds all ten honest envelopes in the mailboxes: the flood evicted nothing.
+    let mut c = cfg(dir.path(), "reader");
+    c.bootstrap = vec![stores[1].listen_addrs[0].clone()];
+    let reader = start(c).await.unwrap();
+    let mut events = reader.events();
+    reader.subscribe(topic).await.unwrap();
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.is_subset(&got) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Ok(NodeEvent::Delivered { id, .. })) => {
+                got.insert(id);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => {
+                panic!("the reader found {} of the 10 honest envelopes", got.intersection(&want).count())
+            }
+        }
+    }
+    for n in stores.iter().chain([&honest, &mallory, &reader]) {
+        n.shutdown().await;
+    }
+}
