@@ -35,6 +35,7 @@ fn key() -> impl Strategy<Value = StateKey> {
         any::<[u8; 32]>().prop_map(|t| StateKey::Anchor(Topic(t))),
         Just(StateKey::Meta),
         Just(StateKey::Params),
+        any::<[u8; 32]>().prop_map(|d| StateKey::KeyPackages(cairn_proto::DeviceId(d))),
     ]
 }
 
@@ -212,7 +213,7 @@ fn unknown_kinds_are_named() {
     assert_eq!(Request::decode(&[2, 0]), Err(ProtocolError::UnknownKind { what: "request", kind: 0 }));
     assert_eq!(Request::decode(&[2, 9]), Err(ProtocolError::UnknownKind { what: "request", kind: 9 }));
     assert_eq!(Response::decode(&[2, 10]), Err(ProtocolError::UnknownKind { what: "response", kind: 10 }));
-    assert_eq!(Request::decode(&[2, 5, 8]), Err(ProtocolError::UnknownKind { what: "state key", kind: 8 }));
+    assert_eq!(Request::decode(&[2, 5, 9]), Err(ProtocolError::UnknownKind { what: "state key", kind: 9 }));
     assert_eq!(Response::decode(&[2, 3, 4]), Err(ProtocolError::UnknownKind { what: "tx status", kind: 4 }));
     assert_eq!(Response::decode(&[2, 1, 2]), Err(ProtocolError::UnknownKind { what: "admission", kind: 2 }));
 }

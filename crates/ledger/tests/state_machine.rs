@@ -544,3 +544,33 @@ fn a_transfer_funds_and_creates_a_new_account() {
     assert_eq!(r[0].outcome, Outcome::Applied);
     assert_eq!(m.account(&acct(&new)).unwrap().balance, 100_000 - paid);
 }
+
+/// A device's `PublishKeyPackages` records its batch under `StateKey::KeyPackages(device)`, the
+/// value fetchers check batches against; the newest record replaces the previous one, and the
+/// account key (no device) records none.
+#[test]
+fn a_device_records_its_key_package_batch_hash() {
+    use cairn_ledger::state::KeyPackageRecord;
+    let a = key(1);
+    let ida = acct(&a);
+    let mut w = W::new(&[(ida, FUNDS)]);
+    let d = key(3);
+    let did = DeviceId(d.verifying_key().to_bytes());
+    assert_eq!(
+        w.run(ida, &a, TxBody::add_device(&CHAIN, DeviceCert::issue(&a, did, 1), &d)).unwrap(),
+        Outcome::Applied
+    );
+    let rec = |w: &W| w.m.db.get(&StateKey::KeyPackages(did)).map(|b| KeyPackageRecord::decode(&b).unwrap());
+    assert_eq!(rec(&w), None);
+    let body = |h: u8, n: u32| TxBody::PublishKeyPackages { batch_hash: [h; 32], count: n };
+    assert_eq!(w.run(ida, &a, body(1, 1)).unwrap(), Outcome::Applied);
+    assert_eq!(rec(&w), None, "the account key is no device");
+    assert_eq!(w.run(ida, &d, body(2, 5)).unwrap(), Outcome::Applied);
+    assert_eq!(rec(&w), Some(KeyPackageRecord { batch_hash: [2; 32], count: 5 }));
+    assert_eq!(w.run(ida, &d, body(3, 4)).unwrap(), Outcome::Applied);
+    assert_eq!(rec(&w), Some(KeyPackageRecord { batch_hash: [3; 32], count: 4 }));
+    // a revoked device records nothing more
+    assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
+    assert_eq!(w.run(ida, &d, body(4, 4)).unwrap_err(), TxError::RevokedDevice);
+    assert_eq!(rec(&w), Some(KeyPackageRecord { batch_hash: [3; 32], count: 4 }));
+}

@@ -147,6 +147,9 @@ pub(crate) fn encode_key_package(kp: &KeyPackage) -> Result<Vec<u8>, KeyPackageE
     kp.tls_serialize_detached().map_err(|e| KeyPackageError::Malformed(e.to_string()))
 }
 
+/// Domain of [`KeyPackageBatch::ledger_hash`].
+pub const KEY_PACKAGE_BATCH_HASH_DOMAIN: &str = "cairn 2026-12 key package batch hash v1";
+
 /// A batch of key packages as a device publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPackageBatch {
@@ -164,6 +167,13 @@ impl KeyPackageBatch {
             w.bytes(p);
         }
         w.finish()
+    }
+
+    /// The hash a device records on the ledger (`PublishKeyPackages.batch_hash`) for the batch
+    /// whose canonical bytes ([`Self::encode`], equal to the published message body) are
+    /// `bytes`: BLAKE3 in derive-key mode under [`KEY_PACKAGE_BATCH_HASH_DOMAIN`].
+    pub fn ledger_hash(bytes: &[u8]) -> [u8; 32] {
+        cairn_proto::id::hash(KEY_PACKAGE_BATCH_HASH_DOMAIN, bytes)
     }
 
     /// Decodes a batch (structure and bounds only; verify each package before use).

@@ -314,7 +314,16 @@ impl Service {
                 for a in accounts {
                     let ds = read_retry(|| client.devices(&a)).map_err(unavailable)?;
                     match ds {
-                        Some(ds) => out.push((a, ds)),
+                        Some(ds) => {
+                            // Each device's batch hash on the ledger, which the fetched batch
+                            // must match.
+                            let mut with = Vec::with_capacity(ds.len());
+                            for d in ds {
+                                let rec = read_retry(|| client.key_packages(&d)).map_err(unavailable)?;
+                                with.push((d, rec));
+                            }
+                            out.push((a, with));
+                        }
                         None if required => {
                             return Err(NodeError::NotFound(format!(
                                 "{} is not registered on the ledger",
@@ -331,12 +340,17 @@ impl Service {
         let limits = *self.shared.db.limits();
         let mut out = Vec::new();
         for (account, ds) in devices {
-            let ds: Vec<DeviceId> = ds.into_iter().filter(|d| *d != me).collect();
+            let ds: Vec<_> = ds.into_iter().filter(|(d, _)| *d != me).collect();
             if ds.is_empty() && required {
                 return Err(ApiError::NotFound(format!("{} has no active device", account.to_text())));
             }
-            for d in ds {
-                match self.shared.key_packages.fetch(&self.shared.net, d, &limits, self.kp_wait).await {
+            for (d, expected) in ds {
+                match self
+                    .shared
+                    .key_packages
+                    .fetch(&self.shared.net, d, expected, &limits, self.kp_wait)
+                    .await
+                {
                     Ok(kp) => out.push(kp),
                     Err(e) if required => return Err(e.into()),
                     Err(_) => {}
@@ -361,17 +375,29 @@ impl Service {
             for d in pending {
                 let device = DeviceId(d);
                 let Ok(missing) = self.ask(|r| Job::MissingDevice(device, r)).await else { continue };
+                if missing.is_empty() {
+                    let _ = self.shared.db.set_pending_device(&d, false, now_ms());
+                    continue;
+                }
+                let Ok(expected) = self
+                    .ledger_call(move |client, _| {
+                        read_retry(|| client.key_packages(&device)).map_err(unavailable)
+                    })
+                    .await
+                else {
+                    continue;
+                };
                 let mut done = true;
                 for conv in missing {
                     let wait = Duration::from_secs(3);
-                    let kp =
-                        match self.shared.key_packages.fetch(&self.shared.net, device, &limits, wait).await {
-                            Ok(kp) => kp,
-                            Err(_) => {
-                                done = false;
-                                break;
-                            }
-                        };
+                    let kps = &self.shared.key_packages;
+                    let kp = match kps.fetch(&self.shared.net, device, expected, &limits, wait).await {
+                        Ok(kp) => kp,
+                        Err(_) => {
+                            done = false;
+                            break;
+                        }
+                    };
                     if let Err(e) = self.ask(|r| Job::Add(conv, vec![kp], r)).await {
                         tracing::warn!("adding device {} to {}: {e}", device.to_text(), hex::encode(conv.0));
                         done = false;

@@ -20,7 +20,7 @@ use super::protocol::{
 use super::transport::{FrameError, read_frame, write_frame};
 use crate::genesis::Genesis;
 use crate::light::{LightClient, LightError};
-use crate::state::{Account, StateKey};
+use crate::state::{Account, KeyPackageRecord, StateKey};
 use crate::tx::{TX_BYTES_MAX, TxError, TxId};
 
 /// Default bound of one round trip to one validator.
@@ -419,6 +419,14 @@ impl LedgerClient {
     /// The verified active device set of an account.
     pub fn devices(&mut self, id: &AccountId) -> Result<Option<Vec<DeviceId>>, ClientError> {
         Ok(self.account(id)?.map(|a| a.active_devices()))
+    }
+
+    /// The key-package batch `device` last published, proven (`None`: it never published one
+    /// signed by its own key).
+    pub fn key_packages(&mut self, device: &DeviceId) -> Result<Option<KeyPackageRecord>, ClientError> {
+        self.prove(&StateKey::KeyPackages(*device))?
+            .map(|b| KeyPackageRecord::decode(&b).map_err(|e| ClientError::BadAnswer(e.to_string())))
+            .transpose()
     }
 
     /// Who holds a handle (`None`: proven not registered).

@@ -107,6 +107,10 @@ pub(super) fn write_key(w: &mut Writer, key: &StateKey) {
             w.u8(7);
             w.raw(&d.0);
         }
+        StateKey::KeyPackages(d) => {
+            w.u8(8);
+            w.raw(&d.0);
+        }
     }
 }
 
@@ -120,6 +124,7 @@ pub(super) fn read_key(r: &mut Reader<'_>) -> Result<StateKey, ProtocolError> {
         5 => StateKey::Meta,
         6 => StateKey::Params,
         7 => StateKey::DeviceOwner(DeviceId(r.array("key.device")?)),
+        8 => StateKey::KeyPackages(DeviceId(r.array("key.device")?)),
         other => return Err(ProtocolError::UnknownKind { what: "state key", kind: other }),
     })
 }

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use cairn_proto::codec::{Reader, Writer};
 use cairn_proto::ed25519::{Signature, VerifyingKey};
-use cairn_proto::{AccountId, Topic};
+use cairn_proto::{AccountId, DeviceId, Topic};
 use jmt::KeyHash;
 
 use super::{
-    Account, AnchorRecord, DEVICES_MAX, DeviceEntry, Outcome, Receipt, StateError, StateKey, StateRead,
-    TopicState,
+    Account, AnchorRecord, DEVICES_MAX, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateError,
+    StateKey, StateRead, TopicState,
 };
 use crate::params::Params;
 use crate::tx::{Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
@@ -357,6 +357,12 @@ impl<'a> Executor<'a> {
             TxBody::PublishKeyPackages { batch_hash, count } => {
                 let mut acct = self.must_account(&id)?;
                 acct.key_packages = Some((*batch_hash, *count));
+                // Signed by a device: that device's batch, which other nodes check fetched
+                // batches against (admission already refused revoked and unknown signers).
+                if tx.signer != acct.key {
+                    let rec = KeyPackageRecord { batch_hash: *batch_hash, count: *count };
+                    self.put(StateKey::KeyPackages(DeviceId(tx.signer)), Some(rec.encode()));
+                }
                 self.put(StateKey::Account(id), Some(acct.encode()));
             }
             TxBody::SequenceHandshake { topic, after, payload } => {

@@ -24,7 +24,9 @@ use thiserror::Error;
 pub use block::{BlockError, Dropped, Executed, Machine, Mode, execute, genesis_layer};
 pub use db::{Layer, Overlay, StateDb};
 pub use executor::{Executor, usable_key};
-pub use records::{Account, AnchorRecord, DeviceEntry, Outcome, Receipt, StateKey, TopicState};
+pub use records::{
+    Account, AnchorRecord, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateKey, TopicState,
+};
 
 /// Most devices (active or revoked) an account may have.
 pub const DEVICES_MAX: usize = 32;

@@ -29,6 +29,9 @@ pub enum StateKey {
     /// The account a device key is bound to (32 bytes: the account id). Written once by the
     /// first `AddDevice` of the key and never removed, so a key serves one account for good.
     DeviceOwner(DeviceId),
+    /// The latest key-package batch a device published (its [`KeyPackageRecord`]), written by
+    /// `PublishKeyPackages` signed with that device's key.
+    KeyPackages(DeviceId),
 }
 
 impl StateKey {
@@ -62,6 +65,10 @@ impl StateKey {
                 v.extend_from_slice(b"dvow");
                 v.extend_from_slice(&d.0);
             }
+            Self::KeyPackages(d) => {
+                v.extend_from_slice(b"kpkg");
+                v.extend_from_slice(&d.0);
+            }
         }
         v
     }
@@ -69,6 +76,35 @@ impl StateKey {
     /// The key's position in the tree.
     pub fn hash(&self) -> KeyHash {
         KeyHash::with::<Sha256>(self.bytes())
+    }
+}
+
+/// The batch hash and count a device last published ([`StateKey::KeyPackages`]): the only
+/// key-package batch of that device other nodes accept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct KeyPackageRecord {
+    /// Hash of the batch's canonical bytes (see `cairn_mls::KeyPackageBatch::ledger_hash`).
+    pub batch_hash: [u8; 32],
+    /// Number of key packages in the batch.
+    pub count: u32,
+}
+
+impl KeyPackageRecord {
+    /// Canonical encoding: `hash:32 count:u32` (36 bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(36);
+        w.raw(&self.batch_hash);
+        w.u32(self.count);
+        w.finish()
+    }
+
+    /// Decodes a record (exactly 36 bytes).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let batch_hash = r.array("key_packages.hash")?;
+        let count = r.u32("key_packages.count")?;
+        r.finish()?;
+        Ok(Self { batch_hash, count })
     }
 }
 

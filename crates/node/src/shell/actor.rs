@@ -67,6 +67,8 @@ pub enum Job {
     },
     /// Account and device are registered on the ledger: publish key packages.
     Registered,
+    /// The ledger recorded this key-package batch's hash: publish the batch on the mesh.
+    KeyPackagesRecorded(Box<Envelope>),
     /// An anchor submission ended.
     AnchorDone {
         /// Conversation.
@@ -232,6 +234,9 @@ impl Actor {
             Job::Ledger { height } => self.engine.ledger_height(height, &mut self.sequencer, now),
             Job::Handshakes(topics) => self.engine.handshakes(&topics, &mut self.sequencer, now),
             Job::Registered => self.publish_key_packages(),
+            Job::KeyPackagesRecorded(env) => {
+                let _ = self.mesh.blocking_send(MeshCmd::Publish(env));
+            }
             Job::AnchorDone { conv, count, ok } => self.engine.anchor_done(conv, count, ok, now),
             Job::Create(kps, reply) => {
                 let r = self
@@ -320,7 +325,20 @@ impl Actor {
         }
         match self.engine.key_package_envelope(KEY_PACKAGES_PER_BATCH, KEY_PACKAGE_TTL_SECS, now_ms()) {
             Ok(env) => {
-                let _ = self.mesh.blocking_send(MeshCmd::Publish(Box::new(env)));
+                // Recorded on the ledger first (others accept only the recorded batch), then
+                // published on the mesh by `Job::KeyPackagesRecorded`.
+                let limits = *self.shared.db.limits();
+                let Some(record) =
+                    super::keypackages::ledger_record(&self.shared.identity.device, &env, &limits)
+                else {
+                    tracing::warn!("cannot publish key packages: the batch envelope does not decode");
+                    return;
+                };
+                if !try_enqueue(&self.ledger, LedgerJob::KeyPackages { envelope: Box::new(env), record }) {
+                    tracing::warn!(
+                        "key packages not published: the ledger queue is full; they are published at the next refresh"
+                    );
+                }
             }
             Err(e) => tracing::warn!("cannot publish key packages: {e}"),
         }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{ClientError, Follower, LedgerClient, RemoteOutcome};
+use cairn_ledger::state::KeyPackageRecord;
 use cairn_ledger::tx::{Tx, TxBody, TxError, normalize_handle};
 use cairn_mls::ConversationId;
-use cairn_proto::{AccountId, Id};
+use cairn_proto::{AccountId, Envelope, Id};
 use ed25519_dalek::SigningKey;
 use tokio::sync::mpsc;
 
@@ -50,7 +51,17 @@ pub enum LedgerJob {
     },
     /// Look up the handles of these accounts.
     Handles(Vec<AccountId>),
+    /// Record a key-package batch's hash (signed by this device), then publish the batch.
+    KeyPackages {
+        /// The batch envelope, published once the hash is final.
+        envelope: Box<Envelope>,
+        /// Its hash and count.
+        record: KeyPackageRecord,
+    },
 }
+
+/// How long recording a key-package batch on the ledger may take, ms.
+pub const KEY_PACKAGES_RECORD_MS: u64 = 20_000;
 
 /// Enqueues a ledger job; `false` if the queue is full.
 pub fn try_enqueue(tx: &SyncSender<LedgerJob>, job: LedgerJob) -> bool {
@@ -254,6 +265,19 @@ impl LedgerWorker {
                     tracing::debug!("anchor not recorded: {e}");
                 }
                 let _ = self.ops.blocking_send(Job::AnchorDone { conv, count, ok: r.is_ok() });
+            }
+            LedgerJob::KeyPackages { envelope, record } => {
+                let k = &self.shared.identity;
+                let body = TxBody::PublishKeyPackages { batch_hash: record.batch_hash, count: record.count };
+                let timeout = Duration::from_millis(KEY_PACKAGES_RECORD_MS);
+                match submit_tx(client, k.account, &k.device_key, body, timeout) {
+                    Ok(_) => {
+                        let _ = self.ops.blocking_send(Job::KeyPackagesRecorded(envelope));
+                    }
+                    Err(e) => tracing::warn!(
+                        "key packages not recorded on the ledger ({e}); they are published again at the next refresh"
+                    ),
+                }
             }
             LedgerJob::Handles(accounts) => {
                 for a in accounts {
