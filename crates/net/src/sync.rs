@@ -111,6 +111,15 @@ pub enum Input<S> {
         /// Target store nodes.
         stores: Vec<S>,
     },
+    /// As `Send`, for an own envelope the local history does not hold yet (its parents are
+    /// missing there): pushed the same way, but delivered like a received one, after its
+    /// parents, when the mesh brings it back.
+    SendUnwritten {
+        /// Envelope to send.
+        envelope: Envelope,
+        /// Target store nodes.
+        stores: Vec<S>,
+    },
     /// A store node acknowledged an envelope durably.
     StoreAck {
         /// Envelope id.
@@ -358,7 +367,11 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
     pub fn handle(&mut self, input: Input<S>, now_ms: u64) -> Vec<Output<S>> {
         let mut out = Vec::new();
         match input {
-            Input::Send { envelope, stores } => self.on_send(envelope, stores, now_ms, &mut out),
+            Input::Send { envelope, stores } => {
+                self.delivered.insert(envelope.id());
+                self.on_send(envelope, stores, now_ms, &mut out);
+            }
+            Input::SendUnwritten { envelope, stores } => self.on_send(envelope, stores, now_ms, &mut out),
             Input::StoreAck { id, from } => self.on_ack(id, from, &mut out),
             Input::StoreFailed { id, from } => {
                 // Retried at the next tick after back-off; nothing to do now but note it.
@@ -398,7 +411,6 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
 
     fn on_send(&mut self, envelope: Envelope, stores: Vec<S>, now_ms: u64, out: &mut Vec<Output<S>>) {
         let id = envelope.id();
-        self.delivered.insert(id);
         if self.outbox.contains_key(&id) {
             return;
         }

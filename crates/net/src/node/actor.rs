@@ -22,12 +22,13 @@ use tracing::{debug, info, warn};
 use super::behaviour::Behaviour;
 use super::config::NodeConfig;
 use super::handle::Command;
+use super::orphans::Orphans;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::receipt::StoreReceipt;
 use crate::shard::{SHARDS, nearest_avoiding, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
-use crate::validate::{Admission, RateLimiter};
+use crate::validate::{Admission, RateLimiter, SeenIds};
 use crate::wire::{Request, STORE_BATCH_BYTES_MAX, STORE_BATCH_MAX};
 
 /// Store requests in flight (awaiting an answer or a failure), at most. A request beyond it is
@@ -40,6 +41,9 @@ const OUTBOUND_REQUESTS_MAX: usize = 16_384;
 /// the stage is emptied before the next swarm event is taken.
 const STAGED_JOBS_MAX: usize = 16_384;
 
+/// Own publication ids remembered as queued for the local history, at most (oldest forgotten;
+/// by then they are committed and in the sync state's delivered set).
+const OWN_QUEUED_MAX: usize = 65_536;
 /// How long a store node that answered "full" is passed over when choosing targets, ms.
 const FULL_STORE_AVOID_MS: u64 = 60_000;
 /// Committed results taken in one go, at most: own publications committed together leave in
@@ -76,6 +80,10 @@ pub(super) struct Node {
     store_batches: HashMap<PeerId, Vec<Envelope>>,
     pub(super) sync: Sync<PeerId>,
     pub(super) admission: Admission<PeerId>,
+    /// Own envelopes waiting for their parents before they are written locally (`orphans.rs`).
+    orphans: Orphans,
+    /// Ids of own publications handed to the history writer, the last `OWN_QUEUED_MAX`.
+    own_queued: SeenIds,
     /// Store nodes that answered "full", until when they are passed over (ms); at most
     /// `connections_max`, expired entries dropped at each insert.
     pub(super) full_stores: HashMap<PeerId, u64>,
@@ -163,6 +171,8 @@ impl Node {
             sync: Sync::new(config.sync, [], []),
             admission: Admission::new(config.admission),
             full_stores: HashMap::new(),
+            orphans: Orphans::default(),
+            own_queued: SeenIds::new(OWN_QUEUED_MAX),
             store_rate: RateLimiter::new(
                 config.serve.store_envelopes_per_sec,
                 config.serve.store_envelopes_burst,
@@ -223,6 +233,7 @@ impl Node {
                 _ = timers.tick.tick() => {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
+                    self.release_orphans();
                     // Order-free; when the queue is full the writer checks after its next batch.
                     if let Some(jobs) = &self.history_jobs {
                         let _ = jobs.try_send(HistoryJob::Sync);
@@ -298,6 +309,7 @@ impl Node {
                 let id = env.id();
                 self.announce_own(*env);
                 let _ = reply.send(Ok(id));
+                self.release_orphans();
                 return;
             }
             Committed::Mailbox(c) => c,
@@ -324,6 +336,7 @@ impl Node {
                 Output::IdsRequest { to, ids } => self.request(to, Request::Ids(ids), Outbound::Ids),
                 Output::Deliver { envelope, id, after_gap } => {
                     self.staged.push_back(HistoryJob::Deliver { envelope, id, after_gap });
+                    self.release_orphans();
                 }
                 Output::Status { id, status } => self.staged.push_back(HistoryJob::Status { id, status }),
                 Output::Cursor { topic, store, cursor } => {
@@ -467,7 +480,7 @@ impl Node {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Publish(env, reply) => self.publish(*env, reply),
+            Command::Publish(env, durable, reply) => self.publish(*env, durable, reply),
             Command::Subscribe(topic, reply) => {
                 let _ = reply.send(self.subscribe(topic));
             }
@@ -540,7 +553,7 @@ impl Node {
 
     /// Checks our own envelope and queues it for the local history writer; it is gossiped and
     /// pushed to the store nodes only once durable, and the caller's reply waits for that.
-    fn publish(&mut self, env: Envelope, reply: oneshot::Sender<Result<Id, NodeError>>) {
+    fn publish(&mut self, env: Envelope, durable: bool, reply: oneshot::Sender<Result<Id, NodeError>>) {
         let id = env.id();
         if env.payload.is_none() || !pow::check(&env.header, self.config.admission.difficulty) {
             let why = "envelope has no payload or not enough proof of work";
@@ -555,6 +568,19 @@ impl Node {
             let _ = reply.send(Err(NodeError::Refused(why)));
             return;
         }
+        if !self.sync.is_delivered(&id)
+            && !self.own_queued.contains(&id)
+            && env.header.parents.iter().any(|p| !self.in_local_history(p))
+            && self.orphans.hold(env.clone(), now_ms())
+        {
+            // Its parents come back from the mesh (a restart after a crash): out now, written
+            // locally after them.
+            debug!("own envelope {} waits for its parents in the local history", id.short());
+            self.admission.mark_seen(id);
+            self.announce(env, false);
+            let _ = reply.send(Ok(id));
+            return;
+        }
         if self.sync.is_delivered(&id) {
             // Already in the local history: a restart re-publishes its unacknowledged sends
             // (the node's outbox). Push it to the store nodes again (gossip dedupes); answering
@@ -567,8 +593,11 @@ impl Node {
             let _ = reply.send(Err(NodeError::Stopped));
             return;
         };
-        match tx.try_send(OwnJob { envelope: env, reply }) {
-            Ok(()) => self.admission.mark_seen(id),
+        match tx.try_send(OwnJob { envelope: env, durable, reply }) {
+            Ok(()) => {
+                self.admission.mark_seen(id);
+                self.own_queued.insert(id);
+            }
             Err(mpsc::error::TrySendError::Full(j)) => {
                 let why = format!("local history writer busy ({OWN_JOBS_MAX} publications queued); retry");
                 let _ = j.reply.send(Err(NodeError::Refused(why)));
@@ -579,7 +608,48 @@ impl Node {
         }
     }
 
+    /// Whether the local history holds `id` or will (delivered, or an own publication queued).
+    fn in_local_history(&self, id: &Id) -> bool {
+        self.sync.is_delivered(id)
+            || self.own_queued.contains(id)
+            || self.history.get(id).ok().flatten().is_some()
+    }
+
+    /// Writes the held own envelopes whose parents are now present, parents first; and, on
+    /// `expired`, those held too long (flagged as after a gap).
+    pub(super) fn release_orphans(&mut self) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let ready = {
+            let sync = &self.sync;
+            let own = &self.own_queued;
+            let staged: std::collections::HashSet<Id> = self
+                .staged
+                .iter()
+                .filter_map(|j| match j {
+                    HistoryJob::Deliver { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            self.orphans.release(|p| sync.is_delivered(p) || own.contains(p) || staged.contains(p))
+        };
+        let expired = self.orphans.expired(now_ms());
+        for (e, after_gap) in
+            ready.into_iter().map(|e| (e, false)).chain(expired.into_iter().map(|e| (e, true)))
+        {
+            let id = e.id();
+            self.staged.push_back(HistoryJob::Deliver { envelope: e, id, after_gap });
+        }
+    }
+
     fn announce_own(&mut self, env: Envelope) {
+        self.announce(env, true);
+    }
+
+    /// Gossips an own envelope and pushes it to its store nodes; `written`: the local history
+    /// holds it (else it is delivered locally after its parents, see `orphans.rs`).
+    fn announce(&mut self, env: Envelope, written: bool) {
         let id = env.id();
         let topic = env.header.topic;
         let shard = IdentTopic::new(shard_name(shard_of(&topic)));
@@ -588,7 +658,12 @@ impl Node {
             Err(e) => debug!("gossip publish of {} deferred to mailboxes: {e}", id.short()),
         }
         let stores = self.stores_for(&topic);
-        let outs = self.sync.handle(Input::Send { envelope: env, stores }, now_ms());
+        let input = if written {
+            Input::Send { envelope: env, stores }
+        } else {
+            Input::SendUnwritten { envelope: env, stores }
+        };
+        let outs = self.sync.handle(input, now_ms());
         self.apply(outs);
     }
 }

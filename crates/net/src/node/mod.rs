@@ -26,6 +26,7 @@ mod config;
 mod events;
 mod handle;
 mod network;
+mod orphans;
 mod serve;
 mod writer;
 

@@ -249,7 +249,7 @@ impl Engine {
         }
         let by_topic: std::collections::HashMap<_, _> =
             self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
-        for env in self.db.outbox()? {
+        for env in causal_order(self.db.outbox()?) {
             // The local history's copy is a deferred commit that a crash may have lost: the
             // chain learns the send from the outbox then.
             let id = env.id();
@@ -457,5 +457,62 @@ pub fn mls_err(e: MlsError) -> NodeError {
         MlsError::NotMember => NodeError::NotMember,
         MlsError::Sequencer(s) => NodeError::Sequencer(s.to_string()),
         other => NodeError::Mls(other.to_string()),
+    }
+}
+
+/// `envs` with every parent before its children (among `envs`; Kahn's algorithm, linear):
+/// an outbox re-published at start leaves and lands in the order it was written.
+fn causal_order(envs: Vec<cairn_proto::Envelope>) -> Vec<cairn_proto::Envelope> {
+    use std::collections::{HashMap, VecDeque};
+    let index: HashMap<Id, usize> = envs.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
+    let mut waiting_on = vec![0usize; envs.len()];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); envs.len()];
+    for (i, e) in envs.iter().enumerate() {
+        for p in &e.header.parents {
+            if let Some(&pi) = index.get(p)
+                && pi != i
+            {
+                waiting_on[i] += 1;
+                children[pi].push(i);
+            }
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..envs.len()).filter(|i| waiting_on[*i] == 0).collect();
+    let mut order = Vec::with_capacity(envs.len());
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &c in &children[i] {
+            waiting_on[c] -= 1;
+            if waiting_on[c] == 0 {
+                ready.push_back(c);
+            }
+        }
+    }
+    // A cycle cannot be built from hash links; whatever is left goes last, as it came.
+    let placed: std::collections::HashSet<usize> = order.iter().copied().collect();
+    order.extend((0..envs.len()).filter(|i| !placed.contains(i)));
+    let mut slots: Vec<Option<cairn_proto::Envelope>> = envs.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::causal_order;
+    use cairn_proto::envelope::pad;
+    use cairn_proto::{Envelope, Limits, Topic};
+
+    #[test]
+    fn an_outbox_is_republished_parents_first() {
+        let e = |n: u64, parents| {
+            Envelope::new(Topic([1; 32]), n, 60, parents, pad(b"x", &Limits::default()).unwrap())
+        };
+        let a = e(1, vec![]);
+        let b = e(2, vec![a.id()]);
+        let c = e(3, vec![b.id(), a.id()]);
+        let d = e(4, vec![cairn_proto::Id([7; 32])]);
+        let out = causal_order(vec![c.clone(), d.clone(), b.clone(), a.clone()]);
+        let pos = |x: &Envelope| out.iter().position(|o| o.id() == x.id()).unwrap();
+        assert_eq!(out.len(), 4);
+        assert!(pos(&a) < pos(&b) && pos(&b) < pos(&c));
     }
 }

@@ -242,7 +242,8 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
                         log(r);
                     }
                 }
-                match net.publish_queued(*env).await {
+                // The outbox holds it durably (receipts are best effort): no fsync of the copy.
+                match net.publish_queued(*env, true).await {
                     Ok(answer) => in_flight.push(answer),
                     Err(e) => {
                         tracing::warn!("publish: {e} (kept in the outbox, pushed again at the next start)")
