@@ -9,6 +9,7 @@ pub mod bench;
 pub mod block;
 pub mod core;
 pub mod genesis;
+pub mod handle;
 pub mod light;
 pub mod mempool;
 pub mod params;

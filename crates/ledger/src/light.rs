@@ -172,7 +172,7 @@ impl LightClient {
 
     /// Verifies who holds `handle` (normalized); `None` means proven not registered.
     pub fn verify_handle(&self, handle: &str, p: &StateProof) -> Result<Option<AccountId>, LightError> {
-        let v = self.verify(&StateKey::Handle(handle.to_owned()), p)?;
+        let v = self.verify(&StateKey::Handle(crate::handle::skeleton(handle)), p)?;
         v.map(|b| {
             <[u8; 32]>::try_from(b.as_slice()).map(AccountId).map_err(|_| {
                 LightError::BadValue(DecodeError::Invalid { field: "handle owner", reason: "not 32 bytes" })

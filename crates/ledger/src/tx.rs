@@ -232,8 +232,14 @@ pub enum TxError {
     #[error("bad handle: {0}")]
     BadHandle(&'static str),
     /// Someone holds the handle.
-    #[error("handle is taken")]
+    #[error("handle is taken: choose another one")]
     HandleTaken,
+    /// Someone holds a handle that looks like this one (same [`crate::handle::skeleton`]).
+    #[error("handle looks like @{taken}, which is taken: choose a handle that does not look like it")]
+    HandleLookAlike {
+        /// The taken handle it collides with (display form).
+        taken: String,
+    },
     /// The account does not hold the handle.
     #[error("account does not hold this handle")]
     HandleNotHeld,
@@ -363,6 +369,7 @@ impl TxError {
             Self::MempoolBytesFull { .. } => 31,
             Self::DeviceClaimed => 32,
             Self::BadDeviceBinding => 33,
+            Self::HandleLookAlike { .. } => 34,
         }
     }
 }

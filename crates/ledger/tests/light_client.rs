@@ -79,14 +79,17 @@ fn device_set_and_handle_absence_verify_against_a_certified_header() {
     assert_eq!(lc.verify_devices(&s.alice, &sp).unwrap(), Some(s.devices.clone()));
 
     // "@bob is not registered"
-    let (v, proof) = s.machine.db.prove(&StateKey::Handle("bob".into())).unwrap();
+    let (v, proof) = s.machine.db.prove(&StateKey::Handle(cairn_ledger::handle::skeleton("bob"))).unwrap();
     assert!(v.is_none());
     let absent = StateProof::new(s.header, fin.clone(), None, &proof);
     assert_eq!(lc.verify_handle("bob", &absent).unwrap(), None);
     // "@alice is alice's"
-    let (v, proof) = s.machine.db.prove(&StateKey::Handle("alice".into())).unwrap();
+    let (v, proof) = s.machine.db.prove(&StateKey::Handle(cairn_ledger::handle::skeleton("alice"))).unwrap();
     let held = StateProof::new(s.header, fin.clone(), v, &proof);
     assert_eq!(lc.verify_handle("alice", &held).unwrap(), Some(s.alice));
+    // a look-alike spelling resolves to the same account with the same proof
+    assert_eq!(lc.verify_handle("a1ice", &held).unwrap(), Some(s.alice));
+    assert_eq!(lc.verify_handle("AIice", &held).unwrap(), Some(s.alice));
 
     // forged proof 1: claim the revoked device is still active
     let mut acct = Account::decode(sp.value.as_ref().unwrap()).unwrap();

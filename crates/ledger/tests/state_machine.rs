@@ -196,9 +196,12 @@ fn handles_are_unique_and_transferable() {
     assert_eq!(failed(w.run(ida, &a, xfer(idc))), TxError::UnknownRecipient);
     assert_eq!(w.run(ida, &a, xfer(idb)).unwrap(), Outcome::Applied);
     assert_eq!(w.m.account(&idb).unwrap().handle.as_deref(), Some("alice"));
-    assert_eq!(w.m.db.get(&StateKey::Handle("alice".into())).unwrap(), idb.0.to_vec());
+    assert_eq!(
+        w.m.db.get(&StateKey::Handle(cairn_ledger::handle::skeleton("alice"))).unwrap(),
+        idb.0.to_vec()
+    );
     assert_eq!(w.run(idb, &b, TxBody::ReleaseHandle { name: "alice".into() }).unwrap(), Outcome::Applied);
-    assert!(w.m.db.get(&StateKey::Handle("alice".into())).is_none());
+    assert!(w.m.db.get(&StateKey::Handle(cairn_ledger::handle::skeleton("alice"))).is_none());
     assert_eq!(w.run(ida, &a, claim("alice")).unwrap(), Outcome::Applied);
     // non-normalized handles never decode
     let raw =
@@ -573,4 +576,45 @@ fn a_device_records_its_key_package_batch_hash() {
     assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
     assert_eq!(w.run(ida, &d, body(4, 4)).unwrap_err(), TxError::RevokedDevice);
     assert_eq!(rec(&w), Some(KeyPackageRecord { batch_hash: [3; 32], count: 4 }));
+}
+
+/// Attack: squatting look-alikes of a taken handle (`a1ice`, `aiice`, `al_ice` for `alice`).
+/// Each is refused with `HandleLookAlike` naming the taken handle, still pays its fee, and
+/// leaves no record; an honest distinct handle is accepted; the owner keeps its display form,
+/// and after a release the look-alike becomes claimable.
+#[test]
+fn a_look_alike_of_a_taken_handle_is_refused() {
+    use cairn_ledger::handle::skeleton;
+    let (a, b, c) = (key(1), key(2), key(3));
+    let (ida, idb, idc) = (acct(&a), acct(&b), acct(&c));
+    let mut w = W::new(&[(ida, FUNDS), (idb, FUNDS), (idc, FUNDS)]);
+    let claim = |n: &str| TxBody::ClaimHandle { name: n.into() };
+    assert_eq!(w.run(ida, &a, claim("alice")).unwrap(), Outcome::Applied);
+    for fake in ["a1ice", "aiice", "al_ice", "a11ce", "4lice"] {
+        let before = w.m.account(&idb).unwrap().balance;
+        let t = w.tx(idb, &b, claim(fake));
+        let cost = fee(&t);
+        assert_eq!(
+            failed(w.run_raw(t)),
+            TxError::HandleLookAlike { taken: "alice".into() },
+            "{fake} must collide with alice"
+        );
+        assert_eq!(w.m.account(&idb).unwrap().balance, before - cost, "the refused claim paid its fee");
+        assert_eq!(w.m.account(&idb).unwrap().handle, None);
+    }
+    let text = TxError::HandleLookAlike { taken: "alice".into() }.to_string();
+    assert!(text.contains("@alice") && text.contains("choose"), "{text}");
+    // an honest distinct handle
+    assert_eq!(w.run(idb, &b, claim("alex")).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.account(&idb).unwrap().handle.as_deref(), Some("alex"));
+    // the owner keeps its display form; both spellings resolve to it
+    assert_eq!(w.m.account(&ida).unwrap().handle.as_deref(), Some("alice"));
+    for spelling in ["alice", "a1ice"] {
+        assert_eq!(w.m.db.get(&StateKey::Handle(skeleton(spelling))).unwrap(), ida.0.to_vec());
+    }
+    // released, the look-alike is free (and shown as chosen)
+    assert_eq!(w.run(ida, &a, TxBody::ReleaseHandle { name: "alice".into() }).unwrap(), Outcome::Applied);
+    assert_eq!(w.run(idc, &c, claim("a1ice")).unwrap(), Outcome::Applied);
+    assert_eq!(w.m.account(&idc).unwrap().handle.as_deref(), Some("a1ice"));
+    assert_eq!(failed(w.run(ida, &a, claim("alice"))), TxError::HandleLookAlike { taken: "a1ice".into() });
 }

@@ -429,10 +429,11 @@ impl LedgerClient {
             .transpose()
     }
 
-    /// Who holds a handle (`None`: proven not registered).
+    /// Who holds a handle or a look-alike of it (same [`crate::handle::skeleton`]; `None`:
+    /// proven not registered).
     pub fn handle_owner(&mut self, handle: &str) -> Result<Option<AccountId>, ClientError> {
         Ok(self
-            .prove(&StateKey::Handle(handle.to_owned()))?
+            .prove(&StateKey::Handle(crate::handle::skeleton(handle)))?
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
             .map(AccountId))
     }

@@ -12,6 +12,7 @@ use super::{
     Account, AnchorRecord, DEVICES_MAX, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateError,
     StateKey, StateRead, TopicState,
 };
+use crate::handle::skeleton;
 use crate::params::Params;
 use crate::tx::{Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
 
@@ -320,11 +321,20 @@ impl<'a> Executor<'a> {
                 if acct.handle.is_some() {
                     return Err(TxError::AlreadyHasHandle);
                 }
-                if self.raw(&StateKey::Handle(name.clone())).is_some() {
-                    return Err(TxError::HandleTaken);
+                // Stored under its skeleton: a look-alike of a taken handle is taken too.
+                let key = StateKey::Handle(skeleton(name));
+                if let Some(owner) = self.raw(&key) {
+                    let taken = <[u8; 32]>::try_from(owner.as_slice())
+                        .ok()
+                        .and_then(|o| self.account(&AccountId(o)).ok().flatten())
+                        .and_then(|a| a.handle);
+                    return Err(match taken {
+                        Some(t) if t != *name => TxError::HandleLookAlike { taken: t },
+                        _ => TxError::HandleTaken,
+                    });
                 }
                 acct.handle = Some(name.clone());
-                self.put(StateKey::Handle(name.clone()), Some(id.0.to_vec()));
+                self.put(key, Some(id.0.to_vec()));
                 self.put(StateKey::Account(id), Some(acct.encode()));
             }
             TxBody::ReleaseHandle { name } => {
@@ -333,7 +343,7 @@ impl<'a> Executor<'a> {
                     return Err(TxError::HandleNotHeld);
                 }
                 acct.handle = None;
-                self.put(StateKey::Handle(name.clone()), None);
+                self.put(StateKey::Handle(skeleton(name)), None);
                 self.put(StateKey::Account(id), Some(acct.encode()));
             }
             TxBody::TransferHandle { name, to } => {
@@ -350,7 +360,7 @@ impl<'a> Executor<'a> {
                 }
                 acct.handle = None;
                 dest.handle = Some(name.clone());
-                self.put(StateKey::Handle(name.clone()), Some(to.0.to_vec()));
+                self.put(StateKey::Handle(skeleton(name)), Some(to.0.to_vec()));
                 self.put(StateKey::Account(id), Some(acct.encode()));
                 self.put(StateKey::Account(*to), Some(dest.encode()));
             }

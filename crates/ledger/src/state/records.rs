@@ -14,7 +14,8 @@ use crate::tx::{TxError, TxId};
 pub enum StateKey {
     /// An account record, by account id.
     Account(AccountId),
-    /// The account holding a handle.
+    /// The account holding a handle, keyed by the handle's [`crate::handle::skeleton`] (so
+    /// look-alikes share one key).
     Handle(String),
     /// The next nonce of a signing key.
     Nonce([u8; 32]),
