@@ -28,7 +28,7 @@ use crate::model::{
     SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
 };
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
-use crate::shell::keypackages::KeyPackages;
+use crate::shell::keypackages::{KeyPackageRefusal, KeyPackages};
 use crate::shell::ledger::{LEDGER_JOBS_MAX, LedgerWorker, read_retry, resolve_account, unavailable};
 use crate::shell::{STREAM_EVENTS_MAX, Shared, now_ms};
 
@@ -314,16 +314,7 @@ impl Service {
                 for a in accounts {
                     let ds = read_retry(|| client.devices(&a)).map_err(unavailable)?;
                     match ds {
-                        Some(ds) => {
-                            // Each device's batch hash on the ledger, which the fetched batch
-                            // must match.
-                            let mut with = Vec::with_capacity(ds.len());
-                            for d in ds {
-                                let rec = read_retry(|| client.key_packages(&d)).map_err(unavailable)?;
-                                with.push((d, rec));
-                            }
-                            out.push((a, with));
-                        }
+                        Some(ds) => out.push((a, ds)),
                         None if required => {
                             return Err(NodeError::NotFound(format!(
                                 "{} is not registered on the ledger",
@@ -337,22 +328,16 @@ impl Service {
             })
             .await?;
         let me = self.shared.identity.device;
-        let limits = *self.shared.db.limits();
         let mut out = Vec::new();
         for (account, ds) in devices {
-            let ds: Vec<_> = ds.into_iter().filter(|(d, _)| *d != me).collect();
+            let ds: Vec<DeviceId> = ds.into_iter().filter(|d| *d != me).collect();
             if ds.is_empty() && required {
                 return Err(ApiError::NotFound(format!("{} has no active device", account.to_text())));
             }
-            for (d, expected) in ds {
-                match self
-                    .shared
-                    .key_packages
-                    .fetch(&self.shared.net, d, expected, &limits, self.kp_wait)
-                    .await
-                {
+            for d in ds {
+                match self.recorded_key_package(d, self.kp_wait).await {
                     Ok(kp) => out.push(kp),
-                    Err(e) if required => return Err(e.into()),
+                    Err(e) if required => return Err(e),
                     Err(_) => {}
                 }
             }
@@ -360,9 +345,38 @@ impl Service {
         Ok(out)
     }
 
+    /// One key package of `device` from the batch it recorded on the ledger, waiting at most
+    /// `wait`. The record is re-read about every second while waiting: it may still be in
+    /// flight (a device that just registered) or replaced by a newer batch.
+    async fn recorded_key_package(&self, device: DeviceId, wait: Duration) -> ApiResult<VerifiedKeyPackage> {
+        let limits = *self.shared.db.limits();
+        let deadline = Instant::now() + wait;
+        loop {
+            let expected = self
+                .ledger_call(move |client, _| {
+                    read_retry(|| client.key_packages(&device)).map_err(unavailable)
+                })
+                .await?;
+            let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            let r = match expected {
+                Some(_) => {
+                    self.shared.key_packages.fetch(&self.shared.net, device, expected, &limits, slice).await
+                }
+                None => {
+                    tokio::time::sleep(slice.min(Duration::from_millis(250))).await;
+                    Err(KeyPackageRefusal::NotOnLedger { device: device.to_text() }.into())
+                }
+            };
+            match r {
+                Ok(kp) => return Ok(kp),
+                Err(e) if Instant::now() >= deadline => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Adds this account's new devices to every conversation, as their key packages arrive.
     async fn add_pending_devices(self) {
-        let limits = *self.shared.db.limits();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if self.shared.stopping.load(Ordering::Acquire) {
@@ -379,19 +393,9 @@ impl Service {
                     let _ = self.shared.db.set_pending_device(&d, false, now_ms());
                     continue;
                 }
-                let Ok(expected) = self
-                    .ledger_call(move |client, _| {
-                        read_retry(|| client.key_packages(&device)).map_err(unavailable)
-                    })
-                    .await
-                else {
-                    continue;
-                };
                 let mut done = true;
                 for conv in missing {
-                    let wait = Duration::from_secs(3);
-                    let kps = &self.shared.key_packages;
-                    let kp = match kps.fetch(&self.shared.net, device, expected, &limits, wait).await {
+                    let kp = match self.recorded_key_package(device, Duration::from_secs(3)).await {
                         Ok(kp) => kp,
                         Err(_) => {
                             done = false;
