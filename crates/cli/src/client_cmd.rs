@@ -502,7 +502,7 @@ pub(crate) fn run_device_add(home: &Path, to: &Path) -> anyhow::Result<()> {
     let d = c.add_device(&DeviceAddRequest { home: dir.display().to_string(), passphrase })?;
     println!("{}", d.device);
     println!(
-        "created device {} in {}; start it with `cairn up --home {}`",
+        "created device {} in {}; start it with `cairn up --home {}` (its keystore holds its device key only: manage handles and devices from this device, which holds the account key)",
         d.device,
         dir.display(),
         dir.display()

@@ -335,6 +335,17 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     alice.send(&id, "welcome, bob's new device")?;
     wait_texts(&bob2, "bob2", &id, &["welcome, bob's new device"])?;
     d.ok(&format!("device {} is a member and reads new messages", &dev.device[..20]));
+    // The new device's keystore holds its own key only; account operations stay on bob's
+    // first device.
+    let ks = cairn_crypto::Identity::open_file(&bob2_home.join("keystore"), PASS.as_bytes())?;
+    if ks.account_key.is_some() {
+        bail!("bob's second device's keystore holds the account key");
+    }
+    match bob2.claim_handle("bob_two") {
+        Err(e) if e.to_string().contains("holds no account key") => {}
+        other => bail!("a device without the account key managed the account: {other:?}"),
+    }
+    d.ok("the new device's keystore holds its device key only; account operations are refused there");
 
     // 8. Removal.
     d.begin("alice removes carol; carol can no longer read what follows");

@@ -16,6 +16,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 const MAGIC: &[u8; 8] = b"CAIRNKS\0";
 const VERSION: u8 = 1;
+/// Version of the encrypted content: 1 always holds the account key, 2 says whether it does.
+const CONTENT_VERSION: u8 = 2;
 const HEADER_BYTES: usize = 8 + 1 + 4 + 4 + 4 + 16 + 24;
 /// Largest keystore file read, in bytes.
 pub const KEYSTORE_BYTES_MAX: usize = 64 * 1024;
@@ -42,6 +44,11 @@ pub enum KeystoreError {
     /// The KDF parameters are out of range.
     #[error("key derivation failed: {0}")]
     Kdf(String),
+    /// This device's keystore holds no account key (a device added with `cairn device add`).
+    #[error(
+        "this device holds no account key: run account operations (handles, adding or revoking devices) on the device that holds it"
+    )]
+    NoAccountKey,
     /// The stored keys are inconsistent (certificate does not match).
     #[error("keystore content is inconsistent: {0}")]
     Inconsistent(&'static str),
@@ -77,10 +84,12 @@ impl Default for KdfParams {
     }
 }
 
-/// An account key, this device's key and the certificate binding them.
+/// An account key (on the device that holds it), this device's key and the certificate
+/// binding them.
 pub struct Identity {
-    /// Account identity key (long-term; in a keystore only on the primary device).
-    pub account_key: SigningKey,
+    /// Account identity key: on the primary device only. A device added with
+    /// `cairn device add` holds `None` and cannot manage the account (handles, devices).
+    pub account_key: Option<SigningKey>,
     /// This device's signing key.
     pub device_key: SigningKey,
     /// The account's certificate for this device.
@@ -106,7 +115,22 @@ impl Identity {
         let account_key = SigningKey::from_bytes(&Zeroizing::new(random_bytes::<32>()?));
         let device_key = SigningKey::from_bytes(&Zeroizing::new(random_bytes::<32>()?));
         let cert = DeviceCert::issue(&account_key, DeviceId(device_key.verifying_key().to_bytes()), now_ms);
-        Ok(Self { account_key, device_key, cert })
+        Ok(Self { account_key: Some(account_key), device_key, cert })
+    }
+
+    /// A device's identity without the account key: what a new device's keystore holds. The
+    /// certificate must be for `device_key` and signed by the account.
+    pub fn device_only(device_key: SigningKey, cert: DeviceCert) -> Result<Self, KeystoreError> {
+        if cert.device.0 != device_key.verifying_key().to_bytes() {
+            return Err(KeystoreError::Inconsistent("certificate is for another device key"));
+        }
+        cert.verify().map_err(|_| KeystoreError::Inconsistent("certificate signature"))?;
+        Ok(Self { account_key: None, device_key, cert })
+    }
+
+    /// The account key, or a refusal saying where to run an account operation.
+    pub fn require_account_key(&self) -> Result<&SigningKey, KeystoreError> {
+        self.account_key.as_ref().ok_or(KeystoreError::NoAccountKey)
     }
 
     /// The account id.
@@ -121,8 +145,14 @@ impl Identity {
 
     fn plaintext(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::with_capacity(200);
-        w.u8(VERSION);
-        w.raw(self.account_key.as_bytes());
+        w.u8(CONTENT_VERSION);
+        match &self.account_key {
+            Some(k) => {
+                w.u8(1);
+                w.raw(k.as_bytes());
+            }
+            None => w.u8(0),
+        }
         w.raw(self.device_key.as_bytes());
         self.cert.encode_to(&mut w);
         Zeroizing::new(w.finish())
@@ -130,12 +160,34 @@ impl Identity {
 
     fn from_plaintext(bytes: &[u8]) -> Result<Self, KeystoreError> {
         let mut r = Reader::new(bytes);
-        r.version("keystore content", VERSION)?;
-        let account_key = SigningKey::from_bytes(&Zeroizing::new(r.array::<32>("account_key")?));
+        let has_account_key = match r.u8("keystore content version")? {
+            1 => true,
+            CONTENT_VERSION => match r.u8("account_key flag")? {
+                0 => false,
+                1 => true,
+                _ => {
+                    return Err(DecodeError::NonCanonical {
+                        field: "account_key flag",
+                        reason: "not 0 or 1",
+                    }
+                    .into());
+                }
+            },
+            _ => {
+                return Err(
+                    DecodeError::Invalid { field: "keystore content", reason: "unknown version" }.into()
+                );
+            }
+        };
+        let account_key = if has_account_key {
+            Some(SigningKey::from_bytes(&Zeroizing::new(r.array::<32>("account_key")?)))
+        } else {
+            None
+        };
         let device_key = SigningKey::from_bytes(&Zeroizing::new(r.array::<32>("device_key")?));
         let cert = DeviceCert::decode_from(&mut r)?;
         r.finish()?;
-        if cert.account.0 != account_key.verifying_key().to_bytes()
+        if account_key.as_ref().is_some_and(|k| cert.account.0 != k.verifying_key().to_bytes())
             || cert.device.0 != device_key.verifying_key().to_bytes()
         {
             return Err(KeystoreError::Inconsistent("certificate does not match the keys"));
@@ -277,6 +329,39 @@ mod tests {
         assert_eq!(back.account(), id.account());
         assert_eq!(back.device_key.to_bytes(), id.device_key.to_bytes());
         assert!(matches!(Identity::open(&bytes, b"wrong"), Err(KeystoreError::Decrypt)));
+    }
+
+    #[test]
+    fn a_device_only_keystore_holds_no_account_key() {
+        let primary = Identity::generate(5).unwrap();
+        let account_key = primary.require_account_key().unwrap();
+        let device_key = SigningKey::from_bytes(&[9; 32]);
+        let cert = DeviceCert::issue(account_key, DeviceId(device_key.verifying_key().to_bytes()), 6);
+        let id = Identity::device_only(device_key, cert).unwrap();
+        let back = Identity::open(&id.seal(b"pw", FAST).unwrap(), b"pw").unwrap();
+        assert!(back.account_key.is_none(), "the account key never reaches the new device");
+        assert_eq!(back.account(), primary.account());
+        assert_eq!(back.device_key.to_bytes(), [9; 32]);
+        let refusal = back.require_account_key().unwrap_err();
+        assert!(refusal.to_string().contains("on the device that holds it"), "{refusal}");
+        // a certificate for another key is refused
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert!(matches!(Identity::device_only(other, cert), Err(KeystoreError::Inconsistent(_))));
+    }
+
+    #[test]
+    fn a_version_1_keystore_content_still_opens_with_its_account_key() {
+        let id = Identity::generate(5).unwrap();
+        let mut w = Writer::with_capacity(200);
+        w.u8(1);
+        w.raw(id.require_account_key().unwrap().as_bytes());
+        w.raw(id.device_key.as_bytes());
+        id.cert.encode_to(&mut w);
+        let back = Identity::from_plaintext(&w.finish()).unwrap();
+        assert_eq!(
+            back.require_account_key().unwrap().to_bytes(),
+            id.require_account_key().unwrap().to_bytes()
+        );
     }
 
     #[test]

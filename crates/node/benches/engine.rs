@@ -125,7 +125,14 @@ fn fill(dir: &Path, convs: usize, messages: usize) {
     let b = Identity::generate(now()).unwrap();
     std::fs::write(
         dir.join("identity"),
-        a.account_key.as_bytes().iter().chain(a.device_key.as_bytes()).copied().collect::<Vec<u8>>(),
+        a.account_key
+            .as_ref()
+            .unwrap()
+            .as_bytes()
+            .iter()
+            .chain(a.device_key.as_bytes())
+            .copied()
+            .collect::<Vec<u8>>(),
     )
     .unwrap();
     let mut na = open(&dir.join("a"), &a);
@@ -159,7 +166,7 @@ fn restart_child(dir: &Path) {
     let cert = cairn_proto::DeviceCert::decode(&std::fs::read(dir.join("cert")).unwrap()).unwrap();
     let account_key = ed25519_dalek::SigningKey::from_bytes(&keys[..32].try_into().unwrap());
     let device_key = ed25519_dalek::SigningKey::from_bytes(&keys[32..64].try_into().unwrap());
-    let id = Identity { account_key, device_key, cert };
+    let id = Identity { account_key: Some(account_key), device_key, cert };
     let mut seq = MemorySequencer::new();
     let t = Instant::now();
     let mut n = open(&dir.join("a"), &id);

@@ -10,6 +10,7 @@ use cairn_proto::{DeviceCert, DeviceId};
 use ed25519_dalek::SigningKey;
 
 use crate::backend::{ApiError, ApiResult};
+use crate::engine::IdentityKeys;
 use crate::error::NodeError;
 use crate::model::{AccountView, DeviceAddRequest, DeviceView, LedgerStatusView, TxView, ValidatorView};
 use crate::service::Service;
@@ -19,6 +20,13 @@ use crate::shell::now_ms;
 /// Time given to an account transaction to be finalized.
 const ACCOUNT_TX_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// This device's account key, or a refusal saying where to run the operation.
+fn account_key(k: &IdentityKeys) -> Result<&SigningKey, NodeError> {
+    k.account_key
+        .as_ref()
+        .ok_or_else(|| NodeError::Conflict(cairn_crypto::KeystoreError::NoAccountKey.to_string()))
+}
+
 /// Claims a handle.
 pub(crate) async fn claim_handle(s: &Service, name: String) -> ApiResult<TxView> {
     let raw = name.trim().trim_start_matches('@').to_owned();
@@ -27,7 +35,7 @@ pub(crate) async fn claim_handle(s: &Service, name: String) -> ApiResult<TxView>
         .ledger(move |c, shared| {
             let k = &shared.identity;
             let body = TxBody::ClaimHandle { name: name.clone() };
-            let (tx, height, _) = submit_tx(c, k.account, &k.account_key, body, ACCOUNT_TX_TIMEOUT)?;
+            let (tx, height, _) = submit_tx(c, k.account, account_key(k)?, body, ACCOUNT_TX_TIMEOUT)?;
             shared.set_handle(Some(name));
             Ok((tx, height))
         })
@@ -61,19 +69,22 @@ pub(crate) async fn add_device(s: &Service, req: DeviceAddRequest) -> ApiResult<
             )));
         }
         let k = &shared.identity;
+        let account_key = account_key(k)?;
         let seed =
             cairn_crypto::keystore::random_bytes::<32>().map_err(|e| NodeError::Internal(e.to_string()))?;
         let device_key = SigningKey::from_bytes(&seed);
         let device = DeviceId(device_key.verifying_key().to_bytes());
-        let cert = DeviceCert::issue(&k.account_key, device, now_ms());
+        let cert = DeviceCert::issue(account_key, device, now_ms());
         let body = TxBody::add_device(&c.chain(), cert, &device_key);
-        let identity = Identity { account_key: k.account_key.clone(), device_key, cert };
+        // The new device's keystore holds its own key only: the account key stays here.
+        let identity =
+            Identity::device_only(device_key, cert).map_err(|e| NodeError::Internal(e.to_string()))?;
         std::fs::create_dir_all(&home)
             .map_err(|e| NodeError::BadRequest(format!("{}: {e}", home.display())))?;
         identity
             .create_file(&ks, req.passphrase.as_bytes(), cairn_crypto::KdfParams::default())
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        submit_tx(c, k.account, &k.account_key, body, ACCOUNT_TX_TIMEOUT)?;
+        submit_tx(c, k.account, account_key, body, ACCOUNT_TX_TIMEOUT)?;
         shared.db.set_pending_device(&device.0, true, now_ms())?;
         Ok(DeviceView { device: device.to_text(), this_device: false })
     })
@@ -93,7 +104,7 @@ pub(crate) async fn revoke_device(s: &Service, device: String) -> ApiResult<(Dev
         .ledger(move |c, shared| {
             let k = &shared.identity;
             let body = TxBody::RevokeDevice { device: d };
-            let (tx, height, _) = submit_tx(c, k.account, &k.account_key, body, ACCOUNT_TX_TIMEOUT)?;
+            let (tx, height, _) = submit_tx(c, k.account, account_key(k)?, body, ACCOUNT_TX_TIMEOUT)?;
             let _ = shared.db.set_pending_device(&d.0, false, now_ms());
             Ok((tx, height))
         })

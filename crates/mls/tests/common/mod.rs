@@ -56,7 +56,7 @@ pub(crate) fn reopen_with(dev: &Dev, config: Config) -> Client {
 impl Dev {
     pub(crate) fn new() -> Self {
         let id = Identity::generate(NOW).unwrap();
-        Self::with_keys(id.account_key, id.device_key)
+        Self::with_keys(id.account_key.expect("generated with an account key"), id.device_key)
     }
 
     /// Another device of the same account.

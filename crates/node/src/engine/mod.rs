@@ -45,8 +45,9 @@ pub struct IdentityKeys {
     pub device: DeviceId,
     /// Its certificate (signed by the account key).
     pub cert: DeviceCert,
-    /// Account key (registration, devices, handles).
-    pub account_key: SigningKey,
+    /// Account key (registration, devices, handles): only on the device that holds it; a
+    /// device added with `cairn device add` has `None`.
+    pub account_key: Option<SigningKey>,
     /// Device key (messages, MLS signatures, anchors).
     pub device_key: SigningKey,
 }

@@ -297,11 +297,20 @@ impl LedgerWorker {
     fn register(&self, client: &mut LedgerClient) -> Result<(), NodeError> {
         let k = &self.shared.identity;
         let timeout = Duration::from_secs(30);
+        // A device without the account key was registered by the device that holds it
+        // (`cairn device add`); it can only check that it was.
+        let no_key = || {
+            NodeError::Conflict(format!(
+                "device {} is not registered on the ledger and holds no account key: add it with `cairn device add` on the device that holds the account key",
+                k.device.to_text()
+            ))
+        };
         let account = match read_retry(|| client.account(&k.account)).map_err(unavailable)? {
             Some(a) => a,
             None => {
+                let Some(account_key) = k.account_key.as_ref() else { return Err(no_key()) };
                 tracing::info!("registering account {} on the ledger", k.account.to_text());
-                submit_tx(client, k.account, &k.account_key, TxBody::RegisterAccount, timeout)?;
+                submit_tx(client, k.account, account_key, TxBody::RegisterAccount, timeout)?;
                 client
                     .account(&k.account)
                     .map_err(unavailable)?
@@ -315,21 +324,17 @@ impl LedgerWorker {
             ));
         }
         if !account.active_devices().contains(&k.device) {
+            let Some(account_key) = k.account_key.as_ref() else { return Err(no_key()) };
             tracing::info!("registering device {} on the ledger", k.device.to_text());
             let body = TxBody::add_device(&client.chain(), k.cert, &k.device_key);
-            submit_tx(client, k.account, &k.account_key, body, timeout)?;
+            submit_tx(client, k.account, account_key, body, timeout)?;
         }
         if account.handle.is_none()
             && let Some(name) = self.handle.clone()
+            && let Some(account_key) = k.account_key.as_ref()
         {
             tracing::info!("claiming @{name}");
-            submit_tx(
-                client,
-                k.account,
-                &k.account_key,
-                TxBody::ClaimHandle { name: name.clone() },
-                timeout,
-            )?;
+            submit_tx(client, k.account, account_key, TxBody::ClaimHandle { name: name.clone() }, timeout)?;
             self.shared.set_handle(Some(name));
         }
         Ok(())
