@@ -1,13 +1,15 @@
 //! The validator side: answers [`Request`]s from the ledger core over TCP, one thread per
-//! connection, at most [`CONNECTIONS_MAX`] connections.
+//! connection, at most [`CONNECTIONS_MAX`] connections and [`CONNECTIONS_PER_IP_MAX`] from one
+//! address (loopback exempt: a local network runs every client on 127.0.0.1).
 //!
 //! Every byte a client sends is untrusted: a frame over [`REQUEST_BYTES_MAX`] or one that does
 //! not decode gets a [`Response::Error`] and the connection is closed; a client that sends
 //! nothing, or a request too slowly, is dropped after [`REQUEST_WAIT_SECS`].
 
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -23,6 +25,9 @@ use crate::tx::TxError;
 
 /// Most concurrent client connections a validator serves.
 pub const CONNECTIONS_MAX: usize = 256;
+/// Most concurrent client connections from one IP address (loopback exempt), so one host
+/// cannot take every slot; a connection over it is closed at once and the client retries.
+pub const CONNECTIONS_PER_IP_MAX: usize = 16;
 /// How long a connection may stay idle, or take to send one whole request, seconds.
 pub const REQUEST_WAIT_SECS: u64 = 120;
 /// How long writing one response may take, seconds.
@@ -144,27 +149,60 @@ fn serve_connection(ledger: &Ledger, mut stream: TcpStream) {
     }
 }
 
-/// One of the [`CONNECTIONS_MAX`] connection slots, given back when dropped.
-struct Slot(Arc<AtomicUsize>);
+/// Connections open per IP address (entries leave at zero, so at most `CONNECTIONS_MAX`).
+type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One of the [`CONNECTIONS_MAX`] connection slots (and of its address's
+/// [`CONNECTIONS_PER_IP_MAX`]), given back when dropped.
+struct Slot {
+    active: Arc<AtomicUsize>,
+    per_ip: PerIp,
+    ip: Option<IpAddr>,
+}
 
 impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
+    fn take(active: &Arc<AtomicUsize>, per_ip: &PerIp, ip: IpAddr) -> Option<Self> {
         active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < CONNECTIONS_MAX).then_some(n + 1))
-            .ok()
-            .map(|_| Self(active.clone()))
+            .ok()?;
+        let counted = (!ip.is_loopback()).then_some(ip);
+        if let Some(ip) = counted {
+            let mut m = per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = m.entry(ip).or_insert(0);
+            if *n >= CONNECTIONS_PER_IP_MAX {
+                drop(m);
+                active.fetch_sub(1, Ordering::SeqCst);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Self { active: active.clone(), per_ip: per_ip.clone(), ip: counted })
+    }
+
+    fn release_ip(&self) {
+        if let Some(ip) = self.ip {
+            let mut m = self.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = m.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.release_ip();
+        self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Serves client requests for `ledger` on `listener` (blocking; run it on its own thread).
 pub fn serve(listener: TcpListener, ledger: Ledger) {
     let active = Arc::new(AtomicUsize::new(0));
+    let per_ip: PerIp = Arc::new(Mutex::new(HashMap::new()));
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -174,7 +212,8 @@ pub fn serve(listener: TcpListener, ledger: Ledger) {
                 continue;
             }
         };
-        let Some(slot) = Slot::take(&active) else {
+        let Some(ip) = stream.peer_addr().ok().map(|a| a.ip()) else { continue };
+        let Some(slot) = Slot::take(&active, &per_ip, ip) else {
             continue; // dropped: the client retries
         };
         let ledger = ledger.clone();
@@ -217,10 +256,36 @@ mod tests {
     #[test]
     fn connection_slots_are_bounded_and_given_back() {
         let active = Arc::new(AtomicUsize::new(0));
-        let slots: Vec<Slot> = (0..CONNECTIONS_MAX).map(|_| Slot::take(&active).unwrap()).collect();
-        assert!(Slot::take(&active).is_none(), "one connection over the limit");
+        let per_ip: PerIp = Arc::new(Mutex::new(HashMap::new()));
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let slots: Vec<Slot> =
+            (0..CONNECTIONS_MAX).map(|_| Slot::take(&active, &per_ip, lo).unwrap()).collect();
+        assert!(Slot::take(&active, &per_ip, lo).is_none(), "one connection over the limit");
+        assert!(Slot::take(&active, &per_ip, IpAddr::from([10, 0, 0, 1])).is_none());
+        assert!(per_ip.lock().unwrap().is_empty(), "a refused connection holds nothing");
         drop(slots);
         assert_eq!(active.load(Ordering::SeqCst), 0);
-        assert!(Slot::take(&active).is_some());
+        assert!(Slot::take(&active, &per_ip, lo).is_some());
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_slot() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let per_ip: PerIp = Arc::new(Mutex::new(HashMap::new()));
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let from_a: Vec<Slot> =
+            (0..CONNECTIONS_PER_IP_MAX).map(|_| Slot::take(&active, &per_ip, a).unwrap()).collect();
+        assert!(Slot::take(&active, &per_ip, a).is_none(), "its own limit reached");
+        let from_b = Slot::take(&active, &per_ip, b).expect("another address still gets in");
+        assert_eq!(active.load(Ordering::SeqCst), CONNECTIONS_PER_IP_MAX + 1);
+        drop(from_a);
+        drop(from_b);
+        assert!(per_ip.lock().unwrap().is_empty(), "counts leave at zero");
+        assert_eq!(active.load(Ordering::SeqCst), 0);
+        // Loopback is exempt: a local network runs every client on 127.0.0.1.
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let many: Vec<Slot> =
+            (0..CONNECTIONS_PER_IP_MAX * 2).map(|_| Slot::take(&active, &per_ip, lo).unwrap()).collect();
+        assert_eq!(many.len(), CONNECTIONS_PER_IP_MAX * 2);
     }
 }
