@@ -573,12 +573,14 @@ impl Node {
             && env.header.parents.iter().any(|p| !self.in_local_history(p))
             && self.orphans.hold(env.clone(), now_ms())
         {
-            // Its parents come back from the mesh (a restart after a crash): out now, written
-            // locally after them.
+            // A parent is not written yet: staged (learned first from the ledger) or coming
+            // back from the mesh (a restart after a crash). Out now, written locally after it.
             debug!("own envelope {} waits for its parents in the local history", id.short());
             self.admission.mark_seen(id);
             self.announce(env, false);
             let _ = reply.send(Ok(id));
+            // Parents delivered but not yet written are staged: it goes right after them.
+            self.release_orphans();
             return;
         }
         if self.sync.is_delivered(&id) {
@@ -609,10 +611,12 @@ impl Node {
     }
 
     /// Whether the local history holds `id` or will (delivered, or an own publication queued).
+    /// Whether `id` is committed in the local history or queued on the own lane before what
+    /// comes next. A delivery that is only staged does not count: own publications take their
+    /// own lane, ahead of staged deliveries, so a parent the node learned elsewhere (an MLS
+    /// commit from the ledger) could otherwise be written after its child.
     fn in_local_history(&self, id: &Id) -> bool {
-        self.sync.is_delivered(id)
-            || self.own_queued.contains(id)
-            || self.history.get(id).ok().flatten().is_some()
+        self.own_queued.contains(id) || self.history.get(id).ok().flatten().is_some()
     }
 
     /// Writes the held own envelopes whose parents are now present, parents first; and, on
@@ -639,6 +643,8 @@ impl Node {
             ready.into_iter().map(|e| (e, false)).chain(expired.into_iter().map(|e| (e, true)))
         {
             let id = e.id();
+            // Written from now on: its own children need not wait for the mesh to bring it back.
+            self.own_queued.insert(id);
             self.staged.push_back(HistoryJob::Deliver { envelope: e, id, after_gap });
         }
     }
