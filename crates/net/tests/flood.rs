@@ -10,36 +10,16 @@ use std::time::Duration;
 
 use cairn_net::node::{NodeConfig, NodeEvent, NodeHandle, start};
 use cairn_net::shard::shard_of;
-use cairn_proto::envelope::pad;
-use cairn_proto::pow::{self, Difficulty};
-use cairn_proto::{Envelope, Id, Limits, Topic};
+use cairn_proto::{Envelope, Id, Topic};
 use tokio::time::{Instant, sleep, timeout};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn mined(topic: Topic, body: &str) -> Envelope {
-    let mut e =
-        Envelope::new(topic, now_ms(), 3600, vec![], pad(body.as_bytes(), &Limits::default()).unwrap());
-    pow::mine(&mut e.header, Difficulty::default(), 1 << 30).unwrap();
-    e
-}
+mod common;
+use common::{mined, wait_store_peers};
 
 fn cfg(dir: &std::path::Path, name: &str) -> NodeConfig {
-    let mut c = NodeConfig::new(dir.join(name));
-    c.tick_ms = 100;
-    c.sync.retry_initial_ms = 200;
+    let mut c = common::cfg(dir, name);
     c.resync_every_ms = 1_000;
     c
-}
-
-async fn wait_peers(n: &NodeHandle, stores: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while n.status().await.unwrap().store_peers < stores {
-        assert!(Instant::now() < deadline, "never saw {stores} store nodes");
-        sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +57,7 @@ async fn honest_relays_under_a_tenfold_valid_flood_deliver_99_percent() {
     c.bootstrap.clone_from(&boot);
     let mallory = start(c).await.unwrap();
     for n in [&receiver, &sender] {
-        wait_peers(n, 3).await;
+        wait_store_peers(n, 3).await;
         n.subscribe(topic).await.unwrap();
     }
     mallory.subscribe(flood_topic).await.unwrap();
@@ -85,9 +65,9 @@ async fn honest_relays_under_a_tenfold_valid_flood_deliver_99_percent() {
     let mut rx = receiver.events();
 
     // 200 honest envelopes at ~50/s, 2,000 flood envelopes at ~500/s alongside.
-    let honest: Vec<Envelope> = (0..200).map(|i| mined(topic, &format!("honest {i}"))).collect();
+    let honest: Vec<Envelope> = (0..200).map(|i| mined(topic, &format!("honest {i}"), vec![])).collect();
     let flood: Vec<Vec<u8>> =
-        (0..2_000).map(|i| mined(flood_topic, &format!("flood {i}")).encode()).collect();
+        (0..2_000).map(|i| mined(flood_topic, &format!("flood {i}"), vec![]).encode()).collect();
     let want: HashSet<Id> = honest.iter().map(Envelope::id).collect();
     let shard = shard_of(&flood_topic);
     let mut flood = flood.into_iter();

@@ -7,33 +7,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cairn_net::node::{NodeConfig, NodeEvent, NodeHandle, start};
+use cairn_net::node::{NodeHandle, start};
 use cairn_net::shard::shard_of;
-use cairn_net::sync::SendStatus;
 use cairn_proto::envelope::pad;
-use cairn_proto::pow::{self, Difficulty};
 use cairn_proto::{Envelope, Id, Limits, Topic};
 use libp2p::Multiaddr;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn mined(topic: Topic, body: &str, parents: Vec<Id>) -> Envelope {
-    let mut e =
-        Envelope::new(topic, now_ms(), 3600, parents, pad(body.as_bytes(), &Limits::default()).unwrap());
-    pow::mine(&mut e.header, Difficulty::default(), 1 << 30).unwrap();
-    e
-}
-
-fn cfg(dir: &std::path::Path, name: &str) -> NodeConfig {
-    let mut c = NodeConfig::new(dir.join(name));
-    c.tick_ms = 100;
-    c.sync.retry_initial_ms = 200;
-    c.sync.gap_retry_ms = 300;
-    c
-}
+mod common;
+use common::{cfg, collect, mined, now_ms, wait_store_peers, wait_stored};
 
 async fn wait_for<F: FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>>(
     what: &str,
@@ -48,52 +30,6 @@ async fn wait_for<F: FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output
         sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out after {secs}s waiting for {what}");
-}
-
-async fn wait_store_peers(n: &NodeHandle, k: usize) {
-    let n = n.clone();
-    wait_for("store peers", 30, move || {
-        let n = n.clone();
-        Box::pin(async move { n.status().await.map(|s| s.store_peers >= k).unwrap_or(false) })
-    })
-    .await;
-}
-
-/// Collects delivered ids from a node until `want` are all seen or time runs out.
-async fn collect(
-    rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    want: &HashSet<Id>,
-    secs: u64,
-) -> Vec<Id> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !want.iter().all(|w| got.contains(w)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, rx.recv()).await {
-            Ok(Ok(NodeEvent::Delivered { id, .. })) => got.push(id),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => break,
-        }
-    }
-    got
-}
-
-async fn wait_stored(rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>, ids: &HashSet<Id>, secs: u64) {
-    let mut stored = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while stored.len() < ids.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, rx.recv()).await {
-            Ok(Ok(NodeEvent::Status { id, status: SendStatus::Stored { acks } })) if ids.contains(&id) => {
-                assert!(acks >= 2);
-                stored.insert(id);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => panic!("only {} of {} envelopes stored", stored.len(), ids.len()),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

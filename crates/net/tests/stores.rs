@@ -6,29 +6,17 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cairn_net::node::{NodeConfig, NodeEvent, NodeHandle, start};
-use cairn_net::sync::SendStatus;
-use cairn_proto::envelope::pad;
-use cairn_proto::pow::{self, Difficulty};
-use cairn_proto::{Envelope, Id, Limits, Topic};
+use cairn_net::node::{NodeConfig, NodeHandle, start};
+use cairn_proto::{Envelope, Id, Topic};
 use cairn_store::Retention;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+mod common;
+use common::{collect, mined, wait_store_peers, wait_stored};
 
-fn mined(topic: Topic, body: &str) -> Envelope {
-    let mut e =
-        Envelope::new(topic, now_ms(), 3600, vec![], pad(body.as_bytes(), &Limits::default()).unwrap());
-    pow::mine(&mut e.header, Difficulty::default(), 1 << 30).unwrap();
-    e
-}
-
+/// The shared test config, retrying a refused store request within half a second.
 fn cfg(dir: &std::path::Path, name: &str) -> NodeConfig {
-    let mut c = NodeConfig::new(dir.join(name));
-    c.tick_ms = 100;
-    c.sync.retry_initial_ms = 200;
+    let mut c = common::cfg(dir, name);
     c.sync.retry_max_ms = 500;
     c
 }
@@ -51,29 +39,42 @@ async fn sender(dir: &std::path::Path, stores: &[NodeHandle]) -> NodeHandle {
     let mut c = cfg(dir, "sender");
     c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
     let sender = start(c).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sender.status().await.unwrap().store_peers < 3 {
-        assert!(Instant::now() < deadline, "the sender never saw the 3 store nodes");
-        sleep(Duration::from_millis(100)).await;
-    }
+    wait_store_peers(&sender, 3).await;
     sender
 }
 
-/// Waits until every id in `ids` is reported stored, or panics after `secs`.
-async fn wait_stored(rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>, ids: &HashSet<Id>, secs: u64) {
-    let mut stored = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while stored.len() < ids.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, rx.recv()).await {
-            Ok(Ok(NodeEvent::Status { id, status: SendStatus::Stored { .. } })) if ids.contains(&id) => {
-                stored.insert(id);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => panic!("only {} of {} envelopes stored", stored.len(), ids.len()),
+/// Waits until the store nodes together refused `n` offers as full, or panics after 30 s.
+async fn wait_refused(stores: &[NodeHandle], n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut refused = 0;
+        for s in stores {
+            refused += s.status().await.unwrap().mailbox.refused_full;
         }
+        if refused >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the store nodes refused only {refused} of {n} offers");
+        sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A node that joins later and follows `topic`: the ids it finds in the mailboxes within 30 s
+/// (until it has every one of `want`).
+async fn reader(
+    dir: &std::path::Path,
+    stores: &[NodeHandle],
+    topic: Topic,
+    want: &HashSet<Id>,
+) -> HashSet<Id> {
+    let mut c = cfg(dir, "reader");
+    c.bootstrap = vec![stores[1].listen_addrs[0].clone()];
+    let reader = start(c).await.unwrap();
+    let mut events = reader.events();
+    reader.subscribe(topic).await.unwrap();
+    let got = collect(&mut events, want, 30).await.into_iter().collect();
+    reader.shutdown().await;
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +83,7 @@ async fn a_burst_is_stored_in_batched_requests() {
     let stores = stores(dir.path(), Retention::default()).await;
     let sender = sender(dir.path(), &stores).await;
     let topic = Topic::for_conversation(&[7; 32]);
-    let envs: Vec<Envelope> = (0..40).map(|i| mined(topic, &format!("burst {i}"))).collect();
+    let envs: Vec<Envelope> = (0..40).map(|i| mined(topic, &format!("burst {i}"), vec![])).collect();
     let want: HashSet<Id> = envs.iter().map(Envelope::id).collect();
     let mut rx = sender.events();
     let ids = futures::future::join_all(envs.into_iter().map(|e| sender.publish(e))).await;
@@ -120,40 +121,29 @@ async fn a_burst_is_stored_in_batched_requests() {
 async fn a_full_store_refuses_new_mail_and_keeps_what_it_holds() {
     let dir = tempfile::tempdir().unwrap();
     let topic = Topic::for_conversation(&[8; 32]);
-    let size = mined(topic, "x").encode().len() as u64;
+    let size = mined(topic, "x", vec![]).encode().len() as u64;
     let retention = Retention { topic_bytes_max: 5 * size, ..Retention::default() };
     let stores = stores(dir.path(), retention).await;
     let sender = sender(dir.path(), &stores).await;
     let mut rx = sender.events();
-    let first: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("kept {i}"))).collect();
+    let first: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("kept {i}"), vec![])).collect();
     let kept: HashSet<Id> = first.iter().map(Envelope::id).collect();
     for e in first {
         sender.publish(e).await.unwrap();
     }
     wait_stored(&mut rx, &kept, 30).await;
     // The topic is full on every store node: these are refused, never stored.
-    let late: Vec<Envelope> = (0..3).map(|i| mined(topic, &format!("late {i}"))).collect();
+    let late: Vec<Envelope> = (0..3).map(|i| mined(topic, &format!("late {i}"), vec![])).collect();
     let late_ids: HashSet<Id> = late.iter().map(Envelope::id).collect();
     for e in late {
         sender.publish(e).await.unwrap();
     }
     // Another topic still has room.
-    let other = mined(Topic::for_conversation(&[9; 32]), "elsewhere");
+    let other = mined(Topic::for_conversation(&[9; 32]), "elsewhere", vec![]);
     let other_id: HashSet<Id> = [other.id()].into();
     sender.publish(other).await.unwrap();
     wait_stored(&mut rx, &other_id, 30).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut refused = 0;
-        for s in &stores {
-            refused += s.status().await.unwrap().mailbox.refused_full;
-        }
-        if refused >= 3 * 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "stores refused only {refused} offers");
-        sleep(Duration::from_millis(100)).await;
-    }
+    wait_refused(&stores, 3 * 3).await;
     let pending: HashSet<Id> = sender.status().await.unwrap().pending.into_iter().map(|(id, _)| id).collect();
     assert!(late_ids.is_subset(&pending), "refused mail stays pending at the sender, not stored");
     // Stored means 2 acks: wait for the third copy too, then nothing more may come in.
@@ -171,26 +161,13 @@ async fn a_full_store_refuses_new_mail_and_keeps_what_it_holds() {
     }
     // A reader that comes later finds the first five in the mailboxes (none was evicted) and
     // none of the refused ones.
-    let mut c = cfg(dir.path(), "reader");
-    c.bootstrap = vec![stores[1].listen_addrs[0].clone()];
-    let reader = start(c).await.unwrap();
-    let mut events = reader.events();
-    reader.subscribe(topic).await.unwrap();
-    let mut got = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !kept.is_subset(&got) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Ok(NodeEvent::Delivered { id, .. })) => {
-                got.insert(id);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => panic!("the reader found {} of the 5 kept envelopes", got.len()),
-        }
-    }
+    let got = reader(dir.path(), &stores, topic, &kept).await;
+    assert!(
+        kept.is_subset(&got),
+        "the reader found {} of the 5 kept envelopes",
+        got.intersection(&kept).count()
+    );
     assert!(got.is_disjoint(&late_ids), "refused mail was served");
-    reader.shutdown().await;
     sender.shutdown().await;
     for s in &stores {
         s.shutdown().await;
@@ -218,13 +195,9 @@ async fn a_send_refused_by_full_stores_is_stored_on_the_next_ones() {
     let mut c = cfg(dir.path(), "sender");
     c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
     let sender = start(c).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sender.status().await.unwrap().store_peers < 5 {
-        assert!(Instant::now() < deadline, "the sender never saw the 5 store nodes");
-        sleep(Duration::from_millis(100)).await;
-    }
+    wait_store_peers(&sender, 5).await;
     let mut rx = sender.events();
-    let e = mined(topic, "find room");
+    let e = mined(topic, "find room", vec![]);
     let id: HashSet<Id> = [e.id()].into();
     sender.publish(e).await.unwrap();
     wait_stored(&mut rx, &id, 30).await;
@@ -247,7 +220,7 @@ async fn a_send_refused_by_full_stores_is_stored_on_the_next_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_wipe_by_envelope_flood_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let size = mined(Topic::for_conversation(&[1; 32]), "x").encode().len() as u64;
+    let size = mined(Topic::for_conversation(&[1; 32]), "x", vec![]).encode().len() as u64;
     // Each source may hold 20 envelopes' worth on a store node: a flooder fills its own share.
     let retention = Retention { source_bytes_max: 20 * size, ..Retention::default() };
     let stores = stores(dir.path(), retention).await;
@@ -255,14 +228,10 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
     let mut c = cfg(dir.path(), "mallory");
     c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
     let mallory = start(c).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mallory.status().await.unwrap().store_peers < 3 {
-        assert!(Instant::now() < deadline, "mallory never saw the store nodes");
-        sleep(Duration::from_millis(100)).await;
-    }
+    wait_store_peers(&mallory, 3).await;
     let topic = Topic::for_conversation(&[11; 32]);
     let mut rx = honest.events();
-    let before: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("before {i}"))).collect();
+    let before: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("before {i}"), vec![])).collect();
     let mut want: HashSet<Id> = before.iter().map(Envelope::id).collect();
     for e in before {
         honest.publish(e).await.unwrap();
@@ -270,21 +239,10 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
     wait_stored(&mut rx, &want, 30).await;
     // 200 cheap envelopes (on many topics, so no one topic's quota is what stops them).
     for i in 0..200u8 {
-        mallory.publish(mined(Topic::for_conversation(&[i; 32]), "junk")).await.unwrap();
+        mallory.publish(mined(Topic::for_conversation(&[i; 32]), "junk", vec![])).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut refused = 0;
-        for s in &stores {
-            refused += s.status().await.unwrap().mailbox.refused_full;
-        }
-        if refused >= 3 * 150 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the flood was refused only {refused} times");
-        sleep(Duration::from_millis(100)).await;
-    }
-    let after: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("after {i}"))).collect();
+    wait_refused(&stores, 3 * 150).await;
+    let after: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("after {i}"), vec![])).collect();
     let later: HashSet<Id> = after.iter().map(Envelope::id).collect();
     for e in after {
         honest.publish(e).await.unwrap();
@@ -300,27 +258,13 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
         );
     }
     // A reader finds all ten honest envelopes in the mailboxes: the flood evicted nothing.
-    let mut c = cfg(dir.path(), "reader");
-    c.bootstrap = vec![stores[1].listen_addrs[0].clone()];
-    let reader = start(c).await.unwrap();
-    let mut events = reader.events();
-    reader.subscribe(topic).await.unwrap();
-    let mut got = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !want.is_subset(&got) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Ok(NodeEvent::Delivered { id, .. })) => {
-                got.insert(id);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => {
-                panic!("the reader found {} of the 10 honest envelopes", got.intersection(&want).count())
-            }
-        }
-    }
-    for n in stores.iter().chain([&honest, &mallory, &reader]) {
+    let got = reader(dir.path(), &stores, topic, &want).await;
+    assert!(
+        want.is_subset(&got),
+        "the reader found {} of the 10 honest envelopes",
+        got.intersection(&want).count()
+    );
+    for n in stores.iter().chain([&honest, &mallory]) {
         n.shutdown().await;
     }
 }

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_crypto::Identity;
-use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch, MemorySequencer};
-use cairn_node::db::NodeDb;
+use cairn_mls::{KeyPackageBatch, MemorySequencer};
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Io};
 use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
@@ -33,22 +32,12 @@ fn open(dir: &Path, id: &Identity) -> Node {
     let limits = Limits::default();
     let cache = cairn_node::engine::NODE_DB_CACHE_BYTES;
     let db = Arc::new(redb::Builder::new().set_cache_size(cache).create(dir.join("node.redb")).unwrap());
-    let ndb = NodeDb::new(db.clone(), limits).unwrap();
-    let signer = DeviceSigner::new(id.device_key.clone(), id.cert).unwrap();
-    let mls = MlsClient::open(db, signer, cairn_node::engine::mls_config()).unwrap();
     let history = Arc::new(Store::open(&dir.join("history.redb"), limits).unwrap());
-    let keys = IdentityKeys {
-        account: id.account(),
-        device: id.device(),
-        cert: id.cert,
-        account_key: id.account_key.clone(),
-        device_key: id.device_key.clone(),
-    };
     let mut cfg = EngineConfig::new(limits);
     cfg.difficulty = Difficulty { base_bits: 0 };
     // the bench's nodes invite each other without a consent step
     cfg.invitations = cairn_node::engine::Invitations::Everyone;
-    Node { engine: Engine::new(mls, ndb, history.clone(), keys, cfg), history }
+    Node { engine: Engine::open(db, history.clone(), IdentityKeys::of(id), cfg).unwrap(), history }
 }
 
 /// Envelopes the engine published (kept in its history, as the mesh does).

@@ -106,13 +106,7 @@ impl Service {
                 .create(cfg.home.join("node.redb"))?,
         );
         let node_db = NodeDb::new(db.clone(), limits)?;
-        let keys = IdentityKeys {
-            account: identity.account(),
-            device: identity.device(),
-            cert: identity.cert,
-            account_key: identity.account_key.clone(),
-            device_key: identity.device_key.clone(),
-        };
+        let keys = IdentityKeys::of(&identity);
         let signer = DeviceSigner::new(keys.device_key.clone(), keys.cert)
             .map_err(|e| anyhow::anyhow!("device certificate: {e}"))?;
         let mls = MlsClient::open(db.clone(), signer, crate::engine::mls_config())

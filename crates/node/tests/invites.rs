@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cairn_crypto::Identity;
-use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
+use cairn_mls::{KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
 use cairn_node::db::NodeDb;
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io};
 use cairn_node::requests::{
@@ -30,21 +30,11 @@ fn user(now: u64, invitations: Invitations) -> User {
     let limits = Limits::default();
     let id = Identity::generate(now).unwrap();
     let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let ndb = NodeDb::new(db.clone(), limits).unwrap();
-    let signer = DeviceSigner::new(id.device_key.clone(), id.cert).unwrap();
-    let mls = MlsClient::open(db, signer, cairn_node::engine::mls_config()).unwrap();
     let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
-    let keys = IdentityKeys {
-        account: id.account(),
-        device: id.device(),
-        cert: id.cert,
-        account_key: id.account_key.clone(),
-        device_key: id.device_key.clone(),
-    };
     let mut cfg = EngineConfig::new(limits);
     cfg.difficulty = Difficulty { base_bits: 0 };
     cfg.invitations = invitations;
-    User { engine: Engine::new(mls, ndb, history, keys, cfg), _dir: dir }
+    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), _dir: dir }
 }
 
 /// A key package of `u` as a committer gets it from the mesh (its last-resort one, which any

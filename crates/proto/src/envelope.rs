@@ -191,6 +191,11 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Length of [`Envelope::encode`], without copying the payload.
+    pub fn encoded_len(&self) -> usize {
+        self.header.encode().len() + 1 + self.payload.as_ref().map_or(0, Vec::len)
+    }
+
     /// Builds an envelope around an already padded payload (pow nonce 0: mine it after).
     pub fn new(
         topic: Topic,
@@ -285,6 +290,16 @@ mod tests {
         let l = Limits::default();
         assert_eq!(l.payload_bytes_max(), 240 * 1024);
         assert!(l.payload_bytes_max() + l.header_bytes_max() < l.envelope_bytes_max);
+    }
+
+    #[test]
+    fn encoded_len_is_the_encoding_length() {
+        let l = Limits::default();
+        let mut e =
+            Envelope::new(Topic([1; 32]), 5, 60, vec![Id([2; 32]), Id([3; 32])], pad(b"hi", &l).unwrap());
+        assert_eq!(e.encoded_len(), e.encode().len());
+        e.erase();
+        assert_eq!(e.encoded_len(), e.encode().len());
     }
 
     #[test]

@@ -361,6 +361,12 @@ impl Store {
         })
     }
 
+    /// Whether an envelope with this id is stored (nothing is decoded).
+    pub fn contains(&self, id: &Id) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(ENVELOPES)?.get(id.0)?.is_some())
+    }
+
     /// The envelope with this id, if stored.
     pub fn get(&self, id: &Id) -> Result<Option<Envelope>, StoreError> {
         let tx = self.db.begin_read()?;

@@ -356,7 +356,7 @@ impl Node {
             let mut batch: Vec<Envelope> = Vec::new();
             let mut bytes = 0;
             for e in envs {
-                let len = e.encode().len() + 8;
+                let len = e.encoded_len() + 8;
                 if !batch.is_empty()
                     && (batch.len() == STORE_BATCH_MAX || bytes + len > STORE_BATCH_BYTES_MAX)
                 {
@@ -480,7 +480,7 @@ impl Node {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Publish(env, durable, reply) => self.publish(*env, durable, reply),
+            Command::Publish(env, reply) => self.publish(*env, reply),
             Command::Subscribe(topic, reply) => {
                 let _ = reply.send(self.subscribe(topic));
             }
@@ -553,7 +553,7 @@ impl Node {
 
     /// Checks our own envelope and queues it for the local history writer; it is gossiped and
     /// pushed to the store nodes only once durable, and the caller's reply waits for that.
-    fn publish(&mut self, env: Envelope, durable: bool, reply: oneshot::Sender<Result<Id, NodeError>>) {
+    fn publish(&mut self, env: Envelope, reply: oneshot::Sender<Result<Id, NodeError>>) {
         let id = env.id();
         if env.payload.is_none() || !pow::check(&env.header, self.config.admission.difficulty) {
             let why = "envelope has no payload or not enough proof of work";
@@ -595,7 +595,7 @@ impl Node {
             let _ = reply.send(Err(NodeError::Stopped));
             return;
         };
-        match tx.try_send(OwnJob { envelope: env, durable, reply }) {
+        match tx.try_send(OwnJob { envelope: env, reply }) {
             Ok(()) => {
                 self.admission.mark_seen(id);
                 self.own_queued.insert(id);
@@ -616,7 +616,7 @@ impl Node {
     /// own lane, ahead of staged deliveries, so a parent the node learned elsewhere (an MLS
     /// commit from the ledger) could otherwise be written after its child.
     fn in_local_history(&self, id: &Id) -> bool {
-        self.own_queued.contains(id) || self.history.get(id).ok().flatten().is_some()
+        self.own_queued.contains(id) || self.history.contains(id).unwrap_or(false)
     }
 
     /// Writes the held own envelopes whose parents are now present, parents first; and, on

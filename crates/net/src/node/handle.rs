@@ -28,8 +28,7 @@ const LISTEN_TIMEOUT_MS: u64 = 10_000;
 
 /// What a handle asks of the actor.
 pub(super) enum Command {
-    /// Publish; the flag: fsync the local copy before it leaves.
-    Publish(Box<Envelope>, bool, oneshot::Sender<Result<Id, NodeError>>),
+    Publish(Box<Envelope>, oneshot::Sender<Result<Id, NodeError>>),
     Subscribe(Topic, oneshot::Sender<Result<(), NodeError>>),
     Dial(Multiaddr),
     Status(oneshot::Sender<NodeStatus>),
@@ -59,23 +58,16 @@ impl NodeHandle {
     /// Publishes an envelope (already mined and sealed). Returns its id once stored locally.
     /// Refused while the outbox is full of unstored sends or the local writer is saturated.
     pub async fn publish(&self, envelope: Envelope) -> Result<Id, NodeError> {
-        self.ask(|tx| Command::Publish(Box::new(envelope), true, tx)).await?
+        self.publish_queued(envelope).await?.await.map_err(|_| NodeError::Stopped)?
     }
     /// Queues a publication, in call order, and returns its answer to await later: a caller
     /// keeps many in flight (the local writer commits them together) without reordering them.
-    /// `held`: the caller keeps the envelope durably and publishes it again after a crash (an
-    /// outbox), so the local history's copy is a deferred commit instead of an fsync before the
-    /// envelope leaves; after a crash, one whose parents the history lost is written after them.
     pub async fn publish_queued(
         &self,
         envelope: Envelope,
-        held: bool,
     ) -> Result<oneshot::Receiver<Result<Id, NodeError>>, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Publish(Box::new(envelope), !held, tx))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+        self.cmd.send(Command::Publish(Box::new(envelope), tx)).await.map_err(|_| NodeError::Stopped)?;
         Ok(rx)
     }
     /// Follows a topic: its shard's gossip, and its history from the mailboxes. Refused

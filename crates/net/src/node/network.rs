@@ -156,25 +156,25 @@ impl Node {
     /// receipt is kept in the local history (`receipt/<id>/<store>`).
     fn on_store_acks(&mut self, from: PeerId, ids: Vec<Id>, response: Option<Response>) {
         let mut valid: HashMap<Id, StoreReceipt> = HashMap::new();
-        if let Some(Response::Stored(acks)) = &response {
-            let full: Vec<Id> =
-                acks.iter().filter(|a| a.outcome == StoreOutcome::Full).map(|a| a.id).collect();
-            if !full.is_empty() {
-                self.store_full(from, &full);
-            }
-        }
+        let mut full: Vec<Id> = Vec::new();
         if let Some(Response::Stored(acks)) = response {
             for a in acks {
-                let Some(r) = a.receipt else { continue };
-                if matches!(a.outcome, StoreOutcome::Stored | StoreOutcome::Duplicate) && r.id == a.id {
-                    match r.verify(&from) {
-                        Ok(()) => {
-                            valid.insert(a.id, r);
+                match (a.outcome, a.receipt) {
+                    (StoreOutcome::Full, _) => full.push(a.id),
+                    (StoreOutcome::Stored | StoreOutcome::Duplicate, Some(r)) if r.id == a.id => {
+                        match r.verify(&from) {
+                            Ok(()) => {
+                                valid.insert(a.id, r);
+                            }
+                            Err(e) => debug!(%from, "store receipt refused: {e}"),
                         }
-                        Err(e) => debug!(%from, "store receipt refused: {e}"),
                     }
+                    _ => {}
                 }
             }
+        }
+        if !full.is_empty() {
+            self.store_full(from, &full);
         }
         for id in ids {
             let input = match valid.remove(&id) {

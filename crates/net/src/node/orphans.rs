@@ -3,7 +3,7 @@
 //! back: such an envelope is gossiped and pushed at once, but written to the local history only
 //! after its parents, so the history never holds a child before its parent (`verify` checks it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cairn_proto::{Envelope, Id};
 
@@ -37,23 +37,25 @@ impl Orphans {
     /// returned order (parents first).
     pub(super) fn release(&mut self, present: impl Fn(&Id) -> bool) -> Vec<Envelope> {
         let mut out: Vec<Envelope> = Vec::new();
+        let mut released: HashSet<Id> = HashSet::new();
         loop {
-            let ready: Vec<Id> = self
+            let mut ready: Vec<Id> = self
                 .held
                 .iter()
-                .filter(|(_, (e, _))| {
-                    e.header.parents.iter().all(|p| present(p) || out.iter().any(|o| o.id() == *p))
-                })
+                .filter(|(_, (e, _))| e.header.parents.iter().all(|p| present(p) || released.contains(p)))
                 .map(|(id, _)| *id)
                 .collect();
             if ready.is_empty() {
                 return out;
             }
-            let mut batch: Vec<Envelope> =
-                ready.iter().filter_map(|id| self.held.remove(id)).map(|(e, _)| e).collect();
             // Within one round none names another as a parent (those wait for the next round).
-            batch.sort_by_key(Envelope::id);
-            out.extend(batch);
+            ready.sort();
+            for id in ready {
+                if let Some((e, _)) = self.held.remove(&id) {
+                    released.insert(id);
+                    out.push(e);
+                }
+            }
         }
     }
 

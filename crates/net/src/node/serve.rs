@@ -95,7 +95,8 @@ impl Node {
             let acks = job
                 .items
                 .iter()
-                .map(|i| StoreAck { id: refused_id(i), outcome: StoreOutcome::Refused, receipt: None })
+                .filter_map(|i| i.as_ref().err())
+                .map(|id| StoreAck { id: *id, outcome: StoreOutcome::Refused, receipt: None })
                 .collect();
             return Some((job.channel, Response::Stored(acks)));
         }
@@ -116,13 +117,6 @@ impl Node {
 fn rate_limited(counters: &mut super::actor::Counters) -> Response {
     counters.requests_shed += 1;
     Response::Error("rate limited: too many requests from this peer; retry with back-off".into())
-}
-
-fn refused_id(item: &Result<Envelope, Id>) -> Id {
-    match item {
-        Ok(e) => e.id(),
-        Err(id) => *id,
-    }
 }
 
 /// A page of `topic` from `from`, cut to the response limit (the cursor resumes after the cut).

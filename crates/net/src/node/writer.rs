@@ -3,11 +3,8 @@
 //! mailbox writer commits store requests to `mailbox.redb` and only then lets the actor answer.
 //! One redb transaction per batch.
 //!
-//! Durability: every mailbox batch, and a batch holding an own publication whose author does
-//! not keep it (`publish`), is fsynced before anyone is told. An own publication its author
-//! keeps in an outbox (`publish_queued(_, true)`, the node) is a deferred commit like the
-//! deliveries: after a crash the author publishes it again, and one whose parents the history
-//! lost waits for them (`orphans.rs`), so the history never holds a message before its parents. A batch of deliveries and cursors only is a deferred commit
+//! Durability: every mailbox batch, and a batch holding an own publication, is fsynced
+//! before anyone is told. A batch of deliveries and cursors only is a deferred commit
 //! ([`Store::append_deferred`]), made durable within [`HISTORY_SYNC_EVERY_MS`] (or by the next
 //! durable commit, a user node's own durable write, or shutdown): what the mesh delivered is
 //! held by the topic's store nodes, and a crash rolls back the deliveries and the cursors past
@@ -92,8 +89,6 @@ pub(super) enum HistoryJob {
 /// Our own publication: persisted, then handed back to the actor to be gossiped.
 pub(super) struct OwnJob {
     pub(super) envelope: Envelope,
-    /// Fsync before it leaves (false: its author holds it durably, `publish_queued(_, true)`).
-    pub(super) durable: bool,
     pub(super) reply: oneshot::Sender<Result<Id, NodeError>>,
 }
 
@@ -241,7 +236,7 @@ impl HistoryWriter {
                 _ => None,
             })
             .collect();
-        let result = if !own.iter().any(|j| j.durable) {
+        let result = if own.is_empty() {
             self.append_deferred(&envs, &cursors)
         } else {
             // Own publications are acknowledged: fsynced (with every deferred commit before).
@@ -299,9 +294,8 @@ impl HistoryWriter {
 
     /// An own publication alone (while events wait for the consumer).
     async fn commit_own(&mut self, j: OwnJob) {
-        let envs = std::slice::from_ref(&j.envelope);
-        let result = if j.durable { self.append(envs) } else { self.append_deferred(envs, &[]) };
-        self.finish_own(j, result.map(|_| ()).map_err(|e| e.to_string())).await;
+        let result = self.append(std::slice::from_ref(&j.envelope)).map(|_| ()).map_err(|e| e.to_string());
+        self.finish_own(j, result).await;
     }
 
     async fn finish_own(&mut self, j: OwnJob, result: Result<(), String>) {

@@ -52,6 +52,19 @@ pub struct IdentityKeys {
     pub device_key: SigningKey,
 }
 
+impl IdentityKeys {
+    /// The keys of an unlocked identity.
+    pub fn of(id: &cairn_crypto::Identity) -> Self {
+        Self {
+            account: id.account(),
+            device: id.device(),
+            cert: id.cert,
+            account_key: id.account_key.clone(),
+            device_key: id.device_key.clone(),
+        }
+    }
+}
+
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -168,6 +181,22 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Opens the engine of `keys`' device: node tables and MLS state in `db`, the local
+    /// history in `history`.
+    pub fn open(
+        db: Arc<redb::Database>,
+        history: Arc<Store>,
+        keys: IdentityKeys,
+        cfg: EngineConfig,
+    ) -> Result<Self, NodeError> {
+        let ndb = NodeDb::new(db.clone(), cfg.limits)?;
+        let signer = cairn_mls::DeviceSigner::new(keys.device_key.clone(), keys.cert)
+            .map_err(|e| NodeError::Internal(format!("device certificate: {e}")))?;
+        let mls = MlsClient::open(db, signer, mls_config())
+            .map_err(|e| NodeError::Mls(format!("MLS state: {e}")))?;
+        Ok(Self::new(mls, ndb, history, keys, cfg))
+    }
+
     /// An engine over an opened MLS client, the node tables and the local history.
     pub fn new(
         mut mls: MlsClient,
@@ -241,18 +270,18 @@ impl Engine {
         now_ms: u64,
     ) -> Result<(), NodeError> {
         self.io.push(Io::Subscribe(cairn_mls::inbox_topic(&self.keys.device)));
-        for id in self.mls.conversations() {
+        let convs = self.mls.conversations();
+        for &id in &convs {
             self.io.push(Io::Subscribe(id.topic()));
             self.io.push(Io::Subscribe(self.own_receipt_topic(&id)));
             self.refresh(&id, now_ms);
             self.sync(&id, seq, now_ms);
             self.replay_history(id, seq, now_ms)?;
         }
-        let by_topic: std::collections::HashMap<_, _> =
-            self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
+        let by_topic: std::collections::HashMap<_, _> = convs.into_iter().map(|c| (c.topic(), c)).collect();
         for env in causal_order(self.db.outbox()?) {
-            // The local history's copy is a deferred commit that a crash may have lost: the
-            // chain learns the send from the outbox then.
+            // A send whose history copy a crash lost (or that never reached the mesh): the
+            // chain learns it from the outbox.
             let id = env.id();
             if let Some(conv) = by_topic.get(&env.header.topic).copied()
                 && !self.core.knows(&conv, &id)

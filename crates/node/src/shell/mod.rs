@@ -242,9 +242,7 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
                         log(r);
                     }
                 }
-                // Fsynced locally before it leaves, though the outbox holds it: deferring the copy
-                // let the SIGKILL test's `verify` find a child before its parent (see note).
-                match net.publish_queued(*env, false).await {
+                match net.publish_queued(*env).await {
                     Ok(answer) => in_flight.push(answer),
                     Err(e) => {
                         tracing::warn!("publish: {e} (kept in the outbox, pushed again at the next start)")

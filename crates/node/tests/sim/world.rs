@@ -8,9 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use cairn_crypto::Identity;
-use cairn_mls::{Client as MlsClient, DeviceSigner, KeyPackageBatch, MemorySequencer};
+use cairn_mls::{KeyPackageBatch, MemorySequencer};
 use cairn_net::sync::{Input as SyncInput, Output as SyncOutput, SendStatus, Sync, SyncConfig};
-use cairn_node::db::NodeDb;
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Io};
 use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
@@ -216,17 +215,8 @@ impl World {
     pub(crate) fn open(&mut self, u: usize) {
         let user = &mut self.users[u];
         let db = Arc::new(Database::create(user.dir.join("node.redb")).expect("node.redb"));
-        let ndb = NodeDb::new(db.clone(), self.limits).expect("tables");
-        let signer = DeviceSigner::new(user.id.device_key.clone(), user.id.cert).expect("signer");
-        let mls = MlsClient::open(db, signer, cairn_node::engine::mls_config()).expect("mls");
         let history = Arc::new(Store::open(&user.dir.join("history.redb"), self.limits).expect("history"));
-        let keys = IdentityKeys {
-            account: user.id.account(),
-            device: user.id.device(),
-            cert: user.id.cert,
-            account_key: user.id.account_key.clone(),
-            device_key: user.id.device_key.clone(),
-        };
+        let keys = IdentityKeys::of(&user.id);
         let mut cfg = EngineConfig::new(self.limits);
         cfg.difficulty = Difficulty { base_bits: 0 };
         // members are added by accounts they share no conversation with yet
@@ -246,7 +236,7 @@ impl World {
         user.sync = Sync::new(sync_config(), delivered, cursors);
         user.subscribed.clear();
         user.history = Some(history.clone());
-        user.engine = Some(Engine::new(mls, ndb, history, keys, cfg));
+        user.engine = Some(Engine::open(db, history, keys, cfg).expect("engine"));
         let mut seq = self.seq.clone();
         let now = self.now_ms;
         let r = self.users[u].engine.as_mut().map(|e| e.start(&mut seq, now));
