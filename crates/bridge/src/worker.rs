@@ -1,0 +1,427 @@
+//! The bridge's three relay loops (blocking threads) and the Cairn stream wake-up task.
+//!
+//! - inbound: the inbound queue (Matrix events) → the Cairn conversation, in order, each once;
+//! - cairn: new messages of bridged conversations (after a persisted cursor) → the outbound
+//!   queue, with the cursor moved in the same transaction;
+//! - outbound: the outbound queue → the homeserver, in order, retrying 429 after the time it
+//!   asks and other failures with backoff (a homeserver restart only delays delivery).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_node::client::{Client, ClientError};
+use cairn_node::model::TailQuery;
+use ruma::events::room::message::RoomMessageEventContent;
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, INFLIGHT, OutJob};
+use crate::mapping::{self, FromCairn, Inbound, Names};
+use crate::matrix::{CallError, Matrix};
+use crate::retry::Backoff;
+
+/// Cairn messages read per conversation per poll.
+const BATCH: usize = 200;
+/// Longest idle wait of a loop before it looks again by itself.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// What the loops share.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) db: Arc<Db>,
+    pub(crate) matrix: Matrix,
+    pub(crate) names: Names,
+    pub(crate) home: PathBuf,
+    pub(crate) node: Mutex<Option<Client>>,
+    pub(crate) account: String,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) out_wake: SyncSender<()>,
+}
+
+impl Ctx {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps `d`, waking early when the bridge stops.
+    fn sleep(&self, d: Duration) {
+        let end = std::time::Instant::now() + d;
+        while !self.stopped() {
+            let now = std::time::Instant::now();
+            if now >= end {
+                return;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Calls the node, finding it again (a restarted node has a new port) when it is gone.
+    pub(crate) fn node<T>(
+        &self,
+        f: impl FnOnce(&Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let client = {
+            let mut guard = self.node.lock().map_err(|_| ClientError::Io("lock poisoned".into()))?;
+            if guard.is_none() {
+                *guard = Some(Client::for_home(&self.home)?);
+            }
+            guard.clone()
+        };
+        let Some(client) = client else { return Err(ClientError::Io("no node".into())) };
+        let r = f(&client);
+        if matches!(r, Err(ClientError::NoNode { .. }) | Err(ClientError::Transport { .. }))
+            && let Ok(mut g) = self.node.lock()
+        {
+            *g = None;
+        }
+        r
+    }
+}
+
+/// A node error worth retrying (node down, restarting, busy) rather than dropping the event.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api { status, .. } => *status >= 500 || *status == 409 || *status == 429,
+        _ => true,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Inflight {
+    key: u64,
+    after: u64,
+}
+
+// ---- Matrix → Cairn -----------------------------------------------------------------------
+
+pub(crate) fn inbound_loop(ctx: &Ctx, wake: &Receiver<()>) {
+    let mut backoff = Backoff::default();
+    while !ctx.stopped() {
+        let next = match ctx.db.next_in() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("reading the inbound queue: {e}");
+                ctx.sleep(IDLE);
+                continue;
+            }
+        };
+        let Some((key, raw)) = next else {
+            let _ = wake.recv_timeout(IDLE);
+            continue;
+        };
+        match relay_in(ctx, key, &raw) {
+            Ok(()) => {
+                backoff.reset();
+                if let Err(e) = ctx.db.done_in(key) {
+                    tracing::error!("inbound event {key}: {e}");
+                    ctx.sleep(IDLE);
+                }
+            }
+            Err(e) => {
+                let w = backoff.next_wait();
+                tracing::warn!("inbound event {key}: {e}; retrying in {w:?}");
+                ctx.sleep(w);
+            }
+        }
+    }
+}
+
+/// Relays one queued event. `Err` means: try the same event again later.
+fn relay_in(ctx: &Ctx, key: u64, raw: &str) -> Result<(), String> {
+    let ev = match mapping::parse_event(raw) {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!("inbound event {key} dropped: {e}");
+            return Ok(());
+        }
+    };
+    let Some(conv) = ctx.db.conv_of_room(ev.room_id.as_str()).map_err(|e| e.to_string())? else {
+        tracing::debug!("event {} in a room that is no portal: ignored", ev.event_id);
+        return Ok(());
+    };
+    match mapping::classify(&ev, &ctx.names) {
+        Inbound::Ignore(why) => {
+            tracing::debug!("event {} ({}) not relayed: {why}", ev.event_id, ev.kind);
+            Ok(())
+        }
+        Inbound::EncryptionEnabled => {
+            let notice = OutJob::Notice { conv: conv.clone(), text: mapping::ENCRYPTION_REFUSED.to_string() };
+            // Queued before the Cairn side is told, so a retry cannot queue it twice: the
+            // Cairn send below is the only step retried.
+            if ctx.db.mark(&format!("encrypted|{conv}")).map_err(|e| e.to_string())?.is_none() {
+                ctx.db
+                    .queue_out(None, &[notice], Some(&format!("encrypted|{conv}")))
+                    .map_err(|e| e.to_string())?;
+                let _ = ctx.out_wake.try_send(());
+            }
+            send_to_cairn(ctx, key, &conv, mapping::ENCRYPTION_REFUSED)
+        }
+        Inbound::Text(t) => send_to_cairn(ctx, key, &conv, &t),
+    }
+}
+
+/// Sends `text` into `conv` once: an attempt is marked before it is made; when the mark is
+/// found again (the bridge died mid-send), the conversation is searched for the bridge's own
+/// copy before sending again.
+fn send_to_cairn(ctx: &Ctx, key: u64, conv: &str, text: &str) -> Result<(), String> {
+    let mark = ctx.db.mark(INFLIGHT).map_err(|e| e.to_string())?;
+    match mark.and_then(|m| serde_json::from_str::<Inflight>(&m).ok()).filter(|f| f.key == key) {
+        Some(f) => {
+            let q = TailQuery { after: Some(f.after), limit: Some(1000), wait_ms: None };
+            let msgs = ctx.node(|c| c.messages(conv, &q)).map_err(|e| e.to_string())?;
+            if msgs.iter().any(|m| m.sender == ctx.account && m.text == text) {
+                tracing::info!("inbound event {key} had reached Cairn before a restart: not sent again");
+                return Ok(());
+            }
+        }
+        None => {
+            let after = ctx.node(|c| c.conversation(conv)).map_err(|e| e.to_string())?.messages;
+            let m = serde_json::to_string(&Inflight { key, after }).map_err(|e| e.to_string())?;
+            ctx.db.set_mark(INFLIGHT, &m).map_err(|e| e.to_string())?;
+        }
+    }
+    match ctx.node(|c| c.send(conv, text)) {
+        Ok(_) => Ok(()),
+        Err(e) if retryable(&e) => Err(e.to_string()),
+        Err(e) => {
+            tracing::warn!("inbound event {key} refused by the node, dropped: {e}");
+            Ok(())
+        }
+    }
+}
+
+// ---- Cairn → outbound queue ---------------------------------------------------------------
+
+pub(crate) fn cairn_loop(ctx: &Ctx, wake: &Receiver<()>) {
+    let mut backoff = Backoff::default();
+    while !ctx.stopped() {
+        match poll_cairn(ctx) {
+            Ok(more) => {
+                backoff.reset();
+                if !more {
+                    let _ = wake.recv_timeout(IDLE);
+                }
+            }
+            Err(e) => {
+                let w = backoff.next_wait();
+                tracing::warn!("reading Cairn: {e}; again in {w:?}");
+                ctx.sleep(w);
+            }
+        }
+    }
+}
+
+/// One pass over the bridged conversations. `Ok(true)`: more is waiting.
+fn poll_cairn(ctx: &Ctx) -> Result<bool, String> {
+    let convs = ctx.node(Client::conversations).map_err(|e| e.to_string())?;
+    let mut more = false;
+    for c in convs.iter().filter(|c| c.active) {
+        let requested = format!("portal|{}", c.id);
+        if ctx.db.mark(&requested).map_err(|e| e.to_string())?.is_none() {
+            ctx.db
+                .queue_out(None, &[OutJob::Portal { conv: c.id.clone() }], Some(&requested))
+                .map_err(|e| e.to_string())?;
+            let _ = ctx.out_wake.try_send(());
+        }
+        let after = ctx.db.cursor(&c.id).map_err(|e| e.to_string())?;
+        let q = TailQuery { after: Some(after), limit: Some(BATCH), wait_ms: None };
+        let msgs = ctx.node(|n| n.messages(&c.id, &q)).map_err(|e| e.to_string())?;
+        let Some(last) = msgs.last().map(|m| m.seq) else { continue };
+        let jobs: Vec<OutJob> = msgs
+            .iter()
+            .filter_map(|m| match mapping::from_cairn(m, &ctx.account, &ctx.names) {
+                FromCairn::Text(text) => Some(OutJob::Text {
+                    conv: c.id.clone(),
+                    account: m.sender.clone(),
+                    handle: m.handle.clone(),
+                    envelope: m.id.clone(),
+                    text,
+                }),
+                FromCairn::Invite(user) => {
+                    Some(OutJob::Invite { conv: c.id.clone(), user: user.to_string() })
+                }
+                FromCairn::Skip(why) => {
+                    tracing::debug!("Cairn message {} not relayed: {why}", m.id);
+                    None
+                }
+            })
+            .collect();
+        if ctx.db.queue_out(Some((&c.id, last)), &jobs, None).map_err(|e| e.to_string())? {
+            let _ = ctx.out_wake.try_send(());
+            more |= msgs.len() == BATCH;
+        } else {
+            tracing::warn!("outbound queue full: reading Cairn pauses until it drains");
+            ctx.sleep(IDLE);
+        }
+    }
+    Ok(more)
+}
+
+// ---- outbound queue → Matrix --------------------------------------------------------------
+
+pub(crate) fn outbound_loop(ctx: &Ctx, wake: &Receiver<()>) {
+    let mut backoff = Backoff::default();
+    while !ctx.stopped() {
+        let next = match ctx.db.next_out() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("reading the outbound queue: {e}");
+                ctx.sleep(IDLE);
+                continue;
+            }
+        };
+        let Some((key, job)) = next else {
+            let _ = wake.recv_timeout(IDLE);
+            continue;
+        };
+        let result = match &job {
+            Some(job) => run_job(ctx, key, job),
+            None => Err(CallError::Fatal { errcode: "BRIDGE_JOB".into(), error: "undecodable job".into() }),
+        };
+        let done = match result {
+            Ok(()) => {
+                backoff.reset();
+                true
+            }
+            Err(CallError::RateLimited(d)) => {
+                tracing::info!("rate limited by the homeserver: waiting {d:?}");
+                ctx.sleep(d);
+                false
+            }
+            Err(CallError::Transient(e)) => {
+                let w = backoff.next_wait();
+                tracing::warn!("outbound job {key}: {e}; retrying in {w:?}");
+                ctx.sleep(w);
+                false
+            }
+            Err(e @ CallError::Fatal { .. }) => {
+                tracing::warn!("outbound job {key} dropped: {e}");
+                true
+            }
+        };
+        if done && let Err(e) = ctx.db.done_out(key) {
+            tracing::error!("outbound job {key}: {e}");
+            ctx.sleep(IDLE);
+        }
+    }
+}
+
+fn transient(e: impl std::fmt::Display) -> CallError {
+    CallError::Transient(e.to_string())
+}
+
+fn portal_room(ctx: &Ctx, conv: &str) -> Result<OwnedRoomId, CallError> {
+    let Some(room) = ctx.db.portal(conv).map_err(transient)? else {
+        return Err(CallError::Fatal {
+            errcode: "BRIDGE_NO_PORTAL".into(),
+            error: format!("no portal for {conv}"),
+        });
+    };
+    OwnedRoomId::try_from(room)
+        .map_err(|e| CallError::Fatal { errcode: "BRIDGE_ROOM".into(), error: e.to_string() })
+}
+
+fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
+    match job {
+        OutJob::Portal { conv } => {
+            if ctx.db.portal(conv).map_err(transient)?.is_some() {
+                return Ok(());
+            }
+            // Every step is idempotent (alias lookup, transaction ids), so a crash anywhere
+            // before the portal is recorded repeats them harmlessly.
+            let alias = ctx.names.alias(conv);
+            let notice = mapping::portal_notice(conv);
+            let name = format!("Cairn {}", &conv[..conv.len().min(8)]);
+            let room = ctx.matrix.create_portal(&Names::alias_localpart(conv), &alias, &name, &notice)?;
+            ctx.matrix.send(
+                &room,
+                &format!("portal{key}"),
+                &RoomMessageEventContent::notice_plain(notice),
+                None,
+            )?;
+            match ctx.node(|c| c.send(conv, &mapping::cairn_notice(&alias))) {
+                Ok(_) => {}
+                Err(e) if retryable(&e) => return Err(transient(e)),
+                Err(e) => tracing::warn!("portal notice refused by the node: {e}"),
+            }
+            ctx.db.set_portal(conv, room.as_str()).map_err(transient)?;
+            tracing::info!("portal {room} ({alias}) bridges conversation {conv}");
+            Ok(())
+        }
+        OutJob::Text { conv, account, handle, envelope, text } => {
+            let room = portal_room(ctx, conv)?;
+            let user = OwnedUserId::try_from(ctx.names.puppet(account, handle.as_deref()))
+                .map_err(|e| CallError::Fatal { errcode: "BRIDGE_PUPPET".into(), error: e.to_string() })?;
+            ensure_puppet(ctx, &room, &user)?;
+            let content = RoomMessageEventContent::text_plain(text.clone());
+            ctx.matrix.send(&room, &format!("cairn{envelope}"), &content, Some(&user))
+        }
+        OutJob::Invite { conv, user } => {
+            let room = portal_room(ctx, conv)?;
+            let user = OwnedUserId::try_from(user.as_str())
+                .map_err(|e| CallError::Fatal { errcode: "BRIDGE_USER".into(), error: e.to_string() })?;
+            ctx.matrix.invite(&room, &user)
+        }
+        OutJob::Notice { conv, text } => {
+            let room = portal_room(ctx, conv)?;
+            ctx.matrix.send(
+                &room,
+                &format!("notice{key}"),
+                &RoomMessageEventContent::notice_plain(text.clone()),
+                None,
+            )
+        }
+    }
+}
+
+/// Registers a puppet and joins it to a portal, once.
+fn ensure_puppet(ctx: &Ctx, room: &OwnedRoomId, user: &OwnedUserId) -> Result<(), CallError> {
+    let mark = format!("puppet|{room}|{user}");
+    if ctx.db.mark(&mark).map_err(transient)?.is_some() {
+        return Ok(());
+    }
+    ctx.matrix.register(user.localpart())?;
+    ctx.matrix.join(room, user)?;
+    ctx.db.set_mark(&mark, "").map_err(transient)
+}
+
+// ---- wake-ups from the node's event stream ------------------------------------------------
+
+/// Follows the node's WebSocket stream and wakes the Cairn loop on every message or join, so
+/// relaying does not wait for the next poll. Reconnects (finding the node again) when it drops.
+pub(crate) async fn stream_wakeups(home: PathBuf, wake: SyncSender<()>, stop: Arc<AtomicBool>) {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    while !stop.load(Ordering::Relaxed) {
+        let target = cairn_node::client::read_run_file(&home)
+            .ok()
+            .flatten()
+            .zip(std::fs::read_to_string(home.join(cairn_node::client::TOKEN_FILE)).ok());
+        if let Some((run, token)) = target {
+            let url = format!("{}/v1/stream", run.api.replacen("http://", "ws://", 1));
+            if let Ok(mut req) = url.into_client_request()
+                && let Ok(v) = format!("Bearer {}", token.trim()).parse()
+            {
+                req.headers_mut().insert("authorization", v);
+                if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await {
+                    let _ = wake.try_send(());
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Message::Text(t) = msg
+                            && !t.as_str().starts_with("{\"type\":\"delivery\"")
+                        {
+                            let _ = wake.try_send(());
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
