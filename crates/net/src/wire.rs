@@ -6,6 +6,7 @@
 //!   2 page   topic:[32] from:u64 limit:u32
 //!   3 ids    count:u16 id:[32]*
 //!   4 store-many count:u16 (1..=STORE_BATCH_MAX) envelope:bytes*
+//!   5 erase  id:[32] secret:[32]   (drop the payload whose header's erase lock `secret` opens)
 //! response = version:u8 kind:u8 body
 //!   1 stored count:u16 (1..=STORE_BATCH_MAX) ack*
 //!        ack = id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full) has_receipt:u8
@@ -13,6 +14,7 @@
 //!   2 page   count:u32 (seq:u64 envelope:bytes)* has_next:u8 next:u64?
 //!   3 envelopes count:u16 envelope:bytes*
 //!   4 error  message:bytes (≤ 256)
+//!   5 erased id:[32] outcome:u8 (0 erased, 1 unknown, 2 wrong secret or no lock)
 //! ```
 //! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
 //! allocation.
@@ -56,6 +58,25 @@ pub enum Request {
     /// Keep these envelopes (1 to [`STORE_BATCH_MAX`], at most [`STORE_BATCH_BYTES_MAX`]
     /// encoded): one request and one durable commit for a sender's burst.
     StoreMany(Vec<Envelope>),
+    /// Drop the payload of `id`: `secret` must open the erase lock its header commits to. The
+    /// header stays as a tombstone.
+    Erase {
+        /// Envelope id.
+        id: Id,
+        /// Preimage of the header's erase lock.
+        secret: [u8; 32],
+    },
+}
+
+/// What a store node did with an erase request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EraseOutcome {
+    /// The payload is gone (or was already).
+    Erased,
+    /// This store node does not hold the envelope.
+    Unknown,
+    /// The secret does not open the header's erase lock, or the header has none.
+    Refused,
 }
 
 fn encode_outcome(w: &mut Writer, o: StoreOutcome) {
@@ -119,6 +140,13 @@ pub enum Response {
     Envelopes(Vec<Envelope>),
     /// The request could not be served.
     Error(String),
+    /// Answer to an erase request.
+    Erased {
+        /// Envelope id.
+        id: Id,
+        /// What happened.
+        outcome: EraseOutcome,
+    },
 }
 
 impl Request {
@@ -150,6 +178,11 @@ impl Request {
                 for e in es {
                     w.bytes(&e.encode());
                 }
+            }
+            Self::Erase { id, secret } => {
+                w.u8(5);
+                w.raw(&id.0);
+                w.raw(secret);
             }
         }
         w.finish()
@@ -206,6 +239,7 @@ impl Request {
                 }
                 Self::StoreMany(es)
             }
+            5 => Self::Erase { id: Id(r.array("id")?), secret: r.array("secret")? },
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown request kind" }),
         };
         r.finish()?;
@@ -266,6 +300,15 @@ impl Response {
                     end -= 1;
                 }
                 w.bytes(&m.as_bytes()[..end]);
+            }
+            Self::Erased { id, outcome } => {
+                w.u8(5);
+                w.raw(&id.0);
+                w.u8(match outcome {
+                    EraseOutcome::Erased => 0,
+                    EraseOutcome::Unknown => 1,
+                    EraseOutcome::Refused => 2,
+                });
             }
         }
         w.finish()
@@ -349,6 +392,16 @@ impl Response {
                     .map_err(|_| DecodeError::Invalid { field: "error", reason: "not UTF-8" })?;
                 Self::Error(text.to_string())
             }
+            5 => {
+                let id = Id(r.array("id")?);
+                let outcome = match r.u8("erase outcome")? {
+                    0 => EraseOutcome::Erased,
+                    1 => EraseOutcome::Unknown,
+                    2 => EraseOutcome::Refused,
+                    _ => return Err(DecodeError::Invalid { field: "erase outcome", reason: "unknown" }),
+                };
+                Self::Erased { id, outcome }
+            }
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown response kind" }),
         };
         r.finish()?;
@@ -370,6 +423,7 @@ mod tests {
             Request::Page { topic: Topic([2; 32]), from: 5, limit: 10 },
             Request::Ids(vec![Id([3; 32])]),
             Request::StoreMany(vec![e.clone(), e.clone()]),
+            Request::Erase { id: e.id(), secret: [5; 32] },
         ] {
             assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
         }
@@ -379,6 +433,8 @@ mod tests {
             Response::Page { entries: vec![], next: None },
             Response::Envelopes(vec![e.clone()]),
             Response::Error("nope".into()),
+            Response::Erased { id: e.id(), outcome: EraseOutcome::Erased },
+            Response::Erased { id: e.id(), outcome: EraseOutcome::Refused },
             Response::Stored(vec![
                 StoreAck {
                     id: e.id(),
@@ -401,6 +457,11 @@ mod tests {
         too_many.extend_from_slice(&u16::MAX.to_be_bytes());
         assert!(matches!(Request::decode(&too_many, &l), Err(DecodeError::TooLarge { .. })));
         assert!(Request::decode(&[VERSION, 9], &l).is_err());
+        // An erase request is exactly an id and a secret.
+        assert!(Request::decode(&[VERSION, 5, 1, 2], &l).is_err());
+        let mut bad_outcome = Response::Erased { id: e.id(), outcome: EraseOutcome::Unknown }.encode();
+        *bad_outcome.last_mut().unwrap() = 7;
+        assert!(Response::decode(&bad_outcome, &l).is_err());
         // A store-many batch: not empty, not above its count or its bytes.
         assert!(Request::decode(&[VERSION, 4, 0, 0], &l).is_err());
         let over = Request::StoreMany(vec![e.clone(); STORE_BATCH_MAX + 1]);

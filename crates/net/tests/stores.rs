@@ -268,3 +268,51 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
         n.shutdown().await;
     }
 }
+
+/// Sum of a figure over the store nodes.
+async fn total(stores: &[NodeHandle], f: impl Fn(&cairn_net::node::NodeStatus) -> u64) -> u64 {
+    let mut n = 0;
+    for s in stores {
+        n += f(&s.status().await.unwrap());
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_drop_a_payload_only_for_the_secret_of_its_erase_lock() {
+    use cairn_proto::envelope::erase_lock;
+    use cairn_proto::pow;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = stores(dir.path(), Retention::default()).await;
+    let sender = sender(dir.path(), &stores).await;
+    let topic = Topic::for_conversation(&[8; 32]);
+    let secret = [42u8; 32];
+    let mut env = mined(topic, "erase me", vec![]).with_erase_lock(erase_lock(&secret));
+    pow::mine(&mut env.header, pow::Difficulty::default(), 1 << 30).unwrap();
+    let id = env.id();
+    let mut rx = sender.events();
+    sender.publish(env).await.unwrap();
+    wait_stored(&mut rx, &HashSet::from([id]), 30).await;
+    let held = total(&stores, |s| s.mailbox.bytes).await;
+    assert!(held >= 2 * 256, "the payload is on at least 2 store nodes: {held} bytes");
+    // A wrong secret, and an unknown id: nothing changes, nothing is confirmed.
+    sender.erase_at_stores(topic, id, [1; 32]).await.unwrap();
+    sender.erase_at_stores(topic, Id([3; 32]), secret).await.unwrap();
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sender.status().await.unwrap().erasures_confirmed, 0);
+    assert_eq!(total(&stores, |s| s.mailbox.bytes).await, held);
+    // The secret: every store node holding it drops the payload and keeps the header.
+    sender.erase_at_stores(topic, id, secret).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sender.status().await.unwrap().erasures_confirmed < 3 {
+        assert!(Instant::now() < deadline, "the store nodes never confirmed the erasure");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let left = total(&stores, |s| s.mailbox.bytes).await;
+    assert!(left + 2 * 256 <= held, "payload bytes freed: {held} → {left}");
+    assert_eq!(total(&stores, |s| s.mailbox.envelopes).await, 3, "the headers stay as tombstones");
+    sender.shutdown().await;
+    for s in &stores {
+        s.shutdown().await;
+    }
+}

@@ -3,18 +3,33 @@
 //! ```text
 //! header  = version:u8 topic:[32] timestamp_ms:u64 ttl_secs:u32
 //!           parent_count:u8 parents:[32]* (strictly increasing)
-//!           payload_len:u32 (a size class) payload_hash:[32] pow_nonce:u64
+//!           payload_len:u32 (a size class) payload_hash:[32]
+//!           erase_lock:[32] (version 2 only) pow_nonce:u64
 //! envelope = header payload_state:u8 (0 erased, 1 present) payload:[payload_len]?
 //! id      = BLAKE3-derive-key("cairn 2026-11 envelope id v1", header)
 //! ```
 //! The id covers the header only, so erasing a payload keeps the id, the chain of parent links
 //! and any ledger anchor verifiable. No sender identity appears in the header.
+//!
+//! Version 2 adds `erase_lock = BLAKE3-derive-key("cairn 2026-12 erase lock v1", secret)`: a store
+//! node drops the payload when shown `secret` (see [`erase_lock`]). A header without a lock (all
+//! zeros) is written as version 1, so every version 1 envelope keeps its encoding and id; a
+//! version 2 header with a zero lock is non-canonical and refused.
 
 use crate::codec::{DecodeError, Reader, Writer, read_id_set, write_id_set};
 use crate::id::{Id, Topic, domain, hash};
 
-/// Envelope format version this build writes and reads.
+/// Envelope format version of a header without an erase lock (read and written).
 pub const ENVELOPE_VERSION: u8 = 1;
+/// Envelope format version of a header with an erase lock (read and written).
+pub const ENVELOPE_VERSION_LOCKED: u8 = 2;
+
+/// The erase lock a header commits to for `secret`: whoever shows `secret` may have store
+/// nodes drop the payload. All zeros means "no lock" and is never the lock of a secret.
+pub fn erase_lock(secret: &[u8; 32]) -> [u8; 32] {
+    let lock = hash(domain::ERASE_LOCK, secret);
+    if lock == [0; 32] { [1; 32] } else { lock }
+}
 
 /// Decoding limits for envelopes. Every field has a unit in its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +67,9 @@ impl Limits {
     }
 }
 
-/// Header bytes without parents: version, topic, timestamp, ttl, count, len, hash, nonce.
-pub const HEADER_FIXED_BYTES: usize = 1 + 32 + 8 + 4 + 1 + 4 + 32 + 8;
+/// Header bytes without parents: version, topic, timestamp, ttl, count, len, hash, erase
+/// lock, nonce (a version 1 header is 32 bytes shorter: no lock).
+pub const HEADER_FIXED_BYTES: usize = 1 + 32 + 8 + 4 + 1 + 4 + 32 + 32 + 8;
 const SIZE_CLASSES_SMALL: [usize; 4] = [256, 1024, 4096, 16 * 1024];
 /// Above 16 KiB, payload sizes grow in steps of this many bytes.
 pub const SIZE_CLASS_STEP: usize = 16 * 1024;
@@ -124,6 +140,8 @@ pub struct EnvelopeHeader {
     pub payload_len: u32,
     /// Hash of the padded payload.
     pub payload_hash: [u8; 32],
+    /// [`erase_lock`] of the sender's erase secret; all zeros: no lock (version 1).
+    pub erase_lock: [u8; 32],
     /// Anti-spam proof-of-work nonce (see [`crate::pow`]).
     pub pow_nonce: u64,
 }
@@ -132,7 +150,8 @@ impl EnvelopeHeader {
     /// Canonical encoding; the nonce is the last 8 bytes (the miner patches it in place).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(HEADER_FIXED_BYTES + 32 * self.parents.len());
-        w.u8(ENVELOPE_VERSION);
+        let locked = self.erase_lock != [0; 32];
+        w.u8(if locked { ENVELOPE_VERSION_LOCKED } else { ENVELOPE_VERSION });
         w.raw(&self.topic.0);
         w.u64(self.timestamp_ms);
         w.u32(self.ttl_secs);
@@ -140,6 +159,9 @@ impl EnvelopeHeader {
         write_id_set(&mut w, &parents);
         w.u32(self.payload_len);
         w.raw(&self.payload_hash);
+        if locked {
+            w.raw(&self.erase_lock);
+        }
         w.u64(self.pow_nonce);
         w.finish()
     }
@@ -149,8 +171,21 @@ impl EnvelopeHeader {
         Id(hash(domain::ENVELOPE_ID, &self.encode()))
     }
 
+    /// True if this header has an erase lock and `secret` opens it.
+    pub fn erase_lock_opens(&self, secret: &[u8; 32]) -> bool {
+        self.erase_lock != [0; 32] && erase_lock(secret) == self.erase_lock
+    }
+
     fn decode_from(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, DecodeError> {
-        r.version("envelope", ENVELOPE_VERSION)?;
+        let version = r.u8("version")?;
+        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_LOCKED {
+            // Reads 1 and 2: names the newest.
+            return Err(DecodeError::UnsupportedVersion {
+                what: "envelope",
+                found: version,
+                supported: ENVELOPE_VERSION_LOCKED,
+            });
+        }
         let topic = Topic(r.array("topic")?);
         let timestamp_ms = r.u64("timestamp_ms")?;
         let ttl_secs = r.u32("ttl_secs")?;
@@ -168,8 +203,20 @@ impl EnvelopeHeader {
             return Err(DecodeError::Invalid { field: "payload_len", reason: "not a padding size class" });
         }
         let payload_hash = r.array("payload_hash")?;
+        let erase_lock = if version == ENVELOPE_VERSION_LOCKED {
+            let lock: [u8; 32] = r.array("erase_lock")?;
+            if lock == [0; 32] {
+                return Err(DecodeError::NonCanonical {
+                    field: "erase_lock",
+                    reason: "a zero lock is written as version 1",
+                });
+            }
+            lock
+        } else {
+            [0; 32]
+        };
         let pow_nonce = r.u64("pow_nonce")?;
-        Ok(Self { topic, timestamp_ms, ttl_secs, parents, payload_len, payload_hash, pow_nonce })
+        Ok(Self { topic, timestamp_ms, ttl_secs, parents, payload_len, payload_hash, erase_lock, pow_nonce })
     }
 
     /// Decodes exactly one header.
@@ -213,6 +260,7 @@ impl Envelope {
             parents,
             payload_len: padded_payload.len() as u32,
             payload_hash: hash(domain::PAYLOAD, &padded_payload),
+            erase_lock: [0; 32],
             pow_nonce: 0,
         };
         Self { header, payload: Some(padded_payload) }
@@ -221,6 +269,12 @@ impl Envelope {
     /// The envelope id (hash of the header).
     pub fn id(&self) -> Id {
         self.header.id()
+    }
+
+    /// Commits the header to an erase lock (before mining: the id changes).
+    pub fn with_erase_lock(mut self, lock: [u8; 32]) -> Self {
+        self.header.erase_lock = lock;
+        self
     }
 
     /// Drops the payload; id and parent links stay verifiable.
@@ -333,6 +387,38 @@ mod tests {
         assert!(matches!(
             Envelope::decode(&odd.encode(), &l),
             Err(DecodeError::Invalid { field: "payload_len", .. })
+        ));
+    }
+
+    #[test]
+    fn erase_lock_is_version_2_and_opens_only_with_its_secret() {
+        let l = Limits::default();
+        let plain = Envelope::new(Topic([1; 32]), 5, 60, vec![], pad(b"x", &l).unwrap());
+        assert_eq!(plain.header.encode()[0], ENVELOPE_VERSION);
+        let secret = [7u8; 32];
+        let e = plain.clone().with_erase_lock(erase_lock(&secret));
+        let bytes = e.encode();
+        assert_eq!(bytes[0], ENVELOPE_VERSION_LOCKED);
+        assert_eq!(bytes.len(), plain.encode().len() + 32);
+        let back = Envelope::decode(&bytes, &l).unwrap();
+        assert_eq!(back, e);
+        assert_ne!(back.id(), plain.id());
+        assert!(back.header.erase_lock_opens(&secret));
+        assert!(!back.header.erase_lock_opens(&[8u8; 32]));
+        assert!(!plain.header.erase_lock_opens(&secret), "no lock: nothing opens it");
+        // A version 2 header with a zero lock has a shorter canonical form: refused.
+        let mut zero = bytes.clone();
+        let at = plain.header.encode().len() - 8;
+        zero[at..at + 32].fill(0);
+        assert!(matches!(
+            Envelope::decode(&zero, &l),
+            Err(DecodeError::NonCanonical { field: "erase_lock", .. })
+        ));
+        let mut v9 = bytes;
+        v9[0] = 9;
+        assert!(matches!(
+            Envelope::decode(&v9, &l),
+            Err(DecodeError::UnsupportedVersion { what: "envelope", found: 9, .. })
         ));
     }
 

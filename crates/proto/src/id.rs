@@ -9,6 +9,8 @@ pub mod domain {
     pub const ENVELOPE_ID: &str = "cairn 2026-11 envelope id v1";
     /// Payload hash committed in the header.
     pub const PAYLOAD: &str = "cairn 2026-11 envelope payload v1";
+    /// Erase lock of an envelope header, from the sender's erase secret.
+    pub const ERASE_LOCK: &str = "cairn 2026-12 erase lock v1";
     /// Network topic of a conversation.
     pub const TOPIC: &str = "cairn 2026-11 conversation topic v1";
     /// Out-of-band fingerprint of an account key.

@@ -97,11 +97,11 @@ fn limits_are_checked() {
         Envelope::decode(&e.encode()[..40], &Limits::default()),
         Err(DecodeError::Truncated { .. })
     ));
-    let mut v2 = e.encode();
-    v2[0] = 2;
+    let mut v3 = e.encode();
+    v3[0] = 3;
     assert!(matches!(
-        Envelope::decode(&v2, &Limits::default()),
-        Err(DecodeError::UnsupportedVersion { found: 2, .. })
+        Envelope::decode(&v3, &Limits::default()),
+        Err(DecodeError::UnsupportedVersion { found: 3, .. })
     ));
 }
 

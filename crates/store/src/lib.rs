@@ -474,6 +474,9 @@ impl Store {
     }
 
     /// Erases an envelope's payload in place (id and links stay). Returns false if unknown.
+    /// The erased envelope stays as a tombstone [`TOMBSTONE_GRACE_MS`] past its own expiry,
+    /// so a copy pushed again before it expires is a duplicate and cannot bring the payload
+    /// back (after that, the copy itself is refused as expired).
     pub fn erase_payload(&self, id: &Id) -> Result<bool, StoreError> {
         let tx = self.db.begin_write()?;
         let found;
@@ -484,13 +487,22 @@ impl Store {
                 None => None,
             };
             found = current.is_some();
-            if let Some((mut e, old_len)) = current {
+            if let Some((mut e, old_len)) = current
+                && e.payload.is_some()
+            {
                 e.erase();
                 let bytes = e.encode();
                 t.envs.insert(id.0, bytes.as_slice())?;
                 // The freed bytes leave the quotas of its topic and source.
                 let source = t.source_of.get(id.0)?.map(|v| v.value());
                 t.sub_bytes(&e.header.topic.0, source.as_ref(), old_len.saturating_sub(bytes.len() as u64))?;
+                let meta = t.meta.get(id.0)?.map(|v| v.value());
+                if let Some((topic, seq, arrival, expires)) = meta {
+                    let later = expires.saturating_add(TOMBSTONE_GRACE_MS);
+                    t.expiry.remove((expires, id.0))?;
+                    t.expiry.insert((later, id.0), ())?;
+                    t.meta.insert(id.0, (topic, seq, arrival, later))?;
+                }
             }
         }
         tx.commit()?;
@@ -663,6 +675,10 @@ pub struct Stats {
     /// Envelopes expired by TTL, ever.
     pub expired: u64,
 }
+
+/// How long an erased envelope outlives its own expiry, ms (one day: longer than any clock
+/// skew a store admits).
+pub const TOMBSTONE_GRACE_MS: u64 = 24 * 3600 * 1000;
 
 struct Tables<'t> {
     envs: redb::Table<'t, [u8; 32], &'static [u8]>,

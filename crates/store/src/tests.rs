@@ -130,3 +130,27 @@ fn damaged_value_is_an_error_not_a_panic() {
     assert!(matches!(s.get(&e.id()), Err(StoreError::Corrupt { .. })));
     assert!(!s.check().unwrap().problems.is_empty());
 }
+
+#[test]
+fn an_erased_payload_stays_erased_past_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("t.redb"), Limits::default()).unwrap();
+    let r = Retention::default();
+    let full = env(1, 0);
+    let id = full.id();
+    s.append_with(std::slice::from_ref(&full), &[], &r, 10).unwrap();
+    assert!(s.erase_payload(&id).unwrap());
+    assert!(!s.erase_payload(&Id([9; 32])).unwrap(), "unknown id");
+    // Pushed again in full: a duplicate, and the payload does not come back.
+    let rep = s.append_with(std::slice::from_ref(&full), &[], &r, 10).unwrap();
+    assert_eq!(rep.results, vec![Appended::Duplicate]);
+    assert_eq!(s.get(&id).unwrap().unwrap().payload, None);
+    // The tombstone outlives the envelope's own expiry (60 s TTL) by the grace.
+    assert_eq!(s.expire(60_000 + 1).unwrap(), 0);
+    assert_eq!(s.get(&id).unwrap().unwrap().payload, None);
+    assert_eq!(s.expire(60_000 + TOMBSTONE_GRACE_MS).unwrap(), 1);
+    // After that the copy is expired on arrival and refused.
+    let rep = s.append_with(&[full], &[], &r, 60_001).unwrap();
+    assert_eq!(rep.results, vec![Appended::Expired]);
+    assert!(s.check().unwrap().problems.is_empty());
+}

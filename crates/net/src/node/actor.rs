@@ -55,6 +55,7 @@ pub(super) enum Outbound {
     Store(Vec<Id>),
     Page(Topic),
     Ids,
+    Erase(Id),
 }
 
 /// Whether the loop goes on after waiting for the writer.
@@ -111,6 +112,7 @@ pub(super) struct Counters {
     pub(super) store_commits: u64,
     pub(super) store_envelopes: u64,
     pub(super) requests_shed: u64,
+    pub(super) erasures_confirmed: u64,
 }
 
 /// The loop's timers.
@@ -499,6 +501,11 @@ impl Node {
                 let t = IdentTopic::new(shard_name(shard % SHARDS));
                 let _ = self.swarm.behaviour_mut().gossipsub.publish(t, bytes);
             }
+            Command::Erase(topic, id, secret) => {
+                for to in self.stores_for(&topic) {
+                    self.request(to, Request::Erase { id, secret }, Outbound::Erase(id));
+                }
+            }
             Command::Shutdown(_) => {} // taken by the loop
         }
     }
@@ -517,6 +524,7 @@ impl Node {
             store_commits: c.store_commits,
             store_envelopes: c.store_envelopes,
             requests_shed: c.requests_shed,
+            erasures_confirmed: c.erasures_confirmed,
         }
     }
 

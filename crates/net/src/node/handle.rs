@@ -34,6 +34,7 @@ pub(super) enum Command {
     Status(oneshot::Sender<NodeStatus>),
     PeerScore(PeerId, oneshot::Sender<Option<f64>>),
     PublishRaw(u16, Vec<u8>),
+    Erase(Topic, Id, [u8; 32]),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -86,6 +87,12 @@ impl NodeHandle {
     /// Gossipsub score of a peer.
     pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
         self.ask(|tx| Command::PeerScore(peer, tx)).await
+    }
+    /// Asks the store nodes of `topic` to drop the payload of `id`, showing the secret of its
+    /// erase lock; they keep the header as a tombstone. Fire and forget: every member that
+    /// applies a redaction asks too, so one unreachable sender does not keep the ciphertext.
+    pub async fn erase_at_stores(&self, topic: Topic, id: Id, secret: [u8; 32]) -> Result<(), NodeError> {
+        self.cmd.send(Command::Erase(topic, id, secret)).await.map_err(|_| NodeError::Stopped)
     }
     /// Publishes raw bytes on a shard without any check: for misbehaviour tests only.
     #[doc(hidden)]

@@ -88,6 +88,8 @@ pub struct NodeStatus {
     /// Store requests not sent because `OUTBOUND_REQUESTS_MAX` were in flight (the state
     /// machine retries them) or not served because the mailbox queue was full (answered busy).
     pub requests_shed: u64,
+    /// Store nodes that confirmed dropping a payload this node asked them to erase.
+    pub erasures_confirmed: u64,
 }
 
 /// Wall-clock time, ms since the Unix epoch (0 if the clock is before it).

@@ -16,7 +16,7 @@ use super::{STORE_PROTOCOL, now_ms};
 use crate::receipt::StoreReceipt;
 use crate::sync::Input;
 use crate::validate::Verdict;
-use crate::wire::{Response, StoreOutcome};
+use crate::wire::{EraseOutcome, Response, StoreOutcome};
 
 impl Node {
     pub(super) fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -135,6 +135,15 @@ impl Node {
         let limits = self.config.admission.limits;
         if let Outbound::Store(ids) = kind {
             self.on_store_acks(from, ids, Response::decode(response, &limits).ok());
+            return;
+        }
+        if let Outbound::Erase(id) = kind {
+            match Response::decode(response, &limits) {
+                Ok(Response::Erased { id: got, outcome: EraseOutcome::Erased }) if got == id => {
+                    self.counters.erasures_confirmed += 1;
+                }
+                other => debug!(%from, "erase of {} not confirmed: {:?}", id.short(), other),
+            }
             return;
         }
         let input = match (Response::decode(response, &limits), kind) {

@@ -11,7 +11,7 @@ use tracing::debug;
 use super::actor::Node;
 use super::now_ms;
 use super::writer::{MailboxJob, NotQueued};
-use crate::wire::{RESPONSE_BYTES_MAX, Request, Response, StoreAck, StoreOutcome};
+use crate::wire::{EraseOutcome, RESPONSE_BYTES_MAX, Request, Response, StoreAck, StoreOutcome};
 
 /// Bytes reserved for a response's framing and header when filling it with envelopes.
 const RESPONSE_OVERHEAD_BYTES: usize = 64;
@@ -42,6 +42,10 @@ impl Node {
             Ok(Request::Page { .. } | Request::Ids(_)) if !self.read_rate.allow(&peer, now) => {
                 rate_limited(&mut self.counters)
             }
+            Ok(Request::Erase { .. }) if !self.store_rate.allow(&peer, now) => {
+                rate_limited(&mut self.counters)
+            }
+            Ok(Request::Erase { id, secret }) => erase(&mailbox, id, &secret),
             Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], bytes, channel) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
@@ -117,6 +121,23 @@ impl Node {
 fn rate_limited(counters: &mut super::actor::Counters) -> Response {
     counters.requests_shed += 1;
     Response::Error("rate limited: too many requests from this peer; retry with back-off".into())
+}
+
+/// Drops the payload of `id` if `secret` opens its header's erase lock (a wrong secret costs
+/// one read; only a right one writes, once per envelope).
+fn erase(mailbox: &Store, id: Id, secret: &[u8; 32]) -> Response {
+    let outcome = match mailbox.get(&id) {
+        Err(e) => return Response::Error(e.to_string()),
+        Ok(None) => EraseOutcome::Unknown,
+        Ok(Some(env)) if !env.header.erase_lock_opens(secret) => EraseOutcome::Refused,
+        Ok(Some(env)) if env.payload.is_none() => EraseOutcome::Erased,
+        Ok(Some(_)) => match mailbox.erase_payload(&id) {
+            Ok(true) => EraseOutcome::Erased,
+            Ok(false) => EraseOutcome::Unknown,
+            Err(e) => return Response::Error(e.to_string()),
+        },
+    };
+    Response::Erased { id, outcome }
 }
 
 /// A page of `topic` from `from`, cut to the response limit (the cursor resumes after the cut).
