@@ -20,6 +20,7 @@ mod abi;
 pub mod fuel;
 pub mod limits;
 mod runtime;
+pub mod shipped;
 mod validate;
 
 pub use abi::{HOST_FUNCTIONS, HostFunction};
