@@ -8,6 +8,7 @@ mod home;
 mod ledger_cmd;
 mod node_cmd;
 mod selfcheck;
+mod web_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     /// A real multi-process network on loopback (4 validators, 3 store nodes, 3 users) playing
     /// the whole story step by step; exit 0 only if every step was checked.
     Demo(demo::DemoArgs),
+    /// Print a one-time login link to the running node's web client (served on its API address).
+    Web(web_cmd::WebArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Up(args) => node_cmd::up(&home, args),
         Command::Dev(args) => node_cmd::dev(&home, args),
         Command::Demo(args) => demo::run(args),
+        Command::Web(args) => web_cmd::run(&home, args),
         Command::Client(cmd) => client_cmd::run(&home, cmd),
     };
     match result {

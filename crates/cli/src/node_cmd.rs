@@ -260,7 +260,12 @@ async fn run_node(
     };
     let backend = Arc::new(service.clone());
     let stop_service = service.clone();
-    let server = tokio::spawn(cairn_node::api::serve(listener, backend, token, async move {
+    // The web client may log in with this keystore's passphrase (checked by opening it).
+    let keystore = home.join(crate::home::KEYSTORE);
+    let web = cairn_node::web::WebOptions {
+        passphrase: Some(Arc::new(move |p: &[u8]| cairn_crypto::Identity::open_file(&keystore, p).is_ok())),
+    };
+    let server = tokio::spawn(cairn_node::api::serve_with(listener, backend, token, web, async move {
         tokio::select! {
             _ = stop_service.stopped() => {}
             _ = wait_for_signal() => {}
@@ -268,6 +273,10 @@ async fn run_node(
     }));
     write_run_file(home, &run)?;
     eprintln!("node running: api {api_url}, p2p {}", run.p2p.join(" "));
+    eprintln!(
+        "web client: {api_url}/ (log in with your passphrase, or `cairn --home {} web` for a one-time link)",
+        home.display()
+    );
     info!("node running");
     match server.await {
         Ok(Ok(())) => {}

@@ -2,9 +2,11 @@
 //!
 //! Every route is listed in [`ROUTES`], which is also what the router is built from and what
 //! the checked-in OpenAPI document (`crates/node/openapi.json`, served at `/openapi.json`) is
-//! tested against. `/health` and `/openapi.json` are public; everything else needs
-//! `Authorization: Bearer TOKEN` (the token file `DIR/api.token`, see
-//! [`crate::client::load_or_create_token`]).
+//! tested against. `/health`, `/openapi.json` and `/v1/session` are public; everything else
+//! needs `Authorization: Bearer TOKEN` (the token file `DIR/api.token`, see
+//! [`crate::client::load_or_create_token`]) or a browser session cookie of the web client
+//! (see [`crate::web`]: one-time login codes, same-origin checks, the `Host` check against DNS
+//! rebinding, which applies to every request).
 //!
 //! Every error answer, including the ones axum would produce itself (malformed JSON, wrong
 //! content type, bad query string, oversized body, unknown route, wrong method), is an
@@ -19,9 +21,9 @@ use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, SET_COOKIE, UPGRADE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
@@ -34,6 +36,7 @@ use crate::model::{
     DeliveryState, DeviceAddRequest, ErrorBody, HandleRequest, MembersRequest, SendQuery, SendRequest,
     StreamEvent, TailQuery,
 };
+use crate::web::{self, Sessions, WebOptions};
 
 /// Largest accepted request body, in bytes (larger → 413).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -68,10 +71,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/requests/{id}/decline"),
     ("GET", "/v1/stream"),
     ("POST", "/v1/shutdown"),
+    ("POST", "/v1/web/login"),
+    ("POST", "/v1/session"),
+    ("DELETE", "/v1/session"),
 ];
 
 /// Routes answered without a token.
-pub const PUBLIC_ROUTES: &[&str] = &["/health", "/openapi.json"];
+pub const PUBLIC_ROUTES: &[&str] = &["/health", "/openapi.json", "/v1/session"];
 
 /// Shared state of the handlers.
 struct Ctx<B> {
@@ -80,13 +86,26 @@ struct Ctx<B> {
     token_set: bool,
     /// Becomes `true` when the server shuts down (closes streams, ends long polls).
     stop: watch::Sender<bool>,
+    /// Browser login codes and sessions.
+    sessions: Sessions,
+    /// What browsers may log in with.
+    web: WebOptions,
+}
+
+/// How a request was authenticated (a request extension set by the auth middleware).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthKind {
+    /// `Authorization: Bearer` with the API token.
+    Bearer,
+    /// A web client session cookie.
+    Session,
 }
 
 type St<B> = State<Arc<Ctx<B>>>;
 
 /// The API router for `backend`, accepting `token` as bearer token.
 pub fn router<B: Backend>(backend: Arc<B>, token: String) -> Router {
-    build(backend, token).0
+    build(backend, token, WebOptions::default()).0
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting, closes open
@@ -97,7 +116,18 @@ pub async fn serve<B: Backend>(
     token: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (app, stop) = build(backend, token);
+    serve_with(listener, backend, token, WebOptions::default(), shutdown).await
+}
+
+/// [`serve`], with what browsers may log in with (e.g. the keystore passphrase).
+pub async fn serve_with<B: Backend>(
+    listener: tokio::net::TcpListener,
+    backend: Arc<B>,
+    token: String,
+    web: WebOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (app, stop) = build(backend, token, web);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -106,7 +136,7 @@ pub async fn serve<B: Backend>(
         .await
 }
 
-fn build<B: Backend>(backend: Arc<B>, token: String) -> (Router, watch::Sender<bool>) {
+fn build<B: Backend>(backend: Arc<B>, token: String, web: WebOptions) -> (Router, watch::Sender<bool>) {
     let (stop, _) = watch::channel(false);
     if token.is_empty() {
         tracing::error!("empty API token: every authenticated request will be refused");
@@ -116,6 +146,8 @@ fn build<B: Backend>(backend: Arc<B>, token: String) -> (Router, watch::Sender<b
         token: blake3::hash(token.as_bytes()),
         token_set: !token.is_empty(),
         stop: stop.clone(),
+        sessions: Sessions::default(),
+        web,
     });
     let mut public = Router::new();
     let mut protected = Router::new();
@@ -133,10 +165,11 @@ fn build<B: Backend>(backend: Arc<B>, token: String) -> (Router, watch::Sender<b
     let protected = protected.route_layer(middleware::from_fn_with_state(ctx.clone(), auth::<B>));
     let app = public
         .merge(protected)
-        .fallback(not_found)
+        .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn(web::check_host))
         .with_state(ctx);
     (app, stop)
 }
@@ -167,6 +200,9 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("POST", "/v1/requests/{id}/decline") => post(decline_request::<B>),
         ("GET", "/v1/stream") => get(stream::<B>),
         ("POST", "/v1/shutdown") => post(shutdown::<B>),
+        ("POST", "/v1/web/login") => post(web_login::<B>),
+        ("POST", "/v1/session") => post(session_login::<B>),
+        ("DELETE", "/v1/session") => delete(session_logout::<B>),
         _ => return None,
     })
 }
@@ -175,13 +211,13 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
 
 /// An error answer: a status and an [`ErrorBody`].
 #[derive(Debug)]
-struct Failure {
+pub(crate) struct Failure {
     status: StatusCode,
     body: ErrorBody,
 }
 
 impl Failure {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Failure { status, body: ErrorBody { error: error.into(), code: code_for(status).to_string() } }
     }
 }
@@ -193,6 +229,8 @@ fn code_for(status: StatusCode) -> &'static str {
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::MISDIRECTED_REQUEST => "misdirected",
         StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -305,11 +343,32 @@ fn query_rejection(e: QueryRejection) -> Failure {
 
 // ---- middleware -----------------------------------------------------------------------------
 
-async fn auth<B: Backend>(State(ctx): St<B>, req: Request, next: Next) -> Response {
+async fn auth<B: Backend>(State(ctx): St<B>, mut req: Request, next: Next) -> Response {
     let Some(value) = req.headers().get(AUTHORIZATION) else {
+        if let Some(session) = web::session_cookie(req.headers()) {
+            if !ctx.sessions.valid(&session) {
+                return Failure::new(
+                    StatusCode::UNAUTHORIZED,
+                    "your browser session has ended (logged out, expired or the node restarted): run \
+                     `cairn web` for a new login link, or log in with your passphrase",
+                )
+                .into_response();
+            }
+            let websocket = req
+                .headers()
+                .get(UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if let Err(why) = web::same_origin(req.method(), req.headers(), websocket) {
+                return Failure::new(StatusCode::FORBIDDEN, why).into_response();
+            }
+            req.extensions_mut().insert(AuthKind::Session);
+            return next.run(req).await;
+        }
         return Failure::new(
             StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer TOKEN` header (the token is in the node's api.token file)",
+            "missing `Authorization: Bearer TOKEN` header (the token is in the node's api.token file) \
+             or a web session (run `cairn web` for a login link)",
         )
         .into_response();
     };
@@ -319,6 +378,7 @@ async fn auth<B: Backend>(State(ctx): St<B>, req: Request, next: Next) -> Respon
         return Failure::new(StatusCode::UNAUTHORIZED, "invalid API token (see the node's api.token file)")
             .into_response();
     }
+    req.extensions_mut().insert(AuthKind::Bearer);
     next.run(req).await
 }
 
@@ -333,8 +393,14 @@ async fn catch_panic(req: Request, next: Next) -> Response {
     }
 }
 
-async fn not_found() -> Failure {
-    Failure::new(StatusCode::NOT_FOUND, "no such API route (see /openapi.json)")
+/// Unknown routes: the web client's embedded files for `GET`/`HEAD`, else a JSON 404.
+async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
+    if (method == Method::GET || method == Method::HEAD)
+        && let Some(resp) = web::asset(uri.path())
+    {
+        return resp;
+    }
+    Failure::new(StatusCode::NOT_FOUND, "no such API route (see /openapi.json)").into_response()
 }
 
 async fn method_not_allowed() -> Failure {
@@ -570,4 +636,105 @@ fn ok<T: serde::Serialize>(r: Result<T, ApiError>) -> ApiResult<Response> {
         Ok(v) => Ok(axum::Json(v).into_response()),
         Err(e) => Err(e.into()),
     }
+}
+
+// ---- web client sessions --------------------------------------------------------------------
+
+/// `POST /v1/web/login`: a one-time login code for a browser (API token holders only).
+async fn web_login<B: Backend>(
+    State(ctx): St<B>,
+    kind: Option<axum::Extension<AuthKind>>,
+) -> ApiResult<Response> {
+    if kind.map(|k| k.0) != Some(AuthKind::Bearer) {
+        return Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "login links are made with the API token: run `cairn web` on the node's machine",
+        ));
+    }
+    let code = ctx.sessions.new_code().map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let path = format!("/#login={code}");
+    Ok(axum::Json(web::WebLogin { code, path, expires_in_s: web::CODE_TTL.as_secs() }).into_response())
+}
+
+/// `POST /v1/session` body: a login code from `cairn web`, or the keystore passphrase.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    code: Option<String>,
+    passphrase: Option<String>,
+}
+
+/// `POST /v1/session`: exchanges a login code or the passphrase for a session cookie.
+async fn session_login<B: Backend>(
+    State(ctx): St<B>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SessionRequest>,
+) -> ApiResult<Response> {
+    web::same_origin(&Method::POST, &headers, false)
+        .map_err(|why| Failure::new(StatusCode::FORBIDDEN, why))?;
+    let ok = match (req.code, req.passphrase) {
+        (Some(code), None) => {
+            if ctx.sessions.take_code(code.trim()) {
+                true
+            } else {
+                return Err(Failure::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this login link was already used or has expired (links last 2 minutes): run \
+                     `cairn web` again, or log in with your passphrase",
+                ));
+            }
+        }
+        (None, Some(pass)) => {
+            let Some(check) = ctx.web.passphrase.clone() else {
+                return Err(Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "this node does not accept passphrase logins: run `cairn web` for a login link",
+                ));
+            };
+            if pass.is_empty() || pass.len() > 1024 {
+                false
+            } else {
+                let _gate = ctx.sessions.passphrase_gate.lock().await;
+                let good = tokio::task::spawn_blocking(move || check(pass.as_bytes())).await.unwrap_or(false);
+                if !good {
+                    // Slow down guessing beyond the KDF's own cost.
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                good
+            }
+        }
+        _ => {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "send either {\"code\": \"…\"} from a `cairn web` link or {\"passphrase\": \"…\"}",
+            ));
+        }
+    };
+    if !ok {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong passphrase: type the passphrase of this node's keystore (the one `cairn init` asked \
+             for), or run `cairn web` for a login link",
+        ));
+    }
+    let id = ctx.sessions.new_session().map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let mut resp = axum::Json(serde_json::json!({ "status": "ok" })).into_response();
+    if let Some(cookie) = web::set_cookie(&headers, Some(&id)) {
+        resp.headers_mut().insert(SET_COOKIE, cookie);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /v1/session`: ends this browser's session and clears its cookie.
+async fn session_logout<B: Backend>(State(ctx): St<B>, headers: HeaderMap) -> ApiResult<Response> {
+    web::same_origin(&Method::DELETE, &headers, false)
+        .map_err(|why| Failure::new(StatusCode::FORBIDDEN, why))?;
+    if let Some(id) = web::session_cookie(&headers) {
+        ctx.sessions.end(&id);
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Some(cookie) = web::set_cookie(&headers, None) {
+        resp.headers_mut().insert(SET_COOKIE, cookie);
+    }
+    Ok(resp)
 }

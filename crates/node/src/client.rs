@@ -250,6 +250,11 @@ impl Client {
         self.expect_no_body(resp)
     }
 
+    /// `POST /v1/web/login`: a one-time login code for the web client (see [`crate::web`]).
+    pub fn web_login(&self) -> Result<crate::web::WebLogin, ClientError> {
+        self.post_empty("/v1/web/login")
+    }
+
     // ---- plumbing ---------------------------------------------------------------------------
 
     fn url(&self, path: &str) -> String {

@@ -19,3 +19,4 @@ pub mod requests;
 pub mod service;
 pub mod shell;
 pub mod verify;
+pub mod web;

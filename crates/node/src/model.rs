@@ -43,6 +43,8 @@ pub struct MemberView {
     pub account: String,
     /// Handle, if the ledger knows one.
     pub handle: Option<String>,
+    /// Account fingerprint, for comparing out of band before marking the member verified.
+    pub fingerprint: String,
     /// Devices of this account in the conversation.
     pub devices: Vec<String>,
 }

@@ -169,6 +169,7 @@ impl Shared {
                 None => by_account.push(MemberView {
                     account: cert.account.to_text(),
                     handle: self.cached_handle(&cert.account),
+                    fingerprint: cert.account.fingerprint(),
                     devices: vec![device],
                 }),
             }

@@ -48,6 +48,7 @@ impl Fake {
                     Ok(MemberView {
                         account: m.clone(),
                         handle: m.strip_prefix('@').map(str::to_string),
+                        fingerprint: "12345 67890".into(),
                         devices: vec![format!("cairndev1{}", m.len())],
                     })
                 } else {

@@ -10,5 +10,6 @@ mod harness;
 mod openapi;
 mod routes;
 mod stream;
+mod web;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

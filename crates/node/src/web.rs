@@ -1,0 +1,303 @@
+//! The web client the node serves on its API address: the embedded assets of `web/dist`,
+//! browser sessions, and the checks that keep a browser's ambient credentials safe.
+//!
+//! - **Assets**: `web/dist` is embedded at build time (`build.rs`), so a fresh `cargo build`
+//!   needs no npm. `GET /` is `index.html`; other asset paths are served as built; any other
+//!   path keeps the API's JSON 404.
+//! - **Login**: `cairn web` asks the node (with the bearer token) for a one-time login code
+//!   (`POST /v1/web/login`) and prints `http://127.0.0.1:PORT/#login=CODE`. The page exchanges
+//!   the code (or the keystore passphrase) at `POST /v1/session` for a random session id in an
+//!   `HttpOnly; SameSite=Strict` cookie: the long-lived API token never reaches the browser.
+//! - **DNS rebinding**: every request must name a loopback host (`127.0.0.1`, `localhost`,
+//!   `[::1]`) in `Host`; a page on `evil.example` that re-resolved to 127.0.0.1 sends its own
+//!   name and is refused (421).
+//! - **Cross-site requests**: a cookie-authenticated request that changes state must carry
+//!   `X-Cairn-Csrf: 1` (a custom header, so a cross-origin page needs a CORS preflight, which
+//!   this server never grants) and, when the browser sends `Origin`, it must be this origin.
+//!   The WebSocket stream, where browsers cannot add headers, needs `Origin` to be this origin.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// The embedded files of `web/dist`: `(path, bytes)`, paths starting with `/`.
+pub const ASSETS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
+
+/// The header a cookie-authenticated state-changing request must carry (value `1`).
+pub const CSRF_HEADER: &str = "x-cairn-csrf";
+
+/// How long a login code from `cairn web` stays valid.
+pub const CODE_TTL: Duration = Duration::from_secs(120);
+/// How long a browser session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Login codes kept at once (the oldest is dropped for a new one).
+pub const MAX_CODES: usize = 8;
+/// Browser sessions kept at once (the oldest is logged out for a new one).
+pub const MAX_SESSIONS: usize = 32;
+
+/// Checks a keystore passphrase (true: it opens this node's keystore). Runs on a blocking
+/// thread: it derives a key with the keystore's KDF.
+pub type PassphraseCheck = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// What the web client may use beyond the API token.
+#[derive(Clone, Default)]
+pub struct WebOptions {
+    /// Lets a browser log in with the keystore passphrase (None: login links only).
+    pub passphrase: Option<PassphraseCheck>,
+}
+
+impl std::fmt::Debug for WebOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebOptions").field("passphrase", &self.passphrase.is_some()).finish()
+    }
+}
+
+/// `POST /v1/web/login` answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct WebLogin {
+    /// One-time code (64 hex digits), valid for [`CODE_TTL`].
+    pub code: String,
+    /// Path to open on the API address: `/#login=CODE` (a fragment: never sent to a server).
+    pub path: String,
+    /// Seconds the code stays valid.
+    pub expires_in_s: u64,
+}
+
+/// One-time login codes and live sessions, both kept only as BLAKE3 hashes, bounded.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    inner: Mutex<SessionState>,
+    /// One passphrase check at a time (each costs a KDF run).
+    pub(crate) passphrase_gate: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    codes: VecDeque<(blake3::Hash, Instant)>,
+    sessions: VecDeque<(blake3::Hash, Instant)>,
+}
+
+fn random_hex() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+fn push_bounded(q: &mut VecDeque<(blake3::Hash, Instant)>, h: blake3::Hash, until: Instant, max: usize) {
+    let now = Instant::now();
+    q.retain(|(_, t)| *t > now);
+    while q.len() >= max {
+        q.pop_front();
+    }
+    q.push_back((h, until));
+}
+
+impl Sessions {
+    fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new one-time login code.
+    pub(crate) fn new_code(&self) -> Result<String, String> {
+        let code = random_hex()?;
+        push_bounded(
+            &mut self.state().codes,
+            blake3::hash(code.as_bytes()),
+            Instant::now() + CODE_TTL,
+            MAX_CODES,
+        );
+        Ok(code)
+    }
+
+    /// Spends a login code: true once, if it was issued and has not expired.
+    pub(crate) fn take_code(&self, code: &str) -> bool {
+        let h = blake3::hash(code.as_bytes());
+        let now = Instant::now();
+        let mut st = self.state();
+        let live = st.codes.iter().any(|(c, t)| *c == h && *t > now);
+        st.codes.retain(|(c, t)| *t > now && *c != h);
+        live
+    }
+
+    /// A new session id.
+    pub(crate) fn new_session(&self) -> Result<String, String> {
+        let id = random_hex()?;
+        push_bounded(
+            &mut self.state().sessions,
+            blake3::hash(id.as_bytes()),
+            Instant::now() + SESSION_TTL,
+            MAX_SESSIONS,
+        );
+        Ok(id)
+    }
+
+    /// Whether `id` is a live session.
+    pub(crate) fn valid(&self, id: &str) -> bool {
+        let h = blake3::hash(id.as_bytes());
+        let now = Instant::now();
+        self.state().sessions.iter().any(|(s, t)| *s == h && *t > now)
+    }
+
+    /// Ends a session.
+    pub(crate) fn end(&self, id: &str) {
+        let h = blake3::hash(id.as_bytes());
+        self.state().sessions.retain(|(s, _)| *s != h);
+    }
+}
+
+// ---- request checks -------------------------------------------------------------------------
+
+/// Whether `host` (a `Host` header value, with or without port) names this machine's loopback.
+pub fn allowed_host(host: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((inner, port)) => {
+                inner == "::1" && (port.is_empty() || port.strip_prefix(':').is_some_and(valid_port))
+            }
+            None => false,
+        };
+    }
+    let name = match host.split_once(':') {
+        Some((name, port)) if valid_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1"
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The request's `Host`, if present and valid UTF-8.
+fn host_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get(HOST).and_then(|h| h.to_str().ok())
+}
+
+/// Middleware: refuses requests whose `Host` (or absolute URI authority) is not loopback.
+pub(crate) async fn check_host(req: Request, next: Next) -> Response {
+    let host_ok = host_of(req.headers()).is_some_and(allowed_host);
+    let authority_ok = req.uri().authority().is_none_or(|a| allowed_host(a.as_str()));
+    if !host_ok || !authority_ok {
+        return crate::api::Failure::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this node only answers requests addressed to 127.0.0.1, localhost or [::1]; open the \
+             address `cairn web` prints",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The session cookie's name for this request: one per port, so two nodes on one machine keep
+/// separate sessions in one browser.
+pub(crate) fn cookie_name(headers: &HeaderMap) -> String {
+    let port = host_of(headers)
+        .and_then(|h| h.rsplit_once(':'))
+        .map(|(_, p)| p)
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or("80");
+    format!("cairn_session_{port}")
+}
+
+/// The session id in the request's cookies, if any.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(headers);
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A `Set-Cookie` value carrying `id` (or clearing the cookie when `id` is None).
+pub(crate) fn set_cookie(headers: &HeaderMap, id: Option<&str>) -> Option<HeaderValue> {
+    let name = cookie_name(headers);
+    let v = match id {
+        Some(id) => {
+            format!("{name}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_TTL.as_secs())
+        }
+        None => format!("{name}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    };
+    HeaderValue::from_str(&v).ok()
+}
+
+/// Whether `Origin` is this server's own origin (`http://` + the request's `Host`).
+fn origin_is_self(headers: &HeaderMap) -> Option<bool> {
+    let origin = headers.get(ORIGIN)?.to_str().ok()?;
+    let host = host_of(headers)?;
+    Some(origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(host)))
+}
+
+/// Cross-site checks of a cookie-authenticated (or cookie-issuing) request; `Err` says why it
+/// is refused.
+pub(crate) fn same_origin(method: &Method, headers: &HeaderMap, websocket: bool) -> Result<(), &'static str> {
+    if websocket {
+        // Browsers always send Origin on WebSocket handshakes and cannot add headers.
+        return match origin_is_self(headers) {
+            Some(true) => Ok(()),
+            _ => Err("the live stream only accepts this page's own origin; reload the page from the \
+                      address `cairn web` prints"),
+        };
+    }
+    if origin_is_self(headers) == Some(false) {
+        return Err("cross-origin request refused: use the web client served by this node");
+    }
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
+        return Err("missing `X-Cairn-Csrf: 1` header: requests with a session cookie that change \
+                    something must carry it (the web client does)");
+    }
+    Ok(())
+}
+
+// ---- assets ---------------------------------------------------------------------------------
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, e)| e) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("ico") => "image/x-icon",
+        Some("json" | "webmanifest") => "application/json",
+        Some("woff2") => "font/woff2",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The Content-Security-Policy of the served pages: only this origin's scripts, styles and
+/// connections (the stream's `ws:` is same-origin), no framing.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                       connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; \
+                       frame-ancestors 'none'";
+
+/// The embedded file answering `GET path`, if any (`/` is `index.html`).
+pub(crate) fn asset(path: &str) -> Option<Response> {
+    let path = if path == "/" { "/index.html" } else { path };
+    let (_, bytes) = ASSETS.iter().find(|(p, _)| *p == path)?;
+    let cache = if path.starts_with("/assets/") {
+        "public, max-age=31536000, immutable" // content-hashed names
+    } else {
+        "no-cache"
+    };
+    let mut resp = ([(CONTENT_TYPE, content_type(path)), (CACHE_CONTROL, cache)], *bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    Some(resp)
+}

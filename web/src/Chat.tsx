@@ -1,0 +1,359 @@
+// One conversation: history (virtualized, older pages loaded on scroll up), the composer with
+// live delivery states, members with fingerprints and verification, verify, leave.
+import { useEffect, useRef, useState } from 'preact/hooks';
+import {
+  api,
+  ApiFailure,
+  deliveryLabel,
+  parseMembers,
+  who,
+  type ConversationView,
+  type DeliveryView,
+  type MessageView,
+  type VerifyView,
+} from './api';
+import { markRead, markVerified, verifiedFingerprint } from './local';
+import { VirtualList } from './VirtualList';
+
+const PAGE = 100;
+
+export interface ChatProps {
+  me: string;
+  conv: ConversationView;
+  /** Messages that arrived over the stream for this conversation (appended in order). */
+  live: MessageView[];
+  deliveries: Map<string, DeliveryView>;
+  onDelivery: (id: string, d: DeliveryView) => void;
+  onChanged: (c: ConversationView | null) => void;
+  onBack: () => void;
+  report: (e: unknown) => void;
+}
+
+function time(ms: number) {
+  const d = new Date(ms);
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+export function Chat({ me, conv, live, deliveries, onDelivery, onChanged, onBack, report }: ChatProps) {
+  const [msgs, setMsgs] = useState<MessageView[]>([]);
+  const [loading, setLoading] = useState(true);
+  const [text, setText] = useState('');
+  const [showMembers, setShowMembers] = useState(false);
+  const [verify, setVerify] = useState<VerifyView | null>(null);
+  const [busy, setBusy] = useState('');
+  const older = useRef({ loading: false, done: false });
+  const input = useRef<HTMLTextAreaElement>(null);
+
+  // Initial page: the newest PAGE messages.
+  useEffect(() => {
+    let gone = false;
+    setMsgs([]);
+    setLoading(true);
+    setVerify(null);
+    older.current = { loading: false, done: false };
+    const after = Math.max(0, conv.messages - PAGE);
+    api
+      .messages(conv.id, after, PAGE + 1000)
+      .then((m) => {
+        if (gone) return;
+        setMsgs(m);
+        older.current.done = after === 0;
+        setLoading(false);
+      })
+      .catch((e) => {
+        if (!gone) {
+          setLoading(false);
+          report(e);
+        }
+      });
+    input.current?.focus();
+    return () => {
+      gone = true;
+    };
+  }, [conv.id]);
+
+  // Stream arrivals: append the ones newer than what is shown.
+  useEffect(() => {
+    if (!live.length) return;
+    setMsgs((cur) => {
+      const last = cur.length ? cur[cur.length - 1].seq : 0;
+      const seen = new Set(cur.map((m) => m.id));
+      const add = live.filter((m) => m.seq > last && !seen.has(m.id));
+      return add.length ? [...cur, ...add] : cur;
+    });
+  }, [live]);
+
+  useEffect(() => {
+    if (msgs.length) markRead(me, conv.id, msgs[msgs.length - 1].seq);
+  }, [msgs, me, conv.id]);
+
+  const loadOlder = () => {
+    const o = older.current;
+    if (o.loading || o.done || !msgs.length) return;
+    const first = msgs[0].seq;
+    if (first <= 1) {
+      o.done = true;
+      return;
+    }
+    o.loading = true;
+    const after = Math.max(0, first - 1 - PAGE);
+    api
+      .messages(conv.id, after, first - 1 - after)
+      .then((m) => {
+        setMsgs((cur) => [...m.filter((x) => x.seq < (cur[0]?.seq ?? Infinity)), ...cur]);
+        o.done = after === 0;
+      })
+      .catch(report)
+      .finally(() => {
+        o.loading = false;
+      });
+  };
+
+  const send = async (e?: Event) => {
+    e?.preventDefault();
+    const body = text.trim();
+    if (!body) return;
+    setText('');
+    try {
+      const r = await api.send(conv.id, body);
+      onDelivery(r.id, r.delivery);
+    } catch (err) {
+      setText(body); // nothing typed is lost
+      report(err);
+    }
+  };
+
+  const act = async (what: string, f: () => Promise<void>) => {
+    setBusy(what);
+    try {
+      await f();
+    } catch (e) {
+      report(e);
+    } finally {
+      setBusy('');
+    }
+  };
+
+  const title = conv.members.filter((m) => m.account !== me).map((m) => who(m.account, m.handle)).join(', ') || 'Only you';
+
+  return (
+    <section class="chat" aria-label={`Conversation with ${title}`}>
+      <header class="chat-head">
+        <button class="back" onClick={onBack} aria-label="Back to conversations">
+          ‹
+        </button>
+        <div class="chat-title">
+          <h2>{title}</h2>
+          <span class="muted">
+            {conv.members.length} member{conv.members.length === 1 ? '' : 's'} · epoch {conv.epoch}
+            {conv.active ? '' : ' · you left'}
+          </span>
+        </div>
+        <button onClick={() => setShowMembers((s) => !s)} aria-expanded={showMembers}>
+          Members
+        </button>
+        <button
+          disabled={busy === 'verify'}
+          onClick={() => act('verify', async () => setVerify(await api.verify(conv.id)))}
+        >
+          {busy === 'verify' ? 'Verifying…' : 'Verify'}
+        </button>
+      </header>
+      {verify && (
+        <div class={`verify ${verify.intact ? 'ok' : 'bad'}`} role="status" data-testid="verify-result">
+          {verify.intact
+            ? `History intact: ${verify.envelopes} envelopes, ${verify.signatures_verified} signatures, ${verify.anchors} ledger anchors checked.`
+            : `${verify.problems} problem(s): ${verify.first_problem ?? 'unknown'}. Do not trust this history; ask the members over another channel.`}
+          <button class="link" onClick={() => setVerify(null)} aria-label="Dismiss">
+            ×
+          </button>
+        </div>
+      )}
+      {showMembers && (
+        <Members
+          me={me}
+          conv={conv}
+          busy={busy}
+          act={act}
+          onChanged={onChanged}
+        />
+      )}
+      {loading ? (
+        <p class="empty">Loading history…</p>
+      ) : msgs.length === 0 ? (
+        <p class="empty">No messages yet. Say hello below.</p>
+      ) : (
+        <VirtualList
+          label="Messages"
+          items={msgs}
+          keyOf={(m) => m.id}
+          onNearTop={loadOlder}
+          render={(m) => {
+            const mine = m.sender === me;
+            const d = deliveries.get(m.id);
+            return (
+              <div class={`msg ${mine ? 'mine' : ''}`} data-seq={m.seq}>
+                <div class="bubble">
+                  {!mine && <div class="sender">{who(m.sender, m.handle)}</div>}
+                  <div class="text">{m.text}</div>
+                  <div class="meta">
+                    {time(m.timestamp_ms)}
+                    {m.after_gap && ' · some earlier messages are missing'}
+                    {mine && d && (
+                      <span class={`state ${d.state}`} data-testid="delivery">
+                        {' · '}
+                        {deliveryLabel(d)}
+                      </span>
+                    )}
+                  </div>
+                </div>
+              </div>
+            );
+          }}
+        />
+      )}
+      {conv.active ? (
+        <form class="composer" onSubmit={send}>
+          <label class="sr" for="composer">
+            Message
+          </label>
+          <textarea
+            id="composer"
+            ref={input}
+            rows={1}
+            value={text}
+            placeholder="Message (Enter sends, Shift+Enter new line)"
+            onInput={(e) => setText((e.target as HTMLTextAreaElement).value)}
+            onKeyDown={(e) => {
+              if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+                e.preventDefault();
+                void send();
+              }
+            }}
+          />
+          <button type="submit" disabled={!text.trim()}>
+            Send
+          </button>
+        </form>
+      ) : (
+        <p class="empty">You are no longer a member of this conversation.</p>
+      )}
+    </section>
+  );
+}
+
+function Members({
+  me,
+  conv,
+  busy,
+  act,
+  onChanged,
+}: {
+  me: string;
+  conv: ConversationView;
+  busy: string;
+  act: (what: string, f: () => Promise<void>) => Promise<void>;
+  onChanged: (c: ConversationView | null) => void;
+}) {
+  const [add, setAdd] = useState('');
+  const [, setTick] = useState(0);
+  return (
+    <div class="members" aria-label="Members">
+      <ul>
+        {conv.members.map((m) => {
+          const v = verifiedFingerprint(me, m.account);
+          const isVerified = v === m.fingerprint;
+          return (
+            <li key={m.account} data-testid="member">
+              <div>
+                <strong>{who(m.account, m.handle)}</strong>
+                {m.account === me && ' (you)'}
+                {isVerified && <span class="badge ok"> verified</span>}
+                {v && !isVerified && <span class="badge bad"> fingerprint changed!</span>}
+              </div>
+              <div class="mono small">{m.account}</div>
+              <div class="small">
+                Fingerprint: <span class="mono">{m.fingerprint}</span>
+              </div>
+              <div class="small muted">
+                {m.devices.length} device{m.devices.length === 1 ? '' : 's'}: {m.devices.map((d) => d.slice(0, 14) + '…').join(', ')}
+              </div>
+              {m.account !== me && (
+                <div class="row">
+                  {!isVerified && (
+                    <button
+                      onClick={() => {
+                        if (
+                          confirm(
+                            `Compare this fingerprint with ${who(m.account, m.handle)} in person or on a call:\n\n${m.fingerprint}\n\nMark verified only if it matches exactly.`,
+                          )
+                        ) {
+                          markVerified(me, m.account, m.fingerprint);
+                          setTick((t) => t + 1);
+                        }
+                      }}
+                    >
+                      Mark verified
+                    </button>
+                  )}
+                  {conv.active && (
+                    <button
+                      class="danger"
+                      disabled={!!busy}
+                      onClick={() =>
+                        act('remove', async () => onChanged(await api.removeMember(conv.id, m.account)))
+                      }
+                    >
+                      Remove
+                    </button>
+                  )}
+                </div>
+              )}
+            </li>
+          );
+        })}
+      </ul>
+      {conv.active && (
+        <>
+          <form
+            class="row"
+            onSubmit={(e) => {
+              e.preventDefault();
+              const list = parseMembers(add);
+              if (!list.length) return;
+              void act('add', async () => {
+                onChanged(await api.addMembers(conv.id, list));
+                setAdd('');
+              });
+            }}
+          >
+            <label class="sr" for="add-members">
+              Add members
+            </label>
+            <input id="add-members" value={add} placeholder="@handle or cairn1…" onInput={(e) => setAdd((e.target as HTMLInputElement).value)} />
+            <button type="submit" disabled={busy === 'add'}>
+              {busy === 'add' ? 'Adding…' : 'Add'}
+            </button>
+          </form>
+          <button
+            class="danger"
+            onClick={() => {
+              if (confirm('Leave this conversation? You will stop receiving its messages.'))
+                void act('leave', async () => {
+                  await api.leave(conv.id);
+                  onChanged(null);
+                });
+            }}
+          >
+            Leave conversation
+          </button>
+        </>
+      )}
+    </div>
+  );
+}
+
+export function describe(e: unknown): string {
+  if (e instanceof ApiFailure) return e.message;
+  return e instanceof Error ? e.message : String(e);
+}

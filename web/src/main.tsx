@@ -1,0 +1,319 @@
+// The Cairn web client: served by the node on its API address, logged in with a one-time
+// `cairn web` link or the keystore passphrase (HttpOnly session cookie), live over /v1/stream.
+import { render } from 'preact';
+import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
+import {
+  api,
+  ApiFailure,
+  openStream,
+  resolveHandles,
+  who,
+  type ConversationView,
+  type DeliveryView,
+  type MessageView,
+  type StatusView,
+  type StreamEvent,
+} from './api';
+import { Chat, describe } from './Chat';
+import { lastRead, markRead, savedTheme, saveTheme, type Theme } from './local';
+import { Account, Devices, NewConversation, Requests } from './Panels';
+import './style.css';
+
+type Phase = 'loading' | 'login' | 'ready';
+type Pane = { kind: 'chat'; id: string } | { kind: 'new' } | { kind: 'devices' } | { kind: 'account' } | { kind: 'none' };
+
+function applyTheme(t: Theme | null) {
+  const dark = t ? t === 'dark' : matchMedia('(prefers-color-scheme: dark)').matches;
+  document.documentElement.dataset.theme = dark ? 'dark' : 'light';
+}
+
+function Login({ onDone, note }: { onDone: () => void; note: string }) {
+  const [pass, setPass] = useState('');
+  const [err, setErr] = useState('');
+  const [busy, setBusy] = useState(false);
+  return (
+    <main class="login">
+      <h1>Cairn</h1>
+      <p>Unlock this node's web client with its keystore passphrase, or open the link that <code>cairn web</code> prints.</p>
+      {note && <p class="notice" role="status">{note}</p>}
+      <form
+        onSubmit={async (e) => {
+          e.preventDefault();
+          setBusy(true);
+          setErr('');
+          try {
+            await api.login({ passphrase: pass });
+            setPass('');
+            onDone();
+          } catch (x) {
+            setErr(describe(x));
+          } finally {
+            setBusy(false);
+          }
+        }}
+      >
+        <label for="passphrase">Passphrase</label>
+        <input id="passphrase" type="password" autocomplete="current-password" value={pass} onInput={(e) => setPass((e.target as HTMLInputElement).value)} autofocus />
+        <button type="submit" disabled={busy || !pass}>
+          {busy ? 'Unlocking…' : 'Unlock'}
+        </button>
+      </form>
+      {err && (
+        <p class="error" role="alert">
+          {err}
+        </p>
+      )}
+    </main>
+  );
+}
+
+function App() {
+  const [phase, setPhase] = useState<Phase>('loading');
+  const [note, setNote] = useState('');
+  const [status, setStatus] = useState<StatusView | null>(null);
+  const [convs, setConvs] = useState<ConversationView[]>([]);
+  const [pane, setPane] = useState<Pane>({ kind: 'none' });
+  const [live, setLive] = useState<Map<string, MessageView[]>>(new Map());
+  const [deliveries, setDeliveries] = useState<Map<string, DeliveryView>>(new Map());
+  const [online, setOnline] = useState(false);
+  const [error, setError] = useState('');
+  const [theme, setTheme] = useState<Theme | null>(savedTheme());
+  const [, setReadTick] = useState(0);
+  const paneRef = useRef(pane);
+  paneRef.current = pane;
+
+  useEffect(() => applyTheme(theme), [theme]);
+  const [, setNames] = useState(0);
+  useEffect(() => {
+    const unknown = convs.flatMap((c) => c.members.filter((m) => !m.handle).map((m) => m.account));
+    if (unknown.length) resolveHandles(unknown, () => setNames((n) => n + 1));
+  }, [convs]);
+
+  const report = useCallback((e: unknown) => {
+    if (e instanceof ApiFailure && e.status === 401) {
+      setPhase('login');
+      setNote(e.message);
+      return;
+    }
+    setError(describe(e));
+  }, []);
+
+  const refresh = useCallback(async () => {
+    const [s, c] = await Promise.all([api.status(), api.conversations()]);
+    setStatus(s);
+    setConvs(c);
+  }, []);
+
+  // Start: a login code in the fragment is exchanged first, then the session is used.
+  useEffect(() => {
+    (async () => {
+      const m = /^#login=([0-9a-f]{64})$/.exec(location.hash);
+      if (m) {
+        history.replaceState(null, '', location.pathname); // the code is single-use anyway
+        try {
+          await api.login({ code: m[1] });
+        } catch (e) {
+          setNote(describe(e));
+        }
+      }
+      try {
+        await refresh();
+        setPhase('ready');
+      } catch (e) {
+        if (e instanceof ApiFailure && e.status === 401) setPhase('login');
+        else {
+          setPhase('login');
+          setNote(describe(e));
+        }
+      }
+    })();
+  }, []);
+
+  // Live events while logged in.
+  useEffect(() => {
+    if (phase !== 'ready') return;
+    const onEvent = (e: StreamEvent) => {
+      if (e.type === 'message') {
+        const { type: _t, ...m } = e;
+        void _t;
+        setLive((cur) => {
+          const next = new Map(cur);
+          const list = next.get(m.conversation) ?? [];
+          next.set(m.conversation, [...list.slice(-500), m]);
+          return next;
+        });
+        setConvs((cur) => cur.map((c) => (c.id === m.conversation ? { ...c, messages: Math.max(c.messages, m.seq) } : c)));
+        const p = paneRef.current;
+        if (p.kind === 'chat' && p.id === m.conversation && document.visibilityState === 'visible' && status) {
+          markRead(status.account, m.conversation, m.seq);
+        }
+      } else if (e.type === 'delivery') {
+        setDeliveries((cur) => new Map(cur).set(e.id, e.delivery));
+      } else if (e.type === 'joined') {
+        setConvs((cur) => [e.conversation, ...cur.filter((c) => c.id !== e.conversation.id)]);
+      } else if (e.type === 'lagged') {
+        void refresh().catch(report);
+      }
+    };
+    const stop = openStream(onEvent, (up) => {
+      setOnline(up);
+      if (up) void refresh().catch(report);
+    });
+    const poll = setInterval(() => void api.status().then(setStatus).catch(() => {}), 10_000);
+    return () => {
+      stop();
+      clearInterval(poll);
+    };
+  }, [phase, status?.account]);
+
+  if (phase === 'loading') return <p class="empty">Connecting to your node…</p>;
+  if (phase === 'login')
+    return (
+      <Login
+        note={note}
+        onDone={() => {
+          setNote('');
+          void refresh()
+            .then(() => setPhase('ready'))
+            .catch(report);
+        }}
+      />
+    );
+  if (!status) return null;
+  const me = status.account;
+  const current = pane.kind === 'chat' ? convs.find((c) => c.id === pane.id) : undefined;
+  const open = (id: string) => setPane({ kind: 'chat', id });
+  const showMain = pane.kind !== 'none';
+
+  const onConvKey = (e: KeyboardEvent, i: number) => {
+    const items = Array.from(document.querySelectorAll<HTMLElement>('.conv-list button'));
+    if (e.key === 'ArrowDown') items[Math.min(items.length - 1, i + 1)]?.focus();
+    else if (e.key === 'ArrowUp') items[Math.max(0, i - 1)]?.focus();
+    else return;
+    e.preventDefault();
+  };
+
+  return (
+    <div class={`app ${showMain ? 'has-main' : ''}`}>
+      <nav class="side" aria-label="Conversations and settings">
+        <header class="side-head">
+          <h1>Cairn</h1>
+          <span class={`dot ${online ? 'on' : 'off'}`} role="status" aria-label={online ? 'Live' : 'Reconnecting'} title={online ? 'Live' : 'Reconnecting…'} />
+          <button
+            class="icon"
+            aria-label={`Switch to ${document.documentElement.dataset.theme === 'dark' ? 'light' : 'dark'} theme`}
+            onClick={() => {
+              const t: Theme = document.documentElement.dataset.theme === 'dark' ? 'light' : 'dark';
+              saveTheme(t);
+              setTheme(t);
+            }}
+          >
+            ◐
+          </button>
+        </header>
+        <div class="me">
+          <strong data-testid="me">{status.handle ? `@${status.handle}` : 'No handle yet'}</strong>
+          <span class="muted small">
+            {status.peers} peer{status.peers === 1 ? '' : 's'} · ledger {status.ledger_height ?? 'unreachable'}
+            {status.pending_sends ? ` · ${status.pending_sends} waiting to send` : ''}
+          </span>
+        </div>
+        <div class="side-actions">
+          <button onClick={() => setPane({ kind: 'new' })}>New conversation</button>
+          <button onClick={() => setPane({ kind: 'devices' })}>Devices</button>
+          <button onClick={() => setPane({ kind: 'account' })}>Account</button>
+        </div>
+        <Requests report={report} onJoined={(c) => setConvs((cur) => [c, ...cur.filter((x) => x.id !== c.id)])} />
+        <ul class="conv-list" aria-label="Conversations">
+          {convs.length === 0 && <li class="muted small pad">No conversations yet: start one with “New conversation”.</li>}
+          {convs.map((c, i) => {
+            const unread = Math.max(0, c.messages - lastRead(me, c.id));
+            const name = c.members.filter((m) => m.account !== me).map((m) => who(m.account, m.handle)).join(', ') || 'Only you';
+            const selected = pane.kind === 'chat' && pane.id === c.id;
+            return (
+              <li key={c.id}>
+                <button
+                  class={selected ? 'selected' : ''}
+                  aria-current={selected ? 'true' : undefined}
+                  onClick={() => open(c.id)}
+                  onKeyDown={(e) => onConvKey(e, i)}
+                  data-testid="conversation"
+                >
+                  <span class="conv-name">{name}</span>
+                  {!c.active && <span class="muted small"> (left)</span>}
+                  {unread > 0 && !selected && (
+                    <span class="unread" aria-label={`${unread} unread`} data-testid="unread">
+                      {unread}
+                    </span>
+                  )}
+                </button>
+              </li>
+            );
+          })}
+        </ul>
+      </nav>
+      <main class="main">
+        {error && (
+          <div class="error" role="alert">
+            {error}
+            <button class="link" onClick={() => setError('')} aria-label="Dismiss error">
+              ×
+            </button>
+          </div>
+        )}
+        {pane.kind === 'chat' && current && (
+          <Chat
+            key={current.id}
+            me={me}
+            conv={current}
+            live={live.get(current.id) ?? []}
+            deliveries={deliveries}
+            onDelivery={(id, d) =>
+              setDeliveries((cur) => {
+                const old = cur.get(id);
+                // The stream may already have a later state than the send's answer.
+                const rank = { sent: 0, stored: 1, delivered: 2 } as const;
+                if (old && rank[old.state] > rank[d.state]) return cur;
+                return new Map(cur).set(id, d);
+              })
+            }
+            onChanged={(c) => {
+              if (c) setConvs((cur) => cur.map((x) => (x.id === c.id ? c : x)));
+              else void refresh().catch(report);
+              setReadTick((t) => t + 1);
+            }}
+            onBack={() => setPane({ kind: 'none' })}
+            report={report}
+          />
+        )}
+        {pane.kind === 'new' && (
+          <NewConversation
+            report={report}
+            onBack={() => setPane({ kind: 'none' })}
+            onCreated={(c) => {
+              setConvs((cur) => [c, ...cur.filter((x) => x.id !== c.id)]);
+              open(c.id);
+            }}
+          />
+        )}
+        {pane.kind === 'devices' && <Devices report={report} onBack={() => setPane({ kind: 'none' })} />}
+        {pane.kind === 'account' && (
+          <Account
+            status={status}
+            report={report}
+            onBack={() => setPane({ kind: 'none' })}
+            onChanged={() => void refresh().catch(report)}
+            onLogout={() => {
+              setPhase('login');
+              setStatus(null);
+            }}
+          />
+        )}
+        {pane.kind === 'none' && <p class="empty wide">Choose a conversation, or start a new one.</p>}
+      </main>
+    </div>
+  );
+}
+
+const root = document.getElementById('app');
+if (root) render(<App />, root);

@@ -1,0 +1,230 @@
+// End to end in Debian's Chromium against real cairn processes on 127.0.0.1: alice, bob and
+// carol each in their own browser context, talking through a real network (validator, store
+// node, three user nodes). The steps run in order and share the network.
+import AxeBuilder from '@axe-core/playwright';
+import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Network, type User } from './network';
+
+test.describe.configure({ mode: 'serial' });
+
+const SHOTS = join(import.meta.dirname, 'screenshots');
+mkdirSync(SHOTS, { recursive: true });
+
+const net = new Network();
+const pages = new Map<string, Page>();
+const contexts: BrowserContext[] = [];
+
+async function open(browser: Browser, u: User): Promise<Page> {
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+  contexts.push(ctx);
+  const page = await ctx.newPage();
+  page.on('dialog', (d) => void d.accept());
+  page.on('pageerror', (e) => console.log(`[${u.name} page error] ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.log(`[${u.name} console] ${m.text()}`);
+  });
+  const link = await net.loginLink(u);
+  const t0 = Date.now();
+  await page.goto(link);
+  await expect(page.getByRole('list', { name: 'Conversations' })).toBeVisible();
+  console.log(`first render of ${u.name}'s conversation list: ${Date.now() - t0} ms after navigation`);
+  pages.set(u.name, page);
+  return page;
+}
+
+async function axe(page: Page, what: string) {
+  const r = await new AxeBuilder({ page }).analyze();
+  const bad = r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  for (const v of r.violations) console.log(`axe (${what}): ${v.impact} ${v.id}: ${v.help} (${v.nodes.length})`);
+  expect(bad.map((v) => `${v.id}: ${v.help}`), `serious accessibility violations on ${what}`).toEqual([]);
+}
+
+async function claim(page: Page, name: string) {
+  await page.getByRole('button', { name: 'Account' }).click();
+  await page.getByLabel('Handle', { exact: true }).fill(name);
+  // A freshly started node may still be registering its account: retry like a person would.
+  await expect(async () => {
+    await page.getByRole('button', { name: /^Claim/ }).click();
+    await expect(page.getByText(/Claimed at ledger height/)).toBeVisible({ timeout: 10_000 });
+  }).toPass({ timeout: 90_000, intervals: [2_000] });
+  await expect(page.getByTestId('me')).toHaveText(`@${name}`);
+}
+
+async function openChat(page: Page, name: RegExp | string) {
+  await page.getByTestId('conversation').filter({ hasText: name }).first().click();
+}
+
+async function send(page: Page, text: string) {
+  await page.getByLabel('Message', { exact: true }).fill(text);
+  await page.keyboard.press('Enter');
+}
+
+function bubbles(page: Page) {
+  return page.locator('.msg .text');
+}
+
+test.beforeAll(async () => {
+  test.setTimeout(240_000);
+  await net.start();
+  await net.addUser('bob');
+  await net.addUser('carol');
+});
+
+test.afterAll(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  await net.stop();
+});
+
+test('sign-up and handle', async ({ browser }) => {
+  const alice = await open(browser, net.users.get('alice')!);
+  const bob = await open(browser, net.users.get('bob')!);
+  await expect(alice.getByTestId('me')).toHaveText('No handle yet');
+  await claim(alice, 'alice');
+  await claim(bob, 'bob');
+  await expect(alice.getByTestId('fingerprint')).toHaveText(/^\d{5}( \d{5}){5}$/);
+  await alice.screenshot({ path: join(SHOTS, 'account.png') });
+  await axe(alice, 'account');
+});
+
+test('start a chat', async () => {
+  const alice = pages.get('alice')!;
+  const bob = pages.get('bob')!;
+  await alice.getByRole('button', { name: 'New conversation' }).click();
+  await alice.getByLabel(/^Members/).fill('@bob');
+  await alice.getByRole('button', { name: 'Create' }).click();
+  await expect(alice.getByRole('heading', { name: '@bob' })).toBeVisible({ timeout: 60_000 });
+  await expect(bob.getByTestId('conversation').filter({ hasText: '@alice' })).toBeVisible({ timeout: 60_000 });
+});
+
+test('messages both ways in order, with delivery states', async () => {
+  const alice = pages.get('alice')!;
+  const bob = pages.get('bob')!;
+  await openChat(bob, '@alice');
+  for (let i = 1; i <= 3; i++) await send(alice, `hello bob ${i}`);
+  await expect(bubbles(bob)).toHaveText(['hello bob 1', 'hello bob 2', 'hello bob 3']);
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/);
+  await send(bob, 'hi alice');
+  await expect(bubbles(alice)).toHaveText(['hello bob 1', 'hello bob 2', 'hello bob 3', 'hi alice']);
+  await expect(bob.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/);
+
+  // Sent in one browser → shown in the other, measured (reported, not asserted).
+  const lat: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const t0 = Date.now();
+    await send(alice, `ping ${i}`);
+    await expect(bubbles(bob).last()).toHaveText(`ping ${i}`);
+    lat.push(Date.now() - t0);
+  }
+  lat.sort((a, b) => a - b);
+  const pct = (p: number) => lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))];
+  console.log(`web send→shown (alice→bob, ${lat.length} messages): p50 ${pct(50)} ms, p99 ${pct(99)} ms, max ${lat[lat.length - 1]} ms`);
+  await alice.screenshot({ path: join(SHOTS, 'chat.png') });
+  await axe(alice, 'chat');
+});
+
+test('a reload keeps the session', async () => {
+  const alice = pages.get('alice')!;
+  await alice.reload();
+  await expect(alice.getByTestId('me')).toHaveText('@alice');
+  await expect(alice.getByTestId('conversation').filter({ hasText: '@bob' })).toBeVisible();
+});
+
+test('bob offline, then back, catching up; a wrong passphrase is refused', async () => {
+  const alice = pages.get('alice')!;
+  const bob = pages.get('bob')!;
+  const bobUser = net.users.get('bob')!;
+  await net.stopNode(bobUser);
+  await openChat(alice, '@bob');
+  for (let i = 1; i <= 3; i++) await send(alice, `while away ${i}`);
+  // Held by the store node while bob is away.
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/stored on \d/);
+  await net.startNode(bobUser);
+  // The node restarted, so the browser session is gone: bob unlocks with his passphrase.
+  await bob.reload();
+  await expect(bob.getByLabel('Passphrase')).toBeVisible();
+  await bob.getByLabel('Passphrase').fill('not my passphrase');
+  await bob.getByRole('button', { name: 'Unlock' }).click();
+  await expect(bob.getByRole('alert')).toHaveText(/wrong passphrase/);
+  await bob.screenshot({ path: join(SHOTS, 'login.png') });
+  await axe(bob, 'login');
+  await bob.getByLabel('Passphrase').fill(bobUser.pass);
+  await bob.getByRole('button', { name: 'Unlock' }).click();
+  await expect(bob.getByTestId('unread').first()).toBeVisible({ timeout: 60_000 });
+  await openChat(bob, '@alice');
+  await expect(bubbles(bob).last()).toHaveText('while away 3', { timeout: 60_000 });
+  const texts = await bubbles(bob).allTextContents();
+  const tail = texts.slice(-3);
+  expect(tail).toEqual(['while away 1', 'while away 2', 'while away 3']);
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/, { timeout: 60_000 });
+});
+
+test('verify', async () => {
+  const alice = pages.get('alice')!;
+  await openChat(alice, '@bob');
+  await alice.getByRole('button', { name: 'Verify' }).click();
+  await expect(alice.getByTestId('verify-result')).toHaveText(/History intact/);
+  // Members: handle, fingerprint, devices; mark bob verified after comparing.
+  await alice.getByRole('button', { name: 'Members' }).click();
+  const bobRow = alice.getByTestId('member').filter({ hasText: '@bob' });
+  await expect(bobRow).toContainText(/Fingerprint: \d{5}/);
+  await expect(bobRow).toContainText('1 device');
+  await bobRow.getByRole('button', { name: 'Mark verified' }).click();
+  await expect(bobRow).toContainText('verified');
+});
+
+test('a group with carol, then carol removed and no longer reading', async ({ browser }) => {
+  const alice = pages.get('alice')!;
+  const bob = pages.get('bob')!;
+  const carol = await open(browser, net.users.get('carol')!);
+  await claim(carol, 'carol');
+  await alice.getByRole('button', { name: 'New conversation' }).click();
+  await alice.getByLabel(/^Members/).fill('@bob, @carol');
+  await alice.getByRole('button', { name: 'Create' }).click();
+  await expect(alice.getByRole('heading', { name: '@bob, @carol' })).toBeVisible({ timeout: 60_000 });
+  const group = /@alice, @(bob|carol)/;
+  await expect(carol.getByTestId('conversation').filter({ hasText: group })).toBeVisible({ timeout: 60_000 });
+  await openChat(carol, group);
+  await expect(bob.getByTestId('conversation').filter({ hasText: group })).toBeVisible({ timeout: 60_000 });
+  await openChat(bob, group);
+  await send(alice, 'group hello');
+  await expect(bubbles(carol).last()).toHaveText('group hello');
+  await expect(bubbles(bob).last()).toHaveText('group hello');
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 2 of 2/);
+
+  await alice.getByRole('button', { name: 'Members' }).click();
+  await alice.getByTestId('member').filter({ hasText: '@carol' }).getByRole('button', { name: 'Remove' }).click();
+  await expect(alice.getByTestId('member').filter({ hasText: '@carol' })).toHaveCount(0, { timeout: 60_000 });
+  await send(alice, 'without carol');
+  await expect(bubbles(bob).last()).toHaveText('without carol');
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/);
+  // Carol's node no longer decrypts the group: give the message time to have arrived anyway.
+  await carol.waitForTimeout(3_000);
+  await expect(bubbles(carol).last()).toHaveText('group hello');
+  await alice.getByRole('button', { name: 'Members' }).click();
+  await alice.screenshot({ path: join(SHOTS, 'group.png') });
+});
+
+test('devices, narrow screen and dark theme', async () => {
+  const alice = pages.get('alice')!;
+  await alice.getByRole('button', { name: 'Devices' }).click();
+  await expect(alice.getByTestId('device')).toHaveCount(1, { timeout: 30_000 });
+  await expect(alice.getByTestId('device')).toContainText('this device');
+  await alice.screenshot({ path: join(SHOTS, 'devices.png') });
+  await axe(alice, 'devices');
+  await alice.getByRole('button', { name: /Switch to dark theme/ }).click();
+  await expect(alice.locator('html')).toHaveAttribute('data-theme', 'dark');
+  await alice.setViewportSize({ width: 360, height: 740 });
+  await alice.getByRole('button', { name: 'Back to conversations' }).click();
+  await expect(alice.getByRole('list', { name: 'Conversations' })).toBeVisible();
+  // Keyboard: arrow keys move through conversations, Enter opens one.
+  await alice.getByTestId('conversation').first().focus();
+  await alice.keyboard.press('ArrowDown');
+  await alice.keyboard.press('Enter');
+  await expect(alice.getByLabel('Message', { exact: true })).toBeVisible();
+  const scroll = await alice.evaluate(() => document.documentElement.scrollWidth);
+  expect(scroll, 'no horizontal scrolling at 360 px').toBeLessThanOrEqual(360);
+  await alice.screenshot({ path: join(SHOTS, 'narrow-dark.png') });
+  await axe(alice, 'narrow dark chat');
+});

@@ -1,0 +1,139 @@
+// A real Cairn network on 127.0.0.1 for the browser tests: `cairn dev` (one validator, a store
+// node and alice's node), then bob's and carol's nodes (`cairn up`) joining it. Every process
+// is killed by stop(); every wait is bounded.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+export const BIN = resolve(process.env.CAIRN_BIN ?? join(import.meta.dirname, '../../target/debug/cairn'));
+
+export interface User {
+  name: string;
+  home: string;
+  pass: string;
+  port: number;
+  api: string;
+  proc?: ChildProcess;
+  log: string[];
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.once('error', fail);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => ok(port));
+    });
+  });
+}
+
+async function until<T>(what: string, ms: number, f: () => Promise<T | undefined> | T | undefined): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  while (Date.now() < end) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+export class Network {
+  dir = mkdtempSync(join(tmpdir(), 'cairn-web-'));
+  users = new Map<string, User>();
+  genesis = '';
+  bootstrap = '';
+  private dev?: ChildProcess;
+
+  env(u: User) {
+    return { ...process.env, CAIRN_PASSPHRASE: u.pass, RUST_LOG: process.env.RUST_LOG ?? 'warn' };
+  }
+
+  /** alice's node with the validator and store node (`cairn dev`). */
+  async start(): Promise<void> {
+    const alice: User = { name: 'alice', home: join(this.dir, 'alice'), pass: 'alice passphrase 1', port: 0, api: '', log: [] };
+    this.users.set('alice', alice);
+    const dev = spawn(BIN, ['--home', alice.home, 'dev'], { env: this.env(alice), stdio: ['ignore', 'pipe', 'pipe'] });
+    this.dev = dev;
+    alice.proc = dev;
+    let out = '';
+    dev.stdout!.on('data', (d) => (out += String(d)));
+    dev.stderr!.on('data', (d) => alice.log.push(String(d)));
+    const line = await until('`cairn dev` to print the join command', 60_000, () => {
+      if (dev.exitCode !== null) throw new Error(`cairn dev exited: ${alice.log.join('')}`);
+      const m = /up --genesis (\S+) --bootstrap (\S+)/.exec(out);
+      return m ? m : undefined;
+    });
+    this.genesis = line[1];
+    this.bootstrap = line[2];
+    alice.api = await this.waitApi(alice);
+    alice.port = Number(new URL(alice.api).port);
+  }
+
+  private async waitApi(u: User): Promise<string> {
+    const file = join(u.home, 'run', 'node.json');
+    const api = await until(`${u.name}'s node to write its run file`, 90_000, () => {
+      if (u.proc && u.proc.exitCode !== null) throw new Error(`${u.name}'s node exited: ${u.log.join('')}`);
+      if (!existsSync(file)) return undefined;
+      const j = JSON.parse(readFileSync(file, 'utf8')) as { api: string };
+      return j.api || undefined;
+    });
+    await until(`${u.name}'s node to answer`, 30_000, async () => ((await fetch(`${api}/health`)).ok ? true : undefined));
+    return api;
+  }
+
+  /** A user's node joining the network (`cairn init` + `cairn up`), on a fixed API port. */
+  async addUser(name: string): Promise<User> {
+    const u: User = { name, home: join(this.dir, name), pass: `${name} passphrase 1`, port: await freePort(), api: '', log: [] };
+    this.users.set(name, u);
+    await run(BIN, ['--home', u.home, 'init'], { env: this.env(u) });
+    await this.startNode(u);
+    return u;
+  }
+
+  async startNode(u: User): Promise<void> {
+    const args = ['--home', u.home, 'up', '--genesis', this.genesis, '--bootstrap', this.bootstrap, '--api', `127.0.0.1:${u.port}`, '--invitations', 'everyone'];
+    const p = spawn(BIN, args, { env: this.env(u), stdio: ['ignore', 'ignore', 'pipe'] });
+    p.stderr!.on('data', (d) => u.log.push(String(d)));
+    u.proc = p;
+    u.api = await this.waitApi(u);
+  }
+
+  /** Stops a user's node (SIGTERM, then SIGKILL after 10 s). */
+  async stopNode(u: User): Promise<void> {
+    const p = u.proc;
+    if (!p || p.exitCode !== null) return;
+    const done = new Promise((r) => p.once('exit', r));
+    p.kill('SIGTERM');
+    const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
+    await done;
+    clearTimeout(t);
+  }
+
+  /** A one-time login link from `cairn web`. */
+  async loginLink(u: User): Promise<string> {
+    const { stdout } = await run(BIN, ['--home', u.home, 'web', '--quiet'], { env: this.env(u) });
+    return stdout.trim();
+  }
+
+  async stop(): Promise<void> {
+    for (const u of this.users.values()) if (u !== this.users.get('alice')) await this.stopNode(u);
+    if (this.dev && this.dev.exitCode === null) {
+      const done = new Promise((r) => this.dev!.once('exit', r));
+      this.dev.kill('SIGTERM');
+      const t = setTimeout(() => this.dev!.kill('SIGKILL'), 15_000);
+      await done;
+      clearTimeout(t);
+    }
+  }
+}
