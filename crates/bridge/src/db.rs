@@ -63,6 +63,13 @@ pub enum OutJob {
         /// Matrix user id.
         user: String,
     },
+    /// A message by the bridge account into the Cairn conversation.
+    CairnNotice {
+        /// Conversation id.
+        conv: String,
+        /// Text.
+        text: String,
+    },
     /// A notice by the bridge bot into the portal.
     Notice {
         /// Conversation id.
@@ -98,6 +105,25 @@ fn now_ms() -> u64 {
 
 fn next_key<T: ReadableTable<u64, V>, V: redb::Value + 'static>(t: &T) -> Result<u64, BridgeError> {
     Ok(t.last().map_err(db_err)?.map(|(k, _)| k.value() + 1).unwrap_or(1))
+}
+
+/// Appends `jobs` to the outbound queue under keys that never repeat (they name Matrix
+/// transactions, and the queue may drain empty).
+fn push_jobs(
+    out: &mut redb::Table<'_, u64, &[u8]>,
+    cursors: &mut redb::Table<'_, &str, u64>,
+    jobs: &[OutJob],
+) -> Result<(), BridgeError> {
+    let floor = cursors.get(OUT_SEQ).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+    let first = next_key(out)?.max(floor);
+    let mut next = first;
+    for (key, j) in (first..).zip(jobs) {
+        let bytes = serde_json::to_vec(j).map_err(db_err)?;
+        out.insert(key, bytes.as_slice()).map_err(db_err)?;
+        next = key + 1;
+    }
+    cursors.insert(OUT_SEQ, next).map_err(db_err)?;
+    Ok(())
 }
 
 impl Db {
@@ -139,10 +165,9 @@ impl Db {
                 if inbox.len().map_err(db_err)? + events.len() as u64 > INBOX_MAX {
                     TxnOutcome::Full
                 } else {
-                    let mut key = next_key(&inbox)?;
-                    for e in events {
+                    let first = next_key(&inbox)?;
+                    for (key, e) in (first..).zip(events) {
                         inbox.insert(key, e.as_str()).map_err(db_err)?;
-                        key += 1;
                     }
                     let now = now_ms();
                     if txns.len().map_err(db_err)? >= TXNS_MAX {
@@ -189,16 +214,8 @@ impl Db {
             if out.len().map_err(db_err)? + jobs.len() as u64 > OUTBOX_MAX {
                 return Ok(false);
             }
-            // Keys never repeat (the outbox may drain empty): they name Matrix transactions.
             let mut cursors = tx.open_table(CURSORS).map_err(db_err)?;
-            let floor = cursors.get(OUT_SEQ).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
-            let mut key = next_key(&out)?.max(floor);
-            for j in jobs {
-                let bytes = serde_json::to_vec(j).map_err(db_err)?;
-                out.insert(key, bytes.as_slice()).map_err(db_err)?;
-                key += 1;
-            }
-            cursors.insert(OUT_SEQ, key).map_err(db_err)?;
+            push_jobs(&mut out, &mut cursors, jobs)?;
             if let Some((conv, seq)) = cursor {
                 cursors.insert(conv, seq).map_err(db_err)?;
             }
@@ -245,6 +262,20 @@ impl Db {
         {
             tx.open_table(PORTALS).map_err(db_err)?.insert(conv, room).map_err(db_err)?;
             tx.open_table(ROOMS).map_err(db_err)?.insert(room, conv).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Records a new portal and queues `jobs` (its notices), atomically. The queue bound is
+    /// not applied: a portal is created once per conversation.
+    pub fn portal_created(&self, conv: &str, room: &str, jobs: &[OutJob]) -> Result<(), BridgeError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(PORTALS).map_err(db_err)?.insert(conv, room).map_err(db_err)?;
+            tx.open_table(ROOMS).map_err(db_err)?.insert(room, conv).map_err(db_err)?;
+            let mut out = tx.open_table(OUTBOX).map_err(db_err)?;
+            let mut cursors = tx.open_table(CURSORS).map_err(db_err)?;
+            push_jobs(&mut out, &mut cursors, jobs)?;
         }
         tx.commit().map_err(db_err)
     }

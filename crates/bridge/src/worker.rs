@@ -330,27 +330,26 @@ fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
             if ctx.db.portal(conv).map_err(transient)?.is_some() {
                 return Ok(());
             }
-            // Every step is idempotent (alias lookup, transaction ids), so a crash anywhere
-            // before the portal is recorded repeats them harmlessly.
+            // Creation is idempotent (an existing alias names the room), so a crash before the
+            // portal is recorded repeats it harmlessly. The portal is recorded before anything
+            // is posted, so no event of the new room is taken for a stranger's.
             let alias = ctx.names.alias(conv);
             let notice = mapping::portal_notice(conv);
             let name = format!("Cairn {}", &conv[..conv.len().min(8)]);
             let room = ctx.matrix.create_portal(&Names::alias_localpart(conv), &alias, &name, &notice)?;
-            ctx.matrix.send(
-                &room,
-                &format!("portal{key}"),
-                &RoomMessageEventContent::notice_plain(notice),
-                None,
-            )?;
-            match ctx.node(|c| c.send(conv, &mapping::cairn_notice(&alias))) {
-                Ok(_) => {}
-                Err(e) if retryable(&e) => return Err(transient(e)),
-                Err(e) => tracing::warn!("portal notice refused by the node: {e}"),
-            }
-            ctx.db.set_portal(conv, room.as_str()).map_err(transient)?;
+            let notices = [
+                OutJob::Notice { conv: conv.clone(), text: notice },
+                OutJob::CairnNotice { conv: conv.clone(), text: mapping::cairn_notice(&alias) },
+            ];
+            ctx.db.portal_created(conv, room.as_str(), &notices).map_err(transient)?;
             tracing::info!("portal {room} ({alias}) bridges conversation {conv}");
             Ok(())
         }
+        OutJob::CairnNotice { conv, text } => match ctx.node(|c| c.send(conv, text)) {
+            Ok(_) => Ok(()),
+            Err(e) if retryable(&e) => Err(transient(e)),
+            Err(e) => Err(CallError::Fatal { errcode: "CAIRN_REFUSED".into(), error: e.to_string() }),
+        },
         OutJob::Text { conv, account, handle, envelope, text } => {
             let room = portal_room(ctx, conv)?;
             let user = OwnedUserId::try_from(ctx.names.puppet(account, handle.as_deref()))

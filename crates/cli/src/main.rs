@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bridge_cmd;
 mod client_cmd;
 mod demo;
 mod home;
@@ -64,6 +65,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print a one-time login link to the running node's web client (served on its API address).
     Web(web_cmd::WebArgs),
+    /// Bridges to other messengers: `cairn bridge matrix` (a Matrix application service).
+    Bridge(bridge_cmd::BridgeArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => node_cmd::dev(&home, args),
         Command::Demo(args) => demo::run(args),
         Command::Web(args) => web_cmd::run(&home, args),
+        Command::Bridge(args) => bridge_cmd::run(&home, args),
         Command::Client(cmd) => client_cmd::run(&home, cmd),
     };
     match result {

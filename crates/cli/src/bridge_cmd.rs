@@ -1,0 +1,94 @@
+//! `cairn bridge matrix`: the Matrix application-service bridge (crate `cairn-bridge`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+
+/// `cairn bridge …`
+#[derive(Debug, Args)]
+pub(crate) struct BridgeArgs {
+    #[command(subcommand)]
+    command: BridgeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BridgeCommand {
+    /// Bridge the conversations this account (--home) is in to Matrix rooms, as a Matrix
+    /// application service. The node of --home must be running. Write the registration for
+    /// the homeserver first with `cairn bridge matrix registration`.
+    Matrix(MatrixArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct MatrixArgs {
+    #[command(subcommand)]
+    command: Option<MatrixCommand>,
+    /// The registration file (also given to the homeserver).
+    #[arg(long, env = "CAIRN_BRIDGE_REGISTRATION", value_name = "FILE")]
+    registration: Option<PathBuf>,
+    /// The homeserver's client-server API (`http://127.0.0.1:8008`).
+    #[arg(long, env = "CAIRN_BRIDGE_HOMESERVER", value_name = "URL")]
+    homeserver: Option<String>,
+    /// The homeserver's name (default: asked from the homeserver).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Where to serve the appservice API (default: the registration's url).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<SocketAddr>,
+    /// The bridge's data directory (default: HOME/bridge-matrix).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum MatrixCommand {
+    /// Write a new registration file (random tokens, exclusive namespaces `@cairn_.*` and
+    /// `#cairn_.*`) to list in the homeserver's `app_service_config_files`.
+    Registration {
+        /// Where to write it (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Where the homeserver reaches the bridge.
+        #[arg(long, default_value = "http://127.0.0.1:29330", value_name = "URL")]
+        url: String,
+        /// The appservice id.
+        #[arg(long, default_value = "cairn")]
+        id: String,
+    },
+}
+
+/// Runs `cairn bridge …`.
+pub(crate) fn run(home: &Path, args: BridgeArgs) -> Result<()> {
+    let BridgeCommand::Matrix(m) = args.command;
+    if let Some(MatrixCommand::Registration { out, url, id }) = m.command {
+        let reg = cairn_bridge::registration::Registration::generate(&id, &url)?;
+        reg.write_new(&out)?;
+        println!("registration written to {}", out.display());
+        println!("add it to the homeserver's app_service_config_files, restart it, then run:");
+        println!(
+            "  cairn --home {} bridge matrix --registration {} --homeserver URL",
+            home.display(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let (Some(registration), Some(homeserver)) = (m.registration, m.homeserver) else {
+        bail!(
+            "give --registration FILE and --homeserver URL (or write a registration with `cairn bridge matrix registration --out FILE`)"
+        );
+    };
+    let cfg = cairn_bridge::Config {
+        registration,
+        homeserver,
+        server_name: m.server_name,
+        listen: m.listen,
+        data: m.data.unwrap_or_else(|| home.join("bridge-matrix")),
+        cairn_home: home.to_path_buf(),
+    };
+    cairn_bridge::run(cfg, Arc::new(AtomicBool::new(false))).context("the Matrix bridge stopped")
+}
