@@ -10,6 +10,7 @@
 //! - `outbox`: envelope id → encoded envelope, for own envelopes no store node has
 //!   acknowledged enough yet (pushed again after a restart).
 //! - `pending_devices`: devices of this account to add to every conversation.
+//! - redactions: see [`crate::redactions`].
 
 use std::sync::Arc;
 
@@ -95,6 +96,7 @@ impl NodeDb {
             tx.open_table(OUTBOX).map_err(storage)?;
             tx.open_table(PENDING_DEVICES).map_err(storage)?;
             crate::requests::create_tables(&tx)?;
+            crate::redactions::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
         Ok(Self { db, limits })
@@ -165,6 +167,13 @@ impl NodeDb {
             }
         }
         Ok(out)
+    }
+
+    /// Deletes a message's plaintext, in `tx` (erasure). Its tail position and id row stay, so
+    /// seqs are never reused and a copy delivered again is not read as new.
+    pub(crate) fn forget_plain_in(&self, tx: &WriteTransaction, id: &Id) -> Result<(), NodeError> {
+        tx.open_table(PLAIN).map_err(storage)?.remove(&id.0).map_err(storage)?;
+        Ok(())
     }
 
     /// Puts an own envelope in the outbox, in `tx`.

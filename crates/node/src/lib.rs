@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod redactions;
 pub mod requests;
 pub mod service;
 pub mod shell;

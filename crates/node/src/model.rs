@@ -290,6 +290,13 @@ pub enum StreamEvent {
         /// New state.
         delivery: DeliveryView,
     },
+    /// A message was erased by its author: drop it from views.
+    Erased {
+        /// Conversation id.
+        conversation: String,
+        /// The erased message's id.
+        id: String,
+    },
     /// This device joined a conversation.
     Joined {
         /// Conversation.

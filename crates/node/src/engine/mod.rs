@@ -10,6 +10,7 @@
 //! Invariant: an envelope this device sent or read is in `node.redb` (plaintext, MLS ratchet
 //! state and, for its own, the outbox) in one transaction before anything about it leaves.
 
+mod erase;
 mod invites;
 mod members;
 mod receipts;
@@ -30,6 +31,7 @@ use crate::db::NodeDb;
 use crate::error::NodeError;
 use crate::model::{DeliveryView, MessageView, StreamEvent};
 
+pub use self::erase::{KIND_REDACT, Redaction, RedactionFate};
 pub use self::invites::{Invitations, WelcomeFate};
 pub use self::members::Commit;
 pub use self::receipts::receipt_topic;
@@ -137,6 +139,16 @@ pub enum Io {
     },
     /// Remove these envelopes from the local history (junk).
     Discard(Vec<Id>),
+    /// Erase this envelope's payload in the local history and, with the secret of its erase
+    /// lock, on the topic's store nodes.
+    Erase {
+        /// Conversation topic.
+        topic: Topic,
+        /// Envelope id.
+        id: Id,
+        /// Secret of its erase lock, if known.
+        secret: Option<[u8; 32]>,
+    },
     /// Fresh key packages are needed (one was used by a Welcome).
     PublishKeyPackages,
     /// A conversation's state changed (for views).
@@ -176,6 +188,8 @@ pub struct Engine {
     own_merged: std::collections::BTreeSet<ConversationId>,
     /// Commits made without an fsync since the last durable one.
     lazy_commits: u64,
+    /// Whether a redaction may be waiting for its target (see [`crate::redactions`]).
+    pending_redactions: bool,
     /// When the tick last made lazy commits durable, ms.
     last_durable_ms: u64,
 }
@@ -206,6 +220,8 @@ impl Engine {
         cfg: EngineConfig,
     ) -> Self {
         let core = Core::new(cfg.core.clone());
+        // If the table cannot be read, look (one read per message) rather than miss one.
+        let pending_redactions = db.redactions_len().map_or(true, |n| n > 0);
         // Message operations leave their MLS writes to the engine's transaction (with the
         // plaintexts); commits still write their own before they reach the sequencer.
         if let Err(e) = mls.set_deferred(true) {
@@ -223,6 +239,7 @@ impl Engine {
             welcome_chunks: cairn_mls::WelcomeAssembler::new(),
             own_merged: std::collections::BTreeSet::new(),
             lazy_commits: 0,
+            pending_redactions,
             last_durable_ms: 0,
         }
     }

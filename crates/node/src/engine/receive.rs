@@ -7,6 +7,7 @@ use cairn_mls::{ConversationId, Delivered, Dropped, Received};
 use cairn_proto::envelope::unpad;
 use cairn_proto::{Envelope, Id, Message, Topic};
 
+use super::erase::KIND_REDACT;
 use super::receipts::receipt_ids;
 use super::send::{KIND_RECEIPT, KIND_TEXT, header_aad};
 use super::{Engine, Io, message_view};
@@ -197,6 +198,10 @@ impl Engine {
             Some(&KIND_TEXT) => {
                 let view = message_view(&conv, seq_no, &row.id, m, row.after_gap);
                 self.io.push(Io::Stream(StreamEvent::Message(view)));
+                self.redaction_waiting(conv, row.id, from);
+            }
+            Some(&KIND_REDACT) => {
+                let _ = self.redaction_arrived(conv, from, row.id, &m.body);
             }
             Some(&KIND_RECEIPT) => {
                 let ids = receipt_ids(&m.body[1..]);

@@ -3,7 +3,7 @@
 
 use cairn_mls::ConversationId;
 use cairn_proto::codec::Writer;
-use cairn_proto::envelope::pad;
+use cairn_proto::envelope::{erase_lock, pad};
 use cairn_proto::{Envelope, Id, Message, Topic, pow};
 
 use super::{Engine, Io, message_view, mls_err};
@@ -33,12 +33,29 @@ pub fn header_aad(topic: &Topic, timestamp_ms: u64, ttl_secs: u32, parents: &[Id
     blake3::derive_key("cairn 2026-12 envelope header aad v1", &w.finish())
 }
 
+/// The secret of an own envelope's erase lock: derived from the device key and what the
+/// signed inner message repeats of the header (topic, time, parents), so nothing needs keeping
+/// and only the sending device can compute it again.
+pub(super) fn erase_secret(device_key: &ed25519_dalek::SigningKey, m: &Message) -> [u8; 32] {
+    let mut w = Writer::with_capacity(32 + 32 + 8 + 2 + 32 * m.parents.len());
+    w.raw(&device_key.to_bytes());
+    w.raw(&m.topic.0);
+    w.u64(m.timestamp_ms);
+    w.u16(m.parents.len() as u16);
+    for p in &m.parents {
+        w.raw(&p.0);
+    }
+    blake3::derive_key("cairn 2026-12 envelope erase secret v1", &w.finish())
+}
+
 /// One message of a batch, ready to commit.
-struct Prepared {
+pub(super) struct Prepared {
     conv: ConversationId,
-    id: Id,
+    pub(super) id: Id,
     inner: Message,
     env: Envelope,
+    /// A text message (listed in the tail, its delivery tracked).
+    text: bool,
 }
 
 /// Text messages one batch sends at most (one durable commit for all of them).
@@ -79,7 +96,7 @@ impl Engine {
                 conv: p.conv.0,
                 id: p.id,
                 inner: p.inner.clone(),
-                text: true,
+                text: p.text,
                 after_gap: false,
             })
             .collect();
@@ -92,14 +109,36 @@ impl Engine {
         prepared.into_iter().map(|p| p.map(|p| self.sent(p, seqs.next().unwrap_or(0), now_ms))).collect()
     }
 
+    /// Sends one control message (not text: not in the tail, delivery not tracked), with its
+    /// own durable commit.
+    pub(super) fn send_control(
+        &mut self,
+        conv: ConversationId,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<SendResult, NodeError> {
+        let p = self.prepare_body(conv, body, false, &mut std::collections::HashMap::new(), now_ms)?;
+        let rows = [crate::db::Accepted {
+            conv: conv.0,
+            id: p.id,
+            inner: p.inner.clone(),
+            text: false,
+            after_gap: false,
+        }];
+        let seqs = self.commit_rows(&rows, std::slice::from_ref(&p.env))?;
+        Ok(self.sent(p, seqs.first().copied().unwrap_or(0), now_ms))
+    }
+
     /// After the commit: the chain, delivery tracking, the publication and the stream event.
     fn sent(&mut self, p: Prepared, seq_no: u64, now_ms: u64) -> SendResult {
         let parents = p.inner.parents.clone();
-        let fx = self.core.handle(Input::Sent { conv: p.conv, id: p.id, parents, text: true }, now_ms);
+        let fx = self.core.handle(Input::Sent { conv: p.conv, id: p.id, parents, text: p.text }, now_ms);
         self.apply_local(fx);
         self.io.push(Io::Publish(Box::new(p.env)));
-        let view = message_view(&p.conv, seq_no, &p.id, &p.inner, false);
-        self.io.push(Io::Stream(StreamEvent::Message(view)));
+        if p.text {
+            let view = message_view(&p.conv, seq_no, &p.id, &p.inner, false);
+            self.io.push(Io::Stream(StreamEvent::Message(view)));
+        }
         SendResult { id: p.id.to_hex(), delivery: self.core.delivery(&p.id).unwrap_or_default() }
     }
 
@@ -117,15 +156,27 @@ impl Engine {
                 text.len()
             )));
         }
+        let mut body = Vec::with_capacity(text.len() + 1);
+        body.push(KIND_TEXT);
+        body.extend_from_slice(text.as_bytes());
+        self.prepare_body(conv, body, true, last, now_ms)
+    }
+
+    /// Signs, encrypts, locks (see [`erase_secret`]) and mines one message body.
+    fn prepare_body(
+        &mut self,
+        conv: ConversationId,
+        body: Vec<u8>,
+        text: bool,
+        last: &mut std::collections::HashMap<ConversationId, Id>,
+        now_ms: u64,
+    ) -> Result<Prepared, NodeError> {
         if self.io.len() >= super::IO_QUEUE_MAX {
             return Err(NodeError::Busy);
         }
         if !self.mls.is_active(&conv).map_err(mls_err)? {
             return Err(NodeError::NotMember);
         }
-        let mut body = Vec::with_capacity(text.len() + 1);
-        body.push(KIND_TEXT);
-        body.extend_from_slice(text.as_bytes());
         let parents = match last.get(&conv) {
             Some(prev) => vec![*prev],
             None => self.core.parents_for(&conv),
@@ -138,14 +189,16 @@ impl Engine {
         let aad = header_aad(&topic, now_ms, self.cfg.ttl_secs, &parents);
         let ct = self.mls_send(&conv, &inner.encode(), &aad)?;
         let padded = pad(&ct, &self.cfg.limits).map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        let mut env = Envelope::new(topic, now_ms, self.cfg.ttl_secs, parents, padded);
+        let env = Envelope::new(topic, now_ms, self.cfg.ttl_secs, parents, padded);
+        let lock = erase_lock(&erase_secret(&self.keys.device_key, &inner));
+        let mut env = env.with_erase_lock(lock);
         if pow::mine(&mut env.header, self.cfg.difficulty, self.cfg.mine_attempts_max).is_none() {
             // Its ratchet step commits with the batch: a skipped generation, harmless.
             return Err(NodeError::Internal("proof of work not found within its bound".into()));
         }
         let id = env.id();
         last.insert(conv, id);
-        Ok(Prepared { conv, id, inner, env })
+        Ok(Prepared { conv, id, inner, env, text })
     }
 
     /// Commits the MLS state changes made since the last commit together with these rows

@@ -110,6 +110,15 @@ pub enum MeshCmd {
     Subscribe(Topic),
     /// Delete junk from the local history.
     Discard(Vec<Id>),
+    /// Erase a payload in the local history and, with the secret, on the store nodes.
+    Erase {
+        /// Conversation topic.
+        topic: Topic,
+        /// Envelope id.
+        id: Id,
+        /// Secret of its erase lock.
+        secret: Option<[u8; 32]>,
+    },
 }
 
 /// The actor's state.
@@ -356,6 +365,9 @@ impl Actor {
                 }
                 Io::Discard(ids) => {
                     let _ = self.mesh.blocking_send(MeshCmd::Discard(ids));
+                }
+                Io::Erase { topic, id, secret } => {
+                    let _ = self.mesh.blocking_send(MeshCmd::Erase { topic, id, secret });
                 }
                 Io::Stream(ev) => self.shared.emit(ev),
                 Io::Anchor { conv, head, count, deadline_ms } => {

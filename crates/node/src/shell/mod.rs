@@ -255,6 +255,17 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
                     tracing::warn!("subscribe: {e}");
                 }
             }
+            MeshCmd::Erase { topic, id, secret } => {
+                let history = net.history().clone();
+                match tokio::task::spawn_blocking(move || history.erase_payload(&id)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("erasing {} in the local history: {e}", id.short()),
+                    Err(e) => tracing::warn!("erasing {} in the local history: {e}", id.short()),
+                }
+                if let Some(secret) = secret {
+                    let _ = net.erase_at_stores(topic, id, secret).await;
+                }
+            }
             MeshCmd::Discard(ids) => {
                 let history = net.history().clone();
                 let n = ids.len();

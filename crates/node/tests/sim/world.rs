@@ -328,6 +328,11 @@ impl World {
                     let _ = h.remove(&ids);
                 }
             }
+            Io::Erase { id, .. } => {
+                if let Some(h) = &self.users[u].history {
+                    let _ = h.erase_payload(&id);
+                }
+            }
             Io::Stream(_) | Io::PublishKeyPackages | Io::Conversation { .. } | Io::Joined(_) => {}
         }
     }

@@ -1,0 +1,93 @@
+//! Redactions this device applied or is waiting to apply, in `node.redb`.
+//!
+//! Table `node_redactions`: target envelope id → (redaction envelope id, redacting account,
+//! applied). An applied row is the tombstone of an erased message: `verify` and the views
+//! report it as erased. A pending row names a target this device has not read yet (held for a
+//! future epoch): the redaction is applied when, and if, the target is read and its author is
+//! the redacting account.
+
+use cairn_proto::{AccountId, Id};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+
+use crate::db::NodeDb;
+use crate::error::NodeError;
+
+/// Value: (redaction id, redacting account, applied).
+type RedactionValue = (&'static [u8; 32], &'static [u8; 32], bool);
+const REDACTIONS: TableDefinition<'_, &[u8; 32], RedactionValue> = TableDefinition::new("node_redactions");
+
+/// Pending (not yet applied) redactions kept at most. Overflow policy: a redaction of an
+/// unread target arriving while the table holds this many rows is dropped (a member would
+/// have to send that many redactions of unknown messages, each a paid envelope); applied
+/// tombstones are never evicted.
+pub const PENDING_REDACTIONS_MAX: u64 = 10_000;
+
+fn storage(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(e.to_string())
+}
+
+/// One redaction row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedactionRow {
+    /// The redaction envelope.
+    pub redaction: Id,
+    /// The account that sent it.
+    pub by: AccountId,
+    /// Whether the target was erased.
+    pub applied: bool,
+}
+
+/// Creates the table (called from [`NodeDb::new`]).
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), NodeError> {
+    tx.open_table(REDACTIONS).map_err(storage)?;
+    Ok(())
+}
+
+impl NodeDb {
+    /// The redaction row of `target`, if any.
+    pub fn redaction(&self, target: &Id) -> Result<Option<RedactionRow>, NodeError> {
+        let tx = self.database().begin_read().map_err(storage)?;
+        let t = tx.open_table(REDACTIONS).map_err(storage)?;
+        Ok(t.get(&target.0).map_err(storage)?.map(|v| {
+            let (r, by, applied) = v.value();
+            RedactionRow { redaction: Id(*r), by: AccountId(*by), applied }
+        }))
+    }
+
+    /// Rows in the table (applied and pending).
+    pub fn redactions_len(&self) -> Result<u64, NodeError> {
+        let tx = self.database().begin_read().map_err(storage)?;
+        tx.open_table(REDACTIONS).map_err(storage)?.len().map_err(storage)
+    }
+
+    /// Records a redaction of a target not read yet; false if the pending bound is reached or
+    /// the target already has a row.
+    pub fn redaction_pending(&self, target: &Id, row: RedactionRow) -> Result<bool, NodeError> {
+        let tx = self.begin()?;
+        let kept = {
+            let mut t = tx.open_table(REDACTIONS).map_err(storage)?;
+            if t.get(&target.0).map_err(storage)?.is_some()
+                || t.len().map_err(storage)? >= PENDING_REDACTIONS_MAX
+            {
+                false
+            } else {
+                t.insert(&target.0, (&row.redaction.0, &row.by.0, false)).map_err(storage)?;
+                true
+            }
+        };
+        tx.commit().map_err(storage)?;
+        Ok(kept)
+    }
+
+    /// Erases a read message in one durable transaction: its plaintext goes, the tombstone row
+    /// stays.
+    pub fn redact(&self, target: &Id, redaction: Id, by: AccountId) -> Result<(), NodeError> {
+        let tx = self.begin()?;
+        self.forget_plain_in(&tx, target)?;
+        tx.open_table(REDACTIONS)
+            .map_err(storage)?
+            .insert(&target.0, (&redaction.0, &by.0, true))
+            .map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+}

@@ -1,0 +1,185 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Erasing a message in a 3-member group (engines driven in-process, envelopes handed over by
+//! the test): the author's redaction makes every member delete the plaintext and queue the
+//! erasure of the payload (local history, and store nodes with the lock's secret); a member
+//! offline during the redaction applies it on return, one that reads the redaction before the
+//! message applies it when the message arrives, and a redaction by a non-author changes nothing.
+
+use std::sync::Arc;
+
+use cairn_crypto::Identity;
+use cairn_mls::{ConversationId, KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
+use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io, Redaction};
+use cairn_node::error::NodeError;
+use cairn_node::model::StreamEvent;
+use cairn_proto::envelope::unpad;
+use cairn_proto::pow::Difficulty;
+use cairn_proto::{Envelope, Id, Limits, Message};
+use cairn_store::Store;
+use redb::Database;
+
+struct User {
+    engine: Engine,
+    /// What the shell was asked to do, since the last look.
+    io: Vec<Io>,
+    _dir: tempfile::TempDir,
+}
+
+fn user(now: u64) -> User {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let id = Identity::generate(now).unwrap();
+    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
+    let mut cfg = EngineConfig::new(limits);
+    cfg.difficulty = Difficulty { base_bits: 0 };
+    cfg.invitations = Invitations::Everyone;
+    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), io: Vec::new(), _dir: dir }
+}
+
+fn key_package(u: &mut User, now: u64) -> VerifiedKeyPackage {
+    let env = u.engine.key_package_envelope(1, 3600, now).unwrap();
+    let plain = unpad(env.payload.as_deref().unwrap()).unwrap();
+    let m = Message::decode(plain, &Limits::default()).unwrap();
+    let batch = KeyPackageBatch::decode(&m.body).unwrap();
+    cairn_mls::verify_key_package(batch.packages.first().unwrap()).unwrap()
+}
+
+/// Envelopes `u` published since the last call (the rest of its I/O is kept in `u.io`).
+fn published(u: &mut User) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    for io in u.engine.take_io() {
+        match io {
+            Io::Publish(env) => out.push(*env),
+            other => u.io.push(other),
+        }
+    }
+    out
+}
+
+fn deliver(to: &mut User, envs: &[Envelope], seq: &mut MemorySequencer, now: u64) {
+    let batch = envs.iter().map(|e| Arrival { id: e.id(), envelope: e.clone(), after_gap: false }).collect();
+    to.engine.receive(batch, seq, now);
+    let _ = published(to); // receipts and the like
+}
+
+/// The erasures `u`'s engine asked of its shell since the last call.
+fn erasures(u: &mut User) -> Vec<(Id, Option<[u8; 32]>)> {
+    let mut out = Vec::new();
+    u.io.retain(|io| match io {
+        Io::Erase { id, secret, .. } => {
+            out.push((*id, *secret));
+            false
+        }
+        _ => true,
+    });
+    out
+}
+
+fn texts(u: &User, conv: &ConversationId) -> Vec<String> {
+    u.engine
+        .db()
+        .messages(&conv.0, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|s| String::from_utf8_lossy(&s.message.body[1..]).into_owned())
+        .collect()
+}
+
+fn erased_event(u: &User, id: &Id) -> bool {
+    u.io.iter().any(|io| matches!(io, Io::Stream(StreamEvent::Erased { id: e, .. }) if *e == id.to_hex()))
+}
+
+#[test]
+fn an_erased_message_is_gone_from_every_member_and_only_its_author_can_erase_it() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob, mut carol) = (user(now), user(now), user(now));
+    let kps = vec![key_package(&mut bob, now), key_package(&mut carol, now)];
+    let (conv, _) = alice.engine.create(kps, &mut seq, now).unwrap();
+    let welcomes = published(&mut alice);
+    deliver(&mut bob, &welcomes, &mut seq, now);
+    deliver(&mut carol, &welcomes, &mut seq, now);
+    assert_eq!(bob.engine.conversations(), vec![conv]);
+    assert_eq!(carol.engine.conversations(), vec![conv]);
+
+    // Alice writes a canary and a second message; everyone reads both.
+    alice.engine.send_text(conv, "canary 7f3e", &mut seq, now + 1).unwrap();
+    alice.engine.send_text(conv, "kept", &mut seq, now + 2).unwrap();
+    let msgs = published(&mut alice);
+    let canary = msgs[0].clone();
+    let canary_id = canary.id();
+    assert_ne!(canary.header.erase_lock, [0; 32], "a sent envelope commits to an erase lock");
+    deliver(&mut bob, &msgs, &mut seq, now + 3);
+    deliver(&mut carol, &msgs, &mut seq, now + 3);
+    assert_eq!(texts(&bob, &conv), ["canary 7f3e", "kept"]);
+
+    // Bob may not erase Alice's message: refused before anything is sent.
+    assert!(matches!(bob.engine.erase(conv, canary_id, now + 4), Err(NodeError::BadRequest(_))));
+    assert!(published(&mut bob).is_empty());
+    // A modified client sends the redaction anyway: every member refuses it.
+    bob.engine
+        .send_redaction_unchecked(conv, Redaction { target: canary_id, secret: None }, now + 5)
+        .unwrap();
+    let forged = published(&mut bob);
+    deliver(&mut alice, &forged, &mut seq, now + 6);
+    deliver(&mut carol, &forged, &mut seq, now + 6);
+    assert_eq!(texts(&carol, &conv), ["canary 7f3e", "kept"], "a non-author's redaction changes nothing");
+    assert!(erasures(&mut carol).is_empty());
+    assert_eq!(texts(&alice, &conv), ["canary 7f3e", "kept"]);
+
+    // Alice erases it: her own copy goes at once, with the lock's secret for the stores.
+    let unknown = Id([9; 32]);
+    assert!(matches!(alice.engine.erase(conv, unknown, now + 7), Err(NodeError::NotFound(_))));
+    alice.engine.erase(conv, canary_id, now + 8).unwrap();
+    let redaction = published(&mut alice);
+    assert_eq!(redaction.len(), 1);
+    assert_eq!(texts(&alice, &conv), ["kept"]);
+    let asked = erasures(&mut alice);
+    assert_eq!(asked.len(), 1);
+    let secret = asked[0].1.expect("the sending device knows its lock's secret");
+    assert!(canary.header.erase_lock_opens(&secret));
+    assert!(erased_event(&alice, &canary_id));
+    assert!(matches!(alice.engine.erase(conv, canary_id, now + 9), Err(NodeError::Conflict(_))));
+
+    // Bob reads the redaction: plaintext gone, payload erasure queued with the same secret.
+    deliver(&mut bob, &redaction, &mut seq, now + 10);
+    assert_eq!(texts(&bob, &conv), ["kept"]);
+    assert!(bob.engine.db().plain(&canary_id).unwrap().is_none());
+    assert_eq!(erasures(&mut bob), vec![(canary_id, Some(secret))]);
+    assert!(bob.engine.db().redaction(&canary_id).unwrap().unwrap().applied);
+
+    // Carol was offline: more messages went by, and she applies it when she returns.
+    alice.engine.send_text(conv, "after", &mut seq, now + 11).unwrap();
+    let later = published(&mut alice);
+    let mut backlog = redaction.clone();
+    backlog.extend(later);
+    deliver(&mut carol, &backlog, &mut seq, now + 20);
+    assert_eq!(texts(&carol, &conv), ["kept", "after"]);
+    assert_eq!(erasures(&mut carol), vec![(canary_id, Some(secret))]);
+}
+
+#[test]
+fn a_redaction_read_before_its_message_is_applied_when_the_message_arrives() {
+    let now = 2_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let kp = key_package(&mut bob, now);
+    let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
+    let welcomes = published(&mut alice);
+    deliver(&mut bob, &welcomes, &mut seq, now);
+    assert_eq!(bob.engine.conversations(), vec![conv]);
+    alice.engine.send_text(conv, "secret plan", &mut seq, now + 1).unwrap();
+    let msg = published(&mut alice);
+    let id = msg[0].id();
+    alice.engine.erase(conv, id, now + 2).unwrap();
+    let redaction = published(&mut alice);
+    // The redaction overtakes the message (MLS opens either order within an epoch).
+    deliver(&mut bob, &redaction, &mut seq, now + 3);
+    assert!(bob.engine.db().redaction(&id).unwrap().is_some_and(|r| !r.applied), "waits for its target");
+    deliver(&mut bob, &msg, &mut seq, now + 4);
+    assert_eq!(bob.engine.db().count(&conv.0).unwrap(), 1, "the message was read");
+    assert!(texts(&bob, &conv).is_empty(), "read, then erased at once");
+    assert!(bob.engine.db().plain(&id).unwrap().is_none());
+    assert_eq!(erasures(&mut bob).into_iter().map(|(i, _)| i).collect::<Vec<_>>(), vec![id]);
+}
