@@ -222,7 +222,8 @@ export function Chat({ me, conv, live, deliveries, onDelivery, onChanged, onBack
             ref={input}
             rows={1}
             value={text}
-            placeholder="Message (Enter sends, Shift+Enter new line)"
+            placeholder="Write a message"
+            title="Enter sends, Shift+Enter starts a new line"
             onInput={(e) => setText((e.target as HTMLTextAreaElement).value)}
             onKeyDown={(e) => {
               if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {

@@ -240,6 +240,7 @@ function App() {
                   data-testid="conversation"
                 >
                   <span class="conv-name">{name}</span>
+                  {c.members.length > 2 && <span class="muted small">group of {c.members.length}</span>}
                   {!c.active && <span class="muted small"> (left)</span>}
                   {unread > 0 && !selected && (
                     <span class="unread" aria-label={`${unread} unread`} data-testid="unread">
