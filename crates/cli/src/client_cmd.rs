@@ -57,6 +57,14 @@ pub(crate) enum ClientCommand {
         #[arg(long, value_name = "SEQ")]
         after: Option<u64>,
     },
+    /// Erase one of your messages everywhere: every member deletes it and the store nodes drop
+    /// its ciphertext; its id and hash links stay, so `verify` still passes (and counts it).
+    Erase {
+        /// Conversation id (or a unique prefix of at least 8 hex digits).
+        conv: String,
+        /// Message id (64 hex digits, as `cairn tail` shows).
+        message: String,
+    },
     /// Check every signature, parent link and ledger anchor of a conversation's local history;
     /// exit status 0 only if it is intact.
     Verify {
@@ -189,6 +197,7 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Send { conv, text, wait, json } => run_send(home, &conv, &text, wait, json),
         ClientCommand::Tail { conv, follow, json, after } => run_tail(home, &conv, follow, json, after),
         ClientCommand::Verify { conv } => run_verify(home, &conv),
+        ClientCommand::Erase { conv, message } => run_erase(home, &conv, &message),
         ClientCommand::Handle(HandleCommand::Claim { name }) => run_handle_claim(home, &name),
         ClientCommand::Device(d) => match d {
             DeviceCommand::List { json } => run_device_list(home, json),
@@ -443,6 +452,13 @@ pub(crate) fn run_verify(home: &Path, conv: &str) -> anyhow::Result<()> {
     let first = v.first_problem.unwrap_or_else(|| "(the node named none)".to_string());
     println!("NOT intact: {} problem(s); first: {first}", v.problems);
     bail!("the history of {conv} is not intact: {first}")
+}
+
+/// `cairn erase <conv> <message>`.
+pub(crate) fn run_erase(home: &Path, conv: &str, message: &str) -> anyhow::Result<()> {
+    let r = client(home)?.erase(conv, message)?;
+    println!("erased {message} (redaction {} sent to the members; store nodes asked to drop it)", r.id);
+    Ok(())
 }
 
 /// `cairn handle claim <name>`.

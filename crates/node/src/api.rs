@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/conversations/{id}/leave"),
     ("POST", "/v1/conversations/{id}/messages"),
     ("GET", "/v1/conversations/{id}/messages"),
+    ("DELETE", "/v1/conversations/{id}/messages/{message}"),
     ("POST", "/v1/conversations/{id}/verify"),
     ("POST", "/v1/handle"),
     ("GET", "/v1/devices"),
@@ -188,6 +189,7 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("POST", "/v1/conversations/{id}/leave") => post(leave::<B>),
         ("POST", "/v1/conversations/{id}/messages") => post(send::<B>),
         ("GET", "/v1/conversations/{id}/messages") => get(messages::<B>),
+        ("DELETE", "/v1/conversations/{id}/messages/{message}") => delete(erase::<B>),
         ("POST", "/v1/conversations/{id}/verify") => post(verify::<B>),
         ("POST", "/v1/handle") => post(claim_handle::<B>),
         ("GET", "/v1/devices") => get(devices::<B>),
@@ -453,6 +455,13 @@ async fn remove_member<B: Backend>(
     ApiPath((id, member)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
     ok(ctx.backend.remove_member(id, member).await)
+}
+
+async fn erase<B: Backend>(
+    State(ctx): St<B>,
+    ApiPath((id, message)): ApiPath<(String, String)>,
+) -> ApiResult<axum::Json<crate::model::SendResult>> {
+    Ok(axum::Json(ctx.backend.erase(id, message).await?))
 }
 
 async fn leave<B: Backend>(State(ctx): St<B>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {

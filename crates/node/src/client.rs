@@ -156,6 +156,11 @@ impl Client {
         self.expect_no_body(resp)
     }
 
+    /// `DELETE /v1/conversations/{id}/messages/{message}`: erases an own message everywhere.
+    pub fn erase(&self, id: &str, message: &str) -> Result<SendResult, ClientError> {
+        self.delete(&format!("/v1/conversations/{}/messages/{}", seg(id), seg(message)))
+    }
+
     /// `POST /v1/conversations/{id}/messages`: answers at once with state `sent`.
     pub fn send(&self, id: &str, text: &str) -> Result<SendResult, ClientError> {
         self.send_wait(id, text, 0)

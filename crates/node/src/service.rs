@@ -498,6 +498,14 @@ impl Backend for Service {
         self.ask(|r| Job::Leave(conv, r)).await
     }
 
+    async fn erase(&self, id: String, message: String) -> ApiResult<SendResult> {
+        let conv = self.find_conversation(&id)?;
+        let target = cairn_proto::Id::from_hex(&message).ok_or_else(|| {
+            ApiError::BadRequest("a message id is 64 hex digits (see `cairn tail <conv>`)".into())
+        })?;
+        self.ask(|r| Job::Erase(conv, target, r)).await
+    }
+
     async fn send(&self, id: String, text: String) -> ApiResult<SendResult> {
         let conv = self.find_conversation(&id)?;
         self.ask(|r| Job::Send(conv, text, r)).await

@@ -88,6 +88,8 @@ pub enum Job {
     Leave(ConversationId, Reply<()>),
     /// Send a text.
     Send(ConversationId, String, Reply<SendResult>),
+    /// Erase an own message.
+    Erase(ConversationId, Id, Reply<SendResult>),
     /// Remove a revoked device everywhere.
     Revoke(DeviceId, Reply<()>),
     /// Conversations a new device of this account still has to join.
@@ -276,6 +278,10 @@ impl Actor {
             }
             Job::Send(conv, text, reply) => {
                 let r = self.engine.send_text(conv, &text, &mut self.sequencer, now);
+                self.answer(reply, r);
+            }
+            Job::Erase(conv, target, reply) => {
+                let r = self.engine.erase(conv, target, now);
                 self.answer(reply, r);
             }
             Job::Revoke(device, reply) => {

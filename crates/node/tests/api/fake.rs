@@ -176,6 +176,18 @@ impl Backend for Fake {
         Ok(SendResult { id: msg.id, delivery: delivery() })
     }
 
+    async fn erase(&self, id: String, message: String) -> ApiResult<SendResult> {
+        self.with_conv(&id, |(_, msgs)| {
+            let before = msgs.len();
+            msgs.retain(|m| m.id != message);
+            if msgs.len() == before {
+                return Err(ApiError::NotFound(format!("no message {message}")));
+            }
+            Ok(())
+        })?;
+        Ok(SendResult { id: format!("{:064x}", u64::MAX), delivery: delivery() })
+    }
+
     async fn messages(&self, id: String, query: TailQuery) -> ApiResult<Vec<MessageView>> {
         let deadline = Instant::now() + Duration::from_millis(query.wait_ms.unwrap_or(0).min(3_000));
         loop {
