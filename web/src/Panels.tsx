@@ -210,7 +210,7 @@ export function Requests({ report, onJoined }: { report: Report; onJoined: (c: C
   }, []);
   if (!list.length) return null;
   return (
-    <div class="requests" aria-label="Invitations">
+    <section class="requests" aria-label="Invitations">
       <h3>Invitations</h3>
       <ul class="plain">
         {list.map((r) => (
@@ -245,6 +245,6 @@ export function Requests({ report, onJoined }: { report: Report; onJoined: (c: C
           </li>
         ))}
       </ul>
-    </div>
+    </section>
   );
 }

@@ -102,6 +102,14 @@ test('messages both ways in order, with delivery states', async () => {
   const alice = pages.get('alice')!;
   const bob = pages.get('bob')!;
   await openChat(bob, '@alice');
+  // Layout shifts on bob's page while messages arrive (rows are positioned by transform).
+  await bob.evaluate(() => {
+    const w = window as unknown as { cls: number };
+    w.cls = 0;
+    new PerformanceObserver((l) => {
+      for (const e of l.getEntries() as unknown as { value: number; hadRecentInput: boolean }[]) if (!e.hadRecentInput) w.cls += e.value;
+    }).observe({ type: 'layout-shift', buffered: false });
+  });
   for (let i = 1; i <= 3; i++) await send(alice, `hello bob ${i}`);
   await expect(bubbles(bob)).toHaveText(['hello bob 1', 'hello bob 2', 'hello bob 3']);
   await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/);
@@ -117,6 +125,9 @@ test('messages both ways in order, with delivery states', async () => {
     await expect(bubbles(bob).last()).toHaveText(`ping ${i}`);
     lat.push(Date.now() - t0);
   }
+  const cls = await bob.evaluate(() => (window as unknown as { cls: number }).cls);
+  console.log(`layout shift on the receiving page over 23 arrivals: ${cls.toFixed(4)}`);
+  expect(cls, 'no layout shift when messages arrive').toBeLessThan(0.01);
   lat.sort((a, b) => a - b);
   const pct = (p: number) => lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))];
   console.log(`web send→shown (alice→bob, ${lat.length} messages): p50 ${pct(50)} ms, p99 ${pct(99)} ms, max ${lat[lat.length - 1]} ms`);
@@ -227,4 +238,25 @@ test('devices, narrow screen and dark theme', async () => {
   expect(scroll, 'no horizontal scrolling at 360 px').toBeLessThanOrEqual(360);
   await alice.screenshot({ path: join(SHOTS, 'narrow-dark.png') });
   await axe(alice, 'narrow dark chat');
+});
+
+test('an invitation from a stranger waits for consent', async ({ browser }) => {
+  const alice = pages.get('alice')!;
+  await alice.setViewportSize({ width: 1100, height: 760 });
+  const dave = await open(browser, await net.addUser('dave', 'ask'));
+  const daveAccount = await dave.evaluate(async () => (await (await fetch('/v1/status')).json()).account as string);
+  await alice.getByRole('button', { name: 'New conversation' }).click();
+  await alice.getByLabel(/^Members/).fill(daveAccount);
+  await expect(async () => {
+    await alice.getByRole('button', { name: 'Create' }).click();
+    await expect(alice.getByRole('button', { name: 'Verify' })).toBeVisible({ timeout: 10_000 });
+  }).toPass({ timeout: 90_000, intervals: [2_000] });
+  const invitations = dave.getByRole('region', { name: 'Invitations' });
+  await expect(invitations).toBeVisible({ timeout: 60_000 });
+  await expect(dave.getByTestId('conversation')).toHaveCount(0);
+  await invitations.getByRole('button', { name: 'Accept' }).click();
+  await expect(dave.getByTestId('conversation')).toHaveCount(1, { timeout: 60_000 });
+  await openChat(dave, '@alice');
+  await send(alice, 'welcome dave');
+  await expect(bubbles(dave).last()).toHaveText('welcome dave');
 });

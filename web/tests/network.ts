@@ -19,6 +19,7 @@ export interface User {
   api: string;
   proc?: ChildProcess;
   log: string[];
+  invitations?: 'everyone' | 'ask';
 }
 
 async function freePort(): Promise<number> {
@@ -93,8 +94,8 @@ export class Network {
   }
 
   /** A user's node joining the network (`cairn init` + `cairn up`), on a fixed API port. */
-  async addUser(name: string): Promise<User> {
-    const u: User = { name, home: join(this.dir, name), pass: `${name} passphrase 1`, port: await freePort(), api: '', log: [] };
+  async addUser(name: string, invitations: 'everyone' | 'ask' = 'everyone'): Promise<User> {
+    const u: User = { name, home: join(this.dir, name), pass: `${name} passphrase 1`, port: await freePort(), api: '', log: [], invitations };
     this.users.set(name, u);
     await run(BIN, ['--home', u.home, 'init'], { env: this.env(u) });
     await this.startNode(u);
@@ -102,7 +103,7 @@ export class Network {
   }
 
   async startNode(u: User): Promise<void> {
-    const args = ['--home', u.home, 'up', '--genesis', this.genesis, '--bootstrap', this.bootstrap, '--api', `127.0.0.1:${u.port}`, '--invitations', 'everyone'];
+    const args = ['--home', u.home, 'up', '--genesis', this.genesis, '--bootstrap', this.bootstrap, '--api', `127.0.0.1:${u.port}`, '--invitations', u.invitations ?? 'everyone'];
     const p = spawn(BIN, args, { env: this.env(u), stdio: ['ignore', 'ignore', 'pipe'] });
     p.stderr!.on('data', (d) => u.log.push(String(d)));
     u.proc = p;
