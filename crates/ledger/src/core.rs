@@ -199,6 +199,18 @@ impl Ledger {
         crate::state::Executor::new(&ov, c.chain).params()
     }
 
+    /// Runs the read-only `query` of the contract at `contract` with `msg` on the finalized
+    /// state: its output and the fuel used, or why it failed (no such contract, a trap).
+    pub fn query_contract(
+        &self,
+        contract: &[u8; 32],
+        msg: &[u8],
+    ) -> Result<(Vec<u8>, u64), crate::tx::TxError> {
+        let c = self.lock();
+        let ov = c.db.overlay(Vec::new());
+        crate::state::Executor::new(&ov, c.chain).query(contract, msg)
+    }
+
     /// Balance of `account` in the finalized state (`None`: not registered).
     pub fn balance(&self, account: &cairn_proto::AccountId) -> Option<u64> {
         let c = self.lock();
@@ -477,7 +489,7 @@ impl Ledger {
                     ex.nonce(&t.signer).unwrap_or(0),
                     t.nonce,
                     ex.spendable(&t),
-                    ex.params().fee(bytes.len(), 0),
+                    ex.params().fee(bytes.len(), t.body.fuel_limit()),
                 ))
             };
             let transient = match &d.error {

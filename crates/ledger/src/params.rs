@@ -4,8 +4,10 @@
 //! are covered by every state root, provable to light clients, and read by every validator's
 //! executor from the same place.
 //!
-//! **Fee.** Every admitted transaction pays `fee_per_byte × encoded length` (plus, later,
-//! `fee_per_fuel × fuel` once contracts meter fuel; no transaction uses fuel today), debited
+//! **Fee.** Every admitted transaction pays `fee_per_byte × encoded length` plus, for a
+//! contract call, `fee_per_fuel × fuel used` (the call's fuel limit is reserved at admission
+//! and the unused part refunded after execution; host calls cost fuel by the versioned
+//! [`FuelSchedule`] kept here), debited
 //! from the balance of the account it acts for, whichever of its keys signed it. The fee is
 //! **burned**: it is removed from the payer's balance and credited to no one. Burning (rather
 //! than paying the block proposer) needs no proposer identity in the header and gives a
@@ -18,6 +20,7 @@
 //! resistant: real networks set `faucet 0` and fund accounts by genesis allocation and
 //! transfers.
 
+use cairn_contracts::FuelSchedule;
 use cairn_proto::codec::{DecodeError, Reader, Writer};
 
 /// Default fee per byte of encoded transaction, in balance units (units per byte).
@@ -32,23 +35,28 @@ pub const FEE_PER_FUEL_MAX: u64 = 1 << 32;
 pub const DEV_FAUCET_GRANT: u64 = 10_000_000_000;
 /// Largest faucet credit a genesis may set, in balance units.
 pub const FAUCET_GRANT_MAX: u64 = 1_000_000_000_000_000;
+/// Version 1: no fuel schedule recorded (it is [`FuelSchedule::default`]).
 const PARAMS_VERSION: u8 = 1;
+/// Version 2: a fuel schedule other than the default follows.
+const PARAMS_VERSION_FUEL: u8 = 2;
 
 /// The chain's fee and faucet parameters.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Params {
     /// Fee per byte of encoded transaction, in balance units (at least 1).
     pub fee_per_byte: u64,
-    /// Fee per unit of contract fuel, in balance units (reserved: nothing consumes fuel yet).
+    /// Fee per unit of contract fuel, in balance units.
     pub fee_per_fuel: u64,
     /// Credit given to an account when it registers, in balance units; 0 disables the faucet.
     pub faucet: u64,
+    /// Fuel charged by contract host calls.
+    pub fuel: FuelSchedule,
 }
 
 impl Default for Params {
     /// The production default: fees at [`DEFAULT_FEE_PER_BYTE`], no faucet.
     fn default() -> Self {
-        Self { fee_per_byte: DEFAULT_FEE_PER_BYTE, fee_per_fuel: 0, faucet: 0 }
+        Self { fee_per_byte: DEFAULT_FEE_PER_BYTE, fee_per_fuel: 0, faucet: 0, fuel: FuelSchedule::default() }
     }
 }
 
@@ -84,28 +92,51 @@ impl Params {
         if self.faucet > FAUCET_GRANT_MAX {
             return Err("faucet is over the limit of 10^15");
         }
+        self.fuel.check().map_err(|_| "a fuel schedule entry is over the limit of 2^32")?;
         Ok(())
     }
 
-    /// Canonical encoding (the state record).
+    /// Canonical encoding (the state record): version 1 while the fuel schedule is the
+    /// default (so existing genesis states keep their roots), version 2 with it otherwise.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(25);
-        w.u8(PARAMS_VERSION);
+        let custom = self.fuel != FuelSchedule::default();
+        let mut w = Writer::with_capacity(25 + cairn_contracts::fuel::SCHEDULE_BYTES);
+        w.u8(if custom { PARAMS_VERSION_FUEL } else { PARAMS_VERSION });
         w.u64(self.fee_per_byte);
         w.u64(self.fee_per_fuel);
         w.u64(self.faucet);
+        if custom {
+            self.fuel.encode_to(&mut w);
+        }
         w.finish()
     }
 
-    /// Decodes a state record (fixed size; bounds checked).
+    /// Decodes a state record (fixed size per version; bounds checked).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version("params", PARAMS_VERSION)?;
-        let p = Self {
+        let version = r.u8("params.version")?;
+        if version != PARAMS_VERSION && version != PARAMS_VERSION_FUEL {
+            return Err(DecodeError::UnsupportedVersion {
+                what: "params",
+                found: version,
+                supported: PARAMS_VERSION_FUEL,
+            });
+        }
+        let mut p = Self {
             fee_per_byte: r.u64("params.fee_per_byte")?,
             fee_per_fuel: r.u64("params.fee_per_fuel")?,
             faucet: r.u64("params.faucet")?,
+            fuel: FuelSchedule::default(),
         };
+        if version == PARAMS_VERSION_FUEL {
+            p.fuel = FuelSchedule::decode_from(&mut r)?;
+            if p.fuel == FuelSchedule::default() {
+                return Err(DecodeError::NonCanonical {
+                    field: "params",
+                    reason: "default fuel schedule in version 2",
+                });
+            }
+        }
         r.finish()?;
         p.check().map_err(|reason| DecodeError::Invalid { field: "params", reason })?;
         Ok(p)
@@ -128,5 +159,15 @@ mod tests {
         assert!(Params { faucet: FAUCET_GRANT_MAX + 1, ..p }.check().is_err());
         assert!(!Params::default().faucet_enabled());
         assert_eq!(Params { fee_per_byte: u64::MAX, ..p }.fee(usize::MAX, 0), u64::MAX);
+        // the default schedule keeps the version 1 record; another one is recorded
+        assert_eq!(p.encode().len(), 25);
+        let custom = Params { fuel: FuelSchedule { per_byte: 3, ..FuelSchedule::default() }, ..p };
+        assert_eq!(Params::decode(&custom.encode()).unwrap(), custom);
+        let mut non_canonical = p.encode();
+        non_canonical[0] = 2;
+        let mut w = Writer::with_capacity(64);
+        FuelSchedule::default().encode_to(&mut w);
+        non_canonical.extend_from_slice(&w.finish());
+        assert!(Params::decode(&non_canonical).is_err());
     }
 }

@@ -29,6 +29,14 @@ const TX_ID_DOMAIN: &str = "cairn 2026-11 ledger tx id v1";
 const TX_VERSION: u8 = 1;
 /// Kind byte of [`TxBody::AddDevice`] (kind 1, without the device's consent, is retired).
 const ADD_DEVICE_KIND: u8 = 11;
+const DEPLOY_KIND: u8 = 12;
+const INSTANTIATE_KIND: u8 = 13;
+const EXECUTE_KIND: u8 = 14;
+/// Largest contract message (an instantiate or execute input), in bytes.
+pub const CONTRACT_MSG_MAX: usize = 16 * 1024;
+/// Largest contract code a transaction carries, in bytes: the ledger's module limit
+/// ([`cairn_contracts::Limits::LEDGER`], 512 KiB) cut to what fits in [`TX_BYTES_MAX`].
+pub const CODE_BYTES_MAX: usize = TX_BYTES_MAX - 256;
 
 /// Largest encoded transaction, in bytes (a full handshake message plus the envelope).
 pub const TX_BYTES_MAX: usize = HANDSHAKE_BYTES_MAX + 512;
@@ -131,6 +139,36 @@ pub enum TxBody {
         to: AccountId,
         /// Amount.
         amount: u64,
+    },
+    /// Stores contract code (checked against the upload rules), named by its
+    /// [`cairn_contracts::code_hash`].
+    Deploy {
+        /// The WebAssembly module (at most [`CODE_BYTES_MAX`]).
+        code: Vec<u8>,
+    },
+    /// Creates a contract instance of stored code at [`crate::state::contract_address`], moves
+    /// `funds` to it and runs its `init` with `msg`.
+    Instantiate {
+        /// Hash of deployed code.
+        code_hash: [u8; 32],
+        /// Input of `init` (at most [`CONTRACT_MSG_MAX`]).
+        msg: Vec<u8>,
+        /// Amount moved from the account to the contract before `init` runs.
+        funds: u64,
+        /// Most fuel the call may use (at most [`crate::state::FUEL_LIMIT_MAX`]); the fee for
+        /// all of it is reserved, the unused part refunded.
+        fuel_limit: u64,
+    },
+    /// Runs a contract's `execute` with `msg`, after moving `funds` to it.
+    Execute {
+        /// Contract address.
+        contract: [u8; 32],
+        /// Input of `execute` (at most [`CONTRACT_MSG_MAX`]).
+        msg: Vec<u8>,
+        /// Amount moved from the account to the contract before the call.
+        funds: u64,
+        /// Most fuel the call may use (at most [`crate::state::FUEL_LIMIT_MAX`]).
+        fuel_limit: u64,
     },
 }
 
@@ -323,6 +361,27 @@ pub enum TxError {
         /// Per-signer bound, bytes.
         max: usize,
     },
+    /// Contract code breaks an upload rule (the message names it).
+    #[error("contract code refused: {0}")]
+    CodeRefused(String),
+    /// No code with this hash is deployed.
+    #[error("no contract code with this hash: deploy it first")]
+    UnknownCode,
+    /// No contract at this address.
+    #[error("no contract at this address")]
+    UnknownContract,
+    /// The contract call trapped (aborted, ran out of fuel, broke a limit); all its effects are
+    /// reverted, the fee for the fuel used is paid.
+    #[error("contract call failed: {0}")]
+    ContractFailed(String),
+    /// The fuel limit is over [`crate::state::FUEL_LIMIT_MAX`].
+    #[error("fuel limit {got} is over the maximum of {max}: split the work into several calls")]
+    FuelLimitTooHigh {
+        /// Limit given.
+        got: u64,
+        /// Maximum.
+        max: u64,
+    },
     /// The validator's mempool holds its byte bound (transient: retry later or at another
     /// validator).
     #[error("mempool is full ({max} bytes): retry later or at another validator")]
@@ -370,6 +429,11 @@ impl TxError {
             Self::DeviceClaimed => 32,
             Self::BadDeviceBinding => 33,
             Self::HandleLookAlike { .. } => 34,
+            Self::CodeRefused(_) => 35,
+            Self::UnknownCode => 36,
+            Self::UnknownContract => 37,
+            Self::ContractFailed(_) => 38,
+            Self::FuelLimitTooHigh { .. } => 39,
         }
     }
 }
@@ -499,6 +563,32 @@ impl TxBody {
                 w.raw(&to.0);
                 w.u64(*amount);
             }
+            Self::Deploy { code } => {
+                w.u8(DEPLOY_KIND);
+                w.bytes(code);
+            }
+            Self::Instantiate { code_hash, msg, funds, fuel_limit } => {
+                w.u8(INSTANTIATE_KIND);
+                w.raw(code_hash);
+                w.bytes(msg);
+                w.u64(*funds);
+                w.u64(*fuel_limit);
+            }
+            Self::Execute { contract, msg, funds, fuel_limit } => {
+                w.u8(EXECUTE_KIND);
+                w.raw(contract);
+                w.bytes(msg);
+                w.u64(*funds);
+                w.u64(*fuel_limit);
+            }
+        }
+    }
+
+    /// The most fuel this body may use (0 for everything but contract calls).
+    pub fn fuel_limit(&self) -> u64 {
+        match self {
+            Self::Instantiate { fuel_limit, .. } | Self::Execute { fuel_limit, .. } => *fuel_limit,
+            _ => 0,
         }
     }
 
@@ -537,6 +627,19 @@ impl TxBody {
                 count: r.u64("tx.count")?,
             },
             10 => Self::Transfer { to: AccountId(r.array("tx.to")?), amount: r.u64("tx.amount")? },
+            DEPLOY_KIND => Self::Deploy { code: r.bytes(CODE_BYTES_MAX, "tx.code")?.to_vec() },
+            INSTANTIATE_KIND => Self::Instantiate {
+                code_hash: r.array("tx.code_hash")?,
+                msg: r.bytes(CONTRACT_MSG_MAX, "tx.msg")?.to_vec(),
+                funds: r.u64("tx.funds")?,
+                fuel_limit: r.u64("tx.fuel_limit")?,
+            },
+            EXECUTE_KIND => Self::Execute {
+                contract: r.array("tx.contract")?,
+                msg: r.bytes(CONTRACT_MSG_MAX, "tx.msg")?.to_vec(),
+                funds: r.u64("tx.funds")?,
+                fuel_limit: r.u64("tx.fuel_limit")?,
+            },
             _ => return Err(DecodeError::Invalid { field: "tx.kind", reason: "unknown transaction kind" }),
         })
     }
@@ -693,6 +796,9 @@ mod tests {
             TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 3, payload: vec![1, 2, 3] },
             TxBody::Anchor { topic: Topic([1; 32]), head: Id([2; 32]), count: 9 },
             TxBody::Transfer { to: AccountId([9; 32]), amount: 77 },
+            TxBody::Deploy { code: vec![0, 97, 115, 109] },
+            TxBody::Instantiate { code_hash: [3; 32], msg: vec![1, 2], funds: 5, fuel_limit: 1000 },
+            TxBody::Execute { contract: [4; 32], msg: vec![], funds: 0, fuel_limit: 7 },
         ];
         for body in bodies {
             let tx = Tx::sign([0; 32], acct, &k, 4, body);

@@ -36,6 +36,9 @@ fn key() -> impl Strategy<Value = StateKey> {
         Just(StateKey::Meta),
         Just(StateKey::Params),
         any::<[u8; 32]>().prop_map(|d| StateKey::KeyPackages(cairn_proto::DeviceId(d))),
+        any::<[u8; 32]>().prop_map(StateKey::Code),
+        any::<[u8; 32]>().prop_map(StateKey::Contract),
+        (any::<[u8; 32]>(), bytes(128)).prop_map(|(a, k)| StateKey::ContractState(a, k)),
     ]
 }
 
@@ -213,7 +216,7 @@ fn unknown_kinds_are_named() {
     assert_eq!(Request::decode(&[2, 0]), Err(ProtocolError::UnknownKind { what: "request", kind: 0 }));
     assert_eq!(Request::decode(&[2, 9]), Err(ProtocolError::UnknownKind { what: "request", kind: 9 }));
     assert_eq!(Response::decode(&[2, 10]), Err(ProtocolError::UnknownKind { what: "response", kind: 10 }));
-    assert_eq!(Request::decode(&[2, 5, 9]), Err(ProtocolError::UnknownKind { what: "state key", kind: 9 }));
+    assert_eq!(Request::decode(&[2, 5, 12]), Err(ProtocolError::UnknownKind { what: "state key", kind: 12 }));
     assert_eq!(Response::decode(&[2, 3, 4]), Err(ProtocolError::UnknownKind { what: "tx status", kind: 4 }));
     assert_eq!(Response::decode(&[2, 1, 2]), Err(ProtocolError::UnknownKind { what: "admission", kind: 2 }));
 }

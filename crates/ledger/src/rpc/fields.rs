@@ -111,6 +111,19 @@ pub(super) fn write_key(w: &mut Writer, key: &StateKey) {
             w.u8(8);
             w.raw(&d.0);
         }
+        StateKey::Code(h) => {
+            w.u8(9);
+            w.raw(h);
+        }
+        StateKey::Contract(a) => {
+            w.u8(10);
+            w.raw(a);
+        }
+        StateKey::ContractState(a, k) => {
+            w.u8(11);
+            w.raw(a);
+            w.bytes(k);
+        }
     }
 }
 
@@ -125,6 +138,12 @@ pub(super) fn read_key(r: &mut Reader<'_>) -> Result<StateKey, ProtocolError> {
         6 => StateKey::Params,
         7 => StateKey::DeviceOwner(DeviceId(r.array("key.device")?)),
         8 => StateKey::KeyPackages(DeviceId(r.array("key.device")?)),
+        9 => StateKey::Code(r.array("key.code")?),
+        10 => StateKey::Contract(r.array("key.contract")?),
+        11 => StateKey::ContractState(
+            r.array("key.contract")?,
+            r.bytes(cairn_contracts::Limits::LEDGER.state_key_max, "key.contract_state")?.to_vec(),
+        ),
         other => return Err(ProtocolError::UnknownKind { what: "state key", kind: other }),
     })
 }

@@ -57,7 +57,7 @@ pub fn remote_status(s: TxStatus) -> RemoteStatus {
 
 fn remote_outcome(o: Outcome) -> RemoteOutcome {
     match o {
-        Outcome::Applied => RemoteOutcome::Applied,
+        Outcome::Applied | Outcome::Contract { .. } => RemoteOutcome::Applied,
         Outcome::Sequenced { topic, seq } => RemoteOutcome::Sequenced { topic, seq },
         Outcome::Failed(e) => {
             let stale = match e {

@@ -174,6 +174,13 @@ impl Machine {
         Executor::new(&ov, self.chain).device_owner(device)
     }
 
+    /// Runs the read-only `query` of the contract at `contract` with `msg`: its output and the
+    /// fuel used.
+    pub fn query(&self, contract: &[u8; 32], msg: &[u8]) -> Result<(Vec<u8>, u64), TxError> {
+        let ov = self.db.overlay(Vec::new());
+        Executor::new(&ov, self.chain).query(contract, msg)
+    }
+
     /// Next nonce of a signer.
     pub fn nonce(&self, signer: &[u8; 32]) -> u64 {
         let ov = self.db.overlay(Vec::new());

@@ -39,12 +39,27 @@ pub struct Executor<'a> {
     undo: Option<Vec<UndoEntry>>,
     /// The chain's parameters, read from the state on first use.
     params: std::cell::OnceCell<Params>,
+    /// Height of the block being executed (set by [`Self::set_height`]).
+    pub(super) height: u64,
+    /// Fuel used by the contract call of the transaction being applied.
+    pub(super) fuel_used: u64,
+    /// The contract runtime, built with the chain's fuel schedule on first use.
+    pub(super) runtime: std::cell::OnceCell<cairn_contracts::Runtime>,
 }
 
 impl<'a> Executor<'a> {
     /// An executor over `base` for chain `chain`.
     pub fn new(base: &'a dyn StateRead, chain: [u8; 32]) -> Self {
-        Self { base, chain, writes: BTreeMap::new(), undo: None, params: std::cell::OnceCell::new() }
+        Self {
+            base,
+            chain,
+            writes: BTreeMap::new(),
+            undo: None,
+            params: std::cell::OnceCell::new(),
+            height: 0,
+            fuel_used: 0,
+            runtime: std::cell::OnceCell::new(),
+        }
     }
 
     /// The writes so far.
@@ -52,7 +67,7 @@ impl<'a> Executor<'a> {
         self.writes
     }
 
-    fn raw(&self, key: &StateKey) -> Option<Vec<u8>> {
+    pub(super) fn raw(&self, key: &StateKey) -> Option<Vec<u8>> {
         let kh = key.hash();
         match self.writes.get(&kh) {
             Some(v) => v.clone(),
@@ -83,7 +98,7 @@ impl<'a> Executor<'a> {
         Ok(self.raw(&StateKey::Topic(*t)).map(|b| TopicState::decode(&b)).transpose()?.unwrap_or_default())
     }
 
-    fn put(&mut self, key: StateKey, value: Option<Vec<u8>>) {
+    pub(super) fn put(&mut self, key: StateKey, value: Option<Vec<u8>>) {
         let kh = key.hash();
         let prev = self.writes.insert(kh, value);
         if let Some(undo) = self.undo.as_mut() {
@@ -121,6 +136,7 @@ impl<'a> Executor<'a> {
 
     /// Records the height of the block being executed.
     pub fn set_height(&mut self, height: u64) {
+        self.height = height;
         self.put(StateKey::Meta, Some(height.to_be_bytes().to_vec()));
     }
 
@@ -181,7 +197,12 @@ impl<'a> Executor<'a> {
                 return Err(TxError::NonceTooFar { expected, got: tx.nonce, window });
             }
         }
-        let fee = self.params().fee(len, 0);
+        let fuel_limit = tx.body.fuel_limit();
+        if fuel_limit > super::FUEL_LIMIT_MAX {
+            return Err(TxError::FuelLimitTooHigh { got: fuel_limit, max: super::FUEL_LIMIT_MAX });
+        }
+        // a contract call reserves the fee of its whole fuel limit; the unused part is refunded
+        let fee = self.params().fee(len, fuel_limit);
         let have = self.spendable(tx).saturating_sub(reserved);
         if have < fee {
             return Err(TxError::FeeUnpaid { have, need: fee });
@@ -207,6 +228,7 @@ impl<'a> Executor<'a> {
             self.put(StateKey::Account(tx.account), Some(payer.encode()));
         }
         self.undo = Some(Vec::new());
+        self.fuel_used = 0;
         let res = self.effect(tx, fee);
         let undo = self.undo.take().unwrap_or_default();
         let outcome = match res {
@@ -222,6 +244,7 @@ impl<'a> Executor<'a> {
                 Outcome::Failed(e)
             }
         };
+        self.refund_fuel(tx);
         Ok(Receipt { tx: id, outcome })
     }
 
@@ -399,6 +422,13 @@ impl<'a> Executor<'a> {
                 }
                 let rec = AnchorRecord { head: *head, count: *count, by: id };
                 self.put(StateKey::Anchor(*topic), Some(rec.encode()));
+            }
+            TxBody::Deploy { code } => return self.deploy(code),
+            TxBody::Instantiate { code_hash, msg, funds, fuel_limit } => {
+                return self.instantiate(tx, code_hash, msg, *funds, *fuel_limit);
+            }
+            TxBody::Execute { contract, msg, funds, fuel_limit } => {
+                return self.execute_contract(tx, contract, msg, *funds, *fuel_limit);
             }
             TxBody::Transfer { to, amount } => {
                 if *to == id {

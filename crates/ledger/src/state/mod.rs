@@ -12,6 +12,7 @@
 //!   agreed answer.
 
 mod block;
+mod contracts;
 mod db;
 mod executor;
 mod records;
@@ -22,10 +23,12 @@ use sha2::Sha256;
 use thiserror::Error;
 
 pub use block::{BlockError, Dropped, Executed, Machine, Mode, execute, genesis_layer};
+pub use contracts::{FUEL_LIMIT_MAX, QUERY_FUEL, contract_address};
 pub use db::{Layer, Overlay, StateDb};
 pub use executor::{Executor, usable_key};
 pub use records::{
-    Account, AnchorRecord, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateKey, TopicState,
+    Account, AnchorRecord, ContractRecord, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateKey,
+    TopicState,
 };
 
 /// Most devices (active or revoked) an account may have.

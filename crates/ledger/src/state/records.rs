@@ -33,6 +33,14 @@ pub enum StateKey {
     /// The latest key-package batch a device published (its [`KeyPackageRecord`]), written by
     /// `PublishKeyPackages` signed with that device's key.
     KeyPackages(DeviceId),
+    /// Contract code (the module bytes), by its [`cairn_contracts::code_hash`].
+    Code([u8; 32]),
+    /// A contract instance ([`ContractRecord`]), by address. Its balance is the
+    /// [`StateKey::Account`] record of the same id.
+    Contract([u8; 32]),
+    /// One entry of a contract's own state: the address and the contract's key (at most
+    /// [`cairn_contracts::Limits::LEDGER`]`.state_key_max` bytes).
+    ContractState([u8; 32], Vec<u8>),
 }
 
 impl StateKey {
@@ -70,6 +78,19 @@ impl StateKey {
                 v.extend_from_slice(b"kpkg");
                 v.extend_from_slice(&d.0);
             }
+            Self::Code(h) => {
+                v.extend_from_slice(b"code");
+                v.extend_from_slice(h);
+            }
+            Self::Contract(a) => {
+                v.extend_from_slice(b"ctrt");
+                v.extend_from_slice(a);
+            }
+            Self::ContractState(a, k) => {
+                v.extend_from_slice(b"cst/");
+                v.extend_from_slice(a);
+                v.extend_from_slice(k);
+            }
         }
         v
     }
@@ -106,6 +127,38 @@ impl KeyPackageRecord {
         let count = r.u32("key_packages.count")?;
         r.finish()?;
         Ok(Self { batch_hash, count })
+    }
+}
+
+/// A contract instance: the code it runs and who created it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ContractRecord {
+    /// Hash of its code ([`StateKey::Code`]).
+    pub code_hash: [u8; 32],
+    /// Account that instantiated it.
+    pub creator: AccountId,
+}
+
+impl ContractRecord {
+    /// Canonical encoding: `version:u8 code_hash:[32] creator:[32]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(65);
+        w.u8(1);
+        w.raw(&self.code_hash);
+        w.raw(&self.creator.0);
+        w.finish()
+    }
+
+    /// Decodes a record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("contract", 1)?;
+        let rec = Self {
+            code_hash: r.array("contract.code_hash")?,
+            creator: AccountId(r.array("contract.creator")?),
+        };
+        r.finish()?;
+        Ok(rec)
     }
 }
 
@@ -300,6 +353,17 @@ pub enum Outcome {
         topic: Topic,
         /// Position.
         seq: u64,
+    },
+    /// A contract call (instantiate or execute) returned cleanly; its effects are applied.
+    Contract {
+        /// The contract's address.
+        address: [u8; 32],
+        /// Fuel used (the fee paid for fuel is `fee_per_fuel × fuel_used`).
+        fuel_used: u64,
+        /// The call's output.
+        output: Vec<u8>,
+        /// Events emitted, in order.
+        events: Vec<Vec<u8>>,
     },
     /// Admitted (nonce consumed) but the body failed; nothing else changed.
     Failed(TxError),
