@@ -493,7 +493,7 @@ impl Ledger {
                 ))
             };
             let transient = match &d.error {
-                TxError::NonceSkipped { .. } => true,
+                TxError::NonceSkipped { .. } | TxError::BlockFuelFull { .. } => true,
                 TxError::NonceReplayed { .. } => finalized().is_some_and(|(next, n, _, _)| next <= n),
                 TxError::FeeUnpaid { .. } => finalized().is_some_and(|(_, _, have, fee)| have >= fee),
                 _ => false,

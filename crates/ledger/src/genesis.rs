@@ -7,7 +7,7 @@
 //! cairn-ledger-genesis 1
 //! chain local-4
 //! fee_per_byte 10
-//! fee_per_fuel 0
+//! fee_per_fuel 1
 //! faucet 10000000000
 //! validator <hex ed25519 public key> <p2p host:port> <rpc host:port>
 //! account <bech32 account id> <balance>

@@ -25,6 +25,9 @@ use cairn_proto::codec::{DecodeError, Reader, Writer};
 
 /// Default fee per byte of encoded transaction, in balance units (units per byte).
 pub const DEFAULT_FEE_PER_BYTE: u64 = 10;
+/// Default fee per unit of contract fuel, in balance units (a full 10M-fuel call costs about
+/// as much as a 1 MB of transactions at [`DEFAULT_FEE_PER_BYTE`]).
+pub const DEFAULT_FEE_PER_FUEL: u64 = 1;
 /// Largest fee per byte a genesis may set, in balance units per byte (so a full transaction's
 /// fee never overflows a `u64`).
 pub const FEE_PER_BYTE_MAX: u64 = 1 << 32;
@@ -56,7 +59,12 @@ pub struct Params {
 impl Default for Params {
     /// The production default: fees at [`DEFAULT_FEE_PER_BYTE`], no faucet.
     fn default() -> Self {
-        Self { fee_per_byte: DEFAULT_FEE_PER_BYTE, fee_per_fuel: 0, faucet: 0, fuel: FuelSchedule::default() }
+        Self {
+            fee_per_byte: DEFAULT_FEE_PER_BYTE,
+            fee_per_fuel: DEFAULT_FEE_PER_FUEL,
+            faucet: 0,
+            fuel: FuelSchedule::default(),
+        }
     }
 }
 

@@ -382,6 +382,13 @@ pub enum TxError {
         /// Maximum.
         max: u64,
     },
+    /// The block's contract calls already reserve [`crate::state::BLOCK_FUEL_MAX`] fuel
+    /// (transient: the transaction waits for a later block).
+    #[error("the block's fuel budget of {max} is reserved: the call waits for a later block")]
+    BlockFuelFull {
+        /// Per-block fuel budget.
+        max: u64,
+    },
     /// The validator's mempool holds its byte bound (transient: retry later or at another
     /// validator).
     #[error("mempool is full ({max} bytes): retry later or at another validator")]
@@ -434,6 +441,7 @@ impl TxError {
             Self::UnknownContract => 37,
             Self::ContractFailed(_) => 38,
             Self::FuelLimitTooHigh { .. } => 39,
+            Self::BlockFuelFull { .. } => 40,
         }
     }
 }

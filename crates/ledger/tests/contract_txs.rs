@@ -171,3 +171,31 @@ fn replaying_the_same_blocks_gives_the_same_root() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_block_reserves_at_most_its_fuel_budget() {
+    use cairn_ledger::state::BLOCK_FUEL_MAX;
+    let mut w = W::new();
+    let contract = w.escrow();
+    let per = FUEL_LIMIT_MAX;
+    let fit = BLOCK_FUEL_MAX / per;
+    let k = key(2);
+    let n = w.m.nonce(&acct(2).0);
+    let txs: Vec<Vec<u8>> = (0..=fit)
+        .map(|i| {
+            let body = TxBody::Execute {
+                contract,
+                msg: escrow::open(&[i as u8 + 40; 32], &acct(1).0, 1_000),
+                funds: 1,
+                fuel_limit: per,
+            };
+            Tx::sign(CHAIN, acct(2), &k, n + i, body).encode()
+        })
+        .collect();
+    let (receipts, dropped) = w.m.propose_and_apply(&txs).unwrap();
+    assert_eq!(receipts.len() as u64, fit, "{fit} calls fit, the next one waits");
+    assert!(matches!(dropped[0].error, TxError::BlockFuelFull { .. }));
+    // the next block takes it
+    let (receipts, dropped) = w.m.propose_and_apply(&txs[fit as usize..]).unwrap();
+    assert_eq!((receipts.len(), dropped.len()), (1, 0));
+}

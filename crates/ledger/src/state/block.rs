@@ -71,6 +71,10 @@ pub enum BlockError {
     State(#[from] StateError),
 }
 
+/// Most fuel the contract calls of one block may reserve together (their fuel limits summed):
+/// bounds the time a validator spends executing a block.
+pub const BLOCK_FUEL_MAX: u64 = 50_000_000;
+
 /// Executes candidate transactions at `height` on top of `db` + `layers`.
 ///
 /// `sig_checked(id)` tells whether this node already verified that transaction's signature.
@@ -89,9 +93,18 @@ pub fn execute(
     let mut included = Vec::new();
     let mut receipts = Vec::new();
     let mut dropped = Vec::new();
+    let mut fuel = 0u64;
     for (index, bytes) in txs.iter().enumerate() {
         let id = Tx::id_of(bytes);
-        let res = Tx::decode(bytes).and_then(|tx| ex.apply(&tx, id, bytes.len(), sig_checked(&id)));
+        let res = Tx::decode(bytes).and_then(|tx| {
+            let limit = tx.body.fuel_limit();
+            if fuel.saturating_add(limit) > BLOCK_FUEL_MAX {
+                return Err(TxError::BlockFuelFull { max: BLOCK_FUEL_MAX });
+            }
+            let receipt = ex.apply(&tx, id, bytes.len(), sig_checked(&id))?;
+            fuel += limit;
+            Ok(receipt)
+        });
         match (res, mode) {
             (Ok(r), _) => {
                 included.push(index);
