@@ -23,6 +23,9 @@ export interface ChatProps {
   /** Messages that arrived over the stream for this conversation (appended in order). */
   live: MessageView[];
   deliveries: Map<string, DeliveryView>;
+  /** Messages erased by their author (dropped from the view). */
+  erased: Set<string>;
+  onErased: (id: string) => void;
   onDelivery: (id: string, d: DeliveryView) => void;
   onChanged: (c: ConversationView | null) => void;
   onBack: () => void;
@@ -34,7 +37,7 @@ function time(ms: number) {
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 }
 
-export function Chat({ me, conv, live, deliveries, onDelivery, onChanged, onBack, report }: ChatProps) {
+export function Chat({ me, conv, live, deliveries, erased, onErased, onDelivery, onChanged, onBack, report }: ChatProps) {
   const [msgs, setMsgs] = useState<MessageView[]>([]);
   const [loading, setLoading] = useState(true);
   const [text, setText] = useState('');
@@ -185,7 +188,7 @@ export function Chat({ me, conv, live, deliveries, onDelivery, onChanged, onBack
       ) : (
         <VirtualList
           label="Messages"
-          items={msgs}
+          items={erased.size ? msgs.filter((m) => !erased.has(m.id)) : msgs}
           keyOf={(m) => m.id}
           onNearTop={loadOlder}
           render={(m) => {
@@ -199,11 +202,27 @@ export function Chat({ me, conv, live, deliveries, onDelivery, onChanged, onBack
                   <div class="meta">
                     {time(m.timestamp_ms)}
                     {m.after_gap && ' · some earlier messages are missing'}
-                    {mine && d && (
-                      <span class={`state ${d.state}`} data-testid="delivery">
-                        {' · '}
-                        {deliveryLabel(d)}
+                    {mine && (
+                      // Always there, with room for the longest state: a state change never
+                      // resizes the bubble (no layout shift).
+                      <span class={`state ${d?.state ?? ''}`} data-testid={d ? 'delivery' : undefined}>
+                        {d ? ` · ${deliveryLabel(d)}` : ''}
                       </span>
+                    )}
+                    {mine && conv.active && (
+                      <button
+                        class="link small erase"
+                        aria-label={`Erase message “${m.text.slice(0, 40)}”`}
+                        onClick={() => {
+                          if (!confirm('Erase this message for everyone? Members' + "'" + ' devices delete its text; this cannot be undone.')) return;
+                          api
+                            .erase(conv.id, m.id)
+                            .then(() => onErased(m.id))
+                            .catch(report);
+                        }}
+                      >
+                        Erase
+                      </button>
                     )}
                   </div>
                 </div>

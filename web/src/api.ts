@@ -80,6 +80,7 @@ export interface RequestView {
 export type StreamEvent =
   | ({ type: 'message' } & MessageView)
   | { type: 'delivery'; id: string; conversation: string; delivery: DeliveryView }
+  | { type: 'erased'; conversation: string; id: string }
   | { type: 'joined'; conversation: ConversationView }
   | { type: 'lagged'; skipped: number };
 
@@ -140,6 +141,8 @@ export const api = {
   send: (id: string, text: string) => call<SendResult>('POST', `/v1/conversations/${enc(id)}/messages`, { text }),
   messages: (id: string, after: number, limit: number) =>
     call<MessageView[]>('GET', `/v1/conversations/${enc(id)}/messages?after=${after}&limit=${limit}`),
+  erase: (id: string, message: string) =>
+    call<SendResult>('DELETE', `/v1/conversations/${enc(id)}/messages/${enc(message)}`),
   verify: (id: string) => call<VerifyView>('POST', `/v1/conversations/${enc(id)}/verify`),
   claimHandle: (name: string) => call<TxView>('POST', '/v1/handle', { name }),
   devices: () => call<DeviceView[]>('GET', '/v1/devices'),

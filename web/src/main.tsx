@@ -75,6 +75,7 @@ function App() {
   const [pane, setPane] = useState<Pane>({ kind: 'none' });
   const [live, setLive] = useState<Map<string, MessageView[]>>(new Map());
   const [deliveries, setDeliveries] = useState<Map<string, DeliveryView>>(new Map());
+  const [erased, setErased] = useState<Set<string>>(new Set());
   const [online, setOnline] = useState(false);
   const [error, setError] = useState('');
   const [theme, setTheme] = useState<Theme | null>(savedTheme());
@@ -83,6 +84,16 @@ function App() {
   paneRef.current = pane;
 
   useEffect(() => applyTheme(theme), [theme]);
+  // Escape leaves a conversation or panel and puts the focus back on the list.
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => {
+      if (e.key !== 'Escape' || paneRef.current.kind === 'none') return;
+      setPane({ kind: 'none' });
+      setTimeout(() => document.querySelector<HTMLElement>('.conv-list button')?.focus(), 0);
+    };
+    addEventListener('keydown', onKey);
+    return () => removeEventListener('keydown', onKey);
+  }, []);
   const [, setNames] = useState(0);
   useEffect(() => {
     const unknown = convs.flatMap((c) => c.members.filter((m) => !m.handle).map((m) => m.account));
@@ -149,6 +160,8 @@ function App() {
         }
       } else if (e.type === 'delivery') {
         setDeliveries((cur) => new Map(cur).set(e.id, e.delivery));
+      } else if (e.type === 'erased') {
+        setErased((cur) => new Set(cur).add(e.id));
       } else if (e.type === 'joined') {
         setConvs((cur) => [e.conversation, ...cur.filter((c) => c.id !== e.conversation.id)]);
       } else if (e.type === 'lagged') {
@@ -254,6 +267,7 @@ function App() {
         </ul>
       </nav>
       <main class="main">
+        <h1 class="sr main-h1">Cairn</h1>
         {error && (
           <div class="error" role="alert">
             {error}
@@ -269,6 +283,8 @@ function App() {
             conv={current}
             live={live.get(current.id) ?? []}
             deliveries={deliveries}
+            erased={erased}
+            onErased={(id) => setErased((cur) => new Set(cur).add(id))}
             onDelivery={(id, d) =>
               setDeliveries((cur) => {
                 const old = cur.get(id);

@@ -137,9 +137,11 @@ test('messages both ways in order, with delivery states', async () => {
 
 test('a reload keeps the session', async () => {
   const alice = pages.get('alice')!;
+  const t0 = Date.now();
   await alice.reload();
-  await expect(alice.getByTestId('me')).toHaveText('@alice');
   await expect(alice.getByTestId('conversation').filter({ hasText: '@bob' })).toBeVisible();
+  console.log(`first render of the conversation list after a reload: ${Date.now() - t0} ms`);
+  await expect(alice.getByTestId('me')).toHaveText('@alice');
 });
 
 test('bob offline, then back, catching up; a wrong passphrase is refused', async () => {
@@ -169,6 +171,17 @@ test('bob offline, then back, catching up; a wrong passphrase is refused', async
   const tail = texts.slice(-3);
   expect(tail).toEqual(['while away 1', 'while away 2', 'while away 3']);
   await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/, { timeout: 60_000 });
+});
+
+test('erasing a message removes it for the other member', async () => {
+  const alice = pages.get('alice')!;
+  const bob = pages.get('bob')!;
+  await openChat(alice, '@bob');
+  await expect(bubbles(bob).last()).toHaveText('while away 3');
+  await alice.getByRole('button', { name: 'Erase message “while away 3”' }).click();
+  await expect(bubbles(alice).last()).toHaveText('while away 2');
+  await expect(bubbles(bob).last()).toHaveText('while away 2');
+  await expect(bob.locator('.msg .text', { hasText: 'while away 3' })).toHaveCount(0);
 });
 
 test('verify', async () => {
@@ -234,6 +247,10 @@ test('devices, narrow screen and dark theme', async () => {
   await alice.keyboard.press('ArrowDown');
   await alice.keyboard.press('Enter');
   await expect(alice.getByLabel('Message', { exact: true })).toBeVisible();
+  // Escape goes back to the list, with the focus on it.
+  await alice.keyboard.press('Escape');
+  await expect(alice.getByTestId('conversation').first()).toBeFocused();
+  await alice.getByTestId('conversation').nth(1).click();
   const scroll = await alice.evaluate(() => document.documentElement.scrollWidth);
   expect(scroll, 'no horizontal scrolling at 360 px').toBeLessThanOrEqual(360);
   await alice.screenshot({ path: join(SHOTS, 'narrow-dark.png') });

@@ -34,6 +34,9 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** An error that ends a wait at once (a process died). */
+class Fatal extends Error {}
+
 async function until<T>(what: string, ms: number, f: () => Promise<T | undefined> | T | undefined): Promise<T> {
   const end = Date.now() + ms;
   let last: unknown;
@@ -42,6 +45,7 @@ async function until<T>(what: string, ms: number, f: () => Promise<T | undefined
       const v = await f();
       if (v !== undefined) return v;
     } catch (e) {
+      if (e instanceof Fatal) throw e;
       last = e;
     }
     await new Promise((r) => setTimeout(r, 250));
@@ -71,7 +75,7 @@ export class Network {
     dev.stdout!.on('data', (d) => (out += String(d)));
     dev.stderr!.on('data', (d) => alice.log.push(String(d)));
     const line = await until('`cairn dev` to print the join command', 60_000, () => {
-      if (dev.exitCode !== null) throw new Error(`cairn dev exited: ${alice.log.join('')}`);
+      if (dev.exitCode !== null) throw new Fatal(`cairn dev exited: ${alice.log.join('')}`);
       const m = /up --genesis (\S+) --bootstrap (\S+)/.exec(out);
       return m ? m : undefined;
     });
@@ -84,7 +88,7 @@ export class Network {
   private async waitApi(u: User): Promise<string> {
     const file = join(u.home, 'run', 'node.json');
     const api = await until(`${u.name}'s node to write its run file`, 90_000, () => {
-      if (u.proc && u.proc.exitCode !== null) throw new Error(`${u.name}'s node exited: ${u.log.join('')}`);
+      if (u.proc && u.proc.exitCode !== null) throw new Fatal(`${u.name}'s node exited (code ${u.proc.exitCode}): ${u.log.join('')}`);
       if (!existsSync(file)) return undefined;
       const j = JSON.parse(readFileSync(file, 'utf8')) as { api: string };
       return j.api || undefined;
