@@ -56,6 +56,7 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         any::<[u8; 32]>().prop_map(Request::Nonce),
         vec(bytes(64), 0..8).prop_map(Request::SubmitBatch),
+        (any::<[u8; 32]>(), bytes(200)).prop_map(|(contract, msg)| Request::Query { contract, msg }),
     ]
 }
 
@@ -115,6 +116,7 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(Response::Nonce),
         vec(admission(), 0..8).prop_map(Response::SubmittedBatch),
         text().prop_map(Response::Error),
+        prop_oneof![bytes(200).prop_map(Ok), refusal().prop_map(Err)].prop_map(Response::Query),
     ]
 }
 

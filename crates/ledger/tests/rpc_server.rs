@@ -206,3 +206,16 @@ proptest! {
         prop_assert_eq!(Response::decode(&b).unwrap(), resp);
     }
 }
+
+#[test]
+fn a_contract_query_travels_over_rpc_and_names_its_refusal() {
+    let (g, _ledger, _) = served();
+    let mut c = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
+    match c.query(&[7; 32], b"anything") {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, TxError::UnknownContract.code());
+            assert!(message.contains("no contract"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -438,6 +438,22 @@ impl LedgerClient {
             .map(AccountId))
     }
 
+    /// Runs contract `contract`'s read-only `query` with `msg` at the first validator that
+    /// answers: its output, or [`ClientError::Refused`] with why the query failed.
+    pub fn query(&mut self, contract: &[u8; 32], msg: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let req = Request::Query { contract: *contract, msg: msg.to_vec() }.encode();
+        for i in 0..self.links.len() {
+            match self.call_one(i, &req) {
+                Ok(Response::Query(Ok(out))) => return Ok(out),
+                Ok(Response::Query(Err(r))) => {
+                    return Err(ClientError::Refused { code: r.code, message: r.message });
+                }
+                _ => {}
+            }
+        }
+        Err(ClientError::Unreachable("no validator answered the query".into()))
+    }
+
     /// Next nonce of `signer`: the highest any validator reports.
     pub fn nonce(&mut self, signer: &[u8; 32]) -> Result<u64, ClientError> {
         let req = Request::Nonce(*signer).encode();

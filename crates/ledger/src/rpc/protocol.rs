@@ -11,8 +11,10 @@
 //!   6 handshakes      topic:[32] from:u64 max:u32 (≤ 256)
 //!   7 nonce           signer:[32]
 //!   8 submit_batch    count:u16 (≤ 4096) tx:bytes*
+//!  11 query           contract:[32] msg:bytes (≤ CONTRACT_MSG_MAX)
 //! key      = 0 account:[32] | 1 handle:bytes (≤ 32, UTF-8) | 2 nonce:[32] | 3 topic:[32]
-//!          | 4 anchor:[32] | 5 meta
+//!          | 4 anchor:[32] | 5 meta | 6 params | 7 device owner:[32] | 8 key packages:[32]
+//!          | 9 code:[32] | 10 contract:[32] | 11 contract state:[32] key:bytes (≤ 128)
 //! response = version:u8 (= 2) kind:u8 body
 //!   1 submitted       admission
 //!   2 status          height:u64 digest:[32] state_root:[32] mempool:u64
@@ -23,6 +25,7 @@
 //!   7 nonce           next:u64
 //!   8 submitted_batch count:u16 (≤ 4096) admission*
 //!   9 error           message:bytes (≤ 256, UTF-8)
+//!  11 query           0 output:bytes (≤ 64 KiB) | 1 refusal
 //! admission = 0 id:[32] | 1 refusal
 //! refusal   = code:u8 message:bytes (≤ 256, UTF-8)
 //! outcome   = 0 applied | 1 sequenced topic:[32] seq:u64
@@ -40,14 +43,18 @@ use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
 use thiserror::Error;
 
 use super::fields::{
-    check_max, cut, open, read_admission, read_block, read_key, read_option, read_status, read_text,
-    write_admission, write_block, write_count, write_key, write_option, write_status,
+    check_max, cut, open, read_admission, read_block, read_key, read_option, read_refusal, read_status,
+    read_text, write_admission, write_block, write_count, write_key, write_option, write_refusal,
+    write_status,
 };
 
 use crate::block::{BLOCK_BYTES_MAX, Block, HEADER_BYTES};
 use crate::light::{FINALIZATION_BYTES_MAX, PROOF_BYTES_MAX, StateProof, VALUE_BYTES_MAX};
 use crate::state::StateKey;
-use crate::tx::{TX_BYTES_MAX, TxId};
+use crate::tx::{CONTRACT_MSG_MAX, TX_BYTES_MAX, TxId};
+
+/// Largest query output in an answer, bytes (the ledger contracts' output limit).
+pub const QUERY_OUTPUT_MAX: usize = cairn_contracts::Limits::LEDGER.output_max;
 
 /// Protocol version byte, first in every request and response.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -211,6 +218,13 @@ pub enum Request {
     Nonce([u8; 32]),
     /// Admit these encoded transactions (≤ [`BATCH_MAX`]).
     SubmitBatch(Vec<Vec<u8>>),
+    /// Run a contract's read-only `query` on the finalized state.
+    Query {
+        /// Contract address.
+        contract: [u8; 32],
+        /// The query's input (≤ [`CONTRACT_MSG_MAX`]).
+        msg: Vec<u8>,
+    },
 }
 
 /// A validator's answer.
@@ -234,6 +248,8 @@ pub enum Response {
     SubmittedBatch(Vec<Admission>),
     /// The request was refused as malformed (the validator then closes the connection).
     Error(String),
+    /// Answer to [`Request::Query`]: the query's output, or why it failed.
+    Query(Result<Vec<u8>, Refusal>),
 }
 
 mod kind {
@@ -246,6 +262,7 @@ mod kind {
     pub(super) const NONCE: u8 = 7;
     pub(super) const BATCH: u8 = 8;
     pub(super) const ERROR: u8 = 9;
+    pub(super) const QUERY: u8 = 11;
 }
 
 impl Request {
@@ -288,6 +305,11 @@ impl Request {
                     w.bytes(tx);
                 }
             }
+            Self::Query { contract, msg } => {
+                w.u8(kind::QUERY);
+                w.raw(contract);
+                w.bytes(msg);
+            }
         }
         w.finish()
     }
@@ -317,6 +339,10 @@ impl Request {
                 }
                 Self::SubmitBatch(txs)
             }
+            kind::QUERY => Self::Query {
+                contract: r.array("query.contract")?,
+                msg: r.bytes(CONTRACT_MSG_MAX, "query.msg")?.to_vec(),
+            },
             other => return Err(ProtocolError::UnknownKind { what: "request", kind: other }),
         };
         r.finish()?;
@@ -375,6 +401,19 @@ impl Response {
                 w.u8(kind::ERROR);
                 w.bytes(cut(m, ERROR_BYTES_MAX).as_bytes());
             }
+            Self::Query(answer) => {
+                w.u8(kind::QUERY);
+                match answer {
+                    Ok(out) => {
+                        w.u8(0);
+                        w.bytes(out);
+                    }
+                    Err(refusal) => {
+                        w.u8(1);
+                        write_refusal(&mut w, refusal.code, &refusal.message);
+                    }
+                }
+            }
         }
         w.finish()
     }
@@ -414,6 +453,11 @@ impl Response {
                 Self::SubmittedBatch(list)
             }
             kind::ERROR => Self::Error(read_text(&mut r, ERROR_BYTES_MAX, "error.message")?),
+            kind::QUERY => Self::Query(match r.u8("query.answer")? {
+                0 => Ok(r.bytes(QUERY_OUTPUT_MAX, "query.output")?.to_vec()),
+                1 => Err(read_refusal(&mut r)?),
+                other => return Err(ProtocolError::UnknownKind { what: "query answer", kind: other }),
+            }),
             other => return Err(ProtocolError::UnknownKind { what: "response", kind: other }),
         };
         r.finish()?;
@@ -434,6 +478,7 @@ impl Response {
             Self::Nonce(_) => "nonce",
             Self::SubmittedBatch(_) => "submitted batch",
             Self::Error(_) => "error",
+            Self::Query(_) => "query",
         }
     }
 }

@@ -113,6 +113,9 @@ pub fn answer(ledger: &Ledger, req: Request) -> Response {
             Response::Handshakes(handshakes(ledger, &topic, from, max))
         }
         Request::Nonce(signer) => Response::Nonce(ledger.nonce(&signer)),
+        Request::Query { contract, msg } => Response::Query(
+            ledger.query_contract(&contract, &msg).map(|(out, _)| out).map_err(|e| refusal(&e)),
+        ),
         Request::SubmitBatch(txs) => Response::SubmittedBatch(
             ledger.submit_batch(txs).into_iter().map(|r| r.map_err(|e| refusal(&e))).collect(),
         ),
