@@ -206,7 +206,7 @@ export function Chat({ me, conv, live, deliveries, erased, onErased, onDelivery,
                       // Always there, with room for the longest state: a state change never
                       // resizes the bubble (no layout shift).
                       <span class={`state ${d?.state ?? ''}`} data-testid={d ? 'delivery' : undefined}>
-                        {d ? ` · ${deliveryLabel(d)}` : ''}
+                        {d ? `· ${deliveryLabel(d)}` : ''}
                       </span>
                     )}
                     {mine && conv.active && (

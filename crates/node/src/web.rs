@@ -301,3 +301,103 @@ pub(crate) fn asset(path: &str) -> Option<Response> {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     Some(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for ok in ["127.0.0.1", "127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]", "[::1]:65535"] {
+            assert!(allowed_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.",
+            "127.0.0.2:80",
+            "127.0.0.1:",
+            "127.0.0.1:80:80",
+            "127.0.0.1:123456",
+            "127.0.0.1:8o",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[::2]:80",
+            "0.0.0.0:80",
+        ] {
+            assert!(!allowed_host(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_session_cookie_is_per_port_and_well_formed() {
+        let id = "ab".repeat(32);
+        let h =
+            headers(&[("host", "127.0.0.1:4000"), ("cookie", &format!("a=b; cairn_session_4000={id}; c=d"))]);
+        assert_eq!(session_cookie(&h).as_deref(), Some(id.as_str()));
+        // Another port's cookie, a short or non-hex value: none.
+        let h = headers(&[("host", "127.0.0.1:4001"), ("cookie", &format!("cairn_session_4000={id}"))]);
+        assert_eq!(session_cookie(&h), None);
+        let h = headers(&[("host", "127.0.0.1:4000"), ("cookie", "cairn_session_4000=abc")]);
+        assert_eq!(session_cookie(&h), None);
+        let h = headers(&[
+            ("host", "127.0.0.1:4000"),
+            ("cookie", &format!("cairn_session_4000={}", "zz".repeat(32))),
+        ]);
+        assert_eq!(session_cookie(&h), None);
+        let set = set_cookie(&headers(&[("host", "127.0.0.1:4000")]), Some(&id)).unwrap();
+        let set = set.to_str().unwrap();
+        assert!(set.starts_with(&format!("cairn_session_4000={id};")), "{set}");
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+            "{set}"
+        );
+    }
+
+    #[test]
+    fn cookie_requests_need_the_header_and_their_own_origin() {
+        let own = [("host", "127.0.0.1:4000"), ("origin", "http://127.0.0.1:4000")];
+        assert!(same_origin(&Method::GET, &headers(&[("host", "127.0.0.1:4000")]), false).is_ok());
+        assert!(same_origin(&Method::POST, &headers(&own), false).is_err(), "no X-Cairn-Csrf");
+        let mut h = headers(&own);
+        h.insert(CSRF_HEADER, HeaderValue::from_static("1"));
+        assert!(same_origin(&Method::POST, &h, false).is_ok());
+        h.insert(ORIGIN, HeaderValue::from_static("http://127.0.0.1:4001"));
+        assert!(same_origin(&Method::POST, &h, false).is_err(), "another port is another origin");
+        assert!(same_origin(&Method::GET, &h, false).is_err(), "a foreign Origin is refused even on reads");
+        // The stream: its own Origin only, and a missing one is refused.
+        assert!(same_origin(&Method::GET, &headers(&own), true).is_ok());
+        assert!(same_origin(&Method::GET, &headers(&[("host", "127.0.0.1:4000")]), true).is_err());
+        let h = headers(&[("host", "127.0.0.1:4000"), ("origin", "null")]);
+        assert!(same_origin(&Method::GET, &h, true).is_err());
+    }
+
+    #[test]
+    fn codes_are_single_use_and_sessions_bounded() {
+        let s = Sessions::default();
+        let code = s.new_code().unwrap();
+        assert!(!s.take_code("not it"));
+        assert!(s.take_code(&code));
+        assert!(!s.take_code(&code), "single use");
+        let first = s.new_session().unwrap();
+        assert!(s.valid(&first));
+        for _ in 0..MAX_SESSIONS {
+            s.new_session().unwrap();
+        }
+        assert!(!s.valid(&first), "the oldest session makes room for a new one");
+        let last = s.new_session().unwrap();
+        s.end(&last);
+        assert!(!s.valid(&last));
+    }
+}
