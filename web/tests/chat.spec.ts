@@ -230,13 +230,20 @@ test('a group with carol, then carol removed and no longer reading', async ({ br
   await alice.screenshot({ path: join(SHOTS, 'group.png') });
 });
 
-test('devices, narrow screen and dark theme', async () => {
+test('devices: link one, then revoke it; narrow screen and dark theme', async () => {
   const alice = pages.get('alice')!;
   await alice.getByRole('button', { name: 'Devices' }).click();
   await expect(alice.getByTestId('device')).toHaveCount(1, { timeout: 30_000 });
   await expect(alice.getByTestId('device')).toContainText('this device');
+  await alice.getByLabel('Data directory of the new device').fill(join(net.dir, 'alice-laptop'));
+  await alice.getByLabel("Passphrase for the new device's keystore").fill('laptop passphrase 1');
+  await alice.getByRole('button', { name: 'Link device' }).click();
+  await expect(alice.getByTestId('device')).toHaveCount(2, { timeout: 90_000 });
   await alice.screenshot({ path: join(SHOTS, 'devices.png') });
   await axe(alice, 'devices');
+  await alice.getByTestId('device').filter({ hasNotText: 'this device' }).getByRole('button', { name: 'Revoke' }).click();
+  await expect(alice.getByTestId('device')).toHaveCount(1, { timeout: 90_000 });
+  await expect(alice.getByTestId('device')).toContainText('this device');
   await alice.getByRole('button', { name: /Switch to dark theme/ }).click();
   await expect(alice.locator('html')).toHaveAttribute('data-theme', 'dark');
   await alice.setViewportSize({ width: 360, height: 740 });
