@@ -133,11 +133,16 @@ async fn user(State(st): St, Path(user_id): Path<String>, headers: HeaderMap) ->
     let Ok(user) = UserId::parse(user_id.as_str()) else {
         return matrix_error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "not a user id");
     };
-    // Puppets are registered by the bridge itself before use; only the bot is answered here.
+    // The bot, and puppets the bridge has assigned (it registers them itself before use).
     if user.as_str() == st.names.bot() {
         return axum::Json(serde_json::json!({})).into_response();
     }
-    matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such bridged user")
+    let db = st.db.clone();
+    let key = format!("puppetuser|{user}");
+    match tokio::task::spawn_blocking(move || db.mark(&key)).await {
+        Ok(Ok(Some(_))) => axum::Json(serde_json::json!({})).into_response(),
+        _ => matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such bridged user"),
+    }
 }
 
 async fn room(State(st): St, Path(alias): Path<String>, headers: HeaderMap) -> Response {
@@ -274,6 +279,18 @@ mod tests {
                 .body(Body::empty())
                 .unwrap();
             assert_eq!(call(&app, req).await.0, 404);
+            let user = |id: &str| {
+                Request::builder()
+                    .uri(format!("/_matrix/app/v1/users/{id}"))
+                    .header("authorization", "Bearer hs-secret-token-0123456789abcdef")
+                    .body(Body::empty())
+                    .unwrap()
+            };
+            assert_eq!(call(&app, user("@cairn_alice:hs.test")).await.0, 404);
+            db.set_mark("puppetuser|@cairn_alice:hs.test", "cairn1a").unwrap();
+            assert_eq!(call(&app, user("@cairn_alice:hs.test")).await.0, 200);
+            assert_eq!(call(&app, user("@cairn_bot:hs.test")).await.0, 200);
+            assert_eq!(call(&app, user("not-a-user")).await.0, 400);
             db.set_portal("0123456789abcdef00", "!r:hs.test").unwrap();
             let req = Request::builder()
                 .uri("/_matrix/app/v1/rooms/%23cairn_0123456789abcdef:hs.test")

@@ -56,6 +56,24 @@ pub enum OutJob {
         /// Text.
         text: String,
     },
+    /// A Cairn member's puppet joins the portal.
+    PuppetJoin {
+        /// Conversation id.
+        conv: String,
+        /// Account.
+        account: String,
+        /// Handle.
+        handle: Option<String>,
+    },
+    /// A former Cairn member's puppet leaves the portal.
+    PuppetLeave {
+        /// Conversation id.
+        conv: String,
+        /// Account.
+        account: String,
+        /// Handle.
+        handle: Option<String>,
+    },
     /// Invite a Matrix user into the portal.
     Invite {
         /// Conversation id.
@@ -201,12 +219,22 @@ impl Db {
     }
 
     /// Queues outbound jobs and, in the same transaction, moves a conversation's read cursor
-    /// and sets a mark. Returns `false` (nothing written) when the queue has no room.
+    /// and sets a mark (to `""`). Returns `false` (nothing written) when the queue has no room.
     pub fn queue_out(
         &self,
         cursor: Option<(&str, u64)>,
         jobs: &[OutJob],
         mark: Option<&str>,
+    ) -> Result<bool, BridgeError> {
+        self.queue_out_marked(cursor, jobs, mark.map(|m| (m, "")))
+    }
+
+    /// [`Db::queue_out`] setting a mark to a value.
+    pub fn queue_out_marked(
+        &self,
+        cursor: Option<(&str, u64)>,
+        jobs: &[OutJob],
+        mark: Option<(&str, &str)>,
     ) -> Result<bool, BridgeError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
@@ -219,8 +247,8 @@ impl Db {
             if let Some((conv, seq)) = cursor {
                 cursors.insert(conv, seq).map_err(db_err)?;
             }
-            if let Some(m) = mark {
-                tx.open_table(MARKS).map_err(db_err)?.insert(m, "").map_err(db_err)?;
+            if let Some((m, v)) = mark {
+                tx.open_table(MARKS).map_err(db_err)?.insert(m, v).map_err(db_err)?;
             }
         }
         tx.commit().map_err(db_err)?;
@@ -311,6 +339,25 @@ impl Db {
     pub fn set_mark(&self, key: &str, value: &str) -> Result<(), BridgeError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         tx.open_table(MARKS).map_err(db_err)?.insert(key, value).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Sets several marks in one transaction.
+    pub fn set_marks(&self, marks: &[(&str, &str)]) -> Result<(), BridgeError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(MARKS).map_err(db_err)?;
+            for (k, v) in marks {
+                t.insert(*k, *v).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Removes mark `key`.
+    pub fn del_mark(&self, key: &str) -> Result<(), BridgeError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(MARKS).map_err(db_err)?.remove(key).map_err(db_err)?;
         tx.commit().map_err(db_err)
     }
 

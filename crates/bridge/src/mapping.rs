@@ -257,6 +257,18 @@ pub fn from_cairn(msg: &MessageView, bridge_account: &str, names: &Names) -> Fro
     FromCairn::Text(bound_text(&msg.text))
 }
 
+/// A Cairn member as the bridge remembers it: account and handle.
+pub type Member = (String, Option<String>);
+
+/// Members who joined and left a conversation between two looks (the bridge account itself
+/// excluded: it has no puppet).
+pub fn member_changes(old: &[Member], now: &[Member], bridge_account: &str) -> (Vec<Member>, Vec<Member>) {
+    let has = |list: &[Member], a: &str| list.iter().any(|(x, _)| x == a);
+    let joined = now.iter().filter(|(a, _)| a != bridge_account && !has(old, a)).cloned().collect();
+    let left = old.iter().filter(|(a, _)| a != bridge_account && !has(now, a)).cloned().collect();
+    (joined, left)
+}
+
 /// The notice posted in every new portal (Matrix side).
 pub fn portal_notice(conv: &str) -> String {
     format!(
@@ -401,6 +413,17 @@ mod tests {
         assert!(matches!(from_cairn(&msg, "cairn1bridge", &n), FromCairn::Invite(u) if u == "@bob:hs.test"));
         msg.text = "!matrix invite @cairn_x:hs.test".into();
         assert!(matches!(from_cairn(&msg, "cairn1bridge", &n), FromCairn::Skip(_)));
+    }
+
+    #[test]
+    fn cairn_member_changes_exclude_the_bridge() {
+        let m = |a: &str| (a.to_string(), None);
+        let (j, l) = member_changes(&[], &[m("me"), m("alice")], "me");
+        assert_eq!((j, l), (vec![m("alice")], vec![]));
+        let (j, l) = member_changes(&[m("alice"), m("bob")], &[m("bob"), m("carol"), m("me")], "me");
+        assert_eq!((j, l), (vec![m("carol")], vec![m("alice")]));
+        let (j, l) = member_changes(&[m("bob")], &[m("bob")], "me");
+        assert!(j.is_empty() && l.is_empty());
     }
 
     #[test]

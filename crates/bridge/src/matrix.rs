@@ -13,6 +13,7 @@ use ruma::api::client::alias::get_alias::v3 as get_alias;
 use ruma::api::client::appservice::request_ping::v1 as ping;
 use ruma::api::client::membership::invite_user::v3 as invite;
 use ruma::api::client::membership::join_room_by_id::v3 as join;
+use ruma::api::client::membership::leave_room::v3 as leave;
 use ruma::api::client::message::send_message_event::v3 as send;
 use ruma::api::client::room::create_room::v3 as create_room;
 use ruma::api::path_builder::{PathBuilder, VersionHistory};
@@ -172,15 +173,22 @@ impl Matrix {
         self.call(join::Request::new(room.to_owned()), Some(user)).map(|_| ())
     }
 
+    /// `user` (a puppet) leaves a room.
+    pub fn leave(&self, room: &RoomId, user: &UserId) -> Result<(), CallError> {
+        match self.call(leave::Request::new(room.to_owned()), Some(user)) {
+            Ok(_) => Ok(()),
+            // Not in the room (any more): nothing to do.
+            Err(CallError::Fatal { errcode, .. }) if errcode == "M_FORBIDDEN" || errcode == "M_NOT_FOUND" => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The bot invites `user` into a room.
     pub fn invite(&self, room: &RoomId, user: &UserId) -> Result<(), CallError> {
         let to = invite::InvitationRecipient::from(invite::InviteUserId::new(user.to_owned()));
-        match self.call(invite::Request::new(room.to_owned(), to), None) {
-            Ok(_) => Ok(()),
-            // Already a member or invited: nothing to do.
-            Err(CallError::Fatal { errcode, .. }) if errcode == "M_FORBIDDEN" => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.call(invite::Request::new(room.to_owned(), to), None).map(|_| ())
     }
 
     /// Sends a message as `user` (the bot when `None`); the same `txn` is idempotent.

@@ -226,30 +226,53 @@ fn poll_cairn(ctx: &Ctx) -> Result<bool, String> {
                 .map_err(|e| e.to_string())?;
             let _ = ctx.out_wake.try_send(());
         }
+        // Membership: puppets of new members join, those of departed members leave.
+        let members_key = format!("members|{}", c.id);
+        let old: Vec<mapping::Member> = ctx
+            .db
+            .mark(&members_key)
+            .map_err(|e| e.to_string())?
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default();
+        let now: Vec<mapping::Member> =
+            c.members.iter().map(|m| (m.account.clone(), m.handle.clone())).collect();
+        let (joined, left) = mapping::member_changes(&old, &now, &ctx.account);
+        let mut jobs: Vec<OutJob> = joined
+            .into_iter()
+            .map(|(account, handle)| OutJob::PuppetJoin { conv: c.id.clone(), account, handle })
+            .chain(left.into_iter().map(|(account, handle)| OutJob::PuppetLeave {
+                conv: c.id.clone(),
+                account,
+                handle,
+            }))
+            .collect();
         let after = ctx.db.cursor(&c.id).map_err(|e| e.to_string())?;
         let q = TailQuery { after: Some(after), limit: Some(BATCH), wait_ms: None };
         let msgs = ctx.node(|n| n.messages(&c.id, &q)).map_err(|e| e.to_string())?;
-        let Some(last) = msgs.last().map(|m| m.seq) else { continue };
-        let jobs: Vec<OutJob> = msgs
-            .iter()
-            .filter_map(|m| match mapping::from_cairn(m, &ctx.account, &ctx.names) {
-                FromCairn::Text(text) => Some(OutJob::Text {
-                    conv: c.id.clone(),
-                    account: m.sender.clone(),
-                    handle: m.handle.clone(),
-                    envelope: m.id.clone(),
-                    text,
-                }),
-                FromCairn::Invite(user) => {
-                    Some(OutJob::Invite { conv: c.id.clone(), user: user.to_string() })
-                }
-                FromCairn::Skip(why) => {
-                    tracing::debug!("Cairn message {} not relayed: {why}", m.id);
-                    None
-                }
-            })
-            .collect();
-        if ctx.db.queue_out(Some((&c.id, last)), &jobs, None).map_err(|e| e.to_string())? {
+        if msgs.is_empty() && jobs.is_empty() {
+            continue;
+        }
+        let last = msgs.last().map_or(after, |m| m.seq);
+        jobs.extend(msgs.iter().filter_map(|m| match mapping::from_cairn(m, &ctx.account, &ctx.names) {
+            FromCairn::Text(text) => Some(OutJob::Text {
+                conv: c.id.clone(),
+                account: m.sender.clone(),
+                handle: m.handle.clone(),
+                envelope: m.id.clone(),
+                text,
+            }),
+            FromCairn::Invite(user) => Some(OutJob::Invite { conv: c.id.clone(), user: user.to_string() }),
+            FromCairn::Skip(why) => {
+                tracing::debug!("Cairn message {} not relayed: {why}", m.id);
+                None
+            }
+        }));
+        let members = serde_json::to_string(&now).map_err(|e| e.to_string())?;
+        if ctx
+            .db
+            .queue_out_marked(Some((&c.id, last)), &jobs, Some((&members_key, &members)))
+            .map_err(|e| e.to_string())?
+        {
             let _ = ctx.out_wake.try_send(());
             more |= msgs.len() == BATCH;
         } else {
@@ -277,6 +300,7 @@ pub(crate) fn outbound_loop(ctx: &Ctx, wake: &Receiver<()>) {
             let _ = wake.recv_timeout(IDLE);
             continue;
         };
+        tracing::debug!("outbound job {key}: {job:?}");
         let result = match &job {
             Some(job) => run_job(ctx, key, job),
             None => Err(CallError::Fatal { errcode: "BRIDGE_JOB".into(), error: "undecodable job".into() }),
@@ -352,11 +376,20 @@ fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
         },
         OutJob::Text { conv, account, handle, envelope, text } => {
             let room = portal_room(ctx, conv)?;
-            let user = OwnedUserId::try_from(ctx.names.puppet(account, handle.as_deref()))
-                .map_err(|e| CallError::Fatal { errcode: "BRIDGE_PUPPET".into(), error: e.to_string() })?;
+            let user = puppet_id(ctx, account, handle.as_deref())?;
             ensure_puppet(ctx, &room, &user)?;
             let content = RoomMessageEventContent::text_plain(text.clone());
             ctx.matrix.send(&room, &format!("cairn{envelope}"), &content, Some(&user))
+        }
+        OutJob::PuppetJoin { conv, account, handle } => {
+            let room = portal_room(ctx, conv)?;
+            ensure_puppet(ctx, &room, &puppet_id(ctx, account, handle.as_deref())?)
+        }
+        OutJob::PuppetLeave { conv, account, handle } => {
+            let room = portal_room(ctx, conv)?;
+            let user = puppet_id(ctx, account, handle.as_deref())?;
+            ctx.matrix.leave(&room, &user)?;
+            ctx.db.del_mark(&format!("puppet|{room}|{user}")).map_err(transient)
         }
         OutJob::Invite { conv, user } => {
             let room = portal_room(ctx, conv)?;
@@ -374,6 +407,29 @@ fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
             )
         }
     }
+}
+
+/// The puppet of an account, chosen once and remembered: `@cairn_<handle>` when the handle is
+/// known (from the message, else from the node's proven ledger read) and no other account has
+/// that puppet already (a handle can change hands), else `@cairn_<account id>`.
+fn puppet_id(ctx: &Ctx, account: &str, hint: Option<&str>) -> Result<OwnedUserId, CallError> {
+    let fatal = |e: String| CallError::Fatal { errcode: "BRIDGE_PUPPET".into(), error: e };
+    let key = format!("puppetof|{account}");
+    if let Some(u) = ctx.db.mark(&key).map_err(transient)? {
+        return OwnedUserId::try_from(u).map_err(|e| fatal(e.to_string()));
+    }
+    let handle = match hint {
+        Some(h) => Some(h.to_string()),
+        None => ctx.node(|c| c.account(account)).ok().filter(|a| a.proof_verified).and_then(|a| a.handle),
+    };
+    let mut user = ctx.names.puppet(account, handle.as_deref());
+    let owner = ctx.db.mark(&format!("puppetuser|{user}")).map_err(transient)?;
+    if owner.is_some_and(|o| o != account) {
+        user = ctx.names.puppet(account, None);
+    }
+    let id = OwnedUserId::try_from(user.as_str()).map_err(|e| fatal(e.to_string()))?;
+    ctx.db.set_marks(&[(&key, &user), (&format!("puppetuser|{user}"), account)]).map_err(transient)?;
+    Ok(id)
 }
 
 /// Registers a puppet and joins it to a portal, once.

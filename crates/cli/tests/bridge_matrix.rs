@@ -256,7 +256,7 @@ fn start_bridge(net: &mut Net, reg: &Path, hs_port: u16) {
         .args(["--homeserver", &format!("http://127.0.0.1:{hs_port}")])
         .arg("--data")
         .arg(net.path("bridge-data"))
-        .env("RUST_LOG", "warn,cairn_bridge=info")
+        .env("RUST_LOG", "warn,cairn_bridge=debug")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -307,6 +307,7 @@ fn matrix_bridge_against_a_real_synapse() {
     let mx = start_synapse(&mut net, &py, hs_port, &reg);
     let mara = mx.register("mara");
     let nils = mx.register("nils");
+    let olga = mx.register("olga");
     start_bridge(&mut net, &reg, hs_port);
 
     // Token checks on the appservice API.
@@ -334,10 +335,15 @@ fn matrix_bridge_against_a_real_synapse() {
             .any(|t| t.contains("(@mara:localhost) joined from Matrix"))
             .then_some(())
     });
-    let texts = cairn_texts(&alice, &conv);
-    assert!(
-        texts.iter().any(|t| t.contains("bridged to the Matrix room") && t.contains("not end-to-end")),
-        "{texts:?}"
+    wait_for(
+        "the bridge's notice in Cairn that Matrix is not end-to-end encrypted",
+        Duration::from_secs(60),
+        || {
+            cairn_texts(&alice, &conv)
+                .iter()
+                .any(|t| t.contains("bridged to the Matrix room") && t.contains("not end-to-end"))
+                .then_some(())
+        },
     );
     let (s, hist) = mx.cs("GET", &format!("/rooms/{}/messages?dir=b&limit=50", enc(&room)), &mara, None);
     assert_eq!(s, 200);
@@ -346,6 +352,31 @@ fn matrix_bridge_against_a_real_synapse() {
             && e["content"]["body"].as_str().unwrap_or("").contains("NOT end-to-end encrypted")
     });
     assert!(notice, "the portal says the Matrix side is not end-to-end encrypted: {hist}");
+
+    // Cairn members' puppets join the portal as soon as it exists.
+    wait_for("alice's puppet in the portal", Duration::from_secs(60), || {
+        let (_, v) = mx.cs("GET", &format!("/rooms/{}/joined_members", enc(&room)), &mara, None);
+        v["joined"].get("@cairn_alice:localhost").map(|_| ())
+    });
+    // A Cairn member invites a Matrix user through the bridge; she joins and is relayed.
+    // (Synapse caches an initial sync for minutes: follow with `since`.)
+    let mut since =
+        mx.cs("GET", "/sync?timeout=0", &olga, None).1["next_batch"].as_str().unwrap().to_string();
+    alice.send(&conv, "!matrix invite @olga:localhost").unwrap();
+    wait_for("olga's invitation", Duration::from_secs(60), || {
+        let (_, v) = mx.cs("GET", &format!("/sync?timeout=1000&since={}", enc(&since)), &olga, None);
+        if let Some(next) = v["next_batch"].as_str() {
+            since = next.to_string();
+        }
+        v["rooms"]["invite"].get(&room).map(|_| ())
+    });
+    assert_eq!(mx.cs("POST", &format!("/rooms/{}/join", enc(&room)), &olga, Some(&json!({}))).0, 200);
+    wait_for("alice to see olga join", Duration::from_secs(60), || {
+        cairn_texts(&alice, &conv)
+            .iter()
+            .any(|t| t.contains("(@olga:localhost) joined from Matrix"))
+            .then_some(())
+    });
 
     let mut mara_f = Follower::new(&mx, &mara, &room);
     let mut nils_f = Follower::new(&mx, &nils, &room);
@@ -459,18 +490,33 @@ fn matrix_bridge_against_a_real_synapse() {
         .collect();
     assert_eq!(down, expect("down-m2c ", 10));
 
-    // Synapse is restarted while Cairn messages wait in the bridge's queue.
+    // Synapse is restarted while Cairn messages wait in the bridge's queue, and comes back
+    // rate-limiting the bridge (registration `rate_limited: true`, 1 message/s, burst 2): the
+    // bridge waits as told by each 429 and delivers everything in order.
     sigkill(&mut net, "synapse");
-    for i in 0..5 {
+    for i in 0..10 {
         alice.send(&conv, &format!("hs-down {i}")).unwrap();
     }
+    let reg_text =
+        std::fs::read_to_string(&reg).unwrap().replace("\"rate_limited\": false", "\"rate_limited\": true");
+    std::fs::write(&reg, reg_text).unwrap();
+    let hs_yaml = net.path("synapse").join("homeserver.yaml");
+    let yaml = std::fs::read_to_string(&hs_yaml).unwrap();
+    let limited = yaml.replace(
+        "rc_message: {per_second: 1000, burst_count: 1000}",
+        "rc_message: {per_second: 1, burst_count: 2}",
+    );
+    assert_ne!(yaml, limited);
+    std::fs::write(&hs_yaml, limited).unwrap();
     let mx = start_synapse(&mut net, &py, hs_port, &reg);
     assert!(
-        mara_f.wait_body(&mx, Duration::from_secs(120), |b| b == "hs-down 4"),
+        mara_f.wait_body(&mx, Duration::from_secs(120), |b| b == "hs-down 9"),
         "messages queued while Synapse was down"
     );
     mara_f.sync(&mx, 500);
-    assert_eq!(mara_f.bodies_with("hs-down "), expect("hs-down ", 5));
+    assert_eq!(mara_f.bodies_with("hs-down "), expect("hs-down ", 10));
+    let log = std::fs::read_to_string(net.path("bridge-matrix.log")).unwrap();
+    assert!(log.contains("rate limited by the homeserver"), "Synapse answered 429 and the bridge waited");
 
     let rows = [
         ("Cairn → Matrix (bridge)", c2m),
