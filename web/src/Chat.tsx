@@ -25,6 +25,8 @@ export interface ChatProps {
   deliveries: Map<string, DeliveryView>;
   /** Messages erased by their author (dropped from the view). */
   erased: Set<string>;
+  /** Changes when live events may have been missed: catch up from the node. */
+  resync: number;
   onErased: (id: string) => void;
   onDelivery: (id: string, d: DeliveryView) => void;
   onChanged: (c: ConversationView | null) => void;
@@ -37,7 +39,7 @@ function time(ms: number) {
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 }
 
-export function Chat({ me, conv, live, deliveries, erased, onErased, onDelivery, onChanged, onBack, report }: ChatProps) {
+export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onDelivery, onChanged, onBack, report }: ChatProps) {
   const [msgs, setMsgs] = useState<MessageView[]>([]);
   const [loading, setLoading] = useState(true);
   const [text, setText] = useState('');
@@ -90,6 +92,29 @@ export function Chat({ me, conv, live, deliveries, erased, onErased, onDelivery,
     if (msgs.length) markRead(me, conv.id, msgs[msgs.length - 1].seq);
   }, [msgs, me, conv.id]);
 
+  // After a reconnect or a lagged stream: read what arrived after the newest shown message.
+  const newest = useRef(0);
+  newest.current = msgs.length ? msgs[msgs.length - 1].seq : 0;
+  useEffect(() => {
+    if (!resync || loading) return;
+    let gone = false;
+    api
+      .messages(conv.id, newest.current, 1000)
+      .then((m) => {
+        if (gone || !m.length) return;
+        setMsgs((cur) => {
+          const last = cur.length ? cur[cur.length - 1].seq : 0;
+          const seen = new Set(cur.map((x) => x.id));
+          const add = m.filter((x) => x.seq > last && !seen.has(x.id));
+          return add.length ? [...cur, ...add] : cur;
+        });
+      })
+      .catch(() => {});
+    return () => {
+      gone = true;
+    };
+  }, [resync]);
+
   const loadOlder = () => {
     const o = older.current;
     if (o.loading || o.done || !msgs.length) return;
@@ -140,7 +165,7 @@ export function Chat({ me, conv, live, deliveries, erased, onErased, onDelivery,
   const title = conv.members.filter((m) => m.account !== me).map((m) => who(m.account, m.handle)).join(', ') || 'Only you';
 
   return (
-    <section class="chat" aria-label={`Conversation with ${title}`}>
+    <section class="chat" aria-label={`Conversation with ${title}`} data-conv={conv.id}>
       <header class="chat-head">
         <button class="back" onClick={onBack} aria-label="Back to conversations">
           ‹

@@ -76,6 +76,9 @@ function App() {
   const [live, setLive] = useState<Map<string, MessageView[]>>(new Map());
   const [deliveries, setDeliveries] = useState<Map<string, DeliveryView>>(new Map());
   const [erased, setErased] = useState<Set<string>>(new Set());
+  // Bumped when live events may have been missed (stream reconnected or lagged): open views
+  // re-read what they show from the node.
+  const [resync, setResync] = useState(0);
   const [online, setOnline] = useState(false);
   const [error, setError] = useState('');
   const [theme, setTheme] = useState<Theme | null>(savedTheme());
@@ -165,12 +168,16 @@ function App() {
       } else if (e.type === 'joined') {
         setConvs((cur) => [e.conversation, ...cur.filter((c) => c.id !== e.conversation.id)]);
       } else if (e.type === 'lagged') {
+        setResync((n) => n + 1);
         void refresh().catch(report);
       }
     };
     const stop = openStream(onEvent, (up) => {
       setOnline(up);
-      if (up) void refresh().catch(report);
+      if (up) {
+        setResync((n) => n + 1);
+        void refresh().catch(report);
+      }
     });
     const poll = setInterval(() => void api.status().then(setStatus).catch(() => {}), 10_000);
     return () => {
@@ -251,6 +258,7 @@ function App() {
                   onClick={() => open(c.id)}
                   onKeyDown={(e) => onConvKey(e, i)}
                   data-testid="conversation"
+                  data-id={c.id}
                 >
                   <span class="conv-name">{name}</span>
                   {c.members.length > 2 && <span class="muted small">group of {c.members.length}</span>}
@@ -284,6 +292,7 @@ function App() {
             live={live.get(current.id) ?? []}
             deliveries={deliveries}
             erased={erased}
+            resync={resync}
             onErased={(id) => setErased((cur) => new Set(cur).add(id))}
             onDelivery={(id, d) =>
               setDeliveries((cur) => {

@@ -2,7 +2,7 @@
 // carol each in their own browser context, talking through a real network (validator, store
 // node, three user nodes). The steps run in order and share the network.
 import AxeBuilder from '@axe-core/playwright';
-import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
+import { expect, test, type Browser, type BrowserContext, type Page, type WebSocketRoute } from '@playwright/test';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Network, type User } from './network';
@@ -182,6 +182,37 @@ test('erasing a message removes it for the other member', async () => {
   await expect(bubbles(alice).last()).toHaveText('while away 2');
   await expect(bubbles(bob).last()).toHaveText('while away 2');
   await expect(bob.locator('.msg .text', { hasText: 'while away 3' })).toHaveCount(0);
+});
+
+test('events missed by the stream are read again when it reconnects', async ({ browser }) => {
+  const alice = pages.get('alice')!;
+  await openChat(alice, '@bob');
+  const conv = await alice.locator('section.chat').getAttribute('data-conv');
+  // A second window of bob's whose stream goes through a proxy that can drop events.
+  const ctx = await browser.newContext();
+  contexts.push(ctx);
+  const page = await ctx.newPage();
+  let drop = false;
+  const sockets: WebSocketRoute[] = [];
+  await page.routeWebSocket(/\/v1\/stream$/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((m) => {
+      if (!drop) ws.send(m);
+    });
+    sockets.push(ws);
+  });
+  await page.goto(await net.loginLink(net.users.get('bob')!));
+  await page.locator(`[data-id="${conv}"]`).click();
+  await send(alice, 'seen live');
+  await expect(bubbles(page).last()).toHaveText('seen live');
+  drop = true;
+  await send(alice, 'missed by the stream');
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/);
+  await expect(bubbles(page).last()).toHaveText('seen live');
+  drop = false;
+  await sockets[sockets.length - 1].close(); // the client reconnects and catches up
+  await expect(bubbles(page).last()).toHaveText('missed by the stream');
+  expect(sockets.length).toBeGreaterThan(1);
 });
 
 test('verify', async () => {
