@@ -146,6 +146,12 @@ pub(crate) enum ChatCommand {
         /// Conversation id (or a unique prefix of at least 8 hex digits).
         conv: String,
     },
+    /// Forget a conversation you left: its keys are destroyed, so no copy of this device's
+    /// database (earlier ones included) can be read any more; its messages go too.
+    Forget {
+        /// Conversation id (or a unique prefix of at least 8 hex digits).
+        conv: String,
+    },
 }
 
 /// `cairn handle …`.
@@ -193,6 +199,11 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
             ChatCommand::Add { conv, members } => run_chat_add(home, &conv, &members),
             ChatCommand::Remove { conv, member } => run_chat_remove(home, &conv, &member),
             ChatCommand::Leave { conv } => run_chat_leave(home, &conv),
+            ChatCommand::Forget { conv } => {
+                client(home)?.forget(&conv)?;
+                println!("forgot {conv}: its keys, state and messages are gone from this device");
+                Ok(())
+            }
         },
         ClientCommand::Send { conv, text, wait, json } => run_send(home, &conv, &text, wait, json),
         ClientCommand::Tail { conv, follow, json, after } => run_tail(home, &conv, follow, json, after),

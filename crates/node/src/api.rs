@@ -57,6 +57,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/conversations/{id}/members"),
     ("DELETE", "/v1/conversations/{id}/members/{member}"),
     ("POST", "/v1/conversations/{id}/leave"),
+    ("POST", "/v1/conversations/{id}/forget"),
     ("POST", "/v1/conversations/{id}/messages"),
     ("GET", "/v1/conversations/{id}/messages"),
     ("DELETE", "/v1/conversations/{id}/messages/{message}"),
@@ -187,6 +188,7 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("POST", "/v1/conversations/{id}/members") => post(add_members::<B>),
         ("DELETE", "/v1/conversations/{id}/members/{member}") => delete(remove_member::<B>),
         ("POST", "/v1/conversations/{id}/leave") => post(leave::<B>),
+        ("POST", "/v1/conversations/{id}/forget") => post(forget::<B>),
         ("POST", "/v1/conversations/{id}/messages") => post(send::<B>),
         ("GET", "/v1/conversations/{id}/messages") => get(messages::<B>),
         ("DELETE", "/v1/conversations/{id}/messages/{message}") => delete(erase::<B>),
@@ -462,6 +464,11 @@ async fn erase<B: Backend>(
     ApiPath((id, message)): ApiPath<(String, String)>,
 ) -> ApiResult<axum::Json<crate::model::SendResult>> {
     Ok(axum::Json(ctx.backend.erase(id, message).await?))
+}
+
+async fn forget<B: Backend>(State(ctx): St<B>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+    ctx.backend.forget(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn leave<B: Backend>(State(ctx): St<B>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {

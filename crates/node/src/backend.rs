@@ -73,6 +73,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<ConversationView>> + Send;
     /// Leaves a conversation.
     fn leave(&self, id: String) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Forgets a conversation this device left: destroys its keys (crypto-shredding), its MLS
+    /// state and its messages on this device.
+    fn forget(&self, id: String) -> impl Future<Output = ApiResult<()>> + Send;
     /// Erases an own message everywhere (a signed redaction to the members, the payload on the
     /// store nodes); answers with the redaction's id.
     fn erase(&self, id: String, message: String) -> impl Future<Output = ApiResult<SendResult>> + Send;

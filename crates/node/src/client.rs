@@ -156,6 +156,13 @@ impl Client {
         self.expect_no_body(resp)
     }
 
+    /// `POST /v1/conversations/{id}/forget`: destroys a left conversation's keys and state.
+    pub fn forget(&self, id: &str) -> Result<(), ClientError> {
+        let req = self.agent.post(self.url(&format!("/v1/conversations/{}/forget", seg(id))));
+        let resp = self.auth(req).send_empty();
+        self.expect_no_body(resp)
+    }
+
     /// `DELETE /v1/conversations/{id}/messages/{message}`: erases an own message everywhere.
     pub fn erase(&self, id: &str, message: &str) -> Result<SendResult, ClientError> {
         self.delete(&format!("/v1/conversations/{}/messages/{}", seg(id), seg(message)))

@@ -1,7 +1,8 @@
 //! The node's own tables, in the same redb database as the MLS state (`node.redb`), so one
 //! transaction can commit a ratchet step together with what it decrypted.
 //!
-//! - `plain`: envelope id → the decrypted inner [`Message`] (every conversation envelope this
+//! - `plain`: envelope id → the decrypted inner [`Message`], sealed under its conversation's
+//!   data key ([`crate::keyring`]) (every conversation envelope this
 //!   device could read, own ones included): what `verify` checks signatures against, since MLS
 //!   ciphertexts cannot be decrypted twice.
 //! - `messages`: (conversation id, seq) → envelope id, for text messages only, in the order
@@ -20,6 +21,7 @@ use redb::{
 };
 
 use crate::error::NodeError;
+use crate::keyring::Keyring;
 
 const PLAIN: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_plain");
 const MESSAGES: TableDefinition<'_, (&[u8; 32], u64), &[u8; 32]> = TableDefinition::new("node_messages");
@@ -83,11 +85,19 @@ pub struct Accepted {
 pub struct NodeDb {
     db: Arc<Database>,
     limits: Limits,
+    /// Seals the plaintexts kept in `plain` (see [`crate::keyring`]).
+    keyring: Arc<Keyring>,
 }
 
 impl NodeDb {
-    /// Opens (creates) the tables.
+    /// Opens (creates) the tables, with an ephemeral keyring: plaintexts sealed now cannot be
+    /// read after a reopen (use [`NodeDb::with_keyring`] for a node's database).
     pub fn new(db: Arc<Database>, limits: Limits) -> Result<Self, NodeError> {
+        Self::with_keyring(db, limits, Arc::new(Keyring::ephemeral()?))
+    }
+
+    /// Opens (creates) the tables; plaintexts are sealed with `keyring`'s conversation keys.
+    pub fn with_keyring(db: Arc<Database>, limits: Limits, keyring: Arc<Keyring>) -> Result<Self, NodeError> {
         let tx = db.begin_write().map_err(storage)?;
         {
             tx.open_table(PLAIN).map_err(storage)?;
@@ -99,7 +109,12 @@ impl NodeDb {
             crate::redactions::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
-        Ok(Self { db, limits })
+        Ok(Self { db, limits, keyring })
+    }
+
+    /// The keyring sealing the plaintexts.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// The shared database (for the tables of sibling modules, e.g. [`crate::requests`]).
@@ -133,11 +148,15 @@ impl NodeDb {
         Ok(t.get(&id.0).map_err(storage)?.is_some())
     }
 
-    /// The inner message of an envelope, if this device read (or wrote) it.
+    /// The inner message of an envelope, if this device read (or wrote) it and its
+    /// conversation was not forgotten.
     pub fn plain(&self, id: &Id) -> Result<Option<Vec<u8>>, NodeError> {
         let tx = self.db.begin_read().map_err(storage)?;
         let t = tx.open_table(PLAIN).map_err(storage)?;
-        Ok(t.get(&id.0).map_err(storage)?.map(|v| v.value().to_vec()))
+        match t.get(&id.0).map_err(storage)? {
+            Some(v) => self.keyring.open_sealed(id, v.value()),
+            None => Ok(None),
+        }
     }
 
     /// Records accepted envelopes in `tx`; returns each one's text seq (0 if not text).
@@ -156,7 +175,8 @@ impl NodeDb {
                 out.push(0);
                 continue;
             }
-            plain.insert(&r.id.0, r.inner.encode().as_slice()).map_err(storage)?;
+            let sealed = self.keyring.seal(&r.conv, &r.id, &r.inner.encode())?;
+            plain.insert(&r.id.0, sealed.as_slice()).map_err(storage)?;
             if r.text {
                 let seq = last_seq(&messages, &r.conv)? + 1;
                 messages.insert((&r.conv, seq), &r.id.0).map_err(storage)?;
@@ -174,6 +194,41 @@ impl NodeDb {
     pub(crate) fn forget_plain_in(&self, tx: &WriteTransaction, id: &Id) -> Result<(), NodeError> {
         tx.open_table(PLAIN).map_err(storage)?.remove(&id.0).map_err(storage)?;
         Ok(())
+    }
+
+    /// Deletes every plaintext, tail entry and id row of a conversation (after its key was
+    /// forgotten: the sealed rows could not be opened any more). Returns the rows deleted.
+    pub fn purge_conversation(&self, conv: &[u8; 32]) -> Result<u64, NodeError> {
+        let tx = self.begin()?;
+        let mut n = 0;
+        {
+            let mut plain = tx.open_table(PLAIN).map_err(storage)?;
+            let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+            let mut by_id = tx.open_table(BY_ID).map_err(storage)?;
+            let ids: Vec<[u8; 32]> = plain
+                .iter()
+                .map_err(storage)?
+                .filter_map(Result::ok)
+                .filter(|(_, v)| v.value().get(1..33) == Some(&conv[..]))
+                .map(|(k, _)| *k.value())
+                .collect();
+            for id in ids {
+                plain.remove(&id).map_err(storage)?;
+                by_id.remove(&id).map_err(storage)?;
+                n += 1;
+            }
+            let seqs: Vec<u64> = messages
+                .range((conv, 0)..=(conv, u64::MAX))
+                .map_err(storage)?
+                .filter_map(Result::ok)
+                .map(|(k, _)| k.value().1)
+                .collect();
+            for seq in seqs {
+                messages.remove((conv, seq)).map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(n)
     }
 
     /// Puts an own envelope in the outbox, in `tx`.
@@ -223,8 +278,9 @@ impl NodeDb {
             }
             let (k, v) = row.map_err(storage)?;
             let id = Id(*v.value());
-            let Some(bytes) = plain.get(&id.0).map_err(storage)? else { continue };
-            let message = Message::decode(bytes.value(), &self.limits).map_err(storage)?;
+            let Some(sealed) = plain.get(&id.0).map_err(storage)? else { continue };
+            let Some(bytes) = self.keyring.open_sealed(&id, sealed.value())? else { continue };
+            let message = Message::decode(&bytes, &self.limits).map_err(storage)?;
             let after_gap = by_id.get(&id.0).map_err(storage)?.map(|g| g.value().2).unwrap_or(false);
             out.push(Stored { seq: k.value().1, id, message, after_gap });
         }

@@ -13,6 +13,7 @@ pub mod core;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod keyring;
 pub mod metrics;
 pub mod model;
 pub mod redactions;

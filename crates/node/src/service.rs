@@ -94,6 +94,9 @@ pub struct Service {
     kp_wait: Duration,
 }
 
+/// The keyring file in a node's data directory (see [`crate::keyring`]).
+pub const KEYRING_FILE: &str = "keyring";
+
 impl Service {
     /// Starts the node: P2P, the actor, the ledger worker, the timer. `identity` is the
     /// unlocked keystore of `cfg.home`.
@@ -105,8 +108,9 @@ impl Service {
                 .set_cache_size(crate::engine::NODE_DB_CACHE_BYTES)
                 .create(cfg.home.join("node.redb"))?,
         );
-        let node_db = NodeDb::new(db.clone(), limits)?;
         let keys = IdentityKeys::of(&identity);
+        let keyring = crate::keyring::Keyring::open(&cfg.home.join(KEYRING_FILE), &keys.device_key)?;
+        let node_db = NodeDb::with_keyring(db.clone(), limits, Arc::new(keyring))?;
         let signer = DeviceSigner::new(keys.device_key.clone(), keys.cert)
             .map_err(|e| anyhow::anyhow!("device certificate: {e}"))?;
         let mls = MlsClient::open(db.clone(), signer, crate::engine::mls_config())
@@ -496,6 +500,11 @@ impl Backend for Service {
     async fn leave(&self, id: String) -> ApiResult<()> {
         let conv = self.find_conversation(&id)?;
         self.ask(|r| Job::Leave(conv, r)).await
+    }
+
+    async fn forget(&self, id: String) -> ApiResult<()> {
+        let conv = self.find_conversation(&id)?;
+        self.ask(|r| Job::Forget(conv, r)).await
     }
 
     async fn erase(&self, id: String, message: String) -> ApiResult<SendResult> {

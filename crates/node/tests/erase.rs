@@ -183,3 +183,67 @@ fn a_redaction_read_before_its_message_is_applied_when_the_message_arrives() {
     assert!(bob.engine.db().plain(&id).unwrap().is_none());
     assert_eq!(erasures(&mut bob).into_iter().map(|(i, _)| i).collect::<Vec<_>>(), vec![id]);
 }
+
+/// A user whose plaintexts are sealed with a keyring file in its directory (as a node's).
+fn user_with_keyring(now: u64) -> User {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let id = Identity::generate(now).unwrap();
+    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
+    let mut cfg = EngineConfig::new(limits);
+    cfg.difficulty = Difficulty { base_bits: 0 };
+    cfg.invitations = Invitations::Everyone;
+    cfg.keyring = Some(dir.path().join("keyring"));
+    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), io: Vec::new(), _dir: dir }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_forgotten_conversation_cannot_be_read_from_any_copy_of_the_database() {
+    let now = 3_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user_with_keyring(now));
+    let kp = key_package(&mut bob, now);
+    let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
+    let welcomes = published(&mut alice);
+    deliver(&mut bob, &welcomes, &mut seq, now);
+    alice.engine.send_text(conv, "canary 51d0 at rest", &mut seq, now + 1).unwrap();
+    let msg = published(&mut alice);
+    let id = msg[0].id();
+    deliver(&mut bob, &msg, &mut seq, now + 2);
+    assert_eq!(texts(&bob, &conv), ["canary 51d0 at rest"]);
+    bob.engine.make_durable().unwrap();
+    let db_path = bob._dir.path().join("node.redb");
+    // Sealed at rest: the plaintext never reaches the file in clear.
+    let copy = std::fs::read(&db_path).unwrap();
+    assert!(!contains(&copy, b"canary 51d0"), "plaintext found in node.redb");
+    let copy_path = bob._dir.path().join("copy.redb");
+    std::fs::write(&copy_path, &copy).unwrap();
+
+    // Still a member: forgetting is refused.
+    assert!(matches!(bob.engine.forget(conv, now + 3), Err(NodeError::Conflict(_))));
+    // Removed by Alice, then forgotten.
+    let bob_account = bob.engine.keys().account;
+    alice.engine.remove(conv, bob_account, &mut seq, now + 4).unwrap();
+    let _ = published(&mut alice);
+    bob.engine.handshakes(&[conv.topic()], &mut seq, now + 5);
+    let _ = published(&mut bob);
+    assert!(!bob.engine.mls().is_active(&conv).unwrap(), "bob was removed");
+    bob.engine.forget(conv, now + 6).unwrap();
+    assert!(bob.engine.conversations().is_empty());
+    assert!(bob.engine.db().messages(&conv.0, 0, 10).unwrap().is_empty());
+    assert!(matches!(bob.engine.forget(conv, now + 7), Err(NodeError::UnknownConversation)));
+
+    // The copy taken before: its sealed row is there, and no key opens it any more.
+    let keyring =
+        cairn_node::keyring::Keyring::open(&bob._dir.path().join("keyring"), &bob.engine.keys().device_key)
+            .unwrap();
+    let old = Arc::new(Database::open(&copy_path).unwrap());
+    let old_db = cairn_node::db::NodeDb::with_keyring(old, Limits::default(), Arc::new(keyring)).unwrap();
+    assert!(old_db.has_plain(&id).unwrap(), "the old copy still holds the sealed row");
+    assert_eq!(old_db.plain(&id).unwrap(), None, "but it cannot be opened");
+}

@@ -270,6 +270,11 @@ impl Core {
         self.convs.get(conv).map(|c| c.chain.parents_for_next(self.cfg.parents_max)).unwrap_or_default()
     }
 
+    /// Drops a forgotten conversation's chain, buffers and schedule.
+    pub fn forget(&mut self, conv: &ConversationId) {
+        self.convs.remove(conv);
+    }
+
     /// Whether `id` is part of `conv`'s chain (accepted here or proven history).
     pub fn knows(&self, conv: &ConversationId, id: &Id) -> bool {
         self.convs.get(conv).is_some_and(|c| c.chain.contains(id))

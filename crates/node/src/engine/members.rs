@@ -178,6 +178,30 @@ impl Engine {
         r
     }
 
+    /// Forgets a conversation this device left (or was removed from): its data key is
+    /// destroyed first (crypto-shredding: every copy of the database, earlier ones included,
+    /// holds only sealed plaintexts nobody can open), then its MLS state and its rows go.
+    pub fn forget(&mut self, id: ConversationId, now_ms: u64) -> Result<(), NodeError> {
+        if !self.mls.conversations().contains(&id) {
+            return Err(NodeError::UnknownConversation);
+        }
+        if self.mls.is_active(&id).map_err(mls_err)? {
+            return Err(NodeError::Conflict(
+                "leave the conversation first (`cairn chat leave`), then forget it".into(),
+            ));
+        }
+        self.db.keyring().forget(&id.0)?;
+        self.mls.forget(&id).map_err(mls_err)?;
+        self.commit_rows(&[], &[])?;
+        self.make_durable()?;
+        let rows = self.db.purge_conversation(&id.0)?;
+        tracing::info!("forgot conversation {}: {rows} plaintexts deleted", hex::encode(id.0));
+        self.core.forget(&id);
+        self.io.push(Io::Forgotten(id));
+        let _ = now_ms;
+        Ok(())
+    }
+
     /// Removes a revoked device from every conversation.
     pub fn revoke(&mut self, device: &DeviceId, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
         for (conv, r) in self.mls.revoke_device_everywhere(device, seq, now_ms) {

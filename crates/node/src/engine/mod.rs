@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub core: CoreConfig,
     /// Whose Welcomes join without the user's consent.
     pub invitations: Invitations,
+    /// The keyring file sealing plaintexts at rest; `None`: keys derived from the device key
+    /// (nothing can be shredded; in-process tests and benches).
+    pub keyring: Option<std::path::PathBuf>,
 }
 
 impl EngineConfig {
@@ -94,6 +97,7 @@ impl EngineConfig {
             mine_attempts_max: 1 << 24,
             core: CoreConfig { parents_max: limits.parents_max, ..CoreConfig::default() },
             invitations: Invitations::Ask,
+            keyring: None,
         }
     }
 }
@@ -164,6 +168,8 @@ pub enum Io {
     },
     /// This device joined a conversation.
     Joined(ConversationId),
+    /// This device forgot a conversation (keys and state destroyed).
+    Forgotten(ConversationId),
 }
 
 /// Io entries queued at most between two [`Engine::take_io`] calls. Overflow policy: none
@@ -203,7 +209,11 @@ impl Engine {
         keys: IdentityKeys,
         cfg: EngineConfig,
     ) -> Result<Self, NodeError> {
-        let ndb = NodeDb::new(db.clone(), cfg.limits)?;
+        let keyring = match &cfg.keyring {
+            Some(path) => crate::keyring::Keyring::open(path, &keys.device_key)?,
+            None => crate::keyring::Keyring::derived(&keys.device_key),
+        };
+        let ndb = NodeDb::with_keyring(db.clone(), cfg.limits, Arc::new(keyring))?;
         let signer = cairn_mls::DeviceSigner::new(keys.device_key.clone(), keys.cert)
             .map_err(|e| NodeError::Internal(format!("device certificate: {e}")))?;
         let mls = MlsClient::open(db, signer, mls_config())

@@ -90,6 +90,8 @@ pub enum Job {
     Send(ConversationId, String, Reply<SendResult>),
     /// Erase an own message.
     Erase(ConversationId, Id, Reply<SendResult>),
+    /// Forget a conversation left before (keys and state destroyed).
+    Forget(ConversationId, Reply<()>),
     /// Remove a revoked device everywhere.
     Revoke(DeviceId, Reply<()>),
     /// Conversations a new device of this account still has to join.
@@ -280,6 +282,10 @@ impl Actor {
                 let r = self.engine.send_text(conv, &text, &mut self.sequencer, now);
                 self.answer(reply, r);
             }
+            Job::Forget(conv, reply) => {
+                let r = self.engine.forget(conv, now);
+                self.answer(reply, r);
+            }
             Job::Erase(conv, target, reply) => {
                 let r = self.engine.erase(conv, target, now);
                 self.answer(reply, r);
@@ -394,6 +400,11 @@ impl Actor {
                 Io::Joined(id) => {
                     if let Ok(v) = self.shared.conversation_view(&id) {
                         self.shared.emit(StreamEvent::Joined { conversation: v });
+                    }
+                }
+                Io::Forgotten(id) => {
+                    if let Ok(mut c) = self.shared.convs.lock() {
+                        c.remove(&id);
                     }
                 }
             }

@@ -176,6 +176,13 @@ impl Backend for Fake {
         Ok(SendResult { id: msg.id, delivery: delivery() })
     }
 
+    async fn forget(&self, id: String) -> ApiResult<()> {
+        self.with_conv(
+            &id,
+            |(c, _)| if c.active { Err(ApiError::Conflict("leave first".into())) } else { Ok(()) },
+        )
+    }
+
     async fn erase(&self, id: String, message: String) -> ApiResult<SendResult> {
         self.with_conv(&id, |(_, msgs)| {
             let before = msgs.len();

@@ -333,7 +333,11 @@ impl World {
                     let _ = h.erase_payload(&id);
                 }
             }
-            Io::Stream(_) | Io::PublishKeyPackages | Io::Conversation { .. } | Io::Joined(_) => {}
+            Io::Stream(_)
+            | Io::PublishKeyPackages
+            | Io::Conversation { .. }
+            | Io::Joined(_)
+            | Io::Forgotten(_) => {}
         }
     }
 
