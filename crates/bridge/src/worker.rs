@@ -480,3 +480,7 @@ pub(crate) async fn stream_wakeups(home: PathBuf, wake: SyncSender<()>, stop: Ar
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

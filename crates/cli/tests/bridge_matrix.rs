@@ -518,6 +518,21 @@ fn matrix_bridge_against_a_real_synapse() {
     let log = std::fs::read_to_string(net.path("bridge-matrix.log")).unwrap();
     assert!(log.contains("rate limited by the homeserver"), "Synapse answered 429 and the bridge waited");
 
+    // Encryption turned on in a portal (as the homeserver would push it): refused on both sides.
+    let enc_ev = json!({"events": [{"type": "m.room.encryption", "room_id": room, "sender": "@mara:localhost",
+        "event_id": "$enc1", "state_key": "", "origin_server_ts": 1, "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]});
+    assert_eq!(
+        mx.call("PUT", &format!("{as_base}/transactions/enc-1"), Some(&hs_token), Some(&enc_ev)).0,
+        200
+    );
+    wait_for("Cairn told that encrypted Matrix rooms are not bridged", Duration::from_secs(60), || {
+        cairn_texts(&alice, &conv).iter().any(|t| t.starts_with("Encryption was turned on")).then_some(())
+    });
+    assert!(
+        mara_f.wait_body(&mx, Duration::from_secs(60), |b| b.starts_with("Encryption was turned on")),
+        "Matrix told that encrypted rooms are not bridged"
+    );
+
     let rows = [
         ("Cairn → Matrix (bridge)", c2m),
         ("Matrix → Cairn (bridge)", m2c),
