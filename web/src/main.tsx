@@ -235,7 +235,7 @@ function App() {
           <strong data-testid="me">{status.handle ? `@${status.handle}` : 'No handle yet'}</strong>
           <span class="muted small">
             {status.peers} peer{status.peers === 1 ? '' : 's'} · ledger {status.ledger_height ?? 'unreachable'}
-            {status.pending_sends ? ` · ${status.pending_sends} waiting to send` : ''}
+            {status.pending_sends ? ` · ${status.pending_sends} awaiting more store copies` : ''}
           </span>
         </div>
         <div class="side-actions">
@@ -261,7 +261,10 @@ function App() {
                   data-id={c.id}
                 >
                   <span class="conv-name">{name}</span>
-                  {c.members.length > 2 && <span class="muted small">group of {c.members.length}</span>}
+                  <span class="muted small">
+                    {c.members.length > 2 ? `group of ${c.members.length} · ` : ''}
+                    {c.messages} msg
+                  </span>
                   {!c.active && <span class="muted small"> (left)</span>}
                   {unread > 0 && !selected && (
                     <span class="unread" aria-label={`${unread} unread`} data-testid="unread">
