@@ -77,6 +77,18 @@ impl Net {
 
     fn stop(&mut self, name: &str) {
         Client::for_home(&self.path(name)).unwrap().shutdown().unwrap();
+        self.wait_clean_exit(name);
+    }
+
+    /// Stops a node without an API (a store node) with SIGTERM, as a service manager would.
+    fn terminate(&mut self, name: &str) {
+        let pid = self.children.iter().find(|(n, _)| n == name).unwrap().1.id();
+        let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(st.success());
+        self.wait_clean_exit(name);
+    }
+
+    fn wait_clean_exit(&mut self, name: &str) {
         let mut c = self.take(name);
         let st = wait_for("clean exit", Duration::from_secs(30), || c.try_wait().unwrap());
         assert!(st.success(), "{name} exited with {st}");
@@ -172,4 +184,74 @@ fn thousand_messages_with_restarts_and_crashes() {
         assert!(v.intact, "{who}: {:?}", v.first_problem);
         assert!(v.signatures_verified >= total, "{who} verified only {} signatures", v.signatures_verified);
     }
+}
+
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// The canary test: a message carrying a unique string is sent to a 3-member group and
+/// erased by its author; once every member applied it and every node stopped cleanly, no
+/// file under any home (members, store nodes, validators, logs) holds the string, and
+/// `verify` still passes, counting the erased message.
+#[test]
+fn an_erased_canary_is_in_no_file_of_any_node() {
+    let mut net = Net::new(4);
+    for i in 0..3 {
+        net.store(&format!("store-{i}"));
+    }
+    let a = net.user("ann");
+    let b = net.user("ben");
+    let c = net.user("cat");
+    let conv = a.create_conversation(&["@ben".into(), "@cat".into()]).unwrap().id;
+    for who in [&b, &c] {
+        wait_for("members to join", Duration::from_secs(90), || {
+            who.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
+        });
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let canary = format!("canary-{:x}-{nanos:x}", std::process::id());
+    let sent = a.send(&conv, &canary).unwrap();
+    a.send(&conv, "said after the canary").unwrap();
+    for (who, client) in [("ann", &a), ("ben", &b), ("cat", &c)] {
+        wait_for(&format!("{who} to read the canary"), Duration::from_secs(60), || {
+            all_messages(client, &conv).iter().any(|m| m.text == canary).then_some(())
+        });
+    }
+    // Only its author may erase it.
+    assert!(b.erase(&conv, &sent.id).is_err(), "ben erased ann's message");
+    a.erase(&conv, &sent.id).unwrap();
+    for (who, client) in [("ann", &a), ("ben", &b), ("cat", &c)] {
+        wait_for(&format!("{who} to apply the erasure"), Duration::from_secs(60), || {
+            let msgs = all_messages(client, &conv);
+            (!msgs.iter().any(|m| m.text == canary) && msgs.iter().any(|m| m.text == "said after the canary"))
+                .then_some(())
+        });
+        let v = client.verify(&conv).unwrap();
+        assert!(v.intact, "{who}: {:?}", v.first_problem);
+        assert!(v.erased >= 1, "{who}: verify counts no erased message");
+    }
+    for name in ["ann", "ben", "cat"] {
+        net.stop(name);
+    }
+    for name in ["store-0", "store-1", "store-2"] {
+        net.terminate(name);
+    }
+    let found = files_containing(net.dir.path(), canary.as_bytes());
+    assert!(found.is_empty(), "the canary is still in {found:?}");
 }
