@@ -26,7 +26,9 @@ mod validate;
 pub use abi::{HOST_FUNCTIONS, HostFunction};
 pub use fuel::FuelSchedule;
 pub use limits::Limits;
-pub use runtime::{CallReport, Compiled, Context, Effects, Entry, Runtime, StateView, Transfer, Trap};
+pub use runtime::{
+    CallReport, Compiled, Context, Effects, Entry, MODULE_CACHE_MAX, Runtime, StateView, Transfer, Trap,
+};
 pub use validate::{UploadError, validate};
 
 /// Name of the export that marks a module as written for the `cairn` v1 ABI.

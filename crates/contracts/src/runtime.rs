@@ -135,12 +135,17 @@ pub struct Compiled {
     module: Module,
 }
 
+/// Most compiled modules a [`Runtime`] keeps (by code hash) for [`Runtime::compile_cached`].
+pub const MODULE_CACHE_MAX: usize = 64;
+
 /// Runs contracts of one kind ([`Limits::LEDGER`] or [`Limits::POLICY`]).
 #[derive(Debug)]
 pub struct Runtime {
     engine: Engine,
     limits: Limits,
     schedule: FuelSchedule,
+    /// Compiled modules by code hash, oldest first (bounded by [`MODULE_CACHE_MAX`]).
+    cache: std::sync::Mutex<std::collections::VecDeque<([u8; 32], std::sync::Arc<Compiled>)>>,
 }
 
 struct Host<'a> {
@@ -439,7 +444,36 @@ impl Runtime {
             .wasm_wide_arithmetic(false)
             .compilation_mode(CompilationMode::Eager)
             .enforced_limits(EnforcedLimits::strict());
-        Self { engine: Engine::new(&config), limits, schedule }
+        Self {
+            engine: Engine::new(&config),
+            limits,
+            schedule,
+            cache: std::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    /// The fuel schedule this runtime charges host calls by.
+    pub fn schedule(&self) -> &FuelSchedule {
+        &self.schedule
+    }
+
+    /// [`Self::compile`], keeping the last [`MODULE_CACHE_MAX`] modules compiled (by code hash;
+    /// compilation is not metered, so caching changes no fuel or result).
+    pub fn compile_cached(&self, code: &[u8]) -> Result<std::sync::Arc<Compiled>, UploadError> {
+        let hash = crate::code_hash(code);
+        if let Ok(cache) = self.cache.lock()
+            && let Some((_, c)) = cache.iter().find(|(h, _)| *h == hash)
+        {
+            return Ok(c.clone());
+        }
+        let compiled = std::sync::Arc::new(self.compile(code)?);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MODULE_CACHE_MAX {
+                cache.pop_front();
+            }
+            cache.push_back((hash, compiled.clone()));
+        }
+        Ok(compiled)
     }
 
     /// The bounds this runtime applies.

@@ -303,3 +303,24 @@ fn deep_recursion_traps() {
     let r = run(&code, Entry::Execute, b"", &Mem::default(), 100_000_000);
     assert!(matches!(r.result, Err(Trap::Wasm(_) | Trap::OutOfFuel)), "{:?}", r.result);
 }
+
+#[test]
+fn cached_compilation_gives_the_same_calls_and_stays_bounded() {
+    let rt = rt();
+    let code = module(COUNTER);
+    let a = rt.compile_cached(&code).unwrap();
+    let b = rt.compile_cached(&code).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "the second compile is a cache hit");
+    let fresh = rt.compile(&code).unwrap();
+    let state = Mem::default();
+    assert_eq!(
+        rt.call(&a, Entry::Execute, &ctx(), b"k", &state, 1_000_000),
+        rt.call(&fresh, Entry::Execute, &ctx(), b"k", &state, 1_000_000)
+    );
+    // many distinct modules: the cache keeps at most MODULE_CACHE_MAX, the first is recompiled
+    for i in 0..cairn_contracts::MODULE_CACHE_MAX {
+        rt.compile_cached(&module(&format!(r#"(func (export "execute") (drop (i32.const {i})))"#))).unwrap();
+    }
+    let c = rt.compile_cached(&code).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&a, &c), "evicted, compiled again");
+}

@@ -8,7 +8,9 @@
 //! cleanly; a trap fails the transaction, whose effect is then undone as a whole (funds sent
 //! with the call included) while the fee for the fuel used stays paid.
 
-use cairn_contracts::{Context, Entry, Limits, Runtime, StateView, code_hash};
+use std::sync::Arc;
+
+use cairn_contracts::{Context, Entry, FuelSchedule, Limits, Runtime, StateView, code_hash};
 use cairn_proto::AccountId;
 use cairn_proto::codec::Writer;
 
@@ -61,9 +63,28 @@ impl StateView for View<'_, '_> {
     }
 }
 
+/// The process's ledger runtimes, one per fuel schedule seen (in practice one per chain), so
+/// compiled modules are reused across blocks.
+static RUNTIMES: std::sync::Mutex<Vec<Arc<Runtime>>> = std::sync::Mutex::new(Vec::new());
+/// Most runtimes kept (distinct fuel schedules in one process: tests run several chains).
+const RUNTIMES_MAX: usize = 8;
+
+fn shared_runtime(schedule: FuelSchedule) -> Arc<Runtime> {
+    let Ok(mut all) = RUNTIMES.lock() else { return Arc::new(Runtime::new(Limits::LEDGER, schedule)) };
+    if let Some(rt) = all.iter().find(|rt| *rt.schedule() == schedule) {
+        return rt.clone();
+    }
+    let rt = Arc::new(Runtime::new(Limits::LEDGER, schedule));
+    if all.len() >= RUNTIMES_MAX {
+        all.remove(0);
+    }
+    all.push(rt.clone());
+    rt
+}
+
 impl Executor<'_> {
     fn runtime(&self) -> &Runtime {
-        self.runtime.get_or_init(|| Runtime::new(Limits::LEDGER, self.params().fuel))
+        self.runtime.get_or_init(|| shared_runtime(self.params().fuel))
     }
 
     /// The height recorded in the state (the last applied block's).
@@ -84,7 +105,7 @@ impl Executor<'_> {
     }
 
     pub(super) fn deploy(&mut self, code: &[u8]) -> Result<Outcome, TxError> {
-        self.runtime().compile(code).map_err(|e| TxError::CodeRefused(e.to_string()))?;
+        self.runtime().compile_cached(code).map_err(|e| TxError::CodeRefused(e.to_string()))?;
         let hash = code_hash(code);
         if self.raw(&StateKey::Code(hash)).is_none() {
             self.put(StateKey::Code(hash), Some(code.to_vec()));
@@ -138,7 +159,8 @@ impl Executor<'_> {
         if funds > 0 {
             self.move_funds(&tx.account, &AccountId(address), funds)?;
         }
-        let compiled = self.runtime().compile(code).map_err(|e| TxError::CodeRefused(e.to_string()))?;
+        let compiled =
+            self.runtime().compile_cached(code).map_err(|e| TxError::CodeRefused(e.to_string()))?;
         let ctx = Context {
             caller: tx.account.0,
             contract: address,
@@ -205,7 +227,8 @@ impl Executor<'_> {
     /// (at the height it records), with [`QUERY_FUEL`]. Returns the output and the fuel used.
     pub fn query(&self, contract: &[u8; 32], msg: &[u8]) -> Result<(Vec<u8>, u64), TxError> {
         let (_, code) = self.contract(contract)?;
-        let compiled = self.runtime().compile(&code).map_err(|e| TxError::CodeRefused(e.to_string()))?;
+        let compiled =
+            self.runtime().compile_cached(&code).map_err(|e| TxError::CodeRefused(e.to_string()))?;
         let ctx = Context {
             caller: [0; 32],
             contract: *contract,

@@ -44,7 +44,7 @@ pub struct Executor<'a> {
     /// Fuel used by the contract call of the transaction being applied.
     pub(super) fuel_used: u64,
     /// The contract runtime, built with the chain's fuel schedule on first use.
-    pub(super) runtime: std::cell::OnceCell<cairn_contracts::Runtime>,
+    pub(super) runtime: std::cell::OnceCell<std::sync::Arc<cairn_contracts::Runtime>>,
 }
 
 impl<'a> Executor<'a> {
