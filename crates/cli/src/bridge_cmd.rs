@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
+use serde::Deserialize;
 
 /// `cairn bridge …`
 #[derive(Debug, Args)]
@@ -28,6 +29,10 @@ enum BridgeCommand {
 struct MatrixArgs {
     #[command(subcommand)]
     command: Option<MatrixCommand>,
+    /// TOML file whose `[bridge.matrix]` table may set registration, homeserver, server_name,
+    /// listen and data (flags > environment > this file > defaults).
+    #[arg(long, env = "CAIRN_BRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The registration file (also given to the homeserver).
     #[arg(long, env = "CAIRN_BRIDGE_REGISTRATION", value_name = "FILE")]
     registration: Option<PathBuf>,
@@ -62,6 +67,37 @@ enum MatrixCommand {
     },
 }
 
+/// The `[bridge.matrix]` table of a config file.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct MatrixFile {
+    registration: Option<PathBuf>,
+    homeserver: Option<String>,
+    server_name: Option<String>,
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FileRoot {
+    #[serde(default)]
+    bridge: BridgeTable,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BridgeTable {
+    #[serde(default)]
+    matrix: MatrixFile,
+}
+
+/// Reads the `[bridge.matrix]` table of `text` (other tables and keys are left to their owners).
+fn parse_config(text: &str) -> Result<MatrixFile> {
+    let root: FileRoot = toml::from_str(text).context(
+        "fix the [bridge.matrix] table (keys: registration, homeserver, server_name, listen, data)",
+    )?;
+    Ok(root.bridge.matrix)
+}
+
 /// Runs `cairn bridge …`.
 pub(crate) fn run(home: &Path, args: BridgeArgs) -> Result<()> {
     let BridgeCommand::Matrix(m) = args.command;
@@ -77,7 +113,17 @@ pub(crate) fn run(home: &Path, args: BridgeArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let (Some(registration), Some(homeserver)) = (m.registration, m.homeserver) else {
+    let file = match &m.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            parse_config(&text).with_context(|| format!("config {}", p.display()))?
+        }
+        None => MatrixFile::default(),
+    };
+    let (Some(registration), Some(homeserver)) =
+        (m.registration.or(file.registration), m.homeserver.or(file.homeserver))
+    else {
         bail!(
             "give --registration FILE and --homeserver URL (or write a registration with `cairn bridge matrix registration --out FILE`)"
         );
@@ -85,10 +131,28 @@ pub(crate) fn run(home: &Path, args: BridgeArgs) -> Result<()> {
     let cfg = cairn_bridge::Config {
         registration,
         homeserver,
-        server_name: m.server_name,
-        listen: m.listen,
-        data: m.data.unwrap_or_else(|| home.join("bridge-matrix")),
+        server_name: m.server_name.or(file.server_name),
+        listen: m.listen.or(file.listen),
+        data: m.data.or(file.data).unwrap_or_else(|| home.join("bridge-matrix")),
         cairn_home: home.to_path_buf(),
     };
     cairn_bridge::run(cfg, Arc::new(AtomicBool::new(false))).context("the Matrix bridge stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_bridge_matrix_table_is_read_and_checked() {
+        let text = "api = \"127.0.0.1:1\"\n[bridge.matrix]\nregistration = \"/r.yaml\"\nhomeserver = \"http://127.0.0.1:8008\"\nlisten = \"127.0.0.1:29330\"\n";
+        let f = parse_config(text).unwrap();
+        assert_eq!(f.registration, Some(PathBuf::from("/r.yaml")));
+        assert_eq!(f.homeserver.as_deref(), Some("http://127.0.0.1:8008"));
+        assert_eq!(f.listen, Some("127.0.0.1:29330".parse().unwrap()));
+        assert_eq!(parse_config("api = 1").unwrap(), MatrixFile::default());
+        assert!(parse_config("[bridge.matrix]\nhomeservr = \"x\"").is_err(), "a misspelt key is refused");
+        assert!(parse_config("[bridge.matrix]\nlisten = \"nope\"").is_err());
+    }
 }
