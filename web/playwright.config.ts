@@ -8,7 +8,9 @@ export default defineConfig({
   expect: { timeout: 30_000 },
   fullyParallel: false,
   workers: 1,
-  retries: 0,
+  // One retry in CI: a group's last delivery receipt was seen to stay missing (1 run in ~10);
+  // a retried test is reported as flaky by the summary line in .ci/run, never hidden.
+  retries: process.env.CI ? 1 : 0,
   reporter: [['list'], ['json', { outputFile: 'test-results/results.json' }]],
   use: {
     browserName: 'chromium',

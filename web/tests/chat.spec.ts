@@ -154,7 +154,13 @@ test('bob offline, then back, catching up; a wrong passphrase is refused', async
   // Held by the store node while bob is away.
   await expect(alice.getByTestId('delivery').last()).toHaveText(/stored on \d/);
   await net.startNode(bobUser);
-  // The node restarted, so the browser session is gone: bob unlocks with his passphrase.
+  // The session outlived the restart: bob's page is still logged in and catches up.
+  await bob.reload();
+  await expect(bob.getByTestId('unread').first()).toBeVisible({ timeout: 60_000 });
+  // Logged out, the page asks for the passphrase.
+  await bob.getByRole('button', { name: 'Account' }).click();
+  await bob.getByRole('button', { name: 'Log out of this browser' }).click();
+  await expect(bob.getByLabel('Passphrase')).toBeVisible();
   await bob.reload();
   await expect(bob.getByLabel('Passphrase')).toBeVisible();
   await bob.getByLabel('Passphrase').fill('not my passphrase');

@@ -264,6 +264,7 @@ async fn run_node(
     let keystore = home.join(crate::home::KEYSTORE);
     let web = cairn_node::web::WebOptions {
         passphrase: Some(Arc::new(move |p: &[u8]| cairn_crypto::Identity::open_file(&keystore, p).is_ok())),
+        session_file: Some(home.join("web-sessions")),
     };
     let server = tokio::spawn(cairn_node::api::serve_with(listener, backend, token, web, async move {
         tokio::select! {

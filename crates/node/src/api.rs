@@ -148,7 +148,7 @@ fn build<B: Backend>(backend: Arc<B>, token: String, web: WebOptions) -> (Router
         token: blake3::hash(token.as_bytes()),
         token_set: !token.is_empty(),
         stop: stop.clone(),
-        sessions: Sessions::default(),
+        sessions: Sessions::new(web.session_file.clone()),
         web,
     });
     let mut public = Router::new();

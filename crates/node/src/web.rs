@@ -17,8 +17,9 @@
 //!   The WebSocket stream, where browsers cannot add headers, needs `Origin` to be this origin.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::Request;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
@@ -50,11 +51,17 @@ pub type PassphraseCheck = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 pub struct WebOptions {
     /// Lets a browser log in with the keystore passphrase (None: login links only).
     pub passphrase: Option<PassphraseCheck>,
+    /// Keeps browser sessions (their hashes and expiry times, 0600) across node restarts
+    /// (None: in memory only).
+    pub session_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for WebOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebOptions").field("passphrase", &self.passphrase.is_some()).finish()
+        f.debug_struct("WebOptions")
+            .field("passphrase", &self.passphrase.is_some())
+            .field("session_file", &self.session_file)
+            .finish()
     }
 }
 
@@ -75,12 +82,39 @@ pub(crate) struct Sessions {
     inner: Mutex<SessionState>,
     /// One passphrase check at a time (each costs a KDF run).
     pub(crate) passphrase_gate: tokio::sync::Mutex<()>,
+    /// Where sessions are kept across restarts.
+    file: Option<PathBuf>,
 }
 
 #[derive(Default)]
 struct SessionState {
     codes: VecDeque<(blake3::Hash, Instant)>,
-    sessions: VecDeque<(blake3::Hash, Instant)>,
+    /// Session hashes and their expiry (Unix ms: they outlive the process).
+    sessions: VecDeque<(blake3::Hash, u64)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Largest session file read (one line per session; anything longer is not ours).
+const SESSION_FILE_MAX: u64 = 64 * 1024;
+
+/// Parses a session file: `HASH_HEX EXPIRY_MS` lines; malformed or expired lines are skipped,
+/// at most [`MAX_SESSIONS`] (the last ones) kept.
+fn parse_sessions(text: &str, now: u64) -> VecDeque<(blake3::Hash, u64)> {
+    let mut out = VecDeque::new();
+    for line in text.lines() {
+        let Some((h, t)) = line.trim().split_once(' ') else { continue };
+        let (Ok(h), Ok(t)) = (blake3::Hash::from_hex(h), t.parse::<u64>()) else { continue };
+        if t > now && t <= now.saturating_add(SESSION_TTL.as_millis() as u64) {
+            out.push_back((h, t));
+        }
+    }
+    while out.len() > MAX_SESSIONS {
+        out.pop_front();
+    }
+    out
 }
 
 fn random_hex() -> Result<String, String> {
@@ -89,8 +123,13 @@ fn random_hex() -> Result<String, String> {
     Ok(hex::encode(bytes))
 }
 
-fn push_bounded(q: &mut VecDeque<(blake3::Hash, Instant)>, h: blake3::Hash, until: Instant, max: usize) {
-    let now = Instant::now();
+fn push_bounded<T: PartialOrd + Copy>(
+    q: &mut VecDeque<(blake3::Hash, T)>,
+    h: blake3::Hash,
+    until: T,
+    now: T,
+    max: usize,
+) {
     q.retain(|(_, t)| *t > now);
     while q.len() >= max {
         q.pop_front();
@@ -99,6 +138,48 @@ fn push_bounded(q: &mut VecDeque<(blake3::Hash, Instant)>, h: blake3::Hash, unti
 }
 
 impl Sessions {
+    /// Sessions kept in `file` (read now if it exists; unreadable or malformed content starts
+    /// empty, logged), or in memory only.
+    pub(crate) fn new(file: Option<PathBuf>) -> Sessions {
+        let mut state = SessionState::default();
+        if let Some(path) = &file {
+            match std::fs::File::open(path) {
+                Ok(f) => {
+                    use std::io::Read as _;
+                    let mut text = String::new();
+                    match f.take(SESSION_FILE_MAX).read_to_string(&mut text) {
+                        Ok(_) => state.sessions = parse_sessions(&text, now_ms()),
+                        Err(e) => {
+                            tracing::warn!("web sessions in {}: {e}; starting with none", path.display())
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("web sessions in {}: {e}; starting with none", path.display()),
+            }
+        }
+        Sessions { inner: Mutex::new(state), passphrase_gate: tokio::sync::Mutex::new(()), file }
+    }
+
+    /// Writes the sessions to the file (atomically, 0600). A failure is logged: the sessions
+    /// still work until the node restarts.
+    fn save(&self, sessions: &VecDeque<(blake3::Hash, u64)>) {
+        let Some(path) = &self.file else { return };
+        let text: String = sessions.iter().map(|(h, t)| format!("{} {t}\n", h.to_hex())).collect();
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!("saving web sessions to {}: {e}", path.display());
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -110,6 +191,7 @@ impl Sessions {
             &mut self.state().codes,
             blake3::hash(code.as_bytes()),
             Instant::now() + CODE_TTL,
+            Instant::now(),
             MAX_CODES,
         );
         Ok(code)
@@ -128,26 +210,32 @@ impl Sessions {
     /// A new session id.
     pub(crate) fn new_session(&self) -> Result<String, String> {
         let id = random_hex()?;
+        let now = now_ms();
+        let mut st = self.state();
         push_bounded(
-            &mut self.state().sessions,
+            &mut st.sessions,
             blake3::hash(id.as_bytes()),
-            Instant::now() + SESSION_TTL,
+            now.saturating_add(SESSION_TTL.as_millis() as u64),
+            now,
             MAX_SESSIONS,
         );
+        self.save(&st.sessions);
         Ok(id)
     }
 
     /// Whether `id` is a live session.
     pub(crate) fn valid(&self, id: &str) -> bool {
         let h = blake3::hash(id.as_bytes());
-        let now = Instant::now();
+        let now = now_ms();
         self.state().sessions.iter().any(|(s, t)| *s == h && *t > now)
     }
 
     /// Ends a session.
     pub(crate) fn end(&self, id: &str) {
         let h = blake3::hash(id.as_bytes());
-        self.state().sessions.retain(|(s, _)| *s != h);
+        let mut st = self.state();
+        st.sessions.retain(|(s, _)| *s != h);
+        self.save(&st.sessions);
     }
 }
 
@@ -381,6 +469,40 @@ mod tests {
         assert!(same_origin(&Method::GET, &headers(&[("host", "127.0.0.1:4000")]), true).is_err());
         let h = headers(&[("host", "127.0.0.1:4000"), ("origin", "null")]);
         assert!(same_origin(&Method::GET, &h, true).is_err());
+    }
+
+    #[test]
+    fn sessions_survive_a_restart_through_their_file_and_garbage_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-sessions");
+        let s = Sessions::new(Some(path.clone()));
+        let a = s.new_session().unwrap();
+        let b = s.new_session().unwrap();
+        s.end(&b);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&a) && !text.contains(&b), "only hashes are written");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = Sessions::new(Some(path.clone()));
+        assert!(again.valid(&a) && !again.valid(&b));
+        // Garbage, expired and far-future lines are skipped; good ones kept.
+        let now = now_ms();
+        let good = blake3::hash(b"x");
+        let text = format!(
+            "nonsense\n{} {}\n{} 1\n{} {}\nzz {}\n",
+            good.to_hex(),
+            now + 1000,
+            blake3::hash(b"old").to_hex(),
+            blake3::hash(b"far").to_hex(),
+            u64::MAX,
+            now + 1000
+        );
+        let parsed = parse_sessions(&text, now);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].0, good);
+        let many: String =
+            (0..100).map(|i| format!("{} {}\n", blake3::hash(&[i]).to_hex(), now + 1000)).collect();
+        assert_eq!(parse_sessions(&many, now).len(), MAX_SESSIONS);
     }
 
     #[test]

@@ -28,6 +28,7 @@ fn start(passphrase: Option<&'static [u8]>) -> Srv {
     let mut stop = fake.stop.subscribe();
     let opts = WebOptions {
         passphrase: passphrase.map(|right| -> web::PassphraseCheck { Arc::new(move |p: &[u8]| p == right) }),
+        session_file: None,
     };
     rt.spawn(api::serve_with(listener, fake.clone(), TOKEN.to_string(), opts, async move {
         let _ = stop.wait_for(|s| *s).await;
