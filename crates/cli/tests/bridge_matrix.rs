@@ -278,8 +278,12 @@ fn matrix_bridge_against_a_real_synapse() {
         if std::env::var_os("CI").is_some() {
             panic!("{msg}");
         }
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n!!! SKIPPED matrix_bridge_against_a_real_synapse: {msg}\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        // Written to the real stderr, past the test harness's output capture.
+        use std::io::Write as _;
+        let bar = "!".repeat(80);
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n{bar}\n!!! SKIPPED matrix_bridge_against_a_real_synapse: {msg}\n{bar}\n"
         );
         return;
     };
