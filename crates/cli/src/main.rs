@@ -1,5 +1,6 @@
 //! `cairn`: the command-line program of the Cairn messenger.
 
+mod archive_cmd;
 mod bench;
 mod bench_e2e;
 mod bridge_cmd;
@@ -63,6 +64,12 @@ enum Command {
     /// A real multi-process network on loopback (4 validators, 3 store nodes, 3 users) playing
     /// the whole story step by step; exit 0 only if every step was checked.
     Demo(demo::DemoArgs),
+    /// Write this account's data (conversations, histories, messages, receipts, the encrypted
+    /// keystore) to a passphrase-sealed archive; the node must be stopped.
+    Export(archive_cmd::ExportArgs),
+    /// Restore an archive written by `cairn export` into an empty --home; `cairn up` then
+    /// shows its conversations (readable and verifiable; not joined again).
+    Import(archive_cmd::ImportArgs),
     /// Print a one-time login link to the running node's web client (served on its API address).
     Web(web_cmd::WebArgs),
     /// Bridges to other messengers: `cairn bridge matrix` (a Matrix application service).
@@ -87,6 +94,8 @@ fn main() -> ExitCode {
         Command::Dev(args) => node_cmd::dev(&home, args),
         Command::Demo(args) => demo::run(args),
         Command::Web(args) => web_cmd::run(&home, args),
+        Command::Export(args) => archive_cmd::export(&home, args),
+        Command::Import(args) => archive_cmd::import(&home, args),
         Command::Bridge(args) => bridge_cmd::run(&home, args),
         Command::Client(cmd) => client_cmd::run(&home, cmd),
     };

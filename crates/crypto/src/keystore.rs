@@ -302,7 +302,7 @@ impl Identity {
     }
 }
 
-fn derive_key(
+pub(crate) fn derive_key(
     passphrase: &[u8],
     salt: &[u8; 16],
     kdf: KdfParams,

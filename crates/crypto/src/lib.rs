@@ -8,6 +8,7 @@
 //! The header is the AEAD's associated data, so changing a KDF parameter breaks decryption.
 //! KDF parameters are bounded on read, so a crafted file cannot make us allocate gigabytes.
 
+pub mod container;
 pub mod keystore;
 
 pub use keystore::{Identity, KdfParams, KeystoreError};

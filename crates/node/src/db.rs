@@ -28,6 +28,7 @@ const MESSAGES: TableDefinition<'_, (&[u8; 32], u64), &[u8; 32]> = TableDefiniti
 const BY_ID: TableDefinition<'_, &[u8; 32], (&[u8; 32], u64, bool)> = TableDefinition::new("node_by_id");
 const OUTBOX: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_outbox");
 const PENDING_DEVICES: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("node_pending_devices");
+const ARCHIVED: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("node_archived");
 
 /// Envelopes kept in the outbox at most. Overflow policy: the oldest-keyed entry is dropped
 /// (its envelope stays in the local history and on whatever store nodes took it).
@@ -105,6 +106,7 @@ impl NodeDb {
             tx.open_table(BY_ID).map_err(storage)?;
             tx.open_table(OUTBOX).map_err(storage)?;
             tx.open_table(PENDING_DEVICES).map_err(storage)?;
+            tx.open_table(ARCHIVED).map_err(storage)?;
             crate::requests::create_tables(&tx)?;
             crate::redactions::create_tables(&tx)?;
         }
@@ -292,6 +294,45 @@ impl NodeDb {
         let tx = self.db.begin_read().map_err(storage)?;
         let messages = tx.open_table(MESSAGES).map_err(storage)?;
         last_seq(&messages, conv)
+    }
+
+    /// Conversations that have rows here (read messages), from the sealed plaintexts.
+    pub fn conversations_with_rows(&self) -> Result<std::collections::BTreeSet<[u8; 32]>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let plain = tx.open_table(PLAIN).map_err(storage)?;
+        let mut out = std::collections::BTreeSet::new();
+        for row in plain.iter().map_err(storage)? {
+            let (_, v) = row.map_err(storage)?;
+            if let Some(c) = v.value().get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok()) {
+                out.insert(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tail position of a text message.
+    pub fn seq_of(&self, id: &Id) -> Result<Option<u64>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(BY_ID).map_err(storage)?;
+        Ok(t.get(&id.0).map_err(storage)?.map(|v| v.value().1))
+    }
+
+    /// Records a conversation restored from an archive (readable, not joined).
+    pub fn archive_conversation(&self, conv: &[u8; 32], now_ms: u64) -> Result<(), NodeError> {
+        let tx = self.begin()?;
+        tx.open_table(ARCHIVED).map_err(storage)?.insert(conv, now_ms).map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    /// Conversations restored from an archive.
+    pub fn archived(&self) -> Result<Vec<[u8; 32]>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(ARCHIVED).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage)? {
+            out.push(*row.map_err(storage)?.0.value());
+        }
+        Ok(out)
     }
 
     /// Devices waiting to be added to this account's conversations.

@@ -7,6 +7,7 @@
 
 mod account_ops;
 pub mod api;
+pub mod archive;
 pub mod backend;
 pub mod client;
 pub mod core;

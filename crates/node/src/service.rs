@@ -155,6 +155,15 @@ impl Service {
             };
             shared.set_conversation(id, snap);
         }
+        // Conversations restored from an archive: readable and verifiable, not joined.
+        let joined = mls.conversations();
+        for c in node_db.archived()? {
+            let id = ConversationId(c);
+            if !joined.contains(&id) {
+                let snap = crate::shell::ConvSnapshot { epoch: 0, active: false, members: Vec::new() };
+                shared.set_conversation(id, snap);
+            }
+        }
         let engine = Engine::new(mls, node_db, net.history().clone(), keys.clone(), ecfg);
         let seq_client = LedgerClient::new(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
         // The actor waits this long for a commit to be ordered; past it the commit stays
