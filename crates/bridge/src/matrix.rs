@@ -15,6 +15,7 @@ use ruma::api::client::membership::invite_user::v3 as invite;
 use ruma::api::client::membership::join_room_by_id::v3 as join;
 use ruma::api::client::membership::leave_room::v3 as leave;
 use ruma::api::client::message::send_message_event::v3 as send;
+use ruma::api::client::profile::set_profile_field::v3 as set_profile_field;
 use ruma::api::client::room::create_room::v3 as create_room;
 use ruma::api::path_builder::{PathBuilder, VersionHistory};
 use ruma::api::{
@@ -141,6 +142,13 @@ impl Matrix {
             Err(CallError::Fatal { errcode, .. }) if errcode == "M_USER_IN_USE" => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sets a puppet's display name.
+    pub fn set_display_name(&self, user: &UserId, name: &str) -> Result<(), CallError> {
+        let value = ruma::profile::ProfileFieldValue::DisplayName(name.to_string());
+        let req = set_profile_field::Request::new(user.to_owned(), value);
+        self.call(req, Some(user)).map(|_| ())
     }
 
     /// Creates a public room with an alias, as the bot; if the alias exists already (a crash

@@ -428,6 +428,16 @@ fn puppet_id(ctx: &Ctx, account: &str, hint: Option<&str>) -> Result<OwnedUserId
         user = ctx.names.puppet(account, None);
     }
     let id = OwnedUserId::try_from(user.as_str()).map_err(|e| fatal(e.to_string()))?;
+    // Registered and named before it is recorded (both idempotent), so a crash repeats them.
+    ctx.matrix.register(id.localpart())?;
+    let short: String = account.chars().take(16).collect();
+    let display = match handle.as_deref() {
+        Some(h) => format!("{} (Cairn)", h.trim_start_matches('@')),
+        None => format!("{short}… (Cairn)"),
+    };
+    if let Err(e) = ctx.matrix.set_display_name(&id, &display) {
+        tracing::debug!("display name of {id}: {e}");
+    }
     ctx.db.set_marks(&[(&key, &user), (&format!("puppetuser|{user}"), account)]).map_err(transient)?;
     Ok(id)
 }

@@ -362,6 +362,8 @@ fn matrix_bridge_against_a_real_synapse() {
         let (_, v) = mx.cs("GET", &format!("/rooms/{}/joined_members", enc(&room)), &mara, None);
         v["joined"].get("@cairn_alice:localhost").map(|_| ())
     });
+    let (_, profile) = mx.cs("GET", "/profile/@cairn_alice:localhost/displayname", &mara, None);
+    assert_eq!(profile["displayname"], "alice (Cairn)", "puppets are named after the Cairn handle");
     // A Cairn member invites a Matrix user through the bridge; she joins and is relayed.
     // (Synapse caches an initial sync for minutes: follow with `since`.)
     let mut since =
