@@ -207,9 +207,9 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
         />
       )}
       {loading ? (
-        <p class="empty">Loading history…</p>
+        <p class="empty grow">Loading history…</p>
       ) : msgs.length === 0 ? (
-        <p class="empty">No messages yet. Say hello below.</p>
+        <p class="empty grow">No messages yet. Say hello below.</p>
       ) : (
         <VirtualList
           label="Messages"

@@ -104,10 +104,20 @@ test('messages both ways in order, with delivery states', async () => {
   await openChat(bob, '@alice');
   // Layout shifts on bob's page while messages arrive (rows are positioned by transform).
   await bob.evaluate(() => {
-    const w = window as unknown as { cls: number };
+    type Shift = { value: number; hadRecentInput: boolean; sources?: { node?: Node; previousRect: DOMRectReadOnly; currentRect: DOMRectReadOnly }[] };
+    const w = window as unknown as { cls: number; shifts: string[] };
     w.cls = 0;
+    w.shifts = [];
     new PerformanceObserver((l) => {
-      for (const e of l.getEntries() as unknown as { value: number; hadRecentInput: boolean }[]) if (!e.hadRecentInput) w.cls += e.value;
+      for (const e of l.getEntries() as unknown as Shift[]) {
+        if (e.hadRecentInput) continue;
+        w.cls += e.value;
+        for (const s of e.sources ?? []) {
+          const el = s.node instanceof Element ? s.node : s.node?.parentElement;
+          const r = (x: DOMRectReadOnly) => `${Math.round(x.x)},${Math.round(x.y)} ${Math.round(x.width)}x${Math.round(x.height)}`;
+          w.shifts.push(`${e.value.toFixed(4)} <${el?.tagName.toLowerCase()} class="${el?.className}"> ${r(s.previousRect)} -> ${r(s.currentRect)}`);
+        }
+      }
     }).observe({ type: 'layout-shift', buffered: false });
   });
   for (let i = 1; i <= 3; i++) await send(alice, `hello bob ${i}`);
@@ -125,8 +135,14 @@ test('messages both ways in order, with delivery states', async () => {
     await expect(bubbles(bob).last()).toHaveText(`ping ${i}`);
     lat.push(Date.now() - t0);
   }
-  const cls = await bob.evaluate(() => (window as unknown as { cls: number }).cls);
+  const { cls, shifts } = await bob.evaluate(() => window as unknown as { cls: number; shifts: string[] }).then(() =>
+    bob.evaluate(() => {
+      const w = window as unknown as { cls: number; shifts: string[] };
+      return { cls: w.cls, shifts: w.shifts };
+    }),
+  );
   console.log(`layout shift on the receiving page over 23 arrivals: ${cls.toFixed(4)}`);
+  for (const s of shifts) console.log(`  shifted: ${s}`);
   expect(cls, 'no layout shift when messages arrive').toBeLessThan(0.01);
   lat.sort((a, b) => a - b);
   const pct = (p: number) => lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))];

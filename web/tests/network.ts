@@ -2,7 +2,7 @@
 // node and alice's node), then bob's and carol's nodes (`cairn up`) joining it. Every process
 // is killed by stop(); every wait is bounded.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -140,5 +140,7 @@ export class Network {
       await done;
       clearTimeout(t);
     }
+    if (!process.env.CAIRN_KEEP) rmSync(this.dir, { recursive: true, force: true });
+    else console.log(`network data kept in ${this.dir}`);
   }
 }
