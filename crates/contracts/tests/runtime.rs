@@ -324,3 +324,17 @@ fn cached_compilation_gives_the_same_calls_and_stays_bounded() {
     let c = rt.compile_cached(&code).unwrap();
     assert!(!std::sync::Arc::ptr_eq(&a, &c), "evicted, compiled again");
 }
+
+#[test]
+fn a_long_guest_loop_does_not_grow_the_host_stack() {
+    // 10M fuel of a tight loop on a thread with a 256 KiB stack: the interpreter must not
+    // recurse per instruction (wasmi's tail-call dispatch did when not optimized into jumps)
+    let code = module(r#"(func (export "execute") (loop $l (br $l)))"#);
+    let r = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || run(&code, Entry::Execute, b"", &Mem::default(), 10_000_000))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(r.result, Err(Trap::OutOfFuel));
+}

@@ -199,3 +199,57 @@ fn a_block_reserves_at_most_its_fuel_budget() {
     let (receipts, dropped) = w.m.propose_and_apply(&txs[fit as usize..]).unwrap();
     assert_eq!((receipts.len(), dropped.len()), (1, 0));
 }
+
+/// A module with the ABI marker and memory whose `execute` is `body`.
+fn wat_module(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (import "cairn" "output_write" (func $out (param i32 i32)))
+             (memory (export "memory") 1 64)
+             (global (export "cairn_abi_v1") i32 (i32.const 1))
+             (func (export "init"))
+             (func (export "execute") {body}))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn hostile_contracts_run_out_of_fuel_and_pay_for_it() {
+    let mut w = W::new();
+    let p = params();
+    let cases = [
+        ("infinite loop", "(loop $l (br $l))"),
+        // grow to the 64-page maximum, then write everywhere forever
+        (
+            "memory bomb",
+            "(local $i i32) (drop (memory.grow (i32.const 63)))
+             (loop $l (i32.store (local.get $i) (local.get $i))
+               (local.set $i (i32.and (i32.add (local.get $i) (i32.const 4)) (i32.const 4194300)))
+               (br $l))",
+        ),
+        // a huge output: every byte costs fuel; over the limit it traps
+        ("output flood", "(loop $l (call $out (i32.const 0) (i32.const 65536)) (br $l))"),
+    ];
+    for (name, body) in cases {
+        let code = wat_module(body);
+        let t = w.tx(1, TxBody::Deploy { code: code.clone() });
+        assert_eq!(w.run_raw(t).unwrap(), Outcome::Applied, "{name}");
+        let hash = code_hash(&code);
+        let nonce = w.m.nonce(&acct(1).0);
+        let t = w.tx(1, TxBody::Instantiate { code_hash: hash, msg: vec![], funds: 0, fuel_limit: 100_000 });
+        assert!(matches!(w.run_raw(t).unwrap(), Outcome::Contract { .. }), "{name}");
+        let contract = contract_address(&acct(1), &acct(1).0, nonce, &hash);
+        let before = w.balance(&acct(2));
+        let t = w.tx(2, TxBody::Execute { contract, msg: vec![], funds: 5, fuel_limit: 3_000_000 });
+        let len = t.len();
+        match w.run_raw(t).unwrap() {
+            Outcome::Failed(TxError::ContractFailed(m)) => {
+                assert!(m.contains("out of fuel") || m.contains("limit"), "{name}: {m}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        let paid = before - w.balance(&acct(2));
+        assert!(paid <= p.fee(len, 3_000_000) && paid > p.fee(len, 0), "{name}: paid {paid}");
+        assert_eq!(w.balance(&AccountId(contract)), 0, "{name}: the funds went back");
+    }
+}

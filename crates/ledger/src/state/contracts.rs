@@ -19,6 +19,9 @@ use crate::tx::{Tx, TxError};
 
 /// Most fuel one contract call may use (about 50-100 ms of wasmi on one core).
 pub const FUEL_LIMIT_MAX: u64 = 10_000_000;
+/// Most bytes of a call's output kept in its transaction's outcome (the rest is cut: outcomes
+/// are held in memory by every validator; queries return the whole output).
+pub const OUTCOME_OUTPUT_MAX: usize = 1024;
 /// Fuel given to a read-only query.
 pub const QUERY_FUEL: u64 = 10_000_000;
 const ADDRESS_DOMAIN: &str = "cairn 2026-12 contract address v1";
@@ -180,7 +183,9 @@ impl Executor<'_> {
         for t in &fx.transfers {
             self.move_funds(&AccountId(address), &AccountId(t.to), t.amount)?;
         }
-        Ok(Outcome::Contract { address, fuel_used: report.fuel_used, output: fx.output, events: fx.events })
+        let mut output = fx.output;
+        output.truncate(OUTCOME_OUTPUT_MAX);
+        Ok(Outcome::Contract { address, fuel_used: report.fuel_used, output, events: fx.events })
     }
 
     /// Moves `amount` between accounts; a usable key with no account yet gets one (as a
