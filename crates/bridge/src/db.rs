@@ -20,6 +20,7 @@ const PORTALS: TableDefinition<'_, &str, &str> = TableDefinition::new("portals")
 const ROOMS: TableDefinition<'_, &str, &str> = TableDefinition::new("rooms");
 const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
 const MARKS: TableDefinition<'_, &str, &str> = TableDefinition::new("marks");
+const RELAYED: TableDefinition<'_, &str, (&str, u64)> = TableDefinition::new("relayed");
 
 /// Events held in the inbound queue at most.
 pub const INBOX_MAX: u64 = 10_000;
@@ -27,6 +28,9 @@ pub const INBOX_MAX: u64 = 10_000;
 pub const OUTBOX_MAX: u64 = 10_000;
 /// Transaction ids remembered at most; beyond it the oldest day is forgotten.
 pub const TXNS_MAX: u64 = 100_000;
+/// Relayed-message pairs remembered at most; beyond it those older than 30 days are forgotten
+/// (an erasure or redaction of an older message is then announced, not mirrored).
+pub const RELAYED_MAX: u64 = 200_000;
 /// Longest transaction id accepted.
 pub const TXN_ID_MAX: usize = 255;
 
@@ -73,6 +77,13 @@ pub enum OutJob {
         account: String,
         /// Handle.
         handle: Option<String>,
+    },
+    /// Redact on Matrix what a Cairn message (now erased by its author) was relayed as.
+    Redact {
+        /// Conversation id.
+        conv: String,
+        /// Erased envelope id.
+        envelope: String,
     },
     /// Invite a Matrix user into the portal.
     Invite {
@@ -162,6 +173,7 @@ impl Db {
             tx.open_table(ROOMS).map_err(db_err)?;
             tx.open_table(CURSORS).map_err(db_err)?;
             tx.open_table(MARKS).map_err(db_err)?;
+            tx.open_table(RELAYED).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(Db { db })
@@ -342,6 +354,29 @@ impl Db {
         tx.commit().map_err(db_err)
     }
 
+    /// Remembers that `key` (`m:<Matrix event id>` or `c:<Cairn envelope id>`) was relayed as
+    /// `value`, to mirror a later redaction or erasure.
+    pub fn relate(&self, key: &str, value: &str) -> Result<(), BridgeError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(RELAYED).map_err(db_err)?;
+            let now = now_ms();
+            if t.len().map_err(db_err)? >= RELAYED_MAX {
+                let cutoff = now.saturating_sub(30 * 24 * 3600 * 1000);
+                t.retain(|_, (_, at)| at > cutoff).map_err(db_err)?;
+            }
+            t.insert(key, (value, now)).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// What `key` was relayed as.
+    pub fn related(&self, key: &str) -> Result<Option<String>, BridgeError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(RELAYED).map_err(db_err)?;
+        Ok(t.get(key).map_err(db_err)?.map(|v| v.value().0.to_string()))
+    }
+
     /// Sets several marks in one transaction.
     pub fn set_marks(&self, marks: &[(&str, &str)]) -> Result<(), BridgeError> {
         let tx = self.db.begin_write().map_err(db_err)?;
@@ -439,5 +474,8 @@ mod tests {
         assert_eq!(db.portal_by_prefix("abcd").unwrap(), Some(("abcdef00".into(), "!r:hs".into())));
         assert_eq!(db.portal_by_prefix("abce").unwrap(), None);
         assert_eq!(db.conv_of_room("!r:hs").unwrap().as_deref(), Some("abcdef00"));
+        db.relate("m:$e", "envelope").unwrap();
+        assert_eq!(db.related("m:$e").unwrap().as_deref(), Some("envelope"));
+        assert_eq!(db.related("m:$other").unwrap(), None);
     }
 }

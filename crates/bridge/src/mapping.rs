@@ -117,6 +117,8 @@ pub struct MatrixEvent {
     pub state_key: Option<String>,
     /// Content (a JSON object).
     pub content: serde_json::Map<String, serde_json::Value>,
+    /// Redacted event (`m.room.redaction`: top level before room version 11).
+    pub redacts: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +132,8 @@ struct RawEvent {
     state_key: Option<String>,
     #[serde(default)]
     content: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    redacts: Option<String>,
 }
 
 /// Parses one event of a transaction; refuses oversized or malformed events.
@@ -148,6 +152,7 @@ pub fn parse_event(raw: &str) -> Result<MatrixEvent, String> {
         event_id: r.event_id,
         state_key: r.state_key,
         content: r.content,
+        redacts: r.redacts,
     })
 }
 
@@ -156,6 +161,13 @@ pub fn parse_event(raw: &str) -> Result<MatrixEvent, String> {
 pub enum Inbound {
     /// Relay this text into the Cairn conversation.
     Text(String),
+    /// A message was redacted: erase its Cairn copy if the bridge relayed it, else post the text.
+    Redact {
+        /// The redacted event.
+        redacts: OwnedEventId,
+        /// Posted when there is no copy to erase.
+        text: String,
+    },
     /// Encryption was turned on in the portal: the bridge cannot follow; say so on both sides.
     EncryptionEnabled,
     /// Nothing to relay (the reason is logged).
@@ -194,9 +206,15 @@ pub fn classify(ev: &MatrixEvent, names: &Names) -> Inbound {
                 }
             }
         }
-        "m.room.redaction" => Inbound::Text(format!(
-            "{sender} (Matrix) deleted a message (Cairn keeps its copy: erasure through the bridge is not available)"
-        )),
+        "m.room.redaction" => {
+            let target = ev.content.get("redacts").and_then(|r| r.as_str()).or(ev.redacts.as_deref());
+            match target.map(OwnedEventId::try_from) {
+                Some(Ok(redacts)) => {
+                    Inbound::Redact { redacts, text: format!("{sender} (Matrix) deleted a message") }
+                }
+                _ => Inbound::Ignore("redaction without a valid target"),
+            }
+        }
         "m.room.encryption" => Inbound::EncryptionEnabled,
         "m.room.encrypted" => Inbound::Ignore("encrypted event (not supported)"),
         "m.room.member" => {
@@ -367,7 +385,15 @@ mod tests {
         );
         assert_eq!(classify(&e, &n), Inbound::Text("@bob:hs.test (Matrix, edited): hey".into()));
         let r = ev("m.room.redaction", "@bob:hs.test", None, serde_json::json!({"redacts": "$e0"}));
-        assert!(matches!(classify(&r, &n), Inbound::Text(t) if t.contains("deleted a message")));
+        assert!(
+            matches!(classify(&r, &n), Inbound::Redact { redacts, text } if redacts == "$e0" && text.contains("deleted a message"))
+        );
+        let mut old = r.clone();
+        old.content.clear();
+        old.redacts = Some("$e9".into());
+        assert!(matches!(classify(&old, &n), Inbound::Redact { redacts, .. } if redacts == "$e9"));
+        old.redacts = Some("not an event id".into());
+        assert!(matches!(classify(&old, &n), Inbound::Ignore(_)));
         let enc = ev(
             "m.room.encryption",
             "@bob:hs.test",

@@ -16,6 +16,7 @@ use ruma::api::client::membership::join_room_by_id::v3 as join;
 use ruma::api::client::membership::leave_room::v3 as leave;
 use ruma::api::client::message::send_message_event::v3 as send;
 use ruma::api::client::profile::set_profile_field::v3 as set_profile_field;
+use ruma::api::client::redact::redact_event::v3 as redact;
 use ruma::api::client::room::create_room::v3 as create_room;
 use ruma::api::path_builder::{PathBuilder, VersionHistory};
 use ruma::api::{
@@ -23,7 +24,9 @@ use ruma::api::{
     OutgoingRequestAppserviceExt as _, SupportedVersions,
 };
 use ruma::events::room::message::RoomMessageEventContent;
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId,
+};
 
 use crate::retry::{Outcome, classify};
 
@@ -206,9 +209,15 @@ impl Matrix {
         txn: &str,
         content: &RoomMessageEventContent,
         user: Option<&UserId>,
-    ) -> Result<(), CallError> {
+    ) -> Result<OwnedEventId, CallError> {
         let req = send::Request::new(room.to_owned(), OwnedTransactionId::from(txn), content)
             .map_err(|e| CallError::Fatal { errcode: "BRIDGE_CONTENT".into(), error: e.to_string() })?;
-        self.call(req, user).map(|_| ())
+        self.call(req, user).map(|r| r.event_id)
+    }
+
+    /// Redacts an event as `user` (its sender); the same `txn` is idempotent.
+    pub fn redact(&self, room: &RoomId, event: &EventId, txn: &str, user: &UserId) -> Result<(), CallError> {
+        let req = redact::Request::new(room.to_owned(), event.to_owned(), OwnedTransactionId::from(txn));
+        self.call(req, Some(user)).map(|_| ())
     }
 }

@@ -157,24 +157,51 @@ fn relay_in(ctx: &Ctx, key: u64, raw: &str) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 let _ = ctx.out_wake.try_send(());
             }
-            send_to_cairn(ctx, key, &conv, mapping::ENCRYPTION_REFUSED)
+            send_to_cairn(ctx, key, &conv, mapping::ENCRYPTION_REFUSED, None)
         }
-        Inbound::Text(t) => send_to_cairn(ctx, key, &conv, &t),
+        Inbound::Text(t) => send_to_cairn(ctx, key, &conv, &t, Some(ev.event_id.as_str())),
+        Inbound::Redact { redacts, text } => {
+            match ctx.db.related(&format!("m:{redacts}")).map_err(|e| e.to_string())? {
+                // The bridge account wrote the Cairn copy, so it may erase it.
+                Some(envelope) => match ctx.node(|c| c.erase(&conv, &envelope)) {
+                    Ok(_) => Ok(()),
+                    Err(e) if retryable_erase(&e) => Err(e.to_string()),
+                    Err(e) => {
+                        tracing::info!("erasing the Cairn copy of {redacts}: {e} (nothing to do)");
+                        Ok(())
+                    }
+                },
+                None => send_to_cairn(ctx, key, &conv, &text, None),
+            }
+        }
+    }
+}
+
+/// An erase failure worth retrying (the node is down or busy); a refusal (already erased,
+/// unknown message) is final.
+fn retryable_erase(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+        _ => true,
     }
 }
 
 /// Sends `text` into `conv` once: an attempt is marked before it is made; when the mark is
 /// found again (the bridge died mid-send), the conversation is searched for the bridge's own
 /// copy before sending again.
-fn send_to_cairn(ctx: &Ctx, key: u64, conv: &str, text: &str) -> Result<(), String> {
+fn send_to_cairn(ctx: &Ctx, key: u64, conv: &str, text: &str, event: Option<&str>) -> Result<(), String> {
+    let relate = |envelope: &str| match event {
+        Some(ev) => ctx.db.relate(&format!("m:{ev}"), envelope).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     let mark = ctx.db.mark(INFLIGHT).map_err(|e| e.to_string())?;
     match mark.and_then(|m| serde_json::from_str::<Inflight>(&m).ok()).filter(|f| f.key == key) {
         Some(f) => {
             let q = TailQuery { after: Some(f.after), limit: Some(1000), wait_ms: None };
             let msgs = ctx.node(|c| c.messages(conv, &q)).map_err(|e| e.to_string())?;
-            if msgs.iter().any(|m| m.sender == ctx.account && m.text == text) {
+            if let Some(copy) = msgs.iter().find(|m| m.sender == ctx.account && m.text == text) {
                 tracing::info!("inbound event {key} had reached Cairn before a restart: not sent again");
-                return Ok(());
+                return relate(&copy.id);
             }
         }
         None => {
@@ -184,7 +211,7 @@ fn send_to_cairn(ctx: &Ctx, key: u64, conv: &str, text: &str) -> Result<(), Stri
         }
     }
     match ctx.node(|c| c.send(conv, text)) {
-        Ok(_) => Ok(()),
+        Ok(sent) => relate(&sent.id),
         Err(e) if retryable(&e) => Err(e.to_string()),
         Err(e) => {
             tracing::warn!("inbound event {key} refused by the node, dropped: {e}");
@@ -379,7 +406,25 @@ fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
             let user = puppet_id(ctx, account, handle.as_deref())?;
             ensure_puppet(ctx, &room, &user)?;
             let content = RoomMessageEventContent::text_plain(text.clone());
-            ctx.matrix.send(&room, &format!("cairn{envelope}"), &content, Some(&user))
+            let event = ctx.matrix.send(&room, &format!("cairn{envelope}"), &content, Some(&user))?;
+            ctx.db.relate(&format!("c:{envelope}"), &format!("{room}\t{event}\t{user}")).map_err(transient)
+        }
+        OutJob::Redact { conv, envelope } => {
+            let Some(rel) = ctx.db.related(&format!("c:{envelope}")).map_err(transient)? else {
+                tracing::debug!(
+                    "erased Cairn message {envelope} ({conv}) was not relayed: nothing to redact"
+                );
+                return Ok(());
+            };
+            let bad = |e: String| CallError::Fatal { errcode: "BRIDGE_RELATION".into(), error: e };
+            let mut parts = rel.split('\t');
+            let (Some(room), Some(event), Some(user)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad(format!("malformed relation {rel}")));
+            };
+            let room = OwnedRoomId::try_from(room).map_err(|e| bad(e.to_string()))?;
+            let event = ruma::OwnedEventId::try_from(event).map_err(|e| bad(e.to_string()))?;
+            let user = OwnedUserId::try_from(user).map_err(|e| bad(e.to_string()))?;
+            ctx.matrix.redact(&room, &event, &format!("redact{key}"), &user)
         }
         OutJob::PuppetJoin { conv, account, handle } => {
             let room = portal_room(ctx, conv)?;
@@ -399,12 +444,8 @@ fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
         }
         OutJob::Notice { conv, text } => {
             let room = portal_room(ctx, conv)?;
-            ctx.matrix.send(
-                &room,
-                &format!("notice{key}"),
-                &RoomMessageEventContent::notice_plain(text.clone()),
-                None,
-            )
+            let notice = RoomMessageEventContent::notice_plain(text.clone());
+            ctx.matrix.send(&room, &format!("notice{key}"), &notice, None).map(|_| ())
         }
     }
 }
@@ -455,9 +496,17 @@ fn ensure_puppet(ctx: &Ctx, room: &OwnedRoomId, user: &OwnedUserId) -> Result<()
 
 // ---- wake-ups from the node's event stream ------------------------------------------------
 
-/// Follows the node's WebSocket stream and wakes the Cairn loop on every message or join, so
-/// relaying does not wait for the next poll. Reconnects (finding the node again) when it drops.
-pub(crate) async fn stream_wakeups(home: PathBuf, wake: SyncSender<()>, stop: Arc<AtomicBool>) {
+/// Follows the node's WebSocket stream: wakes the Cairn loop on every message or join, so
+/// relaying does not wait for the next poll, and queues a Matrix redaction for every erased
+/// message. Reconnects (finding the node again) when it drops. (An erasure that happens while
+/// the bridge is down is not seen: the message list no longer shows erased messages.)
+pub(crate) async fn stream_wakeups(
+    home: PathBuf,
+    wake: SyncSender<()>,
+    stop: Arc<AtomicBool>,
+    db: Arc<Db>,
+    out_wake: SyncSender<()>,
+) {
     use futures::StreamExt as _;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -478,10 +527,23 @@ pub(crate) async fn stream_wakeups(home: PathBuf, wake: SyncSender<()>, stop: Ar
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        if let Message::Text(t) = msg
-                            && !t.as_str().starts_with("{\"type\":\"delivery\"")
-                        {
-                            let _ = wake.try_send(());
+                        let Message::Text(t) = msg else { continue };
+                        match serde_json::from_str::<cairn_node::model::StreamEvent>(t.as_str()) {
+                            Ok(cairn_node::model::StreamEvent::Delivery { .. }) => {}
+                            Ok(cairn_node::model::StreamEvent::Erased { conversation, id }) => {
+                                let db = db.clone();
+                                let job = OutJob::Redact { conv: conversation, envelope: id };
+                                let queued =
+                                    tokio::task::spawn_blocking(move || db.queue_out(None, &[job], None))
+                                        .await;
+                                if !matches!(queued, Ok(Ok(true))) {
+                                    tracing::warn!("an erasure could not be queued for Matrix: {queued:?}");
+                                }
+                                let _ = out_wake.try_send(());
+                            }
+                            _ => {
+                                let _ = wake.try_send(());
+                            }
                         }
                     }
                 }

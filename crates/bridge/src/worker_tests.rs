@@ -165,16 +165,21 @@ fn an_interrupted_relay_to_cairn_is_not_sent_twice() {
     h.fake.lock().unwrap().messages = vec![msg(1, "cairn1alice", "hi"), msg(2, BRIDGE, "hello")];
     let mark = serde_json::to_string(&Inflight { key: 7, after: 1 }).unwrap();
     h.ctx.db.set_mark(INFLIGHT, &mark).unwrap();
-    send_to_cairn(&h.ctx, 7, "c", "hello").unwrap();
+    send_to_cairn(&h.ctx, 7, "c", "hello", Some("$h")).unwrap();
     assert_eq!(h.fake.lock().unwrap().posts, 0, "found its own copy: not sent again");
+    assert_eq!(
+        h.ctx.db.related("m:$h").unwrap(),
+        Some(format!("{:064x}", 2)),
+        "and remembers it for a redaction"
+    );
     // A new event is sent once; if the bridge dies before dropping it from the queue, the
     // retry finds the copy.
-    send_to_cairn(&h.ctx, 8, "c", "world").unwrap();
+    send_to_cairn(&h.ctx, 8, "c", "world", None).unwrap();
     assert_eq!(h.fake.lock().unwrap().posts, 1);
-    send_to_cairn(&h.ctx, 8, "c", "world").unwrap();
+    send_to_cairn(&h.ctx, 8, "c", "world", None).unwrap();
     assert_eq!(h.fake.lock().unwrap().posts, 1, "a retry after a crash does not send twice");
     // The same text from an earlier event (before the mark's cursor) does not count.
     h.ctx.db.set_mark(INFLIGHT, &serde_json::to_string(&Inflight { key: 9, after: 3 }).unwrap()).unwrap();
-    send_to_cairn(&h.ctx, 9, "c", "world").unwrap();
+    send_to_cairn(&h.ctx, 9, "c", "world", None).unwrap();
     assert_eq!(h.fake.lock().unwrap().posts, 2, "only copies after the mark's cursor count");
 }

@@ -140,10 +140,11 @@ impl Mx {
         v["access_token"].as_str().unwrap().to_string()
     }
 
-    fn send(&self, token: &str, room: &str, txn: &str, body: &str) {
+    fn send(&self, token: &str, room: &str, txn: &str, body: &str) -> String {
         let path = format!("/rooms/{}/send/m.room.message/{txn}", enc(room));
         let (s, v) = self.cs("PUT", &path, token, Some(&json!({"msgtype": "m.text", "body": body})));
         assert_eq!(s, 200, "sending {body}: {v}");
+        v["event_id"].as_str().unwrap().to_string()
     }
 }
 
@@ -165,11 +166,19 @@ struct Follower {
     room: String,
     since: Option<String>,
     seen: Vec<(String, String)>,
+    /// Event id by body.
+    ids: std::collections::HashMap<String, String>,
 }
 
 impl Follower {
     fn new(mx: &Mx, token: &str, room: &str) -> Follower {
-        let mut f = Follower { token: token.into(), room: room.into(), since: None, seen: Vec::new() };
+        let mut f = Follower {
+            token: token.into(),
+            room: room.into(),
+            since: None,
+            seen: Vec::new(),
+            ids: Default::default(),
+        };
         f.sync(mx, 0);
         f.seen.clear();
         f
@@ -190,6 +199,8 @@ impl Follower {
             for e in events {
                 if e["type"] == "m.room.message" {
                     let sender = e["sender"].as_str().unwrap_or_default().to_string();
+                    let body = e["content"]["body"].as_str().unwrap_or_default().to_string();
+                    self.ids.insert(body, e["event_id"].as_str().unwrap_or_default().to_string());
                     self.seen.push((sender, e["content"]["body"].as_str().unwrap_or_default().to_string()));
                 }
             }
@@ -472,6 +483,34 @@ fn matrix_bridge_against_a_real_synapse() {
         "a replayed transaction is ignored"
     );
     assert!(!texts.iter().any(|t| t.contains("own namespace")), "the bridge's own namespace is not relayed");
+
+    // Erasure on Cairn redacts the puppet's Matrix copy; a Matrix redaction erases the Cairn copy.
+    let first = alice
+        .messages(&conv, &TailQuery::default())
+        .unwrap()
+        .into_iter()
+        .find(|m| m.text == "c2m 0")
+        .unwrap();
+    alice.erase(&conv, &first.id).unwrap();
+    let eid = mara_f.ids["c2m 0"].clone();
+    wait_for("the Matrix copy of an erased Cairn message to be redacted", Duration::from_secs(60), || {
+        let (_, v) = mx.cs("GET", &format!("/rooms/{}/event/{}", enc(&room), enc(&eid)), &mara, None);
+        v["content"].as_object().is_some_and(|c| c.is_empty()).then_some(())
+    });
+    let doomed = mx.send(&mara, &room, "doomed-1", "to be redacted");
+    wait_for("the message to be redacted in Cairn", Duration::from_secs(60), || {
+        cairn_texts(&alice, &conv).iter().any(|t| t.ends_with("(Matrix): to be redacted")).then_some(())
+    });
+    let (s, v) = mx.cs(
+        "PUT",
+        &format!("/rooms/{}/redact/{}/redact-1", enc(&room), enc(&doomed)),
+        &mara,
+        Some(&json!({})),
+    );
+    assert_eq!(s, 200, "{v}");
+    wait_for("the Cairn copy of a redacted Matrix message to be erased", Duration::from_secs(60), || {
+        (!cairn_texts(&alice, &conv).iter().any(|t| t.ends_with("to be redacted"))).then_some(())
+    });
 
     // The bridge is SIGKILLed; both sides keep talking; after its restart nothing is lost.
     sigkill(&mut net, "bridge-matrix");
