@@ -75,6 +75,11 @@ impl DeviceSigner {
         Ok(Self { key: device_key, cert })
     }
 
+    /// The secret this device's MLS state is sealed under at rest.
+    pub(crate) fn storage_secret(&self) -> [u8; 32] {
+        blake3::derive_key("cairn 2026-12 mls storage secret v1", &self.key.to_bytes())
+    }
+
     /// The device certificate.
     pub fn cert(&self) -> &DeviceCert {
         &self.cert

@@ -107,7 +107,8 @@ fn to_bytes(m: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
 impl Client {
     /// Opens the client of `signer`'s device over `db`, loading its conversations.
     pub fn open(db: Arc<dyn DatabaseHandle>, signer: DeviceSigner, config: Config) -> Result<Self, MlsError> {
-        let provider = CairnProvider::new(db);
+        // The state is sealed at rest under a key only this device's key derives.
+        let provider = CairnProvider::sealed(db, crate::storage::Sealer::new(&signer.storage_secret()));
         let mut conversations = BTreeMap::new();
         for (k, v) in provider.storage().raw_scan(META_PREFIX)? {
             let id: [u8; 32] = k[META_PREFIX.len()..]

@@ -28,7 +28,7 @@ impl MlsStorage {
         let wtx = self.db.database().begin_write()?;
         let written = {
             let mut t = wtx.open_table(TABLE)?;
-            write_entries(&mut t, &s.overlay)?
+            write_entries(&mut t, &s.overlay, self.sealer.as_deref())?
         };
         if written.entries > 0 {
             wtx.commit()?;
@@ -75,7 +75,7 @@ impl MlsStorage {
         }
         let started = Instant::now();
         let mut t = tx.open_table(TABLE)?;
-        let written = write_entries(&mut t, &s.staged)?;
+        let written = write_entries(&mut t, &s.staged, self.sealer.as_deref())?;
         let previous = t
             .get(FLUSH_MARKER)?
             .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
@@ -157,11 +157,23 @@ impl Written {
 
 /// Writes `entries` into `t`, skipping values the table already holds: OpenMLS rewrites
 /// entries that did not change (e.g. the group state on every commit).
-fn write_entries(t: &mut redb::Table<'_, &[u8], &[u8]>, entries: &Overlay) -> Result<Written, StorageError> {
+fn write_entries(
+    t: &mut redb::Table<'_, &[u8], &[u8]>,
+    entries: &Overlay,
+    sealer: Option<&super::Sealer>,
+) -> Result<Written, StorageError> {
     let mut w = Written { entries: 0, bytes: 0, same: 0 };
     for (k, v) in entries {
         match v {
             Some(v) => {
+                let sealed;
+                let v = match sealer {
+                    Some(s) => {
+                        sealed = s.seal(k, v)?;
+                        &sealed
+                    }
+                    None => v,
+                };
                 if t.get(k.as_slice())?.is_some_and(|old| old.value() == v.as_slice()) {
                     w.same += 1;
                     continue;

@@ -19,6 +19,7 @@
 mod durability;
 mod entries;
 mod provider;
+mod seal;
 mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use provider::CairnProvider;
+pub use seal::Sealer;
 pub use stats::{CallStats, StorageStats};
 
 const TABLE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("cairn_mls");
@@ -57,6 +59,9 @@ pub enum StorageError {
     /// [`MlsStorage::flush_into`] (its transaction was not committed).
     #[error("MLS state: the transaction given to flush_into was not committed")]
     NotCommitted,
+    /// A sealed value could not be sealed or opened.
+    #[error("MLS state at rest: {0}")]
+    Sealed(String),
 }
 
 macro_rules! from_redb {
@@ -108,6 +113,8 @@ pub struct MlsStorage {
     db: Arc<dyn DatabaseHandle>,
     pending: Arc<Mutex<Shared>>,
     prefix: Vec<u8>,
+    /// Seals values at rest (`None`: stored in clear, for tests of the storage itself).
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl std::fmt::Debug for MlsStorage {
@@ -119,13 +126,31 @@ impl std::fmt::Debug for MlsStorage {
 impl MlsStorage {
     /// Storage over `db` (creates the table on first flush).
     pub fn new(db: Arc<dyn DatabaseHandle>) -> Self {
-        Self { db, pending: Arc::new(Mutex::new(Shared::default())), prefix: Vec::new() }
+        Self { db, pending: Arc::new(Mutex::new(Shared::default())), prefix: Vec::new(), sealer: None }
+    }
+
+    /// Storage over `db` whose values are sealed at rest with `sealer`.
+    pub fn sealed(db: Arc<dyn DatabaseHandle>, sealer: Sealer) -> Self {
+        Self { sealer: Some(Arc::new(sealer)), ..Self::new(db) }
+    }
+
+    /// A table value as stored → the value.
+    fn opened(&self, k: &[u8], stored: &[u8]) -> Result<Vec<u8>, StorageError> {
+        match &self.sealer {
+            Some(s) => s.open(k, stored),
+            None => Ok(stored.to_vec()),
+        }
     }
 
     /// A view of the same database and overlay whose keys all start with `prefix` (used to
     /// keep snapshots of past epochs apart from the live state; flushed together with it).
     pub(crate) fn scoped(&self, prefix: Vec<u8>) -> Self {
-        Self { db: Arc::clone(&self.db), pending: Arc::clone(&self.pending), prefix }
+        Self {
+            db: Arc::clone(&self.db),
+            pending: Arc::clone(&self.pending),
+            prefix,
+            sealer: self.sealer.clone(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -158,7 +183,7 @@ impl MlsStorage {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(t.get(k)?.map(|g| g.value().to_vec()))
+        t.get(k)?.map(|g| self.opened(k, g.value())).transpose()
     }
 
     /// Buffers a raw write (flushed with the rest of the operation).
@@ -215,7 +240,7 @@ impl MlsStorage {
                     if !k.value().starts_with(prefix) {
                         break;
                     }
-                    out.insert(k.value().to_vec(), v.value().to_vec());
+                    out.insert(k.value().to_vec(), self.opened(k.value(), v.value())?);
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}

@@ -319,6 +319,11 @@ impl CairnProvider {
         Self { crypto: openmls_rust_crypto::RustCrypto::default(), storage: MlsStorage::new(db) }
     }
 
+    /// A provider storing into `db`, its values sealed at rest with `sealer`.
+    pub fn sealed(db: Arc<dyn DatabaseHandle>, sealer: crate::storage::Sealer) -> Self {
+        Self { crypto: openmls_rust_crypto::RustCrypto::default(), storage: MlsStorage::sealed(db, sealer) }
+    }
+
     /// A provider over the same database and overlay, with keys under `prefix`.
     pub(crate) fn scoped(&self, prefix: Vec<u8>) -> Self {
         Self { crypto: openmls_rust_crypto::RustCrypto::default(), storage: self.storage.scoped(prefix) }
