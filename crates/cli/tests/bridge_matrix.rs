@@ -304,6 +304,7 @@ fn matrix_bridge_against_a_real_synapse() {
     net.stores.extend(run.p2p.into_iter().filter(|a| a.contains("/tcp/")));
     let alice = user(&mut net, "alice");
     let _bridge_node = user(&mut net, "bridge");
+    let _carl = user(&mut net, "carl");
 
     // Registration, Synapse, Matrix users, the bridge.
     let ports = free_base(2);
@@ -393,6 +394,21 @@ fn matrix_bridge_against_a_real_synapse() {
             .iter()
             .any(|t| t.contains("(@olga:localhost) joined from Matrix"))
             .then_some(())
+    });
+
+    // Cairn membership follows into Matrix: a member added gets a puppet in the portal, and
+    // the puppet leaves when the member is removed.
+    let members = |who: &str| {
+        let (_, v) = mx.cs("GET", &format!("/rooms/{}/joined_members", enc(&room)), &mara, None);
+        v["joined"].get(who).is_some()
+    };
+    alice.add_members(&conv, &["@carl".into()]).unwrap();
+    wait_for("carl's puppet to join", Duration::from_secs(90), || {
+        members("@cairn_carl:localhost").then_some(())
+    });
+    alice.remove_member(&conv, "@carl").unwrap();
+    wait_for("carl's puppet to leave", Duration::from_secs(90), || {
+        (!members("@cairn_carl:localhost")).then_some(())
     });
 
     let mut mara_f = Follower::new(&mx, &mara, &room);
