@@ -10,5 +10,6 @@
 
 pub mod container;
 pub mod keystore;
+pub mod sealed;
 
 pub use keystore::{Identity, KdfParams, KeystoreError};

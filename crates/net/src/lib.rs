@@ -6,10 +6,12 @@
 //!   exactly-once causal delivery).
 //! - [`shard`]: topic → gossip shard and topic → nearest store nodes.
 //! - [`wire`]: the bounded request/response protocol spoken with store nodes.
+//! - [`peerbook`]: the saved peer book and its redial schedule (exponential backoff).
 //! - [`node`]: the thin libp2p shell that drives them.
 
 pub mod bench;
 pub mod node;
+pub mod peerbook;
 pub mod receipt;
 pub mod shard;
 pub mod sync;

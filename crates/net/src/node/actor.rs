@@ -23,6 +23,7 @@ use super::behaviour::Behaviour;
 use super::config::NodeConfig;
 use super::handle::Command;
 use super::orphans::Orphans;
+use super::peers::Book;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::receipt::StoreReceipt;
@@ -101,6 +102,8 @@ pub(super) struct Node {
     /// (request-response times out after 10 s).
     pub(super) outbound: HashMap<OutboundRequestId, (PeerId, Outbound)>,
     pub(super) counters: Counters,
+    /// The peer book and its redial schedule (`peers.rs`), unless disabled.
+    pub(super) book: Option<Book>,
 }
 
 /// Figures for `status`.
@@ -185,6 +188,7 @@ impl Node {
                 config.serve.reads_burst,
                 config.serve.peers_max,
             ),
+            book: super::peers::load(&config, swarm.local_peer_id()),
             config,
             swarm,
             history,
@@ -236,6 +240,7 @@ impl Node {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
                     self.release_orphans();
+                    self.redial();
                     // Order-free; when the queue is full the writer checks after its next batch.
                     if let Some(jobs) = &self.history_jobs {
                         let _ = jobs.try_send(HistoryJob::Sync);
@@ -297,6 +302,7 @@ impl Node {
         self.own_jobs = None;
         self.mailbox_jobs = None;
         self.staged.clear();
+        self.save_book();
         while let Some(c) = committed.recv().await {
             self.on_committed(c);
         }

@@ -113,11 +113,13 @@ fn yamux_config() -> yamux::Config {
     c
 }
 
-/// The node's identity key: from the configured seed, or a fresh one.
+/// The node's identity key: from the configured seed, else from the key file (created once),
+/// else a fresh one.
 pub(super) fn identity(c: &NodeConfig) -> Result<Keypair, NodeError> {
-    match c.identity_seed {
-        Some(seed) => Keypair::ed25519_from_bytes(seed).map_err(|e| NodeError::Setup(e.to_string())),
-        None => Ok(Keypair::generate_ed25519()),
+    match (c.identity_seed, &c.identity_file) {
+        (Some(seed), _) => Keypair::ed25519_from_bytes(seed).map_err(|e| NodeError::Setup(e.to_string())),
+        (None, Some(path)) => super::identity::load_or_create(path, c.identity_seal.as_ref()),
+        (None, None) => Ok(Keypair::generate_ed25519()),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use cairn_store::Retention;
 use libp2p::Multiaddr;
 
+use super::identity::SealKey;
 use crate::sync::SyncConfig;
 use crate::validate::AdmissionConfig;
 
@@ -103,8 +104,17 @@ pub struct NodeConfig {
     pub score: ScoreConfig,
     /// Per-peer rates a store node serves.
     pub serve: ServeLimits,
-    /// Fixed identity (Ed25519 seed) or a fresh one.
+    /// Fixed identity (Ed25519 seed); it wins over `identity_file`. Neither: a fresh identity.
     pub identity_seed: Option<[u8; 32]>,
+    /// Key file keeping the identity across restarts (loaded, or created once; see
+    /// `node/identity.rs`).
+    pub identity_file: Option<PathBuf>,
+    /// Seal the key file under this key (a user node: derived from its device key); `None`:
+    /// a plain 0600 file (a store-only node, which has no device key).
+    pub identity_seal: Option<SealKey>,
+    /// Keep a peer book in `data_dir/peers` and redial its peers with backoff while fewer
+    /// than `dial_target` are connected (see [`crate::peerbook`]).
+    pub peer_book: bool,
     /// Period of the timer that drives retries and resyncs, ms.
     pub tick_ms: u64,
     /// Period of anti-entropy: every subscribed topic is asked of its store nodes again (from
@@ -141,6 +151,9 @@ impl NodeConfig {
             score: ScoreConfig::default(),
             serve: ServeLimits::default(),
             identity_seed: None,
+            identity_file: None,
+            identity_seal: None,
+            peer_book: true,
             tick_ms: 200,
             resync_every_ms: 5_000,
             expire_every_ms: 60_000,

@@ -6,6 +6,8 @@
 //! Code map, one purpose per file:
 //! - `config`: [`NodeConfig`], [`ScoreConfig`], [`ServeLimits`].
 //! - `codec`: [`StoreCodec`], the length-prefixed bounded frames of the store protocol.
+//! - `identity`: the node key file (its libp2p identity across restarts), [`SealKey`].
+//! - `peers`: the actor's side of the peer book (load, save, redial; see [`crate::peerbook`]).
 //! - `behaviour`: the composed libp2p behaviour and the swarm built from a config.
 //! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
@@ -25,8 +27,10 @@ mod codec;
 mod config;
 mod events;
 mod handle;
+mod identity;
 mod network;
 mod orphans;
+mod peers;
 mod serve;
 mod writer;
 
@@ -41,6 +45,7 @@ pub use codec::StoreCodec;
 pub use config::{NodeConfig, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
+pub use identity::SealKey;
 
 /// The store protocol name.
 pub const STORE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/store/1");

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use cairn_proto::Id;
+use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
@@ -40,7 +41,12 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => self.on_store_event(ev),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                let dialled = match endpoint {
+                    ConnectedPoint::Dialer { address, .. } => Some(address),
+                    ConnectedPoint::Listener { .. } => None,
+                };
+                self.book_connected(peer_id, dialled);
                 // Bootstrap while joining (first few peers); afterwards kad's periodic bootstrap
                 // suffices — one per connection made every node of a 100-node mesh flood the
                 // others' kad handlers.
@@ -52,16 +58,18 @@ impl Node {
                 }
                 debug!(%peer_id, "connected");
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
-                if self.store_peers.remove(&peer_id).is_some() =>
-            {
-                self.retarget();
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.book_disconnected(&peer_id);
+                if self.store_peers.remove(&peer_id).is_some() {
+                    self.retarget();
+                }
             }
             _ => {}
         }
     }
 
     fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
+        self.book_learned(&peer_id, &info.listen_addrs);
         if info.protocols.contains(&KAD_PROTOCOL) {
             for a in info.listen_addrs {
                 self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
