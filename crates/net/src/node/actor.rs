@@ -250,6 +250,9 @@ impl Node {
             }
         }
         self.close(committed).await;
+        // The stores and the swarm go before the shutdown is answered: once `shutdown` returns
+        // (and the handles are dropped) the same data dir and port can be opened again.
+        drop(self);
         if let Some(d) = done {
             let _ = d.send(());
         }
