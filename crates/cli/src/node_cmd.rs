@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use cairn_ledger::genesis::{Genesis, write_key};
 use cairn_ledger::process::{self, ProcessOptions};
-use cairn_net::node::NodeConfig;
+use cairn_net::node::{NodeConfig, SealKey};
 use cairn_node::client::{load_or_create_token, remove_run_file, write_run_file};
 use cairn_node::model::RunFile;
 use cairn_node::service::{Service, ServiceConfig};
@@ -208,6 +208,12 @@ async fn run_node(
     net.bootstrap = parse_addrs(&cfg.bootstrap, "bootstrap")?;
     net.bootstrap.extend(extra_bootstrap);
     net.serve_store = cfg.store;
+    // The libp2p identity survives restarts: `DIR/net/node.key` (0600), so peers that saved
+    // this node's address find it again. A user node seals it under a key derived from its
+    // device key; a store-only node has no device key, so its file is plain (its peer id is
+    // public anyway; the file mode only stops other local users from impersonating it).
+    net.identity_file = Some(home.join("net").join("node.key"));
+    net.identity_seal = identity.as_ref().map(|i| SealKey::from_device_secret(&i.device_key.to_bytes()));
     let mut roles = Vec::new();
     if identity.is_some() {
         roles.push("user".to_owned());

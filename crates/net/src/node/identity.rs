@@ -125,12 +125,12 @@ fn decode(bytes: &[u8], seal: Option<&SealKey>) -> Result<[u8; SEED_BYTES], Stri
         (KIND_SEALED, None) => {
             return Err("sealed by a device key, but this node was started without a user identity".into());
         }
-        (KIND_SEALED, Some(k)) => cairn_crypto::sealed::open(&k.0, &bytes[..HEADER_BYTES], body).map_err(
-            |_| {
+        (KIND_SEALED, Some(k)) => {
+            cairn_crypto::sealed::open(&k.0, &bytes[..HEADER_BYTES], body).map_err(|_| {
                 "cannot be opened with this device's key: it belongs to another identity, or it was altered"
                     .to_owned()
-            },
-        )?,
+            })?
+        }
         (other, _) => return Err(format!("unknown key kind {other}")),
     };
     <[u8; SEED_BYTES]>::try_from(&plain[..]).map_err(|_| format!("seed of {} bytes, not 32", plain.len()))
