@@ -9,7 +9,10 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
-export const BIN = resolve(process.env.CAIRN_BIN ?? join(import.meta.dirname, '../../target/debug/cairn'));
+// The binary `cargo build -p cairn` made: CAIRN_BIN, else under CARGO_TARGET_DIR when cargo was
+// told to build elsewhere, else the repository's target/.
+const TARGET = process.env.CARGO_TARGET_DIR ?? join(import.meta.dirname, '../../target');
+export const BIN = resolve(process.env.CAIRN_BIN ?? join(TARGET, 'debug/cairn'));
 
 export interface User {
   name: string;
