@@ -26,6 +26,12 @@ struct User {
 }
 
 fn user(now: u64) -> User {
+    user_with(now, false)
+}
+
+/// A user; with `keyring`, its plaintexts are sealed with a keyring file in its directory (as
+/// a node's), else with keys derived from the device key.
+fn user_with(now: u64, keyring: bool) -> User {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits::default();
     let id = Identity::generate(now).unwrap();
@@ -34,6 +40,7 @@ fn user(now: u64) -> User {
     let mut cfg = EngineConfig::new(limits);
     cfg.difficulty = Difficulty { base_bits: 0 };
     cfg.invitations = Invitations::Everyone;
+    cfg.keyring = keyring.then(|| dir.path().join("keyring"));
     User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), io: Vec::new(), _dir: dir }
 }
 
@@ -184,20 +191,6 @@ fn a_redaction_read_before_its_message_is_applied_when_the_message_arrives() {
     assert_eq!(erasures(&mut bob).into_iter().map(|(i, _)| i).collect::<Vec<_>>(), vec![id]);
 }
 
-/// A user whose plaintexts are sealed with a keyring file in its directory (as a node's).
-fn user_with_keyring(now: u64) -> User {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = Limits::default();
-    let id = Identity::generate(now).unwrap();
-    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
-    let mut cfg = EngineConfig::new(limits);
-    cfg.difficulty = Difficulty { base_bits: 0 };
-    cfg.invitations = Invitations::Everyone;
-    cfg.keyring = Some(dir.path().join("keyring"));
-    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), io: Vec::new(), _dir: dir }
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -206,7 +199,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn a_forgotten_conversation_cannot_be_read_from_any_copy_of_the_database() {
     let now = 3_000_000;
     let mut seq = MemorySequencer::new();
-    let (mut alice, mut bob) = (user(now), user_with_keyring(now));
+    let (mut alice, mut bob) = (user(now), user_with(now, true));
     let kp = key_package(&mut bob, now);
     let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
     let welcomes = published(&mut alice);
