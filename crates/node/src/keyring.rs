@@ -16,10 +16,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cairn_crypto::sealed;
 use cairn_proto::Id;
 use cairn_proto::codec::{Reader, Writer};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 use crate::error::NodeError;
@@ -31,10 +30,8 @@ const SEALED_VERSION: u8 = 1;
 /// Conversations with a key, at most (the file stays under 4 MiB). Overflow policy: a new
 /// conversation past it is refused with an error saying to forget old ones.
 pub const KEYRING_KEYS_MAX: usize = 50_000;
-const NONCE_BYTES: usize = 24;
-const TAG_BYTES: usize = 16;
-/// Bytes a sealed plaintext adds: version, conversation id, nonce, tag.
-pub const SEALED_OVERHEAD_BYTES: usize = 1 + 32 + NONCE_BYTES + TAG_BYTES;
+/// Bytes a sealed plaintext adds: version, conversation id, nonce and tag.
+pub const SEALED_OVERHEAD_BYTES: usize = 1 + 32 + sealed::SEALED_OVERHEAD_BYTES;
 
 fn storage(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(e.to_string())
@@ -161,14 +158,11 @@ impl Keyring {
     /// Seals a plaintext of conversation `conv` for envelope `id`.
     pub fn seal(&self, conv: &[u8; 32], id: &Id, plain: &[u8]) -> Result<Vec<u8>, NodeError> {
         let key = self.key(conv, true)?.ok_or_else(|| NodeError::Internal("no data key".into()))?;
-        let nonce = random_bytes::<NONCE_BYTES>()?;
-        let ct = XChaCha20Poly1305::new((&*key).into())
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad: &id.0 })
-            .map_err(|_| NodeError::Internal("sealing failed".into()))?;
-        let mut out = Vec::with_capacity(SEALED_OVERHEAD_BYTES + plain.len());
+        let ct =
+            sealed::seal(&key, &id.0, plain).map_err(|e| NodeError::Internal(format!("sealing: {e}")))?;
+        let mut out = Vec::with_capacity(1 + 32 + ct.len());
         out.push(SEALED_VERSION);
         out.extend_from_slice(conv);
-        out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
         Ok(out)
     }
@@ -180,13 +174,9 @@ impl Keyring {
         }
         let conv: [u8; 32] = sealed[1..33].try_into().map_err(storage)?;
         let Some(key) = self.key(&conv, false)? else { return Ok(None) };
-        let nonce = XNonce::from_slice(&sealed[33..33 + NONCE_BYTES]);
-        XChaCha20Poly1305::new((&*key).into())
-            .decrypt(nonce, Payload { msg: &sealed[33 + NONCE_BYTES..], aad: &id.0 })
-            .map(Some)
-            .map_err(|_| {
-                storage(format!("sealed plaintext of {} does not open: tampered or wrong key", id.short()))
-            })
+        sealed::open(&key, &id.0, &sealed[33..]).map(|p| Some(p.to_vec())).map_err(|_| {
+            storage(format!("sealed plaintext of {} does not open: tampered or wrong key", id.short()))
+        })
     }
 }
 
@@ -198,32 +188,23 @@ fn seal_file(root: &[u8; 32], keys: &BTreeMap<[u8; 32], Zeroizing<[u8; 32]>>) ->
         w.raw(&k[..]);
     }
     let body = Zeroizing::new(w.finish());
-    let nonce = random_bytes::<NONCE_BYTES>()?;
-    let ct = XChaCha20Poly1305::new(root.into())
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &[KEYRING_VERSION] })
-        .map_err(|_| NodeError::Internal("sealing the keyring failed".into()))?;
+    let ct = sealed::seal(root, &[KEYRING_VERSION], &body)
+        .map_err(|e| NodeError::Internal(format!("sealing the keyring: {e}")))?;
     let mut out = vec![KEYRING_VERSION];
-    out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
     Ok(out)
 }
 
 fn unseal_file(root: &[u8; 32], bytes: &[u8]) -> Result<BTreeMap<[u8; 32], Zeroizing<[u8; 32]>>, NodeError> {
     let bad = |why: &str| storage(format!("keyring file: {why}"));
-    if bytes.len() > 1 + NONCE_BYTES + TAG_BYTES + 4 + KEYRING_KEYS_MAX * 64 {
+    if bytes.len() > 1 + sealed::SEALED_OVERHEAD_BYTES + 4 + KEYRING_KEYS_MAX * 64 {
         return Err(bad("too large"));
     }
-    if bytes.len() < 1 + NONCE_BYTES + TAG_BYTES || bytes[0] != KEYRING_VERSION {
+    if bytes.len() < 1 + sealed::SEALED_OVERHEAD_BYTES || bytes[0] != KEYRING_VERSION {
         return Err(bad("unknown format version or truncated"));
     }
-    let body = Zeroizing::new(
-        XChaCha20Poly1305::new(root.into())
-            .decrypt(
-                XNonce::from_slice(&bytes[1..1 + NONCE_BYTES]),
-                Payload { msg: &bytes[1 + NONCE_BYTES..], aad: &[KEYRING_VERSION] },
-            )
-            .map_err(|_| bad("does not open with this device's key (tampered, or another device's)"))?,
-    );
+    let body = sealed::open(root, &[KEYRING_VERSION], &bytes[1..])
+        .map_err(|_| bad("does not open with this device's key (tampered, or another device's)"))?;
     let mut r = Reader::new(&body);
     let n = r.u32("keys").map_err(|e| bad(&e.to_string()))? as usize;
     if n > KEYRING_KEYS_MAX {

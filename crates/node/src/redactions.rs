@@ -54,10 +54,17 @@ impl NodeDb {
         }))
     }
 
-    /// Rows in the table (applied and pending).
-    pub fn redactions_len(&self) -> Result<u64, NodeError> {
+    /// Whether a redaction waits for a target not read yet (applied tombstones do not count:
+    /// the receive path looks redactions up only while one waits).
+    pub fn has_pending_redactions(&self) -> Result<bool, NodeError> {
         let tx = self.database().begin_read().map_err(storage)?;
-        tx.open_table(REDACTIONS).map_err(storage)?.len().map_err(storage)
+        let t = tx.open_table(REDACTIONS).map_err(storage)?;
+        for row in t.iter().map_err(storage)? {
+            if !row.map_err(storage)?.1.value().2 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Records a redaction of a target not read yet; false if the pending bound is reached or

@@ -231,7 +231,7 @@ impl Engine {
     ) -> Self {
         let core = Core::new(cfg.core.clone());
         // If the table cannot be read, look (one read per message) rather than miss one.
-        let pending_redactions = db.redactions_len().map_or(true, |n| n > 0);
+        let pending_redactions = db.has_pending_redactions().unwrap_or(true);
         // Message operations leave their MLS writes to the engine's transaction (with the
         // plaintexts); commits still write their own before they reach the sequencer.
         if let Err(e) = mls.set_deferred(true) {
