@@ -523,6 +523,11 @@ impl Node {
         let c = &self.counters;
         NodeStatus {
             peer_id: *self.swarm.local_peer_id(),
+            listen: self
+                .swarm
+                .listeners()
+                .map(|a| a.clone().with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a))
+                .collect(),
             peers: self.swarm.connected_peers().count(),
             store_peers: self.store_peers.len(),
             mailbox: self.mailbox.as_ref().and_then(|m| m.stats().ok()).unwrap_or_default(),

@@ -1,5 +1,6 @@
-//! The composed libp2p behaviour and the swarm built from a [`NodeConfig`]: transports,
-//! anonymous scored gossipsub on the shard topics, Kademlia, identify, relay, DCUtR, AutoNAT,
+//! The composed libp2p behaviour and the swarm built from a [`NodeConfig`]: transports (TCP,
+//! QUIC, WebSocket, all behind DNS resolution, and relayed circuits), anonymous scored
+//! gossipsub on the shard topics, Kademlia, identify, relay, DCUtR, AutoNAT, mDNS (opt-in),
 //! connection limits and the store protocol.
 
 use std::time::Duration;
@@ -11,12 +12,12 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, noise, ping, relay,
-    tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, mdns, noise, ping,
+    relay, tcp, yamux,
 };
 
 use super::codec::StoreCodec;
-use super::config::{NodeConfig, ScoreConfig};
+use super::config::{NodeConfig, RelayLimits, ScoreConfig};
 use super::{NodeError, STORE_PROTOCOL};
 use crate::shard::{SHARDS, shard_name};
 
@@ -42,6 +43,7 @@ pub(crate) struct Behaviour {
     limits: connection_limits::Behaviour,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
+    pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
     pub(super) identify: identify::Behaviour,
@@ -123,14 +125,20 @@ pub(super) fn identity(c: &NodeConfig) -> Result<Keypair, NodeError> {
     }
 }
 
-/// Builds the swarm: TCP and QUIC transports, relay client, and [`behaviour`].
-pub(super) fn build_swarm(c: &NodeConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, NodeError> {
+/// Builds the swarm: TCP, QUIC and WebSocket transports (addresses with `/dns`, `/dns4` or
+/// `/dns6` names are resolved with the system's resolver), relay client, and [`behaviour`].
+pub(super) async fn build_swarm(c: &NodeConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, NodeError> {
     let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux_config)
         .map_err(|e| setup(&e))?
         .with_quic()
+        .with_dns()
+        .map_err(|e| setup(&format!("DNS resolver (check /etc/resolv.conf): {e}")))?
+        .with_websocket(noise::Config::new, yamux_config)
+        .await
+        .map_err(|e| setup(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_behaviour(|key, relay_client| behaviour(c, key, relay_client))
@@ -151,14 +159,11 @@ fn behaviour(
     kad_cfg.set_query_timeout(Duration::from_secs(20));
     let mut kad = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_cfg);
     kad.set_mode(Some(kad::Mode::Server));
-    let relay = c.relay_server.then(|| {
-        let cfg = relay::Config {
-            max_circuit_bytes: 64 * 1024 * 1024,
-            max_circuit_duration: Duration::from_secs(3600),
-            ..relay::Config::default()
-        };
-        relay::Behaviour::new(id, cfg)
-    });
+    let relay = c.relay_server.then(|| relay::Behaviour::new(id, relay_config(&c.relay_limits)));
+    let mdns = match c.mdns {
+        true => Some(mdns::tokio::Behaviour::new(mdns::Config::default(), id)?),
+        false => None,
+    };
     let autonat =
         autonat::Behaviour::new(id, autonat::Config { only_global_ips: false, ..Default::default() });
     let limits = connection_limits::Behaviour::new(
@@ -170,15 +175,35 @@ fn behaviour(
     Ok(Behaviour {
         relay_client,
         relay: Toggle::from(relay),
+        mdns: Toggle::from(mdns),
         dcutr: dcutr::Behaviour::new(id),
         autonat,
-        identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+        // Pushed again when a listen address appears (a relayed one, after the reservation),
+        // so peers learn how to reach a node that listens only through a relay.
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_push_listen_addr_updates(true),
+        ),
         ping: ping::Behaviour::default(),
         kad,
         gossipsub: build_gossipsub(c)?,
         store: store_behaviour(c.serve_store),
         limits,
     })
+}
+
+/// The relay server's configuration from its named limits (libp2p's default per-peer and
+/// per-IP reservation and circuit rate limiters stay on).
+fn relay_config(l: &RelayLimits) -> relay::Config {
+    relay::Config {
+        max_reservations: l.reservations_max,
+        max_reservations_per_peer: l.reservations_per_peer_max,
+        reservation_duration: Duration::from_secs(l.reservation_secs),
+        max_circuits: l.circuits_max,
+        max_circuits_per_peer: l.circuits_per_peer_max,
+        max_circuit_bytes: l.circuit_bytes_max,
+        max_circuit_duration: Duration::from_secs(l.circuit_secs),
+        ..relay::Config::default()
+    }
 }
 
 /// The store protocol: inbound only on store nodes; 10 s per request.

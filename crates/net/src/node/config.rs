@@ -37,6 +37,40 @@ impl Default for ServeLimits {
     }
 }
 
+/// What a relay server (`relay_server`) gives others, at most. Beyond a limit a reservation or
+/// circuit is refused (the peer is told so) and nothing is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once (peers listening through this relay).
+    pub reservations_max: usize,
+    /// Reservations held at once by one peer.
+    pub reservations_per_peer_max: usize,
+    /// How long a reservation lasts before the peer must renew it, seconds.
+    pub reservation_secs: u64,
+    /// Circuits open at once.
+    pub circuits_max: usize,
+    /// Circuits open at once per peer (as source or destination).
+    pub circuits_per_peer_max: usize,
+    /// Bytes relayed on one circuit before it is closed (both directions together).
+    pub circuit_bytes_max: u64,
+    /// Lifetime of one circuit, seconds.
+    pub circuit_secs: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            reservations_max: 128,
+            reservations_per_peer_max: 4,
+            reservation_secs: 3600,
+            circuits_max: 64,
+            circuits_per_peer_max: 4,
+            circuit_bytes_max: 64 * 1024 * 1024,
+            circuit_secs: 3600,
+        }
+    }
+}
+
 /// Gossipsub peer-scoring thresholds and weights (see ARCHITECTURE.md, "Peer scoring").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoreConfig {
@@ -73,7 +107,8 @@ impl Default for ScoreConfig {
 /// Everything a node needs to start. Limits carry their unit in their name.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Addresses to listen on (default: 127.0.0.1, TCP and QUIC, ephemeral ports).
+    /// Addresses to listen on (default: 127.0.0.1, TCP and QUIC, ephemeral ports). A
+    /// `…/tcp/P/ws` address listens for WebSocket (e.g. port 443 next to a web server's).
     pub listen: Vec<Multiaddr>,
     /// Peers to join through.
     pub bootstrap: Vec<Multiaddr>,
@@ -83,9 +118,14 @@ pub struct NodeConfig {
     pub serve_store: bool,
     /// Serve as a relay (v2) for peers behind NAT.
     pub relay_server: bool,
+    /// Limits of the relay server.
+    pub relay_limits: RelayLimits,
     /// Reachable only through this relay: listen on its circuit address
     /// (`…/p2p/RELAY`; `/p2p-circuit` is appended).
     pub listen_via_relay: Option<Multiaddr>,
+    /// Discover peers on the local network with mDNS (announces this node's listen addresses
+    /// to the LAN: opt-in). Only private, link-local and loopback addresses are dialled.
+    pub mdns: bool,
     /// Relay admission rules.
     pub admission: AdmissionConfig,
     /// Mailbox/delivery rules.
@@ -141,7 +181,9 @@ impl NodeConfig {
             data_dir,
             serve_store: false,
             relay_server: false,
+            relay_limits: RelayLimits::default(),
             listen_via_relay: None,
+            mdns: false,
             admission: AdmissionConfig::default(),
             sync: SyncConfig::default(),
             retention: Retention::default(),

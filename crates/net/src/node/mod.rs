@@ -1,13 +1,15 @@
 //! The libp2p shell: a thin async loop around [`crate::validate`], [`crate::sync`] and the
-//! store, speaking TCP/QUIC + Noise + Yamux, gossipsub (anonymous, validated, scored) on shard
-//! topics, Kademlia discovery, identify, ping, relay v2 (client, and server on request), DCUtR,
-//! AutoNAT and the `/cairn/store/1` request/response protocol.
+//! store, speaking TCP/QUIC/WebSocket (addresses by IP or DNS name) + Noise + Yamux, gossipsub
+//! (anonymous, validated, scored) on shard topics, Kademlia discovery, mDNS on the LAN
+//! (opt-in), identify, ping, relay v2 (client, and server on request), DCUtR, AutoNAT and the
+//! `/cairn/store/1` request/response protocol.
 //!
 //! Code map, one purpose per file:
 //! - `config`: [`NodeConfig`], [`ScoreConfig`], [`ServeLimits`].
 //! - `codec`: [`StoreCodec`], the length-prefixed bounded frames of the store protocol.
 //! - `identity`: the node key file (its libp2p identity across restarts), [`SealKey`].
 //! - `peers`: the actor's side of the peer book (load, save, redial; see [`crate::peerbook`]).
+//! - `lan`: mDNS answers, filtered to local addresses and bounded, then dialled.
 //! - `behaviour`: the composed libp2p behaviour and the swarm built from a config.
 //! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
@@ -28,6 +30,7 @@ mod config;
 mod events;
 mod handle;
 mod identity;
+mod lan;
 mod network;
 mod orphans;
 mod peers;
@@ -42,7 +45,7 @@ use thiserror::Error;
 use crate::sync::SendStatus;
 
 pub use codec::StoreCodec;
-pub use config::{NodeConfig, ScoreConfig, ServeLimits};
+pub use config::{NodeConfig, RelayLimits, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
 pub use identity::SealKey;
@@ -72,6 +75,9 @@ pub enum NodeError {
 pub struct NodeStatus {
     /// Our peer id.
     pub peer_id: PeerId,
+    /// Addresses this node listens on now, with `/p2p/<id>` (a relayed one appears once the
+    /// relay accepted the reservation).
+    pub listen: Vec<libp2p::Multiaddr>,
     /// Connected peers.
     pub peers: usize,
     /// Store nodes known.

@@ -41,6 +41,7 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => self.on_store_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(ev)) => self.on_mdns(ev),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 let dialled = match endpoint {
                     ConnectedPoint::Dialer { address, .. } => Some(address),

@@ -1,0 +1,153 @@
+//! Joining when others try to stop it, on 127.0.0.1: bootstrap by DNS name, a node that can
+//! only dial out receives through a relay, and a node reachable only over WebSocket takes part
+//! in the mesh. Every wait is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cairn_net::Multiaddr;
+use cairn_net::node::{NodeConfig, NodeHandle, start};
+use cairn_proto::{Id, Topic};
+use tokio::time::{Instant, sleep};
+
+mod common;
+use common::{cfg, collect, mined};
+
+/// Waits until `n` has at least `k` connected peers, or panics after `secs`.
+async fn wait_peers(n: &NodeHandle, k: usize, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while n.status().await.unwrap().peers < k {
+        assert!(Instant::now() < deadline, "{what}: fewer than {k} peers after {secs} s");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node listening on `listen` only.
+fn node(dir: &std::path::Path, name: &str, listen: &[&str]) -> NodeConfig {
+    let mut c = cfg(dir, name);
+    c.listen = listen.iter().map(|a| a.parse().unwrap()).collect();
+    c
+}
+
+/// The listen address of `n` whose text contains `part`.
+fn addr_with(n: &NodeHandle, part: &str) -> Multiaddr {
+    n.listen_addrs.iter().find(|a| a.to_string().contains(part)).unwrap().clone()
+}
+
+/// `/ip4/127.0.0.1/tcp/P[/ws]/p2p/ID` as `/dns4/localhost/tcp/P[/ws]/p2p/ID`.
+fn by_name(a: &Multiaddr) -> Multiaddr {
+    let text = a.to_string();
+    assert!(text.starts_with("/ip4/127.0.0.1/"), "{text}");
+    text.replacen("/ip4/127.0.0.1/", "/dns4/localhost/", 1).parse().unwrap()
+}
+
+/// Waits for the mesh of `topic` to carry an envelope from `from` to every one of `to`.
+async fn delivered(from: &NodeHandle, to: &[&NodeHandle], topic: Topic, body: &str) {
+    let mut rxs: Vec<_> = to.iter().map(|n| n.events()).collect();
+    let id: Id = from.publish(mined(topic, body, vec![])).await.unwrap();
+    let want: HashSet<Id> = [id].into();
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        let got = collect(rx, &want, 20).await;
+        assert_eq!(got, vec![id], "{body}: receiver {i} did not get it exactly once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_by_dns_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(node(dir.path(), "b", &["/ip4/127.0.0.1/tcp/0"])).await.unwrap();
+    let mut a_cfg = node(dir.path(), "a", &["/ip4/127.0.0.1/tcp/0"]);
+    a_cfg.bootstrap = vec![by_name(&addr_with(&b, "/tcp/"))];
+    a_cfg.peer_book = false;
+    let a = start(a_cfg).await.unwrap();
+    wait_peers(&a, 1, 20, "a joining b by name").await;
+    wait_peers(&b, 1, 5, "b seeing a").await;
+
+    // A name that does not resolve is a failed dial, not a crash: the node runs on.
+    let mut c_cfg = node(dir.path(), "c", &["/ip4/127.0.0.1/tcp/0"]);
+    c_cfg.bootstrap = vec![format!("/dns4/no-such-host.invalid/tcp/1/p2p/{}", b.peer_id).parse().unwrap()];
+    c_cfg.peer_book = false;
+    let c = start(c_cfg).await.unwrap();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.status().await.unwrap().peers, 0);
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_that_can_only_dial_out_receives_through_a_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[17; 32]);
+    let mut rc = node(dir.path(), "relay", &["/ip4/127.0.0.1/tcp/0"]);
+    rc.relay_server = true;
+    let relay = start(rc).await.unwrap();
+    let relay_addr = addr_with(&relay, "/tcp/");
+
+    // Neither h nor a listens on an address of its own: a connection between them can only
+    // be a circuit through the relay.
+    let mut hc = node(dir.path(), "hidden", &[]);
+    hc.listen_via_relay = Some(relay_addr.clone());
+    hc.bootstrap = vec![relay_addr.clone()];
+    let hidden = start(hc).await.unwrap();
+    assert!(hidden.listen_addrs.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let circuit = loop {
+        let st = hidden.status().await.unwrap();
+        if let Some(a) = st.listen.iter().find(|a| a.to_string().contains("/p2p-circuit")) {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no reservation at the relay after 20 s");
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert!(circuit.to_string().starts_with(&relay_addr.to_string()), "{circuit}");
+    hidden.subscribe(topic).await.unwrap();
+
+    let mut ac = node(dir.path(), "alice", &[]);
+    ac.bootstrap = vec![relay_addr.clone()];
+    let alice = start(ac).await.unwrap();
+    alice.subscribe(topic).await.unwrap();
+    // alice finds hidden through the relay's DHT (its relayed address, pushed by identify once
+    // the reservation was made) and dials it there.
+    wait_peers(&alice, 2, 30, "alice reaching hidden through the relay").await;
+    sleep(Duration::from_secs(2)).await; // a few heartbeats for the shard mesh
+    delivered(&alice, &[&hidden], topic, "to the hidden node").await;
+    delivered(&hidden, &[&alice], topic, "from the hidden node").await;
+    // The relay follows no topic: it carried the circuit's bytes, never the gossip itself.
+    assert_eq!(relay.status().await.unwrap().relayed, 0, "the relay took part in the gossip");
+    for n in [&relay, &hidden, &alice] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reachable_only_over_websocket_takes_part_in_the_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[18; 32]);
+    // w listens only on WebSocket and joins through nobody: the hub dials it.
+    let mut wc = node(dir.path(), "w", &["/ip4/127.0.0.1/tcp/0/ws"]);
+    wc.dial_target = 0;
+    wc.peer_book = false;
+    let w = start(wc).await.unwrap();
+    assert!(w.listen_addrs.iter().all(|a| a.to_string().contains("/ws/")), "{:?}", w.listen_addrs);
+    // The hub listens on TCP and WebSocket, and reaches w by name over WebSocket.
+    let hub =
+        start(node(dir.path(), "hub", &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"])).await.unwrap();
+    hub.dial(by_name(&addr_with(&w, "/ws"))).await.unwrap();
+    wait_peers(&w, 1, 20, "the hub reaching w over WebSocket").await;
+    // c speaks TCP to the hub.
+    let mut cc = node(dir.path(), "c", &["/ip4/127.0.0.1/tcp/0"]);
+    cc.bootstrap = vec![addr_with(&hub, "/tcp/")];
+    let c = start(cc).await.unwrap();
+    wait_peers(&c, 1, 20, "c joining the hub").await;
+    for n in [&w, &hub, &c] {
+        n.subscribe(topic).await.unwrap();
+    }
+    sleep(Duration::from_secs(2)).await; // a few heartbeats for the shard mesh
+    delivered(&c, &[&w, &hub], topic, "from a TCP node").await;
+    delivered(&w, &[&c, &hub], topic, "from the WebSocket node").await;
+    for n in [&w, &hub, &c] {
+        n.shutdown().await;
+    }
+}
