@@ -3,7 +3,9 @@
 //! states, the mempool, and indexes for clients.
 //!
 //! All methods are synchronous and take the one lock briefly; consensus tasks and RPC threads
-//! share it.
+//! share it. Finalized blocks, transaction outcomes, handshake lists and certificates live on
+//! disk in the [`ChainStore`]; memory holds the tip, the last [`BLOCK_CACHE_MAX`] blocks and
+//! the state tree (whose size follows the live state, not the chain's length).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cairn_proto::Topic;
 
 use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block, Header};
+use crate::chain_store::{ChainStore, ChainStoreError};
 use crate::genesis::{Genesis, GenesisError};
 use crate::light::StateProof;
 pub use crate::mempool::{MEMPOOL_BYTES_MAX, MEMPOOL_MAX, MempoolLimits, NONCE_WINDOW, SIGNER_BYTES_MAX};
@@ -30,6 +33,34 @@ pub const NONCE_GAP_BLOCKS: u64 = 100;
 pub const REJECTED_MAX: usize = 100_000;
 /// How often (in finalized blocks) the mempool is swept for used nonces and stale gaps.
 const SWEEP_EVERY: u64 = 8;
+/// Finalized blocks kept in memory besides the tip (blocks, ≤ 2 MiB each). Overflow policy:
+/// the lowest height is evicted; older blocks are read from the chain store.
+pub const BLOCK_CACHE_MAX: usize = 16;
+/// Certificates held for blocks not finalized here yet (certificates, ~2 KiB each with 4
+/// validators). Overflow policy: the oldest is forgotten (that block is served without one
+/// until the next certificate arrives).
+pub const PENDING_CERTS_MAX: usize = 1024;
+/// Internal fault messages kept (messages). Overflow policy: later faults are counted, not kept.
+const FAULTS_MAX: usize = 64;
+
+/// Why a ledger could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The genesis is invalid.
+    #[error(transparent)]
+    Genesis(#[from] GenesisError),
+    /// The chain store failed or belongs to another chain.
+    #[error(transparent)]
+    Store(#[from] ChainStoreError),
+    /// A stored block does not re-execute to its state root (the store is damaged).
+    #[error("stored finalized block {height} does not re-execute: {reason}; restore the data directory")]
+    Replay {
+        /// Height of the block.
+        height: u64,
+        /// What went wrong.
+        reason: String,
+    },
+}
 
 /// Where a transaction stands, as seen by one validator.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -76,22 +107,26 @@ pub struct ChainStatus {
 struct Core {
     chain: [u8; 32],
     db: StateDb,
-    /// Finalized blocks by height (index 0 = genesis).
-    blocks: Vec<Arc<Block>>,
+    /// Finalized tip.
+    tip: Arc<Block>,
+    /// The last finalized blocks below the tip, by height (≤ [`BLOCK_CACHE_MAX`]).
+    recent: BTreeMap<u64, Arc<Block>>,
+    /// Finalized blocks, outcomes, handshakes and certificates.
+    store: ChainStore,
     spec: HashMap<[u8; 32], Spec>,
     /// Waiting transactions.
     pool: Mempool,
     sig_ok: HashSet<TxId>,
     sig_order: VecDeque<TxId>,
-    tx_index: HashMap<TxId, (u64, Outcome)>,
     rejected: HashMap<TxId, TxError>,
     /// Order in which `rejected` got its records (may hold ids already gone from it).
     rejected_order: VecDeque<TxId>,
-    handshakes: HashMap<Topic, Vec<Vec<u8>>>,
-    /// Encoded finalization certificates by block digest.
-    finalizations: HashMap<[u8; 32], Vec<u8>>,
-    /// Highest finalized height whose own certificate we hold.
-    certified: Option<u64>,
+    /// Encoded certificates of blocks not finalized here yet, by digest, and their arrival
+    /// order (≤ [`PENDING_CERTS_MAX`]).
+    pending_certs: HashMap<[u8; 32], Vec<u8>>,
+    pending_cert_order: VecDeque<[u8; 32]>,
+    /// The finalized tip's own certificate, once known (proofs are served against it).
+    tip_cert: Option<Vec<u8>>,
     /// Blocks delivered ahead of a gap, applied once the gap fills.
     pending: BTreeMap<u64, Arc<Block>>,
     /// Internal failures (a finalized block that does not execute): never expected.
@@ -102,7 +137,8 @@ struct Core {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     inner: Arc<Mutex<Core>>,
-    genesis_digest: [u8; 32],
+    genesis: Arc<Block>,
+    store: ChainStore,
 }
 
 /// Result of preparing a proposal.
@@ -115,33 +151,64 @@ pub struct Proposal {
 }
 
 impl Ledger {
-    /// A ledger at genesis, with the default mempool bounds.
-    pub fn new(genesis: &Genesis) -> Result<Self, GenesisError> {
+    /// A ledger at genesis over an in-memory chain store, with the default mempool bounds.
+    pub fn new(genesis: &Genesis) -> Result<Self, OpenError> {
         Self::with_limits(genesis, MempoolLimits::default())
     }
 
-    /// A ledger at genesis whose mempool has the bounds `limits`.
-    pub fn with_limits(genesis: &Genesis, limits: MempoolLimits) -> Result<Self, GenesisError> {
+    /// A ledger at genesis over an in-memory chain store whose mempool has the bounds `limits`.
+    pub fn with_limits(genesis: &Genesis, limits: MempoolLimits) -> Result<Self, OpenError> {
+        Self::open(genesis, limits, ChainStore::in_memory()?)
+    }
+
+    /// A ledger over `store`: resumes at the finalized height stored there (an empty store
+    /// starts at genesis). The state tree is rebuilt by re-executing the stored blocks, whose
+    /// signatures were verified before they were stored; each block must reproduce its root.
+    pub fn open(genesis: &Genesis, limits: MempoolLimits, store: ChainStore) -> Result<Self, OpenError> {
         let (machine, block) = genesis.build()?;
-        let genesis_digest = block.id();
+        let genesis_block = Arc::new(block);
+        let height = store.start(&genesis_block)?;
+        let mut db = machine.db;
+        let mut tip = Arc::clone(&genesis_block);
+        let mut recent = BTreeMap::new();
+        for h in 1..=height {
+            let replay = |reason: String| OpenError::Replay { height: h, reason };
+            let b = Arc::new(store.block(h)?.ok_or_else(|| replay("missing".into()))?);
+            if b.header.parent != tip.id() {
+                return Err(replay("does not extend the block below it".into()));
+            }
+            let ex = execute(&db, Vec::new(), machine.chain, h, &b.txs, Mode::Verify, &|_| true)
+                .map_err(|e| replay(e.to_string()))?;
+            if ex.layer.root != b.header.state_root {
+                return Err(replay("wrong state root".into()));
+            }
+            db.apply(ex.layer);
+            recent.insert(tip.header.height, tip);
+            if recent.len() > BLOCK_CACHE_MAX {
+                recent.pop_first();
+            }
+            tip = b;
+        }
+        let tip_cert = store.certificate(&tip.id())?;
         let core = Core {
             chain: machine.chain,
-            db: machine.db,
-            blocks: vec![Arc::new(block)],
+            db,
+            tip,
+            recent,
+            store: store.clone(),
             spec: HashMap::new(),
             pool: Mempool::new(limits),
             sig_ok: HashSet::new(),
             sig_order: VecDeque::new(),
-            tx_index: HashMap::new(),
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
-            handshakes: HashMap::new(),
-            finalizations: HashMap::new(),
-            certified: None,
+            pending_certs: HashMap::new(),
+            pending_cert_order: VecDeque::new(),
+            tip_cert,
             pending: BTreeMap::new(),
             faults: Vec::new(),
         };
-        Ok(Self { inner: Arc::new(Mutex::new(core)), genesis_digest })
+        Ok(Self { inner: Arc::new(Mutex::new(core)), genesis: genesis_block, store })
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -152,12 +219,17 @@ impl Ledger {
 
     /// The genesis block.
     pub fn genesis_block(&self) -> Arc<Block> {
-        Arc::clone(&self.lock().blocks[0])
+        Arc::clone(&self.genesis)
     }
 
     /// Digest of the genesis block.
     pub fn genesis_digest(&self) -> [u8; 32] {
-        self.genesis_digest
+        self.genesis.id()
+    }
+
+    /// The chain store (finalized blocks, outcomes, handshakes, certificates).
+    pub fn store(&self) -> &ChainStore {
+        &self.store
     }
 
     /// Chain id.
@@ -168,13 +240,8 @@ impl Ledger {
     /// Finalized height, tip digest and root.
     pub fn status(&self) -> ChainStatus {
         let c = self.lock();
-        let tip = c.blocks.last().map(|b| b.id()).unwrap_or_default();
-        ChainStatus {
-            height: (c.blocks.len() as u64).saturating_sub(1),
-            digest: tip,
-            state_root: c.db.root(),
-            mempool: c.pool.len(),
-        }
+        let (height, digest) = c.tip();
+        ChainStatus { height, digest, state_root: c.db.root(), mempool: c.pool.len() }
     }
 
     /// Transactions waiting in the mempool.
@@ -223,26 +290,81 @@ impl Ledger {
         self.lock().faults.clone()
     }
 
-    /// Finalized block at `height`.
+    /// Finalized block at `height` (from memory near the tip, else from the chain store).
     pub fn block(&self, height: u64) -> Option<Arc<Block>> {
-        self.lock().blocks.get(usize::try_from(height).ok()?).cloned()
+        {
+            let c = self.lock();
+            if height == c.tip.header.height {
+                return Some(Arc::clone(&c.tip));
+            }
+            if height > c.tip.header.height {
+                return None;
+            }
+            if let Some(b) = c.recent.get(&height) {
+                return Some(Arc::clone(b));
+            }
+        }
+        // stored blocks never change, so this read needs no lock
+        self.store.block(height).unwrap_or_else(|e| self.store_failed(e)).map(Arc::new)
     }
 
-    /// Digests of every finalized block, by height (for fork checks).
+    /// Digests of every finalized block, by height (for fork checks; reads the whole store).
     pub fn chain_digests(&self) -> Vec<[u8; 32]> {
-        self.lock().blocks.iter().map(|b| b.id()).collect()
+        self.store.digests().unwrap_or_else(|e| self.store_failed(e))
     }
 
     /// The encoded finalization certificate of the block `digest`, if held.
     pub fn finalization(&self, digest: &[u8; 32]) -> Option<Vec<u8>> {
-        self.lock().finalizations.get(digest).cloned()
+        {
+            let c = self.lock();
+            if *digest == c.tip.id() {
+                return c.tip_cert.clone();
+            }
+            if let Some(f) = c.pending_certs.get(digest) {
+                return Some(f.clone());
+            }
+        }
+        self.store.certificate(digest).unwrap_or_else(|e| self.store_failed(e))
     }
 
-    /// Records a finalization certificate (from the consensus reporter).
+    /// Records a finalization certificate (from the consensus reporter): with its block if
+    /// that is finalized here already, otherwise held until it is.
     pub fn record_finalization(&self, digest: [u8; 32], encoded: Vec<u8>) {
         let mut c = self.lock();
-        c.finalizations.insert(digest, encoded);
-        c.update_certified();
+        let stored = if digest == c.tip.id() {
+            if c.tip_cert.as_ref() == Some(&encoded) {
+                return;
+            }
+            c.tip_cert = Some(encoded.clone());
+            true
+        } else {
+            matches!(c.store.height_of(&digest), Ok(Some(_)))
+        };
+        if stored {
+            if let Err(e) = c.store.put_certificate(&digest, &encoded) {
+                c.fault(format!("certificate could not be stored: {e}"));
+            }
+            return;
+        }
+        if c.pending_certs.insert(digest, encoded).is_none() {
+            c.pending_cert_order.push_back(digest);
+        }
+        while c.pending_certs.len() > PENDING_CERTS_MAX {
+            let Some(old) = c.pending_cert_order.pop_front() else { break };
+            c.pending_certs.remove(&old);
+        }
+        if c.pending_cert_order.len() > 2 * PENDING_CERTS_MAX {
+            let c = &mut *c;
+            let held = &c.pending_certs;
+            c.pending_cert_order.retain(|d| held.contains_key(d));
+        }
+    }
+
+    /// Logs a chain store read failure and answers "not found" (the request can be retried;
+    /// a damaged store is reported by every read).
+    fn store_failed<T: Default>(&self, e: ChainStoreError) -> T {
+        tracing::error!(error = %e, "ledger chain store read failed");
+        T::default()
     }
 
     /// Submits a transaction to the mempool after checking it against the finalized state.
@@ -255,13 +377,19 @@ impl Ledger {
     pub fn submit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<TxId, TxError>> {
         let decoded: Vec<Result<(TxId, Tx), TxError>> =
             txs.iter().map(|b| Tx::decode(b).map(|t| (Tx::id_of(b), t))).collect();
+        let ids: Vec<TxId> =
+            decoded.iter().map(|d| d.as_ref().map(|(id, _)| *id).unwrap_or(TxId([0; 32]))).collect();
+        let finalized = self.store.known(&ids).unwrap_or_else(|e| self.store_failed(e));
         let known: Vec<bool> = {
             let c = self.lock();
             decoded
                 .iter()
-                .map(|d| {
+                .enumerate()
+                .map(|(i, d)| {
                     d.as_ref().is_ok_and(|(id, _)| {
-                        c.pool.contains(id) || c.tx_index.contains_key(id) || c.sig_ok.contains(id)
+                        c.pool.contains(id)
+                            || c.sig_ok.contains(id)
+                            || finalized.get(i).copied().unwrap_or(false)
                     })
                 })
                 .collect()
@@ -298,8 +426,9 @@ impl Ledger {
     /// Status of a transaction.
     pub fn tx_status(&self, id: &TxId) -> TxStatus {
         let c = self.lock();
-        if let Some((height, outcome)) = c.tx_index.get(id) {
-            return TxStatus::Finalized { height: *height, outcome: outcome.clone() };
+        // under the lock: a transaction leaves the pool only after its block is stored
+        if let Some((height, outcome)) = c.store.tx(id).unwrap_or_else(|e| self.store_failed(e)) {
+            return TxStatus::Finalized { height, outcome };
         }
         if c.pool.contains(id) {
             return TxStatus::Pending;
@@ -312,10 +441,7 @@ impl Ledger {
 
     /// Finalized handshake messages of `topic` from `from`, at most `max`.
     pub fn handshakes(&self, topic: &Topic, from: u64, max: usize) -> Vec<Vec<u8>> {
-        let c = self.lock();
-        let Some(list) = c.handshakes.get(topic) else { return Vec::new() };
-        let from = usize::try_from(from).unwrap_or(usize::MAX);
-        list.iter().skip(from).take(max).cloned().collect()
+        self.store.handshakes(topic, from, max).unwrap_or_else(|e| self.store_failed(e))
     }
 
     /// Next nonce of `signer` in the finalized state.
@@ -330,14 +456,12 @@ impl Ledger {
     /// finalization).
     pub fn prove(&self, key: &StateKey) -> Result<Option<StateProof>, StateError> {
         let c = self.lock();
-        let Some(h) = c.certified else { return Ok(None) };
-        if c.db.height() != Some(h) {
+        let Some(fin) = &c.tip_cert else { return Ok(None) };
+        if c.db.height() != Some(c.tip.header.height) {
             return Ok(None);
         }
-        let Some(block) = c.blocks.get(h as usize) else { return Ok(None) };
-        let Some(fin) = c.finalizations.get(&block.id()) else { return Ok(None) };
         let (value, proof) = c.db.prove(key)?;
-        Ok(Some(StateProof::new(block.header, fin.clone(), value, &proof)))
+        Ok(Some(StateProof::new(c.tip.header, fin.clone(), value, &proof)))
     }
 
     /// Finalized header at `height`.
@@ -358,7 +482,9 @@ impl Ledger {
         let mut c = self.lock();
         let id = block.id();
         if c.spec.contains_key(&id)
-            || c.blocks.get(block.header.height as usize).is_some_and(|b| b.id() == id)
+            || id == c.tip.id()
+            || c.recent.get(&block.header.height).is_some_and(|b| b.id() == id)
+            || matches!(c.store.digest(block.header.height), Ok(Some(d)) if d == id)
         {
             return Ok(true);
         }
@@ -527,19 +653,22 @@ impl Ledger {
     /// wait for the gap to fill).
     pub fn finalize(&self, block: Arc<Block>) {
         let mut c = self.lock();
-        let tip = (c.blocks.len() as u64).saturating_sub(1);
+        let (tip, _) = c.tip();
         let h = block.header.height;
         if h <= tip {
-            if c.blocks.get(h as usize).is_some_and(|b| b.id() != block.id()) {
-                c.faults.push(format!("conflicting finalized block at height {h}"));
+            let stored = if h == tip { Ok(Some(c.tip.id())) } else { c.store.digest(h) };
+            if stored.is_ok_and(|d| d.is_some_and(|d| d != block.id())) {
+                c.fault(format!("conflicting finalized block at height {h}"));
             }
             return;
         }
         c.pending.insert(h, block);
         loop {
-            let next = (c.blocks.len()) as u64;
+            let next = c.tip().0 + 1;
             let Some(b) = c.pending.remove(&next) else { break };
-            c.apply_finalized(b);
+            if !c.apply_finalized(b) {
+                break;
+            }
         }
     }
 }
@@ -557,8 +686,14 @@ pub enum Knowledge {
 
 impl Core {
     fn tip(&self) -> (u64, [u8; 32]) {
-        let h = (self.blocks.len() as u64).saturating_sub(1);
-        (h, self.blocks.last().map(|b| b.id()).unwrap_or_default())
+        (self.tip.header.height, self.tip.id())
+    }
+
+    fn fault(&mut self, message: String) {
+        tracing::error!(%message, "ledger fault");
+        if self.faults.len() < FAULTS_MAX {
+            self.faults.push(message);
+        }
     }
 
     fn knows(&self, digest: &[u8; 32], height: u64) -> Knowledge {
@@ -598,7 +733,7 @@ impl Core {
     /// transactions already reserve; and the mempool's byte and count bounds must have room
     /// (never making room by evicting another transaction).
     fn admit_to_pool(&mut self, id: TxId, tx: &Tx, bytes: Vec<u8>) -> Result<TxId, TxError> {
-        if self.pool.contains(&id) || self.tx_index.contains_key(&id) {
+        if self.pool.contains(&id) || matches!(self.store.known(&[id]).as_deref(), Ok([true])) {
             return Ok(id);
         }
         let overlay = self.db.overlay(Vec::new());
@@ -609,7 +744,7 @@ impl Core {
         self.pool.check_room(&tx.signer, bytes.len())?;
         self.mark_sig_ok(id);
         self.rejected.remove(&id);
-        let since = (self.blocks.len() as u64).saturating_sub(1);
+        let since = self.tip.header.height;
         let p = Pooled { signer: tx.signer, account: tx.account, nonce: tx.nonce, fee, bytes, since };
         self.pool.insert(id, p);
         Ok(id)
@@ -675,20 +810,16 @@ impl Core {
         }
     }
 
-    fn update_certified(&mut self) {
-        let tip = (self.blocks.len() as u64).saturating_sub(1);
-        if self.blocks.get(tip as usize).is_some_and(|b| self.finalizations.contains_key(&b.id())) {
-            self.certified = Some(tip);
-        }
-    }
-
-    fn apply_finalized(&mut self, block: Arc<Block>) {
+    /// Applies the next finalized block: stores it with its outcomes, handshakes and
+    /// certificate (one durable commit), then advances the in-memory state. Returns false if
+    /// it was not applied (recorded as a fault).
+    fn apply_finalized(&mut self, block: Arc<Block>) -> bool {
         let id = block.id();
         let h = block.header.height;
         let (_, tip) = self.tip();
         if block.header.parent != tip {
-            self.faults.push(format!("finalized block {h} does not extend the finalized tip"));
-            return;
+            self.fault(format!("finalized block {h} does not extend the finalized tip"));
+            return false;
         }
         let (layer, receipts) = match self.spec.remove(&id) {
             Some(s) => (s.layer, s.receipts),
@@ -699,35 +830,47 @@ impl Core {
                 }) {
                     Ok(ex) if ex.layer.root == block.header.state_root => (ex.layer, ex.receipts),
                     Ok(_) => {
-                        self.faults.push(format!("finalized block {h} has a wrong state root"));
-                        return;
+                        self.fault(format!("finalized block {h} has a wrong state root"));
+                        return false;
                     }
                     Err(e) => {
-                        self.faults.push(format!("finalized block {h} does not execute: {e}"));
-                        return;
+                        self.fault(format!("finalized block {h} does not execute: {e}"));
+                        return false;
                     }
                 }
             }
         };
-        self.db.apply(layer);
+        let mut handshakes: Vec<(Topic, u64, Vec<u8>)> = Vec::new();
         for (r, bytes) in receipts.iter().zip(block.txs.iter()) {
-            if let Outcome::Sequenced { topic, .. } = &r.outcome
+            if let Outcome::Sequenced { topic, seq } = &r.outcome
                 && let Ok(tx) = Tx::decode(bytes)
                 && let crate::tx::TxBody::SequenceHandshake { payload, .. } = tx.body
             {
-                self.handshakes.entry(*topic).or_default().push(payload);
+                handshakes.push((*topic, *seq, payload));
             }
-            self.tx_index.insert(r.tx, (h, r.outcome.clone()));
+        }
+        let cert = self.pending_certs.remove(&id);
+        if let Err(e) = self.store.commit_block(&block, &receipts, &handshakes, cert.as_deref()) {
+            self.fault(format!("finalized block {h} could not be stored: {e}"));
+            return false;
+        }
+        self.db.apply(layer);
+        for r in &receipts {
             self.remove_from_pool(&r.tx);
             self.rejected.remove(&r.tx);
         }
-        self.blocks.push(block);
+        let old = std::mem::replace(&mut self.tip, block);
+        self.recent.insert(old.header.height, old);
+        if self.recent.len() > BLOCK_CACHE_MAX {
+            self.recent.pop_first();
+        }
+        self.tip_cert = cert;
         // forget unfinalized blocks that can no longer be extended
         self.spec.retain(|_, s| s.height > h);
         if h.is_multiple_of(SWEEP_EVERY) {
             self.sweep(h);
         }
         self.pool.compact_order();
-        self.update_certified();
+        true
     }
 }

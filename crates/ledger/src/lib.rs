@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod bench;
 pub mod block;
+pub mod chain_store;
 pub mod core;
 pub mod genesis;
 pub mod handle;

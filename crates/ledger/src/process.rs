@@ -15,6 +15,7 @@ use commonware_utils::ordered::Map;
 use commonware_utils::{NZU32, NZUsize};
 use thiserror::Error;
 
+use crate::chain_store::{ChainStore, ChainStoreError};
 use crate::core::Ledger;
 use crate::genesis::{Genesis, GenesisError, P2P_NAMESPACE, public_key_hex, read_key};
 use crate::validator::{self, Behaviour, Timeouts, ValidatorError, channel};
@@ -42,7 +43,18 @@ pub enum ProcessError {
     /// The validator set is unusable for p2p.
     #[error("bad peer set: {0}")]
     Peers(String),
+    /// The data directory or the ledger's chain store could not be opened.
+    #[error("data directory {path}: {reason}")]
+    Data {
+        /// The data directory.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
 }
+
+/// File name of the ledger's chain store in a validator's data directory.
+pub const CHAIN_STORE_FILE: &str = "ledger-chain.redb";
 
 /// Options of a validator process.
 #[derive(Clone, Debug)]
@@ -51,7 +63,7 @@ pub struct ProcessOptions {
     pub genesis: PathBuf,
     /// Validator key file.
     pub key: PathBuf,
-    /// Data directory (blocks, consensus journal).
+    /// Data directory (blocks, consensus journal, the chain store [`CHAIN_STORE_FILE`]).
     pub data: PathBuf,
     /// Consensus timing.
     pub timeouts: Timeouts,
@@ -93,6 +105,10 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
     // Bind the RPC listener first so a port conflict is reported before consensus starts.
     let rpc = std::net::TcpListener::bind(info.rpc)
         .map_err(|source| ProcessError::Rpc { addr: info.rpc, source })?;
+    let data_err = |reason: String| ProcessError::Data { path: opts.data.clone(), reason };
+    std::fs::create_dir_all(&opts.data).map_err(|e| data_err(e.to_string()))?;
+    let store = ChainStore::open(&opts.data.join(CHAIN_STORE_FILE))
+        .map_err(|e: ChainStoreError| data_err(e.to_string()))?;
 
     let cfg = cw_tokio::Config::new()
         .with_storage_directory(opts.data.clone())
@@ -132,6 +148,7 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
             &genesis,
             key,
             "ledger",
+            store,
             opts.timeouts,
             Behaviour::Honest,
             oracle.clone(),

@@ -35,7 +35,8 @@ use tracing::info;
 
 use crate::app::{CertificateRecorder, Finalizer, LedgerApp};
 use crate::block::{BLOCK_BYTES_MAX, Block};
-use crate::core::Ledger;
+use crate::chain_store::ChainStore;
+use crate::core::{Ledger, MempoolLimits, OpenError};
 use crate::genesis::{CONSENSUS_NAMESPACE, Genesis, GenesisError};
 
 /// Channel ids on the validator p2p network.
@@ -96,6 +97,9 @@ pub enum ValidatorError {
     /// Genesis problem.
     #[error(transparent)]
     Genesis(#[from] GenesisError),
+    /// The ledger's chain store could not be opened or replayed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
     /// Storage could not be opened.
     #[error("storage: {0}")]
     Storage(String),
@@ -151,14 +155,17 @@ fn archive_config<C>(
 /// Starts one validator on `context` with the five p2p channels (in [`channel::ALL`] order).
 ///
 /// Storage partitions are named after `partition` (unique per validator when validators share
-/// a storage root, as in the simulation). Restarting with the same storage resumes: the ledger
-/// state is rebuilt from the persisted finalized blocks, then marshal catches up from peers.
+/// a storage root, as in the simulation); the ledger's finalized blocks and indexes are in
+/// `store`. Restarting with the same storage resumes: the ledger reopens `store` at its
+/// finalized height, applies any block marshal processed beyond it from marshal's archive,
+/// then marshal catches up from peers.
 #[allow(clippy::too_many_arguments)]
 pub async fn start<E, B, P, S, R>(
     context: E,
     genesis: &Genesis,
     key: ed25519::PrivateKey,
     partition: &str,
+    store: ChainStore,
     timeouts: Timeouts,
     behaviour: Behaviour,
     blocker: B,
@@ -176,7 +183,7 @@ where
     let participants = genesis.participants()?;
     let scheme =
         Scheme::signer(CONSENSUS_NAMESPACE, participants, key).ok_or(ValidatorError::NotAValidator)?;
-    let ledger = Ledger::new(genesis)?;
+    let ledger = Ledger::open(genesis, MempoolLimits::default(), store)?;
     let genesis_block = ledger.genesis_block();
     let genesis_digest = Digest(genesis_block.id());
     let page_cache = CacheRef::new(NZU16!(4096), NZUsize!(64));
@@ -248,8 +255,11 @@ where
     let processed = floor.processed().map_or(0, |p| p.height().get());
     let marshal_task = actor.start(Finalizer::new(ledger.clone()), buffer, backfill);
 
-    // Rebuild the state from the persisted finalized blocks.
-    for h in 1..=processed {
+    // The chain store is committed before marshal is told a block is processed, so it is at or
+    // beyond marshal's floor; anything between (a store commit that failed) comes from the
+    // archive.
+    let stored = ledger.status().height;
+    for h in stored + 1..=processed {
         match marshal.get_block(Height::new(h)).await {
             Some(b) => ledger.finalize(b.inner_shared()),
             None => {
@@ -263,7 +273,7 @@ where
         use commonware_codec::Encode as _;
         ledger.record_finalization(fin.proposal.payload.0, fin.encode().to_vec());
     }
-    info!(processed, "ledger state rebuilt from the block archive");
+    info!(stored, processed, "ledger resumed from its chain store");
 
     let app = match behaviour {
         Behaviour::Honest => LedgerApp::new(ledger.clone()),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_ledger::audit::check_no_fork;
+use cairn_ledger::chain_store::ChainStore;
 use cairn_ledger::core::{Ledger, TxStatus};
 use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis, ValidatorInfo};
 use cairn_ledger::params::Params;
@@ -53,6 +54,9 @@ pub struct Net {
     pub oracle: Oracle<ed25519::PublicKey, deterministic::Context>,
     pub ledgers: Arc<Mutex<Vec<Option<Ledger>>>>,
     pub tasks: Vec<Option<Handle<()>>>,
+    /// Each validator's chain store; like the simulated storage, it outlives a crash and is
+    /// reopened by the restarted validator.
+    pub stores: Vec<ChainStore>,
 }
 
 impl Net {
@@ -100,6 +104,7 @@ impl Net {
             oracle,
             ledgers: Arc::new(Mutex::new(vec![None; N])),
             tasks: (0..N).map(|_| None).collect(),
+            stores: (0..N).map(|_| ChainStore::in_memory().unwrap()).collect(),
         }
     }
 
@@ -126,12 +131,14 @@ impl Net {
         let genesis = self.genesis.clone();
         let key = self.keys[i].clone();
         let slot = self.ledgers.clone();
+        let store = self.stores[i].clone();
         let handle = ctx.child("validator").with_attribute("index", i).spawn(move |ctx| async move {
             let running = validator::start(
                 ctx,
                 &genesis,
                 key,
                 &format!("v{i}"),
+                store,
                 timeouts(),
                 behaviour,
                 control,

@@ -1,0 +1,274 @@
+//! The validator's chain store: finalized blocks, the transaction-outcome index, the handshake
+//! lists of every topic and finalization certificates, on disk in one redb file
+//! (`<data>/ledger-chain.redb` for a validator process; an in-memory redb for tests and
+//! short-lived ledgers).
+//!
+//! Everything one finalized block adds is written in ONE redb transaction committed with
+//! [`Durability::Immediate`] ([`ChainStore::commit_block`]), together with the finalized height,
+//! so after a crash the file holds a prefix of the finalized chain with every index complete for
+//! exactly that prefix: no gap, no half-applied block. Memory does not grow with the chain: the
+//! only cache is redb's page cache, bounded by [`CHAIN_CACHE_BYTES`] (redb evicts by its own
+//! policy) — the ledger core keeps only the tip and the last [`crate::core::BLOCK_CACHE_MAX`]
+//! blocks.
+
+mod outcome;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_proto::Topic;
+use cairn_proto::codec::DecodeError;
+use redb::backends::InMemoryBackend;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+
+use crate::block::Block;
+use crate::state::{Outcome, Receipt};
+use crate::tx::TxId;
+
+/// Bound of redb's page cache for the chain store, bytes (redb's default, 1 GiB, would let a
+/// validator's memory grow with its chain up to that).
+pub const CHAIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// On-disk format of the chain store.
+const FORMAT: u64 = 1;
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Height → encoded block.
+const BLOCKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("blocks");
+/// Height → block digest.
+const DIGESTS: TableDefinition<'_, u64, [u8; 32]> = TableDefinition::new("digests");
+/// Block digest → height.
+const HEIGHTS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("heights");
+/// Transaction id → height and outcome (`outcome::encode`).
+const TXS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("txs");
+/// (Topic, position) → handshake payload.
+const HANDSHAKES: TableDefinition<'_, ([u8; 32], u64), &[u8]> = TableDefinition::new("handshakes");
+/// Block digest → encoded finalization certificate.
+const CERTS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("certs");
+
+/// Chain store failures.
+#[derive(Debug, Error)]
+pub enum ChainStoreError {
+    /// redb failed (I/O, corruption, the file locked by another process).
+    #[error("ledger chain store: {0} (is another validator using this data directory?)")]
+    Db(String),
+    /// A stored value does not decode: the file is damaged.
+    #[error(
+        "ledger chain store is damaged ({what}): {source}; restore the data directory or resync from peers"
+    )]
+    Corrupt {
+        /// Which entry.
+        what: &'static str,
+        /// Decoder error.
+        source: DecodeError,
+    },
+    /// The file belongs to another chain or format.
+    #[error("ledger chain store {0}: move the data directory away to start this chain afresh")]
+    Mismatch(&'static str),
+}
+
+fn db<E: Into<redb::Error>>(e: E) -> ChainStoreError {
+    ChainStoreError::Db(e.into().to_string())
+}
+
+/// Handle to a chain store (cheap to clone; all clones share the database).
+#[derive(Clone)]
+pub struct ChainStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for ChainStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainStore")
+    }
+}
+
+impl ChainStore {
+    /// Opens (or creates) the chain store file at `path`.
+    pub fn open(path: &Path) -> Result<Self, ChainStoreError> {
+        let database = redb::Builder::new().set_cache_size(CHAIN_CACHE_BYTES).create(path).map_err(db)?;
+        Self::init(database)
+    }
+
+    /// A store held in memory (tests, short-lived ledgers): nothing survives the process.
+    pub fn in_memory() -> Result<Self, ChainStoreError> {
+        let database = redb::Builder::new()
+            .set_cache_size(CHAIN_CACHE_BYTES)
+            .create_with_backend(InMemoryBackend::new())
+            .map_err(db)?;
+        Self::init(database)
+    }
+
+    fn init(database: Database) -> Result<Self, ChainStoreError> {
+        let tx = database.begin_write().map_err(db)?;
+        {
+            tx.open_table(BLOCKS).map_err(db)?;
+            tx.open_table(DIGESTS).map_err(db)?;
+            tx.open_table(HEIGHTS).map_err(db)?;
+            tx.open_table(TXS).map_err(db)?;
+            tx.open_table(HANDSHAKES).map_err(db)?;
+            tx.open_table(CERTS).map_err(db)?;
+            let mut meta = tx.open_table(META).map_err(db)?;
+            let found = meta.get("format").map_err(db)?.map(|v| read_u64(v.value()));
+            match found {
+                None => {
+                    meta.insert("format", FORMAT.to_be_bytes().as_slice()).map_err(db)?;
+                }
+                Some(Some(FORMAT)) => {}
+                Some(_) => return Err(ChainStoreError::Mismatch("was written in another format")),
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(Self { db: Arc::new(database) })
+    }
+
+    /// Checks that the store belongs to the chain whose genesis block is `genesis` (writing it
+    /// into an empty store) and returns the finalized height stored.
+    pub(crate) fn start(&self, genesis: &Block) -> Result<u64, ChainStoreError> {
+        let digest = genesis.id();
+        let r = self.db.begin_read().map_err(db)?;
+        let meta = r.open_table(META).map_err(db)?;
+        if let Some(g) = meta.get("genesis").map_err(db)? {
+            if g.value() != digest.as_slice() {
+                return Err(ChainStoreError::Mismatch("belongs to another genesis"));
+            }
+            let h = meta.get("height").map_err(db)?.and_then(|v| read_u64(v.value()));
+            return h.ok_or(ChainStoreError::Mismatch("has no finalized height"));
+        }
+        drop(meta);
+        drop(r);
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db)?;
+            meta.insert("genesis", digest.as_slice()).map_err(db)?;
+        }
+        put_block(&tx, genesis)?;
+        tx.commit().map_err(db)?;
+        Ok(0)
+    }
+
+    /// Writes everything finalized block `block` adds — the block, its digest, the outcome of
+    /// each transaction (`receipts`, in block order), the `handshakes` it sequenced
+    /// (topic, position, payload), its certificate if already known — and the new finalized
+    /// height, in one durable transaction.
+    pub(crate) fn commit_block(
+        &self,
+        block: &Block,
+        receipts: &[Receipt],
+        handshakes: &[(Topic, u64, Vec<u8>)],
+        cert: Option<&[u8]>,
+    ) -> Result<(), ChainStoreError> {
+        let h = block.header.height;
+        let mut tx = self.db.begin_write().map_err(db)?;
+        tx.set_durability(Durability::Immediate).map_err(db)?;
+        {
+            let mut txs = tx.open_table(TXS).map_err(db)?;
+            for r in receipts {
+                txs.insert(r.tx.0, outcome::encode(h, &r.outcome).as_slice()).map_err(db)?;
+            }
+            let mut hs = tx.open_table(HANDSHAKES).map_err(db)?;
+            for (topic, seq, payload) in handshakes {
+                hs.insert((topic.0, *seq), payload.as_slice()).map_err(db)?;
+            }
+            if let Some(c) = cert {
+                tx.open_table(CERTS).map_err(db)?.insert(block.id(), c).map_err(db)?;
+            }
+        }
+        put_block(&tx, block)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Stores the certificate of an already stored block. Not synced on its own: it becomes
+    /// durable with the next block's commit (a validator re-reads the newest certificate from
+    /// marshal's archive at start, and older ones only annotate served blocks).
+    pub(crate) fn put_certificate(&self, digest: &[u8; 32], cert: &[u8]) -> Result<(), ChainStoreError> {
+        let mut tx = self.db.begin_write().map_err(db)?;
+        tx.set_durability(Durability::None).map_err(db)?;
+        tx.open_table(CERTS).map_err(db)?.insert(*digest, cert).map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// The certificate of block `digest`, if stored.
+    pub fn certificate(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(CERTS).map_err(db)?;
+        Ok(t.get(*digest).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Height of the stored block `digest`, if stored.
+    pub fn height_of(&self, digest: &[u8; 32]) -> Result<Option<u64>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(HEIGHTS).map_err(db)?;
+        Ok(t.get(*digest).map_err(db)?.map(|v| v.value()))
+    }
+
+    /// The finalized block at `height`, if stored.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(BLOCKS).map_err(db)?;
+        let Some(v) = t.get(height).map_err(db)? else { return Ok(None) };
+        Block::decode_bytes(v.value())
+            .map(Some)
+            .map_err(|source| ChainStoreError::Corrupt { what: "block", source })
+    }
+
+    /// Digest of the finalized block at `height`, if stored.
+    pub fn digest(&self, height: u64) -> Result<Option<[u8; 32]>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(DIGESTS).map_err(db)?;
+        Ok(t.get(height).map_err(db)?.map(|v| v.value()))
+    }
+
+    /// Digests of every stored block, by height (fork checks in tests; reads the whole table).
+    pub fn digests(&self) -> Result<Vec<[u8; 32]>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(DIGESTS).map_err(db)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(db)? {
+            out.push(e.map_err(db)?.1.value());
+        }
+        Ok(out)
+    }
+
+    /// Height and outcome of finalized transaction `id`, if stored.
+    pub fn tx(&self, id: &TxId) -> Result<Option<(u64, Outcome)>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(TXS).map_err(db)?;
+        let Some(v) = t.get(id.0).map_err(db)? else { return Ok(None) };
+        outcome::decode(v.value())
+            .map(Some)
+            .map_err(|source| ChainStoreError::Corrupt { what: "outcome", source })
+    }
+
+    /// For each of `ids`, whether it is a finalized transaction (one read transaction).
+    pub fn known(&self, ids: &[TxId]) -> Result<Vec<bool>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(TXS).map_err(db)?;
+        ids.iter().map(|id| Ok(t.get(id.0).map_err(db)?.is_some())).collect()
+    }
+
+    /// Handshake payloads of `topic` from position `from`, at most `max`.
+    pub fn handshakes(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Vec<u8>>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(HANDSHAKES).map_err(db)?;
+        let mut out = Vec::new();
+        for e in t.range((topic.0, from)..=(topic.0, u64::MAX)).map_err(db)?.take(max) {
+            out.push(e.map_err(db)?.1.value().to_vec());
+        }
+        Ok(out)
+    }
+}
+
+fn read_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+/// Writes `block` at its height with its digest and the finalized height (in `tx`).
+fn put_block(tx: &redb::WriteTransaction, block: &Block) -> Result<(), ChainStoreError> {
+    let (h, id) = (block.header.height, block.id());
+    tx.open_table(BLOCKS).map_err(db)?.insert(h, block.encode_bytes().as_slice()).map_err(db)?;
+    tx.open_table(DIGESTS).map_err(db)?.insert(h, id).map_err(db)?;
+    tx.open_table(HEIGHTS).map_err(db)?.insert(id, h).map_err(db)?;
+    tx.open_table(META).map_err(db)?.insert("height", h.to_be_bytes().as_slice()).map_err(db)?;
+    Ok(())
+}
