@@ -167,7 +167,7 @@ impl Ledger {
     pub fn open(genesis: &Genesis, limits: MempoolLimits, store: ChainStore) -> Result<Self, OpenError> {
         let (machine, block) = genesis.build()?;
         let genesis_block = Arc::new(block);
-        let height = store.start(&genesis_block)?;
+        let height = store.start(&machine.chain, &genesis_block)?;
         let mut db = machine.db;
         let mut tip = Arc::clone(&genesis_block);
         let mut recent = BTreeMap::new();

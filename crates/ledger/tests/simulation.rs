@@ -325,3 +325,52 @@ fn fork_checker_catches_a_forked_history() {
     let f = check_no_fork(&[a.clone(), a.clone(), b]).unwrap_err();
     assert_eq!((f.height, f.a, f.b), (3, 0, 2));
 }
+
+#[test]
+fn a_restarted_validator_serves_the_same_blocks_handshakes_and_outcomes() {
+    for seed in [51u64, 52] {
+        run(seed, |ctx| {
+            Box::pin(async move {
+                let mut net = Net::new(&ctx).await;
+                for i in 0..N {
+                    net.start(&ctx, i, Behaviour::Honest).await;
+                }
+                assert!(net.wait_height(&ctx, &[0, 1, 2, 3], 2, Duration::from_secs(30)).await);
+                let chain = net.genesis.chain_id();
+                let mut ids = Vec::new();
+                for round in 0..4 {
+                    if round == 2 {
+                        // validator 3 goes down with half the workload finalized
+                        net.wait_final(&ctx, &ids, Duration::from_secs(60)).await;
+                        net.crash(3);
+                    }
+                    for t in workload(chain, round) {
+                        ids.push(Tx::id_of(&t));
+                        net.submit(&t);
+                    }
+                    ctx.sleep(Duration::from_millis(700)).await;
+                }
+                net.wait_final(&ctx, &ids, Duration::from_secs(60)).await;
+                // it comes back from its chain store and catches up
+                net.start(&ctx, 3, Behaviour::Honest).await;
+                let target = net.heights().iter().flatten().max().unwrap() + 2;
+                assert!(net.wait_height(&ctx, &[0, 1, 2, 3], target, Duration::from_secs(120)).await);
+                net.check_safety();
+                let (l0, l3) = (net.ledger(0).unwrap(), net.ledger(3).unwrap());
+                for id in &ids {
+                    assert!(matches!(l3.tx_status(id), TxStatus::Finalized { .. }));
+                    assert_eq!(l3.tx_status(id), l0.tx_status(id));
+                }
+                let topic = Topic([7; 32]);
+                let list = l0.handshakes(&topic, 0, 1000);
+                assert!(list.len() >= 4, "{}", list.len());
+                assert_eq!(l3.handshakes(&topic, 0, 1000), list);
+                let h = l0.status().height.min(l3.status().height);
+                for k in 0..=h {
+                    assert_eq!(l3.block(k).unwrap().id(), l0.block(k).unwrap().id());
+                }
+                assert_eq!(l3.header(h).unwrap().state_root, l0.header(h).unwrap().state_root);
+            })
+        });
+    }
+}

@@ -122,15 +122,16 @@ impl ChainStore {
         Ok(Self { db: Arc::new(database) })
     }
 
-    /// Checks that the store belongs to the chain whose genesis block is `genesis` (writing it
-    /// into an empty store) and returns the finalized height stored.
-    pub(crate) fn start(&self, genesis: &Block) -> Result<u64, ChainStoreError> {
+    /// Checks that the store belongs to the chain `chain` whose genesis block is `genesis`
+    /// (writing both into an empty store) and returns the finalized height stored.
+    pub(crate) fn start(&self, chain: &[u8; 32], genesis: &Block) -> Result<u64, ChainStoreError> {
         let digest = genesis.id();
         let r = self.db.begin_read().map_err(db)?;
         let meta = r.open_table(META).map_err(db)?;
         if let Some(g) = meta.get("genesis").map_err(db)? {
-            if g.value() != digest.as_slice() {
-                return Err(ChainStoreError::Mismatch("belongs to another genesis"));
+            let c = meta.get("chain").map_err(db)?;
+            if g.value() != digest.as_slice() || c.is_none_or(|c| c.value() != chain.as_slice()) {
+                return Err(ChainStoreError::Mismatch("belongs to another chain"));
             }
             let h = meta.get("height").map_err(db)?.and_then(|v| read_u64(v.value()));
             return h.ok_or(ChainStoreError::Mismatch("has no finalized height"));
@@ -141,6 +142,7 @@ impl ChainStore {
         {
             let mut meta = tx.open_table(META).map_err(db)?;
             meta.insert("genesis", digest.as_slice()).map_err(db)?;
+            meta.insert("chain", chain.as_slice()).map_err(db)?;
         }
         put_block(&tx, genesis)?;
         tx.commit().map_err(db)?;

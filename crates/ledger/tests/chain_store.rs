@@ -1,0 +1,176 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! The chain store: a ledger reopened from its redb file serves the same blocks, handshake
+//! lists, transaction outcomes, certificate and state root, and goes on from there; a store
+//! of another chain is refused.
+
+use std::sync::Arc;
+
+use cairn_ledger::chain_store::{ChainStore, ChainStoreError};
+use cairn_ledger::core::{Ledger, MempoolLimits, OpenError, TxStatus};
+use cairn_ledger::genesis::Genesis;
+use cairn_ledger::state::Outcome;
+use cairn_ledger::tx::{Tx, TxBody, TxError, TxId};
+use cairn_proto::ed25519::SigningKey;
+use cairn_proto::{AccountId, Topic};
+
+fn user(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i + 60; 32])
+}
+fn id(k: &SigningKey) -> AccountId {
+    AccountId(k.verifying_key().to_bytes())
+}
+
+fn genesis(name: &str) -> Genesis {
+    let accounts = (0..3).map(|i| (id(&user(i)), 1_000_000_000)).collect();
+    Genesis::local(name, 4, 29500, accounts).unwrap().0
+}
+
+/// Proposes on the tip and finalizes it (a one-validator chain); returns the block's tx count.
+fn step(l: &Ledger) -> usize {
+    let s = l.status();
+    let p = l.propose(&s.digest, s.height).unwrap().expect("a proposal on the tip");
+    let n = p.block.txs.len();
+    l.finalize(Arc::new(p.block));
+    assert_eq!(l.status().height, s.height + 1, "faults: {:?}", l.faults());
+    n
+}
+
+/// Everything a client can read about the chain, for comparison across a restart.
+#[derive(PartialEq, Debug)]
+struct View {
+    status: (u64, [u8; 32], [u8; 32]),
+    blocks: Vec<Vec<u8>>,
+    digests: Vec<[u8; 32]>,
+    handshakes: Vec<Vec<Vec<u8>>>,
+    outcomes: Vec<TxStatus>,
+    tip_cert: Option<Vec<u8>>,
+    nonce: u64,
+}
+
+fn view(l: &Ledger, topics: &[Topic], txs: &[TxId]) -> View {
+    let s = l.status();
+    View {
+        status: (s.height, s.digest, s.state_root),
+        blocks: (0..=s.height).map(|h| l.block(h).unwrap().encode_bytes()).collect(),
+        digests: l.chain_digests(),
+        handshakes: topics.iter().map(|t| l.handshakes(t, 0, 1000)).collect(),
+        outcomes: txs.iter().map(|t| l.tx_status(t)).collect(),
+        tip_cert: l.finalization(&s.digest),
+        nonce: l.nonce(&id(&user(0)).0),
+    }
+}
+
+#[test]
+fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.redb");
+    let g = genesis("reopen");
+    let chain = g.chain_id();
+    let topics: Vec<Topic> = (0..3).map(|i| Topic([i + 1; 32])).collect();
+    let mut txs = Vec::new();
+    let mut nonces = [0u64; 3];
+    let mut seqs = [0u64; 3];
+    let mut sign = |u: usize, body: TxBody| {
+        let k = user(u as u8);
+        let t = Tx::sign(chain, id(&k), &k, nonces[u], body).encode();
+        nonces[u] += 1;
+        t
+    };
+
+    let before = {
+        let l = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap();
+        for round in 0..30u64 {
+            for (i, topic) in topics.iter().enumerate() {
+                let payload = vec![round as u8, i as u8];
+                let t = sign(i, TxBody::SequenceHandshake { topic: *topic, after: seqs[i], payload });
+                seqs[i] += 1;
+                txs.push(l.submit(t).unwrap());
+            }
+            // a transfer, and a handshake built on a stale position (finalized, failed)
+            txs.push(l.submit(sign(0, TxBody::Transfer { to: id(&user(1)), amount: 5 })).unwrap());
+            if round % 10 == 0 {
+                let stale = TxBody::SequenceHandshake { topic: topics[2], after: 0, payload: vec![9] };
+                txs.push(l.submit(sign(1, stale)).unwrap());
+            }
+            step(&l);
+        }
+        let tip = l.status().digest;
+        l.record_finalization(tip, b"certificate of the tip".to_vec());
+        assert!(l.faults().is_empty(), "{:?}", l.faults());
+        let v = view(&l, &topics, &txs);
+        assert_eq!(v.handshakes[0].len(), 30);
+        assert_eq!(v.handshakes[1][7], vec![7, 1]);
+        assert!(v.outcomes.iter().all(|s| matches!(s, TxStatus::Finalized { .. })));
+        assert!(v.outcomes.iter().any(|s| matches!(
+            s,
+            TxStatus::Finalized { outcome: Outcome::Failed(TxError::StaleSequence { .. }), .. }
+        )));
+        v
+        // the ledger and its store are dropped here: the file is closed
+    };
+
+    let store = ChainStore::open(&path).unwrap();
+    let l = Ledger::open(&g, MempoolLimits::default(), store).unwrap();
+    let after = view(&l, &topics, &txs);
+    assert_eq!(after, before);
+    assert!(matches!(l.tx_status(&txs[3]), TxStatus::Finalized { height: 1, outcome: Outcome::Applied }));
+
+    // it goes on from the stored tip: nonces and handshake positions continue
+    let t = sign(0, TxBody::SequenceHandshake { topic: topics[0], after: seqs[0], payload: vec![42] });
+    let next = l.submit(t).unwrap();
+    step(&l);
+    assert!(matches!(
+        l.tx_status(&next),
+        TxStatus::Finalized { height: 31, outcome: Outcome::Sequenced { seq: 30, .. } }
+    ));
+    assert_eq!(l.handshakes(&topics[0], 30, 10), vec![vec![42]]);
+    // a finalized transaction submitted again is recognised as already final
+    assert_eq!(
+        l.submit(
+            Tx::sign(chain, id(&user(0)), &user(0), 0, TxBody::Transfer { to: id(&user(1)), amount: 1 })
+                .encode()
+        )
+        .unwrap_err(),
+        TxError::NonceReplayed { expected: nonces[0], got: 0 }
+    );
+    assert!(l.faults().is_empty(), "{:?}", l.faults());
+}
+
+#[test]
+fn a_store_of_another_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.redb");
+    {
+        let l = Ledger::open(&genesis("one"), MempoolLimits::default(), ChainStore::open(&path).unwrap())
+            .unwrap();
+        step(&l);
+    }
+    let err = Ledger::open(&genesis("two"), MempoolLimits::default(), ChainStore::open(&path).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Store(ChainStoreError::Mismatch(_))), "{err}");
+    assert!(err.to_string().contains("move the data directory away"), "{err}");
+}
+
+#[test]
+fn a_damaged_stored_block_is_reported_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.redb");
+    let g = genesis("damaged");
+    {
+        let l = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap();
+        step(&l);
+        step(&l);
+    }
+    // overwrite block 1 with garbage through redb itself (a bit flip the checksums accepted)
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("blocks");
+            tx.open_table(def).unwrap().insert(1u64, [1u8, 2, 3].as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap_err();
+    assert!(matches!(err, OpenError::Store(ChainStoreError::Corrupt { .. })), "{err}");
+}
