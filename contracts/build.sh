@@ -4,7 +4,7 @@
 # hashes with the checked-in files instead (the reproducibility check CI runs).
 set -euo pipefail
 cd "$(dirname "$0")"
-CONTRACTS=(escrow paid_storage consent)
+CONTRACTS=(escrow paid_storage consent moderation echo_bot)
 FLAGS=(--runtime stub -O3 --noAssert --use abort= --exportStart _initialize --initialMemory 1 --maximumMemory 16)
 if ! command -v npx >/dev/null 2>&1; then
   echo "contracts: SKIPPED: npm/npx is not installed here; the checked-in .wasm files are used as they are"

@@ -8,6 +8,8 @@
 //!   over a read-only [`StateView`] and a [`Context`]. It performs no I/O: it returns the
 //!   output, the state writes and the actions (transfers, events) for the caller (the ledger)
 //!   to apply, or a [`Trap`] after which nothing of the call is kept.
+//! - [`policy`]: policy contracts inside MLS groups: the pinned hash and configuration, and
+//!   verdicts on messages and group changes, per-sender state judged in sender order.
 //! - [`shipped`]: the contracts Cairn ships (escrow, paid storage, consent), their checked-in
 //!   `.wasm` and the canonical encodings of their messages.
 //!
@@ -19,8 +21,10 @@
 mod abi;
 pub mod fuel;
 pub mod limits;
+pub mod policy;
 mod runtime;
 pub mod shipped;
+pub mod shipped_policy;
 mod validate;
 
 pub use abi::{HOST_FUNCTIONS, HostFunction};

@@ -34,6 +34,10 @@ pub enum Entry {
     Execute,
     /// `query`: read-only; any write or action traps.
     Query,
+    /// `on_message`: a policy contract judges a received message (see [`crate::policy`]).
+    OnMessage,
+    /// `on_handshake`: a policy contract judges a proposed group change.
+    OnHandshake,
 }
 
 impl Entry {
@@ -43,6 +47,8 @@ impl Entry {
             Self::Init => "init",
             Self::Execute => "execute",
             Self::Query => "query",
+            Self::OnMessage => "on_message",
+            Self::OnHandshake => "on_handshake",
         }
     }
 }
