@@ -80,6 +80,8 @@ pub struct RunReport {
     pub blocks: u64,
     /// Fees the finalized transactions paid (burned), in balance units.
     pub fees: u64,
+    /// Largest resident memory (`VmRSS`) of a validator process at the end of the run, KiB.
+    pub validator_rss_kib: u64,
     /// For transactions that did not finalize (a sample): how the validators see them, as
     /// `(status at each validator, count)`.
     pub stuck: Vec<(String, usize)>,
@@ -89,7 +91,7 @@ impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<12} offered {:>6}  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu  fees {}",
+            "{:<12} offered {:>6}  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu  fees {}  validator rss {:.0} MiB",
             self.name,
             self.offered,
             self.accepted,
@@ -100,7 +102,8 @@ impl std::fmt::Display for RunReport {
             self.blocks,
             self.cpu_s,
             self.sig_cpu_share * 100.0,
-            self.fees
+            self.fees,
+            self.validator_rss_kib as f64 / 1024.0
         )?;
         if !self.stuck.is_empty() {
             write!(f, "\n             not finalized (sampled, status per validator): {:?}", self.stuck)?;
@@ -150,6 +153,21 @@ impl Drop for Cluster {
 impl Cluster {
     fn cpu_seconds(&self) -> f64 {
         self.children.iter().map(|c| process_cpu_seconds(&format!("/proc/{}/stat", c.id()))).sum()
+    }
+
+    /// Largest `VmRSS` of the validator processes, KiB.
+    fn rss_kib(&self) -> u64 {
+        self.children
+            .iter()
+            .map(|c| {
+                let s = std::fs::read_to_string(format!("/proc/{}/status", c.id())).unwrap_or_default();
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -307,6 +325,7 @@ fn measure(
         cpu_s: cpu,
         blocks,
         fees,
+        validator_rss_kib: cluster.rss_kib(),
     })
 }
 

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod audit;
 pub mod bench;
+pub mod bench_rss;
 pub mod block;
 pub mod chain_store;
 pub mod core;

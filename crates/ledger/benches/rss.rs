@@ -1,0 +1,37 @@
+//! Validator memory as the chain grows: `cargo bench -p cairn-ledger --bench rss` (1M
+//! transactions; `RSS_TXS=200000` for a shorter run). Prints VmRSS every 100k transactions.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_ledger::bench_rss::{RssConfig, run};
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse
+    let mut cfg = RssConfig::default();
+    if let Some(n) = std::env::var("RSS_TXS").ok().and_then(|v| v.parse().ok()) {
+        cfg.txs = n;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    println!(
+        "rss bench: {} txs, {} per block, {} accounts (in-process ledger core, chain store on disk)",
+        cfg.txs, cfg.per_block, cfg.accounts
+    );
+    println!(
+        "{:>9} {:>7} {:>10} {:>10} {:>11} {:>8}",
+        "txs", "height", "rss_MiB", "peak_MiB", "store_MiB", "secs"
+    );
+    let r = run(&cfg, dir.path(), |s| {
+        println!(
+            "{:>9} {:>7} {:>10.1} {:>10.1} {:>11.1} {:>8.1}",
+            s.txs,
+            s.height,
+            s.rss_kib as f64 / 1024.0,
+            s.hwm_kib as f64 / 1024.0,
+            s.store_bytes as f64 / 1048576.0,
+            s.secs
+        );
+    });
+    if let Err(e) = r {
+        eprintln!("rss bench failed: {e}");
+        std::process::exit(1);
+    }
+}
