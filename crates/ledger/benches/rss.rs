@@ -19,7 +19,12 @@ fn main() {
         "{:>9} {:>7} {:>10} {:>10} {:>11} {:>8}",
         "txs", "height", "rss_MiB", "peak_MiB", "store_MiB", "secs"
     );
+    let mut n = 0;
     let r = run(&cfg, dir.path(), |s| {
+        n += 1;
+        if s.txs == cfg.txs && n > 1 + cfg.txs.div_ceil(cfg.sample_every) as usize {
+            println!("after reopening the store (a restart; secs = reopen time):");
+        }
         println!(
             "{:>9} {:>7} {:>10.1} {:>10.1} {:>11.1} {:>8.1}",
             s.txs,

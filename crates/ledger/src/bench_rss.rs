@@ -66,7 +66,8 @@ pub fn proc_status_kib(field: &str) -> u64 {
 }
 
 /// Runs the bench with its chain store in `dir`, calling `report` with each sample (the first
-/// at genesis).
+/// at genesis). The last sample is taken after reopening the store (a restart): its `secs` is
+/// the time the reopen took.
 pub fn run(
     cfg: &RssConfig,
     dir: &Path,
@@ -155,6 +156,25 @@ pub fn run(
             next_sample += cfg.sample_every;
         }
     }
+    // a restart: reopen the store and rebuild the state tree from it
+    let tip = ledger.status();
     drop(ledger);
+    let t0 = Instant::now();
+    let reopened = Ledger::open(&genesis, MempoolLimits::default(), ChainStore::open(&path)?)?;
+    let reopen_secs = t0.elapsed().as_secs_f64();
+    let again = reopened.status();
+    if (again.height, again.digest, again.state_root) != (tip.height, tip.digest, tip.state_root) {
+        return Err(OpenError::Replay { height: again.height, reason: "reopened at another tip".into() });
+    }
+    let s = RssSample {
+        txs: done,
+        height: again.height,
+        rss_kib: proc_status_kib("VmRSS"),
+        hwm_kib: proc_status_kib("VmHWM"),
+        store_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        secs: reopen_secs,
+    };
+    report(&s);
+    samples.push(s);
     Ok(samples)
 }
