@@ -17,4 +17,5 @@ pub mod shard;
 pub mod sync;
 pub mod validate;
 pub mod wire;
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};

@@ -92,15 +92,7 @@ async fn node_that_can_only_dial_out_receives_through_a_relay() {
     hc.bootstrap = vec![relay_addr.clone()];
     let hidden = start(hc).await.unwrap();
     assert!(hidden.listen_addrs.is_empty());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let circuit = loop {
-        let st = hidden.status().await.unwrap();
-        if let Some(a) = st.listen.iter().find(|a| a.to_string().contains("/p2p-circuit")) {
-            break a.clone();
-        }
-        assert!(Instant::now() < deadline, "no reservation at the relay after 20 s");
-        sleep(Duration::from_millis(100)).await;
-    };
+    let circuit = wait_circuit(&hidden, 20, "hidden").await;
     assert!(circuit.to_string().starts_with(&relay_addr.to_string()), "{circuit}");
     hidden.subscribe(topic).await.unwrap();
 
@@ -148,6 +140,66 @@ async fn node_reachable_only_over_websocket_takes_part_in_the_mesh() {
     delivered(&c, &[&w, &hub], topic, "from a TCP node").await;
     delivered(&w, &[&c, &hub], topic, "from the WebSocket node").await;
     for n in [&w, &hub, &c] {
+        n.shutdown().await;
+    }
+}
+
+/// The relayed listen address of `n`, waiting up to `secs` for the relay to accept it.
+async fn wait_circuit(n: &NodeHandle, secs: u64, what: &str) -> Multiaddr {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = n.status().await.unwrap();
+        if let Some(a) = st.listen.iter().find(|a| a.to_string().contains("/p2p-circuit")) {
+            return a.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: no reservation at the relay after {secs} s");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_node_listens_again_after_the_relay_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[19; 32]);
+    let relay_cfg = |listen: &str| {
+        let mut c = node(dir.path(), "relay", &[listen]);
+        c.relay_server = true;
+        c.identity_file = Some(dir.path().join("relay/node.key"));
+        c
+    };
+    let relay = start(relay_cfg("/ip4/127.0.0.1/tcp/0")).await.unwrap();
+    let relay_addr = addr_with(&relay, "/tcp/");
+    let mut hc = node(dir.path(), "hidden", &[]);
+    hc.listen_via_relay = Some(relay_addr.clone());
+    hc.bootstrap = vec![relay_addr.clone()];
+    let hidden = start(hc).await.unwrap();
+    let first = wait_circuit(&hidden, 20, "first reservation").await;
+    hidden.subscribe(topic).await.unwrap();
+
+    // The relay goes: the hidden node loses its relayed address…
+    relay.shutdown().await;
+    drop(relay);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hidden.status().await.unwrap().listen.iter().any(|a| a.to_string().contains("/p2p-circuit")) {
+        assert!(Instant::now() < deadline, "the relayed address outlived the relay");
+        sleep(Duration::from_millis(100)).await;
+    }
+    // …and it comes back at the same address: the hidden node reserves again by itself.
+    let mut same = relay_addr.clone();
+    same.pop();
+    let relay = start(relay_cfg(&same.to_string())).await.unwrap();
+    assert_eq!(addr_with(&relay, "/tcp/"), relay_addr);
+    let again = wait_circuit(&hidden, 30, "reservation after the relay restarted").await;
+    assert_eq!(again, first);
+
+    let mut ac = node(dir.path(), "alice", &[]);
+    ac.bootstrap = vec![relay_addr.clone()];
+    let alice = start(ac).await.unwrap();
+    alice.subscribe(topic).await.unwrap();
+    wait_peers(&alice, 2, 30, "alice reaching hidden through the restarted relay").await;
+    sleep(Duration::from_secs(2)).await; // a few heartbeats for the shard mesh
+    delivered(&alice, &[&hidden], topic, "after the relay restarted").await;
+    for n in [&relay, &hidden, &alice] {
         n.shutdown().await;
     }
 }

@@ -24,6 +24,7 @@ use super::config::NodeConfig;
 use super::handle::Command;
 use super::orphans::Orphans;
 use super::peers::Book;
+use super::relayed::RelayedListen;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::receipt::StoreReceipt;
@@ -104,6 +105,8 @@ pub(super) struct Node {
     pub(super) counters: Counters,
     /// The peer book and its redial schedule (`peers.rs`), unless disabled.
     pub(super) book: Option<Book>,
+    /// The listener through `listen_via_relay` and its retry schedule (`relayed.rs`).
+    pub(super) relayed: RelayedListen,
 }
 
 /// Figures for `status`.
@@ -189,6 +192,7 @@ impl Node {
                 config.serve.peers_max,
             ),
             book: super::peers::load(&config, swarm.local_peer_id()),
+            relayed: RelayedListen::default(),
             config,
             swarm,
             history,
@@ -241,6 +245,7 @@ impl Node {
                     self.apply(outs);
                     self.release_orphans();
                     self.redial();
+                    self.relisten();
                     // Order-free; when the queue is full the writer checks after its next batch.
                     if let Some(jobs) = &self.history_jobs {
                         let _ = jobs.try_send(HistoryJob::Sync);

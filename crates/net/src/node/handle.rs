@@ -7,6 +7,7 @@ use std::time::Duration;
 use cairn_proto::{Envelope, Id, Topic};
 use cairn_store::Store;
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -16,6 +17,7 @@ use super::actor::Node;
 use super::behaviour::{Behaviour, build_swarm, identity};
 use super::config::NodeConfig;
 use super::events::{self, EventTap, NodeEvent};
+use super::relayed::RelayedListen;
 use super::writer::{COMMITTED_MAX, spawn_history_writer, spawn_mailbox_writer};
 use super::{NodeError, NodeStatus};
 use crate::receipt::StoreReceipt;
@@ -148,7 +150,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let key = identity(&config)?;
     let mut swarm = build_swarm(&config, key.clone()).await?;
     let peer_id = *swarm.local_peer_id();
-    let listen_addrs = listen(&mut swarm, &config).await?;
+    let (listen_addrs, relayed) = listen(&mut swarm, &config).await?;
     for b in &config.bootstrap {
         if let Err(e) = swarm.dial(b.clone()) {
             warn!("cannot dial bootstrap {b}: {e}");
@@ -167,7 +169,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         ),
         None => None,
     };
-    let node = Node::new(config, swarm, history.clone(), mailbox, history_lanes, mailbox_lane);
+    let mut node = Node::new(config, swarm, history.clone(), mailbox, history_lanes, mailbox_lane);
+    node.relayed = RelayedListen::started(relayed);
     tokio::spawn(node.run(cmd_rx, committed_rx));
     info!(%peer_id, "node started");
     Ok(NodeHandle { cmd: cmd_tx, events: Arc::new(tap), peer_id, listen_addrs, history })
@@ -194,8 +197,12 @@ fn open_stores(config: &NodeConfig) -> Result<Stores, NodeError> {
 }
 
 /// Listens on every configured address (and through the relay, if asked); returns the
-/// addresses with `/p2p/<id>`.
-async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<Vec<Multiaddr>, NodeError> {
+/// addresses with `/p2p/<id>`, and the relayed listener (its address comes once the relay
+/// accepted the reservation).
+async fn listen(
+    swarm: &mut Swarm<Behaviour>,
+    config: &NodeConfig,
+) -> Result<(Vec<Multiaddr>, Option<ListenerId>), NodeError> {
     let peer_id = *swarm.local_peer_id();
     for a in &config.listen {
         swarm.listen_on(a.clone()).map_err(|e| NodeError::Setup(format!("listen on {a}: {e}")))?;
@@ -213,11 +220,14 @@ async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<Vec
             Err(_) => return Err(NodeError::Setup("timed out waiting for listen addresses".into())),
         }
     }
+    let mut relayed = None;
     if let Some(relay) = &config.listen_via_relay {
         let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
-        swarm
-            .listen_on(circuit.clone())
-            .map_err(|e| NodeError::Setup(format!("listen via {circuit}: {e}")))?;
+        relayed = Some(
+            swarm
+                .listen_on(circuit.clone())
+                .map_err(|e| NodeError::Setup(format!("listen via {circuit}: {e}")))?,
+        );
     }
-    Ok(listen_addrs)
+    Ok((listen_addrs, relayed))
 }

@@ -10,6 +10,7 @@
 //! - `identity`: the node key file (its libp2p identity across restarts), [`SealKey`].
 //! - `peers`: the actor's side of the peer book (load, save, redial; see [`crate::peerbook`]).
 //! - `lan`: mDNS answers, filtered to local addresses and bounded, then dialled.
+//! - `relayed`: the listener through a relay (`listen_via_relay`), opened again when it closes.
 //! - `behaviour`: the composed libp2p behaviour and the swarm built from a config.
 //! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
@@ -34,6 +35,7 @@ mod lan;
 mod network;
 mod orphans;
 mod peers;
+mod relayed;
 mod serve;
 mod writer;
 

@@ -59,6 +59,14 @@ impl Node {
                 }
                 debug!(%peer_id, "connected");
             }
+            SwarmEvent::NewListenAddr { listener_id, .. } => self.relayed_addr(listener_id),
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                let why = match &reason {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                self.relayed_closed(listener_id, &why);
+            }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.book_disconnected(&peer_id);
                 if self.store_peers.remove(&peer_id).is_some() {
