@@ -28,7 +28,8 @@ export interface ChatProps {
   /** Changes when live events may have been missed: catch up from the node. */
   resync: number;
   onErased: (id: string) => void;
-  onDelivery: (id: string, d: DeliveryView) => void;
+  /** New delivery states (`[message id, state]`); older states than shown are ignored. */
+  onDelivery: (list: [string, DeliveryView][]) => void;
   onChanged: (c: ConversationView | null) => void;
   onBack: () => void;
   report: (e: unknown) => void;
@@ -49,6 +50,13 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
   const older = useRef({ loading: false, done: false });
   const input = useRef<HTMLTextAreaElement>(null);
 
+  // Delivery states of own messages, from the node (the stream only carries changes).
+  const loadDeliveries = () =>
+    void api
+      .deliveries(conv.id)
+      .then((list) => onDelivery(list.map((d) => [d.id, d.delivery])))
+      .catch(() => {});
+
   // Initial page: the newest PAGE messages.
   useEffect(() => {
     let gone = false;
@@ -64,6 +72,7 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
         setMsgs(m);
         older.current.done = after === 0;
         setLoading(false);
+        loadDeliveries();
       })
       .catch((e) => {
         if (!gone) {
@@ -98,6 +107,7 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
   useEffect(() => {
     if (!resync || loading) return;
     let gone = false;
+    loadDeliveries();
     api
       .messages(conv.id, newest.current, 1000)
       .then((m) => {
@@ -144,7 +154,7 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
     setText('');
     try {
       const r = await api.send(conv.id, body);
-      onDelivery(r.id, r.delivery);
+      onDelivery([[r.id, r.delivery]]);
     } catch (err) {
       setText(body); // nothing typed is lost
       report(err);

@@ -77,6 +77,27 @@ export interface RequestView {
   received_at_ms: number;
   members: number;
 }
+export interface DeliveryEntry {
+  id: string;
+  delivery: DeliveryView;
+}
+export interface BalanceView {
+  account: string;
+  balance: number;
+  registered: boolean;
+  height: number;
+}
+export interface PaymentView {
+  tx: string;
+  height: number;
+  to: string;
+  amount: number;
+  balance: number;
+}
+export interface SetupDone {
+  account: string;
+  handle: string | null;
+}
 export type StreamEvent =
   | ({ type: 'message' } & MessageView)
   | { type: 'delivery'; id: string; conversation: string; delivery: DeliveryView }
@@ -149,6 +170,11 @@ export const api = {
   addDevice: (home: string, passphrase: string) => call<DeviceView>('POST', '/v1/devices', { home, passphrase }),
   revokeDevice: (device: string) => call<TxView>('DELETE', `/v1/devices/${enc(device)}`),
   requests: () => call<RequestView[]>('GET', '/v1/requests'),
+  deliveries: (id: string) => call<DeliveryEntry[]>('GET', `/v1/conversations/${enc(id)}/deliveries`),
+  balance: () => call<BalanceView>('GET', '/v1/balance'),
+  pay: (to: string, amount: number) => call<PaymentView>('POST', '/v1/payments', { to, amount }),
+  setup: (code: string, passphrase: string, handle: string) =>
+    call<SetupDone>('POST', '/v1/setup', { code, passphrase, handle: handle.trim() || null }),
   accept: (id: string) => call<ConversationView>('POST', `/v1/requests/${enc(id)}/accept`),
   decline: (id: string) => call<void>('POST', `/v1/requests/${enc(id)}/decline`),
 };

@@ -17,10 +17,14 @@ import {
 import { Chat, describe } from './Chat';
 import { lastRead, markRead, savedTheme, saveTheme, type Theme } from './local';
 import { Account, Devices, NewConversation, Requests } from './Panels';
+import { SignUp } from './Setup';
+import { Wallet } from './Wallet';
 import './style.css';
 
-type Phase = 'loading' | 'login' | 'ready';
-type Pane = { kind: 'chat'; id: string } | { kind: 'new' } | { kind: 'devices' } | { kind: 'account' } | { kind: 'none' };
+type Phase = 'loading' | 'login' | 'setup' | 'starting' | 'ready';
+type Pane = { kind: 'chat'; id: string } | { kind: 'new' } | { kind: 'devices' } | { kind: 'account' } | { kind: 'wallet' } | { kind: 'none' };
+
+const rank = { sent: 0, stored: 1, delivered: 2 } as const;
 
 function applyTheme(t: Theme | null) {
   const dark = t ? t === 'dark' : matchMedia('(prefers-color-scheme: dark)').matches;
@@ -82,6 +86,7 @@ function App() {
   const [online, setOnline] = useState(false);
   const [error, setError] = useState('');
   const [theme, setTheme] = useState<Theme | null>(savedTheme());
+  const [setupCode, setSetupCode] = useState('');
   const [, setReadTick] = useState(0);
   const paneRef = useRef(pane);
   paneRef.current = pane;
@@ -121,6 +126,11 @@ function App() {
   // Start: a login code in the fragment is exchanged first, then the session is used.
   useEffect(() => {
     (async () => {
+      const s = /^#setup=([0-9a-f]{64})$/.exec(location.hash);
+      if (s) {
+        setSetupCode(s[1]);
+        history.replaceState(null, '', location.pathname);
+      }
       const m = /^#login=([0-9a-f]{64})$/.exec(location.hash);
       if (m) {
         history.replaceState(null, '', location.pathname); // the code is single-use anyway
@@ -135,6 +145,7 @@ function App() {
         setPhase('ready');
       } catch (e) {
         if (e instanceof ApiFailure && e.status === 401) setPhase('login');
+        else if (e instanceof ApiFailure && e.code === 'setup_required') setPhase('setup');
         else {
           setPhase('login');
           setNote(describe(e));
@@ -187,6 +198,34 @@ function App() {
   }, [phase, status?.account]);
 
   if (phase === 'loading') return <p class="empty">Connecting to your node…</p>;
+  if (phase === 'setup')
+    return (
+      <SignUp
+        code={setupCode}
+        onCreated={() => {
+          setPhase('starting');
+          // The node restarts with the new account on the same address: wait for it (bounded).
+          const end = Date.now() + 180_000;
+          const poll = () =>
+            void refresh()
+              .then(() => setPhase('ready'))
+              .catch((e) => {
+                if (Date.now() < end) setTimeout(poll, 500);
+                else {
+                  setPhase('login');
+                  setNote(`Your account was created, but the node did not come up: ${describe(e)} Check that \`cairn up\` is still running, then reload.`);
+                }
+              });
+          poll();
+        }}
+      />
+    );
+  if (phase === 'starting')
+    return (
+      <p class="empty" role="status">
+        Account created. Starting your node…
+      </p>
+    );
   if (phase === 'login')
     return (
       <Login
@@ -242,6 +281,7 @@ function App() {
           <button onClick={() => setPane({ kind: 'new' })}>New conversation</button>
           <button onClick={() => setPane({ kind: 'devices' })}>Devices</button>
           <button onClick={() => setPane({ kind: 'account' })}>Account</button>
+          <button onClick={() => setPane({ kind: 'wallet' })}>Wallet</button>
         </div>
         <Requests report={report} onJoined={(c) => setConvs((cur) => [c, ...cur.filter((x) => x.id !== c.id)])} />
         <ul class="conv-list" aria-label="Conversations">
@@ -297,13 +337,18 @@ function App() {
             erased={erased}
             resync={resync}
             onErased={(id) => setErased((cur) => new Set(cur).add(id))}
-            onDelivery={(id, d) =>
+            onDelivery={(list) =>
               setDeliveries((cur) => {
-                const old = cur.get(id);
-                // The stream may already have a later state than the send's answer.
-                const rank = { sent: 0, stored: 1, delivered: 2 } as const;
-                if (old && rank[old.state] > rank[d.state]) return cur;
-                return new Map(cur).set(id, d);
+                // The stream may already have a later state than the send's answer or the
+                // node's list: a state never goes back.
+                let next: Map<string, DeliveryView> | null = null;
+                for (const [id, d] of list) {
+                  const old = cur.get(id);
+                  if (old && (rank[old.state] > rank[d.state] || (rank[old.state] === rank[d.state] && old.delivered_to >= d.delivered_to && old.stored_on >= d.stored_on))) continue;
+                  next ??= new Map(cur);
+                  next.set(id, d);
+                }
+                return next ?? cur;
               })
             }
             onChanged={(c) => {
@@ -325,6 +370,7 @@ function App() {
             }}
           />
         )}
+        {pane.kind === 'wallet' && <Wallet onBack={() => setPane({ kind: 'none' })} />}
         {pane.kind === 'devices' && <Devices report={report} onBack={() => setPane({ kind: 'none' })} />}
         {pane.kind === 'account' && (
           <Account

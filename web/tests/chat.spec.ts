@@ -16,7 +16,7 @@ const net = new Network();
 const pages = new Map<string, Page>();
 const contexts: BrowserContext[] = [];
 
-async function open(browser: Browser, u: User): Promise<Page> {
+async function newPage(browser: Browser, u: User): Promise<Page> {
   const ctx = await browser.newContext({ viewport: { width: 1100, height: 760 } });
   contexts.push(ctx);
   const page = await ctx.newPage();
@@ -25,6 +25,11 @@ async function open(browser: Browser, u: User): Promise<Page> {
   page.on('console', (m) => {
     if (m.type() === 'error') console.log(`[${u.name} console] ${m.text()}`);
   });
+  return page;
+}
+
+async function open(browser: Browser, u: User): Promise<Page> {
+  const page = await newPage(browser, u);
   const link = await net.loginLink(u);
   const t0 = Date.now();
   await page.goto(link);
@@ -68,7 +73,6 @@ function bubbles(page: Page) {
 test.beforeAll(async () => {
   test.setTimeout(240_000);
   await net.start();
-  await net.addUser('bob');
   await net.addUser('carol');
 });
 
@@ -79,10 +83,27 @@ test.afterAll(async () => {
 
 test('sign-up and handle', async ({ browser }) => {
   const alice = await open(browser, net.users.get('alice')!);
-  const bob = await open(browser, net.users.get('bob')!);
   await expect(alice.getByTestId('me')).toHaveText('No handle yet');
+  // bob's node starts without an account: he creates it, with his handle, in the browser.
+  const { user: bobUser, link } = await net.addUserBySetup('bob');
+  const bob = await newPage(browser, bobUser);
+  await bob.goto(link);
+  await expect(bob.getByRole('heading', { name: 'Create your account' })).toBeVisible();
+  await bob.getByLabel(/^Passphrase/).fill(bobUser.pass);
+  await bob.getByLabel('Repeat the passphrase').fill('not the same');
+  await expect(bob.getByRole('button', { name: 'Create account' })).toBeDisabled();
+  await bob.getByLabel('Repeat the passphrase').fill(bobUser.pass);
+  await bob.getByLabel(/^Handle/).fill('@bob');
+  await bob.screenshot({ path: join(SHOTS, 'sign-up.png') });
+  await axe(bob, 'sign-up');
+  await bob.getByRole('button', { name: 'Create account' }).click();
+  // The node restarts with the new account on the same address; the page waits for it.
+  await expect(bob.getByRole('list', { name: 'Conversations' })).toBeVisible({ timeout: 120_000 });
+  await net.waitRunning(bobUser);
+  pages.set('bob', bob);
   await claim(alice, 'alice');
-  await claim(bob, 'bob');
+  // The node claims the handle chosen at sign-up once its account is registered.
+  await expect(bob.getByTestId('me')).toHaveText('@bob', { timeout: 90_000 });
   await expect(alice.getByTestId('fingerprint')).toHaveText(/^\d{5}( \d{5}){5}$/);
   await alice.screenshot({ path: join(SHOTS, 'account.png') });
   await axe(alice, 'account');
@@ -151,13 +172,19 @@ test('messages both ways in order, with delivery states', async () => {
   await axe(alice, 'chat');
 });
 
-test('a reload keeps the session', async () => {
+test('a reload keeps the session and the delivery states', async () => {
   const alice = pages.get('alice')!;
   const t0 = Date.now();
   await alice.reload();
   await expect(alice.getByTestId('conversation').filter({ hasText: '@bob' })).toBeVisible();
   console.log(`first render of the conversation list after a reload: ${Date.now() - t0} ms`);
   await expect(alice.getByTestId('me')).toHaveText('@alice');
+  // The reloaded page watched none of the deliveries: the node gives their states back.
+  await openChat(alice, '@bob');
+  await expect(bubbles(alice).last()).toHaveText('ping 19');
+  await expect(alice.getByTestId('delivery').last()).toHaveText(/delivered to 1 of 1/);
+  const mine = alice.locator('.msg', { hasText: 'ping 18' });
+  await expect(mine.getByTestId('delivery')).toHaveText(/delivered to 1 of 1/);
 });
 
 test('bob offline, then back, catching up; a wrong passphrase is refused', async () => {
@@ -249,6 +276,43 @@ test('verify', async () => {
   await expect(bobRow).toContainText('1 device');
   await bobRow.getByRole('button', { name: 'Mark verified' }).click();
   await expect(bobRow).toContainText('verified');
+});
+
+test('balance and a payment', async () => {
+  const alice = pages.get('alice')!;
+  const bob = pages.get('bob')!;
+  const num = async (p: Page) => {
+    const el = p.getByTestId('balance');
+    await expect(el).toHaveText(/^[\d,]+$/);
+    return Number((await el.textContent())!.replace(/,/g, ''));
+  };
+  await bob.getByRole('button', { name: 'Wallet' }).click();
+  const bobBefore = await num(bob);
+  await alice.getByRole('button', { name: 'Wallet' }).click();
+  const before = await num(alice);
+  expect(before, 'the dev faucet funded alice').toBeGreaterThan(25);
+  await alice.getByLabel(/^To/).fill('@bob');
+  await alice.getByLabel('Amount').fill('25');
+  await alice.getByRole('button', { name: 'Pay' }).click();
+  await expect(alice.getByRole('status').filter({ hasText: /Paid 25 at ledger height \d+/ })).toBeVisible({ timeout: 60_000 });
+  const after = await num(alice);
+  expect(after, 'the amount (and a fee) left alice').toBeLessThanOrEqual(before - 25);
+  await expect(async () => {
+    await bob.getByRole('button', { name: 'Back to conversations' }).click();
+    await bob.getByRole('button', { name: 'Wallet' }).click();
+    expect(await num(bob)).toBe(bobBefore + 25);
+  }).toPass({ timeout: 30_000, intervals: [1_000] });
+  // More than the balance: refused with the reason, nothing paid.
+  await alice.getByLabel('Amount').fill(String(after + 1));
+  await alice.getByRole('button', { name: 'Pay' }).click();
+  await expect(alice.getByRole('alert')).toHaveText(/Not enough funds.*balance is/);
+  expect(await num(alice)).toBe(after);
+  await alice.getByLabel(/^To/).fill('@nobody_here');
+  await alice.getByLabel('Amount').fill('1');
+  await alice.getByRole('button', { name: 'Pay' }).click();
+  await expect(alice.getByRole('alert')).toHaveText(/not registered/);
+  await alice.screenshot({ path: join(SHOTS, 'wallet.png') });
+  await axe(alice, 'wallet');
 });
 
 test('a group with carol, then carol removed and no longer reading', async ({ browser }) => {

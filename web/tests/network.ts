@@ -109,11 +109,36 @@ export class Network {
     return u;
   }
 
-  async startNode(u: User): Promise<void> {
+  private spawnNode(u: User): ChildProcess {
     const args = ['--home', u.home, 'up', '--genesis', this.genesis, '--bootstrap', this.bootstrap, '--api', `127.0.0.1:${u.port}`, '--invitations', u.invitations ?? 'everyone'];
     const p = spawn(BIN, args, { env: this.env(u), stdio: ['ignore', 'ignore', 'pipe'] });
     p.stderr!.on('data', (d) => u.log.push(String(d)));
     u.proc = p;
+    return p;
+  }
+
+  async startNode(u: User): Promise<void> {
+    this.spawnNode(u);
+    u.api = await this.waitApi(u);
+  }
+
+  /**
+   * A user's node started without an account (`cairn up` on an empty data directory): returns
+   * the one-time setup link it prints; the account is then created in the browser, after which
+   * `waitRunning` finds the node's API.
+   */
+  async addUserBySetup(name: string): Promise<{ user: User; link: string }> {
+    const u: User = { name, home: join(this.dir, name), pass: `${name} passphrase 1`, port: await freePort(), api: '', log: [], invitations: 'everyone' };
+    this.users.set(name, u);
+    const p = this.spawnNode(u);
+    const link = await until(`${name}'s node to print its setup link`, 60_000, () => {
+      if (p.exitCode !== null) throw new Fatal(`${name}'s node exited (code ${p.exitCode}): ${u.log.join('')}`);
+      return /(http:\/\/127\.0\.0\.1:\d+\/#setup=[0-9a-f]{64})/.exec(u.log.join(''))?.[1];
+    });
+    return { user: u, link };
+  }
+
+  async waitRunning(u: User): Promise<void> {
     u.api = await this.waitApi(u);
   }
 

@@ -11,6 +11,7 @@ mod ledger_cmd;
 mod node_cmd;
 mod selfcheck;
 mod web_cmd;
+mod web_setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -132,16 +132,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// `cairn up`.
 pub(crate) fn up(home: &Path, args: UpArgs) -> Result<()> {
-    let cfg = args.merge(home)?;
-    let has_identity = home.join(crate::home::KEYSTORE).exists();
+    let mut cfg = args.merge(home)?;
+    let mut has_identity = home.join(crate::home::KEYSTORE).exists();
+    let mut identity = None;
     if !has_identity && !cfg.store && !cfg.validator {
-        bail!(
-            "nothing to run for --home {h}: create an identity with `cairn --home {h} init`, or run a \
-             store node (--store) or a validator (--validator)",
-            h = home.display()
-        );
+        // No account yet: the web client creates one (crate::web_setup), then the node runs.
+        let Some(created) = runtime()?.block_on(crate::web_setup::run(home, &mut cfg))? else {
+            return Ok(());
+        };
+        identity = Some(created);
+        has_identity = true;
     }
-    let identity = if has_identity { Some(crate::home::load(home)?) } else { None };
+    if identity.is_none() && has_identity {
+        identity = Some(crate::home::load(home)?);
+    }
     if !cfg.genesis.exists() && (has_identity || cfg.validator) {
         bail!(
             "no ledger genesis at {}: pass --genesis FILE (e.g. from `cairn ledger genesis`), or use `cairn dev` \
@@ -179,7 +183,7 @@ mod libp2p_addr {
     pub(crate) use cairn_net::Multiaddr;
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

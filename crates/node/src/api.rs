@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/conversations/{id}/forget"),
     ("POST", "/v1/conversations/{id}/messages"),
     ("GET", "/v1/conversations/{id}/messages"),
+    ("GET", "/v1/conversations/{id}/deliveries"),
     ("DELETE", "/v1/conversations/{id}/messages/{message}"),
     ("POST", "/v1/conversations/{id}/verify"),
     ("POST", "/v1/handle"),
@@ -68,6 +69,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/devices/{device}"),
     ("GET", "/v1/ledger/status"),
     ("GET", "/v1/ledger/accounts/{who}"),
+    ("GET", "/v1/balance"),
+    ("POST", "/v1/payments"),
     ("GET", "/v1/requests"),
     ("POST", "/v1/requests/{id}/accept"),
     ("POST", "/v1/requests/{id}/decline"),
@@ -191,6 +194,11 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("POST", "/v1/conversations/{id}/forget") => post(forget::<B>),
         ("POST", "/v1/conversations/{id}/messages") => post(send::<B>),
         ("GET", "/v1/conversations/{id}/messages") => get(messages::<B>),
+        ("GET", "/v1/conversations/{id}/deliveries") => {
+            get(|State(ctx): St<B>, ApiPath(id): ApiPath<String>| async move {
+                ok(ctx.backend.deliveries(id).await)
+            })
+        }
         ("DELETE", "/v1/conversations/{id}/messages/{message}") => delete(erase::<B>),
         ("POST", "/v1/conversations/{id}/verify") => post(verify::<B>),
         ("POST", "/v1/handle") => post(claim_handle::<B>),
@@ -199,6 +207,14 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("DELETE", "/v1/devices/{device}") => delete(revoke_device::<B>),
         ("GET", "/v1/ledger/status") => get(ledger_status::<B>),
         ("GET", "/v1/ledger/accounts/{who}") => get(account::<B>),
+        ("GET", "/v1/balance") => {
+            get(|State(ctx): St<B>| async move { crate::api_ledger::get_balance(&*ctx.backend).await })
+        }
+        ("POST", "/v1/payments") => {
+            post(|State(ctx): St<B>, ApiJson(req): ApiJson<crate::api_ledger::PaymentRequest>| async move {
+                crate::api_ledger::post_payment(&*ctx.backend, req).await
+            })
+        }
         ("GET", "/v1/requests") => get(requests::<B>),
         ("POST", "/v1/requests/{id}/accept") => post(accept_request::<B>),
         ("POST", "/v1/requests/{id}/decline") => post(decline_request::<B>),

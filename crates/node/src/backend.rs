@@ -101,6 +101,27 @@ pub trait Backend: Send + Sync + 'static {
     fn ledger_status(&self) -> impl Future<Output = ApiResult<LedgerStatusView>> + Send;
     /// An account (id or `@handle`), checked against a certified header.
     fn account(&self, who: String) -> impl Future<Output = ApiResult<AccountView>> + Send;
+    /// Delivery states of this device's own messages in a conversation (newest first).
+    fn deliveries(
+        &self,
+        id: String,
+    ) -> impl Future<Output = ApiResult<Vec<crate::api_history::DeliveryEntry>>> + Send {
+        let _ = id;
+        async { Err(ApiError::Unavailable("this node keeps no delivery states".into())) }
+    }
+    /// This account's balance on the ledger (nodes without a wallet: unavailable).
+    fn balance(&self) -> impl Future<Output = ApiResult<crate::api_ledger::BalanceView>> + Send {
+        async { Err(ApiError::Unavailable("this node keeps no ledger account".into())) }
+    }
+    /// Pays an amount to a `@handle` or account id (a ledger transfer).
+    fn pay(
+        &self,
+        req: crate::api_ledger::PaymentRequest,
+    ) -> impl Future<Output = Result<crate::api_ledger::PaymentView, crate::api_ledger::PaymentError>> + Send
+    {
+        let _ = req;
+        async { Err(ApiError::Unavailable("this node keeps no ledger account".into()).into()) }
+    }
     /// Invitations waiting for the user's consent.
     fn requests(&self) -> impl Future<Output = ApiResult<Vec<RequestView>>> + Send;
     /// Accepts an invitation (id: conversation hex or a unique prefix of at least 8 digits):

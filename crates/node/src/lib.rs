@@ -7,6 +7,9 @@
 
 mod account_ops;
 pub mod api;
+pub mod api_history;
+pub mod api_ledger;
+pub mod api_setup;
 pub mod archive;
 pub mod backend;
 pub mod client;

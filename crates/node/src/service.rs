@@ -580,6 +580,23 @@ impl Backend for Service {
         crate::account_ops::account(self, who).await
     }
 
+    async fn deliveries(&self, id: String) -> ApiResult<Vec<crate::api_history::DeliveryEntry>> {
+        let conv = self.find_conversation(&id)?;
+        let list = self.ask(|r| Job::Deliveries(conv, crate::api_history::DELIVERIES_MAX, r)).await?;
+        Ok(crate::api_history::entries(list))
+    }
+
+    async fn balance(&self) -> ApiResult<crate::api_ledger::BalanceView> {
+        crate::api_ledger::balance(self).await
+    }
+
+    async fn pay(
+        &self,
+        req: crate::api_ledger::PaymentRequest,
+    ) -> Result<crate::api_ledger::PaymentView, crate::api_ledger::PaymentError> {
+        crate::api_ledger::pay(self, req).await
+    }
+
     async fn requests(&self) -> ApiResult<Vec<RequestView>> {
         Ok(self
             .shared

@@ -115,6 +115,16 @@ impl Deliveries {
         Some((d.conversation, d.view()))
     }
 
+    /// The newest `max` tracked deliveries of `conv`, newest first.
+    pub fn of_conversation(&self, conv: &ConversationId, max: usize) -> Vec<(Id, DeliveryView)> {
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|id| self.map.get(id).filter(|d| d.conversation == *conv).map(|d| (*id, d.view())))
+            .take(max)
+            .collect()
+    }
+
     /// Tracked deliveries.
     pub fn len(&self) -> usize {
         self.map.len()

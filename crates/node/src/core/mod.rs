@@ -305,6 +305,11 @@ impl Core {
         self.deliveries.get(id).map(Delivery::view)
     }
 
+    /// The newest `max` tracked delivery states of sent messages in `conv`.
+    pub fn deliveries(&self, conv: &ConversationId, max: usize) -> Vec<(Id, DeliveryView)> {
+        self.deliveries.of_conversation(conv, max)
+    }
+
     /// Receipts owed in `conv`.
     pub fn receipts_due(&self, conv: &ConversationId) -> usize {
         self.convs.get(conv).map_or(0, |c| c.receipts_due.len())

@@ -376,6 +376,11 @@ impl Engine {
         self.core.delivery(id)
     }
 
+    /// The newest `max` tracked delivery states of this device's sends in `conv`.
+    pub fn deliveries(&self, conv: &ConversationId, max: usize) -> Vec<(Id, DeliveryView)> {
+        self.core.deliveries(conv, max)
+    }
+
     /// Tells the core what MLS now says of a conversation.
     fn refresh(&mut self, id: &ConversationId, now_ms: u64) {
         let epoch = self.mls.epoch(id).unwrap_or(0);

@@ -98,6 +98,9 @@ pub enum Job {
     MissingDevice(DeviceId, Reply<Vec<ConversationId>>),
     /// Member accounts of a conversation.
     Members(ConversationId, Reply<Vec<AccountId>>),
+    /// Tracked delivery states of this device's sends in a conversation (newest first, at most
+    /// the count given).
+    Deliveries(ConversationId, usize, Reply<Vec<(Id, crate::model::DeliveryView)>>),
     /// Accept an invitation request (by conversation id): join.
     AcceptRequest([u8; 32], Reply<ConversationId>),
     /// Decline an invitation request.
@@ -300,6 +303,10 @@ impl Actor {
             }
             Job::Members(conv, reply) => {
                 let r = self.engine.member_accounts(&conv);
+                self.answer(reply, r);
+            }
+            Job::Deliveries(conv, max, reply) => {
+                let r = Ok(self.engine.deliveries(&conv, max));
                 self.answer(reply, r);
             }
             Job::AcceptRequest(conv, reply) => {

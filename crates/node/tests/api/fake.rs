@@ -24,6 +24,8 @@ pub(crate) struct Fake {
     arrived: Notify,
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) shutdowns: AtomicUsize,
+    /// The fake ledger balance (`/v1/balance`, `/v1/payments`).
+    pub(crate) balance: std::sync::atomic::AtomicU64,
 }
 
 impl Fake {
@@ -37,6 +39,7 @@ impl Fake {
             arrived: Notify::new(),
             stop: watch::channel(false).0,
             shutdowns: AtomicUsize::new(0),
+            balance: std::sync::atomic::AtomicU64::new(100),
         }
     }
 
@@ -301,6 +304,53 @@ impl Backend for Fake {
         } else {
             Err(ApiError::NotFound(format!("no invitation request {id} (see `cairn requests`)")))
         }
+    }
+
+    async fn deliveries(&self, id: String) -> ApiResult<Vec<cairn_node::api_history::DeliveryEntry>> {
+        self.with_conv(&id, |(_, msgs)| {
+            Ok(msgs
+                .iter()
+                .rev()
+                .map(|m| cairn_node::api_history::DeliveryEntry { id: m.id.clone(), delivery: delivery() })
+                .collect())
+        })
+    }
+
+    async fn balance(&self) -> ApiResult<cairn_node::api_ledger::BalanceView> {
+        Ok(cairn_node::api_ledger::BalanceView {
+            account: "cairn1me".into(),
+            balance: self.balance.load(Ordering::SeqCst),
+            registered: true,
+            height: 7,
+        })
+    }
+
+    async fn pay(
+        &self,
+        req: cairn_node::api_ledger::PaymentRequest,
+    ) -> Result<cairn_node::api_ledger::PaymentView, cairn_node::api_ledger::PaymentError> {
+        use cairn_node::api_ledger::{PaymentError, PaymentView};
+        if req.to == "@me" {
+            return Err(PaymentError::SelfPayment);
+        }
+        if req.to != "@bob" {
+            return Err(PaymentError::UnknownRecipient(format!(
+                "{} is not registered on the ledger",
+                req.to
+            )));
+        }
+        let have = self.balance.load(Ordering::SeqCst);
+        if have < req.amount {
+            return Err(PaymentError::InsufficientFunds { have, need: req.amount });
+        }
+        self.balance.store(have - req.amount, Ordering::SeqCst);
+        Ok(PaymentView {
+            tx: "ab".repeat(32),
+            height: 8,
+            to: "cairn1bob".into(),
+            amount: req.amount,
+            balance: have - req.amount,
+        })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {

@@ -7,8 +7,10 @@ mod client;
 mod fake;
 mod garbage;
 mod harness;
+mod ledger;
 mod openapi;
 mod routes;
+mod setup;
 mod stream;
 mod web;
 
