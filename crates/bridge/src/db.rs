@@ -220,7 +220,7 @@ impl Db {
         Ok(t.first().map_err(db_err)?.map(|(k, v)| (k.value(), v.value().to_string())))
     }
 
-    /// Removes inbound event `key` (processed) and clears the in-flight mark.
+    /// Removes inbound event `key` (processed) and clears a legacy in-flight mark.
     pub fn done_in(&self, key: u64) -> Result<(), BridgeError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
@@ -407,8 +407,9 @@ impl Db {
 /// Cursor entry holding the next outbound key (not a conversation id: those are hex).
 const OUT_SEQ: &str = "#outbox-next";
 
-/// Mark of the inbound event being relayed to Cairn (see `worker`).
-pub const INFLIGHT: &str = "inflight";
+/// Mark of the inbound event being relayed to Cairn, written by bridges before sends carried
+/// an idempotency key; dropped with the next processed event.
+const INFLIGHT: &str = "inflight";
 
 #[cfg(test)]
 mod tests {

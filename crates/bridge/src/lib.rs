@@ -177,13 +177,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), BridgeError> {
             }
         })
     };
-    rt.spawn(worker::stream_wakeups(
-        cfg.cairn_home.clone(),
-        cairn_wake_tx,
-        stop.clone(),
-        db.clone(),
-        out_wake_tx.clone(),
-    ));
+    rt.spawn(worker::stream_wakeups(cfg.cairn_home.clone(), cairn_wake_tx, stop.clone()));
     let ctx = Arc::new(worker::Ctx {
         db,
         matrix: matrix.clone(),

@@ -16,9 +16,8 @@ use cairn_node::client::{Client, ClientError};
 use cairn_node::model::TailQuery;
 use ruma::events::room::message::RoomMessageEventContent;
 use ruma::{OwnedRoomId, OwnedUserId};
-use serde::{Deserialize, Serialize};
 
-use crate::db::{Db, INFLIGHT, OutJob};
+use crate::db::{Db, OutJob};
 use crate::mapping::{self, FromCairn, Inbound, Names};
 use crate::matrix::{CallError, Matrix};
 use crate::retry::Backoff;
@@ -89,12 +88,6 @@ fn retryable(e: &ClientError) -> bool {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Inflight {
-    key: u64,
-    after: u64,
-}
-
 // ---- Matrix → Cairn -----------------------------------------------------------------------
 
 pub(crate) fn inbound_loop(ctx: &Ctx, wake: &Receiver<()>) {
@@ -157,9 +150,9 @@ fn relay_in(ctx: &Ctx, key: u64, raw: &str) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 let _ = ctx.out_wake.try_send(());
             }
-            send_to_cairn(ctx, key, &conv, mapping::ENCRYPTION_REFUSED, None)
+            send_to_cairn(ctx, key, &conv, mapping::ENCRYPTION_REFUSED, ev.event_id.as_str(), false)
         }
-        Inbound::Text(t) => send_to_cairn(ctx, key, &conv, &t, Some(ev.event_id.as_str())),
+        Inbound::Text(t) => send_to_cairn(ctx, key, &conv, &t, ev.event_id.as_str(), true),
         Inbound::Redact { redacts, text } => {
             match ctx.db.related(&format!("m:{redacts}")).map_err(|e| e.to_string())? {
                 // The bridge account wrote the Cairn copy, so it may erase it.
@@ -171,7 +164,7 @@ fn relay_in(ctx: &Ctx, key: u64, raw: &str) -> Result<(), String> {
                         Ok(())
                     }
                 },
-                None => send_to_cairn(ctx, key, &conv, &text, None),
+                None => send_to_cairn(ctx, key, &conv, &text, ev.event_id.as_str(), false),
             }
         }
     }
@@ -186,38 +179,35 @@ fn retryable_erase(e: &ClientError) -> bool {
     }
 }
 
-/// Sends `text` into `conv` once: an attempt is marked before it is made; when the mark is
-/// found again (the bridge died mid-send), the conversation is searched for the bridge's own
-/// copy before sending again.
-fn send_to_cairn(ctx: &Ctx, key: u64, conv: &str, text: &str, event: Option<&str>) -> Result<(), String> {
-    let relate = |envelope: &str| match event {
-        Some(ev) => ctx.db.relate(&format!("m:{ev}"), envelope).map_err(|e| e.to_string()),
-        None => Ok(()),
-    };
-    let mark = ctx.db.mark(INFLIGHT).map_err(|e| e.to_string())?;
-    match mark.and_then(|m| serde_json::from_str::<Inflight>(&m).ok()).filter(|f| f.key == key) {
-        Some(f) => {
-            let q = TailQuery { after: Some(f.after), limit: Some(1000), wait_ms: None };
-            let msgs = ctx.node(|c| c.messages(conv, &q)).map_err(|e| e.to_string())?;
-            if let Some(copy) = msgs.iter().find(|m| m.sender == ctx.account && m.text == text) {
-                tracing::info!("inbound event {key} had reached Cairn before a restart: not sent again");
-                return relate(&copy.id);
-            }
-        }
-        None => {
-            let after = ctx.node(|c| c.conversation(conv)).map_err(|e| e.to_string())?.messages;
-            let m = serde_json::to_string(&Inflight { key, after }).map_err(|e| e.to_string())?;
-            ctx.db.set_mark(INFLIGHT, &m).map_err(|e| e.to_string())?;
-        }
-    }
-    match ctx.node(|c| c.send(conv, text)) {
-        Ok(sent) => relate(&sent.id),
+/// Sends `text` into `conv` once for Matrix event `event`: the send carries an idempotency key
+/// derived from the event id, which the node records in the message's own transaction, so a
+/// retry after a crash at any point (before the send, after it, before the queue entry was
+/// dropped) returns the copy sent the first time instead of sending again. With `relate`, the
+/// Cairn copy is remembered for a later redaction of the event.
+fn send_to_cairn(
+    ctx: &Ctx,
+    key: u64,
+    conv: &str,
+    text: &str,
+    event: &str,
+    relate: bool,
+) -> Result<(), String> {
+    let idem = idempotency_key(event);
+    match ctx.node(|c| c.send_once(conv, text, &idem)) {
+        Ok(sent) if relate => ctx.db.relate(&format!("m:{event}"), &sent.id).map_err(|e| e.to_string()),
+        Ok(_) => Ok(()),
         Err(e) if retryable(&e) => Err(e.to_string()),
         Err(e) => {
             tracing::warn!("inbound event {key} refused by the node, dropped: {e}");
             Ok(())
         }
     }
+}
+
+/// The idempotency key of the Cairn copy of a Matrix event: fixed length and visible ASCII
+/// whatever the event id holds.
+pub(crate) fn idempotency_key(event: &str) -> String {
+    format!("matrix-event-{}", blake3::hash(event.as_bytes()).to_hex())
 }
 
 // ---- Cairn → outbound queue ---------------------------------------------------------------
@@ -305,9 +295,30 @@ fn poll_cairn(ctx: &Ctx) -> Result<bool, String> {
         } else {
             tracing::warn!("outbound queue full: reading Cairn pauses until it drains");
             ctx.sleep(IDLE);
+            continue;
         }
+        more |= poll_erasures(ctx, &c.id)?;
     }
     Ok(more)
+}
+
+/// Queues a Matrix redaction for each erasure the node applied in `conv` after the bridge's
+/// erasure cursor (moved in the same transaction), including those made while the bridge was
+/// down. Returns whether a full batch was read (more may wait).
+fn poll_erasures(ctx: &Ctx, conv: &str) -> Result<bool, String> {
+    let cursor = format!("erasures|{conv}");
+    let after = ctx.db.cursor(&cursor).map_err(|e| e.to_string())?;
+    let erased = ctx.node(|n| n.erasures(conv, after, BATCH)).map_err(|e| e.to_string())?;
+    let Some(last) = erased.last().map(|e| e.n) else { return Ok(false) };
+    let jobs: Vec<OutJob> =
+        erased.iter().map(|e| OutJob::Redact { conv: conv.to_string(), envelope: e.id.clone() }).collect();
+    if ctx.db.queue_out(Some((&cursor, last)), &jobs, None).map_err(|e| e.to_string())? {
+        let _ = ctx.out_wake.try_send(());
+        Ok(erased.len() == BATCH)
+    } else {
+        tracing::warn!("outbound queue full: erasures wait until it drains");
+        Ok(false)
+    }
 }
 
 // ---- outbound queue → Matrix --------------------------------------------------------------
@@ -496,17 +507,11 @@ fn ensure_puppet(ctx: &Ctx, room: &OwnedRoomId, user: &OwnedUserId) -> Result<()
 
 // ---- wake-ups from the node's event stream ------------------------------------------------
 
-/// Follows the node's WebSocket stream: wakes the Cairn loop on every message or join, so
-/// relaying does not wait for the next poll, and queues a Matrix redaction for every erased
-/// message. Reconnects (finding the node again) when it drops. (An erasure that happens while
-/// the bridge is down is not seen: the message list no longer shows erased messages.)
-pub(crate) async fn stream_wakeups(
-    home: PathBuf,
-    wake: SyncSender<()>,
-    stop: Arc<AtomicBool>,
-    db: Arc<Db>,
-    out_wake: SyncSender<()>,
-) {
+/// Follows the node's WebSocket stream: wakes the Cairn loop on every message, join or
+/// erasure, so relaying does not wait for the next poll (what to relay is read from the node's
+/// message list and erasure log after the bridge's cursors, so nothing depends on the stream).
+/// Reconnects (finding the node again) when it drops.
+pub(crate) async fn stream_wakeups(home: PathBuf, wake: SyncSender<()>, stop: Arc<AtomicBool>) {
     use futures::StreamExt as _;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -530,17 +535,6 @@ pub(crate) async fn stream_wakeups(
                         let Message::Text(t) = msg else { continue };
                         match serde_json::from_str::<cairn_node::model::StreamEvent>(t.as_str()) {
                             Ok(cairn_node::model::StreamEvent::Delivery { .. }) => {}
-                            Ok(cairn_node::model::StreamEvent::Erased { conversation, id }) => {
-                                let db = db.clone();
-                                let job = OutJob::Redact { conv: conversation, envelope: id };
-                                let queued =
-                                    tokio::task::spawn_blocking(move || db.queue_out(None, &[job], None))
-                                        .await;
-                                if !matches!(queued, Ok(Ok(true))) {
-                                    tracing::warn!("an erasure could not be queued for Matrix: {queued:?}");
-                                }
-                                let _ = out_wake.try_send(());
-                            }
                             _ => {
                                 let _ = wake.try_send(());
                             }

@@ -1,6 +1,7 @@
 //! The relay loops against an in-process fake homeserver and fake node API (real HTTP on
 //! 127.0.0.1): 429 answers are waited out with the same transaction id and order is kept; a
-//! Matrix event whose relay was interrupted is not sent to Cairn twice.
+//! Matrix event's relay names the event, so a retry is not sent to Cairn twice; erasures made
+//! while the bridge was away are queued once, in order.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::AtomicBool;
@@ -13,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use cairn_node::client::Client;
-use cairn_node::model::{ConversationView, DeliveryView, MessageView, SendRequest, SendResult};
+use cairn_node::model::{ConversationView, DeliveryView, ErasureView, MessageView, SendRequest, SendResult};
 
 use super::*;
 
@@ -27,8 +28,12 @@ struct Fake {
     limit_left: u32,
     /// Node: the conversation's messages.
     messages: Vec<MessageView>,
-    /// Node: POSTed messages.
-    posts: u32,
+    /// Node: the `Idempotency-Key` of each POST.
+    keys: Vec<Option<String>>,
+    /// Node: the message each key sent.
+    by_key: std::collections::HashMap<String, String>,
+    /// Node: the conversation's erasure log.
+    erasures: Vec<ErasureView>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -88,13 +93,32 @@ async fn node_messages(
 
 async fn node_send(
     State(f): State<Shared>,
+    headers: axum::http::HeaderMap,
     axum::Json(req): axum::Json<SendRequest>,
 ) -> axum::Json<SendResult> {
     let mut f = f.lock().unwrap();
-    f.posts += 1;
+    let key = headers.get("idempotency-key").map(|v| v.to_str().unwrap().to_string());
+    f.keys.push(key.clone());
+    // Like the node: a key seen before answers with its message.
+    if let Some(id) = key.as_ref().and_then(|k| f.by_key.get(k)) {
+        return axum::Json(SendResult { id: id.clone(), delivery: DeliveryView::default() });
+    }
     let seq = f.messages.len() as u64 + 1;
     f.messages.push(msg(seq, BRIDGE, &req.text));
-    axum::Json(SendResult { id: format!("{seq:064x}"), delivery: DeliveryView::default() })
+    let id = format!("{seq:064x}");
+    if let Some(k) = key {
+        f.by_key.insert(k, id.clone());
+    }
+    axum::Json(SendResult { id, delivery: DeliveryView::default() })
+}
+
+async fn node_erasures(
+    State(f): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<cairn_node::model::ErasuresQuery>,
+) -> axum::Json<Vec<ErasureView>> {
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(1000);
+    axum::Json(f.lock().unwrap().erasures.iter().filter(|e| e.n > after).take(limit).cloned().collect())
 }
 
 struct Harness {
@@ -112,6 +136,7 @@ fn harness() -> Harness {
         .route("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}", put(hs_send))
         .route("/v1/conversations/{id}", get(node_conv))
         .route("/v1/conversations/{id}/messages", get(node_messages).post(node_send))
+        .route("/v1/conversations/{id}/erasures", get(node_erasures))
         .with_state(fake.clone());
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -159,27 +184,48 @@ fn rate_limits_are_waited_out_in_order_with_the_same_transaction() {
 }
 
 #[test]
-fn an_interrupted_relay_to_cairn_is_not_sent_twice() {
+fn a_relay_to_cairn_names_its_event_so_a_retry_is_not_sent_twice() {
     let h = harness();
-    // The bridge died after its send reached the node: the mark is there, so is the copy.
-    h.fake.lock().unwrap().messages = vec![msg(1, "cairn1alice", "hi"), msg(2, BRIDGE, "hello")];
-    let mark = serde_json::to_string(&Inflight { key: 7, after: 1 }).unwrap();
-    h.ctx.db.set_mark(INFLIGHT, &mark).unwrap();
-    send_to_cairn(&h.ctx, 7, "c", "hello", Some("$h")).unwrap();
-    assert_eq!(h.fake.lock().unwrap().posts, 0, "found its own copy: not sent again");
+    // The bridge died after its send reached the node, before the queue entry was dropped:
+    // the retry carries the same idempotency key, which the node answers with the first copy.
+    send_to_cairn(&h.ctx, 7, "c", "hello", "$h", true).unwrap();
+    send_to_cairn(&h.ctx, 7, "c", "hello", "$h", true).unwrap();
+    // Another event with the same text is another message.
+    send_to_cairn(&h.ctx, 8, "c", "hello", "$i", false).unwrap();
+    let f = h.fake.lock().unwrap();
+    assert_eq!(f.keys.len(), 3, "every send names its event: {:?}", f.keys);
+    assert_eq!(f.keys[0], f.keys[1], "a retry reuses the key");
+    assert_ne!(f.keys[0], f.keys[2], "two events, two keys, even with the same text");
+    assert_eq!(f.keys[0].as_deref(), Some(idempotency_key("$h").as_str()));
+    drop(f);
     assert_eq!(
         h.ctx.db.related("m:$h").unwrap(),
-        Some(format!("{:064x}", 2)),
-        "and remembers it for a redaction"
+        Some(format!("{:064x}", 1)),
+        "the copy is remembered for a redaction, the same one after the retry"
     );
-    // A new event is sent once; if the bridge dies before dropping it from the queue, the
-    // retry finds the copy.
-    send_to_cairn(&h.ctx, 8, "c", "world", None).unwrap();
-    assert_eq!(h.fake.lock().unwrap().posts, 1);
-    send_to_cairn(&h.ctx, 8, "c", "world", None).unwrap();
-    assert_eq!(h.fake.lock().unwrap().posts, 1, "a retry after a crash does not send twice");
-    // The same text from an earlier event (before the mark's cursor) does not count.
-    h.ctx.db.set_mark(INFLIGHT, &serde_json::to_string(&Inflight { key: 9, after: 3 }).unwrap()).unwrap();
-    send_to_cairn(&h.ctx, 9, "c", "world", None).unwrap();
-    assert_eq!(h.fake.lock().unwrap().posts, 2, "only copies after the mark's cursor count");
+}
+
+#[test]
+fn erasures_made_while_the_bridge_was_away_are_queued_once_in_order() {
+    let h = harness();
+    let erased = |n: u64| ErasureView { n, id: format!("{n:064x}") };
+    h.fake.lock().unwrap().erasures = vec![erased(1), erased(2)];
+    assert!(!poll_erasures(&h.ctx, "c").unwrap(), "less than a batch: nothing more waits");
+    let redactions = |h: &Harness| {
+        let mut out = Vec::new();
+        while let Some((key, job)) = h.ctx.db.next_out().unwrap() {
+            h.ctx.db.done_out(key).unwrap();
+            if let Some(OutJob::Redact { envelope, .. }) = job {
+                out.push(envelope);
+            }
+        }
+        out
+    };
+    assert_eq!(redactions(&h), [format!("{:064x}", 1), format!("{:064x}", 2)]);
+    // The cursor moved with the queue: polling again queues nothing; a later erasure once.
+    assert!(!poll_erasures(&h.ctx, "c").unwrap());
+    assert!(redactions(&h).is_empty());
+    h.fake.lock().unwrap().erasures.push(erased(3));
+    poll_erasures(&h.ctx, "c").unwrap();
+    assert_eq!(redactions(&h), [format!("{:064x}", 3)]);
 }

@@ -33,8 +33,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::backend::{ApiError, Backend};
 use crate::model::{
-    DeliveryState, DeviceAddRequest, ErrorBody, HandleRequest, MembersRequest, SendQuery, SendRequest,
-    StreamEvent, TailQuery,
+    DeliveryState, DeviceAddRequest, ErasuresQuery, ErrorBody, HandleRequest, MembersRequest, SendQuery,
+    SendRequest, StreamEvent, TailQuery,
 };
 use crate::web::{self, Sessions, WebOptions};
 
@@ -62,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/conversations/{id}/messages"),
     ("GET", "/v1/conversations/{id}/deliveries"),
     ("DELETE", "/v1/conversations/{id}/messages/{message}"),
+    ("GET", "/v1/conversations/{id}/erasures"),
     ("POST", "/v1/conversations/{id}/verify"),
     ("POST", "/v1/handle"),
     ("GET", "/v1/devices"),
@@ -200,6 +201,11 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
             })
         }
         ("DELETE", "/v1/conversations/{id}/messages/{message}") => delete(erase::<B>),
+        ("GET", "/v1/conversations/{id}/erasures") => get(
+            |State(ctx): St<B>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<ErasuresQuery>| async move {
+                ok(ctx.backend.erasures(id, q).await)
+            },
+        ),
         ("POST", "/v1/conversations/{id}/verify") => post(verify::<B>),
         ("POST", "/v1/handle") => post(claim_handle::<B>),
         ("GET", "/v1/devices") => get(devices::<B>),
@@ -492,6 +498,9 @@ async fn leave<B: Backend>(State(ctx): St<B>, ApiPath(id): ApiPath<String>) -> A
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Header naming a send so that a retry does not send twice (see [`crate::idempotency`]).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Longest a send waits for delivery (`wait_ms`).
 const SEND_WAIT_MAX_MS: u64 = 60_000;
 
@@ -499,11 +508,20 @@ async fn send<B: Backend>(
     State(ctx): St<B>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<SendQuery>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult<Response> {
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("the Idempotency-Key header must be visible ASCII".into()))?
+                .to_owned(),
+        ),
+    };
     // Subscribe before sending: a fast acknowledgement must not slip past.
     let mut events = ctx.backend.subscribe();
-    let mut r = ctx.backend.send(id, req.text).await?;
+    let mut r = ctx.backend.send(id, req.text, key).await?;
     let wait = query.wait_ms.unwrap_or(0).min(SEND_WAIT_MAX_MS);
     if wait > 0 && r.delivery.state != DeliveryState::Delivered {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait);

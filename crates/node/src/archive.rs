@@ -272,7 +272,7 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
     let mut convs: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut envs: Vec<Envelope> = Vec::new();
     let mut rows: Vec<(u64, Accepted)> = Vec::new();
-    let mut erased: Vec<(Id, Id, String)> = Vec::new();
+    let mut erased: Vec<([u8; 32], Id, Id, String)> = Vec::new();
     let mut receipts: Vec<(String, Vec<u8>)> = Vec::new();
     let mut headers = std::collections::HashMap::new();
     for r in records {
@@ -289,7 +289,7 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
                 if env.id().to_hex() != *id || env.header.topic != ConversationId(conv).topic() {
                     return Err(bad(format!("envelope {id} does not match its id or conversation")));
                 }
-                headers.insert(env.id(), env.header.clone());
+                headers.insert(env.id(), (conv, env.header.clone()));
                 envs.push(env);
             }
             Record::Message { conversation, id, seq, inner_hex, .. } => {
@@ -299,7 +299,7 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
                     hex::decode(inner_hex).map_err(|e| bad(format!("message {}: {e}", id.short())))?;
                 let inner = Message::decode(&bytes, &limits)
                     .map_err(|e| bad(format!("message {}: {e}", id.short())))?;
-                let header = headers
+                let (_, header) = headers
                     .get(&id)
                     .ok_or_else(|| bad(format!("message {} before its envelope", id.short())))?;
                 if inner.verify().is_err() || inner.header_mismatch(header).is_some() {
@@ -316,11 +316,11 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
                 if !by_ok {
                     return Err(bad(format!("erased {id}: bad account")));
                 }
-                erased.push((
-                    Id(unhex::<32>(id, "erased id")?),
-                    Id(unhex::<32>(redaction, "redaction id")?),
-                    by.clone(),
-                ));
+                let target = Id(unhex::<32>(id, "erased id")?);
+                let Some((conv, _)) = headers.get(&target) else {
+                    return Err(bad(format!("erased {id} follows no envelope of the archive")));
+                };
+                erased.push((*conv, target, Id(unhex::<32>(redaction, "redaction id")?), by.clone()));
             }
             Record::Receipt { key, receipt_hex } => {
                 if !key.starts_with("receipt/") || key.len() > 256 {
@@ -343,9 +343,9 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
     let tx = db.begin()?;
     db.accept_in(&tx, &accepted)?;
     tx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
-    for (target, redaction, by) in &erased {
+    for (conv, target, redaction, by) in &erased {
         let by = cairn_proto::AccountId::from_text(by).map_err(|e| bad(e.to_string()))?;
-        db.redact(target, *redaction, by)?;
+        db.redact(conv, target, *redaction, by)?;
     }
     for c in &convs {
         db.archive_conversation(c, now_ms)?;

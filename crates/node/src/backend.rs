@@ -6,8 +6,9 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, RequestView,
-    SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
+    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErasureView, ErasuresQuery,
+    LedgerStatusView, MessageView, RequestView, SendResult, StatusView, StreamEvent, TailQuery, TxView,
+    VerifyView,
 };
 
 /// Why a node operation failed; the API maps each kind to an HTTP status.
@@ -79,8 +80,21 @@ pub trait Backend: Send + Sync + 'static {
     /// Erases an own message everywhere (a signed redaction to the members, the payload on the
     /// store nodes); answers with the redaction's id.
     fn erase(&self, id: String, message: String) -> impl Future<Output = ApiResult<SendResult>> + Send;
-    /// Sends a text message.
-    fn send(&self, id: String, text: String) -> impl Future<Output = ApiResult<SendResult>> + Send;
+    /// Sends a text message; a retry with the same idempotency key in the same conversation
+    /// answers with the message sent the first time instead of sending again.
+    fn send(
+        &self,
+        id: String,
+        text: String,
+        idempotency_key: Option<String>,
+    ) -> impl Future<Output = ApiResult<SendResult>> + Send;
+    /// Erasures applied in a conversation after a cursor, oldest first (for followers that
+    /// were away while they happened).
+    fn erasures(
+        &self,
+        id: String,
+        query: ErasuresQuery,
+    ) -> impl Future<Output = ApiResult<Vec<ErasureView>>> + Send;
     /// Local history after a cursor (long poll with `wait_ms`).
     fn messages(
         &self,

@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErrorBody, HandleRequest, LedgerStatusView,
-    MembersRequest, MessageView, RequestView, RunFile, SendRequest, SendResult, StatusView, TailQuery,
-    TxView, VerifyView,
+    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErasureView, ErrorBody, HandleRequest,
+    LedgerStatusView, MembersRequest, MessageView, RequestView, RunFile, SendRequest, SendResult, StatusView,
+    TailQuery, TxView, VerifyView,
 };
 
 /// Token file name inside the data directory.
@@ -176,13 +176,43 @@ impl Client {
     /// `POST /v1/conversations/{id}/messages?wait_ms=…`: answers when the message is delivered
     /// to every member or after `wait_ms` (capped by the node), with the latest state reached.
     pub fn send_wait(&self, id: &str, text: &str, wait_ms: u64) -> Result<SendResult, ClientError> {
+        self.send_keyed(id, text, wait_ms, None)
+    }
+
+    /// `POST /v1/conversations/{id}/messages` with an `Idempotency-Key`: sending again with the
+    /// same key (after a crash or a lost answer) returns the message sent the first time.
+    pub fn send_once(&self, id: &str, text: &str, key: &str) -> Result<SendResult, ClientError> {
+        self.send_keyed(id, text, 0, Some(key))
+    }
+
+    fn send_keyed(
+        &self,
+        id: &str,
+        text: &str,
+        wait_ms: u64,
+        key: Option<&str>,
+    ) -> Result<SendResult, ClientError> {
         let mut req = self.agent.post(self.url(&format!("/v1/conversations/{}/messages", seg(id))));
         if wait_ms > 0 {
             req = req.query("wait_ms", wait_ms.to_string());
         }
+        if let Some(k) = key {
+            req = req.header(crate::api::IDEMPOTENCY_KEY, k);
+        }
         let timeout = REQUEST_TIMEOUT.saturating_add(Duration::from_millis(wait_ms));
         let req = req.config().timeout_global(Some(timeout)).build();
         self.decode(self.auth(req).send_json(&SendRequest { text: text.to_string() }))
+    }
+
+    /// `GET /v1/conversations/{id}/erasures`: erasures applied after entry `after`, oldest
+    /// first.
+    pub fn erasures(&self, id: &str, after: u64, limit: usize) -> Result<Vec<ErasureView>, ClientError> {
+        let req = self
+            .agent
+            .get(self.url(&format!("/v1/conversations/{}/erasures", seg(id))))
+            .query("after", after.to_string())
+            .query("limit", limit.to_string());
+        self.decode(self.auth(req).call())
     }
 
     /// `GET /v1/conversations/{id}/messages` (long poll when `query.wait_ms` is set; the

@@ -109,6 +109,7 @@ impl NodeDb {
             tx.open_table(ARCHIVED).map_err(storage)?;
             crate::requests::create_tables(&tx)?;
             crate::redactions::create_tables(&tx)?;
+            crate::idempotency::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
         Ok(Self { db, limits, keyring })
@@ -229,6 +230,8 @@ impl NodeDb {
                 messages.remove((conv, seq)).map_err(storage)?;
             }
         }
+        self.idempotent_forget_in(&tx, conv)?;
+        self.erasures_forget_in(&tx, conv)?;
         tx.commit().map_err(storage)?;
         Ok(n)
     }

@@ -17,6 +17,7 @@ pub mod core;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod idempotency;
 pub mod keyring;
 pub mod metrics;
 pub mod model;

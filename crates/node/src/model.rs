@@ -170,6 +170,24 @@ pub struct TailQuery {
     pub wait_ms: Option<u64>,
 }
 
+/// `GET /v1/conversations/{id}/erasures` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ErasuresQuery {
+    /// Only erasures with `n` greater than this.
+    pub after: Option<u64>,
+    /// At most this many (server caps it).
+    pub limit: Option<usize>,
+}
+
+/// One applied erasure of a conversation, in the order this device applied them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErasureView {
+    /// Position in the conversation's erasure log (1-based, increasing; use as `after`).
+    pub n: u64,
+    /// The erased message's id (hex).
+    pub id: String,
+}
+
 /// `POST /v1/conversations/{id}/verify`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerifyView {

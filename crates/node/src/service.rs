@@ -23,9 +23,11 @@ use crate::backend::{ApiError, ApiResult, Backend};
 use crate::db::NodeDb;
 use crate::engine::{Engine, EngineConfig, IdentityKeys};
 use crate::error::NodeError;
+use crate::idempotency::IdempotencyKey;
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, LedgerStatusView, MessageView, RequestView,
-    SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
+    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErasureView, ErasuresQuery,
+    LedgerStatusView, MessageView, RequestView, SendResult, StatusView, StreamEvent, TailQuery, TxView,
+    VerifyView,
 };
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
 use crate::shell::keypackages::{KeyPackageRefusal, KeyPackages};
@@ -524,9 +526,10 @@ impl Backend for Service {
         self.ask(|r| Job::Erase(conv, target, r)).await
     }
 
-    async fn send(&self, id: String, text: String) -> ApiResult<SendResult> {
+    async fn send(&self, id: String, text: String, idempotency_key: Option<String>) -> ApiResult<SendResult> {
         let conv = self.find_conversation(&id)?;
-        self.ask(|r| Job::Send(conv, text, r)).await
+        let key = idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?;
+        self.ask(|r| Job::Send(conv, text, key, r)).await
     }
 
     async fn messages(&self, id: String, query: TailQuery) -> ApiResult<Vec<MessageView>> {
@@ -542,6 +545,13 @@ impl Backend for Service {
             }
             let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified).await;
         }
+    }
+
+    async fn erasures(&self, id: String, query: ErasuresQuery) -> ApiResult<Vec<ErasureView>> {
+        let conv = self.find_conversation(&id)?;
+        let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+        let rows = self.shared.db.erasures(&conv.0, query.after.unwrap_or(0), limit)?;
+        Ok(rows.into_iter().map(|(n, id)| ErasureView { n, id: id.to_hex() }).collect())
     }
 
     async fn verify(&self, id: String) -> ApiResult<VerifyView> {

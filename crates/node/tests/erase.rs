@@ -5,70 +5,17 @@
 //! offline during the redaction applies it on return, one that reads the redaction before the
 //! message applies it when the message arrives, and a redaction by a non-author changes nothing.
 
-use std::sync::Arc;
+mod common;
 
-use cairn_crypto::Identity;
-use cairn_mls::{ConversationId, KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
-use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io, Redaction};
+use cairn_mls::{ConversationId, MemorySequencer};
+use cairn_node::engine::{Io, Redaction};
 use cairn_node::error::NodeError;
 use cairn_node::model::StreamEvent;
-use cairn_proto::envelope::unpad;
-use cairn_proto::pow::Difficulty;
-use cairn_proto::{Envelope, Id, Limits, Message};
-use cairn_store::Store;
+use std::sync::Arc;
+
+use cairn_proto::{Id, Limits};
+use common::{Setup, User, deliver, key_package, published, user, user_with};
 use redb::Database;
-
-struct User {
-    engine: Engine,
-    /// What the shell was asked to do, since the last look.
-    io: Vec<Io>,
-    _dir: tempfile::TempDir,
-}
-
-fn user(now: u64) -> User {
-    user_with(now, false)
-}
-
-/// A user; with `keyring`, its plaintexts are sealed with a keyring file in its directory (as
-/// a node's), else with keys derived from the device key.
-fn user_with(now: u64, keyring: bool) -> User {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = Limits::default();
-    let id = Identity::generate(now).unwrap();
-    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
-    let mut cfg = EngineConfig::new(limits);
-    cfg.difficulty = Difficulty { base_bits: 0 };
-    cfg.invitations = Invitations::Everyone;
-    cfg.keyring = keyring.then(|| dir.path().join("keyring"));
-    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), io: Vec::new(), _dir: dir }
-}
-
-fn key_package(u: &mut User, now: u64) -> VerifiedKeyPackage {
-    let env = u.engine.key_package_envelope(1, 3600, now).unwrap();
-    let plain = unpad(env.payload.as_deref().unwrap()).unwrap();
-    let m = Message::decode(plain, &Limits::default()).unwrap();
-    let batch = KeyPackageBatch::decode(&m.body).unwrap();
-    cairn_mls::verify_key_package(batch.packages.first().unwrap()).unwrap()
-}
-
-/// Envelopes `u` published since the last call (the rest of its I/O is kept in `u.io`).
-fn published(u: &mut User) -> Vec<Envelope> {
-    let mut out = Vec::new();
-    for io in u.engine.take_io() {
-        match io {
-            Io::Publish(env) => out.push(*env),
-            other => u.io.push(other),
-        }
-    }
-    out
-}
-
-fn deliver(to: &mut User, envs: &[Envelope], seq: &mut MemorySequencer, now: u64) {
-    let batch = envs.iter().map(|e| Arrival { id: e.id(), envelope: e.clone(), after_gap: false }).collect();
-    to.engine.receive(batch, seq, now);
-    let _ = published(to); // receipts and the like
-}
 
 /// The erasures `u`'s engine asked of its shell since the last call.
 fn erasures(u: &mut User) -> Vec<(Id, Option<[u8; 32]>)> {
@@ -164,6 +111,13 @@ fn an_erased_message_is_gone_from_every_member_and_only_its_author_can_erase_it(
     deliver(&mut carol, &backlog, &mut seq, now + 20);
     assert_eq!(texts(&carol, &conv), ["kept", "after"]);
     assert_eq!(erasures(&mut carol), vec![(canary_id, Some(secret))]);
+
+    // Each member's erasure log lists it once, for a follower that was away (a bridge); a
+    // refused redaction left no entry.
+    for u in [&alice, &bob, &carol] {
+        assert_eq!(u.engine.db().erasures(&conv.0, 0, 10).unwrap(), vec![(1, canary_id)]);
+        assert!(u.engine.db().erasures(&conv.0, 1, 10).unwrap().is_empty(), "nothing after its cursor");
+    }
 }
 
 #[test]
@@ -199,7 +153,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn a_forgotten_conversation_cannot_be_read_from_any_copy_of_the_database() {
     let now = 3_000_000;
     let mut seq = MemorySequencer::new();
-    let (mut alice, mut bob) = (user(now), user_with(now, true));
+    let (mut alice, mut bob) = (user(now), user_with(now, Setup { keyring: true, ..Setup::default() }));
     let kp = key_package(&mut bob, now);
     let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
     let welcomes = published(&mut alice);
@@ -210,11 +164,11 @@ fn a_forgotten_conversation_cannot_be_read_from_any_copy_of_the_database() {
     deliver(&mut bob, &msg, &mut seq, now + 2);
     assert_eq!(texts(&bob, &conv), ["canary 51d0 at rest"]);
     bob.engine.make_durable().unwrap();
-    let db_path = bob._dir.path().join("node.redb");
+    let db_path = bob.dir().join("node.redb");
     // Sealed at rest: the plaintext never reaches the file in clear.
     let copy = std::fs::read(&db_path).unwrap();
     assert!(!contains(&copy, b"canary 51d0"), "plaintext found in node.redb");
-    let copy_path = bob._dir.path().join("copy.redb");
+    let copy_path = bob.dir().join("copy.redb");
     std::fs::write(&copy_path, &copy).unwrap();
 
     // Still a member: forgetting is refused.
@@ -233,7 +187,7 @@ fn a_forgotten_conversation_cannot_be_read_from_any_copy_of_the_database() {
 
     // The copy taken before: its sealed row is there, and no key opens it any more.
     let keyring =
-        cairn_node::keyring::Keyring::open(&bob._dir.path().join("keyring"), &bob.engine.keys().device_key)
+        cairn_node::keyring::Keyring::open(&bob.dir().join("keyring"), &bob.engine.keys().device_key)
             .unwrap();
     let old = Arc::new(Database::open(&copy_path).unwrap());
     let old_db = cairn_node::db::NodeDb::with_keyring(old, Limits::default(), Arc::new(keyring)).unwrap();

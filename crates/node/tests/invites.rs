@@ -2,49 +2,25 @@
 //! Consent to invitations: a stranger's Welcomes wait in a bounded request list and join
 //! nothing until the user accepts one; accepted and known inviters join at once.
 
+mod common;
+
 use std::sync::Arc;
 
-use cairn_crypto::Identity;
-use cairn_mls::{KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
+use cairn_mls::MemorySequencer;
 use cairn_node::db::NodeDb;
-use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io};
+use cairn_node::engine::{Arrival, Invitations, Io};
 use cairn_node::requests::{
     InviteRequest, REQUESTS_MAX, REQUESTS_PER_INVITER_MAX, RequestOrStorage, RequestRefused,
 };
-use cairn_proto::envelope::unpad;
-use cairn_proto::pow::Difficulty;
-use cairn_proto::{AccountId, DeviceId, Envelope, Limits, Message, Topic};
-use cairn_store::Store;
+use cairn_proto::{AccountId, DeviceId, Envelope, Limits, Topic};
+use common::{Setup, User, key_package, user_with};
 use redb::Database;
 
 /// Conversations the stranger creates around the user.
 const STRANGER_CONVERSATIONS: usize = 1_000;
 
-struct User {
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
 fn user(now: u64, invitations: Invitations) -> User {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = Limits::default();
-    let id = Identity::generate(now).unwrap();
-    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
-    let mut cfg = EngineConfig::new(limits);
-    cfg.difficulty = Difficulty { base_bits: 0 };
-    cfg.invitations = invitations;
-    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), _dir: dir }
-}
-
-/// A key package of `u` as a committer gets it from the mesh (its last-resort one, which any
-/// number of Welcomes may use).
-fn key_package(u: &mut User, now: u64) -> VerifiedKeyPackage {
-    let env = u.engine.key_package_envelope(1, 3600, now).unwrap();
-    let plain = unpad(env.payload.as_deref().unwrap()).unwrap();
-    let m = Message::decode(plain, &Limits::default()).unwrap();
-    let batch = KeyPackageBatch::decode(&m.body).unwrap();
-    cairn_mls::verify_key_package(batch.packages.first().unwrap()).unwrap()
+    user_with(now, Setup { invitations, ..Setup::default() })
 }
 
 /// The Welcome envelopes `from` published to `to`'s inbox since the last call.

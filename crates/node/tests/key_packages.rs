@@ -3,34 +3,14 @@
 //! ledger: a substituted batch on the device's key-package topic is refused (typed, saying what
 //! to do next) and no invitation uses it; the recorded batch is used.
 
-use std::sync::Arc;
+mod common;
 
-use cairn_crypto::Identity;
 use cairn_mls::{KeyPackageBatch, MemorySequencer};
-use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io};
+use cairn_node::engine::{Arrival, Io};
 use cairn_node::shell::keypackages::{KeyPackageRefusal, KeyPackages, ledger_record};
 use cairn_proto::envelope::unpad;
-use cairn_proto::pow::Difficulty;
 use cairn_proto::{Envelope, Limits, Message};
-use cairn_store::Store;
-use redb::Database;
-
-struct User {
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
-fn user(now: u64) -> User {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = Limits::default();
-    let id = Identity::generate(now).unwrap();
-    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
-    let mut cfg = EngineConfig::new(limits);
-    cfg.difficulty = Difficulty { base_bits: 0 };
-    cfg.invitations = Invitations::Everyone;
-    User { engine: Engine::open(db, history, IdentityKeys::of(&id), cfg).unwrap(), _dir: dir }
-}
+use common::user;
 
 /// The encoded packages in a key-package envelope.
 fn packages(env: &Envelope) -> Vec<Vec<u8>> {

@@ -223,7 +223,7 @@ impl Engine {
         row: RedactionRow,
         r: Redaction,
     ) -> Result<(), NodeError> {
-        self.db.redact(&r.target, row.redaction, row.by)?;
+        self.db.redact(&conv.0, &r.target, row.redaction, row.by)?;
         self.db.outbox_remove(&r.target)?;
         self.io.push(Io::Erase { topic: conv.topic(), id: r.target, secret: r.secret });
         self.io.push(Io::Stream(StreamEvent::Erased {

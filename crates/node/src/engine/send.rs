@@ -1,6 +1,8 @@
 //! The send path: sign the inner message, encrypt it bound to its envelope header, mine,
 //! record it (MLS state, plaintext, outbox: one transaction), then hand it to the shell.
 
+use std::collections::HashMap;
+
 use cairn_mls::ConversationId;
 use cairn_proto::codec::Writer;
 use cairn_proto::envelope::{erase_lock, pad};
@@ -9,6 +11,7 @@ use cairn_proto::{Envelope, Id, Message, Topic, pow};
 use super::{Engine, Io, message_view, mls_err};
 use crate::core::Input;
 use crate::error::NodeError;
+use crate::idempotency::IdempotencyKey;
 use crate::model::{SendResult, StreamEvent};
 
 /// Kind byte of a text message body.
@@ -70,29 +73,59 @@ impl Engine {
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) -> Result<SendResult, NodeError> {
-        let mut out = self.send_texts(vec![(conv, text.to_owned())], seq, now_ms);
+        let mut out = self.send_texts(vec![(conv, text.to_owned(), None)], seq, now_ms);
         out.pop().unwrap_or_else(|| Err(NodeError::Internal("no result".into())))
     }
 
     /// Sends text messages queued together: each is signed, encrypted and mined, then all of
-    /// them (MLS state, plaintexts, outbox) commit in one durable transaction, one fsync. A
-    /// message's parents are the chain's heads, or the previous message of the batch in the
-    /// same conversation. One result per message, in order.
+    /// them (MLS state, plaintexts, outbox, idempotency keys) commit in one durable
+    /// transaction, one fsync. A message's parents are the chain's heads, or the previous
+    /// message of the batch in the same conversation. A message whose idempotency key already
+    /// sent one in its conversation (earlier, or earlier in this batch) is not sent again: its
+    /// result is that message's. One result per message, in order.
     pub fn send_texts(
         &mut self,
-        items: Vec<(ConversationId, String)>,
+        items: Vec<(ConversationId, String, Option<IdempotencyKey>)>,
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
     ) -> Vec<Result<SendResult, NodeError>> {
         // No ledger round trip: the block follower applies new commits as they finalize.
         let _ = seq;
-        let mut last: std::collections::HashMap<ConversationId, Id> = std::collections::HashMap::new();
-        let prepared: Vec<Result<Prepared, NodeError>> =
-            items.into_iter().map(|(conv, text)| self.prepare(conv, &text, &mut last, now_ms)).collect();
-        let ready: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let n = items.len();
+        let mut answered: Vec<Option<Result<SendResult, NodeError>>> = vec![None; n];
+        let mut same_as: Vec<Option<usize>> = vec![None; n];
+        let mut in_batch: HashMap<(ConversationId, IdempotencyKey), usize> = HashMap::new();
+        let mut last: HashMap<ConversationId, Id> = HashMap::new();
+        let mut prepared: Vec<Option<(Prepared, Option<IdempotencyKey>)>> = Vec::with_capacity(n);
+        for (i, (conv, text, key)) in items.into_iter().enumerate() {
+            if let Some(k) = key {
+                match self.db.idempotent_send(&conv.0, &k) {
+                    Ok(Some(id)) => answered[i] = Some(Ok(self.already_sent(&id))),
+                    Ok(None) => match in_batch.get(&(conv, k)) {
+                        Some(&j) => same_as[i] = Some(j),
+                        None => {
+                            in_batch.insert((conv, k), i);
+                        }
+                    },
+                    Err(e) => answered[i] = Some(Err(e)),
+                }
+            }
+            if answered[i].is_some() || same_as[i].is_some() {
+                prepared.push(None);
+                continue;
+            }
+            match self.prepare(conv, &text, &mut last, now_ms) {
+                Ok(p) => prepared.push(Some((p, key))),
+                Err(e) => {
+                    answered[i] = Some(Err(e));
+                    prepared.push(None);
+                }
+            }
+        }
+        let ready: Vec<&(Prepared, Option<IdempotencyKey>)> = prepared.iter().flatten().collect();
         let rows: Vec<crate::db::Accepted> = ready
             .iter()
-            .map(|p| crate::db::Accepted {
+            .map(|(p, _)| crate::db::Accepted {
                 conv: p.conv.0,
                 id: p.id,
                 inner: p.inner.clone(),
@@ -100,13 +133,40 @@ impl Engine {
                 after_gap: false,
             })
             .collect();
-        let envs: Vec<Envelope> = ready.iter().map(|p| p.env.clone()).collect();
-        let seqs = match self.commit_rows(&rows, &envs) {
-            Ok(s) => s,
-            Err(e) => return prepared.into_iter().map(|p| p.and(Err(e.clone()))).collect(),
-        };
-        let mut seqs = seqs.into_iter();
-        prepared.into_iter().map(|p| p.map(|p| self.sent(p, seqs.next().unwrap_or(0), now_ms))).collect()
+        let keys: Vec<(ConversationId, IdempotencyKey, Id)> =
+            ready.iter().filter_map(|(p, k)| k.map(|k| (p.conv, k, p.id))).collect();
+        let envs: Vec<Envelope> = ready.iter().map(|(p, _)| p.env.clone()).collect();
+        match self.commit_keyed(&rows, &envs, &keys) {
+            Ok(seqs) => {
+                let mut seqs = seqs.into_iter();
+                for (i, p) in prepared.into_iter().enumerate() {
+                    if let Some((p, _)) = p {
+                        answered[i] = Some(Ok(self.sent(p, seqs.next().unwrap_or(0), now_ms)));
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, p) in prepared.iter().enumerate() {
+                    if p.is_some() {
+                        answered[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            if let Some(j) = same_as[i] {
+                answered[i] = answered[j].clone();
+            }
+        }
+        answered
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(NodeError::Internal("no result".into()))))
+            .collect()
+    }
+
+    /// The result of a message an idempotency key sent before.
+    fn already_sent(&self, id: &Id) -> SendResult {
+        SendResult { id: id.to_hex(), delivery: self.core.delivery(id).unwrap_or_default() }
     }
 
     /// Sends one control message (not text: not in the tail, delivery not tracked), with its
@@ -117,7 +177,7 @@ impl Engine {
         body: Vec<u8>,
         now_ms: u64,
     ) -> Result<SendResult, NodeError> {
-        let p = self.prepare_body(conv, body, false, &mut std::collections::HashMap::new(), now_ms)?;
+        let p = self.prepare_body(conv, body, false, &mut HashMap::new(), now_ms)?;
         let rows = [crate::db::Accepted {
             conv: conv.0,
             id: p.id,
@@ -147,7 +207,7 @@ impl Engine {
         &mut self,
         conv: ConversationId,
         text: &str,
-        last: &mut std::collections::HashMap<ConversationId, Id>,
+        last: &mut HashMap<ConversationId, Id>,
         now_ms: u64,
     ) -> Result<Prepared, NodeError> {
         if text.len() > TEXT_BYTES_MAX {
@@ -168,7 +228,7 @@ impl Engine {
         conv: ConversationId,
         body: Vec<u8>,
         text: bool,
-        last: &mut std::collections::HashMap<ConversationId, Id>,
+        last: &mut HashMap<ConversationId, Id>,
         now_ms: u64,
     ) -> Result<Prepared, NodeError> {
         if self.io.len() >= super::IO_QUEUE_MAX {
@@ -208,10 +268,20 @@ impl Engine {
         rows: &[crate::db::Accepted],
         outbox: &[Envelope],
     ) -> Result<Vec<u64>, NodeError> {
+        self.commit_keyed(rows, outbox, &[])
+    }
+
+    /// [`Self::commit_rows`], recording the idempotency keys of the sends among the rows.
+    fn commit_keyed(
+        &mut self,
+        rows: &[crate::db::Accepted],
+        outbox: &[Envelope],
+        keys: &[(ConversationId, IdempotencyKey, Id)],
+    ) -> Result<Vec<u64>, NodeError> {
         if rows.is_empty() && outbox.is_empty() && !self.mls.has_pending_flush() {
             return Ok(Vec::new());
         }
-        let r = self.write_rows(rows, outbox);
+        let r = self.write_rows(rows, outbox, keys);
         if r.is_err() {
             self.discard();
         }
@@ -222,6 +292,7 @@ impl Engine {
         &mut self,
         rows: &[crate::db::Accepted],
         outbox: &[Envelope],
+        keys: &[(ConversationId, IdempotencyKey, Id)],
     ) -> Result<Vec<u64>, NodeError> {
         // A send is acknowledged to its caller: durable now. What a receive writes (ratchet
         // state, plaintexts) can be recomputed from the local history, which the mesh made
@@ -235,6 +306,9 @@ impl Engine {
         let seqs = self.db.accept_in(&wtx, rows)?;
         for env in outbox {
             self.db.outbox_put_in(&wtx, env)?;
+        }
+        for (conv, key, id) in keys {
+            self.db.idempotent_put_in(&wtx, &conv.0, key, id)?;
         }
         wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
         self.mls.flush_committed().map_err(mls_err)?;

@@ -24,6 +24,7 @@ use super::ledger::{LedgerJob, try_enqueue};
 use super::{ConvSnapshot, Shared, now_ms};
 use crate::engine::{Arrival, Commit, Engine, Io, SEND_BATCH_MAX};
 use crate::error::NodeError;
+use crate::idempotency::IdempotencyKey;
 use crate::model::{SendResult, StreamEvent};
 
 /// API calls, timer ticks and ledger results queued at most. Overflow: producers wait.
@@ -86,8 +87,8 @@ pub enum Job {
     Remove(ConversationId, AccountId, Reply<()>),
     /// Leave.
     Leave(ConversationId, Reply<()>),
-    /// Send a text.
-    Send(ConversationId, String, Reply<SendResult>),
+    /// Send a text (with the caller's idempotency key, if any).
+    Send(ConversationId, String, Option<IdempotencyKey>, Reply<SendResult>),
     /// Erase an own message.
     Erase(ConversationId, Id, Reply<SendResult>),
     /// Forget a conversation left before (keys and state destroyed).
@@ -173,7 +174,7 @@ impl Actor {
             }
             match job {
                 Job::Arrived(a) => self.receive_burst(*a, &mut net),
-                Job::Send(conv, text, reply) => self.send_burst((conv, text, reply), &mut ops),
+                Job::Send(conv, text, key, reply) => self.send_burst((conv, text, key, reply), &mut ops),
                 other => self.handle(other),
             }
             self.dispatch();
@@ -212,14 +213,14 @@ impl Actor {
     /// one durable commit; other jobs met on the way are handled after.
     fn send_burst(
         &mut self,
-        first: (ConversationId, String, Reply<SendResult>),
+        first: (ConversationId, String, Option<IdempotencyKey>, Reply<SendResult>),
         ops: &mut mpsc::Receiver<Job>,
     ) {
         let mut sends = vec![first];
         let mut other = Vec::new();
         while sends.len() < SEND_BATCH_MAX {
             match ops.try_recv() {
-                Ok(Job::Send(conv, text, reply)) => sends.push((conv, text, reply)),
+                Ok(Job::Send(conv, text, key, reply)) => sends.push((conv, text, key, reply)),
                 Ok(j) => {
                     other.push(j);
                     break;
@@ -227,7 +228,7 @@ impl Actor {
                 Err(_) => break,
             }
         }
-        let (items, replies): (Vec<_>, Vec<_>) = sends.into_iter().map(|(c, t, r)| ((c, t), r)).unzip();
+        let (items, replies): (Vec<_>, Vec<_>) = sends.into_iter().map(|(c, t, k, r)| ((c, t, k), r)).unzip();
         let results = self.engine.send_texts(items, &mut self.sequencer, now_ms());
         self.dispatch();
         for (reply, r) in replies.into_iter().zip(results) {
@@ -281,8 +282,9 @@ impl Actor {
                 let r = self.registered().and_then(|()| self.engine.leave(conv, &mut self.sequencer, now));
                 self.answer(reply, r);
             }
-            Job::Send(conv, text, reply) => {
-                let r = self.engine.send_text(conv, &text, &mut self.sequencer, now);
+            Job::Send(conv, text, key, reply) => {
+                let r = self.engine.send_texts(vec![(conv, text, key)], &mut self.sequencer, now).pop();
+                let r = r.unwrap_or_else(|| Err(NodeError::Internal("no result".into())));
                 self.answer(reply, r);
             }
             Job::Forget(conv, reply) => {

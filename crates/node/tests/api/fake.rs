@@ -147,7 +147,7 @@ impl Backend for Fake {
         })
     }
 
-    async fn send(&self, id: String, text: String) -> ApiResult<SendResult> {
+    async fn send(&self, id: String, text: String, _key: Option<String>) -> ApiResult<SendResult> {
         let msg = self.with_conv(&id, |(c, msgs)| {
             let seq = msgs.len() as u64 + 1;
             let m = MessageView {
@@ -196,6 +196,14 @@ impl Backend for Fake {
             Ok(())
         })?;
         Ok(SendResult { id: format!("{:064x}", u64::MAX), delivery: delivery() })
+    }
+
+    async fn erasures(
+        &self,
+        id: String,
+        _query: cairn_node::model::ErasuresQuery,
+    ) -> ApiResult<Vec<cairn_node::model::ErasureView>> {
+        self.with_conv(&id, |_| Ok(Vec::new()))
     }
 
     async fn messages(&self, id: String, query: TailQuery) -> ApiResult<Vec<MessageView>> {

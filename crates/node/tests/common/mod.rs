@@ -1,0 +1,107 @@
+//! Engines driven in-process, as the node's tests use them: one user per temporary directory,
+//! envelopes handed over by the test.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use cairn_crypto::Identity;
+use cairn_mls::{KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
+use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io};
+use cairn_proto::envelope::unpad;
+use cairn_proto::pow::Difficulty;
+use cairn_proto::{Envelope, Limits, Message};
+use cairn_store::Store;
+use redb::Database;
+
+/// One user's engine and what its shell was asked to do.
+pub struct User {
+    pub engine: Engine,
+    /// What the shell was asked to do, since the last look (publications excepted).
+    pub io: Vec<Io>,
+    setup: Setup,
+    id: Identity,
+    dir: tempfile::TempDir,
+}
+
+/// How a user's engine is configured.
+#[derive(Clone, Copy)]
+pub struct Setup {
+    /// Whose invitations join at once.
+    pub invitations: Invitations,
+    /// Plaintexts sealed with a keyring file in the user's directory (as a node's), else with
+    /// keys derived from the device key.
+    pub keyring: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self { invitations: Invitations::Everyone, keyring: false }
+    }
+}
+
+fn open(dir: &tempfile::TempDir, id: &Identity, setup: Setup) -> Engine {
+    let limits = Limits::default();
+    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+    let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
+    let mut cfg = EngineConfig::new(limits);
+    cfg.difficulty = Difficulty { base_bits: 0 };
+    cfg.invitations = setup.invitations;
+    cfg.keyring = setup.keyring.then(|| dir.path().join("keyring"));
+    Engine::open(db, history, IdentityKeys::of(id), cfg).unwrap()
+}
+
+impl User {
+    /// The user's directory (`node.redb`, `history.redb`, `keyring`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// A new user who accepts every invitation.
+pub fn user(now: u64) -> User {
+    user_with(now, Setup::default())
+}
+
+/// A new user.
+pub fn user_with(now: u64, setup: Setup) -> User {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Identity::generate(now).unwrap();
+    User { engine: open(&dir, &id, setup), io: Vec::new(), setup, id, dir }
+}
+
+/// The same user after a restart: the engine is dropped (as by a crash after its last
+/// commit) and opened again from its directory.
+pub fn restart(u: User) -> User {
+    let User { engine, setup, id, dir, .. } = u;
+    drop(engine);
+    User { engine: open(&dir, &id, setup), io: Vec::new(), setup, id, dir }
+}
+
+/// A key package of `u` as a committer gets it from the mesh (its last-resort one, which any
+/// number of Welcomes may use).
+pub fn key_package(u: &mut User, now: u64) -> VerifiedKeyPackage {
+    let env = u.engine.key_package_envelope(1, 3600, now).unwrap();
+    let plain = unpad(env.payload.as_deref().unwrap()).unwrap();
+    let m = Message::decode(plain, &Limits::default()).unwrap();
+    let batch = KeyPackageBatch::decode(&m.body).unwrap();
+    cairn_mls::verify_key_package(batch.packages.first().unwrap()).unwrap()
+}
+
+/// Envelopes `u` published since the last call (the rest of its I/O is kept in `u.io`).
+pub fn published(u: &mut User) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    for io in u.engine.take_io() {
+        match io {
+            Io::Publish(env) => out.push(*env),
+            other => u.io.push(other),
+        }
+    }
+    out
+}
+
+/// Hands `envs` to `to`, as the mesh would (its receipts and the like are dropped).
+pub fn deliver(to: &mut User, envs: &[Envelope], seq: &mut MemorySequencer, now: u64) {
+    let batch = envs.iter().map(|e| Arrival { id: e.id(), envelope: e.clone(), after_gap: false }).collect();
+    to.engine.receive(batch, seq, now);
+    let _ = published(to);
+}

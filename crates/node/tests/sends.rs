@@ -1,0 +1,86 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Sends named by an idempotency key are sent once: a retry with the same key in the same
+//! conversation (after a lost answer, after a restart, or twice in one batch) answers with the
+//! message sent the first time; the other member reads it once.
+
+mod common;
+
+use cairn_mls::{ConversationId, MemorySequencer};
+use cairn_node::error::NodeError;
+use cairn_node::idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IdempotencyKey};
+use common::{User, deliver, key_package, published, restart, user};
+
+fn texts(u: &User, conv: &ConversationId) -> Vec<String> {
+    u.engine
+        .db()
+        .messages(&conv.0, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|s| String::from_utf8_lossy(&s.message.body[1..]).into_owned())
+        .collect()
+}
+
+fn key(k: &str) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey::parse(k).unwrap())
+}
+
+#[test]
+fn a_keyed_send_retried_after_a_restart_or_in_the_same_batch_is_sent_once() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let kp = key_package(&mut bob, now);
+    let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
+    let welcomes = published(&mut alice);
+    deliver(&mut bob, &welcomes, &mut seq, now);
+
+    let send = |u: &mut User, items: Vec<(&str, Option<IdempotencyKey>)>, at: u64| {
+        let items = items.into_iter().map(|(t, k)| (conv, t.to_owned(), k)).collect();
+        let mut s = MemorySequencer::new();
+        u.engine.send_texts(items, &mut s, at).into_iter().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    let first = send(&mut alice, vec![("hello", key("matrix-event-1"))], now + 1);
+    let mut out = published(&mut alice);
+    assert_eq!(out.len(), 1);
+
+    // The answer was lost: the same key again sends nothing and names the same message.
+    let again = send(&mut alice, vec![("hello", key("matrix-event-1"))], now + 2);
+    assert_eq!(again[0].id, first[0].id);
+    assert!(published(&mut alice).is_empty(), "nothing new published");
+
+    // A crash after the commit: the key was recorded in the message's own transaction.
+    let mut alice = restart(alice);
+    let _ = published(&mut alice); // the outbox republished at start
+    let after = send(&mut alice, vec![("hello", key("matrix-event-1"))], now + 3);
+    assert_eq!(after[0].id, first[0].id, "still the same message after a restart");
+    assert!(published(&mut alice).is_empty());
+
+    // The same text under another key (or none) is another message; a key given twice in one
+    // batch sends once.
+    let batch = send(
+        &mut alice,
+        vec![("hello", key("matrix-event-2")), ("hello", None), ("twice", key("k3")), ("twice", key("k3"))],
+        now + 4,
+    );
+    assert_ne!(batch[0].id, first[0].id);
+    assert_ne!(batch[1].id, batch[0].id);
+    assert_eq!(batch[2].id, batch[3].id, "one batch, one key: one message");
+    out.extend(published(&mut alice));
+    assert_eq!(out.len(), 4, "hello ×3 under three names, twice once");
+    assert_eq!(texts(&alice, &conv), ["hello", "hello", "hello", "twice"]);
+
+    deliver(&mut bob, &out, &mut seq, now + 5);
+    assert_eq!(texts(&bob, &conv), ["hello", "hello", "hello", "twice"], "bob reads each once");
+}
+
+#[test]
+fn idempotency_keys_are_checked() {
+    assert!(IdempotencyKey::parse("").is_err());
+    assert!(IdempotencyKey::parse("has space").is_err());
+    assert!(IdempotencyKey::parse("tab\there").is_err());
+    let long = "k".repeat(IDEMPOTENCY_KEY_BYTES_MAX + 1);
+    assert!(matches!(IdempotencyKey::parse(&long), Err(NodeError::BadRequest(_))));
+    let longest = "k".repeat(IDEMPOTENCY_KEY_BYTES_MAX);
+    assert_eq!(IdempotencyKey::parse(&longest).unwrap(), IdempotencyKey::parse(&longest).unwrap());
+    assert_ne!(IdempotencyKey::parse("a").unwrap(), IdempotencyKey::parse("b").unwrap());
+}
