@@ -116,7 +116,7 @@ pub fn run(
         let batch: Vec<Vec<u8>> = (0..n)
             .map(|j| {
                 let a = (turn + j) % cfg.accounts;
-                let body = if (turn / cfg.accounts + j) % 2 == 0 {
+                let body = if (turn / cfg.accounts + j).is_multiple_of(2) {
                     TxBody::Transfer { to: ids[(a + 1) % cfg.accounts], amount: 1 }
                 } else {
                     let mut topic = [0u8; 32];
