@@ -407,11 +407,14 @@ fn run_job(ctx: &Ctx, key: u64, job: &OutJob) -> Result<(), CallError> {
             tracing::info!("portal {room} ({alias}) bridges conversation {conv}");
             Ok(())
         }
-        OutJob::CairnNotice { conv, text } => match ctx.node(|c| c.send(conv, text)) {
-            Ok(_) => Ok(()),
-            Err(e) if retryable(&e) => Err(transient(e)),
-            Err(e) => Err(CallError::Fatal { errcode: "CAIRN_REFUSED".into(), error: e.to_string() }),
-        },
+        // Outbound keys never repeat: the job's key names the notice, sent once across retries.
+        OutJob::CairnNotice { conv, text } => {
+            match ctx.node(|c| c.send_once(conv, text, &format!("bridge-out-{key}"))) {
+                Ok(_) => Ok(()),
+                Err(e) if retryable(&e) => Err(transient(e)),
+                Err(e) => Err(CallError::Fatal { errcode: "CAIRN_REFUSED".into(), error: e.to_string() }),
+            }
+        }
         OutJob::Text { conv, account, handle, envelope, text } => {
             let room = portal_room(ctx, conv)?;
             let user = puppet_id(ctx, account, handle.as_deref())?;

@@ -226,7 +226,7 @@ async fn bench(
             in_flight.spawn(async move {
                 let at = Instant::now();
                 let r = sender
-                    .send(conv, format!("bench message {i}"))
+                    .send(conv, format!("bench message {i}"), None)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 anyhow::Ok((r.id, at))
