@@ -5,6 +5,7 @@ mod bench;
 mod bench_e2e;
 mod bridge_cmd;
 mod client_cmd;
+mod contract_cmd;
 mod demo;
 mod home;
 mod ledger_cmd;
@@ -75,6 +76,12 @@ enum Command {
     Web(web_cmd::WebArgs),
     /// Bridges to other messengers: `cairn bridge matrix` (a Matrix application service).
     Bridge(bridge_cmd::BridgeArgs),
+    /// Ledger contracts: deploy code, instantiate it, execute and query instances.
+    Contract(contract_cmd::ContractArgs),
+    /// Pay an account (id or @handle) from this account's ledger balance.
+    Pay(contract_cmd::PayArgs),
+    /// The ledger balance of this account (or of another), checked against a proof.
+    Balance(contract_cmd::BalanceArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -98,6 +105,9 @@ fn main() -> ExitCode {
         Command::Export(args) => archive_cmd::export(&home, args),
         Command::Import(args) => archive_cmd::import(&home, args),
         Command::Bridge(args) => bridge_cmd::run(&home, args),
+        Command::Contract(args) => contract_cmd::run(&home, args),
+        Command::Pay(args) => contract_cmd::pay(&home, args),
+        Command::Balance(args) => contract_cmd::balance(&home, args),
         Command::Client(cmd) => client_cmd::run(&home, cmd),
     };
     match result {

@@ -6,6 +6,8 @@
 //! - [`client`]: a device's conversations — create, add, remove, leave, self-update — with
 //!   every handshake ordered by a [`cairn_proto::CommitSequencer`] so groups never fork, and
 //!   application messages buffered or dropped by epoch.
+//! - [`policy_ext`]: the conversation's policy contract pinned in the group context, judging
+//!   every handshake before it is merged.
 //! - [`storage`]: OpenMLS state in Cairn's redb file, one transaction per operation.
 //! - [`sequencer`]: an in-memory sequencer for tests and benches.
 //! - [`primitives`]: the MLS derivations, checked against the IETF test vectors.
@@ -16,6 +18,7 @@ pub mod client;
 mod compact;
 pub mod credential;
 pub mod keypackage;
+pub mod policy_ext;
 pub mod primitives;
 pub mod sequencer;
 pub mod storage;

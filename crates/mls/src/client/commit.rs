@@ -30,6 +30,9 @@ pub enum Change {
     SelfUpdate,
     /// Commit proposals waiting in the group (e.g. a member's leave).
     CommitPending,
+    /// Pin this policy in the group context (`None` removes the pin); every member must
+    /// support the policy extension, and the current policy must allow the change.
+    SetPolicy(Option<cairn_contracts::policy::PolicyPin>),
 }
 
 /// A Welcome for new members, as delivered to their inboxes.
@@ -306,6 +309,7 @@ impl Client {
         }
         let provider = &self.provider;
         let past_epochs_max = self.config.past_epochs_max;
+        let gate = self.policy_gate.clone();
         let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
         if !c.group.is_active() {
             return Err(MlsError::NotMember);
@@ -316,6 +320,8 @@ impl Client {
         match processed.into_content() {
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 verify_commit_leaves(&staged)?;
+                // Refused by the pinned policy: skipped by every member alike.
+                gate.check_staged(&c.group, &staged)?;
                 let added: Vec<DeviceCert> = staged
                     .add_proposals()
                     .filter_map(|a| cert_of(a.add_proposal().key_package().leaf_node().credential()))
@@ -420,6 +426,13 @@ impl Client {
                     .map_err(|e| op_err("self update")(e.to_string()))?;
                 (to_bytes(bundle.commit())?, None)
             }
+            Change::SetPolicy(pin) => {
+                let extensions = crate::policy_ext::with_pin(g.extensions(), pin.as_ref())?;
+                let (commit, _, _) = g
+                    .update_group_context_extensions(provider, extensions, signer)
+                    .map_err(|e| op_err("pin the policy")(e.to_string()))?;
+                (to_bytes(&commit)?, None)
+            }
             Change::CommitPending => {
                 if !g.has_pending_proposals() {
                     return Ok(None);
@@ -430,6 +443,10 @@ impl Client {
                 (to_bytes(&commit)?, None)
             }
         };
+        // The same judgement every member makes when the commit is sequenced: refuse it here.
+        if let Some(staged) = g.pending_commit() {
+            self.policy_gate.check_staged(g, staged)?;
+        }
         c.meta.pending_commit = Some(commit.clone());
         let self_update = matches!(change, Change::SelfUpdate);
         c.own = Some(OwnPending { welcome, self_update, built_ms: now_ms });

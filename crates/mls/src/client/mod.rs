@@ -83,6 +83,8 @@ pub struct Client {
     deferred: bool,
     /// Conversations with staged writes, reloaded by [`Client::discard_pending`].
     staged: std::collections::BTreeSet<ConversationId>,
+    /// Judges handshakes under the conversation's pinned policy (see [`crate::policy_ext`]).
+    policy_gate: Arc<crate::policy_ext::PolicyGate>,
 }
 
 impl std::fmt::Debug for Client {
@@ -126,7 +128,27 @@ impl Client {
             conversations,
             deferred: false,
             staged: std::collections::BTreeSet::new(),
+            policy_gate: Arc::new(crate::policy_ext::PolicyGate::shipped()),
         })
+    }
+
+    /// The policy pinned in a conversation's group context at its current epoch, if any.
+    pub fn policy(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<cairn_contracts::policy::PolicyPin>, MlsError> {
+        crate::policy_ext::pinned(&self.conv(id)?.group)
+    }
+
+    /// Replaces the gate that judges handshakes (tests: [`crate::policy_ext::PolicyGate::disabled`]
+    /// plays a modified client).
+    pub fn set_policy_gate(&mut self, gate: Arc<crate::policy_ext::PolicyGate>) {
+        self.policy_gate = gate;
+    }
+
+    /// The gate that runs pinned policies (its runtime and known policy code).
+    pub fn policy_gate(&self) -> &Arc<crate::policy_ext::PolicyGate> {
+        &self.policy_gate
     }
 
     /// This device's signer (certificate, ids).
@@ -146,7 +168,8 @@ impl Client {
 
     fn capabilities() -> Capabilities {
         let expiry = ExtensionType::Unknown(crate::keypackage::EXPIRY_EXTENSION_TYPE);
-        Capabilities::builder().extensions(vec![ExtensionType::LastResort, expiry]).build()
+        let policy = ExtensionType::Unknown(crate::policy_ext::POLICY_EXTENSION_TYPE);
+        Capabilities::builder().extensions(vec![ExtensionType::LastResort, expiry, policy]).build()
     }
 
     fn join_config(&self) -> MlsGroupJoinConfig {
