@@ -10,7 +10,23 @@ fn main() {
     if let Some(n) = std::env::var("RSS_TXS").ok().and_then(|v| v.parse().ok()) {
         cfg.txs = n;
     }
-    let dir = tempfile::tempdir().expect("a temporary directory");
+    // `RSS_REOPEN=<dir>`: only reopen a store a killed run left there (crash recovery time)
+    if let Ok(dir) = std::env::var("RSS_REOPEN") {
+        match cairn_ledger::bench_rss::reopen(std::path::Path::new(&dir), cfg.accounts) {
+            Ok((height, secs)) => println!("reopened at height {height} in {secs:.1} s"),
+            Err(e) => {
+                eprintln!("reopen failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    // `RSS_DIR=<dir>`: keep the store there (to kill the run and reopen it)
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir =
+        std::env::var("RSS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir).expect("the store directory");
+    println!("chain store in {}", dir.display());
     println!(
         "rss bench: {} txs, {} per block, {} accounts (in-process ledger core, chain store on disk)",
         cfg.txs, cfg.per_block, cfg.accounts
@@ -20,7 +36,7 @@ fn main() {
         "txs", "height", "rss_MiB", "peak_MiB", "store_MiB", "secs"
     );
     let mut n = 0;
-    let r = run(&cfg, dir.path(), |s| {
+    let r = run(&cfg, &dir, |s| {
         n += 1;
         if s.txs == cfg.txs && n > 1 + cfg.txs.div_ceil(cfg.sample_every) as usize {
             println!("after reopening the store (a restart; secs = reopen time):");

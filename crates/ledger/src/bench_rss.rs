@@ -65,6 +65,46 @@ pub fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn bench_keys(accounts: usize) -> Vec<SigningKey> {
+    (0..accounts)
+        .map(|i| {
+            let mut seed = [0x5A; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            SigningKey::from_bytes(&seed)
+        })
+        .collect()
+}
+
+/// The bench chain's genesis: fixed validator keys, `ids` funded, production fees.
+fn bench_genesis(ids: &[AccountId]) -> Genesis {
+    use commonware_cryptography::Signer as _;
+    let validators = (0..4u16)
+        .map(|i| crate::genesis::ValidatorInfo {
+            key: commonware_cryptography::ed25519::PrivateKey::from_seed(u64::from(i)).public_key(),
+            p2p: std::net::SocketAddr::from(([127, 0, 0, 1], 1 + 2 * i)),
+            rpc: std::net::SocketAddr::from(([127, 0, 0, 1], 2 + 2 * i)),
+        })
+        .collect();
+    Genesis {
+        chain: "rss-bench".into(),
+        validators,
+        accounts: ids.iter().map(|a| (*a, u64::MAX / 4 / ids.len().max(1) as u64)).collect(),
+        params: Params::default(),
+    }
+}
+
+/// Reopens a bench chain store left in `dir` (e.g. by a killed run with `accounts` accounts):
+/// the finalized height reached and the seconds the reopen took (redb's recovery after an
+/// unclean shutdown, then the state tree's rebuild).
+pub fn reopen(dir: &Path, accounts: usize) -> Result<(u64, f64), OpenError> {
+    let ids: Vec<AccountId> =
+        bench_keys(accounts).iter().map(|k| AccountId(k.verifying_key().to_bytes())).collect();
+    let t0 = Instant::now();
+    let store = ChainStore::open(&dir.join("ledger-chain.redb"))?;
+    let l = Ledger::open(&bench_genesis(&ids), MempoolLimits::default(), store)?;
+    Ok((l.status().height, t0.elapsed().as_secs_f64()))
+}
+
 /// Runs the bench with its chain store in `dir`, calling `report` with each sample (the first
 /// at genesis). The last sample is taken after reopening the store (a restart): its `secs` is
 /// the time the reopen took.
@@ -73,20 +113,9 @@ pub fn run(
     dir: &Path,
     mut report: impl FnMut(&RssSample),
 ) -> Result<Vec<RssSample>, OpenError> {
-    let keys: Vec<SigningKey> = (0..cfg.accounts)
-        .map(|i| {
-            let mut seed = [0x5A; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            SigningKey::from_bytes(&seed)
-        })
-        .collect();
+    let keys = bench_keys(cfg.accounts);
     let ids: Vec<AccountId> = keys.iter().map(|k| AccountId(k.verifying_key().to_bytes())).collect();
-    let genesis = Genesis {
-        chain: "rss-bench".into(),
-        validators: Genesis::local("rss-bench", 4, 1, Vec::new())?.0.validators,
-        accounts: ids.iter().map(|a| (*a, u64::MAX / 4 / cfg.accounts as u64)).collect(),
-        params: Params::default(),
-    };
+    let genesis = bench_genesis(&ids);
     let chain = genesis.chain_id();
     let path = dir.join("ledger-chain.redb");
     let ledger = Ledger::open(&genesis, MempoolLimits::default(), ChainStore::open(&path)?)?;
