@@ -203,3 +203,22 @@ async fn relayed_node_listens_again_after_the_relay_restarts() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_name_without_peer_id_is_dialled_again_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Nobody listens there yet: the first dial fails.
+    let mut a_cfg = node(dir.path(), "a", &["/ip4/127.0.0.1/tcp/0"]);
+    a_cfg.bootstrap = vec![format!("/dns4/localhost/tcp/{port}").parse().unwrap()];
+    let a = start(a_cfg).await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.status().await.unwrap().peers, 0);
+    // The bootstrap node comes up; a reaches it by itself (backoff 1 s, 2 s, 4 s, …).
+    let b = start(node(dir.path(), "b", &[&format!("/ip4/127.0.0.1/tcp/{port}")])).await.unwrap();
+    wait_peers(&a, 1, 20, "a redialling its bootstrap name").await;
+    wait_peers(&b, 1, 5, "b seeing a").await;
+    for n in [&a, &b] {
+        n.shutdown().await;
+    }
+}

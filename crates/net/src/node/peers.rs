@@ -1,6 +1,7 @@
 //! The actor's side of the peer book ([`crate::peerbook`]): loaded from `DIR/peers` at start
 //! (bootstrap addresses with a peer id are added as seeds), fed with connections and identify
-//! answers, redialled on the tick while fewer than `dial_target` peers are connected, and
+//! answers, redialled on the tick while fewer than `dial_target` peers are connected (bootstrap
+//! addresses without a peer id, such as a DNS name, while none is connected), and
 //! saved atomically (temp file, fsync, rename, directory fsync) at most every
 //! `PEER_BOOK_SAVE_EVERY_MS` when it changed, and at shutdown. The file is at most
 //! `PEER_BOOK_BYTES_MAX` (≈ 340 KiB); writing it blocks the actor for one small fsync.
@@ -16,7 +17,7 @@ use tracing::{debug, warn};
 use super::actor::Node;
 use super::config::NodeConfig;
 use super::now_ms;
-use crate::peerbook::{PEER_BOOK_BYTES_MAX, PeerBook};
+use crate::peerbook::{PEER_BOOK_BYTES_MAX, PeerBook, backoff_ms};
 
 /// The peer book's file in the data dir.
 pub(super) const PEER_BOOK_FILE: &str = "peers";
@@ -24,12 +25,19 @@ pub(super) const PEER_BOOK_FILE: &str = "peers";
 const PEER_BOOK_SAVE_EVERY_MS: u64 = 10_000;
 /// Peers redialled per tick, at most.
 const REDIALS_PER_TICK_MAX: usize = 8;
+/// Bootstrap addresses without a peer id kept for redialling, at most.
+const ANONYMOUS_BOOTSTRAP_MAX: usize = 16;
 
 /// The book and where it is saved.
 pub(super) struct Book {
     book: PeerBook,
     path: PathBuf,
     saved_ms: u64,
+    /// Bootstrap addresses without `/p2p/ID` (the book keys peers by id, so they cannot be
+    /// seeds): dialled again while no peer at all is connected, with the same backoff.
+    anonymous: Vec<Multiaddr>,
+    anonymous_attempts: u32,
+    anonymous_next_ms: u64,
 }
 
 /// Loads the book of `config` (if kept), seeded with the bootstrap peers. A file that cannot be
@@ -53,12 +61,24 @@ pub(super) fn load(config: &NodeConfig, local: &PeerId) -> Option<Book> {
             PeerBook::new()
         }
     };
+    let mut anonymous = Vec::new();
     for b in &config.bootstrap {
-        if crate::peerbook::split_peer(b).is_some_and(|(p, _)| p != *local) {
-            book.seed(b);
+        match crate::peerbook::split_peer(b) {
+            Some((p, _)) if p != *local => book.seed(b),
+            Some(_) => {}
+            None if anonymous.len() < ANONYMOUS_BOOTSTRAP_MAX => anonymous.push(b.clone()),
+            None => {}
         }
     }
-    Some(Book { book, path, saved_ms: now_ms() })
+    let now = now_ms();
+    Some(Book {
+        book,
+        path,
+        saved_ms: now,
+        anonymous,
+        anonymous_attempts: 1, // dialled once at start
+        anonymous_next_ms: now + backoff_ms(0),
+    })
 }
 
 fn read(path: &Path) -> Result<PeerBook, String> {
@@ -142,6 +162,18 @@ impl Node {
                     debug!(%peer, "redial: {e}");
                 }
             }
+        }
+        let now = now_ms();
+        if connected == 0 && !b.anonymous.is_empty() && now >= b.anonymous_next_ms {
+            b.anonymous_next_ms = now + backoff_ms(b.anonymous_attempts);
+            b.anonymous_attempts = b.anonymous_attempts.saturating_add(1);
+            for a in b.anonymous.clone() {
+                if let Err(e) = self.swarm.dial(a.clone()) {
+                    debug!("redial bootstrap {a}: {e}");
+                }
+            }
+        } else if connected > 0 {
+            b.anonymous_attempts = 0;
         }
         b.save(false);
     }
