@@ -267,8 +267,11 @@ where
             }
         }
     }
-    if processed > 0
-        && let Some(fin) = marshal.get_finalization(Height::new(processed)).await
+    // the tip's certificate (proofs are served against it) if the store did not get it
+    let tip = ledger.status();
+    if tip.height > 0
+        && ledger.finalization(&tip.digest).is_none()
+        && let Some(fin) = marshal.get_finalization(Height::new(tip.height)).await
     {
         use commonware_codec::Encode as _;
         ledger.record_finalization(fin.proposal.payload.0, fin.encode().to_vec());
