@@ -22,7 +22,8 @@ pub(crate) struct LedgerArgs {
 
 #[derive(Debug, Subcommand)]
 enum LedgerCommand {
-    /// Write a local genesis for N validators on 127.0.0.1 and one key file per validator.
+    /// Write a genesis for N validators (on 127.0.0.1, or at --addr) and one key file per
+    /// validator.
     Genesis {
         /// Number of validators (3f+1 tolerates f faulty).
         #[arg(long, default_value_t = 4)]
@@ -33,6 +34,10 @@ enum LedgerCommand {
         /// First port: validator i uses p2p BASE+2i and rpc BASE+2i+1.
         #[arg(long, default_value_t = 26100)]
         base_port: u16,
+        /// Validator i's public address IP:PORT (p2p at PORT, rpc at PORT+1), once per
+        /// validator in order, instead of 127.0.0.1 (--base-port is then unused).
+        #[arg(long = "addr", value_delimiter = ',', value_name = "IP:PORT")]
+        addrs: Vec<String>,
         /// Chain name.
         #[arg(long, default_value = "local")]
         chain: String,
@@ -89,20 +94,54 @@ enum LedgerCommand {
     },
 }
 
+/// The (p2p, rpc) addresses of `--addr` (empty: none given), one per validator; a DNS name
+/// is refused with what to do instead.
+fn validator_addrs(
+    addrs: &[String],
+    validators: usize,
+) -> anyhow::Result<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+    if !addrs.is_empty() && addrs.len() != validators {
+        bail!(
+            "--addr given {} times for {validators} validators: give one IP:PORT per validator",
+            addrs.len()
+        );
+    }
+    addrs
+        .iter()
+        .map(|a| {
+            let p2p: std::net::SocketAddr = a.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--addr {a}: expected IP:PORT (e.g. 203.0.113.7:26100 or [2001:db8::7]:26100); the \
+                     genesis names validators by IP address, not DNS name: resolve the name first"
+                )
+            })?;
+            let rpc_port = p2p
+                .port()
+                .checked_add(1)
+                .ok_or_else(|| anyhow::anyhow!("--addr {a}: the rpc port PORT+1 must be below 65536"))?;
+            Ok((p2p, std::net::SocketAddr::new(p2p.ip(), rpc_port)))
+        })
+        .collect()
+}
+
 /// Runs a ledger command; `home` is the resolved --home (used by `status` without --genesis
 /// and by `account`).
 pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
     match args.command {
-        LedgerCommand::Genesis { validators, out, base_port, chain, fee_per_byte, faucet } => {
+        LedgerCommand::Genesis { validators, out, base_port, chain, fee_per_byte, faucet, addrs } => {
             if validators == 0 {
                 bail!("--validators must be at least 1 (use 4 to tolerate one faulty validator)");
             }
+            let addrs = validator_addrs(&addrs, validators)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let gpath = out.join("genesis.txt");
             if gpath.exists() {
                 bail!("{} already exists; choose another --out", gpath.display());
             }
             let (mut genesis, keys) = Genesis::local(&chain, validators, base_port, Vec::new())?;
+            for (v, (p2p, rpc)) in genesis.validators.iter_mut().zip(addrs) {
+                (v.p2p, v.rpc) = (p2p, rpc);
+            }
             genesis.params.fee_per_byte = fee_per_byte;
             genesis.params.faucet = faucet;
             genesis.params.check().map_err(|e| anyhow::anyhow!("--fee-per-byte / --faucet: {e}"))?;

@@ -21,11 +21,12 @@ use tracing::{info, warn};
 /// `cairn up`.
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key
-    /// (flags > CAIRN_* environment > this file > defaults).
+    /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
+    /// relay, via_relay, mdns (flags > CAIRN_* environment > this file > defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Peer to join through (multiaddr with /p2p/…); repeat for several.
+    /// Peer to join through (multiaddr with /p2p/…, by IP or DNS name:
+    /// /dns4/example.org/tcp/443/ws/p2p/…); repeat for several.
     #[arg(long, env = "CAIRN_BOOTSTRAP", value_delimiter = ',', value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
     /// Also run a ledger validator (needs --validator-key and a genesis naming it).
@@ -35,8 +36,21 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "CAIRN_STORE")]
     store: bool,
     /// P2P listen address (multiaddr); repeat for several. Default: 127.0.0.1, TCP and QUIC.
+    /// WebSocket: /ip4/0.0.0.0/tcp/443/ws (alongside TCP: give both).
     #[arg(long, env = "CAIRN_LISTEN", value_delimiter = ',', value_name = "MULTIADDR")]
     listen: Vec<String>,
+    /// Serve as a circuit relay for nodes that cannot be reached directly (bounded: 128
+    /// reservations, 64 circuits, 64 MiB and 1 h per circuit).
+    #[arg(long, env = "CAIRN_RELAY")]
+    relay: bool,
+    /// Be reachable through this relay (multiaddr with /p2p/RELAY): for a node behind NAT or
+    /// a firewall that can only dial out. It is also joined through.
+    #[arg(long, env = "CAIRN_VIA_RELAY", value_name = "MULTIADDR")]
+    via_relay: Option<String>,
+    /// Discover peers on the local network with mDNS (announces this node's addresses to the
+    /// LAN; off by default).
+    #[arg(long, env = "CAIRN_MDNS")]
+    mdns: bool,
     /// Local API address (loopback only). Default 127.0.0.1:0 (any free port).
     #[arg(long, env = "CAIRN_API", value_name = "ADDR")]
     api: Option<String>,
@@ -81,6 +95,9 @@ struct FileConfig {
     store: Option<bool>,
     validator: Option<bool>,
     validator_key: Option<PathBuf>,
+    relay: Option<bool>,
+    via_relay: Option<String>,
+    mdns: Option<bool>,
 }
 
 /// The merged configuration of `up`.
@@ -94,6 +111,9 @@ pub(crate) struct UpConfig {
     pub(crate) validator: bool,
     pub(crate) validator_key: PathBuf,
     pub(crate) invitations: cairn_node::engine::Invitations,
+    pub(crate) relay: bool,
+    pub(crate) via_relay: Option<String>,
+    pub(crate) mdns: bool,
 }
 
 impl UpArgs {
@@ -103,7 +123,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -122,6 +142,9 @@ impl UpArgs {
                 .or(file.validator_key)
                 .unwrap_or_else(|| home.join("validator.key")),
             invitations: self.invitations.into(),
+            relay: self.relay || file.relay.unwrap_or(false),
+            via_relay: self.via_relay.or(file.via_relay),
+            mdns: self.mdns || file.mdns.unwrap_or(false),
         })
     }
 }
@@ -198,6 +221,16 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
+/// The addresses others reach this node at: its listen addresses and, with --via-relay, its
+/// address through the relay (live once the relay accepted the reservation).
+fn p2p_addrs(listen: &[libp2p_addr::Multiaddr], cfg: &UpConfig, me: &cairn_net::PeerId) -> Vec<String> {
+    let mut out: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    if let Some(r) = &cfg.via_relay {
+        out.push(format!("{r}/p2p-circuit/p2p/{me}"));
+    }
+    out
+}
+
 /// Runs the node of `home` until a signal or an API shutdown; `extra_bootstrap` are added.
 async fn run_node(
     home: &Path,
@@ -212,6 +245,16 @@ async fn run_node(
     net.bootstrap = parse_addrs(&cfg.bootstrap, "bootstrap")?;
     net.bootstrap.extend(extra_bootstrap);
     net.serve_store = cfg.store;
+    net.relay_server = cfg.relay;
+    net.mdns = cfg.mdns;
+    if let Some(r) = &cfg.via_relay {
+        let relay = parse_addrs(std::slice::from_ref(r), "via-relay")?.remove(0);
+        if !relay.iter().any(|p| matches!(p, cairn_net::Protocol::P2p(_))) {
+            bail!("--via-relay {r}: the relay's address must end with /p2p/<its peer id>");
+        }
+        net.bootstrap.push(relay.clone());
+        net.listen_via_relay = Some(relay);
+    }
     // The libp2p identity survives restarts: `DIR/net/node.key` (0600), so peers that saved
     // this node's address find it again. A user node seals it under a key derived from its
     // device key; a store-only node has no device key, so its file is plain (its peer id is
@@ -228,12 +271,15 @@ async fn run_node(
     if cfg.validator {
         roles.push("validator".to_owned());
     }
+    if cfg.relay {
+        roles.push("relay".to_owned());
+    }
     let Some(identity) = identity else {
         // Store node (and/or validator) without a user identity: no local API.
         let node = cairn_net::node::start(net).await?;
         let run = RunFile {
             api: String::new(),
-            p2p: node.listen_addrs.iter().map(ToString::to_string).collect(),
+            p2p: p2p_addrs(&node.listen_addrs, cfg, &node.peer_id),
             peer_id: node.peer_id.to_string(),
             pid: std::process::id(),
         };
@@ -264,7 +310,7 @@ async fn run_node(
     let token = load_or_create_token(home)?;
     let run = RunFile {
         api: api_url.clone(),
-        p2p: service.net().listen_addrs.iter().map(ToString::to_string).collect(),
+        p2p: p2p_addrs(&service.net().listen_addrs, cfg, &service.net().peer_id),
         peer_id: service.net().peer_id.to_string(),
         pid: std::process::id(),
     };
@@ -370,7 +416,7 @@ pub(crate) fn spawn_validator(dir: &Path, i: usize, logs: &Path) -> Result<Child
         .context("starting a validator process")
 }
 
-/// `cairn dev`: N validators (child processes), a store node and this user's node.
+/// `cairn dev`: N validators (child processes), two store nodes and this user's node.
 pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
     if args.validators == 0 {
         bail!("--validators must be at least 1");
@@ -398,15 +444,30 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         validator: false,
         validator_key: PathBuf::new(),
         invitations: cairn_node::engine::Invitations::Ask,
+        relay: false,
+        via_relay: None,
+        mdns: false,
     };
     let rt = runtime()?;
     rt.block_on(async {
         let mut store_cfg = NodeConfig::new(dev_dir.join("store"));
         store_cfg.serve_store = true;
         let store = cairn_net::node::start(store_cfg).await?;
+        // A second store node: a send counts as stored once `acks_required` (2) distinct
+        // store nodes hold it, so with one the dev network's sends would never be "stored".
+        let mut second_cfg = NodeConfig::new(dev_dir.join("store-2"));
+        second_cfg.serve_store = true;
+        second_cfg.bootstrap = store.listen_addrs.clone();
+        let second = cairn_net::node::start(second_cfg).await?;
         eprintln!(
-            "store node: {}",
-            store.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+            "store nodes: {}",
+            store
+                .listen_addrs
+                .iter()
+                .chain(&second.listen_addrs)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         if let Some(addr) = store.listen_addrs.iter().find(|a| a.to_string().contains("/tcp/")) {
             let addr = addr.to_string();
@@ -417,7 +478,9 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
                 cfg.genesis.display()
             );
         }
-        let r = run_node(home, &cfg, Some(identity), store.listen_addrs.clone()).await;
+        let stores = store.listen_addrs.iter().chain(&second.listen_addrs).cloned().collect();
+        let r = run_node(home, &cfg, Some(identity), stores).await;
+        second.shutdown().await;
         store.shutdown().await;
         r
     })?;

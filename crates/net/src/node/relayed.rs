@@ -51,7 +51,10 @@ impl Node {
     /// A listener produced an address: a reservation through the relay holds.
     pub(super) fn relayed_addr(&mut self, listener: ListenerId) {
         if self.relayed.listener == Some(listener) {
-            info!("reachable through the relay");
+            // One event per relay address; say it once per reservation.
+            if self.relayed.attempts > 0 {
+                info!("reachable through the relay");
+            }
             self.relayed.attempts = 0;
         }
     }
@@ -59,7 +62,11 @@ impl Node {
     /// A listener closed: if it was the relayed one, listen again after the backoff.
     pub(super) fn relayed_closed(&mut self, listener: ListenerId, why: &str) {
         if self.relayed.listener == Some(listener) {
-            info!("the relay dropped this node's reservation ({why}); listening through it again");
+            if self.relayed.attempts == 0 {
+                info!("the relay dropped this node's reservation ({why}); listening through it again");
+            } else {
+                debug!("no reservation at the relay ({why}); trying again after a backoff");
+            }
             self.relayed.listener = None;
         }
     }
