@@ -263,6 +263,9 @@ fn poll_cairn(ctx: &Ctx) -> Result<bool, String> {
                 handle,
             }))
             .collect();
+        // Every poll, new messages or not. Either order is safe: an erased message is no longer
+        // listed, and the redaction of a message never relayed is a no-op.
+        more |= poll_erasures(ctx, &c.id)?;
         let after = ctx.db.cursor(&c.id).map_err(|e| e.to_string())?;
         let q = TailQuery { after: Some(after), limit: Some(BATCH), wait_ms: None };
         let msgs = ctx.node(|n| n.messages(&c.id, &q)).map_err(|e| e.to_string())?;
@@ -295,9 +298,7 @@ fn poll_cairn(ctx: &Ctx) -> Result<bool, String> {
         } else {
             tracing::warn!("outbound queue full: reading Cairn pauses until it drains");
             ctx.sleep(IDLE);
-            continue;
         }
-        more |= poll_erasures(ctx, &c.id)?;
     }
     Ok(more)
 }

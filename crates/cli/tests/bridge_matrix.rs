@@ -5,7 +5,9 @@
 //!
 //! Checks: join by alias; 401/403 on a missing/wrong homeserver token; 50 messages each way in
 //! order and exactly once; a replayed transaction and an event from the bridge's own namespace
-//! are not relayed; the bridge SIGKILLed and restarted, and Synapse restarted, lose nothing.
+//! are not relayed; the bridge SIGKILLed and restarted, and Synapse restarted, lose nothing (an
+//! erasure made while the bridge was down is redacted after its restart, and two Matrix
+//! messages with the same text both arrive).
 //! Prints the latency table (Cairn → Matrix, Matrix → Cairn through the bridge, and Synapse's
 //! own Matrix → Matrix in the same run): figures, not assertions.
 //!
@@ -528,13 +530,33 @@ fn matrix_bridge_against_a_real_synapse() {
         (!cairn_texts(&alice, &conv).iter().any(|t| t.ends_with("to be redacted"))).then_some(())
     });
 
-    // The bridge is SIGKILLed; both sides keep talking; after its restart nothing is lost.
+    // The bridge is SIGKILLed; both sides keep talking, a relayed Cairn message is erased and
+    // two Matrix messages carry the same text; after its restart nothing is lost, the erasure
+    // is mirrored and both twins arrive.
     sigkill(&mut net, "bridge-matrix");
     for i in 0..10 {
         alice.send(&conv, &format!("down-c2m {i}")).unwrap();
         mx.send(&mara, &room, &format!("down-m2c-{i}"), &format!("down-m2c {i}"));
     }
+    let second = alice
+        .messages(&conv, &TailQuery::default())
+        .unwrap()
+        .into_iter()
+        .find(|m| m.text == "c2m 1")
+        .unwrap();
+    alice.erase(&conv, &second.id).unwrap();
+    mx.send(&mara, &room, "twin-a", "twin");
+    mx.send(&mara, &room, "twin-b", "twin");
     start_bridge(&mut net, &reg, hs_port);
+    let eid = mara_f.ids["c2m 1"].clone();
+    wait_for("an erasure made while the bridge was down to be redacted", Duration::from_secs(120), || {
+        let (_, v) = mx.cs("GET", &format!("/rooms/{}/event/{}", enc(&room), enc(&eid)), &mara, None);
+        v["content"].as_object().is_some_and(|c| c.is_empty()).then_some(())
+    });
+    wait_for("both twins in Cairn", Duration::from_secs(120), || {
+        (cairn_texts(&alice, &conv).iter().filter(|t| t.ends_with("(Matrix): twin")).count() == 2)
+            .then_some(())
+    });
     assert!(
         mara_f.wait_body(&mx, Duration::from_secs(120), |b| b == "down-c2m 9"),
         "queued Cairn messages after a restart"
