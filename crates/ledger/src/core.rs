@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cairn_proto::Topic;
 
 use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block, Header};
+pub use crate::chain_store::OpenError;
 use crate::chain_store::{ChainStore, ChainStoreError};
-use crate::genesis::{Genesis, GenesisError};
+use crate::genesis::Genesis;
 use crate::light::StateProof;
 pub use crate::mempool::{MEMPOOL_BYTES_MAX, MEMPOOL_MAX, MempoolLimits, NONCE_WINDOW, SIGNER_BYTES_MAX};
 use crate::mempool::{Mempool, Pooled};
@@ -40,27 +41,21 @@ pub const BLOCK_CACHE_MAX: usize = 16;
 /// validators). Overflow policy: the oldest is forgotten (that block is served without one
 /// until the next certificate arrives).
 pub const PENDING_CERTS_MAX: usize = 1024;
+/// Finalized blocks held while waiting for a lower height or for the chain store to accept
+/// a commit (blocks). Overflow policy: the newcomer is dropped with a fault.
+const PENDING_BLOCKS_MAX: usize = 1024;
+
+/// What became of a finalized block.
+enum Applied {
+    Yes,
+    /// Refused for good (recorded as a fault).
+    No,
+    /// Valid, but the chain store failed to commit it.
+    NotStored,
+}
+
 /// Internal fault messages kept (messages). Overflow policy: later faults are counted, not kept.
 const FAULTS_MAX: usize = 64;
-
-/// Why a ledger could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The genesis is invalid.
-    #[error(transparent)]
-    Genesis(#[from] GenesisError),
-    /// The chain store failed or belongs to another chain.
-    #[error(transparent)]
-    Store(#[from] ChainStoreError),
-    /// A stored block does not re-execute to its state root (the store is damaged).
-    #[error("stored finalized block {height} does not re-execute: {reason}; restore the data directory")]
-    Replay {
-        /// Height of the block.
-        height: u64,
-        /// What went wrong.
-        reason: String,
-    },
-}
 
 /// Where a transaction stands, as seen by one validator.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -662,12 +657,24 @@ impl Ledger {
             }
             return;
         }
+        if c.pending.len() >= PENDING_BLOCKS_MAX && !c.pending.contains_key(&h) {
+            // marshal delivers in height order, so this only fills while the chain store
+            // fails; marshal redelivers from its processed floor after a restart
+            c.fault(format!("finalized block {h} dropped: {PENDING_BLOCKS_MAX} blocks wait already"));
+            return;
+        }
         c.pending.insert(h, block);
         loop {
             let next = c.tip().0 + 1;
             let Some(b) = c.pending.remove(&next) else { break };
-            if !c.apply_finalized(b) {
-                break;
+            match c.apply_finalized(Arc::clone(&b)) {
+                Applied::Yes => {}
+                Applied::No => break,
+                Applied::NotStored => {
+                    // the store failed (disk full?): retried at the next delivery
+                    c.pending.insert(next, b);
+                    break;
+                }
             }
         }
     }
@@ -811,15 +818,15 @@ impl Core {
     }
 
     /// Applies the next finalized block: stores it with its outcomes, handshakes and
-    /// certificate (one durable commit), then advances the in-memory state. Returns false if
-    /// it was not applied (recorded as a fault).
-    fn apply_finalized(&mut self, block: Arc<Block>) -> bool {
+    /// certificate (one durable commit), then advances the in-memory state. A block not applied
+    /// is recorded as a fault.
+    fn apply_finalized(&mut self, block: Arc<Block>) -> Applied {
         let id = block.id();
         let h = block.header.height;
         let (_, tip) = self.tip();
         if block.header.parent != tip {
             self.fault(format!("finalized block {h} does not extend the finalized tip"));
-            return false;
+            return Applied::No;
         }
         let (layer, receipts) = match self.spec.remove(&id) {
             Some(s) => (s.layer, s.receipts),
@@ -831,11 +838,11 @@ impl Core {
                     Ok(ex) if ex.layer.root == block.header.state_root => (ex.layer, ex.receipts),
                     Ok(_) => {
                         self.fault(format!("finalized block {h} has a wrong state root"));
-                        return false;
+                        return Applied::No;
                     }
                     Err(e) => {
                         self.fault(format!("finalized block {h} does not execute: {e}"));
-                        return false;
+                        return Applied::No;
                     }
                 }
             }
@@ -849,11 +856,14 @@ impl Core {
                 handshakes.push((*topic, *seq, payload));
             }
         }
-        let cert = self.pending_certs.remove(&id);
+        let cert = self.pending_certs.get(&id).cloned();
         if let Err(e) = self.store.commit_block(&block, &receipts, &handshakes, cert.as_deref()) {
             self.fault(format!("finalized block {h} could not be stored: {e}"));
-            return false;
+            // keep the executed layer so the retry does not execute again
+            self.spec.insert(id, Spec { parent: block.header.parent, height: h, layer, receipts });
+            return Applied::NotStored;
         }
+        self.pending_certs.remove(&id);
         self.db.apply(layer);
         for r in &receipts {
             self.remove_from_pool(&r.tx);
@@ -871,6 +881,6 @@ impl Core {
             self.sweep(h);
         }
         self.pool.compact_order();
-        true
+        Applied::Yes
     }
 }

@@ -67,6 +67,25 @@ pub enum ChainStoreError {
     Mismatch(&'static str),
 }
 
+/// Why a ledger could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The genesis is invalid.
+    #[error(transparent)]
+    Genesis(#[from] crate::genesis::GenesisError),
+    /// The chain store failed or belongs to another chain.
+    #[error(transparent)]
+    Store(#[from] ChainStoreError),
+    /// A stored block does not re-execute to its state root (the store is damaged).
+    #[error("stored finalized block {height} does not re-execute: {reason}; restore the data directory")]
+    Replay {
+        /// Height of the block.
+        height: u64,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
 fn db<E: Into<redb::Error>>(e: E) -> ChainStoreError {
     ChainStoreError::Db(e.into().to_string())
 }
