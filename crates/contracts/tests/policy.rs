@@ -259,3 +259,35 @@ fn a_policy_must_match_its_pin() {
     let wrong = PolicyPin { code_hash: [0; 32], config: vec![] };
     assert!(Policy::new(rt(), wrong, moderation::WASM).is_err());
 }
+
+mod decoders {
+    use cairn_contracts::policy::{PolicyPin, Verdict};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Garbage from a policy or a group context never panics a decoder, and whatever
+        /// decodes re-encodes to the same bytes (one encoding per value).
+        #[test]
+        fn garbage_decodes_to_an_error_or_a_canonical_value(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(v) = Verdict::decode(&bytes)
+                && !bytes.is_empty()
+            {
+                prop_assert_eq!(v.encode(), bytes.clone());
+            }
+            if let Ok(p) = PolicyPin::decode(&bytes) {
+                prop_assert_eq!(p.encode(), bytes);
+            }
+        }
+
+        #[test]
+        fn verdicts_round_trip(reason in "[a-z ]{0,40}", tags in proptest::collection::vec("[a-z]{1,10}", 0..8),
+                               body in proptest::collection::vec(any::<u8>(), 0..100), who in any::<[u8; 32]>()) {
+            for v in [Verdict::Deny(reason.clone()), Verdict::Label(tags.clone()), Verdict::Reply(body.clone()),
+                      Verdict::ProposeRemove(who)] {
+                prop_assert_eq!(Verdict::decode(&v.encode()).unwrap(), v);
+            }
+        }
+    }
+}
