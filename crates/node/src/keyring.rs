@@ -155,6 +155,30 @@ impl Keyring {
         Ok(())
     }
 
+    /// Tag of an account in this device's contact tables: a keyed hash, so `node.redb` names
+    /// no account in clear (only this keyring can compute the tag of a given account).
+    pub fn contact_tag(&self, account: &[u8; 32]) -> [u8; 32] {
+        let key = self.contacts_key();
+        *blake3::keyed_hash(&key, account).as_bytes()
+    }
+
+    /// Seals a contact record (`aad` names its row).
+    pub fn seal_contact(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, NodeError> {
+        sealed::seal(&self.contacts_key(), aad, plain)
+            .map_err(|e| NodeError::Internal(format!("sealing: {e}")))
+    }
+
+    /// Opens a contact record sealed by [`Self::seal_contact`].
+    pub fn open_contact(&self, aad: &[u8], sealed_record: &[u8]) -> Result<Zeroizing<Vec<u8>>, NodeError> {
+        sealed::open(&self.contacts_key(), aad, sealed_record).map_err(|_| {
+            storage("a sealed contact record does not open: tampered or another device's database")
+        })
+    }
+
+    fn contacts_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key("cairn 2026-12 contacts key v1", self.root.as_slice()))
+    }
+
     /// Seals a plaintext of conversation `conv` for envelope `id`.
     pub fn seal(&self, conv: &[u8; 32], id: &Id, plain: &[u8]) -> Result<Vec<u8>, NodeError> {
         let key = self.key(conv, true)?.ok_or_else(|| NodeError::Internal("no data key".into()))?;

@@ -2,9 +2,12 @@
 //! `node.redb`, until the user accepts (the node joins) or declines them — like message
 //! requests in Signal. Nothing about a waiting Welcome reaches MLS state or the mesh.
 //!
-//! Tables:
-//! - `node_requests`: conversation id → [`InviteRequest`] record and the Welcome bundle.
-//! - `node_accepted`: account id → when the user accepted it (its Welcomes join at once).
+//! Tables (contact data is sealed at rest with the keyring's contacts key, so a copy of
+//! `node.redb` names no inviter or accepted account in clear):
+//! - `node_requests`: conversation id → version 2, the inviter's tag (a keyed hash, to count
+//!   requests per inviter without opening them), and the sealed [`InviteRequest`] record with
+//!   the Welcome bundle.
+//! - `node_accepted`: the account's tag → when the user accepted it (its Welcomes join at once).
 //! - `node_declined`: conversation id → when the user declined it (a re-delivered Welcome for
 //!   it is ignored).
 //!
@@ -40,8 +43,10 @@ pub const ACCEPTED_MAX: u64 = 4_096;
 /// Declined conversations remembered at most. Overflow policy: the oldest-keyed decline is
 /// forgotten (a re-delivered Welcome for it only becomes a request again).
 pub const DECLINED_MAX: u64 = 1_024;
-/// Format version of a stored request.
+/// Format version of a stored request record (inside the seal).
 const REQUEST_VERSION: u8 = 1;
+/// Format version of a stored request row: tag and sealed record.
+const REQUEST_ROW_VERSION: u8 = 2;
 
 fn storage(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(e.to_string())
@@ -146,11 +151,12 @@ impl NodeDb {
                 return Err(RequestRefused::Full { max: REQUESTS_MAX }.into());
             }
             // bounded scan: at most REQUESTS_MAX rows
+            let tag = self.keyring().contact_tag(&req.inviter.0);
             let (mut bytes, mut same) = (bundle.len() as u64, 0usize);
             for row in t.iter().map_err(storage)? {
                 let (_, v) = row.map_err(storage)?;
                 bytes = bytes.saturating_add(v.value().len() as u64);
-                if v.value().get(1..33) == Some(req.inviter.0.as_slice()) {
+                if v.value().get(1..33) == Some(tag.as_slice()) {
                     same += 1;
                 }
             }
@@ -160,7 +166,13 @@ impl NodeDb {
             if bytes > REQUESTS_BYTES_MAX {
                 return Err(RequestRefused::Full { max: REQUESTS_MAX }.into());
             }
-            t.insert(&req.conversation, req.encode_with(bundle).as_slice()).map_err(storage)?;
+            let sealed =
+                self.keyring().seal_contact(&request_aad(&req.conversation), &req.encode_with(bundle))?;
+            let mut row = Vec::with_capacity(33 + sealed.len());
+            row.push(REQUEST_ROW_VERSION);
+            row.extend_from_slice(&tag);
+            row.extend_from_slice(&sealed);
+            t.insert(&req.conversation, row.as_slice()).map_err(storage)?;
         }
         tx.commit().map_err(storage)?;
         Ok(())
@@ -173,7 +185,7 @@ impl NodeDb {
         let mut out = Vec::new();
         for row in t.iter().map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
-            out.push(InviteRequest::decode(*k.value(), v.value()).map_err(storage)?.0);
+            out.push(self.open_request(k.value(), v.value())?.0);
         }
         Ok(out)
     }
@@ -183,7 +195,19 @@ impl NodeDb {
         let tx = self.database().begin_read().map_err(storage)?;
         let t = tx.open_table(REQUESTS).map_err(storage)?;
         let Some(v) = t.get(conversation).map_err(storage)? else { return Ok(None) };
-        Ok(Some(InviteRequest::decode(*conversation, v.value()).map_err(storage)?))
+        Ok(Some(self.open_request(conversation, v.value())?))
+    }
+
+    fn open_request(
+        &self,
+        conversation: &[u8; 32],
+        row: &[u8],
+    ) -> Result<(InviteRequest, Vec<u8>), NodeError> {
+        if row.len() < 33 || row[0] != REQUEST_ROW_VERSION {
+            return Err(storage("a stored invitation request has an unknown format"));
+        }
+        let plain = self.keyring().open_contact(&request_aad(conversation), &row[33..])?;
+        InviteRequest::decode(*conversation, &plain).map_err(storage)
     }
 
     /// Removes a request; with `declined`, remembers the decline (bounded: the oldest-keyed
@@ -216,13 +240,14 @@ impl NodeDb {
         let tx = self.begin()?;
         {
             let mut t = tx.open_table(ACCEPTED).map_err(storage)?;
-            if t.get(&account.0).map_err(storage)?.is_none() && t.len().map_err(storage)? >= ACCEPTED_MAX {
+            let tag = self.keyring().contact_tag(&account.0);
+            if t.get(&tag).map_err(storage)?.is_none() && t.len().map_err(storage)? >= ACCEPTED_MAX {
                 tracing::warn!(
                     "{ACCEPTED_MAX} accounts accepted already: {} not remembered",
                     account.to_text()
                 );
             } else {
-                t.insert(&account.0, now_ms).map_err(storage)?;
+                t.insert(&tag, now_ms).map_err(storage)?;
             }
         }
         tx.commit().map_err(storage)
@@ -232,8 +257,15 @@ impl NodeDb {
     pub fn is_accepted(&self, account: &AccountId) -> Result<bool, NodeError> {
         let tx = self.database().begin_read().map_err(storage)?;
         let t = tx.open_table(ACCEPTED).map_err(storage)?;
-        Ok(t.get(&account.0).map_err(storage)?.is_some())
+        Ok(t.get(&self.keyring().contact_tag(&account.0)).map_err(storage)?.is_some())
     }
+}
+
+/// Associated data of a sealed request: its conversation (a row cannot be moved to another).
+fn request_aad(conversation: &[u8; 32]) -> Vec<u8> {
+    let mut aad = b"cairn 2026-12 request v1".to_vec();
+    aad.extend_from_slice(conversation);
+    aad
 }
 
 /// A Welcome refused as a request, or the database failed.

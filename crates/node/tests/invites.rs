@@ -9,6 +9,7 @@ use std::sync::Arc;
 use cairn_mls::MemorySequencer;
 use cairn_node::db::NodeDb;
 use cairn_node::engine::{Arrival, Invitations, Io};
+use cairn_node::keyring::Keyring;
 use cairn_node::requests::{
     InviteRequest, REQUESTS_MAX, REQUESTS_PER_INVITER_MAX, RequestOrStorage, RequestRefused,
 };
@@ -121,12 +122,17 @@ fn a_stranger_adding_a_user_to_1000_conversations_costs_a_bounded_list_and_no_jo
 }
 
 /// The list's total bound: request number `REQUESTS_MAX + 1` (from as many inviters) is refused
-/// as the newest, and every kept request stays.
+/// as the newest, and every kept request stays. Requests and accepted accounts are sealed at
+/// rest: the file names no inviter in clear, and another device's keyring cannot read them.
 #[test]
 fn the_request_list_refuses_the_newest_when_full() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let ndb = NodeDb::new(db, Limits::default()).unwrap();
+    let device_key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let open = |key: &ed25519_dalek::SigningKey| {
+        let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
+        NodeDb::with_keyring(db, Limits::default(), Arc::new(Keyring::derived(key))).unwrap()
+    };
+    let ndb = open(&device_key);
     let req = |i: u64| {
         let mut conv = [0u8; 32];
         conv[..8].copy_from_slice(&i.to_be_bytes());
@@ -155,9 +161,22 @@ fn the_request_list_refuses_the_newest_when_full() {
         ndb.request_put(&req(REQUESTS_MAX + 1), &big),
         Err(RequestOrStorage::Refused(RequestRefused::TooLarge { .. }))
     ));
+    ndb.accept_account(&req(3).inviter, 9).unwrap();
     // persisted: a reopened database has the same list
     drop(ndb);
-    let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
-    let ndb = NodeDb::new(db, Limits::default()).unwrap();
+    let ndb = open(&device_key);
     assert_eq!(ndb.requests().unwrap().len() as u64, REQUESTS_MAX);
+    assert_eq!(ndb.request(&req(3).conversation).unwrap().unwrap().0, req(3));
+    assert!(ndb.is_accepted(&req(3).inviter).unwrap());
+    assert!(!ndb.is_accepted(&req(4).inviter).unwrap());
+    drop(ndb);
+    // sealed: no inviter account in clear in the file; another keyring opens nothing
+    let file = std::fs::read(dir.path().join("node.redb")).unwrap();
+    for i in [0, 3, REQUESTS_MAX - 1] {
+        let inviter = req(i).inviter.0;
+        assert!(!file.windows(32).any(|w| w == inviter), "inviter {i} in clear");
+    }
+    let other = open(&ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    assert!(other.requests().is_err(), "another device's keyring cannot read the requests");
+    assert!(!other.is_accepted(&req(3).inviter).unwrap());
 }
