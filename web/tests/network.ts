@@ -2,7 +2,7 @@
 // node and alice's node), then bob's and carol's nodes (`cairn up`) joining it. Every process
 // is killed by stop(); every wait is bounded.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -169,6 +169,10 @@ export class Network {
       clearTimeout(t);
     }
     if (!process.env.CAIRN_KEEP) rmSync(this.dir, { recursive: true, force: true });
-    else console.log(`network data kept in ${this.dir}`);
+    else {
+      // With CAIRN_KEEP, each node's log (stderr, RUST_LOG) is kept beside its data.
+      for (const u of this.users.values()) writeFileSync(join(this.dir, `${u.name}.log`), u.log.join(''));
+      console.log(`network data and node logs kept in ${this.dir}`);
+    }
   }
 }
