@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cairn_contracts::Runtime;
-use cairn_contracts::policy::{GroupChange, HandshakeEvent, Policy, PolicyPin, policy_runtime};
+pub use cairn_contracts::policy::PolicyPin;
+use cairn_contracts::policy::{GroupChange, HandshakeEvent, Policy, policy_runtime};
+/// The shipped policies (the code a group can pin) and their configurations.
+pub use cairn_contracts::shipped_policy;
 use cairn_contracts::shipped_policy::{echo_bot, moderation};
 use openmls::prelude::{
     Extension, ExtensionType, Extensions, GroupContext, MlsGroup, Proposal, RequiredCapabilitiesExtension,

@@ -13,6 +13,7 @@
 mod erase;
 mod invites;
 mod members;
+mod policy;
 mod receipts;
 mod receive;
 mod send;
