@@ -10,8 +10,8 @@
 //!   `ProposeRemove(account)`. A trap of any kind (out of fuel included), a malformed verdict
 //!   or a state budget overrun gives `Hold` on a message and a refusal on a handshake: the
 //!   same on every member, since fuel and traps are deterministic.
-//! - Policy state is partitioned per sender and a sender's messages are judged in the
-//!   sender's order ([`MessageEvent::sender_seq`], 0, 1, 2…; an early arrival waits in a
+//! - Policy state is partitioned per sending device and a device's messages are judged in
+//!   its order ([`MessageEvent::sender_seq`], 0, 1, 2…; an early arrival waits in a
 //!   bounded buffer for the ones before it). So the verdicts depend only on each sender's own
 //!   sequence, never on how senders interleave on the way to a member.
 //! - Handshakes are judged on the configuration alone (their writes are discarded): commits
@@ -96,7 +96,9 @@ pub struct MessageEvent {
     pub sender_account: [u8; 32],
     /// Sender's device.
     pub sender_device: [u8; 32],
-    /// The sender's sequence number: 0 for its first message in the group, then +1 each.
+    /// The sending device's sequence number: 0 for its first message in the group, then +1
+    /// each. Partitions are per sending device: a device's messages form one causal chain,
+    /// while two devices of one account have no agreed order between them.
     pub sender_seq: u64,
     /// Sender's timestamp, ms.
     pub ts: u64,
@@ -320,10 +322,10 @@ impl Policy {
     /// none while an earlier message of the same sender is missing, several when it fills a
     /// gap. A replayed sequence number is judged `Hold` ([`Failure::Replayed`]) at once.
     pub fn on_message(&mut self, ev: MessageEvent) -> Vec<Judgement> {
-        if !self.senders.contains_key(&ev.sender_account) && self.senders.len() >= SENDERS_MAX {
+        if !self.senders.contains_key(&ev.sender_device) && self.senders.len() >= SENDERS_MAX {
             return vec![failed(ev.id, Failure::Backlog)];
         }
-        let s = self.senders.entry(ev.sender_account).or_default();
+        let s = self.senders.entry(ev.sender_device).or_default();
         if ev.sender_seq < s.next_seq || s.pending.contains_key(&ev.sender_seq) {
             return vec![failed(ev.id, Failure::Replayed)];
         }
@@ -334,9 +336,9 @@ impl Policy {
             s.pending.insert(ev.sender_seq, ev);
             return Vec::new();
         }
-        let account = ev.sender_account;
+        let device = ev.sender_device;
         let mut out = vec![self.judge(ev)];
-        while let Some(ev) = self.senders.get_mut(&account).and_then(|s| s.pending.remove(&s.next_seq)) {
+        while let Some(ev) = self.senders.get_mut(&device).and_then(|s| s.pending.remove(&s.next_seq)) {
             out.push(self.judge(ev));
         }
         out
@@ -356,7 +358,7 @@ impl Policy {
             block_height: ev.epoch,
             block_time_ms: ev.ts,
         };
-        let s = self.senders.entry(ev.sender_account).or_default();
+        let s = self.senders.entry(ev.sender_device).or_default();
         s.next_seq = ev.sender_seq.saturating_add(1);
         let report = self.runtime.call(
             &self.compiled,

@@ -291,3 +291,18 @@ mod decoders {
         }
     }
 }
+
+#[test]
+fn each_device_of_an_account_has_its_own_order_and_state() {
+    let rt = rt();
+    let mut p = moderation_policy(&rt, &moderation::Config { max_messages: 1, ..config() });
+    let phone = msg(BOB, 0, 0, "from the phone");
+    let mut laptop = msg(BOB, 0, 0, "from the laptop");
+    laptop.sender_device = [8; 32];
+    laptop.id[0] = 0xff;
+    assert_eq!(p.on_message(phone)[0].verdict, Verdict::Allow);
+    // seq 0 again, but of another device: judged at once, with a fresh rate-limit window
+    let j = p.on_message(laptop);
+    assert_eq!((j[0].verdict.clone(), j[0].failure.clone()), (Verdict::Allow, None));
+    assert!(matches!(p.on_message(msg(BOB, 1, 1, "again"))[0].verdict, Verdict::Deny(_)));
+}
