@@ -84,7 +84,7 @@ fn a_lagging_stream_client_skips_and_keeps_receiving() {
         // Far more events than the channel holds (64), published at once: the server-side
         // receiver lags; it must skip and go on, not close the stream.
         for i in 0..1000 {
-            fake.send(conv.id.clone(), format!("m{i}")).await.unwrap();
+            fake.send(conv.id.clone(), format!("m{i}"), None).await.unwrap();
         }
         let mut skipped = 0;
         let last = tokio::time::timeout(Duration::from_secs(20), async {
