@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cairn_net::Multiaddr;
-use cairn_net::node::{NodeConfig, NodeHandle, start};
+use cairn_net::node::{NodeConfig, NodeHandle, WsTls, start};
 use cairn_proto::{Id, Topic};
 use tokio::time::{Instant, sleep};
 
@@ -56,13 +56,21 @@ async fn delivered(from: &NodeHandle, to: &[&NodeHandle], topic: Topic, body: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_by_dns_name() {
     let dir = tempfile::tempdir().unwrap();
-    let b = start(node(dir.path(), "b", &["/ip4/127.0.0.1/tcp/0"])).await.unwrap();
+    let b = start(node(dir.path(), "b", &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]))
+        .await
+        .unwrap();
     let mut a_cfg = node(dir.path(), "a", &["/ip4/127.0.0.1/tcp/0"]);
     a_cfg.bootstrap = vec![by_name(&addr_with(&b, "/tcp/"))];
     a_cfg.peer_book = false;
     let a = start(a_cfg).await.unwrap();
     wait_peers(&a, 1, 20, "a joining b by name").await;
     wait_peers(&b, 1, 5, "b seeing a").await;
+    // QUIC by name too.
+    let mut q_cfg = node(dir.path(), "q", &["/ip4/127.0.0.1/udp/0/quic-v1"]);
+    q_cfg.bootstrap = vec![by_name(&addr_with(&b, "/quic-v1"))];
+    q_cfg.peer_book = false;
+    let q = start(q_cfg).await.unwrap();
+    wait_peers(&q, 1, 20, "q joining b by name over QUIC").await;
 
     // A name that does not resolve is a failed dial, not a crash: the node runs on.
     let mut c_cfg = node(dir.path(), "c", &["/ip4/127.0.0.1/tcp/0"]);
@@ -71,7 +79,7 @@ async fn bootstrap_by_dns_name() {
     let c = start(c_cfg).await.unwrap();
     sleep(Duration::from_secs(1)).await;
     assert_eq!(c.status().await.unwrap().peers, 0);
-    for n in [&a, &b, &c] {
+    for n in [&a, &b, &c, &q] {
         n.shutdown().await;
     }
 }
@@ -219,6 +227,55 @@ async fn bootstrap_name_without_peer_id_is_dialled_again_until_it_answers() {
     wait_peers(&a, 1, 20, "a redialling its bootstrap name").await;
     wait_peers(&b, 1, 5, "b seeing a").await;
     for n in [&a, &b] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_tls_with_a_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[20; 32]);
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    // s listens only on WebSocket over TLS, with the certificate from PEM files.
+    let mut sc = node(dir.path(), "s", &["/ip4/127.0.0.1/tcp/0/tls/ws"]);
+    sc.ws_tls = Some(WsTls::from_pem_files(&cert, &key).unwrap());
+    sc.peer_book = false;
+    let s = start(sc).await.unwrap();
+    let s_addr = by_name(&addr_with(&s, "/ws"));
+    assert!(s_addr.to_string().contains("/tls/ws/"), "{s_addr}");
+
+    // A node that does not trust the certificate cannot connect: TLS is really in the way.
+    let mut uc = node(dir.path(), "u", &["/ip4/127.0.0.1/tcp/0"]);
+    uc.peer_book = false;
+    let u = start(uc).await.unwrap();
+    u.dial(s_addr.clone()).await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(u.status().await.unwrap().peers, 0, "connected over TLS without trusting the certificate");
+
+    // One that trusts it (as it would a web PKI certificate) connects by name and gossips.
+    let mut cc = node(dir.path(), "c", &["/ip4/127.0.0.1/tcp/0"]);
+    cc.ws_tls = Some(WsTls { trust_der: vec![ck.cert.der().to_vec()], ..WsTls::default() });
+    cc.peer_book = false;
+    let c = start(cc).await.unwrap();
+    c.dial(s_addr).await.unwrap();
+    wait_peers(&c, 1, 20, "c reaching s over WebSocket + TLS").await;
+    for n in [&s, &c] {
+        n.subscribe(topic).await.unwrap();
+    }
+    sleep(Duration::from_secs(2)).await; // a few heartbeats for the shard mesh
+    delivered(&c, &[&s], topic, "to the TLS WebSocket node").await;
+    delivered(&s, &[&c], topic, "from the TLS WebSocket node").await;
+
+    // A key that does not parse is a start-up error, not a panic.
+    let mut bad = node(dir.path(), "bad", &["/ip4/127.0.0.1/tcp/0/tls/ws"]);
+    bad.ws_tls =
+        Some(WsTls { key_der: b"not a key".to_vec(), ..WsTls::from_pem_files(&cert, &key).unwrap() });
+    let err = start(bad).await.err().expect("started with a garbage TLS key").to_string();
+    assert!(err.contains("WebSocket TLS key"), "{err}");
+    for n in [&s, &u, &c] {
         n.shutdown().await;
     }
 }

@@ -13,7 +13,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, mdns, noise, ping,
-    relay, tcp, yamux,
+    relay, yamux,
 };
 
 use super::codec::StoreCodec;
@@ -109,7 +109,7 @@ fn topic_score(s: &ScoreConfig) -> gossipsub::TopicScoreParams {
 }
 
 /// Yamux with room for many concurrent store requests (one stream each).
-fn yamux_config() -> yamux::Config {
+pub(super) fn yamux_config() -> yamux::Config {
     let mut c = yamux::Config::default();
     c.set_max_num_streams(YAMUX_STREAMS_MAX);
     c
@@ -125,20 +125,15 @@ pub(super) fn identity(c: &NodeConfig) -> Result<Keypair, NodeError> {
     }
 }
 
-/// Builds the swarm: TCP, QUIC and WebSocket transports (addresses with `/dns`, `/dns4` or
-/// `/dns6` names are resolved with the system's resolver), relay client, and [`behaviour`].
-pub(super) async fn build_swarm(c: &NodeConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, NodeError> {
+/// Builds the swarm: WebSocket (TLS when configured), TCP and QUIC transports (addresses with
+/// `/dns`, `/dns4` or `/dns6` names are resolved with the system's resolver; see
+/// `transport.rs`), relay client, and [`behaviour`].
+pub(super) fn build_swarm(c: &NodeConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, NodeError> {
     let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux_config)
-        .map_err(|e| setup(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| setup(&format!("DNS resolver (check /etc/resolv.conf): {e}")))?
-        .with_websocket(noise::Config::new, yamux_config)
-        .await
-        .map_err(|e| setup(&e))?
+        .with_other_transport(|key| super::transport::build(key, c.ws_tls.as_ref()))
+        .map_err(|e| setup(&format!("transports (the DNS resolver reads /etc/resolv.conf): {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_behaviour(|key, relay_client| behaviour(c, key, relay_client))

@@ -6,6 +6,7 @@ use cairn_store::Retention;
 use libp2p::Multiaddr;
 
 use super::identity::SealKey;
+use super::transport::WsTls;
 use crate::sync::SyncConfig;
 use crate::validate::AdmissionConfig;
 
@@ -123,6 +124,10 @@ pub struct NodeConfig {
     /// Reachable only through this relay: listen on its circuit address
     /// (`…/p2p/RELAY`; `/p2p-circuit` is appended).
     pub listen_via_relay: Option<Multiaddr>,
+    /// WebSocket TLS: a server certificate (then `…/tcp/P/tls/ws` listens with TLS) and extra
+    /// trust anchors for dialling `wss` peers; `None`: plain WebSocket, `wss` dialled with the
+    /// web PKI roots.
+    pub ws_tls: Option<WsTls>,
     /// Discover peers on the local network with mDNS (announces this node's listen addresses
     /// to the LAN: opt-in). Only private, link-local and loopback addresses are dialled.
     pub mdns: bool,
@@ -184,6 +189,7 @@ impl NodeConfig {
             relay_limits: RelayLimits::default(),
             listen_via_relay: None,
             mdns: false,
+            ws_tls: None,
             admission: AdmissionConfig::default(),
             sync: SyncConfig::default(),
             retention: Retention::default(),

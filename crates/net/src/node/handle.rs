@@ -148,7 +148,7 @@ pub(crate) const MAILBOX_CACHE_BYTES: usize = 256 * 1024 * 1024;
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (history, mailbox) = open_stores(&config)?;
     let key = identity(&config)?;
-    let mut swarm = build_swarm(&config, key.clone()).await?;
+    let mut swarm = build_swarm(&config, key.clone())?;
     let peer_id = *swarm.local_peer_id();
     let (listen_addrs, relayed) = listen(&mut swarm, &config).await?;
     for b in &config.bootstrap {

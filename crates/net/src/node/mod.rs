@@ -11,6 +11,7 @@
 //! - `peers`: the actor's side of the peer book (load, save, redial; see [`crate::peerbook`]).
 //! - `lan`: mDNS answers, filtered to local addresses and bounded, then dialled.
 //! - `relayed`: the listener through a relay (`listen_via_relay`), opened again when it closes.
+//! - `transport`: WebSocket (TLS when configured), TCP and QUIC, each behind DNS resolution.
 //! - `behaviour`: the composed libp2p behaviour and the swarm built from a config.
 //! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
@@ -37,6 +38,7 @@ mod orphans;
 mod peers;
 mod relayed;
 mod serve;
+mod transport;
 mod writer;
 
 use cairn_proto::Id;
@@ -51,6 +53,7 @@ pub use config::{NodeConfig, RelayLimits, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
 pub use identity::SealKey;
+pub use transport::WsTls;
 
 /// The store protocol name.
 pub const STORE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/store/1");
