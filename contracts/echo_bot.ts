@@ -21,13 +21,8 @@ function reply(body: Uint8Array): void {
 export function on_message(): void {
   const r = new Reader(input());
   if (r.u8() != 1) fail("not a message event");
-  r.bytes(4096); // config
-  r.fixed(32);
-  r.u64();
-  r.fixed(32);
-  r.fixed(32);
-  r.u64();
-  r.u64();
+  r.skip(r.u32() as i32); // config
+  r.skip(32 + 8 + 32 + 32 + 8 + 8); // group, epoch, account, device, seq, ts
   const kind = r.u8();
   const body = r.bytes(16384);
   r.finish();

@@ -70,11 +70,7 @@ export function on_message(): void {
   const r = new Reader(input());
   if (r.u8() != 1) fail("not a message event");
   const c = config(r.bytes(4096));
-  r.fixed(32); // group
-  r.u64(); // epoch
-  r.fixed(32); // account
-  r.fixed(32); // device
-  r.u64(); // seq
+  r.skip(32 + 8 + 32 + 32 + 8); // group, epoch, account, device, seq
   const ts = r.u64();
   const kind = r.u8();
   const body = r.bytes(16384);
@@ -115,8 +111,7 @@ export function on_handshake(): void {
   const r = new Reader(input());
   if (r.u8() != 2) fail("not a handshake event");
   const c = config(r.bytes(4096));
-  r.fixed(32); // group
-  r.u64(); // epoch
+  r.skip(32 + 8); // group, epoch
   const proposer = r.fixed(32);
   const change = r.u8();
   const subject = r.fixed(32);

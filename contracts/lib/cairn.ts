@@ -147,6 +147,12 @@ export class Reader {
     return v;
   }
 
+  /** Skips `n` bytes (fields a contract does not use), failing if they are not there. */
+  skip(n: i32): void {
+    if (this.pos + n > this.buf.length) fail("message truncated");
+    this.pos += n;
+  }
+
   bytes(max: u32): Uint8Array {
     const n = this.u32();
     if (n > max) fail("byte string over its limit");
