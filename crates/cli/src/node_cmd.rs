@@ -22,7 +22,8 @@ use tracing::{info, warn};
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
-    /// relay, via_relay, mdns (flags > CAIRN_* environment > this file > defaults).
+    /// relay, via_relay, mdns, ws_cert, ws_key (flags > CAIRN_* environment > this file >
+    /// defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Peer to join through (multiaddr with /p2p/…, by IP or DNS name:
@@ -51,6 +52,13 @@ pub(crate) struct UpArgs {
     /// LAN; off by default).
     #[arg(long, env = "CAIRN_MDNS")]
     mdns: bool,
+    /// TLS certificate chain (PEM) for WebSocket: `--listen /ip4/0.0.0.0/tcp/443/tls/ws`
+    /// serves WSS (with --ws-key).
+    #[arg(long, env = "CAIRN_WS_CERT", value_name = "FILE", requires = "ws_key")]
+    ws_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CAIRN_WS_KEY", value_name = "FILE", requires = "ws_cert")]
+    ws_key: Option<PathBuf>,
     /// Local API address (loopback only). Default 127.0.0.1:0 (any free port).
     #[arg(long, env = "CAIRN_API", value_name = "ADDR")]
     api: Option<String>,
@@ -98,6 +106,8 @@ struct FileConfig {
     relay: Option<bool>,
     via_relay: Option<String>,
     mdns: Option<bool>,
+    ws_cert: Option<PathBuf>,
+    ws_key: Option<PathBuf>,
 }
 
 /// The merged configuration of `up`.
@@ -114,6 +124,8 @@ pub(crate) struct UpConfig {
     pub(crate) relay: bool,
     pub(crate) via_relay: Option<String>,
     pub(crate) mdns: bool,
+    pub(crate) ws_cert: Option<PathBuf>,
+    pub(crate) ws_key: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -123,7 +135,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -145,6 +157,8 @@ impl UpArgs {
             relay: self.relay || file.relay.unwrap_or(false),
             via_relay: self.via_relay.or(file.via_relay),
             mdns: self.mdns || file.mdns.unwrap_or(false),
+            ws_cert: self.ws_cert.or(file.ws_cert),
+            ws_key: self.ws_key.or(file.ws_key),
         })
     }
 }
@@ -247,6 +261,16 @@ async fn run_node(
     net.serve_store = cfg.store;
     net.relay_server = cfg.relay;
     net.mdns = cfg.mdns;
+    match (&cfg.ws_cert, &cfg.ws_key) {
+        (Some(cert), Some(key)) => {
+            let tls = cairn_net::node::WsTls::from_pem_files(cert, key).map_err(|e| {
+                anyhow::anyhow!("--ws-cert/--ws-key: {e}; give a PEM certificate chain and its key")
+            })?;
+            net.ws_tls = Some(tls);
+        }
+        (None, None) => {}
+        _ => bail!("--ws-cert and --ws-key go together: give both, or neither"),
+    }
     if let Some(r) = &cfg.via_relay {
         let relay = parse_addrs(std::slice::from_ref(r), "via-relay")?.remove(0);
         if !relay.iter().any(|p| matches!(p, cairn_net::Protocol::P2p(_))) {
@@ -447,6 +471,8 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         relay: false,
         via_relay: None,
         mdns: false,
+        ws_cert: None,
+        ws_key: None,
     };
     let rt = runtime()?;
     rt.block_on(async {
