@@ -147,18 +147,23 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
       });
   };
 
-  const send = async (e?: Event) => {
+  // One send at a time, in the order typed: concurrent requests could reach the node in
+  // another order, and the conversation's order is the one the node sends in.
+  const sending = useRef<Promise<void>>(Promise.resolve());
+  const send = (e?: Event) => {
     e?.preventDefault();
     const body = text.trim();
     if (!body) return;
     setText('');
-    try {
-      const r = await api.send(conv.id, body);
-      onDelivery([[r.id, r.delivery]]);
-    } catch (err) {
-      setText(body); // nothing typed is lost
-      report(err);
-    }
+    sending.current = sending.current.then(async () => {
+      try {
+        const r = await api.send(conv.id, body);
+        onDelivery([[r.id, r.delivery]]);
+      } catch (err) {
+        setText(body); // nothing typed is lost
+        report(err);
+      }
+    });
   };
 
   const act = async (what: string, f: () => Promise<void>) => {

@@ -140,16 +140,27 @@ function App() {
           setNote(describe(e));
         }
       }
-      try {
-        await refresh();
-        setPhase('ready');
-      } catch (e) {
-        if (e instanceof ApiFailure && e.status === 401) setPhase('login');
-        else if (e instanceof ApiFailure && e.code === 'setup_required') setPhase('setup');
-        else {
-          setPhase('login');
-          setNote(describe(e));
+      // A node that is still starting (its API up, the mesh not yet) answers 503, and one
+      // restarting does not answer at all: wait for it (bounded) rather than show an error.
+      const end = Date.now() + 60_000;
+      for (;;) {
+        try {
+          await refresh();
+          setPhase('ready');
+        } catch (e) {
+          const starting = e instanceof ApiFailure && (e.status === 0 || (e.status === 503 && e.code !== 'setup_required'));
+          if (starting && Date.now() < end) {
+            await new Promise((r) => setTimeout(r, 500));
+            continue;
+          }
+          if (e instanceof ApiFailure && e.status === 401) setPhase('login');
+          else if (e instanceof ApiFailure && e.code === 'setup_required') setPhase('setup');
+          else {
+            setPhase('login');
+            setNote(describe(e));
+          }
         }
+        return;
       }
     })();
   }, []);
