@@ -178,6 +178,36 @@ fn every_call_returns_within_its_deadline() {
     }
 }
 
+/// A lying validator: no proofs, and a next nonce far ahead of any real one (a client that
+/// believed it would sign transactions no mempool accepts).
+fn inflating(mut s: TcpStream) {
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = match Request::decode(&body) {
+            Ok(Request::Nonce(_)) => Response::Nonce(1_000_000),
+            Ok(Request::Proof(_)) => Response::Proof(None),
+            _ => Response::Error("no".into()),
+        };
+        if s.write_all(&frame(&answer.encode())).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_nonce_far_ahead_of_the_proven_one_is_ignored() {
+    let mut c =
+        LedgerClient::new(&genesis(fake_validator(inflating))).unwrap().with_timeout(Duration::from_secs(5));
+    assert!(matches!(c.nonce(&id(&user(0)).0), Err(ClientError::Unreachable(m)) if m.contains("plausible")));
+}
+
 #[test]
 fn an_absent_validator_is_unreachable() {
     // Bind then drop: nothing listens there any more.

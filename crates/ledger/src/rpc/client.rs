@@ -454,16 +454,34 @@ impl LedgerClient {
         Err(ClientError::Unreachable("no validator answered the query".into()))
     }
 
-    /// Next nonce of `signer`: the highest any validator reports.
+    /// Next nonce of `signer`: the highest next nonce a validator reports (it counts the
+    /// signer's transactions waiting in its mempool), checked against the committed nonce
+    /// proven against a certified header. An answer below that floor, or more than
+    /// [`NONCE_ANSWER_AHEAD_MAX`] above it (further than any mempool accepts), is a lie and
+    /// ignored; without a proof yet (a young chain), the floor is 0.
     pub fn nonce(&mut self, signer: &[u8; 32]) -> Result<u64, ClientError> {
+        let floor = match self.prove(&StateKey::Nonce(*signer)) {
+            Ok(Some(b)) => {
+                let bytes: [u8; 8] = b
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ClientError::BadAnswer("a proven nonce is not 8 bytes".into()))?;
+                u64::from_be_bytes(bytes)
+            }
+            Ok(None) | Err(_) => 0,
+        };
         let req = Request::Nonce(*signer).encode();
         let mut best = None;
         for i in 0..self.links.len() {
             if let Ok(Response::Nonce(n)) = self.call_one(i, &req) {
+                if n < floor || n > floor.saturating_add(NONCE_ANSWER_AHEAD_MAX) {
+                    tracing::warn!("validator {i} reported nonce {n}, outside the proven {floor}..: ignored");
+                    continue;
+                }
                 best = Some(best.map_or(n, |b: u64| b.max(n)));
             }
         }
-        best.ok_or_else(|| ClientError::Unreachable("no validator answered".into()))
+        best.ok_or_else(|| ClientError::Unreachable("no validator answered with a plausible nonce".into()))
     }
 
     /// Finalized handshakes of `topic` from position `from`: at most `max`, and at most
@@ -481,6 +499,10 @@ impl LedgerClient {
         }
     }
 }
+
+/// How far above the proven committed nonce a reported next nonce may be: the mempool's
+/// window, twice (the proof may be a few blocks older than the answer).
+pub const NONCE_ANSWER_AHEAD_MAX: u64 = 2 * crate::mempool::NONCE_WINDOW;
 
 /// Splits the transactions at `indices` into batches of at most [`BATCH_MAX`] that each fit
 /// one request frame.
