@@ -478,11 +478,14 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
     rt.block_on(async {
         let mut store_cfg = NodeConfig::new(dev_dir.join("store"));
         store_cfg.serve_store = true;
+        // The same peer ids every run (plain 0600 key files: a store node's id is public).
+        store_cfg.identity_file = Some(dev_dir.join("store").join("node.key"));
         let store = cairn_net::node::start(store_cfg).await?;
         // A second store node: a send counts as stored once `acks_required` (2) distinct
         // store nodes hold it, so with one the dev network's sends would never be "stored".
         let mut second_cfg = NodeConfig::new(dev_dir.join("store-2"));
         second_cfg.serve_store = true;
+        second_cfg.identity_file = Some(dev_dir.join("store-2").join("node.key"));
         second_cfg.bootstrap = store.listen_addrs.clone();
         let second = cairn_net::node::start(second_cfg).await?;
         eprintln!(
