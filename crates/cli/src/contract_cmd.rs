@@ -65,7 +65,8 @@ enum ContractCommand {
         #[arg(long, default_value_t = DEFAULT_FUEL)]
         fuel: u64,
     },
-    /// Run a contract's `execute` with a message (and funds).
+    /// Run a contract's `execute` with a message (and funds); `call` is another name for it.
+    #[command(alias = "call")]
     Execute {
         /// Contract address (64 hex digits, from `instantiate`).
         address: String,

@@ -158,7 +158,7 @@ fn contracts_and_payments_from_the_command_line() {
     });
     let lost = before - after;
     assert!(lost < 1_000_000, "only the fee is paid, the funds come back (lost {lost})");
-    let err = refused(&ann, &g, &["contract", "execute", &contract, "--msg", "zz"]);
+    let err = refused(&ann, &g, &["contract", "call", &contract, "--msg", "zz"]);
     assert!(err.contains("neither hex"), "{err}");
 }
 
