@@ -77,6 +77,9 @@ pub(crate) enum ClientCommand {
     /// This account's devices: list, add, revoke.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// This account as a whole.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Invitations from accounts you have not accepted: list them (no argument), accept one
     /// (joins; that account's later invitations join at once) or decline one.
     Requests {
@@ -154,6 +157,19 @@ pub(crate) enum ChatCommand {
     },
 }
 
+/// `cairn account …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AccountCommand {
+    /// Forget this account: leave and forget every conversation (its keys are destroyed on
+    /// this device), release the handle and revoke every device on the ledger. Cannot be
+    /// undone; run it on the device that holds the account key.
+    Forget {
+        /// Confirm (required: nothing happens without it).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 /// `cairn handle …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum HandleCommand {
@@ -216,7 +232,33 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
             DeviceCommand::Revoke { device } => run_device_revoke(home, &device),
         },
         ClientCommand::Requests { action, json } => run_requests(home, action, json),
+        ClientCommand::Account(AccountCommand::Forget { yes }) => run_account_forget(home, yes),
     }
+}
+
+/// `cairn account forget --yes`.
+fn run_account_forget(home: &Path, yes: bool) -> anyhow::Result<()> {
+    let c = client(home)?;
+    let me = c.status()?.account;
+    if !yes {
+        bail!(
+            "this leaves and forgets every conversation, releases your handle and revokes every device of {me}, for good; run `cairn account forget --yes` to do it"
+        );
+    }
+    eprintln!("forgetting {me}: each step is a ledger transaction, this can take a minute");
+    let done = c.forget_account(&me)?;
+    println!(
+        "left {} and forgot {} conversation(s); handle released: {}; {} device(s) revoked",
+        done.left,
+        done.forgotten,
+        done.handle_released.map_or_else(|| "none held".to_string(), |h| format!("@{h}")),
+        done.devices_revoked
+    );
+    println!(
+        "the ledger keeps this account's public key, its balance and its revoked device keys (pseudonymous; see ARCHITECTURE.md). Stop the node and delete {} to remove this device's copy",
+        home.display()
+    );
+    Ok(())
 }
 
 fn client(home: &Path) -> anyhow::Result<Client> {

@@ -210,7 +210,7 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
 /// file under any home (members, store nodes, validators, logs) holds the string, and
 /// `verify` still passes, counting the erased message.
 #[test]
-fn an_erased_canary_is_in_no_file_of_any_node() {
+fn an_erased_canary_is_in_no_file_of_any_node_and_a_forgotten_account_leaves_no_trace() {
     let mut net = Net::new(4);
     for i in 0..3 {
         net.store(&format!("store-{i}"));
@@ -246,6 +246,21 @@ fn an_erased_canary_is_in_no_file_of_any_node() {
         assert!(v.intact, "{who}: {:?}", v.first_problem);
         assert!(v.erased >= 1, "{who}: verify counts no erased message");
     }
+    // Cat forgets her account: she leaves (the others see her go), her conversation is
+    // forgotten, her handle is free and no device of hers stays active on the ledger.
+    let cat = c.status().unwrap().account;
+    assert!(c.forget_account("cairn1-not-me").is_err(), "a wrong confirmation changes nothing");
+    let done = c.forget_account(&cat).unwrap();
+    assert_eq!((done.left, done.forgotten), (1, 1), "{done:?}");
+    assert_eq!(done.handle_released.as_deref(), Some("cat"));
+    assert_eq!(done.devices_revoked, 1);
+    wait_for("cat to leave ann's conversation", Duration::from_secs(60), || {
+        a.conversation(&conv).ok()?.members.iter().all(|m| m.account != cat).then_some(())
+    });
+    assert!(a.account("@cat").is_err(), "@cat still names an account");
+    let gone = a.account(&cat).unwrap();
+    assert!(gone.proof_verified && gone.devices.is_empty() && gone.handle.is_none(), "{gone:?}");
+    assert!(c.conversations().unwrap().is_empty(), "cat's node still lists a conversation");
     for name in ["ann", "ben", "cat"] {
         net.stop(name);
     }

@@ -112,6 +112,34 @@ pub(crate) async fn revoke_device(s: &Service, device: String) -> ApiResult<(Dev
     Ok((d, TxView { tx: hex::encode(tx.id().0), height }))
 }
 
+/// The ledger half of forgetting the account: releases its handle, then revokes every device,
+/// this one last (signed with the account key, which this device must hold). Returns the
+/// handle released and the devices revoked.
+pub(crate) async fn release_and_revoke_all(s: &Service) -> ApiResult<(Option<String>, Vec<DeviceId>)> {
+    s.ledger(move |c, shared| {
+        let k = &shared.identity;
+        let key = account_key(k)?;
+        let acct = read_retry(|| c.account(&k.account)).map_err(unavailable)?.ok_or_else(|| {
+            NodeError::NotFound("this account is not on the ledger: nothing to forget there".into())
+        })?;
+        let mut released = None;
+        if let Some(name) = acct.handle.clone() {
+            submit_tx(c, k.account, key, TxBody::ReleaseHandle { name: name.clone() }, ACCOUNT_TX_TIMEOUT)?;
+            shared.set_handle(None);
+            released = Some(name);
+        }
+        let mut devices = acct.active_devices();
+        // This device last: until then it can still sign for the account if a step fails.
+        devices.sort_by_key(|d| *d == k.device);
+        for d in &devices {
+            submit_tx(c, k.account, key, TxBody::RevokeDevice { device: *d }, ACCOUNT_TX_TIMEOUT)?;
+            let _ = shared.db.set_pending_device(&d.0, false, now_ms());
+        }
+        Ok((released, devices))
+    })
+    .await
+}
+
 /// What each validator says.
 pub(crate) async fn ledger_status(s: &Service) -> ApiResult<LedgerStatusView> {
     let genesis = s.genesis().clone();

@@ -33,8 +33,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::backend::{ApiError, Backend};
 use crate::model::{
-    DeliveryState, DeviceAddRequest, ErasuresQuery, ErrorBody, HandleRequest, MembersRequest, SendQuery,
-    SendRequest, StreamEvent, TailQuery,
+    AccountForgetRequest, DeliveryState, DeviceAddRequest, ErasuresQuery, ErrorBody, HandleRequest,
+    MembersRequest, SendQuery, SendRequest, StreamEvent, TailQuery,
 };
 use crate::web::{self, Sessions, WebOptions};
 
@@ -63,6 +63,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/conversations/{id}/deliveries"),
     ("DELETE", "/v1/conversations/{id}/messages/{message}"),
     ("GET", "/v1/conversations/{id}/erasures"),
+    ("POST", "/v1/account/forget"),
     ("POST", "/v1/conversations/{id}/verify"),
     ("POST", "/v1/handle"),
     ("GET", "/v1/devices"),
@@ -201,6 +202,11 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
             })
         }
         ("DELETE", "/v1/conversations/{id}/messages/{message}") => delete(erase::<B>),
+        ("POST", "/v1/account/forget") => {
+            post(|State(ctx): St<B>, ApiJson(req): ApiJson<AccountForgetRequest>| async move {
+                ok(ctx.backend.forget_account(req).await)
+            })
+        }
         ("GET", "/v1/conversations/{id}/erasures") => get(
             |State(ctx): St<B>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<ErasuresQuery>| async move {
                 ok(ctx.backend.erasures(id, q).await)

@@ -6,9 +6,9 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErasureView, ErasuresQuery,
-    LedgerStatusView, MessageView, RequestView, SendResult, StatusView, StreamEvent, TailQuery, TxView,
-    VerifyView,
+    AccountForgetRequest, AccountForgetView, AccountView, ConversationView, DeviceAddRequest, DeviceView,
+    ErasureView, ErasuresQuery, LedgerStatusView, MessageView, RequestView, SendResult, StatusView,
+    StreamEvent, TailQuery, TxView, VerifyView,
 };
 
 /// Why a node operation failed; the API maps each kind to an HTTP status.
@@ -88,6 +88,12 @@ pub trait Backend: Send + Sync + 'static {
         text: String,
         idempotency_key: Option<String>,
     ) -> impl Future<Output = ApiResult<SendResult>> + Send;
+    /// Forgets this account: leaves and forgets every conversation (crypto-shredding), releases
+    /// the handle and revokes every device on the ledger.
+    fn forget_account(
+        &self,
+        req: AccountForgetRequest,
+    ) -> impl Future<Output = ApiResult<AccountForgetView>> + Send;
     /// Erasures applied in a conversation after a cursor, oldest first (for followers that
     /// were away while they happened).
     fn erasures(

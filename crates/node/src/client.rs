@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErasureView, ErrorBody, HandleRequest,
-    LedgerStatusView, MembersRequest, MessageView, RequestView, RunFile, SendRequest, SendResult, StatusView,
-    TailQuery, TxView, VerifyView,
+    AccountForgetRequest, AccountForgetView, AccountView, ConversationView, DeviceAddRequest, DeviceView,
+    ErasureView, ErrorBody, HandleRequest, LedgerStatusView, MembersRequest, MessageView, RequestView,
+    RunFile, SendRequest, SendResult, StatusView, TailQuery, TxView, VerifyView,
 };
 
 /// Token file name inside the data directory.
@@ -202,6 +202,14 @@ impl Client {
         let timeout = REQUEST_TIMEOUT.saturating_add(Duration::from_millis(wait_ms));
         let req = req.config().timeout_global(Some(timeout)).build();
         self.decode(self.auth(req).send_json(&SendRequest { text: text.to_string() }))
+    }
+
+    /// `POST /v1/account/forget`: leaves and forgets every conversation, releases the handle
+    /// and revokes every device (may take a minute: each step is a ledger transaction).
+    pub fn forget_account(&self, confirm: &str) -> Result<AccountForgetView, ClientError> {
+        let req = self.agent.post(self.url("/v1/account/forget"));
+        let req = req.config().timeout_global(Some(Duration::from_secs(600))).build();
+        self.decode(self.auth(req).send_json(&AccountForgetRequest { confirm: confirm.to_string() }))
     }
 
     /// `GET /v1/conversations/{id}/erasures`: erasures applied after entry `after`, oldest

@@ -170,6 +170,27 @@ pub struct TailQuery {
     pub wait_ms: Option<u64>,
 }
 
+/// `POST /v1/account/forget`: the caller repeats this account's id, so it cannot happen by
+/// accident.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccountForgetRequest {
+    /// This account's id (`cairn1…`).
+    pub confirm: String,
+}
+
+/// What forgetting the account did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AccountForgetView {
+    /// Conversations this device left (the others were told by an MLS commit).
+    pub left: usize,
+    /// Conversations whose keys, state and messages were destroyed on this device.
+    pub forgotten: usize,
+    /// The handle released on the ledger, if the account held one.
+    pub handle_released: Option<String>,
+    /// Devices revoked on the ledger (this one last).
+    pub devices_revoked: usize,
+}
+
 /// `GET /v1/conversations/{id}/erasures` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ErasuresQuery {

@@ -25,9 +25,9 @@ use crate::engine::{Engine, EngineConfig, IdentityKeys};
 use crate::error::NodeError;
 use crate::idempotency::IdempotencyKey;
 use crate::model::{
-    AccountView, ConversationView, DeviceAddRequest, DeviceView, ErasureView, ErasuresQuery,
-    LedgerStatusView, MessageView, RequestView, SendResult, StatusView, StreamEvent, TailQuery, TxView,
-    VerifyView,
+    AccountForgetRequest, AccountForgetView, AccountView, ConversationView, DeviceAddRequest, DeviceView,
+    ErasureView, ErasuresQuery, LedgerStatusView, MessageView, RequestView, SendResult, StatusView,
+    StreamEvent, TailQuery, TxView, VerifyView,
 };
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
 use crate::shell::keypackages::{KeyPackageRefusal, KeyPackages};
@@ -430,6 +430,9 @@ impl Service {
     }
 }
 
+/// Longest `forget_account` waits for the other members to commit this device's leaving.
+const ACCOUNT_FORGET_LEAVE_WAIT: Duration = Duration::from_secs(60);
+
 impl Backend for Service {
     async fn status(&self) -> ApiResult<StatusView> {
         let s = self.shared.net.status().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -506,6 +509,58 @@ impl Backend for Service {
         };
         self.ask(|r| Job::Remove(conv, account, r)).await?;
         Ok(self.shared.conversation_view(&conv)?)
+    }
+
+    async fn forget_account(&self, req: AccountForgetRequest) -> ApiResult<AccountForgetView> {
+        let me = self.shared.identity.account.to_text();
+        if req.confirm.trim() != me {
+            return Err(ApiError::BadRequest(format!(
+                "to forget this account, confirm with its id ({me}); nothing was changed"
+            )));
+        }
+        if self.shared.identity.account_key.is_none() {
+            return Err(ApiError::Conflict(
+                "this device does not hold the account key: forget the account from the device that does"
+                    .into(),
+            ));
+        }
+        let mut done = AccountForgetView::default();
+        // Conversations first, while this device can still take part: its leave proposals are
+        // sequenced now, and it is out once another member commits one (bounded wait).
+        for c in self.conversations().await? {
+            if c.active {
+                self.leave(c.id.clone()).await?;
+                done.left += 1;
+            }
+        }
+        let deadline = Instant::now() + ACCOUNT_FORGET_LEAVE_WAIT;
+        let mut still = Vec::new();
+        loop {
+            still.clear();
+            for c in self.conversations().await? {
+                if c.active {
+                    still.push(c.id);
+                } else {
+                    self.forget(c.id).await?;
+                    done.forgotten += 1;
+                }
+            }
+            if still.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if !still.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "left every conversation, but no member has committed the leaving of {} yet ({} forgotten so far); run `cairn account forget --yes` again in a minute (nothing on the ledger was changed yet)",
+                still.join(", "),
+                done.forgotten
+            )));
+        }
+        let (handle, devices) = crate::account_ops::release_and_revoke_all(self).await?;
+        done.handle_released = handle;
+        done.devices_revoked = devices.len();
+        Ok(done)
     }
 
     async fn leave(&self, id: String) -> ApiResult<()> {

@@ -198,6 +198,13 @@ impl Backend for Fake {
         Ok(SendResult { id: format!("{:064x}", u64::MAX), delivery: delivery() })
     }
 
+    async fn forget_account(
+        &self,
+        _req: cairn_node::model::AccountForgetRequest,
+    ) -> ApiResult<cairn_node::model::AccountForgetView> {
+        Err(ApiError::Conflict("the fake backend has no ledger".into()))
+    }
+
     async fn erasures(
         &self,
         id: String,
