@@ -23,14 +23,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use thiserror::Error;
 
 use crate::block::Block;
-use crate::state::{Outcome, Receipt};
+use crate::state::{Outcome, Receipt, TopicState};
 use crate::tx::TxId;
 
 /// Bound of redb's page cache for the chain store, bytes (redb's default, 1 GiB, would let a
 /// validator's memory grow with its chain up to that).
 pub const CHAIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
-/// On-disk format of the chain store.
-const FORMAT: u64 = 1;
+/// On-disk format of the chain store (2 added [`TOPIC_LINKS`]; a format-1 store is migrated
+/// when opened).
+const FORMAT: u64 = 2;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 /// Height → encoded block.
@@ -43,6 +44,10 @@ const HEIGHTS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("height
 const TXS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("txs");
 /// (Topic, position) → handshake payload.
 const HANDSHAKES: TableDefinition<'_, ([u8; 32], u64), &[u8]> = TableDefinition::new("handshakes");
+/// (Topic, position) → the handshake's link ([`TopicState::link`]) then the topic's chain
+/// value after it ([`TopicState::chain_step`]): what a client needs to check a page of
+/// handshakes against the proven [`crate::state::StateKey::Topic`] record.
+const TOPIC_LINKS: TableDefinition<'_, ([u8; 32], u64), [u8; 64]> = TableDefinition::new("topic_links");
 /// Block digest → encoded finalization certificate.
 const CERTS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("certs");
 
@@ -127,15 +132,16 @@ impl ChainStore {
             tx.open_table(TXS).map_err(db)?;
             tx.open_table(HANDSHAKES).map_err(db)?;
             tx.open_table(CERTS).map_err(db)?;
+            tx.open_table(TOPIC_LINKS).map_err(db)?;
             let mut meta = tx.open_table(META).map_err(db)?;
             let found = meta.get("format").map_err(db)?.map(|v| read_u64(v.value()));
             match found {
-                None => {
-                    meta.insert("format", FORMAT.to_be_bytes().as_slice()).map_err(db)?;
-                }
+                None => {}
+                Some(Some(1)) => migrate_links(&tx)?,
                 Some(Some(FORMAT)) => {}
                 Some(_) => return Err(ChainStoreError::Mismatch("was written in another format")),
             }
+            meta.insert("format", FORMAT.to_be_bytes().as_slice()).map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(Self { db: Arc::new(database) })
@@ -188,8 +194,10 @@ impl ChainStore {
                 txs.insert(r.tx.0, outcome::encode(h, &r.outcome).as_slice()).map_err(db)?;
             }
             let mut hs = tx.open_table(HANDSHAKES).map_err(db)?;
+            let mut links = tx.open_table(TOPIC_LINKS).map_err(db)?;
             for (topic, seq, payload) in handshakes {
                 hs.insert((topic.0, *seq), payload.as_slice()).map_err(db)?;
+                put_link(&mut links, topic, *seq, payload)?;
             }
             if let Some(c) = cert {
                 tx.open_table(CERTS).map_err(db)?.insert(block.id(), c).map_err(db)?;
@@ -268,6 +276,36 @@ impl ChainStore {
         ids.iter().map(|id| Ok(t.get(id.0).map_err(db)?.is_some())).collect()
     }
 
+    /// The chain value of `topic` just before position `from` (all zeros for 0), if the store
+    /// holds the handshakes before it.
+    pub fn chain_before(&self, topic: &Topic, from: u64) -> Result<Option<[u8; 32]>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(TOPIC_LINKS).map_err(db)?;
+        chain_before(&t, topic, from)
+    }
+
+    /// Links ([`TopicState::link`]) of `topic`'s handshakes at positions `from..until`, at most
+    /// `max` (fewer if the store holds fewer).
+    pub fn links(
+        &self,
+        topic: &Topic,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<[u8; 32]>, ChainStoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(TOPIC_LINKS).map_err(db)?;
+        let mut out = Vec::new();
+        if from >= until {
+            return Ok(out);
+        }
+        for e in t.range((topic.0, from)..(topic.0, until)).map_err(db)?.take(max) {
+            let v = e.map_err(db)?.1.value();
+            out.push(split_link(&v).0);
+        }
+        Ok(out)
+    }
+
     /// Handshake payloads of `topic` from position `from`, at most `max`.
     pub fn handshakes(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Vec<u8>>, ChainStoreError> {
         let r = self.db.begin_read().map_err(db)?;
@@ -278,6 +316,55 @@ impl ChainStore {
         }
         Ok(out)
     }
+}
+
+/// Stores the link and chain value of handshake `seq` of `topic` (its predecessor's entry,
+/// if any, must already be in `links`).
+fn put_link(
+    links: &mut redb::Table<'_, ([u8; 32], u64), [u8; 64]>,
+    topic: &Topic,
+    seq: u64,
+    payload: &[u8],
+) -> Result<(), ChainStoreError> {
+    let prev = chain_before(links, topic, seq)?
+        .ok_or(ChainStoreError::Mismatch("has a handshake whose predecessor is missing"))?;
+    let link = TopicState::link(payload);
+    let mut v = [0u8; 64];
+    v[..32].copy_from_slice(&link);
+    v[32..].copy_from_slice(&TopicState::chain_step(&prev, &link));
+    links.insert((topic.0, seq), v).map_err(db)?;
+    Ok(())
+}
+
+/// The chain value of `topic` before position `from`, read from `t`.
+fn chain_before(
+    t: &impl ReadableTable<([u8; 32], u64), [u8; 64]>,
+    topic: &Topic,
+    from: u64,
+) -> Result<Option<[u8; 32]>, ChainStoreError> {
+    let Some(prev) = from.checked_sub(1) else { return Ok(Some([0; 32])) };
+    Ok(t.get((topic.0, prev)).map_err(db)?.map(|v| split_link(&v.value()).1))
+}
+
+fn split_link(v: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
+    let mut link = [0u8; 32];
+    let mut chain = [0u8; 32];
+    link.copy_from_slice(&v[..32]);
+    chain.copy_from_slice(&v[32..]);
+    (link, chain)
+}
+
+/// Format 1 → 2: computes the links table from the stored handshakes (in key order: topic,
+/// then position, so each predecessor is written first).
+fn migrate_links(tx: &redb::WriteTransaction) -> Result<(), ChainStoreError> {
+    let hs = tx.open_table(HANDSHAKES).map_err(db)?;
+    let mut links = tx.open_table(TOPIC_LINKS).map_err(db)?;
+    for e in hs.iter().map_err(db)? {
+        let (k, v) = e.map_err(db)?;
+        let (topic, seq) = k.value();
+        put_link(&mut links, &Topic(topic), seq, v.value())?;
+    }
+    Ok(())
 }
 
 fn read_u64(b: &[u8]) -> Option<u64> {

@@ -14,13 +14,13 @@ use cairn_proto::{AccountId, DeviceId, Topic};
 use thiserror::Error;
 
 use super::protocol::{
-    BATCH_MAX, CertifiedBlock, HANDSHAKES_PER_REPLY_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX,
-    RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
+    BATCH_MAX, CertifiedBlock, HANDSHAKES_PER_REPLY_MAX, LINKS_PER_REPLY_MAX, REQUEST_BYTES_MAX,
+    RESPONSE_BYTES_MAX, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use super::transport::{FrameError, read_frame, write_frame};
 use crate::genesis::Genesis;
 use crate::light::{LightClient, LightError};
-use crate::state::{Account, KeyPackageRecord, StateKey};
+use crate::state::{Account, KeyPackageRecord, StateKey, TopicState};
 use crate::tx::{TX_BYTES_MAX, TxError, TxId};
 
 /// Default bound of one round trip to one validator.
@@ -486,17 +486,119 @@ impl LedgerClient {
 
     /// Finalized handshakes of `topic` from position `from`: at most `max`, and at most
     /// [`HANDSHAKES_PER_REPLY_MAX`] per call (fewer when they would not fit one answer).
+    ///
+    /// Proven: the topic's record (count and hash-chain head) is proven against a certified
+    /// header first, then validators are asked in turn for a [`Request::HandshakePage`] up to
+    /// that count; an answer is accepted only if hashing its payloads and the links after them
+    /// onto its start value reaches the proven head at exactly the proven count (so the
+    /// payloads are the topic's handshakes at positions `from..`, in ledger order). A validator
+    /// whose answer fails the check is skipped; [`ClientError::BadAnswer`] if none passes.
+    /// Handshakes sequenced after the proven header are not returned until a newer proof.
     pub fn handshakes(&mut self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Vec<u8>>, ClientError> {
         let max = max.min(HANDSHAKES_PER_REPLY_MAX);
         if max == 0 {
             return Ok(Vec::new());
         }
-        let req = Request::Handshakes { topic: *topic, from, max: max as u32 };
-        match self.call_any(&req)? {
-            Response::Handshakes(list) if list.len() <= max => Ok(list),
-            Response::Handshakes(_) => Err(ClientError::BadAnswer("more handshakes than asked for".into())),
-            other => Err(unexpected(&other)),
+        let proven = match self.prove(&StateKey::Topic(*topic))? {
+            None => TopicState::default(),
+            Some(b) => TopicState::decode(&b)
+                .map_err(|e| ClientError::BadAnswer(format!("proven topic record: {e}")))?,
+        };
+        if from >= proven.count {
+            return Ok(Vec::new());
         }
+        let mut last = ClientError::Unreachable("no validators".into());
+        for i in 0..self.links.len() {
+            match self.checked_page(i, topic, from, max, &proven) {
+                Ok(list) => return Ok(list),
+                Err(e) => {
+                    tracing::warn!("validator {i}: handshakes of a topic refused: {e}");
+                    // a wrong answer outranks an absent validator in the error returned
+                    if matches!(e, ClientError::BadAnswer(_)) || !matches!(last, ClientError::BadAnswer(_)) {
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks validator `i` for the handshakes of `topic` from `from` (at most `max`, with
+    /// `from < proven.count`) and checks them against `proven`; asks the same validator for
+    /// the remaining links while the page does not reach the proven count.
+    fn checked_page(
+        &mut self,
+        i: usize,
+        topic: &Topic,
+        from: u64,
+        max: usize,
+        proven: &TopicState,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        let bad = |m: &str| ClientError::BadAnswer(format!("validator {i}: {m}"));
+        let ask = |client: &mut Self, from: u64, max: usize| {
+            let req = Request::HandshakePage { topic: *topic, from, max: max as u32, until: proven.count };
+            match client.call_one(i, &req.encode())? {
+                Response::HandshakePage(page) => Ok(page),
+                other => Err(unexpected(&other)),
+            }
+        };
+        let page = ask(self, from, max)?;
+        let mut chain = HandshakeChain::new(from, proven, page.start);
+        if page.payloads.is_empty() || page.payloads.len() > max {
+            return Err(bad("a handshake page with no handshakes or more than asked for"));
+        }
+        for p in &page.payloads {
+            chain.push(&TopicState::link(p)).map_err(&bad)?;
+        }
+        chain.push_links(&page.links).map_err(&bad)?;
+        // Each continuation carries a full load of links (or all that remain), so this loop
+        // runs at most count / LINKS_PER_REPLY_MAX times.
+        while !chain.done() {
+            let more = ask(self, chain.pos, 0)?;
+            if more.start != chain.value || !more.payloads.is_empty() {
+                return Err(bad("a continuation that does not start where the page ended"));
+            }
+            chain.push_links(&more.links).map_err(&bad)?;
+        }
+        if chain.value != proven.chain {
+            return Err(bad("handshakes that do not hash to the proven chain head"));
+        }
+        Ok(page.payloads)
+    }
+}
+
+/// A topic's hash chain being recomputed from a claimed start value towards a proven head.
+struct HandshakeChain {
+    pos: u64,
+    until: u64,
+    value: [u8; 32],
+}
+
+impl HandshakeChain {
+    fn new(from: u64, proven: &TopicState, start: [u8; 32]) -> Self {
+        Self { pos: from, until: proven.count, value: start }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.until
+    }
+
+    fn push(&mut self, link: &[u8; 32]) -> Result<(), &'static str> {
+        if self.done() {
+            return Err("handshakes beyond the proven count");
+        }
+        self.value = TopicState::chain_step(&self.value, link);
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Links after a page: a full load, or every one left up to the proven count.
+    fn push_links(&mut self, links: &[[u8; 32]]) -> Result<(), &'static str> {
+        let left = self.until.saturating_sub(self.pos);
+        if links.len() as u64 != left.min(LINKS_PER_REPLY_MAX as u64) {
+            return Err("a page whose links stop short of the proven count");
+        }
+        links.iter().try_for_each(|l| self.push(l))
     }
 }
 

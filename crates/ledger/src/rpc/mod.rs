@@ -19,8 +19,9 @@ mod transport;
 pub use client::{CALL_TIMEOUT_DEFAULT, ClientError, LedgerClient};
 pub use follower::Follower;
 pub use protocol::{
-    Admission, BATCH_MAX, CertifiedBlock, FRAME_MAX, PROTOCOL_VERSION, ProtocolError, REQUEST_BYTES_MAX,
-    RESPONSE_BYTES_MAX, Refusal, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
+    Admission, BATCH_MAX, CertifiedBlock, FRAME_MAX, HandshakePage, LINKS_PER_REPLY_MAX, PROTOCOL_VERSION,
+    ProtocolError, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, Refusal, RemoteChainStatus, RemoteOutcome,
+    RemoteStatus, Request, Response,
 };
 pub use sequencer::LedgerSequencer;
 pub use server::{CONNECTIONS_MAX, serve, spawn_server};

@@ -12,6 +12,7 @@
 //!   7 nonce           signer:[32]
 //!   8 submit_batch    count:u16 (≤ 4096) tx:bytes*
 //!  11 query           contract:[32] msg:bytes (≤ CONTRACT_MSG_MAX)
+//!  12 handshake_page  topic:[32] from:u64 max:u32 (≤ 256) until:u64
 //! key      = 0 account:[32] | 1 handle:bytes (≤ 32, UTF-8) | 2 nonce:[32] | 3 topic:[32]
 //!          | 4 anchor:[32] | 5 meta | 6 params | 7 device owner:[32] | 8 key packages:[32]
 //!          | 9 code:[32] | 10 contract:[32] | 11 contract state:[32] key:bytes (≤ 128)
@@ -26,6 +27,7 @@
 //!   8 submitted_batch count:u16 (≤ 4096) admission*
 //!   9 error           message:bytes (≤ 256, UTF-8)
 //!  11 query           0 output:bytes (≤ 64 KiB) | 1 refusal
+//!  12 handshake_page  start:[32] count:u16 (≤ 256) payload:bytes* count:u16 (≤ 4096) link:[32]*
 //! admission = 0 id:[32] | 1 refusal
 //! refusal   = code:u8 message:bytes (≤ 256, UTF-8)
 //! outcome   = 0 applied | 1 sequenced topic:[32] seq:u64
@@ -69,6 +71,8 @@ pub const FRAME_MAX: usize =
 pub const BATCH_MAX: usize = 4096;
 /// Most handshakes in one reply.
 pub const HANDSHAKES_PER_REPLY_MAX: usize = 256;
+/// Most handshake links (32 bytes each) in one [`Response::HandshakePage`].
+pub const LINKS_PER_REPLY_MAX: usize = 4096;
 /// Longest refusal reason, bytes (longer reasons are cut at a character boundary).
 pub const REFUSAL_BYTES_MAX: usize = 256;
 /// Longest error message, bytes (longer messages are cut at a character boundary).
@@ -81,6 +85,8 @@ pub const STATE_PROOF_BYTES_MAX: usize =
 // refused at full length, a state proof, a block with its certificate.
 const _: () = assert!(2 + 2 + BATCH_MAX * (1 + 1 + 4 + REFUSAL_BYTES_MAX) <= RESPONSE_BYTES_MAX);
 const _: () = assert!(2 + 1 + 4 + STATE_PROOF_BYTES_MAX <= RESPONSE_BYTES_MAX);
+const _: () =
+    assert!(2 + 32 + 2 + HANDSHAKE_BYTES_MAX + 4 + 2 + LINKS_PER_REPLY_MAX * 32 <= RESPONSE_BYTES_MAX);
 const _: () = assert!(2 + 1 + 4 + BLOCK_BYTES_MAX + 1 + 4 + FINALIZATION_BYTES_MAX <= RESPONSE_BYTES_MAX);
 
 /// Why bytes were refused as a request or a response.
@@ -192,6 +198,21 @@ pub struct RemoteChainStatus {
     pub mempool: u64,
 }
 
+/// One page of a topic's handshakes with what a client needs to check it against the proven
+/// [`StateKey::Topic`] record (count `n`, chain head): the chain value before the page, the
+/// payloads, then the links ([`crate::state::TopicState::link`]) of the handshakes after the
+/// page up to position `until` (at most [`LINKS_PER_REPLY_MAX`]; the client asks for the rest
+/// with pages of no payloads).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct HandshakePage {
+    /// The topic's chain value just before the first position asked for.
+    pub start: [u8; 32],
+    /// Payloads from the first position asked for, in topic order.
+    pub payloads: Vec<Vec<u8>>,
+    /// Links of the handshakes right after the payloads.
+    pub links: Vec<[u8; 32]>,
+}
+
 /// A client's request to a validator.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Request {
@@ -225,6 +246,17 @@ pub enum Request {
         /// The query's input (≤ [`CONTRACT_MSG_MAX`]).
         msg: Vec<u8>,
     },
+    /// Finalized handshakes of a topic with what checks them ([`HandshakePage`]).
+    HandshakePage {
+        /// Topic.
+        topic: Topic,
+        /// First position wanted.
+        from: u64,
+        /// Most payloads wanted (≤ [`HANDSHAKES_PER_REPLY_MAX`]; 0: links only).
+        max: u32,
+        /// Nothing at or after this position (the count the client holds a proof of).
+        until: u64,
+    },
 }
 
 /// A validator's answer.
@@ -250,6 +282,8 @@ pub enum Response {
     Error(String),
     /// Answer to [`Request::Query`]: the query's output, or why it failed.
     Query(Result<Vec<u8>, Refusal>),
+    /// Answer to [`Request::HandshakePage`].
+    HandshakePage(HandshakePage),
 }
 
 mod kind {
@@ -263,6 +297,7 @@ mod kind {
     pub(super) const BATCH: u8 = 8;
     pub(super) const ERROR: u8 = 9;
     pub(super) const QUERY: u8 = 11;
+    pub(super) const HANDSHAKE_PAGE: u8 = 12;
 }
 
 impl Request {
@@ -310,6 +345,13 @@ impl Request {
                 w.raw(contract);
                 w.bytes(msg);
             }
+            Self::HandshakePage { topic, from, max, until } => {
+                w.u8(kind::HANDSHAKE_PAGE);
+                w.raw(&topic.0);
+                w.u64(*from);
+                w.u32(*max);
+                w.u64(*until);
+            }
         }
         w.finish()
     }
@@ -343,6 +385,14 @@ impl Request {
                 contract: r.array("query.contract")?,
                 msg: r.bytes(CONTRACT_MSG_MAX, "query.msg")?.to_vec(),
             },
+            kind::HANDSHAKE_PAGE => {
+                let topic = Topic(r.array("handshake_page.topic")?);
+                let from = r.u64("handshake_page.from")?;
+                let max = r.u32("handshake_page.max")?;
+                check_max(max as usize, HANDSHAKES_PER_REPLY_MAX, "handshake_page.max")?;
+                let until = r.u64("handshake_page.until")?;
+                Self::HandshakePage { topic, from, max, until }
+            }
             other => return Err(ProtocolError::UnknownKind { what: "request", kind: other }),
         };
         r.finish()?;
@@ -414,6 +464,18 @@ impl Response {
                     }
                 }
             }
+            Self::HandshakePage(page) => {
+                w.u8(kind::HANDSHAKE_PAGE);
+                w.raw(&page.start);
+                write_count(&mut w, page.payloads.len());
+                for h in &page.payloads {
+                    w.bytes(h);
+                }
+                write_count(&mut w, page.links.len());
+                for l in &page.links {
+                    w.raw(l);
+                }
+            }
         }
         w.finish()
     }
@@ -458,6 +520,20 @@ impl Response {
                 1 => Err(read_refusal(&mut r)?),
                 other => return Err(ProtocolError::UnknownKind { what: "query answer", kind: other }),
             }),
+            kind::HANDSHAKE_PAGE => {
+                let start = r.array("handshake_page.start")?;
+                let n = r.count(HANDSHAKES_PER_REPLY_MAX, "handshake_page.count")?;
+                let mut payloads = Vec::with_capacity(n);
+                for _ in 0..n {
+                    payloads.push(r.bytes(HANDSHAKE_BYTES_MAX, "handshake_page.payload")?.to_vec());
+                }
+                let n = r.count(LINKS_PER_REPLY_MAX, "handshake_page.links")?;
+                let mut links = Vec::with_capacity(n);
+                for _ in 0..n {
+                    links.push(r.array("handshake_page.link")?);
+                }
+                Self::HandshakePage(HandshakePage { start, payloads, links })
+            }
             other => return Err(ProtocolError::UnknownKind { what: "response", kind: other }),
         };
         r.finish()?;
@@ -479,6 +555,7 @@ impl Response {
             Self::SubmittedBatch(_) => "submitted batch",
             Self::Error(_) => "error",
             Self::Query(_) => "query",
+            Self::HandshakePage(_) => "handshake page",
         }
     }
 }

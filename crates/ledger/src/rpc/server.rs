@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::protocol::{
-    HANDSHAKES_PER_REPLY_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, Refusal, RemoteChainStatus,
-    RemoteOutcome, RemoteStatus, Request, Response,
+    HANDSHAKES_PER_REPLY_MAX, HandshakePage, LINKS_PER_REPLY_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX,
+    Refusal, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use super::transport::{FrameError, read_frame, write_frame};
 use crate::core::{Ledger, TxStatus};
@@ -76,11 +76,43 @@ fn handshakes(ledger: &Ledger, topic: &cairn_proto::Topic, from: u64, max: u32) 
     fit_in_reply(ledger.handshakes(topic, from, max))
 }
 
+/// A page of `topic`'s handshakes from `from` (at most `max`, none at or after `until`) with
+/// the chain value before it and the links after it up to `until`. A validator that does not
+/// hold everything before `from` answers an empty page, which the client refuses.
+fn handshake_page(
+    ledger: &Ledger,
+    topic: &cairn_proto::Topic,
+    from: u64,
+    max: u32,
+    until: u64,
+) -> HandshakePage {
+    let store = ledger.store();
+    let Ok(Some(start)) = store.chain_before(topic, from) else { return HandshakePage::default() };
+    let want = until.saturating_sub(from).min(u64::from(max)).min(HANDSHAKES_PER_REPLY_MAX as u64);
+    let payloads = match want {
+        0 => Vec::new(),
+        n => {
+            let list = store.handshakes(topic, from, n as usize).unwrap_or_default();
+            // room for the start value and a full list of links
+            fit_within(list, RESPONSE_BYTES_MAX - 64 - LINKS_PER_REPLY_MAX * 32)
+        }
+    };
+    let next = from.saturating_add(payloads.len() as u64);
+    let links = store.links(topic, next, until, LINKS_PER_REPLY_MAX).unwrap_or_default();
+    HandshakePage { start, payloads, links }
+}
+
 /// The longest prefix of `list` whose [`Response::Handshakes`] encoding fits one response
 /// frame (256 handshakes of 64 KiB would not).
 fn fit_in_reply(list: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    fit_within(list, RESPONSE_BYTES_MAX)
+}
+
+/// The longest prefix of `list` whose encoding, with a length prefix each, fits in `room`
+/// bytes together with a version, kind and count.
+fn fit_within(list: Vec<Vec<u8>>, room: usize) -> Vec<Vec<u8>> {
     // Room for the version, kind and count; each payload costs its length prefix too.
-    let mut budget = RESPONSE_BYTES_MAX - 8;
+    let mut budget = room - 8;
     let mut out = Vec::new();
     for h in list {
         let Some(rest) = budget.checked_sub(4 + h.len()) else { break };
@@ -111,6 +143,9 @@ pub fn answer(ledger: &Ledger, req: Request) -> Response {
         Request::Proof(key) => Response::Proof(ledger.prove(&key).ok().flatten()),
         Request::Handshakes { topic, from, max } => {
             Response::Handshakes(handshakes(ledger, &topic, from, max))
+        }
+        Request::HandshakePage { topic, from, max, until } => {
+            Response::HandshakePage(handshake_page(ledger, &topic, from, max, until))
         }
         Request::Nonce(signer) => Response::Nonce(ledger.nonce(&signer)),
         Request::Query { contract, msg } => Response::Query(

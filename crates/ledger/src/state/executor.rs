@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_proto::codec::{Reader, Writer};
+use cairn_proto::codec::Reader;
 use cairn_proto::ed25519::{Signature, VerifyingKey};
 use cairn_proto::{AccountId, DeviceId, Topic};
 use jmt::KeyHash;
@@ -15,9 +15,6 @@ use super::{
 use crate::handle::skeleton;
 use crate::params::Params;
 use crate::tx::{Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
-
-/// Domain separation for the per-topic handshake hash chain.
-const TOPIC_CHAIN_DOMAIN: &str = "cairn 2026-11 ledger topic chain v1";
 
 /// Whether `key` may be authorized to sign: a valid point that is not of small order (the
 /// transaction signature rules, ZIP-215, would let anyone sign for a small-order key).
@@ -405,11 +402,7 @@ impl<'a> Executor<'a> {
                 if t.count != *after {
                     return Err(TxError::StaleSequence { after: *after, current: t.count });
                 }
-                let mut w = Writer::with_capacity(72);
-                w.raw(&t.chain);
-                w.raw(&cairn_proto::id::hash(TOPIC_CHAIN_DOMAIN, payload));
-                t.chain = cairn_proto::id::hash(TOPIC_CHAIN_DOMAIN, &w.finish());
-                t.count = t.count.saturating_add(1);
+                t.push(payload);
                 self.put(StateKey::Topic(*topic), Some(t.encode()));
                 return Ok(Outcome::Sequenced { topic: *topic, seq: *after });
             }

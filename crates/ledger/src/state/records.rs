@@ -294,14 +294,39 @@ pub struct TopicState {
     pub chain: [u8; 32],
 }
 
+/// Domain separation for the per-topic handshake hash chain.
+const TOPIC_CHAIN_DOMAIN: &str = "cairn 2026-11 ledger topic chain v1";
+
 impl TopicState {
-    pub(super) fn encode(&self) -> Vec<u8> {
+    /// The link of one handshake in its topic's hash chain: the hash of its payload.
+    pub fn link(payload: &[u8]) -> [u8; 32] {
+        cairn_proto::id::hash(TOPIC_CHAIN_DOMAIN, payload)
+    }
+
+    /// The chain value after appending the handshake whose link is `link` to a chain whose
+    /// value was `prev` (the empty chain's value is all zeros).
+    pub fn chain_step(prev: &[u8; 32], link: &[u8; 32]) -> [u8; 32] {
+        let mut w = Writer::with_capacity(64);
+        w.raw(prev);
+        w.raw(link);
+        cairn_proto::id::hash(TOPIC_CHAIN_DOMAIN, &w.finish())
+    }
+
+    /// Appends one handshake payload: the count grows by one and the chain takes its link.
+    pub fn push(&mut self, payload: &[u8]) {
+        self.chain = Self::chain_step(&self.chain, &Self::link(payload));
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// Canonical encoding (the value under [`StateKey::Topic`]).
+    pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(40);
         w.u64(self.count);
         w.raw(&self.chain);
         w.finish()
     }
-    pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    /// Bounded, canonical decoding.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let s = Self { count: r.u64("topic.count")?, chain: r.array("topic.chain")? };
         r.finish()?;
