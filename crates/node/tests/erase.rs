@@ -14,7 +14,7 @@ use cairn_node::model::StreamEvent;
 use std::sync::Arc;
 
 use cairn_proto::{Id, Limits};
-use common::{Setup, User, deliver, key_package, published, user, user_with};
+use common::{Setup, User, converse, deliver, key_package, published, user, user_with};
 use redb::Database;
 
 /// The erasures `u`'s engine asked of its shell since the last call.
@@ -125,11 +125,7 @@ fn a_redaction_read_before_its_message_is_applied_when_the_message_arrives() {
     let now = 2_000_000;
     let mut seq = MemorySequencer::new();
     let (mut alice, mut bob) = (user(now), user(now));
-    let kp = key_package(&mut bob, now);
-    let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
-    let welcomes = published(&mut alice);
-    deliver(&mut bob, &welcomes, &mut seq, now);
-    assert_eq!(bob.engine.conversations(), vec![conv]);
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
     alice.engine.send_text(conv, "secret plan", &mut seq, now + 1).unwrap();
     let msg = published(&mut alice);
     let id = msg[0].id();
@@ -154,10 +150,7 @@ fn a_forgotten_conversation_cannot_be_read_from_any_copy_of_the_database() {
     let now = 3_000_000;
     let mut seq = MemorySequencer::new();
     let (mut alice, mut bob) = (user(now), user_with(now, Setup { keyring: true, ..Setup::default() }));
-    let kp = key_package(&mut bob, now);
-    let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
-    let welcomes = published(&mut alice);
-    deliver(&mut bob, &welcomes, &mut seq, now);
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
     alice.engine.send_text(conv, "canary 51d0 at rest", &mut seq, now + 1).unwrap();
     let msg = published(&mut alice);
     let id = msg[0].id();

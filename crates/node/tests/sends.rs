@@ -8,7 +8,7 @@ mod common;
 use cairn_mls::{ConversationId, MemorySequencer};
 use cairn_node::error::NodeError;
 use cairn_node::idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IdempotencyKey};
-use common::{User, deliver, key_package, published, restart, user};
+use common::{User, converse, deliver, published, restart, user};
 
 fn texts(u: &User, conv: &ConversationId) -> Vec<String> {
     u.engine
@@ -29,10 +29,7 @@ fn a_keyed_send_retried_after_a_restart_or_in_the_same_batch_is_sent_once() {
     let now = 1_000_000;
     let mut seq = MemorySequencer::new();
     let (mut alice, mut bob) = (user(now), user(now));
-    let kp = key_package(&mut bob, now);
-    let (conv, _) = alice.engine.create(vec![kp], &mut seq, now).unwrap();
-    let welcomes = published(&mut alice);
-    deliver(&mut bob, &welcomes, &mut seq, now);
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
 
     let send = |u: &mut User, items: Vec<(&str, Option<IdempotencyKey>)>, at: u64| {
         let items = items.into_iter().map(|(t, k)| (conv, t.to_owned(), k)).collect();

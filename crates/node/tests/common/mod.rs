@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cairn_crypto::Identity;
-use cairn_mls::{KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
+use cairn_mls::{ConversationId, KeyPackageBatch, MemorySequencer, VerifiedKeyPackage};
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Invitations, Io};
 use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
@@ -97,6 +97,16 @@ pub fn published(u: &mut User) -> Vec<Envelope> {
         }
     }
     out
+}
+
+/// `alice` creates a conversation with `bob`, who joins it from the Welcome.
+pub fn converse(alice: &mut User, bob: &mut User, seq: &mut MemorySequencer, now: u64) -> ConversationId {
+    let kp = key_package(bob, now);
+    let (conv, _) = alice.engine.create(vec![kp], seq, now).unwrap();
+    let welcomes = published(alice);
+    deliver(bob, &welcomes, seq, now);
+    assert_eq!(bob.engine.conversations(), vec![conv], "bob joined");
+    conv
 }
 
 /// Hands `envs` to `to`, as the mesh would (its receipts and the like are dropped).
