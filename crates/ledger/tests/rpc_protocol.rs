@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use cairn_ledger::block::Block;
 use cairn_ledger::light::StateProof;
 use cairn_ledger::rpc::{
-    BATCH_MAX, PROTOCOL_VERSION, ProtocolError, REQUEST_BYTES_MAX, Refusal, RemoteChainStatus, RemoteOutcome,
-    RemoteStatus, Request, Response,
+    BATCH_MAX, HandshakePage, PROTOCOL_VERSION, ProtocolError, REQUEST_BYTES_MAX, Refusal, RemoteChainStatus,
+    RemoteOutcome, RemoteStatus, Request, Response,
 };
 use cairn_ledger::state::StateKey;
 use cairn_ledger::tx::TxId;
@@ -57,6 +57,9 @@ fn request() -> impl Strategy<Value = Request> {
         any::<[u8; 32]>().prop_map(Request::Nonce),
         vec(bytes(64), 0..8).prop_map(Request::SubmitBatch),
         (any::<[u8; 32]>(), bytes(200)).prop_map(|(contract, msg)| Request::Query { contract, msg }),
+        (any::<[u8; 32]>(), any::<u64>(), 0u32..=256, any::<u64>()).prop_map(|(t, from, max, until)| {
+            Request::HandshakePage { topic: Topic(t), from, max, until }
+        }),
     ]
 }
 
@@ -117,6 +120,9 @@ fn response() -> impl Strategy<Value = Response> {
         vec(admission(), 0..8).prop_map(Response::SubmittedBatch),
         text().prop_map(Response::Error),
         prop_oneof![bytes(200).prop_map(Ok), refusal().prop_map(Err)].prop_map(Response::Query),
+        (any::<[u8; 32]>(), vec(bytes(64), 0..8), vec(any::<[u8; 32]>(), 0..20)).prop_map(
+            |(start, payloads, links)| Response::HandshakePage(HandshakePage { start, payloads, links })
+        ),
     ]
 }
 
@@ -288,6 +294,10 @@ fn fixture_values() -> (Fixtures<Request>, Fixtures<Response>) {
         ("rpc_request_submit.hex", Request::Submit(vec![0xca, 0x1e, 0x55])),
         ("rpc_request_handshakes.hex", Request::Handshakes { topic: Topic([7; 32]), from: 42, max: 16 }),
         ("rpc_request_proof_handle.hex", Request::Proof(StateKey::Handle("alice".into()))),
+        (
+            "rpc_request_handshake_page.hex",
+            Request::HandshakePage { topic: Topic([7; 32]), from: 42, max: 16, until: 50 },
+        ),
     ];
     let responses = vec![
         (
@@ -309,6 +319,14 @@ fn fixture_values() -> (Fixtures<Request>, Fixtures<Response>) {
             ]),
         ),
         ("rpc_response_error.hex", Response::Error("malformed request".into())),
+        (
+            "rpc_response_handshake_page.hex",
+            Response::HandshakePage(HandshakePage {
+                start: [3; 32],
+                payloads: vec![vec![0xc0, 0x31], vec![]],
+                links: vec![[4; 32]],
+            }),
+        ),
     ];
     (requests, responses)
 }
