@@ -141,6 +141,13 @@ impl Engine {
         ids: &[Id],
         now_ms: u64,
     ) -> Result<(), NodeError> {
+        if self.receipt_keys.get(&conv, epoch).is_none() {
+            // The conversation reached this epoch on a path that did not refresh it (a browser
+            // test saw "no receipt key for epoch 2" on a member who had read a message of epoch
+            // 2, and the sender's delivery stayed "stored" for good): derive the current
+            // epoch's key now rather than drop the receipt.
+            self.remember_receipt_key(&conv);
+        }
         let Some(key) = self.receipt_keys.get(&conv, epoch) else {
             return Err(NodeError::Mls(format!("no receipt key for epoch {epoch}")));
         };
