@@ -63,6 +63,11 @@ impl ReceiptKeys {
     fn get(&self, conv: &ConversationId, epoch: u64) -> Option<[u8; 32]> {
         self.keys.get(conv).and_then(|m| m.get(&epoch)).copied()
     }
+
+    /// The newest epoch's key of `conv`.
+    fn latest(&self, conv: &ConversationId) -> Option<(u64, [u8; 32])> {
+        self.keys.get(conv).and_then(|m| m.last_key_value()).map(|(e, k)| (*e, *k))
+    }
 }
 
 fn seal(
@@ -141,15 +146,20 @@ impl Engine {
         ids: &[Id],
         now_ms: u64,
     ) -> Result<(), NodeError> {
-        if self.receipt_keys.get(&conv, epoch).is_none() {
-            // The conversation reached this epoch on a path that did not refresh it (a browser
-            // test saw "no receipt key for epoch 2" on a member who had read a message of epoch
-            // 2, and the sender's delivery stayed "stored" for good): derive the current
-            // epoch's key now rather than drop the receipt.
-            self.remember_receipt_key(&conv);
-        }
-        let Some(key) = self.receipt_keys.get(&conv, epoch) else {
-            return Err(NodeError::Mls(format!("no receipt key for epoch {epoch}")));
+        let (epoch, key) = match self.receipt_keys.get(&conv, epoch) {
+            Some(key) => (epoch, key),
+            None => {
+                // The member read a message of an epoch whose key it never derived (probably
+                // passed in one step with the next; not proven). A browser test logged "no
+                // receipt key for epoch 2" on a member who had read a message of epoch 2, and
+                // the sender's delivery stayed "stored" for good. Seal under the current
+                // epoch's key instead, which the sender holds too; the epoch travels with it.
+                self.remember_receipt_key(&conv);
+                match self.receipt_keys.latest(&conv) {
+                    Some((current, key)) if current >= epoch => (current, key),
+                    _ => return Err(NodeError::Mls(format!("no receipt key for epoch {epoch}"))),
+                }
+            }
         };
         let topic = receipt_topic(&conv, &to);
         let mut w = Writer::with_capacity(3 + 32 * ids.len());
