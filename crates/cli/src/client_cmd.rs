@@ -155,6 +155,31 @@ pub(crate) enum ChatCommand {
         /// Conversation id (or a unique prefix of at least 8 hex digits).
         conv: String,
     },
+    /// Show the conversation's policy contract, or pin one with --set (a commit: every member
+    /// switches at the same epoch; with `moderation`, only its admins may add, remove or change
+    /// the policy afterwards).
+    Policy {
+        /// Conversation id (or a unique prefix of at least 8 hex digits).
+        conv: String,
+        /// Pin `moderation`, `echo_bot`, or `none` (unpin).
+        #[arg(long, value_name = "POLICY")]
+        set: Option<String>,
+        /// Moderation: an admin (account id or @handle); repeat for several.
+        #[arg(long = "admin", value_name = "WHO")]
+        admins: Vec<String>,
+        /// Moderation: at most N messages per sender per --window seconds.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        rate: u32,
+        /// Moderation: the rate limit's window, seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        window: u64,
+        /// Moderation: a filtered word; repeat for several.
+        #[arg(long = "word", value_name = "WORD")]
+        words: Vec<String>,
+        /// Moderation: deny filtered messages instead of holding them.
+        #[arg(long)]
+        deny_filtered: bool,
+    },
 }
 
 /// `cairn account …`.
@@ -215,6 +240,28 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
             ChatCommand::Add { conv, members } => run_chat_add(home, &conv, &members),
             ChatCommand::Remove { conv, member } => run_chat_remove(home, &conv, &member),
             ChatCommand::Leave { conv } => run_chat_leave(home, &conv),
+            ChatCommand::Policy { conv, set, admins, rate, window, words, deny_filtered } => {
+                let c = client(home)?;
+                let view = match set {
+                    None => c.policy(&conv)?,
+                    Some(policy) => {
+                        let req = cairn_node::model::PolicySetRequest {
+                            policy,
+                            admins,
+                            max_messages: rate,
+                            window_ms: window.saturating_mul(1000),
+                            words,
+                            deny_filtered,
+                        };
+                        c.set_policy(&conv, &req)?
+                    }
+                };
+                println!("policy: {}", view.policy);
+                if let (Some(h), Some(cfg)) = (view.code_hash, view.config) {
+                    println!("code:   {h}\nconfig: {cfg}");
+                }
+                Ok(())
+            }
             ChatCommand::Forget { conv } => {
                 client(home)?.forget(&conv)?;
                 println!("forgot {conv}: its keys, state and messages are gone from this device");

@@ -9,7 +9,7 @@ use std::time::Duration;
 mod common;
 
 use cairn_node::client::{Client, read_run_file};
-use cairn_node::model::{MessageView, TailQuery};
+use cairn_node::model::{MessageView, PolicySetRequest, TailQuery};
 use common::{BIN, Net, wait_for};
 
 const PASS: &str = "e2e passphrase";
@@ -246,6 +246,22 @@ fn an_erased_canary_is_in_no_file_of_any_node_and_a_forgotten_account_leaves_no_
         assert!(v.intact, "{who}: {:?}", v.first_problem);
         assert!(v.erased >= 1, "{who}: verify counts no erased message");
     }
+    // Ann pins the moderation policy with herself as the only admin: every member sees it; ben
+    // may no longer remove anyone or change the policy.
+    let admin_only =
+        PolicySetRequest { policy: "moderation".into(), admins: vec!["@ann".into()], ..Default::default() };
+    assert_eq!(a.set_policy(&conv, &admin_only).unwrap().policy, "moderation");
+    for (who, client) in [("ben", &b), ("cat", &c)] {
+        wait_for(&format!("{who} to see the policy"), Duration::from_secs(60), || {
+            (client.policy(&conv).ok()?.policy == "moderation").then_some(())
+        });
+    }
+    let cat_id = c.status().unwrap().account;
+    assert!(b.remove_member(&conv, &cat_id).is_err(), "a non-admin removed a member");
+    let none = PolicySetRequest { policy: "none".into(), ..Default::default() };
+    assert!(b.set_policy(&conv, &none).is_err(), "a non-admin changed the policy");
+    assert_eq!(a.policy(&conv).unwrap().policy, "moderation");
+    assert_eq!(a.conversation(&conv).unwrap().members.len(), 3, "nobody was removed");
     // Cat forgets her account: she leaves (the others see her go), her conversation is
     // forgotten, her handle is free and no device of hers stays active on the ledger.
     let cat = c.status().unwrap().account;

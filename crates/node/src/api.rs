@@ -26,7 +26,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use futures::FutureExt as _;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
@@ -34,7 +34,7 @@ use tokio::sync::{broadcast, watch};
 use crate::backend::{ApiError, Backend};
 use crate::model::{
     AccountForgetRequest, DeliveryState, DeviceAddRequest, ErasuresQuery, ErrorBody, HandleRequest,
-    MembersRequest, SendQuery, SendRequest, StreamEvent, TailQuery,
+    MembersRequest, PolicySetRequest, SendQuery, SendRequest, StreamEvent, TailQuery,
 };
 use crate::web::{self, Sessions, WebOptions};
 
@@ -64,6 +64,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/conversations/{id}/messages/{message}"),
     ("GET", "/v1/conversations/{id}/erasures"),
     ("POST", "/v1/account/forget"),
+    ("GET", "/v1/conversations/{id}/policy"),
+    ("PUT", "/v1/conversations/{id}/policy"),
     ("POST", "/v1/conversations/{id}/verify"),
     ("POST", "/v1/handle"),
     ("GET", "/v1/devices"),
@@ -202,6 +204,14 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
             })
         }
         ("DELETE", "/v1/conversations/{id}/messages/{message}") => delete(erase::<B>),
+        ("GET", "/v1/conversations/{id}/policy") => get(
+            |State(ctx): St<B>, ApiPath(id): ApiPath<String>| async move { ok(ctx.backend.policy(id).await) },
+        ),
+        ("PUT", "/v1/conversations/{id}/policy") => put(
+            |State(ctx): St<B>, ApiPath(id): ApiPath<String>, ApiJson(req): ApiJson<PolicySetRequest>| async move {
+                ok(ctx.backend.set_policy(id, req).await)
+            },
+        ),
         ("POST", "/v1/account/forget") => {
             post(|State(ctx): St<B>, ApiJson(req): ApiJson<AccountForgetRequest>| async move {
                 ok(ctx.backend.forget_account(req).await)

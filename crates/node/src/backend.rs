@@ -7,8 +7,8 @@ use tokio::sync::broadcast;
 
 use crate::model::{
     AccountForgetRequest, AccountForgetView, AccountView, ConversationView, DeviceAddRequest, DeviceView,
-    ErasureView, ErasuresQuery, LedgerStatusView, MessageView, RequestView, SendResult, StatusView,
-    StreamEvent, TailQuery, TxView, VerifyView,
+    ErasureView, ErasuresQuery, LedgerStatusView, MessageView, PolicySetRequest, PolicyView, RequestView,
+    SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
 };
 
 /// Why a node operation failed; the API maps each kind to an HTTP status.
@@ -88,6 +88,15 @@ pub trait Backend: Send + Sync + 'static {
         text: String,
         idempotency_key: Option<String>,
     ) -> impl Future<Output = ApiResult<SendResult>> + Send;
+    /// The policy pinned in a conversation.
+    fn policy(&self, id: String) -> impl Future<Output = ApiResult<PolicyView>> + Send;
+    /// Pins a shipped policy in a conversation (a commit: every member switches at the same
+    /// epoch; the current policy must allow the change).
+    fn set_policy(
+        &self,
+        id: String,
+        req: PolicySetRequest,
+    ) -> impl Future<Output = ApiResult<PolicyView>> + Send;
     /// Forgets this account: leaves and forgets every conversation (crypto-shredding), releases
     /// the handle and revokes every device on the ledger.
     fn forget_account(

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{
     AccountForgetRequest, AccountForgetView, AccountView, ConversationView, DeviceAddRequest, DeviceView,
-    ErasureView, ErrorBody, HandleRequest, LedgerStatusView, MembersRequest, MessageView, RequestView,
-    RunFile, SendRequest, SendResult, StatusView, TailQuery, TxView, VerifyView,
+    ErasureView, ErrorBody, HandleRequest, LedgerStatusView, MembersRequest, MessageView, PolicySetRequest,
+    PolicyView, RequestView, RunFile, SendRequest, SendResult, StatusView, TailQuery, TxView, VerifyView,
 };
 
 /// Token file name inside the data directory.
@@ -202,6 +202,18 @@ impl Client {
         let timeout = REQUEST_TIMEOUT.saturating_add(Duration::from_millis(wait_ms));
         let req = req.config().timeout_global(Some(timeout)).build();
         self.decode(self.auth(req).send_json(&SendRequest { text: text.to_string() }))
+    }
+
+    /// `GET /v1/conversations/{id}/policy`.
+    pub fn policy(&self, id: &str) -> Result<PolicyView, ClientError> {
+        self.get(&format!("/v1/conversations/{}/policy", seg(id)))
+    }
+
+    /// `PUT /v1/conversations/{id}/policy` (a commit: may take a few seconds).
+    pub fn set_policy(&self, id: &str, req: &PolicySetRequest) -> Result<PolicyView, ClientError> {
+        let req_b = self.agent.put(self.url(&format!("/v1/conversations/{}/policy", seg(id))));
+        let req_b = req_b.config().timeout_global(Some(Duration::from_secs(120))).build();
+        self.decode(self.auth(req_b).send_json(req))
     }
 
     /// `POST /v1/account/forget`: leaves and forgets every conversation, releases the handle

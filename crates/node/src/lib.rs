@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod keyring;
 pub mod metrics;
 pub mod model;
+pub mod policy_api;
 pub mod redactions;
 pub mod requests;
 pub mod service;

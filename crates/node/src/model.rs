@@ -191,6 +191,41 @@ pub struct AccountForgetView {
     pub devices_revoked: usize,
 }
 
+/// `PUT /v1/conversations/{id}/policy`: the shipped policy to pin (committed to the group,
+/// so every member switches at the same epoch) and its settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PolicySetRequest {
+    /// `moderation`, `echo_bot` or `none` (unpin).
+    pub policy: String,
+    /// Moderation: admin accounts (ids or @handles); only they may add, remove or change the
+    /// policy. None: every member may.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Moderation: most messages per window per sender (0: no rate limit).
+    #[serde(default)]
+    pub max_messages: u32,
+    /// Moderation: the rate limit's window, ms.
+    #[serde(default)]
+    pub window_ms: u64,
+    /// Moderation: filtered words (ASCII, case-insensitive).
+    #[serde(default)]
+    pub words: Vec<String>,
+    /// Moderation: deny a filtered message instead of holding it.
+    #[serde(default)]
+    pub deny_filtered: bool,
+}
+
+/// The policy pinned in a conversation at its current epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyView {
+    /// `moderation`, `echo_bot`, `none`, or `unknown` (code this version does not ship).
+    pub policy: String,
+    /// The module's code hash (hex), if a policy is pinned.
+    pub code_hash: Option<String>,
+    /// Its configuration bytes (hex), if a policy is pinned.
+    pub config: Option<String>,
+}
+
 /// `GET /v1/conversations/{id}/erasures` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ErasuresQuery {

@@ -26,8 +26,8 @@ use crate::error::NodeError;
 use crate::idempotency::IdempotencyKey;
 use crate::model::{
     AccountForgetRequest, AccountForgetView, AccountView, ConversationView, DeviceAddRequest, DeviceView,
-    ErasureView, ErasuresQuery, LedgerStatusView, MessageView, RequestView, SendResult, StatusView,
-    StreamEvent, TailQuery, TxView, VerifyView,
+    ErasureView, ErasuresQuery, LedgerStatusView, MessageView, PolicySetRequest, PolicyView, RequestView,
+    SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
 };
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
 use crate::shell::keypackages::{KeyPackageRefusal, KeyPackages};
@@ -509,6 +509,32 @@ impl Backend for Service {
         };
         self.ask(|r| Job::Remove(conv, account, r)).await?;
         Ok(self.shared.conversation_view(&conv)?)
+    }
+
+    async fn policy(&self, id: String) -> ApiResult<PolicyView> {
+        let conv = self.find_conversation(&id)?;
+        let pin = self.ask(|r| Job::Policy(conv, r)).await?;
+        Ok(crate::policy_api::view_of(pin.as_ref()))
+    }
+
+    async fn set_policy(&self, id: String, req: PolicySetRequest) -> ApiResult<PolicyView> {
+        let conv = self.find_conversation(&id)?;
+        let names = req.admins.clone();
+        let admins = self
+            .ledger_call(move |client, _| {
+                let mut out: Vec<AccountId> = Vec::new();
+                for n in names {
+                    let a = resolve_account(client, &n)?;
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let pin = crate::policy_api::pin_of(&req, admins)?;
+        self.ask(|r| Job::SetPolicy(conv, pin, r)).await?;
+        self.policy(id).await
     }
 
     async fn forget_account(&self, req: AccountForgetRequest) -> ApiResult<AccountForgetView> {

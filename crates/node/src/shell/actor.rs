@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 
 use cairn_ledger::rpc::LedgerSequencer;
+use cairn_mls::policy_ext::PolicyPin;
 use cairn_mls::{ConversationId, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId, Envelope, Id, Topic};
 use tokio::sync::{mpsc, oneshot};
@@ -99,6 +100,10 @@ pub enum Job {
     MissingDevice(DeviceId, Reply<Vec<ConversationId>>),
     /// Member accounts of a conversation.
     Members(ConversationId, Reply<Vec<AccountId>>),
+    /// The policy pinned in a conversation.
+    Policy(ConversationId, Reply<Option<PolicyPin>>),
+    /// Pin a policy (`None`: unpin).
+    SetPolicy(ConversationId, Option<PolicyPin>, Reply<()>),
     /// Tracked delivery states of this device's sends in a conversation (newest first, at most
     /// the count given).
     Deliveries(ConversationId, usize, Reply<Vec<(Id, crate::model::DeliveryView)>>),
@@ -306,6 +311,16 @@ impl Actor {
             Job::Members(conv, reply) => {
                 let r = self.engine.member_accounts(&conv);
                 self.answer(reply, r);
+            }
+            Job::Policy(conv, reply) => {
+                let r = self.engine.policy(&conv);
+                self.answer(reply, r);
+            }
+            Job::SetPolicy(conv, pin, reply) => {
+                let r = self
+                    .registered()
+                    .and_then(|()| self.engine.set_policy(conv, pin.clone(), &mut self.sequencer, now));
+                self.settle_or_park(conv, reply, Intent::SetPolicy(pin), r, now);
             }
             Job::Deliveries(conv, max, reply) => {
                 let r = Ok(self.engine.deliveries(&conv, max));

@@ -2,6 +2,7 @@
 //! other conversation, and answers the caller when the block follower shows the commit merged
 //! (or rebuilds the change if other bytes took its slot, or gives up at the deadline).
 
+use cairn_mls::policy_ext::PolicyPin;
 use cairn_mls::{ConversationId, VerifiedKeyPackage};
 use cairn_proto::AccountId;
 
@@ -25,6 +26,8 @@ pub enum Intent {
     Add(Vec<VerifiedKeyPackage>),
     /// Remove this account.
     Remove(AccountId),
+    /// Pin this policy (`None`: unpin).
+    SetPolicy(Option<PolicyPin>),
 }
 
 /// Who to answer.
@@ -163,6 +166,13 @@ fn redo(
                 engine.remove(conv, *account, seq, now_ms)
             } else {
                 Ok(Commit::Done)
+            }
+        }
+        Intent::SetPolicy(pin) => {
+            if engine.policy(&conv)? == *pin {
+                Ok(Commit::Done)
+            } else {
+                engine.set_policy(conv, pin.clone(), seq, now_ms)
             }
         }
     }

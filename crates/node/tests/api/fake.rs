@@ -198,6 +198,19 @@ impl Backend for Fake {
         Ok(SendResult { id: format!("{:064x}", u64::MAX), delivery: delivery() })
     }
 
+    async fn policy(&self, id: String) -> ApiResult<cairn_node::model::PolicyView> {
+        self.with_conv(&id, |_| Ok(cairn_node::policy_api::view_of(None)))
+    }
+
+    async fn set_policy(
+        &self,
+        id: String,
+        req: cairn_node::model::PolicySetRequest,
+    ) -> ApiResult<cairn_node::model::PolicyView> {
+        let pin = cairn_node::policy_api::pin_of(&req, Vec::new())?;
+        self.with_conv(&id, |_| Ok(cairn_node::policy_api::view_of(pin.as_ref())))
+    }
+
     async fn forget_account(
         &self,
         _req: cairn_node::model::AccountForgetRequest,
