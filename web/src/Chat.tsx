@@ -13,6 +13,7 @@ import {
   type VerifyView,
 } from './api';
 import { markRead, markVerified, verifiedFingerprint } from './local';
+import { Policy } from './Policy';
 import { VirtualList } from './VirtualList';
 
 const PAGE = 100;
@@ -375,6 +376,7 @@ function Members({
       </ul>
       {conv.active && (
         <>
+          <Policy id={conv.id} busy={busy} act={act} />
           <form
             class="row"
             onSubmit={(e) => {

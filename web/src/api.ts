@@ -98,6 +98,12 @@ export interface SetupDone {
   account: string;
   handle: string | null;
 }
+export type PolicyName = 'moderation' | 'echo_bot' | 'none';
+export interface PolicyView {
+  policy: PolicyName | 'unknown';
+  code_hash: string | null;
+  config: string | null;
+}
 export type StreamEvent =
   | ({ type: 'message' } & MessageView)
   | { type: 'delivery'; id: string; conversation: string; delivery: DeliveryView }
@@ -171,6 +177,8 @@ export const api = {
   revokeDevice: (device: string) => call<TxView>('DELETE', `/v1/devices/${enc(device)}`),
   requests: () => call<RequestView[]>('GET', '/v1/requests'),
   deliveries: (id: string) => call<DeliveryEntry[]>('GET', `/v1/conversations/${enc(id)}/deliveries`),
+  policy: (id: string) => call<PolicyView>('GET', `/v1/conversations/${enc(id)}/policy`),
+  setPolicy: (id: string, policy: PolicyName) => call<unknown>('PUT', `/v1/conversations/${enc(id)}/policy`, { policy }),
   balance: () => call<BalanceView>('GET', '/v1/balance'),
   pay: (to: string, amount: number) => call<PaymentView>('POST', '/v1/payments', { to, amount }),
   setup: (code: string, passphrase: string, handle: string) =>

@@ -276,6 +276,12 @@ test('verify', async () => {
   await expect(bobRow).toContainText('1 device');
   await bobRow.getByRole('button', { name: 'Mark verified' }).click();
   await expect(bobRow).toContainText('verified');
+  // The conversation's policy contract: none pinned, then moderation (no admins, no limits:
+  // everything stays allowed) pinned through a commit on the ledger.
+  await expect(alice.getByTestId('policy')).toHaveText('Policy: none');
+  await alice.getByLabel('Policy to pin').selectOption('moderation');
+  await alice.getByRole('button', { name: 'Set policy' }).click();
+  await expect(alice.getByTestId('policy')).toHaveText(/^Policy: moderation/, { timeout: 60_000 });
 });
 
 test('balance and a payment', async () => {
