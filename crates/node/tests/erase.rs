@@ -7,14 +7,14 @@
 
 mod common;
 
-use cairn_mls::{ConversationId, MemorySequencer};
+use cairn_mls::MemorySequencer;
 use cairn_node::engine::{Io, Redaction};
 use cairn_node::error::NodeError;
 use cairn_node::model::StreamEvent;
 use std::sync::Arc;
 
 use cairn_proto::{Id, Limits};
-use common::{Setup, User, converse, deliver, key_package, published, user, user_with};
+use common::{Setup, User, converse, deliver, key_package, published, texts, user, user_with};
 use redb::Database;
 
 /// The erasures `u`'s engine asked of its shell since the last call.
@@ -28,16 +28,6 @@ fn erasures(u: &mut User) -> Vec<(Id, Option<[u8; 32]>)> {
         _ => true,
     });
     out
-}
-
-fn texts(u: &User, conv: &ConversationId) -> Vec<String> {
-    u.engine
-        .db()
-        .messages(&conv.0, 0, 100)
-        .unwrap()
-        .into_iter()
-        .map(|s| String::from_utf8_lossy(&s.message.body[1..]).into_owned())
-        .collect()
 }
 
 fn erased_event(u: &User, id: &Id) -> bool {

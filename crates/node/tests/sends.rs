@@ -5,20 +5,10 @@
 
 mod common;
 
-use cairn_mls::{ConversationId, MemorySequencer};
+use cairn_mls::MemorySequencer;
 use cairn_node::error::NodeError;
 use cairn_node::idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IdempotencyKey};
-use common::{User, converse, deliver, published, restart, user};
-
-fn texts(u: &User, conv: &ConversationId) -> Vec<String> {
-    u.engine
-        .db()
-        .messages(&conv.0, 0, 100)
-        .unwrap()
-        .into_iter()
-        .map(|s| String::from_utf8_lossy(&s.message.body[1..]).into_owned())
-        .collect()
-}
+use common::{User, converse, deliver, published, restart, texts, user};
 
 fn key(k: &str) -> Option<IdempotencyKey> {
     Some(IdempotencyKey::parse(k).unwrap())

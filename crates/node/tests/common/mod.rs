@@ -109,6 +109,17 @@ pub fn converse(alice: &mut User, bob: &mut User, seq: &mut MemorySequencer, now
     conv
 }
 
+/// The texts of `conv`'s local history at `u`, oldest first (at most 100).
+pub fn texts(u: &User, conv: &ConversationId) -> Vec<String> {
+    u.engine
+        .db()
+        .messages(&conv.0, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|s| String::from_utf8_lossy(&s.message.body[1..]).into_owned())
+        .collect()
+}
+
 /// Hands `envs` to `to`, as the mesh would (its receipts and the like are dropped).
 pub fn deliver(to: &mut User, envs: &[Envelope], seq: &mut MemorySequencer, now: u64) {
     let batch = envs.iter().map(|e| Arrival { id: e.id(), envelope: e.clone(), after_gap: false }).collect();
