@@ -4,16 +4,16 @@
 //! garbling a topic's handshakes) is detected and the client takes the list from an honest
 //! one; with only liars the read fails with `BadAnswer` instead of returning their list.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_ledger::block::Header;
+mod support;
+
 use cairn_ledger::chain_store::ChainStore;
 use cairn_ledger::core::{Ledger, MempoolLimits};
-use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis};
-use cairn_ledger::light::LedgerFinalization;
+use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::protocol::{HandshakePage, Request, Response};
 use cairn_ledger::rpc::server::{answer, serve};
 use cairn_ledger::rpc::{ClientError, LINKS_PER_REPLY_MAX, LedgerClient};
@@ -21,14 +21,7 @@ use cairn_ledger::state::TopicState;
 use cairn_ledger::tx::{Tx, TxBody};
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, Topic};
-use commonware_codec::Encode as _;
-use commonware_consensus::simplex::scheme::ed25519::Scheme;
-use commonware_consensus::simplex::types::{Finalize, Proposal};
-use commonware_consensus::types::{Epoch, Round, View};
-use commonware_cryptography::ed25519;
-use commonware_cryptography::sha256::Digest;
-use commonware_parallel::Sequential;
-use commonware_utils::non_empty;
+use support::{finalize, frame, read_frame};
 
 const TOPIC: Topic = Topic([7; 32]);
 
@@ -37,22 +30,6 @@ fn user(i: u8) -> SigningKey {
 }
 fn id(k: &SigningKey) -> AccountId {
     AccountId(k.verifying_key().to_bytes())
-}
-
-/// A finalization certificate over `header` signed by validators 0, 1 and 2 of 4 (a quorum).
-fn certify(g: &Genesis, keys: &[ed25519::PrivateKey], header: &Header) -> Vec<u8> {
-    let participants = g.participants().unwrap();
-    let proposal =
-        Proposal::new(Round::new(Epoch::zero(), View::new(5)), View::new(4), Digest(header.digest()));
-    let votes: Vec<Finalize<Scheme, Digest>> = [0, 1, 2]
-        .iter()
-        .map(|&i| {
-            let s = Scheme::signer(CONSENSUS_NAMESPACE, participants.clone(), keys[i].clone()).unwrap();
-            Finalize::sign(&s, proposal.clone()).unwrap()
-        })
-        .collect();
-    let scheme = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
-    LedgerFinalization::from_finalizes(&scheme, non_empty![@&votes], &Sequential).unwrap().encode().to_vec()
 }
 
 /// An honest validator's ledger whose topic [`TOPIC`] holds `n` handshakes (payload of
@@ -111,7 +88,7 @@ fn build(n: u64, store: ChainStore) -> (Genesis, Ledger, Vec<Vec<u8>>) {
         let header = proposal.block.header;
         ledger.finalize(Arc::new(proposal.block));
         assert_eq!(ledger.status().height, s.height + 1, "faults: {:?}", ledger.faults());
-        ledger.record_finalization(header.digest(), certify(&g, &keys, &header));
+        ledger.record_finalization(header.digest(), finalize(&g, &keys, &[0, 1, 2], &header));
         if nonce == n {
             break;
         }
@@ -127,12 +104,6 @@ fn client(c: &Chain, first: SocketAddr) -> LedgerClient {
     LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5))
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
 /// How a fake validator answers a handshake page request: from the honest answer.
 type Lie = fn(&Request, HandshakePage) -> Vec<u8>;
 
@@ -146,15 +117,7 @@ fn liar(ledger: Ledger, lie: Lie) -> SocketAddr {
             let Ok(mut s) = s else { continue };
             let ledger = ledger.clone();
             std::thread::spawn(move || {
-                loop {
-                    let mut len = [0u8; 4];
-                    if s.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-                    if s.read_exact(&mut body).is_err() {
-                        return;
-                    }
+                while let Some(body) = read_frame(&mut s) {
                     let req = Request::decode(&body).unwrap();
                     let out = match answer(&ledger, req.clone()) {
                         Response::HandshakePage(page) => lie(&req, page),

@@ -3,39 +3,19 @@
 //! account's device set and a handle's absence from a finalized header + certificate, and
 //! refuses forged proofs and forged certificates.
 
+mod support;
+
 use cairn_ledger::block::{Block, Header};
-use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis};
+use cairn_ledger::genesis::Genesis;
 use cairn_ledger::light::{LedgerFinalization, LightClient, LightError, StateProof};
 use cairn_ledger::state::{Account, Machine, StateKey};
 use cairn_ledger::tx::{Tx, TxBody};
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, DeviceCert, DeviceId};
 use commonware_codec::{Decode as _, Encode as _};
-use commonware_consensus::simplex::scheme::ed25519::Scheme;
-use commonware_consensus::simplex::types::{Finalize, Proposal};
-use commonware_consensus::types::{Epoch, Round, View};
 use commonware_cryptography::certificate::Signers;
 use commonware_cryptography::ed25519;
-use commonware_cryptography::sha256::Digest;
-use commonware_parallel::Sequential;
-use commonware_utils::non_empty;
-
-/// Signs a finalization over `header` with the validators at `signers`.
-fn finalize(g: &Genesis, keys: &[ed25519::PrivateKey], signers: &[usize], header: &Header) -> Vec<u8> {
-    let participants = g.participants().unwrap();
-    let proposal =
-        Proposal::new(Round::new(Epoch::zero(), View::new(5)), View::new(4), Digest(header.digest()));
-    let votes: Vec<Finalize<Scheme, Digest>> = signers
-        .iter()
-        .map(|&i| {
-            let s = Scheme::signer(CONSENSUS_NAMESPACE, participants.clone(), keys[i].clone()).unwrap();
-            Finalize::sign(&s, proposal.clone()).unwrap()
-        })
-        .collect();
-    let scheme = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
-    let fin = LedgerFinalization::from_finalizes(&scheme, non_empty![@&votes], &Sequential).unwrap();
-    fin.encode().to_vec()
-}
+use support::finalize;
 
 struct Setup {
     g: Genesis,

@@ -7,6 +7,8 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use cairn_ledger::core::Ledger;
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::server::respond;
@@ -15,6 +17,7 @@ use cairn_ledger::tx::{Tx, TxBody, TxError};
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, Topic};
 use proptest::prelude::*;
+use support::{frame, read_frame};
 
 fn user(i: u8) -> SigningKey {
     SigningKey::from_bytes(&[i + 90; 32])
@@ -40,12 +43,6 @@ fn served() -> (Genesis, Ledger, SocketAddr) {
     let l = ledger.clone();
     std::thread::spawn(move || serve(listener, l));
     (g, ledger, addr)
-}
-
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
 }
 
 /// Sends raw bytes, then reads one response frame and checks the server closes after it.
@@ -183,15 +180,7 @@ fn every_call_returns_within_its_deadline() {
 /// A lying validator: no proofs, and a next nonce far ahead of any real one (a client that
 /// believed it would sign transactions no mempool accepts).
 fn inflating(mut s: TcpStream) {
-    loop {
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).is_err() {
-            return;
-        }
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        if s.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(body) = read_frame(&mut s) {
         let answer = match Request::decode(&body) {
             Ok(Request::Nonce(_)) => Response::Nonce(1_000_000),
             Ok(Request::Proof(_)) => Response::Proof(None),
