@@ -1,8 +1,7 @@
 //! A node without an account ("setup mode"): the web client creates it with the one-time
 //! setup code; other routes say setup is required; the usual request protections hold.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,27 +44,8 @@ fn raw(
     headers: &[(&str, String)],
     body: Option<&str>,
 ) -> (u16, String, String) {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {}\r\n", s.addr));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    let a = crate::web::raw_at(s.addr, method, path, headers, body);
+    (a.status, a.head, a.body)
 }
 
 fn own(s: &Srv) -> Vec<(&'static str, String)> {

@@ -36,10 +36,10 @@ fn start(passphrase: Option<&'static [u8]>) -> Srv {
     Srv { rt, addr, _fake: fake }
 }
 
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -51,11 +51,21 @@ impl Answer {
     }
 }
 
-/// One raw HTTP/1.1 request (so `Host` and `Origin` can be anything).
 fn raw(s: &Srv, method: &str, path: &str, headers: &[(&str, String)], body: Option<&str>) -> Answer {
+    raw_at(s.addr, method, path, headers, body)
+}
+
+/// One raw HTTP/1.1 request to `addr` (so `Host` and `Origin` can be anything).
+pub(crate) fn raw_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<&str>,
+) -> Answer {
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {}\r\n", s.addr));
+        req.push_str(&format!("Host: {}\r\n", addr));
     }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -65,7 +75,7 @@ fn raw(s: &Srv, method: &str, path: &str, headers: &[(&str, String)], body: Opti
     }
     req.push_str("\r\n");
     req.push_str(body.unwrap_or(""));
-    let mut c = TcpStream::connect(s.addr).unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(req.as_bytes()).unwrap();
     let mut out = Vec::new();
