@@ -295,12 +295,20 @@ impl Service {
         if members.is_empty() {
             return Err(ApiError::BadRequest("name at least one member (account id or @handle)".into()));
         }
-        self.ledger_call(move |client, shared| {
-            let me = shared.identity.account;
+        let me = self.shared.identity.account;
+        Ok(self.resolve_accounts(members).await?.into_iter().filter(|a| *a != me).collect())
+    }
+
+    /// Account ids or @handles resolved with proofs, each once, in the order given.
+    async fn resolve_accounts(&self, names: Vec<String>) -> ApiResult<Vec<AccountId>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ledger_call(move |client, _| {
             let mut out = Vec::new();
-            for m in members {
-                let a = resolve_account(client, &m)?;
-                if a != me && !out.contains(&a) {
+            for n in names {
+                let a = resolve_account(client, &n)?;
+                if !out.contains(&a) {
                     out.push(a);
                 }
             }
@@ -519,19 +527,8 @@ impl Backend for Service {
 
     async fn set_policy(&self, id: String, req: PolicySetRequest) -> ApiResult<PolicyView> {
         let conv = self.find_conversation(&id)?;
-        let names = req.admins.clone();
-        let admins = self
-            .ledger_call(move |client, _| {
-                let mut out: Vec<AccountId> = Vec::new();
-                for n in names {
-                    let a = resolve_account(client, &n)?;
-                    if !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
+        // This account may be an admin of its own conversation.
+        let admins = self.resolve_accounts(req.admins.clone()).await?;
         let pin = crate::policy_api::pin_of(&req, admins)?;
         self.ask(|r| Job::SetPolicy(conv, pin, r)).await?;
         self.policy(id).await
