@@ -222,6 +222,9 @@ pub(crate) enum DeviceCommand {
         #[arg(long, value_name = "DIR")]
         to: std::path::PathBuf,
     },
+    /// Link a device on another machine: prints a one-time code for `cairn init --link CODE`
+    /// there, then waits until that device is certified (or the code fails or expires).
+    Link(crate::link_cmd::LinkArgs),
     /// Revoke a device of this account everywhere.
     Revoke {
         /// Device id (`cairndev1…`).
@@ -277,6 +280,7 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
             DeviceCommand::List { json } => run_device_list(home, json),
             DeviceCommand::Add { to } => run_device_add(home, &to),
             DeviceCommand::Revoke { device } => run_device_revoke(home, &device),
+            DeviceCommand::Link(args) => crate::link_cmd::link(home, args),
         },
         ClientCommand::Requests { action, json } => run_requests(home, action, json),
         ClientCommand::Account(AccountCommand::Forget { yes }) => run_account_forget(home, yes),

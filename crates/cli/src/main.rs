@@ -9,6 +9,7 @@ mod contract_cmd;
 mod demo;
 mod home;
 mod ledger_cmd;
+mod link_cmd;
 mod node_cmd;
 mod selfcheck;
 mod web_cmd;
@@ -38,8 +39,22 @@ enum Command {
     /// Refuses, changing nothing, if --home already holds a keystore.
     Init {
         /// Handle to claim on the ledger once the node runs (`@name`).
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "link")]
         handle: Option<String>,
+        /// Link this new device to an existing account with the one-time code printed by
+        /// `cairn device link` there: the keystore then holds this device's key only.
+        #[arg(long, value_name = "CODE")]
+        link: Option<String>,
+        /// With --link: the network's ledger genesis (copied to DIR/genesis.txt).
+        #[arg(long, env = "CAIRN_GENESIS", value_name = "FILE", requires = "link")]
+        genesis: Option<PathBuf>,
+        /// With --link: a peer of the network to meet the existing device through (multiaddr
+        /// with /p2p/…); repeat for several.
+        #[arg(long, value_delimiter = ',', value_name = "MULTIADDR", requires = "link")]
+        bootstrap: Vec<String>,
+        /// With --link: seconds to wait for each answer of the existing device.
+        #[arg(long, default_value_t = 120, value_name = "SECS", requires = "link")]
+        link_wait: u64,
     },
     /// Print the account id, this device's id and the account fingerprint.
     Id {
@@ -93,7 +108,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let home = home::resolve(cli.home);
     let result = match cli.command {
-        Command::Init { handle } => home::init_with_handle(&home, handle.as_deref()),
+        Command::Init { link: Some(code), genesis, bootstrap, link_wait, .. } => {
+            link_cmd::init_link(&home, link_cmd::InitLink { code, genesis, bootstrap, wait_secs: link_wait })
+        }
+        Command::Init { handle, .. } => home::init_with_handle(&home, handle.as_deref()),
         Command::Id { json } => home::print_id(&home, json),
         Command::Selfcheck { messages } => selfcheck::run(messages),
         Command::Bench(args) => bench::run(args),

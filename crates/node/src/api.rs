@@ -71,6 +71,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/devices"),
     ("POST", "/v1/devices"),
     ("DELETE", "/v1/devices/{device}"),
+    ("POST", "/v1/devices/link"),
+    ("GET", "/v1/devices/link/{link}"),
     ("GET", "/v1/ledger/status"),
     ("GET", "/v1/ledger/accounts/{who}"),
     ("GET", "/v1/balance"),
@@ -227,6 +229,8 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("GET", "/v1/devices") => get(devices::<B>),
         ("POST", "/v1/devices") => post(add_device::<B>),
         ("DELETE", "/v1/devices/{device}") => delete(revoke_device::<B>),
+        ("POST", "/v1/devices/link") => post(link_device::<B>),
+        ("GET", "/v1/devices/link/{link}") => get(link_status::<B>),
         ("GET", "/v1/ledger/status") => get(ledger_status::<B>),
         ("GET", "/v1/ledger/accounts/{who}") => get(account::<B>),
         ("GET", "/v1/balance") => {
@@ -619,6 +623,14 @@ async fn revoke_device<B: Backend>(
     ApiPath(device): ApiPath<String>,
 ) -> ApiResult<Response> {
     ok(ctx.backend.revoke_device(device).await)
+}
+
+async fn link_device<B: Backend>(State(ctx): St<B>) -> ApiResult<Response> {
+    ok(ctx.backend.link_device().await)
+}
+
+async fn link_status<B: Backend>(State(ctx): St<B>, ApiPath(link): ApiPath<String>) -> ApiResult<Response> {
+    ok(ctx.backend.link_status(link).await)
 }
 
 async fn ledger_status<B: Backend>(State(ctx): St<B>) -> ApiResult<Response> {

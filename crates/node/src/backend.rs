@@ -126,6 +126,18 @@ pub trait Backend: Send + Sync + 'static {
     fn add_device(&self, req: DeviceAddRequest) -> impl Future<Output = ApiResult<DeviceView>> + Send;
     /// Revokes a device of this account everywhere.
     fn revoke_device(&self, device: String) -> impl Future<Output = ApiResult<TxView>> + Send;
+    /// Starts linking a device on another machine: a one-time code (see [`crate::link`]).
+    fn link_device(&self) -> impl Future<Output = ApiResult<crate::link_host::LinkStartView>> + Send {
+        async { Err(ApiError::Unavailable("this node cannot link devices".into())) }
+    }
+    /// The state of a link started with [`Backend::link_device`].
+    fn link_status(
+        &self,
+        link: String,
+    ) -> impl Future<Output = ApiResult<crate::link_host::LinkStatusView>> + Send {
+        let _ = link;
+        async { Err(ApiError::Unavailable("this node cannot link devices".into())) }
+    }
     /// What each validator says.
     fn ledger_status(&self) -> impl Future<Output = ApiResult<LedgerStatusView>> + Send;
     /// An account (id or `@handle`), checked against a certified header.

@@ -279,6 +279,16 @@ impl Client {
         self.delete(&format!("/v1/devices/{}", seg(device)))
     }
 
+    /// `POST /v1/devices/link`: a one-time code for linking a device on another machine.
+    pub fn link_device(&self) -> Result<crate::link_host::LinkStartView, ClientError> {
+        self.post_empty("/v1/devices/link")
+    }
+
+    /// `GET /v1/devices/link/{link}`.
+    pub fn link_status(&self, link: &str) -> Result<crate::link_host::LinkStatusView, ClientError> {
+        self.get(&format!("/v1/devices/link/{}", seg(link)))
+    }
+
     /// `GET /v1/requests`: invitations waiting for consent.
     pub fn requests(&self) -> Result<Vec<RequestView>, ClientError> {
         self.get("/v1/requests")

@@ -94,6 +94,8 @@ pub struct Service {
     genesis: Genesis,
     roles: Vec<String>,
     kp_wait: Duration,
+    /// One-time device link codes (see [`crate::link_host`]).
+    links: Arc<crate::link_host::Links>,
 }
 
 /// The keyring file in a node's data directory (see [`crate::keyring`]).
@@ -201,6 +203,7 @@ impl Service {
             genesis: cfg.genesis.clone(),
             roles: cfg.roles.clone(),
             kp_wait: Duration::from_millis(cfg.key_package_wait_ms),
+            links: Arc::new(crate::link_host::Links::new(limits, cfg.net.admission.difficulty)),
         };
         tokio::spawn(service.clone().add_pending_devices());
         tracing::info!(account = %keys.account.to_text(), device = %keys.device.to_text(), "node service started");
@@ -658,6 +661,14 @@ impl Backend for Service {
         let (d, view) = crate::account_ops::revoke_device(self, device).await?;
         self.ask(|r| Job::Revoke(d, r)).await?;
         Ok(view)
+    }
+
+    async fn link_device(&self) -> ApiResult<crate::link_host::LinkStartView> {
+        crate::link_host::start(self, self.links.clone()).await
+    }
+
+    async fn link_status(&self, link: String) -> ApiResult<crate::link_host::LinkStatusView> {
+        crate::link_host::status(&self.links, &link)
     }
 
     async fn ledger_status(&self) -> ApiResult<LedgerStatusView> {
