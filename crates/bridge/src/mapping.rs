@@ -431,6 +431,8 @@ mod tests {
             text: "from matrix".into(),
             parents: vec![],
             after_gap: false,
+            verdict: None,
+            labels: Vec::new(),
         };
         assert!(matches!(from_cairn(&msg, "cairn1bridge", &n), FromCairn::Skip(_)));
         msg.sender = "cairn1alice".into();

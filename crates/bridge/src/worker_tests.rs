@@ -68,6 +68,8 @@ fn msg(seq: u64, sender: &str, text: &str) -> MessageView {
         text: text.into(),
         parents: vec![],
         after_gap: false,
+        verdict: None,
+        labels: Vec::new(),
     }
 }
 

@@ -66,6 +66,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/account/forget"),
     ("GET", "/v1/conversations/{id}/policy"),
     ("PUT", "/v1/conversations/{id}/policy"),
+    ("GET", "/v1/conversations/{id}/held"),
+    ("POST", "/v1/conversations/{id}/held/{message}/release"),
     ("POST", "/v1/conversations/{id}/verify"),
     ("POST", "/v1/handle"),
     ("GET", "/v1/devices"),
@@ -209,6 +211,14 @@ fn handler<B: Backend>(method: &str, path: &str) -> Option<MethodRouter<Arc<Ctx<
         ("GET", "/v1/conversations/{id}/policy") => get(
             |State(ctx): St<B>, ApiPath(id): ApiPath<String>| async move { ok(ctx.backend.policy(id).await) },
         ),
+        ("GET", "/v1/conversations/{id}/held") => get(
+            |State(ctx): St<B>, ApiPath(id): ApiPath<String>| async move { ok(ctx.backend.held(id).await) },
+        ),
+        ("POST", "/v1/conversations/{id}/held/{message}/release") => {
+            post(|State(ctx): St<B>, ApiPath((id, message)): ApiPath<(String, String)>| async move {
+                ok(ctx.backend.release_held(id, message).await)
+            })
+        }
         ("PUT", "/v1/conversations/{id}/policy") => put(
             |State(ctx): St<B>, ApiPath(id): ApiPath<String>, ApiJson(req): ApiJson<PolicySetRequest>| async move {
                 ok(ctx.backend.set_policy(id, req).await)

@@ -309,7 +309,7 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
                     )));
                 }
                 let text = *seq > 0;
-                rows.push((*seq, Accepted { conv, id, inner, text, after_gap: false }));
+                rows.push((*seq, Accepted { conv, id, inner, text, after_gap: false, hidden: false }));
             }
             Record::Erased { id, redaction, by } => {
                 let by_ok = cairn_proto::AccountId::from_text(by).is_ok();

@@ -90,6 +90,22 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<SendResult>> + Send;
     /// The policy pinned in a conversation.
     fn policy(&self, id: String) -> impl Future<Output = ApiResult<PolicyView>> + Send;
+    /// What the conversation's policy kept out of the history on this device: held and
+    /// waiting messages, denied ones, proposed removals.
+    fn held(&self, id: String) -> impl Future<Output = ApiResult<crate::model::HeldListView>> + Send {
+        let _ = id;
+        async { Err(ApiError::NotFound("this node keeps no policy verdicts".into())) }
+    }
+    /// Shows a held message in this device's history (this device only; the policy's verdict
+    /// at the other members is unchanged).
+    fn release_held(
+        &self,
+        id: String,
+        message: String,
+    ) -> impl Future<Output = ApiResult<MessageView>> + Send {
+        let _ = (id, message);
+        async { Err(ApiError::NotFound("this node keeps no policy verdicts".into())) }
+    }
     /// Pins a shipped policy in a conversation (a commit: every member switches at the same
     /// epoch; the current policy must allow the change).
     fn set_policy(

@@ -209,6 +209,17 @@ impl Client {
         self.get(&format!("/v1/conversations/{}/policy", seg(id)))
     }
 
+    /// `GET /v1/conversations/{id}/held`: what the policy kept out of the history here.
+    pub fn held(&self, id: &str) -> Result<crate::model::HeldListView, ClientError> {
+        self.get(&format!("/v1/conversations/{}/held", seg(id)))
+    }
+
+    /// `POST /v1/conversations/{id}/held/{message}/release`: show a held message here.
+    pub fn release_held(&self, id: &str, message: &str) -> Result<MessageView, ClientError> {
+        let url = self.url(&format!("/v1/conversations/{}/held/{}/release", seg(id), seg(message)));
+        self.decode(self.auth(self.agent.post(url)).send_empty())
+    }
+
     /// `PUT /v1/conversations/{id}/policy` (a commit: may take a few seconds).
     pub fn set_policy(&self, id: &str, req: &PolicySetRequest) -> Result<PolicyView, ClientError> {
         let req_b = self.agent.put(self.url(&format!("/v1/conversations/{}/policy", seg(id))));

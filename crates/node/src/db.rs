@@ -79,6 +79,8 @@ pub struct Accepted {
     pub text: bool,
     /// An ancestor could not be found.
     pub after_gap: bool,
+    /// Kept out of the tail: the conversation's policy did not let it show (yet).
+    pub hidden: bool,
 }
 
 /// The node's tables.
@@ -180,7 +182,7 @@ impl NodeDb {
             }
             let sealed = self.keyring.seal(&r.conv, &r.id, &r.inner.encode())?;
             plain.insert(&r.id.0, sealed.as_slice()).map_err(storage)?;
-            if r.text {
+            if r.text && !r.hidden {
                 let seq = last_seq(&messages, &r.conv)? + 1;
                 messages.insert((&r.conv, seq), &r.id.0).map_err(storage)?;
                 by_id.insert(&r.id.0, (&r.conv, seq, r.after_gap)).map_err(storage)?;
@@ -190,6 +192,26 @@ impl NodeDb {
             }
         }
         Ok(out)
+    }
+
+    /// Gives a stored text message kept out of the tail (held by the conversation's policy)
+    /// its place at the tail's end, in `tx`; `None` if it has one already.
+    pub(crate) fn show_in(
+        &self,
+        tx: &WriteTransaction,
+        conv: &[u8; 32],
+        id: &Id,
+        after_gap: bool,
+    ) -> Result<Option<u64>, NodeError> {
+        let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut by_id = tx.open_table(BY_ID).map_err(storage)?;
+        if by_id.get(&id.0).map_err(storage)?.is_some() {
+            return Ok(None);
+        }
+        let seq = last_seq(&messages, conv)? + 1;
+        messages.insert((conv, seq), &id.0).map_err(storage)?;
+        by_id.insert(&id.0, (conv, seq, after_gap)).map_err(storage)?;
+        Ok(Some(seq))
     }
 
     /// Deletes a message's plaintext, in `tx` (erasure). Its tail position and id row stay, so

@@ -157,6 +157,84 @@ pub struct MessageView {
     pub parents: Vec<String>,
     /// An ancestor could not be found (gap).
     pub after_gap: bool,
+    /// What the conversation's policy decided, if a policy was pinned at the message's epoch
+    /// (a held or denied message is not in the history: see `GET …/held`).
+    #[serde(default)]
+    pub verdict: Option<MessageVerdict>,
+    /// Tags the policy put on the message (verdict `label`).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// The policy's verdict on a message shown in the history (JSON: `"allow"`, `"label"`,
+/// `"reply"`, `"propose_remove"`, `"released"`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageVerdict {
+    /// Allowed.
+    Allow,
+    /// Allowed, with tags (see `labels`).
+    Label,
+    /// Allowed; a bot member answers it.
+    Reply,
+    /// Allowed; the policy proposes removing its sender (see `GET …/held`).
+    ProposeRemove,
+    /// Held by the policy, then released on this device by its user.
+    Released,
+}
+
+/// `GET /v1/conversations/{id}/held`: what the conversation's policy kept out of the history
+/// on this device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HeldListView {
+    /// Held messages (verdict `Hold`), and messages waiting for an earlier message of their
+    /// sender before they can be judged.
+    pub held: Vec<HeldView>,
+    /// Denied messages: their text is not kept.
+    pub denied: Vec<DeniedView>,
+    /// Removals the policy proposed (for the conversation's admins to decide).
+    pub proposed_removals: Vec<ProposedRemovalView>,
+}
+
+/// A held message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeldView {
+    /// Envelope id (hex).
+    pub id: String,
+    /// Sender account.
+    pub sender: String,
+    /// Sender device.
+    pub device: String,
+    /// Sender's clock, ms.
+    pub timestamp_ms: u64,
+    /// Why it is held.
+    pub reason: String,
+    /// Not judged yet: an earlier message of its sender is missing.
+    pub waiting: bool,
+    /// Its text (kept on this device).
+    pub text: String,
+}
+
+/// A denied message (its text is gone; its id stays so the history still verifies).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeniedView {
+    /// Envelope id (hex).
+    pub id: String,
+    /// Sender account.
+    pub sender: String,
+    /// The policy's reason.
+    pub reason: String,
+}
+
+/// A removal the policy proposed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProposedRemovalView {
+    /// The message that caused it (hex).
+    pub id: String,
+    /// Its sender.
+    pub sender: String,
+    /// The account to remove.
+    pub account: String,
 }
 
 /// `GET /v1/conversations/{id}/messages` query.

@@ -437,6 +437,7 @@ impl Service {
     fn message_view(&self, conv: &ConversationId, s: &crate::db::Stored) -> MessageView {
         let mut v = crate::engine::message_view(conv, s.seq, &s.id, &s.message, s.after_gap);
         v.handle = self.shared.cached_handle(&s.message.sender.account);
+        crate::engine::policy_decorate_view(&self.shared.db, &conv.0, &mut v);
         v
     }
 }
@@ -526,6 +527,24 @@ impl Backend for Service {
         let conv = self.find_conversation(&id)?;
         let pin = self.ask(|r| Job::Policy(conv, r)).await?;
         Ok(crate::policy_api::view_of(pin.as_ref()))
+    }
+
+    async fn held(&self, id: String) -> ApiResult<crate::model::HeldListView> {
+        let conv = self.find_conversation(&id)?;
+        Ok(crate::engine::policy_held(&self.shared.db, &conv.0)?)
+    }
+
+    async fn release_held(&self, id: String, message: String) -> ApiResult<MessageView> {
+        let conv = self.find_conversation(&id)?;
+        let target = cairn_proto::Id::from_hex(&message).ok_or_else(|| {
+            ApiError::BadRequest("a message id is 64 hex digits (see `cairn chat held <conv>`)".into())
+        })?;
+        let seq = crate::engine::policy_store::release(&self.shared.db, &conv.0, &target)?;
+        self.shared.new_message.notify_waiters();
+        let rows = self.shared.db.messages(&conv.0, seq.saturating_sub(1), 1)?;
+        rows.first()
+            .map(|s| self.message_view(&conv, s))
+            .ok_or_else(|| ApiError::Internal("the released message is not in the history".into()))
     }
 
     async fn set_policy(&self, id: String, req: PolicySetRequest) -> ApiResult<PolicyView> {

@@ -14,6 +14,8 @@ mod erase;
 mod invites;
 mod members;
 mod policy;
+mod policy_run;
+pub mod policy_store;
 mod receipts;
 mod receive;
 mod send;
@@ -35,6 +37,7 @@ use crate::model::{DeliveryView, MessageView, StreamEvent};
 pub use self::erase::{KIND_REDACT, Redaction, RedactionFate};
 pub use self::invites::{Invitations, WelcomeFate};
 pub use self::members::Commit;
+pub use self::policy_run::{decorate as policy_decorate_view, held as policy_held};
 pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
 pub use self::send::{KIND_RECEIPT, KIND_TEXT, SEND_BATCH_MAX, TEXT_BYTES_MAX, header_aad};
@@ -199,6 +202,8 @@ pub struct Engine {
     pending_redactions: bool,
     /// When the tick last made lazy commits durable, ms.
     last_durable_ms: u64,
+    /// The conversations' message policies (see `policy_run`).
+    policy_run: policy_run::PolicyRun,
 }
 
 impl Engine {
@@ -233,6 +238,9 @@ impl Engine {
         let core = Core::new(cfg.core.clone());
         // If the table cannot be read, look (one read per message) rather than miss one.
         let pending_redactions = db.has_pending_redactions().unwrap_or(true);
+        if let Err(e) = policy_store::create_tables(&db) {
+            tracing::error!("policy tables: {e}");
+        }
         // Message operations leave their MLS writes to the engine's transaction (with the
         // plaintexts); commits still write their own before they reach the sequencer.
         if let Err(e) = mls.set_deferred(true) {
@@ -252,6 +260,7 @@ impl Engine {
             lazy_commits: 0,
             pending_redactions,
             last_durable_ms: 0,
+            policy_run: policy_run::PolicyRun::default(),
         }
     }
 
@@ -391,6 +400,7 @@ impl Engine {
             self.mls.member_accounts(id).unwrap_or_default().into_iter().filter(|a| *a != me).collect();
         let devices = self.mls.member_count(id).unwrap_or(0) as u32;
         self.remember_receipt_key(id);
+        self.policy_epoch_seen(id);
         let fx = self.core.handle(Input::Conversation { conv: *id, epoch, active, others, devices }, now_ms);
         let members = self.mls.members(id).unwrap_or_default();
         self.io.push(Io::Conversation { id: *id, epoch, active, members });
@@ -510,6 +520,8 @@ pub fn message_view(conv: &ConversationId, seq: u64, id: &Id, m: &Message, after
         text,
         parents: m.parents.iter().map(Id::to_hex).collect(),
         after_gap,
+        verdict: None,
+        labels: Vec::new(),
     }
 }
 

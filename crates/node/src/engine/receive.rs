@@ -131,7 +131,14 @@ impl Engine {
         let text = m.body.first() == Some(&KIND_TEXT);
         let epoch = d.epoch;
         Outcome::Accept(
-            Box::new(Accepted { conv: conv.0, id: a.id, inner: m, text, after_gap: a.after_gap }),
+            Box::new(Accepted {
+                conv: conv.0,
+                id: a.id,
+                inner: m,
+                text,
+                after_gap: a.after_gap,
+                hidden: false,
+            }),
             epoch,
         )
     }
@@ -158,6 +165,9 @@ impl Engine {
                 Outcome::Ignore => {}
             }
         }
+        // The policy judges the text messages before they are stored (its state and verdicts
+        // commit with them); the ones it does not show (yet) are kept out of the tail.
+        self.policy_judge(conv, &mut rows, &epochs, now_ms);
         let seqs = match self.commit_rows(&rows, &[]) {
             Ok(s) => s,
             Err(e) => {
@@ -177,6 +187,7 @@ impl Engine {
         for ((row, seq_no), epoch) in rows.into_iter().zip(seqs).zip(epochs) {
             self.accepted(conv, row, seq_no, epoch, now_ms);
         }
+        self.policy_after_commit(now_ms);
         if future {
             // A commit may be sequenced that this device has not applied yet.
             self.sync(&conv, seq, now_ms);
@@ -196,8 +207,13 @@ impl Engine {
         self.apply_local(fx);
         match m.body.first() {
             Some(&KIND_TEXT) => {
-                let view = message_view(&conv, seq_no, &row.id, m, row.after_gap);
-                self.io.push(Io::Stream(StreamEvent::Message(view)));
+                // Hidden by the policy (held, denied, or waiting for an earlier message): no
+                // place in the tail, nothing shown.
+                if !row.hidden {
+                    let mut view = message_view(&conv, seq_no, &row.id, m, row.after_gap);
+                    self.policy_decorate(&conv, &mut view);
+                    self.io.push(Io::Stream(StreamEvent::Message(view)));
+                }
                 self.redaction_waiting(conv, row.id, from);
             }
             Some(&KIND_REDACT) => {
@@ -240,11 +256,13 @@ impl Engine {
                 epochs.push(epoch);
             }
         }
+        self.policy_judge(conv, &mut rows, &epochs, now_ms);
         match self.commit_rows(&rows, &[]) {
             Ok(seqs) => {
                 for ((row, seq_no), epoch) in rows.into_iter().zip(seqs).zip(epochs) {
                     self.accepted(conv, row, seq_no, epoch, now_ms);
                 }
+                self.policy_after_commit(now_ms);
             }
             Err(e) => tracing::warn!("cannot store {} buffered messages: {e}", rows.len()),
         }

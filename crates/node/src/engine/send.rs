@@ -131,19 +131,31 @@ impl Engine {
                 inner: p.inner.clone(),
                 text: p.text,
                 after_gap: false,
+                hidden: false,
             })
             .collect();
+        let mut rows = rows;
+        // This device judges its own text messages too (same policy, same order: its own
+        // sequence), so its history matches every other member's.
+        for r in rows.iter_mut() {
+            let conv = ConversationId(r.conv);
+            let epoch = self.mls.epoch(&conv).unwrap_or(0);
+            self.policy_judge(conv, std::slice::from_mut(r), &[epoch], now_ms);
+        }
         let keys: Vec<(ConversationId, IdempotencyKey, Id)> =
             ready.iter().filter_map(|(p, k)| k.map(|k| (p.conv, k, p.id))).collect();
         let envs: Vec<Envelope> = ready.iter().map(|(p, _)| p.env.clone()).collect();
         match self.commit_keyed(&rows, &envs, &keys) {
             Ok(seqs) => {
                 let mut seqs = seqs.into_iter();
+                let mut hidden = rows.iter().map(|r| r.hidden);
                 for (i, p) in prepared.into_iter().enumerate() {
                     if let Some((p, _)) = p {
-                        answered[i] = Some(Ok(self.sent(p, seqs.next().unwrap_or(0), now_ms)));
+                        let shown = !hidden.next().unwrap_or(false);
+                        answered[i] = Some(Ok(self.sent(p, seqs.next().unwrap_or(0), shown, now_ms)));
                     }
                 }
+                self.policy_after_commit(now_ms);
             }
             Err(e) => {
                 for (i, p) in prepared.iter().enumerate() {
@@ -184,19 +196,22 @@ impl Engine {
             inner: p.inner.clone(),
             text: false,
             after_gap: false,
+            hidden: false,
         }];
         let seqs = self.commit_rows(&rows, std::slice::from_ref(&p.env))?;
-        Ok(self.sent(p, seqs.first().copied().unwrap_or(0), now_ms))
+        Ok(self.sent(p, seqs.first().copied().unwrap_or(0), true, now_ms))
     }
 
-    /// After the commit: the chain, delivery tracking, the publication and the stream event.
-    fn sent(&mut self, p: Prepared, seq_no: u64, now_ms: u64) -> SendResult {
+    /// After the commit: the chain, delivery tracking, the publication and the stream event
+    /// (not for a message the policy does not show).
+    fn sent(&mut self, p: Prepared, seq_no: u64, shown: bool, now_ms: u64) -> SendResult {
         let parents = p.inner.parents.clone();
         let fx = self.core.handle(Input::Sent { conv: p.conv, id: p.id, parents, text: p.text }, now_ms);
         self.apply_local(fx);
         self.io.push(Io::Publish(Box::new(p.env)));
-        if p.text {
-            let view = message_view(&p.conv, seq_no, &p.id, &p.inner, false);
+        if p.text && shown {
+            let mut view = message_view(&p.conv, seq_no, &p.id, &p.inner, false);
+            self.policy_decorate(&p.conv, &mut view);
             self.io.push(Io::Stream(StreamEvent::Message(view)));
         }
         SendResult { id: p.id.to_hex(), delivery: self.core.delivery(&p.id).unwrap_or_default() }
@@ -242,8 +257,11 @@ impl Engine {
             None => self.core.parents_for(&conv),
         };
         let topic = conv.topic();
+        // A text message takes the device's next sequence number of this epoch (committed
+        // with the send; see `policy_run`).
+        let device_seq = if text { Some(self.next_device_seq(&conv)?) } else { None };
         let k = &self.keys;
-        let inner = Message::sign(&k.device_key, k.cert, topic, now_ms, parents, body);
+        let inner = Message::sign_seq(&k.device_key, k.cert, topic, now_ms, device_seq, parents, body);
         // The signed message holds the parents in canonical (sorted) order, as the header will.
         let parents = inner.parents.clone();
         let aad = header_aad(&topic, now_ms, self.cfg.ttl_secs, &parents);
@@ -258,6 +276,9 @@ impl Engine {
         }
         let id = env.id();
         last.insert(conv, id);
+        if let Some(n) = device_seq {
+            self.device_seq_used(&conv, n);
+        }
         Ok(Prepared { conv, id, inner, env, text })
     }
 
@@ -304,6 +325,10 @@ impl Engine {
         let wtx = if lazy { self.db.begin_lazy()? } else { self.db.begin()? };
         self.mls.flush_into(&wtx).map_err(mls_err)?;
         let seqs = self.db.accept_in(&wtx, rows)?;
+        // The policy's state, verdicts and own sequence numbers: after the rows (a denied
+        // row's plaintext is deleted again).
+        self.policy_flush_into(&wtx)?;
+        self.record_sends_in(&wtx, rows, outbox)?;
         for env in outbox {
             self.db.outbox_put_in(&wtx, env)?;
         }
@@ -329,6 +354,7 @@ impl Engine {
 
     /// Drops MLS writes not committed (the state is the last committed one).
     pub(super) fn discard(&mut self) {
+        self.policy_discard();
         if let Err(e) = self.mls.discard_pending() {
             tracing::error!("MLS state could not be reloaded: {e}");
         }

@@ -161,6 +161,8 @@ impl Backend for Fake {
                 text,
                 parents: msgs.last().map(|p| vec![p.id.clone()]).unwrap_or_default(),
                 after_gap: false,
+                verdict: None,
+                labels: Vec::new(),
             };
             msgs.push(m.clone());
             c.messages = seq;

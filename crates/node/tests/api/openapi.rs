@@ -104,6 +104,8 @@ fn openapi_references_resolve_and_schemas_match_the_model() {
                 text: String::new(),
                 parents: vec![],
                 after_gap: false,
+                verdict: None,
+                labels: Vec::new(),
             })
             .unwrap(),
         ),
