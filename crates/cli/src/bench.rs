@@ -17,6 +17,9 @@ pub(crate) enum Which {
     Ledger,
     /// End-to-end encrypted send → deliver through the whole stack, groups of 2, 10, 100.
     E2e,
+    /// Contracts: policy verdicts/s per core, escrow executions beside transfers on 4
+    /// validator processes, fuel and fee per call.
+    Contracts,
     /// Everything.
     All,
 }
@@ -49,6 +52,15 @@ pub(crate) struct BenchArgs {
     /// the node commit queued sends together).
     #[arg(long, default_value_t = 1)]
     e2e_window: usize,
+    /// Contracts bench: timed policy verdicts per configuration.
+    #[arg(long, default_value_t = 20_000)]
+    verdicts: usize,
+    /// Contracts bench: escrow opens (then as many transfers) per ledger round.
+    #[arg(long, default_value_t = 2_000)]
+    contract_txs: usize,
+    /// Contracts bench: ledger rounds (the rates are their medians).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
@@ -85,6 +97,20 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
     }
     if all || matches!(a.which, Which::E2e) {
         crate::bench_e2e::run(&a.groups, a.e2e_messages, a.e2e_rate, a.e2e_window)?;
+    }
+    if all || matches!(a.which, Which::Contracts) {
+        let cfg = crate::bench_contracts::Config {
+            verdicts: a.verdicts,
+            validators: 4,
+            ledger_txs: a.contract_txs,
+            rounds: a.rounds,
+        };
+        println!(
+            "contracts: policy verdicts on one core; {} escrow opens and {} transfers per round on 4 validator processes on 127.0.0.1, {} rounds (rates: medians)",
+            a.contract_txs, a.contract_txs, a.rounds
+        );
+        let rows = crate::bench_contracts::run(&cfg, &std::env::current_exe()?)?;
+        print!("{}", crate::bench_contracts::table(&rows));
     }
     Ok(())
 }

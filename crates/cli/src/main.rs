@@ -2,6 +2,7 @@
 
 mod archive_cmd;
 mod bench;
+mod bench_contracts;
 mod bench_e2e;
 mod bridge_cmd;
 mod client_cmd;
