@@ -2,9 +2,9 @@
 //! delivered to n of m) of this device's own messages, so a client that (re)loads a history
 //! shows them without having watched the live stream.
 //!
-//! The states come from the node's delivery bookkeeping (`core::delivery`), which is kept in
-//! memory: after a node restart, messages sent before it have no state here (the client then
-//! shows none rather than a wrong one).
+//! The states come from the node's delivery bookkeeping (`core::delivery`), which is recorded
+//! in `node.redb` (`crate::deliveries_store`) and read back when the node starts: a restart
+//! keeps them (the newest 2,000 sends of each conversation; older ones show no state).
 
 use cairn_proto::Id;
 

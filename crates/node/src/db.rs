@@ -12,6 +12,7 @@
 //!   acknowledged enough yet (pushed again after a restart).
 //! - `pending_devices`: devices of this account to add to every conversation.
 //! - redactions: see [`crate::redactions`].
+//! - delivery states of own sends: see [`crate::deliveries_store`].
 
 use std::sync::Arc;
 
@@ -112,6 +113,7 @@ impl NodeDb {
             crate::requests::create_tables(&tx)?;
             crate::redactions::create_tables(&tx)?;
             crate::idempotency::create_tables(&tx)?;
+            crate::deliveries_store::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
         Ok(Self { db, limits, keyring })
@@ -254,6 +256,7 @@ impl NodeDb {
         }
         self.idempotent_forget_in(&tx, conv)?;
         self.erasures_forget_in(&tx, conv)?;
+        self.deliveries_forget_in(&tx, conv)?;
         tx.commit().map_err(storage)?;
         Ok(n)
     }
@@ -276,8 +279,13 @@ impl NodeDb {
     /// answer "duplicate").
     pub fn outbox_remove(&self, id: &Id) -> Result<(), NodeError> {
         let tx = self.begin_lazy()?;
-        let removed = tx.open_table(OUTBOX).map_err(storage)?.remove(&id.0).map_err(storage)?.is_some();
+        let removed = self.outbox_remove_in(&tx, id)?;
         if removed { tx.commit().map_err(storage) } else { tx.abort().map_err(storage) }
+    }
+
+    /// Removes an envelope from the outbox in `tx`; whether it was there.
+    pub(crate) fn outbox_remove_in(&self, tx: &WriteTransaction, id: &Id) -> Result<bool, NodeError> {
+        Ok(tx.open_table(OUTBOX).map_err(storage)?.remove(&id.0).map_err(storage)?.is_some())
     }
 
     /// Every envelope in the outbox.

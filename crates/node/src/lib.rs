@@ -15,6 +15,7 @@ pub mod backend;
 pub mod client;
 pub mod core;
 pub mod db;
+pub mod deliveries_store;
 pub mod engine;
 pub mod error;
 pub mod idempotency;

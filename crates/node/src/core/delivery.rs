@@ -8,7 +8,7 @@ use cairn_proto::{AccountId, Id};
 use crate::model::{DeliveryState, DeliveryView};
 
 /// Delivery bookkeeping of one sent message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Its conversation.
     pub conversation: ConversationId,

@@ -310,6 +310,21 @@ impl Core {
         self.deliveries.of_conversation(conv, max)
     }
 
+    /// The delivery bookkeeping of a sent message, if still tracked (to persist it).
+    pub fn delivery_record(&self, id: &Id) -> Option<&Delivery> {
+        self.deliveries.get(id)
+    }
+
+    /// The accounts a text sent now in `conv` waits for: the other members.
+    pub fn waiting_for(&self, conv: &ConversationId) -> BTreeSet<AccountId> {
+        self.convs.get(conv).map(|c| c.others.clone()).unwrap_or_default()
+    }
+
+    /// Tracks a delivery recorded before a restart (oldest first; bounded as every delivery).
+    pub fn restore_delivery(&mut self, id: Id, d: Delivery) {
+        self.deliveries.insert(id, d);
+    }
+
     /// Receipts owed in `conv`.
     pub fn receipts_due(&self, conv: &ConversationId) -> usize {
         self.convs.get(conv).map_or(0, |c| c.receipts_due.len())

@@ -235,7 +235,12 @@ impl Engine {
         keys: IdentityKeys,
         cfg: EngineConfig,
     ) -> Self {
-        let core = Core::new(cfg.core.clone());
+        let mut core = Core::new(cfg.core.clone());
+        // Delivery states of sends made before a restart (see `crate::deliveries_store`).
+        match db.deliveries_recorded() {
+            Ok(rows) => rows.into_iter().for_each(|(id, d)| core.restore_delivery(id, d)),
+            Err(e) => tracing::warn!("delivery states not read back: {e}"),
+        }
         // If the table cannot be read, look (one read per message) rather than miss one.
         let pending_redactions = db.has_pending_redactions().unwrap_or(true);
         if let Err(e) = policy_store::create_tables(&db) {
@@ -368,10 +373,11 @@ impl Engine {
 
     /// Store nodes acknowledged a sent envelope (`stored`: enough of them).
     pub fn store_acks(&mut self, id: Id, acks: u32, stored: bool, now_ms: u64) {
-        if stored && let Err(e) = self.db.outbox_remove(&id) {
-            tracing::warn!("outbox: {e}");
-        }
         let fx = self.core.handle(Input::StoreAcks { id, acks }, now_ms);
+        // The outbox removal and the new state: one transaction without an fsync.
+        if let Err(e) = self.record_deliveries(&fx, stored.then_some(&id)) {
+            tracing::warn!("outbox / delivery state: {e}");
+        }
         self.apply_local(fx);
     }
 

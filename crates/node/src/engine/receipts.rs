@@ -22,7 +22,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use super::send::KIND_RECEIPT;
 use super::{Engine, Io};
-use crate::core::Input;
+use crate::core::delivery::Delivery;
+use crate::core::{Effect, Input};
 use crate::error::NodeError;
 
 /// Receipt payload format version.
@@ -185,11 +186,77 @@ impl Engine {
         match self.open_receipt(conv, env) {
             Some(input) => {
                 let fx = self.core.handle(input, now_ms);
+                if let Err(e) = self.record_deliveries(&fx, None) {
+                    tracing::warn!("delivery state not recorded: {e}");
+                }
                 self.apply_local(fx);
             }
             // Nobody names receipts as parents: junk on the topic goes at once.
             None => self.io.push(Io::Discard(vec![id])),
         }
+    }
+
+    /// Records the delivery rows of the own text messages among `rows` (those with an
+    /// envelope in `outbox`), in the send's transaction `tx`: nothing stored, nobody
+    /// delivered, waiting for the conversation's other members (as the core will track it).
+    pub(super) fn record_sends_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        rows: &[crate::db::Accepted],
+        outbox: &[Envelope],
+    ) -> Result<(), NodeError> {
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let own: std::collections::HashSet<Id> = outbox.iter().map(Envelope::id).collect();
+        for row in rows {
+            if !row.text || !own.contains(&row.id) {
+                continue;
+            }
+            let conv = ConversationId(row.conv);
+            let d = Delivery {
+                conversation: conv,
+                stored_on: 0,
+                receipts: Default::default(),
+                waiting_for: self.core.waiting_for(&conv),
+            };
+            self.db.delivery_insert_in(tx, &row.id, &d)?;
+        }
+        Ok(())
+    }
+
+    /// Records the delivery states the core changed in `fx` (and an outbox removal), in one
+    /// transaction without an fsync, made durable by the next durable commit or the tick.
+    pub(super) fn record_deliveries(
+        &mut self,
+        fx: &[Effect],
+        outbox_removal: Option<&Id>,
+    ) -> Result<(), NodeError> {
+        let changed: Vec<Id> = fx
+            .iter()
+            .filter_map(|e| if let Effect::Delivery { id, .. } = e { Some(*id) } else { None })
+            .collect();
+        if changed.is_empty() && outbox_removal.is_none() {
+            return Ok(());
+        }
+        let tx = self.db.begin_lazy()?;
+        let mut wrote = false;
+        if let Some(id) = outbox_removal {
+            wrote |= self.db.outbox_remove_in(&tx, id)?;
+        }
+        for id in &changed {
+            if let Some(d) = self.core.delivery_record(id) {
+                self.db.delivery_update_in(&tx, id, d)?;
+                wrote = true;
+            }
+        }
+        if wrote {
+            tx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
+            self.lazy_commits += 1;
+        } else {
+            tx.abort().map_err(|e| NodeError::Storage(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn open_receipt(&self, conv: ConversationId, env: &Envelope) -> Option<Input> {

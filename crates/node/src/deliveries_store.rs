@@ -1,0 +1,262 @@
+//! Delivery states of this device's own text messages, in `node.redb`, so "stored on k" and
+//! "delivered to n of m" survive a restart of the node.
+//!
+//! - `node_deliveries`: envelope id → record (format below).
+//! - `node_delivery_order`: (conversation, position) → envelope id: the order of a
+//!   conversation's sends (positions count up from 1 per conversation) and its bound.
+//! - `node_delivery_count`: conversation → (rows in `node_delivery_order`, next position).
+//!
+//! When each row is written:
+//! - a send's row (nothing stored, nobody delivered, the members it waits for) in the send's
+//!   own durable transaction (with its plaintext, MLS step and outbox entry);
+//! - store acknowledgements and receipts update the row in a transaction without an fsync
+//!   (with the outbox removal it goes with, if any), made durable by the engine's next durable
+//!   commit and at least every [`crate::engine::DURABLE_EVERY_MS`] by its tick. A crash can
+//!   roll back that much: a state read after it may be one step behind (e.g. "stored on 2"
+//!   for "delivered to 1 of 1"), never ahead of what happened.
+//!
+//! Bounds and overflow policy: at most [`DELIVERY_ROWS_PER_CONVERSATION_MAX`] rows per
+//! conversation; a new send past it deletes the conversation's oldest row (that message then
+//! shows no state after a restart; the message itself is untouched). A send waiting for more
+//! than [`DELIVERY_MEMBERS_MAX`] member accounts is not recorded here (its state is kept in
+//! memory only, as before). Forgetting a conversation deletes its rows.
+//!
+//! Record format (version 1): `version:u8 conv:[32] stored_on:u32 n:u16
+//! waiting:[32]×n delivered:bitmap(⌈n/8⌉)`, bit i set when `waiting[i]` receipted it.
+
+use std::collections::BTreeSet;
+
+use cairn_mls::ConversationId;
+use cairn_proto::codec::{Reader, Writer};
+use cairn_proto::{AccountId, Id};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::core::delivery::Delivery;
+use crate::db::NodeDb;
+use crate::error::NodeError;
+
+const DELIVERIES: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_deliveries");
+const ORDER: TableDefinition<'_, (&[u8; 32], u64), &[u8; 32]> = TableDefinition::new("node_delivery_order");
+const COUNT: TableDefinition<'_, &[u8; 32], (u64, u64)> = TableDefinition::new("node_delivery_count");
+
+/// Record format version.
+const RECORD_VERSION: u8 = 1;
+/// Delivery rows kept per conversation (the newest sends).
+pub const DELIVERY_ROWS_PER_CONVERSATION_MAX: u64 = 2_000;
+/// Member accounts a recorded delivery waits for at most.
+pub const DELIVERY_MEMBERS_MAX: usize = 4_096;
+
+fn storage(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(e.to_string())
+}
+
+/// Creates the tables (called from [`NodeDb::with_keyring`]).
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), NodeError> {
+    tx.open_table(DELIVERIES).map_err(storage)?;
+    tx.open_table(ORDER).map_err(storage)?;
+    tx.open_table(COUNT).map_err(storage)?;
+    Ok(())
+}
+
+fn encode(d: &Delivery) -> Option<Vec<u8>> {
+    let n = d.waiting_for.len();
+    if n > DELIVERY_MEMBERS_MAX {
+        return None;
+    }
+    let mut w = Writer::with_capacity(39 + 32 * n + n.div_ceil(8));
+    w.u8(RECORD_VERSION);
+    w.raw(&d.conversation.0);
+    w.u32(d.stored_on);
+    w.u16(n as u16);
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for (i, a) in d.waiting_for.iter().enumerate() {
+        w.raw(&a.0);
+        if d.receipts.contains(a) {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    w.raw(&bits);
+    Some(w.finish())
+}
+
+fn decode(bytes: &[u8]) -> Option<Delivery> {
+    let mut r = Reader::new(bytes);
+    if r.u8("delivery.version").ok()? != RECORD_VERSION {
+        return None;
+    }
+    let conversation = ConversationId(r.array::<32>("delivery.conv").ok()?);
+    let stored_on = r.u32("delivery.stored_on").ok()?;
+    let n = r.u16("delivery.members").ok()? as usize;
+    if n > DELIVERY_MEMBERS_MAX {
+        return None;
+    }
+    let mut waiting = Vec::with_capacity(n);
+    for _ in 0..n {
+        waiting.push(AccountId(r.array::<32>("delivery.member").ok()?));
+    }
+    let bits = r.take(n.div_ceil(8), "delivery.delivered").ok()?;
+    r.finish().ok()?;
+    let receipts: BTreeSet<AccountId> = waiting
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits[i / 8] & (1 << (i % 8)) != 0)
+        .map(|(_, a)| *a)
+        .collect();
+    Some(Delivery { conversation, stored_on, receipts, waiting_for: waiting.into_iter().collect() })
+}
+
+impl NodeDb {
+    /// Records a new send's delivery row in `tx` (bounded per conversation: the oldest row
+    /// goes). A row already there is left as it is.
+    pub(crate) fn delivery_insert_in(
+        &self,
+        tx: &WriteTransaction,
+        id: &Id,
+        d: &Delivery,
+    ) -> Result<(), NodeError> {
+        let Some(record) = encode(d) else { return Ok(()) };
+        let mut rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        if rows.get(&id.0).map_err(storage)?.is_some() {
+            return Ok(());
+        }
+        let mut order = tx.open_table(ORDER).map_err(storage)?;
+        let mut count = tx.open_table(COUNT).map_err(storage)?;
+        let conv = &d.conversation.0;
+        let (mut n, next) = count.get(conv).map_err(storage)?.map(|v| v.value()).unwrap_or((0, 1));
+        while n >= DELIVERY_ROWS_PER_CONVERSATION_MAX {
+            let oldest = order
+                .range((conv, 0)..=(conv, u64::MAX))
+                .map_err(storage)?
+                .next()
+                .transpose()
+                .map_err(storage)?
+                .map(|(k, v)| (k.value().1, *v.value()));
+            let Some((old_seq, old_id)) = oldest else { break };
+            order.remove((conv, old_seq)).map_err(storage)?;
+            rows.remove(&old_id).map_err(storage)?;
+            n -= 1;
+        }
+        rows.insert(&id.0, record.as_slice()).map_err(storage)?;
+        order.insert((conv, next), &id.0).map_err(storage)?;
+        count.insert(conv, (n + 1, next + 1)).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Overwrites the row of `id` with its new state, in `tx`; nothing if it has no row
+    /// (never recorded, or gone past the bound).
+    pub(crate) fn delivery_update_in(
+        &self,
+        tx: &WriteTransaction,
+        id: &Id,
+        d: &Delivery,
+    ) -> Result<(), NodeError> {
+        let mut rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        if rows.get(&id.0).map_err(storage)?.is_none() {
+            return Ok(());
+        }
+        if let Some(record) = encode(d) {
+            rows.insert(&id.0, record.as_slice()).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Every recorded delivery, each conversation's oldest first. A row that does not decode
+    /// is skipped (its message shows no state).
+    pub fn deliveries_recorded(&self) -> Result<Vec<(Id, Delivery)>, NodeError> {
+        let tx = self.database().begin_read().map_err(storage)?;
+        let order = tx.open_table(ORDER).map_err(storage)?;
+        let rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in order.iter().map_err(storage)? {
+            let (_, id) = entry.map_err(storage)?;
+            let id = *id.value();
+            if let Some(row) = rows.get(&id).map_err(storage)?.and_then(|v| decode(v.value())) {
+                out.push((Id(id), row));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a conversation's delivery rows, in `tx`.
+    pub(crate) fn deliveries_forget_in(
+        &self,
+        tx: &WriteTransaction,
+        conv: &[u8; 32],
+    ) -> Result<(), NodeError> {
+        let mut order = tx.open_table(ORDER).map_err(storage)?;
+        let mut rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        let keys: Vec<(u64, [u8; 32])> = order
+            .range((conv, 0)..=(conv, u64::MAX))
+            .map_err(storage)?
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.value().1, *v.value()))
+            .collect();
+        for (seq, id) in keys {
+            order.remove((conv, seq)).map_err(storage)?;
+            rows.remove(&id).map_err(storage)?;
+        }
+        tx.open_table(COUNT).map_err(storage)?.remove(conv).map_err(storage)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(waiting: &[u8], delivered: &[u8], stored_on: u32) -> Delivery {
+        Delivery {
+            conversation: ConversationId([9; 32]),
+            stored_on,
+            receipts: delivered.iter().map(|n| AccountId([*n; 32])).collect(),
+            waiting_for: waiting.iter().map(|n| AccountId([*n; 32])).collect(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_refused() {
+        let d = delivery(&[1, 2, 3, 4, 5, 6, 7, 8, 9], &[2, 9], 3);
+        let bytes = encode(&d).unwrap();
+        assert_eq!(decode(&bytes), Some(d.clone()));
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_none(), "truncated at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none(), "trailing bytes");
+        let mut other = bytes;
+        other[0] = 2;
+        assert!(decode(&other).is_none(), "unknown version");
+    }
+
+    #[test]
+    fn rows_are_bounded_per_conversation_oldest_first_and_forgotten_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(redb::Database::create(dir.path().join("n.redb")).unwrap());
+        let ndb = NodeDb::new(db, cairn_proto::Limits::default()).unwrap();
+        let d = delivery(&[1], &[], 0);
+        let tx = ndb.begin().unwrap();
+        for seq in 1..=DELIVERY_ROWS_PER_CONVERSATION_MAX + 2 {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&seq.to_be_bytes());
+            ndb.delivery_insert_in(&tx, &Id(id), &d).unwrap();
+        }
+        tx.commit().unwrap();
+        let all = ndb.deliveries_recorded().unwrap();
+        assert_eq!(all.len() as u64, DELIVERY_ROWS_PER_CONVERSATION_MAX);
+        assert_eq!(all.first().map(|(i, _)| i.0[7]), Some(3), "the two oldest went");
+
+        let (id, _) = all[0];
+        let tx = ndb.begin().unwrap();
+        ndb.delivery_update_in(&tx, &id, &delivery(&[1], &[1], 2)).unwrap();
+        tx.commit().unwrap();
+        let all = ndb.deliveries_recorded().unwrap();
+        assert_eq!(all[0].0, id, "an update keeps the row's place");
+        assert_eq!((all[0].1.stored_on, all[0].1.receipts.len()), (2, 1));
+
+        let tx = ndb.begin().unwrap();
+        ndb.deliveries_forget_in(&tx, &[9; 32]).unwrap();
+        tx.commit().unwrap();
+        assert!(ndb.deliveries_recorded().unwrap().is_empty());
+    }
+}

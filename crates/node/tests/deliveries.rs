@@ -1,0 +1,100 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Delivery states of own messages survive a restart: "stored on k" and "delivered to n of m"
+//! read the same from the engine opened again from the same files, and a receipt arriving
+//! after the restart still moves a state recorded before it.
+
+mod common;
+
+use cairn_mls::MemorySequencer;
+use cairn_node::engine::DURABLE_EVERY_MS;
+use cairn_node::model::DeliveryState;
+use cairn_proto::Id;
+use common::{User, converse, deliver, published, restart, user};
+
+/// `(state, stored_on, delivered_to, members)` of each of `u`'s sends in `conv`, by id.
+fn states(u: &User, conv: &cairn_mls::ConversationId) -> Vec<(Id, (DeliveryState, u32, u32, u32))> {
+    let mut v: Vec<_> = u
+        .engine
+        .deliveries(conv, 100)
+        .into_iter()
+        .map(|(id, d)| (id, (d.state, d.stored_on, d.delivered_to, d.members)))
+        .collect();
+    v.sort_by_key(|(id, _)| id.0);
+    v
+}
+
+/// `bob`'s receipts for what he read, after his receipt pace passed.
+fn receipts(bob: &mut User, seq: &mut MemorySequencer, at: u64) -> Vec<cairn_proto::Envelope> {
+    bob.engine.tick(seq, at);
+    published(bob)
+}
+
+#[test]
+fn delivery_states_read_the_same_after_a_restart_and_keep_moving() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
+
+    // Two sends: both stored on 2 store nodes, bob reads both and receipts them.
+    let mut sent = Vec::new();
+    for t in ["one", "two"] {
+        let r = alice.engine.send_text(conv, t, &mut seq, now + 10).unwrap();
+        sent.push(Id::from_hex(&r.id).unwrap());
+    }
+    let envs = published(&mut alice);
+    assert_eq!(envs.len(), 2);
+    for id in &sent {
+        alice.engine.store_acks(*id, 2, true, now + 20);
+    }
+    deliver(&mut bob, &envs, &mut seq, now + 30);
+    let rs = receipts(&mut bob, &mut seq, now + 5_000);
+    assert!(!rs.is_empty(), "bob receipted");
+    deliver(&mut alice, &rs, &mut seq, now + 5_010);
+
+    // A third send: stored on 1, not read yet.
+    let third =
+        Id::from_hex(&alice.engine.send_text(conv, "three", &mut seq, now + 5_020).unwrap().id).unwrap();
+    let third_env = published(&mut alice);
+    alice.engine.store_acks(third, 1, false, now + 5_030);
+
+    let before = states(&alice, &conv);
+    let delivered = (DeliveryState::Delivered, 2, 1, 1);
+    let stored = (DeliveryState::Stored, 1, 0, 1);
+    assert_eq!(before.len(), 3, "{before:?}");
+    for id in &sent {
+        assert_eq!(before.iter().find(|(i, _)| i == id).unwrap().1, delivered);
+    }
+    assert_eq!(before.iter().find(|(i, _)| *i == third).unwrap().1, stored);
+
+    // The tick makes the acks' and receipts' commits durable; then the node restarts.
+    alice.engine.tick(&mut seq, now + 5_030 + DURABLE_EVERY_MS);
+    let mut alice = restart(alice);
+    alice.engine.start(&mut seq, now + 10_000).unwrap();
+    let _ = published(&mut alice);
+    assert_eq!(states(&alice, &conv), before, "the same states after the restart");
+
+    // Bob reads the third message now: his receipt reaches the restarted engine and moves
+    // the state recorded before the restart, which a second restart reads back.
+    deliver(&mut bob, &third_env, &mut seq, now + 10_010);
+    let rs = receipts(&mut bob, &mut seq, now + 20_000);
+    deliver(&mut alice, &rs, &mut seq, now + 20_010);
+    let moved = states(&alice, &conv);
+    assert_eq!(moved.iter().find(|(i, _)| *i == third).unwrap().1, (DeliveryState::Delivered, 1, 1, 1));
+    alice.engine.make_durable().unwrap();
+    let alice = restart(alice);
+    assert_eq!(states(&alice, &conv), moved, "read back without start too (opened from the files)");
+}
+
+#[test]
+fn a_forgotten_conversation_leaves_no_delivery_rows() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
+    alice.engine.send_text(conv, "one", &mut seq, now + 10).unwrap();
+    let _ = published(&mut alice);
+    assert_eq!(alice.engine.db().deliveries_recorded().unwrap().len(), 1);
+    alice.engine.db().purge_conversation(&conv.0).unwrap();
+    assert!(alice.engine.db().deliveries_recorded().unwrap().is_empty());
+}
