@@ -83,6 +83,8 @@ pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64, window: usize) ->
             r.deliveries_per_s
         );
     }
+    // The web client's figure beside these (measured by the browser tests).
+    crate::bench_web::print();
     Ok(())
 }
 

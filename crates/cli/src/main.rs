@@ -4,6 +4,7 @@ mod archive_cmd;
 mod bench;
 mod bench_contracts;
 mod bench_e2e;
+mod bench_web;
 mod bridge_cmd;
 mod client_cmd;
 mod contract_cmd;
