@@ -523,7 +523,10 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             .copied()
             .collect();
         if absent.is_empty() {
-            self.deliver(e, id, false, out);
+            // A parent given up on earlier is a gap for this child too: flagged like the
+            // children released when it was declared (it may still arrive, after them).
+            let gap = e.header.parents.iter().any(|p| !self.delivered.contains(p));
+            self.deliver(e, id, gap, out);
             return;
         }
         if self.waiting.len() >= self.config.waiting_envelopes_max {
@@ -760,5 +763,33 @@ mod tests {
             outs.iter().map(|o| if let Output::IdsRequest { ids, .. } = o { ids.len() } else { 0 }).sum();
         assert_eq!(asked, 4, "only `missing_ids_max` ancestors are tracked");
         assert!(s.missing.len() <= 4);
+    }
+
+    #[test]
+    fn a_child_of_a_parent_given_up_on_earlier_is_flagged_after_a_gap() {
+        let cfg = SyncConfig { gap_fetch_attempts_max: 1, gap_retry_ms: 10, ..SyncConfig::default() };
+        let mut s: Sync<u8> = Sync::new(cfg, [], []);
+        let t = Topic([7; 32]);
+        s.handle(Input::Sync { topic: t, stores: vec![0] }, 0);
+        let lost = envelope(t, 1, vec![]);
+        let first = envelope(t, 2, vec![lost.id()]);
+        let later = envelope(t, 3, vec![lost.id()]);
+        let flag_of = |outs: &[Output<u8>], id: Id| {
+            outs.iter().find_map(|o| match o {
+                Output::Deliver { id: d, after_gap, .. } if *d == id => Some(*after_gap),
+                _ => None,
+            })
+        };
+        assert_eq!(flag_of(&s.handle(Input::Gossip { envelope: first.clone() }, 0), first.id()), None);
+        let outs = s.handle(Input::Tick, 100);
+        assert_eq!(flag_of(&outs, first.id()), Some(true), "released when its parent is given up");
+        let outs = s.handle(Input::Gossip { envelope: later.clone() }, 200);
+        assert_eq!(
+            flag_of(&outs, later.id()),
+            Some(true),
+            "a later child of the same gap is delivered flagged too, not as if its parent were here"
+        );
+        let outs = s.handle(Input::Gossip { envelope: lost.clone() }, 300);
+        assert_eq!(flag_of(&outs, lost.id()), Some(false), "the late parent itself is still delivered");
     }
 }

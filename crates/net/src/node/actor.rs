@@ -85,8 +85,13 @@ pub(super) struct Node {
     pub(super) admission: Admission<PeerId>,
     /// Own envelopes waiting for their parents before they are written locally (`orphans.rs`).
     orphans: Orphans,
-    /// Ids of own publications handed to the history writer, the last `OWN_QUEUED_MAX`.
+    /// Ids of own publications handed to the history writer's own lane, the last
+    /// `OWN_QUEUED_MAX`.
     own_queued: SeenIds,
+    /// Ids of held own envelopes released to the delivery lane, the last `OWN_QUEUED_MAX`.
+    /// Kept apart from `own_queued`: the own lane is written ahead of the delivery lane, so a
+    /// child must not take it while its parent waits in the delivery lane.
+    orphans_released: SeenIds,
     /// Store nodes that answered "full", until when they are passed over (ms); at most
     /// `connections_max`, expired entries dropped at each insert.
     pub(super) full_stores: HashMap<PeerId, u64>,
@@ -181,6 +186,7 @@ impl Node {
             full_stores: HashMap::new(),
             orphans: Orphans::default(),
             own_queued: SeenIds::new(OWN_QUEUED_MAX),
+            orphans_released: SeenIds::new(OWN_QUEUED_MAX),
             store_rate: RateLimiter::new(
                 config.serve.store_envelopes_per_sec,
                 config.serve.store_envelopes_burst,
@@ -597,6 +603,7 @@ impl Node {
         }
         if !self.sync.is_delivered(&id)
             && !self.own_queued.contains(&id)
+            && !self.orphans_released.contains(&id)
             && env.header.parents.iter().any(|p| !self.in_local_history(p))
             && self.orphans.hold(env.clone(), now_ms())
         {
@@ -654,7 +661,7 @@ impl Node {
         }
         let ready = {
             let sync = &self.sync;
-            let own = &self.own_queued;
+            let (own, released) = (&self.own_queued, &self.orphans_released);
             let staged: std::collections::HashSet<Id> = self
                 .staged
                 .iter()
@@ -663,15 +670,18 @@ impl Node {
                     _ => None,
                 })
                 .collect();
-            self.orphans.release(|p| sync.is_delivered(p) || own.contains(p) || staged.contains(p))
+            self.orphans.release(|p| {
+                sync.is_delivered(p) || own.contains(p) || released.contains(p) || staged.contains(p)
+            })
         };
         let expired = self.orphans.expired(now_ms());
         for (e, after_gap) in
             ready.into_iter().map(|e| (e, false)).chain(expired.into_iter().map(|e| (e, true)))
         {
             let id = e.id();
-            // Written from now on: its own children need not wait for the mesh to bring it back.
-            self.own_queued.insert(id);
+            // Written from now on, in the delivery lane: its own children need not wait for the
+            // mesh to bring it back, but they follow it in that lane (held, then released).
+            self.orphans_released.insert(id);
             self.staged.push_back(HistoryJob::Deliver { envelope: e, id, after_gap });
         }
     }

@@ -289,6 +289,20 @@ impl Engine {
         &self.db
     }
 
+    /// Makes the local history's deferred deliveries durable before they are read.
+    ///
+    /// Invariant: the node's tables never durably hold an envelope the local history could
+    /// lose. The net writer commits deliveries lazily; were they read into `node.redb` and
+    /// made durable there (by any later durable commit: a send, an MLS flush) while a crash
+    /// rolled the history's tail back, the history would fetch them again from the store nodes,
+    /// and a parent that no store holds yet (its sender was killed before pushing it) becomes a
+    /// gap: the child is written first and `verify` reports it reordered. One fsync per burst.
+    pub(crate) fn history_durable(&self) {
+        if let Err(e) = self.history.sync() {
+            tracing::warn!("cannot make the local history durable before reading: {e}");
+        }
+    }
+
     /// Whether the local history holds an envelope.
     pub fn history_has(&self, id: &Id) -> bool {
         self.history.get(id).ok().flatten().is_some()

@@ -38,6 +38,7 @@ enum Outcome {
 impl Engine {
     /// Reads a burst of delivered envelopes (any topics).
     pub fn receive(&mut self, batch: Vec<Arrival>, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        self.history_durable();
         let inbox = cairn_mls::inbox_topic(&self.keys.device);
         let convs: BTreeMap<Topic, ConversationId> =
             self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
@@ -77,6 +78,8 @@ impl Engine {
                         self.known(conv, a.id, &bytes, now_ms);
                     }
                 }
+                // Denied by the policy before: its text is gone, its place in the chain stays.
+                _ if self.policy_denied_known(conv, &a, now_ms) => {}
                 _ => fresh.push(a),
             }
         }
