@@ -14,8 +14,11 @@ use crate::tx::{Tx, TxBody, TxError};
 
 /// Default bound of one submission's wait for finality.
 pub const FINALITY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// Submissions tried per commit when the nonce turns out stale.
-const NONCE_ATTEMPTS_MAX: usize = 3;
+/// Submissions tried per commit when the nonce turns out stale. The same key also signs
+/// transactions from another thread (a node's anchors): its pending transaction holds the
+/// nonce the state shows until it is final, so each retry waits a little longer (100 ms × the
+/// attempt, as `submit_tx` does) instead of asking again at once.
+const NONCE_ATTEMPTS_MAX: usize = 5;
 
 /// The ledger's commit sequencer, for a blocking client: each submission is a signed
 /// `SequenceHandshake` transaction, returned once finalized.
@@ -88,6 +91,7 @@ impl CommitSequencer for LedgerSequencer {
                 Ok(id) => return self.finish(&id, nonce),
                 Err(e) if attempt < NONCE_ATTEMPTS_MAX && Self::nonce_is_stale(&e) => {
                     self.nonce = None; // our view of the nonce is stale: ask again
+                    std::thread::sleep(Duration::from_millis(100 * attempt as u64));
                 }
                 Err(e) => return Err(Self::unavailable(e)),
             }
