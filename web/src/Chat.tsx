@@ -13,6 +13,7 @@ import {
   type VerifyView,
 } from './api';
 import { markRead, markVerified, verifiedFingerprint } from './local';
+import { Held } from './Held';
 import { Policy } from './Policy';
 import { VirtualList } from './VirtualList';
 
@@ -46,6 +47,7 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
   const [loading, setLoading] = useState(true);
   const [text, setText] = useState('');
   const [showMembers, setShowMembers] = useState(false);
+  const [showHeld, setShowHeld] = useState(false);
   const [verify, setVerify] = useState<VerifyView | null>(null);
   const [busy, setBusy] = useState('');
   const older = useRef({ loading: false, done: false });
@@ -196,6 +198,9 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
         <button onClick={() => setShowMembers((s) => !s)} aria-expanded={showMembers}>
           Members
         </button>
+        <button onClick={() => setShowHeld((s) => !s)} aria-expanded={showHeld}>
+          Held
+        </button>
         <button
           disabled={busy === 'verify'}
           onClick={() => act('verify', async () => setVerify(await api.verify(conv.id)))}
@@ -222,6 +227,17 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
           onChanged={onChanged}
         />
       )}
+      {showHeld && (
+        <Held
+          id={conv.id}
+          handleOf={(a) => conv.members.find((m) => m.account === a)?.handle ?? null}
+          report={report}
+          onReleased={(m) =>
+            // A released message takes its place at the end of the history.
+            setMsgs((cur) => (cur.some((x) => x.id === m.id) ? cur : [...cur, m]))
+          }
+        />
+      )}
       {loading ? (
         <p class="empty grow">Loading history…</p>
       ) : msgs.length === 0 ? (
@@ -243,6 +259,8 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
                   <div class="meta">
                     {time(m.timestamp_ms)}
                     {m.after_gap && ' · some earlier messages are missing'}
+                    {m.verdict === 'released' && ' · released from hold'}
+                    {m.labels?.length ? ` · ${m.labels.join(', ')}` : ''}
                     {mine && (
                       // Always there, with room for the longest state: a state change never
                       // resizes the bubble (no layout shift).

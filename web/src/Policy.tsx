@@ -13,6 +13,7 @@ const LABELS: Record<string, string> = {
 export function Policy({ id, act, busy }: { id: string; busy: string; act: (what: string, f: () => Promise<void>) => Promise<void> }) {
   const [current, setCurrent] = useState<string | null>(null);
   const [want, setWant] = useState<PolicyName>('moderation');
+  const [words, setWords] = useState('');
   useEffect(() => {
     api
       .policy(id)
@@ -30,11 +31,28 @@ export function Policy({ id, act, busy }: { id: string; busy: string; act: (what
         <option value="echo_bot">echo bot</option>
         <option value="none">none</option>
       </select>
+      {want === 'moderation' && (
+        <>
+          <label class="sr" for="policy-words">
+            Filtered words
+          </label>
+          <input
+            id="policy-words"
+            value={words}
+            placeholder="filtered words (held), comma-separated"
+            onInput={(e) => setWords((e.target as HTMLInputElement).value)}
+          />
+        </>
+      )}
       <button
         disabled={busy === 'policy'}
         onClick={() =>
           void act('policy', async () => {
-            await api.setPolicy(id, want);
+            const list = words
+              .split(/[\s,]+/)
+              .map((w) => w.trim())
+              .filter(Boolean);
+            await api.setPolicy(id, want, list);
             setCurrent((await api.policy(id)).policy);
           })
         }

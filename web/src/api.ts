@@ -52,6 +52,15 @@ export interface MessageView {
   text: string;
   parents: string[];
   after_gap: boolean;
+  /** The conversation policy's verdict, if one was pinned at its epoch. */
+  verdict?: 'allow' | 'label' | 'reply' | 'propose_remove' | 'released' | null;
+  labels?: string[];
+}
+/** What the conversation's policy kept out of the history on this device. */
+export interface HeldListView {
+  held: { id: string; sender: string; device: string; timestamp_ms: number; reason: string; waiting: boolean; text: string }[];
+  denied: { id: string; sender: string; reason: string }[];
+  proposed_removals: { id: string; sender: string; account: string }[];
 }
 export interface VerifyView {
   intact: boolean;
@@ -178,7 +187,11 @@ export const api = {
   requests: () => call<RequestView[]>('GET', '/v1/requests'),
   deliveries: (id: string) => call<DeliveryEntry[]>('GET', `/v1/conversations/${enc(id)}/deliveries`),
   policy: (id: string) => call<PolicyView>('GET', `/v1/conversations/${enc(id)}/policy`),
-  setPolicy: (id: string, policy: PolicyName) => call<unknown>('PUT', `/v1/conversations/${enc(id)}/policy`, { policy }),
+  setPolicy: (id: string, policy: PolicyName, words: string[] = []) =>
+    call<unknown>('PUT', `/v1/conversations/${enc(id)}/policy`, policy === 'moderation' ? { policy, words } : { policy }),
+  held: (id: string) => call<HeldListView>('GET', `/v1/conversations/${enc(id)}/held`),
+  release: (id: string, message: string) =>
+    call<MessageView>('POST', `/v1/conversations/${enc(id)}/held/${enc(message)}/release`),
   balance: () => call<BalanceView>('GET', '/v1/balance'),
   pay: (to: string, amount: number) => call<PaymentView>('POST', '/v1/payments', { to, amount }),
   setup: (code: string, passphrase: string, handle: string) =>

@@ -2,10 +2,10 @@
 // node and alice's node), then bob's and carol's nodes (`cairn up`) joining it. Every process
 // is killed by stop(); every wait is bounded.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -13,6 +13,23 @@ const run = promisify(execFile);
 // told to build elsewhere, else the repository's target/.
 const TARGET = process.env.CARGO_TARGET_DIR ?? join(import.meta.dirname, '../../target');
 export const BIN = resolve(process.env.CAIRN_BIN ?? join(TARGET, 'debug/cairn'));
+
+/**
+ * Writes the browser's send→shown latency where `cairn bench e2e` prints it from:
+ * `<target>/bench/web-latency.json` beside the `cairn` binary the network ran.
+ */
+export function writeLatency(f: { samples: number; p50_ms: number; p99_ms: number; max_ms: number }): void {
+  const dir = join(dirname(dirname(BIN)), 'bench');
+  mkdirSync(dir, { recursive: true });
+  const record = {
+    ...f,
+    command: 'cd web && npx playwright test',
+    measured_at: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    cairn_bin: BIN,
+    what: 'sent in one browser → shown in the other (2 members, Chromium headless, real cairn processes on 127.0.0.1)',
+  };
+  writeFileSync(join(dir, 'web-latency.json'), JSON.stringify(record, null, 2) + '\n');
+}
 
 export interface User {
   name: string;
