@@ -287,6 +287,34 @@ fn an_erased_canary_is_in_no_file_of_any_node_and_a_forgotten_account_leaves_no_
     assert!(found.is_empty(), "the canary is still in {found:?}");
 }
 
+/// The ledger's anchor of the conversation of `message` names none of the envelope ids in
+/// `home`'s local history (a relay or store node saw those): it is a keyed hash under the
+/// conversation's salt, which `verify` (above) mapped back to a head.
+fn assert_anchor_is_salted(net: &Net, home: &std::path::Path, message: &str) {
+    use cairn_ledger::state::{AnchorRecord, StateKey};
+    let history =
+        cairn_store::Store::open(&home.join("net").join("history.redb"), cairn_proto::Limits::default())
+            .unwrap();
+    let id = cairn_proto::Id(hex::decode(message).unwrap().try_into().unwrap());
+    let topic = history.get(&id).unwrap().expect("the message's envelope").header.topic;
+    let mut ids = HashSet::new();
+    let mut from = 0;
+    loop {
+        let page = history.page(&topic, from, 256).unwrap();
+        ids.extend(page.entries.iter().map(|(_, e)| e.id()));
+        match page.next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    let genesis = cairn_ledger::genesis::Genesis::load(&net.genesis).unwrap();
+    let mut ledger = cairn_ledger::rpc::LedgerClient::new(&genesis).unwrap();
+    let record = ledger.prove(&StateKey::Anchor(topic)).unwrap().expect("an anchor on the ledger");
+    let anchor = AnchorRecord::decode(&record).unwrap();
+    assert!(anchor.count >= 1 && anchor.count <= ids.len() as u64, "count {} of {}", anchor.count, ids.len());
+    assert!(!ids.contains(&anchor.head), "the ledger names an envelope id of the history in clear");
+}
+
 fn cairn_at(home: &std::path::Path, args: &[&str], pass: &str) -> std::process::Output {
     Command::new(BIN).arg("--home").arg(home).args(args).env("CAIRN_PASSPHRASE", pass).output().unwrap()
 }
@@ -322,12 +350,15 @@ fn an_export_imports_elsewhere_with_the_same_history() {
         let m = all_messages(&a, &conv);
         (m.len() == 19).then_some(m)
     });
-    // 20 messages and the redaction, once the mesh has written the redaction locally.
-    let v_before = wait_for("ann's history to hold 21 envelopes", Duration::from_secs(30), || {
-        a.verify(&conv).ok().filter(|v| v.envelopes == 21)
-    });
+    // 20 messages and the redaction, once the mesh has written the redaction locally, and an
+    // anchor (every 5 s) that `verify` found in it.
+    let v_before =
+        wait_for("ann's history to hold 21 envelopes and an anchor", Duration::from_secs(60), || {
+            a.verify(&conv).ok().filter(|v| v.envelopes == 21 && v.anchors == 1)
+        });
     assert!(v_before.intact, "{:?}", v_before.first_problem);
     net.stop("ann");
+    assert_anchor_is_salted(&net, &net.path("ann"), &before[0].id);
 
     let archive = net.path("ann.cairn-export");
     let out = cairn_at(&net.path("ann"), &["export", "--out", archive.to_str().unwrap()], PASS);
@@ -355,7 +386,8 @@ fn an_export_imports_elsewhere_with_the_same_history() {
     let v_after = a2.verify(&conv).unwrap();
     assert!(v_after.intact, "{:?}", v_after.first_problem);
     assert_eq!(
-        (v_after.envelopes, v_after.signatures_verified, v_after.erased),
-        (v_before.envelopes, v_before.signatures_verified, v_before.erased)
+        (v_after.envelopes, v_after.signatures_verified, v_after.erased, v_after.anchors),
+        (v_before.envelopes, v_before.signatures_verified, v_before.erased, v_before.anchors),
+        "the imported history verifies the same, its salted anchor included"
     );
 }

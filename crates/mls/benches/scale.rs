@@ -50,6 +50,7 @@ fn virtual_packages(n: usize) -> Vec<VerifiedKeyPackage> {
         .map(|_| {
             let s = signer(&account);
             let b = KeyPackage::builder()
+                .leaf_node_capabilities(cairn_mls::leaf_capabilities())
                 .key_package_lifetime(cairn_mls::clock_free_lifetime())
                 .build(CIPHERSUITE, &provider, &s, s.credential_with_key())
                 .unwrap();
@@ -322,6 +323,7 @@ fn raw(n: usize, msgs: usize) -> Row {
     let mut kps: Vec<KeyPackage> = virtual_packages(n.saturating_sub(2)).iter().map(raw_kp).collect();
     kps.push(
         KeyPackage::builder()
+            .leaf_node_capabilities(cairn_mls::leaf_capabilities())
             .build(CIPHERSUITE, &pb, &sb, sb.credential_with_key())
             .unwrap()
             .key_package()

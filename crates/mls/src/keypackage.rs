@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use cairn_proto::codec::{Reader, Writer};
 use cairn_proto::{DecodeError, DeviceCert, DeviceId};
-use openmls::prelude::{KeyPackage, KeyPackageIn, Lifetime, ProtocolVersion};
+use openmls::prelude::{Capabilities, ExtensionType, KeyPackage, KeyPackageIn, Lifetime, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
 use thiserror::Error;
 use tls_codec::{DeserializeBytes as _, Serialize as _};
@@ -25,6 +25,16 @@ pub const KEY_PACKAGE_BATCH_VERSION: u8 = 1;
 pub const KEY_PACKAGES_PER_BATCH_MAX: usize = 256;
 /// Largest encoded key package accepted, in bytes.
 pub const KEY_PACKAGE_BYTES_MAX: usize = 4096;
+/// The capabilities every Cairn leaf lists: last-resort key packages, the key-package expiry,
+/// the policy pin and the anchor salt. A Cairn group context holds the salt, so a leaf that
+/// does not list it cannot join.
+pub fn leaf_capabilities() -> Capabilities {
+    let expiry = ExtensionType::Unknown(EXPIRY_EXTENSION_TYPE);
+    let policy = ExtensionType::Unknown(crate::policy_ext::POLICY_EXTENSION_TYPE);
+    let salt = ExtensionType::Unknown(crate::anchor_salt::ANCHOR_SALT_EXTENSION_TYPE);
+    Capabilities::builder().extensions(vec![ExtensionType::LastResort, expiry, policy, salt]).build()
+}
+
 /// Key-package extension (RFC 9420 §17.3 private-use range) carrying Cairn's expiry of the
 /// package, `not_after_ms: u64` big-endian, signed with it. The committer checks it against
 /// its own clock when it stages an Add; no other member does.
@@ -134,6 +144,14 @@ pub fn verify_key_package(bytes: &[u8]) -> Result<VerifiedKeyPackage, KeyPackage
     };
     let leaf = package.leaf_node();
     let cert = verify_credential(leaf.credential(), leaf.signature_key().as_slice())?;
+    let salt = ExtensionType::Unknown(crate::anchor_salt::ANCHOR_SALT_EXTENSION_TYPE);
+    if !leaf.capabilities().extensions().contains(&salt) {
+        return Err(KeyPackageError::Invalid(
+            "made by a Cairn version without anchor salts (its leaf does not list extension 0xF0C8): it \
+             cannot join a conversation created now; its owner updates Cairn and publishes new key packages"
+                .into(),
+        ));
+    }
     Ok(VerifiedKeyPackage {
         cert,
         last_resort: package.last_resort(),

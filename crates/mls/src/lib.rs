@@ -6,6 +6,7 @@
 //! - [`client`]: a device's conversations — create, add, remove, leave, self-update — with
 //!   every handshake ordered by a [`cairn_proto::CommitSequencer`] so groups never fork, and
 //!   application messages buffered or dropped by epoch.
+//! - [`anchor_salt`]: the salt that keys anchored history heads, in the group context.
 //! - [`policy_ext`]: the conversation's policy contract pinned in the group context, judging
 //!   every handshake before it is merged.
 //! - [`storage`]: OpenMLS state in Cairn's redb file, one transaction per operation.
@@ -14,6 +15,7 @@
 //! - [`welcome_chunks`](mod@welcome_chunks): a Welcome bundle larger than one envelope, split into chunks and
 //!   reassembled within bounded memory.
 
+pub mod anchor_salt;
 pub mod client;
 mod compact;
 pub mod credential;
@@ -31,7 +33,7 @@ pub use client::{
 pub use credential::{CredentialError, DeviceSigner, verify_credential};
 pub use keypackage::{
     KeyPackageBatch, KeyPackageError, KeyPackagePool, VerifiedKeyPackage, clock_free_lifetime,
-    verify_key_package,
+    leaf_capabilities, verify_key_package,
 };
 pub use sequencer::MemorySequencer;
 pub use storage::{CairnProvider, CallStats, DatabaseHandle, MlsStorage, StorageError, StorageStats};

@@ -51,7 +51,8 @@ pub fn pinned(group: &MlsGroup) -> Result<Option<PolicyPin>, MlsError> {
 }
 
 /// `current` with the pin replaced by `pin` (or removed), and the RequiredCapabilities
-/// extension listing the pin's type while a pin is set.
+/// extension listing the pin's type (and the other private extensions, the anchor salt) while a
+/// pin is set. Every other extension is kept as it is.
 pub fn with_pin(
     current: &Extensions<GroupContext>,
     pin: Option<&PolicyPin>,
@@ -68,11 +69,16 @@ pub fn with_pin(
         .collect();
     if let Some(pin) = pin {
         kept.push(Extension::Unknown(POLICY_EXTENSION_TYPE, UnknownExtension(pin.encode())));
-        kept.push(Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
-            &[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)],
-            &[],
-            &[],
-        )));
+    }
+    // OpenMLS refuses a GroupContextExtensions proposal holding a private extension that its
+    // RequiredCapabilities omit: list every one kept (the pin, the anchor salt).
+    let required: Vec<ExtensionType> = kept
+        .iter()
+        .map(Extension::extension_type)
+        .filter(|t| matches!(t, ExtensionType::Unknown(_)))
+        .collect();
+    if !required.is_empty() {
+        kept.push(Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(&required, &[], &[])));
     }
     Extensions::from_vec(kept).map_err(bad)
 }

@@ -341,6 +341,7 @@ fn an_addition_too_large_for_the_sequencer_is_split_adaptively() {
             );
             let s = cairn_mls::DeviceSigner::new(key, cert).unwrap();
             let b = openmls::prelude::KeyPackage::builder()
+                .leaf_node_capabilities(cairn_mls::leaf_capabilities())
                 .key_package_lifetime(cairn_mls::clock_free_lifetime())
                 .build(cairn_mls::CIPHERSUITE, &provider, &s, s.credential_with_key())
                 .unwrap();

@@ -185,6 +185,7 @@ fn forged_key_package(dev: &Dev, cert: DeviceCert, key: &SigningKey) -> Vec<u8> 
         signature_key: SignaturePublicKey::from(key.verifying_key().to_bytes().to_vec()),
     };
     let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(cairn_mls::leaf_capabilities())
         .build(CIPHERSUITE, dev.client.provider(), &RawSigner(key.clone()), cwk)
         .unwrap();
     dev.client.provider().storage().discard();

@@ -38,6 +38,7 @@ fn virtual_packages(n: usize) -> Vec<VerifiedKeyPackage> {
             let cert = DeviceCert::issue(&account, DeviceId(k.verifying_key().to_bytes()), NOW);
             let s = DeviceSigner::new(k, cert).unwrap();
             let b = KeyPackage::builder()
+                .leaf_node_capabilities(cairn_mls::leaf_capabilities())
                 .key_package_lifetime(cairn_mls::clock_free_lifetime())
                 .build(CIPHERSUITE, &provider, &s, s.credential_with_key())
                 .unwrap();

@@ -3,7 +3,7 @@
 //! (`cairn_crypto::container`). Written and read offline, with the node stopped.
 //!
 //! What it holds: the account (ids, handle, the encrypted keystore), every conversation this
-//! device read, each conversation's local history (envelopes in stored order: headers, hash
+//! device read (with its anchor salt), each conversation's local history (envelopes in stored order: headers, hash
 //! links, ciphertexts or erased payloads), the decrypted signed messages this device kept
 //! (erased ones are not: they are gone), tombstones of erased messages, and the store
 //! receipts kept for own envelopes. What it does not hold: MLS group state (forward secrecy:
@@ -61,6 +61,10 @@ pub enum Record {
     Conversation {
         /// Conversation id, hex.
         id: String,
+        /// Its anchor salt, hex (absent for a conversation created before salts): what
+        /// `verify` needs to find the anchored heads in the history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anchor_salt: Option<String>,
     },
     /// An envelope of a conversation's local history, in stored order.
     Envelope {
@@ -144,7 +148,8 @@ pub fn export(account: AccountInfo, db: &NodeDb, history: &Store, now_ms: u64) -
     let convs: BTreeSet<[u8; 32]> = db.conversations_with_rows()?;
     for conv in &convs {
         let conv_hex = hex::encode(conv);
-        line(&mut out, &Record::Conversation { id: conv_hex.clone() })?;
+        let anchor_salt = db.anchor_salt(conv)?.map(hex::encode);
+        line(&mut out, &Record::Conversation { id: conv_hex.clone(), anchor_salt })?;
         let topic = ConversationId(*conv).topic();
         let mut from = 0;
         loop {
@@ -270,6 +275,7 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
     let limits: Limits = *db.limits();
     let bad = |why: String| NodeError::BadRequest(format!("archive: {why}; nothing was imported"));
     let mut convs: BTreeSet<[u8; 32]> = BTreeSet::new();
+    let mut salts: Vec<([u8; 32], [u8; 32])> = Vec::new();
     let mut envs: Vec<Envelope> = Vec::new();
     let mut rows: Vec<(u64, Accepted)> = Vec::new();
     let mut erased: Vec<([u8; 32], Id, Id, String)> = Vec::new();
@@ -278,8 +284,12 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
     for r in records {
         match r {
             Record::Header { .. } | Record::Account { .. } => {}
-            Record::Conversation { id } => {
-                convs.insert(unhex::<32>(id, "conversation id")?);
+            Record::Conversation { id, anchor_salt } => {
+                let conv = unhex::<32>(id, "conversation id")?;
+                convs.insert(conv);
+                if let Some(s) = anchor_salt {
+                    salts.push((conv, unhex::<32>(s, "anchor salt")?));
+                }
             }
             Record::Envelope { conversation, id, envelope_hex } => {
                 let conv = unhex::<32>(conversation, "conversation id")?;
@@ -349,6 +359,9 @@ pub fn import(records: &[Record], db: &NodeDb, history: &Store, now_ms: u64) -> 
     }
     for c in &convs {
         db.archive_conversation(c, now_ms)?;
+    }
+    for (c, salt) in &salts {
+        db.put_anchor_salt(c, salt)?;
     }
     for (k, v) in &receipts {
         history.put_key(k, v).map_err(st)?;

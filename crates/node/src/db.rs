@@ -113,6 +113,7 @@ impl NodeDb {
             crate::requests::create_tables(&tx)?;
             crate::redactions::create_tables(&tx)?;
             crate::idempotency::create_tables(&tx)?;
+            crate::anchor_salts::create_tables(&tx)?;
             crate::deliveries_store::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;

@@ -6,6 +6,7 @@
 //! [`service`] (the API façade) and [`api`] (HTTP).
 
 mod account_ops;
+pub mod anchor_salts;
 pub mod api;
 pub mod api_history;
 pub mod api_ledger;

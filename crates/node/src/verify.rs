@@ -74,7 +74,21 @@ pub fn verify(genesis: &Genesis, shared: &Shared, conv: ConversationId) -> Resul
             None => break,
         }
     }
-    let anchors: Vec<Anchor> = anchor.iter().map(|a| Anchor { head: a.head, count: a.count }).collect();
+    // A salted conversation anchors keyed hashes of heads: map each back to its local id. One
+    // that names no local envelope is checked as it is (and reported missing).
+    let salt = shared.db.anchor_salt(&conv.0)?;
+    let local: Vec<Id> =
+        if salt.is_some() { entries.iter().map(|(id, _)| *id).collect() } else { Vec::new() };
+    let anchors: Vec<Anchor> = anchor
+        .iter()
+        .map(|a| {
+            let head = match &salt {
+                Some(_) => crate::anchor_salts::unsalt(salt.as_ref(), &a.head, &local).unwrap_or(a.head),
+                None => a.head,
+            };
+            Anchor { head, count: a.count }
+        })
+        .collect();
     let mut opener = KeptOpener { db: &shared.db };
     let report = cairn_proto::verify(
         &topic,

@@ -35,8 +35,8 @@ use std::sync::Arc;
 
 use cairn_proto::{AccountId, DecodeError, DeviceCert, DeviceId, Topic};
 use openmls::prelude::{
-    Capabilities, ExtensionType, GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageIn,
-    MlsMessageOut, ProtocolMessage, SenderRatchetConfiguration,
+    Capabilities, GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageIn, MlsMessageOut,
+    ProtocolMessage, SenderRatchetConfiguration,
 };
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::random::OpenMlsRand as _;
@@ -140,6 +140,15 @@ impl Client {
         crate::policy_ext::pinned(&self.conv(id)?.group)
     }
 
+    /// The conversation's anchor salt (see [`crate::anchor_salt`]); `None` for a group created
+    /// before salts existed.
+    pub fn anchor_salt(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<[u8; crate::anchor_salt::ANCHOR_SALT_BYTES]>, MlsError> {
+        crate::anchor_salt::salt_of(&self.conv(id)?.group)
+    }
+
     /// Replaces the gate that judges handshakes (tests: [`crate::policy_ext::PolicyGate::disabled`]
     /// plays a modified client).
     pub fn set_policy_gate(&mut self, gate: Arc<crate::policy_ext::PolicyGate>) {
@@ -167,9 +176,7 @@ impl Client {
     }
 
     fn capabilities() -> Capabilities {
-        let expiry = ExtensionType::Unknown(crate::keypackage::EXPIRY_EXTENSION_TYPE);
-        let policy = ExtensionType::Unknown(crate::policy_ext::POLICY_EXTENSION_TYPE);
-        Capabilities::builder().extensions(vec![ExtensionType::LastResort, expiry, policy]).build()
+        crate::keypackage::leaf_capabilities()
     }
 
     fn join_config(&self) -> MlsGroupJoinConfig {
@@ -183,9 +190,13 @@ impl Client {
             .build()
     }
 
-    fn create_config(&self) -> MlsGroupCreateConfig {
-        MlsGroupCreateConfig::builder()
+    fn create_config(
+        &self,
+        salt: [u8; crate::anchor_salt::ANCHOR_SALT_BYTES],
+    ) -> Result<MlsGroupCreateConfig, MlsError> {
+        Ok(MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
+            .with_group_context_extensions(crate::anchor_salt::creation_extensions(salt)?)
             .use_ratchet_tree_extension(false)
             .padding_size(self.config.padding)
             .sender_ratchet_configuration(SenderRatchetConfiguration::new(
@@ -193,7 +204,7 @@ impl Client {
                 self.config.maximum_forward_distance,
             ))
             .capabilities(Self::capabilities())
-            .build()
+            .build())
     }
 
     fn conv(&self, id: &ConversationId) -> Result<&Conversation, MlsError> {
@@ -221,10 +232,15 @@ impl Client {
             .random_array()
             .map_err(|e| MlsError::Operation { op: "random conversation id", reason: format!("{e:?}") })?;
         let id = ConversationId(id);
+        let salt = self
+            .provider
+            .rand()
+            .random_array()
+            .map_err(|e| MlsError::Operation { op: "random anchor salt", reason: format!("{e:?}") })?;
         let group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
-            &self.create_config(),
+            &self.create_config(salt)?,
             GroupId::from_slice(&id.0),
             self.signer.credential_with_key(),
         );

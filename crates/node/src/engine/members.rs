@@ -195,6 +195,7 @@ impl Engine {
         self.commit_rows(&[], &[])?;
         self.make_durable()?;
         let rows = self.db.purge_conversation(&id.0)?;
+        self.db.forget_anchor_salt(&id.0)?;
         tracing::info!("forgot conversation {}: {rows} plaintexts deleted", hex::encode(id.0));
         self.core.forget(&id);
         self.io.push(Io::Forgotten(id));

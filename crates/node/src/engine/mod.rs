@@ -200,6 +200,9 @@ pub struct Engine {
     lazy_commits: u64,
     /// Whether a redaction may be waiting for its target (see [`crate::redactions`]).
     pending_redactions: bool,
+    /// Sent messages whose delivery state changed since it was last written to `node.redb`
+    /// (see [`receipts::DELIVERIES_DIRTY_MAX`]).
+    deliveries_dirty: BTreeSet<Id>,
     /// When the tick last made lazy commits durable, ms.
     last_durable_ms: u64,
     /// The conversations' message policies (see `policy_run`).
@@ -264,6 +267,7 @@ impl Engine {
             own_merged: std::collections::BTreeSet::new(),
             lazy_commits: 0,
             pending_redactions,
+            deliveries_dirty: BTreeSet::new(),
             last_durable_ms: 0,
             policy_run: policy_run::PolicyRun::default(),
         }
@@ -300,6 +304,25 @@ impl Engine {
     pub(crate) fn history_durable(&self) {
         if let Err(e) = self.history.sync() {
             tracing::warn!("cannot make the local history durable before reading: {e}");
+        }
+    }
+
+    /// Keeps the conversation's anchor salt in the node tables once (for `verify` and export).
+    fn remember_anchor_salt(&mut self, id: &ConversationId) {
+        if let Ok(Some(salt)) = self.mls.anchor_salt(id)
+            && !self.db.has_anchor_salt(&id.0).unwrap_or(true)
+            && let Err(e) = self.db.put_anchor_salt(&id.0, &salt)
+        {
+            tracing::warn!("cannot keep the anchor salt of {}: {e}", hex::encode(id.0));
+        }
+    }
+
+    /// What is anchored for history head `head`: its keyed hash under the conversation's salt
+    /// (`cairn_mls::anchor_salt`), or the head itself in a group created before salts.
+    fn anchored_head(&self, conv: &ConversationId, head: Id) -> Id {
+        match self.mls.anchor_salt(conv) {
+            Ok(Some(salt)) => cairn_mls::anchor_salt::salted_head(&salt, &head),
+            _ => head,
         }
     }
 
@@ -359,6 +382,9 @@ impl Engine {
                 tracing::warn!("durable flush: {e}");
             }
         }
+        if let Err(e) = self.flush_deliveries() {
+            tracing::warn!("delivery states not recorded: {e}");
+        }
         let fx = self.core.handle(Input::Tick, now_ms);
         self.apply(fx, seq, now_ms);
         for c in self.mls.conversations_due(now_ms) {
@@ -387,11 +413,11 @@ impl Engine {
 
     /// Store nodes acknowledged a sent envelope (`stored`: enough of them).
     pub fn store_acks(&mut self, id: Id, acks: u32, stored: bool, now_ms: u64) {
-        let fx = self.core.handle(Input::StoreAcks { id, acks }, now_ms);
-        // The outbox removal and the new state: one transaction without an fsync.
-        if let Err(e) = self.record_deliveries(&fx, stored.then_some(&id)) {
-            tracing::warn!("outbox / delivery state: {e}");
+        if stored && let Err(e) = self.db.outbox_remove(&id) {
+            tracing::warn!("outbox: {e}");
         }
+        let fx = self.core.handle(Input::StoreAcks { id, acks }, now_ms);
+        self.deliveries_changed(&fx);
         self.apply_local(fx);
     }
 
@@ -420,6 +446,7 @@ impl Engine {
             self.mls.member_accounts(id).unwrap_or_default().into_iter().filter(|a| *a != me).collect();
         let devices = self.mls.member_count(id).unwrap_or(0) as u32;
         self.remember_receipt_key(id);
+        self.remember_anchor_salt(id);
         self.policy_epoch_seen(id);
         let fx = self.core.handle(Input::Conversation { conv: *id, epoch, active, others, devices }, now_ms);
         let members = self.mls.members(id).unwrap_or_default();
@@ -463,6 +490,7 @@ impl Engine {
                     delivery: view,
                 })),
                 Effect::Anchor { conv, head, count, deadline_ms } => {
+                    let head = self.anchored_head(&conv, head);
                     self.io.push(Io::Anchor { conv, head, count, deadline_ms })
                 }
                 Effect::Discard { ids, .. } => self.io.push(Io::Discard(ids)),
