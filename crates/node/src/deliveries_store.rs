@@ -9,11 +9,13 @@
 //! When each row is written:
 //! - a send's row (nothing stored, nobody delivered, the members it waits for) in the send's
 //!   own durable transaction (with its plaintext, MLS step and outbox entry);
-//! - store acknowledgements and receipts update the row in a transaction without an fsync
-//!   (with the outbox removal it goes with, if any), made durable by the engine's next durable
-//!   commit and at least every [`crate::engine::DURABLE_EVERY_MS`] by its tick. A crash can
-//!   roll back that much: a state read after it may be one step behind (e.g. "stored on 2"
-//!   for "delivered to 1 of 1"), never ahead of what happened.
+//! - store acknowledgements and receipts change the state in memory first (what the API
+//!   shows); the changed rows are written together by the engine's next tick (or at once when
+//!   4,096 wait), in a transaction without an fsync, made durable by the next durable commit
+//!   and at least every [`crate::engine::DURABLE_EVERY_MS`] by the tick. One write per tick
+//!   however many receipts a large group sends. A crash can roll back that much: a state read
+//!   after it may be behind (e.g. "stored on 2" for "delivered to 1 of 1"), never ahead of
+//!   what happened.
 //!
 //! Bounds and overflow policy: at most [`DELIVERY_ROWS_PER_CONVERSATION_MAX`] rows per
 //! conversation; a new send past it deletes the conversation's oldest row (that message then

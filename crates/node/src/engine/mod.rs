@@ -375,15 +375,16 @@ impl Engine {
 
     /// Time passed: receipts, anchors, quarantine expiry, scheduled key updates.
     pub fn tick(&mut self, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
+        // Changed delivery states first, so the durable flush below covers them.
+        if let Err(e) = self.flush_deliveries() {
+            tracing::warn!("delivery states not recorded: {e}");
+        }
         // Bounds what a crash can roll back (and the pages a lazy commit cannot free yet).
         if now_ms.saturating_sub(self.last_durable_ms) >= DURABLE_EVERY_MS {
             self.last_durable_ms = now_ms;
             if let Err(e) = self.make_durable() {
                 tracing::warn!("durable flush: {e}");
             }
-        }
-        if let Err(e) = self.flush_deliveries() {
-            tracing::warn!("delivery states not recorded: {e}");
         }
         let fx = self.core.handle(Input::Tick, now_ms);
         self.apply(fx, seq, now_ms);

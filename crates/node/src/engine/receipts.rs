@@ -37,6 +37,9 @@ pub(crate) const RECEIPT_EPOCHS_MAX: usize = 8;
 const RECEIPT_TTL_SECS: u32 = 24 * 3600;
 /// Ids per receipt at most.
 pub(crate) const RECEIPT_IDS_MAX: usize = 128;
+/// Sent messages whose changed delivery state waits to be written at most. Overflow policy:
+/// reaching it writes them at once (nothing is dropped).
+pub(crate) const DELIVERIES_DIRTY_MAX: usize = 4_096;
 
 /// The topic on which `device` receives receipts for its messages in `conv`.
 pub fn receipt_topic(conv: &ConversationId, device: &DeviceId) -> Topic {
@@ -186,9 +189,7 @@ impl Engine {
         match self.open_receipt(conv, env) {
             Some(input) => {
                 let fx = self.core.handle(input, now_ms);
-                if let Err(e) = self.record_deliveries(&fx, None) {
-                    tracing::warn!("delivery state not recorded: {e}");
-                }
+                self.deliveries_changed(&fx);
                 self.apply_local(fx);
             }
             // Nobody names receipts as parents: junk on the topic goes at once.
@@ -225,37 +226,38 @@ impl Engine {
         Ok(())
     }
 
-    /// Records the delivery states the core changed in `fx` (and an outbox removal), in one
-    /// transaction without an fsync, made durable by the next durable commit or the tick.
-    pub(super) fn record_deliveries(
-        &mut self,
-        fx: &[Effect],
-        outbox_removal: Option<&Id>,
-    ) -> Result<(), NodeError> {
-        let changed: Vec<Id> = fx
-            .iter()
-            .filter_map(|e| if let Effect::Delivery { id, .. } = e { Some(*id) } else { None })
-            .collect();
-        if changed.is_empty() && outbox_removal.is_none() {
-            return Ok(());
-        }
-        let tx = self.db.begin_lazy()?;
-        let mut wrote = false;
-        if let Some(id) = outbox_removal {
-            wrote |= self.db.outbox_remove_in(&tx, id)?;
-        }
-        for id in &changed {
-            if let Some(d) = self.core.delivery_record(id) {
-                self.db.delivery_update_in(&tx, id, d)?;
-                wrote = true;
+    /// Notes the delivery states the core changed in `fx`, to be written by
+    /// [`Self::flush_deliveries`] (at once when [`DELIVERIES_DIRTY_MAX`] are waiting).
+    pub(super) fn deliveries_changed(&mut self, fx: &[Effect]) {
+        for e in fx {
+            if let Effect::Delivery { id, .. } = e {
+                self.deliveries_dirty.insert(*id);
             }
         }
-        if wrote {
-            tx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
-            self.lazy_commits += 1;
-        } else {
-            tx.abort().map_err(|e| NodeError::Storage(e.to_string()))?;
+        if self.deliveries_dirty.len() >= DELIVERIES_DIRTY_MAX
+            && let Err(e) = self.flush_deliveries()
+        {
+            tracing::warn!("delivery states not recorded: {e}");
         }
+    }
+
+    /// Writes the changed delivery states to `node.redb` in one transaction without an fsync
+    /// (made durable by the next durable commit: at the latest the tick's, every
+    /// [`super::DURABLE_EVERY_MS`]). Called by every tick, by [`Engine::make_durable`] and when
+    /// [`DELIVERIES_DIRTY_MAX`] changes wait: one write per tick however many receipts came.
+    pub(super) fn flush_deliveries(&mut self) -> Result<(), NodeError> {
+        if self.deliveries_dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.deliveries_dirty);
+        let tx = self.db.begin_lazy()?;
+        for id in &dirty {
+            if let Some(d) = self.core.delivery_record(id) {
+                self.db.delivery_update_in(&tx, id, d)?;
+            }
+        }
+        tx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
+        self.lazy_commits += 1;
         Ok(())
     }
 

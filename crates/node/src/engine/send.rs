@@ -343,6 +343,7 @@ impl Engine {
 
     /// Makes every lazy commit durable (one fsync), if there is any.
     pub fn make_durable(&mut self) -> Result<(), NodeError> {
+        self.flush_deliveries()?;
         if self.lazy_commits == 0 {
             return Ok(());
         }
