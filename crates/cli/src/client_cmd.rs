@@ -155,6 +155,19 @@ pub(crate) enum ChatCommand {
         /// Conversation id (or a unique prefix of at least 8 hex digits).
         conv: String,
     },
+    /// List what the conversation's policy kept out of this device's history: held messages
+    /// (and ones waiting for an earlier message of their sender), denied ones (text not kept)
+    /// and proposed removals; --release ID shows a held message on this device only.
+    Held {
+        /// Conversation id (or a unique prefix of at least 8 hex digits).
+        conv: String,
+        /// Show this held message (id) in this device's history.
+        #[arg(long, value_name = "ID")]
+        release: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the conversation's policy contract, or pin one with --set (a commit: every member
     /// switches at the same epoch; with `moderation`, only its admins may add, remove or change
     /// the policy afterwards).
@@ -264,6 +277,9 @@ pub(crate) fn run(home: &Path, cmd: ClientCommand) -> anyhow::Result<()> {
                     println!("code:   {h}\nconfig: {cfg}");
                 }
                 Ok(())
+            }
+            ChatCommand::Held { conv, release, json } => {
+                crate::held_cmd::run(&client(home)?, &conv, release.as_deref(), json)
             }
             ChatCommand::Forget { conv } => {
                 client(home)?.forget(&conv)?;
@@ -519,7 +535,8 @@ fn print_message(out: &mut impl std::io::Write, m: &MessageView, json: bool) -> 
             Some(h) => format!("@{h}"),
             None => m.sender.clone(),
         };
-        writeln!(out, "[{}] {} {who}: {}", m.seq, utc(m.timestamp_ms), m.text)?;
+        let labels = if m.labels.is_empty() { String::new() } else { format!("  [{}]", m.labels.join(", ")) };
+        writeln!(out, "[{}] {} {who}: {}{labels}", m.seq, utc(m.timestamp_ms), m.text)?;
     }
     out.flush().context("writing to stdout")?;
     Ok(())

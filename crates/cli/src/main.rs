@@ -9,6 +9,7 @@ mod bridge_cmd;
 mod client_cmd;
 mod contract_cmd;
 mod demo;
+mod held_cmd;
 mod home;
 mod ledger_cmd;
 mod link_cmd;

@@ -185,6 +185,9 @@ fn moderation_verdicts_are_the_same_at_every_member_in_any_order_and_across_rest
     w.open(2);
     assert_eq!(history(&mut w, 2, &conv), before[2], "user 2's history across a restart");
     assert_eq!(verdicts(&mut w, 2, &conv, &burst), expected, "user 2's verdicts across a restart");
+    for i in [4usize, 5] {
+        assert!(w.engine(2).core().knows(&conv, &burst[i]), "user 2's chain holds denied message {i}");
+    }
     assert_eq!(epoch, w.engine(1).mls().epoch(&conv).unwrap(), "no commit in between");
     let seventh = send(&mut w, 1, conv, "seven");
     settle(&mut w, 3_000);

@@ -437,6 +437,34 @@ impl Engine {
         p.send_seq.clear();
     }
 
+    /// Whether `a` is a message the policy denied here before (its plaintext deleted): then
+    /// it goes back into the chain from its header, as read, instead of being read again.
+    pub(super) fn policy_denied_known(
+        &mut self,
+        conv: ConversationId,
+        a: &super::receive::Arrival,
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = self.policy_record(&conv, &a.id) else { return false };
+        if r.state != RecordState::Judged || !matches!(r.verdict, Verdict::Deny(_)) {
+            return false;
+        }
+        if !self.core.knows(&conv, &a.id) {
+            let input = crate::core::Input::Accepted {
+                conv,
+                id: a.id,
+                parents: a.envelope.header.parents.clone(),
+                from: AccountId(r.account),
+                device: DeviceId(r.device),
+                epoch: r.epoch,
+                text: false,
+            };
+            let fx = self.core.handle(input, now_ms);
+            self.apply_local(fx);
+        }
+        true
+    }
+
     /// Sets the verdict and labels of a history item being shown live.
     pub(super) fn policy_decorate(&self, conv: &ConversationId, view: &mut MessageView) {
         decorate(&self.db, &conv.0, view);
