@@ -148,6 +148,8 @@ fn a_device_links_with_a_one_time_code_joins_the_conversation_and_leaves_it_when
     assert_eq!(devices.len(), 2);
     assert!(devices.contains(&laptop));
     assert!(a.devices().unwrap().iter().any(|d| d.device == laptop && !d.this_device));
+    let listed = cairn(&net.path("ann"), &["device", "list"]).output().unwrap();
+    assert!(text(&listed.stdout).contains(&laptop), "`device list`: {}", text(&listed.stdout));
 
     // The same code again: refused as used, nothing written, nothing on the ledger.
     let home3 = net.path("ann-tablet");
@@ -164,6 +166,11 @@ fn a_device_links_with_a_one_time_code_joins_the_conversation_and_leaves_it_when
     wait_for("the laptop to join ann's conversation", Duration::from_secs(120), || {
         l.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
     });
+    // The laptop holds no account key: it cannot hand out link codes.
+    let refused = cairn(&home2, &["device", "link"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("account key"), "{}", text(&refused.stderr));
+    assert!(l.link_status("0011223344556677").is_err(), "an unknown link session has a status");
     b.send(&conv, "hello both of ann's devices").unwrap();
     wait_for("the laptop to read ben's message", Duration::from_secs(60), || {
         let msgs = l.messages(&conv, &TailQuery { after: None, limit: Some(100), wait_ms: None }).ok()?;

@@ -56,10 +56,12 @@ impl LedgerSequencer {
     }
 
     /// Waits for the finality of transaction `id` sent with `nonce`, and reads its outcome.
-    fn finish(&mut self, id: &crate::tx::TxId, nonce: u64) -> Result<u64, SequencerError> {
+    /// `None`: a block refused it for its nonce (another transaction of the same key took it
+    /// meanwhile): nothing was sequenced, the caller may sign again with a fresh nonce.
+    fn finish(&mut self, id: &crate::tx::TxId, nonce: u64) -> Option<Result<u64, SequencerError>> {
         let res = self.client.wait_final(id, self.timeout);
         self.nonce = None;
-        match res {
+        Some(match res {
             Ok((_, RemoteOutcome::Sequenced { seq, .. })) => {
                 self.nonce = Some(nonce + 1);
                 Ok(seq)
@@ -69,8 +71,9 @@ impl LedgerSequencer {
                 Err(SequencerError::Stale { after, current })
             }
             Ok((_, other)) => Err(Self::unavailable(format!("unexpected outcome {other:?}"))),
+            Err(e) if Self::nonce_is_stale(&e) => return None,
             Err(e) => Err(Self::unavailable(e)),
-        }
+        })
     }
 }
 
@@ -88,7 +91,14 @@ impl CommitSequencer for LedgerSequencer {
             let body = TxBody::SequenceHandshake { topic, after, payload: payload.clone() };
             let tx = Tx::sign(self.client.chain(), self.account, &self.key, nonce, body).encode();
             match self.client.submit(&tx) {
-                Ok(id) => return self.finish(&id, nonce),
+                Ok(id) => match self.finish(&id, nonce) {
+                    Some(r) => return r,
+                    // Accepted, then dropped from a block for its nonce: sign again.
+                    None if attempt < NONCE_ATTEMPTS_MAX => {
+                        std::thread::sleep(Duration::from_millis(100 * attempt as u64));
+                    }
+                    None => break,
+                },
                 Err(e) if attempt < NONCE_ATTEMPTS_MAX && Self::nonce_is_stale(&e) => {
                     self.nonce = None; // our view of the nonce is stale: ask again
                     std::thread::sleep(Duration::from_millis(100 * attempt as u64));
