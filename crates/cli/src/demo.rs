@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::LedgerClient;
 use cairn_node::client::{Client, read_run_file};
-use cairn_node::model::{DeviceAddRequest, TailQuery};
+use cairn_node::model::{DeviceAddRequest, PolicySetRequest, TailQuery};
 use clap::Args;
 
 use crate::node_cmd::{Children, local_chain, spawn_validator};
@@ -347,8 +347,15 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     }
     d.ok("the new device's keystore holds its device key only; account operations are refused there");
 
-    // 8. Removal.
-    d.begin("alice removes carol; carol can no longer read what follows");
+    // 8. Pay on delivery.
+    pay_on_delivery(d, &mut ledger, &id, &alice, &bob)?;
+
+    // 9. Moderation.
+    moderated_group(d, &id, &alice, &bob, &[("bob2", &bob2), ("carol", &carol)])?;
+    filtered_message_held(d, &id, &carol, &[("alice", &alice), ("bob", &bob), ("bob2", &bob2)])?;
+
+    // 11. Removal (alice is the policy's admin: allowed).
+    d.begin("alice (the policy's admin) removes carol; carol can no longer read what follows");
     alice.remove_member(&id, "@carol")?;
     wait_for("carol to see her removal", STEP_TIMEOUT, || {
         Ok(carol.conversations()?.into_iter().find(|v| v.id == id && !v.active).map(|_| ()))
@@ -361,7 +368,7 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     }
     d.ok("bob reads the new message; carol's device cannot decrypt it");
 
-    // 9. Validator crash.
+    // 12. Validator crash.
     d.begin("a validator is killed (SIGKILL); the ledger and the chat go on");
     let before = ledger.status_at(0)?.height;
     d.kill("validator-3")?;
@@ -375,7 +382,7 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
     })?;
     d.ok(&format!("ledger height {before} → {after} with 3 of 4 validators; messages delivered"));
 
-    // 10. Verify.
+    // 13. Verify.
     d.begin("verify: every member checks signatures, hash links and the ledger anchor of its history");
     std::thread::sleep(Duration::from_secs(6)); // let an anchor land
     for (name, c) in [("alice", &alice), ("bob", &bob), ("bob2", &bob2), ("carol", &carol)] {
@@ -389,5 +396,199 @@ fn story(d: &mut Demo, chain: &Path) -> Result<()> {
         );
     }
     d.ok("every history intact");
+    Ok(())
+}
+
+/// Alice pins the shipped `moderation` policy with herself as its only admin; every member's
+/// node sees the pin; bob (not an admin) tries to remove carol and his own node refuses it.
+fn moderated_group(
+    d: &mut Demo,
+    id: &str,
+    alice: &Client,
+    bob: &Client,
+    others: &[(&str, &Client)],
+) -> Result<()> {
+    d.begin(
+        "moderation: alice pins the `moderation` policy (admins: alice; filtered word: contraband) in the group's MLS context; bob, not an admin, tries to remove carol and is refused",
+    );
+    let req = PolicySetRequest {
+        policy: "moderation".into(),
+        admins: vec!["@alice".into()],
+        words: vec!["contraband".into()],
+        ..Default::default()
+    };
+    let view = alice.set_policy(id, &req).context("alice pinning the moderation policy")?;
+    if view.policy != "moderation" {
+        bail!("alice pinned moderation but her node shows '{}'", view.policy);
+    }
+    for (name, c) in [("bob", bob)].iter().chain(others) {
+        wait_for(&format!("{name} to see the pinned policy"), STEP_TIMEOUT, || {
+            Ok((c.policy(id)?.policy == "moderation").then_some(()))
+        })?;
+    }
+    println!(
+        "    pinned at a commit: moderation (code {}…), seen by bob, bob's second device and carol",
+        view.code_hash.as_deref().map_or("?", |h| &h[..h.len().min(16)])
+    );
+    match bob.remove_member(id, "@carol") {
+        Ok(_) => bail!("bob, who is not an admin, removed carol under the moderation policy"),
+        Err(e) if e.to_string().contains("only an admin may remove") => {
+            println!("    bob's removal of carol: refused ({e})");
+        }
+        Err(e) => bail!("bob's removal of carol failed, but not because of the policy: {e}"),
+    }
+    let none = PolicySetRequest { policy: "none".into(), ..Default::default() };
+    if bob.set_policy(id, &none).is_ok() {
+        bail!("bob, who is not an admin, unpinned the policy");
+    }
+    let members = alice.conversation(id)?.members.len();
+    if members != 3 || alice.policy(id)?.policy != "moderation" {
+        bail!("after bob's refused attempts alice sees {members} members and the policy changed");
+    }
+    d.ok("bob's removal and his unpinning were refused by the policy; 3 members, policy unchanged");
+    Ok(())
+}
+
+/// Runs `cairn --home HOME ARGS --genesis G` (the commands a user types); its stdout, or its
+/// stderr as the error.
+fn cairn_cli(d: &Demo, who: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(exe()?)
+        .arg("--home")
+        .arg(d.home(who))
+        .args(args)
+        .arg("--genesis")
+        .arg(&d.genesis)
+        .env("CAIRN_PASSPHRASE", PASS)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{}", err.trim().trim_start_matches("error: "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value after `label` on its line of a command's output.
+fn field(out: &str, label: &str) -> Result<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|v| v.split_whitespace().next())
+        .map(str::to_owned)
+        .with_context(|| format!("no '{label}' in the output:\n{out}"))
+}
+
+/// Alice pays bob for a message through the shipped escrow contract: locked when she sends it,
+/// released by the delivery receipt bob's device signs for it, once only.
+fn pay_on_delivery(
+    d: &mut Demo,
+    ledger: &mut LedgerClient,
+    conv: &str,
+    alice: &Client,
+    bob: &Client,
+) -> Result<()> {
+    use cairn_contracts::shipped::escrow;
+    use cairn_proto::ed25519::Signer as _;
+    d.begin(
+        "pay on delivery: alice locks a payment for her message to bob in the escrow contract; bob's device signs a delivery receipt and the payment is released to bob, once",
+    );
+    const AMOUNT: u64 = 1_000_000;
+    let wasm = d.dir.join("escrow.wasm");
+    std::fs::write(&wasm, escrow::WASM)?;
+    let wasm = wasm.to_str().context("the demo directory's path is not UTF-8")?;
+    let out = cairn_cli(d, "alice", &["contract", "deploy", wasm])?;
+    let code = field(&out, "code")?;
+    let out = cairn_cli(d, "alice", &["contract", "instantiate", &code])?;
+    let contract_hex = field(&out, "contract")?;
+    println!("    alice: cairn contract deploy escrow.wasm; instantiate → contract {}…", &contract_hex[..16]);
+    let bob_status = bob.status()?;
+    let bob_account = cairn_proto::AccountId::from_text(&bob_status.account)
+        .map_err(|e| anyhow::anyhow!("bob's account id: {e}"))?;
+    let sent = alice.send(conv, "bob: the report you asked for; paid on delivery")?;
+    let id: [u8; 32] = hex::decode(&sent.id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .with_context(|| format!("message id {} is not 32 bytes of hex", sent.id))?;
+    let deadline = ledger.status()?.height + 10_000;
+    let open = hex::encode(escrow::open(&id, &bob_account.0, deadline));
+    cairn_cli(
+        d,
+        "alice",
+        &["contract", "call", &contract_hex, "--msg", &open, "--funds", &AMOUNT.to_string()],
+    )?;
+    let contract: [u8; 32] = hex::decode(&contract_hex)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .context("the contract address is not 32 bytes of hex")?;
+    let record = |ledger: &mut LedgerClient| -> Result<escrow::Record> {
+        Ok(escrow::Record::decode(&ledger.query(&contract, &escrow::query(&id))?)?)
+    };
+    let rec = wait_for("the escrow to show open", STEP_TIMEOUT, || {
+        Ok(Some(record(ledger)?).filter(|r| r.status == escrow::Status::Open))
+    })?;
+    if rec.amount != AMOUNT || rec.recipient != bob_account.0 {
+        bail!("the escrow holds {} for {:?}, not {AMOUNT} for bob", rec.amount, &rec.recipient[..4]);
+    }
+    println!(
+        "    alice: escrow open for message {}… → @bob, {AMOUNT} units locked until height {deadline}",
+        &sent.id[..12]
+    );
+    // Bob's node receives the message; bob's device signs the receipt for that message id.
+    wait_texts(bob, "bob", conv, &["bob: the report you asked for; paid on delivery"])?;
+    let ks = cairn_crypto::Identity::open_file(&d.home("bob").join("keystore"), PASS.as_bytes())?;
+    let device = ks.device().0;
+    let sig = ks.device_key.sign(&escrow::receipt_message(&id)).to_bytes();
+    let before = ledger.account(&bob_account)?.map_or(0, |a| a.balance);
+    let release = hex::encode(escrow::release(&id, &device, &sig));
+    cairn_cli(d, "bob", &["contract", "call", &contract_hex, "--msg", &release])?;
+    let rec = wait_for("the escrow to show released", STEP_TIMEOUT, || {
+        Ok(Some(record(ledger)?).filter(|r| r.status != escrow::Status::Open))
+    })?;
+    if rec.status != escrow::Status::Released {
+        bail!("the escrow is {:?} after bob's receipt, not released", rec.status);
+    }
+    // bob paid the release call's fee out of the payment (well under 10% of it here)
+    let after = wait_for("bob's balance to show the payment", STEP_TIMEOUT, || {
+        Ok(ledger.account(&bob_account)?.map(|a| a.balance).filter(|b| *b > before))
+    })?;
+    let gained = after - before;
+    if !(AMOUNT - AMOUNT / 10..=AMOUNT).contains(&gained) {
+        bail!("bob's balance moved by {gained} on release, not {AMOUNT} less the call's fee");
+    }
+    println!(
+        "    bob: device {}… signed the delivery receipt; cairn contract call … release → +{gained} (the {AMOUNT} less his call's fee)",
+        &hex::encode(device)[..12]
+    );
+    match cairn_cli(d, "bob", &["contract", "call", &contract_hex, "--msg", &release]) {
+        Ok(_) => bail!("a second release of the same escrow went through"),
+        Err(e) if e.to_string().contains("escrow is closed") => println!("    bob again: refused ({e})"),
+        Err(e) => bail!("the second release failed, but not because the escrow is closed: {e}"),
+    }
+    d.ok("paid once on bob's delivery receipt; the double release was refused (only its fee was kept)");
+    Ok(())
+}
+
+/// Carol (not an admin) writes a word the pinned policy filters: every other member's node
+/// holds it out of the history (its text kept aside on that device), while what she writes
+/// next shows as usual.
+fn filtered_message_held(d: &mut Demo, id: &str, carol: &Client, readers: &[(&str, &Client)]) -> Result<()> {
+    d.begin("moderation: carol writes a word the policy filters; each reader's node holds that message (judged inside end-to-end encryption)");
+    let bad = "who wants some contraband?";
+    let fine = "sorry, wrong group";
+    let sent = carol.send(id, bad)?;
+    carol.send(id, fine)?;
+    for (name, c) in readers {
+        wait_texts(c, name, id, &[fine])?;
+        let held = wait_for(&format!("{name}'s node to hold carol's message"), STEP_TIMEOUT, || {
+            Ok(c.held(id)?.held.into_iter().find(|h| h.id == sent.id && !h.waiting))
+        })?;
+        if texts(c, id)?.iter().any(|t| t == bad) {
+            bail!("{name}'s history shows the filtered message");
+        }
+        if held.text != bad {
+            bail!("{name}'s node holds '{}' for carol's message, not its text", held.text);
+        }
+        println!("    {name}: held ({}), not in the history; 'sorry, wrong group' shown", held.reason);
+    }
+    d.ok("the filtered message is held on every reader's device; the next one is shown");
     Ok(())
 }

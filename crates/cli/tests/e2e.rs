@@ -130,7 +130,7 @@ fn demo_story_passes() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all 10 steps checked"), "{stdout}");
+    assert!(stdout.contains("all 13 steps checked"), "{stdout}");
 }
 
 #[test]
