@@ -34,9 +34,10 @@ enum LedgerCommand {
         /// First port: validator i uses p2p BASE+2i and rpc BASE+2i+1.
         #[arg(long, default_value_t = 26100)]
         base_port: u16,
-        /// Validator i's public address IP:PORT (p2p at PORT, rpc at PORT+1), once per
-        /// validator in order, instead of 127.0.0.1 (--base-port is then unused).
-        #[arg(long = "addr", value_delimiter = ',', value_name = "IP:PORT")]
+        /// Validator i's public address IP:PORT or NAME:PORT (p2p at PORT, rpc at PORT+1),
+        /// once per validator in order, instead of 127.0.0.1 (--base-port is then unused). A
+        /// DNS name is resolved when used, so a validator whose address changes keeps its entry.
+        #[arg(long = "addr", value_delimiter = ',', value_name = "IP:PORT|NAME:PORT")]
         addrs: Vec<String>,
         /// Chain name.
         #[arg(long, default_value = "local")]
@@ -60,6 +61,10 @@ enum LedgerCommand {
         /// Data directory (blocks and consensus journal persist here).
         #[arg(long)]
         data: PathBuf,
+        /// Listen on every interface (0.0.0.0) at this validator's genesis ports instead of
+        /// its genesis address: for a validator behind NAT or named by a public DNS name.
+        #[arg(long)]
+        listen_any: bool,
     },
     /// Ask every validator for its finalized height and state root: those of --genesis, or
     /// without it, those the node running for --home knows.
@@ -94,12 +99,12 @@ enum LedgerCommand {
     },
 }
 
-/// The (p2p, rpc) addresses of `--addr` (empty: none given), one per validator; a DNS name
-/// is refused with what to do instead.
+/// The (p2p, rpc) addresses of `--addr` (empty: none given), one per validator: IP:PORT or
+/// NAME:PORT, the rpc listener at PORT+1 of the same host.
 fn validator_addrs(
     addrs: &[String],
     validators: usize,
-) -> anyhow::Result<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+) -> anyhow::Result<Vec<(cairn_ledger::endpoint::Endpoint, cairn_ledger::endpoint::Endpoint)>> {
     if !addrs.is_empty() && addrs.len() != validators {
         bail!(
             "--addr given {} times for {validators} validators: give one IP:PORT per validator",
@@ -109,17 +114,17 @@ fn validator_addrs(
     addrs
         .iter()
         .map(|a| {
-            let p2p: std::net::SocketAddr = a.parse().map_err(|_| {
+            let p2p: cairn_ledger::endpoint::Endpoint = a.parse().map_err(|e| {
                 anyhow::anyhow!(
-                    "--addr {a}: expected IP:PORT (e.g. 203.0.113.7:26100 or [2001:db8::7]:26100); the \
-                     genesis names validators by IP address, not DNS name: resolve the name first"
+                    "--addr: {e}; e.g. 203.0.113.7:26100, [2001:db8::7]:26100 or ledger.example.org:26100"
                 )
             })?;
             let rpc_port = p2p
                 .port()
                 .checked_add(1)
                 .ok_or_else(|| anyhow::anyhow!("--addr {a}: the rpc port PORT+1 must be below 65536"))?;
-            Ok((p2p, std::net::SocketAddr::new(p2p.ip(), rpc_port)))
+            let rpc = p2p.with_port(rpc_port);
+            Ok((p2p, rpc))
         })
         .collect()
 }
@@ -153,9 +158,10 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
             println!("wrote {} and {validators} key files (validator-<i>.key)", gpath.display());
             Ok(())
         }
-        LedgerCommand::Validator { genesis, key, data } => {
+        LedgerCommand::Validator { genesis, key, data, listen_any } => {
             std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-            process::run(ProcessOptions::new(&genesis, &key, &data), |_| {})?;
+            let opts = ProcessOptions { listen_any, ..ProcessOptions::new(&genesis, &key, &data) };
+            process::run(opts, |_| {})?;
             Ok(())
         }
         LedgerCommand::Account { who, proof } => run_account(home, &who, proof),

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_ledger::endpoint::Endpoint;
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{Follower, LedgerClient, LedgerSequencer, RemoteOutcome, RemoteStatus};
 use cairn_ledger::tx::{Tx, TxBody};
@@ -61,14 +62,21 @@ fn validators_as_processes_survive_sigkill_and_serve_clients() {
         .map(|i| 20_000 + ((std::process::id() + i * 7) % 1_200) as u16 * 10)
         .find(|b| (0..8).all(|k| std::net::TcpListener::bind(("127.0.0.1", b + k)).is_ok()))
         .expect("8 free ports below 32768");
+    // The genesis names the validators by DNS name (`localhost`): the validators resolve their
+    // peers' names at start, and every client resolves the RPC names when it connects.
+    let addrs: Vec<String> = (0..4).map(|i| format!("localhost:{}", base_port + 2 * i)).collect();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["ledger", "genesis", "--validators", "4", "--base-port", &base_port.to_string(), "--out"])
+        .args(["ledger", "genesis", "--validators", "4", "--addr", &addrs.join(","), "--out"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "genesis: {}", String::from_utf8_lossy(&out.stderr));
     let genesis = Genesis::load(&dir.path().join("genesis.txt")).unwrap();
-    assert!(genesis.validators.iter().all(|v| v.p2p.ip().is_loopback() && v.rpc.ip().is_loopback()));
+    assert!(genesis.validators.iter().all(|v| {
+        matches!(&v.p2p, Endpoint::Name { host, .. } if host == "localhost")
+            && v.p2p.resolve().unwrap().ip().is_loopback()
+            && v.rpc.port() == v.p2p.port() + 1
+    }));
 
     let mut cluster = Cluster { children: (0..4).map(|i| Some(spawn_validator(dir.path(), i))).collect() };
     let mut client = LedgerClient::new(&genesis).unwrap();

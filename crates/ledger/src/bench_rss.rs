@@ -81,8 +81,8 @@ fn bench_genesis(ids: &[AccountId]) -> Genesis {
     let validators = (0..4u16)
         .map(|i| crate::genesis::ValidatorInfo {
             key: commonware_cryptography::ed25519::PrivateKey::from_seed(u64::from(i)).public_key(),
-            p2p: std::net::SocketAddr::from(([127, 0, 0, 1], 1 + 2 * i)),
-            rpc: std::net::SocketAddr::from(([127, 0, 0, 1], 2 + 2 * i)),
+            p2p: std::net::SocketAddr::from(([127, 0, 0, 1], 1 + 2 * i)).into(),
+            rpc: std::net::SocketAddr::from(([127, 0, 0, 1], 2 + 2 * i)).into(),
         })
         .collect();
     Genesis {

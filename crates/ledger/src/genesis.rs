@@ -15,7 +15,6 @@
 //!
 //! A missing parameter line takes its [`Params::default`] value (fees on, faucet off).
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use cairn_proto::AccountId;
@@ -26,6 +25,7 @@ use commonware_utils::ordered::Set;
 use thiserror::Error;
 
 use crate::block::Block;
+use crate::endpoint::Endpoint;
 use crate::params::Params;
 use crate::state::{Machine, StateError};
 
@@ -40,10 +40,10 @@ const MAGIC: &str = "cairn-ledger-genesis 1";
 pub struct ValidatorInfo {
     /// Consensus (and p2p identity) key.
     pub key: ed25519::PublicKey,
-    /// Address of the validator p2p listener.
-    pub p2p: SocketAddr,
-    /// Address of the client RPC listener.
-    pub rpc: SocketAddr,
+    /// Address of the validator p2p listener (an IP or a DNS name, with the port).
+    pub p2p: Endpoint,
+    /// Address of the client RPC listener (an IP or a DNS name, with the port).
+    pub rpc: Endpoint,
 }
 
 /// The chain's genesis.
@@ -150,8 +150,8 @@ impl Genesis {
                 ["faucet", v] => g.params.faucet = number(v, "faucet")?,
                 ["validator", key, p2p, rpc] => g.validators.push(ValidatorInfo {
                     key: public_key_from_hex(key).ok_or_else(|| parse_err(n, "bad validator key"))?,
-                    p2p: p2p.parse().map_err(|_| parse_err(n, "bad p2p address"))?,
-                    rpc: rpc.parse().map_err(|_| parse_err(n, "bad rpc address"))?,
+                    p2p: p2p.parse().map_err(|e| parse_err(n, format!("p2p address: {e}")))?,
+                    rpc: rpc.parse().map_err(|e| parse_err(n, format!("rpc address: {e}")))?,
                 }),
                 ["account", id, bal] => g.accounts.push((
                     AccountId::from_text(id).map_err(|e| parse_err(n, e.to_string()))?,
@@ -219,8 +219,8 @@ impl Genesis {
                 let p = base_port.saturating_add((2 * i) as u16);
                 ValidatorInfo {
                     key: k.public_key(),
-                    p2p: SocketAddr::from(([127, 0, 0, 1], p)),
-                    rpc: SocketAddr::from(([127, 0, 0, 1], p.saturating_add(1))),
+                    p2p: Endpoint::Socket(std::net::SocketAddr::from(([127, 0, 0, 1], p))),
+                    rpc: Endpoint::Socket(std::net::SocketAddr::from(([127, 0, 0, 1], p.saturating_add(1)))),
                 }
             })
             .collect();

@@ -10,6 +10,7 @@ pub mod bench_rss;
 pub mod block;
 pub mod chain_store;
 pub mod core;
+pub mod endpoint;
 pub mod genesis;
 pub mod handle;
 pub mod light;

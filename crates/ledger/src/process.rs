@@ -43,6 +43,18 @@ pub enum ProcessError {
     /// The validator set is unusable for p2p.
     #[error("bad peer set: {0}")]
     Peers(String),
+    /// A validator's address (a DNS name) does not resolve.
+    #[error(
+        "{what} address {endpoint} does not resolve ({source}); check the name in the genesis and this machine's DNS"
+    )]
+    Resolve {
+        /// Which address.
+        what: String,
+        /// As the genesis names it.
+        endpoint: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The data directory or the ledger's chain store could not be opened.
     #[error("data directory {path}: {reason}")]
     Data {
@@ -71,6 +83,9 @@ pub struct ProcessOptions {
     pub status_every: Option<Duration>,
     /// Worker threads for the runtime.
     pub threads: usize,
+    /// Listen on every interface at the genesis ports (`0.0.0.0`), not on the genesis
+    /// address: for a validator behind NAT, whose public address is on no local interface.
+    pub listen_any: bool,
 }
 
 impl ProcessOptions {
@@ -83,6 +98,7 @@ impl ProcessOptions {
             timeouts: Timeouts::default(),
             status_every: Some(Duration::from_secs(1)),
             threads: 2,
+            listen_any: false,
         }
     }
 }
@@ -97,14 +113,31 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         return Err(ProcessError::NotAValidator(public_key_hex(&me)));
     };
     let participants = genesis.participants()?;
-    let peers: Vec<(ed25519::PublicKey, Address)> =
-        genesis.validators.iter().map(|v| (v.key.clone(), Address::from(v.p2p))).collect();
+    // Peers named by DNS are resolved once, here (a peer that moves is found at the next start).
+    let mut peers: Vec<(ed25519::PublicKey, Address)> = Vec::with_capacity(genesis.validators.len());
+    for v in &genesis.validators {
+        let addr = v.p2p.resolve().map_err(|source| ProcessError::Resolve {
+            what: format!("validator {}'s p2p", public_key_hex(&v.key)),
+            endpoint: v.p2p.to_string(),
+            source,
+        })?;
+        peers.push((v.key.clone(), Address::from(addr)));
+    }
     let peers: Map<ed25519::PublicKey, Address> =
         Map::try_from(peers).map_err(|e| ProcessError::Peers(format!("{e:?}")))?;
     let n = u32::try_from(genesis.validators.len()).unwrap_or(u32::MAX);
     // Bind the RPC listener first so a port conflict is reported before consensus starts.
-    let rpc = std::net::TcpListener::bind(info.rpc)
-        .map_err(|source| ProcessError::Rpc { addr: info.rpc, source })?;
+    let resolve_own = |what: &str, e: &crate::endpoint::Endpoint| {
+        e.bind_address(opts.listen_any).map_err(|source| ProcessError::Resolve {
+            what: format!("this validator's {what}"),
+            endpoint: e.to_string(),
+            source,
+        })
+    };
+    let rpc_addr = resolve_own("rpc", &info.rpc)?;
+    let p2p_listen = resolve_own("p2p", &info.p2p)?;
+    let rpc = std::net::TcpListener::bind(rpc_addr)
+        .map_err(|source| ProcessError::Rpc { addr: rpc_addr, source })?;
     let data_err = |reason: String| ProcessError::Data { path: opts.data.clone(), reason };
     std::fs::create_dir_all(&opts.data).map_err(|e| data_err(e.to_string()))?;
     let store = ChainStore::open(&opts.data.join(CHAIN_STORE_FILE))
@@ -129,7 +162,7 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         let p2p_cfg = lookup::Config::local(
             handshake,
             P2P_NAMESPACE,
-            info.p2p,
+            p2p_listen,
             max_peers,
             validator::max_message_size(n),
             NZUsize!(4096),

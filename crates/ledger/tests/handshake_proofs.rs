@@ -56,7 +56,7 @@ fn chain_in(n: u64, store: ChainStore) -> Chain {
     let honest = listener.local_addr().unwrap();
     let (mut g, ledger, payloads) = build(n, store);
     for v in &mut g.validators {
-        v.rpc = honest;
+        v.rpc = honest.into();
     }
     let l = ledger.clone();
     std::thread::spawn(move || serve(listener, l));
@@ -100,7 +100,7 @@ fn build(n: u64, store: ChainStore) -> (Genesis, Ledger, Vec<Vec<u8>>) {
 /// A client of `c`'s chain whose first validator is at `first` (the others are honest).
 fn client(c: &Chain, first: SocketAddr) -> LedgerClient {
     let mut g = c.g.clone();
-    g.validators[0].rpc = first;
+    g.validators[0].rpc = first.into();
     LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5))
 }
 
@@ -223,7 +223,7 @@ fn a_page_far_from_the_head_is_checked_over_continuations() {
     let mut cl = client(&c, short);
     assert_eq!(cl.handshakes(&TOPIC, 0, 3).unwrap(), c.payloads[..3].to_vec(), "from an honest one");
     let mut only_liar = c.g.clone();
-    only_liar.validators.iter_mut().for_each(|v| v.rpc = short);
+    only_liar.validators.iter_mut().for_each(|v| v.rpc = short.into());
     let mut cl = LedgerClient::new(&only_liar).unwrap().with_timeout(Duration::from_secs(5));
     assert!(matches!(cl.handshakes(&TOPIC, 0, 3), Err(ClientError::BadAnswer(_))));
 }
@@ -240,7 +240,7 @@ fn a_lying_validator_is_detected_and_the_client_moves_on() {
 
         // with only liars, nothing is returned
         let mut g = c.g.clone();
-        g.validators.iter_mut().for_each(|v| v.rpc = addr);
+        g.validators.iter_mut().for_each(|v| v.rpc = addr.into());
         let mut cl = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
         for (from, max) in [(0, 100), (4, 5)] {
             let res = cl.handshakes(&TOPIC, from, max);
@@ -294,7 +294,7 @@ fn a_store_written_before_chain_values_were_kept_is_migrated_and_serves_proven_p
     let ledger = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap();
     std::thread::spawn(move || serve(listener, ledger));
     let mut g = g;
-    g.validators.iter_mut().for_each(|v| v.rpc = addr);
+    g.validators.iter_mut().for_each(|v| v.rpc = addr.into());
     let mut cl = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
     assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), want);
     assert_eq!(cl.handshakes(&TOPIC, 17, 5).unwrap(), want[17..22].to_vec());

@@ -30,7 +30,7 @@ fn id(k: &SigningKey) -> AccountId {
 fn genesis(rpc: SocketAddr) -> Genesis {
     let accounts = (0..2).map(|i| (id(&user(i)), 1_000_000_000)).collect();
     let (mut g, _) = Genesis::local("rpc", 1, 29500, accounts).unwrap();
-    g.validators[0].rpc = rpc;
+    g.validators[0].rpc = rpc.into();
     g
 }
 

@@ -7,7 +7,7 @@
 //! can treat it as an effect with a deadline. No answer is trusted: proofs and certificates are
 //! verified against the genesis validator set.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cairn_proto::{AccountId, DeviceId, Topic};
@@ -18,6 +18,7 @@ use super::protocol::{
     RESPONSE_BYTES_MAX, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use super::transport::{FrameError, read_frame, write_frame};
+use crate::endpoint::Endpoint;
 use crate::genesis::Genesis;
 use crate::light::{LightClient, LightError};
 use crate::state::{Account, KeyPackageRecord, StateKey, TopicState};
@@ -64,12 +65,12 @@ fn refused(e: &TxError) -> ClientError {
 /// One validator's address and its connection, opened on demand and kept between calls.
 #[derive(Debug)]
 struct Link {
-    addr: SocketAddr,
+    addr: Endpoint,
     stream: Option<TcpStream>,
 }
 
 impl Link {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: Endpoint) -> Self {
         Self { addr, stream: None }
     }
 
@@ -104,7 +105,9 @@ impl Link {
     fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
         let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
         let left = left.ok_or(ClientError::Timeout)?;
-        let s = TcpStream::connect_timeout(&self.addr, left).map_err(|e| match e.kind() {
+        // A name is resolved at each new connection: a validator that moved is found again.
+        let to = self.addr.resolve().map_err(|e| ClientError::Unreachable(format!("{}: {e}", self.addr)))?;
+        let s = TcpStream::connect_timeout(&to, left).map_err(|e| match e.kind() {
             std::io::ErrorKind::TimedOut => ClientError::Timeout,
             _ => ClientError::Unreachable(format!("{}: {e}", self.addr)),
         })?;
@@ -137,7 +140,7 @@ impl LedgerClient {
     /// A client for the validators of `genesis` (their RPC addresses).
     pub fn new(genesis: &Genesis) -> Result<Self, ClientError> {
         Ok(Self {
-            links: genesis.validators.iter().map(|v| Link::new(v.rpc)).collect(),
+            links: genesis.validators.iter().map(|v| Link::new(v.rpc.clone())).collect(),
             light: LightClient::new(genesis)?,
             chain: genesis.chain_id(),
             timeout: CALL_TIMEOUT_DEFAULT,
@@ -169,7 +172,7 @@ impl LedgerClient {
     /// The same client with no open connections (for a call independent of this one's).
     pub fn detached(&self) -> Self {
         Self {
-            links: self.links.iter().map(|l| Link::new(l.addr)).collect(),
+            links: self.links.iter().map(|l| Link::new(l.addr.clone())).collect(),
             light: self.light.clone(),
             chain: self.chain,
             timeout: self.timeout,
