@@ -116,6 +116,7 @@ pub(crate) async fn start(s: &Service, links: Arc<Links>) -> ApiResult<LinkStart
     let code = LinkCode::random().map_err(|e| ApiError::Internal(e.to_string()))?;
     let topic = code.topic();
     let link = hex::encode(&topic.0[..8]);
+    let chain = s.ledger(|c, _| Ok(c.chain())).await?;
     links.open(&link)?;
     // Events first, then the subscription: nothing delivered between them is missed.
     let events = s.net().events();
@@ -123,7 +124,6 @@ pub(crate) async fn start(s: &Service, links: Arc<Links>) -> ApiResult<LinkStart
         links.set(&link, "failed", None, Some(e.to_string()));
         return Err(ApiError::Unavailable(format!("cannot follow the link topic: {e}")));
     }
-    let chain = s.ledger(|c, _| Ok(c.chain())).await?;
     let session = HostSession::new(code.clone(), chain, s.shared().identity.account);
     tokio::spawn(run(s.clone(), links, link.clone(), topic, session, events));
     Ok(LinkStartView { link, code: code.to_text(), expires_in_secs: CODE_TTL.as_secs() })
@@ -257,4 +257,33 @@ async fn certify(s: &Service, req: DeviceRequest) -> ApiResult<(DeviceCert, Opti
         Ok((cert, handle))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn open_codes_and_remembered_sessions_are_bounded() {
+        let links = Links::new(Limits::default(), Difficulty::default());
+        for i in 0..OPEN_MAX {
+            links.open(&format!("s{i}")).unwrap();
+        }
+        assert!(matches!(links.open("one more"), Err(NodeError::Conflict(_))), "a fifth open code");
+        links.set("s0", "linked", Some("dev".into()), None);
+        links.open("s-next").unwrap();
+        let v = status(&links, "s0").unwrap();
+        assert_eq!((v.state.as_str(), v.device.as_deref()), ("linked", Some("dev")));
+        assert!(status(&links, "nope").is_err());
+        links.set("s-next", "expired", None, None);
+        // Finished sessions make room for new ones; the map never outgrows its bound.
+        for i in 0..3 * KEPT_MAX {
+            let name = format!("f{i}");
+            links.open(&name).unwrap();
+            links.set(&name, "failed", None, Some("x".into()));
+        }
+        assert!(links.sessions.lock().unwrap().len() <= KEPT_MAX);
+        assert_eq!(status(&links, "s1").unwrap().state, "waiting", "an open session was dropped");
+    }
 }
