@@ -98,3 +98,22 @@ fn a_forgotten_conversation_leaves_no_delivery_rows() {
     alice.engine.db().purge_conversation(&conv.0).unwrap();
     assert!(alice.engine.db().deliveries_recorded().unwrap().is_empty());
 }
+
+#[test]
+fn a_crash_before_the_tick_leaves_states_behind_never_ahead() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
+    let id = Id::from_hex(&alice.engine.send_text(conv, "one", &mut seq, now + 10).unwrap().id).unwrap();
+    let envs = published(&mut alice);
+    alice.engine.store_acks(id, 2, true, now + 20);
+    deliver(&mut bob, &envs, &mut seq, now + 30);
+    let rs = receipts(&mut bob, &mut seq, now + 5_000);
+    deliver(&mut alice, &rs, &mut seq, now + 5_010);
+    assert_eq!(states(&alice, &conv)[0].1, (DeliveryState::Delivered, 2, 1, 1));
+    // No tick and no stop: the acks' and receipts' changes were not written yet. The send's
+    // own row was (in the send's durable transaction): the state reads "sent", waiting for bob.
+    let alice = restart(alice);
+    assert_eq!(states(&alice, &conv), vec![(id, (DeliveryState::Sent, 0, 0, 1))]);
+}
