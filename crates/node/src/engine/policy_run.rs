@@ -77,6 +77,10 @@ pub(super) struct PolicyRun {
     after: Vec<After>,
     /// Tail positions given by the last commit to messages shown late.
     shown: HashMap<Id, u64>,
+    /// Records the last commit wrote (what a message shown live is decorated from).
+    committed: HashMap<Id, Record>,
+    /// (conversation, epoch) whose pin is recorded (saves a read per message).
+    pins_recorded: std::collections::HashSet<(ConversationId, u64)>,
 }
 
 /// Why a failed policy call held the message, for people.
@@ -213,7 +217,11 @@ impl Engine {
     /// Records the pin of the conversation's current epoch (once per epoch).
     pub(super) fn policy_epoch_seen(&mut self, conv: &ConversationId) {
         let Ok(epoch) = self.mls.epoch(conv) else { return };
+        if self.policy_run.pins_recorded.contains(&(*conv, epoch)) {
+            return;
+        }
         if policy_store::pin_recorded(&self.db, &conv.0, epoch).unwrap_or(false) {
+            self.policy_run.pins_recorded.insert((*conv, epoch));
             return;
         }
         let pin = self.mls.policy(conv).ok().flatten().map(|p| p.encode());
@@ -221,8 +229,14 @@ impl Engine {
             policy_store::apply_in(&self.db, &tx, &[Write::Pin { conv: conv.0, epoch, pin }])?;
             tx.commit().map_err(|e| NodeError::Storage(e.to_string()))
         });
-        if let Err(e) = r {
-            tracing::warn!("policy pin of epoch {epoch} not recorded: {e}");
+        match r {
+            Ok(()) => {
+                if self.policy_run.pins_recorded.len() >= 4 * INSTANCES_MAX {
+                    self.policy_run.pins_recorded.clear();
+                }
+                self.policy_run.pins_recorded.insert((*conv, epoch));
+            }
+            Err(e) => tracing::warn!("policy pin of epoch {epoch} not recorded: {e}"),
         }
     }
 
@@ -378,11 +392,12 @@ impl Engine {
             if !row.text || row.inner.body.first() != Some(&KIND_TEXT) {
                 continue;
             }
+            // No pin at its epoch: no verdict, and none recorded before.
+            let Some(pin) = self.pin_for(&conv, epoch) else { continue };
             if let Some(r) = self.policy_record(&conv, &row.id) {
                 row.hidden = !r.shown();
                 continue;
             }
-            let Some(pin) = self.pin_for(&conv, epoch) else { continue };
             let m = &row.inner;
             let mut rec = Record {
                 state: RecordState::Waiting,
@@ -420,7 +435,7 @@ impl Engine {
     /// Writes the pending policy changes in the engine's transaction (after its rows).
     pub(super) fn policy_flush_into(&mut self, tx: &WriteTransaction) -> Result<(), NodeError> {
         let writes = std::mem::take(&mut self.policy_run.writes);
-        self.policy_run.overlay.clear();
+        self.policy_run.committed = std::mem::take(&mut self.policy_run.overlay);
         let shown = policy_store::apply_in(&self.db, tx, &writes)?;
         self.policy_run.shown = shown.into_iter().collect();
         Ok(())
@@ -465,9 +480,13 @@ impl Engine {
         true
     }
 
-    /// Sets the verdict and labels of a history item being shown live.
-    pub(super) fn policy_decorate(&self, conv: &ConversationId, view: &mut MessageView) {
-        decorate(&self.db, &conv.0, view);
+    /// Sets the verdict and labels of a history item being shown live (just committed, or
+    /// released from waiting by the same commit).
+    pub(super) fn policy_decorate(&self, _conv: &ConversationId, view: &mut MessageView) {
+        let Some(id) = Id::from_hex(&view.id) else { return };
+        if let Some(r) = self.policy_run.committed.get(&id) {
+            apply_record(r, view);
+        }
     }
 
     /// After the commit: tell the listeners about messages shown late, send the bot's
