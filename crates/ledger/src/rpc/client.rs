@@ -18,6 +18,7 @@ use super::protocol::{
     RESPONSE_BYTES_MAX, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use super::transport::{FrameError, read_frame, write_frame};
+use super::trust::{FinalityTally, Suspects};
 use crate::endpoint::Endpoint;
 use crate::genesis::Genesis;
 use crate::light::{LightClient, LightError};
@@ -134,6 +135,8 @@ pub struct LedgerClient {
     /// Highest finalized height this client has observed: older proofs are not accepted
     /// (read-your-writes).
     seen_height: u64,
+    /// Validators caught lying: asked last for a while.
+    suspects: Suspects,
 }
 
 impl LedgerClient {
@@ -145,6 +148,7 @@ impl LedgerClient {
             chain: genesis.chain_id(),
             timeout: CALL_TIMEOUT_DEFAULT,
             seen_height: 0,
+            suspects: Suspects::new(genesis.validators.len()),
         })
     }
 
@@ -177,6 +181,7 @@ impl LedgerClient {
             chain: self.chain,
             timeout: self.timeout,
             seen_height: self.seen_height,
+            suspects: self.suspects.clone(),
         }
     }
 
@@ -191,11 +196,27 @@ impl LedgerClient {
         self.call_until(i, req, Instant::now() + self.timeout)
     }
 
-    /// Calls validators in turn until one answers.
+    /// Validators in the order to ask them: those not caught lying first.
+    fn order(&self) -> Vec<usize> {
+        self.suspects.order(Instant::now())
+    }
+
+    /// Validator `i` was caught lying: it is asked last for [`super::trust::SUSPECT_FOR`].
+    fn caught_lying(&mut self, i: usize, what: &str) {
+        tracing::warn!("validator {i} ({}) lied: {what}; asking the others first", self.links[i].addr);
+        self.suspects.caught(i, Instant::now());
+    }
+
+    /// Whether validator `i` is currently suspected of lying.
+    pub fn is_suspect(&self, i: usize) -> bool {
+        self.suspects.is_suspect(i, Instant::now())
+    }
+
+    /// Calls validators in turn (those not caught lying first) until one answers.
     fn call_any(&mut self, req: &Request) -> Result<Response, ClientError> {
         let req = req.encode();
         let mut last = ClientError::Unreachable("no validators".into());
-        for i in 0..self.links.len() {
+        for i in self.order() {
             match self.call_one(i, &req) {
                 Ok(r) => return Ok(r),
                 Err(e) => last = e,
@@ -310,19 +331,31 @@ impl LedgerClient {
         }
     }
 
-    /// Waits until the transaction is in a finalized block (polling validators in turn);
-    /// returns within `timeout` ([`ClientError::Timeout`] then).
+    /// Waits until the transaction is in a finalized block (polling validators in turn, those
+    /// not caught lying first); returns within `timeout` ([`ClientError::Timeout`] then).
+    ///
+    /// Believed only when `f + 1` validators report the same height and outcome
+    /// ([`FinalityTally`]): one lying validator cannot make a transaction look final, or
+    /// final with another outcome; the validators contradicted then are caught lying.
     pub fn wait_final(&mut self, id: &TxId, timeout: Duration) -> Result<(u64, RemoteOutcome), ClientError> {
         let end = Instant::now() + timeout;
         let n = self.links.len().max(1);
+        let mut order = self.order();
+        let mut tally = FinalityTally::new(self.links.len());
         let mut i = 0usize;
         let mut rejections = 0usize;
         loop {
             let deadline = end.min(Instant::now() + self.timeout);
-            match self.tx_status_until(i % n, id, deadline) {
+            let v = order.get(i % n).copied().unwrap_or(0);
+            match self.tx_status_until(v, id, deadline) {
                 Ok(RemoteStatus::Finalized { height, outcome }) => {
-                    self.seen_height = self.seen_height.max(height);
-                    return Ok((height, outcome));
+                    if let Some(believed) = tally.claim(v, height, outcome) {
+                        for d in tally.dissenters(&believed) {
+                            self.caught_lying(d, "a finality claim the others contradict");
+                        }
+                        self.seen_height = self.seen_height.max(believed.0);
+                        return Ok(believed);
+                    }
                 }
                 Ok(RemoteStatus::Rejected { code, message }) => {
                     rejections += 1;
@@ -339,6 +372,7 @@ impl LedgerClient {
             }
             if i.is_multiple_of(n) {
                 rejections = 0;
+                order = self.order();
                 let pause = Duration::from_millis(POLL_PAUSE_MS);
                 std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
             }
@@ -381,7 +415,7 @@ impl LedgerClient {
     pub fn prove(&mut self, key: &StateKey) -> Result<Option<Vec<u8>>, ClientError> {
         let req = Request::Proof(key.clone()).encode();
         let mut last = ClientError::Unreachable("no proof available".into());
-        for i in 0..self.links.len() {
+        for i in self.order() {
             let sp = match self.call_one(i, &req) {
                 Ok(Response::Proof(Some(sp))) => sp,
                 Ok(Response::Proof(None)) => continue,
@@ -406,7 +440,10 @@ impl LedgerClient {
                     self.seen_height = sp.header.height;
                     return Ok(v);
                 }
-                Err(e) => last = e.into(),
+                Err(e) => {
+                    self.caught_lying(i, &format!("a proof that does not verify ({e})"));
+                    last = e.into();
+                }
             }
         }
         Err(last)
@@ -475,10 +512,10 @@ impl LedgerClient {
         };
         let req = Request::Nonce(*signer).encode();
         let mut best = None;
-        for i in 0..self.links.len() {
+        for i in self.order() {
             if let Ok(Response::Nonce(n)) = self.call_one(i, &req) {
                 if n < floor || n > floor.saturating_add(NONCE_ANSWER_AHEAD_MAX) {
-                    tracing::warn!("validator {i} reported nonce {n}, outside the proven {floor}..: ignored");
+                    self.caught_lying(i, &format!("nonce {n}, outside the proven {floor}.."));
                     continue;
                 }
                 best = Some(best.map_or(n, |b: u64| b.max(n)));
@@ -511,11 +548,18 @@ impl LedgerClient {
             return Ok(Vec::new());
         }
         let mut last = ClientError::Unreachable("no validators".into());
-        for i in 0..self.links.len() {
+        for i in self.order() {
             match self.checked_page(i, topic, from, max, &proven) {
                 Ok(list) => return Ok(list),
                 Err(e) => {
-                    tracing::warn!("validator {i}: handshakes of a topic refused: {e}");
+                    if matches!(e, ClientError::BadAnswer(_)) {
+                        self.caught_lying(
+                            i,
+                            &format!("handshakes that do not match the proven record ({e})"),
+                        );
+                    } else {
+                        tracing::warn!("validator {i}: handshakes of a topic refused: {e}");
+                    }
                     // a wrong answer outranks an absent validator in the error returned
                     if matches!(e, ClientError::BadAnswer(_)) || !matches!(last, ClientError::BadAnswer(_)) {
                         last = e;

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod sequencer;
 pub mod server;
 mod transport;
+pub mod trust;
 
 pub use client::{CALL_TIMEOUT_DEFAULT, ClientError, LedgerClient};
 pub use follower::Follower;

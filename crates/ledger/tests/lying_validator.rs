@@ -1,0 +1,103 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! One lying validator among four (issue 12 §3, §7): it claims a transaction final at a
+//! height (or with an outcome) the others contradict, or final while it is not. The client
+//! believes only what `f + 1` validators report, catches the liar, and asks the others first
+//! from then on. Fake validators on 127.0.0.1 answer the real RPC protocol.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+mod support;
+
+use cairn_ledger::genesis::Genesis;
+use cairn_ledger::rpc::{
+    ClientError, LedgerClient, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
+};
+use cairn_ledger::tx::TxId;
+use support::{frame, read_frame};
+
+/// How a fake validator answers a transaction's status.
+type Answer = fn() -> RemoteStatus;
+
+/// A fake validator: answers `TxStatus` with `answer()` and `Status` with height 5; counts
+/// the requests it gets.
+fn validator(answer: Answer, asked: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let asked = asked.clone();
+            std::thread::spawn(move || {
+                while let Some(body) = read_frame(&mut s) {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let resp = match Request::decode(&body) {
+                        Ok(Request::TxStatus(_)) => Response::TxStatus(answer()),
+                        Ok(Request::Status) => Response::Status(RemoteChainStatus {
+                            height: 5,
+                            digest: [0; 32],
+                            state_root: [0; 32],
+                            mempool: 0,
+                        }),
+                        _ => Response::Error("not served by this fake".into()),
+                    };
+                    if s.write_all(&frame(&resp.encode())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn honest() -> RemoteStatus {
+    RemoteStatus::Finalized { height: 3, outcome: RemoteOutcome::Applied }
+}
+fn wrong_height() -> RemoteStatus {
+    RemoteStatus::Finalized { height: 9, outcome: RemoteOutcome::Applied }
+}
+fn pending() -> RemoteStatus {
+    RemoteStatus::Pending
+}
+
+/// A client of 4 fake validators answering as `answers` say, and their request counters.
+fn cluster(answers: [Answer; 4]) -> (LedgerClient, Vec<Arc<AtomicUsize>>) {
+    let (mut g, _) = Genesis::local("liar", 4, 29700, Vec::new()).unwrap();
+    let counters: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    for (v, (a, c)) in g.validators.iter_mut().zip(answers.iter().zip(&counters)) {
+        v.rpc = validator(*a, c.clone()).into();
+    }
+    (LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5)), counters)
+}
+
+#[test]
+fn a_wrong_finality_claim_is_outvoted_and_its_validator_asked_last() {
+    let (mut c, asked) = cluster([wrong_height, honest, honest, honest]);
+    let got = c.wait_final(&TxId([1; 32]), Duration::from_secs(10)).unwrap();
+    assert_eq!(got, (3, RemoteOutcome::Applied), "the liar answered first, the quorum decided");
+    assert!(c.is_suspect(0) && !c.is_suspect(1));
+    // From now on the liar is asked last: a plain status call never reaches it.
+    let before = asked[0].load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(c.status().unwrap().height, 5);
+    }
+    assert_eq!(asked[0].load(Ordering::SeqCst), before, "the caught validator was asked again");
+}
+
+#[test]
+fn a_transaction_one_validator_calls_final_is_not_believed_while_the_others_wait() {
+    let (mut c, _) = cluster([wrong_height, pending, pending, pending]);
+    let r = c.wait_final(&TxId([2; 32]), Duration::from_millis(1_500));
+    assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+}
+
+#[test]
+fn two_honest_answers_suffice_when_the_others_are_silent_or_behind() {
+    let (mut c, _) = cluster([pending, honest, pending, honest]);
+    assert_eq!(c.wait_final(&TxId([3; 32]), Duration::from_secs(10)).unwrap(), (3, RemoteOutcome::Applied));
+    assert!((0..4).all(|i| !c.is_suspect(i)), "a validator that is only behind is not a liar");
+}
