@@ -391,3 +391,62 @@ fn an_export_imports_elsewhere_with_the_same_history() {
         "the imported history verifies the same, its salted anchor included"
     );
 }
+
+/// The pinned policy judges received messages at every member's node (real processes): with
+/// `moderation` and a word filter, ben's filtered message is held at ann, ben and cat (not in
+/// the history, listed by `GET …/held` and `cairn chat held`), his other message shows with
+/// verdict `allow`; ann releases the held one on her device only; `verify` stays intact.
+#[test]
+fn a_filtered_message_is_held_at_every_member() {
+    let mut net = Net::new(4);
+    for i in 0..2 {
+        net.store(&format!("store-{i}"));
+    }
+    let a = net.user("ann");
+    let b = net.user("ben");
+    let c = net.user("cat");
+    let conv = a.create_conversation(&["@ben".into(), "@cat".into()]).unwrap().id;
+    for who in [&b, &c] {
+        wait_for("members to join", Duration::from_secs(90), || {
+            who.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
+        });
+    }
+    let filter = PolicySetRequest {
+        policy: "moderation".into(),
+        admins: vec!["@ann".into()],
+        words: vec!["spam".into()],
+        ..Default::default()
+    };
+    assert_eq!(a.set_policy(&conv, &filter).unwrap().policy, "moderation");
+    for (who, client) in [("ben", &b), ("cat", &c)] {
+        wait_for(&format!("{who} to see the policy"), Duration::from_secs(60), || {
+            (client.policy(&conv).ok()?.policy == "moderation").then_some(())
+        });
+    }
+    let fine = b.send(&conv, "hello all").unwrap().id;
+    let filtered = b.send(&conv, "buy SPAM now").unwrap().id;
+    for (who, client) in [("ann", &a), ("ben", &b), ("cat", &c)] {
+        let shown =
+            wait_for(&format!("{who} to show ben's allowed message"), Duration::from_secs(60), || {
+                all_messages(client, &conv).into_iter().find(|m| m.id == fine)
+            });
+        assert_eq!(shown.verdict, Some(cairn_node::model::MessageVerdict::Allow), "{who}");
+        let held =
+            wait_for(&format!("{who} to hold ben's filtered message"), Duration::from_secs(60), || {
+                client.held(&conv).ok()?.held.into_iter().find(|h| h.id == filtered && !h.waiting)
+            });
+        assert_eq!(held.text, "buy SPAM now", "{who}");
+        assert_eq!(held.sender, b.status().unwrap().account, "{who}");
+        assert!(!all_messages(client, &conv).iter().any(|m| m.id == filtered), "{who} shows a held message");
+    }
+    let listing = cairn_at(&net.path("ann"), &["chat", "held", &conv], PASS);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.status.success() && text.contains(&format!("held {filtered}")), "{text}");
+    let released = cairn_at(&net.path("ann"), &["chat", "held", &conv, "--release", &filtered], PASS);
+    assert!(released.status.success(), "{}", String::from_utf8_lossy(&released.stderr));
+    let shown = all_messages(&a, &conv).into_iter().find(|m| m.id == filtered).expect("released at ann");
+    assert_eq!(shown.verdict, Some(cairn_node::model::MessageVerdict::Released));
+    assert!(!all_messages(&b, &conv).iter().any(|m| m.id == filtered), "released beyond ann's device");
+    let v = a.verify(&conv).unwrap();
+    assert!(v.intact, "{:?}", v.first_problem);
+}

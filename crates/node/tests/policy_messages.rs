@@ -232,3 +232,30 @@ fn the_echo_bot_is_answered_once() {
         assert_eq!(verdicts(&mut w, u, &conv, &[replies[0].id]), vec![judged(Verdict::Allow)], "user {u}");
     }
 }
+
+#[test]
+fn a_member_that_applies_two_pins_at_once_judges_each_message_by_its_epochs_pin() {
+    const USERS: usize = 3;
+    let mut w = World::new(23, USERS, Faults { loss: 0, dup: 100, delay_ms_max: 30 });
+    let conv = group(&mut w, USERS);
+    // user 2 is away while the policy changes twice
+    w.engine(2).make_durable().unwrap();
+    w.crash(2);
+    let admin = w.users[0].id.account().0;
+    let filter = moderation::Config { admins: vec![admin], words: vec!["spam".into()], ..Default::default() };
+    pin(&mut w, conv, filter.pin().unwrap(), &[0, 1]);
+    let first = send(&mut w, 1, conv, "spam under the filter");
+    settle(&mut w, 2_000);
+    let open = moderation::Config { admins: vec![admin], ..Default::default() };
+    pin(&mut w, conv, open.pin().unwrap(), &[0, 1]);
+    let second = send(&mut w, 1, conv, "spam after the filter");
+    settle(&mut w, 2_000);
+    let expected = vec![judged(Verdict::Hold), judged(Verdict::Allow)];
+    for u in 0..2 {
+        assert_eq!(verdicts(&mut w, u, &conv, &[first, second]), expected, "user {u}");
+    }
+    // user 2 comes back: both commits are applied in one sync, then the messages arrive
+    w.open(2);
+    settle(&mut w, 4_000);
+    assert_eq!(verdicts(&mut w, 2, &conv, &[first, second]), expected, "user 2");
+}

@@ -504,7 +504,8 @@ impl Engine {
 
     /// Applies newly sequenced handshakes of a conversation.
     pub fn sync(&mut self, conv: &ConversationId, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
-        let events = match self.mls.sync(conv, seq, now_ms) {
+        // One handshake at a time, so the policy pin of every epoch is recorded.
+        let events = match self.mls_sync_stepwise(conv, seq, now_ms) {
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!("sync of {}: {e}", hex::encode(conv.0));

@@ -194,7 +194,87 @@ impl cairn_proto::CommitSequencer for NoLedger {
     }
 }
 
+/// A view of a sequencer that serves at most the handshakes before `cap`, from pages of the
+/// real one fetched once: MLS then applies one handshake per sync call.
+struct Steps<'a> {
+    inner: &'a dyn cairn_proto::CommitSequencer,
+    cap: std::cell::Cell<u64>,
+    page: std::cell::RefCell<Vec<cairn_proto::Sequenced>>,
+}
+
+/// Handshakes a page of the real sequencer holds at most (what one fetch asks for).
+const STEP_PAGE: usize = 64;
+
+impl cairn_proto::CommitSequencer for Steps<'_> {
+    fn submit(
+        &mut self,
+        _: cairn_proto::Topic,
+        _: u64,
+        _: Vec<u8>,
+    ) -> Result<u64, cairn_proto::SequencerError> {
+        Err(cairn_proto::SequencerError::Unavailable("a sync submits nothing".into()))
+    }
+
+    fn fetch(
+        &self,
+        topic: &cairn_proto::Topic,
+        from: u64,
+        _max: usize,
+    ) -> Result<Vec<cairn_proto::Sequenced>, cairn_proto::SequencerError> {
+        if from >= self.cap.get() {
+            return Ok(Vec::new());
+        }
+        let cached = self.page.borrow().iter().any(|m| m.seq == from && m.topic == *topic);
+        if !cached {
+            *self.page.borrow_mut() = self.inner.fetch(topic, from, STEP_PAGE)?;
+        }
+        let cap = self.cap.get();
+        Ok(self
+            .page
+            .borrow()
+            .iter()
+            .filter(|m| m.seq >= from && m.seq < cap && m.topic == *topic)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Handshakes one sync applies at most.
+const SYNC_STEPS_MAX: usize = 1_000_000;
+
 impl Engine {
+    /// `mls.sync`, one handshake at a time: after each, the new epoch's policy pin is
+    /// recorded (several commits applied at once would leave the epochs between unknown, and
+    /// a message of such an epoch judged by the wrong pin). Messages a step made readable
+    /// come back with the events. One fetch of the real sequencer per page, as before.
+    pub(super) fn mls_sync_stepwise(
+        &mut self,
+        conv: &ConversationId,
+        seq: &mut dyn cairn_proto::CommitSequencer,
+        now_ms: u64,
+    ) -> Result<Vec<cairn_mls::Event>, cairn_mls::MlsError> {
+        let steps = Steps { inner: &*seq, cap: std::cell::Cell::new(0), page: Default::default() };
+        let mut all = Vec::new();
+        for _ in 0..SYNC_STEPS_MAX {
+            let applied = self.mls.applied(conv)?;
+            steps.cap.set(applied.saturating_add(1));
+            match self.mls.sync(conv, &steps, now_ms) {
+                Ok(evs) => all.extend(evs),
+                // What earlier steps applied is merged and persisted: report it.
+                Err(e) if all.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::debug!("sync of {} stopped: {e}", hex::encode(conv.0));
+                    break;
+                }
+            }
+            self.policy_epoch_seen(conv);
+            if self.mls.applied(conv)? <= applied {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
     /// This device's next own sequence number in `conv` at its current epoch (0 at a new
     /// epoch). Not used up until [`Engine::device_seq_used`].
     pub(super) fn next_device_seq(&mut self, conv: &ConversationId) -> Result<u64, NodeError> {
