@@ -22,6 +22,10 @@ pub(crate) struct LinkArgs {
     /// Print the code only and return at once (check with `cairn device list` later).
     #[arg(long)]
     no_wait: bool,
+    /// Also send the new device the last N messages of each active conversation, encrypted
+    /// under the link's key (it cannot read earlier messages itself: MLS forward secrecy).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    history: u32,
 }
 
 /// Longest `cairn device link` polls its node: the code's life and the ledger's time.
@@ -30,7 +34,7 @@ const LINK_POLL_MAX: Duration = Duration::from_secs(CODE_TTL.as_secs() + 60);
 /// `cairn device link`: the code on stdout (first line), then waits for the outcome.
 pub(crate) fn link(home: &Path, args: LinkArgs) -> Result<()> {
     let c = Client::for_home(home)?;
-    let start = c.link_device()?;
+    let start = c.link_device(args.history)?;
     println!("{}", start.code);
     let bootstrap = read_run_file(home)
         .ok()
@@ -122,6 +126,13 @@ pub(crate) fn init_link(home: &Path, args: InitLink) -> Result<()> {
             .with_context(|| format!("copying the genesis to {}", home_genesis.display()))?;
     }
     let id = &joined.identity;
+    if !joined.history.is_empty() {
+        let (db, _) = cairn_node::archive::open_home(home, &id.device_key, cairn_proto::Limits::default())?;
+        let kept = cairn_node::link_history::import(&db, &joined.history)?;
+        println!(
+            "history:     {kept} earlier messages kept (shown once the device has joined their conversations)"
+        );
+    }
     println!("linked device {} to account {}", id.device().to_text(), id.account().to_text());
     if let Some(h) = &joined.handle {
         println!("handle:      @{h}");

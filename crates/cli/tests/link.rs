@@ -58,10 +58,15 @@ fn user(net: &mut Net, name: &str) -> Client {
     c
 }
 
-/// `cairn device link` on `home`, running: its code (first stdout line) and the process.
-fn device_link(home: &Path) -> (String, Child) {
-    let mut child =
-        cairn(home, &["device", "link"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// `cairn device link` on `home` (with `extra` flags), running: its code (first stdout line)
+/// and the process.
+fn device_link(home: &Path, extra: &[&str]) -> (String, Child) {
+    let mut child = cairn(home, &["device", "link"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut code = String::new();
     out.read_line(&mut code).unwrap();
@@ -120,7 +125,7 @@ fn a_device_links_with_a_one_time_code_joins_the_conversation_and_leaves_it_when
 
     // A wrong code (same rendezvous half, another secret half) is refused on both sides and
     // changes nothing: no keystore, no device on the ledger.
-    let (code, linker) = device_link(&net.path("ann"));
+    let (code, linker) = device_link(&net.path("ann"), &[]);
     let last = code.chars().last().unwrap();
     let wrong = format!("{}{}", &code[..18], if last == 'a' { 'b' } else { 'a' });
     let home2: PathBuf = net.path("ann-laptop");
@@ -133,10 +138,20 @@ fn a_device_links_with_a_one_time_code_joins_the_conversation_and_leaves_it_when
     assert!(err.contains("wrong code"), "{err}");
     assert_eq!(ann_devices(&a).len(), 1, "a wrong code changed the ledger");
 
+    // Four messages before the link; the laptop is to bring the last three along.
+    for i in 0..4 {
+        a.send(&conv, &format!("before the laptop {i}")).unwrap();
+    }
+    wait_for("ann's four messages to be kept", Duration::from_secs(30), || {
+        let msgs = a.messages(&conv, &TailQuery { after: None, limit: Some(100), wait_ms: None }).ok()?;
+        (msgs.iter().filter(|m| m.text.starts_with("before the laptop")).count() == 4).then_some(())
+    });
+
     // The right code links: the new keystore holds the device key only.
-    let (code, linker) = device_link(&net.path("ann"));
+    let (code, linker) = device_link(&net.path("ann"), &["--history", "3"]);
     let out = init_link(&net, &home2, &code);
     assert!(out.status.success(), "link failed: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("history:     3 earlier messages kept"), "{}", text(&out.stdout));
     let (ok, err) = finish(linker);
     assert!(ok, "device link: {err}");
     let id = cairn_crypto::Identity::open_file(&home2.join("keystore"), PASS.as_bytes()).unwrap();
@@ -172,10 +187,23 @@ fn a_device_links_with_a_one_time_code_joins_the_conversation_and_leaves_it_when
     assert!(text(&refused.stderr).contains("account key"), "{}", text(&refused.stderr));
     assert!(l.link_status("0011223344556677").is_err(), "an unknown link session has a status");
     b.send(&conv, "hello both of ann's devices").unwrap();
-    wait_for("the laptop to read ben's message", Duration::from_secs(60), || {
+    let msgs = wait_for("the laptop to read ben's message", Duration::from_secs(60), || {
         let msgs = l.messages(&conv, &TailQuery { after: None, limit: Some(100), wait_ms: None }).ok()?;
-        msgs.iter().any(|m| m.text == "hello both of ann's devices").then_some(())
+        msgs.iter().any(|m| m.text == "hello both of ann's devices").then_some(msgs)
     });
+    // The history it brought: the last three earlier messages, in order, before ben's.
+    let texts: Vec<&str> = msgs.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["before the laptop 1", "before the laptop 2", "before the laptop 3", "hello both of ann's devices"],
+        "the laptop's history"
+    );
+    // Their envelopes come from the store nodes; the kept messages put them in the chain, and
+    // `verify` checks each message's signature against its envelope.
+    let v = wait_for("the laptop's verify to check the brought messages", Duration::from_secs(60), || {
+        l.verify(&conv).ok().filter(|v| v.signatures_verified >= 4)
+    });
+    assert!(v.intact, "{:?}", v.first_problem);
 
     // Revoked, it leaves every conversation.
     a.revoke_device(&laptop).unwrap();

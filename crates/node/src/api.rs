@@ -635,8 +635,11 @@ async fn revoke_device<B: Backend>(
     ok(ctx.backend.revoke_device(device).await)
 }
 
-async fn link_device<B: Backend>(State(ctx): St<B>) -> ApiResult<Response> {
-    ok(ctx.backend.link_device().await)
+async fn link_device<B: Backend>(
+    State(ctx): St<B>,
+    ApiQuery(q): ApiQuery<crate::link_host::LinkQuery>,
+) -> ApiResult<Response> {
+    ok(ctx.backend.link_device(q).await)
 }
 
 async fn link_status<B: Backend>(State(ctx): St<B>, ApiPath(link): ApiPath<String>) -> ApiResult<Response> {

@@ -143,7 +143,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Revokes a device of this account everywhere.
     fn revoke_device(&self, device: String) -> impl Future<Output = ApiResult<TxView>> + Send;
     /// Starts linking a device on another machine: a one-time code (see [`crate::link`]).
-    fn link_device(&self) -> impl Future<Output = ApiResult<crate::link_host::LinkStartView>> + Send {
+    fn link_device(
+        &self,
+        q: crate::link_host::LinkQuery,
+    ) -> impl Future<Output = ApiResult<crate::link_host::LinkStartView>> + Send {
+        let _ = q;
         async { Err(ApiError::Unavailable("this node cannot link devices".into())) }
     }
     /// The state of a link started with [`Backend::link_device`].

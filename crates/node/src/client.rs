@@ -290,9 +290,10 @@ impl Client {
         self.delete(&format!("/v1/devices/{}", seg(device)))
     }
 
-    /// `POST /v1/devices/link`: a one-time code for linking a device on another machine.
-    pub fn link_device(&self) -> Result<crate::link_host::LinkStartView, ClientError> {
-        self.post_empty("/v1/devices/link")
+    /// `POST /v1/devices/link?history=N`: a one-time code for linking a device on another
+    /// machine, which then gets the last `history` messages of each conversation (0: none).
+    pub fn link_device(&self, history: u32) -> Result<crate::link_host::LinkStartView, ClientError> {
+        self.post_empty(&format!("/v1/devices/link?history={history}"))
     }
 
     /// `GET /v1/devices/link/{link}`.

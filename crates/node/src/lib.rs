@@ -22,6 +22,7 @@ pub mod error;
 pub mod idempotency;
 pub mod keyring;
 pub mod link;
+pub mod link_history;
 pub mod link_host;
 pub mod link_join;
 pub mod metrics;

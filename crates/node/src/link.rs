@@ -13,7 +13,9 @@
 //! 3. `Request` (new → existing), sealed: the new device key and its binding signature for
 //!    the `AddDevice` transaction.
 //! 4. `Certified` (existing → new), sealed: the account's certificate for that device, sent
-//!    once the transaction is final.
+//!    once the transaction is final, and how many `History` frames follow.
+//! 5. `History` (existing → new), sealed, numbered: the parts of the recent history the user
+//!    asked to bring along (`cairn device link --history N`, see [`crate::link_history`]).
 //!
 //! A `Refused` frame (clear, unauthenticated: it only ends a wait early) says the code was
 //! wrong, used or expired. Every frame answering another names it by hash, so an old
@@ -257,6 +259,15 @@ pub enum Frame {
         /// Sealed body.
         sealed: Vec<u8>,
     },
+    /// Existing → new: one sealed part of the history bundle.
+    History {
+        /// Name of the `Start` answered.
+        answers: [u8; 32],
+        /// Part number, from 0.
+        index: u16,
+        /// Sealed part.
+        sealed: Vec<u8>,
+    },
     /// Either way: the exchange ends.
     Refused {
         /// Name of the frame answered.
@@ -297,6 +308,12 @@ impl Frame {
                 w.raw(answers);
                 w.u8(*reason as u8);
             }
+            Self::History { answers, index, sealed } => {
+                w.u8(6);
+                w.raw(answers);
+                w.u16(*index);
+                w.bytes(sealed);
+            }
         }
         w.finish()
     }
@@ -335,6 +352,11 @@ impl Frame {
                 sealed: r.bytes(FRAME_BYTES_MAX, "sealed")?.to_vec(),
             },
             5 => Self::Refused { answers: r.array("answers")?, reason: Refusal::from_u8(r.u8("refusal")?)? },
+            6 => Self::History {
+                answers: r.array("answers")?,
+                index: r.u16("history part")?,
+                sealed: r.bytes(FRAME_BYTES_MAX, "sealed")?.to_vec(),
+            },
             _ => return Err(DecodeError::Invalid { field: "link frame kind", reason: "unknown kind" }),
         };
         r.finish()?;
@@ -437,16 +459,31 @@ impl HostSession {
         Ok(Some(DeviceRequest { device, device_signature }))
     }
 
-    /// The `Certified` frame carrying `cert` (and the account's handle).
-    pub fn certified(&self, cert: &DeviceCert, handle: Option<&str>) -> Result<Frame, LinkError> {
+    /// The `Certified` frame carrying `cert` (and the account's handle), announcing
+    /// `history_parts` `History` frames after it.
+    pub fn certified(
+        &self,
+        cert: &DeviceCert,
+        handle: Option<&str>,
+        history_parts: u16,
+    ) -> Result<Frame, LinkError> {
         let (keys, start, _) = self.offered.as_ref().ok_or(LinkError::Unexpected)?;
         let mut w = Writer::with_capacity(256);
         w.u8(LINK_VERSION);
         cert.encode_to(&mut w);
         let h = handle.unwrap_or("").as_bytes();
         w.bytes(&h[..h.len().min(HANDLE_BYTES_MAX)]);
+        w.u16(history_parts);
         let sealed = seal(&keys.to_new, &aad(b"certified", &self.code.topic(), start), &w.finish())?;
         Ok(Frame::Certified { answers: *start, sealed })
+    }
+
+    /// History part `index`, sealed under the key to the new device (its number is in the
+    /// associated data, so parts cannot be swapped).
+    pub fn history(&self, index: u16, part: &[u8]) -> Result<Frame, LinkError> {
+        let (keys, start, _) = self.offered.as_ref().ok_or(LinkError::Unexpected)?;
+        let sealed = seal(&keys.to_new, &history_aad(&self.code.topic(), start, index), part)?;
+        Ok(Frame::History { answers: *start, index, sealed })
     }
 
     /// A refusal answering this session's `Start` (or `name` when none was answered).
@@ -477,6 +514,8 @@ pub struct Linked {
     pub cert: DeviceCert,
     /// The account's handle, if it has one.
     pub handle: Option<String>,
+    /// `History` frames announced after the certificate.
+    pub history_parts: u16,
 }
 
 impl JoinSession {
@@ -543,6 +582,7 @@ impl JoinSession {
             .then(|| String::from_utf8(handle.to_vec()))
             .transpose()
             .map_err(|_| LinkError::Malformed("handle is not UTF-8".into()))?;
+        let history_parts = r.u16("history parts")?;
         r.finish()?;
         if cert.account != *account
             || cert.device.0 != self.device_key.verifying_key().to_bytes()
@@ -550,8 +590,26 @@ impl JoinSession {
         {
             return Err(LinkError::BadCertificate);
         }
-        Ok(Linked { cert, handle })
+        Ok(Linked { cert, handle, history_parts })
     }
+
+    /// Opens history part `index` (after `Certified`).
+    pub fn open_history(&self, index: u16, sealed: &[u8]) -> Result<Vec<u8>, LinkError> {
+        let (keys, _) = self.keys.as_ref().ok_or(LinkError::Unexpected)?;
+        cairn_crypto::sealed::open(
+            &keys.to_new,
+            &history_aad(&self.code.topic(), &self.start_name, index),
+            sealed,
+        )
+        .map(|p| p.to_vec())
+        .map_err(|_| LinkError::Malformed(format!("history part {index} does not open")))
+    }
+}
+
+fn history_aad(topic: &Topic, start: &[u8; 32], index: u16) -> Vec<u8> {
+    let mut a = aad(b"history", topic, start);
+    a.extend_from_slice(&index.to_be_bytes());
+    a
 }
 
 #[cfg(test)]
@@ -598,11 +656,21 @@ mod tests {
         let Frame::Request { answers, sealed } = Frame::decode(&req.encode()).unwrap() else { panic!() };
         let dr = host.on_request(&answers, &sealed)?.unwrap();
         let cert = DeviceCert::issue(&account_key, dr.device, 5);
-        let Frame::Certified { answers, sealed } = host.certified(&cert, Some("ann")).unwrap() else {
+        let Frame::Certified { answers, sealed } = host.certified(&cert, Some("ann"), 2).unwrap() else {
             panic!()
         };
         assert!(join.answers_me(&answers));
-        join.on_certified(&sealed)
+        let linked = join.on_certified(&sealed)?;
+        assert_eq!(linked.history_parts, 2);
+        // History parts open in their place only.
+        for (i, part) in [b"first".as_slice(), b"second"].into_iter().enumerate() {
+            let f = Frame::decode(&host.history(i as u16, part).unwrap().encode()).unwrap();
+            let Frame::History { answers, index, sealed } = f else { panic!() };
+            assert!(join.answers_me(&answers));
+            assert_eq!(join.open_history(index, &sealed).unwrap(), part);
+            assert!(join.open_history(index ^ 1, &sealed).is_err(), "a part moved to another place");
+        }
+        Ok(linked)
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub struct LinkStartView {
     pub expires_in_secs: u64,
 }
 
+/// `POST /v1/devices/link?history=N`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct LinkQuery {
+    /// Last messages of each conversation to send the new device, encrypted under the link's
+    /// key (0: none; at most [`crate::link_history::HISTORY_PER_CONVERSATION_MAX`]).
+    #[serde(default)]
+    pub history: u32,
+}
+
 /// `GET /v1/devices/link/{link}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LinkStatusView {
@@ -107,7 +116,14 @@ impl Links {
 }
 
 /// Creates a code and starts answering on its topic.
-pub(crate) async fn start(s: &Service, links: Arc<Links>) -> ApiResult<LinkStartView> {
+pub(crate) async fn start(s: &Service, links: Arc<Links>, q: LinkQuery) -> ApiResult<LinkStartView> {
+    if q.history > crate::link_history::HISTORY_PER_CONVERSATION_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "history={} is over the {} messages per conversation a link carries",
+            q.history,
+            crate::link_history::HISTORY_PER_CONVERSATION_MAX
+        )));
+    }
     if s.shared().identity.account_key.is_none() {
         return Err(ApiError::Conflict(
             "this device does not hold the account key: run `cairn device link` on the account's first device".into(),
@@ -125,7 +141,7 @@ pub(crate) async fn start(s: &Service, links: Arc<Links>) -> ApiResult<LinkStart
         return Err(ApiError::Unavailable(format!("cannot follow the link topic: {e}")));
     }
     let session = HostSession::new(code.clone(), chain, s.shared().identity.account);
-    tokio::spawn(run(s.clone(), links, link.clone(), topic, session, events));
+    tokio::spawn(run(s.clone(), links, link.clone(), topic, session, events, q.history));
     Ok(LinkStartView { link, code: code.to_text(), expires_in_secs: CODE_TTL.as_secs() })
 }
 
@@ -158,6 +174,7 @@ async fn run(
     topic: Topic,
     mut session: HostSession,
     mut events: tokio::sync::broadcast::Receiver<NodeEvent>,
+    history: u32,
 ) {
     let deadline = tokio::time::Instant::now() + CODE_TTL;
     let mut finished = false;
@@ -190,18 +207,26 @@ async fn run(
                 Ok(None) => {}
                 Ok(Some(req)) => {
                     finished = true;
-                    let reply = match certify(&s, req).await {
+                    let (reply, parts) = match certify(&s, req).await {
                         Ok((cert, handle)) => {
+                            let parts = history_parts(&s, history).await;
                             links.set(&link, "linked", Some(cert.device.to_text()), None);
-                            session.certified(&cert, handle.as_deref()).ok()
+                            let n = u16::try_from(parts.len()).unwrap_or(0);
+                            (session.certified(&cert, handle.as_deref(), n).ok(), parts)
                         }
                         Err(e) => {
                             links.set(&link, "failed", None, Some(e.to_string()));
-                            session.refusal(Refusal::Failed)
+                            (session.refusal(Refusal::Failed), Vec::new())
                         }
                     };
                     if let Some(f) = reply {
                         publish(&s, &links, topic, &f).await;
+                    }
+                    for (i, part) in parts.iter().enumerate() {
+                        match session.history(i as u16, part) {
+                            Ok(f) => publish(&s, &links, topic, &f).await,
+                            Err(e) => tracing::warn!("link {link}: history part {i}: {e}"),
+                        }
                     }
                 }
                 Err(e) => {
@@ -237,6 +262,39 @@ async fn run(
             None,
             Some("the new device did not finish in time; nothing was changed".into()),
         );
+    }
+}
+
+/// The parts of the last `n` messages of every conversation (none when `n` is 0, or when
+/// they cannot be read: the link itself does not fail for it).
+async fn history_parts(s: &Service, n: u32) -> Vec<Vec<u8>> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let shared = s.shared().clone();
+    // Active conversations only: the new device joins those (and can place their envelopes).
+    let convs: Vec<[u8; 32]> = match shared.convs.lock() {
+        Ok(m) => m.iter().filter(|(_, v)| v.active).map(|(id, _)| id.0).collect(),
+        Err(_) => return Vec::new(),
+    };
+    let r = tokio::task::spawn_blocking(move || crate::link_history::collect(&shared.db, &convs, n)).await;
+    match r {
+        Ok(Ok(records)) => {
+            let parts = crate::link_history::parts(&records);
+            if parts.len() > crate::link_history::HISTORY_PARTS_MAX {
+                tracing::warn!("link history over its bound: not sent");
+                return Vec::new();
+            }
+            parts
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("link history not sent: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!("link history not sent: {e}");
+            Vec::new()
+        }
     }
 }
 

@@ -41,12 +41,16 @@ pub enum JoinError {
     Timeout(u64, u64),
 }
 
-/// The linked identity (device key only) and the account's handle.
+/// The linked identity (device key only), the account's handle, and the history brought
+/// along.
 pub struct Joined {
     /// The new device's identity: its own key and certificate, no account key.
     pub identity: Identity,
     /// The account's handle, if any.
     pub handle: Option<String>,
+    /// The recent messages the existing device sent (checked; keep them with
+    /// [`crate::link_history::import`]).
+    pub history: Vec<crate::link_history::HistoryRecord>,
 }
 
 /// Runs the exchange; the temporary node is shut down before returning.
@@ -85,7 +89,24 @@ async fn exchange(
     send(start).await?;
     let mut deadline = tokio::time::Instant::now() + wait;
     let mut requested = false;
+    let mut linked: Option<Linked> = None;
+    // History parts, sealed, by number (they may come before `Certified` from a store node).
+    let mut parts: std::collections::BTreeMap<u16, Vec<u8>> = std::collections::BTreeMap::new();
     loop {
+        if let Some(l) = &linked
+            && parts.range(..l.history_parts).count() >= usize::from(l.history_parts)
+        {
+            let mut opened = Vec::with_capacity(parts.len());
+            for (i, sealed) in parts.range(..l.history_parts) {
+                opened.push(session.open_history(*i, sealed)?);
+            }
+            let history = crate::link_history::decode(&opened, limits)
+                .map_err(|e| LinkError::Malformed(format!("history: {e}")))?;
+            let Linked { cert, handle, .. } = linked.take().ok_or(LinkError::Unexpected)?;
+            let identity = Identity::device_only(device_key, cert)
+                .map_err(|_| JoinError::Link(LinkError::BadCertificate))?;
+            return Ok(Joined { identity, handle, history });
+        }
         let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
             Err(_) => return Err(JoinError::Timeout(wait.as_secs(), crate::link::CODE_TTL.as_secs())),
             Ok(None) => return Err(JoinError::Mesh("the mesh node stopped".into())),
@@ -109,11 +130,23 @@ async fn exchange(
                     }
                 }
             }
-            Frame::Certified { answers, sealed } if requested && session.answers_me(&answers) => {
-                let Linked { cert, handle } = session.on_certified(&sealed)?;
-                let identity = Identity::device_only(device_key, cert)
-                    .map_err(|_| JoinError::Link(LinkError::BadCertificate))?;
-                return Ok(Joined { identity, handle });
+            Frame::Certified { answers, sealed }
+                if requested && linked.is_none() && session.answers_me(&answers) =>
+            {
+                let l = session.on_certified(&sealed)?;
+                if usize::from(l.history_parts) > crate::link_history::HISTORY_PARTS_MAX {
+                    return Err(LinkError::Malformed("a history of too many parts".into()).into());
+                }
+                // The parts follow at once; give them the same wait again.
+                deadline = tokio::time::Instant::now() + wait;
+                linked = Some(l);
+            }
+            Frame::History { answers, index, sealed }
+                if session.answers_me(&answers)
+                    && usize::from(index) < crate::link_history::HISTORY_PARTS_MAX
+                    && linked.as_ref().is_none_or(|l| index < l.history_parts) =>
+            {
+                parts.entry(index).or_insert(sealed);
             }
             Frame::Refused { answers, reason } if session.answers_me(&answers) => {
                 return Err(LinkError::Refused(reason).into());

@@ -682,8 +682,11 @@ impl Backend for Service {
         Ok(view)
     }
 
-    async fn link_device(&self) -> ApiResult<crate::link_host::LinkStartView> {
-        crate::link_host::start(self, self.links.clone()).await
+    async fn link_device(
+        &self,
+        q: crate::link_host::LinkQuery,
+    ) -> ApiResult<crate::link_host::LinkStartView> {
+        crate::link_host::start(self, self.links.clone(), q).await
     }
 
     async fn link_status(&self, link: String) -> ApiResult<crate::link_host::LinkStatusView> {
