@@ -1,8 +1,9 @@
 // Echo / help bot policy: a bot member's node answers commands in a conversation.
 //   "!help"      → Reply("commands: !help, !echo TEXT")
 //   "!echo TEXT" → Reply(TEXT)
-// Every other message is allowed; every group change is allowed. Only the bot member's node
-// posts the reply (every member computes the same verdict).
+// Every other message is allowed; every group change is allowed; erasing another member's
+// message is not (change 5: only its author may). Only the bot member's node posts the reply
+// (every member computes the same verdict).
 // on_message input: see moderation.ts. Output: 4 body:bytes (Reply) or nothing (Allow).
 import { Reader, Writer, input, output, text, fail } from "./lib/cairn";
 
@@ -34,4 +35,15 @@ export function on_message(): void {
   }
 }
 
-export function on_handshake(): void {}
+export function on_handshake(): void {
+  const r = new Reader(input());
+  if (r.u8() != 2) fail("not a handshake event");
+  r.bytes(4096); // config
+  r.skip(32 + 8 + 32); // group, epoch, proposer
+  const change = r.u8();
+  r.skip(32); // subject
+  r.finish();
+  if (change == 5) {
+    output(new Writer(64).u8(1).bytes(text("only its author may erase a message")).finish());
+  }
+}

@@ -14,7 +14,7 @@
 //   1 config:bytes group:[32] epoch:u64 account:[32] device:[32] seq:u64 ts:u64 type:u8 body:bytes
 // on_handshake input:
 //   2 config:bytes group:[32] epoch:u64 proposer:[32] change:u8 subject:[32]
-//   change: 1 add, 2 remove, 3 change policy, 4 other
+//   change: 1 add, 2 remove, 3 change policy, 4 other, 5 erase a message of `subject`
 // output: a verdict (0 allow, 1 deny reason:bytes, 3 hold, ...)
 // state (per sender, kept by each member's node): 0x72 → window_start:u64 count:u32
 import { Reader, Writer, equal, get, input, output, set, text, fail } from "./lib/cairn";
@@ -116,6 +116,14 @@ export function on_handshake(): void {
   const change = r.u8();
   const subject = r.fixed(32);
   r.finish();
+  if (change == 5) {
+    // Erasing another member's message: admins only (an author's own erasure never asks).
+    for (let i = 0; i < c.admins.length; i++) {
+      if (equal(c.admins[i], proposer)) return;
+    }
+    deny("only its author or an admin may erase a message");
+    return;
+  }
   if (c.admins.length == 0 || change == 4) return;
   if (change == 2 && equal(subject, proposer)) return;
   for (let i = 0; i < c.admins.length; i++) {

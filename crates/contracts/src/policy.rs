@@ -119,6 +119,8 @@ pub enum GroupChange {
     ChangePolicy([u8; 32]),
     /// Any other change (key update, other extensions).
     Other,
+    /// Erase a message of this account (asked only when the eraser is not its author).
+    Erase([u8; 32]),
 }
 
 impl GroupChange {
@@ -128,6 +130,7 @@ impl GroupChange {
             Self::Remove(a) => (2, *a),
             Self::ChangePolicy(h) => (3, *h),
             Self::Other => (4, [0; 32]),
+            Self::Erase(a) => (5, *a),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use cairn_mls::ConversationId;
 use cairn_mls::policy_ext::PolicyGate;
 use cairn_mls::policy_ext::shipped_policy::moderation;
-use cairn_node::engine::Commit;
+use cairn_node::engine::{Commit, Redaction};
 use cairn_proto::Id;
 use world::{Faults, World};
 
@@ -116,4 +116,63 @@ fn a_non_admin_removal_is_refused_by_every_member_identically() {
     }
     let last = epochs(&mut w, &conv, &[0, 2, 3]);
     assert!(last.iter().all(|e| *e == last[0]) && last[0].0 > pinned[0].0, "{last:?}");
+}
+
+#[test]
+fn the_policy_lets_an_admin_erase_a_members_message_everywhere_and_no_one_else() {
+    let mut w = World::new(11, USERS, Faults { loss: 0, dup: 0, delay_ms_max: 5 });
+    let kps = (1..USERS).map(|u| w.key_package(u)).collect();
+    let (mut seq, now) = (w.seq.clone(), w.now_ms);
+    let (conv, _) = w.engine(0).create(kps, &mut seq, now).unwrap();
+    w.drain(0);
+    settle(&mut w, 3_000);
+    let account = |w: &World, u: usize| w.users[u].id.account();
+
+    // Without a policy, only the author erases: user 0 may not erase user 2's message.
+    let (mut seq, now) = (w.seq.clone(), w.now_ms);
+    let first =
+        Id::from_hex(&w.engine(2).send_text(conv, "before the pin", &mut seq, now).unwrap().id).unwrap();
+    w.drain(2);
+    settle(&mut w, 3_000);
+    let now = w.now_ms;
+    let err = w.engine(0).erase(conv, first, now).unwrap_err();
+    assert!(err.to_string().contains("only its author"), "{err}");
+
+    let pin = moderation::Config { admins: vec![account(&w, 0).0], ..Default::default() }.pin().unwrap();
+    let (mut seq, now) = (w.seq.clone(), w.now_ms);
+    assert_eq!(w.engine(0).set_policy(conv, Some(pin), &mut seq, now).unwrap(), Commit::Done);
+    w.drain(0);
+    settle(&mut w, 3_000);
+    let (mut seq, now) = (w.seq.clone(), w.now_ms);
+    let spam = Id::from_hex(&w.engine(2).send_text(conv, "spam", &mut seq, now).unwrap().id).unwrap();
+    w.drain(2);
+    settle(&mut w, 3_000);
+    for u in 0..USERS {
+        assert!(reads(&mut w, u, &conv, spam), "user {u} reads the message");
+    }
+
+    // A member who is not an admin: refused by its own node, naming the policy...
+    let now = w.now_ms;
+    let err = w.engine(1).erase(conv, spam, now).unwrap_err();
+    assert!(err.to_string().contains("only its author or an admin may erase"), "{err}");
+    // ...and by every member when a modified node sends the redaction anyway.
+    let now = w.now_ms;
+    w.engine(1).send_redaction_unchecked(conv, Redaction { target: spam, secret: None }, now).unwrap();
+    w.drain(1);
+    settle(&mut w, 3_000);
+    for u in 0..USERS {
+        assert!(reads(&mut w, u, &conv, spam), "user {u} applied a non-admin's erasure");
+    }
+
+    // The admin erases it: gone at every member, the admin named as the eraser.
+    let now = w.now_ms;
+    w.engine(0).erase(conv, spam, now).unwrap();
+    w.drain(0);
+    settle(&mut w, 3_000);
+    for u in 0..USERS {
+        assert!(!reads(&mut w, u, &conv, spam), "user {u} still shows the erased message");
+        let row = w.engine(u).db().redaction(&spam).unwrap().expect("a tombstone");
+        assert!(row.applied && row.by == account(&w, 0), "user {u}: {row:?}");
+    }
+    assert!(reads(&mut w, 3, &conv, first), "only the erased message went");
 }

@@ -5,9 +5,15 @@
 //! [`super::send::erase_secret`]). Ids, hash links and anchors stay verifiable: `verify`
 //! counts the message as erased.
 //!
-//! Policy: only the author's account may redact (a redaction by anyone else is refused and
-//! changes nothing). A redaction of a message this device has not read yet waits in
-//! [`crate::redactions`] and is applied when the message is read.
+//! Policy: by default only the author's account may redact (a redaction by anyone else is
+//! refused and changes nothing). A conversation's pinned policy decides otherwise: a
+//! redaction by another member is applied when the policy pinned at the redaction's epoch
+//! allows that member the change "erase a message of the author" (`GroupChange::Erase`; the
+//! shipped moderation policy allows its admins). Such an erasure deletes the plaintext at every
+//! member; the store nodes keep the ciphertext until it expires, since only the author's device
+//! holds the erase lock's secret. A redaction of a message this device has not read yet waits
+//! in [`crate::redactions`] and is applied when the message is read (a moderator's under the pin
+//! in force then).
 
 use cairn_mls::ConversationId;
 use cairn_proto::{AccountId, Id, Message};
@@ -102,17 +108,20 @@ impl Engine {
                 target.to_hex()
             )));
         }
-        if m.sender.account != self.keys.account {
-            return Err(NodeError::BadRequest(
-                "only its author may erase a message (the conversation's policy allows no one else)".into(),
-            ));
+        let author = m.sender.account;
+        if author != self.keys.account {
+            let epoch = self.mls.epoch(&conv).unwrap_or(0);
+            if let Err(why) = self.policy_lets_erase(&conv, epoch, self.keys.account, author) {
+                return Err(NodeError::BadRequest(format!("only its author may erase this message ({why})")));
+            }
         }
-        let secret = self.own_erase_secret(&m, &target);
+        let secret = if author == self.keys.account { self.own_erase_secret(&m, &target) } else { None };
         let body = Redaction { target, secret }.encode();
         let sent = self.send_control(conv, body, now_ms)?;
         let redaction =
             Id::from_hex(&sent.id).ok_or_else(|| NodeError::Internal("own id is not hex".into()))?;
-        self.apply_redaction(conv, self.keys.account, redaction, Redaction { target, secret })?;
+        let epoch = self.mls.epoch(&conv).ok();
+        self.apply_redaction(conv, self.keys.account, redaction, Redaction { target, secret }, epoch)?;
         Ok(sent)
     }
 
@@ -141,19 +150,43 @@ impl Engine {
         }
     }
 
-    /// A member's redaction was read (its signature and membership checked by the receive path).
+    /// Whether the policy pinned at `epoch` lets `by` erase messages of `author`; `Err` says why
+    /// not (no policy: only authors erase).
+    fn policy_lets_erase(
+        &mut self,
+        conv: &ConversationId,
+        epoch: u64,
+        by: AccountId,
+        author: AccountId,
+    ) -> Result<(), String> {
+        let Some(pin) = self.pin_for(conv, epoch) else {
+            return Err("the conversation pins no policy that lets others erase".into());
+        };
+        let policy = self.mls.policy_gate().load(&pin)?;
+        let ev = cairn_contracts::policy::HandshakeEvent {
+            group: conv.0,
+            epoch,
+            proposer: by.0,
+            change: cairn_contracts::policy::GroupChange::Erase(author.0),
+        };
+        policy.on_handshake(&ev).decision.map_err(|why| format!("the conversation's policy: {why}"))
+    }
+
+    /// A member's redaction was read (its signature and membership checked by the receive path),
+    /// sent in MLS epoch `epoch`.
     pub(super) fn redaction_arrived(
         &mut self,
         conv: ConversationId,
         from: AccountId,
         redaction: Id,
         body: &[u8],
+        epoch: u64,
     ) -> RedactionFate {
         let Some(r) = Redaction::decode(body) else {
             tracing::warn!("redaction {} is malformed: ignored", redaction.short());
             return RedactionFate::Refused;
         };
-        match self.apply_redaction(conv, from, redaction, r) {
+        match self.apply_redaction(conv, from, redaction, r, Some(epoch)) {
             Ok(fate) => fate,
             Err(e) => {
                 tracing::warn!("redaction {} not applied: {e}", redaction.short());
@@ -162,13 +195,15 @@ impl Engine {
         }
     }
 
-    /// Applies a redaction by `from`: erases the target if `from` wrote it.
+    /// Applies a redaction by `from` (sent in `epoch`): erases the target if `from` wrote it,
+    /// or if the policy of that epoch lets `from` erase the author's messages.
     fn apply_redaction(
         &mut self,
         conv: ConversationId,
         from: AccountId,
         redaction: Id,
         r: Redaction,
+        epoch: Option<u64>,
     ) -> Result<RedactionFate, NodeError> {
         let Some(plain) = self.db.plain(&r.target)? else {
             if self.db.redaction(&r.target)?.is_some() {
@@ -183,9 +218,19 @@ impl Engine {
             });
         };
         let m = Message::decode(&plain, &self.cfg.limits).map_err(|e| NodeError::Storage(e.to_string()))?;
-        if m.topic != conv.topic() || m.sender.account != from {
-            tracing::warn!("redaction {} of {} by a non-author refused", redaction.short(), r.target.short());
+        if m.topic != conv.topic() {
             return Ok(RedactionFate::Refused);
+        }
+        if m.sender.account != from {
+            let epoch = epoch.unwrap_or_else(|| self.mls.epoch(&conv).unwrap_or(0));
+            if let Err(why) = self.policy_lets_erase(&conv, epoch, from, m.sender.account) {
+                tracing::warn!(
+                    "redaction {} of {} by a non-author refused: {why}",
+                    redaction.short(),
+                    r.target.short()
+                );
+                return Ok(RedactionFate::Refused);
+            }
         }
         // Store nodes check the secret against the header themselves; the local copy, when
         // here, saves them a useless request.
@@ -203,8 +248,12 @@ impl Engine {
         if !self.pending_redactions {
             return;
         }
+        let moderator = |s: &mut Self, by: AccountId| {
+            let epoch = s.mls.epoch(&conv).unwrap_or(0);
+            s.policy_lets_erase(&conv, epoch, by, author).is_ok()
+        };
         match self.db.redaction(&id) {
-            Ok(Some(row)) if !row.applied && row.by == author => {
+            Ok(Some(row)) if !row.applied && (row.by == author || moderator(self, row.by)) => {
                 let r = Redaction { target: id, secret: None };
                 if let Err(e) = self.erase_local(conv, row, r) {
                     tracing::warn!("waiting redaction of {} not applied: {e}", id.short());

@@ -321,7 +321,7 @@ impl Engine {
     }
 
     /// The pin in force at `epoch`.
-    fn pin_for(&mut self, conv: &ConversationId, epoch: u64) -> Option<PolicyPin> {
+    pub(super) fn pin_for(&mut self, conv: &ConversationId, epoch: u64) -> Option<PolicyPin> {
         if self.mls.epoch(conv).ok() == Some(epoch) {
             self.policy_epoch_seen(conv);
             return self.mls.policy(conv).ok().flatten();

@@ -220,7 +220,7 @@ impl Engine {
                 self.redaction_waiting(conv, row.id, from);
             }
             Some(&KIND_REDACT) => {
-                let _ = self.redaction_arrived(conv, from, row.id, &m.body);
+                let _ = self.redaction_arrived(conv, from, row.id, &m.body, epoch);
             }
             Some(&KIND_RECEIPT) => {
                 let ids = receipt_ids(&m.body[1..]);
