@@ -56,7 +56,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 20_000)]
     verdicts: usize,
     /// Contracts bench: escrow opens (then as many transfers) per ledger round.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     contract_txs: usize,
     /// Contracts bench: ledger rounds (the rates are their medians).
     #[arg(long, default_value_t = 3)]

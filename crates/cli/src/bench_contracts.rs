@@ -3,10 +3,12 @@
 //! judgement), the ledger's escrow `open` executions beside plain transfers on validator
 //! processes on 127.0.0.1 (fees on, as in production), and the fuel and fee of each call.
 //!
-//! Medians: a policy rate is the median over samples of `SAMPLE` verdicts (a sample the OS
-//! preempted does not drag it down), its p50/p99 are per verdict; a ledger rate is the median
-//! over rounds, its p50/p99 are submission-to-finality latencies over every round. Not a test:
-//! the figures depend on the machine and its load.
+//! Medians: a policy rate is the median over samples of `SAMPLE` verdicts, each counted in
+//! the thread's CPU time (so the machine's other load does not lower a per-core figure), its
+//! p50/p99 are wall time per verdict; a state-machine figure is CPU time per call (median
+//! over blocks); a ledger rate is the median over rounds, its p50/p99 are submission-to-
+//! finality latencies over every round. Not a test: the figures depend on the machine and its
+//! load.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -159,6 +161,8 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
         };
         let mut fuel = 0;
         let mut times = Vec::with_capacity(verdicts);
+        let mut rates = Vec::new();
+        let mut cpu_at = thread_cpu_s();
         // the first SAMPLE verdicts warm up and are not timed
         for seq in 0..(verdicts + SAMPLE) as u64 {
             let t = Instant::now();
@@ -176,8 +180,22 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
             if seq as usize >= SAMPLE {
                 times.push(dt);
             }
+            let done = seq as usize + 1;
+            if done.is_multiple_of(SAMPLE) || done == verdicts + SAMPLE {
+                // per core: verdicts per second of this thread's CPU time (time the OS gave to
+                // other processes is not counted); wall time if the kernel does not say
+                let cpu = thread_cpu_s();
+                let n = done - (done - 1) / SAMPLE * SAMPLE;
+                if done > SAMPLE {
+                    let spent = match (cpu_at, cpu) {
+                        (Some(a), Some(b)) if b > a => b - a,
+                        _ => times[times.len().saturating_sub(n)..].iter().sum::<f64>(),
+                    };
+                    rates.push(n as f64 / spent.max(1e-12));
+                }
+                cpu_at = cpu;
+            }
         }
-        let rates = times.chunks(SAMPLE).map(|c| c.len() as f64 / c.iter().sum::<f64>().max(1e-12)).collect();
         times.sort_by(f64::total_cmp);
         rows.push(Row {
             what: format!("policy verdict: {name}"),
@@ -197,6 +215,7 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
     let mut times = Vec::with_capacity(n);
     let mut fuel = 0;
     let start = Instant::now();
+    let cpu0 = thread_cpu_s();
     for _ in 0..n {
         let t = Instant::now();
         let j = p.on_handshake(&hs);
@@ -206,7 +225,10 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
         }
         fuel = j.fuel_used;
     }
-    let total = start.elapsed().as_secs_f64();
+    let total = match (cpu0, thread_cpu_s()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => start.elapsed().as_secs_f64(),
+    };
     times.sort_by(f64::total_cmp);
     rows.push(Row {
         what: "policy judgement: non-admin removal".into(),
@@ -218,6 +240,12 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
         fee: None,
     });
     Ok(rows)
+}
+
+/// CPU time this thread has run, seconds (`/proc/thread-self/schedstat`, nanoseconds).
+fn thread_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<u64>().ok()? as f64 / 1e9)
 }
 
 fn machine_key(i: u8) -> SigningKey {
@@ -296,9 +324,12 @@ fn machine_rows(rounds: usize) -> Result<(Vec<Row>, u64)> {
         for (k, times) in times.iter_mut().enumerate() {
             let (mut m, contract) = machine_with_escrow(chain)?;
             let txs = if k == 0 { opens(contract, fuel_limit) } else { transfers.clone() };
-            let t = Instant::now();
+            let (t, cpu0) = (Instant::now(), thread_cpu_s());
             let (r, d) = m.propose_and_apply(&txs)?;
-            let dt = t.elapsed().as_secs_f64();
+            let dt = match (cpu0, thread_cpu_s()) {
+                (Some(a), Some(b)) if b > a => b - a,
+                _ => t.elapsed().as_secs_f64(),
+            };
             let ok = r.iter().filter(|r| !matches!(r.outcome, Outcome::Failed { .. })).count();
             if !d.is_empty() || ok != MACHINE_BLOCK {
                 bail!("the state machine applied {ok} of {MACHINE_BLOCK} calls ({} dropped)", d.len());
