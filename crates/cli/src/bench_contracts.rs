@@ -283,7 +283,7 @@ fn escrow_id(round: usize, i: usize) -> [u8; 32] {
 /// fees included; no consensus, no network), and the fuel an open uses.
 fn machine_rows(rounds: usize) -> Result<(Vec<Row>, u64)> {
     progress(&format!(
-        "state machine: {rounds} blocks of {MACHINE_BLOCK} escrow opens and of transfers on one core"
+        "state machine: {rounds} blocks of {MACHINE_BLOCK} escrow opens, of releases and of transfers on one core"
     ));
     let chain = [0xBC; 32];
     let recipient = machine_acct(1).0;
@@ -319,11 +319,16 @@ fn machine_rows(rounds: usize) -> Result<(Vec<Row>, u64)> {
         bail!("an escrow open cost {} on the state machine, not funds + the scheduled fee", before - after);
     }
     let transfer_fee = Params::default().fee(transfers[0].len(), 0);
-    let mut times = [Vec::new(), Vec::new()];
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let (mut release_fuel, mut release_fee) = (0, 0);
     for _ in 0..rounds {
         for (k, times) in times.iter_mut().enumerate() {
             let (mut m, contract) = machine_with_escrow(chain)?;
-            let txs = if k == 0 { opens(contract, fuel_limit) } else { transfers.clone() };
+            let txs = match k {
+                0 => opens(contract, fuel_limit),
+                1 => transfers.clone(),
+                _ => releases_ready(&mut m, contract, opens(contract, fuel_limit))?,
+            };
             let (t, cpu0) = (Instant::now(), thread_cpu_s());
             let (r, d) = m.propose_and_apply(&txs)?;
             let dt = match (cpu0, thread_cpu_s()) {
@@ -335,6 +340,12 @@ fn machine_rows(rounds: usize) -> Result<(Vec<Row>, u64)> {
                 bail!("the state machine applied {ok} of {MACHINE_BLOCK} calls ({} dropped)", d.len());
             }
             times.push(dt / MACHINE_BLOCK as f64);
+            if k == 2
+                && let Some(Outcome::Contract { fuel_used, .. }) = r.first().map(|r| &r.outcome)
+            {
+                release_fuel = *fuel_used;
+                release_fee = Params::default().fee(txs[0].len(), *fuel_used);
+            }
         }
     }
     let row = |what: &str, mut t: Vec<f64>, fuel: u64, fee: u64| {
@@ -350,14 +361,45 @@ fn machine_rows(rounds: usize) -> Result<(Vec<Row>, u64)> {
             fee: Some(fee),
         }
     };
-    let [open_t, transfer_t] = times;
+    let [open_t, transfer_t, release_t] = times;
     Ok((
         vec![
             row("escrow open (Execute)", open_t, open_fuel, open_fee),
+            row("escrow release on a delivery receipt (Execute)", release_t, release_fuel, release_fee),
             row("transfer", transfer_t, 0, transfer_fee),
         ],
         open_fuel,
     ))
+}
+
+/// Makes `m` ready for a block of releases: the recipient (account 1) registers a device and
+/// the `opens` are applied; returns the releases, each carrying that device's signed delivery
+/// receipt for its escrow (signed by account 1, who is paid).
+fn releases_ready(m: &mut Machine, contract: [u8; 32], opens: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+    use cairn_proto::ed25519::Signer as _;
+    let chain = m.chain;
+    let device = SigningKey::from_bytes(&[0xD1; 32]);
+    let dev = device.verifying_key().to_bytes();
+    let cert = cairn_proto::DeviceCert::issue(&machine_key(1), cairn_proto::DeviceId(dev), 1);
+    let add = Tx::sign(chain, machine_acct(1), &machine_key(1), 2, TxBody::add_device(&chain, cert, &device));
+    let (r, d) = m.propose_and_apply(&[add.encode()])?;
+    if !d.is_empty() || !matches!(r.first().map(|r| &r.outcome), Some(Outcome::Applied)) {
+        bail!("the bench's recipient could not register a device: {r:?} {d:?}");
+    }
+    let (r, d) = m.propose_and_apply(&opens)?;
+    let ok = r.iter().filter(|r| !matches!(r.outcome, Outcome::Failed { .. })).count();
+    if !d.is_empty() || ok != opens.len() {
+        bail!("the state machine opened {ok} of {} escrows ({} dropped)", opens.len(), d.len());
+    }
+    Ok((0..opens.len())
+        .map(|i| {
+            let id = escrow_id(0, i);
+            let sig = device.sign(&escrow::receipt_message(&id)).to_bytes();
+            let msg = escrow::release(&id, &dev, &sig);
+            let body = TxBody::Execute { contract, msg, funds: 0, fuel_limit: 400_000 };
+            Tx::sign(chain, machine_acct(1), &machine_key(1), 3 + i as u64, body).encode()
+        })
+        .collect())
 }
 
 /// Kills the validator processes when dropped.

@@ -41,7 +41,7 @@ fn the_contracts_bench_prints_sane_figures() {
     assert!(stderr.contains("[bench contracts] ledger round 1/1"), "no progress lines: {stderr}");
     let table: Vec<Vec<String>> =
         stdout.lines().skip_while(|l| !l.starts_with("what")).skip(1).map(cells).collect();
-    assert_eq!(table.len(), 7, "{stdout}");
+    assert_eq!(table.len(), 8, "{stdout}");
     for r in &table {
         assert_eq!(r.len(), 7, "a row lacks a column: {r:?}");
         let v = rate(r);
@@ -66,6 +66,10 @@ fn the_contracts_bench_prints_sane_figures() {
         // the fee is the bytes plus the fuel: at least the fuel (1 unit per fuel by default)
         assert!(open_fee >= open_fuel, "{open:?}");
     }
+    // a release checks the device's signature on the receipt: it runs, and costs more than a transfer
+    let release = row(&table, "escrow release on a delivery receipt (Execute)", "state machine");
+    assert!(num(&release[5]).unwrap() > 0, "{release:?}");
+    assert!(num(&release[6]).unwrap() > num(&row(&table, "transfer", "state machine")[6]).unwrap());
     // the ledger figures and the state machine's agree on the fuel of an open (deterministic)
     assert_eq!(
         row(&table, "escrow open (Execute), finalized", "4 validator")[5],
