@@ -393,9 +393,10 @@ fn an_export_imports_elsewhere_with_the_same_history() {
 }
 
 /// The pinned policy judges received messages at every member's node (real processes): with
-/// `moderation` and a word filter, ben's filtered message is held at ann, ben and cat (not in
-/// the history, listed by `GET …/held` and `cairn chat held`), his other message shows with
-/// verdict `allow`; ann releases the held one on her device only; `verify` stays intact.
+/// `moderation`, a word filter and a rate limit of 2, ben's filtered message is held at ann,
+/// ben and cat (not in the history, listed by `GET …/held` and `cairn chat held`), his first
+/// shows with verdict `allow`, his third is denied (listed with the reason, its text gone,
+/// `verify` intact); ann releases the held one on her device only.
 #[test]
 fn a_filtered_message_is_held_at_every_member() {
     let mut net = Net::new(4);
@@ -415,6 +416,8 @@ fn a_filtered_message_is_held_at_every_member() {
         policy: "moderation".into(),
         admins: vec!["@ann".into()],
         words: vec!["spam".into()],
+        max_messages: 2,
+        window_ms: 600_000,
         ..Default::default()
     };
     assert_eq!(a.set_policy(&conv, &filter).unwrap().policy, "moderation");
@@ -425,6 +428,7 @@ fn a_filtered_message_is_held_at_every_member() {
     }
     let fine = b.send(&conv, "hello all").unwrap().id;
     let filtered = b.send(&conv, "buy SPAM now").unwrap().id;
+    let over = b.send(&conv, "one too many").unwrap().id;
     for (who, client) in [("ann", &a), ("ben", &b), ("cat", &c)] {
         let shown =
             wait_for(&format!("{who} to show ben's allowed message"), Duration::from_secs(60), || {
@@ -438,6 +442,13 @@ fn a_filtered_message_is_held_at_every_member() {
         assert_eq!(held.text, "buy SPAM now", "{who}");
         assert_eq!(held.sender, b.status().unwrap().account, "{who}");
         assert!(!all_messages(client, &conv).iter().any(|m| m.id == filtered), "{who} shows a held message");
+        let denied = wait_for(&format!("{who} to deny ben's third message"), Duration::from_secs(60), || {
+            client.held(&conv).ok()?.denied.into_iter().find(|d| d.id == over)
+        });
+        assert!(denied.reason.starts_with("rate limit"), "{who}: {denied:?}");
+        assert!(!all_messages(client, &conv).iter().any(|m| m.id == over), "{who} shows a denied message");
+        let v = client.verify(&conv).unwrap();
+        assert!(v.intact, "{who}: {:?}", v.first_problem);
     }
     let listing = cairn_at(&net.path("ann"), &["chat", "held", &conv], PASS);
     let text = String::from_utf8_lossy(&listing.stdout);
