@@ -29,6 +29,8 @@ export interface ChatProps {
   erased: Set<string>;
   /** Changes when live events may have been missed: catch up from the node. */
   resync: number;
+  /** Changes when the policy kept a message of this conversation out of the history. */
+  heldChanged: number;
   onErased: (id: string) => void;
   /** New delivery states (`[message id, state]`); older states than shown are ignored. */
   onDelivery: (list: [string, DeliveryView][]) => void;
@@ -42,7 +44,20 @@ function time(ms: number) {
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 }
 
-export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onDelivery, onChanged, onBack, report }: ChatProps) {
+export function Chat({
+  me,
+  conv,
+  live,
+  deliveries,
+  erased,
+  resync,
+  heldChanged,
+  onErased,
+  onDelivery,
+  onChanged,
+  onBack,
+  report,
+}: ChatProps) {
   const [msgs, setMsgs] = useState<MessageView[]>([]);
   const [loading, setLoading] = useState(true);
   const [text, setText] = useState('');
@@ -230,6 +245,7 @@ export function Chat({ me, conv, live, deliveries, erased, resync, onErased, onD
       {showHeld && (
         <Held
           id={conv.id}
+          version={heldChanged + resync}
           handleOf={(a) => conv.members.find((m) => m.account === a)?.handle ?? null}
           report={report}
           onReleased={(m) =>

@@ -6,11 +6,14 @@ import { api, who, type HeldListView, type MessageView } from './api';
 
 export function Held({
   id,
+  version,
   handleOf,
   onReleased,
   report,
 }: {
   id: string;
+  /** Changes when the held list may have changed (a live `held` event): read it again. */
+  version: number;
   /** A member's handle, if the conversation knows it. */
   handleOf: (account: string) => string | null;
   onReleased: (m: MessageView) => void;
@@ -26,7 +29,7 @@ export function Held({
         setList({ held: [], denied: [], proposed_removals: [] });
         report(e);
       });
-  useEffect(load, [id]);
+  useEffect(load, [id, version]);
   if (!list) return <div class="held">Loading held messages…</div>;
   const empty = !list.held.length && !list.denied.length && !list.proposed_removals.length;
   return (

@@ -117,6 +117,7 @@ export type StreamEvent =
   | ({ type: 'message' } & MessageView)
   | { type: 'delivery'; id: string; conversation: string; delivery: DeliveryView }
   | { type: 'erased'; conversation: string; id: string }
+  | { type: 'held'; conversation: string; id: string }
   | { type: 'joined'; conversation: ConversationView }
   | { type: 'lagged'; skipped: number };
 

@@ -80,6 +80,9 @@ function App() {
   const [live, setLive] = useState<Map<string, MessageView[]>>(new Map());
   const [deliveries, setDeliveries] = useState<Map<string, DeliveryView>>(new Map());
   const [erased, setErased] = useState<Set<string>>(new Set());
+  // Per conversation, bumped when its policy kept a message out of the history (or let one in):
+  // an open held list re-reads itself.
+  const [heldChanged, setHeldChanged] = useState<Map<string, number>>(new Map());
   // Bumped when live events may have been missed (stream reconnected or lagged): open views
   // re-read what they show from the node.
   const [resync, setResync] = useState(0);
@@ -187,6 +190,8 @@ function App() {
         setDeliveries((cur) => new Map(cur).set(e.id, e.delivery));
       } else if (e.type === 'erased') {
         setErased((cur) => new Set(cur).add(e.id));
+      } else if (e.type === 'held') {
+        setHeldChanged((cur) => new Map(cur).set(e.conversation, (cur.get(e.conversation) ?? 0) + 1));
       } else if (e.type === 'joined') {
         setConvs((cur) => [e.conversation, ...cur.filter((c) => c.id !== e.conversation.id)]);
       } else if (e.type === 'lagged') {
@@ -347,6 +352,7 @@ function App() {
             deliveries={deliveries}
             erased={erased}
             resync={resync}
+            heldChanged={heldChanged.get(current.id) ?? 0}
             onErased={(id) => setErased((cur) => new Set(cur).add(id))}
             onDelivery={(list) =>
               setDeliveries((cur) => {

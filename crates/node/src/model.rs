@@ -442,11 +442,19 @@ pub enum StreamEvent {
         /// New state.
         delivery: DeliveryView,
     },
-    /// A message was erased by its author: drop it from views.
+    /// A message was erased (by its author, or a moderator the policy allows): drop it from views.
     Erased {
         /// Conversation id.
         conversation: String,
         /// The erased message's id.
+        id: String,
+    },
+    /// The conversation's policy kept a message out of the history on this device (held,
+    /// waiting for an earlier one, or denied): re-read `GET …/held`.
+    Held {
+        /// Conversation id.
+        conversation: String,
+        /// The message's id.
         id: String,
     },
     /// This device joined a conversation.

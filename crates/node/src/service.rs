@@ -542,9 +542,17 @@ impl Backend for Service {
         let seq = crate::engine::policy_store::release(&self.shared.db, &conv.0, &target)?;
         self.shared.new_message.notify_waiters();
         let rows = self.shared.db.messages(&conv.0, seq.saturating_sub(1), 1)?;
-        rows.first()
+        let view = rows
+            .first()
             .map(|s| self.message_view(&conv, s))
-            .ok_or_else(|| ApiError::Internal("the released message is not in the history".into()))
+            .ok_or_else(|| ApiError::Internal("the released message is not in the history".into()))?;
+        // Other windows on this device show it too (and re-read the held list).
+        let _ = self.shared.events.send(crate::model::StreamEvent::Message(view.clone()));
+        let _ = self
+            .shared
+            .events
+            .send(crate::model::StreamEvent::Held { conversation: hex::encode(conv.0), id: view.id.clone() });
+        Ok(view)
     }
 
     async fn set_policy(&self, id: String, req: PolicySetRequest) -> ApiResult<PolicyView> {

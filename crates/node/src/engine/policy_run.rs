@@ -60,6 +60,8 @@ enum After {
     Reply(ConversationId, Vec<u8>),
     /// A denied message: erase the local copy's payload.
     Erase(ConversationId, Id),
+    /// A message was kept out of the history: tell the listeners (the held list changed).
+    Held(ConversationId, Id),
 }
 
 /// The engine's policy bookkeeping.
@@ -510,6 +512,12 @@ impl Engine {
             let inner = row.inner.clone();
             row.hidden = !self.offer(&conv, epoch, row.id, &inner, rec);
         }
+        // Judged now and kept out of the history: the held list changed.
+        for row in rows.iter().filter(|r| r.hidden && r.text) {
+            if self.policy_run.overlay.contains_key(&row.id) {
+                self.policy_run.after.push(After::Held(conv, row.id));
+            }
+        }
     }
 
     /// Writes the pending policy changes in the engine's transaction (after its rows).
@@ -587,6 +595,12 @@ impl Engine {
                 }
                 After::Erase(conv, id) => {
                     self.io.push(Io::Erase { topic: conv.topic(), id, secret: None });
+                }
+                After::Held(conv, id) => {
+                    self.io.push(Io::Stream(StreamEvent::Held {
+                        conversation: hex::encode(conv.0),
+                        id: id.to_hex(),
+                    }));
                 }
                 After::Reply(conv, body) => {
                     let text = String::from_utf8_lossy(&body).into_owned();
