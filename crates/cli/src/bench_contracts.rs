@@ -3,12 +3,12 @@
 //! judgement), the ledger's escrow `open` executions beside plain transfers on validator
 //! processes on 127.0.0.1 (fees on, as in production), and the fuel and fee of each call.
 //!
-//! Medians: a policy rate is the median over samples of `SAMPLE` verdicts, each counted in
-//! the thread's CPU time (so the machine's other load does not lower a per-core figure), its
-//! p50/p99 are wall time per verdict; a state-machine figure is CPU time per call (median
-//! over blocks); a ledger rate is the median over rounds, its p50/p99 are submission-to-
-//! finality latencies over every round. Not a test: the figures depend on the machine and its
-//! load.
+//! A policy rate is its verdicts over the thread's CPU time for all of them (so the machine's
+//! other load does not lower a per-core figure; wall time for runs too short to count CPU time
+//! exactly), its p50/p99 are wall time per verdict; a state-machine figure is the median over
+//! blocks of wall time per call; a ledger rate is the median over rounds, its p50/p99 are
+//! submission-to-finality latencies over every round. Not a test: the figures depend on the
+//! machine and its load.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,7 +29,7 @@ use cairn_ledger::tx::{Tx, TxBody, TxId};
 use cairn_proto::AccountId;
 use cairn_proto::ed25519::SigningKey;
 
-/// Verdicts per policy sample (the unit the median rate is taken over).
+/// Policy verdicts run untimed first (warm-up).
 const SAMPLE: usize = 250;
 /// Calls per state-machine block (one core, no network).
 const MACHINE_BLOCK: usize = 100;
@@ -161,10 +161,12 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
         };
         let mut fuel = 0;
         let mut times = Vec::with_capacity(verdicts);
-        let mut rates = Vec::new();
-        let mut cpu_at = thread_cpu_s();
+        let mut cpu0 = None;
         // the first SAMPLE verdicts warm up and are not timed
         for seq in 0..(verdicts + SAMPLE) as u64 {
+            if seq as usize == SAMPLE {
+                cpu0 = thread_cpu_s();
+            }
             let t = Instant::now();
             let j = p.on_message(ev(seq));
             let dt = t.elapsed().as_secs_f64();
@@ -180,27 +182,13 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
             if seq as usize >= SAMPLE {
                 times.push(dt);
             }
-            let done = seq as usize + 1;
-            if done.is_multiple_of(SAMPLE) || done == verdicts + SAMPLE {
-                // per core: verdicts per second of this thread's CPU time (time the OS gave to
-                // other processes is not counted); wall time if the kernel does not say
-                let cpu = thread_cpu_s();
-                let n = done - (done - 1) / SAMPLE * SAMPLE;
-                if done > SAMPLE {
-                    let spent = match (cpu_at, cpu) {
-                        (Some(a), Some(b)) if b > a => b - a,
-                        _ => times[times.len().saturating_sub(n)..].iter().sum::<f64>(),
-                    };
-                    rates.push(n as f64 / spent.max(1e-12));
-                }
-                cpu_at = cpu;
-            }
         }
+        let spent = cpu_spent(cpu0, || times.iter().sum());
         times.sort_by(f64::total_cmp);
         rows.push(Row {
             what: format!("policy verdict: {name}"),
             place: "1 core (wasmi, fresh instance)".into(),
-            rate: median(rates),
+            rate: verdicts as f64 / spent,
             p50: percentile(&times, 0.5),
             p99: percentile(&times, 0.99),
             fuel: Some(fuel),
@@ -211,7 +199,7 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
     let p = Policy::new(rt, full.pin().context("bench configuration")?, moderation::WASM)?;
     let hs =
         HandshakeEvent { group: [9; 32], epoch: 2, proposer: [2; 32], change: GroupChange::Remove([3; 32]) };
-    let n = (verdicts / 4).max(1);
+    let n = verdicts;
     let mut times = Vec::with_capacity(n);
     let mut fuel = 0;
     let start = Instant::now();
@@ -225,10 +213,7 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
         }
         fuel = j.fuel_used;
     }
-    let total = match (cpu0, thread_cpu_s()) {
-        (Some(a), Some(b)) if b > a => b - a,
-        _ => start.elapsed().as_secs_f64(),
-    };
+    let total = cpu_spent(cpu0, || start.elapsed().as_secs_f64());
     times.sort_by(f64::total_cmp);
     rows.push(Row {
         what: "policy judgement: non-admin removal".into(),
@@ -246,6 +231,15 @@ fn policy_rows(verdicts: usize) -> Result<Vec<Row>> {
 fn thread_cpu_s() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     Some(s.split_whitespace().next()?.parse::<u64>().ok()? as f64 / 1e9)
+}
+
+/// CPU time this thread spent since `cpu0`, if the kernel tells it and it is long enough to be
+/// exact (the kernel may account it only at scheduler ticks, every few ms); else `wall()`.
+fn cpu_spent(cpu0: Option<f64>, wall: impl FnOnce() -> f64) -> f64 {
+    match (cpu0, thread_cpu_s()) {
+        (Some(a), Some(b)) if b - a >= 0.2 => b - a,
+        _ => wall().max(1e-12),
+    }
 }
 
 fn machine_key(i: u8) -> SigningKey {
@@ -329,12 +323,9 @@ fn machine_rows(rounds: usize) -> Result<(Vec<Row>, u64)> {
                 1 => transfers.clone(),
                 _ => releases_ready(&mut m, contract, opens(contract, fuel_limit))?,
             };
-            let (t, cpu0) = (Instant::now(), thread_cpu_s());
+            let t = Instant::now();
             let (r, d) = m.propose_and_apply(&txs)?;
-            let dt = match (cpu0, thread_cpu_s()) {
-                (Some(a), Some(b)) if b > a => b - a,
-                _ => t.elapsed().as_secs_f64(),
-            };
+            let dt = t.elapsed().as_secs_f64();
             let ok = r.iter().filter(|r| !matches!(r.outcome, Outcome::Failed { .. })).count();
             if !d.is_empty() || ok != MACHINE_BLOCK {
                 bail!("the state machine applied {ok} of {MACHINE_BLOCK} calls ({} dropped)", d.len());
