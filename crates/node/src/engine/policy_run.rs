@@ -173,29 +173,6 @@ pub fn held(db: &NodeDb, conv: &[u8; 32]) -> Result<HeldListView, NodeError> {
     Ok(out)
 }
 
-/// A sequencer for the bot's reply (a text send needs none).
-struct NoLedger;
-
-impl cairn_proto::CommitSequencer for NoLedger {
-    fn submit(
-        &mut self,
-        _: cairn_proto::Topic,
-        _: u64,
-        _: Vec<u8>,
-    ) -> Result<u64, cairn_proto::SequencerError> {
-        Err(cairn_proto::SequencerError::Unavailable("no ledger on this path".into()))
-    }
-
-    fn fetch(
-        &self,
-        _: &cairn_proto::Topic,
-        _: u64,
-        _: usize,
-    ) -> Result<Vec<cairn_proto::Sequenced>, cairn_proto::SequencerError> {
-        Ok(Vec::new())
-    }
-}
-
 /// A view of a sequencer that serves at most the handshakes before `cap`, from pages of the
 /// real one fetched once: MLS then applies one handshake per sync call.
 struct Steps<'a> {
@@ -604,7 +581,7 @@ impl Engine {
                 }
                 After::Reply(conv, body) => {
                     let text = String::from_utf8_lossy(&body).into_owned();
-                    if let Err(e) = self.send_text(conv, &text, &mut NoLedger, now_ms) {
+                    if let Err(e) = self.send_text(conv, &text, &mut super::receive::NoSequencer, now_ms) {
                         tracing::warn!("bot reply not sent: {e}");
                     }
                 }

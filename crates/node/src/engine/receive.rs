@@ -363,8 +363,9 @@ impl Engine {
     }
 }
 
-/// A sequencer for paths that must not reach the ledger (re-reading held envelopes).
-struct NoSequencer;
+/// A sequencer for paths that must not reach the ledger (re-reading held envelopes, a bot's
+/// reply: a text send needs none).
+pub(super) struct NoSequencer;
 
 impl cairn_proto::CommitSequencer for NoSequencer {
     fn submit(&mut self, _: Topic, _: u64, _: Vec<u8>) -> Result<u64, cairn_proto::SequencerError> {
