@@ -33,46 +33,11 @@ const SYNAPSE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bridge/tests/
 // ---- the Cairn side (same steps as e2e.rs: `cairn up` processes) ---------------------------
 
 fn start_node(net: &mut Net, name: &str, extra: &[&str]) {
-    let home = net.path(name);
-    std::fs::create_dir_all(&home).unwrap();
-    let log = net.log(name);
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&net.genesis);
-    cmd.args(["--invitations", "everyone"]);
-    for s in &net.stores {
-        cmd.arg("--bootstrap").arg(s);
-    }
-    let child = cmd
-        .args(extra)
-        .env("CAIRN_PASSPHRASE", PASS)
-        .env("RUST_LOG", "warn")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    net.children.push((name.to_owned(), child));
-    wait_for(&format!("{name} to start"), Duration::from_secs(60), || {
-        read_run_file(&home).ok().flatten().filter(|r| r.pid == pid)
-    });
+    net.up(name, PASS, "warn", extra);
 }
 
 fn user(net: &mut Net, name: &str) -> Client {
-    let st = Command::new(BIN)
-        .arg("--home")
-        .arg(net.path(name))
-        .args(["init", "--handle", name])
-        .env("CAIRN_PASSPHRASE", PASS)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    start_node(net, name, &[]);
-    let c = Client::for_home(&net.path(name)).unwrap();
-    wait_for(&format!("@{name} registered"), Duration::from_secs(120), || {
-        c.account(&format!("@{name}")).ok().filter(|a| a.proof_verified)
-    });
-    c
+    net.user_with(name, PASS, "warn")
 }
 
 fn take(net: &mut Net, name: &str) -> Child {

@@ -16,28 +16,7 @@ const PASS: &str = "e2e passphrase";
 
 impl Net {
     fn node(&mut self, name: &str, extra: &[&str]) {
-        let home = self.path(name);
-        std::fs::create_dir_all(&home).unwrap();
-        let log = self.log(name);
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&self.genesis);
-        cmd.arg("--invitations").arg("everyone");
-        for s in &self.stores {
-            cmd.arg("--bootstrap").arg(s);
-        }
-        let child = cmd
-            .args(extra)
-            .env("CAIRN_PASSPHRASE", PASS)
-            .env("RUST_LOG", "warn,cairn_node=info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.children.push((name.to_owned(), child));
-        wait_for(&format!("{name} to start"), Duration::from_secs(60), || {
-            read_run_file(&home).ok().flatten().filter(|r| r.pid == pid)
-        });
+        self.up(name, PASS, "warn,cairn_node=info", extra);
     }
 
     fn store(&mut self, name: &str) {
@@ -47,21 +26,7 @@ impl Net {
     }
 
     fn user(&mut self, name: &str) -> Client {
-        let st = Command::new(BIN)
-            .arg("--home")
-            .arg(self.path(name))
-            .args(["init", "--handle", name])
-            .env("CAIRN_PASSPHRASE", PASS)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        self.node(name, &[]);
-        let c = Client::for_home(&self.path(name)).unwrap();
-        wait_for(&format!("@{name} registered"), Duration::from_secs(120), || {
-            c.account(&format!("@{name}")).ok().filter(|a| a.proof_verified)
-        });
-        c
+        self.user_with(name, PASS, "warn,cairn_node=info")
     }
 
     fn take(&mut self, name: &str) -> Child {

@@ -23,39 +23,13 @@ fn cairn(home: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Starts `cairn up` for `home` (with `extra` flags) and waits for its run file.
+/// Starts `cairn up` for `name` (with `extra` flags) and waits for its run file.
 fn up(net: &mut Net, name: &str, extra: &[&str]) {
-    let home = net.path(name);
-    std::fs::create_dir_all(&home).unwrap();
-    let log = net.log(name);
-    let mut cmd = cairn(&home, &["up", "--invitations", "everyone"]);
-    cmd.arg("--genesis").arg(&net.genesis);
-    for s in &net.stores {
-        cmd.arg("--bootstrap").arg(s);
-    }
-    let child = cmd
-        .args(extra)
-        .env("RUST_LOG", "warn,cairn_node=info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    net.children.push((name.to_owned(), child));
-    wait_for(&format!("{name} to start"), Duration::from_secs(60), || {
-        read_run_file(&home).ok().flatten().filter(|r| r.pid == pid)
-    });
+    net.up(name, PASS, "warn,cairn_node=info", extra);
 }
 
 fn user(net: &mut Net, name: &str) -> Client {
-    let st = cairn(&net.path(name), &["init", "--handle", name]).stdout(Stdio::null()).status().unwrap();
-    assert!(st.success());
-    up(net, name, &[]);
-    let c = Client::for_home(&net.path(name)).unwrap();
-    wait_for(&format!("@{name} registered"), Duration::from_secs(120), || {
-        c.account(&format!("@{name}")).ok().filter(|a| a.proof_verified)
-    });
-    c
+    net.user_with(name, PASS, "warn,cairn_node=info")
 }
 
 /// `cairn device link` on `home` (with `extra` flags), running: its code (first stdout line)

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_node::client::{Client, read_run_file};
+
 /// The `cairn` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
@@ -32,6 +34,56 @@ impl Drop for Net {
             let kept = std::mem::replace(&mut self.dir, spare).keep();
             eprintln!("test failed: logs and data kept in {}", kept.display());
         }
+    }
+}
+
+impl Net {
+    /// Starts `cairn up` for the home `name` on this network (its genesis and store nodes,
+    /// invitations from everyone, then `extra`), with passphrase `pass` and log filter `log`,
+    /// and waits for its run file.
+    pub fn up(&mut self, name: &str, pass: &str, log: &str, extra: &[&str]) {
+        let home = self.path(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let out = self.log(name);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home").arg(&home).arg("up").arg("--genesis").arg(&self.genesis);
+        cmd.args(["--invitations", "everyone"]);
+        for s in &self.stores {
+            cmd.arg("--bootstrap").arg(s);
+        }
+        let child = cmd
+            .args(extra)
+            .env("CAIRN_PASSPHRASE", pass)
+            .env("RUST_LOG", log)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        wait_for(&format!("{name} to start"), Duration::from_secs(60), || {
+            read_run_file(&home).ok().flatten().filter(|r| r.pid == pid)
+        });
+    }
+
+    /// `cairn init --handle NAME`, then [`Net::up`], then waits until the handle is proven on
+    /// the ledger; a client of the node.
+    pub fn user_with(&mut self, name: &str, pass: &str, log: &str) -> Client {
+        let st = Command::new(BIN)
+            .arg("--home")
+            .arg(self.path(name))
+            .args(["init", "--handle", name])
+            .env("CAIRN_PASSPHRASE", pass)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.up(name, pass, log, &[]);
+        let c = Client::for_home(&self.path(name)).unwrap();
+        wait_for(&format!("@{name} registered"), Duration::from_secs(120), || {
+            c.account(&format!("@{name}")).ok().filter(|a| a.proof_verified)
+        });
+        c
     }
 }
 
