@@ -36,7 +36,9 @@ pub use keypackage::{
     leaf_capabilities, verify_key_package,
 };
 pub use sequencer::MemorySequencer;
-pub use storage::{CairnProvider, CallStats, DatabaseHandle, MlsStorage, StorageError, StorageStats};
+pub use storage::{
+    CairnProvider, CallStats, DatabaseHandle, DurableHook, MlsStorage, StorageError, StorageStats,
+};
 pub use welcome_chunks::{
     AssemblerLimits, WELCOME_ASSEMBLY_BUNDLES_MAX, WELCOME_ASSEMBLY_BYTES_MAX, WELCOME_ASSEMBLY_DONE_IDS_MAX,
     WELCOME_ASSEMBLY_STALE_MS, WELCOME_CHUNK_HEADER_BYTES, WELCOME_CHUNK_VERSION, WELCOME_CHUNKED_BYTES_MAX,

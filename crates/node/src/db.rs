@@ -91,6 +91,8 @@ pub struct NodeDb {
     limits: Limits,
     /// Seals the plaintexts kept in `plain` (see [`crate::keyring`]).
     keyring: Arc<Keyring>,
+    /// Run inside every durable write transaction, before it commits (shared by clones).
+    before_durable: Arc<std::sync::OnceLock<cairn_mls::DurableHook>>,
 }
 
 impl NodeDb {
@@ -117,7 +119,7 @@ impl NodeDb {
             crate::deliveries_store::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
-        Ok(Self { db, limits, keyring })
+        Ok(Self { db, limits, keyring, before_durable: Arc::new(std::sync::OnceLock::new()) })
     }
 
     /// The keyring sealing the plaintexts.
@@ -135,9 +137,21 @@ impl NodeDb {
         &self.limits
     }
 
-    /// A write transaction on the shared database (MLS state goes in it too).
+    /// A durable write transaction on the shared database (MLS state goes in it too). Its
+    /// commit also makes every earlier lazy commit durable, so the hook set with
+    /// [`NodeDb::set_before_durable`] runs first, inside it (no lazy commit can slip in between).
     pub fn begin(&self) -> Result<WriteTransaction, NodeError> {
-        self.db.begin_write().map_err(storage)
+        let tx = self.db.begin_write().map_err(storage)?;
+        if let Some(hook) = self.before_durable.get() {
+            hook();
+        }
+        Ok(tx)
+    }
+
+    /// Sets (once) what must happen before every durable commit: the node makes its local
+    /// history durable, so nothing the engine read from it outlives it after a crash.
+    pub fn set_before_durable(&self, hook: cairn_mls::DurableHook) {
+        let _ = self.before_durable.set(hook);
     }
 
     /// A write transaction that commits without an fsync: durable with the next durable

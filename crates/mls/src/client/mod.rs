@@ -140,6 +140,12 @@ impl Client {
         crate::policy_ext::pinned(&self.conv(id)?.group)
     }
 
+    /// Runs `hook` inside every durable transaction the MLS state commits on its own (see
+    /// [`crate::storage::MlsStorage::set_before_durable`]).
+    pub fn set_before_durable(&self, hook: crate::storage::DurableHook) {
+        self.provider.storage().set_before_durable(hook);
+    }
+
     /// The conversation's anchor salt (see [`crate::anchor_salt`]); `None` for a group created
     /// before salts existed.
     pub fn anchor_salt(

@@ -26,6 +26,9 @@ impl MlsStorage {
         }
         let started = Instant::now();
         let wtx = self.db.database().begin_write()?;
+        if let Some(hook) = &s.before_durable {
+            hook();
+        }
         let written = {
             let mut t = wtx.open_table(TABLE)?;
             write_entries(&mut t, &s.overlay, self.sealer.as_deref())?

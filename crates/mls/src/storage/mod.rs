@@ -106,7 +106,13 @@ struct Shared {
     defer: bool,
     deferred: BTreeSet<Vec<u8>>,
     stats: StorageStats,
+    /// Run inside each durable write transaction of [`MlsStorage::flush`], before it commits.
+    before_durable: Option<DurableHook>,
 }
+
+/// What must happen before a durable commit of the database (see
+/// [`MlsStorage::set_before_durable`]).
+pub type DurableHook = Arc<dyn Fn() + Send + Sync>;
 
 /// OpenMLS storage provider over redb with a write-back overlay (see the module docs).
 pub struct MlsStorage {
@@ -151,6 +157,13 @@ impl MlsStorage {
             prefix,
             sealer: self.sealer.clone(),
         }
+    }
+
+    /// Runs `hook` inside every durable transaction this storage commits on its own (a
+    /// durable commit also makes the database's earlier lazy commits durable: the node makes
+    /// its local history durable first, so nothing read from it outlives it after a crash).
+    pub fn set_before_durable(&self, hook: DurableHook) {
+        self.lock().before_durable = Some(hook);
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {

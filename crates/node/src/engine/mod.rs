@@ -209,6 +209,26 @@ pub struct Engine {
     policy_run: policy_run::PolicyRun,
 }
 
+/// What runs inside every durable commit of `node.redb` (the node tables' and MLS's own),
+/// before it commits: the local history's deferred deliveries are made durable.
+///
+/// Invariant: the node's tables never durably hold an envelope the local history could lose.
+/// The net writer commits deliveries lazily, and the engine reads them into lazy commits too;
+/// any durable commit of `node.redb` (a send, a tick's flush, an MLS flush) makes those
+/// durable. Were the history's tail rolled back by a crash meanwhile, it would fetch those
+/// envelopes again from the store nodes, and a parent that no store holds yet (its sender was
+/// killed before pushing it) would become a gap: the child written first, and `verify`
+/// reporting it reordered. Running inside the write transaction, no lazy commit slips in
+/// between. Costs an fsync only when the history has deferred commits.
+fn history_first(history: &Arc<Store>) -> cairn_mls::DurableHook {
+    let history = Arc::clone(history);
+    Arc::new(move || {
+        if let Err(e) = history.sync() {
+            tracing::warn!("cannot make the local history durable before a durable commit: {e}");
+        }
+    })
+}
+
 impl Engine {
     /// Opens the engine of `keys`' device: node tables and MLS state in `db`, the local
     /// history in `history`.
@@ -254,6 +274,9 @@ impl Engine {
         if let Err(e) = mls.set_deferred(true) {
             tracing::error!("MLS deferred mode: {e}");
         }
+        let hook = history_first(&history);
+        db.set_before_durable(hook.clone());
+        mls.set_before_durable(hook);
         Self {
             core,
             mls,
@@ -291,20 +314,6 @@ impl Engine {
     /// The node tables.
     pub fn db(&self) -> &NodeDb {
         &self.db
-    }
-
-    /// Makes the local history's deferred deliveries durable before they are read.
-    ///
-    /// Invariant: the node's tables never durably hold an envelope the local history could
-    /// lose. The net writer commits deliveries lazily; were they read into `node.redb` and
-    /// made durable there (by any later durable commit: a send, an MLS flush) while a crash
-    /// rolled the history's tail back, the history would fetch them again from the store nodes,
-    /// and a parent that no store holds yet (its sender was killed before pushing it) becomes a
-    /// gap: the child is written first and `verify` reports it reordered. One fsync per burst.
-    pub(crate) fn history_durable(&self) {
-        if let Err(e) = self.history.sync() {
-            tracing::warn!("cannot make the local history durable before reading: {e}");
-        }
     }
 
     /// Keeps the conversation's anchor salt in the node tables once (for `verify` and export).

@@ -38,7 +38,6 @@ enum Outcome {
 impl Engine {
     /// Reads a burst of delivered envelopes (any topics).
     pub fn receive(&mut self, batch: Vec<Arrival>, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
-        self.history_durable();
         let inbox = cairn_mls::inbox_topic(&self.keys.device);
         let convs: BTreeMap<Topic, ConversationId> =
             self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
