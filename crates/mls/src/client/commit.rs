@@ -338,6 +338,7 @@ impl Client {
                 c.group
                     .merge_staged_commit(provider, *staged)
                     .map_err(|e| op_err("merge commit")(e.to_string()))?;
+                super::note_epoch(&mut self.epochs_entered, id, &c.group);
                 if self_removed {
                     return Ok(vec![Event::RemovedSelf { seq }]);
                 }

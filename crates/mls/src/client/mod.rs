@@ -85,6 +85,24 @@ pub struct Client {
     staged: std::collections::BTreeSet<ConversationId>,
     /// Judges handshakes under the conversation's pinned policy (see [`crate::policy_ext`]).
     policy_gate: Arc<crate::policy_ext::PolicyGate>,
+    /// Epochs entered by merging a commit, with the policy pinned in each, until the caller
+    /// takes them ([`Client::take_epochs_entered`]); at most [`EPOCHS_ENTERED_MAX`], the
+    /// oldest dropped beyond (a caller that never takes them loses the oldest).
+    epochs_entered: std::collections::VecDeque<EpochEntered>,
+}
+
+/// Epochs entered kept until taken, at most.
+pub const EPOCHS_ENTERED_MAX: usize = 4096;
+
+/// A conversation entered an epoch by a merged commit; the policy pinned in it.
+pub type EpochEntered = (ConversationId, u64, Option<cairn_contracts::policy::PolicyPin>);
+
+/// Notes that `group` (of `id`) entered its current epoch.
+fn note_epoch(log: &mut std::collections::VecDeque<EpochEntered>, id: &ConversationId, group: &MlsGroup) {
+    if log.len() >= EPOCHS_ENTERED_MAX {
+        log.pop_front();
+    }
+    log.push_back((*id, group.epoch().as_u64(), crate::policy_ext::pinned(group).ok().flatten()));
 }
 
 impl std::fmt::Debug for Client {
@@ -129,6 +147,7 @@ impl Client {
             deferred: false,
             staged: std::collections::BTreeSet::new(),
             policy_gate: Arc::new(crate::policy_ext::PolicyGate::shipped()),
+            epochs_entered: std::collections::VecDeque::new(),
         })
     }
 
@@ -138,6 +157,12 @@ impl Client {
         id: &ConversationId,
     ) -> Result<Option<cairn_contracts::policy::PolicyPin>, MlsError> {
         crate::policy_ext::pinned(&self.conv(id)?.group)
+    }
+
+    /// The epochs entered by merged commits since the last call (whatever path merged them:
+    /// a sync, or the catch-up inside an own commit), oldest first, with each epoch's pin.
+    pub fn take_epochs_entered(&mut self) -> Vec<EpochEntered> {
+        self.epochs_entered.drain(..).collect()
     }
 
     /// Runs `hook` inside every durable transaction the MLS state commits on its own (see

@@ -136,6 +136,7 @@ impl Client {
         let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
         snapshot_epoch(provider, id, c, self.config.past_epochs_max)?;
         c.group.merge_pending_commit(provider).map_err(|e| op_err("merge own commit")(e.to_string()))?;
+        super::note_epoch(&mut self.epochs_entered, id, &c.group);
         c.meta.pending_commit = None;
         c.meta.applied = seq + 1;
         let own = c.own.take();

@@ -273,9 +273,20 @@ impl Engine {
         self.policy_run.writes.push(Write::SendSeq { conv: conv.0, epoch, next: n + 1 });
     }
 
-    /// Records the pin of the conversation's current epoch (once per epoch).
+    /// Records the pin of every epoch the MLS client entered since the last call, whatever
+    /// path merged the commit (the catch-up inside an own commit included), then of the
+    /// conversation's current epoch (each once).
     pub(super) fn policy_epoch_seen(&mut self, conv: &ConversationId) {
+        for (c, epoch, pin) in self.mls.take_epochs_entered() {
+            self.record_pin(&c, epoch, pin.map(|p| p.encode()));
+        }
         let Ok(epoch) = self.mls.epoch(conv) else { return };
+        let pin = self.mls.policy(conv).ok().flatten().map(|p| p.encode());
+        self.record_pin(conv, epoch, pin);
+    }
+
+    /// Records `pin` as the one in force at (`conv`, `epoch`), once.
+    fn record_pin(&mut self, conv: &ConversationId, epoch: u64, pin: Option<Vec<u8>>) {
         if self.policy_run.pins_recorded.contains(&(*conv, epoch)) {
             return;
         }
@@ -283,7 +294,6 @@ impl Engine {
             self.policy_run.pins_recorded.insert((*conv, epoch));
             return;
         }
-        let pin = self.mls.policy(conv).ok().flatten().map(|p| p.encode());
         let r = self.db.begin_lazy().and_then(|tx| {
             policy_store::apply_in(&self.db, &tx, &[Write::Pin { conv: conv.0, epoch, pin }])?;
             tx.commit().map_err(|e| NodeError::Storage(e.to_string()))
@@ -301,8 +311,8 @@ impl Engine {
 
     /// The pin in force at `epoch`.
     pub(super) fn pin_for(&mut self, conv: &ConversationId, epoch: u64) -> Option<PolicyPin> {
+        self.policy_epoch_seen(conv);
         if self.mls.epoch(conv).ok() == Some(epoch) {
-            self.policy_epoch_seen(conv);
             return self.mls.policy(conv).ok().flatten();
         }
         match policy_store::pin_at(&self.db, &conv.0, epoch) {
