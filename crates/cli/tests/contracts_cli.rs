@@ -112,6 +112,13 @@ fn contracts_and_payments_from_the_command_line() {
         text.split_whitespace().nth(1).and_then(|b| b.parse::<u64>().ok()).filter(|b| *b > 0)
     });
     assert!(ok(&ann, &g, &["balance"]).starts_with(&ann_id));
+    // The node signs its device registration with the same account key as the CLI: wait until
+    // it is on the ledger, or the two race for a nonce (found by a CI rehearsal: the payment
+    // was dropped for its nonce and never finalized).
+    let node = cairn_node::client::Client::for_home(&ann).unwrap();
+    wait_for("ann's device on the ledger", Duration::from_secs(120), || {
+        node.account(&ann_id).ok().filter(|a| !a.devices.is_empty())
+    });
 
     // pay: bob has no account yet; the transfer creates it
     let bob = net.path("bob");

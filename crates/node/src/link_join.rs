@@ -63,6 +63,25 @@ pub async fn join(opts: JoinOptions) -> Result<Joined, JoinError> {
     r
 }
 
+/// Longest the new device waits for a store node to hold its refusal before it stops.
+const REFUSAL_STORED_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (at most `max`) until the mesh reports envelope `id` stored on enough store nodes.
+async fn wait_stored(
+    events: &mut tokio::sync::mpsc::Receiver<NodeEvent>,
+    id: cairn_proto::Id,
+    max: Duration,
+) {
+    let until = tokio::time::Instant::now() + max;
+    while let Ok(Some(ev)) = tokio::time::timeout_at(until, events.recv()).await {
+        if let NodeEvent::Status { id: got, status: cairn_net::sync::SendStatus::Stored { .. } } = ev
+            && got == id
+        {
+            return;
+        }
+    }
+}
+
 async fn exchange(
     node: &cairn_net::node::NodeHandle,
     chain: [u8; 32],
@@ -124,8 +143,14 @@ async fn exchange(
                         deadline = tokio::time::Instant::now() + wait + Duration::from_secs(30);
                     }
                     Err(e) => {
-                        // Tell the existing device at once (it would otherwise wait until expiry).
-                        let _ = send(JoinSession::refusal(&spake)).await;
+                        // Tell the existing device at once (it would otherwise wait until expiry),
+                        // and stay until a store node holds the refusal: this node stops next.
+                        let refusal = JoinSession::refusal(&spake);
+                        if let Ok(env) = refusal.envelope(topic, now_ms(), limits, difficulty)
+                            && let Ok(id) = node.publish(env).await
+                        {
+                            wait_stored(&mut events, id, REFUSAL_STORED_WAIT).await;
+                        }
                         return Err(e.into());
                     }
                 }
