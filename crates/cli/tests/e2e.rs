@@ -98,23 +98,30 @@ fn demo_story_passes() {
     assert!(stdout.contains("all 13 steps checked"), "{stdout}");
 }
 
-#[test]
-fn thousand_messages_with_restarts_and_crashes() {
+/// A network of `stores` store nodes where ann created a conversation with ben and cat, once
+/// both joined it: the network and ann's, ben's and cat's clients, and the conversation id.
+fn three_members(stores: usize) -> (Net, Client, Client, Client, String) {
     let mut net = Net::new(4);
-    for i in 0..3 {
+    for i in 0..stores {
         net.store(&format!("store-{i}"));
     }
     let a = net.user("ann");
     let b = net.user("ben");
-    let _c = net.user("cat");
+    let c = net.user("cat");
     let conv = a.create_conversation(&["@ben".into(), "@cat".into()]).unwrap().id;
-    let c_home = net.path("cat");
-    let c = || Client::for_home(&c_home).unwrap();
-    for who in [&b, &c()] {
+    for who in [&b, &c] {
         wait_for("members to join", Duration::from_secs(90), || {
             who.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
         });
     }
+    (net, a, b, c, conv)
+}
+
+#[test]
+fn thousand_messages_with_restarts_and_crashes() {
+    let (mut net, a, b, _c, conv) = three_members(3);
+    let c_home = net.path("cat");
+    let c = || Client::for_home(&c_home).unwrap();
     let total = 1000;
     let mut want = HashSet::new();
     let mut c_up = true;
@@ -176,19 +183,7 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
 /// `verify` still passes, counting the erased message.
 #[test]
 fn an_erased_canary_is_in_no_file_of_any_node_and_a_forgotten_account_leaves_no_trace() {
-    let mut net = Net::new(4);
-    for i in 0..3 {
-        net.store(&format!("store-{i}"));
-    }
-    let a = net.user("ann");
-    let b = net.user("ben");
-    let c = net.user("cat");
-    let conv = a.create_conversation(&["@ben".into(), "@cat".into()]).unwrap().id;
-    for who in [&b, &c] {
-        wait_for("members to join", Duration::from_secs(90), || {
-            who.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
-        });
-    }
+    let (mut net, a, b, c, conv) = three_members(3);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let canary = format!("canary-{:x}-{nanos:x}", std::process::id());
     let sent = a.send(&conv, &canary).unwrap();
@@ -364,19 +359,7 @@ fn an_export_imports_elsewhere_with_the_same_history() {
 /// `verify` intact); ann releases the held one on her device only.
 #[test]
 fn a_filtered_message_is_held_at_every_member() {
-    let mut net = Net::new(4);
-    for i in 0..2 {
-        net.store(&format!("store-{i}"));
-    }
-    let a = net.user("ann");
-    let b = net.user("ben");
-    let c = net.user("cat");
-    let conv = a.create_conversation(&["@ben".into(), "@cat".into()]).unwrap().id;
-    for who in [&b, &c] {
-        wait_for("members to join", Duration::from_secs(90), || {
-            who.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
-        });
-    }
+    let (net, a, b, c, conv) = three_members(2);
     let filter = PolicySetRequest {
         policy: "moderation".into(),
         admins: vec!["@ann".into()],
