@@ -21,6 +21,7 @@ use cairn_contracts::code_hash;
 use cairn_contracts::policy::{GroupChange, HandshakeEvent, MessageEvent, Policy, Verdict, policy_runtime};
 use cairn_contracts::shipped::escrow;
 use cairn_contracts::shipped_policy::moderation;
+use cairn_ledger::bench::{Users, percentile};
 use cairn_ledger::genesis::{Genesis, write_key};
 use cairn_ledger::params::Params;
 use cairn_ledger::rpc::{Follower, LedgerClient, RemoteOutcome, RemoteStatus};
@@ -71,14 +72,6 @@ pub(crate) struct Row {
 
 fn progress(line: &str) {
     eprintln!("[bench contracts] {line}");
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -405,33 +398,6 @@ impl Drop for Cluster {
     }
 }
 
-struct Users {
-    keys: Vec<SigningKey>,
-    ids: Vec<AccountId>,
-    nonces: Vec<u64>,
-}
-
-impl Users {
-    fn new(n: usize) -> Self {
-        let keys: Vec<SigningKey> = (0..n)
-            .map(|i| {
-                let mut seed = [0xC7; 32];
-                seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-                SigningKey::from_bytes(&seed)
-            })
-            .collect();
-        let ids = keys.iter().map(|k| AccountId(k.verifying_key().to_bytes())).collect();
-        Self { keys, ids, nonces: vec![0; n] }
-    }
-
-    /// Signs `body(i)` with user `i`'s next nonce.
-    fn sign(&mut self, chain: [u8; 32], i: usize, body: TxBody) -> Vec<u8> {
-        let nonce = self.nonces[i];
-        self.nonces[i] += 1;
-        Tx::sign(chain, self.ids[i], &self.keys[i], nonce, body).encode()
-    }
-}
-
 /// Submits `txs` at once and follows finalized blocks until all are in one (or the deadline);
 /// returns (finalized, tx/s from the first submission to the last finalization, latencies s).
 fn measure(
@@ -533,7 +499,7 @@ fn ledger_rows(cfg: &Config, dir: &Path, exe: &Path, open_fuel: u64) -> Result<V
     progress("ledger: deploying and instantiating the shipped escrow");
     let hash = code_hash(escrow::WASM);
     let deploy = users.sign(chain, 0, TxBody::Deploy { code: escrow::WASM.to_vec() });
-    let inst_nonce = users.nonces[0];
+    let inst_nonce = users.next_nonce(0);
     let inst = users.sign(
         chain,
         0,

@@ -181,7 +181,8 @@ pub fn process_cpu_seconds(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0..=1) of ascending `sorted` values, nearest rank; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -189,14 +190,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-struct Users {
+/// Fee-paying bench accounts with fixed keys, each signing with its next nonce (fund `ids`
+/// in the bench's genesis).
+pub struct Users {
     keys: Vec<SigningKey>,
-    ids: Vec<AccountId>,
+    /// The accounts.
+    pub ids: Vec<AccountId>,
     nonces: Vec<u64>,
 }
 
 impl Users {
-    fn new(n: usize) -> Self {
+    /// `n` accounts.
+    pub fn new(n: usize) -> Self {
         let keys: Vec<SigningKey> = (0..n)
             .map(|i| {
                 let mut seed = [0u8; 32];
@@ -209,6 +214,18 @@ impl Users {
         Self { keys, ids, nonces: vec![0; n] }
     }
 
+    /// The next nonce of account `i`.
+    pub fn next_nonce(&self, i: usize) -> u64 {
+        self.nonces[i]
+    }
+
+    /// Signs `body` with account `i`'s next nonce.
+    pub fn sign(&mut self, chain: [u8; 32], i: usize, body: TxBody) -> Vec<u8> {
+        let nonce = self.nonces[i];
+        self.nonces[i] += 1;
+        Tx::sign(chain, self.ids[i], &self.keys[i], nonce, body).encode()
+    }
+
     /// `count` signed transfers, round-robin over users.
     fn transfers(&mut self, chain: [u8; 32], count: usize, start: usize) -> Vec<Vec<u8>> {
         let n = self.keys.len();
@@ -216,10 +233,7 @@ impl Users {
             .map(|k| {
                 let i = (start + k) % n;
                 let to = self.ids[(i + 1) % n];
-                let nonce = self.nonces[i];
-                self.nonces[i] += 1;
-                Tx::sign(chain, self.ids[i], &self.keys[i], nonce, TxBody::Transfer { to, amount: 1 })
-                    .encode()
+                self.sign(chain, i, TxBody::Transfer { to, amount: 1 })
             })
             .collect()
     }
