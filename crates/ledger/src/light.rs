@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::block::Header;
 use crate::genesis::{Genesis, GenesisError};
-use crate::state::{Account, Proof, StateKey};
+use crate::state::{Account, Proof, StateKey, StoreSet};
 
 /// Largest encoded JMT proof accepted (256 siblings of at most 65 bytes, plus the leaf).
 pub const PROOF_BYTES_MAX: usize = 256 * 72 + 128;
@@ -179,6 +179,12 @@ impl LightClient {
             })
         })
         .transpose()
+    }
+
+    /// Verifies "the registered store nodes are ..." (proven absent: none registered) and
+    /// returns the set, which placement ranks (`cairn_net::shard::place`).
+    pub fn verify_stores(&self, p: &StateProof) -> Result<StoreSet, LightError> {
+        Ok(self.verify(&StateKey::Stores, p)?.map(|v| StoreSet::decode(&v)).transpose()?.unwrap_or_default())
     }
 
     /// Encodes a finalization (for serving).

@@ -32,6 +32,12 @@ const ADD_DEVICE_KIND: u8 = 11;
 const DEPLOY_KIND: u8 = 12;
 const INSTANTIATE_KIND: u8 = 13;
 const EXECUTE_KIND: u8 = 14;
+/// Kind byte of [`TxBody::RegisterStore`].
+const REGISTER_STORE_KIND: u8 = 15;
+/// Kind byte of [`TxBody::DeregisterStore`].
+const DEREGISTER_STORE_KIND: u8 = 16;
+/// Domain separation for a store node key's consent to being registered for an account.
+const STORE_BIND_SIG_DOMAIN: &[u8] = b"cairn/ledger-store-bind/v1";
 /// Largest contract message (an instantiate or execute input), in bytes.
 pub const CONTRACT_MSG_MAX: usize = 16 * 1024;
 /// Largest contract code a transaction carries, in bytes: the ledger's module limit
@@ -169,6 +175,20 @@ pub enum TxBody {
         funds: u64,
         /// Most fuel the call may use (at most [`crate::state::FUEL_LIMIT_MAX`]).
         fuel_limit: u64,
+    },
+    /// Registers a store node (its libp2p Ed25519 key) for the account, paying the store fee
+    /// ([`crate::state::store_fee`], burned) on top of the transaction fee; the node key consents
+    /// (so nobody registers, or squats, a node they do not run). See [`crate::state::StoreSet`].
+    RegisterStore {
+        /// The store node's Ed25519 public key (its libp2p identity).
+        node_key: [u8; 32],
+        /// The node key's signature over [`store_binding_message`].
+        node_signature: [u8; 64],
+    },
+    /// Removes a store node the account registered (the store fee is not refunded).
+    DeregisterStore {
+        /// The store node's key.
+        node_key: [u8; 32],
     },
 }
 
@@ -389,6 +409,31 @@ pub enum TxError {
         /// Per-block fuel budget.
         max: u64,
     },
+    /// The store node key's consent signature is missing or does not verify, or the key is
+    /// unusable.
+    #[error(
+        "the store node key did not sign its registration for this account on this chain: sign \
+         store_binding_message with the node's identity key"
+    )]
+    BadStoreBinding,
+    /// The store node key is already registered (by this or another account).
+    #[error("store node is already registered: deregister it first, or use another node key")]
+    StoreExists,
+    /// The account already registered the most store nodes it may.
+    #[error("the account already registered {max} store nodes, the most: deregister one first")]
+    TooManyStores {
+        /// Per-account bound.
+        max: usize,
+    },
+    /// The ledger's store set holds its bound.
+    #[error("the ledger already holds {max} registered store nodes, the most: retry once one leaves")]
+    StoreSetFull {
+        /// Bound of the store set.
+        max: usize,
+    },
+    /// The account did not register this store node.
+    #[error("this account has not registered this store node")]
+    UnknownStore,
     /// The validator's mempool holds its byte bound (transient: retry later or at another
     /// validator).
     #[error("mempool is full ({max} bytes): retry later or at another validator")]
@@ -442,6 +487,11 @@ impl TxError {
             Self::ContractFailed(_) => 38,
             Self::FuelLimitTooHigh { .. } => 39,
             Self::BlockFuelFull { .. } => 40,
+            Self::BadStoreBinding => 41,
+            Self::StoreExists => 42,
+            Self::TooManyStores { .. } => 43,
+            Self::StoreSetFull { .. } => 44,
+            Self::UnknownStore => 45,
         }
     }
 }
@@ -488,6 +538,17 @@ pub fn device_binding_message(chain: &[u8; 32], account: &AccountId, device: &De
     w.raw(chain);
     w.raw(&account.0);
     w.raw(&device.0);
+    w.finish()
+}
+
+/// The message a store node's identity key signs to consent to being registered as a store of
+/// `account` on chain `chain` (the genesis hash).
+pub fn store_binding_message(chain: &[u8; 32], account: &AccountId, node_key: &[u8; 32]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(128);
+    w.raw(STORE_BIND_SIG_DOMAIN);
+    w.raw(chain);
+    w.raw(&account.0);
+    w.raw(node_key);
     w.finish()
 }
 
@@ -589,6 +650,15 @@ impl TxBody {
                 w.u64(*funds);
                 w.u64(*fuel_limit);
             }
+            Self::RegisterStore { node_key, node_signature } => {
+                w.u8(REGISTER_STORE_KIND);
+                w.raw(node_key);
+                w.raw(node_signature);
+            }
+            Self::DeregisterStore { node_key } => {
+                w.u8(DEREGISTER_STORE_KIND);
+                w.raw(node_key);
+            }
         }
     }
 
@@ -648,6 +718,11 @@ impl TxBody {
                 funds: r.u64("tx.funds")?,
                 fuel_limit: r.u64("tx.fuel_limit")?,
             },
+            REGISTER_STORE_KIND => Self::RegisterStore {
+                node_key: r.array("tx.node_key")?,
+                node_signature: r.array("tx.node_signature")?,
+            },
+            DEREGISTER_STORE_KIND => Self::DeregisterStore { node_key: r.array("tx.node_key")? },
             _ => return Err(DecodeError::Invalid { field: "tx.kind", reason: "unknown transaction kind" }),
         })
     }
@@ -807,6 +882,8 @@ mod tests {
             TxBody::Deploy { code: vec![0, 97, 115, 109] },
             TxBody::Instantiate { code_hash: [3; 32], msg: vec![1, 2], funds: 5, fuel_limit: 1000 },
             TxBody::Execute { contract: [4; 32], msg: vec![], funds: 0, fuel_limit: 7 },
+            TxBody::RegisterStore { node_key: [5; 32], node_signature: [6; 64] },
+            TxBody::DeregisterStore { node_key: [5; 32] },
         ];
         for body in bodies {
             let tx = Tx::sign([0; 32], acct, &k, 4, body);

@@ -35,6 +35,7 @@ fn key() -> impl Strategy<Value = StateKey> {
         any::<[u8; 32]>().prop_map(|t| StateKey::Anchor(Topic(t))),
         Just(StateKey::Meta),
         Just(StateKey::Params),
+        Just(StateKey::Stores),
         any::<[u8; 32]>().prop_map(|d| StateKey::KeyPackages(cairn_proto::DeviceId(d))),
         any::<[u8; 32]>().prop_map(StateKey::Code),
         any::<[u8; 32]>().prop_map(StateKey::Contract),

@@ -117,7 +117,10 @@ fn write_error(w: &mut Writer, e: &TxError) {
             pair(w, *expected, *got);
             w.u64(*window);
         }
-        E::MempoolFull { max } | E::MempoolBytesFull { max } => w.u64(*max as u64),
+        E::MempoolFull { max }
+        | E::MempoolBytesFull { max }
+        | E::TooManyStores { max }
+        | E::StoreSetFull { max } => w.u64(*max as u64),
         E::BlockFuelFull { max } => w.u64(*max),
         E::BadDeviceCert(s) | E::BadRotation(s) | E::BadHandle(s) => w.bytes(s.as_bytes()),
         E::HandleLookAlike { taken: s } | E::CodeRefused(s) | E::ContractFailed(s) => {
@@ -192,6 +195,11 @@ fn read_error(r: &mut Reader<'_>) -> Result<TxError, DecodeError> {
         37 => E::UnknownContract,
         39 => E::FuelLimitTooHigh { got: u("got")?, max: u("max")? },
         40 => E::BlockFuelFull { max: u("max")? },
+        41 => E::BadStoreBinding,
+        42 => E::StoreExists,
+        43 => E::TooManyStores { max: size(u("max")?) },
+        44 => E::StoreSetFull { max: size(u("max")?) },
+        45 => E::UnknownStore,
         _ => return Err(DecodeError::Invalid { field: "outcome.error", reason: "unknown error code" }),
     };
     Ok(e)
@@ -218,6 +226,10 @@ mod tests {
             Outcome::Failed(TxError::HandleLookAlike { taken: "a1ice".into() }),
             Outcome::Failed(TxError::NonceTooFar { expected: 1, got: 100, window: 64 }),
             Outcome::Failed(TxError::HandleTaken),
+            Outcome::Failed(TxError::TooManyStores { max: 4 }),
+            Outcome::Failed(TxError::StoreSetFull { max: 256 }),
+            Outcome::Failed(TxError::BadStoreBinding),
+            Outcome::Failed(TxError::UnknownStore),
         ];
         for (i, o) in cases.into_iter().enumerate() {
             let bytes = encode(i as u64, &o);

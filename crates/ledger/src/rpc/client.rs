@@ -22,7 +22,7 @@ use super::trust::{FinalityTally, Suspects};
 use crate::endpoint::Endpoint;
 use crate::genesis::Genesis;
 use crate::light::{LightClient, LightError};
-use crate::state::{Account, KeyPackageRecord, StateKey, TopicState};
+use crate::state::{Account, KeyPackageRecord, StateKey, StoreSet, TopicState};
 use crate::tx::{TX_BYTES_MAX, TxError, TxId};
 
 /// Default bound of one round trip to one validator.
@@ -454,6 +454,15 @@ impl LedgerClient {
         self.prove(&StateKey::Account(*id))?
             .map(|b| Account::decode(&b).map_err(|e| ClientError::BadAnswer(e.to_string())))
             .transpose()
+    }
+
+    /// The registered store nodes, proven against a certified header (empty: none registered).
+    pub fn stores(&mut self) -> Result<StoreSet, ClientError> {
+        Ok(self
+            .prove(&StateKey::Stores)?
+            .map(|b| StoreSet::decode(&b).map_err(|e| ClientError::BadAnswer(e.to_string())))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// The verified active device set of an account.

@@ -124,6 +124,7 @@ pub(super) fn write_key(w: &mut Writer, key: &StateKey) {
             w.raw(a);
             w.bytes(k);
         }
+        StateKey::Stores => w.u8(12),
     }
 }
 
@@ -144,6 +145,7 @@ pub(super) fn read_key(r: &mut Reader<'_>) -> Result<StateKey, ProtocolError> {
             r.array("key.contract")?,
             r.bytes(cairn_contracts::Limits::LEDGER.state_key_max, "key.contract_state")?.to_vec(),
         ),
+        12 => StateKey::Stores,
         other => return Err(ProtocolError::UnknownKind { what: "state key", kind: other }),
     })
 }

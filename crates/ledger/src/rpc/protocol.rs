@@ -16,6 +16,7 @@
 //! key      = 0 account:[32] | 1 handle:bytes (≤ 32, UTF-8) | 2 nonce:[32] | 3 topic:[32]
 //!          | 4 anchor:[32] | 5 meta | 6 params | 7 device owner:[32] | 8 key packages:[32]
 //!          | 9 code:[32] | 10 contract:[32] | 11 contract state:[32] key:bytes (≤ 128)
+//!          | 12 registered store nodes
 //! response = version:u8 (= 2) kind:u8 body
 //!   1 submitted       admission
 //!   2 status          height:u64 digest:[32] state_root:[32] mempool:u64

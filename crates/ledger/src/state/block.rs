@@ -90,6 +90,8 @@ pub fn execute(
     let overlay = db.overlay(layers.clone());
     let mut ex = Executor::new(&overlay, chain);
     ex.set_height(height);
+    // layers are oldest first: the last is the parent block's
+    ex.set_seed(layers.last().map_or(db.root(), |l| l.root));
     let mut included = Vec::new();
     let mut receipts = Vec::new();
     let mut dropped = Vec::new();

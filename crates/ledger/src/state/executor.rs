@@ -28,7 +28,7 @@ type UndoEntry = (KeyHash, Option<Option<Vec<u8>>>);
 /// Executes transactions over a read-only view, collecting writes.
 pub struct Executor<'a> {
     base: &'a dyn StateRead,
-    chain: [u8; 32],
+    pub(super) chain: [u8; 32],
     writes: BTreeMap<KeyHash, Option<Vec<u8>>>,
     /// While a transaction's effect runs: the previous entry of every key it wrote (`None`: no
     /// entry), so a failed effect is undone in O(keys touched) rather than by copying the
@@ -42,6 +42,9 @@ pub struct Executor<'a> {
     pub(super) fuel_used: u64,
     /// The contract runtime, built with the chain's fuel schedule on first use.
     pub(super) runtime: std::cell::OnceCell<std::sync::Arc<cairn_contracts::Runtime>>,
+    /// State root of the parent block (set by [`Self::set_seed`]): the unpredictable input of
+    /// a registered store's rank salt (see `stores.rs`).
+    pub(super) seed: [u8; 32],
 }
 
 impl<'a> Executor<'a> {
@@ -56,7 +59,14 @@ impl<'a> Executor<'a> {
             height: 0,
             fuel_used: 0,
             runtime: std::cell::OnceCell::new(),
+            seed: [0; 32],
         }
+    }
+
+    /// Records the parent block's state root, from which registered stores' rank salts are
+    /// drawn.
+    pub fn set_seed(&mut self, parent_root: [u8; 32]) {
+        self.seed = parent_root;
     }
 
     /// The writes so far.
@@ -423,6 +433,10 @@ impl<'a> Executor<'a> {
             TxBody::Execute { contract, msg, funds, fuel_limit } => {
                 return self.execute_contract(tx, contract, msg, *funds, *fuel_limit);
             }
+            TxBody::RegisterStore { node_key, node_signature } => {
+                return self.register_store(tx, node_key, node_signature);
+            }
+            TxBody::DeregisterStore { node_key } => return self.deregister_store(&id, node_key),
             TxBody::Transfer { to, amount } => {
                 if *to == id {
                     return Err(TxError::SelfTransfer);

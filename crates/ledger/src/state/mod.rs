@@ -16,6 +16,7 @@ mod contracts;
 mod db;
 mod executor;
 mod records;
+mod stores;
 
 use cairn_proto::codec::DecodeError;
 use jmt::{JellyfishMerkleTree, KeyHash};
@@ -30,6 +31,7 @@ pub use records::{
     Account, AnchorRecord, ContractRecord, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateKey,
     TopicState,
 };
+pub use stores::{STORE_FEE_BYTES, STORES_MAX, STORES_PER_ACCOUNT_MAX, StoreEntry, StoreSet, store_fee};
 
 /// Most devices (active or revoked) an account may have.
 pub const DEVICES_MAX: usize = 32;

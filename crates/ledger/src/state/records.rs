@@ -41,6 +41,9 @@ pub enum StateKey {
     /// One entry of a contract's own state: the address and the contract's key (at most
     /// [`cairn_contracts::Limits::LEDGER`]`.state_key_max` bytes).
     ContractState([u8; 32], Vec<u8>),
+    /// The registered store nodes ([`super::StoreSet`]): one bounded record, so one proof
+    /// covers the whole set senders and readers place topics on.
+    Stores,
 }
 
 impl StateKey {
@@ -91,6 +94,7 @@ impl StateKey {
                 v.extend_from_slice(a);
                 v.extend_from_slice(k);
             }
+            Self::Stores => v.extend_from_slice(b"stor"),
         }
         v
     }
