@@ -207,6 +207,8 @@ pub struct Engine {
     last_durable_ms: u64,
     /// The conversations' message policies (see `policy_run`).
     policy_run: policy_run::PolicyRun,
+    /// Receipt signers' certificates verified already.
+    receipt_certs: receipts::ReceiptCerts,
 }
 
 /// What runs inside every durable commit of `node.redb` (the node tables' and MLS's own),
@@ -293,6 +295,7 @@ impl Engine {
             deliveries_dirty: BTreeSet::new(),
             last_durable_ms: 0,
             policy_run: policy_run::PolicyRun::default(),
+            receipt_certs: receipts::ReceiptCerts::default(),
         }
     }
 

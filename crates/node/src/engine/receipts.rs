@@ -41,6 +41,34 @@ pub(crate) const RECEIPT_IDS_MAX: usize = 128;
 /// reaching it writes them at once (nothing is dropped).
 pub(crate) const DELIVERIES_DIRTY_MAX: usize = 4_096;
 
+/// Certificates of receipt signers verified already, at most. Overflow policy: the set is
+/// emptied (each certificate is then verified once more).
+const RECEIPT_CERTS_MAX: usize = 4_096;
+
+/// Device certificates already verified on receipts: a sender in a 100-member group gets 99
+/// receipts a second from the same 99 certificates, and checking each certificate again
+/// doubled the Ed25519 verifications of the receipt path.
+#[derive(Default)]
+pub(super) struct ReceiptCerts(std::cell::RefCell<std::collections::HashSet<cairn_proto::DeviceCert>>);
+
+impl ReceiptCerts {
+    /// Checks `m`'s signature, and its certificate unless verified before.
+    fn verify(&self, m: &Message) -> bool {
+        if self.0.borrow().contains(&m.sender) {
+            return m.verify_signature_only().is_ok();
+        }
+        if m.verify().is_err() {
+            return false;
+        }
+        let mut seen = self.0.borrow_mut();
+        if seen.len() >= RECEIPT_CERTS_MAX {
+            seen.clear();
+        }
+        seen.insert(m.sender);
+        true
+    }
+}
+
 /// The topic on which `device` receives receipts for its messages in `conv`.
 pub fn receipt_topic(conv: &ConversationId, device: &DeviceId) -> Topic {
     let mut input = [0u8; 64];
@@ -268,7 +296,7 @@ impl Engine {
         let key = self.receipt_keys.get(&conv, epoch)?;
         let plain = open(&key, &topic, epoch, &nonce, ct)?;
         let m = Message::decode(&plain, &self.cfg.limits).ok()?;
-        if m.verify().is_err() || m.topic != topic || m.body.first() != Some(&KIND_RECEIPT) {
+        if !self.receipt_certs.verify(&m) || m.topic != topic || m.body.first() != Some(&KIND_RECEIPT) {
             return None;
         }
         // The signer must be a member (the key proves membership of the epoch; the signature,
@@ -279,5 +307,35 @@ impl Engine {
             return None;
         }
         Some(Input::Receipt { from: m.sender.account, ids: receipt_ids(&m.body[1..]) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn receipt(id: &cairn_crypto::Identity) -> Message {
+        Message::sign(&id.device_key, id.cert, Topic([7; 32]), 1_000, vec![], vec![KIND_RECEIPT, 0, 0])
+    }
+
+    #[test]
+    fn a_cached_certificate_still_needs_a_good_signature_and_a_forged_one_is_never_cached() {
+        let certs = ReceiptCerts::default();
+        let alice = cairn_crypto::Identity::generate(1).unwrap();
+        let good = receipt(&alice);
+        assert!(certs.verify(&good));
+        assert!(certs.verify(&good), "cached");
+        let mut forged_sig = good.clone();
+        forged_sig.signature[0] ^= 1;
+        assert!(!certs.verify(&forged_sig), "a cached certificate does not excuse the signature");
+        // A certificate the account did not sign: the device signs well, the cert is forged.
+        let bob = cairn_crypto::Identity::generate(1).unwrap();
+        let mut cert = bob.cert;
+        cert.account = alice.cert.account;
+        let m = Message::sign(&bob.device_key, cert, Topic([7; 32]), 1_000, vec![], vec![KIND_RECEIPT, 0, 0]);
+        assert!(!certs.verify(&m));
+        assert!(!certs.verify(&m), "a refused certificate is not remembered");
+        assert_eq!(certs.0.borrow().len(), 1);
     }
 }
