@@ -20,6 +20,13 @@ pub(crate) enum Which {
     /// Contracts: policy verdicts/s per core, escrow executions beside transfers on 4
     /// validator processes, fuel and fee per call.
     Contracts,
+    /// Fault campaign in network namespaces (root, iproute2, iptables): partitions, packet
+    /// loss, delay, clock skew, SIGKILL/restart; table of lost, duplicated, forks, heal time.
+    /// Not part of `all`.
+    Faults,
+    /// The campaign's delay proxy inside one namespace (started by `faults`).
+    #[value(hide = true)]
+    FaultsProxy,
     /// Everything.
     All,
 }
@@ -61,9 +68,26 @@ pub(crate) struct BenchArgs {
     /// Contracts bench: ledger rounds (the rates are their medians).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Faults: scenarios to run.
+    #[arg(long, default_value_t = 100)]
+    fault_scenarios: usize,
+    /// Faults: the seed the scenarios are drawn from.
+    #[arg(long, default_value_t = 17)]
+    fault_seed: u64,
+    /// Faults: user nodes in the group (with 4 validators and 3 store nodes).
+    #[arg(long, default_value_t = 5)]
+    fault_users: usize,
+    /// Faults proxy: its configuration file.
+    #[arg(long, hide = true)]
+    fault_conf: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
+    match a.which {
+        Which::Faults => return crate::bench_faults::run(a.fault_scenarios, a.fault_seed, a.fault_users),
+        Which::FaultsProxy => return crate::bench_faults::proxy(a.fault_conf.as_deref()),
+        _ => {}
+    }
     let cfg = cairn_net::bench::BenchConfig { nodes: a.nodes, messages: a.messages, rate_per_sec: a.rate };
     let all = matches!(a.which, Which::All);
     if all || matches!(a.which, Which::Relay | Which::Mailbox) {
