@@ -113,18 +113,22 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         return Err(ProcessError::NotAValidator(public_key_hex(&me)));
     };
     let participants = genesis.participants()?;
-    // Peers named by DNS are resolved once, here (a peer that moves is found at the next start).
-    let mut peers: Vec<(ed25519::PublicKey, Address)> = Vec::with_capacity(genesis.validators.len());
+    // Peers named by DNS are resolved here (each must resolve to start), then again every
+    // `RESOLVE_EVERY` by `spawn_resolver`: a validator whose name moves to another IP is
+    // dialled there, and its inbound connections accepted from there, without a restart.
+    let mut known: Vec<(ed25519::PublicKey, std::net::SocketAddr)> =
+        Vec::with_capacity(genesis.validators.len());
     for v in &genesis.validators {
         let addr = v.p2p.resolve().map_err(|source| ProcessError::Resolve {
             what: format!("validator {}'s p2p", public_key_hex(&v.key)),
             endpoint: v.p2p.to_string(),
             source,
         })?;
-        peers.push((v.key.clone(), Address::from(addr)));
+        known.push((v.key.clone(), addr));
     }
-    let peers: Map<ed25519::PublicKey, Address> =
-        Map::try_from(peers).map_err(|e| ProcessError::Peers(format!("{e:?}")))?;
+    let peers = peer_map(&known)?;
+    let endpoints: Vec<crate::endpoint::Endpoint> =
+        genesis.validators.iter().map(|v| v.p2p.clone()).collect();
     let n = u32::try_from(genesis.validators.len()).unwrap_or(u32::MAX);
     // Bind the RPC listener first so a port conflict is reported before consensus starts.
     let resolve_own = |what: &str, e: &crate::endpoint::Endpoint| {
@@ -169,6 +173,9 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         );
         let (mut network, mut oracle) = lookup::Network::new(ctx.child("network"), p2p_cfg);
         let _ = oracle.track(0, peers);
+        if endpoints.iter().any(|e| matches!(e, crate::endpoint::Endpoint::Name { .. })) {
+            spawn_resolver(endpoints, known, oracle.clone());
+        }
         // commonware-p2p preallocates every channel's mailbox at `peers × burst` slots: a
         // burst equal to the per-second rate (`Quota::per_second` alone) made each validator
         // touch ~4 GiB at start-up and took 20–40 s on a loaded machine. The rate stays high;
@@ -219,4 +226,84 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         let _ = running.engine.await;
     });
     Ok(())
+}
+
+/// How often a validator resolves its peers' p2p names again.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+
+fn peer_map(
+    known: &[(ed25519::PublicKey, std::net::SocketAddr)],
+) -> Result<Map<ed25519::PublicKey, Address>, ProcessError> {
+    let peers: Vec<(ed25519::PublicKey, Address)> =
+        known.iter().map(|(k, a)| (k.clone(), Address::from(*a))).collect();
+    Map::try_from(peers).map_err(|e| ProcessError::Peers(format!("{e:?}")))
+}
+
+/// The peers (by index) whose address resolved now differs from the known one. A name that
+/// does not resolve now keeps its last address: a DNS outage never drops a validator.
+fn moved(
+    known: &[std::net::SocketAddr],
+    now: &[Option<std::net::SocketAddr>],
+) -> Vec<(usize, std::net::SocketAddr)> {
+    known
+        .iter()
+        .zip(now)
+        .enumerate()
+        .filter_map(|(i, (old, new))| new.filter(|n| n != old).map(|n| (i, n)))
+        .collect()
+}
+
+/// Resolves the peers' names every [`RESOLVE_EVERY`] on its own thread (resolution blocks)
+/// and tells the p2p layer of each moved peer: its connection on the old IP is cut, it is
+/// dialled at the new address, and inbound connections are accepted from the new IP only.
+/// The thread ends when the p2p layer has stopped.
+fn spawn_resolver(
+    endpoints: Vec<crate::endpoint::Endpoint>,
+    mut known: Vec<(ed25519::PublicKey, std::net::SocketAddr)>,
+    mut oracle: lookup::Oracle<ed25519::PublicKey>,
+) {
+    let spawned = std::thread::Builder::new().name("cairn-resolve".into()).spawn(move || {
+        loop {
+            std::thread::sleep(RESOLVE_EVERY);
+            let now: Vec<Option<std::net::SocketAddr>> = endpoints.iter().map(|e| e.resolve().ok()).collect();
+            let addrs: Vec<std::net::SocketAddr> = known.iter().map(|(_, a)| *a).collect();
+            let changed = moved(&addrs, &now);
+            if changed.is_empty() {
+                continue;
+            }
+            for (i, addr) in changed {
+                tracing::info!(
+                    "validator {} ({}) moved to {addr}",
+                    public_key_hex(&known[i].0),
+                    endpoints[i]
+                );
+                known[i].1 = addr;
+            }
+            let Ok(map) = peer_map(&known) else { continue };
+            if matches!(oracle.overwrite(map), commonware_actor::Feedback::Closed) {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "peer names will not be resolved again (no thread: {e}); restart to follow a moved validator"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_peers_resolving_elsewhere_move_and_an_outage_keeps_the_last_address() {
+        let a: std::net::SocketAddr = "10.0.0.1:9000".parse().unwrap_or_else(|_| unreachable!());
+        let b: std::net::SocketAddr = "10.0.0.2:9000".parse().unwrap_or_else(|_| unreachable!());
+        let c: std::net::SocketAddr = "10.0.0.9:9000".parse().unwrap_or_else(|_| unreachable!());
+        assert!(moved(&[a, b], &[Some(a), Some(b)]).is_empty(), "nothing moved");
+        assert!(moved(&[a, b], &[None, None]).is_empty(), "names that do not resolve keep their address");
+        assert_eq!(moved(&[a, b], &[Some(a), Some(c)]), vec![(1, c)]);
+        assert_eq!(moved(&[a, b], &[None, Some(c)]), vec![(1, c)]);
+    }
 }
