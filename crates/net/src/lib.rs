@@ -7,6 +7,8 @@
 //! - [`shard`]: topic → gossip shard and topic → nearest store nodes.
 //! - [`wire`]: the bounded request/response protocol spoken with store nodes.
 //! - [`peerbook`]: the saved peer book and its redial schedule (exponential backoff).
+//! - [`stem`]: the stem phase before gossip (Dandelion++-style), sans-IO.
+//! - [`sim`]: a seeded simulation of thousands of nodes running the pure parts above.
 //! - [`node`]: the thin libp2p shell that drives them.
 
 pub mod bench;
@@ -14,6 +16,8 @@ pub mod node;
 pub mod peerbook;
 pub mod receipt;
 pub mod shard;
+pub mod sim;
+pub mod stem;
 pub mod sync;
 pub mod validate;
 pub mod wire;
