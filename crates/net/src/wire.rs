@@ -9,7 +9,8 @@
 //!   5 erase  id:[32] secret:[32]   (drop the payload whose header's erase lock `secret` opens)
 //! response = version:u8 kind:u8 body
 //!   1 stored count:u16 (1..=STORE_BATCH_MAX) ack*
-//!        ack = id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full) has_receipt:u8
+//!        ack = id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full,
+//!              4 needs-work base_bits:u8 (≤ 64)) has_receipt:u8
 //!              (stored_at:u64 expires_at:u64 signature:[64])?   (see `receipt`)
 //!   2 page   count:u32 (seq:u64 envelope:bytes)* has_next:u8 next:u64?
 //!   3 envelopes count:u16 envelope:bytes*
@@ -85,7 +86,11 @@ fn encode_outcome(w: &mut Writer, o: StoreOutcome) {
         StoreOutcome::Duplicate => 1,
         StoreOutcome::Refused => 2,
         StoreOutcome::Full => 3,
+        StoreOutcome::NeedsWork { .. } => 4,
     });
+    if let StoreOutcome::NeedsWork { base_bits } = o {
+        w.u8(base_bits);
+    }
 }
 
 fn decode_outcome(r: &mut Reader<'_>) -> Result<StoreOutcome, DecodeError> {
@@ -94,6 +99,10 @@ fn decode_outcome(r: &mut Reader<'_>) -> Result<StoreOutcome, DecodeError> {
         1 => Ok(StoreOutcome::Duplicate),
         2 => Ok(StoreOutcome::Refused),
         3 => Ok(StoreOutcome::Full),
+        4 => match r.u8("base_bits")? {
+            b if b <= 64 => Ok(StoreOutcome::NeedsWork { base_bits: b }),
+            _ => Err(DecodeError::Invalid { field: "base_bits", reason: "over 64" }),
+        },
         _ => Err(DecodeError::Invalid { field: "outcome", reason: "unknown" }),
     }
 }
@@ -110,6 +119,13 @@ pub enum StoreOutcome {
     /// Refused for now: a byte quota (of the topic, the requesting peer or the store) is
     /// reached. Nothing stored was evicted; try another store node or later.
     Full,
+    /// Refused for now: the store node is loaded and asks for more proof of work than the
+    /// envelope carries. Mine the next envelopes with this difficulty (base bits, see
+    /// [`cairn_proto::pow::Difficulty`]), or try another store node.
+    NeedsWork {
+        /// Base bits asked for.
+        base_bits: u8,
+    },
 }
 
 /// What a store node answers for one envelope.

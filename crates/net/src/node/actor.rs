@@ -28,7 +28,7 @@ use super::relayed::RelayedListen;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::receipt::StoreReceipt;
-use crate::shard::{SHARDS, nearest_avoiding, shard_name, shard_of};
+use crate::shard::{RegisteredStore, SHARDS, place, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
 use crate::validate::{Admission, RateLimiter, SeenIds};
 use crate::wire::{Request, STORE_BATCH_BYTES_MAX, STORE_BATCH_MAX};
@@ -102,6 +102,14 @@ pub(super) struct Node {
     /// Store nodes among connected peers, with their Kademlia key: at most `connections_max`
     /// (added on identify while connected, removed when the last connection closes).
     pub(super) store_peers: HashMap<PeerId, [u8; 32]>,
+    /// Store nodes registered on the ledger, as last fed by the application (at most
+    /// `registry::REGISTERED_STORES_MAX`): when not empty, topics are placed on these only.
+    pub(super) registered: Vec<RegisteredStore<PeerId>>,
+    /// Serving: the accept meter and fill level the asked-for proof of work follows.
+    pub(super) load: super::serve::Load,
+    /// Sending: the proof of work store nodes asked for (`NeedsWork`), at most
+    /// `connections_max` stores, each for `DEMAND_KEEP_MS`.
+    pub(super) demands: super::pow_load::Demands,
     /// Followed topics, at most `sync.topics_max` (a further subscription is refused).
     pub(super) subscribed: HashSet<Topic>,
     /// Requests in flight, at most `OUTBOUND_REQUESTS_MAX`; each leaves on its answer or failure
@@ -210,6 +218,9 @@ impl Node {
             staged: VecDeque::new(),
             store_batches: HashMap::new(),
             store_peers: HashMap::new(),
+            registered: Vec::new(),
+            load: super::serve::Load::default(),
+            demands: super::pow_load::Demands::default(),
             subscribed: HashSet::new(),
             outbound: HashMap::new(),
             counters: Counters::default(),
@@ -424,13 +435,19 @@ impl Node {
         self.outbound.insert(rid, (to, kind));
     }
 
-    /// The store nodes XOR-nearest `topic` among those known.
+    /// The store set of `topic` ([`place`]): the connected registered stores first in rank
+    /// order, or with none registered, the connected store nodes XOR-nearest the topic.
     /// Store nodes that answered "full" in the last `FULL_STORE_AVOID_MS` come last.
-    fn stores_for(&self, topic: &Topic) -> Vec<PeerId> {
-        let cands: Vec<(PeerId, [u8; 32])> = self.store_peers.iter().map(|(p, k)| (*p, *k)).collect();
+    pub(super) fn stores_for(&self, topic: &Topic) -> Vec<PeerId> {
+        let cands: Vec<(PeerId, [u8; 32])> = if self.registered.is_empty() {
+            self.store_peers.iter().map(|(p, k)| (*p, *k)).collect()
+        } else {
+            Vec::new()
+        };
         let now = now_ms();
         let full = |p: &PeerId| self.full_stores.get(p).is_some_and(|until| *until > now);
-        nearest_avoiding(&key_of(&topic.0), &cands, full, self.config.replicas)
+        let usable = |p: &PeerId| self.store_peers.contains_key(p);
+        place(topic, &key_of(&topic.0), &self.registered, &cands, usable, full, self.config.replicas)
     }
 
     /// A store node answered "full" for these envelopes: avoid it for a while, and give the
@@ -525,6 +542,14 @@ impl Node {
                 for to in self.stores_for(&topic) {
                     self.request(to, Request::Erase { id, secret }, Outbound::Erase(id));
                 }
+            }
+            Command::WorkBits(topic, reply) => {
+                let stores = self.stores_for(&topic);
+                let floor = self.config.admission.difficulty.base_bits;
+                let _ = reply.send(self.demands.bits_for(&stores, floor, now_ms()));
+            }
+            Command::SetRegisteredStores(stores, reply) => {
+                let _ = reply.send(self.set_registered(&stores));
             }
             Command::Shutdown(_) => {} // taken by the loop
         }

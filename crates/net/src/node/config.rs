@@ -24,6 +24,9 @@ pub struct ServeLimits {
     pub reads_burst: u32,
     /// Peers tracked by each limiter (the least recently seen are forgotten).
     pub peers_max: usize,
+    /// Envelopes per second, from all peers together, a store node accepts at its base proof
+    /// of work; each doubling over it asks one more bit (see `node/pow_load.rs`).
+    pub load_envelopes_per_sec: u32,
 }
 
 impl Default for ServeLimits {
@@ -34,6 +37,7 @@ impl Default for ServeLimits {
             reads_per_sec: 100,
             reads_burst: 400,
             peers_max: 4096,
+            load_envelopes_per_sec: 1_000,
         }
     }
 }

@@ -37,6 +37,8 @@ pub(super) enum Command {
     PeerScore(PeerId, oneshot::Sender<Option<f64>>),
     PublishRaw(u16, Vec<u8>),
     Erase(Topic, Id, [u8; 32]),
+    SetRegisteredStores(Vec<([u8; 32], [u8; 32])>, oneshot::Sender<usize>),
+    WorkBits(Topic, oneshot::Sender<u32>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -82,6 +84,22 @@ impl NodeHandle {
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.cmd.send(Command::Dial(addr)).await.map_err(|_| NodeError::Stopped)
     }
+    /// Feeds the store nodes registered on the ledger, as `(node key, rank salt)` pairs (read
+    /// with a proof from the ledger): from now on topics are placed on these only (see
+    /// [`crate::shard::place`]); an empty list restores the unregistered fallback. Keys that
+    /// are not Ed25519 keys are skipped, and at most `REGISTERED_STORES_MAX` (256) are kept.
+    /// Returns how many were kept.
+    pub async fn set_registered_stores(&self, stores: Vec<([u8; 32], [u8; 32])>) -> Result<usize, NodeError> {
+        self.ask(|tx| Command::SetRegisteredStores(stores, tx)).await
+    }
+
+    /// The proof of work (base bits, see [`cairn_proto::pow::Difficulty`]) to mine the next
+    /// envelope of `topic` with: the most its store nodes asked for in the last minute
+    /// (`NeedsWork` answers under load), or the configured floor.
+    pub async fn work_bits(&self, topic: Topic) -> Result<u32, NodeError> {
+        self.ask(|tx| Command::WorkBits(topic, tx)).await
+    }
+
     /// A status snapshot.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         self.ask(Command::Status).await

@@ -17,6 +17,8 @@
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
 //! - `actor`: the event loop that owns the swarm and the state machines.
 //! - `serve`: answers to store requests (when serving as a store node).
+//! - `registry`: the ledger-registered store set placement uses.
+//! - `pow_load`: the proof of work a store node asks for under load, and what senders learn.
 //! - `writer`: the group-committing history and mailbox writer threads.
 //!
 //! Data flow and back-pressure: swarm event → `sync` → outputs; network requests leave at
@@ -36,6 +38,8 @@ mod lan;
 mod network;
 mod orphans;
 mod peers;
+mod pow_load;
+mod registry;
 mod relayed;
 mod serve;
 mod transport;

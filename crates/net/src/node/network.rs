@@ -187,6 +187,13 @@ impl Node {
             for a in acks {
                 match (a.outcome, a.receipt) {
                     (StoreOutcome::Full, _) => full.push(a.id),
+                    (StoreOutcome::NeedsWork { base_bits }, _) => {
+                        // the price of this store now: the application mines for it
+                        // (`work_bits`); meanwhile the send tries the other stores
+                        let max = self.config.connections_max as usize;
+                        self.demands.record(from, u32::from(base_bits), now_ms(), max);
+                        full.push(a.id);
+                    }
                     (StoreOutcome::Stored | StoreOutcome::Duplicate, Some(r)) if r.id == a.id => {
                         match r.verify(&from) {
                             Ok(()) => {

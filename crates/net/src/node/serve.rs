@@ -2,7 +2,8 @@
 //! here and committed by the mailbox writer (answered once durable); page and id requests are
 //! read from the mailbox and cut to the response frame limit.
 
-use cairn_proto::{Envelope, Id, Topic, pow};
+use cairn_proto::pow::{self, Difficulty};
+use cairn_proto::{Envelope, Id, Topic};
 use cairn_store::Store;
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
@@ -10,6 +11,7 @@ use tracing::debug;
 
 use super::actor::Node;
 use super::now_ms;
+use super::pow_load::{LOAD_WINDOW_MS, LoadMeter, required_base_bits};
 use super::writer::{MailboxJob, NotQueued};
 use crate::wire::{EraseOutcome, RESPONSE_BYTES_MAX, Request, Response, StoreAck, StoreOutcome};
 
@@ -80,9 +82,11 @@ impl Node {
         bytes: usize,
         channel: ResponseChannel<Vec<u8>>,
     ) -> Option<(ResponseChannel<Vec<u8>>, Response)> {
-        let a = &self.config.admission;
         let now = now_ms();
-        let items: Vec<Result<Envelope, Id>> = envs
+        let base_bits = self.load_base_bits(now);
+        let a = &self.config.admission;
+        let loaded = Difficulty { base_bits };
+        let items: Vec<Result<Envelope, (Id, StoreOutcome)>> = envs
             .into_iter()
             .map(|env| {
                 let h = &env.header;
@@ -90,9 +94,18 @@ impl Node {
                     || !pow::check(h, a.difficulty)
                     || h.timestamp_ms > now + a.future_skew_ms_max
                     || h.ttl_secs > a.ttl_secs_max;
-                if bad { Err(env.id()) } else { Ok(env) }
+                if bad {
+                    Err((env.id(), StoreOutcome::Refused))
+                } else if base_bits > a.difficulty.base_bits && !pow::check(h, loaded) {
+                    let base_bits = u8::try_from(base_bits).unwrap_or(u8::MAX);
+                    Err((env.id(), StoreOutcome::NeedsWork { base_bits }))
+                } else {
+                    Ok(env)
+                }
             })
             .collect();
+        let accepted = items.iter().filter(|i| i.is_ok()).count() as u64;
+        self.load.meter.accepted(accepted, now);
         let source = *blake3::hash(&peer.to_bytes()).as_bytes();
         let job = MailboxJob { channel, items, bytes, source };
         if job.items.iter().all(Result::is_err) {
@@ -100,7 +113,7 @@ impl Node {
                 .items
                 .iter()
                 .filter_map(|i| i.as_ref().err())
-                .map(|id| StoreAck { id: *id, outcome: StoreOutcome::Refused, receipt: None })
+                .map(|(id, outcome)| StoreAck { id: *id, outcome: *outcome, receipt: None })
                 .collect();
             return Some((job.channel, Response::Stored(acks)));
         }
@@ -115,6 +128,40 @@ impl Node {
             }
             Err(NotQueued::Closed(j)) => Some((j.channel, Response::Error("store is shutting down".into()))),
         }
+    }
+}
+
+/// How often a store node reads its fill level for the load price, ms.
+const FILL_REFRESH_MS: u64 = 1_000;
+
+/// A store node's load: the accept meter and its last fill reading.
+#[derive(Default)]
+pub(super) struct Load {
+    pub(super) meter: LoadMeter,
+    fill_permille: u32,
+    fill_read_ms: u64,
+}
+
+impl Node {
+    /// The base bits asked of envelopes now: the admission floor raised by the accept rate
+    /// and the fill level ([`required_base_bits`]).
+    fn load_base_bits(&mut self, now: u64) -> u32 {
+        if now >= self.load.fill_read_ms + FILL_REFRESH_MS {
+            self.load.fill_read_ms = now;
+            let max = self.config.retention.total_bytes_max.max(1);
+            if let Some(stats) = self.mailbox.as_ref().and_then(|m| m.stats().ok()) {
+                let permille = stats.bytes.saturating_mul(1000) / max;
+                self.load.fill_permille = u32::try_from(permille).unwrap_or(u32::MAX);
+            }
+        }
+        let target = u64::from(self.config.serve.load_envelopes_per_sec) * LOAD_WINDOW_MS / 1000;
+        let per_window = self.load.meter.per_window(now);
+        required_base_bits(
+            self.config.admission.difficulty.base_bits,
+            per_window,
+            target,
+            self.load.fill_permille,
+        )
     }
 }
 

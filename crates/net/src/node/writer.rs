@@ -103,8 +103,8 @@ pub(super) enum Committed {
 /// A store request (one envelope or a batch) waiting for the mailbox commit.
 pub(super) struct MailboxJob {
     pub(super) channel: ResponseChannel<Vec<u8>>,
-    /// Each envelope to store, or the id of one refused before the commit.
-    pub(super) items: Vec<Result<Envelope, Id>>,
+    /// Each envelope to store, or the id of one refused before the commit and why.
+    pub(super) items: Vec<Result<Envelope, (Id, StoreOutcome)>>,
     /// Request bytes, counted against `MAILBOX_QUEUED_BYTES_MAX` while queued.
     pub(super) bytes: usize,
     /// The requesting peer, for its byte quota.
@@ -466,7 +466,7 @@ fn commit_mailbox(
             .items
             .iter()
             .map(|item| match item {
-                Err(id) => StoreAck { id: *id, outcome: StoreOutcome::Refused, receipt: None },
+                Err((id, outcome)) => StoreAck { id: *id, outcome: *outcome, receipt: None },
                 Ok(e) => {
                     let outcome = match results.as_mut().and_then(Iterator::next) {
                         Some(Appended::Stored { .. }) => {

@@ -69,6 +69,9 @@ pub enum Job {
     },
     /// Account and device are registered on the ledger: publish key packages.
     Registered,
+    /// The store nodes registered on the ledger (proven read): `(node key, rank salt)`, at
+    /// most `cairn_ledger::state::STORES_MAX`; topics are placed on these.
+    Stores(Vec<([u8; 32], [u8; 32])>),
     /// The ledger recorded this key-package batch's hash: publish the batch on the mesh.
     KeyPackagesRecorded(Box<Envelope>),
     /// An anchor submission ended.
@@ -123,6 +126,8 @@ pub enum MeshCmd {
     Subscribe(Topic),
     /// Delete junk from the local history.
     Discard(Vec<Id>),
+    /// Place topics on these ledger-registered store nodes (`(node key, rank salt)`).
+    RegisteredStores(Vec<([u8; 32], [u8; 32])>),
     /// Erase a payload in the local history and, with the secret, on the store nodes.
     Erase {
         /// Conversation topic.
@@ -256,6 +261,9 @@ impl Actor {
             Job::Ledger { height } => self.engine.ledger_height(height, &mut self.sequencer, now),
             Job::Handshakes(topics) => self.engine.handshakes(&topics, &mut self.sequencer, now),
             Job::Registered => self.publish_key_packages(),
+            Job::Stores(stores) => {
+                let _ = self.mesh.blocking_send(MeshCmd::RegisteredStores(stores));
+            }
             Job::KeyPackagesRecorded(env) => {
                 let _ = self.mesh.blocking_send(MeshCmd::Publish(env));
             }

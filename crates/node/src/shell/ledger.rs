@@ -31,6 +31,11 @@ pub const BLOCKS_PER_POLL_MAX: usize = 64;
 /// Every conversation re-reads its sequenced commits at least this often, ms (a safety net
 /// behind the block follower).
 pub const FULL_RESYNC_MS: u64 = 30_000;
+/// How often the ledger worker reads the registered store set, ms.
+pub const STORES_REFRESH_MS: u64 = 30_000;
+
+/// Registered store nodes as the mesh takes them: `(node key, rank salt)`.
+type StoreKeys = Vec<([u8; 32], [u8; 32])>;
 
 /// Handles cached at most. Overflow policy: the cache is cleared (handles are looked up again).
 pub const HANDLES_MAX: usize = 100_000;
@@ -176,6 +181,7 @@ impl LedgerWorker {
         let mut refusal_logged = false;
         let mut follower: Option<Follower> = None;
         let mut last_full = Instant::now();
+        let mut last_stores: Option<(Instant, StoreKeys)> = None;
         loop {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return;
@@ -201,6 +207,7 @@ impl LedgerWorker {
             if let Ok(s) = client.status() {
                 self.shared.ledger_height.store(s.height, Ordering::Relaxed);
                 self.follow(&mut client, &mut follower, s.height, &mut last_full);
+                self.refresh_stores(&mut client, &mut last_stores);
             }
             match jobs.recv_timeout(Duration::from_millis(self.tick_ms.max(10))) {
                 Ok(job) => self.run_job(&mut client, job),
@@ -249,6 +256,31 @@ impl LedgerWorker {
             Err(e) => {
                 tracing::debug!("block follower: {e}; every conversation re-reads its order");
                 *follower = None;
+            }
+        }
+    }
+
+    /// Every `STORES_REFRESH_MS`, reads the registered store set with a proof and hands it to
+    /// the mesh when it changed (bounded by the ledger's `STORES_MAX`).
+    fn refresh_stores(&self, client: &mut LedgerClient, last: &mut Option<(Instant, StoreKeys)>) {
+        if last.as_ref().is_some_and(|(t, _)| t.elapsed() < Duration::from_millis(STORES_REFRESH_MS)) {
+            return;
+        }
+        match client.stores() {
+            Ok(set) => {
+                let stores: Vec<([u8; 32], [u8; 32])> =
+                    set.entries.iter().map(|e| (e.node_key, e.salt)).collect();
+                let changed = last.as_ref().is_none_or(|(_, prev)| *prev != stores);
+                if changed {
+                    let _ = self.ops.blocking_send(Job::Stores(stores.clone()));
+                }
+                *last = Some((Instant::now(), stores));
+            }
+            Err(e) => {
+                tracing::debug!("registered store nodes not read: {e}");
+                let prev = last.take().map(|(_, s)| s).unwrap_or_default();
+                // retry at the next period, keeping what the mesh has
+                *last = Some((Instant::now(), prev));
             }
         }
     }

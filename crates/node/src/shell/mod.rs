@@ -255,6 +255,10 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
                     tracing::warn!("subscribe: {e}");
                 }
             }
+            MeshCmd::RegisteredStores(stores) => match net.set_registered_stores(stores).await {
+                Ok(n) => tracing::debug!("placing topics on {n} ledger-registered store nodes"),
+                Err(e) => tracing::warn!("registered store nodes: {e}"),
+            },
             MeshCmd::Erase { topic, id, secret } => {
                 let history = net.history().clone();
                 match tokio::task::spawn_blocking(move || history.erase_payload(&id)).await {
