@@ -463,10 +463,26 @@ mod tests {
                     }),
                 },
                 StoreAck { id: Id([4; 32]), outcome: StoreOutcome::Full, receipt: None },
+                StoreAck {
+                    id: Id([5; 32]),
+                    outcome: StoreOutcome::NeedsWork { base_bits: 13 },
+                    receipt: None,
+                },
             ]),
         ] {
             assert_eq!(Response::decode(&resp.encode(), &l).unwrap(), resp);
         }
+        // A needs-work ack names at most 64 bits.
+        let ack = |bits: u8| {
+            let a = StoreAck {
+                id: Id([5; 32]),
+                outcome: StoreOutcome::NeedsWork { base_bits: bits },
+                receipt: None,
+            };
+            Response::Stored(vec![a]).encode()
+        };
+        assert!(Response::decode(&ack(64), &l).is_ok());
+        assert!(Response::decode(&ack(65), &l).is_err());
         let big = Request::Page { topic: Topic([2; 32]), from: 5, limit: 100_000 };
         assert!(Request::decode(&big.encode(), &l).is_err());
         let mut too_many = vec![VERSION, 3];
