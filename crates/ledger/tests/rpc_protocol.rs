@@ -225,7 +225,7 @@ fn unknown_kinds_are_named() {
     assert_eq!(Request::decode(&[2, 0]), Err(ProtocolError::UnknownKind { what: "request", kind: 0 }));
     assert_eq!(Request::decode(&[2, 9]), Err(ProtocolError::UnknownKind { what: "request", kind: 9 }));
     assert_eq!(Response::decode(&[2, 10]), Err(ProtocolError::UnknownKind { what: "response", kind: 10 }));
-    assert_eq!(Request::decode(&[2, 5, 12]), Err(ProtocolError::UnknownKind { what: "state key", kind: 12 }));
+    assert_eq!(Request::decode(&[2, 5, 13]), Err(ProtocolError::UnknownKind { what: "state key", kind: 13 }));
     assert_eq!(Response::decode(&[2, 3, 4]), Err(ProtocolError::UnknownKind { what: "tx status", kind: 4 }));
     assert_eq!(Response::decode(&[2, 1, 2]), Err(ProtocolError::UnknownKind { what: "admission", kind: 2 }));
 }
