@@ -166,7 +166,7 @@ fn the_store_set_verifies_against_a_certified_header() {
     // before any registration: proven empty
     let (v, proof) = machine.db.prove(&StateKey::Stores).unwrap();
     assert!(v.is_none());
-    let header0 = genesis_block.header.clone();
+    let header0 = genesis_block.header;
     let fin0 = support::finalize(&g, &keys, &[0, 1, 2], &header0);
     let sp = StateProof::new(header0, fin0, None, &proof);
     assert!(lc.verify_stores(&StateProof::decode(&sp.encode()).unwrap()).unwrap().entries.is_empty());
@@ -182,7 +182,7 @@ fn the_store_set_verifies_against_a_certified_header() {
     let block = Block::new(1, genesis_block.id(), machine.db.root(), txs);
     let fin = support::finalize(&g, &keys, &[0, 1, 3], &block.header);
     let (v, proof) = machine.db.prove(&StateKey::Stores).unwrap();
-    let sp = StateProof::new(block.header.clone(), fin.clone(), v.clone(), &proof);
+    let sp = StateProof::new(block.header, fin.clone(), v.clone(), &proof);
     let set = lc.verify_stores(&StateProof::decode(&sp.encode()).unwrap()).unwrap();
     assert_eq!(set.entries.len(), 2);
     assert!(set.entries.iter().all(|e| e.account == alice && e.height == 1));
@@ -190,7 +190,7 @@ fn the_store_set_verifies_against_a_certified_header() {
     // a validator that drops a store from the set (or adds one) is caught
     let mut forged = StoreSet::decode(v.as_ref().unwrap()).unwrap();
     forged.entries.pop();
-    let lie = StateProof::new(block.header.clone(), fin.clone(), Some(forged.encode()), &proof);
+    let lie = StateProof::new(block.header, fin.clone(), Some(forged.encode()), &proof);
     assert!(lc.verify_stores(&lie).is_err());
     let lie = StateProof::new(block.header, fin, None, &proof);
     assert!(lc.verify_stores(&lie).is_err());
