@@ -17,6 +17,7 @@ mod ledger_cmd;
 mod link_cmd;
 mod node_cmd;
 mod selfcheck;
+mod store_cmd;
 mod web_cmd;
 mod web_setup;
 
@@ -102,6 +103,9 @@ enum Command {
     Pay(contract_cmd::PayArgs),
     /// The ledger balance of this account (or of another), checked against a proof.
     Balance(contract_cmd::BalanceArgs),
+    /// Store nodes on the ledger: `cairn store register --store-home DIR` (this account pays),
+    /// `deregister`, `list`.
+    Store(store_cmd::StoreArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Contract(args) => contract_cmd::run(&home, args),
         Command::Pay(args) => contract_cmd::pay(&home, args),
         Command::Balance(args) => contract_cmd::balance(&home, args),
+        Command::Store(args) => store_cmd::run(&home, args),
         Command::Client(cmd) => client_cmd::run(&home, cmd),
     };
     match result {

@@ -508,6 +508,11 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
             );
         }
         let stores = store.listen_addrs.iter().chain(&second.listen_addrs).cloned().collect();
+        // Registers both store nodes once the faucet funded the account (its own thread).
+        if let Some(key) = identity.account_key.clone() {
+            let homes = vec![dev_dir.join("store"), dev_dir.join("store-2")];
+            crate::store_cmd::register_dev_stores(cfg.genesis.clone(), identity.account(), key, homes);
+        }
         let r = run_node(home, &cfg, Some(identity), stores).await;
         second.shutdown().await;
         store.shutdown().await;

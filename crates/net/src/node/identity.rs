@@ -75,6 +75,23 @@ pub(super) fn load_or_create(path: &Path, seal: Option<&SealKey>) -> Result<Keyp
     Keypair::ed25519_from_bytes(seed).map_err(|e| NodeError::Setup(e.to_string()))
 }
 
+/// The Ed25519 seed of a store-only node's key file (plain, kind 0): loaded, never created, for
+/// a tool that signs as that node (`cairn store register`). A missing file, a sealed one (a user
+/// node's, whose key never leaves it) or a damaged one is an error saying which.
+pub fn load_plain_seed(path: &Path) -> Result<zeroize::Zeroizing<[u8; SEED_BYTES]>, NodeError> {
+    let m = fs::metadata(path).map_err(|e| {
+        NodeError::Setup(format!(
+            "node key file {}: {e}. A store node's directory holds one once `cairn up --store` ran there",
+            path.display()
+        ))
+    })?;
+    if m.len() > KEY_FILE_BYTES_MAX {
+        return Err(fix(path, format!("{} bytes, not a node key file", m.len())));
+    }
+    let bytes = fs::read(path).map_err(|e| fix(path, e))?;
+    decode(&bytes, None).map(zeroize::Zeroizing::new).map_err(|why| fix(path, why))
+}
+
 fn getrandom_seed(seed: &mut [u8; SEED_BYTES]) -> Result<(), NodeError> {
     *seed =
         cairn_crypto::keystore::random_bytes::<SEED_BYTES>().map_err(|e| NodeError::Setup(e.to_string()))?;
@@ -198,5 +215,12 @@ mod tests {
         assert_eq!(load_or_create(&plain, None).unwrap().public(), c.public());
         assert_eq!(fs::read(&plain).unwrap().len(), 42);
         assert!(load_or_create(&plain, Some(&k)).is_err(), "a plain file taken as a user node's");
+        // the loader reads a store node's seed, and refuses a user node's file or none
+        let seed = load_plain_seed(&plain).unwrap();
+        let again = Keypair::ed25519_from_bytes(*seed).unwrap();
+        assert_eq!(again.public(), c.public());
+        assert!(load_plain_seed(&dir.path().join("u/node.key")).is_err(), "a sealed file read plain");
+        assert!(load_plain_seed(&dir.path().join("none/node.key")).is_err());
+        assert!(!dir.path().join("none").exists(), "the loader created something");
     }
 }

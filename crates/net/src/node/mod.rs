@@ -56,7 +56,7 @@ pub use codec::StoreCodec;
 pub use config::{NodeConfig, RelayLimits, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
-pub use identity::SealKey;
+pub use identity::{SealKey, load_plain_seed};
 pub use transport::WsTls;
 
 /// The store protocol name.
