@@ -27,6 +27,9 @@ pub(crate) enum Which {
     /// The campaign's delay proxy inside one namespace (started by `faults`).
     #[value(hide = true)]
     FaultsProxy,
+    /// Seeded simulation of 2,000 nodes (latency, churn, 10% hostile), without and with the
+    /// stem phase: delivery, reach time, bytes per delivered byte, store load, first-spy.
+    NetSim,
     /// Everything.
     All,
 }
@@ -68,6 +71,27 @@ pub(crate) struct BenchArgs {
     /// Contracts bench: ledger rounds (the rates are their medians).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// net-sim: simulated nodes.
+    #[arg(long, default_value_t = 2_000)]
+    sim_nodes: usize,
+    /// net-sim: seed (the same seed reproduces the run).
+    #[arg(long, default_value_t = 1)]
+    sim_seed: u64,
+    /// net-sim: messages sent.
+    #[arg(long, default_value_t = 300)]
+    sim_messages: usize,
+    /// net-sim: stem fluff probability, per mille.
+    #[arg(long, default_value_t = 200)]
+    sim_fluff_per_mille: u32,
+    /// net-sim: stem fail-safe delay, ms (plus up to 1 s of jitter).
+    #[arg(long, default_value_t = 2_000)]
+    sim_failsafe_ms: u64,
+    /// net-sim: gossip mesh degree D (D_lo = D - 1, D_hi = 2 D; our node: 6).
+    #[arg(long, default_value_t = 6)]
+    sim_mesh_n: usize,
+    /// net-sim: anti-entropy period, ms (the node's resync_every_ms; 0: only after rejoining).
+    #[arg(long, default_value_t = 5_000)]
+    sim_resync_ms: u64,
     /// Faults: scenarios to run.
     #[arg(long, default_value_t = 100)]
     fault_scenarios: usize,
@@ -135,6 +159,17 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         );
         let rows = crate::bench_contracts::run(&cfg, &std::env::current_exe()?)?;
         print!("{}", crate::bench_contracts::table(&rows));
+    }
+    if all || matches!(a.which, Which::NetSim) {
+        crate::bench_net_sim::run(crate::bench_net_sim::Config {
+            nodes: a.sim_nodes,
+            seed: a.sim_seed,
+            messages: a.sim_messages,
+            fluff_per_mille: a.sim_fluff_per_mille,
+            failsafe_ms: a.sim_failsafe_ms,
+            mesh_n: a.sim_mesh_n,
+            resync_ms: a.sim_resync_ms,
+        })?;
     }
     Ok(())
 }

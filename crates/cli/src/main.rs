@@ -5,6 +5,7 @@ mod bench;
 mod bench_contracts;
 mod bench_e2e;
 mod bench_faults;
+mod bench_net_sim;
 mod bench_web;
 mod bridge_cmd;
 mod client_cmd;

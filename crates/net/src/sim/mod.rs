@@ -7,7 +7,8 @@
 //!   window, per-peer rate) before delivering or forwarding it; each honest node runs its own
 //!   [`crate::sync::Sync`] state machine (store pushes with acknowledgements and retries;
 //!   anti-entropy by pages from store nodes every `resync_ms` and after rejoining); store targets come from
-//!   [`crate::shard::nearest`]; the stem phase is [`crate::stem::Stem`], the module the node
+//!   [`crate::shard::place`] over the store nodes as registered on the ledger (rank by
+//!   BLAKE3 of topic, node key and salt); the stem phase is [`crate::stem::Stem`], the module the node
 //!   uses.
 //! - **Model**: the gossip mesh. The real node uses libp2p gossipsub; here [`gossip`] models its
 //!   router with our parameters (D = 6, D_lo = 5, D_hi = 12, eager push, IDONTWANT, flood

@@ -103,6 +103,8 @@ pub(super) struct World {
     id_index: HashMap<Id, u32>,
     topics: Vec<Topic>,
     store_keys: Vec<(u32, [u8; 32])>,
+    /// The store nodes as registered on the ledger (node key, rank salt).
+    registered: Vec<shard::RegisteredStore<u32>>,
     junk: Vec<Vec<u8>>,
     stats: Stats,
     send_end: u64,
@@ -160,6 +162,14 @@ impl World {
         let mut store_keys: Vec<(u32, [u8; 32])> =
             stores.iter().map(|s| (*s, node_key(cfg.seed, *s))).collect();
         store_keys.sort();
+        let registered = store_keys
+            .iter()
+            .map(|(s, key)| shard::RegisteredStore {
+                peer: *s,
+                node_key: *key,
+                salt: *blake3::hash(&[&key[..], b"salt"].concat()).as_bytes(),
+            })
+            .collect();
         let topics = (0..cfg.conversations.max(1) as u64)
             .map(|c| Topic::for_conversation(&node_key(cfg.seed ^ 0x70_1c, c as u32)))
             .collect();
@@ -186,6 +196,7 @@ impl World {
             id_index: HashMap::new(),
             topics,
             store_keys,
+            registered,
             junk,
             stats: Stats::default(),
             send_end,
@@ -302,7 +313,12 @@ impl World {
     }
 
     fn stores_of(&self, topic: u32) -> Vec<u32> {
-        shard::nearest(&self.topics[topic as usize].0, &self.store_keys, self.cfg.replicas)
+        Self::place(&self.registered, &self.topics[topic as usize], self.cfg.replicas)
+    }
+
+    /// The node's placement ([`shard::place`]) over the registered store nodes.
+    fn place(registered: &[shard::RegisteredStore<u32>], topic: &Topic, k: usize) -> Vec<u32> {
+        shard::place(topic, &topic.0, registered, &[], |_| true, |_| false, k)
     }
 
     fn honest_online(&mut self) -> Option<u32> {
@@ -791,8 +807,8 @@ impl World {
             .collect();
         let mut placement: HashMap<u32, u64> = self.store_keys.iter().map(|(s, _)| (*s, 0)).collect();
         for t in 0..PLACEMENT_TOPICS {
-            let key = node_key(self.cfg.seed ^ 0x91ace, t as u32);
-            for s in shard::nearest(&key, &self.store_keys, self.cfg.replicas) {
+            let topic = Topic(node_key(self.cfg.seed ^ 0x91ace, t as u32));
+            for s in Self::place(&self.registered, &topic, self.cfg.replicas) {
                 *placement.entry(s).or_default() += 1;
             }
         }
