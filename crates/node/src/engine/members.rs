@@ -269,10 +269,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Mines `env` at its topic's price ([`Engine::work_difficulty`]); if that is not found
+    /// within the attempt bound, at the configured difficulty (stores not under load take it).
     pub(super) fn mine(&self, env: &mut Envelope) -> Result<(), NodeError> {
-        match pow::mine(&mut env.header, self.cfg.difficulty, self.cfg.mine_attempts_max) {
-            Some(_) => Ok(()),
-            None => Err(NodeError::Internal("proof of work not found within its bound".into())),
+        let max = self.cfg.mine_attempts_max;
+        let d = self.work_difficulty(&env.header.topic);
+        if pow::mine(&mut env.header, d, max).is_some() {
+            return Ok(());
         }
+        if d != self.cfg.difficulty && pow::mine(&mut env.header, self.cfg.difficulty, max).is_some() {
+            tracing::warn!(
+                "proof of work at {} base bits not found in {max} attempts: mined at the floor",
+                d.base_bits
+            );
+            return Ok(());
+        }
+        Err(NodeError::Internal("proof of work not found within its bound".into()))
     }
 }

@@ -19,6 +19,7 @@ pub mod policy_store;
 mod receipts;
 mod receive;
 mod send;
+mod work_price;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use self::policy_run::{decorate as policy_decorate_view, held as policy_held
 pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
 pub use self::send::{KIND_RECEIPT, KIND_TEXT, SEND_BATCH_MAX, TEXT_BYTES_MAX, header_aad};
+pub use self::work_price::{WORK_BITS_MAX, WORK_PRICES_MAX};
 
 /// The keys of this device.
 #[derive(Clone)]
@@ -198,6 +200,8 @@ pub struct Engine {
     own_merged: std::collections::BTreeSet<ConversationId>,
     /// Commits made without an fsync since the last durable one.
     lazy_commits: u64,
+    /// Proof-of-work prices of loaded topics (bounded; see `work_price`).
+    work_prices: work_price::WorkPrices,
     /// Whether a redaction may be waiting for its target (see [`crate::redactions`]).
     pending_redactions: bool,
     /// Sent messages whose delivery state changed since it was last written to `node.redb`
@@ -291,6 +295,7 @@ impl Engine {
             welcome_chunks: cairn_mls::WelcomeAssembler::new(),
             own_merged: std::collections::BTreeSet::new(),
             lazy_commits: 0,
+            work_prices: work_price::WorkPrices::default(),
             pending_redactions,
             deliveries_dirty: BTreeSet::new(),
             last_durable_ms: 0,

@@ -74,6 +74,9 @@ pub enum Job {
     Stores(Vec<([u8; 32], [u8; 32])>),
     /// The ledger recorded this key-package batch's hash: publish the batch on the mesh.
     KeyPackagesRecorded(Box<Envelope>),
+    /// Proof-of-work prices the mesh learned, `(topic, base bits)`, at most
+    /// `work_prices::WORK_PRICE_TOPICS_PER_ROUND`: envelopes of these topics are mined at them.
+    WorkPrices(Vec<(Topic, u32)>),
     /// An anchor submission ended.
     AnchorDone {
         /// Conversation.
@@ -263,6 +266,11 @@ impl Actor {
             Job::Registered => self.publish_key_packages(),
             Job::Stores(stores) => {
                 let _ = self.mesh.blocking_send(MeshCmd::RegisteredStores(stores));
+            }
+            Job::WorkPrices(prices) => {
+                for (topic, bits) in prices {
+                    self.engine.set_work_price(topic, bits);
+                }
             }
             Job::KeyPackagesRecorded(env) => {
                 let _ = self.mesh.blocking_send(MeshCmd::Publish(env));

@@ -12,6 +12,7 @@ pub mod actor;
 pub mod awaiting;
 pub mod keypackages;
 pub mod ledger;
+pub mod work_prices;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -286,8 +287,10 @@ pub async fn run_mesh_commands(net: NodeHandle, mut cmds: mpsc::Receiver<MeshCmd
     }
 }
 
-/// Queues a tick every `tick_ms` (never more than one pending).
+/// Queues a tick every `tick_ms` (never more than one pending), and starts the task that
+/// feeds the engine the mesh's proof-of-work prices ([`work_prices::run_work_prices`]).
 pub async fn run_timer(shared: Arc<Shared>, ops: mpsc::Sender<Job>, tick_ms: u64) {
+    tokio::spawn(work_prices::run_work_prices(shared.clone(), ops.clone()));
     let mut iv = tokio::time::interval(Duration::from_millis(tick_ms.max(10)));
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
