@@ -102,3 +102,73 @@ pub async fn run_work_prices(shared: Arc<Shared>, ops: mpsc::Sender<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::{Arc, Mutex};
+
+    use cairn_mls::ConversationId;
+    use tokio::sync::{Notify, broadcast};
+
+    use super::*;
+    use crate::engine::IdentityKeys;
+    use crate::shell::ConvSnapshot;
+    use crate::shell::keypackages::KeyPackages;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_prices_of_the_topics_published_on_reach_the_actor_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = cairn_crypto::Identity::generate(1).unwrap();
+        let other = cairn_crypto::Identity::generate(1).unwrap();
+        let keys = IdentityKeys::of(&me);
+        let limits = cairn_proto::Limits::default();
+        let db = Arc::new(redb::Database::create(dir.path().join("node.redb")).unwrap());
+        let keyring = crate::keyring::Keyring::derived(&keys.device_key);
+        let node_db = crate::db::NodeDb::with_keyring(db, limits, Arc::new(keyring)).unwrap();
+        let net =
+            cairn_net::node::start(cairn_net::node::NodeConfig::new(dir.path().join("net"))).await.unwrap();
+        let (events, _) = broadcast::channel(16);
+        let shared = Arc::new(Shared {
+            identity: keys.clone(),
+            db: node_db,
+            net: net.clone(),
+            events,
+            new_message: Notify::new(),
+            ledger_height: AtomicU64::new(u64::MAX),
+            registered: AtomicBool::new(false),
+            tick_pending: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            handle: Mutex::new(None),
+            handles: Arc::new(Mutex::new(HashMap::new())),
+            convs: Mutex::new(HashMap::new()),
+            key_packages: KeyPackages::default(),
+            metrics: crate::metrics::Metrics::new(),
+        });
+        let conv = ConversationId([9; 32]);
+        let members = vec![me.cert, other.cert];
+        shared.set_conversation(conv, ConvSnapshot { epoch: 1, active: true, members });
+        // a conversation left: not asked
+        shared.set_conversation(
+            ConversationId([8; 32]),
+            ConvSnapshot { epoch: 1, active: false, members: vec![] },
+        );
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(run_work_prices(shared.clone(), tx));
+        let job = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        let Job::WorkPrices(mut prices) = job else { panic!("not a price update") };
+        prices.sort_unstable();
+        let floor = net.work_bits(conv.topic()).await.unwrap();
+        let mut want = vec![(conv.topic(), floor), (receipt_topic(&conv, &other.device()), floor)];
+        want.sort_unstable();
+        assert_eq!(prices, want, "the conversation's topic and the other member's receipt topic");
+        // unchanged prices are not sent again
+        assert!(tokio::time::timeout(WORK_PRICE_POLL * 2, rx.recv()).await.is_err());
+        shared.stopping.store(true, Ordering::Relaxed);
+        task.abort();
+        net.shutdown().await;
+    }
+}
