@@ -113,6 +113,10 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
             .filter(|a| a.balance > 0 && !a.active_devices().is_empty())
     });
 
+    // a user node's home has a key file now, sealed by its device key: not a store's
+    let err = refused(&ann, &g, &["store", "register", "--store-home", ann.to_str().unwrap()]);
+    assert!(err.contains("sealed") && err.contains("store-only node"), "{err}");
+
     let out = cairn(&ann, &g, &["store", "register", "--store-home", store_arg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "register failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));

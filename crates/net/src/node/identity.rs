@@ -88,8 +88,12 @@ pub fn load_plain_seed(path: &Path) -> Result<zeroize::Zeroizing<[u8; SEED_BYTES
     if m.len() > KEY_FILE_BYTES_MAX {
         return Err(fix(path, format!("{} bytes, not a node key file", m.len())));
     }
-    let bytes = fs::read(path).map_err(|e| fix(path, e))?;
-    decode(&bytes, None).map(zeroize::Zeroizing::new).map_err(|why| fix(path, why))
+    // not `fix`: its advice (delete the file) is for a node starting, not for a reader
+    let bytes =
+        fs::read(path).map_err(|e| NodeError::Setup(format!("node key file {}: {e}", path.display())))?;
+    decode(&bytes, None)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|why| NodeError::Setup(format!("node key file {}: {why}", path.display())))
 }
 
 fn getrandom_seed(seed: &mut [u8; SEED_BYTES]) -> Result<(), NodeError> {
