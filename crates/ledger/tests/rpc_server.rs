@@ -197,6 +197,7 @@ fn a_nonce_far_ahead_of_the_proven_one_is_ignored() {
     let mut c =
         LedgerClient::new(&genesis(fake_validator(inflating))).unwrap().with_timeout(Duration::from_secs(5));
     assert!(matches!(c.nonce(&id(&user(0)).0), Err(ClientError::Unreachable(m)) if m.contains("plausible")));
+    assert!(c.is_suspect(0), "a nonce beyond any mempool is a lie");
 }
 
 #[test]

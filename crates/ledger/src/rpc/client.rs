@@ -125,6 +125,30 @@ impl Link {
     }
 }
 
+/// What a validator's next-nonce answer `n` is worth against the proven committed `floor`.
+#[derive(Debug, PartialEq, Eq)]
+enum NonceAnswer {
+    /// Below the floor: the validator is behind the proven header (lagging after a partition
+    /// or a restart). Not believed, and not a lie: the fault campaign saw honest validators
+    /// suspected when this counted as one.
+    Behind,
+    /// More than [`NONCE_ANSWER_AHEAD_MAX`] above the floor: further ahead than any mempool
+    /// accepts, a lie.
+    Lie,
+    /// Believable.
+    Plausible,
+}
+
+fn judge_nonce(n: u64, floor: u64) -> NonceAnswer {
+    if n < floor {
+        NonceAnswer::Behind
+    } else if n > floor.saturating_add(NONCE_ANSWER_AHEAD_MAX) {
+        NonceAnswer::Lie
+    } else {
+        NonceAnswer::Plausible
+    }
+}
+
 /// A blocking client of the validator set named in a genesis.
 #[derive(Debug)]
 pub struct LedgerClient {
@@ -505,9 +529,10 @@ impl LedgerClient {
 
     /// Next nonce of `signer`: the highest next nonce a validator reports (it counts the
     /// signer's transactions waiting in its mempool), checked against the committed nonce
-    /// proven against a certified header. An answer below that floor, or more than
-    /// [`NONCE_ANSWER_AHEAD_MAX`] above it (further than any mempool accepts), is a lie and
-    /// ignored; without a proof yet (a young chain), the floor is 0.
+    /// proven against a certified header. An answer below that floor is ignored (that
+    /// validator is behind the header); more than [`NONCE_ANSWER_AHEAD_MAX`] above it (further
+    /// than any mempool accepts) is a lie, ignored and its validator suspected; without a
+    /// proof yet (a young chain), the floor is 0.
     pub fn nonce(&mut self, signer: &[u8; 32]) -> Result<u64, ClientError> {
         let floor = match self.prove(&StateKey::Nonce(*signer)) {
             Ok(Some(b)) => {
@@ -523,11 +548,12 @@ impl LedgerClient {
         let mut best = None;
         for i in self.order() {
             if let Ok(Response::Nonce(n)) = self.call_one(i, &req) {
-                if n < floor || n > floor.saturating_add(NONCE_ANSWER_AHEAD_MAX) {
-                    self.caught_lying(i, &format!("nonce {n}, outside the proven {floor}.."));
-                    continue;
+                match judge_nonce(n, floor) {
+                    NonceAnswer::Behind => {}
+                    NonceAnswer::Lie => self
+                        .caught_lying(i, &format!("nonce {n}, beyond the proven {floor} plus any mempool")),
+                    NonceAnswer::Plausible => best = Some(best.map_or(n, |b: u64| b.max(n))),
                 }
-                best = Some(best.map_or(n, |b: u64| b.max(n)));
             }
         }
         best.ok_or_else(|| ClientError::Unreachable("no validator answered with a plausible nonce".into()))
@@ -705,5 +731,14 @@ mod tests {
             assert!(req.len() <= REQUEST_BYTES_MAX);
         }
         assert_eq!(chunks.concat(), idx);
+    }
+
+    #[test]
+    fn a_nonce_behind_the_proof_is_lagging_and_one_beyond_any_mempool_is_a_lie() {
+        assert_eq!(judge_nonce(28, 30), NonceAnswer::Behind);
+        assert_eq!(judge_nonce(30, 30), NonceAnswer::Plausible);
+        assert_eq!(judge_nonce(30 + NONCE_ANSWER_AHEAD_MAX, 30), NonceAnswer::Plausible);
+        assert_eq!(judge_nonce(31 + NONCE_ANSWER_AHEAD_MAX, 30), NonceAnswer::Lie);
+        assert_eq!(judge_nonce(u64::MAX, u64::MAX - 1), NonceAnswer::Plausible, "no overflow");
     }
 }
