@@ -7,22 +7,19 @@
 //! module that breaks an upload rule is refused here, naming the rule, before any fee is paid.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use cairn_contracts::{Limits, code_hash, validate};
 use cairn_ledger::genesis::Genesis;
-use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteOutcome};
+use cairn_ledger::rpc::{ClientError, LedgerClient};
 use cairn_ledger::state::{FUEL_LIMIT_MAX, contract_address};
 use cairn_ledger::tx::{CODE_BYTES_MAX, CONTRACT_MSG_MAX, Tx, TxBody, TxError, normalize_handle};
 use cairn_proto::AccountId;
 use cairn_proto::ed25519::SigningKey;
 use clap::{Args, Subcommand};
 
-/// Time given to a transaction to be finalized.
-const FINALITY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Submissions tried when another signer of the same key takes the nonce first.
-const NONCE_ATTEMPTS: u64 = 5;
+use crate::tx_submit::Submitted;
+
 /// Default fuel limit of a call.
 const DEFAULT_FUEL: u64 = 1_000_000;
 
@@ -181,49 +178,26 @@ fn hint(code: u8) -> &'static str {
     }
 }
 
-/// Signs and submits `body`, retrying nonce races; waits for finality. Returns the signed
-/// transaction and its height.
+/// Signs and submits `body` (see [`crate::tx_submit`]); a refusal or a failed execution is an
+/// error that says what to do. Returns the signed transaction and its height.
 fn submit(
     c: &mut LedgerClient,
     account: AccountId,
     key: &SigningKey,
     body: TxBody,
 ) -> anyhow::Result<(Tx, u64)> {
-    let me = key.verifying_key().to_bytes();
-    let deadline = Instant::now() + FINALITY_TIMEOUT;
-    let races = [
-        TxError::NonceReplayed { expected: 0, got: 0 }.code(),
-        TxError::NonceSkipped { expected: 0, got: 0 }.code(),
-    ];
-    for attempt in 1..=NONCE_ATTEMPTS {
-        let nonce = c.nonce(&me).context("asking the validators for the next nonce")?;
-        let tx = Tx::sign(c.chain(), account, key, nonce, body.clone());
-        let refusal = match c.submit(&tx.encode()) {
-            Ok(id) => match c.wait_final(&id, deadline.saturating_duration_since(Instant::now())) {
-                Ok((height, RemoteOutcome::Failed { code, message, .. })) => {
-                    bail!(
-                        "the ledger included the transaction at height {height} but it failed: {message}{}",
-                        hint(code)
-                    )
-                }
-                Ok((height, _)) => return Ok((tx, height)),
-                Err(ClientError::Refused { code, message }) => (code, message),
-                Err(ClientError::Timeout) => bail!(
-                    "transaction {} was not finalized within {FINALITY_TIMEOUT:?}: check `cairn ledger status`",
-                    id
-                ),
-                Err(e) => return Err(e.into()),
-            },
-            Err(ClientError::Refused { code, message }) => (code, message),
-            Err(e) => return Err(anyhow::Error::new(e).context("no validator took the transaction")),
-        };
-        let (code, message) = refusal;
-        if !races.contains(&code) || attempt == NONCE_ATTEMPTS || Instant::now() >= deadline {
-            bail!("the ledger refused the transaction: {message}{}", hint(code));
+    match crate::tx_submit::submit(c, account, key, &body)? {
+        Submitted::Final(tx, height) => Ok((*tx, height)),
+        Submitted::Failed { height, code, message } => {
+            bail!(
+                "the ledger included the transaction at height {height} but it failed: {message}{}",
+                hint(code)
+            )
         }
-        std::thread::sleep(Duration::from_millis(100 * attempt));
+        Submitted::Refused { code, message } => {
+            bail!("the ledger refused the transaction: {message}{}", hint(code))
+        }
     }
-    bail!("the ledger refused the transaction: the nonce kept being taken by another signer; retry")
 }
 
 fn show_output(out: &[u8]) -> String {

@@ -19,6 +19,7 @@ mod link_cmd;
 mod node_cmd;
 mod selfcheck;
 mod store_cmd;
+mod tx_submit;
 mod web_cmd;
 mod web_setup;
 

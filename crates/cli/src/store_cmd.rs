@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::params::Params;
-use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteOutcome};
+use cairn_ledger::rpc::LedgerClient;
 use cairn_ledger::state::store_fee;
-use cairn_ledger::tx::{Tx, TxBody, TxError, store_binding_message};
+use cairn_ledger::tx::{TxBody, TxError, store_binding_message};
 use cairn_proto::AccountId;
 use cairn_proto::ed25519::{Signer as _, SigningKey};
 use clap::{Args, Subcommand};
 
-/// Time given to a transaction to be finalized.
-const FINALITY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Submissions tried when another signer of the same key takes the nonce first.
-const NONCE_ATTEMPTS: u64 = 5;
+use crate::tx_submit::Submitted;
 
 /// `cairn store …`.
 #[derive(Debug, Args)]
@@ -181,49 +178,6 @@ fn typed(
     StoreCmdError::Refused { code, message }
 }
 
-/// Signs and submits `body`, retrying nonce races; waits for finality. Returns the
-/// transaction and its height, or the refusal's code and sentence.
-fn submit(
-    c: &mut LedgerClient,
-    account: AccountId,
-    key: &SigningKey,
-    body: &TxBody,
-) -> anyhow::Result<Result<(Tx, u64), (u8, String)>> {
-    let me = key.verifying_key().to_bytes();
-    let deadline = Instant::now() + FINALITY_TIMEOUT;
-    let races = [
-        TxError::NonceReplayed { expected: 0, got: 0 }.code(),
-        TxError::NonceSkipped { expected: 0, got: 0 }.code(),
-    ];
-    for attempt in 1..=NONCE_ATTEMPTS {
-        let nonce =
-            c.nonce(&me).map_err(|e| anyhow::anyhow!("asking the validators for the next nonce: {e}"))?;
-        let tx = Tx::sign(c.chain(), account, key, nonce, body.clone());
-        let refusal = match c.submit(&tx.encode()) {
-            Ok(id) => match c.wait_final(&id, deadline.saturating_duration_since(Instant::now())) {
-                Ok((_, RemoteOutcome::Failed { code, message, .. })) => return Ok(Err((code, message))),
-                Ok((height, _)) => return Ok(Ok((tx, height))),
-                Err(ClientError::Refused { code, message }) => (code, message),
-                Err(ClientError::Timeout) => anyhow::bail!(
-                    "transaction {id} was not finalized within {FINALITY_TIMEOUT:?}: check `cairn ledger status`, then retry"
-                ),
-                Err(e) => return Err(e.into()),
-            },
-            Err(ClientError::Refused { code, message }) => (code, message),
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context("no validator took the transaction: are they running?")
-                );
-            }
-        };
-        if !races.contains(&refusal.0) || attempt == NONCE_ATTEMPTS || Instant::now() >= deadline {
-            return Ok(Err(refusal));
-        }
-        std::thread::sleep(Duration::from_millis(100 * attempt));
-    }
-    anyhow::bail!("the nonce kept being taken by another signer of this account; retry")
-}
-
 /// Registers (or, with `register` false, deregisters) the store node `node` for the account
 /// of `home`; returns the node key and the height it was final at.
 pub(crate) fn apply(
@@ -240,9 +194,11 @@ pub(crate) fn apply(
     } else {
         TxBody::DeregisterStore { node_key }
     };
-    match submit(c, account, key, &body)? {
-        Ok((_, height)) => Ok((node_key, height)),
-        Err(refusal) => Err(typed(c, params, account, &node_key, refusal).into()),
+    match crate::tx_submit::submit(c, account, key, &body)? {
+        Submitted::Final(_, height) => Ok((node_key, height)),
+        Submitted::Failed { code, message, .. } | Submitted::Refused { code, message } => {
+            Err(typed(c, params, account, &node_key, (code, message)).into())
+        }
     }
 }
 
