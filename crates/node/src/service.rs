@@ -6,10 +6,9 @@
 //! authenticated data. Key packages are signed plain envelopes on a per-device topic; Welcomes
 //! go to the invitee's inbox topic as sealed bundles with no signature wrapper.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cairn_crypto::Identity;
@@ -17,7 +16,7 @@ use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{LedgerClient, LedgerSequencer};
 use cairn_mls::{Client as MlsClient, ConversationId, DeviceSigner, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::backend::{ApiError, ApiResult, Backend};
 use crate::db::NodeDb;
@@ -30,7 +29,7 @@ use crate::model::{
     SendResult, StatusView, StreamEvent, TailQuery, TxView, VerifyView,
 };
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
-use crate::shell::keypackages::{KeyPackageRefusal, KeyPackages};
+use crate::shell::keypackages::KeyPackageRefusal;
 use crate::shell::ledger::{LEDGER_JOBS_MAX, LedgerWorker, read_retry, resolve_account, unavailable};
 use crate::shell::{STREAM_EVENTS_MAX, Shared, now_ms};
 
@@ -122,23 +121,7 @@ impl Service {
         let net = cairn_net::node::start(cfg.net.clone()).await?;
         let net_events = net.take_events().ok_or_else(|| anyhow::anyhow!("mesh events already taken"))?;
         let (events, _) = broadcast::channel(STREAM_EVENTS_MAX);
-        let shared = Arc::new(Shared {
-            identity: keys.clone(),
-            db: node_db.clone(),
-            net: net.clone(),
-            events,
-            new_message: Notify::new(),
-            ledger_height: AtomicU64::new(u64::MAX),
-            registered: AtomicBool::new(false),
-            tick_pending: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
-            handle: Mutex::new(None),
-            handles: Arc::new(Mutex::new(HashMap::new())),
-            convs: Mutex::new(HashMap::new()),
-            key_packages: KeyPackages::default(),
-            metrics: crate::metrics::Metrics::new(),
-        });
+        let shared = Arc::new(Shared::new(keys.clone(), node_db.clone(), net.clone(), events));
         let (ops_tx, ops_rx) = mpsc::channel(OPS_QUEUE_MAX);
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE_MAX);
         let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_MAX);

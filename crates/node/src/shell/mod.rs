@@ -91,6 +91,33 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A device's shared state at start: nothing seen of the ledger yet, no handles, no
+    /// conversation views.
+    pub fn new(
+        identity: IdentityKeys,
+        db: NodeDb,
+        net: NodeHandle,
+        events: broadcast::Sender<StreamEvent>,
+    ) -> Self {
+        Self {
+            identity,
+            db,
+            net,
+            events,
+            new_message: Notify::new(),
+            ledger_height: AtomicU64::new(u64::MAX),
+            registered: AtomicBool::new(false),
+            tick_pending: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            handle: Mutex::new(None),
+            handles: Arc::new(Mutex::new(HashMap::new())),
+            convs: Mutex::new(HashMap::new()),
+            key_packages: KeyPackages::default(),
+            metrics: crate::metrics::Metrics::new(),
+        }
+    }
+
     /// Publishes an API stream event.
     pub fn emit(&self, ev: StreamEvent) {
         if let StreamEvent::Message(m) = &ev {

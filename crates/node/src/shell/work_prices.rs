@@ -106,17 +106,14 @@ pub async fn run_work_prices(shared: Arc<Shared>, ops: mpsc::Sender<Job>) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use cairn_mls::ConversationId;
-    use tokio::sync::{Notify, broadcast};
+    use tokio::sync::broadcast;
 
     use super::*;
     use crate::engine::IdentityKeys;
     use crate::shell::ConvSnapshot;
-    use crate::shell::keypackages::KeyPackages;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_prices_of_the_topics_published_on_reach_the_actor_queue() {
@@ -131,23 +128,7 @@ mod tests {
         let net =
             cairn_net::node::start(cairn_net::node::NodeConfig::new(dir.path().join("net"))).await.unwrap();
         let (events, _) = broadcast::channel(16);
-        let shared = Arc::new(Shared {
-            identity: keys.clone(),
-            db: node_db,
-            net: net.clone(),
-            events,
-            new_message: Notify::new(),
-            ledger_height: AtomicU64::new(u64::MAX),
-            registered: AtomicBool::new(false),
-            tick_pending: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
-            handle: Mutex::new(None),
-            handles: Arc::new(Mutex::new(HashMap::new())),
-            convs: Mutex::new(HashMap::new()),
-            key_packages: KeyPackages::default(),
-            metrics: crate::metrics::Metrics::new(),
-        });
+        let shared = Arc::new(Shared::new(keys.clone(), node_db, net.clone(), events));
         let conv = ConversationId([9; 32]);
         let members = vec![me.cert, other.cert];
         shared.set_conversation(conv, ConvSnapshot { epoch: 1, active: true, members });
