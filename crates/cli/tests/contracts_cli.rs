@@ -4,14 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
 
 use cairn_contracts::shipped::escrow;
 use cairn_node::client::read_run_file;
-use common::{BIN, Net, wait_for};
+use common::{BIN, Net, cairn_at, refused_at, wait_for};
 
 const PASS: &str = "contracts passphrase";
 
@@ -24,33 +24,11 @@ const TOO_MUCH_MEMORY: &[u8] = &[
     b'n', b'_', b'a', b'b', b'i', b'_', b'v', b'1', 0x03, 0x00,
 ];
 
-fn cairn(home: &Path, genesis: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .arg("--genesis")
-        .arg(genesis)
-        .env("CAIRN_PASSPHRASE", PASS)
-        .output()
-        .unwrap()
-}
-
 fn ok(home: &Path, genesis: &Path, args: &[&str]) -> String {
-    let out = cairn(home, genesis, args);
+    let out = cairn_at(home, genesis, PASS, args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "cairn {args:?} failed: {}{text}", String::from_utf8_lossy(&out.stderr));
     text
-}
-
-fn refused(home: &Path, genesis: &Path, args: &[&str]) -> String {
-    let out = cairn(home, genesis, args);
-    assert!(
-        !out.status.success(),
-        "cairn {args:?} should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The value after `label` on its line of `text`.
@@ -107,7 +85,7 @@ fn contracts_and_payments_from_the_command_line() {
         read_run_file(&ann).ok().flatten().filter(|r| r.pid == pid)
     });
     let funded = wait_for("ann's account funded", Duration::from_secs(120), || {
-        let out = cairn(&ann, &g, &["balance"]);
+        let out = cairn_at(&ann, &g, PASS, &["balance"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.split_whitespace().nth(1).and_then(|b| b.parse::<u64>().ok()).filter(|b| *b > 0)
     });
@@ -128,15 +106,15 @@ fn contracts_and_payments_from_the_command_line() {
     wait_for("bob's 5000", Duration::from_secs(20), || (balance_of(&ann, &g, &bob_id) == 5000).then_some(()));
     let after_pay = balance_of(&ann, &g, &ann_id);
     assert!(after_pay < funded - 5000, "the fee was paid too: {funded} -> {after_pay}");
-    let err = refused(&ann, &g, &["pay", &bob_id, &u64::MAX.to_string()]);
+    let err = refused_at(&ann, &g, PASS, &["pay", &bob_id, &u64::MAX.to_string()]);
     assert!(err.contains("insufficient balance") && err.contains("cairn pay"), "{err}");
-    let err = refused(&ann, &g, &["pay", &ann_id, "1"]);
+    let err = refused_at(&ann, &g, PASS, &["pay", &ann_id, "1"]);
     assert!(err.contains("this account"), "{err}");
 
     // a module that breaks an upload rule is refused here, naming the rule
     let bad: PathBuf = net.path("bad.wasm");
     std::fs::write(&bad, TOO_MUCH_MEMORY).unwrap();
-    let err = refused(&ann, &g, &["contract", "deploy", bad.to_str().unwrap()]);
+    let err = refused_at(&ann, &g, PASS, &["contract", "deploy", bad.to_str().unwrap()]);
     assert!(err.contains("refused before upload") && err.contains("64"), "{err}");
 
     // deploy, instantiate, execute and query the shipped escrow
@@ -144,7 +122,7 @@ fn contracts_and_payments_from_the_command_line() {
     let out = ok(&ann, &g, &["contract", "deploy", wasm.to_str().unwrap()]);
     let code = field(&out, "code");
     assert_eq!(code, hex(&cairn_contracts::code_hash(escrow::WASM)));
-    let err = refused(&ann, &g, &["contract", "instantiate", &"00".repeat(32)]);
+    let err = refused_at(&ann, &g, PASS, &["contract", "instantiate", &"00".repeat(32)]);
     assert!(err.contains("deploy it first"), "{err}");
     let out = ok(&ann, &g, &["contract", "instantiate", &code]);
     let contract = field(&out, "contract");
@@ -157,7 +135,8 @@ fn contracts_and_payments_from_the_command_line() {
     assert_eq!((record.status, record.amount, record.recipient), (escrow::Status::Open, 1234, bob_key));
     // the same escrow id again: the contract aborts, the funds come back, the error says why
     let before = balance_of(&ann, &g, &ann_id);
-    let err = refused(&ann, &g, &["contract", "execute", &contract, "--msg", &open, "--funds", "1000000"]);
+    let err =
+        refused_at(&ann, &g, PASS, &["contract", "execute", &contract, "--msg", &open, "--funds", "1000000"]);
     assert!(err.contains("failed") && err.contains("nothing of the call was kept"), "{err}");
     // (a validator may answer from a block before the call's: wait until one shows the fee)
     let after = wait_for("the failed call's fee", Duration::from_secs(20), || {
@@ -165,7 +144,7 @@ fn contracts_and_payments_from_the_command_line() {
     });
     let lost = before - after;
     assert!(lost < 1_000_000, "only the fee is paid, the funds come back (lost {lost})");
-    let err = refused(&ann, &g, &["contract", "call", &contract, "--msg", "zz"]);
+    let err = refused_at(&ann, &g, PASS, &["contract", "call", &contract, "--msg", "zz"]);
     assert!(err.contains("neither hex"), "{err}");
 }
 

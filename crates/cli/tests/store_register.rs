@@ -4,8 +4,7 @@
 //! back through the ledger with a proof (`LedgerClient::stores`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
@@ -14,31 +13,9 @@ use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::LedgerClient;
 use cairn_node::client::read_run_file;
 use cairn_proto::AccountId;
-use common::{BIN, Net, wait_for};
+use common::{BIN, Net, cairn_at, refused_at, wait_for};
 
 const PASS: &str = "store register passphrase";
-
-fn cairn(home: &Path, genesis: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .arg("--genesis")
-        .arg(genesis)
-        .env("CAIRN_PASSPHRASE", PASS)
-        .output()
-        .unwrap()
-}
-
-fn refused(home: &Path, genesis: &Path, args: &[&str]) -> String {
-    let out = cairn(home, genesis, args);
-    assert!(
-        !out.status.success(),
-        "cairn {args:?} should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn spawn(net: &mut Net, name: &str, args: &[&str]) -> u32 {
     let log = net.log(name);
@@ -79,10 +56,10 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
     // not a store home: typed, says how to make one
     let empty = net.path("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let err = refused(&ann, &g, &["store", "register", "--store-home", empty.to_str().unwrap()]);
+    let err = refused_at(&ann, &g, PASS, &["store", "register", "--store-home", empty.to_str().unwrap()]);
     assert!(err.contains("not a store node's home") && err.contains("up --store"), "{err}");
     // a user's home (sealed key file, or none) is not one either
-    let err = refused(&ann, &g, &["store", "register", "--store-home", ann.to_str().unwrap()]);
+    let err = refused_at(&ann, &g, PASS, &["store", "register", "--store-home", ann.to_str().unwrap()]);
     assert!(err.contains("not a store node's home"), "{err}");
 
     // the store node: its key file appears when it starts
@@ -95,7 +72,7 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
     let store_arg = store.to_str().unwrap();
 
     // ann's account is not on the ledger yet: no funds, and the error says how to get them
-    let err = refused(&ann, &g, &["store", "register", "--store-home", store_arg]);
+    let err = refused_at(&ann, &g, PASS, &["store", "register", "--store-home", store_arg]);
     assert!(err.contains("cannot pay the store fee") && err.contains("faucet"), "{err}");
 
     // ann's node registers the account (the dev faucet funds it) and the device
@@ -114,10 +91,10 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
     });
 
     // a user node's home has a key file now, sealed by its device key: not a store's
-    let err = refused(&ann, &g, &["store", "register", "--store-home", ann.to_str().unwrap()]);
+    let err = refused_at(&ann, &g, PASS, &["store", "register", "--store-home", ann.to_str().unwrap()]);
     assert!(err.contains("sealed") && err.contains("store-only node"), "{err}");
 
-    let out = cairn(&ann, &g, &["store", "register", "--store-home", store_arg]);
+    let out = cairn_at(&ann, &g, PASS, &["store", "register", "--store-home", store_arg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "register failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&hex_of(&node_key)) && stdout.contains("registered at height"), "{stdout}");
@@ -128,15 +105,15 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
     assert_eq!(entry.account, ann_account);
 
     // a second registration of the same node: refused, typed, nothing changed
-    let err = refused(&ann, &g, &["store", "register", "--store-home", store_arg]);
+    let err = refused_at(&ann, &g, PASS, &["store", "register", "--store-home", store_arg]);
     assert!(err.contains("already registered"), "{err}");
     assert_eq!(ledger.stores().unwrap(), set);
 
     // deregistered: the set is empty again; a second deregistration is typed too
-    let out = cairn(&ann, &g, &["store", "deregister", "--store-home", store_arg]);
+    let out = cairn_at(&ann, &g, PASS, &["store", "deregister", "--store-home", store_arg]);
     assert!(out.status.success(), "deregister failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(ledger.stores().unwrap().get(&node_key).is_none());
-    let err = refused(&ann, &g, &["store", "deregister", "--store-home", store_arg]);
+    let err = refused_at(&ann, &g, PASS, &["store", "deregister", "--store-home", store_arg]);
     assert!(err.contains("not registered by this account"), "{err}");
 }
 

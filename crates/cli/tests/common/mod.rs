@@ -3,8 +3,8 @@
 //! kept for post-mortem when the test failed.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_node::client::{Client, read_run_file};
@@ -166,4 +166,28 @@ impl Net {
             .unwrap();
         self.children.push((format!("validator-{i}"), child));
     }
+}
+
+/// Runs `cairn --home HOME ARGS --genesis GENESIS` to its end with `pass` as the passphrase.
+pub fn cairn_at(home: &Path, genesis: &Path, pass: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .arg("--genesis")
+        .arg(genesis)
+        .env("CAIRN_PASSPHRASE", pass)
+        .output()
+        .unwrap()
+}
+
+/// The stderr of a [`cairn_at`] run that must fail.
+pub fn refused_at(home: &Path, genesis: &Path, pass: &str, args: &[&str]) -> String {
+    let out = cairn_at(home, genesis, pass, args);
+    assert!(
+        !out.status.success(),
+        "cairn {args:?} should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
