@@ -152,8 +152,14 @@ fn a_device_links_with_a_one_time_code_joins_the_conversation_and_leaves_it_when
     let name = "ann-laptop";
     up(&mut net, name, &[]);
     let l = Client::for_home(&home2).unwrap();
-    wait_for("the laptop to join ann's conversation", Duration::from_secs(120), || {
+    let joined = wait_for("the laptop to join ann's conversation", Duration::from_secs(120), || {
         l.conversations().ok()?.into_iter().find(|v| v.id == conv && v.active)
+    });
+    // ben must have merged the commit that added the laptop before he sends: a message of an
+    // earlier epoch is not for the laptop to read (MLS), and under load ben can lag (a CI
+    // rehearsal timed out here).
+    wait_for("ben to reach the epoch the laptop joined at", Duration::from_secs(60), || {
+        b.conversations().ok()?.into_iter().find(|v| v.id == conv && v.epoch >= joined.epoch)
     });
     // The laptop holds no account key: it cannot hand out link codes.
     let refused = cairn(&home2, &["device", "link"]).output().unwrap();
