@@ -20,4 +20,5 @@ pub mod process;
 pub mod rpc;
 pub mod state;
 pub mod tx;
+pub mod tx_error;
 pub mod validator;
