@@ -11,29 +11,10 @@ mod common;
 
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::LedgerClient;
-use cairn_node::client::read_run_file;
 use cairn_proto::AccountId;
 use common::{BIN, Net, cairn_at, refused_at, wait_for};
 
 const PASS: &str = "store register passphrase";
-
-fn spawn(net: &mut Net, name: &str, args: &[&str]) -> u32 {
-    let log = net.log(name);
-    let child = Command::new(BIN)
-        .arg("--home")
-        .arg(net.path(name))
-        .args(args)
-        .arg("--genesis")
-        .arg(&net.genesis)
-        .env("CAIRN_PASSPHRASE", PASS)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    net.children.push((name.to_owned(), child));
-    pid
-}
 
 #[test]
 fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
@@ -63,7 +44,7 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
     assert!(err.contains("not a store node's home"), "{err}");
 
     // the store node: its key file appears when it starts
-    spawn(&mut net, "store", &["up", "--store"]);
+    net.up("store", PASS, "warn", &["--store"]);
     let store = net.path("store");
     let key_file = store.join("net").join("node.key");
     wait_for("the store node's key file", Duration::from_secs(60), || key_file.exists().then_some(()));
@@ -76,10 +57,7 @@ fn a_store_node_is_registered_once_and_read_back_from_the_ledger() {
     assert!(err.contains("cannot pay the store fee") && err.contains("faucet"), "{err}");
 
     // ann's node registers the account (the dev faucet funds it) and the device
-    let pid = spawn(&mut net, "ann", &["up"]);
-    wait_for("ann's node", Duration::from_secs(60), || {
-        read_run_file(&ann).ok().flatten().filter(|r| r.pid == pid)
-    });
+    net.up("ann", PASS, "warn", &[]);
     let genesis = Genesis::load(&g).unwrap();
     let mut ledger = LedgerClient::new(&genesis).unwrap();
     wait_for("ann's account funded, device registered", Duration::from_secs(120), || {
