@@ -90,6 +90,11 @@ impl PeerBook {
         self.peers.is_empty()
     }
 
+    /// Peers with at least one address to dial.
+    pub fn dialable(&self) -> usize {
+        self.peers.values().filter(|e| !e.addrs.is_empty()).count()
+    }
+
     /// Whether the book changed since the last [`PeerBook::encode`].
     pub fn is_dirty(&self) -> bool {
         self.dirty

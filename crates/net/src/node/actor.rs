@@ -565,6 +565,7 @@ impl Node {
                 .map(|a| a.clone().with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a))
                 .collect(),
             peers: self.swarm.connected_peers().count(),
+            dialable_peers: self.book.as_ref().map_or(0, |b| b.dialable()),
             store_peers: self.store_peers.len(),
             mailbox: self.mailbox.as_ref().and_then(|m| m.stats().ok()).unwrap_or_default(),
             pending: self.sync.pending(),

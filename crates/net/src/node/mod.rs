@@ -89,6 +89,8 @@ pub struct NodeStatus {
     pub listen: Vec<libp2p::Multiaddr>,
     /// Connected peers.
     pub peers: usize,
+    /// Peers in the peer book with an address to redial (0 when the book is off).
+    pub dialable_peers: usize,
     /// Store nodes known.
     pub store_peers: usize,
     /// Mailbox figures (store nodes).

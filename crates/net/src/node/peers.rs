@@ -108,6 +108,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Book {
+    /// Peers with an address to redial.
+    pub(super) fn dialable(&self) -> usize {
+        self.book.dialable()
+    }
+
     /// Saves the book if it changed (and, unless `now`, the last save is old enough).
     pub(super) fn save(&mut self, force: bool) {
         let now = now_ms();
