@@ -8,6 +8,7 @@
 //! - [`wire`]: the bounded request/response protocol spoken with store nodes.
 //! - [`peerbook`]: the saved peer book and its redial schedule (exponential backoff).
 //! - [`stem`]: the stem phase before gossip (Dandelion++-style), sans-IO.
+//! - [`stem_wire`]: the bounded `/cairn/stem/1` messages (an envelope; receipts back).
 //! - [`sim`]: a seeded simulation of thousands of nodes running the pure parts above.
 //! - [`node`]: the thin libp2p shell that drives them.
 
@@ -18,6 +19,7 @@ pub mod receipt;
 pub mod shard;
 pub mod sim;
 pub mod stem;
+pub mod stem_wire;
 pub mod sync;
 pub mod validate;
 pub mod wire;

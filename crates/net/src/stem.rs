@@ -212,6 +212,12 @@ impl<P: Clone + Eq + Hash> Stem<P> {
         self.handled.insert(*id);
     }
 
+    /// The shell keeps its own deadline for `id` (a node that waits for its downstream's
+    /// answer): drop the fail-safe timer set here.
+    pub fn disarm(&mut self, id: &Id) {
+        self.pending.remove(id);
+    }
+
     /// The earliest fail-safe deadline, if any (the shell sets one timer for it).
     pub fn next_deadline(&self) -> Option<u64> {
         self.pending.values().map(|p| p.deadline_ms).min()

@@ -120,6 +120,25 @@ pub enum Input<S> {
         /// Target store nodes.
         stores: Vec<S>,
     },
+    /// As `Send` (or `SendUnwritten` when `written` is false), for an envelope handed to the
+    /// stem phase: nothing is pushed to the store nodes before `until_ms` (a stem hop pushes
+    /// it and the shell feeds its store nodes' receipts as [`Input::StoreAck`]); from then on,
+    /// or from an [`Input::Release`], the unacknowledged store nodes get it directly as usual.
+    SendHeld {
+        /// Envelope to send.
+        envelope: Envelope,
+        /// Target store nodes.
+        stores: Vec<S>,
+        /// The local history holds it (as `Send`); false: as `SendUnwritten`.
+        written: bool,
+        /// No direct push before this time, ms.
+        until_ms: u64,
+    },
+    /// The stem did not store a held send: push it to its unacknowledged store nodes now.
+    Release {
+        /// Envelope id.
+        id: Id,
+    },
     /// A store node acknowledged an envelope durably.
     StoreAck {
         /// Envelope id.
@@ -239,6 +258,8 @@ struct Pending<S> {
     attempt: u32,
     retry_at_ms: u64,
     stored: bool,
+    /// Handed to the stem: no direct push until `retry_at_ms` or a release.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -343,6 +364,16 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         self.outbox.values().filter(|p| !p.stored).map(|p| p.envelope.header.topic).collect()
     }
 
+    /// The store nodes an own envelope still in the outbox targets.
+    pub fn targets(&self, id: &Id) -> Option<&[S]> {
+        self.outbox.get(id).map(|p| p.stores.as_slice())
+    }
+
+    /// True if an own envelope is in the outbox and not yet stored on enough store nodes.
+    pub fn is_unstored(&self, id: &Id) -> bool {
+        self.outbox.get(id).is_some_and(|p| !p.stored)
+    }
+
     /// Envelopes held back for missing parents.
     pub fn waiting_len(&self) -> usize {
         self.waiting.len()
@@ -369,9 +400,26 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         match input {
             Input::Send { envelope, stores } => {
                 self.delivered.insert(envelope.id());
-                self.on_send(envelope, stores, now_ms, &mut out);
+                self.on_send(envelope, stores, None, now_ms, &mut out);
             }
-            Input::SendUnwritten { envelope, stores } => self.on_send(envelope, stores, now_ms, &mut out),
+            Input::SendUnwritten { envelope, stores } => {
+                self.on_send(envelope, stores, None, now_ms, &mut out)
+            }
+            Input::SendHeld { envelope, stores, written, until_ms } => {
+                if written {
+                    self.delivered.insert(envelope.id());
+                }
+                self.on_send(envelope, stores, Some(until_ms), now_ms, &mut out);
+            }
+            Input::Release { id } => {
+                if let Some(p) = self.outbox.get_mut(&id)
+                    && p.held
+                    && !p.stored
+                {
+                    p.held = false;
+                    Self::retry(&self.config, &id, p, now_ms, &mut out);
+                }
+            }
             Input::StoreAck { id, from } => self.on_ack(id, from, &mut out),
             Input::StoreFailed { id, from } => {
                 // Retried at the next tick after back-off; nothing to do now but note it.
@@ -396,6 +444,9 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                     for s in &stores {
                         if !p.stores.contains(s) {
                             p.stores.push(s.clone());
+                            if p.held {
+                                continue; // the stem's fluffing hop pushes it
+                            }
                             out.push(Output::StoreRequest { to: s.clone(), envelope: p.envelope.clone() });
                         }
                     }
@@ -409,7 +460,14 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         out
     }
 
-    fn on_send(&mut self, envelope: Envelope, stores: Vec<S>, now_ms: u64, out: &mut Vec<Output<S>>) {
+    fn on_send(
+        &mut self,
+        envelope: Envelope,
+        stores: Vec<S>,
+        held_until_ms: Option<u64>,
+        now_ms: u64,
+        out: &mut Vec<Output<S>>,
+    ) {
         let id = envelope.id();
         if self.outbox.contains_key(&id) {
             return;
@@ -420,16 +478,19 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             let Some(old) = self.outbox.iter().find(|(_, p)| p.stored).map(|(id, _)| *id) else { break };
             self.outbox.remove(&old);
         }
-        for s in &stores {
-            out.push(Output::StoreRequest { to: s.clone(), envelope: envelope.clone() });
+        if held_until_ms.is_none() {
+            for s in &stores {
+                out.push(Output::StoreRequest { to: s.clone(), envelope: envelope.clone() });
+            }
         }
         let p = Pending {
             envelope,
             stores,
             acked: HashSet::new(),
             attempt: 1,
-            retry_at_ms: now_ms + self.config.retry_initial_ms,
+            retry_at_ms: held_until_ms.unwrap_or(now_ms + self.config.retry_initial_ms),
             stored: false,
+            held: held_until_ms.is_some(),
         };
         out.push(Output::Status { id, status: Self::status_of(&p) });
         self.outbox.insert(id, p);
@@ -591,19 +652,25 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         }
     }
 
+    /// Pushes an unstored send again to its unacknowledged store nodes, backing off.
+    fn retry(config: &SyncConfig, id: &Id, p: &mut Pending<S>, now_ms: u64, out: &mut Vec<Output<S>>) {
+        p.attempt += 1;
+        let backoff = config.retry_initial_ms.saturating_mul(1 << p.attempt.min(16));
+        p.retry_at_ms = now_ms + backoff.min(config.retry_max_ms);
+        for s in p.stores.iter().filter(|s| !p.acked.contains(*s)) {
+            out.push(Output::StoreRequest { to: s.clone(), envelope: p.envelope.clone() });
+        }
+        out.push(Output::Status { id: *id, status: Self::status_of(p) });
+    }
+
     fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output<S>>) {
         // Retry unstored sends with exponential back-off, to targets that have not acked.
         for (id, p) in self.outbox.iter_mut() {
             if p.stored || p.retry_at_ms > now_ms {
                 continue;
             }
-            p.attempt += 1;
-            let backoff = self.config.retry_initial_ms.saturating_mul(1 << p.attempt.min(16));
-            p.retry_at_ms = now_ms + backoff.min(self.config.retry_max_ms);
-            for s in p.stores.iter().filter(|s| !p.acked.contains(*s)) {
-                out.push(Output::StoreRequest { to: s.clone(), envelope: p.envelope.clone() });
-            }
-            out.push(Output::Status { id: *id, status: Self::status_of(p) });
+            p.held = false;
+            Self::retry(&self.config, id, p, now_ms, out);
         }
         // Re-ask for missing ancestors; give up after the limit and release the children.
         let mut again: HashMap<Topic, Vec<Id>> = HashMap::new();
@@ -662,6 +729,44 @@ mod tests {
     /// allows; `None` stands for that refusal.
     fn answer(store: &HashMap<Id, Envelope>, ids: &[Id]) -> Option<Vec<Envelope>> {
         (ids.len() <= IDS_PER_REQUEST_MAX).then(|| ids.iter().filter_map(|i| store.get(i).cloned()).collect())
+    }
+
+    #[test]
+    fn a_held_send_is_pushed_only_after_its_stem_deadline_or_a_release() {
+        let t = Topic([3; 32]);
+        let reqs = |o: &[Output<u8>]| o.iter().filter(|o| matches!(o, Output::StoreRequest { .. })).count();
+        let mut s: Sync<u8> = Sync::new(SyncConfig::default(), [], []);
+        let (a, b) = (envelope(t, 1, vec![]), envelope(t, 2, vec![]));
+        let held = |e: &Envelope| Input::SendHeld {
+            envelope: e.clone(),
+            stores: vec![0, 1, 2],
+            written: true,
+            until_ms: 5_000,
+        };
+        assert_eq!(reqs(&s.handle(held(&a), 0)), 0, "held: no direct push");
+        assert_eq!(reqs(&s.handle(held(&b), 0)), 0);
+        assert_eq!(
+            reqs(&s.handle(Input::Targets { topic: t, stores: vec![3] }, 10)),
+            0,
+            "nor to a new target"
+        );
+        // The stem brought two receipts for `a`: stored, never pushed by the sender.
+        s.handle(Input::StoreAck { id: a.id(), from: 0 }, 20);
+        let out = s.handle(Input::StoreAck { id: a.id(), from: 1 }, 20);
+        assert!(out.contains(&Output::Status { id: a.id(), status: SendStatus::Stored { acks: 2 } }));
+        assert_eq!(reqs(&s.handle(Input::Tick, 4_999)), 0);
+        // `b`'s stem failed: a release pushes it to its four targets, once.
+        assert_eq!(reqs(&s.handle(Input::Release { id: b.id() }, 100)), 4);
+        assert_eq!(reqs(&s.handle(Input::Release { id: b.id() }, 100)), 0);
+        // A third one nobody released is pushed at its deadline.
+        let c = envelope(t, 3, vec![]);
+        s.handle(held(&c), 0);
+        let of_c =
+            |o: &Output<u8>| matches!(o, Output::StoreRequest { envelope, .. } if envelope.id() == c.id());
+        assert!(!s.handle(Input::Tick, 4_000).iter().any(of_c));
+        let out = s.handle(Input::Tick, 5_000);
+        assert!(out.iter().any(of_c));
+        assert!(s.is_delivered(&c.id()), "written: counts as delivered like a Send");
     }
 
     #[test]

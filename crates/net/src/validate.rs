@@ -202,6 +202,18 @@ impl<P: Eq + Hash + Clone> Admission<P> {
 
     /// The verdict for `bytes` forwarded by `peer` at `now_ms`.
     pub fn check(&mut self, peer: &P, bytes: &[u8], now_ms: u64) -> Verdict {
+        self.check_inner(peer, bytes, now_ms, true)
+    }
+
+    /// The same checks and costs (rate, size, proof of work, time window) for an envelope
+    /// arriving in the stem phase, without remembering it as seen: its gossip copy, once it
+    /// is diffused, must still be accepted and forwarded here. `Duplicate` means gossip
+    /// already brought it.
+    pub fn check_stem(&mut self, peer: &P, bytes: &[u8], now_ms: u64) -> Verdict {
+        self.check_inner(peer, bytes, now_ms, false)
+    }
+
+    fn check_inner(&mut self, peer: &P, bytes: &[u8], now_ms: u64, remember: bool) -> Verdict {
         if !self.rate.allow(peer, now_ms) {
             return Verdict::Ignore(IgnoreReason::OverRate);
         }
@@ -226,7 +238,8 @@ impl<P: Eq + Hash + Clone> Admission<P> {
         if h.timestamp_ms.saturating_add(u64::from(h.ttl_secs) * 1000) < now_ms {
             return Verdict::Ignore(IgnoreReason::Expired);
         }
-        if !self.seen.insert(id) {
+        let new = if remember { self.seen.insert(id) } else { !self.seen.contains(&id) };
+        if !new {
             return Verdict::Ignore(IgnoreReason::Duplicate);
         }
         Verdict::Accept(Box::new(env), id)

@@ -25,6 +25,7 @@ use super::handle::Command;
 use super::orphans::Orphans;
 use super::peers::Book;
 use super::relayed::RelayedListen;
+use super::stem_hop::StemHop;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
 use super::{NodeError, NodeStatus, now_ms};
 use crate::receipt::StoreReceipt;
@@ -58,6 +59,8 @@ pub(super) enum Outbound {
     Page(Topic),
     Ids,
     Erase(Id),
+    /// A relayed stem envelope fluffed here, pushed to a store node (`stem_hop.rs`).
+    StemStore(Id),
 }
 
 /// Whether the loop goes on after waiting for the writer.
@@ -120,6 +123,8 @@ pub(super) struct Node {
     pub(super) book: Option<Book>,
     /// The listener through `listen_via_relay` and its retry schedule (`relayed.rs`).
     pub(super) relayed: RelayedListen,
+    /// The stem phase (`stem_hop.rs`), unless `config.stem` is off.
+    pub(super) stem: Option<StemHop>,
 }
 
 /// Figures for `status`.
@@ -206,6 +211,7 @@ impl Node {
                 config.serve.peers_max,
             ),
             book: super::peers::load(&config, swarm.local_peer_id()),
+            stem: config.stem.map(StemHop::new),
             relayed: RelayedListen::default(),
             config,
             swarm,
@@ -261,6 +267,7 @@ impl Node {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
                     self.release_orphans();
+                    self.stem_tick();
                     self.redial();
                     self.relisten();
                     // Order-free; when the queue is full the writer checks after its next batch.
@@ -364,9 +371,11 @@ impl Node {
                     self.store_batches.entry(to).or_default().push(envelope)
                 }
                 Output::PageRequest { to, topic, from, limit } => {
-                    self.request(to, Request::Page { topic, from, limit }, Outbound::Page(topic));
+                    let _ = self.request(to, Request::Page { topic, from, limit }, Outbound::Page(topic));
                 }
-                Output::IdsRequest { to, ids } => self.request(to, Request::Ids(ids), Outbound::Ids),
+                Output::IdsRequest { to, ids } => {
+                    let _ = self.request(to, Request::Ids(ids), Outbound::Ids);
+                }
                 Output::Deliver { envelope, id, after_gap } => {
                     self.staged.push_back(HistoryJob::Deliver { envelope, id, after_gap });
                     self.release_orphans();
@@ -409,11 +418,11 @@ impl Node {
             1 => {
                 let e = batch.remove(0);
                 let id = e.id();
-                self.request(to, Request::Store(e), Outbound::Store(vec![id]));
+                let _ = self.request(to, Request::Store(e), Outbound::Store(vec![id]));
             }
             _ => {
                 let ids = batch.iter().map(Envelope::id).collect();
-                self.request(to, Request::StoreMany(batch), Outbound::Store(ids));
+                let _ = self.request(to, Request::StoreMany(batch), Outbound::Store(ids));
             }
         }
     }
@@ -424,15 +433,17 @@ impl Node {
         self.staged.push_back(HistoryJob::Keep { key, value: r.encode() });
     }
 
-    /// Sends a store request unless `OUTBOUND_REQUESTS_MAX` are in flight (see there).
-    fn request(&mut self, to: PeerId, req: Request, kind: Outbound) {
+    /// Sends a store request unless `OUTBOUND_REQUESTS_MAX` are in flight (see there); false
+    /// when it was shed.
+    pub(super) fn request(&mut self, to: PeerId, req: Request, kind: Outbound) -> bool {
         if self.outbound.len() >= OUTBOUND_REQUESTS_MAX {
             self.counters.requests_shed += 1;
             debug!(%to, "store request shed: {OUTBOUND_REQUESTS_MAX} in flight");
-            return;
+            return false;
         }
         let rid = self.swarm.behaviour_mut().store.send_request(&to, req.encode());
         self.outbound.insert(rid, (to, kind));
+        true
     }
 
     /// The store set of `topic` ([`place`]): the connected registered stores first in rank
@@ -540,7 +551,7 @@ impl Node {
             }
             Command::Erase(topic, id, secret) => {
                 for to in self.stores_for(&topic) {
-                    self.request(to, Request::Erase { id, secret }, Outbound::Erase(id));
+                    let _ = self.request(to, Request::Erase { id, secret }, Outbound::Erase(id));
                 }
             }
             Command::WorkBits(topic, reply) => {
@@ -576,6 +587,7 @@ impl Node {
             store_envelopes: c.store_envelopes,
             requests_shed: c.requests_shed,
             erasures_confirmed: c.erasures_confirmed,
+            stem: self.stem.as_ref().map(|h| h.counters.into()).unwrap_or_default(),
         }
     }
 
@@ -716,9 +728,11 @@ impl Node {
         self.announce(env, true);
     }
 
-    /// Gossips an own envelope and pushes it to its store nodes; `written`: the local history
-    /// holds it (else it is delivered locally after its parents, see `orphans.rs`).
+    /// Hands an own envelope to the stem (`stem_hop.rs`) or, with the stem off or unusable,
+    /// gossips it and pushes it to its store nodes; `written`: the local history holds it
+    /// (else it is delivered locally after its parents, see `orphans.rs`).
     fn announce(&mut self, env: Envelope, written: bool) {
+        let Some(env) = self.stem_originate(env, written) else { return };
         let id = env.id();
         let topic = env.header.topic;
         let shard = IdentTopic::new(shard_name(shard_of(&topic)));

@@ -16,9 +16,9 @@ use libp2p::{
     relay, yamux,
 };
 
-use super::codec::StoreCodec;
+use super::codec::{StemCodec, StoreCodec};
 use super::config::{NodeConfig, RelayLimits, ScoreConfig};
-use super::{NodeError, STORE_PROTOCOL};
+use super::{NodeError, STEM_PROTOCOL, STORE_PROTOCOL};
 use crate::shard::{SHARDS, shard_name};
 
 /// The Kademlia protocol name.
@@ -30,6 +30,9 @@ const YAMUX_STREAMS_MAX: usize = 1024;
 /// Concurrent inbound and outbound store streams per connection, at most; beyond it
 /// request-response refuses the stream (the requester's retry covers it).
 const STORE_STREAMS_MAX: usize = 512;
+/// Concurrent inbound and outbound stem streams per connection, at most; beyond it
+/// request-response refuses the stream (the sender then diffuses the envelope itself).
+const STEM_STREAMS_MAX: usize = 256;
 /// Connections still in their handshake, at most (capped again by `connections_max`);
 /// beyond it new inbound connections are denied.
 const PENDING_INCOMING_MAX: u32 = 128;
@@ -51,6 +54,7 @@ pub(crate) struct Behaviour {
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) gossipsub: gossipsub::Behaviour,
     pub(super) store: request_response::Behaviour<StoreCodec>,
+    pub(super) stem: Toggle<request_response::Behaviour<StemCodec>>,
 }
 
 fn build_gossipsub(c: &NodeConfig) -> Result<gossipsub::Behaviour, String> {
@@ -182,6 +186,7 @@ fn behaviour(
         kad,
         gossipsub: build_gossipsub(c)?,
         store: store_behaviour(c.serve_store),
+        stem: Toggle::from(stem_behaviour(c)),
         limits,
     })
 }
@@ -199,6 +204,20 @@ fn relay_config(l: &RelayLimits) -> relay::Config {
         max_circuit_duration: Duration::from_secs(l.circuit_secs),
         ..relay::Config::default()
     }
+}
+
+/// The stem protocol when the stem is on: one envelope per request, answered once its store
+/// nodes answered (see `stem_hop.rs` for the deadlines this timeout backs up).
+fn stem_behaviour(c: &NodeConfig) -> Option<request_response::Behaviour<StemCodec>> {
+    let s = c.stem?;
+    let codec = StemCodec { request_bytes_max: c.admission.limits.envelope_bytes_max + 1 };
+    Some(request_response::Behaviour::with_codec(
+        codec,
+        [(STEM_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_millis(super::stem_hop::request_timeout_ms(&s)))
+            .with_max_concurrent_streams(STEM_STREAMS_MAX),
+    ))
 }
 
 /// The store protocol: inbound only on store nodes; 10 s per request.

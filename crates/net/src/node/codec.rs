@@ -1,4 +1,5 @@
-//! Length-prefixed, bounded frames for the `/cairn/store/1` request/response protocol.
+//! Length-prefixed, bounded frames for the `/cairn/store/1` and `/cairn/stem/1`
+//! request/response protocols.
 
 use std::io;
 
@@ -6,6 +7,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
+use crate::stem_wire::STEM_RESPONSE_BYTES_MAX;
 use crate::wire::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 
 /// Length-prefixed, bounded frames for the store protocol.
@@ -65,5 +67,50 @@ impl request_response::Codec for StoreCodec {
         res: Vec<u8>,
     ) -> io::Result<()> {
         write_frame(io, &res, RESPONSE_BYTES_MAX).await
+    }
+}
+
+/// The same length-prefixed frames for `/cairn/stem/1`, bounded to one envelope per request
+/// (`request_bytes_max`: the envelope limit plus the version byte) and to
+/// [`crate::stem_wire::STEM_RESPONSE_BYTES_MAX`] per answer.
+#[derive(Debug, Clone)]
+pub struct StemCodec {
+    /// Largest request frame, bytes.
+    pub request_bytes_max: usize,
+}
+
+impl request_response::Codec for StemCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io, self.request_bytes_max).await
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io, STEM_RESPONSE_BYTES_MAX).await
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, &req, self.request_bytes_max).await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, &res, STEM_RESPONSE_BYTES_MAX).await
     }
 }

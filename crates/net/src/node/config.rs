@@ -7,6 +7,7 @@ use libp2p::Multiaddr;
 
 use super::identity::SealKey;
 use super::transport::WsTls;
+use crate::stem::StemConfig;
 use crate::sync::SyncConfig;
 use crate::validate::AdmissionConfig;
 
@@ -176,6 +177,11 @@ pub struct NodeConfig {
     /// Capacity of the lossless event stream ([`super::NodeHandle::take_events`]), events.
     /// When it is full the node waits for the consumer (see `events.rs` for the policy).
     pub events_lossless_max: usize,
+    /// The stem phase before gossip (`/cairn/stem/1`, see `node/stem_hop.rs`): own envelopes
+    /// go to one peer first and are diffused and pushed to the store nodes further on, and
+    /// this node relays others' stem envelopes. `None`: own envelopes are gossiped and pushed
+    /// from here, and stem requests are not served.
+    pub stem: Option<StemConfig>,
 }
 
 impl NodeConfig {
@@ -211,6 +217,7 @@ impl NodeConfig {
             expire_every_ms: 60_000,
             heartbeat_ms: 500,
             events_lossless_max: super::EVENTS_LOSSLESS_MAX,
+            stem: None,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! store, speaking TCP/QUIC/WebSocket (addresses by IP or DNS name) + Noise + Yamux, gossipsub
 //! (anonymous, validated, scored) on shard topics, Kademlia discovery, mDNS on the LAN
 //! (opt-in), identify, ping, relay v2 (client, and server on request), DCUtR, AutoNAT and the
-//! `/cairn/store/1` request/response protocol.
+//! `/cairn/store/1` request/response protocol, and the `/cairn/stem/1` stem phase before
+//! gossip (issue 17 §5).
 //!
 //! Code map, one purpose per file:
 //! - `config`: [`NodeConfig`], [`ScoreConfig`], [`ServeLimits`].
-//! - `codec`: [`StoreCodec`], the length-prefixed bounded frames of the store protocol.
+//! - `codec`: [`StoreCodec`] and [`StemCodec`], the length-prefixed bounded frames of the
+//!   store and stem protocols.
 //! - `identity`: the node key file (its libp2p identity across restarts), [`SealKey`].
 //! - `peers`: the actor's side of the peer book (load, save, redial; see [`crate::peerbook`]).
 //! - `lan`: mDNS answers, filtered to local addresses and bounded, then dialled.
@@ -17,6 +19,8 @@
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
 //! - `actor`: the event loop that owns the swarm and the state machines.
 //! - `serve`: answers to store requests (when serving as a store node).
+//! - `stem_hop`: the stem phase: own envelopes to one stem successor, stem envelopes from
+//!   peers admitted, forwarded or fluffed, store receipts passed back up.
 //! - `registry`: the ledger-registered store set placement uses.
 //! - `pow_load`: the proof of work a store node asks for under load, and what senders learn.
 //! - `writer`: the group-committing history and mailbox writer threads.
@@ -42,6 +46,7 @@ mod pow_load;
 mod registry;
 mod relayed;
 mod serve;
+mod stem_hop;
 mod transport;
 mod writer;
 
@@ -52,7 +57,7 @@ use thiserror::Error;
 
 use crate::sync::SendStatus;
 
-pub use codec::StoreCodec;
+pub use codec::{StemCodec, StoreCodec};
 pub use config::{NodeConfig, RelayLimits, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
@@ -61,6 +66,8 @@ pub use transport::WsTls;
 
 /// The store protocol name.
 pub const STORE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/store/1");
+/// The stem protocol name (one envelope to a stem hop; store receipts back).
+pub const STEM_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/stem/1");
 
 /// Node start-up and request failures.
 #[derive(Debug, Error)]
@@ -112,6 +119,27 @@ pub struct NodeStatus {
     pub requests_shed: u64,
     /// Store nodes that confirmed dropping a payload this node asked them to erase.
     pub erasures_confirmed: u64,
+    /// The stem phase's figures (all 0 with the stem off).
+    pub stem: StemStatus,
+}
+
+/// What the stem phase did, for `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StemStatus {
+    /// Stem envelopes accepted from peers as a hop.
+    pub relayed: u64,
+    /// Of those, diffused (gossiped and pushed to store nodes) here.
+    pub fluffed: u64,
+    /// Own envelopes whose stem failed, sent the direct way (gossip and push from here).
+    pub fallbacks: u64,
+    /// Stem requests refused (invalid, over a rate or bound) or answered busy.
+    pub refused: u64,
+}
+
+impl From<stem_hop::StemCounters> for StemStatus {
+    fn from(c: stem_hop::StemCounters) -> Self {
+        Self { relayed: c.relayed, fluffed: c.fluffed, fallbacks: c.fallbacks, refused: c.refused }
+    }
 }
 
 /// Wall-clock time, ms since the Unix epoch (0 if the clock is before it).

@@ -41,6 +41,7 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => self.on_store_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Stem(ev)) => self.on_stem_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(ev)) => self.on_mdns(ev),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 let dialled = match endpoint {
@@ -69,6 +70,7 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.book_disconnected(&peer_id);
+                self.stem_gone(&peer_id);
                 if self.store_peers.remove(&peer_id).is_some() {
                     self.retarget();
                 }
@@ -79,6 +81,7 @@ impl Node {
 
     fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
         self.book_learned(&peer_id, &info.listen_addrs);
+        self.stem_learned(peer_id, &info.protocols);
         if info.protocols.contains(&KAD_PROTOCOL) {
             for a in info.listen_addrs {
                 self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
@@ -135,6 +138,10 @@ impl Node {
                 debug!(%peer, %error, "store request failed");
                 let ids = match self.outbound.remove(&request_id) {
                     Some((from, Outbound::Store(ids))) => ids.into_iter().map(|id| (from, id)).collect(),
+                    Some((from, Outbound::StemStore(id))) => {
+                        self.on_stem_store_answer(from, id, None);
+                        vec![]
+                    }
                     _ => vec![],
                 };
                 for (from, id) in ids {
@@ -152,6 +159,10 @@ impl Node {
         let limits = self.config.admission.limits;
         if let Outbound::Store(ids) = kind {
             self.on_store_acks(from, ids, Response::decode(response, &limits).ok());
+            return;
+        }
+        if let Outbound::StemStore(id) = kind {
+            self.on_stem_store_answer(from, id, Response::decode(response, &limits).ok());
             return;
         }
         if let Outbound::Erase(id) = kind {

@@ -1,0 +1,460 @@
+//! The stem phase in the node (issue 17 §5): `/cairn/stem/1` around [`crate::stem::Stem`].
+//!
+//! - **Originator.** An own envelope goes to ONE peer (this epoch's stem successor, chosen
+//!   among connected peers that speak the protocol, store nodes only when there is no other),
+//!   not to gossip and not to the store nodes: [`crate::sync::Input::SendHeld`] keeps the sync
+//!   state machine from pushing it. The answer carries the store nodes' signed receipts, which
+//!   are verified and fed as acknowledgements exactly like a direct push's. With no valid
+//!   answer by `origin_wait_ms` the node falls back to today's path (gossip and direct push).
+//! - **Hop.** A stem envelope passes the gossip admission (rate, size, proof of work, time
+//!   window; [`crate::validate::Admission::check_stem`]), then [`crate::stem::Stem::relay`]
+//!   says: forward to our successor (never back to the sender) and wait for its answer, or
+//!   fluff: gossip it and push it to the topic's store nodes *from here*, then answer with
+//!   their receipts. A downstream that fails, answers without a valid receipt, or is silent
+//!   past this hop's fail-safe (`failsafe_ms` plus jitter) makes this hop fluff it itself.
+//!
+//! Bounds (all adversarial input is bounded): [`OWN_STEMMED_MAX`] own envelopes waiting
+//! (beyond: direct path), [`RELAYS_MAX`] relayed envelopes waiting (beyond: answered busy at
+//! once, the sender then diffuses it itself), requests in flight at most the sum of both
+//! (beyond: fluffed here), stem peers at most `connections_max` (connected ones only), and
+//! the per-peer and per-epoch bounds of [`crate::stem::StemConfig`].
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_proto::{Envelope, Id};
+use libp2p::PeerId;
+use libp2p::gossipsub::IdentTopic;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use tracing::debug;
+
+use super::actor::{Node, Outbound};
+use super::{STEM_PROTOCOL, now_ms};
+use crate::receipt::StoreReceipt;
+use crate::shard::{shard_name, shard_of};
+use crate::stem::{Stem, StemAction, StemConfig};
+use crate::stem_wire::{STEM_RECEIPTS_MAX, StemOutcome, StemResponse, encode_request, request_envelope};
+use crate::sync::Input;
+use crate::validate::Verdict;
+use crate::wire::{Request, Response, StoreOutcome};
+
+/// Own envelopes in the stem awaiting their receipts, at most; beyond it a send takes the
+/// direct path (gossip and store push from this node).
+pub(super) const OWN_STEMMED_MAX: usize = 4_096;
+/// Envelopes relayed for others and awaiting an answer, at most (any peer can send stem
+/// requests); beyond it a new one is answered busy at once and its sender diffuses it.
+pub(super) const RELAYS_MAX: usize = 1_024;
+
+/// How long an originator waits for its stem's answer, ms: twice a hop's longest fail-safe,
+/// so a hop that fluffs on its fail-safe answers before the originator gives up.
+pub(super) fn origin_wait_ms(c: &StemConfig) -> u64 {
+    2 * (c.failsafe_ms + c.failsafe_jitter_ms)
+}
+
+/// The libp2p timeout of one stem request: a backstop past every deadline kept here.
+pub(super) fn request_timeout_ms(c: &StemConfig) -> u64 {
+    origin_wait_ms(c) + 5_000
+}
+
+/// A uniform `u64` stream: BLAKE3 keyed by 32 bytes from the OS, in counter mode (successor
+/// choice and fluff coins must not be predictable by peers).
+struct Coins {
+    key: [u8; 32],
+    n: u64,
+}
+
+impl Coins {
+    fn new() -> Self {
+        let key = cairn_crypto::keystore::random_bytes::<32>()
+            .unwrap_or_else(|_| *blake3::hash(&now_ms().to_le_bytes()).as_bytes());
+        Self { key, n: 0 }
+    }
+    fn next(&mut self) -> u64 {
+        self.n += 1;
+        let h = blake3::keyed_hash(&self.key, &self.n.to_le_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        u64::from_le_bytes(b)
+    }
+}
+
+/// An own envelope in the stem.
+struct Own {
+    envelope: Envelope,
+    written: bool,
+    deadline_ms: u64,
+}
+
+enum RelayState {
+    /// Forwarded; waiting for the downstream answer.
+    Waiting(OutboundRequestId),
+    /// Fluffed here; waiting for these store nodes' answers.
+    Storing(Vec<PeerId>),
+}
+
+/// An envelope relayed for a peer, until it is answered.
+struct Relay {
+    channel: ResponseChannel<Vec<u8>>,
+    envelope: Envelope,
+    state: RelayState,
+    failsafe_at_ms: u64,
+    answer_by_ms: u64,
+    receipts: Vec<(PeerId, StoreReceipt)>,
+}
+
+/// Figures for `status`.
+#[derive(Default, Clone, Copy)]
+pub(super) struct StemCounters {
+    pub(super) relayed: u64,
+    pub(super) fluffed: u64,
+    pub(super) fallbacks: u64,
+    pub(super) refused: u64,
+}
+
+/// The node's stem state.
+pub(super) struct StemHop {
+    stem: Stem<PeerId>,
+    /// Connected peers that speak `/cairn/stem/1`; at most `connections_max`.
+    peers: HashSet<PeerId>,
+    own: HashMap<Id, Own>,
+    relays: HashMap<Id, Relay>,
+    /// Stem requests in flight, at most `OWN_STEMMED_MAX + RELAYS_MAX`.
+    requests: HashMap<OutboundRequestId, Id>,
+    coins: Coins,
+    pub(super) counters: StemCounters,
+}
+
+impl StemHop {
+    pub(super) fn new(config: StemConfig) -> Self {
+        Self {
+            stem: Stem::new(config),
+            peers: HashSet::new(),
+            own: HashMap::new(),
+            relays: HashMap::new(),
+            requests: HashMap::new(),
+            coins: Coins::new(),
+            counters: StemCounters::default(),
+        }
+    }
+
+    fn config(&self) -> StemConfig {
+        *self.stem.config()
+    }
+
+    fn requests_full(&self) -> bool {
+        self.requests.len() >= OWN_STEMMED_MAX + RELAYS_MAX
+    }
+}
+
+/// Receipts in `resp` that are for `id` and verify under their store's key, at most
+/// [`STEM_RECEIPTS_MAX`].
+fn valid_receipts(id: &Id, resp: Option<StemResponse>) -> Vec<(PeerId, StoreReceipt)> {
+    let Some(resp) = resp.filter(|r| r.outcome == StemOutcome::Receipts) else { return Vec::new() };
+    resp.receipts
+        .into_iter()
+        .filter(|(store, r)| r.id == *id && r.verify(store).is_ok())
+        .take(STEM_RECEIPTS_MAX)
+        .collect()
+}
+
+impl Node {
+    /// Candidates for our stem successor: connected stem peers that are not store nodes, or
+    /// the store nodes when there is no other.
+    fn stem_candidates(&self) -> Vec<PeerId> {
+        let Some(hop) = &self.stem else { return Vec::new() };
+        let mut all: Vec<PeerId> = hop.peers.iter().copied().collect();
+        all.sort();
+        let others: Vec<PeerId> = all.iter().filter(|p| !self.store_peers.contains_key(p)).copied().collect();
+        if others.is_empty() { all } else { others }
+    }
+
+    /// Identify told us what `peer` speaks.
+    pub(super) fn stem_learned(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol]) {
+        let max = self.config.connections_max as usize;
+        let connected = self.swarm.is_connected(&peer);
+        if let Some(hop) = &mut self.stem
+            && protocols.contains(&STEM_PROTOCOL)
+            && connected
+            && (hop.peers.len() < max || hop.peers.contains(&peer))
+        {
+            hop.peers.insert(peer);
+        }
+    }
+
+    /// The last connection to `peer` closed.
+    pub(super) fn stem_gone(&mut self, peer: &PeerId) {
+        if let Some(hop) = &mut self.stem {
+            hop.peers.remove(peer);
+        }
+    }
+
+    /// Hands an own envelope to the stem; gives it back when it takes the direct path (stem
+    /// off, no stem peer, a bound reached).
+    pub(super) fn stem_originate(&mut self, env: Envelope, written: bool) -> Option<Envelope> {
+        let cands = self.stem_candidates();
+        let hop = self.stem.as_mut()?;
+        let id = env.id();
+        if hop.own.len() >= OWN_STEMMED_MAX || hop.own.contains_key(&id) || hop.requests_full() {
+            return Some(env);
+        }
+        let now = now_ms();
+        let rand = hop.coins.next();
+        let StemAction::Forward(to) = hop.stem.originate(id, &cands, now, rand) else { return Some(env) };
+        hop.stem.disarm(&id);
+        let deadline_ms = now + origin_wait_ms(&hop.config());
+        let rid = self.swarm.behaviour_mut().stem.as_mut()?.send_request(&to, encode_request(&env.encode()));
+        let hop = self.stem.as_mut()?;
+        hop.requests.insert(rid, id);
+        hop.own.insert(id, Own { envelope: env.clone(), written, deadline_ms });
+        let topic = env.header.topic;
+        let stores = self.stores_for(&topic);
+        debug!(%to, "own envelope {} into the stem", id.short());
+        let outs =
+            self.sync.handle(Input::SendHeld { envelope: env, stores, written, until_ms: deadline_ms }, now);
+        self.apply(outs);
+        None
+    }
+
+    pub(super) fn on_stem_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_stem_request(peer, &request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.on_stem_answer(request_id, StemResponse::decode(&response).ok());
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, peer, error, .. } => {
+                debug!(%peer, %error, "stem request failed");
+                self.on_stem_answer(request_id, None);
+            }
+            _ => {}
+        }
+    }
+
+    fn stem_reply(&mut self, channel: ResponseChannel<Vec<u8>>, resp: StemResponse) {
+        if let Some(b) = self.swarm.behaviour_mut().stem.as_mut() {
+            let _ = b.send_response(channel, resp.encode());
+        }
+    }
+
+    /// A stem envelope from `peer`: admitted like gossip, then forwarded or fluffed.
+    fn on_stem_request(&mut self, peer: PeerId, request: &[u8], channel: ResponseChannel<Vec<u8>>) {
+        let now = now_ms();
+        let verdict = match request_envelope(request) {
+            Ok(bytes) => self.admission.check_stem(&peer, bytes, now),
+            Err(e) => {
+                debug!(%peer, "bad stem request: {e}");
+                self.counters.rejected += 1;
+                self.stem_refused(channel, StemOutcome::Refused);
+                return;
+            }
+        };
+        let env = match verdict {
+            Verdict::Accept(env, _) => *env,
+            Verdict::Ignore(crate::validate::IgnoreReason::Duplicate) => {
+                return self.stem_reply(channel, StemResponse::bare(StemOutcome::Duplicate));
+            }
+            Verdict::Reject(reason) => {
+                debug!(%peer, ?reason, "stem envelope rejected");
+                self.counters.rejected += 1;
+                return self.stem_refused(channel, StemOutcome::Refused);
+            }
+            Verdict::Ignore(_) => {
+                self.counters.ignored += 1;
+                return self.stem_refused(channel, StemOutcome::Refused);
+            }
+        };
+        let cands = self.stem_candidates();
+        let Some(hop) = self.stem.as_mut() else { return };
+        let id = env.id();
+        if hop.relays.len() >= RELAYS_MAX {
+            return self.stem_refused(channel, StemOutcome::Busy);
+        }
+        let rand = hop.coins.next();
+        let mut action = hop.stem.relay(&peer, id, &cands, now, rand);
+        hop.stem.disarm(&id);
+        if matches!(action, StemAction::Forward(_)) && hop.requests_full() {
+            action = StemAction::Fluff;
+        }
+        let c = hop.config();
+        let failsafe_at_ms = now + c.failsafe_ms + hop.coins.next() % (c.failsafe_jitter_ms + 1);
+        let answer_by_ms = now + origin_wait_ms(&c);
+        let state = match action {
+            StemAction::Duplicate => {
+                return self.stem_reply(channel, StemResponse::bare(StemOutcome::Duplicate));
+            }
+            StemAction::Refuse => return self.stem_refused(channel, StemOutcome::Busy),
+            StemAction::Forward(to) => {
+                let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return };
+                let rid = b.send_request(&to, encode_request(&env.encode()));
+                let Some(hop) = self.stem.as_mut() else { return };
+                hop.requests.insert(rid, id);
+                RelayState::Waiting(rid)
+            }
+            StemAction::Fluff => RelayState::Storing(Vec::new()),
+        };
+        let fluff = matches!(state, RelayState::Storing(_));
+        let Some(hop) = self.stem.as_mut() else { return };
+        hop.counters.relayed += 1;
+        let relay =
+            Relay { channel, envelope: env.clone(), state, failsafe_at_ms, answer_by_ms, receipts: vec![] };
+        hop.relays.insert(id, relay);
+        if self.subscribed.contains(&env.header.topic) {
+            let outs = self.sync.handle(Input::Gossip { envelope: env }, now);
+            self.apply(outs);
+        }
+        if fluff {
+            self.stem_fluff(id);
+        }
+    }
+
+    fn stem_refused(&mut self, channel: ResponseChannel<Vec<u8>>, outcome: StemOutcome) {
+        if let Some(hop) = self.stem.as_mut() {
+            hop.counters.refused += 1;
+        }
+        self.stem_reply(channel, StemResponse::bare(outcome));
+    }
+
+    /// Diffuses a relayed envelope from here: gossip, and a push to the topic's store nodes
+    /// whose receipts go back up the stem.
+    fn stem_fluff(&mut self, id: Id) {
+        let Some(env) = self.stem.as_ref().and_then(|h| h.relays.get(&id)).map(|r| r.envelope.clone()) else {
+            return;
+        };
+        self.admission.mark_seen(id);
+        let topic = env.header.topic;
+        let shard = IdentTopic::new(shard_name(shard_of(&topic)));
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {
+            debug!("stem fluff of {}: gossip publish: {e}", id.short());
+        }
+        let mut awaiting = Vec::new();
+        for s in self.stores_for(&topic) {
+            if self.request(s, Request::Store(env.clone()), Outbound::StemStore(id)) {
+                awaiting.push(s);
+            }
+        }
+        let Some(hop) = self.stem.as_mut() else { return };
+        hop.counters.fluffed += 1;
+        let done = awaiting.is_empty();
+        if let Some(r) = hop.relays.get_mut(&id) {
+            r.state = RelayState::Storing(awaiting);
+        }
+        if done {
+            self.stem_answer(id);
+        }
+    }
+
+    /// Answers the peer a relayed envelope came from with the receipts gathered, and forgets it.
+    fn stem_answer(&mut self, id: Id) {
+        let Some(r) = self.stem.as_mut().and_then(|h| h.relays.remove(&id)) else { return };
+        self.stem_reply(r.channel, StemResponse { outcome: StemOutcome::Receipts, receipts: r.receipts });
+    }
+
+    /// A store node answered (or failed, `None`) the push of a relayed envelope fluffed here.
+    pub(super) fn on_stem_store_answer(&mut self, from: PeerId, id: Id, response: Option<Response>) {
+        let Some(r) = self.stem.as_mut().and_then(|h| h.relays.get_mut(&id)) else { return };
+        let RelayState::Storing(awaiting) = &mut r.state else { return };
+        awaiting.retain(|p| *p != from);
+        let done = awaiting.is_empty();
+        if let Some(Response::Stored(acks)) = response {
+            for a in acks {
+                if let (StoreOutcome::Stored | StoreOutcome::Duplicate, Some(rc)) = (a.outcome, a.receipt)
+                    && rc.id == id
+                    && a.id == id
+                    && rc.verify(&from).is_ok()
+                    && r.receipts.len() < STEM_RECEIPTS_MAX
+                    && !r.receipts.iter().any(|(p, _)| *p == from)
+                {
+                    r.receipts.push((from, rc));
+                }
+            }
+        }
+        if done {
+            self.stem_answer(id);
+        }
+    }
+
+    /// The answer (or failure, `None`) to a stem request we sent.
+    fn on_stem_answer(&mut self, rid: OutboundRequestId, resp: Option<StemResponse>) {
+        let Some(hop) = self.stem.as_mut() else { return };
+        let Some(id) = hop.requests.remove(&rid) else { return };
+        let receipts = valid_receipts(&id, resp);
+        if let Some(own) = hop.own.remove(&id) {
+            return self.stem_own_answered(own, receipts);
+        }
+        let Some(r) = hop.relays.get_mut(&id) else { return };
+        if !matches!(r.state, RelayState::Waiting(w) if w == rid) {
+            return; // fluffed here meanwhile: our own store nodes answer
+        }
+        if receipts.is_empty() {
+            return self.stem_fluff(id);
+        }
+        r.receipts = receipts;
+        self.stem_answer(id);
+    }
+
+    /// Our own stem came back: its verified receipts count as the store nodes' acks; with
+    /// none, or too few, the send falls back to the direct path.
+    fn stem_own_answered(&mut self, own: Own, receipts: Vec<(PeerId, StoreReceipt)>) {
+        let id = own.envelope.id();
+        let now = now_ms();
+        let targets: Vec<PeerId> = self.sync.targets(&id).map(<[PeerId]>::to_vec).unwrap_or_default();
+        let mut counted = 0;
+        for (store, r) in receipts {
+            if targets.contains(&store) {
+                counted += 1;
+                self.keep_receipt(&store, r);
+                let outs = self.sync.handle(Input::StoreAck { id, from: store }, now);
+                self.apply(outs);
+            }
+        }
+        if counted == 0 {
+            debug!("stem of {} brought no receipt of its store nodes: direct path", id.short());
+            self.stem_fallback(own);
+        } else if self.sync.is_unstored(&id) {
+            let outs = self.sync.handle(Input::Release { id }, now);
+            self.apply(outs);
+        }
+    }
+
+    /// The stem of an own envelope failed: gossip it and push it from here (today's path).
+    fn stem_fallback(&mut self, own: Own) {
+        if let Some(hop) = self.stem.as_mut() {
+            hop.counters.fallbacks += 1;
+        }
+        let id = own.envelope.id();
+        let shard = IdentTopic::new(shard_name(shard_of(&own.envelope.header.topic)));
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(shard, own.envelope.encode()) {
+            debug!("fallback publish of {} (written: {}): {e}", id.short(), own.written);
+        }
+        let outs = self.sync.handle(Input::Release { id }, now_ms());
+        self.apply(outs);
+    }
+
+    /// Timers: own envelopes past their wait fall back; relays past their fail-safe fluff
+    /// here; relays past their answer deadline answer with what they have.
+    pub(super) fn stem_tick(&mut self) {
+        let Some(hop) = self.stem.as_mut() else { return };
+        let now = now_ms();
+        let late: Vec<Id> = hop.own.iter().filter(|(_, o)| o.deadline_ms <= now).map(|(id, _)| *id).collect();
+        let failsafe: Vec<Id> = hop
+            .relays
+            .iter()
+            .filter(|(_, r)| matches!(r.state, RelayState::Waiting(_)) && r.failsafe_at_ms <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let overdue: Vec<Id> =
+            hop.relays.iter().filter(|(_, r)| r.answer_by_ms <= now).map(|(id, _)| *id).collect();
+        let own: Vec<Own> = late.iter().filter_map(|id| hop.own.remove(id)).collect();
+        for o in own {
+            self.stem_fallback(o);
+        }
+        for id in failsafe {
+            self.stem_fluff(id);
+        }
+        for id in overdue {
+            self.stem_answer(id);
+        }
+    }
+}
