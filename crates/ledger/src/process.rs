@@ -142,6 +142,9 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
     let p2p_listen = resolve_own("p2p", &info.p2p)?;
     let rpc = std::net::TcpListener::bind(rpc_addr)
         .map_err(|source| ProcessError::Rpc { addr: rpc_addr, source })?;
+    // The RPC channel's Noise identity, derived from the validator key (nothing more to store).
+    let rpc_id = crate::rpc::RpcIdentity::new(&key, genesis.chain_id())
+        .map_err(|e| ProcessError::Rpc { addr: rpc_addr, source: std::io::Error::other(e) })?;
     let data_err = |reason: String| ProcessError::Data { path: opts.data.clone(), reason };
     std::fs::create_dir_all(&opts.data).map_err(|e| data_err(e.to_string()))?;
     let store = ChainStore::open(&opts.data.join(CHAIN_STORE_FILE))
@@ -205,7 +208,7 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         };
         let ledger = running.ledger.clone();
         let serve_ledger = ledger.clone();
-        std::thread::spawn(move || crate::rpc::serve(rpc, serve_ledger));
+        std::thread::spawn(move || crate::rpc::serve(rpc, serve_ledger, rpc_id));
         on_start(ledger.clone());
         if let Some(every) = opts.status_every {
             let l = ledger.clone();

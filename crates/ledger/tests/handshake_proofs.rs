@@ -4,8 +4,7 @@
 //! garbling a topic's handshakes) is detected and the client takes the list from an honest
 //! one; with only liars the read fails with `BadAnswer` instead of returning their list.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,8 @@ use cairn_ledger::state::TopicState;
 use cairn_ledger::tx::{Tx, TxBody};
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, Topic};
-use support::{finalize, frame, read_frame};
+use commonware_cryptography::ed25519;
+use support::{accept, finalize, identity, read_frame, write_frame};
 
 const TOPIC: Topic = Topic([7; 32]);
 
@@ -36,8 +36,8 @@ fn id(k: &SigningKey) -> AccountId {
 /// position `i`: its index as 4 bytes, then `i % 7` more bytes), every block certified.
 struct Chain {
     g: Genesis,
+    keys: Vec<ed25519::PrivateKey>,
     ledger: Ledger,
-    honest: SocketAddr,
     payloads: Vec<Vec<u8>>,
 }
 
@@ -52,19 +52,12 @@ fn chain(n: u64) -> Chain {
 }
 
 fn chain_in(n: u64, store: ChainStore) -> Chain {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let honest = listener.local_addr().unwrap();
-    let (mut g, ledger, payloads) = build(n, store);
-    for v in &mut g.validators {
-        v.rpc = honest.into();
-    }
-    let l = ledger.clone();
-    std::thread::spawn(move || serve(listener, l));
-    Chain { g, ledger, honest, payloads }
+    let (g, keys, ledger, payloads) = build(n, store);
+    Chain { g, keys, ledger, payloads }
 }
 
-/// The ledger of [`chain_in`], not served.
-fn build(n: u64, store: ChainStore) -> (Genesis, Ledger, Vec<Vec<u8>>) {
+/// The ledger of [`chain_in`] and its validator keys (not served).
+fn build(n: u64, store: ChainStore) -> (Genesis, Vec<ed25519::PrivateKey>, Ledger, Vec<Vec<u8>>) {
     let signer = user(0);
     let (g, keys) = Genesis::local("handshake-proofs", 4, 29700, vec![(id(&signer), u64::MAX / 4)]).unwrap();
     let ledger = Ledger::open(&g, MempoolLimits::default(), store).unwrap();
@@ -94,43 +87,69 @@ fn build(n: u64, store: ChainStore) -> (Genesis, Ledger, Vec<Vec<u8>>) {
         }
     }
     assert_eq!(ledger.handshakes(&TOPIC, 0, n as usize + 1), payloads, "the honest store");
-    (g, ledger, payloads)
+    (g, keys, ledger, payloads)
 }
 
-/// A client of `c`'s chain whose first validator is at `first` (the others are honest).
-fn client(c: &Chain, first: SocketAddr) -> LedgerClient {
-    let mut g = c.g.clone();
-    g.validators[0].rpc = first.into();
+/// Serves `ledger` as each validator of `g` (keys `keys`) on its own loopback port, over the
+/// real channel: validator `i` honestly, or lying about handshake pages with `lies[i]`.
+/// Returns a client of the genesis with those addresses.
+fn cluster(
+    g: &Genesis,
+    keys: &[ed25519::PrivateKey],
+    ledger: &Ledger,
+    lies: [Option<Lie>; 4],
+) -> LedgerClient {
+    let mut g = g.clone();
+    let listeners: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    for (v, l) in g.validators.iter_mut().zip(&listeners) {
+        v.rpc = l.local_addr().unwrap().into();
+    }
+    for (i, (l, lie)) in listeners.into_iter().zip(lies).enumerate() {
+        let (id, ledger) = (identity(&g, keys, i), ledger.clone());
+        match lie {
+            None => drop(std::thread::spawn(move || serve(l, ledger, id))),
+            Some(lie) => liar(l, id, ledger, lie),
+        }
+    }
     LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5))
+}
+
+/// A client of `c`'s chain whose first validator lies with `first` (the others are honest).
+fn client(c: &Chain, first: Option<Lie>) -> LedgerClient {
+    cluster(&c.g, &c.keys, &c.ledger, [first, None, None, None])
+}
+
+/// A client of `c`'s chain whose validators all lie with `lie`.
+fn only_liars(c: &Chain, lie: Lie) -> LedgerClient {
+    cluster(&c.g, &c.keys, &c.ledger, [Some(lie); 4])
 }
 
 /// How a fake validator answers a handshake page request: from the honest answer.
 type Lie = fn(&Request, HandshakePage) -> Vec<u8>;
 
-/// A fake validator that answers everything from the honest `ledger` (proofs included, so
-/// the client trusts its header) except handshake pages, which it answers with `lie`.
-fn liar(ledger: Ledger, lie: Lie) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+/// A fake validator on `listener`, proving `id`, that answers everything from the honest
+/// `ledger` (proofs included, so the client trusts its header) except handshake pages, which
+/// it answers with `lie`.
+fn liar(listener: TcpListener, id: cairn_ledger::rpc::RpcIdentity, ledger: Ledger, lie: Lie) {
     std::thread::spawn(move || {
         for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            let ledger = ledger.clone();
+            let Ok(s) = s else { continue };
+            let (ledger, id) = (ledger.clone(), id.clone());
             std::thread::spawn(move || {
+                let Some(mut s) = accept(s, &id) else { return };
                 while let Some(body) = read_frame(&mut s) {
                     let req = Request::decode(&body).unwrap();
                     let out = match answer(&ledger, req.clone()) {
                         Response::HandshakePage(page) => lie(&req, page),
                         other => other.encode(),
                     };
-                    if s.write_all(&frame(&out)).is_err() {
+                    if !write_frame(&mut s, &out) {
                         return;
                     }
                 }
             });
         }
     });
-    addr
 }
 
 fn page(p: HandshakePage) -> Vec<u8> {
@@ -191,7 +210,7 @@ fn lies() -> Vec<(&'static str, Lie)> {
 #[test]
 fn honest_pages_verify_from_any_position() {
     let c = chain(20);
-    let mut cl = client(&c, c.honest);
+    let mut cl = client(&c, None);
     assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), c.payloads);
     assert_eq!(cl.handshakes(&TOPIC, 5, 4).unwrap(), c.payloads[5..9].to_vec());
     assert_eq!(cl.handshakes(&TOPIC, 13, 100).unwrap(), c.payloads[13..].to_vec());
@@ -207,24 +226,22 @@ fn a_page_far_from_the_head_is_checked_over_continuations() {
     // more handshakes after the page than one answer carries links for
     let n = LINKS_PER_REPLY_MAX as u64 + 300;
     let c = chain(n);
-    let mut cl = client(&c, c.honest);
+    let mut cl = client(&c, None);
     assert_eq!(cl.handshakes(&TOPIC, 0, 3).unwrap(), c.payloads[..3].to_vec());
     assert_eq!(cl.handshakes(&TOPIC, 100, 256).unwrap(), c.payloads[100..356].to_vec());
     let tail = n as usize - 10;
     assert_eq!(cl.handshakes(&TOPIC, tail as u64, 256).unwrap(), c.payloads[tail..].to_vec());
 
     // a liar that serves honest pages but drops the last link of every continuation
-    let short = liar(c.ledger.clone(), |req, mut p| {
+    let short: Lie = |req, mut p| {
         if matches!(req, Request::HandshakePage { max: 0, .. }) {
             p.links.pop();
         }
         page(p)
-    });
-    let mut cl = client(&c, short);
+    };
+    let mut cl = client(&c, Some(short));
     assert_eq!(cl.handshakes(&TOPIC, 0, 3).unwrap(), c.payloads[..3].to_vec(), "from an honest one");
-    let mut only_liar = c.g.clone();
-    only_liar.validators.iter_mut().for_each(|v| v.rpc = short.into());
-    let mut cl = LedgerClient::new(&only_liar).unwrap().with_timeout(Duration::from_secs(5));
+    let mut cl = only_liars(&c, short);
     assert!(matches!(cl.handshakes(&TOPIC, 0, 3), Err(ClientError::BadAnswer(_))));
 }
 
@@ -232,16 +249,13 @@ fn a_page_far_from_the_head_is_checked_over_continuations() {
 fn a_lying_validator_is_detected_and_the_client_moves_on() {
     let c = chain(12);
     for (name, lie) in lies() {
-        let addr = liar(c.ledger.clone(), lie);
         // the liar is asked first; the honest order comes from the next validator
-        let mut cl = client(&c, addr);
+        let mut cl = client(&c, Some(lie));
         assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), c.payloads, "{name}");
         assert_eq!(cl.handshakes(&TOPIC, 4, 5).unwrap(), c.payloads[4..9].to_vec(), "{name}: mid-list");
 
         // with only liars, nothing is returned
-        let mut g = c.g.clone();
-        g.validators.iter_mut().for_each(|v| v.rpc = addr.into());
-        let mut cl = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
+        let mut cl = only_liars(&c, lie);
         for (from, max) in [(0, 100), (4, 5)] {
             let res = cl.handshakes(&TOPIC, from, max);
             assert!(matches!(res, Err(ClientError::BadAnswer(_))), "{name} from {from}: {res:?}");
@@ -276,7 +290,7 @@ fn handshake_pages_round_trip_and_refuse_garbage() {
 fn a_store_written_before_chain_values_were_kept_is_migrated_and_serves_proven_pages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.redb");
-    let (g, ledger, want) = build(30, ChainStore::open(&path).unwrap());
+    let (g, keys, ledger, want) = build(30, ChainStore::open(&path).unwrap());
     drop(ledger);
     // Turn the file into the format-1 layout: no per-position chain values.
     {
@@ -289,13 +303,8 @@ fn a_store_written_before_chain_values_were_kept_is_migrated_and_serves_proven_p
         tx.open_table(meta).unwrap().insert("format", 1u64.to_be_bytes().as_slice()).unwrap();
         tx.commit().unwrap();
     }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let ledger = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap();
-    std::thread::spawn(move || serve(listener, ledger));
-    let mut g = g;
-    g.validators.iter_mut().for_each(|v| v.rpc = addr.into());
-    let mut cl = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
+    let mut cl = cluster(&g, &keys, &ledger, [None; 4]);
     assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), want);
     assert_eq!(cl.handshakes(&TOPIC, 17, 5).unwrap(), want[17..22].to_vec());
 }

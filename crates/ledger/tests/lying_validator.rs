@@ -2,10 +2,10 @@
 //! One lying validator among four (issue 12 §3, §7): it claims a transaction final at a
 //! height (or with an outcome) the others contradict, or final while it is not. The client
 //! believes only what `f + 1` validators report, catches the liar, and asks the others first
-//! from then on. Fake validators on 127.0.0.1 answer the real RPC protocol.
+//! from then on. A validator that cannot prove the genesis key of its address is refused the
+//! same way. Fake validators on 127.0.0.1 answer the real RPC protocol over the real channel.
 
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,25 +13,25 @@ use std::time::Duration;
 mod support;
 
 use cairn_ledger::genesis::Genesis;
+use cairn_ledger::rpc::RpcIdentity;
 use cairn_ledger::rpc::{
     ClientError, LedgerClient, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use cairn_ledger::tx::TxId;
-use support::{frame, read_frame};
+use support::{accept, read_frame, write_frame};
 
 /// How a fake validator answers a transaction's status.
 type Answer = fn() -> RemoteStatus;
 
-/// A fake validator: answers `TxStatus` with `answer()` and `Status` with height 5; counts
-/// the requests it gets.
-fn validator(answer: Answer, asked: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+/// A fake validator on `listener`, proving `id`: answers `TxStatus` with `answer()` and
+/// `Status` with height 5; counts the requests it gets.
+fn validator(listener: TcpListener, id: RpcIdentity, answer: Answer, asked: Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            let asked = asked.clone();
+            let Ok(s) = s else { continue };
+            let (asked, id) = (asked.clone(), id.clone());
             std::thread::spawn(move || {
+                let Some(mut s) = accept(s, &id) else { return };
                 while let Some(body) = read_frame(&mut s) {
                     asked.fetch_add(1, Ordering::SeqCst);
                     let resp = match Request::decode(&body) {
@@ -44,14 +44,13 @@ fn validator(answer: Answer, asked: Arc<AtomicUsize>) -> SocketAddr {
                         }),
                         _ => Response::Error("not served by this fake".into()),
                     };
-                    if s.write_all(&frame(&resp.encode())).is_err() {
+                    if !write_frame(&mut s, &resp.encode()) {
                         return;
                     }
                 }
             });
         }
     });
-    addr
 }
 
 fn honest() -> RemoteStatus {
@@ -66,10 +65,26 @@ fn pending() -> RemoteStatus {
 
 /// A client of 4 fake validators answering as `answers` say, and their request counters.
 fn cluster(answers: [Answer; 4]) -> (LedgerClient, Vec<Arc<AtomicUsize>>) {
-    let (mut g, _) = Genesis::local("liar", 4, 29700, Vec::new()).unwrap();
+    cluster_with(answers, None)
+}
+
+/// [`cluster`], with validator 0 proving the key `impostor` instead of its genesis key.
+fn cluster_with(
+    answers: [Answer; 4],
+    impostor: Option<commonware_cryptography::ed25519::PrivateKey>,
+) -> (LedgerClient, Vec<Arc<AtomicUsize>>) {
+    let (mut g, keys) = Genesis::local("liar", 4, 29700, Vec::new()).unwrap();
     let counters: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
-    for (v, (a, c)) in g.validators.iter_mut().zip(answers.iter().zip(&counters)) {
-        v.rpc = validator(*a, c.clone()).into();
+    let listeners: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    for (v, l) in g.validators.iter_mut().zip(&listeners) {
+        v.rpc = l.local_addr().unwrap().into();
+    }
+    for (i, (l, (a, c))) in listeners.into_iter().zip(answers.iter().zip(&counters)).enumerate() {
+        let key = match (i, &impostor) {
+            (0, Some(k)) => k,
+            _ => &keys[i],
+        };
+        validator(l, RpcIdentity::new(key, g.chain_id()).unwrap(), *a, c.clone());
     }
     (LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5)), counters)
 }
@@ -100,4 +115,18 @@ fn two_honest_answers_suffice_when_the_others_are_silent_or_behind() {
     let (mut c, _) = cluster([pending, honest, pending, honest]);
     assert_eq!(c.wait_final(&TxId([3; 32]), Duration::from_secs(10)).unwrap(), (3, RemoteOutcome::Applied));
     assert!((0..4).all(|i| !c.is_suspect(i)), "a validator that is only behind is not a liar");
+}
+
+#[test]
+fn a_validator_proving_another_key_is_refused_and_the_others_answer() {
+    // Validator 0's address answers with a key the genesis does not list there (a man in the
+    // middle, or a validator presenting another's address): its answers would be honest, but
+    // the client never sends it a request.
+    let impostor = cairn_ledger::genesis::fresh_key().unwrap();
+    let (mut c, asked) = cluster_with([honest, honest, honest, honest], Some(impostor));
+    assert_eq!(c.wait_final(&TxId([4; 32]), Duration::from_secs(10)).unwrap(), (3, RemoteOutcome::Applied));
+    assert_eq!(c.status().unwrap().height, 5);
+    assert!(c.is_suspect(0) && (1..4).all(|i| !c.is_suspect(i)));
+    assert_eq!(asked[0].load(Ordering::SeqCst), 0, "no request reached the unauthenticated validator");
+    assert!(asked[1].load(Ordering::SeqCst) > 0);
 }

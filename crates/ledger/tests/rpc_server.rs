@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-//! The ledger RPC over loopback: a real validator-side server answers a real client; garbage
-//! gets an error answer and a closed connection, never a panic; every client call returns
-//! within its deadline even when a validator stalls or drips bytes.
+//! The ledger RPC over loopback: a real validator-side server answers a real client over the
+//! encrypted channel; garbage (in a handshake or in a request) gets an error answer or a
+//! closed connection, never a panic, and the server keeps serving; a validator that cannot
+//! prove the genesis key of its address is refused; every client call returns within its
+//! deadline even when a validator stalls or drips bytes.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,12 +14,17 @@ mod support;
 use cairn_ledger::core::Ledger;
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::server::respond;
-use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteStatus, Request, Response, serve};
+use cairn_ledger::rpc::{
+    Channel, ClientError, FrameError, LedgerClient, NoiseError, RemoteStatus, Request, Response, RpcIdentity,
+    serve,
+};
 use cairn_ledger::tx::{Tx, TxBody, TxError};
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, Topic};
+use commonware_codec::DecodeExt as _;
+use commonware_cryptography::{Signer as _, ed25519};
 use proptest::prelude::*;
-use support::{frame, read_frame};
+use support::{accept, connect, read_frame, soon, write_frame};
 
 fn user(i: u8) -> SigningKey {
     SigningKey::from_bytes(&[i + 90; 32])
@@ -26,38 +33,54 @@ fn id(k: &SigningKey) -> AccountId {
     AccountId(k.verifying_key().to_bytes())
 }
 
-/// A one-validator genesis whose RPC address is `rpc`, funding two users.
+/// An ed25519 key from a one-byte seed.
+fn key(seed: u8) -> ed25519::PrivateKey {
+    ed25519::PrivateKey::decode(vec![seed; 32]).unwrap()
+}
+
+/// The key of the genesis validator.
+fn validator_key() -> ed25519::PrivateKey {
+    key(61)
+}
+
+/// A one-validator genesis whose RPC address is `rpc` and key [`validator_key`], funding two
+/// users (the same genesis for the same address).
 fn genesis(rpc: SocketAddr) -> Genesis {
     let accounts = (0..2).map(|i| (id(&user(i)), 1_000_000_000)).collect();
     let (mut g, _) = Genesis::local("rpc", 1, 29500, accounts).unwrap();
     g.validators[0].rpc = rpc.into();
+    g.validators[0].key = validator_key().public_key();
     g
 }
 
-/// A ledger served on a fresh loopback port.
+/// The channel identity of the genesis validator at `rpc`.
+fn identity(rpc: SocketAddr) -> RpcIdentity {
+    RpcIdentity::new(&validator_key(), genesis(rpc).chain_id()).unwrap()
+}
+
+/// A ledger served on a fresh loopback port, as the genesis validator.
 fn served() -> (Genesis, Ledger, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let g = genesis(addr);
     let ledger = Ledger::new(&g).unwrap();
     let l = ledger.clone();
-    std::thread::spawn(move || serve(listener, l));
+    std::thread::spawn(move || serve(listener, l, identity(addr)));
     (g, ledger, addr)
 }
 
-/// Sends raw bytes, then reads one response frame and checks the server closes after it.
-fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
-    let mut rest = Vec::new();
+/// Over a fresh channel: `send` raw messages, then reads one response frame and checks the
+/// server closes after it.
+fn raw_exchange(addr: SocketAddr, send: impl FnOnce(&mut Channel)) -> Response {
+    let mut ch = connect(addr, &genesis(addr), 0);
+    send(&mut ch);
+    let body = read_frame(&mut ch).expect("an answer");
     // The server closes: end of stream (or a reset if our unread bytes were still queued).
-    let _ = s.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "nothing after the error answer");
+    let after = ch.recv(cairn_ledger::rpc::FRAME_MAX, soon());
+    assert!(
+        matches!(after, Err(FrameError::Closed | FrameError::Io(_))),
+        "nothing after the error: {after:?}"
+    );
     Response::decode(&body).unwrap()
 }
 
@@ -100,20 +123,93 @@ fn a_client_gets_real_answers() {
 fn garbage_gets_an_error_answer_and_a_closed_connection() {
     let (_, _, addr) = served();
     for body in [vec![], vec![9, 9, 9], vec![1], vec![2], vec![2, 77], vec![2, 2, 0]] {
-        let resp = raw_exchange(addr, &frame(&body));
+        let resp = raw_exchange(addr, |ch| assert!(write_frame(ch, &body)));
         assert!(matches!(&resp, Response::Error(m) if m.contains("malformed request")), "{body:?}: {resp:?}");
     }
-    // A length prefix over the limit: refused unread.
-    let resp = raw_exchange(addr, &u32::MAX.to_be_bytes());
+    // A length over the limit: refused unread.
+    let resp = raw_exchange(addr, |ch| ch.send_message(&u32::MAX.to_be_bytes(), soon()).unwrap());
     assert!(matches!(&resp, Response::Error(m) if m.contains("over the limit")), "{resp:?}");
+    // A frame whose messages break the layout (a first message without its length).
+    let resp = raw_exchange(addr, |ch| ch.send_message(&[1, 2], soon()).unwrap());
+    assert!(matches!(&resp, Response::Error(m) if m.contains("layout")), "{resp:?}");
     // The server still serves well-formed requests afterwards.
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(&frame(&Request::Status.encode())).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
+    let mut ch = connect(addr, &genesis(addr), 0);
+    assert!(write_frame(&mut ch, &Request::Status.encode()));
+    let body = read_frame(&mut ch).unwrap();
     assert!(matches!(Response::decode(&body).unwrap(), Response::Status(_)));
+}
+
+/// Sends `bytes` on a plain TCP connection and reads until the server closes it (or 10 s).
+fn raw_then_closed(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let _ = s.read_to_end(&mut got);
+    assert!(start.elapsed() < Duration::from_secs(9), "the server closed the connection");
+    got
+}
+
+#[test]
+fn garbage_handshakes_are_refused_and_the_server_keeps_serving() {
+    let (g, _, addr) = served();
+    // A plaintext frame of the unencrypted protocol, a huge announced hello, a hello cut
+    // short: closed without an answer (there is no channel to answer on).
+    let status = Request::Status.encode();
+    let plain = [(status.len() as u32).to_be_bytes().as_slice(), &status].concat();
+    for bytes in [plain, vec![0xff, 0xff, 1, 2, 3], vec![0, 32, 1, 2, 3], vec![0; 1000]] {
+        assert!(raw_then_closed(addr, &bytes).is_empty(), "{bytes:?}");
+    }
+    // 32 random bytes are a well-formed hello (any 32 bytes are an X25519 key): the server
+    // replies, then refuses the garbage that follows and closes.
+    let mut bytes = vec![0, 32];
+    bytes.extend((0..32u8).map(|i| i.wrapping_mul(37)));
+    bytes.extend([0, 40]);
+    bytes.extend([7u8; 40]);
+    let got = raw_then_closed(addr, &bytes);
+    assert!(got.len() >= 2 + cairn_ledger::rpc::noise::REPLY_BYTES, "a reply, then an end: {got:?}");
+    // Dozens of garbage connections later, a real client is served.
+    for i in 0..40u8 {
+        raw_then_closed(addr, &[i; 7]);
+    }
+    let mut c = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
+    assert_eq!(c.status().unwrap().height, 0);
+}
+
+#[test]
+fn a_validator_without_the_genesis_key_is_refused() {
+    // A man in the middle at the validator's address: it serves the real ledger (it could
+    // relay it) under its own key, which is not the one the genesis lists there.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = genesis(addr);
+    let ledger = Ledger::new(&g).unwrap();
+    let impostor = RpcIdentity::new(&key(62), g.chain_id()).unwrap();
+    std::thread::spawn(move || serve(listener, ledger, impostor));
+    let mut c = LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5));
+    let res = c.status();
+    assert!(
+        matches!(&res, Err(ClientError::Unauthenticated(m)) if m.contains("genesis") && m.contains(&addr.to_string())),
+        "{res:?}"
+    );
+    assert!(c.is_suspect(0), "a validator that cannot prove its key is asked last");
+    assert!(matches!(c.submit(&[1, 2, 3]), Err(ClientError::Unreachable(_))), "nothing is sent to it");
+
+    // The real key, but for another chain (the genesis differs): refused as well.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = genesis(addr);
+    let elsewhere = RpcIdentity::new(&validator_key(), [9; 32]).unwrap();
+    std::thread::spawn(move || serve(listener, Ledger::new(&g).unwrap(), elsewhere));
+    let res = Channel::connect(
+        TcpStream::connect(addr).unwrap(),
+        &genesis(addr).chain_id(),
+        &validator_key().public_key(),
+        soon(),
+    );
+    assert!(matches!(res, Err(FrameError::Noise(NoiseError::Reply(_)))), "{res:?}");
 }
 
 #[test]
@@ -123,34 +219,52 @@ fn a_validator_refusing_the_request_is_a_bad_answer() {
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in listener.incoming().take(1) {
-            let mut s = s.unwrap();
-            let _ = s.write_all(&frame(&Response::Error("nope".into()).encode()));
+            let Some(mut ch) = accept(s.unwrap(), &identity(addr)) else { return };
+            let _ = read_frame(&mut ch);
+            write_frame(&mut ch, &Response::Error("nope".into()).encode());
         }
     });
     let mut c = LedgerClient::new(&genesis(addr)).unwrap().with_timeout(Duration::from_secs(5));
     assert!(matches!(c.status(), Err(ClientError::BadAnswer(m)) if m.contains("nope")));
 }
 
-/// A fake validator that accepts connections and then does `behave` with each.
-fn fake_validator(behave: fn(TcpStream)) -> SocketAddr {
+/// A fake validator that accepts connections and then does `behave` with each (and the
+/// genesis validator's channel identity).
+fn fake_validator(behave: fn(TcpStream, RpcIdentity)) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(s) = s else { continue };
-            std::thread::spawn(move || behave(s));
+            std::thread::spawn(move || behave(s, identity(addr)));
         }
     });
     addr
 }
 
-fn silent(s: TcpStream) {
+/// Never answers, not even the handshake.
+fn silent(s: TcpStream, _: RpcIdentity) {
     std::thread::sleep(Duration::from_secs(5));
     drop(s);
 }
 
-fn dripping(mut s: TcpStream) {
-    let _ = s.write_all(&1000u32.to_be_bytes());
+/// Completes the handshake, then announces a 1000-byte message and drips it a byte at a time.
+fn dripping(s: TcpStream, id: RpcIdentity) {
+    let mut raw = s.try_clone().unwrap();
+    let Some(ch) = accept(s, &id) else { return };
+    let _ = raw.write_all(&1000u16.to_be_bytes());
+    for _ in 0..250 {
+        if raw.write_all(&[2]).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(ch);
+}
+
+/// Drips its handshake reply a byte at a time.
+fn dripping_handshake(mut s: TcpStream, _: RpcIdentity) {
+    let _ = s.write_all(&(cairn_ledger::rpc::noise::REPLY_BYTES as u16).to_be_bytes());
     for _ in 0..250 {
         if s.write_all(&[2]).is_err() {
             return;
@@ -161,7 +275,11 @@ fn dripping(mut s: TcpStream) {
 
 #[test]
 fn every_call_returns_within_its_deadline() {
-    for (name, addr) in [("silent", fake_validator(silent)), ("dripping", fake_validator(dripping))] {
+    for (name, addr) in [
+        ("silent", fake_validator(silent)),
+        ("dripping", fake_validator(dripping)),
+        ("dripping handshake", fake_validator(dripping_handshake)),
+    ] {
         let mut c = LedgerClient::new(&genesis(addr)).unwrap().with_timeout(Duration::from_millis(300));
         let start = Instant::now();
         let res = c.status();
@@ -179,14 +297,15 @@ fn every_call_returns_within_its_deadline() {
 
 /// A lying validator: no proofs, and a next nonce far ahead of any real one (a client that
 /// believed it would sign transactions no mempool accepts).
-fn inflating(mut s: TcpStream) {
+fn inflating(s: TcpStream, id: RpcIdentity) {
+    let Some(mut s) = accept(s, &id) else { return };
     while let Some(body) = read_frame(&mut s) {
         let answer = match Request::decode(&body) {
             Ok(Request::Nonce(_)) => Response::Nonce(1_000_000),
             Ok(Request::Proof(_)) => Response::Proof(None),
             _ => Response::Error("no".into()),
         };
-        if s.write_all(&frame(&answer.encode())).is_err() {
+        if !write_frame(&mut s, &answer.encode()) {
             return;
         }
     }

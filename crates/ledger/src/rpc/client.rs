@@ -6,18 +6,24 @@
 //! starts, so a method asking `k` validators in turn returns within `k` timeouts and a caller
 //! can treat it as an effect with a deadline. No answer is trusted: proofs and certificates are
 //! verified against the genesis validator set.
+//!
+//! Each connection is a [`Channel`]: encrypted, and the validator proves in the handshake that
+//! it holds the consensus key the genesis lists for the address dialled; one that does not is
+//! refused with [`ClientError::Unauthenticated`] and asked last, like a validator caught lying.
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cairn_proto::{AccountId, DeviceId, Topic};
+use commonware_cryptography::ed25519;
 use thiserror::Error;
 
+use super::noise::NoiseError;
 use super::protocol::{
     BATCH_MAX, CertifiedBlock, HANDSHAKES_PER_REPLY_MAX, LINKS_PER_REPLY_MAX, REQUEST_BYTES_MAX,
     RESPONSE_BYTES_MAX, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
-use super::transport::{FrameError, read_frame, write_frame};
+use super::transport::{Channel, FrameError};
 use super::trust::{FinalityTally, Suspects};
 use crate::endpoint::Endpoint;
 use crate::genesis::Genesis;
@@ -53,6 +59,10 @@ pub enum ClientError {
     /// A proof did not verify.
     #[error(transparent)]
     Light(#[from] LightError),
+    /// A validator did not prove, in the channel handshake, that it holds the key the genesis
+    /// lists for its address (or it serves another chain): nothing was sent to it.
+    #[error("validator not authenticated: {0}")]
+    Unauthenticated(String),
 }
 
 fn unexpected(resp: &Response) -> ClientError {
@@ -63,16 +73,23 @@ fn refused(e: &TxError) -> ClientError {
     ClientError::Refused { code: e.code(), message: e.to_string() }
 }
 
-/// One validator's address and its connection, opened on demand and kept between calls.
+/// One validator's address, the identity it must prove, and its channel, opened on demand
+/// and kept between calls.
 #[derive(Debug)]
 struct Link {
     addr: Endpoint,
-    stream: Option<TcpStream>,
+    key: ed25519::PublicKey,
+    chain: [u8; 32],
+    stream: Option<Channel>,
 }
 
 impl Link {
-    fn new(addr: Endpoint) -> Self {
-        Self { addr, stream: None }
+    fn new(addr: Endpoint, key: ed25519::PublicKey, chain: [u8; 32]) -> Self {
+        Self { addr, key, chain, stream: None }
+    }
+
+    fn fresh(&self) -> Self {
+        Self::new(self.addr.clone(), self.key.clone(), self.chain)
     }
 
     /// One round trip, wholly before `deadline`. A kept connection that fails (the validator
@@ -90,8 +107,9 @@ impl Link {
             Some(s) => s,
             None => self.connect(deadline)?,
         };
-        let frame = write_frame(&mut stream, req, deadline)
-            .and_then(|()| read_frame(&mut stream, RESPONSE_BYTES_MAX, deadline))
+        let frame = stream
+            .send(req, deadline)
+            .and_then(|()| stream.recv(RESPONSE_BYTES_MAX, deadline))
             .map_err(|e| self.frame_error(e))?;
         let resp =
             Response::decode(&frame).map_err(|e| ClientError::BadAnswer(format!("{}: {e}", self.addr)))?;
@@ -103,7 +121,7 @@ impl Link {
         Ok(resp)
     }
 
-    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+    fn connect(&self, deadline: Instant) -> Result<Channel, ClientError> {
         let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
         let left = left.ok_or(ClientError::Timeout)?;
         // A name is resolved at each new connection: a validator that moved is found again.
@@ -113,13 +131,18 @@ impl Link {
             _ => ClientError::Unreachable(format!("{}: {e}", self.addr)),
         })?;
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Channel::connect(s, &self.chain, &self.key, deadline).map_err(|e| self.frame_error(e))
     }
 
     fn frame_error(&self, e: FrameError) -> ClientError {
         match e {
             FrameError::TimedOut => ClientError::Timeout,
-            FrameError::TooLarge { .. } => ClientError::BadAnswer(format!("{}: {e}", self.addr)),
+            FrameError::Noise(NoiseError::Unauthenticated(_) | NoiseError::Reply(_)) => {
+                ClientError::Unauthenticated(format!("{}: {e}", self.addr))
+            }
+            FrameError::TooLarge { .. } | FrameError::Noise(_) => {
+                ClientError::BadAnswer(format!("{}: {e}", self.addr))
+            }
             FrameError::Closed | FrameError::Io(_) => ClientError::Unreachable(format!("{}: {e}", self.addr)),
         }
     }
@@ -166,10 +189,15 @@ pub struct LedgerClient {
 impl LedgerClient {
     /// A client for the validators of `genesis` (their RPC addresses).
     pub fn new(genesis: &Genesis) -> Result<Self, ClientError> {
+        let chain = genesis.chain_id();
         Ok(Self {
-            links: genesis.validators.iter().map(|v| Link::new(v.rpc.clone())).collect(),
+            links: genesis
+                .validators
+                .iter()
+                .map(|v| Link::new(v.rpc.clone(), v.key.clone(), chain))
+                .collect(),
             light: LightClient::new(genesis)?,
-            chain: genesis.chain_id(),
+            chain,
             timeout: CALL_TIMEOUT_DEFAULT,
             seen_height: 0,
             suspects: Suspects::new(genesis.validators.len()),
@@ -200,7 +228,7 @@ impl LedgerClient {
     /// The same client with no open connections (for a call independent of this one's).
     pub fn detached(&self) -> Self {
         Self {
-            links: self.links.iter().map(|l| Link::new(l.addr.clone())).collect(),
+            links: self.links.iter().map(Link::fresh).collect(),
             light: self.light.clone(),
             chain: self.chain,
             timeout: self.timeout,
@@ -213,7 +241,12 @@ impl LedgerClient {
     fn call_until(&mut self, i: usize, req: &[u8], deadline: Instant) -> Result<Response, ClientError> {
         let link =
             self.links.get_mut(i).ok_or_else(|| ClientError::Unreachable(format!("no validator {i}")))?;
-        link.call(req, deadline)
+        let res = link.call(req, deadline);
+        if let Err(ClientError::Unauthenticated(e)) = &res {
+            let e = e.clone();
+            self.caught_lying(i, &format!("a channel handshake without the genesis identity ({e})"));
+        }
+        res
     }
 
     fn call_one(&mut self, i: usize, req: &[u8]) -> Result<Response, ClientError> {

@@ -1,24 +1,28 @@
-//! The validator side: answers [`Request`]s from the ledger core over TCP, one thread per
+//! The validator side: answers [`Request`]s from the ledger core over the encrypted channel
+//! ([`Channel`]: Noise `NX`, the validator proving its genesis identity), one thread per
 //! connection, at most [`CONNECTIONS_MAX`] connections and [`CONNECTIONS_PER_IP_MAX`] from one
 //! address (loopback exempt: a local network runs every client on 127.0.0.1).
 //!
-//! Every byte a client sends is untrusted: a frame over [`REQUEST_BYTES_MAX`] or one that does
-//! not decode gets a [`Response::Error`] and the connection is closed; a client that sends
-//! nothing, or a request too slowly, is dropped after [`REQUEST_WAIT_SECS`].
+//! Every byte a client sends is untrusted: anything but a handshake hello, or a hello not
+//! completed within [`HANDSHAKE_WAIT_SECS`], closes the connection (logged at debug, nothing to
+//! answer on); after the handshake, a frame over [`REQUEST_BYTES_MAX`] or one that does not
+//! decode gets a [`Response::Error`] and the connection is closed; a client that sends nothing,
+//! or a request too slowly, is dropped after [`REQUEST_WAIT_SECS`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::noise::RpcIdentity;
 use super::protocol::{
     HANDSHAKES_PER_REPLY_MAX, HandshakePage, LINKS_PER_REPLY_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX,
     Refusal, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
-use super::transport::{FrameError, read_frame, write_frame};
+use super::transport::{Channel, FrameError};
 use crate::core::{Ledger, TxStatus};
 use crate::state::Outcome;
 use crate::tx::TxError;
@@ -28,6 +32,8 @@ pub const CONNECTIONS_MAX: usize = 256;
 /// Most concurrent client connections from one IP address (loopback exempt), so one host
 /// cannot take every slot; a connection over it is closed at once and the client retries.
 pub const CONNECTIONS_PER_IP_MAX: usize = 16;
+/// How long a new connection may take to complete its handshake, seconds.
+pub const HANDSHAKE_WAIT_SECS: u64 = 10;
 /// How long a connection may stay idle, or take to send one whole request, seconds.
 pub const REQUEST_WAIT_SECS: u64 = 120;
 /// How long writing one response may take, seconds.
@@ -167,21 +173,31 @@ pub fn respond(ledger: &Ledger, frame: &[u8]) -> (Response, bool) {
 }
 
 /// Serves one connection until the client closes it, stalls, or sends something malformed.
-fn serve_connection(ledger: &Ledger, mut stream: TcpStream) {
+fn serve_connection(ledger: &Ledger, id: &RpcIdentity, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let deadline = Instant::now() + Duration::from_secs(HANDSHAKE_WAIT_SECS);
+    let mut ch = match Channel::accept(stream, id, deadline) {
+        Ok(ch) => ch,
+        Err(e) => {
+            debug!("ledger rpc handshake with {peer:?} refused: {e}");
+            return;
+        }
+    };
     loop {
         let deadline = Instant::now() + Duration::from_secs(REQUEST_WAIT_SECS);
-        let (resp, keep) = match read_frame(&mut stream, REQUEST_BYTES_MAX, deadline) {
+        let (resp, keep) = match ch.recv(REQUEST_BYTES_MAX, deadline) {
             Ok(frame) => respond(ledger, &frame),
             Err(e @ FrameError::TooLarge { .. }) => (Response::Error(format!("request {e}")), false),
+            Err(e @ FrameError::Noise(_)) => (Response::Error(e.to_string()), false),
             Err(_) => return,
         };
         let deadline = Instant::now() + Duration::from_secs(RESPONSE_WRITE_SECS);
-        if write_frame(&mut stream, &resp.encode(), deadline).is_err() {
+        if ch.send(&resp.encode(), deadline).is_err() {
             return;
         }
         if !keep {
-            let _ = stream.shutdown(Shutdown::Write);
+            ch.shutdown_write();
             return;
         }
     }
@@ -237,8 +253,9 @@ impl Drop for Slot {
     }
 }
 
-/// Serves client requests for `ledger` on `listener` (blocking; run it on its own thread).
-pub fn serve(listener: TcpListener, ledger: Ledger) {
+/// Serves client requests for `ledger` on `listener` as `id` (blocking; run it on its own
+/// thread).
+pub fn serve(listener: TcpListener, ledger: Ledger, id: RpcIdentity) {
     let active = Arc::new(AtomicUsize::new(0));
     let per_ip: PerIp = Arc::new(Mutex::new(HashMap::new()));
     for conn in listener.incoming() {
@@ -254,10 +271,10 @@ pub fn serve(listener: TcpListener, ledger: Ledger) {
         let Some(slot) = Slot::take(&active, &per_ip, ip) else {
             continue; // dropped: the client retries
         };
-        let ledger = ledger.clone();
+        let (ledger, id) = (ledger.clone(), id.clone());
         let spawned = std::thread::Builder::new().name("ledger-rpc-conn".into()).spawn(move || {
             let _slot = slot;
-            serve_connection(&ledger, stream);
+            serve_connection(&ledger, &id, stream);
         });
         if let Err(e) = spawned {
             debug!("ledger rpc connection thread not started: {e}");
@@ -266,10 +283,10 @@ pub fn serve(listener: TcpListener, ledger: Ledger) {
 }
 
 /// Starts [`serve`] on a background thread bound to `addr`; returns the bound address.
-pub fn spawn_server(addr: SocketAddr, ledger: Ledger) -> std::io::Result<SocketAddr> {
+pub fn spawn_server(addr: SocketAddr, ledger: Ledger, id: RpcIdentity) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("ledger-rpc".into()).spawn(move || serve(listener, ledger))?;
+    std::thread::Builder::new().name("ledger-rpc".into()).spawn(move || serve(listener, ledger, id))?;
     Ok(local)
 }
 

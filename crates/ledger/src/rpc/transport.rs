@@ -1,21 +1,25 @@
-//! Frames on a TCP stream: `len:u32` big-endian then the body, every read and write bounded by
-//! a deadline and every length checked before the body is read.
+//! The ledger RPC channel on a TCP stream: a Noise handshake ([`super::noise`]), then frames
+//! sealed into Noise messages (`size:u16` big-endian + ciphertext each). Every read and write
+//! is bounded by a deadline and every length is checked before the bytes are read.
 //!
-//! The body buffer grows with the bytes that actually arrive (in [`CHUNK_BYTES`] steps), so a
-//! peer announcing a large frame and sending nothing costs no memory.
+//! A frame's body grows with the messages that actually arrive (at most [`PLAIN_MAX`] bytes
+//! each, after they authenticate), so a peer announcing a large frame and sending nothing
+//! costs no memory; one message in flight costs at most [`MESSAGE_MAX`] bytes.
 
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
+use commonware_cryptography::ed25519;
 use thiserror::Error;
 
-/// Step in which a frame body buffer grows, bytes.
-pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+use super::noise::{
+    self, HELLO_BYTES, MESSAGE_MAX, NoiseError, PLAIN_MAX, REPLY_BYTES, RpcIdentity, Session,
+};
 
-/// Why a frame could not be read or written.
+/// Why a frame could not be read or written, or a channel not opened.
 #[derive(Debug, Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// The deadline passed first.
     #[error("timed out")]
     TimedOut,
@@ -30,6 +34,9 @@ pub(crate) enum FrameError {
         /// Limit.
         max: usize,
     },
+    /// The handshake failed, or a message did not decrypt or was misplaced.
+    #[error(transparent)]
+    Noise(#[from] NoiseError),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -60,30 +67,8 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(),
     Ok(())
 }
 
-/// Reads one frame of at most `max` bytes, wholly before `deadline`.
-pub(crate) fn read_frame(s: &mut TcpStream, max: usize, deadline: Instant) -> Result<Vec<u8>, FrameError> {
-    let mut len = [0u8; 4];
-    read_full(s, &mut len, deadline)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let mut body = Vec::new();
-    while body.len() < len {
-        let start = body.len();
-        body.resize(start + (len - start).min(CHUNK_BYTES), 0);
-        read_full(s, &mut body[start..], deadline)?;
-    }
-    Ok(body)
-}
-
-/// Writes one frame, wholly before `deadline`.
-pub(crate) fn write_frame(s: &mut TcpStream, body: &[u8], deadline: Instant) -> Result<(), FrameError> {
-    let len = u32::try_from(body.len())
-        .map_err(|_| FrameError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(body);
+/// Writes all of `out` before `deadline`.
+fn write_all(s: &mut TcpStream, out: &[u8], deadline: Instant) -> Result<(), FrameError> {
     let mut sent = 0;
     while sent < out.len() {
         s.set_write_timeout(Some(left(deadline)?))?;
@@ -98,53 +83,176 @@ pub(crate) fn write_frame(s: &mut TcpStream, body: &[u8], deadline: Instant) -> 
     Ok(())
 }
 
+/// Reads one message's size prefix, then (if `check` accepts the size) its bytes.
+fn read_message(
+    s: &mut TcpStream,
+    deadline: Instant,
+    check: impl FnOnce(usize) -> Result<(), NoiseError>,
+) -> Result<Vec<u8>, FrameError> {
+    let mut size = [0u8; 2];
+    read_full(s, &mut size, deadline)?;
+    let size = usize::from(u16::from_be_bytes(size));
+    check(size)?;
+    let mut msg = vec![0u8; size];
+    read_full(s, &mut msg, deadline)?;
+    Ok(msg)
+}
+
+/// A handshake message with its size prefix.
+fn with_size(msg: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let size = u16::try_from(msg.len()).map_err(|_| NoiseError::Layout("a handshake message over 64 KiB"))?;
+    Ok([size.to_be_bytes().as_slice(), msg].concat())
+}
+
+/// An open, authenticated and encrypted RPC connection.
+#[derive(Debug)]
+pub struct Channel {
+    stream: TcpStream,
+    session: Session,
+}
+
+impl Channel {
+    /// Opens the client side on a connected `stream`: the handshake with a validator of chain
+    /// `chain` that must prove the identity `validator` (the key the genesis lists for the
+    /// address dialled), wholly before `deadline`.
+    pub fn connect(
+        mut stream: TcpStream,
+        chain: &[u8; 32],
+        validator: &ed25519::PublicKey,
+        deadline: Instant,
+    ) -> Result<Self, FrameError> {
+        let (hello, msg) = noise::hello(chain)?;
+        write_all(&mut stream, &with_size(&msg)?, deadline)?;
+        let reply = read_message(&mut stream, deadline, |n| {
+            (n == REPLY_BYTES)
+                .then_some(())
+                .ok_or_else(|| NoiseError::Reply(format!("{n} bytes announced, expected {REPLY_BYTES}")))
+        })?;
+        let session = hello.finish(&reply, validator)?;
+        Ok(Self { stream, session })
+    }
+
+    /// Opens the validator side on an accepted `stream`: reads the client's hello and answers
+    /// it as `id`, wholly before `deadline`. Anything but a hello is refused unread.
+    pub fn accept(mut stream: TcpStream, id: &RpcIdentity, deadline: Instant) -> Result<Self, FrameError> {
+        let msg = read_message(&mut stream, deadline, |n| {
+            (n == HELLO_BYTES)
+                .then_some(())
+                .ok_or_else(|| NoiseError::Hello(format!("{n} bytes announced, expected {HELLO_BYTES}")))
+        })?;
+        let (reply, session) = noise::answer_hello(id, &msg)?;
+        write_all(&mut stream, &with_size(&reply)?, deadline)?;
+        Ok(Self { stream, session })
+    }
+
+    /// Sends one frame, wholly before `deadline`.
+    pub fn send(&mut self, body: &[u8], deadline: Instant) -> Result<(), FrameError> {
+        let wire = self.session.seal_frame(body)?;
+        write_all(&mut self.stream, &wire, deadline)
+    }
+
+    /// Sends one Noise message with `plain` (at most [`PLAIN_MAX`] bytes) as its plaintext,
+    /// whatever the frame layout: for tests of a peer that breaks it.
+    pub fn send_message(&mut self, plain: &[u8], deadline: Instant) -> Result<(), FrameError> {
+        let wire = self.session.seal(plain)?;
+        write_all(&mut self.stream, &wire, deadline)
+    }
+
+    /// Reads one frame of at most `max` bytes, wholly before `deadline`.
+    pub fn recv(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>, FrameError> {
+        let first = self.read_sealed(deadline)?;
+        let (len, mut body) = self.session.open_first(&first)?;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        while body.len() < len {
+            let next = self.read_sealed(deadline)?;
+            let part = self.session.open(&next)?;
+            if part.is_empty() || part.len() > len - body.len() {
+                return Err(NoiseError::Layout("a message that is empty or overruns its frame").into());
+            }
+            body.extend_from_slice(&part);
+        }
+        Ok(body)
+    }
+
+    /// One sealed message (at most [`MESSAGE_MAX`] bytes by its `u16` prefix).
+    fn read_sealed(&mut self, deadline: Instant) -> Result<Vec<u8>, FrameError> {
+        const _: () = assert!(MESSAGE_MAX == u16::MAX as usize && PLAIN_MAX < MESSAGE_MAX);
+        read_message(&mut self.stream, deadline, |_| Ok(()))
+    }
+
+    /// Closes the sending half (the peer reads the end of the stream after what was sent).
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::net::TcpListener;
 
     use super::*;
 
-    fn pair() -> (TcpStream, TcpStream) {
+    const CHAIN: [u8; 32] = [3; 32];
+
+    fn identity() -> RpcIdentity {
+        RpcIdentity::from_seed([5; 32], CHAIN).unwrap()
+    }
+
+    fn tcp_pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         (a, b)
     }
 
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    /// A client channel and a server channel connected to each other.
+    fn pair() -> (Channel, Channel) {
+        let (a, b) = tcp_pair();
+        let id = identity();
+        let server = std::thread::spawn(move || Channel::accept(b, &id, soon()).unwrap());
+        let client = Channel::connect(a, &CHAIN, &identity().public_key(), soon()).unwrap();
+        (client, server.join().unwrap())
+    }
+
     #[test]
     fn frames_round_trip() {
         let (mut a, mut b) = pair();
-        let deadline = Instant::now() + Duration::from_secs(5);
         let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        let writer = std::thread::spawn(move || write_frame(&mut a, &body, deadline).map(|_| body));
-        let got = read_frame(&mut b, 300_000, deadline).unwrap();
+        let writer = std::thread::spawn(move || a.send(&body, soon()).map(|_| body));
+        let got = b.recv(300_000, soon()).unwrap();
         assert_eq!(got, writer.join().unwrap().unwrap());
     }
 
     #[test]
     fn oversized_frame_is_refused_unread() {
         let (mut a, mut b) = pair();
-        a.write_all(&u32::MAX.to_be_bytes()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        assert!(matches!(read_frame(&mut b, 1024, deadline), Err(FrameError::TooLarge { max: 1024, .. })));
+        a.send_message(&u32::MAX.to_be_bytes(), soon()).unwrap();
+        assert!(matches!(b.recv(1024, soon()), Err(FrameError::TooLarge { max: 1024, .. })));
     }
 
     #[test]
     fn a_dripping_peer_hits_the_deadline() {
         let (mut a, mut b) = pair();
-        // Announces 100 bytes, then sends one byte every 20 ms: every read succeeds, the whole
-        // frame never completes.
+        // Announces a 100-byte message, then sends one byte every 20 ms: every read succeeds,
+        // the whole message never completes.
         let drip = std::thread::spawn(move || {
-            let _ = a.write_all(&100u32.to_be_bytes());
+            let _ = a.stream.write_all(&100u16.to_be_bytes());
             for _ in 0..50 {
-                if a.write_all(&[0]).is_err() {
+                if a.stream.write_all(&[0]).is_err() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
         let start = Instant::now();
-        let res = read_frame(&mut b, 1024, start + Duration::from_millis(200));
+        let res = b.recv(1024, start + Duration::from_millis(200));
         assert!(matches!(res, Err(FrameError::TimedOut)), "{res:?}");
         assert!(start.elapsed() < Duration::from_millis(600));
         drop(b);
@@ -155,7 +263,28 @@ mod tests {
     fn a_closed_peer_is_reported() {
         let (a, mut b) = pair();
         drop(a);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        assert!(matches!(read_frame(&mut b, 1024, deadline), Err(FrameError::Closed)));
+        assert!(matches!(b.recv(1024, soon()), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn plaintext_and_tampered_bytes_are_refused() {
+        // A plaintext frame where a hello belongs: refused before its body is read.
+        let (mut a, b) = tcp_pair();
+        a.write_all(&[0, 0, 0, 2, 2, 1]).unwrap();
+        let res = Channel::accept(b, &identity(), soon());
+        assert!(matches!(res, Err(FrameError::Noise(NoiseError::Hello(_)))), "{res:?}");
+        // A byte flipped on the wire after the handshake.
+        let (mut a, mut b) = pair();
+        let mut wire = a.session.seal_frame(b"hello").unwrap();
+        wire[5] ^= 0x40;
+        a.stream.write_all(&wire).unwrap();
+        assert!(matches!(b.recv(1024, soon()), Err(FrameError::Noise(NoiseError::Decrypt))));
+        // A client that dialled a server that is not the validator the genesis names.
+        let (a, b) = tcp_pair();
+        let other = RpcIdentity::from_seed([6; 32], CHAIN).unwrap();
+        let server = std::thread::spawn(move || Channel::accept(b, &other, soon()).map(|_| ()));
+        let res = Channel::connect(a, &CHAIN, &identity().public_key(), soon());
+        assert!(matches!(res, Err(FrameError::Noise(NoiseError::Unauthenticated(_)))), "{res:?}");
+        server.join().unwrap().unwrap();
     }
 }

@@ -1,13 +1,14 @@
 //! Small helpers shared by the RPC and light-client tests: certificates signed by chosen
-//! validators, and the RPC's length-prefixed frames for fake validators.
+//! validators, and the RPC's encrypted channel for fake validators and raw clients.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::Read as _;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use cairn_ledger::block::Header;
 use cairn_ledger::genesis::{CONSENSUS_NAMESPACE, Genesis};
 use cairn_ledger::light::LedgerFinalization;
+use cairn_ledger::rpc::{Channel, FRAME_MAX, RpcIdentity};
 use commonware_codec::Encode as _;
 use commonware_consensus::simplex::scheme::ed25519::Scheme;
 use commonware_consensus::simplex::types::{Finalize, Proposal};
@@ -33,18 +34,33 @@ pub fn finalize(g: &Genesis, keys: &[ed25519::PrivateKey], signers: &[usize], he
     LedgerFinalization::from_finalizes(&scheme, non_empty![@&votes], &Sequential).unwrap().encode().to_vec()
 }
 
-/// `body` as one RPC frame (big-endian `u32` length, then the bytes).
-pub fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
+/// Ten seconds from now: the deadline of a test's channel operation.
+pub fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(10)
+}
+
+/// The channel identity of validator `i` of `g` (whose private keys are `keys`).
+pub fn identity(g: &Genesis, keys: &[ed25519::PrivateKey], i: usize) -> RpcIdentity {
+    RpcIdentity::new(&keys[i], g.chain_id()).unwrap()
+}
+
+/// A fake validator's side of a connection: the handshake as `id`; `None` if it fails.
+pub fn accept(s: TcpStream, id: &RpcIdentity) -> Option<Channel> {
+    Channel::accept(s, id, soon()).ok()
 }
 
 /// The next frame a client sent a fake validator; `None` once the connection ends.
-pub fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(body)
+pub fn read_frame(ch: &mut Channel) -> Option<Vec<u8>> {
+    ch.recv(FRAME_MAX, soon()).ok()
+}
+
+/// Sends one frame; `false` once the connection is gone.
+pub fn write_frame(ch: &mut Channel, body: &[u8]) -> bool {
+    ch.send(body, soon()).is_ok()
+}
+
+/// A raw client channel to the server of validator `i` of `g` at `addr`.
+pub fn connect(addr: SocketAddr, g: &Genesis, i: usize) -> Channel {
+    let s = TcpStream::connect(addr).unwrap();
+    Channel::connect(s, &g.chain_id(), &g.validators[i].key, soon()).unwrap()
 }
