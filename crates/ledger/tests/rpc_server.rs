@@ -329,6 +329,27 @@ fn an_absent_validator_is_unreachable() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// The channel's decoders never panic on garbage (as the fuzz target checks): a validator
+    /// reading a hello, a client reading a reply (garbage never authenticates), either side
+    /// opening a sealed message.
+    #[test]
+    fn handshake_decoders_survive_garbage(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        use cairn_ledger::rpc::noise::{answer_hello, hello};
+        let chain = [1; 32];
+        let id = RpcIdentity::from_seed([7; 32], chain).unwrap();
+        let _ = answer_hello(&id, &data);
+        let (pending, _) = hello(&chain).unwrap();
+        prop_assert!(pending.finish(&data, &id.public_key()).is_err());
+        let (pending, msg) = hello(&chain).unwrap();
+        let (reply, mut server) = answer_hello(&id, &msg).unwrap();
+        let mut client = pending.finish(&reply, &id.public_key()).unwrap();
+        prop_assert!(server.open_first(&data).is_err(), "garbage does not decrypt");
+        prop_assert!(client.open(&data).is_err());
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     /// The server's request handling never panics: garbage gets an error answer and `close`.
     #[test]
