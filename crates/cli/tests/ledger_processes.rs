@@ -13,7 +13,7 @@ use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{Follower, LedgerClient, LedgerSequencer, RemoteOutcome, RemoteStatus};
 use cairn_ledger::tx::{Tx, TxBody};
 use cairn_proto::ed25519::SigningKey;
-use cairn_proto::sequencer::{CommitSequencer, SequencerError};
+use cairn_proto::sequencer::{CommitSequencer, SequencerError, TopicKeys};
 use cairn_proto::{AccountId, Topic};
 
 /// Kills every child on drop.
@@ -102,11 +102,16 @@ fn validators_as_processes_survive_sigkill_and_serve_clients() {
     assert_eq!(client.handle_owner("nobody").unwrap(), None);
 
     // the commit sequencer: compare-and-swap per topic
-    let topic = Topic([9; 32]);
+    // (signed with the conversation's founder key; an outsider's key is refused, typed)
+    let conv = [9; 32];
+    let topic = Topic::for_conversation(&conv);
+    let member = TopicKeys { seed: cairn_proto::id::founder_seed(&conv), next: None };
     let mut seq = LedgerSequencer::new(LedgerClient::new(&genesis).unwrap(), me, key.clone());
-    assert_eq!(seq.submit(topic, 0, b"commit-0".to_vec()).unwrap(), 0);
-    assert_eq!(seq.submit(topic, 0, b"late".to_vec()), Err(SequencerError::Stale { after: 0, current: 1 }));
-    assert_eq!(seq.submit(topic, 1, b"commit-1".to_vec()).unwrap(), 1);
+    let outsider = TopicKeys { seed: [5; 32], next: None };
+    assert_eq!(seq.submit(topic, 0, b"junk".to_vec(), outsider), Err(SequencerError::NotMember));
+    assert_eq!(seq.submit(topic, 0, b"commit-0".to_vec(), member).unwrap(), 0);
+    assert_eq!(seq.submit(topic, 0, b"late".to_vec(), member), Err(SequencerError::Stale { after: 0, current: 1 }));
+    assert_eq!(seq.submit(topic, 1, b"commit-1".to_vec(), member).unwrap(), 1);
     // Reads are served at a validator's latest certified height, which may trail the block
     // that finalized commit-1 by a block: fetch is eventually complete, never wrong.
     let mut got = Vec::new();

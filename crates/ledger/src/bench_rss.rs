@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use cairn_proto::AccountId;
 use cairn_proto::ed25519::SigningKey;
-use cairn_proto::{AccountId, Topic};
 
 use crate::chain_store::ChainStore;
 use crate::core::{Ledger, MempoolLimits, OpenError};
@@ -148,11 +148,11 @@ pub fn run(
                 let body = if (turn / cfg.accounts + j).is_multiple_of(2) {
                     TxBody::Transfer { to: ids[(a + 1) % cfg.accounts], amount: 1 }
                 } else {
-                    let mut topic = [0u8; 32];
-                    topic[..8].copy_from_slice(&(a as u64).to_le_bytes());
+                    let mut conv = [0u8; 32];
+                    conv[..8].copy_from_slice(&(a as u64).to_le_bytes());
                     let after = seqs[a];
                     seqs[a] += 1;
-                    TxBody::SequenceHandshake { topic: Topic(topic), after, payload: vec![0xAB; 64] }
+                    TxBody::handshake_as_founder(&conv, &chain, after, vec![0xAB; 64])
                 };
                 let t = Tx::sign(chain, ids[a], &keys[a], nonces[a], body).encode();
                 nonces[a] += 1;

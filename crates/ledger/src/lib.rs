@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod authority;
 pub mod bench;
 pub mod bench_rss;
 pub mod block;

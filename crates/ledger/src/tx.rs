@@ -10,6 +10,8 @@ use cairn_proto::codec::{DecodeError, Reader, Writer};
 use cairn_proto::ed25519::{Signer as _, SigningKey};
 use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
 use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
+
+pub use crate::authority::{TopicAuth, TopicWrite};
 use commonware_codec::DecodeExt as _;
 use commonware_cryptography::{BatchEntry, BatchVerifier as _, Verifier as _, ed25519 as cw_ed25519};
 
@@ -37,6 +39,10 @@ const EXECUTE_KIND: u8 = 14;
 const REGISTER_STORE_KIND: u8 = 15;
 /// Kind byte of [`TxBody::DeregisterStore`].
 const DEREGISTER_STORE_KIND: u8 = 16;
+/// Kind of `SequenceHandshake` with a member's [`TopicAuth`] (kind 8, without it, is retired).
+const SEQUENCE_KIND: u8 = 17;
+/// Kind of `Anchor` with a member's [`TopicAuth`] (kind 9, without it, is retired).
+const ANCHOR_KIND: u8 = 18;
 /// Domain separation for a store node key's consent to being registered for an account.
 const STORE_BIND_SIG_DOMAIN: &[u8] = b"cairn/ledger-store-bind/v1";
 /// Largest contract message (an instantiate or execute input), in bytes.
@@ -128,6 +134,8 @@ pub enum TxBody {
         after: u64,
         /// Opaque MLS handshake bytes.
         payload: Vec<u8>,
+        /// A member's signature, registering a commit's next epoch key.
+        auth: TopicAuth,
     },
     /// Anchors a conversation head.
     Anchor {
@@ -137,6 +145,8 @@ pub enum TxBody {
         head: Id,
         /// Number of messages in the history up to the head.
         count: u64,
+        /// A member's signature (no next key).
+        auth: TopicAuth,
     },
     /// Moves balance to another account; if the receiving key has no account yet, creates it
     /// (registered, with no devices), which is how a new account is funded where the faucet is
@@ -329,17 +339,19 @@ impl TxBody {
                 w.raw(batch_hash);
                 w.u32(*count);
             }
-            Self::SequenceHandshake { topic, after, payload } => {
-                w.u8(8);
+            Self::SequenceHandshake { topic, after, payload, auth } => {
+                w.u8(SEQUENCE_KIND);
                 w.raw(&topic.0);
                 w.u64(*after);
                 w.bytes(payload);
+                auth.encode_to(w);
             }
-            Self::Anchor { topic, head, count } => {
-                w.u8(9);
+            Self::Anchor { topic, head, count, auth } => {
+                w.u8(ANCHOR_KIND);
                 w.raw(&topic.0);
                 w.raw(&head.0);
                 w.u64(*count);
+                auth.encode_to(w);
             }
             Self::Transfer { to, amount } => {
                 w.u8(10);
@@ -376,6 +388,24 @@ impl TxBody {
         }
     }
 
+    /// A `SequenceHandshake` on the topic of conversation `conv`, signed by its founder key
+    /// (the first write on a topic; tools, benches and tests).
+    pub fn handshake_as_founder(conv: &[u8; 32], chain: &[u8; 32], after: u64, payload: Vec<u8>) -> Self {
+        let topic = Topic::for_conversation(conv);
+        let seed = cairn_proto::id::founder_seed(conv);
+        let auth =
+            TopicAuth::sign(&seed, chain, &topic, &TopicWrite::Handshake { after, payload: &payload }, None);
+        Self::SequenceHandshake { topic, after, payload, auth }
+    }
+
+    /// An `Anchor` on the topic of conversation `conv`, signed by its founder key.
+    pub fn anchor_as_founder(conv: &[u8; 32], chain: &[u8; 32], head: Id, count: u64) -> Self {
+        let topic = Topic::for_conversation(conv);
+        let seed = cairn_proto::id::founder_seed(conv);
+        let auth = TopicAuth::sign(&seed, chain, &topic, &TopicWrite::Anchor { head: &head, count }, None);
+        Self::Anchor { topic, head, count, auth }
+    }
+
     /// The most fuel this body may use (0 for everything but contract calls).
     pub fn fuel_limit(&self) -> u64 {
         match self {
@@ -408,16 +438,30 @@ impl TxBody {
             7 => {
                 Self::PublishKeyPackages { batch_hash: r.array("tx.batch_hash")?, count: r.u32("tx.count")? }
             }
-            8 => Self::SequenceHandshake {
+            8 | 9 => {
+                return Err(DecodeError::Invalid {
+                    field: "tx.kind",
+                    reason: "a topic write without a member's signature is retired: use kind 17 or 18",
+                });
+            }
+            SEQUENCE_KIND => Self::SequenceHandshake {
                 topic: Topic(r.array("tx.topic")?),
                 after: r.u64("tx.after")?,
                 payload: r.bytes(HANDSHAKE_BYTES_MAX, "tx.payload")?.to_vec(),
+                auth: TopicAuth::decode_from(r)?,
             },
-            9 => Self::Anchor {
-                topic: Topic(r.array("tx.topic")?),
-                head: Id(r.array("tx.head")?),
-                count: r.u64("tx.count")?,
-            },
+            ANCHOR_KIND => {
+                let (topic, head, count) =
+                    (Topic(r.array("tx.topic")?), Id(r.array("tx.head")?), r.u64("tx.count")?);
+                let auth = TopicAuth::decode_from(r)?;
+                if auth.next.is_some() {
+                    return Err(DecodeError::Invalid {
+                        field: "auth.next",
+                        reason: "an anchor registers no key",
+                    });
+                }
+                Self::Anchor { topic, head, count, auth }
+            }
             10 => Self::Transfer { to: AccountId(r.array("tx.to")?), amount: r.u64("tx.amount")? },
             DEPLOY_KIND => Self::Deploy { code: r.bytes(CODE_BYTES_MAX, "tx.code")?.to_vec() },
             INSTANTIATE_KIND => Self::Instantiate {
@@ -590,8 +634,14 @@ mod tests {
             TxBody::ReleaseHandle { name: "alice_1".into() },
             TxBody::TransferHandle { name: "alice_1".into(), to: AccountId([9; 32]) },
             TxBody::PublishKeyPackages { batch_hash: [7; 32], count: 10 },
-            TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 3, payload: vec![1, 2, 3] },
-            TxBody::Anchor { topic: Topic([1; 32]), head: Id([2; 32]), count: 9 },
+            TxBody::handshake_as_founder(&[1; 32], &[0; 32], 3, vec![1, 2, 3]),
+            TxBody::SequenceHandshake {
+                topic: Topic([1; 32]),
+                after: 3,
+                payload: vec![1, 2, 3],
+                auth: TopicAuth { key: [1; 32], next: Some([2; 32]), sig: [3; 64] },
+            },
+            TxBody::anchor_as_founder(&[1; 32], &[0; 32], Id([2; 32]), 9),
             TxBody::Transfer { to: AccountId([9; 32]), amount: 77 },
             TxBody::Deploy { code: vec![0, 97, 115, 109] },
             TxBody::Instantiate { code_hash: [3; 32], msg: vec![1, 2], funds: 5, fuel_limit: 1000 },

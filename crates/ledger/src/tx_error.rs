@@ -229,6 +229,27 @@ pub enum TxError {
     /// The account did not register this store node.
     #[error("this account has not registered this store node")]
     UnknownStore,
+    /// The topic write is not signed by a key of the conversation's authority: only its
+    /// current members can sequence or anchor on it.
+    #[error("not signed by a current member of this conversation: only its members can write to its topic")]
+    NotTopicAuthority,
+    /// The topic write's member signature does not verify.
+    #[error("the member signature of this topic write does not verify")]
+    BadTopicAuth,
+    /// The conversation's authority tree is full (a member's next write frees it).
+    #[error("the conversation's authority holds {max} keys: retry after a member's next anchor")]
+    AuthorityFull {
+        /// Bound.
+        max: usize,
+    },
+    /// An anchor's message count is beyond any real conversation.
+    #[error("anchor count {count} is over the limit of {max}")]
+    AnchorTooLarge {
+        /// Count given.
+        count: u64,
+        /// Limit.
+        max: u64,
+    },
     /// The validator's mempool holds its byte bound (transient: retry later or at another
     /// validator).
     #[error("mempool is full ({max} bytes): retry later or at another validator")]
@@ -287,6 +308,10 @@ impl TxError {
             Self::TooManyStores { .. } => 43,
             Self::StoreSetFull { .. } => 44,
             Self::UnknownStore => 45,
+            Self::NotTopicAuthority => 46,
+            Self::BadTopicAuth => 47,
+            Self::AuthorityFull { .. } => 48,
+            Self::AnchorTooLarge { .. } => 49,
         }
     }
 }

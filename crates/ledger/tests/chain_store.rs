@@ -66,7 +66,8 @@ fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
     let path = dir.path().join("chain.redb");
     let g = genesis("reopen");
     let chain = g.chain_id();
-    let topics: Vec<Topic> = (0..3).map(|i| Topic([i + 1; 32])).collect();
+    let convs: Vec<[u8; 32]> = (0..3).map(|i| [i + 1; 32]).collect();
+    let topics: Vec<Topic> = convs.iter().map(Topic::for_conversation).collect();
     let mut txs = Vec::new();
     let mut nonces = [0u64; 3];
     let mut seqs = [0u64; 3];
@@ -82,14 +83,15 @@ fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
         for round in 0..30u64 {
             for (i, topic) in topics.iter().enumerate() {
                 let payload = vec![round as u8, i as u8];
-                let t = sign(i, TxBody::SequenceHandshake { topic: *topic, after: seqs[i], payload });
+                assert_eq!(*topic, Topic::for_conversation(&convs[i]));
+                let t = sign(i, TxBody::handshake_as_founder(&convs[i], &chain, seqs[i], payload));
                 seqs[i] += 1;
                 txs.push(l.submit(t).unwrap());
             }
             // a transfer, and a handshake built on a stale position (finalized, failed)
             txs.push(l.submit(sign(0, TxBody::Transfer { to: id(&user(1)), amount: 5 })).unwrap());
             if round % 10 == 0 {
-                let stale = TxBody::SequenceHandshake { topic: topics[2], after: 0, payload: vec![9] };
+                let stale = TxBody::handshake_as_founder(&convs[2], &chain, 0, vec![9]);
                 txs.push(l.submit(sign(1, stale)).unwrap());
             }
             step(&l);
@@ -116,7 +118,7 @@ fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
     assert!(matches!(l.tx_status(&txs[3]), TxStatus::Finalized { height: 1, outcome: Outcome::Applied }));
 
     // it goes on from the stored tip: nonces and handshake positions continue
-    let t = sign(0, TxBody::SequenceHandshake { topic: topics[0], after: seqs[0], payload: vec![42] });
+    let t = sign(0, TxBody::handshake_as_founder(&convs[0], &chain, seqs[0], vec![42]));
     let next = l.submit(t).unwrap();
     step(&l);
     assert!(matches!(

@@ -23,7 +23,13 @@ use cairn_proto::{AccountId, Topic};
 use commonware_cryptography::ed25519;
 use support::{accept, finalize, identity, read_frame, write_frame};
 
-const TOPIC: Topic = Topic([7; 32]);
+/// The conversation whose topic the chain holds handshakes of.
+const CONV: [u8; 32] = [7; 32];
+
+/// [`CONV`]'s topic.
+fn topic() -> Topic {
+    Topic::for_conversation(&CONV)
+}
 
 fn user(i: u8) -> SigningKey {
     SigningKey::from_bytes(&[i + 120; 32])
@@ -32,7 +38,7 @@ fn id(k: &SigningKey) -> AccountId {
     AccountId(k.verifying_key().to_bytes())
 }
 
-/// An honest validator's ledger whose topic [`TOPIC`] holds `n` handshakes (payload of
+/// An honest validator's ledger whose topic [`topic`] holds `n` handshakes (payload of
 /// position `i`: its index as 4 bytes, then `i % 7` more bytes), every block certified.
 struct Chain {
     g: Genesis,
@@ -70,7 +76,8 @@ fn build(n: u64, store: ChainStore) -> (Genesis, Vec<ed25519::PrivateKey>, Ledge
         let batch = (n - nonce).min(cairn_ledger::mempool::NONCE_WINDOW);
         for _ in 0..batch {
             let p = payload(nonce);
-            let body = TxBody::SequenceHandshake { topic: TOPIC, after: nonce, payload: p.clone() };
+            let body = TxBody::handshake_as_founder(&CONV, &chain, nonce, p.clone());
+            assert!(matches!(&body, TxBody::SequenceHandshake { topic: t, .. } if *t == topic()));
             ledger.submit(Tx::sign(chain, id(&signer), &signer, nonce, body).encode()).unwrap();
             payloads.push(p);
             nonce += 1;
@@ -86,7 +93,7 @@ fn build(n: u64, store: ChainStore) -> (Genesis, Vec<ed25519::PrivateKey>, Ledge
             break;
         }
     }
-    assert_eq!(ledger.handshakes(&TOPIC, 0, n as usize + 1), payloads, "the honest store");
+    assert_eq!(ledger.handshakes(&topic(), 0, n as usize + 1), payloads, "the honest store");
     (g, keys, ledger, payloads)
 }
 
@@ -211,13 +218,13 @@ fn lies() -> Vec<(&'static str, Lie)> {
 fn honest_pages_verify_from_any_position() {
     let c = chain(20);
     let mut cl = client(&c, None);
-    assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), c.payloads);
-    assert_eq!(cl.handshakes(&TOPIC, 5, 4).unwrap(), c.payloads[5..9].to_vec());
-    assert_eq!(cl.handshakes(&TOPIC, 13, 100).unwrap(), c.payloads[13..].to_vec());
-    assert_eq!(cl.handshakes(&TOPIC, 19, 1).unwrap(), c.payloads[19..].to_vec());
-    assert!(cl.handshakes(&TOPIC, 20, 10).unwrap().is_empty(), "nothing after the proven count");
-    assert!(cl.handshakes(&TOPIC, u64::MAX, 10).unwrap().is_empty());
-    assert!(cl.handshakes(&TOPIC, 0, 0).unwrap().is_empty());
+    assert_eq!(cl.handshakes(&topic(), 0, 100).unwrap(), c.payloads);
+    assert_eq!(cl.handshakes(&topic(), 5, 4).unwrap(), c.payloads[5..9].to_vec());
+    assert_eq!(cl.handshakes(&topic(), 13, 100).unwrap(), c.payloads[13..].to_vec());
+    assert_eq!(cl.handshakes(&topic(), 19, 1).unwrap(), c.payloads[19..].to_vec());
+    assert!(cl.handshakes(&topic(), 20, 10).unwrap().is_empty(), "nothing after the proven count");
+    assert!(cl.handshakes(&topic(), u64::MAX, 10).unwrap().is_empty());
+    assert!(cl.handshakes(&topic(), 0, 0).unwrap().is_empty());
     assert!(cl.handshakes(&Topic([8; 32]), 0, 10).unwrap().is_empty(), "a topic proven empty");
 }
 
@@ -227,10 +234,10 @@ fn a_page_far_from_the_head_is_checked_over_continuations() {
     let n = LINKS_PER_REPLY_MAX as u64 + 300;
     let c = chain(n);
     let mut cl = client(&c, None);
-    assert_eq!(cl.handshakes(&TOPIC, 0, 3).unwrap(), c.payloads[..3].to_vec());
-    assert_eq!(cl.handshakes(&TOPIC, 100, 256).unwrap(), c.payloads[100..356].to_vec());
+    assert_eq!(cl.handshakes(&topic(), 0, 3).unwrap(), c.payloads[..3].to_vec());
+    assert_eq!(cl.handshakes(&topic(), 100, 256).unwrap(), c.payloads[100..356].to_vec());
     let tail = n as usize - 10;
-    assert_eq!(cl.handshakes(&TOPIC, tail as u64, 256).unwrap(), c.payloads[tail..].to_vec());
+    assert_eq!(cl.handshakes(&topic(), tail as u64, 256).unwrap(), c.payloads[tail..].to_vec());
 
     // a liar that serves honest pages but drops the last link of every continuation
     let short: Lie = |req, mut p| {
@@ -240,9 +247,9 @@ fn a_page_far_from_the_head_is_checked_over_continuations() {
         page(p)
     };
     let mut cl = client(&c, Some(short));
-    assert_eq!(cl.handshakes(&TOPIC, 0, 3).unwrap(), c.payloads[..3].to_vec(), "from an honest one");
+    assert_eq!(cl.handshakes(&topic(), 0, 3).unwrap(), c.payloads[..3].to_vec(), "from an honest one");
     let mut cl = only_liars(&c, short);
-    assert!(matches!(cl.handshakes(&TOPIC, 0, 3), Err(ClientError::BadAnswer(_))));
+    assert!(matches!(cl.handshakes(&topic(), 0, 3), Err(ClientError::BadAnswer(_))));
 }
 
 #[test]
@@ -251,13 +258,13 @@ fn a_lying_validator_is_detected_and_the_client_moves_on() {
     for (name, lie) in lies() {
         // the liar is asked first; the honest order comes from the next validator
         let mut cl = client(&c, Some(lie));
-        assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), c.payloads, "{name}");
-        assert_eq!(cl.handshakes(&TOPIC, 4, 5).unwrap(), c.payloads[4..9].to_vec(), "{name}: mid-list");
+        assert_eq!(cl.handshakes(&topic(), 0, 100).unwrap(), c.payloads, "{name}");
+        assert_eq!(cl.handshakes(&topic(), 4, 5).unwrap(), c.payloads[4..9].to_vec(), "{name}: mid-list");
 
         // with only liars, nothing is returned
         let mut cl = only_liars(&c, lie);
         for (from, max) in [(0, 100), (4, 5)] {
-            let res = cl.handshakes(&TOPIC, from, max);
+            let res = cl.handshakes(&topic(), from, max);
             assert!(matches!(res, Err(ClientError::BadAnswer(_))), "{name} from {from}: {res:?}");
         }
     }
@@ -265,9 +272,9 @@ fn a_lying_validator_is_detected_and_the_client_moves_on() {
 
 #[test]
 fn handshake_pages_round_trip_and_refuse_garbage() {
-    let req = Request::HandshakePage { topic: TOPIC, from: 3, max: 256, until: 9 };
+    let req = Request::HandshakePage { topic: topic(), from: 3, max: 256, until: 9 };
     assert_eq!(Request::decode(&req.encode()), Ok(req));
-    let over = Request::HandshakePage { topic: TOPIC, from: 3, max: 257, until: 9 };
+    let over = Request::HandshakePage { topic: topic(), from: 3, max: 257, until: 9 };
     assert!(Request::decode(&over.encode()).is_err(), "max over the reply limit");
     let p = HandshakePage { start: [1; 32], payloads: vec![vec![1, 2], vec![]], links: vec![[3; 32]; 5] };
     let resp = Response::HandshakePage(p);
@@ -305,6 +312,6 @@ fn a_store_written_before_chain_values_were_kept_is_migrated_and_serves_proven_p
     }
     let ledger = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap();
     let mut cl = cluster(&g, &keys, &ledger, [None; 4]);
-    assert_eq!(cl.handshakes(&TOPIC, 0, 100).unwrap(), want);
-    assert_eq!(cl.handshakes(&TOPIC, 17, 5).unwrap(), want[17..22].to_vec());
+    assert_eq!(cl.handshakes(&topic(), 0, 100).unwrap(), want);
+    assert_eq!(cl.handshakes(&topic(), 17, 5).unwrap(), want[17..22].to_vec());
 }

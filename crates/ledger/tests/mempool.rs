@@ -51,11 +51,7 @@ fn chain(n: u8, funded: u8, funds: u64, limits: MempoolLimits) -> (Vec<SigningKe
 
 /// A handshake of `payload` bytes from `k` at `nonce`.
 fn handshake(chain: [u8; 32], k: &SigningKey, nonce: u64, payload: usize) -> Vec<u8> {
-    let body = TxBody::SequenceHandshake {
-        topic: cairn_proto::Topic([nonce as u8; 32]),
-        after: 0,
-        payload: vec![1; payload],
-    };
+    let body = TxBody::handshake_as_founder(&[nonce as u8; 32], &chain, 0, vec![1; payload]);
     Tx::sign(chain, id(k), k, nonce, body).encode()
 }
 

@@ -27,7 +27,7 @@ fn workload(chain: [u8; 32], round: u64) -> Vec<Vec<u8>> {
         let to = AccountId(user((i + 1) % 8).verifying_key().to_bytes());
         let body = match (round + i as u64) % 3 {
             0 => TxBody::Transfer { to, amount: 1 },
-            1 => TxBody::SequenceHandshake { topic: Topic([7; 32]), after: round, payload: vec![i; 32] },
+            1 => TxBody::handshake_as_founder(&[7; 32], &chain, round, vec![i; 32]),
             _ => TxBody::PublishKeyPackages { batch_hash: [i; 32], count: round as u32 },
         };
         out.push(Tx::sign(chain, id, &k, round, body).encode());
@@ -361,7 +361,7 @@ fn a_restarted_validator_serves_the_same_blocks_handshakes_and_outcomes() {
                     assert!(matches!(l3.tx_status(id), TxStatus::Finalized { .. }));
                     assert_eq!(l3.tx_status(id), l0.tx_status(id));
                 }
-                let topic = Topic([7; 32]);
+                let topic = Topic::for_conversation(&[7; 32]);
                 let list = l0.handshakes(&topic, 0, 1000);
                 assert!(list.len() >= 4, "{}", list.len());
                 assert_eq!(l3.handshakes(&topic, 0, 1000), list);

@@ -3,7 +3,7 @@
 
 use cairn_ledger::params::Params;
 use cairn_ledger::state::{BlockError, Machine, Outcome, StateKey};
-use cairn_ledger::tx::{Tx, TxBody, TxError, rotation_message};
+use cairn_ledger::tx::{TopicAuth, TopicWrite, Tx, TxBody, TxError, rotation_message};
 use cairn_proto::ed25519::{Signer as _, SigningKey};
 use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
 use proptest::prelude::*;
@@ -97,8 +97,7 @@ fn register_devices_rotation_and_typed_refusals() {
     // revoke: the device can no longer sign
     assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
     assert_eq!(failed(w.run(ida, &a, TxBody::RevokeDevice { device: did })), TxError::UnknownDevice);
-    let topic = Topic([5; 32]);
-    let body = TxBody::Anchor { topic, head: Id([1; 32]), count: 3 };
+    let body = TxBody::anchor_as_founder(&[5; 32], &CHAIN, Id([1; 32]), 3);
     assert_eq!(w.run(ida, &d, body).unwrap_err(), TxError::RevokedDevice);
     // and cannot be re-added
     assert_eq!(failed(w.run(ida, &a, add)), TxError::DeviceExists);
@@ -281,8 +280,8 @@ fn commit_sequencer_is_compare_and_swap() {
     let mut w = W::new(&[(ida, FUNDS)]);
     let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
     w.run(ida, &a, TxBody::add_device(&CHAIN, cert, &d)).unwrap();
-    let t = Topic([8; 32]);
-    let hs = |after, p: u8| TxBody::SequenceHandshake { topic: t, after, payload: vec![p; 10] };
+    let t = Topic::for_conversation(&[8; 32]);
+    let hs = |after, p: u8| TxBody::handshake_as_founder(&[8; 32], &CHAIN, after, vec![p; 10]);
     assert_eq!(w.run(ida, &d, hs(0, 1)).unwrap(), Outcome::Sequenced { topic: t, seq: 0 });
     assert_eq!(w.run(ida, &a, hs(1, 2)).unwrap(), Outcome::Sequenced { topic: t, seq: 1 });
     assert_eq!(failed(w.run(ida, &d, hs(1, 3))), TxError::StaleSequence { after: 1, current: 2 });
@@ -296,7 +295,7 @@ fn commit_sequencer_is_compare_and_swap() {
     assert_eq!(r[0].outcome, Outcome::Sequenced { topic: t, seq: 2 });
     assert_eq!(r[1].outcome, Outcome::Failed(TxError::StaleSequence { after: 2, current: 3 }));
     // anchors never regress
-    let anc = |count| TxBody::Anchor { topic: t, head: Id([count as u8; 32]), count };
+    let anc = |count| TxBody::anchor_as_founder(&[8; 32], &CHAIN, Id([count as u8; 32]), count);
     assert_eq!(w.run(ida, &d, anc(10)).unwrap(), Outcome::Applied);
     assert_eq!(failed(w.run(ida, &d, anc(9))), TxError::AnchorRegressed { count: 9, anchored: 10 });
 }
@@ -336,12 +335,8 @@ fn tx_pool() -> Vec<Vec<u8>> {
         let bodies = vec![
             TxBody::ClaimHandle { name: format!("user{}", i % 2) },
             TxBody::Transfer { to, amount: 7 },
-            TxBody::SequenceHandshake {
-                topic: Topic([1; 32]),
-                after: (i % 3) as u64,
-                payload: vec![i as u8],
-            },
-            TxBody::Anchor { topic: Topic([2; 32]), head: Id([i as u8; 32]), count: (i * 3 % 5) as u64 },
+            TxBody::handshake_as_founder(&[1; 32], &CHAIN, (i % 3) as u64, vec![i as u8]),
+            TxBody::anchor_as_founder(&[2; 32], &CHAIN, Id([i as u8; 32]), (i * 3 % 5) as u64),
             TxBody::ReleaseHandle { name: format!("user{}", i % 2) },
         ];
         for (n, body) in bodies.into_iter().enumerate() {
@@ -435,19 +430,11 @@ fn fees_are_exact_paid_by_the_account_and_burned() {
     let mut paid_by_a = 0;
     let txs = vec![
         (ida, a.clone(), TxBody::add_device(&CHAIN, cert, &d)),
-        (
-            ida,
-            d.clone(),
-            TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 0, payload: vec![7; 5000] },
-        ),
+        (ida, d.clone(), TxBody::handshake_as_founder(&[1; 32], &CHAIN, 0, vec![7; 5000])),
         // a failed effect still pays
-        (
-            ida,
-            d.clone(),
-            TxBody::SequenceHandshake { topic: Topic([1; 32]), after: 0, payload: vec![8; 100] },
-        ),
+        (ida, d.clone(), TxBody::handshake_as_founder(&[1; 32], &CHAIN, 0, vec![8; 100])),
         (ida, a.clone(), TxBody::ClaimHandle { name: "alice".into() }),
-        (idb, b.clone(), TxBody::Anchor { topic: Topic([2; 32]), head: Id([1; 32]), count: 1 }),
+        (idb, b.clone(), TxBody::anchor_as_founder(&[2; 32], &CHAIN, Id([1; 32]), 1)),
     ];
     for (account, k, body) in txs {
         let t = w.tx(account, &k, body);
@@ -617,4 +604,79 @@ fn a_look_alike_of_a_taken_handle_is_refused() {
     assert_eq!(w.run(idc, &c, claim("a1ice")).unwrap(), Outcome::Applied);
     assert_eq!(w.m.account(&idc).unwrap().handle.as_deref(), Some("a1ice"));
     assert_eq!(failed(w.run(ida, &a, claim("alice"))), TxError::HandleLookAlike { taken: "a1ice".into() });
+}
+
+/// A topic write signed by the authority key of `seed` (the public key of `next`'s seed, if any).
+fn hs_by(topic: Topic, after: u64, payload: &[u8], seed: [u8; 32], next: Option<[u8; 32]>) -> TxBody {
+    let next = next.map(|n| SigningKey::from_bytes(&n).verifying_key().to_bytes());
+    let w = TopicWrite::Handshake { after, payload };
+    let auth = TopicAuth::sign(&seed, &CHAIN, &topic, &w, next);
+    TxBody::SequenceHandshake { topic, after, payload: payload.to_vec(), auth }
+}
+fn anchor_by(topic: Topic, count: u64, seed: [u8; 32]) -> TxBody {
+    let head = Id([count as u8; 32]);
+    let auth = TopicAuth::sign(&seed, &CHAIN, &topic, &TopicWrite::Anchor { head: &head, count }, None);
+    TxBody::Anchor { topic, head, count, auth }
+}
+
+/// Issue 12 §7 "an outsider sequencing junk into a conversation" and "an anchor hijack": only
+/// holders of the topic's authority keys write to it, and a removed member's key dies at the
+/// first write of an epoch after its removal.
+#[test]
+fn only_members_write_to_a_topic_and_a_removed_member_loses_its_key() {
+    let (a, r, m) = (key(1), key(2), key(3));
+    let (ida, idr, idm) = (acct(&a), acct(&r), acct(&m));
+    let mut w = W::new(&[(ida, FUNDS), (idr, FUNDS), (idm, FUNDS)]);
+    let conv = [9u8; 32];
+    let topic = Topic::for_conversation(&conv);
+    let founder = cairn_proto::id::founder_seed(&conv);
+    let (k1, k2, junk) = ([11u8; 32], [12u8; 32], [66u8; 32]);
+
+    // An outsider who sees the topic cannot found it, sequence on it or anchor on it.
+    assert_eq!(failed(w.run(idm, &m, hs_by(topic, 0, b"junk", junk, None))), TxError::NotTopicAuthority);
+    assert_eq!(failed(w.run(idm, &m, anchor_by(topic, 5, junk))), TxError::NotTopicAuthority);
+    // The count that once broke every later anchor is refused outright.
+    assert_eq!(
+        failed(w.run(idm, &m, anchor_by(topic, u64::MAX, junk))),
+        TxError::AnchorTooLarge { count: u64::MAX, max: 1 << 48 }
+    );
+
+    // The creator's first commit founds the topic and registers epoch 1's key.
+    assert_eq!(
+        w.run(ida, &a, hs_by(topic, 0, b"c0", founder, Some(k1))).unwrap(),
+        Outcome::Sequenced { topic, seq: 0 }
+    );
+    // A member's signature lifted onto other bytes does not verify.
+    let TxBody::SequenceHandshake { auth, .. } = hs_by(topic, 1, b"c1", k1, Some(k2)) else { unreachable!() };
+    let lifted = TxBody::SequenceHandshake { topic, after: 1, payload: b"junk".to_vec(), auth };
+    assert_eq!(failed(w.run(idm, &m, lifted)), TxError::BadTopicAuth);
+    // The outsider still cannot write, whatever account pays.
+    assert_eq!(failed(w.run(idm, &m, hs_by(topic, 1, b"junk", junk, None))), TxError::NotTopicAuthority);
+
+    // Epoch 1 (r is a member): the commit removing r registers epoch 2's key.
+    assert_eq!(
+        w.run(ida, &a, hs_by(topic, 1, b"remove r", k1, Some(k2))).unwrap(),
+        Outcome::Sequenced { topic, seq: 1 }
+    );
+    // Until a member writes with epoch 2's key, r's epoch-1 key still counts (members who have
+    // not merged yet anchor with it): r can add a junk key under it.
+    assert_eq!(
+        w.run(idr, &r, hs_by(topic, 2, b"junk", k1, Some(junk))).unwrap(),
+        Outcome::Sequenced { topic, seq: 2 }
+    );
+    // The first write with epoch 2's key prunes epoch 1's key and everything r registered.
+    assert_eq!(w.run(ida, &a, anchor_by(topic, 10, k2)).unwrap(), Outcome::Applied);
+    assert_eq!(failed(w.run(idr, &r, anchor_by(topic, 11, k1))), TxError::NotTopicAuthority);
+    assert_eq!(failed(w.run(idr, &r, hs_by(topic, 3, b"junk", junk, None))), TxError::NotTopicAuthority);
+    assert_eq!(failed(w.run(idr, &r, anchor_by(topic, 1 << 40, junk))), TxError::NotTopicAuthority);
+    // Honest traffic goes on: anchors grow, commits are sequenced.
+    assert_eq!(w.run(ida, &a, anchor_by(topic, 12, k2)).unwrap(), Outcome::Applied);
+    assert_eq!(
+        w.run(ida, &a, hs_by(topic, 3, b"c3", k2, None)).unwrap(),
+        Outcome::Sequenced { topic, seq: 3 }
+    );
+    let tree = w.m.db.get(&StateKey::Authority(topic)).unwrap();
+    let tree = cairn_ledger::authority::AuthorityChain::decode(&tree).unwrap();
+    let k2_pub = SigningKey::from_bytes(&k2).verifying_key().to_bytes();
+    assert_eq!(tree.keys().copied().collect::<Vec<_>>(), vec![k2_pub]);
 }

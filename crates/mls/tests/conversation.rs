@@ -5,6 +5,7 @@ mod common;
 
 use cairn_mls::{Change, Dropped, Event, KeyPackagePool, MemorySequencer, MlsError, Received};
 use cairn_proto::CommitSequencer;
+use cairn_proto::sequencer::{SequencerError, TopicKeys};
 use common::{AAD, Dev, NOW, delivered, group, say};
 
 #[test]
@@ -109,7 +110,9 @@ fn own_commit_sequenced_before_a_crash_is_merged_on_restart() {
     // A stages a commit (stored durably); the sequencer accepts it, but A crashes before it
     // learns so.
     let staged = a.client.stage(&id, Change::SelfUpdate, NOW).unwrap().unwrap();
-    seq.submit(id.topic(), staged.after(), staged.commit_bytes().to_vec()).unwrap();
+    let keys = a.client.topic_keys(&id).unwrap();
+    assert!(keys.next.is_some(), "a pending commit registers its epoch's key");
+    seq.submit(id.topic(), staged.after(), staged.commit_bytes().to_vec(), keys).unwrap();
     drop(staged);
     let mut a = a.restart();
     let ev = a.client.sync(&id, &seq, NOW).unwrap();
@@ -150,8 +153,12 @@ fn garbage_broken_chains_and_out_of_order_commits_do_not_corrupt_state() {
     // Garbage and a replayed old commit in the handshake order: skipped by everyone alike.
     let old_commit = seq.fetch(&id.topic(), 0, 1).unwrap().remove(0).payload;
     let n = seq.len(&id.topic());
-    seq.submit(id.topic(), n, b"not mls".to_vec()).unwrap();
-    seq.submit(id.topic(), n + 1, old_commit).unwrap();
+    // (Written by a member: an outsider's are refused by the sequencer, see below.)
+    let member = TopicKeys { seed: a.client.authority_seed(&id).unwrap(), next: None };
+    seq.submit(id.topic(), n, b"not mls".to_vec(), member).unwrap();
+    seq.submit(id.topic(), n + 1, old_commit.clone(), member).unwrap();
+    let outsider = TopicKeys { seed: [7; 32], next: None };
+    assert_eq!(seq.submit(id.topic(), n + 2, old_commit, outsider), Err(SequencerError::NotMember));
     for d in [&mut a, &mut b] {
         let ev = d.client.sync(&id, &seq, NOW).unwrap();
         assert_eq!(ev.iter().filter(|e| matches!(e, Event::Skipped { .. })).count(), 2, "{ev:?}");
@@ -540,17 +547,17 @@ impl CommitSequencer for Flaky {
         topic: cairn_proto::Topic,
         after: u64,
         payload: Vec<u8>,
-    ) -> Result<u64, cairn_proto::sequencer::SequencerError> {
-        use cairn_proto::sequencer::SequencerError;
+        keys: TopicKeys,
+    ) -> Result<u64, SequencerError> {
         match self.fault.take() {
-            None => self.inner.submit(topic, after, payload),
+            None => self.inner.submit(topic, after, payload, keys),
             Some(Fault::LoseRequest) => Err(SequencerError::Unavailable("timeout".into())),
             Some(Fault::LoseAnswer) => {
-                self.inner.submit(topic, after, payload)?;
+                self.inner.submit(topic, after, payload, keys)?;
                 Err(SequencerError::Unavailable("timeout".into()))
             }
             Some(Fault::StaleAfterSequencing) => {
-                let seq = self.inner.submit(topic, after, payload)?;
+                let seq = self.inner.submit(topic, after, payload, keys)?;
                 Err(SequencerError::Stale { after, current: seq + 1 })
             }
         }

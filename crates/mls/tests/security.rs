@@ -131,7 +131,14 @@ fn message_from_non_member_is_rejected() {
     let n = seq.len(&id.topic());
     let bundle = fake.self_update(eve.client.provider(), &signer, Default::default()).unwrap();
     let commit = bundle.commit().tls_serialize_detached().unwrap();
-    cairn_proto::CommitSequencer::submit(&mut seq, id.topic(), n, commit).unwrap();
+    // Eve cannot get it sequenced: her key is not one of the topic's authority keys.
+    let eve_keys = cairn_proto::sequencer::TopicKeys { seed: [0xE7; 32], next: None };
+    let r = cairn_proto::CommitSequencer::submit(&mut seq, id.topic(), n, commit.clone(), eve_keys);
+    assert_eq!(r, Err(cairn_proto::sequencer::SequencerError::NotMember));
+    // Should a member put it in the order anyway, every member skips it.
+    let member =
+        cairn_proto::sequencer::TopicKeys { seed: a.client.authority_seed(&id).unwrap(), next: None };
+    cairn_proto::CommitSequencer::submit(&mut seq, id.topic(), n, commit, member).unwrap();
     let ev = b.client.sync(&id, &seq, NOW).unwrap();
     assert!(matches!(&ev[..], [Event::Skipped { .. }]), "{ev:?}");
     say(&mut a, &mut [&mut b], &id, "eve is not here");

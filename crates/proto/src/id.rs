@@ -11,14 +11,26 @@ pub mod domain {
     pub const PAYLOAD: &str = "cairn 2026-11 envelope payload v1";
     /// Erase lock of an envelope header, from the sender's erase secret.
     pub const ERASE_LOCK: &str = "cairn 2026-12 erase lock v1";
-    /// Network topic of a conversation.
-    pub const TOPIC: &str = "cairn 2026-11 conversation topic v1";
+    /// Network topic of a conversation, from its founder key.
+    pub const TOPIC: &str = "cairn 2026-12 conversation topic v2";
+    /// Seed of a conversation's founder key (its first ledger authority), from its id.
+    pub const TOPIC_FOUNDER: &str = "cairn 2026-12 conversation founder key v1";
     /// Out-of-band fingerprint of an account key.
     pub const FINGERPRINT: &str = "cairn 2026-11 account fingerprint v1";
     /// Signature context of a device certificate.
     pub const DEVICE_CERT_SIG: &[u8] = b"cairn/device-cert/v1";
     /// Signature context of an inner message.
     pub const MESSAGE_SIG: &[u8] = b"cairn/message/v1";
+}
+
+/// Topics remembered per thread by [`Topic::for_conversation`] (direct-mapped; a miss costs
+/// one key derivation, ~20 µs).
+const TOPIC_MEMO_SLOTS: usize = 64;
+
+/// The seed of a conversation's founder key: every member can derive it from the secret id;
+/// its public half is what the topic is the hash of.
+pub fn founder_seed(conversation_id: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(domain::TOPIC_FOUNDER, conversation_id)
 }
 
 /// A 32-byte content id: the BLAKE3 hash of a canonical encoding.
@@ -57,9 +69,32 @@ impl fmt::Display for Id {
 pub struct Topic(pub [u8; 32]);
 
 impl Topic {
-    /// The topic of the conversation with this (secret, random) id.
+    /// The topic of the conversation with this (secret, random) id: the hash of its founder
+    /// key ([`founder_seed`]), so the ledger can check a founding write against the topic
+    /// without learning the id. Memoized per thread (the key derivation is a scalar
+    /// multiplication, and hot paths ask for topics per message).
     pub fn for_conversation(conversation_id: &[u8; 32]) -> Self {
-        Self(blake3::derive_key(domain::TOPIC, conversation_id))
+        thread_local! {
+            static MEMO: std::cell::RefCell<[([u8; 32], Topic); TOPIC_MEMO_SLOTS]> =
+                const { std::cell::RefCell::new([([0xff; 32], Topic([0; 32])); TOPIC_MEMO_SLOTS]) };
+        }
+        let slot = usize::from(conversation_id[0]) % TOPIC_MEMO_SLOTS;
+        MEMO.with(|m| {
+            let mut m = m.borrow_mut();
+            if m[slot].0 == *conversation_id {
+                return m[slot].1;
+            }
+            let seed = founder_seed(conversation_id);
+            let key = crate::ed25519::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+            let t = Self::founded_by(&key);
+            m[slot] = (*conversation_id, t);
+            t
+        })
+    }
+
+    /// The topic whose founder key is `founder` (an Ed25519 public key).
+    pub fn founded_by(founder: &[u8; 32]) -> Self {
+        Self(blake3::derive_key(domain::TOPIC, founder))
     }
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {

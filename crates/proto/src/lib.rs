@@ -4,6 +4,7 @@
 //! This crate is pure: no I/O, no clock, no randomness. Everything that crosses the network or
 //! is hashed or signed is defined here, with a version byte and explicit decoding limits.
 
+pub mod authority;
 pub mod codec;
 pub mod envelope;
 pub mod history;

@@ -48,16 +48,44 @@ pub enum SequencerError {
         /// Limit.
         max: usize,
     },
+    /// The submission is not signed by a key of the conversation's authority: the submitter is
+    /// not (or no longer) a member of the epoch the topic is at.
+    #[error("refused: not signed by a current member of this conversation")]
+    NotMember,
     /// The sequencer could not be reached or failed; retry later.
     #[error("sequencer unavailable: {0}")]
     Unavailable(String),
 }
 
+/// A member's authority keys for one submission (the ledger lets only members write to a
+/// conversation's topic): the seed of the key of the member's epoch (or the founder key
+/// before the first commit), and the public key of the epoch the submitted commit creates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TopicKeys {
+    /// Ed25519 seed of the signing authority key.
+    pub seed: [u8; 32],
+    /// Public authority key of the next epoch (commits only).
+    pub next: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for TopicKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicKeys").field("seed", &"<secret>").field("next", &self.next.is_some()).finish()
+    }
+}
+
 /// Orders handshake messages per topic.
 pub trait CommitSequencer {
-    /// Submits `payload`, built after `after` handshake messages of `topic`. On success returns
-    /// the sequence number it was given (always `after`), once that order is final.
-    fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError>;
+    /// Submits `payload`, built after `after` handshake messages of `topic`, signed with the
+    /// member's `keys`. On success returns the sequence number it was given (always `after`),
+    /// once that order is final.
+    fn submit(
+        &mut self,
+        topic: Topic,
+        after: u64,
+        payload: Vec<u8>,
+        keys: TopicKeys,
+    ) -> Result<u64, SequencerError>;
 
     /// Up to `max` handshake messages of `topic` from position `from`, in order.
     fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError>;

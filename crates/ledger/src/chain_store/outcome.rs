@@ -112,6 +112,7 @@ fn write_error(w: &mut Writer, e: &TxError) {
         E::InsufficientBalance { have, need } | E::FeeUnpaid { have, need } => pair(w, *have, *need),
         E::StaleSequence { after, current } => pair(w, *after, *current),
         E::AnchorRegressed { count, anchored } => pair(w, *count, *anchored),
+        E::AnchorTooLarge { count, max } => pair(w, *count, *max),
         E::FuelLimitTooHigh { got, max } => pair(w, *got, *max),
         E::NonceTooFar { expected, got, window } => {
             pair(w, *expected, *got);
@@ -120,7 +121,8 @@ fn write_error(w: &mut Writer, e: &TxError) {
         E::MempoolFull { max }
         | E::MempoolBytesFull { max }
         | E::TooManyStores { max }
-        | E::StoreSetFull { max } => w.u64(*max as u64),
+        | E::StoreSetFull { max }
+        | E::AuthorityFull { max } => w.u64(*max as u64),
         E::BlockFuelFull { max } => w.u64(*max),
         E::BadDeviceCert(s) | E::BadRotation(s) | E::BadHandle(s) => w.bytes(s.as_bytes()),
         E::HandleLookAlike { taken: s } | E::CodeRefused(s) | E::ContractFailed(s) => {
@@ -200,6 +202,10 @@ fn read_error(r: &mut Reader<'_>) -> Result<TxError, DecodeError> {
         43 => E::TooManyStores { max: size(u("max")?) },
         44 => E::StoreSetFull { max: size(u("max")?) },
         45 => E::UnknownStore,
+        46 => E::NotTopicAuthority,
+        47 => E::BadTopicAuth,
+        48 => E::AuthorityFull { max: size(u("max")?) },
+        49 => E::AnchorTooLarge { count: u("count")?, max: u("max")? },
         _ => return Err(DecodeError::Invalid { field: "outcome.error", reason: "unknown error code" }),
     };
     Ok(e)
@@ -230,6 +236,10 @@ mod tests {
             Outcome::Failed(TxError::StoreSetFull { max: 256 }),
             Outcome::Failed(TxError::BadStoreBinding),
             Outcome::Failed(TxError::UnknownStore),
+            Outcome::Failed(TxError::NotTopicAuthority),
+            Outcome::Failed(TxError::BadTopicAuth),
+            Outcome::Failed(TxError::AuthorityFull { max: 16 }),
+            Outcome::Failed(TxError::AnchorTooLarge { count: u64::MAX, max: 1 << 48 }),
         ];
         for (i, o) in cases.into_iter().enumerate() {
             let bytes = encode(i as u64, &o);

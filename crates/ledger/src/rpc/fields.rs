@@ -125,6 +125,10 @@ pub(super) fn write_key(w: &mut Writer, key: &StateKey) {
             w.bytes(k);
         }
         StateKey::Stores => w.u8(12),
+        StateKey::Authority(t) => {
+            w.u8(13);
+            w.raw(&t.0);
+        }
     }
 }
 
@@ -146,6 +150,7 @@ pub(super) fn read_key(r: &mut Reader<'_>) -> Result<StateKey, ProtocolError> {
             r.bytes(cairn_contracts::Limits::LEDGER.state_key_max, "key.contract_state")?.to_vec(),
         ),
         12 => StateKey::Stores,
+        13 => StateKey::Authority(Topic(r.array("key.topic")?)),
         other => return Err(ProtocolError::UnknownKind { what: "state key", kind: other }),
     })
 }

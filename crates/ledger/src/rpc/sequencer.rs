@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use cairn_proto::ed25519::SigningKey;
-use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, SequencerError};
+use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, SequencerError, TopicKeys};
 use cairn_proto::{AccountId, Topic};
 use tracing::debug;
 
 use super::client::{ClientError, LedgerClient};
 use super::protocol::RemoteOutcome;
-use crate::tx::{Tx, TxBody, TxError};
+use crate::tx::{TopicAuth, TopicWrite, Tx, TxBody, TxError};
 
 /// Default bound of one submission's wait for finality.
 pub const FINALITY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -70,6 +70,12 @@ impl LedgerSequencer {
                 self.nonce = Some(nonce + 1);
                 Err(SequencerError::Stale { after, current })
             }
+            Ok((_, RemoteOutcome::Failed { code, .. }))
+                if code == TxError::NotTopicAuthority.code() || code == TxError::BadTopicAuth.code() =>
+            {
+                self.nonce = Some(nonce + 1);
+                Err(SequencerError::NotMember)
+            }
             Ok((_, other)) => Err(Self::unavailable(format!("unexpected outcome {other:?}"))),
             Err(e) if Self::nonce_is_stale(&e) => return None,
             Err(e) => Err(Self::unavailable(e)),
@@ -78,7 +84,13 @@ impl LedgerSequencer {
 }
 
 impl CommitSequencer for LedgerSequencer {
-    fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError> {
+    fn submit(
+        &mut self,
+        topic: Topic,
+        after: u64,
+        payload: Vec<u8>,
+        keys: TopicKeys,
+    ) -> Result<u64, SequencerError> {
         if payload.len() > HANDSHAKE_BYTES_MAX {
             return Err(SequencerError::TooLarge { len: payload.len(), max: HANDSHAKE_BYTES_MAX });
         }
@@ -88,7 +100,9 @@ impl CommitSequencer for LedgerSequencer {
                 Some(n) => n,
                 None => self.client.nonce(&signer).map_err(Self::unavailable)?,
             };
-            let body = TxBody::SequenceHandshake { topic, after, payload: payload.clone() };
+            let write = TopicWrite::Handshake { after, payload: &payload };
+            let auth = TopicAuth::sign(&keys.seed, &self.client.chain(), &topic, &write, keys.next);
+            let body = TxBody::SequenceHandshake { topic, after, payload: payload.clone(), auth };
             let tx = Tx::sign(self.client.chain(), self.account, &self.key, nonce, body).encode();
             match self.client.submit(&tx) {
                 Ok(id) => match self.finish(&id, nonce) {

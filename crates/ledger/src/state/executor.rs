@@ -12,6 +12,7 @@ use super::{
     Account, AnchorRecord, DEVICES_MAX, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateError,
     StateKey, StateRead, TopicState,
 };
+use crate::authority::{ANCHOR_COUNT_MAX, AuthorityChain, AuthorityRefusal, TopicAuth, TopicWrite};
 use crate::handle::skeleton;
 use crate::params::Params;
 use crate::tx::{Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
@@ -261,6 +262,30 @@ impl<'a> Executor<'a> {
         Some(AccountId(b.as_slice().try_into().ok()?))
     }
 
+    /// Checks a topic write's member signature against the topic's authority tree (founding
+    /// it on the first write), confirms the key and registers the next one.
+    fn authorize(
+        &mut self,
+        tx: &Tx,
+        topic: &Topic,
+        auth: &TopicAuth,
+        write: &TopicWrite<'_>,
+    ) -> Result<(), TxError> {
+        if !auth.verifies(&tx.chain, topic, write) {
+            return Err(TxError::BadTopicAuth);
+        }
+        let mut tree = match self.raw(&StateKey::Authority(*topic)) {
+            Some(b) => AuthorityChain::decode(&b).map_err(|_| TxError::NotTopicAuthority)?,
+            None => AuthorityChain::found(topic, &auth.key).ok_or(TxError::NotTopicAuthority)?,
+        };
+        tree.apply(&auth.key, auth.next.as_ref()).map_err(|r| match r {
+            AuthorityRefusal::NotMember => TxError::NotTopicAuthority,
+            AuthorityRefusal::Full => TxError::AuthorityFull { max: crate::authority::AUTHORITY_KEYS_MAX },
+        })?;
+        self.put(StateKey::Authority(*topic), Some(tree.encode()));
+        Ok(())
+    }
+
     fn must_account(&self, id: &AccountId) -> Result<Account, TxError> {
         self.account(id).ok().flatten().ok_or(TxError::UnknownAccount)
     }
@@ -405,24 +430,30 @@ impl<'a> Executor<'a> {
                 }
                 self.put(StateKey::Account(id), Some(acct.encode()));
             }
-            TxBody::SequenceHandshake { topic, after, payload } => {
+            TxBody::SequenceHandshake { topic, after, payload, auth } => {
                 let mut t = self
                     .topic(topic)
                     .map_err(|_| TxError::StaleSequence { after: *after, current: u64::MAX })?;
+                // Stale first: a member behind the order learns to catch up, whatever key it holds.
                 if t.count != *after {
                     return Err(TxError::StaleSequence { after: *after, current: t.count });
                 }
+                self.authorize(tx, topic, auth, &TopicWrite::Handshake { after: *after, payload })?;
                 t.push(payload);
                 self.put(StateKey::Topic(*topic), Some(t.encode()));
                 return Ok(Outcome::Sequenced { topic: *topic, seq: *after });
             }
-            TxBody::Anchor { topic, head, count } => {
+            TxBody::Anchor { topic, head, count, auth } => {
+                if *count > ANCHOR_COUNT_MAX {
+                    return Err(TxError::AnchorTooLarge { count: *count, max: ANCHOR_COUNT_MAX });
+                }
                 if let Some(b) = self.raw(&StateKey::Anchor(*topic))
                     && let Ok(prev) = AnchorRecord::decode(&b)
                     && prev.count > *count
                 {
                     return Err(TxError::AnchorRegressed { count: *count, anchored: prev.count });
                 }
+                self.authorize(tx, topic, auth, &TopicWrite::Anchor { head, count: *count })?;
                 let rec = AnchorRecord { head: *head, count: *count, by: id };
                 self.put(StateKey::Anchor(*topic), Some(rec.encode()));
             }

@@ -23,6 +23,8 @@ pub enum StateKey {
     Topic(Topic),
     /// The anchored head of a conversation.
     Anchor(Topic),
+    /// The authority keys of a conversation's topic ([`crate::authority::AuthorityChain`]).
+    Authority(Topic),
     /// Chain metadata (the height of the last applied block).
     Meta,
     /// The chain's fee and faucet parameters ([`crate::params::Params`]), set at genesis.
@@ -69,6 +71,10 @@ impl StateKey {
             }
             Self::Anchor(t) => {
                 v.extend_from_slice(b"anch");
+                v.extend_from_slice(&t.0);
+            }
+            Self::Authority(t) => {
+                v.extend_from_slice(b"auth");
                 v.extend_from_slice(&t.0);
             }
             Self::Meta => v.extend_from_slice(b"meta"),

@@ -113,7 +113,8 @@ impl Client {
                 let p = c.group.leave_group(provider, signer).map_err(|e| op_err("leave")(e.to_string()))?;
                 Ok((c.meta.applied, to_bytes(&p)?))
             })?;
-            match sequencer.submit(topic, after, proposal) {
+            let keys = self.topic_keys(id)?;
+            match sequencer.submit(topic, after, proposal, keys) {
                 Ok(seq) => {
                     self.atomically(id, |s| {
                         s.conv_mut(id)?.meta.applied = seq + 1;

@@ -18,6 +18,7 @@
 //! - `buffer`: the bounded future-epoch buffer.
 //! - `messages`: application messages, future-epoch buffer, past epochs.
 
+mod authority;
 mod buffer;
 mod commit;
 mod config;

@@ -79,7 +79,8 @@ impl Client {
         bytes: Vec<u8>,
         sequencer: &mut dyn CommitSequencer,
     ) -> Result<Option<Event>, MlsError> {
-        match sequencer.submit(id.topic(), after, bytes) {
+        let keys = self.topic_keys(id)?;
+        match sequencer.submit(id.topic(), after, bytes, keys) {
             Ok(seq) => {
                 let event = self.atomically(id, |s| s.merge_own(id, seq))?;
                 Ok(Some(event))

@@ -146,6 +146,9 @@ pub enum Io {
         count: u64,
         /// Give up at, ms.
         deadline_ms: u64,
+        /// Seed of this device's authority key for the topic at the current epoch (the ledger
+        /// accepts anchors from the conversation's members only).
+        authority: [u8; 32],
     },
     /// Remove these envelopes from the local history (junk).
     Discard(Vec<Id>),
@@ -509,7 +512,15 @@ impl Engine {
                 })),
                 Effect::Anchor { conv, head, count, deadline_ms } => {
                     let head = self.anchored_head(&conv, head);
-                    self.io.push(Io::Anchor { conv, head, count, deadline_ms })
+                    match self.mls.authority_seed(&conv) {
+                        Ok(authority) => {
+                            self.io.push(Io::Anchor { conv, head, count, deadline_ms, authority })
+                        }
+                        Err(e) => {
+                            tracing::debug!("no authority key to anchor with: {e}");
+                            self.anchor_done(conv, count, false, deadline_ms);
+                        }
+                    }
                 }
                 Effect::Discard { ids, .. } => self.io.push(Io::Discard(ids)),
                 Effect::SyncLedger { .. } | Effect::SendReceipt { .. } | Effect::Reopen { .. } => {

@@ -190,6 +190,7 @@ impl cairn_proto::CommitSequencer for Steps<'_> {
         _: cairn_proto::Topic,
         _: u64,
         _: Vec<u8>,
+        _: cairn_proto::sequencer::TopicKeys,
     ) -> Result<u64, cairn_proto::SequencerError> {
         Err(cairn_proto::SequencerError::Unavailable("a sync submits nothing".into()))
     }

@@ -373,7 +373,13 @@ impl Engine {
 pub(super) struct NoSequencer;
 
 impl cairn_proto::CommitSequencer for NoSequencer {
-    fn submit(&mut self, _: Topic, _: u64, _: Vec<u8>) -> Result<u64, cairn_proto::SequencerError> {
+    fn submit(
+        &mut self,
+        _: Topic,
+        _: u64,
+        _: Vec<u8>,
+        _: cairn_proto::sequencer::TopicKeys,
+    ) -> Result<u64, cairn_proto::SequencerError> {
         Err(cairn_proto::SequencerError::Unavailable("no ledger on this path".into()))
     }
 

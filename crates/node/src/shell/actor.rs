@@ -422,8 +422,11 @@ impl Actor {
                     let _ = self.mesh.blocking_send(MeshCmd::Erase { topic, id, secret });
                 }
                 Io::Stream(ev) => self.shared.emit(ev),
-                Io::Anchor { conv, head, count, deadline_ms } => {
-                    if !try_enqueue(&self.ledger, LedgerJob::Anchor { conv, head, count, deadline_ms }) {
+                Io::Anchor { conv, head, count, deadline_ms, authority } => {
+                    if !try_enqueue(
+                        &self.ledger,
+                        LedgerJob::Anchor { conv, head, count, deadline_ms, authority },
+                    ) {
                         self.engine.anchor_done(conv, count, false, now_ms());
                     }
                 }

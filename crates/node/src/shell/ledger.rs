@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{ClientError, Follower, LedgerClient, RemoteOutcome};
 use cairn_ledger::state::KeyPackageRecord;
-use cairn_ledger::tx::{Tx, TxBody, TxError, normalize_handle};
+use cairn_ledger::tx::{TopicAuth, TopicWrite, Tx, TxBody, TxError, normalize_handle};
 use cairn_mls::ConversationId;
 use cairn_proto::{AccountId, Envelope, Id};
 use ed25519_dalek::SigningKey;
@@ -53,6 +53,8 @@ pub enum LedgerJob {
         count: u64,
         /// Give up at (unix ms).
         deadline_ms: u64,
+        /// Seed of the device's authority key for the topic.
+        authority: [u8; 32],
     },
     /// Look up the handles of these accounts.
     Handles(Vec<AccountId>),
@@ -287,10 +289,13 @@ impl LedgerWorker {
 
     fn run_job(&self, client: &mut LedgerClient, job: LedgerJob) {
         match job {
-            LedgerJob::Anchor { conv, head, count, deadline_ms } => {
+            LedgerJob::Anchor { conv, head, count, deadline_ms, authority } => {
                 let left = deadline_ms.saturating_sub(super::now_ms());
                 let k = &self.shared.identity;
-                let body = TxBody::Anchor { topic: conv.topic(), head, count };
+                let topic = conv.topic();
+                let write = TopicWrite::Anchor { head: &head, count };
+                let auth = TopicAuth::sign(&authority, &client.chain(), &topic, &write, None);
+                let body = TxBody::Anchor { topic, head, count, auth };
                 // Signed by the device key (nonce stream shared with the sequencer).
                 let r = submit_tx(client, k.account, &k.device_key, body, Duration::from_millis(left));
                 if let Err(e) = &r {

@@ -13,6 +13,7 @@ use cairn_net::sync::{Input as SyncInput, Output as SyncOutput, SendStatus, Sync
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Io};
 use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
+use cairn_proto::sequencer::TopicKeys;
 use cairn_proto::{CommitSequencer, Envelope, Id, Limits, Message, Sequenced, SequencerError, Topic};
 use cairn_store::Store;
 use redb::Database;
@@ -70,8 +71,14 @@ impl Sequencer {
 }
 
 impl CommitSequencer for Sequencer {
-    fn submit(&mut self, topic: Topic, after: u64, payload: Vec<u8>) -> Result<u64, SequencerError> {
-        let seq = self.0.borrow_mut().submit(topic, after, payload)?;
+    fn submit(
+        &mut self,
+        topic: Topic,
+        after: u64,
+        payload: Vec<u8>,
+        keys: TopicKeys,
+    ) -> Result<u64, SequencerError> {
+        let seq = self.0.borrow_mut().submit(topic, after, payload, keys)?;
         let mut l = self.1.borrow_mut();
         l.sequenced += 1;
         if l.permille > 0 && (l.sequenced * 7919) % 1000 < l.permille {
