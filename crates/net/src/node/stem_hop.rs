@@ -191,7 +191,7 @@ impl Node {
     /// off, no stem peer, a bound reached).
     pub(super) fn stem_originate(&mut self, env: Envelope, written: bool) -> Option<Envelope> {
         let cands = self.stem_candidates();
-        let hop = self.stem.as_mut()?;
+        let Some(hop) = self.stem.as_mut() else { return Some(env) };
         let id = env.id();
         if hop.own.len() >= OWN_STEMMED_MAX || hop.own.contains_key(&id) || hop.requests_full() {
             return Some(env);
@@ -201,8 +201,9 @@ impl Node {
         let StemAction::Forward(to) = hop.stem.originate(id, &cands, now, rand) else { return Some(env) };
         hop.stem.disarm(&id);
         let deadline_ms = now + origin_wait_ms(&hop.config());
-        let rid = self.swarm.behaviour_mut().stem.as_mut()?.send_request(&to, encode_request(&env.encode()));
-        let hop = self.stem.as_mut()?;
+        let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return Some(env) };
+        let rid = b.send_request(&to, encode_request(&env.encode()));
+        let Some(hop) = self.stem.as_mut() else { return Some(env) };
         hop.requests.insert(rid, id);
         hop.own.insert(id, Own { envelope: env.clone(), written, deadline_ms });
         let topic = env.header.topic;
@@ -241,15 +242,13 @@ impl Node {
     /// A stem envelope from `peer`: admitted like gossip, then forwarded or fluffed.
     fn on_stem_request(&mut self, peer: PeerId, request: &[u8], channel: ResponseChannel<Vec<u8>>) {
         let now = now_ms();
-        let verdict = match request_envelope(request) {
-            Ok(bytes) => self.admission.check_stem(&peer, bytes, now),
-            Err(e) => {
-                debug!(%peer, "bad stem request: {e}");
-                self.counters.rejected += 1;
-                self.stem_refused(channel, StemOutcome::Refused);
-                return;
-            }
-        };
+        // A request that does not even parse is charged like a malformed envelope: it takes
+        // the peer's rate allowance (shared with its gossip) and is refused.
+        let bytes = request_envelope(request).unwrap_or_else(|e| {
+            debug!(%peer, "bad stem request: {e}");
+            &[]
+        });
+        let verdict = self.admission.check_stem(&peer, bytes, now);
         let env = match verdict {
             Verdict::Accept(env, _) => *env,
             Verdict::Ignore(crate::validate::IgnoreReason::Duplicate) => {
