@@ -67,6 +67,10 @@ pub enum Request {
         /// Preimage of the header's erase lock.
         secret: [u8; 32],
     },
+    /// Keep this envelope, pushed by a stem hop that diffused it for someone else: counted
+    /// against the pushing peer's relay share of the quotas, apart from its own mail's share,
+    /// so a flood laundered through an honest relay cannot use up what the relay itself sends.
+    StoreRelayed(Envelope),
 }
 
 /// What a store node did with an erase request.
@@ -200,6 +204,10 @@ impl Request {
                 w.raw(&id.0);
                 w.raw(secret);
             }
+            Self::StoreRelayed(e) => {
+                w.u8(6);
+                w.bytes(&e.encode());
+            }
         }
         w.finish()
     }
@@ -256,6 +264,9 @@ impl Request {
                 Self::StoreMany(es)
             }
             5 => Self::Erase { id: Id(r.array("id")?), secret: r.array("secret")? },
+            6 => {
+                Self::StoreRelayed(Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?)
+            }
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown request kind" }),
         };
         r.finish()?;
@@ -440,6 +451,7 @@ mod tests {
             Request::Ids(vec![Id([3; 32])]),
             Request::StoreMany(vec![e.clone(), e.clone()]),
             Request::Erase { id: e.id(), secret: [5; 32] },
+            Request::StoreRelayed(e.clone()),
         ] {
             assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
         }

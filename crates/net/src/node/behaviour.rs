@@ -207,13 +207,17 @@ fn relay_config(l: &RelayLimits) -> relay::Config {
 }
 
 /// The stem protocol when the stem is on: one envelope per request, answered once its store
-/// nodes answered (see `stem_hop.rs` for the deadlines this timeout backs up).
+/// nodes answered (see `stem_hop.rs` for the deadlines this timeout backs up). A store node
+/// sends its own envelopes through the stem but is never a stem hop: a stem through a store
+/// would show it the first hop it is meant not to see, and a store fluffing an envelope
+/// could not push it to itself (it is one of the topic's stores).
 fn stem_behaviour(c: &NodeConfig) -> Option<request_response::Behaviour<StemCodec>> {
     let s = c.stem?;
     let codec = StemCodec { request_bytes_max: c.admission.limits.envelope_bytes_max + 1 };
+    let support = if c.serve_store { ProtocolSupport::Outbound } else { ProtocolSupport::Full };
     Some(request_response::Behaviour::with_codec(
         codec,
-        [(STEM_PROTOCOL, ProtocolSupport::Full)],
+        [(STEM_PROTOCOL, support)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_millis(super::stem_hop::request_timeout_ms(&s)))
             .with_max_concurrent_streams(STEM_STREAMS_MAX),

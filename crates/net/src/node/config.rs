@@ -180,7 +180,11 @@ pub struct NodeConfig {
     /// The stem phase before gossip (`/cairn/stem/1`, see `node/stem_hop.rs`): own envelopes
     /// go to one peer first and are diffused and pushed to the store nodes further on, and
     /// this node relays others' stem envelopes. `None`: own envelopes are gossiped and pushed
-    /// from here, and stem requests are not served.
+    /// from here, and stem requests are not served. Off by default: store quotas are kept per
+    /// pushing peer, and with the stem the pusher is the fluffing hop, so a flooder's share at
+    /// a store grows by one relay share per honest hop that fluffs for it (`StoreRelayed`
+    /// keeps the hop's own mail out of it; the mailbox-wipe test sees 50 envelopes of a
+    /// 20-envelope share with the stem on).
     pub stem: Option<StemConfig>,
 }
 

@@ -15,6 +15,8 @@ use super::pow_load::{LOAD_WINDOW_MS, LoadMeter, required_base_bits};
 use super::writer::{MailboxJob, NotQueued};
 use crate::wire::{EraseOutcome, RESPONSE_BYTES_MAX, Request, Response, StoreAck, StoreOutcome};
 
+/// Keys the quota source of a peer's relayed pushes apart from its own (`StoreRelayed`).
+const RELAY_SOURCE_KEY: &[u8; 32] = b"cairn/store-source/stem-relay/01";
 /// Bytes reserved for a response's framing and header when filling it with envelopes.
 const RESPONSE_OVERHEAD_BYTES: usize = 64;
 
@@ -37,7 +39,9 @@ impl Node {
                 debug!(%peer, "bad store request: {e}");
                 Response::Error(format!("bad request: {e}"))
             }
-            Ok(Request::Store(_)) if !self.store_rate.allow(&peer, now) => rate_limited(&mut self.counters),
+            Ok(Request::Store(_) | Request::StoreRelayed(_)) if !self.store_rate.allow(&peer, now) => {
+                rate_limited(&mut self.counters)
+            }
             Ok(Request::StoreMany(ref envs)) if !self.store_rate.allow_n(&peer, envs.len() as u32, now) => {
                 rate_limited(&mut self.counters)
             }
@@ -48,14 +52,23 @@ impl Node {
                 rate_limited(&mut self.counters)
             }
             Ok(Request::Erase { id, secret }) => erase(&mailbox, id, &secret),
-            Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], bytes, channel) {
+            Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], bytes, channel, false) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
                 }
                 None => return, // answered by the mailbox writer once committed
             },
-            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(peer, envs, bytes, channel) {
+            Ok(Request::StoreRelayed(env)) => {
+                match self.admit_for_storage(peer, vec![env], bytes, channel, true) {
+                    Some((channel, resp)) => {
+                        self.respond(channel, resp);
+                        return;
+                    }
+                    None => return,
+                }
+            }
+            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(peer, envs, bytes, channel, false) {
                 Some((channel, resp)) => {
                     self.respond(channel, resp);
                     return;
@@ -74,13 +87,15 @@ impl Node {
 
     /// Checks the envelopes offered for storage and queues them for the mailbox writer;
     /// returns an immediate answer when every one is refused or the queue is full (in requests
-    /// or bytes).
+    /// or bytes). `relayed`: pushed by a stem hop for someone else, charged to the peer's relay
+    /// share (a source of its own) rather than to the peer's own mail.
     fn admit_for_storage(
         &mut self,
         peer: PeerId,
         envs: Vec<Envelope>,
         bytes: usize,
         channel: ResponseChannel<Vec<u8>>,
+        relayed: bool,
     ) -> Option<(ResponseChannel<Vec<u8>>, Response)> {
         let now = now_ms();
         let base_bits = self.load_base_bits(now);
@@ -106,7 +121,10 @@ impl Node {
             .collect();
         let accepted = items.iter().filter(|i| i.is_ok()).count() as u64;
         self.load.meter.accepted(accepted, now);
-        let source = *blake3::hash(&peer.to_bytes()).as_bytes();
+        let source = match relayed {
+            false => *blake3::hash(&peer.to_bytes()).as_bytes(),
+            true => *blake3::keyed_hash(RELAY_SOURCE_KEY, &peer.to_bytes()).as_bytes(),
+        };
         let job = MailboxJob { channel, items, bytes, source };
         if job.items.iter().all(Result::is_err) {
             let acks = job

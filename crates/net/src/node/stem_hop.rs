@@ -1,7 +1,7 @@
 //! The stem phase in the node (issue 17 §5): `/cairn/stem/1` around [`crate::stem::Stem`].
 //!
 //! - **Originator.** An own envelope goes to ONE peer (this epoch's stem successor, chosen
-//!   among connected peers that speak the protocol, store nodes only when there is no other),
+//!   among connected peers that serve the protocol: store nodes never do),
 //!   not to gossip and not to the store nodes: [`crate::sync::Input::SendHeld`] keeps the sync
 //!   state machine from pushing it. The answer carries the store nodes' signed receipts, which
 //!   are verified and fed as acknowledgements exactly like a direct push's. With no valid
@@ -157,14 +157,14 @@ fn valid_receipts(id: &Id, resp: Option<StemResponse>) -> Vec<(PeerId, StoreRece
 }
 
 impl Node {
-    /// Candidates for our stem successor: connected stem peers that are not store nodes, or
-    /// the store nodes when there is no other.
+    /// Candidates for our stem successor: connected peers that serve the stem protocol (store
+    /// nodes do not; see `behaviour.rs`), and are not known as store nodes.
     fn stem_candidates(&self) -> Vec<PeerId> {
         let Some(hop) = &self.stem else { return Vec::new() };
-        let mut all: Vec<PeerId> = hop.peers.iter().copied().collect();
+        let mut all: Vec<PeerId> =
+            hop.peers.iter().filter(|p| !self.store_peers.contains_key(p)).copied().collect();
         all.sort();
-        let others: Vec<PeerId> = all.iter().filter(|p| !self.store_peers.contains_key(p)).copied().collect();
-        if others.is_empty() { all } else { others }
+        all
     }
 
     /// Identify told us what `peer` speaks.
@@ -329,7 +329,7 @@ impl Node {
         }
         let mut awaiting = Vec::new();
         for s in self.stores_for(&topic) {
-            if self.request(s, Request::Store(env.clone()), Outbound::StemStore(id)) {
+            if self.request(s, Request::StoreRelayed(env.clone()), Outbound::StemStore(id)) {
                 awaiting.push(s);
             }
         }

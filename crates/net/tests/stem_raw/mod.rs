@@ -106,7 +106,7 @@ fn behaviour(key: &Keypair, role: Role) -> RawBehaviour {
 fn store_answer(key: &Keypair, req: &[u8]) -> (Vec<Id>, Response) {
     let now = super::common::now_ms();
     let envs: Vec<Envelope> = match Request::decode(req, &Limits::default()) {
-        Ok(Request::Store(e)) => vec![e],
+        Ok(Request::Store(e) | Request::StoreRelayed(e)) => vec![e],
         Ok(Request::StoreMany(es)) => es,
         Ok(Request::Page { .. }) => return (vec![], Response::Page { entries: vec![], next: None }),
         Ok(Request::Ids(_)) => return (vec![], Response::Envelopes(vec![])),
