@@ -33,6 +33,7 @@ fn key() -> impl Strategy<Value = StateKey> {
         any::<[u8; 32]>().prop_map(StateKey::Nonce),
         any::<[u8; 32]>().prop_map(|t| StateKey::Topic(Topic(t))),
         any::<[u8; 32]>().prop_map(|t| StateKey::Anchor(Topic(t))),
+        any::<[u8; 32]>().prop_map(|t| StateKey::Authority(Topic(t))),
         Just(StateKey::Meta),
         Just(StateKey::Params),
         Just(StateKey::Stores),
@@ -225,7 +226,7 @@ fn unknown_kinds_are_named() {
     assert_eq!(Request::decode(&[2, 0]), Err(ProtocolError::UnknownKind { what: "request", kind: 0 }));
     assert_eq!(Request::decode(&[2, 9]), Err(ProtocolError::UnknownKind { what: "request", kind: 9 }));
     assert_eq!(Response::decode(&[2, 10]), Err(ProtocolError::UnknownKind { what: "response", kind: 10 }));
-    assert_eq!(Request::decode(&[2, 5, 13]), Err(ProtocolError::UnknownKind { what: "state key", kind: 13 }));
+    assert_eq!(Request::decode(&[2, 5, 14]), Err(ProtocolError::UnknownKind { what: "state key", kind: 14 }));
     assert_eq!(Response::decode(&[2, 3, 4]), Err(ProtocolError::UnknownKind { what: "tx status", kind: 4 }));
     assert_eq!(Response::decode(&[2, 1, 2]), Err(ProtocolError::UnknownKind { what: "admission", kind: 2 }));
 }
