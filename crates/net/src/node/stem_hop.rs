@@ -14,8 +14,8 @@
 //!   past this hop's fail-safe (`failsafe_ms` plus jitter) makes this hop fluff it itself.
 //!
 //! Bounds (all adversarial input is bounded): [`OWN_STEMMED_MAX`] own envelopes waiting
-//! (beyond: direct path), [`RELAYS_MAX`] relayed envelopes waiting (beyond: answered busy at
-//! once, the sender then diffuses it itself), requests in flight at most the sum of both
+//! (beyond: direct path), [`RELAYS_MAX`] relayed envelopes waiting, [`RELAYS_PER_PEER_MAX`]
+//! of them from one peer (beyond: answered busy at once, the sender then diffuses it itself), requests in flight at most the sum of both
 //! (beyond: fluffed here), stem peers at most `connections_max` (connected ones only), and
 //! the per-peer and per-epoch bounds of [`crate::stem::StemConfig`].
 
@@ -43,6 +43,9 @@ pub(super) const OWN_STEMMED_MAX: usize = 4_096;
 /// Envelopes relayed for others and awaiting an answer, at most (any peer can send stem
 /// requests); beyond it a new one is answered busy at once and its sender diffuses it.
 pub(super) const RELAYS_MAX: usize = 1_024;
+/// Of those, from one peer, at most (so one peer cannot take the whole table and make every
+/// other sender fall back to the direct path); beyond it: answered busy.
+pub(super) const RELAYS_PER_PEER_MAX: usize = 64;
 
 /// How long an originator waits for its stem's answer, ms: twice a hop's longest fail-safe,
 /// so a hop that fluffs on its fail-safe answers before the originator gives up.
@@ -93,6 +96,7 @@ enum RelayState {
 
 /// An envelope relayed for a peer, until it is answered.
 struct Relay {
+    from: PeerId,
     channel: ResponseChannel<Vec<u8>>,
     envelope: Envelope,
     state: RelayState,
@@ -267,7 +271,9 @@ impl Node {
         let cands = self.stem_candidates();
         let Some(hop) = self.stem.as_mut() else { return };
         let id = env.id();
-        if hop.relays.len() >= RELAYS_MAX {
+        if hop.relays.len() >= RELAYS_MAX
+            || hop.relays.values().filter(|r| r.from == peer).count() >= RELAYS_PER_PEER_MAX
+        {
             return self.stem_refused(channel, StemOutcome::Busy);
         }
         let rand = hop.coins.next();
@@ -296,8 +302,15 @@ impl Node {
         let fluff = matches!(state, RelayState::Storing(_));
         let Some(hop) = self.stem.as_mut() else { return };
         hop.counters.relayed += 1;
-        let relay =
-            Relay { channel, envelope: env.clone(), state, failsafe_at_ms, answer_by_ms, receipts: vec![] };
+        let relay = Relay {
+            from: peer,
+            channel,
+            envelope: env.clone(),
+            state,
+            failsafe_at_ms,
+            answer_by_ms,
+            receipts: vec![],
+        };
         hop.relays.insert(id, relay);
         if self.subscribed.contains(&env.header.topic) {
             let outs = self.sync.handle(Input::Gossip { envelope: env }, now);
