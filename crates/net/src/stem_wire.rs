@@ -1,9 +1,14 @@
 //! The `/cairn/stem/1` messages: one envelope handed to a stem hop, and the hop's answer,
 //! which carries the signed receipts of the store nodes the fluffing hop pushed it to. Both
-//! are versioned and bounded; the frames around them are in `node/codec.rs`.
+//! are versioned and bounded; the frames around them are in `node/codec.rs`. A request names
+//! the store nodes its originator targets (the topic's placement, the same for every sender
+//! with the same view of the registered store set), so the fluffing hop pushes to the stores
+//! whose receipts the originator counts.
 //!
 //! ```text
-//! request  = version:u8 (1) ‖ envelope (canonical encoding, at most the envelope limit)
+//! request  = version:u8 (1) ‖ count:u16 (≤ STEM_TARGETS_MAX)
+//!            ‖ count × store peer id (u32 length (≤ 64) ‖ bytes)
+//!            ‖ envelope (canonical encoding, at most the envelope limit)
 //! response = version:u8 (1) ‖ outcome:u8 ‖ count:u16 (≤ STEM_RECEIPTS_MAX)
 //!            ‖ count × (store peer id: u32 length (≤ 64) ‖ bytes, receipt: 112 bytes)
 //! outcome  = 0 receipts | 1 duplicate | 2 busy | 3 refused
@@ -18,8 +23,12 @@ use crate::receipt::{RECEIPT_BYTES, StoreReceipt};
 pub const STEM_VERSION: u8 = 1;
 /// Receipts in one answer, at most (a topic has `replicas` store nodes, 3 by default).
 pub const STEM_RECEIPTS_MAX: usize = 8;
+/// Store targets named in one request, at most.
+pub const STEM_TARGETS_MAX: usize = 8;
 /// Encoded peer id, bytes, at most (an Ed25519 peer id is 38).
 const PEER_ID_BYTES_MAX: usize = 64;
+/// A request's bytes besides its envelope, at most.
+pub const STEM_REQUEST_OVERHEAD_BYTES: usize = 3 + STEM_TARGETS_MAX * (4 + PEER_ID_BYTES_MAX);
 /// Encoded answer, bytes, at most.
 pub const STEM_RESPONSE_BYTES_MAX: usize = 4 + STEM_RECEIPTS_MAX * (4 + PEER_ID_BYTES_MAX + RECEIPT_BYTES);
 
@@ -45,19 +54,34 @@ pub struct StemResponse {
     pub receipts: Vec<(PeerId, StoreReceipt)>,
 }
 
-/// The request carrying `envelope` (its canonical encoding).
-pub fn encode_request(envelope: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(envelope.len() + 1);
-    b.push(STEM_VERSION);
-    b.extend_from_slice(envelope);
-    b
+/// The request carrying `envelope` (its canonical encoding) for the store nodes `targets`
+/// (the first [`STEM_TARGETS_MAX`]).
+pub fn encode_request(targets: &[PeerId], envelope: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(STEM_VERSION);
+    let n = targets.len().min(STEM_TARGETS_MAX);
+    w.u16(n as u16);
+    for t in &targets[..n] {
+        w.bytes(&t.to_bytes());
+    }
+    w.raw(envelope);
+    w.finish()
 }
 
-/// The envelope bytes of a request (decoded and checked by admission afterwards).
-pub fn request_envelope(b: &[u8]) -> Result<&[u8], DecodeError> {
+/// The store targets and the envelope bytes of a request (the envelope is decoded and
+/// checked by admission afterwards).
+pub fn decode_request(b: &[u8]) -> Result<(Vec<PeerId>, &[u8]), DecodeError> {
     let mut r = Reader::new(b);
     r.version("stem request", STEM_VERSION)?;
-    r.take(r.remaining(), "envelope")
+    let n = r.count(STEM_TARGETS_MAX, "targets")?;
+    let mut targets = Vec::with_capacity(n);
+    for _ in 0..n {
+        targets.push(
+            PeerId::from_bytes(r.bytes(PEER_ID_BYTES_MAX, "target")?)
+                .map_err(|_| DecodeError::Invalid { field: "target", reason: "not a peer id" })?,
+        );
+    }
+    Ok((targets, r.take(r.remaining(), "envelope")?))
 }
 
 impl StemResponse {
@@ -142,8 +166,13 @@ mod tests {
         assert!(StemResponse::decode(&too_many).is_err(), "count over the bound");
         let bare = StemResponse::bare(StemOutcome::Busy);
         assert_eq!(StemResponse::decode(&bare.encode()).unwrap(), bare);
-        assert_eq!(request_envelope(&encode_request(b"env")).unwrap(), b"env");
-        assert!(request_envelope(&[9, 1, 2]).is_err(), "unknown request version");
-        assert!(request_envelope(&[]).is_err());
+        let t = vec![k.public().to_peer_id()];
+        let req = encode_request(&t, b"env");
+        assert!(req.len() <= STEM_REQUEST_OVERHEAD_BYTES + 3);
+        assert_eq!(decode_request(&req).unwrap(), (t, &b"env"[..]));
+        assert!(decode_request(&[9, 0, 0, 1, 2]).is_err(), "unknown request version");
+        assert!(decode_request(&[STEM_VERSION, 0, 9]).is_err(), "more targets than allowed");
+        assert!(decode_request(&[STEM_VERSION, 0, 1, 0, 0, 0, 2, 1, 2]).is_err(), "not a peer id");
+        assert!(decode_request(&[]).is_err());
     }
 }

@@ -334,13 +334,13 @@ async fn garbage_on_the_stem_is_refused_costs_its_sender_and_goes_nowhere() {
     // 4-byte refusal and sent nowhere.
     let garbage: Vec<Vec<u8>> = vec![
         vec![],
-        vec![9; 100],                             // unknown version
-        encode_request(&[0xAB; 5000]),            // version 1, not an envelope
-        encode_request(&unmined(topic).encode()), // an envelope without proof of work
+        vec![9; 100],                                  // unknown version
+        encode_request(&[], &[0xAB; 5000]),            // version 1, not an envelope
+        encode_request(&[], &unmined(topic).encode()), // an envelope without proof of work
         {
             let mut e = mined(topic, "cut short", vec![]).encode();
             e.truncate(e.len() - 1);
-            encode_request(&e)
+            encode_request(&[], &e)
         },
     ];
     let (mut sent_bytes, mut answer_bytes) = (0, 0);
@@ -354,7 +354,7 @@ async fn garbage_on_the_stem_is_refused_costs_its_sender_and_goes_nowhere() {
     assert!(answer_bytes <= 4 * 20, "{answer_bytes} bytes of answers to {sent_bytes} bytes of garbage");
     // It cost the attacker its allowance: its next, valid, envelope is refused as over rate.
     let valid = mined(topic, "valid", vec![]);
-    let a = attacker.stem(hop.peer_id, encode_request(&valid.encode())).await;
+    let a = attacker.stem(hop.peer_id, encode_request(&[], &valid.encode())).await;
     assert_eq!(outcome(&a), StemOutcome::Refused, "over its rate after the garbage");
     // An oversized frame is cut off by the codec: a failed request, no answer, no work.
     assert!(attacker.stem(hop.peer_id, vec![1; 300 * 1024]).await.is_err(), "oversized frame");
@@ -372,7 +372,7 @@ async fn garbage_on_the_stem_is_refused_costs_its_sender_and_goes_nowhere() {
     // valid envelope is taken, fluffed by the hop, stored and delivered to the reader.
     sleep(Duration::from_millis(2500)).await;
     let t0 = Instant::now();
-    let a = attacker.stem(hop.peer_id, encode_request(&valid.encode())).await;
+    let a = attacker.stem(hop.peer_id, encode_request(&[], &valid.encode())).await;
     let resp = StemResponse::decode(a.as_ref().unwrap()).unwrap();
     assert_eq!(resp.outcome, StemOutcome::Receipts);
     assert_eq!(resp.receipts.len(), 3, "the three store nodes' receipts come back");

@@ -213,7 +213,10 @@ fn relay_config(l: &RelayLimits) -> relay::Config {
 /// could not push it to itself (it is one of the topic's stores).
 fn stem_behaviour(c: &NodeConfig) -> Option<request_response::Behaviour<StemCodec>> {
     let s = c.stem?;
-    let codec = StemCodec { request_bytes_max: c.admission.limits.envelope_bytes_max + 1 };
+    let codec = StemCodec {
+        request_bytes_max: c.admission.limits.envelope_bytes_max
+            + crate::stem_wire::STEM_REQUEST_OVERHEAD_BYTES,
+    };
     let support = if c.serve_store { ProtocolSupport::Outbound } else { ProtocolSupport::Full };
     Some(request_response::Behaviour::with_codec(
         codec,

@@ -71,7 +71,7 @@ impl request_response::Codec for StoreCodec {
 }
 
 /// The same length-prefixed frames for `/cairn/stem/1`, bounded to one envelope per request
-/// (`request_bytes_max`: the envelope limit plus the version byte) and to
+/// (`request_bytes_max`: the envelope limit plus the request's header) and to
 /// [`crate::stem_wire::STEM_RESPONSE_BYTES_MAX`] per answer.
 #[derive(Debug, Clone)]
 pub struct StemCodec {

@@ -32,7 +32,7 @@ use super::{STEM_PROTOCOL, now_ms};
 use crate::receipt::StoreReceipt;
 use crate::shard::{shard_name, shard_of};
 use crate::stem::{Stem, StemAction, StemConfig};
-use crate::stem_wire::{STEM_RECEIPTS_MAX, StemOutcome, StemResponse, encode_request, request_envelope};
+use crate::stem_wire::{STEM_RECEIPTS_MAX, StemOutcome, StemResponse, decode_request, encode_request};
 use crate::sync::Input;
 use crate::validate::Verdict;
 use crate::wire::{Request, Response, StoreOutcome};
@@ -97,6 +97,8 @@ enum RelayState {
 /// An envelope relayed for a peer, until it is answered.
 struct Relay {
     from: PeerId,
+    /// The store nodes the originator targets (as named in the request).
+    targets: Vec<PeerId>,
     channel: ResponseChannel<Vec<u8>>,
     envelope: Envelope,
     state: RelayState,
@@ -205,13 +207,12 @@ impl Node {
         let StemAction::Forward(to) = hop.stem.originate(id, &cands, now, rand) else { return Some(env) };
         hop.stem.disarm(&id);
         let deadline_ms = now + origin_wait_ms(&hop.config());
+        let stores = self.stores_for(&env.header.topic);
         let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return Some(env) };
-        let rid = b.send_request(&to, encode_request(&env.encode()));
+        let rid = b.send_request(&to, encode_request(&stores, &env.encode()));
         let Some(hop) = self.stem.as_mut() else { return Some(env) };
         hop.requests.insert(rid, id);
         hop.own.insert(id, Own { envelope: env.clone(), written, deadline_ms });
-        let topic = env.header.topic;
-        let stores = self.stores_for(&topic);
         debug!(%to, "own envelope {} into the stem", id.short());
         let outs =
             self.sync.handle(Input::SendHeld { envelope: env, stores, written, until_ms: deadline_ms }, now);
@@ -248,9 +249,9 @@ impl Node {
         let now = now_ms();
         // A request that does not even parse is charged like a malformed envelope: it takes
         // the peer's rate allowance (shared with its gossip) and is refused.
-        let bytes = request_envelope(request).unwrap_or_else(|e| {
+        let (targets, bytes) = decode_request(request).unwrap_or_else(|e| {
             debug!(%peer, "bad stem request: {e}");
-            &[]
+            (Vec::new(), &[])
         });
         let verdict = self.admission.check_stem(&peer, bytes, now);
         let env = match verdict {
@@ -292,7 +293,7 @@ impl Node {
             StemAction::Refuse => return self.stem_refused(channel, StemOutcome::Busy),
             StemAction::Forward(to) => {
                 let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return };
-                let rid = b.send_request(&to, encode_request(&env.encode()));
+                let rid = b.send_request(&to, encode_request(&targets, &env.encode()));
                 let Some(hop) = self.stem.as_mut() else { return };
                 hop.requests.insert(rid, id);
                 RelayState::Waiting(rid)
@@ -304,6 +305,7 @@ impl Node {
         hop.counters.relayed += 1;
         let relay = Relay {
             from: peer,
+            targets,
             channel,
             envelope: env.clone(),
             state,
@@ -331,7 +333,12 @@ impl Node {
     /// Diffuses a relayed envelope from here: gossip, and a push to the topic's store nodes
     /// whose receipts go back up the stem.
     fn stem_fluff(&mut self, id: Id) {
-        let Some(env) = self.stem.as_ref().and_then(|h| h.relays.get(&id)).map(|r| r.envelope.clone()) else {
+        let Some((env, targets)) = self
+            .stem
+            .as_ref()
+            .and_then(|h| h.relays.get(&id))
+            .map(|r| (r.envelope.clone(), r.targets.clone()))
+        else {
             return;
         };
         self.admission.mark_seen(id);
@@ -341,7 +348,14 @@ impl Node {
             debug!("stem fluff of {}: gossip publish: {e}", id.short());
         }
         let mut awaiting = Vec::new();
-        for s in self.stores_for(&topic) {
+        // The originator's targets that are store nodes connected here; none: our own
+        // placement for the topic.
+        let mut stores: Vec<PeerId> =
+            targets.into_iter().filter(|t| self.store_peers.contains_key(t)).collect();
+        if stores.is_empty() {
+            stores = self.stores_for(&topic);
+        }
+        for s in stores {
             if self.request(s, Request::StoreRelayed(env.clone()), Outbound::StemStore(id)) {
                 awaiting.push(s);
             }

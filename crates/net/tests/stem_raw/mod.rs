@@ -95,7 +95,8 @@ fn behaviour(key: &Keypair, role: Role) -> RawBehaviour {
     let stem_support =
         if matches!(role, Role::BlackHole) { ProtocolSupport::Full } else { ProtocolSupport::Outbound };
     let stem = request_response::Behaviour::with_codec(
-        StemCodec { request_bytes_max: Limits::default().envelope_bytes_max + 1 },
+        // Larger than a node takes: the attacker can send what a node's codec must cut off.
+        StemCodec { request_bytes_max: 1024 * 1024 },
         [(STEM_PROTOCOL, stem_support)],
         rr,
     );
