@@ -737,19 +737,17 @@ mod tests {
         let reqs = |o: &[Output<u8>]| o.iter().filter(|o| matches!(o, Output::StoreRequest { .. })).count();
         let mut s: Sync<u8> = Sync::new(SyncConfig::default(), [], []);
         let (a, b) = (envelope(t, 1, vec![]), envelope(t, 2, vec![]));
+        let stores = vec![0, 1, 2];
         let held = |e: &Envelope| Input::SendHeld {
             envelope: e.clone(),
-            stores: vec![0, 1, 2],
+            stores: stores.clone(),
             written: true,
             until_ms: 5_000,
         };
         assert_eq!(reqs(&s.handle(held(&a), 0)), 0, "held: no direct push");
         assert_eq!(reqs(&s.handle(held(&b), 0)), 0);
-        assert_eq!(
-            reqs(&s.handle(Input::Targets { topic: t, stores: vec![3] }, 10)),
-            0,
-            "nor to a new target"
-        );
+        let new_target = Input::Targets { topic: t, stores: vec![3] };
+        assert_eq!(reqs(&s.handle(new_target, 10)), 0, "nor to a new target");
         // The stem brought two receipts for `a`: stored, never pushed by the sender.
         s.handle(Input::StoreAck { id: a.id(), from: 0 }, 20);
         let out = s.handle(Input::StoreAck { id: a.id(), from: 1 }, 20);

@@ -39,13 +39,14 @@ use crate::wire::{Request, Response, StoreOutcome};
 
 /// Own envelopes in the stem awaiting their receipts, at most; beyond it a send takes the
 /// direct path (gossip and store push from this node).
-pub(super) const OWN_STEMMED_MAX: usize = 4_096;
+pub(super) const OWN_STEMMED_MAX: usize = 1_024;
 /// Envelopes relayed for others and awaiting an answer, at most (any peer can send stem
-/// requests); beyond it a new one is answered busy at once and its sender diffuses it.
-pub(super) const RELAYS_MAX: usize = 1_024;
+/// requests; each holds its envelope, so at most 64 MiB of the largest ones); beyond it a new
+/// one is answered busy at once and its sender diffuses it.
+pub(super) const RELAYS_MAX: usize = 256;
 /// Of those, from one peer, at most (so one peer cannot take the whole table and make every
 /// other sender fall back to the direct path); beyond it: answered busy.
-pub(super) const RELAYS_PER_PEER_MAX: usize = 64;
+pub(super) const RELAYS_PER_PEER_MAX: usize = 32;
 
 /// How long an originator waits for its stem's answer, ms: twice a hop's longest fail-safe,
 /// so a hop that fluffs on its fail-safe answers before the originator gives up.
