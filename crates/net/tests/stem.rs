@@ -133,6 +133,14 @@ async fn spy_run(stem: Option<StemConfig>) -> Observed {
     for u in &users {
         wait_store_peers(u, 3).await;
     }
+    if stem.is_some() {
+        // The sender knows its three neighbours take stem envelopes (identify is done).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.status().await.unwrap().stem.peers < 3 {
+            assert!(Instant::now() < deadline, "the sender never saw its 3 stem peers");
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
     a.subscribe(topic).await.unwrap();
     r.subscribe(topic).await.unwrap();
     let mut a_rx = a.events();

@@ -27,7 +27,7 @@ use super::peers::Book;
 use super::relayed::RelayedListen;
 use super::stem_hop::StemHop;
 use super::writer::{Committed, HistoryJob, HistoryLanes, MailboxLane, MailboxQueue, OWN_JOBS_MAX, OwnJob};
-use super::{NodeError, NodeStatus, now_ms};
+use super::{NodeError, NodeStatus, StemStatus, now_ms};
 use crate::receipt::StoreReceipt;
 use crate::shard::{RegisteredStore, SHARDS, place, shard_name, shard_of};
 use crate::sync::{Input, Output, Sync};
@@ -587,7 +587,7 @@ impl Node {
             store_envelopes: c.store_envelopes,
             requests_shed: c.requests_shed,
             erasures_confirmed: c.erasures_confirmed,
-            stem: self.stem.as_ref().map(|h| h.counters.into()).unwrap_or_default(),
+            stem: self.stem.as_ref().map(StemStatus::from).unwrap_or_default(),
         }
     }
 

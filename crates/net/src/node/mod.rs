@@ -126,6 +126,8 @@ pub struct NodeStatus {
 /// What the stem phase did, for `status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StemStatus {
+    /// Connected peers that take stem envelopes (candidates for the stem successor).
+    pub peers: usize,
     /// Stem envelopes accepted from peers as a hop.
     pub relayed: u64,
     /// Of those, diffused (gossiped and pushed to store nodes) here.
@@ -136,9 +138,16 @@ pub struct StemStatus {
     pub refused: u64,
 }
 
-impl From<stem_hop::StemCounters> for StemStatus {
-    fn from(c: stem_hop::StemCounters) -> Self {
-        Self { relayed: c.relayed, fluffed: c.fluffed, fallbacks: c.fallbacks, refused: c.refused }
+impl From<&stem_hop::StemHop> for StemStatus {
+    fn from(h: &stem_hop::StemHop) -> Self {
+        let c = h.counters;
+        Self {
+            peers: h.peers_len(),
+            relayed: c.relayed,
+            fluffed: c.fluffed,
+            fallbacks: c.fallbacks,
+            refused: c.refused,
+        }
     }
 }
 

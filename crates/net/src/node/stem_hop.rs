@@ -143,6 +143,11 @@ impl StemHop {
         }
     }
 
+    /// Connected peers that take stem envelopes.
+    pub(super) fn peers_len(&self) -> usize {
+        self.peers.len()
+    }
+
     fn config(&self) -> StemConfig {
         *self.stem.config()
     }
