@@ -26,8 +26,6 @@
 //! Record format (version 1): `version:u8 conv:[32] stored_on:u32 n:u16
 //! waiting:[32]×n delivered:bitmap(⌈n/8⌉)`, bit i set when `waiting[i]` receipted it.
 
-use std::collections::BTreeSet;
-
 use cairn_mls::ConversationId;
 use cairn_proto::codec::{Reader, Writer};
 use cairn_proto::{AccountId, Id};
@@ -61,7 +59,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), NodeError> {
 }
 
 fn encode(d: &Delivery) -> Option<Vec<u8>> {
-    let n = d.waiting_for.len();
+    let n = d.waiting_for().len();
     if n > DELIVERY_MEMBERS_MAX {
         return None;
     }
@@ -71,9 +69,9 @@ fn encode(d: &Delivery) -> Option<Vec<u8>> {
     w.u32(d.stored_on);
     w.u16(n as u16);
     let mut bits = vec![0u8; n.div_ceil(8)];
-    for (i, a) in d.waiting_for.iter().enumerate() {
+    for (i, a) in d.waiting_for().iter().enumerate() {
         w.raw(&a.0);
-        if d.receipts.contains(a) {
+        if d.has_receipt(a) {
             bits[i / 8] |= 1 << (i % 8);
         }
     }
@@ -98,13 +96,17 @@ fn decode(bytes: &[u8]) -> Option<Delivery> {
     }
     let bits = r.take(n.div_ceil(8), "delivery.delivered").ok()?;
     r.finish().ok()?;
-    let receipts: BTreeSet<AccountId> = waiting
+    let receipted: Vec<AccountId> = waiting
         .iter()
         .enumerate()
         .filter(|(i, _)| bits[i / 8] & (1 << (i % 8)) != 0)
         .map(|(_, a)| *a)
         .collect();
-    Some(Delivery { conversation, stored_on, receipts, waiting_for: waiting.into_iter().collect() })
+    let mut d = Delivery::new(conversation, stored_on, waiting.into());
+    for a in &receipted {
+        d.add_receipt(a);
+    }
+    Some(d)
 }
 
 impl NodeDb {
@@ -207,12 +209,12 @@ mod tests {
     use super::*;
 
     fn delivery(waiting: &[u8], delivered: &[u8], stored_on: u32) -> Delivery {
-        Delivery {
-            conversation: ConversationId([9; 32]),
-            stored_on,
-            receipts: delivered.iter().map(|n| AccountId([*n; 32])).collect(),
-            waiting_for: waiting.iter().map(|n| AccountId([*n; 32])).collect(),
+        let waiting = waiting.iter().map(|n| AccountId([*n; 32])).collect();
+        let mut d = Delivery::new(ConversationId([9; 32]), stored_on, waiting);
+        for n in delivered {
+            d.add_receipt(&AccountId([*n; 32]));
         }
+        d
     }
 
     #[test]
@@ -254,7 +256,7 @@ mod tests {
         tx.commit().unwrap();
         let all = ndb.deliveries_recorded().unwrap();
         assert_eq!(all[0].0, id, "an update keeps the row's place");
-        assert_eq!((all[0].1.stored_on, all[0].1.receipts.len()), (2, 1));
+        assert_eq!((all[0].1.stored_on, all[0].1.view().delivered_to), (2, 1));
 
         let tx = ndb.begin().unwrap();
         ndb.deliveries_forget_in(&tx, &[9; 32]).unwrap();

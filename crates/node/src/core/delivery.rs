@@ -1,6 +1,7 @@
 //! Delivery bookkeeping of sent messages: sent → stored on k → delivered to n of m.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use cairn_mls::ConversationId;
 use cairn_proto::{AccountId, Id};
@@ -8,19 +9,58 @@ use cairn_proto::{AccountId, Id};
 use crate::model::{DeliveryState, DeliveryView};
 
 /// Delivery bookkeeping of one sent message.
+///
+/// Memory: the member list is shared by every delivery of a conversation sent while its
+/// membership was the same (an `Arc`, interned by [`Deliveries::insert`]), and receipts are one
+/// bit per member, so 100,000 tracked sends of a 2-member group cost a few MB, not 60.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Its conversation.
     pub conversation: ConversationId,
     /// Store nodes that acknowledged it durably.
     pub stored_on: u32,
-    /// Accounts whose device receipted it.
-    pub receipts: BTreeSet<AccountId>,
-    /// The other member accounts when it was sent: the ones the delivery waits for.
-    pub waiting_for: BTreeSet<AccountId>,
+    /// The other member accounts when it was sent (sorted, distinct): the ones it waits for.
+    waiting_for: Arc<[AccountId]>,
+    /// Bit `i`: `waiting_for[i]` receipted it.
+    receipts: Box<[u64]>,
 }
 
 impl Delivery {
+    /// A delivery waiting for `waiting_for` (sorted and deduplicated here), none receipted.
+    pub fn new(conversation: ConversationId, stored_on: u32, waiting_for: Arc<[AccountId]>) -> Self {
+        let waiting_for = if waiting_for.windows(2).all(|w| w[0] < w[1]) {
+            waiting_for
+        } else {
+            let mut v = waiting_for.to_vec();
+            v.sort();
+            v.dedup();
+            v.into()
+        };
+        let receipts = vec![0u64; waiting_for.len().div_ceil(64)].into_boxed_slice();
+        Self { conversation, stored_on, waiting_for, receipts }
+    }
+
+    /// The accounts it waits for, sorted.
+    pub fn waiting_for(&self) -> &[AccountId] {
+        &self.waiting_for
+    }
+
+    /// Whether `account` receipted it.
+    pub fn has_receipt(&self, account: &AccountId) -> bool {
+        self.waiting_for.binary_search(account).is_ok_and(|i| self.receipts[i / 64] & (1 << (i % 64)) != 0)
+    }
+
+    /// Records `account`'s receipt; false if it is not waited for or already counted.
+    pub fn add_receipt(&mut self, account: &AccountId) -> bool {
+        let Ok(i) = self.waiting_for.binary_search(account) else { return false };
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.receipts[word] & bit != 0 {
+            return false;
+        }
+        self.receipts[word] |= bit;
+        true
+    }
+
     /// The state shown to the user.
     pub fn state(&self) -> DeliveryState {
         let members = self.waiting_for.len();
@@ -34,7 +74,7 @@ impl Delivery {
     }
 
     fn delivered_to(&self) -> usize {
-        self.receipts.intersection(&self.waiting_for).count()
+        self.receipts.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// The API view.
@@ -57,21 +97,31 @@ pub struct Deliveries {
     map: HashMap<Id, Delivery>,
     order: VecDeque<Id>,
     max: usize,
+    /// The member list last inserted per conversation, shared by later equal ones (one entry
+    /// per conversation with a tracked delivery; dropped with its last delivery's eviction
+    /// only by being replaced, so at most one per conversation ever seen here).
+    lists: HashMap<ConversationId, Arc<[AccountId]>>,
 }
 
 impl Deliveries {
     /// Tracks at most `max` deliveries.
     pub fn new(max: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1) }
+        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), lists: HashMap::new() }
     }
 
     /// Starts tracking a sent message.
-    pub fn insert(&mut self, id: Id, d: Delivery) {
+    pub fn insert(&mut self, id: Id, mut d: Delivery) {
         if self.map.contains_key(&id) {
             return;
         }
         while self.map.len() >= self.max {
             self.evict_one();
+        }
+        match self.lists.get(&d.conversation) {
+            Some(l) if **l == *d.waiting_for => d.waiting_for = l.clone(),
+            _ => {
+                self.lists.insert(d.conversation, d.waiting_for.clone());
+            }
         }
         self.map.insert(id, d);
         self.order.push_back(id);
@@ -109,7 +159,7 @@ impl Deliveries {
     /// Records a receipt from `from`; returns the new view if it changed.
     pub fn receipted(&mut self, id: &Id, from: AccountId) -> Option<(ConversationId, DeliveryView)> {
         let d = self.map.get_mut(id)?;
-        if !d.waiting_for.contains(&from) || !d.receipts.insert(from) {
+        if !d.add_receipt(&from) {
             return None;
         }
         Some((d.conversation, d.view()))
@@ -145,12 +195,7 @@ mod tests {
     }
 
     fn delivery(waiting: &[u8]) -> Delivery {
-        Delivery {
-            conversation: ConversationId([9; 32]),
-            stored_on: 0,
-            receipts: BTreeSet::new(),
-            waiting_for: waiting.iter().map(|n| acc(*n)).collect(),
-        }
+        Delivery::new(ConversationId([9; 32]), 0, waiting.iter().map(|n| acc(*n)).collect())
     }
 
     #[test]
@@ -180,5 +225,21 @@ mod tests {
         assert!(ds.get(&Id([2; 32])).is_none(), "the delivered one went first");
         ds.insert(Id([4; 32]), delivery(&[2]));
         assert!(ds.get(&Id([1; 32])).is_none(), "then the oldest");
+    }
+
+    #[test]
+    fn equal_member_lists_are_shared_and_receipts_are_bits() {
+        let mut ds = Deliveries::new(8);
+        ds.insert(Id([1; 32]), delivery(&[3, 2]));
+        ds.insert(Id([2; 32]), delivery(&[2, 3]));
+        let (a, b) = (ds.get(&Id([1; 32])).unwrap(), ds.get(&Id([2; 32])).unwrap());
+        assert!(Arc::ptr_eq(&a.waiting_for, &b.waiting_for), "one list for both sends");
+        assert_eq!(a.waiting_for(), &[acc(2), acc(3)], "sorted");
+        // 70 members: receipts span two words.
+        let many: Vec<u8> = (1..=70).collect();
+        let mut d = delivery(&many);
+        assert!(d.add_receipt(&acc(70)) && d.add_receipt(&acc(1)) && !d.add_receipt(&acc(70)));
+        assert!(d.has_receipt(&acc(70)) && !d.has_receipt(&acc(69)) && !d.has_receipt(&acc(200)));
+        assert_eq!(d.view().delivered_to, 2);
     }
 }

@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod quarantine;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use cairn_mls::ConversationId;
 use cairn_proto::{AccountId, DeviceId, Id};
@@ -234,6 +235,8 @@ struct Conv {
     epoch: u64,
     active: bool,
     others: BTreeSet<AccountId>,
+    /// `others` as the sorted list sends wait for (shared by their deliveries).
+    waiting: Arc<[AccountId]>,
     devices: u32,
     chain: Chain,
     quarantine: Quarantine,
@@ -316,8 +319,8 @@ impl Core {
     }
 
     /// The accounts a text sent now in `conv` waits for: the other members.
-    pub fn waiting_for(&self, conv: &ConversationId) -> BTreeSet<AccountId> {
-        self.convs.get(conv).map(|c| c.others.clone()).unwrap_or_default()
+    pub fn waiting_for(&self, conv: &ConversationId) -> Arc<[AccountId]> {
+        self.convs.get(conv).map(|c| c.waiting.clone()).unwrap_or_else(|| Arc::new([]))
     }
 
     /// Tracks a delivery recorded before a restart (oldest first; bounded as every delivery).
@@ -396,7 +399,10 @@ impl Core {
         let new_epoch = epoch > c.epoch;
         c.epoch = c.epoch.max(epoch);
         c.active = active;
-        c.others = others;
+        if c.others != others {
+            c.waiting = others.iter().copied().collect();
+            c.others = others;
+        }
         c.devices = devices;
         if new_epoch {
             let ids = c.quarantine.to_reopen();
@@ -458,12 +464,7 @@ impl Core {
         let c = self.convs.entry(conv).or_default();
         c.chain.add(id, parents);
         if text {
-            let d = Delivery {
-                conversation: conv,
-                stored_on: 0,
-                receipts: BTreeSet::new(),
-                waiting_for: c.others.clone(),
-            };
+            let d = Delivery::new(conv, 0, c.waiting.clone());
             self.deliveries.insert(id, d);
         }
     }

@@ -243,12 +243,7 @@ impl Engine {
                 continue;
             }
             let conv = ConversationId(row.conv);
-            let d = Delivery {
-                conversation: conv,
-                stored_on: 0,
-                receipts: Default::default(),
-                waiting_for: self.core.waiting_for(&conv),
-            };
+            let d = Delivery::new(conv, 0, self.core.waiting_for(&conv));
             self.db.delivery_insert_in(tx, &row.id, &d)?;
         }
         Ok(())
