@@ -1,8 +1,11 @@
-//! Blocks: a small header that commits to everything (parent, height, state root, transactions)
-//! and the transactions themselves.
+//! Blocks: a small header that commits to everything (parent, height, state root, transactions,
+//! their outcomes) and the transactions themselves.
 //!
 //! The block digest is the hash of the header alone, so a light client holding a header and the
-//! finalization certificate over its digest knows the state root without the transactions.
+//! finalization certificate over its digest knows the state root without the transactions, and
+//! the outcome of any of them from a Merkle path to the outcome root ([`crate::outcome_tree`]).
+//!
+//! Version 2 added the outcome root (version 1 headers are refused).
 
 use bytes::BufMut;
 use cairn_proto::codec::{DecodeError, Reader, Writer};
@@ -15,8 +18,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::tx::{TX_BYTES_MAX, Tx};
 
-const BLOCK_VERSION: u8 = 1;
-const HEADER_DOMAIN: &[u8] = b"cairn/ledger-block/v1";
+const BLOCK_VERSION: u8 = 2;
+const HEADER_DOMAIN: &[u8] = b"cairn/ledger-block/v2";
 const TX_ROOT_DOMAIN: &str = "cairn 2026-11 ledger tx root v1";
 
 /// Most transactions in one block.
@@ -24,7 +27,7 @@ pub const BLOCK_TXS_MAX: usize = 8192;
 /// Largest encoded block, in bytes.
 pub const BLOCK_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Encoded size of a header.
-pub const HEADER_BYTES: usize = 1 + 8 + 32 + 32 + 32 + 4;
+pub const HEADER_BYTES: usize = 1 + 8 + 32 + 32 + 32 + 32 + 4;
 
 /// A block header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -37,6 +40,9 @@ pub struct Header {
     pub state_root: [u8; 32],
     /// Commitment to the transaction list.
     pub tx_root: [u8; 32],
+    /// Root of the outcome tree over the block's receipts, in block order
+    /// ([`crate::outcome_tree::receipts_root`]); every validator recomputes it.
+    pub outcome_root: [u8; 32],
     /// Number of transactions.
     pub tx_count: u32,
 }
@@ -55,6 +61,7 @@ impl Header {
         w.raw(&self.parent);
         w.raw(&self.state_root);
         w.raw(&self.tx_root);
+        w.raw(&self.outcome_root);
         w.u32(self.tx_count);
     }
 
@@ -65,6 +72,7 @@ impl Header {
             parent: r.array("block.parent")?,
             state_root: r.array("block.state_root")?,
             tx_root: r.array("block.tx_root")?,
+            outcome_root: r.array("block.outcome_root")?,
             tx_count: r.u32("block.tx_count")?,
         })
     }
@@ -107,13 +115,21 @@ pub struct Block {
 }
 
 impl Block {
-    /// Builds a block, computing the transaction root and digest.
-    pub fn new(height: u64, parent: [u8; 32], state_root: [u8; 32], txs: Vec<Vec<u8>>) -> Self {
+    /// Builds a block, computing the transaction root and digest; `outcome_root` is the root of
+    /// its receipts' outcome tree ([`crate::outcome_tree::receipts_root`]).
+    pub fn new(
+        height: u64,
+        parent: [u8; 32],
+        state_root: [u8; 32],
+        txs: Vec<Vec<u8>>,
+        outcome_root: [u8; 32],
+    ) -> Self {
         let header = Header {
             height,
             parent,
             state_root,
             tx_root: tx_root(&txs),
+            outcome_root,
             tx_count: u32::try_from(txs.len()).unwrap_or(u32::MAX),
         };
         let digest = header.digest();
@@ -236,7 +252,7 @@ mod tests {
 
     #[test]
     fn block_round_trips_and_is_bound_to_its_txs() {
-        let b = Block::new(7, [1; 32], [2; 32], vec![vec![1, 2, 3], vec![4]]);
+        let b = Block::new(7, [1; 32], [2; 32], vec![vec![1, 2, 3], vec![4]], [3; 32]);
         let enc = b.encode();
         let back = Block::decode(enc.clone()).unwrap();
         assert_eq!(back, b);
@@ -247,5 +263,14 @@ mod tests {
         raw[last] ^= 1;
         assert!(Block::decode_bytes(&raw).is_err());
         assert_eq!(Header::decode(&b.header.encode()).unwrap(), b.header);
+        assert_eq!(b.header.encode().len(), HEADER_BYTES);
+        // the outcome root is part of the digest
+        let mut other = b.header;
+        other.outcome_root[0] ^= 1;
+        assert_ne!(other.digest(), b.header.digest());
+        // a version-1 header is refused
+        let mut v1 = b.header.encode();
+        v1[0] = 1;
+        assert!(Header::decode(&v1).is_err());
     }
 }

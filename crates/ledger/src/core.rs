@@ -19,6 +19,7 @@ use crate::genesis::Genesis;
 use crate::light::StateProof;
 pub use crate::mempool::{MEMPOOL_BYTES_MAX, MEMPOOL_MAX, MempoolLimits, NONCE_WINDOW, SIGNER_BYTES_MAX};
 use crate::mempool::{Mempool, Pooled};
+use crate::outcome_tree::receipts_root;
 use crate::state::{Executed, Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
 use crate::tx::{Tx, TxError, TxId};
 
@@ -174,8 +175,8 @@ impl Ledger {
             }
             let ex = execute(&db, Vec::new(), machine.chain, h, &b.txs, Mode::Verify, &|_| true)
                 .map_err(|e| replay(e.to_string()))?;
-            if ex.layer.root != b.header.state_root {
-                return Err(replay("wrong state root".into()));
+            if ex.layer.root != b.header.state_root || receipts_root(&ex.receipts) != b.header.outcome_root {
+                return Err(replay("wrong state or outcome root".into()));
             }
             db.apply(ex.layer);
             recent.insert(tip.header.height, tip);
@@ -496,7 +497,9 @@ impl Ledger {
         };
         match res {
             Ok(Executed { layer, receipts, .. }) => {
-                if layer.root != block.header.state_root {
+                if layer.root != block.header.state_root
+                    || receipts_root(&receipts) != block.header.outcome_root
+                {
                     return Ok(false);
                 }
                 let spec = Spec { parent: block.header.parent, height: block.header.height, layer, receipts };
@@ -627,7 +630,7 @@ impl Ledger {
             c.reject(d.tx, d.error.clone());
         }
         let txs: Vec<Vec<u8>> = ex.included.iter().map(|&i| candidates[i].clone()).collect();
-        let block = Block::new(height, *parent, ex.layer.root, txs);
+        let block = Block::new(height, *parent, ex.layer.root, txs, receipts_root(&ex.receipts));
         let spec = Spec { parent: *parent, height, layer: ex.layer, receipts: ex.receipts };
         c.spec.insert(block.id(), spec);
         Ok(Some(Proposal { block, dropped }))
@@ -641,7 +644,7 @@ impl Ledger {
         let account = cairn_proto::AccountId(key.verifying_key().to_bytes());
         let mut tx = Tx::sign(c.chain, account, &key, 0, crate::tx::TxBody::RegisterAccount);
         tx.signature[0] ^= 1;
-        Some(Block::new(parent_height + 1, *parent, c.db.root(), vec![tx.encode()]))
+        Some(Block::new(parent_height + 1, *parent, c.db.root(), vec![tx.encode()], [0; 32]))
     }
 
     /// Applies a finalized block delivered by marshal (idempotent; out-of-order deliveries
@@ -835,9 +838,14 @@ impl Core {
                 match execute(&self.db, Vec::new(), self.chain, h, &block.txs, Mode::Verify, &|i| {
                     sig_ok.contains(i)
                 }) {
-                    Ok(ex) if ex.layer.root == block.header.state_root => (ex.layer, ex.receipts),
+                    Ok(ex)
+                        if ex.layer.root == block.header.state_root
+                            && receipts_root(&ex.receipts) == block.header.outcome_root =>
+                    {
+                        (ex.layer, ex.receipts)
+                    }
                     Ok(_) => {
-                        self.fault(format!("finalized block {h} has a wrong state root"));
+                        self.fault(format!("finalized block {h} has a wrong state or outcome root"));
                         return Applied::No;
                     }
                     Err(e) => {

@@ -198,7 +198,7 @@ impl Genesis {
     pub fn build(&self) -> Result<(Machine, Block), GenesisError> {
         self.params.check().map_err(GenesisError::Params)?;
         let m = Machine::genesis(self.chain_id(), &self.accounts, &self.params)?;
-        let block = Block::new(0, [0; 32], m.db.root(), Vec::new());
+        let block = Block::new(0, [0; 32], m.db.root(), Vec::new(), crate::outcome_tree::root(&[]));
         Ok((m, block))
     }
 

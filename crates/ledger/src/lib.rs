@@ -16,6 +16,8 @@ pub mod genesis;
 pub mod handle;
 pub mod light;
 pub mod mempool;
+pub mod outcome_proof;
+pub mod outcome_tree;
 pub mod params;
 pub mod process;
 pub mod rpc;

@@ -50,6 +50,9 @@ pub enum LightError {
     /// The proven value does not decode.
     #[error("bad state value: {0}")]
     BadValue(#[from] DecodeError),
+    /// An outcome proof does not hold (header chain, index or Merkle path).
+    #[error("outcome proof does not hold: {0}")]
+    BadOutcomeProof(&'static str),
     /// The genesis is unusable.
     #[error(transparent)]
     Genesis(#[from] GenesisError),
@@ -185,6 +188,36 @@ impl LightClient {
     /// returns the set, which placement ranks (`cairn_net::shard::place`).
     pub fn verify_stores(&self, p: &StateProof) -> Result<StoreSet, LightError> {
         Ok(self.verify(&StateKey::Stores, p)?.map(|v| StoreSet::decode(&v)).transpose()?.unwrap_or_default())
+    }
+
+    /// Verifies that transaction `tx` is in the finalized block at the returned height with
+    /// the returned outcome: the certificate finalizes the last header, each header is the
+    /// parent of the next, and the path leads from `tx`'s leaf to the first header's outcome
+    /// root at the proof's index.
+    pub fn verify_outcome(
+        &self,
+        tx: &crate::tx::TxId,
+        p: &crate::outcome_proof::OutcomeProof,
+    ) -> Result<(u64, crate::rpc::RemoteOutcome), LightError> {
+        let bad = LightError::BadOutcomeProof;
+        let (Some(first), Some(last)) = (p.headers.first(), p.headers.last()) else {
+            return Err(bad("no header"));
+        };
+        if p.headers.len() > crate::outcome_proof::HEADER_CHAIN_MAX {
+            return Err(bad("too many headers"));
+        }
+        for pair in p.headers.windows(2) {
+            if pair[1].parent != pair[0].digest() || pair[1].height != pair[0].height.wrapping_add(1) {
+                return Err(bad("headers that do not form a chain"));
+            }
+        }
+        self.verify_header(last, &p.finalization)?;
+        let leaf = crate::outcome_tree::leaf(tx, &p.outcome);
+        let count = u64::from(first.tx_count);
+        if !crate::outcome_tree::verify(&first.outcome_root, count, u64::from(p.index), &leaf, &p.path) {
+            return Err(bad("the path does not lead to the outcome root"));
+        }
+        Ok((first.height, p.outcome.clone()))
     }
 
     /// Encodes a finalization (for serving).

@@ -41,8 +41,9 @@ fn setup() -> Setup {
         Tx::sign(chain, alice, &a, 2, TxBody::RevokeDevice { device: d1 }).encode(),
         Tx::sign(chain, alice, &a, 3, TxBody::ClaimHandle { name: "alice".into() }).encode(),
     ];
-    machine.apply_block(&txs).unwrap();
-    let block = Block::new(1, genesis_block.id(), machine.db.root(), txs);
+    let receipts = machine.apply_block(&txs).unwrap();
+    let outcome_root = cairn_ledger::outcome_tree::receipts_root(&receipts);
+    let block = Block::new(1, genesis_block.id(), machine.db.root(), txs, outcome_root);
     Setup { g, keys, machine, header: block.header, alice, devices: vec![d2] }
 }
 

@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 //! One lying validator among four (issue 12 §3, §7): it claims a transaction final at a
-//! height (or with an outcome) the others contradict, or final while it is not. The client
-//! believes only what `f + 1` validators report, catches the liar, and asks the others first
-//! from then on. A validator that cannot prove the genesis key of its address is refused the
+//! height it cannot prove (no certificate covers that header), or final while it is not. The
+//! client believes only outcomes proven against a certified header, catches the liar, and
+//! asks the others first from then on (tests/outcome_proofs.rs lies about outcomes of a real
+//! chain). A validator that cannot prove the genesis key of its address is refused the
 //! same way. Fake validators on 127.0.0.1 answer the real RPC protocol over the real channel.
 
 use std::net::TcpListener;
@@ -12,30 +13,79 @@ use std::time::Duration;
 
 mod support;
 
+use cairn_ledger::block::Header;
 use cairn_ledger::genesis::Genesis;
+use cairn_ledger::outcome_proof::OutcomeProof;
+use cairn_ledger::outcome_tree;
 use cairn_ledger::rpc::RpcIdentity;
 use cairn_ledger::rpc::{
     ClientError, LedgerClient, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use cairn_ledger::tx::TxId;
-use support::{accept, read_frame, write_frame};
+use commonware_cryptography::ed25519;
+use support::{accept, finalize, read_frame, write_frame};
+
+/// The height at which the transactions are really final: only headers there are certified.
+const TRUE_HEIGHT: u64 = 3;
+
+/// The header of a one-transaction block at `height` holding `tx` with `outcome`.
+fn header(height: u64, tx: &TxId, outcome: &RemoteOutcome) -> Header {
+    Header {
+        height,
+        parent: [0; 32],
+        state_root: [0; 32],
+        tx_root: [0; 32],
+        outcome_root: outcome_tree::root(&[outcome_tree::leaf(tx, outcome)]),
+        tx_count: 1,
+    }
+}
+
+/// The proof a fake validator serves for its claim: a quorum certificate exists only for the
+/// header at [`TRUE_HEIGHT`], so a claim at another height carries a certificate over another
+/// header.
+fn proof_of(
+    g: &Genesis,
+    keys: &[ed25519::PrivateKey],
+    tx: &TxId,
+    status: &RemoteStatus,
+) -> Option<OutcomeProof> {
+    let RemoteStatus::Finalized { height, outcome } = status else { return None };
+    let certified = header(TRUE_HEIGHT, tx, outcome);
+    Some(OutcomeProof {
+        headers: vec![header(*height, tx, outcome)],
+        finalization: finalize(g, keys, &[1, 2, 3], &certified),
+        index: 0,
+        outcome: outcome.clone(),
+        path: Vec::new(),
+    })
+}
 
 /// How a fake validator answers a transaction's status.
 type Answer = fn() -> RemoteStatus;
 
-/// A fake validator on `listener`, proving `id`: answers `TxStatus` with `answer()` and
-/// `Status` with height 5; counts the requests it gets.
-fn validator(listener: TcpListener, id: RpcIdentity, answer: Answer, asked: Arc<AtomicUsize>) {
+/// A fake validator on `listener`, proving `id`: answers `TxStatus` with `answer()`,
+/// `OutcomeProof` with [`proof_of`] that answer and `Status` with height 5; counts the
+/// requests it gets.
+fn validator(
+    listener: TcpListener,
+    id: RpcIdentity,
+    answer: Answer,
+    asked: Arc<AtomicUsize>,
+    chain: (Genesis, Vec<ed25519::PrivateKey>),
+) {
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(s) = s else { continue };
-            let (asked, id) = (asked.clone(), id.clone());
+            let (asked, id, (g, keys)) = (asked.clone(), id.clone(), chain.clone());
             std::thread::spawn(move || {
                 let Some(mut s) = accept(s, &id) else { return };
                 while let Some(body) = read_frame(&mut s) {
                     asked.fetch_add(1, Ordering::SeqCst);
                     let resp = match Request::decode(&body) {
                         Ok(Request::TxStatus(_)) => Response::TxStatus(answer()),
+                        Ok(Request::OutcomeProof(tx)) => {
+                            Response::OutcomeProof(proof_of(&g, &keys, &tx, &answer()))
+                        }
                         Ok(Request::Status) => Response::Status(RemoteChainStatus {
                             height: 5,
                             digest: [0; 32],
@@ -54,7 +104,7 @@ fn validator(listener: TcpListener, id: RpcIdentity, answer: Answer, asked: Arc<
 }
 
 fn honest() -> RemoteStatus {
-    RemoteStatus::Finalized { height: 3, outcome: RemoteOutcome::Applied }
+    RemoteStatus::Finalized { height: TRUE_HEIGHT, outcome: RemoteOutcome::Applied }
 }
 fn wrong_height() -> RemoteStatus {
     RemoteStatus::Finalized { height: 9, outcome: RemoteOutcome::Applied }
@@ -84,16 +134,17 @@ fn cluster_with(
             (0, Some(k)) => k,
             _ => &keys[i],
         };
-        validator(l, RpcIdentity::new(key, g.chain_id()).unwrap(), *a, c.clone());
+        let chain = (g.clone(), keys.clone());
+        validator(l, RpcIdentity::new(key, g.chain_id()).unwrap(), *a, c.clone(), chain);
     }
     (LedgerClient::new(&g).unwrap().with_timeout(Duration::from_secs(5)), counters)
 }
 
 #[test]
-fn a_wrong_finality_claim_is_outvoted_and_its_validator_asked_last() {
+fn a_finality_claim_without_a_valid_proof_is_refused_and_its_validator_asked_last() {
     let (mut c, asked) = cluster([wrong_height, honest, honest, honest]);
     let got = c.wait_final(&TxId([1; 32]), Duration::from_secs(10)).unwrap();
-    assert_eq!(got, (3, RemoteOutcome::Applied), "the liar answered first, the quorum decided");
+    assert_eq!(got, (3, RemoteOutcome::Applied), "the liar answered first, the proof decided");
     assert!(c.is_suspect(0) && !c.is_suspect(1));
     // From now on the liar is asked last: a plain status call never reaches it.
     let before = asked[0].load(Ordering::SeqCst);
@@ -111,8 +162,8 @@ fn a_transaction_one_validator_calls_final_is_not_believed_while_the_others_wait
 }
 
 #[test]
-fn two_honest_answers_suffice_when_the_others_are_silent_or_behind() {
-    let (mut c, _) = cluster([pending, honest, pending, honest]);
+fn one_proven_answer_suffices_when_the_others_are_silent_or_behind() {
+    let (mut c, _) = cluster([pending, honest, pending, pending]);
     assert_eq!(c.wait_final(&TxId([3; 32]), Duration::from_secs(10)).unwrap(), (3, RemoteOutcome::Applied));
     assert!((0..4).all(|i| !c.is_suspect(i)), "a validator that is only behind is not a liar");
 }

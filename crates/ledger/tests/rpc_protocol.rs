@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use cairn_ledger::block::Block;
 use cairn_ledger::light::StateProof;
+use cairn_ledger::outcome_proof::OutcomeProof;
 use cairn_ledger::rpc::{
     BATCH_MAX, HandshakePage, PROTOCOL_VERSION, ProtocolError, REQUEST_BYTES_MAX, Refusal, RemoteChainStatus,
     RemoteOutcome, RemoteStatus, Request, Response,
@@ -62,6 +63,7 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<[u8; 32]>(), any::<u64>(), 0u32..=256, any::<u64>()).prop_map(|(t, from, max, until)| {
             Request::HandshakePage { topic: Topic(t), from, max, until }
         }),
+        any::<[u8; 32]>().prop_map(|id| Request::OutcomeProof(TxId(id))),
     ]
 }
 
@@ -96,13 +98,25 @@ fn status() -> impl Strategy<Value = RemoteStatus> {
 }
 
 fn block() -> impl Strategy<Value = Block> {
-    (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>(), vec(bytes(80), 0..4))
-        .prop_map(|(h, parent, root, txs)| Block::new(h, parent, root, txs))
+    (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>(), vec(bytes(80), 0..4), any::<[u8; 32]>())
+        .prop_map(|(h, parent, root, txs, outcomes)| Block::new(h, parent, root, txs, outcomes))
 }
 
 fn proof() -> impl Strategy<Value = StateProof> {
     (block(), bytes(200), proptest::option::of(bytes(100)), bytes(200)).prop_map(
         |(b, finalization, value, proof)| StateProof { header: b.header, finalization, value, proof },
+    )
+}
+
+fn outcome_proof() -> impl Strategy<Value = OutcomeProof> {
+    (vec(block(), 1..4), bytes(200), any::<u32>(), outcome(), vec(any::<[u8; 32]>(), 0..14)).prop_map(
+        |(blocks, finalization, index, outcome, path)| OutcomeProof {
+            headers: blocks.iter().map(|b| b.header).collect(),
+            finalization,
+            index,
+            outcome,
+            path,
+        },
     )
 }
 
@@ -125,6 +139,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<[u8; 32]>(), vec(bytes(64), 0..8), vec(any::<[u8; 32]>(), 0..20)).prop_map(
             |(start, payloads, links)| Response::HandshakePage(HandshakePage { start, payloads, links })
         ),
+        proptest::option::of(outcome_proof()).prop_map(Response::OutcomeProof),
     ]
 }
 

@@ -178,8 +178,9 @@ fn the_store_set_verifies_against_a_certified_header() {
         Tx::sign(chain, alice, &a, nonce, TxBody::RegisterStore { node_key, node_signature: sig }).encode()
     };
     let txs = vec![reg(0, 0), reg(1, 1)];
-    machine.apply_block(&txs).unwrap();
-    let block = Block::new(1, genesis_block.id(), machine.db.root(), txs);
+    let receipts = machine.apply_block(&txs).unwrap();
+    let outcome_root = cairn_ledger::outcome_tree::receipts_root(&receipts);
+    let block = Block::new(1, genesis_block.id(), machine.db.root(), txs, outcome_root);
     let fin = support::finalize(&g, &keys, &[0, 1, 3], &block.header);
     let (v, proof) = machine.db.prove(&StateKey::Stores).unwrap();
     let sp = StateProof::new(block.header, fin.clone(), v.clone(), &proof);

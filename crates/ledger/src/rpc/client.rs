@@ -24,7 +24,7 @@ use super::protocol::{
     RESPONSE_BYTES_MAX, RemoteChainStatus, RemoteOutcome, RemoteStatus, Request, Response,
 };
 use super::transport::{Channel, FrameError};
-use super::trust::{FinalityTally, Suspects};
+use super::trust::Suspects;
 use crate::endpoint::Endpoint;
 use crate::genesis::Genesis;
 use crate::light::{LightClient, LightError};
@@ -388,17 +388,51 @@ impl LedgerClient {
         }
     }
 
+    /// The proof of a finalized transaction's height and outcome from validator `i`, verified
+    /// against the genesis validator set (`Ok(None)`: it has none to give yet). A proof that
+    /// does not verify is an error ([`ClientError::Light`]) and marks `i` as a liar.
+    pub fn outcome_proof_at(
+        &mut self,
+        i: usize,
+        id: &TxId,
+    ) -> Result<Option<(u64, RemoteOutcome)>, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        self.outcome_proof_until(i, id, deadline)
+    }
+
+    fn outcome_proof_until(
+        &mut self,
+        i: usize,
+        id: &TxId,
+        deadline: Instant,
+    ) -> Result<Option<(u64, RemoteOutcome)>, ClientError> {
+        let proof = match self.call_until(i, &Request::OutcomeProof(*id).encode(), deadline)? {
+            Response::OutcomeProof(p) => p,
+            other => return Err(unexpected(&other)),
+        };
+        let Some(proof) = proof else { return Ok(None) };
+        match self.light.verify_outcome(id, &proof) {
+            Ok(proven) => Ok(Some(proven)),
+            Err(e) => {
+                self.caught_lying(i, &format!("an outcome proof that does not verify ({e})"));
+                Err(e.into())
+            }
+        }
+    }
+
     /// Waits until the transaction is in a finalized block (polling validators in turn, those
     /// not caught lying first); returns within `timeout` ([`ClientError::Timeout`] then).
     ///
-    /// Believed only when `f + 1` validators report the same height and outcome
-    /// ([`FinalityTally`]): one lying validator cannot make a transaction look final, or
-    /// final with another outcome; the validators contradicted then are caught lying.
+    /// The height and outcome returned are proven ([`crate::outcome_proof`]): a validator
+    /// that says "finalized" is asked for the proof, which must verify against a certified
+    /// header. A validator whose proof does not verify, or whose claim its own proof
+    /// contradicts, is caught lying; one with no proof yet (its certificate is still coming)
+    /// is asked again later. A refusal at admission cannot be proven (nothing is in a block):
+    /// it is believed only when every validator reports it in one round.
     pub fn wait_final(&mut self, id: &TxId, timeout: Duration) -> Result<(u64, RemoteOutcome), ClientError> {
         let end = Instant::now() + timeout;
         let n = self.links.len().max(1);
         let mut order = self.order();
-        let mut tally = FinalityTally::new(self.links.len());
         let mut i = 0usize;
         let mut rejections = 0usize;
         loop {
@@ -406,12 +440,12 @@ impl LedgerClient {
             let v = order.get(i % n).copied().unwrap_or(0);
             match self.tx_status_until(v, id, deadline) {
                 Ok(RemoteStatus::Finalized { height, outcome }) => {
-                    if let Some(believed) = tally.claim(v, height, outcome) {
-                        for d in tally.dissenters(&believed) {
-                            self.caught_lying(d, "a finality claim the others contradict");
+                    if let Ok(Some(proven)) = self.outcome_proof_until(v, id, deadline) {
+                        if proven != (height, outcome) {
+                            self.caught_lying(v, "a finality claim its own proof contradicts");
                         }
-                        self.seen_height = self.seen_height.max(believed.0);
-                        return Ok(believed);
+                        self.seen_height = self.seen_height.max(proven.0);
+                        return Ok(proven);
                     }
                 }
                 Ok(RemoteStatus::Rejected { code, message }) => {

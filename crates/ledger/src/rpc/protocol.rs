@@ -13,6 +13,7 @@
 //!   8 submit_batch    count:u16 (≤ 4096) tx:bytes*
 //!  11 query           contract:[32] msg:bytes (≤ CONTRACT_MSG_MAX)
 //!  12 handshake_page  topic:[32] from:u64 max:u32 (≤ 256) until:u64
+//!  13 outcome_proof   id:[32]
 //! key      = 0 account:[32] | 1 handle:bytes (≤ 32, UTF-8) | 2 nonce:[32] | 3 topic:[32]
 //!          | 4 anchor:[32] | 5 meta | 6 params | 7 device owner:[32] | 8 key packages:[32]
 //!          | 9 code:[32] | 10 contract:[32] | 11 contract state:[32] key:bytes (≤ 128)
@@ -29,13 +30,15 @@
 //!   9 error           message:bytes (≤ 256, UTF-8)
 //!  11 query           0 output:bytes (≤ 64 KiB) | 1 refusal
 //!  12 handshake_page  start:[32] count:u16 (≤ 256) payload:bytes* count:u16 (≤ 4096) link:[32]*
+//!  13 outcome_proof   0 | 1 proof:bytes (crate::outcome_proof::OutcomeProof)
 //! admission = 0 id:[32] | 1 refusal
 //! refusal   = code:u8 message:bytes (≤ 256, UTF-8)
 //! outcome   = 0 applied | 1 sequenced topic:[32] seq:u64
 //!           | 2 failed refusal (0 | 1 after:u64 current:u64)
 //! ```
 //!
-//! Version 1 had no version byte; a version-1 peer's first byte (a kind, 1..=8) is refused here
+//! Kind 13 was added within version 2 (an older validator refuses it as an unknown kind; the
+//! block header format it proves against carries its own version, 2). Version 1 had no version byte; a version-1 peer's first byte (a kind, 1..=8) is refused here
 //! as an unsupported version. Every length is checked against its limit before anything is
 //! allocated and a decoder consumes its input exactly, so `encode(decode(b)) == b` for every
 //! accepted `b` (fuzzed by `fuzz/fuzz_targets/ledger_rpc.rs`).
@@ -46,14 +49,15 @@ use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
 use thiserror::Error;
 
 use super::fields::{
-    check_max, cut, open, read_admission, read_block, read_key, read_option, read_refusal, read_status,
-    read_text, write_admission, write_block, write_count, write_key, write_option, write_refusal,
-    write_status,
+    check_max, cut, open, read_admission, read_block, read_key, read_option, read_outcome, read_refusal,
+    read_status, read_text, write_admission, write_block, write_count, write_key, write_option,
+    write_outcome, write_refusal, write_status,
 };
 
 use crate::block::{BLOCK_BYTES_MAX, Block, HEADER_BYTES};
 use crate::light::{FINALIZATION_BYTES_MAX, PROOF_BYTES_MAX, StateProof, VALUE_BYTES_MAX};
-use crate::state::StateKey;
+use crate::outcome_proof::{OUTCOME_PROOF_BYTES_MAX, OutcomeProof};
+use crate::state::{Outcome, StateKey};
 use crate::tx::{CONTRACT_MSG_MAX, TX_BYTES_MAX, TxId};
 
 /// Largest query output in an answer, bytes (the ledger contracts' output limit).
@@ -89,6 +93,9 @@ const _: () = assert!(2 + 1 + 4 + STATE_PROOF_BYTES_MAX <= RESPONSE_BYTES_MAX);
 const _: () =
     assert!(2 + 32 + 2 + HANDSHAKE_BYTES_MAX + 4 + 2 + LINKS_PER_REPLY_MAX * 32 <= RESPONSE_BYTES_MAX);
 const _: () = assert!(2 + 1 + 4 + BLOCK_BYTES_MAX + 1 + 4 + FINALIZATION_BYTES_MAX <= RESPONSE_BYTES_MAX);
+const _: () = assert!(2 + 1 + 4 + OUTCOME_PROOF_BYTES_MAX <= RESPONSE_BYTES_MAX);
+/// Largest encoded [`RemoteOutcome`], bytes.
+pub const OUTCOME_BYTES_MAX: usize = 1 + 1 + 4 + REFUSAL_BYTES_MAX + 1 + 16;
 
 /// Why bytes were refused as a request or a response.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -161,6 +168,47 @@ pub enum RemoteOutcome {
         /// For a stale handshake: `(after, current)`.
         stale: Option<(u64, u64)>,
     },
+}
+
+impl RemoteOutcome {
+    /// What a client is told of a receipt's outcome (a contract call's output and events are
+    /// not part of it: it reads as [`Self::Applied`]). Failure messages are cut to
+    /// [`REFUSAL_BYTES_MAX`] by the encoding.
+    pub fn of(o: &Outcome) -> Self {
+        match o {
+            Outcome::Applied | Outcome::Contract { .. } => Self::Applied,
+            Outcome::Sequenced { topic, seq } => Self::Sequenced { topic: *topic, seq: *seq },
+            Outcome::Failed(e) => {
+                let stale = match e {
+                    crate::tx::TxError::StaleSequence { after, current } => Some((*after, *current)),
+                    _ => None,
+                };
+                Self::Failed { code: e.code(), message: e.to_string(), stale }
+            }
+        }
+    }
+
+    /// Canonical encoding (the one the outcome tree's leaves hash).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        write_outcome(&mut w, self);
+        w.finish()
+    }
+
+    /// Bounded, canonical decoding of exactly one outcome.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        if bytes.len() > OUTCOME_BYTES_MAX {
+            return Err(ProtocolError::TooLarge {
+                what: "outcome",
+                len: bytes.len(),
+                max: OUTCOME_BYTES_MAX,
+            });
+        }
+        let mut r = cairn_proto::codec::Reader::new(bytes);
+        let o = read_outcome(&mut r)?;
+        r.finish()?;
+        Ok(o)
+    }
 }
 
 /// A transaction's status as reported by a validator.
@@ -258,6 +306,8 @@ pub enum Request {
         /// Nothing at or after this position (the count the client holds a proof of).
         until: u64,
     },
+    /// A proof of a finalized transaction's height and outcome.
+    OutcomeProof(TxId),
 }
 
 /// A validator's answer.
@@ -285,6 +335,9 @@ pub enum Response {
     Query(Result<Vec<u8>, Refusal>),
     /// Answer to [`Request::HandshakePage`].
     HandshakePage(HandshakePage),
+    /// Answer to [`Request::OutcomeProof`] (`None`: not finalized there, or no certificate
+    /// reaches its block yet).
+    OutcomeProof(Option<OutcomeProof>),
 }
 
 mod kind {
@@ -299,6 +352,7 @@ mod kind {
     pub(super) const ERROR: u8 = 9;
     pub(super) const QUERY: u8 = 11;
     pub(super) const HANDSHAKE_PAGE: u8 = 12;
+    pub(super) const OUTCOME_PROOF: u8 = 13;
 }
 
 impl Request {
@@ -353,6 +407,10 @@ impl Request {
                 w.u32(*max);
                 w.u64(*until);
             }
+            Self::OutcomeProof(id) => {
+                w.u8(kind::OUTCOME_PROOF);
+                w.raw(&id.0);
+            }
         }
         w.finish()
     }
@@ -394,6 +452,7 @@ impl Request {
                 let until = r.u64("handshake_page.until")?;
                 Self::HandshakePage { topic, from, max, until }
             }
+            kind::OUTCOME_PROOF => Self::OutcomeProof(TxId(r.array("outcome_proof.id")?)),
             other => return Err(ProtocolError::UnknownKind { what: "request", kind: other }),
         };
         r.finish()?;
@@ -477,6 +536,10 @@ impl Response {
                     w.raw(l);
                 }
             }
+            Self::OutcomeProof(p) => {
+                w.u8(kind::OUTCOME_PROOF);
+                write_option(&mut w, p.as_ref().map(OutcomeProof::encode).as_deref());
+            }
         }
         w.finish()
     }
@@ -535,6 +598,12 @@ impl Response {
                 }
                 Self::HandshakePage(HandshakePage { start, payloads, links })
             }
+            kind::OUTCOME_PROOF => {
+                Self::OutcomeProof(match read_option(&mut r, OUTCOME_PROOF_BYTES_MAX, "outcome_proof")? {
+                    None => None,
+                    Some(b) => Some(OutcomeProof::decode(b)?),
+                })
+            }
             other => return Err(ProtocolError::UnknownKind { what: "response", kind: other }),
         };
         r.finish()?;
@@ -557,6 +626,7 @@ impl Response {
             Self::Error(_) => "error",
             Self::Query(_) => "query",
             Self::HandshakePage(_) => "handshake page",
+            Self::OutcomeProof(_) => "outcome proof",
         }
     }
 }

@@ -24,7 +24,6 @@ use super::protocol::{
 };
 use super::transport::{Channel, FrameError};
 use crate::core::{Ledger, TxStatus};
-use crate::state::Outcome;
 use crate::tx::TxError;
 
 /// Most concurrent client connections a validator serves.
@@ -56,22 +55,7 @@ pub fn remote_status(s: TxStatus) -> RemoteStatus {
             RemoteStatus::Rejected { code, message }
         }
         TxStatus::Finalized { height, outcome } => {
-            RemoteStatus::Finalized { height, outcome: remote_outcome(outcome) }
-        }
-    }
-}
-
-fn remote_outcome(o: Outcome) -> RemoteOutcome {
-    match o {
-        Outcome::Applied | Outcome::Contract { .. } => RemoteOutcome::Applied,
-        Outcome::Sequenced { topic, seq } => RemoteOutcome::Sequenced { topic, seq },
-        Outcome::Failed(e) => {
-            let stale = match e {
-                TxError::StaleSequence { after, current } => Some((after, current)),
-                _ => None,
-            };
-            let Refusal { code, message } = refusal(&e);
-            RemoteOutcome::Failed { code, message, stale }
+            RemoteStatus::Finalized { height, outcome: RemoteOutcome::of(&outcome) }
         }
     }
 }
@@ -147,6 +131,7 @@ pub fn answer(ledger: &Ledger, req: Request) -> Response {
             (b.as_ref().clone(), fin)
         })),
         Request::Proof(key) => Response::Proof(ledger.prove(&key).ok().flatten()),
+        Request::OutcomeProof(id) => Response::OutcomeProof(crate::outcome_proof::prove(ledger, &id)),
         Request::Handshakes { topic, from, max } => {
             Response::Handshakes(handshakes(ledger, &topic, from, max))
         }

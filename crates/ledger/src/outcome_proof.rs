@@ -1,0 +1,159 @@
+//! Proven transaction outcomes: "transaction `t` is in the finalized block at height `h` with
+//! outcome `o`", checked against a certified header, so a client need not believe the
+//! validator that answers.
+//!
+//! An [`OutcomeProof`] carries the header of the block holding the transaction, the headers of
+//! its descendants up to the first one the serving validator holds a finalization certificate
+//! for (most blocks have their own; one finalized only as an ancestor of a later block has
+//! none), that certificate, the transaction's index, its outcome and the Merkle path to the
+//! header's outcome root ([`crate::outcome_tree`]). [`crate::light::LightClient::verify_outcome`]
+//! checks certificate → header chain → path → outcome.
+//!
+//! Only included transactions have provable outcomes. A transaction refused at admission (never
+//! in a block) leaves no trace in any header: its "rejected" status stays a validator's word,
+//! which the client believes only when every validator says it.
+//!
+//! ```text
+//! proof = count:u8 (1..=HEADER_CHAIN_MAX) header* finalization:bytes (≤ FINALIZATION_BYTES_MAX)
+//!         index:u32 outcome:bytes (≤ OUTCOME_BYTES_MAX) siblings:u8 (≤ PATH_MAX) node:[32]*
+//! ```
+
+use cairn_proto::codec::{DecodeError, Reader, Writer};
+
+use crate::block::{HEADER_BYTES, Header};
+use crate::core::Ledger;
+use crate::light::FINALIZATION_BYTES_MAX;
+use crate::outcome_tree::{self, PATH_MAX};
+use crate::rpc::RemoteOutcome;
+use crate::rpc::protocol::OUTCOME_BYTES_MAX;
+use crate::tx::{Tx, TxId};
+
+/// Most headers in one proof: the block's and its descendants' up to a certified one.
+pub const HEADER_CHAIN_MAX: usize = 16;
+/// Largest encoded [`OutcomeProof`], bytes.
+pub const OUTCOME_PROOF_BYTES_MAX: usize = 1
+    + HEADER_CHAIN_MAX * HEADER_BYTES
+    + 4
+    + FINALIZATION_BYTES_MAX
+    + 4
+    + 4
+    + OUTCOME_BYTES_MAX
+    + 1
+    + PATH_MAX * 32;
+
+/// A proof of one finalized transaction's height and outcome.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutcomeProof {
+    /// The header of the block holding the transaction, then each child up to the certified one.
+    pub headers: Vec<Header>,
+    /// Encoded finalization certificate over the last header's digest.
+    pub finalization: Vec<u8>,
+    /// The transaction's position in its block.
+    pub index: u32,
+    /// Its outcome.
+    pub outcome: RemoteOutcome,
+    /// Siblings from the leaf up to the outcome root.
+    pub path: Vec<[u8; 32]>,
+}
+
+impl OutcomeProof {
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(512 + self.finalization.len());
+        w.u8(u8::try_from(self.headers.len()).unwrap_or(u8::MAX));
+        for h in &self.headers {
+            w.raw(&h.encode());
+        }
+        w.bytes(&self.finalization);
+        w.u32(self.index);
+        w.bytes(&self.outcome.encode());
+        w.u8(u8::try_from(self.path.len()).unwrap_or(u8::MAX));
+        for n in &self.path {
+            w.raw(n);
+        }
+        w.finish()
+    }
+
+    /// Bounded decoding (structure only; [`crate::light::LightClient::verify_outcome`] checks it).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let too_large =
+            |field, len: usize, max: usize| DecodeError::TooLarge { field, len: len as u64, max: max as u64 };
+        if bytes.len() > OUTCOME_PROOF_BYTES_MAX {
+            return Err(too_large("outcome_proof", bytes.len(), OUTCOME_PROOF_BYTES_MAX));
+        }
+        let mut r = Reader::new(bytes);
+        let n = usize::from(r.u8("outcome_proof.headers")?);
+        if n == 0 {
+            return Err(DecodeError::Invalid { field: "outcome_proof.headers", reason: "no header" });
+        }
+        if n > HEADER_CHAIN_MAX {
+            return Err(too_large("outcome_proof.headers", n, HEADER_CHAIN_MAX));
+        }
+        let mut headers = Vec::with_capacity(n);
+        for _ in 0..n {
+            headers.push(Header::decode(r.take(HEADER_BYTES, "outcome_proof.header")?)?);
+        }
+        let finalization = r.bytes(FINALIZATION_BYTES_MAX, "outcome_proof.finalization")?.to_vec();
+        let index = r.u32("outcome_proof.index")?;
+        let outcome =
+            RemoteOutcome::decode(r.bytes(OUTCOME_BYTES_MAX, "outcome_proof.outcome")?).map_err(|_| {
+                DecodeError::Invalid { field: "outcome_proof.outcome", reason: "not a canonical outcome" }
+            })?;
+        let k = usize::from(r.u8("outcome_proof.path")?);
+        if k > PATH_MAX {
+            return Err(too_large("outcome_proof.path", k, PATH_MAX));
+        }
+        let mut path = Vec::with_capacity(k);
+        for _ in 0..k {
+            path.push(r.array("outcome_proof.node")?);
+        }
+        r.finish()?;
+        Ok(Self { headers, finalization, index, outcome, path })
+    }
+
+    /// Height of the block holding the transaction.
+    pub fn height(&self) -> Option<u64> {
+        self.headers.first().map(|h| h.height)
+    }
+}
+
+/// Builds the proof of transaction `id`'s outcome from `ledger`'s chain store (`None`: not
+/// finalized here, or no certificate held for its block or the next [`HEADER_CHAIN_MAX`] − 1).
+///
+/// Reads the block and every outcome in it (at most 8192) to rebuild the tree, and checks the
+/// rebuilt root against the header before answering.
+pub fn prove(ledger: &Ledger, id: &TxId) -> Option<OutcomeProof> {
+    let store = ledger.store();
+    let (height, _) = store.tx(id).ok()??;
+    let block = ledger.block(height)?;
+    let ids: Vec<TxId> = block.txs.iter().map(|t| Tx::id_of(t)).collect();
+    let index = ids.iter().position(|t| t == id)?;
+    let mut leaves = Vec::with_capacity(ids.len());
+    let mut outcome = None;
+    for (i, t) in ids.iter().enumerate() {
+        let (_, o) = store.tx(t).ok()??;
+        let o = RemoteOutcome::of(&o);
+        leaves.push(outcome_tree::leaf(t, &o));
+        if i == index {
+            outcome = Some(o);
+        }
+    }
+    if outcome_tree::root(&leaves) != block.header.outcome_root {
+        tracing::error!(height, "stored outcomes do not rebuild the block's outcome root");
+        return None;
+    }
+    let path = outcome_tree::path(&leaves, index)?;
+    let mut headers = vec![block.header];
+    let finalization = loop {
+        let last = headers.last()?;
+        if let Some(f) = ledger.finalization(&last.digest()) {
+            break f;
+        }
+        if headers.len() >= HEADER_CHAIN_MAX {
+            return None;
+        }
+        let next = ledger.header(last.height + 1)?;
+        headers.push(next);
+    };
+    Some(OutcomeProof { headers, finalization, index: u32::try_from(index).ok()?, outcome: outcome?, path })
+}
