@@ -18,16 +18,22 @@
 //!         index:u32 outcome:bytes (≤ OUTCOME_BYTES_MAX) siblings:u8 (≤ PATH_MAX) node:[32]*
 //! ```
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
 use cairn_proto::codec::{DecodeError, Reader, Writer};
 
 use crate::block::{HEADER_BYTES, Header};
 use crate::core::Ledger;
 use crate::light::FINALIZATION_BYTES_MAX;
-use crate::outcome_tree::{self, PATH_MAX};
+use crate::outcome_tree::{self, PATH_MAX, Tree};
 use crate::rpc::RemoteOutcome;
 use crate::rpc::protocol::OUTCOME_BYTES_MAX;
 use crate::tx::{Tx, TxId};
 
+/// Blocks whose rebuilt outcome tree is kept for the next proofs (each at most 8192 leaves:
+/// about 1 MiB with its index).
+pub const TREE_CACHE_BLOCKS: usize = 8;
 /// Most headers in one proof: the block's and its descendants' up to a certified one.
 pub const HEADER_CHAIN_MAX: usize = 16;
 /// Largest encoded [`OutcomeProof`], bytes.
@@ -117,32 +123,66 @@ impl OutcomeProof {
     }
 }
 
+/// A block's outcome tree, with each transaction's index and outcome.
+struct BlockOutcomes {
+    tree: Tree,
+    index: HashMap<TxId, (u32, RemoteOutcome)>,
+}
+
+/// The trees of the blocks proofs were last served from, newest last, by block digest (a
+/// digest names one block and so one list of outcomes, whatever ledger in this process
+/// serves it).
+static TREES: Mutex<VecDeque<([u8; 32], Arc<BlockOutcomes>)>> = Mutex::new(VecDeque::new());
+
+/// Rebuilds the outcome tree of `block` from the chain store and checks it against the header.
+fn block_outcomes(ledger: &Ledger, block: &crate::block::Block) -> Option<Arc<BlockOutcomes>> {
+    let digest = block.id();
+    let cached = |t: &VecDeque<([u8; 32], Arc<BlockOutcomes>)>| {
+        t.iter().find(|(d, _)| *d == digest).map(|(_, o)| Arc::clone(o))
+    };
+    if let Some(o) = cached(&TREES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+        return Some(o);
+    }
+    let store = ledger.store();
+    let mut leaves = Vec::with_capacity(block.txs.len());
+    let mut index = HashMap::with_capacity(block.txs.len());
+    for (i, bytes) in block.txs.iter().enumerate() {
+        let t = Tx::id_of(bytes);
+        let (_, o) = store.tx(&t).ok()??;
+        let o = RemoteOutcome::of(&o);
+        leaves.push(outcome_tree::leaf(&t, &o));
+        index.insert(t, (u32::try_from(i).ok()?, o));
+    }
+    let tree = Tree::new(leaves);
+    if tree.root() != block.header.outcome_root {
+        tracing::error!(
+            height = block.header.height,
+            "stored outcomes do not rebuild the block's outcome root"
+        );
+        return None;
+    }
+    let o = Arc::new(BlockOutcomes { tree, index });
+    let mut trees = TREES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cached(&trees).is_none() {
+        trees.push_back((digest, Arc::clone(&o)));
+        if trees.len() > TREE_CACHE_BLOCKS {
+            trees.pop_front();
+        }
+    }
+    Some(o)
+}
+
 /// Builds the proof of transaction `id`'s outcome from `ledger`'s chain store (`None`: not
 /// finalized here, or no certificate held for its block or the next [`HEADER_CHAIN_MAX`] − 1).
 ///
-/// Reads the block and every outcome in it (at most 8192) to rebuild the tree, and checks the
-/// rebuilt root against the header before answering.
+/// The first proof from a block reads every outcome in it (at most 8192) to rebuild the tree,
+/// checked against the header; the trees of the last [`TREE_CACHE_BLOCKS`] blocks are kept.
 pub fn prove(ledger: &Ledger, id: &TxId) -> Option<OutcomeProof> {
-    let store = ledger.store();
-    let (height, _) = store.tx(id).ok()??;
+    let (height, _) = ledger.store().tx(id).ok()??;
     let block = ledger.block(height)?;
-    let ids: Vec<TxId> = block.txs.iter().map(|t| Tx::id_of(t)).collect();
-    let index = ids.iter().position(|t| t == id)?;
-    let mut leaves = Vec::with_capacity(ids.len());
-    let mut outcome = None;
-    for (i, t) in ids.iter().enumerate() {
-        let (_, o) = store.tx(t).ok()??;
-        let o = RemoteOutcome::of(&o);
-        leaves.push(outcome_tree::leaf(t, &o));
-        if i == index {
-            outcome = Some(o);
-        }
-    }
-    if outcome_tree::root(&leaves) != block.header.outcome_root {
-        tracing::error!(height, "stored outcomes do not rebuild the block's outcome root");
-        return None;
-    }
-    let path = outcome_tree::path(&leaves, index)?;
+    let outcomes = block_outcomes(ledger, &block)?;
+    let (index, outcome) = outcomes.index.get(id)?.clone();
+    let path = outcomes.tree.path(index as usize)?;
     let mut headers = vec![block.header];
     let finalization = loop {
         let last = headers.last()?;
@@ -155,5 +195,5 @@ pub fn prove(ledger: &Ledger, id: &TxId) -> Option<OutcomeProof> {
         let next = ledger.header(last.height + 1)?;
         headers.push(next);
     };
-    Some(OutcomeProof { headers, finalization, index: u32::try_from(index).ok()?, outcome: outcome?, path })
+    Some(OutcomeProof { headers, finalization, index, outcome, path })
 }

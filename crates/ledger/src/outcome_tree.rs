@@ -62,13 +62,60 @@ fn seal(count: u64, top: &[u8; 32]) -> [u8; 32] {
     cairn_proto::id::hash(ROOT_DOMAIN, &data)
 }
 
+/// A whole tree, every level kept: its root, and any leaf's path without hashing again.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    /// Levels bottom up: the leaves first, the top node last.
+    levels: Vec<Vec<[u8; 32]>>,
+}
+
+impl Tree {
+    /// The tree over `leaves`.
+    pub fn new(leaves: Vec<[u8; 32]>) -> Self {
+        let mut levels = vec![leaves];
+        while let Some(top) = levels.last().filter(|l| l.len() > 1) {
+            let next = next_level(top);
+            levels.push(next);
+        }
+        Self { levels }
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// Whether the tree has no leaf.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The root.
+    pub fn root(&self) -> [u8; 32] {
+        let top = self.levels.last().and_then(|l| l.first()).copied().unwrap_or([0; 32]);
+        seal(self.len() as u64, &top)
+    }
+
+    /// The siblings proving leaf `index`, bottom up (`None`: no such leaf).
+    pub fn path(&self, index: usize) -> Option<Vec<[u8; 32]>> {
+        if index >= self.len() {
+            return None;
+        }
+        let mut i = index;
+        let mut siblings = Vec::with_capacity(self.levels.len());
+        for level in &self.levels[..self.levels.len() - 1] {
+            if let Some(s) = level.get(i ^ 1) {
+                siblings.push(*s);
+            }
+            i /= 2;
+        }
+        Some(siblings)
+    }
+}
+
 /// The root over `leaves`.
 pub fn root(leaves: &[[u8; 32]]) -> [u8; 32] {
-    let mut level = leaves.to_vec();
-    while level.len() > 1 {
-        level = next_level(&level);
-    }
-    seal(leaves.len() as u64, &level.first().copied().unwrap_or([0; 32]))
+    Tree::new(leaves.to_vec()).root()
 }
 
 /// The outcome root of a block's receipts (in block order).
@@ -80,21 +127,7 @@ pub fn receipts_root(receipts: &[Receipt]) -> [u8; 32] {
 
 /// The siblings proving leaf `index` of `leaves`, bottom up (`None`: no such leaf).
 pub fn path(leaves: &[[u8; 32]], index: usize) -> Option<Vec<[u8; 32]>> {
-    if index >= leaves.len() {
-        return None;
-    }
-    let mut siblings = Vec::new();
-    let mut level = leaves.to_vec();
-    let mut i = index;
-    while level.len() > 1 {
-        let sibling = i ^ 1;
-        if sibling < level.len() {
-            siblings.push(level[sibling]);
-        }
-        level = next_level(&level);
-        i /= 2;
-    }
-    Some(siblings)
+    Tree::new(leaves.to_vec()).path(index)
 }
 
 /// Whether `path` proves `leaf` at `index` of a tree of `count` leaves with root `root`.
@@ -140,6 +173,8 @@ mod tests {
             for i in 0..n {
                 let p = path(&l, i).unwrap();
                 assert!(p.len() <= PATH_MAX);
+                let tree = Tree::new(l.clone());
+                assert_eq!((tree.root(), tree.path(i).unwrap(), tree.len()), (r, p.clone(), n));
                 assert!(verify(&r, n as u64, i as u64, &l[i], &p), "n={n} i={i}");
                 // another index, another count, a flipped bit anywhere, a short or long path
                 assert!(!verify(&r, n as u64, ((i + 1) % n) as u64, &l[i], &p) || l[i] == l[(i + 1) % n]);
@@ -179,6 +214,8 @@ mod tests {
         swapped.swap(0, 1);
         assert_ne!(root(&l), root(&swapped));
         assert_ne!(root(&[]), root(&leaves(1)));
+        let empty = Tree::new(Vec::new());
+        assert!(empty.is_empty() && empty.path(0).is_none() && empty.root() == root(&[]));
         assert_ne!(root(&leaves(1)), leaves(1)[0], "a root is never a leaf");
     }
 
