@@ -47,11 +47,18 @@ struct Chain {
     sequenced: TxId,
     stale: TxId,
     late: TxId,
+    /// The RPC listeners at the genesis addresses, for the first [`cluster`] (later ones serve
+    /// reads from other addresses, under another chain id, so they cannot submit).
+    listeners: std::sync::Mutex<Vec<TcpListener>>,
 }
 
 fn chain() -> Chain {
     let u = user();
-    let (g, keys) = Genesis::local("outcome-proofs", 4, 29800, vec![(id(&u), u64::MAX / 4)]).unwrap();
+    let (mut g, keys) = Genesis::local("outcome-proofs", 4, 29800, vec![(id(&u), u64::MAX / 4)]).unwrap();
+    let listeners: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    for (v, l) in g.validators.iter_mut().zip(&listeners) {
+        v.rpc = l.local_addr().unwrap().into();
+    }
     let ledger = Ledger::new(&g).unwrap();
     let c = g.chain_id();
     let sign = |nonce: u64, body: TxBody| Tx::sign(c, id(&u), &u, nonce, body).encode();
@@ -78,7 +85,8 @@ fn chain() -> Chain {
     );
     let b2 = block(vec![sign(2, TxBody::Transfer { to, amount: 7 })], false);
     block(vec![sign(3, TxBody::Transfer { to, amount: 8 })], true);
-    Chain { g, keys, ledger, sequenced: b1[0], stale: b1[1], late: b2[0] }
+    let listeners = std::sync::Mutex::new(listeners);
+    Chain { g, keys, ledger, sequenced: b1[0], stale: b1[1], late: b2[0], listeners }
 }
 
 fn topic() -> Topic {
@@ -96,9 +104,12 @@ type Lie = fn(&Chain, &Request, Response) -> Response;
 /// rewriting its answers with `lies[i]`. Returns a client of the genesis with those addresses.
 fn cluster(c: &Arc<Chain>, lies: [Option<Lie>; 4]) -> LedgerClient {
     let mut g = c.g.clone();
-    let listeners: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    for (v, l) in g.validators.iter_mut().zip(&listeners) {
-        v.rpc = l.local_addr().unwrap().into();
+    let mut listeners = std::mem::take(&mut *c.listeners.lock().unwrap());
+    if listeners.is_empty() {
+        listeners = (0..4).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        for (v, l) in g.validators.iter_mut().zip(&listeners) {
+            v.rpc = l.local_addr().unwrap().into();
+        }
     }
     for (i, (listener, lie)) in listeners.into_iter().zip(lies).enumerate() {
         let id = identity(&g, &c.keys, i);
@@ -153,6 +164,18 @@ fn claims_stale(_: &Chain, _: &Request, resp: Response) -> Response {
         stale: Some((0, 0)),
     };
     with_outcome(resp, fake)
+}
+
+/// Claims the opposite outcome: Sequenced for a failure, a stale failure for a sequenced one.
+fn flips(c: &Chain, req: &Request, resp: Response) -> Response {
+    let failed = match &resp {
+        Response::TxStatus(RemoteStatus::Finalized { outcome, .. }) => {
+            matches!(outcome, RemoteOutcome::Failed { .. })
+        }
+        Response::OutcomeProof(Some(p)) => matches!(p.outcome, RemoteOutcome::Failed { .. }),
+        _ => return resp,
+    };
+    if failed { claims_sequenced(c, req, resp) } else { claims_stale(c, req, resp) }
 }
 
 /// Status at another height with an honest proof: its own proof contradicts it.
@@ -295,4 +318,46 @@ fn with_only_liars_no_outcome_is_believed() {
     assert!((0..4).all(|i| client.is_suspect(i)));
     let r = client.outcome_proof_at(1, &c.stale);
     assert!(matches!(r, Err(ClientError::Light(LightError::BadOutcomeProof(_)))), "{r:?}");
+}
+
+/// Proposes, finalizes and certifies a block whenever `c`'s mempool holds transactions, for at
+/// most `secs` seconds (a one-node stand-in for consensus).
+fn produce_blocks(c: &Arc<Chain>, secs: u64) {
+    let c = Arc::clone(c);
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            if c.ledger.mempool_len() > 0 {
+                let s = c.ledger.status();
+                if let Ok(Some(p)) = c.ledger.propose(&s.digest, s.height) {
+                    let header = p.block.header;
+                    c.ledger.finalize(Arc::new(p.block));
+                    c.ledger
+                        .record_finalization(header.digest(), finalize(&c.g, &c.keys, &[0, 1, 2], &header));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
+#[test]
+fn the_commit_sequencer_is_told_the_proven_outcome_whatever_the_first_validator_says() {
+    use cairn_ledger::rpc::LedgerSequencer;
+    use cairn_proto::sequencer::{CommitSequencer as _, SequencerError, TopicKeys};
+
+    let c = Arc::new(chain());
+    produce_blocks(&c, 60);
+    let keys = || TopicKeys { seed: cairn_proto::id::founder_seed(&CONV), next: None };
+    // validator 0 flips every outcome: a commit that failed as stale is "sequenced at 1" (a
+    // member believing it would apply a commit the others dropped, and fork the group), and
+    // one that was sequenced "failed as stale" (the member would drop a commit the others
+    // applied). Caught at the first commit, it is asked last for the second.
+    let client = cluster(&c, [Some(flips as Lie), None, None, None]);
+    let mut seq = LedgerSequencer::new(client, id(&user()), user()).with_timeout(Duration::from_secs(20));
+    let r = seq.submit(topic(), 0, b"commit C on a stale epoch".to_vec(), keys());
+    assert!(matches!(r, Err(SequencerError::Stale { after: 0, current: 1 })), "{r:?}");
+
+    assert_eq!(seq.submit(topic(), 1, b"commit D".to_vec(), keys()).unwrap(), 1);
+    assert_eq!(c.ledger.handshakes(&topic(), 0, 10), vec![b"commit A".to_vec(), b"commit D".to_vec()]);
 }
