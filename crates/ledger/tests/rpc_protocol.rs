@@ -315,6 +315,7 @@ fn fixture_values() -> (Fixtures<Request>, Fixtures<Response>) {
             "rpc_request_handshake_page.hex",
             Request::HandshakePage { topic: Topic([7; 32]), from: 42, max: 16, until: 50 },
         ),
+        ("rpc_request_outcome_proof.hex", Request::OutcomeProof(TxId([8; 32]))),
     ];
     let responses = vec![
         (
@@ -343,6 +344,16 @@ fn fixture_values() -> (Fixtures<Request>, Fixtures<Response>) {
                 payloads: vec![vec![0xc0, 0x31], vec![]],
                 links: vec![[4; 32]],
             }),
+        ),
+        (
+            "rpc_response_outcome_proof.hex",
+            Response::OutcomeProof(Some(OutcomeProof {
+                headers: vec![Block::new(3, [1; 32], [2; 32], vec![vec![9]], [5; 32]).header],
+                finalization: vec![0xf1, 0x2a],
+                index: 1,
+                outcome: RemoteOutcome::Sequenced { topic: Topic([7; 32]), seq: 4 },
+                path: vec![[6; 32]],
+            })),
         ),
     ];
     (requests, responses)

@@ -156,7 +156,9 @@ impl ChainStore {
         if let Some(g) = meta.get("genesis").map_err(db)? {
             let c = meta.get("chain").map_err(db)?;
             if g.value() != digest.as_slice() || c.is_none_or(|c| c.value() != chain.as_slice()) {
-                return Err(ChainStoreError::Mismatch("belongs to another chain"));
+                return Err(ChainStoreError::Mismatch(
+                    "belongs to another chain (or to a build before block header v2)",
+                ));
             }
             let h = meta.get("height").map_err(db)?.and_then(|v| read_u64(v.value()));
             return h.ok_or(ChainStoreError::Mismatch("has no finalized height"));
