@@ -370,7 +370,8 @@ impl LedgerClient {
         Ok((accepted.iter().filter(|a| **a).count(), refusals, failed_calls))
     }
 
-    /// Status of a transaction at validator `i`.
+    /// Status of a transaction at validator `i`, as it says (unproven: [`Self::wait_final`] and
+    /// [`Self::outcome_proof_at`] return proven outcomes).
     pub fn tx_status_at(&mut self, i: usize, id: &TxId) -> Result<RemoteStatus, ClientError> {
         let deadline = Instant::now() + self.timeout;
         self.tx_status_until(i, id, deadline)
