@@ -110,7 +110,10 @@ fn validators_as_processes_survive_sigkill_and_serve_clients() {
     let outsider = TopicKeys { seed: [5; 32], next: None };
     assert_eq!(seq.submit(topic, 0, b"junk".to_vec(), outsider), Err(SequencerError::NotMember));
     assert_eq!(seq.submit(topic, 0, b"commit-0".to_vec(), member).unwrap(), 0);
-    assert_eq!(seq.submit(topic, 0, b"late".to_vec(), member), Err(SequencerError::Stale { after: 0, current: 1 }));
+    assert_eq!(
+        seq.submit(topic, 0, b"late".to_vec(), member),
+        Err(SequencerError::Stale { after: 0, current: 1 })
+    );
     assert_eq!(seq.submit(topic, 1, b"commit-1".to_vec(), member).unwrap(), 1);
     // Reads are served at a validator's latest certified height, which may trail the block
     // that finalized commit-1 by a block: fetch is eventually complete, never wrong.

@@ -209,4 +209,8 @@ fn main() {
         "restart with {convs} conversations × {messages} messages: peak RSS (MB) {:>8.1}",
         median(&mut hwms)
     );
+    // CAIRN_BENCH_KEEP=1 keeps the filled node for a profiler (`<bench> --restart-child DIR`).
+    if std::env::var_os("CAIRN_BENCH_KEEP").is_some() {
+        println!("kept {}", tmp.keep().display());
+    }
 }
