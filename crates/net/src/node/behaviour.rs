@@ -213,10 +213,7 @@ fn relay_config(l: &RelayLimits) -> relay::Config {
 /// could not push it to itself (it is one of the topic's stores).
 fn stem_behaviour(c: &NodeConfig) -> Option<request_response::Behaviour<StemCodec>> {
     let s = c.stem?;
-    let codec = StemCodec {
-        request_bytes_max: c.admission.limits.envelope_bytes_max
-            + crate::stem_wire::STEM_REQUEST_OVERHEAD_BYTES,
-    };
+    let codec = StemCodec::stem(c.admission.limits.envelope_bytes_max);
     let support = if c.serve_store { ProtocolSupport::Outbound } else { ProtocolSupport::Full };
     Some(request_response::Behaviour::with_codec(
         codec,
@@ -231,7 +228,7 @@ fn stem_behaviour(c: &NodeConfig) -> Option<request_response::Behaviour<StemCode
 fn store_behaviour(serve: bool) -> request_response::Behaviour<StoreCodec> {
     let support = if serve { ProtocolSupport::Full } else { ProtocolSupport::Outbound };
     request_response::Behaviour::with_codec(
-        StoreCodec,
+        StoreCodec::store(),
         [(STORE_PROTOCOL, support)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(10))

@@ -57,7 +57,7 @@ use thiserror::Error;
 
 use crate::sync::SendStatus;
 
-pub use codec::{StemCodec, StoreCodec};
+pub use codec::{FrameCodec, StemCodec, StoreCodec};
 pub use config::{NodeConfig, RelayLimits, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};

@@ -87,7 +87,7 @@ fn behaviour(key: &Keypair, role: Role) -> RawBehaviour {
     let rr = request_response::Config::default().with_request_timeout(Duration::from_secs(60));
     let store = matches!(role, Role::Spy(_)).then(|| {
         request_response::Behaviour::with_codec(
-            StoreCodec,
+            StoreCodec::store(),
             [(STORE_PROTOCOL, ProtocolSupport::Full)],
             rr.clone(),
         )
@@ -96,7 +96,7 @@ fn behaviour(key: &Keypair, role: Role) -> RawBehaviour {
         if matches!(role, Role::BlackHole) { ProtocolSupport::Full } else { ProtocolSupport::Outbound };
     let stem = request_response::Behaviour::with_codec(
         // Larger than a node takes: the attacker can send what a node's codec must cut off.
-        StemCodec { request_bytes_max: 1024 * 1024 },
+        StemCodec { request_bytes_max: 1024 * 1024, ..StemCodec::stem(0) },
         [(STEM_PROTOCOL, stem_support)],
         rr,
     );
