@@ -34,6 +34,11 @@ use crate::tx::{Tx, TxId};
 /// Blocks whose rebuilt outcome tree is kept for the next proofs (each at most 8192 leaves:
 /// about 1 MiB with its index).
 pub const TREE_CACHE_BLOCKS: usize = 8;
+/// Outcome trees rebuilt from the chain store per second, at most, across all connections (a
+/// rebuild of a full block costs ~9 ms; a stranger asking about old transactions must not buy a
+/// validator's CPU for free). Over it, the answer is "no proof yet", which honest clients ask
+/// again after a pause; proofs from cached blocks are not counted.
+pub const REBUILDS_PER_SECOND_MAX: u32 = 32;
 /// Most headers in one proof: the block's and its descendants' up to a certified one.
 pub const HEADER_CHAIN_MAX: usize = 16;
 /// Largest encoded [`OutcomeProof`], bytes.
@@ -134,6 +139,33 @@ struct BlockOutcomes {
 /// serves it).
 static TREES: Mutex<VecDeque<([u8; 32], Arc<BlockOutcomes>)>> = Mutex::new(VecDeque::new());
 
+/// Rebuilds allowed in the current one-second window ([`REBUILDS_PER_SECOND_MAX`]).
+#[derive(Debug)]
+struct RebuildBudget {
+    window: Option<std::time::Instant>,
+    used: u32,
+}
+
+impl RebuildBudget {
+    /// Takes one rebuild at `now`; false when this second's are spent.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        match self.window {
+            Some(w) if now.saturating_duration_since(w) < std::time::Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.used = 0;
+            }
+        }
+        if self.used >= REBUILDS_PER_SECOND_MAX {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+}
+
+static REBUILDS: Mutex<RebuildBudget> = Mutex::new(RebuildBudget { window: None, used: 0 });
+
 /// Rebuilds the outcome tree of `block` from the chain store and checks it against the header.
 fn block_outcomes(ledger: &Ledger, block: &crate::block::Block) -> Option<Arc<BlockOutcomes>> {
     let digest = block.id();
@@ -142,6 +174,13 @@ fn block_outcomes(ledger: &Ledger, block: &crate::block::Block) -> Option<Arc<Bl
     };
     if let Some(o) = cached(&TREES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
         return Some(o);
+    }
+    if !REBUILDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(std::time::Instant::now()) {
+        tracing::debug!(
+            height = block.header.height,
+            "outcome proof deferred: rebuild budget of this second spent"
+        );
+        return None;
     }
     let store = ledger.store();
     let mut leaves = Vec::with_capacity(block.txs.len());
@@ -196,4 +235,22 @@ pub fn prove(ledger: &Ledger, id: &TxId) -> Option<OutcomeProof> {
         headers.push(next);
     };
     Some(OutcomeProof { headers, finalization, index, outcome, path })
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use std::time::{Duration, Instant};
+
+    use super::{REBUILDS_PER_SECOND_MAX, RebuildBudget};
+
+    #[test]
+    fn rebuilds_are_bounded_per_second_and_the_next_second_starts_afresh() {
+        let mut b = RebuildBudget { window: None, used: 0 };
+        let t = Instant::now();
+        for i in 0..REBUILDS_PER_SECOND_MAX {
+            assert!(b.take(t + Duration::from_millis(u64::from(i))), "rebuild {i} refused");
+        }
+        assert!(!b.take(t + Duration::from_millis(999)), "one over the budget");
+        assert!(b.take(t + Duration::from_millis(1_000)), "a new second");
+    }
 }
