@@ -26,6 +26,9 @@
 //! Record format (version 1): `version:u8 conv:[32] stored_on:u32 n:u16
 //! waiting:[32]×n delivered:bitmap(⌈n/8⌉)`, bit i set when `waiting[i]` receipted it.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use cairn_mls::ConversationId;
 use cairn_proto::codec::{Reader, Writer};
 use cairn_proto::{AccountId, Id};
@@ -79,7 +82,10 @@ fn encode(d: &Delivery) -> Option<Vec<u8>> {
     Some(w.finish())
 }
 
-fn decode(bytes: &[u8]) -> Option<Delivery> {
+/// Member lists read back so far, one per conversation: rows of the same membership share it.
+type Lists = HashMap<ConversationId, Arc<[AccountId]>>;
+
+fn decode(bytes: &[u8], lists: &mut Lists) -> Option<Delivery> {
     let mut r = Reader::new(bytes);
     if r.u8("delivery.version").ok()? != RECORD_VERSION {
         return None;
@@ -102,7 +108,15 @@ fn decode(bytes: &[u8]) -> Option<Delivery> {
         .filter(|(i, _)| bits[i / 8] & (1 << (i % 8)) != 0)
         .map(|(_, a)| *a)
         .collect();
-    let mut d = Delivery::new(conversation, stored_on, waiting.into());
+    let members = match lists.get(&conversation) {
+        Some(l) if l[..] == waiting[..] => l.clone(),
+        _ => {
+            let l: Arc<[AccountId]> = waiting.into();
+            lists.insert(conversation, l.clone());
+            l
+        }
+    };
+    let mut d = Delivery::new(conversation, stored_on, members);
     for a in &receipted {
         d.add_receipt(a);
     }
@@ -171,10 +185,11 @@ impl NodeDb {
         let order = tx.open_table(ORDER).map_err(storage)?;
         let rows = tx.open_table(DELIVERIES).map_err(storage)?;
         let mut out = Vec::new();
+        let mut lists = Lists::new();
         for entry in order.iter().map_err(storage)? {
             let (_, id) = entry.map_err(storage)?;
             let id = *id.value();
-            if let Some(row) = rows.get(&id).map_err(storage)?.and_then(|v| decode(v.value())) {
+            if let Some(row) = rows.get(&id).map_err(storage)?.and_then(|v| decode(v.value(), &mut lists)) {
                 out.push((Id(id), row));
             }
         }
@@ -221,16 +236,28 @@ mod tests {
     fn records_round_trip_and_garbage_is_refused() {
         let d = delivery(&[1, 2, 3, 4, 5, 6, 7, 8, 9], &[2, 9], 3);
         let bytes = encode(&d).unwrap();
-        assert_eq!(decode(&bytes), Some(d.clone()));
+        let lists = &mut Lists::new();
+        assert_eq!(decode(&bytes, lists), Some(d.clone()));
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_none(), "truncated at {cut}");
+            assert!(decode(&bytes[..cut], lists).is_none(), "truncated at {cut}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer).is_none(), "trailing bytes");
+        assert!(decode(&longer, lists).is_none(), "trailing bytes");
         let mut other = bytes;
         other[0] = 2;
-        assert!(decode(&other).is_none(), "unknown version");
+        assert!(decode(&other, lists).is_none(), "unknown version");
+    }
+
+    #[test]
+    fn rows_of_one_membership_share_one_member_list() {
+        let lists = &mut Lists::new();
+        let a = decode(&encode(&delivery(&[2, 3], &[], 0)).unwrap(), lists).unwrap();
+        let b = decode(&encode(&delivery(&[2, 3], &[3], 1)).unwrap(), lists).unwrap();
+        let c = decode(&encode(&delivery(&[2, 4], &[], 0)).unwrap(), lists).unwrap();
+        assert!(Arc::ptr_eq(a.waiting_for(), b.waiting_for()), "one list for both sends");
+        assert!(!Arc::ptr_eq(a.waiting_for(), c.waiting_for()), "another membership, another list");
+        assert!(b.has_receipt(&AccountId([3; 32])) && !a.has_receipt(&AccountId([3; 32])));
     }
 
     #[test]

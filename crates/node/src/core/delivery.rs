@@ -11,8 +11,9 @@ use crate::model::{DeliveryState, DeliveryView};
 /// Delivery bookkeeping of one sent message.
 ///
 /// Memory: the member list is shared by every delivery of a conversation sent while its
-/// membership was the same (an `Arc`, interned by [`Deliveries::insert`]), and receipts are one
-/// bit per member, so 100,000 tracked sends of a 2-member group cost a few MB, not 60.
+/// membership was the same (an `Arc`: the core's list for new sends, one per conversation and
+/// membership for rows read back at start, see `deliveries_store`), and receipts are one bit per
+/// member, so 100,000 tracked sends of a 2-member group cost a few MB, not 60.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Its conversation.
@@ -40,8 +41,8 @@ impl Delivery {
         Self { conversation, stored_on, waiting_for, receipts }
     }
 
-    /// The accounts it waits for, sorted.
-    pub fn waiting_for(&self) -> &[AccountId] {
+    /// The accounts it waits for, sorted (shared with the other sends of the same membership).
+    pub fn waiting_for(&self) -> &Arc<[AccountId]> {
         &self.waiting_for
     }
 
@@ -97,31 +98,21 @@ pub struct Deliveries {
     map: HashMap<Id, Delivery>,
     order: VecDeque<Id>,
     max: usize,
-    /// The member list last inserted per conversation, shared by later equal ones (one entry
-    /// per conversation with a tracked delivery; dropped with its last delivery's eviction
-    /// only by being replaced, so at most one per conversation ever seen here).
-    lists: HashMap<ConversationId, Arc<[AccountId]>>,
 }
 
 impl Deliveries {
     /// Tracks at most `max` deliveries.
     pub fn new(max: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1), lists: HashMap::new() }
+        Self { map: HashMap::new(), order: VecDeque::new(), max: max.max(1) }
     }
 
     /// Starts tracking a sent message.
-    pub fn insert(&mut self, id: Id, mut d: Delivery) {
+    pub fn insert(&mut self, id: Id, d: Delivery) {
         if self.map.contains_key(&id) {
             return;
         }
         while self.map.len() >= self.max {
             self.evict_one();
-        }
-        match self.lists.get(&d.conversation) {
-            Some(l) if **l == *d.waiting_for => d.waiting_for = l.clone(),
-            _ => {
-                self.lists.insert(d.conversation, d.waiting_for.clone());
-            }
         }
         self.map.insert(id, d);
         self.order.push_back(id);
@@ -228,13 +219,9 @@ mod tests {
     }
 
     #[test]
-    fn equal_member_lists_are_shared_and_receipts_are_bits() {
-        let mut ds = Deliveries::new(8);
-        ds.insert(Id([1; 32]), delivery(&[3, 2]));
-        ds.insert(Id([2; 32]), delivery(&[2, 3]));
-        let (a, b) = (ds.get(&Id([1; 32])).unwrap(), ds.get(&Id([2; 32])).unwrap());
-        assert!(Arc::ptr_eq(&a.waiting_for, &b.waiting_for), "one list for both sends");
-        assert_eq!(a.waiting_for(), &[acc(2), acc(3)], "sorted");
+    fn member_lists_are_sorted_and_receipts_are_bits() {
+        let a = delivery(&[3, 2]);
+        assert_eq!(a.waiting_for()[..], [acc(2), acc(3)], "sorted");
         // 70 members: receipts span two words.
         let many: Vec<u8> = (1..=70).collect();
         let mut d = delivery(&many);
