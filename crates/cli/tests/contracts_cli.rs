@@ -130,7 +130,15 @@ fn contracts_and_payments_from_the_command_line() {
     let id = [7u8; 32];
     let open = hex(&escrow::open(&id, &bob_key, 1_000_000));
     ok(&ann, &g, &["contract", "execute", &contract, "--msg", &format!("0x{open}"), "--funds", "1234"]);
-    let out = ok(&ann, &g, &["contract", "query", &contract, "--msg", &hex(&escrow::query(&id))]);
+    // A query is answered from the state of whichever validator answers, which may not have
+    // applied the block that finalized the execute yet (a CI rehearsal read "no escrow" once):
+    // ask again for a bounded time, then require the answer.
+    let query = ["contract", "query", &contract, "--msg", &hex(&escrow::query(&id))];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cairn_at(&ann, &g, PASS, &query).status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = ok(&ann, &g, &query);
     let record = escrow::Record::decode(&output_bytes(&out)).unwrap();
     assert_eq!((record.status, record.amount, record.recipient), (escrow::Status::Open, 1234, bob_key));
     // the same escrow id again: the contract aborts, the funds come back, the error says why
