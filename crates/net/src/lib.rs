@@ -9,10 +9,14 @@
 //! - [`peerbook`]: the saved peer book and its redial schedule (exponential backoff).
 //! - [`stem`]: the stem phase before gossip (Dandelion++-style), sans-IO.
 //! - [`stem_wire`]: the bounded `/cairn/stem/1` messages (an envelope; receipts back).
+//! - [`ledger_relay`], [`ledger_relay_io`]: `/cairn/ledger-relay/1`, a peer pipes a client's
+//!   ledger RPC channel (end-to-end encrypted) to a validator of its own genesis.
 //! - [`sim`]: a seeded simulation of thousands of nodes running the pure parts above.
 //! - [`node`]: the thin libp2p shell that drives them.
 
 pub mod bench;
+pub mod ledger_relay;
+pub mod ledger_relay_io;
 pub mod node;
 pub mod peerbook;
 pub mod receipt;

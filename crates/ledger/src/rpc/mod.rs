@@ -30,4 +30,4 @@ pub use protocol::{
 };
 pub use sequencer::LedgerSequencer;
 pub use server::{CONNECTIONS_MAX, serve, spawn_server};
-pub use transport::{Channel, FrameError};
+pub use transport::{Channel, FrameError, Pipe, Relays};

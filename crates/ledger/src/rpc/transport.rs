@@ -2,11 +2,15 @@
 //! sealed into Noise messages (`size:u16` big-endian + ciphertext each). Every read and write
 //! is bounded by a deadline and every length is checked before the bytes are read.
 //!
+//! The stream is a [`Pipe`]: a TCP connection to the validator, or a pipe that a peer relays
+//! to it (the handshake and every frame are end to end, so a relay sees only sizes and
+//! timing, and any byte it changes fails authentication).
+//!
 //! A frame's body grows with the messages that actually arrive (at most [`PLAIN_MAX`] bytes
 //! each, after they authenticate), so a peer announcing a large frame and sending nothing
 //! costs no memory; one message in flight costs at most [`MESSAGE_MAX`] bytes.
 
-use std::io::{ErrorKind, Read as _, Write as _};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,63 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// A byte stream an RPC channel runs on, with deadlines on each read and write.
+pub trait Pipe: Read + Write + Send + std::fmt::Debug {
+    /// Bounds the next reads (`None`: unbounded).
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+    /// Bounds the next writes (`None`: unbounded).
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+    /// Closes the sending half (the other end reads the end of the stream).
+    fn shutdown_write(&self);
+}
+
+impl Pipe for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+#[cfg(unix)]
+impl Pipe for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, timeout)
+    }
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+/// Peers that relay RPC channels to validators (see `cairn_net`'s ledger relay): another way
+/// to reach a validator than dialling the address the genesis lists. A relay is trusted with
+/// nothing: the channel it carries is authenticated and encrypted end to end, so a relay that
+/// changes a byte only makes the channel fail, and the client then blames it and tries another.
+pub trait Relays: Send + Sync + std::fmt::Debug {
+    /// Whether to dial validators directly first (`false`: through relays only).
+    fn direct_first(&self) -> bool;
+    /// The peers to try, best first (names as [`Relays::open`] takes them).
+    fn peers(&self) -> Vec<String>;
+    /// Opens a pipe to the RPC listener of validator `validator` of chain `chain` through
+    /// `peer`, before `deadline`; the error says why the relay refused or failed.
+    fn open(
+        &self,
+        peer: &str,
+        chain: &[u8; 32],
+        validator: &ed25519::PublicKey,
+        deadline: Instant,
+    ) -> Result<Box<dyn Pipe>, String>;
+    /// A channel through `peer` failed (a byte changed, or it stalled): try it last for a while.
+    fn blame(&self, peer: &str);
+}
+
 /// Time left until `deadline`, or [`FrameError::TimedOut`] if none is.
 fn left(deadline: Instant) -> Result<Duration, FrameError> {
     deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(FrameError::TimedOut)
@@ -52,7 +113,7 @@ fn is_timeout(e: &std::io::Error) -> bool {
 }
 
 /// Fills `buf` before `deadline`.
-fn read_full(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), FrameError> {
+fn read_full(s: &mut dyn Pipe, buf: &mut [u8], deadline: Instant) -> Result<(), FrameError> {
     let mut filled = 0;
     while filled < buf.len() {
         s.set_read_timeout(Some(left(deadline)?))?;
@@ -68,7 +129,7 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(),
 }
 
 /// Writes all of `out` before `deadline`.
-fn write_all(s: &mut TcpStream, out: &[u8], deadline: Instant) -> Result<(), FrameError> {
+fn write_all(s: &mut dyn Pipe, out: &[u8], deadline: Instant) -> Result<(), FrameError> {
     let mut sent = 0;
     while sent < out.len() {
         s.set_write_timeout(Some(left(deadline)?))?;
@@ -85,7 +146,7 @@ fn write_all(s: &mut TcpStream, out: &[u8], deadline: Instant) -> Result<(), Fra
 
 /// Reads one message's size prefix, then (if `check` accepts the size) its bytes.
 fn read_message(
-    s: &mut TcpStream,
+    s: &mut dyn Pipe,
     deadline: Instant,
     check: impl FnOnce(usize) -> Result<(), NoiseError>,
 ) -> Result<Vec<u8>, FrameError> {
@@ -107,7 +168,7 @@ fn with_size(msg: &[u8]) -> Result<Vec<u8>, FrameError> {
 /// An open, authenticated and encrypted RPC connection.
 #[derive(Debug)]
 pub struct Channel {
-    stream: TcpStream,
+    stream: Box<dyn Pipe>,
     session: Session,
 }
 
@@ -116,14 +177,24 @@ impl Channel {
     /// `chain` that must prove the identity `validator` (the key the genesis lists for the
     /// address dialled), wholly before `deadline`.
     pub fn connect(
-        mut stream: TcpStream,
+        stream: impl Pipe + 'static,
+        chain: &[u8; 32],
+        validator: &ed25519::PublicKey,
+        deadline: Instant,
+    ) -> Result<Self, FrameError> {
+        Self::connect_boxed(Box::new(stream), chain, validator, deadline)
+    }
+
+    /// [`Channel::connect`] on a boxed pipe (a relayed one).
+    pub fn connect_boxed(
+        mut stream: Box<dyn Pipe>,
         chain: &[u8; 32],
         validator: &ed25519::PublicKey,
         deadline: Instant,
     ) -> Result<Self, FrameError> {
         let (hello, msg) = noise::hello(chain)?;
-        write_all(&mut stream, &with_size(&msg)?, deadline)?;
-        let reply = read_message(&mut stream, deadline, |n| {
+        write_all(stream.as_mut(), &with_size(&msg)?, deadline)?;
+        let reply = read_message(stream.as_mut(), deadline, |n| {
             (n == REPLY_BYTES)
                 .then_some(())
                 .ok_or_else(|| NoiseError::Reply(format!("{n} bytes announced, expected {REPLY_BYTES}")))
@@ -134,28 +205,33 @@ impl Channel {
 
     /// Opens the validator side on an accepted `stream`: reads the client's hello and answers
     /// it as `id`, wholly before `deadline`. Anything but a hello is refused unread.
-    pub fn accept(mut stream: TcpStream, id: &RpcIdentity, deadline: Instant) -> Result<Self, FrameError> {
-        let msg = read_message(&mut stream, deadline, |n| {
+    pub fn accept(
+        stream: impl Pipe + 'static,
+        id: &RpcIdentity,
+        deadline: Instant,
+    ) -> Result<Self, FrameError> {
+        let mut stream: Box<dyn Pipe> = Box::new(stream);
+        let msg = read_message(stream.as_mut(), deadline, |n| {
             (n == HELLO_BYTES)
                 .then_some(())
                 .ok_or_else(|| NoiseError::Hello(format!("{n} bytes announced, expected {HELLO_BYTES}")))
         })?;
         let (reply, session) = noise::answer_hello(id, &msg)?;
-        write_all(&mut stream, &with_size(&reply)?, deadline)?;
+        write_all(stream.as_mut(), &with_size(&reply)?, deadline)?;
         Ok(Self { stream, session })
     }
 
     /// Sends one frame, wholly before `deadline`.
     pub fn send(&mut self, body: &[u8], deadline: Instant) -> Result<(), FrameError> {
         let wire = self.session.seal_frame(body)?;
-        write_all(&mut self.stream, &wire, deadline)
+        write_all(self.stream.as_mut(), &wire, deadline)
     }
 
     /// Sends one Noise message with `plain` (at most [`PLAIN_MAX`] bytes) as its plaintext,
     /// whatever the frame layout: for tests of a peer that breaks it.
     pub fn send_message(&mut self, plain: &[u8], deadline: Instant) -> Result<(), FrameError> {
         let wire = self.session.seal(plain)?;
-        write_all(&mut self.stream, &wire, deadline)
+        write_all(self.stream.as_mut(), &wire, deadline)
     }
 
     /// Reads one frame of at most `max` bytes, wholly before `deadline`.
@@ -179,12 +255,12 @@ impl Channel {
     /// One sealed message (at most [`MESSAGE_MAX`] bytes by its `u16` prefix).
     fn read_sealed(&mut self, deadline: Instant) -> Result<Vec<u8>, FrameError> {
         const _: () = assert!(MESSAGE_MAX == u16::MAX as usize && PLAIN_MAX < MESSAGE_MAX);
-        read_message(&mut self.stream, deadline, |_| Ok(()))
+        read_message(self.stream.as_mut(), deadline, |_| Ok(()))
     }
 
     /// Closes the sending half (the peer reads the end of the stream after what was sent).
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+        self.stream.shutdown_write();
     }
 }
 

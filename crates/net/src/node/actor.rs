@@ -562,6 +562,9 @@ impl Node {
             Command::SetRegisteredStores(stores, reply) => {
                 let _ = reply.send(self.set_registered(&stores));
             }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
             Command::Shutdown(_) => {} // taken by the loop
         }
     }

@@ -55,6 +55,8 @@ pub(crate) struct Behaviour {
     pub(super) gossipsub: gossipsub::Behaviour,
     pub(super) store: request_response::Behaviour<StoreCodec>,
     pub(super) stem: Toggle<request_response::Behaviour<StemCodec>>,
+    /// Raw streams: the ledger relay (`crate::ledger_relay_io`).
+    pub(super) streams: libp2p_stream::Behaviour,
 }
 
 fn build_gossipsub(c: &NodeConfig) -> Result<gossipsub::Behaviour, String> {
@@ -187,6 +189,7 @@ fn behaviour(
         gossipsub: build_gossipsub(c)?,
         store: store_behaviour(c.serve_store),
         stem: Toggle::from(stem_behaviour(c)),
+        streams: libp2p_stream::Behaviour::new(),
         limits,
     })
 }

@@ -186,6 +186,9 @@ pub struct NodeConfig {
     /// keeps the hop's own mail out of it; the mailbox-wipe test sees 50 envelopes of a
     /// 20-envelope share with the stem on).
     pub stem: Option<StemConfig>,
+    /// Relay ledger RPC channels to the validators of this genesis for peers
+    /// (`/cairn/ledger-relay/1`, see [`crate::ledger_relay`]); `None`: not served.
+    pub ledger_relay: Option<crate::ledger_relay_io::LedgerRelayConfig>,
 }
 
 impl NodeConfig {
@@ -222,6 +225,7 @@ impl NodeConfig {
             heartbeat_ms: 500,
             events_lossless_max: super::EVENTS_LOSSLESS_MAX,
             stem: None,
+            ledger_relay: None,
         }
     }
 }

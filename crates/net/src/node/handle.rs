@@ -39,6 +39,7 @@ pub(super) enum Command {
     Erase(Topic, Id, [u8; 32]),
     SetRegisteredStores(Vec<([u8; 32], [u8; 32])>, oneshot::Sender<usize>),
     WorkBits(Topic, oneshot::Sender<u32>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -52,6 +53,7 @@ pub struct NodeHandle {
     /// Addresses we listen on (with `/p2p/<id>`).
     pub listen_addrs: Vec<Multiaddr>,
     history: Arc<Store>,
+    streams: libp2p_stream::Control,
 }
 
 impl NodeHandle {
@@ -98,6 +100,17 @@ impl NodeHandle {
     /// (`NeedsWork` answers under load), or the configured floor.
     pub async fn work_bits(&self, topic: Topic) -> Result<u32, NodeError> {
         self.ask(|tx| Command::WorkBits(topic, tx)).await
+    }
+
+    /// The peers connected now (at most `connections_max`).
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// A handle for opening raw streams (the ledger relay's client side, see
+    /// [`crate::ledger_relay_io::open`]).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// A status snapshot.
@@ -168,6 +181,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let key = identity(&config)?;
     let mut swarm = build_swarm(&config, key.clone())?;
     let peer_id = *swarm.local_peer_id();
+    let mut streams = swarm.behaviour().streams.new_control();
+    if let Some(relay) = &config.ledger_relay {
+        crate::ledger_relay_io::spawn_server(&mut streams, relay.clone()).map_err(NodeError::Setup)?;
+    }
     let (listen_addrs, relayed) = listen(&mut swarm, &config).await?;
     for b in &config.bootstrap {
         if let Err(e) = swarm.dial(b.clone()) {
@@ -191,7 +208,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     node.relayed = RelayedListen::started(relayed);
     tokio::spawn(node.run(cmd_rx, committed_rx));
     info!(%peer_id, "node started");
-    Ok(NodeHandle { cmd: cmd_tx, events: Arc::new(tap), peer_id, listen_addrs, history })
+    Ok(NodeHandle { cmd: cmd_tx, events: Arc::new(tap), peer_id, listen_addrs, history, streams })
 }
 
 type Stores = (Arc<Store>, Option<Arc<Store>>);
