@@ -101,12 +101,13 @@ fn validators_as_processes_survive_sigkill_and_serve_clients() {
     assert_eq!(client.devices(&me).unwrap(), Some(vec![]));
     assert_eq!(client.handle_owner("nobody").unwrap(), None);
 
-    // the commit sequencer: compare-and-swap per topic
-    // (signed with the conversation's founder key; an outsider's key is refused, typed)
+    // the commit sequencer: compare-and-swap per topic, topic writes that name no account
+    // (signed with the conversation's founder key; an outsider's key is refused, typed; a
+    // commit on a taken position is refused and proven stale by the topic's proven count)
     let conv = [9; 32];
     let topic = Topic::for_conversation(&conv);
     let member = TopicKeys { seed: cairn_proto::id::founder_seed(&conv), next: None };
-    let mut seq = LedgerSequencer::new(LedgerClient::new(&genesis).unwrap(), me, key.clone());
+    let mut seq = LedgerSequencer::new(LedgerClient::new(&genesis).unwrap());
     let outsider = TopicKeys { seed: [5; 32], next: None };
     assert_eq!(seq.submit(topic, 0, b"junk".to_vec(), outsider), Err(SequencerError::NotMember));
     assert_eq!(seq.submit(topic, 0, b"commit-0".to_vec(), member).unwrap(), 0);

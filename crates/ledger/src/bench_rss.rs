@@ -139,24 +139,26 @@ pub fn run(
     let mut done = 0u64;
     let mut next_sample = cfg.sample_every;
     let mut turn = 0usize;
+    let params = ledger.params();
     while done < cfg.txs {
         let n = cfg.per_block.min((cfg.txs - done) as usize);
         // half transfers, half handshakes on the signer's own topic (64-byte payloads)
         let batch: Vec<Vec<u8>> = (0..n)
             .map(|j| {
                 let a = (turn + j) % cfg.accounts;
-                let body = if (turn / cfg.accounts + j).is_multiple_of(2) {
-                    TxBody::Transfer { to: ids[(a + 1) % cfg.accounts], amount: 1 }
+                if (turn / cfg.accounts + j).is_multiple_of(2) {
+                    let body = TxBody::Transfer { to: ids[(a + 1) % cfg.accounts], amount: 1 };
+                    let t = Tx::sign(chain, ids[a], &keys[a], nonces[a], body).encode();
+                    nonces[a] += 1;
+                    t
                 } else {
                     let mut conv = [0u8; 32];
                     conv[..8].copy_from_slice(&(a as u64).to_le_bytes());
                     let after = seqs[a];
                     seqs[a] += 1;
-                    TxBody::handshake_as_founder(&conv, &chain, after, vec![0xAB; 64])
-                };
-                let t = Tx::sign(chain, ids[a], &keys[a], nonces[a], body).encode();
-                nonces[a] += 1;
-                t
+                    crate::tx::TopicTx::handshake_as_founder(&conv, &chain, after, vec![0xAB; 64])
+                        .mined(&params)
+                }
             })
             .collect();
         turn += n;

@@ -17,11 +17,13 @@ pub use crate::chain_store::OpenError;
 use crate::chain_store::{ChainStore, ChainStoreError};
 use crate::genesis::Genesis;
 use crate::light::StateProof;
+use crate::mempool::Mempool;
 pub use crate::mempool::{MEMPOOL_BYTES_MAX, MEMPOOL_MAX, MempoolLimits, NONCE_WINDOW, SIGNER_BYTES_MAX};
-use crate::mempool::{Mempool, Pooled};
 use crate::outcome_tree::receipts_root;
 use crate::state::{Executed, Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
-use crate::tx::{Tx, TxError, TxId};
+use crate::tx::{AnyTx, Tx, TxError, TxId};
+
+mod pool;
 
 /// Most verified-signature cache entries.
 const SIG_CACHE_MAX: usize = 400_000;
@@ -410,6 +412,9 @@ impl Ledger {
             .zip(txs)
             .zip(sig_ok)
             .map(|((d, bytes), ok)| {
+                if AnyTx::is_topic_write(&bytes) {
+                    return c.admit_topic(bytes);
+                }
                 let (id, tx) = d?;
                 if !ok {
                     return Err(TxError::BadSignature);
@@ -553,8 +558,8 @@ impl Ledger {
             let overlay = c.db.overlay(layers.clone());
             let ex = crate::state::Executor::new(&overlay, c.chain);
             let mut next: HashMap<[u8; 32], u64> = HashMap::new();
-            let mut out = Vec::new();
             let mut bytes = crate::block::HEADER_BYTES;
+            let mut out = c.topic_candidates(&in_ancestors, &mut bytes);
             'scan: for id in &c.pool.order {
                 let Some(p) = c.pool.pool.get(id) else { continue };
                 let n = match next.get(&p.signer) {
@@ -620,6 +625,9 @@ impl Ledger {
                 TxError::NonceSkipped { .. } | TxError::BlockFuelFull { .. } => true,
                 TxError::NonceReplayed { .. } => finalized().is_some_and(|(next, n, _, _)| next <= n),
                 TxError::FeeUnpaid { .. } => finalized().is_some_and(|(_, _, have, fee)| have >= fee),
+                TxError::StaleSequence { .. } | TxError::AnchorRegressed { .. } => {
+                    c.topic_admissible(&candidates[d.index])
+                }
                 _ => false,
             };
             if transient {
@@ -737,78 +745,6 @@ impl Core {
         }
     }
 
-    /// Admits a transaction whose signature is verified into the pool, checked against the
-    /// finalized state: a nonce up to the window ahead of the signer's next one waits for its
-    /// predecessors; the account must be able to pay this fee on top of the fees its waiting
-    /// transactions already reserve; and the mempool's byte and count bounds must have room
-    /// (never making room by evicting another transaction).
-    fn admit_to_pool(&mut self, id: TxId, tx: &Tx, bytes: Vec<u8>) -> Result<TxId, TxError> {
-        if self.pool.contains(&id) || matches!(self.store.known(&[id]).as_deref(), Ok([true])) {
-            return Ok(id);
-        }
-        let overlay = self.db.overlay(Vec::new());
-        let ex = crate::state::Executor::new(&overlay, self.chain);
-        let reserved = self.pool.reserved(&tx.account);
-        let window = self.pool.limits().nonce_window;
-        let fee = ex.admit_pending(tx, bytes.len(), true, reserved, window)?;
-        self.pool.check_room(&tx.signer, bytes.len())?;
-        self.mark_sig_ok(id);
-        self.rejected.remove(&id);
-        let since = self.tip.header.height;
-        let p = Pooled { signer: tx.signer, account: tx.account, nonce: tx.nonce, fee, bytes, since };
-        self.pool.insert(id, p);
-        Ok(id)
-    }
-
-    fn remove_from_pool(&mut self, id: &TxId) {
-        self.sig_ok.remove(id);
-        self.pool.remove(id);
-    }
-
-    /// Rejects, with a reason a client can read, waiting transactions that can never be
-    /// included: a nonce used in the finalized state by another transaction
-    /// ([`TxError::NonceReplayed`]), or a nonce gap this validator has not seen filled for
-    /// [`NONCE_GAP_BLOCKS`] finalized blocks ([`TxError::NonceSkipped`]).
-    fn sweep(&mut self, height: u64) {
-        let overlay = self.db.overlay(Vec::new());
-        let ex = crate::state::Executor::new(&overlay, self.chain);
-        let mut gone: Vec<(TxId, TxError)> = Vec::new();
-        for (signer, queue) in &self.pool.by_signer {
-            let expected = ex.nonce(signer).unwrap_or(0);
-            let mut want = expected;
-            for (nonce, id) in queue {
-                if *nonce < expected {
-                    gone.push((*id, TxError::NonceReplayed { expected, got: *nonce }));
-                } else if *nonce == want {
-                    want += 1;
-                } else if *nonce > want
-                    && self.pool.pool.get(id).is_some_and(|p| p.since + NONCE_GAP_BLOCKS <= height)
-                {
-                    gone.push((*id, TxError::NonceSkipped { expected: want, got: *nonce }));
-                }
-            }
-        }
-        for (id, e) in gone {
-            self.remove_from_pool(&id);
-            self.reject(id, e);
-        }
-    }
-
-    /// Records why `id` was rejected, forgetting the oldest records beyond [`REJECTED_MAX`].
-    fn reject(&mut self, id: TxId, e: TxError) {
-        if self.rejected.insert(id, e).is_none() {
-            self.rejected_order.push_back(id);
-        }
-        while self.rejected.len() > REJECTED_MAX {
-            let Some(old) = self.rejected_order.pop_front() else { break };
-            self.rejected.remove(&old);
-        }
-        if self.rejected_order.len() > 2 * REJECTED_MAX {
-            let rejected = &self.rejected;
-            self.rejected_order.retain(|id| rejected.contains_key(id));
-        }
-    }
-
     fn mark_sig_ok(&mut self, id: TxId) {
         if self.sig_ok.insert(id) {
             self.sig_order.push_back(id);
@@ -858,8 +794,8 @@ impl Core {
         let mut handshakes: Vec<(Topic, u64, Vec<u8>)> = Vec::new();
         for (r, bytes) in receipts.iter().zip(block.txs.iter()) {
             if let Outcome::Sequenced { topic, seq } = &r.outcome
-                && let Ok(tx) = Tx::decode(bytes)
-                && let crate::tx::TxBody::SequenceHandshake { payload, .. } = tx.body
+                && let Ok(tx) = crate::tx::TopicTx::decode(bytes)
+                && let crate::tx::TopicBody::Handshake { payload, .. } = tx.body
             {
                 handshakes.push((*topic, *seq, payload));
             }
@@ -877,6 +813,7 @@ impl Core {
             self.remove_from_pool(&r.tx);
             self.rejected.remove(&r.tx);
         }
+        self.recheck_topics(&block.txs);
         let old = std::mem::replace(&mut self.tip, block);
         self.recent.insert(old.header.height, old);
         if self.recent.len() > BLOCK_CACHE_MAX {
@@ -887,6 +824,7 @@ impl Core {
         self.spec.retain(|_, s| s.height > h);
         if h.is_multiple_of(SWEEP_EVERY) {
             self.sweep(h);
+            self.sweep_topics(h);
         }
         self.pool.compact_order();
         Applied::Yes

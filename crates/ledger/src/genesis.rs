@@ -9,6 +9,7 @@
 //! fee_per_byte 10
 //! fee_per_fuel 1
 //! faucet 10000000000
+//! topic_work_per_byte 256
 //! validator <hex ed25519 public key> <p2p host:port> <rpc host:port>
 //! account <bech32 account id> <balance>
 //! ```
@@ -113,8 +114,8 @@ impl Genesis {
         let mut s = format!("{MAGIC}\nchain {}\n", self.chain);
         let p = &self.params;
         s.push_str(&format!(
-            "fee_per_byte {}\nfee_per_fuel {}\nfaucet {}\n",
-            p.fee_per_byte, p.fee_per_fuel, p.faucet
+            "fee_per_byte {}\nfee_per_fuel {}\nfaucet {}\ntopic_work_per_byte {}\n",
+            p.fee_per_byte, p.fee_per_fuel, p.faucet, p.topic_work_per_byte
         ));
         for v in &self.validators {
             s.push_str(&format!("validator {} {} {}\n", public_key_hex(&v.key), v.p2p, v.rpc));
@@ -148,6 +149,9 @@ impl Genesis {
                 ["fee_per_byte", v] => g.params.fee_per_byte = number(v, "fee_per_byte")?,
                 ["fee_per_fuel", v] => g.params.fee_per_fuel = number(v, "fee_per_fuel")?,
                 ["faucet", v] => g.params.faucet = number(v, "faucet")?,
+                ["topic_work_per_byte", v] => {
+                    g.params.topic_work_per_byte = number(v, "topic_work_per_byte")?;
+                }
                 ["validator", key, p2p, rpc] => g.validators.push(ValidatorInfo {
                     key: public_key_from_hex(key).ok_or_else(|| parse_err(n, "bad validator key"))?,
                     p2p: p2p.parse().map_err(|e| parse_err(n, format!("p2p address: {e}")))?,
@@ -283,7 +287,7 @@ mod tests {
         let old: String = g
             .to_text()
             .lines()
-            .filter(|l| !l.starts_with("fee_") && !l.starts_with("faucet"))
+            .filter(|l| !l.starts_with("fee_") && !l.starts_with("faucet") && !l.starts_with("topic_work"))
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(Genesis::parse(&old).unwrap().params, Params::default());

@@ -22,6 +22,7 @@ pub mod params;
 pub mod process;
 pub mod rpc;
 pub mod state;
+pub mod topic_tx;
 pub mod tx;
 pub mod tx_error;
 pub mod validator;

@@ -14,6 +14,12 @@
 //! proposer no reason to stuff blocks with its own transactions; the fee exists to make ledger
 //! writes cost an attacker something, not to pay validators.
 //!
+//! **Topic writes** (handshake sequencing and anchors, [`crate::topic_tx`]) act for no account,
+//! so they pay no fee: they carry proof of work instead, `topic_work_per_byte × encoded
+//! length` expected BLAKE3 hashes ([`Params::topic_work`]), checked on the transaction id by
+//! every validator. A validator's mempool may ask more while its room for topic writes fills
+//! (see [`crate::mempool`]); a block only needs the chain's price.
+//!
 //! **Faucet.** On networks whose genesis sets `faucet > 0` (local dev networks), registering a
 //! new account credits it `faucet` once (an account registers once), out of which the
 //! registration fee is paid. Anyone can create accounts, so such a network is not spam
@@ -28,6 +34,15 @@ pub const DEFAULT_FEE_PER_BYTE: u64 = 10;
 /// Default fee per unit of contract fuel, in balance units (a full 10M-fuel call costs about
 /// as much as a 1 MB of transactions at [`DEFAULT_FEE_PER_BYTE`]).
 pub const DEFAULT_FEE_PER_FUEL: u64 = 1;
+/// Default proof of work of a topic write, in expected hashes per encoded byte: an anchor
+/// (~215 bytes) costs ~55k hashes (~10 ms on one core of a laptop), a 4 KiB commit ~1M, and
+/// 1 MB of topic writes ~2.6·10^8 (see ARCHITECTURE.md for the measured rate).
+pub const DEFAULT_TOPIC_WORK_PER_BYTE: u64 = 256;
+/// Proof of work per byte on local dev networks (tests and demos mine in debug builds).
+pub const DEV_TOPIC_WORK_PER_BYTE: u64 = 4;
+/// Largest proof of work per byte a genesis may set, in expected hashes per byte (a full
+/// transaction's work stays far below `u64::MAX`).
+pub const TOPIC_WORK_PER_BYTE_MAX: u64 = 1 << 32;
 /// Largest fee per byte a genesis may set, in balance units per byte (so a full transaction's
 /// fee never overflows a `u64`).
 pub const FEE_PER_BYTE_MAX: u64 = 1 << 32;
@@ -42,6 +57,8 @@ pub const FAUCET_GRANT_MAX: u64 = 1_000_000_000_000_000;
 const PARAMS_VERSION: u8 = 1;
 /// Version 2: a fuel schedule other than the default follows.
 const PARAMS_VERSION_FUEL: u8 = 2;
+/// Version 3: a topic work price other than the default, then the fuel schedule (always).
+const PARAMS_VERSION_WORK: u8 = 3;
 
 /// The chain's fee and faucet parameters.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -54,6 +71,8 @@ pub struct Params {
     pub faucet: u64,
     /// Fuel charged by contract host calls.
     pub fuel: FuelSchedule,
+    /// Proof of work of a topic write, in expected hashes per encoded byte (at least 1).
+    pub topic_work_per_byte: u64,
 }
 
 impl Default for Params {
@@ -64,14 +83,22 @@ impl Default for Params {
             fee_per_fuel: DEFAULT_FEE_PER_FUEL,
             faucet: 0,
             fuel: FuelSchedule::default(),
+            topic_work_per_byte: DEFAULT_TOPIC_WORK_PER_BYTE,
         }
     }
 }
 
 impl Params {
-    /// Parameters of a local dev network: default fees and the [`DEV_FAUCET_GRANT`] faucet.
+    /// Parameters of a local dev network: default fees, the [`DEV_FAUCET_GRANT`] faucet and
+    /// the light [`DEV_TOPIC_WORK_PER_BYTE`] proof of work.
     pub fn dev() -> Self {
-        Self { faucet: DEV_FAUCET_GRANT, ..Self::default() }
+        Self { faucet: DEV_FAUCET_GRANT, topic_work_per_byte: DEV_TOPIC_WORK_PER_BYTE, ..Self::default() }
+    }
+
+    /// The proof of work a topic write of `len` encoded bytes needs, in expected hashes
+    /// (saturating).
+    pub fn topic_work(&self, len: usize) -> u64 {
+        self.topic_work_per_byte.saturating_mul(u64::try_from(len).unwrap_or(u64::MAX))
     }
 
     /// The fee of a transaction of `len` encoded bytes that uses `fuel` units of fuel
@@ -97,6 +124,12 @@ impl Params {
         if self.fee_per_fuel > FEE_PER_FUEL_MAX {
             return Err("fee_per_fuel is over the limit of 2^32");
         }
+        if self.topic_work_per_byte == 0 {
+            return Err("topic_work_per_byte must be at least 1: topic writes must cost something");
+        }
+        if self.topic_work_per_byte > TOPIC_WORK_PER_BYTE_MAX {
+            return Err("topic_work_per_byte is over the limit of 2^32");
+        }
         if self.faucet > FAUCET_GRANT_MAX {
             return Err("faucet is over the limit of 10^15");
         }
@@ -104,16 +137,25 @@ impl Params {
         Ok(())
     }
 
-    /// Canonical encoding (the state record): version 1 while the fuel schedule is the
-    /// default (so existing genesis states keep their roots), version 2 with it otherwise.
+    /// Canonical encoding (the state record): version 1 while the fuel schedule and the
+    /// topic work price are the defaults (so existing genesis states keep their roots),
+    /// version 2 with another fuel schedule, version 3 with another work price.
     pub fn encode(&self) -> Vec<u8> {
         let custom = self.fuel != FuelSchedule::default();
-        let mut w = Writer::with_capacity(25 + cairn_contracts::fuel::SCHEDULE_BYTES);
-        w.u8(if custom { PARAMS_VERSION_FUEL } else { PARAMS_VERSION });
+        let work = self.topic_work_per_byte != DEFAULT_TOPIC_WORK_PER_BYTE;
+        let mut w = Writer::with_capacity(33 + cairn_contracts::fuel::SCHEDULE_BYTES);
+        w.u8(match (work, custom) {
+            (true, _) => PARAMS_VERSION_WORK,
+            (false, true) => PARAMS_VERSION_FUEL,
+            (false, false) => PARAMS_VERSION,
+        });
         w.u64(self.fee_per_byte);
         w.u64(self.fee_per_fuel);
         w.u64(self.faucet);
-        if custom {
+        if work {
+            w.u64(self.topic_work_per_byte);
+        }
+        if custom || work {
             self.fuel.encode_to(&mut w);
         }
         w.finish()
@@ -123,11 +165,11 @@ impl Params {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let version = r.u8("params.version")?;
-        if version != PARAMS_VERSION && version != PARAMS_VERSION_FUEL {
+        if !(PARAMS_VERSION..=PARAMS_VERSION_WORK).contains(&version) {
             return Err(DecodeError::UnsupportedVersion {
                 what: "params",
                 found: version,
-                supported: PARAMS_VERSION_FUEL,
+                supported: PARAMS_VERSION_WORK,
             });
         }
         let mut p = Self {
@@ -135,7 +177,18 @@ impl Params {
             fee_per_fuel: r.u64("params.fee_per_fuel")?,
             faucet: r.u64("params.faucet")?,
             fuel: FuelSchedule::default(),
+            topic_work_per_byte: DEFAULT_TOPIC_WORK_PER_BYTE,
         };
+        if version == PARAMS_VERSION_WORK {
+            p.topic_work_per_byte = r.u64("params.topic_work_per_byte")?;
+            if p.topic_work_per_byte == DEFAULT_TOPIC_WORK_PER_BYTE {
+                return Err(DecodeError::NonCanonical {
+                    field: "params",
+                    reason: "default topic work in version 3",
+                });
+            }
+            p.fuel = FuelSchedule::decode_from(&mut r)?;
+        }
         if version == PARAMS_VERSION_FUEL {
             p.fuel = FuelSchedule::decode_from(&mut r)?;
             if p.fuel == FuelSchedule::default() {
@@ -167,8 +220,12 @@ mod tests {
         assert!(Params { faucet: FAUCET_GRANT_MAX + 1, ..p }.check().is_err());
         assert!(!Params::default().faucet_enabled());
         assert_eq!(Params { fee_per_byte: u64::MAX, ..p }.fee(usize::MAX, 0), u64::MAX);
-        // the default schedule keeps the version 1 record; another one is recorded
-        assert_eq!(p.encode().len(), 25);
+        // the defaults keep the version 1 record; another schedule or work price is recorded
+        assert_eq!(Params::default().encode().len(), 25);
+        assert_eq!(p.encode()[0], 3, "the dev work price is recorded");
+        assert_eq!(p.topic_work(100), 100 * DEV_TOPIC_WORK_PER_BYTE);
+        assert!(Params { topic_work_per_byte: 0, ..p }.check().is_err());
+        let p = Params { topic_work_per_byte: DEFAULT_TOPIC_WORK_PER_BYTE, ..p };
         let custom = Params { fuel: FuelSchedule { per_byte: 3, ..FuelSchedule::default() }, ..p };
         assert_eq!(Params::decode(&custom.encode()).unwrap(), custom);
         let mut non_canonical = p.encode();

@@ -5,13 +5,18 @@
 //! of the account's devices), a per-signer nonce, and a body. The signature covers the domain
 //! separation string, the chain id, and every other field, so a transaction is valid on one chain
 //! only and cannot be replayed under another nonce.
+//!
+//! Handshake sequencing and anchors are not account transactions: they are topic writes
+//! ([`crate::topic_tx`]), which name no account and pay by proof of work. The account-paid
+//! kinds that carried them (8, 9, 17, 18) are retired and refused as malformed.
 
 use cairn_proto::codec::{DecodeError, Reader, Writer};
 use cairn_proto::ed25519::{Signer as _, SigningKey};
 use cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
-use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
+use cairn_proto::{AccountId, DeviceCert, DeviceId};
 
 pub use crate::authority::{TopicAuth, TopicWrite};
+pub use crate::topic_tx::{AnyTx, TopicBody, TopicTx};
 use commonware_codec::DecodeExt as _;
 use commonware_cryptography::{BatchEntry, BatchVerifier as _, Verifier as _, ed25519 as cw_ed25519};
 
@@ -28,7 +33,7 @@ const ROTATE_SIG_DOMAIN: &[u8] = b"cairn/ledger-rotate/v1";
 /// Domain separation for a device key's consent to being bound to an account.
 const DEVICE_BIND_SIG_DOMAIN: &[u8] = b"cairn/ledger-device-bind/v1";
 /// Domain separation for transaction ids.
-const TX_ID_DOMAIN: &str = "cairn 2026-11 ledger tx id v1";
+pub(crate) const TX_ID_DOMAIN: &str = "cairn 2026-11 ledger tx id v1";
 const TX_VERSION: u8 = 1;
 /// Kind byte of [`TxBody::AddDevice`] (kind 1, without the device's consent, is retired).
 const ADD_DEVICE_KIND: u8 = 11;
@@ -39,10 +44,6 @@ const EXECUTE_KIND: u8 = 14;
 const REGISTER_STORE_KIND: u8 = 15;
 /// Kind byte of [`TxBody::DeregisterStore`].
 const DEREGISTER_STORE_KIND: u8 = 16;
-/// Kind of `SequenceHandshake` with a member's [`TopicAuth`] (kind 8, without it, is retired).
-const SEQUENCE_KIND: u8 = 17;
-/// Kind of `Anchor` with a member's [`TopicAuth`] (kind 9, without it, is retired).
-const ANCHOR_KIND: u8 = 18;
 /// Domain separation for a store node key's consent to being registered for an account.
 const STORE_BIND_SIG_DOMAIN: &[u8] = b"cairn/ledger-store-bind/v1";
 /// Largest contract message (an instantiate or execute input), in bytes.
@@ -125,28 +126,6 @@ pub enum TxBody {
         batch_hash: [u8; 32],
         /// Number of key packages in the batch.
         count: u32,
-    },
-    /// Sequences an MLS handshake message on a topic (the commit sequencer).
-    SequenceHandshake {
-        /// Conversation topic.
-        topic: Topic,
-        /// Number of handshake messages the author had applied (compare-and-swap).
-        after: u64,
-        /// Opaque MLS handshake bytes.
-        payload: Vec<u8>,
-        /// A member's signature, registering a commit's next epoch key.
-        auth: TopicAuth,
-    },
-    /// Anchors a conversation head.
-    Anchor {
-        /// Conversation topic.
-        topic: Topic,
-        /// Head envelope id.
-        head: Id,
-        /// Number of messages in the history up to the head.
-        count: u64,
-        /// A member's signature (no next key).
-        auth: TopicAuth,
     },
     /// Moves balance to another account; if the receiving key has no account yet, creates it
     /// (registered, with no devices), which is how a new account is funded where the faucet is
@@ -339,20 +318,6 @@ impl TxBody {
                 w.raw(batch_hash);
                 w.u32(*count);
             }
-            Self::SequenceHandshake { topic, after, payload, auth } => {
-                w.u8(SEQUENCE_KIND);
-                w.raw(&topic.0);
-                w.u64(*after);
-                w.bytes(payload);
-                auth.encode_to(w);
-            }
-            Self::Anchor { topic, head, count, auth } => {
-                w.u8(ANCHOR_KIND);
-                w.raw(&topic.0);
-                w.raw(&head.0);
-                w.u64(*count);
-                auth.encode_to(w);
-            }
             Self::Transfer { to, amount } => {
                 w.u8(10);
                 w.raw(&to.0);
@@ -388,24 +353,6 @@ impl TxBody {
         }
     }
 
-    /// A `SequenceHandshake` on the topic of conversation `conv`, signed by its founder key
-    /// (the first write on a topic; tools, benches and tests).
-    pub fn handshake_as_founder(conv: &[u8; 32], chain: &[u8; 32], after: u64, payload: Vec<u8>) -> Self {
-        let topic = Topic::for_conversation(conv);
-        let seed = cairn_proto::id::founder_seed(conv);
-        let auth =
-            TopicAuth::sign(&seed, chain, &topic, &TopicWrite::Handshake { after, payload: &payload }, None);
-        Self::SequenceHandshake { topic, after, payload, auth }
-    }
-
-    /// An `Anchor` on the topic of conversation `conv`, signed by its founder key.
-    pub fn anchor_as_founder(conv: &[u8; 32], chain: &[u8; 32], head: Id, count: u64) -> Self {
-        let topic = Topic::for_conversation(conv);
-        let seed = cairn_proto::id::founder_seed(conv);
-        let auth = TopicAuth::sign(&seed, chain, &topic, &TopicWrite::Anchor { head: &head, count }, None);
-        Self::Anchor { topic, head, count, auth }
-    }
-
     /// The most fuel this body may use (0 for everything but contract calls).
     pub fn fuel_limit(&self) -> u64 {
         match self {
@@ -438,29 +385,12 @@ impl TxBody {
             7 => {
                 Self::PublishKeyPackages { batch_hash: r.array("tx.batch_hash")?, count: r.u32("tx.count")? }
             }
-            8 | 9 => {
+            8 | 9 | 17 | 18 => {
                 return Err(DecodeError::Invalid {
                     field: "tx.kind",
-                    reason: "a topic write without a member's signature is retired: use kind 17 or 18",
+                    reason: "a topic write paid by an account is retired: send a topic write (version 2), \
+                             which names no account",
                 });
-            }
-            SEQUENCE_KIND => Self::SequenceHandshake {
-                topic: Topic(r.array("tx.topic")?),
-                after: r.u64("tx.after")?,
-                payload: r.bytes(HANDSHAKE_BYTES_MAX, "tx.payload")?.to_vec(),
-                auth: TopicAuth::decode_from(r)?,
-            },
-            ANCHOR_KIND => {
-                let (topic, head, count) =
-                    (Topic(r.array("tx.topic")?), Id(r.array("tx.head")?), r.u64("tx.count")?);
-                let auth = TopicAuth::decode_from(r)?;
-                if auth.next.is_some() {
-                    return Err(DecodeError::Invalid {
-                        field: "auth.next",
-                        reason: "an anchor registers no key",
-                    });
-                }
-                Self::Anchor { topic, head, count, auth }
             }
             10 => Self::Transfer { to: AccountId(r.array("tx.to")?), amount: r.u64("tx.amount")? },
             DEPLOY_KIND => Self::Deploy { code: r.bytes(CODE_BYTES_MAX, "tx.code")?.to_vec() },
@@ -487,10 +417,7 @@ impl TxBody {
 
     /// True if only the account key (not a device key) may sign this body.
     pub fn needs_account_key(&self) -> bool {
-        !matches!(
-            self,
-            Self::PublishKeyPackages { .. } | Self::SequenceHandshake { .. } | Self::Anchor { .. }
-        )
+        !matches!(self, Self::PublishKeyPackages { .. })
     }
 }
 
@@ -634,14 +561,6 @@ mod tests {
             TxBody::ReleaseHandle { name: "alice_1".into() },
             TxBody::TransferHandle { name: "alice_1".into(), to: AccountId([9; 32]) },
             TxBody::PublishKeyPackages { batch_hash: [7; 32], count: 10 },
-            TxBody::handshake_as_founder(&[1; 32], &[0; 32], 3, vec![1, 2, 3]),
-            TxBody::SequenceHandshake {
-                topic: Topic([1; 32]),
-                after: 3,
-                payload: vec![1, 2, 3],
-                auth: TopicAuth { key: [1; 32], next: Some([2; 32]), sig: [3; 64] },
-            },
-            TxBody::anchor_as_founder(&[1; 32], &[0; 32], Id([2; 32]), 9),
             TxBody::Transfer { to: AccountId([9; 32]), amount: 77 },
             TxBody::Deploy { code: vec![0, 97, 115, 109] },
             TxBody::Instantiate { code_hash: [3; 32], msg: vec![1, 2], funds: 5, fuel_limit: 1000 },
@@ -682,6 +601,23 @@ mod tests {
         assert!(matches!(normalize_handle("al-ice"), Err(TxError::BadHandle(_))));
         assert!(matches!(normalize_handle("alicé"), Err(TxError::BadHandle(_))));
         assert_eq!(normalize_handle(&"a".repeat(32)).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn account_paid_topic_writes_are_retired() {
+        let k = key(1);
+        let acct = AccountId(k.verifying_key().to_bytes());
+        let mut bytes = Tx::sign([0; 32], acct, &k, 0, TxBody::RegisterAccount).encode();
+        // version ‖ chain ‖ account ‖ signer ‖ nonce, then the kind byte
+        let at = 1 + 32 + 32 + 32 + 8;
+        for kind in [8u8, 9, 17, 18] {
+            bytes[at] = kind;
+            assert!(matches!(
+                Tx::decode(&bytes),
+                Err(TxError::Malformed(DecodeError::Invalid { field: "tx.kind", reason }))
+                    if reason.contains("retired")
+            ));
+        }
     }
 
     #[test]

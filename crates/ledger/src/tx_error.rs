@@ -122,8 +122,9 @@ pub enum TxError {
         /// Current length of the topic's order.
         current: u64,
     },
-    /// An anchor may not go backwards.
-    #[error("anchor count {count} is below the anchored {anchored}")]
+    /// An anchor must name more messages than the one anchored (so a copy of an anchor is
+    /// never applied twice).
+    #[error("anchor count {count} is not above the anchored {anchored}")]
     AnchorRegressed {
         /// Count given.
         count: u64,
@@ -257,6 +258,30 @@ pub enum TxError {
         /// Mempool bound, bytes.
         max: usize,
     },
+    /// The topic already has its most topic writes waiting in this validator's mempool
+    /// (transient: retry once one is finalized).
+    #[error("{pending} writes on this topic are waiting already, the most: retry once one is final")]
+    TopicWindowFull {
+        /// Writes waiting on the topic.
+        pending: usize,
+        /// Per-topic bound ([`crate::mempool::TOPIC_WINDOW`]).
+        max: usize,
+    },
+    /// The mempool's share for topic writes holds its byte bound (transient).
+    #[error("the mempool's room for topic writes ({max} bytes) is full: retry later")]
+    TopicMempoolFull {
+        /// Bound, bytes.
+        max: usize,
+    },
+    /// A topic write carries too little proof of work for its size (at this validator's
+    /// current load, which may ask more than the chain's price: mine again for `need`).
+    #[error("topic write carries {have} hashes of work, {need} are needed: mine again")]
+    TopicWorkTooLow {
+        /// Work shown (expected hashes).
+        have: u64,
+        /// Work asked (expected hashes).
+        need: u64,
+    },
 }
 
 impl TxError {
@@ -312,6 +337,9 @@ impl TxError {
             Self::BadTopicAuth => 47,
             Self::AuthorityFull { .. } => 48,
             Self::AnchorTooLarge { .. } => 49,
+            Self::TopicWindowFull { .. } => 50,
+            Self::TopicMempoolFull { .. } => 51,
+            Self::TopicWorkTooLow { .. } => 52,
         }
     }
 }

@@ -17,7 +17,7 @@ use cairn_ledger::rpc::protocol::{HandshakePage, Request, Response};
 use cairn_ledger::rpc::server::{answer, serve};
 use cairn_ledger::rpc::{ClientError, LINKS_PER_REPLY_MAX, LedgerClient};
 use cairn_ledger::state::TopicState;
-use cairn_ledger::tx::{Tx, TxBody};
+use cairn_ledger::tx::TopicTx;
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, Topic};
 use commonware_cryptography::ed25519;
@@ -66,19 +66,23 @@ fn chain_in(n: u64, store: ChainStore) -> Chain {
 fn build(n: u64, store: ChainStore) -> (Genesis, Vec<ed25519::PrivateKey>, Ledger, Vec<Vec<u8>>) {
     let signer = user(0);
     let (g, keys) = Genesis::local("handshake-proofs", 4, 29700, vec![(id(&signer), u64::MAX / 4)]).unwrap();
-    let ledger = Ledger::open(&g, MempoolLimits::default(), store).unwrap();
+    // 64 writes of the one topic may wait (the default window is 4): 64 handshakes a block
+    let limits = MempoolLimits { topic_window: 64, ..MempoolLimits::default() };
+    let ledger = Ledger::open(&g, limits, store).unwrap();
 
     let chain = g.chain_id();
     let mut payloads = Vec::new();
     let mut nonce = 0u64;
-    // one block per mempool window of the single signer, and always one block (certified)
+    // one block per topic window, and always one block (certified)
     loop {
-        let batch = (n - nonce).min(cairn_ledger::mempool::NONCE_WINDOW);
+        let batch = (n - nonce).min(64);
         for _ in 0..batch {
             let p = payload(nonce);
-            let body = TxBody::handshake_as_founder(&CONV, &chain, nonce, p.clone());
-            assert!(matches!(&body, TxBody::SequenceHandshake { topic: t, .. } if *t == topic()));
-            ledger.submit(Tx::sign(chain, id(&signer), &signer, nonce, body).encode()).unwrap();
+            let tx = TopicTx::handshake_as_founder(&CONV, &chain, nonce, p.clone());
+            assert_eq!(*tx.body.topic(), topic());
+            // each write follows the one before it in the mempool: admitted against the
+            // finalized count, only the first of a batch is at the count; the rest wait
+            ledger.submit(tx.mined(&g.params)).unwrap();
             payloads.push(p);
             nonce += 1;
         }

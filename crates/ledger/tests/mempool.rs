@@ -49,10 +49,11 @@ fn chain(n: u8, funded: u8, funds: u64, limits: MempoolLimits) -> (Vec<SigningKe
     (users, l, genesis.chain_id())
 }
 
-/// A handshake of `payload` bytes from `k` at `nonce`.
+/// An account transaction carrying `payload` bytes from `k` at `nonce` (code that is no
+/// WebAssembly: admitted and paid for, its effect fails). Handshakes are topic writes now,
+/// paid by work, not by an account.
 fn handshake(chain: [u8; 32], k: &SigningKey, nonce: u64, payload: usize) -> Vec<u8> {
-    let body = TxBody::handshake_as_founder(&[nonce as u8; 32], &chain, 0, vec![1; payload]);
-    Tx::sign(chain, id(k), k, nonce, body).encode()
+    Tx::sign(chain, id(k), k, nonce, TxBody::Deploy { code: vec![1; payload] }).encode()
 }
 
 #[test]
@@ -213,7 +214,13 @@ fn the_nonce_window_is_bounded() {
 #[test]
 fn mempool_byte_bounds_refuse_and_never_evict() {
     let big = 60_000;
-    let limits = MempoolLimits { txs: 1_000, bytes: 5 * 61_000, signer_bytes: 2 * 61_000, nonce_window: 16 };
+    let limits = MempoolLimits {
+        txs: 1_000,
+        bytes: 5 * 61_000,
+        signer_bytes: 2 * 61_000,
+        nonce_window: 16,
+        ..MempoolLimits::default()
+    };
     let (users, l, chain) = chain(4, 4, 1_000_000_000, limits);
     let t = |u: usize, n: u64| handshake(chain, &users[u], n, big);
     // per signer: two fit, the third is refused

@@ -1,9 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 //! Transaction outcomes are proven (issue 12 §3): each block header commits to its receipts'
 //! outcomes, and a client checks "finalized at height h with outcome o" against a certified
-//! header. One lying validator (claiming Sequenced for a commit that failed as stale, a failure
-//! for one that was sequenced, another height, or another transaction's proof) is caught and
-//! the client takes the true outcome from an honest one; with only liars nothing is believed.
+//! header. One lying validator (claiming Sequenced for a transaction that failed, a stale
+//! failure for a commit that was sequenced, another height, or another transaction's proof) is
+//! caught and the client takes the true outcome from an honest one; with only liars nothing is
+//! believed. A commit refused as stale (topic writes at a taken position are never included)
+//! is proven stale by the topic's proven handshake count.
 //! Real ledgers, driven block by block; real servers and fake ones on 127.0.0.1 over the real
 //! channel.
 
@@ -20,7 +22,7 @@ use cairn_ledger::outcome_proof::{self, OutcomeProof};
 use cairn_ledger::rpc::protocol::{Request, Response};
 use cairn_ledger::rpc::server::{answer, serve};
 use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteOutcome, RemoteStatus};
-use cairn_ledger::tx::{Tx, TxBody, TxError, TxId};
+use cairn_ledger::tx::{TopicTx, Tx, TxBody, TxError, TxId};
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, Topic};
 use commonware_cryptography::ed25519;
@@ -36,8 +38,8 @@ fn id(k: &SigningKey) -> AccountId {
 }
 
 /// A ledger with three finalized blocks:
-/// 1 (certified): `sequenced` (first handshake of the topic) and `stale` (a second one also
-///   claiming to follow position 0: included, its effect failed as stale);
+/// 1 (certified): `sequenced` (first handshake of the topic, a topic write) and `stale` (a
+///   transfer to oneself: included, its effect failed);
 /// 2 (no certificate of its own): `late`, a transfer;
 /// 3 (certified): a transfer.
 struct Chain {
@@ -78,13 +80,13 @@ fn chain() -> Chain {
     };
     let b1 = block(
         vec![
-            sign(0, TxBody::handshake_as_founder(&CONV, &c, 0, b"commit A".to_vec())),
-            sign(1, TxBody::handshake_as_founder(&CONV, &c, 0, b"commit B".to_vec())),
+            TopicTx::handshake_as_founder(&CONV, &c, 0, b"commit A".to_vec()).mined(&g.params),
+            sign(0, TxBody::Transfer { to: id(&u), amount: 1 }),
         ],
         true,
     );
-    let b2 = block(vec![sign(2, TxBody::Transfer { to, amount: 7 })], false);
-    block(vec![sign(3, TxBody::Transfer { to, amount: 8 })], true);
+    let b2 = block(vec![sign(1, TxBody::Transfer { to, amount: 7 })], false);
+    block(vec![sign(2, TxBody::Transfer { to, amount: 8 })], true);
     let listeners = std::sync::Mutex::new(listeners);
     Chain { g, keys, ledger, sequenced: b1[0], stale: b1[1], late: b2[0], listeners }
 }
@@ -218,9 +220,9 @@ fn truth(c: &Chain) -> [(TxId, (u64, RemoteOutcome)); 2] {
             (
                 1,
                 RemoteOutcome::Failed {
-                    code: stale_code(),
-                    message: TxError::StaleSequence { after: 0, current: 1 }.to_string(),
-                    stale: Some((0, 1)),
+                    code: TxError::SelfTransfer.code(),
+                    message: TxError::SelfTransfer.to_string(),
+                    stale: None,
                 },
             ),
         ),
@@ -349,12 +351,11 @@ fn the_commit_sequencer_is_told_the_proven_outcome_whatever_the_first_validator_
     let c = Arc::new(chain());
     produce_blocks(&c, 60);
     let keys = || TopicKeys { seed: cairn_proto::id::founder_seed(&CONV), next: None };
-    // validator 0 flips every outcome: a commit that failed as stale is "sequenced at 1" (a
-    // member believing it would apply a commit the others dropped, and fork the group), and
-    // one that was sequenced "failed as stale" (the member would drop a commit the others
-    // applied). Caught at the first commit, it is asked last for the second.
+    // validator 0 flips every outcome: one that was sequenced "failed as stale" (the member
+    // would drop a commit the others applied). A commit on a taken position is refused by
+    // every validator and proven stale by the topic's proven count, whatever anyone claims.
     let client = cluster(&c, [Some(flips as Lie), None, None, None]);
-    let mut seq = LedgerSequencer::new(client, id(&user()), user()).with_timeout(Duration::from_secs(20));
+    let mut seq = LedgerSequencer::new(client).with_timeout(Duration::from_secs(20));
     let r = seq.submit(topic(), 0, b"commit C on a stale epoch".to_vec(), keys());
     assert!(matches!(r, Err(SequencerError::Stale { after: 0, current: 1 })), "{r:?}");
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use cairn_ledger::audit::check_no_fork;
 use cairn_ledger::core::TxStatus;
+use cairn_ledger::params::Params;
 use cairn_ledger::state::Outcome;
-use cairn_ledger::tx::{Tx, TxBody, TxError};
+use cairn_ledger::tx::{AnyTx, TopicTx, Tx, TxBody, TxError};
 use cairn_ledger::validator::Behaviour;
 use cairn_proto::ed25519::SigningKey;
 use cairn_proto::{AccountId, DeviceCert, DeviceId, Topic};
@@ -18,21 +19,35 @@ use commonware_runtime::Clock;
 mod common;
 use common::*;
 
-/// A batch of transactions exercising several kinds (with a sequencer race).
+/// A batch of account transactions exercising several kinds.
 fn workload(chain: [u8; 32], round: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for i in 0..8u8 {
         let k = user(i);
         let id = AccountId(k.verifying_key().to_bytes());
         let to = AccountId(user((i + 1) % 8).verifying_key().to_bytes());
-        let body = match (round + i as u64) % 3 {
+        let body = match (round + i as u64) % 2 {
             0 => TxBody::Transfer { to, amount: 1 },
-            1 => TxBody::handshake_as_founder(&[7; 32], &chain, round, vec![i; 32]),
             _ => TxBody::PublishKeyPackages { batch_hash: [i; 32], count: round as u32 },
         };
         out.push(Tx::sign(chain, id, &k, round, body).encode());
     }
     out
+}
+
+/// A sequencer race: three topic writes (no account) each claiming handshake position
+/// `after` of one topic; at most one can take it.
+fn race(chain: [u8; 32], after: u64) -> Vec<Vec<u8>> {
+    (0..3u8)
+        .map(|i| {
+            TopicTx::handshake_as_founder(&[7; 32], &chain, after, vec![i; 32]).mined(&Params::default())
+        })
+        .collect()
+}
+
+/// Handshakes sequenced on the race topic at validator 0.
+fn sequenced(net: &Net) -> u64 {
+    net.ledger(0).unwrap().handshakes(&Topic::for_conversation(&[7; 32]), 0, 1000).len() as u64
 }
 
 #[test]
@@ -50,12 +65,17 @@ fn four_validators_finalize_identical_state() {
                 );
                 let chain = net.genesis.chain_id();
                 let mut ids = Vec::new();
+                let mut races = Vec::new();
                 let mut sent = Vec::new();
                 for round in 0..3 {
                     for t in workload(chain, round) {
                         ids.push(Tx::id_of(&t));
                         net.submit(&t);
                         sent.push(t);
+                    }
+                    for t in race(chain, sequenced(&net)) {
+                        races.push(Tx::id_of(&t));
+                        net.submit(&t);
                     }
                     ctx.sleep(Duration::from_millis(700)).await;
                 }
@@ -86,7 +106,13 @@ fn four_validators_finalize_identical_state() {
                     for i in 1..N {
                         assert_eq!(net.ledger(i).unwrap().tx_status(id), s);
                     }
+                }
+                for id in &races {
+                    let s = l0.tx_status(id);
                     if let TxStatus::Finalized { outcome: Outcome::Sequenced { seq, .. }, .. } = s {
+                        for i in 1..N {
+                            assert_eq!(net.ledger(i).unwrap().tx_status(id), s);
+                        }
                         seqs.push(seq);
                     }
                 }
@@ -284,7 +310,9 @@ fn byzantine_invalid_proposer_cannot_break_safety() {
                 for h in 1..=l.status().height {
                     let b = l.block(h).unwrap();
                     for t in &b.txs {
-                        Tx::decode(t).unwrap().verify_signature().unwrap();
+                        if let AnyTx::Account(t) = AnyTx::decode(t).unwrap() {
+                            t.verify_signature().unwrap();
+                        }
                     }
                 }
             })
@@ -348,6 +376,9 @@ fn a_restarted_validator_serves_the_same_blocks_handshakes_and_outcomes() {
                         ids.push(Tx::id_of(&t));
                         net.submit(&t);
                     }
+                    for t in race(chain, sequenced(&net)) {
+                        net.submit(&t);
+                    }
                     ctx.sleep(Duration::from_millis(700)).await;
                 }
                 net.wait_final(&ctx, &ids, Duration::from_secs(60)).await;
@@ -363,7 +394,9 @@ fn a_restarted_validator_serves_the_same_blocks_handshakes_and_outcomes() {
                 }
                 let topic = Topic::for_conversation(&[7; 32]);
                 let list = l0.handshakes(&topic, 0, 1000);
-                assert!(list.len() >= 4, "{}", list.len());
+                // one race per round, each at the count validator 0 had then: at least the
+                // first takes its position (later ones may race a position still pending)
+                assert!(!list.is_empty());
                 assert_eq!(l3.handshakes(&topic, 0, 1000), list);
                 let h = l0.status().height.min(l3.status().height);
                 for k in 0..=h {

@@ -3,7 +3,7 @@
 
 use cairn_ledger::params::Params;
 use cairn_ledger::state::{BlockError, Machine, Outcome, StateKey};
-use cairn_ledger::tx::{TopicAuth, TopicWrite, Tx, TxBody, TxError, rotation_message};
+use cairn_ledger::tx::{AnyTx, TopicBody, TopicTx, Tx, TxBody, TxError, rotation_message};
 use cairn_proto::ed25519::{Signer as _, SigningKey};
 use cairn_proto::{AccountId, DeviceCert, DeviceId, Id, Topic};
 use proptest::prelude::*;
@@ -44,6 +44,11 @@ impl W {
     fn run(&mut self, account: AccountId, k: &SigningKey, body: TxBody) -> Result<Outcome, TxError> {
         let t = self.tx(account, k, body);
         self.run_raw(t)
+    }
+    /// Mines `t` for the chain's price and runs it as a one-tx block.
+    fn topic(&mut self, t: TopicTx) -> Result<Outcome, TxError> {
+        let bytes = t.mined(&params());
+        self.run_raw(bytes)
     }
     fn run_raw(&mut self, t: Vec<u8>) -> Result<Outcome, TxError> {
         let (receipts, dropped) = self.m.propose_and_apply(&[t]).unwrap();
@@ -97,7 +102,7 @@ fn register_devices_rotation_and_typed_refusals() {
     // revoke: the device can no longer sign
     assert_eq!(w.run(ida, &a, TxBody::RevokeDevice { device: did }).unwrap(), Outcome::Applied);
     assert_eq!(failed(w.run(ida, &a, TxBody::RevokeDevice { device: did })), TxError::UnknownDevice);
-    let body = TxBody::anchor_as_founder(&[5; 32], &CHAIN, Id([1; 32]), 3);
+    let body = TxBody::PublishKeyPackages { batch_hash: [1; 32], count: 3 };
     assert_eq!(w.run(ida, &d, body).unwrap_err(), TxError::RevokedDevice);
     // and cannot be re-added
     assert_eq!(failed(w.run(ida, &a, add)), TxError::DeviceExists);
@@ -274,30 +279,29 @@ fn acct_dev(k: &SigningKey) -> DeviceId {
 
 #[test]
 fn commit_sequencer_is_compare_and_swap() {
-    let a = key(1);
-    let ida = acct(&a);
-    let d = key(3);
-    let mut w = W::new(&[(ida, FUNDS)]);
-    let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
-    w.run(ida, &a, TxBody::add_device(&CHAIN, cert, &d)).unwrap();
+    let mut w = W::new(&[]);
     let t = Topic::for_conversation(&[8; 32]);
-    let hs = |after, p: u8| TxBody::handshake_as_founder(&[8; 32], &CHAIN, after, vec![p; 10]);
-    assert_eq!(w.run(ida, &d, hs(0, 1)).unwrap(), Outcome::Sequenced { topic: t, seq: 0 });
-    assert_eq!(w.run(ida, &a, hs(1, 2)).unwrap(), Outcome::Sequenced { topic: t, seq: 1 });
-    assert_eq!(failed(w.run(ida, &d, hs(1, 3))), TxError::StaleSequence { after: 1, current: 2 });
-    assert_eq!(failed(w.run(ida, &d, hs(5, 3))), TxError::StaleSequence { after: 5, current: 2 });
-    // two racing submissions in one block: the first wins, the second is stale
-    let n = w.m.nonce(&d.verifying_key().to_bytes());
-    let x = Tx::sign(CHAIN, ida, &d, n, hs(2, 4)).encode();
-    let y = Tx::sign(CHAIN, ida, &d, n + 1, hs(2, 5)).encode();
-    let (r, dropped) = w.m.propose_and_apply(&[x, y]).unwrap();
-    assert!(dropped.is_empty());
+    let hs = |after, p: u8| TopicTx::handshake_as_founder(&[8; 32], &CHAIN, after, vec![p; 10]);
+    assert_eq!(w.topic(hs(0, 1)).unwrap(), Outcome::Sequenced { topic: t, seq: 0 });
+    assert_eq!(w.topic(hs(1, 2)).unwrap(), Outcome::Sequenced { topic: t, seq: 1 });
+    // a taken or a future position is refused whole: never included, nothing paid
+    assert_eq!(w.topic(hs(1, 3)).unwrap_err(), TxError::StaleSequence { after: 1, current: 2 });
+    assert_eq!(w.topic(hs(5, 3)).unwrap_err(), TxError::StaleSequence { after: 5, current: 2 });
+    // two racing submissions in one block: the first wins, the second is left out
+    let x = hs(2, 4).mined(&params());
+    let y = hs(2, 5).mined(&params());
+    let (r, dropped) = w.m.propose_and_apply(&[x, y.clone()]).unwrap();
+    assert_eq!(r.len(), 1);
     assert_eq!(r[0].outcome, Outcome::Sequenced { topic: t, seq: 2 });
-    assert_eq!(r[1].outcome, Outcome::Failed(TxError::StaleSequence { after: 2, current: 3 }));
-    // anchors never regress
-    let anc = |count| TxBody::anchor_as_founder(&[8; 32], &CHAIN, Id([count as u8; 32]), count);
-    assert_eq!(w.run(ida, &d, anc(10)).unwrap(), Outcome::Applied);
-    assert_eq!(failed(w.run(ida, &d, anc(9))), TxError::AnchorRegressed { count: 9, anchored: 10 });
+    assert_eq!(dropped[0].tx, Tx::id_of(&y));
+    assert_eq!(dropped[0].error, TxError::StaleSequence { after: 2, current: 3 });
+    // ... and a block that carries it anyway is invalid
+    assert!(matches!(w.m.apply_block(&[y]), Err(BlockError::Tx { index: 0, .. })));
+    // anchors only grow: an equal count (a copy) or a lower one is refused
+    let anc = |count| TopicTx::anchor_as_founder(&[8; 32], &CHAIN, Id([count as u8; 32]), count);
+    assert_eq!(w.topic(anc(10)).unwrap(), Outcome::Applied);
+    assert_eq!(w.topic(anc(10)).unwrap_err(), TxError::AnchorRegressed { count: 10, anchored: 10 });
+    assert_eq!(w.topic(anc(9)).unwrap_err(), TxError::AnchorRegressed { count: 9, anchored: 10 });
 }
 
 #[test]
@@ -335,13 +339,16 @@ fn tx_pool() -> Vec<Vec<u8>> {
         let bodies = vec![
             TxBody::ClaimHandle { name: format!("user{}", i % 2) },
             TxBody::Transfer { to, amount: 7 },
-            TxBody::handshake_as_founder(&[1; 32], &CHAIN, (i % 3) as u64, vec![i as u8]),
-            TxBody::anchor_as_founder(&[2; 32], &CHAIN, Id([i as u8; 32]), (i * 3 % 5) as u64),
             TxBody::ReleaseHandle { name: format!("user{}", i % 2) },
         ];
         for (n, body) in bodies.into_iter().enumerate() {
             out.push(Tx::sign(CHAIN, id, k, n as u64, body).encode());
         }
+        // topic writes, racing for positions and anchors
+        let hs = TopicTx::handshake_as_founder(&[1; 32], &CHAIN, (i % 3) as u64, vec![i as u8]);
+        out.push(hs.mined(&params()));
+        let anchor = TopicTx::anchor_as_founder(&[2; 32], &CHAIN, Id([i as u8; 32]), (i * 3 % 5) as u64);
+        out.push(anchor.mined(&params()));
     }
     out
 }
@@ -430,11 +437,11 @@ fn fees_are_exact_paid_by_the_account_and_burned() {
     let mut paid_by_a = 0;
     let txs = vec![
         (ida, a.clone(), TxBody::add_device(&CHAIN, cert, &d)),
-        (ida, d.clone(), TxBody::handshake_as_founder(&[1; 32], &CHAIN, 0, vec![7; 5000])),
+        (ida, d.clone(), TxBody::PublishKeyPackages { batch_hash: [7; 32], count: 5 }),
         // a failed effect still pays
-        (ida, d.clone(), TxBody::handshake_as_founder(&[1; 32], &CHAIN, 0, vec![8; 100])),
+        (ida, a.clone(), TxBody::Deploy { code: vec![8; 100] }),
         (ida, a.clone(), TxBody::ClaimHandle { name: "alice".into() }),
-        (idb, b.clone(), TxBody::anchor_as_founder(&[2; 32], &CHAIN, Id([1; 32]), 1)),
+        (idb, b.clone(), TxBody::Transfer { to: ida, amount: 0 }),
     ];
     for (account, k, body) in txs {
         let t = w.tx(account, &k, body);
@@ -447,6 +454,10 @@ fn fees_are_exact_paid_by_the_account_and_burned() {
         w.run_raw(t).unwrap();
         assert_eq!(supply(&w), 2 * FUNDS - burned, "fees leave the supply");
     }
+    // topic writes pay with work: no balance moves
+    let hs = TopicTx::handshake_as_founder(&[1; 32], &CHAIN, 0, vec![7; 5000]);
+    assert!(matches!(w.topic(hs).unwrap(), Outcome::Sequenced { .. }));
+    assert_eq!(supply(&w), 2 * FUNDS - burned, "a topic write pays no fee");
     assert_eq!(
         w.m.account(&ida).unwrap().balance,
         FUNDS - paid_by_a,
@@ -607,16 +618,12 @@ fn a_look_alike_of_a_taken_handle_is_refused() {
 }
 
 /// A topic write signed by the authority key of `seed` (the public key of `next`'s seed, if any).
-fn hs_by(topic: Topic, after: u64, payload: &[u8], seed: [u8; 32], next: Option<[u8; 32]>) -> TxBody {
+fn hs_by(topic: Topic, after: u64, payload: &[u8], seed: [u8; 32], next: Option<[u8; 32]>) -> TopicTx {
     let next = next.map(|n| SigningKey::from_bytes(&n).verifying_key().to_bytes());
-    let w = TopicWrite::Handshake { after, payload };
-    let auth = TopicAuth::sign(&seed, &CHAIN, &topic, &w, next);
-    TxBody::SequenceHandshake { topic, after, payload: payload.to_vec(), auth }
+    TopicTx::handshake(CHAIN, topic, after, payload.to_vec(), &seed, next)
 }
-fn anchor_by(topic: Topic, count: u64, seed: [u8; 32]) -> TxBody {
-    let head = Id([count as u8; 32]);
-    let auth = TopicAuth::sign(&seed, &CHAIN, &topic, &TopicWrite::Anchor { head: &head, count }, None);
-    TxBody::Anchor { topic, head, count, auth }
+fn anchor_by(topic: Topic, count: u64, seed: [u8; 32]) -> TopicTx {
+    TopicTx::anchor(CHAIN, topic, Id([count as u8; 32]), count, &seed)
 }
 
 /// Issue 12 §7 "an outsider sequencing junk into a conversation" and "an anchor hijack": only
@@ -624,59 +631,125 @@ fn anchor_by(topic: Topic, count: u64, seed: [u8; 32]) -> TxBody {
 /// first write of an epoch after its removal.
 #[test]
 fn only_members_write_to_a_topic_and_a_removed_member_loses_its_key() {
-    let (a, r, m) = (key(1), key(2), key(3));
-    let (ida, idr, idm) = (acct(&a), acct(&r), acct(&m));
-    let mut w = W::new(&[(ida, FUNDS), (idr, FUNDS), (idm, FUNDS)]);
+    let mut w = W::new(&[]);
     let conv = [9u8; 32];
     let topic = Topic::for_conversation(&conv);
     let founder = cairn_proto::id::founder_seed(&conv);
     let (k1, k2, junk) = ([11u8; 32], [12u8; 32], [66u8; 32]);
 
     // An outsider who sees the topic cannot found it, sequence on it or anchor on it.
-    assert_eq!(failed(w.run(idm, &m, hs_by(topic, 0, b"junk", junk, None))), TxError::NotTopicAuthority);
-    assert_eq!(failed(w.run(idm, &m, anchor_by(topic, 5, junk))), TxError::NotTopicAuthority);
+    assert_eq!(w.topic(hs_by(topic, 0, b"junk", junk, None)).unwrap_err(), TxError::NotTopicAuthority);
+    assert_eq!(w.topic(anchor_by(topic, 5, junk)).unwrap_err(), TxError::NotTopicAuthority);
     // The count that once broke every later anchor is refused outright.
     assert_eq!(
-        failed(w.run(idm, &m, anchor_by(topic, u64::MAX, junk))),
+        w.topic(anchor_by(topic, u64::MAX, junk)).unwrap_err(),
         TxError::AnchorTooLarge { count: u64::MAX, max: 1 << 48 }
     );
 
     // The creator's first commit founds the topic and registers epoch 1's key.
     assert_eq!(
-        w.run(ida, &a, hs_by(topic, 0, b"c0", founder, Some(k1))).unwrap(),
+        w.topic(hs_by(topic, 0, b"c0", founder, Some(k1))).unwrap(),
         Outcome::Sequenced { topic, seq: 0 }
     );
     // A member's signature lifted onto other bytes does not verify.
-    let TxBody::SequenceHandshake { auth, .. } = hs_by(topic, 1, b"c1", k1, Some(k2)) else { unreachable!() };
-    let lifted = TxBody::SequenceHandshake { topic, after: 1, payload: b"junk".to_vec(), auth };
-    assert_eq!(failed(w.run(idm, &m, lifted)), TxError::BadTopicAuth);
-    // The outsider still cannot write, whatever account pays.
-    assert_eq!(failed(w.run(idm, &m, hs_by(topic, 1, b"junk", junk, None))), TxError::NotTopicAuthority);
+    let TopicBody::Handshake { auth, .. } = hs_by(topic, 1, b"c1", k1, Some(k2)).body else { unreachable!() };
+    let lifted = TopicTx {
+        chain: CHAIN,
+        body: TopicBody::Handshake { topic, after: 1, payload: b"junk".to_vec(), auth },
+        work_nonce: 0,
+    };
+    assert_eq!(w.topic(lifted).unwrap_err(), TxError::BadTopicAuth);
+    // The outsider still cannot write, whatever work it pays.
+    assert_eq!(w.topic(hs_by(topic, 1, b"junk", junk, None)).unwrap_err(), TxError::NotTopicAuthority);
 
     // Epoch 1 (r is a member): the commit removing r registers epoch 2's key.
     assert_eq!(
-        w.run(ida, &a, hs_by(topic, 1, b"remove r", k1, Some(k2))).unwrap(),
+        w.topic(hs_by(topic, 1, b"remove r", k1, Some(k2))).unwrap(),
         Outcome::Sequenced { topic, seq: 1 }
     );
     // Until a member writes with epoch 2's key, r's epoch-1 key still counts (members who have
     // not merged yet anchor with it): r can add a junk key under it.
     assert_eq!(
-        w.run(idr, &r, hs_by(topic, 2, b"junk", k1, Some(junk))).unwrap(),
+        w.topic(hs_by(topic, 2, b"junk", k1, Some(junk))).unwrap(),
         Outcome::Sequenced { topic, seq: 2 }
     );
     // The first write with epoch 2's key prunes epoch 1's key and everything r registered.
-    assert_eq!(w.run(ida, &a, anchor_by(topic, 10, k2)).unwrap(), Outcome::Applied);
-    assert_eq!(failed(w.run(idr, &r, anchor_by(topic, 11, k1))), TxError::NotTopicAuthority);
-    assert_eq!(failed(w.run(idr, &r, hs_by(topic, 3, b"junk", junk, None))), TxError::NotTopicAuthority);
-    assert_eq!(failed(w.run(idr, &r, anchor_by(topic, 1 << 40, junk))), TxError::NotTopicAuthority);
+    assert_eq!(w.topic(anchor_by(topic, 10, k2)).unwrap(), Outcome::Applied);
+    assert_eq!(w.topic(anchor_by(topic, 11, k1)).unwrap_err(), TxError::NotTopicAuthority);
+    assert_eq!(w.topic(hs_by(topic, 3, b"junk", junk, None)).unwrap_err(), TxError::NotTopicAuthority);
+    assert_eq!(w.topic(anchor_by(topic, 1 << 40, junk)).unwrap_err(), TxError::NotTopicAuthority);
     // Honest traffic goes on: anchors grow, commits are sequenced.
-    assert_eq!(w.run(ida, &a, anchor_by(topic, 12, k2)).unwrap(), Outcome::Applied);
-    assert_eq!(
-        w.run(ida, &a, hs_by(topic, 3, b"c3", k2, None)).unwrap(),
-        Outcome::Sequenced { topic, seq: 3 }
-    );
+    assert_eq!(w.topic(anchor_by(topic, 12, k2)).unwrap(), Outcome::Applied);
+    assert_eq!(w.topic(hs_by(topic, 3, b"c3", k2, None)).unwrap(), Outcome::Sequenced { topic, seq: 3 });
     let tree = w.m.db.get(&StateKey::Authority(topic)).unwrap();
     let tree = cairn_ledger::authority::AuthorityChain::decode(&tree).unwrap();
     let k2_pub = SigningKey::from_bytes(&k2).verifying_key().to_bytes();
     assert_eq!(tree.keys().copied().collect::<Vec<_>>(), vec![k2_pub]);
+}
+
+/// Issue 12 §2: a topic write names no account, no device and no nonce; it is paid by proof of
+/// work over its own bytes at the chain's price per byte; and a copy of one that applied is
+/// refused by its position, in any block.
+#[test]
+fn topic_writes_carry_no_account_pay_with_work_and_refuse_replays() {
+    let (a, d) = (key(1), key(3));
+    let ida = acct(&a);
+    let mut w = W::new(&[(ida, FUNDS)]);
+    let cert = DeviceCert::issue(&a, DeviceId(d.verifying_key().to_bytes()), 1);
+    w.run(ida, &a, TxBody::add_device(&CHAIN, cert, &d)).unwrap();
+    let conv = [0x5A; 32];
+    let topic = Topic::for_conversation(&conv);
+
+    // The member's commit: no account id, device key or account signature in its bytes.
+    let bytes = TopicTx::handshake_as_founder(&conv, &CHAIN, 0, b"commit".to_vec()).mined(&params());
+    for (what, secret) in [("account id", ida.0), ("device key", d.verifying_key().to_bytes())] {
+        assert!(!bytes.windows(32).any(|x| x == secret), "the write carries the member's {what}");
+    }
+    assert!(matches!(AnyTx::decode(&bytes).unwrap(), AnyTx::Topic(_)));
+    assert!(Tx::decode(&bytes).is_err(), "not readable as an account transaction");
+
+    // Too little work: refused, typed, naming the work asked; nothing changes.
+    let need = params().topic_work(bytes.len());
+    let mut lazy = TopicTx::decode(&bytes).unwrap();
+    let weak = loop {
+        // a nonce whose id shows less than the price (most do)
+        lazy.work_nonce = lazy.work_nonce.wrapping_add(1);
+        if TopicTx::check_work(&lazy.id(), need).is_err() {
+            break lazy.encode();
+        }
+    };
+    assert!(matches!(w.run_raw(weak), Err(TxError::TopicWorkTooLow { need: n, .. }) if n == need));
+    assert_eq!(w.m.db.get(&StateKey::Topic(topic)), None, "a refused write changes nothing");
+    assert_eq!(w.m.db.get(&StateKey::Authority(topic)), None, "a refused write founds nothing");
+    // The price grows with the size, per byte.
+    let big = TopicTx::handshake_as_founder(&conv, &CHAIN, 0, vec![1; 4000]).encode();
+    assert_eq!(params().topic_work(big.len()), params().topic_work_per_byte * big.len() as u64);
+    assert!(params().topic_work(big.len()) > 10 * need);
+
+    // With the work: applied; balances and nonces untouched.
+    let balance = w.m.account(&ida).unwrap().balance;
+    assert_eq!(w.run_raw(bytes.clone()).unwrap(), Outcome::Sequenced { topic, seq: 0 });
+    assert_eq!(w.m.account(&ida).unwrap().balance, balance);
+    assert_eq!(w.m.nonce(&d.verifying_key().to_bytes()), 0);
+
+    // Replays: the same bytes, or the same write mined again, find their position taken.
+    assert_eq!(w.run_raw(bytes.clone()).unwrap_err(), TxError::StaleSequence { after: 0, current: 1 });
+    let mut again = TopicTx::decode(&bytes).unwrap();
+    again.work_nonce = again.work_nonce.wrapping_add(1 << 40);
+    assert_eq!(w.topic(again).unwrap_err(), TxError::StaleSequence { after: 0, current: 1 });
+    assert!(
+        matches!(w.m.apply_block(&[bytes]), Err(BlockError::Tx { .. })),
+        "a block replaying it is invalid"
+    );
+    let anchor = TopicTx::anchor_as_founder(&conv, &CHAIN, Id([1; 32]), 4).mined(&params());
+    assert_eq!(w.run_raw(anchor.clone()).unwrap(), Outcome::Applied);
+    assert_eq!(w.run_raw(anchor).unwrap_err(), TxError::AnchorRegressed { count: 4, anchored: 4 });
+    // The anchor record names no account either.
+    let rec = w.m.db.get(&StateKey::Anchor(topic)).unwrap();
+    assert_eq!(cairn_ledger::state::AnchorRecord::decode(&rec).unwrap().count, 4);
+    assert!(!rec.windows(32).any(|x| x == ida.0));
+
+    // Another chain's write is refused.
+    let other = TopicTx::handshake_as_founder(&conv, &[1; 32], 1, b"x".to_vec()).mined(&params());
+    assert_eq!(w.run_raw(other).unwrap_err(), TxError::WrongChain);
 }

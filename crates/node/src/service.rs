@@ -63,6 +63,9 @@ pub struct ServiceConfig {
     /// Whose invitations join without the user's consent (default: ask, see
     /// [`crate::engine::Invitations`]).
     pub invitations: crate::engine::Invitations,
+    /// Reach validators through peers only, never dialling their addresses (`cairn up
+    /// --ledger-via-peers`); otherwise peers are the fallback (`shell::ledger_relays`).
+    pub ledger_via_peers: bool,
 }
 
 impl ServiceConfig {
@@ -81,6 +84,7 @@ impl ServiceConfig {
             handle: None,
             commit_wait_ms: 1_500,
             invitations: crate::engine::Invitations::Ask,
+            ledger_via_peers: false,
         }
     }
 }
@@ -152,11 +156,15 @@ impl Service {
             }
         }
         let engine = Engine::new(mls, node_db, net.history().clone(), keys.clone(), ecfg);
-        let seq_client = LedgerClient::new(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
+        if let Some(r) = &shared.ledger_relays {
+            r.set_direct_first(!cfg.ledger_via_peers);
+        }
+        let seq_client = shared.ledger_client(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
         // The actor waits this long for a commit to be ordered; past it the commit stays
         // pending (never forked) and the caller is answered once the block follower shows it.
-        let sequencer = LedgerSequencer::new(seq_client, keys.account, keys.device_key.clone())
-            .with_timeout(Duration::from_millis(cfg.commit_wait_ms));
+        // Commits are topic writes: no account or device key goes with them.
+        let sequencer =
+            LedgerSequencer::new(seq_client).with_timeout(Duration::from_millis(cfg.commit_wait_ms));
         let actor = Actor {
             engine,
             sequencer,
@@ -269,7 +277,7 @@ impl Service {
         let shared = self.shared.clone();
         let genesis = self.genesis.clone();
         tokio::task::spawn_blocking(move || {
-            let mut client = LedgerClient::new(&genesis).map_err(unavailable)?;
+            let mut client = shared.ledger_client(&genesis).map_err(unavailable)?;
             f(&mut client, &shared)
         })
         .await

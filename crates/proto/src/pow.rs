@@ -57,22 +57,57 @@ pub fn mine(header: &mut EnvelopeHeader, d: Difficulty, attempts_max: u64) -> Op
     let bits = required_bits(header.payload_len, header.ttl_secs, d);
     let bytes = header.encode();
     let at = bytes.len() - 8;
-    // The nonce is the header's last 8 bytes: the key derivation and every block before it
-    // are hashed once, and each attempt only finishes the hash (the same id as hashing the
-    // whole header, several times faster).
-    let mut prefix = blake3::Hasher::new_derive_key(domain::ENVELOPE_ID);
-    prefix.update(&bytes[..at]);
+    let (nonce, tried) =
+        mine_suffix(domain::ENVELOPE_ID, &bytes[..at], header.pow_nonce, attempts_max, |id| {
+            leading_zero_bits(&Id(*id)) >= bits
+        })?;
+    header.pow_nonce = nonce;
+    Some(tried)
+}
+
+/// The general search behind [`mine`]: the hash is BLAKE3 in key-derivation mode under
+/// `domain` over `prefix ‖ nonce` (the nonce big-endian, the last 8 bytes of the hashed
+/// encoding), tried for nonces from `start` until `good` accepts one or `attempts_max` were
+/// tried. The key derivation and every block of the prefix are hashed once; each attempt only
+/// finishes the hash. Returns the nonce and the number of hashes tried.
+pub fn mine_suffix(
+    domain: &str,
+    prefix: &[u8],
+    start: u64,
+    attempts_max: u64,
+    good: impl Fn(&[u8; 32]) -> bool,
+) -> Option<(u64, u64)> {
+    let mut base = blake3::Hasher::new_derive_key(domain);
+    base.update(prefix);
     for attempt in 0..attempts_max {
-        let nonce = header.pow_nonce.wrapping_add(attempt);
-        let mut h = prefix.clone();
+        let nonce = start.wrapping_add(attempt);
+        let mut h = base.clone();
         h.update(&nonce.to_be_bytes());
-        let id = Id(*h.finalize().as_bytes());
-        if leading_zero_bits(&id) >= bits {
-            header.pow_nonce = nonce;
-            return Some(attempt + 1);
+        if good(h.finalize().as_bytes()) {
+            return Some((nonce, attempt + 1));
         }
     }
     None
+}
+
+/// Whether `hash` carries `expected_hashes` of work: its first 8 bytes, read as a big-endian
+/// number, are at most `u64::MAX / expected_hashes`, which a uniformly random hash is with
+/// probability `1 / expected_hashes`. Unlike leading zero bits this prices work exactly
+/// (not in powers of two), so a price per byte stays a price per byte. 0 and 1 accept any hash.
+pub fn meets_work(hash: &[u8; 32], expected_hashes: u64) -> bool {
+    expected_hashes <= 1 || work_value(hash) <= u64::MAX / expected_hashes
+}
+
+/// The work `hash` shows: the largest `w` with [`meets_work`]`(hash, w)` (for telling a
+/// submitter how far it fell short).
+pub fn work_of(hash: &[u8; 32]) -> u64 {
+    u64::MAX / work_value(hash).max(1)
+}
+
+fn work_value(hash: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(b)
 }
 
 #[cfg(test)]
@@ -99,5 +134,22 @@ mod tests {
         e.header.timestamp_ms += 1;
         // The inputs are fixed, so this is deterministic: the changed header lost its proof.
         assert!(!check(&e.header, d));
+    }
+
+    #[test]
+    fn work_targets_price_exactly_and_mining_finds_them() {
+        let mut h = [0xFF; 32];
+        assert!(meets_work(&h, 0) && meets_work(&h, 1));
+        assert!(!meets_work(&h, 2));
+        h[..8].copy_from_slice(&(u64::MAX / 3).to_be_bytes());
+        assert!(meets_work(&h, 3) && !meets_work(&h, 4));
+        assert_eq!(work_of(&h), 3);
+        let (nonce, tried) =
+            mine_suffix("cairn test work", b"prefix", 0, 1 << 20, |x| meets_work(x, 1000)).unwrap();
+        assert!(tried >= 1 && nonce == tried - 1);
+        let mut full = b"prefix".to_vec();
+        full.extend_from_slice(&nonce.to_be_bytes());
+        assert!(meets_work(&crate::id::hash("cairn test work", &full), 1000));
+        assert!(mine_suffix("cairn test work", b"prefix", 0, 10, |_| false).is_none());
     }
 }

@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use super::{Account, Executor, Layer, Receipt, StateDb, StateError, StateKey};
 use crate::params::Params;
-use crate::tx::{Tx, TxError, TxId};
+use crate::tx::{AnyTx, Tx, TxError, TxId};
 
 /// Builds the genesis layer (height 0).
 pub fn genesis_layer(
@@ -98,7 +98,11 @@ pub fn execute(
     let mut fuel = 0u64;
     for (index, bytes) in txs.iter().enumerate() {
         let id = Tx::id_of(bytes);
-        let res = Tx::decode(bytes).and_then(|tx| {
+        let res = AnyTx::decode(bytes).and_then(|tx| {
+            let tx = match tx {
+                AnyTx::Topic(t) => return ex.apply_topic(&t, id, bytes.len()),
+                AnyTx::Account(tx) => tx,
+            };
             let limit = tx.body.fuel_limit();
             if fuel.saturating_add(limit) > BLOCK_FUEL_MAX {
                 return Err(TxError::BlockFuelFull { max: BLOCK_FUEL_MAX });

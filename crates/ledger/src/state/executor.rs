@@ -1,5 +1,7 @@
 //! Deterministic execution of transactions: admission (chain, signer authorization, nonce,
-//! signature), then the effect, over a read-only view, collecting writes.
+//! signature), then the effect, over a read-only view, collecting writes. Topic writes
+//! ([`TopicTx`]) have their own admission ([`Executor::admit_topic`]): work, position, member
+//! signature; no account.
 
 use std::collections::BTreeMap;
 
@@ -12,10 +14,10 @@ use super::{
     Account, AnchorRecord, DEVICES_MAX, DeviceEntry, KeyPackageRecord, Outcome, Receipt, StateError,
     StateKey, StateRead, TopicState,
 };
-use crate::authority::{ANCHOR_COUNT_MAX, AuthorityChain, AuthorityRefusal, TopicAuth, TopicWrite};
+use crate::authority::{ANCHOR_COUNT_MAX, AuthorityChain, AuthorityRefusal};
 use crate::handle::skeleton;
 use crate::params::Params;
-use crate::tx::{Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
+use crate::tx::{TopicBody, TopicTx, Tx, TxBody, TxError, TxId, device_binding_message, rotation_message};
 
 /// Whether `key` may be authorized to sign: a valid point that is not of small order (the
 /// transaction signature rules, ZIP-215, would let anyone sign for a small-order key).
@@ -262,28 +264,88 @@ impl<'a> Executor<'a> {
         Some(AccountId(b.as_slice().try_into().ok()?))
     }
 
-    /// Checks a topic write's member signature against the topic's authority tree (founding
-    /// it on the first write), confirms the key and registers the next one.
-    fn authorize(
-        &mut self,
-        tx: &Tx,
-        topic: &Topic,
-        auth: &TopicAuth,
-        write: &TopicWrite<'_>,
-    ) -> Result<(), TxError> {
-        if !auth.verifies(&tx.chain, topic, write) {
+    /// Admission of a topic write (no account, no nonce, no fee), cheapest check first: its
+    /// chain, its proof of work (`work_factor` × the chain's price for `len` bytes; blocks use
+    /// factor 1, a loaded mempool may ask more), its position (a handshake must follow exactly
+    /// the topic's handshakes, or in a mempool be less than `window` ahead of them, waiting for
+    /// its predecessors; an anchor must count more than the anchored head: a consumed position
+    /// refuses every copy), then the member signature and the authority tree. Returns the tree
+    /// as it is after the write.
+    pub fn admit_topic(
+        &self,
+        tx: &TopicTx,
+        id: &TxId,
+        len: usize,
+        work_factor: u64,
+        window: u64,
+    ) -> Result<AuthorityChain, TxError> {
+        if tx.chain != self.chain {
+            return Err(TxError::WrongChain);
+        }
+        TopicTx::check_work(id, self.params().topic_work(len).saturating_mul(work_factor.max(1)))?;
+        let topic = *tx.body.topic();
+        match &tx.body {
+            TopicBody::Handshake { after, .. } => {
+                let t = self
+                    .topic(&topic)
+                    .map_err(|_| TxError::StaleSequence { after: *after, current: u64::MAX })?;
+                if *after < t.count || *after - t.count >= window.max(1) {
+                    return Err(TxError::StaleSequence { after: *after, current: t.count });
+                }
+            }
+            TopicBody::Anchor { count, .. } => {
+                if *count > ANCHOR_COUNT_MAX {
+                    return Err(TxError::AnchorTooLarge { count: *count, max: ANCHOR_COUNT_MAX });
+                }
+                if let Some(prev) = self.anchor(&topic)
+                    && prev.count >= *count
+                {
+                    return Err(TxError::AnchorRegressed { count: *count, anchored: prev.count });
+                }
+            }
+        }
+        let auth = tx.body.auth();
+        if !auth.verifies(&tx.chain, &topic, &tx.body.write()) {
             return Err(TxError::BadTopicAuth);
         }
-        let mut tree = match self.raw(&StateKey::Authority(*topic)) {
+        let mut tree = match self.raw(&StateKey::Authority(topic)) {
             Some(b) => AuthorityChain::decode(&b).map_err(|_| TxError::NotTopicAuthority)?,
-            None => AuthorityChain::found(topic, &auth.key).ok_or(TxError::NotTopicAuthority)?,
+            None => AuthorityChain::found(&topic, &auth.key).ok_or(TxError::NotTopicAuthority)?,
         };
         tree.apply(&auth.key, auth.next.as_ref()).map_err(|r| match r {
             AuthorityRefusal::NotMember => TxError::NotTopicAuthority,
             AuthorityRefusal::Full => TxError::AuthorityFull { max: crate::authority::AUTHORITY_KEYS_MAX },
         })?;
-        self.put(StateKey::Authority(*topic), Some(tree.encode()));
-        Ok(())
+        Ok(tree)
+    }
+
+    /// Admits and applies one topic write (`id` its id, `len` its encoded length): it either
+    /// passes every admission rule and takes its position, or is refused whole. It touches no
+    /// account, nonce or balance.
+    pub fn apply_topic(&mut self, tx: &TopicTx, id: TxId, len: usize) -> Result<Receipt, TxError> {
+        let tree = self.admit_topic(tx, &id, len, 1, 1)?;
+        let topic = *tx.body.topic();
+        self.put(StateKey::Authority(topic), Some(tree.encode()));
+        let outcome = match &tx.body {
+            TopicBody::Handshake { after, payload, .. } => {
+                // admission read the topic state; a decoding failure refused it there
+                let mut t = self.topic(&topic).unwrap_or_default();
+                t.push(payload);
+                self.put(StateKey::Topic(topic), Some(t.encode()));
+                Outcome::Sequenced { topic, seq: *after }
+            }
+            TopicBody::Anchor { head, count, .. } => {
+                let rec = AnchorRecord { head: *head, count: *count };
+                self.put(StateKey::Anchor(topic), Some(rec.encode()));
+                Outcome::Applied
+            }
+        };
+        Ok(Receipt { tx: id, outcome })
+    }
+
+    /// The anchored head of `topic`, if any (an undecodable record reads as none).
+    pub fn anchor(&self, topic: &Topic) -> Option<AnchorRecord> {
+        self.raw(&StateKey::Anchor(*topic)).and_then(|b| AnchorRecord::decode(&b).ok())
     }
 
     fn must_account(&self, id: &AccountId) -> Result<Account, TxError> {
@@ -429,33 +491,6 @@ impl<'a> Executor<'a> {
                     self.put(StateKey::KeyPackages(DeviceId(tx.signer)), Some(rec.encode()));
                 }
                 self.put(StateKey::Account(id), Some(acct.encode()));
-            }
-            TxBody::SequenceHandshake { topic, after, payload, auth } => {
-                let mut t = self
-                    .topic(topic)
-                    .map_err(|_| TxError::StaleSequence { after: *after, current: u64::MAX })?;
-                // Stale first: a member behind the order learns to catch up, whatever key it holds.
-                if t.count != *after {
-                    return Err(TxError::StaleSequence { after: *after, current: t.count });
-                }
-                self.authorize(tx, topic, auth, &TopicWrite::Handshake { after: *after, payload })?;
-                t.push(payload);
-                self.put(StateKey::Topic(*topic), Some(t.encode()));
-                return Ok(Outcome::Sequenced { topic: *topic, seq: *after });
-            }
-            TxBody::Anchor { topic, head, count, auth } => {
-                if *count > ANCHOR_COUNT_MAX {
-                    return Err(TxError::AnchorTooLarge { count: *count, max: ANCHOR_COUNT_MAX });
-                }
-                if let Some(b) = self.raw(&StateKey::Anchor(*topic))
-                    && let Ok(prev) = AnchorRecord::decode(&b)
-                    && prev.count > *count
-                {
-                    return Err(TxError::AnchorRegressed { count: *count, anchored: prev.count });
-                }
-                self.authorize(tx, topic, auth, &TopicWrite::Anchor { head, count: *count })?;
-                let rec = AnchorRecord { head: *head, count: *count, by: id };
-                self.put(StateKey::Anchor(*topic), Some(rec.encode()));
             }
             TxBody::Deploy { code } => return self.deploy(code),
             TxBody::Instantiate { code_hash, msg, funds, fuel_limit } => {

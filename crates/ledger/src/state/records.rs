@@ -344,34 +344,28 @@ impl TopicState {
     }
 }
 
-/// An anchored conversation head.
+/// An anchored conversation head. It records no account: anchors are topic writes, made by
+/// whichever member holds an authority key, paid by proof of work.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct AnchorRecord {
     /// Head envelope id.
     pub head: Id,
     /// Message count up to the head.
     pub count: u64,
-    /// Account that anchored it.
-    pub by: AccountId,
 }
 
 impl AnchorRecord {
     /// Canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(72);
+        let mut w = Writer::with_capacity(40);
         w.raw(&self.head.0);
         w.u64(self.count);
-        w.raw(&self.by.0);
         w.finish()
     }
     /// Decodes a record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        let s = Self {
-            head: Id(r.array("anchor.head")?),
-            count: r.u64("anchor.count")?,
-            by: AccountId(r.array("anchor.by")?),
-        };
+        let s = Self { head: Id(r.array("anchor.head")?), count: r.u64("anchor.count")? };
         r.finish()?;
         Ok(s)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cairn_ledger::genesis::Genesis;
 use cairn_ledger::rpc::{ClientError, Follower, LedgerClient, RemoteOutcome};
 use cairn_ledger::state::KeyPackageRecord;
-use cairn_ledger::tx::{TopicAuth, TopicWrite, Tx, TxBody, TxError, normalize_handle};
+use cairn_ledger::tx::{TopicBody, TopicTx, Tx, TxBody, TxError, normalize_handle};
 use cairn_mls::ConversationId;
 use cairn_proto::{AccountId, Envelope, Id};
 use ed25519_dalek::SigningKey;
@@ -157,6 +157,36 @@ pub fn submit_tx(
     Err(last)
 }
 
+/// Records `head` (`count` messages) as the anchor of `topic`: a topic write signed with the
+/// device's authority key of the topic (`authority` seed), naming no account or device, paid
+/// by proof of work mined here on the ledger worker thread, bounded by `deadline_ms`. An
+/// anchor at or past `count` already on the ledger (another member's) counts as recorded.
+fn anchor(
+    client: &mut LedgerClient,
+    topic: cairn_proto::Topic,
+    head: Id,
+    count: u64,
+    authority: &[u8; 32],
+    deadline_ms: u64,
+) -> Result<(), NodeError> {
+    let deadline = Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(super::now_ms()));
+    let params = client.params().map_err(unavailable)?;
+    let mut tx = TopicTx::anchor(client.chain(), topic, head, count, authority);
+    let passed = (TxError::AnchorRegressed { count: 0, anchored: 0 }).code();
+    let id = match client.submit_topic_write(&mut tx, &params, deadline) {
+        Ok(id) => id,
+        Err(ClientError::Refused { code, .. }) if code == passed => return Ok(()),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    match client.wait_final(&id, left) {
+        Ok((_, RemoteOutcome::Applied)) => Ok(()),
+        Ok((height, other)) => Err(NodeError::Conflict(format!("ledger (height {height}): {other:?}"))),
+        Err(ClientError::Refused { code, .. }) if code == passed => Ok(()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// The ledger worker: registration first, then height polls between jobs.
 pub struct LedgerWorker {
     /// Shared node state (identity, flags, caches).
@@ -174,7 +204,7 @@ pub struct LedgerWorker {
 impl LedgerWorker {
     /// Runs until the job queue closes.
     pub fn run(self, genesis: Genesis, jobs: Receiver<LedgerJob>) {
-        let Ok(client) = LedgerClient::new(&genesis) else {
+        let Ok(client) = self.shared.ledger_client(&genesis) else {
             tracing::error!("ledger client: bad genesis");
             return;
         };
@@ -245,7 +275,8 @@ impl LedgerWorker {
                 let mut topics = std::collections::BTreeSet::new();
                 for b in &blocks {
                     for raw in &b.txs {
-                        if let Ok(Tx { body: TxBody::SequenceHandshake { topic, .. }, .. }) = Tx::decode(raw)
+                        if let Ok(TopicTx { body: TopicBody::Handshake { topic, .. }, .. }) =
+                            TopicTx::decode(raw)
                         {
                             topics.insert(topic);
                         }
@@ -290,14 +321,7 @@ impl LedgerWorker {
     fn run_job(&self, client: &mut LedgerClient, job: LedgerJob) {
         match job {
             LedgerJob::Anchor { conv, head, count, deadline_ms, authority } => {
-                let left = deadline_ms.saturating_sub(super::now_ms());
-                let k = &self.shared.identity;
-                let topic = conv.topic();
-                let write = TopicWrite::Anchor { head: &head, count };
-                let auth = TopicAuth::sign(&authority, &client.chain(), &topic, &write, None);
-                let body = TxBody::Anchor { topic, head, count, auth };
-                // Signed by the device key (nonce stream shared with the sequencer).
-                let r = submit_tx(client, k.account, &k.device_key, body, Duration::from_millis(left));
+                let r = anchor(client, conv.topic(), head, count, &authority, deadline_ms);
                 if let Err(e) = &r {
                     tracing::debug!("anchor not recorded: {e}");
                 }

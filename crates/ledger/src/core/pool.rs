@@ -1,0 +1,214 @@
+//! The core's mempool upkeep: admission of both transaction forms against the finalized
+//! state, block candidates of topic writes, and the sweeps that reject, with a reason a client
+//! can read, what can no longer be included.
+
+use std::collections::HashSet;
+
+use cairn_proto::Topic;
+
+use super::{Core, NONCE_GAP_BLOCKS, REJECTED_MAX};
+use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX};
+use crate::mempool::{Pooled, TopicPooled};
+use crate::tx::{AnyTx, TopicTx, Tx, TxError, TxId};
+
+impl Core {
+    /// Admits a transaction whose signature is verified into the pool, checked against the
+    /// finalized state: a nonce up to the window ahead of the signer's next one waits for its
+    /// predecessors; the account must be able to pay this fee on top of the fees its waiting
+    /// transactions already reserve; and the mempool's byte and count bounds must have room
+    /// (never making room by evicting another transaction).
+    pub(super) fn admit_to_pool(&mut self, id: TxId, tx: &Tx, bytes: Vec<u8>) -> Result<TxId, TxError> {
+        if self.pool.contains(&id) || matches!(self.store.known(&[id]).as_deref(), Ok([true])) {
+            return Ok(id);
+        }
+        let overlay = self.db.overlay(Vec::new());
+        let ex = crate::state::Executor::new(&overlay, self.chain);
+        let reserved = self.pool.reserved(&tx.account);
+        let window = self.pool.limits().nonce_window;
+        let fee = ex.admit_pending(tx, bytes.len(), true, reserved, window)?;
+        self.pool.check_room(&tx.signer, bytes.len())?;
+        self.mark_sig_ok(id);
+        self.rejected.remove(&id);
+        let since = self.tip.header.height;
+        let p = Pooled { signer: tx.signer, account: tx.account, nonce: tx.nonce, fee, bytes, since };
+        self.pool.insert(id, p);
+        Ok(id)
+    }
+
+    pub(super) fn remove_from_pool(&mut self, id: &TxId) {
+        self.sig_ok.remove(id);
+        self.pool.remove(id);
+    }
+
+    /// Rejects, with a reason a client can read, waiting transactions that can never be
+    /// included: a nonce used in the finalized state by another transaction
+    /// ([`TxError::NonceReplayed`]), or a nonce gap this validator has not seen filled for
+    /// [`NONCE_GAP_BLOCKS`] finalized blocks ([`TxError::NonceSkipped`]).
+    pub(super) fn sweep(&mut self, height: u64) {
+        let overlay = self.db.overlay(Vec::new());
+        let ex = crate::state::Executor::new(&overlay, self.chain);
+        let mut gone: Vec<(TxId, TxError)> = Vec::new();
+        for (signer, queue) in &self.pool.by_signer {
+            let expected = ex.nonce(signer).unwrap_or(0);
+            let mut want = expected;
+            for (nonce, id) in queue {
+                if *nonce < expected {
+                    gone.push((*id, TxError::NonceReplayed { expected, got: *nonce }));
+                } else if *nonce == want {
+                    want += 1;
+                } else if *nonce > want
+                    && self.pool.pool.get(id).is_some_and(|p| p.since + NONCE_GAP_BLOCKS <= height)
+                {
+                    gone.push((*id, TxError::NonceSkipped { expected: want, got: *nonce }));
+                }
+            }
+        }
+        for (id, e) in gone {
+            self.remove_from_pool(&id);
+            self.reject(id, e);
+        }
+    }
+
+    /// Records why `id` was rejected, forgetting the oldest records beyond [`REJECTED_MAX`].
+    pub(super) fn reject(&mut self, id: TxId, e: TxError) {
+        if self.rejected.insert(id, e).is_none() {
+            self.rejected_order.push_back(id);
+        }
+        while self.rejected.len() > REJECTED_MAX {
+            let Some(old) = self.rejected_order.pop_front() else { break };
+            self.rejected.remove(&old);
+        }
+        if self.rejected_order.len() > 2 * REJECTED_MAX {
+            let rejected = &self.rejected;
+            self.rejected_order.retain(|id| rejected.contains_key(id));
+        }
+    }
+
+    /// Admits a topic write (no account, no signature to batch: its member signature is
+    /// checked with its position) into the pool, against the finalized state, at the proof of
+    /// work this mempool's load asks. A copy of a write already held (the same write mined
+    /// under another nonce) is answered with the id held; a write already finalized with its
+    /// own id.
+    pub(super) fn admit_topic(&mut self, bytes: Vec<u8>) -> Result<TxId, TxError> {
+        let id = Tx::id_of(&bytes);
+        let tx = TopicTx::decode(&bytes)?;
+        if self.pool.contains(&id) || matches!(self.store.known(&[id]).as_deref(), Ok([true])) {
+            return Ok(id);
+        }
+        let digest = TopicTx::write_digest(&bytes);
+        if let Some(held) = self.pool.topic_copy(&digest) {
+            return Ok(held);
+        }
+        let overlay = self.db.overlay(Vec::new());
+        let ex = crate::state::Executor::new(&overlay, self.chain);
+        ex.admit_topic(&tx, &id, bytes.len(), self.pool.topic_work_factor(), self.topic_window())?;
+        let topic = *tx.body.topic();
+        self.pool.check_topic_room(&topic, bytes.len())?;
+        self.rejected.remove(&id);
+        let since = self.tip.header.height;
+        self.pool.insert_topic(id, TopicPooled { topic, position: tx.body.position(), digest, bytes, since });
+        Ok(id)
+    }
+
+    /// Topic writes for the next block, topic by topic in the order topics first arrived,
+    /// each topic's writes by position (so a commit and the next one can go in one block);
+    /// at most half the block's transactions and bytes, so account transactions always have
+    /// room. `bytes` is the block size so far and grows with what is taken.
+    pub(super) fn topic_candidates(&self, in_ancestors: &HashSet<TxId>, bytes: &mut usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut topics: HashSet<Topic> = HashSet::new();
+        let pool = &self.pool.topics;
+        for id in &pool.order {
+            let Some(first) = pool.txs.get(id) else { continue };
+            if !topics.insert(first.topic) {
+                continue;
+            }
+            let mut ids: Vec<(u64, TxId)> = pool
+                .by_topic
+                .get(&first.topic)
+                .into_iter()
+                .flatten()
+                .filter(|t| !in_ancestors.contains(*t))
+                .filter_map(|t| pool.txs.get(t).map(|p| (p.position, *t)))
+                .collect();
+            ids.sort_unstable();
+            for (_, t) in ids {
+                let Some(p) = pool.txs.get(&t) else { continue };
+                if out.len() >= BLOCK_TXS_MAX / 2 || *bytes + 4 + p.bytes.len() > BLOCK_BYTES_MAX / 2 {
+                    return out;
+                }
+                *bytes += 4 + p.bytes.len();
+                out.push(p.bytes.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether the finalized state still admits the topic write `bytes` (a proposal dropped it
+    /// for its position, which an unfinalized ancestor may have taken: transient if so).
+    pub(super) fn topic_admissible(&self, bytes: &[u8]) -> bool {
+        let Ok(AnyTx::Topic(tx)) = AnyTx::decode(bytes) else { return false };
+        let overlay = self.db.overlay(Vec::new());
+        let ex = crate::state::Executor::new(&overlay, self.chain);
+        ex.admit_topic(&tx, &Tx::id_of(bytes), bytes.len(), 1, self.topic_window()).is_ok()
+    }
+
+    /// How far ahead of a topic's handshake count a waiting handshake may be (positions).
+    fn topic_window(&self) -> u64 {
+        u64::try_from(self.pool.limits().topic_window).unwrap_or(u64::MAX)
+    }
+
+    /// Rejects waiting handshakes whose predecessor this validator has not seen finalized for
+    /// [`NONCE_GAP_BLOCKS`] blocks (they hold room that nothing will free).
+    pub(super) fn sweep_topics(&mut self, height: u64) {
+        let gone: Vec<(TxId, TxError)> = {
+            let overlay = self.db.overlay(Vec::new());
+            let ex = crate::state::Executor::new(&overlay, self.chain);
+            self.pool
+                .topics
+                .txs
+                .iter()
+                .filter(|(_, p)| p.since + NONCE_GAP_BLOCKS <= height)
+                .filter_map(|(id, p)| {
+                    let t = TopicTx::decode(&p.bytes).ok()?;
+                    ex.admit_topic(&t, id, p.bytes.len(), 1, 1).err().map(|e| (*id, e))
+                })
+                .collect()
+        };
+        for (id, e) in gone {
+            self.remove_from_pool(&id);
+            self.reject(id, e);
+        }
+    }
+
+    /// After a finalized block: rejects the waiting writes of every topic the block wrote
+    /// that the new state refuses (a competing commit took their position, a newer anchor
+    /// passed them, their key was pruned), so every validator tells their submitters at once.
+    pub(super) fn recheck_topics(&mut self, block_txs: &[Vec<u8>]) {
+        let touched: HashSet<Topic> = block_txs
+            .iter()
+            .filter(|b| AnyTx::is_topic_write(b))
+            .filter_map(|b| TopicTx::decode(b).ok().map(|t| *t.body.topic()))
+            .collect();
+        let mut gone: Vec<(TxId, TxError)> = Vec::new();
+        let window = self.topic_window();
+        {
+            let overlay = self.db.overlay(Vec::new());
+            let ex = crate::state::Executor::new(&overlay, self.chain);
+            for topic in &touched {
+                for id in self.pool.topics.by_topic.get(topic).into_iter().flatten() {
+                    let Some(p) = self.pool.topics.txs.get(id) else { continue };
+                    let res = TopicTx::decode(&p.bytes)
+                        .and_then(|t| ex.admit_topic(&t, id, p.bytes.len(), 1, window));
+                    if let Err(e) = res {
+                        gone.push((*id, e));
+                    }
+                }
+            }
+        }
+        for (id, e) in gone {
+            self.remove_from_pool(&id);
+            self.reject(id, e);
+        }
+    }
+}
