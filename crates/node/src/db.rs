@@ -8,18 +8,17 @@
 //! - `messages`: (conversation id, seq) → envelope id, for text messages only, in the order
 //!   this device accepted them (parents always first): the `tail` order.
 //! - `by_id`: envelope id → (conversation id, seq, after_gap).
-//! - `outbox`: envelope id → encoded envelope, for own envelopes no store node has
-//!   acknowledged enough yet (pushed again after a restart).
+//! - the outbox of own envelopes no store node has acknowledged enough yet (pushed again
+//!   after a restart): see [`crate::outbox_store`].
 //! - `pending_devices`: devices of this account to add to every conversation.
 //! - redactions: see [`crate::redactions`].
 //! - delivery states of own sends: see [`crate::deliveries_store`].
+//! - each conversation's chain and replay cursor: see [`crate::chain_store`].
 
 use std::sync::Arc;
 
-use cairn_proto::{Envelope, Id, Limits, Message};
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use cairn_proto::{Id, Limits, Message};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::error::NodeError;
 use crate::keyring::Keyring;
@@ -27,13 +26,10 @@ use crate::keyring::Keyring;
 const PLAIN: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_plain");
 const MESSAGES: TableDefinition<'_, (&[u8; 32], u64), &[u8; 32]> = TableDefinition::new("node_messages");
 const BY_ID: TableDefinition<'_, &[u8; 32], (&[u8; 32], u64, bool)> = TableDefinition::new("node_by_id");
-const OUTBOX: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("node_outbox");
 const PENDING_DEVICES: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("node_pending_devices");
 const ARCHIVED: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("node_archived");
 
-/// Envelopes kept in the outbox at most. Overflow policy: the oldest-keyed entry is dropped
-/// (its envelope stays in the local history and on whatever store nodes took it).
-pub const OUTBOX_ENVELOPES_MAX: u64 = 10_000;
+pub use crate::outbox_store::OUTBOX_ENVELOPES_MAX;
 
 fn storage(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(e.to_string())
@@ -109,7 +105,7 @@ impl NodeDb {
             tx.open_table(PLAIN).map_err(storage)?;
             tx.open_table(MESSAGES).map_err(storage)?;
             tx.open_table(BY_ID).map_err(storage)?;
-            tx.open_table(OUTBOX).map_err(storage)?;
+            crate::outbox_store::create_tables(&tx)?;
             tx.open_table(PENDING_DEVICES).map_err(storage)?;
             tx.open_table(ARCHIVED).map_err(storage)?;
             crate::requests::create_tables(&tx)?;
@@ -117,6 +113,7 @@ impl NodeDb {
             crate::idempotency::create_tables(&tx)?;
             crate::anchor_salts::create_tables(&tx)?;
             crate::deliveries_store::create_tables(&tx)?;
+            crate::chain_store::create_tables(&tx)?;
         }
         tx.commit().map_err(storage)?;
         Ok(Self { db, limits, keyring, before_durable: Arc::new(std::sync::OnceLock::new()) })
@@ -208,6 +205,11 @@ impl NodeDb {
                 out.push(0);
             }
         }
+        drop((plain, messages, by_id));
+        // Each row's place in its chain, in the same transaction (see `crate::chain_store`).
+        let links: Vec<(&[u8; 32], &Id, &[Id])> =
+            rows.iter().map(|r| (&r.conv, &r.id, r.inner.parents.as_slice())).collect();
+        self.chain_put_in(tx, &links)?;
         Ok(out)
     }
 
@@ -272,47 +274,9 @@ impl NodeDb {
         self.idempotent_forget_in(&tx, conv)?;
         self.erasures_forget_in(&tx, conv)?;
         self.deliveries_forget_in(&tx, conv)?;
+        self.chain_forget_in(&tx, conv)?;
         tx.commit().map_err(storage)?;
         Ok(n)
-    }
-
-    /// Puts an own envelope in the outbox, in `tx`.
-    pub fn outbox_put_in(&self, tx: &WriteTransaction, env: &Envelope) -> Result<(), NodeError> {
-        let mut t = tx.open_table(OUTBOX).map_err(storage)?;
-        if t.len().map_err(storage)? >= OUTBOX_ENVELOPES_MAX {
-            let first = t.first().map_err(storage)?.map(|(k, _)| *k.value());
-            if let Some(k) = first {
-                t.remove(&k).map_err(storage)?;
-            }
-        }
-        t.insert(&env.id().0, env.encode().as_slice()).map_err(storage)?;
-        Ok(())
-    }
-
-    /// Removes an envelope from the outbox (stored on enough store nodes). Without an fsync:
-    /// if a crash loses the removal, the envelope is pushed once more at start (store nodes
-    /// answer "duplicate").
-    pub fn outbox_remove(&self, id: &Id) -> Result<(), NodeError> {
-        let tx = self.begin_lazy()?;
-        let removed = self.outbox_remove_in(&tx, id)?;
-        if removed { tx.commit().map_err(storage) } else { tx.abort().map_err(storage) }
-    }
-
-    /// Removes an envelope from the outbox in `tx`; whether it was there.
-    pub(crate) fn outbox_remove_in(&self, tx: &WriteTransaction, id: &Id) -> Result<bool, NodeError> {
-        Ok(tx.open_table(OUTBOX).map_err(storage)?.remove(&id.0).map_err(storage)?.is_some())
-    }
-
-    /// Every envelope in the outbox.
-    pub fn outbox(&self) -> Result<Vec<Envelope>, NodeError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let t = tx.open_table(OUTBOX).map_err(storage)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(storage)? {
-            let (_, v) = row.map_err(storage)?;
-            out.push(Envelope::decode(v.value(), &self.limits).map_err(storage)?);
-        }
-        Ok(out)
     }
 
     /// Text messages of a conversation after `after`, at most `limit`.

@@ -52,6 +52,8 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 pub const SCHEMA_VERSION: u64 = 1;
 /// Largest page a history query returns.
 pub const PAGE_ENVELOPES_MAX: usize = 1000;
+/// Largest page of ids [`Store::ids_page`] returns (32 bytes and a cursor each).
+pub const IDS_PAGE_MAX: usize = 4096;
 
 /// Store failures.
 #[derive(Debug, Error)]
@@ -132,6 +134,10 @@ pub struct Page {
     /// Cursor to pass for the next page; `None` when the topic has no more entries.
     pub next: Option<u64>,
 }
+
+/// One page of a topic's ids ([`Store::ids_page`]): `(cursor, id)` in topic order, and the
+/// cursor of the next page (`None` when the topic has no more entries).
+pub type IdsPage = (Vec<(u64, Id)>, Option<u64>);
 
 /// Result of [`Store::check`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -439,6 +445,27 @@ impl Store {
             entries.push((seq, self.decode(&id, bytes.value())?));
         }
         Ok(Page { entries, next })
+    }
+
+    /// The ids of `topic`'s envelopes from cursor `from` (inclusive), at most `limit`, with
+    /// their cursors, and the cursor of the next one (`None`: no more). Reads the topic log
+    /// only: no envelope is read or decoded.
+    pub fn ids_page(&self, topic: &Topic, from: u64, limit: usize) -> Result<IdsPage, StoreError> {
+        if limit == 0 || limit > IDS_PAGE_MAX {
+            return Err(StoreError::Limit(format!("id page size must be 1..={IDS_PAGE_MAX}")));
+        }
+        let tx = self.db.begin_read()?;
+        let log = tx.open_table(TOPIC_LOG)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in log.range((topic.0, from)..=(topic.0, u64::MAX))? {
+            let (k, v) = item?;
+            let (_, seq) = k.value();
+            if out.len() == limit {
+                return Ok((out, Some(seq)));
+            }
+            out.push((seq, Id(v.value())));
+        }
+        Ok((out, None))
     }
 
     /// The cursor after the last envelope ever stored for `topic`.

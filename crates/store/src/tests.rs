@@ -154,3 +154,20 @@ fn an_erased_payload_stays_erased_past_its_expiry() {
     assert_eq!(rep.results, vec![Appended::Expired]);
     assert!(s.check().unwrap().problems.is_empty());
 }
+
+#[test]
+fn ids_pages_follow_the_topic_log_without_reading_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("i.redb"), Limits::default()).unwrap();
+    let batch: Vec<Envelope> = (0..5).map(|i| env(1, i)).chain([env(2, 0)]).collect();
+    s.append(&batch).unwrap();
+    s.remove(&[env(1, 2).id()]).unwrap();
+    let t = Topic([1; 32]);
+    let (ids, next) = s.ids_page(&t, 0, 2).unwrap();
+    assert_eq!(ids, vec![(0, env(1, 0).id()), (1, env(1, 1).id())]);
+    assert_eq!(next, Some(3), "a removed envelope leaves a gap in the log");
+    let (ids, next) = s.ids_page(&t, 3, 10).unwrap();
+    assert_eq!(ids, vec![(3, env(1, 3).id()), (4, env(1, 4).id())]);
+    assert_eq!(next, None);
+    assert!(s.ids_page(&t, 0, 0).is_err() && s.ids_page(&t, 0, IDS_PAGE_MAX + 1).is_err());
+}

@@ -43,6 +43,11 @@ impl Chain {
         self.parents.contains_key(id)
     }
 
+    /// Whether an envelope of the chain names `id` as a parent.
+    pub fn is_referenced(&self, id: &Id) -> bool {
+        self.referenced.contains(id)
+    }
+
     /// Envelopes in the chain.
     pub fn len(&self) -> usize {
         self.parents.len()

@@ -254,13 +254,18 @@ pub struct Core {
     convs: BTreeMap<ConversationId, Conv>,
     deliveries: Deliveries,
     ledger_height: Option<u64>,
+    /// Envelopes that entered a chain as history by structure only (held unreadable, then
+    /// named as an ancestor), for the engine to record (see `crate::chain_store`). Bounded:
+    /// an id enters it at most once (it is then in the chain, which no later input changes),
+    /// and the engine empties it with [`Core::take_proven`] at every tick.
+    proven: Vec<(ConversationId, Id)>,
 }
 
 impl Core {
     /// A core with no conversations.
     pub fn new(cfg: CoreConfig) -> Self {
         let deliveries = Deliveries::new(cfg.deliveries_max);
-        Self { cfg, convs: BTreeMap::new(), deliveries, ledger_height: None }
+        Self { cfg, convs: BTreeMap::new(), deliveries, ledger_height: None, proven: Vec::new() }
     }
 
     /// Its configuration.
@@ -326,6 +331,17 @@ impl Core {
     /// Tracks a delivery recorded before a restart (oldest first; bounded as every delivery).
     pub fn restore_delivery(&mut self, id: Id, d: Delivery) {
         self.deliveries.insert(id, d);
+    }
+
+    /// Puts back an envelope of `conv`'s chain recorded before a restart (no receipt is owed
+    /// for it; nothing else changes).
+    pub fn restore_link(&mut self, conv: ConversationId, id: Id, parents: &[Id]) {
+        self.convs.entry(conv).or_default().chain.add(id, parents);
+    }
+
+    /// Takes the envelopes that entered a chain by structure only since the last call.
+    pub fn take_proven(&mut self) -> Vec<(ConversationId, Id)> {
+        std::mem::take(&mut self.proven)
     }
 
     /// Receipts owed in `conv`.
@@ -427,6 +443,7 @@ impl Core {
         for p in c.quarantine.prove_ancestors(parents) {
             // Proven history this device cannot read: part of the chain as structure.
             c.chain.add(p, &[]);
+            self.proven.push((conv, p));
         }
         c.chain.add(id, parents);
         if let Some(due) = due {
@@ -450,6 +467,17 @@ impl Core {
         let c = self.convs.entry(conv).or_default();
         if c.chain.contains(&id) {
             return; // already proven history
+        }
+        if why != Unreadable::FutureEpoch && c.chain.is_referenced(&id) {
+            // An accepted message named it before it came (or came again after a restart):
+            // proven history this device cannot read, part of the chain as structure.
+            c.chain.add(id, &[]);
+            self.proven.push((conv, id));
+            for p in c.quarantine.prove_ancestors(parents) {
+                c.chain.add(p, &[]);
+                self.proven.push((conv, p));
+            }
+            return;
         }
         let hold = match why {
             Unreadable::FutureEpoch => Hold::FutureEpoch,

@@ -182,3 +182,40 @@ fn a_new_ledger_height_syncs_active_conversations_once() {
     assert_eq!(core.handle(Input::Ledger { height: 5 }, 0), vec![Effect::SyncLedger { conv: conv() }]);
     assert!(core.handle(Input::Ledger { height: 5 }, 1).is_empty());
 }
+
+#[test]
+fn an_unreadable_envelope_already_named_as_a_parent_is_history_at_once() {
+    // After a restart the chain is read back before the local history: a child restored
+    // from the chain rows names 1, which then arrives again and does not open (from before
+    // this device joined). It is proven history, not junk held until it is discarded.
+    let mut core = core_with_members(&[2]);
+    core.restore_link(conv(), id(2), &[id(1)]);
+    let fx = core.handle(
+        Input::Unreadable { conv: conv(), id: id(1), parents: vec![id(0)], why: Unreadable::TooOld },
+        0,
+    );
+    assert!(fx.is_empty());
+    assert!(core.knows(&conv(), &id(1)) && core.held(&conv()) == 0);
+    assert_eq!(core.take_proven(), vec![(conv(), id(1))], "the engine records it");
+    assert!(core.take_proven().is_empty());
+    // One in a future epoch is held to be read later, named or not.
+    core.restore_link(conv(), id(4), &[id(3)]);
+    core.handle(
+        Input::Unreadable { conv: conv(), id: id(3), parents: vec![], why: Unreadable::FutureEpoch },
+        0,
+    );
+    assert!(core.holds(&conv(), &id(3)) && !core.knows(&conv(), &id(3)));
+    // The ancestors that the usual path proves are recorded too.
+    core.handle(Input::Unreadable { conv: conv(), id: id(5), parents: vec![], why: Unreadable::TooOld }, 0);
+    let accept = Input::Accepted {
+        conv: conv(),
+        id: id(6),
+        parents: vec![id(5)],
+        from: acc(2),
+        device: dev(2),
+        epoch: 1,
+        text: false,
+    };
+    core.handle(accept, 0);
+    assert_eq!(core.take_proven(), vec![(conv(), id(5))]);
+}

@@ -198,6 +198,7 @@ impl Engine {
         self.db.forget_anchor_salt(&id.0)?;
         tracing::info!("forgot conversation {}: {rows} plaintexts deleted", hex::encode(id.0));
         self.core.forget(&id);
+        self.cursor_dirty.remove(&id);
         self.io.push(Io::Forgotten(id));
         let _ = now_ms;
         Ok(())

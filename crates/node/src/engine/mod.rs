@@ -18,6 +18,7 @@ mod policy_run;
 pub mod policy_store;
 mod receipts;
 mod receive;
+mod replay;
 mod send;
 mod work_price;
 
@@ -41,6 +42,7 @@ pub use self::members::Commit;
 pub use self::policy_run::{decorate as policy_decorate_view, held as policy_held};
 pub use self::receipts::receipt_topic;
 pub use self::receive::Arrival;
+pub use self::replay::{CURSOR_SCAN_MAX, REPLAY_IDS_PAGE, ReplayStats};
 pub use self::send::{KIND_RECEIPT, KIND_TEXT, SEND_BATCH_MAX, TEXT_BYTES_MAX, header_aad};
 pub use self::work_price::{WORK_BITS_MAX, WORK_PRICES_MAX};
 
@@ -216,6 +218,13 @@ pub struct Engine {
     policy_run: policy_run::PolicyRun,
     /// Receipt signers' certificates verified already.
     receipt_certs: receipts::ReceiptCerts,
+    /// Conversations with envelopes settled since their replay cursor last moved (one entry
+    /// per conversation at most; see `replay`).
+    cursor_dirty: BTreeSet<ConversationId>,
+    /// The outbox pages not pushed again since the start: (next position, end position).
+    outbox_resume: Option<(u64, u64)>,
+    /// What the starts read (see `replay`).
+    replay_stats: replay::ReplayStats,
 }
 
 /// What runs inside every durable commit of `node.redb` (the node tables' and MLS's own),
@@ -304,6 +313,9 @@ impl Engine {
             last_durable_ms: 0,
             policy_run: policy_run::PolicyRun::default(),
             receipt_certs: receipts::ReceiptCerts::default(),
+            cursor_dirty: BTreeSet::new(),
+            replay_stats: replay::ReplayStats::default(),
+            outbox_resume: None,
         }
     }
 
@@ -361,8 +373,9 @@ impl Engine {
         self.mls.conversations()
     }
 
-    /// Loads every conversation at start: the core learns members, the chain is rebuilt from
-    /// the local history, unread envelopes are read, and unacknowledged sends are queued again.
+    /// Loads every conversation at start: the core learns members, the chain is read back
+    /// from its rows, the local history after the replay cursor is read, and unacknowledged
+    /// sends are queued again.
     pub fn start(
         &mut self,
         seq: &mut dyn cairn_proto::CommitSequencer,
@@ -377,10 +390,27 @@ impl Engine {
             self.sync(&id, seq, now_ms);
             self.replay_history(id, seq, now_ms)?;
         }
-        let by_topic: std::collections::HashMap<_, _> = convs.into_iter().map(|c| (c.topic(), c)).collect();
-        for env in causal_order(self.db.outbox()?) {
-            // A send whose history copy a crash lost (or that never reached the mesh): the
-            // chain learns it from the outbox.
+        // The unacknowledged sends go out again, a page now and a page per tick after.
+        self.db.outbox_order_legacy()?;
+        self.outbox_resume = Some((0, self.db.outbox_end()?));
+        self.republish_page(now_ms)?;
+        // The next start replays from where this one ended.
+        if let Err(e) = self.advance_replay_cursors() {
+            tracing::warn!("replay cursors not moved: {e}");
+        }
+        Ok(())
+    }
+
+    /// Pushes the next page of the outbox again (written before this start), if any is left.
+    fn republish_page(&mut self, now_ms: u64) -> Result<(), NodeError> {
+        let Some((from, end)) = self.outbox_resume else { return Ok(()) };
+        let page = self.db.outbox_page(from, end, crate::outbox_store::OUTBOX_PAGE_ENVELOPES)?;
+        self.outbox_resume = page.next.map(|n| (n, end));
+        let by_topic: std::collections::HashMap<Topic, ConversationId> =
+            self.mls.conversations().into_iter().map(|c| (c.topic(), c)).collect();
+        for env in page.envelopes {
+            // A send whose chain row a node.redb from before the chain table lacks, and whose
+            // history copy a crash lost: the chain learns it from the outbox.
             let id = env.id();
             if let Some(conv) = by_topic.get(&env.header.topic).copied()
                 && !self.core.knows(&conv, &id)
@@ -393,11 +423,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether outbox pages written before this start are still to be pushed again.
+    pub fn republishing(&self) -> bool {
+        self.outbox_resume.is_some()
+    }
+
     /// Time passed: receipts, anchors, quarantine expiry, scheduled key updates.
     pub fn tick(&mut self, seq: &mut dyn cairn_proto::CommitSequencer, now_ms: u64) {
         // Changed delivery states first, so the durable flush below covers them.
         if let Err(e) = self.flush_deliveries() {
             tracing::warn!("delivery states not recorded: {e}");
+        }
+        if let Err(e) = self.advance_replay_cursors() {
+            tracing::warn!("replay cursors not moved: {e}");
+        }
+        if let Err(e) = self.republish_page(now_ms) {
+            tracing::warn!("outbox not pushed again: {e}");
         }
         // Bounds what a crash can roll back (and the pages a lazy commit cannot free yet).
         if now_ms.saturating_sub(self.last_durable_ms) >= DURABLE_EVERY_MS {
@@ -610,62 +651,5 @@ pub fn mls_err(e: MlsError) -> NodeError {
         MlsError::NotMember => NodeError::NotMember,
         MlsError::Sequencer(s) => NodeError::Sequencer(s.to_string()),
         other => NodeError::Mls(other.to_string()),
-    }
-}
-
-/// `envs` with every parent before its children (among `envs`; Kahn's algorithm, linear):
-/// an outbox re-published at start leaves and lands in the order it was written.
-fn causal_order(envs: Vec<cairn_proto::Envelope>) -> Vec<cairn_proto::Envelope> {
-    use std::collections::{HashMap, VecDeque};
-    let index: HashMap<Id, usize> = envs.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
-    let mut waiting_on = vec![0usize; envs.len()];
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); envs.len()];
-    for (i, e) in envs.iter().enumerate() {
-        for p in &e.header.parents {
-            if let Some(&pi) = index.get(p)
-                && pi != i
-            {
-                waiting_on[i] += 1;
-                children[pi].push(i);
-            }
-        }
-    }
-    let mut ready: VecDeque<usize> = (0..envs.len()).filter(|i| waiting_on[*i] == 0).collect();
-    let mut order = Vec::with_capacity(envs.len());
-    while let Some(i) = ready.pop_front() {
-        order.push(i);
-        for &c in &children[i] {
-            waiting_on[c] -= 1;
-            if waiting_on[c] == 0 {
-                ready.push_back(c);
-            }
-        }
-    }
-    // A cycle cannot be built from hash links; whatever is left goes last, as it came.
-    let placed: std::collections::HashSet<usize> = order.iter().copied().collect();
-    order.extend((0..envs.len()).filter(|i| !placed.contains(i)));
-    let mut slots: Vec<Option<cairn_proto::Envelope>> = envs.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| slots[i].take()).collect()
-}
-
-#[cfg(test)]
-mod order_tests {
-    use super::causal_order;
-    use cairn_proto::envelope::pad;
-    use cairn_proto::{Envelope, Limits, Topic};
-
-    #[test]
-    fn an_outbox_is_republished_parents_first() {
-        let e = |n: u64, parents| {
-            Envelope::new(Topic([1; 32]), n, 60, parents, pad(b"x", &Limits::default()).unwrap())
-        };
-        let a = e(1, vec![]);
-        let b = e(2, vec![a.id()]);
-        let c = e(3, vec![b.id(), a.id()]);
-        let d = e(4, vec![cairn_proto::Id([7; 32])]);
-        let out = causal_order(vec![c.clone(), d.clone(), b.clone(), a.clone()]);
-        let pos = |x: &Envelope| out.iter().position(|o| o.id() == x.id()).unwrap();
-        assert_eq!(out.len(), 4);
-        assert!(pos(&a) < pos(&b) && pos(&b) < pos(&c));
     }
 }

@@ -13,7 +13,6 @@ use super::send::{KIND_RECEIPT, KIND_TEXT, header_aad};
 use super::{Engine, Io, message_view};
 use crate::core::{Input, Unreadable};
 use crate::db::Accepted;
-use crate::error::NodeError;
 use crate::model::StreamEvent;
 
 /// An envelope the mesh delivered (durable in the local history).
@@ -287,37 +286,6 @@ impl Engine {
             let mut none = NoSequencer;
             self.receive_conv(conv, arrivals, &mut none, now_ms);
         }
-    }
-
-    /// Reads every envelope of the conversation's local history not read yet (a stop between
-    /// the mesh's delivery and this read), and rebuilds the chain from what was read before.
-    pub(super) fn replay_history(
-        &mut self,
-        conv: ConversationId,
-        seq: &mut dyn cairn_proto::CommitSequencer,
-        now_ms: u64,
-    ) -> Result<(), NodeError> {
-        let topic = conv.topic();
-        let mut from = 0;
-        for _ in 0..1_000_000 {
-            let page = self.history.page(&topic, from, 256).map_err(|e| NodeError::Storage(e.to_string()))?;
-            let mut unread = Vec::new();
-            for (_, env) in page.entries {
-                let id = env.id();
-                match self.db.plain(&id)? {
-                    Some(bytes) => self.known(conv, id, &bytes, now_ms),
-                    None => unread.push(Arrival { id, envelope: env, after_gap: false }),
-                }
-            }
-            if !unread.is_empty() {
-                self.receive_conv(conv, unread, seq, now_ms);
-            }
-            match page.next {
-                Some(n) => from = n,
-                None => return Ok(()),
-            }
-        }
-        Ok(())
     }
 
     /// An envelope read before this start: back into the chain.

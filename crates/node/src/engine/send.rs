@@ -302,8 +302,9 @@ impl Engine {
             return Ok(Vec::new());
         }
         let r = self.write_rows(rows, outbox, keys);
-        if r.is_err() {
-            self.discard();
+        match &r {
+            Ok(_) => self.cursor_dirty.extend(rows.iter().map(|row| ConversationId(row.conv))),
+            Err(_) => self.discard(),
         }
         r
     }

@@ -18,6 +18,8 @@ pub struct User {
     pub engine: Engine,
     /// What the shell was asked to do, since the last look (publications excepted).
     pub io: Vec<Io>,
+    /// The user's local history (what the mesh delivered).
+    pub history: Arc<Store>,
     setup: Setup,
     id: Identity,
     dir: tempfile::TempDir,
@@ -39,7 +41,7 @@ impl Default for Setup {
     }
 }
 
-fn open(dir: &tempfile::TempDir, id: &Identity, setup: Setup) -> Engine {
+fn open(dir: &tempfile::TempDir, id: &Identity, setup: Setup) -> (Engine, Arc<Store>) {
     let limits = Limits::default();
     let db = Arc::new(Database::create(dir.path().join("node.redb")).unwrap());
     let history = Arc::new(Store::open(&dir.path().join("history.redb"), limits).unwrap());
@@ -47,7 +49,7 @@ fn open(dir: &tempfile::TempDir, id: &Identity, setup: Setup) -> Engine {
     cfg.difficulty = Difficulty { base_bits: 0 };
     cfg.invitations = setup.invitations;
     cfg.keyring = setup.keyring.then(|| dir.path().join("keyring"));
-    Engine::open(db, history, IdentityKeys::of(id), cfg).unwrap()
+    (Engine::open(db, history.clone(), IdentityKeys::of(id), cfg).unwrap(), history)
 }
 
 impl User {
@@ -66,15 +68,18 @@ pub fn user(now: u64) -> User {
 pub fn user_with(now: u64, setup: Setup) -> User {
     let dir = tempfile::tempdir().unwrap();
     let id = Identity::generate(now).unwrap();
-    User { engine: open(&dir, &id, setup), io: Vec::new(), setup, id, dir }
+    let (engine, history) = open(&dir, &id, setup);
+    User { engine, io: Vec::new(), history, setup, id, dir }
 }
 
 /// The same user after a restart: the engine is dropped (as by a crash after its last
 /// commit) and opened again from its directory.
 pub fn restart(u: User) -> User {
-    let User { engine, setup, id, dir, .. } = u;
+    let User { engine, history, setup, id, dir, .. } = u;
     drop(engine);
-    User { engine: open(&dir, &id, setup), io: Vec::new(), setup, id, dir }
+    drop(history);
+    let (engine, history) = open(&dir, &id, setup);
+    User { engine, io: Vec::new(), history, setup, id, dir }
 }
 
 /// A key package of `u` as a committer gets it from the mesh (its last-resort one, which any
@@ -125,4 +130,17 @@ pub fn deliver(to: &mut User, envs: &[Envelope], seq: &mut MemorySequencer, now:
     let batch = envs.iter().map(|e| Arrival { id: e.id(), envelope: e.clone(), after_gap: false }).collect();
     to.engine.receive(batch, seq, now);
     let _ = published(to);
+}
+
+/// Keeps `envs` in `to`'s local history, then hands them to its engine (as the node's mesh
+/// does: the history first).
+pub fn deliver_kept(to: &mut User, envs: &[Envelope], seq: &mut MemorySequencer, now: u64) {
+    keep_only(to, envs);
+    deliver(to, envs, seq, now);
+}
+
+/// Keeps `envs` in `to`'s local history without handing them to its engine (a stop between
+/// the mesh's delivery and the engine's read).
+pub fn keep_only(to: &mut User, envs: &[Envelope]) {
+    to.history.append(envs).unwrap();
 }
