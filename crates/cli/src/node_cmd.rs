@@ -22,8 +22,8 @@ use tracing::{info, warn};
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
-    /// relay, via_relay, mdns, ws_cert, ws_key (flags > CAIRN_* environment > this file >
-    /// defaults).
+    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay (flags >
+    /// CAIRN_* environment > this file > defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Peer to join through (multiaddr with /p2p/…, by IP or DNS name:
@@ -73,6 +73,15 @@ pub(crate) struct UpArgs {
     /// networks).
     #[arg(long, env = "CAIRN_INVITATIONS", value_enum, default_value_t = InvitationsArg::Ask)]
     invitations: InvitationsArg,
+    /// Reach the ledger's validators through connected peers only, never dialling their
+    /// addresses (the channel stays end-to-end encrypted and every answer proven). Without it,
+    /// peers are the fallback when no validator can be dialled.
+    #[arg(long, env = "CAIRN_LEDGER_VIA_PEERS")]
+    ledger_via_peers: bool,
+    /// Do not relay peers' ledger connections to the validators of this node's genesis (on by
+    /// default; bounded: 64 streams, 8 per peer, 64 MiB and 10 min each).
+    #[arg(long, env = "CAIRN_NO_LEDGER_RELAY")]
+    no_ledger_relay: bool,
 }
 
 /// `--invitations`.
@@ -108,6 +117,8 @@ struct FileConfig {
     mdns: Option<bool>,
     ws_cert: Option<PathBuf>,
     ws_key: Option<PathBuf>,
+    ledger_via_peers: Option<bool>,
+    ledger_relay: Option<bool>,
 }
 
 /// The merged configuration of `up`.
@@ -126,6 +137,8 @@ pub(crate) struct UpConfig {
     pub(crate) mdns: bool,
     pub(crate) ws_cert: Option<PathBuf>,
     pub(crate) ws_key: Option<PathBuf>,
+    pub(crate) ledger_via_peers: bool,
+    pub(crate) ledger_relay: bool,
 }
 
 impl UpArgs {
@@ -135,7 +148,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -159,6 +172,8 @@ impl UpArgs {
             mdns: self.mdns || file.mdns.unwrap_or(false),
             ws_cert: self.ws_cert.or(file.ws_cert),
             ws_key: self.ws_key.or(file.ws_key),
+            ledger_via_peers: self.ledger_via_peers || file.ledger_via_peers.unwrap_or(false),
+            ledger_relay: !self.no_ledger_relay && file.ledger_relay.unwrap_or(true),
         })
     }
 }
@@ -261,6 +276,13 @@ async fn run_node(
     net.serve_store = cfg.store;
     net.relay_server = cfg.relay;
     net.mdns = cfg.mdns;
+    // Peers' ledger connections are relayed to the validators of this node's own genesis
+    // (a store-only node without a genesis file relays nothing).
+    if cfg.ledger_relay
+        && let Ok(g) = Genesis::load(&cfg.genesis)
+    {
+        net.ledger_relay = Some(cairn_node::shell::ledger_relays::relay_config(&g));
+    }
     match (&cfg.ws_cert, &cfg.ws_key) {
         (Some(cert), Some(key)) => {
             let tls = cairn_net::node::WsTls::from_pem_files(cert, key).map_err(|e| {
@@ -319,6 +341,7 @@ async fn run_node(
     scfg.net = net;
     scfg.roles = roles;
     scfg.invitations = cfg.invitations;
+    scfg.ledger_via_peers = cfg.ledger_via_peers;
     scfg.handle =
         std::fs::read_to_string(home.join(crate::home::HANDLE_FILE)).ok().map(|h| h.trim().to_owned());
     let service = Service::start(scfg, identity).await?;
@@ -473,6 +496,8 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         mdns: false,
         ws_cert: None,
         ws_key: None,
+        ledger_via_peers: false,
+        ledger_relay: true,
     };
     let rt = runtime()?;
     rt.block_on(async {

@@ -12,6 +12,7 @@ pub mod actor;
 pub mod awaiting;
 pub mod keypackages;
 pub mod ledger;
+pub mod ledger_relays;
 pub mod work_prices;
 
 use std::collections::HashMap;
@@ -88,6 +89,9 @@ pub struct Shared {
     pub key_packages: KeyPackages,
     /// Metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Peers the ledger clients fall back to when a validator cannot be dialled (`None`
+    /// outside a tokio runtime).
+    pub ledger_relays: Option<Arc<ledger_relays::PeerRelays>>,
 }
 
 impl Shared {
@@ -99,7 +103,11 @@ impl Shared {
         net: NodeHandle,
         events: broadcast::Sender<StreamEvent>,
     ) -> Self {
+        let ledger_relays = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| Arc::new(ledger_relays::PeerRelays::new(net.clone(), rt)));
         Self {
+            ledger_relays,
             identity,
             db,
             net,
@@ -116,6 +124,19 @@ impl Shared {
             key_packages: KeyPackages::default(),
             metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// A ledger client for `genesis` that reaches validators through peers when it cannot
+    /// dial them.
+    pub fn ledger_client(
+        &self,
+        genesis: &cairn_ledger::genesis::Genesis,
+    ) -> Result<cairn_ledger::rpc::LedgerClient, cairn_ledger::rpc::ClientError> {
+        let client = cairn_ledger::rpc::LedgerClient::new(genesis)?;
+        Ok(match &self.ledger_relays {
+            Some(r) => client.with_relays(r.clone()),
+            None => client,
+        })
     }
 
     /// Publishes an API stream event.
