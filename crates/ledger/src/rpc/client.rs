@@ -136,8 +136,11 @@ impl Link {
             Err(e) => {
                 // Bytes through a relay that fail are the relay's doing as likely as the
                 // validator's: the relay is tried last for a while, the validator not suspected.
+                // A closed channel is not blamed (the validator closes idle ones).
                 if let (Some(peer), Some(relays)) = (&self.via, &self.relays) {
-                    relays.blame(peer);
+                    if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
+                        relays.blame(peer);
+                    }
                     if matches!(e, FrameError::TimedOut) {
                         return Err(ClientError::Timeout);
                     }
@@ -180,7 +183,7 @@ impl Link {
             let via = |e: &dyn std::fmt::Display| {
                 ClientError::Unreachable(format!("{} via {peer}: {e}", self.addr))
             };
-            let pipe = match relays.open(&peer, &self.chain, &self.key, deadline) {
+            let pipe = match relays.open(&peer, &self.chain, &key_bytes(&self.key), deadline) {
                 Ok(p) => p,
                 Err(e) => {
                     last = via(&e);
@@ -244,6 +247,16 @@ impl Link {
             FrameError::Closed | FrameError::Io(_) => ClientError::Unreachable(format!("{}: {e}", self.addr)),
         }
     }
+}
+
+/// A consensus key's 32 bytes.
+fn key_bytes(k: &ed25519::PublicKey) -> [u8; 32] {
+    use commonware_codec::Encode as _;
+    let mut out = [0u8; 32];
+    let bytes = k.encode();
+    let n = bytes.len().min(32);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
 }
 
 /// What a validator's next-nonce answer `n` is worth against the proven committed `floor`.
