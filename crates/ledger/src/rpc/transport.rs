@@ -90,13 +90,14 @@ pub trait Relays: Send + Sync + std::fmt::Debug {
     fn direct_first(&self) -> bool;
     /// The peers to try, best first (names as [`Relays::open`] takes them).
     fn peers(&self) -> Vec<String>;
-    /// Opens a pipe to the RPC listener of validator `validator` of chain `chain` through
-    /// `peer`, before `deadline`; the error says why the relay refused or failed.
+    /// Opens a pipe to the RPC listener of the validator with consensus key `validator` (its
+    /// 32 bytes) of chain `chain` through `peer`, before `deadline`; the error says why the
+    /// relay refused or failed.
     fn open(
         &self,
         peer: &str,
         chain: &[u8; 32],
-        validator: &ed25519::PublicKey,
+        validator: &[u8; 32],
         deadline: Instant,
     ) -> Result<Box<dyn Pipe>, String>;
     /// A channel through `peer` failed (a byte changed, or it stalled): try it last for a while.
