@@ -14,7 +14,8 @@
 //!   step ([`NodeDb::accept_in`]): a crash keeps both or neither;
 //! - an envelope that is history by structure only (held unreadable, then named as an ancestor
 //!   by an accepted one) in the transaction that next moves the cursor;
-//! - the cursor, by the engine's tick and at the end of a start, in a transaction of its own:
+//! - the cursor, before each durable flush (the tick's, every `DURABLE_EVERY_MS`, and at a
+//!   stop) and at the end of a start, in a transaction of its own:
 //!   it moves over the topic log while each entry has a chain row in that same transaction or
 //!   an earlier one, and stops at the first that has none (not read yet, or held).
 //!

@@ -17,6 +17,10 @@
 //!   after it may be behind (e.g. "stored on 2" for "delivered to 1 of 1"), never ahead of
 //!   what happened.
 //!
+//! A start keeps the newest [`DELIVERIES_RESTORED_PER_CONVERSATION`] rows of each
+//! conversation in memory; an older row is read when a store acknowledgement or a receipt
+//! names its message (and then tracked in memory again), and the API reads the rows.
+//!
 //! Bounds and overflow policy: at most [`DELIVERY_ROWS_PER_CONVERSATION_MAX`] rows per
 //! conversation; a new send past it deletes the conversation's oldest row (that message then
 //! shows no state after a restart; the message itself is untouched). A send waiting for more
@@ -46,6 +50,8 @@ const COUNT: TableDefinition<'_, &[u8; 32], (u64, u64)> = TableDefinition::new("
 const RECORD_VERSION: u8 = 1;
 /// Delivery rows kept per conversation (the newest sends).
 pub const DELIVERY_ROWS_PER_CONVERSATION_MAX: u64 = 2_000;
+/// Delivery rows of each conversation a start reads into memory (its newest sends).
+pub const DELIVERIES_RESTORED_PER_CONVERSATION: usize = 64;
 /// Member accounts a recorded delivery waits for at most.
 pub const DELIVERY_MEMBERS_MAX: usize = 4_096;
 
@@ -196,6 +202,61 @@ impl NodeDb {
         Ok(out)
     }
 
+    /// The newest `per_conversation` recorded deliveries of every conversation, each
+    /// conversation's oldest first (what a start keeps in memory; older rows are read when
+    /// needed). A row that does not decode is skipped.
+    pub fn deliveries_recent(&self, per_conversation: usize) -> Result<Vec<(Id, Delivery)>, NodeError> {
+        let tx = self.database().begin_read().map_err(storage)?;
+        let order = tx.open_table(ORDER).map_err(storage)?;
+        let rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        let count = tx.open_table(COUNT).map_err(storage)?;
+        let mut out = Vec::new();
+        let mut lists = Lists::new();
+        for c in count.iter().map_err(storage)? {
+            let (conv, _) = c.map_err(storage)?;
+            let conv = *conv.value();
+            let mut ids = Vec::with_capacity(per_conversation);
+            for entry in
+                order.range((&conv, 0)..=(&conv, u64::MAX)).map_err(storage)?.rev().take(per_conversation)
+            {
+                ids.push(*entry.map_err(storage)?.1.value());
+            }
+            for id in ids.into_iter().rev() {
+                if let Some(row) = rows.get(&id).map_err(storage)?.and_then(|v| decode(v.value(), &mut lists))
+                {
+                    out.push((Id(id), row));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The recorded delivery of `id`, if it has a row that decodes.
+    pub fn delivery_row(&self, id: &Id) -> Result<Option<Delivery>, NodeError> {
+        let tx = self.database().begin_read().map_err(storage)?;
+        let rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        Ok(rows.get(&id.0).map_err(storage)?.and_then(|v| decode(v.value(), &mut Lists::new())))
+    }
+
+    /// The newest `max` recorded deliveries of `conv`, newest first.
+    pub fn deliveries_of(&self, conv: &ConversationId, max: usize) -> Result<Vec<(Id, Delivery)>, NodeError> {
+        let tx = self.database().begin_read().map_err(storage)?;
+        let order = tx.open_table(ORDER).map_err(storage)?;
+        let rows = tx.open_table(DELIVERIES).map_err(storage)?;
+        let mut out = Vec::with_capacity(max.min(1024));
+        let mut lists = Lists::new();
+        for entry in order.range((&conv.0, 0)..=(&conv.0, u64::MAX)).map_err(storage)?.rev() {
+            if out.len() >= max {
+                break;
+            }
+            let id = *entry.map_err(storage)?.1.value();
+            if let Some(row) = rows.get(&id).map_err(storage)?.and_then(|v| decode(v.value(), &mut lists)) {
+                out.push((Id(id), row));
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes a conversation's delivery rows, in `tx`.
     pub(crate) fn deliveries_forget_in(
         &self,
@@ -289,5 +350,33 @@ mod tests {
         ndb.deliveries_forget_in(&tx, &[9; 32]).unwrap();
         tx.commit().unwrap();
         assert!(ndb.deliveries_recorded().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_start_reads_the_newest_rows_of_each_conversation_and_older_ones_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(redb::Database::create(dir.path().join("n.redb")).unwrap());
+        let ndb = NodeDb::new(db, cairn_proto::Limits::default()).unwrap();
+        let id = |conv: u8, n: u8| Id([conv * 16 + n; 32]);
+        let tx = ndb.begin().unwrap();
+        for conv in [1u8, 2] {
+            let d = Delivery::new(ConversationId([conv; 32]), 0, vec![AccountId([5; 32])].into());
+            for n in 0..5 {
+                ndb.delivery_insert_in(&tx, &id(conv, n), &d).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let recent: Vec<Id> = ndb.deliveries_recent(2).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(
+            recent,
+            vec![id(1, 3), id(1, 4), id(2, 3), id(2, 4)],
+            "the newest 2 of each, oldest first"
+        );
+        let d = ndb.delivery_row(&id(1, 0)).unwrap().expect("an older row is still there");
+        assert_eq!(d.conversation, ConversationId([1; 32]));
+        assert!(ndb.delivery_row(&Id([99; 32])).unwrap().is_none());
+        let of: Vec<Id> =
+            ndb.deliveries_of(&ConversationId([2; 32]), 3).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(of, vec![id(2, 4), id(2, 3), id(2, 2)], "newest first");
     }
 }

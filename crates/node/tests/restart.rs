@@ -80,14 +80,16 @@ fn a_stop_between_the_message_and_the_cursor_loses_and_doubles_nothing() {
     let (mut alice, mut bob) = (user(now), user(now));
     let conv = converse(&mut alice, &mut bob, &mut seq, now);
 
-    // Read and committed, but no tick moved the cursor before the stop.
+    // Read and committed (made durable by bob's own send's commit), but no durable flush
+    // moved the cursor before the stop.
     let read = send(&mut alice, conv, 0, 10, now + 1);
     deliver_kept(&mut bob, &read, &mut seq, now + 2);
-    bob.engine.make_durable().unwrap();
+    let own = send(&mut bob, conv, 100, 1, now + 2);
+    keep_only(&mut bob, &own);
     let (mut bob, stats) = start_again(bob, &mut seq, now + 3);
-    assert_eq!(stats.entries_examined, 10, "replayed from the old cursor");
+    assert_eq!(stats.entries_examined, 11, "replayed from the old cursor");
     assert_eq!(stats.envelopes_read, 0, "each has its chain row: settled, not read again");
-    assert_eq!(texts(&bob, &conv).len(), 10, "nothing doubled");
+    assert_eq!(texts(&bob, &conv).len(), 11, "nothing doubled");
     assert_eq!(shown(&mut bob), 0, "nothing shown twice");
 
     // The start moved the cursor; the rows it relied on were committed before it.
@@ -95,14 +97,16 @@ fn a_stop_between_the_message_and_the_cursor_loses_and_doubles_nothing() {
     let (mut bob, stats) = start_again(bob, &mut seq, now + 4);
     assert_eq!((stats.entries_examined, stats.envelopes_read), (0, 0));
 
-    // Delivered but never read, then a tick: the cursor does not pass them.
+    // Delivered but never read, then a durable flush: the cursor does not pass them.
     let unread = send(&mut alice, conv, 10, 3, now + 5);
     keep_only(&mut bob, &unread);
-    bob.engine.tick(&mut seq, now + 6);
     bob.engine.make_durable().unwrap();
     let (bob, stats) = start_again(bob, &mut seq, now + 7);
     assert_eq!(stats.envelopes_read, 3, "read at the start: none lost");
-    assert_eq!(texts(&bob, &conv), (0..13).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let mut want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    want.push("m100".into());
+    want.extend((10..13).map(|i| format!("m{i}")));
+    assert_eq!(texts(&bob, &conv), want);
 }
 
 #[test]

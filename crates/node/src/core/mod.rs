@@ -257,7 +257,7 @@ pub struct Core {
     /// Envelopes that entered a chain as history by structure only (held unreadable, then
     /// named as an ancestor), for the engine to record (see `crate::chain_store`). Bounded:
     /// an id enters it at most once (it is then in the chain, which no later input changes),
-    /// and the engine empties it with [`Core::take_proven`] at every tick.
+    /// and the engine empties it with [`Core::take_proven`] at every durable flush.
     proven: Vec<(ConversationId, Id)>,
 }
 

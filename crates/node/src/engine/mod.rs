@@ -278,7 +278,8 @@ impl Engine {
     ) -> Self {
         let mut core = Core::new(cfg.core.clone());
         // Delivery states of sends made before a restart (see `crate::deliveries_store`).
-        match db.deliveries_recorded() {
+        let restored = crate::deliveries_store::DELIVERIES_RESTORED_PER_CONVERSATION;
+        match db.deliveries_recent(restored) {
             Ok(rows) => rows.into_iter().for_each(|(id, d)| core.restore_delivery(id, d)),
             Err(e) => tracing::warn!("delivery states not read back: {e}"),
         }
@@ -434,9 +435,6 @@ impl Engine {
         if let Err(e) = self.flush_deliveries() {
             tracing::warn!("delivery states not recorded: {e}");
         }
-        if let Err(e) = self.advance_replay_cursors() {
-            tracing::warn!("replay cursors not moved: {e}");
-        }
         if let Err(e) = self.republish_page(now_ms) {
             tracing::warn!("outbox not pushed again: {e}");
         }
@@ -478,6 +476,7 @@ impl Engine {
         if stored && let Err(e) = self.db.outbox_remove(&id) {
             tracing::warn!("outbox: {e}");
         }
+        self.track_delivery(&id);
         let fx = self.core.handle(Input::StoreAcks { id, acks }, now_ms);
         self.deliveries_changed(&fx);
         self.apply_local(fx);
@@ -489,14 +488,42 @@ impl Engine {
         self.apply_local(fx);
     }
 
-    /// The delivery state of a sent message, if still tracked.
+    /// The delivery state of a sent message, if still tracked (in memory, else its row).
     pub fn delivery(&self, id: &Id) -> Option<DeliveryView> {
-        self.core.delivery(id)
+        self.core.delivery(id).or_else(|| self.db.delivery_row(id).ok().flatten().map(|d| d.view()))
     }
 
-    /// The newest `max` tracked delivery states of this device's sends in `conv`.
+    /// The newest `max` delivery states of this device's sends in `conv`, newest first: the
+    /// recorded rows, with the state in memory where it is newer, and the sends tracked in
+    /// memory only (too many members to record) first.
     pub fn deliveries(&self, conv: &ConversationId, max: usize) -> Vec<(Id, DeliveryView)> {
-        self.core.deliveries(conv, max)
+        let rows = match self.db.deliveries_of(conv, max) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("delivery rows not read: {e}");
+                return self.core.deliveries(conv, max);
+            }
+        };
+        let recorded: std::collections::HashSet<Id> = rows.iter().map(|(id, _)| *id).collect();
+        let mut out: Vec<(Id, DeliveryView)> = self
+            .core
+            .deliveries(conv, max)
+            .into_iter()
+            .filter(|(id, _)| !recorded.contains(id) && self.db.delivery_row(id).ok().flatten().is_none())
+            .collect();
+        out.extend(rows.into_iter().map(|(id, d)| (id, self.core.delivery(&id).unwrap_or_else(|| d.view()))));
+        out.truncate(max);
+        out
+    }
+
+    /// Tracks in memory again the delivery of `id` that a start left in its row (an
+    /// acknowledgement or a receipt names it).
+    fn track_delivery(&mut self, id: &Id) {
+        if self.core.delivery_record(id).is_none()
+            && let Ok(Some(d)) = self.db.delivery_row(id)
+        {
+            self.core.restore_delivery(*id, d);
+        }
     }
 
     /// Tells the core what MLS now says of a conversation.

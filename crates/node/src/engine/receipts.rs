@@ -216,6 +216,9 @@ impl Engine {
     pub(super) fn receipt_arrived(&mut self, conv: ConversationId, id: Id, env: &Envelope, now_ms: u64) {
         match self.open_receipt(conv, env) {
             Some(input) => {
+                if let Input::Receipt { ids, .. } = &input {
+                    ids.iter().for_each(|id| self.track_delivery(id));
+                }
                 let fx = self.core.handle(input, now_ms);
                 self.deliveries_changed(&fx);
                 self.apply_local(fx);

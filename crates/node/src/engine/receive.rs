@@ -228,6 +228,7 @@ impl Engine {
             }
             Some(&KIND_RECEIPT) => {
                 let ids = receipt_ids(&m.body[1..]);
+                ids.iter().for_each(|id| self.track_delivery(id));
                 let fx = self.core.handle(Input::Receipt { from, ids }, now_ms);
                 self.apply_local(fx);
             }

@@ -1,7 +1,7 @@
 //! Start-up of a conversation: its chain is read back from `node.redb` (no plaintext is
 //! opened), and only the local history after its replay cursor is read again (a stop
 //! between the mesh's delivery and the engine's read, or an envelope held unreadable). The
-//! tick moves the cursors over what was settled since (see [`crate::chain_store`]).
+//! durable flush moves the cursors over what was settled since (see [`crate::chain_store`]).
 
 use cairn_mls::ConversationId;
 use cairn_proto::Id;
@@ -14,11 +14,11 @@ use crate::error::NodeError;
 /// Topic-log entries examined per page at start.
 pub const REPLAY_IDS_PAGE: usize = 1_024;
 
-/// Topic-log entries one tick examines per conversation at most when it moves the cursor
-/// (the rest at the next tick).
+/// Topic-log entries one flush examines per conversation at most when it moves the cursor
+/// (the rest at the next).
 pub const CURSOR_SCAN_MAX: usize = 4_096;
 
-/// Topic-log entries read per page when the cursor moves (most ticks need one page).
+/// Topic-log entries read per page when the cursor moves (most flushes need one page).
 const CURSOR_SCAN_PAGE: usize = 256;
 
 /// Pages a start reads per conversation at most (chain rows, then topic-log ids): a bound on
@@ -135,7 +135,7 @@ impl Engine {
         convs.extend(proven.iter().map(|(c, _)| *c));
         let r = self.advance_in(&proven, &convs);
         if r.is_err() {
-            // Tried again at the next tick (the core's chain already holds the proven ones).
+            // Tried again at the next flush (the core's chain already holds the proven ones).
             self.cursor_dirty.extend(convs);
         }
         r
@@ -168,7 +168,7 @@ impl Engine {
 
     /// The position of the first topic-log entry from `cursor` on without a chain row as `tx`
     /// sees it (or the log's end), looking at [`CURSOR_SCAN_MAX`] entries at most (past it
-    /// the conversation is looked at again at the next tick).
+    /// the conversation is looked at again at the next flush).
     fn settled_until(
         &mut self,
         tx: &redb::WriteTransaction,

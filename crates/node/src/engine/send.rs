@@ -344,6 +344,11 @@ impl Engine {
     /// Makes every lazy commit durable (one fsync), if there is any.
     pub fn make_durable(&mut self) -> Result<(), NodeError> {
         self.flush_deliveries()?;
+        // The replay cursors move as often as what they rely on becomes durable (every
+        // `DURABLE_EVERY_MS` by the tick, and at a stop), not at every tick.
+        if let Err(e) = self.advance_replay_cursors() {
+            tracing::warn!("replay cursors not moved: {e}");
+        }
         if self.lazy_commits == 0 {
             return Ok(());
         }
