@@ -117,3 +117,46 @@ fn a_crash_before_the_tick_leaves_states_behind_never_ahead() {
     let alice = restart(alice);
     assert_eq!(states(&alice, &conv), vec![(id, (DeliveryState::Sent, 0, 0, 1))]);
 }
+
+#[test]
+fn a_restart_keeps_the_newest_states_in_memory_and_older_ones_still_move() {
+    use cairn_node::deliveries_store::DELIVERIES_RESTORED_PER_CONVERSATION;
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
+    let total = DELIVERIES_RESTORED_PER_CONVERSATION + 6;
+    let mut sent = Vec::new();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(cairn_node::engine::SEND_BATCH_MAX) {
+        let items = chunk.iter().map(|i| (conv, format!("m{i}"), None)).collect();
+        for r in alice.engine.send_texts(items, &mut MemorySequencer::new(), now + 1) {
+            sent.push(Id::from_hex(&r.unwrap().id).unwrap());
+        }
+    }
+    let envs = published(&mut alice);
+
+    let mut alice = restart(alice);
+    alice.engine.start(&mut seq, now + 2).unwrap();
+    let _ = published(&mut alice);
+    let oldest = sent[0];
+    assert!(alice.engine.core().delivery(&oldest).is_none(), "an older send is not in memory");
+    assert_eq!(alice.engine.delivery(&oldest).map(|d| d.state), Some(DeliveryState::Sent), "its row answers");
+    assert_eq!(states(&alice, &conv).len(), total, "the API lists the rows");
+
+    // A store acknowledgement and bob's receipt for the oldest send still move its state.
+    alice.engine.store_acks(oldest, 2, true, now + 3);
+    deliver(&mut bob, &envs, &mut seq, now + 4);
+    let rs = receipts(&mut bob, &mut seq, now + 4 + 10_000);
+    deliver(&mut alice, &rs, &mut seq, now + 5);
+    let d = alice.engine.delivery(&oldest).unwrap();
+    assert_eq!((d.state, d.stored_on, d.delivered_to), (DeliveryState::Delivered, 2, 1));
+    let newest = alice.engine.deliveries(&conv, 1);
+    assert_eq!(newest.first().map(|(id, _)| *id), sent.last().copied(), "newest first");
+
+    // Recorded by the tick: the same after another restart.
+    alice.engine.tick(&mut seq, now + 6 + DURABLE_EVERY_MS);
+    let mut alice = restart(alice);
+    alice.engine.start(&mut seq, now + 7 + DURABLE_EVERY_MS).unwrap();
+    let d = alice.engine.delivery(&oldest).unwrap();
+    assert_eq!((d.state, d.stored_on, d.delivered_to), (DeliveryState::Delivered, 2, 1));
+}
