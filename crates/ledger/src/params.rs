@@ -35,8 +35,8 @@ pub const DEFAULT_FEE_PER_BYTE: u64 = 10;
 /// as much as a 1 MB of transactions at [`DEFAULT_FEE_PER_BYTE`]).
 pub const DEFAULT_FEE_PER_FUEL: u64 = 1;
 /// Default proof of work of a topic write, in expected hashes per encoded byte: an anchor
-/// (~215 bytes) costs ~55k hashes (~10 ms on one core of a laptop), a 4 KiB commit ~1M, and
-/// 1 MB of topic writes ~2.6·10^8 (see ARCHITECTURE.md for the measured rate).
+/// (~211 bytes) costs ~54k hashes (~6 ms on one core here, at 8.6 M hashes/s), a 4 KiB commit
+/// ~1M, and 1 MB of topic writes ~2.6·10^8 (~30 s; see ARCHITECTURE.md).
 pub const DEFAULT_TOPIC_WORK_PER_BYTE: u64 = 256;
 /// Proof of work per byte on local dev networks (tests and demos mine in debug builds).
 pub const DEV_TOPIC_WORK_PER_BYTE: u64 = 4;

@@ -149,3 +149,41 @@ fn topic_write_work_rises_with_load_and_their_bytes_are_bounded() {
     let waiting = l.mempool_len();
     assert_eq!(step(&l), waiting);
 }
+
+mod decoding {
+    use cairn_ledger::tx::{AnyTx, TopicTx};
+    use cairn_proto::Id;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+        /// The decoder of peer input never panics, and what it accepts re-encodes identically
+        /// (one encoding per write).
+        #[test]
+        fn garbage_never_panics_and_accepted_bytes_are_canonical(
+            mut data in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            data.insert(0, 2);
+            if let Ok(t) = TopicTx::decode(&data) {
+                prop_assert_eq!(t.encode(), data.clone());
+            }
+            let _ = AnyTx::decode(&data);
+        }
+
+        /// Any one byte of a valid write changed: refused, or another canonical write.
+        #[test]
+        fn a_changed_byte_is_refused_or_canonical(at in 0usize..400, flip in 1u8..=255, kind in 0u8..2) {
+            let t = if kind == 0 {
+                TopicTx::handshake_as_founder(&[1; 32], &[2; 32], 3, vec![9; 40])
+            } else {
+                TopicTx::anchor_as_founder(&[1; 32], &[2; 32], Id([4; 32]), 7)
+            };
+            let mut b = t.encode();
+            let at = at % b.len();
+            b[at] ^= flip;
+            if let Ok(back) = TopicTx::decode(&b) {
+                prop_assert_eq!(back.encode(), b);
+            }
+        }
+    }
+}

@@ -136,6 +136,21 @@ mod tests {
         assert!(!check(&e.header, d));
     }
 
+    /// The mining rate of this machine, for the price table in ARCHITECTURE.md:
+    /// `cargo test --release -p cairn-proto pow::tests::mining_rate -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn mining_rate() {
+        let prefix = vec![7u8; 300];
+        let n = 1u64 << 24;
+        let start = std::time::Instant::now();
+        let found =
+            mine_suffix("cairn rate", &prefix, 0, n, |h| h[0] == 0 && h[1] == 0 && h[2] == 0 && h[3] == 0);
+        let secs = start.elapsed().as_secs_f64();
+        let tried = found.map_or(n, |(_, t)| t);
+        println!("{tried} hashes in {secs:.3} s: {:.2} M hashes/s on one core", tried as f64 / secs / 1e6);
+    }
+
     #[test]
     fn work_targets_price_exactly_and_mining_finds_them() {
         let mut h = [0xFF; 32];
