@@ -211,8 +211,9 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
             let exe = std::env::current_exe().context("locating the cairn binary")?;
             println!(
                 "4 validator processes on 127.0.0.1, fee-paying transfers (genesis-funded accounts, fee {} \
-                 units/byte, no faucet) submitted over RPC by one client",
-                cairn_ledger::params::Params::default().fee_per_byte
+                 units/byte, no faucet) submitted over RPC by {} clients, finality observed by another",
+                cairn_ledger::params::Params::default().fee_per_byte,
+                bench::SUBMITTERS
             );
             for r in bench::run(&cfg, dir.path(), &exe)? {
                 println!("{r}");

@@ -48,15 +48,6 @@ pub const PENDING_CERTS_MAX: usize = 1024;
 /// a commit (blocks). Overflow policy: the newcomer is dropped with a fault.
 const PENDING_BLOCKS_MAX: usize = 1024;
 
-/// What became of a finalized block.
-enum Applied {
-    Yes,
-    /// Refused for good (recorded as a fault).
-    No,
-    /// Valid, but the chain store failed to commit it.
-    NotStored,
-}
-
 /// Internal fault messages kept (messages). Overflow policy: later faults are counted, not kept.
 const FAULTS_MAX: usize = 64;
 
@@ -135,6 +126,8 @@ struct Core {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     inner: Arc<Mutex<Core>>,
+    /// Held by the one finalizer applying blocks (the core lock is released during commits).
+    applying: Arc<Mutex<()>>,
     genesis: Arc<Block>,
     store: ChainStore,
 }
@@ -206,7 +199,12 @@ impl Ledger {
             pending: BTreeMap::new(),
             faults: Vec::new(),
         };
-        Ok(Self { inner: Arc::new(Mutex::new(core)), genesis: genesis_block, store })
+        Ok(Self {
+            inner: Arc::new(Mutex::new(core)),
+            applying: Arc::new(Mutex::new(())),
+            genesis: genesis_block,
+            store,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -656,39 +654,65 @@ impl Ledger {
     }
 
     /// Applies a finalized block delivered by marshal (idempotent; out-of-order deliveries
-    /// wait for the gap to fill).
+    /// wait for the gap to fill). The durable commit of each block runs outside the core lock,
+    /// so admission, proposals and votes on the next blocks go on during its fsync; finalizers
+    /// are serialized among themselves.
     pub fn finalize(&self, block: Arc<Block>) {
-        let mut c = self.lock();
-        let (tip, _) = c.tip();
-        let h = block.header.height;
-        if h <= tip {
-            let stored = if h == tip { Ok(Some(c.tip.id())) } else { c.store.digest(h) };
-            if stored.is_ok_and(|d| d.is_some_and(|d| d != block.id())) {
-                c.fault(format!("conflicting finalized block at height {h}"));
-            }
-            return;
-        }
-        if c.pending.len() >= PENDING_BLOCKS_MAX && !c.pending.contains_key(&h) {
-            // marshal delivers in height order, so this only fills while the chain store
-            // fails; marshal redelivers from its processed floor after a restart
-            c.fault(format!("finalized block {h} dropped: {PENDING_BLOCKS_MAX} blocks wait already"));
-            return;
-        }
-        c.pending.insert(h, block);
-        loop {
-            let next = c.tip().0 + 1;
-            let Some(b) = c.pending.remove(&next) else { break };
-            match c.apply_finalized(Arc::clone(&b)) {
-                Applied::Yes => {}
-                Applied::No => break,
-                Applied::NotStored => {
-                    // the store failed (disk full?): retried at the next delivery
-                    c.pending.insert(next, b);
-                    break;
+        let _one = self.applying.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let mut c = self.lock();
+            let (tip, _) = c.tip();
+            let h = block.header.height;
+            if h <= tip {
+                let stored = if h == tip { Ok(Some(c.tip.id())) } else { c.store.digest(h) };
+                if stored.is_ok_and(|d| d.is_some_and(|d| d != block.id())) {
+                    c.fault(format!("conflicting finalized block at height {h}"));
                 }
+                return;
             }
+            if c.pending.len() >= PENDING_BLOCKS_MAX && !c.pending.contains_key(&h) {
+                // marshal delivers in height order, so this only fills while the chain store
+                // fails; marshal redelivers from its processed floor after a restart
+                c.fault(format!("finalized block {h} dropped: {PENDING_BLOCKS_MAX} blocks wait already"));
+                return;
+            }
+            c.pending.insert(h, block);
+        }
+        loop {
+            let staged = {
+                let mut c = self.lock();
+                let next = c.tip().0 + 1;
+                let Some(b) = c.pending.remove(&next) else { break };
+                match c.stage_finalized(b) {
+                    Some(s) => s,
+                    None => break,
+                }
+            };
+            let stored = self.store.commit_block(
+                &staged.block,
+                &staged.receipts,
+                &staged.handshakes,
+                staged.cert.as_deref(),
+            );
+            let mut c = self.lock();
+            if let Err(e) = stored {
+                let h = staged.block.header.height;
+                c.fault(format!("finalized block {h} could not be stored: {e}"));
+                // retried at the next delivery; its executed layer stays in `spec`
+                c.pending.insert(h, staged.block);
+                break;
+            }
+            c.advance(staged);
         }
     }
+}
+
+/// A finalized block executed and ready for its durable commit.
+struct Staged {
+    block: Arc<Block>,
+    receipts: Vec<Receipt>,
+    handshakes: Vec<(Topic, u64, Vec<u8>)>,
+    cert: Option<Vec<u8>>,
 }
 
 /// Whether a block's post-state is available.
@@ -756,41 +780,46 @@ impl Core {
         }
     }
 
-    /// Applies the next finalized block: stores it with its outcomes, handshakes and
-    /// certificate (one durable commit), then advances the in-memory state. A block not applied
-    /// is recorded as a fault.
-    fn apply_finalized(&mut self, block: Arc<Block>) -> Applied {
+    /// Prepares the next finalized block for its durable commit: executes it unless it was
+    /// verified here already (its executed layer stays in `spec`, where blocks built on it find
+    /// it until [`Core::advance`]), and collects its outcomes, handshakes and certificate. A block
+    /// that cannot be applied is recorded as a fault.
+    fn stage_finalized(&mut self, block: Arc<Block>) -> Option<Staged> {
         let id = block.id();
         let h = block.header.height;
         let (_, tip) = self.tip();
         if block.header.parent != tip {
             self.fault(format!("finalized block {h} does not extend the finalized tip"));
-            return Applied::No;
+            return None;
         }
-        let (layer, receipts) = match self.spec.remove(&id) {
-            Some(s) => (s.layer, s.receipts),
-            None => {
-                let sig_ok = &self.sig_ok;
-                match execute(&self.db, Vec::new(), self.chain, h, &block.txs, Mode::Verify, &|i| {
-                    sig_ok.contains(i)
-                }) {
-                    Ok(ex)
-                        if ex.layer.root == block.header.state_root
-                            && receipts_root(&ex.receipts) == block.header.outcome_root =>
-                    {
-                        (ex.layer, ex.receipts)
-                    }
-                    Ok(_) => {
-                        self.fault(format!("finalized block {h} has a wrong state or outcome root"));
-                        return Applied::No;
-                    }
-                    Err(e) => {
-                        self.fault(format!("finalized block {h} does not execute: {e}"));
-                        return Applied::No;
-                    }
+        if !self.spec.contains_key(&id) {
+            let sig_ok = &self.sig_ok;
+            match execute(&self.db, Vec::new(), self.chain, h, &block.txs, Mode::Verify, &|i| {
+                sig_ok.contains(i)
+            }) {
+                Ok(ex)
+                    if ex.layer.root == block.header.state_root
+                        && receipts_root(&ex.receipts) == block.header.outcome_root =>
+                {
+                    let spec = Spec {
+                        parent: block.header.parent,
+                        height: h,
+                        layer: ex.layer,
+                        receipts: ex.receipts,
+                    };
+                    self.spec.insert(id, spec);
+                }
+                Ok(_) => {
+                    self.fault(format!("finalized block {h} has a wrong state or outcome root"));
+                    return None;
+                }
+                Err(e) => {
+                    self.fault(format!("finalized block {h} does not execute: {e}"));
+                    return None;
                 }
             }
-        };
+        }
+        let receipts = self.spec.get(&id).map(|s| s.receipts.clone()).unwrap_or_default();
         let mut handshakes: Vec<(Topic, u64, Vec<u8>)> = Vec::new();
         for (r, bytes) in receipts.iter().zip(block.txs.iter()) {
             if let Outcome::Sequenced { topic, seq } = &r.outcome
@@ -801,14 +830,25 @@ impl Core {
             }
         }
         let cert = self.pending_certs.get(&id).cloned();
-        if let Err(e) = self.store.commit_block(&block, &receipts, &handshakes, cert.as_deref()) {
-            self.fault(format!("finalized block {h} could not be stored: {e}"));
-            // keep the executed layer so the retry does not execute again
-            self.spec.insert(id, Spec { parent: block.header.parent, height: h, layer, receipts });
-            return Applied::NotStored;
+        Some(Staged { block, receipts, handshakes, cert })
+    }
+
+    /// Advances the in-memory state over a block whose commit is durable.
+    fn advance(&mut self, staged: Staged) {
+        let Staged { block, receipts, cert, .. } = staged;
+        let id = block.id();
+        let h = block.header.height;
+        if let Some(spec) = self.spec.remove(&id) {
+            self.db.apply(spec.layer);
         }
-        self.pending_certs.remove(&id);
-        self.db.apply(layer);
+        // a certificate that arrived during the commit is stored now
+        let late = self.pending_certs.remove(&id);
+        if cert.is_none()
+            && let Some(c) = &late
+            && let Err(e) = self.store.put_certificate(&id, c)
+        {
+            self.fault(format!("certificate could not be stored: {e}"));
+        }
         for r in &receipts {
             self.remove_from_pool(&r.tx);
             self.rejected.remove(&r.tx);
@@ -819,7 +859,7 @@ impl Core {
         if self.recent.len() > BLOCK_CACHE_MAX {
             self.recent.pop_first();
         }
-        self.tip_cert = cert;
+        self.tip_cert = cert.or(late);
         // forget unfinalized blocks that can no longer be extended
         self.spec.retain(|_, s| s.height > h);
         if h.is_multiple_of(SWEEP_EVERY) {
@@ -827,6 +867,5 @@ impl Core {
             self.sweep_topics(h);
         }
         self.pool.compact_order();
-        Applied::Yes
     }
 }
