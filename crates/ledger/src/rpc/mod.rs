@@ -13,6 +13,7 @@
 pub mod client;
 mod fields;
 pub mod follower;
+mod link;
 pub mod noise;
 pub mod protocol;
 pub mod sequencer;
