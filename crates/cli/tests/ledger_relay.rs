@@ -5,29 +5,20 @@
 //! ledger channels (end to end encrypted, answers proven at the user node).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
 
 use cairn_node::client::{Client, read_run_file};
 use cairn_node::model::TailQuery;
-use common::{BIN, Net, wait_for};
+use common::{Net, wait_for};
 
 const PASS: &str = "relay passphrase";
 const LOG: &str = "warn,cairn_node=info";
 
 /// `cairn init --handle NAME`, then `cairn up` with `extra`; a client of the node.
 fn user(net: &mut Net, name: &str, extra: &[&str]) -> Client {
-    let st = Command::new(BIN)
-        .arg("--home")
-        .arg(net.path(name))
-        .args(["init", "--handle", name])
-        .env("CAIRN_PASSPHRASE", PASS)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    net.init(name, PASS);
     net.up(name, PASS, LOG, extra);
     Client::for_home(&net.path(name)).unwrap()
 }

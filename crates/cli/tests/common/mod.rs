@@ -66,9 +66,8 @@ impl Net {
         });
     }
 
-    /// `cairn init --handle NAME`, then [`Net::up`], then waits until the handle is proven on
-    /// the ledger; a client of the node.
-    pub fn user_with(&mut self, name: &str, pass: &str, log: &str) -> Client {
+    /// `cairn init --handle NAME` in `name`'s home, with passphrase `pass`.
+    pub fn init(&self, name: &str, pass: &str) {
         let st = Command::new(BIN)
             .arg("--home")
             .arg(self.path(name))
@@ -78,6 +77,12 @@ impl Net {
             .status()
             .unwrap();
         assert!(st.success());
+    }
+
+    /// [`Net::init`], then [`Net::up`], then waits until the handle is proven on the ledger; a
+    /// client of the node.
+    pub fn user_with(&mut self, name: &str, pass: &str, log: &str) -> Client {
+        self.init(name, pass);
         self.up(name, pass, log, &[]);
         let c = Client::for_home(&self.path(name)).unwrap();
         wait_for(&format!("@{name} registered"), Duration::from_secs(120), || {
