@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_crypto::Identity;
 use cairn_ledger::genesis::Genesis;
-use cairn_ledger::rpc::{LedgerClient, LedgerSequencer};
+use cairn_ledger::rpc::LedgerClient;
 use cairn_mls::{Client as MlsClient, ConversationId, DeviceSigner, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -31,6 +31,7 @@ use crate::model::{
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
 use crate::shell::keypackages::KeyPackageRefusal;
 use crate::shell::ledger::{LEDGER_JOBS_MAX, LedgerWorker, read_retry, resolve_account, unavailable};
+use crate::shell::sequencer::{NodeSequencer, SubmitStall, SubmitStallView};
 use crate::shell::{STREAM_EVENTS_MAX, Shared, now_ms};
 
 pub use crate::engine::TEXT_BYTES_MAX;
@@ -57,8 +58,9 @@ pub struct ServiceConfig {
     pub key_package_wait_ms: u64,
     /// Handle to claim once the account is registered (if it has none).
     pub handle: Option<String>,
-    /// How long the actor waits for a commit to be ordered before it goes on (the commit
-    /// stays pending and its caller is answered when it is), ms.
+    /// How long the actor waits for a leave proposal to be ordered, ms. Commits never wait:
+    /// they are mined, submitted and awaited by the commit worker (`shell::sequencer`), and
+    /// their caller is answered once they are merged.
     pub commit_wait_ms: u64,
     /// Whose invitations join without the user's consent (default: ask, see
     /// [`crate::engine::Invitations`]).
@@ -99,6 +101,8 @@ pub struct Service {
     kp_wait: Duration,
     /// One-time device link codes (see [`crate::link_host`]).
     links: Arc<crate::link_host::Links>,
+    /// Time the actor spent offering commits to the sequencer.
+    stall: Arc<SubmitStall>,
 }
 
 /// The keyring file in a node's data directory (see [`crate::keyring`]).
@@ -159,12 +163,24 @@ impl Service {
         if let Some(r) = &shared.ledger_relays {
             r.set_direct_first(!cfg.ledger_via_peers);
         }
-        let seq_client = shared.ledger_client(&cfg.genesis)?.with_timeout(Duration::from_secs(3));
-        // The actor waits this long for a commit to be ordered; past it the commit stays
-        // pending (never forked) and the caller is answered once the block follower shows it.
-        // Commits are topic writes: no account or device key goes with them.
-        let sequencer =
-            LedgerSequencer::new(seq_client).with_timeout(Duration::from_millis(cfg.commit_wait_ms));
+        // Commits are topic writes (no account or device key goes with them), mined, submitted
+        // and awaited by the commit worker: the actor only queues them, and the commit stays
+        // pending (never forked) until the order shows what holds its slot.
+        let client = || shared.ledger_client(&cfg.genesis).map(|c| c.with_timeout(Duration::from_secs(3)));
+        let stopping = {
+            let shared = shared.clone();
+            Arc::new(move || shared.stopping.load(Ordering::Acquire))
+        };
+        let (sequencer, submitter) = NodeSequencer::new(
+            client()?,
+            client()?,
+            client()?,
+            Duration::from_millis(cfg.commit_wait_ms),
+            ops_tx.clone(),
+            stopping,
+        );
+        let stall = sequencer.stall();
+        std::thread::Builder::new().name("cairn-commits".into()).spawn(move || submitter.run())?;
         let actor = Actor {
             engine,
             sequencer,
@@ -195,10 +211,17 @@ impl Service {
             roles: cfg.roles.clone(),
             kp_wait: Duration::from_millis(cfg.key_package_wait_ms),
             links: Arc::new(crate::link_host::Links::new(limits, cfg.net.admission.difficulty)),
+            stall,
         };
         tokio::spawn(service.clone().add_pending_devices());
         tracing::info!(account = %keys.account.to_text(), device = %keys.device.to_text(), "node service started");
         Ok(service)
+    }
+
+    /// How long the actor spent offering commits to the sequencer so far (it never waits for
+    /// mining, the network or finality: see `shell::sequencer`).
+    pub fn commit_stall(&self) -> SubmitStallView {
+        self.stall.view()
     }
 
     /// The P2P node.

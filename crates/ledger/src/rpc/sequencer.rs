@@ -19,9 +19,9 @@ use crate::tx::{TopicTx, TxError, TxId};
 
 /// Default bound of one submission's wait for finality.
 pub const FINALITY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// Hashes tried between two deadline checks while mining (~0.1-0.3 s on one core in a
-/// release build).
-const MINE_CHUNK: u64 = 1 << 20;
+/// Hashes tried between two deadline checks while mining (~8 ms on one core in a release
+/// build), so a caller mining in time slices keeps to them.
+const MINE_CHUNK: u64 = 1 << 16;
 /// Proven reads of a topic's count after a stale refusal (the proven state may trail the
 /// state that refused by a block).
 const STALE_READS_MAX: u64 = 3;
@@ -42,6 +42,36 @@ fn code(e: &TxError) -> u8 {
 
 fn refused_with(e: &ClientError, codes: &[u8]) -> bool {
     matches!(e, ClientError::Refused { code, .. } if codes.contains(code))
+}
+
+/// Whether validators refused a handshake write because its position is taken (not yet
+/// proven: see [`LedgerClient::proven_stale`]).
+pub fn is_stale_refusal(e: &ClientError) -> bool {
+    refused_with(e, &[code(&TxError::StaleSequence { after: 0, current: 0 })])
+}
+
+/// Whether validators refused a topic write as not signed by a current member.
+pub fn is_not_member_refusal(e: &ClientError) -> bool {
+    refused_with(e, &[code(&TxError::NotTopicAuthority), code(&TxError::BadTopicAuth)])
+}
+
+/// Whether a loaded validator asked more work of a topic write than the chain's price.
+pub fn is_work_too_low_refusal(e: &ClientError) -> bool {
+    refused_with(e, &[code(&TxError::TopicWorkTooLow { have: 0, need: 0 })])
+}
+
+/// Mines `tx` until its id carries `need` expected hashes, in chunks of [`MINE_CHUNK`], until
+/// `deadline`. The progress stays in `tx.work_nonce`: mining `tx` again goes on from where this
+/// call stopped, never from zero. `true` once found. Bounded CPU on the calling thread: never
+/// call it from an async executor.
+pub fn mine_topic_write(tx: &mut TopicTx, need: u64, deadline: Instant) -> bool {
+    while tx.mine(need, MINE_CHUNK).is_none() {
+        tx.work_nonce = tx.work_nonce.wrapping_add(MINE_CHUNK);
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+    true
 }
 
 impl LedgerClient {
@@ -65,23 +95,50 @@ impl LedgerClient {
         let mut factor = 1;
         loop {
             let need = params.topic_work(tx.encode().len()).saturating_mul(factor);
-            while tx.mine(need, MINE_CHUNK).is_none() {
-                if Instant::now() >= deadline {
-                    return Err(ClientError::Timeout);
-                }
-                tx.work_nonce = tx.work_nonce.wrapping_add(MINE_CHUNK);
+            if !mine_topic_write(tx, need, deadline) {
+                return Err(ClientError::Timeout);
             }
             match self.submit(&tx.encode()) {
-                Err(e)
-                    if factor < TOPIC_WORK_FACTOR_MAX
-                        && refused_with(&e, &[code(&TxError::TopicWorkTooLow { have: 0, need: 0 })]) =>
-                {
+                Err(e) if factor < TOPIC_WORK_FACTOR_MAX && is_work_too_low_refusal(&e) => {
                     factor *= 2;
                     debug!(factor, "a loaded validator asks more work of a topic write");
                 }
                 other => return other,
             }
         }
+    }
+
+    /// After validators refused a handshake at `after` as stale: the topic's proven count.
+    /// A count above `after` is proof the position is taken ([`SequencerError::Stale`]); none
+    /// means the refusal is not (yet) proven ([`SequencerError::Unavailable`]), and the commit
+    /// is retried later. Sleeps up to ~0.6 s between reads: call it from a blocking thread.
+    pub fn proven_stale(&mut self, topic: &Topic, after: u64) -> SequencerError {
+        for attempt in 0..STALE_READS_MAX {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            let state = self
+                .prove(&StateKey::Topic(*topic))
+                .map(|v| v.map(|b| TopicState::decode(&b).map(|s| s.count).unwrap_or(0)).unwrap_or(0));
+            match state {
+                Ok(current) if current > after => return SequencerError::Stale { after, current },
+                Ok(_) | Err(_) => {}
+            }
+        }
+        SequencerError::Unavailable(
+            "refused as stale, but the proven topic count does not show it yet".into(),
+        )
+    }
+
+    /// Up to `max` finalized handshakes of `topic` from position `from`, numbered (proven as
+    /// [`LedgerClient::handshakes`] are).
+    pub fn sequenced(&mut self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, ClientError> {
+        let list = self.handshakes(topic, from, max)?;
+        Ok(list
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| Sequenced { topic: *topic, seq: from + i as u64, payload })
+            .collect())
     }
 }
 
@@ -99,34 +156,6 @@ impl LedgerSequencer {
 
     fn unavailable(e: impl std::fmt::Display) -> SequencerError {
         SequencerError::Unavailable(e.to_string())
-    }
-
-    fn is_stale(e: &ClientError) -> bool {
-        refused_with(e, &[code(&TxError::StaleSequence { after: 0, current: 0 })])
-    }
-
-    fn is_not_member(e: &ClientError) -> bool {
-        refused_with(e, &[code(&TxError::NotTopicAuthority), code(&TxError::BadTopicAuth)])
-    }
-
-    /// After validators refused a handshake at `after` as stale: the topic's proven count.
-    /// A count above `after` is proof the position is taken ([`SequencerError::Stale`]); none
-    /// means the refusal is not (yet) proven, and the commit is retried later.
-    fn proven_stale(&mut self, topic: &Topic, after: u64) -> SequencerError {
-        for attempt in 0..STALE_READS_MAX {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 * attempt));
-            }
-            let state = self
-                .client
-                .prove(&StateKey::Topic(*topic))
-                .map(|v| v.map(|b| TopicState::decode(&b).map(|s| s.count).unwrap_or(0)).unwrap_or(0));
-            match state {
-                Ok(current) if current > after => return SequencerError::Stale { after, current },
-                Ok(_) | Err(_) => {}
-            }
-        }
-        Self::unavailable("refused as stale, but the proven topic count does not show it yet")
     }
 }
 
@@ -152,8 +181,8 @@ impl CommitSequencer for LedgerSequencer {
         let mut tx = TopicTx::handshake(self.client.chain(), topic, after, payload, &keys.seed, keys.next);
         let id = match self.client.submit_topic_write(&mut tx, &params, deadline) {
             Ok(id) => id,
-            Err(e) if Self::is_stale(&e) => return Err(self.proven_stale(&topic, after)),
-            Err(e) if Self::is_not_member(&e) => return Err(SequencerError::NotMember),
+            Err(e) if is_stale_refusal(&e) => return Err(self.client.proven_stale(&topic, after)),
+            Err(e) if is_not_member_refusal(&e) => return Err(SequencerError::NotMember),
             Err(e) => return Err(Self::unavailable(e)),
         };
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
@@ -161,19 +190,39 @@ impl CommitSequencer for LedgerSequencer {
             Ok((_, RemoteOutcome::Sequenced { seq, .. })) => Ok(seq),
             Ok((_, other)) => Err(Self::unavailable(format!("unexpected outcome {other:?}"))),
             // every validator rejected it: another commit took the position meanwhile
-            Err(e) if Self::is_stale(&e) => Err(self.proven_stale(&topic, after)),
-            Err(e) if Self::is_not_member(&e) => Err(SequencerError::NotMember),
+            Err(e) if is_stale_refusal(&e) => Err(self.client.proven_stale(&topic, after)),
+            Err(e) if is_not_member_refusal(&e) => Err(SequencerError::NotMember),
             Err(e) => Err(Self::unavailable(e)),
         }
     }
 
     fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError> {
         // The trait takes `&self`; a fresh connection set keeps this call independent.
-        let list = self.client.detached().handshakes(topic, from, max).map_err(Self::unavailable)?;
-        Ok(list
-            .into_iter()
-            .enumerate()
-            .map(|(i, payload)| Sequenced { topic: *topic, seq: from + i as u64, payload })
-            .collect())
+        self.client.detached().sequenced(topic, from, max).map_err(Self::unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mining_stopped_at_a_deadline_goes_on_where_it_stopped() {
+        let need = 1 << 20;
+        let write =
+            |i: u8| TopicTx::handshake([1; 32], Topic([2; 32]), 0, vec![i; 200], &[4; 32], Some([5; 32]));
+        // A write whose nonce is past the first chunks (each try is deterministic).
+        let (i, whole) = (0..16u8)
+            .find_map(|i| {
+                let mut tx = write(i);
+                let found = mine_topic_write(&mut tx, need, Instant::now() + Duration::from_secs(600));
+                (found && tx.work_nonce >= 2 * MINE_CHUNK).then_some((i, tx.work_nonce))
+            })
+            .expect("one of 16 writes needs more than two chunks");
+        let mut tx = write(i);
+        assert!(!mine_topic_write(&mut tx, need, Instant::now()), "stopped by the deadline");
+        assert_eq!(tx.work_nonce, MINE_CHUNK, "one chunk tried, and kept");
+        assert!(mine_topic_write(&mut tx, need, Instant::now() + Duration::from_secs(600)));
+        assert_eq!(tx.work_nonce, whole, "the same nonce as mining in one go");
     }
 }

@@ -1,5 +1,7 @@
 //! The actor thread: owns the [`Engine`] (MLS state, node tables, decision core) and the
 //! commit sequencer, takes jobs from two bounded queues and performs the engine's I/O.
+//! Commits never block it: the [`NodeSequencer`] hands them to its submission worker, which
+//! reports back with [`Job::SubmissionEnded`].
 //!
 //! - `ops` (API calls, timer, ledger results) is served before `net` (deliveries), so a send
 //!   never waits behind a backlog of incoming mail;
@@ -14,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 
-use cairn_ledger::rpc::LedgerSequencer;
 use cairn_mls::policy_ext::PolicyPin;
 use cairn_mls::{ConversationId, VerifiedKeyPackage};
 use cairn_proto::{AccountId, DeviceId, Envelope, Id, Topic};
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::awaiting::{Answer, AwaitingCalls, Intent};
 use super::ledger::{LedgerJob, try_enqueue};
+use super::sequencer::NodeSequencer;
 use super::{ConvSnapshot, Shared, now_ms};
 use crate::engine::{Arrival, Commit, Engine, Io, SEND_BATCH_MAX};
 use crate::error::NodeError;
@@ -62,6 +64,9 @@ pub enum Job {
     Tick,
     /// New blocks sequenced handshakes on these conversation topics.
     Handshakes(Vec<Topic>),
+    /// The submission worker has an answer for this device's commit on this conversation
+    /// topic: settle it (merge, catch up and rebuild, or refuse).
+    SubmissionEnded(Topic),
     /// Every conversation re-reads its sequenced order (start, follower error, period).
     Ledger {
         /// Height.
@@ -146,8 +151,8 @@ pub enum MeshCmd {
 pub struct Actor {
     /// The engine.
     pub engine: Engine,
-    /// The MLS commit sequencer (ledger).
-    pub sequencer: LedgerSequencer,
+    /// The MLS commit sequencer (ledger, through the submission worker).
+    pub sequencer: NodeSequencer,
     /// Shared node state.
     pub shared: Arc<Shared>,
     /// Ledger worker queue.
@@ -263,6 +268,12 @@ impl Actor {
             }
             Job::Ledger { height } => self.engine.ledger_height(height, &mut self.sequencer, now),
             Job::Handshakes(topics) => self.engine.handshakes(&topics, &mut self.sequencer, now),
+            Job::SubmissionEnded(topic) => {
+                let conv = self.engine.conversations().into_iter().find(|c| c.topic() == topic);
+                if let Some(conv) = conv {
+                    self.engine.settle_commit(&conv, &mut self.sequencer, now);
+                }
+            }
             Job::Registered => self.publish_key_packages(),
             Job::Stores(stores) => {
                 let _ = self.mesh.blocking_send(MeshCmd::RegisteredStores(stores));
@@ -288,16 +299,10 @@ impl Actor {
                 }
             }
             Job::Add(conv, kps, reply) => {
-                let r = self
-                    .registered()
-                    .and_then(|()| self.engine.add(conv, kps.clone(), &mut self.sequencer, now));
-                self.settle_or_park(conv, reply, Intent::Add(kps), r, now);
+                self.change(conv, reply, Intent::Add(kps.clone()), now, |e, s| e.add(conv, kps, s, now))
             }
             Job::Remove(conv, account, reply) => {
-                let r = self
-                    .registered()
-                    .and_then(|()| self.engine.remove(conv, account, &mut self.sequencer, now));
-                self.settle_or_park(conv, reply, Intent::Remove(account), r, now);
+                self.change(conv, reply, Intent::Remove(account), now, |e, s| e.remove(conv, account, s, now))
             }
             Job::Leave(conv, reply) => {
                 let r = self.registered().and_then(|()| self.engine.leave(conv, &mut self.sequencer, now));
@@ -333,10 +338,8 @@ impl Actor {
                 self.answer(reply, r);
             }
             Job::SetPolicy(conv, pin, reply) => {
-                let r = self
-                    .registered()
-                    .and_then(|()| self.engine.set_policy(conv, pin.clone(), &mut self.sequencer, now));
-                self.settle_or_park(conv, reply, Intent::SetPolicy(pin), r, now);
+                let intent = Intent::SetPolicy(pin.clone());
+                self.change(conv, reply, intent, now, |e, s| e.set_policy(conv, pin, s, now))
             }
             Job::Deliveries(conv, max, reply) => {
                 let r = Ok(self.engine.deliveries(&conv, max));
@@ -378,6 +381,30 @@ impl Actor {
 
     fn registered(&self) -> Result<(), NodeError> {
         registered(&self.shared)
+    }
+
+    /// Makes a membership or policy change: at once, or, while a commit of this device is
+    /// still pending in `conv` (a key update being mined, say), once that commit is settled
+    /// (the call is parked with its intent: see [`AwaitingCalls::resolve`]).
+    fn change(
+        &mut self,
+        conv: ConversationId,
+        reply: Reply<()>,
+        intent: Intent,
+        now: u64,
+        make: impl FnOnce(&mut Engine, &mut NodeSequencer) -> Result<Commit, NodeError>,
+    ) {
+        if let Err(e) = self.registered() {
+            return self.answer(reply, Err(e));
+        }
+        if self.engine.has_pending_commit(&conv) {
+            self.engine.settle_commit(&conv, &mut self.sequencer, now);
+        }
+        if self.engine.has_pending_commit(&conv) {
+            return self.awaiting.park(conv, Answer::Unit(reply), intent, now);
+        }
+        let r = make(&mut self.engine, &mut self.sequencer);
+        self.settle_or_park(conv, reply, intent, r, now);
     }
 
     fn publish_key_packages(&mut self) {

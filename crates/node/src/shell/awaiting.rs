@@ -1,12 +1,16 @@
 //! API calls whose commit is submitted but not yet ordered: the actor goes on serving every
-//! other conversation, and answers the caller when the block follower shows the commit merged
-//! (or rebuilds the change if other bytes took its slot, or gives up at the deadline).
+//! other conversation, and answers the caller when its commit is merged (the submission
+//! worker's answer, or the block follower, shows it), rebuilds the change if other bytes took
+//! its slot, passes on a "not a member" refusal, or gives up at the deadline. A call made while
+//! another commit of this device was pending in the conversation waits here too, and its change
+//! is made once that commit is settled.
 
 use cairn_mls::policy_ext::PolicyPin;
 use cairn_mls::{ConversationId, VerifiedKeyPackage};
 use cairn_proto::AccountId;
 
 use super::actor::Reply;
+use super::sequencer::NodeSequencer;
 use crate::engine::{Commit, Engine};
 use crate::error::NodeError;
 
@@ -17,7 +21,9 @@ pub const AWAITING_MAX: usize = 256;
 pub const AWAIT_COMMIT_MS: u64 = 60_000;
 /// Rebuilds of a change whose slot other bytes took, at most.
 const REBUILDS_MAX: u32 = 3;
-/// A pending commit is offered to the sequencer again this often, ms.
+/// A pending commit is offered to the sequencer again this often, ms (a safety net: the
+/// submission worker reports each answer at once, and keeps a commit's mining progress
+/// between offers).
 pub const RESUBMIT_EVERY_MS: u64 = 2_000;
 
 /// The change to make again if its commit lost its slot.
@@ -86,16 +92,14 @@ impl AwaitingCalls {
 
     /// Settles the calls whose commit is settled (returned, for the actor to answer once the
     /// engine's I/O is performed); re-offers or rebuilds the others.
-    pub fn resolve(
-        &mut self,
-        engine: &mut Engine,
-        seq: &mut dyn cairn_proto::CommitSequencer,
-        now_ms: u64,
-    ) -> Vec<Settled> {
+    pub fn resolve(&mut self, engine: &mut Engine, seq: &mut NodeSequencer, now_ms: u64) -> Vec<Settled> {
         let mut out = Vec::new();
         for mut a in std::mem::take(&mut self.calls) {
             let conv = a.conv;
-            if engine.take_own_merged(&conv) && !engine.has_pending_commit(&conv) {
+            if seq.take_not_member(&conv.topic()) {
+                let e = NodeError::Sequencer(cairn_proto::SequencerError::NotMember.to_string());
+                out.push(Settled::new(a.answer, conv, Err(e)));
+            } else if engine.take_own_merged(&conv) && !engine.has_pending_commit(&conv) {
                 // Merged; an add of more than one commit goes on with the rest.
                 match redo(engine, &a.intent, conv, seq, now_ms) {
                     Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),

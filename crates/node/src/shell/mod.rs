@@ -1,11 +1,13 @@
 //! The I/O shell around the engine: the libp2p node (tokio), the actor thread that owns the
-//! engine, the ledger worker thread, and the tasks that connect them with bounded queues.
+//! engine, the ledger worker thread, the commit submission worker thread, and the tasks that
+//! connect them with bounded queues.
 //!
 //! ```text
-//!  mesh events ──(net queue, lossless)──▶ actor ◀──(ops queue)── API calls, timer, ledger worker
+//!  mesh events ──(net queue, lossless)──▶ actor ◀──(ops queue)── API calls, timer, workers
 //!                                          │
 //!           mesh task ◀──(mesh queue)──────┤ publish / subscribe / discard
-//!           ledger worker ◀──(ledger queue)┘ anchors, handle look-ups
+//!           ledger worker ◀──(ledger queue)┤ anchors, handle look-ups
+//!           commit worker ◀──(submit queue)┘ mining, submission, finality of MLS commits
 //! ```
 
 pub mod actor;
@@ -13,6 +15,7 @@ pub mod awaiting;
 pub mod keypackages;
 pub mod ledger;
 pub mod ledger_relays;
+pub mod sequencer;
 pub mod work_prices;
 
 use std::collections::HashMap;

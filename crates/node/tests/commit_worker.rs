@@ -1,0 +1,194 @@
+//! Issue 11 §1: no commit submission stalls the node's actor. Real node services, a store node
+//! and one in-process validator on 127.0.0.1, on a chain whose topic-write price makes mining
+//! a commit take seconds: while one conversation's commit is being mined, another
+//! conversation's messages are sent and delivered, and the commit still merges and its API
+//! call is answered. Run with `--nocapture` to see the figures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_ledger::genesis::{Genesis, write_key};
+use cairn_ledger::process::{self, ProcessOptions};
+use cairn_ledger::rpc::LedgerClient;
+use cairn_ledger::tx::TopicTx;
+use cairn_node::backend::Backend;
+use cairn_node::engine::Invitations;
+use cairn_node::model::StreamEvent;
+use cairn_node::service::{Service, ServiceConfig};
+use cairn_proto::Topic;
+use tokio::sync::broadcast;
+
+/// Expected mining time of a 1,000-byte topic write on this chain, s (a commit adding one
+/// member is a little over that).
+const MINING_S_PER_KB: f64 = 4.0;
+/// Conversations tried at most to find a commit whose mining is not over by luck within a
+/// message's round trip (mining time is exponentially distributed).
+const TRIES_MAX: usize = 4;
+/// Messages of the other conversation that must be delivered while the commit is pending.
+const DELIVERED_WHILE_PENDING_MIN: usize = 2;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// BLAKE3 hashes per second of this build's miner on one core.
+fn hash_rate() -> f64 {
+    let mut tx = TopicTx::handshake([0; 32], Topic([1; 32]), 0, vec![0; 1_000], &[2; 32], Some([3; 32]));
+    let n = 1u64 << 19;
+    let start = Instant::now();
+    assert!(tx.mine(u64::MAX, n).is_none());
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A one-validator chain at `price` hashes per byte, its validator running on a thread.
+fn chain(dir: &Path, price: u64) -> Genesis {
+    let (mut g, keys) = Genesis::local("commit-worker", 1, 1, Vec::new()).unwrap();
+    g.validators[0].p2p = free_addr().into();
+    g.validators[0].rpc = free_addr().into();
+    g.params.topic_work_per_byte = price;
+    let gpath = dir.join("genesis.txt");
+    std::fs::write(&gpath, g.to_text()).unwrap();
+    let kpath = dir.join("validator.key");
+    write_key(&kpath, &keys[0]).unwrap();
+    let opts = ProcessOptions {
+        status_every: None,
+        threads: 1,
+        ..ProcessOptions::new(&gpath, &kpath, &dir.join("validator"))
+    };
+    std::thread::spawn(move || process::run(opts, |_| {}).unwrap());
+    let mut client = LedgerClient::new(&g).unwrap();
+    let start = Instant::now();
+    while client.status().is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the validator never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    g
+}
+
+async fn user(dir: &Path, name: &str, g: &Genesis, boot: &[cairn_net::Multiaddr]) -> Service {
+    let identity = cairn_crypto::Identity::generate(now_ms()).unwrap();
+    let mut cfg = ServiceConfig::new(dir.join(name), g.clone());
+    cfg.net.bootstrap = boot.to_vec();
+    cfg.invitations = Invitations::Everyone;
+    // No anchors: the only topic writes mined are commits.
+    cfg.anchor_every_ms = 3_600_000;
+    let s = Service::start(cfg, identity).await.unwrap();
+    let start = Instant::now();
+    while s.devices().await.map(|d| d.is_empty()).unwrap_or(true) {
+        assert!(start.elapsed() < Duration::from_secs(120), "{name} never registered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s
+}
+
+async fn account(s: &Service) -> String {
+    s.status().await.unwrap().account
+}
+
+/// Waits for `text` in `conv` on `rx`.
+async fn delivered(rx: &mut broadcast::Receiver<StreamEvent>, conv: &str, text: &str) {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(StreamEvent::Message(m)) if m.conversation == conv && m.text == text => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("stream ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await.expect("message delivered in 30 s");
+}
+
+/// Whether `s` holds a conversation other than `known` whose first commit is not merged yet.
+async fn commit_pending(s: &Service, known: &[String]) -> bool {
+    let convs = s.conversations().await.unwrap();
+    convs.iter().any(|c| !known.contains(&c.id) && c.epoch == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_being_mined_stalls_no_other_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate = hash_rate();
+    let price = ((rate * MINING_S_PER_KB / 1_000.0) as u64).max(1);
+    eprintln!("miner: {:.2} M hashes/s; price {price} hashes/byte", rate / 1e6);
+    let g = chain(dir.path(), price);
+    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
+    scfg.serve_store = true;
+    let store = cairn_net::node::start(scfg).await.unwrap();
+    let boot: Vec<_> =
+        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let alice = user(dir.path(), "alice", &g, &boot).await;
+    let bob = user(dir.path(), "bob", &g, &boot).await;
+    let carol = user(dir.path(), "carol", &g, &boot).await;
+
+    // Alice and Bob talk in one conversation (its first commit is mined at the same price).
+    let t = Instant::now();
+    let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
+    eprintln!("first conversation created in {:.1} s", t.elapsed().as_secs_f64());
+    let start = Instant::now();
+    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
+        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut bob_rx = bob.subscribe();
+    let carol_account = account(&carol).await;
+    let mut known = vec![chat.clone()];
+    let mut n = 0usize;
+    for attempt in 1..=TRIES_MAX {
+        // Alice starts a conversation with Carol: its commit is mined for seconds ...
+        let creating = {
+            let alice = alice.clone();
+            let carol = carol_account.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                (alice.create_conversation(vec![carol]).await, t.elapsed())
+            })
+        };
+        // ... while she goes on writing to Bob, who reads it.
+        let mut while_pending = 0usize;
+        let mut sends_ms = Vec::new();
+        while !creating.is_finished() {
+            n += 1;
+            let text = format!("message {n}");
+            let t = Instant::now();
+            alice.send(chat.clone(), text.clone(), None).await.unwrap();
+            sends_ms.push(t.elapsed().as_millis());
+            delivered(&mut bob_rx, &chat, &text).await;
+            if commit_pending(&alice, &known).await {
+                while_pending += 1;
+            }
+        }
+        let (created, took) = creating.await.unwrap();
+        let stall = alice.commit_stall();
+        sends_ms.sort_unstable();
+        eprintln!(
+            "try {attempt}: the commit call answered {} after {:.1} s; {while_pending} of {} messages from \
+             Alice to Bob were delivered while it was pending (send calls: p50 {} ms, max {} ms); the \
+             actor spent at most {} µs ({} µs in all) in {} commit offers",
+            if created.is_ok() { "ok" } else { "an error" },
+            took.as_secs_f64(),
+            sends_ms.len(),
+            sends_ms.get(sends_ms.len() / 2).copied().unwrap_or(0),
+            sends_ms.last().copied().unwrap_or(0),
+            stall.max_us,
+            stall.total_us,
+            stall.calls
+        );
+        let created = created.expect("the commit merged and its call was answered");
+        assert!(created.epoch >= 1, "answered once merged: {created:?}");
+        known.push(created.id.clone());
+        assert!(stall.max_us < 250_000, "an offer blocked the actor for {} µs", stall.max_us);
+        if while_pending >= DELIVERED_WHILE_PENDING_MIN {
+            return;
+        }
+    }
+    panic!(
+        "in {TRIES_MAX} tries no commit was pending long enough for {DELIVERED_WHILE_PENDING_MIN} messages"
+    );
+}
