@@ -11,12 +11,15 @@
 //! - [`stem_wire`]: the bounded `/cairn/stem/1` messages (an envelope; receipts back).
 //! - [`ledger_relay`], [`ledger_relay_io`]: `/cairn/ledger-relay/1`, a peer pipes a client's
 //!   ledger RPC channel (end-to-end encrypted) to a validator of its own genesis.
+//! - [`light`]: light clients (`/cairn/light/1`): frames, buckets, the cross-check of two
+//!   service nodes (sans-IO; the shell is in `node/light_*`).
 //! - [`sim`]: a seeded simulation of thousands of nodes running the pure parts above.
 //! - [`node`]: the thin libp2p shell that drives them.
 
 pub mod bench;
 pub mod ledger_relay;
 pub mod ledger_relay_io;
+pub mod light;
 pub mod node;
 pub mod peerbook;
 pub mod receipt;

@@ -125,6 +125,16 @@ pub(super) struct Node {
     pub(super) relayed: RelayedListen,
     /// The stem phase (`stem_hop.rs`), unless `config.stem` is off.
     pub(super) stem: Option<StemHop>,
+    /// A light client's streams to its service nodes (`light_client.rs`).
+    pub(super) light: Option<super::light_client::LightClient>,
+    /// Serving light clients (`light_serve.rs`).
+    pub(super) light_hub: Option<super::light_serve::SharedHub>,
+    /// Gossip shards joined for light clients' buckets (at most `SHARDS`).
+    pub(super) light_shards_joined: HashSet<u16>,
+    /// Where the light tasks reach the actor.
+    pub(super) light_tx: Option<mpsc::Sender<super::light_serve::LightInput>>,
+    /// TCP traffic counters (`traffic.rs`).
+    pub(super) traffic: Arc<super::traffic::Counters>,
 }
 
 /// Figures for `status`.
@@ -230,6 +240,11 @@ impl Node {
             subscribed: HashSet::new(),
             outbound: HashMap::new(),
             counters: Counters::default(),
+            light: None,
+            light_hub: None,
+            light_shards_joined: HashSet::new(),
+            light_tx: None,
+            traffic: Arc::default(),
         }
     }
 
@@ -238,6 +253,7 @@ impl Node {
         mut self,
         mut cmds: mpsc::Receiver<Command>,
         mut committed: mpsc::Receiver<Committed>,
+        mut light_rx: mpsc::Receiver<super::light_serve::LightInput>,
     ) {
         let mut timers = Timers::new(&self.config);
         let mut done = None;
@@ -263,9 +279,12 @@ impl Node {
                         self.on_committed(c);
                     }
                 }
+                Some(l) = light_rx.recv() => self.on_light(l),
                 _ = timers.tick.tick() => {
                     let outs = self.sync.handle(Input::Tick, now_ms());
                     self.apply(outs);
+                    self.light_tick();
+                    self.light_shards();
                     self.release_orphans();
                     self.stem_tick();
                     self.redial();
@@ -480,7 +499,7 @@ impl Node {
 
     /// Loads the persisted resume cursors of `topic` at `stores` (before a history sync only;
     /// the send path never reads them).
-    fn load_cursors(&mut self, topic: &Topic, stores: &[PeerId]) {
+    pub(super) fn load_cursors(&mut self, topic: &Topic, stores: &[PeerId]) {
         for s in stores {
             if let Ok(Some(b)) = self.history.get_key(&cursor_key(topic, s))
                 && let Ok(arr) = <[u8; 8]>::try_from(b.as_slice())
@@ -508,6 +527,20 @@ impl Node {
     /// The set of store nodes changed: new targets for unstored sends and followed topics.
     pub(super) fn retarget(&mut self) {
         let now = now_ms();
+        if self.light.is_some() {
+            // A light client pages nothing when store connections come and go (idle traffic
+            // would grow with its topics): unstored sends get the new targets, and topics
+            // waiting for a back-fill are paged once they have store nodes.
+            let topics: std::collections::BTreeSet<Topic> =
+                self.sync.unstored_topics().into_iter().chain(self.subscribed.iter().copied()).collect();
+            for t in topics {
+                let stores = self.stores_for(&t);
+                let outs = self.sync.handle(Input::Targets { topic: t, stores }, now);
+                self.apply(outs);
+            }
+            self.light_backfill_ready();
+            return;
+        }
         // Own envelopes still short of store nodes, on topics this node does not read: give
         // them the store nodes now known (a node that published before it found any).
         for t in self.sync.unstored_topics() {
@@ -591,6 +624,9 @@ impl Node {
             requests_shed: c.requests_shed,
             erasures_confirmed: c.erasures_confirmed,
             stem: self.stem.as_ref().map(StemStatus::from).unwrap_or_default(),
+            shards: self.swarm.behaviour().gossipsub.topics().count(),
+            light: self.light_status(),
+            traffic: self.traffic.snapshot(),
         }
     }
 
@@ -599,11 +635,13 @@ impl Node {
         if !self.subscribed.contains(&topic) && self.subscribed.len() >= max {
             return Err(NodeError::Refused(format!("already following {max} topics, the most")));
         }
-        let shard = IdentTopic::new(shard_name(shard_of(&topic)));
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&shard) {
-            warn!("subscribe failed: {e}");
+        if self.light.is_none() {
+            let shard = IdentTopic::new(shard_name(shard_of(&topic)));
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&shard) {
+                warn!("subscribe failed: {e}");
+            }
         }
-        self.subscribed.insert(topic);
+        let new = self.subscribed.insert(topic);
         // Exactly once across restarts: what is in local history was delivered.
         let mut cursor = Some(0);
         while let Some(c) = cursor {
@@ -617,6 +655,12 @@ impl Node {
                     cursor = None;
                 }
             }
+        }
+        if self.light.is_some() {
+            if new {
+                self.light_follow(topic);
+            }
+            return Ok(());
         }
         let stores = self.stores_for(&topic);
         self.load_cursors(&topic, &stores);
@@ -738,10 +782,14 @@ impl Node {
         let Some(env) = self.stem_originate(env, written) else { return };
         let id = env.id();
         let topic = env.header.topic;
-        let shard = IdentTopic::new(shard_name(shard_of(&topic)));
-        match self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {
-            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
-            Err(e) => debug!("gossip publish of {} deferred to mailboxes: {e}", id.short()),
+        if self.light.is_some() {
+            self.light_publish(&env); // the primary service node gossips it
+        } else {
+            let shard = IdentTopic::new(shard_name(shard_of(&topic)));
+            match self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+                Err(e) => debug!("gossip publish of {} deferred to mailboxes: {e}", id.short()),
+            }
         }
         let stores = self.stores_for(&topic);
         let input = if written {

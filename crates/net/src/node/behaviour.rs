@@ -48,7 +48,7 @@ pub(crate) struct Behaviour {
     relay: Toggle<relay::Behaviour>,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
     dcutr: dcutr::Behaviour,
-    autonat: autonat::Behaviour,
+    autonat: Toggle<autonat::Behaviour>,
     pub(super) identify: identify::Behaviour,
     ping: ping::Behaviour,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -134,11 +134,15 @@ pub(super) fn identity(c: &NodeConfig) -> Result<Keypair, NodeError> {
 /// Builds the swarm: WebSocket (TLS when configured), TCP and QUIC transports (addresses with
 /// `/dns`, `/dns4` or `/dns6` names are resolved with the system's resolver; see
 /// `transport.rs`), relay client, and [`behaviour`].
-pub(super) fn build_swarm(c: &NodeConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, NodeError> {
+pub(super) fn build_swarm(
+    c: &NodeConfig,
+    keypair: Keypair,
+    counters: std::sync::Arc<super::traffic::Counters>,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_other_transport(|key| super::transport::build(key, c.ws_tls.as_ref()))
+        .with_other_transport(|key| super::transport::build(key, c.ws_tls.as_ref(), counters.clone()))
         .map_err(|e| setup(&format!("transports (the DNS resolver reads /etc/resolv.conf): {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
@@ -159,14 +163,23 @@ fn behaviour(
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
     kad_cfg.set_query_timeout(Duration::from_secs(20));
     let mut kad = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_cfg);
-    kad.set_mode(Some(kad::Mode::Server));
+    // A light client asks the DHT but answers no one (client mode: not in others' tables).
+    kad.set_mode(Some(if c.light.is_some() { kad::Mode::Client } else { kad::Mode::Server }));
     let relay = c.relay_server.then(|| relay::Behaviour::new(id, relay_config(&c.relay_limits)));
     let mdns = match c.mdns {
         true => Some(mdns::tokio::Behaviour::new(mdns::Config::default(), id)?),
         false => None,
     };
-    let autonat =
-        autonat::Behaviour::new(id, autonat::Config { only_global_ips: false, ..Default::default() });
+    // A light client is never dialled back for service: no reachability probes (idle traffic).
+    let autonat = c.light.is_none().then(|| {
+        autonat::Behaviour::new(id, autonat::Config { only_global_ips: false, ..Default::default() })
+    });
+    let ping = match &c.light {
+        Some(l) => ping::Behaviour::new(
+            ping::Config::new().with_interval(Duration::from_millis(l.keepalive_ms.max(1_000))),
+        ),
+        None => ping::Behaviour::default(),
+    };
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(c.connections_max))
@@ -178,13 +191,13 @@ fn behaviour(
         relay: Toggle::from(relay),
         mdns: Toggle::from(mdns),
         dcutr: dcutr::Behaviour::new(id),
-        autonat,
+        autonat: Toggle::from(autonat),
         // Pushed again when a listen address appears (a relayed one, after the reservation),
         // so peers learn how to reach a node that listens only through a relay.
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_push_listen_addr_updates(true),
         ),
-        ping: ping::Behaviour::default(),
+        ping,
         kad,
         gossipsub: build_gossipsub(c)?,
         store: store_behaviour(c.serve_store),

@@ -7,6 +7,7 @@ use libp2p::Multiaddr;
 
 use super::identity::SealKey;
 use super::transport::WsTls;
+use crate::light::{LightConfig, LightServeLimits};
 use crate::stem::StemConfig;
 use crate::sync::SyncConfig;
 use crate::validate::AdmissionConfig;
@@ -189,9 +190,33 @@ pub struct NodeConfig {
     /// Relay ledger RPC channels to the validators of this genesis for peers
     /// (`/cairn/ledger-relay/1`, see [`crate::ledger_relay`]); `None`: not served.
     pub ledger_relay: Option<crate::ledger_relay_io::LedgerRelayConfig>,
+    /// Run as a light client ([`crate::light`]): no gossip shard, no store, DHT (client mode
+    /// only), stem, relay or light service; mail comes over streams from service nodes, own
+    /// envelopes are gossiped by the primary one and pushed to the store nodes from here, and
+    /// count as stored once `replicas` store nodes acknowledged them. Overrides the serving
+    /// fields above at start.
+    pub light: Option<LightConfig>,
+    /// Serve light clients (`/cairn/light/1`) within these limits; `None`: not served. Ignored
+    /// on a light client.
+    pub light_serve: Option<LightServeLimits>,
 }
 
 impl NodeConfig {
+    /// The configuration a node runs with: a light client serves nothing (store, relay, stem,
+    /// ledger relay, light service), and counts a send stored only with all `replicas` acks.
+    pub(crate) fn effective(mut self) -> Self {
+        if self.light.is_some() {
+            self.serve_store = false;
+            self.relay_server = false;
+            self.stem = None;
+            self.ledger_relay = None;
+            self.light_serve = None;
+            self.resync_every_ms = 0;
+            self.sync.acks_required = self.sync.acks_required.max(self.replicas);
+        }
+        self
+    }
+
     /// Defaults for a node keeping its data in `data_dir`.
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
@@ -226,6 +251,8 @@ impl NodeConfig {
             events_lossless_max: super::EVENTS_LOSSLESS_MAX,
             stem: None,
             ledger_relay: None,
+            light: None,
+            light_serve: Some(LightServeLimits::default()),
         }
     }
 }

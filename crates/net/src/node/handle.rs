@@ -177,14 +177,29 @@ pub(crate) const MAILBOX_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Starts a node; returns once it listens on every configured address.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let config = config.effective();
     let (history, mailbox) = open_stores(&config)?;
     let key = identity(&config)?;
-    let mut swarm = build_swarm(&config, key.clone())?;
+    let traffic = Arc::new(super::traffic::Counters::default());
+    let mut swarm = build_swarm(&config, key.clone(), traffic.clone())?;
     let peer_id = *swarm.local_peer_id();
     let mut streams = swarm.behaviour().streams.new_control();
     if let Some(relay) = &config.ledger_relay {
         crate::ledger_relay_io::spawn_server(&mut streams, relay.clone()).map_err(NodeError::Setup)?;
     }
+    let (light_tx, light_rx) = mpsc::channel(super::light_serve::LIGHT_INPUTS_MAX);
+    let light_hub = match config.light_serve {
+        Some(limits) => Some(
+            super::light_serve::spawn_server(
+                &mut streams,
+                limits,
+                config.admission.limits.envelope_bytes_max + 4096,
+                light_tx.clone(),
+            )
+            .map_err(NodeError::Setup)?,
+        ),
+        None => None,
+    };
     let (listen_addrs, relayed) = listen(&mut swarm, &config).await?;
     for b in &config.bootstrap {
         if let Err(e) = swarm.dial(b.clone()) {
@@ -204,9 +219,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         ),
         None => None,
     };
+    let light = config.light.map(|l| super::light_client::LightClient::new(l, streams.clone()));
     let mut node = Node::new(config, swarm, history.clone(), mailbox, history_lanes, mailbox_lane);
     node.relayed = RelayedListen::started(relayed);
-    tokio::spawn(node.run(cmd_rx, committed_rx));
+    node.light = light;
+    node.light_hub = light_hub;
+    node.light_tx = Some(light_tx);
+    node.traffic = traffic;
+    tokio::spawn(node.run(cmd_rx, committed_rx, light_rx));
     info!(%peer_id, "node started");
     Ok(NodeHandle { cmd: cmd_tx, events: Arc::new(tap), peer_id, listen_addrs, history, streams })
 }

@@ -19,6 +19,9 @@
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
 //! - `actor`: the event loop that owns the swarm and the state machines.
 //! - `serve`: answers to store requests (when serving as a store node).
+//! - `light_serve`, `light_client`: `/cairn/light/1` (see [`crate::light`]): feeding light
+//!   clients on a full node; streams to service nodes and their cross-check on a light client.
+//! - `traffic`: bytes and packets across the TCP sockets.
 //! - `stem_hop`: the stem phase: own envelopes to one stem successor, stem envelopes from
 //!   peers admitted, forwarded or fluffed, store receipts passed back up.
 //! - `registry`: the ledger-registered store set placement uses.
@@ -39,6 +42,8 @@ mod events;
 mod handle;
 mod identity;
 mod lan;
+mod light_client;
+mod light_serve;
 mod network;
 mod orphans;
 mod peers;
@@ -47,6 +52,7 @@ mod registry;
 mod relayed;
 mod serve;
 mod stem_hop;
+mod traffic;
 mod transport;
 mod writer;
 
@@ -62,6 +68,9 @@ pub use config::{NodeConfig, RelayLimits, ScoreConfig, ServeLimits};
 pub use events::{EVENTS_BROADCAST_MAX, EVENTS_LOSSLESS_MAX, NodeEvent};
 pub use handle::{NodeHandle, start};
 pub use identity::{SealKey, load_plain_seed};
+pub use light_client::LightStatus;
+pub use light_serve::LIGHT_PROTOCOL;
+pub use traffic::Traffic;
 pub use transport::WsTls;
 
 /// The store protocol name.
@@ -121,6 +130,12 @@ pub struct NodeStatus {
     pub erasures_confirmed: u64,
     /// The stem phase's figures (all 0 with the stem off).
     pub stem: StemStatus,
+    /// Gossip shards joined (0 on a light client).
+    pub shards: usize,
+    /// Light client figures, and the light service's on a full node.
+    pub light: LightStatus,
+    /// What crossed this node's TCP sockets since start.
+    pub traffic: Traffic,
 }
 
 /// What the stem phase did, for `status`.

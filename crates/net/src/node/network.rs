@@ -53,7 +53,7 @@ impl Node {
                 // suffices — one per connection made every node of a 100-node mesh flood the
                 // others' kad handlers.
                 if num_established.get() == 1
-                    && self.swarm.behaviour().kad.mode() == kad::Mode::Server
+                    && (self.swarm.behaviour().kad.mode() == kad::Mode::Server || self.light.is_some())
                     && self.swarm.connected_peers().count() <= 3
                 {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -71,6 +71,7 @@ impl Node {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.book_disconnected(&peer_id);
                 self.stem_gone(&peer_id);
+                self.light_candidate(peer_id, false);
                 if self.store_peers.remove(&peer_id).is_some() {
                     self.retarget();
                 }
@@ -82,6 +83,9 @@ impl Node {
     fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
         self.book_learned(&peer_id, &info.listen_addrs);
         self.stem_learned(peer_id, &info.protocols);
+        if self.swarm.is_connected(&peer_id) {
+            self.light_candidate(peer_id, info.protocols.contains(&super::LIGHT_PROTOCOL));
+        }
         if info.protocols.contains(&KAD_PROTOCOL) {
             for a in info.listen_addrs {
                 self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
@@ -101,8 +105,9 @@ impl Node {
     fn on_gossip(&mut self, source: PeerId, mid: gossipsub::MessageId, topic: TopicHash, data: Vec<u8>) {
         let verdict = self.admission.check(&source, &data, now_ms());
         let (acceptance, deliver) = match verdict {
-            Verdict::Accept(env, _) => {
+            Verdict::Accept(env, id) => {
                 self.counters.relayed += 1;
+                self.light_feed(id, &env.header.topic, &data);
                 (MessageAcceptance::Accept, Some(env))
             }
             Verdict::Reject(reason) => {

@@ -5,6 +5,7 @@
 //! resolved first, a name-based certificate would be checked against an IP and fail.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use libp2p::core::Transport;
 use libp2p::core::muxing::StreamMuxerBox;
@@ -16,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::behaviour::yamux_config;
+use super::traffic::{Counted, Counters};
 
 /// Certificates in one PEM file, at most.
 const PEM_CERTS_MAX: usize = 16;
@@ -82,7 +84,12 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// WebSocket (with `tls`), TCP and QUIC, all behind DNS resolution, authenticated with Noise
 /// and multiplexed with Yamux (QUIC brings its own).
-pub(super) fn build(key: &Keypair, tls: Option<&WsTls>) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Error> {
+/// TCP connections' traffic is counted in `counters` (see `traffic.rs`).
+pub(super) fn build(
+    key: &Keypair,
+    tls: Option<&WsTls>,
+    counters: Arc<Counters>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Error> {
     let tcp_cfg = || tcp::Config::default().nodelay(true);
     let mut ws =
         websocket::Config::new(dns::tokio::Transport::system(tcp::tokio::Transport::new(tcp_cfg()))?);
@@ -95,6 +102,7 @@ pub(super) fn build(key: &Keypair, tls: Option<&WsTls>) -> Result<Boxed<(PeerId,
         .multiplex(yamux_config())
         .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
     let tcp = tcp::tokio::Transport::new(tcp_cfg())
+        .map(move |s, _| Counted::new(s, counters.clone()))
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux_config())

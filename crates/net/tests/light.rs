@@ -1,0 +1,329 @@
+//! Light clients (issue 17 §2) on 127.0.0.1: three store nodes, two service nodes, a full
+//! sender (alice) and light clients. A light client sends and receives through its service
+//! nodes and serves nothing; a withholding service node is found out; killing a service node
+//! loses nothing; and the traffic figures (bytes received per delivered byte, idle packets with
+//! 1 and 50 conversations) are printed (`cargo nextest run -p cairn-net --test light
+//! --no-capture light_traffic_figures`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cairn_net::light::{LightConfig, LightServeLimits};
+use cairn_net::node::{
+    LIGHT_PROTOCOL, NodeConfig, NodeEvent, NodeHandle, STEM_PROTOCOL, STORE_PROTOCOL, Traffic, start,
+};
+use cairn_net::sync::SendStatus;
+use cairn_net::{Multiaddr, PeerId};
+use cairn_proto::{Envelope, Id, Topic};
+use common::{cfg, collect, mined, wait_store_peers};
+use libp2p::StreamProtocol;
+use tokio::sync::broadcast::Receiver;
+use tokio::time::{Instant, sleep, timeout};
+
+fn tcp_only(c: &mut NodeConfig) {
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+}
+
+struct Net {
+    stores: Vec<NodeHandle>,
+    services: Vec<NodeHandle>,
+    alice: NodeHandle,
+}
+
+impl Net {
+    /// Three store nodes, two service nodes (the second withholding if asked), and alice, a full
+    /// node; only the service nodes serve light clients.
+    async fn start(dir: &std::path::Path, withhold_second: bool) -> Self {
+        let mut stores: Vec<NodeHandle> = Vec::new();
+        for i in 0..3 {
+            let mut c = cfg(dir, &format!("store{i}"));
+            tcp_only(&mut c);
+            c.serve_store = true;
+            c.light_serve = None;
+            c.bootstrap = stores.iter().map(|s| s.listen_addrs[0].clone()).collect();
+            stores.push(start(c).await.unwrap());
+        }
+        let store_addrs: Vec<Multiaddr> = stores.iter().map(|s| s.listen_addrs[0].clone()).collect();
+        let mut services = Vec::new();
+        for i in 0..2 {
+            let mut c = cfg(dir, &format!("service{i}"));
+            tcp_only(&mut c);
+            c.light_serve =
+                Some(LightServeLimits { withhold: withhold_second && i == 1, ..Default::default() });
+            c.bootstrap = store_addrs.clone();
+            services.push(start(c).await.unwrap());
+        }
+        let mut c = cfg(dir, "alice");
+        tcp_only(&mut c);
+        c.light_serve = None;
+        c.bootstrap =
+            store_addrs.iter().chain(services.iter().map(|s| &s.listen_addrs[0])).cloned().collect();
+        let alice = start(c).await.unwrap();
+        wait_store_peers(&alice, 3).await;
+        Self { stores, services, alice }
+    }
+
+    /// A light client joined through the service nodes and the store nodes.
+    async fn light(&self, dir: &std::path::Path, name: &str) -> NodeHandle {
+        let mut c = cfg(dir, name);
+        tcp_only(&mut c);
+        c.light = Some(LightConfig { grace_ms: 2_000, keepalive_ms: 5_000, ..Default::default() });
+        c.bootstrap = self.services.iter().chain(&self.stores).map(|s| s.listen_addrs[0].clone()).collect();
+        start(c).await.unwrap()
+    }
+}
+
+/// Waits until the light client has two service streams and three store nodes, and the
+/// service nodes joined the shard of its buckets; then lets gossip subscriptions spread.
+async fn ready(light: &NodeHandle, services: &[NodeHandle]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = light.status().await.unwrap();
+        let mut shards = 0;
+        for sv in services {
+            shards += usize::from(sv.status().await.unwrap().shards > 0);
+        }
+        if s.light.services.len() == 2 && s.store_peers == 3 && shards == services.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "light client not ready: {:?}, store peers {}",
+            s.light,
+            s.store_peers
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    sleep(Duration::from_secs(2)).await; // gossipsub subscriptions reach alice
+}
+
+/// Publishes `n` chained envelopes (each names the one before as parent); their ids in order.
+async fn send_chain(
+    from: &NodeHandle,
+    topic: Topic,
+    tag: &str,
+    n: usize,
+    body_bytes: usize,
+) -> Vec<Envelope> {
+    let mut out: Vec<Envelope> = Vec::new();
+    for i in 0..n {
+        let parents = out.last().map(|e| vec![e.id()]).unwrap_or_default();
+        let body = format!("{tag}{i}:{}", "x".repeat(body_bytes));
+        let e = mined(topic, &body, parents);
+        from.publish(e.clone()).await.unwrap();
+        out.push(e);
+    }
+    out
+}
+
+fn ids(es: &[Envelope]) -> HashSet<Id> {
+    es.iter().map(Envelope::id).collect()
+}
+
+/// Waits until every id is reported stored with at least `k` acknowledgements.
+async fn wait_stored_k(rx: &mut Receiver<NodeEvent>, want: &HashSet<Id>, k: usize, secs: u64) {
+    let mut stored = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while stored.len() < want.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, rx.recv()).await {
+            Ok(Ok(NodeEvent::Status { id, status: SendStatus::Stored { acks } })) if want.contains(&id) => {
+                assert!(acks >= k, "stored with {acks} acks, {k} wanted");
+                stored.insert(id);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("only {} of {} stored", stored.len(), want.len()),
+        }
+    }
+}
+
+fn withheld_of(s: &cairn_net::node::NodeStatus, p: PeerId) -> u64 {
+    s.light.withheld.iter().find(|(q, _)| *q == p).map_or(0, |(_, n)| *n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_client_sends_and_receives_through_service_nodes_and_serves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::start(dir.path(), false).await;
+    let bob = net.light(dir.path(), "bob").await;
+    let topic = Topic([0x42; 32]);
+    let (mut alice_rx, mut bob_rx) = (net.alice.events(), bob.events());
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    ready(&bob, &net.services).await;
+
+    let sent = send_chain(&net.alice, topic, "a", 5, 50).await;
+    let got: HashSet<Id> = collect(&mut bob_rx, &ids(&sent), 30).await.into_iter().collect();
+    assert_eq!(got, ids(&sent), "the light client received alice's envelopes");
+
+    let mine = send_chain(&bob, topic, "b", 5, 50).await;
+    wait_stored_k(&mut bob_rx, &ids(&mine), 3, 30).await;
+    let got: HashSet<Id> = collect(&mut alice_rx, &ids(&mine), 30).await.into_iter().collect();
+    assert_eq!(got, ids(&mine), "alice received the light client's envelopes");
+
+    let s = bob.status().await.unwrap();
+    assert!(s.light.light);
+    assert_eq!(s.shards, 0, "a light client joins no gossip shard");
+    assert_eq!(s.relayed, 0, "and receives no gossip");
+    assert!(s.light.stream_envelopes >= 5, "{:?}", s.light);
+    assert_eq!(s.light.services.len(), 2);
+    assert!(s.light.withheld.iter().all(|(_, n)| *n == 0), "no honest service node blamed: {:?}", s.light);
+    let served: usize = {
+        let mut n = 0;
+        for sv in &net.services {
+            n += sv.status().await.unwrap().light.clients;
+        }
+        n
+    };
+    assert_eq!(served, 2, "each service node serves the client one stream");
+    // It serves nothing: no light, store, stem or DHT stream is accepted.
+    let mut ctl = net.services[0].stream_control();
+    let kad = StreamProtocol::new("/cairn/kad/1");
+    for proto in [LIGHT_PROTOCOL, STORE_PROTOCOL, STEM_PROTOCOL, kad] {
+        let opened = timeout(Duration::from_secs(10), ctl.open_stream(bob.peer_id, proto.clone())).await;
+        assert!(matches!(opened, Ok(Err(_))), "{proto} was accepted by the light client");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withholding_service_node_is_found_out_and_mail_still_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::start(dir.path(), true).await;
+    let (honest, liar) = (net.services[0].peer_id, net.services[1].peer_id);
+    let bob = net.light(dir.path(), "bob").await;
+    let topic = Topic([0x17; 32]);
+    let mut bob_rx = bob.events();
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    ready(&bob, &net.services).await;
+
+    let sent = send_chain(&net.alice, topic, "a", 6, 50).await;
+    let got: HashSet<Id> = collect(&mut bob_rx, &ids(&sent), 40).await.into_iter().collect();
+    assert_eq!(got, ids(&sent), "every envelope arrived despite the withholding service node");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = bob.status().await.unwrap();
+        if withheld_of(&s, liar) > 0 && s.light.primary == Some(honest) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the withholding node was not found out: {:?}", s.light);
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(withheld_of(&s, honest), 0, "the honest service node is not blamed: {:?}", s.light);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_service_node_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::start(dir.path(), false).await;
+    let bob = net.light(dir.path(), "bob").await;
+    let topic = Topic([0x99; 32]);
+    let mut bob_rx = bob.events();
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    ready(&bob, &net.services).await;
+
+    let first = send_chain(&net.alice, topic, "a", 3, 50).await;
+    let got: HashSet<Id> = collect(&mut bob_rx, &ids(&first), 30).await.into_iter().collect();
+    assert_eq!(got, ids(&first));
+    let primary = bob.status().await.unwrap().light.primary.expect("a primary");
+    let (dead, alive) = match net.services.iter().position(|s| s.peer_id == primary) {
+        Some(0) => (&net.services[0], &net.services[1]),
+        _ => (&net.services[1], &net.services[0]),
+    };
+    dead.shutdown().await;
+    // Sent at once: some leave before the client noticed, none of them may be lost.
+    let second = send_chain(&net.alice, topic, "b", 6, 50).await;
+    let got: HashSet<Id> = collect(&mut bob_rx, &ids(&second), 40).await.into_iter().collect();
+    assert_eq!(got.len(), second.len(), "lost {} of {}", second.len() - got.len(), second.len());
+    let s = bob.status().await.unwrap();
+    assert_eq!(s.light.primary, Some(alive.peer_id), "{:?}", s.light);
+    println!(
+        "kill: {} + {} envelopes sent, 0 lost; back-fills {}",
+        first.len(),
+        second.len(),
+        s.light.backfills
+    );
+}
+
+fn delta(a: Traffic, b: Traffic) -> Traffic {
+    Traffic {
+        bytes_in: b.bytes_in - a.bytes_in,
+        bytes_out: b.bytes_out - a.bytes_out,
+        reads: b.reads - a.reads,
+        writes: b.writes - a.writes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_traffic_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::start(dir.path(), false).await;
+    let bob = net.light(dir.path(), "bob").await;
+    let topic = Topic([0x5a; 32]);
+    let mut bob_rx = bob.events();
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    ready(&bob, &net.services).await;
+
+    println!("\nbytes received per delivered byte (light client, 2 service nodes)");
+    println!(
+        "{:>10} {:>10} {:>14} {:>14} {:>8}",
+        "body B", "envelopes", "delivered B", "received B", "ratio"
+    );
+    let mut ratios = Vec::new();
+    for (tag, body) in [("s", 100usize), ("m", 900), ("l", 8_000)] {
+        let before = bob.status().await.unwrap().traffic;
+        let sent = send_chain(&net.alice, topic, tag, 40, body).await;
+        let got = collect(&mut bob_rx, &ids(&sent), 60).await;
+        assert_eq!(got.len(), sent.len());
+        sleep(Duration::from_millis(500)).await; // the secondary's announcements
+        let d = delta(before, bob.status().await.unwrap().traffic);
+        let delivered: usize = sent.iter().map(|e| e.encode().len()).sum();
+        let ratio = d.bytes_in as f64 / delivered as f64;
+        println!("{body:>10} {:>10} {delivered:>14} {:>14} {ratio:>8.3}", sent.len(), d.bytes_in);
+        ratios.push(ratio);
+    }
+    assert!(ratios.iter().all(|r| *r <= 1.5), "goal: ≤ 1.5 bytes received per delivered byte: {ratios:?}");
+
+    // Idle: two light clients side by side, one following 1 conversation and one 50.
+    let one = net.light(dir.path(), "one").await;
+    let fifty = net.light(dir.path(), "fifty").await;
+    one.subscribe(Topic([1; 32])).await.unwrap();
+    for i in 0..50u8 {
+        fifty.subscribe(Topic([i.wrapping_mul(5).wrapping_add(1); 32])).await.unwrap();
+    }
+    ready(&one, &net.services).await;
+    ready(&fifty, &net.services).await;
+    sleep(Duration::from_secs(3)).await; // back-fills done
+    let window = Duration::from_secs(30);
+    let (a0, b0) = (one.status().await.unwrap().traffic, fifty.status().await.unwrap().traffic);
+    sleep(window).await;
+    let (a1, b1) = (one.status().await.unwrap().traffic, fifty.status().await.unwrap().traffic);
+    let (a, b) = (delta(a0, a1), delta(b0, b1));
+    let per_hour = |t: &Traffic| (t.reads + t.writes) * 3600 / window.as_secs();
+    println!(
+        "\nidle light client, {} s window, keep-alive 5 s, 5 connections (2 service, 3 store)",
+        window.as_secs()
+    );
+    println!(
+        "{:>14} {:>8} {:>8} {:>10} {:>10} {:>16}",
+        "conversations", "writes", "reads", "bytes out", "bytes in", "packets/hour"
+    );
+    for (n, t) in [(1, &a), (50, &b)] {
+        println!(
+            "{n:>14} {:>8} {:>8} {:>10} {:>10} {:>16}",
+            t.writes,
+            t.reads,
+            t.bytes_out,
+            t.bytes_in,
+            per_hour(t)
+        );
+    }
+    let (pa, pb) = (per_hour(&a) as f64, per_hour(&b) as f64);
+    assert!(pb <= pa * 1.25 + 500.0, "50 idle conversations cost more packets than 1: {pb} vs {pa}");
+}
