@@ -129,8 +129,17 @@ async fn a_commit_being_mined_stalls_no_other_conversation() {
 
     // Alice and Bob talk in one conversation (its first commit is mined at the same price).
     let t = Instant::now();
-    let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
-    eprintln!("first conversation created in {:.1} s", t.elapsed().as_secs_f64());
+    let first = alice.create_conversation(vec![account(&bob).await]).await;
+    let stall = alice.commit_stall();
+    eprintln!(
+        "first conversation: answered {} in {:.1} s; the actor spent at most {} µs ({} µs in all) in {} commit offers",
+        if first.is_ok() { "ok" } else { "an error" },
+        t.elapsed().as_secs_f64(),
+        stall.max_us,
+        stall.total_us,
+        stall.calls
+    );
+    let chat = first.unwrap().id;
     let start = Instant::now();
     while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
         assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
