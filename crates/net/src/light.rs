@@ -542,6 +542,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Garbage never panics a decoder, and what decodes is canonical (re-encodes to the
+        /// same bytes).
+        #[test]
+        fn frames_from_garbage(kind in 0u8..6, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let mut b = vec![LIGHT_VERSION, kind];
+            b.extend_from_slice(&body);
+            if let Ok(f) = ClientFrame::decode(&b, 256) {
+                proptest::prop_assert_eq!(f.encode(), b.clone());
+            }
+            if let Ok(f) = ServiceFrame::decode(&b, 256) {
+                proptest::prop_assert_eq!(f.encode(), b);
+            }
+        }
+    }
+
     #[test]
     fn a_service_node_silent_past_the_grace_is_named_once_per_id() {
         let mut c: CrossCheck<u8> = CrossCheck::new(1_000, 8);

@@ -386,3 +386,81 @@ impl Node {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn client(hub: &mut Hub, peer: PeerId, topic: &Topic, feed: Feed) -> (u64, mpsc::Receiver<Arc<Vec<u8>>>) {
+        let id = hub.take_slot(peer).expect("a slot");
+        let (tx, rx) = mpsc::channel(hub.limits.queue_frames_max);
+        let cl = Client {
+            feed,
+            buckets: vec![Bucket::of(topic, 16)],
+            tx,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        hub.clients.insert(id, cl);
+        (id, rx)
+    }
+
+    #[test]
+    fn slots_are_bounded_in_all_and_per_peer() {
+        let limits = LightServeLimits { clients_max: 3, clients_per_peer_max: 2, ..Default::default() };
+        let mut hub = Hub::new(limits, 1024);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = hub.take_slot(a).unwrap();
+        assert!(hub.take_slot(a).is_some());
+        assert!(hub.take_slot(a).is_none(), "a third stream from one peer");
+        assert!(hub.take_slot(b).is_some());
+        assert!(hub.take_slot(PeerId::random()).is_none(), "a fourth client in all");
+        hub.give_slot(first, &a);
+        assert!(hub.take_slot(a).is_some(), "a slot given back is free again");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_feeds_follow_buckets_and_feed_kinds() {
+        let limits = LightServeLimits { queue_frames_max: 2, ..Default::default() };
+        let mut hub = Hub::new(limits, 1024);
+        let t = Topic([5; 32]);
+        let (full, mut full_rx) = client(&mut hub, PeerId::random(), &t, Feed::Envelopes);
+        let (_ids, mut ids_rx) = client(&mut hub, PeerId::random(), &t, Feed::Ids);
+        let (_other, mut other_rx) = client(&mut hub, PeerId::random(), &Topic([6; 32]), Feed::Envelopes);
+        for i in 0..3u8 {
+            hub.feed(Id([i; 32]), &t, &[i; 40], None);
+        }
+        assert_eq!(hub.dropped, 2, "one frame too many for each of the two matching clients");
+        assert_eq!(hub.clients[&full].dropped.load(Ordering::Relaxed), 1);
+        let f = ServiceFrame::decode(&full_rx.try_recv().unwrap(), 1024).unwrap();
+        assert_eq!(f, ServiceFrame::Envelope(vec![0; 40]));
+        let f = ServiceFrame::decode(&ids_rx.try_recv().unwrap(), 1024).unwrap();
+        assert_eq!(f, ServiceFrame::Ids(vec![Id([0; 32])]));
+        assert!(other_rx.try_recv().is_err(), "another bucket gets nothing");
+        // `want` answers from the recent envelopes, in the client's buckets only.
+        while full_rx.try_recv().is_ok() {}
+        hub.clients[&full].queued_bytes.store(0, Ordering::Relaxed);
+        hub.want(full, &[Id([2; 32]), Id([9; 32])]);
+        let f = ServiceFrame::decode(&full_rx.try_recv().unwrap(), 1024).unwrap();
+        assert_eq!(f, ServiceFrame::Envelope(vec![2; 40]));
+        assert!(full_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_byte_bound_of_a_queue_holds_and_a_withholding_hub_feeds_nothing() {
+        let limits = LightServeLimits { queue_bytes_max: 100, ..Default::default() };
+        let mut hub = Hub::new(limits, 1024);
+        let t = Topic([5; 32]);
+        let (c, _rx) = client(&mut hub, PeerId::random(), &t, Feed::Envelopes);
+        hub.feed(Id([1; 32]), &t, &[1; 60], None);
+        hub.feed(Id([2; 32]), &t, &[2; 60], None);
+        assert_eq!(hub.fed, 1);
+        assert_eq!(hub.dropped, 1, "over 100 queued bytes");
+        assert!(hub.clients[&c].queued_bytes.load(Ordering::Relaxed) <= 100);
+        let mut liar = Hub::new(LightServeLimits { withhold: true, ..Default::default() }, 1024);
+        let (_c, mut rx) = client(&mut liar, PeerId::random(), &t, Feed::Envelopes);
+        liar.feed(Id([1; 32]), &t, &[1; 60], None);
+        assert!(rx.try_recv().is_err());
+    }
+}
