@@ -299,7 +299,7 @@ async fn light_traffic_figures() {
     }
     ready(&one, &net.services).await;
     ready(&fifty, &net.services).await;
-    sleep(Duration::from_secs(3)).await; // back-fills done
+    sleep(Duration::from_secs(12)).await; // back-fills done, and the second one 10 s after following
     let window = Duration::from_secs(30);
     let (a0, b0) = (one.status().await.unwrap().traffic, fifty.status().await.unwrap().traffic);
     sleep(window).await;

@@ -35,6 +35,12 @@ const OPEN_TIMEOUT_MS: u64 = 10_000;
 const OPEN_FAILED_AVOID_MS: u64 = 30_000;
 /// Candidates (connected peers offering the protocol) remembered, at most.
 const CANDIDATES_MAX: usize = 256;
+/// A newly followed topic is paged once more this long after it was followed, ms: envelopes
+/// gossiped while the service nodes were joining its shard reached neither of them (their
+/// gossip subscription was not yet known to the sender), only the store nodes.
+const FOLLOW_RECHECK_MS: u64 = 10_000;
+/// Those second back-fills waiting, at most (a topic beyond it gets none).
+const RECHECKS_MAX: usize = 4_096;
 
 /// What a light client knows about its service nodes, for `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +87,8 @@ pub(super) struct LightClient {
     withheld: HashMap<PeerId, u64>,
     /// Topics to page from their store nodes as soon as they have some.
     backfill: HashSet<Topic>,
+    /// Newly followed topics paged again at the given time (ms), at most `RECHECKS_MAX`.
+    rechecks: Vec<(Topic, u64)>,
     /// Envelopes received from streams, the last `crosscheck_ids_max` (not wanted again).
     received: crate::validate::SeenIds,
     stream_envelopes: u64,
@@ -100,6 +108,7 @@ impl LightClient {
             avoid: HashMap::new(),
             withheld: HashMap::new(),
             backfill: HashSet::new(),
+            rechecks: Vec::new(),
             received: crate::validate::SeenIds::new(config.crosscheck_ids_max.max(1)),
             stream_envelopes: 0,
             foreign: 0,
@@ -406,6 +415,9 @@ impl Node {
                 l.check.service_down(&p);
             }
         }
+        let due: Vec<Topic> = l.rechecks.iter().filter(|(_, at)| *at <= now).map(|(t, _)| *t).collect();
+        l.rechecks.retain(|(_, at)| *at > now);
+        l.backfill.extend(due);
         if demote {
             info!("light: the primary withheld mail; switching");
             self.light_promote();
@@ -460,6 +472,9 @@ impl Node {
     pub(super) fn light_follow(&mut self, topic: Topic) {
         if let Some(l) = &mut self.light {
             l.backfill.insert(topic);
+            if l.rechecks.len() < RECHECKS_MAX {
+                l.rechecks.push((topic, now_ms() + FOLLOW_RECHECK_MS));
+            }
         }
         self.light_resubscribe();
         self.light_backfill_ready();
