@@ -188,6 +188,9 @@ fn write_entries(
             None => {
                 w.entries += 1;
                 t.remove(k.as_slice())?;
+                if let Some(s) = sealer {
+                    s.forget(k);
+                }
             }
         }
     }
