@@ -22,7 +22,7 @@ use tracing::{info, warn};
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
-    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay (flags >
+    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light (flags >
     /// CAIRN_* environment > this file > defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -82,6 +82,12 @@ pub(crate) struct UpArgs {
     /// default; bounded: 64 streams, 8 per peer, 64 MiB and 10 min each).
     #[arg(long, env = "CAIRN_NO_LEDGER_RELAY")]
     no_ledger_relay: bool,
+    /// Run as a light client (a phone, a small device): relay and serve nothing, receive this
+    /// account's mail over one stream from each of two service nodes among the connected full
+    /// nodes (cross-checked, so one that withholds mail is noticed), push own mail to its store
+    /// nodes. Not with --store or --relay.
+    #[arg(long, env = "CAIRN_LIGHT", conflicts_with_all = ["store", "relay"])]
+    light: bool,
 }
 
 /// `--invitations`.
@@ -119,6 +125,7 @@ struct FileConfig {
     ws_key: Option<PathBuf>,
     ledger_via_peers: Option<bool>,
     ledger_relay: Option<bool>,
+    light: Option<bool>,
 }
 
 /// The merged configuration of `up`.
@@ -139,6 +146,7 @@ pub(crate) struct UpConfig {
     pub(crate) ws_key: Option<PathBuf>,
     pub(crate) ledger_via_peers: bool,
     pub(crate) ledger_relay: bool,
+    pub(crate) light: bool,
 }
 
 impl UpArgs {
@@ -148,7 +156,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -174,6 +182,7 @@ impl UpArgs {
             ws_key: self.ws_key.or(file.ws_key),
             ledger_via_peers: self.ledger_via_peers || file.ledger_via_peers.unwrap_or(false),
             ledger_relay: !self.no_ledger_relay && file.ledger_relay.unwrap_or(true),
+            light: self.light || file.light.unwrap_or(false),
         })
     }
 }
@@ -276,6 +285,12 @@ async fn run_node(
     net.serve_store = cfg.store;
     net.relay_server = cfg.relay;
     net.mdns = cfg.mdns;
+    if cfg.light {
+        if cfg.store || cfg.relay {
+            bail!("--light serves nothing: drop --store and --relay (set here or in the config file)");
+        }
+        net.light = Some(cairn_net::light::LightConfig::default());
+    }
     // Peers' ledger connections are relayed to the validators of this node's own genesis
     // (a store-only node without a genesis file relays nothing).
     if cfg.ledger_relay
@@ -498,6 +513,7 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         ws_key: None,
         ledger_via_peers: false,
         ledger_relay: true,
+        light: false,
     };
     let rt = runtime()?;
     rt.block_on(async {

@@ -327,3 +327,47 @@ async fn light_traffic_figures() {
     let (pa, pb) = (per_hour(&a) as f64, per_hour(&b) as f64);
     assert!(pb <= pa * 1.25 + 500.0, "50 idle conversations cost more packets than 1: {pb} vs {pa}");
 }
+
+/// Idle packets with the default keep-alive (30 s) over a longer window; slow, so ignored:
+/// `cargo nextest run -p cairn-net --test light --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 180 s measurement"]
+async fn light_idle_figures_with_the_default_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::start(dir.path(), false).await;
+    let mut clients = Vec::new();
+    for (name, topics) in [("one", 1u8), ("fifty", 50)] {
+        let mut c = cfg(dir.path(), name);
+        tcp_only(&mut c);
+        c.light = Some(LightConfig::default());
+        c.bootstrap = net.services.iter().chain(&net.stores).map(|s| s.listen_addrs[0].clone()).collect();
+        let h = start(c).await.unwrap();
+        for i in 0..topics {
+            h.subscribe(Topic([i.wrapping_mul(5).wrapping_add(1); 32])).await.unwrap();
+        }
+        clients.push((topics, h));
+    }
+    for (_, h) in &clients {
+        ready(h, &net.services).await;
+    }
+    sleep(Duration::from_secs(12)).await;
+    let window = Duration::from_secs(180);
+    let mut before = Vec::new();
+    for (_, h) in &clients {
+        before.push(h.status().await.unwrap().traffic);
+    }
+    sleep(window).await;
+    println!("\nidle light client, {} s window, default keep-alive (30 s), 5 connections", window.as_secs());
+    println!(
+        "{:>14} {:>8} {:>8} {:>10} {:>10} {:>16}",
+        "conversations", "writes", "reads", "bytes out", "bytes in", "packets/hour"
+    );
+    let mut per_hour = Vec::new();
+    for ((n, h), b) in clients.iter().zip(before) {
+        let t = delta(b, h.status().await.unwrap().traffic);
+        let ph = (t.reads + t.writes) * 3600 / window.as_secs();
+        println!("{n:>14} {:>8} {:>8} {:>10} {:>10} {ph:>16}", t.writes, t.reads, t.bytes_out, t.bytes_in);
+        per_hour.push(ph as f64);
+    }
+    assert!(per_hour[1] <= per_hour[0] * 1.25 + 100.0, "{per_hour:?}");
+}

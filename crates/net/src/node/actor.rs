@@ -783,7 +783,7 @@ impl Node {
         let id = env.id();
         let topic = env.header.topic;
         if self.light.is_some() {
-            self.light_publish(&env); // the primary service node gossips it
+            self.light_publish(&env); // the service nodes gossip it
         } else {
             let shard = IdentTopic::new(shard_name(shard_of(&topic)));
             match self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {

@@ -246,14 +246,15 @@ impl Node {
         }
     }
 
-    /// Client side: an own envelope goes to the primary, which gossips it (the push to the
-    /// store nodes is the sync state machine's, as for every node).
+    /// Client side: an own envelope goes to every service node, which gossip it (the copies
+    /// meet as one gossip message id; one withholding service node cannot hold it back), and
+    /// the push to the store nodes is the sync state machine's, as for every node.
     pub(super) fn light_publish(&mut self, env: &Envelope) {
         let Some(l) = &mut self.light else { return };
         l.check.own(env.id());
-        let to = l.primary.or_else(|| l.sessions.iter().find(|(_, s)| s.tx.is_some()).map(|(p, _)| *p));
-        if let Some(p) = to {
-            l.send(&p, ClientFrame::Publish(env.encode()));
+        let bytes = env.encode();
+        for p in l.sessions.keys() {
+            l.send(p, ClientFrame::Publish(bytes.clone()));
         }
     }
 
@@ -288,7 +289,9 @@ impl Node {
         let opened = l.sessions.remove(&service).is_some_and(|s| s.tx.is_some());
         l.check.service_down(&service);
         if !opened {
-            l.avoid.insert(service, now_ms() + OPEN_FAILED_AVOID_MS);
+            // Never shortens a blame (a withholding secondary closed by `light_tick` ends here).
+            let until = now_ms() + OPEN_FAILED_AVOID_MS;
+            l.avoid.entry(service).and_modify(|u| *u = (*u).max(until)).or_insert(until);
         }
         if l.primary == Some(service) {
             l.primary = None;
