@@ -72,6 +72,10 @@ pub struct LightConfig {
     pub bucket_bits: u16,
     /// How long one service node may lag behind the other before it counts as withholding, ms.
     pub grace_ms: u64,
+    /// After a stream opens or the bucket set changes, a service node is not judged for this
+    /// long, ms: it is joining the buckets' gossip shards, and until senders learn that, gossip
+    /// may reach the other service node only (what it misses is still fetched).
+    pub warmup_ms: u64,
     /// Ids tracked by the cross-check, at most (the oldest dropped unjudged).
     pub crosscheck_ids_max: usize,
     /// A service node found withholding is not chosen again for this long, ms.
@@ -86,6 +90,7 @@ impl Default for LightConfig {
             services_target: 2,
             bucket_bits: 16,
             grace_ms: 5_000,
+            warmup_ms: 10_000,
             crosscheck_ids_max: 16_384,
             blame_ms: 600_000,
             keepalive_ms: 30_000,
@@ -379,13 +384,16 @@ struct Seen<P> {
     reported: Vec<P>,
 }
 
-/// The cross-check of service nodes: every id one of them reports is expected from every
-/// other one connected at that moment within `grace_ms`. Bounded by `ids_max` (oldest first).
+/// The cross-check of service nodes: every id one of them reports is expected within
+/// `grace_ms` from every other one connected at that moment and past its warm-up. Bounded by
+/// `ids_max` (oldest first).
 #[derive(Debug)]
 pub struct CrossCheck<P> {
     grace_ms: u64,
+    warmup_ms: u64,
     ids_max: usize,
-    services: Vec<P>,
+    /// Service nodes with an open stream, and from when they are judged (ms).
+    services: Vec<(P, u64)>,
     seen: HashMap<Id, Seen<P>>,
     order: VecDeque<Id>,
     /// Ids not to judge (the client's own publications), the last `ids_max`.
@@ -394,9 +402,10 @@ pub struct CrossCheck<P> {
 
 impl<P: Clone + Eq> CrossCheck<P> {
     /// An empty cross-check.
-    pub fn new(grace_ms: u64, ids_max: usize) -> Self {
+    pub fn new(grace_ms: u64, warmup_ms: u64, ids_max: usize) -> Self {
         Self {
             grace_ms,
+            warmup_ms,
             ids_max: ids_max.max(1),
             services: Vec::new(),
             seen: HashMap::new(),
@@ -405,16 +414,19 @@ impl<P: Clone + Eq> CrossCheck<P> {
         }
     }
 
-    /// A service node's stream is open: ids seen from now on are expected from it too.
-    pub fn service_up(&mut self, p: P) {
-        if !self.services.contains(&p) {
-            self.services.push(p);
+    /// A service node's stream is open, or its subscription changed: ids first reported after
+    /// its warm-up are expected from it too.
+    pub fn service_up(&mut self, p: P, now_ms: u64) {
+        let from = now_ms + self.warmup_ms;
+        match self.services.iter_mut().find(|(s, _)| *s == p) {
+            Some(s) => s.1 = from,
+            None => self.services.push((p, from)),
         }
     }
 
     /// A service node's stream closed: nothing more is expected from it.
     pub fn service_down(&mut self, p: &P) {
-        self.services.retain(|s| s != p);
+        self.services.retain(|(s, _)| s != p);
         for s in self.seen.values_mut() {
             s.expected.retain(|x| x != p);
         }
@@ -442,8 +454,9 @@ impl<P: Clone + Eq> CrossCheck<P> {
             self.seen.remove(&old);
         }
         self.order.push_back(id);
-        self.seen
-            .insert(id, Seen { first_ms: now_ms, expected: self.services.clone(), reported: vec![from] });
+        let expected =
+            self.services.iter().filter(|(_, since)| *since <= now_ms).map(|(p, _)| p.clone()).collect();
+        self.seen.insert(id, Seen { first_ms: now_ms, expected, reported: vec![from] });
     }
 
     /// Judges the ids whose grace is over.
@@ -560,9 +573,9 @@ mod tests {
 
     #[test]
     fn a_service_node_silent_past_the_grace_is_named_once_per_id() {
-        let mut c: CrossCheck<u8> = CrossCheck::new(1_000, 8);
-        c.service_up(1);
-        c.service_up(2);
+        let mut c: CrossCheck<u8> = CrossCheck::new(1_000, 0, 8);
+        c.service_up(1, 0);
+        c.service_up(2, 0);
         let (a, b, own) = (Id([1; 32]), Id([2; 32]), Id([3; 32]));
         c.reported(a, 1, 0);
         c.reported(a, 2, 500); // both: fine
@@ -584,10 +597,26 @@ mod tests {
         c.service_down(&2);
         assert_eq!(c.tick(8_000), vec![Judged { id: a, reported_by: vec![1], silent: vec![] }]);
         // Bounded: the oldest are dropped unjudged.
-        c.service_up(2);
+        c.service_up(2, 0);
         for i in 0..20u8 {
             c.reported(Id([i + 10; 32]), 1, 9_000);
         }
         assert_eq!(c.len(), 8);
+    }
+
+    #[test]
+    fn a_service_node_is_not_judged_during_its_warm_up() {
+        let mut c: CrossCheck<u8> = CrossCheck::new(1_000, 5_000, 8);
+        c.service_up(1, 0);
+        c.service_up(2, 0);
+        let (a, b, d) = (Id([1; 32]), Id([2; 32]), Id([4; 32]));
+        c.reported(a, 1, 4_000); // 2 still warming up
+        assert_eq!(c.tick(6_000), vec![Judged { id: a, reported_by: vec![1], silent: vec![] }]);
+        c.reported(b, 1, 5_000); // warmed up
+        assert_eq!(c.tick(7_000), vec![Judged { id: b, reported_by: vec![1], silent: vec![2] }]);
+        // A changed subscription starts the warm-up again.
+        c.service_up(2, 7_000);
+        c.reported(d, 1, 8_000);
+        assert_eq!(c.tick(10_000), vec![Judged { id: d, reported_by: vec![1], silent: vec![] }]);
     }
 }

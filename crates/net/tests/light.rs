@@ -70,7 +70,12 @@ impl Net {
     async fn light(&self, dir: &std::path::Path, name: &str) -> NodeHandle {
         let mut c = cfg(dir, name);
         tcp_only(&mut c);
-        c.light = Some(LightConfig { grace_ms: 2_000, keepalive_ms: 5_000, ..Default::default() });
+        c.light = Some(LightConfig {
+            grace_ms: 2_000,
+            warmup_ms: 1_000,
+            keepalive_ms: 5_000,
+            ..Default::default()
+        });
         c.bootstrap = self.services.iter().chain(&self.stores).map(|s| s.listen_addrs[0].clone()).collect();
         start(c).await.unwrap()
     }

@@ -89,6 +89,8 @@ pub(super) struct LightClient {
     backfill: HashSet<Topic>,
     /// Newly followed topics paged again at the given time (ms), at most `RECHECKS_MAX`.
     rechecks: Vec<(Topic, u64)>,
+    /// The bucket set last sent (at most `BUCKETS_MAX`).
+    buckets: Vec<Bucket>,
     /// Envelopes received from streams, the last `crosscheck_ids_max` (not wanted again).
     received: crate::validate::SeenIds,
     stream_envelopes: u64,
@@ -104,11 +106,12 @@ impl LightClient {
             candidates: HashSet::new(),
             sessions: HashMap::new(),
             primary: None,
-            check: CrossCheck::new(config.grace_ms, config.crosscheck_ids_max),
+            check: CrossCheck::new(config.grace_ms, config.warmup_ms, config.crosscheck_ids_max),
             avoid: HashMap::new(),
             withheld: HashMap::new(),
             backfill: HashSet::new(),
             rechecks: Vec::new(),
+            buckets: Vec::new(),
             received: crate::validate::SeenIds::new(config.crosscheck_ids_max.max(1)),
             stream_envelopes: 0,
             foreign: 0,
@@ -235,14 +238,21 @@ impl Node {
         }
     }
 
-    /// Client side: the followed topics changed: tell every service node.
+    /// Client side: the followed topics changed: tell every service node if the bucket set
+    /// did (each then warms up again in the cross-check).
     pub(super) fn light_resubscribe(&mut self) {
         let buckets = self.light_buckets();
-        let Some(l) = &self.light else { return };
-        for (p, s) in &l.sessions {
-            if s.tx.is_some() {
-                l.send(p, ClientFrame::Subscribe { feed: s.feed, buckets: buckets.clone() });
-            }
+        let Some(l) = &mut self.light else { return };
+        if l.buckets == buckets {
+            return;
+        }
+        l.buckets.clone_from(&buckets);
+        let now = now_ms();
+        let open: Vec<(PeerId, Feed)> =
+            l.sessions.iter().filter(|(_, s)| s.tx.is_some()).map(|(p, s)| (*p, s.feed)).collect();
+        for (p, feed) in open {
+            l.send(&p, ClientFrame::Subscribe { feed, buckets: buckets.clone() });
+            l.check.service_up(p, now);
         }
     }
 
@@ -274,9 +284,11 @@ impl Node {
         let Some(s) = l.sessions.get_mut(&service) else { return };
         let primary = l.primary.is_none();
         s.feed = if primary { Feed::Envelopes } else { Feed::Ids };
+        let sent = buckets.clone();
         let _ = tx.try_send(ClientFrame::Subscribe { feed: s.feed, buckets });
         s.tx = Some(tx);
-        l.check.service_up(service);
+        l.check.service_up(service, now_ms());
+        l.buckets.clone_from(&sent);
         info!(%service, primary, "light: service node stream open");
         if primary {
             l.primary = Some(service);
