@@ -188,6 +188,7 @@ impl Service {
             ledger: ledger_tx,
             mesh: mesh_tx,
             awaiting: Default::default(),
+            revoking: Vec::new(),
         };
         std::thread::Builder::new().name("cairn-actor".into()).spawn(move || actor.run(ops_rx, net_rx))?;
         let worker = LedgerWorker {

@@ -220,3 +220,56 @@ async fn a_commit_being_mined_stalls_no_other_conversation() {
          {DELIVERED_WHILE_PENDING_MIN} messages delivered meanwhile"
     );
 }
+
+/// The member accounts and epoch of `conv` at `s`.
+async fn view(s: &Service, conv: &str) -> (Vec<String>, u64) {
+    let c = s.conversation(conv.to_owned()).await.unwrap();
+    let mut members: Vec<String> = c.members.into_iter().map(|m| m.account).collect();
+    members.sort();
+    (members, c.epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_committing_at_once_both_get_their_change_and_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    // Cheap commits (tens of ms of mining): the two land on the ledger at about the same time,
+    // so the second is refused as stale, proven so, and rebuilt on the first.
+    let price = ((hash_rate() * 0.05 / 1_000.0) as u64).max(1);
+    let g = chain(dir.path(), price);
+    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
+    scfg.serve_store = true;
+    let store = cairn_net::node::start(scfg).await.unwrap();
+    let boot: Vec<_> =
+        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let alice = user(dir.path(), "alice", &g, &boot).await;
+    let bob = user(dir.path(), "bob", &g, &boot).await;
+    let carol = user(dir.path(), "carol", &g, &boot).await;
+    let dave = user(dir.path(), "dave", &g, &boot).await;
+    let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
+    let start = Instant::now();
+    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
+        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (by_alice, by_bob) = tokio::join!(
+        alice.add_members(chat.clone(), vec![account(&carol).await]),
+        bob.add_members(chat.clone(), vec![account(&dave).await]),
+    );
+    by_alice.expect("Alice's add is answered once merged");
+    by_bob.expect("Bob's add is answered once merged");
+    let mut want =
+        vec![account(&alice).await, account(&bob).await, account(&carol).await, account(&dave).await];
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let (a, b) = (view(&alice, &chat).await, view(&bob, &chat).await);
+        if a.0 == want && a == b {
+            eprintln!("both adds merged; Alice and Bob agree at epoch {}", a.1);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no agreement: Alice {a:?}, Bob {b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stall = alice.commit_stall().max_us.max(bob.commit_stall().max_us);
+    assert!(stall < 250_000, "an offer blocked an actor for {stall} µs");
+}

@@ -43,6 +43,14 @@ pub const MESH_QUEUE_MAX: usize = 1_024;
 const KEY_PACKAGE_TTL_SECS: u32 = 14 * 24 * 3600;
 /// Key packages per published batch (plus one last-resort package).
 const KEY_PACKAGES_PER_BATCH: usize = 16;
+/// Revoked devices whose removal is still being committed, at most. Overflow policy: the
+/// oldest is forgotten (another member, or the next revocation, removes it).
+pub const REVOKING_MAX: usize = 64;
+/// A revoked device still in a conversation is removed again at most this often, ms (its
+/// removal commit lost its slot, or met another pending commit of this device).
+const REVOKE_AGAIN_MS: u64 = 2_000;
+/// How long the actor goes on removing a revoked device, ms.
+const REVOKE_FOR_MS: u64 = 600_000;
 
 /// The answer channel of an API call.
 pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -161,6 +169,9 @@ pub struct Actor {
     pub mesh: mpsc::Sender<MeshCmd>,
     /// API calls whose commit is submitted and not yet ordered.
     pub awaiting: AwaitingCalls,
+    /// Revoked devices still to remove: `(device, revoked at, last try)`, unix ms (at most
+    /// [`REVOKING_MAX`]).
+    pub revoking: Vec<(DeviceId, u64, u64)>,
 }
 
 impl Actor {
@@ -264,6 +275,7 @@ impl Actor {
             Job::Status { id, acks, stored } => self.engine.store_acks(id, acks, stored, now),
             Job::Tick => {
                 self.engine.tick(&mut self.sequencer, now);
+                self.revoke_again(now);
                 self.shared.tick_pending.store(false, Ordering::Release);
             }
             Job::Ledger { height } => self.engine.ledger_height(height, &mut self.sequencer, now),
@@ -323,6 +335,11 @@ impl Actor {
             }
             Job::Revoke(device, reply) => {
                 self.engine.revoke(&device, &mut self.sequencer, now);
+                self.revoking.retain(|(d, _, _)| *d != device);
+                if self.revoking.len() >= REVOKING_MAX {
+                    self.revoking.remove(0);
+                }
+                self.revoking.push((device, now, now));
                 self.answer(reply, Ok(()));
             }
             Job::MissingDevice(device, reply) => {
@@ -381,6 +398,39 @@ impl Actor {
 
     fn registered(&self) -> Result<(), NodeError> {
         registered(&self.shared)
+    }
+
+    /// Removes revoked devices again where they are still members and no commit of this device
+    /// is pending: a removal commit that lost its slot, or could not be built beside a pending
+    /// one, is not rebuilt by anyone else (commits are answered by the commit worker later, not
+    /// inside the call that made them).
+    fn revoke_again(&mut self, now: u64) {
+        if self.revoking.is_empty() {
+            return;
+        }
+        let member_of = |shared: &Shared, d: &DeviceId| -> Vec<ConversationId> {
+            let Ok(convs) = shared.convs.lock() else { return Vec::new() };
+            convs
+                .iter()
+                .filter(|(_, s)| s.active && s.members.iter().any(|m| m.device == *d))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut keep = Vec::new();
+        for (device, since, last) in std::mem::take(&mut self.revoking) {
+            let convs = member_of(&self.shared, &device);
+            if convs.is_empty() || now.saturating_sub(since) >= REVOKE_FOR_MS {
+                continue;
+            }
+            let due = now.saturating_sub(last) >= REVOKE_AGAIN_MS;
+            if due && convs.iter().any(|c| !self.engine.has_pending_commit(c)) {
+                self.engine.revoke(&device, &mut self.sequencer, now);
+                keep.push((device, since, now));
+            } else {
+                keep.push((device, since, last));
+            }
+        }
+        self.revoking = keep;
     }
 
     /// Makes a membership or policy change: at once, or, while a commit of this device is
