@@ -105,6 +105,9 @@ pub struct LightServeLimits {
     pub clients_max: usize,
     /// Streams from one peer at once.
     pub clients_per_peer_max: usize,
+    /// Streams from one IP address at once (the address of the peer's connection; a peer
+    /// reached through a relay counts under the relay's).
+    pub clients_per_ip_max: usize,
     /// Frames queued for one client, at most; beyond it (or `queue_bytes_max`) a frame is
     /// dropped and counted, and the client is told (`overflow`) so it back-fills from stores.
     pub queue_frames_max: usize,
@@ -128,6 +131,7 @@ impl Default for LightServeLimits {
         Self {
             clients_max: 256,
             clients_per_peer_max: 2,
+            clients_per_ip_max: 16,
             queue_frames_max: 512,
             queue_bytes_max: 8 * 1024 * 1024,
             publishes_per_sec: 50,

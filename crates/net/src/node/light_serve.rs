@@ -4,12 +4,14 @@
 //! gossip (and with what clients publish), gossips client publications, and joins the gossip
 //! shards its clients' buckets lie on.
 //!
-//! Bounds: `clients_max` streams, `clients_per_peer_max` per peer, per client a queue of
+//! Bounds: `clients_max` streams, `clients_per_peer_max` per peer, `clients_per_ip_max` per
+//! IP address (of the peer's connection, as the actor reports it), per client a queue of
 //! `queue_frames_max` frames and `queue_bytes_max` bytes (beyond it a frame is dropped and the
 //! client is told how many, so it back-fills from the store nodes), `publishes_per_sec` per
 //! client, `recent_max` envelopes kept for `want`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -92,6 +94,11 @@ pub(super) struct Hub {
     recent_order: VecDeque<Id>,
     /// The bucket set changed: the actor recomputes its shard subscriptions.
     dirty: bool,
+    /// The IP address of each connected peer (fed by the actor; at most `connections_max`).
+    peer_ips: HashMap<PeerId, IpAddr>,
+    /// Slots taken per IP address, and which address each slot was charged to.
+    per_ip: HashMap<IpAddr, usize>,
+    slot_ips: HashMap<u64, IpAddr>,
     /// Frames queued for clients, and dropped because a queue was full.
     pub(super) fed: u64,
     pub(super) dropped: u64,
@@ -108,6 +115,9 @@ impl Hub {
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             dirty: false,
+            peer_ips: HashMap::new(),
+            per_ip: HashMap::new(),
+            slot_ips: HashMap::new(),
             fed: 0,
             dropped: 0,
         }
@@ -121,16 +131,46 @@ impl Hub {
     fn take_slot(&mut self, peer: PeerId) -> Option<u64> {
         let mine = self.per_peer.get(&peer).copied().unwrap_or(0);
         let taken: usize = self.per_peer.values().sum();
-        if taken >= self.limits.clients_max || mine >= self.limits.clients_per_peer_max {
+        let ip = self.peer_ips.get(&peer).copied();
+        let from_ip = ip.and_then(|ip| self.per_ip.get(&ip)).copied().unwrap_or(0);
+        if taken >= self.limits.clients_max
+            || mine >= self.limits.clients_per_peer_max
+            || from_ip >= self.limits.clients_per_ip_max
+        {
             return None;
         }
         *self.per_peer.entry(peer).or_insert(0) += 1;
         self.next += 1;
+        if let Some(ip) = ip {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+            self.slot_ips.insert(self.next, ip);
+        }
         Some(self.next)
+    }
+
+    /// The actor saw `peer` connect from `ip` (`None`: its last connection closed).
+    pub(super) fn peer_ip(&mut self, peer: PeerId, ip: Option<IpAddr>, peers_max: usize) {
+        match ip {
+            Some(ip) if self.peer_ips.len() < peers_max || self.peer_ips.contains_key(&peer) => {
+                self.peer_ips.insert(peer, ip);
+            }
+            Some(_) => {}
+            None => {
+                self.peer_ips.remove(&peer);
+            }
+        }
     }
 
     fn give_slot(&mut self, id: u64, peer: &PeerId) {
         self.clients.remove(&id);
+        if let Some(ip) = self.slot_ips.remove(&id)
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
         if let Some(n) = self.per_peer.get_mut(peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -378,6 +418,20 @@ impl Node {
         self.light_shards_joined = want;
     }
 
+    /// Service side: where a peer's connection comes from (per-IP client limit).
+    pub(super) fn light_peer_ip(&mut self, peer: PeerId, addr: Option<&libp2p::Multiaddr>) {
+        let Some(h) = &self.light_hub else { return };
+        let ip = addr.and_then(|a| {
+            a.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+                libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+                _ => None,
+            })
+        });
+        let max = self.config.connections_max as usize;
+        lock(h).peer_ip(peer, ip, max);
+    }
+
     /// Service side: clients served, frames fed and dropped.
     pub(super) fn light_serve_figures(&self) -> (usize, u64, u64) {
         self.light_hub.as_ref().map_or((0, 0, 0), |h| {
@@ -418,6 +472,28 @@ mod tests {
         assert!(hub.take_slot(PeerId::random()).is_none(), "a fourth client in all");
         hub.give_slot(first, &a);
         assert!(hub.take_slot(a).is_some(), "a slot given back is free again");
+    }
+
+    #[test]
+    fn slots_are_bounded_per_ip_address() {
+        let limits = LightServeLimits { clients_per_ip_max: 2, ..Default::default() };
+        let mut hub = Hub::new(limits, 1024);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            hub.peer_ip(*p, Some(ip), 16);
+        }
+        let first = hub.take_slot(peers[0]).unwrap();
+        assert!(hub.take_slot(peers[1]).is_some());
+        assert!(hub.take_slot(peers[2]).is_none(), "a third client from one address");
+        let elsewhere = PeerId::random();
+        hub.peer_ip(elsewhere, Some("198.51.100.1".parse().unwrap()), 16);
+        assert!(hub.take_slot(elsewhere).is_some());
+        hub.give_slot(first, &peers[0]);
+        assert!(hub.take_slot(peers[2]).is_some(), "its slot is free again");
+        // The peers remembered are bounded.
+        hub.peer_ip(PeerId::random(), Some(ip), 4);
+        assert_eq!(hub.peer_ips.len(), 4);
     }
 
     #[test]

@@ -44,6 +44,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Stem(ev)) => self.on_stem_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(ev)) => self.on_mdns(ev),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                self.light_peer_ip(peer_id, Some(endpoint.get_remote_address()));
                 let dialled = match endpoint {
                     ConnectedPoint::Dialer { address, .. } => Some(address),
                     ConnectedPoint::Listener { .. } => None,
@@ -72,6 +73,7 @@ impl Node {
                 self.book_disconnected(&peer_id);
                 self.stem_gone(&peer_id);
                 self.light_candidate(peer_id, false);
+                self.light_peer_ip(peer_id, None);
                 if self.store_peers.remove(&peer_id).is_some() {
                     self.retarget();
                 }
