@@ -34,6 +34,8 @@ pub enum Intent {
     Remove(AccountId),
     /// Pin this policy (`None`: unpin).
     SetPolicy(Option<PolicyPin>),
+    /// Leave (a proposal: MLS builds none while a commit of this device is pending).
+    Leave,
 }
 
 /// Who to answer.
@@ -172,6 +174,7 @@ fn redo(
                 Ok(Commit::Done)
             }
         }
+        Intent::Leave => engine.leave(conv, seq, now_ms).map(|()| Commit::Done),
         Intent::SetPolicy(pin) => {
             if engine.policy(&conv)? == *pin {
                 Ok(Commit::Done)
