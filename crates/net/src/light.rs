@@ -402,6 +402,9 @@ pub struct CrossCheck<P> {
     order: VecDeque<Id>,
     /// Ids not to judge (the client's own publications), the last `ids_max`.
     own: crate::validate::SeenIds,
+    /// Ids judged already, the last `ids_max`: a later report (the answer to a `want`, a late
+    /// feed) is not a new id to expect from the others.
+    judged: crate::validate::SeenIds,
 }
 
 impl<P: Clone + Eq> CrossCheck<P> {
@@ -415,6 +418,7 @@ impl<P: Clone + Eq> CrossCheck<P> {
             seen: HashMap::new(),
             order: VecDeque::new(),
             own: crate::validate::SeenIds::new(ids_max.max(1)),
+            judged: crate::validate::SeenIds::new(ids_max.max(1)),
         }
     }
 
@@ -436,6 +440,21 @@ impl<P: Clone + Eq> CrossCheck<P> {
         }
     }
 
+    /// A service node said it dropped frames (its queue for us overflowed): what it has not
+    /// reported yet is not held against it, and it warms up again. Not withholding, but not free
+    /// for it either: the client back-fills from the store nodes.
+    pub fn excuse(&mut self, p: &P, now_ms: u64) {
+        for s in self.seen.values_mut() {
+            s.expected.retain(|x| x != p);
+        }
+        // What it dropped just before the notice may still be reported by the other one up to
+        // a grace later.
+        let quiet_ms = self.warmup_ms.max(self.grace_ms);
+        if let Some(s) = self.services.iter_mut().find(|(s, _)| s == p) {
+            s.1 = now_ms + quiet_ms;
+        }
+    }
+
     /// An own publication: its echo is not judged (the primary does not echo it).
     pub fn own(&mut self, id: Id) {
         self.own.insert(id);
@@ -444,7 +463,7 @@ impl<P: Clone + Eq> CrossCheck<P> {
 
     /// `from` reported `id` (an envelope or an announced id).
     pub fn reported(&mut self, id: Id, from: P, now_ms: u64) {
-        if self.own.contains(&id) {
+        if self.own.contains(&id) || self.judged.contains(&id) {
             return;
         }
         if let Some(s) = self.seen.get_mut(&id) {
@@ -476,6 +495,7 @@ impl<P: Clone + Eq> CrossCheck<P> {
                 break;
             }
             self.order.pop_front();
+            self.judged.insert(id);
             if let Some(s) = self.seen.remove(&id) {
                 let silent = s.expected.iter().filter(|p| !s.reported.contains(p)).cloned().collect();
                 out.push(Judged { id, reported_by: s.reported, silent });
@@ -597,9 +617,10 @@ mod tests {
         );
         assert!(c.tick(5_000).is_empty() && c.is_empty());
         // A service node that went away is not expected any more.
-        c.reported(a, 1, 6_000);
+        let f = Id([7; 32]);
+        c.reported(f, 1, 6_000);
         c.service_down(&2);
-        assert_eq!(c.tick(8_000), vec![Judged { id: a, reported_by: vec![1], silent: vec![] }]);
+        assert_eq!(c.tick(8_000), vec![Judged { id: f, reported_by: vec![1], silent: vec![] }]);
         // Bounded: the oldest are dropped unjudged.
         c.service_up(2, 0);
         for i in 0..20u8 {
@@ -622,5 +643,15 @@ mod tests {
         c.service_up(2, 7_000);
         c.reported(d, 1, 8_000);
         assert_eq!(c.tick(10_000), vec![Judged { id: d, reported_by: vec![1], silent: vec![] }]);
+        // An overflow notice excuses what is pending and starts the warm-up again.
+        let e = Id([5; 32]);
+        c.reported(e, 1, 20_000);
+        c.excuse(&2, 20_500);
+        c.reported(Id([6; 32]), 1, 21_000);
+        let judged = c.tick(30_000);
+        assert!(judged.iter().all(|j| j.silent.is_empty()), "{judged:?}");
+        // A judged id reported again (the answer to a want) is not judged again.
+        c.reported(e, 1, 40_000);
+        assert!(c.is_empty() && c.tick(50_000).is_empty());
     }
 }

@@ -37,6 +37,12 @@ impl Net {
     /// Three store nodes, two service nodes (the second withholding if asked), and alice, a full
     /// node; only the service nodes serve light clients.
     async fn start(dir: &std::path::Path, withhold_second: bool) -> Self {
+        let second = LightServeLimits { withhold: withhold_second, ..Default::default() };
+        Self::start_with(dir, [LightServeLimits::default(), second]).await
+    }
+
+    /// As `start`, the service nodes with these limits.
+    async fn start_with(dir: &std::path::Path, limits: [LightServeLimits; 2]) -> Self {
         let mut stores: Vec<NodeHandle> = Vec::new();
         for i in 0..3 {
             let mut c = cfg(dir, &format!("store{i}"));
@@ -48,11 +54,10 @@ impl Net {
         }
         let store_addrs: Vec<Multiaddr> = stores.iter().map(|s| s.listen_addrs[0].clone()).collect();
         let mut services = Vec::new();
-        for i in 0..2 {
+        for (i, l) in limits.into_iter().enumerate() {
             let mut c = cfg(dir, &format!("service{i}"));
             tcp_only(&mut c);
-            c.light_serve =
-                Some(LightServeLimits { withhold: withhold_second && i == 1, ..Default::default() });
+            c.light_serve = Some(l);
             c.bootstrap = store_addrs.clone();
             services.push(start(c).await.unwrap());
         }
@@ -222,6 +227,43 @@ async fn a_withholding_service_node_is_found_out_and_mail_still_arrives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withholding_primary_is_demoted_and_its_mail_fetched_from_the_secondary() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::start(dir.path(), true).await;
+    let (honest, liar) = (&net.services[0], &net.services[1]);
+    // Bob meets the liar first (and, with room for 4 connections, no one else by himself), so
+    // it becomes his primary; the honest service node comes second.
+    let mut c = cfg(dir.path(), "bob");
+    tcp_only(&mut c);
+    c.light =
+        Some(LightConfig { grace_ms: 2_000, warmup_ms: 1_000, keepalive_ms: 5_000, ..Default::default() });
+    c.dial_target = 4;
+    c.bootstrap = std::iter::once(liar).chain(&net.stores).map(|s| s.listen_addrs[0].clone()).collect();
+    let bob = start(c).await.unwrap();
+    let topic = Topic([0x18; 32]);
+    let mut bob_rx = bob.events();
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bob.status().await.unwrap().light.primary != Some(liar.peer_id) {
+        assert!(Instant::now() < deadline, "the liar never became the primary");
+        sleep(Duration::from_millis(100)).await;
+    }
+    bob.dial(honest.listen_addrs[0].clone()).await.unwrap();
+    ready(&bob, &net.services).await;
+    assert_eq!(bob.status().await.unwrap().light.primary, Some(liar.peer_id));
+
+    let sent = send_chain(&net.alice, topic, "a", 4, 50).await;
+    let got: HashSet<Id> = collect(&mut bob_rx, &ids(&sent), 40).await.into_iter().collect();
+    assert_eq!(got, ids(&sent), "the secondary's announcements brought every envelope");
+    let s = bob.status().await.unwrap();
+    assert!(withheld_of(&s, liar.peer_id) > 0, "{:?}", s.light);
+    assert_eq!(s.light.primary, Some(honest.peer_id), "the withholding primary was demoted");
+    assert!(s.light.stream_envelopes >= 4, "fetched over the stream (want), not paged: {:?}", s.light);
+    assert_eq!(withheld_of(&s, honest.peer_id), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_service_node_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::start(dir.path(), false).await;
@@ -253,6 +295,42 @@ async fn killing_a_service_node_loses_nothing() {
         second.len(),
         s.light.backfills
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_dropped_on_a_full_queue_are_back_filled_from_the_store_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = LightServeLimits { queue_bytes_max: 1_500, ..Default::default() };
+    let net = Net::start_with(dir.path(), [tiny, tiny]).await;
+    let bob = net.light(dir.path(), "bob").await;
+    let topic = Topic([0x33; 32]);
+    let mut bob_rx = bob.events();
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    ready(&bob, &net.services).await;
+    let before = bob.status().await.unwrap().light.backfills;
+    // A burst of 1 KiB envelopes: one fits a queue, the service nodes drop most of the rest.
+    let sent: Vec<Envelope> =
+        (0..30).map(|i| mined(topic, &format!("burst {i} {}", "y".repeat(900)), vec![])).collect();
+    let mut answers = Vec::new();
+    for e in &sent {
+        answers.push(net.alice.publish_queued(e.clone()).await.unwrap()); // committed together
+    }
+    for a in answers {
+        a.await.unwrap().unwrap();
+    }
+    let got: HashSet<Id> = collect(&mut bob_rx, &ids(&sent), 40).await.into_iter().collect();
+    assert_eq!(got, ids(&sent), "every envelope arrived");
+    let mut dropped = 0;
+    for s in &net.services {
+        dropped += s.status().await.unwrap().light.dropped;
+    }
+    sleep(Duration::from_secs(3)).await; // past the grace: the cross-check judged every id
+    let s = bob.status().await.unwrap();
+    println!("overflow: {dropped} frames dropped, back-fills {before} -> {}", s.light.backfills);
+    assert!(dropped > 0, "the burst fitted the queues: the test proves nothing");
+    assert!(s.light.backfills > before, "an overflow notice leads to a back-fill: {:?}", s.light);
+    assert!(s.light.withheld.iter().all(|(_, n)| *n == 0), "an overflow is not withholding: {:?}", s.light);
 }
 
 fn delta(a: Traffic, b: Traffic) -> Traffic {

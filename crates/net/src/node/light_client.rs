@@ -377,6 +377,9 @@ impl Node {
             }
             ServiceFrame::Overflow { dropped } => {
                 debug!(%service, dropped, "light: service node dropped frames; back-filling");
+                if let Some(l) = &mut self.light {
+                    l.check.excuse(&service, now);
+                }
                 self.light_backfill_all();
             }
             ServiceFrame::Refused(r) => {
