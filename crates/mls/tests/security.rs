@@ -91,6 +91,29 @@ fn replayed_message_is_not_shown_twice() {
     assert_eq!(b.client.receive(&id, &ct2, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
 }
 
+/// Junk in a batch is refused before decryption and takes the batch off no path: the genuine
+/// messages around it are read and persisted (duplicates after a restart), the junk changes
+/// nothing.
+#[test]
+fn junk_in_a_batch_is_refused_and_the_rest_is_read_and_kept() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b) = (Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b], &mut seq);
+    let ct1 = a.client.send(&id, b"one", AAD).unwrap();
+    let ct2 = a.client.send(&id, b"two", AAD).unwrap();
+    let junk = vec![0x5au8; 120];
+    let batch = [(ct1.as_slice(), AAD), (junk.as_slice(), AAD), (ct2.as_slice(), AAD)];
+    let mut r = b.client.receive_many(&id, &batch).into_iter();
+    assert_eq!(delivered(r.next().unwrap().unwrap()).body, b"one");
+    assert!(r.next().unwrap().is_err(), "junk is refused");
+    assert_eq!(delivered(r.next().unwrap().unwrap()).body, b"two");
+    let mut b = b.restart();
+    assert_eq!(b.client.receive(&id, &ct1, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
+    assert_eq!(b.client.receive(&id, &ct2, AAD).unwrap(), Received::Dropped(Dropped::Duplicate));
+    let ct3 = a.client.send(&id, b"three", AAD).unwrap();
+    assert_eq!(delivered(b.client.receive(&id, &ct3, AAD).unwrap()).body, b"three");
+}
+
 #[test]
 fn message_from_non_member_is_rejected() {
     let mut seq = MemorySequencer::new();

@@ -130,9 +130,10 @@ impl Client {
     }
 
     /// Decrypts several `(ciphertext, expected aad)` messages (see [`Client::receive`]),
-    /// persisting once at the end; one result per input. If any message fails, the batch is
-    /// undone and replayed one message at a time, so a bad message never leaves a trace in the
-    /// stored state.
+    /// persisting once at the end; one result per input. If any message fails in decryption,
+    /// the batch is undone and replayed one message at a time, so a bad message never leaves a
+    /// trace in the stored state (one refused by the clear checks before decryption changes
+    /// nothing and needs no undo).
     pub fn receive_many(
         &mut self,
         id: &ConversationId,
@@ -143,10 +144,20 @@ impl Client {
         };
         // Only the secret tree's state after the batch is encoded (settled in `persist`).
         self.provider.storage().set_defer(true);
-        let out: Vec<Result<Received, MlsError>> =
-            messages.iter().map(|(m, aad)| self.receive_one(id, m, aad)).collect();
+        // Whether a message failed after it reached decryption (which may leave state behind).
+        // One refused by the clear checks of `screen` (malformed, foreign, too old) changed
+        // nothing, so it does not send the batch down the slow path of reloading the group.
+        let mut dirty = false;
+        let out: Vec<Result<Received, MlsError>> = messages
+            .iter()
+            .map(|(m, aad)| {
+                let r = self.receive_screened(id, m, aad);
+                dirty |= r.1;
+                r.0
+            })
+            .collect();
         self.provider.storage().set_defer(false);
-        if out.iter().all(|r| !Self::failed(r)) {
+        if !dirty {
             return match self.persist(id) {
                 Ok(()) => out,
                 Err(e) => messages
@@ -168,8 +179,14 @@ impl Client {
         messages
             .iter()
             .map(|(m, aad)| {
-                let r = self.receive_one(id, m, aad);
-                let settled = if Self::failed(&r) { self.rollback(id) } else { self.persist(id) };
+                let (r, dirty) = self.receive_screened(id, m, aad);
+                let settled = if dirty {
+                    self.rollback(id)
+                } else if Self::failed(&r) {
+                    Ok(()) // refused by `screen`: nothing changed, nothing to write
+                } else {
+                    self.persist(id)
+                };
                 match settled {
                     Ok(()) => r,
                     Err(e) => Err(e),
@@ -182,16 +199,28 @@ impl Client {
         matches!(r, Err(_) | Ok(Received::Dropped(Dropped::Duplicate | Dropped::TooOld)))
     }
 
-    pub(super) fn receive_one(
+    /// Receives one message, and tells whether it failed after reaching decryption (only then
+    /// may the in-memory group differ from a clean state: a refusal by `screen` changes nothing
+    /// but the future-epoch buffer, which `receive_many` restores by its marks).
+    fn receive_screened(
         &mut self,
         id: &ConversationId,
         bytes: &[u8],
         expected_aad: &[u8],
-    ) -> Result<Received, MlsError> {
-        let msg = match self.screen(id, bytes, expected_aad)? {
-            Screened::Decrypt(msg) => msg,
-            Screened::Done(r) => return Ok(r),
-        };
+    ) -> (Result<Received, MlsError>, bool) {
+        match self.screen(id, bytes, expected_aad) {
+            Ok(Screened::Decrypt(msg)) => {
+                let r = self.decrypt(id, msg);
+                let dirty = Self::failed(&r);
+                (r, dirty)
+            }
+            Ok(Screened::Done(r)) => (Ok(r), false),
+            Err(e) => (Err(e), false),
+        }
+    }
+
+    /// Decrypts a message `screen` passed, in its epoch's group.
+    fn decrypt(&mut self, id: &ConversationId, msg: ProtocolMessage) -> Result<Received, MlsError> {
         let provider = &self.provider;
         let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
         let epoch = msg.epoch().as_u64();

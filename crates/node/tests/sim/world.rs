@@ -478,7 +478,7 @@ impl World {
                 (u, Msg::StoreAck(s, id))
             }
             Msg::PageReq(u, topic, from, limit) => {
-                let log = store.log.get(&topic).cloned().unwrap_or_default();
+                let log = store.log.get(&topic).map(Vec::as_slice).unwrap_or_default();
                 let end = (from as usize).saturating_add(limit as usize).min(log.len());
                 let entries: Vec<(u64, Envelope)> =
                     (from as usize..end).map(|i| (i as u64, log[i].clone())).collect();
