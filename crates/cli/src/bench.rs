@@ -62,6 +62,10 @@ pub(crate) struct BenchArgs {
     /// the node commit queued sends together).
     #[arg(long, default_value_t = 1)]
     e2e_window: usize,
+    /// The e2e bench's user nodes run as light clients served by the store nodes (`cairn up
+    /// --light`).
+    #[arg(long)]
+    e2e_light: bool,
     /// Contracts bench: timed policy verdicts per configuration.
     #[arg(long, default_value_t = 20_000)]
     verdicts: usize,
@@ -144,7 +148,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if all || matches!(a.which, Which::E2e) {
-        crate::bench_e2e::run(&a.groups, a.e2e_messages, a.e2e_rate, a.e2e_window)?;
+        crate::bench_e2e::run(&a.groups, a.e2e_messages, a.e2e_rate, a.e2e_window, a.e2e_light)?;
     }
     if all || matches!(a.which, Which::Contracts) {
         let cfg = crate::bench_contracts::Config {

@@ -1,7 +1,8 @@
 //! `cairn bench e2e`: end-to-end encrypted send → deliver through the whole stack (MLS
 //! encrypt, envelope + proof of work, gossip relay, mailbox store acks, MLS decrypt, local
 //! store) among real node services in this process, with a real validator process ordering
-//! the group's commits.
+//! the group's commits. With `light`, the user nodes are light clients (issue 17 §2) served by
+//! the store nodes: one stream per service node instead of a gossip mesh per user.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,7 +53,7 @@ async fn wait<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
 }
 
 /// Runs the bench for each group size and prints the table.
-pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64, window: usize) -> Result<()> {
+pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64, window: usize, light: bool) -> Result<()> {
     let max = sizes.iter().copied().max().unwrap_or(2).max(2);
     let dir = tempfile::tempdir()?;
     let chain = dir.path().join("chain");
@@ -61,13 +62,14 @@ pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64, window: usize) ->
     children.0.push(("validator".into(), spawn_validator(&chain, 0, &dir.path().join("logs"))?));
     let genesis = Genesis::load(&gpath)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages, rate, window))?;
+    let rows = rt.block_on(bench(dir.path(), genesis, max, sizes, messages, rate, window, light))?;
     drop(children);
     let offered = if rate > 0.0 { format!("offered at {rate} msg/s") } else { "sent back to back".into() };
     let offered = format!("{offered}, {window} in flight");
+    let users = if light { "light user nodes served by the store nodes" } else { "user nodes" };
     println!(
         "end-to-end encrypted messaging ({messages} × 1 line of text per group, {offered}; 1 sender; \
-         {max} user nodes, 3 store nodes and 1 validator on this machine)"
+         {max} {users}, 3 store nodes and 1 validator on this machine)"
     );
     println!("members  delivered          p50 ms   p99 ms  ack p50 ms  sent msg/s  deliveries/s");
     for r in rows {
@@ -88,6 +90,7 @@ pub(crate) fn run(sizes: &[usize], messages: usize, rate: f64, window: usize) ->
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bench(
     dir: &Path,
     genesis: Genesis,
@@ -96,6 +99,7 @@ async fn bench(
     messages: usize,
     rate: f64,
     window: usize,
+    light: bool,
 ) -> Result<Vec<Row>> {
     // Store nodes.
     let mut stores = Vec::new();
@@ -115,6 +119,9 @@ async fn bench(
         let identity = cairn_crypto::Identity::generate(crate::home::now_ms())?;
         let mut cfg = ServiceConfig::new(dir.join(format!("user-{i}")), genesis.clone());
         cfg.net.bootstrap.clone_from(&boot);
+        if light {
+            cfg.net.light = Some(cairn_net::light::LightConfig::default());
+        }
         // the bench's users invite each other without asking for consent
         cfg.invitations = cairn_node::engine::Invitations::Everyone;
         users.push(Arc::new(Service::start(cfg, identity).await?));
