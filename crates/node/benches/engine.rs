@@ -67,6 +67,23 @@ fn arrivals(envs: Vec<Envelope>) -> Vec<Arrival> {
     envs.into_iter().map(|e| Arrival { id: e.id(), envelope: e, after_gap: false }).collect()
 }
 
+/// This process's CPU time (user + system) and bytes written to storage so far.
+fn cpu_and_writes() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    let cpu = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let written = io
+        .lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu as f64 * 10.0, written)
+}
+
 /// (send msg/s, receive msg/s) for one burst.
 fn burst(messages: usize, members: usize) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
@@ -85,12 +102,23 @@ fn burst(messages: usize, members: usize) -> (f64, f64) {
     nodes[1].engine.take_io();
     assert!(nodes[1].engine.conversations().contains(&conv), "the receiver joined");
     let t = Instant::now();
+    let (cpu0, written0) = cpu_and_writes();
     let mut sent = Vec::with_capacity(messages);
     for i in 0..messages {
         nodes[0].engine.send_text(conv, &format!("message {i} of the burst"), &mut seq, now()).unwrap();
         sent.extend(published(&mut nodes[0]));
     }
     let send_rate = messages as f64 / t.elapsed().as_secs_f64();
+    if std::env::var_os("CAIRN_BENCH_SEND_ONLY").is_some() {
+        let (cpu1, written1) = cpu_and_writes();
+        let per = |v: f64| v / messages as f64;
+        println!(
+            "send: {send_rate:.0} msg/s, {:.2} ms CPU/send, {:.1} KiB written/send",
+            per(cpu1 - cpu0),
+            per((written1 - written0) as f64) / 1024.0
+        );
+        return (send_rate, 0.0);
+    }
     let receiver = &mut nodes[1];
     for chunk in sent.chunks(512) {
         receiver.history.append(chunk).unwrap();
@@ -181,6 +209,15 @@ fn main() {
     }
     let runs: usize = std::env::var("CAIRN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let (mut sends, mut recvs) = (Vec::new(), Vec::new());
+    // CAIRN_BENCH_SEND_ONLY=N: only the sender's part, N messages per run, with its CPU time
+    // and bytes written per send (what a storage change costs, apart from the disk's noise).
+    if let Some(n) = std::env::var("CAIRN_BENCH_SEND_ONLY").ok().and_then(|v| v.parse().ok()) {
+        for _ in 0..runs {
+            sends.push(burst(n, 10).0);
+        }
+        println!("sender writes {n} (msg/s, median of {runs}): {:.0}", median(&mut sends));
+        return;
+    }
     for _ in 0..runs {
         let (s, r) = burst(10_000, 10);
         sends.push(s);

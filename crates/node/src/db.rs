@@ -145,6 +145,14 @@ impl NodeDb {
         Ok(tx)
     }
 
+    /// A durable write transaction that does not run the hook of
+    /// [`NodeDb::set_before_durable`]: only for a caller that knows no commit since the last
+    /// durable one used what the hook makes durable (the engine's send when it made no lazy
+    /// commit since: its rows come from the caller, not from the local history).
+    pub(crate) fn begin_unhooked(&self) -> Result<WriteTransaction, NodeError> {
+        self.db.begin_write().map_err(storage)
+    }
+
     /// Sets (once) what must happen before every durable commit: the node makes its local
     /// history durable, so nothing the engine read from it outlives it after a crash.
     pub fn set_before_durable(&self, hook: cairn_mls::DurableHook) {
@@ -165,6 +173,14 @@ impl NodeDb {
         let tx = self.db.begin_read().map_err(storage)?;
         let t = tx.open_table(PLAIN).map_err(storage)?;
         Ok(t.get(&id.0).map_err(storage)?.is_some())
+    }
+
+    /// Which of `ids` this device read or wrote (their plaintext rows exist), in one read
+    /// transaction and without opening any.
+    pub fn plain_present(&self, ids: &[Id]) -> Result<Vec<bool>, NodeError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(PLAIN).map_err(storage)?;
+        ids.iter().map(|id| Ok(t.get(&id.0).map_err(storage)?.is_some())).collect()
     }
 
     /// The inner message of an envelope, if this device read (or wrote) it and its

@@ -160,3 +160,41 @@ fn a_restart_keeps_the_newest_states_in_memory_and_older_ones_still_move() {
     let d = alice.engine.delivery(&oldest).unwrap();
     assert_eq!((d.state, d.stored_on, d.delivered_to), (DeliveryState::Delivered, 2, 1));
 }
+
+#[test]
+fn acknowledged_sends_leave_the_outbox_with_the_next_commit_and_are_not_pushed_again() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
+    let send = |u: &mut User, text: &str, at: u64| {
+        let mut s = MemorySequencer::new();
+        Id::from_hex(&u.engine.send_text(conv, text, &mut s, at).unwrap().id).unwrap()
+    };
+    let acked: Vec<Id> = (0..3).map(|i| send(&mut alice, &format!("acked {i}"), now + 10 + i)).collect();
+    let _ = published(&mut alice);
+    let before = alice.engine.db().outbox_len().unwrap();
+    for id in &acked {
+        alice.engine.store_acks(*id, 2, true, now + 20);
+    }
+    // The next commit (a send here) takes the three out, with its own rows.
+    let fourth = send(&mut alice, "not acked", now + 30);
+    let _ = published(&mut alice);
+    assert_eq!(alice.engine.db().outbox_len().unwrap(), before - 3 + 1);
+
+    // A restart pushes again what no store node took, and none of the acknowledged three.
+    let mut alice = restart(alice);
+    alice.engine.start(&mut seq, now + 35).unwrap();
+    let again: Vec<Id> = published(&mut alice).iter().map(cairn_proto::Envelope::id).collect();
+    assert!(again.contains(&fourth));
+    assert!(acked.iter().all(|id| !again.contains(id)), "acknowledged sends are not pushed again");
+
+    // Acknowledged with no commit after: the tick's durable flush takes it out.
+    let fifth = send(&mut alice, "acked, then a tick", now + 40);
+    alice.engine.store_acks(fifth, 2, true, now + 50);
+    alice.engine.tick(&mut seq, now + DURABLE_EVERY_MS + 60);
+    let mut alice = restart(alice);
+    alice.engine.start(&mut seq, now + DURABLE_EVERY_MS + 70).unwrap();
+    let again: Vec<Id> = published(&mut alice).iter().map(cairn_proto::Envelope::id).collect();
+    assert!(again.contains(&fourth) && !again.contains(&fifth));
+}

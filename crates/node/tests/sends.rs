@@ -71,3 +71,34 @@ fn idempotency_keys_are_checked() {
     assert_eq!(IdempotencyKey::parse(&longest).unwrap(), IdempotencyKey::parse(&longest).unwrap());
     assert_ne!(IdempotencyKey::parse("a").unwrap(), IdempotencyKey::parse("b").unwrap());
 }
+
+#[test]
+fn a_send_makes_the_local_history_durable_first_only_when_a_lazy_commit_read_from_it() {
+    let now = 1_000_000;
+    let mut seq = MemorySequencer::new();
+    let (mut alice, mut bob) = (user(now), user(now));
+    let conv = converse(&mut alice, &mut bob, &mut seq, now);
+    let send = |u: &mut User, text: &str, at: u64| {
+        u.engine.send_text(conv, text, &mut MemorySequencer::new(), at).unwrap();
+        published(u)
+    };
+
+    // Bob's message reaches alice's history without an fsync (as the mesh keeps what it
+    // delivers) and her engine reads it in a lazy commit: her next send's durable commit also
+    // makes that read durable, so the history it came from is made durable first.
+    let one = send(&mut bob, "one", now + 1);
+    alice.history.append_deferred(&one, &[]).unwrap();
+    deliver(&mut alice, &one, &mut seq, now + 2);
+    assert!(alice.history.has_deferred());
+    send(&mut alice, "reply", now + 3);
+    assert!(!alice.history.has_deferred(), "the history is durable before the read it fed");
+
+    // Bob's next message is kept but not read yet: no commit of alice's used it, and her send
+    // does not wait for an fsync of the history.
+    let two = send(&mut bob, "two", now + 4);
+    alice.history.append_deferred(&two, &[]).unwrap();
+    send(&mut alice, "again", now + 5);
+    assert!(alice.history.has_deferred(), "the send skipped an fsync nothing needed");
+    deliver(&mut alice, &two, &mut seq, now + 6);
+    assert_eq!(texts(&alice, &conv), ["one", "reply", "again", "two"]);
+}

@@ -120,6 +120,12 @@ pub const PAST_EPOCHS_MAX: usize = 8;
 /// memory grow with the history).
 pub const NODE_DB_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Acknowledged envelopes whose removal from the outbox may wait for the engine's next commit
+/// (see `Engine::store_acks`). Overflow policy: at this many, they are removed at once in a
+/// transaction of their own. A crash that loses a removal pushes the envelope once more (store
+/// nodes answer "duplicate").
+pub const OUTBOX_ACKED_PENDING_MAX: usize = 1_024;
+
 /// Lazy (fsync-free) receive commits are made durable at least this often, ms: what a crash
 /// can roll back (and read again from the local history) is at most this much.
 pub const DURABLE_EVERY_MS: u64 = 2_000;
@@ -223,12 +229,19 @@ pub struct Engine {
     cursor_dirty: BTreeSet<ConversationId>,
     /// The outbox pages not pushed again since the start: (next position, end position).
     outbox_resume: Option<(u64, u64)>,
+    /// Envelopes enough store nodes took, still to be removed from the outbox: removed in the
+    /// next commit of the engine (or the tick's durable flush), not one transaction each; at
+    /// most [`OUTBOX_ACKED_PENDING_MAX`] (then removed at once).
+    outbox_acked: BTreeSet<Id>,
     /// What the starts read (see `replay`).
     replay_stats: replay::ReplayStats,
 }
 
 /// What runs inside every durable commit of `node.redb` (the node tables' and MLS's own),
 /// before it commits: the local history's deferred deliveries are made durable.
+///
+/// A send with no lazy commit since the last durable one begins its transaction without the
+/// hook (`NodeDb::begin_unhooked`): nothing it makes durable was read from the local history.
 ///
 /// Invariant: the node's tables never durably hold an envelope the local history could lose.
 /// The net writer commits deliveries lazily, and the engine reads them into lazy commits too;
@@ -317,6 +330,7 @@ impl Engine {
             cursor_dirty: BTreeSet::new(),
             replay_stats: replay::ReplayStats::default(),
             outbox_resume: None,
+            outbox_acked: BTreeSet::new(),
         }
     }
 
@@ -473,7 +487,14 @@ impl Engine {
 
     /// Store nodes acknowledged a sent envelope (`stored`: enough of them).
     pub fn store_acks(&mut self, id: Id, acks: u32, stored: bool, now_ms: u64) {
-        if stored && let Err(e) = self.db.outbox_remove(&id) {
+        // Removed from the outbox with the next commit (acknowledgements come one by one, a
+        // transaction each cost the sender more than its sends' rows).
+        if stored {
+            self.outbox_acked.insert(id);
+        }
+        if self.outbox_acked.len() >= OUTBOX_ACKED_PENDING_MAX
+            && let Err(e) = self.remove_acked()
+        {
             tracing::warn!("outbox: {e}");
         }
         self.track_delivery(&id);

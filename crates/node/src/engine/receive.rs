@@ -67,15 +67,19 @@ impl Engine {
         now_ms: u64,
     ) {
         let mut fresh: Vec<Arrival> = Vec::with_capacity(arrivals.len());
-        for a in arrivals {
-            match self.db.plain(&a.id) {
-                // Read before. If the chain lacks it (the local history lost its lazy tail in a
-                // crash and the mesh brought it again), it goes back into the chain.
-                Ok(Some(bytes)) => {
-                    if !self.core.knows(&conv, &a.id) {
-                        self.known(conv, a.id, &bytes, now_ms);
-                    }
-                }
+        // Duplicates are told by their plaintext row's presence (one read for the burst); a
+        // plaintext is opened only for a message read before that the chain lacks.
+        let ids: Vec<Id> = arrivals.iter().map(|a| a.id).collect();
+        let present = self.db.plain_present(&ids).unwrap_or_else(|_| vec![true; ids.len()]);
+        for (a, present) in arrivals.into_iter().zip(present) {
+            if present && self.core.knows(&conv, &a.id) {
+                continue; // read before and in the chain
+            }
+            let opened = if present { self.db.plain(&a.id) } else { Ok(None) };
+            match opened {
+                // Read before, but the chain lacks it (the local history lost its lazy tail in
+                // a crash and the mesh brought it again): it goes back into the chain.
+                Ok(Some(bytes)) => self.known(conv, a.id, &bytes, now_ms),
                 // Denied by the policy before: its text is gone, its place in the chain stays.
                 _ if self.policy_denied_known(conv, &a, now_ms) => {}
                 _ => fresh.push(a),

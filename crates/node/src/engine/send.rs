@@ -322,7 +322,19 @@ impl Engine {
         // between rolls MLS and plaintexts back together, and the unread envelopes are read
         // again at start.
         let lazy = outbox.is_empty();
-        let wtx = if lazy { self.db.begin_lazy()? } else { self.db.begin()? };
+        // A durable commit also makes the lazy ones before it durable, so the local history
+        // they read must be durable first (the hook of `NodeDb::begin`: an fsync of the
+        // history when it has deferred writes). With no lazy commit since the last durable
+        // one, nothing to be made durable here was read from the local history (a send's rows
+        // come from its caller; receipts and envelopes received since changed memory only),
+        // and the send skips that fsync.
+        let wtx = if lazy {
+            self.db.begin_lazy()?
+        } else if self.lazy_commits == 0 {
+            self.db.begin_unhooked()?
+        } else {
+            self.db.begin()?
+        };
         self.mls.flush_into(&wtx).map_err(mls_err)?;
         let seqs = self.db.accept_in(&wtx, rows)?;
         // The policy's state, verdicts and own sequence numbers: after the rows (a denied
@@ -335,7 +347,14 @@ impl Engine {
         for (conv, key, id) in keys {
             self.db.idempotent_put_in(&wtx, &conv.0, key, id)?;
         }
-        wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
+        let acked = std::mem::take(&mut self.outbox_acked);
+        for id in &acked {
+            self.db.outbox_remove_in(&wtx, id)?;
+        }
+        if let Err(e) = wtx.commit() {
+            self.outbox_acked.extend(acked);
+            return Err(NodeError::Storage(e.to_string()));
+        }
         self.mls.flush_committed().map_err(mls_err)?;
         self.lazy_commits = if lazy { self.lazy_commits + 1 } else { 0 };
         Ok(seqs)
@@ -349,13 +368,34 @@ impl Engine {
         if let Err(e) = self.advance_replay_cursors() {
             tracing::warn!("replay cursors not moved: {e}");
         }
-        if self.lazy_commits == 0 {
+        if self.lazy_commits == 0 && self.outbox_acked.is_empty() {
             return Ok(());
         }
         let wtx = self.db.begin()?;
-        wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))?;
+        let acked = std::mem::take(&mut self.outbox_acked);
+        for id in &acked {
+            self.db.outbox_remove_in(&wtx, id)?;
+        }
+        if let Err(e) = wtx.commit() {
+            self.outbox_acked.extend(acked);
+            return Err(NodeError::Storage(e.to_string()));
+        }
         self.lazy_commits = 0;
         Ok(())
+    }
+
+    /// Removes the acknowledged envelopes from the outbox, in one transaction without an fsync
+    /// (if a crash loses it, they are pushed once more).
+    pub(super) fn remove_acked(&mut self) -> Result<(), NodeError> {
+        if self.outbox_acked.is_empty() {
+            return Ok(());
+        }
+        let wtx = self.db.begin_lazy()?;
+        let acked = std::mem::take(&mut self.outbox_acked);
+        for id in &acked {
+            self.db.outbox_remove_in(&wtx, id)?;
+        }
+        wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))
     }
 
     /// Drops MLS writes not committed (the state is the last committed one).
