@@ -347,14 +347,7 @@ impl Engine {
         for (conv, key, id) in keys {
             self.db.idempotent_put_in(&wtx, &conv.0, key, id)?;
         }
-        let acked = std::mem::take(&mut self.outbox_acked);
-        for id in &acked {
-            self.db.outbox_remove_in(&wtx, id)?;
-        }
-        if let Err(e) = wtx.commit() {
-            self.outbox_acked.extend(acked);
-            return Err(NodeError::Storage(e.to_string()));
-        }
+        self.commit_with_acked(wtx)?;
         self.mls.flush_committed().map_err(mls_err)?;
         self.lazy_commits = if lazy { self.lazy_commits + 1 } else { 0 };
         Ok(seqs)
@@ -372,14 +365,7 @@ impl Engine {
             return Ok(());
         }
         let wtx = self.db.begin()?;
-        let acked = std::mem::take(&mut self.outbox_acked);
-        for id in &acked {
-            self.db.outbox_remove_in(&wtx, id)?;
-        }
-        if let Err(e) = wtx.commit() {
-            self.outbox_acked.extend(acked);
-            return Err(NodeError::Storage(e.to_string()));
-        }
+        self.commit_with_acked(wtx)?;
         self.lazy_commits = 0;
         Ok(())
     }
@@ -391,11 +377,21 @@ impl Engine {
             return Ok(());
         }
         let wtx = self.db.begin_lazy()?;
+        self.commit_with_acked(wtx)
+    }
+
+    /// Removes the acknowledged envelopes from the outbox inside `wtx` and commits it; if a
+    /// removal or the commit fails they stay pending (removed by a later commit).
+    fn commit_with_acked(&mut self, wtx: redb::WriteTransaction) -> Result<(), NodeError> {
         let acked = std::mem::take(&mut self.outbox_acked);
-        for id in &acked {
-            self.db.outbox_remove_in(&wtx, id)?;
+        let done = acked
+            .iter()
+            .try_for_each(|id| self.db.outbox_remove_in(&wtx, id).map(|_| ()))
+            .and_then(|()| wtx.commit().map_err(|e| NodeError::Storage(e.to_string())));
+        if done.is_err() {
+            self.outbox_acked.extend(acked);
         }
-        wtx.commit().map_err(|e| NodeError::Storage(e.to_string()))
+        done
     }
 
     /// Drops MLS writes not committed (the state is the last committed one).
