@@ -31,7 +31,7 @@
 //! drops envelopes of topics it does not follow). Exact topics (256 bits) cost nothing extra and
 //! hide nothing. Both service nodes also learn the client's IP and when its mail arrives.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use cairn_proto::codec::{DecodeError, Reader, Writer};
 use cairn_proto::{Id, Topic};
@@ -169,6 +169,42 @@ impl Bucket {
     /// Its length, bits.
     pub fn bits(&self) -> u16 {
         self.bits
+    }
+}
+
+/// A client's buckets, indexed for the service node's per-envelope match: one hash look-up per
+/// distinct bucket length (one for a client of default buckets), not one comparison per
+/// bucket (up to [`BUCKETS_MAX`] per client, for each of up to 256 clients, on the swarm's
+/// event loop for every admitted envelope).
+#[derive(Debug, Clone, Default)]
+pub struct BucketSet {
+    buckets: Vec<Bucket>,
+    by_bits: Vec<(u16, HashSet<[u8; 32]>)>,
+}
+
+impl BucketSet {
+    /// The set of `buckets`.
+    pub fn new(buckets: Vec<Bucket>) -> Self {
+        let mut by_bits: Vec<(u16, HashSet<[u8; 32]>)> = Vec::new();
+        for b in &buckets {
+            match by_bits.iter_mut().find(|(bits, _)| *bits == b.bits) {
+                Some((_, set)) => {
+                    set.insert(b.prefix);
+                }
+                None => by_bits.push((b.bits, HashSet::from([b.prefix]))),
+            }
+        }
+        Self { buckets, by_bits }
+    }
+
+    /// Whether `topic` lies in one of the buckets.
+    pub fn contains(&self, topic: &Topic) -> bool {
+        self.by_bits.iter().any(|(bits, set)| set.contains(&mask(topic.0, *bits)))
+    }
+
+    /// The buckets.
+    pub fn iter(&self) -> impl Iterator<Item = &Bucket> {
+        self.buckets.iter()
     }
 }
 
@@ -519,6 +555,24 @@ impl<P: Clone + Eq> CrossCheck<P> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_bucket_set_matches_exactly_what_its_buckets_match() {
+        let topic = |i: u32| Topic(*blake3::hash(&i.to_be_bytes()).as_bytes());
+        let buckets: Vec<Bucket> =
+            (0..40u32).map(|i| Bucket::of(&topic(i), [16, 16, 20, 256][(i % 4) as usize])).collect();
+        let set = BucketSet::new(buckets.clone());
+        assert_eq!(set.iter().count(), buckets.len());
+        let mut inside = 0;
+        for i in 0..4_000u32 {
+            let t = topic(i);
+            let want = buckets.iter().any(|b| b.contains(&t));
+            assert_eq!(set.contains(&t), want, "topic {i}");
+            inside += usize::from(want);
+        }
+        assert!(inside >= 40, "the buckets' own topics match");
+        assert!(!BucketSet::default().contains(&topic(0)));
+    }
 
     #[test]
     fn buckets_match_their_prefix_only_and_lie_in_one_shard() {

@@ -25,7 +25,9 @@ use tracing::debug;
 
 use super::actor::Node;
 use super::now_ms;
-use crate::light::{Bucket, ClientFrame, Feed, LIGHT_PROTOCOL_NAME, LightServeLimits, Refusal, ServiceFrame};
+use crate::light::{
+    Bucket, BucketSet, ClientFrame, Feed, LIGHT_PROTOCOL_NAME, LightServeLimits, Refusal, ServiceFrame,
+};
 use crate::shard::{shard_name, shard_of};
 use crate::sync::Input;
 use crate::validate::{RateLimiter, Verdict};
@@ -76,7 +78,7 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> O
 /// One client as the actor feeds it.
 struct Client {
     feed: Feed,
-    buckets: Vec<Bucket>,
+    buckets: BucketSet,
     tx: mpsc::Sender<Arc<Vec<u8>>>,
     queued_bytes: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
@@ -204,7 +206,7 @@ impl Hub {
         let targets: Vec<(u64, Feed)> = self
             .clients
             .iter()
-            .filter(|(c, cl)| Some(**c) != except && cl.buckets.iter().any(|b| b.contains(topic)))
+            .filter(|(c, cl)| Some(**c) != except && cl.buckets.contains(topic))
             .map(|(c, cl)| (*c, cl.feed))
             .collect();
         if targets.is_empty() {
@@ -238,7 +240,7 @@ impl Hub {
         let frames: Vec<Arc<Vec<u8>>> = ids
             .iter()
             .filter_map(|id| self.recent.get(id))
-            .filter(|(t, _)| cl.buckets.iter().any(|b| b.contains(t)))
+            .filter(|(t, _)| cl.buckets.contains(t))
             .map(|(_, f)| f.clone())
             .collect();
         for f in frames {
@@ -324,7 +326,13 @@ async fn serve_client(
     let dropped = Arc::new(AtomicU64::new(0));
     {
         let mut h = lock(&hub);
-        let cl = Client { feed, buckets, tx, queued_bytes: queued_bytes.clone(), dropped: dropped.clone() };
+        let cl = Client {
+            feed,
+            buckets: BucketSet::new(buckets),
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            dropped: dropped.clone(),
+        };
         h.clients.insert(c, cl);
         h.dirty = true;
     }
@@ -349,7 +357,7 @@ async fn serve_client(
                 let mut h = lock(&hub);
                 if let Some(cl) = h.clients.get_mut(&c) {
                     cl.feed = feed;
-                    cl.buckets = buckets;
+                    cl.buckets = BucketSet::new(buckets);
                 }
                 h.dirty = true;
             }
@@ -451,7 +459,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(hub.limits.queue_frames_max);
         let cl = Client {
             feed,
-            buckets: vec![Bucket::of(topic, 16)],
+            buckets: BucketSet::new(vec![Bucket::of(topic, 16)]),
             tx,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
