@@ -110,6 +110,36 @@ fn a_commit_that_lost_its_position_is_rejected_at_every_validator() {
     );
 }
 
+/// Two commits at one position: the one the validator received first is proposed, whatever
+/// their ids. Ids are hashes of mined nonces: a proposal ordered by id would pass this test
+/// with probability 2^-24.
+#[test]
+fn at_one_position_the_first_arrived_write_is_sequenced() {
+    let (l, chain, params) = ledger(MempoolLimits::default());
+    let mut firsts = Vec::new();
+    for i in 0..24u8 {
+        let conv = [100 + i; 32];
+        let hs = |p: &[u8]| TopicTx::handshake_as_founder(&conv, &chain, 0, p.to_vec()).mined(&params);
+        firsts.push((conv, l.submit(hs(b"first")).unwrap()));
+        l.submit(hs(b"second")).unwrap();
+    }
+    assert_eq!(step(&l), 24);
+    for (conv, id) in firsts {
+        assert!(
+            matches!(
+                l.tx_status(&id),
+                TxStatus::Finalized { outcome: Outcome::Sequenced { seq: 0, .. }, .. }
+            ),
+            "{:?}",
+            l.tx_status(&id)
+        );
+        assert_eq!(
+            l.handshakes(&cairn_proto::Topic::for_conversation(&conv), 0, 10),
+            vec![b"first".to_vec()]
+        );
+    }
+}
+
 #[test]
 fn topic_write_work_rises_with_load_and_their_bytes_are_bounded() {
     let limits = MempoolLimits { topic_bytes: TX_BYTES_MAX, ..MempoolLimits::default() };

@@ -131,7 +131,9 @@ impl Core {
                 .filter(|t| !in_ancestors.contains(*t))
                 .filter_map(|t| pool.txs.get(t).map(|p| (p.position, *t)))
                 .collect();
-            ids.sort_unstable();
+            // by position; at one position, first arrived first (a stable sort of the arrival
+            // order): the tx id, a hash of a mined nonce, must not pick the winner
+            ids.sort_by_key(|(position, _)| *position);
             for (_, t) in ids {
                 let Some(p) = pool.txs.get(&t) else { continue };
                 if out.len() >= BLOCK_TXS_MAX / 2 || *bytes + 4 + p.bytes.len() > BLOCK_BYTES_MAX / 2 {
