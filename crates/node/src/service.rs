@@ -31,7 +31,7 @@ use crate::model::{
 use crate::shell::actor::{Actor, Job, MESH_QUEUE_MAX, NET_QUEUE_MAX, OPS_QUEUE_MAX, Reply};
 use crate::shell::keypackages::KeyPackageRefusal;
 use crate::shell::ledger::{LEDGER_JOBS_MAX, LedgerWorker, read_retry, resolve_account, unavailable};
-use crate::shell::sequencer::{NodeSequencer, SubmitStall, SubmitStallView};
+use crate::shell::sequencer::{NodeSequencer, OrderReadsView, SubmitStall, SubmitStallView};
 use crate::shell::{STREAM_EVENTS_MAX, Shared, now_ms};
 
 pub use crate::engine::TEXT_BYTES_MAX;
@@ -103,6 +103,7 @@ pub struct Service {
     links: Arc<crate::link_host::Links>,
     /// Time the actor spent offering commits to the sequencer.
     stall: Arc<SubmitStall>,
+    order_reads: Arc<dyn Fn() -> OrderReadsView + Send + Sync>,
 }
 
 /// The keyring file in a node's data directory (see [`crate::keyring`]).
@@ -180,6 +181,8 @@ impl Service {
             stopping,
         );
         let stall = sequencer.stall();
+        let order = sequencer.order_cache();
+        let order_reads = Arc::new(sequencer.order_reads());
         std::thread::Builder::new().name("cairn-commits".into()).spawn(move || submitter.run())?;
         let actor = Actor {
             engine,
@@ -197,6 +200,7 @@ impl Service {
             tick_ms: cfg.tick_ms,
             handle: cfg.handle.clone(),
             handles: shared.handles.clone(),
+            order,
         };
         let genesis = cfg.genesis.clone();
         std::thread::Builder::new()
@@ -213,6 +217,7 @@ impl Service {
             kp_wait: Duration::from_millis(cfg.key_package_wait_ms),
             links: Arc::new(crate::link_host::Links::new(limits, cfg.net.admission.difficulty)),
             stall,
+            order_reads,
         };
         tokio::spawn(service.clone().add_pending_devices());
         tracing::info!(account = %keys.account.to_text(), device = %keys.device.to_text(), "node service started");
@@ -223,6 +228,12 @@ impl Service {
     /// mining, the network or finality: see `shell::sequencer`).
     pub fn commit_stall(&self) -> SubmitStallView {
         self.stall.view()
+    }
+
+    /// How the actor's reads of the commit order were answered: from what the ledger worker
+    /// read ahead, or by a round trip it waited for (see `shell::order_cache`).
+    pub fn order_reads(&self) -> OrderReadsView {
+        (self.order_reads)()
     }
 
     /// The P2P node.

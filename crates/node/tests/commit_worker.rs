@@ -273,3 +273,50 @@ async fn two_members_committing_at_once_both_get_their_change_and_agree() {
     let stall = alice.commit_stall().max_us.max(bob.commit_stall().max_us);
     assert!(stall < 250_000, "an offer blocked an actor for {stall} µs");
 }
+
+/// Issue 11 §1: applying commits made by others costs the actor no ledger round trip. The
+/// ledger worker, which learns from each block which topics got handshakes, reads them ahead;
+/// the actor's reads of the order are served from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let price = ((hash_rate() * 0.05 / 1_000.0) as u64).max(1);
+    let g = chain(dir.path(), price);
+    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
+    scfg.serve_store = true;
+    let store = cairn_net::node::start(scfg).await.unwrap();
+    let boot: Vec<_> =
+        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let alice = user(dir.path(), "alice", &g, &boot).await;
+    let bob = user(dir.path(), "bob", &g, &boot).await;
+    let mut others = Vec::new();
+    for name in ["carol", "dave", "erin"] {
+        others.push(user(dir.path(), name, &g, &boot).await);
+    }
+    let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
+    let start = Instant::now();
+    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
+        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = bob.order_reads();
+    for o in &others {
+        alice.add_members(chat.clone(), vec![account(o).await]).await.expect("add merged");
+    }
+    let start = Instant::now();
+    loop {
+        let (a, b) = (view(&alice, &chat).await, view(&bob, &chat).await);
+        if a.0.len() == 5 && a == b {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "bob never caught up: {a:?} vs {b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = bob.order_reads();
+    eprintln!("bob's reads of the order: before {before:?}, after 3 commits by alice {after:?}");
+    assert!(after.read_ahead >= before.read_ahead + 3, "3 commits served from the read-ahead: {after:?}");
+    assert_eq!(
+        after.ledger.calls, before.ledger.calls,
+        "bob's actor waited for the ledger while applying alice's commits"
+    );
+}

@@ -13,12 +13,14 @@ use cairn_ledger::rpc::{ClientError, Follower, LedgerClient, RemoteOutcome};
 use cairn_ledger::state::KeyPackageRecord;
 use cairn_ledger::tx::{TopicBody, TopicTx, Tx, TxBody, TxError, normalize_handle};
 use cairn_mls::ConversationId;
-use cairn_proto::{AccountId, Envelope, Id};
+use cairn_proto::{AccountId, Envelope, Id, Topic};
 use ed25519_dalek::SigningKey;
 use tokio::sync::mpsc;
 
 use super::Shared;
 use super::actor::Job;
+use super::order_cache::OrderCache;
+use super::sequencer::read_ahead;
 use crate::error::NodeError;
 
 /// Ledger jobs queued at most. Overflow policy: the job is refused at once (an anchor is
@@ -199,6 +201,8 @@ pub struct LedgerWorker {
     pub handle: Option<String>,
     /// Cached handles (shared with the service).
     pub handles: Arc<Mutex<HashMap<AccountId, Option<String>>>>,
+    /// The commit order read ahead for the actor (`shell::order_cache`).
+    pub order: Arc<Mutex<OrderCache>>,
 }
 
 impl LedgerWorker {
@@ -268,6 +272,8 @@ impl LedgerWorker {
         };
         if full_due {
             *last_full = Instant::now();
+            let all = self.order.lock().map(|c| c.all()).unwrap_or_default();
+            read_ahead(client, &self.order, all);
             let _ = self.ops.blocking_send(Job::Ledger { height });
         }
         match f.poll(client, BLOCKS_PER_POLL_MAX) {
@@ -283,6 +289,11 @@ impl LedgerWorker {
                     }
                 }
                 if !topics.is_empty() {
+                    let at: Vec<(Topic, u64)> = self.order.lock().map_or_else(
+                        |_| Vec::new(),
+                        |c| topics.iter().filter_map(|t| Some((*t, c.read_from(t)?))).collect(),
+                    );
+                    read_ahead(client, &self.order, at);
                     let _ = self.ops.blocking_send(Job::Handshakes(topics.into_iter().collect()));
                 }
             }

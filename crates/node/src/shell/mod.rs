@@ -15,6 +15,7 @@ pub mod awaiting;
 pub mod keypackages;
 pub mod ledger;
 pub mod ledger_relays;
+pub mod order_cache;
 pub mod sequencer;
 pub mod work_prices;
 

@@ -40,6 +40,7 @@ use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, Se
 use tokio::sync::mpsc;
 
 use super::actor::Job;
+use super::order_cache::{ORDER_PAGE, OrderCache};
 
 /// Commits queued for or held by the submission worker at most. Overflow policy: a new commit
 /// is refused at once as [`SequencerError::Unavailable`]; it stays pending and is offered
@@ -207,6 +208,21 @@ pub struct NodeSequencer {
     book: Arc<Mutex<Book>>,
     refused: Recent<Topic, ()>,
     stall: Arc<SubmitStall>,
+    /// The order read ahead by the ledger worker (served before asking the ledger).
+    order: Arc<Mutex<OrderCache>>,
+    /// Reads of the order the actor made itself (round trips it waited for).
+    read_stall: Arc<SubmitStall>,
+    /// Reads of the order served from what was read ahead.
+    read_ahead: Arc<AtomicU64>,
+}
+
+/// How the actor's reads of the commit order were answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OrderReadsView {
+    /// Served from what the ledger worker read ahead (no round trip).
+    pub read_ahead: u64,
+    /// Read from the ledger on the actor: calls, time in all and longest.
+    pub ledger: SubmitStallView,
 }
 
 /// The worker's side, run by [`SubmitWorker::run`] on its own thread.
@@ -220,6 +236,8 @@ pub struct SubmitWorker {
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
     held: VecDeque<Work>,
     mined: Recent<SubmitKey, TopicTx>,
+    /// The order read ahead for the actor.
+    order: Arc<Mutex<OrderCache>>,
 }
 
 /// A commit the worker holds.
@@ -249,9 +267,9 @@ enum Step {
     GiveUp(SubmitKey, TopicTx),
 }
 
-fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
-    // A panic while holding the lock leaves plain sets behind: still consistent.
-    book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain sets and queues behind: still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn unavailable(why: impl std::fmt::Display) -> SequencerError {
@@ -272,6 +290,7 @@ impl NodeSequencer {
         stopping: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> (Self, SubmitWorker) {
         let (queue, jobs) = std::sync::mpsc::sync_channel(SUBMIT_QUEUE_MAX);
+        let order = Arc::new(Mutex::new(OrderCache::new()));
         let book =
             Arc::new(Mutex::new(Book { in_flight: HashSet::new(), outcomes: Recent::new(OUTCOMES_MAX) }));
         let seq = Self {
@@ -281,6 +300,9 @@ impl NodeSequencer {
             book: book.clone(),
             refused: Recent::new(REFUSALS_MAX),
             stall: Arc::new(SubmitStall::default()),
+            order: order.clone(),
+            read_stall: Arc::new(SubmitStall::default()),
+            read_ahead: Arc::new(AtomicU64::new(0)),
         };
         let worker = SubmitWorker {
             client: worker,
@@ -291,8 +313,20 @@ impl NodeSequencer {
             stopping,
             held: VecDeque::new(),
             mined: Recent::new(MINED_MAX),
+            order,
         };
         (seq, worker)
+    }
+
+    /// The order the ledger worker reads ahead into (see `shell::order_cache`).
+    pub fn order_cache(&self) -> Arc<Mutex<OrderCache>> {
+        self.order.clone()
+    }
+
+    /// A reader of how the actor's reads of the order were answered.
+    pub fn order_reads(&self) -> impl Fn() -> OrderReadsView + Send + Sync + 'static {
+        let (stall, ahead) = (self.read_stall.clone(), self.read_ahead.clone());
+        move || OrderReadsView { read_ahead: ahead.load(Ordering::Relaxed), ledger: stall.view() }
     }
 
     /// How long the actor spent offering commits.
@@ -368,12 +402,36 @@ impl CommitSequencer for NodeSequencer {
     }
 
     fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError> {
+        let served = lock(&self.order).take(topic, from, max);
+        if let Some((got, _)) = served {
+            self.read_ahead.fetch_add(1, Ordering::Relaxed);
+            return Ok(got);
+        }
         // Never reentered (the actor reads one order at a time); refused rather than panic if
         // it ever were.
         let Ok(mut client) = self.reader.try_borrow_mut() else {
             return Err(unavailable("the order is being read"));
         };
-        client.sequenced(topic, from, max).map_err(unavailable)
+        let start = Instant::now();
+        let r = client.sequenced(topic, from, max).map_err(unavailable);
+        self.read_stall.record(start.elapsed());
+        r
+    }
+}
+
+/// Reads each conversation's sequenced handshakes from the actor's read position on, into
+/// `order` (`shell::order_cache`), so the actor applies them without a round trip. A failed
+/// read leaves the actor to ask.
+pub fn read_ahead(client: &mut LedgerClient, order: &Mutex<OrderCache>, at: Vec<(Topic, u64)>) {
+    for (topic, from) in at {
+        match client.sequenced(&topic, from, ORDER_PAGE) {
+            Ok(got) => {
+                let complete = got.len() < ORDER_PAGE;
+                let payloads = got.into_iter().map(|s| s.payload).collect();
+                lock(order).fill(&topic, from, payloads, complete);
+            }
+            Err(e) => tracing::debug!("reading the order ahead: {e}"),
+        }
     }
 }
 
@@ -452,6 +510,9 @@ impl SubmitWorker {
                     book.in_flight.remove(&key);
                     book.outcomes.insert(key, answer);
                 }
+                // The actor settles by reading the order: read it ahead for it.
+                let at = lock(&self.order).read_from(&key.topic).map(|from| (key.topic, from));
+                read_ahead(&mut self.client, &self.order, at.into_iter().collect());
                 let _ = self.ops.blocking_send(Job::SubmissionEnded(key.topic));
             }
             Step::GiveUp(key, tx) => {

@@ -1,0 +1,273 @@
+//! Sequenced handshakes read ahead of the actor (issue 11 §1: no ledger round trip on it).
+//!
+//! The MLS client reads a conversation's commit order through `CommitSequencer::fetch`, a
+//! synchronous call on the actor thread. The ledger worker already learns, one block read per
+//! height, which conversation topics got handshakes; it now also reads those handshakes (a
+//! proven `handshakes` query, on its own connection) and leaves them here, then tells the
+//! actor. The actor's `fetch` is served from here, so applying a commit someone else made
+//! costs the actor no round trip. What is not here is read from the ledger as before.
+//!
+//! Sans-IO: no clock, no I/O; the worker and the actor share it behind a mutex.
+//!
+//! Why this is safe: a sequenced handshake never changes once final, so an entry read ahead
+//! is as true as one read now. The only thing that can age is "nothing after position n",
+//! which is therefore served once (the read that comes right after the entries, in the same
+//! catch-up) and then forgotten; every later read at that position asks the ledger.
+
+use std::collections::{HashMap, VecDeque};
+
+use cairn_proto::Topic;
+use cairn_proto::sequencer::Sequenced;
+
+/// Conversations whose read position is kept, at most. Overflow policy: the position noted
+/// longest ago is forgotten, with its entries; that conversation's order is then read on the
+/// actor (as before) until it reads again.
+pub const ORDER_TOPICS_MAX: usize = 4_096;
+/// Handshake bytes held in all, at most. Overflow policy: a read-ahead that would pass it
+/// keeps what fits and no end; the rest is read on the actor.
+pub const ORDER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Handshakes the worker reads ahead per conversation and read, at most.
+pub const ORDER_PAGE: usize = 64;
+
+/// One conversation's read position and what was read ahead of it.
+#[derive(Debug, Default)]
+struct TopicOrder {
+    /// The position the actor reads next (the handshakes it applied).
+    cursor: u64,
+    /// Entries from position `cursor` on (never older ones).
+    entries: VecDeque<Vec<u8>>,
+    /// "Nothing after this position" as the ledger said at the read-ahead, served once.
+    end: Option<u64>,
+}
+
+impl TopicOrder {
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(Vec::len).sum()
+    }
+
+    /// Drops entries before `cursor` (they were applied).
+    fn advance(&mut self, cursor: u64) -> usize {
+        let mut freed = 0;
+        while self.cursor < cursor {
+            match self.entries.pop_front() {
+                Some(e) => freed += e.len(),
+                None => {
+                    self.cursor = cursor;
+                    break;
+                }
+            }
+            self.cursor += 1;
+        }
+        if self.end.is_some_and(|e| e < self.cursor) {
+            self.end = None;
+        }
+        freed
+    }
+}
+
+/// What was served, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Entries read ahead.
+    Entries,
+    /// The end of the order as read ahead (served once).
+    End,
+}
+
+/// The read-ahead order of the node's conversations (see the module docs).
+#[derive(Debug, Default)]
+pub struct OrderCache {
+    topics: HashMap<Topic, TopicOrder>,
+    /// Topics by when their position was first noted (eviction order).
+    noted: VecDeque<Topic>,
+    bytes: usize,
+}
+
+impl OrderCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The actor reads `topic` from position `from`: older entries are dropped, and the
+    /// worker reads ahead from there.
+    pub fn note(&mut self, topic: &Topic, from: u64) {
+        if let Some(t) = self.topics.get_mut(topic) {
+            if from > t.cursor {
+                self.bytes -= t.advance(from);
+            } else if from < t.cursor {
+                // A read behind what was applied (a rolled-back state): start over there.
+                self.bytes -= t.bytes();
+                *t = TopicOrder { cursor: from, ..TopicOrder::default() };
+            }
+            return;
+        }
+        while self.topics.len() >= ORDER_TOPICS_MAX {
+            let Some(old) = self.noted.pop_front() else { break };
+            if let Some(t) = self.topics.remove(&old) {
+                self.bytes -= t.bytes();
+            }
+        }
+        self.topics.insert(*topic, TopicOrder { cursor: from, ..TopicOrder::default() });
+        self.noted.push_back(*topic);
+    }
+
+    /// Where the worker should read `topic` from: the first position it holds nothing for
+    /// (`None`: the actor never read this topic).
+    pub fn read_from(&self, topic: &Topic) -> Option<u64> {
+        self.topics.get(topic).map(|t| t.cursor + t.entries.len() as u64)
+    }
+
+    /// Every noted topic with its [`read_from`](Self::read_from) position.
+    pub fn all(&self) -> Vec<(Topic, u64)> {
+        self.noted.iter().filter_map(|t| Some((*t, self.read_from(t)?))).collect()
+    }
+
+    /// The worker read `payloads`, the handshakes at positions `from`, `from + 1`, …;
+    /// `complete` if the ledger had nothing after them. Entries the actor already passed, or
+    /// that leave a hole, are dropped.
+    pub fn fill(&mut self, topic: &Topic, from: u64, payloads: Vec<Vec<u8>>, complete: bool) {
+        let Some(t) = self.topics.get_mut(topic) else { return };
+        let mut pos = from;
+        let mut whole = complete;
+        for p in payloads {
+            let next = t.cursor + t.entries.len() as u64;
+            if pos == next {
+                if self.bytes + p.len() > ORDER_BYTES_MAX {
+                    whole = false;
+                    break;
+                }
+                self.bytes += p.len();
+                t.entries.push_back(p);
+            } else if pos > next {
+                whole = false;
+                break;
+            }
+            pos += 1;
+        }
+        if whole && pos == t.cursor + t.entries.len() as u64 {
+            t.end = Some(pos);
+        }
+    }
+
+    /// Serves the actor's read of `topic` from `from` (at most `max` entries), or `None`: ask
+    /// the ledger. Notes `from` as the topic's position either way.
+    pub fn take(&mut self, topic: &Topic, from: u64, max: usize) -> Option<(Vec<Sequenced>, Served)> {
+        self.note(topic, from);
+        let t = self.topics.get_mut(topic)?;
+        if t.cursor != from {
+            return None;
+        }
+        if !t.entries.is_empty() {
+            let out = t
+                .entries
+                .iter()
+                .take(max.max(1))
+                .enumerate()
+                .map(|(i, p)| Sequenced { topic: *topic, seq: from + i as u64, payload: p.clone() })
+                .collect();
+            return Some((out, Served::Entries));
+        }
+        if t.end.take() == Some(from) {
+            return Some((Vec::new(), Served::End));
+        }
+        None
+    }
+
+    /// Handshake bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(i: u8) -> Topic {
+        Topic([i; 32])
+    }
+
+    fn payloads(n: u8) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![i; 10]).collect()
+    }
+
+    #[test]
+    fn a_read_ahead_is_served_then_its_end_once_then_the_ledger_is_asked() {
+        let mut c = OrderCache::new();
+        // never read: the worker has no position, the actor asks the ledger
+        assert_eq!(c.read_from(&t(1)), None);
+        assert!(c.take(&t(1), 3, 10).is_none());
+        assert_eq!(c.read_from(&t(1)), Some(3));
+        c.fill(&t(1), 3, payloads(2), true);
+        let (got, how) = c.take(&t(1), 3, 10).expect("served");
+        assert_eq!(how, Served::Entries);
+        assert_eq!(got.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(got[1].payload, vec![1; 10]);
+        // the catch-up's next read: the end as read, once
+        assert_eq!(c.take(&t(1), 5, 10).map(|(g, h)| (g.len(), h)), Some((0, Served::End)));
+        assert_eq!(c.bytes(), 0);
+        // later reads at that position go to the ledger (the end may have moved)
+        assert!(c.take(&t(1), 5, 10).is_none());
+    }
+
+    #[test]
+    fn entries_are_served_in_pages_and_a_hole_or_a_passed_position_is_dropped() {
+        let mut c = OrderCache::new();
+        c.note(&t(1), 0);
+        c.fill(&t(1), 0, payloads(5), true);
+        let (got, _) = c.take(&t(1), 0, 2).expect("served");
+        assert_eq!(got.len(), 2);
+        let (got, _) = c.take(&t(1), 2, 2).expect("served");
+        assert_eq!(got[0].seq, 2);
+        assert_eq!(c.read_from(&t(1)), Some(5));
+        // a read-ahead that starts after a hole is not kept, and leaves no end
+        c.fill(&t(1), 7, payloads(1), true);
+        assert_eq!(c.read_from(&t(1)), Some(5));
+        // one that overlaps what is held adds only the new positions
+        c.fill(&t(1), 3, payloads(4), true);
+        assert_eq!(c.read_from(&t(1)), Some(7));
+        let (got, _) = c.take(&t(1), 6, 10).expect("served");
+        assert_eq!(got.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![6]);
+        // the actor read the order itself past what was held
+        c.note(&t(1), 9);
+        assert_eq!(c.read_from(&t(1)), Some(9));
+        assert_eq!(c.bytes(), 0);
+        assert!(c.take(&t(1), 9, 10).is_none());
+    }
+
+    #[test]
+    fn a_read_behind_the_position_starts_over_and_a_partial_read_has_no_end() {
+        let mut c = OrderCache::new();
+        c.note(&t(2), 4);
+        c.fill(&t(2), 4, payloads(3), false);
+        c.note(&t(2), 1);
+        assert_eq!(c.read_from(&t(2)), Some(1));
+        assert_eq!(c.bytes(), 0);
+        c.fill(&t(2), 1, payloads(2), false);
+        let _ = c.take(&t(2), 1, 10).expect("served");
+        // no end was read: the next position asks the ledger
+        assert!(c.take(&t(2), 3, 10).is_none());
+    }
+
+    #[test]
+    fn bytes_and_topics_are_bounded() {
+        let mut c = OrderCache::new();
+        c.note(&t(0), 0);
+        let big = vec![vec![0u8; ORDER_BYTES_MAX / 2 + 1]; 3];
+        c.fill(&t(0), 0, big, true);
+        assert!(c.bytes() <= ORDER_BYTES_MAX);
+        assert_eq!(c.read_from(&t(0)), Some(1));
+        let (_, _) = c.take(&t(0), 0, 10).expect("served");
+        // what did not fit left no end behind it
+        assert!(c.take(&t(0), 1, 10).is_none());
+        for i in 0..ORDER_TOPICS_MAX + 10 {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            c.note(&Topic(b), 0);
+        }
+        assert_eq!(c.all().len(), ORDER_TOPICS_MAX);
+        // the first noted were forgotten
+        assert_eq!(c.read_from(&t(0)), None);
+    }
+}
