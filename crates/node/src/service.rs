@@ -172,7 +172,7 @@ impl Service {
             let shared = shared.clone();
             Arc::new(move || shared.stopping.load(Ordering::Acquire))
         };
-        let (sequencer, submitter) = NodeSequencer::new(
+        let (mut sequencer, submitter) = NodeSequencer::new(
             client()?,
             client()?,
             client()?,
@@ -180,6 +180,7 @@ impl Service {
             ops_tx.clone(),
             stopping,
         );
+        sequencer.ask_reads_at(ledger_tx.clone());
         let stall = sequencer.stall();
         let order = sequencer.order_cache();
         let order_reads = Arc::new(sequencer.order_reads());

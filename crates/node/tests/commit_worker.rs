@@ -75,8 +75,22 @@ fn chain(dir: &Path, price: u64) -> Genesis {
 }
 
 async fn user(dir: &Path, name: &str, g: &Genesis, boot: &[cairn_net::Multiaddr]) -> Service {
+    user_ticking(dir, name, g, boot, None).await
+}
+
+/// A user whose timer (and ledger poll) runs every `tick_ms` if given.
+async fn user_ticking(
+    dir: &Path,
+    name: &str,
+    g: &Genesis,
+    boot: &[cairn_net::Multiaddr],
+    tick_ms: Option<u64>,
+) -> Service {
     let identity = cairn_crypto::Identity::generate(now_ms()).unwrap();
     let mut cfg = ServiceConfig::new(dir.join(name), g.clone());
+    if let Some(t) = tick_ms {
+        cfg.tick_ms = t;
+    }
     cfg.net.bootstrap = boot.to_vec();
     cfg.invitations = Invitations::Everyone;
     // No anchors: the only topic writes mined are commits.
@@ -318,5 +332,46 @@ async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() 
     assert_eq!(
         after.ledger.calls, before.ledger.calls,
         "bob's actor waited for the ledger while applying alice's commits"
+    );
+}
+
+/// Issue 11 §1: a message from an epoch its receiver has not reached (its block follower has
+/// not seen the commit yet) makes the actor ask the ledger worker to read the order, not wait
+/// for the ledger itself; the message is shown once the commit is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_an_epoch_not_reached_costs_the_receiving_actor_no_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let price = ((hash_rate() * 0.05 / 1_000.0) as u64).max(1);
+    let g = chain(dir.path(), price);
+    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
+    scfg.serve_store = true;
+    let store = cairn_net::node::start(scfg).await.unwrap();
+    let boot: Vec<_> =
+        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let alice = user(dir.path(), "alice", &g, &boot).await;
+    // Bob's ledger worker polls every 20 s: the messages below reach him before his block
+    // follower would see the commits by itself.
+    let bob = user_ticking(dir.path(), "bob", &g, &boot, Some(20_000)).await;
+    let mut rx = bob.subscribe();
+    let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
+    let start = Instant::now();
+    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
+        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = bob.order_reads();
+    for (i, name) in ["carol", "dave"].into_iter().enumerate() {
+        let other = user(dir.path(), name, &g, &boot).await;
+        alice.add_members(chat.clone(), vec![account(&other).await]).await.expect("add merged");
+        let text = format!("after add {i}");
+        alice.send(chat.clone(), text.clone(), None).await.unwrap();
+        delivered(&mut rx, &chat, &text).await;
+    }
+    let after = bob.order_reads();
+    eprintln!("bob's reads of the order: before {before:?}, after 2 commits and messages {after:?}");
+    assert!(after.asked > before.asked, "the read was asked of the ledger worker: {after:?}");
+    assert_eq!(
+        after.ledger.calls, before.ledger.calls,
+        "bob's actor waited for the ledger while receiving from a new epoch"
     );
 }

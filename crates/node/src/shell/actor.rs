@@ -232,7 +232,8 @@ impl Actor {
                 Err(_) => break,
             }
         }
-        self.engine.receive(batch, &mut self.sequencer, now_ms());
+        let engine = &mut self.engine;
+        self.sequencer.without_waiting(|seq| engine.receive(batch, seq, now_ms()));
         for j in other {
             self.handle(j);
         }
@@ -271,7 +272,10 @@ impl Actor {
     fn handle(&mut self, job: Job) {
         let now = now_ms();
         match job {
-            Job::Arrived(a) => self.engine.receive(vec![*a], &mut self.sequencer, now),
+            Job::Arrived(a) => {
+                let engine = &mut self.engine;
+                self.sequencer.without_waiting(|seq| engine.receive(vec![*a], seq, now));
+            }
             Job::Status { id, acks, stored } => self.engine.store_acks(id, acks, stored, now),
             Job::Tick => {
                 self.engine.tick(&mut self.sequencer, now);

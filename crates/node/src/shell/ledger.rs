@@ -67,6 +67,9 @@ pub enum LedgerJob {
         /// Its hash and count.
         record: KeyPackageRecord,
     },
+    /// Read a conversation's sequenced handshakes ahead for the actor (it met a message from
+    /// an epoch it has not reached), then tell it.
+    ReadAhead(Topic),
 }
 
 /// How long recording a key-package batch on the ledger may take, ms.
@@ -331,6 +334,11 @@ impl LedgerWorker {
 
     fn run_job(&self, client: &mut LedgerClient, job: LedgerJob) {
         match job {
+            LedgerJob::ReadAhead(topic) => {
+                let at = self.order.lock().ok().and_then(|c| c.read_from(&topic));
+                read_ahead(client, &self.order, at.map(|from| (topic, from)).into_iter().collect());
+                let _ = self.ops.blocking_send(Job::Handshakes(vec![topic]));
+            }
             LedgerJob::Anchor { conv, head, count, deadline_ms, authority } => {
                 let r = anchor(client, conv.topic(), head, count, &authority, deadline_ms);
                 if let Err(e) = &r {

@@ -15,6 +15,10 @@
 //! Mining progress is kept per commit (topic, position, payload hash): a commit offered again
 //! after a failed attempt goes on from the nonce where mining stopped, never from zero.
 //!
+//! Reading the order (`fetch`) is served first from what the ledger worker and this worker
+//! read ahead (`shell::order_cache`); while receiving, a read that is not there is asked of
+//! the ledger worker ([`NodeSequencer::without_waiting`]) instead of waited for.
+//!
 //! Leave proposals (submissions with no next authority key) are not commits: the MLS client
 //! drops them on any error, so they are still submitted on the actor thread, bounded by
 //! `ServiceConfig::commit_wait_ms` as before (they are a few hundred bytes: milliseconds of
@@ -40,6 +44,7 @@ use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, Se
 use tokio::sync::mpsc;
 
 use super::actor::Job;
+use super::ledger::LedgerJob;
 use super::order_cache::{ORDER_PAGE, OrderCache};
 
 /// Commits queued for or held by the submission worker at most. Overflow policy: a new commit
@@ -122,6 +127,11 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
                 None => break,
             }
         }
+    }
+
+    /// The value of `k`.
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k)
     }
 
     /// Removes and returns the value of `k`.
@@ -214,13 +224,29 @@ pub struct NodeSequencer {
     read_stall: Arc<SubmitStall>,
     /// Reads of the order served from what was read ahead.
     read_ahead: Arc<AtomicU64>,
+    /// Where reads ahead are asked for (the ledger worker), once connected.
+    ahead: Option<SyncSender<LedgerJob>>,
+    /// While set, a read the cache cannot serve is asked of the ledger worker, not waited for.
+    no_wait: bool,
+    /// Reads ahead asked for and not served yet, by when.
+    asked: RefCell<Recent<Topic, Instant>>,
+    /// Reads ahead asked for in all.
+    asks: Arc<AtomicU64>,
 }
+
+/// Conversations with a read ahead asked for and not served yet, at most. Overflow policy:
+/// the oldest is forgotten (it is asked again at its next read).
+pub const READS_ASKED_MAX: usize = 256;
+/// A read ahead not served this long is asked again, ms.
+pub const READ_ASK_AGAIN_MS: u64 = 1_000;
 
 /// How the actor's reads of the commit order were answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OrderReadsView {
     /// Served from what the ledger worker read ahead (no round trip).
     pub read_ahead: u64,
+    /// Asked of the ledger worker instead of waited for (while receiving).
+    pub asked: u64,
     /// Read from the ledger on the actor: calls, time in all and longest.
     pub ledger: SubmitStallView,
 }
@@ -303,6 +329,10 @@ impl NodeSequencer {
             order: order.clone(),
             read_stall: Arc::new(SubmitStall::default()),
             read_ahead: Arc::new(AtomicU64::new(0)),
+            ahead: None,
+            no_wait: false,
+            asked: RefCell::new(Recent::new(READS_ASKED_MAX)),
+            asks: Arc::new(AtomicU64::new(0)),
         };
         let worker = SubmitWorker {
             client: worker,
@@ -323,10 +353,46 @@ impl NodeSequencer {
         self.order.clone()
     }
 
+    /// Connects the ledger worker's queue, where reads ahead are asked for.
+    pub fn ask_reads_at(&mut self, ledger: SyncSender<LedgerJob>) {
+        self.ahead = Some(ledger);
+    }
+
+    /// Runs `f` with reads the cache cannot serve asked of the ledger worker instead of
+    /// waited for: they fail as unavailable, and the worker's answer comes back as
+    /// [`Job::Handshakes`] (used while receiving: a message from an epoch not reached yet
+    /// waits in the future buffer meanwhile).
+    pub fn without_waiting<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.no_wait = true;
+        let r = f(self);
+        self.no_wait = false;
+        r
+    }
+
+    /// Asks the ledger worker to read `topic` ahead, at most once per [`READ_ASK_AGAIN_MS`];
+    /// `false` if it could not be asked (no worker, or its queue is full).
+    fn ask_read(&self, topic: &Topic) -> bool {
+        let Some(tx) = &self.ahead else { return false };
+        let mut asked = self.asked.borrow_mut();
+        if asked.get(topic).is_some_and(|t| t.elapsed() < Duration::from_millis(READ_ASK_AGAIN_MS)) {
+            return true;
+        }
+        if !super::ledger::try_enqueue(tx, LedgerJob::ReadAhead(*topic)) {
+            return false;
+        }
+        asked.insert(*topic, Instant::now());
+        self.asks.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// A reader of how the actor's reads of the order were answered.
     pub fn order_reads(&self) -> impl Fn() -> OrderReadsView + Send + Sync + 'static {
-        let (stall, ahead) = (self.read_stall.clone(), self.read_ahead.clone());
-        move || OrderReadsView { read_ahead: ahead.load(Ordering::Relaxed), ledger: stall.view() }
+        let (stall, ahead, asks) = (self.read_stall.clone(), self.read_ahead.clone(), self.asks.clone());
+        move || OrderReadsView {
+            read_ahead: ahead.load(Ordering::Relaxed),
+            asked: asks.load(Ordering::Relaxed),
+            ledger: stall.view(),
+        }
     }
 
     /// How long the actor spent offering commits.
@@ -405,7 +471,11 @@ impl CommitSequencer for NodeSequencer {
         let served = lock(&self.order).take(topic, from, max);
         if let Some((got, _)) = served {
             self.read_ahead.fetch_add(1, Ordering::Relaxed);
+            self.asked.borrow_mut().remove(topic);
             return Ok(got);
+        }
+        if self.no_wait && self.ask_read(topic) {
+            return Err(unavailable("the order is being read ahead"));
         }
         // Never reentered (the actor reads one order at a time); refused rather than panic if
         // it ever were.
