@@ -173,7 +173,10 @@ impl<P: Clone + Eq + Hash> Stem<P> {
     }
 
     /// A stem envelope from `from` that passed admission (validation and proof of work): fluff
-    /// it (coin), or forward it to our successor among `peers` (never back to `from`).
+    /// it (coin), or forward it to our successor among `peers` (never back to `from`). `rand`
+    /// must be uniform random; a shell that passes the same value for every envelope from one
+    /// peer in one epoch gets Dandelion++'s per-epoch routing (one decision per incoming link,
+    /// so a sender's envelopes share a path and keep their order): the node does.
     pub fn relay(&mut self, from: &P, id: Id, peers: &[P], now_ms: u64, rand: u64) -> StemAction<P> {
         self.roll_epoch(now_ms);
         if self.seen(&id) {

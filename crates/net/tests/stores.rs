@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cairn_net::node::{NodeConfig, NodeHandle, start};
+use cairn_net::stem::StemConfig;
 use cairn_proto::{Envelope, Id, Topic};
 use cairn_store::Retention;
 use tokio::time::{Instant, sleep};
@@ -217,18 +218,37 @@ async fn a_send_refused_by_full_stores_is_stored_on_the_next_ones() {
     }
 }
 
+/// A flood of cheap envelopes neither wipes nor locks out honest mail, with the stem on (the
+/// default) and the flooder spraying its stem over three honest hops: a store node holds at
+/// most the flooder's own share (its direct pushes, keyed by its peer id) plus the one relay
+/// pool every relayed push is charged to, however many honest hops fluffed for it (with a
+/// relay share per pushing hop it held one more share per hop); the honest sender's mail is
+/// stored before and after the flood (once the pool is full, through its direct fallback).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_wipe_by_envelope_flood_fails() {
     let dir = tempfile::tempdir().unwrap();
     let size = mined(Topic::for_conversation(&[1; 32]), "x", vec![]).encode().len() as u64;
-    // Each source may hold 20 envelopes' worth on a store node: a flooder fills its own share.
+    // Each source may hold 20 envelopes' worth on a store node: a flooder fills its own share
+    // and the relay pool (which has one source's share).
     let retention = Retention { source_bytes_max: 20 * size, ..Retention::default() };
     let stores = stores(dir.path(), retention).await;
     let honest = sender(dir.path(), &stores).await;
+    // Three more honest nodes: stem hops that fluff for whoever sends them stem envelopes.
+    let mut hops = Vec::new();
+    for i in 0..3 {
+        let mut c = cfg(dir.path(), &format!("hop{i}"));
+        c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
+        hops.push(start(c).await.unwrap());
+    }
     let mut c = cfg(dir.path(), "mallory");
     c.bootstrap = vec![stores[0].listen_addrs[0].clone()];
+    // A 1 ms epoch: a new stem successor for nearly every envelope, so the flood is spread
+    // over every honest hop it is connected to (what a flooder would do on purpose).
+    c.stem = Some(StemConfig { epoch_ms: 1, ..StemConfig::default() });
     let mallory = start(c).await.unwrap();
     wait_store_peers(&mallory, 3).await;
+    // The stem is on by default: the honest nodes take stem envelopes.
+    wait_stem_peers(&mallory, 4).await;
     let topic = Topic::for_conversation(&[11; 32]);
     let mut rx = honest.events();
     let before: Vec<Envelope> = (0..5).map(|i| mined(topic, &format!("before {i}"), vec![])).collect();
@@ -249,11 +269,20 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
     }
     wait_stored(&mut rx, &later, 30).await;
     want.extend(later);
+    let fluffed: u64 = {
+        let mut n = 0;
+        for h in &hops {
+            n += u64::from(h.status().await.unwrap().stem.fluffed > 0);
+        }
+        n
+    };
+    assert!(fluffed >= 2, "the flood went through {fluffed} of the 3 honest hops, not several");
     for s in &stores {
         let st = s.status().await.unwrap();
+        eprintln!("store holds {} envelopes ({fluffed} hops fluffed for the flooder)", st.mailbox.envelopes);
         assert!(
-            st.mailbox.envelopes <= 20 + 10,
-            "the flood took more than its share: {}",
+            st.mailbox.envelopes <= 2 * 20 + 10,
+            "the flood took more than its own share and the relay pool: {}",
             st.mailbox.envelopes
         );
     }
@@ -264,8 +293,17 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
         "the reader found {} of the 10 honest envelopes",
         got.intersection(&want).count()
     );
-    for n in stores.iter().chain([&honest, &mallory]) {
+    for n in stores.iter().chain([&honest, &mallory]).chain(&hops) {
         n.shutdown().await;
+    }
+}
+
+/// Waits until `n` has `k` peers that take stem envelopes, or panics after 30 s.
+async fn wait_stem_peers(n: &NodeHandle, k: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n.status().await.unwrap().stem.peers < k {
+        assert!(Instant::now() < deadline, "never saw {k} stem peers");
+        sleep(Duration::from_millis(100)).await;
     }
 }
 

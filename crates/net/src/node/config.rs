@@ -29,7 +29,18 @@ pub struct ServeLimits {
     /// Envelopes per second, from all peers together, a store node accepts at its base proof
     /// of work; each doubling over it asks one more bit (see `node/pow_load.rs`).
     pub load_envelopes_per_sec: u32,
+    /// Size of the relay pool, in source shares (`Retention::source_bytes_max` each): every
+    /// relayed push (`StoreRelayed`, from a stem hop), whichever hop pushes it, is charged to
+    /// one of this many pool sources, picked by envelope id (see `node/serve.rs`). It bounds
+    /// both what a flooder holds beyond its own share by routing through honest stem hops
+    /// (at most this many shares, however many hops) and how much stemmed mail a store keeps
+    /// before relayed pushes are refused and senders fall back to pushing directly (losing
+    /// the stem's cover). Clamped to 1..=64 (`RELAY_POOL_SHARES_MAX`).
+    pub relay_pool_shares: u32,
 }
+
+/// `ServeLimits::relay_pool_shares`, at most.
+pub(super) const RELAY_POOL_SHARES_MAX: u32 = 64;
 
 impl Default for ServeLimits {
     fn default() -> Self {
@@ -40,6 +51,7 @@ impl Default for ServeLimits {
             reads_burst: 400,
             peers_max: 4096,
             load_envelopes_per_sec: 1_000,
+            relay_pool_shares: 1,
         }
     }
 }
@@ -180,12 +192,13 @@ pub struct NodeConfig {
     pub events_lossless_max: usize,
     /// The stem phase before gossip (`/cairn/stem/1`, see `node/stem_hop.rs`): own envelopes
     /// go to one peer first and are diffused and pushed to the store nodes further on, and
-    /// this node relays others' stem envelopes. `None`: own envelopes are gossiped and pushed
-    /// from here, and stem requests are not served. Off by default: store quotas are kept per
-    /// pushing peer, and with the stem the pusher is the fluffing hop, so a flooder's share at
-    /// a store grows by one relay share per honest hop that fluffs for it (`StoreRelayed`
-    /// keeps the hop's own mail out of it; the mailbox-wipe test sees 50 envelopes of a
-    /// 20-envelope share with the stem on).
+    /// this node relays others' stem envelopes. On by default (`StemConfig::default()`).
+    /// `None` (`cairn up --no-stem`): own envelopes are gossiped and pushed from here, and stem
+    /// requests are not served. A node with no peer that takes stem envelopes (only store
+    /// nodes connected), and a light client (see [`NodeConfig::effective`]), use that direct
+    /// path too. Store nodes charge every relayed push to one relay pool per store (see
+    /// `node/serve.rs`), so a flooder routing through honest hops holds at most its own share
+    /// plus that pool, whatever the number of hops.
     pub stem: Option<StemConfig>,
     /// Relay ledger RPC channels to the validators of this genesis for peers
     /// (`/cairn/ledger-relay/1`, see [`crate::ledger_relay`]); `None`: not served.
@@ -249,7 +262,7 @@ impl NodeConfig {
             expire_every_ms: 60_000,
             heartbeat_ms: 500,
             events_lossless_max: super::EVENTS_LOSSLESS_MAX,
-            stem: None,
+            stem: Some(StemConfig::default()),
             ledger_relay: None,
             light: None,
             light_serve: Some(LightServeLimits::default()),

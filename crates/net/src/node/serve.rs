@@ -15,8 +15,20 @@ use super::pow_load::{LOAD_WINDOW_MS, LoadMeter, required_base_bits};
 use super::writer::{MailboxJob, NotQueued};
 use crate::wire::{EraseOutcome, RESPONSE_BYTES_MAX, Request, Response, StoreAck, StoreOutcome};
 
-/// Keys the quota source of a peer's relayed pushes apart from its own (`StoreRelayed`).
-const RELAY_SOURCE_KEY: &[u8; 32] = b"cairn/store-source/stem-relay/01";
+/// Keys the quota sources of relayed pushes (`StoreRelayed`) apart from every peer's own.
+///
+/// Every relayed push, whichever hop pushes it, is charged to the store's relay pool: one of
+/// `ServeLimits::relay_pool_shares` sources (1 by default), picked by envelope id, each
+/// holding one source's share (`Retention::source_bytes_max`). Why a pool and not a share
+/// per pushing hop: a stem hop pushes envelopes it cannot attribute (it knows only the peer
+/// before it, and the store knows only the hop), so a share per hop let a flooder hold one
+/// more share per honest hop that fluffed for it. With the pool, what a flooder holds at a
+/// store is its own share (direct pushes, keyed by its peer id) plus at most the pool,
+/// however many honest hops it routes through. The cost: once the pool is full, relayed
+/// pushes are refused `Full`, the hop's answer carries no receipt, and the originator falls
+/// back to the direct path (gossip and a push from itself, charged to its own share): an
+/// honest sender's mail is still stored, without the stem's cover for that message.
+const RELAY_POOL_KEY: &[u8; 32] = b"cairn/store-source/stem-relay/02";
 /// Bytes reserved for a response's framing and header when filling it with envelopes.
 const RESPONSE_OVERHEAD_BYTES: usize = 64;
 
@@ -87,8 +99,8 @@ impl Node {
 
     /// Checks the envelopes offered for storage and queues them for the mailbox writer;
     /// returns an immediate answer when every one is refused or the queue is full (in requests
-    /// or bytes). `relayed`: pushed by a stem hop for someone else, charged to the peer's relay
-    /// share (a source of its own) rather than to the peer's own mail.
+    /// or bytes). `relayed`: pushed by a stem hop for someone else, charged to the store's one
+    /// relay pool ([`RELAY_POOL_KEY`]) rather than to the peer's own mail.
     fn admit_for_storage(
         &mut self,
         peer: PeerId,
@@ -123,7 +135,7 @@ impl Node {
         self.load.meter.accepted(accepted, now);
         let source = match relayed {
             false => *blake3::hash(&peer.to_bytes()).as_bytes(),
-            true => *blake3::keyed_hash(RELAY_SOURCE_KEY, &peer.to_bytes()).as_bytes(),
+            true => relay_pool_source(items.first(), self.config.serve.relay_pool_shares),
         };
         let job = MailboxJob { channel, items, bytes, source };
         if job.items.iter().all(Result::is_err) {
@@ -181,6 +193,21 @@ impl Node {
             self.load.fill_permille,
         )
     }
+}
+
+/// The relay pool source an envelope relayed by a stem hop is charged to: one of `shares`
+/// (clamped to 1..=`RELAY_POOL_SHARES_MAX`), by its id (a relayed push carries one envelope).
+fn relay_pool_source(item: Option<&Result<Envelope, (Id, StoreOutcome)>>, shares: u32) -> [u8; 32] {
+    let shares = u64::from(shares.clamp(1, super::config::RELAY_POOL_SHARES_MAX));
+    let id = match item {
+        Some(Ok(env)) => env.id(),
+        Some(Err((id, _))) => *id,
+        None => Id([0; 32]),
+    };
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.0[..8]);
+    let pool = u64::from_le_bytes(first) % shares;
+    *blake3::keyed_hash(RELAY_POOL_KEY, &pool.to_le_bytes()).as_bytes()
 }
 
 fn rate_limited(counters: &mut super::actor::Counters) -> Response {

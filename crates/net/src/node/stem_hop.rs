@@ -74,7 +74,24 @@ impl Coins {
     }
     fn next(&mut self) -> u64 {
         self.n += 1;
-        let h = blake3::keyed_hash(&self.key, &self.n.to_le_bytes());
+        Self::first_u64(blake3::keyed_hash(&self.key, &self.n.to_le_bytes()))
+    }
+
+    /// The same uniform `u64` for every envelope from `from` in epoch `epoch` (and a fresh one
+    /// in the next), unpredictable to peers: the relay decision (fluff or forward, and to
+    /// whom) is made once per incoming link and epoch, as in Dandelion++, not per envelope.
+    /// Per envelope, a sender's burst split at random between paths of different lengths and
+    /// arrived out of order (every receiver then fetched the "missing" parents from the store
+    /// nodes), and each envelope was a fresh sample of the paths for an observer.
+    fn per_link(&self, from: &PeerId, epoch: u64) -> u64 {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(b"per-link relay decision");
+        h.update(&epoch.to_le_bytes());
+        h.update(&from.to_bytes());
+        Self::first_u64(h.finalize())
+    }
+
+    fn first_u64(h: blake3::Hash) -> u64 {
         let mut b = [0u8; 8];
         b.copy_from_slice(&h.as_bytes()[..8]);
         u64::from_le_bytes(b)
@@ -283,7 +300,7 @@ impl Node {
         {
             return self.stem_refused(channel, StemOutcome::Busy);
         }
-        let rand = hop.coins.next();
+        let rand = hop.coins.per_link(&peer, now / hop.config().epoch_ms.max(1));
         let mut action = hop.stem.relay(&peer, id, &cands, now, rand);
         hop.stem.disarm(&id);
         if matches!(action, StemAction::Forward(_)) && hop.requests_full() {
@@ -336,9 +353,35 @@ impl Node {
         self.stem_reply(channel, StemResponse::bare(outcome));
     }
 
-    /// Diffuses a relayed envelope from here: gossip, and a push to the topic's store nodes
-    /// whose receipts go back up the stem.
+    /// Diffuses a relayed envelope from here, after those of its ancestors still waiting here
+    /// for a downstream answer (a burst's envelopes travel as separate requests, and their
+    /// answers come back in any order: a child diffused before its parent makes every
+    /// receiver fetch the parent from the store nodes). At most the relay table is visited.
     fn stem_fluff(&mut self, id: Id) {
+        let Some(hop) = self.stem.as_ref() else { return };
+        let mut order = Vec::new();
+        let mut visited = HashSet::new();
+        let mut stack = vec![id];
+        while let Some(x) = stack.pop() {
+            if !visited.insert(x) {
+                continue;
+            }
+            order.push(x);
+            let Some(r) = hop.relays.get(&x) else { continue };
+            for p in &r.envelope.header.parents {
+                if hop.relays.get(p).is_some_and(|pr| matches!(pr.state, RelayState::Waiting(_))) {
+                    stack.push(*p);
+                }
+            }
+        }
+        for x in order.into_iter().rev() {
+            self.stem_fluff_one(x);
+        }
+    }
+
+    /// Diffuses one relayed envelope from here: gossip, and a push to the topic's store nodes
+    /// whose receipts go back up the stem.
+    fn stem_fluff_one(&mut self, id: Id) {
         let Some((env, targets)) = self
             .stem
             .as_ref()
@@ -350,7 +393,12 @@ impl Node {
         self.admission.mark_seen(id);
         let topic = env.header.topic;
         let shard = IdentTopic::new(shard_name(shard_of(&topic)));
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(shard, env.encode()) {
+        let bytes = env.encode();
+        // Gossipsub never hands a node its own publication, and the envelope is now seen here,
+        // so this node's light clients get it from here or not at all (a service node that
+        // fluffed it would otherwise never stream it and be blamed for withholding it).
+        self.light_feed(id, &topic, &bytes);
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(shard, bytes) {
             debug!("stem fluff of {}: gossip publish: {e}", id.short());
         }
         let mut awaiting = Vec::new();
@@ -483,7 +531,15 @@ impl Node {
             self.stem_fallback(o);
         }
         for id in failsafe {
-            self.stem_fluff(id);
+            // Still waiting: not fluffed meanwhile as an ancestor of an earlier one.
+            let waiting = self
+                .stem
+                .as_ref()
+                .and_then(|h| h.relays.get(&id))
+                .is_some_and(|r| matches!(r.state, RelayState::Waiting(_)));
+            if waiting {
+                self.stem_fluff(id);
+            }
         }
         for id in overdue {
             self.stem_answer(id);
