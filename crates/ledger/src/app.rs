@@ -15,6 +15,7 @@ use commonware_cryptography::sha256::Digest;
 use commonware_cryptography::{Digested, ed25519};
 use commonware_runtime::Clock;
 use commonware_utils::Acknowledgement as _;
+use commonware_utils::acknowledgement::Exact;
 use futures::StreamExt as _;
 use tracing::{debug, warn};
 
@@ -142,16 +143,59 @@ impl<E: Clock + Send + 'static> Application<E> for LedgerApp {
     }
 }
 
+/// Finalized blocks handed to the finalizer thread and not applied yet (blocks). Marshal keeps
+/// at most `max_pending_acks` (16, see `validator.rs`) blocks unacknowledged, so this never
+/// fills; if it did, [`Finalizer::report`] would wait for room (marshal is paused, nothing is
+/// dropped: a dropped acknowledgement stops marshal).
+pub const FINALIZE_QUEUE_MAX: usize = 64;
+
+/// Where finalized blocks are applied.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Finalizing {
+    /// In marshal's actor, inside [`Reporter::report`] (deterministic: the simulations).
+    Inline,
+    /// On a thread of its own, in height order, each acknowledged once applied: the chain
+    /// store's commit (an fsync) and the state update no longer hold marshal's actor, which
+    /// meanwhile serves the next blocks to consensus (a real validator process).
+    Thread,
+}
+
 /// Receives finalized blocks from marshal (in height order, at least once) and applies them.
 #[derive(Clone, Debug)]
 pub struct Finalizer {
     ledger: Ledger,
+    /// The finalizer thread's queue ([`Finalizing::Thread`]), bounded by [`FINALIZE_QUEUE_MAX`].
+    queue: Option<std::sync::mpsc::SyncSender<(Arc<Block>, Exact)>>,
 }
 
 impl Finalizer {
-    /// A finalizer for `ledger`.
+    /// A finalizer for `ledger` that applies blocks inline.
     pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+        Self { ledger, queue: None }
+    }
+
+    /// A finalizer for `ledger` applying blocks as `mode` says. A thread that cannot be
+    /// spawned leaves the finalizer inline (logged).
+    pub fn with_mode(ledger: Ledger, mode: Finalizing) -> Self {
+        if mode == Finalizing::Inline {
+            return Self::new(ledger);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<Block>, Exact)>(FINALIZE_QUEUE_MAX);
+        let applier = ledger.clone();
+        // the thread ends when every sender (every clone of this finalizer) is dropped
+        let spawned = std::thread::Builder::new().name("ledger-finalize".into()).spawn(move || {
+            for (block, ack) in rx {
+                applier.finalize(block);
+                ack.acknowledge();
+            }
+        });
+        match spawned {
+            Ok(_) => Self { ledger, queue: Some(tx) },
+            Err(e) => {
+                warn!(error = %e, "no finalizer thread; finalized blocks are applied inline");
+                Self::new(ledger)
+            }
+        }
     }
 }
 
@@ -161,6 +205,18 @@ impl Reporter for Finalizer {
     fn report(&mut self, activity: Self::Activity) -> Feedback {
         match activity {
             Update::Block(block, ack) => {
+                if let Some(queue) = &self.queue {
+                    // waits only if FINALIZE_QUEUE_MAX blocks are queued (see there)
+                    return match queue.send((block.inner_shared(), ack)) {
+                        Ok(()) => Feedback::Ok,
+                        Err(std::sync::mpsc::SendError((block, ack))) => {
+                            // the thread is gone (it panicked): apply here
+                            self.ledger.finalize(block);
+                            ack.acknowledge();
+                            Feedback::Ok
+                        }
+                    };
+                }
                 self.ledger.finalize(block.inner_shared());
                 // Blocks are durable in marshal's archive before delivery and the state is
                 // rebuilt from that archive on restart, so the block is processed once applied.

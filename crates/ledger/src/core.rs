@@ -3,16 +3,17 @@
 //! states, the mempool, and indexes for clients.
 //!
 //! All methods are synchronous and take the one lock briefly; consensus tasks and RPC threads
-//! share it. Finalized blocks, transaction outcomes, handshake lists and certificates live on
-//! disk in the [`ChainStore`]; memory holds the tip, the last [`BLOCK_CACHE_MAX`] blocks and
-//! the state tree (whose size follows the live state, not the chain's length).
+//! share it. Block execution runs outside it, on a snapshot (see `core/exec.rs`). Finalized
+//! blocks, transaction outcomes, handshake lists and certificates live on disk in the
+//! [`ChainStore`]; memory holds the tip, the last [`BLOCK_CACHE_MAX`] blocks and the state
+//! tree (whose size follows the live state, not the chain's length).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_proto::Topic;
 
-use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block, Header};
+use crate::block::{Block, Header};
 pub use crate::chain_store::OpenError;
 use crate::chain_store::{ChainStore, ChainStoreError};
 use crate::genesis::Genesis;
@@ -20,9 +21,10 @@ use crate::light::StateProof;
 use crate::mempool::Mempool;
 pub use crate::mempool::{MEMPOOL_BYTES_MAX, MEMPOOL_MAX, MempoolLimits, NONCE_WINDOW, SIGNER_BYTES_MAX};
 use crate::outcome_tree::receipts_root;
-use crate::state::{Executed, Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
+use crate::state::{Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
 use crate::tx::{AnyTx, Tx, TxError, TxId};
 
+mod exec;
 mod pool;
 
 /// Most verified-signature cache entries.
@@ -47,6 +49,11 @@ pub const PENDING_CERTS_MAX: usize = 1024;
 /// Finalized blocks held while waiting for a lower height or for the chain store to accept
 /// a commit (blocks). Overflow policy: the newcomer is dropped with a fault.
 const PENDING_BLOCKS_MAX: usize = 1024;
+
+/// Longest the finalizer waits for executions holding a snapshot of the finalized state to
+/// end before it copies the state to apply a block (the copy costs memory and time in
+/// proportion to the state; the wait, one block's execution at most).
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Internal fault messages kept (messages). Overflow policy: later faults are counted, not kept.
 const FAULTS_MAX: usize = 64;
@@ -75,7 +82,8 @@ pub enum TxStatus {
 struct Spec {
     parent: [u8; 32],
     height: u64,
-    layer: Layer,
+    /// Shared with executions of blocks built on this one (see `exec.rs`).
+    layer: Arc<Layer>,
     receipts: Vec<Receipt>,
 }
 
@@ -95,7 +103,10 @@ pub struct ChainStatus {
 #[derive(Debug)]
 struct Core {
     chain: [u8; 32],
-    db: StateDb,
+    /// Finalized state. Executions take a snapshot (a clone of the `Arc`) and run outside the
+    /// lock; the finalizer applies a block in place once no snapshot is out (see
+    /// [`Ledger::finalize`]).
+    db: Arc<StateDb>,
     /// Finalized tip.
     tip: Arc<Block>,
     /// The last finalized blocks below the tip, by height (≤ [`BLOCK_CACHE_MAX`]).
@@ -183,7 +194,7 @@ impl Ledger {
         let tip_cert = store.certificate(&tip.id())?;
         let core = Core {
             chain: machine.chain,
-            db,
+            db: Arc::new(db),
             tip,
             recent,
             store: store.clone(),
@@ -211,6 +222,22 @@ impl Ledger {
         // A poisoned lock only means another thread panicked mid-update; the data is still the
         // best we have, so keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The core lock at a moment no execution holds a snapshot of the finalized state, so the
+    /// finalizer changes it in place; executions end within a block's execution time, and
+    /// after [`SNAPSHOT_WAIT`] the state is copied instead (the executions keep theirs).
+    fn lock_for_apply(&self) -> MutexGuard<'_, Core> {
+        let start = std::time::Instant::now();
+        loop {
+            let c = self.lock();
+            // snapshots are taken under the lock, so none appears while it is held
+            if Arc::strong_count(&c.db) == 1 || start.elapsed() >= SNAPSHOT_WAIT {
+                return c;
+            }
+            drop(c);
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
     }
 
     /// The genesis block.
@@ -474,174 +501,6 @@ impl Ledger {
         self.lock().knows(digest, height)
     }
 
-    /// Executes `block` (verify mode) on top of its parent, which must be known; remembers the
-    /// result. Returns whether the block is valid.
-    pub fn verify_block(&self, block: &Block) -> Result<bool, StateError> {
-        self.preverify(&block.txs);
-        let mut c = self.lock();
-        let id = block.id();
-        if c.spec.contains_key(&id)
-            || id == c.tip.id()
-            || c.recent.get(&block.header.height).is_some_and(|b| b.id() == id)
-            || matches!(c.store.digest(block.header.height), Ok(Some(d)) if d == id)
-        {
-            return Ok(true);
-        }
-        let Some(layers) = c.layers_for(&block.header.parent) else { return Ok(false) };
-        let parent_height = layers.last().map_or(c.db.height().unwrap_or(0), |l| l.height);
-        if block.header.height != parent_height + 1 {
-            return Ok(false);
-        }
-        let res = {
-            let sig_ok = &c.sig_ok;
-            execute(&c.db, layers, c.chain, block.header.height, &block.txs, Mode::Verify, &|id| {
-                sig_ok.contains(id)
-            })
-        };
-        match res {
-            Ok(Executed { layer, receipts, .. }) => {
-                if layer.root != block.header.state_root
-                    || receipts_root(&receipts) != block.header.outcome_root
-                {
-                    return Ok(false);
-                }
-                let spec = Spec { parent: block.header.parent, height: block.header.height, layer, receipts };
-                c.spec.insert(id, spec);
-                Ok(true)
-            }
-            Err(crate::state::BlockError::Tx { .. }) => Ok(false),
-            Err(crate::state::BlockError::State(e)) => Err(e),
-        }
-    }
-
-    /// Checks, in one batch and outside the lock, the signatures of those `txs` this node has
-    /// not verified yet, and remembers the valid ones (so executing the block verifies nothing).
-    fn preverify(&self, txs: &[Vec<u8>]) {
-        let ids: Vec<TxId> = txs.iter().map(|b| Tx::id_of(b)).collect();
-        let missing: Vec<usize> = {
-            let c = self.lock();
-            (0..ids.len()).filter(|&i| !c.sig_ok.contains(&ids[i])).collect()
-        };
-        if missing.is_empty() {
-            return;
-        }
-        let decoded: Vec<(usize, Tx)> =
-            missing.iter().filter_map(|&i| Tx::decode(&txs[i]).ok().map(|t| (i, t))).collect();
-        let refs: Vec<&Tx> = decoded.iter().map(|(_, t)| t).collect();
-        let verdicts = Tx::verify_signatures(&refs);
-        let mut c = self.lock();
-        for ((i, _), ok) in decoded.iter().zip(verdicts) {
-            if ok {
-                c.mark_sig_ok(ids[*i]);
-            }
-        }
-    }
-
-    /// Builds a block on `parent` (whose state must be known) from the mempool.
-    pub fn propose(&self, parent: &[u8; 32], parent_height: u64) -> Result<Option<Proposal>, StateError> {
-        let mut guard = self.lock();
-        let c = &mut *guard;
-        let Some(layers) = c.layers_for(parent) else { return Ok(None) };
-        // transactions already in unfinalized ancestors are not candidates
-        let mut in_ancestors: HashSet<TxId> = HashSet::new();
-        for l in &layers {
-            if let Some(s) = c.spec.values().find(|s| std::ptr::eq(&s.layer, *l)) {
-                in_ancestors.extend(s.receipts.iter().map(|r| r.tx));
-            }
-        }
-        // In arrival order, each signer's transactions in nonce order from its next nonce after
-        // the parent: a transaction whose predecessor is missing waits without taking a slot
-        // (no head-of-line blocking), and successors that arrived first still go in one block.
-        let candidates: Vec<Vec<u8>> = {
-            let overlay = c.db.overlay(layers.clone());
-            let ex = crate::state::Executor::new(&overlay, c.chain);
-            let mut next: HashMap<[u8; 32], u64> = HashMap::new();
-            let mut bytes = crate::block::HEADER_BYTES;
-            let mut out = c.topic_candidates(&in_ancestors, &mut bytes);
-            'scan: for id in &c.pool.order {
-                let Some(p) = c.pool.pool.get(id) else { continue };
-                let n = match next.get(&p.signer) {
-                    Some(n) => *n,
-                    None => ex.nonce(&p.signer).unwrap_or(0),
-                };
-                next.insert(p.signer, n);
-                if p.nonce != n || in_ancestors.contains(id) {
-                    continue;
-                }
-                // this signer's run of consecutive nonces from `n`
-                let mut want = n;
-                let Some(queue) = c.pool.by_signer.get(&p.signer) else { continue };
-                for (nonce, tid) in queue.range((n, TxId([0; 32]))..) {
-                    if *nonce != want {
-                        if *nonce > want {
-                            break;
-                        }
-                        continue; // a second transaction with a nonce already taken
-                    }
-                    if in_ancestors.contains(tid) {
-                        continue;
-                    }
-                    let Some(q) = c.pool.pool.get(tid) else { continue };
-                    if out.len() >= BLOCK_TXS_MAX || bytes + 4 + q.bytes.len() > BLOCK_BYTES_MAX {
-                        break 'scan;
-                    }
-                    bytes += 4 + q.bytes.len();
-                    out.push(q.bytes.clone());
-                    want += 1;
-                }
-                next.insert(p.signer, want);
-            }
-            out
-        };
-        let height = parent_height + 1;
-        let ex = {
-            let sig_ok = &c.sig_ok;
-            execute(&c.db, layers, c.chain, height, &candidates, Mode::Propose, &|id| sig_ok.contains(id))
-        };
-        let ex = match ex {
-            Ok(ex) => ex,
-            Err(crate::state::BlockError::State(e)) => return Err(e),
-            Err(crate::state::BlockError::Tx { .. }) => return Ok(None),
-        };
-        let mut dropped = 0;
-        for d in &ex.dropped {
-            // nonce races and fees spent by unfinalized ancestors are transient (an ancestor may
-            // be orphaned): keep those, unless the finalized state refuses them too
-            let finalized = || {
-                let bytes = candidates.get(d.index)?;
-                let t = Tx::decode(bytes).ok()?;
-                let ov = c.db.overlay(Vec::new());
-                let ex = crate::state::Executor::new(&ov, c.chain);
-                Some((
-                    ex.nonce(&t.signer).unwrap_or(0),
-                    t.nonce,
-                    ex.spendable(&t),
-                    ex.params().fee(bytes.len(), t.body.fuel_limit()),
-                ))
-            };
-            let transient = match &d.error {
-                TxError::NonceSkipped { .. } | TxError::BlockFuelFull { .. } => true,
-                TxError::NonceReplayed { .. } => finalized().is_some_and(|(next, n, _, _)| next <= n),
-                TxError::FeeUnpaid { .. } => finalized().is_some_and(|(_, _, have, fee)| have >= fee),
-                TxError::StaleSequence { .. } | TxError::AnchorRegressed { .. } => {
-                    c.topic_admissible(&candidates[d.index])
-                }
-                _ => false,
-            };
-            if transient {
-                continue;
-            }
-            dropped += 1;
-            c.remove_from_pool(&d.tx);
-            c.reject(d.tx, d.error.clone());
-        }
-        let txs: Vec<Vec<u8>> = ex.included.iter().map(|&i| candidates[i].clone()).collect();
-        let block = Block::new(height, *parent, ex.layer.root, txs, receipts_root(&ex.receipts));
-        let spec = Spec { parent: *parent, height, layer: ex.layer, receipts: ex.receipts };
-        c.spec.insert(block.id(), spec);
-        Ok(Some(Proposal { block, dropped }))
-    }
-
     /// A block that honest validators must refuse: it carries a transaction with a forged
     /// signature and claims the parent's root. Used by the Byzantine fault tests.
     pub fn byzantine_proposal(&self, parent: &[u8; 32], parent_height: u64) -> Option<Block> {
@@ -694,7 +553,7 @@ impl Ledger {
                 &staged.handshakes,
                 staged.cert.as_deref(),
             );
-            let mut c = self.lock();
+            let mut c = self.lock_for_apply();
             if let Err(e) = stored {
                 let h = staged.block.header.height;
                 c.fault(format!("finalized block {h} could not be stored: {e}"));
@@ -751,7 +610,7 @@ impl Core {
 
     /// Layers from the finalized tip to `digest` (oldest first), or `None` if `digest` does not
     /// descend from the finalized tip through executed blocks.
-    fn layers_for(&self, digest: &[u8; 32]) -> Option<Vec<&Layer>> {
+    fn layers_for(&self, digest: &[u8; 32]) -> Option<Vec<Arc<Layer>>> {
         let (tip_h, tip) = self.tip();
         let mut out = Vec::new();
         let mut cur = *digest;
@@ -764,7 +623,7 @@ impl Core {
             if s.height <= tip_h {
                 return None;
             }
-            out.push(&s.layer);
+            out.push(Arc::clone(&s.layer));
             cur = s.parent;
         }
     }
@@ -804,7 +663,7 @@ impl Core {
                     let spec = Spec {
                         parent: block.header.parent,
                         height: h,
-                        layer: ex.layer,
+                        layer: Arc::new(ex.layer),
                         receipts: ex.receipts,
                     };
                     self.spec.insert(id, spec);
@@ -839,7 +698,10 @@ impl Core {
         let id = block.id();
         let h = block.header.height;
         if let Some(spec) = self.spec.remove(&id) {
-            self.db.apply(spec.layer);
+            // a block built on this one may still be executing with the layer: copy it then
+            let layer = Arc::try_unwrap(spec.layer).unwrap_or_else(|l| (*l).clone());
+            // in place unless a snapshot is still out (see Ledger::lock_for_apply)
+            Arc::make_mut(&mut self.db).apply(layer);
         }
         // a certificate that arrived during the commit is stored now
         let late = self.pending_certs.remove(&id);

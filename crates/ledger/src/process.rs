@@ -194,6 +194,7 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
             store,
             opts.timeouts,
             Behaviour::Honest,
+            crate::app::Finalizing::Thread,
             oracle.clone(),
             oracle,
             channels,

@@ -33,7 +33,7 @@ use rand_core::CryptoRng;
 use thiserror::Error;
 use tracing::info;
 
-use crate::app::{CertificateRecorder, Finalizer, LedgerApp};
+use crate::app::{CertificateRecorder, Finalizer, Finalizing, LedgerApp};
 use crate::block::{BLOCK_BYTES_MAX, Block};
 use crate::chain_store::ChainStore;
 use crate::core::{Ledger, MempoolLimits, OpenError};
@@ -152,7 +152,8 @@ fn archive_config<C>(
     }
 }
 
-/// Starts one validator on `context` with the five p2p channels (in [`channel::ALL`] order).
+/// Starts one validator on `context` with the five p2p channels (in [`channel::ALL`] order);
+/// finalized blocks are applied as `finalizing` says.
 ///
 /// Storage partitions are named after `partition` (unique per validator when validators share
 /// a storage root, as in the simulation); the ledger's finalized blocks and indexes are in
@@ -168,6 +169,7 @@ pub async fn start<E, B, P, S, R>(
     store: ChainStore,
     timeouts: Timeouts,
     behaviour: Behaviour,
+    finalizing: Finalizing,
     blocker: B,
     provider: P,
     channels: Vec<(S, R)>,
@@ -253,7 +255,7 @@ where
     };
     let (actor, marshal, floor) = Actor::init(context.child("marshal"), finalizations, blocks, mcfg).await;
     let processed = floor.processed().map_or(0, |p| p.height().get());
-    let marshal_task = actor.start(Finalizer::new(ledger.clone()), buffer, backfill);
+    let marshal_task = actor.start(Finalizer::with_mode(ledger.clone(), finalizing), buffer, backfill);
 
     // The chain store is committed before marshal is told a block is processed, so it is at or
     // beyond marshal's floor; anything between (a store commit that failed) comes from the

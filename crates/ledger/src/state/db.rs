@@ -25,7 +25,7 @@ pub struct Layer {
 
 /// Finalized state: every node and versioned value of the tree, with stale nodes pruned once
 /// no root we may still serve needs them.
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct StateDb {
     nodes: HashMap<NodeKey, Node>,
     values: BTreeMap<(KeyHash, Version), Option<OwnedValue>>,

@@ -141,6 +141,7 @@ impl Net {
                 store,
                 timeouts(),
                 behaviour,
+                cairn_ledger::app::Finalizing::Inline,
                 control,
                 manager,
                 channels,
