@@ -96,6 +96,10 @@ enum LedgerCommand {
         /// First port to use.
         #[arg(long, default_value_t = 27100)]
         base_port: u16,
+        /// Submitting clients, each on its own thread and connections (at most
+        /// `cairn_ledger::bench::SUBMITTERS_MAX`).
+        #[arg(long, default_value_t = cairn_ledger::bench::SUBMITTERS)]
+        submitters: usize,
     },
 }
 
@@ -199,13 +203,14 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LedgerCommand::Bench { txs, rate, seconds, base_port } => {
+        LedgerCommand::Bench { txs, rate, seconds, base_port, submitters } => {
             let dir = tempfile::tempdir()?;
             let cfg = BenchConfig {
                 saturation_txs: txs,
                 fixed_rate: rate,
                 fixed_duration: Duration::from_secs(seconds),
                 base_port,
+                submitters: submitters.clamp(1, bench::SUBMITTERS_MAX),
                 ..BenchConfig::default()
             };
             let exe = std::env::current_exe().context("locating the cairn binary")?;
@@ -213,7 +218,7 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
                 "4 validator processes on 127.0.0.1, fee-paying transfers (genesis-funded accounts, fee {} \
                  units/byte, no faucet) submitted over RPC by {} clients, finality observed by another",
                 cairn_ledger::params::Params::default().fee_per_byte,
-                bench::SUBMITTERS
+                cfg.submitters
             );
             for r in bench::run(&cfg, dir.path(), &exe)? {
                 println!("{r}");
