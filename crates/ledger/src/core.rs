@@ -131,6 +131,9 @@ struct Core {
     pending: BTreeMap<u64, Arc<Block>>,
     /// Internal failures (a finalized block that does not execute): never expected.
     faults: Vec<String>,
+    /// The finalizer waits for the snapshots out to end before it applies a block; new
+    /// executions wait meanwhile.
+    apply_pending: bool,
 }
 
 /// Shared handle to a validator's ledger core.
@@ -209,6 +212,7 @@ impl Ledger {
             tip_cert,
             pending: BTreeMap::new(),
             faults: Vec::new(),
+            apply_pending: false,
         };
         Ok(Self {
             inner: Arc::new(Mutex::new(core)),
@@ -230,11 +234,15 @@ impl Ledger {
     fn lock_for_apply(&self) -> MutexGuard<'_, Core> {
         let start = std::time::Instant::now();
         loop {
-            let c = self.lock();
+            let mut c = self.lock();
             // snapshots are taken under the lock, so none appears while it is held
             if Arc::strong_count(&c.db) == 1 || start.elapsed() >= SNAPSHOT_WAIT {
+                c.apply_pending = false;
                 return c;
             }
+            // executions not begun yet wait for this apply (see Ledger::lock_for_snapshot), so
+            // back-to-back executions cannot starve the finalizer
+            c.apply_pending = true;
             drop(c);
             std::thread::sleep(std::time::Duration::from_micros(500));
         }

@@ -5,9 +5,10 @@
 //! reads and the finalizer go on meanwhile.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::{Core, Knowledge, Ledger, Proposal, Spec};
+use super::{Core, Knowledge, Ledger, Proposal, SNAPSHOT_WAIT, Spec};
 use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block};
 use crate::outcome_tree::receipts_root;
 use crate::state::{BlockError, Executed, Layer, Mode, StateDb, StateError, execute};
@@ -48,13 +49,27 @@ impl Core {
 }
 
 impl Ledger {
+    /// The core lock, once no finalizer waits to apply a block (it waits for the snapshots out
+    /// to end, see `Ledger::lock_for_apply`), or after [`SNAPSHOT_WAIT`].
+    fn lock_for_snapshot(&self) -> MutexGuard<'_, Core> {
+        let start = Instant::now();
+        loop {
+            let c = self.lock();
+            if !c.apply_pending || start.elapsed() >= SNAPSHOT_WAIT {
+                return c;
+            }
+            drop(c);
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
     /// Executes `block` (verify mode) on top of its parent, which must be known; remembers the
     /// result. Returns whether the block is valid.
     pub fn verify_block(&self, block: &Block) -> Result<bool, StateError> {
         let ids = self.preverify(&block.txs);
         let id = block.id();
         let (snap, verified) = {
-            let c = self.lock();
+            let c = self.lock_for_snapshot();
             if c.spec.contains_key(&id)
                 || id == c.tip.id()
                 || c.recent.get(&block.header.height).is_some_and(|b| b.id() == id)
@@ -120,7 +135,7 @@ impl Ledger {
     /// Builds a block on `parent` (whose state must be known) from the mempool.
     pub fn propose(&self, parent: &[u8; 32], parent_height: u64) -> Result<Option<Proposal>, StateError> {
         let (snap, candidates, verified) = {
-            let c = self.lock();
+            let c = self.lock_for_snapshot();
             let Some(layers) = c.layers_for(parent) else { return Ok(None) };
             let (candidates, verified) = c.candidates(&layers);
             (c.snapshot(layers), candidates, verified)
