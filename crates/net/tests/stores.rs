@@ -269,6 +269,7 @@ async fn a_mailbox_wipe_by_envelope_flood_fails() {
     }
     wait_stored(&mut rx, &later, 30).await;
     want.extend(later);
+    eprintln!("honest sender's stem after the flood: {:?}", honest.status().await.unwrap().stem);
     let fluffed: u64 = {
         let mut n = 0;
         for h in &hops {

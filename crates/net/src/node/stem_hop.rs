@@ -356,7 +356,8 @@ impl Node {
     /// Diffuses a relayed envelope from here, after those of its ancestors still waiting here
     /// for a downstream answer (a burst's envelopes travel as separate requests, and their
     /// answers come back in any order: a child diffused before its parent makes every
-    /// receiver fetch the parent from the store nodes). At most the relay table is visited.
+    /// receiver fetch the parent from the store nodes). At most the relay table is visited;
+    /// only ancestors from the same peer and topic are diffused with it.
     fn stem_fluff(&mut self, id: Id) {
         let Some(hop) = self.stem.as_ref() else { return };
         let mut order = Vec::new();
@@ -368,8 +369,15 @@ impl Node {
             }
             order.push(x);
             let Some(r) = hop.relays.get(&x) else { continue };
+            // Only ancestors that came over the same link on the same topic: a peer naming
+            // others' envelopes as parents cannot make this hop diffuse them early.
             for p in &r.envelope.header.parents {
-                if hop.relays.get(p).is_some_and(|pr| matches!(pr.state, RelayState::Waiting(_))) {
+                let same_link_waiting = hop.relays.get(p).is_some_and(|pr| {
+                    matches!(pr.state, RelayState::Waiting(_))
+                        && pr.from == r.from
+                        && pr.envelope.header.topic == r.envelope.header.topic
+                });
+                if same_link_waiting {
                     stack.push(*p);
                 }
             }
