@@ -3,6 +3,9 @@
 //! messages, lost, duplicated, forks, time to heal p50/p99. Needs root, iproute2 and iptables
 //! (and libfaketime for clock skew); where namespaces cannot be made it says why and exits
 //! with [`SKIPPED`].
+//!
+//! `CAIRN_FAULTS_VALIDATOR_DELAY=0` leaves validator-to-validator traffic undelayed (loss and
+//! partitions still apply), to compare a campaign with and without that delay on one build.
 
 use std::path::Path;
 use std::time::Instant;
@@ -30,11 +33,15 @@ pub(crate) fn run(scenarios: usize, seed: u64, users: usize) -> Result<()> {
     let exe = std::env::current_exe()?;
     let t0 = Instant::now();
     let mut log = |l: &str| eprintln!("[faults] {l}");
+    let validator_delay = std::env::var("CAIRN_FAULTS_VALIDATOR_DELAY").map_or(true, |v| v != "0");
     println!(
-        "fault campaign: seed {seed}, {scenarios} scenarios, {} validators, {} store nodes, {} users in one group, each in its own network namespace",
-        topo.validators, topo.stores, topo.users
+        "fault campaign: seed {seed}, {scenarios} scenarios, {} validators, {} store nodes, {} users in one group, each in its own network namespace; delay between validators {}",
+        topo.validators,
+        topo.stores,
+        topo.users,
+        if validator_delay { "on" } else { "off" }
     );
-    let mut cluster = Cluster::start(topo, &exe, &mut log)?;
+    let mut cluster = Cluster::start(topo, &exe, validator_delay, &mut log)?;
     println!("set-up: {:.1} s", t0.elapsed().as_secs_f64());
     let mut rows: Vec<Row> = Vec::new();
     let mut failure = None;

@@ -6,9 +6,13 @@
 //! Ports inside every namespace: node p2p 4001 and validator rpc 5001 (inbound traffic on the
 //! veth is redirected to the delay proxy at port + 100), validator p2p 5000, node API
 //! 127.0.0.1:7000 (reached from outside through the proxy's Unix socket and a relay in this
-//! process). Validator-to-validator traffic is not delayed: commonware's p2p accepts a peer
-//! only from the IP address the genesis gives it, which a user-space proxy cannot keep; it
-//! still meets the loss and partitions (iptables).
+//! process). Validator-to-validator traffic is delayed on the dialing side: commonware's p2p
+//! accepts a peer only from the IP address the genesis gives it, so an inbound proxy (whose
+//! connections come from its own address) cannot carry it; instead each validator's
+//! connections to port 5000 are redirected (`nat OUTPUT`) to the egress proxy in its own
+//! namespace at 127.0.0.1:5100, which dials the original destination from the validator's own
+//! address, delaying both directions. [`Cluster::start`] checks that every pair of validators
+//! is connected through these proxies. All traffic meets the loss and partitions (iptables).
 //!
 //! Clock skew: a process restarted with a skew runs under libfaketime (`LD_PRELOAD`,
 //! `FAKETIME=±Ns`, monotonic clocks left true), which shifts every wall-clock read of the
@@ -42,6 +46,9 @@ const FAKETIME_LIBS: [&str; 2] = [
 ];
 /// How long the members get, after the heal, to hold every acknowledged message.
 pub(crate) const HEAL_MAX: Duration = Duration::from_secs(120);
+/// How long the validators get, once the users have formed their group, to show a connection
+/// through an egress proxy between every pair.
+const LINKS_MAX: Duration = Duration::from_secs(60);
 /// How long a send may wait for store nodes to acknowledge it.
 const SEND_WAIT_MS: u64 = 4_000;
 
@@ -75,6 +82,8 @@ pub(crate) struct Cluster {
     conv: String,
     acked: Vec<String>,
     faketime: Option<&'static str>,
+    /// Whether validator-to-validator traffic goes through the egress delay proxies.
+    validator_delay: bool,
     /// Kept last: its drop deletes the namespaces once every process is gone.
     lab: Lab,
 }
@@ -91,7 +100,14 @@ impl Drop for Cluster {
 impl Cluster {
     /// Creates the namespaces and starts everything: the ledger, store nodes one after the
     /// other, then users, who register their handles and form one group.
-    pub(crate) fn start(topo: Topology, exe: &Path, log: &mut dyn FnMut(&str)) -> Result<Cluster> {
+    /// `validator_delay`: whether validator-to-validator traffic goes through the egress delay
+    /// proxies (off only to compare a campaign with and without it).
+    pub(crate) fn start(
+        topo: Topology,
+        exe: &Path,
+        validator_delay: bool,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Cluster> {
         let lab = Lab::new(topo.total())?;
         let dir = tempfile::Builder::new().prefix("cairn-faults-").tempdir()?;
         let genesis = dir.path().join("chain").join("genesis.txt");
@@ -106,6 +122,7 @@ impl Cluster {
             conv: String::new(),
             acked: Vec::new(),
             faketime: FAKETIME_LIBS.into_iter().find(|l| Path::new(l).exists()),
+            validator_delay,
             dir: Some(dir),
             lab,
         };
@@ -208,6 +225,15 @@ impl Cluster {
                 cl.conversations().ok()?.into_iter().find(|v| &v.id == conv && v.active)
             })?;
         }
+        if c.validator_delay {
+            c.check_validator_links()?;
+            log(&format!(
+                "every pair of the {} validators is connected through their egress delay proxies",
+                topo.validators
+            ));
+        } else {
+            log("validator-to-validator traffic is NOT delayed (CAIRN_FAULTS_VALIDATOR_DELAY=0)");
+        }
         if c.faketime.is_none() {
             log(
                 "libfaketime is not installed: restarts run without clock skew (apt-get install libfaketime)",
@@ -245,6 +271,10 @@ impl Cluster {
             text.push_str(&format!("forward {} {ip}:{port}\n", port + PROXY_OFFSET));
             self.lab.redirect(i, port, port + PROXY_OFFSET)?;
         }
+        if i < self.topo.validators && self.validator_delay {
+            text.push_str(&format!("egress {}\n", VALIDATOR_P2P + PROXY_OFFSET));
+            self.lab.redirect_egress(i, VALIDATOR_P2P, VALIDATOR_P2P + PROXY_OFFSET)?;
+        }
         text.push_str(&format!(
             "api {} {API}\ndelay {}\n",
             self.socket(i).display(),
@@ -263,6 +293,24 @@ impl Cluster {
             .spawn()?;
         self.proxies.push(child);
         Ok(())
+    }
+
+    /// Fails unless every pair of validators has a connection relayed by an egress proxy (the
+    /// proxies' logs), so validator traffic meets the delay.
+    fn check_validator_links(&self) -> Result<()> {
+        let ips: Vec<String> = (0..self.topo.validators).map(|i| self.lab.ip(i)).collect();
+        let missing = || {
+            let mut lines = String::new();
+            for i in 0..self.topo.validators {
+                let log = self.dir().join(format!("proxy-{i}.log"));
+                lines.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+            }
+            validator_pairs_missing(&lines, &ips)
+        };
+        let all = poll("validators to connect through their egress proxies", LINKS_MAX, || {
+            missing().is_empty().then_some(())
+        });
+        all.with_context(|| format!("validator pairs not connected through a proxy: {:?}", missing()))
     }
 
     fn log(&self, name: &str) -> Result<std::fs::File> {
@@ -479,6 +527,31 @@ impl Cluster {
     }
 }
 
+/// The pairs of `ips` (indices) with no relayed connection in the egress proxies' `log`
+/// (lines `egress A:PORT -> B:PORT`; a line with an error after it does not count).
+fn validator_pairs_missing(log: &str, ips: &[String]) -> Vec<(usize, usize)> {
+    let ip_of = |addr: &str| addr.rsplit_once(':').map(|(ip, _)| ip.to_owned());
+    let mut linked = Vec::new();
+    for l in log.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if let ["egress", from, "->", to] = w.as_slice()
+            && let (Some(a), Some(b)) = (ip_of(from), ip_of(to))
+            && let (Some(a), Some(b)) = (ips.iter().position(|i| *i == a), ips.iter().position(|i| *i == b))
+        {
+            linked.push((a.min(b), a.max(b)));
+        }
+    }
+    let mut missing = Vec::new();
+    for a in 0..ips.len() {
+        for b in a + 1..ips.len() {
+            if !linked.contains(&(a, b)) {
+                missing.push((a, b));
+            }
+        }
+    }
+    missing
+}
+
 /// Polls `f` every 200 ms until it gives a value, at most `max`.
 fn poll<T>(what: &str, max: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();
@@ -515,4 +588,22 @@ fn relay(socket: PathBuf) -> Result<u16> {
         }
     });
     Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validator_pairs_count_only_relayed_connections() {
+        let ips: Vec<String> = (10..13).map(|h| format!("10.77.0.{h}")).collect();
+        let log = "egress 10.77.0.10:40000 -> 10.77.0.11:5000\n\
+                   egress 10.77.0.12:40001 -> 10.77.0.10:5000\n\
+                   egress 10.77.0.11:40002 -> 10.77.0.12:5000: Connection refused\n\
+                   egress 10.77.0.11:40003: not redirected\n";
+        assert_eq!(validator_pairs_missing(log, &ips), vec![(1, 2)]);
+        let log = format!("{log}egress 10.77.0.12:40004 -> 10.77.0.11:5000\n");
+        assert!(validator_pairs_missing(&log, &ips).is_empty());
+        assert_eq!(validator_pairs_missing("", &ips).len(), 3);
+    }
 }

@@ -146,6 +146,40 @@ impl Lab {
         )
     }
 
+    /// Sends TCP connections that namespace `i`'s own processes open to `port` on the lab's
+    /// subnet to 127.0.0.1:`to_port` (its egress proxy), except the proxy's own, which carry
+    /// [`EGRESS_MARK`](super::proxy::EGRESS_MARK).
+    pub(crate) fn redirect_egress(&self, i: usize, port: u16, to_port: u16) -> Result<()> {
+        let (p, t) = (port.to_string(), to_port.to_string());
+        let (subnet, mark) = (format!("{SUBNET}.0/24"), format!("{:#x}", super::proxy::EGRESS_MARK));
+        self.iptables(
+            i,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-d",
+                &subnet,
+                "-p",
+                "tcp",
+                "--dport",
+                &p,
+                "-m",
+                "mark",
+                "!",
+                "--mark",
+                &mark,
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &t,
+            ],
+        )
+    }
+
     /// Applies the faults: drops a `loss` share of inbound packets everywhere, and every packet
     /// between `cut` and the rest.
     pub(crate) fn apply(&self, loss: f64, cut: &[usize]) -> Result<()> {

@@ -5,6 +5,13 @@
 //!   LISTEN_PORT are forwarded to TARGET, each chunk held for the current delay (base ± jitter,
 //!   in order: a chunk never overtakes the one before it), from a stand-in source address per
 //!   peer (see [`stand_in`]).
+//! - `egress LISTEN_PORT`: TCP connections this namespace's own processes open, which an
+//!   iptables `REDIRECT` in the `nat` table's `OUTPUT` chain sends to 127.0.0.1:LISTEN_PORT, are
+//!   forwarded to their original destination (`SO_ORIGINAL_DST`), delayed the same way, from a
+//!   socket marked [`EGRESS_MARK`] (`SO_MARK`) so the rule lets it through. The proxy runs in
+//!   the dialer's namespace, so the peer sees the dialer's own address: this is how traffic
+//!   between validators, whose p2p accepts a peer only from the address the genesis gives it,
+//!   is delayed. Each relayed connection is logged on stdout (`egress FROM -> TO`).
 //! - `api SOCKET TARGET`: a Unix socket (file-system sockets cross namespaces) forwarded to the
 //!   node's loopback API, so the campaign outside the namespace reaches it.
 //! - `delay FILE`: the delay, re-read every 200 ms: `BASE_MS JITTER_MS` (absent: none).
@@ -30,6 +37,9 @@ pub(crate) const CONNECTIONS_MAX: usize = 512;
 pub(crate) const QUEUE_CHUNKS: usize = 64;
 /// Bytes read at once.
 const CHUNK: usize = 16 * 1024;
+/// The `SO_MARK` of the egress proxy's outgoing sockets; the `OUTPUT` redirect skips packets
+/// that carry it (`-m mark ! --mark 0x1`).
+pub(crate) const EGRESS_MARK: u32 = 1;
 
 /// One line of the proxy's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +50,12 @@ pub(crate) enum Directive {
         port: u16,
         /// Where to connect.
         target: String,
+    },
+    /// Delayed TCP forward of this namespace's own outgoing connections to their original
+    /// destination.
+    Egress {
+        /// Port to listen on (127.0.0.1, where the `OUTPUT` redirect sends them).
+        port: u16,
     },
     /// Unix socket to a TCP address (no delay).
     Api {
@@ -66,10 +82,13 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Directive>> {
                 port: port.parse().with_context(|| format!("line {}: bad port {port}", n + 1))?,
                 target: (*target).to_owned(),
             },
+            ["egress", port] => Directive::Egress {
+                port: port.parse().with_context(|| format!("line {}: bad port {port}", n + 1))?,
+            },
             ["api", socket, target] => Directive::Api { socket: socket.into(), target: (*target).to_owned() },
             ["delay", file] => Directive::Delay(file.into()),
             _ => bail!(
-                "line {}: expected `forward PORT TARGET`, `api SOCKET TARGET` or `delay FILE`: {line}",
+                "line {}: expected `forward PORT TARGET`, `egress PORT`, `api SOCKET TARGET` or `delay FILE`: {line}",
                 n + 1
             ),
         });
@@ -142,11 +161,34 @@ pub(crate) fn run(conf: &Path) -> Result<()> {
                             let (delay, target) = (delay.clone(), target.clone());
                             tokio::spawn(async move {
                                 if let Ok(out) = connect_as(peer, &target).await {
-                                    let _ = inbound.set_nodelay(true);
-                                    let _ = out.set_nodelay(true);
-                                    let (ri, wi) = inbound.into_split();
-                                    let (ro, wo) = out.into_split();
-                                    tokio::join!(pump(ri, wo, delay.clone()), pump(ro, wi, delay));
+                                    relay_delayed(inbound, out, delay).await;
+                                }
+                                drop(permit);
+                            });
+                        }
+                    }));
+                }
+                Directive::Egress { port } => {
+                    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                        .await
+                        .with_context(|| format!("listening on 127.0.0.1:{port}"))?;
+                    let own = l.local_addr()?;
+                    let delay = delay.clone();
+                    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+                    tasks.push(tokio::spawn(async move {
+                        while let Ok((inbound, peer)) = l.accept().await {
+                            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                            let delay = delay.clone();
+                            tokio::spawn(async move {
+                                match original_destination(&inbound, own) {
+                                    Ok(to) => match connect_marked(to).await {
+                                        Ok(out) => {
+                                            note(&format!("egress {peer} -> {to}"));
+                                            relay_delayed(inbound, out, delay).await;
+                                        }
+                                        Err(e) => note(&format!("egress {peer} -> {to}: {e}")),
+                                    },
+                                    Err(e) => note(&format!("egress {peer}: {e}")),
                                 }
                                 drop(permit);
                             });
@@ -201,6 +243,42 @@ async fn connect_as(peer: SocketAddr, target: &str) -> std::io::Result<TcpStream
     s.connect(to).await
 }
 
+/// One line on stdout (the proxy's log file); a failed write is ignored.
+fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Where a connection that the `OUTPUT` redirect sent to the egress listener at `own` was
+/// going (an error for one that was not redirected: it would loop back to the proxy).
+fn original_destination(inbound: &TcpStream, own: SocketAddr) -> std::io::Result<SocketAddr> {
+    let to = socket2::SockRef::from(inbound)
+        .original_dst_v4()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))?;
+    if to == own {
+        return Err(std::io::Error::other("not redirected (original destination is the proxy itself)"));
+    }
+    Ok(to)
+}
+
+/// Connects to `to` from a socket marked [`EGRESS_MARK`], which the `OUTPUT` redirect skips.
+async fn connect_marked(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_mark(EGRESS_MARK)?;
+    s.set_nonblocking(true)?;
+    TcpSocket::from_std_stream(s.into()).connect(to).await
+}
+
+/// Relays `a` and `b` both ways, each direction delayed ([`pump`]), until both ends close.
+async fn relay_delayed(a: TcpStream, b: TcpStream, delay: Arc<Delay>) {
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let (ra, wa) = a.into_split();
+    let (rb, wb) = b.into_split();
+    tokio::join!(pump(ra, wb, delay.clone()), pump(rb, wa, delay));
+}
+
 /// Copies `from` to `to`, each chunk released at its arrival plus one delay draw (never before
 /// the chunk ahead of it); closes `to`'s write side at the end.
 async fn pump(
@@ -241,11 +319,15 @@ mod tests {
 
     #[test]
     fn configuration_and_delay_files_parse() {
-        let d =
-            parse("# proxy\nforward 4101 10.77.0.11:4001\napi /tmp/a.sock 127.0.0.1:7000\ndelay /tmp/d\n")
-                .unwrap();
-        assert_eq!(d.len(), 3);
+        let d = parse(
+            "# proxy\nforward 4101 10.77.0.11:4001\napi /tmp/a.sock 127.0.0.1:7000\ndelay /tmp/d\negress 5100\n",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 4);
         assert_eq!(d[0], Directive::Forward { port: 4101, target: "10.77.0.11:4001".into() });
+        assert_eq!(d[3], Directive::Egress { port: 5100 });
+        assert!(parse("egress").is_err());
+        assert!(parse("egress 70000").is_err());
         assert!(parse("forward x y").is_err());
         assert!(parse("listen 1").is_err());
         assert_eq!(parse_delay("200 100\n"), (200, 100));
@@ -253,6 +335,17 @@ mod tests {
         assert_eq!(parse_delay(""), (0, 0));
         assert_eq!(parse_delay("x"), (0, 0));
         assert_eq!(stand_in("10.77.0.12:4000".parse().unwrap()), "127.1.0.12:0".parse().unwrap());
+    }
+
+    /// A connection that no `OUTPUT` redirect sent to the egress listener has no other
+    /// destination: it is refused, not relayed back to the proxy itself.
+    #[tokio::test]
+    async fn an_egress_connection_that_was_not_redirected_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let own = l.local_addr().unwrap();
+        let _c = TcpStream::connect(own).await.unwrap();
+        let (inbound, _) = l.accept().await.unwrap();
+        assert!(original_destination(&inbound, own).is_err());
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub(crate) struct Scenario {
     pub(crate) index: usize,
     /// Probability that a packet arriving at a namespace is dropped (0 or 1–30%).
     pub(crate) loss: f64,
-    /// Delay of the proxies in every namespace: (base, ± jitter) ms, `None` for none.
+    /// Delay of the proxies in every namespace, each direction of every connection between
+    /// processes (validators' among them): (base, ± jitter) ms, `None` for none.
     pub(crate) delay: Option<(u32, u32)>,
     /// Processes cut off from all the others (empty: no partition).
     pub(crate) partition: Vec<usize>,
