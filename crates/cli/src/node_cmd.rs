@@ -22,7 +22,7 @@ use tracing::{info, warn};
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
-    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light (flags >
+    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem (flags >
     /// CAIRN_* environment > this file > defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -82,6 +82,11 @@ pub(crate) struct UpArgs {
     /// default; bounded: 64 streams, 8 per peer, 64 MiB and 10 min each).
     #[arg(long, env = "CAIRN_NO_LEDGER_RELAY")]
     no_ledger_relay: bool,
+    /// Send own mail straight to gossip and the store nodes instead of through one peer first
+    /// (the stem, on by default, keeps a directly connected peer from telling which node
+    /// wrote a message; costs about one round trip per message), and relay no one's stem.
+    #[arg(long, env = "CAIRN_NO_STEM")]
+    no_stem: bool,
     /// Run as a light client (a phone, a small device): relay and serve nothing, receive this
     /// account's mail over one stream from each of two service nodes among the connected full
     /// nodes (cross-checked, so one that withholds mail is noticed), push own mail to its store
@@ -126,6 +131,7 @@ struct FileConfig {
     ledger_via_peers: Option<bool>,
     ledger_relay: Option<bool>,
     light: Option<bool>,
+    stem: Option<bool>,
 }
 
 /// The merged configuration of `up`.
@@ -147,6 +153,7 @@ pub(crate) struct UpConfig {
     pub(crate) ledger_via_peers: bool,
     pub(crate) ledger_relay: bool,
     pub(crate) light: bool,
+    pub(crate) stem: bool,
 }
 
 impl UpArgs {
@@ -156,7 +163,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -183,6 +190,7 @@ impl UpArgs {
             ledger_via_peers: self.ledger_via_peers || file.ledger_via_peers.unwrap_or(false),
             ledger_relay: !self.no_ledger_relay && file.ledger_relay.unwrap_or(true),
             light: self.light || file.light.unwrap_or(false),
+            stem: !self.no_stem && file.stem.unwrap_or(true),
         })
     }
 }
@@ -285,6 +293,9 @@ async fn run_node(
     net.serve_store = cfg.store;
     net.relay_server = cfg.relay;
     net.mdns = cfg.mdns;
+    if !cfg.stem {
+        net.stem = None;
+    }
     if cfg.light {
         if cfg.store || cfg.relay {
             bail!("--light serves nothing: drop --store and --relay (set here or in the config file)");
@@ -514,6 +525,7 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         ledger_via_peers: false,
         ledger_relay: true,
         light: false,
+        stem: true,
     };
     let rt = runtime()?;
     rt.block_on(async {
