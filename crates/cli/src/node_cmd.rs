@@ -18,6 +18,9 @@ use clap::Args;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+/// Store nodes `cairn dev` runs: the replicas a light client waits for (`NodeConfig::replicas`).
+const DEV_STORES: usize = 3;
+
 /// `cairn up`.
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
@@ -529,28 +532,26 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
     };
     let rt = runtime()?;
     rt.block_on(async {
-        let mut store_cfg = NodeConfig::new(dev_dir.join("store"));
-        store_cfg.serve_store = true;
-        // The same peer ids every run (plain 0600 key files: a store node's id is public).
-        store_cfg.identity_file = Some(dev_dir.join("store").join("node.key"));
-        let store = cairn_net::node::start(store_cfg).await?;
-        // A second store node: a send counts as stored once `acks_required` (2) distinct
-        // store nodes hold it, so with one the dev network's sends would never be "stored".
-        let mut second_cfg = NodeConfig::new(dev_dir.join("store-2"));
-        second_cfg.serve_store = true;
-        second_cfg.identity_file = Some(dev_dir.join("store-2").join("node.key"));
-        second_cfg.bootstrap = store.listen_addrs.clone();
-        let second = cairn_net::node::start(second_cfg).await?;
-        eprintln!(
-            "store nodes: {}",
-            store
-                .listen_addrs
-                .iter()
-                .chain(&second.listen_addrs)
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        // DEV_STORES store nodes: a send counts as stored once `acks_required` (2) distinct
+        // store nodes hold it, and a light client's once all `replicas` (3) do, so with fewer
+        // the dev network's sends would never be "stored" for one of them. The same peer ids
+        // every run (plain 0600 key files: a store node's id is public).
+        let homes: Vec<PathBuf> = (1..=DEV_STORES)
+            .map(|i| dev_dir.join(if i == 1 { "store".to_owned() } else { format!("store-{i}") }))
+            .collect();
+        let mut nodes: Vec<cairn_net::node::NodeHandle> = Vec::new();
+        for h in &homes {
+            let mut c = NodeConfig::new(h.clone());
+            c.serve_store = true;
+            c.identity_file = Some(h.join("node.key"));
+            if let Some(first) = nodes.first() {
+                c.bootstrap = first.listen_addrs.clone();
+            }
+            nodes.push(cairn_net::node::start(c).await?);
+        }
+        let addrs: Vec<_> = nodes.iter().flat_map(|n| n.listen_addrs.iter().cloned()).collect();
+        eprintln!("store nodes: {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+        let store = &nodes[0];
         if let Some(addr) = store.listen_addrs.iter().find(|a| a.to_string().contains("/tcp/")) {
             let addr = addr.to_string();
             let full = if addr.contains("/p2p/") { addr } else { format!("{addr}/p2p/{}", store.peer_id) };
@@ -560,15 +561,15 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
                 cfg.genesis.display()
             );
         }
-        let stores = store.listen_addrs.iter().chain(&second.listen_addrs).cloned().collect();
-        // Registers both store nodes once the faucet funded the account (its own thread).
+        let stores = addrs;
+        // Registers the store nodes once the faucet funded the account (its own thread).
         if let Some(key) = identity.account_key.clone() {
-            let homes = vec![dev_dir.join("store"), dev_dir.join("store-2")];
             crate::store_cmd::register_dev_stores(cfg.genesis.clone(), identity.account(), key, homes);
         }
         let r = run_node(home, &cfg, Some(identity), stores).await;
-        second.shutdown().await;
-        store.shutdown().await;
+        for n in &nodes {
+            n.shutdown().await;
+        }
         r
     })?;
     drop(children);
