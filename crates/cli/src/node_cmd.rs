@@ -25,8 +25,8 @@ const DEV_STORES: usize = 3;
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
-    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem (flags >
-    /// CAIRN_* environment > this file > defaults).
+    /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem,
+    /// light_service (flags > CAIRN_* environment > this file > defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Peer to join through (multiaddr with /p2p/…, by IP or DNS name:
@@ -90,6 +90,10 @@ pub(crate) struct UpArgs {
     /// wrote a message; costs about one round trip per message), and relay no one's stem.
     #[arg(long, env = "CAIRN_NO_STEM")]
     no_stem: bool,
+    /// Serve no light clients (full nodes serve them by default: at most 256 clients, 2 per
+    /// peer, 16 per IP, each fed only the buckets it subscribed to).
+    #[arg(long, env = "CAIRN_NO_LIGHT_SERVICE")]
+    no_light_service: bool,
     /// Run as a light client (a phone, a small device): relay and serve nothing, receive this
     /// account's mail over one stream from each of two service nodes among the connected full
     /// nodes (cross-checked, so one that withholds mail is noticed), push own mail to its store
@@ -135,6 +139,7 @@ struct FileConfig {
     ledger_relay: Option<bool>,
     light: Option<bool>,
     stem: Option<bool>,
+    light_service: Option<bool>,
 }
 
 /// The merged configuration of `up`.
@@ -157,6 +162,7 @@ pub(crate) struct UpConfig {
     pub(crate) ledger_relay: bool,
     pub(crate) light: bool,
     pub(crate) stem: bool,
+    pub(crate) light_service: bool,
 }
 
 impl UpArgs {
@@ -166,7 +172,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem, light_service)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -194,6 +200,7 @@ impl UpArgs {
             ledger_relay: !self.no_ledger_relay && file.ledger_relay.unwrap_or(true),
             light: self.light || file.light.unwrap_or(false),
             stem: !self.no_stem && file.stem.unwrap_or(true),
+            light_service: !self.no_light_service && file.light_service.unwrap_or(true),
         })
     }
 }
@@ -280,13 +287,13 @@ fn p2p_addrs(listen: &[libp2p_addr::Multiaddr], cfg: &UpConfig, me: &cairn_net::
     out
 }
 
-/// Runs the node of `home` until a signal or an API shutdown; `extra_bootstrap` are added.
-async fn run_node(
+/// The P2P configuration of `cfg` for the node of `home` (`extra_bootstrap` added).
+fn net_config(
     home: &Path,
     cfg: &UpConfig,
-    identity: Option<cairn_crypto::Identity>,
+    identity: Option<&cairn_crypto::Identity>,
     extra_bootstrap: Vec<libp2p_addr::Multiaddr>,
-) -> Result<()> {
+) -> Result<NodeConfig> {
     let mut net = NodeConfig::new(home.join("net"));
     if !cfg.listen.is_empty() {
         net.listen = parse_addrs(&cfg.listen, "listen")?;
@@ -298,6 +305,9 @@ async fn run_node(
     net.mdns = cfg.mdns;
     if !cfg.stem {
         net.stem = None;
+    }
+    if !cfg.light_service {
+        net.light_serve = None;
     }
     if cfg.light {
         if cfg.store || cfg.relay {
@@ -335,7 +345,18 @@ async fn run_node(
     // device key; a store-only node has no device key, so its file is plain (its peer id is
     // public anyway; the file mode only stops other local users from impersonating it).
     net.identity_file = Some(home.join("net").join("node.key"));
-    net.identity_seal = identity.as_ref().map(|i| SealKey::from_device_secret(&i.device_key.to_bytes()));
+    net.identity_seal = identity.map(|i| SealKey::from_device_secret(&i.device_key.to_bytes()));
+    Ok(net)
+}
+
+/// Runs the node of `home` until a signal or an API shutdown; `extra_bootstrap` are added.
+async fn run_node(
+    home: &Path,
+    cfg: &UpConfig,
+    identity: Option<cairn_crypto::Identity>,
+    extra_bootstrap: Vec<libp2p_addr::Multiaddr>,
+) -> Result<()> {
+    let net = net_config(home, cfg, identity.as_ref(), extra_bootstrap)?;
     let mut roles = Vec::new();
     if identity.is_some() {
         roles.push("user".to_owned());
@@ -529,6 +550,7 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         ledger_relay: true,
         light: false,
         stem: true,
+        light_service: true,
     };
     let rt = runtime()?;
     rt.block_on(async {
@@ -575,4 +597,52 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
     drop(children);
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn config(args: &[&str], file: Option<&str>) -> UpConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut argv = vec!["cairn"];
+        let path = dir.path().join("up.toml");
+        let path_text = path.display().to_string();
+        if let Some(text) = file {
+            std::fs::write(&path, text).expect("config file");
+            argv.extend(["--config", &path_text]);
+        }
+        argv.extend(args);
+        Cli::try_parse_from(argv).expect("arguments").up.merge(dir.path()).expect("merged")
+    }
+
+    #[test]
+    fn light_service_and_stem_are_on_unless_a_flag_or_the_file_turns_them_off() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let on = config(&[], None);
+        assert!(on.light_service && on.stem);
+        let net = net_config(home.path(), &on, None, Vec::new()).expect("net config");
+        assert!(net.light_serve.is_some() && net.stem.is_some());
+        for off in [
+            config(&["--no-light-service", "--no-stem"], None),
+            config(&[], Some("light_service = false\nstem = false\n")),
+        ] {
+            assert!(!off.light_service && !off.stem);
+            let net = net_config(home.path(), &off, None, Vec::new()).expect("net config");
+            assert!(net.light_serve.is_none() && net.stem.is_none());
+        }
+        // --light makes a light client, and refuses --store
+        let light = config(&["--light"], None);
+        assert!(net_config(home.path(), &light, None, Vec::new()).expect("net config").light.is_some());
+        let both = UpConfig { store: true, ..light };
+        assert!(net_config(home.path(), &both, None, Vec::new()).is_err());
+    }
 }
