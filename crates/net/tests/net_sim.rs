@@ -76,3 +76,44 @@ fn a_run_is_reproduced_exactly_from_its_seed() {
     let c = sim::run(&SimConfig { seed: seed + 1, ..cfg });
     assert_ne!(a.events, c.events, "another seed gives another run");
 }
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The full-size run of `cairn bench net-sim` without building the CLI: `cargo test --release
+/// -p cairn-net --test net_sim -- --ignored --nocapture full_size` (NET_SIM_SEED, NET_SIM_NODES,
+/// NET_SIM_MESSAGES, NET_SIM_RESYNC_MS, NET_SIM_BY_IDS (true/false) and NET_SIM_MESH_N override the defaults;
+/// NET_SIM_STEM=off or on runs one of the two). It prints the
+/// table and asserts nothing but that it ran.
+#[test]
+#[ignore = "full size: minutes in release; run by hand"]
+fn full_size() {
+    let d = SimConfig::default();
+    let mut base = SimConfig {
+        seed: env_or("NET_SIM_SEED", d.seed),
+        nodes: env_or("NET_SIM_NODES", d.nodes),
+        messages: env_or("NET_SIM_MESSAGES", d.messages),
+        resync_ms: env_or("NET_SIM_RESYNC_MS", d.resync_ms),
+        resync_by_ids: env_or("NET_SIM_BY_IDS", d.resync_by_ids),
+        ..d
+    };
+    let mesh_n = env_or("NET_SIM_MESH_N", d.gossip.mesh_n);
+    if mesh_n != d.gossip.mesh_n {
+        base.gossip.mesh_n = mesh_n;
+        base.gossip.mesh_n_low = mesh_n - 1;
+        base.gossip.mesh_n_high = 2 * mesh_n;
+    }
+    let with_stem = SimConfig { stem: Some(StemConfig::default()), ..base };
+    let reports = match std::env::var("NET_SIM_STEM").as_deref() {
+        Ok("off") => vec![sim::run(&base)],
+        Ok("on") => vec![sim::run(&with_stem)],
+        _ => std::thread::scope(|s| {
+            let off = s.spawn(|| sim::run(&base));
+            let on = sim::run(&with_stem);
+            vec![off.join().unwrap(), on]
+        }),
+    };
+    println!("{base:?}\n{}", sim::table(&reports));
+    assert!(reports.iter().all(|r| r.messages > 0));
+}

@@ -6,9 +6,40 @@ use std::rc::Rc;
 
 use cairn_proto::Id;
 
+/// How a full message came to be sent by gossip (for the byte breakdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// Published by its originator or a fluffing stem hop (flood publish).
+    Origin,
+    /// Eager push to a mesh peer.
+    Forward,
+    /// Answer to an IWANT.
+    IWant,
+}
+
+/// What the bytes of an RPC are counted as, in [`super::report::Report::bytes_by_kind`].
+pub(super) const KINDS: [&str; 16] = [
+    "publish",
+    "mesh push",
+    "iwant answer",
+    "ihave",
+    "iwant",
+    "idontwant",
+    "graft/prune",
+    "stem",
+    "store push",
+    "store ack",
+    "page request",
+    "page",
+    "ids request",
+    "ids answer",
+    "junk",
+    "id page",
+];
+
 #[derive(Debug)]
 pub(super) enum Rpc {
-    Publish(u32),
+    Publish(u32, Via),
     IHave(Rc<Vec<u32>>),
     IWant(Vec<u32>),
     IDontWant(u32),
@@ -22,13 +53,37 @@ pub(super) enum Rpc {
     Page { topic: u32, entries: Vec<(u64, u32)>, next: Option<u64> },
     IdsReq(Vec<Id>),
     Ids(Vec<u32>),
+    PageIdsReq { topic: u32, from: u64 },
+    PageIds { topic: u32, entries: Vec<(u64, u32)>, next: Option<u64> },
 }
 
 impl Rpc {
+    /// Index of this RPC's kind in [`KINDS`].
+    pub(super) fn kind(&self) -> usize {
+        match self {
+            Rpc::Publish(_, Via::Origin) => 0,
+            Rpc::Publish(_, Via::Forward) => 1,
+            Rpc::Publish(_, Via::IWant) => 2,
+            Rpc::IHave(_) => 3,
+            Rpc::IWant(_) => 4,
+            Rpc::IDontWant(_) => 5,
+            Rpc::Graft | Rpc::Prune => 6,
+            Rpc::Stem(_) => 7,
+            Rpc::StoreReq(_) => 8,
+            Rpc::StoreAck(_) => 9,
+            Rpc::PageReq { .. } | Rpc::PageIdsReq { .. } => 10,
+            Rpc::Page { .. } => 11,
+            Rpc::IdsReq(_) => 12,
+            Rpc::Ids(_) => 13,
+            Rpc::Junk(_) => 14,
+            Rpc::PageIds { .. } => 15,
+        }
+    }
+
     pub(super) fn is_gossip(&self) -> bool {
         matches!(
             self,
-            Rpc::Publish(_)
+            Rpc::Publish(..)
                 | Rpc::IHave(_)
                 | Rpc::IWant(_)
                 | Rpc::IDontWant(_)

@@ -14,8 +14,9 @@
 //! Simplified: peer scoring is modelled only by its effect on a peer that sent an invalid
 //! message (our P4 weight graylists it at once: all its RPCs are ignored and it is pruned);
 //! outbound-degree quotas (D_out), opportunistic grafting, PX and the prune back-off timing
-//! are not modelled; a GRAFT is accepted unless the peer is graylisted, and the next heartbeat
-//! trims the mesh.
+//! are not modelled; a GRAFT is accepted unless the peer is graylisted or the mesh already
+//! holds D_hi peers and the grafting peer is not one this node dialed (then it is answered
+//! with PRUNE, as libp2p does), and the next heartbeat trims the mesh.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

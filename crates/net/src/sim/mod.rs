@@ -75,6 +75,10 @@ pub struct SimConfig {
     /// Anti-entropy period, ms (the node's `resync_every_ms`): each honest node pages every
     /// topic again from its cursor. 0: only after rejoining.
     pub resync_ms: u64,
+    /// Anti-entropy by ids, a proposed store protocol not yet in the node (see
+    /// `world/by_ids.rs`): pages list ids and only missing envelopes are fetched. false: whole
+    /// envelopes per page, through the node's `Sync`, as the node does today.
+    pub resync_by_ids: bool,
     /// Junk messages per second a flooder sends to each peer.
     pub flood_per_sec: u64,
     /// The gossip model's parameters.
@@ -101,6 +105,7 @@ impl Default for SimConfig {
             dial: 5,
             degree_min: 6,
             resync_ms: 5_000,
+            resync_by_ids: false,
             flood_per_sec: 5,
             gossip: GossipParams::default(),
             stem: None,

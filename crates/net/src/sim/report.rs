@@ -38,6 +38,8 @@ pub struct Report {
     pub bytes_delivered: u64,
     /// Bytes sent by hostile nodes (floods included).
     pub bytes_hostile: u64,
+    /// Bytes sent by honest nodes, by RPC kind (they add up to gossip + stem + store).
+    pub bytes_by_kind: Vec<(&'static str, u64)>,
     /// Envelopes stored per honest store node: max / mean.
     pub store_load_max_over_mean: f64,
     /// Placement alone, over 10,000 random topics: max / mean envelopes per store node.
@@ -172,6 +174,14 @@ pub fn table(reports: &[Report]) -> String {
             r.store_push_to_hostile,
             r.events,
         );
+        let delivered = r.bytes_delivered.max(1) as f64;
+        let kinds: Vec<String> = r
+            .bytes_by_kind
+            .iter()
+            .filter(|(_, b)| *b > 0)
+            .map(|(k, b)| format!("{k} {:.3}", *b as f64 / delivered))
+            .collect();
+        let _ = writeln!(t, "  bytes sent per delivered byte, by kind: {}", kinds.join(", "));
         if !r.missed.is_empty() {
             let _ = writeln!(t, "  missed (message, node): {:?}", r.missed);
         }

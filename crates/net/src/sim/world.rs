@@ -9,7 +9,7 @@ use cairn_proto::pow::{self, Difficulty};
 use cairn_proto::{Envelope, Id, Limits, Topic};
 
 use super::SimConfig;
-use super::event::{Ev, Kind, Rpc};
+use super::event::{Ev, KINDS, Kind, Rpc, Via};
 use super::gossip::{Control, Router};
 use super::report::Report;
 use super::rng::{Rng, mix};
@@ -17,6 +17,8 @@ use crate::shard;
 use crate::stem::{Stem, StemAction};
 use crate::sync::{Input, Output, Sync, SyncConfig};
 use crate::validate::{Admission, AdmissionConfig, Verdict};
+
+mod by_ids;
 
 /// Simulated wall-clock origin (envelope timestamps), ms since the Unix epoch.
 const BASE_MS: u64 = 1_800_000_000_000;
@@ -65,6 +67,8 @@ struct Node {
     online: bool,
     online_since: u64,
     peers: Vec<u32>,
+    /// Of them, those this node dialed (gossipsub takes a GRAFT over D_hi only from these).
+    outbound: HashSet<u32>,
     router: Router,
     admission: Admission<u32>,
     /// Admission of stem envelopes (its own seen set and per-peer rate: a stem envelope seen
@@ -75,6 +79,9 @@ struct Node {
     got: HashSet<u32>,
     log: HashMap<u32, Vec<u32>>,
     stored: HashSet<u32>,
+    /// Anti-entropy by ids: cursor per (topic, store), and ids asked by id (when).
+    id_cursors: HashMap<(u32, u32), u64>,
+    fetching: HashMap<u32, u64>,
 }
 
 #[derive(Default)]
@@ -83,6 +90,8 @@ struct Stats {
     bytes_stem: u64,
     bytes_store: u64,
     bytes_hostile: u64,
+    /// Bytes sent by honest nodes per RPC kind ([`KINDS`]).
+    bytes_by_kind: [u64; KINDS.len()],
     deliveries: u64,
     deliveries_by_gossip: u64,
     bytes_delivered: u64,
@@ -139,6 +148,7 @@ impl World {
                 online: true,
                 online_since: 0,
                 peers: Vec::new(),
+                outbound: HashSet::new(),
                 router: Router::default(),
                 admission: Admission::new(AdmissionConfig::default()),
                 stem_admission: Admission::new(stem_admission_cfg),
@@ -147,6 +157,8 @@ impl World {
                 got: HashSet::new(),
                 log: HashMap::new(),
                 stored: HashSet::new(),
+                id_cursors: HashMap::new(),
+                fetching: HashMap::new(),
             })
             .collect();
         let mut alternate = false;
@@ -248,6 +260,7 @@ impl World {
             return;
         }
         self.nodes[a as usize].peers.push(b);
+        self.nodes[a as usize].outbound.insert(b);
         self.nodes[b as usize].peers.push(a);
     }
 
@@ -255,13 +268,16 @@ impl World {
         let size = |k: &u32| self.msgs[*k as usize].bytes.len() as u64;
         FRAME_BYTES
             + match rpc {
-                Rpc::Publish(k) | Rpc::Stem(k) | Rpc::StoreReq(k) => size(k),
+                Rpc::Publish(k, _) | Rpc::Stem(k) | Rpc::StoreReq(k) => size(k),
                 Rpc::IHave(ids) => ID_BYTES * ids.len() as u64,
                 Rpc::IWant(ids) => ID_BYTES * ids.len() as u64,
                 Rpc::IdsReq(ids) => ID_BYTES * ids.len() as u64,
-                Rpc::IDontWant(_) | Rpc::Graft | Rpc::Prune | Rpc::StoreAck(_) => ID_BYTES,
+                Rpc::IDontWant(_) | Rpc::Graft | Rpc::Prune => ID_BYTES,
+                // An outcome and the store's signed receipt.
+                Rpc::StoreAck(_) => 2 + crate::receipt::RECEIPT_BYTES as u64,
                 Rpc::Junk(j) => self.junk[*j].len() as u64,
-                Rpc::PageReq { .. } => ID_BYTES + 12,
+                Rpc::PageReq { .. } | Rpc::PageIdsReq { .. } => ID_BYTES + 12,
+                Rpc::PageIds { entries, .. } => Self::page_ids_bytes(entries),
                 Rpc::Page { entries, .. } => entries.iter().map(|(_, k)| size(k) + 8).sum::<u64>() + 8,
                 Rpc::Ids(ks) => ks.iter().map(size).sum(),
             }
@@ -274,13 +290,21 @@ impl World {
         let bytes = self.rpc_bytes(&rpc);
         if self.nodes[from as usize].role != Role::Honest {
             self.stats.bytes_hostile += bytes;
-        } else if matches!(rpc, Rpc::Stem(_)) {
+            return self.deliver_rpc(from, to, rpc);
+        }
+        self.stats.bytes_by_kind[rpc.kind()] += bytes;
+        if matches!(rpc, Rpc::Stem(_)) {
             self.stats.bytes_stem += bytes;
         } else if rpc.is_gossip() {
             self.stats.bytes_gossip += bytes;
         } else {
             self.stats.bytes_store += bytes;
         }
+        self.deliver_rpc(from, to, rpc);
+    }
+
+    /// Schedules `rpc`'s arrival after the link's latency.
+    fn deliver_rpc(&mut self, from: u32, to: u32, rpc: Rpc) {
         let at = self.now + self.latency(from, to);
         self.schedule(at, Kind::Rpc { from, to, rpc });
     }
@@ -304,7 +328,7 @@ impl World {
                 Kind::Resync(n) => {
                     self.schedule(self.now + self.cfg.resync_ms, Kind::Resync(n));
                     if self.nodes[n as usize].online {
-                        self.sync_all(n);
+                        self.anti_entropy(n);
                     }
                 }
             }
@@ -414,7 +438,7 @@ impl World {
             node.router.push_targets(k, None)
         };
         for t in targets {
-            self.send(n, t, Rpc::Publish(k));
+            self.send(n, t, Rpc::Publish(k, Via::Origin));
         }
     }
 
@@ -439,7 +463,7 @@ impl World {
         }
         let role = node.role;
         match rpc {
-            Rpc::Publish(k) => {
+            Rpc::Publish(k, _) => {
                 self.spy(to, from, k);
                 self.on_publish(from, to, k);
             }
@@ -461,7 +485,7 @@ impl World {
                     let have: Vec<u32> =
                         ids.into_iter().filter(|k| self.nodes[to as usize].router.cached(*k)).collect();
                     for k in have {
-                        self.send(to, from, Rpc::Publish(k));
+                        self.send(to, from, Rpc::Publish(k, Via::IWant));
                     }
                 }
             }
@@ -469,9 +493,15 @@ impl World {
                 self.nodes[to as usize].router.dont_send.insert((from, k));
             }
             Rpc::Graft => {
-                let r = &mut self.nodes[to as usize].router;
-                if !r.mesh.contains(&from) {
-                    r.mesh.push(from);
+                // As libp2p-gossipsub: a GRAFT is refused with a PRUNE once the mesh holds
+                // D_hi peers, unless this node dialed the grafting peer.
+                let node = &mut self.nodes[to as usize];
+                let full =
+                    node.router.mesh.len() >= self.cfg.gossip.mesh_n_high && !node.outbound.contains(&from);
+                if full {
+                    self.send(to, from, Rpc::Prune);
+                } else if !node.router.mesh.contains(&from) {
+                    node.router.mesh.push(from);
                 }
             }
             Rpc::Prune => self.nodes[to as usize].router.forget_peer(from),
@@ -514,6 +544,8 @@ impl World {
                     self.send(to, from, Rpc::Ids(found));
                 }
             }
+            Rpc::PageIdsReq { topic, from: cursor } => self.on_page_ids_req(from, to, topic, cursor),
+            Rpc::PageIds { topic, entries, next } => self.on_page_ids(from, to, topic, &entries, next),
             Rpc::Ids(ks) => {
                 let envelopes = ks.iter().map(|k| self.msgs[*k as usize].env.clone()).collect();
                 let outs =
@@ -561,7 +593,7 @@ impl World {
         }
         let targets = self.nodes[to as usize].router.push_targets(k, Some(from));
         for t in targets {
-            self.send(to, t, Rpc::Publish(k));
+            self.send(to, t, Rpc::Publish(k, Via::Forward));
         }
     }
 
@@ -728,10 +760,12 @@ impl World {
         for p in peers {
             let peer = &mut self.nodes[p as usize];
             peer.peers.retain(|x| *x != n);
+            peer.outbound.remove(&n);
             peer.router.forget_peer(n);
         }
         let node = &mut self.nodes[n as usize];
         node.online = false;
+        node.outbound.clear();
         node.router.mesh.clear();
     }
 
@@ -744,8 +778,13 @@ impl World {
             self.connect(n, j);
         }
         if self.nodes[n as usize].role == Role::Honest {
-            self.sync_all(n);
+            self.anti_entropy(n);
         }
+    }
+
+    /// Anti-entropy as configured: whole pages through `Sync` (the node today) or by ids.
+    fn anti_entropy(&mut self, n: u32) {
+        if self.cfg.resync_by_ids { self.sync_all_by_ids(n) } else { self.sync_all(n) }
     }
 
     /// Anti-entropy (after rejoining, and every `resync_ms` like the node's `resync_every_ms`):
@@ -830,6 +869,7 @@ impl World {
             bytes_store: self.stats.bytes_store,
             bytes_delivered: self.stats.bytes_delivered,
             bytes_hostile: self.stats.bytes_hostile,
+            bytes_by_kind: KINDS.iter().copied().zip(self.stats.bytes_by_kind).collect(),
             store_load_max_over_mean: max_over_mean(&loads),
             placement_max_over_mean: max_over_mean(&placement),
             spied,
