@@ -104,6 +104,29 @@ async fn user_ticking(
     s
 }
 
+/// A store node on 127.0.0.1 and its TCP addresses (to bootstrap from).
+async fn store_node(dir: &Path) -> (cairn_net::node::NodeHandle, Vec<cairn_net::Multiaddr>) {
+    let mut scfg = cairn_net::node::NodeConfig::new(dir.join("store"));
+    scfg.serve_store = true;
+    let store = cairn_net::node::start(scfg).await.unwrap();
+    let boot = store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    (store, boot)
+}
+
+/// A price at which a commit is mined in tens of ms.
+fn cheap_price() -> u64 {
+    ((hash_rate() * 0.05 / 1_000.0) as u64).max(1)
+}
+
+/// Waits until `s` is an active member of `conv`.
+async fn joined(s: &Service, conv: &str) {
+    let start = Instant::now();
+    while !s.conversations().await.unwrap().iter().any(|c| c.id == conv && c.active) {
+        assert!(start.elapsed() < Duration::from_secs(120), "never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn account(s: &Service) -> String {
     s.status().await.unwrap().account
 }
@@ -135,11 +158,7 @@ async fn a_commit_being_mined_stalls_no_other_conversation() {
     let price = ((rate * MINING_S_PER_KB / 1_000.0) as u64).max(1);
     eprintln!("miner: {:.2} M hashes/s; price {price} hashes/byte", rate / 1e6);
     let g = chain(dir.path(), price);
-    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
-    scfg.serve_store = true;
-    let store = cairn_net::node::start(scfg).await.unwrap();
-    let boot: Vec<_> =
-        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let (_store, boot) = store_node(dir.path()).await;
     let alice = user(dir.path(), "alice", &g, &boot).await;
     let bob = user(dir.path(), "bob", &g, &boot).await;
     let carol = user(dir.path(), "carol", &g, &boot).await;
@@ -172,11 +191,7 @@ async fn a_commit_being_mined_stalls_no_other_conversation() {
             }
         }
     };
-    let start = Instant::now();
-    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
-        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    joined(&bob, &chat).await;
     let mut bob_rx = bob.subscribe();
     let carol_account = account(&carol).await;
     let mut known = vec![chat.clone()];
@@ -248,23 +263,14 @@ async fn two_members_committing_at_once_both_get_their_change_and_agree() {
     let dir = tempfile::tempdir().unwrap();
     // Cheap commits (tens of ms of mining): the two land on the ledger at about the same time,
     // so the second is refused as stale, proven so, and rebuilt on the first.
-    let price = ((hash_rate() * 0.05 / 1_000.0) as u64).max(1);
-    let g = chain(dir.path(), price);
-    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
-    scfg.serve_store = true;
-    let store = cairn_net::node::start(scfg).await.unwrap();
-    let boot: Vec<_> =
-        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let g = chain(dir.path(), cheap_price());
+    let (_store, boot) = store_node(dir.path()).await;
     let alice = user(dir.path(), "alice", &g, &boot).await;
     let bob = user(dir.path(), "bob", &g, &boot).await;
     let carol = user(dir.path(), "carol", &g, &boot).await;
     let dave = user(dir.path(), "dave", &g, &boot).await;
     let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
-    let start = Instant::now();
-    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
-        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    joined(&bob, &chat).await;
     let (by_alice, by_bob) = tokio::join!(
         alice.add_members(chat.clone(), vec![account(&carol).await]),
         bob.add_members(chat.clone(), vec![account(&dave).await]),
@@ -294,13 +300,8 @@ async fn two_members_committing_at_once_both_get_their_change_and_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() {
     let dir = tempfile::tempdir().unwrap();
-    let price = ((hash_rate() * 0.05 / 1_000.0) as u64).max(1);
-    let g = chain(dir.path(), price);
-    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
-    scfg.serve_store = true;
-    let store = cairn_net::node::start(scfg).await.unwrap();
-    let boot: Vec<_> =
-        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let g = chain(dir.path(), cheap_price());
+    let (_store, boot) = store_node(dir.path()).await;
     let alice = user(dir.path(), "alice", &g, &boot).await;
     let bob = user(dir.path(), "bob", &g, &boot).await;
     let mut others = Vec::new();
@@ -308,11 +309,7 @@ async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() 
         others.push(user(dir.path(), name, &g, &boot).await);
     }
     let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
-    let start = Instant::now();
-    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
-        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    joined(&bob, &chat).await;
     let before = bob.order_reads();
     for o in &others {
         alice.add_members(chat.clone(), vec![account(o).await]).await.expect("add merged");
@@ -341,24 +338,15 @@ async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_from_an_epoch_not_reached_costs_the_receiving_actor_no_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let price = ((hash_rate() * 0.05 / 1_000.0) as u64).max(1);
-    let g = chain(dir.path(), price);
-    let mut scfg = cairn_net::node::NodeConfig::new(dir.path().join("store"));
-    scfg.serve_store = true;
-    let store = cairn_net::node::start(scfg).await.unwrap();
-    let boot: Vec<_> =
-        store.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned().collect();
+    let g = chain(dir.path(), cheap_price());
+    let (_store, boot) = store_node(dir.path()).await;
     let alice = user(dir.path(), "alice", &g, &boot).await;
     // Bob's ledger worker polls every 20 s: the messages below reach him before his block
     // follower would see the commits by itself.
     let bob = user_ticking(dir.path(), "bob", &g, &boot, Some(20_000)).await;
     let mut rx = bob.subscribe();
     let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
-    let start = Instant::now();
-    while !bob.conversations().await.unwrap().iter().any(|c| c.id == chat && c.active) {
-        assert!(start.elapsed() < Duration::from_secs(120), "bob never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    joined(&bob, &chat).await;
     let before = bob.order_reads();
     for (i, name) in ["carol", "dave"].into_iter().enumerate() {
         let other = user(dir.path(), name, &g, &boot).await;
