@@ -1,5 +1,6 @@
 //! The CI-sized fault campaign (issue 17 §3): `cairn bench faults` with 3 scenarios of a seed
-//! whose scenarios together drop 1–30% of packets, delay by 200 ± 100 ms, partition and heal,
+//! whose scenarios together drop 1–30% of packets, delay by 200 ± 100 ms (every connection,
+//! validator-to-validator ones included, which the campaign checks at set-up), partition and heal,
 //! and SIGKILL and restart a process with its clock skewed — on 4 validators, 3 store nodes
 //! and 5 users in one group, each in its own network namespace that the run creates (and
 //! deletes). It must end with every acknowledged message at every member exactly once, no
