@@ -81,7 +81,7 @@ struct Node {
     stored: HashSet<u32>,
     /// Anti-entropy by ids: cursor per (topic, store), and ids asked by id (when).
     id_cursors: HashMap<(u32, u32), u64>,
-    fetching: HashMap<u32, u64>,
+    fetching: HashMap<u32, by_ids::Fetch>,
 }
 
 #[derive(Default)]

@@ -12,9 +12,40 @@ pub(super) const PAGE_IDS_MAX: u32 = 256;
 /// An id asked of a store and not answered is asked again after this long, ms.
 const REFETCH_MS: u64 = 5_000;
 
+/// An envelope asked by id after an ids page listed it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fetch {
+    /// When it was asked, ms.
+    at: u64,
+    topic: u32,
+    store: u32,
+    /// Its cursor at that store.
+    seq: u64,
+}
+
 impl World {
-    /// Asks every store node of every topic for the ids after this node's cursor there.
+    /// Asks every store node of every topic for the ids after this node's cursor there. An id
+    /// asked by id and still missing after `REFETCH_MS` (its answer lost while this node was
+    /// away) moves that cursor back to it, so it is listed and asked again.
     pub(super) fn sync_all_by_ids(&mut self, n: u32) {
+        let now = self.now;
+        let node = &mut self.nodes[n as usize];
+        let got = &node.got;
+        let mut back = Vec::new();
+        node.fetching.retain(|k, f| {
+            if got.contains(k) {
+                return false;
+            }
+            if now < f.at + REFETCH_MS {
+                return true;
+            }
+            back.push(*f);
+            false
+        });
+        for f in back {
+            let c = node.id_cursors.entry((f.topic, f.store)).or_default();
+            *c = (*c).min(f.seq);
+        }
         for t in 0..self.topics.len() as u32 {
             for s in self.stores_of(t) {
                 let from = self.nodes[n as usize].id_cursors.get(&(t, s)).copied().unwrap_or(0);
@@ -63,9 +94,9 @@ impl World {
                 continue;
             }
             match node.fetching.get(k) {
-                Some(t) if now < t + REFETCH_MS => {}
+                Some(f) if now < f.at + REFETCH_MS => {}
                 _ => {
-                    node.fetching.insert(*k, now);
+                    node.fetching.insert(*k, Fetch { at: now, topic, store: from, seq: *seq });
                     want.push(self.msgs[*k as usize].id);
                 }
             }
