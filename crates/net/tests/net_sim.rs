@@ -67,6 +67,25 @@ fn honest_messages_reach_every_honest_node_and_the_stem_hides_senders() {
 }
 
 #[test]
+fn anti_entropy_by_ids_delivers_everything_with_fewer_bytes_than_whole_pages() {
+    for seed in seeds() {
+        let pages = sim::run(&small(seed, true));
+        let ids = sim::run(&SimConfig { resync_by_ids: true, ..small(seed, true) });
+        check_delivery(&ids);
+        let page_bytes =
+            |r: &Report| r.bytes_by_kind.iter().find(|(k, _)| *k == "page").map_or(0, |(_, b)| *b);
+        assert_eq!(page_bytes(&ids), 0, "seed {seed}: no whole-envelope page");
+        assert!(
+            ids.bytes_per_delivered() + 1.0 < pages.bytes_per_delivered(),
+            "seed {seed}: by ids {:.2} B/B, whole pages {:.2}\n{}",
+            ids.bytes_per_delivered(),
+            pages.bytes_per_delivered(),
+            sim::table(&[pages.clone(), ids.clone()])
+        );
+    }
+}
+
+#[test]
 fn a_run_is_reproduced_exactly_from_its_seed() {
     let seed = seeds()[0];
     let cfg = SimConfig { messages: 20, ..small(seed, true) };
