@@ -46,15 +46,32 @@ pub(super) enum Rpc {
     Graft,
     Prune,
     Stem(u32),
+    /// A store receipt for a stemmed message, from the fluffing hop back to its originator.
+    StemAnswer(u32, u32),
     Junk(usize),
     StoreReq(u32),
     StoreAck(u32),
-    PageReq { topic: u32, from: u64, limit: u32 },
-    Page { topic: u32, entries: Vec<(u64, u32)>, next: Option<u64> },
+    PageReq {
+        topic: u32,
+        from: u64,
+        limit: u32,
+    },
+    Page {
+        topic: u32,
+        entries: Vec<(u64, u32)>,
+        next: Option<u64>,
+    },
     IdsReq(Vec<Id>),
     Ids(Vec<u32>),
-    PageIdsReq { topic: u32, from: u64 },
-    PageIds { topic: u32, entries: Vec<(u64, u32)>, next: Option<u64> },
+    PageIdsReq {
+        topic: u32,
+        from: u64,
+    },
+    PageIds {
+        topic: u32,
+        entries: Vec<(u64, u32)>,
+        next: Option<u64>,
+    },
 }
 
 impl Rpc {
@@ -68,7 +85,7 @@ impl Rpc {
             Rpc::IWant(_) => 4,
             Rpc::IDontWant(_) => 5,
             Rpc::Graft | Rpc::Prune => 6,
-            Rpc::Stem(_) => 7,
+            Rpc::Stem(_) | Rpc::StemAnswer(..) => 7,
             Rpc::StoreReq(_) => 8,
             Rpc::StoreAck(_) => 9,
             Rpc::PageReq { .. } | Rpc::PageIdsReq { .. } => 10,
@@ -96,10 +113,16 @@ impl Rpc {
 
 #[derive(Debug)]
 pub(super) enum Kind {
-    Rpc { from: u32, to: u32, rpc: Rpc },
+    Rpc {
+        from: u32,
+        to: u32,
+        rpc: Rpc,
+    },
     Heartbeat(u32),
     Send(u32),
     StemCheck(u32),
+    /// The originator's wait for a stemmed message's receipts ends.
+    StemDeadline(u32),
     Churn,
     Rejoin(u32),
     Flood(u32),

@@ -9,7 +9,9 @@
 //!   anti-entropy by pages from store nodes every `resync_ms` and after rejoining); store targets come from
 //!   [`crate::shard::place`] over the store nodes as registered on the ledger (rank by
 //!   BLAKE3 of topic, node key and salt); the stem phase is [`crate::stem::Stem`], the module the node
-//!   uses.
+//!   uses, on the node's store path (`world/stem_path.rs`: store nodes are never hops, the
+//!   originator holds its send, the fluffing hop pushes to the stores and their receipts go
+//!   back to the originator).
 //! - **Model**: the gossip mesh. The real node uses libp2p gossipsub; here [`gossip`] models its
 //!   router with our parameters (D = 6, D_lo = 5, D_hi = 12, eager push, IDONTWANT, flood
 //!   publishing, IHAVE/IWANT at a 500 ms heartbeat, duplicate suppression by message id); see

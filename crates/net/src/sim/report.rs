@@ -50,8 +50,8 @@ pub struct Report {
     pub spied_correct: u64,
     /// Mean over messages of 1 / (the sender's connected peers at the send).
     pub guess_baseline: f64,
-    /// Messages whose sender pushed it straight to a hostile store node (the store protocol
-    /// names its sender whatever the stem does).
+    /// Messages whose sender pushed it straight to a hostile store node, which so learns the
+    /// sender (with the stem the fluffing hop pushes, the sender only after its fallback).
     pub store_push_to_hostile: u64,
     /// Fail-safe diffusions (stem envelopes not seen in gossip in time).
     pub failsafe_fires: u64,

@@ -14,11 +14,12 @@ use super::gossip::{Control, Router};
 use super::report::Report;
 use super::rng::{Rng, mix};
 use crate::shard;
-use crate::stem::{Stem, StemAction};
+use crate::stem::Stem;
 use crate::sync::{Input, Output, Sync, SyncConfig};
 use crate::validate::{Admission, AdmissionConfig, Verdict};
 
 mod by_ids;
+mod stem_path;
 
 /// Simulated wall-clock origin (envelope timestamps), ms since the Unix epoch.
 const BASE_MS: u64 = 1_800_000_000_000;
@@ -59,6 +60,12 @@ struct Msg {
     /// First hostile receipt: (time, the peer it came from).
     spy_first: Option<(u64, u32)>,
     reach_ms: u64,
+    /// Stem hops it took (a store receipt goes back up that many).
+    stem_hops: u64,
+    /// A receipt came back up the stem to the originator.
+    stem_answered: bool,
+    /// Its originator pushed it to a hostile store node (which so learns the sender).
+    pushed_to_hostile: bool,
 }
 
 struct Node {
@@ -268,7 +275,13 @@ impl World {
         let size = |k: &u32| self.msgs[*k as usize].bytes.len() as u64;
         FRAME_BYTES
             + match rpc {
-                Rpc::Publish(k, _) | Rpc::Stem(k) | Rpc::StoreReq(k) => size(k),
+                Rpc::Publish(k, _) | Rpc::StoreReq(k) => size(k),
+                // The envelope and the originator's store targets.
+                Rpc::Stem(k) => size(k) + ID_BYTES * self.cfg.replicas as u64,
+                // One store receipt (with the store's peer id), relayed by every hop.
+                Rpc::StemAnswer(k, _) => {
+                    self.msgs[*k as usize].stem_hops.max(1) * (40 + crate::receipt::RECEIPT_BYTES as u64)
+                }
                 Rpc::IHave(ids) => ID_BYTES * ids.len() as u64,
                 Rpc::IWant(ids) => ID_BYTES * ids.len() as u64,
                 Rpc::IdsReq(ids) => ID_BYTES * ids.len() as u64,
@@ -293,7 +306,7 @@ impl World {
             return self.deliver_rpc(from, to, rpc);
         }
         self.stats.bytes_by_kind[rpc.kind()] += bytes;
-        if matches!(rpc, Rpc::Stem(_)) {
+        if matches!(rpc, Rpc::Stem(_) | Rpc::StemAnswer(..)) {
             self.stats.bytes_stem += bytes;
         } else if rpc.is_gossip() {
             self.stats.bytes_gossip += bytes;
@@ -322,6 +335,7 @@ impl World {
                 Kind::Heartbeat(n) => self.on_heartbeat(n),
                 Kind::Send(k) => self.on_send(k),
                 Kind::StemCheck(n) => self.on_stem_check(n),
+                Kind::StemDeadline(k) => self.on_stem_deadline(k),
                 Kind::Churn => self.on_churn(),
                 Kind::Rejoin(n) => self.on_rejoin(n),
                 Kind::Flood(n) => self.on_flood(n),
@@ -375,9 +389,6 @@ impl World {
         let id = env.id();
         let bytes = env.encode();
         let stores = self.stores_of(topic);
-        if stores.iter().any(|s| self.nodes[*s as usize].role != Role::Honest) {
-            self.stats.store_push_to_hostile += 1;
-        }
         self.msgs.push(Msg {
             env: env.clone(),
             bytes,
@@ -388,33 +399,18 @@ impl World {
             origin_degree: self.nodes[origin as usize].peers.len(),
             spy_first: None,
             reach_ms: 0,
+            stem_hops: 0,
+            stem_answered: false,
+            pushed_to_hostile: false,
         });
         self.id_index.insert(id, k);
-        let now = self.now;
-        let node = &mut self.nodes[origin as usize];
-        node.got.insert(k);
-        let outs = node.sync.handle(Input::Send { envelope: env, stores }, now);
+        self.nodes[origin as usize].got.insert(k);
+        if self.cfg.stem.is_some() && self.stem_originate(origin, k, &stores) {
+            return;
+        }
+        let outs = self.nodes[origin as usize].sync.handle(Input::Send { envelope: env, stores }, self.now);
         self.apply(origin, outs, false);
-        if self.cfg.stem.is_some() {
-            let r = self.rng.next_u64();
-            let node = &mut self.nodes[origin as usize];
-            let peers = node.peers.clone();
-            match node.stem.originate(id, &peers, now, r) {
-                StemAction::Forward(to) => {
-                    self.send(origin, to, Rpc::Stem(k));
-                    self.arm_stem_check(origin);
-                }
-                _ => self.publish(origin, k),
-            }
-        } else {
-            self.publish(origin, k);
-        }
-    }
-
-    fn arm_stem_check(&mut self, n: u32) {
-        if let Some(at) = self.nodes[n as usize].stem.next_deadline() {
-            self.schedule(at.max(self.now), Kind::StemCheck(n));
-        }
+        self.publish(origin, k);
     }
 
     /// `n` publishes message `k` into gossip (originator, fluffing stem hop, or fail-safe):
@@ -519,11 +515,8 @@ impl World {
                 }
             }
             Rpc::StoreReq(k) => self.on_store_req(from, to, k),
-            Rpc::StoreAck(k) => {
-                let id = self.msgs[k as usize].id;
-                let outs = self.nodes[to as usize].sync.handle(Input::StoreAck { id, from }, self.now);
-                self.apply(to, outs, false);
-            }
+            Rpc::StoreAck(k) => self.on_store_ack(from, to, k),
+            Rpc::StemAnswer(k, store) => self.on_store_ack(store, to, k),
             Rpc::PageReq { topic, from: cursor, limit } => self.on_page_req(from, to, topic, cursor, limit),
             Rpc::Page { topic, entries, next } => {
                 let entries =
@@ -597,46 +590,6 @@ impl World {
         }
     }
 
-    fn on_stem(&mut self, from: u32, to: u32, k: u32) {
-        let now = self.now;
-        let r = self.rng.next_u64();
-        let id = self.msgs[k as usize].id;
-        let node = &mut self.nodes[to as usize];
-        if !matches!(
-            node.stem_admission.check(&from, &self.msgs[k as usize].bytes, BASE_MS + now),
-            Verdict::Accept(..)
-        ) {
-            return;
-        }
-        if node.router.seen.contains(&k) {
-            return; // already in gossip here
-        }
-        let peers = node.peers.clone();
-        match node.stem.relay(&from, id, &peers, now, r) {
-            StemAction::Forward(next) => {
-                self.send(to, next, Rpc::Stem(k));
-                self.arm_stem_check(to);
-            }
-            StemAction::Fluff => self.publish(to, k),
-            StemAction::Duplicate | StemAction::Refuse => {}
-        }
-    }
-
-    fn on_stem_check(&mut self, n: u32) {
-        if !self.nodes[n as usize].online {
-            return;
-        }
-        let due = self.nodes[n as usize].stem.due(self.now);
-        for id in due {
-            let Some(&k) = self.id_index.get(&id) else { continue };
-            if !self.nodes[n as usize].router.seen.contains(&k) {
-                self.stats.failsafe_fires += 1;
-                self.publish(n, k);
-            }
-        }
-        self.arm_stem_check(n);
-    }
-
     fn on_store_req(&mut self, from: u32, to: u32, k: u32) {
         let node = &mut self.nodes[to as usize];
         if !node.store {
@@ -679,6 +632,14 @@ impl World {
             match o {
                 Output::StoreRequest { to, envelope } => {
                     if let Some(&k) = self.id_index.get(&envelope.id()) {
+                        let m = &mut self.msgs[k as usize];
+                        if m.origin == n
+                            && !m.pushed_to_hostile
+                            && self.nodes[to as usize].role != Role::Honest
+                        {
+                            m.pushed_to_hostile = true;
+                            self.stats.store_push_to_hostile += 1;
+                        }
                         self.send(n, to, Rpc::StoreReq(k));
                     }
                 }
