@@ -232,6 +232,8 @@ pub struct NodeSequencer {
     asked: RefCell<Recent<Topic, Instant>>,
     /// Reads ahead asked for in all.
     asks: Arc<AtomicU64>,
+    /// Reads of the ledger made on the actor while receiving.
+    receive_reads: Arc<AtomicU64>,
 }
 
 /// Conversations with a read ahead asked for and not served yet, at most. Overflow policy:
@@ -249,6 +251,8 @@ pub struct OrderReadsView {
     pub asked: u64,
     /// Read from the ledger on the actor: calls, time in all and longest.
     pub ledger: SubmitStallView,
+    /// Of those, made while receiving (the worker could not be asked: its queue was full).
+    pub ledger_while_receiving: u64,
 }
 
 /// The worker's side, run by [`SubmitWorker::run`] on its own thread.
@@ -333,6 +337,7 @@ impl NodeSequencer {
             no_wait: false,
             asked: RefCell::new(Recent::new(READS_ASKED_MAX)),
             asks: Arc::new(AtomicU64::new(0)),
+            receive_reads: Arc::new(AtomicU64::new(0)),
         };
         let worker = SubmitWorker {
             client: worker,
@@ -388,10 +393,12 @@ impl NodeSequencer {
     /// A reader of how the actor's reads of the order were answered.
     pub fn order_reads(&self) -> impl Fn() -> OrderReadsView + Send + Sync + 'static {
         let (stall, ahead, asks) = (self.read_stall.clone(), self.read_ahead.clone(), self.asks.clone());
+        let receiving = self.receive_reads.clone();
         move || OrderReadsView {
             read_ahead: ahead.load(Ordering::Relaxed),
             asked: asks.load(Ordering::Relaxed),
             ledger: stall.view(),
+            ledger_while_receiving: receiving.load(Ordering::Relaxed),
         }
     }
 
@@ -485,6 +492,9 @@ impl CommitSequencer for NodeSequencer {
         let start = Instant::now();
         let r = client.sequenced(topic, from, max).map_err(unavailable);
         self.read_stall.record(start.elapsed());
+        if self.no_wait {
+            self.receive_reads.fetch_add(1, Ordering::Relaxed);
+        }
         r
     }
 }
