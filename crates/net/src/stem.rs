@@ -96,7 +96,13 @@ pub struct Stem<P> {
     handled: SeenIds,
     /// Stem envelopes accepted per peer this epoch; at most `peers_tracked_max` peers.
     per_peer: HashMap<P, u32>,
+    /// Successors that failed this epoch (see [`Stem::successor_failed`]), at most
+    /// [`FAILED_SUCCESSORS_MAX`] (the oldest forgotten).
+    failed: Vec<P>,
 }
+
+/// Failed successors remembered per epoch, at most.
+pub const FAILED_SUCCESSORS_MAX: usize = 16;
 
 impl<P: Clone + Eq + Hash> Stem<P> {
     /// A fresh stem state.
@@ -108,6 +114,7 @@ impl<P: Clone + Eq + Hash> Stem<P> {
             pending: BTreeMap::new(),
             handled: SeenIds::new(config.handled_ids_max),
             per_peer: HashMap::new(),
+            failed: Vec::new(),
         }
     }
 
@@ -127,11 +134,13 @@ impl<P: Clone + Eq + Hash> Stem<P> {
             self.epoch = epoch;
             self.successor = None;
             self.per_peer.clear();
+            self.failed.clear();
         }
     }
 
     /// This epoch's stem successor among `peers` (the connected peers able to take stem
-    /// envelopes), re-chosen with `rand` when the epoch changes or the successor is gone.
+    /// envelopes), re-chosen with `rand` when the epoch changes, the successor is gone or it
+    /// failed; a peer that failed this epoch is not chosen again while another is available.
     pub fn successor(&mut self, peers: &[P], now_ms: u64, rand: u64) -> Option<P> {
         self.roll_epoch(now_ms);
         if let Some(s) = &self.successor
@@ -143,9 +152,27 @@ impl<P: Clone + Eq + Hash> Stem<P> {
             self.successor = None;
             return None;
         }
-        let pick = peers[(rand % peers.len() as u64) as usize].clone();
+        let fresh: Vec<&P> = peers.iter().filter(|p| !self.failed.contains(p)).collect();
+        let pool: Vec<&P> = if fresh.is_empty() { peers.iter().collect() } else { fresh };
+        let pick = pool[(rand % pool.len() as u64) as usize].clone();
         self.successor = Some(pick.clone());
         Some(pick)
+    }
+
+    /// What was sent to `peer` through the stem was never answered in time (the fail-safe or
+    /// the originator's wait ran out): a successor that drops envelopes would otherwise delay
+    /// every one of them for the rest of the epoch. It stops being the successor and is not
+    /// chosen again this epoch while another peer is available.
+    pub fn successor_failed(&mut self, peer: &P) {
+        if self.successor.as_ref() == Some(peer) {
+            self.successor = None;
+        }
+        if !self.failed.contains(peer) {
+            if self.failed.len() >= FAILED_SUCCESSORS_MAX {
+                self.failed.remove(0);
+            }
+            self.failed.push(peer.clone());
+        }
     }
 
     fn seen(&self, id: &Id) -> bool {
@@ -255,6 +282,34 @@ mod tests {
         assert_eq!(s.successor(&peers, 1000, 2), Some(peers[2]), "re-chosen in the next");
         assert_eq!(s.successor(&[9], 1001, 5), Some(9), "re-chosen when gone");
         assert_eq!(s.successor(&[], 1002, 5), None);
+    }
+
+    #[test]
+    fn a_failed_successor_is_replaced_and_not_chosen_again_this_epoch() {
+        let mut s: Stem<u32> = Stem::new(StemConfig { epoch_ms: 1000, ..StemConfig::default() });
+        let peers = [1, 2, 3];
+        let first = s.successor(&peers, 0, 0).expect("a successor");
+        s.successor_failed(&first);
+        for rand in 0..50 {
+            let mut t: Stem<u32> = Stem::new(StemConfig { epoch_ms: 1000, ..StemConfig::default() });
+            let _ = t.successor(&peers, 0, 0);
+            t.successor_failed(&first);
+            assert_ne!(t.successor(&peers, 10, rand), Some(first), "a failed successor chosen again");
+        }
+        let next = s.successor(&peers, 10, 0).expect("a successor");
+        assert_ne!(next, first);
+        assert_eq!(s.successor(&peers, 20, 7), Some(next), "kept until it fails");
+        // with every peer failed, one is still chosen; a new epoch forgets the failures
+        for p in peers {
+            s.successor_failed(&p);
+        }
+        assert!(s.successor(&peers, 30, 1).is_some());
+        s.successor_failed(&first);
+        assert!((0..50).any(|r| {
+            let mut t: Stem<u32> = Stem::new(StemConfig { epoch_ms: 1000, ..StemConfig::default() });
+            t.successor_failed(&first);
+            t.successor(&peers, 1000, r) == Some(first)
+        }));
     }
 
     #[test]

@@ -291,6 +291,61 @@ async fn a_silent_stem_hop_trips_the_failsafe_and_nothing_is_lost() {
     }
 }
 
+/// A stem successor that drops what it gets is replaced after its first failure: of 4
+/// envelopes, at most the first goes into the black hole (before, every envelope of the
+/// 10-minute epoch did, each waiting out the fail-safe: this test then failed in the runs
+/// where the black hole was chosen first, about half).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_successor_is_replaced_after_one_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[0x19; 32]);
+    let hole = Raw::start(Role::BlackHole).await;
+    let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
+    let mut stores = Vec::new();
+    for i in 0..3 {
+        let mut c = cfg(dir.path(), &format!("s{i}"), None);
+        c.serve_store = true;
+        if let Some(s) = stores.first() {
+            c.bootstrap = vec![tcp(s)];
+        }
+        stores.push(start(c).await.unwrap());
+    }
+    let a = start({
+        let mut c = cfg(dir.path(), "a", Some(fast));
+        c.bootstrap = vec![tcp(&stores[0])];
+        c
+    })
+    .await
+    .unwrap();
+    // An honest stem peer of the sender, besides the black hole.
+    let h = start({
+        let mut c = cfg(dir.path(), "h", Some(fast));
+        c.bootstrap = vec![tcp(&a), tcp(&stores[1])];
+        c
+    })
+    .await
+    .unwrap();
+    hole.dial(&tcp(&a)).await;
+    wait_store_peers(&a, 3).await;
+    wait_store_peers(&h, 3).await;
+    let mut a_rx = a.events();
+    sleep(Duration::from_secs(1)).await;
+    for i in 0..4 {
+        let e = mined(topic, &format!("past the hole {i}"), vec![]);
+        let t0 = Instant::now();
+        let id = a.publish(e).await.unwrap();
+        stored(&mut a_rx, id, t0, 30).await;
+    }
+    let held = hole.log.lock().unwrap().held;
+    let st = a.status().await.unwrap();
+    eprintln!("black hole beside an honest peer: held {held} of 4, fallbacks {}", st.stem.fallbacks);
+    assert!(held <= 1, "the black hole stayed the successor: it held {held} of 4");
+    assert!(st.stem.fallbacks <= 1, "{} envelopes waited out the fail-safe", st.stem.fallbacks);
+    for n in stores.iter().chain([&a, &h]) {
+        n.shutdown().await;
+    }
+}
+
 /// A 1-hour envelope with no proof of work at all.
 fn unmined(topic: Topic) -> Envelope {
     Envelope::new(topic, common::now_ms(), 3600, vec![], pad(b"free", &Limits::default()).unwrap())

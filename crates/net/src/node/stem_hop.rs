@@ -103,11 +103,13 @@ struct Own {
     envelope: Envelope,
     written: bool,
     deadline_ms: u64,
+    /// The stem successor it was sent to.
+    to: PeerId,
 }
 
 enum RelayState {
-    /// Forwarded; waiting for the downstream answer.
-    Waiting(OutboundRequestId),
+    /// Forwarded to this peer; waiting for its answer.
+    Waiting(OutboundRequestId, PeerId),
     /// Fluffed here; waiting for these store nodes' answers.
     Storing(Vec<PeerId>),
 }
@@ -235,7 +237,7 @@ impl Node {
         let rid = b.send_request(&to, encode_request(&stores, &env.encode()));
         let Some(hop) = self.stem.as_mut() else { return Some(env) };
         hop.requests.insert(rid, id);
-        hop.own.insert(id, Own { envelope: env.clone(), written, deadline_ms });
+        hop.own.insert(id, Own { envelope: env.clone(), written, deadline_ms, to });
         debug!(%to, "own envelope {} into the stem", id.short());
         let outs =
             self.sync.handle(Input::SendHeld { envelope: env, stores, written, until_ms: deadline_ms }, now);
@@ -319,7 +321,7 @@ impl Node {
                 let rid = b.send_request(&to, encode_request(&targets, &env.encode()));
                 let Some(hop) = self.stem.as_mut() else { return };
                 hop.requests.insert(rid, id);
-                RelayState::Waiting(rid)
+                RelayState::Waiting(rid, to)
             }
             StemAction::Fluff => RelayState::Storing(Vec::new()),
         };
@@ -373,7 +375,7 @@ impl Node {
             // others' envelopes as parents cannot make this hop diffuse them early.
             for p in &r.envelope.header.parents {
                 let same_link_waiting = hop.relays.get(p).is_some_and(|pr| {
-                    matches!(pr.state, RelayState::Waiting(_))
+                    matches!(pr.state, RelayState::Waiting(..))
                         && pr.from == r.from
                         && pr.envelope.header.topic == r.envelope.header.topic
                 });
@@ -472,7 +474,7 @@ impl Node {
             return self.stem_own_answered(own, receipts);
         }
         let Some(r) = hop.relays.get_mut(&id) else { return };
-        if !matches!(r.state, RelayState::Waiting(w) if w == rid) {
+        if !matches!(r.state, RelayState::Waiting(w, _) if w == rid) {
             return; // fluffed here meanwhile: our own store nodes answer
         }
         if receipts.is_empty() {
@@ -529,23 +531,29 @@ impl Node {
         let failsafe: Vec<Id> = hop
             .relays
             .iter()
-            .filter(|(_, r)| matches!(r.state, RelayState::Waiting(_)) && r.failsafe_at_ms <= now)
+            .filter(|(_, r)| matches!(r.state, RelayState::Waiting(..)) && r.failsafe_at_ms <= now)
             .map(|(id, _)| *id)
             .collect();
         let overdue: Vec<Id> =
             hop.relays.iter().filter(|(_, r)| r.answer_by_ms <= now).map(|(id, _)| *id).collect();
         let own: Vec<Own> = late.iter().filter_map(|id| hop.own.remove(id)).collect();
         for o in own {
+            // The successor never answered: the next envelopes take another one.
+            if let Some(h) = self.stem.as_mut() {
+                h.stem.successor_failed(&o.to);
+            }
             self.stem_fallback(o);
         }
         for id in failsafe {
             // Still waiting: not fluffed meanwhile as an ancestor of an earlier one.
-            let waiting = self
-                .stem
-                .as_ref()
-                .and_then(|h| h.relays.get(&id))
-                .is_some_and(|r| matches!(r.state, RelayState::Waiting(_)));
-            if waiting {
+            let waiting = self.stem.as_ref().and_then(|h| h.relays.get(&id)).and_then(|r| match r.state {
+                RelayState::Waiting(_, to) => Some(to),
+                RelayState::Storing(_) => None,
+            });
+            if let Some(to) = waiting {
+                if let Some(h) = self.stem.as_mut() {
+                    h.stem.successor_failed(&to);
+                }
                 self.stem_fluff(id);
             }
         }
