@@ -229,29 +229,31 @@ async fn the_first_hop_gives_the_sender_away_only_without_the_stem() {
     assert!(with.hops_relayed >= SENDS as u64, "each message went through at least one hop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_stem_hop_trips_the_failsafe_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = Topic::for_conversation(&[0x18; 32]);
-    let hole = Raw::start(Role::BlackHole).await;
-    // Only the sender runs the stem: the black hole is its one stem peer.
+/// Three store nodes and a sender `a` running the stem with a short fail-safe (returned).
+async fn stores_and_fast_sender(dir: &std::path::Path) -> (StemConfig, Vec<NodeHandle>, NodeHandle) {
     let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
     let mut stores = Vec::new();
     for i in 0..3 {
-        let mut c = cfg(dir.path(), &format!("s{i}"), None);
+        let mut c = cfg(dir, &format!("s{i}"), None);
         c.serve_store = true;
         if let Some(s) = stores.first() {
             c.bootstrap = vec![tcp(s)];
         }
         stores.push(start(c).await.unwrap());
     }
-    let a = start({
-        let mut c = cfg(dir.path(), "a", Some(fast));
-        c.bootstrap = vec![tcp(&stores[0])];
-        c
-    })
-    .await
-    .unwrap();
+    let mut c = cfg(dir, "a", Some(fast));
+    c.bootstrap = vec![tcp(&stores[0])];
+    let a = start(c).await.unwrap();
+    (fast, stores, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stem_hop_trips_the_failsafe_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[0x18; 32]);
+    let hole = Raw::start(Role::BlackHole).await;
+    // Only the sender runs the stem: the black hole is its one stem peer.
+    let (fast, stores, a) = stores_and_fast_sender(dir.path()).await;
     let r = start({
         let mut c = cfg(dir.path(), "r", None);
         c.bootstrap = vec![tcp(&stores[1])];
@@ -300,23 +302,7 @@ async fn a_silent_successor_is_replaced_after_one_failure() {
     let dir = tempfile::tempdir().unwrap();
     let topic = Topic::for_conversation(&[0x19; 32]);
     let hole = Raw::start(Role::BlackHole).await;
-    let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
-    let mut stores = Vec::new();
-    for i in 0..3 {
-        let mut c = cfg(dir.path(), &format!("s{i}"), None);
-        c.serve_store = true;
-        if let Some(s) = stores.first() {
-            c.bootstrap = vec![tcp(s)];
-        }
-        stores.push(start(c).await.unwrap());
-    }
-    let a = start({
-        let mut c = cfg(dir.path(), "a", Some(fast));
-        c.bootstrap = vec![tcp(&stores[0])];
-        c
-    })
-    .await
-    .unwrap();
+    let (fast, stores, a) = stores_and_fast_sender(dir.path()).await;
     // An honest stem peer of the sender, besides the black hole.
     let h = start({
         let mut c = cfg(dir.path(), "h", Some(fast));
