@@ -33,6 +33,10 @@ pub struct Delivered {
     pub epoch: u64,
     /// The plaintext.
     pub body: Vec<u8>,
+    /// For a message released from the future-epoch buffer: BLAKE3 of the MLS message bytes
+    /// it was decrypted from, so the caller can tell which of its held envelopes it is (two
+    /// concurrent messages may share topic, timestamp and parents). `None` otherwise.
+    pub wire: Option<Box<[u8; 32]>>,
 }
 
 /// Why an application message was dropped without an error.
@@ -309,7 +313,12 @@ impl Client {
             return Ok(());
         }
         let refs: Vec<(&[u8], &[u8])> = ready.iter().map(|(b, a)| (b.as_slice(), a.as_slice())).collect();
-        for r in self.receive_many(id, &refs).into_iter().flatten() {
+        let results = self.receive_many(id, &refs);
+        for ((bytes, _), r) in ready.iter().zip(results) {
+            let Ok(mut r) = r else { continue };
+            if let Received::Message(d) = &mut r {
+                d.wire = Some(Box::new(*blake3::hash(bytes).as_bytes()));
+            }
             events.push(Event::Message(r));
         }
         Ok(())
@@ -336,7 +345,7 @@ fn processed(
                 ProcessedMessageContent::ApplicationMessage(a) => {
                     let sender =
                         sender.ok_or(MlsError::Rejected("sender has no device certificate".into()))?;
-                    Ok(Received::Message(Delivered { sender, epoch, body: a.into_bytes() }))
+                    Ok(Received::Message(Delivered { sender, epoch, body: a.into_bytes(), wire: None }))
                 }
                 ProcessedMessageContent::OwnPrivateMessage => Ok(Received::Dropped(Dropped::Own)),
                 _ => Err(MlsError::Rejected("not an application message".into())),

@@ -255,9 +255,20 @@ impl Engine {
             held.iter().filter_map(|id| self.history.get(id).ok().flatten().map(|e| (*id, e))).collect();
         let mut rows = Vec::new();
         let mut epochs = Vec::new();
+        // The MLS bytes each held envelope carries, by hash: a released message names the bytes
+        // it was decrypted from (two concurrent messages may share topic, timestamp and
+        // parents, so the header alone could pair a plaintext with the other's envelope).
+        let wire = |e: &Envelope| -> Option<[u8; 32]> {
+            let ct = e.payload.as_deref().map(unpad)?.ok()?;
+            Some(*blake3::hash(ct).as_bytes())
+        };
         for d in readable {
             let Ok(m) = Message::decode(&d.body, &self.cfg.limits) else { continue };
-            let Some(pos) = envs.iter().position(|(_, e)| m.header_mismatch(&e.header).is_none()) else {
+            let found = match &d.wire {
+                Some(h) => envs.iter().position(|(_, e)| wire(e) == Some(**h)),
+                None => envs.iter().position(|(_, e)| m.header_mismatch(&e.header).is_none()),
+            };
+            let Some(pos) = found else {
                 continue;
             };
             let (id, envelope) = envs.swap_remove(pos);
