@@ -615,11 +615,7 @@ impl World {
         }
         let (entries, next) = match node.role {
             Role::Honest => {
-                let log = node.log.get(&topic).map(Vec::as_slice).unwrap_or_default();
-                let start = (cursor as usize).min(log.len());
-                let stop = (start + limit as usize).min(log.len());
-                let entries: Vec<(u64, u32)> = (start..stop).map(|i| (i as u64, log[i])).collect();
-                (entries, (stop < log.len()).then_some(stop as u64))
+                log_page(node.log.get(&topic).map(Vec::as_slice).unwrap_or_default(), cursor, limit)
             }
             _ => (Vec::new(), None),
         };
@@ -850,4 +846,12 @@ fn max_over_mean(v: &[u64]) -> f64 {
         return 0.0;
     }
     *v.iter().max().unwrap_or(&0) as f64 / (sum as f64 / v.len() as f64)
+}
+
+/// A store's page of a topic's log from `cursor`: up to `limit` (position, message) entries
+/// and the next cursor if more follow.
+pub(super) fn log_page(log: &[u32], cursor: u64, limit: u32) -> (Vec<(u64, u32)>, Option<u64>) {
+    let start = (cursor as usize).min(log.len());
+    let stop = (start + limit as usize).min(log.len());
+    ((start..stop).map(|i| (i as u64, log[i])).collect(), (stop < log.len()).then_some(stop as u64))
 }

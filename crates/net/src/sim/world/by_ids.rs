@@ -61,15 +61,11 @@ impl World {
             return;
         }
         let (entries, next) = match node.role {
-            Role::Honest => {
-                let log = node.log.get(&topic).map(Vec::as_slice).unwrap_or_default();
-                let start = (cursor as usize).min(log.len());
-                let stop = (start + PAGE_IDS_MAX as usize).min(log.len());
-                (
-                    (start..stop).map(|i| (i as u64, log[i])).collect(),
-                    (stop < log.len()).then_some(stop as u64),
-                )
-            }
+            Role::Honest => super::log_page(
+                node.log.get(&topic).map(Vec::as_slice).unwrap_or_default(),
+                cursor,
+                PAGE_IDS_MAX,
+            ),
             _ => (Vec::new(), None),
         };
         self.send(to, from, Rpc::PageIds { topic, entries, next });
