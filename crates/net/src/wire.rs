@@ -7,6 +7,8 @@
 //!   3 ids    count:u16 id:[32]*
 //!   4 store-many count:u16 (1..=STORE_BATCH_MAX) envelope:bytes*
 //!   5 erase  id:[32] secret:[32]   (drop the payload whose header's erase lock `secret` opens)
+//!   6 store-relayed envelope:bytes
+//!   7 page-ids topic:[32] from:u64 limit:u32 (1..=PAGE_IDS_MAX)
 //! response = version:u8 kind:u8 body
 //!   1 stored count:u16 (1..=STORE_BATCH_MAX) ack*
 //!        ack = id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full,
@@ -16,7 +18,12 @@
 //!   3 envelopes count:u16 envelope:bytes*
 //!   4 error  message:bytes (≤ 256)
 //!   5 erased id:[32] outcome:u8 (0 erased, 1 unknown, 2 wrong secret or no lock)
+//!   6 page-ids count:u32 (≤ PAGE_IDS_MAX) (seq:u64 id:[32])* has_next:u8 next:u64?
+//!        (seqs strictly increasing, next above the last)
 //! ```
+//! Kinds 7 (request) and 6 (response) were added after the first release: a store node that
+//! predates them answers a page-ids request with an error ("unknown request kind"), and the
+//! asker falls back to whole pages (kind 2) for that store node (`Sync::page_by_ids`).
 //! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
 //! allocation.
 
@@ -38,6 +45,9 @@ pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const IDS_PER_REQUEST_MAX: usize = 256;
 /// Most envelopes in one page.
 pub const PAGE_ENVELOPES_MAX: u32 = 256;
+/// Most `(cursor, id)` pairs in one page of ids (40 bytes each: a page-ids answer stays
+/// under 41 KiB).
+pub const PAGE_IDS_MAX: u32 = 1024;
 const ERROR_BYTES_MAX: usize = 256;
 
 /// A request to a store node.
@@ -71,6 +81,16 @@ pub enum Request {
     /// against the pushing peer's relay share of the quotas, apart from its own mail's share,
     /// so a flood laundered through an honest relay cannot use up what the relay itself sends.
     StoreRelayed(Envelope),
+    /// A page of a topic's ids from a cursor (no envelope): the asker then fetches only the
+    /// envelopes it lacks, with [`Request::Ids`].
+    PageIds {
+        /// Topic.
+        topic: Topic,
+        /// Cursor (inclusive).
+        from: u64,
+        /// Most ids wanted (1..=[`PAGE_IDS_MAX`]).
+        limit: u32,
+    },
 }
 
 /// What a store node did with an erase request.
@@ -167,6 +187,13 @@ pub enum Response {
         /// What happened.
         outcome: EraseOutcome,
     },
+    /// A page of a topic's ids (answer to [`Request::PageIds`]).
+    PageIds {
+        /// `(cursor, id)` pairs, cursors strictly increasing.
+        entries: Vec<(u64, Id)>,
+        /// Cursor for the next page (above the last entry's), if more remain.
+        next: Option<u64>,
+    },
 }
 
 impl Request {
@@ -207,6 +234,12 @@ impl Request {
             Self::StoreRelayed(e) => {
                 w.u8(6);
                 w.bytes(&e.encode());
+            }
+            Self::PageIds { topic, from, limit } => {
+                w.u8(7);
+                w.raw(&topic.0);
+                w.u64(*from);
+                w.u32(*limit);
             }
         }
         w.finish()
@@ -266,6 +299,15 @@ impl Request {
             5 => Self::Erase { id: Id(r.array("id")?), secret: r.array("secret")? },
             6 => {
                 Self::StoreRelayed(Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?)
+            }
+            7 => {
+                let topic = Topic(r.array("topic")?);
+                let from = r.u64("from")?;
+                let limit = r.u32("limit")?;
+                if limit == 0 || limit > PAGE_IDS_MAX {
+                    return Err(DecodeError::Invalid { field: "limit", reason: "must be 1..=1024" });
+                }
+                Self::PageIds { topic, from, limit }
             }
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown request kind" }),
         };
@@ -336,6 +378,21 @@ impl Response {
                     EraseOutcome::Unknown => 1,
                     EraseOutcome::Refused => 2,
                 });
+            }
+            Self::PageIds { entries, next } => {
+                w.u8(6);
+                w.u32(entries.len().min(u32::MAX as usize) as u32);
+                for (seq, id) in entries {
+                    w.u64(*seq);
+                    w.raw(&id.0);
+                }
+                match next {
+                    None => w.u8(0),
+                    Some(n) => {
+                        w.u8(1);
+                        w.u64(*n);
+                    }
+                }
             }
         }
         w.finish()
@@ -429,11 +486,45 @@ impl Response {
                 };
                 Self::Erased { id, outcome }
             }
+            6 => decode_page_ids(&mut r)?,
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown response kind" }),
         };
         r.finish()?;
         Ok(resp)
     }
+}
+
+/// The body of a page-ids answer: at most [`PAGE_IDS_MAX`] entries (checked before anything
+/// is allocated), cursors strictly increasing and `next` above the last (one encoding per
+/// answer, and a cursor that can only move forward).
+fn decode_page_ids(r: &mut Reader<'_>) -> Result<Response, DecodeError> {
+    let n = r.u32("count")?;
+    if n > PAGE_IDS_MAX {
+        return Err(DecodeError::TooLarge {
+            field: "page ids",
+            len: u64::from(n),
+            max: u64::from(PAGE_IDS_MAX),
+        });
+    }
+    let mut entries: Vec<(u64, Id)> = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let seq = r.u64("seq")?;
+        if entries.last().is_some_and(|(last, _)| seq <= *last) {
+            return Err(DecodeError::Invalid { field: "seq", reason: "not strictly increasing" });
+        }
+        entries.push((seq, Id(r.array("id")?)));
+    }
+    let next = match r.u8("has_next")? {
+        0 => None,
+        1 => Some(r.u64("next")?),
+        _ => return Err(DecodeError::Invalid { field: "has_next", reason: "must be 0 or 1" }),
+    };
+    if let (Some(n), Some((last, _))) = (next, entries.last())
+        && n <= *last
+    {
+        return Err(DecodeError::Invalid { field: "next", reason: "not above the last cursor" });
+    }
+    Ok(Response::PageIds { entries, next })
 }
 
 #[cfg(test)]
@@ -520,5 +611,67 @@ mod tests {
         let back = Response::decode(&long.encode(), &l).unwrap();
         assert_eq!(back.encode(), long.encode());
         assert!(Response::decode(&[2, 1], &l).is_err());
+    }
+
+    #[test]
+    fn page_ids_round_trip_and_bounds() {
+        let l = Limits::default();
+        let req = Request::PageIds { topic: Topic([2; 32]), from: 7, limit: PAGE_IDS_MAX };
+        assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
+        for limit in [0, PAGE_IDS_MAX + 1, u32::MAX] {
+            let bad = Request::PageIds { topic: Topic([2; 32]), from: 7, limit };
+            assert!(Request::decode(&bad.encode(), &l).is_err(), "limit {limit}");
+        }
+        let entries: Vec<(u64, Id)> = (0..PAGE_IDS_MAX as u64).map(|i| (i * 2, Id([i as u8; 32]))).collect();
+        for resp in [
+            Response::PageIds { entries: entries.clone(), next: Some(2 * PAGE_IDS_MAX as u64) },
+            Response::PageIds { entries: vec![(5, Id([1; 32]))], next: None },
+            Response::PageIds { entries: vec![], next: Some(9) },
+            Response::PageIds { entries: vec![], next: None },
+        ] {
+            assert_eq!(Response::decode(&resp.encode(), &l).unwrap(), resp);
+        }
+        // More than PAGE_IDS_MAX entries: refused on the count, before reading them.
+        let mut over = vec![VERSION, 6];
+        over.extend_from_slice(&(PAGE_IDS_MAX + 1).to_be_bytes());
+        assert!(matches!(Response::decode(&over, &l), Err(DecodeError::TooLarge { .. })));
+        let mut huge = vec![VERSION, 6];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(Response::decode(&huge, &l), Err(DecodeError::TooLarge { .. })));
+        // Cursors must increase, and `next` must lie beyond the last one.
+        let back = Response::PageIds { entries: vec![(5, Id([1; 32])), (5, Id([2; 32]))], next: None };
+        assert!(Response::decode(&back.encode(), &l).is_err());
+        let behind = Response::PageIds { entries: vec![(5, Id([1; 32]))], next: Some(5) };
+        assert!(Response::decode(&behind.encode(), &l).is_err());
+        // A count that promises more than the frame holds, and trailing bytes, are errors.
+        let one = Response::PageIds { entries: vec![(5, Id([1; 32]))], next: None }.encode();
+        let mut short = one.clone();
+        short.truncate(one.len() - 10);
+        assert!(Response::decode(&short, &l).is_err());
+        let mut long = one;
+        long.push(0);
+        assert!(Response::decode(&long, &l).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics_the_decoders() {
+        let l = Limits::default();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..2_000usize {
+            let mut b = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.push(x as u8);
+            }
+            // Steer a share of them at the new kinds.
+            if len > 2 && len % 3 == 0 {
+                b[0] = VERSION;
+                b[1] = if len % 2 == 0 { 6 } else { 7 };
+            }
+            let _ = Request::decode(&b, &l);
+            let _ = Response::decode(&b, &l);
+        }
     }
 }

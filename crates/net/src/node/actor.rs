@@ -57,6 +57,8 @@ const COMMITTED_DRAIN_MAX: usize = 64;
 pub(super) enum Outbound {
     Store(Vec<Id>),
     Page(Topic),
+    /// A page of ids (`resync.rs`).
+    PageIds(Topic),
     Ids,
     Erase(Id),
     /// A relayed stem envelope fluffed here, pushed to a store node (`stem_hop.rs`).
@@ -119,6 +121,8 @@ pub(super) struct Node {
     /// (request-response times out after 10 s).
     pub(super) outbound: HashMap<OutboundRequestId, (PeerId, Outbound)>,
     pub(super) counters: Counters,
+    /// What anti-entropy read from store nodes (`resync.rs`).
+    pub(super) resync: super::resync::ResyncStatus,
     /// The peer book and its redial schedule (`peers.rs`), unless disabled.
     pub(super) book: Option<Book>,
     /// The listener through `listen_via_relay` and its retry schedule (`relayed.rs`).
@@ -240,6 +244,7 @@ impl Node {
             subscribed: HashSet::new(),
             outbound: HashMap::new(),
             counters: Counters::default(),
+            resync: super::resync::ResyncStatus::default(),
             light: None,
             light_hub: None,
             light_shards_joined: HashSet::new(),
@@ -389,9 +394,7 @@ impl Node {
                 Output::StoreRequest { to, envelope } => {
                     self.store_batches.entry(to).or_default().push(envelope)
                 }
-                Output::PageRequest { to, topic, from, limit } => {
-                    let _ = self.request(to, Request::Page { topic, from, limit }, Outbound::Page(topic));
-                }
+                Output::PageRequest { to, topic, from, limit } => self.request_page(to, topic, from, limit),
                 Output::IdsRequest { to, ids } => {
                     let _ = self.request(to, Request::Ids(ids), Outbound::Ids);
                 }
@@ -627,6 +630,7 @@ impl Node {
             shards: self.swarm.behaviour().gossipsub.topics().count(),
             light: self.light_status(),
             traffic: self.traffic.snapshot(),
+            resync: self.resync,
         }
     }
 

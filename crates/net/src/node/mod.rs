@@ -19,6 +19,7 @@
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
 //! - `actor`: the event loop that owns the swarm and the state machines.
 //! - `serve`: answers to store requests (when serving as a store node).
+//! - `resync`: page requests sent as pages of ids or of envelopes, and their answers to `sync`.
 //! - `light_serve`, `light_client`: `/cairn/light/1` (see [`crate::light`]): feeding light
 //!   clients on a full node; streams to service nodes and their cross-check on a light client.
 //! - `traffic`: bytes and packets across the TCP sockets.
@@ -50,6 +51,7 @@ mod peers;
 mod pow_load;
 mod registry;
 mod relayed;
+mod resync;
 mod serve;
 mod stem_hop;
 mod traffic;
@@ -70,6 +72,7 @@ pub use handle::{NodeHandle, start};
 pub use identity::{SealKey, load_plain_seed};
 pub use light_client::LightStatus;
 pub use light_serve::LIGHT_PROTOCOL;
+pub use resync::ResyncStatus;
 pub use traffic::Traffic;
 pub use transport::WsTls;
 
@@ -136,6 +139,8 @@ pub struct NodeStatus {
     pub light: LightStatus,
     /// What crossed this node's TCP sockets since start.
     pub traffic: Traffic,
+    /// What anti-entropy read from store nodes: pages of ids and of envelopes, fetches by id.
+    pub resync: ResyncStatus,
 }
 
 /// What the stem phase did, for `status`.

@@ -181,18 +181,7 @@ impl Node {
             }
             return;
         }
-        let input = match (Response::decode(response, &limits), kind) {
-            (Ok(Response::Page { entries, next }), Outbound::Page(topic)) => {
-                Input::Page { topic, from, entries, next }
-            }
-            (Ok(Response::Envelopes(envelopes)), Outbound::Ids) => Input::Envelopes { from, envelopes },
-            (other, _) => {
-                debug!(%from, "unusable store response: {:?}", other.map(|_| ()));
-                return;
-            }
-        };
-        let outs = self.sync.handle(input, now_ms());
-        self.apply(outs);
+        self.on_read_answer(from, kind, response); // pages and fetches by id: `resync.rs`
     }
 
     /// A store node's answer to our store request: each id counts as acknowledged only with

@@ -57,7 +57,9 @@ impl Node {
             Ok(Request::StoreMany(ref envs)) if !self.store_rate.allow_n(&peer, envs.len() as u32, now) => {
                 rate_limited(&mut self.counters)
             }
-            Ok(Request::Page { .. } | Request::Ids(_)) if !self.read_rate.allow(&peer, now) => {
+            Ok(Request::Page { .. } | Request::PageIds { .. } | Request::Ids(_))
+                if !self.read_rate.allow(&peer, now) =>
+            {
                 rate_limited(&mut self.counters)
             }
             Ok(Request::Erase { .. }) if !self.store_rate.allow(&peer, now) => {
@@ -88,6 +90,7 @@ impl Node {
                 None => return,
             },
             Ok(Request::Page { topic, from, limit }) => page(&mailbox, &topic, from, limit),
+            Ok(Request::PageIds { topic, from, limit }) => page_ids(&mailbox, &topic, from, limit),
             Ok(Request::Ids(ids)) => by_ids(&mailbox, ids),
         };
         self.respond(channel, resp);
@@ -237,6 +240,15 @@ fn page(mailbox: &Store, topic: &Topic, from: u64, limit: u32) -> Response {
     // The store stops reading at the byte budget (16 bytes of framing per entry).
     match mailbox.page_within(topic, from, limit as usize, RESPONSE_BYTES_MAX - RESPONSE_OVERHEAD_BYTES, 16) {
         Ok(page) => Response::Page { entries: page.entries, next: page.next },
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+/// A page of `topic`'s ids from `from` (at most `limit`, ≤ `PAGE_IDS_MAX` by the decoder):
+/// read from the topic log alone, no envelope is read or decoded.
+fn page_ids(mailbox: &Store, topic: &Topic, from: u64, limit: u32) -> Response {
+    match mailbox.ids_page(topic, from, limit as usize) {
+        Ok((entries, next)) => Response::PageIds { entries, next },
         Err(e) => Response::Error(e.to_string()),
     }
 }

@@ -66,6 +66,7 @@ pub(super) enum Rpc {
     PageIdsReq {
         topic: u32,
         from: u64,
+        limit: u32,
     },
     PageIds {
         topic: u32,

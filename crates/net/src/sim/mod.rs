@@ -6,7 +6,9 @@
 //!   it with its own [`crate::validate::Admission`] (decode limits, proof of work, timestamp
 //!   window, per-peer rate) before delivering or forwarding it; each honest node runs its own
 //!   [`crate::sync::Sync`] state machine (store pushes with acknowledgements and retries;
-//!   anti-entropy by pages from store nodes every `resync_ms` and after rejoining); store targets come from
+//!   anti-entropy from store nodes every `resync_ms` and after rejoining, by pages of ids and
+//!   fetches of the missing envelopes as the node does, `Sync` deciding what to ask, what to
+//!   fetch and where the cursors stand); store targets come from
 //!   [`crate::shard::place`] over the store nodes as registered on the ledger (rank by
 //!   BLAKE3 of topic, node key and salt); the stem phase is [`crate::stem::Stem`], the module the node
 //!   uses, on the node's store path (`world/stem_path.rs`: store nodes are never hops, the
@@ -77,9 +79,9 @@ pub struct SimConfig {
     /// Anti-entropy period, ms (the node's `resync_every_ms`): each honest node pages every
     /// topic again from its cursor. 0: only after rejoining.
     pub resync_ms: u64,
-    /// Anti-entropy by ids, a proposed store protocol not yet in the node (see
-    /// `world/by_ids.rs`): pages list ids and only missing envelopes are fetched. false: whole
-    /// envelopes per page, through the node's `Sync`, as the node does today.
+    /// Anti-entropy by ids (the node's `SyncConfig::resync_by_ids`, on by default there too):
+    /// pages list ids and `Sync` fetches only the missing envelopes. false: whole envelopes per
+    /// page, as the node does with a store node that predates pages of ids.
     pub resync_by_ids: bool,
     /// Junk messages per second a flooder sends to each peer.
     pub flood_per_sec: u64,
@@ -107,7 +109,7 @@ impl Default for SimConfig {
             dial: 5,
             degree_min: 6,
             resync_ms: 5_000,
-            resync_by_ids: false,
+            resync_by_ids: true,
             flood_per_sec: 5,
             gossip: GossipParams::default(),
             stem: None,

@@ -28,6 +28,13 @@ pub struct Report {
     /// Per message, the time from its send until every honest node that was online at the send
     /// (and stayed so until it received it) had it, ms.
     pub reach_all_ms: Vec<u64>,
+    /// Per message, the flood bound at its send: the time a flood over every connection of
+    /// honest relays would take to reach the farthest honest node online, ms (a lower bound
+    /// on `reach_all_ms` from the topology and link latencies alone).
+    pub flood_bound_ms: Vec<u64>,
+    /// Per message, how the node that was reached last got it ("mesh push", "flood publish",
+    /// "iwant answer", "store") and after how many gossip hops.
+    pub last_reached: Vec<(&'static str, u8)>,
     /// Bytes sent by honest nodes: gossip (messages and control), stem, store protocol.
     pub bytes_gossip: u64,
     /// Bytes sent over the stem protocol by honest nodes.
@@ -87,6 +94,42 @@ impl Report {
     pub fn spy_ratio(&self) -> f64 {
         if self.guess_baseline == 0.0 { 0.0 } else { self.spy_precision() / self.guess_baseline }
     }
+}
+
+/// Where the time to reach every node goes: the flood bound, and how (and after how many
+/// hops) the last node was reached, over all messages and over those at or above the p99.
+fn reach_breakdown(r: &Report) -> String {
+    let p99 = r.reach_ms(99.0);
+    let mut by: Vec<(&str, u64, u64)> = Vec::new();
+    let mut hops_all: Vec<u64> = Vec::new();
+    let mut hops_tail: Vec<u64> = Vec::new();
+    let mut bound_tail: Vec<u64> = Vec::new();
+    for (i, (how, hops)) in r.last_reached.iter().enumerate() {
+        let tail = r.reach_all_ms.get(i).is_some_and(|ms| *ms >= p99);
+        match by.iter_mut().find(|(h, _, _)| h == how) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += u64::from(tail);
+            }
+            None => by.push((how, 1, u64::from(tail))),
+        }
+        hops_all.push(u64::from(*hops));
+        if tail {
+            hops_tail.push(u64::from(*hops));
+            bound_tail.push(r.flood_bound_ms.get(i).copied().unwrap_or(0));
+        }
+    }
+    let by: Vec<String> = by.iter().map(|(h, n, tail)| format!("{h} {n} ({tail} at >= p99)")).collect();
+    format!(
+        "reach: flood bound p50/p99 {}/{} ms (at the p99 messages: {:?}); last reached by {}; its hops p50/p99 {}/{} (at >= p99: {:?})",
+        percentile(&r.flood_bound_ms, 50.0),
+        percentile(&r.flood_bound_ms, 99.0),
+        bound_tail,
+        by.join(", "),
+        percentile(&hops_all, 50.0),
+        percentile(&hops_all, 99.0),
+        hops_tail,
+    )
 }
 
 /// The value at percentile `p` (nearest rank) of `v`; 0 if empty.
@@ -174,6 +217,7 @@ pub fn table(reports: &[Report]) -> String {
             r.store_push_to_hostile,
             r.events,
         );
+        let _ = writeln!(t, "  {}", reach_breakdown(r));
         let delivered = r.bytes_delivered.max(1) as f64;
         let kinds: Vec<String> = r
             .bytes_by_kind

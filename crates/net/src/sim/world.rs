@@ -19,6 +19,7 @@ use crate::sync::{Input, Output, Sync, SyncConfig};
 use crate::validate::{Admission, AdmissionConfig, Verdict};
 
 mod by_ids;
+mod reach;
 mod stem_path;
 
 /// Simulated wall-clock origin (envelope timestamps), ms since the Unix epoch.
@@ -60,6 +61,10 @@ struct Msg {
     /// First hostile receipt: (time, the peer it came from).
     spy_first: Option<(u64, u32)>,
     reach_ms: u64,
+    /// How the node that set `reach_ms` got it, and its gossip hop count (diagnostic).
+    last: (reach::How, u8),
+    /// The flood bound at the send, ms (`world/reach.rs`).
+    flood_bound_ms: u64,
     /// Stem hops it took (a store receipt goes back up that many).
     stem_hops: u64,
     /// A receipt came back up the stem to the originator.
@@ -86,9 +91,6 @@ struct Node {
     got: HashSet<u32>,
     log: HashMap<u32, Vec<u32>>,
     stored: HashSet<u32>,
-    /// Anti-entropy by ids: cursor per (topic, store), and ids asked by id (when).
-    id_cursors: HashMap<(u32, u32), u64>,
-    fetching: HashMap<u32, by_ids::Fetch>,
 }
 
 #[derive(Default)]
@@ -124,6 +126,10 @@ pub(super) struct World {
     junk: Vec<Vec<u8>>,
     stats: Stats,
     send_end: u64,
+    /// Gossip hops of each (node, message) first receipt (diagnostic, `world/reach.rs`).
+    hops: HashMap<(u32, u32), u8>,
+    /// How the deliveries being applied came (diagnostic).
+    delivering: (reach::How, u8),
 }
 
 fn node_key(seed: u64, i: u32) -> [u8; 32] {
@@ -142,6 +148,7 @@ impl World {
         let hostile_n = (n as u64 * cfg.hostile_per_mille / 1000) as usize;
         let hostile: Vec<u32> = order.iter().take(hostile_n).copied().collect();
         let stem_cfg = cfg.stem.unwrap_or_default();
+        let sync_cfg = SyncConfig { resync_by_ids: cfg.resync_by_ids, ..SyncConfig::default() };
         let stem_admission_cfg = AdmissionConfig {
             peer_rate_per_sec: 50,
             peer_burst: 100,
@@ -159,13 +166,11 @@ impl World {
                 router: Router::default(),
                 admission: Admission::new(AdmissionConfig::default()),
                 stem_admission: Admission::new(stem_admission_cfg),
-                sync: Sync::new(SyncConfig::default(), [], []),
+                sync: Sync::new(sync_cfg, [], []),
                 stem: Stem::new(stem_cfg),
                 got: HashSet::new(),
                 log: HashMap::new(),
                 stored: HashSet::new(),
-                id_cursors: HashMap::new(),
-                fetching: HashMap::new(),
             })
             .collect();
         let mut alternate = false;
@@ -219,6 +224,8 @@ impl World {
             junk,
             stats: Stats::default(),
             send_end,
+            hops: HashMap::new(),
+            delivering: Default::default(),
         };
         for i in 0..n as u32 {
             for _ in 0..cfg.dial {
@@ -342,7 +349,7 @@ impl World {
                 Kind::Resync(n) => {
                     self.schedule(self.now + self.cfg.resync_ms, Kind::Resync(n));
                     if self.nodes[n as usize].online {
-                        self.anti_entropy(n);
+                        self.sync_all(n);
                     }
                 }
             }
@@ -389,6 +396,7 @@ impl World {
         let id = env.id();
         let bytes = env.encode();
         let stores = self.stores_of(topic);
+        let flood_bound_ms = self.flood_bound_ms(origin);
         self.msgs.push(Msg {
             env: env.clone(),
             bytes,
@@ -399,6 +407,8 @@ impl World {
             origin_degree: self.nodes[origin as usize].peers.len(),
             spy_first: None,
             reach_ms: 0,
+            last: (reach::How::Store, 0),
+            flood_bound_ms,
             stem_hops: 0,
             stem_answered: false,
             pushed_to_hostile: false,
@@ -459,9 +469,9 @@ impl World {
         }
         let role = node.role;
         match rpc {
-            Rpc::Publish(k, _) => {
+            Rpc::Publish(k, via) => {
                 self.spy(to, from, k);
-                self.on_publish(from, to, k);
+                self.on_publish(from, to, k, via);
             }
             Rpc::Stem(k) => {
                 self.spy(to, from, k);
@@ -537,8 +547,15 @@ impl World {
                     self.send(to, from, Rpc::Ids(found));
                 }
             }
-            Rpc::PageIdsReq { topic, from: cursor } => self.on_page_ids_req(from, to, topic, cursor),
-            Rpc::PageIds { topic, entries, next } => self.on_page_ids(from, to, topic, &entries, next),
+            Rpc::PageIdsReq { topic, from: cursor, limit } => {
+                self.on_page_ids_req(from, to, topic, cursor, limit)
+            }
+            Rpc::PageIds { topic, entries, next } => {
+                let entries = entries.into_iter().map(|(s, k)| (s, self.msgs[k as usize].id)).collect();
+                let input = Input::PageIds { topic: self.topics[topic as usize], from, entries, next };
+                let outs = self.nodes[to as usize].sync.handle(input, self.now);
+                self.apply(to, outs, false);
+            }
             Rpc::Ids(ks) => {
                 let envelopes = ks.iter().map(|k| self.msgs[*k as usize].env.clone()).collect();
                 let outs =
@@ -548,7 +565,7 @@ impl World {
         }
     }
 
-    fn on_publish(&mut self, from: u32, to: u32, k: u32) {
+    fn on_publish(&mut self, from: u32, to: u32, k: u32, via: Via) {
         let threshold = self.cfg.gossip.idontwant_threshold_bytes;
         let size = self.msgs[k as usize].bytes.len();
         let node = &mut self.nodes[to as usize];
@@ -579,10 +596,14 @@ impl World {
         if node.role != Role::Honest {
             return; // hostile nodes forward nothing
         }
+        let hops = self.hops.get(&(from, k)).copied().unwrap_or(0).saturating_add(1);
+        self.hops.insert((to, k), hops);
         if !node.got.contains(&k) {
             let env = self.msgs[k as usize].env.clone();
             let outs = node.sync.handle(Input::Gossip { envelope: env }, self.now);
+            self.delivering = (reach::How::of(via), hops);
             self.apply(to, outs, true);
+            self.delivering = Default::default();
         }
         let targets = self.nodes[to as usize].router.push_targets(k, Some(from));
         for t in targets {
@@ -640,8 +661,12 @@ impl World {
                     }
                 }
                 Output::PageRequest { to, topic, from, limit } => {
-                    if let Some(t) = self.topics.iter().position(|x| *x == topic) {
-                        self.send(n, to, Rpc::PageReq { topic: t as u32, from, limit });
+                    // As the node's shell (`node/resync.rs`): `Sync` says which kind of page.
+                    let Some(t) = self.topics.iter().position(|x| *x == topic) else { continue };
+                    let topic_at = t as u32;
+                    match self.nodes[n as usize].sync.page_ids_limit(&topic, &to) {
+                        Some(limit) => self.send(n, to, Rpc::PageIdsReq { topic: topic_at, from, limit }),
+                        None => self.send(n, to, Rpc::PageReq { topic: topic_at, from, limit }),
                     }
                 }
                 Output::IdsRequest { to, ids } => self.send(n, to, Rpc::IdsReq(ids)),
@@ -657,8 +682,9 @@ impl World {
                         self.stats.deliveries_by_gossip += 1;
                     }
                     let m = &mut self.msgs[k as usize];
-                    if node.online_since <= m.sent_at {
-                        m.reach_ms = m.reach_ms.max(self.now - m.sent_at);
+                    if node.online_since <= m.sent_at && self.now - m.sent_at >= m.reach_ms {
+                        m.reach_ms = self.now - m.sent_at;
+                        m.last = self.delivering;
                     }
                 }
                 Output::Status { .. } | Output::Cursor { .. } => {}
@@ -735,17 +761,13 @@ impl World {
             self.connect(n, j);
         }
         if self.nodes[n as usize].role == Role::Honest {
-            self.anti_entropy(n);
+            self.sync_all(n);
         }
     }
 
-    /// Anti-entropy as configured: whole pages through `Sync` (the node today) or by ids.
-    fn anti_entropy(&mut self, n: u32) {
-        if self.cfg.resync_by_ids { self.sync_all_by_ids(n) } else { self.sync_all(n) }
-    }
-
     /// Anti-entropy (after rejoining, and every `resync_ms` like the node's `resync_every_ms`):
-    /// every followed topic is paged again from the saved cursor at its store nodes.
+    /// every followed topic is paged again from the saved cursor at its store nodes (by ids
+    /// or whole envelopes, as `Sync` decides per store node).
     fn sync_all(&mut self, n: u32) {
         for t in 0..self.topics.len() as u32 {
             let stores = self.stores_of(t);
@@ -821,6 +843,8 @@ impl World {
             deliveries_by_gossip: self.stats.deliveries_by_gossip,
             missed,
             reach_all_ms: self.msgs.iter().map(|m| m.reach_ms).collect(),
+            flood_bound_ms: self.msgs.iter().map(|m| m.flood_bound_ms).collect(),
+            last_reached: self.msgs.iter().map(|m| (m.last.0.label(), m.last.1)).collect(),
             bytes_gossip: self.stats.bytes_gossip,
             bytes_stem: self.stats.bytes_stem,
             bytes_store: self.stats.bytes_store,

@@ -10,6 +10,11 @@
 //!   parent links ("the envelopes with these ids"), and hands each envelope to the application
 //!   exactly once, after its parents (causal order). An ancestor that cannot be found after
 //!   `gap_fetch_attempts_max` tries is declared a gap; the children are then delivered flagged.
+//! - **Anti-entropy by ids** (`by_ids.rs`, on by default: [`SyncConfig::resync_by_ids`]). A
+//!   resync asks each store node for a page of `(cursor, id)` pairs and fetches by id only the
+//!   envelopes this node lacks; the cursor kept for a store node never passes an id it listed
+//!   and this node has not got. A store node that lists ids but does not serve them (or does
+//!   not know the request) is paged whole envelopes for a while instead.
 //!
 //! Inputs carry the current time; outputs are requests for the shell to perform. Nothing here
 //! does I/O, so a seeded simulation can run it through loss, delay, duplication and reordering.
@@ -20,7 +25,7 @@ use std::hash::Hash;
 use cairn_proto::{Envelope, Id, Topic};
 
 use crate::validate::SeenIds;
-use crate::wire::IDS_PER_REQUEST_MAX;
+use crate::wire::{IDS_PER_REQUEST_MAX, PAGE_IDS_MAX};
 
 /// Sync settings; units in names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,27 @@ pub struct SyncConfig {
     /// Topics followed (with store targets and resume cursors), at most. A `Sync` for a
     /// further topic is ignored; the shell refuses such a subscription before it gets here.
     pub topics_max: usize,
+    /// Anti-entropy by ids: page ids and fetch only the envelopes not held (`by_ids.rs`).
+    /// false: page whole envelopes from every store node, as before.
+    pub resync_by_ids: bool,
+    /// Ids asked per page of ids (capped by the wire limit, [`PAGE_IDS_MAX`]).
+    pub page_ids_max: u32,
+    /// Ids listed by a store node and being fetched, at most. When full, a page of ids is read
+    /// only up to the first further id not held: the cursor stops there until room is made.
+    pub fetch_ids_max: usize,
+    /// An id listed and asked for, not yet got, is asked again (of the next store node of its
+    /// topic in turn) after this long, ms.
+    pub fetch_retry_ms: u64,
+    /// Asks for a listed id, at most. After them, every store node that listed it and did not
+    /// serve it is paged whole envelopes (from the first id it listed and did not serve) for
+    /// `whole_pages_ms`: a store node that lists but withholds cannot stall a cursor.
+    pub fetch_attempts_max: u32,
+    /// How long a store node is paged whole envelopes after withholding listed ids or refusing
+    /// a page of ids (a node that predates the request), ms.
+    pub whole_pages_ms: u64,
+    /// (topic, store node) pairs paged whole envelopes, at most; when full, the pair closest
+    /// to returning to ids is dropped first.
+    pub whole_page_pairs_max: usize,
 }
 
 impl Default for SyncConfig {
@@ -78,6 +104,13 @@ impl Default for SyncConfig {
             gap_ids_max: 65_536,
             ids_per_request_max: IDS_PER_REQUEST_MAX,
             topics_max: 65_536,
+            resync_by_ids: true,
+            page_ids_max: PAGE_IDS_MAX,
+            fetch_ids_max: 65_536,
+            fetch_retry_ms: 3_000,
+            fetch_attempts_max: 3,
+            whole_pages_ms: 300_000,
+            whole_page_pairs_max: 4_096,
         }
     }
 }
@@ -171,6 +204,26 @@ pub enum Input<S> {
         /// Cursor of the next page, if more remain.
         next: Option<u64>,
     },
+    /// A page of a topic's ids arrived (answer to an [`Output::PageRequest`] the shell sent as
+    /// a page of ids, see [`Sync::page_ids_limit`]).
+    PageIds {
+        /// Topic.
+        topic: Topic,
+        /// Store node.
+        from: S,
+        /// Ids with their cursors.
+        entries: Vec<(u64, Id)>,
+        /// Cursor of the next page, if more remain.
+        next: Option<u64>,
+    },
+    /// A store node refused a page of ids (an error answer, or one that does not decode): it
+    /// is paged whole envelopes for `whole_pages_ms`, starting now.
+    PageIdsRefused {
+        /// Topic.
+        topic: Topic,
+        /// Store node.
+        from: S,
+    },
     /// Envelopes asked for by id arrived (possibly fewer than asked).
     Envelopes {
         /// Store node.
@@ -205,7 +258,10 @@ pub enum Output<S> {
         /// Envelope.
         envelope: Envelope,
     },
-    /// Ask a store node for a page of a topic.
+    /// Ask a store node for a page of a topic: of ids (`Request::PageIds`, at most the limit
+    /// [`Sync::page_ids_limit`] gives) when that method says so for this topic and store node,
+    /// else of whole envelopes (`Request::Page`, at most `limit`). (One variant for both so
+    /// that shells written before pages of ids keep working: they page whole envelopes.)
     PageRequest {
         /// Store node.
         to: S,
@@ -292,6 +348,11 @@ pub struct Sync<S> {
     /// persisted cursor never passes one, so a restart pages it again rather than skip it (it
     /// is held only in memory). Pruned to `waiting`'s keys at each page.
     waiting_at: HashMap<Id, (Topic, S, u64)>,
+    /// Ids listed by store nodes in pages of ids and not got yet; at most `fetch_ids_max`.
+    fetching: HashMap<Id, by_ids::Fetch<S>>,
+    /// (topic, store node) pairs paged whole envelopes, until when (ms); at most
+    /// `whole_page_pairs_max`.
+    whole_pages: HashMap<(Topic, S), u64>,
 }
 
 impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
@@ -312,6 +373,8 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             cursors: HashMap::new(),
             topic_stores: HashMap::new(),
             waiting_at: HashMap::new(),
+            fetching: HashMap::new(),
+            whole_pages: HashMap::new(),
         };
         s.mark_delivered(delivered);
         for ((topic, store), c) in cursors {
@@ -429,15 +492,19 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                     p.retry_at_ms = p.retry_at_ms.min(now_ms + self.config.retry_initial_ms);
                 }
             }
-            Input::Sync { topic, stores } => self.on_sync(topic, stores, &mut out),
+            Input::Sync { topic, stores } => self.on_sync(topic, stores, now_ms, &mut out),
             Input::Page { topic, from, entries, next } => {
                 self.on_page(topic, from, entries, next, now_ms, &mut out);
             }
-            Input::Envelopes { envelopes, .. } => {
-                for e in envelopes {
-                    self.receive(e, now_ms, &mut out);
+            Input::PageIds { topic, from, entries, next } => {
+                self.on_page_ids(topic, from, entries, next, now_ms, &mut out);
+            }
+            Input::PageIdsRefused { topic, from } => {
+                if self.page_ids_limit(&topic, &from).is_some() {
+                    self.page_whole_envelopes(topic, from, now_ms, &mut out);
                 }
             }
+            Input::Envelopes { envelopes, .. } => self.on_envelopes(envelopes, now_ms, &mut out),
             Input::Gossip { envelope } => self.receive(envelope, now_ms, &mut out),
             Input::Targets { topic, stores } => {
                 for p in self.outbox.values_mut().filter(|p| !p.stored && p.envelope.header.topic == topic) {
@@ -461,6 +528,9 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
     }
 }
 
+mod by_ids;
+#[cfg(test)]
+mod by_ids_tests;
 mod receive;
 mod send;
 #[cfg(test)]

@@ -10,10 +10,12 @@ use super::{Missing, Output, Sync};
 use crate::wire::IDS_PER_REQUEST_MAX;
 
 impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
-    pub(super) fn on_sync(&mut self, topic: Topic, stores: Vec<S>, out: &mut Vec<Output<S>>) {
+    pub(super) fn on_sync(&mut self, topic: Topic, stores: Vec<S>, now_ms: u64, out: &mut Vec<Output<S>>) {
         if !self.topic_stores.contains_key(&topic) && self.topic_stores.len() >= self.config.topics_max {
             return; // bounded: see `topics_max`
         }
+        // Store nodes paged whole envelopes for a while are asked for ids again once it is over.
+        self.whole_pages.retain(|_, until| *until > now_ms);
         // Cursors at former targets were persisted by the shell (`Output::Cursor`): forget them.
         if let Some(m) = self.cursors.get_mut(&topic) {
             m.retain(|s, _| stores.contains(s));
@@ -47,7 +49,7 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             if e.header.topic != topic {
                 continue; // a store node answering with another topic's mail: ignore it
             }
-            cursor = cursor.max(seq + 1);
+            cursor = cursor.max(seq.saturating_add(1));
             let id = e.id();
             self.receive(e, now_ms, out);
             if self.waiting.contains_key(&id) {
@@ -58,15 +60,7 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             cursor = cursor.max(n);
         }
         self.cursors.entry(topic).or_default().insert(from.clone(), cursor);
-        let waiting = &self.waiting;
-        self.waiting_at.retain(|id, _| waiting.contains_key(id));
-        let held = self
-            .waiting_at
-            .values()
-            .filter(|(t, s, _)| *t == topic && *s == from)
-            .map(|(_, _, seq)| *seq)
-            .min();
-        let durable = held.map_or(cursor, |h| cursor.min(h));
+        let durable = self.durable_cursor(&topic, &from);
         out.push(Output::Cursor { topic, store: from.clone(), cursor: durable });
         if let Some(n) = next {
             out.push(Output::PageRequest { to: from, topic, from: n, limit: self.config.page_envelopes_max });
@@ -79,6 +73,9 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
             return; // exactly once
         }
         self.missing.remove(&id);
+        // Listed by a store node in a page of ids: got now. If it waits for its parents below,
+        // the first store node that listed it holds its cursor there instead.
+        let listed = self.fetching.remove(&id);
         let absent: Vec<Id> = e
             .header
             .parents
@@ -101,6 +98,9 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         }
         let topic = e.header.topic;
         self.waiting.insert(id, e);
+        if let Some((store, seq)) = listed.and_then(|f| f.at.into_iter().next()) {
+            self.waiting_at.insert(id, (topic, store, seq));
+        }
         let mut ask = Vec::new();
         for p in absent {
             if self.waiting.contains_key(&p) || self.missing.contains_key(&p) {
@@ -155,7 +155,25 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         }
     }
 
+    /// The cursor to persist for `topic` at `store`: the read cursor, held back at the first
+    /// envelope from there waiting for its parents (held only in memory) and at the first id
+    /// that store listed and this node has not got, so a restart reads them again.
+    pub(super) fn durable_cursor(&mut self, topic: &Topic, store: &S) -> u64 {
+        let waiting = &self.waiting;
+        self.waiting_at.retain(|id, _| waiting.contains_key(id));
+        let held = self
+            .waiting_at
+            .values()
+            .filter(|(t, s, _)| t == topic && s == store)
+            .map(|(_, _, seq)| *seq)
+            .min();
+        let cursor = self.cursor(topic, store);
+        let cursor = held.map_or(cursor, |h| cursor.min(h));
+        self.first_unfetched(topic, store).map_or(cursor, |f| cursor.min(f))
+    }
+
     pub(super) fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output<S>>) {
+        self.retry_fetches(now_ms, out);
         // Retry unstored sends with exponential back-off, to targets that have not acked.
         for (id, p) in self.outbox.iter_mut() {
             if p.stored || p.retry_at_ms > now_ms {

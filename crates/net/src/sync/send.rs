@@ -8,7 +8,6 @@ use cairn_proto::{Envelope, Id};
 use super::{Output, Pending, Sync, SyncConfig};
 
 impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
-
     pub(super) fn on_send(
         &mut self,
         envelope: Envelope,
@@ -56,9 +55,14 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
         }
     }
 
-
     /// Pushes an unstored send again to its unacknowledged store nodes, backing off.
-    pub(super) fn retry(config: &SyncConfig, id: &Id, p: &mut Pending<S>, now_ms: u64, out: &mut Vec<Output<S>>) {
+    pub(super) fn retry(
+        config: &SyncConfig,
+        id: &Id,
+        p: &mut Pending<S>,
+        now_ms: u64,
+        out: &mut Vec<Output<S>>,
+    ) {
         p.attempt += 1;
         let backoff = config.retry_initial_ms.saturating_mul(1 << p.attempt.min(16));
         p.retry_at_ms = now_ms + backoff.min(config.retry_max_ms);

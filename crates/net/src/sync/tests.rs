@@ -43,8 +43,7 @@ fn a_held_send_is_pushed_only_after_its_stem_deadline_or_a_release() {
     // A third one nobody released is pushed at its deadline.
     let c = envelope(t, 3, vec![]);
     s.handle(held(&c), 0);
-    let of_c =
-        |o: &Output<u8>| matches!(o, Output::StoreRequest { envelope, .. } if envelope.id() == c.id());
+    let of_c = |o: &Output<u8>| matches!(o, Output::StoreRequest { envelope, .. } if envelope.id() == c.id());
     assert!(!s.handle(Input::Tick, 4_000).iter().any(of_c));
     let out = s.handle(Input::Tick, 5_000);
     assert!(out.iter().any(of_c));
