@@ -37,3 +37,32 @@ fn no_mls_state_value_is_stored_in_clear() {
     let mut alice = alice.restart();
     say(&mut alice, &mut [&mut bob], &id, "after a restart");
 }
+
+/// `Client::open_unsealed_for_tests` (the node simulation's constructor) keeps the state in
+/// clear and reopens it, and a node's `Client::open` refuses such a state: the two never mix,
+/// so a node only ever reads a sealed state.
+#[test]
+fn a_state_kept_in_clear_for_tests_never_opens_as_a_sealed_one() {
+    use std::sync::Arc;
+
+    use cairn_mls::{Client, Config, DeviceSigner};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(redb::Database::create(dir.path().join("clear.redb")).unwrap());
+    let id = cairn_crypto::Identity::generate(common::NOW).unwrap();
+    let signer = || DeviceSigner::new(id.device_key.clone(), id.cert).unwrap();
+    let mut c = Client::open_unsealed_for_tests(db.clone(), signer(), Config::default()).unwrap();
+    let conv = c.create(common::NOW).unwrap();
+    drop(c);
+    let rtx = db.begin_read().unwrap();
+    let t = rtx.open_table(TABLE).unwrap();
+    let in_clear =
+        t.iter().unwrap().filter(|row| row.as_ref().unwrap().1.value().first() != Some(&1)).count();
+    assert!(in_clear > 5, "only {in_clear} values in clear");
+    drop(t);
+    drop(rtx);
+    let c = Client::open_unsealed_for_tests(db.clone(), signer(), Config::default()).unwrap();
+    assert_eq!(c.conversations(), vec![conv], "reopened in clear");
+    drop(c);
+    assert!(Client::open(db, signer(), Config::default()).is_err(), "a node refuses a state in clear");
+}

@@ -130,6 +130,29 @@ impl Client {
     pub fn open(db: Arc<dyn DatabaseHandle>, signer: DeviceSigner, config: Config) -> Result<Self, MlsError> {
         // The state is sealed at rest under a key only this device's key derives.
         let provider = CairnProvider::sealed(db, crate::storage::Sealer::new(&signer.storage_secret()));
+        Self::with_provider(provider, signer, config)
+    }
+
+    /// Opens the client like [`Client::open`], but stores the MLS state **in clear** (not
+    /// sealed at rest): for simulations and tests whose subject is not encryption at rest
+    /// (the node's deterministic simulation spends a sixth of its time sealing otherwise).
+    /// Transactions, deferred durability and crash behaviour are those of [`Client::open`];
+    /// only the bytes in the `cairn_mls` table differ. A node never opens its state this way,
+    /// and a database written by one cannot be opened by the other.
+    pub fn open_unsealed_for_tests(
+        db: Arc<dyn DatabaseHandle>,
+        signer: DeviceSigner,
+        config: Config,
+    ) -> Result<Self, MlsError> {
+        Self::with_provider(CairnProvider::new(db), signer, config)
+    }
+
+    /// Loads the conversations stored through `provider`.
+    fn with_provider(
+        provider: CairnProvider,
+        signer: DeviceSigner,
+        config: Config,
+    ) -> Result<Self, MlsError> {
         let mut conversations = BTreeMap::new();
         for (k, v) in provider.storage().raw_scan(META_PREFIX)? {
             let id: [u8; 32] = k[META_PREFIX.len()..]

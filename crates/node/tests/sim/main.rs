@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod pairing;
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use cairn_crypto::Identity;
 use cairn_mls::{KeyPackageBatch, MemorySequencer};
 use cairn_net::sync::{Input as SyncInput, Output as SyncOutput, SendStatus, Sync, SyncConfig};
+use cairn_node::db::NodeDb;
 use cairn_node::engine::{Arrival, Engine, EngineConfig, IdentityKeys, Io};
 use cairn_proto::envelope::unpad;
 use cairn_proto::pow::Difficulty;
@@ -178,6 +179,19 @@ pub(crate) struct World {
     _tmp: tempfile::TempDir,
 }
 
+/// `Engine::open` with the MLS state kept in clear (`Client::open_unsealed_for_tests`): the
+/// same node tables, keyring, MLS transactions and crash behaviour, without the encryption at
+/// rest that is not this simulation's subject (it was a sixth of its time). At-rest sealing
+/// is tested by `cairn-mls`'s `at_rest` tests and every other node test.
+fn open_engine(db: Arc<Database>, history: Arc<Store>, keys: IdentityKeys, cfg: EngineConfig) -> Engine {
+    let keyring = cairn_node::keyring::Keyring::derived(&keys.device_key);
+    let ndb = NodeDb::with_keyring(db.clone(), cfg.limits, Arc::new(keyring)).expect("node tables");
+    let signer = cairn_mls::DeviceSigner::new(keys.device_key.clone(), keys.cert).expect("signer");
+    let mls = cairn_mls::Client::open_unsealed_for_tests(db, signer, cairn_node::engine::mls_config())
+        .expect("MLS state");
+    Engine::new(mls, ndb, history, keys, cfg)
+}
+
 fn sync_config() -> SyncConfig {
     SyncConfig { retry_initial_ms: 200, retry_max_ms: 2_000, gap_retry_ms: 300, ..SyncConfig::default() }
 }
@@ -243,7 +257,7 @@ impl World {
         user.sync = Sync::new(sync_config(), delivered, cursors);
         user.subscribed.clear();
         user.history = Some(history.clone());
-        user.engine = Some(Engine::open(db, history, keys, cfg).expect("engine"));
+        user.engine = Some(open_engine(db, history, keys, cfg));
         let mut seq = self.seq.clone();
         let now = self.now_ms;
         let r = self.users[u].engine.as_mut().map(|e| e.start(&mut seq, now));
@@ -381,15 +395,20 @@ impl World {
                 }
             }
         }
+        self.receive(u, deliveries);
+    }
+
+    /// Hands user `u` these deliveries as one burst: durable in its local history first, as
+    /// the mesh does, then read by its engine.
+    pub(crate) fn receive(&mut self, u: usize, deliveries: Vec<Arrival>) {
         if deliveries.is_empty() {
             return;
         }
-        // Durable in the local history first, as the mesh does.
         if let Some(h) = &self.users[u].history {
             let envs: Vec<Envelope> = deliveries.iter().map(|a| a.envelope.clone()).collect();
             h.append(&envs).expect("history append");
         }
-        let mut seq = self.seq.clone();
+        let (now, mut seq) = (self.now_ms, self.seq.clone());
         if let Some(e) = self.users[u].engine.as_mut() {
             e.receive(deliveries, &mut seq, now);
         }
