@@ -108,13 +108,6 @@ async fn bench(
         let mut cfg = NodeConfig::new(dir.join(format!("store-{i}")));
         cfg.serve_store = true;
         cfg.bootstrap.clone_from(&boot);
-        // Every light client here connects from 127.0.0.1: the per-address bound (16 streams,
-        // an anti-Sybil limit for real addresses) left all but 24 of a 100-member group with
-        // no service node, reading only by back-fill (p50 about 20 s). Served like clients on
-        // their own addresses, within the service's overall client bound.
-        if let Some(l) = cfg.light_serve.as_mut() {
-            l.clients_per_ip_max = l.clients_max;
-        }
         let n = cairn_net::node::start(cfg).await?;
         boot.extend(n.listen_addrs.iter().filter(|a| a.to_string().contains("/tcp/")).cloned());
         stores.push(n);
