@@ -20,7 +20,7 @@ use futures::StreamExt as _;
 use tracing::{debug, warn};
 
 use crate::block::Block;
-use crate::core::{Knowledge, Ledger};
+use crate::core::{FINALIZE_GROUP_MAX, Knowledge, Ledger};
 
 /// Consensus context type used by the ledger.
 pub type LedgerContext = Context<Digest, ed25519::PublicKey>;
@@ -184,9 +184,20 @@ impl Finalizer {
         let applier = ledger.clone();
         // the thread ends when every sender (every clone of this finalizer) is dropped
         let spawned = std::thread::Builder::new().name("ledger-finalize".into()).spawn(move || {
-            for (block, ack) in rx {
-                applier.finalize(block);
-                ack.acknowledge();
+            while let Ok(first) = rx.recv() {
+                // the blocks that queued while the last ones were applied go in one commit
+                let mut batch = vec![first];
+                while batch.len() < FINALIZE_GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (blocks, acks): (Vec<Arc<Block>>, Vec<Exact>) = batch.into_iter().unzip();
+                applier.finalize_many(blocks);
+                for ack in acks {
+                    ack.acknowledge();
+                }
             }
         });
         match spawned {

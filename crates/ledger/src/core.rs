@@ -15,7 +15,7 @@ use cairn_proto::Topic;
 
 use crate::block::{Block, Header};
 pub use crate::chain_store::OpenError;
-use crate::chain_store::{ChainStore, ChainStoreError};
+use crate::chain_store::{ChainStore, ChainStoreError, FinalizedBlock};
 use crate::genesis::Genesis;
 use crate::light::StateProof;
 use crate::mempool::Mempool;
@@ -24,8 +24,16 @@ use crate::outcome_tree::receipts_root;
 use crate::state::{Layer, Mode, Outcome, Receipt, StateDb, StateError, StateKey, execute};
 use crate::tx::{AnyTx, Tx, TxError, TxId};
 
+mod admission;
 mod exec;
 mod pool;
+mod refusals;
+
+pub use admission::{
+    ADMISSION_TURN_WAIT_MS, ADMISSION_YIELD_MS_MAX, ADMISSIONS_CONCURRENT_MAX, AdmissionPolicy, RPC_NICE,
+    lower_thread_priority,
+};
+use refusals::RefusalLog;
 
 /// Most verified-signature cache entries.
 const SIG_CACHE_MAX: usize = 400_000;
@@ -54,6 +62,10 @@ const PENDING_BLOCKS_MAX: usize = 1024;
 /// end before it copies the state to apply a block (the copy costs memory and time in
 /// proportion to the state; the wait, one block's execution at most).
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Finalized blocks committed to the chain store in one durable transaction at most (blocks):
+/// those that waited while the finalizer was behind. Marshal leaves at most 16 unacknowledged.
+pub const FINALIZE_GROUP_MAX: usize = 16;
 
 /// Internal fault messages kept (messages). Overflow policy: later faults are counted, not kept.
 const FAULTS_MAX: usize = 64;
@@ -118,9 +130,12 @@ struct Core {
     pool: Mempool,
     sig_ok: HashSet<TxId>,
     sig_order: VecDeque<TxId>,
-    rejected: HashMap<TxId, TxError>,
-    /// Order in which `rejected` got its records (may hold ids already gone from it).
-    rejected_order: VecDeque<TxId>,
+    /// Why admitted transactions were rejected (≤ [`REJECTED_MAX`]).
+    rejected: RefusalLog,
+    /// Topic writes refused at admission as stale (≤ [`MempoolLimits::stale_refused`]): their
+    /// position is taken in the finalized state for good, so the refusal is as final as a
+    /// rejection, and a client waiting for one reads it from every validator.
+    stale: RefusalLog,
     /// Encoded certificates of blocks not finalized here yet, by digest, and their arrival
     /// order (≤ [`PENDING_CERTS_MAX`]).
     pending_certs: HashMap<[u8; 32], Vec<u8>>,
@@ -142,6 +157,8 @@ pub struct Ledger {
     inner: Arc<Mutex<Core>>,
     /// Held by the one finalizer applying blocks (the core lock is released during commits).
     applying: Arc<Mutex<()>>,
+    /// Block work in progress, which admission gives way to (see `core/admission.rs`).
+    gate: Arc<admission::Gate>,
     genesis: Arc<Block>,
     store: ChainStore,
 }
@@ -205,8 +222,8 @@ impl Ledger {
             pool: Mempool::new(limits),
             sig_ok: HashSet::new(),
             sig_order: VecDeque::new(),
-            rejected: HashMap::new(),
-            rejected_order: VecDeque::new(),
+            rejected: RefusalLog::new(REJECTED_MAX),
+            stale: RefusalLog::new(limits.sane().stale_refused),
             pending_certs: HashMap::new(),
             pending_cert_order: VecDeque::new(),
             tip_cert,
@@ -217,6 +234,7 @@ impl Ledger {
         Ok(Self {
             inner: Arc::new(Mutex::new(core)),
             applying: Arc::new(Mutex::new(())),
+            gate: Arc::new(admission::Gate::default()),
             genesis: genesis_block,
             store,
         })
@@ -275,9 +293,25 @@ impl Ledger {
         ChainStatus { height, digest, state_root: c.db.root(), mempool: c.pool.len() }
     }
 
+    /// Sets how admission gives way to block work ([`AdmissionPolicy::default`] unless set).
+    pub fn set_admission_policy(&self, policy: AdmissionPolicy) {
+        self.gate.set_policy(policy);
+    }
+
+    /// How admission gives way to block work.
+    pub fn admission_policy(&self) -> AdmissionPolicy {
+        self.gate.policy()
+    }
+
     /// Transactions waiting in the mempool.
     pub fn mempool_len(&self) -> usize {
         self.lock().pool.len()
+    }
+
+    /// Stale topic-write refusals this validator remembers (at most
+    /// [`MempoolLimits::stale_refused`]).
+    pub fn stale_refusals(&self) -> usize {
+        self.lock().stale.len()
     }
 
     /// Bytes of the transactions waiting in the mempool.
@@ -406,6 +440,9 @@ impl Ledger {
     /// Submits many transactions (one answer each, in order). Signatures are checked outside
     /// the lock, in one batch, and only for transactions this validator does not know yet.
     pub fn submit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<TxId, TxError>> {
+        // after block work in progress, a bounded number at a time, if the policy says so
+        // (see core/admission.rs)
+        let _turn = self.gate.admit();
         let decoded: Vec<Result<(TxId, Tx), TxError>> =
             txs.iter().map(|b| Tx::decode(b).map(|t| (Tx::id_of(b), t))).collect();
         let ids: Vec<TxId> =
@@ -467,7 +504,7 @@ impl Ledger {
         if c.pool.contains(id) {
             return TxStatus::Pending;
         }
-        match c.rejected.get(id) {
+        match c.rejected.get(id).or_else(|| c.stale.get(id)) {
             Some(e) => TxStatus::Rejected(e.clone()),
             None => TxStatus::Unknown,
         }
@@ -525,51 +562,53 @@ impl Ledger {
     /// so admission, proposals and votes on the next blocks go on during its fsync; finalizers
     /// are serialized among themselves.
     pub fn finalize(&self, block: Arc<Block>) {
+        self.finalize_many(vec![block]);
+    }
+
+    /// Applies finalized blocks delivered by marshal, as [`Self::finalize`] does one. Blocks
+    /// waiting in height order (these, and any that waited for a gap) are committed together,
+    /// up to [`FINALIZE_GROUP_MAX`] in one durable transaction: a finalizer that fell behind
+    /// catches up with one sync instead of one per block.
+    pub fn finalize_many(&self, blocks: Vec<Arc<Block>>) {
         let _one = self.applying.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         {
             let mut c = self.lock();
-            let (tip, _) = c.tip();
-            let h = block.header.height;
-            if h <= tip {
-                let stored = if h == tip { Ok(Some(c.tip.id())) } else { c.store.digest(h) };
-                if stored.is_ok_and(|d| d.is_some_and(|d| d != block.id())) {
-                    c.fault(format!("conflicting finalized block at height {h}"));
-                }
-                return;
+            for block in blocks {
+                c.hold_finalized(block);
             }
-            if c.pending.len() >= PENDING_BLOCKS_MAX && !c.pending.contains_key(&h) {
-                // marshal delivers in height order, so this only fills while the chain store
-                // fails; marshal redelivers from its processed floor after a restart
-                c.fault(format!("finalized block {h} dropped: {PENDING_BLOCKS_MAX} blocks wait already"));
-                return;
-            }
-            c.pending.insert(h, block);
         }
         loop {
-            let staged = {
-                let mut c = self.lock();
-                let next = c.tip().0 + 1;
-                let Some(b) = c.pending.remove(&next) else { break };
-                match c.stage_finalized(b) {
-                    Some(s) => s,
-                    None => break,
-                }
+            let group = {
+                let _work = self.gate.block_work();
+                self.lock().stage_group()
             };
-            let stored = self.store.commit_block(
-                &staged.block,
-                &staged.receipts,
-                &staged.handshakes,
-                staged.cert.as_deref(),
+            let Some(last) = group.last() else { break };
+            let last_h = last.block.header.height;
+            let stored = self.store.commit_blocks(
+                &group
+                    .iter()
+                    .map(|s| FinalizedBlock {
+                        block: &s.block,
+                        receipts: &s.receipts,
+                        handshakes: &s.handshakes,
+                        cert: s.cert.as_deref(),
+                    })
+                    .collect::<Vec<_>>(),
             );
+            let _work = self.gate.block_work();
             let mut c = self.lock_for_apply();
             if let Err(e) = stored {
-                let h = staged.block.header.height;
-                c.fault(format!("finalized block {h} could not be stored: {e}"));
-                // retried at the next delivery; its executed layer stays in `spec`
-                c.pending.insert(h, staged.block);
+                let first = group.first().map_or(last_h, |s| s.block.header.height);
+                c.fault(format!("finalized blocks {first}..={last_h} could not be stored: {e}"));
+                // retried at the next delivery; their executed layers stay in `spec`
+                for s in group {
+                    c.pending.insert(s.block.header.height, s.block);
+                }
                 break;
             }
-            c.advance(staged);
+            for s in group {
+                c.advance(s);
+            }
         }
     }
 }
@@ -647,15 +686,57 @@ impl Core {
         }
     }
 
-    /// Prepares the next finalized block for its durable commit: executes it unless it was
+    /// Holds a finalized block until it is applied: one at or below the tip is checked against
+    /// the chain (a different block there is a fault) and dropped.
+    fn hold_finalized(&mut self, block: Arc<Block>) {
+        let (tip, _) = self.tip();
+        let h = block.header.height;
+        if h <= tip {
+            let stored = if h == tip { Ok(Some(self.tip.id())) } else { self.store.digest(h) };
+            if stored.is_ok_and(|d| d.is_some_and(|d| d != block.id())) {
+                self.fault(format!("conflicting finalized block at height {h}"));
+            }
+            return;
+        }
+        if self.pending.len() >= PENDING_BLOCKS_MAX && !self.pending.contains_key(&h) {
+            // marshal delivers in height order, so this only fills while the chain store
+            // fails; marshal redelivers from its processed floor after a restart
+            self.fault(format!("finalized block {h} dropped: {PENDING_BLOCKS_MAX} blocks wait already"));
+            return;
+        }
+        self.pending.insert(h, block);
+    }
+
+    /// The finalized blocks that follow the tip and wait here, staged for one durable commit
+    /// (at most [`FINALIZE_GROUP_MAX`]). Only the first may need executing (on the finalized
+    /// state); the others must have been executed here on their parents already, else they
+    /// wait for the next group.
+    fn stage_group(&mut self) -> Vec<Staged> {
+        let mut group: Vec<Staged> = Vec::new();
+        let (mut h, mut parent) = self.tip();
+        while group.len() < FINALIZE_GROUP_MAX {
+            let Some(b) = self.pending.remove(&(h + 1)) else { break };
+            if !group.is_empty() && !self.spec.contains_key(&b.id()) {
+                self.pending.insert(h + 1, b);
+                break;
+            }
+            let Some(s) = self.stage_finalized(b, parent) else { break };
+            h += 1;
+            parent = s.block.id();
+            group.push(s);
+        }
+        group
+    }
+
+    /// Prepares a finalized block whose parent must be `parent` (the tip, or the block staged
+    /// before it) for its durable commit: executes it on the finalized state unless it was
     /// verified here already (its executed layer stays in `spec`, where blocks built on it find
     /// it until [`Core::advance`]), and collects its outcomes, handshakes and certificate. A block
     /// that cannot be applied is recorded as a fault.
-    fn stage_finalized(&mut self, block: Arc<Block>) -> Option<Staged> {
+    fn stage_finalized(&mut self, block: Arc<Block>, parent: [u8; 32]) -> Option<Staged> {
         let id = block.id();
         let h = block.header.height;
-        let (_, tip) = self.tip();
-        if block.header.parent != tip {
+        if block.header.parent != parent {
             self.fault(format!("finalized block {h} does not extend the finalized tip"));
             return None;
         }
@@ -722,6 +803,7 @@ impl Core {
         for r in &receipts {
             self.remove_from_pool(&r.tx);
             self.rejected.remove(&r.tx);
+            self.stale.remove(&r.tx);
         }
         self.recheck_topics(&block.txs);
         let old = std::mem::replace(&mut self.tip, block);

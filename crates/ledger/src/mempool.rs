@@ -44,6 +44,11 @@ pub const TOPIC_WINDOW: usize = 4;
 pub const TOPIC_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most times the chain's proof-of-work price a loaded mempool asks of a topic write.
 pub const TOPIC_WORK_FACTOR_MAX: u64 = 8;
+/// Topic writes refused at admission because their position is taken (stale) whose refusal a
+/// validator remembers, so a client asking about one reads "rejected: stale" rather than
+/// `Unknown` (writes). Overflow policy: the oldest record is forgotten. Kept apart from the
+/// rejections of admitted transactions, so a flood of stale copies cannot push those out.
+pub const STALE_REFUSED_MAX: usize = 16_384;
 
 /// The mempool's bounds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,11 +65,13 @@ pub struct MempoolLimits {
     pub topic_window: usize,
     /// Bytes of topic writes waiting in total.
     pub topic_bytes: usize,
+    /// Stale topic-write refusals remembered (at least 1; see [`STALE_REFUSED_MAX`]).
+    pub stale_refused: usize,
 }
 
 impl Default for MempoolLimits {
     /// [`MEMPOOL_MAX`], [`MEMPOOL_BYTES_MAX`], [`SIGNER_BYTES_MAX`], [`NONCE_WINDOW`],
-    /// [`TOPIC_WINDOW`], [`TOPIC_BYTES_MAX`].
+    /// [`TOPIC_WINDOW`], [`TOPIC_BYTES_MAX`], [`STALE_REFUSED_MAX`].
     fn default() -> Self {
         Self {
             txs: MEMPOOL_MAX,
@@ -73,6 +80,7 @@ impl Default for MempoolLimits {
             nonce_window: NONCE_WINDOW,
             topic_window: TOPIC_WINDOW,
             topic_bytes: TOPIC_BYTES_MAX,
+            stale_refused: STALE_REFUSED_MAX,
         }
     }
 }
@@ -87,6 +95,7 @@ impl MempoolLimits {
             nonce_window: self.nonce_window.max(1),
             topic_window: self.topic_window.max(1),
             topic_bytes: self.topic_bytes.max(TX_BYTES_MAX),
+            stale_refused: self.stale_refused.max(1),
         }
     }
 }

@@ -208,6 +208,9 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
             }
         };
         let ledger = running.ledger.clone();
+        if let Some(policy) = admission_policy_from_env() {
+            ledger.set_admission_policy(policy);
+        }
         let serve_ledger = ledger.clone();
         std::thread::spawn(move || crate::rpc::serve(rpc, serve_ledger, rpc_id));
         on_start(ledger.clone());
@@ -230,6 +233,23 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         let _ = running.engine.await;
     });
     Ok(())
+}
+
+/// Environment variable overriding how admission gives way to block work, as
+/// `<yield ms>,<concurrent batches>,<rpc nice>` (`0,0,0`: as before the policy); for A/B
+/// measurements of [`crate::core::AdmissionPolicy`] with one binary. Unset or unreadable: the
+/// defaults.
+pub const ADMISSION_ENV: &str = "CAIRN_LEDGER_ADMISSION";
+
+fn admission_policy_from_env() -> Option<crate::core::AdmissionPolicy> {
+    let v = std::env::var(ADMISSION_ENV).ok()?;
+    let mut parts = v.split(',').map(str::trim);
+    let policy = crate::core::AdmissionPolicy {
+        yield_ms_max: parts.next()?.parse().ok()?,
+        concurrent_max: parts.next()?.parse().ok()?,
+        rpc_nice: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(policy)
 }
 
 /// How often a validator resolves its peers' p2p names again.

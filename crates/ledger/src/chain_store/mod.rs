@@ -4,7 +4,8 @@
 //! short-lived ledgers).
 //!
 //! Everything one finalized block adds is written in ONE redb transaction committed with
-//! [`Durability::Immediate`] ([`ChainStore::commit_block`]), together with the finalized height,
+//! [`Durability::Immediate`] ([`ChainStore::commit_blocks`]; blocks that waited for the
+//! finalizer share one), together with the finalized height,
 //! so after a crash the file holds a prefix of the finalized chain with every index complete for
 //! exactly that prefix: no gap, no half-applied block. Memory does not grow with the chain: the
 //! only cache is redb's page cache, bounded by [`CHAIN_CACHE_BYTES`] (redb evicts by its own
@@ -50,6 +51,18 @@ const HANDSHAKES: TableDefinition<'_, ([u8; 32], u64), &[u8]> = TableDefinition:
 const TOPIC_LINKS: TableDefinition<'_, ([u8; 32], u64), [u8; 64]> = TableDefinition::new("topic_links");
 /// Block digest → encoded finalization certificate.
 const CERTS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("certs");
+
+/// What one finalized block adds to the store ([`ChainStore::commit_blocks`]).
+pub(crate) struct FinalizedBlock<'a> {
+    /// The block.
+    pub(crate) block: &'a Block,
+    /// The outcome of each of its transactions, in block order.
+    pub(crate) receipts: &'a [Receipt],
+    /// The handshakes it sequenced (topic, position, payload).
+    pub(crate) handshakes: &'a [(Topic, u64, Vec<u8>)],
+    /// Its certificate, if already known.
+    pub(crate) cert: Option<&'a [u8]>,
+}
 
 /// Chain store failures.
 #[derive(Debug, Error)]
@@ -176,36 +189,34 @@ impl ChainStore {
         Ok(0)
     }
 
-    /// Writes everything finalized block `block` adds — the block, its digest, the outcome of
-    /// each transaction (`receipts`, in block order), the `handshakes` it sequenced
+    /// Writes everything consecutive finalized `blocks` (in height order) add — each block, its
+    /// digest, the outcome of each transaction (in block order), the handshakes it sequenced
     /// (topic, position, payload), its certificate if already known — and the new finalized
-    /// height, in one durable transaction.
-    pub(crate) fn commit_block(
-        &self,
-        block: &Block,
-        receipts: &[Receipt],
-        handshakes: &[(Topic, u64, Vec<u8>)],
-        cert: Option<&[u8]>,
-    ) -> Result<(), ChainStoreError> {
-        let h = block.header.height;
+    /// height (the last block's), in ONE durable transaction: a finalizer that fell behind pays
+    /// one sync for all the blocks that waited, and a crash leaves a gap-free prefix.
+    pub(crate) fn commit_blocks(&self, blocks: &[FinalizedBlock<'_>]) -> Result<(), ChainStoreError> {
+        debug_assert!(blocks.windows(2).all(|w| w[1].block.header.height == w[0].block.header.height + 1));
         let mut tx = self.db.begin_write().map_err(db)?;
         tx.set_durability(Durability::Immediate).map_err(db)?;
-        {
-            let mut txs = tx.open_table(TXS).map_err(db)?;
-            for r in receipts {
-                txs.insert(r.tx.0, outcome::encode(h, &r.outcome).as_slice()).map_err(db)?;
+        for b in blocks {
+            let h = b.block.header.height;
+            {
+                let mut txs = tx.open_table(TXS).map_err(db)?;
+                for r in b.receipts {
+                    txs.insert(r.tx.0, outcome::encode(h, &r.outcome).as_slice()).map_err(db)?;
+                }
+                let mut hs = tx.open_table(HANDSHAKES).map_err(db)?;
+                let mut links = tx.open_table(TOPIC_LINKS).map_err(db)?;
+                for (topic, seq, payload) in b.handshakes {
+                    hs.insert((topic.0, *seq), payload.as_slice()).map_err(db)?;
+                    put_link(&mut links, topic, *seq, payload)?;
+                }
+                if let Some(c) = b.cert {
+                    tx.open_table(CERTS).map_err(db)?.insert(b.block.id(), c).map_err(db)?;
+                }
             }
-            let mut hs = tx.open_table(HANDSHAKES).map_err(db)?;
-            let mut links = tx.open_table(TOPIC_LINKS).map_err(db)?;
-            for (topic, seq, payload) in handshakes {
-                hs.insert((topic.0, *seq), payload.as_slice()).map_err(db)?;
-                put_link(&mut links, topic, *seq, payload)?;
-            }
-            if let Some(c) = cert {
-                tx.open_table(CERTS).map_err(db)?.insert(block.id(), c).map_err(db)?;
-            }
+            put_block(&tx, b.block)?;
         }
-        put_block(&tx, block)?;
         tx.commit().map_err(db)
     }
 

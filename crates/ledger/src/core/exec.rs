@@ -66,6 +66,7 @@ impl Ledger {
     /// Executes `block` (verify mode) on top of its parent, which must be known; remembers the
     /// result. Returns whether the block is valid.
     pub fn verify_block(&self, block: &Block) -> Result<bool, StateError> {
+        let _work = self.gate.block_work();
         let ids = self.preverify(&block.txs);
         let id = block.id();
         let (snap, verified) = {
@@ -134,6 +135,7 @@ impl Ledger {
 
     /// Builds a block on `parent` (whose state must be known) from the mempool.
     pub fn propose(&self, parent: &[u8; 32], parent_height: u64) -> Result<Option<Proposal>, StateError> {
+        let _work = self.gate.block_work();
         let (snap, candidates, verified) = {
             let c = self.lock_for_snapshot();
             let Some(layers) = c.layers_for(parent) else { return Ok(None) };
@@ -212,7 +214,7 @@ impl Core {
         let mut next: HashMap<[u8; 32], u64> = HashMap::new();
         let mut bytes = crate::block::HEADER_BYTES;
         let mut verified: HashSet<TxId> = HashSet::new();
-        let mut out = self.topic_candidates(&in_ancestors, &mut bytes);
+        let mut out = self.topic_candidates(&in_ancestors, &mut bytes, &mut verified);
         'scan: for id in &self.pool.order {
             let Some(p) = self.pool.pool.get(id) else { continue };
             let n = match next.get(&p.signer) {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use cairn_proto::Topic;
 
-use super::{Core, NONCE_GAP_BLOCKS, REJECTED_MAX};
+use super::{Core, NONCE_GAP_BLOCKS};
 use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX};
 use crate::mempool::{Pooled, TopicPooled};
 use crate::tx::{AnyTx, TopicTx, Tx, TxError, TxId};
@@ -77,17 +77,7 @@ impl Core {
 
     /// Records why `id` was rejected, forgetting the oldest records beyond [`REJECTED_MAX`].
     pub(super) fn reject(&mut self, id: TxId, e: TxError) {
-        if self.rejected.insert(id, e).is_none() {
-            self.rejected_order.push_back(id);
-        }
-        while self.rejected.len() > REJECTED_MAX {
-            let Some(old) = self.rejected_order.pop_front() else { break };
-            self.rejected.remove(&old);
-        }
-        if self.rejected_order.len() > 2 * REJECTED_MAX {
-            let rejected = &self.rejected;
-            self.rejected_order.retain(|id| rejected.contains_key(id));
-        }
+        self.rejected.insert(id, e);
     }
 
     /// Admits a topic write (no account, no signature to batch: its member signature is
@@ -107,10 +97,22 @@ impl Core {
         }
         let overlay = self.db.overlay(Vec::new());
         let ex = crate::state::Executor::new(&overlay, self.chain);
-        ex.admit_topic(&tx, &id, bytes.len(), self.pool.topic_work_factor(), self.topic_window())?;
+        let work = self.pool.topic_work_factor();
+        if let Err(e) = ex.admit_topic(&tx, &id, bytes.len(), work, self.topic_window(), false) {
+            if is_stale_for_good(&e) {
+                // as final as a rejection: remembered, so that this validator answers "rejected:
+                // stale" like one that admitted the write before the competing commit and
+                // rejected it after (a client waits for every validator's word)
+                self.stale.insert(id, e.clone());
+            }
+            return Err(e);
+        }
         let topic = *tx.body.topic();
         self.pool.check_topic_room(&topic, bytes.len())?;
+        // its member signature verified: executing it in a block skips that check
+        self.mark_sig_ok(id);
         self.rejected.remove(&id);
+        self.stale.remove(&id);
         let since = self.tip.header.height;
         self.pool.insert_topic(id, TopicPooled { topic, position: tx.body.position(), digest, bytes, since });
         Ok(id)
@@ -119,8 +121,14 @@ impl Core {
     /// Topic writes for the next block, topic by topic in the order topics first arrived,
     /// each topic's writes by position (so a commit and the next one can go in one block);
     /// at most half the block's transactions and bytes, so account transactions always have
-    /// room. `bytes` is the block size so far and grows with what is taken.
-    pub(super) fn topic_candidates(&self, in_ancestors: &HashSet<TxId>, bytes: &mut usize) -> Vec<Vec<u8>> {
+    /// room. `bytes` is the block size so far and grows with what is taken; `verified` gets the
+    /// ids of those whose member signature this node verified.
+    pub(super) fn topic_candidates(
+        &self,
+        in_ancestors: &HashSet<TxId>,
+        bytes: &mut usize,
+        verified: &mut HashSet<TxId>,
+    ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut topics: HashSet<Topic> = HashSet::new();
         let pool = &self.pool.topics;
@@ -147,6 +155,9 @@ impl Core {
                 }
                 *bytes += 4 + p.bytes.len();
                 out.push(p.bytes.clone());
+                if self.sig_ok.contains(&t) {
+                    verified.insert(t);
+                }
             }
         }
         out
@@ -158,7 +169,8 @@ impl Core {
         let Ok(AnyTx::Topic(tx)) = AnyTx::decode(bytes) else { return false };
         let overlay = self.db.overlay(Vec::new());
         let ex = crate::state::Executor::new(&overlay, self.chain);
-        ex.admit_topic(&tx, &Tx::id_of(bytes), bytes.len(), 1, self.topic_window()).is_ok()
+        let id = Tx::id_of(bytes);
+        ex.admit_topic(&tx, &id, bytes.len(), 1, self.topic_window(), self.sig_ok.contains(&id)).is_ok()
     }
 
     /// How far ahead of a topic's handshake count a waiting handshake may be (positions).
@@ -179,7 +191,9 @@ impl Core {
                 .filter(|(_, p)| p.since + NONCE_GAP_BLOCKS <= height)
                 .filter_map(|(id, p)| {
                     let t = TopicTx::decode(&p.bytes).ok()?;
-                    ex.admit_topic(&t, id, p.bytes.len(), 1, 1).err().map(|e| (*id, e))
+                    ex.admit_topic(&t, id, p.bytes.len(), 1, 1, self.sig_ok.contains(id))
+                        .err()
+                        .map(|e| (*id, e))
                 })
                 .collect()
         };
@@ -206,8 +220,9 @@ impl Core {
             for topic in &touched {
                 for id in self.pool.topics.by_topic.get(topic).into_iter().flatten() {
                     let Some(p) = self.pool.topics.txs.get(id) else { continue };
-                    let res = TopicTx::decode(&p.bytes)
-                        .and_then(|t| ex.admit_topic(&t, id, p.bytes.len(), 1, window));
+                    let res = TopicTx::decode(&p.bytes).and_then(|t| {
+                        ex.admit_topic(&t, id, p.bytes.len(), 1, window, self.sig_ok.contains(id))
+                    });
                     if let Err(e) = res {
                         gone.push((*id, e));
                     }
@@ -218,5 +233,17 @@ impl Core {
             self.remove_from_pool(&id);
             self.reject(id, e);
         }
+    }
+}
+
+/// Whether a topic write's admission refusal holds for good: its position is taken in the
+/// finalized state (a handshake behind the topic's count, an anchor at or below the anchored
+/// count), which only grows. A handshake too far *ahead* is refused with the same error and is
+/// not final: its predecessors may still come.
+fn is_stale_for_good(e: &TxError) -> bool {
+    match e {
+        TxError::StaleSequence { after, current } => after < current,
+        TxError::AnchorRegressed { .. } => true,
+        _ => false,
     }
 }

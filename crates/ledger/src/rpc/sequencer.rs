@@ -192,10 +192,10 @@ impl CommitSequencer for LedgerSequencer {
             // every validator rejected it: another commit took the position meanwhile
             Err(e) if is_stale_refusal(&e) => Err(self.client.proven_stale(&topic, after)),
             Err(e) if is_not_member_refusal(&e) => Err(SequencerError::NotMember),
-            // Not final in time. Validators that applied the competing commit before this
-            // write arrived refused it at admission and keep no status for it, while one that
-            // admitted it first rejected it later: "rejected by every validator" is then never
-            // seen. A proven topic count past `after` settles it: the position is taken (by
+            // Not final in time. Validators remember a write they refused at admission as stale
+            // (core::MempoolLimits::stale_refused), so "rejected by every validator" normally
+            // comes at once; it does not when one is unreachable or forgot the refusal (its
+            // bound). A proven topic count past `after` settles it: the position is taken (by
             // another commit, or by this one whose answer was lost; the caller's catch-up tells).
             Err(ClientError::Timeout) => match self.client.proven_stale(&topic, after) {
                 stale @ SequencerError::Stale { .. } => Err(stale),

@@ -259,6 +259,8 @@ pub fn serve(listener: TcpListener, ledger: Ledger, id: RpcIdentity) {
         let (ledger, id) = (ledger.clone(), id.clone());
         let spawned = std::thread::Builder::new().name("ledger-rpc-conn".into()).spawn(move || {
             let _slot = slot;
+            // clients are served after consensus under contention (core/admission.rs)
+            crate::core::lower_thread_priority(ledger.admission_policy().rpc_nice);
             serve_connection(&ledger, &id, stream);
         });
         if let Err(e) = spawned {

@@ -77,7 +77,8 @@ pub const BLOCK_FUEL_MAX: u64 = 50_000_000;
 
 /// Executes candidate transactions at `height` on top of `db` + `layers`.
 ///
-/// `sig_checked(id)` tells whether this node already verified that transaction's signature.
+/// `sig_checked(id)` tells whether this node already verified that transaction's signature (for
+/// a topic write, its member signature).
 pub fn execute(
     db: &StateDb,
     layers: Vec<&Layer>,
@@ -100,7 +101,7 @@ pub fn execute(
         let id = Tx::id_of(bytes);
         let res = AnyTx::decode(bytes).and_then(|tx| {
             let tx = match tx {
-                AnyTx::Topic(t) => return ex.apply_topic(&t, id, bytes.len()),
+                AnyTx::Topic(t) => return ex.apply_topic(&t, id, bytes.len(), sig_checked(&id)),
                 AnyTx::Account(tx) => tx,
             };
             let limit = tx.body.fuel_limit();
