@@ -188,7 +188,13 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
     /// Pages `store` whole envelopes for `topic` from now for `whole_pages_ms`: its read cursor
     /// moves back to the first id it listed and this node has not got (those ids stop holding
     /// it), and a page of whole envelopes is asked from there at once.
-    pub(super) fn page_whole_envelopes(&mut self, topic: Topic, store: S, now_ms: u64, out: &mut Vec<Output<S>>) {
+    pub(super) fn page_whole_envelopes(
+        &mut self,
+        topic: Topic,
+        store: S,
+        now_ms: u64,
+        out: &mut Vec<Output<S>>,
+    ) {
         if self.whole_pages.len() >= self.config.whole_page_pairs_max.max(1) {
             // Bounded: drop the pair closest to returning to ids.
             let first = self.whole_pages.iter().min_by_key(|(_, until)| **until).map(|(k, _)| k.clone());
