@@ -200,6 +200,32 @@ async fn a_light_client_sends_and_receives_through_service_nodes_and_serves_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_client_every_service_node_refuses_still_gets_its_mail_from_the_store_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = LightServeLimits { clients_max: 0, ..Default::default() };
+    let net = Net::start_with(dir.path(), [full.clone(), full]).await;
+    let bob = net.light(dir.path(), "bob").await;
+    let topic = Topic([0x43; 32]);
+    let mut bob_rx = bob.events();
+    net.alice.subscribe(topic).await.unwrap();
+    bob.subscribe(topic).await.unwrap();
+    wait_store_peers(&bob, 3).await;
+    sleep(Duration::from_secs(2)).await;
+    // Two rounds: the first may come with the second back-fill 10 s after following a topic;
+    // the second, sent once the first is in, can only come from polling the store nodes.
+    // Without polling the second round took about 20 s (the test fails at 12; polls are 5 s
+    // apart).
+    for (round, secs) in [("a", 30), ("b", 12)] {
+        let sent = send_chain(&net.alice, topic, round, 3, 50).await;
+        let got: HashSet<Id> = collect(&mut bob_rx, &ids(&sent), secs).await.into_iter().collect();
+        assert_eq!(got, ids(&sent), "round {round}: the refused light client got alice's envelopes");
+    }
+    let s = bob.status().await.unwrap();
+    assert!(s.light.services.is_empty(), "no service node took the client: {:?}", s.light);
+    assert_eq!(s.light.stream_envelopes, 0, "{:?}", s.light);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withholding_service_node_is_found_out_and_mail_still_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::start(dir.path(), true).await;

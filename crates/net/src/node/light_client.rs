@@ -41,6 +41,11 @@ const CANDIDATES_MAX: usize = 256;
 const FOLLOW_RECHECK_MS: u64 = 10_000;
 /// Those second back-fills waiting, at most (a topic beyond it gets none).
 const RECHECKS_MAX: usize = 4_096;
+/// A light client with no primary stream (every service node refused it, or none is up)
+/// pages its followed topics from the store nodes this often, ms: its mail comes late rather
+/// than not at all. (A bench saw 76 of 100 light clients refused by full service nodes get no
+/// message for the whole 15 s send phase.)
+const NO_SERVICE_POLL_MS: u64 = 5_000;
 
 /// What a light client knows about its service nodes, for `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +101,8 @@ pub(super) struct LightClient {
     stream_envelopes: u64,
     foreign: u64,
     backfills: u64,
+    /// When the followed topics were last paged for want of a primary stream, ms.
+    polled_ms: u64,
 }
 
 impl LightClient {
@@ -116,6 +123,7 @@ impl LightClient {
             stream_envelopes: 0,
             foreign: 0,
             backfills: 0,
+            polled_ms: 0,
         }
     }
 
@@ -436,9 +444,16 @@ impl Node {
         let due: Vec<Topic> = l.rechecks.iter().filter(|(_, at)| *at <= now).map(|(t, _)| *t).collect();
         l.rechecks.retain(|(_, at)| *at > now);
         l.backfill.extend(due);
+        let poll = l.primary.is_none() && now >= l.polled_ms.saturating_add(NO_SERVICE_POLL_MS);
+        if poll {
+            l.polled_ms = now;
+        }
         if demote {
             info!("light: the primary withheld mail; switching");
             self.light_promote();
+        }
+        if poll && self.light.as_ref().is_some_and(|l| l.primary.is_none()) {
+            self.light_backfill_all();
         }
         self.light_backfill_ready();
         self.light_maintain();
