@@ -203,7 +203,7 @@ async fn a_light_client_sends_and_receives_through_service_nodes_and_serves_noth
 async fn a_light_client_every_service_node_refuses_still_gets_its_mail_from_the_store_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let full = LightServeLimits { clients_max: 0, ..Default::default() };
-    let net = Net::start_with(dir.path(), [full.clone(), full]).await;
+    let net = Net::start_with(dir.path(), [full, full]).await;
     let bob = net.light(dir.path(), "bob").await;
     let topic = Topic([0x43; 32]);
     let mut bob_rx = bob.events();
