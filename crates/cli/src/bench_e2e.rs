@@ -254,8 +254,13 @@ async fn bench(
         }
         let send_secs = start.elapsed().as_secs_f64();
         let expected = messages * (n - 1);
+        let mut shown = Instant::now();
         let _ = wait("deliveries", Duration::from_secs(60 + messages as u64), async || {
             let got: usize = arrivals.lock().await.values().map(Vec::len).sum();
+            if shown.elapsed() >= Duration::from_secs(5) && got < expected {
+                shown = Instant::now();
+                eprintln!("[bench] group of {n}: all sent; {got}/{expected} deliveries so far");
+            }
             (got >= expected).then_some(())
         })
         .await;

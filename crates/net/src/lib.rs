@@ -20,6 +20,7 @@ pub mod bench;
 pub mod ledger_relay;
 pub mod ledger_relay_io;
 pub mod light;
+pub mod light_pace;
 pub mod node;
 pub mod peerbook;
 pub mod receipt;

@@ -82,6 +82,10 @@ pub struct LightConfig {
     pub blame_ms: u64,
     /// Connection keep-alive (libp2p ping) period, ms: the only idle traffic per connection.
     pub keepalive_ms: u64,
+    /// Own publications handed to the service nodes per second, at most; more wait in order
+    /// ([`crate::light_pace`]). At most the service nodes' `publishes_per_sec`, which drop
+    /// what is over theirs.
+    pub publishes_per_sec: u32,
 }
 
 impl Default for LightConfig {
@@ -94,6 +98,7 @@ impl Default for LightConfig {
             crosscheck_ids_max: 16_384,
             blame_ms: 600_000,
             keepalive_ms: 30_000,
+            publishes_per_sec: LightServeLimits::default().publishes_per_sec,
         }
     }
 }

@@ -23,6 +23,7 @@ use super::actor::Node;
 use super::light_serve::{LIGHT_PROTOCOL, LightInput, read_frame, write_frame};
 use super::now_ms;
 use crate::light::{Bucket, ClientFrame, CrossCheck, Feed, Judged, LightConfig, ServiceFrame};
+use crate::light_pace::PublishPacer;
 use crate::sync::Input;
 use crate::validate::Verdict;
 
@@ -64,6 +65,11 @@ pub struct LightStatus {
     pub foreign: u64,
     /// Back-fills from the store nodes (start, primary change, overflow).
     pub backfills: u64,
+    /// Own publications waiting for the pace of the service nodes.
+    pub publishes_waiting: usize,
+    /// Own publications dropped from the gossip path on a full pacing queue (stored all the
+    /// same; receivers fetch them later).
+    pub publishes_unpaced: u64,
     /// Service side: light clients served now.
     pub clients: usize,
     /// Service side: frames queued for clients.
@@ -103,6 +109,8 @@ pub(super) struct LightClient {
     backfills: u64,
     /// When the followed topics were last paged for want of a primary stream, ms.
     polled_ms: u64,
+    /// Own publications paced to the service nodes' rate (bounded, see `light_pace`).
+    pacer: PublishPacer,
 }
 
 impl LightClient {
@@ -124,6 +132,7 @@ impl LightClient {
             foreign: 0,
             backfills: 0,
             polled_ms: 0,
+            pacer: PublishPacer::new(config.publishes_per_sec),
         }
     }
 
@@ -136,7 +145,22 @@ impl LightClient {
             stream_envelopes: self.stream_envelopes,
             foreign: self.foreign,
             backfills: self.backfills,
+            publishes_waiting: self.pacer.waiting(),
+            publishes_unpaced: self.pacer.dropped(),
             ..LightStatus::default()
+        }
+    }
+
+    /// Hands the publications the pace allows now to every open stream (with none open,
+    /// they wait for one).
+    fn publish_due(&mut self, now: u64) {
+        if !self.sessions.values().any(|s| s.tx.is_some()) {
+            return;
+        }
+        for bytes in self.pacer.due(now) {
+            for p in self.sessions.keys() {
+                self.send(p, ClientFrame::Publish(bytes.clone()));
+            }
         }
     }
 
@@ -267,13 +291,12 @@ impl Node {
     /// Client side: an own envelope goes to every service node, which gossip it (the copies
     /// meet as one gossip message id; one withholding service node cannot hold it back), and
     /// the push to the store nodes is the sync state machine's, as for every node.
+    /// They go at the pace the service nodes gossip (`light_pace`), the rest in order later.
     pub(super) fn light_publish(&mut self, env: &Envelope) {
         let Some(l) = &mut self.light else { return };
         l.check.own(env.id());
-        let bytes = env.encode();
-        for p in l.sessions.keys() {
-            l.send(p, ClientFrame::Publish(bytes.clone()));
-        }
+        l.pacer.offer(env.encode());
+        l.publish_due(now_ms());
     }
 
     /// Both sides: an input from a light task.
@@ -404,6 +427,7 @@ impl Node {
     pub(super) fn light_tick(&mut self) {
         let now = now_ms();
         let Some(l) = &mut self.light else { return };
+        l.publish_due(now);
         let verdicts = l.check.tick(now);
         let mut demote = false;
         let mut wants: HashMap<PeerId, Vec<Id>> = HashMap::new();
