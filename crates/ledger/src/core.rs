@@ -149,6 +149,8 @@ struct Core {
     /// The finalizer waits for the snapshots out to end before it applies a block; new
     /// executions wait meanwhile.
     apply_pending: bool,
+    /// Transactions a proposal takes, at most (≤ [`crate::block::BLOCK_TXS_MAX`]).
+    proposal_txs_max: usize,
 }
 
 /// Shared handle to a validator's ledger core.
@@ -230,6 +232,7 @@ impl Ledger {
             pending: BTreeMap::new(),
             faults: Vec::new(),
             apply_pending: false,
+            proposal_txs_max: crate::block::BLOCK_TXS_MAX,
         };
         Ok(Self {
             inner: Arc::new(Mutex::new(core)),
@@ -296,6 +299,13 @@ impl Ledger {
     /// Sets how admission gives way to block work ([`AdmissionPolicy::default`] unless set).
     pub fn set_admission_policy(&self, policy: AdmissionPolicy) {
         self.gate.set_policy(policy);
+    }
+
+    /// Caps the transactions this validator's proposals take (clamped to 1 ..=
+    /// [`crate::block::BLOCK_TXS_MAX`], the default). Smaller blocks are quicker to verify
+    /// and execute at every validator, at more rounds per transaction.
+    pub fn set_proposal_txs_max(&self, n: usize) {
+        self.lock().proposal_txs_max = n.clamp(1, crate::block::BLOCK_TXS_MAX);
     }
 
     /// How admission gives way to block work.

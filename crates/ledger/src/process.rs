@@ -211,6 +211,9 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         if let Some(policy) = admission_policy_from_env() {
             ledger.set_admission_policy(policy);
         }
+        if let Some(n) = std::env::var(PROPOSAL_TXS_ENV).ok().and_then(|v| v.trim().parse().ok()) {
+            ledger.set_proposal_txs_max(n);
+        }
         let serve_ledger = ledger.clone();
         std::thread::spawn(move || crate::rpc::serve(rpc, serve_ledger, rpc_id));
         on_start(ledger.clone());
@@ -240,6 +243,10 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
 /// measurements of [`crate::core::AdmissionPolicy`] with one binary. Unset or unreadable: the
 /// defaults.
 pub const ADMISSION_ENV: &str = "CAIRN_LEDGER_ADMISSION";
+
+/// Environment variable capping the transactions of this validator's proposals (a number;
+/// unset or unreadable: [`crate::block::BLOCK_TXS_MAX`]), for A/B measurements with one binary.
+pub const PROPOSAL_TXS_ENV: &str = "CAIRN_LEDGER_PROPOSAL_TXS";
 
 fn admission_policy_from_env() -> Option<crate::core::AdmissionPolicy> {
     let v = std::env::var(ADMISSION_ENV).ok()?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{Core, Knowledge, Ledger, Proposal, SNAPSHOT_WAIT, Spec};
-use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block};
+use crate::block::{BLOCK_BYTES_MAX, Block};
 use crate::outcome_tree::receipts_root;
 use crate::state::{BlockError, Executed, Layer, Mode, StateDb, StateError, execute};
 use crate::tx::{Tx, TxError, TxId};
@@ -239,7 +239,7 @@ impl Core {
                     continue;
                 }
                 let Some(q) = self.pool.pool.get(tid) else { continue };
-                if out.len() >= BLOCK_TXS_MAX || bytes + 4 + q.bytes.len() > BLOCK_BYTES_MAX {
+                if out.len() >= self.proposal_txs_max || bytes + 4 + q.bytes.len() > BLOCK_BYTES_MAX {
                     break 'scan;
                 }
                 bytes += 4 + q.bytes.len();

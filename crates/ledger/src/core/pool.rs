@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use cairn_proto::Topic;
 
 use super::{Core, NONCE_GAP_BLOCKS};
-use crate::block::{BLOCK_BYTES_MAX, BLOCK_TXS_MAX};
+use crate::block::BLOCK_BYTES_MAX;
 use crate::mempool::{Pooled, TopicPooled};
 use crate::tx::{AnyTx, TopicTx, Tx, TxError, TxId};
 
@@ -150,7 +150,9 @@ impl Core {
             ids.sort_by_key(|(position, _)| *position);
             for (_, t) in ids {
                 let Some(p) = pool.txs.get(&t) else { continue };
-                if out.len() >= BLOCK_TXS_MAX / 2 || *bytes + 4 + p.bytes.len() > BLOCK_BYTES_MAX / 2 {
+                if out.len() >= (self.proposal_txs_max / 2).max(1)
+                    || *bytes + 4 + p.bytes.len() > BLOCK_BYTES_MAX / 2
+                {
                     return out;
                 }
                 *bytes += 4 + p.bytes.len();
