@@ -103,6 +103,11 @@ impl Default for LightConfig {
     }
 }
 
+/// A service node's burst of one client's publications, in seconds of its
+/// `publishes_per_sec`; the client's own pacer keeps half of it (`light_pace`), so the two
+/// buckets stay in step.
+pub const PUBLISH_BURST_SECS: u32 = 4;
+
 /// What a service node gives light clients, at most (`NodeConfig::light_serve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LightServeLimits {
@@ -118,7 +123,8 @@ pub struct LightServeLimits {
     pub queue_frames_max: usize,
     /// Bytes queued for one client, at most.
     pub queue_bytes_max: usize,
-    /// Envelopes one client may publish per second (token bucket, burst 4×); beyond it they
+    /// Envelopes one client may publish per second (token bucket, burst
+    /// [`PUBLISH_BURST_SECS`]×); beyond it they
     /// are dropped (the client's own push to the store nodes still stores them).
     pub publishes_per_sec: u32,
     /// Recent envelopes kept to answer `want` (any client's buckets), at most.

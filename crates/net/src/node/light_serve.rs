@@ -356,7 +356,8 @@ async fn serve_client(
             }
         }
     });
-    let mut rate = RateLimiter::new(limits.publishes_per_sec, limits.publishes_per_sec.saturating_mul(4), 1);
+    let burst = limits.publishes_per_sec.saturating_mul(crate::light::PUBLISH_BURST_SECS);
+    let mut rate = RateLimiter::new(limits.publishes_per_sec, burst, 1);
     while let Some(body) = read_frame(&mut rd, max).await {
         match ClientFrame::decode(&body, env_max) {
             Ok(ClientFrame::Subscribe { feed, buckets }) => {
