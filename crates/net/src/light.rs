@@ -83,8 +83,8 @@ pub struct LightConfig {
     /// Connection keep-alive (libp2p ping) period, ms: the only idle traffic per connection.
     pub keepalive_ms: u64,
     /// Own publications handed to the service nodes per second, at most; more wait in order
-    /// ([`crate::light_pace`]). At most the service nodes' `publishes_per_sec`, which drop
-    /// what is over theirs.
+    /// ([`crate::light_pace`]). At most the service nodes' `publishes_per_sec`, which hold
+    /// the stream (and so the client's other frames) while a client is over theirs.
     pub publishes_per_sec: u32,
 }
 
@@ -124,8 +124,8 @@ pub struct LightServeLimits {
     /// Bytes queued for one client, at most.
     pub queue_bytes_max: usize,
     /// Envelopes one client may publish per second (token bucket, burst
-    /// [`PUBLISH_BURST_SECS`]×); beyond it they
-    /// are dropped (the client's own push to the store nodes still stores them).
+    /// [`PUBLISH_BURST_SECS`]×); beyond it the client's stream is not read until a token
+    /// is due (back-pressure: nothing is dropped, the client's frames wait).
     pub publishes_per_sec: u32,
     /// Recent envelopes kept to answer `want` (any client's buckets), at most.
     pub recent_max: usize,

@@ -1,16 +1,16 @@
 //! A light client's own publications, paced to what its service nodes gossip (sans-IO).
 //!
 //! A service node gossips at most [`crate::light::LightServeLimits::publishes_per_sec`] of one
-//! client's publications (token bucket, burst [`PUBLISH_BURST_SECS`]×) and drops the rest without a word: the
-//! client's push to the store nodes still stores them, but no one is told they exist, and a
-//! light receiver learns of a dropped envelope only from a later child naming it as a parent
-//! or from a back-fill. A sender's last dropped messages were never delivered to light
-//! receivers (a bench of one light sender at 100 msg/s: 27 of 9,000 deliveries still missing
-//! when it was stopped 290 s after the last send).
+//! client's publications (token bucket, burst [`PUBLISH_BURST_SECS`]×). Over it, it stops
+//! reading the client's stream until a token is due: nothing is dropped, but the client's
+//! other frames (a new subscription, a want) wait behind its publications. (It used to drop
+//! them without a word: a bench of one light sender at 100 msg/s left 27 of 9,000 deliveries
+//! missing 290 s after the last send.)
 //! The client therefore keeps its own bucket at the same rate with half the burst (the
 //! service's bucket, filled at the same rate from a larger start, then always has a token
-//! for what the client sends, even when the network bunches frames), and queues what is
-//! over it, in order, up to a bound.
+//! for what the client sends, even when the network bunches frames), queues what is over
+//! it, in order, up to a bound, and hands a session only what its queue has room for
+//! ([`PublishPacer::due`]'s `max`).
 
 use std::collections::VecDeque;
 
@@ -58,10 +58,11 @@ impl PublishPacer {
         }
     }
 
-    /// The publications the pace allows at `now_ms`, oldest first.
-    pub fn due(&mut self, now_ms: u64) -> Vec<Vec<u8>> {
+    /// The publications the pace allows at `now_ms`, oldest first, at most `max` (the room
+    /// the caller has for them; the rest wait in order).
+    pub fn due(&mut self, now_ms: u64, max: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while !self.queue.is_empty() && self.bucket.allow(&(), now_ms) {
+        while !self.queue.is_empty() && out.len() < max && self.bucket.allow(&(), now_ms) {
             if let Some(b) = self.queue.pop_front() {
                 self.queued_bytes -= b.len();
                 out.push(b);
@@ -95,11 +96,11 @@ mod tests {
         for i in 0..300 {
             p.offer(env(i));
         }
-        let first = p.due(1_000);
+        let first = p.due(1_000, usize::MAX);
         assert_eq!(first.len(), 100, "burst of 2 × 50");
         assert_eq!(first[0], env(0));
-        assert!(p.due(1_000).is_empty(), "nothing more at the same instant");
-        let next = p.due(1_200);
+        assert!(p.due(1_000, usize::MAX).is_empty(), "nothing more at the same instant");
+        let next = p.due(1_200, usize::MAX);
         assert_eq!(next.len(), 10, "50/s for 200 ms");
         assert_eq!(next[0], env(100), "in order");
         assert_eq!(p.waiting(), 190);
@@ -113,7 +114,7 @@ mod tests {
         for t in 0..2_000u64 {
             // 100 offered per second (twice the rate), the pacer asked every 10 ms.
             p.offer(env(t as u32));
-            for _ in p.due(t * 10) {
+            for _ in p.due(t * 10, usize::MAX) {
                 // Each frame is delayed 0-299 ms on the way, so arrivals bunch up.
                 let i = arrivals.len() as u64;
                 arrivals.push(t * 10 + (i * 7_919) % 300);
@@ -133,6 +134,18 @@ mod tests {
     }
 
     #[test]
+    fn no_more_than_the_room_given_leaves_and_the_rest_keeps_its_place() {
+        let mut p = PublishPacer::new(50);
+        for i in 0..10 {
+            p.offer(env(i));
+        }
+        assert_eq!(p.due(0, 3), vec![env(0), env(1), env(2)]);
+        assert!(p.due(0, 0).is_empty(), "no room, nothing taken");
+        assert_eq!(p.due(0, usize::MAX), (3..10).map(env).collect::<Vec<_>>());
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
     fn a_full_queue_drops_the_oldest_and_counts_it() {
         let mut p = PublishPacer::new(1);
         for i in 0..(PUBLISH_QUEUE_MAX as u32 + 5) {
@@ -140,6 +153,6 @@ mod tests {
         }
         assert_eq!(p.waiting(), PUBLISH_QUEUE_MAX);
         assert_eq!(p.dropped(), 5);
-        assert_eq!(p.due(0)[0], env(5), "the oldest five went");
+        assert_eq!(p.due(0, usize::MAX)[0], env(5), "the oldest five went");
     }
 }

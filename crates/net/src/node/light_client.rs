@@ -27,9 +27,12 @@ use crate::light_pace::PublishPacer;
 use crate::sync::Input;
 use crate::validate::Verdict;
 
-/// Frames queued for one service node's stream, at most (a full queue drops a want or a
-/// publication: the store push and the back-fill cover it).
+/// Frames queued for one service node's stream, at most (a full queue drops a want: the
+/// back-fill covers it; own publications wait in the pacer instead).
 const SESSION_FRAMES_MAX: usize = 256;
+/// Of a session's queue, the places own publications may take (the rest stay for
+/// subscriptions and wants while a service node holds a fast publisher's stream).
+const SESSION_PUBLISH_ROOM: usize = 192;
 /// Time to open a stream to a service node, ms.
 const OPEN_TIMEOUT_MS: u64 = 10_000;
 /// A candidate that could not be opened is not tried again for this long, ms.
@@ -151,15 +154,22 @@ impl LightClient {
         }
     }
 
-    /// Hands the publications the pace allows now to every open stream (with none open,
-    /// they wait for one).
+    /// Hands the publications the pace allows now to every open stream with room for them
+    /// (with none open, or none with room, they wait). Publications never take the last
+    /// `SESSION_FRAMES_MAX - SESSION_PUBLISH_ROOM` places of a session's queue, which stay for
+    /// subscriptions and wants; a service node holding the stream (over its rate) fills the
+    /// rest, and then the pacer waits rather than a frame being dropped.
     fn publish_due(&mut self, now: u64) {
-        if !self.sessions.values().any(|s| s.tx.is_some()) {
-            return;
-        }
-        for bytes in self.pacer.due(now) {
-            for p in self.sessions.keys() {
-                self.send(p, ClientFrame::Publish(bytes.clone()));
+        let room = |tx: &mpsc::Sender<ClientFrame>| {
+            tx.capacity().saturating_sub(SESSION_FRAMES_MAX - SESSION_PUBLISH_ROOM)
+        };
+        let max = self.sessions.values().filter_map(|s| s.tx.as_ref()).map(room).max().unwrap_or(0);
+        for bytes in self.pacer.due(now, max) {
+            for s in self.sessions.values() {
+                // A session without room misses it; one with room (there is one) gossips it.
+                if let Some(tx) = s.tx.as_ref().filter(|tx| room(tx) > 0) {
+                    let _ = tx.try_send(ClientFrame::Publish(bytes.clone()));
+                }
             }
         }
     }

@@ -8,7 +8,8 @@
 //! IP address (of the peer's connection, as the actor reports it), per client a queue of
 //! `queue_frames_max` frames and `queue_bytes_max` bytes (beyond it a frame is dropped and the
 //! client is told how many, so it back-fills from the store nodes), `publishes_per_sec` per
-//! client, `recent_max` envelopes kept for `want`.
+//! client (over it the client's stream is held until a token is due: back-pressure, never a
+//! silent drop), `recent_max` envelopes kept for `want`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -47,8 +48,8 @@ pub(super) enum LightInput {
     Down { service: PeerId },
 }
 
-/// Inputs from the light tasks queued for the actor, at most; beyond it a client's
-/// publication is dropped (its own store push stands) and a client-side task waits.
+/// Inputs from the light tasks queued for the actor, at most; beyond it the task waits (a
+/// client's stream is then not read: back-pressure, nothing dropped).
 pub(super) const LIGHT_INPUTS_MAX: usize = 1024;
 
 /// Writes one frame: `length:u32 ‖ body`, in one write (one Yamux frame, one Noise message).
@@ -358,6 +359,7 @@ async fn serve_client(
     });
     let burst = limits.publishes_per_sec.saturating_mul(crate::light::PUBLISH_BURST_SECS);
     let mut rate = RateLimiter::new(limits.publishes_per_sec, burst, 1);
+    let token_ms = (1_000 / u64::from(limits.publishes_per_sec.max(1))).max(1);
     while let Some(body) = read_frame(&mut rd, max).await {
         match ClientFrame::decode(&body, env_max) {
             Ok(ClientFrame::Subscribe { feed, buckets }) => {
@@ -369,8 +371,14 @@ async fn serve_client(
                 h.dirty = true;
             }
             Ok(ClientFrame::Publish(bytes)) => {
-                if rate.allow(&(), now_ms()) {
-                    let _ = to_actor.try_send(LightInput::Publish { from: peer, client: c, bytes });
+                // Over the rate, the stream is held (nothing more is read from it) until the
+                // bucket has a token: back-pressure to the client, not a silent drop. Each
+                // wait is one token's time; tokens refill, so the loop ends.
+                while !rate.allow(&(), now_ms()) {
+                    tokio::time::sleep(Duration::from_millis(token_ms)).await;
+                }
+                if to_actor.send(LightInput::Publish { from: peer, client: c, bytes }).await.is_err() {
+                    break;
                 }
             }
             Ok(ClientFrame::Want(ids)) => lock(&hub).want(c, &ids),
