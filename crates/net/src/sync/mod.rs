@@ -38,7 +38,9 @@ pub struct SyncConfig {
     pub retry_max_ms: u64,
     /// Envelopes asked per history page.
     pub page_envelopes_max: u32,
-    /// Tries to find a missing ancestor before declaring a gap.
+    /// Tries to find a missing ancestor before declaring a gap. Together with
+    /// `gap_retry_ms` longer than a stem originator's wait for a dead hop (2 × (fail-safe
+    /// 2 s + jitter 1 s), then its own push): a parent held up there is late, not lost.
     pub gap_fetch_attempts_max: u32,
     /// Delay between tries for a missing ancestor, ms.
     pub gap_retry_ms: u64,
@@ -95,7 +97,7 @@ impl Default for SyncConfig {
             retry_initial_ms: 500,
             retry_max_ms: 30_000,
             page_envelopes_max: 256,
-            gap_fetch_attempts_max: 5,
+            gap_fetch_attempts_max: 10,
             gap_retry_ms: 1_000,
             waiting_envelopes_max: 10_000,
             outbox_envelopes_max: 10_000,

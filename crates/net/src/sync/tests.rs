@@ -178,3 +178,39 @@ fn a_child_of_a_parent_given_up_on_earlier_is_flagged_after_a_gap() {
     let outs = s.handle(Input::Gossip { envelope: lost.clone() }, 300);
     assert_eq!(flag_of(&outs, lost.id()), Some(false), "the late parent itself is still delivered");
 }
+
+/// A parent held up in a stem whose hop died reaches the store nodes only after the
+/// originator's wait (2 × (fail-safe + jitter), then its own push). A reader that declared the
+/// parent lost before that delivered the child first and the parent after it: the history
+/// out of hash-link order (seen in the SIGKILL test, `crates/cli/tests/crash.rs`, with 5
+/// tries of 1 s against a 6 s stem wait). With the defaults, the child waits and both come in
+/// order, unflagged.
+#[test]
+fn a_parent_released_late_by_a_stem_originator_is_not_declared_a_gap() {
+    let stem = crate::stem::StemConfig::default();
+    let cfg = SyncConfig::default();
+    let mut s: Sync<u8> = Sync::new(cfg, [], []);
+    let t = Topic([9; 32]);
+    s.handle(Input::Sync { topic: t, stores: vec![0] }, 0);
+    let parent = envelope(t, 1, vec![]);
+    let child = envelope(t, 2, vec![parent.id()]);
+    let mut delivered: Vec<(Id, bool)> = Vec::new();
+    let mut take = |outs: Vec<Output<u8>>, d: &mut Vec<(Id, bool)>| {
+        for o in outs {
+            if let Output::Deliver { id, after_gap, .. } = o {
+                d.push((id, after_gap));
+            }
+        }
+    };
+    take(s.handle(Input::Gossip { envelope: child.clone() }, 0), &mut delivered);
+    // The store nodes hold the parent once the originator gave up on its stem and pushed it.
+    let pushed_ms = 2 * (stem.failsafe_ms + stem.failsafe_jitter_ms) + cfg.retry_initial_ms;
+    let mut now = 0;
+    while now < pushed_ms {
+        now += 250;
+        take(s.handle(Input::Tick, now), &mut delivered);
+    }
+    assert!(delivered.is_empty(), "the child waits for its parent: {delivered:?}");
+    take(s.handle(Input::Envelopes { from: 0, envelopes: vec![parent.clone()] }, now), &mut delivered);
+    assert_eq!(delivered, vec![(parent.id(), false), (child.id(), false)], "in order, unflagged");
+}
