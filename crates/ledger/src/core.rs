@@ -151,6 +151,9 @@ struct Core {
     apply_pending: bool,
     /// Transactions a proposal takes, at most (≤ [`crate::block::BLOCK_TXS_MAX`]).
     proposal_txs_max: usize,
+    /// The chain's parameters: written at genesis only, so read once (admission makes an
+    /// executor per transaction).
+    params: crate::params::Params,
 }
 
 /// Shared handle to a validator's ledger core.
@@ -214,6 +217,7 @@ impl Ledger {
             tip = b;
         }
         let tip_cert = store.certificate(&tip.id())?;
+        let params = crate::state::Executor::new(&db.overlay(Vec::new()), machine.chain).params();
         let core = Core {
             chain: machine.chain,
             db: Arc::new(db),
@@ -233,6 +237,7 @@ impl Ledger {
             faults: Vec::new(),
             apply_pending: false,
             proposal_txs_max: crate::block::BLOCK_TXS_MAX,
+            params,
         };
         Ok(Self {
             inner: Arc::new(Mutex::new(core)),

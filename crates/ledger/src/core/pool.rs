@@ -22,7 +22,8 @@ impl Core {
             return Ok(id);
         }
         let overlay = self.db.overlay(Vec::new());
-        let ex = crate::state::Executor::new(&overlay, self.chain);
+        let mut ex = crate::state::Executor::new(&overlay, self.chain);
+        ex.preset_params(self.params);
         let reserved = self.pool.reserved(&tx.account);
         let window = self.pool.limits().nonce_window;
         let fee = match ex.admit_pending(tx, bytes.len(), true, reserved, window) {

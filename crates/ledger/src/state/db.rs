@@ -73,11 +73,14 @@ impl TreeReader for Overlay<'_> {
                 return Ok(v.clone());
             }
         }
+        // one descent to the last entry at or below (key, max_version), then a check that
+        // it is this key's (a bounded range on both ends descends twice)
         Ok(self
             .db
             .values
-            .range((key_hash, 0)..=(key_hash, max_version))
+            .range(..=(key_hash, max_version))
             .next_back()
+            .filter(|((k, _), _)| *k == key_hash)
             .and_then(|(_, v)| v.clone()))
     }
 
@@ -98,7 +101,12 @@ impl StateDb {
     }
 
     fn latest_value(&self, key: &KeyHash) -> Option<Vec<u8>> {
-        self.values.range((*key, 0)..=(*key, Version::MAX)).next_back().and_then(|(_, v)| v.clone())
+        // one descent (see `get_value_option`)
+        self.values
+            .range(..=(*key, Version::MAX))
+            .next_back()
+            .filter(|((k, _), _)| k == key)
+            .and_then(|(_, v)| v.clone())
     }
 
     /// A view over this state plus `layers` (oldest first, each the child of the previous, the

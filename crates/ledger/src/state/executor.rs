@@ -72,6 +72,12 @@ impl<'a> Executor<'a> {
         self.seed = parent_root;
     }
 
+    /// Presets the chain's parameters (what [`Self::params`] would read from the state, which
+    /// only genesis writes), so an executor made per transaction skips that read.
+    pub fn preset_params(&mut self, params: Params) {
+        let _ = self.params.set(params);
+    }
+
     /// The writes so far.
     pub fn into_writes(self) -> BTreeMap<KeyHash, Option<Vec<u8>>> {
         self.writes
@@ -173,6 +179,12 @@ impl<'a> Executor<'a> {
             return Err(TxError::WrongChain);
         }
         let acct = self.account(&tx.account).map_err(|_| TxError::UnknownAccount)?;
+        // what `spendable` reads, from the account read here
+        let spendable = match (&acct, &tx.body) {
+            (Some(a), _) => a.balance,
+            (None, TxBody::RegisterAccount) => self.params().faucet,
+            (None, _) => 0,
+        };
         match (&tx.body, acct) {
             (TxBody::RegisterAccount, _) => {
                 if tx.signer != tx.account.0 {
@@ -213,7 +225,7 @@ impl<'a> Executor<'a> {
         }
         // a contract call reserves the fee of its whole fuel limit; the unused part is refunded
         let fee = self.params().fee(len, fuel_limit);
-        let have = self.spendable(tx).saturating_sub(reserved);
+        let have = spendable.saturating_sub(reserved);
         if have < fee {
             return Err(TxError::FeeUnpaid { have, need: fee });
         }
