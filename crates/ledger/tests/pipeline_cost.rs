@@ -11,10 +11,10 @@
 //! each. Ignored by default (about 8 s in release); run with
 //! `cargo test --release -p cairn-ledger --test pipeline_cost -- --ignored --nocapture`.
 //!
-//! What it said at ba2ef1d (medians of 5, load 2-3): admission 18.7 µs/tx (about 14 of it the
-//! signature batch), propose 18.9, codec + verify 14.6, finalize 13.6 per ledger: about
-//! 48 µs of CPU per transaction per validator, so 4 validators at 10,000 tx/s need ~1.9 of
-//! this machine's 2 cores.
+//! What it said at ba2ef1d (medians of 8, load 3.4-3.7): admission 19.3 µs/tx (about 14 of it
+//! the signature batch), propose 19.7, codec + verify 15.1, finalize 14.2 per ledger: about
+//! 50 µs of CPU per transaction per validator, so 4 validators at 10,000 tx/s need ~2 of this
+//! machine's 2 cores before any per-block cost.
 
 use std::sync::Arc;
 
