@@ -195,7 +195,7 @@ fn a_parent_released_late_by_a_stem_originator_is_not_declared_a_gap() {
     let parent = envelope(t, 1, vec![]);
     let child = envelope(t, 2, vec![parent.id()]);
     let mut delivered: Vec<(Id, bool)> = Vec::new();
-    let mut take = |outs: Vec<Output<u8>>, d: &mut Vec<(Id, bool)>| {
+    let take = |outs: Vec<Output<u8>>, d: &mut Vec<(Id, bool)>| {
         for o in outs {
             if let Output::Deliver { id, after_gap, .. } = o {
                 d.push((id, after_gap));
