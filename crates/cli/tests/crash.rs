@@ -166,9 +166,10 @@ fn all_messages(c: &Client, conv: &str) -> Vec<MessageView> {
 // - Receiver: `Sync::on_page` persisted the per-store cursor past envelopes parked in memory
 //   for a missing parent; a SIGKILL then lost them for good (the saved cursor now stops at
 //   the first parked one).
-// - Receiver (stop 29, 1 failure in 3 runs): a parent whose stem hop was killed reached the
-//   store nodes only after its originator's wait (up to 6 s); readers declared it lost after
-//   5 s and showed its child first (`Reordered`). Gaps are now declared after 10 s.
+// - Receiver (stop 29, 1 failure in 3 runs): a parent reached the store nodes 5-6 s late (a
+//   stem originator waits up to 6 s for a silent hop; a killed sender restarts, then re-pushes);
+//   readers declared it lost after 5 s and showed its child first (`Reordered`). Gaps are now
+//   declared after 10 s.
 #[test]
 fn sigkilled_senders_and_receivers_lose_and_duplicate_nothing_acknowledged() {
     let seed = std::env::var("CAIRN_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
