@@ -447,22 +447,39 @@ async fn light_traffic_figures() {
         "body B", "envelopes", "delivered B", "received B", "ratio"
     );
     let mut ratios = Vec::new();
+    // Per round, where the extra bytes could come from: back-fills and anti-entropy reads.
+    let mut rounds = Vec::new();
     for (tag, body) in [("s", 100usize), ("m", 900), ("l", 8_000)] {
-        let before = bob.status().await.unwrap().traffic;
+        let before = bob.status().await.unwrap();
         let sent = send_chain(&net.alice, topic, tag, 40, body).await;
         let got = collect(&mut bob_rx, &ids(&sent), 60).await;
         assert_eq!(got.len(), sent.len());
         sleep(Duration::from_millis(500)).await; // the secondary's announcements
-        let d = delta(before, bob.status().await.unwrap().traffic);
+        let after = bob.status().await.unwrap();
+        let d = delta(before.traffic, after.traffic);
         let delivered: usize = sent.iter().map(|e| e.encode().len()).sum();
         let ratio = d.bytes_in as f64 / delivered as f64;
         println!("{body:>10} {:>10} {delivered:>14} {:>14} {ratio:>8.3}", sent.len(), d.bytes_in);
         ratios.push(ratio);
+        let (r0, r1, l0, l1) = (before.resync, after.resync, before.light, after.light);
+        rounds.push(format!(
+            "body {body}: ratio {ratio:.2}, back-fills +{}, stream envelopes +{}, id pages +{} \
+             ({} ids), whole pages +{} ({} envelopes), fetched +{} ({} B)",
+            l1.backfills - l0.backfills,
+            l1.stream_envelopes - l0.stream_envelopes,
+            r1.id_pages - r0.id_pages,
+            r1.ids_listed - r0.ids_listed,
+            r1.whole_pages - r0.whole_pages,
+            r1.envelopes_paged - r0.envelopes_paged,
+            r1.envelopes_fetched - r0.envelopes_fetched,
+            r1.fetched_bytes - r0.fetched_bytes,
+        ));
     }
     let s = bob.status().await.unwrap().light;
     assert!(
         ratios.iter().all(|r| *r <= 1.5),
-        "goal: ≤ 1.5 bytes received per delivered byte: {ratios:?}, {s:?}"
+        "goal: ≤ 1.5 bytes received per delivered byte: {ratios:?}, {s:?}\n{}",
+        rounds.join("\n")
     );
 
     // Idle: two light clients side by side, one following 1 conversation and one 50.
