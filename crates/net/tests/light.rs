@@ -475,6 +475,7 @@ async fn light_traffic_figures() {
             r1.fetched_bytes - r0.fetched_bytes,
         ));
     }
+    println!("{}", rounds.join("\n"));
     let s = bob.status().await.unwrap().light;
     assert!(
         ratios.iter().all(|r| *r <= 1.5),
