@@ -214,6 +214,12 @@ pub struct NodeConfig {
     pub light_serve: Option<LightServeLimits>,
 }
 
+/// A light client waits this long before asking the store nodes for a parent its stream has
+/// not brought yet, ms: under load a child often overtakes its parent on the way, and asking at
+/// once fetched the parent a second time (`light_traffic_figures` under load: 27 of 40 small
+/// envelopes fetched again, 2.6 bytes received per delivered byte).
+pub(super) const LIGHT_MISSING_FIRST_ASK_MS: u64 = 1_000;
+
 impl NodeConfig {
     /// The configuration a node runs with: a light client serves nothing (store, relay, stem,
     /// ledger relay, light service), and counts a send stored only with all `replicas` acks.
@@ -226,6 +232,9 @@ impl NodeConfig {
             self.light_serve = None;
             self.resync_every_ms = 0;
             self.sync.acks_required = self.sync.acks_required.max(self.replicas);
+            if self.sync.missing_first_ask_ms == 0 {
+                self.sync.missing_first_ask_ms = LIGHT_MISSING_FIRST_ASK_MS;
+            }
         }
         self
     }

@@ -44,6 +44,10 @@ pub struct SyncConfig {
     pub gap_fetch_attempts_max: u32,
     /// Delay between tries for a missing ancestor, ms.
     pub gap_retry_ms: u64,
+    /// Wait before the first ask for a missing ancestor, ms (0: ask at once). A parent
+    /// overtaken by its child on the way usually follows within moments; asking at once
+    /// fetches it a second time. Light clients wait (see `NodeConfig::effective`).
+    pub missing_first_ask_ms: u64,
     /// Envelopes held back waiting for their parents, at most. When full, a new envelope
     /// with absent parents is delivered at once, flagged `after_gap`, instead of waiting.
     pub waiting_envelopes_max: usize,
@@ -99,6 +103,7 @@ impl Default for SyncConfig {
             page_envelopes_max: 256,
             gap_fetch_attempts_max: 10,
             gap_retry_ms: 1_000,
+            missing_first_ask_ms: 0,
             waiting_envelopes_max: 10_000,
             outbox_envelopes_max: 10_000,
             delivered_ids_max: 262_144,

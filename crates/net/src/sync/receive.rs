@@ -111,9 +111,17 @@ impl<S: Clone + Eq + Hash + Ord + std::fmt::Debug> Sync<S> {
                 self.gaps.insert(p);
                 continue;
             }
-            self.missing
-                .insert(p, Missing { topic, attempts: 1, retry_at_ms: now_ms + self.config.gap_retry_ms });
-            ask.push(p);
+            let first = self.config.missing_first_ask_ms;
+            if first == 0 {
+                self.missing.insert(
+                    p,
+                    Missing { topic, attempts: 1, retry_at_ms: now_ms + self.config.gap_retry_ms },
+                );
+                ask.push(p);
+            } else {
+                // Asked by the tick once `first` has passed, if it has not come by then.
+                self.missing.insert(p, Missing { topic, attempts: 0, retry_at_ms: now_ms + first });
+            }
         }
         self.ask_ids(topic, ask, out);
     }

@@ -214,3 +214,34 @@ fn a_parent_released_late_by_a_stem_originator_is_not_declared_a_gap() {
     take(s.handle(Input::Envelopes { from: 0, envelopes: vec![parent.clone()] }, now), &mut delivered);
     assert_eq!(delivered, vec![(parent.id(), false), (child.id(), false)], "in order, unflagged");
 }
+
+/// With a first-ask wait, a parent that comes soon after its child is never fetched; one that
+/// does not come is asked for once the wait is over, and the gap tries follow as before.
+#[test]
+fn a_missing_parent_is_asked_for_only_after_the_first_ask_wait() {
+    let cfg = SyncConfig { missing_first_ask_ms: 1_000, ..SyncConfig::default() };
+    let asks = |o: &[Output<u8>]| o.iter().filter(|o| matches!(o, Output::IdsRequest { .. })).count();
+    let mut s: Sync<u8> = Sync::new(cfg, [], []);
+    let t = Topic([10; 32]);
+    s.handle(Input::Sync { topic: t, stores: vec![0] }, 0);
+    let (p1, p2) = (envelope(t, 1, vec![]), envelope(t, 3, vec![]));
+    let (c1, c2) = (envelope(t, 2, vec![p1.id()]), envelope(t, 4, vec![p2.id()]));
+    assert_eq!(asks(&s.handle(Input::Gossip { envelope: c1.clone() }, 0)), 0, "no ask at once");
+    assert_eq!(asks(&s.handle(Input::Tick, 200)), 0);
+    let out = s.handle(Input::Gossip { envelope: p1.clone() }, 300);
+    let got: Vec<Id> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver { id, after_gap: false, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![p1.id(), c1.id()], "the parent came: both delivered in order");
+    assert_eq!(asks(&s.handle(Input::Tick, 1_200)), 0, "nothing left to ask");
+    // A parent that does not come is asked for once the wait is over.
+    assert_eq!(asks(&s.handle(Input::Gossip { envelope: c2 }, 2_000)), 0);
+    assert_eq!(asks(&s.handle(Input::Tick, 2_800)), 0);
+    assert_eq!(asks(&s.handle(Input::Tick, 3_000)), 1, "asked at the end of the wait");
+    assert_eq!(asks(&s.handle(Input::Tick, 3_200)), 0, "then every gap_retry_ms");
+    assert_eq!(asks(&s.handle(Input::Tick, 4_000)), 1);
+}
