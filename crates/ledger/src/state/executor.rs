@@ -144,9 +144,17 @@ impl<'a> Executor<'a> {
     /// of a new account, the faucet credit (0 where the faucet is off).
     pub fn spendable(&self, tx: &Tx) -> u64 {
         match self.account(&tx.account) {
-            Ok(Some(a)) => a.balance,
-            Ok(None) if matches!(tx.body, TxBody::RegisterAccount) => self.params().faucet,
-            _ => 0,
+            Ok(acct) => self.spendable_of(acct.as_ref(), &tx.body),
+            Err(_) => 0,
+        }
+    }
+
+    /// [`Self::spendable`] from an account already read.
+    fn spendable_of(&self, acct: Option<&Account>, body: &TxBody) -> u64 {
+        match acct {
+            Some(a) => a.balance,
+            None if matches!(body, TxBody::RegisterAccount) => self.params().faucet,
+            None => 0,
         }
     }
 
@@ -179,12 +187,7 @@ impl<'a> Executor<'a> {
             return Err(TxError::WrongChain);
         }
         let acct = self.account(&tx.account).map_err(|_| TxError::UnknownAccount)?;
-        // what `spendable` reads, from the account read here
-        let spendable = match (&acct, &tx.body) {
-            (Some(a), _) => a.balance,
-            (None, TxBody::RegisterAccount) => self.params().faucet,
-            (None, _) => 0,
-        };
+        let spendable = self.spendable_of(acct.as_ref(), &tx.body);
         match (&tx.body, acct) {
             (TxBody::RegisterAccount, _) => {
                 if tx.signer != tx.account.0 {
