@@ -8,7 +8,7 @@
 //! [`ChainStore`]; memory holds the tip, the last [`BLOCK_CACHE_MAX`] blocks and the state
 //! tree (whose size follows the live state, not the chain's length).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_proto::Topic;
@@ -16,6 +16,7 @@ use cairn_proto::Topic;
 use crate::block::{Block, Header};
 pub use crate::chain_store::OpenError;
 use crate::chain_store::{ChainStore, ChainStoreError, FinalizedBlock};
+use crate::fast_map::{FastMap, FastSet};
 use crate::genesis::Genesis;
 use crate::light::StateProof;
 use crate::mempool::Mempool;
@@ -125,10 +126,10 @@ struct Core {
     recent: BTreeMap<u64, Arc<Block>>,
     /// Finalized blocks, outcomes, handshakes and certificates.
     store: ChainStore,
-    spec: HashMap<[u8; 32], Spec>,
+    spec: FastMap<[u8; 32], Spec>,
     /// Waiting transactions.
     pool: Mempool,
-    sig_ok: HashSet<TxId>,
+    sig_ok: FastSet<TxId>,
     sig_order: VecDeque<TxId>,
     /// Why admitted transactions were rejected (≤ [`REJECTED_MAX`]).
     rejected: RefusalLog,
@@ -138,7 +139,7 @@ struct Core {
     stale: RefusalLog,
     /// Encoded certificates of blocks not finalized here yet, by digest, and their arrival
     /// order (≤ [`PENDING_CERTS_MAX`]).
-    pending_certs: HashMap<[u8; 32], Vec<u8>>,
+    pending_certs: FastMap<[u8; 32], Vec<u8>>,
     pending_cert_order: VecDeque<[u8; 32]>,
     /// The finalized tip's own certificate, once known (proofs are served against it).
     tip_cert: Option<Vec<u8>>,
@@ -224,13 +225,13 @@ impl Ledger {
             tip,
             recent,
             store: store.clone(),
-            spec: HashMap::new(),
+            spec: FastMap::default(),
             pool: Mempool::new(limits),
-            sig_ok: HashSet::new(),
+            sig_ok: FastSet::default(),
             sig_order: VecDeque::new(),
             rejected: RefusalLog::new(REJECTED_MAX),
             stale: RefusalLog::new(limits.sane().stale_refused),
-            pending_certs: HashMap::new(),
+            pending_certs: FastMap::default(),
             pending_cert_order: VecDeque::new(),
             tip_cert,
             pending: BTreeMap::new(),

@@ -12,6 +12,7 @@ pub mod block;
 pub mod chain_store;
 pub mod core;
 pub mod endpoint;
+pub mod fast_map;
 pub mod genesis;
 pub mod handle;
 pub mod light;

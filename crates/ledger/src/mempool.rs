@@ -20,7 +20,9 @@
 //! ×1 below half full, ×2, ×4, then ×8 above seven eighths), refused as
 //! [`TxError::TopicWorkTooLow`] with the work asked. Same policy: refused, never evicted.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::fast_map::FastMap;
 
 use cairn_proto::{AccountId, Topic};
 
@@ -130,11 +132,11 @@ pub(crate) struct TopicPooled {
 #[derive(Debug, Default)]
 pub(crate) struct TopicPool {
     /// Waiting writes by id.
-    pub(crate) txs: HashMap<TxId, TopicPooled>,
+    pub(crate) txs: FastMap<TxId, TopicPooled>,
     /// Ids waiting per topic (≤ the topic window each).
-    pub(crate) by_topic: HashMap<Topic, Vec<TxId>>,
+    pub(crate) by_topic: FastMap<Topic, Vec<TxId>>,
     /// Id held for each write digest (one copy per write).
-    by_digest: HashMap<[u8; 32], TxId>,
+    by_digest: FastMap<[u8; 32], TxId>,
     /// Arrival order (may hold ids already gone; compacted when mostly stale).
     pub(crate) order: VecDeque<TxId>,
     /// Bytes waiting.
@@ -146,17 +148,17 @@ pub(crate) struct TopicPool {
 pub(crate) struct Mempool {
     limits: MempoolLimits,
     /// Waiting transactions by id.
-    pub(crate) pool: HashMap<TxId, Pooled>,
+    pub(crate) pool: FastMap<TxId, Pooled>,
     /// Arrival order (may hold ids already gone from `pool`; compacted when mostly stale).
     pub(crate) order: VecDeque<TxId>,
     /// Waiting transactions of each signer, by nonce.
-    pub(crate) by_signer: HashMap<[u8; 32], BTreeSet<(u64, TxId)>>,
+    pub(crate) by_signer: FastMap<[u8; 32], BTreeSet<(u64, TxId)>>,
     /// Bytes waiting in total.
     bytes: usize,
     /// Bytes waiting per signer.
-    signer_bytes: HashMap<[u8; 32], usize>,
+    signer_bytes: FastMap<[u8; 32], usize>,
     /// Fees of waiting transactions per account.
-    reserved: HashMap<AccountId, u64>,
+    reserved: FastMap<AccountId, u64>,
     /// Waiting topic writes.
     pub(crate) topics: TopicPool,
 }
@@ -166,12 +168,12 @@ impl Mempool {
     pub(crate) fn new(limits: MempoolLimits) -> Self {
         Self {
             limits: limits.sane(),
-            pool: HashMap::new(),
+            pool: FastMap::default(),
             order: VecDeque::new(),
-            by_signer: HashMap::new(),
+            by_signer: FastMap::default(),
             bytes: 0,
-            signer_bytes: HashMap::new(),
-            reserved: HashMap::new(),
+            signer_bytes: FastMap::default(),
+            reserved: FastMap::default(),
             topics: TopicPool::default(),
         }
     }

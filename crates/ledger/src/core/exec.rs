@@ -4,7 +4,7 @@
 //! [`Ledger::finalize`]) and the executed ancestors' layers (`Arc<Layer>`); admission, status
 //! reads and the finalizer go on meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use crate::fast_map::{FastMap, FastSet};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ impl Snapshot {
         height: u64,
         txs: &[Vec<u8>],
         mode: Mode,
-        verified: &HashSet<TxId>,
+        verified: &FastSet<TxId>,
     ) -> Result<Executed, BlockError> {
         let layers: Vec<&Layer> = self.layers.iter().map(|l| &**l).collect();
         execute(&self.db, layers, self.chain, height, txs, mode, &|id| verified.contains(id))
@@ -83,7 +83,7 @@ impl Ledger {
             if block.header.height != parent_height + 1 {
                 return Ok(false);
             }
-            let verified: HashSet<TxId> = ids.into_iter().filter(|i| c.sig_ok.contains(i)).collect();
+            let verified: FastSet<TxId> = ids.into_iter().filter(|i| c.sig_ok.contains(i)).collect();
             (c.snapshot(layers), verified)
         };
         match snap.run(block.header.height, &block.txs, Mode::Verify, &verified) {
@@ -202,8 +202,8 @@ impl Core {
     /// transaction whose predecessor is missing waits without taking a slot (no head-of-line
     /// blocking), and successors that arrived first still go in one block. Transactions
     /// already in unfinalized ancestors are not candidates.
-    fn candidates(&self, layers: &[Arc<Layer>]) -> (Vec<Vec<u8>>, HashSet<TxId>) {
-        let mut in_ancestors: HashSet<TxId> = HashSet::new();
+    fn candidates(&self, layers: &[Arc<Layer>]) -> (Vec<Vec<u8>>, FastSet<TxId>) {
+        let mut in_ancestors: FastSet<TxId> = FastSet::default();
         for l in layers {
             if let Some(s) = self.spec.values().find(|s| Arc::ptr_eq(&s.layer, l)) {
                 in_ancestors.extend(s.receipts.iter().map(|r| r.tx));
@@ -211,9 +211,9 @@ impl Core {
         }
         let overlay = self.db.overlay(layers.iter().map(|l| &**l).collect());
         let ex = crate::state::Executor::new(&overlay, self.chain);
-        let mut next: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut next: FastMap<[u8; 32], u64> = FastMap::default();
         let mut bytes = crate::block::HEADER_BYTES;
-        let mut verified: HashSet<TxId> = HashSet::new();
+        let mut verified: FastSet<TxId> = FastSet::default();
         let mut out = self.topic_candidates(&in_ancestors, &mut bytes, &mut verified);
         'scan: for id in &self.pool.order {
             let Some(p) = self.pool.pool.get(id) else { continue };

@@ -2,7 +2,7 @@
 //! state, block candidates of topic writes, and the sweeps that reject, with a reason a client
 //! can read, what can no longer be included.
 
-use std::collections::HashSet;
+use crate::fast_map::FastSet;
 
 use cairn_proto::Topic;
 
@@ -126,12 +126,12 @@ impl Core {
     /// ids of those whose member signature this node verified.
     pub(super) fn topic_candidates(
         &self,
-        in_ancestors: &HashSet<TxId>,
+        in_ancestors: &FastSet<TxId>,
         bytes: &mut usize,
-        verified: &mut HashSet<TxId>,
+        verified: &mut FastSet<TxId>,
     ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let mut topics: HashSet<Topic> = HashSet::new();
+        let mut topics: FastSet<Topic> = FastSet::default();
         let pool = &self.pool.topics;
         for id in &pool.order {
             let Some(first) = pool.txs.get(id) else { continue };
@@ -210,7 +210,7 @@ impl Core {
     /// that the new state refuses (a competing commit took their position, a newer anchor
     /// passed them, their key was pruned), so every validator tells their submitters at once.
     pub(super) fn recheck_topics(&mut self, block_txs: &[Vec<u8>]) {
-        let touched: HashSet<Topic> = block_txs
+        let touched: FastSet<Topic> = block_txs
             .iter()
             .filter(|b| AnyTx::is_topic_write(b))
             .filter_map(|b| TopicTx::decode(b).ok().map(|t| *t.body.topic()))

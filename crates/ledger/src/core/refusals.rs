@@ -1,7 +1,9 @@
 //! Bounded records of why transactions were refused, kept so that a client asking about one
 //! (`Ledger::tx_status`) reads the reason rather than `Unknown`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fast_map::FastMap;
 
 use crate::tx::{TxError, TxId};
 
@@ -9,7 +11,7 @@ use crate::tx::{TxError, TxId};
 /// is forgotten (that transaction's status reads `Unknown` again).
 #[derive(Debug)]
 pub(super) struct RefusalLog {
-    reasons: HashMap<TxId, TxError>,
+    reasons: FastMap<TxId, TxError>,
     /// Order in which `reasons` got its records (may hold ids already gone from it; compacted
     /// when it reaches twice `max`).
     order: VecDeque<TxId>,
@@ -19,7 +21,7 @@ pub(super) struct RefusalLog {
 impl RefusalLog {
     /// An empty log of at most `max` records (at least 1).
     pub(super) fn new(max: usize) -> Self {
-        Self { reasons: HashMap::new(), order: VecDeque::new(), max: max.max(1) }
+        Self { reasons: FastMap::default(), order: VecDeque::new(), max: max.max(1) }
     }
 
     /// Records why `id` was refused (a newer reason replaces an older one), forgetting the

@@ -1,12 +1,13 @@
 //! The authenticated store: finalized state ([`StateDb`]), the layers of unfinalized blocks
 //! ([`Layer`]) and read views over both ([`Overlay`]), a Jellyfish Merkle Tree.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use jmt::storage::{LeafNode, Node, NodeBatch, NodeKey, StaleNodeIndexBatch, TreeReader};
 use jmt::{JellyfishMerkleTree, KeyHash, OwnedValue, Version};
 
 use super::{Proof, StateError, StateKey, StateRead, Tree};
+use crate::fast_map::FastMap;
 
 /// The changes one block made, kept apart until the block is final.
 #[derive(Clone, Debug)]
@@ -27,7 +28,7 @@ pub struct Layer {
 /// no root we may still serve needs them.
 #[derive(Clone, Default, Debug)]
 pub struct StateDb {
-    nodes: HashMap<NodeKey, Node>,
+    nodes: FastMap<NodeKey, Node>,
     values: BTreeMap<(KeyHash, Version), Option<OwnedValue>>,
     stale: VecDeque<StaleNodeIndexBatch>,
     height: Option<u64>,
