@@ -29,7 +29,10 @@ pub struct Layer {
 #[derive(Clone, Default, Debug)]
 pub struct StateDb {
     nodes: FastMap<NodeKey, Node>,
-    values: BTreeMap<(KeyHash, Version), Option<OwnedValue>>,
+    /// Each key's values by version, oldest first (a few per key: older ones are pruned with
+    /// the leaves that pointed at them). A hash lookup and a short scan instead of a descent of
+    /// one ordered map over (key, version), which showed in admission, execution and apply.
+    values: FastMap<KeyHash, Vec<(Version, Option<OwnedValue>)>>,
     stale: VecDeque<StaleNodeIndexBatch>,
     height: Option<u64>,
     root: [u8; 32],
@@ -74,15 +77,7 @@ impl TreeReader for Overlay<'_> {
                 return Ok(v.clone());
             }
         }
-        // one descent to the last entry at or below (key, max_version), then a check that
-        // it is this key's (a bounded range on both ends descends twice)
-        Ok(self
-            .db
-            .values
-            .range(..=(key_hash, max_version))
-            .next_back()
-            .filter(|((k, _), _)| *k == key_hash)
-            .and_then(|(_, v)| v.clone()))
+        Ok(self.db.value_at(&key_hash, max_version))
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
@@ -102,12 +97,38 @@ impl StateDb {
     }
 
     fn latest_value(&self, key: &KeyHash) -> Option<Vec<u8>> {
-        // one descent (see `get_value_option`)
-        self.values
-            .range(..=(*key, Version::MAX))
-            .next_back()
-            .filter(|((k, _), _)| k == key)
-            .and_then(|(_, v)| v.clone())
+        self.values.get(key)?.last()?.1.clone()
+    }
+
+    /// The value of `key` at `max_version`: its newest version at or below it.
+    fn value_at(&self, key: &KeyHash, max_version: Version) -> Option<OwnedValue> {
+        let versions = self.values.get(key)?;
+        versions.iter().rev().find(|(v, _)| *v <= max_version)?.1.clone()
+    }
+
+    /// Records `value` as `key`'s value at `version`, keeping the versions in order.
+    fn put_value(&mut self, key: KeyHash, version: Version, value: Option<OwnedValue>) {
+        let versions = self.values.entry(key).or_default();
+        match versions.last() {
+            Some((last, _)) if *last >= version => {
+                // not reached by `apply` (heights increase); kept ordered all the same
+                match versions.binary_search_by_key(&version, |(v, _)| *v) {
+                    Ok(i) => versions[i].1 = value,
+                    Err(i) => versions.insert(i, (version, value)),
+                }
+            }
+            _ => versions.push((version, value)),
+        }
+        // Reads are at the current version or the one before (proofs while clients catch up,
+        // see `apply`), never below `version - 2`: of the versions at or below that floor,
+        // only the newest can still be read. Pruning by stale leaves alone kept the others of
+        // a key deleted and written again, or whose leaf had moved in the tree.
+        let floor = version.saturating_sub(2);
+        if let Some(newest) = versions.iter().rposition(|(v, _)| *v <= floor)
+            && newest > 0
+        {
+            versions.drain(..newest);
+        }
     }
 
     /// A view over this state plus `layers` (oldest first, each the child of the previous, the
@@ -154,8 +175,11 @@ impl StateDb {
         for (k, n) in layer.nodes.nodes() {
             self.nodes.insert(k.clone(), n.clone());
         }
-        for (k, v) in layer.nodes.values() {
-            self.values.insert((k.1, k.0), v.clone());
+        // the tree's batch holds exactly these writes as its values at this version (jmt
+        // records every key of the write set, deletions as `None`): moved, not cloned
+        let height = layer.height;
+        for (k, v) in layer.writes {
+            self.put_value(k, height, v);
         }
         self.stale.push_back(layer.stale);
         while self.stale.len() > 2 {
@@ -167,15 +191,18 @@ impl StateDb {
                         // written at, is still the key's current one: drop a value only
                         // once a newer value of the same key exists below the floor.
                         let (kh, v) = (leaf.key_hash(), s.node_key.version());
-                        let floor = layer.height.saturating_sub(2);
-                        if v < floor && self.values.range((kh, v + 1)..=(kh, floor)).next().is_some() {
-                            self.values.remove(&(kh, v));
+                        let floor = height.saturating_sub(2);
+                        if v < floor
+                            && let Some(versions) = self.values.get_mut(&kh)
+                            && versions.iter().any(|(w, _)| *w > v && *w <= floor)
+                        {
+                            versions.retain(|(w, _)| *w != v);
                         }
                     }
                 }
             }
         }
-        self.height = Some(layer.height);
+        self.height = Some(height);
         self.root = layer.root;
     }
 
@@ -257,5 +284,63 @@ mod tests {
                 proof.verify(RootHash(db.root()), key.hash(), value).unwrap();
             }
         }
+    }
+
+    /// Each key's values by version: after every block, reads at the current height and at
+    /// the one before (which `apply` keeps while clients catch up) give the model's values,
+    /// through the state and through the tree reader, while values are rewritten, deleted and
+    /// pruned; a key keeps at most 3 versions (the newest at or below the floor, and the two
+    /// above it).
+    #[test]
+    fn versioned_values_read_back_and_are_pruned() {
+        use jmt::storage::TreeReader;
+
+        let mut db = StateDb::default();
+        let keys: Vec<StateKey> = (0..40u32)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&i.to_be_bytes());
+                StateKey::Nonce(k)
+            })
+            .collect();
+        let mut history: Vec<BTreeMap<KeyHash, Vec<u8>>> = Vec::new();
+        let mut model: BTreeMap<KeyHash, Vec<u8>> = BTreeMap::new();
+        for height in 0..60u64 {
+            let mut writes = BTreeMap::new();
+            for (i, key) in keys.iter().enumerate() {
+                let i = i as u64;
+                let k = key.hash();
+                // key i is written every (i % 7 + 1) heights, and deleted at some of them
+                if (height + i).is_multiple_of(i % 7 + 1) {
+                    let delete = height > 0 && (height + i).is_multiple_of(11) && model.contains_key(&k);
+                    writes.insert(
+                        k,
+                        if delete { None } else { Some((height * 100 + i).to_be_bytes().to_vec()) },
+                    );
+                }
+            }
+            let layer = db.commit_layer(Vec::new(), height, writes.clone()).unwrap();
+            db.apply(layer);
+            for (k, v) in writes {
+                match v {
+                    Some(v) => model.insert(k, v),
+                    None => model.remove(&k),
+                };
+            }
+            history.push(model.clone());
+            let overlay = db.overlay(Vec::new());
+            for key in &keys {
+                let k = key.hash();
+                assert_eq!(db.get(key).as_ref(), model.get(&k), "latest value at height {height}");
+                for at in height.saturating_sub(1)..=height {
+                    let want = history[at as usize].get(&k);
+                    let got = overlay.get_value_option(at, k).unwrap();
+                    assert_eq!(got.as_ref(), want, "value at version {at}, height {height}");
+                }
+            }
+        }
+        let most = db.values.values().map(Vec::len).max().unwrap();
+        assert!(most <= 3, "a key keeps {most} versions");
+        assert!(db.values.values().all(|v| v.windows(2).all(|w| w[0].0 < w[1].0)), "versions in order");
     }
 }
