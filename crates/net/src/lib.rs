@@ -21,6 +21,7 @@ pub mod ledger_relay;
 pub mod ledger_relay_io;
 pub mod light;
 pub mod light_pace;
+pub mod nearness;
 pub mod node;
 pub mod peerbook;
 pub mod receipt;

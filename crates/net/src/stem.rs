@@ -159,6 +159,11 @@ impl<P: Clone + Eq + Hash> Stem<P> {
         Some(pick)
     }
 
+    /// The current successor, if one is chosen.
+    pub fn current_successor(&self) -> Option<&P> {
+        self.successor.as_ref()
+    }
+
     /// What was sent to `peer` through the stem was never answered in time (the fail-safe or
     /// the originator's wait ran out): a successor that drops envelopes would otherwise delay
     /// every one of them for the rest of the epoch. It stops being the successor and is not

@@ -89,6 +89,29 @@ fn anti_entropy_by_ids_delivers_everything_with_fewer_bytes_than_whole_pages() {
 }
 
 #[test]
+fn near_peers_cut_the_time_to_reach_every_node_and_deliver_everything() {
+    // The node's nearness policy (steady state) against connections kept as discovered.
+    for seed in seeds() {
+        let near = sim::run(&small(seed, false));
+        let random = sim::run(&SimConfig { near_dials: 0, ..small(seed, false) });
+        check_delivery(&near);
+        check_delivery(&random);
+        let flood_p50 = |r: &Report| sim::report::percentile(&r.flood_bound_ms, 0.5);
+        assert!(
+            flood_p50(&near) * 10 < flood_p50(&random) * 7
+                && near.reach_ms(0.5) * 10 < random.reach_ms(0.5) * 8,
+            "seed {seed}: near peers should shorten the paths (flood bound p50 {} vs {} ms) and the reach \
+             (p50 {} vs {} ms); rerun with NET_SIM_SEED={seed}\n{}",
+            flood_p50(&near),
+            flood_p50(&random),
+            near.reach_ms(0.5),
+            random.reach_ms(0.5),
+            sim::table(&[random.clone(), near.clone()])
+        );
+    }
+}
+
+#[test]
 fn a_run_is_reproduced_exactly_from_its_seed() {
     let seed = seeds()[0];
     let cfg = SimConfig { messages: 20, ..small(seed, true) };
@@ -106,7 +129,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// The full-size run of `cairn bench net-sim` without building the CLI: `cargo test --release
 /// -p cairn-net --test net_sim -- --ignored --nocapture full_size` (NET_SIM_SEED, NET_SIM_NODES,
 /// NET_SIM_MESSAGES, NET_SIM_RESYNC_MS, NET_SIM_BY_IDS (true/false), NET_SIM_MESH_N,
-/// NET_SIM_HEARTBEAT_MS, NET_SIM_DIAL and NET_SIM_DEGREE_MIN override the defaults;
+/// NET_SIM_HEARTBEAT_MS, NET_SIM_DIAL, NET_SIM_DEGREE_MIN, NET_SIM_NEAR_DIALS (0: every dial
+/// random) and NET_SIM_NEAR_PROBE override the defaults;
 /// NET_SIM_STEM=off or on runs one of the two). It prints the
 /// table and asserts nothing but that it ran.
 #[test]
@@ -121,6 +145,8 @@ fn full_size() {
         resync_by_ids: env_or("NET_SIM_BY_IDS", d.resync_by_ids),
         dial: env_or("NET_SIM_DIAL", d.dial),
         degree_min: env_or("NET_SIM_DEGREE_MIN", d.degree_min),
+        near_dials: env_or("NET_SIM_NEAR_DIALS", d.near_dials),
+        near_probe: env_or("NET_SIM_NEAR_PROBE", d.near_probe),
         ..d
     };
     base.gossip.heartbeat_ms = env_or("NET_SIM_HEARTBEAT_MS", d.gossip.heartbeat_ms);

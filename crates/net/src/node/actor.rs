@@ -129,6 +129,8 @@ pub(super) struct Node {
     pub(super) relayed: RelayedListen,
     /// The stem phase (`stem_hop.rs`), unless `config.stem` is off.
     pub(super) stem: Option<StemHop>,
+    /// Preferring near peers (`nearness.rs`), unless `config.nearness` is off.
+    pub(super) near: Option<super::nearness::NearState>,
     /// A light client's streams to its service nodes (`light_client.rs`).
     pub(super) light: Option<super::light_client::LightClient>,
     /// Serving light clients (`light_serve.rs`).
@@ -226,6 +228,7 @@ impl Node {
             ),
             book: super::peers::load(&config, swarm.local_peer_id()),
             stem: config.stem.map(StemHop::new),
+            near: config.nearness.map(super::nearness::NearState::new),
             relayed: RelayedListen::default(),
             config,
             swarm,
@@ -293,6 +296,7 @@ impl Node {
                     self.release_orphans();
                     self.stem_tick();
                     self.redial();
+                    self.near_tick();
                     self.relisten();
                     // Order-free; when the queue is full the writer checks after its next batch.
                     if let Some(jobs) = &self.history_jobs {

@@ -200,6 +200,10 @@ pub struct NodeConfig {
     /// `node/serve.rs`), so a flooder routing through honest hops holds at most its own share
     /// plus that pool, whatever the number of hops.
     pub stem: Option<StemConfig>,
+    /// Prefer near peers: keep the dialed connections with the lowest ping RTT, beside a few
+    /// kept by hash (see [`crate::nearness`]); `None`: connections are kept as discovered.
+    /// Off for light clients.
+    pub nearness: Option<crate::nearness::NearConfig>,
     /// Relay ledger RPC channels to the validators of this genesis for peers
     /// (`/cairn/ledger-relay/1`, see [`crate::ledger_relay`]); `None`: not served.
     pub ledger_relay: Option<crate::ledger_relay_io::LedgerRelayConfig>,
@@ -228,6 +232,7 @@ impl NodeConfig {
             self.serve_store = false;
             self.relay_server = false;
             self.stem = None;
+            self.nearness = None;
             self.ledger_relay = None;
             self.light_serve = None;
             self.resync_every_ms = 0;
@@ -272,6 +277,7 @@ impl NodeConfig {
             heartbeat_ms: 500,
             events_lossless_max: super::EVENTS_LOSSLESS_MAX,
             stem: Some(StemConfig::default()),
+            nearness: Some(crate::nearness::NearConfig::default()),
             ledger_relay: None,
             light: None,
             light_serve: Some(LightServeLimits::default()),

@@ -45,6 +45,7 @@ mod identity;
 mod lan;
 mod light_client;
 mod light_serve;
+mod nearness;
 mod network;
 mod orphans;
 mod peers;

@@ -8,7 +8,7 @@ use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, identify, kad};
+use libp2p::{PeerId, identify, kad, ping};
 use tracing::debug;
 
 use super::actor::{Node, Outbound, peer_key};
@@ -36,19 +36,28 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
                 let connected = self.swarm.connected_peers().count() as u32;
-                if !self.swarm.is_connected(&peer) && connected < self.config.dial_target {
+                if !self.swarm.is_connected(&peer)
+                    && connected < self.dial_ceiling()
+                    && self.near_may_dial(&peer)
+                {
                     let _ = self.swarm.dial(peer);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => self.on_store_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Stem(ev)) => self.on_stem_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(ev)) => self.on_mdns(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                self.near_rtt(peer, rtt.as_millis().try_into().unwrap_or(u64::MAX));
+            }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 self.light_peer_ip(peer_id, Some(endpoint.get_remote_address()));
                 let dialled = match endpoint {
                     ConnectedPoint::Dialer { address, .. } => Some(address),
                     ConnectedPoint::Listener { .. } => None,
                 };
+                if num_established.get() == 1 {
+                    self.near_connected(peer_id, dialled.is_some());
+                }
                 self.book_connected(peer_id, dialled);
                 // Bootstrap while joining (first few peers); afterwards kad's periodic bootstrap
                 // suffices — one per connection made every node of a 100-node mesh flood the
@@ -72,6 +81,7 @@ impl Node {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.book_disconnected(&peer_id);
                 self.stem_gone(&peer_id);
+                self.near_gone(&peer_id);
                 self.light_candidate(peer_id, false);
                 self.light_peer_ip(peer_id, None);
                 if self.store_peers.remove(&peer_id).is_some() {

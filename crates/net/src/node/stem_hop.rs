@@ -167,6 +167,17 @@ impl StemHop {
         self.peers.len()
     }
 
+    /// True if `peer` is the successor or has stem envelopes of ours or for us in flight
+    /// (closing it would cost them a fail-safe).
+    pub(super) fn uses(&self, peer: &PeerId) -> bool {
+        self.stem.current_successor() == Some(peer)
+            || self.own.values().any(|o| o.to == *peer)
+            || self
+                .relays
+                .values()
+                .any(|r| r.from == *peer || matches!(&r.state, RelayState::Waiting(_, p) if p == peer))
+    }
+
     fn config(&self) -> StemConfig {
         *self.stem.config()
     }

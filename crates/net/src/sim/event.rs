@@ -25,7 +25,7 @@ pub(super) const KINDS: [&str; 16] = [
     "ihave",
     "iwant",
     "idontwant",
-    "graft/prune",
+    "sub/graft/prune",
     "stem",
     "store push",
     "store ack",
@@ -43,6 +43,8 @@ pub(super) enum Rpc {
     IHave(Rc<Vec<u32>>),
     IWant(Vec<u32>),
     IDontWant(u32),
+    /// The sender's subscription to the topic, sent as a connection opens.
+    Subscribe,
     Graft,
     Prune,
     Stem(u32),
@@ -85,7 +87,7 @@ impl Rpc {
             Rpc::IHave(_) => 3,
             Rpc::IWant(_) => 4,
             Rpc::IDontWant(_) => 5,
-            Rpc::Graft | Rpc::Prune => 6,
+            Rpc::Subscribe | Rpc::Graft | Rpc::Prune => 6,
             Rpc::Stem(_) | Rpc::StemAnswer(..) => 7,
             Rpc::StoreReq(_) => 8,
             Rpc::StoreAck(_) => 9,
@@ -105,6 +107,7 @@ impl Rpc {
                 | Rpc::IHave(_)
                 | Rpc::IWant(_)
                 | Rpc::IDontWant(_)
+                | Rpc::Subscribe
                 | Rpc::Graft
                 | Rpc::Prune
                 | Rpc::Junk(_)

@@ -7,7 +7,9 @@
 //! from and those that sent IDONTWANT for it (gossipsub 1.2, sent to mesh peers on first
 //! receipt of a message over 1,000 bytes); flood publishing by the originator (to every
 //! connected subscribed peer); duplicate suppression by message id before validation; at each
-//! heartbeat mesh repair (GRAFT up to D below D_lo, PRUNE down to D above D_hi) and lazy
+//! heartbeat mesh repair (GRAFT up to D below D_lo, PRUNE down to D above D_hi), a GRAFT at
+//! once to a newly connected peer while the mesh holds fewer than D_lo (libp2p does this when
+//! the peer's subscription arrives; the world sends it as the connection opens), and lazy
 //! repair: IHAVE with the ids of the last 3 heartbeat windows to max(D_lazy = 6, 0.25 × the
 //! non-mesh peers), answered by IWANT for ids not seen, re-asked from another peer after 3 s.
 //!

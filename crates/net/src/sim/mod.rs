@@ -19,8 +19,10 @@
 //!   publishing, IHAVE/IWANT at a 500 ms heartbeat, duplicate suppression by message id); see
 //!   that module for what is simplified. Links have a fixed latency per pair, uniform in
 //!   `latency_ms_min..=latency_ms_max`; bandwidth and CPU time are not modelled. Connections
-//!   stand in for the Kademlia routing table: each node dials `dial` random peers at start and
-//!   on rejoining, and dials again when it has fewer than `degree_min`.
+//!   stand in for the Kademlia routing table: each node dials `dial` peers at start and on
+//!   rejoining (`near_dials` of them the nearest of `near_probe` random candidates, the steady
+//!   state of the node's [`crate::nearness`] policy; the rest random), and dials a random one
+//!   again when it has fewer than `degree_min`.
 //! - **Churn**: `churn_per_mille_per_min` of the non-store nodes leave per simulated minute, each
 //!   coming back after 10–60 s (a returning node counts as the join); store nodes stay up.
 //!   Churn stops when sending stops, and the run continues until every node is back and synced.
@@ -76,6 +78,13 @@ pub struct SimConfig {
     pub dial: usize,
     /// A node with fewer connected peers dials another at its heartbeat.
     pub degree_min: usize,
+    /// Of the `dial` peers, how many are the nearest (lowest latency) of `near_probe` random
+    /// candidates; the rest stay random. This models the steady state of the node's
+    /// [`crate::nearness`] policy (its dialed connections beyond the few kept by hash converge
+    /// to the lowest-RTT peers it has probed), not its rounds. 0: all random.
+    pub near_dials: usize,
+    /// Candidates looked at per near dial (the nearest is dialed).
+    pub near_probe: usize,
     /// Anti-entropy period, ms (the node's `resync_every_ms`): each honest node pages every
     /// topic again from its cursor. 0: only after rejoining.
     pub resync_ms: u64,
@@ -108,6 +117,8 @@ impl Default for SimConfig {
             latency_ms_max: 200,
             dial: 5,
             degree_min: 6,
+            near_dials: 3,
+            near_probe: 8,
             resync_ms: 5_000,
             resync_by_ids: true,
             flood_per_sec: 5,

@@ -228,10 +228,7 @@ impl World {
             delivering: Default::default(),
         };
         for i in 0..n as u32 {
-            for _ in 0..cfg.dial {
-                let j = w.rng.below(n as u64) as u32;
-                w.connect(i, j);
-            }
+            w.dial_all(i);
             let offset = w.rng.below(cfg.gossip.heartbeat_ms);
             w.schedule(offset, Kind::Heartbeat(i));
             if cfg.resync_ms > 0 && w.nodes[i as usize].role == Role::Honest {
@@ -269,6 +266,25 @@ impl World {
         lo + mix(self.cfg.seed ^ (x << 32) ^ y) % (hi - lo + 1)
     }
 
+    /// Dials `dial` peers: `near_dials` of them the nearest of `near_probe` random candidates.
+    fn dial_all(&mut self, i: u32) {
+        let n = self.nodes.len() as u64;
+        for d in 0..self.cfg.dial {
+            let mut j = self.rng.below(n) as u32;
+            if d < self.cfg.near_dials {
+                for _ in 1..self.cfg.near_probe {
+                    let c = self.rng.below(n) as u32;
+                    let taken =
+                        c == i || self.nodes[i as usize].peers.contains(&c) || !self.nodes[c as usize].online;
+                    if !taken && self.latency(i, c) < self.latency(i, j) {
+                        j = c;
+                    }
+                }
+            }
+            self.connect(i, j);
+        }
+    }
+
     fn connect(&mut self, a: u32, b: u32) {
         if a == b || !self.nodes[b as usize].online || self.nodes[a as usize].peers.contains(&b) {
             return;
@@ -276,6 +292,8 @@ impl World {
         self.nodes[a as usize].peers.push(b);
         self.nodes[a as usize].outbound.insert(b);
         self.nodes[b as usize].peers.push(a);
+        self.send(a, b, Rpc::Subscribe);
+        self.send(b, a, Rpc::Subscribe);
     }
 
     fn rpc_bytes(&self, rpc: &Rpc) -> u64 {
@@ -292,7 +310,7 @@ impl World {
                 Rpc::IHave(ids) => ID_BYTES * ids.len() as u64,
                 Rpc::IWant(ids) => ID_BYTES * ids.len() as u64,
                 Rpc::IdsReq(ids) => ID_BYTES * ids.len() as u64,
-                Rpc::IDontWant(_) | Rpc::Graft | Rpc::Prune => ID_BYTES,
+                Rpc::IDontWant(_) | Rpc::Subscribe | Rpc::Graft | Rpc::Prune => ID_BYTES,
                 // An outcome and the store's signed receipt.
                 Rpc::StoreAck(_) => 2 + crate::receipt::RECEIPT_BYTES as u64,
                 Rpc::Junk(j) => self.junk[*j].len() as u64,
@@ -498,6 +516,15 @@ impl World {
             Rpc::IDontWant(k) => {
                 self.nodes[to as usize].router.dont_send.insert((from, k));
             }
+            Rpc::Subscribe => {
+                // As libp2p-gossipsub: a subscription from a new peer while the mesh holds
+                // fewer than D_lo peers grafts it at once, not at the next heartbeat.
+                let node = &mut self.nodes[to as usize];
+                if node.router.mesh.len() < self.cfg.gossip.mesh_n_low && !node.router.mesh.contains(&from) {
+                    node.router.mesh.push(from);
+                    self.send(to, from, Rpc::Graft);
+                }
+            }
             Rpc::Graft => {
                 // As libp2p-gossipsub: a GRAFT is refused with a PRUNE once the mesh holds
                 // D_hi peers, unless this node dialed the grafting peer.
@@ -681,6 +708,7 @@ impl World {
                     if by_gossip {
                         self.stats.deliveries_by_gossip += 1;
                     }
+                    let node = &mut self.nodes[n as usize];
                     let m = &mut self.msgs[k as usize];
                     if node.online_since <= m.sent_at && self.now - m.sent_at >= m.reach_ms {
                         m.reach_ms = self.now - m.sent_at;
@@ -756,10 +784,7 @@ impl World {
         let node = &mut self.nodes[n as usize];
         node.online = true;
         node.online_since = self.now;
-        for _ in 0..self.cfg.dial {
-            let j = self.rng.below(self.nodes.len() as u64) as u32;
-            self.connect(n, j);
-        }
+        self.dial_all(n);
         if self.nodes[n as usize].role == Role::Honest {
             self.sync_all(n);
         }
