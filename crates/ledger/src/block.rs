@@ -16,7 +16,7 @@ use commonware_cryptography::Digestible;
 use commonware_cryptography::sha256::Digest;
 use sha2::{Digest as _, Sha256};
 
-use crate::tx::{TX_BYTES_MAX, Tx};
+use crate::tx::{TX_BYTES_MAX, Tx, TxId};
 
 const BLOCK_VERSION: u8 = 2;
 const HEADER_DOMAIN: &[u8] = b"cairn/ledger-block/v2";
@@ -96,10 +96,17 @@ impl Header {
 
 /// Commitment to a transaction list: a hash over the count and every transaction id.
 pub fn tx_root(txs: &[Vec<u8>]) -> [u8; 32] {
-    let mut w = Writer::with_capacity(4 + 32 * txs.len());
-    w.u32(u32::try_from(txs.len()).unwrap_or(u32::MAX));
-    for t in txs {
-        w.raw(&Tx::id_of(t).0);
+    let ids: Vec<TxId> = txs.iter().map(|t| Tx::id_of(t)).collect();
+    tx_root_of_ids(&ids)
+}
+
+/// [`tx_root`] from the transactions' ids (`Tx::id_of` of each, in order), when the caller
+/// has them already.
+pub fn tx_root_of_ids(ids: &[TxId]) -> [u8; 32] {
+    let mut w = Writer::with_capacity(4 + 32 * ids.len());
+    w.u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for id in ids {
+        w.raw(&id.0);
     }
     cairn_proto::id::hash(TX_ROOT_DOMAIN, &w.finish())
 }
@@ -129,6 +136,29 @@ impl Block {
             parent,
             state_root,
             tx_root: tx_root(&txs),
+            outcome_root,
+            tx_count: u32::try_from(txs.len()).unwrap_or(u32::MAX),
+        };
+        let digest = header.digest();
+        Self { header, txs, digest }
+    }
+
+    /// [`Block::new`] for a builder that has the transactions' ids already (`ids[i]` is
+    /// `Tx::id_of(&txs[i])`, checked in debug builds): they are not hashed again.
+    pub fn with_tx_ids(
+        height: u64,
+        parent: [u8; 32],
+        state_root: [u8; 32],
+        txs: Vec<Vec<u8>>,
+        ids: &[TxId],
+        outcome_root: [u8; 32],
+    ) -> Self {
+        debug_assert!(ids.len() == txs.len() && txs.iter().zip(ids).all(|(t, i)| Tx::id_of(t) == *i));
+        let header = Header {
+            height,
+            parent,
+            state_root,
+            tx_root: tx_root_of_ids(ids),
             outcome_root,
             tx_count: u32::try_from(txs.len()).unwrap_or(u32::MAX),
         };

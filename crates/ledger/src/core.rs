@@ -97,7 +97,8 @@ struct Spec {
     height: u64,
     /// Shared with executions of blocks built on this one (see `exec.rs`).
     layer: Arc<Layer>,
-    receipts: Vec<Receipt>,
+    /// Shared with the durable commit of the block once finalized (see `Core::stage_finalized`).
+    receipts: Arc<Vec<Receipt>>,
 }
 
 /// Summary of the finalized chain.
@@ -632,7 +633,7 @@ impl Ledger {
 /// A finalized block executed and ready for its durable commit.
 struct Staged {
     block: Arc<Block>,
-    receipts: Vec<Receipt>,
+    receipts: Arc<Vec<Receipt>>,
     handshakes: Vec<(Topic, u64, Vec<u8>)>,
     cert: Option<Vec<u8>>,
 }
@@ -769,7 +770,7 @@ impl Core {
                         parent: block.header.parent,
                         height: h,
                         layer: Arc::new(ex.layer),
-                        receipts: ex.receipts,
+                        receipts: Arc::new(ex.receipts),
                     };
                     self.spec.insert(id, spec);
                 }
@@ -783,7 +784,7 @@ impl Core {
                 }
             }
         }
-        let receipts = self.spec.get(&id).map(|s| s.receipts.clone()).unwrap_or_default();
+        let receipts = self.spec.get(&id).map(|s| Arc::clone(&s.receipts)).unwrap_or_default();
         let mut handshakes: Vec<(Topic, u64, Vec<u8>)> = Vec::new();
         for (r, bytes) in receipts.iter().zip(block.txs.iter()) {
             if let Outcome::Sequenced { topic, seq } = &r.outcome
@@ -816,7 +817,7 @@ impl Core {
         {
             self.fault(format!("certificate could not be stored: {e}"));
         }
-        for r in &receipts {
+        for r in receipts.iter() {
             self.remove_from_pool(&r.tx);
             self.rejected.remove(&r.tx);
             self.stale.remove(&r.tx);

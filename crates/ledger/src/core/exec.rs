@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::{Core, Knowledge, Ledger, Proposal, SNAPSHOT_WAIT, Spec};
 use crate::block::{BLOCK_BYTES_MAX, Block};
 use crate::outcome_tree::receipts_root;
-use crate::state::{BlockError, Executed, Layer, Mode, StateDb, StateError, execute};
+use crate::state::{BlockError, Executed, Layer, Mode, StateDb, StateError, execute_with_ids};
 use crate::tx::{Tx, TxError, TxId};
 
 /// What execution needs from the core, taken under its lock.
@@ -26,11 +26,12 @@ impl Snapshot {
         &self,
         height: u64,
         txs: &[Vec<u8>],
+        ids: &[TxId],
         mode: Mode,
         verified: &FastSet<TxId>,
     ) -> Result<Executed, BlockError> {
         let layers: Vec<&Layer> = self.layers.iter().map(|l| &**l).collect();
-        execute(&self.db, layers, self.chain, height, txs, mode, &|id| verified.contains(id))
+        execute_with_ids(&self.db, layers, self.chain, height, txs, ids, mode, &|id| verified.contains(id))
     }
 }
 
@@ -83,10 +84,10 @@ impl Ledger {
             if block.header.height != parent_height + 1 {
                 return Ok(false);
             }
-            let verified: FastSet<TxId> = ids.into_iter().filter(|i| c.sig_ok.contains(i)).collect();
+            let verified: FastSet<TxId> = ids.iter().filter(|i| c.sig_ok.contains(*i)).copied().collect();
             (c.snapshot(layers), verified)
         };
-        match snap.run(block.header.height, &block.txs, Mode::Verify, &verified) {
+        match snap.run(block.header.height, &block.txs, &ids, Mode::Verify, &verified) {
             Ok(Executed { layer, receipts, .. }) => {
                 if layer.root != block.header.state_root
                     || receipts_root(&receipts) != block.header.outcome_root
@@ -98,7 +99,7 @@ impl Ledger {
                     parent: block.header.parent,
                     height: block.header.height,
                     layer: Arc::new(layer),
-                    receipts,
+                    receipts: Arc::new(receipts),
                 };
                 self.lock().remember(id, spec);
                 Ok(true)
@@ -136,14 +137,14 @@ impl Ledger {
     /// Builds a block on `parent` (whose state must be known) from the mempool.
     pub fn propose(&self, parent: &[u8; 32], parent_height: u64) -> Result<Option<Proposal>, StateError> {
         let _work = self.gate.block_work();
-        let (snap, candidates, verified) = {
+        let (snap, candidates, ids, verified) = {
             let c = self.lock_for_snapshot();
             let Some(layers) = c.layers_for(parent) else { return Ok(None) };
-            let (candidates, verified) = c.candidates(&layers);
-            (c.snapshot(layers), candidates, verified)
+            let (candidates, ids, verified) = c.candidates(&layers);
+            (c.snapshot(layers), candidates, ids, verified)
         };
         let height = parent_height + 1;
-        let ex = match snap.run(height, &candidates, Mode::Propose, &verified) {
+        let ex = match snap.run(height, &candidates, &ids, Mode::Propose, &verified) {
             Ok(ex) => ex,
             Err(BlockError::State(e)) => return Err(e),
             Err(BlockError::Tx { .. }) => return Ok(None),
@@ -184,12 +185,15 @@ impl Ledger {
             c.reject(d.tx, d.error.clone());
         }
         let txs: Vec<Vec<u8>> = ex.included.iter().map(|&i| candidates[i].clone()).collect();
-        let block = Block::new(height, *parent, ex.layer.root, txs, receipts_root(&ex.receipts));
+        let tx_ids: Vec<TxId> = ex.included.iter().map(|&i| ids[i]).collect();
+        let block =
+            Block::with_tx_ids(height, *parent, ex.layer.root, txs, &tx_ids, receipts_root(&ex.receipts));
         if c.knows(parent, parent_height) != Knowledge::Known {
             // the finalizer moved past the parent while this executed: nothing to build on
             return Ok(None);
         }
-        let spec = Spec { parent: *parent, height, layer: Arc::new(ex.layer), receipts: ex.receipts };
+        let spec =
+            Spec { parent: *parent, height, layer: Arc::new(ex.layer), receipts: Arc::new(ex.receipts) };
         c.spec.insert(block.id(), spec);
         Ok(Some(Proposal { block, dropped }))
     }
@@ -202,7 +206,7 @@ impl Core {
     /// transaction whose predecessor is missing waits without taking a slot (no head-of-line
     /// blocking), and successors that arrived first still go in one block. Transactions
     /// already in unfinalized ancestors are not candidates.
-    fn candidates(&self, layers: &[Arc<Layer>]) -> (Vec<Vec<u8>>, FastSet<TxId>) {
+    fn candidates(&self, layers: &[Arc<Layer>]) -> (Vec<Vec<u8>>, Vec<TxId>, FastSet<TxId>) {
         let mut in_ancestors: FastSet<TxId> = FastSet::default();
         for l in layers {
             if let Some(s) = self.spec.values().find(|s| Arc::ptr_eq(&s.layer, l)) {
@@ -214,7 +218,8 @@ impl Core {
         let mut next: FastMap<[u8; 32], u64> = FastMap::default();
         let mut bytes = crate::block::HEADER_BYTES;
         let mut verified: FastSet<TxId> = FastSet::default();
-        let mut out = self.topic_candidates(&in_ancestors, &mut bytes, &mut verified);
+        let (mut ids, mut out): (Vec<TxId>, Vec<Vec<u8>>) =
+            self.topic_candidates(&in_ancestors, &mut bytes, &mut verified).into_iter().unzip();
         'scan: for id in &self.pool.order {
             let Some(p) = self.pool.pool.get(id) else { continue };
             let n = match next.get(&p.signer) {
@@ -244,6 +249,7 @@ impl Core {
                 }
                 bytes += 4 + q.bytes.len();
                 out.push(q.bytes.clone());
+                ids.push(*tid);
                 if self.sig_ok.contains(tid) {
                     verified.insert(*tid);
                 }
@@ -251,6 +257,6 @@ impl Core {
             }
             next.insert(p.signer, want);
         }
-        (out, verified)
+        (out, ids, verified)
     }
 }

@@ -129,7 +129,7 @@ impl Core {
         in_ancestors: &FastSet<TxId>,
         bytes: &mut usize,
         verified: &mut FastSet<TxId>,
-    ) -> Vec<Vec<u8>> {
+    ) -> Vec<(TxId, Vec<u8>)> {
         let mut out = Vec::new();
         let mut topics: FastSet<Topic> = FastSet::default();
         let pool = &self.pool.topics;
@@ -157,7 +157,7 @@ impl Core {
                     return out;
                 }
                 *bytes += 4 + p.bytes.len();
-                out.push(p.bytes.clone());
+                out.push((t, p.bytes.clone()));
                 if self.sig_ok.contains(&t) {
                     verified.insert(t);
                 }

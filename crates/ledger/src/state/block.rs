@@ -88,6 +88,31 @@ pub fn execute(
     mode: Mode,
     sig_checked: &dyn Fn(&TxId) -> bool,
 ) -> Result<Executed, BlockError> {
+    let ids: Vec<TxId> = txs.iter().map(|b| Tx::id_of(b)).collect();
+    execute_with_ids(db, layers, chain, height, txs, &ids, mode, sig_checked)
+}
+
+/// [`execute`] for a caller that has the transactions' ids already (`ids[i]` is
+/// `Tx::id_of(&txs[i])`, checked in debug builds): they are not hashed again.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_with_ids(
+    db: &StateDb,
+    layers: Vec<&Layer>,
+    chain: [u8; 32],
+    height: u64,
+    txs: &[Vec<u8>],
+    ids: &[TxId],
+    mode: Mode,
+    sig_checked: &dyn Fn(&TxId) -> bool,
+) -> Result<Executed, BlockError> {
+    if ids.len() != txs.len() {
+        return Err(BlockError::State(StateError::Tree(format!(
+            "{} transaction ids for {} transactions",
+            ids.len(),
+            txs.len()
+        ))));
+    }
+    debug_assert!(txs.iter().zip(ids).all(|(t, i)| Tx::id_of(t) == *i));
     let overlay = db.overlay(layers.clone());
     let mut ex = Executor::new(&overlay, chain);
     ex.set_height(height);
@@ -97,8 +122,7 @@ pub fn execute(
     let mut receipts = Vec::new();
     let mut dropped = Vec::new();
     let mut fuel = 0u64;
-    for (index, bytes) in txs.iter().enumerate() {
-        let id = Tx::id_of(bytes);
+    for (index, (bytes, &id)) in txs.iter().zip(ids).enumerate() {
         let res = AnyTx::decode(bytes).and_then(|tx| {
             let tx = match tx {
                 AnyTx::Topic(t) => return ex.apply_topic(&t, id, bytes.len(), sig_checked(&id)),

@@ -23,7 +23,9 @@ use jmt::{JellyfishMerkleTree, KeyHash};
 use sha2::Sha256;
 use thiserror::Error;
 
-pub use block::{BLOCK_FUEL_MAX, BlockError, Dropped, Executed, Machine, Mode, execute, genesis_layer};
+pub use block::{
+    BLOCK_FUEL_MAX, BlockError, Dropped, Executed, Machine, Mode, execute, execute_with_ids, genesis_layer,
+};
 pub use contracts::{FUEL_LIMIT_MAX, OUTCOME_OUTPUT_MAX, QUERY_FUEL, contract_address};
 pub use db::{Layer, Overlay, StateDb};
 pub use executor::{Executor, usable_key};
