@@ -129,7 +129,9 @@ impl<P: Clone + Eq + Hash> Nearness<P> {
         }
         if now_ms >= self.next_probe_ms {
             self.next_probe_ms = now_ms.saturating_add(self.config.probe_every_ms.max(1));
-            self.prune_at_ms = Some(now_ms.saturating_add(self.config.prune_after_ms));
+            // A pending prune keeps its time: a period shorter than the ping wait must not
+            // postpone it for ever.
+            self.prune_at_ms.get_or_insert(now_ms.saturating_add(self.config.prune_after_ms));
             let room = self.dial_ceiling(dial_target as u32) as usize;
             let want = room.saturating_sub(conns.len()).min(self.config.probe_extra as usize);
             if want > 0 {
@@ -219,6 +221,22 @@ mod tests {
         assert!(n.may_dial(&2, 1_200));
         assert!(n.may_dial(&4, 6_100), "forgotten after slow_forget_ms");
         assert_eq!(n.tick(1_200, 3, &three), Step::Idle, "one prune per round");
+    }
+
+    #[test]
+    fn a_round_shorter_than_the_ping_wait_does_not_postpone_the_prune() {
+        let cfg = NearConfig {
+            probe_extra: 1,
+            random_keep: 0,
+            probe_every_ms: 100,
+            prune_after_ms: 250,
+            slow_forget_ms: 5_000,
+        };
+        let mut n = Nearness::new(cfg, 0);
+        let two: Vec<_> = (0..2).map(|p| conn(p, Some(u64::from(p)), true)).collect();
+        let steps: Vec<_> = (1..=4).map(|t| n.tick(t * 100, 1, &two)).collect();
+        assert_eq!(steps[0], Step::Idle, "no room for a candidate at the ceiling");
+        assert_eq!(steps[3], Step::Close(vec![1]), "closed 250 ms after the first round: {steps:?}");
     }
 
     #[test]

@@ -621,6 +621,7 @@ impl Node {
             peers: self.swarm.connected_peers().count(),
             dialable_peers: self.book.as_ref().map_or(0, |b| b.dialable()),
             store_peers: self.store_peers.len(),
+            near_closed: self.near.as_ref().map_or(0, |n| n.closed),
             mailbox: self.mailbox.as_ref().and_then(|m| m.stats().ok()).unwrap_or_default(),
             pending: self.sync.pending(),
             relayed: c.relayed,

@@ -113,6 +113,8 @@ pub struct NodeStatus {
     pub dialable_peers: usize,
     /// Store nodes known.
     pub store_peers: usize,
+    /// Connections closed for being slow since start (`NodeConfig::nearness`).
+    pub near_closed: u64,
     /// Mailbox figures (store nodes).
     pub mailbox: Stats,
     /// Unstored sends.
