@@ -462,23 +462,41 @@ impl Ledger {
         let _turn = self.gate.admit();
         let decoded: Vec<Result<(TxId, Tx), TxError>> =
             txs.iter().map(|b| Tx::decode(b).map(|t| (Tx::id_of(b), t))).collect();
-        let ids: Vec<TxId> =
-            decoded.iter().map(|d| d.as_ref().map(|(id, _)| *id).unwrap_or(TxId([0; 32]))).collect();
-        let finalized = self.store.known(&ids).unwrap_or_else(|e| self.store_failed(e));
-        let known: Vec<bool> = {
+        // Seen already: held, or its signature checked here. Else it may be finalized only if
+        // its nonce is below its signer's next nonce in the finalized state (a finalized
+        // transaction used its nonce): only those are looked up in the chain store. A block
+        // finalized meanwhile changes nothing but the work: such a transaction has its
+        // signature checked, then admission refuses its used nonce and finds it stored.
+        let (mut known, maybe_final): (Vec<bool>, Vec<bool>) = {
             let c = self.lock();
+            let overlay = c.db.overlay(Vec::new());
+            let ex = crate::state::Executor::new(&overlay, c.chain);
             decoded
                 .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    d.as_ref().is_ok_and(|(id, _)| {
-                        c.pool.contains(id)
-                            || c.sig_ok.contains(id)
-                            || finalized.get(i).copied().unwrap_or(false)
-                    })
+                .map(|d| match d {
+                    Ok((id, _)) if c.pool.contains(id) || c.sig_ok.contains(id) => (true, false),
+                    Ok((_, t)) => (false, ex.nonce(&t.signer).map_or(true, |next| t.nonce < next)),
+                    Err(_) => (false, false),
                 })
-                .collect()
+                .unzip()
         };
+        let lookup: Vec<TxId> = decoded
+            .iter()
+            .zip(&maybe_final)
+            .filter_map(|(d, m)| match d {
+                Ok((id, _)) if *m => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if !lookup.is_empty() {
+            let finalized = self.store.known(&lookup).unwrap_or_else(|e| self.store_failed(e));
+            let mut finalized = finalized.into_iter();
+            for (k, m) in known.iter_mut().zip(&maybe_final) {
+                if *m {
+                    *k = finalized.next().unwrap_or(false);
+                }
+            }
+        }
         let to_check: Vec<&Tx> = decoded
             .iter()
             .zip(&known)

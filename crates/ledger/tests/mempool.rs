@@ -128,6 +128,37 @@ fn batch_submission_matches_single_submission() {
     assert_eq!(step(&l), 7);
 }
 
+/// A finalized transaction submitted again (after its sender's nonce moved past it) is
+/// answered with its id, alone or in a batch, while the same batch's other transactions get
+/// their own answers: a forged copy is refused for its signature, a new one reusing a
+/// finalized nonce is refused as replayed, one at the next nonce is admitted. (Admission looks
+/// in the chain store only for transactions whose nonce is already used.)
+#[test]
+fn a_finalized_transaction_submitted_again_is_answered_with_its_id() {
+    let (users, l, chain) = funded(4, 29210);
+    let to = id(&users[3]);
+    let first: Vec<Vec<u8>> = users[..3]
+        .iter()
+        .map(|k| Tx::sign(chain, id(k), k, 0, TxBody::Transfer { to, amount: 1 }).encode())
+        .collect();
+    assert!(l.submit_batch(first.clone()).iter().all(Result::is_ok));
+    assert_eq!(step(&l), 3);
+    let mut forged = first[1].clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let reused = Tx::sign(chain, id(&users[2]), &users[2], 0, TxBody::Transfer { to, amount: 2 }).encode();
+    let next = Tx::sign(chain, id(&users[0]), &users[0], 1, TxBody::Transfer { to, amount: 1 }).encode();
+    let res = l.submit_batch(vec![first[0].clone(), forged, reused, next.clone()]);
+    assert_eq!(res[0], Ok(Tx::id_of(&first[0])));
+    assert_eq!(res[1], Err(TxError::BadSignature));
+    assert!(matches!(res[2], Err(TxError::NonceReplayed { expected: 1, got: 0 })), "{:?}", res[2]);
+    assert_eq!(res[3], Ok(Tx::id_of(&next)));
+    assert_eq!(l.submit(first[2].clone()), Ok(Tx::id_of(&first[2])));
+    assert!(matches!(l.tx_status(&Tx::id_of(&first[2])), TxStatus::Finalized { height: 1, .. }));
+    assert_eq!(l.mempool_len(), 1);
+    assert_eq!(step(&l), 1);
+}
+
 /// The free-flood attack: unregistered keys and registered accounts with no balance flood a
 /// validator; every one of their transactions is refused at admission with
 /// [`TxError::FeeUnpaid`] and takes no room, while an honest funded account's transactions go
