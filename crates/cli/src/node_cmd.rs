@@ -26,7 +26,7 @@ const DEV_STORES: usize = 3;
 pub(crate) struct UpArgs {
     /// TOML file with any of: bootstrap, listen, api, genesis, store, validator, validator_key,
     /// relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem,
-    /// light_service (flags > CAIRN_* environment > this file > defaults).
+    /// light_service, near_peers (flags > CAIRN_* environment > this file > defaults).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Peer to join through (multiaddr with /p2p/…, by IP or DNS name:
@@ -90,6 +90,11 @@ pub(crate) struct UpArgs {
     /// wrote a message; costs about one round trip per message), and relay no one's stem.
     #[arg(long, env = "CAIRN_NO_STEM")]
     no_stem: bool,
+    /// Keep connections as discovered instead of preferring near peers (by default a full
+    /// node closes its slowest dialed connections, by ping round-trip time, beyond its target
+    /// of 16, keeping 6 chosen by hash, so gossip runs over short links).
+    #[arg(long, env = "CAIRN_NO_NEAR_PEERS")]
+    no_near_peers: bool,
     /// Serve no light clients (full nodes serve them by default: at most 256 clients, 2 per
     /// peer, 16 per IP, each fed only the buckets it subscribed to).
     #[arg(long, env = "CAIRN_NO_LIGHT_SERVICE")]
@@ -140,6 +145,7 @@ struct FileConfig {
     light: Option<bool>,
     stem: Option<bool>,
     light_service: Option<bool>,
+    near_peers: Option<bool>,
 }
 
 /// The merged configuration of `up`.
@@ -163,6 +169,7 @@ pub(crate) struct UpConfig {
     pub(crate) light: bool,
     pub(crate) stem: bool,
     pub(crate) light_service: bool,
+    pub(crate) near_peers: bool,
 }
 
 impl UpArgs {
@@ -172,7 +179,7 @@ impl UpArgs {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem, light_service)", p.display()))?
+                    .with_context(|| format!("config {}: fix the TOML (keys: bootstrap, listen, api, genesis, store, validator, validator_key, relay, via_relay, mdns, ws_cert, ws_key, ledger_via_peers, ledger_relay, light, stem, light_service, near_peers)", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -201,6 +208,7 @@ impl UpArgs {
             light: self.light || file.light.unwrap_or(false),
             stem: !self.no_stem && file.stem.unwrap_or(true),
             light_service: !self.no_light_service && file.light_service.unwrap_or(true),
+            near_peers: !self.no_near_peers && file.near_peers.unwrap_or(true),
         })
     }
 }
@@ -305,6 +313,9 @@ fn net_config(
     net.mdns = cfg.mdns;
     if !cfg.stem {
         net.stem = None;
+    }
+    if !cfg.near_peers {
+        net.nearness = None;
     }
     if !cfg.light_service {
         net.light_serve = None;
@@ -551,6 +562,7 @@ pub(crate) fn dev(home: &Path, args: DevArgs) -> Result<()> {
         light: false,
         stem: true,
         light_service: true,
+        near_peers: true,
     };
     let rt = runtime()?;
     rt.block_on(async {
@@ -625,19 +637,19 @@ mod tests {
     }
 
     #[test]
-    fn light_service_and_stem_are_on_unless_a_flag_or_the_file_turns_them_off() {
+    fn light_service_stem_and_near_peers_are_on_unless_a_flag_or_the_file_turns_them_off() {
         let home = tempfile::tempdir().expect("tempdir");
         let on = config(&[], None);
-        assert!(on.light_service && on.stem);
+        assert!(on.light_service && on.stem && on.near_peers);
         let net = net_config(home.path(), &on, None, Vec::new()).expect("net config");
-        assert!(net.light_serve.is_some() && net.stem.is_some());
+        assert!(net.light_serve.is_some() && net.stem.is_some() && net.nearness.is_some());
         for off in [
-            config(&["--no-light-service", "--no-stem"], None),
-            config(&[], Some("light_service = false\nstem = false\n")),
+            config(&["--no-light-service", "--no-stem", "--no-near-peers"], None),
+            config(&[], Some("light_service = false\nstem = false\nnear_peers = false\n")),
         ] {
-            assert!(!off.light_service && !off.stem);
+            assert!(!off.light_service && !off.stem && !off.near_peers);
             let net = net_config(home.path(), &off, None, Vec::new()).expect("net config");
-            assert!(net.light_serve.is_none() && net.stem.is_none());
+            assert!(net.light_serve.is_none() && net.stem.is_none() && net.nearness.is_none());
         }
         // --light makes a light client, and refuses --store
         let light = config(&["--light"], None);

@@ -130,7 +130,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// -p cairn-net --test net_sim -- --ignored --nocapture full_size` (NET_SIM_SEED, NET_SIM_NODES,
 /// NET_SIM_MESSAGES, NET_SIM_RESYNC_MS, NET_SIM_BY_IDS (true/false), NET_SIM_MESH_N,
 /// NET_SIM_HEARTBEAT_MS, NET_SIM_DIAL, NET_SIM_DEGREE_MIN, NET_SIM_NEAR_DIALS (0: every dial
-/// random) and NET_SIM_NEAR_PROBE override the defaults;
+/// random), NET_SIM_NEAR_PROBE and NET_SIM_GEOMETRIC (true: latency from distance on a torus)
+/// override the defaults;
 /// NET_SIM_STEM=off or on runs one of the two). It prints the
 /// table and asserts nothing but that it ran.
 #[test]
@@ -147,6 +148,7 @@ fn full_size() {
         degree_min: env_or("NET_SIM_DEGREE_MIN", d.degree_min),
         near_dials: env_or("NET_SIM_NEAR_DIALS", d.near_dials),
         near_probe: env_or("NET_SIM_NEAR_PROBE", d.near_probe),
+        geometric: env_or("NET_SIM_GEOMETRIC", d.geometric),
         ..d
     };
     base.gossip.heartbeat_ms = env_or("NET_SIM_HEARTBEAT_MS", d.gossip.heartbeat_ms);

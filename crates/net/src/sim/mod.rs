@@ -18,7 +18,7 @@
 //!   router with our parameters (D = 6, D_lo = 5, D_hi = 12, eager push, IDONTWANT, flood
 //!   publishing, IHAVE/IWANT at a 500 ms heartbeat, duplicate suppression by message id); see
 //!   that module for what is simplified. Links have a fixed latency per pair, uniform in
-//!   `latency_ms_min..=latency_ms_max`; bandwidth and CPU time are not modelled. Connections
+//!   `latency_ms_min..=latency_ms_max` (or growing with distance on a torus: `geometric`); bandwidth and CPU time are not modelled. Connections
 //!   stand in for the Kademlia routing table: each node dials `dial` peers at start and on
 //!   rejoining (`near_dials` of them the nearest of `near_probe` random candidates, the steady
 //!   state of the node's [`crate::nearness`] policy; the rest random), and dials a random one
@@ -74,6 +74,10 @@ pub struct SimConfig {
     pub latency_ms_min: u64,
     /// Longest link latency, ms.
     pub latency_ms_max: u64,
+    /// Links from geometry instead of independent per pair: each node sits at a seeded point
+    /// of a unit torus and a link's latency grows with the distance (min at 0, max at the
+    /// farthest point), so latencies obey the triangle inequality as real RTTs roughly do.
+    pub geometric: bool,
     /// Peers each node dials.
     pub dial: usize,
     /// A node with fewer connected peers dials another at its heartbeat.
@@ -115,6 +119,7 @@ impl Default for SimConfig {
             send_ms: 60_000,
             latency_ms_min: 10,
             latency_ms_max: 200,
+            geometric: false,
             dial: 5,
             degree_min: 6,
             near_dials: 3,

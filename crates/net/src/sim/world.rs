@@ -263,7 +263,23 @@ impl World {
     fn latency(&self, a: u32, b: u32) -> u64 {
         let (x, y) = (u64::from(a.min(b)), u64::from(a.max(b)));
         let (lo, hi) = (self.cfg.latency_ms_min, self.cfg.latency_ms_max.max(self.cfg.latency_ms_min));
+        if self.cfg.geometric {
+            let (p, q) = (self.point(a), self.point(b));
+            let axis = |u: f64, v: f64| {
+                let d = (u - v).abs();
+                d.min(1.0 - d)
+            };
+            let dist = (axis(p.0, q.0).powi(2) + axis(p.1, q.1).powi(2)).sqrt();
+            return lo + ((hi - lo) as f64 * dist / std::f64::consts::FRAC_1_SQRT_2).round() as u64;
+        }
         lo + mix(self.cfg.seed ^ (x << 32) ^ y) % (hi - lo + 1)
+    }
+
+    /// A node's seeded point on the unit torus (`SimConfig::geometric`).
+    fn point(&self, n: u32) -> (f64, f64) {
+        let unit = |z: u64| (z >> 11) as f64 / (1u64 << 53) as f64;
+        let h = mix(self.cfg.seed.rotate_left(17) ^ u64::from(n));
+        (unit(h), unit(mix(h)))
     }
 
     /// Dials `dial` peers: `near_dials` of them the nearest of `near_probe` random candidates.
