@@ -65,6 +65,16 @@ pub enum ProcessError {
     },
 }
 
+/// How far apart two validators' wall clocks may be and still connect: the validator p2p
+/// handshake (commonware `Sake`) refuses a timestamp further in the future than this, and one
+/// older than this plus [`HANDSHAKE_TIME_MAX`]. Clocks ±2 minutes off true time are 4 minutes
+/// apart at worst. Consensus itself runs on local timers. The cost: a captured handshake
+/// message can be replayed for this long, and a replay still cannot finish the handshake (it
+/// needs the ephemeral key), so it costs the validator one failed attempt, as a stranger's can.
+pub const CLOCK_SKEW_TOLERATED: Duration = Duration::from_secs(4 * 60 + 10);
+/// A handshake's own time on the wire, at most.
+pub const HANDSHAKE_TIME_MAX: Duration = Duration::from_secs(10);
+
 /// File name of the ledger's chain store in a validator's data directory.
 pub const CHAIN_STORE_FILE: &str = "ledger-chain.redb";
 
@@ -159,8 +169,8 @@ pub fn run(opts: ProcessOptions, on_start: impl FnOnce(Ledger) + Send + 'static)
         let handshake = Cups::<_, ChaCha20Poly1305>::new(
             Sake {
                 signer: key.clone(),
-                synchrony_bound: Duration::from_secs(5),
-                max_handshake_age: Duration::from_secs(10),
+                synchrony_bound: CLOCK_SKEW_TOLERATED,
+                max_handshake_age: CLOCK_SKEW_TOLERATED + HANDSHAKE_TIME_MAX,
                 version: sake::Version::V1,
             },
             cups::Version::V1,
