@@ -72,6 +72,10 @@ enum LedgerCommand {
         /// Genesis file (default: ask the running node).
         #[arg(long)]
         genesis: Option<PathBuf>,
+        /// With --genesis: each validator's finalized block at this height instead of its tip
+        /// (two digests at one height are a fork).
+        #[arg(long, requires = "genesis", value_name = "HEIGHT")]
+        at: Option<u64>,
     },
     /// Look up an account (id or @handle) through the running node.
     Account {
@@ -169,7 +173,7 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
             Ok(())
         }
         LedgerCommand::Account { who, proof } => run_account(home, &who, proof),
-        LedgerCommand::Status { genesis: None } => {
+        LedgerCommand::Status { genesis: None, .. } => {
             if status_via_node(home)? {
                 return Ok(());
             }
@@ -179,7 +183,23 @@ pub(crate) fn run_in(home: &Path, args: LedgerArgs) -> anyhow::Result<()> {
                  node with `cairn up --home {h}` (or `cairn dev`)"
             )
         }
-        LedgerCommand::Status { genesis: Some(genesis) } => {
+        LedgerCommand::Status { genesis: Some(genesis), at: Some(height) } => {
+            let g = Genesis::load(&genesis)?;
+            let mut client = LedgerClient::new(&g)?;
+            for i in 0..client.validators() {
+                match client.block_at(i, height) {
+                    Ok(Some((b, _))) => println!(
+                        "validator {i}: height={height} digest={} root={}",
+                        hex8(&b.header.digest()),
+                        hex8(&b.header.state_root)
+                    ),
+                    Ok(None) => println!("validator {i}: height {height} not finalized there yet"),
+                    Err(e) => println!("validator {i}: unreachable ({e})"),
+                }
+            }
+            Ok(())
+        }
+        LedgerCommand::Status { genesis: Some(genesis), at: None } => {
             let g = Genesis::load(&genesis)?;
             let mut client = LedgerClient::new(&g)?;
             let mut any = false;

@@ -74,4 +74,5 @@ fn faults_heal_without_loss_duplicates_or_forks() {
     assert_eq!((field("lost"), field("duplicated")), (0, 0), "{last}");
     assert_eq!((field("group_forks"), field("ledger_forks"), field("unhealed")), (0, 0, 0), "{last}");
     assert!(field("messages") >= 5, "too few acknowledged messages to prove anything: {last}");
+    assert_eq!(field("ledger_checked"), 3, "every scenario's ledger compared at one height: {last}");
 }

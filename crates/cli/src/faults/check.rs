@@ -23,8 +23,24 @@ pub(crate) struct LedgerObs {
     pub(crate) validator: usize,
     /// Its finalized height.
     pub(crate) height: u64,
-    /// Its state root at that height (hex).
+    /// Its block at that height: digest and state root (hex prefixes).
     pub(crate) root: String,
+}
+
+/// The validators' lines of `cairn ledger status --genesis G [--at H]`
+/// (`validator I: height=H digest=D root=R …`); unreachable ones are left out.
+pub(crate) fn parse_ledger_status(text: &str) -> Vec<LedgerObs> {
+    text.lines()
+        .filter_map(|l| {
+            let (head, rest) = l.strip_prefix("validator ")?.split_once(": ")?;
+            let field = |k: &str| rest.split(' ').find_map(|w| w.strip_prefix(k));
+            Some(LedgerObs {
+                validator: head.parse().ok()?,
+                height: field("height=")?.parse().ok()?,
+                root: format!("{}/{}", field("digest=")?, field("root=")?),
+            })
+        })
+        .collect()
 }
 
 /// What the checker found.
@@ -123,6 +139,15 @@ mod tests {
 
     fn l(validator: usize, height: u64, root: &str) -> LedgerObs {
         LedgerObs { validator, height, root: root.into() }
+    }
+
+    #[test]
+    fn ledger_status_lines_are_parsed_and_unreachable_validators_left_out() {
+        let text = "validator 0: height=7 digest=aa root=bb mempool=0\nvalidator 1: unreachable (timed out)\n\
+                    validator 2: height=7 digest=aa root=bb\nvalidator 3: height 7 not finalized there yet\n";
+        let obs = parse_ledger_status(text);
+        assert_eq!(obs.iter().map(|o| (o.validator, o.height)).collect::<Vec<_>>(), vec![(0, 7), (2, 7)]);
+        assert!(obs.iter().all(|o| o.root == "aa/bb"));
     }
 
     #[test]

@@ -46,6 +46,8 @@ const FAKETIME_LIBS: [&str; 2] = [
 ];
 /// How long the members get, after the heal, to hold every acknowledged message.
 pub(crate) const HEAL_MAX: Duration = Duration::from_secs(120);
+/// Tries at reading every validator's block at one height after a heal.
+const LEDGER_TRIES: usize = 5;
 /// How long the validators get, once the users have formed their group, to show a connection
 /// through an egress proxy between every pair.
 const LINKS_MAX: Duration = Duration::from_secs(60);
@@ -497,19 +499,43 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let mut ledger = Vec::new();
-        for _ in 0..3 {
-            if let Ok(st) = self.clients[0].ledger_status() {
-                for (v, view) in st.validators.iter().enumerate() {
-                    if let (Some(height), Some(root)) = (view.height, view.state_root.clone()) {
-                        ledger.push(LedgerObs { validator: v, height, root });
-                    }
+        let ledger = self.ledger_at_common_height();
+        let verdict = check(&self.acked, &members, &ledger, self.topo.validators);
+        Ok(Row { what: s.describe(), sent: answers.iter().filter(|a| a.0).count(), verdict, heal_ms })
+    }
+
+    /// Every validator's block at the lowest height all of them report (a fork shows as two
+    /// digests there), asked from user0's namespace with `cairn ledger status --genesis`; at
+    /// most `LEDGER_TRIES` tries. What it got at the last try if some validator never answered.
+    fn ledger_at_common_height(&self) -> Vec<LedgerObs> {
+        let mut got = Vec::new();
+        for _ in 0..LEDGER_TRIES {
+            let tips = self.ledger_status(None);
+            if tips.len() == self.topo.validators
+                && let Some(h) = tips.iter().map(|o| o.height).min().filter(|h| *h > 0)
+            {
+                got = self.ledger_status(Some(h));
+                if got.len() == self.topo.validators {
+                    return got;
                 }
             }
             std::thread::sleep(Duration::from_millis(700));
         }
-        let verdict = check(&self.acked, &members, &ledger, self.topo.validators);
-        Ok(Row { what: s.describe(), sent: answers.iter().filter(|a| a.0).count(), verdict, heal_ms })
+        got
+    }
+
+    /// `cairn ledger status --genesis G [--at H]` run in user0's namespace, parsed.
+    fn ledger_status(&self, at: Option<u64>) -> Vec<LedgerObs> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.lab.ns(self.topo.user(0))]).arg(&self.exe);
+        cmd.args(["ledger", "status", "--genesis"]).arg(&self.genesis);
+        if let Some(h) = at {
+            cmd.args(["--at", &h.to_string()]);
+        }
+        match cmd.stdin(Stdio::null()).stderr(Stdio::null()).output() {
+            Ok(out) => super::check::parse_ledger_status(&String::from_utf8_lossy(&out.stdout)),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Every user's history of the group and epoch (a user that does not answer is left out).

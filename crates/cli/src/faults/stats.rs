@@ -46,6 +46,8 @@ pub(crate) struct Totals {
     pub(crate) group_forks: usize,
     /// Scenarios with a ledger fork.
     pub(crate) ledger_forks: usize,
+    /// Scenarios whose ledger was compared at a height every validator reported.
+    pub(crate) ledger_checked: usize,
     /// Scenarios that did not heal within the bound.
     pub(crate) unhealed: usize,
     /// Time to heal p50, ms.
@@ -66,6 +68,7 @@ pub(crate) fn totals(rows: &[Row]) -> Totals {
         duplicated: rows.iter().map(|r| r.verdict.duplicated).max().unwrap_or(0),
         group_forks: rows.iter().filter(|r| !r.verdict.group_forks.is_empty()).count(),
         ledger_forks: rows.iter().filter(|r| !r.verdict.ledger_forks.is_empty()).count(),
+        ledger_checked: rows.iter().filter(|r| r.verdict.common_height.is_some()).count(),
         unhealed: rows.iter().filter(|r| r.heal_ms.is_none()).count(),
         heal_p50: percentile(&heals, 50.0),
         heal_p99: percentile(&heals, 99.0),
@@ -95,7 +98,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
     let t = totals(rows);
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     out.push_str(&format!(
-        "faults: scenarios={} passed={} sent={} messages={} lost={} duplicated={} group_forks={} ledger_forks={} unhealed={} heal_p50_ms={} heal_p99_ms={}\n",
+        "faults: scenarios={} passed={} sent={} messages={} lost={} duplicated={} group_forks={} ledger_forks={} ledger_checked={} unhealed={} heal_p50_ms={} heal_p99_ms={}\n",
         t.scenarios,
         t.passed,
         t.sent,
@@ -104,6 +107,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
         t.duplicated,
         t.group_forks,
         t.ledger_forks,
+        t.ledger_checked,
         t.unhealed,
         ms(t.heal_p50),
         ms(t.heal_p99)

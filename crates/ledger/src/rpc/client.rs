@@ -428,6 +428,24 @@ impl LedgerClient {
             Response::Block(b) => b,
             other => return Err(unexpected(&other)),
         };
+        self.checked_block(height, found)
+    }
+
+    /// Validator `i`'s finalized block at `height` (to compare validators: a fork shows as two
+    /// digests at one height), its certificate checked when it sends one.
+    pub fn block_at(&mut self, i: usize, height: u64) -> Result<Option<CertifiedBlock>, ClientError> {
+        let found = match self.call_one(i, &Request::Block(height).encode())? {
+            Response::Block(b) => b,
+            other => return Err(unexpected(&other)),
+        };
+        self.checked_block(height, found)
+    }
+
+    fn checked_block(
+        &mut self,
+        height: u64,
+        found: Option<CertifiedBlock>,
+    ) -> Result<Option<CertifiedBlock>, ClientError> {
         let Some((block, fin)) = found else { return Ok(None) };
         if block.header.height != height {
             return Err(ClientError::BadAnswer("block at the wrong height".into()));
