@@ -118,6 +118,15 @@ pub fn free_base(count: u16) -> u16 {
 impl Net {
     /// A new chain of `validators` validator processes.
     pub fn new(validators: usize) -> Net {
+        let mut net = Net::chain(validators);
+        for i in 0..validators {
+            net.validator(i);
+        }
+        net
+    }
+
+    /// A new chain's genesis for `validators` validators, none started.
+    pub fn chain(validators: usize) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let chain = dir.path().join("chain");
         let base = free_base(2 * validators as u16);
@@ -136,12 +145,7 @@ impl Net {
             .status()
             .unwrap();
         assert!(st.success());
-        let mut net =
-            Net { genesis: chain.join("genesis.txt"), dir, children: Vec::new(), stores: Vec::new() };
-        for i in 0..validators {
-            net.validator(i);
-        }
-        net
+        Net { genesis: chain.join("genesis.txt"), dir, children: Vec::new(), stores: Vec::new() }
     }
 
     /// A path under the network's directory.
@@ -156,9 +160,15 @@ impl Net {
 
     /// Starts validator `i` of the chain.
     pub fn validator(&mut self, i: usize) {
+        self.validator_env(i, &[]);
+    }
+
+    /// Starts validator `i` of the chain with these extra environment variables.
+    pub fn validator_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let chain = self.path("chain");
         let log = self.log(&format!("validator-{i}"));
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args(["ledger", "validator", "--genesis"])
             .arg(chain.join("genesis.txt"))
             .arg("--key")
