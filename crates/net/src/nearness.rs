@@ -108,6 +108,12 @@ impl<P: Clone + Eq + Hash> Nearness<P> {
         self.slow.get(peer).is_none_or(|at| now_ms.saturating_sub(*at) >= self.config.slow_forget_ms)
     }
 
+    /// True when [`Self::tick`] has something to do at `now_ms` (a round to start or a prune
+    /// due), so the caller gathers the connections only then.
+    pub fn due(&self, now_ms: u64) -> bool {
+        now_ms >= self.next_probe_ms || self.prune_at_ms.is_some_and(|at| now_ms >= at)
+    }
+
     /// The tick: a round's probe, its prune, or nothing. `conns` are the connected peers.
     pub fn tick(&mut self, now_ms: u64, dial_target: usize, conns: &[Conn<P>]) -> Step<P> {
         if let Some(at) = self.prune_at_ms
@@ -211,10 +217,12 @@ mod tests {
         };
         let mut n = Nearness::new(cfg, 0);
         let three: Vec<_> = (0..3).map(|p| conn(p, Some(10 * u64::from(p) + 1), true)).collect();
+        assert!(!n.due(999) && n.due(1_000), "due at the round's start, not before");
         assert_eq!(n.tick(999, 3, &three), Step::Idle, "no round before its period");
         assert_eq!(n.dial_ceiling(3), 5);
         assert_eq!(n.tick(1_000, 3, &three), Step::Probe(2));
         let five: Vec<_> = (0..5).map(|p| conn(p, Some(10 * u64::from(p) + 1), true)).collect();
+        assert!(!n.due(1_050) && n.due(1_100), "then due at the prune");
         assert_eq!(n.tick(1_050, 3, &five), Step::Idle, "pings get their time");
         assert_eq!(n.tick(1_100, 3, &five), Step::Close(vec![4, 3]));
         assert!(!n.may_dial(&4, 1_200));

@@ -231,18 +231,23 @@ mod tests {
     use super::{StateDb, Tree};
     use crate::state::StateKey;
 
-    /// The batch insertion (blocks without deletions) gives the root the per-key insertion
-    /// gives, across heights mixing both paths, and the applied nodes still prove every key.
-    #[test]
-    fn batch_and_per_key_insertion_agree_and_prove() {
-        let mut db = StateDb::default();
-        let keys: Vec<StateKey> = (0..300u32)
+    /// `n` distinct nonce keys.
+    fn nonce_keys(n: u32) -> Vec<StateKey> {
+        (0..n)
             .map(|i| {
                 let mut k = [0u8; 32];
                 k[..4].copy_from_slice(&i.to_be_bytes());
                 StateKey::Nonce(k)
             })
-            .collect();
+            .collect()
+    }
+
+    /// The batch insertion (blocks without deletions) gives the root the per-key insertion
+    /// gives, across heights mixing both paths, and the applied nodes still prove every key.
+    #[test]
+    fn batch_and_per_key_insertion_agree_and_prove() {
+        let mut db = StateDb::default();
+        let keys: Vec<StateKey> = nonce_keys(300);
         let mut model: BTreeMap<KeyHash, Vec<u8>> = BTreeMap::new();
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move |m: u64| {
@@ -296,13 +301,7 @@ mod tests {
         use jmt::storage::TreeReader;
 
         let mut db = StateDb::default();
-        let keys: Vec<StateKey> = (0..40u32)
-            .map(|i| {
-                let mut k = [0u8; 32];
-                k[..4].copy_from_slice(&i.to_be_bytes());
-                StateKey::Nonce(k)
-            })
-            .collect();
+        let keys: Vec<StateKey> = nonce_keys(40);
         let mut history: Vec<BTreeMap<KeyHash, Vec<u8>>> = Vec::new();
         let mut model: BTreeMap<KeyHash, Vec<u8>> = BTreeMap::new();
         for height in 0..60u64 {

@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, mdns};
-use tracing::debug;
 
 use super::actor::Node;
 
@@ -77,13 +75,7 @@ impl Node {
             }
             let connected = self.swarm.connected_peers().count() as u32;
             if connected < self.config.dial_target && !self.swarm.is_connected(&peer) {
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    debug!(%peer, "mdns dial: {e}");
-                }
+                self.dial_known(peer, addrs, "mdns dial");
             }
         }
     }

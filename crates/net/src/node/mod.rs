@@ -174,6 +174,13 @@ impl From<&stem_hop::StemHop> for StemStatus {
     }
 }
 
+/// A 32-byte key from the OS for keyed hashes peers must not predict (the stem's coins, the
+/// near-peer policy's ranks); from the clock only if the OS gives none.
+pub(super) fn local_key() -> [u8; 32] {
+    cairn_crypto::keystore::random_bytes::<32>()
+        .unwrap_or_else(|_| *blake3::hash(&now_ms().to_le_bytes()).as_bytes())
+}
+
 /// Wall-clock time, ms since the Unix epoch (0 if the clock is before it).
 pub(super) fn now_ms() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};

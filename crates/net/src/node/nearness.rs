@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use tracing::debug;
 
 use super::actor::Node;
@@ -31,13 +30,11 @@ pub(super) struct NearState {
 
 impl NearState {
     pub(super) fn new(config: NearConfig) -> Self {
-        let key = cairn_crypto::keystore::random_bytes::<32>()
-            .unwrap_or_else(|_| *blake3::hash(&now_ms().to_le_bytes()).as_bytes());
         Self {
             policy: Nearness::new(config, now_ms()),
             rtt_ms: HashMap::new(),
             dialed: HashSet::new(),
-            key,
+            key: super::local_key(),
             round: 0,
             closed: 0,
         }
@@ -93,7 +90,8 @@ impl Node {
 
     /// On the tick: a round's dials of new candidates, or its closing of the slowest.
     pub(super) fn near_tick(&mut self) {
-        let Some(n) = &self.near else { return };
+        let now = now_ms();
+        let Some(n) = self.near.as_ref().filter(|n| n.policy.due(now)) else { return };
         let conns: Vec<Conn<PeerId>> = self
             .swarm
             .connected_peers()
@@ -107,7 +105,7 @@ impl Node {
             .collect();
         let target = self.config.dial_target as usize;
         let Some(n) = &mut self.near else { return };
-        match n.policy.tick(now_ms(), target, &conns) {
+        match n.policy.tick(now, target, &conns) {
             Step::Idle => {}
             Step::Close(peers) => {
                 for p in peers {
@@ -137,30 +135,23 @@ impl Node {
         n.round += 1;
         let salt = n.round.to_le_bytes();
         let now = now_ms();
-        let mut candidates: Vec<([u8; 32], PeerId, Vec<libp2p::Multiaddr>)> = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            for e in bucket.iter() {
-                if candidates.len() >= ROUTING_SCAN_MAX {
-                    break;
-                }
-                let peer = *e.node.key.preimage();
-                candidates.push(([0; 32], peer, e.node.value.iter().cloned().collect()));
-            }
-        }
+        let mut candidates: Vec<(PeerId, Vec<libp2p::Multiaddr>)> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|b| {
+                b.iter()
+                    .map(|e| (*e.node.key.preimage(), e.node.value.iter().cloned().collect()))
+                    .collect::<Vec<_>>()
+            })
+            .take(ROUTING_SCAN_MAX)
+            .collect();
         let Some(n) = &self.near else { return };
-        candidates.retain(|(_, p, _)| !self.swarm.is_connected(p) && n.policy.may_dial(p, now));
-        for c in &mut candidates {
-            c.0 = n.rank(&salt, &c.1);
-        }
-        candidates.sort_by_key(|c| c.0);
-        for (_, peer, addrs) in candidates.into_iter().take(want) {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                debug!(%peer, "nearness probe: {e}");
-            }
+        candidates.retain(|(p, _)| !self.swarm.is_connected(p) && n.policy.may_dial(p, now));
+        candidates.sort_by_cached_key(|(p, _)| n.rank(&salt, p));
+        for (peer, addrs) in candidates.into_iter().take(want) {
+            self.dial_known(peer, addrs, "nearness probe");
         }
     }
 }

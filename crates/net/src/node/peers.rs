@@ -148,26 +148,34 @@ impl Node {
         }
     }
 
+    /// Dials `peer` at `addrs` unless it is connected or being dialed; `why` names the caller
+    /// in the debug log of a refused dial.
+    pub(super) fn dial_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, why: &str) {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, "{why}: {e}");
+        }
+    }
+
     /// On the tick: dials the due peers while fewer than `dial_target` are connected, and
     /// saves the book when it changed.
     pub(super) fn redial(&mut self) {
-        let Some(b) = &mut self.book else { return };
         let connected = self.swarm.connected_peers().count();
         let target = self.config.dial_target as usize;
-        if connected < target {
+        if let Some(b) = &mut self.book
+            && connected < target
+        {
             let want = (target - connected).min(REDIALS_PER_TICK_MAX);
             let swarm = &self.swarm;
             let due = b.book.due(now_ms(), want, |p| swarm.is_connected(p));
             for (peer, addrs) in due {
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    debug!(%peer, "redial: {e}");
-                }
+                self.dial_known(peer, addrs, "redial");
             }
         }
+        let Some(b) = &mut self.book else { return };
         let now = now_ms();
         if connected == 0 && !b.anonymous.is_empty() && now >= b.anonymous_next_ms {
             b.anonymous_next_ms = now + backoff_ms(b.anonymous_attempts);

@@ -68,9 +68,7 @@ struct Coins {
 
 impl Coins {
     fn new() -> Self {
-        let key = cairn_crypto::keystore::random_bytes::<32>()
-            .unwrap_or_else(|_| *blake3::hash(&now_ms().to_le_bytes()).as_bytes());
-        Self { key, n: 0 }
+        Self { key: super::local_key(), n: 0 }
     }
     fn next(&mut self) -> u64 {
         self.n += 1;
