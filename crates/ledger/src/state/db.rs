@@ -9,6 +9,10 @@ use jmt::{JellyfishMerkleTree, KeyHash, OwnedValue, Version};
 use super::{Proof, StateError, StateKey, StateRead, Tree};
 use crate::fast_map::FastMap;
 
+/// How far back state is kept: reads are at the current version or the one before (proofs
+/// while clients catch up), so values and stale nodes older than `version - KEPT_BACK` go.
+const KEPT_BACK: u64 = 2;
+
 /// The changes one block made, kept apart until the block is final.
 #[derive(Clone, Debug)]
 pub struct Layer {
@@ -123,7 +127,7 @@ impl StateDb {
         // see `apply`), never below `version - 2`: of the versions at or below that floor,
         // only the newest can still be read. Pruning by stale leaves alone kept the others of
         // a key deleted and written again, or whose leaf had moved in the tree.
-        let floor = version.saturating_sub(2);
+        let floor = version.saturating_sub(KEPT_BACK);
         if let Some(newest) = versions.iter().rposition(|(v, _)| *v <= floor)
             && newest > 0
         {
@@ -182,7 +186,7 @@ impl StateDb {
             self.put_value(k, height, v);
         }
         self.stale.push_back(layer.stale);
-        while self.stale.len() > 2 {
+        while self.stale.len() as u64 > KEPT_BACK {
             if let Some(batch) = self.stale.pop_front() {
                 for s in batch {
                     if let Some(Node::Leaf(leaf)) = self.nodes.remove(&s.node_key) {
@@ -191,7 +195,7 @@ impl StateDb {
                         // written at, is still the key's current one: drop a value only
                         // once a newer value of the same key exists below the floor.
                         let (kh, v) = (leaf.key_hash(), s.node_key.version());
-                        let floor = height.saturating_sub(2);
+                        let floor = height.saturating_sub(KEPT_BACK);
                         if v < floor
                             && let Some(versions) = self.values.get_mut(&kh)
                             && versions.iter().any(|(w, _)| *w > v && *w <= floor)
