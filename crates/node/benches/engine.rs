@@ -22,6 +22,10 @@ use cairn_proto::pow::Difficulty;
 use cairn_proto::{Envelope, Limits, Message};
 use cairn_store::Store;
 
+/// The `cairn` binary's allocator, so that the restart row's RSS is the node's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Node {
     engine: Engine,
     history: Arc<Store>,
