@@ -9,6 +9,9 @@
 //! The signature is the store node's libp2p identity key (Ed25519), so the peer id that
 //! answered is the key that signed: nobody can issue a receipt in another node's name.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use cairn_proto::Id;
 use cairn_proto::codec::{DecodeError, Reader, Writer};
 use libp2p::PeerId;
@@ -57,10 +60,28 @@ fn signed_bytes(store: &PeerId, id: &Id, stored_at_ms: u64, expires_at_ms: u64) 
 }
 
 /// The public key a peer id carries inline (Ed25519 peer ids embed it), if any.
+/// Store keys kept decoded, at most; when full the cache is emptied and refilled (a node talks
+/// to a handful of store nodes, and only peers that answered a store request are looked up).
+const STORE_KEYS_MAX: usize = 1024;
+
+/// Decoded store keys by peer id: decoding one (protobuf, then the Ed25519 point's
+/// decompression) was about a quarter of verifying a receipt, three receipts per message.
+static STORE_KEYS: Mutex<Option<HashMap<PeerId, PublicKey>>> = Mutex::new(None);
+
 fn key_of(peer: &PeerId) -> Option<PublicKey> {
+    let mut cache = STORE_KEYS.lock().unwrap_or_else(PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(key) = cache.get(peer) {
+        return Some(key.clone());
+    }
     let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
     // Identity multihash (code 0): the digest is the protobuf-encoded public key.
-    (mh.code() == 0).then(|| PublicKey::try_decode_protobuf(mh.digest()).ok()).flatten()
+    let key = (mh.code() == 0).then(|| PublicKey::try_decode_protobuf(mh.digest()).ok()).flatten()?;
+    if cache.len() >= STORE_KEYS_MAX {
+        cache.clear();
+    }
+    cache.insert(*peer, key.clone());
+    Some(key)
 }
 
 impl StoreReceipt {
