@@ -62,6 +62,25 @@ fn view(l: &Ledger, topics: &[Topic], txs: &[TxId]) -> View {
 
 #[test]
 fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
+    // 120 outcomes: all still in the store's recent rows when it is reopened
+    reopened_ledger_serves_the_same_chain(None);
+}
+
+#[test]
+fn outcomes_moved_into_the_id_index_and_those_still_recent_are_all_served_after_a_reopen() {
+    // a move into the id index every 2 blocks: some outcomes in the index, the last in rows
+    reopened_ledger_serves_the_same_chain(Some(7));
+}
+
+fn open_store(path: &std::path::Path, recent_max: Option<usize>) -> ChainStore {
+    let store = ChainStore::open(path).unwrap();
+    match recent_max {
+        Some(n) => store.with_recent_outcomes_max(n),
+        None => store,
+    }
+}
+
+fn reopened_ledger_serves_the_same_chain(recent_max: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.redb");
     let g = genesis("reopen");
@@ -79,7 +98,7 @@ fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
     };
 
     let before = {
-        let l = Ledger::open(&g, MempoolLimits::default(), ChainStore::open(&path).unwrap()).unwrap();
+        let l = Ledger::open(&g, MempoolLimits::default(), open_store(&path, recent_max)).unwrap();
         for round in 0..30u64 {
             for (i, topic) in topics.iter().enumerate() {
                 let payload = vec![round as u8, i as u8];
@@ -107,8 +126,7 @@ fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
         // the ledger and its store are dropped here: the file is closed
     };
 
-    let store = ChainStore::open(&path).unwrap();
-    let l = Ledger::open(&g, MempoolLimits::default(), store).unwrap();
+    let l = Ledger::open(&g, MempoolLimits::default(), open_store(&path, recent_max)).unwrap();
     let after = view(&l, &topics, &txs);
     assert_eq!(after, before);
     assert!(matches!(l.tx_status(&txs[3]), TxStatus::Finalized { height: 1, outcome: Outcome::Applied }));

@@ -211,9 +211,72 @@ fn read_error(r: &mut Reader<'_>) -> Result<TxError, DecodeError> {
     Ok(e)
 }
 
+/// Format version of a block's row of recent outcomes.
+const RECENT_VERSION: u8 = 1;
+/// Largest entry of a row of recent outcomes (one [`encode`]d outcome).
+const RECENT_ENTRY_MAX: usize = 64 + OUTCOME_OUTPUT_MAX + EVENTS_MAX * (4 + EVENT_BYTES_MAX);
+
+/// Encodes the outcomes of block `height` as a row of the chain store's recent outcomes: each
+/// transaction id with its [`encode`]d height and outcome.
+pub(crate) fn encode_recent(height: u64, receipts: &[crate::state::Receipt]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(3 + receipts.len() * 48);
+    w.u8(RECENT_VERSION);
+    w.u16(u16::try_from(receipts.len()).unwrap_or(u16::MAX));
+    for r in receipts {
+        w.raw(&r.tx.0);
+        w.bytes(&encode(height, &r.outcome));
+    }
+    w.finish()
+}
+
+/// Decodes a row [`encode_recent`] wrote for block `height` into `into` (id → encoded
+/// outcome); every entry must decode and name that height.
+pub(crate) fn decode_recent(
+    height: u64,
+    bytes: &[u8],
+    into: &mut crate::fast_map::FastMap<[u8; 32], Vec<u8>>,
+) -> Result<(), DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version("recent outcomes", RECENT_VERSION)?;
+    let n = r.count(crate::block::BLOCK_TXS_MAX, "recent.count")?;
+    for _ in 0..n {
+        let id = r.array("recent.id")?;
+        let entry = r.bytes(RECENT_ENTRY_MAX, "recent.outcome")?;
+        if decode(entry)?.0 != height {
+            return Err(DecodeError::Invalid {
+                field: "recent.outcome",
+                reason: "height differs from its row",
+            });
+        }
+        into.insert(id, entry.to_vec());
+    }
+    r.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_of_recent_outcomes_reads_back_and_a_damaged_one_is_an_error() {
+        use crate::state::Receipt;
+        use crate::tx::TxId;
+        let receipts = vec![
+            Receipt { tx: TxId([1; 32]), outcome: Outcome::Applied },
+            Receipt { tx: TxId([2; 32]), outcome: Outcome::Sequenced { topic: Topic([3; 32]), seq: 9 } },
+        ];
+        let row = encode_recent(5, &receipts);
+        let mut map = crate::fast_map::FastMap::default();
+        decode_recent(5, &row, &mut map).unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(decode(&map[&[2; 32]]).unwrap(), (5, receipts[1].outcome.clone()));
+        // another block's row, a cut row, trailing bytes: refused
+        assert!(decode_recent(6, &row, &mut crate::fast_map::FastMap::default()).is_err());
+        assert!(decode_recent(5, &row[..row.len() - 1], &mut crate::fast_map::FastMap::default()).is_err());
+        let mut longer = row.clone();
+        longer.push(0);
+        assert!(decode_recent(5, &longer, &mut crate::fast_map::FastMap::default()).is_err());
+    }
 
     #[test]
     fn outcomes_round_trip() {
