@@ -4,6 +4,10 @@
 
 use cairn_ledger::bench_rss::{RssConfig, run};
 
+/// The `cairn` binary's allocator, so that the figures are a validator's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse
     let mut cfg = RssConfig::default();
