@@ -8,7 +8,7 @@
 //!
 //! The figures are the thread's CPU time (`/proc/thread-self/schedstat`), so they hold up far
 //! better than the bench's latencies on a shared machine: an A/B of two builds is a few runs of
-//! each. Ignored by default (about 8 s in release); run with
+//! each. Ignored by default (about 20 s in release); run with
 //! `cargo test --release -p cairn-ledger --test pipeline_cost -- --ignored --nocapture`.
 //!
 //! What it said at ba2ef1d (medians of 8, load 3.4-3.7): admission 19.3 µs/tx (about 14 of it

@@ -59,7 +59,6 @@ fn signed_bytes(store: &PeerId, id: &Id, stored_at_ms: u64, expires_at_ms: u64) 
     b
 }
 
-/// The public key a peer id carries inline (Ed25519 peer ids embed it), if any.
 /// Store keys kept decoded, at most; when full the cache is emptied and refilled (a node talks
 /// to a handful of store nodes, and only peers that answered a store request are looked up).
 const STORE_KEYS_MAX: usize = 1024;
@@ -68,6 +67,7 @@ const STORE_KEYS_MAX: usize = 1024;
 /// decompression) was about a quarter of verifying a receipt, three receipts per message.
 static STORE_KEYS: Mutex<Option<HashMap<PeerId, PublicKey>>> = Mutex::new(None);
 
+/// The public key a peer id carries inline (Ed25519 peer ids embed it), if any.
 fn key_of(peer: &PeerId) -> Option<PublicKey> {
     let mut cache = STORE_KEYS.lock().unwrap_or_else(PoisonError::into_inner);
     let cache = cache.get_or_insert_with(HashMap::new);

@@ -239,12 +239,16 @@ impl ChainStore {
         tx.set_durability(Durability::Immediate).map_err(db)?;
         // Readers find these outcomes in `recent` from now on: the blocks are final (consensus
         // decided them); a failed commit is retried with the same blocks.
+        // Each outcome is encoded once, for its block's row and for `recent`.
+        let mut rows = Vec::with_capacity(blocks.len());
         let held = {
             let mut recent = self.recent();
             for b in blocks {
-                for r in b.receipts {
-                    recent.insert(r.tx.0, outcome::encode(b.block.header.height, &r.outcome));
-                }
+                let h = b.block.header.height;
+                let entries: Vec<([u8; 32], Vec<u8>)> =
+                    b.receipts.iter().map(|r| (r.tx.0, outcome::encode(h, &r.outcome))).collect();
+                rows.push((!entries.is_empty()).then(|| outcome::encode_recent(&entries)));
+                recent.extend(entries);
             }
             recent.len()
         };
@@ -252,11 +256,10 @@ impl ChainStore {
         if flush {
             self.move_recent_into_index(&tx)?;
         }
-        for b in blocks {
+        for (b, row) in blocks.iter().zip(rows) {
             let h = b.block.header.height;
             {
-                if !flush && !b.receipts.is_empty() {
-                    let row = outcome::encode_recent(h, b.receipts);
+                if let Some(row) = row.filter(|_| !flush) {
                     tx.open_table(RECENT_OUTCOMES).map_err(db)?.insert(h, row.as_slice()).map_err(db)?;
                 }
                 let mut hs = tx.open_table(HANDSHAKES).map_err(db)?;

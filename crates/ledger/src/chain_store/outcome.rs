@@ -216,15 +216,15 @@ const RECENT_VERSION: u8 = 1;
 /// Largest entry of a row of recent outcomes (one [`encode`]d outcome).
 const RECENT_ENTRY_MAX: usize = 64 + OUTCOME_OUTPUT_MAX + EVENTS_MAX * (4 + EVENT_BYTES_MAX);
 
-/// Encodes the outcomes of block `height` as a row of the chain store's recent outcomes: each
-/// transaction id with its [`encode`]d height and outcome.
-pub(crate) fn encode_recent(height: u64, receipts: &[crate::state::Receipt]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(3 + receipts.len() * 48);
+/// Encodes one block's outcomes as a row of the chain store's recent outcomes: each
+/// transaction id with its height and outcome as [`encode`] wrote them.
+pub(crate) fn encode_recent(entries: &[([u8; 32], Vec<u8>)]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(3 + entries.len() * 48);
     w.u8(RECENT_VERSION);
-    w.u16(u16::try_from(receipts.len()).unwrap_or(u16::MAX));
-    for r in receipts {
-        w.raw(&r.tx.0);
-        w.bytes(&encode(height, &r.outcome));
+    w.u16(u16::try_from(entries.len()).unwrap_or(u16::MAX));
+    for (id, outcome) in entries {
+        w.raw(id);
+        w.bytes(outcome);
     }
     w.finish()
 }
@@ -261,11 +261,13 @@ mod tests {
     fn a_row_of_recent_outcomes_reads_back_and_a_damaged_one_is_an_error() {
         use crate::state::Receipt;
         use crate::tx::TxId;
-        let receipts = vec![
+        let receipts = [
             Receipt { tx: TxId([1; 32]), outcome: Outcome::Applied },
             Receipt { tx: TxId([2; 32]), outcome: Outcome::Sequenced { topic: Topic([3; 32]), seq: 9 } },
         ];
-        let row = encode_recent(5, &receipts);
+        let entries: Vec<([u8; 32], Vec<u8>)> =
+            receipts.iter().map(|r| (r.tx.0, encode(5, &r.outcome))).collect();
+        let row = encode_recent(&entries);
         let mut map = crate::fast_map::FastMap::default();
         decode_recent(5, &row, &mut map).unwrap();
         assert_eq!(map.len(), 2);
