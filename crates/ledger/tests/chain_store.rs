@@ -68,8 +68,15 @@ fn a_reopened_ledger_serves_the_same_chain_and_goes_on() {
 
 #[test]
 fn outcomes_moved_into_the_id_index_and_those_still_recent_are_all_served_after_a_reopen() {
-    // a move into the id index every 2 blocks: some outcomes in the index, the last in rows
+    // 4 outcomes a block: a drain every 2 blocks, each finished by the next commit's backlog
     reopened_ledger_serves_the_same_chain(Some(7));
+}
+
+#[test]
+fn a_reopen_in_the_middle_of_a_drain_into_the_id_index_serves_every_outcome() {
+    // a drain starts at block 10 and moves its 40 outcomes 3 a commit; the next starts at
+    // block 24 and is 7 slices in when the store is closed at block 30
+    reopened_ledger_serves_the_same_chain(Some(40));
 }
 
 fn open_store(path: &std::path::Path, recent_max: Option<usize>) -> ChainStore {

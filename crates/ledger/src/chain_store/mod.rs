@@ -13,6 +13,7 @@
 //! blocks.
 
 mod outcome;
+mod recent;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +28,7 @@ use crate::block::Block;
 use crate::fast_map::FastMap;
 use crate::state::{Outcome, Receipt, TopicState};
 use crate::tx::TxId;
+use recent::{Recent, Slice};
 
 /// Bound of redb's page cache for the chain store, bytes (redb's default, 1 GiB, would let a
 /// validator's memory grow with its chain up to that).
@@ -35,8 +37,8 @@ pub const CHAIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// stores are migrated when opened, and an older build refuses a format-3 store rather than
 /// miss the outcomes not yet in [`TXS`]).
 const FORMAT: u64 = 3;
-/// Outcomes held in [`RECENT_OUTCOMES`] (and memory) before they are moved into [`TXS`] in one
-/// sorted batch. Inserting each block's ids into the id-keyed index one block at a time
+/// Outcomes held in [`RECENT_OUTCOMES`] (and memory) before they are moved into [`TXS`] as one
+/// sorted batch, a slice per commit (`recent::DRAIN_COMMITS`). Inserting each block's ids into the id-keyed index one block at a time
 /// rewrote one index page per transaction at every block (random keys): with 2,000-transaction
 /// blocks that was ~40% of finalizing (`pipeline_cost`, finalize 16.1 -> 9.4 us/tx without it).
 pub const RECENT_OUTCOMES_MAX: usize = 65_536;
@@ -123,9 +125,9 @@ fn db<E: Into<redb::Error>>(e: E) -> ChainStoreError {
 #[derive(Clone)]
 pub struct ChainStore {
     db: Arc<Database>,
-    /// Transaction id → `outcome::encode` of the outcomes in [`RECENT_OUTCOMES`]: at most
-    /// `recent_max` after each commit (one flush empties it).
-    recent: Arc<Mutex<FastMap<[u8; 32], Vec<u8>>>>,
+    /// Transaction id → `outcome::encode` of the outcomes in [`RECENT_OUTCOMES`] (see
+    /// [`recent::Recent::plan`] for its bound).
+    recent: Arc<Mutex<Recent>>,
     recent_max: usize,
 }
 
@@ -183,7 +185,7 @@ impl ChainStore {
         }
         Ok(Self {
             db: Arc::new(database),
-            recent: Arc::new(Mutex::new(recent)),
+            recent: Arc::new(Mutex::new(Recent::from_rows(recent))),
             recent_max: RECENT_OUTCOMES_MAX,
         })
     }
@@ -195,7 +197,7 @@ impl ChainStore {
         self
     }
 
-    fn recent(&self) -> std::sync::MutexGuard<'_, FastMap<[u8; 32], Vec<u8>>> {
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -241,25 +243,22 @@ impl ChainStore {
         // decided them); a failed commit is retried with the same blocks.
         // Each outcome is encoded once, for its block's row and for `recent`.
         let mut rows = Vec::with_capacity(blocks.len());
-        let held = {
+        let last = blocks.last().map_or(0, |b| b.block.header.height);
+        let slice = {
             let mut recent = self.recent();
             for b in blocks {
                 let h = b.block.header.height;
                 let entries: Vec<([u8; 32], Vec<u8>)> =
                     b.receipts.iter().map(|r| (r.tx.0, outcome::encode(h, &r.outcome))).collect();
                 rows.push((!entries.is_empty()).then(|| outcome::encode_recent(&entries)));
-                recent.extend(entries);
+                recent.hold(entries);
             }
-            recent.len()
+            recent.plan(self.recent_max, last)
         };
-        let flush = held >= self.recent_max;
-        if flush {
-            self.move_recent_into_index(&tx)?;
-        }
         for (b, row) in blocks.iter().zip(rows) {
             let h = b.block.header.height;
             {
-                if let Some(row) = row.filter(|_| !flush) {
+                if let Some(row) = row {
                     tx.open_table(RECENT_OUTCOMES).map_err(db)?.insert(h, row.as_slice()).map_err(db)?;
                 }
                 let mut hs = tx.open_table(HANDSHAKES).map_err(db)?;
@@ -274,25 +273,14 @@ impl ChainStore {
             }
             put_block(&tx, b.block)?;
         }
+        if let Some(s) = &slice {
+            move_into_index(&tx, s)?;
+        }
         tx.commit().map_err(db)?;
-        if flush {
-            // only the finalizer commits blocks, so nothing was added since the batch was taken
-            self.recent().clear();
+        if let Some(s) = &slice {
+            // only the finalizer commits blocks, so the drain is the one planned above
+            self.recent().moved(s);
         }
-        Ok(())
-    }
-
-    /// In `tx`: every outcome held in `recent` goes into [`TXS`] in id order, and
-    /// [`RECENT_OUTCOMES`] is emptied.
-    fn move_recent_into_index(&self, tx: &redb::WriteTransaction) -> Result<(), ChainStoreError> {
-        let mut batch: Vec<([u8; 32], Vec<u8>)> =
-            self.recent().iter().map(|(id, o)| (*id, o.clone())).collect();
-        batch.sort_unstable_by_key(|e| e.0);
-        let mut txs = tx.open_table(TXS).map_err(db)?;
-        for (id, o) in &batch {
-            txs.insert(*id, o.as_slice()).map_err(db)?;
-        }
-        tx.open_table(RECENT_OUTCOMES).map_err(db)?.retain(|_, _| false).map_err(db)?;
         Ok(())
     }
 
@@ -350,7 +338,7 @@ impl ChainStore {
 
     /// Height and outcome of finalized transaction `id`, if stored.
     pub fn tx(&self, id: &TxId) -> Result<Option<(u64, Outcome)>, ChainStoreError> {
-        let held = self.recent().get(&id.0).cloned();
+        let held = self.recent().get(&id.0);
         let bytes = match held {
             Some(b) => b,
             None => {
@@ -369,7 +357,7 @@ impl ChainStore {
     pub fn known(&self, ids: &[TxId]) -> Result<Vec<bool>, ChainStoreError> {
         let held: Vec<bool> = {
             let recent = self.recent();
-            ids.iter().map(|id| recent.contains_key(&id.0)).collect()
+            ids.iter().map(|id| recent.contains(&id.0)).collect()
         };
         let r = self.db.begin_read().map_err(db)?;
         let t = r.open_table(TXS).map_err(db)?;
@@ -420,6 +408,19 @@ impl ChainStore {
 
 /// Stores the link and chain value of handshake `seq` of `topic` (its predecessor's entry,
 /// if any, must already be in `links`).
+/// In `tx`: `slice`'s outcomes go into [`TXS`] (a contiguous id range, sorted); its drain's
+/// last slice also deletes the drained rows of [`RECENT_OUTCOMES`].
+fn move_into_index(tx: &redb::WriteTransaction, slice: &Slice) -> Result<(), ChainStoreError> {
+    let mut txs = tx.open_table(TXS).map_err(db)?;
+    for (id, o) in &slice.batch[slice.range.clone()] {
+        txs.insert(*id, o.as_slice()).map_err(db)?;
+    }
+    if let Some(upto) = slice.last_of {
+        tx.open_table(RECENT_OUTCOMES).map_err(db)?.retain_in(..=upto, |_, _| false).map_err(db)?;
+    }
+    Ok(())
+}
+
 fn put_link(
     links: &mut redb::Table<'_, ([u8; 32], u64), [u8; 64]>,
     topic: &Topic,
