@@ -71,8 +71,12 @@ pub struct RunReport {
     pub failed_calls: usize,
     /// Finalized transactions.
     pub finalized: usize,
-    /// Sustained finalized tx/s (first submission to last finalization).
+    /// Sustained finalized tx/s (first submission to last finalization): below the offered
+    /// rate by the last transactions' latency even when the chain keeps up.
     pub tps: f64,
+    /// Finalized tx/s while the load is on (see [`steady_rate`]); `None` for a run whose
+    /// submissions took under [`STEADY_SPAN_MIN_S`] (the saturation run).
+    pub steady_tps: Option<f64>,
     /// Finality latency percentiles, ms (submission to observed finalization).
     pub p50_ms: f64,
     /// 99th percentile.
@@ -97,13 +101,14 @@ impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<12} offered {:>6} (submitted at {:>6.0}/s)  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu  fees {}  validator rss {:.0} MiB",
+            "{:<12} offered {:>6} (submitted at {:>6.0}/s)  accepted {:>6}  finalized {:>6}  {:>8.0} tx/s (steady {})  p50 {:>6.0} ms  p99 {:>6.0} ms  blocks {:>4}  cpu {:>5.1} s  sig-verify {:>4.1}% of cpu  fees {}  validator rss {:.0} MiB",
             self.name,
             self.offered,
             self.submit_rate,
             self.accepted,
             self.finalized,
             self.tps,
+            self.steady_tps.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}")),
             self.p50_ms,
             self.p99_ms,
             self.blocks,
@@ -186,6 +191,32 @@ pub fn process_cpu_seconds(path: &str) -> f64 {
     // fields after the command: state(0) ... utime(11) stime(12)
     let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Shortest submission span (seconds) for which [`steady_rate`] is reported.
+pub const STEADY_SPAN_MIN_S: f64 = 2.0;
+
+/// Finalized transactions per second in the middle of a run's submission span (10% to 90% of
+/// `span_s` after the first submission), given each one's finalization time in seconds after
+/// the first submission: the rate the chain keeps while the load is on, which equals the
+/// offered rate when it keeps up (the whole-run rate is lower by the last transactions'
+/// latency). Measured between the first and the last finalization instants in that window
+/// (the transactions final after the first, over the time between them), so blocks of
+/// thousands do not make it jump by a block at either edge. `None` when the span is under
+/// [`STEADY_SPAN_MIN_S`] or the window holds fewer than two finalization instants.
+pub fn steady_rate(finalized_at_s: &[f64], span_s: f64) -> Option<f64> {
+    if span_s.is_nan() || span_s < STEADY_SPAN_MIN_S {
+        return None;
+    }
+    let (from, to) = (span_s * 0.1, span_s * 0.9);
+    let inside: Vec<f64> = finalized_at_s.iter().copied().filter(|t| *t >= from && *t <= to).collect();
+    let first = inside.iter().copied().reduce(f64::min)?;
+    let last = inside.iter().copied().reduce(f64::max)?;
+    if last <= first {
+        return None;
+    }
+    let n = inside.iter().filter(|t| **t > first).count();
+    Some(n as f64 / (last - first))
 }
 
 /// The `p` quantile (0..=1) of ascending `sorted` values, nearest rank; NaN when empty.
@@ -364,6 +395,7 @@ fn measure(
     let mut refusals: HashMap<String, usize> = HashMap::new();
     let (mut fees, mut blocks, mut last_final) = (0u64, 0u64, start);
     let mut latencies = Vec::with_capacity(offered);
+    let mut finalized_at = Vec::with_capacity(offered);
     loop {
         while let Ok(o) = rx.try_recv() {
             blocks += 1;
@@ -390,6 +422,7 @@ fn measure(
                     if let Some(sent) = submitted.remove(&id) {
                         fees += fee_of.get(&id).copied().unwrap_or(0);
                         latencies.push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+                        finalized_at.push(at.saturating_duration_since(start).as_secs_f64());
                         last_final = last_final.max(at);
                     }
                 }
@@ -425,6 +458,7 @@ fn measure(
         failed_calls,
         finalized: latencies.len(),
         tps: latencies.len() as f64 / elapsed,
+        steady_tps: steady_rate(&finalized_at, last_submit.duration_since(start).as_secs_f64()),
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         sig_cpu_share: if cpu > 0.0 { sig / cpu } else { 0.0 },
@@ -562,4 +596,33 @@ pub fn run(cfg: &BenchConfig, dir: &Path, exe: &Path) -> Result<Vec<RunReport>, 
     )?;
     reports.push(report);
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::steady_rate;
+
+    /// A chain keeping up with 1,000/s offered for 10 s, each transaction final 300 ms after
+    /// it was sent: the whole-run rate is lower by that latency, the steady rate is the
+    /// offered one, also when they are finalized in blocks of 300. One falling behind (half
+    /// the rate) shows as such; a short span has none.
+    #[test]
+    fn the_steady_rate_is_the_offered_rate_when_the_chain_keeps_up_and_lower_when_it_does_not() {
+        let kept: Vec<f64> = (0..10_000).map(|i| f64::from(i) / 1000.0 + 0.3).collect();
+        let steady = steady_rate(&kept, 10.0).unwrap();
+        assert!((steady - 1000.0).abs() <= 1.0, "{steady}");
+        let whole = kept.len() as f64 / kept.last().unwrap();
+        assert!(whole < 975.0, "{whole}");
+        // final in blocks: every 0.3 s, the 300 sent in the 0.3 s before
+        let blocks: Vec<f64> = (0..10_000).map(|i| f64::from(i / 300 + 1) * 0.3 + 0.3).collect();
+        let steady = steady_rate(&blocks, 10.0).unwrap();
+        assert!((steady - 1000.0).abs() <= 1.0, "{steady}");
+        let behind: Vec<f64> = (0..10_000).map(|i| f64::from(i) / 500.0).collect();
+        assert!((steady_rate(&behind, 10.0).unwrap() - 500.0).abs() <= 1.0);
+        assert_eq!(steady_rate(&kept, 1.5), None);
+        assert_eq!(steady_rate(&kept, f64::NAN), None);
+        assert_eq!(steady_rate(&[5.0; 10], 10.0), None, "one instant is no rate");
+    }
 }
