@@ -38,9 +38,10 @@ pub const CHAIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// miss the outcomes not yet in [`TXS`]).
 const FORMAT: u64 = 3;
 /// Outcomes held in [`RECENT_OUTCOMES`] (and memory) before they are moved into [`TXS`] as one
-/// sorted batch, a slice per commit (`recent::DRAIN_COMMITS`). Inserting each block's ids into the id-keyed index one block at a time
-/// rewrote one index page per transaction at every block (random keys): with 2,000-transaction
-/// blocks that was ~40% of finalizing (`pipeline_cost`, finalize 16.1 -> 9.4 us/tx without it).
+/// sorted batch, a slice per commit (`recent::DRAIN_COMMITS`). Inserting each block's ids into
+/// the id-keyed index one block at a time rewrote one index page per transaction at every
+/// block (random keys): with 2,000-transaction blocks that was ~40% of finalizing
+/// (`pipeline_cost`, finalize 16.1 -> 9.4 us/tx without it).
 pub const RECENT_OUTCOMES_MAX: usize = 65_536;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -406,8 +407,6 @@ impl ChainStore {
     }
 }
 
-/// Stores the link and chain value of handshake `seq` of `topic` (its predecessor's entry,
-/// if any, must already be in `links`).
 /// In `tx`: `slice`'s outcomes go into [`TXS`] (a contiguous id range, sorted); its drain's
 /// last slice also deletes the drained rows of [`RECENT_OUTCOMES`].
 fn move_into_index(tx: &redb::WriteTransaction, slice: &Slice) -> Result<(), ChainStoreError> {
@@ -421,6 +420,8 @@ fn move_into_index(tx: &redb::WriteTransaction, slice: &Slice) -> Result<(), Cha
     Ok(())
 }
 
+/// Stores the link and chain value of handshake `seq` of `topic` (its predecessor's entry,
+/// if any, must already be in `links`).
 fn put_link(
     links: &mut redb::Table<'_, ([u8; 32], u64), [u8; 64]>,
     topic: &Topic,
