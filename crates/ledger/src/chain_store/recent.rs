@@ -25,8 +25,13 @@ struct Drain {
     batch: Arc<Vec<Entry>>,
     /// Entries committed into the index so far (a prefix of `batch`).
     moved: usize,
-    /// Entries moved per commit.
-    per_commit: usize,
+}
+
+impl Drain {
+    /// Entries moved per commit: the batch in [`DRAIN_COMMITS`] shares.
+    fn per_commit(&self) -> usize {
+        self.batch.len().div_ceil(DRAIN_COMMITS).max(1)
+    }
 }
 
 /// What one commit moves into the index.
@@ -86,14 +91,13 @@ impl Recent {
         if self.drain.is_none() && self.held.len() >= max {
             let mut batch: Vec<Entry> = std::mem::take(&mut self.held).into_iter().collect();
             batch.sort_unstable_by_key(|e| e.0);
-            let per_commit = batch.len().div_ceil(DRAIN_COMMITS).max(1);
-            self.drain = Some(Drain { upto: height, batch: Arc::new(batch), moved: 0, per_commit });
+            self.drain = Some(Drain { upto: height, batch: Arc::new(batch), moved: 0 });
         }
         let d = self.drain.as_ref()?;
         let end = if self.held.len() >= max.saturating_mul(2) {
             d.batch.len()
         } else {
-            (d.moved + d.per_commit).min(d.batch.len())
+            (d.moved + d.per_commit()).min(d.batch.len())
         };
         let last_of = (end == d.batch.len()).then_some(d.upto);
         Some(Slice { batch: Arc::clone(&d.batch), range: d.moved..end, last_of })
