@@ -630,3 +630,79 @@ fn a_committer_whose_answer_is_lost_or_stale_never_forks_itself() {
     assert_eq!(a.client.retry_pending(&id, &mut flaky).unwrap().map(|o| o.seq), None);
     say(&mut a, &mut [&mut b, &mut d], &id, "one group");
 }
+
+#[test]
+fn a_leave_proposal_left_unanswered_stays_pending_until_the_order_shows_what_holds_its_slot() {
+    let mut flaky = Flaky { inner: MemorySequencer::new(), fault: None };
+    let (mut a, mut b, mut c, mut d) = (Dev::new(), Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c, &mut d], &mut flaky.inner);
+    let topic = id.topic();
+
+    // Not sequenced, timed out: kept, nothing else is built meanwhile, and offered again with
+    // the same bytes.
+    flaky.fault = Some(Fault::LoseRequest);
+    let n = flaky.inner.len(&topic);
+    assert!(matches!(d.client.leave(&id, &mut flaky, NOW), Err(MlsError::Sequencer(_))));
+    assert!(d.client.has_pending_commit(&id));
+    assert!(matches!(d.client.self_update(&id, &mut flaky, NOW), Err(MlsError::CommitPending)));
+    let out = d.client.retry_pending(&id, &mut flaky).unwrap().expect("sequenced when offered again");
+    assert_eq!((out.seq, flaky.inner.len(&topic)), (n, n + 1));
+    assert!(!d.client.has_pending_commit(&id));
+    // Asking again proposes nothing more.
+    d.client.leave(&id, &mut flaky, NOW).unwrap();
+    assert_eq!(flaky.inner.len(&topic), n + 1);
+    let ev = a.client.sync(&id, &flaky, NOW).unwrap();
+    assert!(matches!(&ev[..], [Event::LeaveProposed { device: Some(x), .. }] if *x == d.cert), "{ev:?}");
+
+    // Sequenced, answer lost: the proposal stays, so the commit that covers it (by reference)
+    // is read by the leaver, which learns it is out. Dropped, it could not read that commit.
+    let mut flaky = Flaky { inner: MemorySequencer::new(), fault: None };
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut flaky.inner);
+    flaky.fault = Some(Fault::LoseAnswer);
+    assert!(matches!(c.client.leave(&id, &mut flaky, NOW), Err(MlsError::Sequencer(_))));
+    a.client.sync(&id, &flaky, NOW).unwrap();
+    a.client.commit_pending(&id, &mut flaky, NOW).unwrap().unwrap();
+    let ev = c.client.sync(&id, &flaky, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+    assert!(!c.client.has_pending_commit(&id));
+    b.client.sync(&id, &flaky, NOW).unwrap();
+    assert_eq!(a.client.members(&id).unwrap().len(), 2);
+    say(&mut a, &mut [&mut b], &id, "bye carol");
+
+    // Not sequenced, and another member's leave took the slot: only the leaver's own proposal
+    // is taken back (the other one, sequenced, stays for the commit), and leaving again builds
+    // a new one. The commit covering both removes both.
+    let mut flaky = Flaky { inner: MemorySequencer::new(), fault: None };
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut flaky.inner);
+    flaky.fault = Some(Fault::LoseRequest);
+    assert!(c.client.leave(&id, &mut flaky, NOW).is_err());
+    b.client.leave(&id, &mut flaky, NOW).unwrap();
+    assert_eq!(c.client.retry_pending(&id, &mut flaky).unwrap().map(|o| o.seq), None, "lost its slot");
+    assert!(!c.client.has_pending_commit(&id));
+    c.client.leave(&id, &mut flaky, NOW).unwrap();
+    let ev = a.client.sync(&id, &flaky, NOW).unwrap();
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::LeaveProposed { .. })).count(), 2, "{ev:?}");
+    a.client.commit_pending(&id, &mut flaky, NOW).unwrap().unwrap();
+    for leaver in [&mut b, &mut c] {
+        let ev = leaver.client.sync(&id, &flaky, NOW).unwrap();
+        assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+    }
+    assert_eq!(a.client.members(&id).unwrap().len(), 1);
+}
+
+#[test]
+fn a_pending_leave_survives_a_restart() {
+    let mut flaky = Flaky { inner: MemorySequencer::new(), fault: None };
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut flaky.inner);
+    flaky.fault = Some(Fault::LoseAnswer);
+    assert!(c.client.leave(&id, &mut flaky, NOW).is_err());
+    let mut c = c.restart();
+    assert!(c.client.has_pending_commit(&id), "the pending leave is stored");
+    a.client.sync(&id, &flaky, NOW).unwrap();
+    a.client.commit_pending(&id, &mut flaky, NOW).unwrap().unwrap();
+    let ev = c.client.sync(&id, &flaky, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+}

@@ -58,10 +58,6 @@ pub struct ServiceConfig {
     pub key_package_wait_ms: u64,
     /// Handle to claim once the account is registered (if it has none).
     pub handle: Option<String>,
-    /// How long the actor waits for a leave proposal to be ordered, ms. Commits never wait:
-    /// they are mined, submitted and awaited by the commit worker (`shell::sequencer`), and
-    /// their caller is answered once they are merged.
-    pub commit_wait_ms: u64,
     /// Whose invitations join without the user's consent (default: ask, see
     /// [`crate::engine::Invitations`]).
     pub invitations: crate::engine::Invitations,
@@ -84,7 +80,6 @@ impl ServiceConfig {
             anchor_every_ms: 5_000,
             key_package_wait_ms: 20_000,
             handle: None,
-            commit_wait_ms: 1_500,
             invitations: crate::engine::Invitations::Ask,
             ledger_via_peers: false,
         }
@@ -164,22 +159,15 @@ impl Service {
         if let Some(r) = &shared.ledger_relays {
             r.set_direct_first(!cfg.ledger_via_peers);
         }
-        // Commits are topic writes (no account or device key goes with them), mined, submitted
-        // and awaited by the commit worker: the actor only queues them, and the commit stays
-        // pending (never forked) until the order shows what holds its slot.
+        // Commits and leave proposals are topic writes (no account or device key goes with
+        // them), mined, submitted and awaited by the commit worker: the actor only queues them,
+        // and each stays pending (never forked) until the order shows what holds its slot.
         let client = || shared.ledger_client(&cfg.genesis).map(|c| c.with_timeout(Duration::from_secs(3)));
         let stopping = {
             let shared = shared.clone();
             Arc::new(move || shared.stopping.load(Ordering::Acquire))
         };
-        let (mut sequencer, submitter) = NodeSequencer::new(
-            client()?,
-            client()?,
-            client()?,
-            Duration::from_millis(cfg.commit_wait_ms),
-            ops_tx.clone(),
-            stopping,
-        );
+        let (mut sequencer, submitter) = NodeSequencer::new(client()?, client()?, ops_tx.clone(), stopping);
         sequencer.ask_reads_at(ledger_tx.clone());
         let stall = sequencer.stall();
         let order = sequencer.order_cache();

@@ -376,3 +376,51 @@ async fn a_message_from_an_epoch_not_reached_costs_the_receiving_actor_no_round_
         "bob's actor waited for the ledger while receiving from a new epoch"
     );
 }
+
+/// Issue 11 §1: a leave proposal is mined, submitted and awaited by the commit worker like a
+/// commit; the actor only queues it (it used to wait up to 1.5 s for it). The leaver's call is
+/// answered once the proposal holds its place in the order, another member commits it, and
+/// everyone agrees the leaver is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_is_submitted_off_the_actor_and_committed_by_another_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = chain(dir.path(), cheap_price());
+    let (_store, boot) = store_node(dir.path()).await;
+    let alice = user(dir.path(), "alice", &g, &boot).await;
+    let bob = user(dir.path(), "bob", &g, &boot).await;
+    let carol = user(dir.path(), "carol", &g, &boot).await;
+    let chat = alice.create_conversation(vec![account(&bob).await, account(&carol).await]).await.unwrap().id;
+    joined(&bob, &chat).await;
+    joined(&carol, &chat).await;
+    let offers_before = carol.commit_stall().calls;
+    let t = Instant::now();
+    carol.leave(chat.clone()).await.expect("answered once the proposal is ordered");
+    let took = t.elapsed();
+    let stall = carol.commit_stall();
+    eprintln!(
+        "the leave call took {} ms; Carol's actor spent at most {} µs in {} offers",
+        took.as_millis(),
+        stall.max_us,
+        stall.calls - offers_before
+    );
+    assert!(stall.calls > offers_before, "the leave was offered to the commit worker");
+    assert!(
+        u128::from(stall.max_us) * 4 < took.as_micros(),
+        "the actor waited for the leave: {} µs of a {} ms call",
+        stall.max_us,
+        took.as_millis()
+    );
+    let mut want = vec![account(&alice).await, account(&bob).await];
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let (a, b) = (view(&alice, &chat).await, view(&bob, &chat).await);
+        let gone = !carol.conversation(chat.clone()).await.unwrap().active;
+        if a.0 == want && a == b && gone {
+            eprintln!("Carol is out; Alice and Bob agree at epoch {}", a.1);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "Alice {a:?}, Bob {b:?}, Carol gone: {gone}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

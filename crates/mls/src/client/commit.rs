@@ -265,6 +265,13 @@ impl Client {
             }
             return self.persist(id);
         }
+        if self.conv(id)?.meta.pending_leave.is_some() {
+            // Our leave proposal waits for this slot: its bytes sequence it, others take it.
+            if self.settle_own_leave(id, seq, payload)? {
+                return self.persist(id);
+            }
+            self.persist(id)?;
+        }
         if self.conv(id)?.meta.pending_commit.is_some() || self.conv(id)?.group.pending_commit().is_some() {
             // Other bytes hold the slot our pending commit was built for: it lost (its author
             // rebuilds the change).
@@ -474,7 +481,7 @@ impl Client {
     ) -> Result<Option<CommitOutcome>, MlsError> {
         let mut events = Vec::new();
         self.catch_up(id, sequencer, &mut events)?;
-        if self.conv(id)?.meta.pending_commit.is_some() {
+        if self.has_pending_commit(id) {
             return Err(MlsError::CommitPending);
         }
         match self.stage(id, change, now_ms)? {

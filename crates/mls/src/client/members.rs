@@ -6,9 +6,8 @@ use cairn_proto::{AccountId, DeviceId};
 use openmls_traits::OpenMlsProvider as _;
 
 use super::commit::{Change, CommitOutcome};
-use super::error::op_err;
 use super::state::{Meta, prune_past};
-use super::{Client, ConversationId, MlsError, to_bytes};
+use super::{Client, ConversationId, MlsError};
 use crate::keypackage::{KeyPackagePool, VerifiedKeyPackage};
 
 impl Client {
@@ -83,53 +82,6 @@ impl Client {
         now_ms: u64,
     ) -> Result<Option<CommitOutcome>, MlsError> {
         self.commit(id, Change::CommitPending, sequencer, now_ms)
-    }
-
-    /// Proposes this device's removal (MLS leave); another member commits it. Returns the
-    /// proposal's sequence number.
-    pub fn leave(
-        &mut self,
-        id: &ConversationId,
-        sequencer: &mut dyn CommitSequencer,
-        now_ms: u64,
-    ) -> Result<u64, MlsError> {
-        let _ = now_ms;
-        self.exclusive(|s| s.leave_now(id, sequencer))
-    }
-
-    pub(super) fn leave_now(
-        &mut self,
-        id: &ConversationId,
-        sequencer: &mut dyn CommitSequencer,
-    ) -> Result<u64, MlsError> {
-        let topic = id.topic();
-        for _ in 0..self.config.rebuild_attempts_max.max(1) {
-            let mut events = Vec::new();
-            self.catch_up(id, sequencer, &mut events)?;
-            let (after, proposal) = self.atomically(id, |s| {
-                let provider = &s.provider;
-                let signer = &s.signer;
-                let c = s.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
-                let p = c.group.leave_group(provider, signer).map_err(|e| op_err("leave")(e.to_string()))?;
-                Ok((c.meta.applied, to_bytes(&p)?))
-            })?;
-            let keys = self.topic_keys(id)?;
-            match sequencer.submit(topic, after, proposal, keys) {
-                Ok(seq) => {
-                    self.atomically(id, |s| {
-                        s.conv_mut(id)?.meta.applied = seq + 1;
-                        Ok(())
-                    })?;
-                    return Ok(seq);
-                }
-                Err(SequencerError::Stale { .. }) => self.drop_pending(id)?,
-                Err(e) => {
-                    self.drop_pending(id)?;
-                    return Err(e.into());
-                }
-            }
-        }
-        Err(MlsError::TooManyRebuilds { attempts: self.config.rebuild_attempts_max.max(1) })
     }
 
     /// Adds a new device of this device's account to every conversation the account is in,

@@ -25,6 +25,7 @@ mod config;
 mod durability;
 mod error;
 mod keypackages;
+mod leave;
 mod members;
 mod messages;
 mod pending;
@@ -306,7 +307,13 @@ impl Client {
                 return Err(MlsError::Operation { op: "create group", reason: e.to_string() });
             }
         };
-        let meta = Meta { applied: 0, last_update_ms: now_ms, needs_update: false, pending_commit: None };
+        let meta = Meta {
+            applied: 0,
+            last_update_ms: now_ms,
+            needs_update: false,
+            pending_commit: None,
+            pending_leave: None,
+        };
         self.provider.storage().raw_put(Meta::key(&id), meta.encode());
         if let Err(e) = self.provider.storage().flush() {
             self.provider.storage().discard();
@@ -377,10 +384,11 @@ impl Client {
             .collect()
     }
 
-    /// Whether this device has a commit of `id` waiting for the sequencer's order to show what
-    /// holds its slot (see [`Client::retry_pending`]).
+    /// Whether this device has a handshake of `id` (a commit, or its leave proposal) waiting
+    /// for the sequencer's order to show what holds its slot (see [`Client::retry_pending`]).
+    /// No other change of `id` is built meanwhile.
     pub fn has_pending_commit(&self, id: &ConversationId) -> bool {
-        self.conv(id).is_ok_and(|c| c.meta.pending_commit.is_some())
+        self.conv(id).is_ok_and(|c| c.meta.pending_commit.is_some() || c.meta.pending_leave.is_some())
     }
 
     /// An MLS exporter secret of the conversation's current epoch (RFC 9420 §8.5): `len` bytes

@@ -119,6 +119,17 @@ impl Client {
         if let Some(event) = events.into_iter().find(|e| matches!(e, Event::Commit { own: true, .. })) {
             return Ok(Some(outcome(event, 0)));
         }
+        if let Some(bytes) = self.conv(id)?.meta.pending_leave.clone() {
+            // A leave proposal: told how it went like a commit (nothing to merge: it waits in
+            // the proposal store for the commit that removes this device).
+            let commit_bytes = bytes.len();
+            if !self.offer_leave(id, bytes, sequencer)? {
+                return Ok(None);
+            }
+            let c = self.conv(id)?;
+            let (seq, epoch) = (c.meta.applied.saturating_sub(1), c.group.epoch().as_u64());
+            return Ok(Some(CommitOutcome { seq, epoch, commit_bytes, welcome: None }));
+        }
         let (after, bytes) = {
             let c = self.conv(id)?;
             match &c.meta.pending_commit {

@@ -20,41 +20,64 @@ pub(super) struct Meta {
     pub(super) last_update_ms: u64,
     pub(super) needs_update: bool,
     pub(super) pending_commit: Option<Vec<u8>>,
+    /// This device's leave proposal, built after `applied` handshakes and not yet seen in the
+    /// order (never beside a pending commit: one own handshake waits at a time).
+    pub(super) pending_leave: Option<Vec<u8>>,
 }
 
+/// Metadata without a pending leave is written as version 1 (what earlier builds read);
+/// version 2 adds the pending-leave tag, which earlier builds refuse instead of misreading.
 pub(super) const META_VERSION: u8 = 1;
+/// See [`META_VERSION`].
+pub(super) const META_VERSION_LEAVE: u8 = 2;
 
 pub(super) const META_PREFIX: &[u8] = b"cairn.conversation\0";
 
 impl Meta {
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(32);
-        w.u8(META_VERSION);
+        w.u8(if self.pending_leave.is_some() { META_VERSION_LEAVE } else { META_VERSION });
         w.u64(self.applied);
         w.u64(self.last_update_ms);
         w.u8(u8::from(self.needs_update));
-        match &self.pending_commit {
-            Some(c) => {
+        match (&self.pending_commit, &self.pending_leave) {
+            (Some(c), _) => {
                 w.u8(1);
                 w.bytes(c);
             }
-            None => w.u8(0),
+            (None, Some(p)) => {
+                w.u8(2);
+                w.bytes(p);
+            }
+            (None, None) => w.u8(0),
         }
         w.finish()
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version("conversation metadata", META_VERSION)?;
+        let version = r.u8("version")?;
+        if version != META_VERSION && version != META_VERSION_LEAVE {
+            let (what, supported) = ("conversation metadata", META_VERSION_LEAVE);
+            return Err(DecodeError::UnsupportedVersion { what, found: version, supported });
+        }
         let applied = r.u64("meta.applied")?;
         let last_update_ms = r.u64("meta.last_update_ms")?;
         let needs_update = r.u8("meta.needs_update")? != 0;
-        let pending_commit = match r.u8("meta.pending")? {
-            0 => None,
-            _ => Some(r.bytes(cairn_proto::sequencer::HANDSHAKE_BYTES_MAX, "meta.pending_commit")?.to_vec()),
+        let max = cairn_proto::sequencer::HANDSHAKE_BYTES_MAX;
+        let (pending_commit, pending_leave) = match r.u8("meta.pending")? {
+            0 => (None, None),
+            1 => (Some(r.bytes(max, "meta.pending_commit")?.to_vec()), None),
+            2 if version == META_VERSION_LEAVE => (None, Some(r.bytes(max, "meta.pending_leave")?.to_vec())),
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "meta.pending",
+                    reason: "unknown own-handshake tag",
+                });
+            }
         };
         r.finish()?;
-        Ok(Self { applied, last_update_ms, needs_update, pending_commit })
+        Ok(Self { applied, last_update_ms, needs_update, pending_commit, pending_leave })
     }
 
     pub(super) fn key(id: &ConversationId) -> Vec<u8> {
@@ -143,4 +166,35 @@ pub(super) fn prune_past(
     }
     c.past.retain(|e, _| *e >= keep_from);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn metadata_keeps_a_pending_leave_and_stays_readable_by_version_1_builds_without_one() {
+        let plain = Meta { applied: 7, last_update_ms: 9, needs_update: true, ..Meta::default() };
+        let commit = Meta { pending_commit: Some(vec![1, 2]), ..plain.clone() };
+        let leave = Meta { pending_leave: Some(vec![3, 4, 5]), ..plain.clone() };
+        for m in [&plain, &commit, &leave] {
+            assert_eq!(&Meta::decode(&m.encode()).unwrap(), m);
+        }
+        // Without a pending leave the bytes are version 1, as earlier builds wrote and read them.
+        assert_eq!(plain.encode()[0], META_VERSION);
+        assert_eq!(commit.encode()[0], META_VERSION);
+        assert_eq!(leave.encode()[0], META_VERSION_LEAVE);
+        // A pending-leave tag under version 1, or an unknown tag, is refused, not misread.
+        let mut bad = leave.encode();
+        bad[0] = META_VERSION;
+        assert!(Meta::decode(&bad).is_err());
+        let mut bad = commit.encode();
+        bad[1 + 8 + 8 + 1] = 3;
+        assert!(Meta::decode(&bad).is_err());
+        let mut bad = plain.encode();
+        bad[0] = 3;
+        assert!(matches!(Meta::decode(&bad), Err(DecodeError::UnsupportedVersion { found: 3, .. })));
+    }
 }

@@ -277,8 +277,13 @@ impl Client {
             let (b, staged) = self.stage_welcome(bundle)?;
             let group =
                 staged.into_group(&self.provider).map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
-            let meta =
-                Meta { applied: b.applied, last_update_ms: now_ms, needs_update: true, pending_commit: None };
+            let meta = Meta {
+                applied: b.applied,
+                last_update_ms: now_ms,
+                needs_update: true,
+                pending_commit: None,
+                pending_leave: None,
+            };
             self.provider.storage().raw_put(Meta::key(&b.conversation), meta.encode());
             self.provider.storage().flush()?;
             Ok((b.conversation, group, meta))

@@ -165,17 +165,20 @@ impl Engine {
         Ok(state?.0)
     }
 
-    /// Leaves a conversation (another member commits the removal).
+    /// Leaves a conversation (another member commits the removal): `Done` once the leave
+    /// proposal holds its place in the order, `Pending` while it waits for the commit worker
+    /// (kept, and offered again like a pending commit).
     pub fn leave(
         &mut self,
         id: ConversationId,
         seq: &mut dyn cairn_proto::CommitSequencer,
         now_ms: u64,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Commit, NodeError> {
         self.settle_commit(&id, seq, now_ms);
-        let r = self.mls.leave(&id, seq, now_ms).map(|_| ()).map_err(mls_err);
+        let r = self.mls.leave(&id, seq, now_ms).map(|()| None::<()>);
+        let state = self.commit_state(&id, r);
         self.refresh(&id, now_ms);
-        r
+        Ok(state?.0)
     }
 
     /// Forgets a conversation this device left (or was removed from): its data key is

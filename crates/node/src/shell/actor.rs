@@ -320,8 +320,9 @@ impl Actor {
             Job::Remove(conv, account, reply) => {
                 self.change(conv, reply, Intent::Remove(account), now, |e, s| e.remove(conv, account, s, now))
             }
-            Job::Leave(conv, reply) => self
-                .change(conv, reply, Intent::Leave, now, |e, s| e.leave(conv, s, now).map(|()| Commit::Done)),
+            Job::Leave(conv, reply) => {
+                self.change(conv, reply, Intent::Leave, now, |e, s| e.leave(conv, s, now))
+            }
             Job::Send(conv, text, key, reply) => {
                 let r = self.engine.send_texts(vec![(conv, text, key)], &mut self.sequencer, now).pop();
                 let r = r.unwrap_or_else(|| Err(NodeError::Internal("no result".into())));

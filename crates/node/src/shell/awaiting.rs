@@ -174,7 +174,7 @@ fn redo(
                 Ok(Commit::Done)
             }
         }
-        Intent::Leave => engine.leave(conv, seq, now_ms).map(|()| Commit::Done),
+        Intent::Leave => engine.leave(conv, seq, now_ms),
         Intent::SetPolicy(pin) => {
             if engine.policy(&conv)? == *pin {
                 Ok(Commit::Done)

@@ -19,10 +19,9 @@
 //! read ahead (`shell::order_cache`); while receiving, a read that is not there is asked of
 //! the ledger worker ([`NodeSequencer::without_waiting`]) instead of waited for.
 //!
-//! Leave proposals (submissions with no next authority key) are not commits: the MLS client
-//! drops them on any error, so they are still submitted on the actor thread, bounded by
-//! `ServiceConfig::commit_wait_ms` as before (they are a few hundred bytes: milliseconds of
-//! mining).
+//! Leave proposals (submissions with no next authority key) go the same way: the MLS client
+//! keeps its own proposal pending until the order shows what holds its slot, as it keeps a
+//! commit, so the actor never waits for one either.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -37,7 +36,7 @@ use cairn_ledger::params::Params;
 use cairn_ledger::rpc::sequencer::{
     is_not_member_refusal, is_stale_refusal, is_work_too_low_refusal, mine_topic_write,
 };
-use cairn_ledger::rpc::{ClientError, LedgerClient, LedgerSequencer, RemoteOutcome};
+use cairn_ledger::rpc::{ClientError, LedgerClient, RemoteOutcome};
 use cairn_ledger::tx::{TopicTx, TxId};
 use cairn_proto::Topic;
 use cairn_proto::sequencer::{CommitSequencer, HANDSHAKE_BYTES_MAX, Sequenced, SequencerError, TopicKeys};
@@ -212,8 +211,6 @@ pub struct Submission {
 pub struct NodeSequencer {
     /// Reads the order (a kept connection set; the trait's `fetch` takes `&self`).
     reader: RefCell<LedgerClient>,
-    /// Leave proposals, submitted on the actor thread (see the module docs).
-    proposals: LedgerSequencer,
     queue: SyncSender<Submission>,
     book: Arc<Mutex<Book>>,
     refused: Recent<Topic, ()>,
@@ -308,14 +305,11 @@ fn unavailable(why: impl std::fmt::Display) -> SequencerError {
 
 impl NodeSequencer {
     /// The actor's sequencer and its worker (to run on its own thread). `reader` reads the
-    /// order; `worker` submits; `proposals` submits leave proposals within `proposal_wait`.
-    /// The worker tells `ops` when a submission ended, and stops once `stopping` says so or
-    /// this sequencer is dropped.
+    /// order; `worker` submits commits and leave proposals. The worker tells `ops` when a
+    /// submission ended, and stops once `stopping` says so or this sequencer is dropped.
     pub fn new(
         reader: LedgerClient,
         worker: LedgerClient,
-        proposals: LedgerClient,
-        proposal_wait: Duration,
         ops: mpsc::Sender<Job>,
         stopping: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> (Self, SubmitWorker) {
@@ -325,7 +319,6 @@ impl NodeSequencer {
             Arc::new(Mutex::new(Book { in_flight: HashSet::new(), outcomes: Recent::new(OUTCOMES_MAX) }));
         let seq = Self {
             reader: RefCell::new(reader),
-            proposals: LedgerSequencer::new(proposals).with_timeout(proposal_wait),
             queue,
             book: book.clone(),
             refused: Recent::new(REFUSALS_MAX),
@@ -427,9 +420,6 @@ impl NodeSequencer {
     ) -> Result<u64, SequencerError> {
         if payload.len() > HANDSHAKE_BYTES_MAX {
             return Err(SequencerError::TooLarge { len: payload.len(), max: HANDSHAKE_BYTES_MAX });
-        }
-        if keys.next.is_none() {
-            return self.proposals.submit(topic, after, payload, keys);
         }
         let key = SubmitKey::of(topic, after, &payload);
         let mut book = lock(&self.book);
@@ -700,7 +690,7 @@ mod tests {
         let (g, _) = cairn_ledger::genesis::Genesis::local("seq-test", 1, 39_000, Vec::new()).unwrap();
         let client = || LedgerClient::new(&g).unwrap();
         let (ops, _) = mpsc::channel(4);
-        NodeSequencer::new(client(), client(), client(), Duration::from_millis(10), ops, Arc::new(|| false))
+        NodeSequencer::new(client(), client(), ops, Arc::new(|| false))
     }
 
     fn is_unavailable(r: &Result<u64, SequencerError>) -> bool {
