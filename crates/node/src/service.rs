@@ -167,7 +167,7 @@ impl Service {
             let shared = shared.clone();
             Arc::new(move || shared.stopping.load(Ordering::Acquire))
         };
-        let (mut sequencer, submitter) = NodeSequencer::new(client()?, client()?, ops_tx.clone(), stopping);
+        let (mut sequencer, submitter) = NodeSequencer::new(client()?, ops_tx.clone(), stopping);
         sequencer.ask_reads_at(ledger_tx.clone());
         let stall = sequencer.stall();
         let order = sequencer.order_cache();

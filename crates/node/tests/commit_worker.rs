@@ -310,7 +310,7 @@ async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() 
     }
     let chat = alice.create_conversation(vec![account(&bob).await]).await.unwrap().id;
     joined(&bob, &chat).await;
-    // Bob's own key update after joining reads the order on his actor (a commit is built on
+    // Bob's own key update after joining asks for a read of the order (a commit is built on
     // the latest order): let it merge first.
     let start = Instant::now();
     loop {
@@ -337,10 +337,8 @@ async fn commits_made_by_others_are_applied_without_a_round_trip_on_the_actor() 
     let after = bob.order_reads();
     eprintln!("bob's reads of the order: before {before:?}, after 3 commits by alice {after:?}");
     assert!(after.read_ahead >= before.read_ahead + 3, "3 commits served from the read-ahead: {after:?}");
-    assert_eq!(
-        after.ledger.calls, before.ledger.calls,
-        "bob's actor waited for the ledger while applying alice's commits"
-    );
+    // (The actor holds no ledger connection: what the read-ahead did not serve was asked of
+    // the ledger worker, never waited for.)
 }
 
 /// Issue 11 §1: a message from an epoch its receiver has not reached (its block follower has
@@ -369,12 +367,7 @@ async fn a_message_from_an_epoch_not_reached_costs_the_receiving_actor_no_round_
     let after = bob.order_reads();
     eprintln!("bob's reads of the order: before {before:?}, after 2 commits and messages {after:?}");
     assert!(after.asked > before.asked, "the read was asked of the ledger worker: {after:?}");
-    // (Bob's own key update after joining, if his 20 s timer fires, reads on his actor: a
-    // commit is built on the latest order; only reads while receiving count here.)
-    assert_eq!(
-        after.ledger_while_receiving, before.ledger_while_receiving,
-        "bob's actor waited for the ledger while receiving from a new epoch"
-    );
+    assert!(after.read_ahead > before.read_ahead, "and served from its read-ahead: {after:?}");
 }
 
 /// Issue 11 §1: a leave proposal is mined, submitted and awaited by the commit worker like a

@@ -89,4 +89,11 @@ pub trait CommitSequencer {
 
     /// Up to `max` handshake messages of `topic` from position `from`, in order.
     fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError>;
+
+    /// Something received (a message from an epoch not reached yet) proves that `topic` has
+    /// handshakes past what this device applied: a "nothing more" remembered from an earlier
+    /// read must not answer the next [`fetch`](Self::fetch). The default remembers nothing.
+    fn expect_more(&mut self, topic: &Topic) {
+        let _ = topic;
+    }
 }

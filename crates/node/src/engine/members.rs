@@ -23,6 +23,9 @@ pub enum Commit {
     /// Submitted, not yet ordered within the sequencer's short wait: the commit stays pending
     /// and is merged when the order shows it (or rebuilt if other bytes took its slot).
     Pending,
+    /// Not built: a change is built on the latest order, and it is being read (asked of the
+    /// ledger worker). Make the change again once the read is there.
+    Reading,
 }
 
 impl Engine {
@@ -61,25 +64,27 @@ impl Engine {
                     }
                 }
                 (Commit::Done, None) => {}
-                (Commit::Pending, _) => return Ok(Commit::Pending),
+                (state @ (Commit::Pending | Commit::Reading), _) => return Ok(state),
             }
         }
         Ok(Commit::Done)
     }
 
-    /// A commit's result: done, pending (submitted without an answer in time; kept), or an
-    /// error.
-    fn commit_state<T>(
+    /// A commit's result: done, pending (submitted without an answer in time; kept), reading
+    /// (the order it is built on is being read: nothing was built), or an error.
+    pub(super) fn commit_state<T>(
         &self,
         id: &ConversationId,
         r: Result<Option<T>, cairn_mls::MlsError>,
     ) -> Result<(Commit, Option<T>), NodeError> {
         match r {
             Ok(v) => Ok((Commit::Done, v)),
-            Err(cairn_mls::MlsError::Sequencer(cairn_proto::SequencerError::Unavailable(_)))
-                if self.mls.has_pending_commit(id) =>
-            {
-                Ok((Commit::Pending, None))
+            Err(cairn_mls::MlsError::Sequencer(cairn_proto::SequencerError::Unavailable(_))) => {
+                if self.mls.has_pending_commit(id) {
+                    Ok((Commit::Pending, None))
+                } else {
+                    Ok((Commit::Reading, None))
+                }
             }
             Err(e) => Err(mls_err(e)),
         }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use cairn_mls::policy_ext::{PolicyGate, PolicyPin};
-use cairn_mls::{Change, ConversationId, MlsError};
+use cairn_mls::{Change, ConversationId};
 
 use super::members::Commit;
 use super::{Engine, mls_err};
@@ -30,17 +30,9 @@ impl Engine {
     ) -> Result<Commit, NodeError> {
         self.settle_commit(&id, seq, now_ms);
         let r = self.mls.commit(&id, Change::SetPolicy(pin), seq, now_ms);
-        let state = match r {
-            Ok(_) => Ok(Commit::Done),
-            Err(MlsError::Sequencer(cairn_proto::SequencerError::Unavailable(_)))
-                if self.mls.has_pending_commit(&id) =>
-            {
-                Ok(Commit::Pending)
-            }
-            Err(e) => Err(mls_err(e)),
-        };
+        let state = self.commit_state(&id, r);
         self.refresh(&id, now_ms);
-        state
+        Ok(state?.0)
     }
 
     /// Replaces the gate that judges handshakes. Only tests use it: `PolicyGate::disabled`

@@ -200,7 +200,8 @@ impl Engine {
         }
         self.policy_after_commit(now_ms);
         if future {
-            // A commit may be sequenced that this device has not applied yet.
+            // A commit is sequenced that this device has not applied yet.
+            seq.expect_more(&conv.topic());
             self.sync(&conv, seq, now_ms);
         }
     }

@@ -232,8 +232,7 @@ impl Actor {
                 Err(_) => break,
             }
         }
-        let engine = &mut self.engine;
-        self.sequencer.without_waiting(|seq| engine.receive(batch, seq, now_ms()));
+        self.engine.receive(batch, &mut self.sequencer, now_ms());
         for j in other {
             self.handle(j);
         }
@@ -272,10 +271,7 @@ impl Actor {
     fn handle(&mut self, job: Job) {
         let now = now_ms();
         match job {
-            Job::Arrived(a) => {
-                let engine = &mut self.engine;
-                self.sequencer.without_waiting(|seq| engine.receive(vec![*a], seq, now));
-            }
+            Job::Arrived(a) => self.engine.receive(vec![*a], &mut self.sequencer, now),
             Job::Status { id, acks, stored } => self.engine.store_acks(id, acks, stored, now),
             Job::Tick => {
                 self.engine.tick(&mut self.sequencer, now);
@@ -308,8 +304,8 @@ impl Actor {
                     .registered()
                     .and_then(|()| self.engine.create(kps.clone(), &mut self.sequencer, now));
                 match r {
-                    Ok((conv, Commit::Pending)) => {
-                        self.awaiting.park(conv, Answer::Create(reply), Intent::Add(kps), now)
+                    Ok((conv, state @ (Commit::Pending | Commit::Reading))) => {
+                        self.awaiting.park(conv, Answer::Create(reply), Intent::Add(kps), state, now)
                     }
                     other => self.answer(reply, other.map(|(conv, _)| conv)),
                 }
@@ -394,7 +390,9 @@ impl Actor {
         now: u64,
     ) {
         match r {
-            Ok(Commit::Pending) => self.awaiting.park(conv, Answer::Unit(reply), intent, now),
+            Ok(state @ (Commit::Pending | Commit::Reading)) => {
+                self.awaiting.park(conv, Answer::Unit(reply), intent, state, now)
+            }
             other => self.answer(reply, other.map(|_| ())),
         }
     }
@@ -454,7 +452,7 @@ impl Actor {
             self.engine.settle_commit(&conv, &mut self.sequencer, now);
         }
         if self.engine.has_pending_commit(&conv) {
-            return self.awaiting.park(conv, Answer::Unit(reply), intent, now);
+            return self.awaiting.park(conv, Answer::Unit(reply), intent, Commit::Pending, now);
         }
         let r = make(&mut self.engine, &mut self.sequencer);
         self.settle_or_park(conv, reply, intent, r, now);

@@ -3,7 +3,9 @@
 //! worker's answer, or the block follower, shows it), rebuilds the change if other bytes took
 //! its slot, passes on a "not a member" refusal, or gives up at the deadline. A call made while
 //! another commit of this device was pending in the conversation waits here too, and its change
-//! is made once that commit is settled.
+//! is made once that commit is settled. So does a call whose change could not be built yet
+//! because the order it is built on was being read (the actor never reads the ledger itself):
+//! it is made once the ledger worker's read is there.
 
 use cairn_mls::policy_ext::PolicyPin;
 use cairn_mls::{ConversationId, VerifiedKeyPackage};
@@ -14,6 +16,9 @@ use super::sequencer::NodeSequencer;
 use crate::engine::{Commit, Engine};
 use crate::error::NodeError;
 
+/// A call waiting for its read of the order is tried again at least this often, ms (it is
+/// also tried as soon as the read is there).
+pub const READ_AGAIN_MS: u64 = 1_000;
 /// Calls waiting for their commit at most. Overflow policy: a new one is answered at once
 /// with [`NodeError::Busy`] (its commit stays pending and still applies when ordered).
 pub const AWAITING_MAX: usize = 256;
@@ -68,6 +73,8 @@ pub struct Awaiting {
     deadline_ms: u64,
     rebuilds: u32,
     last_offer_ms: u64,
+    /// Nothing built yet: the order the change is built on is being read.
+    reading: bool,
 }
 
 /// The waiting calls.
@@ -77,14 +84,17 @@ pub struct AwaitingCalls {
 }
 
 impl AwaitingCalls {
-    /// Parks a call, or answers Busy when full.
-    pub fn park(&mut self, conv: ConversationId, answer: Answer, intent: Intent, now_ms: u64) {
+    /// Parks a call (`state`: where its change stands), or answers Busy when full.
+    pub fn park(&mut self, conv: ConversationId, answer: Answer, intent: Intent, state: Commit, now_ms: u64) {
         if self.calls.len() >= AWAITING_MAX {
             answer.send(conv, Err(NodeError::Busy));
             return;
         }
         let deadline_ms = now_ms + AWAIT_COMMIT_MS;
-        self.calls.push(Awaiting { conv, answer, intent, deadline_ms, rebuilds: 0, last_offer_ms: now_ms });
+        let reading = state == Commit::Reading;
+        let call =
+            Awaiting { conv, answer, intent, deadline_ms, rebuilds: 0, last_offer_ms: now_ms, reading };
+        self.calls.push(call);
     }
 
     /// Whether any call waits.
@@ -98,6 +108,10 @@ impl AwaitingCalls {
         let mut out = Vec::new();
         for mut a in std::mem::take(&mut self.calls) {
             let conv = a.conv;
+            if a.reading {
+                self.read_and_make(a, engine, seq, now_ms, &mut out);
+                continue;
+            }
             if seq.take_not_member(&conv.topic()) {
                 let e = NodeError::Sequencer(cairn_proto::SequencerError::NotMember.to_string());
                 out.push(Settled::new(a.answer, conv, Err(e)));
@@ -105,7 +119,10 @@ impl AwaitingCalls {
                 // Merged; an add of more than one commit goes on with the rest.
                 match redo(engine, &a.intent, conv, seq, now_ms) {
                     Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
-                    Ok(Commit::Pending) => self.calls.push(a),
+                    Ok(state) => {
+                        a.reading = state == Commit::Reading;
+                        self.calls.push(a);
+                    }
                     Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
                 }
             } else if !engine.has_pending_commit(&conv) {
@@ -119,7 +136,10 @@ impl AwaitingCalls {
                 }
                 match redo(engine, &a.intent, conv, seq, now_ms) {
                     Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
-                    Ok(Commit::Pending) => self.calls.push(a),
+                    Ok(state) => {
+                        a.reading = state == Commit::Reading;
+                        self.calls.push(a);
+                    }
                     Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
                 }
             } else if now_ms >= a.deadline_ms {
@@ -136,6 +156,38 @@ impl AwaitingCalls {
             }
         }
         out
+    }
+
+    /// A call waiting for its read of the order: made again once the read is there (or every
+    /// [`READ_AGAIN_MS`], which asks again), until its deadline.
+    fn read_and_make(
+        &mut self,
+        mut a: Awaiting,
+        engine: &mut Engine,
+        seq: &mut NodeSequencer,
+        now_ms: u64,
+        out: &mut Vec<Settled>,
+    ) {
+        let conv = a.conv;
+        let due = now_ms.saturating_sub(a.last_offer_ms) >= READ_AGAIN_MS;
+        if !seq.order_ready(&conv.topic()) && !due {
+            if now_ms >= a.deadline_ms {
+                let e = NodeError::Sequencer("the ledger could not be read in time; try again".into());
+                out.push(Settled::new(a.answer, conv, Err(e)));
+            } else {
+                self.calls.push(a);
+            }
+            return;
+        }
+        a.last_offer_ms = now_ms;
+        match redo(engine, &a.intent, conv, seq, now_ms) {
+            Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
+            Ok(state) => {
+                a.reading = state == Commit::Reading;
+                self.calls.push(a);
+            }
+            Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
+        }
     }
 }
 

@@ -4,15 +4,17 @@
 //! synchronous call on the actor thread. The ledger worker already learns, one block read per
 //! height, which conversation topics got handshakes; it now also reads those handshakes (a
 //! proven `handshakes` query, on its own connection) and leaves them here, then tells the
-//! actor. The actor's `fetch` is served from here, so applying a commit someone else made
-//! costs the actor no round trip. What is not here is read from the ledger as before.
+//! actor. The actor's `fetch` is served from here only: what is not here is asked of the
+//! ledger worker, and the actor goes on (the actor never makes a ledger round trip).
 //!
-//! Sans-IO: no clock, no I/O; the worker and the actor share it behind a mutex.
+//! Sans-IO: no I/O; times are passed in. The workers and the actor share it behind a mutex.
 //!
 //! Why this is safe: a sequenced handshake never changes once final, so an entry read ahead
 //! is as true as one read now. The only thing that can age is "nothing after position n",
-//! which is therefore served once (the read that comes right after the entries, in the same
-//! catch-up) and then forgotten; every later read at that position asks the ledger.
+//! which is therefore served for [`END_FRESH_MS`] after it was read, then no more. What a
+//! stale end can cost is bounded and never wrong: a commit built on it is refused as stale
+//! (with a proof) and rebuilt; a handshake not seen yet is read at the next block the ledger
+//! worker follows, or the next ask.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -28,6 +30,9 @@ pub const ORDER_TOPICS_MAX: usize = 4_096;
 pub const ORDER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Handshakes the worker reads ahead per conversation and read, at most.
 pub const ORDER_PAGE: usize = 64;
+/// "Nothing after position n" is served this long after the ledger said it, ms (long enough
+/// for the change that asked for the read, or the next 250 ms tick, to be built on it).
+pub const END_FRESH_MS: u64 = 1_000;
 
 /// One conversation's read position and what was read ahead of it.
 #[derive(Debug, Default)]
@@ -36,13 +41,19 @@ struct TopicOrder {
     cursor: u64,
     /// Entries from position `cursor` on (never older ones).
     entries: VecDeque<Vec<u8>>,
-    /// "Nothing after this position" as the ledger said at the read-ahead, served once.
-    end: Option<u64>,
+    /// "Nothing after this position" as the ledger said at the read-ahead, and when (ms),
+    /// served while fresh.
+    end: Option<(u64, u64)>,
 }
 
 impl TopicOrder {
     fn bytes(&self) -> usize {
         self.entries.iter().map(Vec::len).sum()
+    }
+
+    /// Whether the ledger said "nothing after `at`" less than [`END_FRESH_MS`] before `now_ms`.
+    fn fresh_end(&self, at: u64, now_ms: u64) -> bool {
+        self.end.is_some_and(|(e, read)| e == at && now_ms.saturating_sub(read) < END_FRESH_MS)
     }
 
     /// Drops entries before `cursor` (they were applied).
@@ -58,7 +69,7 @@ impl TopicOrder {
             }
             self.cursor += 1;
         }
-        if self.end.is_some_and(|e| e < self.cursor) {
+        if self.end.is_some_and(|(e, _)| e < self.cursor) {
             self.end = None;
         }
         freed
@@ -70,7 +81,7 @@ impl TopicOrder {
 pub enum Served {
     /// Entries read ahead.
     Entries,
-    /// The end of the order as read ahead (served once).
+    /// The end of the order as read ahead (served while fresh).
     End,
 }
 
@@ -124,9 +135,9 @@ impl OrderCache {
     }
 
     /// The worker read `payloads`, the handshakes at positions `from`, `from + 1`, …;
-    /// `complete` if the ledger had nothing after them. Entries the actor already passed, or
-    /// that leave a hole, are dropped.
-    pub fn fill(&mut self, topic: &Topic, from: u64, payloads: Vec<Vec<u8>>, complete: bool) {
+    /// `complete` if the ledger had nothing after them (at `now_ms`). Entries the actor
+    /// already passed, or that leave a hole, are dropped.
+    pub fn fill(&mut self, topic: &Topic, from: u64, payloads: Vec<Vec<u8>>, complete: bool, now_ms: u64) {
         let Some(t) = self.topics.get_mut(topic) else { return };
         let mut pos = from;
         let mut whole = complete;
@@ -146,13 +157,32 @@ impl OrderCache {
             pos += 1;
         }
         if whole && pos == t.cursor + t.entries.len() as u64 {
-            t.end = Some(pos);
+            t.end = Some((pos, now_ms));
         }
     }
 
+    /// Forgets `topic`'s end: the next read past its entries asks the ledger worker.
+    pub fn forget_end(&mut self, topic: &Topic) {
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.end = None;
+        }
+    }
+
+    /// Whether a read of `topic` at its position would be served now (entries, or a fresh
+    /// end).
+    pub fn ready(&self, topic: &Topic, now_ms: u64) -> bool {
+        self.topics.get(topic).is_some_and(|t| !t.entries.is_empty() || t.fresh_end(t.cursor, now_ms))
+    }
+
     /// Serves the actor's read of `topic` from `from` (at most `max` entries), or `None`: ask
-    /// the ledger. Notes `from` as the topic's position either way.
-    pub fn take(&mut self, topic: &Topic, from: u64, max: usize) -> Option<(Vec<Sequenced>, Served)> {
+    /// the ledger worker. Notes `from` as the topic's position either way.
+    pub fn take(
+        &mut self,
+        topic: &Topic,
+        from: u64,
+        max: usize,
+        now_ms: u64,
+    ) -> Option<(Vec<Sequenced>, Served)> {
         self.note(topic, from);
         let t = self.topics.get_mut(topic)?;
         if t.cursor != from {
@@ -168,9 +198,10 @@ impl OrderCache {
                 .collect();
             return Some((out, Served::Entries));
         }
-        if t.end.take() == Some(from) {
+        if t.fresh_end(from, now_ms) {
             return Some((Vec::new(), Served::End));
         }
+        t.end = None;
         None
     }
 
@@ -193,61 +224,75 @@ mod tests {
     }
 
     #[test]
-    fn a_read_ahead_is_served_then_its_end_once_then_the_ledger_is_asked() {
+    fn a_read_ahead_is_served_then_its_end_while_fresh_then_the_worker_is_asked() {
         let mut c = OrderCache::new();
-        // never read: the worker has no position, the actor asks the ledger
+        // never read: the worker has no position, the actor asks it
         assert_eq!(c.read_from(&t(1)), None);
-        assert!(c.take(&t(1), 3, 10).is_none());
+        assert!(c.take(&t(1), 3, 10, 0).is_none());
+        assert!(!c.ready(&t(1), 0));
         assert_eq!(c.read_from(&t(1)), Some(3));
-        c.fill(&t(1), 3, payloads(2), true);
-        let (got, how) = c.take(&t(1), 3, 10).expect("served");
+        c.fill(&t(1), 3, payloads(2), true, 100);
+        assert!(c.ready(&t(1), 100));
+        let (got, how) = c.take(&t(1), 3, 10, 100).expect("served");
         assert_eq!(how, Served::Entries);
         assert_eq!(got.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(got[1].payload, vec![1; 10]);
-        // the catch-up's next read: the end as read, once
-        assert_eq!(c.take(&t(1), 5, 10).map(|(g, h)| (g.len(), h)), Some((0, Served::End)));
+        // the catch-up's next read, and any other while fresh: the end as read
+        for now in [100, 600, 100 + END_FRESH_MS - 1] {
+            assert_eq!(c.take(&t(1), 5, 10, now).map(|(g, h)| (g.len(), h)), Some((0, Served::End)));
+            assert!(c.ready(&t(1), now));
+        }
         assert_eq!(c.bytes(), 0);
-        // later reads at that position go to the ledger (the end may have moved)
-        assert!(c.take(&t(1), 5, 10).is_none());
+        // a message from a newer epoch proves it moved: forgotten at once
+        c.fill(&t(1), 5, Vec::new(), true, 100);
+        assert!(c.ready(&t(1), 100));
+        c.forget_end(&t(1));
+        assert!(!c.ready(&t(1), 100));
+        assert!(c.take(&t(1), 5, 10, 100).is_none());
+        c.fill(&t(1), 5, Vec::new(), true, 100);
+        // and it ages: the end may have moved
+        assert!(!c.ready(&t(1), 100 + END_FRESH_MS));
+        assert!(c.take(&t(1), 5, 10, 100 + END_FRESH_MS).is_none());
+        assert!(c.take(&t(1), 5, 10, 100).is_none(), "a stale end is forgotten");
     }
 
     #[test]
     fn entries_are_served_in_pages_and_a_hole_or_a_passed_position_is_dropped() {
         let mut c = OrderCache::new();
         c.note(&t(1), 0);
-        c.fill(&t(1), 0, payloads(5), true);
-        let (got, _) = c.take(&t(1), 0, 2).expect("served");
+        c.fill(&t(1), 0, payloads(5), true, 0);
+        let (got, _) = c.take(&t(1), 0, 2, 0).expect("served");
         assert_eq!(got.len(), 2);
-        let (got, _) = c.take(&t(1), 2, 2).expect("served");
+        let (got, _) = c.take(&t(1), 2, 2, 0).expect("served");
         assert_eq!(got[0].seq, 2);
         assert_eq!(c.read_from(&t(1)), Some(5));
         // a read-ahead that starts after a hole is not kept, and leaves no end
-        c.fill(&t(1), 7, payloads(1), true);
+        c.fill(&t(1), 7, payloads(1), true, 0);
         assert_eq!(c.read_from(&t(1)), Some(5));
         // one that overlaps what is held adds only the new positions
-        c.fill(&t(1), 3, payloads(4), true);
+        c.fill(&t(1), 3, payloads(4), true, 0);
         assert_eq!(c.read_from(&t(1)), Some(7));
-        let (got, _) = c.take(&t(1), 6, 10).expect("served");
+        let (got, _) = c.take(&t(1), 6, 10, 0).expect("served");
         assert_eq!(got.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![6]);
         // the actor read the order itself past what was held
         c.note(&t(1), 9);
         assert_eq!(c.read_from(&t(1)), Some(9));
         assert_eq!(c.bytes(), 0);
-        assert!(c.take(&t(1), 9, 10).is_none());
+        assert!(c.take(&t(1), 9, 10, 0).is_none());
     }
 
     #[test]
     fn a_read_behind_the_position_starts_over_and_a_partial_read_has_no_end() {
         let mut c = OrderCache::new();
         c.note(&t(2), 4);
-        c.fill(&t(2), 4, payloads(3), false);
+        c.fill(&t(2), 4, payloads(3), false, 0);
         c.note(&t(2), 1);
         assert_eq!(c.read_from(&t(2)), Some(1));
         assert_eq!(c.bytes(), 0);
-        c.fill(&t(2), 1, payloads(2), false);
-        let _ = c.take(&t(2), 1, 10).expect("served");
+        c.fill(&t(2), 1, payloads(2), false, 0);
+        let _ = c.take(&t(2), 1, 10, 0).expect("served");
         // no end was read: the next position asks the ledger
-        assert!(c.take(&t(2), 3, 10).is_none());
+        assert!(c.take(&t(2), 3, 10, 0).is_none());
     }
 
     #[test]
@@ -255,12 +300,12 @@ mod tests {
         let mut c = OrderCache::new();
         c.note(&t(0), 0);
         let big = vec![vec![0u8; ORDER_BYTES_MAX / 2 + 1]; 3];
-        c.fill(&t(0), 0, big, true);
+        c.fill(&t(0), 0, big, true, 0);
         assert!(c.bytes() <= ORDER_BYTES_MAX);
         assert_eq!(c.read_from(&t(0)), Some(1));
-        let (_, _) = c.take(&t(0), 0, 10).expect("served");
+        let (_, _) = c.take(&t(0), 0, 10, 0).expect("served");
         // what did not fit left no end behind it
-        assert!(c.take(&t(0), 1, 10).is_none());
+        assert!(c.take(&t(0), 1, 10, 0).is_none());
         for i in 0..ORDER_TOPICS_MAX + 10 {
             let mut b = [0u8; 32];
             b[..8].copy_from_slice(&(i as u64).to_le_bytes());

@@ -15,9 +15,11 @@
 //! Mining progress is kept per commit (topic, position, payload hash): a commit offered again
 //! after a failed attempt goes on from the nonce where mining stopped, never from zero.
 //!
-//! Reading the order (`fetch`) is served first from what the ledger worker and this worker
-//! read ahead (`shell::order_cache`); while receiving, a read that is not there is asked of
-//! the ledger worker ([`NodeSequencer::without_waiting`]) instead of waited for.
+//! Reading the order (`fetch`) is served only from what the ledger worker and this worker
+//! read ahead (`shell::order_cache`); a read that is not there is asked of the ledger worker
+//! and fails as unavailable meanwhile. The actor holds no ledger connection: a change whose
+//! read is missing is parked (`shell::awaiting`) and made once the worker's answer arrives
+//! ([`Job::Handshakes`]); a message from an epoch not reached yet waits in the future buffer.
 //!
 //! Leave proposals (submissions with no next authority key) go the same way: the MLS client
 //! keeps its own proposal pending until the order shows what holds its slot, as it keeps a
@@ -209,28 +211,22 @@ pub struct Submission {
 
 /// The actor's side: a [`CommitSequencer`] that never blocks on a commit.
 pub struct NodeSequencer {
-    /// Reads the order (a kept connection set; the trait's `fetch` takes `&self`).
-    reader: RefCell<LedgerClient>,
     queue: SyncSender<Submission>,
     book: Arc<Mutex<Book>>,
     refused: Recent<Topic, ()>,
     stall: Arc<SubmitStall>,
-    /// The order read ahead by the ledger worker (served before asking the ledger).
+    /// The order read ahead by the workers (the only place reads are served from).
     order: Arc<Mutex<OrderCache>>,
-    /// Reads of the order the actor made itself (round trips it waited for).
-    read_stall: Arc<SubmitStall>,
     /// Reads of the order served from what was read ahead.
     read_ahead: Arc<AtomicU64>,
     /// Where reads ahead are asked for (the ledger worker), once connected.
     ahead: Option<SyncSender<LedgerJob>>,
-    /// While set, a read the cache cannot serve is asked of the ledger worker, not waited for.
-    no_wait: bool,
     /// Reads ahead asked for and not served yet, by when.
     asked: RefCell<Recent<Topic, Instant>>,
     /// Reads ahead asked for in all.
     asks: Arc<AtomicU64>,
-    /// Reads of the ledger made on the actor while receiving.
-    receive_reads: Arc<AtomicU64>,
+    /// Reads that could not be asked (no worker yet, or its queue was full).
+    unasked: Arc<AtomicU64>,
 }
 
 /// Conversations with a read ahead asked for and not served yet, at most. Overflow policy:
@@ -239,17 +235,16 @@ pub const READS_ASKED_MAX: usize = 256;
 /// A read ahead not served this long is asked again, ms.
 pub const READ_ASK_AGAIN_MS: u64 = 1_000;
 
-/// How the actor's reads of the commit order were answered.
+/// How the actor's reads of the commit order were answered (never by a round trip of its
+/// own: it holds no ledger connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OrderReadsView {
-    /// Served from what the ledger worker read ahead (no round trip).
+    /// Served from what the workers read ahead.
     pub read_ahead: u64,
-    /// Asked of the ledger worker instead of waited for (while receiving).
+    /// Asked of the ledger worker (the read failed as unavailable meanwhile).
     pub asked: u64,
-    /// Read from the ledger on the actor: calls, time in all and longest.
-    pub ledger: SubmitStallView,
-    /// Of those, made while receiving (the worker could not be asked: its queue was full).
-    pub ledger_while_receiving: u64,
+    /// Not served and not asked (the worker's queue was full): the read is tried again.
+    pub unasked: u64,
 }
 
 /// The worker's side, run by [`SubmitWorker::run`] on its own thread.
@@ -304,11 +299,10 @@ fn unavailable(why: impl std::fmt::Display) -> SequencerError {
 }
 
 impl NodeSequencer {
-    /// The actor's sequencer and its worker (to run on its own thread). `reader` reads the
-    /// order; `worker` submits commits and leave proposals. The worker tells `ops` when a
-    /// submission ended, and stops once `stopping` says so or this sequencer is dropped.
+    /// The actor's sequencer and its worker (to run on its own thread). `worker` submits
+    /// commits and leave proposals. The worker tells `ops` when a submission ended, and stops
+    /// once `stopping` says so or this sequencer is dropped.
     pub fn new(
-        reader: LedgerClient,
         worker: LedgerClient,
         ops: mpsc::Sender<Job>,
         stopping: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -318,19 +312,16 @@ impl NodeSequencer {
         let book =
             Arc::new(Mutex::new(Book { in_flight: HashSet::new(), outcomes: Recent::new(OUTCOMES_MAX) }));
         let seq = Self {
-            reader: RefCell::new(reader),
             queue,
             book: book.clone(),
             refused: Recent::new(REFUSALS_MAX),
             stall: Arc::new(SubmitStall::default()),
             order: order.clone(),
-            read_stall: Arc::new(SubmitStall::default()),
             read_ahead: Arc::new(AtomicU64::new(0)),
             ahead: None,
-            no_wait: false,
             asked: RefCell::new(Recent::new(READS_ASKED_MAX)),
             asks: Arc::new(AtomicU64::new(0)),
-            receive_reads: Arc::new(AtomicU64::new(0)),
+            unasked: Arc::new(AtomicU64::new(0)),
         };
         let worker = SubmitWorker {
             client: worker,
@@ -356,15 +347,10 @@ impl NodeSequencer {
         self.ahead = Some(ledger);
     }
 
-    /// Runs `f` with reads the cache cannot serve asked of the ledger worker instead of
-    /// waited for: they fail as unavailable, and the worker's answer comes back as
-    /// [`Job::Handshakes`] (used while receiving: a message from an epoch not reached yet
-    /// waits in the future buffer meanwhile).
-    pub fn without_waiting<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
-        self.no_wait = true;
-        let r = f(self);
-        self.no_wait = false;
-        r
+    /// Whether a read of `topic`'s order at the actor's position would be served now (a
+    /// change parked for its read is made again once it would).
+    pub fn order_ready(&self, topic: &Topic) -> bool {
+        lock(&self.order).ready(topic, super::now_ms())
     }
 
     /// Asks the ledger worker to read `topic` ahead, at most once per [`READ_ASK_AGAIN_MS`];
@@ -385,13 +371,11 @@ impl NodeSequencer {
 
     /// A reader of how the actor's reads of the order were answered.
     pub fn order_reads(&self) -> impl Fn() -> OrderReadsView + Send + Sync + 'static {
-        let (stall, ahead, asks) = (self.read_stall.clone(), self.read_ahead.clone(), self.asks.clone());
-        let receiving = self.receive_reads.clone();
+        let (ahead, asks, unasked) = (self.read_ahead.clone(), self.asks.clone(), self.unasked.clone());
         move || OrderReadsView {
             read_ahead: ahead.load(Ordering::Relaxed),
             asked: asks.load(Ordering::Relaxed),
-            ledger: stall.view(),
-            ledger_while_receiving: receiving.load(Ordering::Relaxed),
+            unasked: unasked.load(Ordering::Relaxed),
         }
     }
 
@@ -465,27 +449,21 @@ impl CommitSequencer for NodeSequencer {
     }
 
     fn fetch(&self, topic: &Topic, from: u64, max: usize) -> Result<Vec<Sequenced>, SequencerError> {
-        let served = lock(&self.order).take(topic, from, max);
+        let served = lock(&self.order).take(topic, from, max, super::now_ms());
         if let Some((got, _)) = served {
             self.read_ahead.fetch_add(1, Ordering::Relaxed);
             self.asked.borrow_mut().remove(topic);
             return Ok(got);
         }
-        if self.no_wait && self.ask_read(topic) {
+        if self.ask_read(topic) {
             return Err(unavailable("the order is being read ahead"));
         }
-        // Never reentered (the actor reads one order at a time); refused rather than panic if
-        // it ever were.
-        let Ok(mut client) = self.reader.try_borrow_mut() else {
-            return Err(unavailable("the order is being read"));
-        };
-        let start = Instant::now();
-        let r = client.sequenced(topic, from, max).map_err(unavailable);
-        self.read_stall.record(start.elapsed());
-        if self.no_wait {
-            self.receive_reads.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        self.unasked.fetch_add(1, Ordering::Relaxed);
+        Err(unavailable("the ledger worker is busy; the order is read again later"))
+    }
+
+    fn expect_more(&mut self, topic: &Topic) {
+        lock(&self.order).forget_end(topic);
     }
 }
 
@@ -498,7 +476,7 @@ pub fn read_ahead(client: &mut LedgerClient, order: &Mutex<OrderCache>, at: Vec<
             Ok(got) => {
                 let complete = got.len() < ORDER_PAGE;
                 let payloads = got.into_iter().map(|s| s.payload).collect();
-                lock(order).fill(&topic, from, payloads, complete);
+                lock(order).fill(&topic, from, payloads, complete, super::now_ms());
             }
             Err(e) => tracing::debug!("reading the order ahead: {e}"),
         }
@@ -690,7 +668,7 @@ mod tests {
         let (g, _) = cairn_ledger::genesis::Genesis::local("seq-test", 1, 39_000, Vec::new()).unwrap();
         let client = || LedgerClient::new(&g).unwrap();
         let (ops, _) = mpsc::channel(4);
-        NodeSequencer::new(client(), client(), ops, Arc::new(|| false))
+        NodeSequencer::new(client(), ops, Arc::new(|| false))
     }
 
     fn is_unavailable(r: &Result<u64, SequencerError>) -> bool {
@@ -769,6 +747,34 @@ mod tests {
         let held: Vec<(Topic, u64)> = worker.held.iter().map(|w| (w.key.topic, w.key.after)).collect();
         assert_eq!(held, vec![(topic, 1), (Topic([6; 32]), 0)]);
         assert_eq!(seq.in_flight(), 2, "the replaced commit is no longer in flight");
+    }
+
+    #[test]
+    fn reads_are_served_from_the_read_ahead_or_asked_of_the_ledger_worker_never_waited_for() {
+        let (mut seq, _worker) = sequencer();
+        let topic = Topic([7; 32]);
+        let unavailable =
+            |r: Result<Vec<Sequenced>, SequencerError>| matches!(r, Err(SequencerError::Unavailable(_)));
+        // No ledger worker connected yet: not served, not asked, not waited for.
+        assert!(unavailable(seq.fetch(&topic, 0, 10)));
+        assert_eq!(seq.order_reads()().unasked, 1);
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        seq.ask_reads_at(tx);
+        let start = Instant::now();
+        assert!(unavailable(seq.fetch(&topic, 0, 10)));
+        assert!(unavailable(seq.fetch(&topic, 0, 10)));
+        assert!(start.elapsed() < Duration::from_secs(1), "no read waits for the ledger");
+        let asked: Vec<LedgerJob> = rx.try_iter().collect();
+        assert!(matches!(&asked[..], [LedgerJob::ReadAhead(t)] if *t == topic), "asked once");
+        assert!(!seq.order_ready(&topic));
+        // The worker's read arrives: its entries, then its end while fresh.
+        lock(&seq.order).fill(&topic, 0, vec![vec![1; 8]], true, super::super::now_ms());
+        assert!(seq.order_ready(&topic));
+        assert_eq!(seq.fetch(&topic, 0, 10).unwrap().len(), 1);
+        assert!(seq.fetch(&topic, 1, 10).unwrap().is_empty());
+        assert!(seq.fetch(&topic, 1, 10).unwrap().is_empty());
+        let v = seq.order_reads()();
+        assert_eq!((v.read_ahead, v.asked, v.unasked), (3, 1, 1));
     }
 
     #[test]
