@@ -644,6 +644,7 @@ fn a_leave_proposal_left_unanswered_stays_pending_until_the_order_shows_what_hol
     let n = flaky.inner.len(&topic);
     assert!(matches!(d.client.leave(&id, &mut flaky, NOW), Err(MlsError::Sequencer(_))));
     assert!(d.client.has_pending_commit(&id));
+    assert_eq!(d.client.conversations_leaving(), vec![id], "offered again by the node's tick");
     assert!(matches!(d.client.self_update(&id, &mut flaky, NOW), Err(MlsError::CommitPending)));
     let out = d.client.retry_pending(&id, &mut flaky).unwrap().expect("sequenced when offered again");
     assert_eq!((out.seq, flaky.inner.len(&topic)), (n, n + 1));
@@ -705,4 +706,26 @@ fn a_pending_leave_survives_a_restart() {
     a.client.commit_pending(&id, &mut flaky, NOW).unwrap().unwrap();
     let ev = c.client.sync(&id, &flaky, NOW).unwrap();
     assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+}
+
+#[test]
+fn a_leave_answered_stale_after_it_was_sequenced_is_proposed_once_and_the_leaver_updates_no_key() {
+    let mut flaky = Flaky { inner: MemorySequencer::new(), fault: None };
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut flaky.inner);
+    let topic = id.topic();
+    let n = flaky.inner.len(&topic);
+    flaky.fault = Some(Fault::StaleAfterSequencing);
+    c.client.leave(&id, &mut flaky, NOW).unwrap();
+    assert_eq!(flaky.inner.len(&topic), n + 1, "its own bytes hold the slot: one proposal, not two");
+    assert!(!c.client.has_pending_commit(&id));
+    assert!(!c.client.due_for_update(&id, NOW + 365 * 86_400_000).unwrap(), "a leaver commits nothing");
+    assert!(c.client.conversations_leaving().is_empty());
+    a.client.sync(&id, &flaky, NOW).unwrap();
+    a.client.commit_pending(&id, &mut flaky, NOW).unwrap().unwrap();
+    let ev = c.client.sync(&id, &flaky, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+    // Asked again once out: nothing to propose.
+    c.client.leave(&id, &mut flaky, NOW).unwrap();
+    assert_eq!(flaky.inner.len(&topic), n + 2, "the proposal and the removing commit only");
 }

@@ -362,7 +362,11 @@ async fn a_message_from_an_epoch_not_reached_costs_the_receiving_actor_no_round_
         alice.add_members(chat.clone(), vec![account(&other).await]).await.expect("add merged");
         let text = format!("after add {i}");
         alice.send(chat.clone(), text.clone(), None).await.unwrap();
-        delivered(&mut rx, &chat, &text).await;
+        // Well before Bob's 20 s poll could have shown him the commit: the message itself
+        // made him ask (a "nothing more" he read earlier is forgotten, not believed).
+        tokio::time::timeout(Duration::from_secs(15), delivered(&mut rx, &chat, &text))
+            .await
+            .expect("shown before the block follower's next poll");
     }
     let after = bob.order_reads();
     eprintln!("bob's reads of the order: before {before:?}, after 2 commits and messages {after:?}");

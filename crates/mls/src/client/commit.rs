@@ -267,10 +267,14 @@ impl Client {
         }
         if self.conv(id)?.meta.pending_leave.is_some() {
             // Our leave proposal waits for this slot: its bytes sequence it, others take it.
-            if self.settle_own_leave(id, seq, payload)? {
-                return self.persist(id);
+            match self.settle_own_leave(id, seq, payload) {
+                Ok(true) => return self.persist(id),
+                Ok(false) => self.persist(id)?,
+                Err(e) => {
+                    self.rollback(id)?;
+                    return Err(e);
+                }
             }
-            self.persist(id)?;
         }
         if self.conv(id)?.meta.pending_commit.is_some() || self.conv(id)?.group.pending_commit().is_some() {
             // Other bytes hold the slot our pending commit was built for: it lost (its author

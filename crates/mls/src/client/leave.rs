@@ -25,7 +25,8 @@ use super::{Client, ConversationId, MlsError, to_bytes};
 
 impl Client {
     /// Proposes this device's removal (MLS leave); another member commits it. `Ok`: the
-    /// proposal holds its place in the order (sequenced by this call or an earlier one).
+    /// proposal holds its place in the order (sequenced by this call or an earlier one), or
+    /// this device is out of the group already.
     /// `Err(Sequencer(..))` with [`Client::has_pending_commit`] true: it was built and offered
     /// but not answered yet; it stays pending and is offered again (see the module docs).
     pub fn leave(
@@ -49,6 +50,11 @@ impl Client {
             let mut events = Vec::new();
             self.catch_up(id, sequencer, &mut events)?;
             let c = self.conv(id)?;
+            if !c.group.is_active() && c.meta.pending_leave.is_none() {
+                // Out already (the commit covering the leave was applied in that catch-up, or
+                // another member removed this device): nothing left to propose.
+                return Ok(());
+            }
             if c.meta.pending_commit.is_some() {
                 return Err(MlsError::CommitPending);
             }
@@ -148,6 +154,12 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Whether this device's own removal proposal is in the group's proposal store (sequenced, or
+/// waiting for its slot).
+pub(super) fn is_leaving(c: &Conversation) -> bool {
+    !own_leave_refs(c).is_empty()
 }
 
 /// This device's own removal proposals in the group's proposal store.

@@ -370,9 +370,17 @@ impl Client {
     /// and has not updated since (keeps the tree full), or the update interval has passed.
     pub fn due_for_update(&self, id: &ConversationId, now_ms: u64) -> Result<bool, MlsError> {
         let c = self.conv(id)?;
+        // A device leaving commits nothing (its own removal proposal would be in the commit).
+        let leaving = c.meta.pending_leave.is_some() || leave::is_leaving(c);
         Ok(c.group.is_active()
+            && !leaving
             && (c.meta.needs_update
                 || now_ms.saturating_sub(c.meta.last_update_ms) >= self.config.update_interval_ms))
+    }
+
+    /// Conversations where this device's leave proposal waits for its slot in the order.
+    pub fn conversations_leaving(&self) -> Vec<ConversationId> {
+        self.conversations.iter().filter(|(_, c)| c.meta.pending_leave.is_some()).map(|(id, _)| *id).collect()
     }
 
     /// Conversations where [`Client::due_for_update`] holds.

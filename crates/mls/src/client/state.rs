@@ -35,6 +35,9 @@ pub(super) const META_PREFIX: &[u8] = b"cairn.conversation\0";
 
 impl Meta {
     pub(super) fn encode(&self) -> Vec<u8> {
+        // One own handshake waits at a time (a leaver commits nothing: OpenMLS refuses a
+        // commit that removes its committer).
+        debug_assert!(self.pending_commit.is_none() || self.pending_leave.is_none());
         let mut w = Writer::with_capacity(32);
         w.u8(if self.pending_leave.is_some() { META_VERSION_LEAVE } else { META_VERSION });
         w.u64(self.applied);

@@ -171,8 +171,9 @@ impl Engine {
     }
 
     /// Leaves a conversation (another member commits the removal): `Done` once the leave
-    /// proposal holds its place in the order, `Pending` while it waits for the commit worker
-    /// (kept, and offered again like a pending commit).
+    /// proposal holds its place in the order (or this device is out already), `Pending` while
+    /// it waits for the commit worker (kept, and offered again like a pending commit),
+    /// `Reading` while the order it is built on is being read (nothing built yet).
     pub fn leave(
         &mut self,
         id: ConversationId,

@@ -129,6 +129,9 @@ pub const OUTBOX_ACKED_PENDING_MAX: usize = 1_024;
 /// Lazy (fsync-free) receive commits are made durable at least this often, ms: what a crash
 /// can roll back (and read again from the local history) is at most this much.
 pub const DURABLE_EVERY_MS: u64 = 2_000;
+/// A leave proposal still pending (its API call answered at the deadline, a restart, the
+/// commit worker gave up) is offered again this often, ms.
+pub const LEAVE_AGAIN_MS: u64 = 5_000;
 
 /// The MLS settings a user node runs with.
 pub fn mls_config() -> cairn_mls::Config {
@@ -220,6 +223,8 @@ pub struct Engine {
     deliveries_dirty: BTreeSet<Id>,
     /// When the tick last made lazy commits durable, ms.
     last_durable_ms: u64,
+    /// When the tick last offered pending leave proposals again, ms.
+    last_leave_offer_ms: u64,
     /// The conversations' message policies (see `policy_run`).
     policy_run: policy_run::PolicyRun,
     /// Receipt signers' certificates verified already.
@@ -325,6 +330,7 @@ impl Engine {
             pending_redactions,
             deliveries_dirty: BTreeSet::new(),
             last_durable_ms: 0,
+            last_leave_offer_ms: 0,
             policy_run: policy_run::PolicyRun::default(),
             receipt_certs: receipts::ReceiptCerts::default(),
             cursor_dirty: BTreeSet::new(),
@@ -461,6 +467,12 @@ impl Engine {
         }
         let fx = self.core.handle(Input::Tick, now_ms);
         self.apply(fx, seq, now_ms);
+        if now_ms.saturating_sub(self.last_leave_offer_ms) >= LEAVE_AGAIN_MS {
+            self.last_leave_offer_ms = now_ms;
+            for c in self.mls.conversations_leaving() {
+                self.settle_commit(&c, seq, now_ms);
+            }
+        }
         for c in self.mls.conversations_due(now_ms) {
             self.settle_commit(&c, seq, now_ms);
             if let Err(e) = self.mls.self_update(&c, seq, now_ms) {

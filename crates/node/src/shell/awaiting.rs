@@ -169,14 +169,21 @@ impl AwaitingCalls {
         out: &mut Vec<Settled>,
     ) {
         let conv = a.conv;
+        if engine.has_pending_commit(&conv) {
+            // Another change of this device was built first (a parked call, a key update):
+            // this one waits for it, as any call made while a commit is pending.
+            a.reading = false;
+            self.calls.push(a);
+            return;
+        }
+        if now_ms >= a.deadline_ms {
+            let e = NodeError::Sequencer("the ledger could not be read in time; try again".into());
+            out.push(Settled::new(a.answer, conv, Err(e)));
+            return;
+        }
         let due = now_ms.saturating_sub(a.last_offer_ms) >= READ_AGAIN_MS;
         if !seq.order_ready(&conv.topic()) && !due {
-            if now_ms >= a.deadline_ms {
-                let e = NodeError::Sequencer("the ledger could not be read in time; try again".into());
-                out.push(Settled::new(a.answer, conv, Err(e)));
-            } else {
-                self.calls.push(a);
-            }
+            self.calls.push(a);
             return;
         }
         a.last_offer_ms = now_ms;

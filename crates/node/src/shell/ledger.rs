@@ -67,8 +67,9 @@ pub enum LedgerJob {
         /// Its hash and count.
         record: KeyPackageRecord,
     },
-    /// Read a conversation's sequenced handshakes ahead for the actor (it met a message from
-    /// an epoch it has not reached), then tell it.
+    /// Read a conversation's sequenced handshakes ahead for the actor (a read it could not
+    /// serve from the read-ahead: a change to build, a message from an epoch not reached yet,
+    /// a conversation at start), then tell it.
     ReadAhead(Topic),
 }
 

@@ -30,9 +30,12 @@ pub const ORDER_TOPICS_MAX: usize = 4_096;
 pub const ORDER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Handshakes the worker reads ahead per conversation and read, at most.
 pub const ORDER_PAGE: usize = 64;
-/// "Nothing after position n" is served this long after the ledger said it, ms (long enough
-/// for the change that asked for the read, or the next 250 ms tick, to be built on it).
-pub const END_FRESH_MS: u64 = 1_000;
+/// "Nothing after position n" is served this long after the ledger said it, ms: longer than
+/// every retry period of a change that asked for the read (a parked call 1 s, a revocation
+/// 2 s, a key update at the next 250 ms tick), so the retry finds it. While the block
+/// follower runs, newer handshakes are read ahead as entries (served before the end) within
+/// its poll, so the window bounds staleness only when the follower lags.
+pub const END_FRESH_MS: u64 = 5_000;
 
 /// One conversation's read position and what was read ahead of it.
 #[derive(Debug, Default)]

@@ -553,14 +553,15 @@ impl SubmitWorker {
             Step::Again(w) => self.held.push_back(w),
             Step::Answer(key, answer) => {
                 tracing::debug!(after = key.after, ok = answer.is_ok(), "commit submission answered");
+                // The actor settles by reading the order: read it ahead for it, before the
+                // answer shows (a "stale" seen first would be offered, and mined, again).
+                let at = lock(&self.order).read_from(&key.topic).map(|from| (key.topic, from));
+                read_ahead(&mut self.client, &self.order, at.into_iter().collect());
                 {
                     let mut book = lock(&self.book);
                     book.in_flight.remove(&key);
                     book.outcomes.insert(key, answer);
                 }
-                // The actor settles by reading the order: read it ahead for it.
-                let at = lock(&self.order).read_from(&key.topic).map(|from| (key.topic, from));
-                read_ahead(&mut self.client, &self.order, at.into_iter().collect());
                 let _ = self.ops.blocking_send(Job::SubmissionEnded(key.topic));
             }
             Step::GiveUp(key, tx) => {
