@@ -332,13 +332,11 @@ fn large_additions_are_split_into_commits_the_sequencer_accepts() {
     say(&mut first[0], &mut rest, &id, "six of us");
 }
 
-#[test]
-fn an_addition_too_large_for_the_sequencer_is_split_adaptively() {
+/// `n` verified key packages of devices of `a`'s account.
+fn key_packages(a: &Dev, n: u8) -> Vec<cairn_mls::VerifiedKeyPackage> {
     use cairn_proto::ed25519::SigningKey;
-    let mut seq = MemorySequencer::new();
-    let mut a = Dev::new();
     let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
-    let kps: Vec<_> = (0..200u8)
+    (0..n)
         .map(|i| {
             let key = SigningKey::from_bytes(&[i.wrapping_add(1); 32]);
             let cert = cairn_proto::DeviceCert::issue(
@@ -355,11 +353,23 @@ fn an_addition_too_large_for_the_sequencer_is_split_adaptively() {
             let bytes = tls_codec::Serialize::tls_serialize_detached(b.key_package()).unwrap();
             cairn_mls::verify_key_package(&bytes).unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// `a`'s client reopened with one commit allowed to add 200 devices (≈ 86 KB, over the
+/// sequencer's 64 KiB limit), so such an add is refused as too large and split.
+fn with_oversized_adds(a: &mut Dev) {
     let mut cfg = a.client.config().clone();
-    cfg.adds_per_commit_max = 200; // one commit would be ≈ 86 KB, over the 64 KiB limit
-    let client = common::reopen_with(&a, cfg);
-    a.client = client;
+    cfg.adds_per_commit_max = 200;
+    a.client = common::reopen_with(a, cfg);
+}
+
+#[test]
+fn an_addition_too_large_for_the_sequencer_is_split_adaptively() {
+    let mut seq = MemorySequencer::new();
+    let mut a = Dev::new();
+    let kps = key_packages(&a, 200);
+    with_oversized_adds(&mut a);
     let id = a.client.create(NOW).unwrap();
     let outs = a.client.add_many(&id, kps, &mut seq, NOW).unwrap();
     assert!(outs.len() >= 2, "split into {} commits", outs.len());
@@ -728,4 +738,24 @@ fn a_leave_answered_stale_after_it_was_sequenced_is_proposed_once_and_the_leaver
     // Asked again once out: nothing to propose.
     c.client.leave(&id, &mut flaky, NOW).unwrap();
     assert_eq!(flaky.inner.len(&topic), n + 2, "the proposal and the removing commit only");
+}
+
+#[test]
+fn a_commit_refused_as_too_large_keeps_the_leave_proposals_it_covered() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    c.client.leave(&id, &mut seq, NOW).unwrap();
+    let kps = key_packages(&a, 200);
+    with_oversized_adds(&mut a);
+    a.client.sync(&id, &seq, NOW).unwrap();
+    // The first try covers Carol's sequenced leave and is refused as too large; the split
+    // commits must still cover it (dropping it from the proposal store lost her leave).
+    let outs = a.client.add_many(&id, kps, &mut seq, NOW).unwrap();
+    assert!(outs.len() >= 2, "split into {} commits", outs.len());
+    let ev = c.client.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+    assert_eq!(a.client.members(&id).unwrap().len(), 2 + 200, "Alice, Bob and the 200 added");
+    b.client.sync(&id, &seq, NOW).unwrap();
+    converged(&a, &b, &id);
 }

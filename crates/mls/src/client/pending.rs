@@ -172,12 +172,14 @@ impl Client {
         Ok(Event::Commit { seq, epoch, added: Vec::new(), removed: Vec::new(), own: true, welcome })
     }
 
+    /// Drops the pending commit (never sequenced). The proposal store stays: what it holds
+    /// is sequenced (other members' leave proposals, this device's own), and the rebuilt
+    /// commit, or any other member's, must still cover it.
     pub(super) fn drop_pending(&mut self, id: &ConversationId) -> Result<(), MlsError> {
         self.atomically(id, |s| {
             let storage = s.provider.storage();
             let c = s.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
             c.group.clear_pending_commit(storage)?;
-            c.group.clear_pending_proposals(storage)?;
             c.meta.pending_commit = None;
             c.own = None;
             Ok(())
