@@ -759,3 +759,54 @@ fn a_commit_refused_as_too_large_keeps_the_leave_proposals_it_covered() {
     b.client.sync(&id, &seq, NOW).unwrap();
     converged(&a, &b, &id);
 }
+
+/// A modified client's sequencer: orders a handshake at the next position, whatever it was
+/// built after.
+struct Anywhere<'a>(&'a mut MemorySequencer);
+
+impl CommitSequencer for Anywhere<'_> {
+    fn submit(
+        &mut self,
+        topic: cairn_proto::Topic,
+        _after: u64,
+        payload: Vec<u8>,
+        keys: TopicKeys,
+    ) -> Result<u64, SequencerError> {
+        let at = self.0.len(&topic);
+        self.0.submit(topic, at, payload, keys)
+    }
+
+    fn fetch(
+        &self,
+        topic: &cairn_proto::Topic,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<cairn_proto::sequencer::Sequenced>, SequencerError> {
+        self.0.fetch(topic, from, max)
+    }
+}
+
+#[test]
+fn a_leave_dropped_by_a_commit_that_does_not_cover_it_is_proposed_again() {
+    let mut seq = MemorySequencer::new();
+    let (mut a, mut b, mut c) = (Dev::new(), Dev::new(), Dev::new());
+    let id = group(&mut a, &mut [&mut b, &mut c], &mut seq);
+    // Bob builds a key update before Carol's leave, and has it ordered after it: a valid
+    // commit that does not cover her sequenced proposal, so every member drops the proposal.
+    let staged = b.client.stage(&id, Change::SelfUpdate, NOW).unwrap().unwrap();
+    c.client.leave(&id, &mut seq, NOW).unwrap();
+    b.client.submit(staged, &mut Anywhere(&mut seq), NOW).unwrap().unwrap();
+    a.client.sync(&id, &seq, NOW).unwrap();
+    assert_eq!(a.client.members(&id).unwrap().len(), 3, "Carol is still in");
+    c.client.sync(&id, &seq, NOW).unwrap();
+    assert!(c.client.is_active(&id).unwrap());
+    assert_eq!(c.client.conversations_leaving(), vec![id], "her leave is proposed again");
+    c.client.retry_pending(&id, &mut seq).unwrap().expect("sequenced");
+    let ev = a.client.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::LeaveProposed { .. })), "{ev:?}");
+    a.client.commit_pending(&id, &mut seq, NOW).unwrap().unwrap();
+    let ev = c.client.sync(&id, &seq, NOW).unwrap();
+    assert!(ev.iter().any(|e| matches!(e, Event::RemovedSelf { .. })), "{ev:?}");
+    b.client.sync(&id, &seq, NOW).unwrap();
+    converged(&a, &b, &id);
+}

@@ -319,6 +319,7 @@ impl Client {
             return Err(MlsError::Rejected("application message in the handshake order".into()));
         }
         let provider = &self.provider;
+        let signer = &self.signer;
         let past_epochs_max = self.config.past_epochs_max;
         let gate = self.policy_gate.clone();
         let c = self.conversations.get_mut(id).ok_or(MlsError::UnknownConversation)?;
@@ -345,6 +346,7 @@ impl Client {
                     .collect();
                 let own = c.group.own_leaf_index();
                 let self_removed = staged.self_removed();
+                let was_leaving = super::leave::is_leaving(c);
                 snapshot_epoch(provider, id, c, past_epochs_max)?;
                 c.group
                     .merge_staged_commit(provider, *staged)
@@ -352,6 +354,14 @@ impl Client {
                 super::note_epoch(&mut self.epochs_entered, id, &c.group);
                 if self_removed {
                     return Ok(vec![Event::RemovedSelf { seq }]);
+                }
+                if was_leaving {
+                    // This device's sequenced leave was not covered (only a modified client
+                    // commits without its whole proposal store), and every member dropped it
+                    // with the epoch: proposed again, pending, in this same transaction.
+                    let p =
+                        c.group.leave_group(provider, signer).map_err(|e| op_err("leave")(e.to_string()))?;
+                    c.meta.pending_leave = Some(to_bytes(&p)?);
                 }
                 // Keep the tree full: the sibling of a removed leaf refills the blanked path.
                 if removed_idx.iter().any(|r| r.u32() ^ 1 == own.u32()) {
