@@ -117,14 +117,8 @@ impl AwaitingCalls {
                 out.push(Settled::new(a.answer, conv, Err(e)));
             } else if engine.take_own_merged(&conv) && !engine.has_pending_commit(&conv) {
                 // Merged; an add of more than one commit goes on with the rest.
-                match redo(engine, &a.intent, conv, seq, now_ms) {
-                    Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
-                    Ok(state) => {
-                        a.reading = state == Commit::Reading;
-                        self.calls.push(a);
-                    }
-                    Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
-                }
+                let r = redo(engine, &a.intent, conv, seq, now_ms);
+                self.made(a, r, &mut out);
             } else if !engine.has_pending_commit(&conv) {
                 // Other bytes took the slot: build the change again.
                 a.rebuilds += 1;
@@ -134,14 +128,8 @@ impl AwaitingCalls {
                     out.push(Settled::new(a.answer, conv, Err(e)));
                     continue;
                 }
-                match redo(engine, &a.intent, conv, seq, now_ms) {
-                    Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
-                    Ok(state) => {
-                        a.reading = state == Commit::Reading;
-                        self.calls.push(a);
-                    }
-                    Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
-                }
+                let r = redo(engine, &a.intent, conv, seq, now_ms);
+                self.made(a, r, &mut out);
             } else if now_ms >= a.deadline_ms {
                 let e = NodeError::Sequencer(
                     "the ledger has not ordered the change yet; it applies when it does".into(),
@@ -187,13 +175,20 @@ impl AwaitingCalls {
             return;
         }
         a.last_offer_ms = now_ms;
-        match redo(engine, &a.intent, conv, seq, now_ms) {
-            Ok(Commit::Done) => out.push(Settled::new(a.answer, conv, Ok(()))),
+        let r = redo(engine, &a.intent, conv, seq, now_ms);
+        self.made(a, r, out);
+    }
+
+    /// A change made again: its call is answered when it is done or failed, and otherwise
+    /// waits (for its commit, or for its read of the order).
+    fn made(&mut self, mut a: Awaiting, r: Result<Commit, NodeError>, out: &mut Vec<Settled>) {
+        match r {
+            Ok(Commit::Done) => out.push(Settled::new(a.answer, a.conv, Ok(()))),
             Ok(state) => {
                 a.reading = state == Commit::Reading;
                 self.calls.push(a);
             }
-            Err(e) => out.push(Settled::new(a.answer, conv, Err(e))),
+            Err(e) => out.push(Settled::new(a.answer, a.conv, Err(e))),
         }
     }
 }
