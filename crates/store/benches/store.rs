@@ -32,6 +32,24 @@ fn benches(c: &mut Criterion) {
         });
     }
     g.finish();
+    // As a store node's mailbox writer commits: quotas checked, each envelope's source kept.
+    let mut g = c.benchmark_group("mailbox_append_1KiB");
+    let retention = cairn_store::Retention::unbounded();
+    for batch in [1usize, 8] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("batch_{batch}"), |b| {
+            b.iter_batched(
+                || next(batch),
+                |envs| {
+                    let sources: Vec<[u8; 32]> =
+                        envs.iter().map(|e| [e.header.timestamp_ms as u8 % 4; 32]).collect();
+                    store.append_with(&envs, &sources, &retention, 0).unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(name = store; config = Criterion::default().sample_size(20); targets = benches);

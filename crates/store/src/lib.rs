@@ -9,19 +9,22 @@
 //! rolls the file back to a consistent earlier state. Values read back from disk are decoded with the same bounded decoders as
 //! network input: a damaged file gives an error, never a panic.
 //!
-//! Tables (schema version 1):
+//! Tables (schema version 2):
 //! - `envelopes`: id → encoded envelope
-//! - `topic_log`: (topic, seq) → id; seq increases per topic (the cursor; gaps after eviction)
-//! - `topic_next`: topic → next seq
-//! - `envelope_meta`: id → (topic, seq, arrival seq, expires at ms)
-//! - `arrival_log`: arrival seq → id (oldest-first eviction across topics)
+//! - `topic_log`: (topic, seq) → id; seq increases per topic (the cursor; gaps after deletion)
+//! - `envelope_meta_v2`: id → (topic, seq, expires at ms, source if any)
 //! - `expiry`: (expires at ms, id) → () (TTL expiry)
-//! - `topic_count`: topic → envelopes currently stored
-//! - `counters`: `next_arrival`, `refused_full`, `expired`, `bytes`
-//! - `topic_bytes`: topic → bytes stored; `source_bytes`: source → bytes stored;
-//!   `source_of`: id → source (tables added without a version change: absent means empty)
+//! - `topic_stats`: topic → (next seq, envelopes stored, bytes stored)
+//! - `source_bytes`: source → bytes stored
+//! - `counters`: `refused_full`, `expired`, `bytes`
 //! - `keys`: name → bytes (key material, MLS state)
 //! - `meta`: name → u64 (`schema_version`)
+//!
+//! Version 2 writes 6 tables per stored envelope (7 with a source), version 1 wrote 10 (11):
+//! a topic's three counters were three tables, an envelope's source a third table keyed by
+//! its random id, and an arrival log kept for an eviction that no longer exists. Each table
+//! an envelope touches costs a commit its copied root-to-leaf pages. A version 1 file is
+//! migrated when opened, in one transaction ([`migrate`]).
 
 use std::path::Path;
 
@@ -29,27 +32,28 @@ use cairn_proto::{DecodeError, Envelope, Id, Limits, Topic};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 
+mod migrate;
+mod tables;
+
+use tables::Tables;
+
 const ENVELOPES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("envelopes");
 const TOPIC_LOG: TableDefinition<'_, ([u8; 32], u64), [u8; 32]> = TableDefinition::new("topic_log");
-const TOPIC_NEXT: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_next");
-/// id → (topic, topic seq, arrival seq, expires at ms).
-const ENVELOPE_META: TableDefinition<'_, [u8; 32], ([u8; 32], u64, u64, u64)> =
-    TableDefinition::new("envelope_meta");
-const ARRIVAL_LOG: TableDefinition<'_, u64, [u8; 32]> = TableDefinition::new("arrival_log");
+/// An envelope's record: (topic, seq, expires at ms, source).
+type MetaRecord = ([u8; 32], u64, u64, Option<[u8; 32]>);
+/// id → its record.
+const ENVELOPE_META: TableDefinition<'_, [u8; 32], MetaRecord> = TableDefinition::new("envelope_meta_v2");
 const EXPIRY: TableDefinition<'_, (u64, [u8; 32]), ()> = TableDefinition::new("expiry");
-const TOPIC_COUNT: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_count");
+/// topic → (next seq, envelopes stored, bytes stored).
+const TOPIC_STATS: TableDefinition<'_, [u8; 32], (u64, u64, u64)> = TableDefinition::new("topic_stats");
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
-/// topic → bytes of its envelopes stored now.
-const TOPIC_BYTES: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("topic_bytes");
-/// source → bytes of the envelopes it offered that are stored now.
+/// Bytes stored per source (the peer that offered them), for its quota.
 const SOURCE_BYTES: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("source_bytes");
-/// id → the source that offered it (envelopes stored with a source only).
-const SOURCE_OF: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("source_of");
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 /// Largest page a history query returns.
 pub const PAGE_ENVELOPES_MAX: usize = 1000;
 /// Largest page of ids [`Store::ids_page`] returns (32 bytes and a cursor each).
@@ -175,26 +179,22 @@ impl Store {
         let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
         let tx = db.begin_write()?;
         {
+            let found = tx.open_table(META)?.get("schema_version")?.map(|v| v.value());
+            match found {
+                None | Some(SCHEMA_VERSION) => {}
+                Some(1) => migrate::v1_to_v2(&tx)?,
+                Some(found) => return Err(StoreError::Schema { found }),
+            }
             tx.open_table(ENVELOPES)?;
             tx.open_table(TOPIC_LOG)?;
-            tx.open_table(TOPIC_NEXT)?;
             tx.open_table(ENVELOPE_META)?;
-            tx.open_table(ARRIVAL_LOG)?;
             tx.open_table(EXPIRY)?;
-            tx.open_table(TOPIC_COUNT)?;
+            tx.open_table(TOPIC_STATS)?;
             tx.open_table(COUNTERS)?;
-            tx.open_table(TOPIC_BYTES)?;
             tx.open_table(SOURCE_BYTES)?;
-            tx.open_table(SOURCE_OF)?;
             tx.open_table(KEYS)?;
-            let mut meta = tx.open_table(META)?;
-            let found = meta.get("schema_version")?.map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(found) => return Err(StoreError::Schema { found }),
+            if found != Some(SCHEMA_VERSION) {
+                tx.open_table(META)?.insert("schema_version", SCHEMA_VERSION)?;
             }
         }
         tx.commit()?;
@@ -298,26 +298,18 @@ impl Store {
                 let bytes = e.encode();
                 let len = bytes.len() as u64;
                 let source = sources.get(i).copied();
-                if let Some(q) = t.over_quota(&topic, source.as_ref(), len, retention)? {
+                let (seq, count, topic_bytes) = t.topic_stats(&topic)?;
+                if let Some(q) = t.over_quota(topic_bytes, source.as_ref(), len, retention)? {
                     report.results.push(Appended::Full(q));
                     report.refused_full += 1;
                     continue;
                 }
-                t.add_bytes(&topic, source.as_ref(), len)?;
-                if let Some(src) = source {
-                    t.source_of.insert(id.0, src)?;
-                }
-                let seq = t.next.get(topic)?.map(|v| v.value()).unwrap_or(0);
-                let arrival = t.counter("next_arrival")?;
+                t.add_bytes(source.as_ref(), len)?;
+                t.stats.insert(topic, (seq + 1, count + 1, topic_bytes.saturating_add(len)))?;
                 t.envs.insert(id.0, bytes.as_slice())?;
                 t.log.insert((topic, seq), id.0)?;
-                t.meta.insert(id.0, (topic, seq, arrival, expires))?;
-                t.arrival.insert(arrival, id.0)?;
+                t.meta.insert(id.0, (topic, seq, expires, source))?;
                 t.expiry.insert((expires, id.0), ())?;
-                t.next.insert(topic, seq + 1)?;
-                let count = t.topic_count(&topic)?;
-                t.count.insert(topic, count + 1)?;
-                t.counters.insert("next_arrival", arrival + 1)?;
                 report.results.push(Appended::Stored { seq });
             }
             if report.refused_full > 0 {
@@ -471,15 +463,15 @@ impl Store {
     /// The cursor after the last envelope ever stored for `topic`.
     pub fn topic_len(&self, topic: &Topic) -> Result<u64, StoreError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(TOPIC_NEXT)?;
-        Ok(t.get(topic.0)?.map(|v| v.value()).unwrap_or(0))
+        let t = tx.open_table(TOPIC_STATS)?;
+        Ok(t.get(topic.0)?.map(|v| v.value().0).unwrap_or(0))
     }
 
     /// Envelopes currently stored for `topic`.
     pub fn topic_count(&self, topic: &Topic) -> Result<u64, StoreError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(TOPIC_COUNT)?;
-        Ok(t.get(topic.0)?.map(|v| v.value()).unwrap_or(0))
+        let t = tx.open_table(TOPIC_STATS)?;
+        Ok(t.get(topic.0)?.map(|v| v.value().1).unwrap_or(0))
     }
 
     /// Deletes these envelopes (junk a reader refused) in one transaction; returns how many
@@ -521,14 +513,14 @@ impl Store {
                 let bytes = e.encode();
                 t.envs.insert(id.0, bytes.as_slice())?;
                 // The freed bytes leave the quotas of its topic and source.
-                let source = t.source_of.get(id.0)?.map(|v| v.value());
-                t.sub_bytes(&e.header.topic.0, source.as_ref(), old_len.saturating_sub(bytes.len() as u64))?;
                 let meta = t.meta.get(id.0)?.map(|v| v.value());
-                if let Some((topic, seq, arrival, expires)) = meta {
+                let source = meta.and_then(|m| m.3);
+                t.sub_bytes(&e.header.topic.0, source.as_ref(), old_len.saturating_sub(bytes.len() as u64))?;
+                if let Some((topic, seq, expires, source)) = meta {
                     let later = expires.saturating_add(TOMBSTONE_GRACE_MS);
                     t.expiry.remove((expires, id.0))?;
                     t.expiry.insert((later, id.0), ())?;
-                    t.meta.insert(id.0, (topic, seq, arrival, later))?;
+                    t.meta.insert(id.0, (topic, seq, later, source))?;
                 }
             }
         }
@@ -572,9 +564,8 @@ impl Store {
         let tx = self.db.begin_read()?;
         let envs = tx.open_table(ENVELOPES)?;
         let log = tx.open_table(TOPIC_LOG)?;
-        let count = tx.open_table(TOPIC_COUNT)?;
+        let stats = tx.open_table(TOPIC_STATS)?;
         let meta = tx.open_table(ENVELOPE_META)?;
-        let arrival = tx.open_table(ARRIVAL_LOG)?;
         let expiry = tx.open_table(EXPIRY)?;
         let mut c = Consistency { envelopes: envs.len()?, topics: 0, problems: vec![] };
         let mut bytes_by_topic: std::collections::HashMap<[u8; 32], u64> = std::collections::HashMap::new();
@@ -587,25 +578,20 @@ impl Store {
                 Err(e) => c.problems.push(e.to_string()),
                 Ok(e) => match meta.get(id.0)?.map(|s| s.value()) {
                     None => c.problems.push(format!("envelope {} is not indexed", id.short())),
-                    Some((topic, seq, arr, exp)) => {
+                    Some((topic, seq, exp, _)) => {
                         let logged = log.get((topic, seq))?.map(|v| v.value());
-                        let arrived = arrival.get(arr)?.map(|v| v.value());
                         let expiring = expiry.get((exp, id.0))?.is_some();
                         *bytes_by_topic.entry(topic).or_default() += v.value().len() as u64;
-                        if topic != e.header.topic.0
-                            || logged != Some(id.0)
-                            || arrived != Some(id.0)
-                            || !expiring
-                        {
+                        if topic != e.header.topic.0 || logged != Some(id.0) || !expiring {
                             c.problems.push(format!("index of {} is wrong", id.short()));
                         }
                     }
                 },
             }
         }
-        for item in count.iter()? {
+        for item in stats.iter()? {
             let (k, v) = item?;
-            let (topic, n) = (k.value(), v.value());
+            let (topic, (_, n, bytes)) = (k.value(), v.value());
             if n > 0 {
                 c.topics += 1;
             }
@@ -613,29 +599,20 @@ impl Store {
             if in_log != n {
                 c.problems.push(format!("topic count says {n} entries, log has {in_log}"));
             }
+            let held = bytes_by_topic.remove(&topic).unwrap_or(0);
+            if held != bytes {
+                c.problems.push(format!("topic byte count says {bytes}, its envelopes hold {held}"));
+            }
         }
         let counters = tx.open_table(COUNTERS)?;
         let counted = counters.get("bytes")?.map(|v| v.value()).unwrap_or(0);
         if counted != bytes_total {
             c.problems.push(format!("byte count says {counted}, envelopes hold {bytes_total}"));
         }
-        let topic_bytes = tx.open_table(TOPIC_BYTES)?;
-        for item in topic_bytes.iter()? {
-            let (k, v) = item?;
-            let held = bytes_by_topic.remove(&k.value()).unwrap_or(0);
-            if held != v.value() {
-                c.problems.push(format!("topic byte count says {}, its envelopes hold {held}", v.value()));
-            }
-        }
         if !bytes_by_topic.is_empty() {
             c.problems.push(format!("{} topics hold bytes that are not counted", bytes_by_topic.len()));
         }
-        for (name, len) in [
-            ("topic log", log.len()?),
-            ("arrival log", arrival.len()?),
-            ("expiry", expiry.len()?),
-            ("meta", meta.len()?),
-        ] {
+        for (name, len) in [("topic log", log.len()?), ("expiry", expiry.len()?), ("meta", meta.len()?)] {
             if len != c.envelopes {
                 c.problems.push(format!("{len} {name} entries for {} envelopes", c.envelopes));
             }
@@ -706,119 +683,6 @@ pub struct Stats {
 /// How long an erased envelope outlives its own expiry, ms (one day: longer than any clock
 /// skew a store admits).
 pub const TOMBSTONE_GRACE_MS: u64 = 24 * 3600 * 1000;
-
-struct Tables<'t> {
-    envs: redb::Table<'t, [u8; 32], &'static [u8]>,
-    log: redb::Table<'t, ([u8; 32], u64), [u8; 32]>,
-    next: redb::Table<'t, [u8; 32], u64>,
-    meta: redb::Table<'t, [u8; 32], ([u8; 32], u64, u64, u64)>,
-    arrival: redb::Table<'t, u64, [u8; 32]>,
-    expiry: redb::Table<'t, (u64, [u8; 32]), ()>,
-    count: redb::Table<'t, [u8; 32], u64>,
-    counters: redb::Table<'t, &'static str, u64>,
-    topic_bytes: redb::Table<'t, [u8; 32], u64>,
-    source_bytes: redb::Table<'t, [u8; 32], u64>,
-    source_of: redb::Table<'t, [u8; 32], [u8; 32]>,
-}
-
-impl<'t> Tables<'t> {
-    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Self {
-            envs: tx.open_table(ENVELOPES)?,
-            log: tx.open_table(TOPIC_LOG)?,
-            next: tx.open_table(TOPIC_NEXT)?,
-            meta: tx.open_table(ENVELOPE_META)?,
-            arrival: tx.open_table(ARRIVAL_LOG)?,
-            expiry: tx.open_table(EXPIRY)?,
-            count: tx.open_table(TOPIC_COUNT)?,
-            counters: tx.open_table(COUNTERS)?,
-            topic_bytes: tx.open_table(TOPIC_BYTES)?,
-            source_bytes: tx.open_table(SOURCE_BYTES)?,
-            source_of: tx.open_table(SOURCE_OF)?,
-        })
-    }
-
-    fn bytes_of(t: &redb::Table<'t, [u8; 32], u64>, key: &[u8; 32]) -> Result<u64, StoreError> {
-        Ok(t.get(*key)?.map(|v| v.value()).unwrap_or(0))
-    }
-
-    /// The quota `len` more bytes would exceed, if any.
-    fn over_quota(
-        &self,
-        topic: &[u8; 32],
-        source: Option<&Source>,
-        len: u64,
-        r: &Retention,
-    ) -> Result<Option<Quota>, StoreError> {
-        if self.counter("bytes")?.saturating_add(len) > r.total_bytes_max {
-            return Ok(Some(Quota::Total));
-        }
-        if Self::bytes_of(&self.topic_bytes, topic)?.saturating_add(len) > r.topic_bytes_max {
-            return Ok(Some(Quota::Topic));
-        }
-        if let Some(s) = source
-            && Self::bytes_of(&self.source_bytes, s)?.saturating_add(len) > r.source_bytes_max
-        {
-            return Ok(Some(Quota::Source));
-        }
-        Ok(None)
-    }
-
-    fn add_bytes(&mut self, topic: &[u8; 32], source: Option<&Source>, len: u64) -> Result<(), StoreError> {
-        let total = self.counter("bytes")?;
-        self.counters.insert("bytes", total.saturating_add(len))?;
-        let t = Self::bytes_of(&self.topic_bytes, topic)?;
-        self.topic_bytes.insert(*topic, t.saturating_add(len))?;
-        if let Some(s) = source {
-            let b = Self::bytes_of(&self.source_bytes, s)?;
-            self.source_bytes.insert(*s, b.saturating_add(len))?;
-        }
-        Ok(())
-    }
-
-    fn sub_bytes(&mut self, topic: &[u8; 32], source: Option<&Source>, len: u64) -> Result<(), StoreError> {
-        let total = self.counter("bytes")?;
-        self.counters.insert("bytes", total.saturating_sub(len))?;
-        let t = Self::bytes_of(&self.topic_bytes, topic)?.saturating_sub(len);
-        if t == 0 {
-            self.topic_bytes.remove(*topic)?;
-        } else {
-            self.topic_bytes.insert(*topic, t)?;
-        }
-        if let Some(s) = source {
-            let b = Self::bytes_of(&self.source_bytes, s)?.saturating_sub(len);
-            if b == 0 {
-                self.source_bytes.remove(*s)?;
-            } else {
-                self.source_bytes.insert(*s, b)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn counter(&self, name: &str) -> Result<u64, StoreError> {
-        Ok(self.counters.get(name)?.map(|v| v.value()).unwrap_or(0))
-    }
-
-    fn topic_count(&self, topic: &[u8; 32]) -> Result<u64, StoreError> {
-        Ok(self.count.get(*topic)?.map(|v| v.value()).unwrap_or(0))
-    }
-
-    fn delete(&mut self, id: &[u8; 32]) -> Result<(), StoreError> {
-        let Some((topic, seq, arrival, expires)) = self.meta.remove(*id)?.map(|v| v.value()) else {
-            return Ok(());
-        };
-        let len = self.envs.remove(*id)?.map(|v| v.value().len() as u64).unwrap_or(0);
-        let source = self.source_of.remove(*id)?.map(|v| v.value());
-        self.sub_bytes(&topic, source.as_ref(), len)?;
-        self.log.remove((topic, seq))?;
-        self.arrival.remove(arrival)?;
-        self.expiry.remove((expires, *id))?;
-        let n = self.topic_count(&topic)?;
-        self.count.insert(topic, n.saturating_sub(1))?;
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests;

@@ -171,3 +171,108 @@ fn ids_pages_follow_the_topic_log_without_reading_envelopes() {
     assert_eq!(next, None);
     assert!(s.ids_page(&t, 0, 0).is_err() && s.ids_page(&t, 0, IDS_PAGE_MAX + 1).is_err());
 }
+
+/// Writes a version 1 file as the version 1 build did: `(topic, n, source)` envelopes.
+fn write_v1(path: &Path, items: &[(u8, u64, Option<Source>)]) -> Vec<Envelope> {
+    use migrate::v1;
+    let db = redb::Database::create(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    let mut out = Vec::new();
+    {
+        let mut envs = tx.open_table(ENVELOPES).unwrap();
+        let mut log = tx.open_table(TOPIC_LOG).unwrap();
+        let mut next = tx.open_table(v1::TOPIC_NEXT).unwrap();
+        let mut meta = tx.open_table(v1::ENVELOPE_META).unwrap();
+        let mut arrival = tx.open_table(v1::ARRIVAL_LOG).unwrap();
+        let mut expiry = tx.open_table(EXPIRY).unwrap();
+        let mut count = tx.open_table(v1::TOPIC_COUNT).unwrap();
+        let mut counters = tx.open_table(COUNTERS).unwrap();
+        let mut topic_bytes = tx.open_table(v1::TOPIC_BYTES).unwrap();
+        let mut source_bytes = tx.open_table(SOURCE_BYTES).unwrap();
+        let mut source_of = tx.open_table(v1::SOURCE_OF).unwrap();
+        let mut total = 0;
+        for (i, (topic, n, source)) in items.iter().enumerate() {
+            let e = env(*topic, *n);
+            let (id, t, bytes) = (e.id().0, [*topic; 32], e.encode());
+            let len = bytes.len() as u64;
+            let seq = next.get(t).unwrap().map(|v| v.value()).unwrap_or(0);
+            let expires = e.header.timestamp_ms + 60_000;
+            envs.insert(id, bytes.as_slice()).unwrap();
+            log.insert((t, seq), id).unwrap();
+            next.insert(t, seq + 1).unwrap();
+            meta.insert(id, (t, seq, i as u64, expires)).unwrap();
+            arrival.insert(i as u64, id).unwrap();
+            expiry.insert((expires, id), ()).unwrap();
+            let c = count.get(t).unwrap().map(|v| v.value()).unwrap_or(0);
+            count.insert(t, c + 1).unwrap();
+            let b = topic_bytes.get(t).unwrap().map(|v| v.value()).unwrap_or(0);
+            topic_bytes.insert(t, b + len).unwrap();
+            if let Some(s) = source {
+                let b = source_bytes.get(*s).unwrap().map(|v| v.value()).unwrap_or(0);
+                source_bytes.insert(*s, b + len).unwrap();
+                source_of.insert(id, *s).unwrap();
+            }
+            total += len;
+            out.push(e);
+        }
+        counters.insert("bytes", total).unwrap();
+        counters.insert("next_arrival", items.len() as u64).unwrap();
+        counters.insert("expired", 3).unwrap();
+        tx.open_table(KEYS).unwrap().insert("k", &b"kept"[..]).unwrap();
+        tx.open_table(META).unwrap().insert("schema_version", 1).unwrap();
+    }
+    tx.commit().unwrap();
+    out
+}
+
+#[test]
+fn a_version_1_file_is_migrated_on_open_and_keeps_cursors_counts_quotas_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.redb");
+    let (a, b) = ([0xaa; 32], [0xbb; 32]);
+    let envs = write_v1(&path, &[(1, 1, Some(a)), (1, 2, Some(b)), (2, 3, None), (1, 4, Some(a))]);
+    let s = Store::open(&path, Limits::default()).unwrap();
+    let c = s.check().unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!((c.envelopes, c.topics), (4, 2));
+    assert_eq!((s.topic_len(&Topic([1; 32])).unwrap(), s.topic_count(&Topic([1; 32])).unwrap()), (3, 3));
+    assert_eq!(s.get_key("k").unwrap().as_deref(), Some(&b"kept"[..]));
+    let len = envs[0].encode().len() as u64;
+    let stats = s.stats().unwrap();
+    assert_eq!((stats.envelopes, stats.bytes, stats.expired), (4, 4 * len, 3));
+    // Source a offered two envelopes: a quota of three holds one more of a, and none after.
+    let quota = Retention { source_bytes_max: 3 * len, ..Retention::unbounded() };
+    let more = [env(3, 5), env(3, 6)];
+    let r = s.append_with(&more, &[a, a], &quota, 0).unwrap();
+    assert_eq!(r.results, vec![Appended::Stored { seq: 0 }, Appended::Full(Quota::Source)]);
+    // The topic's cursor goes on from where version 1 left it.
+    assert_eq!(s.append(&[env(1, 9)]).unwrap(), vec![Appended::Stored { seq: 3 }]);
+    // Deleting a migrated envelope frees its source's bytes: a's quota holds one again.
+    assert_eq!(s.remove(&[envs[0].id()]).unwrap(), 1);
+    assert_eq!(
+        s.append_with(&[env(3, 7)], &[a], &quota, 0).unwrap().results,
+        vec![Appended::Stored { seq: 1 }]
+    );
+    let c = s.check().unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    drop(s);
+    // The old tables are gone, and the file now says version 2.
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(tx.open_table(migrate::v1::SOURCE_OF).is_err());
+    assert!(tx.open_table(migrate::v1::ARRIVAL_LOG).is_err());
+    assert_eq!(tx.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), 2);
+}
+
+#[test]
+fn a_file_of_a_later_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert("schema_version", 3).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(Store::open(&path, Limits::default()), Err(StoreError::Schema { found: 3 })));
+}
