@@ -515,7 +515,12 @@ impl Store {
                 // The freed bytes leave the quotas of its topic and source.
                 let meta = t.meta.get(id.0)?.map(|v| v.value());
                 let source = meta.and_then(|m| m.3);
-                t.sub_bytes(&e.header.topic.0, source.as_ref(), old_len.saturating_sub(bytes.len() as u64))?;
+                t.sub_bytes(
+                    &e.header.topic.0,
+                    source.as_ref(),
+                    old_len.saturating_sub(bytes.len() as u64),
+                    0,
+                )?;
                 if let Some((topic, seq, expires, source)) = meta {
                     let later = expires.saturating_add(TOMBSTONE_GRACE_MS);
                     t.expiry.remove((expires, id.0))?;

@@ -1,7 +1,7 @@
 //! Schema migration: a version 1 file is rewritten to version 2 in the transaction that opens
 //! it (all or nothing: a crash during it leaves the version 1 file as it was).
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use crate::{COUNTERS, ENVELOPE_META, StoreError, TOPIC_STATS};
 
@@ -53,19 +53,11 @@ pub(crate) fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         }
         tx.open_table(COUNTERS)?.remove("next_arrival")?;
     }
-    delete(tx, v1::TOPIC_NEXT)?;
-    delete(tx, v1::TOPIC_COUNT)?;
-    delete(tx, v1::TOPIC_BYTES)?;
-    delete(tx, v1::ENVELOPE_META)?;
-    delete(tx, v1::SOURCE_OF)?;
-    delete(tx, v1::ARRIVAL_LOG)?;
-    Ok(())
-}
-
-fn delete<K: redb::Key + 'static, V: redb::Value + 'static>(
-    tx: &redb::WriteTransaction,
-    table: TableDefinition<'_, K, V>,
-) -> Result<(), StoreError> {
-    tx.delete_table(table)?;
+    tx.delete_table(v1::TOPIC_NEXT)?;
+    tx.delete_table(v1::TOPIC_COUNT)?;
+    tx.delete_table(v1::TOPIC_BYTES)?;
+    tx.delete_table(v1::ENVELOPE_META)?;
+    tx.delete_table(v1::SOURCE_OF)?;
+    tx.delete_table(v1::ARRIVAL_LOG)?;
     Ok(())
 }

@@ -75,17 +75,19 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Counts `len` bytes fewer in the store's, the topic's and the source's totals.
+    /// Counts `len` bytes fewer in the store's, the topic's and the source's totals, and
+    /// `removed` envelopes fewer in the topic's count.
     pub(crate) fn sub_bytes(
         &mut self,
         topic: &[u8; 32],
         source: Option<&Source>,
         len: u64,
+        removed: u64,
     ) -> Result<(), StoreError> {
         let total = self.counter("bytes")?;
         self.counters.insert("bytes", total.saturating_sub(len))?;
         let (next, count, bytes) = self.topic_stats(topic)?;
-        self.stats.insert(*topic, (next, count, bytes.saturating_sub(len)))?;
+        self.stats.insert(*topic, (next, count.saturating_sub(removed), bytes.saturating_sub(len)))?;
         if let Some(s) = source {
             let b = self.source_bytes_of(s)?.saturating_sub(len);
             if b == 0 {
@@ -108,11 +110,9 @@ impl<'t> Tables<'t> {
             return Ok(());
         };
         let len = self.envs.remove(*id)?.map(|v| v.value().len() as u64).unwrap_or(0);
-        self.sub_bytes(&topic, source.as_ref(), len)?;
+        self.sub_bytes(&topic, source.as_ref(), len, 1)?;
         self.log.remove((topic, seq))?;
         self.expiry.remove((expires, *id))?;
-        let (next, count, bytes) = self.topic_stats(&topic)?;
-        self.stats.insert(topic, (next, count.saturating_sub(1), bytes))?;
         Ok(())
     }
 }
