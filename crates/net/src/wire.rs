@@ -9,6 +9,7 @@
 //!   5 erase  id:[32] secret:[32]   (drop the payload whose header's erase lock `secret` opens)
 //!   6 store-relayed envelope:bytes
 //!   7 page-ids topic:[32] from:u64 limit:u32 (1..=PAGE_IDS_MAX)
+//!   8 store-relayed-many count:u16 (1..=STORE_BATCH_MAX) envelope:bytes*
 //! response = version:u8 kind:u8 body
 //!   1 stored count:u16 (1..=STORE_BATCH_MAX) ack*
 //!        ack = id:[32] outcome:u8 (0 stored, 1 duplicate, 2 refused, 3 full,
@@ -24,6 +25,9 @@
 //! Kinds 7 (request) and 6 (response) were added after the first release: a store node that
 //! predates them answers a page-ids request with an error ("unknown request kind"), and the
 //! asker falls back to whole pages (kind 2) for that store node (`Sync::page_by_ids`).
+//! Request kind 8 came later still: a store node that predates it answers with an error, so
+//! the envelopes a stem hop pushed in it get no receipt from that node, and the originator
+//! falls back to its direct path (`stem_own_answered`).
 //! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
 //! allocation.
 
@@ -81,6 +85,9 @@ pub enum Request {
     /// against the pushing peer's relay share of the quotas, apart from its own mail's share,
     /// so a flood laundered through an honest relay cannot use up what the relay itself sends.
     StoreRelayed(Envelope),
+    /// Several [`Request::StoreRelayed`] pushes in one request (1 to [`STORE_BATCH_MAX`], at
+    /// most [`STORE_BATCH_BYTES_MAX`] encoded): what a stem hop fluffed in one turn of its loop.
+    StoreRelayedMany(Vec<Envelope>),
     /// A page of a topic's ids from a cursor (no envelope): the asker then fetches only the
     /// envelopes it lacks, with [`Request::Ids`].
     PageIds {
@@ -221,10 +228,7 @@ impl Request {
             }
             Self::StoreMany(es) => {
                 w.u8(4);
-                w.u16(es.len().min(usize::from(u16::MAX)) as u16);
-                for e in es {
-                    w.bytes(&e.encode());
-                }
+                envelopes(&mut w, es);
             }
             Self::Erase { id, secret } => {
                 w.u8(5);
@@ -240,6 +244,10 @@ impl Request {
                 w.raw(&topic.0);
                 w.u64(*from);
                 w.u32(*limit);
+            }
+            Self::StoreRelayedMany(es) => {
+                w.u8(8);
+                envelopes(&mut w, es);
             }
         }
         w.finish()
@@ -275,27 +283,7 @@ impl Request {
                 }
                 Self::Ids(ids)
             }
-            4 => {
-                let n = r.count(STORE_BATCH_MAX, "envelopes")?;
-                if n == 0 {
-                    return Err(DecodeError::Invalid { field: "envelopes", reason: "empty batch" });
-                }
-                let mut es = Vec::with_capacity(n);
-                let mut bytes = 0;
-                for _ in 0..n {
-                    let b = r.bytes(limits.envelope_bytes_max, "envelope")?;
-                    bytes += b.len();
-                    if bytes > STORE_BATCH_BYTES_MAX {
-                        return Err(DecodeError::TooLarge {
-                            field: "store batch",
-                            len: bytes as u64,
-                            max: STORE_BATCH_BYTES_MAX as u64,
-                        });
-                    }
-                    es.push(Envelope::decode(b, limits)?);
-                }
-                Self::StoreMany(es)
-            }
+            4 => Self::StoreMany(read_envelopes(&mut r, limits)?),
             5 => Self::Erase { id: Id(r.array("id")?), secret: r.array("secret")? },
             6 => {
                 Self::StoreRelayed(Envelope::decode(r.bytes(limits.envelope_bytes_max, "envelope")?, limits)?)
@@ -309,11 +297,44 @@ impl Request {
                 }
                 Self::PageIds { topic, from, limit }
             }
+            8 => Self::StoreRelayedMany(read_envelopes(&mut r, limits)?),
             _ => return Err(DecodeError::Invalid { field: "kind", reason: "unknown request kind" }),
         };
         r.finish()?;
         Ok(req)
     }
+}
+
+/// A batch's body: `count:u16 envelope:bytes*`.
+fn envelopes(w: &mut Writer, es: &[Envelope]) {
+    w.u16(es.len().min(usize::from(u16::MAX)) as u16);
+    for e in es {
+        w.bytes(&e.encode());
+    }
+}
+
+/// Reads a batch's body: 1 to [`STORE_BATCH_MAX`] envelopes, at most [`STORE_BATCH_BYTES_MAX`]
+/// encoded, each checked as it is read.
+fn read_envelopes(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<Envelope>, DecodeError> {
+    let n = r.count(STORE_BATCH_MAX, "envelopes")?;
+    if n == 0 {
+        return Err(DecodeError::Invalid { field: "envelopes", reason: "empty batch" });
+    }
+    let mut es = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for _ in 0..n {
+        let b = r.bytes(limits.envelope_bytes_max, "envelope")?;
+        bytes += b.len();
+        if bytes > STORE_BATCH_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                field: "store batch",
+                len: bytes as u64,
+                max: STORE_BATCH_BYTES_MAX as u64,
+            });
+        }
+        es.push(Envelope::decode(b, limits)?);
+    }
+    Ok(es)
 }
 
 impl Response {
@@ -543,6 +564,7 @@ mod tests {
             Request::StoreMany(vec![e.clone(), e.clone()]),
             Request::Erase { id: e.id(), secret: [5; 32] },
             Request::StoreRelayed(e.clone()),
+            Request::StoreRelayedMany(vec![e.clone(), e.clone(), e.clone()]),
         ] {
             assert_eq!(Request::decode(&req.encode(), &l).unwrap(), req);
         }
@@ -602,7 +624,13 @@ mod tests {
         let over = Request::StoreMany(vec![e.clone(); STORE_BATCH_MAX + 1]);
         assert!(matches!(Request::decode(&over.encode(), &l), Err(DecodeError::TooLarge { .. })));
         let fat = Envelope::new(Topic([1; 32]), 1, 60, vec![], pad(&vec![7u8; 200 * 1024], &l).unwrap());
-        let heavy = Request::StoreMany(vec![fat; 6]);
+        let heavy = Request::StoreMany(vec![fat.clone(); 6]);
+        assert!(matches!(Request::decode(&heavy.encode(), &l), Err(DecodeError::TooLarge { .. })));
+        // A relayed batch has the same bounds.
+        assert!(Request::decode(&[VERSION, 8, 0, 0], &l).is_err());
+        let over = Request::StoreRelayedMany(vec![e.clone(); STORE_BATCH_MAX + 1]);
+        assert!(matches!(Request::decode(&over.encode(), &l), Err(DecodeError::TooLarge { .. })));
+        let heavy = Request::StoreRelayedMany(vec![fat; 6]);
         assert!(matches!(Request::decode(&heavy.encode(), &l), Err(DecodeError::TooLarge { .. })));
         // Found by the store_protocol fuzz target: non-UTF-8 error text must be refused, since
         // a lossy decode would re-encode to other bytes.

@@ -229,9 +229,8 @@ async fn the_first_hop_gives_the_sender_away_only_without_the_stem() {
     assert!(with.hops_relayed >= SENDS as u64, "each message went through at least one hop");
 }
 
-/// Three store nodes and a sender `a` running the stem with a short fail-safe (returned).
-async fn stores_and_fast_sender(dir: &std::path::Path) -> (StemConfig, Vec<NodeHandle>, NodeHandle) {
-    let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
+/// Three store nodes, each bootstrapped from the first.
+async fn three_stores(dir: &std::path::Path) -> Vec<NodeHandle> {
     let mut stores = Vec::new();
     for i in 0..3 {
         let mut c = cfg(dir, &format!("s{i}"), None);
@@ -241,6 +240,13 @@ async fn stores_and_fast_sender(dir: &std::path::Path) -> (StemConfig, Vec<NodeH
         }
         stores.push(start(c).await.unwrap());
     }
+    stores
+}
+
+/// Three store nodes and a sender `a` running the stem with a short fail-safe (returned).
+async fn stores_and_fast_sender(dir: &std::path::Path) -> (StemConfig, Vec<NodeHandle>, NodeHandle) {
+    let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
+    let stores = three_stores(dir).await;
     let mut c = cfg(dir, "a", Some(fast));
     c.bootstrap = vec![tcp(&stores[0])];
     let a = start(c).await.unwrap();
@@ -345,15 +351,7 @@ fn outcome(answer: &Result<Vec<u8>, String>) -> StemOutcome {
 async fn garbage_on_the_stem_is_refused_costs_its_sender_and_goes_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let topic = Topic::for_conversation(&[0x19; 32]);
-    let mut stores = Vec::new();
-    for i in 0..3 {
-        let mut c = cfg(dir.path(), &format!("s{i}"), None);
-        c.serve_store = true;
-        if let Some(s) = stores.first() {
-            c.bootstrap = vec![tcp(s)];
-        }
-        stores.push(start(c).await.unwrap());
-    }
+    let stores = three_stores(dir.path()).await;
     // The hop: a stem node that allows each peer 20 envelopes, then 1 per second.
     let hop = start({
         let mut c =
@@ -435,6 +433,57 @@ async fn garbage_on_the_stem_is_refused_costs_its_sender_and_goes_nowhere() {
     }
     assert_eq!(held, 3, "each store node holds the valid envelope and nothing else");
     for n in stores.iter().chain([&hop, &r]) {
+        n.shutdown().await;
+    }
+}
+
+/// A burst of stem envelopes that a hop fluffs together is pushed to the store nodes in
+/// batched requests (`StoreRelayedMany`, one per store node and turn of the hop's loop), and
+/// the answer to each envelope still carries the three store nodes' receipts for that envelope
+/// alone, whether it travelled alone or in a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_fluffed_together_gets_each_envelope_its_own_receipts() {
+    const BURST: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[0x1A; 32]);
+    let stores = three_stores(dir.path()).await;
+    let hop = start({
+        let mut c =
+            cfg(dir.path(), "hop", Some(StemConfig { fluff_per_mille: 1000, ..StemConfig::default() }));
+        c.bootstrap = vec![tcp(&stores[0])];
+        c
+    })
+    .await
+    .unwrap();
+    wait_store_peers(&hop, 3).await;
+    let sender = Raw::start(Role::Client).await;
+    sender.dial(&tcp(&hop)).await;
+    sleep(Duration::from_secs(1)).await;
+
+    let envs: Vec<Envelope> = (0..BURST).map(|i| mined(topic, &format!("burst {i}"), vec![])).collect();
+    let answers = futures::future::join_all(
+        envs.iter().map(|e| sender.stem(hop.peer_id, encode_request(&[], &e.encode()))),
+    )
+    .await;
+    let store_ids: HashSet<PeerId> = stores.iter().map(|s| s.peer_id).collect();
+    for (e, a) in envs.iter().zip(&answers) {
+        let resp = StemResponse::decode(a.as_ref().expect("an answer")).unwrap();
+        assert_eq!(resp.outcome, StemOutcome::Receipts);
+        let from: HashSet<PeerId> = resp.receipts.iter().map(|(p, _)| *p).collect();
+        assert_eq!(from, store_ids, "one receipt from each of the three store nodes");
+        for (store, rc) in &resp.receipts {
+            assert_eq!(rc.id, e.id(), "the receipt is for this envelope");
+            assert_eq!(rc.verify(store), Ok(()));
+        }
+    }
+    for s in &stores {
+        assert_eq!(
+            s.status().await.unwrap().store_envelopes,
+            BURST as u64,
+            "each store node holds the burst"
+        );
+    }
+    for n in stores.iter().chain([&hop]) {
         n.shutdown().await;
     }
 }

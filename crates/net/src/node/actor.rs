@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_proto::{Envelope, Id, Topic, pow};
 use cairn_store::Store;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::kad::KBucketKey;
 use libp2p::request_response::OutboundRequestId;
@@ -41,8 +41,15 @@ const OUTBOUND_REQUESTS_MAX: usize = 16_384;
 /// History jobs staged in the actor, at most, before it stops taking handle commands while it
 /// waits for the writer. Staged jobs are the outputs of inputs already taken (one swarm event
 /// yields at most a page plus the envelopes it unblocks, ≤ `waiting_envelopes_max` + 256);
-/// the stage is emptied before the next swarm event is taken.
+/// the stage is emptied before the next turn of the loop, and a turn takes more ready swarm
+/// events only while fewer than `DRAIN_STAGED_MAX` jobs are staged.
 const STAGED_JOBS_MAX: usize = 16_384;
+/// Swarm events taken in one turn of the loop, at most, when more are ready: the store
+/// requests they cause leave together, one per store node (a stem hop that fluffed a burst of
+/// relayed envelopes pushes them in one request to each store node, not one request each).
+const SWARM_DRAIN_MAX: usize = 32;
+/// Staged history jobs above which a turn takes no more ready swarm events.
+const DRAIN_STAGED_MAX: usize = 256;
 
 /// Own publication ids remembered as queued for the local history, at most (oldest forgotten;
 /// by then they are committed and in the sync state's delivered set).
@@ -61,8 +68,8 @@ pub(super) enum Outbound {
     PageIds(Topic),
     Ids,
     Erase(Id),
-    /// A relayed stem envelope fluffed here, pushed to a store node (`stem_hop.rs`).
-    StemStore(Id),
+    /// Relayed stem envelopes fluffed here, pushed to a store node (`stem_hop.rs`).
+    StemStore(Vec<Id>),
 }
 
 /// Whether the loop goes on after waiting for the writer.
@@ -83,9 +90,13 @@ pub(super) struct Node {
     threads: Vec<JoinHandle<()>>,
     /// History jobs waiting for room in the writer's queue; see `STAGED_JOBS_MAX`.
     staged: VecDeque<HistoryJob>,
-    /// Store requests of the current event, per store node, sent (batched) before the next
-    /// event is taken; bounded by what one event (or one drain of committed results) yields.
+    /// Store requests of the current turn, per store node, sent (batched) before the next
+    /// turn; bounded by what one turn's events (≤ `SWARM_DRAIN_MAX`, or one drain of committed
+    /// results) yield.
     store_batches: HashMap<PeerId, Vec<Envelope>>,
+    /// Relayed envelopes this turn fluffed, per store node, pushed (batched) before the next
+    /// turn (`stem_hop.rs`); bounded like `store_batches`.
+    pub(super) relayed_batches: HashMap<PeerId, Vec<Envelope>>,
     pub(super) sync: Sync<PeerId>,
     pub(super) admission: Admission<PeerId>,
     /// Own envelopes waiting for their parents before they are written locally (`orphans.rs`).
@@ -240,6 +251,7 @@ impl Node {
             threads,
             staged: VecDeque::new(),
             store_batches: HashMap::new(),
+            relayed_batches: HashMap::new(),
             store_peers: HashMap::new(),
             registered: Vec::new(),
             load: super::serve::Load::default(),
@@ -274,7 +286,10 @@ impl Node {
                 break;
             }
             tokio::select! {
-                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm(ev);
+                    self.drain_swarm();
+                }
                 cmd = cmds.recv() => match cmd {
                     None => break,
                     Some(Command::Shutdown(d)) => { done = Some(d); break; }
@@ -414,27 +429,31 @@ impl Node {
         }
     }
 
-    /// Sends the store requests of the last event: one request per store node and batch
+    /// Takes the swarm events that are ready already (at most `SWARM_DRAIN_MAX` in a turn),
+    /// so that the store requests they cause leave batched.
+    fn drain_swarm(&mut self) {
+        for _ in 1..SWARM_DRAIN_MAX {
+            if self.staged.len() >= DRAIN_STAGED_MAX {
+                return;
+            }
+            match self.swarm.next().now_or_never() {
+                Some(Some(ev)) => self.on_swarm(ev),
+                _ => return,
+            }
+        }
+    }
+
+    /// Sends the store requests of the last turn: one request per store node and batch
     /// (at most `STORE_BATCH_MAX` envelopes and `STORE_BATCH_BYTES_MAX` bytes).
     fn send_store_batches(&mut self) {
+        self.send_relayed_batches();
         if self.store_batches.is_empty() {
             return;
         }
         for (to, envs) in std::mem::take(&mut self.store_batches) {
-            let mut batch: Vec<Envelope> = Vec::new();
-            let mut bytes = 0;
-            for e in envs {
-                let len = e.encoded_len() + 8;
-                if !batch.is_empty()
-                    && (batch.len() == STORE_BATCH_MAX || bytes + len > STORE_BATCH_BYTES_MAX)
-                {
-                    self.request_store(to, std::mem::take(&mut batch));
-                    bytes = 0;
-                }
-                bytes += len;
-                batch.push(e);
+            for batch in batches(envs) {
+                self.request_store(to, batch);
             }
-            self.request_store(to, batch);
         }
     }
 
@@ -808,5 +827,59 @@ impl Node {
         };
         let outs = self.sync.handle(input, now_ms());
         self.apply(outs);
+    }
+}
+
+/// Splits envelopes bound for one store node into requests of at most `STORE_BATCH_MAX`
+/// envelopes and `STORE_BATCH_BYTES_MAX` bytes, in order.
+pub(super) fn batches(envs: Vec<Envelope>) -> Vec<Vec<Envelope>> {
+    let mut out = Vec::new();
+    let mut batch: Vec<Envelope> = Vec::new();
+    let mut bytes = 0;
+    for e in envs {
+        let len = e.encoded_len() + 8;
+        if !batch.is_empty() && (batch.len() == STORE_BATCH_MAX || bytes + len > STORE_BATCH_BYTES_MAX) {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(e);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::envelope::pad;
+    use cairn_proto::{Envelope, Limits, Topic};
+
+    use super::batches;
+    use crate::wire::{STORE_BATCH_BYTES_MAX, STORE_BATCH_MAX};
+
+    fn env(i: u64, len: usize) -> Envelope {
+        Envelope::new(Topic([1; 32]), i, 60, vec![], pad(&vec![7u8; len], &Limits::default()).unwrap())
+    }
+
+    #[test]
+    fn batches_keep_order_and_stay_within_the_count_and_byte_bounds() {
+        assert!(batches(vec![]).is_empty());
+        let small: Vec<Envelope> = (0..2 * STORE_BATCH_MAX as u64 + 1).map(|i| env(i, 10)).collect();
+        let split = batches(small.clone());
+        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [STORE_BATCH_MAX, STORE_BATCH_MAX, 1]);
+        assert_eq!(split.concat(), small);
+        // 200 KiB of text each (more once padded): a request holds as many as fit in its bytes,
+        // and the next one starts a new request.
+        let fat: Vec<Envelope> = (0..6).map(|i| env(i, 200 * 1024)).collect();
+        let per = STORE_BATCH_BYTES_MAX / (fat[0].encoded_len() + 8);
+        assert!((1..6).contains(&per), "{per} per request");
+        let split = batches(fat.clone());
+        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [per, 6 - per]);
+        for b in &split {
+            assert!(b.iter().map(|e| e.encoded_len() + 8).sum::<usize>() <= STORE_BATCH_BYTES_MAX);
+        }
+        assert_eq!(split.concat(), fat);
     }
 }

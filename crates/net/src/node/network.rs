@@ -155,8 +155,10 @@ impl Node {
                 debug!(%peer, %error, "store request failed");
                 let ids = match self.outbound.remove(&request_id) {
                     Some((from, Outbound::Store(ids))) => ids.into_iter().map(|id| (from, id)).collect(),
-                    Some((from, Outbound::StemStore(id))) => {
-                        self.on_stem_store_answer(from, id, None);
+                    Some((from, Outbound::StemStore(ids))) => {
+                        for id in ids {
+                            self.on_stem_store_answer(from, id, None);
+                        }
                         vec![]
                     }
                     _ => vec![],
@@ -178,8 +180,11 @@ impl Node {
             self.on_store_acks(from, ids, Response::decode(response, &limits).ok());
             return;
         }
-        if let Outbound::StemStore(id) = kind {
-            self.on_stem_store_answer(from, id, Response::decode(response, &limits).ok());
+        if let Outbound::StemStore(ids) = kind {
+            let answer = Response::decode(response, &limits).ok();
+            for id in ids {
+                self.on_stem_store_answer(from, id, answer.as_ref());
+            }
             return;
         }
         if let Outbound::Erase(id) = kind {

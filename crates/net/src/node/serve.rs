@@ -54,7 +54,9 @@ impl Node {
             Ok(Request::Store(_) | Request::StoreRelayed(_)) if !self.store_rate.allow(&peer, now) => {
                 rate_limited(&mut self.counters)
             }
-            Ok(Request::StoreMany(ref envs)) if !self.store_rate.allow_n(&peer, envs.len() as u32, now) => {
+            Ok(Request::StoreMany(ref envs) | Request::StoreRelayedMany(ref envs))
+                if !self.store_rate.allow_n(&peer, envs.len() as u32, now) =>
+            {
                 rate_limited(&mut self.counters)
             }
             Ok(Request::Page { .. } | Request::PageIds { .. } | Request::Ids(_))
@@ -66,34 +68,34 @@ impl Node {
                 rate_limited(&mut self.counters)
             }
             Ok(Request::Erase { id, secret }) => erase(&mailbox, id, &secret),
-            Ok(Request::Store(env)) => match self.admit_for_storage(peer, vec![env], bytes, channel, false) {
-                Some((channel, resp)) => {
-                    self.respond(channel, resp);
-                    return;
-                }
-                None => return, // answered by the mailbox writer once committed
-            },
+            Ok(Request::Store(env)) => return self.store_envelopes(peer, vec![env], bytes, channel, false),
+            Ok(Request::StoreMany(envs)) => return self.store_envelopes(peer, envs, bytes, channel, false),
             Ok(Request::StoreRelayed(env)) => {
-                match self.admit_for_storage(peer, vec![env], bytes, channel, true) {
-                    Some((channel, resp)) => {
-                        self.respond(channel, resp);
-                        return;
-                    }
-                    None => return,
-                }
+                return self.store_envelopes(peer, vec![env], bytes, channel, true);
             }
-            Ok(Request::StoreMany(envs)) => match self.admit_for_storage(peer, envs, bytes, channel, false) {
-                Some((channel, resp)) => {
-                    self.respond(channel, resp);
-                    return;
-                }
-                None => return,
-            },
+            Ok(Request::StoreRelayedMany(envs)) => {
+                return self.store_envelopes(peer, envs, bytes, channel, true);
+            }
             Ok(Request::Page { topic, from, limit }) => page(&mailbox, &topic, from, limit),
             Ok(Request::PageIds { topic, from, limit }) => page_ids(&mailbox, &topic, from, limit),
             Ok(Request::Ids(ids)) => by_ids(&mailbox, ids),
         };
         self.respond(channel, resp);
+    }
+
+    /// Admits envelopes for storage: answered now when every one is refused (or the queue is
+    /// full), else by the mailbox writer once they are committed.
+    fn store_envelopes(
+        &mut self,
+        peer: PeerId,
+        envs: Vec<Envelope>,
+        bytes: usize,
+        channel: ResponseChannel<Vec<u8>>,
+        relayed: bool,
+    ) {
+        if let Some((channel, resp)) = self.admit_for_storage(peer, envs, bytes, channel, relayed) {
+            self.respond(channel, resp);
+        }
     }
 
     fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, resp: Response) {

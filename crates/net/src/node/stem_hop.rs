@@ -429,9 +429,9 @@ impl Node {
             stores = self.stores_for(&topic);
         }
         for s in stores {
-            if self.request(s, Request::StoreRelayed(env.clone()), Outbound::StemStore(id)) {
-                awaiting.push(s);
-            }
+            // Pushed with the rest of this turn's fluffed envelopes (`send_relayed_batches`).
+            self.relayed_batches.entry(s).or_default().push(env.clone());
+            awaiting.push(s);
         }
         let Some(hop) = self.stem.as_mut() else { return };
         hop.counters.fluffed += 1;
@@ -444,6 +444,28 @@ impl Node {
         }
     }
 
+    /// Pushes this turn's fluffed envelopes to their store nodes: one request per store node
+    /// (and batch). A push that cannot be sent counts as that store node's failed answer.
+    pub(super) fn send_relayed_batches(&mut self) {
+        if self.relayed_batches.is_empty() {
+            return;
+        }
+        for (to, envs) in std::mem::take(&mut self.relayed_batches) {
+            for mut batch in super::actor::batches(envs) {
+                let ids: Vec<Id> = batch.iter().map(Envelope::id).collect();
+                let req = match batch.len() {
+                    1 => Request::StoreRelayed(batch.remove(0)),
+                    _ => Request::StoreRelayedMany(batch),
+                };
+                if !self.request(to, req, Outbound::StemStore(ids.clone())) {
+                    for id in ids {
+                        self.on_stem_store_answer(to, id, None);
+                    }
+                }
+            }
+        }
+    }
+
     /// Answers the peer a relayed envelope came from with the receipts gathered, and forgets it.
     fn stem_answer(&mut self, id: Id) {
         let Some(r) = self.stem.as_mut().and_then(|h| h.relays.remove(&id)) else { return };
@@ -451,23 +473,22 @@ impl Node {
     }
 
     /// A store node answered (or failed, `None`) the push of a relayed envelope fluffed here.
-    pub(super) fn on_stem_store_answer(&mut self, from: PeerId, id: Id, response: Option<Response>) {
+    pub(super) fn on_stem_store_answer(&mut self, from: PeerId, id: Id, response: Option<&Response>) {
         let Some(r) = self.stem.as_mut().and_then(|h| h.relays.get_mut(&id)) else { return };
         let RelayState::Storing(awaiting) = &mut r.state else { return };
         awaiting.retain(|p| *p != from);
         let done = awaiting.is_empty();
         if let Some(Response::Stored(acks)) = response {
-            for a in acks {
+            for a in acks.iter().filter(|a| a.id == id) {
                 // Not verified here: every hop above (and the originator) verifies what it is
                 // answered (`valid_receipts`), so checking it here too only doubled the
                 // signature checks of the stem path. A bad one costs its own store's slot.
-                if let (StoreOutcome::Stored | StoreOutcome::Duplicate, Some(rc)) = (a.outcome, a.receipt)
+                if let (StoreOutcome::Stored | StoreOutcome::Duplicate, Some(rc)) = (a.outcome, &a.receipt)
                     && rc.id == id
-                    && a.id == id
                     && r.receipts.len() < STEM_RECEIPTS_MAX
                     && !r.receipts.iter().any(|(p, _)| *p == from)
                 {
-                    r.receipts.push((from, rc));
+                    r.receipts.push((from, rc.clone()));
                 }
             }
         }

@@ -108,7 +108,7 @@ fn store_answer(key: &Keypair, req: &[u8]) -> (Vec<Id>, Response) {
     let now = super::common::now_ms();
     let envs: Vec<Envelope> = match Request::decode(req, &Limits::default()) {
         Ok(Request::Store(e) | Request::StoreRelayed(e)) => vec![e],
-        Ok(Request::StoreMany(es)) => es,
+        Ok(Request::StoreMany(es) | Request::StoreRelayedMany(es)) => es,
         Ok(Request::Page { .. }) => return (vec![], Response::Page { entries: vec![], next: None }),
         Ok(Request::Ids(_)) => return (vec![], Response::Envelopes(vec![])),
         _ => return (vec![], Response::Error("no".into())),
