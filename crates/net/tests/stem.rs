@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cairn_net::node::{NodeConfig, NodeEvent, NodeHandle, start};
 use cairn_net::stem::StemConfig;
-use cairn_net::stem_wire::{StemOutcome, StemResponse, encode_request};
+use cairn_net::stem_wire::{StemOutcome, StemResponse, decode_answers, encode_batch, encode_request};
 use cairn_net::sync::SendStatus;
 use cairn_proto::envelope::pad;
 use cairn_proto::{Envelope, Id, Limits, Topic};
@@ -483,7 +483,80 @@ async fn a_burst_fluffed_together_gets_each_envelope_its_own_receipts() {
             "each store node holds the burst"
         );
     }
+    // A batch request (version 2): new envelopes and one the hop has seen; one answer each,
+    // in order, each new one with the three receipts for it.
+    let more: Vec<Envelope> = (0..4).map(|i| mined(topic, &format!("batch {i}"), vec![])).collect();
+    let mut encoded: Vec<Vec<u8>> = more.iter().map(Envelope::encode).collect();
+    encoded.insert(2, envs[0].encode());
+    let a = sender.stem(hop.peer_id, encode_batch(&[], &encoded)).await.expect("an answer");
+    let answers = decode_answers(&a).unwrap();
+    let outcomes: Vec<StemOutcome> = answers.iter().map(|r| r.outcome).collect();
+    use StemOutcome::{Duplicate, Receipts};
+    assert_eq!(outcomes, [Receipts, Receipts, Duplicate, Receipts, Receipts]);
+    let fresh = answers.iter().filter(|r| r.outcome == Receipts);
+    for (e, resp) in more.iter().zip(fresh) {
+        assert_eq!(resp.receipts.len(), 3, "three receipts");
+        for (store, rc) in &resp.receipts {
+            assert_eq!(rc.id, e.id(), "the receipt is for this envelope");
+            assert_eq!(rc.verify(store), Ok(()));
+        }
+    }
     for n in stores.iter().chain([&hop]) {
+        n.shutdown().await;
+    }
+}
+
+/// A sender's burst goes into the stem batched (version 2 requests to its successor), and
+/// every envelope of it is stored with receipts, none by the fallback path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_burst_through_the_stem_is_stored_with_receipts_and_no_fallback() {
+    const BURST: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[0x1B; 32]);
+    let stores = three_stores(dir.path()).await;
+    let stem = StemConfig { fluff_per_mille: 1000, ..StemConfig::default() };
+    let hop = start({
+        let mut c = cfg(dir.path(), "hop", Some(stem));
+        c.bootstrap = vec![tcp(&stores[0])];
+        c
+    })
+    .await
+    .unwrap();
+    let a = start({
+        let mut c = cfg(dir.path(), "a", Some(stem));
+        c.bootstrap = vec![tcp(&stores[0])];
+        c
+    })
+    .await
+    .unwrap();
+    a.dial(tcp(&hop)).await.unwrap();
+    wait_store_peers(&a, 3).await;
+    wait_store_peers(&hop, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.status().await.unwrap().stem.peers < 1 {
+        assert!(Instant::now() < deadline, "the sender never saw its stem peer");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let envs: Vec<Envelope> = (0..BURST).map(|i| mined(topic, &format!("burst {i}"), vec![])).collect();
+    let ids = futures::future::join_all(envs.into_iter().map(|e| a.publish(e))).await;
+    let ids: Vec<Id> = ids.into_iter().map(Result::unwrap).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.status().await.unwrap().pending.is_empty() {
+        assert!(Instant::now() < deadline, "sends still pending: {:?}", a.status().await.unwrap().pending);
+        sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let receipts = a.receipts(id).unwrap();
+        assert!(receipts.len() >= 2, "{} receipts for {}", receipts.len(), id.short());
+        for (peer, rc) in receipts {
+            assert_eq!(rc.id, *id);
+            assert_eq!(rc.verify(&peer), Ok(()));
+        }
+    }
+    let st = a.status().await.unwrap();
+    assert_eq!(st.stem.fallbacks, 0, "no envelope took the direct path");
+    assert_eq!(hop.status().await.unwrap().stem.relayed, BURST as u64, "each went through the hop");
+    for n in stores.iter().chain([&hop, &a]) {
         n.shutdown().await;
     }
 }

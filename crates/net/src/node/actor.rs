@@ -446,6 +446,7 @@ impl Node {
     /// Sends the store requests of the last turn: one request per store node and batch
     /// (at most `STORE_BATCH_MAX` envelopes and `STORE_BATCH_BYTES_MAX` bytes).
     fn send_store_batches(&mut self) {
+        self.send_own_stems();
         self.send_relayed_batches();
         if self.store_batches.is_empty() {
             return;

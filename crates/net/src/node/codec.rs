@@ -7,7 +7,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
-use crate::stem_wire::STEM_RESPONSE_BYTES_MAX;
+use crate::stem_wire::STEM_BATCH_RESPONSE_BYTES_MAX;
 use crate::wire::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 
 /// Length-prefixed frames, each direction bounded: the codec of `/cairn/store/1`
@@ -26,12 +26,13 @@ impl FrameCodec {
         Self { request_bytes_max: REQUEST_BYTES_MAX, response_bytes_max: RESPONSE_BYTES_MAX }
     }
 
-    /// The stem protocol's bounds: one envelope of `envelope_bytes_max` plus the request's
-    /// header per request, [`STEM_RESPONSE_BYTES_MAX`] per answer.
+    /// The stem protocol's bounds: `envelope_bytes_max` of envelopes (one, or a batch's
+    /// together) plus the request's header per request, [`STEM_BATCH_RESPONSE_BYTES_MAX`] per
+    /// answer (a batch's answers).
     pub fn stem(envelope_bytes_max: usize) -> Self {
         Self {
-            request_bytes_max: envelope_bytes_max + crate::stem_wire::STEM_REQUEST_OVERHEAD_BYTES,
-            response_bytes_max: STEM_RESPONSE_BYTES_MAX,
+            request_bytes_max: envelope_bytes_max + crate::stem_wire::STEM_BATCH_OVERHEAD_BYTES,
+            response_bytes_max: STEM_BATCH_RESPONSE_BYTES_MAX,
         }
     }
 }

@@ -54,6 +54,7 @@ mod registry;
 mod relayed;
 mod resync;
 mod serve;
+mod stem_batch;
 mod stem_hop;
 mod traffic;
 mod transport;

@@ -28,11 +28,15 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tracing::debug;
 
 use super::actor::{Node, Outbound};
+use super::stem_batch::{BatchReplies, Reply};
 use super::{STEM_PROTOCOL, now_ms};
 use crate::receipt::StoreReceipt;
 use crate::shard::{shard_name, shard_of};
 use crate::stem::{Stem, StemAction, StemConfig};
-use crate::stem_wire::{STEM_RECEIPTS_MAX, StemOutcome, StemResponse, decode_request, encode_request};
+use crate::stem_wire::{
+    STEM_BATCH_MAX, STEM_RECEIPTS_MAX, StemOutcome, StemResponse, decode_answers, decode_any, encode_answers,
+    encode_batch, encode_request,
+};
 use crate::sync::Input;
 use crate::validate::Verdict;
 use crate::wire::{Request, Response, StoreOutcome};
@@ -117,7 +121,7 @@ struct Relay {
     from: PeerId,
     /// The store nodes the originator targets (as named in the request).
     targets: Vec<PeerId>,
-    channel: ResponseChannel<Vec<u8>>,
+    reply: Reply,
     envelope: Envelope,
     state: RelayState,
     failsafe_at_ms: u64,
@@ -141,8 +145,14 @@ pub(super) struct StemHop {
     peers: HashSet<PeerId>,
     own: HashMap<Id, Own>,
     relays: HashMap<Id, Relay>,
-    /// Stem requests in flight, at most `OWN_STEMMED_MAX + RELAYS_MAX`.
-    requests: HashMap<OutboundRequestId, Id>,
+    /// Stem requests in flight (the envelopes each carries), at most
+    /// `OWN_STEMMED_MAX + RELAYS_MAX`.
+    requests: HashMap<OutboundRequestId, Vec<Id>>,
+    /// Own envelopes of this turn per (successor, store targets), sent batched at its end
+    /// (`send_own_stems`); at most `OWN_STEMMED_MAX`.
+    own_batches: HashMap<(PeerId, Vec<PeerId>), Vec<Envelope>>,
+    /// Batches received, waiting for the answers of their envelopes.
+    replies: BatchReplies,
     coins: Coins,
     pub(super) counters: StemCounters,
 }
@@ -155,6 +165,8 @@ impl StemHop {
             own: HashMap::new(),
             relays: HashMap::new(),
             requests: HashMap::new(),
+            own_batches: HashMap::new(),
+            replies: BatchReplies::default(),
             coins: Coins::new(),
             counters: StemCounters::default(),
         }
@@ -242,10 +254,9 @@ impl Node {
         hop.stem.disarm(&id);
         let deadline_ms = now + origin_wait_ms(&hop.config());
         let stores = self.stores_for(&env.header.topic);
-        let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return Some(env) };
-        let rid = b.send_request(&to, encode_request(&stores, &env.encode()));
         let Some(hop) = self.stem.as_mut() else { return Some(env) };
-        hop.requests.insert(rid, id);
+        // Sent with this turn's other own envelopes for the same successor and stores.
+        hop.own_batches.entry((to, stores.clone())).or_default().push(env.clone());
         hop.own.insert(id, Own { envelope: env.clone(), written, deadline_ms, to });
         debug!(%to, "own envelope {} into the stem", id.short());
         let outs =
@@ -261,7 +272,7 @@ impl Node {
                     self.on_stem_request(peer, &request, channel);
                 }
                 request_response::Message::Response { request_id, response } => {
-                    self.on_stem_answer(request_id, StemResponse::decode(&response).ok());
+                    self.on_stem_answer(request_id, decode_answers(&response).ok());
                 }
             },
             request_response::Event::OutboundFailure { request_id, peer, error, .. } => {
@@ -272,21 +283,57 @@ impl Node {
         }
     }
 
-    fn stem_reply(&mut self, channel: ResponseChannel<Vec<u8>>, resp: StemResponse) {
+    /// Answers one stem envelope: on its request's channel, or into its batch's slot (the
+    /// batch is answered with its last envelope).
+    fn stem_reply(&mut self, to: Reply, resp: StemResponse) {
+        let (channel, bytes) = match to {
+            Reply::One(channel) => (channel, resp.encode()),
+            Reply::Part { slot, index } => {
+                let Some(hop) = self.stem.as_mut() else { return };
+                let Some((channel, answers)) = hop.replies.answer(slot, index, resp) else { return };
+                (channel, encode_answers(&answers))
+            }
+        };
         if let Some(b) = self.swarm.behaviour_mut().stem.as_mut() {
-            let _ = b.send_response(channel, resp.encode());
+            let _ = b.send_response(channel, bytes);
+        }
+    }
+
+    /// A stem request from `peer`: one envelope, or a batch whose envelopes are each taken
+    /// as if they came alone and answered together.
+    fn on_stem_request(&mut self, peer: PeerId, request: &[u8], channel: ResponseChannel<Vec<u8>>) {
+        let limit = self.config.admission.limits.envelope_bytes_max;
+        let req = match decode_any(request, limit) {
+            Ok(r) => r,
+            Err(e) => {
+                // A request that does not even parse is charged like a malformed envelope: it
+                // takes the peer's rate allowance (shared with its gossip) and is refused.
+                debug!(%peer, "bad stem request: {e}");
+                return self.on_stem_envelope(peer, Vec::new(), &[], Reply::One(channel));
+            }
+        };
+        if !req.batch {
+            return self.on_stem_envelope(peer, req.targets, req.envelopes[0], Reply::One(channel));
+        }
+        let Some(hop) = self.stem.as_mut() else { return };
+        let slot = match hop.replies.open(channel, req.envelopes.len()) {
+            Ok(slot) => slot,
+            Err(channel) => {
+                let busy = vec![StemResponse::bare(StemOutcome::Busy); req.envelopes.len()];
+                if let Some(b) = self.swarm.behaviour_mut().stem.as_mut() {
+                    let _ = b.send_response(channel, encode_answers(&busy));
+                }
+                return;
+            }
+        };
+        for (index, bytes) in req.envelopes.iter().enumerate() {
+            self.on_stem_envelope(peer, req.targets.clone(), bytes, Reply::Part { slot, index });
         }
     }
 
     /// A stem envelope from `peer`: admitted like gossip, then forwarded or fluffed.
-    fn on_stem_request(&mut self, peer: PeerId, request: &[u8], channel: ResponseChannel<Vec<u8>>) {
+    fn on_stem_envelope(&mut self, peer: PeerId, targets: Vec<PeerId>, bytes: &[u8], channel: Reply) {
         let now = now_ms();
-        // A request that does not even parse is charged like a malformed envelope: it takes
-        // the peer's rate allowance (shared with its gossip) and is refused.
-        let (targets, bytes) = decode_request(request).unwrap_or_else(|e| {
-            debug!(%peer, "bad stem request: {e}");
-            (Vec::new(), &[])
-        });
         let verdict = self.admission.check_stem(&peer, bytes, now);
         let env = match verdict {
             Verdict::Accept(env, _) => *env,
@@ -304,7 +351,7 @@ impl Node {
             }
         };
         let cands = self.stem_candidates();
-        let Some(hop) = self.stem.as_mut() else { return };
+        let Some(hop) = self.stem.as_mut() else { return self.stem_refused(channel, StemOutcome::Busy) };
         let id = env.id();
         if hop.relays.len() >= RELAYS_MAX
             || hop.relays.values().filter(|r| r.from == peer).count() >= RELAYS_PER_PEER_MAX
@@ -326,10 +373,12 @@ impl Node {
             }
             StemAction::Refuse => return self.stem_refused(channel, StemOutcome::Busy),
             StemAction::Forward(to) => {
-                let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return };
+                let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else {
+                    return self.stem_refused(channel, StemOutcome::Busy);
+                };
                 let rid = b.send_request(&to, encode_request(&targets, &env.encode()));
                 let Some(hop) = self.stem.as_mut() else { return };
-                hop.requests.insert(rid, id);
+                hop.requests.insert(rid, vec![id]);
                 RelayState::Waiting(rid, to)
             }
             StemAction::Fluff => RelayState::Storing(Vec::new()),
@@ -340,7 +389,7 @@ impl Node {
         let relay = Relay {
             from: peer,
             targets,
-            channel,
+            reply: channel,
             envelope: env.clone(),
             state,
             failsafe_at_ms,
@@ -357,7 +406,7 @@ impl Node {
         }
     }
 
-    fn stem_refused(&mut self, channel: ResponseChannel<Vec<u8>>, outcome: StemOutcome) {
+    fn stem_refused(&mut self, channel: Reply, outcome: StemOutcome) {
         if let Some(hop) = self.stem.as_mut() {
             hop.counters.refused += 1;
         }
@@ -469,7 +518,7 @@ impl Node {
     /// Answers the peer a relayed envelope came from with the receipts gathered, and forgets it.
     fn stem_answer(&mut self, id: Id) {
         let Some(r) = self.stem.as_mut().and_then(|h| h.relays.remove(&id)) else { return };
-        self.stem_reply(r.channel, StemResponse { outcome: StemOutcome::Receipts, receipts: r.receipts });
+        self.stem_reply(r.reply, StemResponse { outcome: StemOutcome::Receipts, receipts: r.receipts });
     }
 
     /// A store node answered (or failed, `None`) the push of a relayed envelope fluffed here.
@@ -497,10 +546,59 @@ impl Node {
         }
     }
 
-    /// The answer (or failure, `None`) to a stem request we sent.
-    fn on_stem_answer(&mut self, rid: OutboundRequestId, resp: Option<StemResponse>) {
+    /// Sends this turn's own envelopes into the stem: per successor and store targets, in
+    /// batches of at most `STEM_BATCH_MAX` envelopes and the envelope limit in bytes (one
+    /// alone goes as a version 1 request).
+    pub(super) fn send_own_stems(&mut self) {
         let Some(hop) = self.stem.as_mut() else { return };
-        let Some(id) = hop.requests.remove(&rid) else { return };
+        if hop.own_batches.is_empty() {
+            return;
+        }
+        let limit = self.config.admission.limits.envelope_bytes_max;
+        for ((to, stores), envs) in std::mem::take(&mut hop.own_batches) {
+            let mut batch: Vec<(Id, Vec<u8>)> = Vec::new();
+            let mut bytes = 0;
+            for e in envs {
+                let b = e.encode();
+                if !batch.is_empty() && (batch.len() == STEM_BATCH_MAX || bytes + b.len() > limit) {
+                    self.send_stem_batch(to, &stores, std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+                bytes += b.len();
+                batch.push((e.id(), b));
+            }
+            self.send_stem_batch(to, &stores, batch);
+        }
+    }
+
+    fn send_stem_batch(&mut self, to: PeerId, stores: &[PeerId], batch: Vec<(Id, Vec<u8>)>) {
+        let (ids, encoded): (Vec<Id>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+        let req = match encoded.as_slice() {
+            [] => return,
+            [one] => encode_request(stores, one),
+            _ => encode_batch(stores, &encoded),
+        };
+        let Some(b) = self.swarm.behaviour_mut().stem.as_mut() else { return };
+        let rid = b.send_request(&to, req);
+        if let Some(hop) = self.stem.as_mut() {
+            hop.requests.insert(rid, ids);
+        }
+    }
+
+    /// The answer (or failure, `None`) to a stem request we sent: one answer per envelope it
+    /// carried, in order (an answer of another length counts as a failure for each).
+    fn on_stem_answer(&mut self, rid: OutboundRequestId, resp: Option<Vec<StemResponse>>) {
+        let Some(hop) = self.stem.as_mut() else { return };
+        let Some(ids) = hop.requests.remove(&rid) else { return };
+        let mut answers = resp.filter(|a| a.len() == ids.len()).map(Vec::into_iter);
+        for id in ids {
+            let answer = answers.as_mut().and_then(Iterator::next);
+            self.on_stem_answer_one(rid, id, answer);
+        }
+    }
+
+    fn on_stem_answer_one(&mut self, rid: OutboundRequestId, id: Id, resp: Option<StemResponse>) {
+        let Some(hop) = self.stem.as_mut() else { return };
         let receipts = valid_receipts(&id, resp);
         if let Some(own) = hop.own.remove(&id) {
             return self.stem_own_answered(own, receipts);
