@@ -27,7 +27,7 @@
 //! A hop that predates version 2 refuses a batch as malformed; its originator then takes the
 //! direct path for those envelopes (the fail-safe of an unanswered stem).
 
-use cairn_proto::codec::{DecodeError, Reader, Writer};
+use cairn_proto::codec::{DecodeError, Reader, Writer, at_most};
 use libp2p::PeerId;
 
 use crate::receipt::{RECEIPT_BYTES, StoreReceipt};
@@ -137,13 +137,7 @@ pub fn decode_any(b: &[u8], envelope_bytes_max: usize) -> Result<StemRequest<'_>
     for _ in 0..n {
         let e = r.bytes(envelope_bytes_max, "envelope")?;
         total += e.len();
-        if total > envelope_bytes_max {
-            return Err(DecodeError::TooLarge {
-                field: "stem batch",
-                len: total as u64,
-                max: envelope_bytes_max as u64,
-            });
-        }
+        at_most("stem batch", total, envelope_bytes_max)?;
         envelopes.push(e);
     }
     r.finish()?;
@@ -167,13 +161,7 @@ pub fn decode_answers(b: &[u8]) -> Result<Vec<StemResponse>, DecodeError> {
     if b.first() == Some(&STEM_VERSION) {
         return Ok(vec![StemResponse::decode(b)?]);
     }
-    if b.len() > STEM_BATCH_RESPONSE_BYTES_MAX {
-        return Err(DecodeError::TooLarge {
-            field: "stem batch response",
-            len: b.len() as u64,
-            max: STEM_BATCH_RESPONSE_BYTES_MAX as u64,
-        });
-    }
+    at_most("stem batch response", b.len(), STEM_BATCH_RESPONSE_BYTES_MAX)?;
     let mut r = Reader::new(b);
     r.version("stem response", STEM_BATCH_VERSION)?;
     let n = r.count(STEM_BATCH_MAX, "answers")?;
@@ -233,13 +221,7 @@ impl StemResponse {
 
     /// Decodes an answer (peer input: bounded, canonical).
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        if b.len() > STEM_RESPONSE_BYTES_MAX {
-            return Err(DecodeError::TooLarge {
-                field: "stem response",
-                len: b.len() as u64,
-                max: STEM_RESPONSE_BYTES_MAX as u64,
-            });
-        }
+        at_most("stem response", b.len(), STEM_RESPONSE_BYTES_MAX)?;
         let mut r = Reader::new(b);
         r.version("stem response", STEM_VERSION)?;
         let outcome = match r.u8("outcome")? {

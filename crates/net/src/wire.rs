@@ -31,7 +31,7 @@
 //! Frames travel length-prefixed (`u32`) and are refused above the size limits before any
 //! allocation.
 
-use cairn_proto::codec::{DecodeError, Reader, Writer};
+use cairn_proto::codec::{DecodeError, Reader, Writer, at_most};
 use cairn_proto::{Envelope, Id, Limits, Topic};
 
 use crate::receipt::StoreReceipt;
@@ -255,13 +255,7 @@ impl Request {
 
     /// Bounded decoding.
     pub fn decode(b: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
-        if b.len() > REQUEST_BYTES_MAX {
-            return Err(DecodeError::TooLarge {
-                field: "request",
-                len: b.len() as u64,
-                max: REQUEST_BYTES_MAX as u64,
-            });
-        }
+        at_most("request", b.len(), REQUEST_BYTES_MAX)?;
         let mut r = Reader::new(b);
         r.version("store request", VERSION)?;
         let req = match r.u8("kind")? {
@@ -325,13 +319,7 @@ fn read_envelopes(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<Envelope>, 
     for _ in 0..n {
         let b = r.bytes(limits.envelope_bytes_max, "envelope")?;
         bytes += b.len();
-        if bytes > STORE_BATCH_BYTES_MAX {
-            return Err(DecodeError::TooLarge {
-                field: "store batch",
-                len: bytes as u64,
-                max: STORE_BATCH_BYTES_MAX as u64,
-            });
-        }
+        at_most("store batch", bytes, STORE_BATCH_BYTES_MAX)?;
         es.push(Envelope::decode(b, limits)?);
     }
     Ok(es)
@@ -421,13 +409,7 @@ impl Response {
 
     /// Bounded decoding.
     pub fn decode(b: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
-        if b.len() > RESPONSE_BYTES_MAX {
-            return Err(DecodeError::TooLarge {
-                field: "response",
-                len: b.len() as u64,
-                max: RESPONSE_BYTES_MAX as u64,
-            });
-        }
+        at_most("response", b.len(), RESPONSE_BYTES_MAX)?;
         let mut r = Reader::new(b);
         r.version("store response", VERSION)?;
         let resp = match r.u8("kind")? {

@@ -243,6 +243,24 @@ async fn three_stores(dir: &std::path::Path) -> Vec<NodeHandle> {
     stores
 }
 
+/// The stem config of a hop that fluffs everything it takes.
+fn fluff_always() -> StemConfig {
+    StemConfig { fluff_per_mille: 1000, ..StemConfig::default() }
+}
+
+/// A stem hop that fluffs everything it takes, bootstrapped from `store`; `tweak` edits its
+/// config before it starts.
+async fn fluffing_hop(
+    dir: &std::path::Path,
+    store: &NodeHandle,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> NodeHandle {
+    let mut c = cfg(dir, "hop", Some(fluff_always()));
+    c.bootstrap = vec![tcp(store)];
+    tweak(&mut c);
+    start(c).await.unwrap()
+}
+
 /// Three store nodes and a sender `a` running the stem with a short fail-safe (returned).
 async fn stores_and_fast_sender(dir: &std::path::Path) -> (StemConfig, Vec<NodeHandle>, NodeHandle) {
     let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
@@ -353,16 +371,11 @@ async fn garbage_on_the_stem_is_refused_costs_its_sender_and_goes_nowhere() {
     let topic = Topic::for_conversation(&[0x19; 32]);
     let stores = three_stores(dir.path()).await;
     // The hop: a stem node that allows each peer 20 envelopes, then 1 per second.
-    let hop = start({
-        let mut c =
-            cfg(dir.path(), "hop", Some(StemConfig { fluff_per_mille: 1000, ..StemConfig::default() }));
-        c.bootstrap = vec![tcp(&stores[0])];
+    let hop = fluffing_hop(dir.path(), &stores[0], |c| {
         c.admission.peer_rate_per_sec = 1;
         c.admission.peer_burst = 20;
-        c
     })
-    .await
-    .unwrap();
+    .await;
     let r = start({
         let mut c = cfg(dir.path(), "r", None);
         c.bootstrap = vec![tcp(&stores[1])];
@@ -447,14 +460,7 @@ async fn a_burst_fluffed_together_gets_each_envelope_its_own_receipts() {
     let dir = tempfile::tempdir().unwrap();
     let topic = Topic::for_conversation(&[0x1A; 32]);
     let stores = three_stores(dir.path()).await;
-    let hop = start({
-        let mut c =
-            cfg(dir.path(), "hop", Some(StemConfig { fluff_per_mille: 1000, ..StemConfig::default() }));
-        c.bootstrap = vec![tcp(&stores[0])];
-        c
-    })
-    .await
-    .unwrap();
+    let hop = fluffing_hop(dir.path(), &stores[0], |_| {}).await;
     wait_store_peers(&hop, 3).await;
     let sender = Raw::start(Role::Client).await;
     sender.dial(&tcp(&hop)).await;
@@ -506,24 +512,18 @@ async fn a_burst_fluffed_together_gets_each_envelope_its_own_receipts() {
     }
 }
 
-/// A sender's burst goes into the stem batched (version 2 requests to its successor), and
-/// every envelope of it is stored with receipts, none by the fallback path.
+/// A sender's burst goes into the stem (batched, version 2, when its envelopes are committed
+/// together: batches of 16 and 8 were seen), and every envelope of it is stored with
+/// receipts, none by the fallback path, batched or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_senders_burst_through_the_stem_is_stored_with_receipts_and_no_fallback() {
     const BURST: usize = 24;
     let dir = tempfile::tempdir().unwrap();
     let topic = Topic::for_conversation(&[0x1B; 32]);
     let stores = three_stores(dir.path()).await;
-    let stem = StemConfig { fluff_per_mille: 1000, ..StemConfig::default() };
-    let hop = start({
-        let mut c = cfg(dir.path(), "hop", Some(stem));
-        c.bootstrap = vec![tcp(&stores[0])];
-        c
-    })
-    .await
-    .unwrap();
+    let hop = fluffing_hop(dir.path(), &stores[0], |_| {}).await;
     let a = start({
-        let mut c = cfg(dir.path(), "a", Some(stem));
+        let mut c = cfg(dir.path(), "a", Some(fluff_always()));
         c.bootstrap = vec![tcp(&stores[0])];
         c
     })

@@ -196,6 +196,14 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Refuses `len` bytes (or items) of `field` above `max`, as [`DecodeError::TooLarge`].
+pub fn at_most(field: &'static str, len: usize, max: usize) -> Result<(), DecodeError> {
+    if len > max {
+        return Err(DecodeError::TooLarge { field, len: len as u64, max: max as u64 });
+    }
+    Ok(())
+}
+
 /// Reads a set of 32-byte ids as a `u8` count then the ids in strictly increasing order.
 ///
 /// Strict order makes the set canonical: no duplicates, one order.

@@ -834,17 +834,28 @@ impl Node {
 /// Splits envelopes bound for one store node into requests of at most `STORE_BATCH_MAX`
 /// envelopes and `STORE_BATCH_BYTES_MAX` bytes, in order.
 pub(super) fn batches(envs: Vec<Envelope>) -> Vec<Vec<Envelope>> {
+    split_batches(envs, STORE_BATCH_MAX, STORE_BATCH_BYTES_MAX, |e| e.encoded_len() + 8)
+}
+
+/// Splits `items` into runs of at most `count_max` items and `bytes_max` bytes (as `len`
+/// counts them; an item alone over `bytes_max` still makes a run of one), in order.
+pub(super) fn split_batches<T>(
+    items: Vec<T>,
+    count_max: usize,
+    bytes_max: usize,
+    len: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
     let mut out = Vec::new();
-    let mut batch: Vec<Envelope> = Vec::new();
+    let mut batch: Vec<T> = Vec::new();
     let mut bytes = 0;
-    for e in envs {
-        let len = e.encoded_len() + 8;
-        if !batch.is_empty() && (batch.len() == STORE_BATCH_MAX || bytes + len > STORE_BATCH_BYTES_MAX) {
+    for item in items {
+        let n = len(&item);
+        if !batch.is_empty() && (batch.len() == count_max || bytes + n > bytes_max) {
             out.push(std::mem::take(&mut batch));
             bytes = 0;
         }
-        bytes += len;
-        batch.push(e);
+        bytes += n;
+        batch.push(item);
     }
     if !batch.is_empty() {
         out.push(batch);

@@ -31,11 +31,11 @@ pub struct ServeLimits {
     pub load_envelopes_per_sec: u32,
     /// Size of the relay pool, in source shares (`Retention::source_bytes_max` each): every
     /// relayed push (`StoreRelayed`, from a stem hop), whichever hop pushes it, is charged to
-    /// one of this many pool sources, picked by envelope id (see `node/serve.rs`). It bounds
-    /// both what a flooder holds beyond its own share by routing through honest stem hops
-    /// (at most this many shares, however many hops) and how much stemmed mail a store keeps
-    /// before relayed pushes are refused and senders fall back to pushing directly (losing
-    /// the stem's cover). Clamped to 1..=64 (`RELAY_POOL_SHARES_MAX`).
+    /// one of this many pool sources, picked by the push's first envelope id (see
+    /// `node/serve.rs`). It bounds both what a flooder holds beyond its own share by routing
+    /// through honest stem hops (at most this many shares, however many hops) and how much
+    /// stemmed mail a store keeps before relayed pushes are refused and senders fall back to
+    /// pushing directly (losing the stem's cover). Clamped to 1..=64 (`RELAY_POOL_SHARES_MAX`).
     pub relay_pool_shares: u32,
 }
 

@@ -18,8 +18,8 @@ use crate::wire::{EraseOutcome, RESPONSE_BYTES_MAX, Request, Response, StoreAck,
 /// Keys the quota sources of relayed pushes (`StoreRelayed`) apart from every peer's own.
 ///
 /// Every relayed push, whichever hop pushes it, is charged to the store's relay pool: one of
-/// `ServeLimits::relay_pool_shares` sources (1 by default), picked by envelope id, each
-/// holding one source's share (`Retention::source_bytes_max`). Why a pool and not a share
+/// `ServeLimits::relay_pool_shares` sources (1 by default), picked by the push's first
+/// envelope id, each holding one source's share (`Retention::source_bytes_max`). Why a pool and not a share
 /// per pushing hop: a stem hop pushes envelopes it cannot attribute (it knows only the peer
 /// before it, and the store knows only the hop), so a share per hop let a flooder hold one
 /// more share per honest hop that fluffed for it. With the pool, what a flooder holds at a
@@ -83,8 +83,15 @@ impl Node {
         self.respond(channel, resp);
     }
 
-    /// Admits envelopes for storage: answered now when every one is refused (or the queue is
-    /// full), else by the mailbox writer once they are committed.
+    fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, resp: Response) {
+        let _ = self.swarm.behaviour_mut().store.send_response(channel, resp.encode());
+    }
+
+    /// Checks the envelopes offered for storage and queues them for the mailbox writer, which
+    /// answers once they are committed; answers at once when every one is refused or the
+    /// queue is full (in requests or bytes). `relayed`: pushed by a stem hop for someone else,
+    /// charged to the store's one relay pool ([`RELAY_POOL_KEY`]) rather than to the peer's
+    /// own mail.
     fn store_envelopes(
         &mut self,
         peer: PeerId,
@@ -93,27 +100,6 @@ impl Node {
         channel: ResponseChannel<Vec<u8>>,
         relayed: bool,
     ) {
-        if let Some((channel, resp)) = self.admit_for_storage(peer, envs, bytes, channel, relayed) {
-            self.respond(channel, resp);
-        }
-    }
-
-    fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, resp: Response) {
-        let _ = self.swarm.behaviour_mut().store.send_response(channel, resp.encode());
-    }
-
-    /// Checks the envelopes offered for storage and queues them for the mailbox writer;
-    /// returns an immediate answer when every one is refused or the queue is full (in requests
-    /// or bytes). `relayed`: pushed by a stem hop for someone else, charged to the store's one
-    /// relay pool ([`RELAY_POOL_KEY`]) rather than to the peer's own mail.
-    fn admit_for_storage(
-        &mut self,
-        peer: PeerId,
-        envs: Vec<Envelope>,
-        bytes: usize,
-        channel: ResponseChannel<Vec<u8>>,
-        relayed: bool,
-    ) -> Option<(ResponseChannel<Vec<u8>>, Response)> {
         let now = now_ms();
         let base_bits = self.load_base_bits(now);
         let a = &self.config.admission;
@@ -150,18 +136,20 @@ impl Node {
                 .filter_map(|i| i.as_ref().err())
                 .map(|(id, outcome)| StoreAck { id: *id, outcome: *outcome, receipt: None })
                 .collect();
-            return Some((job.channel, Response::Stored(acks)));
+            return self.respond(job.channel, Response::Stored(acks));
         }
         let Some(queue) = &self.mailbox_jobs else {
-            return Some((job.channel, Response::Error("store is shutting down".into())));
+            return self.respond(job.channel, Response::Error("store is shutting down".into()));
         };
         match queue.try_push(job) {
-            Ok(()) => None,
+            Ok(()) => {}
             Err(NotQueued::Busy(j)) => {
                 self.counters.requests_shed += 1;
-                Some((j.channel, Response::Error("store node busy; retry later".into())))
+                self.respond(j.channel, Response::Error("store node busy; retry later".into()));
             }
-            Err(NotQueued::Closed(j)) => Some((j.channel, Response::Error("store is shutting down".into()))),
+            Err(NotQueued::Closed(j)) => {
+                self.respond(j.channel, Response::Error("store is shutting down".into()))
+            }
         }
     }
 }
@@ -200,8 +188,9 @@ impl Node {
     }
 }
 
-/// The relay pool source an envelope relayed by a stem hop is charged to: one of `shares`
-/// (clamped to 1..=`RELAY_POOL_SHARES_MAX`), by its id (a relayed push carries one envelope).
+/// The relay pool source a push relayed by a stem hop is charged to: one of `shares`
+/// (clamped to 1..=`RELAY_POOL_SHARES_MAX`), by the id of its first envelope (a batched push,
+/// `StoreRelayedMany`, is charged to one share as a whole; the pool's bound is the same).
 fn relay_pool_source(item: Option<&Result<Envelope, (Id, StoreOutcome)>>, shares: u32) -> [u8; 32] {
     let shares = u64::from(shares.clamp(1, super::config::RELAY_POOL_SHARES_MAX));
     let id = match item {

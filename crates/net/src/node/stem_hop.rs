@@ -27,7 +27,7 @@ use libp2p::gossipsub::IdentTopic;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tracing::debug;
 
-use super::actor::{Node, Outbound};
+use super::actor::{Node, Outbound, batches, split_batches};
 use super::stem_batch::{BatchReplies, Reply};
 use super::{STEM_PROTOCOL, now_ms};
 use crate::receipt::StoreReceipt;
@@ -500,7 +500,7 @@ impl Node {
             return;
         }
         for (to, envs) in std::mem::take(&mut self.relayed_batches) {
-            for mut batch in super::actor::batches(envs) {
+            for mut batch in batches(envs) {
                 let ids: Vec<Id> = batch.iter().map(Envelope::id).collect();
                 let req = match batch.len() {
                     1 => Request::StoreRelayed(batch.remove(0)),
@@ -556,18 +556,10 @@ impl Node {
         }
         let limit = self.config.admission.limits.envelope_bytes_max;
         for ((to, stores), envs) in std::mem::take(&mut hop.own_batches) {
-            let mut batch: Vec<(Id, Vec<u8>)> = Vec::new();
-            let mut bytes = 0;
-            for e in envs {
-                let b = e.encode();
-                if !batch.is_empty() && (batch.len() == STEM_BATCH_MAX || bytes + b.len() > limit) {
-                    self.send_stem_batch(to, &stores, std::mem::take(&mut batch));
-                    bytes = 0;
-                }
-                bytes += b.len();
-                batch.push((e.id(), b));
+            let encoded: Vec<(Id, Vec<u8>)> = envs.iter().map(|e| (e.id(), e.encode())).collect();
+            for batch in split_batches(encoded, STEM_BATCH_MAX, limit, |(_, b)| b.len()) {
+                self.send_stem_batch(to, &stores, batch);
             }
-            self.send_stem_batch(to, &stores, batch);
         }
     }
 
