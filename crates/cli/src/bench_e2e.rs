@@ -294,6 +294,16 @@ async fn bench(
             deliveries_per_s: deliveries as f64 / total_secs,
         });
         eprintln!("[bench] group of {n}: {deliveries}/{expected} deliveries");
+        for (i, u) in group.iter().enumerate() {
+            if let Ok(st) = u.net().status().await {
+                let s = st.stem;
+                eprintln!(
+                    "[bench] member {i} stem: {} relayed ({} fluffed), {} refused; own: {} fallbacks, \
+                     {} direct while its successor refused",
+                    s.relayed, s.fluffed, s.refused, s.fallbacks, s.backed_off
+                );
+            }
+        }
     }
     for u in &users {
         u.close().await;

@@ -48,6 +48,11 @@ pub struct StemConfig {
     pub peers_tracked_max: usize,
     /// Ids remembered as handled (duplicate suppression), at most; the oldest are forgotten.
     pub handled_ids_max: usize,
+    /// After our stem successor refused an own envelope (busy, or over its allowance for us),
+    /// own envelopes take the direct path for this long, ms, without asking it first: each
+    /// refused ask cost a round trip and the hop's admission check, and the envelope then went
+    /// the direct way anyway. A hostile successor gains nothing by it: it could refuse each.
+    pub refused_backoff_ms: u64,
 }
 
 impl Default for StemConfig {
@@ -61,6 +66,7 @@ impl Default for StemConfig {
             per_peer_per_epoch_max: 2_000,
             peers_tracked_max: 1_024,
             handled_ids_max: 65_536,
+            refused_backoff_ms: 1_000,
         }
     }
 }

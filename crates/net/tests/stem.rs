@@ -7,7 +7,9 @@
 //! - a stem successor that takes envelopes and never answers: the fail-safe fires and every
 //!   message is still stored and delivered;
 //! - garbage on `/cairn/stem/1` is refused, costs its sender its rate allowance, makes the hop
-//!   send nothing anywhere, and leaves the hop working.
+//!   send nothing anywhere, and leaves the hop working;
+//! - a successor that refused an own envelope is not asked again during the back-off, and
+//!   every envelope is still stored with receipts.
 //!
 //! The loopback latency of the stem (publish → delivered, publish → stored) is printed by the
 //! first two tests: `cargo nextest run -p cairn-net --test stem --no-capture`.
@@ -556,6 +558,58 @@ async fn a_senders_burst_through_the_stem_is_stored_with_receipts_and_no_fallbac
     let st = a.status().await.unwrap();
     assert_eq!(st.stem.fallbacks, 0, "no envelope took the direct path");
     assert_eq!(hop.status().await.unwrap().stem.relayed, BURST as u64, "each went through the hop");
+    for n in stores.iter().chain([&hop, &a]) {
+        n.shutdown().await;
+    }
+}
+
+/// A successor that refuses an own envelope (here: over its allowance for the sender) is not
+/// asked again during the sender's back-off: the next envelopes go the direct way at once, and
+/// every envelope is stored with receipts either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_successor_is_not_asked_again_during_the_back_off() {
+    const SENDS: usize = 6;
+    const ALLOWANCE: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Topic::for_conversation(&[0x1C; 32]);
+    let stores = three_stores(dir.path()).await;
+    // One epoch for the whole test: the allowance does not renew midway.
+    let hop_stem = StemConfig { per_peer_per_epoch_max: ALLOWANCE, epoch_ms: u64::MAX, ..fluff_always() };
+    let hop = fluffing_hop(dir.path(), &stores[0], |c| c.stem = Some(hop_stem)).await;
+    let a = start({
+        let mut c = cfg(dir.path(), "a", Some(StemConfig { refused_backoff_ms: 600_000, ..fluff_always() }));
+        c.bootstrap = vec![tcp(&stores[0])];
+        c
+    })
+    .await
+    .unwrap();
+    a.dial(tcp(&hop)).await.unwrap();
+    wait_store_peers(&a, 3).await;
+    wait_store_peers(&hop, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.status().await.unwrap().stem.peers < 1 {
+        assert!(Instant::now() < deadline, "the sender never saw its stem peer");
+        sleep(Duration::from_millis(100)).await;
+    }
+    // One at a time, each stored before the next: no batching, each asks (or not) alone.
+    let mut ids = Vec::new();
+    for i in 0..SENDS {
+        let id = a.publish(mined(topic, &format!("one by one {i}"), vec![])).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !a.status().await.unwrap().pending.is_empty() {
+            assert!(Instant::now() < deadline, "send {i} still pending");
+            sleep(Duration::from_millis(50)).await;
+        }
+        ids.push(id);
+    }
+    for id in &ids {
+        assert!(a.receipts(id).unwrap().len() >= 2, "stored with receipts: {}", id.short());
+    }
+    let (sender, relay) = (a.status().await.unwrap().stem, hop.status().await.unwrap().stem);
+    assert_eq!(relay.relayed, u64::from(ALLOWANCE), "the hop took its allowance");
+    assert_eq!(relay.refused, 1, "asked once past the allowance, then not again");
+    assert_eq!(sender.fallbacks, 1, "the refused one went direct");
+    assert_eq!(sender.backed_off, (SENDS - ALLOWANCE as usize - 1) as u64, "the rest went direct at once");
     for n in stores.iter().chain([&hop, &a]) {
         n.shutdown().await;
     }

@@ -160,6 +160,9 @@ pub struct StemStatus {
     pub fallbacks: u64,
     /// Stem requests refused (invalid, over a rate or bound) or answered busy.
     pub refused: u64,
+    /// Own envelopes sent the direct way without asking, while the stem successor's last
+    /// refusal is recent (`StemConfig::refused_backoff_ms`).
+    pub backed_off: u64,
 }
 
 impl From<&stem_hop::StemHop> for StemStatus {
@@ -171,6 +174,7 @@ impl From<&stem_hop::StemHop> for StemStatus {
             fluffed: c.fluffed,
             fallbacks: c.fallbacks,
             refused: c.refused,
+            backed_off: c.backed_off,
         }
     }
 }

@@ -6,6 +6,8 @@
 //!   state machine from pushing it. The answer carries the store nodes' signed receipts, which
 //!   are verified and fed as acknowledgements exactly like a direct push's. With no valid
 //!   answer by `origin_wait_ms` the node falls back to today's path (gossip and direct push).
+//!   A successor that answered busy or refused is not asked for `refused_backoff_ms`: own
+//!   envelopes take the direct path at once meanwhile.
 //! - **Hop.** A stem envelope passes the gossip admission (rate, size, proof of work, time
 //!   window; [`crate::validate::Admission::check_stem`]), then [`crate::stem::Stem::relay`]
 //!   says: forward to our successor (never back to the sender) and wait for its answer, or
@@ -136,6 +138,7 @@ pub(super) struct StemCounters {
     pub(super) fluffed: u64,
     pub(super) fallbacks: u64,
     pub(super) refused: u64,
+    pub(super) backed_off: u64,
 }
 
 /// The node's stem state.
@@ -153,6 +156,9 @@ pub(super) struct StemHop {
     own_batches: HashMap<(PeerId, Vec<PeerId>), Vec<Envelope>>,
     /// Batches received, waiting for the answers of their envelopes.
     replies: BatchReplies,
+    /// Stem successors that refused an own envelope, until when (ms) we do not ask them; at
+    /// most one entry per stem peer (`connections_max`), expired ones dropped on insert.
+    refused_by: HashMap<PeerId, u64>,
     coins: Coins,
     pub(super) counters: StemCounters,
 }
@@ -167,6 +173,7 @@ impl StemHop {
             requests: HashMap::new(),
             own_batches: HashMap::new(),
             replies: BatchReplies::default(),
+            refused_by: HashMap::new(),
             coins: Coins::new(),
             counters: StemCounters::default(),
         }
@@ -194,6 +201,17 @@ impl StemHop {
 
     fn requests_full(&self) -> bool {
         self.requests.len() >= OWN_STEMMED_MAX + RELAYS_MAX
+    }
+
+    /// `to` refused an own envelope: ask it nothing for `refused_backoff_ms`.
+    fn back_off(&mut self, to: PeerId, now: u64) {
+        let until = now + self.config().refused_backoff_ms;
+        if self.refused_by.len() >= self.peers.len().max(1) {
+            self.refused_by.retain(|p, t| *t > now && self.peers.contains(p));
+        }
+        if self.refused_by.len() < self.peers.len().max(1) || self.refused_by.contains_key(&to) {
+            self.refused_by.insert(to, until);
+        }
     }
 }
 
@@ -252,6 +270,10 @@ impl Node {
         let rand = hop.coins.next();
         let StemAction::Forward(to) = hop.stem.originate(id, &cands, now, rand) else { return Some(env) };
         hop.stem.disarm(&id);
+        if hop.refused_by.get(&to).is_some_and(|until| now < *until) {
+            hop.counters.backed_off += 1;
+            return Some(env);
+        }
         let deadline_ms = now + origin_wait_ms(&hop.config());
         let stores = self.stores_for(&env.header.topic);
         let Some(hop) = self.stem.as_mut() else { return Some(env) };
@@ -591,8 +613,13 @@ impl Node {
 
     fn on_stem_answer_one(&mut self, rid: OutboundRequestId, id: Id, resp: Option<StemResponse>) {
         let Some(hop) = self.stem.as_mut() else { return };
+        let refused =
+            matches!(&resp, Some(r) if matches!(r.outcome, StemOutcome::Busy | StemOutcome::Refused));
         let receipts = valid_receipts(&id, resp);
         if let Some(own) = hop.own.remove(&id) {
+            if refused {
+                hop.back_off(own.to, now_ms());
+            }
             return self.stem_own_answered(own, receipts);
         }
         let Some(r) = hop.relays.get_mut(&id) else { return };
