@@ -18,6 +18,8 @@
 //! - `handle`: [`NodeHandle`], the ingress (commands in, events out), and [`start`].
 //! - `events`: [`NodeEvent`] and the two streams that carry it (lossless and lossy).
 //! - `actor`: the event loop that owns the swarm and the state machines.
+//! - `store_push`: the store requests of one turn, batched per store node; a topic's store
+//!   set; store nodes that answered "full"; kept receipts.
 //! - `serve`: answers to store requests (when serving as a store node).
 //! - `resync`: page requests sent as pages of ids or of envelopes, and their answers to `sync`.
 //! - `light_serve`, `light_client`: `/cairn/light/1` (see [`crate::light`]): feeding light
@@ -56,6 +58,7 @@ mod resync;
 mod serve;
 mod stem_batch;
 mod stem_hop;
+mod store_push;
 mod traffic;
 mod transport;
 mod writer;

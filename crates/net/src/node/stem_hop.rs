@@ -29,8 +29,9 @@ use libp2p::gossipsub::IdentTopic;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tracing::debug;
 
-use super::actor::{Node, Outbound, batches, split_batches};
+use super::actor::{Node, Outbound};
 use super::stem_batch::{BatchReplies, Reply};
+use super::store_push::{batches, split_batches};
 use super::{STEM_PROTOCOL, now_ms};
 use crate::receipt::StoreReceipt;
 use crate::shard::{shard_name, shard_of};
