@@ -4,7 +4,8 @@
 //! reports back with [`Job::SubmissionEnded`].
 //!
 //! - `ops` (API calls, timer, ledger results) is served before `net` (deliveries), so a send
-//!   never waits behind a backlog of incoming mail;
+//!   never waits behind a backlog of incoming mail; after each send burst `net` gets a
+//!   bounded turn ([`NET_AFTER_SEND_MAX`] jobs), so its acknowledgements never starve either;
 //! - deliveries are read in bursts of up to [`RECEIVE_BATCH_MAX`]: one MLS batch and one
 //!   transaction (one fsync) per conversation per burst.
 //!
@@ -32,6 +33,9 @@ use crate::model::{SendResult, StreamEvent};
 
 /// API calls, timer ticks and ledger results queued at most. Overflow: producers wait.
 pub const OPS_QUEUE_MAX: usize = 1_024;
+/// Mesh jobs (deliveries, acknowledgements) taken after each send burst, at most: the share
+/// of the loop `net` gets while `ops` stays busy. A send waits behind at most this many.
+pub const NET_AFTER_SEND_MAX: usize = 64;
 /// Deliveries and store acknowledgements queued at most. Overflow: the mesh's event pump waits
 /// (the deliveries are durable in the local history already).
 pub const NET_QUEUE_MAX: usize = 4_096;
@@ -202,8 +206,14 @@ impl Actor {
                 break;
             }
             match job {
-                Job::Arrived(a) => self.receive_burst(*a, &mut net),
-                Job::Send(conv, text, key, reply) => self.send_burst((conv, text, key, reply), &mut ops),
+                Job::Arrived(a) => self.net_burst(Some(*a), &mut net, RECEIVE_BATCH_MAX),
+                Job::Send(conv, text, key, reply) => {
+                    self.send_burst((conv, text, key, reply), &mut ops);
+                    // What the mesh has ready goes next, a bounded share: under a steady stream
+                    // of sends `ops` is never empty for long, and the store acknowledgements
+                    // waited behind it one per turn (~100 ms at 8 sends in flight).
+                    self.net_burst(None, &mut net, NET_AFTER_SEND_MAX);
+                }
                 other => self.handle(other),
             }
             self.dispatch();
@@ -221,18 +231,13 @@ impl Actor {
         tracing::debug!("actor stopped");
     }
 
-    /// Reads this delivery and every one queued behind it (up to the batch bound).
-    fn receive_burst(&mut self, first: Arrival, net: &mut mpsc::Receiver<Job>) {
-        let mut batch = vec![first];
-        let mut other = Vec::new();
-        while batch.len() < RECEIVE_BATCH_MAX {
-            match net.try_recv() {
-                Ok(Job::Arrived(a)) => batch.push(*a),
-                Ok(j) => other.push(j),
-                Err(_) => break,
-            }
+    /// Takes the mesh's ready jobs behind `first` (at most `max` in all): the deliveries read
+    /// as one burst, then the others (acknowledgements) in order.
+    fn net_burst(&mut self, first: Option<Arrival>, net: &mut mpsc::Receiver<Job>, max: usize) {
+        let (batch, other) = take_ready(first, net, max);
+        if !batch.is_empty() {
+            self.engine.receive(batch, &mut self.sequencer, now_ms());
         }
-        self.engine.receive(batch, &mut self.sequencer, now_ms());
         for j in other {
             self.handle(j);
         }
@@ -538,5 +543,65 @@ fn registered(shared: &Shared) -> Result<(), NodeError> {
         Ok(())
     } else {
         Err(NodeError::Ledger("this account is not registered on the ledger yet; retry in a moment".into()))
+    }
+}
+
+/// `first` and the jobs `net` has ready behind it, at most `max` in all, split into the
+/// deliveries (in order) and the other jobs (in order).
+fn take_ready(first: Option<Arrival>, net: &mut mpsc::Receiver<Job>, max: usize) -> (Vec<Arrival>, Vec<Job>) {
+    let mut batch: Vec<Arrival> = first.into_iter().collect();
+    let mut other = Vec::new();
+    while batch.len() + other.len() < max {
+        match net.try_recv() {
+            Ok(Job::Arrived(a)) => batch.push(*a),
+            Ok(j) => other.push(j),
+            Err(_) => break,
+        }
+    }
+    (batch, other)
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::{Envelope, Id, Topic};
+    use tokio::sync::mpsc;
+
+    use super::{Arrival, Job, take_ready};
+
+    fn arrived(i: u8) -> Job {
+        let envelope = Envelope::new(Topic([i; 32]), u64::from(i), 60, vec![], vec![i]);
+        Job::Arrived(Box::new(Arrival { id: envelope.id(), envelope, after_gap: false }))
+    }
+
+    fn status(i: u8) -> Job {
+        Job::Status { id: Id([i; 32]), acks: 2, stored: true }
+    }
+
+    fn status_id(j: &Job) -> Option<u8> {
+        match j {
+            Job::Status { id, .. } => Some(id.0[0]),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_turn_takes_at_most_its_share_of_ready_mesh_jobs_in_order() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for j in [status(1), arrived(2), status(3), arrived(4), status(5), status(6)] {
+            tx.try_send(j).unwrap();
+        }
+        // The share after a send burst: 4 of the 6 ready, deliveries apart, each kind in order.
+        let (batch, other) = take_ready(None, &mut rx, 4);
+        assert_eq!(batch.iter().map(|a| a.envelope.header.topic.0[0]).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(other.iter().filter_map(status_id).collect::<Vec<_>>(), [1, 3]);
+        // The rest waits for the next turn, behind a first delivery that counts in the bound.
+        let Job::Arrived(first) = arrived(7) else { unreachable!() };
+        let (batch, other) = take_ready(Some(*first), &mut rx, 2);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(other.iter().filter_map(status_id).collect::<Vec<_>>(), [5]);
+        let (batch, other) = take_ready(None, &mut rx, 64);
+        assert!(batch.is_empty());
+        assert_eq!(other.iter().filter_map(status_id).collect::<Vec<_>>(), [6]);
+        assert!(take_ready(None, &mut rx, 64).1.is_empty(), "nothing ready: nothing taken");
     }
 }
