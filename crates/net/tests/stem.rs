@@ -263,6 +263,38 @@ async fn fluffing_hop(
     start(c).await.unwrap()
 }
 
+/// A sender running `stem`, bootstrapped from the store nodes and connected to `hop`, its
+/// only stem peer; returned once it sees the three store nodes and `hop` as a stem peer.
+async fn sender_through(
+    dir: &std::path::Path,
+    stores: &[NodeHandle],
+    hop: &NodeHandle,
+    stem: StemConfig,
+) -> NodeHandle {
+    let mut c = cfg(dir, "a", Some(stem));
+    c.bootstrap = vec![tcp(&stores[0])];
+    let a = start(c).await.unwrap();
+    a.dial(tcp(hop)).await.unwrap();
+    wait_store_peers(&a, 3).await;
+    wait_store_peers(hop, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.status().await.unwrap().stem.peers < 1 {
+        assert!(Instant::now() < deadline, "the sender never saw its stem peer");
+        sleep(Duration::from_millis(100)).await;
+    }
+    a
+}
+
+/// Waits until `a` has no send pending (each stored on enough store nodes), or panics after
+/// 30 s naming `what`.
+async fn wait_unpending(a: &NodeHandle, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.status().await.unwrap().pending.is_empty() {
+        assert!(Instant::now() < deadline, "{what} still pending: {:?}", a.status().await.unwrap().pending);
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Three store nodes and a sender `a` running the stem with a short fail-safe (returned).
 async fn stores_and_fast_sender(dir: &std::path::Path) -> (StemConfig, Vec<NodeHandle>, NodeHandle) {
     let fast = StemConfig { failsafe_ms: 300, failsafe_jitter_ms: 100, ..StemConfig::default() };
@@ -524,29 +556,11 @@ async fn a_senders_burst_through_the_stem_is_stored_with_receipts_and_no_fallbac
     let topic = Topic::for_conversation(&[0x1B; 32]);
     let stores = three_stores(dir.path()).await;
     let hop = fluffing_hop(dir.path(), &stores[0], |_| {}).await;
-    let a = start({
-        let mut c = cfg(dir.path(), "a", Some(fluff_always()));
-        c.bootstrap = vec![tcp(&stores[0])];
-        c
-    })
-    .await
-    .unwrap();
-    a.dial(tcp(&hop)).await.unwrap();
-    wait_store_peers(&a, 3).await;
-    wait_store_peers(&hop, 3).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.status().await.unwrap().stem.peers < 1 {
-        assert!(Instant::now() < deadline, "the sender never saw its stem peer");
-        sleep(Duration::from_millis(100)).await;
-    }
+    let a = sender_through(dir.path(), &stores, &hop, fluff_always()).await;
     let envs: Vec<Envelope> = (0..BURST).map(|i| mined(topic, &format!("burst {i}"), vec![])).collect();
     let ids = futures::future::join_all(envs.into_iter().map(|e| a.publish(e))).await;
     let ids: Vec<Id> = ids.into_iter().map(Result::unwrap).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.status().await.unwrap().pending.is_empty() {
-        assert!(Instant::now() < deadline, "sends still pending: {:?}", a.status().await.unwrap().pending);
-        sleep(Duration::from_millis(100)).await;
-    }
+    wait_unpending(&a, "the burst").await;
     for id in &ids {
         let receipts = a.receipts(id).unwrap();
         assert!(receipts.len() >= 2, "{} receipts for {}", receipts.len(), id.short());
@@ -576,30 +590,18 @@ async fn a_refusing_successor_is_not_asked_again_during_the_back_off() {
     // One epoch for the whole test: the allowance does not renew midway.
     let hop_stem = StemConfig { per_peer_per_epoch_max: ALLOWANCE, epoch_ms: u64::MAX, ..fluff_always() };
     let hop = fluffing_hop(dir.path(), &stores[0], |c| c.stem = Some(hop_stem)).await;
-    let a = start({
-        let mut c = cfg(dir.path(), "a", Some(StemConfig { refused_backoff_ms: 600_000, ..fluff_always() }));
-        c.bootstrap = vec![tcp(&stores[0])];
-        c
-    })
-    .await
-    .unwrap();
-    a.dial(tcp(&hop)).await.unwrap();
-    wait_store_peers(&a, 3).await;
-    wait_store_peers(&hop, 3).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.status().await.unwrap().stem.peers < 1 {
-        assert!(Instant::now() < deadline, "the sender never saw its stem peer");
-        sleep(Duration::from_millis(100)).await;
-    }
+    let a = sender_through(
+        dir.path(),
+        &stores,
+        &hop,
+        StemConfig { refused_backoff_ms: 600_000, ..fluff_always() },
+    )
+    .await;
     // One at a time, each stored before the next: no batching, each asks (or not) alone.
     let mut ids = Vec::new();
     for i in 0..SENDS {
         let id = a.publish(mined(topic, &format!("one by one {i}"), vec![])).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !a.status().await.unwrap().pending.is_empty() {
-            assert!(Instant::now() < deadline, "send {i} still pending");
-            sleep(Duration::from_millis(50)).await;
-        }
+        wait_unpending(&a, &format!("send {i}")).await;
         ids.push(id);
     }
     for id in &ids {
