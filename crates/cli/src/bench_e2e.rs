@@ -218,6 +218,7 @@ async fn bench(
                 }
             }));
         }
+        let before = counters(&stores, group).await;
         let mut sent: Vec<(String, Instant)> = Vec::new();
         let start = Instant::now();
         let mut in_flight = tokio::task::JoinSet::new();
@@ -294,6 +295,7 @@ async fn bench(
             deliveries_per_s: deliveries as f64 / total_secs,
         });
         eprintln!("[bench] group of {n}: {deliveries}/{expected} deliveries");
+        print_counters(&before, &counters(&stores, group).await, messages);
         for (i, u) in group.iter().enumerate() {
             if let Ok(st) = u.net().status().await {
                 let s = st.stem;
@@ -312,4 +314,41 @@ async fn bench(
         s.shutdown().await;
     }
     Ok(rows)
+}
+
+/// Per node (stores, then members): store commits, envelopes stored, socket writes and bytes
+/// out, as totals since start.
+async fn counters(stores: &[cairn_net::node::NodeHandle], group: &[Arc<Service>]) -> Vec<(String, [u64; 4])> {
+    let mut out = Vec::new();
+    let row = |s: &cairn_net::node::NodeStatus| {
+        [s.store_commits, s.store_envelopes, s.traffic.writes, s.traffic.bytes_out]
+    };
+    for (i, s) in stores.iter().enumerate() {
+        if let Ok(st) = s.status().await {
+            out.push((format!("store {i}"), row(&st)));
+        }
+    }
+    for (i, u) in group.iter().enumerate() {
+        if let Ok(st) = u.net().status().await {
+            out.push((format!("member {i}"), row(&st)));
+        }
+    }
+    out
+}
+
+/// What each node did per message sent during the run (the difference of two [`counters`]).
+fn print_counters(before: &[(String, [u64; 4])], after: &[(String, [u64; 4])], messages: usize) {
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / messages.max(1) as f64;
+    for (name, b) in after {
+        // a node that did not answer one of the two snapshots is left out
+        let Some((_, a)) = before.iter().find(|(n, _)| n == name) else { continue };
+        eprintln!(
+            "[bench] {name} per message: {:.2} store commits, {:.2} envelopes stored, {:.1} socket writes, \
+             {:.0} bytes out",
+            per(a[0], b[0]),
+            per(a[1], b[1]),
+            per(a[2], b[2]),
+            per(a[3], b[3]),
+        );
+    }
 }
