@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use cairn_ledger::genesis::Genesis;
-use cairn_net::node::NodeConfig;
+use cairn_net::node::{NodeConfig, NodeHandle, NodeStatus};
 use cairn_node::backend::Backend;
 use cairn_node::model::StreamEvent;
 use cairn_node::service::{Service, ServiceConfig};
@@ -218,7 +218,7 @@ async fn bench(
                 }
             }));
         }
-        let before = counters(&stores, group).await;
+        let before = statuses(&stores, group).await;
         let mut sent: Vec<(String, Instant)> = Vec::new();
         let start = Instant::now();
         let mut in_flight = tokio::task::JoinSet::new();
@@ -295,16 +295,15 @@ async fn bench(
             deliveries_per_s: deliveries as f64 / total_secs,
         });
         eprintln!("[bench] group of {n}: {deliveries}/{expected} deliveries");
-        print_counters(&before, &counters(&stores, group).await, messages);
-        for (i, u) in group.iter().enumerate() {
-            if let Ok(st) = u.net().status().await {
-                let s = st.stem;
-                eprintln!(
-                    "[bench] member {i} stem: {} relayed ({} fluffed), {} refused; own: {} fallbacks, \
-                     {} direct while its successor refused",
-                    s.relayed, s.fluffed, s.refused, s.fallbacks, s.backed_off
-                );
-            }
+        let after = statuses(&stores, group).await;
+        print_counters(&before, &after, messages);
+        for (name, st) in after.iter().filter(|(name, _)| name.starts_with("member")) {
+            let s = &st.stem;
+            eprintln!(
+                "[bench] {name} stem: {} relayed ({} fluffed), {} refused; own: {} fallbacks, \
+                 {} direct while its successor refused",
+                s.relayed, s.fluffed, s.refused, s.fallbacks, s.backed_off
+            );
         }
     }
     for u in &users {
@@ -316,28 +315,25 @@ async fn bench(
     Ok(rows)
 }
 
-/// Per node (stores, then members): store commits, envelopes stored, socket writes and bytes
-/// out, as totals since start.
-async fn counters(stores: &[cairn_net::node::NodeHandle], group: &[Arc<Service>]) -> Vec<(String, [u64; 4])> {
+/// Each node's status (stores, then members), named; a node that does not answer is left out.
+async fn statuses(stores: &[NodeHandle], group: &[Arc<Service>]) -> Vec<(String, NodeStatus)> {
     let mut out = Vec::new();
-    let row = |s: &cairn_net::node::NodeStatus| {
-        [s.store_commits, s.store_envelopes, s.traffic.writes, s.traffic.bytes_out]
-    };
     for (i, s) in stores.iter().enumerate() {
         if let Ok(st) = s.status().await {
-            out.push((format!("store {i}"), row(&st)));
+            out.push((format!("store {i}"), st));
         }
     }
     for (i, u) in group.iter().enumerate() {
         if let Ok(st) = u.net().status().await {
-            out.push((format!("member {i}"), row(&st)));
+            out.push((format!("member {i}"), st));
         }
     }
     out
 }
 
-/// What each node did per message sent during the run (the difference of two [`counters`]).
-fn print_counters(before: &[(String, [u64; 4])], after: &[(String, [u64; 4])], messages: usize) {
+/// What each node did per message sent during the run: store commits, envelopes stored,
+/// socket writes and bytes out (the difference of two [`statuses`]).
+fn print_counters(before: &[(String, NodeStatus)], after: &[(String, NodeStatus)], messages: usize) {
     let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / messages.max(1) as f64;
     for (name, b) in after {
         // a node that did not answer one of the two snapshots is left out
@@ -345,10 +341,10 @@ fn print_counters(before: &[(String, [u64; 4])], after: &[(String, [u64; 4])], m
         eprintln!(
             "[bench] {name} per message: {:.2} store commits, {:.2} envelopes stored, {:.1} socket writes, \
              {:.0} bytes out",
-            per(a[0], b[0]),
-            per(a[1], b[1]),
-            per(a[2], b[2]),
-            per(a[3], b[3]),
+            per(a.store_commits, b.store_commits),
+            per(a.store_envelopes, b.store_envelopes),
+            per(a.traffic.writes, b.traffic.writes),
+            per(a.traffic.bytes_out, b.traffic.bytes_out),
         );
     }
 }
